@@ -1,0 +1,224 @@
+"""Class-agnostic video panoptic metrics of EntitySAM: VEQ and STQ.
+
+Numerically identical to the official scripts ``eval/metric/eval_veq.py`` and
+``eval/metric/eval_stq_vspw_clsag.py`` (see :mod:`entitysam.eval.veq` and
+:mod:`entitysam.eval.stq` for the exact rules), but each PNG is read once,
+every frame is reduced to the pixel counts of its (gt id, pred id) pairs, the
+VEQ windows of all lengths are built from prefix sums of those counts, and the
+videos are processed in parallel (one video per task).
+
+    >>> from entitysam.eval.metrics import evaluate, format_table
+    >>> res = evaluate("out/inference", "VIPSeg_720P/panomasksRGB",
+    ...                "VIPSeg_720P/panoptic_gt_VIPSeg_val.json")     # doctest: +SKIP
+    >>> print(format_table(res))                                       # doctest: +SKIP
+
+``pred_dir`` holds ``pan_pred/<video>/<frame>.png`` and ``pred.json``.
+
+Command line: ``python -m entitysam.eval.metrics PRED_DIR GT_DIR GT_JSON [--workers N] [--json OUT]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
+from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
+from .veq import NFRAMES, FrameVEQInput, veq_aggregate, veq_video_stats
+
+__all__ = [
+    "MetricsInputError",
+    "compute_veq",
+    "compute_stq",
+    "evaluate",
+    "format_table",
+    "NFRAMES",
+]
+
+PathLike = str | os.PathLike
+
+
+# ----------------------------------------------------------------------------- per video
+
+
+def _read_video(video: VideoSpec, *, same_size: bool):
+    """Read each frame's two PNGs once and reduce them to (gt id, pred id) pair counts."""
+    tables = []
+    first_shape = None
+    for fr in video.frames:
+        gt = read_id_png(
+            os.path.join(video.gt_dir, fr.file_name),
+            what=f"GT PNG (video {video.video_id!r}, frame {fr.file_name})",
+            packed=True,
+        )
+        pred = read_id_png(
+            os.path.join(video.pred_dir, fr.file_name),
+            what=f"predicted PNG (video {video.video_id!r}, frame {fr.file_name})",
+            packed=True,
+        )
+        if gt.shape != pred.shape:
+            raise MetricsInputError(
+                f"video {video.video_id!r} frame {fr.file_name}: GT PNG is {gt.shape[1]}x{gt.shape[0]} "
+                f"but the predicted PNG is {pred.shape[1]}x{pred.shape[0]} (WxH)"
+            )
+        if same_size:
+            if first_shape is None:
+                first_shape = gt.shape
+            elif gt.shape != first_shape:
+                raise MetricsInputError(
+                    f"video {video.video_id!r} frame {fr.file_name}: size {gt.shape[1]}x{gt.shape[0]} differs "
+                    f"from the video's first frame ({first_shape[1]}x{first_shape[0]}); VEQ windows need one size"
+                )
+        tables.append(pair_counts(gt, pred))
+    return tables
+
+
+def _video_task(args: tuple[VideoSpec, bool, bool]) -> dict[str, Any]:
+    video, want_veq, want_stq = args
+    tables = _read_video(video, same_size=want_veq)
+    out: dict[str, Any] = {}
+    if want_veq:
+        frames = [
+            FrameVEQInput(fr.file_name, g, p, c, fr.gt_segments, fr.pred_segments)
+            for fr, (g, p, c) in zip(video.frames, tables)
+        ]
+        out["veq"] = veq_video_stats(frames, video_id=video.video_id)
+    if want_stq:
+        frames = [
+            FrameSTQInput(fr.file_name, g, p, c, fr.gt_segments, fr.pred_segments)
+            for fr, (g, p, c) in zip(video.frames, tables)
+        ]
+        out["stq"] = stq_video_stats(frames, video_id=video.video_id)
+    return out
+
+
+def _map(fn: Callable, items: Sequence, workers: int | None) -> list:
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    workers = min(workers, len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    # longest videos first keeps the pool busy; results are put back in video order
+    order = sorted(range(len(items)), key=lambda i: -len(items[i][0].frames))
+    results: list = [None] * len(items)
+    with ProcessPoolExecutor(max_workers=workers) as ex:
+        for i, r in zip(order, ex.map(fn, [items[i] for i in order], chunksize=1)):
+            results[i] = r
+    return results
+
+
+def _run(pred_dir, gt_dir, gt_json, workers, want_veq: bool, want_stq: bool) -> dict[str, Any]:
+    videos = load_videos(pred_dir, gt_dir, gt_json, gt_required=("iscrowd", "area") if want_veq else ())
+    per_video = _map(_video_task, [(v, want_veq, want_stq) for v in videos], workers)
+    out: dict[str, Any] = {}
+    if want_veq:
+        out["veq"] = veq_aggregate([r["veq"] for r in per_video])
+    if want_stq:
+        out["stq"] = stq_aggregate([(v.video_id, v.seq_id, r["stq"]) for v, r in zip(videos, per_video)])
+    return out
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def compute_veq(pred_dir: PathLike, gt_dir: PathLike, gt_json: PathLike | Mapping[str, Any], *, workers: int | None = None) -> dict[str, Any]:
+    """Class-agnostic VEQ, as ``eval_veq.py``.
+
+    Returns ``{"windows": {k: {"nframes", "vpq", "sq", "rq", "iou_sum", "tp", "fp", "fn"}},
+    "final": {"vpq", "sq", "rq"}}`` for k = (nframes - 1) * 5, nframes in (1, 2, 4, 6, 8);
+    vpq/sq/rq are percentages (full precision; the official txt files round them).
+    ``gt_json`` is a path or an already loaded dict. Raises :class:`MetricsInputError`.
+    """
+    return _run(pred_dir, gt_dir, gt_json, workers, True, False)["veq"]
+
+
+def compute_stq(pred_dir: PathLike, gt_dir: PathLike, gt_json: PathLike | Mapping[str, Any], *, workers: int | None = None) -> dict[str, Any]:
+    """Class-agnostic STQ, as ``eval_stq_vspw_clsag.py``.
+
+    Returns ``{"STQ", "AQ", "IoU"}`` (fractions) plus the official per-sequence lists
+    (``STQ_per_seq``, ``AQ_per_seq``, ``IoU_per_seq``, ``ID_per_seq``, ``Length_per_seq``)
+    and ``per_sequence`` (one dict per video with its ``video_id``).
+    Like the official script, predicted ids missing from pred.json are not an error here
+    (their pixels are ignored); :func:`evaluate` and :func:`compute_veq` do reject them.
+    """
+    return _run(pred_dir, gt_dir, gt_json, workers, False, True)["stq"]
+
+
+def evaluate(pred_dir: PathLike, gt_dir: PathLike, gt_json: PathLike | Mapping[str, Any], *, workers: int | None = None) -> dict[str, Any]:
+    """VEQ and STQ in one pass over the PNGs: ``{"veq": compute_veq(...), "stq": compute_stq(...)}``."""
+    return _run(pred_dir, gt_dir, gt_json, workers, True, True)
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Human-readable table of :func:`evaluate` results (or of a dict holding "veq" and/or "stq")."""
+    lines: list[str] = []
+    veq = results.get("veq")
+    if veq is not None:
+        lines.append("VEQ (class-agnostic, sliding windows)")
+        lines.append(f"{'k':>4} {'frames':>6} | {'VPQ':>8} {'SQ':>8} {'RQ':>8} | {'IoU sum':>10} {'TP':>7} {'FP':>7} {'FN':>7}")
+        lines.append("-" * 78)
+        for k, w in sorted(veq["windows"].items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"{int(k):>4} {w['nframes']:>6} | {w['vpq']:8.4f} {w['sq']:8.4f} {w['rq']:8.4f} | "
+                f"{w['iou_sum']:10.4f} {w['tp']:7d} {w['fp']:7d} {w['fn']:7d}"
+            )
+        f = veq["final"]
+        lines.append("-" * 78)
+        lines.append(f"{'mean':>11} | {f['vpq']:8.4f} {f['sq']:8.4f} {f['rq']:8.4f}")
+    stq = results.get("stq")
+    if stq is not None:
+        if lines:
+            lines.append("")
+        lines.append(f"STQ {stq['STQ']:.6f}   AQ {stq['AQ']:.6f}   IoU {stq['IoU']:.6f}")
+        if stq.get("per_sequence"):
+            lines.append(f"{'seq':>4}  {'video':<24} {'STQ':>8} {'AQ':>8} {'IoU':>8} {'frames':>7}")
+            for s in stq["per_sequence"]:
+                lines.append(
+                    f"{s['seq_id']:>4}  {str(s['video_id'])[:24]:<24} {s['STQ']:8.4f} {s['AQ']:8.4f} "
+                    f"{s['IoU']:8.4f} {s['length']:7d}"
+                )
+    return "\n".join(lines)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Class-agnostic VEQ and STQ (EntitySAM official definitions).")
+    ap.add_argument("pred_dir", help="directory with pan_pred/ and pred.json")
+    ap.add_argument("gt_dir", help="GT panomasksRGB directory")
+    ap.add_argument("gt_json", help="GT panoptic JSON")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all")
+    ap.add_argument("--json", dest="json_out", default=None, help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+    try:
+        if args.metric == "veq":
+            res = {"veq": compute_veq(args.pred_dir, args.gt_dir, args.gt_json, workers=args.workers)}
+        elif args.metric == "stq":
+            res = {"stq": compute_stq(args.pred_dir, args.gt_dir, args.gt_json, workers=args.workers)}
+        else:
+            res = evaluate(args.pred_dir, args.gt_dir, args.gt_json, workers=args.workers)
+    except MetricsInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(res))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(_jsonable(res), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""Reading VIPSeg-style panoptic ground truth / predictions for the video metrics.
+
+Layout (the one the official EntitySAM evaluation scripts read)::
+
+    <gt_dir>/<video_id>/<file_name>            RGB PNG, id = R + 256 G + 65536 B, 0 = VOID
+    <gt_json>                                  {"videos": [{"video_id", "images": [{"file_name", ...}]}],
+                                                "annotations": [{"video_id", "annotations":
+                                                    [{"segments_info": [{"id", "iscrowd", "area", ...}]}]}]}
+    <pred_dir>/pan_pred/<video_id>/<file_name> RGB PNG (same encoding)
+    <pred_dir>/pred.json                       {"annotations": [{"video_id", "annotations":
+                                                    [{"segments_info": [{"id", "area", ...}], "file_name"}]}]}
+
+Like the official scripts, both PNGs of a frame are located with the *ground-truth*
+image ``file_name`` (the ``file_name`` stored in ``pred.json`` is ignored), and the
+per-frame JSON entries (GT and prediction) are paired with the frames by position.
+
+Everything that the official scripts would reject with an ``assert``/``KeyError``/crash
+is reported here as :class:`MetricsInputError` with a message naming the video,
+frame and segment id.  Two deliberate differences: a video missing from ``pred.json``
+is an error (the official VEQ script prints a warning and skips it, the STQ script
+crashes), and a GT video whose ``images`` and ``annotations`` lists have different
+lengths is an error (the official scripts silently truncate to the shorter one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "MetricsInputError",
+    "FrameSpec",
+    "VideoSpec",
+    "load_videos",
+    "read_id_png",
+    "pair_counts",
+    "segment_id",
+]
+
+PathLike = str | os.PathLike
+
+
+class MetricsInputError(ValueError):
+    """Inconsistent or missing metric inputs (files, JSON entries, segment ids, sizes)."""
+
+
+@dataclass(frozen=True)
+class FrameSpec:
+    file_name: str
+    gt_segments: tuple[Mapping[str, Any], ...]
+    pred_segments: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    video_id: str
+    seq_id: int  # position in the GT "videos" list (the official STQ sequence id)
+    gt_dir: str  # directory holding this video's GT PNGs
+    pred_dir: str  # directory holding this video's predicted PNGs
+    frames: tuple[FrameSpec, ...]
+
+
+# ----------------------------------------------------------------------------- JSON
+
+
+def _load_json(path_or_obj: PathLike | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    if isinstance(path_or_obj, Mapping):
+        return path_or_obj
+    path = Path(path_or_obj)
+    if not path.is_file():
+        raise MetricsInputError(f"{what} not found: {path}")
+    try:
+        with open(path, "r") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise MetricsInputError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def segment_id(value: Any, *, where: str) -> int:
+    """A segment id as a Python int (ints and integral floats accepted, like Python's dict lookup)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise MetricsInputError(f"{where}: segment id {value!r} is not an integer")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    raise MetricsInputError(f"{where}: segment id {value!r} is not an integer")
+
+
+def _require(mapping: Any, key: str, where: str) -> Any:
+    if not isinstance(mapping, Mapping) or key not in mapping:
+        raise MetricsInputError(f"{where}: missing key {key!r}")
+    return mapping[key]
+
+
+def _annotations_by_video(doc: Mapping[str, Any], what: str) -> dict[Any, list]:
+    annos = _require(doc, "annotations", what)
+    out: dict[Any, list] = {}
+    for i, entry in enumerate(annos):
+        vid = _require(entry, "video_id", f"{what} annotations[{i}]")
+        frames = _require(entry, "annotations", f"{what} annotations[{i}] (video {vid!r})")
+        out[vid] = frames  # last one wins, like the official dict construction
+    return out
+
+
+def _segments(frame: Any, where: str, required: Sequence[str]) -> tuple[Mapping[str, Any], ...]:
+    segs = _require(frame, "segments_info", where)
+    for j, s in enumerate(segs):
+        for key in ("id", *required):
+            _require(s, key, f"{where} segments_info[{j}]")
+        segment_id(s["id"], where=f"{where} segments_info[{j}]")
+    return tuple(segs)
+
+
+def load_videos(
+    pred_dir: PathLike,
+    gt_dir: PathLike,
+    gt_json: PathLike | Mapping[str, Any],
+    *,
+    gt_required: Sequence[str] = ("iscrowd", "area"),
+) -> list[VideoSpec]:
+    """Pair GT and prediction JSON entries per video and frame; JSON-level validation only."""
+    pred_dir = Path(pred_dir)
+    gt_dir = Path(gt_dir)
+    if not pred_dir.is_dir():
+        raise MetricsInputError(f"prediction directory not found: {pred_dir}")
+    if not gt_dir.is_dir():
+        raise MetricsInputError(f"ground-truth PNG directory not found: {gt_dir}")
+    gt_doc = _load_json(gt_json, "GT JSON")
+    pred_doc = _load_json(pred_dir / "pred.json", "prediction JSON")
+
+    gt_by_video = _annotations_by_video(gt_doc, "GT JSON")
+    pred_by_video = _annotations_by_video(pred_doc, "pred.json")
+    videos = _require(gt_doc, "videos", "GT JSON")
+
+    specs: list[VideoSpec] = []
+    for seq_id, video in enumerate(videos):
+        vid = _require(video, "video_id", f"GT JSON videos[{seq_id}]")
+        images = _require(video, "images", f"GT JSON videos[{seq_id}] (video {vid!r})")
+        if vid not in gt_by_video:
+            raise MetricsInputError(f"video {vid!r}: listed in GT 'videos' but has no GT 'annotations' entry")
+        if vid not in pred_by_video:
+            raise MetricsInputError(f"video {vid!r}: no predictions for this video in pred.json")
+        gt_frames = gt_by_video[vid]
+        pred_frames = pred_by_video[vid]
+        if len(gt_frames) != len(pred_frames):
+            raise MetricsInputError(
+                f"video {vid!r}: {len(gt_frames)} GT frame annotations but {len(pred_frames)} "
+                f"predicted frame annotations in pred.json"
+            )
+        if len(images) != len(gt_frames):
+            raise MetricsInputError(
+                f"video {vid!r}: GT JSON lists {len(images)} images but {len(gt_frames)} frame annotations"
+            )
+        frames = []
+        for t, (img, gfr, pfr) in enumerate(zip(images, gt_frames, pred_frames)):
+            name = _require(img, "file_name", f"GT JSON video {vid!r} images[{t}]")
+            frames.append(
+                FrameSpec(
+                    file_name=str(name),
+                    gt_segments=_segments(gfr, f"GT JSON video {vid!r} frame {t} ({name})", gt_required),
+                    pred_segments=_segments(pfr, f"pred.json video {vid!r} frame {t} ({name})", ()),
+                )
+            )
+        specs.append(
+            VideoSpec(
+                video_id=str(vid),
+                seq_id=seq_id,
+                gt_dir=str(gt_dir / str(vid)),
+                pred_dir=str(pred_dir / "pan_pred" / str(vid)),
+                frames=tuple(frames),
+            )
+        )
+    return specs
+
+
+# ----------------------------------------------------------------------------- PNG
+
+_ID_MASK = 0xFFFFFF
+
+
+def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> np.ndarray:
+    """Read an RGB-encoded id PNG as a uint32 (H, W) map, id = R + 256 G + 65536 B.
+
+    Like the official scripts, any 8-bit image with at least 3 channels is accepted and
+    its first three channels are used.  With ``packed=True`` the fourth byte of each
+    value may be non-zero (an alpha channel); the id is then ``value & 0xFFFFFF``
+    (this skips a pass over the image; :func:`pair_counts` accepts packed maps).
+    """
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode in ("RGB", "RGBA", "RGBX"):
+                if mode == "RGB":
+                    im = im.convert("RGBA")  # fast C path to one uint32 per pixel
+                w, h = im.size
+                vals = np.frombuffer(im.tobytes(), dtype="<u4").reshape(h, w)
+                return vals if packed else vals & np.uint32(_ID_MASK)
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise MetricsInputError(f"{what} not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
+    if arr.ndim != 3 or arr.shape[2] < 3 or arr.dtype != np.uint8:
+        raise MetricsInputError(
+            f"{what} {path}: expected an 8-bit RGB image (ids encoded as R + 256 G + 65536 B), "
+            f"got mode {mode!r} with array shape {arr.shape}"
+        )
+    ids = arr[..., 0].astype(np.uint32)
+    ids |= arr[..., 1].astype(np.uint32) << 8
+    ids |= arr[..., 2].astype(np.uint32) << 16
+    return ids
+
+
+# ----------------------------------------------------------------------------- pair counting
+
+
+def pair_counts(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixel counts of every co-occurring (gt id, pred id) pair, sorted by (gt id, pred id).
+
+    ``gt`` and ``pred`` are same-shape uint32 id maps (only the low 24 bits are the id).
+    Returns int64 arrays ``(gt_ids, pred_ids, counts)``.  Panoptic maps are piecewise
+    constant, so the pairs are counted over runs of equal consecutive pixels
+    (a sort of a few thousand runs instead of the whole image; noise degrades
+    gracefully to a sort of every pixel).
+    """
+    g = np.ascontiguousarray(gt).reshape(-1)
+    p = np.ascontiguousarray(pred).reshape(-1)
+    if g.shape != p.shape:
+        raise ValueError(f"pair_counts: shapes differ {gt.shape} vs {pred.shape}")
+    if g.size == 0:
+        z = np.zeros(0, np.int64)
+        return z, z.copy(), z.copy()
+    change = g[1:] != g[:-1]
+    change |= p[1:] != p[:-1]
+    starts = np.flatnonzero(change)
+    starts += 1
+    starts = np.concatenate((np.zeros(1, starts.dtype), starts))
+    lengths = np.diff(starts, append=g.size)
+    keys = ((g[starts] & np.uint32(_ID_MASK)).astype(np.int64) << 24) | (p[starts] & np.uint32(_ID_MASK))
+    uniq, inv = np.unique(keys, return_inverse=True)
+    counts = np.bincount(inv.reshape(-1), weights=lengths, minlength=uniq.size)
+    return uniq >> 24, uniq & _ID_MASK, counts.astype(np.int64)

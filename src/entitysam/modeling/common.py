@@ -1,0 +1,136 @@
+"""Small building blocks shared by several modules: MLP, LayerNorm2d, position encodings, RoPE."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """`num_layers` linear layers with an activation between them (SAM's MLP; keys `layers.i`)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int,
+                 activation: type[nn.Module] = nn.ReLU, sigmoid_output: bool = False):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.act = activation()
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of a [B, C, H, W] map."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+@lru_cache(maxsize=16)
+def _sine_position_encoding_cpu(channels: int, height: int, width: int,
+                                temperature: float = 10000.0) -> torch.Tensor:
+    half = channels // 2
+    scale = 2 * math.pi
+    eps = 1e-6
+    y = torch.arange(1, height + 1, dtype=torch.float32).view(-1, 1).expand(height, width)
+    x = torch.arange(1, width + 1, dtype=torch.float32).view(1, -1).expand(height, width)
+    y = y / (y[-1:, :] + eps) * scale
+    x = x / (x[:, -1:] + eps) * scale
+    dim_t = torch.arange(half, dtype=torch.float32)
+    dim_t = temperature ** (2 * (dim_t // 2) / half)
+    pos_x = x[:, :, None] / dim_t
+    pos_y = y[:, :, None] / dim_t
+    pos_x = torch.stack((pos_x[:, :, 0::2].sin(), pos_x[:, :, 1::2].cos()), dim=3).flatten(2)
+    pos_y = torch.stack((pos_y[:, :, 0::2].sin(), pos_y[:, :, 1::2].cos()), dim=3).flatten(2)
+    return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1).contiguous()
+
+
+def sine_position_encoding(channels: int, height: int, width: int,
+                           device: torch.device | str = "cpu") -> torch.Tensor:
+    """Normalised 2-D sine position encoding (DETR / SAM 2 style), [channels, H, W] float32.
+
+    The first half of the channels encodes y (row), the second half x (column).
+    """
+    return _sine_position_encoding_cpu(channels, height, width).to(device)
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random-Fourier position encoding of SAM's prompt encoder.
+
+    Coordinates in [0, 1] map to `[sin(2 pi (2c - 1) G), cos(...)]` with the fixed Gaussian
+    matrix G [2, C/2] (a persistent buffer of the checkpoints).
+    """
+
+    def __init__(self, num_pos_feats: int):
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
+
+    def encode(self, coords: torch.Tensor) -> torch.Tensor:
+        """coords [..., 2] in [0, 1] as (x, y) -> [..., 2 * num_pos_feats]."""
+        coords = 2 * coords - 1
+        coords = coords @ self.positional_encoding_gaussian_matrix
+        coords = 2 * math.pi * coords
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
+    def grid(self, height: int, width: int) -> torch.Tensor:
+        """Encoding of the pixel centres of an H x W grid: [C, H, W]."""
+        device = self.positional_encoding_gaussian_matrix.device
+        ones = torch.ones((height, width), device=device, dtype=torch.float32)
+        y = (ones.cumsum(dim=0) - 0.5) / height
+        x = (ones.cumsum(dim=1) - 0.5) / width
+        return self.encode(torch.stack([x, y], dim=-1)).permute(2, 0, 1)
+
+
+@lru_cache(maxsize=16)
+def _rope_tables_cpu(dim: int, side: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
+    t = torch.arange(side * side, dtype=torch.float32)
+    t_x = t % side  # column
+    t_y = torch.div(t, side, rounding_mode="floor")  # row
+    angles = torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)  # [N, dim/2]
+    return torch.cos(angles), torch.sin(angles)
+
+
+def rope_tables(dim: int, side: int, theta: float = 10000.0,
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial rotary tables for a side x side grid in row-major order: cos, sin [side^2, dim/2].
+
+    The first dim/4 frequency pairs rotate with the column index, the last dim/4 with the row.
+    """
+    cos, sin = _rope_tables_cpu(dim, side, theta)
+    return cos.to(device), sin.to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x [..., N, dim] by the angles of cos/sin [N, dim/2].
+
+    Equivalent to multiplying `x` viewed as dim/2 complex numbers by `cos + i sin`.
+    """
+    xf = x.float().unflatten(-1, (-1, 2))
+    a, b = xf[..., 0], xf[..., 1]
+    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Scaled dot-product attention, [..., Nq, d] x [..., Nk, d] x [..., Nk, dv] -> [..., Nq, dv]."""
+    return F.scaled_dot_product_attention(q, k, v)

@@ -1,0 +1,164 @@
+"""The EntitySAM model: module tree of the official checkpoints and the per-step computation.
+
+One step turns the current frame's features, the memory bank and the points of the previous
+step into Q = 50 entity masks:
+
+1. `F`: image features conditioned on memory (memory attention); on the first step
+   `V + no_mem_embed` instead.
+2. `Z = [F, DINOv2]`, 2C wide. Offset attention of Q learned queries over `Z` gives
+   classification logits and (after the first step) point offsets; on the first step the point
+   sampler places the points. `Y = Linear(Z)` is the decoder's image embedding.
+3. Prompt encoder (one positive point per query) and entity decoder -> mask logits and IoU.
+4. Memory encoder on the upsampled logits -> this step's memory.
+
+The model holds no per-video state: the tracker (`entitysam.video.tracker`) owns the memory
+bank and the points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import EntitySAMConfig
+from .decoder import EntityDecoder
+from .dinov2 import DinoV2
+from .hiera import ImageEncoder
+from .memory import MemoryAttention, MemoryEncoder
+from .prompt import PromptEncoder, offset_attention, sample_points
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class FrameFeatures:
+    """Everything a step needs from one input frame (batch 1, shared by all queries).
+
+    vision [1, C, g, g] (stride 16), vision_pos [1, C, g, g], high_res (s4' [1, C/8, 4g, 4g],
+    s8' [1, C/4, 2g, 2g]) already projected by the decoder's conv_s0/conv_s1,
+    semantic [1, g*g, C] DINOv2 tokens after the projector.
+    """
+
+    vision: torch.Tensor
+    vision_pos: torch.Tensor
+    high_res: tuple[torch.Tensor, torch.Tensor]
+    semantic: torch.Tensor
+
+
+@dataclass
+class StepOutput:
+    """Per-step results for the Q queries.
+
+    mask_logits [Q, 1, 4g, 4g] raw low-res logits (before hole filling), iou [Q],
+    class_logits [Q, 2], points [Q, 2] (the prompt coordinates used, input-image pixels),
+    memory [Q, mem_dim, g, g] (None when not requested).
+    """
+
+    mask_logits: torch.Tensor
+    iou: torch.Tensor
+    class_logits: torch.Tensor
+    points: torch.Tensor
+    memory: torch.Tensor | None
+
+    @property
+    def entity_scores(self) -> torch.Tensor:
+        """eIoU [Q] = IoU * sigmoid(max over both class logits), as the official model."""
+        return self.iou * torch.sigmoid(self.class_logits.max(dim=-1).values)
+
+
+class EntitySAM(nn.Module):
+    """EntitySAM with the official state-dict layout (see `checkpoints.py` for loading)."""
+
+    def __init__(self, cfg: EntitySAMConfig):
+        super().__init__()
+        self.cfg = cfg
+        c, m, q, g = cfg.hidden_dim, cfg.mem_dim, cfg.num_queries, cfg.grid_size
+        self.maskmem_tpos_enc = nn.Parameter(torch.zeros(cfg.num_maskmem, 1, 1, m))
+        self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, c))
+        self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, c))  # unused, in checkpoints
+        self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, m))  # adds exactly 0 here
+
+        self.image_encoder = ImageEncoder(cfg.hiera, c)
+        self.memory_attention = MemoryAttention(c, m, cfg.memory_attention_layers, cfg.memory_attention_ffn_dim)
+        self.memory_encoder = MemoryEncoder(c, m, cfg.fuser_layers)
+        self.sam_prompt_encoder = PromptEncoder(c, g, cfg.image_size)
+        self.sam_mask_decoder = EntityDecoder(c, q, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp_dim)
+        self.obj_ptr_tpos_proj = nn.Linear(c, m)  # unused (no object pointers), in checkpoints
+
+        self.dinov2_feature_extractor = DinoV2(cfg.dino)
+        self.dinov2_projector = nn.Linear(cfg.dino.embed_dim, c)
+        self.point_sampler_net = nn.MultiheadAttention(c, cfg.offset_heads, batch_first=True)
+        self.point_sampler_num = nn.Linear(c, q)
+        self.offset_attention = nn.MultiheadAttention(2 * c, cfg.offset_heads, batch_first=True)
+        self.offset_fc = nn.Linear(2 * c, 2)
+        self.offset_embedding = nn.Embedding(q, 2 * c)
+        self.offset_cls = nn.Linear(2 * c, 2)
+        self.backbone_feature_enhancement = nn.Linear(2 * c, c)
+
+    # ------------------------------------------------------------------ per frame
+    def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
+        """image [1, 3, S, S], normalised -> FrameFeatures (Hiera + FPN, DINOv2)."""
+        features, pos = self.image_encoder(image)
+        s4 = self.sam_mask_decoder.conv_s0(features[0])
+        s8 = self.sam_mask_decoder.conv_s1(features[1])
+        dino_in = F.interpolate(image, size=(self.cfg.dino_input_size,) * 2, mode="bilinear", align_corners=False)
+        semantic = self.dinov2_projector(self.dinov2_feature_extractor(dino_in))
+        return FrameFeatures(features[2], pos[2], (s4, s8), semantic)
+
+    # ------------------------------------------------------------------ per step
+    def condition_on_memory(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+        """Memory-conditioned features [B, N, C] (B = 1 without memory, else Q).
+
+        memories: (memory [Q, mem_dim, g, g], steps_back r >= 1) pairs, oldest first. The
+        temporal embedding of a memory r steps back is `maskmem_tpos_enc[r - 1]`.
+        """
+        curr = frame.vision.flatten(2).transpose(1, 2)  # [1, N, C]
+        if not memories:
+            return curr + self.no_mem_embed
+        pos = frame.vision_pos.flatten(2).transpose(1, 2)
+        g = self.cfg.grid_size
+        mem_pe = self.memory_encoder.position_encoding(g, g, curr.device).flatten(1).transpose(0, 1)  # [N, m]
+        memory = torch.cat([mem.flatten(2).transpose(1, 2) for mem, _ in memories], dim=1)
+        memory_pos = torch.cat([mem_pe + self.maskmem_tpos_enc[r - 1, 0] for _, r in memories], dim=0)
+        return self.memory_attention(curr, pos, memory.to(curr.dtype), memory_pos.unsqueeze(0))
+
+    def step(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
+             points: torch.Tensor | None, encode_memory: bool = True) -> StepOutput:
+        """One tracking step.
+
+        memories: see `condition_on_memory` (empty on the first step).
+        points [Q, 2]: the previous step's points, or None on the first step, where the point
+        sampler places them.
+        """
+        cfg = self.cfg
+        q, g = cfg.num_queries, cfg.grid_size
+        feats = self.condition_on_memory(frame, memories)  # [B, N, C]
+        fused = torch.cat([feats, frame.semantic.expand(feats.shape[0], -1, -1)], dim=-1)  # [B, N, 2C]
+
+        if points is None:
+            points = sample_points(feats[0], (g, g), self.point_sampler_net, self.point_sampler_num,
+                                   cfg.image_size)
+        attended = offset_attention(self.offset_attention, self.offset_embedding.weight, fused)  # [Q, 2C]
+        if memories:
+            points = points + self.offset_fc(attended)
+        class_logits = self.offset_cls(attended)
+
+        image = self.backbone_feature_enhancement(fused).transpose(1, 2).unflatten(-1, (g, g))
+        image = (image + self.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
+        sparse = self.sam_prompt_encoder.embed_positive_points(points)
+        masks, iou = self.sam_mask_decoder(image, self.sam_prompt_encoder.dense_pe(), sparse, frame.high_res)
+        masks = masks.float()
+
+        memory = self.encode_memory(frame, masks) if encode_memory else None
+        return StepOutput(masks, iou[:, 0], class_logits, points.detach(), memory)
+
+    def encode_memory(self, frame: FrameFeatures, mask_logits: torch.Tensor) -> torch.Tensor:
+        """mask_logits [Q, 1, 4g, 4g] -> memory [Q, mem_dim, g, g] from the raw (unfilled) logits."""
+        size = self.cfg.image_size
+        high = F.interpolate(mask_logits, size=(size, size), mode="bilinear", align_corners=False)
+        mask = torch.sigmoid(high) * self.cfg.sigmoid_scale_for_mem_enc + self.cfg.sigmoid_bias_for_mem_enc
+        return self.memory_encoder(frame.vision, mask)

@@ -1,0 +1,115 @@
+"""SAM prompt encoder (points only) and EntitySAM's prompt generator.
+
+The prompt generator finds one point per entity query on the first frame and moves it by a
+predicted offset on every later step. Its parameters sit at the top level of the official
+state dict (`point_sampler_net`, `offset_attention`, ...), so `EntitySAM` owns them and calls
+the functions below.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d, PositionEmbeddingRandom
+
+
+class PromptEncoder(nn.Module):
+    """Encodes point prompts; EntitySAM never passes boxes or masks.
+
+    `mask_downscaling` and `point_embeddings[0, 2, 3]` are unused here but are part of the
+    checkpoints.
+    """
+
+    def __init__(self, embed_dim: int, image_embedding_size: int, input_image_size: int,
+                 mask_in_chans: int = 16):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.image_embedding_size = image_embedding_size
+        self.input_image_size = input_image_size
+        self.pe_layer = PositionEmbeddingRandom(embed_dim // 2)
+        self.point_embeddings = nn.ModuleList(nn.Embedding(1, embed_dim) for _ in range(4))
+        self.not_a_point_embed = nn.Embedding(1, embed_dim)
+        self.mask_downscaling = nn.Sequential(
+            nn.Conv2d(1, mask_in_chans // 4, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans // 4),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans // 4, mask_in_chans, kernel_size=2, stride=2),
+            LayerNorm2d(mask_in_chans),
+            nn.GELU(),
+            nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
+        )
+        self.no_mask_embed = nn.Embedding(1, embed_dim)
+
+    def dense_pe(self) -> torch.Tensor:
+        """Position encoding of the image-embedding grid: [1, C, g, g]."""
+        g = self.image_embedding_size
+        return self.pe_layer.grid(g, g).unsqueeze(0)
+
+    def dense_embedding(self) -> torch.Tensor:
+        """The 'no mask' dense prompt, [1, C, 1, 1] (broadcasts over the grid)."""
+        return self.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
+    def embed_positive_points(self, points: torch.Tensor) -> torch.Tensor:
+        """One positive point per batch row plus SAM's padding point.
+
+        points [B, 2] in input-image pixels, read as (x, y) -> sparse embeddings [B, 2, C]
+        (row 0: the point, row 1: the padding token).
+        """
+        coords = (points + 0.5) / self.input_image_size  # pixel centre, then normalise
+        point = self.pe_layer.encode(coords.float()) + self.point_embeddings[1].weight
+        pad = self.not_a_point_embed.weight.expand(points.shape[0], -1)
+        return torch.stack([point, pad], dim=1)
+
+
+def sample_points(tokens: torch.Tensor, grid: tuple[int, int], sampler: nn.MultiheadAttention,
+                  head: nn.Linear, image_size: int) -> torch.Tensor:
+    """Initial point of every query from the first frame's features.
+
+    tokens [g*g, C] (row-major grid positions) -> points [Q, 2] in input-image pixels.
+
+    Self-attention over the g*g positions, a linear head gives Q scores per position, a softmax
+    over positions gives one distribution per query and its expectation over the grid is the
+    point. The grid is (row, col) and the result is later read as (x, y): the official model
+    transposes its points, and was trained that way.
+    """
+    gh, gw = grid
+    x = tokens.unsqueeze(0)  # [1, N, C]
+    attended = _mha(sampler, x, x, x)  # [1, N, C]
+    weights = F.softmax(head(attended), dim=1)[0]  # [N, Q]
+    rows, cols = torch.meshgrid(torch.arange(gh, device=x.device), torch.arange(gw, device=x.device),
+                                indexing="ij")
+    grid = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()  # [N, 2] as (row, col)
+    points = weights.transpose(0, 1) @ grid  # [Q, 2]
+    scale = torch.tensor([image_size / gw, image_size / gh], device=x.device)
+    return points * scale
+
+
+def _mha(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """nn.MultiheadAttention (batch-first) from its weights, with broadcasting batch axes.
+
+    q [Bq, Nq, E], k/v [Bk, Nk, E], Bq and Bk each 1 or B -> [B, Nq, E].
+    Key/value projections run on Bk rows only, so keys shared by all queries are projected once.
+    """
+    e, h = attn.embed_dim, attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (h, e // h)).transpose(1, 2)  # [B, h, N, d]
+
+    qh, kh, vh = heads(F.linear(q, w_q, b_q)), heads(F.linear(k, w_k, b_k)), heads(F.linear(v, w_v, b_v))
+    batch = max(qh.shape[0], kh.shape[0])
+    out = F.scaled_dot_product_attention(qh.expand(batch, -1, -1, -1), kh.expand(batch, -1, -1, -1),
+                                         vh.expand(batch, -1, -1, -1))
+    return attn.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def offset_attention(attn: nn.MultiheadAttention, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Each entity query attends over its own (memory-conditioned) fused features.
+
+    queries [Q, E] (`offset_embedding.weight`), features [Bf, N, E] with Bf in {1, Q}
+    (1 when all queries see the same features, i.e. on the first step) -> [Q, E].
+    """
+    return _mha(attn, queries.unsqueeze(1), features, features).squeeze(1)

@@ -1,0 +1,469 @@
+"""Exact numerical post-processing of the official EntitySAM video pipeline.
+
+Two pieces live here:
+
+* :func:`fill_holes` -- SAM 2's ``fill_holes_in_mask_scores`` (small background
+  components of the low-res mask logits become foreground), implemented with
+  ``scipy.ndimage.label`` instead of the CUDA connected-components extension.
+* :func:`merge_video_panoptic` / :func:`iter_video_panoptic` -- the official
+  ``inference_video_vps_save_results``: per-query video masks and scores are merged
+  into one entity id map per frame. The official code materialises the full
+  ``[K, n, H, W]`` probability volume; here frames are processed in chunks so that
+  peak memory does not grow with the number of frames, with bit-identical results
+  (every step is per pixel except integer counts, which are accumulated).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "fill_holes",
+    "PanopticPlan",
+    "PanopticResult",
+    "plan_video_panoptic",
+    "iter_video_panoptic",
+    "merge_video_panoptic",
+]
+
+# ---------------------------------------------------------------------------
+# Hole filling
+# ---------------------------------------------------------------------------
+
+# 3-D structuring element that is the 8-neighbourhood inside one plane and nothing
+# across planes: a single scipy call then labels all masks independently.
+_PLANAR_8 = np.zeros((3, 3, 3), dtype=bool)
+_PLANAR_8[1] = True
+
+# Below this many pixels the thread hand-off costs more than it saves.
+_PARALLEL_MIN_PIXELS = 1 << 18
+
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+_pool_lock = threading.Lock()
+
+
+def _get_pool(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_workers
+    with _pool_lock:
+        if _pool is None or _pool_workers < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="entitysam-cc")
+            _pool_workers = workers
+        return _pool
+
+
+def _small_components(bg: np.ndarray, max_area: int) -> np.ndarray | None:
+    """bg: [P, H, W] bool. Returns [P, H, W] bool, True on components (8-connected
+    within a plane) of ``bg`` with area <= max_area, or None if there are none."""
+    # intp labels: bincount and take would otherwise convert int32 -> intp.
+    labels, num = ndi.label(bg, structure=_PLANAR_8, output=np.intp)
+    if num == 0:
+        return None
+    areas = np.bincount(labels.ravel(), minlength=num + 1)
+    small = areas <= max_area
+    small[0] = False  # label 0 is the foreground, never a hole
+    if not small.any():
+        return None
+    return np.take(small, labels)
+
+
+def _plane_ranges(planes: int, pixels: int) -> list[tuple[int, int]]:
+    workers = min(torch.get_num_threads(), os.cpu_count() or 1, planes, 16)
+    if workers <= 1 or pixels < _PARALLEL_MIN_PIXELS:
+        return [(0, planes)]
+    bounds = np.linspace(0, planes, workers + 1).astype(int)
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _run(fn, ranges: list[tuple[int, int]]) -> list:
+    if len(ranges) == 1:
+        return [fn(*ranges[0])]
+    # scipy's labelling and numpy's bulk ops release the GIL, so threads over
+    # disjoint plane ranges scale almost linearly.
+    return list(_get_pool(len(ranges)).map(lambda r: fn(*r), ranges))
+
+
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
+
+
+def fill_holes(logits: torch.Tensor, max_area: int = 8) -> torch.Tensor:
+    """Fill small background holes of mask logits, like SAM 2's
+    ``fill_holes_in_mask_scores`` with its CUDA ``get_connected_componnets``.
+
+    Args:
+        logits: [N, 1, H, W] or [N, H, W] (any number of leading dims) mask logits,
+            usually float32. Each trailing [H, W] plane is an independent mask.
+        max_area: components of ``logits <= 0`` (8-connectivity, within one plane)
+            with at most this many pixels are holes. Must be > 0.
+
+    Returns:
+        A new tensor, same shape/dtype/device as ``logits``, where hole pixels are
+        set to 0.1 (in the tensor's dtype, e.g. float32(0.1)) and others are copied.
+        Not differentiable (inference post-processing).
+    """
+    if max_area <= 0:
+        raise ValueError(f"max_area must be positive, got {max_area}")
+    if logits.dim() < 2:
+        raise ValueError(f"expected [..., H, W] logits, got shape {tuple(logits.shape)}")
+    h, w = logits.shape[-2:]
+    planes = logits.numel() // max(1, h * w)
+    ranges = _plane_ranges(planes, logits.numel())
+
+    if logits.device.type == "cpu" and logits.dtype in _NUMPY_FLOATS:
+        # Pure numpy: on CPU it avoids torch's intra-op thread pool, which competes
+        # with our own worker threads.
+        src = logits.detach().contiguous().numpy().reshape(planes, h, w)
+        out = np.empty_like(src)
+        # Same value as torch.where(is_hole, 0.1, mask): 0.1 rounded to the dtype.
+        fill = src.dtype.type(0.1)
+
+        def work(a: int, b: int) -> None:
+            out[a:b] = src[a:b]
+            holes = _small_components(src[a:b] <= 0, max_area)
+            if holes is not None:
+                np.copyto(out[a:b], fill, where=holes)
+
+        _run(work, ranges)
+        return torch.from_numpy(out).reshape(logits.shape)
+
+    bg = (logits <= 0).detach().to("cpu").numpy().reshape(planes, h, w)
+    holes = np.zeros(bg.shape, dtype=bool)
+
+    def work_bool(a: int, b: int) -> None:
+        part = _small_components(bg[a:b], max_area)
+        if part is not None:
+            holes[a:b] = part
+
+    _run(work_bool, ranges)
+    is_hole = torch.from_numpy(holes.reshape(logits.shape)).to(logits.device)
+    return torch.where(is_hole, 0.1, logits)
+
+
+# ---------------------------------------------------------------------------
+# Video panoptic merge
+# ---------------------------------------------------------------------------
+
+# Default memory budget for one chunk of the [K, c, H, W] float32 probability volume.
+# Small chunks are also faster (cache-friendlier): ~1 frame for 50 queries at 360p.
+_DEFAULT_CHUNK_BYTES = 64 << 20
+
+
+@dataclass
+class PanopticResult:
+    """Output of :func:`merge_video_panoptic`.
+
+    Attributes:
+        id_maps: [n, H, W] int32 entity id per pixel (0 = no entity), or None when
+            frames were streamed to a ``frames_out`` callback instead.
+        segment_ids: ids in creation order (1, 2, ...).
+        query_index: for each segment, the query that produced it, in the numbering
+            of the input ``scores`` (the official ``result["pred_ids"]``).
+        scores: final score (eIoU score + 0.5 * mask quality) of each segment.
+    """
+
+    id_maps: np.ndarray | None
+    segment_ids: list[int]
+    query_index: list[int]
+    scores: list[float]
+
+
+@dataclass
+class PanopticPlan:
+    """Result of the counting passes: which queries survive and with which id.
+
+    Attributes:
+        num_frames: n.
+        out_size: (H, W).
+        kept: [K] original query index of each query passing the score threshold.
+        kept_scores: [K] their final scores (score + 0.5 * quality), same dtype as
+            the input scores (float32 normally).
+        segment_of_kept: [K] int32, segment id assigned to each kept query, 0 if dropped.
+        segment_ids, query_index, scores: per segment, as in :class:`PanopticResult`.
+    """
+
+    num_frames: int
+    out_size: tuple[int, int]
+    kept: torch.Tensor
+    kept_scores: torch.Tensor
+    segment_of_kept: np.ndarray
+    segment_ids: list[int] = field(default_factory=list)
+    query_index: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    mask_binary_threshold: float = 0.5
+
+
+def _num_frames(logits: Any) -> int:
+    shape = getattr(logits, "shape", None)
+    if shape is None or len(shape) != 4:
+        raise ValueError("logits must have a 4-D .shape [Q, n, h, w]")
+    return int(shape[1])
+
+
+def _load_chunk(logits: Any, t0: int, t1: int, kept: torch.Tensor) -> torch.Tensor:
+    """logits[:, t0:t1] of the kept queries as contiguous float32: [K, t1-t0, h, w]."""
+    chunk = logits[:, t0:t1]
+    if isinstance(chunk, torch.Tensor):
+        chunk = chunk[kept.to(chunk.device)]
+    else:
+        # Fancy indexing copies out of a (possibly read-only) memmap.
+        chunk = torch.from_numpy(np.asarray(chunk)[kept.numpy()])
+    return chunk.to(torch.float32).contiguous()
+
+
+def _chunk_bounds(n: int, step: int) -> Iterator[tuple[int, int]]:
+    for t0 in range(0, n, step):
+        yield t0, min(n, t0 + step)
+
+
+def _resolve_chunk(frame_chunk: int | None, n: int, k: int, out_size: tuple[int, int]) -> int:
+    if frame_chunk is None:
+        per_frame = max(1, k) * out_size[0] * out_size[1] * 4
+        frame_chunk = _DEFAULT_CHUNK_BYTES // per_frame
+    return int(max(1, min(max(n, 1), frame_chunk)))
+
+
+def _assign(
+    lowres: torch.Tensor, kept_scores: torch.Tensor, out_size: tuple[int, int], thr: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pixel winner of one chunk.
+
+    Args:
+        lowres: [K, c, h, w] float32 logits of the kept queries.
+        kept_scores: [K] final scores.
+    Returns:
+        ids: [c, H, W] int64, argmax_k score_k * prob_k, -1 where every prob < thr.
+        win_fg: [c, H, W] bool, the winner's own prob >= thr (the segment pixels).
+        fg_count: [K] int64, #(prob_k >= thr) in this chunk.
+    """
+    # Same call as the reference on the [K, n, h, w] volume; bilinear interpolation
+    # is computed per (k, t) plane, so chunking over t does not change any value.
+    prob = F.interpolate(lowres, size=out_size, mode="bilinear", align_corners=False)
+    prob.sigmoid_()
+    fg = prob >= thr
+    # "all probs < thr" == "max prob < thr" (NaN propagates through both as not-bg).
+    is_bg = prob.amax(0) < thr
+    if fg.device.type == "cpu":
+        fg_count = torch.from_numpy(np.count_nonzero(fg.view(fg.shape[0], -1).numpy(), axis=1))
+    else:
+        fg_count = fg.flatten(1).sum(1)
+    s = kept_scores.to(prob.device).view(-1, 1, 1, 1)
+    if s.dtype == prob.dtype:
+        # In place (s * p == p * s bit for bit); prob is not needed any more.
+        weighted = prob.mul_(s)
+    else:
+        weighted = s * prob  # e.g. float64 scores promote, as in the reference
+    # max(0).indices, like argmax, returns the first maximal index on ties (it scans
+    # the reduced dim and updates only on a strictly greater value) and is faster.
+    ids = weighted.max(0).indices
+    del weighted, prob
+    ids.masked_fill_(is_bg, -1)
+    win_fg = fg.gather(0, ids.clamp(min=0).unsqueeze(0)).squeeze(0) & (ids >= 0)
+    return ids, win_fg, fg_count
+
+
+def plan_video_panoptic(
+    scores: torch.Tensor | np.ndarray | Sequence[float],
+    logits: Any,
+    out_size: Sequence[int],
+    *,
+    overlap_threshold: float = 0.7,
+    mask_binary_threshold: float = 0.5,
+    object_mask_threshold: float = 0.05,
+    test_topk_per_image: int = 100,
+    frame_chunk: int | None = None,
+    _winners_out: Callable[[int, torch.Tensor], None] | None = None,
+) -> PanopticPlan:
+    """Run the counting passes of the official merge and decide the segments.
+
+    Args:
+        scores: [Q] per-query video scores (mean eIoU), float32.
+        logits: [Q, n, h, w] low-res mask logits; a tensor, ndarray or anything with a
+            4-D ``.shape`` whose ``logits[:, t0:t1]`` gives a tensor/ndarray (e.g. a
+            float16 ``np.memmap``). Chunks are converted to float32.
+        out_size: (H, W) output resolution.
+        frame_chunk: frames per chunk (None: as many as fit in ~64 MiB of
+            [K, c, H, W] float32 probabilities).
+
+    Returns:
+        A :class:`PanopticPlan`; feed it to :func:`iter_video_panoptic` for the maps.
+    """
+    out_hw = (int(out_size[0]), int(out_size[1]))
+    scores_t = torch.as_tensor(np.asarray(scores) if not isinstance(scores, torch.Tensor) else scores)
+    if not scores_t.is_floating_point():
+        scores_t = scores_t.to(torch.float32)
+    scores_t = scores_t.detach().cpu().reshape(-1)
+    q = scores_t.numel()
+    n = _num_frames(logits)
+    if int(logits.shape[0]) != q:
+        raise ValueError(f"{q} scores but logits has {logits.shape[0]} queries")
+
+    if q == 0:
+        kept = torch.zeros(0, dtype=torch.long)
+        return PanopticPlan(n, out_hw, kept, scores_t[:0], np.zeros(0, np.int32),
+                            mask_binary_threshold=mask_binary_threshold)
+
+    # Reference rule: scores >= max(threshold, k-th best score), k = min(Q, topk).
+    # Python's max() keeps the float unless the tensor is strictly greater.
+    kth = scores_t.topk(k=min(q, test_topk_per_image))[0][-1]
+    thr = kth if bool(kth > object_mask_threshold) else object_mask_threshold
+    kept = torch.nonzero(scores_t >= thr).flatten()
+    k = kept.numel()
+    if k == 0:
+        return PanopticPlan(n, out_hw, kept, scores_t[:0], np.zeros(0, np.int32),
+                            mask_binary_threshold=mask_binary_threshold)
+
+    chunk = _resolve_chunk(frame_chunk, n, k, out_hw)
+
+    # Pass 0: mask quality over every 5th FRAME of the low-res logits.
+    above = torch.zeros(k, dtype=torch.int64)
+    nonneg = torch.zeros(k, dtype=torch.int64)
+    for t in range(0, n, 5):
+        lo = _load_chunk(logits, t, t + 1, kept).cpu()
+        above += (lo > 1).flatten(1).sum(-1)
+        nonneg += (lo > -1).flatten(1).sum(-1)
+    # int64 / int64 true division -> default float dtype, as in the reference.
+    quality = above / nonneg.clamp(min=1)
+    kept_scores = scores_t[kept] + 0.5 * quality
+
+    # Pass 1: per query, A = #(argmax == k), O = #(prob_k >= thr), S = #(both).
+    win_area = torch.zeros(k, dtype=torch.int64)
+    fg_area = torch.zeros(k, dtype=torch.int64)
+    seg_area = torch.zeros(k, dtype=torch.int64)
+    for t0, t1 in _chunk_bounds(n, chunk):
+        lo = _load_chunk(logits, t0, t1, kept)
+        ids, win_fg, fg_count = _assign(lo, kept_scores, out_hw, mask_binary_threshold)
+        ids, win_fg, fg_count = ids.cpu(), win_fg.cpu(), fg_count.cpu()
+        win_area += torch.bincount(ids.flatten() + 1, minlength=k + 1)[1:]
+        fg_area += fg_count
+        seg_area += torch.bincount(ids[win_fg], minlength=k)
+        if _winners_out is not None:
+            _winners_out(t0, torch.where(win_fg, ids, -1))
+
+    segment_of_kept = np.zeros(k, dtype=np.int32)
+    plan = PanopticPlan(n, out_hw, kept, kept_scores, segment_of_kept,
+                        mask_binary_threshold=mask_binary_threshold)
+    next_id = 0
+    for j in range(k):
+        a, o, s = int(win_area[j]), int(fg_area[j]), int(seg_area[j])
+        if a > 0 and o > 0 and s > 0:
+            if a / o < overlap_threshold:
+                continue
+            next_id += 1
+            segment_of_kept[j] = next_id
+            plan.segment_ids.append(next_id)
+            plan.query_index.append(int(kept[j]))
+            plan.scores.append(float(kept_scores[j]))
+    return plan
+
+
+def _paint(winners: torch.Tensor, segment_of_kept: np.ndarray) -> np.ndarray:
+    """winners: [..., H, W] kept-query slot of each segment pixel, -1 elsewhere.
+    Returns the int32 id map of the same shape."""
+    lut = np.zeros(segment_of_kept.size + 1, dtype=np.int32)
+    lut[1:] = segment_of_kept
+    return lut[winners.numpy() + 1]
+
+
+def iter_video_panoptic(
+    plan: PanopticPlan, logits: Any, *, frame_chunk: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream the id maps of a :class:`PanopticPlan`, one frame at a time.
+
+    Recomputes the per-pixel winners chunk by chunk (the same arithmetic as the
+    counting pass), so memory stays independent of the number of frames.
+
+    Args:
+        plan: from :func:`plan_video_panoptic` on the same ``logits``.
+        logits: [Q, n, h, w] as for :func:`plan_video_panoptic`.
+        frame_chunk: frames per chunk (None: memory-budgeted default).
+
+    Yields:
+        (t, id_map) with id_map [H, W] int32 (0 = no entity), t = 0..n-1 in order.
+    """
+    n, (h, w) = plan.num_frames, plan.out_size
+    k = plan.kept.numel()
+    if k == 0 or not plan.segment_ids:
+        for t in range(n):
+            yield t, np.zeros((h, w), dtype=np.int32)
+        return
+    chunk = _resolve_chunk(frame_chunk, n, k, plan.out_size)
+    for t0, t1 in _chunk_bounds(n, chunk):
+        lo = _load_chunk(logits, t0, t1, plan.kept)
+        ids, win_fg, _ = _assign(lo, plan.kept_scores, plan.out_size, plan.mask_binary_threshold)
+        maps = _paint(torch.where(win_fg, ids, -1).cpu(), plan.segment_of_kept)
+        for i in range(t1 - t0):
+            yield t0 + i, maps[i]
+
+
+def merge_video_panoptic(
+    scores: torch.Tensor | np.ndarray | Sequence[float],
+    logits: Any,
+    out_size: Sequence[int],
+    *,
+    overlap_threshold: float = 0.7,
+    mask_binary_threshold: float = 0.5,
+    object_mask_threshold: float = 0.05,
+    frame_chunk: int | None = None,
+    frames_out: Callable[[int, np.ndarray], None] | None = None,
+) -> PanopticResult:
+    """Merge per-query video masks into entity id maps, exactly as the official
+    ``inference_video_vps_save_results`` (class labels aside, they do not affect ids).
+
+    Args:
+        scores: [Q] float32 per-query scores (mean eIoU over the processed steps).
+        logits: [Q, n, h, w] low-res mask logits (tensor, ndarray, or any object with
+            a 4-D ``.shape`` supporting ``logits[:, t0:t1]``, e.g. a float16 memmap).
+        out_size: (H, W).
+        overlap_threshold: a query is kept if its argmax area over its own
+            ``prob >= mask_binary_threshold`` area is at least this.
+        frame_chunk: frames processed together (None: memory-budgeted default).
+        frames_out: optional callback ``frames_out(t, id_map[H, W] int32)``. When
+            given, frames are streamed to it (two passes over ``logits``) and
+            ``id_maps`` is None; otherwise the [n, H, W] maps are returned.
+
+    Returns:
+        :class:`PanopticResult`.
+    """
+    if frames_out is not None:
+        plan = plan_video_panoptic(
+            scores, logits, out_size, overlap_threshold=overlap_threshold,
+            mask_binary_threshold=mask_binary_threshold,
+            object_mask_threshold=object_mask_threshold, frame_chunk=frame_chunk)
+        for t, id_map in iter_video_panoptic(plan, logits, frame_chunk=frame_chunk):
+            frames_out(t, id_map)
+        return PanopticResult(None, plan.segment_ids, plan.query_index, plan.scores)
+
+    # The output holds n*H*W int32 anyway, so caching the winners of the counting
+    # pass (int16/int32 per pixel) costs at most as much and saves a second pass.
+    n = _num_frames(logits)
+    out_hw = (int(out_size[0]), int(out_size[1]))
+    # slot + 1 of the winning kept query on its segment pixels, 0 elsewhere.
+    slot_dtype = np.int16 if int(logits.shape[0]) < np.iinfo(np.int16).max else np.int32
+    winners = np.zeros((n, *out_hw), dtype=slot_dtype)
+
+    def keep_winners(t0: int, w: torch.Tensor) -> None:
+        winners[t0:t0 + w.shape[0]] = w.numpy() + 1
+
+    plan = plan_video_panoptic(
+        scores, logits, out_hw, overlap_threshold=overlap_threshold,
+        mask_binary_threshold=mask_binary_threshold,
+        object_mask_threshold=object_mask_threshold, frame_chunk=frame_chunk,
+        _winners_out=keep_winners)
+    if plan.segment_ids:
+        lut = np.zeros(plan.segment_of_kept.size + 1, dtype=np.int32)
+        lut[1:] = plan.segment_of_kept
+        id_maps = lut[winners]
+    else:
+        id_maps = np.zeros((n, *out_hw), dtype=np.int32)
+    return PanopticResult(id_maps, plan.segment_ids, plan.query_index, plan.scores)

@@ -1,0 +1,109 @@
+"""Whole-video inference: track every step, keep the logits compactly, merge into id maps.
+
+Low-res logits of every output frame are needed by the video-level merge. They are appended to
+a memory-mapped file (frame-major [n, Q, h, w]) in a temporary directory, so RAM use does not
+grow with the number of frames.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from ..modeling.entitysam import EntitySAM
+from .postprocess import PanopticResult, merge_video_panoptic
+from .tracker import EntityTracker, StepResult
+
+
+class LogitStore:
+    """Append-only frame-major store of low-res logits, read back as [Q, n, h, w] chunks.
+
+    Backed by a growing raw file; `dtype` float32 keeps the merge exact, float16 halves the disk.
+    """
+
+    def __init__(self, directory: str | Path, num_queries: int, size: int, dtype: np.dtype = np.float32):
+        self.path = Path(directory) / "lowres_logits.bin"
+        self.dtype = np.dtype(dtype)
+        self.frame_shape = (num_queries, size, size)
+        self.num_frames = 0
+        self._file = open(self.path, "wb")
+
+    def append(self, logits: torch.Tensor) -> None:
+        """logits [Q, 1, h, w] or [Q, h, w]."""
+        arr = logits.reshape(self.frame_shape).cpu().numpy().astype(self.dtype, copy=False)
+        self._file.write(arr.tobytes())
+        self.num_frames += 1
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        q, h, w = self.frame_shape
+        return (q, self.num_frames, h, w)
+
+    def frames(self) -> np.memmap:
+        """[n, Q, h, w] read-only view of everything appended."""
+        self._file.flush()
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_frames, *self.frame_shape))
+
+    def __getitem__(self, index) -> np.ndarray:
+        """Supports `store[:, t0:t1]` -> [Q, t1-t0, h, w] (the merge's access pattern)."""
+        queries, frames = index
+        if queries != slice(None):
+            raise IndexError("LogitStore supports [:, t0:t1] indexing only")
+        return np.ascontiguousarray(self.frames()[frames].transpose(1, 0, 2, 3))
+
+
+@dataclass
+class VideoSegmentation:
+    """Result of `segment_video`.
+
+    scores [Q] video-level entity scores (mean eIoU over all steps, warm-up included),
+    panoptic: id maps [n, H, W] (0 = no entity) and the kept segments,
+    steps: per-step results when `keep_steps=True` (else empty).
+    """
+
+    scores: torch.Tensor
+    panoptic: PanopticResult
+    out_size: tuple[int, int]
+    num_frames: int
+    steps: list[StepResult] = field(default_factory=list)
+
+
+def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], out_size: tuple[int, int], *,
+                  keep_steps: bool = False, logits_dtype: np.dtype = np.float32,
+                  on_step: Callable[[StepResult], None] | None = None,
+                  work_dir: str | Path | None = None) -> VideoSegmentation:
+    """Segment and track every entity of a video.
+
+    frames: (frame_index, preprocessed image [1, 3, S, S]) pairs in temporal order; they are
+    consumed lazily. out_size: (H, W) of the id maps (the official code uses frame 0's size).
+    """
+    tracker = EntityTracker(model)
+    step_scores: list[torch.Tensor] = []  # [Q] per step: 200 bytes a frame
+    steps: list[StepResult] = []
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="entitysam-") as tmp:
+        store = LogitStore(tmp, model.cfg.num_queries, model.cfg.lowres_mask_size, logits_dtype)
+        try:
+            for result in tracker.track(frames):
+                step_scores.append(result.scores)
+                if not result.is_warmup:
+                    store.append(result.mask_logits)
+                if keep_steps:
+                    steps.append(result)
+                if on_step is not None:
+                    on_step(result)
+        finally:
+            store.close()
+        if not step_scores:
+            raise ValueError("the video has no frames")
+        scores = torch.stack(step_scores).mean(0)  # float32 mean over all steps, as official
+        panoptic = merge_video_panoptic(scores, store, out_size)
+    return VideoSegmentation(scores, panoptic, tuple(out_size), store.num_frames, steps)

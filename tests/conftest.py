@@ -1,0 +1,47 @@
+"""Shared test helpers: where the reference fixtures live, tiny models."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """The `shared/` folder beside the repository (override: ENTITYSAM_SHARED_DIR)."""
+    return Path(os.environ.get("ENTITYSAM_SHARED_DIR", REPO.parent / "shared"))
+
+
+def reference_dir() -> Path:
+    return shared_dir() / "reference"
+
+
+def load_make_weights():
+    """The reference `make_weights.py` as a module (it is not a package)."""
+    path = reference_dir() / "make_weights.py"
+    if not path.is_file():
+        pytest.fail(f"reference fixture missing: {path}")
+    spec = importlib.util.spec_from_file_location("make_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    from entitysam.config import get_config
+    from entitysam.modeling.entitysam import EntitySAM
+
+    torch.manual_seed(0)
+    model = EntitySAM(get_config("tiny")).eval()
+    # Make the toy queries distinct enough that masks differ (as make_weights does for real sizes).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
+                p.normal_()
+    return model
