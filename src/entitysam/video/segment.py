@@ -50,7 +50,8 @@ class LogitStore:
 
     def frames(self) -> np.memmap:
         """[n, Q, h, w] read-only view of everything appended."""
-        self._file.flush()
+        if not self._file.closed:
+            self._file.flush()
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_frames, *self.frame_shape))
 
     def __getitem__(self, index) -> np.ndarray:

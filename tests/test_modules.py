@@ -1,0 +1,155 @@
+"""Unit tests of each module on the tiny configuration: shapes, determinism, batch structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from entitysam.config import get_config
+from entitysam.modeling.common import apply_rope, rope_tables, sine_position_encoding
+from entitysam.modeling.decoder import group_tokens, ungroup_tokens
+from entitysam.modeling.dinov2 import DinoV2
+from entitysam.modeling.hiera import ImageEncoder, window_partition, window_unpartition
+from entitysam.modeling.memory import MemoryAttention, MemoryEncoder, RoPEAttention
+from entitysam.modeling.prompt import sample_points
+
+TINY = get_config("tiny")
+
+
+def test_window_partition_roundtrip_with_padding():
+    x = torch.randn(2, 7, 9, 3)
+    windows, padded = window_partition(x, 4)
+    assert windows.shape == (2 * 2 * 3, 4, 4, 3) and padded == (8, 12)
+    assert torch.equal(window_unpartition(windows, 4, padded, (7, 9)), x)
+
+
+def test_image_encoder_shapes_and_determinism():
+    torch.manual_seed(0)
+    enc = ImageEncoder(TINY.hiera, TINY.hidden_dim).eval()
+    x = torch.randn(1, 3, 128, 128)
+    feats, pos = enc(x)
+    assert [tuple(f.shape) for f in feats] == [(1, 32, 32, 32), (1, 32, 16, 16), (1, 32, 8, 8)]
+    assert [tuple(p.shape) for p in pos] == [tuple(f.shape) for f in feats]
+    again, _ = enc(x)
+    assert all(torch.equal(a, b) for a, b in zip(feats, again))
+    # batch independence: a batch of two gives each image's own features
+    batch, _ = enc(torch.cat([x, torch.randn(1, 3, 128, 128)]))
+    torch.testing.assert_close(batch[2][:1], feats[2], atol=1e-5, rtol=1e-5)
+
+
+def test_vit_s_hiera_windows_lag_one_block():
+    """The first (pooling) block of a stage keeps the previous stage's window (SAM 2 quirk)."""
+    with torch.device("meta"):
+        enc = ImageEncoder(get_config("vit-s").hiera, 256)
+    windows = [b.window_size for b in enc.trunk.blocks]
+    assert windows == [8, 8, 4, 4, 14, 14, 14, 0, 14, 14, 0, 14, 14, 0, 14, 7]
+    assert [b.q_pool for b in enc.trunk.blocks].count(True) == 3
+
+
+def test_sine_position_encoding_layout():
+    pe = sine_position_encoding(8, 3, 5)
+    assert pe.shape == (8, 3, 5)
+    # first half encodes rows: constant along columns; second half encodes columns
+    assert torch.allclose(pe[:4, :, 0:1].expand(-1, -1, 5), pe[:4])
+    assert torch.allclose(pe[4:, 0:1, :].expand(-1, 3, -1), pe[4:])
+
+
+def test_rope_equals_complex_rotation():
+    x = torch.randn(2, 16, 8)
+    cos, sin = rope_tables(8, 4)
+    ref = torch.view_as_real(torch.view_as_complex(x.reshape(2, 16, 4, 2)) * torch.polar(torch.ones_like(cos), torch.atan2(sin, cos))).flatten(-2)
+    torch.testing.assert_close(apply_rope(x, cos, sin), ref)
+
+
+def test_dinov2_position_embedding_uses_scale_factor_rule():
+    torch.manual_seed(0)
+    dino = DinoV2(TINY.dino)
+    with torch.no_grad():
+        dino.pos_embed.normal_()
+    assert dino.position_embedding(5, 5) is dino.pos_embed
+    pos = dino.position_embedding(8, 8)
+    assert pos.shape == (1, 65, 24)
+    m = TINY.dino.pretrain_grid
+    grid = dino.pos_embed[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
+    by_size = F.interpolate(grid, size=(8, 8), mode="bicubic").permute(0, 2, 3, 1).reshape(1, 64, -1)
+    assert not torch.allclose(pos[:, 1:], by_size)  # the +0.1 offset moves the sampling grid
+    tokens = dino(torch.randn(2, 3, 8 * 14, 8 * 14))
+    assert tokens.shape == (2, 64, 24)
+
+
+def test_rope_attention_chunking_and_batch_independence():
+    torch.manual_seed(0)
+    attn = RoPEAttention(32, kv_in_dim=16).eval()
+    q = torch.randn(1, 64, 32)
+    mem = torch.randn(5, 128, 16)  # two memory frames per query
+    full = attn(q, mem, mem, batch_chunk=8)
+    torch.testing.assert_close(attn(q, mem, mem, batch_chunk=2), full)
+    torch.testing.assert_close(attn(q, mem[3:4], mem[3:4]), full[3:4], atol=1e-6, rtol=1e-6)
+
+
+def test_memory_attention_shared_first_layer_equals_expanded_batch():
+    torch.manual_seed(0)
+    ma = MemoryAttention(32, 16, num_layers=2, ffn_dim=64).eval()
+    curr, pos = torch.randn(1, 64, 32), torch.randn(1, 64, 32)
+    memory, mpos = torch.randn(4, 64, 16), torch.randn(1, 64, 16)
+    shared = ma(curr, pos, memory, mpos)
+    expanded = ma(curr.expand(4, -1, -1), pos.expand(4, -1, -1), memory, mpos.expand(4, -1, -1))
+    assert shared.shape == (4, 64, 32)
+    torch.testing.assert_close(shared, expanded, atol=1e-5, rtol=1e-5)
+
+
+def test_memory_encoder_is_independent_per_query():
+    torch.manual_seed(0)
+    enc = MemoryEncoder(32, 16, fuser_layers=1).eval()
+    pix = torch.randn(1, 32, 8, 8)
+    masks = torch.randn(3, 1, 128, 128)
+    out = enc(pix, masks)
+    assert out.shape == (3, 16, 8, 8)
+    torch.testing.assert_close(enc(pix, masks[1:2]), out[1:2], atol=1e-5, rtol=1e-5)
+
+
+def test_token_grouping_puts_other_queries_prompts_in_each_group():
+    q = 6
+    tokens = torch.arange(4 * q).float().unsqueeze(1)  # value = row index
+    grouped = group_tokens(tokens)
+    assert grouped.shape == (q, 4, 1)
+    assert grouped[2, :, 0].tolist() == [2, q + 2, 2 * q + 2, 3 * q + 2]
+    assert torch.equal(ungroup_tokens(grouped), tokens)
+
+
+def test_point_sampler_returns_row_then_column():
+    """Points are expectations of (row, col) scaled to pixels; the model reads them as (x, y)."""
+    g, q = 4, 2
+    c = g * g
+    sampler = torch.nn.MultiheadAttention(c, 1, batch_first=True)
+    head = torch.nn.Linear(c, q)
+    tokens = torch.eye(c)  # one-hot token per grid position
+    with torch.no_grad():
+        for p in (*sampler.parameters(), *head.parameters()):
+            p.zero_()
+        sampler.in_proj_weight.copy_(torch.cat([50 * torch.eye(c), 50 * torch.eye(c), torch.eye(c)]))
+        sampler.out_proj.weight.copy_(torch.eye(c))  # with peaked self-attention: output = input
+        head.weight[0, 1 * g + 3] = 1000.0  # query 0 -> row 1, col 3
+        head.weight[1, 2 * g + 0] = 1000.0  # query 1 -> row 2, col 0
+    points = sample_points(tokens, (g, g), sampler, head, image_size=64)
+    torch.testing.assert_close(points, torch.tensor([[16.0, 48.0], [32.0, 0.0]]), atol=1e-3, rtol=0)
+
+
+def test_model_step_shapes_and_determinism(tiny_model):
+    from entitysam.video.tracker import EntityTracker
+
+    image = torch.randn(1, 3, 128, 128)
+
+    def run():
+        tracker = EntityTracker(tiny_model)
+        return [tracker.step(0, image) for _ in range(3)]
+
+    first, second = run(), run()
+    q = TINY.num_queries
+    for a, b in zip(first, second):
+        assert a.mask_logits.shape == (q, 1, 32, 32)
+        assert a.scores.shape == (q,) and a.points.shape == (q, 2)
+        assert torch.equal(a.mask_logits, b.mask_logits) and torch.equal(a.points, b.points)
+    assert not torch.equal(first[0].points, first[1].points)  # offsets move the points
