@@ -153,3 +153,21 @@ def test_model_step_shapes_and_determinism(tiny_model):
         assert a.scores.shape == (q,) and a.points.shape == (q, 2)
         assert torch.equal(a.mask_logits, b.mask_logits) and torch.equal(a.points, b.points)
     assert not torch.equal(first[0].points, first[1].points)  # offsets move the points
+
+
+def test_offset_attention_equals_multihead_attention_on_concatenated_features():
+    from entitysam.modeling.prompt import offset_attention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_bias.normal_()
+    queries = torch.randn(3, 16)
+    sam, semantic = torch.randn(3, 20, 8), torch.randn(1, 20, 8)
+    fused = torch.cat([sam, semantic.expand(3, -1, -1)], dim=-1)
+    ref, _ = mha(queries.unsqueeze(1), fused, fused)
+    torch.testing.assert_close(offset_attention(mha, queries, sam, semantic), ref.squeeze(1), atol=1e-5, rtol=1e-5)
+    # shared features (first step): one row of sam for all queries
+    ref_shared, _ = mha(queries.unsqueeze(1), fused[:1].expand(3, -1, -1), fused[:1].expand(3, -1, -1))
+    torch.testing.assert_close(offset_attention(mha, queries, sam[:1], semantic), ref_shared.squeeze(1),
+                               atol=1e-5, rtol=1e-5)

@@ -28,7 +28,7 @@ from .decoder import EntityDecoder
 from .dinov2 import DinoV2
 from .hiera import ImageEncoder
 from .memory import MemoryAttention, MemoryEncoder
-from .prompt import PromptEncoder, offset_attention, sample_points
+from .prompt import PromptEncoder, offset_attention, sample_points, split_linear
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -136,18 +136,19 @@ class EntitySAM(nn.Module):
         """
         cfg = self.cfg
         q, g = cfg.num_queries, cfg.grid_size
-        feats = self.condition_on_memory(frame, memories)  # [B, N, C]
-        fused = torch.cat([feats, frame.semantic.expand(feats.shape[0], -1, -1)], dim=-1)  # [B, N, 2C]
+        feats = self.condition_on_memory(frame, memories)  # [B, N, C]; the semantic half is [1, N, C]
 
         if points is None:
             points = sample_points(feats[0], (g, g), self.point_sampler_net, self.point_sampler_num,
                                    cfg.image_size)
-        attended = offset_attention(self.offset_attention, self.offset_embedding.weight, fused)  # [Q, 2C]
+        attended = offset_attention(self.offset_attention, self.offset_embedding.weight, feats, frame.semantic)
         if memories:
             points = points + self.offset_fc(attended)
-        class_logits = self.offset_cls(attended)
+        class_logits = self.offset_cls(attended)  # [Q, 2]
 
-        image = self.backbone_feature_enhancement(fused).transpose(1, 2).unflatten(-1, (g, g))
+        enhance = self.backbone_feature_enhancement
+        image = split_linear(enhance.weight, enhance.bias, feats, frame.semantic)  # [B, N, C]
+        image = image.transpose(1, 2).unflatten(-1, (g, g))
         image = (image + self.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
         sparse = self.sam_prompt_encoder.embed_positive_points(points)
         masks, iou = self.sam_mask_decoder(image, self.sam_prompt_encoder.dense_pe(), sparse, frame.high_res)

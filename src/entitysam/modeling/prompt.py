@@ -87,10 +87,9 @@ def sample_points(tokens: torch.Tensor, grid: tuple[int, int], sampler: nn.Multi
 
 
 def _mha(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """nn.MultiheadAttention (batch-first) from its weights, with broadcasting batch axes.
+    """nn.MultiheadAttention (batch-first, no weights returned) from its parameters.
 
-    q [Bq, Nq, E], k/v [Bk, Nk, E], Bq and Bk each 1 or B -> [B, Nq, E].
-    Key/value projections run on Bk rows only, so keys shared by all queries are projected once.
+    q [B, Nq, E], k/v [B, Nk, E] -> [B, Nq, E].
     """
     e, h = attn.embed_dim, attn.num_heads
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
@@ -99,17 +98,40 @@ def _mha(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (h, e // h)).transpose(1, 2)  # [B, h, N, d]
 
-    qh, kh, vh = heads(F.linear(q, w_q, b_q)), heads(F.linear(k, w_k, b_k)), heads(F.linear(v, w_v, b_v))
-    batch = max(qh.shape[0], kh.shape[0])
-    out = F.scaled_dot_product_attention(qh.expand(batch, -1, -1, -1), kh.expand(batch, -1, -1, -1),
-                                         vh.expand(batch, -1, -1, -1))
+    out = F.scaled_dot_product_attention(heads(F.linear(q, w_q, b_q)), heads(F.linear(k, w_k, b_k)),
+                                         heads(F.linear(v, w_v, b_v)))
     return attn.out_proj(out.transpose(1, 2).flatten(2))
 
 
-def offset_attention(attn: nn.MultiheadAttention, queries: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """Each entity query attends over its own (memory-conditioned) fused features.
+def split_linear(weight: torch.Tensor, bias: torch.Tensor | None, sam: torch.Tensor,
+                 semantic: torch.Tensor) -> torch.Tensor:
+    """`F.linear(cat([sam, semantic], -1), weight, bias)` without building the concatenation.
 
-    queries [Q, E] (`offset_embedding.weight`), features [Bf, N, E] with Bf in {1, Q}
-    (1 when all queries see the same features, i.e. on the first step) -> [Q, E].
+    sam [B, N, C], semantic [1, N, Cs] (shared by all queries) -> [B, N, out]. The semantic half
+    of the product is computed once instead of once per query.
     """
-    return _mha(attn, queries.unsqueeze(1), features, features).squeeze(1)
+    c = sam.shape[-1]
+    return F.linear(sam, weight[:, :c]) + F.linear(semantic, weight[:, c:], bias)
+
+
+def offset_attention(attn: nn.MultiheadAttention, queries: torch.Tensor, sam: torch.Tensor,
+                     semantic: torch.Tensor) -> torch.Tensor:
+    """Each entity query attends over its own fused features `[sam, semantic]`.
+
+    queries [Q, E] (`offset_embedding.weight`), sam [Bf, N, E/2] with Bf in {1, Q} (1 when all
+    queries see the same features, i.e. on the first step), semantic [1, N, E/2] -> [Q, E].
+    Equals `nn.MultiheadAttention(queries, fused, fused)` row by row.
+    """
+    e, h = attn.embed_dim, attn.num_heads
+    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (h, e // h)).transpose(1, 2)  # [B, h, N, d]
+
+    q = heads(F.linear(queries.unsqueeze(1), w_q, b_q))  # [Q, h, 1, d]
+    k = heads(split_linear(w_k, b_k, sam, semantic))
+    v = heads(split_linear(w_v, b_v, sam, semantic))
+    batch = q.shape[0]
+    out = F.scaled_dot_product_attention(q, k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+    return attn.out_proj(out.transpose(1, 2).flatten(2)).squeeze(1)

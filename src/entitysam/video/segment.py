@@ -67,7 +67,8 @@ class VideoSegmentation:
     """Result of `segment_video`.
 
     scores [Q] video-level entity scores (mean eIoU over all steps, warm-up included),
-    panoptic: id maps [n, H, W] (0 = no entity) and the kept segments,
+    panoptic: id maps [n, H, W] (0 = no entity) and the kept segments (id_maps is None when the
+    maps were streamed to `frames_out`),
     steps: per-step results when `keep_steps=True` (else empty).
     """
 
@@ -81,11 +82,18 @@ class VideoSegmentation:
 def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], out_size: tuple[int, int], *,
                   keep_steps: bool = False, logits_dtype: np.dtype = np.float32,
                   on_step: Callable[[StepResult], None] | None = None,
-                  work_dir: str | Path | None = None) -> VideoSegmentation:
+                  work_dir: str | Path | None = None,
+                  frames_out: Callable[[int, np.ndarray], None] | None = None,
+                  on_logits: Callable[[LogitStore, torch.Tensor], None] | None = None) -> VideoSegmentation:
     """Segment and track every entity of a video.
 
     frames: (frame_index, preprocessed image [1, 3, S, S]) pairs in temporal order; they are
     consumed lazily. out_size: (H, W) of the id maps (the official code uses frame 0's size).
+    work_dir: where the temporary logit store is created (default: the system temp folder).
+    frames_out: optional `frames_out(t, id_map [H, W] int32)` called for t = 0 .. n-1 in order;
+    the maps are then streamed (never held as [n, H, W]) and `panoptic.id_maps` is None.
+    on_logits: optional `on_logits(store, scores)` called once tracking is done, before the
+    merge, with the low-res logit store (`store.frames()` is [n, Q, h, w]) and the [Q] scores.
     """
     tracker = EntityTracker(model)
     step_scores: list[torch.Tensor] = []  # [Q] per step: 200 bytes a frame
@@ -106,5 +114,7 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
         if not step_scores:
             raise ValueError("the video has no frames")
         scores = torch.stack(step_scores).mean(0)  # float32 mean over all steps, as official
-        panoptic = merge_video_panoptic(scores, store, out_size)
+        if on_logits is not None:
+            on_logits(store, scores)
+        panoptic = merge_video_panoptic(scores, store, out_size, frames_out=frames_out)
     return VideoSegmentation(scores, panoptic, tuple(out_size), store.num_frames, steps)

@@ -1,0 +1,182 @@
+"""Per-step inference speed, per-part FLOPs and peak memory of EntitySAM on this machine.
+
+    python benchmarks/inference.py --model vit-s --frames 6 --dtype float32 [--json out.json]
+
+Builds the model from `make_weights.py` weights (../shared/reference), runs the official
+schedule on a generated clip (moving textured ellipses, 640x360) and prints, per part of the
+step, the median time over steady steps, the FLOPs counted by torch's FlopCounterMode and the
+achieved rate against this machine's matmul peak (194 GFLOP/s float32, 803 GFLOP/s bfloat16,
+measured with large matmuls on 2 threads). Also prints wall time per step, frames/s and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_GFLOPS = {"float32": 194.0, "bfloat16": 803.0}
+MANIFESTS = {"vit-s": "manifest-vits.json", "vit-l": "manifest-vitl.json"}
+
+
+def make_clip(num_frames: int, height: int = 360, width: int = 640, seed: int = 0):
+    """Moving, overlapping textured ellipses on a gradient: yields uint8 [H, W, 3] frames lazily."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    background = np.stack([xx / width * 200, yy / height * 200, np.full_like(xx, 80)], axis=-1)
+    shapes = [dict(c=rng.uniform([0, 0], [width, height]), v=rng.uniform(-12, 12, 2),
+                   r=rng.uniform(25, 110, 2), col=rng.uniform(0, 255, 3)) for _ in range(6)]
+    for t in range(num_frames):
+        img = background.copy()
+        for s in shapes:
+            cx, cy = s["c"] + t * s["v"]
+            inside = ((xx - cx) / s["r"][0]) ** 2 + ((yy - cy) / s["r"][1]) ** 2 <= 1
+            texture = 30 * np.sin(xx[inside] / 7.0)[:, None]
+            img[inside] = np.clip(s["col"] + texture, 0, 255)
+        yield img.astype(np.uint8)
+
+
+def build_model(name: str, seed: int):
+    from entitysam.checkpoints import load_entitysam
+
+    if name == "tiny":  # no published layout: seeded default initialisation
+        from entitysam.config import get_config
+        from entitysam.modeling.entitysam import EntitySAM
+
+        torch.manual_seed(seed)
+        return EntitySAM(get_config("tiny")).eval()
+
+    ref = Path(ROOT.parent / "shared" / "reference")
+    spec = importlib.util.spec_from_file_location("make_weights", ref / "make_weights.py")
+    mw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mw)
+    state = mw.make_state_dict(json.loads((ref / MANIFESTS[name]).read_text()), seed)
+    return load_entitysam(state, name)
+
+
+class PartTimer:
+    """Wraps callables to accumulate wall time and FLOPs per named part within one step."""
+
+    def __init__(self):
+        self.time = defaultdict(float)
+        self.flops = defaultdict(float)
+
+    def wrap(self, name, fn):
+        def wrapped(*args, **kwargs):
+            with FlopCounterMode(display=False) as counter:
+                start = time.perf_counter()
+                out = fn(*args, **kwargs)
+                self.time[name] += time.perf_counter() - start
+            self.flops[name] += counter.get_total_flops()
+            return out
+        return wrapped
+
+    def reset(self):
+        self.time.clear()
+        self.flops.clear()
+
+
+def instrument(model, timer: PartTimer) -> None:
+    import entitysam.modeling.entitysam as es
+    import entitysam.video.tracker as tracker
+
+    model.image_encoder.forward = timer.wrap("image encoder", model.image_encoder.forward)
+    model.dinov2_feature_extractor.forward = timer.wrap("dinov2", model.dinov2_feature_extractor.forward)
+    model.memory_attention.forward = timer.wrap("memory attention", model.memory_attention.forward)
+    model.encode_memory = timer.wrap("memory encoder", model.encode_memory)
+    model.sam_mask_decoder.forward = timer.wrap("entity decoder", model.sam_mask_decoder.forward)
+    es.sample_points = timer.wrap("prompt generator", es.sample_points)
+    es.offset_attention = timer.wrap("prompt generator", es.offset_attention)
+    tracker.fill_holes = timer.wrap("hole filling", tracker.fill_holes)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(args) -> dict:
+    from entitysam.video.preprocess import preprocess_frame
+    from entitysam.video.tracker import EntityTracker
+
+    torch.set_num_threads(args.threads)
+    model = build_model(args.model, args.seed)
+    timer = PartTimer()
+    instrument(model, timer)
+    clip = make_clip(args.frames)
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16"
+                else contextlib.nullcontext())
+    tracker = EntityTracker(model)
+    frames = ((i, preprocess_frame(f, model.cfg.image_size)) for i, f in enumerate(clip))
+    steps = []
+    start = time.perf_counter()
+    with autocast:
+        it = tracker.track(frames)
+        while True:
+            timer.reset()
+            t0 = time.perf_counter()
+            try:
+                result = next(it)
+            except StopIteration:
+                break
+            elapsed = time.perf_counter() - t0
+            steps.append(dict(step=result.step, memories=min(result.step, model.cfg.num_maskmem),
+                              seconds=elapsed, parts=dict(timer.time), flops=dict(timer.flops)))
+            print(f"step {result.step}: {elapsed:.1f} s", file=sys.stderr, flush=True)
+    total = time.perf_counter() - start
+    # steady steps: the ones with the most memory frames reached in this clip
+    most = max(s["memories"] for s in steps)
+    steady = [s for s in steps if s["memories"] == most and s["step"] > 0] or steps
+    parts = sorted({p for s in steady for p in s["parts"]})
+    table = []
+    for part in parts:
+        t = statistics.median(s["parts"].get(part, 0.0) for s in steady)
+        f = statistics.median(s["flops"].get(part, 0.0) for s in steady)
+        table.append(dict(part=part, seconds=t, gflop=f / 1e9,
+                          gflops_per_s=(f / 1e9 / t) if t > 0 else 0.0))
+    return dict(model=args.model, dtype=args.dtype, threads=args.threads, frames=args.frames,
+                steps=len(steps), total_s=total, frames_per_s=args.frames / total,
+                median_steady_step_s=statistics.median(s["seconds"] for s in steady),
+                steady_memories=most, peak_rss_mb=peak_rss_mb(), parts=table, per_step=steps)
+
+
+def print_table(res: dict) -> None:
+    peak = PEAK_GFLOPS[res["dtype"]]
+    print(f"\n{res['model']} {res['dtype']} {res['threads']} threads: {res['frames']} frames, "
+          f"{res['steps']} steps in {res['total_s']:.1f} s = {res['frames_per_s']:.4f} frames/s; "
+          f"median steady step ({res['steady_memories']} memories) {res['median_steady_step_s']:.1f} s; "
+          f"peak RSS {res['peak_rss_mb']:.0f} MB")
+    print(f"{'part':<20}{'s/step':>10}{'GFLOP':>12}{'GFLOP/s':>10}{'% of peak':>11}")
+    for row in res["parts"]:
+        print(f"{row['part']:<20}{row['seconds']:>10.2f}{row['gflop']:>12.1f}{row['gflops_per_s']:>10.1f}"
+              f"{100 * row['gflops_per_s'] / peak:>10.1f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vit-s", choices=sorted(MANIFESTS) + ["tiny"])
+    parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--dtype", default="float32", choices=sorted(PEAK_GFLOPS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    res = run(args)
+    print_table(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
