@@ -171,3 +171,13 @@ def test_offset_attention_equals_multihead_attention_on_concatenated_features():
     ref_shared, _ = mha(queries.unsqueeze(1), fused[:1].expand(3, -1, -1), fused[:1].expand(3, -1, -1))
     torch.testing.assert_close(offset_attention(mha, queries, sam[:1], semantic), ref_shared.squeeze(1),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_cached_tables_made_under_inference_mode_work_with_autograd():
+    with torch.inference_mode():
+        rope_tables(8, 5)
+        sine_position_encoding(8, 5, 5)
+    x = torch.randn(25, 8, requires_grad=True)
+    cos, sin = rope_tables(8, 5)
+    (apply_rope(x, cos, sin).sum() + sine_position_encoding(8, 5, 5).sum()).backward()
+    assert x.grad is not None

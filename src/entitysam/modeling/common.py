@@ -45,6 +45,7 @@ class LayerNorm2d(nn.Module):
 
 
 @lru_cache(maxsize=16)
+@torch.inference_mode(False)  # cached tables must stay usable by autograd (training)
 def _sine_position_encoding_cpu(channels: int, height: int, width: int,
                                 temperature: float = 10000.0) -> torch.Tensor:
     half = channels // 2
@@ -100,6 +101,7 @@ class PositionEmbeddingRandom(nn.Module):
 
 
 @lru_cache(maxsize=16)
+@torch.inference_mode(False)  # cached tables must stay usable by autograd (training)
 def _rope_tables_cpu(dim: int, side: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     freqs = 1.0 / (theta ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
     t = torch.arange(side * side, dtype=torch.float32)

@@ -163,3 +163,18 @@ class EntitySAM(nn.Module):
         high = F.interpolate(mask_logits, size=(size, size), mode="bilinear", align_corners=False)
         mask = torch.sigmoid(high) * self.cfg.sigmoid_scale_for_mem_enc + self.cfg.sigmoid_bias_for_mem_enc
         return self.memory_encoder(frame.vision, mask)
+
+
+def _api(name: str, pass_first: bool):
+    """`EntitySAM.from_pretrained` / `.from_checkpoint` / `model.segment`: see `entitysam.api`."""
+    def method(first, *args, **kwargs):
+        from .. import api  # lazy: entitysam.api imports this module
+        return getattr(api, name)(*((first,) if pass_first else ()), *args, **kwargs)
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"See entitysam.api.{name}."
+    return method
+
+
+EntitySAM.from_pretrained = classmethod(_api("from_pretrained", False))
+EntitySAM.from_checkpoint = classmethod(_api("from_checkpoint", False))
+EntitySAM.segment = _api("segment", True)

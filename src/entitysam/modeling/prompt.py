@@ -57,8 +57,10 @@ class PromptEncoder(nn.Module):
         points [B, 2] in input-image pixels, read as (x, y) -> sparse embeddings [B, 2, C]
         (row 0: the point, row 1: the padding token).
         """
-        coords = (points + 0.5) / self.input_image_size  # pixel centre, then normalise
-        point = self.pe_layer.encode(coords.float()) + self.point_embeddings[1].weight
+        # Pixel-centre shift in the points' own dtype (bfloat16 under autocast, as official),
+        # normalisation in float32.
+        coords = (points + 0.5).float() / self.input_image_size
+        point = self.pe_layer.encode(coords) + self.point_embeddings[1].weight
         pad = self.not_a_point_embed.weight.expand(points.shape[0], -1)
         return torch.stack([point, pad], dim=1)
 

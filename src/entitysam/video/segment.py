@@ -84,7 +84,9 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
                   on_step: Callable[[StepResult], None] | None = None,
                   work_dir: str | Path | None = None,
                   frames_out: Callable[[int, np.ndarray], None] | None = None,
-                  on_logits: Callable[[LogitStore, torch.Tensor], None] | None = None) -> VideoSegmentation:
+                  on_logits: Callable[[LogitStore, torch.Tensor], None] | None = None,
+                  memory_dtype: torch.dtype | None = None,
+                  frame_chunk: int | None = None) -> VideoSegmentation:
     """Segment and track every entity of a video.
 
     frames: (frame_index, preprocessed image [1, 3, S, S]) pairs in temporal order; they are
@@ -94,8 +96,14 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
     the maps are then streamed (never held as [n, H, W]) and `panoptic.id_maps` is None.
     on_logits: optional `on_logits(store, scores)` called once tracking is done, before the
     merge, with the low-res logit store (`store.frames()` is [n, Q, h, w]) and the [Q] scores.
+    memory_dtype: dtype of the stored memories (default: the tracker's, bfloat16 as official);
+    float16 autocast needs float16 here (it cannot mix bfloat16 inputs).
+    frame_chunk: frames merged together (None: memory-budgeted default; any value gives the
+    same maps, 1 keeps peak memory lowest and flat).
     """
     tracker = EntityTracker(model)
+    if memory_dtype is not None:
+        tracker.bank.dtype = memory_dtype
     step_scores: list[torch.Tensor] = []  # [Q] per step: 200 bytes a frame
     steps: list[StepResult] = []
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="entitysam-") as tmp:
@@ -116,5 +124,5 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
         scores = torch.stack(step_scores).mean(0)  # float32 mean over all steps, as official
         if on_logits is not None:
             on_logits(store, scores)
-        panoptic = merge_video_panoptic(scores, store, out_size, frames_out=frames_out)
+        panoptic = merge_video_panoptic(scores, store, out_size, frames_out=frames_out, frame_chunk=frame_chunk)
     return VideoSegmentation(scores, panoptic, tuple(out_size), store.num_frames, steps)

@@ -1,0 +1,99 @@
+"""Peak RSS of `entitysam segment` (tiny config) against video length: it must stay flat.
+
+    python benchmarks/segment_memory.py [--frames 50 200 800] [--size 320x240] [--threads 1]
+
+For each length, a generated mp4 (moving squares) is segmented in a fresh process through the
+Python API with every output format (panoptic PNG + JSON, entities.json, overlay.mp4) and the
+child's peak resident set size (ru_maxrss) is printed. The run fails (exit 1) when the largest
+peak exceeds the smallest by more than 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from entitysam.config import get_config
+from entitysam.modeling.entitysam import EntitySAM
+
+torch.manual_seed(4)
+model = EntitySAM(get_config("tiny")).eval()
+with torch.no_grad():
+    for name, p in model.named_parameters():
+        if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
+            p.normal_().mul_(3)
+t0 = time.perf_counter()
+with model.segment(sys.argv[1], work_dir=sys.argv[2]) as result:
+    result.save(sys.argv[2] + "/out", formats=("panoptic", "entities", "overlay"))
+    entities = len(result.entities)
+print(json.dumps({"frames": len(result), "entities": entities, "seconds": time.perf_counter() - t0,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def write_video(path: Path, n: int, width: int, height: int) -> None:
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=Fraction(25))
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        for t in range(n):
+            a = np.zeros((height, width, 3), np.uint8)
+            a[:] = (30, 60, 90)
+            x = (3 * t) % (width // 2)
+            a[height // 10:height // 2, x:x + width // 3] = (250, 40, 40)
+            y = (2 * t) % (height // 2)
+            a[y:y + height // 3, width // 2:width - 10] = (40, 250, 40)
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, nargs="+", default=[50, 200, 800])
+    ap.add_argument("--size", default="320x240", help="WxH of the generated video")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    width, height = map(int, args.size.split("x"))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="entitysam-bench-") as tmp:
+        for n in args.frames:
+            video = Path(tmp) / f"v{n}.mp4"
+            write_video(video, n, width, height)
+            work = Path(tmp) / f"w{n}"
+            work.mkdir()
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", CHILD, str(video), str(work), str(args.threads)],
+                                 check=True, capture_output=True, text=True, cwd=ROOT)
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row["wall_seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            print(f"{n:5d} frames {width}x{height}: peak RSS {row['peak_rss_mib']:7.1f} MiB, "
+                  f"{row['entities']} entities, {row['seconds']:.1f} s ({n / row['seconds']:.1f} frames/s)",
+                  flush=True)
+    peaks = [r["peak_rss_mib"] for r in rows]
+    growth = max(peaks) / min(peaks) - 1
+    print(f"growth of peak RSS from the smallest to the largest: {100 * growth:.1f}% (limit 10%)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "growth": growth}, indent=1))
+    return 0 if growth <= 0.10 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

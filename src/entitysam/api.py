@@ -1,0 +1,481 @@
+"""The Python API: load a model, segment a video, iterate or save the result.
+
+    from entitysam import EntitySAM
+
+    model = EntitySAM.from_pretrained("vit-s")            # or EntitySAM.from_checkpoint(path)
+    with model.segment("clip.mp4", stride=2) as result:   # any video, frame folder or image
+        for entity in result.entities:
+            print(entity.id, entity.score, entity.first_frame, entity.last_frame)
+        for frame, id_map in result.items():              # [H, W] int32, 0 = no entity
+            ...
+        result.save("out/clip", formats=("panoptic", "entities", "overlay"))
+
+Memory: frames are decoded one at a time; the tracker keeps only the memories that can still
+be attended; the low-res logits that the video-level merge needs are kept on disk; the final id
+maps are streamed to a compact file on disk (uint8 per pixel), which the result reads back
+frame by frame. Nothing held in RAM grows with the video length except a few numbers per frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoints import load_entitysam
+from .errors import EntitySAMError, OutputError
+from .hub import resolve_checkpoint
+from .modeling.entitysam import EntitySAM
+from .video.preprocess import preprocess_frame
+from .video.segment import segment_video
+from .video.sources import Frame, FrameSelection, FrameSource, open_source
+from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
+                            frame_segments, save_logits_npz)
+
+__all__ = [
+    "FORMATS",
+    "DEFAULT_FORMATS",
+    "FrameInfo",
+    "Entity",
+    "SegmentationResult",
+    "from_pretrained",
+    "from_checkpoint",
+    "segment",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+FORMATS = ("panoptic", "entities", "overlay")
+DEFAULT_FORMATS = FORMATS
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else mps if available, else cpu. Errors if unavailable."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EntitySAMError(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
+                             f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise EntitySAMError(f"--device {name}: MPS (Apple GPU) is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = "auto" if dtype is None else str(dtype).replace("torch.", "")
+    if name not in DTYPES:
+        raise EntitySAMError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
+                    device: str | torch.device = "cpu") -> EntitySAM:
+    """Load a checkpoint file (`EntitySAM.from_checkpoint(path)`); the configuration is
+    inferred from its keys unless given (`vit-s`, `vit-l`, `tiny`). Raises
+    CheckpointMismatchError for a checkpoint of the wrong kind or configuration."""
+    model = load_entitysam(path, config=config, device=resolve_device(device))
+    model.checkpoint_path = str(path)
+    return model
+
+
+def from_pretrained(name: str = "vit-s", *, device: str | torch.device = "cpu",
+                    cache_dir: str | os.PathLike | None = None, download: bool = True) -> EntitySAM:
+    """A published model (`EntitySAM.from_pretrained("vit-s")`, or "vit-l"), from the local
+    folder, the Hugging Face cache or the hub (see :mod:`entitysam.hub`). Raises
+    ModelNotAvailableError with download instructions when it cannot be had."""
+    path = resolve_checkpoint(name, download=download, cache_dir=cache_dir)
+    model = load_entitysam(path, config=name, device=resolve_device(device))
+    model.checkpoint_path = str(path)
+    return model
+
+
+# ----------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One processed frame: t = position in the result (0 .. n-1), index = frame index in the
+    source, name = stem of its output files, time = seconds from the start of the source."""
+
+    t: int
+    index: int
+    name: str
+    time: float
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One tracked entity. id: value in the id maps (1, 2, ... in creation order); score: the
+    final video score (mean eIoU + 0.5 mask quality); query_index: the model query behind it;
+    first_frame / last_frame: positions t where it is present; num_frames: frames where it is
+    present; area: pixels summed over all frames."""
+
+    id: int
+    score: float
+    query_index: int
+    first_frame: int | None
+    last_frame: int | None
+    num_frames: int
+    area: int
+
+
+class _IdMapFile:
+    """Append-only [n, H, W] id maps on disk (uint8 while ids fit, else uint16)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], max_id: int):
+        self.path = path
+        self.size = size
+        self.dtype = np.dtype(np.uint8 if max_id < 256 else np.uint16 if max_id < 65536 else np.int32)
+        self.count = 0
+        self._f = open(path, "wb")
+
+    def append(self, id_map: np.ndarray) -> None:
+        self._f.write(np.ascontiguousarray(id_map, dtype=self.dtype).tobytes())
+        self.count += 1
+
+    def finish(self) -> None:
+        self._f.close()
+
+    def read(self, t: int) -> np.ndarray:
+        h, w = self.size
+        frame_bytes = h * w * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(t * frame_bytes)
+            data = f.read(frame_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(h, w).astype(np.int32)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        h, w = self.size
+        frame_bytes = h * w * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            for _ in range(self.count):
+                yield np.frombuffer(f.read(frame_bytes), dtype=self.dtype).reshape(h, w).astype(np.int32)
+
+
+def _progress_bar(enabled: bool, total: int | None, desc: str, unit: str = "frame"):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, leave=True)
+
+
+class SegmentationResult:
+    """The entities of one video. Iterating gives the per-frame id maps ([H, W] int32, 0 = no
+    entity) in order; `items()` pairs them with their FrameInfo; `entities` lists the entities.
+
+    The id maps live in a temporary folder on disk until `close()` (or the end of a `with`
+    block, or garbage collection).
+    """
+
+    def __init__(self, *, name: str, source: FrameSource, size: tuple[int, int], fps: float,
+                 frames: list[FrameInfo], entities: list[Entity], scores: torch.Tensor,
+                 id_maps: _IdMapFile, workdir: Path, model_info: dict[str, Any], timings: dict[str, float]):
+        self.name = name
+        self.source = source
+        self.size = size
+        self.fps = fps
+        self.frames = frames
+        self.entities = entities
+        self.scores = scores
+        self.model_info = model_info
+        self.timings = timings
+        self._maps = id_maps
+        self._workdir = workdir
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(workdir), True)
+
+    # -- access
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._check_open()
+        return iter(self._maps)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        self._check_open()
+        n = len(self.frames)
+        if t < 0:
+            t += n
+        if not 0 <= t < n:
+            raise IndexError(f"frame {t} out of range (0 .. {n - 1})")
+        return self._maps.read(t)
+
+    def items(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+        self._check_open()
+        return zip(self.frames, self._maps)
+
+    def masks(self, entity_id: int) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+        """(frame, [H, W] bool mask) for every frame, for one entity."""
+        for info, id_map in self.items():
+            yield info, id_map == entity_id
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def _check_open(self) -> None:
+        if not self._finalizer.alive:
+            raise ValueError("the result is closed (its id maps were deleted)")
+
+    def close(self) -> None:
+        """Delete the on-disk id maps."""
+        self._finalizer()
+
+    def __enter__(self) -> "SegmentationResult":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"SegmentationResult({self.name!r}, {len(self.frames)} frames {self.size[1]}x{self.size[0]}, "
+                f"{len(self.entities)} entities)")
+
+    # -- saving
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": "entitysam-segment",
+            "format_version": 1,
+            "entitysam_version": __version__,
+            "video": self.name,
+            "input": str(self.source.path) if self.source.path is not None else None,
+            "selection": asdict(self.source.selection),
+            "num_frames": len(self.frames),
+            "size": list(self.size),
+            "fps": self.fps,
+            "entities": len(self.entities),
+            "model": self.model_info,
+            "seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def write_into(self, directory: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS,
+                   labels: bool = False, progress: bool = False) -> list[str]:
+        """Write the chosen formats into an existing folder (not atomically; `save` is).
+        Returns the names of the files / folders written."""
+        self._check_open()
+        formats = _check_formats(formats)
+        directory = Path(directory)
+        writers: list[Any] = []
+        written: list[str] = []
+        panoptic = entities = overlay = None
+        t0 = time.perf_counter()
+        try:
+            if "panoptic" in formats:
+                panoptic = PanopticWriter(directory / "panoptic", directory / "panoptic.json", self.name)
+                writers.append(panoptic)
+                written += ["panoptic/", "panoptic.json"]
+            if "entities" in formats:
+                entities = EntitiesWriter(directory / "entities.json", self.name)
+                writers.append(entities)
+                written.append("entities.json")
+            if "overlay" in formats:
+                overlay = OverlayWriter(directory / "overlay.mp4", self.fps, labels=labels)
+                writers.append(overlay)
+                written.append("overlay.mp4")
+            images: Iterator[Frame] | None = iter(self.source) if overlay is not None else None
+            bar = _progress_bar(progress and bool(writers), len(self.frames), f"{self.name} (writing)")
+            for info, id_map in self.items():
+                segments = frame_segments(id_map, "coco") if (panoptic or entities) else None
+                if panoptic is not None:
+                    panoptic.add(info.t, info, id_map, segments)
+                if entities is not None:
+                    entities.add(info.t, info, id_map, segments)
+                if overlay is not None:
+                    frame = next(images, None)
+                    if frame is None or frame.index != info.index:
+                        raise EntitySAMError(f"{self.source.label}: reading the frames again for overlay.mp4 gave "
+                                             "different frames (did the input change?)")
+                    overlay.add(frame.image, id_map)
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            if panoptic is not None:
+                panoptic.close()
+            if entities is not None:
+                entities.close([{"id": e.id, "score": e.score, "query_index": e.query_index}
+                                for e in self.entities], fps=self.fps)
+            if overlay is not None:
+                overlay.close()
+        except BaseException:
+            for w in writers:
+                with contextlib.suppress(Exception):
+                    w.abort()
+            raise
+        self.timings["write"] = time.perf_counter() - t0
+        return written
+
+    def save(self, directory: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS, *, labels: bool = False,
+             overwrite: bool = False, progress: bool = False) -> Path:
+        """Write the chosen formats to `directory` atomically: into a hidden temporary folder
+        beside it, which is renamed into place after `manifest.json` is written. Refuses an
+        existing folder unless `overwrite`. Returns the folder."""
+        with StagedOutput(directory, overwrite=overwrite) as staged:
+            try:
+                files = self.write_into(staged.path, formats, labels=labels, progress=progress)
+            except OSError as err:
+                raise OutputError(describe_os_error(err, str(directory))) from None
+            return staged.commit({**self.manifest(), "files": files})
+
+
+def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",") if f]
+    out = []
+    for f in formats:
+        f = f.strip()
+        if f == "all":
+            out.extend(FORMATS)
+        elif f == "none":
+            continue
+        elif f in FORMATS:
+            out.append(f)
+        else:
+            raise EntitySAMError(f"unknown output format {f!r}: choose from {', '.join(FORMATS)}, all, none")
+    return tuple(dict.fromkeys(out))
+
+
+# ----------------------------------------------------------------------------- segmenting
+
+
+def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = None,
+            end: int | float | str | None = None, stride: int = 1, max_frames: int | None = None,
+            fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
+            logits_dtype: str = "float32", work_dir: str | os.PathLike | None = None,
+            save_logits: str | os.PathLike | None = None, progress: bool = False,
+            on_frame: Callable[[int], None] | None = None) -> SegmentationResult:
+    """Segment and track every entity of `video`.
+
+    video: a video file, a folder of frames, an image, a [n, H, W, 3] uint8 array or a list of
+    frames, or a FrameSource. start / end: frame index (int) or seconds (float or "2.5s");
+    end is exclusive. stride, max_frames: see FrameSelection. fps: frame rate of a folder of
+    frames or of arrays (default 25; used for seconds and the overlay).
+    dtype: "auto" (bfloat16 autocast on CUDA, float32 elsewhere), "float32", "bfloat16",
+    "float16" (autocast in that dtype). logits_dtype: "float32" (exact) or "float16" (half the
+    temporary disk space, tiny differences possible). work_dir: folder for temporary files
+    (default: the system temp folder). save_logits: write the low-res logits and scores to this
+    .npz. progress: show a progress bar (stderr). on_frame: called with t after each frame.
+    """
+    selection = FrameSelection(start, end, stride, max_frames)
+    source = open_source(video, selection, fps=fps, name=name)
+    device = next(model.parameters()).device
+    compute_dtype = resolve_dtype(dtype, device)
+    if logits_dtype not in ("float32", "float16"):
+        raise EntitySAMError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
+
+    workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
+    try:
+        return _segment(model, source, compute_dtype, np.dtype(logits_dtype), workdir, save_logits, progress,
+                        on_frame)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, logits_dtype: np.dtype,
+             workdir: Path, save_logits, progress: bool, on_frame) -> SegmentationResult:
+    frames_iter = iter(source)
+    first = next(frames_iter)  # raises SourceError for an empty selection
+    size = first.size
+    image_size = model.cfg.image_size
+    infos: list[FrameInfo] = []
+
+    def inputs() -> Iterator[tuple[int, torch.Tensor]]:
+        for frame in _chain(first, frames_iter):
+            t = len(infos)
+            infos.append(FrameInfo(t, frame.index, frame.name, float(frame.time)))
+            yield t, preprocess_frame(frame.image, image_size)
+
+    id_maps = _IdMapFile(workdir / "id_maps.bin", size, model.cfg.num_queries)
+    stats: dict[int, list[int]] = {}  # id -> [first, last, count, area]
+
+    def frames_out(t: int, id_map: np.ndarray) -> None:
+        id_maps.append(id_map)
+        areas = np.bincount(id_map.ravel())
+        for sid in np.flatnonzero(areas[1:]) + 1:
+            st = stats.setdefault(int(sid), [t, t, 0, 0])
+            st[1] = t
+            st[2] += 1
+            st[3] += int(areas[sid])
+
+    bar = _progress_bar(progress, source.count_hint(), source.name)
+    counter = [0]
+
+    def on_step(step) -> None:
+        if step.is_warmup:
+            return
+        counter[0] += 1
+        if bar is not None:
+            bar.update(1)
+        if on_frame is not None:
+            on_frame(step.frame_index)
+
+    def on_logits(store, scores: torch.Tensor) -> None:
+        if bar is not None:
+            bar.set_postfix_str("merging", refresh=True)
+        if save_logits is not None:
+            save_logits_npz(save_logits, store, scores.numpy(),
+                            source_frame=np.array([f.index for f in infos], dtype=np.int64),
+                            frame_name=np.array([f.name for f in infos]))
+
+    autocast = (torch.autocast(device_type=next(model.parameters()).device.type, dtype=compute_dtype)
+                if compute_dtype != torch.float32 else contextlib.nullcontext())
+    t0 = time.perf_counter()
+    try:
+        with autocast:
+            result = segment_video(model, inputs(), size, logits_dtype=logits_dtype, on_step=on_step,
+                                   work_dir=workdir, frames_out=frames_out, on_logits=on_logits,
+                                   memory_dtype=torch.float16 if compute_dtype == torch.float16 else None,
+                                   frame_chunk=1)  # one frame at a time: lowest, flat peak memory
+    finally:
+        id_maps.finish()
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - t0
+    entities = []
+    for sid, q, score in zip(result.panoptic.segment_ids, result.panoptic.query_index, result.panoptic.scores):
+        first_t, last_t, count, area = stats.get(sid, [None, None, 0, 0])
+        entities.append(Entity(int(sid), float(score), int(q), first_t, last_t, count, area))
+    fps = source.fps / source.selection.stride
+    model_info = {"config": model.cfg.name, "dtype": str(compute_dtype).replace("torch.", ""),
+                  "device": str(next(model.parameters()).device)}
+    checkpoint = getattr(model, "checkpoint_path", None)
+    if checkpoint:
+        model_info["checkpoint"] = str(checkpoint)
+    return SegmentationResult(name=source.name, source=source, size=size, fps=fps, frames=infos, entities=entities,
+                              scores=result.scores, id_maps=id_maps, workdir=workdir, model_info=model_info,
+                              timings={"segment": elapsed})
+
+
+def _chain(first: Frame, rest: Iterable[Frame]) -> Iterator[Frame]:
+    yield first
+    yield from rest

@@ -1,0 +1,278 @@
+"""The `entitysam` command: a thin layer over :mod:`entitysam.api`.
+
+    entitysam segment INPUT [INPUT ...] --output DIR [options]
+    entitysam download vit-s [vit-l]
+    entitysam metrics PRED_DIR GT_DIR GT_JSON [options]     (entitysam.eval.metrics)
+
+Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
+not be loaded, 2 invalid command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import EntitySAMError, SourceError
+
+# Sub-commands implemented in other modules: name -> (help, "module:function" taking argv).
+# `eval` (VIPSeg evaluation) and `train` register here when they exist.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "metrics": ("VEQ / STQ of predictions in the official layout (see `entitysam metrics -h`)",
+                "entitysam.eval.metrics:main"),
+}
+
+SAVE_CHOICES = ("panoptic", "entities", "overlay")
+
+
+def _print_err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def _add_segment_parser(sub) -> None:
+    p = sub.add_parser(
+        "segment", help="segment and track every entity of videos, frame folders or images",
+        description="Segment and track every entity of each INPUT (video file: mp4 mov mkv webm avi; folder of "
+                    "frames: jpg jpeg png in natural order; single image). Results go to OUTPUT/<video-name>/.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video file, folder of frames or image")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="results go to DIR/<video-name>/")
+    p.add_argument("--batch", action="append", default=[], metavar="DIR",
+                   help="also process every video file and frame folder inside DIR (repeatable)")
+    sel = p.add_argument_group("frame selection (indices refer to the whole input)")
+    sel.add_argument("--start", default=None, help="first frame: index (e.g. 10) or seconds (e.g. 2.5s)")
+    sel.add_argument("--end", default=None, help="stop before this frame: index or seconds (exclusive)")
+    sel.add_argument("--stride", type=int, default=1, metavar="N", help="keep every N-th frame (default 1)")
+    sel.add_argument("--max-frames", type=int, default=None, metavar="N", help="process at most N frames")
+    sel.add_argument("--fps", type=float, default=None,
+                     help="frame rate of frame folders and images (default 25); overrides a video's own rate")
+    mod = p.add_argument_group("model")
+    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l"),
+                     help="published model from the Hugging Face hub (default vit-s); with --checkpoint: "
+                          "the configuration of that file")
+    mod.add_argument("--checkpoint", default=None, metavar="PATH",
+                     help="local checkpoint file (configuration inferred from its keys unless --model)")
+    mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                     help="auto (default): cuda, else mps, else cpu")
+    mod.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere")
+    mod.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="CPU threads for torch (default: torch's choice, usually the number of cores)")
+    out = p.add_argument_group("outputs")
+    out.add_argument("--save", default="all", metavar="LIST",
+                     help=f"comma-separated formats among {', '.join(SAVE_CHOICES)}, or all (default), or none")
+    out.add_argument("--labels", action="store_true", help="draw entity ids on overlay.mp4")
+    out.add_argument("--save-logits", nargs="?", const="", default=None, metavar="FILE.npz",
+                     help="also save the raw low-res logits and scores: to FILE.npz ({video} is replaced by "
+                          "the video name), or without FILE to <video-name>/logits.npz")
+    out.add_argument("--logits-dtype", default="float32", choices=("float32", "float16"),
+                     help="temporary on-disk logits: float32 (default) is exact, float16 halves the disk space")
+    out.add_argument("--overwrite", action="store_true", help="replace existing results")
+    out.add_argument("--skip-existing", action="store_true", help="skip videos whose results are complete")
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    p.set_defaults(func=cmd_segment)
+
+
+def _add_download_parser(sub) -> None:
+    p = sub.add_parser("download", help="pre-fetch published checkpoints from the Hugging Face hub",
+                       description="Download published checkpoints (Hugging Face repository mqye/entitysam) into "
+                                   "the Hugging Face cache and print their paths.")
+    p.add_argument("models", nargs="+", choices=("vit-s", "vit-l"), metavar="MODEL", help="vit-s and/or vit-l")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.set_defaults(func=cmd_download)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="entitysam",
+                                     description="EntitySAM: segment and track every entity in a video.")
+    parser.add_argument("--version", action="version", version=f"entitysam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_segment_parser(sub)
+    _add_download_parser(sub)
+    for name, (help_text, _) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _load_model(args) -> object:
+    from .api import from_checkpoint, from_pretrained
+
+    if args.checkpoint:
+        return from_checkpoint(args.checkpoint, config=args.model, device=args.device)
+    return from_pretrained(args.model or "vit-s", device=args.device)
+
+
+def _collect_inputs(args) -> list[Path]:
+    from .video.sources import list_batch_inputs
+
+    inputs = [Path(p) for p in args.inputs]
+    for folder in args.batch:
+        inputs.extend(list_batch_inputs(folder))
+    if not inputs:
+        raise SourceError("no INPUT given (a video, a folder of frames, an image, or --batch DIR)")
+    return inputs
+
+
+def _video_name(path: Path) -> str:
+    return path.resolve().name if path.is_dir() else path.stem
+
+
+def cmd_segment(args) -> int:
+    from .api import _check_formats
+    from .video.sources import FrameSelection, open_source
+    from .video.writers import StagedOutput, describe_os_error, read_manifest
+
+    say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    try:
+        formats = _check_formats(args.save)
+        inputs = _collect_inputs(args)
+        names = [_video_name(p) for p in inputs]
+        seen: dict[str, Path] = {}
+        for path, name in zip(inputs, names):
+            if name in seen:
+                raise SourceError(f"{seen[name]} and {path} would both write to {Path(args.output) / name}: "
+                                  "rename one or run them with different --output")
+            seen[name] = path
+        if args.save_logits and len(inputs) > 1 and "{video}" not in args.save_logits:
+            raise EntitySAMError("--save-logits FILE with several inputs needs {video} in FILE "
+                                 "(or no FILE: each video folder gets logits.npz)")
+        if args.overwrite and args.skip_existing:
+            raise EntitySAMError("--overwrite and --skip-existing exclude each other")
+        selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
+    except EntitySAMError as err:
+        _print_err(str(err))
+        return 2
+
+    out_root = Path(args.output)
+    todo = []
+    failed: list[tuple[str, str]] = []
+    for path, name in zip(inputs, names):
+        if args.skip_existing and read_manifest(out_root / name) is not None:
+            say(f"{name}: skipped, complete results in {out_root / name}")
+            continue
+        try:  # validate every input and output before loading the model
+            StagedOutput.check_free(out_root / name, args.overwrite)
+            source = open_source(path, selection, fps=args.fps, name=name)
+        except EntitySAMError as err:
+            failed.append((name, str(err)))
+            _print_err(f"{name}: {err}")
+            continue
+        todo.append((source, name))
+    if not todo:
+        if failed and len(inputs) > 1:
+            _print_err(f"{len(failed)} of {len(inputs)} videos failed: {', '.join(n for n, _ in failed)}")
+        return 1 if failed else 0
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    try:
+        t0 = time.perf_counter()
+        model = _load_model(args)
+        say(f"model {model.cfg.name} loaded on {next(model.parameters()).device} in {time.perf_counter() - t0:.1f}s")
+    except (EntitySAMError, RuntimeError, OSError) as err:
+        _print_err(str(err))
+        return 1
+
+    for source, name in todo:
+        try:
+            _segment_one(model, source, name, out_root, formats, args, say, StagedOutput)
+        except KeyboardInterrupt:
+            _print_err(f"{name}: interrupted; no result written for it")
+            return 130
+        except EntitySAMError as err:
+            failed.append((name, str(err)))
+            _print_err(f"{name}: {err}")
+        except OSError as err:
+            msg = describe_os_error(err, f"results of {name}")
+            failed.append((name, msg))
+            _print_err(f"{name}: {msg}")
+        except (RuntimeError, ValueError) as err:  # unexpected failures inside the model or writers
+            failed.append((name, f"{type(err).__name__}: {err}"))
+            _print_err(f"{name}: failed: {type(err).__name__}: {err}")
+    if failed:
+        if len(inputs) > 1:
+            _print_err(f"{len(failed)} of {len(inputs)} videos failed: {', '.join(n for n, _ in failed)}")
+        return 1
+    return 0
+
+
+def _segment_one(model, source, name: str, out_root: Path, formats, args, say, StagedOutput) -> None:
+    from .api import segment
+
+    t0 = time.perf_counter()
+    with StagedOutput(out_root / name, overwrite=args.overwrite) as staged:
+        if args.save_logits is None:
+            logits_path = None
+        elif args.save_logits == "":
+            logits_path = staged.path / "logits.npz"
+        else:
+            logits_path = Path(args.save_logits.replace("{video}", name))
+        result = segment(model, source, dtype=args.dtype, logits_dtype=args.logits_dtype, work_dir=staged.path,
+                         save_logits=logits_path, progress=not args.quiet)
+        with result:
+            files = result.write_into(staged.path, formats, labels=args.labels, progress=not args.quiet)
+            manifest = {**result.manifest(), "files": files + (["logits.npz"] if args.save_logits == "" else [])}
+        final = staged.commit(manifest)
+    say(f"{name}: {len(result)} frames, {len(result.entities)} entities -> {final} "
+        f"({time.perf_counter() - t0:.1f}s)")
+
+
+def cmd_download(args) -> int:
+    from .hub import resolve_checkpoint
+
+    status = 0
+    for name in args.models:
+        try:
+            path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force)
+        except EntitySAMError as err:
+            _print_err(str(err))
+            status = 1
+            continue
+        print(f"{name}: {path}")
+    return status
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _run_delegated(name: str, argv: Sequence[str]) -> int:
+    import importlib
+
+    module, func = DELEGATED[name][1].split(":")
+    try:
+        result = getattr(importlib.import_module(module), func)(list(argv))
+    except SystemExit as exc:  # argparse --help / usage errors of the delegated parser
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return int(result or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        return _run_delegated(argv[0], argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits with 2 on errors, 0 on --help
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

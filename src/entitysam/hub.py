@@ -1,0 +1,128 @@
+"""The published checkpoints: where they are found, how they are downloaded.
+
+``resolve_checkpoint("vit-s")`` looks, in order, at
+
+1. ``$ENTITYSAM_HOME/checkpoints/vit-s/model_0009999.pth`` (``ENTITYSAM_HOME`` defaults to
+   ``~/.cache/entitysam``): put a manually downloaded file here;
+2. the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), without network;
+3. the Hugging Face hub, repository ``mqye/entitysam``, file ``checkpoints/vit-s/model_0009999.pth``
+   (``HF_ENDPOINT`` selects a mirror), through ``huggingface_hub.hf_hub_download`` into its cache.
+
+When none works, :class:`~entitysam.errors.ModelNotAvailableError` says what to download, from
+where, and where to put it (or to pass ``--checkpoint PATH``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import ModelNotAvailableError
+
+__all__ = [
+    "REPO_ID",
+    "CHECKPOINT_FILES",
+    "default_endpoint",
+    "checkpoint_url",
+    "local_checkpoint_path",
+    "resolve_checkpoint",
+]
+
+REPO_ID = "mqye/entitysam"
+CHECKPOINT_FILES = {
+    "vit-s": "checkpoints/vit-s/model_0009999.pth",
+    "vit-l": "checkpoints/vit-l/model_0009999.pth",
+}
+DEFAULT_REVISION = "main"
+_PROBE_TIMEOUT = 10.0
+
+
+def default_endpoint() -> str:
+    """``HF_ENDPOINT`` (read now, not at import) or https://huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def checkpoint_url(name: str, endpoint: str | None = None, revision: str = DEFAULT_REVISION) -> str:
+    return f"{(endpoint or default_endpoint()).rstrip('/')}/{REPO_ID}/resolve/{revision}/{_filename(name)}"
+
+
+def local_checkpoint_path(name: str) -> Path:
+    """Where a manually downloaded checkpoint is looked for first."""
+    home = Path(os.environ.get("ENTITYSAM_HOME") or Path.home() / ".cache" / "entitysam").expanduser()
+    return home / "checkpoints" / name / Path(_filename(name)).name
+
+
+def _filename(name: str) -> str:
+    try:
+        return CHECKPOINT_FILES[name]
+    except KeyError:
+        raise ModelNotAvailableError(f"unknown model {name!r}: published models are "
+                                     f"{', '.join(CHECKPOINT_FILES)} (or pass --checkpoint PATH)") from None
+
+
+def _instructions(name: str, cause: str, endpoint: str, revision: str) -> str:
+    return (
+        f"cannot get the {name} checkpoint: {cause}\n"
+        f"  Download {checkpoint_url(name, endpoint, revision)}\n"
+        f"  (Hugging Face repository {REPO_ID}, file {_filename(name)}) and either\n"
+        f"    - put it at {local_checkpoint_path(name)} (found automatically; ENTITYSAM_HOME moves this folder), or\n"
+        f"    - pass --checkpoint /path/to/model_0009999.pth.\n"
+        f"  With network access, `entitysam download {name}` fetches it into the Hugging Face cache."
+    )
+
+
+def _probe(endpoint: str) -> str | None:
+    """A fast reachability check of the endpoint (DNS + TCP connect), so that a machine without
+    network gets the instructions at once instead of after huggingface_hub's retries.
+    Returns the cause when unreachable. Skipped when a proxy is configured."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                                       "all_proxy")):
+        return None
+    parts = urlsplit(endpoint)
+    host = parts.hostname
+    if not host:
+        return f"invalid endpoint {endpoint!r}"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT):
+            return None
+    except OSError as err:
+        return f"no network connection to {host}:{port} ({err.strerror or err})"
+
+
+def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.PathLike | None = None,
+                       endpoint: str | None = None, revision: str = DEFAULT_REVISION,
+                       force_download: bool = False) -> Path:
+    """Path of the published checkpoint `name` (``vit-s`` / ``vit-l``), downloading it if needed.
+
+    Raises ModelNotAvailableError with download instructions when it cannot be found or fetched.
+    """
+    filename = _filename(name)
+    endpoint = (endpoint or default_endpoint()).rstrip("/")
+    local = local_checkpoint_path(name)
+    if local.is_file() and not force_download:
+        return local
+    try:
+        from huggingface_hub import hf_hub_download  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        raise ModelNotAvailableError(_instructions(
+            name, "huggingface_hub is not installed (pip install 'entitysam[video]')", endpoint, revision)) from None
+    kwargs = dict(repo_id=REPO_ID, filename=filename, revision=revision, endpoint=endpoint,
+                  cache_dir=str(cache_dir) if cache_dir is not None else None)
+    if not force_download:
+        try:
+            return Path(hf_hub_download(**kwargs, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
+            pass
+    if not download:
+        raise ModelNotAvailableError(_instructions(name, "it is not in the local cache", endpoint, revision))
+    cause = _probe(endpoint)
+    if cause is not None:
+        raise ModelNotAvailableError(_instructions(name, cause, endpoint, revision))
+    try:
+        return Path(hf_hub_download(**kwargs, force_download=force_download))
+    except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
+        cause = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+        raise ModelNotAvailableError(_instructions(name, f"download failed ({cause})", endpoint, revision)) from None

@@ -1,0 +1,559 @@
+"""Output writers: panoptic PNG + JSON, entities.json (COCO RLE), overlay.mp4, logits.npz,
+and the staged (atomic) output folder.
+
+Every writer is fed one frame at a time (`id_map` [H, W] int32, 0 = no entity), so nothing
+grows with the length of the video except small per-frame JSON records, which are streamed to
+disk as they come.
+
+Panoptic PNGs and their JSON are shared by two layouts:
+
+* the user layout written by `entitysam segment` (`panoptic/<stem>.png` + `panoptic.json`,
+  COCO bbox convention: width = number of columns, `x_max - x_min + 1`);
+* the official evaluation layout (`pan_pred/<video>/<stem>.png` + `pred.json`, bbox width
+  `x_max - x_min` without the +1, as the official script writes it): call
+  :func:`frame_segments` with ``bbox="official"`` and :func:`write_id_png`.
+
+In both, the PNG encodes the entity id as ``id = R + 256 G + 65536 B`` and the JSON lists, per
+frame, the entities with area > 0 in increasing id order (= creation order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import scipy.ndimage as ndi
+from PIL import Image
+
+from ..errors import OutputError
+
+__all__ = [
+    "encode_id_png",
+    "decode_id_png",
+    "write_id_png",
+    "frame_segments",
+    "PanopticWriter",
+    "EntitiesWriter",
+    "OverlayWriter",
+    "entity_color",
+    "render_overlay",
+    "save_logits_npz",
+    "StagedOutput",
+    "read_manifest",
+    "describe_os_error",
+    "MANIFEST",
+]
+
+MANIFEST = "manifest.json"
+CATEGORIES = [{"id": 1, "name": "entity", "isthing": 1, "supercategory": "entity"}]
+
+
+# ----------------------------------------------------------------------------- ids and PNGs
+
+
+def encode_id_png(id_map: np.ndarray) -> np.ndarray:
+    """[H, W] ids -> [H, W, 3] uint8 RGB with id = R + 256 G + 65536 B."""
+    ids = np.asarray(id_map)
+    if ids.min(initial=0) < 0 or ids.max(initial=0) >= 1 << 24:
+        raise ValueError("ids must be in [0, 2**24)")
+    ids = ids.astype(np.uint32, copy=False)
+    rgb = np.empty((*ids.shape, 3), dtype=np.uint8)
+    rgb[..., 0] = ids & 0xFF
+    rgb[..., 1] = (ids >> 8) & 0xFF
+    rgb[..., 2] = (ids >> 16) & 0xFF
+    return rgb
+
+
+def decode_id_png(rgb: np.ndarray | str | os.PathLike) -> np.ndarray:
+    """[H, W, 3] uint8 (or a PNG path) -> [H, W] int32 ids."""
+    if not isinstance(rgb, np.ndarray):
+        with Image.open(rgb) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    rgb = rgb.astype(np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def write_id_png(path: str | os.PathLike, id_map: np.ndarray) -> None:
+    """Write the RGB-encoded id PNG (fast zlib level: the files are re-read, not archived)."""
+    Image.fromarray(encode_id_png(id_map)).save(path, format="PNG", compress_level=1)
+
+
+def frame_segments(id_map: np.ndarray, bbox: str = "coco") -> list[dict[str, Any]]:
+    """The entities present in one frame, in increasing id order: ``{"id", "area", "bbox"}``.
+
+    bbox: ``"coco"`` -> [x, y, w, h] with w = x_max - x_min + 1 (columns covered);
+    ``"official"`` -> w = x_max - x_min (the official EntitySAM pred.json, no +1).
+    """
+    if bbox not in ("coco", "official"):
+        raise ValueError(f"bbox must be 'coco' or 'official', got {bbox!r}")
+    ids = np.asarray(id_map)
+    top = int(ids.max(initial=0))
+    if top <= 0:
+        return []
+    areas = np.bincount(ids.ravel(), minlength=top + 1)
+    boxes = ndi.find_objects(ids.astype(np.int32, copy=False), max_label=top)
+    extra = 0 if bbox == "coco" else 1
+    out = []
+    for seg_id in range(1, top + 1):
+        area = int(areas[seg_id])
+        if area == 0:
+            continue
+        rows, cols = boxes[seg_id - 1]
+        out.append({
+            "id": seg_id,
+            "area": area,
+            "bbox": [int(cols.start), int(rows.start),
+                     int(cols.stop - cols.start - extra), int(rows.stop - rows.start - extra)],
+        })
+    return out
+
+
+# ----------------------------------------------------------------------------- panoptic
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+class PanopticWriter:
+    """``<dir>/panoptic/<stem>.png`` + ``<dir>/panoptic.json`` (a one-video VIPSeg ``pred.json``).
+
+    panoptic.json::
+
+        {"annotations": [{"video_id": <name>, "annotations": [
+            {"image_id": <stem>, "file_name": "<stem>.png", "frame": t, "source_frame": i,
+             "segments_info": [{"id", "area", "bbox": [x, y, w, h], "iscrowd": 0, "category_id": 1}]},
+            ...]}],
+         "categories": [{"id": 1, "name": "entity", "isthing": 1, "supercategory": "entity"}]}
+
+    Frame entries are streamed to the file as frames come. With ``png_dir =
+    <pred_dir>/pan_pred/<video>``, ``bbox="official"`` and ``json_path=None`` (the caller
+    gathers :meth:`frame_entry` records of several videos into ``pred.json``) the same writer
+    produces the official evaluation layout.
+    """
+
+    def __init__(self, png_dir: str | os.PathLike, json_path: str | os.PathLike | None, video_id: str,
+                 bbox: str = "coco"):
+        self.png_dir = Path(png_dir)
+        self.png_dir.mkdir(parents=True, exist_ok=True)
+        self.video_id = video_id
+        self.bbox = bbox
+        self.num_frames = 0
+        self._json = None
+        if json_path is not None:
+            self._json = open(json_path, "w", encoding="utf-8")
+            self._json.write(f'{{"annotations": [{{"video_id": {_dumps(video_id)}, "annotations": [\n')
+
+    @staticmethod
+    def frame_entry(t: int, frame: Any, segments: list[dict[str, Any]]) -> dict[str, Any]:
+        info = [{**s, "iscrowd": 0, "category_id": 1} for s in segments]
+        return {"image_id": frame.name, "file_name": f"{frame.name}.png", "frame": t,
+                "source_frame": int(frame.index), "segments_info": info}
+
+    def add(self, t: int, frame: Any, id_map: np.ndarray, segments: list[dict[str, Any]] | None = None) -> None:
+        """frame: has ``.name`` (file stem) and ``.index`` (source frame index)."""
+        if segments is None:
+            segments = frame_segments(id_map, self.bbox)
+        write_id_png(self.png_dir / f"{frame.name}.png", id_map)
+        if self._json is not None:
+            self._json.write(("" if self.num_frames == 0 else ",\n") + _dumps(self.frame_entry(t, frame, segments)))
+        self.num_frames += 1
+
+    def close(self) -> None:
+        if self._json is not None and not self._json.closed:
+            self._json.write(f'\n]}}], "categories": {_dumps(CATEGORIES)}}}\n')
+            self._json.close()
+
+    def abort(self) -> None:
+        if self._json is not None:
+            self._json.close()
+
+
+# ----------------------------------------------------------------------------- entities
+
+
+def _rle(mask: np.ndarray) -> dict[str, Any]:
+    from pycocotools import mask as mask_utils  # noqa: PLC0415 - optional dependency
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+class EntitiesWriter:
+    """``entities.json``: one record per entity with its per-frame COCO RLE mask.
+
+    ::
+
+        {"video": <name>, "size": [H, W], "fps": f, "num_frames": n,
+         "frames": [{"frame": t, "source_frame": i, "name": <stem>, "time": s}, ...],
+         "entities": [{"id", "score", "query_index", "first_frame", "last_frame", "num_frames",
+                       "area", "frames": [{"frame": t, "area", "bbox": [x, y, w, h],
+                                           "rle": {"size": [H, W], "counts": str}}, ...]}, ...]}
+
+    ``frame`` numbers are positions in the processed sequence (0 .. n-1, an index into
+    ``frames``); ``area`` of an entity is summed over its frames; bbox is COCO's (w = columns
+    covered). Per-entity records are streamed to one temporary file per entity and joined
+    when the video is finished, so memory does not grow with the video length.
+    """
+
+    def __init__(self, path: str | os.PathLike, video_id: str):
+        self.path = Path(path)
+        self.video_id = video_id
+        self._tmp = self.path.parent / f".{self.path.name}.parts"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._frames = open(self._tmp / "frames.jsonl", "w", encoding="utf-8")
+        self._files: dict[int, Any] = {}
+        self.stats: dict[int, dict[str, int]] = {}
+        self.size: tuple[int, int] | None = None
+        self.num_frames = 0
+
+    def add(self, t: int, frame: Any, id_map: np.ndarray, segments: list[dict[str, Any]] | None = None) -> None:
+        if segments is None:
+            segments = frame_segments(id_map, "coco")
+        self.size = (int(id_map.shape[0]), int(id_map.shape[1]))
+        self._frames.write(_dumps({"frame": t, "source_frame": int(frame.index), "name": frame.name,
+                                   "time": round(float(frame.time), 6)}) + "\n")
+        for seg in segments:
+            sid = seg["id"]
+            rec = {"frame": t, "area": seg["area"], "bbox": seg["bbox"], "rle": _rle(id_map == sid)}
+            f = self._files.get(sid)
+            if f is None:
+                f = self._files[sid] = open(self._tmp / f"{sid}.jsonl", "w", encoding="utf-8")
+                self.stats[sid] = {"first_frame": t, "last_frame": t, "num_frames": 0, "area": 0}
+            f.write(_dumps(rec) + "\n")
+            st = self.stats[sid]
+            st["last_frame"] = t
+            st["num_frames"] += 1
+            st["area"] += seg["area"]
+        self.num_frames += 1
+
+    def close(self, entities: Sequence[Mapping[str, Any]], fps: float | None = None) -> None:
+        """entities: ``{"id", "score", "query_index"}`` of every segment (any order)."""
+        self._frames.close()
+        for f in self._files.values():
+            f.close()
+        head = {"video": self.video_id, "size": list(self.size) if self.size else None,
+                "fps": fps, "num_frames": self.num_frames}
+        with open(self.path, "w", encoding="utf-8") as out:
+            out.write(_dumps(head)[:-1] + ',"frames":[\n')
+            with open(self._tmp / "frames.jsonl", encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    out.write(("" if i == 0 else ",\n") + line.rstrip("\n"))
+            out.write('\n],"entities":[\n')
+            for k, ent in enumerate(sorted(entities, key=lambda e: e["id"])):
+                sid = int(ent["id"])
+                st = self.stats.get(sid, {"first_frame": None, "last_frame": None, "num_frames": 0, "area": 0})
+                rec = {"id": sid, "score": float(ent["score"]), "query_index": int(ent.get("query_index", -1)), **st}
+                out.write(("" if k == 0 else ",\n") + _dumps(rec)[:-1] + ',"frames":[')
+                part = self._tmp / f"{sid}.jsonl"
+                if part.exists():
+                    with open(part, encoding="utf-8") as f:
+                        for i, line in enumerate(f):
+                            out.write(("" if i == 0 else ",") + line.rstrip("\n"))
+                out.write("]}")
+            out.write("\n]}\n")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def abort(self) -> None:
+        self._frames.close()
+        for f in self._files.values():
+            f.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- overlay
+
+
+def entity_color(entity_id: int) -> tuple[int, int, int]:
+    """A stable, distinct RGB colour per id (golden-ratio hue steps, alternating brightness)."""
+    import colorsys  # noqa: PLC0415
+
+    h = (entity_id * 0.6180339887498949 + 0.11) % 1.0
+    s = 0.85 if entity_id % 2 else 0.65
+    v = 1.0 if (entity_id // 2) % 2 == 0 else 0.8
+    r, g, b = colorsys.hsv_to_rgb(h, s, v)
+    return int(r * 255 + 0.5), int(g * 255 + 0.5), int(b * 255 + 0.5)
+
+
+def _palette(max_id: int) -> np.ndarray:
+    pal = np.zeros((max_id + 1, 3), dtype=np.float32)
+    for i in range(1, max_id + 1):
+        pal[i] = entity_color(i)
+    return pal
+
+
+def _font(size: int):
+    from PIL import ImageFont  # noqa: PLC0415
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def render_overlay(image: np.ndarray, id_map: np.ndarray, alpha: float = 0.5, labels: bool = False) -> np.ndarray:
+    """The frame with each entity tinted in its colour and its contour drawn; optional ids."""
+    ids = np.asarray(id_map)
+    top = int(ids.max(initial=0))
+    if top == 0:
+        return image.copy()
+    pal = _palette(top)
+    fg = ids > 0
+    out = image.astype(np.float32)
+    out[fg] = out[fg] * (1 - alpha) + pal[ids[fg]] * alpha
+    # Contours: entity pixels with a 4-neighbour of another id.
+    edge = np.zeros_like(fg)
+    edge[:-1] |= ids[:-1] != ids[1:]
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge &= fg
+    out[edge] = pal[ids[edge]] * 0.6
+    result = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    if labels:
+        from PIL import ImageDraw  # noqa: PLC0415
+
+        pil = Image.fromarray(result)
+        draw = ImageDraw.Draw(pil)
+        font = _font(max(10, min(ids.shape) // 25))
+        for seg_id, box in enumerate(ndi.find_objects(ids.astype(np.int32, copy=False)), start=1):
+            if box is None:
+                continue
+            rows, cols = box
+            ys, xs = np.nonzero(ids[rows, cols] == seg_id)
+            cy, cx = ys.mean(), xs.mean()
+            k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))  # the entity pixel nearest its centroid
+            x, y = int(xs[k] + cols.start), int(ys[k] + rows.start)
+            try:
+                draw.text((x, y), str(seg_id), fill=(255, 255, 255), font=font, anchor="mm",
+                          stroke_width=2, stroke_fill=(0, 0, 0))
+            except (TypeError, ValueError):  # bitmap fonts: no anchor / stroke
+                draw.text((x, y), str(seg_id), fill=(255, 255, 255), font=font)
+        result = np.asarray(pil)
+    return result
+
+
+class OverlayWriter:
+    """``overlay.mp4`` (H.264, yuv420p) at the given frame rate, encoded with PyAV.
+
+    yuv420p needs even sizes: an odd width or height is padded by repeating the last column or
+    row (the video is then 1 pixel wider or taller than the frames).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, labels: bool = False, alpha: float = 0.5):
+        import av  # noqa: PLC0415 - optional dependency
+
+        self.path = Path(path)
+        self.labels = labels
+        self.alpha = alpha
+        self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+        self._container = av.open(str(self.path), mode="w", format="mp4")
+        self._stream = None
+        self.num_frames = 0
+        self._av = av
+
+    def _open_stream(self, h: int, w: int) -> None:
+        codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
+        stream = self._container.add_stream(codec, rate=self.rate)
+        stream.width, stream.height = w + (w % 2), h + (h % 2)
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "20", "preset": "veryfast"}
+        self._stream = stream
+
+    def add(self, image: np.ndarray, id_map: np.ndarray) -> None:
+        h, w = id_map.shape
+        if image.shape[:2] != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+        frame = render_overlay(image, id_map, self.alpha, self.labels)
+        if self._stream is None:
+            self._open_stream(h, w)
+        if h % 2 or w % 2:
+            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        vf = self._av.VideoFrame.from_ndarray(frame, format="rgb24")
+        for packet in self._stream.encode(vf):
+            self._container.mux(packet)
+        self.num_frames += 1
+
+    def close(self) -> None:
+        if self._stream is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+        self._container.close()
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - best effort on an error path
+            pass
+
+
+# ----------------------------------------------------------------------------- logits
+
+
+def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **extra: np.ndarray) -> Path:
+    """Write ``logits`` [n, Q, h, w] (low-res mask logits after hole filling, frame-major),
+    ``scores`` [Q] and any ``extra`` arrays to an uncompressed .npz (``np.load`` reads it),
+    atomically: a temporary file in the same folder, renamed when complete.
+
+    ``logits`` is an array or an object with ``.frames()`` returning a fresh [n, Q, h, w]
+    memmap (a LogitStore): it is then copied a few frames at a time, each through a new
+    mapping, so the process never holds more than one chunk of it.
+    """
+    import zipfile  # noqa: PLC0415
+
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
+    fresh = logits.frames if hasattr(logits, "frames") else (lambda: logits)
+    first = fresh()
+    shape, dtype = tuple(first.shape), first.dtype
+    del first
+    frame_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    step = max(1, (16 << 20) // max(1, frame_bytes))
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("logits.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+                for t0 in range(0, shape[0], step):
+                    chunk = fresh()[t0:t0 + step]
+                    f.write(np.ascontiguousarray(chunk).tobytes())
+                    del chunk
+            for key, value in {"scores": np.asarray(scores), **extra}.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- staged folder
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a complete output folder, or None (missing, unreadable, incomplete)."""
+    path = Path(directory) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("complete") is True else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def describe_os_error(err: OSError, what: str) -> str:
+    cause = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        cause = "no space left on the device (disk full)"
+    elif err.errno == errno.EDQUOT:
+        cause = "disk quota exceeded"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = f"{cause} (the output folder is not writable)"
+    name = f" {err.filename}" if err.filename else ""
+    return f"cannot write {what}{name}: {cause}"
+
+
+class StagedOutput:
+    """An output folder that appears only when complete.
+
+    Files are written into a hidden sibling ``.<name>.partial-<pid>-<rand>``; :meth:`commit`
+    writes ``manifest.json`` last and renames the folder into place (replacing an older result
+    only at that moment when ``overwrite``). On error (or :meth:`abort`) the partial folder is
+    removed, so an interrupted run never leaves a folder that looks complete. Partial folders of
+    dead processes (e.g. killed runs) are removed when the same output is staged again.
+    """
+
+    def __init__(self, final: str | os.PathLike, overwrite: bool = False):
+        self.final = Path(final)
+        self.overwrite = overwrite
+        self.check_free(self.final, overwrite)
+        parent = self.final.parent
+        self._created_parent = not parent.exists()
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._clean_stale(parent)
+            self.path = parent / f".{self.final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            self.path.mkdir()
+        except OSError as err:
+            raise OutputError(describe_os_error(err, "the output folder")) from None
+        self._done = False
+
+    @staticmethod
+    def check_free(final: str | os.PathLike, overwrite: bool = False) -> None:
+        """Raise OutputError if `final` exists and may not be replaced."""
+        final = Path(final)
+        if final.exists() and not overwrite:
+            if read_manifest(final) is not None:
+                raise OutputError(f"{final} already holds results: use --overwrite to replace them "
+                                  "(or --skip-existing to skip finished videos)")
+            raise OutputError(f"{final} already exists (not a complete entitysam result): "
+                              "use --overwrite to replace it or choose another --output")
+        if final.exists() and not final.is_dir():
+            raise OutputError(f"{final} exists and is not a folder")
+
+    def _clean_stale(self, parent: Path) -> None:
+        prefix = f".{self.final.name}.partial-"
+        for p in parent.glob(f"{prefix}*"):
+            try:
+                pid = int(p.name[len(prefix):].split("-")[0])
+            except ValueError:
+                continue
+            if pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+
+    def commit(self, manifest: Mapping[str, Any]) -> Path:
+        data = {**manifest, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            tmp = self.path / f".{MANIFEST}.tmp"
+            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path / MANIFEST)
+            old = None
+            if self.final.exists():
+                old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+                os.rename(self.final, old)
+            os.rename(self.path, self.final)
+        except OSError as err:
+            self.abort()
+            raise OutputError(describe_os_error(err, str(self.final))) from None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self._done = True
+        return self.final
+
+    def abort(self) -> None:
+        if not self._done:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._done = True
+            if self._created_parent:
+                with contextlib.suppress(OSError):
+                    self.final.parent.rmdir()  # only if still empty
+
+    def __enter__(self) -> "StagedOutput":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()

@@ -1,0 +1,62 @@
+"""Generated inputs for the segment tests: a tiny mp4, frame folders, images, a tiny checkpoint."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+W, H = 64, 48
+FPS = 10
+
+
+def scene(t: int, w: int = W, h: int = H) -> np.ndarray:
+    """Two squares moving over a flat background (entities the tiny model separates)."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:] = (30, 60, 90)
+    a[5:25, 5 + t:25 + t] = (250, 40, 40)
+    a[25:45, max(0, 35 - t):60 - t] = (40, 250, 40)
+    return a
+
+
+def write_video(path: Path, n: int, fps: int = FPS, codec: str = "libx264", size=(W, H), options=None,
+                noise: bool = False) -> Path:
+    """noise=True: random pixels, so that every frame takes about the same number of bytes."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options=options or {}) as c:
+        s = c.add_stream(codec, rate=Fraction(fps))
+        s.width, s.height = size
+        s.pix_fmt = "yuv420p"
+        for t in range(n):
+            image = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8) if noise else scene(t, *size)
+            for p in s.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def write_frames(folder: Path, names, ext: str = ".jpg") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, name in enumerate(names):
+        Image.fromarray(scene(t)).save(folder / f"{name}{ext}", quality=95)
+    return folder
+
+
+def tiny_state_dict() -> dict:
+    """The tiny config with weights that give a couple of entities on `scene` videos."""
+    from entitysam.config import get_config
+    from entitysam.modeling.entitysam import EntitySAM
+
+    torch.manual_seed(4)
+    model = EntitySAM(get_config("tiny")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
+                p.normal_().mul_(3)
+    return model.state_dict()

@@ -1,0 +1,168 @@
+"""Checkpoint resolution and download, against a Hugging Face-like HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from entitysam import cli
+from entitysam.config import get_config
+from entitysam.errors import ModelNotAvailableError
+from entitysam.hub import CHECKPOINT_FILES, REPO_ID, checkpoint_url, local_checkpoint_path, resolve_checkpoint
+from entitysam.modeling.entitysam import EntitySAM
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _checkpoint_bytes(tmp_path: Path) -> bytes:
+    torch.manual_seed(0)
+    path = tmp_path / "served.pth"
+    torch.save({"model": EntitySAM(get_config("tiny")).state_dict()}, path)
+    return path.read_bytes()
+
+
+class _Hub:
+    """Minimal subset of the hub's file endpoint: HEAD/GET /{repo}/resolve/{revision}/{path}."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self, body: bool) -> None:
+                hub.requests.append((self.command, self.path))
+                prefix = f"/{REPO_ID}/resolve/main/"
+                data = hub.files.get(self.path[len(prefix):]) if self.path.startswith(prefix) else None
+                if data is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_HEAD(self):  # noqa: N802
+                self._serve(body=False)
+
+            def do_GET(self):  # noqa: N802
+                self._serve(body=True)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.timeout = 5
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """No real home or Hugging Face cache is read or written."""
+    monkeypatch.setenv("ENTITYSAM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    return tmp_path
+
+
+def test_download_from_local_hub_then_cached_offline(isolated, monkeypatch):
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "hf-cache"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        path = resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)
+        assert path.read_bytes() == data
+        assert str(path).startswith(str(cache))
+        wanted = f"/{REPO_ID}/resolve/main/{CHECKPOINT_FILES['vit-s']}"
+        assert ("HEAD", wanted) in hub.requests and ("GET", wanted) in hub.requests
+    # Server gone: the cached copy is found without network.
+    again = resolve_checkpoint("vit-s", cache_dir=cache, endpoint=f"http://127.0.0.1:{_closed_port()}")
+    assert again.read_bytes() == data
+    # The loaded checkpoint is usable (config inferred from its keys).
+    from entitysam.checkpoints import load_entitysam
+    assert load_entitysam(again).cfg.name == "tiny"
+
+
+def test_download_command_uses_hf_endpoint(isolated, monkeypatch, capsys):
+    data = _checkpoint_bytes(isolated)
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        rc = cli.main(["download", "vit-s", "--cache-dir", str(isolated / "c")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    printed = Path(out.strip().split(": ", 1)[1])
+    assert printed.read_bytes() == data
+
+
+def test_missing_file_on_hub_gives_instructions(isolated):
+    with _Hub({}) as hub:
+        with pytest.raises(ModelNotAvailableError) as err:
+            resolve_checkpoint("vit-l", cache_dir=isolated / "c", endpoint=hub.endpoint)
+    msg = str(err.value)
+    assert checkpoint_url("vit-l", hub.endpoint) in msg
+    assert "--checkpoint" in msg
+
+
+def test_no_network_message_says_what_and_where(isolated, capsys):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(ModelNotAvailableError) as err:
+        resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint=endpoint)
+    msg = str(err.value)
+    assert "no network connection to 127.0.0.1" in msg
+    assert f"{endpoint}/{REPO_ID}/resolve/main/checkpoints/vit-s/model_0009999.pth" in msg
+    assert str(local_checkpoint_path("vit-s")) in msg
+    assert "--checkpoint" in msg and "entitysam download vit-s" in msg
+
+
+def test_segment_without_network_fails_cleanly(isolated, monkeypatch, capsys):
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(isolated / "c"))
+    from PIL import Image
+    Image.new("RGB", (32, 24)).save(isolated / "a.png")
+    rc = cli.main(["segment", str(isolated / "a.png"), "-o", str(isolated / "out"), "--model", "vit-s", "-q"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "cannot get the vit-s checkpoint" in err and "--checkpoint" in err
+    assert not (isolated / "out" / "a").exists()
+
+
+def test_manually_placed_checkpoint_is_used_first(isolated):
+    target = local_checkpoint_path("vit-s")
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"x")
+    assert resolve_checkpoint("vit-s", endpoint="http://127.0.0.1:1") == target
+
+
+def test_unknown_model_name():
+    with pytest.raises(ModelNotAvailableError, match="published models are vit-s, vit-l"):
+        resolve_checkpoint("vit-b")
