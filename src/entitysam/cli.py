@@ -3,6 +3,8 @@
     entitysam segment INPUT [INPUT ...] --output DIR [options]
     entitysam download vit-s [vit-l]
     entitysam metrics PRED_DIR GT_DIR GT_JSON [options]     (entitysam.eval.metrics)
+    entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.eval.vipseg)
+    entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
 
 Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
 not be loaded, 2 invalid command line.
@@ -19,10 +21,13 @@ from typing import Callable, Sequence
 from .errors import EntitySAMError, SourceError
 
 # Sub-commands implemented in other modules: name -> (help, "module:function" taking argv).
-# `eval` (VIPSeg evaluation) and `train` register here when they exist.
 DELEGATED: dict[str, tuple[str, str]] = {
     "metrics": ("VEQ / STQ of predictions in the official layout (see `entitysam metrics -h`)",
                 "entitysam.eval.metrics:main"),
+    "train": ("train EntitySAM: the official two-stage recipe, single process or torchrun DDP "
+              "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:main"),
+    "eval": ("benchmark evaluation: `entitysam eval vipseg` runs a VIPSeg split and scores it "
+             "(see `entitysam eval vipseg -h`)", "entitysam.eval.vipseg:main"),
 }
 
 SAVE_CHOICES = ("panoptic", "entities", "overlay")

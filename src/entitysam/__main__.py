@@ -1,0 +1,7 @@
+"""`python -m entitysam ...` (and `torchrun -m entitysam train ...`): the `entitysam` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""`entitysam train` / `python -m entitysam.train`: run the training recipe.
+
+    entitysam train --config vit-s-stage1 data.root=datasets/coco
+    torchrun --nproc_per_node 4 -m entitysam.train --config vit-s-stage2 model.weights=...
+    entitysam train --config my.yaml solver.max_iter=2000 --print-config
+
+Wiring into the main CLI (`entitysam/cli.py`), either as a delegated command taking argv::
+
+    DELEGATED["train"] = ("train EntitySAM (official two-stage recipe, DDP)", "entitysam.train.cli:main")
+
+or as an argparse sub-command: `add_parser(subparsers)` then `args.func(args)` (= `run(args)`);
+there, put `key=value` overrides after the options (`main` accepts them anywhere).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import NAMED_CONFIGS
+
+DESCRIPTION = ("Train EntitySAM with the official two-stage COCO recipe (class-agnostic), single process or "
+               "under torchrun (DDP, env:// rendezvous).")
+EPILOG = (f"named configs: {', '.join(NAMED_CONFIGS)}. Overrides: section.key=value, e.g. solver.max_iter=100 "
+          "data.root=datasets/coco model.sam2=checkpoints/sam2.1_hiera_small.pt resume=never.")
+
+
+def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--config", "-c", required=True,
+                   help="named config (" + ", ".join(NAMED_CONFIGS) + ") or a .yaml/.json file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stdout")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `train` sub-command to an argparse sub-parser collection."""
+    p = subparsers.add_parser("train", help="train EntitySAM (official recipe, DDP)", description=DESCRIPTION,
+                              epilog=EPILOG)
+    return _configure(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _configure(argparse.ArgumentParser(prog="python -m entitysam.train", description=DESCRIPTION,
+                                              epilog=EPILOG))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import load_config  # noqa: PLC0415
+
+    cfg = load_config(args.config, list(args.overrides or []))
+    if args.print_config:
+        print(cfg.to_json())
+        return 0
+    from .distributed import cleanup  # noqa: PLC0415
+    from .trainer import train  # noqa: PLC0415
+
+    try:
+        train(cfg, quiet=args.quiet)
+    finally:
+        cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

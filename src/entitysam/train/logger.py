@@ -1,0 +1,114 @@
+"""Metric logging (JSONL and CSV always, TensorBoard when installed) and progress with ETA."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+LOSS_KEYS = ("loss_ce", "loss_mask", "loss_dice", "loss_iou")
+CSV_FIELDS = ("iteration", "lr", "total_loss", *LOSS_KEYS, "num_instances", "num_matched", "matched_iou",
+              "grad_norm", "time", "data_time", "eta_seconds")
+
+
+def _truncate_jsonl(path: Path, start_iter: int) -> None:
+    """Keep only records of iterations < start_iter (a resumed run rewrites the rest)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("iteration", -1) < start_iter:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def _truncate_csv(path: Path, start_iter: int) -> None:
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("iteration") and int(r["iteration"]) < start_iter]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+class MetricWriter:
+    """Writes one record per logged iteration to metrics.jsonl, metrics.csv and TensorBoard."""
+
+    def __init__(self, output_dir: str | Path, start_iter: int = 0, tensorboard: bool = True):
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.dir / "metrics.jsonl"
+        self.csv = self.dir / "metrics.csv"
+        _truncate_jsonl(self.jsonl, start_iter)
+        _truncate_csv(self.csv, start_iter)
+        new_csv = not self.csv.is_file()
+        self._csv_file = open(self.csv, "a", newline="")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new_csv:
+            self._csv.writeheader()
+        self._jsonl_file = open(self.jsonl, "a")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+
+                self._tb = SummaryWriter(str(self.dir / "tensorboard"), purge_step=start_iter)
+            except Exception:  # noqa: BLE001 - tensorboard not installed
+                self._tb = None
+
+    def write(self, record: dict) -> None:
+        self._jsonl_file.write(json.dumps(record) + "\n")
+        self._jsonl_file.flush()
+        self._csv.writerow({k: record.get(k, "") for k in CSV_FIELDS})
+        self._csv_file.flush()
+        if self._tb is not None:
+            it = record["iteration"]
+            for k, v in record.items():
+                if k != "iteration" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k if k.startswith(("loss", "total")) else f"train/{k}", v, it)
+
+    def close(self) -> None:
+        self._jsonl_file.close()
+        self._csv_file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class Progress:
+    """Seconds per iteration (median of the last 20) and ETA."""
+
+    def __init__(self, start_iter: int, max_iter: int, stream=sys.stdout):
+        self.start_iter, self.max_iter = start_iter, max_iter
+        self.times: deque[float] = deque(maxlen=20)
+        self.stream = stream
+        self.t0 = time.perf_counter()
+
+    def tick(self, seconds: float) -> None:
+        self.times.append(seconds)
+
+    def eta(self, iteration: int) -> float:
+        if not self.times:
+            return float("nan")
+        per = sorted(self.times)[len(self.times) // 2]
+        return per * (self.max_iter - iteration - 1)
+
+    def line(self, record: dict) -> str:
+        eta = record.get("eta_seconds", float("nan"))
+        eta_s = "?" if not math.isfinite(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+        if math.isfinite(eta) and eta >= 86400:
+            eta_s = f"{int(eta // 86400)}d " + eta_s
+        losses = " ".join(f"{k[5:]} {record[k]:.4f}" for k in LOSS_KEYS if k in record)
+        return (f"iter {record['iteration'] + 1}/{self.max_iter}  loss {record['total_loss']:.4f} ({losses})  "
+                f"lr {record['lr']:.3g}  {record['time']:.2f} s/it  ETA {eta_s}")
+
+    def print(self, record: dict) -> None:
+        print(self.line(record), file=self.stream, flush=True)

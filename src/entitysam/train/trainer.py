@@ -1,0 +1,304 @@
+"""The training loop: AdamW, warm-up + step schedule, clipping, AMP, accumulation, DDP,
+checkpoints in the official format and exact resume.
+
+Batching. `solver.ims_per_batch` = B clips per iteration over all W processes; each process runs
+A = B / W clips one after the other (the model's forward takes one clip, as the official one) and
+accumulates their gradients; DDP averages over processes. The gradient is therefore
+(1/B) sum_c grad L_c for every W, which is the official update when A = 1 (4 GPUs, batch 4). The
+mask-loss normaliser is num_masks = max(#entities in the global batch / B, 1) * T (official:
+all-reduced count / world size, with one clip per process).
+
+Randomness. Clip p of the global stream (iteration i, clip j: p = i B + j) has its data drawn
+from (seed, p) and the global torch RNG is re-seeded from (seed, p) before its forward (matcher
+points, loss points, memory-attention dropout). Results therefore do not depend on W or on the
+number of data workers, and a resumed run continues bit-identically on the same hardware.
+
+Checkpoints (rank 0): `output_dir/model_{iteration:07d}.pth` whenever (iteration + 1) is a
+multiple of `solver.checkpoint_period`, and `model_final.pth` at the end, each
+`{"model": full state dict, "trainer": {...}, "iteration": i}` (detectron2's layout; the
+official evaluation and `entitysam.checkpoints.load_entitysam` read `"model"`), plus a
+`last_checkpoint` file naming the newest one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..modeling.entitysam import EntitySAM
+from .config import TrainConfig
+from .criterion import Criterion, CriterionConfig, HungarianMatcher
+from .data import ClipDataset, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .forward import TrainingModule
+from .logger import LOSS_KEYS, MetricWriter, Progress
+from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
+
+log = logging.getLogger("entitysam.train")
+
+
+def build_criterion(cfg: TrainConfig) -> Criterion:
+    lc = cfg.loss
+    matcher = HungarianMatcher(lc.matcher_class, lc.matcher_mask, lc.matcher_dice, lc.num_points)
+    return Criterion(matcher, CriterionConfig(
+        class_weight=lc.class_weight, mask_weight=lc.mask_weight, dice_weight=lc.dice_weight,
+        iou_weight=lc.iou_weight, num_points=lc.num_points, oversample_ratio=lc.oversample_ratio,
+        importance_sample_ratio=lc.importance_sample_ratio, focal_alpha=lc.focal_alpha, focal_gamma=lc.focal_gamma))
+
+
+def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
+    mode = cfg.resume
+    if mode in ("never", "", "false", "no"):
+        return None
+    if mode == "auto":
+        pointer = Path(cfg.output_dir) / "last_checkpoint"
+        if pointer.is_file():
+            path = Path(cfg.output_dir) / pointer.read_text().strip()
+            if path.is_file():
+                return str(path)
+        return None
+    if not Path(mode).is_file():
+        raise FileNotFoundError(f"resume checkpoint not found: {mode}")
+    return mode
+
+
+def _setup_logging(output_dir: Path, console: bool) -> None:
+    """Rank 0: log to output_dir/log.txt (and to stderr unless quiet); replaces earlier handlers."""
+    for h in [h for h in log.handlers if getattr(h, "_entitysam", False)]:
+        log.removeHandler(h)
+        h.close()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handlers: list[logging.Handler] = [logging.FileHandler(output_dir / "log.txt")]
+    handlers[0].setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    if console:
+        handlers.append(logging.StreamHandler())
+        handlers[-1].setFormatter(logging.Formatter("[entitysam.train] %(message)s"))
+    for h in handlers:
+        h._entitysam = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo | None = None, quiet: bool = False):
+        self.cfg = cfg
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        self.dist = dist_info or init_distributed(cfg.device)
+        self.device = self.dist.device
+        self.quiet = quiet
+        self.output_dir = Path(cfg.output_dir)
+        if self.dist.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.json").write_text(cfg.to_json())
+            _setup_logging(self.output_dir, console=not quiet)
+        barrier()
+
+        world = self.dist.world_size
+        if cfg.solver.ims_per_batch % world:
+            raise ValueError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
+                             f"the {world} processes")
+        self.clips_per_rank = cfg.solver.ims_per_batch // world
+
+        resume = find_resume_checkpoint(cfg)
+        state = None
+        if resume:
+            state = torch.load(resume, map_location="cpu", weights_only=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                model = EntitySAM(model_config(cfg))
+            model.load_state_dict(state["model"], strict=True)
+        else:
+            # the first process of each node downloads missing pretrained files, the others wait
+            first = self.dist.local_rank == 0
+            if first:
+                model = build_model(cfg, is_main=True)
+            barrier()
+            if not first:
+                model = build_model(cfg, is_main=False)
+        self.model = model.to(self.device).train()
+        self.trainable = set_trainable(self.model, cfg.model.trainable)
+        self.criterion = build_criterion(cfg)
+        self.module = TrainingModule(self.model, self.criterion)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.solver.amp) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.start_iter = 0
+        if state is not None:
+            self._load_trainer_state(state)
+            log.info("resumed from %s at iteration %d", resume, self.start_iter)
+        self.ddp = None
+        if self.dist.distributed:
+            # Official: broadcast_buffers=False, find_unused_parameters=True (cls_prediction_head never
+            # gets a gradient, offset_fc none with one-frame clips). The only buffer (the prompt
+            # encoder's Fourier matrix) is identical on every rank, so syncing it once is harmless.
+            sync = ({"forward_sync_buffers": False}
+                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                    else {"broadcast_buffers": False})
+            self.ddp = DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if cuda else None,
+                find_unused_parameters=True, **sync)
+        self.records: list[dict] = []
+
+    # ------------------------------------------------------------------ state
+    def _trainer_state(self, iteration: int) -> dict:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "iteration": iteration,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "grad_scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "world_size": self.dist.world_size,
+            "config": self.cfg.to_json(),
+        }
+
+    def _load_trainer_state(self, state: dict) -> None:
+        tr = state["trainer"]
+        self.optimizer.load_state_dict(tr["optimizer"])
+        self.scheduler.load_state_dict(tr["scheduler"])
+        if tr.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(tr["grad_scaler"])
+        rng = tr.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "python" in rng:
+            random.setstate(rng["python"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.start_iter = int(state["iteration"]) + 1
+
+    def save_checkpoint(self, name: str, iteration: int) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = self.output_dir / f"{name}.pth"
+        tmp = path.with_suffix(".pth.tmp")
+        torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
+                    "iteration": iteration}, tmp)
+        os.replace(tmp, path)
+        (self.output_dir / "last_checkpoint").write_text(path.name)
+        log.info("saved %s", path)
+        return path
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def run_iteration(self, clips: list[dict]) -> dict:
+        cfg = self.cfg
+        batch = cfg.solver.ims_per_batch
+        frames = cfg.data.frames
+        n_local = sum(c["num_instances"] for c in clips)
+        (n_total,) = all_reduce_sum([float(n_local)], self.device)
+        num_masks = max(n_total / batch, 1.0) * frames
+
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        matched, iou_sum, iou_n = 0.0, 0.0, 0.0
+        forward = self.ddp if self.ddp is not None else self.module
+        for j, clip in enumerate(clips):
+            torch.manual_seed(clip_seed(cfg.seed, clip["position"]))
+            images = normalize_images(clip["images"].to(self.device))
+            targets = clip_targets(clip, self.device)
+            last = j == len(clips) - 1
+            sync = self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    losses = forward(images, targets, num_masks)
+                    loss = sum(losses.values())
+                scaled = loss / len(clips) if len(clips) > 1 else loss
+                self.scaler.scale(scaled).backward()
+            for k in LOSS_KEYS:
+                sums[k] += float(losses[k].detach())
+            st = self.module.last_stats
+            matched += st["num_matched"]
+            if st["num_matched"] and math.isfinite(st["matched_iou"]):
+                iou_sum += st["matched_iou"] * st["num_matched"]
+                iou_n += st["num_matched"]
+
+        red = all_reduce_sum([sums[k] for k in LOSS_KEYS] + [matched, iou_sum, iou_n], self.device)
+        loss_means = {k: red[i] / batch for i, k in enumerate(LOSS_KEYS)}
+        total = sum(loss_means.values())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss became infinite or NaN: {loss_means}")
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = clip_gradients(params, cfg.solver.clip_grad_norm)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {
+            "lr": lr, "total_loss": total, **loss_means,
+            "num_instances": n_total / batch, "num_matched": red[-3] / batch,
+            "matched_iou": red[-2] / red[-1] if red[-1] else float("nan"),
+            "grad_norm": grad_norm,
+        }
+
+    def train(self) -> list[dict]:
+        cfg = self.cfg
+        max_iter = cfg.solver.max_iter
+        if self.start_iter >= max_iter:
+            log.info("nothing to do: iteration %d >= max_iter %d", self.start_iter, max_iter)
+            return []
+        records_path = Path(cfg.data.root)
+        recs = read_panoptic_dataset(records_path, cfg.data.image_dir, cfg.data.panoptic_dir, cfg.data.json)
+        mc = self.model.cfg
+        dataset = ClipDataset(recs, cfg.data, cfg.data.frames, mc.image_size, cfg.seed)
+        loader = build_loader(dataset, cfg.solver.ims_per_batch, self.dist.rank, self.dist.world_size,
+                              self.start_iter, cfg.data.num_workers)
+        writer = MetricWriter(self.output_dir, self.start_iter, cfg.tensorboard) if self.dist.is_main else None
+        progress = Progress(self.start_iter, max_iter)
+        if self.dist.is_main:
+            log.info("training %s: %d images, iterations %d..%d, %d clip(s) x %d frame(s) per iteration over "
+                     "%d process(es), %d trainable tensors, device %s", cfg.name, len(recs), self.start_iter,
+                     max_iter, cfg.solver.ims_per_batch, cfg.data.frames, self.dist.world_size,
+                     len(self.trainable), self.device)
+        data_iter = iter(loader)
+        try:
+            for it in range(self.start_iter, max_iter):
+                t0 = time.perf_counter()
+                clips = next(data_iter)
+                t_data = time.perf_counter() - t0
+                rec = self.run_iteration(clips)
+                elapsed = time.perf_counter() - t0
+                progress.tick(elapsed)
+                rec = {"iteration": it, **rec, "time": elapsed, "data_time": t_data,
+                       "eta_seconds": progress.eta(it)}
+                self.records.append(rec)
+                last = it == max_iter - 1
+                if writer is not None and ((it + 1) % cfg.log_period == 0 or last or it == self.start_iter):
+                    writer.write(rec)
+                    if not self.quiet:
+                        progress.print(rec)
+                if (it + 1) % cfg.solver.checkpoint_period == 0:
+                    self.save_checkpoint(f"model_{it:07d}", it)
+                if last:
+                    self.save_checkpoint("model_final", it)
+        finally:
+            if writer is not None:
+                writer.close()
+            del data_iter
+        barrier()
+        return self.records
+
+
+def train(cfg: TrainConfig, quiet: bool = False) -> list[dict]:
+    """Run (or resume) a training run described by `cfg`; returns the per-iteration records."""
+    return Trainer(cfg, quiet=quiet).train()
