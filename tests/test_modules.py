@@ -181,3 +181,19 @@ def test_cached_tables_made_under_inference_mode_work_with_autograd():
     cos, sin = rope_tables(8, 5)
     (apply_rope(x, cos, sin).sum() + sine_position_encoding(8, 5, 5).sum()).backward()
     assert x.grad is not None
+
+
+def test_low_precision_attention_commutes_value_projection():
+    """The bf16 path attends over raw values and projects afterwards: same maths as SDPA."""
+    torch.manual_seed(0)
+    attn = RoPEAttention(32, kv_in_dim=16).eval()
+    q, k, v = torch.randn(2, 64, 32), torch.randn(2, 128, 32), torch.randn(2, 128, 16)
+    with torch.no_grad():
+        ref = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), attn.v_proj(v).unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(attn._attend_then_project(q, k, v, chunk=48), ref, atol=1e-5, rtol=1e-5)
+        memory = torch.randn(3, 128, 16)
+        full = attn(q[:1], memory, memory)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = attn(q[:1], memory, memory)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.05)

@@ -46,6 +46,9 @@ class RoPEAttention(nn.Module):
         cos_k, sin_k = (cos.repeat(reps, 1), sin.repeat(reps, 1)) if reps > 1 else (cos, sin)
         batch = max(q.shape[0], k.shape[0], v.shape[0])
         dropout = self.dropout_p if self.training else 0.0
+        # Under bfloat16/float16 autocast CPU SDPA runs far below the low-precision matmul
+        # rate: use plain matmuls, attending over the raw values (see _attend_then_project).
+        low_precision = qr.dtype in (torch.bfloat16, torch.float16) and qr.device.type == "cpu" and not dropout
         outs = []
         for s in range(0, batch, batch_chunk):
             e = min(s + batch_chunk, batch)
@@ -53,13 +56,36 @@ class RoPEAttention(nn.Module):
             vb = v if v.shape[0] == 1 else v[s:e]
             qb = qr if qr.shape[0] == 1 else qr[s:e]
             kb = apply_rope(self.k_proj(kb), cos_k, sin_k)
-            vb = self.v_proj(vb)
             m = e - s
+            if low_precision:
+                outs.append(self._attend_then_project(qb.expand(m, -1, -1), kb.expand(m, -1, -1),
+                                                      vb.expand(m, -1, -1).to(qb.dtype)))
+                continue
+            vb = self.v_proj(vb)
             out = F.scaled_dot_product_attention(
                 qb.expand(m, -1, -1).unsqueeze(1), kb.expand(m, -1, -1).unsqueeze(1),
                 vb.expand(m, -1, -1).unsqueeze(1), dropout_p=dropout).squeeze(1)
             outs.append(out)
         return self.out_proj(torch.cat(outs, dim=0))
+
+
+    def _attend_then_project(self, q: torch.Tensor, k: torch.Tensor, v_in: torch.Tensor,
+                             chunk: int = 1024) -> torch.Tensor:
+        """softmax(q k^T / sqrt(d)) v_proj(v_in) for q [m, N, d], k [m, M, d], v_in [m, M, c].
+
+        Attention rows sum to one, so the value projection commutes with the weighted sum:
+        the sum runs over the raw c-dim values (64 for memory instead of 256) and v_proj is
+        applied once to the result. Scores are softmaxed in float32.
+        """
+        scale = q.shape[-1] ** -0.5
+        out = torch.empty(q.shape[0], q.shape[1], v_in.shape[-1], dtype=q.dtype, device=q.device)
+        for i in range(q.shape[0]):
+            kt = k[i].transpose(0, 1)
+            for a in range(0, q.shape[1], chunk):
+                scores = torch.matmul(q[i, a:a + chunk], kt)
+                weights = torch.softmax(scores.float() * scale, dim=-1).to(q.dtype)
+                out[i, a:a + chunk] = torch.matmul(weights, v_in[i])
+        return self.v_proj(out)
 
 
 class MemoryAttentionLayer(nn.Module):
