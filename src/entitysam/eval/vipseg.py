@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import EntitySAMError, OutputError
+from ..video.writers import pid_alive
 
 __all__ = [
     "EvalInputError",
@@ -403,16 +404,6 @@ def _write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
         raise
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 class EvalOutput:
     """The output folder of one evaluation (see the module doc)."""
 
@@ -497,7 +488,7 @@ class EvalOutput:
                     pid = int(p.name[len(prefix):].split("-")[0])
                 except ValueError:
                     continue
-                if pid == os.getpid() or not _pid_alive(pid):
+                if pid == os.getpid() or not pid_alive(pid):
                     shutil.rmtree(p, ignore_errors=True)
         path = self.pan_pred / f".{vid}.partial-{os.getpid()}-{secrets.token_hex(4)}"
         path.mkdir(parents=True)

@@ -454,7 +454,8 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("complete") is True else None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (used to clean partial outputs of dead runs)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -521,7 +522,7 @@ class StagedOutput:
                 pid = int(p.name[len(prefix):].split("-")[0])
             except ValueError:
                 continue
-            if pid != os.getpid() and not _pid_alive(pid):
+            if pid != os.getpid() and not pid_alive(pid):
                 shutil.rmtree(p, ignore_errors=True)
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
