@@ -183,17 +183,31 @@ def test_cached_tables_made_under_inference_mode_work_with_autograd():
     assert x.grad is not None
 
 
-def test_low_precision_attention_commutes_value_projection():
-    """The bf16 path attends over raw values and projects afterwards: same maths as SDPA."""
+def test_raw_value_attention_equals_projected_value_attention():
+    """Inference attends over raw values and projects afterwards: same maths as `forward`."""
     torch.manual_seed(0)
     attn = RoPEAttention(32, kv_in_dim=16).eval()
-    q, k, v = torch.randn(2, 64, 32), torch.randn(2, 128, 32), torch.randn(2, 128, 16)
+    x, memory = torch.randn(1, 64, 32), torch.randn(1, 128, 16)  # two memory frames
     with torch.no_grad():
-        ref = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), attn.v_proj(v).unsqueeze(1)).squeeze(1)
-        torch.testing.assert_close(attn._attend_then_project(q, k, v, chunk=48), ref, atol=1e-5, rtol=1e-5)
-        memory = torch.randn(3, 128, 16)
-        full = attn(q[:1], memory, memory)
+        ref = attn(x, memory, memory)[0]
+        q_rot = attn.rotate(attn.q_proj(x[0]), 8)
+        torch.testing.assert_close(attn.attend_raw_values(q_rot, memory[0], memory[0], rows=24, cols=48), ref,
+                                   atol=1e-5, rtol=1e-5)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = attn(q[:1], memory, memory)
+            low = attn.attend_raw_values(attn.rotate(attn.q_proj(x[0]), 8), memory[0], memory[0])
     assert low.dtype == torch.bfloat16
-    torch.testing.assert_close(low.float(), full, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_memory_attention_per_query_inference_equals_batched_training_path():
+    torch.manual_seed(0)
+    ma = MemoryAttention(32, 16, num_layers=3, ffn_dim=64).eval()
+    curr, pos = torch.randn(1, 64, 32), torch.randn(1, 64, 32)
+    memory, mpos = torch.randn(3, 192, 16).bfloat16(), torch.randn(1, 192, 16)  # 3 memory frames
+    batched = ma(curr, pos, memory, mpos)  # grad enabled: the batched, differentiable path
+    with torch.no_grad():
+        per_query = ma(curr, pos, memory, mpos)
+        single = ma(curr, pos, memory[1:2], mpos)
+    assert batched.requires_grad and per_query.shape == (3, 64, 32)
+    torch.testing.assert_close(per_query, batched.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(single[0], per_query[1], atol=1e-6, rtol=1e-6)

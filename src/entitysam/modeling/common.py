@@ -39,9 +39,16 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same statistics as SAM's mean/var formula in one fused pass (about 2x faster on CPU).
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            # Autograd: the same statistics through the fused layer_norm kernel.
+            x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+            return x.permute(0, 3, 1, 2)
+        # SAM's own formula, in place: its op order, and 2-8x faster than permuting for the
+        # few-channel maps of the memory encoder.
+        u = x.mean(1, keepdim=True)
+        d = x - u
+        s = d.pow(2).mean(1, keepdim=True)
+        return d.div_(torch.sqrt(s + self.eps)).mul_(self.weight[:, None, None]).add_(self.bias[:, None, None])
 
 
 @lru_cache(maxsize=16)
@@ -130,6 +137,31 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     a, b = xf[..., 0], xf[..., 1]
     out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
     return out.type_as(x)
+
+
+def _onednn_linear_available() -> bool:
+    try:
+        x = torch.ones(2, 4)
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.equal(torch.ops.mkldnn._linear_pointwise(x, x, None, "none", [], ""), x @ x.t()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_LINEAR = _onednn_linear_available()
+
+
+def scores_nt(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q [r, d] @ k [c, d]^T -> [r, c], the attention-score product.
+
+    On x86 CPUs oneDNN's linear kernel runs this product (inner dimension 256, output a few
+    thousand wide) at 170-190 GFLOP/s on 2 threads where the default BLAS call reaches 110-140.
+    Other devices and builds use `matmul`.
+    """
+    if _ONEDNN_LINEAR and q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) \
+            and k.dtype == q.dtype and q.dim() == 2:
+        return torch.ops.mkldnn._linear_pointwise(q, k, None, "none", [], "")
+    return torch.matmul(q, k.transpose(-1, -2))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -124,7 +124,7 @@ class EntitySAM(nn.Module):
         mem_pe = self.memory_encoder.position_encoding(g, g, curr.device).flatten(1).transpose(0, 1)  # [N, m]
         memory = torch.cat([mem.flatten(2).transpose(1, 2) for mem, _ in memories], dim=1)
         memory_pos = torch.cat([mem_pe + self.maskmem_tpos_enc[r - 1, 0] for _, r in memories], dim=0)
-        return self.memory_attention(curr, pos, memory.to(curr.dtype), memory_pos.unsqueeze(0))
+        return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0))
 
     def step(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
              points: torch.Tensor | None, encode_memory: bool = True) -> StepOutput:
@@ -157,12 +157,21 @@ class EntitySAM(nn.Module):
         memory = self.encode_memory(frame, masks) if encode_memory else None
         return StepOutput(masks, iou[:, 0], class_logits, points.detach(), memory)
 
-    def encode_memory(self, frame: FrameFeatures, mask_logits: torch.Tensor) -> torch.Tensor:
-        """mask_logits [Q, 1, 4g, 4g] -> memory [Q, mem_dim, g, g] from the raw (unfilled) logits."""
+    def encode_memory(self, frame: FrameFeatures, mask_logits: torch.Tensor, chunk: int = 1) -> torch.Tensor:
+        """mask_logits [Q, 1, 4g, 4g] -> memory [Q, mem_dim, g, g] from the raw (unfilled) logits.
+
+        Queries are encoded `chunk` at a time: each is independent, and the full-resolution
+        intermediates of all 50 at once (up to 800 MiB each) would be written to and read back
+        from main memory at every layer instead of staying in cache.
+        """
         size = self.cfg.image_size
-        high = F.interpolate(mask_logits, size=(size, size), mode="bilinear", align_corners=False)
-        mask = torch.sigmoid(high) * self.cfg.sigmoid_scale_for_mem_enc + self.cfg.sigmoid_bias_for_mem_enc
-        return self.memory_encoder(frame.vision, mask)
+        projected = self.memory_encoder.pix_feat_proj(frame.vision)
+        out = []
+        for logits in mask_logits.split(chunk):
+            high = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+            mask = torch.sigmoid(high) * self.cfg.sigmoid_scale_for_mem_enc + self.cfg.sigmoid_bias_for_mem_enc
+            out.append(self.memory_encoder.fuse(projected, mask))
+        return torch.cat(out)
 
 
 def _api(name: str, pass_first: bool):

@@ -123,17 +123,25 @@ def offset_attention(attn: nn.MultiheadAttention, queries: torch.Tensor, sam: to
     queries [Q, E] (`offset_embedding.weight`), sam [Bf, N, E/2] with Bf in {1, Q} (1 when all
     queries see the same features, i.e. on the first step), semantic [1, N, E/2] -> [Q, E].
     Equals `nn.MultiheadAttention(queries, fused, fused)` row by row.
+
+    Each query is a single token, so the key and value projections are moved to its side:
+    `q . (W_k z + b_k) = (W_k^T q) . z + const` (the constant cancels in the softmax) and
+    `sum a (W_v z + b_v) = W_v (sum a z) + b_v` (weights sum to one). Scores and weighted
+    sums then run over the raw 2C-wide features, and the [Q, N, E] key and value tensors
+    (2 x 107 GFLOP per step for the published models) are never built.
     """
     e, h = attn.embed_dim, attn.num_heads
+    d, c = e // h, sam.shape[-1]
     w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
-
-    def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.unflatten(-1, (h, e // h)).transpose(1, 2)  # [B, h, N, d]
-
-    q = heads(F.linear(queries.unsqueeze(1), w_q, b_q))  # [Q, h, 1, d]
-    k = heads(split_linear(w_k, b_k, sam, semantic))
-    v = heads(split_linear(w_v, b_v, sam, semantic))
-    batch = q.shape[0]
-    out = F.scaled_dot_product_attention(q, k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-    return attn.out_proj(out.transpose(1, 2).flatten(2)).squeeze(1)
+    b_q, _, b_v = attn.in_proj_bias.chunk(3)
+    q = F.linear(queries, w_q, b_q).unflatten(-1, (h, d)) * d ** -0.5  # [Q, h, d]
+    u = torch.einsum("qhd,hdc->qhc", q, w_k.unflatten(0, (h, d)))  # [Q, h, E]: queries in feature space
+    # scores [Q, h, N]: the semantic half is one product for all queries
+    scores = (semantic[0] @ u[..., c:].flatten(0, 1).t()).t().unflatten(0, (-1, h))
+    scores = scores + torch.matmul(u[..., :c], sam.transpose(1, 2))
+    weights = torch.softmax(scores, dim=-1)
+    mean_sem = (weights.flatten(0, 1) @ semantic[0]).unflatten(0, (-1, h))  # [Q, h, C]
+    mean_sam = torch.matmul(weights, sam)  # [Q, h, C]
+    pooled = torch.cat([mean_sam, mean_sem], dim=-1)  # [Q, h, E]: attention-weighted fused features
+    out = torch.einsum("qhc,hdc->qhd", pooled, w_v.unflatten(0, (h, d))).flatten(1) + b_v
+    return attn.out_proj(out)
