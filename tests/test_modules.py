@@ -211,3 +211,18 @@ def test_memory_attention_per_query_inference_equals_batched_training_path():
     assert batched.requires_grad and per_query.shape == (3, 64, 32)
     torch.testing.assert_close(per_query, batched.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(single[0], per_query[1], atol=1e-6, rtol=1e-6)
+
+
+def test_decoder_attention_projected_on_the_token_side_equals_standard_attention():
+    from entitysam.modeling.decoder import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4, downsample_rate=2).eval()
+    with torch.no_grad():
+        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+            lin.bias.normal_()
+    tokens, image = torch.randn(3, 4, 32), torch.randn(3, 64, 32)
+    torch.testing.assert_close(attn.few_to_many(tokens, image + 1, image), attn(tokens, image + 1, image),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn.many_to_few(image, tokens + 1, tokens), attn(image, tokens + 1, tokens),
+                               atol=1e-5, rtol=1e-5)
