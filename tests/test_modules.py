@@ -226,3 +226,23 @@ def test_decoder_attention_projected_on_the_token_side_equals_standard_attention
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(attn.many_to_few(image, tokens + 1, tokens), attn(image, tokens + 1, tokens),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_memory_attention_mode_keeps_the_rest_in_float32(tiny_model):
+    """CPU bfloat16 mode: only the memory attention runs under autocast; its output is float32."""
+    from entitysam.api import precision_plan
+
+    torch.manual_seed(0)
+    model = tiny_model
+    context, attention_dtype = precision_plan(model, torch.bfloat16)
+    assert attention_dtype == torch.bfloat16 and not isinstance(context, torch.autocast)
+    with torch.no_grad():
+        frame = model.encode_frame(torch.randn(1, 3, 128, 128))
+        first = model.step(frame, [], None)
+        memories = [(first.memory.bfloat16(), 1)]
+        full = model.condition_on_memory(frame, memories)
+        low = model.condition_on_memory(frame, memories, attention_dtype=torch.bfloat16)
+        out = model.step(frame, memories, first.points, attention_dtype=torch.bfloat16)
+    assert low.dtype == torch.float32 and out.mask_logits.dtype == torch.float32
+    assert not torch.equal(low, full)  # the attention really ran in bfloat16
+    torch.testing.assert_close(low, full, atol=0.1, rtol=0.05)

@@ -94,6 +94,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return getattr(torch, name)
 
 
+def precision_plan(model: EntitySAM, compute_dtype: torch.dtype):
+    """How a compute dtype is applied: (context to run the video in, memory-attention dtype).
+
+    float32: plain. bfloat16 on CPU: only the memory attention in bfloat16 (autocast over the
+    whole model moves 10-15% of mask pixels on this kind of CPU; the memory attention alone,
+    ~85% of the arithmetic, keeps >99% of them; see README "Precision and speed"). Otherwise
+    (CUDA bfloat16 as the official evaluation, float16): autocast over everything.
+    """
+    device_type = next(model.parameters()).device.type
+    if compute_dtype == torch.float32:
+        return contextlib.nullcontext(), None
+    if compute_dtype == torch.bfloat16 and device_type == "cpu":
+        return contextlib.nullcontext(), torch.bfloat16
+    return torch.autocast(device_type=device_type, dtype=compute_dtype), None
+
+
 def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
                     device: str | torch.device = "cpu") -> EntitySAM:
     """Load a checkpoint file (`EntitySAM.from_checkpoint(path)`); the configuration is
@@ -447,14 +463,14 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
                             source_frame=np.array([f.index for f in infos], dtype=np.int64),
                             frame_name=np.array([f.name for f in infos]))
 
-    autocast = (torch.autocast(device_type=next(model.parameters()).device.type, dtype=compute_dtype)
-                if compute_dtype != torch.float32 else contextlib.nullcontext())
+    autocast, attention_dtype = precision_plan(model, compute_dtype)
     t0 = time.perf_counter()
     try:
         with autocast:
             result = segment_video(model, inputs(), size, logits_dtype=logits_dtype, on_step=on_step,
                                    work_dir=workdir, frames_out=frames_out, on_logits=on_logits,
                                    memory_dtype=torch.float16 if compute_dtype == torch.float16 else None,
+                                   attention_dtype=attention_dtype,
                                    frame_chunk=1)  # one frame at a time: lowest, flat peak memory
     finally:
         id_maps.finish()

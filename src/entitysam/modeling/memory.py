@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, apply_rope, rope_tables, scores_nt, sine_position_encoding
+from .common import LayerNorm2d, apply_rope, matmul_nt, rope_tables, sine_position_encoding
 
 
 class RoPEAttention(nn.Module):
@@ -70,7 +70,8 @@ class RoPEAttention(nn.Module):
                           rows: int = 512, cols: int = 4096) -> torch.Tensor:
         """Inference path: `forward` for one batch row, with the value projection moved last.
 
-        q_rot [N, C] (already projected and rotated), k_in / v_in [M, Ckv] -> [N, C].
+        q_rot [N, C] (already projected and rotated), k_in / v_in [M, Ckv] -> [N, C]
+        (for self-attention k_in = v_in = the normalised tokens).
 
         Attention rows sum to one and values carry no rotation, so
         `softmax(q k^T) (v W^T + b) = (softmax(q k^T) v) W^T + b`: the weighted sum runs over the
@@ -83,27 +84,23 @@ class RoPEAttention(nn.Module):
         side = int(round(q_rot.shape[0] ** 0.5))
         k = self.rotate(self.k_proj(k_in), side) * q_rot.shape[-1] ** -0.5
         v_in = v_in.to(q_rot.dtype)
-        blocks = [(k[c:c + cols], v_in[c:c + cols]) for c in range(0, k.shape[0], cols)]
+        # per key block: keys [c, C] and transposed values [Ckv, c], both row-major for matmul_nt
+        blocks = [(k[c:c + cols], v_in[c:c + cols].t().contiguous()) for c in range(0, k.shape[0], cols)]
         out = torch.empty(q_rot.shape[0], v_in.shape[-1], dtype=torch.float32, device=q_rot.device)
         for a in range(0, q_rot.shape[0], rows):
             q = q_rot[a:a + rows]
-            top = total = acc = None
-            for kb, v in blocks:
-                scores = scores_nt(q, kb).float()  # [r, c]
-                block_top = scores.amax(dim=-1, keepdim=True)
-                if top is None:
-                    top = block_top
-                    weights = scores.sub_(top).exp_()
-                    total = weights.sum(dim=-1, keepdim=True)
-                    acc = torch.matmul(weights.to(v.dtype), v).float()
-                    continue
-                new_top = torch.maximum(top, block_top)
+            top = q.new_full((q.shape[0], 1), float("-inf"), dtype=torch.float32)  # running row max
+            total = torch.zeros_like(top)  # running sum of weights
+            acc = out[a:a + rows].zero_()  # running weighted sum of values
+            for kb, vt in blocks:
+                scores = matmul_nt(q, kb).float()  # [r, c]
+                new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
                 weights = scores.sub_(new_top).exp_()
-                rescale = (top - new_top).exp_()
-                total = total.mul_(rescale).add_(weights.sum(dim=-1, keepdim=True))
-                acc = acc.mul_(rescale).add_(torch.matmul(weights.to(v.dtype), v).float())
+                rescale = (top - new_top).exp_()  # 0 on the first block
+                total.mul_(rescale).add_(weights.sum(dim=-1, keepdim=True))
+                acc.mul_(rescale).add_(matmul_nt(weights.to(vt.dtype), vt))
                 top = new_top
-            out[a:a + rows] = acc / total
+            acc /= total
         return self.out_proj(self.v_proj(out.to(q_rot.dtype)))
 
 
@@ -153,16 +150,22 @@ class MemoryAttentionLayer(nn.Module):
             out[a:a + rows] = xa + self.linear2(F.relu_(self.linear1(self.norm3(xa))))
         return out
 
+    # Inference, one query at a time: x [N, C] (see MemoryAttention._forward_per_query).
+    def self_attend_one(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        return x + self.self_attn.attend_raw_values(self.query_one(self.self_attn, h), h, h)
+
     def cross_attend_one(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
                          q_rot: torch.Tensor | None = None) -> torch.Tensor:
-        """Inference: cross-attention block for one query. x [N, C], memory / memory_pos [M, mem_dim].
-
-        q_rot: the rotated query projection if already known (first layer: shared by all queries).
-        """
-        attn = self.cross_attn_image
+        """memory / memory_pos [M, mem_dim]; q_rot: the rotated query projection if already known
+        (first layer: shared by all queries)."""
         if q_rot is None:
-            q_rot = attn.rotate(attn.q_proj(self.norm2(x)), int(round(x.shape[0] ** 0.5)))
-        return x + attn.attend_raw_values(q_rot, memory + memory_pos, memory)
+            q_rot = self.query_one(self.cross_attn_image, self.norm2(x))
+        return x + self.cross_attn_image.attend_raw_values(q_rot, memory + memory_pos, memory)
+
+    @staticmethod
+    def query_one(attn: RoPEAttention, h: torch.Tensor) -> torch.Tensor:
+        return attn.rotate(attn.q_proj(h), int(round(h.shape[0] ** 0.5)))
 
 
 class MemoryAttention(nn.Module):
@@ -198,17 +201,15 @@ class MemoryAttention(nn.Module):
         its cross-attention query projection) is done once.
         """
         first = self.layers[0]
-        x = first.self_attend(x)[0]  # [N, C], identical for every query
-        attn = first.cross_attn_image
-        q_rot = attn.rotate(attn.q_proj(first.norm2(x)), int(round(x.shape[0] ** 0.5)))
+        x = first.self_attend_one(x[0])  # [N, C], identical for every query
+        q_rot = first.query_one(first.cross_attn_image, first.norm2(x))
         out = x.new_empty(memory.shape[0], *x.shape)
         for b in range(memory.shape[0]):
             pos = memory_pos[0] if memory_pos.shape[0] == 1 else memory_pos[b]
             mem = memory[b].to(x.dtype)  # stored in bfloat16: converted one query at a time
             y = first.feed_forward_one(first.cross_attend_one(x, mem, pos, q_rot))
             for layer in self.layers[1:]:
-                y = layer.self_attend(y.unsqueeze(0))[0]
-                y = layer.feed_forward_one(layer.cross_attend_one(y, mem, pos))
+                y = layer.feed_forward_one(layer.cross_attend_one(layer.self_attend_one(y), mem, pos))
             out[b] = self.norm(y)
         return out
 

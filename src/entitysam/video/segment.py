@@ -86,6 +86,7 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
                   frames_out: Callable[[int, np.ndarray], None] | None = None,
                   on_logits: Callable[[LogitStore, torch.Tensor], None] | None = None,
                   memory_dtype: torch.dtype | None = None,
+                  attention_dtype: torch.dtype | None = None,
                   frame_chunk: int | None = None) -> VideoSegmentation:
     """Segment and track every entity of a video.
 
@@ -98,10 +99,12 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
     merge, with the low-res logit store (`store.frames()` is [n, Q, h, w]) and the [Q] scores.
     memory_dtype: dtype of the stored memories (default: the tracker's, bfloat16 as official);
     float16 autocast needs float16 here (it cannot mix bfloat16 inputs).
+    attention_dtype: run only the memory attention in this dtype (see
+    `EntitySAM.condition_on_memory`; the CPU bfloat16 mode).
     frame_chunk: frames merged together (None: memory-budgeted default; any value gives the
     same maps, 1 keeps peak memory lowest and flat).
     """
-    tracker = EntityTracker(model)
+    tracker = EntityTracker(model, attention_dtype=attention_dtype)
     if memory_dtype is not None:
         tracker.bank.dtype = memory_dtype
     step_scores: list[torch.Tensor] = []  # [Q] per step: 200 bytes a frame

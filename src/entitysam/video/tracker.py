@@ -69,8 +69,10 @@ class EntityTracker:
     warm-up itself when `warmup=True` (the default, as the official evaluation).
     """
 
-    def __init__(self, model: EntitySAM, fill_hole_area: int | None = None):
+    def __init__(self, model: EntitySAM, fill_hole_area: int | None = None,
+                 attention_dtype: torch.dtype | None = None):
         self.model = model
+        self.attention_dtype = attention_dtype  # see EntitySAM.condition_on_memory
         self.cfg = model.cfg
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
         self.bank = MemoryBank(self.cfg.num_maskmem)
@@ -91,7 +93,7 @@ class EntityTracker:
         """Run one step on `image` [1, 3, S, S] (preprocessed) of frame `frame_index`."""
         frame = self._features_for(frame_index, image)
         p = self.step_index
-        out = self.model.step(frame, self.bank.recall(p), self.points)
+        out = self.model.step(frame, self.bank.recall(p), self.points, attention_dtype=self.attention_dtype)
         self.points = out.points
         if out.memory is not None:
             self.bank.add(p, out.memory)
