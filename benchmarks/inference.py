@@ -12,7 +12,6 @@ measured with large matmuls on 2 threads). Also prints wall time per step, frame
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import resource
@@ -46,6 +45,23 @@ def make_clip(num_frames: int, height: int = 360, width: int = 640, seed: int = 
             texture = 30 * np.sin(xx[inside] / 7.0)[:, None]
             img[inside] = np.clip(s["col"] + texture, 0, 255)
         yield img.astype(np.uint8)
+
+
+def _register_onednn_flops() -> None:
+    """FlopCounterMode does not know oneDNN's linear (used for the attention products)."""
+    from torch.utils.flop_counter import register_flop_formula
+
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return
+
+    @register_flop_formula(op)
+    def _linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        rows = 1
+        for d in x_shape[:-1]:
+            rows *= d
+        return 2 * rows * w_shape[0] * w_shape[1]
 
 
 def build_model(name: str, seed: int):
@@ -110,14 +126,17 @@ def run(args) -> dict:
     from entitysam.video.preprocess import preprocess_frame
     from entitysam.video.tracker import EntityTracker
 
+    from entitysam.api import precision_plan
+
     torch.set_num_threads(args.threads)
+    _register_onednn_flops()
     model = build_model(args.model, args.seed)
     timer = PartTimer()
     instrument(model, timer)
     clip = make_clip(args.frames)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.dtype == "bfloat16"
-                else contextlib.nullcontext())
-    tracker = EntityTracker(model)
+    # as `entitysam segment --dtype`: on CPU bfloat16 runs the memory attention only
+    autocast, attention_dtype = precision_plan(model, getattr(torch, args.dtype))
+    tracker = EntityTracker(model, attention_dtype=attention_dtype)
     frames = ((i, preprocess_frame(f, model.cfg.image_size)) for i, f in enumerate(clip))
     steps = []
     start = time.perf_counter()
@@ -163,6 +182,26 @@ def print_table(res: dict) -> None:
               f"{100 * row['gflops_per_s'] / peak:>10.1f}%")
 
 
+def print_official_comparison(res: dict) -> None:
+    """Per-step wall time against the official code on this machine (reference meta.json)."""
+    meta_path = ROOT.parent / "shared" / "reference" / {"vit-s": "golden-vits", "vit-l": "golden-vitl"}.get(
+        res["model"], "-") / "meta.json"
+    if not meta_path.is_file():
+        return
+    official = json.loads(meta_path.read_text())["step_times_s"]
+    ours = [s["seconds"] for s in res["per_step"]][: len(official)]
+    if not ours:
+        return
+    print(f"\nper step vs the official code (float32, {meta_path.parent.name}/meta.json; a step's cost depends "
+          "on its number of memories, not on the pixels)")
+    print(f"{'step':>4}{'memories':>10}{'official s':>12}{'ours s':>10}{'speed-up':>10}")
+    for i, (o, m) in enumerate(zip(official, ours)):
+        print(f"{i:>4}{res['per_step'][i]['memories']:>10}{o:>12.1f}{m:>10.1f}{o / m:>9.2f}x")
+    n = len(ours)
+    print(f"{'all':>4}{'':>10}{sum(official[:n]):>12.1f}{sum(ours):>10.1f}{sum(official[:n]) / sum(ours):>9.2f}x"
+          f"   (steps 0-{n - 1}; frame encoding and post-processing excluded on both sides)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit-s", choices=sorted(MANIFESTS) + ["tiny"])
@@ -174,6 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     res = run(args)
     print_table(res)
+    print_official_comparison(res)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
 
