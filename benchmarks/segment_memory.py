@@ -1,11 +1,13 @@
-"""Peak RSS of `entitysam segment` (tiny config) against video length: it must stay flat.
+"""Peak RSS of `entitysam segment` against video length: it must stay flat.
 
     python benchmarks/segment_memory.py [--frames 50 200 800] [--size 320x240] [--threads 1]
+    python benchmarks/segment_memory.py --model vit-s --frames 8 32 --threads 2 [--dtype bfloat16]
 
 For each length, a generated mp4 (moving squares) is segmented in a fresh process through the
 Python API with every output format (panoptic PNG + JSON, entities.json, overlay.mp4) and the
 child's peak resident set size (ru_maxrss) is printed. The run fails (exit 1) when the largest
-peak exceeds the smallest by more than 10%.
+peak exceeds the smallest by more than 10%. `--model tiny` (default) uses a seeded tiny model,
+`--model vit-s|vit-l` the full-size model with `make_weights.py` weights (minutes per frame).
 """
 
 from __future__ import annotations
@@ -28,14 +30,19 @@ torch.set_num_threads(int(sys.argv[3]))
 from entitysam.config import get_config
 from entitysam.modeling.entitysam import EntitySAM
 
-torch.manual_seed(4)
-model = EntitySAM(get_config("tiny")).eval()
-with torch.no_grad():
-    for name, p in model.named_parameters():
-        if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
-            p.normal_().mul_(3)
+if sys.argv[4] == "tiny":
+    torch.manual_seed(4)
+    model = EntitySAM(get_config("tiny")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
+                p.normal_().mul_(3)
+else:
+    sys.path.insert(0, sys.argv[6])
+    from inference import build_model
+    model = build_model(sys.argv[4], 1234)
 t0 = time.perf_counter()
-with model.segment(sys.argv[1], work_dir=sys.argv[2]) as result:
+with model.segment(sys.argv[1], work_dir=sys.argv[2], dtype=sys.argv[5], progress=False) as result:
     result.save(sys.argv[2] + "/out", formats=("panoptic", "entities", "overlay"))
     entities = len(result.entities)
 print(json.dumps({"frames": len(result), "entities": entities, "seconds": time.perf_counter() - t0,
@@ -68,6 +75,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, nargs="+", default=[50, 200, 800])
     ap.add_argument("--size", default="320x240", help="WxH of the generated video")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="tiny", choices=("tiny", "vit-s", "vit-l"))
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     width, height = map(int, args.size.split("x"))
@@ -79,12 +88,13 @@ def main() -> int:
             work = Path(tmp) / f"w{n}"
             work.mkdir()
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-c", CHILD, str(video), str(work), str(args.threads)],
+            out = subprocess.run([sys.executable, "-c", CHILD, str(video), str(work), str(args.threads), args.model,
+                                  args.dtype, str(ROOT / "benchmarks")],
                                  check=True, capture_output=True, text=True, cwd=ROOT)
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["wall_seconds"] = time.perf_counter() - t0
             rows.append(row)
-            print(f"{n:5d} frames {width}x{height}: peak RSS {row['peak_rss_mib']:7.1f} MiB, "
+            print(f"{args.model} {args.dtype} {n:5d} frames {width}x{height}: peak RSS {row['peak_rss_mib']:7.1f} MiB, "
                   f"{row['entities']} entities, {row['seconds']:.1f} s ({n / row['seconds']:.1f} frames/s)",
                   flush=True)
     peaks = [r["peak_rss_mib"] for r in rows]
