@@ -113,7 +113,7 @@ def precision_plan(model: EntitySAM, compute_dtype: torch.dtype):
 def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
                     device: str | torch.device = "cpu") -> EntitySAM:
     """Load a checkpoint file (`EntitySAM.from_checkpoint(path)`); the configuration is
-    inferred from its keys unless given (`vit-s`, `vit-l`, `tiny`). Raises
+    inferred from its keys unless given (`vit-s`, `vit-l`, `tiny`, `demo`). Raises
     CheckpointMismatchError for a checkpoint of the wrong kind or configuration."""
     model = load_entitysam(path, config=config, device=resolve_device(device))
     model.checkpoint_path = str(path)
@@ -123,7 +123,8 @@ def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
 def from_pretrained(name: str = "vit-s", *, device: str | torch.device = "cpu",
                     cache_dir: str | os.PathLike | None = None, download: bool = True) -> EntitySAM:
     """A published model (`EntitySAM.from_pretrained("vit-s")`, or "vit-l"), from the local
-    folder, the Hugging Face cache or the hub (see :mod:`entitysam.hub`). Raises
+    folder, the Hugging Face cache or the hub (see :mod:`entitysam.hub`), or the bundled
+    "demo" model (inside the package, no network; synthetic scenes only). Raises
     ModelNotAvailableError with download instructions when it cannot be had."""
     path = resolve_checkpoint(name, download=download, cache_dir=cache_dir)
     model = load_entitysam(path, config=name, device=resolve_device(device))

@@ -42,14 +42,29 @@ class LoadReport:
                 f"{len(self.ignored)} checkpoint tensors ignored; {len(self.shape_mismatch)} shape mismatches")
 
 
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file  # noqa: PLC0415
+    except ImportError as err:  # a core dependency; only a broken install gets here
+        raise CheckpointMismatchError(f"cannot read {path}: the safetensors package is missing "
+                                      "(pip install safetensors)") from err
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - SafetensorError for truncated or foreign files
+        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict from a file or mapping; unwraps `{"model": ...}` and DDP `module.` prefixes."""
+    """A state dict from a file (`.pth`/`.pt` pickle or `.safetensors`) or mapping; unwraps
+    `{"model": ...}` and DDP `module.` prefixes."""
     if isinstance(source, Mapping):
         obj = source
     else:
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
+        if path.suffix == ".safetensors":
+            return _read_safetensors(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - truncated/corrupt files raise many types

@@ -2,6 +2,7 @@
 
     entitysam segment INPUT [INPUT ...] --output DIR [options]
     entitysam download vit-s [vit-l]
+    entitysam demo [-o DIR]                                  (entitysam.demo: offline, bundled model)
     entitysam metrics PRED_DIR GT_DIR GT_JSON [options]     (entitysam.eval.metrics)
     entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.eval.vipseg)
     entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
@@ -57,9 +58,9 @@ def _add_segment_parser(sub) -> None:
     sel.add_argument("--fps", type=float, default=None,
                      help="frame rate of frame folders and images (default 25); overrides a video's own rate")
     mod = p.add_argument_group("model")
-    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l"),
-                     help="published model from the Hugging Face hub (default vit-s); with --checkpoint: "
-                          "the configuration of that file")
+    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
+                     help="published model from the Hugging Face hub (default vit-s), or demo (bundled, offline, "
+                          "synthetic scenes only); with --checkpoint: the configuration of that file")
     mod.add_argument("--checkpoint", default=None, metavar="PATH",
                      help="local checkpoint file (configuration inferred from its keys unless --model)")
     mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
@@ -93,6 +94,45 @@ def _add_download_parser(sub) -> None:
     p.set_defaults(func=cmd_download)
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 320x240), got {text!r}") from None
+    return w, h
+
+
+def _add_demo_parser(sub) -> None:
+    from .eval.synthetic import DEMO_DEFAULTS
+
+    d = DEMO_DEFAULTS
+    p = sub.add_parser(
+        "demo", help="offline demo: generate a synthetic video, segment it with the bundled demo model, score it",
+        description="Generate a short synthetic video (textured stuff and shapes that move, occlude, enter and "
+                    "leave), segment it with the bundled demo model (no network), write what `entitysam segment` "
+                    "writes (panoptic PNGs + JSON, entities.json, overlay.mp4) and a VEQ/STQ report against the "
+                    "generated ground truth. The demo model knows only such synthetic scenes: real videos need "
+                    "--model vit-s or vit-l.")
+    p.add_argument("-o", "--output", default="entitysam-demo", metavar="DIR",
+                   help="output folder (default entitysam-demo): input/, demo/, report.json, report.txt")
+    p.add_argument("--frames", type=int, default=d["num_frames"], metavar="N",
+                   help=f"frames of the generated video (default {d['num_frames']})")
+    p.add_argument("--size", type=_size, default=(d["width"], d["height"]), metavar="WxH",
+                   help=f"frame size (default {d['width']}x{d['height']})")
+    p.add_argument("--seed", type=int, default=d["seed"], help=f"scene seed (default {d['seed']})")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="segment with this checkpoint instead of the bundled demo weights (e.g. a training run's)")
+    p.add_argument("--save", default="all", metavar="LIST",
+                   help="formats among panoptic, entities, overlay, or all (default); panoptic is required")
+    p.add_argument("--labels", action="store_true", help="draw entity ids on overlay.mp4")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="default cpu")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in DIR")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars; only the report")
+    p.set_defaults(func=cmd_demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -102,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_segment_parser(sub)
     _add_download_parser(sub)
+    _add_demo_parser(sub)
     for name, (help_text, _) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -248,6 +289,40 @@ def cmd_download(args) -> int:
             continue
         print(f"{name}: {path}")
     return status
+
+
+def cmd_demo(args) -> int:
+    import json
+
+    from .api import _check_formats, from_checkpoint
+    from .demo import run_demo, summary
+
+    say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    t0 = time.perf_counter()
+    try:
+        formats = _check_formats(args.save)
+        model = from_checkpoint(args.checkpoint, config="demo", device=args.device) if args.checkpoint else None
+        width, height = args.size
+        report = run_demo(args.output, model=model, num_frames=args.frames, width=width, height=height,
+                          seed=args.seed, formats=formats, labels=args.labels, overwrite=args.overwrite,
+                          device=args.device, progress=not args.quiet, say=say)
+    except KeyboardInterrupt:
+        _print_err("interrupted")
+        return 130
+    except (EntitySAMError, RuntimeError, OSError, ValueError) as err:
+        _print_err(str(err))
+        return 1
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        print(summary(report))
+        print(report.table.splitlines()[-1] if args.quiet else "\n" + report.table)
+    say(f"done in {time.perf_counter() - t0:.1f}s; report in {report.output / 'report.txt'}")
+    return 0
 
 
 # ----------------------------------------------------------------------------- main

@@ -136,11 +136,38 @@ TINY = EntitySAMConfig(
     dino=DinoConfig(embed_dim=24, depth=2, num_heads=2, pretrain_grid=5),
 )
 
-CONFIGS: dict[str, EntitySAMConfig] = {c.name: c for c in (VIT_S, VIT_L, TINY)}
+# The shipped demo model (trained here from scratch on synthetic scenes, docs/demo-model.md):
+# the same modules as vit-s at sizes a 2-core CPU trains in hours and runs at several frames/s.
+# 256-pixel input -> 16x16 token grid, 64x64 low-res masks; DINOv2 sees 224 px (16 patches of 14).
+DEMO = EntitySAMConfig(
+    name="demo",
+    image_size=256,
+    hidden_dim=64,
+    mem_dim=16,
+    num_queries=20,
+    decoder_depth=2,
+    decoder_heads=4,
+    decoder_mlp_dim=256,
+    memory_attention_layers=2,
+    memory_attention_ffn_dim=256,
+    fuser_layers=1,
+    offset_heads=4,
+    hiera=HieraConfig(
+        embed_dim=24,
+        num_heads=1,
+        stages=(1, 2, 3, 1),
+        global_att_blocks=(5,),
+        window_spec=(8, 8, 8, 8),
+        window_pos_embed_bkg_spatial_size=(8, 8),
+    ),
+    dino=DinoConfig(embed_dim=96, depth=4, num_heads=4, pretrain_grid=16),
+)
+
+CONFIGS: dict[str, EntitySAMConfig] = {c.name: c for c in (VIT_S, VIT_L, TINY, DEMO)}
 
 
 def get_config(name: str) -> EntitySAMConfig:
-    """Return a named configuration (`vit-s`, `vit-l`, `tiny`)."""
+    """Return a named configuration (`vit-s`, `vit-l`, `tiny`, `demo`)."""
     try:
         return CONFIGS[name]
     except KeyError:

@@ -10,6 +10,10 @@
 
 When none works, :class:`~entitysam.errors.ModelNotAvailableError` says what to download, from
 where, and where to put it (or to pass ``--checkpoint PATH``).
+
+``resolve_checkpoint("demo")`` is the small demo model shipped inside the package
+(``entitysam/weights/demo.safetensors``, trained here on synthetic scenes only, see
+docs/demo-model.md): never downloaded, always available offline.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from .errors import ModelNotAvailableError
 __all__ = [
     "REPO_ID",
     "CHECKPOINT_FILES",
+    "BUNDLED_MODELS",
+    "bundled_checkpoint_path",
     "default_endpoint",
     "checkpoint_url",
     "local_checkpoint_path",
@@ -35,6 +41,8 @@ CHECKPOINT_FILES = {
     "vit-s": "checkpoints/vit-s/model_0009999.pth",
     "vit-l": "checkpoints/vit-l/model_0009999.pth",
 }
+# Models shipped inside the package: name -> file relative to the entitysam package folder.
+BUNDLED_MODELS = {"demo": "weights/demo.safetensors"}
 DEFAULT_REVISION = "main"
 _PROBE_TIMEOUT = 10.0
 
@@ -54,12 +62,25 @@ def local_checkpoint_path(name: str) -> Path:
     return home / "checkpoints" / name / Path(_filename(name)).name
 
 
+def bundled_checkpoint_path(name: str) -> Path:
+    """The weights file of a model shipped inside the package (``demo``)."""
+    if name not in BUNDLED_MODELS:
+        raise ModelNotAvailableError(f"{name!r} is not a bundled model; bundled: {', '.join(BUNDLED_MODELS)}")
+    path = Path(__file__).resolve().parent / BUNDLED_MODELS[name]
+    if not path.is_file():
+        raise ModelNotAvailableError(
+            f"the bundled {name} weights are missing from this installation ({path}); reinstall entitysam "
+            f"(`pip install -e .` from a full clone), or rebuild them with scripts/export_demo.py")
+    return path
+
+
 def _filename(name: str) -> str:
     try:
         return CHECKPOINT_FILES[name]
     except KeyError:
         raise ModelNotAvailableError(f"unknown model {name!r}: published models are "
-                                     f"{', '.join(CHECKPOINT_FILES)} (or pass --checkpoint PATH)") from None
+                                     f"{', '.join(CHECKPOINT_FILES)}, bundled: {', '.join(BUNDLED_MODELS)} "
+                                     "(or pass --checkpoint PATH)") from None
 
 
 def _instructions(name: str, cause: str, endpoint: str, revision: str) -> str:
@@ -98,7 +119,10 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
     """Path of the published checkpoint `name` (``vit-s`` / ``vit-l``), downloading it if needed.
 
     Raises ModelNotAvailableError with download instructions when it cannot be found or fetched.
+    A bundled model (``demo``) is returned from the package, whatever the other arguments.
     """
+    if name in BUNDLED_MODELS:
+        return bundled_checkpoint_path(name)
     filename = _filename(name)
     endpoint = (endpoint or default_endpoint()).rstrip("/")
     local = local_checkpoint_path(name)

@@ -820,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split-file", default=None, metavar="PATH",
                       help="video list (default DATA_ROOT/<split>.txt or DATA_ROOT/../<split>.txt if present)")
     mod = p.add_argument_group("model")
-    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l"),
+    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
                      help="published model (default vit-s); with --checkpoint: that file's configuration")
     mod.add_argument("--checkpoint", default=None, metavar="PATH", help="local checkpoint file")
     mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),

@@ -14,6 +14,13 @@ differs from inference only where the official training differs (TRAINING.md 6):
 
 Frozen encoders (Hiera + FPN, DINOv2) run without building a graph when none of their
 parameters requires a gradient (their inputs never do), which gives the same values.
+
+`memory_grad=True` (training config `model.memory_grad`, used by the demo recipe, which starts
+from random weights) lets gradients flow through `condition_on_memory`: frame 0's
+`V + no_mem_embed` and the memory attention of later frames. Officially these run under
+`no_grad` because they are frozen SAM 2.1 parts; trained from scratch, the stride-16 image
+features and the memory attention would otherwise never learn. The memory itself stays
+detached (the memory encoder gets no gradient either way).
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ def encode_frame_train(model: EntitySAM, image: torch.Tensor) -> FrameFeatures:
 
 
 def train_step(model: EntitySAM, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
-               prev_points: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+               prev_points: torch.Tensor | None, memory_grad: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One frame of a training clip.
 
     prev_points None marks the initial frame. Returns mask logits [Q, 1, h, w] (float32),
@@ -52,7 +60,8 @@ def train_step(model: EntitySAM, frame: FrameFeatures, memories: list[tuple[torc
     """
     cfg = model.cfg
     q, g = cfg.num_queries, cfg.grid_size
-    with torch.no_grad():  # official: memory attention (and frame 0's no-mem path) without grad
+    # official: memory attention (and frame 0's no-mem path) without grad
+    with torch.set_grad_enabled(memory_grad and torch.is_grad_enabled()):
         feats = model.condition_on_memory(frame, memories)  # [B, N, C]; the semantic half is [1, N, C]
     attended = offset_attention(model.offset_attention, model.offset_embedding.weight, feats, frame.semantic)
     if prev_points is None:
@@ -69,7 +78,7 @@ def train_step(model: EntitySAM, frame: FrameFeatures, memories: list[tuple[torc
     return masks.float(), iou[:, 0], class_logits, points
 
 
-def clip_forward(model: EntitySAM, images: torch.Tensor) -> dict:
+def clip_forward(model: EntitySAM, images: torch.Tensor, memory_grad: bool = False) -> dict:
     """images [T, 3, S, S] normalised -> outputs of the whole clip.
 
     pred_logits [Q, 2] (mean over frames), pred_iou [Q, T], pred_masks [Q, T, h, w] (float32),
@@ -83,7 +92,7 @@ def clip_forward(model: EntitySAM, images: torch.Tensor) -> dict:
     for t in range(num_frames):
         frame = encode_frame_train(model, images[t:t + 1])
         memories = [(mem, t - s) for s, mem in bank if 1 <= t - s <= capacity]
-        masks, iou, cls, points = train_step(model, frame, memories, points)
+        masks, iou, cls, points = train_step(model, frame, memories, points, memory_grad)
         masks_all.append(masks[:, 0])
         iou_all.append(iou)
         cls_all.append(cls)
@@ -108,14 +117,15 @@ class TrainingModule(nn.Module):
     call's statistics are kept in `self.last_stats` (not part of the graph).
     """
 
-    def __init__(self, model: EntitySAM, criterion: Criterion):
+    def __init__(self, model: EntitySAM, criterion: Criterion, memory_grad: bool = False):
         super().__init__()
         self.model = model
         self.criterion = criterion
+        self.memory_grad = memory_grad
         self.last_stats: dict = {}
 
     def forward(self, images: torch.Tensor, target_masks: torch.Tensor, num_masks: float) -> dict:
-        outputs = clip_forward(self.model, images)
+        outputs = clip_forward(self.model, images, self.memory_grad)
         losses, stats = self.criterion(outputs, target_masks, num_masks)
         self.last_stats = stats
         return losses

@@ -11,6 +11,13 @@ Each image has "stuff" regions (a wavy horizon splitting sky and ground, sometim
 shape) painted in random depth order so that they occlude each other, sometimes an `iscrowd`
 segment and an unlabeled (id 0) patch. Every segment has its own texture (stripes, checker,
 noise or gradient over a distinct base colour). Everything is a function of `seed`.
+
+`style="demo"` writes instead single frames of the demo scenes
+(`entitysam.eval.synthetic.render_demo_scene`: textured stuff, drifting things of five shapes
+and varied sizes, thin bars, natural-like 1/f textures, occlusions, things cut by the border),
+each at a random time of its own scene: the training set of the shipped demo model, from the
+same family as the video `entitysam demo` segments. Every segment is an entity (no crowd, no
+unlabeled pixels).
 """
 
 from __future__ import annotations
@@ -154,14 +161,32 @@ def _paint_image(rng, h, w, things_max):
     return image.round().astype(np.uint8), seg, meta
 
 
+def _paint_demo_image(rng: np.random.Generator, h: int, w: int):
+    """One frame of a demo scene, in `_paint_image`'s return format (all segments are entities)."""
+    from ..eval.synthetic import render_demo_scene  # noqa: PLC0415
+
+    num_frames = int(rng.integers(20, 61))
+    t = int(rng.integers(num_frames))
+    images, ids = render_demo_scene(rng, num_frames, h, w, frames=[t])
+    local = ids[0]
+    present = np.unique(local)
+    seg = np.searchsorted(present, local).astype(np.int32) + 1  # 1..K in painting order
+    meta = [(101 if p == 1 else 102 if p == 2 else 103 if p == 3 else 1, 0) for p in present.tolist()]
+    return images[0], seg, meta
+
+
 def make_synthetic_coco_panoptic(root: str | Path, num_images: int = 8, seed: int = 0,
                                  size: tuple[int, int] | None = None, things_max: int = 8,
-                                 image_format: str = "jpg") -> SyntheticCocoPanoptic:
+                                 image_format: str = "jpg", style: str = "basic") -> SyntheticCocoPanoptic:
     """Write a synthetic COCO-panoptic dataset under `root` (see module docstring).
 
-    size: (H, W) for every image, or None for random sizes in [96, 200] x [120, 240].
+    size: (H, W) for every image, or None for random sizes (basic: [96, 200] x [120, 240];
+    demo: [200, 300] x [240, 360]).
     image_format: "jpg" (as COCO) or "png" (lossless).
+    style: "basic" (the test scenes) or "demo" (frames of the demo scenes; `things_max` unused).
     """
+    if style not in ("basic", "demo"):
+        raise ValueError(f"style must be 'basic' or 'demo', got {style!r}")
     root = Path(root)
     image_dir, pan_dir, ann_dir = root / "train2017", root / "panoptic_train2017", root / "annotations"
     for d in (image_dir, pan_dir, ann_dir):
@@ -169,8 +194,12 @@ def make_synthetic_coco_panoptic(root: str | Path, num_images: int = 8, seed: in
     rng = np.random.default_rng(seed)
     images, annotations = [], []
     for i in range(num_images):
-        h, w = size if size else (int(rng.integers(96, 201)), int(rng.integers(120, 241)))
-        image, seg, meta = _paint_image(rng, h, w, things_max)
+        if style == "demo":
+            h, w = size if size else (int(rng.integers(200, 301)), int(rng.integers(240, 361)))
+            image, seg, meta = _paint_demo_image(rng, h, w)
+        else:
+            h, w = size if size else (int(rng.integers(96, 201)), int(rng.integers(120, 241)))
+            image, seg, meta = _paint_image(rng, h, w, things_max)
         ids = rng.choice(np.arange(1, 2**24), size=len(meta), replace=False)  # colour-like ids
         pan_ids = np.zeros_like(seg)
         segments = []
@@ -209,8 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-images", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("jpg", "png"), default="jpg")
+    p.add_argument("--style", choices=("basic", "demo"), default="basic",
+                   help="basic: test scenes; demo: frames of the demo scenes (the demo model's training set)")
     a = p.parse_args(argv)
-    ds = make_synthetic_coco_panoptic(a.root, a.num_images, a.seed, image_format=a.format)
+    ds = make_synthetic_coco_panoptic(a.root, a.num_images, a.seed, image_format=a.format, style=a.style)
     print(f"wrote {ds.num_images} images to {ds.root}")
 
 

@@ -128,7 +128,7 @@ class Trainer:
         self.model = model.to(self.device).train()
         self.trainable = set_trainable(self.model, cfg.model.trainable)
         self.criterion = build_criterion(cfg)
-        self.module = TrainingModule(self.model, self.criterion)
+        self.module = TrainingModule(self.model, self.criterion, cfg.model.memory_grad)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         cuda = self.device.type == "cuda"

@@ -1,0 +1,173 @@
+"""`entitysam demo`: generate a synthetic video, segment it with the bundled demo model, score it.
+
+    entitysam demo                      # -> entitysam-demo/demo/overlay.mp4 and a VEQ/STQ report
+    entitysam demo -o out --frames 60 --seed 7 --labels
+
+Writes into OUTPUT (default `entitysam-demo/`)::
+
+    input/images/demo/%08d.jpg           the generated video (a folder of frames)
+    input/panomasksRGB/demo/%08d.png     its ground truth (VIPSeg layout)
+    input/panoptic_gt_VIPSeg_demo.json
+    demo/                                what `entitysam segment` writes: panoptic/, panoptic.json,
+                                         entities.json, overlay.mp4, manifest.json
+    report.json, report.txt              VEQ / STQ of demo/ against the ground truth
+
+The demo model knows only these synthetic scenes (docs/demo-model.md); real videos need vit-s or
+vit-l. The scene is `entitysam.eval.synthetic.render_demo_scene`: textured sky, ground and
+sometimes a wall, drifting shapes, one that enters, one that leaves, occlusions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import EntitySAMError, OutputError
+from .eval.synthetic import DEMO_DEFAULTS, make_demo_video
+
+__all__ = ["DemoReport", "run_demo", "score_prediction"]
+
+VIDEO_NAME = "demo"
+
+
+@dataclass
+class DemoReport:
+    """Result of :func:`run_demo`. veq / stq are fractions in [0, 1]; veq is the mean over the
+    window lengths (official VEQ), veq_windows maps window length (frames) to VEQ."""
+
+    output: Path
+    overlay: Path | None
+    num_frames: int
+    num_entities_gt: int
+    num_entities_pred: int
+    veq: float
+    stq: float
+    aq: float
+    iou: float
+    veq_windows: dict[int, float]
+    seconds: dict[str, float]
+    model: dict[str, Any]
+    table: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "video": VIDEO_NAME, "output": str(self.output), "overlay": str(self.overlay) if self.overlay else None,
+            "num_frames": self.num_frames, "num_entities_gt": self.num_entities_gt,
+            "num_entities_pred": self.num_entities_pred, "veq": self.veq, "stq": self.stq, "aq": self.aq,
+            "iou": self.iou, "veq_windows": {str(k): v for k, v in self.veq_windows.items()},
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "model": self.model,
+        }
+
+
+def score_prediction(panoptic_dir: Path, panoptic_json: Path, gt_dir: Path, gt_json: Path) -> dict[str, Any]:
+    """VEQ and STQ (`entitysam.eval.metrics.evaluate`) of one `entitysam segment` output.
+
+    The metrics read the official layout (`PRED/pan_pred/<video>/` + `PRED/pred.json`); the
+    segment output is copied into it in a temporary folder (a few small PNGs).
+    """
+    from .eval.metrics import evaluate  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix=".entitysam-demo-metrics-") as tmp:
+        pred = Path(tmp)
+        shutil.copytree(panoptic_dir, pred / "pan_pred" / VIDEO_NAME)
+        shutil.copyfile(panoptic_json, pred / "pred.json")
+        return evaluate(pred, gt_dir, gt_json, workers=1)
+
+
+def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: int = DEMO_DEFAULTS["num_frames"],
+             width: int = DEMO_DEFAULTS["width"], height: int = DEMO_DEFAULTS["height"],
+             seed: int = DEMO_DEFAULTS["seed"], formats=("panoptic", "entities", "overlay"), labels: bool = False,
+             overwrite: bool = False, device: str = "cpu", progress: bool = False,
+             say: Callable[[str], None] = lambda msg: None) -> DemoReport:
+    """Generate the demo video, segment it, write all outputs and the report (see module doc).
+
+    model: an EntitySAM model (default: the bundled demo model, `from_pretrained("demo")`).
+    formats must include "panoptic" (the report scores it). Refuses an OUTPUT folder that holds
+    anything but an earlier demo run unless `overwrite`. Raises EntitySAMError for bad input.
+    """
+    from .api import from_pretrained, segment  # noqa: PLC0415
+    from .eval.metrics import format_table  # noqa: PLC0415
+
+    if num_frames < 1:
+        raise EntitySAMError(f"--frames must be >= 1, got {num_frames}")
+    if not (32 <= width <= 4096 and 32 <= height <= 4096):
+        raise EntitySAMError(f"--size must be between 32x32 and 4096x4096, got {width}x{height}")
+    if "panoptic" not in formats:
+        raise EntitySAMError("the demo report scores the panoptic output: keep 'panoptic' in --save")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / "report.json").is_file() or (out / "input").is_dir()
+        if not overwrite:
+            raise OutputError(f"{out} is not empty: pass --overwrite to replace "
+                              f"{'the earlier demo run' if ours else 'its contents'}, or choose another -o")
+        if not ours:
+            raise OutputError(f"{out} holds files that are not a demo run; refusing to delete them even with "
+                              "--overwrite: choose another -o")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    video = make_demo_video(out / "input", num_frames=num_frames, width=width, height=height, seed=seed,
+                            name=VIDEO_NAME)
+    seconds["generate"] = time.perf_counter() - t0
+    say(f"generated a {num_frames}-frame {width}x{height} video (seed {seed}) in {video.frames_dir}")
+
+    t0 = time.perf_counter()
+    if model is None:
+        model = from_pretrained("demo", device=device)
+    seconds["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with segment(model, video.frames_dir, name=VIDEO_NAME, fps=10.0, progress=progress) as result:
+        seconds["segment"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        final = result.save(out / VIDEO_NAME, formats=formats, labels=labels, overwrite=True)
+        seconds["write"] = time.perf_counter() - t0
+        model_info = result.model_info
+        num_pred = len([e for e in result.entities if e.num_frames > 0])
+
+    t0 = time.perf_counter()
+    metrics = score_prediction(final / "panoptic", final / "panoptic.json", video.gt_dir, video.gt_json)
+    seconds["metrics"] = time.perf_counter() - t0
+    gt = json.loads(video.gt_json.read_text())
+    num_gt = len({s["id"] for fr in gt["annotations"][0]["annotations"] for s in fr["segments_info"]})
+    veq, stq = metrics["veq"], metrics["stq"]
+    table = format_table(metrics)
+    report = DemoReport(
+        output=out, overlay=(final / "overlay.mp4") if "overlay" in formats else None, num_frames=num_frames,
+        num_entities_gt=num_gt, num_entities_pred=num_pred, veq=veq["final"]["vpq"] / 100.0, stq=float(stq["STQ"]),
+        aq=float(stq["AQ"]), iou=float(stq["IoU"]),
+        veq_windows={int(w["nframes"]): w["vpq"] / 100.0 for w in veq["windows"].values()},
+        seconds=seconds, model=model_info, table=table)
+    (out / "report.json").write_text(json.dumps({**report.to_dict(), "metrics": _jsonable(metrics)}, indent=1))
+    (out / "report.txt").write_text(summary(report) + "\n\n" + table + "\n")
+    return report
+
+
+def summary(report: DemoReport) -> str:
+    lines = [
+        f"demo video: {report.num_frames} frames, {report.num_entities_gt} entities in the ground truth, "
+        f"{report.num_entities_pred} found",
+        f"VEQ {report.veq:.3f}   STQ {report.stq:.3f} (AQ {report.aq:.3f}, IoU {report.iou:.3f})   "
+        f"model {report.model.get('config')}",
+    ]
+    if report.overlay is not None:
+        lines.append(f"watch: {report.overlay}")
+    lines.append("(the demo model knows only synthetic scenes like this one; real videos need --model vit-s or vit-l)")
+    return "\n".join(lines)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
