@@ -19,6 +19,7 @@ sometimes a wall, drifting shapes, one that enters, one that leaves, occlusions.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -99,6 +100,12 @@ def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: i
         raise EntitySAMError(f"--size must be between 32x32 and 4096x4096, got {width}x{height}")
     if "panoptic" not in formats:
         raise EntitySAMError("the demo report scores the panoptic output: keep 'panoptic' in --save")
+    formats = tuple(formats)
+    for fmt, module, what in (("overlay", "av", "overlay.mp4"), ("entities", "pycocotools", "entities.json")):
+        if fmt in formats and importlib.util.find_spec(module) is None:
+            # a core-only install (no `video` extra) still gets the masks and the report
+            say(f"note: {what} needs {module} (pip install 'entitysam[video]'); writing the other outputs")
+            formats = tuple(f for f in formats if f != fmt)
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a folder")
