@@ -320,7 +320,8 @@ def cmd_demo(args) -> int:
         print(json.dumps(report.to_dict(), indent=1))
     else:
         print(summary(report))
-        print(report.table.splitlines()[-1] if args.quiet else "\n" + report.table)
+        if not args.quiet:
+            print("\n" + report.table)
     say(f"done in {time.perf_counter() - t0:.1f}s; report in {report.output / 'report.txt'}")
     return 0
 
