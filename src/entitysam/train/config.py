@@ -179,10 +179,10 @@ def _demo(stage: int) -> dict:
     """
     data = {"root": "datasets/demo-synthetic", "frames": 1 if stage == 1 else 3, "max_instances": 16,
             "num_workers": 0, "min_scale": 0.75, "max_scale": 1.33}
-    solver = ({"max_iter": 6000, "steps": (4800,), "checkpoint_period": 250, "ims_per_batch": 4,
+    solver = ({"max_iter": 6000, "steps": (4800,), "checkpoint_period": 50, "ims_per_batch": 4,
                "base_lr": 5e-4, "warmup_iters": 100, "warmup_factor": 0.01}
               if stage == 1 else
-              {"max_iter": 1500, "steps": (1200,), "checkpoint_period": 100, "ims_per_batch": 2,
+              {"max_iter": 1500, "steps": (1200,), "checkpoint_period": 25, "ims_per_batch": 2,
                "base_lr": 2e-4, "warmup_iters": 20, "warmup_factor": 0.1})
     model = {"name": "demo", "trainable": "all", "memory_grad": True}
     if stage == 2:
