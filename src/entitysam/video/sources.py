@@ -14,6 +14,10 @@ output files) before and while decoding.
   (``1, 10, 2``) and natural order is the temporal one. A frame is named by its file name
   without the extension. Frame ``i`` is at ``i / fps`` seconds (``fps`` defaults to 25).
 * A single image is a one-frame video.
+* Live sources (:class:`LiveSource`, online mode only): URLs PyAV opens (``rtsp://``,
+  ``http://``, ``udp://``, ...) and video devices (``/dev/video0``, read with v4l2). They are read
+  once, as they come: frame ``i`` is the ``i``-th frame decoded, named ``f"{i:06d}"``, its time
+  is its timestamp relative to the first frame (wall-clock time when the stream has none).
 
 Frame selection (:class:`FrameSelection`): ``start`` (inclusive) and ``end`` (exclusive) are
 frame indices (``int``) or seconds (``float``, or strings like ``"2.5s"`` via
@@ -46,6 +50,9 @@ __all__ = [
     "FrameFolderSource",
     "ImageSource",
     "ArraySource",
+    "LiveSource",
+    "is_live_input",
+    "live_source_name",
     "open_source",
     "list_batch_inputs",
     "natural_key",
@@ -418,14 +425,133 @@ class ArraySource(FrameSource):
         return f"{index:06d}", np.ascontiguousarray(item)
 
 
+# ----------------------------------------------------------------------------- live
+
+# URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp", "http", "https", "hls", "mms", "mmsh")
+_DEVICE_RE = re.compile(r"^/dev/video\d+$")
+# (open, read) timeouts in seconds: a stalled stream ends with an error instead of hanging forever.
+LIVE_TIMEOUT = (15.0, 30.0)
+
+
+def is_live_input(video: object) -> bool:
+    """Whether `video` names a live source: a stream URL (``rtsp://``, ``http://``, ...) or a
+    v4l2 video device (``/dev/video0``)."""
+    if not isinstance(video, (str, os.PathLike)):
+        return False
+    text = os.fspath(video)
+    if isinstance(text, bytes):
+        return False
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme.lower() in LIVE_SCHEMES:
+        return True
+    return bool(_DEVICE_RE.match(text))
+
+
+def live_source_name(url: str) -> str:
+    """Output folder name of a live source: the last path component without its extension
+    (``rtsp://cam/live/main.sdp`` -> ``main``, ``/dev/video0`` -> ``video0``), else the host."""
+    rest = url.partition("://")[2] if "://" in url else url
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    host, _, path = rest.partition("/")
+    stem = Path(path.rstrip("/")).stem if path.strip("/") else ""
+    if not stem and "://" not in url:
+        stem = Path(url).name
+    name = stem or host.rsplit("@", 1)[-1].replace(":", "_") or "stream"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
+
+
+class LiveSource(FrameSource):
+    """A live stream or device, decoded with PyAV as the frames arrive.
+
+    The stream is opened (and so checked) when the source is created; the first iteration
+    reads from that connection, a later one reconnects and starts from whatever the stream
+    sends then. Nothing is known of its length (``total_frames()`` is None); decoding stops
+    at the end of the stream, which for a camera means never (stop it from the consumer).
+    """
+
+    kind = "live"
+
+    def __init__(self, url: str, selection: FrameSelection | None = None, fps: float | None = None,
+                 name: str | None = None, options: dict[str, str] | None = None,
+                 timeout: tuple[float, float] = LIVE_TIMEOUT):
+        self.url = str(url)
+        self._av = _av()
+        self._format = "v4l2" if _DEVICE_RE.match(self.url) else None
+        opts = dict(options or {})
+        if self.url.lower().startswith(("rtsp://", "rtsps://")):
+            opts.setdefault("rtsp_transport", "tcp")  # UDP loses packets, hence frames, on busy networks
+        self._options = opts
+        self._timeout = timeout
+        container = self._open()
+        try:
+            if not container.streams.video:
+                raise SourceError(f"{self.url}: no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        except BaseException:
+            container.close()
+            raise
+        self._container = container  # reused by the first iteration: no second connection
+        native_fps = float(rate) if rate else None
+        super().__init__(name or live_source_name(self.url), fps or native_fps or DEFAULT_FPS, selection)
+        self.native_fps = native_fps
+
+    @property
+    def label(self) -> str:
+        return self.url
+
+    def _open(self):
+        av = self._av
+        try:
+            return av.open(self.url, format=self._format, options=self._options, timeout=self._timeout)
+        except av.error.FFmpegError as err:
+            raise SourceError(f"cannot open live source {self.url}: {_av_message(err)}") from None
+
+    def _frames(self):
+        import time as _time  # noqa: PLC0415
+
+        av = self._av
+        container, self._container = self._container, None
+        if container is None:
+            container = self._open()
+        index = -1
+        try:
+            with container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                t0 = wall0 = None
+                for frame in container.decode(stream):
+                    index += 1
+                    t = frame.time
+                    if t is None:  # no timestamps (some devices): wall-clock time since the first frame
+                        wall0 = _time.monotonic() if wall0 is None else wall0
+                        t = _time.monotonic() - wall0
+                    else:
+                        t0 = t if t0 is None else t0
+                        t = t - t0
+                    yield index, t, frame
+        except av.error.FFmpegError as err:
+            raise SourceError(f"live source {self.url} failed after frame {index}: {_av_message(err)}") from None
+
+    def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
+        return f"{index:06d}", payload.to_ndarray(format="rgb24")  # type: ignore[attr-defined]
+
+    def _empty_message(self) -> str:
+        return f"{self.url}: the stream ended before sending a frame" + (
+            "" if self.selection.is_all else f" selected by {self.selection.describe()}")
+
+
 # ----------------------------------------------------------------------------- opening
 
 
 def open_source(video: str | os.PathLike | FrameSource | Sequence | np.ndarray,
                 selection: FrameSelection | None = None, fps: float | None = None,
                 name: str | None = None) -> FrameSource:
-    """A FrameSource for a path (video file, folder of frames, image), frames in memory, or a
-    source (returned as is). Raises SourceError naming the input and the cause."""
+    """A FrameSource for a path (video file, folder of frames, image), a live stream URL or
+    video device (see :func:`is_live_input`), frames in memory, or a source (returned as is).
+    Raises SourceError naming the input and the cause."""
     if isinstance(video, FrameSource):
         if selection is not None and not selection.is_all and selection != video.selection:
             raise SourceError(f"{video!r} already has its frame selection; select frames when creating it")
@@ -434,6 +560,8 @@ def open_source(video: str | os.PathLike | FrameSource | Sequence | np.ndarray,
         if isinstance(video, np.ndarray) and (video.ndim != 4 or video.shape[-1] != 3):
             raise SourceError(f"frames array must be [n, H, W, 3] uint8, got shape {video.shape}")
         return ArraySource(video, name or "video", selection, fps)
+    if is_live_input(video):
+        return LiveSource(os.fspath(video), selection, fps, name=name or None)
     path = Path(video)
     if not path.exists():
         raise SourceError(f"input not found: {path}")
