@@ -10,6 +10,10 @@
             ...
         result.save("out/clip", formats=("panoptic", "entities", "overlay"))
 
+    with model.stream("rtsp://camera/live", delay=4, output="out/cam") as stream:   # online mode
+        for r in stream:                                  # one OnlineFrame per processed frame
+            print(r.frame.t, [(s.id, s.score) for s in r.segments], stream.dropped)
+
 Memory: frames are decoded one at a time; the tracker keeps only the memories that can still
 be attended; the low-res logits that the video-level merge needs are kept on disk; the final id
 maps are streamed to a compact file on disk (uint8 per pixel), which the result reads back
@@ -25,6 +29,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -49,6 +54,10 @@ __all__ = [
     "FrameInfo",
     "Entity",
     "SegmentationResult",
+    "OnlineSegment",
+    "OnlineFrame",
+    "OnlineStream",
+    "stream",
     "from_pretrained",
     "from_checkpoint",
     "segment",
@@ -483,16 +492,367 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
         first_t, last_t, count, area = stats.get(sid, [None, None, 0, 0])
         entities.append(Entity(int(sid), float(score), int(q), first_t, last_t, count, area))
     fps = source.fps / source.selection.stride
-    model_info = {"config": model.cfg.name, "dtype": str(compute_dtype).replace("torch.", ""),
-                  "device": str(next(model.parameters()).device)}
+    return SegmentationResult(name=source.name, source=source, size=size, fps=fps, frames=infos, entities=entities,
+                              scores=result.scores, id_maps=id_maps, workdir=workdir,
+                              model_info=_model_info(model, compute_dtype), timings={"segment": elapsed})
+
+
+def _model_info(model: EntitySAM, compute_dtype: torch.dtype) -> dict[str, Any]:
+    info = {"config": model.cfg.name, "dtype": str(compute_dtype).replace("torch.", ""),
+            "device": str(next(model.parameters()).device)}
     checkpoint = getattr(model, "checkpoint_path", None)
     if checkpoint:
-        model_info["checkpoint"] = str(checkpoint)
-    return SegmentationResult(name=source.name, source=source, size=size, fps=fps, frames=infos, entities=entities,
-                              scores=result.scores, id_maps=id_maps, workdir=workdir, model_info=model_info,
-                              timings={"segment": elapsed})
+        info["checkpoint"] = str(checkpoint)
+    return info
 
 
 def _chain(first: Frame, rest: Iterable[Frame]) -> Iterator[Frame]:
     yield first
     yield from rest
+
+
+# ----------------------------------------------------------------------------- online mode
+
+
+@dataclass(frozen=True)
+class OnlineSegment:
+    """One entity in one online frame. score: its running score when the frame was emitted
+    (mean eIoU so far + 0.5 mask quality so far); bbox: [x, y, w, h] (COCO, w = columns)."""
+
+    id: int
+    query_index: int
+    score: float
+    area: int
+    bbox: tuple[int, int, int, int]
+
+
+@dataclass
+class OnlineFrame:
+    """One result of :func:`stream`.
+
+    frame: FrameInfo (t = position among processed frames, index = frame index in the source).
+    id_map: [H, W] int32, 0 = no entity. segments: the entities present, in increasing id.
+    image: the [H, W, 3] uint8 frame (None with ``keep_images=False``).
+    dropped: source frames dropped just before this one (live sources falling behind).
+    lookahead: frames processed after this one before it was emitted (= delay, less at the end).
+    model_seconds: model time of this frame (preprocessing and step; frame 0 includes the three
+    warm-up steps); merge_seconds: online merge time spent emitting it; latency_seconds: from the
+    frame being read from the source to this result (includes the look-ahead wait).
+    """
+
+    frame: FrameInfo
+    id_map: np.ndarray
+    segments: list[OnlineSegment]
+    image: np.ndarray | None
+    dropped: int
+    lookahead: int
+    model_seconds: float
+    merge_seconds: float
+    latency_seconds: float
+
+    @property
+    def t(self) -> int:
+        return self.frame.t
+
+
+class OnlineStream:
+    """Iterate to get one :class:`OnlineFrame` per processed frame, in order, as soon as the
+    look-ahead allows (see :func:`stream`). Use as a context manager (or call :meth:`close`):
+    closing stops the reader, emits the frames already processed, and finishes the outputs.
+
+    Attributes: name, source, delay, live, size ((H, W), None before the first frame), fps,
+    frames_read (frames the reader took from the source), dropped (frames dropped because the
+    model was slower than a live source), processed, emitted, status (``running``, then
+    ``complete`` (the source ended), ``stopped`` (:meth:`stop` or closed early), ``interrupted``
+    (KeyboardInterrupt) or ``failed``), error, output (folder or None), manifest (written one).
+    """
+
+    def __init__(self, model: EntitySAM, source: FrameSource, *, delay: int, live: bool, queue_size: int,
+                 compute_dtype: torch.dtype, output: Path | None, formats: tuple[str, ...], labels: bool,
+                 overwrite: bool, keep_images: bool, progress: bool):
+        from .video.online import FrameReader, OnlineMerger  # noqa: PLC0415
+        from .video.tracker import EntityTracker  # noqa: PLC0415
+
+        self.model = model
+        self.source = source
+        self.name = source.name
+        self.delay = delay
+        self.live = live
+        self.queue_size = queue_size
+        self.compute_dtype = compute_dtype
+        self.fps = source.fps / source.selection.stride
+        self.output = output
+        self.formats = formats
+        self.labels = labels
+        self.overwrite = overwrite
+        self.keep_images = keep_images or (output is not None and "overlay" in formats)
+        self.size: tuple[int, int] | None = None
+        self.processed = 0
+        self.emitted = 0
+        self.status = "running"
+        self.error: str | None = None
+        self.manifest: dict[str, Any] | None = None
+        self.seconds = {"model": 0.0, "merge": 0.0, "write": 0.0}
+        self._latency_sum = 0.0
+        self._latency_max = 0.0
+        self._tracks: dict[int, list] = {}  # id -> [query, score, first, last, count, area]
+        self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype)[1])
+        if compute_dtype == torch.float16:
+            self._tracker.bank.dtype = torch.float16  # autocast cannot mix a bfloat16 bank in
+        self._merger_cls = OnlineMerger
+        self._merger = None
+        self._ready: deque = deque()
+        self._writer = None
+        self._ended = False  # no more frames will be read (end of stream, stop, error)
+        self._closed = False
+        self._t0 = time.perf_counter()
+        self._bar = _progress_bar(progress, source.count_hint(), source.name)
+        self._reader = FrameReader(iter(source), queue_size, drop=live)
+        # A stream dropped without close() must not leave its reader running (a camera never ends).
+        weakref.finalize(self, self._reader.stop, 0)
+
+    # -- iteration
+    def __iter__(self) -> "OnlineStream":
+        return self
+
+    def __next__(self) -> OnlineFrame:
+        try:
+            while not self._ready:
+                if self._ended:
+                    if self._merger is not None and not self._merger.finished:
+                        # End of stream (or stop): the look-ahead window is emitted with what is known.
+                        self._emit(self._merger.finish)
+                        continue
+                    if self.status == "running":
+                        self.status = "complete"
+                    raise StopIteration
+                self._read_and_step()
+            return self._deliver(self._ready.popleft())
+        except StopIteration:
+            raise
+        except KeyboardInterrupt:
+            self._fail("interrupted", None)
+            raise
+        except BaseException as err:
+            self._fail("failed", f"{type(err).__name__}: {err}" if not isinstance(err, EntitySAMError) else str(err))
+            raise
+
+    def _fail(self, status: str, message: str | None) -> None:
+        if self.status == "running" or (status == "interrupted" and self.status != "failed"):
+            self.status = status
+            self.error = message
+        self._ended = True
+        self._reader.stop(wait=0)
+
+    def _read_and_step(self) -> None:
+        kind, item, drops = self._reader.queue.get()
+        if kind == "end":
+            self._ended = True
+            return
+        if kind == "error":
+            self._ended = True
+            raise item
+        frame, t_read = item
+        t0 = time.perf_counter()
+        if self._merger is None:
+            self.size = frame.size
+            self._merger = self._merger_cls(self.model.cfg.num_queries, self.size, self.delay,
+                                            warmup_steps=self.model.cfg.num_warmup_copies)
+        t = self.processed
+        info = FrameInfo(t, frame.index, frame.name, float(frame.time))
+        payload = [info, frame.image if self.keep_images else None, drops, 0.0, t_read]
+        image = preprocess_frame(frame.image, self.model.cfg.image_size)
+        steps = []
+        with precision_plan(self.model, self.compute_dtype)[0]:  # a fresh context per frame
+            for step in self._tracker.track([(t, image)]):
+                steps.append(step)
+        payload[3] = time.perf_counter() - t0
+        self.seconds["model"] += payload[3]
+        self.processed += 1
+        for step in steps[:-1]:
+            self._merger.push_step(step)
+        self._emit(lambda: self._merger.push_step(steps[-1], payload))
+
+    def _emit(self, produce) -> None:
+        t0 = time.perf_counter()
+        out = produce()
+        elapsed = time.perf_counter() - t0
+        self.seconds["merge"] += elapsed
+        for em in out:
+            self._ready.append((em, elapsed / len(out)))
+
+    def _deliver(self, item) -> OnlineFrame:
+        from .video.online import OnlineWriter, deferred_sigint  # noqa: PLC0415
+
+        em, merge_s = item
+        info, image, drops, model_s, t_read = em.payload
+        segs = []
+        for seg in frame_segments(em.id_map, "coco"):
+            q, score = em.segments[seg["id"]]
+            segs.append(OnlineSegment(seg["id"], q, score, seg["area"], tuple(seg["bbox"])))
+            tr = self._tracks.get(seg["id"])
+            if tr is None:
+                tr = self._tracks[seg["id"]] = [q, score, info.t, info.t, 0, 0]
+            tr[1], tr[3], tr[4], tr[5] = score, info.t, tr[4] + 1, tr[5] + seg["area"]
+        latency = time.monotonic() - t_read
+        result = OnlineFrame(info, em.id_map, segs, image, drops, em.frames_seen - info.t - 1, model_s, merge_s,
+                             latency)
+        if self.output is not None:
+            t0 = time.perf_counter()
+            with deferred_sigint():
+                if self._writer is None:
+                    self._writer = OnlineWriter(self.output, video=self.name, formats=self.formats, fps=self.fps,
+                                                labels=self.labels, timestamps=self.live, overwrite=self.overwrite,
+                                                manifest=self._base_manifest())
+                records = [{"id": s.id, "query_index": s.query_index, "score": round(s.score, 6), "area": s.area,
+                            "bbox": list(s.bbox)} for s in segs]
+                self._writer.add(info.t, info, em.id_map, records, image,
+                                 {"dropped": drops, "lookahead": result.lookahead,
+                                  "latency": round(latency, 4)})
+            self.seconds["write"] += time.perf_counter() - t0
+        self.emitted += 1
+        self._latency_sum += latency
+        self._latency_max = max(self._latency_max, latency)
+        if self._bar is not None:
+            self._bar.update(1)
+            if self.dropped:
+                self._bar.set_postfix_str(f"dropped {self.dropped}", refresh=False)
+        return result
+
+    # -- state
+    @property
+    def frames_read(self) -> int:
+        return self._reader.frames_read
+
+    @property
+    def dropped(self) -> int:
+        return self._reader.dropped
+
+    @property
+    def entities(self) -> list[Entity]:
+        """Entities seen so far (in the frames delivered), with their latest running score."""
+        return [Entity(sid, float(tr[1]), int(tr[0]), tr[2], tr[3], tr[4], tr[5])
+                for sid, tr in sorted(self._tracks.items())]
+
+    def stop(self) -> None:
+        """Stop reading: the frames already processed are still yielded, then iteration ends
+        (status ``stopped`` unless it already ended)."""
+        if not self._ended:
+            self._ended = True
+            if self.status == "running":
+                self.status = "stopped"
+        self._reader.stop(wait=0)
+
+    def _base_manifest(self) -> dict[str, Any]:
+        return {
+            "format": "entitysam-online",
+            "format_version": 1,
+            "entitysam_version": __version__,
+            "video": self.name,
+            "input": self.source.label if self.source.kind == "live" or self.source.path is not None else None,
+            "live": self.live,
+            "selection": asdict(self.source.selection),
+            "delay": self.delay,
+            "queue_size": self.queue_size,
+            "size": list(self.size) if self.size else None,
+            "fps": self.fps,
+            "model": _model_info(self.model, self.compute_dtype),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and timings (what the final manifest records)."""
+        return {
+            "frames_read": self.frames_read,
+            "frames_processed": self.processed,
+            "frames_emitted": self.emitted,
+            "dropped_frames": self.dropped,
+            "entities": len(self._tracks),
+            "tracks": [{"id": e.id, "query_index": e.query_index, "score": e.score, "first_frame": e.first_frame,
+                        "last_frame": e.last_frame, "num_frames": e.num_frames, "area": e.area}
+                       for e in self.entities],
+            "seconds": {**{k: round(v, 3) for k, v in self.seconds.items()},
+                        "total": round(time.perf_counter() - self._t0, 3)},
+            "latency_seconds": {"mean": round(self._latency_sum / self.emitted, 4) if self.emitted else None,
+                                "max": round(self._latency_max, 4)},
+            **({"error": self.error} if self.error else {}),
+        }
+
+    def close(self) -> dict[str, Any] | None:
+        """Stop reading, emit (and write) the frames already processed, finish the outputs.
+        Returns the final manifest when there is an output folder with frames in it."""
+        if self._closed:
+            return self.manifest
+        from .video.online import deferred_sigint  # noqa: PLC0415
+
+        self._closed = True
+        self.stop()
+        interrupt = None
+        try:
+            for _ in self:  # the frames already processed (look-ahead window)
+                pass
+        except KeyboardInterrupt as err:  # a second Ctrl-C: skip the rest, still finish the files
+            interrupt = err
+        except Exception:  # noqa: BLE001 - recorded in status/error; what was written stays valid
+            pass
+        self._reader.stop()
+        if self._bar is not None:
+            self._bar.close()
+        try:
+            if self._writer is not None and not self._writer.finished:
+                with deferred_sigint():
+                    self.manifest = self._writer.finish(self.status, self.summary())
+        finally:
+            if interrupt is not None:
+                raise interrupt
+        return self.manifest
+
+    def __enter__(self) -> "OnlineStream":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is KeyboardInterrupt and self.status in ("running", "stopped"):
+            self.status = "interrupted"
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"OnlineStream({self.name!r}, delay={self.delay}, {self.emitted} frames emitted, "
+                f"{self.dropped} dropped, {self.status})")
+
+
+def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float | str | None = None,
+           end: int | float | str | None = None, stride: int = 1, max_frames: int | None = None,
+           fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
+           live: bool | None = None, queue_size: int = 4, output: str | os.PathLike | None = None,
+           formats: Sequence[str] | str = DEFAULT_FORMATS, labels: bool = False, overwrite: bool = False,
+           keep_images: bool = True, progress: bool = False) -> OnlineStream:
+    """Segment and track every entity of `video` online: one result per frame, in order, right
+    after the frame is processed (``delay=0``) or after ``delay`` more frames (look-ahead).
+
+    video: anything :func:`segment` takes, or a live source: a stream URL PyAV opens
+    (``rtsp://``, ``http://``, ...) or a video device (``/dev/video0``). live: read through a
+    bounded queue of ``queue_size`` frames that drops the oldest frame when the model falls
+    behind (default: True for URLs and devices, False otherwise, where reading waits instead).
+    output: also write the results to this folder as they are produced (``formats`` among
+    panoptic, entities, overlay; see the README, "Online mode"); must not exist unless
+    ``overwrite``. keep_images: put each frame's image in its result. Other options as
+    :func:`segment`. Returns an :class:`OnlineStream`; its ``with`` block (or ``close()``) stops
+    reading and finishes the outputs.
+    """
+    from .video.writers import StagedOutput  # noqa: PLC0415
+
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise EntitySAMError(f"delay must be a non-negative integer (frames of look-ahead), got {delay!r}")
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+        raise EntitySAMError(f"queue size must be a positive integer, got {queue_size!r}")
+    fmts = _check_formats(formats)
+    out = Path(output) if output is not None else None
+    if out is not None:
+        StagedOutput.check_free(out, overwrite)
+    selection = FrameSelection(start, end, stride, max_frames)
+    source = open_source(video, selection, fps=fps, name=name)
+    device = next(model.parameters()).device
+    compute_dtype = resolve_dtype(dtype, device)
+    is_live = source.kind == "live" if live is None else bool(live)
+    return OnlineStream(model, source, delay=delay, live=is_live, queue_size=queue_size,
+                        compute_dtype=compute_dtype, output=out, formats=fmts, labels=labels, overwrite=overwrite,
+                        keep_images=keep_images, progress=progress)

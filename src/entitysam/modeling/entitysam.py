@@ -183,7 +183,7 @@ class EntitySAM(nn.Module):
 
 
 def _api(name: str, pass_first: bool):
-    """`EntitySAM.from_pretrained` / `.from_checkpoint` / `model.segment`: see `entitysam.api`."""
+    """`EntitySAM.from_pretrained` / `.from_checkpoint` / `model.segment` / `model.stream`: see `entitysam.api`."""
     def method(first, *args, **kwargs):
         from .. import api  # lazy: entitysam.api imports this module
         return getattr(api, name)(*((first,) if pass_first else ()), *args, **kwargs)
@@ -195,3 +195,4 @@ def _api(name: str, pass_first: bool):
 EntitySAM.from_pretrained = classmethod(_api("from_pretrained", False))
 EntitySAM.from_checkpoint = classmethod(_api("from_checkpoint", False))
 EntitySAM.segment = _api("segment", True)
+EntitySAM.stream = _api("stream", True)
