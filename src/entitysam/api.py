@@ -690,34 +690,41 @@ class OnlineStream:
         for seg in frame_segments(em.id_map, "coco"):
             q, score = em.segments[seg["id"]]
             segs.append(OnlineSegment(seg["id"], q, score, seg["area"], tuple(seg["bbox"])))
-            tr = self._tracks.get(seg["id"])
-            if tr is None:
-                tr = self._tracks[seg["id"]] = [q, score, info.t, info.t, 0, 0]
-            tr[1], tr[3], tr[4], tr[5] = score, info.t, tr[4] + 1, tr[5] + seg["area"]
         latency = time.monotonic() - t_read
         result = OnlineFrame(info, em.id_map, segs, image, drops, em.frames_seen - info.t - 1, model_s, merge_s,
                              latency)
-        if self.output is not None:
-            t0 = time.perf_counter()
-            with deferred_sigint():
-                if self._writer is None:
-                    self._writer = OnlineWriter(self.output, video=self.name, formats=self.formats, fps=self.fps,
-                                                labels=self.labels, timestamps=self.live, overwrite=self.overwrite,
-                                                manifest=self._base_manifest())
-                records = [{"id": s.id, "query_index": s.query_index, "score": round(s.score, 6), "area": s.area,
-                            "bbox": list(s.bbox)} for s in segs]
-                self._writer.add(info.t, info, em.id_map, records, image,
-                                 {"dropped": drops, "lookahead": result.lookahead,
-                                  "latency": round(latency, 4)})
+        if self.output is None:
+            self._account(result)
+            return result
+        t0 = time.perf_counter()
+        # A Ctrl-C here waits for the frame's files and its accounting (the manifest counts
+        # must match what is on disk); it is raised right after.
+        with deferred_sigint():
+            if self._writer is None:
+                self._writer = OnlineWriter(self.output, video=self.name, formats=self.formats, fps=self.fps,
+                                            labels=self.labels, timestamps=self.live, overwrite=self.overwrite,
+                                            manifest=self._base_manifest())
+            records = [{"id": s.id, "query_index": s.query_index, "score": round(s.score, 6), "area": s.area,
+                        "bbox": list(s.bbox)} for s in segs]
+            self._writer.add(info.t, info, em.id_map, records, image,
+                             {"dropped": drops, "lookahead": result.lookahead, "latency": round(latency, 4)})
             self.seconds["write"] += time.perf_counter() - t0
+            self._account(result)
+        return result
+
+    def _account(self, r: OnlineFrame) -> None:
+        for seg in r.segments:
+            tr = self._tracks.get(seg.id)
+            if tr is None:
+                tr = self._tracks[seg.id] = [seg.query_index, seg.score, r.t, r.t, 0, 0]
+            tr[1], tr[3], tr[4], tr[5] = seg.score, r.t, tr[4] + 1, tr[5] + seg.area
         self.emitted += 1
-        self._latency_sum += latency
-        self._latency_max = max(self._latency_max, latency)
+        self._latency_sum += r.latency_seconds
+        self._latency_max = max(self._latency_max, r.latency_seconds)
         if self._bar is not None:
             self._bar.update(1)
             if self.dropped:
                 self._bar.set_postfix_str(f"dropped {self.dropped}", refresh=False)
-        return result
 
     # -- state
     @property
