@@ -8,7 +8,8 @@
     entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
 
 Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
-not be loaded, 2 invalid command line.
+not be loaded, 2 invalid command line, 130 interrupted (Ctrl-C; in online mode after finishing
+the outputs of the frames done).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _add_segment_parser(sub) -> None:
         "segment", help="segment and track every entity of videos, frame folders or images",
         description="Segment and track every entity of each INPUT (video file: mp4 mov mkv webm avi; folder of "
                     "frames: jpg jpeg png in natural order; single image). Results go to OUTPUT/<video-name>/.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="video file, folder of frames or image")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="video file, folder of frames or image; with --online also a stream URL (rtsp://, "
+                        "http://, ...) or a video device (/dev/video0)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="results go to DIR/<video-name>/")
     p.add_argument("--batch", action="append", default=[], metavar="DIR",
                    help="also process every video file and frame folder inside DIR (repeatable)")
@@ -81,6 +84,17 @@ def _add_segment_parser(sub) -> None:
     out.add_argument("--overwrite", action="store_true", help="replace existing results")
     out.add_argument("--skip-existing", action="store_true", help="skip videos whose results are complete")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    onl = p.add_argument_group("online mode (results per frame as the video is read; see README, Online mode)")
+    onl.add_argument("--online", action="store_true",
+                     help="emit each frame's result right after it is processed, using only past and present "
+                          "frames (plus --delay frames of look-ahead); outputs are written as they are produced")
+    onl.add_argument("--delay", type=int, default=None, metavar="K",
+                     help="look-ahead: the result of frame t is emitted after frame t+K is processed (default 0)")
+    onl.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                     help="read through a bounded queue that drops the oldest frame when the model falls behind "
+                          "(default: on for stream URLs and devices, off for files and folders)")
+    onl.add_argument("--queue", type=int, default=None, metavar="N",
+                     help="frames buffered between the reader and the model (default 4)")
     p.set_defaults(func=cmd_segment)
 
 
@@ -159,10 +173,11 @@ def _load_model(args) -> object:
     return from_pretrained(args.model or "vit-s", device=args.device)
 
 
-def _collect_inputs(args) -> list[Path]:
-    from .video.sources import list_batch_inputs
+def _collect_inputs(args) -> list:
+    from .video.sources import is_live_input, list_batch_inputs
 
-    inputs = [Path(p) for p in args.inputs]
+    # Stream URLs stay strings: Path() would fold the "//" of "rtsp://".
+    inputs: list = [p if is_live_input(p) else Path(p) for p in args.inputs]
     for folder in args.batch:
         inputs.extend(list_batch_inputs(folder))
     if not inputs:
@@ -170,8 +185,32 @@ def _collect_inputs(args) -> list[Path]:
     return inputs
 
 
-def _video_name(path: Path) -> str:
+def _video_name(path) -> str:
+    from .video.sources import live_source_name
+
+    if isinstance(path, str):
+        return live_source_name(path)
     return path.resolve().name if path.is_dir() else path.stem
+
+
+def _check_online_args(args, inputs) -> None:
+    """Online-only options without --online, offline-only ones with it, live inputs offline."""
+    if not args.online:
+        for flag, value in (("--delay", args.delay), ("--live/--no-live", args.live), ("--queue", args.queue)):
+            if value is not None:
+                raise EntitySAMError(f"{flag} needs --online")
+        live = [p for p in inputs if isinstance(p, str)]
+        if live:
+            raise EntitySAMError(f"{live[0]} is a live source: it can only be segmented with --online")
+        return
+    if args.save_logits is not None:
+        raise EntitySAMError("--save-logits is not available with --online (no whole-video logits are kept)")
+    if args.logits_dtype != "float32":
+        raise EntitySAMError("--logits-dtype only applies to the offline merge, not to --online")
+    if args.delay is not None and args.delay < 0:
+        raise EntitySAMError(f"--delay must be >= 0 (frames of look-ahead), got {args.delay}")
+    if args.queue is not None and args.queue < 1:
+        raise EntitySAMError(f"--queue must be >= 1, got {args.queue}")
 
 
 def cmd_segment(args) -> int:
@@ -195,6 +234,7 @@ def cmd_segment(args) -> int:
                                  "(or no FILE: each video folder gets logits.npz)")
         if args.overwrite and args.skip_existing:
             raise EntitySAMError("--overwrite and --skip-existing exclude each other")
+        _check_online_args(args, inputs)
         selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
     except EntitySAMError as err:
         _print_err(str(err))
@@ -234,7 +274,11 @@ def cmd_segment(args) -> int:
 
     for source, name in todo:
         try:
-            _segment_one(model, source, name, out_root, formats, args, say, StagedOutput)
+            if args.online:
+                if _stream_one(model, source, name, out_root, formats, args, say) == "interrupted":
+                    return 130
+            else:
+                _segment_one(model, source, name, out_root, formats, args, say, StagedOutput)
         except KeyboardInterrupt:
             _print_err(f"{name}: interrupted; no result written for it")
             return 130
@@ -274,6 +318,40 @@ def _segment_one(model, source, name: str, out_root: Path, formats, args, say, S
         final = staged.commit(manifest)
     say(f"{name}: {len(result)} frames, {len(result.entities)} entities -> {final} "
         f"({time.perf_counter() - t0:.1f}s)")
+
+
+def _stream_one(model, source, name: str, out_root: Path, formats, args, say) -> str:
+    """Online mode for one input; returns the stream's final status. Errors propagate after the
+    outputs of the frames done are finished (their manifest says "failed")."""
+    from .api import stream
+
+    t0 = time.perf_counter()
+    final = out_root / name
+    s = stream(model, source, delay=args.delay or 0, dtype=args.dtype, live=args.live, queue_size=args.queue or 4,
+               output=final, formats=formats, labels=args.labels, overwrite=args.overwrite, keep_images=False,
+               progress=not args.quiet)
+    try:
+        for _ in s:
+            pass
+    except KeyboardInterrupt:
+        pass  # close() below emits the frames already processed and finishes the files
+    except BaseException:
+        s.close()
+        if s.emitted:
+            _print_err(f"{name}: the results of the {s.emitted} frames done are in {final} "
+                       "(manifest status \"failed\")")
+        raise
+    s.close()
+    dropped = f", {s.dropped} dropped" if s.live else ""
+    where = f"-> {final}" if s.emitted else "(nothing written)"
+    per_frame = s.seconds["model"] / s.processed if s.processed else 0.0
+    summary = (f"{s.emitted} frames{dropped}, {len(s.entities)} entities, delay {s.delay} {where} "
+               f"({time.perf_counter() - t0:.1f}s, model {per_frame:.2f}s/frame)")
+    if s.status == "interrupted":
+        _print_err(f"{name}: interrupted after {summary}")
+    else:
+        say(f"{name}: {summary}")
+    return s.status
 
 
 def cmd_download(args) -> int:
