@@ -1,0 +1,655 @@
+"""Online mode (`entitysam segment --online`, `model.stream`): the online merge against the offline
+one and against a plain restatement of its rule, ids, live sources over a local HTTP stream with
+dropped frames, Ctrl-C and kill -9 leaving valid outputs, flat memory, the command line."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _media import H, W, scene, tiny_state_dict, write_frames, write_video
+from conftest import reference_dir
+from entitysam import EntitySAM, cli
+from entitysam.video.online import FrameQueue, OnlineMerger, read_jsonl
+from entitysam.video.preprocess import preprocess_frame
+from entitysam.video.segment import segment_video
+from entitysam.video.sources import is_live_input, live_source_name, open_source
+from entitysam.video.writers import decode_id_png
+
+N = 10  # frames of the generated clip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by per-op overhead: one thread (see test_segment_cli)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    d = tmp_path_factory.mktemp("online-media")
+    # The tiny configuration with weights that give entities on `scene` videos (conftest's
+    # tiny_model keeps no segment on them, which would make equality with offline trivial).
+    torch.save({"model": tiny_state_dict(), "iteration": 9999}, d / "tiny.pth")
+    write_video(d / "clip.mp4", N)
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(media):
+    return EntitySAM.from_checkpoint(media / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def offline(media, model):
+    frames = ((f.index, preprocess_frame(f.image, model.cfg.image_size)) for f in open_source(media / "clip.mp4"))
+    return segment_video(model, frames, (H, W))
+
+
+def run_cli(*args):
+    return cli.main(["segment", *map(str, args)])
+
+
+def child_env():
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
+    return env
+
+
+# ----------------------------------------------------------------------------- the merge
+
+
+def naive_online(step_scores, logits, out_size, delay, warmup):
+    """The online rule restated on whole volumes, as plainly as possible.
+
+    step_scores: [warmup + n, Q] eIoU per step; logits: [Q, n, h, w]. Frame t is emitted once
+    frame min(t + delay, n - 1) has been seen: scores = mean eIoU of the steps seen, quality over
+    the every-5th frames seen, kept = score >= max(0.05, min score); the overlap counts are those
+    committed by the frames already emitted plus those of the frames seen but not emitted, with
+    the current scores; a new survivor gets the next id.
+    """
+    q, n = logits.shape[:2]
+    committed = np.zeros((q, 3), np.int64)  # A, O, S per query
+    ids = np.zeros(q, np.int64)
+    next_id = 1
+    maps = [None] * n
+    emitted = 0
+    exact = delay + 1 + warmup
+    for seen in range(1, n + 1):
+        ready = seen - delay if seen < n else n  # frames that can be emitted now
+        if ready <= emitted:
+            continue
+        steps = warmup + seen
+        s = step_scores[:steps]
+        scores = s.mean(0) if steps <= exact else (s.double().sum(0) / steps).float()
+        lowest = scores.min()  # the official k-th best with k = min(Q, 100)
+        kept = torch.nonzero(scores >= (lowest if bool(lowest > 0.05) else 0.05)).flatten()
+        if kept.numel() == 0:
+            for t in range(emitted, ready):
+                maps[t] = np.zeros(out_size, np.int32)
+            emitted = ready
+            continue
+        m = logits[kept][:, :seen]
+        sub = m[:, ::5]
+        quality = (sub > 1).flatten(1).sum(-1) / (sub > -1).flatten(1).sum(-1).clamp(min=1)
+        ks = scores[kept] + 0.5 * quality
+        prob = F.interpolate(m[:, emitted:seen], size=out_size, mode="bilinear", align_corners=False).sigmoid()
+        arg = (ks.view(-1, 1, 1, 1) * prob).argmax(0)
+        arg[(prob < 0.5).all(0)] = -1
+        counts = np.zeros((len(kept), 3), np.int64)
+        frame_counts = []
+        for j in range(len(kept)):
+            own = prob[j] >= 0.5
+            per_frame = [((arg == j).flatten(1).sum(1)), own.flatten(1).sum(1), ((arg == j) & own).flatten(1).sum(1)]
+            frame_counts.append(per_frame)
+            counts[j] = [int(c.sum()) for c in per_frame]
+        total = committed[kept.numpy()] + counts
+        seg = np.zeros(len(kept), np.int64)
+        for j in range(len(kept)):
+            a, o, s_ = total[j]
+            if a > 0 and o > 0 and s_ > 0 and a / o >= 0.7:
+                if ids[kept[j]] == 0:
+                    ids[kept[j]] = next_id
+                    next_id += 1
+                seg[j] = ids[kept[j]]
+        for t in range(emitted, ready):
+            i = t - emitted
+            pan = np.zeros(out_size, np.int32)
+            for j in range(len(kept)):
+                if seg[j]:
+                    pan[((arg[i] == j) & (prob[j, i] >= 0.5)).numpy()] = seg[j]
+                committed[kept[j]] += [int(frame_counts[j][c][i]) for c in range(3)]
+            maps[t] = pan
+        emitted = ready
+    return np.stack(maps), ids
+
+
+def random_video(seed, q=7, n=13, side=12, warmup=3):
+    """Moving blobs with sharp or soft edges, per-step scores that drift (some queries cross the
+    0.05 threshold, some survive only later): exercises ids given mid-stream."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(side, dtype=torch.float32), torch.arange(side, dtype=torch.float32),
+                            indexing="ij")
+    logits = torch.empty(q, n, side, side)
+    for k in range(q):
+        c = torch.rand(2, generator=g) * side
+        v = (torch.rand(2, generator=g) - 0.5) * 1.5
+        r = 2 + torch.rand(1, generator=g) * 4
+        sharp = 1 + torch.rand(1, generator=g) * 5
+        for t in range(n):
+            cy, cx = c + v * t
+            d = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
+            logits[k, t] = sharp * (r - d) + 0.7 * torch.randn(side, side, generator=g)
+    base = torch.rand(q, generator=g) * 0.5
+    trend = (torch.rand(q, generator=g) - 0.5) * 0.06
+    steps = torch.stack([(base + trend * p + 0.05 * torch.rand(q, generator=g)).clamp(0.0, 1.0)
+                         for p in range(warmup + n)])
+    return steps, logits
+
+
+def run_merger(steps, logits, out_size, delay, warmup=3, **kw):
+    q, n = logits.shape[:2]
+    m = OnlineMerger(q, out_size, delay, warmup_steps=warmup, **kw)
+    out = []
+    for p in range(warmup):
+        m.add_scores(steps[p])
+    for t in range(n):
+        m.add_scores(steps[warmup + t])
+        got = m.add_frame(logits[:, t])
+        assert [e.t for e in got] == ([t - delay] if t >= delay else [])  # exactly when frame t+delay arrives
+        out += got
+    out += m.finish()
+    return out, m
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("delay", [0, 1, 4, 12])
+def test_merger_follows_the_online_rule(seed, delay):
+    steps, logits = random_video(seed)
+    out, m = run_merger(steps, logits, (20, 24), delay)
+    expected, ids = naive_online(steps, logits, (20, 24), delay, 3)
+    assert [e.t for e in out] == list(range(logits.shape[1]))
+    np.testing.assert_array_equal(np.stack([e.id_map for e in out]), expected)
+    np.testing.assert_array_equal(m.ids, ids)
+    # ids are 1..m, each owned by one query for the whole stream
+    owners = {}
+    for e in out:
+        for sid, (qi, _) in e.segments.items():
+            assert owners.setdefault(sid, qi) == qi and m.ids[qi] == sid
+    assert sorted(owners) == list(range(1, len(owners) + 1))
+
+
+def test_random_videos_exercise_late_ids():
+    """The random cases above are not trivial: some ids are given after the first emission and
+    some survivors stop surviving for a while."""
+    late = flicker = 0
+    for seed in range(3):
+        steps, logits = random_video(seed)
+        out, _ = run_merger(steps, logits, (20, 24), 0)
+        first = {}
+        alive = [set(e.segments) for e in out]
+        for t, ids in enumerate(alive):
+            for sid in ids:
+                first.setdefault(sid, t)
+        late += sum(1 for t in first.values() if t > 0)
+        flicker += sum(1 for sid in first for t in range(first[sid], len(out)) if sid not in alive[t])
+    assert late > 0 and flicker > 0
+
+
+@pytest.mark.parametrize("variant", ["golden-vits", "golden-vitl"])
+def test_full_lookahead_reproduces_official_postprocessing(variant):
+    """With every frame seen before any decision, the online merge is the official one: the
+    golden post-processing fixtures (case a: crafted masks, case b: from the golden run)."""
+    with np.load(reference_dir() / variant / "postproc.npz") as f:
+        p = dict(f)
+    with np.load(reference_dir() / variant / "golden.npz") as f:
+        g = {k: f[k] for k in ("lowres_logits_sub4", "is_padding", "video_scores", "out_size")}
+    b_logits = p["b_logit_scale"] * g["lowres_logits_sub4"][~g["is_padding"]].transpose(1, 0, 2, 3)
+    cases = {"a": (p["a_scores"], p["a_logits"], p["a_out_size"]),
+             "b": (g["video_scores"], np.ascontiguousarray(b_logits), g["out_size"])}
+    for case, (scores, logits, out_size) in cases.items():
+        q, n = logits.shape[:2]
+        for delay in (n - 1, n + 3):
+            m = OnlineMerger(q, out_size, delay, warmup_steps=0)
+            m.add_scores(torch.from_numpy(scores))  # one "step" whose eIoU is the video score
+            out = []
+            for t in range(n):
+                out += m.add_frame(torch.from_numpy(logits[:, t]))
+            out += m.finish()
+            np.testing.assert_array_equal(np.stack([e.id_map for e in out]), p[f"{case}_panoptic_ids"])
+            assert sorted(out[0].segments) == p[f"{case}_segment_ids"].tolist()
+            assert [out[0].segments[s][0] for s in sorted(out[0].segments)] == p[f"{case}_segment_query_index"].tolist()
+
+
+def test_merger_rejects_bad_input():
+    with pytest.raises(ValueError, match="delay"):
+        OnlineMerger(3, (4, 4), -1)
+    m = OnlineMerger(3, (4, 4), 0)
+    with pytest.raises(ValueError, match="add_scores"):
+        m.add_frame(torch.zeros(3, 2, 2))
+    m.add_scores(torch.ones(3))
+    with pytest.raises(ValueError, match=r"\[Q=3, h, w\]"):
+        m.add_frame(torch.zeros(2, 2, 2))
+    assert len(m.add_frame(torch.zeros(3, 2, 2))) == 1
+    assert m.finish() == [] and m.finish() == []
+    with pytest.raises(RuntimeError, match="finished"):
+        m.add_frame(torch.zeros(3, 2, 2))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("extra", [0, 4])
+def test_full_lookahead_equals_offline(media, model, offline, extra):
+    """--delay n-1 (frame 0 emitted as the last frame arrives) and more: exactly the offline maps."""
+    assert offline.panoptic.segment_ids, "the clip must have entities for this test to mean anything"
+    with model.stream(media / "clip.mp4", delay=N - 1 + extra) as s:
+        results = list(s)
+    assert s.status == "complete" and [r.t for r in results] == list(range(N))
+    np.testing.assert_array_equal(np.stack([r.id_map for r in results]), offline.panoptic.id_maps)
+    final = {seg.id: (seg.query_index, seg.score) for r in results for seg in r.segments}
+    assert sorted(final) == offline.panoptic.segment_ids
+    assert [final[i][0] for i in sorted(final)] == offline.panoptic.query_index
+    assert [final[i][1] for i in sorted(final)] == offline.panoptic.scores  # bit for bit
+
+
+@pytest.mark.parametrize("delay", [0, 3])
+def test_one_result_per_frame_in_order_with_stable_ids(media, model, delay):
+    long = media / "long.mp4"
+    if not long.exists():
+        write_video(long, 24)
+    with model.stream(long, delay=delay) as s:
+        results = []
+        for r in s:
+            # A result arrives as soon as the look-ahead allows: delay frames after its own.
+            assert s.processed == min(r.t + 1 + delay, 24)
+            results.append(r)
+    assert [r.t for r in results] == list(range(24))
+    assert [r.frame.index for r in results] == list(range(24)) and results[3].frame.name == "000003"
+    assert [r.lookahead for r in results] == [min(delay, 23 - t) for t in range(24)]
+    assert all(r.id_map.shape == (H, W) and r.image.shape == (H, W, 3) and r.dropped == 0 for r in results)
+    owner = {}
+    for r in results:
+        present = sorted(np.unique(r.id_map[r.id_map > 0]).tolist())
+        assert [seg.id for seg in r.segments] == present
+        for seg in r.segments:
+            assert owner.setdefault(seg.id, seg.query_index) == seg.query_index  # ids stay with their query
+            assert seg.area == int((r.id_map == seg.id).sum())
+    assert len(set(owner.values())) == len(owner)  # never reused for another query
+    assert owner and s.dropped == 0 and s.frames_read == 24
+    ent = {e.id: e for e in s.entities}
+    assert sorted(ent) == sorted(owner)
+    for sid, e in ent.items():
+        present = [r.t for r in results if (r.id_map == sid).any()]
+        assert (e.first_frame, e.last_frame, e.num_frames) == (present[0], present[-1], len(present))
+
+
+def test_stop_emits_processed_frames(media, model, tmp_path):
+    with model.stream(media / "clip.mp4", delay=3, output=tmp_path / "out") as s:
+        results = []
+        for r in s:
+            results.append(r)
+            if r.t == 1:
+                s.stop()
+    # frames 0 .. 4 were processed when frame 1 came out; the 3 waiting ones still come out
+    assert [r.t for r in results] == list(range(5)) and s.status == "stopped"
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "stopped" and manifest["complete"] is False
+    assert manifest["num_frames"] == manifest["frames_emitted"] == 5
+
+
+def test_bad_api_arguments(media, model, tmp_path):
+    from entitysam.errors import EntitySAMError, SourceError
+
+    with pytest.raises(EntitySAMError, match="delay"):
+        model.stream(media / "clip.mp4", delay=-1)
+    with pytest.raises(EntitySAMError, match="queue"):
+        model.stream(media / "clip.mp4", queue_size=0)
+    (tmp_path / "exists").mkdir()
+    with pytest.raises(EntitySAMError, match="already exists"):
+        model.stream(media / "clip.mp4", output=tmp_path / "exists")
+    with pytest.raises(SourceError, match="cannot open live source"):
+        model.stream("http://127.0.0.1:9/none.ts")
+
+
+# ----------------------------------------------------------------------------- queue and sources
+
+
+def test_queue_drops_oldest_and_counts():
+    q = FrameQueue(3, drop=True)
+    for i in range(7):
+        assert q.put(i)
+    q.put_marker("end")
+    got = [q.get() for _ in range(4)]
+    # 0..3 dropped (oldest first); the next frame carries how many were dropped before it
+    assert got == [("frame", 4, 4), ("frame", 5, 0), ("frame", 6, 0), ("end", None, 0)]
+    assert q.dropped == 4
+    q.put(7)
+    q.get()
+    for i in range(8, 12):  # 8 dropped while 9, 10, 11 wait
+        q.put(i)
+    assert [q.get()[1:] for _ in range(3)] == [(9, 1), (10, 0), (11, 0)] and q.dropped == 5
+
+
+def test_queue_without_dropping_waits():
+    q = FrameQueue(2, drop=False)
+    q.put(0)
+    q.put(1)
+    done = threading.Event()
+    threading.Thread(target=lambda: (q.put(2), done.set()), daemon=True).start()
+    assert not done.wait(0.3)  # full: the reader waits
+    assert q.get() == ("frame", 0, 0)
+    assert done.wait(2) and q.dropped == 0
+    q.close()
+    assert q.put(3) is False
+
+
+def test_live_input_names():
+    assert is_live_input("rtsp://cam.local:554/live/main.sdp") and is_live_input("/dev/video0")
+    assert is_live_input("HTTP://127.0.0.1:8000/a.ts") and not is_live_input("clip.mp4")
+    assert not is_live_input("/dev/videos") and not is_live_input(Path("http:/x"))
+    assert live_source_name("rtsp://cam.local:554/live/main.sdp") == "main"
+    assert live_source_name("rtsp://user:pw@cam.local:554/") == "cam.local_554"
+    assert live_source_name("/dev/video0") == "video0"
+    assert live_source_name("http://127.0.0.1:8000/clip.ts?x=1") == "clip"
+
+
+class _Stream(http.server.BaseHTTPRequestHandler):
+    """A live MPEG-TS stream over HTTP: chunked, no length, as cameras and restreamers send it."""
+
+    protocol_version = "HTTP/1.1"
+    payloads: dict[str, bytes] = {}
+
+    def do_GET(self):
+        data = self.payloads.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp2t")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i in range(0, len(data), 188 * 64):
+            chunk = data[i:i + 188 * 64]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_streams(tmp_path_factory):
+    d = tmp_path_factory.mktemp("streams")
+    for n in (60, 600):
+        write_video(d / f"s{n}.ts", n, size=(320, 240))
+        _Stream.payloads[f"/s{n}.ts"] = (d / f"s{n}.ts").read_bytes()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+PEAKS_CHILD = r"""
+import json, sys
+from entitysam.cli import main
+
+def peak_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+for argv in json.loads(sys.argv[1]):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak RSS starts again from the current RSS
+    rc = main(argv)
+    print(json.dumps({"rc": rc, "peak_mib": peak_mib()}), flush=True)
+"""
+
+
+def run_peaks(runs, cwd, timeout=600):
+    """Run `entitysam` command lines one after another in ONE fresh process (one start-up instead
+    of one per run) and return each run's (exit code, peak RSS in MiB): the kernel's peak-RSS
+    mark is reset before each run, so a run's peak is its own (Linux)."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc/self/clear_refs to reset the peak RSS")
+    with open(Path(cwd) / "stderr.txt", "w") as err:
+        out = subprocess.run([sys.executable, "-c", PEAKS_CHILD, json.dumps([[str(a) for a in r] for r in runs])],
+                             cwd=cwd, env=child_env(), stdout=subprocess.PIPE, stderr=err, text=True,
+                             timeout=timeout)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert out.returncode == 0 and len(rows) == len(runs), (Path(cwd) / "stderr.txt").read_text()
+    return [(r["rc"], r["peak_mib"]) for r in rows]
+
+
+def test_live_http_source_faster_than_model(media, http_streams, tmp_path):
+    """A local live stream sent faster than the model runs: frames are dropped (oldest first),
+    counted per frame and in total, and peak memory does not depend on the stream length."""
+    lengths = (60, 600)
+    work = tmp_path
+    rows = run_peaks([["segment", f"{http_streams}/s{n}.ts", "-o", "out", "--checkpoint", media / "tiny.pth",
+                       "--online", "--delay", "2", "--threads", "1", "-q"] for n in lengths], work)
+    peaks = {}
+    for n, (rc, peak) in zip(lengths, rows):
+        assert rc == 0, (work / "stderr.txt").read_text()
+        peaks[n] = peak
+        url = f"{http_streams}/s{n}.ts"
+        d = work / "out" / f"s{n}"
+        m = json.loads((d / "manifest.json").read_text())
+        assert m["status"] == "complete" and m["live"] and m["input"] == url and m["size"] == [240, 320]
+        assert m["frames_read"] == n
+        assert m["frames_processed"] + m["dropped_frames"] == n  # every frame read is processed or dropped
+        assert m["frames_emitted"] == m["num_frames"] == m["frames_processed"]
+        records = list(read_jsonl(d / "entities.jsonl"))
+        assert len(records) == m["num_frames"] and sorted(p.name for p in (d / "panoptic").iterdir()) == \
+            [f"{r['name']}.png" for r in records]
+        source = [r["source_frame"] for r in records]
+        gaps = [b - a - 1 for a, b in zip([-1] + source, source)]
+        assert gaps == [r["dropped"] for r in records]  # drops reported on the frame that follows them
+        assert sum(gaps) + (n - 1 - source[-1]) == m["dropped_frames"]
+        if n == 600:
+            assert m["dropped_frames"] > 300, m  # the model is far slower than the stream
+    assert peaks[600] <= 1.10 * peaks[60], peaks
+
+
+# ----------------------------------------------------------------------------- interruptions
+
+
+def start_cli(media, tmp_path, video, *extra):
+    err = open(tmp_path / "stderr.txt", "w")
+    p = subprocess.Popen([sys.executable, "-m", "entitysam", "segment", str(video), "-o", str(tmp_path / "out"),
+                          "--checkpoint", str(media / "tiny.pth"), "--online", "--threads", "1", "-q", *extra],
+                         env=child_env(), stdout=subprocess.DEVNULL, stderr=err)
+    return p, err
+
+
+def wait_lines(path, count, proc, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and sum(1 for _ in read_jsonl(path)) >= count:
+            return
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("no progress")
+
+
+def overlay_frames(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+@pytest.fixture(scope="module")
+def long_clip(media):
+    path = media / "long300.mp4"
+    write_video(path, 300)
+    return path
+
+
+def test_ctrl_c_finishes_outputs_of_frames_done(media, long_clip, tmp_path):
+    p, err = start_cli(media, tmp_path, long_clip, "--delay", "3")
+    d = tmp_path / "out" / "long300"
+    wait_lines(d / "entities.jsonl", 6, p)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(60) == 130
+    err.close()
+    assert "long300: interrupted after" in (tmp_path / "stderr.txt").read_text()
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["complete"] is False
+    # the frames waiting for their look-ahead were emitted too: nothing processed is lost
+    assert 6 <= m["num_frames"] == m["frames_emitted"] == m["frames_processed"] < 300
+    records = list(read_jsonl(d / "entities.jsonl"))
+    assert [r["frame"] for r in records] == list(range(m["num_frames"]))
+    assert [r["lookahead"] for r in records[-3:]] == [2, 1, 0]
+    assert sorted(p.name for p in (d / "panoptic").iterdir()) == [f"{r['name']}.png" for r in records]
+    pan = json.loads((d / "panoptic.json").read_text())["annotations"][0]["annotations"]
+    assert [a["image_id"] for a in pan] == [r["name"] for r in records]
+    assert overlay_frames(d / "overlay.ts") == m["num_frames"]
+    assert cli.main(["segment", str(long_clip), "-o", str(tmp_path / "out"), "--online", "--skip-existing",
+                     "--checkpoint", str(media / "tiny.pth")]) == 1  # interrupted is not complete: not skipped
+
+
+def test_killed_run_loses_at_most_the_frame_in_flight(media, long_clip, tmp_path):
+    p, err = start_cli(media, tmp_path, long_clip)
+    d = tmp_path / "out" / "long300"
+    wait_lines(d / "entities.jsonl", 8, p)
+    time.sleep(0.13)  # anywhere in a frame
+    p.kill()
+    p.wait(30)
+    err.close()
+    records = list(read_jsonl(d / "entities.jsonl"))
+    n = len(records)
+    assert n >= 8 and [r["frame"] for r in records] == list(range(n))
+    assert json.loads((d / "manifest.json").read_text())["status"] == "running"  # never finished
+    pngs = sorted(p.name for p in (d / "panoptic").iterdir() if not p.name.startswith("."))
+    names = [f"{r['name']}.png" for r in records]
+    assert pngs[:n] == names and len(pngs) <= n + 1  # + the frame in flight
+    for r in records[-2:]:  # complete PNGs that match their records
+        ids = decode_id_png(d / "panoptic" / f"{r['name']}.png")
+        assert [s["id"] for s in r["segments"]] == sorted(np.unique(ids[ids > 0]).tolist())
+    assert n <= overlay_frames(d / "overlay.ts") <= n + 1
+
+
+def test_failure_mid_stream_keeps_frames_done(media, model, tmp_path, capsys):
+    folder = write_frames(tmp_path / "frames", [str(i) for i in range(8)])
+    data = (folder / "5.jpg").read_bytes()
+    (folder / "5.jpg").write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out"
+    assert run_cli(folder, "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q") == 1
+    err = capsys.readouterr().err
+    assert "frames: cannot read frame" in err and "5.jpg" in err and "results of the 5 frames done" in err
+    m = json.loads((out / "frames" / "manifest.json").read_text())
+    assert m["status"] == "failed" and "5.jpg" in m["error"] and m["num_frames"] == 5
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def test_peak_rss_flat_over_a_long_stream(media, tmp_path):
+    """All outputs, 320x240 frames (a per-frame leak of an image or id map would show: 230-300 kB a
+    frame, ~100 MB over the extra frames), 50 then 400 frames, each with its own peak."""
+    lengths = (50, 400)
+    for n in lengths:
+        write_video(tmp_path / f"v{n}.mp4", n, size=(320, 240))
+    rows = run_peaks([["segment", f"v{n}.mp4", "-o", "out", "--checkpoint", media / "tiny.pth", "--online",
+                       "--delay", "2", "--threads", "1", "-q"] for n in lengths], tmp_path)
+    peaks = {}
+    for n, (rc, peak) in zip(lengths, rows):
+        assert rc == 0, (tmp_path / "stderr.txt").read_text()
+        peaks[n] = peak
+        m = json.loads((tmp_path / "out" / f"v{n}" / "manifest.json").read_text())
+        assert m["num_frames"] == n and m["dropped_frames"] == 0
+    assert peaks[400] <= 1.10 * peaks[50], peaks
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def test_cli_end_to_end(media, model, tmp_path, capsys):
+    from pycocotools import mask as mask_utils
+
+    out = tmp_path / "out"
+    rc = run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "--delay", "2",
+                 "--labels")
+    assert rc == 0
+    assert "clip: 10 frames, " in capsys.readouterr().err
+    d = out / "clip"
+    assert sorted(p.name for p in d.iterdir()) == ["entities.jsonl", "manifest.json", "overlay.ts", "panoptic",
+                                                    "panoptic.json"]
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["complete"] and m["delay"] == 2 and m["live"] is False
+    assert m["num_frames"] == N and m["dropped_frames"] == 0 and m["model"]["config"] == "tiny"
+    with model.stream(media / "clip.mp4", delay=2) as s:
+        expected = list(s)
+    records = list(read_jsonl(d / "entities.jsonl"))
+    assert [r["frame"] for r in records] == list(range(N))
+    for r, e in zip(records, expected):
+        ids = decode_id_png(d / "panoptic" / f"{r['name']}.png")
+        np.testing.assert_array_equal(ids, e.id_map)
+        assert [(s["id"], s["query_index"], s["area"]) for s in r["segments"]] == \
+            [(s.id, s.query_index, s.area) for s in e.segments]
+        for s in r["segments"]:
+            rle = {"size": s["rle"]["size"], "counts": s["rle"]["counts"].encode()}
+            np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), ids == s["id"])
+    assert {t["id"] for t in m["tracks"]} == {s["id"] for r in records for s in r["segments"]}
+    assert overlay_frames(d / "overlay.ts") == N
+    # panoptic/ + panoptic.json are the official layout: scored against themselves by `entitysam metrics`
+    import shutil
+
+    pan = json.loads((d / "panoptic.json").read_text())["annotations"][0]
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    shutil.copytree(d / "panoptic", pred / "pan_pred" / "clip")
+    shutil.copytree(d / "panoptic", gt / "clip")
+    shutil.copy(d / "panoptic.json", pred / "pred.json")
+    gt_json = {"videos": [{"video_id": "clip", "images": [{"file_name": a["file_name"]} for a in pan["annotations"]]}],
+               "annotations": [{"video_id": "clip", "annotations": [{"segments_info": a["segments_info"]}
+                                                                    for a in pan["annotations"]]}]}
+    (tmp_path / "gt.json").write_text(json.dumps(gt_json))
+    capsys.readouterr()
+    assert cli.main(["metrics", str(pred), str(gt), str(tmp_path / "gt.json"), "--workers", "1"]) == 0
+    assert "STQ 1.000000" in capsys.readouterr().out
+
+    # only some formats; existing results
+    assert run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q") == 1
+    assert "already holds results" in capsys.readouterr().err
+    assert run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q",
+                   "--skip-existing") == 0
+    assert run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q",
+                   "--overwrite", "--save", "panoptic") == 0
+    assert sorted(p.name for p in d.iterdir()) == ["entities.jsonl", "manifest.json", "panoptic", "panoptic.json"]
+    assert "rle" not in next(read_jsonl(d / "entities.jsonl"))["segments"][0]
+
+
+def test_cli_online_option_errors(media, tmp_path, capsys):
+    ck = ["--checkpoint", media / "tiny.pth"]
+    cases = [
+        ((media / "clip.mp4", "--delay", "2"), "--delay needs --online"),
+        ((media / "clip.mp4", "--live"), "--live/--no-live needs --online"),
+        (("http://127.0.0.1:9/x.ts",), "is a live source: it can only be segmented with --online"),
+        ((media / "clip.mp4", "--online", "--delay", "-1"), "--delay must be >= 0"),
+        ((media / "clip.mp4", "--online", "--queue", "0"), "--queue must be >= 1"),
+        ((media / "clip.mp4", "--online", "--save-logits"), "--save-logits is not available with --online"),
+        ((media / "clip.mp4", "--online", "--logits-dtype", "float16"), "only applies to the offline merge"),
+    ]
+    for args, message in cases:
+        assert run_cli(*args, "-o", tmp_path / "o", *ck) == 2, message
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
