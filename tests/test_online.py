@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _media import H, W, scene, tiny_state_dict, write_frames, write_video
+from _media import H, W, tiny_state_dict, write_frames, write_video
 from conftest import reference_dir
 from entitysam import EntitySAM, cli
 from entitysam.video.online import FrameQueue, OnlineMerger, read_jsonl
@@ -356,6 +356,14 @@ def test_queue_without_dropping_waits():
     assert not done.wait(0.3)  # full: the reader waits
     assert q.get() == ("frame", 0, 0)
     assert done.wait(2) and q.dropped == 0
+    waiter = FrameQueue(2, drop=True)
+    got = []
+    t = threading.Thread(target=lambda: got.append(waiter.get()), daemon=True)
+    t.start()
+    time.sleep(0.3)
+    waiter.close()  # e.g. stop() from another thread: the consumer must not wait forever
+    t.join(2)
+    assert got == [("end", None, 0)]
     q.close()
     assert q.put(3) is False
 

@@ -570,7 +570,7 @@ class OnlineStream:
     def __init__(self, model: EntitySAM, source: FrameSource, *, delay: int, live: bool, queue_size: int,
                  compute_dtype: torch.dtype, output: Path | None, formats: tuple[str, ...], labels: bool,
                  overwrite: bool, keep_images: bool, progress: bool):
-        from .video.online import FrameReader, OnlineMerger  # noqa: PLC0415
+        from .video.online import FrameReader  # noqa: PLC0415
         from .video.tracker import EntityTracker  # noqa: PLC0415
 
         self.model = model
@@ -599,8 +599,7 @@ class OnlineStream:
         self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype)[1])
         if compute_dtype == torch.float16:
             self._tracker.bank.dtype = torch.float16  # autocast cannot mix a bfloat16 bank in
-        self._merger_cls = OnlineMerger
-        self._merger = None
+        self._merger = None  # created with the first frame (its size is the output size)
         self._ready: deque = deque()
         self._writer = None
         self._ended = False  # no more frames will be read (end of stream, stop, error)
@@ -655,9 +654,11 @@ class OnlineStream:
         frame, t_read = item
         t0 = time.perf_counter()
         if self._merger is None:
+            from .video.online import OnlineMerger  # noqa: PLC0415
+
             self.size = frame.size
-            self._merger = self._merger_cls(self.model.cfg.num_queries, self.size, self.delay,
-                                            warmup_steps=self.model.cfg.num_warmup_copies)
+            self._merger = OnlineMerger(self.model.cfg.num_queries, self.size, self.delay,
+                                        warmup_steps=self.model.cfg.num_warmup_copies)
         t = self.processed
         info = FrameInfo(t, frame.index, frame.name, float(frame.time))
         payload = [info, frame.image if self.keep_images else None, drops, 0.0, t_read]

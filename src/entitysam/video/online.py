@@ -43,7 +43,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -373,10 +373,13 @@ class FrameQueue:
             self._cond.notify_all()
 
     def get(self, timeout: float | None = None) -> tuple[str, Any, int]:
-        """(kind, item, frames dropped just before it); kind is "frame", "end" or "error"."""
+        """(kind, item, frames dropped just before it); kind is "frame", "end" or "error" ("end"
+        also once the queue is closed)."""
         with self._cond:
             deadline = None if timeout is None else time.monotonic() + timeout
             while not self._items:
+                if self._closed:  # stopped (possibly from another thread): nothing more will come
+                    return "end", None, 0
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError

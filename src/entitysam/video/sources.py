@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import time as _time  # "time" is a frame's time in this module
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -428,7 +429,7 @@ class ArraySource(FrameSource):
 # ----------------------------------------------------------------------------- live
 
 # URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
-LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp", "http", "https", "hls", "mms", "mmsh")
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp", "http", "https", "mmsh")
 _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 # (open, read) timeouts in seconds: a stalled stream ends with an error instead of hanging forever.
 LIVE_TIMEOUT = (15.0, 30.0)
@@ -510,8 +511,6 @@ class LiveSource(FrameSource):
             raise SourceError(f"cannot open live source {self.url}: {_av_message(err)}") from None
 
     def _frames(self):
-        import time as _time  # noqa: PLC0415
-
         av = self._av
         container, self._container = self._container, None
         if container is None:
