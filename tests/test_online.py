@@ -237,6 +237,48 @@ def test_full_lookahead_reproduces_official_postprocessing(variant):
             assert [out[0].segments[s][0] for s in sorted(out[0].segments)] == p[f"{case}_segment_query_index"].tolist()
 
 
+def test_interrupted_emission_changes_nothing(monkeypatch):
+    """A Ctrl-C inside an emission leaves the merger as it was (the frame stays in the window):
+    finishing then gives what an uninterrupted run gives (no step arrives in between, so the
+    decisions are the same)."""
+    from entitysam.video import online
+
+    steps, logits = random_video(1)
+    ref = OnlineMerger(7, (20, 24), 1)
+    hit = OnlineMerger(7, (20, 24), 1)
+    for m in (ref, hit):
+        for p in range(3):
+            m.add_scores(steps[p])
+    ref_out, hit_out = [], []
+    for t in range(7):
+        for m, out in ((ref, ref_out), (hit, hit_out)):
+            m.add_scores(steps[3 + t])
+            if m is hit and t == 6:
+                real, calls = online._assign, []
+
+                def flaky(*args):
+                    calls.append(1)
+                    if len(calls) == 2:  # in the middle of the window
+                        raise KeyboardInterrupt
+                    return real(*args)
+
+                monkeypatch.setattr(online, "_assign", flaky)
+                before = (hit._win_area.clone(), hit.ids.copy(), hit.next_id, hit.frames_emitted)
+                with pytest.raises(KeyboardInterrupt):
+                    hit.add_frame(logits[:, t])
+                monkeypatch.setattr(online, "_assign", real)
+                assert torch.equal(hit._win_area, before[0]) and np.array_equal(hit.ids, before[1])
+                assert (hit.next_id, hit.frames_emitted, hit.pending) == (before[2], before[3], 2)
+            else:
+                out += m.add_frame(logits[:, t])
+    ref_out += ref.finish()
+    hit_out += hit.finish()
+    assert [e.t for e in hit_out] == list(range(7)) and any(e.segments for e in ref_out[5:])
+    for a, b in zip(ref_out, hit_out):
+        np.testing.assert_array_equal(a.id_map, b.id_map)
+        assert a.segments == b.segments
+
+
 def test_merger_rejects_bad_input():
     with pytest.raises(ValueError, match="delay"):
         OnlineMerger(3, (4, 4), -1)

@@ -22,10 +22,11 @@ with the decisions taken at that moment. Ids belong to queries: a query gets the
 and keeps it for the whole stream; an id is never given to another query. A query that stops
 surviving leaves no pixels until it survives again, with its old id.
 
-With ``delay >= n - 1`` nothing is emitted before the end and every decision is taken once, with
-all the information: the id maps are exactly those of the offline merge (the eIoU of the steps are
-then averaged with the same reduction as offline, see :class:`RunningScore`). The same holds for
-``delay = n - 1``, where frame 0 is emitted as frame n - 1 arrives: nothing changes after that.
+With ``delay >= n - 1`` no frame is emitted before the last one has been processed (with
+``delay = n - 1`` frame 0 comes out as frame n - 1 arrives, the others at the end of the stream,
+with the same information): every decision is taken with the whole video seen, and the id maps,
+ids and scores are exactly those of the offline merge (the eIoU of the steps are then averaged
+with the same reduction as offline, see :class:`RunningScore`).
 
 State per stream: the running sums above ([Q] each), the id table ([Q]) and the look-ahead window
 of at most ``delay + 1`` frames of low-res logits ([Q, h, w] float32 each). Nothing else grows with
@@ -91,7 +92,8 @@ class RunningScore:
     def add(self, scores: torch.Tensor) -> None:
         s = scores.detach().to("cpu", torch.float32).reshape(-1)
         if self._steps is not None and len(self._steps) >= self.exact_steps:
-            self._sum = torch.stack(self._steps).double().sum(0) if self._steps else torch.zeros_like(s, dtype=torch.float64)
+            self._sum = (torch.stack(self._steps).double().sum(0) if self._steps
+                         else torch.zeros_like(s, dtype=torch.float64))
             self._steps = None
         if self._steps is not None:
             self._steps.append(s)
@@ -125,8 +127,8 @@ class Emitted:
     the frame or not); score = running mean eIoU + 0.5 running quality. winners: [H, W] int16,
     only with ``keep_winners``: the query whose segment each pixel would belong to if every kept
     query survived the overlap test (argmax winner whose own prob >= 0.5), -1 elsewhere; the id
-    map is these pixels restricted to surviving queries. frames_seen: output frames processed when this one was emitted (t + 1 +
-    look-ahead). payload: what was passed with the frame.
+    map is these pixels restricted to surviving queries. frames_seen: output frames processed when
+    this one was emitted (t + 1 + look-ahead). payload: what was passed with the frame.
     """
 
     t: int
@@ -248,9 +250,9 @@ class OnlineMerger:
         return self.scores.mean()
 
     def _emit(self, count: int) -> list[Emitted]:
-        """Emit the `count` oldest window frames with one set of decisions. Everything is
-        computed before any state changes, so an exception (e.g. KeyboardInterrupt) inside
-        leaves the merger as it was."""
+        """Emit the `count` oldest window frames with one set of decisions. All the work is done
+        before the state is updated (a few assignments at the end), so an exception inside
+        (e.g. KeyboardInterrupt) leaves the merger as it was, its frames still in the window."""
         q, (h, w) = self.num_queries, self.out_size
         scores = self.scores.mean()
         kth = scores.topk(k=min(q, self.test_topk_per_image))[0][-1]
@@ -258,65 +260,59 @@ class OnlineMerger:
         kept = torch.nonzero(scores >= thr).flatten()
         k = kept.numel()
         frames = [self._window[i] for i in range(count)]
-        painted: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         seg_of_kept = np.zeros(k, dtype=np.int32)
         new_ids: list[tuple[int, int]] = []
         kept_scores = scores[:0]
+        winners: list[torch.Tensor] = []  # [H, W] kept slot of each segment pixel, -1 elsewhere
+        committed = (self._win_area.clone(), self._fg_area.clone(), self._seg_area.clone())
         if k:
             # Same expressions as plan_video_panoptic, so full look-ahead gives the same values.
             quality = self._above[kept] / self._nonneg[kept].clamp(min=1)
             kept_scores = scores[kept] + 0.5 * quality
-            win_area = self._win_area[kept].clone()
-            fg_area = self._fg_area[kept].clone()
-            seg_area = self._seg_area[kept].clone()
+            totals = [c[kept] for c in committed]  # A, O, S: emitted frames + window frames
             for i, pend in enumerate(self._window):
                 ids, win_fg, fg_count = _assign(pend.logits[kept].unsqueeze(1), kept_scores, self.out_size,
                                                 self.mask_binary_threshold)
                 ids, win_fg = ids[0], win_fg[0]  # [H, W]: one frame
-                a = torch.bincount(ids.flatten() + 1, minlength=k + 1)[1:]
-                s = torch.bincount(ids[win_fg], minlength=k)
-                win_area += a
-                fg_area += fg_count
-                seg_area += s
-                if i < count:
-                    painted.append((torch.where(win_fg, ids, -1), a, fg_count, s))
+                counts = (torch.bincount(ids.flatten() + 1, minlength=k + 1)[1:], fg_count,
+                          torch.bincount(ids[win_fg], minlength=k))
+                for total, c in zip(totals, counts):
+                    total += c
+                if i < count:  # its counts become final once it is emitted
+                    winners.append(torch.where(win_fg, ids, -1))
+                    for kept_counts, c in zip(committed, counts):
+                        kept_counts[kept] += c
             next_id = self.next_id
             for j in range(k):
-                a, o, s = int(win_area[j]), int(fg_area[j]), int(seg_area[j])
+                a, o, s = int(totals[0][j]), int(totals[1][j]), int(totals[2][j])
                 if a > 0 and o > 0 and s > 0 and a / o >= self.overlap_threshold:
                     qi = int(kept[j])
                     if self.ids[qi] == 0:
                         new_ids.append((qi, next_id))
-                        seg_of_kept[j] = next_id
                         next_id += 1
-                    else:
-                        seg_of_kept[j] = self.ids[qi]
-
-        # -- commit (cheap, no allocation-heavy work)
-        for qi, sid in new_ids:
-            self.ids[qi] = sid
-        if new_ids:
-            self.next_id = new_ids[-1][1] + 1
+                    seg_of_kept[j] = self.ids[qi] or new_ids[-1][1]
         segments = {int(seg_of_kept[j]): (int(kept[j]), float(kept_scores[j]))
                     for j in range(k) if seg_of_kept[j]}
         out = []
+        lut = np.concatenate([[-1], kept.numpy()]).astype(np.int16)
         for i, pend in enumerate(frames):
-            if k:
-                winners, a, o, s = painted[i]
-                self._win_area[kept] += a
-                self._fg_area[kept] += o
-                self._seg_area[kept] += s
-                id_map = _paint(winners, seg_of_kept) if segments else np.zeros((h, w), np.int32)
-                win_q = None
-                if self.keep_winners:
-                    lut = np.concatenate([[-1], kept.numpy()]).astype(np.int16)
-                    win_q = lut[winners.numpy() + 1]
+            if segments:
+                id_map = _paint(winners[i], seg_of_kept)
             else:
                 id_map = np.zeros((h, w), np.int32)
-                win_q = np.full((h, w), -1, np.int16) if self.keep_winners else None
-            self._window.popleft()
-            self.frames_emitted += 1
+            win_q = None
+            if self.keep_winners:
+                win_q = lut[winners[i].numpy() + 1] if k else np.full((h, w), -1, np.int16)
             out.append(Emitted(pend.t, id_map, segments, self.frames_seen, pend.payload, win_q))
+
+        # -- commit
+        self._win_area, self._fg_area, self._seg_area = committed
+        for qi, sid in new_ids:
+            self.ids[qi] = sid
+        self.next_id += len(new_ids)
+        for _ in frames:
+            self._window.popleft()
+        self.frames_emitted += count
         return out
 
 
