@@ -1,11 +1,13 @@
 """Online mode against offline: agreement and per-frame latency, for several look-ahead delays.
 
     python benchmarks/online.py --model tiny --frames 40
+    python benchmarks/online.py --model demo --frames 40                        # bundled trained demo model
     nice -n 10 python benchmarks/online.py --model vit-s --frames 20            # make_weights.py weights
     python benchmarks/online.py --model vit-s --checkpoint model_0009999.pth    # a trained model
 
 The tracker runs ONCE over a generated clip (moving textured ellipses, 640x360, as
-benchmarks/inference.py): the model steps do not depend on the delay, so the per-step eIoU and
+benchmarks/inference.py; for the demo model its own synthetic scene, 320x240, with ground truth,
+as `entitysam demo`): the model steps do not depend on the delay, so the per-step eIoU and
 low-res logits are kept and replayed through the offline merge and through the online merge for
 each delay (default 0, 4, 16). Per delay it prints:
 
@@ -19,6 +21,7 @@ each delay (default 0, 4, 16). Per delay it prints:
   informative when the panoptic output is empty, which happens with random weights (no query
   wins 70% of its own foreground; see ../shared/reference/README.md);
 * the mean absolute error of the running eIoU score at emission against the final one;
+* with ground truth (demo scene): VEQ of online and of offline against it;
 * per frame: model step time (frame 0 includes the three warm-up steps; the median is over the
   other frames), online merge time of a frame while the stream runs (median over the emissions
   of one frame, wall and process CPU: on a shared machine wall time includes waiting for the
@@ -54,6 +57,10 @@ def build_model(name: str, checkpoint: str | None, seed: int):
 
     if checkpoint:
         return load_entitysam(checkpoint, config=None if name == "auto" else name)
+    if name == "demo":
+        from entitysam.api import from_pretrained
+
+        return from_pretrained("demo")
     if name == "tiny":
         # Seeded tiny weights with distinct queries (as tests/_media.py): entities survive.
         from entitysam.config import get_config
@@ -186,8 +193,12 @@ def query_maps(maps: np.ndarray, owner: dict[int, int]) -> np.ndarray:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="vit-s", choices=("tiny", "vit-s", "vit-l", "auto"),
-                    help="configuration (with --checkpoint: 'auto' infers it from the file)")
+    ap.add_argument("--model", default="vit-s", choices=("tiny", "demo", "vit-s", "vit-l", "auto"),
+                    help="configuration (with --checkpoint: 'auto' infers it from the file); demo: the bundled "
+                         "demo model")
+    ap.add_argument("--clip", default="auto", choices=("auto", "ellipses", "demo"),
+                    help="ellipses (640x360) or the demo scene (320x240, with ground truth); auto: demo for the "
+                         "demo configuration")
     ap.add_argument("--checkpoint", default=None, help="a checkpoint file instead of generated weights")
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--delays", type=int, nargs="+", default=[0, 4, 16])
@@ -198,7 +209,15 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     model = build_model(args.model, args.checkpoint, args.seed)
-    clip = list(_inference_module().make_clip(args.frames))
+    gt = None
+    if args.clip == "demo" or (args.clip == "auto" and model.cfg.name == "demo"):
+        from entitysam.eval.synthetic import DEMO_DEFAULTS, render_demo_scene
+
+        rng = np.random.default_rng([DEMO_DEFAULTS["seed"], 9])  # the scene `entitysam demo` segments
+        images, gt = render_demo_scene(rng, args.frames, DEMO_DEFAULTS["height"], DEMO_DEFAULTS["width"])
+        clip = list(images)
+    else:
+        clip = list(_inference_module().make_clip(args.frames))
     out_size = clip[0].shape[:2]
     n, q = len(clip), model.cfg.num_queries
     step_scores, logits, model_s, model_cpu = track(model, clip)
@@ -226,16 +245,20 @@ def main() -> int:
             "model_cpu_s_per_frame": steady_cpu,
             **timing,
             "latency_s": (min(delay, n - 1) + 1) * steady + timing["merge_s_per_frame"],
+            "veq_vs_gt": None if gt is None else veq(gt, maps),
         })
     result = {"model": args.checkpoint or args.model, "config": model.cfg.name, "frames": n,
               "model_cpu_s_per_frame": steady_cpu,
               "size": list(out_size), "queries": q, "threads": args.threads, "offline_segments": len(off_owner),
-              "offline_merge_s": off_s, "model_s_frame0": model_s[0], "rows": rows}
+              "offline_merge_s": off_s, "offline_veq_vs_gt": None if gt is None else veq(gt, off_maps), "model_s_frame0": model_s[0], "rows": rows}
 
     print(f"\n{result['model']} ({model.cfg.name}), {n} frames {out_size[1]}x{out_size[0]}, Q={q}, "
           f"{args.threads} threads; offline: {len(off_owner)} segments, merge {off_s:.2f} s for the whole clip; "
           f"model: {steady:.2f} s/frame wall, {steady_cpu:.2f} s CPU (median; frame 0 with warm-up "
           f"{model_s[0]:.2f} s wall)")
+    if gt is not None:
+        print(f"ground truth: offline VEQ {result['offline_veq_vs_gt']:.2f}; online VEQ per delay: "
+              + ", ".join(f"{r['delay']}: {r['veq_vs_gt']:.2f}" for r in rows))
     if not off_owner:
         print("offline keeps NO segment (random weights: no query wins 70% of its own foreground), so VEQ is "
               "undefined; the per-query mask agreement (before the overlap test) is the informative column.")
