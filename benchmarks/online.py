@@ -76,20 +76,23 @@ def build_model(name: str, checkpoint: str | None, seed: int):
     return _inference_module().build_model(name, seed)  # make_weights.py weights
 
 
-def track(model, frames: list[np.ndarray]):
+def track(model, frames: list[np.ndarray], dtype: str = "float32"):
     """Run the tracker once. Returns per-step eIoU [S, Q], per-frame logits [Q, n, h, w] and
     per-frame model seconds, wall and CPU (frame 0 includes the warm-up steps)."""
+    from entitysam.api import precision_plan
     from entitysam.video.preprocess import preprocess_frame
     from entitysam.video.tracker import EntityTracker
 
-    tracker = EntityTracker(model)
+    context, attention_dtype = precision_plan(model, getattr(torch, dtype))
+    tracker = EntityTracker(model, attention_dtype=attention_dtype)
     scores, logits, seconds, cpu = [], [], [], []
     for t, image in enumerate(frames):
         t0, c0 = time.perf_counter(), time.process_time()
-        for step in tracker.track([(t, preprocess_frame(image, model.cfg.image_size))]):
-            scores.append(step.scores)
-            if not step.is_warmup:
-                logits.append(step.mask_logits[:, 0].float())
+        with context:
+            for step in tracker.track([(t, preprocess_frame(image, model.cfg.image_size))]):
+                scores.append(step.scores.float())
+                if not step.is_warmup:
+                    logits.append(step.mask_logits[:, 0].float())
         seconds.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
         print(f"frame {t}: {seconds[-1]:.2f} s wall, {cpu[-1]:.2f} s CPU", file=sys.stderr, flush=True)
@@ -203,6 +206,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--delays", type=int, nargs="+", default=[0, 4, 16])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                    help="model precision (api.precision_plan: on CPU bfloat16 = memory attention only)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -220,7 +225,7 @@ def main() -> int:
         clip = list(_inference_module().make_clip(args.frames))
     out_size = clip[0].shape[:2]
     n, q = len(clip), model.cfg.num_queries
-    step_scores, logits, model_s, model_cpu = track(model, clip)
+    step_scores, logits, model_s, model_cpu = track(model, clip, args.dtype)
     warmup = step_scores.shape[0] - n
     off_maps, off_owner, off_win, off_scores, off_s = offline_merge(step_scores, logits, out_size)
     off_q = query_maps(off_maps, off_owner)
@@ -249,11 +254,12 @@ def main() -> int:
         })
     result = {"model": args.checkpoint or args.model, "config": model.cfg.name, "frames": n,
               "model_cpu_s_per_frame": steady_cpu,
-              "size": list(out_size), "queries": q, "threads": args.threads, "offline_segments": len(off_owner),
+              "size": list(out_size), "queries": q, "threads": args.threads, "dtype": args.dtype,
+              "offline_segments": len(off_owner),
               "offline_merge_s": off_s, "offline_veq_vs_gt": None if gt is None else veq(gt, off_maps), "model_s_frame0": model_s[0], "rows": rows}
 
     print(f"\n{result['model']} ({model.cfg.name}), {n} frames {out_size[1]}x{out_size[0]}, Q={q}, "
-          f"{args.threads} threads; offline: {len(off_owner)} segments, merge {off_s:.2f} s for the whole clip; "
+          f"{args.threads} threads, {args.dtype}; offline: {len(off_owner)} segments, merge {off_s:.2f} s for the whole clip; "
           f"model: {steady:.2f} s/frame wall, {steady_cpu:.2f} s CPU (median; frame 0 with warm-up "
           f"{model_s[0]:.2f} s wall)")
     if gt is not None:
