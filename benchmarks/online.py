@@ -2,7 +2,7 @@
 
     python benchmarks/online.py --model tiny --frames 40
     python benchmarks/online.py --model demo --frames 40                        # bundled trained demo model
-    nice -n 10 python benchmarks/online.py --model vit-s --frames 20            # make_weights.py weights
+    python benchmarks/online.py --model vit-s --frames 20 --dtype bfloat16      # make_weights.py weights
     python benchmarks/online.py --model vit-s --checkpoint model_0009999.pth    # a trained model
 
 The tracker runs ONCE over a generated clip (moving textured ellipses, 640x360, as
