@@ -817,9 +817,16 @@ class OnlineStream:
     def __enter__(self) -> "OnlineStream":
         return self
 
+    def mark_interrupted(self) -> None:
+        """Record a Ctrl-C caught by the caller: it can land between two frames, outside this
+        stream's own calls, where the stream cannot see it. `close()` then finishes the files
+        with status "interrupted"."""
+        if self.status in ("running", "stopped"):
+            self._fail("interrupted", None)
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is KeyboardInterrupt and self.status in ("running", "stopped"):
-            self.status = "interrupted"
+        if exc_type is KeyboardInterrupt:
+            self.mark_interrupted()
         self.close()
 
     def __repr__(self) -> str:

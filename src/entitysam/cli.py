@@ -334,7 +334,7 @@ def _stream_one(model, source, name: str, out_root: Path, formats, args, say) ->
         for _ in s:
             pass
     except KeyboardInterrupt:
-        pass  # close() below emits the frames already processed and finishes the files
+        s.mark_interrupted()  # close() below emits the frames already processed and finishes the files
     except BaseException:
         s.close()
         if s.emitted:
