@@ -521,9 +521,16 @@ def test_live_http_source_faster_than_model(media, http_streams, tmp_path):
 # ----------------------------------------------------------------------------- interruptions
 
 
+# A shell without job control starts background commands with SIGINT ignored, and Python keeps an
+# ignored SIGINT ignored: a CI runner started that way would make every Ctrl-C test pass a signal
+# the child never sees. The child is given Python's own handler back, as in a terminal.
+WITH_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "runpy.run_module('entitysam', run_name='__main__', alter_sys=True)")
+
+
 def start_cli(media, tmp_path, video, *extra):
     err = open(tmp_path / "stderr.txt", "w")
-    p = subprocess.Popen([sys.executable, "-m", "entitysam", "segment", str(video), "-o", str(tmp_path / "out"),
+    p = subprocess.Popen([sys.executable, "-c", WITH_CTRL_C, "segment", str(video), "-o", str(tmp_path / "out"),
                           "--checkpoint", str(media / "tiny.pth"), "--online", "--threads", "1", "-q", *extra],
                          env=child_env(), stdout=subprocess.DEVNULL, stderr=err)
     return p, err
