@@ -67,12 +67,17 @@ def _register_onednn_flops() -> None:
 def build_model(name: str, seed: int):
     from entitysam.checkpoints import load_entitysam
 
-    if name == "tiny":  # no published layout: seeded default initialisation
+    if name == "tiny":  # no published layout: seeded initialisation, queries spread apart
         from entitysam.config import get_config
         from entitysam.modeling.entitysam import EntitySAM
 
         torch.manual_seed(seed)
-        return EntitySAM(get_config("tiny")).eval()
+        model = EntitySAM(get_config("tiny")).eval()
+        with torch.no_grad():  # distinct queries and offsets, so that entities survive the merge
+            for key, p in model.named_parameters():
+                if key.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
+                    p.normal_().mul_(3)
+        return model
 
     ref = Path(ROOT.parent / "shared" / "reference")
     spec = importlib.util.spec_from_file_location("make_weights", ref / "make_weights.py")

@@ -61,19 +61,7 @@ def build_model(name: str, checkpoint: str | None, seed: int):
         from entitysam.api import from_pretrained
 
         return from_pretrained("demo")
-    if name == "tiny":
-        # Seeded tiny weights with distinct queries (as tests/_media.py): entities survive.
-        from entitysam.config import get_config
-        from entitysam.modeling.entitysam import EntitySAM
-
-        torch.manual_seed(seed)
-        model = EntitySAM(get_config("tiny")).eval()
-        with torch.no_grad():
-            for key, p in model.named_parameters():
-                if key.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
-                    p.normal_().mul_(3)
-        return model
-    return _inference_module().build_model(name, seed)  # make_weights.py weights
+    return _inference_module().build_model(name, seed)  # tiny: seeded; vit-s/vit-l: make_weights.py
 
 
 def track(model, frames: list[np.ndarray], dtype: str = "float32"):

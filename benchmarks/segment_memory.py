@@ -27,20 +27,9 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[3]))
-from entitysam.config import get_config
-from entitysam.modeling.entitysam import EntitySAM
-
-if sys.argv[4] == "tiny":
-    torch.manual_seed(4)
-    model = EntitySAM(get_config("tiny")).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
-                p.normal_().mul_(3)
-else:
-    sys.path.insert(0, sys.argv[6])
-    from inference import build_model
-    model = build_model(sys.argv[4], 1234)
+sys.path.insert(0, sys.argv[6])
+from inference import build_model
+model = build_model(sys.argv[4], 4 if sys.argv[4] == "tiny" else 1234)
 t0 = time.perf_counter()
 with model.segment(sys.argv[1], work_dir=sys.argv[2], dtype=sys.argv[5], progress=False) as result:
     result.save(sys.argv[2] + "/out", formats=("panoptic", "entities", "overlay"))
