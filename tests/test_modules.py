@@ -213,19 +213,16 @@ def test_memory_attention_per_query_inference_equals_batched_training_path():
     torch.testing.assert_close(single[0], per_query[1], atol=1e-6, rtol=1e-6)
 
 
-def test_decoder_attention_projected_on_the_token_side_equals_standard_attention():
-    from entitysam.modeling.decoder import Attention
+def test_fused_linear_is_one_product_over_the_concatenation():
+    """Bit-identical to the official linear map on cat([sam, semantic]) (the ViT-L fixture needs it)."""
+    from entitysam.modeling.prompt import fused_linear
 
     torch.manual_seed(0)
-    attn = Attention(32, num_heads=4, downsample_rate=2).eval()
+    linear = torch.nn.Linear(48, 16)
+    sam, semantic = torch.randn(3, 64, 32), torch.randn(1, 64, 16)
     with torch.no_grad():
-        for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
-            lin.bias.normal_()
-    tokens, image = torch.randn(3, 4, 32), torch.randn(3, 64, 32)
-    torch.testing.assert_close(attn.few_to_many(tokens, image + 1, image), attn(tokens, image + 1, image),
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(attn.many_to_few(image, tokens + 1, tokens), attn(image, tokens + 1, tokens),
-                               atol=1e-5, rtol=1e-5)
+        expected = linear(torch.cat([sam, semantic.expand(3, -1, -1)], dim=-1))
+        assert torch.equal(fused_linear(linear, sam, semantic), expected)
 
 
 def test_bfloat16_memory_attention_mode_keeps_the_rest_in_float32(tiny_model):
@@ -246,3 +243,50 @@ def test_bfloat16_memory_attention_mode_keeps_the_rest_in_float32(tiny_model):
     assert low.dtype == torch.float32 and out.mask_logits.dtype == torch.float32
     assert not torch.equal(low, full)  # the attention really ran in bfloat16
     torch.testing.assert_close(low, full, atol=0.1, rtol=0.05)
+
+
+def test_point_sampler_rounds_exactly_as_the_official_call(tiny_model):
+    """Bit-identical to the official call sequence, not just close: the points feed random Fourier
+    features and, through the masks, the bfloat16 memory, where rounding differences grow."""
+    import torch.nn.functional as F
+
+    m, cfg = tiny_model, TINY
+    g = cfg.grid_size
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        frame = m.encode_frame(torch.randn(1, 3, cfg.image_size, cfg.image_size))
+        # official: the module called on the (1, g*g, C) tokens, softmax over positions, bmm with (row, col)
+        x = frame.vision.flatten(2).transpose(1, 2)
+        attended, _ = m.point_sampler_net(x, x, x)
+        weights = F.softmax(m.point_sampler_num(attended), dim=1).permute(0, 2, 1)
+        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        expected = torch.bmm(weights, torch.stack([rows, cols], -1).view(1, -1, 2).float())[0]
+        expected[:, 0] *= cfg.image_size / g
+        expected[:, 1] *= cfg.image_size / g
+        assert torch.equal(sample_points(x[0], (g, g), m.point_sampler_net, m.point_sampler_num, cfg.image_size),
+                           expected)
+
+
+
+def test_memory_encoder_rounds_exactly_as_the_official_call():
+    """The image features are channels-last; the official memory encoder gets a default-layout copy
+    ((HW, B, C) tokens viewed back as (B, C, H, W)), and at the published width (256) the 1x1
+    convolution rounds differently by layout. Bit-identical here, not just close."""
+    import dataclasses
+
+    import torch.nn.functional as F
+    from entitysam.config import get_config
+    from entitysam.modeling.entitysam import EntitySAM, FrameFeatures
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_config("tiny"), hidden_dim=256, mem_dim=64, image_size=256)
+    m = EntitySAM(cfg).eval()
+    g = cfg.image_size // cfg.backbone_stride
+    vision = torch.randn(1, 256, g, g).contiguous(memory_format=torch.channels_last)
+    frame = FrameFeatures(vision, None, (None, None), None)
+    logits = torch.randn(1, 1, 4 * g, 4 * g) * 4
+    with torch.inference_mode():
+        high = F.interpolate(logits, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False)
+        squashed = torch.sigmoid(high) * cfg.sigmoid_scale_for_mem_enc + cfg.sigmoid_bias_for_mem_enc
+        pix = vision.flatten(2).permute(2, 0, 1).permute(1, 2, 0).view(1, -1, g, g)
+        assert torch.equal(m.encode_memory(frame, logits), m.memory_encoder(pix, squashed))

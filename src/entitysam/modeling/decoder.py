@@ -54,48 +54,6 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
-    def _head_weights(self, linear: nn.Linear) -> torch.Tensor:
-        """Weight [inner, C] of a projection as [h, d, C]."""
-        return linear.weight.unflatten(0, (self.num_heads, -1))
-
-    def few_to_many(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`forward` when a few queries attend to many keys: q [B, T, C], k/v [B, N, C], T << N.
-
-        The key and value projections move to the query side:
-        `q . (W_k x + b_k) = (W_k^T q) . x + const` (constant over keys: cancels in the softmax)
-        and `sum a (W_v x + b_v) = W_v (sum a x) + b_v` (weights sum to one). Scores and the
-        weighted sum run over the raw C-wide keys, and the projected [B, N, inner] keys and
-        values are never built (4x fewer FLOPs for the decoder's 4 tokens vs 4096 pixels).
-        """
-        h = self.num_heads
-        qh = self.q_proj(q).unflatten(-1, (h, -1))  # [B, T, h, d]
-        scale = qh.shape[-1] ** -0.5
-        u = torch.einsum("bthd,hdc->bhtc", qh * scale, self._head_weights(self.k_proj))  # [B, h, T, C]
-        weights = torch.softmax(torch.matmul(u.flatten(1, 2), k.transpose(1, 2)), dim=-1)  # [B, hT, N]
-        pooled = torch.matmul(weights, v).unflatten(1, (h, -1))  # [B, h, T, C]
-        out = torch.einsum("bhtc,hdc->bthd", pooled, self._head_weights(self.v_proj)).flatten(2)
-        return self.out_proj(out + self.v_proj.bias)
-
-    def many_to_few(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """`forward` when many queries attend to a few keys: q [B, N, C], k/v [B, T, C], T << N.
-
-        The query projection moves to the key side (`(W_q x + b_q) . k = x . (W_q^T k) + b_q . k`,
-        the second term differs per key and is kept), and the output projection is folded into
-        the values (`W_o sum_t a_t v_t = sum_t a_t (W_o v_t)`), so each of the N rows costs two
-        C x hT products instead of two C x inner projections.
-        """
-        h, b, t = self.num_heads, q.shape[0], k.shape[1]
-        kh = self.k_proj(k).unflatten(-1, (h, -1))  # [B, T, h, d]
-        vh = self.v_proj(v).unflatten(-1, (h, -1))
-        scale = kh.shape[-1] ** -0.5
-        u = torch.einsum("bthd,hdc->bhtc", kh * scale, self._head_weights(self.q_proj))  # [B, h, T, C]
-        bias = torch.einsum("bthd,hd->bht", kh * scale, self.q_proj.bias.unflatten(0, (h, -1)))
-        # scores [B, h, T, N]: the softmax over T then runs along contiguous rows of N
-        scores = torch.matmul(u.flatten(1, 2), q.transpose(1, 2)).unflatten(1, (h, t)) + bias.unsqueeze(-1)
-        weights = torch.softmax(scores, dim=2).flatten(1, 2)  # [B, hT, N]
-        folded = torch.einsum("bthd,chd->bhtc", vh, self.out_proj.weight.unflatten(1, (h, -1)))  # [B, h, T, C]
-        return torch.matmul(weights.transpose(1, 2), folded.flatten(1, 2)) + self.out_proj.bias
-
 
 class QueryTwoWayBlock(nn.Module):
     """Global token self-attention, then grouped token->image, MLP and image->token attention."""
@@ -141,9 +99,9 @@ class QueryTwoWayBlock(nn.Module):
         t / pe [b, 4, C] grouped tokens, image [b, N, C], image_pe [1, N, C].
         """
         k = image + image_pe
-        t = self.norm2(t + self.cross_attn_token_to_image.few_to_many(t + pe, k, image))
+        t = self.norm2(t + self.cross_attn_token_to_image(t + pe, k, image))
         t = self.norm3(t + self.mlp(t))
-        image = self.norm4(image + self.cross_attn_image_to_token.many_to_few(k, t + pe, t))
+        image = self.norm4(image + self.cross_attn_image_to_token(k, t + pe, t))
         return t, image
 
 
@@ -163,8 +121,9 @@ class QueryTwoWayTransformer(nn.Module):
         token_pe = tokens
         for layer in self.layers:
             tokens, image = layer(tokens, image, token_pe, image_pe)
-        q = group_tokens(tokens + token_pe)
-        out = ungroup_tokens(self.final_attn_token_to_image.few_to_many(q, image + image_pe, image))
+        # contiguous, as the official concatenation: the projection of a strided view rounds differently
+        q = group_tokens(tokens + token_pe).contiguous()
+        out = ungroup_tokens(self.final_attn_token_to_image(q, image + image_pe, image))
         return self.norm_final_attn(tokens + out), image
 
 

@@ -28,7 +28,7 @@ from .decoder import EntityDecoder
 from .dinov2 import DinoV2
 from .hiera import ImageEncoder
 from .memory import MemoryAttention, MemoryEncoder
-from .prompt import PromptEncoder, offset_attention, sample_points, split_linear
+from .prompt import PromptEncoder, offset_attention, sample_points, fused_linear
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -155,7 +155,7 @@ class EntitySAM(nn.Module):
         class_logits = self.offset_cls(attended)  # [Q, 2]
 
         enhance = self.backbone_feature_enhancement
-        image = split_linear(enhance.weight, enhance.bias, feats, frame.semantic)  # [B, N, C]
+        image = fused_linear(enhance, feats, frame.semantic)  # [B, N, C]
         image = image.transpose(1, 2).unflatten(-1, (g, g))
         image = (image + self.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
         sparse = self.sam_prompt_encoder.embed_positive_points(points)
@@ -173,7 +173,10 @@ class EntitySAM(nn.Module):
         from main memory at every layer instead of staying in cache.
         """
         size = self.cfg.image_size
-        projected = self.memory_encoder.pix_feat_proj(frame.vision)
+        # The image encoder's features are channels-last; the official model feeds this 1x1
+        # convolution a default-layout copy ((HW, B, C) tokens viewed back as (B, C, H, W)), and the
+        # convolution kernel, hence its rounding, depends on the layout.
+        projected = self.memory_encoder.pix_feat_proj(frame.vision.contiguous())
         out = []
         for logits in mask_logits.split(chunk):
             high = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)

@@ -78,42 +78,30 @@ def sample_points(tokens: torch.Tensor, grid: tuple[int, int], sampler: nn.Multi
     """
     gh, gw = grid
     x = tokens.unsqueeze(0)  # [1, N, C]
-    attended = _mha(sampler, x, x, x)  # [1, N, C]
-    weights = F.softmax(head(attended), dim=1)[0]  # [N, Q]
+    # The module itself, not an equivalent re-implementation: at inference PyTorch runs its fused
+    # self-attention kernel, as in the official model. The points are a softmax-weighted mean over
+    # 4096 positions fed to random Fourier features, so a re-implementation's rounding (1e-4 here)
+    # moves them by up to 6e-3 px and every logit after them by ~1e-3 (ViT-L reference fixture).
+    attended, _ = sampler(x, x, x, need_weights=False)  # [1, N, C]
+    weights = F.softmax(head(attended), dim=1)  # [1, N, Q]
     rows, cols = torch.meshgrid(torch.arange(gh, device=x.device), torch.arange(gw, device=x.device),
                                 indexing="ij")
-    grid = torch.stack([rows, cols], dim=-1).reshape(-1, 2).float()  # [N, 2] as (row, col)
-    points = weights.transpose(0, 1) @ grid  # [Q, 2]
+    grid = torch.stack([rows, cols], dim=-1).reshape(1, -1, 2).float()  # [1, N, 2] as (row, col)
+    points = torch.bmm(weights.transpose(1, 2), grid)[0]  # [Q, 2]
     scale = torch.tensor([image_size / gw, image_size / gh], device=x.device)
     return points * scale
 
 
-def _mha(attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """nn.MultiheadAttention (batch-first, no weights returned) from its parameters.
+def fused_linear(linear: nn.Linear, sam: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+    """`linear(cat([sam, semantic], -1))` for the fused [SAM, DINOv2] features.
 
-    q [B, Nq, E], k/v [B, Nk, E] -> [B, Nq, E].
+    sam [B, N, C], semantic [1, N, Cs] (shared by all B) -> [B, N, out]. One product over the
+    concatenation, as the official model computes it: adding the products of the two halves
+    instead rounds differently (1e-5), and through the bfloat16 memory that grows step by step
+    past the reference tolerances on the ViT-L fixture. Built one row of B at a time, so the
+    [B, N, C + Cs] concatenation (420 MiB for 50 queries) never exists whole.
     """
-    e, h = attn.embed_dim, attn.num_heads
-    w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
-
-    def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.unflatten(-1, (h, e // h)).transpose(1, 2)  # [B, h, N, d]
-
-    out = F.scaled_dot_product_attention(heads(F.linear(q, w_q, b_q)), heads(F.linear(k, w_k, b_k)),
-                                         heads(F.linear(v, w_v, b_v)))
-    return attn.out_proj(out.transpose(1, 2).flatten(2))
-
-
-def split_linear(weight: torch.Tensor, bias: torch.Tensor | None, sam: torch.Tensor,
-                 semantic: torch.Tensor) -> torch.Tensor:
-    """`F.linear(cat([sam, semantic], -1), weight, bias)` without building the concatenation.
-
-    sam [B, N, C], semantic [1, N, Cs] (shared by all queries) -> [B, N, out]. The semantic half
-    of the product is computed once instead of once per query.
-    """
-    c = sam.shape[-1]
-    return F.linear(sam, weight[:, :c]) + F.linear(semantic, weight[:, c:], bias)
+    return torch.stack([linear(torch.cat([s, semantic[0]], dim=-1)) for s in sam])
 
 
 def offset_attention(attn: nn.MultiheadAttention, queries: torch.Tensor, sam: torch.Tensor,

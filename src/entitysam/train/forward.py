@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.entitysam import EntitySAM, FrameFeatures
-from ..modeling.prompt import offset_attention, sample_points, split_linear
+from ..modeling.prompt import offset_attention, sample_points, fused_linear
 from .criterion import Criterion
 
 
@@ -71,7 +71,7 @@ def train_step(model: EntitySAM, frame: FrameFeatures, memories: list[tuple[torc
     class_logits = model.offset_cls(attended)
 
     enhance = model.backbone_feature_enhancement
-    image = split_linear(enhance.weight, enhance.bias, feats, frame.semantic).transpose(1, 2).unflatten(-1, (g, g))
+    image = fused_linear(enhance, feats, frame.semantic).transpose(1, 2).unflatten(-1, (g, g))
     image = (image + model.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
     sparse = model.sam_prompt_encoder.embed_positive_points(points)
     masks, iou = model.sam_mask_decoder(image, model.sam_prompt_encoder.dense_pe(), sparse, frame.high_res)
