@@ -23,11 +23,11 @@ from entitysam.modeling.entitysam import EntitySAM
 
 # A shorter version of the default demo (same generator, size and seed; 16 instead of 40 frames).
 SHORT = {"num_frames": 16}
-# Measured on SHORT (docs/demo-model.md): the shipped weights (stage 1, iteration 5999) VEQ 0.433
-# (0.429 on the full 40 frames); random weights (seeds 0, 1, 2) 0.119, 0.000, 0.122. The bound sits
+# Measured on SHORT (docs/demo-model.md): the shipped weights (stage 1b, iteration 2749) VEQ 0.655
+# (0.610 on the full 40 frames); random weights (seeds 0, 1, 2) 0.119, 0.000, 0.122. The bound sits
 # between them.
-VEQ_BOUND = 0.30
-MARGIN = 0.10  # the shipped weights must clear the bound by this much
+VEQ_BOUND = 0.40
+MARGIN = 0.15  # the shipped weights must clear the bound by this much
 
 
 @pytest.fixture
