@@ -28,7 +28,7 @@ from .decoder import EntityDecoder
 from .dinov2 import DinoV2
 from .hiera import ImageEncoder
 from .memory import MemoryAttention, MemoryEncoder
-from .prompt import PromptEncoder, offset_attention, sample_points, fused_linear
+from .prompt import PromptEncoder, fused_linear, offset_attention, sample_points
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..modeling.entitysam import EntitySAM, FrameFeatures
-from ..modeling.prompt import offset_attention, sample_points, fused_linear
+from ..modeling.prompt import fused_linear, offset_attention, sample_points
 from .criterion import Criterion
 
 
