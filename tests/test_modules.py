@@ -290,3 +290,86 @@ def test_memory_encoder_rounds_exactly_as_the_official_call():
         squashed = torch.sigmoid(high) * cfg.sigmoid_scale_for_mem_enc + cfg.sigmoid_bias_for_mem_enc
         pix = vision.flatten(2).permute(2, 0, 1).permute(1, 2, 0).view(1, -1, g, g)
         assert torch.equal(m.encode_memory(frame, logits), m.memory_encoder(pix, squashed))
+
+
+def _official_memory_attention(ma: MemoryAttention, curr, curr_pos, memory, memory_pos):
+    """SAM 2.1's memory attention transcribed op for op (sequence-first tensors viewed batch-first,
+    RoPE as a complex product with `torch.polar` tables, SDPA on projected keys and values)."""
+    import torch.nn.functional as F
+
+    def cis(dim, side):
+        freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
+        t = torch.arange(side * side, dtype=torch.float32)
+        t_x, t_y = (t % side).float(), torch.div(t, side, rounding_mode="floor").float()
+        fx, fy = torch.outer(t_x, freqs), torch.outer(t_y, freqs)
+        return torch.cat([torch.polar(torch.ones_like(fx), fx), torch.polar(torch.ones_like(fy), fy)], dim=-1)
+
+    def attention(a, q, k, v):
+        q, k, v = a.q_proj(q).unsqueeze(1), a.k_proj(k).unsqueeze(1), a.v_proj(v).unsqueeze(1)
+        side = int(q.shape[-2] ** 0.5)
+        table = cis(q.shape[-1], side)
+        qc = torch.view_as_complex(q.float().reshape(*q.shape[:-1], -1, 2))
+        kc = torch.view_as_complex(k.float().reshape(*k.shape[:-1], -1, 2))
+        r = kc.shape[-2] // qc.shape[-2]
+        ktable = table.view(1, 1, *table.shape).unsqueeze(2).expand(-1, -1, r, -1, -1).flatten(2, 3)
+        q = torch.view_as_real(qc * table.view(1, 1, *table.shape)).flatten(3)
+        k = torch.view_as_real(kc * ktable).flatten(3)
+        return a.out_proj(F.scaled_dot_product_attention(q, k, v).squeeze(1))
+
+    x = (curr + 0.1 * curr_pos).transpose(0, 1)  # [N, B, C] -> batch-first view
+    memory, memory_pos = memory.transpose(0, 1), memory_pos.transpose(0, 1)
+    for layer in ma.layers:
+        h = layer.norm1(x)
+        x = x + attention(layer.self_attn, h, h, h)
+        h = layer.norm2(x)
+        x = x + attention(layer.cross_attn_image, h, memory + memory_pos, memory)
+        x = x + layer.linear2(F.relu(layer.linear1(layer.norm3(x))))
+    return ma.norm(x)
+
+
+def test_rope_tables_are_the_official_polar_tables():
+    """Through torch.polar as official: torch.cos/sin differ in the last bit at the published size."""
+    dim, side = 256, 64
+    freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
+    t = torch.arange(side * side, dtype=torch.float32)
+    angles = torch.cat([torch.outer(t % side, freqs), torch.outer(torch.div(t, side, rounding_mode="floor"), freqs)], -1)
+    table = torch.polar(torch.ones_like(angles), angles)
+    cos, sin = rope_tables(dim, side)
+    assert torch.equal(cos, table.real) and torch.equal(sin, table.imag)
+
+
+def test_exact_memory_attention_is_the_official_computation_bit_for_bit():
+    """`exact=True` rounds as the official batched computation (published widths, small grid);
+    the default per-query path computes the same maths in another order."""
+    torch.manual_seed(0)
+    ma = MemoryAttention(256, 64, num_layers=2, ffn_dim=2048).eval()
+    b, n = 3, 64  # 3 queries, 8 x 8 grid, 2 memory frames
+    curr, pos = torch.randn(n, 1, 256).expand(-1, b, -1), torch.randn(n, 1, 256).expand(-1, b, -1)
+    memory = torch.randn(2 * n, b, 64).bfloat16().float()
+    memory_pos = torch.randn(2 * n, 1, 64).expand(-1, b, -1)
+    with torch.no_grad():
+        expected = _official_memory_attention(ma, curr, pos, memory, memory_pos)
+        args = (curr[:, :1].transpose(0, 1), pos[:, :1].transpose(0, 1), memory.transpose(0, 1).bfloat16(),
+                memory_pos[:, :1].transpose(0, 1))
+        exact = ma(*args, exact=True)
+        fast = ma(*args)
+    assert torch.equal(exact, expected)
+    assert not torch.equal(fast, expected)
+    torch.testing.assert_close(fast, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_exact_offset_attention_is_the_official_call_bit_for_bit():
+    from entitysam.modeling.prompt import offset_attention, offset_attention_as_official
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(512, 8, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_bias.normal_()
+        queries = torch.randn(3, 512)
+        sam, semantic = torch.randn(3, 64, 256), torch.randn(1, 64, 256)
+        fused = torch.cat([sam, semantic.expand(3, -1, -1)], dim=-1)
+        expected, _ = mha(queries.unsqueeze(1), fused, fused)  # official: whole batch, need_weights=True
+        assert torch.equal(offset_attention_as_official(mha, queries, sam, semantic), expected[:, 0])
+        assert not torch.equal(offset_attention(mha, queries, sam, semantic), expected[:, 0])
+        shared, _ = mha(queries.unsqueeze(1), fused[:1].expand(3, -1, -1), fused[:1].expand(3, -1, -1))
+        assert torch.equal(offset_attention_as_official(mha, queries, sam[:1], semantic), shared[:, 0])

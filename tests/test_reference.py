@@ -7,6 +7,9 @@ ENTITYSAM_REFERENCE_DIR) holds frames, `meta.json` (weight seed, variant), `gold
 and run through the public video path; every golden array is compared with the tolerances the
 fixture's README recommends. ENTITYSAM_REFERENCE_FRAMES sets how many leading real frames are
 compared (default 1: the three warm-up steps and the first output frame; `all`: every frame).
+ENTITYSAM_REFERENCE_EXACT=1 runs the exact mode (`segment(..., exact=True)`: the official order of
+operations) instead of the default fast one; same tolerances, and the report says which steps
+are bit-identical.
 """
 
 from __future__ import annotations
@@ -44,6 +47,10 @@ def frames_to_compare(total: int) -> int:
     return total if value == "all" else min(int(value), total)
 
 
+def exact_mode() -> bool:
+    return os.environ.get("ENTITYSAM_REFERENCE_EXACT", "0") not in ("", "0")
+
+
 @pytest.fixture(scope="module")
 def fixture():
     path = fixture_dir()
@@ -71,8 +78,9 @@ def official_run(fixture, tmp_path_factory):
     frames = ((i, preprocess_frame(Image.open(path / "frames" / name), size))
               for i, name in enumerate(meta["frame_names"][:n]))
     start = time.time()
-    result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True)
-    print(f"\n{meta['variant']}: {n} frames, {len(result.steps)} steps in {time.time() - start:.1f} s")
+    result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True, exact=exact_mode())
+    mode = "exact" if exact_mode() else "default"
+    print(f"\n{meta['variant']} ({mode} mode): {n} frames, {len(result.steps)} steps in {time.time() - start:.1f} s")
     return n, result
 
 
@@ -99,7 +107,8 @@ def test_per_step_outputs_match_golden(fixture, official_run):
         point_diff = np.abs(s.points.numpy() - golden["sampled_point_coords"][p]).max()
         print(f"step {p}: logits within tolerance {within:.5f}, median |diff| {np.median(diff):.1e}, "
               f"99.9% |diff| {np.quantile(diff, 0.999):.3f}, sign mismatch {sign_diff.mean():.1e}, "
-              f"eIoU max |diff| {eiou_diff:.1e}, points max |diff| {point_diff:.1e} px")
+              f"eIoU max |diff| {eiou_diff:.1e}, points max |diff| {point_diff:.1e} px"
+              + (", logits bit-identical" if not diff.any() else ""))
         atol = 2e-3 if p < 3 else 5e-3
         np.testing.assert_allclose(s.scores.numpy(), golden["pred_eiou"][p], atol=atol, rtol=0)
         np.testing.assert_allclose(s.points.numpy(), golden["sampled_point_coords"][p], atol=0.05, rtol=0)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from _media import FPS, H, W, scene, tiny_state_dict, write_frames, write_video
 from entitysam import EntitySAM, cli
+from entitysam.errors import EntitySAMError
 from entitysam.video.preprocess import preprocess_frame
 from entitysam.video.segment import segment_video
 from entitysam.video.sources import open_source
@@ -296,3 +297,24 @@ def test_reduced_precision_on_cpu(model, dtype):
     with model.segment(frames, dtype=dtype) as result:
         assert len(result) == 1 and result.model_info["dtype"] == dtype
         assert result[0].shape == (H, W)
+
+
+def test_exact_mode(media, model, reference, tmp_path, capsys):
+    """`--exact` (official order of operations) runs through the same outputs; float32 only."""
+    with model.segment(media / "clip.mp4", exact=True) as result:
+        assert result.model_info["exact"] is True
+        exact = np.stack(list(result))
+    assert exact.shape == reference.panoptic.id_maps.shape
+    assert (exact == reference.panoptic.id_maps).mean() > 0.99  # same maths, other rounding
+    with pytest.raises(EntitySAMError, match="exact mode computes in float32"):
+        model.segment(media / "clip.mp4", exact=True, dtype="bfloat16")
+    with pytest.raises(EntitySAMError, match="exact mode computes in float32"):
+        model.stream(media / "clip.mp4", exact=True, dtype="float16")
+    ck = ["--checkpoint", media / "tiny.pth"]
+    assert run(media / "still.png", "-o", tmp_path / "o", *ck, "--exact", "--dtype", "bfloat16", "-q") == 1
+    assert "use --dtype float32" in capsys.readouterr().err
+    assert run(media / "clip.mp4", "-o", tmp_path / "o", *ck, "--exact", "--save", "panoptic", "-q") == 0
+    manifest = json.loads((tmp_path / "o" / "clip" / MANIFEST).read_text())
+    assert manifest["model"]["exact"] is True
+    np.testing.assert_array_equal(read_pngs(tmp_path / "o" / "clip" / "panoptic", [f"{t:06d}" for t in range(N_FRAMES)]),
+                                  exact)

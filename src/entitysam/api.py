@@ -103,6 +103,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return getattr(torch, name)
 
 
+def _check_exact(exact: bool, compute_dtype: torch.dtype) -> None:
+    if exact and compute_dtype != torch.float32:
+        name = str(compute_dtype).replace("torch.", "")
+        raise EntitySAMError(f"exact mode computes in float32 (the official CPU arithmetic), not {name}: "
+                             "use --dtype float32")
+
+
 def precision_plan(model: EntitySAM, compute_dtype: torch.dtype):
     """How a compute dtype is applied: (context to run the video in, memory-attention dtype).
 
@@ -398,7 +405,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
             fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
             logits_dtype: str = "float32", work_dir: str | os.PathLike | None = None,
             save_logits: str | os.PathLike | None = None, progress: bool = False,
-            on_frame: Callable[[int], None] | None = None) -> SegmentationResult:
+            on_frame: Callable[[int], None] | None = None, exact: bool = False) -> SegmentationResult:
     """Segment and track every entity of `video`.
 
     video: a video file, a folder of frames, an image, a [n, H, W, 3] uint8 array or a list of
@@ -410,25 +417,29 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     temporary disk space, tiny differences possible). work_dir: folder for temporary files
     (default: the system temp folder). save_logits: write the low-res logits and scores to this
     .npz. progress: show a progress bar (stderr). on_frame: called with t after each frame.
+    exact: compute in the official order of floating-point operations (float32 only; about the
+    official speed, ~2x slower than the default, whose outputs differ from the official ones by
+    rounding); for bit-for-bit comparisons with the official implementation.
     """
     selection = FrameSelection(start, end, stride, max_frames)
     source = open_source(video, selection, fps=fps, name=name)
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
+    _check_exact(exact, compute_dtype)
     if logits_dtype not in ("float32", "float16"):
         raise EntitySAMError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
 
     workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
     try:
         return _segment(model, source, compute_dtype, np.dtype(logits_dtype), workdir, save_logits, progress,
-                        on_frame)
+                        on_frame, exact)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
 
 
 def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, logits_dtype: np.dtype,
-             workdir: Path, save_logits, progress: bool, on_frame) -> SegmentationResult:
+             workdir: Path, save_logits, progress: bool, on_frame, exact: bool = False) -> SegmentationResult:
     frames_iter = iter(source)
     first = next(frames_iter)  # raises SourceError for an empty selection
     size = first.size
@@ -480,7 +491,7 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
             result = segment_video(model, inputs(), size, logits_dtype=logits_dtype, on_step=on_step,
                                    work_dir=workdir, frames_out=frames_out, on_logits=on_logits,
                                    memory_dtype=torch.float16 if compute_dtype == torch.float16 else None,
-                                   attention_dtype=attention_dtype,
+                                   attention_dtype=attention_dtype, exact=exact,
                                    frame_chunk=1)  # one frame at a time: lowest, flat peak memory
     finally:
         id_maps.finish()
@@ -494,12 +505,14 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
     fps = source.fps / source.selection.stride
     return SegmentationResult(name=source.name, source=source, size=size, fps=fps, frames=infos, entities=entities,
                               scores=result.scores, id_maps=id_maps, workdir=workdir,
-                              model_info=_model_info(model, compute_dtype), timings={"segment": elapsed})
+                              model_info=_model_info(model, compute_dtype, exact), timings={"segment": elapsed})
 
 
-def _model_info(model: EntitySAM, compute_dtype: torch.dtype) -> dict[str, Any]:
+def _model_info(model: EntitySAM, compute_dtype: torch.dtype, exact: bool = False) -> dict[str, Any]:
     info = {"config": model.cfg.name, "dtype": str(compute_dtype).replace("torch.", ""),
             "device": str(next(model.parameters()).device)}
+    if exact:
+        info["exact"] = True
     checkpoint = getattr(model, "checkpoint_path", None)
     if checkpoint:
         info["checkpoint"] = str(checkpoint)
@@ -569,7 +582,7 @@ class OnlineStream:
 
     def __init__(self, model: EntitySAM, source: FrameSource, *, delay: int, live: bool, queue_size: int,
                  compute_dtype: torch.dtype, output: Path | None, formats: tuple[str, ...], labels: bool,
-                 overwrite: bool, keep_images: bool, progress: bool):
+                 overwrite: bool, keep_images: bool, progress: bool, exact: bool = False):
         from .video.online import FrameReader  # noqa: PLC0415
         from .video.tracker import EntityTracker  # noqa: PLC0415
 
@@ -596,7 +609,7 @@ class OnlineStream:
         self._latency_sum = 0.0
         self._latency_max = 0.0
         self._tracks: dict[int, list] = {}  # id -> [query, score, first, last, count, area]
-        self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype)[1])
+        self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype)[1], exact=exact)
         if compute_dtype == torch.float16:
             self._tracker.bank.dtype = torch.float16  # autocast cannot mix a bfloat16 bank in
         self._merger = None  # created with the first frame (its size is the output size)
@@ -764,7 +777,7 @@ class OnlineStream:
             "queue_size": self.queue_size,
             "size": list(self.size) if self.size else None,
             "fps": self.fps,
-            "model": _model_info(self.model, self.compute_dtype),
+            "model": _model_info(self.model, self.compute_dtype, self._tracker.exact),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -839,7 +852,7 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
            fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
            live: bool | None = None, queue_size: int = 4, output: str | os.PathLike | None = None,
            formats: Sequence[str] | str = DEFAULT_FORMATS, labels: bool = False, overwrite: bool = False,
-           keep_images: bool = True, progress: bool = False) -> OnlineStream:
+           keep_images: bool = True, progress: bool = False, exact: bool = False) -> OnlineStream:
     """Segment and track every entity of `video` online: one result per frame, in order, right
     after the frame is processed (``delay=0``) or after ``delay`` more frames (look-ahead).
 
@@ -867,7 +880,8 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     source = open_source(video, selection, fps=fps, name=name)
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
+    _check_exact(exact, compute_dtype)
     is_live = source.kind == "live" if live is None else bool(live)
     return OnlineStream(model, source, delay=delay, live=is_live, queue_size=queue_size,
                         compute_dtype=compute_dtype, output=out, formats=fmts, labels=labels, overwrite=overwrite,
-                        keep_images=keep_images, progress=progress)
+                        keep_images=keep_images, progress=progress, exact=exact)

@@ -115,7 +115,10 @@ def _rope_tables_cpu(dim: int, side: int, theta: float) -> tuple[torch.Tensor, t
     t_x = t % side  # column
     t_y = torch.div(t, side, rounding_mode="floor")  # row
     angles = torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)  # [N, dim/2]
-    return torch.cos(angles), torch.sin(angles)
+    # Through torch.polar, as the official tables: its cos/sin differ from torch.cos/torch.sin in
+    # the last bit for some angles, which moves rotated keys by up to 5e-7.
+    table = torch.polar(torch.ones_like(angles), angles)
+    return table.real.contiguous(), table.imag.contiguous()
 
 
 def rope_tables(dim: int, side: int, theta: float = 10000.0,

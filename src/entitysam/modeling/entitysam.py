@@ -28,7 +28,7 @@ from .decoder import EntityDecoder
 from .dinov2 import DinoV2
 from .hiera import ImageEncoder
 from .memory import MemoryAttention, MemoryEncoder
-from .prompt import PromptEncoder, fused_linear, offset_attention, sample_points
+from .prompt import PromptEncoder, fused_linear, offset_attention, offset_attention_as_official, sample_points
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -111,7 +111,7 @@ class EntitySAM(nn.Module):
 
     # ------------------------------------------------------------------ per step
     def condition_on_memory(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
-                            attention_dtype: torch.dtype | None = None) -> torch.Tensor:
+                            attention_dtype: torch.dtype | None = None, exact: bool = False) -> torch.Tensor:
         """Memory-conditioned features [B, N, C] (B = 1 without memory, else Q).
 
         memories: (memory [Q, mem_dim, g, g], steps_back r >= 1) pairs, oldest first. The
@@ -119,6 +119,7 @@ class EntitySAM(nn.Module):
         attention_dtype: run the memory attention alone under autocast in this dtype (the CPU
         bfloat16 mode: it is ~85% of the arithmetic, and the only part whose reduced precision
         leaves the masks within 1% of float32).
+        exact: the official order of operations (see `MemoryAttention._forward_as_official`).
         """
         curr = frame.vision.flatten(2).transpose(1, 2)  # [1, N, C]
         if not memories:
@@ -129,27 +130,32 @@ class EntitySAM(nn.Module):
         memory = torch.cat([mem.flatten(2).transpose(1, 2) for mem, _ in memories], dim=1)
         memory_pos = torch.cat([mem_pe + self.maskmem_tpos_enc[r - 1, 0] for _, r in memories], dim=0)
         if attention_dtype is None:
-            return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0))
+            return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0), exact=exact)
+        if exact:
+            raise ValueError("exact mode runs in float32 (the official CPU arithmetic)")
         with torch.autocast(curr.device.type, dtype=attention_dtype):
             return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0)).float()
 
     def step(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
              points: torch.Tensor | None, encode_memory: bool = True,
-             attention_dtype: torch.dtype | None = None) -> StepOutput:
+             attention_dtype: torch.dtype | None = None, exact: bool = False) -> StepOutput:
         """One tracking step.
 
         memories, attention_dtype: see `condition_on_memory` (memories empty on the first step).
+        exact: the official order of operations in the memory and offset attentions, where the
+        default reorders them for speed (same maths, rounding differs by ~1e-5 per step).
         points [Q, 2]: the previous step's points, or None on the first step, where the point
         sampler places them.
         """
         cfg = self.cfg
         q, g = cfg.num_queries, cfg.grid_size
-        feats = self.condition_on_memory(frame, memories, attention_dtype)  # [B, N, C]; semantic half [1, N, C]
+        feats = self.condition_on_memory(frame, memories, attention_dtype, exact)  # [B, N, C]; semantic half [1, N, C]
 
         if points is None:
             points = sample_points(feats[0], (g, g), self.point_sampler_net, self.point_sampler_num,
                                    cfg.image_size)
-        attended = offset_attention(self.offset_attention, self.offset_embedding.weight, feats, frame.semantic)
+        attend = offset_attention_as_official if exact else offset_attention
+        attended = attend(self.offset_attention, self.offset_embedding.weight, feats, frame.semantic)
         if memories:
             points = points + self.offset_fc(attended)
         class_logits = self.offset_cls(attended)  # [Q, 2]

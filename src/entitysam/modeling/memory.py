@@ -183,9 +183,12 @@ class MemoryAttention(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, curr: torch.Tensor, curr_pos: torch.Tensor, memory: torch.Tensor,
-                memory_pos: torch.Tensor) -> torch.Tensor:
+                memory_pos: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """exact: (inference) the official order of operations, see `_forward_as_official`."""
         x = curr + 0.1 * curr_pos
         if not self.training and not torch.is_grad_enabled():
+            if exact:
+                return self._forward_as_official(x, memory, memory_pos)
             return self._forward_per_query(x, memory, memory_pos)
         memory = memory.to(x.dtype)
         for layer in self.layers:
@@ -211,6 +214,24 @@ class MemoryAttention(nn.Module):
             for layer in self.layers[1:]:
                 y = layer.feed_forward_one(layer.cross_attend_one(layer.self_attend_one(y), mem, pos))
             out[b] = self.norm(y)
+        return out
+
+    def _forward_as_official(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor) -> torch.Tensor:
+        """Inference in the official order of operations, one query at a time.
+
+        Every layer of every query is recomputed, keys and values are projected to 256-d before
+        `scaled_dot_product_attention`: the rounding of the official model (the per-step outputs
+        on CPU are bit-identical to it), at its speed. `_forward_per_query` is ~2x faster and
+        differs by ~1e-5 per step, which the bfloat16 memory carries forward.
+        """
+        out = x.new_empty(memory.shape[0], *x.shape[1:])
+        for b in range(memory.shape[0]):
+            pos = memory_pos[:1] if memory_pos.shape[0] == 1 else memory_pos[b:b + 1]
+            mem = memory[b:b + 1].to(x.dtype)
+            y = x
+            for layer in self.layers:
+                y = layer(y, mem, pos)
+            out[b] = self.norm(y[0])
         return out
 
 

@@ -133,3 +133,17 @@ def offset_attention(attn: nn.MultiheadAttention, queries: torch.Tensor, sam: to
     pooled = torch.cat([mean_sam, mean_sem], dim=-1)  # [Q, h, E]: attention-weighted fused features
     out = torch.einsum("qhc,hdc->qhd", pooled, w_v.unflatten(0, (h, d))).flatten(1) + b_v
     return attn.out_proj(out)
+
+
+def offset_attention_as_official(attn: nn.MultiheadAttention, queries: torch.Tensor, sam: torch.Tensor,
+                                 semantic: torch.Tensor) -> torch.Tensor:
+    """`offset_attention` computed as the official model does: the module called once on all
+    queries' concatenated features [Q, N, E], with its default `need_weights=True` (the explicit
+    attention path). Same arguments and result; it builds the [Q, N, E] features and their
+    [N, Q, 2E] key/value projections (1.3 GB for the published models). The whole batch is
+    needed for the official rounding: the module projects the sequence-first view of its input
+    as N products of [Q, E] rows, whose rounding depends on Q."""
+    q = queries.shape[0]
+    fused = torch.cat([sam.expand(q, -1, -1), semantic.expand(q, -1, -1)], dim=-1)
+    attended, _ = attn(queries.unsqueeze(1), fused, fused)  # [Q, 1, E]
+    return attended[:, 0]

@@ -87,6 +87,7 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
                   on_logits: Callable[[LogitStore, torch.Tensor], None] | None = None,
                   memory_dtype: torch.dtype | None = None,
                   attention_dtype: torch.dtype | None = None,
+                  exact: bool = False,
                   frame_chunk: int | None = None) -> VideoSegmentation:
     """Segment and track every entity of a video.
 
@@ -101,10 +102,12 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
     float16 autocast needs float16 here (it cannot mix bfloat16 inputs).
     attention_dtype: run only the memory attention in this dtype (see
     `EntitySAM.condition_on_memory`; the CPU bfloat16 mode).
+    exact: the official order of floating-point operations (see `EntitySAM.step`; about the
+    official speed, per-step outputs bit-identical to it on the same CPU and thread count).
     frame_chunk: frames merged together (None: memory-budgeted default; any value gives the
     same maps, 1 keeps peak memory lowest and flat).
     """
-    tracker = EntityTracker(model, attention_dtype=attention_dtype)
+    tracker = EntityTracker(model, attention_dtype=attention_dtype, exact=exact)
     if memory_dtype is not None:
         tracker.bank.dtype = memory_dtype
     step_scores: list[torch.Tensor] = []  # [Q] per step: 200 bytes a frame

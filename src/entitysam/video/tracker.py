@@ -70,9 +70,10 @@ class EntityTracker:
     """
 
     def __init__(self, model: EntitySAM, fill_hole_area: int | None = None,
-                 attention_dtype: torch.dtype | None = None):
+                 attention_dtype: torch.dtype | None = None, exact: bool = False):
         self.model = model
         self.attention_dtype = attention_dtype  # see EntitySAM.condition_on_memory
+        self.exact = exact  # see EntitySAM.step
         self.cfg = model.cfg
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
         self.bank = MemoryBank(self.cfg.num_maskmem)
@@ -93,7 +94,8 @@ class EntityTracker:
         """Run one step on `image` [1, 3, S, S] (preprocessed) of frame `frame_index`."""
         frame = self._features_for(frame_index, image)
         p = self.step_index
-        out = self.model.step(frame, self.bank.recall(p), self.points, attention_dtype=self.attention_dtype)
+        out = self.model.step(frame, self.bank.recall(p), self.points, attention_dtype=self.attention_dtype,
+                              exact=self.exact)
         self.points = out.points
         if out.memory is not None:
             self.bank.add(p, out.memory)
