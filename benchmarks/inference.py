@@ -1,6 +1,6 @@
 """Per-step inference speed, per-part FLOPs and peak memory of EntitySAM on this machine.
 
-    python benchmarks/inference.py --model vit-s --frames 6 --dtype float32 [--json out.json]
+    python benchmarks/inference.py --model vit-s --frames 6 --dtype float32 [--exact] [--json out.json]
 
 Builds the model from `make_weights.py` weights (../shared/reference), runs the official
 schedule on a generated clip (moving textured ellipses, 640x360) and prints, per part of the
@@ -141,7 +141,7 @@ def run(args) -> dict:
     clip = make_clip(args.frames)
     # as `entitysam segment --dtype`: on CPU bfloat16 runs the memory attention only
     autocast, attention_dtype = precision_plan(model, getattr(torch, args.dtype))
-    tracker = EntityTracker(model, attention_dtype=attention_dtype)
+    tracker = EntityTracker(model, attention_dtype=attention_dtype, exact=args.exact)
     frames = ((i, preprocess_frame(f, model.cfg.image_size)) for i, f in enumerate(clip))
     steps = []
     start = time.perf_counter()
@@ -169,7 +169,7 @@ def run(args) -> dict:
         f = statistics.median(s["flops"].get(part, 0.0) for s in steady)
         table.append(dict(part=part, seconds=t, gflop=f / 1e9,
                           gflops_per_s=(f / 1e9 / t) if t > 0 else 0.0))
-    return dict(model=args.model, dtype=args.dtype, threads=args.threads, frames=args.frames,
+    return dict(model=args.model, dtype=args.dtype, exact=args.exact, threads=args.threads, frames=args.frames,
                 steps=len(steps), total_s=total, frames_per_s=args.frames / total,
                 median_steady_step_s=statistics.median(s["seconds"] for s in steady),
                 steady_memories=most, peak_rss_mb=peak_rss_mb(), parts=table, per_step=steps)
@@ -177,7 +177,7 @@ def run(args) -> dict:
 
 def print_table(res: dict) -> None:
     peak = PEAK_GFLOPS[res["dtype"]]
-    print(f"\n{res['model']} {res['dtype']} {res['threads']} threads: {res['frames']} frames, "
+    print(f"\n{res['model']} {res['dtype']}{' exact' if res.get('exact') else ''} {res['threads']} threads: {res['frames']} frames, "
           f"{res['steps']} steps in {res['total_s']:.1f} s = {res['frames_per_s']:.4f} frames/s; "
           f"median steady step ({res['steady_memories']} memories) {res['median_steady_step_s']:.1f} s; "
           f"peak RSS {res['peak_rss_mb']:.0f} MB")
@@ -212,6 +212,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit-s", choices=sorted(MANIFESTS) + ["tiny"])
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--dtype", default="float32", choices=sorted(PEAK_GFLOPS))
+    parser.add_argument("--exact", action="store_true", help="the official order of operations (float32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", type=Path)
