@@ -72,7 +72,7 @@ def _add_segment_parser(sub) -> None:
                      help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere")
     mod.add_argument("--exact", action="store_true",
                      help="float32 in the official order of operations: the official outputs bit for bit on CPU "
-                          "(same thread count), at about the official speed (default: ~2x faster, equal up to rounding)")
+                          "(same thread count), at about the official speed (default: 1.6x the official speed on ViT-S, equal up to rounding)")
     mod.add_argument("--threads", type=int, default=None, metavar="N",
                      help="CPU threads for torch (default: torch's choice, usually the number of cores)")
     out = p.add_argument_group("outputs")
