@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from entitysam.config import get_config
-from entitysam.modeling.common import apply_rope, rope_tables, sine_position_encoding
+from entitysam.modeling.common import apply_rope, rope_table, sine_position_encoding
 from entitysam.modeling.decoder import group_tokens, ungroup_tokens
 from entitysam.modeling.dinov2 import DinoV2
 from entitysam.modeling.hiera import ImageEncoder, window_partition, window_unpartition
@@ -56,11 +56,17 @@ def test_sine_position_encoding_layout():
     assert torch.allclose(pe[4:, 0:1, :].expand(-1, 3, -1), pe[4:])
 
 
-def test_rope_equals_complex_rotation():
-    x = torch.randn(2, 16, 8)
-    cos, sin = rope_tables(8, 4)
-    ref = torch.view_as_real(torch.view_as_complex(x.reshape(2, 16, 4, 2)) * torch.polar(torch.ones_like(cos), torch.atan2(sin, cos))).flatten(-2)
-    torch.testing.assert_close(apply_rope(x, cos, sin), ref)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_is_the_written_out_rotation_bit_for_bit(dtype):
+    """Each channel pair (a, b) of grid token t becomes (a cos - b sin, a sin + b cos), the same
+    table for each of the 3 grids of 16 tokens."""
+    x = torch.randn(2, 3 * 16, 8).to(dtype)
+    table = rope_table(8, 4)
+    cos, sin = table.real.repeat(3, 1), table.imag.repeat(3, 1)
+    a, b = x.float()[..., 0::2], x.float()[..., 1::2]
+    ref = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).to(dtype)
+    out = apply_rope(x, table)
+    assert out.dtype == dtype and torch.equal(out, ref)
 
 
 def test_dinov2_position_embedding_uses_scale_factor_rule():
@@ -175,11 +181,10 @@ def test_offset_attention_equals_multihead_attention_on_concatenated_features():
 
 def test_cached_tables_made_under_inference_mode_work_with_autograd():
     with torch.inference_mode():
-        rope_tables(8, 5)
+        rope_table(8, 5)
         sine_position_encoding(8, 5, 5)
     x = torch.randn(25, 8, requires_grad=True)
-    cos, sin = rope_tables(8, 5)
-    (apply_rope(x, cos, sin).sum() + sine_position_encoding(8, 5, 5).sum()).backward()
+    (apply_rope(x, rope_table(8, 5)).sum() + sine_position_encoding(8, 5, 5).sum()).backward()
     assert x.grad is not None
 
 
@@ -327,15 +332,14 @@ def _official_memory_attention(ma: MemoryAttention, curr, curr_pos, memory, memo
     return ma.norm(x)
 
 
-def test_rope_tables_are_the_official_polar_tables():
+def test_rope_table_is_the_official_polar_table():
     """Through torch.polar as official: torch.cos/sin differ in the last bit at the published size."""
     dim, side = 256, 64
     freqs = 1.0 / (10000.0 ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
     t = torch.arange(side * side, dtype=torch.float32)
     angles = torch.cat([torch.outer(t % side, freqs), torch.outer(torch.div(t, side, rounding_mode="floor"), freqs)], -1)
     table = torch.polar(torch.ones_like(angles), angles)
-    cos, sin = rope_tables(dim, side)
-    assert torch.equal(cos, table.real) and torch.equal(sin, table.imag)
+    assert torch.equal(rope_table(dim, side), table)
 
 
 def test_exact_memory_attention_is_the_official_computation_bit_for_bit():

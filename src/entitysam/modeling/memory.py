@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d, apply_rope, matmul_nt, rope_tables, sine_position_encoding
+from .common import LayerNorm2d, apply_rope, matmul_nt, rope_table, sine_position_encoding
 
 
 class RoPEAttention(nn.Module):
@@ -33,11 +33,7 @@ class RoPEAttention(nn.Module):
 
     def rotate(self, x: torch.Tensor, side: int) -> torch.Tensor:
         """Rotary encoding of x [..., k * side^2, dim]: each of the k grids gets the same table."""
-        cos, sin = rope_tables(x.shape[-1], side, self.rope_theta, x.device)
-        reps = x.shape[-2] // cos.shape[0]
-        if reps > 1:
-            cos, sin = cos.repeat(reps, 1), sin.repeat(reps, 1)
-        return apply_rope(x, cos, sin)
+        return apply_rope(x, rope_table(x.shape[-1], side, self.rope_theta, x.device))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 batch_chunk: int = 8) -> torch.Tensor:
@@ -67,7 +63,7 @@ class RoPEAttention(nn.Module):
         return self.out_proj(torch.cat(outs, dim=0))
 
     def attend_raw_values(self, q_rot: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
-                          rows: int = 512, cols: int = 4096) -> torch.Tensor:
+                          rows: int | None = None, cols: int = 4096) -> torch.Tensor:
         """Inference path: `forward` for one batch row, with the value projection moved last.
 
         q_rot [N, C] (already projected and rotated), k_in / v_in [M, Ckv] -> [N, C]
@@ -76,32 +72,67 @@ class RoPEAttention(nn.Module):
         Attention rows sum to one and values carry no rotation, so
         `softmax(q k^T) (v W^T + b) = (softmax(q k^T) v) W^T + b`: the weighted sum runs over the
         raw Ckv-wide values (64 for memory instead of 256), 1.6x fewer FLOPs for the cross
-        attention, which dominates the whole model. Scores are computed in `rows x cols` blocks
-        with a running softmax (as flash attention), so a block stays in cache between the
-        matmul that makes it and the matmul that consumes it. Softmax statistics and the
-        accumulator are float32 whatever the compute dtype.
+        attention, which dominates the whole model. Scores are made and consumed in blocks of
+        query rows, so [N, M] never exists (`rows`: default per dtype, see below).
         """
         side = int(round(q_rot.shape[0] ** 0.5))
         k = self.rotate(self.k_proj(k_in), side) * q_rot.shape[-1] ** -0.5
         v_in = v_in.to(q_rot.dtype)
-        # per key block: keys [c, C] and transposed values [Ckv, c], both row-major for matmul_nt
-        blocks = [(k[c:c + cols], v_in[c:c + cols].t().contiguous()) for c in range(0, k.shape[0], cols)]
-        out = torch.empty(q_rot.shape[0], v_in.shape[-1], dtype=torch.float32, device=q_rot.device)
-        for a in range(0, q_rot.shape[0], rows):
-            q = q_rot[a:a + rows]
-            top = q.new_full((q.shape[0], 1), float("-inf"), dtype=torch.float32)  # running row max
-            total = torch.zeros_like(top)  # running sum of weights
-            acc = out[a:a + rows].zero_()  # running weighted sum of values
-            for kb, vt in blocks:
-                scores = matmul_nt(q, kb).float()  # [r, c]
-                new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
-                weights = scores.sub_(new_top).exp_()
-                rescale = (top - new_top).exp_()  # 0 on the first block
-                total.mul_(rescale).add_(weights.sum(dim=-1, keepdim=True))
-                acc.mul_(rescale).add_(matmul_nt(weights.to(vt.dtype), vt))
-                top = new_top
-            acc /= total
+        if q_rot.dtype == torch.float32:
+            out = _attend_float32(q_rot, k, v_in, rows or 512, cols)
+        else:
+            out = _attend_low_precision(q_rot, k, v_in, rows or 256)
         return self.out_proj(self.v_proj(out.to(q_rot.dtype)))
+
+
+def _attend_float32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """softmax(q k^T) v for q [N, C], k [M, C] (pre-scaled), v [M, Cv] -> float32 [N, Cv].
+
+    `rows x cols` score blocks with a running softmax (as flash attention): a block stays in
+    cache between the matmul that makes it and the matmul that consumes it. This order of
+    operations is the one the float32 reference test was verified with; keep it.
+    """
+    # per key block: keys [c, C] and transposed values [Cv, c], both row-major for matmul_nt
+    blocks = [(k[c:c + cols], v[c:c + cols].t().contiguous()) for c in range(0, k.shape[0], cols)]
+    out = torch.empty(q.shape[0], v.shape[-1], dtype=torch.float32, device=q.device)
+    for a in range(0, q.shape[0], rows):
+        qa = q[a:a + rows]
+        top = qa.new_full((qa.shape[0], 1), float("-inf"), dtype=torch.float32)  # running row max
+        total = torch.zeros_like(top)  # running sum of weights
+        acc = out[a:a + rows].zero_()  # running weighted sum of values
+        for kb, vt in blocks:
+            scores = matmul_nt(qa, kb).float()  # [r, c]
+            new_top = torch.maximum(top, scores.amax(dim=-1, keepdim=True))
+            weights = scores.sub_(new_top).exp_()
+            rescale = (top - new_top).exp_()  # 0 on the first block
+            total.mul_(rescale).add_(weights.sum(dim=-1, keepdim=True))
+            acc.mul_(rescale).add_(matmul_nt(weights.to(vt.dtype), vt))
+            top = new_top
+        acc /= total
+    return out
+
+
+def _attend_low_precision(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int) -> torch.Tensor:
+    """softmax(q k^T) v in the dtype of q (bfloat16 / float16): q [N, C], k [M, C] (pre-scaled),
+    v [M, Cv] -> [N, Cv].
+
+    Whole score rows and torch's fused softmax, where float32 uses running statistics: on CPU
+    the fused bfloat16 softmax is 2.5x faster than the float32 one, and the running
+    max / rescale passes in float32 cost more than the score matmul itself (measured with
+    the published sizes: 0.25 s instead of 0.36 s per query and layer with 7 memories). The
+    softmax accumulates in float32 internally; its weights are rounded to the compute dtype
+    once, as the running version rounds its unnormalised weights. A [rows, M] block
+    (256 x 7 x 4096 in bfloat16: 15 MB) stays in the last-level cache.
+    """
+    kt, scores = k.t(), None
+    out = torch.empty(q.shape[0], v.shape[-1], dtype=q.dtype, device=q.device)
+    for a in range(0, q.shape[0], rows):
+        qa = q[a:a + rows]
+        if scores is None or scores.shape[0] != qa.shape[0]:
+            scores = q.new_empty(qa.shape[0], k.shape[0])  # reused: fresh large buffers fault pages in
+        torch.matmul(qa, kt, out=scores)
+        torch.matmul(torch.softmax(scores, dim=-1), v, out=out[a:a + rows])
+    return out
 
 
 class MemoryAttentionLayer(nn.Module):
