@@ -70,7 +70,7 @@ def _add_segment_parser(sub) -> None:
                      help="auto (default): cuda, else mps, else cpu")
     mod.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                      help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere; "
-                          "bfloat16 on CPU: the memory attention alone in bfloat16 (2.6x the official speed on ViT-S, "
+                          "bfloat16 on CPU: the memory attention alone in bfloat16 (about 2.5x the official speed on ViT-S, "
                           "over 99%% of mask pixels as float32)")
     mod.add_argument("--exact", action="store_true",
                      help="float32 in the official order of operations: the official outputs bit for bit on CPU "
