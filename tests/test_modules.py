@@ -349,6 +349,42 @@ def test_attention_kernels_equal_the_plain_softmax(rows):
     assert (low.double() - ref).abs().mean() < 5e-3
 
 
+def test_memory_attention_on_worker_threads_is_bit_identical(monkeypatch):
+    """Queries spread over single-threaded workers compute exactly what the calling thread
+    would, under the caller's autocast; torch's thread count is restored; errors propagate."""
+    from entitysam.modeling import memory as memory_module
+
+    torch.manual_seed(0)
+    ma = MemoryAttention(32, 16, num_layers=2, ffn_dim=64).eval()
+    curr, pos = torch.randn(1, 64, 32), torch.randn(1, 64, 32)
+    memory, memory_pos = torch.randn(5, 128, 16).bfloat16(), torch.randn(1, 128, 16)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                spread = ma(curr, pos, memory, memory_pos)
+                assert torch.get_num_threads() == 2
+                with monkeypatch.context() as m:
+                    m.setattr(memory_module, "for_each_query", lambda fn, n, device: [fn(b) for b in range(n)])
+                    serial = ma(curr, pos, memory, memory_pos)
+            assert torch.equal(spread, serial)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dtypes = []
+            memory_module.for_each_query(lambda b: dtypes.append(F.linear(curr, torch.ones(2, 32)).dtype), 3,
+                                         torch.device("cpu"))
+        assert dtypes == [torch.bfloat16] * 3
+
+        def fail(b):
+            if b == 2:
+                raise ValueError("query 2")
+        with pytest.raises(ValueError, match="query 2"):
+            memory_module.for_each_query(fail, 4, torch.device("cpu"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_rope_table_is_the_official_polar_table():
     """Through torch.polar as official: torch.cos/sin differ in the last bit at the published size."""
     dim, side = 256, 64
