@@ -123,6 +123,21 @@ def instrument(model, timer: PartTimer) -> None:
     es.offset_attention = timer.wrap("prompt generator", es.offset_attention)
     tracker.fill_holes = timer.wrap("hole filling", tracker.fill_holes)
 
+    # The memory attention runs its queries on worker threads, which FlopCounterMode (per thread)
+    # does not see. Every query has the same shapes: query 0 runs on this thread, counted, and
+    # stands for the others.
+    import entitysam.modeling.memory as memory
+
+    parallel = memory.for_each_query
+
+    def for_each_query(fn, count, device):
+        with FlopCounterMode(display=False) as counter:
+            fn(0)
+        timer.flops["memory attention"] += counter.get_total_flops() * (count - 1)
+        parallel(lambda b: fn(b + 1), count - 1, device)
+
+    memory.for_each_query = for_each_query
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
