@@ -127,13 +127,11 @@ def _attend_low_precision(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row
     once, as the running version rounds its unnormalised weights. A [rows, M] block
     (256 x 7 x 4096 in bfloat16: 15 MB) stays in the last-level cache.
     """
-    kt, scores = k.t(), None
     out = torch.empty(q.shape[0], v.shape[-1], dtype=q.dtype, device=q.device)
+    buffer = q.new_empty(min(rows, q.shape[0]), k.shape[0])  # reused: fresh large buffers fault pages in
     for a in range(0, q.shape[0], rows):
         qa = q[a:a + rows]
-        if scores is None or scores.shape[0] != qa.shape[0]:
-            scores = q.new_empty(qa.shape[0], k.shape[0])  # reused: fresh large buffers fault pages in
-        torch.matmul(qa, kt, out=scores)
+        scores = torch.matmul(qa, k.t(), out=buffer[:qa.shape[0]])
         torch.matmul(torch.softmax(scores, dim=-1), v, out=out[a:a + rows])
     return out
 
