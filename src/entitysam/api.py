@@ -127,11 +127,14 @@ def precision_plan(model: EntitySAM, compute_dtype: torch.dtype):
 
 
 def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
-                    device: str | torch.device = "cpu") -> EntitySAM:
+                    device: str | torch.device = "cpu", allow_pickle: bool = False) -> EntitySAM:
     """Load a checkpoint file (`EntitySAM.from_checkpoint(path)`); the configuration is
     inferred from its keys unless given (`vit-s`, `vit-l`, `tiny`, `demo`). Raises
-    CheckpointMismatchError for a checkpoint of the wrong kind or configuration."""
-    model = load_entitysam(path, config=config, device=resolve_device(device))
+    CheckpointMismatchError for a checkpoint of the wrong kind or configuration, or that cannot
+    be read. Never runs code from the file: one holding other pickled objects than tensors and
+    plain data raises UnsafeCheckpointError, unless allow_pickle=True (unpickles it in full:
+    runs whatever it contains; only for files you trust; warns)."""
+    model = load_entitysam(path, config=config, device=resolve_device(device), allow_pickle=allow_pickle)
     model.checkpoint_path = str(path)
     return model
 

@@ -66,6 +66,9 @@ def _add_segment_parser(sub) -> None:
                           "synthetic scenes only); with --checkpoint: the configuration of that file")
     mod.add_argument("--checkpoint", default=None, metavar="PATH",
                      help="local checkpoint file (configuration inferred from its keys unless --model)")
+    mod.add_argument("--trust-checkpoint-code", action="store_true",
+                     help="UNSAFE: load a --checkpoint that holds pickled Python objects with the full unpickler, "
+                          "which runs any code in the file (default: refused; checkpoints load weights only)")
     mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="auto (default): cuda, else mps, else cpu")
     mod.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -141,6 +144,8 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d["seed"], help=f"scene seed (default {d['seed']})")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="segment with this checkpoint instead of the bundled demo weights (e.g. a training run's)")
+    p.add_argument("--trust-checkpoint-code", action="store_true",
+                   help="UNSAFE: unpickle --checkpoint in full, which runs any code in the file (default: refused)")
     p.add_argument("--save", default="all", metavar="LIST",
                    help="formats among panoptic, entities, overlay, or all (default); panoptic is required")
     p.add_argument("--labels", action="store_true", help="draw entity ids on overlay.mp4")
@@ -171,11 +176,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args) -> object:
-    from .api import from_checkpoint, from_pretrained
+    from .api import from_pretrained
 
     if args.checkpoint:
-        return from_checkpoint(args.checkpoint, config=args.model, device=args.device)
+        return _from_checkpoint(args.checkpoint, args.model, args.device, args.trust_checkpoint_code)
     return from_pretrained(args.model or "vit-s", device=args.device)
+
+
+def _from_checkpoint(path, config, device, trust_code: bool):
+    """from_checkpoint; the warning of --trust-checkpoint-code becomes one plain stderr line."""
+    import warnings
+
+    from .api import from_checkpoint
+    from .checkpoints import UnsafeLoadWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnsafeLoadWarning)
+        try:
+            return from_checkpoint(path, config=config, device=device, allow_pickle=trust_code)
+        finally:
+            for w in caught:
+                if issubclass(w.category, UnsafeLoadWarning):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _collect_inputs(args) -> list:
@@ -377,7 +401,7 @@ def cmd_download(args) -> int:
 def cmd_demo(args) -> int:
     import json
 
-    from .api import _check_formats, from_checkpoint
+    from .api import _check_formats
     from .demo import run_demo, summary
 
     say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -388,7 +412,8 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     try:
         formats = _check_formats(args.save)
-        model = from_checkpoint(args.checkpoint, config="demo", device=args.device) if args.checkpoint else None
+        model = (_from_checkpoint(args.checkpoint, "demo", args.device, args.trust_checkpoint_code)
+                 if args.checkpoint else None)
         width, height = args.size
         report = run_demo(args.output, model=model, num_frames=args.frames, width=width, height=height,
                           seed=args.seed, formats=formats, labels=args.labels, overwrite=args.overwrite,
