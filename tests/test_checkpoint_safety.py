@@ -224,9 +224,16 @@ def test_own_training_checkpoint_still_loads(tmp_path):
         model = load_entitysam(ckpt)
     assert model.cfg.name == "tiny"
     # resuming reads the whole file (optimizer, scheduler, rng) weights-only too
-    resumed = Trainer(load_config("tiny-stage2", [f"data.root={root}", f"output_dir={tmp_path / 'run'}",
-                                                  "num_threads=1", "solver.max_iter=2"]), quiet=True)
+    resume_cfg = load_config("tiny-stage2", [f"data.root={root}", f"output_dir={tmp_path / 'run'}",
+                                             "num_threads=1", "solver.max_iter=2"])
+    resumed = Trainer(resume_cfg, quiet=True)
     assert resumed.start_iter == 1
+    # ... and a planted checkpoint is refused on resume, its payload never run
+    marker = tmp_path / "PWNED"
+    _malicious(ckpt, marker, "exec", "entry")
+    with pytest.raises(UnsafeCheckpointError):
+        Trainer(resume_cfg, quiet=True)
+    assert not marker.exists()
 
 
 def test_hub_prefers_safetensors_in_the_model_folder(tmp_path, monkeypatch):
@@ -240,3 +247,14 @@ def test_hub_prefers_safetensors_in_the_model_folder(tmp_path, monkeypatch):
     safe = pth.with_suffix(".safetensors")
     safe.write_bytes(b"x")
     assert resolve_checkpoint("vit-s", download=False) == safe
+
+
+def test_training_resume_refuses_code_in_checkpoint(tmp_path):
+    """Resuming reads the whole training checkpoint through the same weights-only reader."""
+    from entitysam.checkpoints import read_checkpoint
+
+    marker = tmp_path / "PWNED"
+    path = _malicious(tmp_path / "model_0000001.pth", marker, "exec", "entry")
+    with pytest.raises(UnsafeCheckpointError):
+        read_checkpoint(path)
+    assert not marker.exists()

@@ -378,3 +378,13 @@ def test_demo_overwrite_deletes_only_demo_files(tmp_path, capsys):
     assert "contains the input" in capsys.readouterr().err and ckpt.is_file()
     assert cli.main(args) == 0
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_api_save_logits_needs_an_existing_folder(tmp_path, ckpt):
+    from entitysam import EntitySAM
+    from entitysam.errors import OutputError
+
+    model = EntitySAM.from_checkpoint(ckpt)
+    with pytest.raises(OutputError, match="does not exist"):
+        model.segment(still(tmp_path / "still.png"), save_logits=tmp_path / "nowhere" / "l.npz")
+    assert not (tmp_path / "nowhere").exists()

@@ -46,7 +46,7 @@ from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
 from .video.sources import Frame, FrameSelection, FrameSource, open_source
 from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
-                            frame_segments, save_logits_npz)
+                            frame_segments, logits_file, save_logits_npz)
 
 __all__ = [
     "FORMATS",
@@ -434,6 +434,9 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     _check_exact(exact, compute_dtype)
     if logits_dtype not in ("float32", "float16"):
         raise EntitySAMError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
+    if save_logits is not None and not logits_file(save_logits).parent.is_dir():  # fail before the work
+        raise OutputError(f"cannot write {logits_file(save_logits)}: the folder {logits_file(save_logits).parent} "
+                          "does not exist")
 
     workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
     try:

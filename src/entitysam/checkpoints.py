@@ -201,6 +201,19 @@ def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
+    """The whole object of a checkpoint file (e.g. a training checkpoint with its optimizer and
+    scheduler state), read as safely as :func:`read_state_dict` reads the weights."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointReadError(f"cannot read checkpoint {path}: it is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointReadError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_pickle(path, allow_pickle)
+
+
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                     allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """A state dict from a file (`.safetensors`, or a `.pth`/`.pt` written by ``torch.save``) or a
@@ -214,14 +227,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
     """
     if isinstance(source, Mapping):
         return _as_state_dict(source, "the state dict")
-    path = Path(source)
-    if path.is_dir():
-        raise CheckpointReadError(f"cannot read checkpoint {path}: it is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise CheckpointReadError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return _as_state_dict(_read_safetensors(path), f"checkpoint {path}")
-    return _as_state_dict(_read_pickle(path, allow_pickle), f"checkpoint {path}")
+    return _as_state_dict(read_checkpoint(source, allow_pickle=allow_pickle), f"checkpoint {Path(source)}")
 
 
 def _shapes(cfg: EntitySAMConfig) -> dict[str, tuple[int, ...]]:
