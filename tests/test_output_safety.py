@@ -388,3 +388,22 @@ def test_api_save_logits_needs_an_existing_folder(tmp_path, ckpt):
     with pytest.raises(OutputError, match="does not exist"):
         model.segment(still(tmp_path / "still.png"), save_logits=tmp_path / "nowhere" / "l.npz")
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_many_locks_raise_the_open_file_limit(tmp_path):
+    """A batch run holds one lock per video: more videos than the soft open-file limit still work."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 400:
+        pytest.skip("hard open-file limit too low")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    locks = []
+    try:
+        for i in range(300):
+            locks.append(OutputLock.acquire(tmp_path / f"v{i}"))
+    finally:
+        for lock in locks:
+            lock.release()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []

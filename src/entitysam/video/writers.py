@@ -619,6 +619,25 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
+def _open_lock_file(path: Path) -> int:
+    """Open (create) a lock file. A batch run holds one per video: when the soft limit of open
+    files is reached, it is raised to the hard limit once."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if err.errno != errno.EMFILE:
+            raise
+        import resource  # noqa: PLC0415 - POSIX only, like fcntl
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft * 16, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            raise err from None
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
 class OutputLock:
     """The exclusive lock of one result folder: ``fcntl.flock`` on ``.<name>.lock`` beside it,
     holding the pid of its owner. The OS releases it when the process ends, however it ends, so
@@ -675,7 +694,7 @@ class OutputLock:
             return
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = _open_lock_file(self.path)
             except OSError as err:
                 self._remove_created_parents()
                 raise OutputError(describe_os_error(err, "the output folder")) from None
