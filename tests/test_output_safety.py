@@ -407,3 +407,21 @@ def test_many_locks_raise_the_open_file_limit(tmp_path):
             lock.release()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_file_or_symlink_at_the_result_path_is_never_replaced(tmp_path, capsys):
+    image = still(tmp_path / "still.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / MANIFEST).write_text(json.dumps({"format": "entitysam-segment", "complete": True}))
+    (out / "still").symlink_to(target)
+    assert run(image, "-o", out, "--overwrite", "--checkpoint", tmp_path / "missing.pth") == 2
+    assert "is a symbolic link" in capsys.readouterr().err and (target / MANIFEST).is_file()
+    (out / "still").unlink()
+    (out / "still").write_text("a file of mine")
+    assert run(image, "-o", out, "--overwrite", "--checkpoint", tmp_path / "missing.pth") == 2
+    assert run(image, "-o", out, "--checkpoint", tmp_path / "missing.pth") == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert (out / "still").read_text() == "a file of mine"

@@ -880,12 +880,13 @@ class StagedOutput:
         final = Path(final)
         if not os.path.lexists(final):
             return
+        error = UnsafeOverwriteError if overwrite else OutputError  # (--overwrite asked for a deletion)
         if final.is_symlink():
-            raise UnsafeOverwriteError(f"{final} is a symbolic link: refusing to replace it (even with "
-                                       "--overwrite); choose another --output")
+            raise error(f"{final} is a symbolic link: refusing to replace it (even with --overwrite); "
+                        "choose another --output")
         if not final.is_dir():
-            raise UnsafeOverwriteError(f"{final} exists and is not a folder: refusing to replace it (even with "
-                                       "--overwrite); choose another --output")
+            raise error(f"{final} exists and is not a folder: refusing to replace it (even with --overwrite); "
+                        "choose another --output")
         if not overwrite:
             if read_manifest(final) is not None:
                 raise OutputError(f"{final} already holds results: use --overwrite to replace them "
