@@ -286,8 +286,8 @@ def cmd_segment(args) -> int:
 
 
 def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
-    from .video.sources import open_source
     from .errors import OutputError
+    from .video.sources import open_source
     from .video.writers import (OutputLock, StagedOutput, UnsafeOverwriteError, check_logits_file,
                                 describe_os_error, read_manifest, recover_output)
 
