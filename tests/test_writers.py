@@ -144,6 +144,7 @@ def test_entity_colours_distinct_and_stable():
 def test_logits_npz_from_memmap(tmp_path):
     mm = np.lib.format.open_memmap(tmp_path / "l.npy", "w+", np.float32, (3, 2, 4, 4))
     mm[:] = np.arange(mm.size, dtype=np.float32).reshape(mm.shape)
+    (tmp_path / "x").mkdir()
     out = save_logits_npz(tmp_path / "x" / "logits", mm, np.array([0.1, 0.2]), source_frame=np.arange(3))
     assert out.name == "logits.npz"
     with np.load(out) as z:

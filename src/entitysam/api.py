@@ -47,7 +47,7 @@ from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
 from .video.sources import Frame, FrameSelection, FrameSource, open_source
 from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
-                            frame_segments, save_logits_npz)
+                            frame_segments, logits_file, save_logits_npz)
 
 __all__ = [
     "FORMATS",
@@ -149,11 +149,14 @@ def tf32_matmuls():
 
 
 def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
-                    device: str | torch.device = "cpu") -> EntitySAM:
+                    device: str | torch.device = "cpu", allow_pickle: bool = False) -> EntitySAM:
     """Load a checkpoint file (`EntitySAM.from_checkpoint(path)`); the configuration is
     inferred from its keys unless given (`vit-s`, `vit-l`, `tiny`, `demo`). Raises
-    CheckpointMismatchError for a checkpoint of the wrong kind or configuration."""
-    model = load_entitysam(path, config=config, device=resolve_device(device))
+    CheckpointMismatchError for a checkpoint of the wrong kind or configuration, or that cannot
+    be read. Never runs code from the file: one holding other pickled objects than tensors and
+    plain data raises UnsafeCheckpointError, unless allow_pickle=True (unpickles it in full:
+    runs whatever it contains; only for files you trust; warns)."""
+    model = load_entitysam(path, config=config, device=resolve_device(device), allow_pickle=allow_pickle)
     model.checkpoint_path = str(path)
     return model
 
@@ -390,11 +393,14 @@ class SegmentationResult:
         return written
 
     def save(self, directory: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS, *, labels: bool = False,
-             overwrite: bool = False, progress: bool = False) -> Path:
+             overwrite: bool = False, progress: bool = False, wait_lock: bool = False) -> Path:
         """Write the chosen formats to `directory` atomically: into a hidden temporary folder
         beside it, which is renamed into place after `manifest.json` is written. Refuses an
-        existing folder unless `overwrite`. Returns the folder."""
-        with StagedOutput(directory, overwrite=overwrite) as staged:
+        existing folder unless `overwrite`, and even then one entitysam did not write or that
+        is, contains or lies inside the input. Another process writing the same folder makes it
+        fail (OutputLockedError), or wait with `wait_lock`. Returns the folder."""
+        inputs = [self.source.path] if self.source.path is not None else []
+        with StagedOutput(directory, overwrite=overwrite, inputs=inputs, wait_lock=wait_lock) as staged:
             try:
                 files = self.write_into(staged.path, formats, labels=labels, progress=progress)
             except OSError as err:
@@ -453,6 +459,9 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     _check_exact(exact, compute_dtype)
     if logits_dtype not in ("float32", "float16"):
         raise EntitySAMError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
+    if save_logits is not None and not logits_file(save_logits).parent.is_dir():  # fail before the work
+        raise OutputError(f"cannot write {logits_file(save_logits)}: the folder {logits_file(save_logits).parent} "
+                          "does not exist")
 
     workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
     try:
@@ -614,7 +623,7 @@ class OnlineStream:
 
     def __init__(self, model: EntitySAM, source: FrameSource, *, delay: int, live: bool, queue_size: int,
                  compute_dtype: torch.dtype, output: Path | None, formats: tuple[str, ...], labels: bool,
-                 overwrite: bool, keep_images: bool, progress: bool, exact: bool = False):
+                 overwrite: bool, keep_images: bool, progress: bool, exact: bool = False, protect: Sequence = ()):
         from .video.online import FrameReader  # noqa: PLC0415
         from .video.tracker import EntityTracker  # noqa: PLC0415
 
@@ -630,6 +639,7 @@ class OnlineStream:
         self.formats = formats
         self.labels = labels
         self.overwrite = overwrite
+        self.protect = tuple(protect)  # paths --overwrite must never replace (the inputs)
         self.keep_images = keep_images or (output is not None and "overlay" in formats)
         self.size: tuple[int, int] | None = None
         self.processed = 0
@@ -751,7 +761,7 @@ class OnlineStream:
             if self._writer is None:
                 self._writer = OnlineWriter(self.output, video=self.name, formats=self.formats, fps=self.fps,
                                             labels=self.labels, timestamps=self.live, overwrite=self.overwrite,
-                                            manifest=self._base_manifest())
+                                            manifest=self._base_manifest(), protect=self.protect)
             records = [{"id": s.id, "query_index": s.query_index, "score": round(s.score, 6), "area": s.area,
                         "bbox": list(s.bbox)} for s in segs]
             self._writer.add(info.t, info, em.id_map, records, image,
@@ -886,7 +896,8 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
            fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
            live: bool | None = None, queue_size: int = 4, output: str | os.PathLike | None = None,
            formats: Sequence[str] | str = DEFAULT_FORMATS, labels: bool = False, overwrite: bool = False,
-           keep_images: bool = True, progress: bool = False, exact: bool = False) -> OnlineStream:
+           keep_images: bool = True, progress: bool = False, exact: bool = False,
+           protect: Sequence[str | os.PathLike] = ()) -> OnlineStream:
     """Segment and track every entity of `video` online: one result per frame, in order, right
     after the frame is processed (``delay=0``) or after ``delay`` more frames (look-ahead).
 
@@ -896,7 +907,8 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     behind (default: True for URLs and devices, False otherwise, where reading waits instead).
     output: also write the results to this folder as they are produced (``formats`` among
     panoptic, entities, overlay; see the README, "Online mode"); must not exist unless
-    ``overwrite``. keep_images: put each frame's image in its result. Other options as
+    ``overwrite`` (which only replaces a folder entitysam wrote, never one that is, contains or lies
+    inside `video` or a path in ``protect``). keep_images: put each frame's image in its result. Other options as
     :func:`segment`. Returns an :class:`OnlineStream`; its ``with`` block (or ``close()``) stops
     reading and finishes the outputs.
     """
@@ -908,8 +920,11 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
         raise EntitySAMError(f"queue size must be a positive integer, got {queue_size!r}")
     fmts = _check_formats(formats)
     out = Path(output) if output is not None else None
+    protect = tuple(Path(p) for p in protect) + ((Path(video),) if isinstance(video, (str, os.PathLike))
+                                                 and not str(video).startswith(("rtsp:", "rtmp:", "http:", "https:"))
+                                                 else ())
     if out is not None:
-        StagedOutput.check_free(out, overwrite)
+        StagedOutput.check_free(out, overwrite, inputs=protect)
     selection = FrameSelection(start, end, stride, max_frames)
     source = open_source(video, selection, fps=fps, name=name)
     device = next(model.parameters()).device
@@ -918,4 +933,4 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     is_live = source.kind == "live" if live is None else bool(live)
     return OnlineStream(model, source, delay=delay, live=is_live, queue_size=queue_size,
                         compute_dtype=compute_dtype, output=out, formats=fmts, labels=labels, overwrite=overwrite,
-                        keep_images=keep_images, progress=progress, exact=exact)
+                        keep_images=keep_images, progress=progress, exact=exact, protect=protect)

@@ -12,20 +12,46 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
 from .config import CONFIGS, EntitySAMConfig, get_config
+from .errors import EntitySAMError
 from .modeling.entitysam import EntitySAM
 
 PUBLISHED = ("vit-s", "vit-l")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointError(EntitySAMError, RuntimeError):
+    """A checkpoint cannot be used; the message names the file and the cause."""
+
+
+class CheckpointMismatchError(CheckpointError):
     """The state dict does not fit the model; the message lists every difference."""
+
+
+class CheckpointReadError(CheckpointMismatchError):
+    """The file is not a readable checkpoint (missing, a folder, empty, truncated, not a state
+    dict). A CheckpointMismatchError subclass, so that callers catching that still catch it."""
+
+
+class UnsafeCheckpointError(CheckpointReadError):
+    """The file holds pickled Python objects other than tensors and plain data: loading it could
+    run code, so it is refused unless the caller explicitly trusts it (``allow_pickle=True``)."""
+
+
+class UnsafeLoadWarning(UserWarning):
+    """A checkpoint is being unpickled in full because the caller passed ``allow_pickle=True``."""
+
+
+# The command-line flag that sets allow_pickle=True (named in messages).
+TRUST_FLAG = "--trust-checkpoint-code"
 
 
 @dataclass
@@ -42,46 +68,165 @@ class LoadReport:
                 f"{len(self.ignored)} checkpoint tensors ignored; {len(self.shape_mismatch)} shape mismatches")
 
 
+def _numpy_safe_globals() -> list:
+    """The numpy globals a weights-only load may call, besides what torch allows by default.
+
+    Checkpoints of detectron2-style trainers (``{"model", "optimizer", "scheduler", "iteration",
+    ...}``, as the official training code writes them) can hold numpy scalars (an iteration or a
+    learning rate computed with numpy) or small numeric arrays. These globals only rebuild numeric
+    numpy data from raw bytes (a scalar, an empty array filled by ``ndarray.__setstate__``, a
+    dtype from its code): none of them can call anything else. Object arrays stay refused (their
+    ObjectDType is not listed), so no arbitrary Python object is reachable through them.
+    """
+    try:
+        import numpy as np  # noqa: PLC0415
+    except ImportError:
+        return []
+    try:
+        from numpy._core import multiarray  # noqa: PLC0415 - numpy 2
+    except ImportError:
+        from numpy.core import multiarray  # noqa: PLC0415 - numpy 1
+    allowed: list = []
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # names in pickles of numpy 1 / 2
+        allowed += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    allowed += [np.ndarray, np.dtype]
+    allowed += list(dict.fromkeys(type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGUS"))  # numeric, str
+    return allowed
+
+
+# What torch's weights-only unpickler says when it meets an object it will not build.
+_REFUSAL_MARKERS = ("GLOBAL", "Can only build", "allowlisted")
+# Lines of torch's own advice around the cause in a weights-only failure message.
+_TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "WeightsUnpickler", "Check the documentation",
+                 "Please file", "Re-running", "In PyTorch")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0].strip()
+
+
+def _torch_cause(err: BaseException) -> str:
+    """The cause in torch's message, without its advice (which suggests weights_only=False)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+    return causes[0] if causes else _first_line(err)
+
+
+def _unsafe_globals(err: BaseException) -> list[str]:
+    """Names of the refused globals or classes in torch's message (for ours)."""
+    text = str(err)
+    names = re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"but got <class '([\w.]+)'>", text)
+    return list(dict.fromkeys(names))
+
+
+def _load_weights_only(path: Path) -> Any:
+    with warnings.catch_warnings():
+        # torch warns about pickle protocols it was not written with; the error (if any) says more
+        warnings.simplefilter("ignore", UserWarning)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _read_pickle(path: Path, allow_pickle: bool) -> Any:
+    """torch.load with weights_only=True always; the full unpickler only with allow_pickle."""
+    try:
+        return _load_weights_only(path)
+    except pickle.UnpicklingError as err:
+        refusal = err
+    except Exception as err:  # noqa: BLE001 - corrupt files raise many types; all become one message
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, err)}") from None
+    if not allow_pickle:
+        names = _unsafe_globals(refusal)
+        if names or any(m in str(refusal) for m in _REFUSAL_MARKERS):
+            what = f" ({', '.join(names[:5])})" if names else ""
+            raise UnsafeCheckpointError(
+                f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
+                f"code when loaded; EntitySAM checkpoints hold only tensors and plain data. Only if you "
+                f"trust whoever made this file, pass {TRUST_FLAG} (Python: allow_pickle=True)")
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, refusal)}")
+    warnings.warn(f"{path}: loading with the full pickle loader ({TRUST_FLAG} / allow_pickle=True): this "
+                  "file can run any code on this machine; do this only for files you trust", UnsafeLoadWarning,
+                  stacklevel=4)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, err)}") from None
+
+
+def _describe_read_error(path: Path, err: BaseException) -> str:
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    cause = _torch_cause(err)
+    if len(cause) > 200:
+        cause = cause[:200].rsplit(" ", 1)[0] + " ..."
+    return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {cause}"
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         from safetensors.torch import load_file  # noqa: PLC0415
     except ImportError as err:  # a core dependency; only a broken install gets here
-        raise CheckpointMismatchError(f"cannot read {path}: the safetensors package is missing "
-                                      "(pip install safetensors)") from err
+        raise CheckpointReadError(f"cannot read {path}: the safetensors package is missing "
+                                  "(pip install safetensors)") from err
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # noqa: BLE001 - SafetensorError for truncated or foreign files
-        raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
 
 
-def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A state dict from a file (`.pth`/`.pt` pickle or `.safetensors`) or mapping; unwraps
-    `{"model": ...}` and DDP `module.` prefixes."""
-    if isinstance(source, Mapping):
-        obj = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.suffix == ".safetensors":
-            return _read_safetensors(path)
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - truncated/corrupt files raise many types
-            # Checkpoints written by detectron2 trainers may pickle non-tensor objects; those
-            # need the full unpickler, which is only safe for files you trust.
-            if "weights_only" in str(err) or "Unsupported global" in str(err):
-                obj = torch.load(path, map_location="cpu", weights_only=False)
-            else:
-                raise CheckpointMismatchError(f"cannot read checkpoint {path}: {err}") from err
+def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"model": ...}`` and DDP ``module.`` prefixes; everything left must be tensors."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: it holds a {type(obj).__name__}, "
+                                  "not a state dict (names -> tensors) nor {'model': state dict}")
     if "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
+    bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        examples = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in bad[:3])
+        raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: {len(bad)} of its {len(obj)} entries "
+                                  f"are not named tensors ({examples}{', ...' if len(bad) > 3 else ''})")
+    if not obj:
+        raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: it holds no tensors")
     state = {}
     for key, value in obj.items():
         if key.startswith("module."):
             key = key[len("module."):]
         state[key] = value
     return state
+
+
+def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
+    """The whole object of a checkpoint file (e.g. a training checkpoint with its optimizer and
+    scheduler state), read as safely as :func:`read_state_dict` reads the weights."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointReadError(f"cannot read checkpoint {path}: it is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointReadError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    return _read_pickle(path, allow_pickle)
+
+
+def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                    allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """A state dict from a file (`.safetensors`, or a `.pth`/`.pt` written by ``torch.save``) or a
+    mapping; unwraps `{"model": ...}` and DDP `module.` prefixes.
+
+    Pickle files are read with ``torch.load(weights_only=True)``: tensors, plain containers and
+    numbers, and numeric numpy data only, so a checkpoint can never run code. A file holding
+    other Python objects raises :class:`UnsafeCheckpointError`, unless ``allow_pickle=True``
+    (the command line's ``--trust-checkpoint-code``): then it is unpickled in full, with a
+    warning, which runs whatever the file contains. Only for files you trust.
+    """
+    if isinstance(source, Mapping):
+        return _as_state_dict(source, "the state dict")
+    return _as_state_dict(read_checkpoint(source, allow_pickle=allow_pickle), f"checkpoint {Path(source)}")
 
 
 def _shapes(cfg: EntitySAMConfig) -> dict[str, tuple[int, ...]]:
@@ -138,9 +283,10 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
 
 def load_entitysam(source: str | os.PathLike | Mapping[str, torch.Tensor],
                    config: EntitySAMConfig | str | None = None,
-                   device: str | torch.device = "cpu") -> EntitySAM:
-    """Build the model for `config` (inferred from the keys if None) and load `source` strictly."""
-    state = read_state_dict(source)
+                   device: str | torch.device = "cpu", *, allow_pickle: bool = False) -> EntitySAM:
+    """Build the model for `config` (inferred from the keys if None) and load `source` strictly.
+    allow_pickle: see :func:`read_state_dict` (runs code in the file; only for trusted files)."""
+    state = read_state_dict(source, allow_pickle=allow_pickle)
     if config is None:
         config = infer_config(state)
         if config is None:
@@ -192,17 +338,19 @@ def _partial_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], pre
     return report
 
 
-def load_sam2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> LoadReport:
+def load_sam2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                         allow_pickle: bool = False) -> LoadReport:
     """Fill the SAM parts from a SAM 2.1 checkpoint (`{"model": ...}`).
 
     SAM 2.1 tensors EntitySAM does not have (object pointers, object-score head, ...) are
     reported as ignored; EntitySAM's own parts (queries, prompt generator, DINOv2) are not filled.
     """
-    state = read_state_dict(source)
+    state = read_state_dict(source, allow_pickle=allow_pickle)
     return _partial_load(model, state, "", accept=_SAM2_SHARED_PREFIXES)
 
 
-def load_dinov2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[str, torch.Tensor]) -> LoadReport:
+def load_dinov2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
+                           allow_pickle: bool = False) -> LoadReport:
     """Fill the semantic encoder from a DINOv2 hub checkpoint (`dinov2_vit*14_pretrain.pth`)."""
-    state = read_state_dict(source)
+    state = read_state_dict(source, allow_pickle=allow_pickle)
     return _partial_load(model, state, "dinov2_feature_extractor.")

@@ -66,6 +66,9 @@ def _add_segment_parser(sub) -> None:
                           "synthetic scenes only); with --checkpoint: the configuration of that file")
     mod.add_argument("--checkpoint", default=None, metavar="PATH",
                      help="local checkpoint file (configuration inferred from its keys unless --model)")
+    mod.add_argument("--trust-checkpoint-code", action="store_true",
+                     help="UNSAFE: load a --checkpoint that holds pickled Python objects with the full unpickler, "
+                          "which runs any code in the file (default: refused; checkpoints load weights only)")
     mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="auto (default): cuda, else mps, else cpu")
     mod.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -86,8 +89,13 @@ def _add_segment_parser(sub) -> None:
                           "the video name), or without FILE to <video-name>/logits.npz")
     out.add_argument("--logits-dtype", default="float32", choices=("float32", "float16"),
                      help="temporary on-disk logits: float32 (default) is exact, float16 halves the disk space")
-    out.add_argument("--overwrite", action="store_true", help="replace existing results")
+    out.add_argument("--overwrite", action="store_true",
+                     help="replace existing results (only folders entitysam wrote, never an input; "
+                          "and an existing --save-logits FILE)")
     out.add_argument("--skip-existing", action="store_true", help="skip videos whose results are complete")
+    out.add_argument("--wait-lock", action="store_true",
+                     help="when another entitysam run is writing the same result folder, wait for it to finish "
+                          "(default: fail at once, naming its pid)")
     out.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
     onl = p.add_argument_group("online mode (results per frame as the video is read; see README, Online mode)")
     onl.add_argument("--online", action="store_true",
@@ -141,6 +149,8 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=d["seed"], help=f"scene seed (default {d['seed']})")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="segment with this checkpoint instead of the bundled demo weights (e.g. a training run's)")
+    p.add_argument("--trust-checkpoint-code", action="store_true",
+                   help="UNSAFE: unpickle --checkpoint in full, which runs any code in the file (default: refused)")
     p.add_argument("--save", default="all", metavar="LIST",
                    help="formats among panoptic, entities, overlay, or all (default); panoptic is required")
     p.add_argument("--labels", action="store_true", help="draw entity ids on overlay.mp4")
@@ -171,11 +181,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args) -> object:
-    from .api import from_checkpoint, from_pretrained
+    from .api import from_pretrained
 
     if args.checkpoint:
-        return from_checkpoint(args.checkpoint, config=args.model, device=args.device)
+        return _from_checkpoint(args.checkpoint, args.model, args.device, args.trust_checkpoint_code)
     return from_pretrained(args.model or "vit-s", device=args.device)
+
+
+def _from_checkpoint(path, config, device, trust_code: bool):
+    """from_checkpoint; the warning of --trust-checkpoint-code becomes one plain stderr line."""
+    import warnings
+
+    from .api import from_checkpoint
+    from .checkpoints import UnsafeLoadWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnsafeLoadWarning)
+        try:
+            return from_checkpoint(path, config=config, device=device, allow_pickle=trust_code)
+        finally:
+            for w in caught:
+                if issubclass(w.category, UnsafeLoadWarning):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def _collect_inputs(args) -> list:
@@ -191,11 +220,14 @@ def _collect_inputs(args) -> list:
 
 
 def _video_name(path) -> str:
+    """The result folder name of an input, made into one safe path component (a video named
+    `..mp4` must not write into the output root, a 250-byte name must fit)."""
     from .video.sources import live_source_name
+    from .video.writers import safe_name
 
     if isinstance(path, str):
-        return live_source_name(path)
-    return path.resolve().name if path.is_dir() else path.stem
+        return safe_name(live_source_name(path))
+    return safe_name(path.resolve().name if path.is_dir() else path.stem)
 
 
 def _check_online_args(args, inputs) -> None:
@@ -220,8 +252,7 @@ def _check_online_args(args, inputs) -> None:
 
 def cmd_segment(args) -> int:
     from .api import _check_formats
-    from .video.sources import FrameSelection, open_source
-    from .video.writers import StagedOutput, describe_os_error, read_manifest
+    from .video.sources import FrameSelection
 
     say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
@@ -246,18 +277,54 @@ def cmd_segment(args) -> int:
         return 2
 
     out_root = Path(args.output)
+    locks: list = []
+    try:
+        return _segment_all(args, inputs, names, formats, selection, out_root, locks, say)
+    finally:
+        for lock in locks:  # (the OS releases them too if this process is killed)
+            lock.release()
+
+
+def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
+    from .errors import OutputError
+    from .video.sources import open_source
+    from .video.writers import (OutputLock, StagedOutput, UnsafeOverwriteError, check_logits_file,
+                                describe_os_error, read_manifest, recover_output)
+
+    local_inputs = [p for p in inputs if isinstance(p, Path)]
     todo = []
     failed: list[tuple[str, str]] = []
     for path, name in zip(inputs, names):
-        if args.skip_existing and read_manifest(out_root / name) is not None:
-            say(f"{name}: skipped, complete results in {out_root / name}")
-            continue
+        final = out_root / name
         try:  # validate every input and output before loading the model
-            StagedOutput.check_free(out_root / name, args.overwrite)
+            # The lock is held until the run ends: a second run on the same result fails fast
+            # (or waits with --wait-lock) instead of silently replacing this one's result.
+            lock = OutputLock.acquire(final, wait=args.wait_lock, on_wait=say)
+            locks.append(lock)
+            if recovered := recover_output(final):
+                say(f"{name}: {recovered} (a killed run had left it half replaced)")
+            if args.skip_existing and read_manifest(final) is not None:
+                say(f"{name}: skipped, complete results in {final}")
+                continue
+            StagedOutput.check_free(final, args.overwrite, inputs=local_inputs)
+            if args.save_logits:
+                try:
+                    check_logits_file(args.save_logits.replace("{video}", name), overwrite=args.overwrite,
+                                      result_dir=final, inputs=local_inputs)
+                except OutputError as err:  # a FILE argument that cannot be used: a command-line error
+                    raise UnsafeOverwriteError(str(err)) from None
             source = open_source(path, selection, fps=args.fps, name=name)
+        except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
+            _print_err(f"{name}: {err}")
+            return 2
         except EntitySAMError as err:
             failed.append((name, str(err)))
             _print_err(f"{name}: {err}")
+            continue
+        except OSError as err:
+            msg = describe_os_error(err, f"results of {name}")
+            failed.append((name, msg))
+            _print_err(f"{name}: {msg}")
             continue
         todo.append((source, name))
     if not todo:
@@ -280,10 +347,10 @@ def cmd_segment(args) -> int:
     for source, name in todo:
         try:
             if args.online:
-                if _stream_one(model, source, name, out_root, formats, args, say) == "interrupted":
+                if _stream_one(model, source, name, out_root, formats, args, say, local_inputs) == "interrupted":
                     return 130
             else:
-                _segment_one(model, source, name, out_root, formats, args, say, StagedOutput)
+                _segment_one(model, source, name, out_root, formats, args, say, StagedOutput, local_inputs)
         except KeyboardInterrupt:
             _print_err(f"{name}: interrupted; no result written for it")
             return 130
@@ -304,17 +371,20 @@ def cmd_segment(args) -> int:
     return 0
 
 
-def _segment_one(model, source, name: str, out_root: Path, formats, args, say, StagedOutput) -> None:
+def _segment_one(model, source, name: str, out_root: Path, formats, args, say, StagedOutput,
+                 inputs=()) -> None:
     from .api import segment
+    from .video.writers import check_logits_file
 
     t0 = time.perf_counter()
-    with StagedOutput(out_root / name, overwrite=args.overwrite) as staged:
+    with StagedOutput(out_root / name, overwrite=args.overwrite, inputs=inputs) as staged:
         if args.save_logits is None:
             logits_path = None
         elif args.save_logits == "":
             logits_path = staged.path / "logits.npz"
-        else:
-            logits_path = Path(args.save_logits.replace("{video}", name))
+        else:  # checked again: the file may have appeared since the start
+            logits_path = check_logits_file(args.save_logits.replace("{video}", name), overwrite=args.overwrite,
+                                            result_dir=out_root / name, inputs=inputs)
         result = segment(model, source, dtype=args.dtype, logits_dtype=args.logits_dtype, work_dir=staged.path,
                          save_logits=logits_path, progress=not args.quiet, exact=args.exact)
         with result:
@@ -325,7 +395,7 @@ def _segment_one(model, source, name: str, out_root: Path, formats, args, say, S
         f"({time.perf_counter() - t0:.1f}s)")
 
 
-def _stream_one(model, source, name: str, out_root: Path, formats, args, say) -> str:
+def _stream_one(model, source, name: str, out_root: Path, formats, args, say, inputs=()) -> str:
     """Online mode for one input; returns the stream's final status. Errors propagate after the
     outputs of the frames done are finished (their manifest says "failed")."""
     from .api import stream
@@ -334,7 +404,7 @@ def _stream_one(model, source, name: str, out_root: Path, formats, args, say) ->
     final = out_root / name
     s = stream(model, source, delay=args.delay or 0, dtype=args.dtype, live=args.live, queue_size=args.queue or 4,
                output=final, formats=formats, labels=args.labels, overwrite=args.overwrite, keep_images=False,
-               progress=not args.quiet, exact=args.exact)
+               progress=not args.quiet, exact=args.exact, protect=inputs)
     try:
         for _ in s:
             pass
@@ -377,7 +447,7 @@ def cmd_download(args) -> int:
 def cmd_demo(args) -> int:
     import json
 
-    from .api import _check_formats, from_checkpoint
+    from .api import _check_formats
     from .demo import run_demo, summary
 
     say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -388,7 +458,8 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     try:
         formats = _check_formats(args.save)
-        model = from_checkpoint(args.checkpoint, config="demo", device=args.device) if args.checkpoint else None
+        model = (_from_checkpoint(args.checkpoint, "demo", args.device, args.trust_checkpoint_code)
+                 if args.checkpoint else None)
         width, height = args.size
         report = run_demo(args.output, model=model, num_frames=args.frames, width=width, height=height,
                           seed=args.seed, formats=formats, labels=args.labels, overwrite=args.overwrite,

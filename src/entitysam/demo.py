@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -29,11 +30,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import EntitySAMError, OutputError
+from .video.writers import OutputLock, check_not_input
 from .eval.synthetic import DEMO_DEFAULTS, make_demo_video
 
 __all__ = ["DemoReport", "run_demo", "score_prediction"]
 
 VIDEO_NAME = "demo"
+DEMO_MARKER = ".entitysam-demo"  # marks a folder a demo run wrote (what --overwrite may replace)
 
 
 @dataclass
@@ -89,11 +92,9 @@ def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: i
 
     model: an EntitySAM model (default: the bundled demo model, `from_pretrained("demo")`).
     formats must include "panoptic" (the report scores it). Refuses an OUTPUT folder that holds
-    anything but an earlier demo run unless `overwrite`. Raises EntitySAMError for bad input.
+    anything but an earlier demo run unless `overwrite`, which then replaces only the files a demo
+    run writes. Raises EntitySAMError for bad input.
     """
-    from .api import from_pretrained, segment  # noqa: PLC0415
-    from .eval.metrics import format_table  # noqa: PLC0415
-
     if num_frames < 1:
         raise EntitySAMError(f"--frames must be >= 1, got {num_frames}")
     if not (32 <= width <= 4096 and 32 <= height <= 4096):
@@ -107,18 +108,51 @@ def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: i
             say(f"note: {what} needs {module} (pip install 'entitysam[video]'); writing the other outputs")
             formats = tuple(f for f in formats if f != fmt)
     out = Path(output)
-    if out.exists() and not out.is_dir():
+    # One demo run per folder at a time (the OS lock of `out`, released however this run ends).
+    lock = OutputLock.acquire(out)
+    try:
+        _prepare_output(out, overwrite, model)
+        return _run_demo(out, model, num_frames, width, height, seed, formats, labels, device, progress, say)
+    finally:
+        lock.release()
+
+
+def _prepare_output(out: Path, overwrite: bool, model) -> None:
+    """Refuse a folder that is not an earlier demo run (or any non-empty one without `overwrite`);
+    with `overwrite` delete only what a demo run writes, never the checkpoint in use."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        ours = (out / "report.json").is_file() or (out / "input").is_dir()
+        ours = (out / DEMO_MARKER).is_file() or _is_demo_report(out / "report.json")
         if not overwrite:
             raise OutputError(f"{out} is not empty: pass --overwrite to replace "
                               f"{'the earlier demo run' if ours else 'its contents'}, or choose another -o")
         if not ours:
             raise OutputError(f"{out} holds files that are not a demo run; refusing to delete them even with "
                               "--overwrite: choose another -o")
-        shutil.rmtree(out)
+        checkpoint = getattr(model, "checkpoint_path", None)
+        for entry in ("input", "report.json", "report.txt", VIDEO_NAME):
+            if checkpoint and os.path.lexists(out / entry):
+                check_not_input(out / entry, [Path(checkpoint)], "the earlier demo output")
+        shutil.rmtree(out / "input", ignore_errors=True)  # regenerated; the rest is replaced when written
+        for name in ("report.json", "report.txt"):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `entitysam demo`; --overwrite replaces only its own files\n")
+
+
+def _is_demo_report(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "veq" in data and "stq" in data
+
+
+def _run_demo(out: Path, model, num_frames, width, height, seed, formats, labels, device, progress,
+              say) -> DemoReport:
+    from .api import from_pretrained, segment  # noqa: PLC0415
+    from .eval.metrics import format_table  # noqa: PLC0415
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()

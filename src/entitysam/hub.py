@@ -2,11 +2,14 @@
 
 ``resolve_checkpoint("vit-s")`` looks, in order, at
 
-1. ``$ENTITYSAM_HOME/checkpoints/vit-s/model_0009999.pth`` (``ENTITYSAM_HOME`` defaults to
-   ``~/.cache/entitysam``): put a manually downloaded file here;
+1. ``$ENTITYSAM_HOME/checkpoints/vit-s/model_0009999.safetensors``, then ``model_0009999.pth``
+   (``ENTITYSAM_HOME`` defaults to ``~/.cache/entitysam``): put a manually downloaded file here;
 2. the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), without network;
 3. the Hugging Face hub, repository ``mqye/entitysam``, file ``checkpoints/vit-s/model_0009999.pth``
    (``HF_ENDPOINT`` selects a mirror), through ``huggingface_hub.hf_hub_download`` into its cache.
+
+Whatever the place, the file is loaded weights-only (``torch.load(weights_only=True)``, see
+:func:`entitysam.checkpoints.read_state_dict`): a checkpoint in the cache can never run code.
 
 When none works, :class:`~entitysam.errors.ModelNotAvailableError` says what to download, from
 where, and where to put it (or to pass ``--checkpoint PATH``).
@@ -126,8 +129,11 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
     filename = _filename(name)
     endpoint = (endpoint or default_endpoint()).rstrip("/")
     local = local_checkpoint_path(name)
-    if local.is_file() and not force_download:
-        return local
+    if not force_download:
+        # A .safetensors copy beside it is preferred: it holds tensors only, nothing to unpickle.
+        for candidate in (local.with_suffix(".safetensors"), local):
+            if candidate.is_file():
+                return candidate
     try:
         from huggingface_hub import hf_hub_download  # noqa: PLC0415 - optional dependency
     except ImportError:

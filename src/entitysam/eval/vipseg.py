@@ -823,6 +823,8 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
                      help="published model (default vit-s); with --checkpoint: that file's configuration")
     mod.add_argument("--checkpoint", default=None, metavar="PATH", help="local checkpoint file")
+    mod.add_argument("--trust-checkpoint-code", action="store_true",
+                     help="UNSAFE: unpickle --checkpoint in full, which runs any code in the file (default: refused)")
     mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="auto (default): cuda, else mps, else cpu; under torchrun cuda:LOCAL_RANK")
     mod.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -931,7 +933,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         if args.checkpoint:
-            net = from_checkpoint(args.checkpoint, config=args.model, device=device)
+            net = from_checkpoint(args.checkpoint, config=args.model, device=device,
+                                  allow_pickle=args.trust_checkpoint_code)
         else:
             net = from_pretrained(args.model or "vit-s", device=device)
         say(f"model {net.cfg.name} loaded on {next(net.parameters()).device} in {time.perf_counter() - t0:.1f}s")

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoints import read_checkpoint
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 from .criterion import Criterion, CriterionConfig, HungarianMatcher
@@ -112,7 +113,7 @@ class Trainer:
         resume = find_resume_checkpoint(cfg)
         state = None
         if resume:
-            state = torch.load(resume, map_location="cpu", weights_only=True)
+            state = read_checkpoint(resume)  # weights-only: a checkpoint never runs code
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = EntitySAM(model_config(cfg))

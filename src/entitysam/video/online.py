@@ -584,13 +584,15 @@ class OnlineWriter:
     * ``manifest.json``: written when the writer starts (``"status": "running"``) and replaced
       when it finishes (``complete``, ``interrupted``, ``stopped`` or ``failed``, with counts).
 
-    The folder must not exist, unless ``overwrite`` (then the old one is removed first).
+    The folder must not exist, unless ``overwrite`` (then the old one is removed first; only a
+    folder entitysam wrote, never one that is, contains or lies inside a ``protect`` path). The
+    folder's lock (:class:`~entitysam.video.writers.OutputLock`) is held until :meth:`finish`.
     """
 
     def __init__(self, directory: str | os.PathLike, *, video: str, formats: Sequence[str], fps: float,
                  labels: bool = False, rle: bool | None = None, timestamps: bool = False,
-                 overwrite: bool = False, manifest: Mapping[str, Any] | None = None):
-        from .writers import StagedOutput, describe_os_error  # noqa: PLC0415
+                 overwrite: bool = False, manifest: Mapping[str, Any] | None = None, protect: Sequence[Any] = ()):
+        from .writers import OutputLock, StagedOutput, recover_output  # noqa: PLC0415
 
         self.directory = Path(directory)
         self.video = video
@@ -603,7 +605,20 @@ class OnlineWriter:
         self._jsonl_fd: int | None = None
         self._closed = False
         self.t_start = time.time()
-        StagedOutput.check_free(self.directory, overwrite)
+        # One run per folder (re-entrant: the command line already holds it); released by finish().
+        self._lock = OutputLock.acquire(self.directory)
+        try:
+            recover_output(self.directory)
+            # overwrite replaces only a folder entitysam wrote, never an input (protect)
+            StagedOutput.check_free(self.directory, overwrite, inputs=protect)
+            self._create(formats, fps, labels, timestamps)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _create(self, formats, fps, labels, timestamps) -> None:
+        from .writers import describe_os_error  # noqa: PLC0415
+
         try:
             if self.directory.exists():  # overwrite: the old result goes first
                 old = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
@@ -712,10 +727,13 @@ class OnlineWriter:
                 self._overlay = None
         finally:
             self._release()
-        if "panoptic" in self.formats:
-            self._write_panoptic_json()
-        return self._write_manifest({**(fields or {}), "status": status, "complete": status == "complete",
-                                     "num_frames": self.num_frames})
+        try:
+            if "panoptic" in self.formats:
+                self._write_panoptic_json()
+            return self._write_manifest({**(fields or {}), "status": status, "complete": status == "complete",
+                                         "num_frames": self.num_frames})
+        finally:
+            self._lock.release()
 
     @property
     def finished(self) -> bool:

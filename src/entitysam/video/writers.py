@@ -47,7 +47,15 @@ __all__ = [
     "entity_color",
     "render_overlay",
     "save_logits_npz",
+    "check_logits_file",
     "StagedOutput",
+    "OutputLock",
+    "OutputLockedError",
+    "UnsafeOverwriteError",
+    "recover_output",
+    "safe_name",
+    "check_not_input",
+    "written_by_entitysam",
     "read_manifest",
     "describe_os_error",
     "MANIFEST",
@@ -400,6 +408,33 @@ class OverlayWriter:
 # ----------------------------------------------------------------------------- logits
 
 
+def logits_file(path: str | os.PathLike) -> Path:
+    """The file a logits path names: ``.npz`` is added when missing."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def check_logits_file(path: str | os.PathLike, *, overwrite: bool = False, result_dir: str | os.PathLike | None = None,
+                      inputs: Sequence[Any] = ()) -> Path:
+    """Where ``--save-logits FILE`` may write: the folder must exist; an existing FILE is replaced
+    only with ``overwrite`` and only if it is a plain file and not an input; never inside the
+    result folder (replaced as a whole, which would delete it). Raises OutputError
+    (UnsafeOverwriteError for the unsafe cases); returns the file."""
+    path = logits_file(path)
+    if result_dir is not None and _overlaps(Path(os.path.realpath(path)), Path(os.path.realpath(result_dir))):
+        raise UnsafeOverwriteError(f"--save-logits {path} lies inside the result folder {result_dir}, which is "
+                                   "written as a whole: use --save-logits without FILE to put logits.npz there")
+    if not path.parent.is_dir():
+        raise OutputError(f"--save-logits {path}: the folder {path.parent} does not exist (create it first)")
+    if os.path.lexists(path):
+        if path.is_symlink() or not path.is_file():
+            raise UnsafeOverwriteError(f"--save-logits {path} exists and is not a plain file: refusing to replace it")
+        if not overwrite:
+            raise OutputError(f"--save-logits {path} already exists: use --overwrite to replace it")
+        check_not_input(path, inputs, "--save-logits")
+    return path
+
+
 def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **extra: np.ndarray) -> Path:
     """Write ``logits`` [n, Q, h, w] (low-res mask logits after hole filling, frame-major),
     ``scores`` [Q] and any ``extra`` arrays to an uncompressed .npz (``np.load`` reads it),
@@ -411,10 +446,9 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **
     """
     import zipfile  # noqa: PLC0415
 
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = logits_file(path)
+    if not path.parent.is_dir():  # never create folders anywhere a mistyped path points to
+        raise OutputError(f"cannot write {path}: the folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
     fresh = logits.frames if hasattr(logits, "frames") else (lambda: logits)
     first = fresh()
@@ -442,16 +476,84 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **
 
 
 # ----------------------------------------------------------------------------- staged folder
+#
+# A result folder DIR/<name> is written through these siblings (all hidden, all in DIR):
+#
+#   .<name>.lock                  the OS lock (fcntl.flock) of the run writing <name>; holds its pid
+#   .<name>.partial-<pid>-<hex>   the new result while it is written (the staging folder)
+#   .<name>.old-<pid>-<hex>       the previous result, moved aside while the new one moves in
+#   .<name>.commit.json           the journal of a replacement in progress: {"old", "new"}
+#
+# Replacing an existing result takes two renames (a non-empty folder cannot be renamed over
+# another). The journal is written before the first and removed after the second, so whatever
+# instant a run is killed at, the next run that takes the lock (:func:`recover_output`) finds
+# either the result in place, or the journal and enough to finish the move (the new result is
+# complete before the journal is written) or to put the old result back.
+
+LOCK_SUFFIX = ".lock"
+JOURNAL_SUFFIX = ".commit.json"
+WRITER = "entitysam"  # manifest "writer": marks folders this tool wrote (only those --overwrite replaces)
+# Bytes of a result name: the longest sibling adds ".", ".partial-<pid>-<8 hex>" (about 30 bytes)
+# and file systems allow 255 bytes per name.
+MAX_NAME_BYTES = 200
+
+
+class OutputLockedError(OutputError):
+    """Another run holds the lock of the result folder."""
+
+
+class UnsafeOverwriteError(OutputError):
+    """--overwrite would replace a folder this tool did not write, or an input."""
+
+
+def safe_name(name: str) -> str:
+    """`name` (derived from an input: a file stem, a folder name, a stream) made into one safe
+    path component: no separators, NUL or control characters (each becomes ``_``), no leading
+    dot (``.``, ``..`` and hidden names would be the output root, its parent, or look like our
+    staging folders), at most MAX_NAME_BYTES bytes of UTF-8 (a longer name is cut and gets a
+    hash of the full name, so two long names stay distinct). Never empty."""
+    import hashlib  # noqa: PLC0415
+    import unicodedata  # noqa: PLC0415
+
+    cleaned = "".join("_" if (ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")) else ch
+                      for ch in str(name))
+    cleaned = cleaned.strip()
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned.lstrip(".")
+    cleaned = cleaned or "_"
+    encoded = cleaned.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        head = encoded[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+        cleaned = f"{head}~{digest}"
+    return cleaned
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
     """The manifest of a complete output folder, or None (missing, unreadable, incomplete)."""
+    data = _manifest_data(directory)
+    return data if data is not None and data.get("complete") is True else None
+
+
+def _manifest_data(directory: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(directory) / MANIFEST
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("complete") is True else None
+    return data if isinstance(data, dict) else None
+
+
+def written_by_entitysam(directory: str | os.PathLike) -> bool:
+    """Whether `directory` is a real folder whose manifest.json says this tool wrote it (complete or
+    not: an interrupted online result is one). The only kind of folder --overwrite replaces."""
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    data = _manifest_data(directory)
+    if data is None:
+        return False
+    return data.get("writer") == WRITER or str(data.get("format", "")).startswith("entitysam-")
 
 
 def pid_alive(pid: int) -> bool:
@@ -477,80 +579,377 @@ def describe_os_error(err: OSError, what: str) -> str:
     return f"cannot write {what}{name}: {cause}"
 
 
-class StagedOutput:
-    """An output folder that appears only when complete.
+def _fsync_dir(path: Path) -> None:
+    """Make renames in `path` durable (best effort: not every file system supports it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
-    Files are written into a hidden sibling ``.<name>.partial-<pid>-<rand>``; :meth:`commit`
-    writes ``manifest.json`` last and renames the folder into place (replacing an older result
-    only at that moment when ``overwrite``). On error (or :meth:`abort`) the partial folder is
-    removed, so an interrupted run never leaves a folder that looks complete. Partial folders of
-    dead processes (e.g. killed runs) are removed when the same output is staged again.
+
+def _overlaps(a: Path, b: Path) -> str | None:
+    """How folder/file `a` relates to `b` ("is", "contains", "lies inside"), or None."""
+    if a == b:
+        return "is"
+    if a in b.parents:
+        return "contains"
+    if b in a.parents:
+        return "lies inside"
+    return None
+
+
+def check_not_input(target: str | os.PathLike, inputs: Sequence[Any], what: str) -> None:
+    """Raise UnsafeOverwriteError if `target` is, contains or lies inside one of `inputs`
+    (paths; other inputs, e.g. stream URLs, are ignored)."""
+    target_real = Path(os.path.realpath(target))
+    for item in inputs:
+        if not isinstance(item, (os.PathLike, Path)):
+            continue
+        relation = _overlaps(target_real, Path(os.path.realpath(item)))
+        if relation is not None:
+            raise UnsafeOverwriteError(f"{what} {target} {relation} the input {item}: refusing to replace it "
+                                       "(even with --overwrite); choose another --output")
+
+
+try:  # POSIX; elsewhere runs are not locked (documented)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (create) a lock file. A batch run holds one per video: when the soft limit of open
+    files is reached, it is raised to the hard limit once."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if err.errno != errno.EMFILE:
+            raise
+        import resource  # noqa: PLC0415 - POSIX only, like fcntl
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft * 16, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            raise err from None
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+class OutputLock:
+    """The exclusive lock of one result folder: ``fcntl.flock`` on ``.<name>.lock`` beside it,
+    holding the pid of its owner. The OS releases it when the process ends, however it ends, so
+    a killed run never leaves a stale lock. Re-entrant within a process (the command line takes
+    it before loading the model, the writer takes it again); the file is removed on release.
     """
 
-    def __init__(self, final: str | os.PathLike, overwrite: bool = False):
-        self.final = Path(final)
-        self.overwrite = overwrite
-        self.check_free(self.final, overwrite)
-        parent = self.final.parent
-        self._created_parent = not parent.exists()
+    _held: dict[str, "OutputLock"] = {}
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.path = final.parent / f".{final.name}{LOCK_SUFFIX}"
+        self._fd: int | None = None
+        self._count = 0
+        self._created: list[Path] = []
+
+    @classmethod
+    def acquire(cls, final: str | os.PathLike, *, wait: bool = False,
+                on_wait: Any = None) -> "OutputLock":
+        """Take the lock of `final` (creating its parent folders). Busy: raise OutputLockedError
+        naming the holder's pid, or with ``wait`` block until it is free (``on_wait(message)``
+        is called first)."""
+        final = Path(os.path.abspath(final))
+        key = str(final)
+        lock = cls._held.get(key)
+        if lock is None:
+            lock = cls(final)
+            lock._take(wait, on_wait)
+            cls._held[key] = lock
+        lock._count += 1
+        return lock
+
+    def _make_parent(self) -> None:
+        missing = []
+        for p in [self.final.parent, *self.final.parent.parents]:
+            if p.exists():
+                break
+            missing.append(p)
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self._clean_stale(parent)
-            self.path = parent / f".{self.final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-            self.path.mkdir()
+            self.final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(describe_os_error(err, "the output folder")) from None
+        self._created = missing  # innermost first: removed on release if still empty
+
+    def _holder(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.path.read_text().strip() or "x")
+            return f"pid {pid}"
+        return "another process"
+
+    def _take(self, wait: bool, on_wait: Any) -> None:
+        self._make_parent()
+        if fcntl is None:
+            return
+        while True:
+            try:
+                fd = _open_lock_file(self.path)
+            except OSError as err:
+                self._remove_created_parents()
+                raise OutputError(describe_os_error(err, "the output folder")) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder()
+                if not wait:
+                    os.close(fd)
+                    raise OutputLockedError(
+                        f"{self.final} is being written by another entitysam run ({holder}, lock file "
+                        f"{self.path}): wait for it to finish, or pass --wait-lock to wait for it") from None
+                if on_wait is not None:
+                    on_wait(f"{self.final} is being written by another entitysam run ({holder}); waiting")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # The previous holder removes the file before releasing it: a lock on a removed file
+            # locks nothing, so check that the path still names the file locked.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def _remove_created_parents(self) -> None:
+        for p in self._created:
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only if still empty
+
+    def release(self) -> None:
+        if self._count <= 0:
+            return
+        self._count -= 1
+        if self._count:
+            return
+        OutputLock._held.pop(str(self.final), None)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # while still locked: nobody can be relying on it
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        self._remove_created_parents()
+
+    def __enter__(self) -> "OutputLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# Staging folders this process is writing now (never "stale", whatever their pid says).
+_ACTIVE_STAGING: set[str] = set()
+
+
+def _sibling_pid(path: Path, prefix: str) -> int | None:
+    rest = path.name[len(prefix):]
+    head, _, tail = rest.partition("-")
+    if not head.isdigit() or not tail or not all(c in "0123456789abcdef" for c in tail):
+        return None
+    return int(head)
+
+
+def _leftovers(final: Path, kind: str) -> list[Path]:
+    """``.<name>.<kind>-<pid>-<hex>`` siblings of dead runs (or of this process, not active)."""
+    prefix = f".{final.name}.{kind}-"
+    out = []
+    with contextlib.suppress(OSError):
+        for p in final.parent.iterdir():
+            if not p.name.startswith(prefix) or str(p) in _ACTIVE_STAGING:
+                continue
+            pid = _sibling_pid(p, prefix)
+            if pid is not None and (pid == os.getpid() or not pid_alive(pid)):
+                out.append(p)
+    return sorted(out, key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+
+
+def _journal_path(final: Path) -> Path:
+    return final.parent / f".{final.name}{JOURNAL_SUFFIX}"
+
+
+def recover_output(final: str | os.PathLike) -> str | None:
+    """Finish or undo a replacement of `final` that a killed run left half done, and remove the
+    leftovers of dead runs. Call with the lock of `final` held. Returns what was done (or None).
+
+    With a journal: the new result is moved in if it is complete and `final` is missing or
+    still the old one; else the old one is put back. Without one (runs of older versions): a
+    missing `final` gets the newest complete staging folder of a dead run, else its newest
+    moved-aside old result.
+    """
+    final = Path(os.path.abspath(final))
+    parent = final.parent
+    journal = _journal_path(final)
+    done = None
+    try:
+        data = json.loads(journal.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = None
+    except (OSError, ValueError):
+        data = {}  # unreadable (written atomically, so not expected): use what the folders say
+    if data is not None:
+        names = {k: data.get(k) for k in ("old", "new")}
+        old = new = None
+        if isinstance(names["old"], str) and names["old"].startswith(f".{final.name}.old-") and "/" not in names["old"]:
+            old = parent / names["old"]
+        if isinstance(names["new"], str) and names["new"].startswith(f".{final.name}.partial-") \
+                and "/" not in names["new"]:
+            new = parent / names["new"]
+        new_ready = new is not None and read_manifest(new) is not None
+        if os.path.lexists(final):
+            if new_ready and (old is None or not old.exists()):  # killed before the old result moved aside
+                os.rename(final, old or parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+                os.rename(new, final)
+                done = "finished replacing the result"
+        elif new_ready:
+            os.rename(new, final)  # killed between the two renames
+            done = "finished replacing the result"
+        elif old is not None and old.is_dir():
+            os.rename(old, final)
+            done = "restored the previous result"
+        _fsync_dir(parent)
+        journal.unlink(missing_ok=True)
+    if not os.path.lexists(final):
+        for kind, what in (("partial", "moved in the complete result"), ("old", "restored the previous result")):
+            for p in _leftovers(final, kind):
+                if p.is_dir() and (kind == "old" or read_manifest(p) is not None):
+                    os.rename(p, final)
+                    done = f"{what} a killed run left in {p.name}"
+                    break
+            if os.path.lexists(final):
+                break
+    for kind in ("partial", "old"):
+        for p in _leftovers(final, kind):
+            shutil.rmtree(p, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        for p in parent.glob(f".{final.name}{JOURNAL_SUFFIX}.tmp-*"):
+            p.unlink()
+    return done
+
+
+class StagedOutput:
+    """An output folder that appears only when complete, written by one run at a time.
+
+    The lock of the folder is taken (see :class:`OutputLock`; ``wait_lock`` waits for another
+    run instead of failing) and leftovers of killed runs are recovered (:func:`recover_output`).
+    Files are written into a hidden sibling ``.<name>.partial-<pid>-<rand>``; :meth:`commit`
+    writes ``manifest.json`` last and renames the folder into place, replacing an older result
+    (``overwrite``) crash-safely: a kill at any instant leaves the old or the new result, or a
+    journal from which the next run restores one. ``overwrite`` only replaces a folder this
+    tool wrote, never one that is, contains or lies inside one of ``inputs``. On error (or
+    :meth:`abort`) the partial folder is removed.
+    """
+
+    def __init__(self, final: str | os.PathLike, overwrite: bool = False, *, inputs: Sequence[Any] = (),
+                 wait_lock: bool = False):
+        self.final = Path(final)
+        self.overwrite = overwrite
+        self._done = True
+        self._lock = OutputLock.acquire(self.final, wait=wait_lock)
+        try:
+            recover_output(self.final)
+            self.check_free(self.final, overwrite, inputs=inputs)
+            self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            self.path.mkdir()
+        except OSError as err:
+            self._lock.release()
+            raise OutputError(describe_os_error(err, "the output folder")) from None
+        except BaseException:
+            self._lock.release()
+            raise
+        _ACTIVE_STAGING.add(str(self.path))
         self._done = False
 
     @staticmethod
-    def check_free(final: str | os.PathLike, overwrite: bool = False) -> None:
-        """Raise OutputError if `final` exists and may not be replaced."""
+    def check_free(final: str | os.PathLike, overwrite: bool = False, inputs: Sequence[Any] = ()) -> None:
+        """Raise OutputError if `final` exists and may not be replaced: without ``overwrite``,
+        or (UnsafeOverwriteError) when it is not a folder this tool wrote, or is, contains or lies
+        inside one of `inputs`."""
         final = Path(final)
-        if final.exists() and not overwrite:
+        if not os.path.lexists(final):
+            return
+        error = UnsafeOverwriteError if overwrite else OutputError  # (--overwrite asked for a deletion)
+        if final.is_symlink():
+            raise error(f"{final} is a symbolic link: refusing to replace it (even with --overwrite); "
+                        "choose another --output")
+        if not final.is_dir():
+            raise error(f"{final} exists and is not a folder: refusing to replace it (even with --overwrite); "
+                        "choose another --output")
+        if not overwrite:
             if read_manifest(final) is not None:
                 raise OutputError(f"{final} already holds results: use --overwrite to replace them "
                                   "(or --skip-existing to skip finished videos)")
+            if written_by_entitysam(final):
+                raise OutputError(f"{final} holds an unfinished entitysam result: use --overwrite to replace it "
+                                  "or choose another --output")
             raise OutputError(f"{final} already exists (not a complete entitysam result): "
-                              "use --overwrite to replace it or choose another --output")
-        if final.exists() and not final.is_dir():
-            raise OutputError(f"{final} exists and is not a folder")
-
-    def _clean_stale(self, parent: Path) -> None:
-        prefix = f".{self.final.name}.partial-"
-        for p in parent.glob(f"{prefix}*"):
-            try:
-                pid = int(p.name[len(prefix):].split("-")[0])
-            except ValueError:
-                continue
-            if pid != os.getpid() and not pid_alive(pid):
-                shutil.rmtree(p, ignore_errors=True)
+                              "choose another --output (--overwrite only replaces entitysam results)")
+        check_not_input(final, inputs, "the result folder")
+        if not written_by_entitysam(final):
+            raise UnsafeOverwriteError(
+                f"{final} was not written by entitysam (no entitysam manifest.json in it): refusing to delete "
+                "it even with --overwrite; move it away or choose another --output")
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
-        data = {**manifest, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        data = {**manifest, "writer": WRITER, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        parent = self.final.parent
+        journal = _journal_path(self.final)
+        old = None
         try:
             tmp = self.path / f".{MANIFEST}.tmp"
-            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(json.dumps(data, indent=1) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(tmp, self.path / MANIFEST)
-            old = None
-            if self.final.exists():
-                old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-                os.rename(self.final, old)
-            os.rename(self.path, self.final)
+            if os.path.lexists(self.final):
+                self.check_free(self.final, self.overwrite)  # (it may have appeared since the start)
+                old = parent / f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                _write_journal(journal, {"old": old.name, "new": self.path.name, "pid": os.getpid()})
+                os.rename(self.final, old)  # step 1: the old result aside
+            os.rename(self.path, self.final)  # step 2: the new result in
+            _fsync_dir(parent)
+            journal.unlink(missing_ok=True)  # step 3: the replacement is done
         except OSError as err:
-            self.abort()
+            self._roll_back(old)
             raise OutputError(describe_os_error(err, str(self.final))) from None
+        except BaseException:
+            self._roll_back(old)
+            raise
+        self._finish()
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        self._done = True
+            shutil.rmtree(old, ignore_errors=True)  # step 4 (a leftover is removed by the next run)
         return self.final
+
+    def _roll_back(self, old: Path | None) -> None:
+        """After a failed commit in this process: the old result back in place, no journal."""
+        with contextlib.suppress(OSError):
+            if old is not None and old.is_dir() and not os.path.lexists(self.final):
+                os.rename(old, self.final)
+            _journal_path(self.final).unlink(missing_ok=True)
+        self.abort()
+
+    def _finish(self) -> None:
+        self._done = True
+        _ACTIVE_STAGING.discard(str(self.path))
+        self._lock.release()
 
     def abort(self) -> None:
         if not self._done:
             shutil.rmtree(self.path, ignore_errors=True)
-            self._done = True
-            if self._created_parent:
-                with contextlib.suppress(OSError):
-                    self.final.parent.rmdir()  # only if still empty
+            self._finish()
 
     def __enter__(self) -> "StagedOutput":
         return self
@@ -558,3 +957,13 @@ class StagedOutput:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def _write_journal(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(data) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)

@@ -1,0 +1,427 @@
+"""Result folders: --overwrite only replaces what entitysam wrote and never an input; result names
+are one safe path component; replacing a result is crash-safe (a kill at any instant leaves the
+old or the new result, recovered by the next run); one run per result folder (OS lock);
+--save-logits FILE never deletes or silently replaces files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from _media import scene, tiny_state_dict, write_frames, write_video
+from entitysam import cli
+from entitysam.hub import bundled_checkpoint_path
+from entitysam.video import writers
+from entitysam.video.writers import (MANIFEST, OutputLock, OutputLockedError, StagedOutput, UnsafeOverwriteError,
+                                     read_manifest, recover_output, safe_name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.save({"model": tiny_state_dict()}, d / "tiny.pth")
+    return d / "tiny.pth"
+
+
+def run(*args):
+    return cli.main(["segment", *map(str, args)])
+
+
+def tree(path):
+    """Every file under `path` with its bytes (to show nothing changed)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def still(path):
+    Image.fromarray(scene(2)).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("raw, expected", [(".", "_"), ("..", "_"), ("", "_"), ("a/b", "a_b"), ("a\\b", "a_b"),
+                                           ("a\x00b", "a_b"), ("x\x01\x1fy\x7f", "x__y_"), (".hidden", "_hidden"),
+                                           ("clip", "clip"), ("vidéo 1", "vidéo 1")])
+def test_safe_name(raw, expected):
+    assert safe_name(raw) == expected
+
+
+def test_safe_name_bounds_bytes_and_keeps_long_names_distinct():
+    a, b = "é" * 200 + "a", "é" * 200 + "b"
+    sa, sb = safe_name(a), safe_name(b)
+    assert len(sa.encode()) <= writers.MAX_NAME_BYTES and len(sb.encode()) <= writers.MAX_NAME_BYTES
+    assert sa != sb and sa.startswith("é" * 50)
+
+
+def test_dotdot_video_does_not_write_into_the_output_root(tmp_path, ckpt):
+    video = write_video(tmp_path / "..mp4", 2)
+    out = tmp_path / "out"
+    assert run(video, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["_"]
+    assert read_manifest(out / "_") is not None
+
+
+def test_250_byte_name_works_and_leaves_no_empty_folder(tmp_path, ckpt):
+    name = "v" * 250
+    image = still(tmp_path / f"{name}.png")
+    out = tmp_path / "out"
+    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    [result] = list(out.iterdir())
+    assert len(result.name.encode()) <= writers.MAX_NAME_BYTES and read_manifest(result) is not None
+
+
+def test_inputs_that_sanitise_to_one_name_are_refused(tmp_path, ckpt, capsys):
+    a = still(tmp_path / "a.png").rename(tmp_path / "a\x01.png")  # both become "a_"
+    b = still(tmp_path / "a_.png")
+    assert run(a, b, "-o", tmp_path / "out", "--checkpoint", ckpt, "-q") == 2
+    assert "would both write to" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- --overwrite
+
+
+def test_overwrite_never_deletes_the_input_folder(tmp_path, capsys):
+    frames = write_frames(tmp_path / "frames", ["0", "1"])
+    before = tree(tmp_path)
+    # checkpoint "missing.pth": exit 2 (not 1) shows the refusal comes before loading the model
+    for extra in ([], ["--online"]):
+        assert run(frames, "-o", tmp_path, "--overwrite", "--checkpoint", tmp_path / "missing.pth", *extra) == 2
+        err = capsys.readouterr().err
+        assert "refusing to replace it (even with --overwrite)" in err and "is the input" in err
+        assert tree(tmp_path) == before
+
+
+def test_overwrite_never_deletes_batch_inputs(tmp_path, capsys):
+    batch = tmp_path / "batch"
+    write_frames(batch / "a", ["0", "1"])
+    write_frames(batch / "b", ["0", "1"])
+    before = tree(batch)
+    assert run("--batch", batch, "-o", batch, "--overwrite", "--checkpoint", tmp_path / "missing.pth") == 2
+    assert "is the input" in capsys.readouterr().err
+    assert tree(batch) == before
+
+
+def test_overwrite_refuses_folders_entitysam_did_not_write(tmp_path, ckpt, capsys):
+    image = still(tmp_path / "still.png")
+    mine = tmp_path / "out" / "still"
+    mine.mkdir(parents=True)
+    (mine / "thesis.tex").write_text("years of work")
+    (mine / MANIFEST).write_text(json.dumps({"complete": True}))  # a manifest, but not ours
+    assert run(image, "-o", tmp_path / "out", "--overwrite", "--checkpoint", ckpt, "-q") == 2
+    assert "was not written by entitysam" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_overwrite_refuses_a_result_folder_holding_an_input(tmp_path, ckpt, capsys):
+    out = tmp_path / "out"
+    assert run(still(tmp_path / "still.png"), "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    inner = still(out / "still" / "still.png")  # the user keeps the input inside the old result
+    assert run(inner, "-o", out, "--overwrite", "--checkpoint", ckpt, "-q") == 2
+    assert "contains the input" in capsys.readouterr().err
+    assert inner.is_file()
+
+
+def test_overwrite_replaces_an_earlier_result(tmp_path, ckpt):
+    image = still(tmp_path / "still.png")
+    out = tmp_path / "out"
+    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "entities", "-q") == 0
+    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "--overwrite", "-q") == 0
+    assert sorted(p.name for p in (out / "still").iterdir()) == [MANIFEST, "panoptic", "panoptic.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["still"]  # no lock, journal or staging left
+
+
+def test_api_save_refuses_to_replace_its_own_input(tmp_path, ckpt):
+    from entitysam import EntitySAM
+
+    frames = write_frames(tmp_path / "frames", ["0"])
+    model = EntitySAM.from_checkpoint(ckpt)
+    with model.segment(frames) as result:
+        (frames / MANIFEST).write_text(json.dumps({"format": "entitysam-segment", "complete": True}))
+        with pytest.raises(UnsafeOverwriteError, match="is the input"):
+            result.save(frames, formats=["panoptic"], overwrite=True)
+    assert (frames / "0.jpg").is_file()
+
+
+# ----------------------------------------------------------------------------- --save-logits FILE
+
+
+def test_save_logits_file_rules(tmp_path, ckpt, capsys):
+    image = still(tmp_path / "still.png")
+    out = tmp_path / "out"
+    common = [image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q"]
+    # a missing folder is not created
+    assert run(*common, "--save-logits", tmp_path / "nowhere" / "l.npz") == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    # an existing file is not replaced without --overwrite
+    existing = tmp_path / "l.npz"
+    existing.write_bytes(b"precious")
+    assert run(*common, "--save-logits", existing) == 2
+    assert "already exists: use --overwrite" in capsys.readouterr().err and existing.read_bytes() == b"precious"
+    # a file inside the result folder (replaced as a whole) is refused
+    assert run(*common) == 0
+    inside = out / "still" / "mine.npz"
+    inside.write_bytes(b"mine")
+    assert run(*common, "--overwrite", "--save-logits", inside) == 2
+    assert "lies inside the result folder" in capsys.readouterr().err and inside.read_bytes() == b"mine"
+    # with --overwrite an existing plain file is replaced
+    assert run(*common, "--overwrite", "--save-logits", existing) == 0
+    assert existing.read_bytes()[:2] == b"PK"
+
+
+# ----------------------------------------------------------------------------- crash-safe replacement
+
+
+class Kill(BaseException):
+    """Stands for SIGKILL at one instant: nothing after it runs in the process."""
+
+
+def _result(final, text):
+    with StagedOutput(final, overwrite=True) as s:
+        (s.path / "data.txt").write_text(text)
+        s.commit({"video": "vid"})
+
+
+KILL_POINTS = ["journal-before", "journal-after", "rename-1", "rename-2", "journal-unlink", "rmtree-old"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, point):
+    final = tmp_path / "out" / "vid"
+    _result(final, "old")
+    real_rename, real_journal, real_rmtree = os.rename, writers._write_journal, writers.shutil.rmtree
+    renames = []
+
+    def rename(a, b):
+        renames.append(a)
+        if point == f"rename-{len(renames)}":
+            real_rename(a, b)
+            raise Kill  # killed right after the k-th rename
+        real_rename(a, b)
+
+    def journal(path, data):
+        if point == "journal-before":
+            raise Kill
+        real_journal(path, data)
+        if point == "journal-after":
+            raise Kill
+
+    def fsync_dir(path):
+        if point == "journal-unlink" and len(renames) >= 2:
+            raise Kill  # after both renames, before the journal goes
+
+    def rmtree(path, *a, **k):
+        if point == "rmtree-old" and ".old-" in str(path):
+            raise Kill
+        real_rmtree(path, *a, **k)
+
+    monkeypatch.setattr(writers.os, "rename", rename)
+    monkeypatch.setattr(writers, "_write_journal", journal)
+    monkeypatch.setattr(writers, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(writers.shutil, "rmtree", rmtree)
+    # a kill runs no clean-up: only the OS lock goes (with the process)
+    monkeypatch.setattr(StagedOutput, "_roll_back", lambda self, old: self._lock.release())
+    staged = StagedOutput(final, overwrite=True)
+    (staged.path / "data.txt").write_text("new")
+    with pytest.raises(Kill):
+        staged.commit({"video": "vid"})
+    monkeypatch.undo()
+    writers._ACTIVE_STAGING.clear()  # the killed process's memory is gone too
+    visible = (final / "data.txt").read_text() if final.is_dir() else None
+    assert visible in ("old", "new", None)
+    recover_output(final)
+    assert read_manifest(final) is not None
+    expected = "old" if point in ("journal-before",) else "new"
+    assert (final / "data.txt").read_text() == expected
+    assert sorted(p.name for p in final.parent.iterdir()) == ["vid"]  # no journal, staging or old left
+    _result(final, "next")  # and the next run works normally
+    assert (final / "data.txt").read_text() == "next"
+
+
+def test_leftovers_of_older_versions_are_recovered(tmp_path):
+    """A run of the previous version killed between its two renames left the old result in
+    `.old-` and the complete new one in `.partial-`, and no journal: the new one is moved in."""
+    parent = tmp_path / "out"
+    _result(parent / "tmp", "new")
+    (parent / "tmp").rename(parent / ".vid.partial-999999999-aaaa")
+    _result(parent / "tmp", "old")
+    (parent / "tmp").rename(parent / ".vid.old-999999999-bbbb")
+    assert "moved in the complete result" in recover_output(parent / "vid")
+    assert (parent / "vid" / "data.txt").read_text() == "new"
+    assert sorted(p.name for p in parent.iterdir()) == ["vid"]
+    # only the moved-aside old result left: it is put back
+    (parent / "vid").rename(parent / ".vid.old-999999999-cccc")
+    assert "restored the previous result" in recover_output(parent / "vid")
+    assert (parent / "vid" / "data.txt").read_text() == "new"
+
+
+def test_cli_recovers_a_killed_replacement_before_running(tmp_path, ckpt, capsys):
+    image = still(tmp_path / "still.png")
+    out = tmp_path / "out"
+    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    # killed between the renames: result missing, journal + old + complete new left
+    (out / "still").rename(out / ".still.partial-999999999-aaaa")
+    writers._write_journal(out / ".still.commit.json", {"old": ".still.old-999999999-bbbb",
+                                                         "new": ".still.partial-999999999-aaaa"})
+    assert run(image, "-o", out, "--checkpoint", ckpt, "--skip-existing") == 0
+    err = capsys.readouterr().err
+    assert "finished replacing the result" in err and "skipped, complete results" in err
+    assert sorted(p.name for p in out.iterdir()) == ["still"]
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+HOLDER = """
+import sys
+from entitysam.video.writers import OutputLock
+lock = OutputLock.acquire(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.read()  # hold until the test closes stdin (or kills us)
+"""
+
+
+def _hold_lock(final):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(final)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_run_fails_fast_naming_the_other_process(tmp_path, ckpt, capsys):
+    image = still(tmp_path / "still.png")
+    holder = _hold_lock(tmp_path / "out" / "still")
+    try:
+        t0 = time.monotonic()
+        assert run(image, "-o", tmp_path / "out", "--checkpoint", tmp_path / "missing.pth") == 1
+        err = capsys.readouterr().err
+        assert f"being written by another entitysam run (pid {holder.pid}" in err and "--wait-lock" in err
+        assert "checkpoint" not in err.split("lock file")[0] and time.monotonic() - t0 < 30
+        with pytest.raises(OutputLockedError):
+            StagedOutput(tmp_path / "out" / "still")
+    finally:
+        holder.kill()
+        holder.wait()
+    # killed holder: the OS released its lock
+    with StagedOutput(tmp_path / "out" / "still") as s:
+        s.commit({"video": "still"})
+
+
+def test_wait_lock_waits_for_the_other_run(tmp_path, ckpt):
+    image = still(tmp_path / "still.png")
+    holder = _hold_lock(tmp_path / "out" / "still")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    waiter = subprocess.Popen([sys.executable, "-m", "entitysam", "segment", str(image), "-o", str(tmp_path / "out"),
+                               "--checkpoint", str(ckpt), "--save", "panoptic", "--wait-lock", "--threads", "1"],
+                              stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = waiter.stderr.readline()  # printed before it blocks on the lock
+        assert f"pid {holder.pid}); waiting" in first
+        time.sleep(1)
+        assert waiter.poll() is None  # still waiting
+        holder.stdin.close()  # the other run ends
+        holder.wait(timeout=30)
+        _, err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0, err
+        assert read_manifest(tmp_path / "out" / "still") is not None
+    finally:
+        for p in (holder, waiter):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+def test_lock_is_reentrant_and_leaves_no_file(tmp_path):
+    final = tmp_path / "out" / "vid"
+    with OutputLock.acquire(final):
+        with StagedOutput(final) as s:  # the same process may take it again
+            s.commit({"video": "vid"})
+        assert (tmp_path / "out" / ".vid.lock").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["vid"]
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_demo_overwrite_deletes_only_demo_files(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "input").mkdir(parents=True)
+    (out / "input" / "notes.txt").write_text("mine")  # looks like a demo run, is not one
+    args = ["demo", "-o", str(out), "--frames", "2", "--size", "64x48", "-q", "--overwrite"]
+    assert cli.main(args) == 1
+    assert "not a demo run" in capsys.readouterr().err and (out / "input" / "notes.txt").is_file()
+    (out / "input" / "notes.txt").unlink()
+    (out / "input").rmdir()
+    assert cli.main(args) == 0
+    (out / "keep.txt").write_text("mine")
+    ckpt = out / "input" / "model.safetensors"  # a checkpoint inside what --overwrite would delete
+    shutil.copyfile(bundled_checkpoint_path("demo"), ckpt)
+    assert cli.main([*args, "--checkpoint", str(ckpt)]) == 1
+    assert "contains the input" in capsys.readouterr().err and ckpt.is_file()
+    assert cli.main(args) == 0
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_api_save_logits_needs_an_existing_folder(tmp_path, ckpt):
+    from entitysam import EntitySAM
+    from entitysam.errors import OutputError
+
+    model = EntitySAM.from_checkpoint(ckpt)
+    with pytest.raises(OutputError, match="does not exist"):
+        model.segment(still(tmp_path / "still.png"), save_logits=tmp_path / "nowhere" / "l.npz")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_many_locks_raise_the_open_file_limit(tmp_path):
+    """A batch run holds one lock per video: more videos than the soft open-file limit still work."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 400:
+        pytest.skip("hard open-file limit too low")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    locks = []
+    try:
+        for i in range(300):
+            locks.append(OutputLock.acquire(tmp_path / f"v{i}"))
+    finally:
+        for lock in locks:
+            lock.release()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_or_symlink_at_the_result_path_is_never_replaced(tmp_path, capsys):
+    image = still(tmp_path / "still.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / MANIFEST).write_text(json.dumps({"format": "entitysam-segment", "complete": True}))
+    (out / "still").symlink_to(target)
+    assert run(image, "-o", out, "--overwrite", "--checkpoint", tmp_path / "missing.pth") == 2
+    assert "is a symbolic link" in capsys.readouterr().err and (target / MANIFEST).is_file()
+    (out / "still").unlink()
+    (out / "still").write_text("a file of mine")
+    assert run(image, "-o", out, "--overwrite", "--checkpoint", tmp_path / "missing.pth") == 2
+    assert run(image, "-o", out, "--checkpoint", tmp_path / "missing.pth") == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    assert (out / "still").read_text() == "a file of mine"
