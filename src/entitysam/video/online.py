@@ -52,6 +52,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from .. import jsonio
 from ..errors import OutputError
 from .postprocess import _assign, _paint
 
@@ -476,7 +477,7 @@ MANIFEST = "manifest.json"
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return jsonio.dumps(obj, compact=True)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -667,7 +668,7 @@ class OnlineWriter:
     def _write_manifest(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         data = {**self.base_manifest, **fields, "files": self.files(),
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_atomic(self.directory / MANIFEST, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+        _write_atomic(self.directory / MANIFEST, (jsonio.dumps(data, indent=1) + "\n").encode("utf-8"))
         return data
 
     def _write_panoptic_json(self) -> None:

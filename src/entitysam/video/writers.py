@@ -34,6 +34,7 @@ import numpy as np
 import scipy.ndimage as ndi
 from PIL import Image
 
+from .. import jsonio
 from ..errors import OutputError
 
 __all__ = [
@@ -121,7 +122,7 @@ def frame_segments(id_map: np.ndarray, bbox: str = "coco") -> list[dict[str, Any
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return jsonio.dumps(obj, compact=True)
 
 
 class PanopticWriter:
@@ -529,7 +530,7 @@ class StagedOutput:
         data = {**manifest, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         try:
             tmp = self.path / f".{MANIFEST}.tmp"
-            tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+            tmp.write_text(jsonio.dumps(data, indent=1) + "\n", encoding="utf-8")
             os.replace(tmp, self.path / MANIFEST)
             old = None
             if self.final.exists():
