@@ -709,6 +709,9 @@ class OnlineStream:
                         continue
                     if self.status == "running":
                         self.status = "complete"
+                    # The end of the iteration finishes the outputs (manifest, panoptic.json) as
+                    # leaving a `with` block does: a plain for loop must not leave them "running".
+                    self.close()
                     raise StopIteration
                 self._read_and_step()
             return self._deliver(self._ready.popleft())
@@ -716,10 +719,31 @@ class OnlineStream:
             raise
         except KeyboardInterrupt:
             self._fail("interrupted", None)
+            self._close_after_error()
             raise
         except BaseException as err:
-            self._fail("failed", f"{type(err).__name__}: {err}" if not isinstance(err, EntitySAMError) else str(err))
+            self._fail("failed", self._describe(err))
+            self._close_after_error()
             raise
+
+    def _describe(self, err: BaseException) -> str:
+        if isinstance(err, EntitySAMError):
+            return str(err)
+        if isinstance(err, OSError):  # e.g. a full disk: say so, not "OSError: [Errno 28] ..."
+            return describe_os_error(err, f"the results of {self.name}")
+        return f"{type(err).__name__}: {err}"
+
+    def _close_after_error(self) -> None:
+        """After a failure or Ctrl-C the stream cannot go on: emit the frames already processed
+        and finish the outputs now (status failed / interrupted), so that they are finished even
+        if the caller never calls close(). Errors while doing so are recorded, not raised over
+        the original one."""
+        if self._closed:
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the original error is the one to raise
+            pass
 
     def _fail(self, status: str, message: str | None) -> None:
         if self.status == "running" or (status == "interrupted" and self.status != "failed"):
@@ -894,6 +918,11 @@ class OnlineStream:
             if self._writer is not None and not self._writer.finished:
                 with deferred_sigint():
                     self.manifest = self._writer.finish(self.status, self.summary())
+                if self.manifest["status"] != self.status:  # finishing the files failed (full disk)
+                    self.status, self.error = self.manifest["status"], self.manifest.get("error")
+        except OutputError as err:  # not even the manifest could be written
+            self.status, self.error = "failed", str(err)
+            raise
         finally:
             if interrupt is not None:
                 raise interrupt

@@ -35,9 +35,9 @@ class InvalidArgumentError(EntitySAMError, ValueError, TypeError):
 def check_int(value: Any, name: str, minimum: int) -> int:
     """`value` as an int >= minimum (bools and floats are refused: ``stride=1.5`` is a mistake)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}".lstrip())
     if value < minimum:
-        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}")
+        raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}".lstrip())
     return value
 
 
@@ -47,10 +47,10 @@ def check_positive_float(value: Any, name: str) -> float:
         try:
             value = float(value)  # numpy scalars, strings of numbers
         except (TypeError, ValueError):
-            raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}") from None
+            raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}".lstrip()) from None
     value = float(value)
     if not math.isfinite(value) or value <= 0:
-        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}")
+        raise InvalidArgumentError(f"{name} must be a finite number > 0, got {value!r}".lstrip())
     return value
 
 
@@ -78,9 +78,10 @@ def _float(text: str) -> float:
         raise InvalidArgumentError(f"expected a number, got {text!r}") from None
 
 
-positive_int = _argparse_type(lambda s: check_int(_int(s), "the value", 1), "positive integer")
-non_negative_int = _argparse_type(lambda s: check_int(_int(s), "the value", 0), "non-negative integer")
-positive_float = _argparse_type(lambda s: check_positive_float(_float(s), "the value"), "positive number")
+# argparse puts "argument --fps: " before the message: the checks get no name of their own.
+positive_int = _argparse_type(lambda s: check_int(_int(s), "", 1), "positive integer")
+non_negative_int = _argparse_type(lambda s: check_int(_int(s), "", 0), "non-negative integer")
+positive_float = _argparse_type(lambda s: check_positive_float(_float(s), ""), "positive number")
 # numpy's generators take seeds in [0, 2**32) for the legacy API, >= 0 for default_rng
 seed = _argparse_type(lambda s: _seed(_int(s)), "seed")
 

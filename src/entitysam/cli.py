@@ -421,6 +421,8 @@ def _stream_one(model, source, name: str, out_root: Path, formats, args, say) ->
                        "(manifest status \"failed\")")
         raise
     s.close()
+    if s.status == "failed":  # the frames were done but their files could not be finished (e.g. disk full)
+        raise OutputError(s.error or f"the results in {final} could not be finished")
     dropped = f", {s.dropped} dropped" if s.live else ""
     where = f"-> {final}" if s.emitted else "(nothing written)"
     per_frame = s.seconds["model"] / s.processed if s.processed else 0.0
