@@ -435,3 +435,17 @@ def test_online_failure_without_close_finishes_the_outputs(media, model, tmp_pat
     manifest = strict_json(tmp_path / "a" / "manifest.json")
     assert manifest["status"] == "failed" and "disk full" in manifest["error"]
     assert (tmp_path / "a" / "panoptic.json").is_file()
+
+
+def test_online_non_finite_score_gives_a_valid_failed_manifest(tmp_path):
+    from types import SimpleNamespace
+
+    from entitysam.video.online import OnlineWriter
+
+    writer = OnlineWriter(tmp_path / "o", video="v", formats=("panoptic",), fps=10.0)
+    frame = SimpleNamespace(name="000000", index=0, time=0.0)
+    writer.add(0, frame, np.zeros((4, 4), np.int32), [])
+    manifest = writer.finish("complete", {"tracks": [{"id": 1, "score": float("nan")}]})
+    assert strict_json(tmp_path / "o" / "manifest.json") == manifest
+    assert manifest["status"] == "failed" and "non-finite" in manifest["error"]
+    assert manifest["tracks"] == [{"id": 1, "score": None}]

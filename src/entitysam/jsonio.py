@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import EntitySAMError
 
-__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite"]
+__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite", "nulls_for_non_finite"]
 
 
 class NonFiniteJSONError(EntitySAMError, ValueError):
@@ -53,3 +53,15 @@ def dumps(obj: Any, *, indent: int | None = None, compact: bool = False, ensure_
             raise
         raise NonFiniteJSONError(f"refusing to write a non-finite number (NaN or infinity) as JSON at {where}: "
                                  "JSON has no such values") from err
+
+
+def nulls_for_non_finite(obj: Any) -> Any:
+    """A copy of `obj` with NaN / infinite floats replaced by None (JSON null). For last-resort
+    records that must be written anyway (a final manifest saying why a run failed)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nulls_for_non_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nulls_for_non_finite(v) for v in obj]
+    return obj

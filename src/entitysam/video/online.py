@@ -749,8 +749,13 @@ class OnlineWriter:
             status = "failed"
             fields.setdefault("error", describe_os_error(problem, f"the results in {self.directory}"))
         try:
-            return self._write_manifest({**fields, "status": status, "complete": status == "complete",
-                                         "num_frames": self.num_frames}, in_place_fallback=True)
+            try:
+                return self._write_manifest({**fields, "status": status, "complete": status == "complete",
+                                             "num_frames": self.num_frames}, in_place_fallback=True)
+            except jsonio.NonFiniteJSONError as err:  # e.g. a NaN score: still a valid manifest, saying so
+                fields = {**jsonio.nulls_for_non_finite(fields), "error": fields.get("error") or str(err)}
+                return self._write_manifest({**fields, "status": "failed", "complete": False,
+                                             "num_frames": self.num_frames}, in_place_fallback=True)
         except OSError as err:
             raise OutputError(describe_os_error(err, str(self.directory / MANIFEST))) from None
 
