@@ -449,3 +449,16 @@ def test_online_non_finite_score_gives_a_valid_failed_manifest(tmp_path):
     assert strict_json(tmp_path / "o" / "manifest.json") == manifest
     assert manifest["status"] == "failed" and "non-finite" in manifest["error"]
     assert manifest["tracks"] == [{"id": 1, "score": None}]
+
+
+def test_a_file_that_is_no_checkpoint(media, vipseg, tmp_path):
+    """Loading fails (exit 1: the model could not be loaded) with one line, not a pickle traceback."""
+    not_a_checkpoint = media / "clip.mp4"
+    for args in (("segment", media / "frames", "-o", tmp_path / "a"),
+                 ("demo", "-o", tmp_path / "b", "--frames", "2"),
+                 ("eval", "vipseg", "--data-root", vipseg.root, "-o", tmp_path / "c", "--no-metrics")):
+        proc = entitysam(*args, "--checkpoint", not_a_checkpoint)
+        assert proc.returncode == 1, proc.stderr
+        assert f"cannot load the checkpoint {not_a_checkpoint}" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

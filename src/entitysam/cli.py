@@ -180,9 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_model(args) -> object:
     from .api import from_checkpoint, from_pretrained
 
-    if args.checkpoint:
-        return from_checkpoint(args.checkpoint, config=args.model, device=args.device)
-    return from_pretrained(args.model or "vit-s", device=args.device)
+    with _model_load_errors(args.checkpoint):
+        if args.checkpoint:
+            return from_checkpoint(args.checkpoint, config=args.model, device=args.device)
+        return from_pretrained(args.model or "vit-s", device=args.device)
+
+
+class _model_load_errors:
+    """Any failure while loading a model (e.g. a --checkpoint that is no checkpoint: pickle
+    errors) becomes one EntitySAMError line instead of a traceback; Ctrl-C passes through."""
+
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, (EntitySAMError, KeyboardInterrupt, SystemExit)):
+            return False
+        if isinstance(exc, Exception):
+            what = f"the checkpoint {self.checkpoint}" if self.checkpoint else "the model"
+            raise EntitySAMError(f"cannot load {what}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+        return False
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
@@ -473,7 +493,8 @@ def cmd_demo(args) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        model = from_checkpoint(args.checkpoint, config="demo", device=args.device) if args.checkpoint else None
+        with _model_load_errors(args.checkpoint):
+            model = from_checkpoint(args.checkpoint, config="demo", device=args.device) if args.checkpoint else None
         report = run_demo(args.output, model=model, num_frames=args.frames, width=width, height=height,
                           seed=args.seed, formats=formats, labels=args.labels, overwrite=args.overwrite,
                           device=args.device, progress=not args.quiet, say=say)

@@ -955,10 +955,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..api import from_checkpoint, from_pretrained  # noqa: PLC0415
 
         t0 = time.perf_counter()
-        if args.checkpoint:
-            net = from_checkpoint(args.checkpoint, config=args.model, device=device)
-        else:
-            net = from_pretrained(args.model or "vit-s", device=device)
+        try:
+            if args.checkpoint:
+                net = from_checkpoint(args.checkpoint, config=args.model, device=device)
+            else:
+                net = from_pretrained(args.model or "vit-s", device=device)
+        except (EntitySAMError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. a --checkpoint that is no checkpoint (pickle errors)
+            what = f"the checkpoint {args.checkpoint}" if args.checkpoint else "the model"
+            raise EntitySAMError(f"cannot load {what}: {type(err).__name__}: {err}") from None
         say(f"model {net.cfg.name} loaded on {next(net.parameters()).device} in {time.perf_counter() - t0:.1f}s")
         return net
 
