@@ -99,6 +99,8 @@ SEGMENT_ERRORS = [
     (("--online", "--delay", "-1"), "argument --delay: must be >= 0"),
     (("--online", "--queue", "0"), "argument --queue: must be >= 1"),
     (("--queue", "2"), "--queue needs --online"),
+    (("--save-logits", "."), "--save-logits .: is a folder"),
+    (("--save-logits", str(REPO / "README.md" / "logits.npz")), "README.md is not a folder"),
 ]
 
 

@@ -294,6 +294,26 @@ def _check_online_args(args, inputs) -> None:
         raise EntitySAMError(f"--queue must be >= 1, got {args.queue}")
 
 
+def _check_logits_destination(save_logits: str | None, names: list[str]) -> None:
+    """--save-logits FILE is written after the whole video is tracked: refuse a FILE that can
+    never be written now (a folder, or under a file, or in a folder that cannot be created)."""
+    import os
+
+    if not save_logits:
+        return
+    for name in names:
+        path = Path(save_logits.replace("{video}", name))
+        if path.is_dir():
+            raise EntitySAMError(f"--save-logits {path}: is a folder, expected a file name")
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise EntitySAMError(f"--save-logits {path}: {ancestor} is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
+
+
 def _check_model_args(args) -> None:
     """What can be refused about the model options before loading it: an unavailable device,
     --exact with a dtype other than float32 (also --dtype auto, which is bfloat16 on CUDA)."""
@@ -329,6 +349,7 @@ def cmd_segment(args) -> int:
         if args.save_logits and len(inputs) > 1 and "{video}" not in args.save_logits:
             raise EntitySAMError("--save-logits FILE with several inputs needs {video} in FILE "
                                  "(or no FILE: each video folder gets logits.npz)")
+        _check_logits_destination(args.save_logits, names)
         if args.overwrite and args.skip_existing:
             raise EntitySAMError("--overwrite and --skip-existing exclude each other")
         _check_online_args(args, inputs)
