@@ -15,6 +15,7 @@ the outputs of the frames done).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -186,23 +187,18 @@ def _load_model(args) -> object:
         return from_pretrained(args.model or "vit-s", device=args.device)
 
 
-class _model_load_errors:
+@contextlib.contextmanager
+def _model_load_errors(checkpoint):
     """Any failure while loading a model (e.g. a --checkpoint that is no checkpoint: pickle
     errors) becomes one EntitySAMError line instead of a traceback; Ctrl-C passes through."""
-
-    def __init__(self, checkpoint):
-        self.checkpoint = checkpoint
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or isinstance(exc, (EntitySAMError, KeyboardInterrupt, SystemExit)):
-            return False
-        if isinstance(exc, Exception):
-            what = f"the checkpoint {self.checkpoint}" if self.checkpoint else "the model"
-            raise EntitySAMError(f"cannot load {what}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
-        return False
+    try:
+        yield
+    except EntitySAMError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever torch.load raises for a foreign file
+        what = f"the checkpoint {checkpoint}" if checkpoint else "the model"
+        cause = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise EntitySAMError(f"cannot load {what}: {cause}") from None
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
