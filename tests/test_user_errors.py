@@ -233,6 +233,18 @@ def test_eval_refuses_bad_options(vipseg, tmp_path, extra, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_eval_api_checks_workers_before_inference(vipseg, tmp_path):
+    from entitysam.eval.vipseg import evaluate_vipseg
+
+    def no_model():
+        raise AssertionError("the model must not be loaded")
+
+    for workers in (0, -1, 1.5):
+        with pytest.raises(EntitySAMError, match="workers"):
+            evaluate_vipseg(vipseg.root, tmp_path / "out", model=no_model, workers=workers)
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_missing_gt_png_found_before_inference(vipseg, tmp_path):
     import shutil
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import jsonio
-from ..argtypes import positive_float, positive_int
+from ..argtypes import check_int, positive_float, positive_int
 from ..errors import EntitySAMError, OutputError
 from ..video.writers import pid_alive
 
@@ -720,6 +720,8 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
 
     say = say or (lambda msg: None)
     say_error = say_error or say
+    if workers is not None:  # used only when scoring, after all inference: check it now
+        check_int(workers, "workers", 1)
     plan = plan or load_plan(data_root, split, gt_json=gt_json, gt_dir=gt_dir, split_file=split_file)
     index, count = parse_shard(shard) if isinstance(shard, str) else (shard or (0, 1))
     if count < 1 or not 0 <= index < count:
