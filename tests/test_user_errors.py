@@ -476,3 +476,29 @@ def test_a_file_that_is_no_checkpoint(media, vipseg, tmp_path):
         assert f"cannot load the checkpoint {not_a_checkpoint}" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_ctrl_c_during_parallel_metrics(metrics_data, tmp_path):
+    """SIGINT to the command (kill -INT PID: a terminal's Ctrl-C reaches the workers too): one line
+    and 130, and the running and queued videos are abandoned, not waited for."""
+    ds = metrics_data
+    script = f"""
+import os, signal, sys, threading, time
+import entitysam.eval.metrics as metrics
+
+def slow(args):
+    time.sleep(120)
+
+metrics._video_task = slow  # the workers are forked: they run this too
+threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()  # kill -INT PID
+from entitysam.cli import main
+sys.exit(main(["metrics", {str(ds.pred_dir)!r}, {str(ds.gt_dir)!r}, {str(ds.gt_json)!r}, "--workers", "2"]))
+"""
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=child_env(),
+                          timeout=100, start_new_session=True)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "error: interrupted"
+    assert time.monotonic() - t0 < 60

@@ -110,10 +110,33 @@ def _map(fn: Callable, items: Sequence, workers: int | None) -> list:
     # longest videos first keeps the pool busy; results are put back in video order
     order = sorted(range(len(items)), key=lambda i: -len(items[i][0].frames))
     results: list = [None] * len(items)
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    ex = ProcessPoolExecutor(max_workers=workers, initializer=_worker_ignores_sigint)
+    try:
         for i, r in zip(order, ex.map(fn, [items[i] for i in order], chunksize=1)):
             results[i] = r
+    except BaseException:
+        # Ctrl-C (or a failed video): stop now, not after every queued video is scored.
+        _stop_pool(ex)
+        raise
+    ex.shutdown()
     return results
+
+
+def _worker_ignores_sigint() -> None:
+    """Ctrl-C reaches the whole process group: the parent handles it (one line, exit 130), the
+    workers must not each print a KeyboardInterrupt traceback."""
+    import signal  # noqa: PLC0415
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(ex: ProcessPoolExecutor) -> None:
+    processes = list(getattr(ex, "_processes", {}).values())  # no public way to stop running tasks
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def _run(pred_dir, gt_dir, gt_json, workers, want_veq: bool, want_stq: bool) -> dict[str, Any]:
