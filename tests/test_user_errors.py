@@ -502,3 +502,33 @@ sys.exit(main(["metrics", {str(ds.pred_dir)!r}, {str(ds.gt_dir)!r}, {str(ds.gt_j
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == "error: interrupted"
     assert time.monotonic() - t0 < 60
+
+
+def test_batch_inputs_leave_out_everything_entitysam_wrote(media, tmp_path):
+    import shutil
+
+    batch = tmp_path / "videos"
+    write_frames(batch / "frames-video", ["0", "1"])
+    shutil.copy(media / "clip.mp4", batch / "clip.mp4")
+    results = {
+        "a-result": {"manifest.json": {"format": "entitysam-segment", "complete": True}},
+        "an-online-result": {"manifest.json": {"format": "entitysam-online", "status": "running"}},
+        "an-eval-output": {"run.json": {"format": "entitysam-eval-vipseg"}},
+        "an-output-root/clip": {"manifest.json": {"format": "entitysam-segment", "complete": True}},
+        "a-demo-run/demo": {"manifest.json": {"format": "entitysam-segment", "complete": True}},
+    }
+    for folder, files in results.items():
+        (batch / folder).mkdir(parents=True)
+        for name, doc in files.items():
+            (batch / folder / name).write_text(json.dumps(doc))
+    (batch / "out").mkdir()
+    assert [p.name for p in cli._batch_inputs(str(batch), batch / "out")] == ["clip.mp4", "frames-video"]
+    assert [p.name for p in cli._batch_inputs(str(batch), batch / "out" / "deeper")] == ["clip.mp4", "frames-video"]
+    # a folder with frames of its own stays a video even beside a result folder
+    write_frames(batch / "a-demo-run", ["0"])
+    assert "a-demo-run" in [p.name for p in cli._batch_inputs(str(batch), batch / "out")]
+    only_results = tmp_path / "only-results"
+    (only_results / "r").mkdir(parents=True)
+    (only_results / "r" / "manifest.json").write_text('{"format": "entitysam-segment"}')
+    with pytest.raises(EntitySAMError, match="no videos left"):
+        cli._batch_inputs(str(only_results), tmp_path / "o")

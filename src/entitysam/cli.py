@@ -210,14 +210,18 @@ def _is_inside(path: Path, folder: Path) -> bool:
 
 
 def _our_manifest(folder: Path) -> bool:
-    """Whether `folder` holds a manifest.json written by this tool (any status)."""
+    """Whether `folder` holds a manifest written by this tool (any status): a segment or online
+    result's manifest.json, or the run.json of an `eval vipseg` output."""
     import json
 
-    try:
-        data = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and str(data.get("format", "")).startswith("entitysam-")
+    for name in ("manifest.json", "run.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and str(data.get("format", "")).startswith("entitysam-"):
+            return True
+    return False
 
 
 def _written_by_us(entry: Path) -> bool:
