@@ -532,3 +532,27 @@ def test_batch_inputs_leave_out_everything_entitysam_wrote(media, tmp_path):
     (only_results / "r" / "manifest.json").write_text('{"format": "entitysam-segment"}')
     with pytest.raises(EntitySAMError, match="no videos left"):
         cli._batch_inputs(str(only_results), tmp_path / "o")
+
+
+TRAIN_ERRORS = [
+    ("solver.lr=1", "unknown config key solver.'lr'"),
+    ("solver.base_lr=nan", "solver.base_lr must be a finite number"),
+    ("solver.base_lr=0", "solver.base_lr must be > 0"),
+    ("solver.max_iter=-5", "solver.max_iter must be >= 1"),
+    ("data.rotation=inf", "data.rotation must be a finite number"),
+    ("log_period=0", "log_period must be >= 1"),
+    ("data.frames=0", "data.frames must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("override,message", TRAIN_ERRORS, ids=[o for o, _ in TRAIN_ERRORS])
+def test_train_refuses_bad_overrides(tmp_path, override, message):
+    proc = entitysam("train", "--config", "tiny-stage1", override, f"output_dir={tmp_path / 'run'}")
+    assert_usage_error(proc, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_config_prints_as_strict_json():
+    proc = entitysam("train", "--config", "tiny-stage1", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    json.loads(proc.stdout, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
