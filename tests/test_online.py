@@ -730,8 +730,8 @@ def test_cli_online_option_errors(media, tmp_path, capsys):
         ((media / "clip.mp4", "--delay", "2"), "--delay needs --online"),
         ((media / "clip.mp4", "--live"), "--live/--no-live needs --online"),
         (("http://127.0.0.1:9/x.ts",), "is a live source: it can only be segmented with --online"),
-        ((media / "clip.mp4", "--online", "--delay", "-1"), "--delay must be >= 0"),
-        ((media / "clip.mp4", "--online", "--queue", "0"), "--queue must be >= 1"),
+        ((media / "clip.mp4", "--online", "--delay", "-1"), "argument --delay: must be >= 0"),
+        ((media / "clip.mp4", "--online", "--queue", "0"), "argument --queue: must be >= 1"),
         ((media / "clip.mp4", "--online", "--save-logits"), "--save-logits is not available with --online"),
         ((media / "clip.mp4", "--online", "--logits-dtype", "float16"), "only applies to the offline merge"),
     ]

@@ -311,8 +311,10 @@ def test_exact_mode(media, model, reference, tmp_path, capsys):
     with pytest.raises(EntitySAMError, match="exact mode computes in float32"):
         model.stream(media / "clip.mp4", exact=True, dtype="float16")
     ck = ["--checkpoint", media / "tiny.pth"]
-    assert run(media / "still.png", "-o", tmp_path / "o", *ck, "--exact", "--dtype", "bfloat16", "-q") == 1
+    # a command-line error, found before the model is loaded: exit code 2, nothing written
+    assert run(media / "still.png", "-o", tmp_path / "o", *ck, "--exact", "--dtype", "bfloat16", "-q") == 2
     assert "use --dtype float32" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     assert run(media / "clip.mp4", "-o", tmp_path / "o", *ck, "--exact", "--save", "panoptic", "-q") == 0
     manifest = json.loads((tmp_path / "o" / "clip" / MANIFEST).read_text())
     assert manifest["model"]["exact"] is True

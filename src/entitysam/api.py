@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .argtypes import InvalidArgumentError, check_positive_float
 from .checkpoints import load_entitysam
 from .errors import EntitySAMError, OutputError
 from .hub import resolve_checkpoint
@@ -83,7 +84,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EntitySAMError(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
                              f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'})")
@@ -95,10 +101,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """``auto``: bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         return dtype
+    if dtype is not None and not isinstance(dtype, str):
+        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     name = "auto" if dtype is None else str(dtype).replace("torch.", "")
     if name not in DTYPES:
-        raise EntitySAMError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
@@ -156,6 +166,8 @@ def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
     be read. Never runs code from the file: one holding other pickled objects than tensors and
     plain data raises UnsafeCheckpointError, unless allow_pickle=True (unpickles it in full:
     runs whatever it contains; only for files you trust; warns)."""
+    _check_checkpoint_path(path)
+    _check_config_name(config)
     model = load_entitysam(path, config=config, device=resolve_device(device), allow_pickle=allow_pickle)
     model.checkpoint_path = str(path)
     return model
@@ -167,10 +179,58 @@ def from_pretrained(name: str = "vit-s", *, device: str | torch.device = "cpu",
     folder, the Hugging Face cache or the hub (see :mod:`entitysam.hub`), or the bundled
     "demo" model (inside the package, no network; synthetic scenes only). Raises
     ModelNotAvailableError with download instructions when it cannot be had."""
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"the model name must be a string (vit-s, vit-l or demo), got {name!r}")
+    resolve_device(device)  # an unusable device is refused before any download
     path = resolve_checkpoint(name, download=download, cache_dir=cache_dir)
     model = load_entitysam(path, config=name, device=resolve_device(device))
     model.checkpoint_path = str(path)
     return model
+
+
+def _check_checkpoint_path(path: Any) -> None:
+    if isinstance(path, (str, os.PathLike)):
+        if not os.fspath(path):
+            raise InvalidArgumentError("the checkpoint path is empty")
+        return
+    if isinstance(path, dict):  # an already loaded state dict (load_entitysam takes one)
+        return
+    raise InvalidArgumentError(f"the checkpoint must be a file path (str or os.PathLike), got {path!r}")
+
+
+def _check_config_name(config: Any) -> None:
+    from .config import CONFIGS  # noqa: PLC0415
+
+    if config is not None and config not in CONFIGS:
+        raise InvalidArgumentError(f"unknown model configuration {config!r}: known {', '.join(CONFIGS)}")
+
+
+def _open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None) -> FrameSource:
+    """open_source for the API, after checks of what callers get wrong: a missing video, a bad
+    frame rate, and a list of frame paths (read as a folder of frames holding exactly those,
+    in the given order)."""
+    from .video.sources import FrameFolderSource  # noqa: PLC0415
+
+    if fps is not None:
+        fps = check_positive_float(fps, "fps")
+    if video is None:
+        raise InvalidArgumentError("no video given: pass a path (video, frame folder or image), an [n, H, W, 3] "
+                                   "uint8 array, a list of frames or of frame paths, or a FrameSource")
+    if isinstance(video, (list, tuple)) and video and all(isinstance(v, (str, os.PathLike)) for v in video):
+        files = [Path(v) for v in video]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise InvalidArgumentError(f"{len(missing)} frame file(s) not found: {', '.join(missing[:5])}"
+                                       + (" ..." if len(missing) > 5 else ""))
+        folder = files[0].parent
+        source = FrameFolderSource(folder, selection, fps, files=files, name=name or folder.resolve().name)
+        return source
+    if isinstance(video, (list, tuple)) and any(isinstance(v, (str, os.PathLike)) for v in video):
+        raise InvalidArgumentError("a list of frames must hold only arrays / images or only file paths")
+    if isinstance(video, np.ndarray) and video.ndim == 4 and 0 in video.shape[1:3]:
+        raise InvalidArgumentError(f"frames array has an empty frame size: shape {video.shape} (expected "
+                                   "[n, H, W, 3] with H, W >= 1)")
+    return open_source(video, selection, fps=fps, name=name)
 
 
 # ----------------------------------------------------------------------------- result
@@ -399,6 +459,7 @@ class SegmentationResult:
         existing folder unless `overwrite`, and even then one entitysam did not write or that
         is, contains or lies inside the input. Another process writing the same folder makes it
         fail (OutputLockedError), or wait with `wait_lock`. Returns the folder."""
+        formats = _check_formats(formats)  # before creating anything
         inputs = [self.source.path] if self.source.path is not None else []
         with StagedOutput(directory, overwrite=overwrite, inputs=inputs, wait_lock=wait_lock) as staged:
             try:
@@ -409,10 +470,21 @@ class SegmentationResult:
 
 
 def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+    """The output formats of a --save list or sequence. An empty list is refused (a mistake such
+    as ``--save ""`` must not give a "complete" result without files); ``none`` says it on purpose."""
     if isinstance(formats, str):
-        formats = [f for f in formats.split(",") if f]
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    elif isinstance(formats, Iterable):
+        formats = list(formats)
+    else:
+        raise InvalidArgumentError(f"formats must be a comma-separated string or a list of names, got {formats!r}")
+    if not formats:
+        raise InvalidArgumentError(f"no output format given: choose from {', '.join(FORMATS)}, all, or none "
+                                   "(only manifest.json)")
     out = []
     for f in formats:
+        if not isinstance(f, str):
+            raise InvalidArgumentError(f"unknown output format {f!r}: choose from {', '.join(FORMATS)}, all, none")
         f = f.strip()
         if f == "all":
             out.extend(FORMATS)
@@ -421,7 +493,7 @@ def _check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
         elif f in FORMATS:
             out.append(f)
         else:
-            raise EntitySAMError(f"unknown output format {f!r}: choose from {', '.join(FORMATS)}, all, none")
+            raise InvalidArgumentError(f"unknown output format {f!r}: choose from {', '.join(FORMATS)}, all, none")
     return tuple(dict.fromkeys(out))
 
 
@@ -452,16 +524,16 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     batched: all queries at once, the device path (None: on every device but the CPU, which
     runs one query at a time; see README "GPU").
     """
-    selection = FrameSelection(start, end, stride, max_frames)
-    source = open_source(video, selection, fps=fps, name=name)
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
     _check_exact(exact, compute_dtype)
     if logits_dtype not in ("float32", "float16"):
-        raise EntitySAMError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
+        raise InvalidArgumentError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
     if save_logits is not None and not logits_file(save_logits).parent.is_dir():  # fail before the work
         raise OutputError(f"cannot write {logits_file(save_logits)}: the folder {logits_file(save_logits).parent} "
                           "does not exist")
+    selection = FrameSelection(start, end, stride, max_frames)
+    source = _open_video(video, selection, fps, name)
 
     workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
     try:
@@ -681,6 +753,9 @@ class OnlineStream:
                         continue
                     if self.status == "running":
                         self.status = "complete"
+                    # The end of the iteration finishes the outputs (manifest, panoptic.json) as
+                    # leaving a `with` block does: a plain for loop must not leave them "running".
+                    self.close()
                     raise StopIteration
                 self._read_and_step()
             return self._deliver(self._ready.popleft())
@@ -688,10 +763,31 @@ class OnlineStream:
             raise
         except KeyboardInterrupt:
             self._fail("interrupted", None)
+            self._close_after_error()
             raise
         except BaseException as err:
-            self._fail("failed", f"{type(err).__name__}: {err}" if not isinstance(err, EntitySAMError) else str(err))
+            self._fail("failed", self._describe(err))
+            self._close_after_error()
             raise
+
+    def _describe(self, err: BaseException) -> str:
+        if isinstance(err, EntitySAMError):
+            return str(err)
+        if isinstance(err, OSError):  # e.g. a full disk: say so, not "OSError: [Errno 28] ..."
+            return describe_os_error(err, f"the results of {self.name}")
+        return f"{type(err).__name__}: {err}"
+
+    def _close_after_error(self) -> None:
+        """After a failure or Ctrl-C the stream cannot go on: emit the frames already processed
+        and finish the outputs now (status failed / interrupted), so that they are finished even
+        if the caller never calls close(). Errors while doing so are recorded, not raised over
+        the original one."""
+        if self._closed:
+            return
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - the original error is the one to raise
+            pass
 
     def _fail(self, status: str, message: str | None) -> None:
         if self.status == "running" or (status == "interrupted" and self.status != "failed"):
@@ -866,6 +962,11 @@ class OnlineStream:
             if self._writer is not None and not self._writer.finished:
                 with deferred_sigint():
                     self.manifest = self._writer.finish(self.status, self.summary())
+                if self.manifest["status"] != self.status:  # finishing the files failed (full disk)
+                    self.status, self.error = self.manifest["status"], self.manifest.get("error")
+        except OutputError as err:  # not even the manifest could be written
+            self.status, self.error = "failed", str(err)
+            raise
         finally:
             if interrupt is not None:
                 raise interrupt
@@ -925,11 +1026,11 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
                                                  else ())
     if out is not None:
         StagedOutput.check_free(out, overwrite, inputs=protect)
-    selection = FrameSelection(start, end, stride, max_frames)
-    source = open_source(video, selection, fps=fps, name=name)
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
     _check_exact(exact, compute_dtype)
+    selection = FrameSelection(start, end, stride, max_frames)
+    source = _open_video(video, selection, fps, name)
     is_live = source.kind == "live" if live is None else bool(live)
     return OnlineStream(model, source, delay=delay, live=is_live, queue_size=queue_size,
                         compute_dtype=compute_dtype, output=out, formats=fmts, labels=labels, overwrite=overwrite,

@@ -15,12 +15,14 @@ the outputs of the frames done).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import EntitySAMError, SourceError
+from .argtypes import non_negative_int, positive_float, positive_int, seed
+from .errors import EntitySAMError, OutputError, SourceError
 
 # Sub-commands implemented in other modules: name -> (help, "module:function" taking argv).
 DELEGATED: dict[str, tuple[str, str]] = {
@@ -56,9 +58,9 @@ def _add_segment_parser(sub) -> None:
     sel = p.add_argument_group("frame selection (indices refer to the whole input)")
     sel.add_argument("--start", default=None, help="first frame: index (e.g. 10) or seconds (e.g. 2.5s)")
     sel.add_argument("--end", default=None, help="stop before this frame: index or seconds (exclusive)")
-    sel.add_argument("--stride", type=int, default=1, metavar="N", help="keep every N-th frame (default 1)")
-    sel.add_argument("--max-frames", type=int, default=None, metavar="N", help="process at most N frames")
-    sel.add_argument("--fps", type=float, default=None,
+    sel.add_argument("--stride", type=positive_int, default=1, metavar="N", help="keep every N-th frame (default 1)")
+    sel.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
+    sel.add_argument("--fps", type=positive_float, default=None,
                      help="frame rate of frame folders and images (default 25); overrides a video's own rate")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
@@ -78,7 +80,7 @@ def _add_segment_parser(sub) -> None:
     mod.add_argument("--exact", action="store_true",
                      help="float32 in the official order of operations: the official outputs bit for bit on CPU "
                           "(same thread count), at about the official speed (default: 1.6x the official speed on ViT-S, equal up to rounding)")
-    mod.add_argument("--threads", type=int, default=None, metavar="N",
+    mod.add_argument("--threads", type=positive_int, default=None, metavar="N",
                      help="CPU threads for torch (default: torch's choice, usually the number of cores)")
     out = p.add_argument_group("outputs")
     out.add_argument("--save", default="all", metavar="LIST",
@@ -101,12 +103,12 @@ def _add_segment_parser(sub) -> None:
     onl.add_argument("--online", action="store_true",
                      help="emit each frame's result right after it is processed, using only past and present "
                           "frames (plus --delay frames of look-ahead); outputs are written as they are produced")
-    onl.add_argument("--delay", type=int, default=None, metavar="K",
+    onl.add_argument("--delay", type=non_negative_int, default=None, metavar="K",
                      help="look-ahead: the result of frame t is emitted after frame t+K is processed (default 0)")
     onl.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
                      help="read through a bounded queue that drops the oldest frame when the model falls behind "
                           "(default: on for stream URLs and devices, off for files and folders)")
-    onl.add_argument("--queue", type=int, default=None, metavar="N",
+    onl.add_argument("--queue", type=positive_int, default=None, metavar="N",
                      help="frames buffered between the reader and the model (default 4)")
     p.set_defaults(func=cmd_segment)
 
@@ -122,10 +124,16 @@ def _add_download_parser(sub) -> None:
 
 
 def _size(text: str) -> tuple[int, int]:
+    from .demo import check_demo_size
+
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 320x240), got {text!r}") from None
+    try:
+        check_demo_size(w, h)
+    except EntitySAMError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return w, h
 
 
@@ -142,11 +150,11 @@ def _add_demo_parser(sub) -> None:
                     "--model vit-s or vit-l.")
     p.add_argument("-o", "--output", default="entitysam-demo", metavar="DIR",
                    help="output folder (default entitysam-demo): input/, demo/, report.json, report.txt")
-    p.add_argument("--frames", type=int, default=d["num_frames"], metavar="N",
+    p.add_argument("--frames", type=positive_int, default=d["num_frames"], metavar="N",
                    help=f"frames of the generated video (default {d['num_frames']})")
     p.add_argument("--size", type=_size, default=(d["width"], d["height"]), metavar="WxH",
                    help=f"frame size (default {d['width']}x{d['height']})")
-    p.add_argument("--seed", type=int, default=d["seed"], help=f"scene seed (default {d['seed']})")
+    p.add_argument("--seed", type=seed, default=d["seed"], help=f"scene seed (default {d['seed']})")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="segment with this checkpoint instead of the bundled demo weights (e.g. a training run's)")
     p.add_argument("--trust-checkpoint-code", action="store_true",
@@ -155,7 +163,7 @@ def _add_demo_parser(sub) -> None:
                    help="formats among panoptic, entities, overlay, or all (default); panoptic is required")
     p.add_argument("--labels", action="store_true", help="draw entity ids on overlay.mp4")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda", "mps"), help="default cpu")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU threads for torch")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo run in DIR")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars; only the report")
@@ -183,9 +191,77 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_model(args) -> object:
     from .api import from_pretrained
 
-    if args.checkpoint:
-        return _from_checkpoint(args.checkpoint, args.model, args.device, args.trust_checkpoint_code)
-    return from_pretrained(args.model or "vit-s", device=args.device)
+    with _model_load_errors(args.checkpoint):
+        if args.checkpoint:
+            return _from_checkpoint(args.checkpoint, args.model, args.device, args.trust_checkpoint_code)
+        return from_pretrained(args.model or "vit-s", device=args.device)
+
+
+@contextlib.contextmanager
+def _model_load_errors(checkpoint):
+    """Any failure while loading a model (e.g. a --checkpoint that is no checkpoint: pickle
+    errors) becomes one EntitySAMError line instead of a traceback; Ctrl-C passes through."""
+    try:
+        yield
+    except EntitySAMError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever torch.load raises for a foreign file
+        what = f"the checkpoint {checkpoint}" if checkpoint else "the model"
+        cause = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise EntitySAMError(f"cannot load {what}: {cause}") from None
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _our_manifest(folder: Path) -> bool:
+    """Whether `folder` holds a manifest written by this tool (any status): a segment or online
+    result's manifest.json, or the run.json of an `eval vipseg` output."""
+    import json
+
+    for name in ("manifest.json", "run.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and str(data.get("format", "")).startswith("entitysam-"):
+            return True
+    return False
+
+
+def _written_by_us(entry: Path) -> bool:
+    """A batch folder entry that is a result of this tool, not a video: a result folder (its
+    manifest), or a folder of result folders (an earlier --output) without frames of its own."""
+    if not entry.is_dir():
+        return False
+    if _our_manifest(entry):
+        return True
+    from .video.sources import IMAGE_EXTENSIONS
+
+    try:
+        children = [c for c in entry.iterdir() if not c.name.startswith(".")]
+    except OSError:
+        return False
+    if any(c.suffix.lower() in IMAGE_EXTENSIONS for c in children if c.is_file()):
+        return False
+    return any(c.is_dir() and _our_manifest(c) for c in children)
+
+
+def _batch_inputs(folder: str, out_root: Path) -> list[Path]:
+    """The videos of a --batch folder, without the output folder (``segment --batch X -o X/out``)
+    and without results of earlier runs: a re-run must not segment its own outputs."""
+    from .video.sources import list_batch_inputs
+
+    found = list_batch_inputs(folder)
+    keep = [p for p in found if not (_is_inside(out_root, p) or _written_by_us(p))]
+    if found and not keep:
+        raise SourceError(f"{folder}: no videos left once the output folder and earlier results are excluded")
+    return keep
 
 
 def _from_checkpoint(path, config, device, trust_code: bool):
@@ -208,12 +284,12 @@ def _from_checkpoint(path, config, device, trust_code: bool):
 
 
 def _collect_inputs(args) -> list:
-    from .video.sources import is_live_input, list_batch_inputs
+    from .video.sources import is_live_input
 
     # Stream URLs stay strings: Path() would fold the "//" of "rtsp://".
     inputs: list = [p if is_live_input(p) else Path(p) for p in args.inputs]
     for folder in args.batch:
-        inputs.extend(list_batch_inputs(folder))
+        inputs.extend(_batch_inputs(folder, Path(args.output)))
     if not inputs:
         raise SourceError("no INPUT given (a video, a folder of frames, an image, or --batch DIR)")
     return inputs
@@ -250,6 +326,42 @@ def _check_online_args(args, inputs) -> None:
         raise EntitySAMError(f"--queue must be >= 1, got {args.queue}")
 
 
+def _check_logits_destination(save_logits: str | None, names: list[str]) -> None:
+    """--save-logits FILE is written after the whole video is tracked: refuse a FILE that can
+    never be written now (a folder, or under a file, or in a folder that cannot be created)."""
+    import os
+
+    if not save_logits:
+        return
+    for name in names:
+        path = Path(save_logits.replace("{video}", name))
+        if path.is_dir():
+            raise EntitySAMError(f"--save-logits {path}: is a folder, expected a file name")
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise EntitySAMError(f"--save-logits {path}: {ancestor} is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
+
+
+def _check_model_args(args) -> None:
+    """What can be refused about the model options before loading it: an unavailable device,
+    --exact with a dtype other than float32 (also --dtype auto, which is bfloat16 on CUDA)."""
+    from .api import _check_exact, resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    _check_exact(getattr(args, "exact", False), resolve_dtype(getattr(args, "dtype", "auto"), device))
+
+
+def _check_selects_frames(source) -> None:
+    """Frame folders and images know their frame count: an empty selection is refused before
+    the model is loaded (videos only know an estimate, they fail when read)."""
+    if source.kind in ("folder", "image", "array") and source.count_hint() == 0:
+        raise SourceError(source._empty_message())
+
+
 def cmd_segment(args) -> int:
     from .api import _check_formats
     from .video.sources import FrameSelection
@@ -268,10 +380,12 @@ def cmd_segment(args) -> int:
         if args.save_logits and len(inputs) > 1 and "{video}" not in args.save_logits:
             raise EntitySAMError("--save-logits FILE with several inputs needs {video} in FILE "
                                  "(or no FILE: each video folder gets logits.npz)")
+        _check_logits_destination(args.save_logits, names)
         if args.overwrite and args.skip_existing:
             raise EntitySAMError("--overwrite and --skip-existing exclude each other")
         _check_online_args(args, inputs)
         selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
+        _check_model_args(args)
     except EntitySAMError as err:
         _print_err(str(err))
         return 2
@@ -314,6 +428,7 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
                 except OutputError as err:  # a FILE argument that cannot be used: a command-line error
                     raise UnsafeOverwriteError(str(err)) from None
             source = open_source(path, selection, fps=args.fps, name=name)
+            _check_selects_frames(source)
         except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
             _print_err(f"{name}: {err}")
             return 2
@@ -417,6 +532,8 @@ def _stream_one(model, source, name: str, out_root: Path, formats, args, say, in
                        "(manifest status \"failed\")")
         raise
     s.close()
+    if s.status == "failed":  # the frames were done but their files could not be finished (e.g. disk full)
+        raise OutputError(s.error or f"the results in {final} could not be finished")
     dropped = f", {s.dropped} dropped" if s.live else ""
     where = f"-> {final}" if s.emitted else "(nothing written)"
     per_frame = s.seconds["model"] / s.processed if s.processed else 0.0
@@ -445,22 +562,30 @@ def cmd_download(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import json
-
-    from .api import _check_formats
-    from .demo import run_demo, summary
+    from . import jsonio
+    from .demo import _jsonable, check_demo_request, run_demo, summary
 
     say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    width, height = args.size
+    try:  # every check before loading a checkpoint or writing anything
+        formats = check_demo_request(args.output, num_frames=args.frames, width=width, height=height,
+                                     seed=args.seed, formats=args.save, overwrite=args.overwrite)
+        _check_model_args(args)
+    except OutputError as err:  # an output folder in the way: as `segment`, a failure (1), not a usage error
+        _print_err(str(err))
+        return 1
+    except EntitySAMError as err:
+        _print_err(str(err))
+        return 2
     if args.threads:
         import torch
 
-        torch.set_num_threads(max(1, args.threads))
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
-        formats = _check_formats(args.save)
-        model = (_from_checkpoint(args.checkpoint, "demo", args.device, args.trust_checkpoint_code)
-                 if args.checkpoint else None)
-        width, height = args.size
+        with _model_load_errors(args.checkpoint):
+            model = (_from_checkpoint(args.checkpoint, "demo", args.device, args.trust_checkpoint_code)
+                     if args.checkpoint else None)
         report = run_demo(args.output, model=model, num_frames=args.frames, width=width, height=height,
                           seed=args.seed, formats=formats, labels=args.labels, overwrite=args.overwrite,
                           device=args.device, progress=not args.quiet, say=say)
@@ -471,7 +596,7 @@ def cmd_demo(args) -> int:
         _print_err(str(err))
         return 1
     if args.json:
-        print(json.dumps(report.to_dict(), indent=1))
+        print(jsonio.dumps(_jsonable(report.to_dict()), indent=1))
     else:
         print(summary(report))
         if not args.quiet:
@@ -494,19 +619,29 @@ def _run_delegated(name: str, argv: Sequence[str]) -> int:
     return int(result or 0)
 
 
+def _interrupted() -> int:
+    _print_err("interrupted")
+    return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in DELEGATED:
-        return _run_delegated(argv[0], argv[1:])
-    parser = build_parser()
+    # A Ctrl-C anywhere the commands do not handle it themselves (importing torch, loading the
+    # model, parsing a checkpoint) ends with one line and the documented code, not a traceback.
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits with 2 on errors, 0 on --help
-        return int(exc.code or 0)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    return args.func(args)
+        if argv and argv[0] in DELEGATED:
+            return _run_delegated(argv[0], argv[1:])
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse exits with 2 on errors, 0 on --help
+            return int(exc.code or 0)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args)
+    except KeyboardInterrupt:
+        return _interrupted()
 
 
 if __name__ == "__main__":

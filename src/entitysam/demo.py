@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import EntitySAMError, OutputError
-from .video.writers import OutputLock, check_not_input
+from . import jsonio
+from .argtypes import InvalidArgumentError, check_int
+from .errors import OutputError
 from .eval.synthetic import DEMO_DEFAULTS, make_demo_video
+from .video.writers import OutputLock, check_not_input
 
-__all__ = ["DemoReport", "run_demo", "score_prediction"]
+__all__ = ["DemoReport", "check_demo_request", "run_demo", "score_prediction"]
 
 VIDEO_NAME = "demo"
 DEMO_MARKER = ".entitysam-demo"  # marks a folder a demo run wrote (what --overwrite may replace)
@@ -83,6 +85,42 @@ def score_prediction(panoptic_dir: Path, panoptic_json: Path, gt_dir: Path, gt_j
         return evaluate(pred, gt_dir, gt_json, workers=1)
 
 
+def check_demo_size(width: int, height: int) -> None:
+    if not (32 <= width <= 4096 and 32 <= height <= 4096):
+        raise InvalidArgumentError(f"--size must be between 32x32 and 4096x4096, got {width}x{height}")
+
+
+def check_demo_request(output: str | Path, *, num_frames: int, width: int, height: int, seed: int,
+                       formats=("panoptic", "entities", "overlay"), overwrite: bool = False) -> tuple[str, ...]:
+    """Every check of a demo run, without side effects (the command line runs it before loading
+    a --checkpoint): the numbers, the formats, and an output folder that may be (re)written.
+    Returns the formats."""
+    from .api import _check_formats  # noqa: PLC0415
+
+    check_int(num_frames, "--frames", 1)
+    check_int(width, "--size width", 1)
+    check_int(height, "--size height", 1)
+    check_demo_size(width, height)
+    check_int(seed, "--seed", 0)
+    if seed >= 2**32:
+        raise InvalidArgumentError(f"--seed must be below 2**32, got {seed}")
+    formats = _check_formats(formats)
+    if "panoptic" not in formats:
+        raise InvalidArgumentError("the demo report scores the panoptic output: keep 'panoptic' in --save")
+    out = Path(output)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        ours = (out / DEMO_MARKER).is_file() or _is_demo_report(out / "report.json")
+        if not overwrite:
+            raise OutputError(f"{out} is not empty: pass --overwrite to replace "
+                              f"{'the earlier demo run' if ours else 'its contents'}, or choose another -o")
+        if not ours:
+            raise OutputError(f"{out} holds files that are not a demo run; refusing to delete them even with "
+                              "--overwrite: choose another -o")
+    return formats
+
+
 def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: int = DEMO_DEFAULTS["num_frames"],
              width: int = DEMO_DEFAULTS["width"], height: int = DEMO_DEFAULTS["height"],
              seed: int = DEMO_DEFAULTS["seed"], formats=("panoptic", "entities", "overlay"), labels: bool = False,
@@ -95,13 +133,8 @@ def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: i
     anything but an earlier demo run unless `overwrite`, which then replaces only the files a demo
     run writes. Raises EntitySAMError for bad input.
     """
-    if num_frames < 1:
-        raise EntitySAMError(f"--frames must be >= 1, got {num_frames}")
-    if not (32 <= width <= 4096 and 32 <= height <= 4096):
-        raise EntitySAMError(f"--size must be between 32x32 and 4096x4096, got {width}x{height}")
-    if "panoptic" not in formats:
-        raise EntitySAMError("the demo report scores the panoptic output: keep 'panoptic' in --save")
-    formats = tuple(formats)
+    formats = check_demo_request(output, num_frames=num_frames, width=width, height=height, seed=seed,
+                                 formats=formats, overwrite=overwrite)
     for fmt, module, what in (("overlay", "av", "overlay.mp4"), ("entities", "pycocotools", "entities.json")):
         if fmt in formats and importlib.util.find_spec(module) is None:
             # a core-only install (no `video` extra) still gets the masks and the report
@@ -111,25 +144,16 @@ def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: i
     # One demo run per folder at a time (the OS lock of `out`, released however this run ends).
     lock = OutputLock.acquire(out)
     try:
-        _prepare_output(out, overwrite, model)
+        _prepare_output(out, model)
         return _run_demo(out, model, num_frames, width, height, seed, formats, labels, device, progress, say)
     finally:
         lock.release()
 
 
-def _prepare_output(out: Path, overwrite: bool, model) -> None:
-    """Refuse a folder that is not an earlier demo run (or any non-empty one without `overwrite`);
-    with `overwrite` delete only what a demo run writes, never the checkpoint in use."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise OutputError(f"{out} exists and is not a folder")
+def _prepare_output(out: Path, model) -> None:
+    """Delete only what an earlier demo run wrote (`check_demo_request` refused anything else),
+    never the checkpoint in use."""
     if out.is_dir() and any(out.iterdir()):
-        ours = (out / DEMO_MARKER).is_file() or _is_demo_report(out / "report.json")
-        if not overwrite:
-            raise OutputError(f"{out} is not empty: pass --overwrite to replace "
-                              f"{'the earlier demo run' if ours else 'its contents'}, or choose another -o")
-        if not ours:
-            raise OutputError(f"{out} holds files that are not a demo run; refusing to delete them even with "
-                              "--overwrite: choose another -o")
         checkpoint = getattr(model, "checkpoint_path", None)
         for entry in ("input", "report.json", "report.txt", VIDEO_NAME):
             if checkpoint and os.path.lexists(out / entry):
@@ -188,7 +212,7 @@ def _run_demo(out: Path, model, num_frames, width, height, seed, formats, labels
         aq=float(stq["AQ"]), iou=float(stq["IoU"]),
         veq_windows={int(w["nframes"]): w["vpq"] / 100.0 for w in veq["windows"].values()},
         seconds=seconds, model=model_info, table=table)
-    (out / "report.json").write_text(json.dumps({**report.to_dict(), "metrics": _jsonable(metrics)}, indent=1))
+    (out / "report.json").write_text(jsonio.dumps(_jsonable({**report.to_dict(), "metrics": metrics}), indent=1))
     (out / "report.txt").write_text(summary(report) + "\n\n" + table + "\n")
     return report
 
@@ -207,8 +231,6 @@ def summary(report: DemoReport) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
+    from .eval.metrics import _jsonable as metrics_jsonable  # noqa: PLC0415
+
+    return metrics_jsonable(obj)

@@ -20,13 +20,16 @@ Command line: ``python -m entitysam.eval.metrics PRED_DIR GT_DIR GT_JSON [--work
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .. import jsonio
+from ..argtypes import check_int, check_json_destination, positive_int
+from ..errors import EntitySAMError
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
 from .veq import NFRAMES, FrameVEQInput, veq_aggregate, veq_video_stats
@@ -100,18 +103,40 @@ def _video_task(args: tuple[VideoSpec, bool, bool]) -> dict[str, Any]:
 def _map(fn: Callable, items: Sequence, workers: int | None) -> list:
     if workers is None:
         workers = os.cpu_count() or 1
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    check_int(workers, "workers", 1)
     workers = min(workers, len(items))
     if workers <= 1:
         return [fn(x) for x in items]
     # longest videos first keeps the pool busy; results are put back in video order
     order = sorted(range(len(items)), key=lambda i: -len(items[i][0].frames))
     results: list = [None] * len(items)
-    with ProcessPoolExecutor(max_workers=workers) as ex:
+    ex = ProcessPoolExecutor(max_workers=workers, initializer=_worker_ignores_sigint)
+    try:
         for i, r in zip(order, ex.map(fn, [items[i] for i in order], chunksize=1)):
             results[i] = r
+    except BaseException:
+        # Ctrl-C (or a failed video): stop now, not after every queued video is scored.
+        _stop_pool(ex)
+        raise
+    ex.shutdown()
     return results
+
+
+def _worker_ignores_sigint() -> None:
+    """Ctrl-C reaches the whole process group: the parent handles it (one line, exit 130), the
+    workers must not each print a KeyboardInterrupt traceback."""
+    import signal  # noqa: PLC0415
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(ex: ProcessPoolExecutor) -> None:
+    processes = list(getattr(ex, "_processes", {}).values())  # no public way to stop running tasks
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def _run(pred_dir, gt_dir, gt_json, workers, want_veq: bool, want_stq: bool) -> dict[str, Any]:
@@ -188,10 +213,14 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
+    """Results as JSON values: string keys, and null for a metric that is undefined (the official
+    code's NaN, e.g. the IoU of a video with no labelled pixel): NaN is not valid JSON."""
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 
@@ -200,10 +229,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("pred_dir", help="directory with pan_pred/ and pred.json")
     ap.add_argument("gt_dir", help="GT panomasksRGB directory")
     ap.add_argument("gt_json", help="GT panoptic JSON")
-    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                    help="processes (default: number of CPUs)")
     ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all")
     ap.add_argument("--json", dest="json_out", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
+    try:  # before hours of computing: the result must have somewhere to go
+        if args.json_out:
+            check_json_destination(args.json_out)
+    except EntitySAMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         if args.metric == "veq":
             res = {"veq": compute_veq(args.pred_dir, args.gt_dir, args.gt_json, workers=args.workers)}
@@ -216,7 +252,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_table(res))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(_jsonable(res), indent=1))
+        try:
+            Path(args.json_out).write_text(jsonio.dumps(_jsonable(res), indent=1) + "\n", encoding="utf-8")
+        except OSError as err:
+            print(f"error: cannot write {args.json_out}: {err.strerror or err}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -27,7 +27,6 @@ unpredicted.  Everything is a function of ``seed``.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,8 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+
+from .. import jsonio
 
 __all__ = ["SyntheticDataset", "SyntheticVIPSeg", "make_synthetic_dataset", "make_vipseg_dataset", "DemoVideo",
            "make_demo_video", "render_demo_scene", "scene_texture"]
@@ -333,8 +334,8 @@ def make_synthetic_dataset(
         gt_annos.append({"video_id": vid, "annotations": g_frames})
         pred_annos.append({"video_id": vid, "annotations": p_frames})
     gt_json = root / "gt" / "panoptic_gt_synthetic.json"
-    gt_json.write_text(json.dumps({"videos": gt_videos, "annotations": gt_annos, "categories": _CATEGORIES}))
-    (pred_dir / "pred.json").write_text(json.dumps({"annotations": pred_annos}))
+    gt_json.write_text(jsonio.dumps({"videos": gt_videos, "annotations": gt_annos, "categories": _CATEGORIES}))
+    (pred_dir / "pred.json").write_text(jsonio.dumps({"annotations": pred_annos}))
     return SyntheticDataset(root=root, gt_dir=gt_dir, gt_json=gt_json, pred_dir=pred_dir, videos=tuple(names))
 
 
@@ -424,7 +425,7 @@ def make_vipseg_dataset(
         videos.append({"video_id": vid, "images": images})
         annos.append({"video_id": vid, "annotations": frames})
     gt_json = root / f"panoptic_gt_VIPSeg_{split}.json"
-    gt_json.write_text(json.dumps({"videos": videos, "annotations": annos, "categories": _CATEGORIES}))
+    gt_json.write_text(jsonio.dumps({"videos": videos, "annotations": annos, "categories": _CATEGORIES}))
     split_path = None
     if split_file:
         split_path = root / f"{split}.txt"
@@ -688,7 +689,7 @@ def make_demo_video(root: str | os.PathLike, *, num_frames: int = DEMO_DEFAULTS[
         image_recs.append(image)
         annos.append(frame)
     gt_json = root / "panoptic_gt_VIPSeg_demo.json"
-    gt_json.write_text(json.dumps({
+    gt_json.write_text(jsonio.dumps({
         "videos": [{"video_id": name, "images": image_recs}],
         "annotations": [{"video_id": name, "annotations": annos}],
         "categories": [{"id": 1, "name": "thing", "isthing": 1}, {"id": 2, "name": "stuff", "isthing": 0}],

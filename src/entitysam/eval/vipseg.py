@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from .. import jsonio
+from ..argtypes import check_int, positive_float, positive_int
 from ..errors import EntitySAMError, OutputError
 from ..video.writers import pid_alive
 
@@ -310,6 +312,21 @@ def _check_gt_annotations(plan: VIPSegPlan) -> None:
                              f"images: {_few(bad)} (pass --no-metrics to only write the predictions)")
 
 
+def _check_gt_pngs(plan: VIPSegPlan) -> None:
+    """Every GT PNG the metrics will read (``GT_DIR/<video>/<file_name>`` for each image of the
+    GT JSON) exists; all missing ones are named in one error."""
+    missing: list[str] = []
+    for v in plan.videos:
+        folder = plan.gt_dir / v.video_id
+        if not folder.is_dir():
+            missing.extend(str(folder / n) for n in v.gt_names)
+            continue
+        missing.extend(str(folder / n) for n in v.gt_names if not (folder / n).is_file())
+    if missing:
+        raise EvalInputError(f"{len(missing)} GT PNG(s) named by the GT JSON {plan.gt_json} are missing: "
+                             f"{_few(missing)} (the metrics need every one; or pass --no-metrics)")
+
+
 # ----------------------------------------------------------------------------- sharding
 
 
@@ -395,7 +412,7 @@ def _write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, ensure_ascii=False, separators=None if indent else (",", ":"))
+            f.write(jsonio.dumps(obj, indent=indent, compact=not indent))
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -509,7 +526,7 @@ class EvalOutput:
     def log(self, tag: str, record: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             with open(self.logs / f"{tag}.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}) + "\n")
+                f.write(jsonio.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, ensure_ascii=True) + "\n")
 
 
 # ----------------------------------------------------------------------------- running
@@ -671,6 +688,7 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
     if not plan.gt_dir.is_dir():
         raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root; "
                              "or pass --gt-dir, or --no-metrics)")
+    _check_gt_pngs(plan)
     results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
     doc = _jsonable(results)
     doc["run"] = {"split": plan.split, "videos": len(plan.videos), "gt_json_videos": plan.gt_videos,
@@ -702,15 +720,20 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
 
     say = say or (lambda msg: None)
     say_error = say_error or say
+    if workers is not None:  # used only when scoring, after all inference: check it now
+        check_int(workers, "workers", 1)
     plan = plan or load_plan(data_root, split, gt_json=gt_json, gt_dir=gt_dir, split_file=split_file)
     index, count = parse_shard(shard) if isinstance(shard, str) else (shard or (0, 1))
     if count < 1 or not 0 <= index < count:
         raise EvalInputError(f"shard {index}/{count}: need 0 <= I < N")
-    if metrics and merge and not plan.gt_dir.is_dir():
+    # The ground truth is checked before any inference (also on torchrun ranks, which do not
+    # merge: rank 0 scores later), not found missing after hours of it.
+    if metrics and not plan.gt_dir.is_dir():
         raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root, needed for "
                              "the metrics; or pass --gt-dir, or --no-metrics)")
-    if metrics and merge:
+    if metrics:
         _check_gt_annotations(plan)
+        _check_gt_pngs(plan)
     out = EvalOutput(output)
     out.prepare(plan)
     mine = shard_videos(plan.videos, index, count)
@@ -831,7 +854,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere")
     mod.add_argument("--logits-dtype", default="float32", choices=("float32", "float16"),
                      help="temporary on-disk low-res logits (float32 exact, float16 half the disk)")
-    mod.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
+    mod.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads")
     run = p.add_argument_group("run")
     run.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (see README)")
     run.add_argument("--shard", default=None, metavar="I/N",
@@ -840,9 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no inference: assemble pred.json from the finished videos and score")
     run.add_argument("--overwrite", action="store_true", help="redo the slice's videos even if complete")
     run.add_argument("--no-metrics", action="store_true", help="write pred.json but do not score")
-    run.add_argument("--workers", type=int, default=None, metavar="N",
+    run.add_argument("--workers", type=positive_int, default=None, metavar="N",
                      help="processes for the metrics (default: number of CPUs)")
-    run.add_argument("--dist-timeout", type=float, default=48.0, metavar="HOURS",
+    run.add_argument("--dist-timeout", type=positive_float, default=48.0, metavar="HOURS",
                      help="under torchrun: how long ranks wait for each other at the end (default 48)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-video lines")
     return ap
@@ -893,6 +916,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvalInputError("--workers must be >= 1")
         plan = load_plan(args.data_root, args.split, gt_json=args.gt_json, gt_dir=args.gt_dir,
                          split_file=args.split_file)
+        if not args.merge_only:  # an unavailable --device is a command-line error, found before loading
+            from ..api import resolve_device  # noqa: PLC0415
+
+            resolve_device(args.device)
     except EntitySAMError as err:
         _print_err(str(err))
         return 2
@@ -932,11 +959,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..api import from_checkpoint, from_pretrained  # noqa: PLC0415
 
         t0 = time.perf_counter()
-        if args.checkpoint:
-            net = from_checkpoint(args.checkpoint, config=args.model, device=device,
-                                  allow_pickle=args.trust_checkpoint_code)
-        else:
-            net = from_pretrained(args.model or "vit-s", device=device)
+        try:
+            if args.checkpoint:
+                net = from_checkpoint(args.checkpoint, config=args.model, device=device,
+                                      allow_pickle=args.trust_checkpoint_code)
+            else:
+                net = from_pretrained(args.model or "vit-s", device=device)
+        except (EntitySAMError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. a --checkpoint that is no checkpoint (pickle errors)
+            what = f"the checkpoint {args.checkpoint}" if args.checkpoint else "the model"
+            raise EntitySAMError(f"cannot load {what}: {type(err).__name__}: {err}") from None
         say(f"model {net.cfg.name} loaded on {next(net.parameters()).device} in {time.perf_counter() - t0:.1f}s")
         return net
 

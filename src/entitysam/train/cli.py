@@ -50,7 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from .config import load_config  # noqa: PLC0415
 
-    cfg = load_config(args.config, list(args.overrides or []))
+    try:  # a bad config or override: one line and exit code 2, before anything is built
+        cfg = load_config(args.config, list(args.overrides or []))
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     if args.print_config:
         print(cfg.to_json())
         return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,7 +132,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
+        from .. import jsonio  # noqa: PLC0415
+
+        return jsonio.dumps(self.to_dict(), indent=2, ensure_ascii=True)
 
 
 # ---------------------------------------------------------------------------- named configs
@@ -335,7 +338,32 @@ def config_from_dict(data: dict) -> TrainConfig:
     return cfg
 
 
+# Integer settings and their least sensible value (0 where 0 means "off" / "leave as is").
+_MINIMUM = {"solver.max_iter": 1, "solver.warmup_iters": 0, "solver.checkpoint_period": 1, "log_period": 1,
+            "data.num_workers": 0, "data.max_instances": 1, "loss.num_points": 1, "num_threads": 0, "seed": 0}
+
+
+def _numbers(obj: Any, prefix: str = ""):
+    """(dotted key, value) of every number in the config, tuples included."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, key + ".")
+        elif isinstance(value, (tuple, list)):
+            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (int, float)))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+
+
 def validate(cfg: TrainConfig) -> None:
+    for key, value in _numbers(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value}")
+        if key in _MINIMUM and value < _MINIMUM[key]:
+            raise ValueError(f"{key} must be >= {_MINIMUM[key]}, got {value}")
+    if not cfg.solver.base_lr > 0:
+        raise ValueError(f"solver.base_lr must be > 0, got {cfg.solver.base_lr}")
     if cfg.data.frames < 1:
         raise ValueError("data.frames must be >= 1")
     if cfg.solver.ims_per_batch < 1:

@@ -10,6 +10,8 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .. import jsonio
+
 LOSS_KEYS = ("loss_ce", "loss_mask", "loss_dice", "loss_iou")
 CSV_FIELDS = ("iteration", "lr", "total_loss", *LOSS_KEYS, "num_instances", "num_matched", "matched_iou",
               "grad_norm", "time", "data_time", "eta_seconds")
@@ -66,7 +68,8 @@ class MetricWriter:
                 self._tb = None
 
     def write(self, record: dict) -> None:
-        self._jsonl_file.write(json.dumps(record) + "\n")
+        # A NaN / infinite loss is logged as null: NaN is not JSON (readers reject the whole file).
+        self._jsonl_file.write(jsonio.dumps(jsonio.nulls_for_non_finite(record), ensure_ascii=True) + "\n")
         self._jsonl_file.flush()
         self._csv.writerow({k: record.get(k, "") for k in CSV_FIELDS})
         self._csv_file.flush()

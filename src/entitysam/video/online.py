@@ -52,6 +52,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from .. import jsonio
 from ..errors import OutputError
 from .postprocess import _assign, _paint
 
@@ -476,7 +477,7 @@ MANIFEST = "manifest.json"
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return jsonio.dumps(obj, compact=True)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -489,6 +490,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> None:
+    """Last resort for the final manifest on a full disk: the atomic write needs a new file (new
+    blocks), this one reuses the blocks of the existing file (a manifest fits in the block its
+    "running" version already holds)."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate()
+        f.flush()
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
@@ -679,10 +690,16 @@ class OnlineWriter:
             view = view[n:]
         self.num_frames += 1
 
-    def _write_manifest(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+    def _write_manifest(self, fields: Mapping[str, Any], *, in_place_fallback: bool = False) -> dict[str, Any]:
         data = {**self.base_manifest, **fields, "files": self.files(),
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_atomic(self.directory / MANIFEST, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+        encoded = (jsonio.dumps(data, indent=1) + "\n").encode("utf-8")
+        try:
+            _write_atomic(self.directory / MANIFEST, encoded)
+        except OSError:
+            if not in_place_fallback or not (self.directory / MANIFEST).is_file():
+                raise
+            _overwrite_in_place(self.directory / MANIFEST, encoded)
         return data
 
     def _write_panoptic_json(self) -> None:
@@ -717,21 +734,46 @@ class OnlineWriter:
 
     def finish(self, status: str, fields: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Close the files, write ``panoptic.json`` and the final manifest (``fields`` added,
-        ``complete`` is ``status == "complete"``). Returns the manifest."""
+        ``complete`` is ``status == "complete"``). Returns the manifest.
+
+        The manifest is written whatever happens before it: if closing the overlay or writing
+        ``panoptic.json`` fails (a full disk), the status becomes ``failed`` with the cause in
+        ``error`` (unless an earlier error is already recorded), and on a full disk the manifest
+        is rewritten in place. Only when even that fails is an OutputError raised."""
+        from .writers import describe_os_error  # noqa: PLC0415
+
         if self._closed:
             raise RuntimeError("writer already finished")
         self._closed = True
+        fields = dict(fields or {})
+        problem: OSError | None = None
         try:
             if self._overlay is not None:
                 self._overlay.close()
                 self._overlay = None
+        except OSError as err:
+            problem = err
         finally:
             self._release()
         try:
             if "panoptic" in self.formats:
-                self._write_panoptic_json()
-            return self._write_manifest({**(fields or {}), "status": status, "complete": status == "complete",
-                                         "num_frames": self.num_frames})
+                try:
+                    self._write_panoptic_json()
+                except OSError as err:
+                    problem = problem or err
+            if problem is not None:
+                status = "failed"
+                fields.setdefault("error", describe_os_error(problem, f"the results in {self.directory}"))
+            try:
+                try:
+                    return self._write_manifest({**fields, "status": status, "complete": status == "complete",
+                                                 "num_frames": self.num_frames}, in_place_fallback=True)
+                except jsonio.NonFiniteJSONError as err:  # e.g. a NaN score: still a valid manifest, saying so
+                    fields = {**jsonio.nulls_for_non_finite(fields), "error": fields.get("error") or str(err)}
+                    return self._write_manifest({**fields, "status": "failed", "complete": False,
+                                                 "num_frames": self.num_frames}, in_place_fallback=True)
+            except OSError as err:
+                raise OutputError(describe_os_error(err, str(self.directory / MANIFEST))) from None
         finally:
             self._lock.release()
 

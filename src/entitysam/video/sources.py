@@ -101,10 +101,14 @@ class FrameSelection:
     def __post_init__(self):
         for name in ("start", "end"):
             value = parse_position(getattr(self, name))
-            if isinstance(value, bool) or (value is not None and value < 0):
+            if isinstance(value, bool) or (value is not None and (value < 0 or not math.isfinite(value))):
                 raise SourceError(f"--{name} must be a non-negative frame index or seconds, got {value!r}")
             object.__setattr__(self, name, value)
-        if not isinstance(self.stride, int) or self.stride < 1:
+        # Both in frames or both in seconds: comparable without knowing the frame rate.
+        if (self.start is not None and self.end is not None and type(self.start) is type(self.end)
+                and self.end <= self.start):
+            raise SourceError(f"--end ({self.end}) must be after --start ({self.start}): the selection would be empty")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
             raise SourceError(f"--stride must be a positive integer, got {self.stride!r}")
         if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
             raise SourceError(f"--max-frames must be a positive integer, got {self.max_frames!r}")
@@ -226,7 +230,7 @@ class FrameSource:
         count = 0
         for index, time, payload in self.selection.apply(self._frames()):
             name, image = self._decode(index, payload)
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape[:2]:
                 raise SourceError(f"{self.label}: frame {name} is not an RGB uint8 image "
                                   f"(shape {image.shape}, dtype {image.dtype})")
             if first_size is None:

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.ndimage as ndi
 from PIL import Image
 
+from .. import jsonio
 from ..errors import OutputError
 
 __all__ = [
@@ -129,7 +130,7 @@ def frame_segments(id_map: np.ndarray, bbox: str = "coco") -> list[dict[str, Any
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return jsonio.dumps(obj, compact=True)
 
 
 class PanopticWriter:
@@ -910,7 +911,7 @@ class StagedOutput:
         try:
             tmp = self.path / f".{MANIFEST}.tmp"
             with open(tmp, "w", encoding="utf-8") as f:
-                f.write(json.dumps(data, indent=1) + "\n")
+                f.write(jsonio.dumps(data, indent=1) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path / MANIFEST)

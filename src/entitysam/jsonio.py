@@ -1,0 +1,67 @@
+"""Strict JSON for every file the package writes.
+
+``json.dumps`` writes ``NaN`` and ``Infinity`` by default, which are not JSON: other readers
+(browsers, ``jq``, most JSON libraries) reject the whole file. Everything the package writes goes
+through :func:`dumps`, which refuses them with a message naming the offending key, so that a
+non-finite number is caught where it is made instead of in a reader much later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import EntitySAMError
+
+__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite", "nulls_for_non_finite"]
+
+
+class NonFiniteJSONError(EntitySAMError, ValueError):
+    """A value about to be written as JSON is NaN or infinite (not representable in JSON)."""
+
+
+def find_non_finite(obj: Any, where: str = "$") -> str | None:
+    """The path (``$.entities[3].score``) of the first NaN / infinite float in `obj`, or None."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else where
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            found = find_non_finite(value, f"{where}.{key}")
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found = find_non_finite(value, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def dumps(obj: Any, *, indent: int | None = None, compact: bool = False, ensure_ascii: bool = False) -> str:
+    """``json.dumps`` that refuses NaN and infinities (``allow_nan=False``).
+
+    compact: no spaces after separators (one-line records). Raises NonFiniteJSONError naming
+    the first non-finite value.
+    """
+    try:
+        return json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False,
+                          separators=(",", ":") if compact else None)
+    except ValueError as err:
+        where = find_non_finite(obj)
+        if where is None:  # another ValueError (e.g. a circular reference): not ours to explain
+            raise
+        raise NonFiniteJSONError(f"refusing to write a non-finite number (NaN or infinity) as JSON at {where}: "
+                                 "JSON has no such values") from err
+
+
+def nulls_for_non_finite(obj: Any) -> Any:
+    """A copy of `obj` with NaN / infinite floats replaced by None (JSON null). For last-resort
+    records that must be written anyway (a final manifest saying why a run failed)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: nulls_for_non_finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nulls_for_non_finite(v) for v in obj]
+    return obj
