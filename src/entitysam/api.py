@@ -44,7 +44,7 @@ from .hub import resolve_checkpoint
 from .modeling.entitysam import EntitySAM
 from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
-from .video.sources import Frame, FrameSelection, FrameSource, open_source
+from .video.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
 from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
                             frame_segments, save_logits_npz)
 
@@ -405,7 +405,8 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
             fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
             logits_dtype: str = "float32", work_dir: str | os.PathLike | None = None,
             save_logits: str | os.PathLike | None = None, progress: bool = False,
-            on_frame: Callable[[int], None] | None = None, exact: bool = False) -> SegmentationResult:
+            on_frame: Callable[[int], None] | None = None, exact: bool = False,
+            max_pixels: int | None = DEFAULT_MAX_PIXELS) -> SegmentationResult:
     """Segment and track every entity of `video`.
 
     video: a video file, a folder of frames, an image, a [n, H, W, 3] uint8 array or a list of
@@ -420,9 +421,11 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     exact: compute in the official order of floating-point operations (float32 only; about the
     official speed; the default runs at 1.6x it on ViT-S, with outputs that differ from the official ones by
     rounding); for bit-for-bit comparisons with the official implementation.
+    max_pixels: largest frame (width x height) decoded (default 50 MP; None: no limit); larger
+    frames are refused from their header, before decoding.
     """
     selection = FrameSelection(start, end, stride, max_frames)
-    source = open_source(video, selection, fps=fps, name=name)
+    source = open_source(video, selection, fps=fps, name=name, max_pixels=max_pixels)
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
     _check_exact(exact, compute_dtype)
@@ -852,7 +855,8 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
            fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
            live: bool | None = None, queue_size: int = 4, output: str | os.PathLike | None = None,
            formats: Sequence[str] | str = DEFAULT_FORMATS, labels: bool = False, overwrite: bool = False,
-           keep_images: bool = True, progress: bool = False, exact: bool = False) -> OnlineStream:
+           keep_images: bool = True, progress: bool = False, exact: bool = False,
+           max_pixels: int | None = DEFAULT_MAX_PIXELS) -> OnlineStream:
     """Segment and track every entity of `video` online: one result per frame, in order, right
     after the frame is processed (``delay=0``) or after ``delay`` more frames (look-ahead).
 
@@ -877,7 +881,7 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     if out is not None:
         StagedOutput.check_free(out, overwrite)
     selection = FrameSelection(start, end, stride, max_frames)
-    source = open_source(video, selection, fps=fps, name=name)
+    source = open_source(video, selection, fps=fps, name=name, max_pixels=max_pixels)
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
     _check_exact(exact, compute_dtype)

@@ -576,18 +576,28 @@ class VideoFileSource(FrameSource):
                         t = t - t0
                     yield index, t, frame
         except av.error.FFmpegError as err:
-            raise SourceError(f"cannot decode video {self.path} after frame {index}: {_av_message(err)} "
-                              "(truncated or corrupt file?)") from None
+            raise SourceError(f"cannot decode video {self.path}: frame {index + 1:06d} is corrupt or missing "
+                              f"({_av_message(err)}); {_frames_before(index)}") from None
         # Reached the end of the stream: a file cut short decodes fewer frames than announced.
         decoded, expected = index + 1, self._frames_hint
         tolerance = 1 if self._frames_exact else max(2, expected // 20)
         if expected and decoded < expected - tolerance:
             raise SourceError(f"{self.path}: truncated or corrupt video: its header announces {expected} frames "
-                              f"but only {decoded} could be decoded")
+                              f"but only {decoded} could be decoded (frame {decoded:06d} is the first missing one; "
+                              f"{_frames_before(index)})")
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"
+        if getattr(payload, "is_corrupt", False):  # the decoder found damaged data and concealed it
+            raise SourceError(f"cannot decode video {self.path}: frame {name} is corrupt (the decoder reports "
+                              f"damaged data in it); {_frames_before(index - 1)}")
         return name, _video_frame_to_rgb(payload, self.label, name, self.max_pixels)
+
+
+def _frames_before(last_good: int) -> str:
+    if last_good < 0:
+        return "no frame before it could be decoded"
+    return f"the frames before it decode (--end {last_good + 1} stops before it)"
 
 
 def _check_regular_file(path: Path, what: str) -> None:
@@ -685,7 +695,7 @@ class ArraySource(FrameSource):
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         item = self.frames[index]
         if isinstance(item, Image.Image):
-            item = np.asarray(item.convert("RGB"))
+            item = image_to_rgb(item)  # as displayed: EXIF orientation, 16-bit range
         return f"{index:06d}", np.ascontiguousarray(item)
 
 
