@@ -569,3 +569,14 @@ def test_corrupt_image_in_folder_offline_leaves_nothing(tmp_path, ckpt):
     r = run_cli(folder, "-o", out, "--checkpoint", ckpt, "-q")
     assert r.returncode == 1 and "cannot read frame" in r.stderr and "2.jpg" in r.stderr
     assert listing(out) == []
+
+
+def test_api_max_pixels(tmp_path, tiny_model):
+    from entitysam.api import segment, stream
+
+    Image.fromarray(scene(0)).save(tmp_path / "still.png")
+    for fn in (segment, stream):
+        with pytest.raises(SourceError, match=r"still.png is 64x48 = 0.0 megapixels, over the limit of 0.001"):
+            fn(tiny_model, tmp_path / "still.png", max_pixels=1000)
+    with segment(tiny_model, tmp_path / "still.png", max_pixels=None) as result:
+        assert len(result) == 1

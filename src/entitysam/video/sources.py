@@ -79,9 +79,10 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DEFAULT_FPS = 25.0
 # Largest frame decoded, in pixels (width x height): 50 MP takes 8K video (7680x4320 = 33.2 MP,
-# 8192x4320 = 35.4 MP) and the 48-50 MP photos of current phones; one frame of that size needs about
-# 0.6 GB to decode and preprocess (see the README, "Reliability"). Larger frames are refused from
-# their header, before decoding (--max-pixels / max_pixels raise or lift the limit).
+# 8192x4320 = 35.4 MP) and the 48-50 MP photos of current phones. Decoding and preprocessing peak at
+# about 10 MiB per megapixel for images and 20 MiB for video frames (benchmarks/decode_memory.py), so
+# 0.5-1 GiB at the limit (see the README, "Reliability"). Larger frames are refused from their
+# header, before decoding (--max-pixels / max_pixels raise or lift the limit).
 DEFAULT_MAX_PIXELS = 50_000_000
 _TIME_EPS = 1e-6
 
@@ -365,7 +366,9 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
         return np.repeat(gray[..., None], 3, axis=2)
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # palette transparency: through RGBA, without Pillow's warning
-    return np.asarray(im.convert("RGB"))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)  # (convert("RGB") of an RGB image would only add a copy of the frame)
 
 
 def _exif_orientation(im: Image.Image) -> int | None:
