@@ -794,9 +794,10 @@ class LiveSource(FrameSource):
         try:
             return av.open(self.url, format=self._format, options=self._options, timeout=self._timeout)
         except av.error.FFmpegError as err:
+            hint = ("check that the camera is connected and not in use by another program" if what == "video device"
+                    else "check the address, and that the camera or server is running and reachable from this machine")
             raise SourceError(f"cannot open {what} {self.url}: {_stream_cause(err, self._timeout[0])}; the {what} "
-                              "could not be opened (check the address, and that the camera or server is running "
-                              "and reachable from this machine)") from None
+                              f"could not be opened ({hint})") from None
 
     def _frames(self):
         av = self._av
