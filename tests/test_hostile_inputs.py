@@ -27,7 +27,7 @@ from _media import scene, tiny_state_dict, write_frames, write_video
 from entitysam import cli
 from entitysam.errors import SourceError
 from entitysam.video.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolderSource, FrameSelection, LiveSource,
-                                     image_to_rgb, list_batch_inputs, open_source)
+                                     list_batch_inputs, open_source)
 from entitysam.video.writers import MANIFEST, decode_id_png, render_overlay
 
 

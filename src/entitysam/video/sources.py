@@ -43,8 +43,8 @@ import os
 import re
 import stat
 import threading
-import warnings
 import time as _time  # "time" is a frame's time in this module
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -71,6 +71,9 @@ __all__ = [
     "live_source_name",
     "open_source",
     "list_batch_inputs",
+    "input_problem",
+    "check_max_pixels",
+    "image_to_rgb",
     "natural_key",
     "parse_position",
 ]
