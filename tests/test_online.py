@@ -366,7 +366,7 @@ def test_bad_api_arguments(media, model, tmp_path):
     (tmp_path / "exists").mkdir()
     with pytest.raises(EntitySAMError, match="already exists"):
         model.stream(media / "clip.mp4", output=tmp_path / "exists")
-    with pytest.raises(SourceError, match="cannot open live source"):
+    with pytest.raises(SourceError, match="cannot open stream http://127.0.0.1:9/none.ts: connection refused"):
         model.stream("http://127.0.0.1:9/none.ts")
 
 

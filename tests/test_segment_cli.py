@@ -246,8 +246,8 @@ def test_bad_command_lines(media, tmp_path, capsys):
     assert run("-o", tmp_path / "o", *ck) == 2
     assert "no INPUT given" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
-    assert run(media / "still.png", "-o", tmp_path / "file", *ck, "-q") == 1
-    assert "cannot write the output folder" in capsys.readouterr().err
+    assert run(media / "still.png", "-o", tmp_path / "file", *ck, "-q") == 2
+    assert "is an existing file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -102,6 +102,9 @@ def test_bad_inputs(tmp_path, media):
         open_source(tmp_path / "nothing.mp4")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
+    with pytest.raises(SourceError, match=r"no frames of the supported types .* holds 1 other entry: notes.txt"):
+        open_source(tmp_path / "empty")
+    (tmp_path / "empty" / "notes.txt").unlink()
     with pytest.raises(SourceError, match="empty folder, no frames"):
         open_source(tmp_path / "empty")
     (tmp_path / "a.gif").write_bytes(b"GIF89a")

@@ -46,7 +46,7 @@ from .modeling.entitysam import EntitySAM
 from .video.prefetch import read_ahead
 from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
-from .video.sources import Frame, FrameSelection, FrameSource, open_source
+from .video.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
 from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
                             frame_segments, logits_file, save_logits_npz)
 
@@ -205,7 +205,8 @@ def _check_config_name(config: Any) -> None:
         raise InvalidArgumentError(f"unknown model configuration {config!r}: known {', '.join(CONFIGS)}")
 
 
-def _open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None) -> FrameSource:
+def _open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
     """open_source for the API, after checks of what callers get wrong: a missing video, a bad
     frame rate, and a list of frame paths (read as a folder of frames holding exactly those,
     in the given order)."""
@@ -223,14 +224,14 @@ def _open_video(video: Any, selection: FrameSelection, fps: Any, name: str | Non
             raise InvalidArgumentError(f"{len(missing)} frame file(s) not found: {', '.join(missing[:5])}"
                                        + (" ..." if len(missing) > 5 else ""))
         folder = files[0].parent
-        source = FrameFolderSource(folder, selection, fps, files=files, name=name or folder.resolve().name)
-        return source
+        return FrameFolderSource(folder, selection, fps, files=files, name=name or folder.resolve().name,
+                                 max_pixels=max_pixels)
     if isinstance(video, (list, tuple)) and any(isinstance(v, (str, os.PathLike)) for v in video):
         raise InvalidArgumentError("a list of frames must hold only arrays / images or only file paths")
     if isinstance(video, np.ndarray) and video.ndim == 4 and 0 in video.shape[1:3]:
         raise InvalidArgumentError(f"frames array has an empty frame size: shape {video.shape} (expected "
                                    "[n, H, W, 3] with H, W >= 1)")
-    return open_source(video, selection, fps=fps, name=name)
+    return open_source(video, selection, fps=fps, name=name, max_pixels=max_pixels)
 
 
 # ----------------------------------------------------------------------------- result
@@ -506,7 +507,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
             logits_dtype: str = "float32", work_dir: str | os.PathLike | None = None,
             save_logits: str | os.PathLike | None = None, progress: bool = False,
             on_frame: Callable[[int], None] | None = None, exact: bool = False,
-            batched: bool | None = None) -> SegmentationResult:
+            batched: bool | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> SegmentationResult:
     """Segment and track every entity of `video`.
 
     video: a video file, a folder of frames, an image, a [n, H, W, 3] uint8 array or a list of
@@ -523,6 +524,8 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     rounding); for bit-for-bit comparisons with the official implementation.
     batched: all queries at once, the device path (None: on every device but the CPU, which
     runs one query at a time; see README "GPU").
+    max_pixels: largest frame (width x height) decoded (default 50 MP; None: no limit); larger
+    frames are refused from their header, before decoding.
     """
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
@@ -533,7 +536,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
         raise OutputError(f"cannot write {logits_file(save_logits)}: the folder {logits_file(save_logits).parent} "
                           "does not exist")
     selection = FrameSelection(start, end, stride, max_frames)
-    source = _open_video(video, selection, fps, name)
+    source = _open_video(video, selection, fps, name, max_pixels)
 
     workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
     try:
@@ -998,7 +1001,8 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
            live: bool | None = None, queue_size: int = 4, output: str | os.PathLike | None = None,
            formats: Sequence[str] | str = DEFAULT_FORMATS, labels: bool = False, overwrite: bool = False,
            keep_images: bool = True, progress: bool = False, exact: bool = False,
-           protect: Sequence[str | os.PathLike] = ()) -> OnlineStream:
+           protect: Sequence[str | os.PathLike] = (),
+           max_pixels: int | None = DEFAULT_MAX_PIXELS) -> OnlineStream:
     """Segment and track every entity of `video` online: one result per frame, in order, right
     after the frame is processed (``delay=0``) or after ``delay`` more frames (look-ahead).
 
@@ -1030,7 +1034,7 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     compute_dtype = resolve_dtype(dtype, device)
     _check_exact(exact, compute_dtype)
     selection = FrameSelection(start, end, stride, max_frames)
-    source = _open_video(video, selection, fps, name)
+    source = _open_video(video, selection, fps, name, max_pixels)
     is_live = source.kind == "live" if live is None else bool(live)
     return OnlineStream(model, source, delay=delay, live=is_live, queue_size=queue_size,
                         compute_dtype=compute_dtype, output=out, formats=fmts, labels=labels, overwrite=overwrite,

@@ -55,6 +55,10 @@ def _add_segment_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="results go to DIR/<video-name>/")
     p.add_argument("--batch", action="append", default=[], metavar="DIR",
                    help="also process every video file and frame folder inside DIR (repeatable)")
+    p.add_argument("--max-pixels", type=_pixel_count, default=DEFAULT_MAX_PIXELS_TEXT, metavar="N",
+                   help="refuse frames larger than N pixels (width x height), checked from the file's header before "
+                        "decoding: an integer, or with a k/M suffix (e.g. 100M), or none for no limit "
+                        f"(default {DEFAULT_MAX_PIXELS_TEXT} = 50 megapixels: 8K video and 50 MP photos)")
     sel = p.add_argument_group("frame selection (indices refer to the whole input)")
     sel.add_argument("--start", default=None, help="first frame: index (e.g. 10) or seconds (e.g. 2.5s)")
     sel.add_argument("--end", default=None, help="stop before this frame: index or seconds (exclusive)")
@@ -121,6 +125,36 @@ def _add_download_parser(sub) -> None:
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=cmd_download)
+
+
+DEFAULT_MAX_PIXELS_TEXT = "50M"  # = entitysam.video.sources.DEFAULT_MAX_PIXELS (not imported here: keeps -h fast)
+
+
+def _pixel_count(text: str) -> int | None:
+    """--max-pixels: "50000000", "50M", "800k", or "none" (no limit)."""
+    s = text.strip().lower()
+    if s in ("none", "off", "unlimited"):
+        return None
+    scale = {"k": 1_000, "m": 1_000_000}.get(s[-1:], 1)
+    try:
+        value = float(s[:-1] if scale != 1 else s) * scale
+    except ValueError:
+        value = -1.0
+    if not value >= 1 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels (e.g. 50000000 or 50M) or none, "
+                                         f"got {text!r}")
+    return int(value)
+
+
+def _check_output_root(out_root: Path) -> None:
+    """-o DIR must be a folder or creatable as one: a file there (or above it) is a usage error."""
+    if out_root.exists() and not out_root.is_dir():
+        raise EntitySAMError(f"--output {out_root} is an existing file, not a folder: choose a folder for the results")
+    for parent in out_root.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EntitySAMError(f"--output {out_root}: {parent} is a file, not a folder")
+            break
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -384,6 +418,7 @@ def cmd_segment(args) -> int:
         if args.overwrite and args.skip_existing:
             raise EntitySAMError("--overwrite and --skip-existing exclude each other")
         _check_online_args(args, inputs)
+        _check_output_root(Path(args.output))
         selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
         _check_model_args(args)
     except EntitySAMError as err:
@@ -427,7 +462,7 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
                                       result_dir=final, inputs=local_inputs)
                 except OutputError as err:  # a FILE argument that cannot be used: a command-line error
                     raise UnsafeOverwriteError(str(err)) from None
-            source = open_source(path, selection, fps=args.fps, name=name)
+            source = open_source(path, selection, fps=args.fps, name=name, max_pixels=args.max_pixels)
             _check_selects_frames(source)
         except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
             _print_err(f"{name}: {err}")

@@ -18,7 +18,9 @@ def preprocess_frame(image: Image.Image | np.ndarray, image_size: int) -> torch.
     """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
-    pixels = np.asarray(image.convert("RGB").resize((image_size, image_size))) / 255.0
+    if image.mode != "RGB":  # (converting an RGB image would only copy it: a frame's worth of memory)
+        image = image.convert("RGB")
+    pixels = np.asarray(image.resize((image_size, image_size))) / 255.0
     x = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32)
     mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(IMAGE_STD, dtype=torch.float32)[:, None, None]
