@@ -107,13 +107,17 @@ def models(ctx: Ctx, name: str) -> dict:
     """Weights made once into the cache folder, loaded through entitysam.api.from_checkpoint."""
     t0 = time.perf_counter()
     model = get_model(ctx, name)
+    out = {}
     if {"golden", "bf16"} & set(ctx.args.sections) and not ctx.args.smoke:  # their seeds too, ahead of time
-        for path in fixtures(ctx):
-            meta = json.loads((path / "meta.json").read_text())
-            if VARIANT_MODELS[meta["variant"]] == name:
-                get_model(ctx, name, meta["weight_seed"])
+        try:
+            for path in fixtures(ctx):
+                meta = json.loads((path / "meta.json").read_text())
+                if VARIANT_MODELS[meta["variant"]] == name:
+                    get_model(ctx, name, meta["weight_seed"])
+        except (OSError, ValueError, KeyError) as err:  # the golden section reports it again
+            out["golden_weights_error"] = first_line(err)
     ctx.sync()
-    out = dict(load_s=time.perf_counter() - t0, parameters=sum(p.numel() for p in model.parameters()),
+    out.update(load_s=time.perf_counter() - t0, parameters=sum(p.numel() for p in model.parameters()),
                config=model.cfg.name)
     if ctx.cuda:
         out["allocated_mib"] = torch.cuda.memory_allocated(ctx.device) / MIB
@@ -221,6 +225,9 @@ def _row(ctx: Ctx, part: str, fn, wall: bool = False) -> dict:
     return dict(part=part, gflop=flops / 1e9, tflops_per_s=flops / t["ms"] / 1e9 if flops else None, **t)
 
 
+REST = "rest of the step (points, offset attention, prompts)"
+
+
 def _step_rows(ctx: Ctx, model, frame, memories, points, attention_dtype) -> list[dict]:
     """A whole step at 7 memories, and its parts timed inside it (events around the calls)."""
     kwargs = dict(attention_dtype=attention_dtype, **batched_kwargs(ctx, model.step))
@@ -239,8 +246,12 @@ def _step_rows(ctx: Ctx, model, frame, memories, points, attention_dtype) -> lis
         call()
         probe.collect()
         for _ in range(total.get("reps", 0)):
+            start = probe.mark()
             call()
-            for label, ms in probe.collect().items():
+            probe.pending.append(("step", start, probe.mark()))
+            step = probe.collect()
+            step[REST] = step["step"] - sum(ms for label, ms in step.items() if label != "step")
+            for label, ms in step.items():
                 times.setdefault(label, []).append(ms)
     finally:
         probe.close()
@@ -252,11 +263,10 @@ def _step_rows(ctx: Ctx, model, frame, memories, points, attention_dtype) -> lis
         ms, flops = float(np.median(times[label])), probe.flops.get(label, 0)
         rows.append(dict(part=label, ms=ms, reps=len(times[label]), gflop=flops / 1e9,
                          tflops_per_s=flops / ms / 1e9 if flops else None))
-    if "ms" in total:
-        rest = total["ms"] - sum(r.get("ms", 0.0) for r in rows[1:])
+    if REST in times:  # per repetition: the step between its events minus the parts inside it
+        rest = float(np.median(times[REST]))
         flops = total["gflop"] - sum(r.get("gflop", 0.0) for r in rows[1:])
-        rows.append(dict(part="rest of the step (points, offset attention, prompts)", ms=rest, gflop=flops,
-                         tflops_per_s=flops / rest if rest > 0 and flops > 0 else None))
+        rows.append(dict(part=REST, ms=rest, gflop=flops, tflops_per_s=flops / rest if rest > 0 and flops > 0 else None))
     return rows
 
 

@@ -140,7 +140,7 @@ class Probe:
         self.counting = False  # count FLOPs per name instead of timing
         self.flops: dict[str, int] = {}
 
-    def _mark(self):
+    def mark(self):
         if self.ctx.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
@@ -157,9 +157,9 @@ class Probe:
                     out = fn(*args, **kwargs)
                 self.flops[name] = self.flops.get(name, 0) + int(counter.get_total_flops())
                 return out
-            start = self._mark()
+            start = self.mark()
             out = fn(*args, **kwargs)
-            self.pending.append((name, start, self._mark()))
+            self.pending.append((name, start, self.mark()))
             return out
 
         setattr(owner, attr, timed)
@@ -311,13 +311,20 @@ def write_clip(ctx: Ctx, n: int) -> Path:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name("tmp-" + path.name)
-    with av.open(str(tmp), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(25))
-        stream.width, stream.height, stream.pix_fmt = ctx.args.width, ctx.args.height, "yuv420p"
-        for frame in make_frames(ctx, n):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    for codec in ("libx264", "mpeg4"):  # H.264 as users have; MPEG-4 part 2 if this FFmpeg lacks x264
+        try:
+            with av.open(str(tmp), "w") as container:
+                stream = container.add_stream(codec, rate=Fraction(25))
+                stream.width, stream.height, stream.pix_fmt = ctx.args.width, ctx.args.height, "yuv420p"
+                for frame in make_frames(ctx, n):
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                        container.mux(packet)
+                for packet in stream.encode():
+                    container.mux(packet)
+            break
+        except (av.error.FFmpegError, ValueError) as err:
+            ctx.log(f"clip: {codec} failed ({first_line(err)})")
+    else:
+        raise RuntimeError("could not encode the test clip with libx264 or mpeg4")
     tmp.replace(path)
     return path
