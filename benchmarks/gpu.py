@@ -216,6 +216,22 @@ def print_report(ctx: Ctx, report: dict) -> None:
     for model, k in kern.items():
         print(f"{model}: {fmt(k.get('kernels'))} kernels, {fmt(k.get('launch_calls'))} launches, "
               f"{fmt(k.get('host_syncs'))} host syncs per steady step")
+    for name, g in (ctx.results.get("golden", {}).get("result") or {}).items():
+        worst = max(g["steps"], key=lambda r: r["sign_mismatch"], default=None)
+        print(f"golden {name}: {'PASS' if g['passed'] else 'FAIL'}, {g['steps_compared']}/{g['steps_in_fixture']} steps"
+              + (f", worst sign mismatch {worst['sign_mismatch']:.1e} (step {worst['step']})" if worst else ""))
+    bf16 = ctx.results.get("bf16", {}).get("result")
+    if bf16:
+        print(f"bfloat16 vs float32 ({bf16['fixture']}): min identical mask signs {bf16['min_identical_to_float32']:.4%}")
+    sdpa = ctx.results.get("sdpa", {}).get("result")
+    if sdpa:
+        print(f"\nSDPA cross-attention, batch {sdpa['batch']}, {sdpa['queries']} queries, ms per call (err: unsupported)")
+        groups: dict = {}
+        for r in sdpa["rows"]:
+            groups.setdefault((r["dtype"], r["memories"], r["values"]), []).append(
+                f"{r['backend']} {fmt(r['ms']) if 'ms' in r else 'err' if 'error' in r else '-'}")
+        for (dtype, k, values), cells in groups.items():
+            print(f"  {dtype:<9}{k} mem  {values:<24}" + ", ".join(cells))
     print(f"\n{'target':<52}{'measured':>10}  {'threshold':<40}verdict")
     for t in report["targets"]:
         verdict = "not measured" if t["passed"] is None else "PASS" if t["passed"] else "FAIL"
