@@ -284,6 +284,10 @@ def parts(ctx: Ctx, name: str) -> dict:
         memory = first.memory.to(torch.bfloat16)  # as the memory bank stores it
         memories = [(memory, r) for r in range(model.cfg.num_maskmem, 0, -1)]  # oldest first
         rows.append(_row(ctx, "encoders (Hiera + DINOv2)", lambda: model.encode_frame(images[1])))
+        dino_input = F.interpolate(images[1], size=(model.cfg.dino_input_size,) * 2, mode="bilinear",
+                                   align_corners=False)
+        rows.append(_row(ctx, "  of which image encoder (Hiera + FPN)", lambda: model.image_encoder(images[1])))
+        rows.append(_row(ctx, "  of which DINOv2", lambda: model.dinov2_feature_extractor(dino_input)))
         for k in (1, 3, model.cfg.num_maskmem):
             rows.append(_row(ctx, f"memory attention, {k} memories",
                              lambda k=k: model.condition_on_memory(frame, memories[-k:], **attend)))
