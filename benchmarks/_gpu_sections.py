@@ -31,13 +31,20 @@ def _skip(ctx: Ctx) -> str:
     return CUDA_ONLY.format(ctx.device.type)
 
 
+def precision(ctx: Ctx, model, dtype: torch.dtype):
+    """entitysam.api.precision_plan for the run's path: (context, memory-attention dtype)."""
+    from entitysam.api import precision_plan
+
+    return precision_plan(model, dtype, **new_kwargs(precision_plan, "batched", ctx.args.batched, old_behaviour=True))
+
+
 @contextlib.contextmanager
 def model_context(ctx: Ctx, model):
     """The precision `entitysam segment` uses for the run's --dtype (bfloat16 autocast on CUDA by
     default) and the --sdpa-backend restriction; yields the memory-attention dtype for CPU."""
-    from entitysam.api import precision_plan, resolve_dtype
+    from entitysam.api import resolve_dtype
 
-    autocast, attention_dtype = precision_plan(model, resolve_dtype(ctx.args.dtype, ctx.device))
+    autocast, attention_dtype = precision(ctx, model, resolve_dtype(ctx.args.dtype, ctx.device))
     with torch.inference_mode(), autocast, sdpa_backend(ctx.args.sdpa_backend):
         yield attention_dtype
 
@@ -228,9 +235,8 @@ def _row(ctx: Ctx, part: str, fn, wall: bool = False) -> dict:
 REST = "rest of the step (points, offset attention, prompts)"
 
 
-def _step_rows(ctx: Ctx, model, frame, memories, points, attention_dtype) -> list[dict]:
+def _step_rows(ctx: Ctx, model, frame, memories, points, kwargs: dict) -> list[dict]:
     """A whole step at 7 memories, and its parts timed inside it (events around the calls)."""
-    kwargs = dict(attention_dtype=attention_dtype, **batched_kwargs(ctx, model.step))
     call = lambda: model.step(frame, memories, points, **kwargs)  # noqa: E731
     total = _row(ctx, f"whole step, {len(memories)} memories", call)
     probe = Probe(ctx)
@@ -278,9 +284,12 @@ def parts(ctx: Ctx, name: str) -> dict:
     images = device_images(ctx, model, 2)
     rows = []
     with model_context(ctx, model) as attention_dtype:
-        attend = dict(attention_dtype=attention_dtype, **batched_kwargs(ctx, model.condition_on_memory))
+        # the tracker's queries per batch (all, unless the device's free memory holds fewer)
+        chunk = getattr(new_tracker(ctx, model, attention_dtype), "query_chunk", None)
+        path = dict(**batched_kwargs(ctx, model.step), **({"query_chunk": chunk} if chunk else {}))
+        attend = dict(attention_dtype=attention_dtype, **path)
         frame = model.encode_frame(images[0])
-        first = model.step(frame, [], None, attention_dtype=attention_dtype, **batched_kwargs(ctx, model.step))
+        first = model.step(frame, [], None, attention_dtype=attention_dtype, **path)
         memory = first.memory.to(torch.bfloat16)  # as the memory bank stores it
         memories = [(memory, r) for r in range(model.cfg.num_maskmem, 0, -1)]  # oldest first
         rows.append(_row(ctx, "encoders (Hiera + DINOv2)", lambda: model.encode_frame(images[1])))
@@ -291,7 +300,7 @@ def parts(ctx: Ctx, name: str) -> dict:
         for k in (1, 3, model.cfg.num_maskmem):
             rows.append(_row(ctx, f"memory attention, {k} memories",
                              lambda k=k: model.condition_on_memory(frame, memories[-k:], **attend)))
-        rows += _step_rows(ctx, model, frame, memories, first.points, attention_dtype)
+        rows += _step_rows(ctx, model, frame, memories, first.points, attend)
         logits = first.mask_logits
         rows.append(_row(ctx, "hole filling", lambda: fill_holes(logits, model.cfg.fill_hole_area)))
     n = ctx.args.merge_frames
@@ -312,7 +321,7 @@ def parts(ctx: Ctx, name: str) -> dict:
     for r in rows:
         if peak_tflops and r.get("tflops_per_s"):
             r["percent_of_peak"] = 100 * r["tflops_per_s"] / peak_tflops
-    return dict(rows=rows, dtype=dtype, peak_tflops=peak_tflops, batched=ctx.batched)
+    return dict(rows=rows, dtype=dtype, peak_tflops=peak_tflops, batched=ctx.batched, query_chunk=chunk)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -414,15 +423,13 @@ def fixtures(ctx: Ctx) -> list[Path]:
 
 def golden_one(ctx: Ctx, path: Path) -> dict:
     """float32 (TF32 off) on the device against the official float32 outputs of the fixture."""
-    from entitysam.api import precision_plan
-
     meta = json.loads((path / "meta.json").read_text())
     golden = dict(np.load(path / "golden.npz"))
     model = get_model(ctx, VARIANT_MODELS[meta["variant"]], meta["weight_seed"])
     frames = _fixture_frames(path, meta, model.cfg.image_size, ctx.args.golden_frames or len(meta["frame_names"]))
     rows, signs = [], {}
     with torch.inference_mode(), tf32(False), sdpa_backend(ctx.args.sdpa_backend):
-        autocast, attention_dtype = precision_plan(model, torch.float32)
+        _, attention_dtype = precision(ctx, model, torch.float32)  # its TF32 context is not entered
         for s in new_tracker(ctx, model, attention_dtype).track(frames):
             logits = s.mask_logits[:, 0].float().cpu().numpy()
             stats = step_stats(golden, s.step, logits, s.scores.cpu().numpy(), s.points.cpu().numpy())
@@ -450,8 +457,6 @@ def golden(ctx: Ctx) -> dict:
 
 def bf16(ctx: Ctx) -> dict:
     """bfloat16 autocast against float32 on the device (first fixture's frames): identical mask signs."""
-    from entitysam.api import precision_plan
-
     path = fixtures(ctx)[0]
     reference = ctx.cache.get(("fp32", path.name)) or (golden_one(ctx, path) and ctx.cache[("fp32", path.name)])
     meta = json.loads((path / "meta.json").read_text())
@@ -459,7 +464,7 @@ def bf16(ctx: Ctx) -> dict:
     model = get_model(ctx, VARIANT_MODELS[meta["variant"]], meta["weight_seed"])
     frames = _fixture_frames(path, meta, model.cfg.image_size, len(meta["frame_names"]))
     rows = []
-    autocast, attention_dtype = precision_plan(model, torch.bfloat16)
+    autocast, attention_dtype = precision(ctx, model, torch.bfloat16)
     with torch.inference_mode(), autocast, sdpa_backend(ctx.args.sdpa_backend):
         for s in new_tracker(ctx, model, attention_dtype).track(frames):
             if s.step not in reference:
