@@ -377,9 +377,12 @@ def _fixture_frames(path: Path, meta: dict, size: int, count: int):
 
 
 def make_tiny_fixture(ctx: Ctx) -> Path:
-    """Smoke mode: a fixture in the golden layout made by the tiny model's own float32 run (the
-    comparison code runs; the comparison itself is trivially exact)."""
+    """Smoke mode: a fixture in the golden layout made by the tiny model's own float32 run on the
+    per-query path (the CPU reference): the comparison code runs, and with --batched it compares
+    the batched path with the per-query one."""
     from PIL import Image
+
+    from entitysam.video.tracker import EntityTracker
 
     path = Path(ctx.args.cache_dir) / "golden-tiny"
     (path / "frames").mkdir(parents=True, exist_ok=True)
@@ -393,7 +396,8 @@ def make_tiny_fixture(ctx: Ctx) -> Path:
                                                "sampled_point_coords")}
     video = []
     with torch.inference_mode():
-        for s in new_tracker(ctx, model).track(_fixture_frames(path, meta, model.cfg.image_size, 2)):
+        tracker = EntityTracker(model, **new_kwargs(EntityTracker, "batched", False, old_behaviour=True))
+        for s in tracker.track(_fixture_frames(path, meta, model.cfg.image_size, 2)):
             logits = s.mask_logits[:, 0].float().cpu().numpy()
             arrays["lowres_logits_sub4"].append(logits[:, ::4, ::4])
             arrays["lowres_sign_bits"].append(np.packbits(logits > 0, axis=-1))

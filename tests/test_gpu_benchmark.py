@@ -92,6 +92,26 @@ def test_smoke_measures_each_part(smoke):
                                                         "float32 (TF32 off) vs golden-tiny"}
 
 
+def has_batched_path() -> bool:
+    import inspect
+
+    from entitysam.video.tracker import EntityTracker
+
+    return "batched" in inspect.signature(EntityTracker).parameters
+
+
+@pytest.mark.skipif(not has_batched_path(), reason="this entitysam has no batched device path")
+def test_smoke_batched_path_matches_per_query(tmp_path):
+    """--batched on the CPU: every model call of the device path, and the tiny fixture (made by
+    the per-query path) compared with it at the reference tolerances."""
+    proc, report = bench(tmp_path, "--smoke", "--batched", "--sections", "golden,parts,kernels", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    golden = report["sections"]["golden"]["result"]["golden-tiny"]
+    assert golden["batched"] is True and golden["passed"] is True, golden
+    rows = {r["part"]: r for r in report["sections"]["parts"]["result"]["tiny"]["rows"]}
+    assert rows["whole step, 7 memories"]["ms"] > 0 and rows["decoder"]["ms"] > 0
+
+
 def test_failing_section_is_recorded_and_the_rest_runs(tmp_path):
     proc, report = bench(tmp_path, "--device", "cpu", "--sections", "peak,env", "--matmul-size", "-1")
     assert proc.returncode == 1
