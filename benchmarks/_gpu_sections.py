@@ -272,7 +272,8 @@ def _step_rows(ctx: Ctx, model, frame, memories, points, kwargs: dict) -> list[d
     if REST in times:  # per repetition: the step between its events minus the parts inside it
         rest = float(np.median(times[REST]))
         flops = total["gflop"] - sum(r.get("gflop", 0.0) for r in rows[1:])
-        rows.append(dict(part=REST, ms=rest, gflop=flops, tflops_per_s=flops / rest if rest > 0 and flops > 0 else None))
+        rows.append(dict(part=REST, ms=rest, gflop=flops,
+                         tflops_per_s=flops / rest if rest > 0 and flops > 0 else None))
     return rows
 
 
@@ -390,7 +391,8 @@ def make_tiny_fixture(ctx: Ctx) -> Path:
     for i, image in enumerate(make_frames(ctx, 2)):
         names.append(f"{i:05d}.png")
         Image.fromarray(image).save(path / "frames" / names[-1])
-    meta = dict(variant="tiny", weight_seed=ctx.args.seed, frame_names=names, out_size=[ctx.args.height, ctx.args.width])
+    meta = dict(variant="tiny", weight_seed=ctx.args.seed, frame_names=names,
+                out_size=[ctx.args.height, ctx.args.width])
     model = get_model(ctx, "tiny")
     arrays: dict[str, list] = {k: [] for k in ("lowres_logits_sub4", "lowres_sign_bits", "pred_eiou",
                                                "sampled_point_coords")}

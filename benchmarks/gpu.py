@@ -176,18 +176,20 @@ def record(entry: dict, model, result=None, error=None, tb=None, skipped=None) -
 def targets(ctx: Ctx) -> list[dict]:
     """The issue's targets next to the measured numbers (None: not measured)."""
     r = {k: v.get("result", {}) for k, v in ctx.results.items()}
+
+    def target(name: str, value, threshold: str, ok) -> dict:
+        return dict(target=name, value=value, threshold=threshold, passed=None if value is None else ok(value))
+
     out = []
     for model in ctx.args.models:
-        fps = r.get("steady", {}).get(model, {}).get("frames_per_s")
         if model in TARGET_FPS:
-            out.append(dict(target=f"{model} steady frames/s (bf16, 7 memories, H200)", value=fps,
-                            threshold=f">= {TARGET_FPS[model]:g}", passed=None if fps is None else fps >= TARGET_FPS[model]))
-        ratio = r.get("e2e", {}).get(model, {}).get("ratio_to_steady")
-        out.append(dict(target=f"{model} end-to-end / steady", value=ratio, threshold=f">= {TARGET_E2E_RATIO}",
-                        passed=None if ratio is None else ratio >= TARGET_E2E_RATIO))
-        mem = r.get("memory", {}).get(model, {}).get("ratio")
-        out.append(dict(target=f"{model} peak memory, whole clip / a third", value=mem,
-                        threshold=f"<= {TARGET_MEMORY_RATIO}", passed=None if mem is None else mem <= TARGET_MEMORY_RATIO))
+            out.append(target(f"{model} steady frames/s (bf16, 7 memories, H200)",
+                              r.get("steady", {}).get(model, {}).get("frames_per_s"),
+                              f">= {TARGET_FPS[model]:g}", lambda v, m=model: v >= TARGET_FPS[m]))
+        out.append(target(f"{model} end-to-end / steady", r.get("e2e", {}).get(model, {}).get("ratio_to_steady"),
+                          f">= {TARGET_E2E_RATIO}", lambda v: v >= TARGET_E2E_RATIO))
+        out.append(target(f"{model} peak memory, whole clip / a third", r.get("memory", {}).get(model, {}).get("ratio"),
+                          f"<= {TARGET_MEMORY_RATIO}", lambda v: v <= TARGET_MEMORY_RATIO))
     for name, g in (r.get("golden") or {}).items():
         out.append(dict(target=f"float32 (TF32 off) vs {name}", value=g.get("steps_compared"),
                         threshold="reference tolerances, steps compared", passed=g.get("passed")))
@@ -222,10 +224,12 @@ def print_report(ctx: Ctx, report: dict) -> None:
               + (f", worst sign mismatch {worst['sign_mismatch']:.1e} (step {worst['step']})" if worst else ""))
     bf16 = ctx.results.get("bf16", {}).get("result")
     if bf16:
-        print(f"bfloat16 vs float32 ({bf16['fixture']}): min identical mask signs {bf16['min_identical_to_float32']:.4%}")
+        print(f"bfloat16 vs float32 ({bf16['fixture']}): min identical mask signs "
+              f"{bf16['min_identical_to_float32']:.4%}")
     sdpa = ctx.results.get("sdpa", {}).get("result")
     if sdpa:
-        print(f"\nSDPA cross-attention, batch {sdpa['batch']}, {sdpa['queries']} queries, ms per call (err: unsupported)")
+        print(f"\nSDPA cross-attention, batch {sdpa['batch']}, {sdpa['queries']} queries, ms per call "
+              "(err: unsupported)")
         groups: dict = {}
         for r in sdpa["rows"]:
             groups.setdefault((r["dtype"], r["memories"], r["values"]), []).append(
