@@ -9,7 +9,8 @@ fixture's README recommends. ENTITYSAM_REFERENCE_FRAMES sets how many leading re
 compared (default 1: the three warm-up steps and the first output frame; `all`: every frame).
 ENTITYSAM_REFERENCE_EXACT=1 runs the exact mode (`segment(..., exact=True)`: the official order of
 operations) instead of the default fast one; same tolerances, and the report says which steps
-are bit-identical.
+are bit-identical. ENTITYSAM_REFERENCE_BATCHED=1 runs the batched device path (all queries at
+once, the GPU path) on the CPU instead of the per-query CPU path.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def exact_mode() -> bool:
     return os.environ.get("ENTITYSAM_REFERENCE_EXACT", "0") not in ("", "0")
 
 
+def batched_path() -> bool:
+    return os.environ.get("ENTITYSAM_REFERENCE_BATCHED", "0") not in ("", "0")
+
+
 @pytest.fixture(scope="module")
 def fixture():
     path = fixture_dir()
@@ -80,8 +85,9 @@ def official_run(fixture, tmp_path_factory):
     frames = ((i, preprocess_frame(Image.open(path / "frames" / name), size))
               for i, name in enumerate(meta["frame_names"][:n]))
     start = time.time()
-    result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True, exact=exact_mode())
-    mode = "exact" if exact_mode() else "default"
+    result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True, exact=exact_mode(),
+                           batched=batched_path())
+    mode = "exact" if exact_mode() else "batched" if batched_path() else "default"
     print(f"\n{meta['variant']} ({mode} mode): {n} frames, {len(result.steps)} steps in {time.time() - start:.1f} s")
     return n, result
 

@@ -42,6 +42,7 @@ from .checkpoints import load_entitysam
 from .errors import EntitySAMError, OutputError
 from .hub import resolve_checkpoint
 from .modeling.entitysam import EntitySAM
+from .video.prefetch import read_ahead
 from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
 from .video.sources import Frame, FrameSelection, FrameSource, open_source
@@ -110,20 +111,41 @@ def _check_exact(exact: bool, compute_dtype: torch.dtype) -> None:
                              "use --dtype float32")
 
 
-def precision_plan(model: EntitySAM, compute_dtype: torch.dtype):
+def precision_plan(model: EntitySAM, compute_dtype: torch.dtype, batched: bool | None = None,
+                   exact: bool = False):
     """How a compute dtype is applied: (context to run the video in, memory-attention dtype).
 
-    float32: plain. bfloat16 on CPU: only the memory attention in bfloat16 (autocast over the
-    whole model moves 10-15% of mask pixels on this kind of CPU; the memory attention alone,
-    ~85% of the arithmetic, keeps >99% of them; see README "Precision and speed"). Otherwise
-    (CUDA bfloat16 as the official evaluation, float16): autocast over everything.
+    float32: plain; on CUDA with TF32 matmuls and convolutions unless `exact`, as the official
+    evaluation runs. bfloat16 on the per-query CPU path: only the memory attention in bfloat16
+    (autocast over the whole model moves 10-15% of mask pixels on this kind of CPU; the memory
+    attention alone, ~85% of the arithmetic, keeps >99% of them; see README "Precision and
+    speed"). Otherwise (the device path, as the official CUDA evaluation; float16): autocast
+    over everything. batched: the tracker's path (None: batched on every device but the CPU).
     """
     device_type = next(model.parameters()).device.type
+    batched = device_type != "cpu" if batched is None else batched
     if compute_dtype == torch.float32:
-        return contextlib.nullcontext(), None
-    if compute_dtype == torch.bfloat16 and device_type == "cpu":
+        return (tf32_matmuls() if device_type == "cuda" and not exact else contextlib.nullcontext()), None
+    if compute_dtype == torch.bfloat16 and device_type == "cpu" and not batched:
         return contextlib.nullcontext(), torch.bfloat16
-    return torch.autocast(device_type=device_type, dtype=compute_dtype), None
+    return autocast_for(device_type, compute_dtype), None
+
+
+def autocast_for(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """The autocast region of the low-precision plans (tests stand CUDA's rules in here)."""
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def tf32_matmuls():
+    """TF32 for float32 matmuls and convolutions on CUDA (the official evaluation switches it on
+    for compute capability >= 8), restored afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
@@ -405,7 +427,8 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
             fps: float | None = None, name: str | None = None, dtype: str | torch.dtype = "auto",
             logits_dtype: str = "float32", work_dir: str | os.PathLike | None = None,
             save_logits: str | os.PathLike | None = None, progress: bool = False,
-            on_frame: Callable[[int], None] | None = None, exact: bool = False) -> SegmentationResult:
+            on_frame: Callable[[int], None] | None = None, exact: bool = False,
+            batched: bool | None = None) -> SegmentationResult:
     """Segment and track every entity of `video`.
 
     video: a video file, a folder of frames, an image, a [n, H, W, 3] uint8 array or a list of
@@ -420,6 +443,8 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     exact: compute in the official order of floating-point operations (float32 only; about the
     official speed; the default runs at 1.6x it on ViT-S, with outputs that differ from the official ones by
     rounding); for bit-for-bit comparisons with the official implementation.
+    batched: all queries at once, the device path (None: on every device but the CPU, which
+    runs one query at a time; see README "GPU").
     """
     selection = FrameSelection(start, end, stride, max_frames)
     source = open_source(video, selection, fps=fps, name=name)
@@ -432,25 +457,30 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
     try:
         return _segment(model, source, compute_dtype, np.dtype(logits_dtype), workdir, save_logits, progress,
-                        on_frame, exact)
+                        on_frame, exact, batched)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
 
 
 def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, logits_dtype: np.dtype,
-             workdir: Path, save_logits, progress: bool, on_frame, exact: bool = False) -> SegmentationResult:
+             workdir: Path, save_logits, progress: bool, on_frame, exact: bool = False,
+             batched: bool | None = None) -> SegmentationResult:
     frames_iter = iter(source)
     first = next(frames_iter)  # raises SourceError for an empty selection
     size = first.size
     image_size = model.cfg.image_size
     infos: list[FrameInfo] = []
 
+    device = next(model.parameters()).device
+    pin = device.type == "cuda"
+
     def inputs() -> Iterator[tuple[int, torch.Tensor]]:
         for frame in _chain(first, frames_iter):
             t = len(infos)
             infos.append(FrameInfo(t, frame.index, frame.name, float(frame.time)))
-            yield t, preprocess_frame(frame.image, image_size)
+            image = preprocess_frame(frame.image, image_size)
+            yield t, image.pin_memory() if pin else image
 
     id_maps = _IdMapFile(workdir / "id_maps.bin", size, model.cfg.num_queries)
     stats: dict[int, list[int]] = {}  # id -> [first, last, count, area]
@@ -480,18 +510,20 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
         if bar is not None:
             bar.set_postfix_str("merging", refresh=True)
         if save_logits is not None:
-            save_logits_npz(save_logits, store, scores.numpy(),
+            save_logits_npz(save_logits, store, scores.cpu().numpy(),
                             source_frame=np.array([f.index for f in infos], dtype=np.int64),
                             frame_name=np.array([f.name for f in infos]))
 
-    autocast, attention_dtype = precision_plan(model, compute_dtype)
+    autocast, attention_dtype = precision_plan(model, compute_dtype, batched, exact)
+    # Off the CPU, frames are decoded and preprocessed on a thread while the device computes.
+    frames = inputs() if device.type == "cpu" else read_ahead(inputs(), depth=2)
     t0 = time.perf_counter()
     try:
         with autocast:
-            result = segment_video(model, inputs(), size, logits_dtype=logits_dtype, on_step=on_step,
+            result = segment_video(model, frames, size, logits_dtype=logits_dtype, on_step=on_step,
                                    work_dir=workdir, frames_out=frames_out, on_logits=on_logits,
                                    memory_dtype=torch.float16 if compute_dtype == torch.float16 else None,
-                                   attention_dtype=attention_dtype, exact=exact,
+                                   attention_dtype=attention_dtype, exact=exact, batched=batched,
                                    frame_chunk=1)  # one frame at a time: lowest, flat peak memory
     finally:
         id_maps.finish()
@@ -609,7 +641,9 @@ class OnlineStream:
         self._latency_sum = 0.0
         self._latency_max = 0.0
         self._tracks: dict[int, list] = {}  # id -> [query, score, first, last, count, area]
-        self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype)[1], exact=exact)
+        self._exact = exact
+        self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype, exact=exact)[1],
+                                      exact=exact)
         if compute_dtype == torch.float16:
             self._tracker.bank.dtype = torch.float16  # autocast cannot mix a bfloat16 bank in
         self._merger = None  # created with the first frame (its size is the output size)
@@ -677,7 +711,7 @@ class OnlineStream:
         payload = [info, frame.image if self.keep_images else None, drops, 0.0, t_read]
         image = preprocess_frame(frame.image, self.model.cfg.image_size)
         steps = []
-        with precision_plan(self.model, self.compute_dtype)[0]:  # a fresh context per frame
+        with precision_plan(self.model, self.compute_dtype, self._tracker.batched, self._exact)[0]:  # fresh per frame
             for step in self._tracker.track([(t, image)]):
                 steps.append(step)
         payload[3] = time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +44,15 @@ class LayerNorm2d(nn.Module):
             # Autograd: the same statistics through the fused layer_norm kernel.
             x = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
             return x.permute(0, 3, 1, 2)
-        # SAM's own formula, in place: its op order, and 2-8x faster than permuting for the
-        # few-channel maps of the memory encoder.
+        # SAM's own formula: its op order, and 2-8x faster than permuting for the few-channel
+        # maps of the memory encoder.
         u = x.mean(1, keepdim=True)
         d = x - u
         s = d.pow(2).mean(1, keepdim=True)
+        if x.dtype != torch.float32:
+            # Out of place as SAM writes it: under CUDA autocast `pow` returns float32, so the
+            # official result is float32; in place it would be rounded back to x's dtype.
+            return self.weight[:, None, None] * (d / torch.sqrt(s + self.eps)) + self.bias[:, None, None]
         return d.div_(torch.sqrt(s + self.eps)).mul_(self.weight[:, None, None]).add_(self.bias[:, None, None])
 
 
@@ -71,13 +76,21 @@ def _sine_position_encoding_cpu(channels: int, height: int, width: int,
     return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1).contiguous()
 
 
+@lru_cache(maxsize=32)
+@torch.inference_mode(False)
+def _on_device(table: Callable[..., torch.Tensor], device: torch.device, *args) -> torch.Tensor:
+    # One copy per device: a table is used at every step, and a host-to-device copy of it
+    # each time would be a blocking transfer on a GPU.
+    return table(*args).to(device)
+
+
 def sine_position_encoding(channels: int, height: int, width: int,
                            device: torch.device | str = "cpu") -> torch.Tensor:
     """Normalised 2-D sine position encoding (DETR / SAM 2 style), [channels, H, W] float32.
 
     The first half of the channels encodes y (row), the second half x (column).
     """
-    return _sine_position_encoding_cpu(channels, height, width).to(device)
+    return _on_device(_sine_position_encoding_cpu, torch.device(device), channels, height, width)
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -127,7 +140,7 @@ def rope_table(dim: int, side: int, theta: float = 10000.0,
 
     The first dim/4 frequency pairs rotate with the column index, the last dim/4 with the row.
     """
-    return _rope_table_cpu(dim, side, theta).to(device)
+    return _on_device(_rope_table_cpu, torch.device(device), dim, side, theta)
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

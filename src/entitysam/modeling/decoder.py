@@ -71,8 +71,10 @@ class QueryTwoWayBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(self, tokens: torch.Tensor, image: torch.Tensor, token_pe: torch.Tensor,
-                image_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens/token_pe [4Q, C]; image [Q, N, C]; image_pe [1, N, C]."""
+                image_pe: torch.Tensor, batched: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens/token_pe [4Q, C]; image [Q, N, C]; image_pe [1, N, C].
+
+        batched: (inference) all groups at once, as in training (the device path)."""
         seq = tokens.unsqueeze(0)
         if self.skip_first_layer_pe:  # first block: no PE and no residual
             seq = self.self_attn(seq, seq, seq)
@@ -82,7 +84,7 @@ class QueryTwoWayBlock(nn.Module):
         tokens = self.norm1(seq[0])
 
         t, pe = group_tokens(tokens), group_tokens(token_pe)  # [Q, 4, C]
-        if torch.is_grad_enabled():
+        if batched or torch.is_grad_enabled():
             t, image = self.exchange(t, pe, image, image_pe)
             return ungroup_tokens(t), image
         # Inference: group by group, so each group's [N, C] maps stay in cache between the
@@ -113,14 +115,16 @@ class QueryTwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate=2)
         self.norm_final_attn = nn.LayerNorm(dim)
 
-    def forward(self, image: torch.Tensor, image_pe: torch.Tensor,
-                tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """image [Q, C, g, g], image_pe [1, C, g, g], tokens [4Q, C] -> (tokens [4Q, C], image [Q, g*g, C])."""
+    def forward(self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor,
+                batched: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """image [Q, C, g, g], image_pe [1, C, g, g], tokens [4Q, C] -> (tokens [4Q, C], image [Q, g*g, C]).
+
+        batched: see `QueryTwoWayBlock.forward`."""
         image = image.flatten(2).transpose(1, 2)
         image_pe = image_pe.flatten(2).transpose(1, 2)
         token_pe = tokens
         for layer in self.layers:
-            tokens, image = layer(tokens, image, token_pe, image_pe)
+            tokens, image = layer(tokens, image, token_pe, image_pe, batched)
         # contiguous, as the official concatenation: the projection of a strided view rounds differently
         q = group_tokens(tokens + token_pe).contiguous()
         out = ungroup_tokens(self.final_attn_token_to_image(q, image + image_pe, image))
@@ -158,22 +162,25 @@ class EntityDecoder(nn.Module):
         self.cls_prediction_head = MLP(dim, 256, 2, 3)
 
     def forward(self, image: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
-                high_res: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                high_res: tuple[torch.Tensor, torch.Tensor],
+                batched: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """image [Q, C, g, g] (dense prompt already added), image_pe [1, C, g, g],
         sparse prompts [Q, 2, C], high_res (s4' [1|Q, C/8, 4g, 4g], s8' [1|Q, C/4, 2g, 2g]).
+        batched: (inference) every query's image updates and upscaling at once (the device
+        path); else one query at a time, which keeps their maps in a CPU's cache.
 
         Returns mask logits [Q, 1, 4g, 4g] and IoU estimates [Q, 1] (after sigmoid).
         """
         q = self.num_queries
         tokens = torch.cat([self.queries.weight, self.iou_queries.weight, sparse.flatten(0, 1)], dim=0)
-        hs, image = self.transformer(image, image_pe, tokens)
+        hs, image = self.transformer(image, image_pe, tokens, batched)
 
         b, c, g = image.shape[0], image.shape[2], image_pe.shape[-1]
         image = image.transpose(1, 2).reshape(b, c, g, g)
         hyper = self.output_hypernetworks_mlps[0](hs[:q])  # [Q, C/8]
         # Upscaling is per query: one at a time keeps its [C/8, 4g, 4g] maps in cache (all Q at
         # once would be ~400 MiB per intermediate for the published models).
-        chunk = q if torch.is_grad_enabled() else 1
+        chunk = q if batched or torch.is_grad_enabled() else 1
         masks = torch.cat([self._masks(image[i:i + chunk], hyper[i:i + chunk],
                                        [f if f.shape[0] == 1 else f[i:i + chunk] for f in high_res])
                            for i in range(0, q, chunk)])

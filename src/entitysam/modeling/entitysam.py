@@ -111,7 +111,8 @@ class EntitySAM(nn.Module):
 
     # ------------------------------------------------------------------ per step
     def condition_on_memory(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
-                            attention_dtype: torch.dtype | None = None, exact: bool = False) -> torch.Tensor:
+                            attention_dtype: torch.dtype | None = None, exact: bool = False,
+                            batched: bool = False, query_chunk: int | None = None) -> torch.Tensor:
         """Memory-conditioned features [B, N, C] (B = 1 without memory, else Q).
 
         memories: (memory [Q, mem_dim, g, g], steps_back r >= 1) pairs, oldest first. The
@@ -120,6 +121,7 @@ class EntitySAM(nn.Module):
         bfloat16 mode: it is ~85% of the arithmetic, and the only part whose reduced precision
         leaves the masks within 1% of float32).
         exact: the official order of operations (see `MemoryAttention._forward_as_official`).
+        batched, query_chunk: all queries at once (`query_chunk` at a time), the device path.
         """
         curr = frame.vision.flatten(2).transpose(1, 2)  # [1, N, C]
         if not memories:
@@ -130,15 +132,18 @@ class EntitySAM(nn.Module):
         memory = torch.cat([mem.flatten(2).transpose(1, 2) for mem, _ in memories], dim=1)
         memory_pos = torch.cat([mem_pe + self.maskmem_tpos_enc[r - 1, 0] for _, r in memories], dim=0)
         if attention_dtype is None:
-            return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0), exact=exact)
+            return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0), exact=exact,
+                                         batched=batched, query_chunk=query_chunk)
         if exact:
             raise ValueError("exact mode runs in float32 (the official CPU arithmetic)")
         with torch.autocast(curr.device.type, dtype=attention_dtype):
-            return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0)).float()
+            return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0), batched=batched,
+                                         query_chunk=query_chunk).float()
 
     def step(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
              points: torch.Tensor | None, encode_memory: bool = True,
-             attention_dtype: torch.dtype | None = None, exact: bool = False) -> StepOutput:
+             attention_dtype: torch.dtype | None = None, exact: bool = False,
+             batched: bool = False, query_chunk: int | None = None) -> StepOutput:
         """One tracking step.
 
         memories, attention_dtype: see `condition_on_memory` (memories empty on the first step).
@@ -146,10 +151,15 @@ class EntitySAM(nn.Module):
         default reorders them for speed (same maths, rounding differs by ~1e-5 per step).
         points [Q, 2]: the previous step's points, or None on the first step, where the point
         sampler places them.
+        batched: (inference) every part over all queries at once, `query_chunk` queries at a
+        time in the memory attention and memory encoder (None: all): the device path, a few
+        thousand kernel launches per step. Else one query at a time where that keeps a CPU's
+        caches warm. Same maths; rounding differs (~1e-6 per step in float32).
         """
         cfg = self.cfg
         q, g = cfg.num_queries, cfg.grid_size
-        feats = self.condition_on_memory(frame, memories, attention_dtype, exact)  # [B, N, C]; semantic half [1, N, C]
+        feats = self.condition_on_memory(frame, memories, attention_dtype, exact,
+                                         batched and not exact, query_chunk)  # [B, N, C]
 
         if points is None:
             points = sample_points(feats[0], (g, g), self.point_sampler_net, self.point_sampler_num,
@@ -161,14 +171,16 @@ class EntitySAM(nn.Module):
         class_logits = self.offset_cls(attended)  # [Q, 2]
 
         enhance = self.backbone_feature_enhancement
-        image = fused_linear(enhance, feats, frame.semantic)  # [B, N, C]
+        image = fused_linear(enhance, feats, frame.semantic, batched)  # [B, N, C]
         image = image.transpose(1, 2).unflatten(-1, (g, g))
         image = (image + self.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
         sparse = self.sam_prompt_encoder.embed_positive_points(points)
-        masks, iou = self.sam_mask_decoder(image, self.sam_prompt_encoder.dense_pe(), sparse, frame.high_res)
+        masks, iou = self.sam_mask_decoder(image, self.sam_prompt_encoder.dense_pe(), sparse, frame.high_res,
+                                           batched)
         masks = masks.float()
 
-        memory = self.encode_memory(frame, masks) if encode_memory else None
+        chunk = (query_chunk or q) if batched else 1
+        memory = self.encode_memory(frame, masks, chunk) if encode_memory else None
         return StepOutput(masks, iou[:, 0], class_logits, points.detach(), memory)
 
     def encode_memory(self, frame: FrameFeatures, mask_logits: torch.Tensor, chunk: int = 1) -> torch.Tensor:

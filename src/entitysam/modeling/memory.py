@@ -88,6 +88,26 @@ class RoPEAttention(nn.Module):
         return self.out_proj(self.v_proj(out.to(q_rot.dtype)))
 
 
+def attend_batched(attn: "RoPEAttention", q_rot: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
+                   raw_values: bool = True) -> torch.Tensor:
+    """Inference, all batch rows at once: q_rot [Bq, N, C] (projected and rotated, Bq in
+    {1, B}), k_in / v_in [B, M, Ckv] -> [B, N, C] through `scaled_dot_product_attention`
+    (flash / memory-efficient kernels on a GPU).
+
+    raw_values: weigh the raw Ckv-wide values and project after the sum (see
+    `RoPEAttention.attend_raw_values`); else project the values first, as the official model.
+    """
+    side = int(round(q_rot.shape[1] ** 0.5))
+    k = attn.rotate(attn.k_proj(k_in), side)
+    v = v_in if raw_values else attn.v_proj(v_in)
+    q = q_rot.expand(k.shape[0], -1, -1)
+    # The scale is 1/sqrt(query width) whatever the width of the (raw) values.
+    out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.to(k.dtype).unsqueeze(1)).squeeze(1)
+    if raw_values:
+        out = attn.v_proj(out)
+    return attn.out_proj(out)
+
+
 def _attend_float32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     """softmax(q k^T) v for q [N, C], k [M, C] (pre-scaled), v [M, Cv] -> float32 [N, Cv].
 
@@ -132,7 +152,9 @@ def _attend_low_precision(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, row
     for a in range(0, q.shape[0], rows):
         qa = q[a:a + rows]
         scores = torch.matmul(qa, k.t(), out=buffer[:qa.shape[0]])
-        torch.matmul(torch.softmax(scores, dim=-1), v, out=out[a:a + rows])
+        # Under CUDA autocast softmax returns float32, and `out=` calls are never autocast:
+        # the weights must be brought back to the operands' dtype explicitly.
+        torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v, out=out[a:a + rows])
     return out
 
 
@@ -195,6 +217,16 @@ class MemoryAttentionLayer(nn.Module):
             q_rot = self.query_one(self.cross_attn_image, self.norm2(x))
         return x + self.cross_attn_image.attend_raw_values(q_rot, memory + memory_pos, memory)
 
+    def self_attend_batched(self, x: torch.Tensor, raw_values: bool) -> torch.Tensor:
+        """Inference: `self_attend` for x [B, N, C] through `attend_batched`."""
+        h = self.norm1(x)
+        return x + attend_batched(self.self_attn, self.query_batched(self.self_attn, h), h, h, raw_values)
+
+    @staticmethod
+    def query_batched(attn: RoPEAttention, h: torch.Tensor) -> torch.Tensor:
+        """h [B, N, C] -> rotated query projection [B, N, C]."""
+        return attn.rotate(attn.q_proj(h), int(round(h.shape[1] ** 0.5)))
+
     @staticmethod
     def query_one(attn: RoPEAttention, h: torch.Tensor) -> torch.Tensor:
         return attn.rotate(attn.q_proj(h), int(round(h.shape[0] ** 0.5)))
@@ -215,12 +247,19 @@ class MemoryAttention(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, curr: torch.Tensor, curr_pos: torch.Tensor, memory: torch.Tensor,
-                memory_pos: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """exact: (inference) the official order of operations, see `_forward_as_official`."""
+                memory_pos: torch.Tensor, exact: bool = False, batched: bool = False,
+                query_chunk: int | None = None, raw_values: bool = True) -> torch.Tensor:
+        """Inference options (ignored when training or with grad enabled):
+        exact: the official order of operations, see `_forward_as_official` (wins over batched);
+        batched: all queries at once (`_forward_batched`, the device path), `query_chunk` at a
+        time (None: all) with `raw_values` as in `attend_batched`; else one query at a time
+        (`_forward_per_query`, the CPU path)."""
         x = curr + 0.1 * curr_pos
         if not self.training and not torch.is_grad_enabled():
             if exact:
                 return self._forward_as_official(x, memory, memory_pos)
+            if batched:
+                return self._forward_batched(x, memory, memory_pos, query_chunk, raw_values)
             return self._forward_per_query(x, memory, memory_pos)
         memory = memory.to(x.dtype)
         for layer in self.layers:
@@ -250,6 +289,30 @@ class MemoryAttention(nn.Module):
 
         for_each_query(one_query, memory.shape[0], x.device)
         return out
+
+    def _forward_batched(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
+                         query_chunk: int | None, raw_values: bool) -> torch.Tensor:
+        """Inference on a device: the maths of `_forward_per_query` with every operation over a
+        chunk of queries at once, so a step is a few hundred kernel launches, not one per query
+        and row block. The first layer's self-attention and cross-attention query projection are
+        the same for every query and run once."""
+        first = self.layers[0]
+        x = first.self_attend(x)  # [1, N, C]: still the same for every query
+        attn = first.cross_attn_image
+        q_rot = first.query_batched(attn, first.norm2(x))
+        count = memory.shape[0]
+        chunk = count if query_chunk is None else max(1, query_chunk)
+        outs = []
+        for s in range(0, count, chunk):
+            mem = memory[s:s + chunk].to(x.dtype)
+            keys = mem + (memory_pos if memory_pos.shape[0] == 1 else memory_pos[s:s + chunk])
+            y = first.feed_forward(x + attend_batched(attn, q_rot, keys, mem, raw_values))
+            for layer in self.layers[1:]:
+                y = layer.self_attend_batched(y, raw_values)
+                q = layer.query_batched(layer.cross_attn_image, layer.norm2(y))
+                y = layer.feed_forward(y + attend_batched(layer.cross_attn_image, q, keys, mem, raw_values))
+            outs.append(self.norm(y))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _forward_as_official(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor) -> torch.Tensor:
         """Inference in the official order of operations, one query at a time.

@@ -88,19 +88,28 @@ def sample_points(tokens: torch.Tensor, grid: tuple[int, int], sampler: nn.Multi
                                 indexing="ij")
     grid = torch.stack([rows, cols], dim=-1).reshape(1, -1, 2).float()  # [1, N, 2] as (row, col)
     points = torch.bmm(weights.transpose(1, 2), grid)[0]  # [Q, 2]
-    scale = torch.tensor([image_size / gw, image_size / gh], device=x.device)
-    return points * scale
+    # Scaled in the points' own dtype (bfloat16 under autocast, as the official in-place
+    # scaling: a float32 factor tensor would promote them to float32), by a Python number
+    # where the grid is square (always, for the published models): a tensor made from a
+    # list would be a blocking host-to-device copy on a GPU.
+    if gw == gh:
+        return points * (image_size / gw)
+    return points * torch.tensor([image_size / gw, image_size / gh], device=x.device, dtype=points.dtype)
 
 
-def fused_linear(linear: nn.Linear, sam: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+def fused_linear(linear: nn.Linear, sam: torch.Tensor, semantic: torch.Tensor,
+                 batched: bool = False) -> torch.Tensor:
     """`linear(cat([sam, semantic], -1))` for the fused [SAM, DINOv2] features.
 
     sam [B, N, C], semantic [1, N, Cs] (shared by all B) -> [B, N, out]. One product over the
     concatenation, as the official model computes it: adding the products of the two halves
     instead rounds differently (1e-5), and through the bfloat16 memory that grows step by step
     past the reference tolerances on the ViT-L fixture. Built one row of B at a time, so the
-    [B, N, C + Cs] concatenation (420 MiB for 50 queries) never exists whole.
+    [B, N, C + Cs] concatenation (420 MiB for 50 queries) never exists whole, unless `batched`
+    (the device path: one kernel rather than B).
     """
+    if batched:
+        return linear(torch.cat([sam, semantic.expand(sam.shape[0], -1, -1)], dim=-1))
     return torch.stack([linear(torch.cat([s, semantic[0]], dim=-1)) for s in sam])
 
 

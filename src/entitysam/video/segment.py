@@ -17,7 +17,7 @@ import torch
 
 from ..modeling.entitysam import EntitySAM
 from .postprocess import PanopticResult, merge_video_panoptic
-from .tracker import EntityTracker, StepResult
+from .tracker import EntityTracker, StepResult, video_scores
 
 
 class LogitStore:
@@ -32,15 +32,40 @@ class LogitStore:
         self.frame_shape = (num_queries, size, size)
         self.num_frames = 0
         self._file = open(self.path, "wb")
+        self._pending: tuple[torch.Tensor, torch.cuda.Event] | None = None
 
     def append(self, logits: torch.Tensor) -> None:
-        """logits [Q, 1, h, w] or [Q, h, w]."""
-        arr = logits.reshape(self.frame_shape).cpu().numpy().astype(self.dtype, copy=False)
-        self._file.write(arr.tobytes())
+        """logits [Q, 1, h, w] or [Q, h, w].
+
+        From a CUDA device the copy to the host is queued behind the step that made the logits
+        and written to disk at the next append (or read): the host never waits for the GPU in
+        the middle of a video.
+        """
+        logits = logits.reshape(self.frame_shape)
+        if logits.device.type != "cuda":
+            self._write(logits)
+            return
+        host = torch.empty(logits.shape, dtype=logits.dtype, pin_memory=True)
+        host.copy_(logits, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self._write_pending()
+        self._pending = (host, done)
+
+    def _write_pending(self) -> None:
+        if self._pending is not None:
+            host, done = self._pending
+            done.synchronize()
+            self._pending = None
+            self._write(host)
+
+    def _write(self, logits: torch.Tensor) -> None:
+        self._file.write(logits.cpu().numpy().astype(self.dtype, copy=False).tobytes())
         self.num_frames += 1
 
     def close(self) -> None:
         if not self._file.closed:
+            self._write_pending()
             self._file.close()
 
     @property
@@ -51,6 +76,7 @@ class LogitStore:
     def frames(self) -> np.memmap:
         """[n, Q, h, w] read-only view of everything appended."""
         if not self._file.closed:
+            self._write_pending()
             self._file.flush()
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.num_frames, *self.frame_shape))
 
@@ -88,7 +114,8 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
                   memory_dtype: torch.dtype | None = None,
                   attention_dtype: torch.dtype | None = None,
                   exact: bool = False,
-                  frame_chunk: int | None = None) -> VideoSegmentation:
+                  frame_chunk: int | None = None,
+                  batched: bool | None = None) -> VideoSegmentation:
     """Segment and track every entity of a video.
 
     frames: (frame_index, preprocessed image [1, 3, S, S]) pairs in temporal order; they are
@@ -106,8 +133,11 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
     official speed, per-step outputs bit-identical to it on the same CPU and thread count).
     frame_chunk: frames merged together (None: memory-budgeted default; any value gives the
     same maps, 1 keeps peak memory lowest and flat).
+    batched: all queries at once (see `EntityTracker`; None: on every device but the CPU). On
+    such a device the merge's per-pixel assignment runs there too.
     """
-    tracker = EntityTracker(model, attention_dtype=attention_dtype, exact=exact)
+    tracker = EntityTracker(model, attention_dtype=attention_dtype, exact=exact, batched=batched)
+    merge_device = tracker.device if tracker.device.type != "cpu" else None
     if memory_dtype is not None:
         tracker.bank.dtype = memory_dtype
     step_scores: list[torch.Tensor] = []  # [Q] per step: 200 bytes a frame
@@ -127,8 +157,9 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
             store.close()
         if not step_scores:
             raise ValueError("the video has no frames")
-        scores = torch.stack(step_scores).mean(0)  # float32 mean over all steps, as official
+        scores = video_scores(step_scores, tracker.score_dtype).cpu()
         if on_logits is not None:
             on_logits(store, scores)
-        panoptic = merge_video_panoptic(scores, store, out_size, frames_out=frames_out, frame_chunk=frame_chunk)
+        panoptic = merge_video_panoptic(scores, store, out_size, frames_out=frames_out, frame_chunk=frame_chunk,
+                                        device=merge_device)
     return VideoSegmentation(scores, panoptic, tuple(out_size), store.num_frames, steps)

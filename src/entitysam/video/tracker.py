@@ -57,9 +57,28 @@ class StepResult:
     points: torch.Tensor
 
 
-def schedule(num_frames: int, warmup_copies: int = 3) -> list[int]:
-    """The official processing order: frame 0 `warmup_copies` extra times, then every frame."""
-    return [0] * warmup_copies + list(range(num_frames))
+def video_scores(step_scores: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[Q] video scores: the mean of the per-step eIoU over every step, warm-up included.
+
+    Rounded to `dtype`, the dtype the step scores were computed in: under the official
+    bfloat16 autocast the mean is a bfloat16 value (the float32 result stands for it exactly).
+    """
+    mean = torch.stack(step_scores).mean(0)
+    return mean if dtype == torch.float32 else mean.to(dtype).float()
+
+
+def default_query_chunk(cfg, device: torch.device) -> int | None:
+    """Queries per batch of the device path: all (None) unless a CUDA device's free memory
+    holds fewer. About 100 MiB per query at the published sizes with 7 memories (keys,
+    feed-forward activations, the memory encoder's full-resolution maps), counted twice."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    tokens = cfg.grid_size ** 2
+    per_query = 4 * (tokens * cfg.num_maskmem * (cfg.hidden_dim + 2 * cfg.mem_dim)
+                     + tokens * cfg.memory_attention_ffn_dim + 8 * cfg.image_size ** 2)
+    fits = int(free // (2 * per_query))
+    return None if fits >= cfg.num_queries else max(1, fits)
 
 
 class EntityTracker:
@@ -70,11 +89,19 @@ class EntityTracker:
     """
 
     def __init__(self, model: EntitySAM, fill_hole_area: int | None = None,
-                 attention_dtype: torch.dtype | None = None, exact: bool = False):
+                 attention_dtype: torch.dtype | None = None, exact: bool = False,
+                 batched: bool | None = None, query_chunk: int | None = None):
+        """batched: all queries at once (see `EntitySAM.step`); None: on every device but the
+        CPU. query_chunk: queries per batch (None: sized from the device's free memory)."""
         self.model = model
         self.attention_dtype = attention_dtype  # see EntitySAM.condition_on_memory
         self.exact = exact  # see EntitySAM.step
         self.cfg = model.cfg
+        self.device = next(model.parameters()).device
+        self.batched = self.device.type != "cpu" if batched is None else batched
+        self.query_chunk = query_chunk if query_chunk is not None or not self.batched \
+            else default_query_chunk(model.cfg, self.device)
+        self.score_dtype = torch.float32  # dtype the step scores were computed in (see video_scores)
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
         self.bank = MemoryBank(self.cfg.num_maskmem)
         self.points: torch.Tensor | None = None
@@ -85,8 +112,7 @@ class EntityTracker:
     def _features_for(self, frame_index: int, image: torch.Tensor) -> FrameFeatures:
         # The warm-up repeats frame 0: its features are computed once.
         if self._features is None or self._features[0] != frame_index:
-            device = next(self.model.parameters()).device
-            self._features = (frame_index, self.model.encode_frame(image.to(device)))
+            self._features = (frame_index, self.model.encode_frame(image.to(self.device, non_blocking=True)))
         return self._features[1]
 
     @torch.inference_mode()
@@ -95,15 +121,17 @@ class EntityTracker:
         frame = self._features_for(frame_index, image)
         p = self.step_index
         out = self.model.step(frame, self.bank.recall(p), self.points, attention_dtype=self.attention_dtype,
-                              exact=self.exact)
+                              exact=self.exact, batched=self.batched, query_chunk=self.query_chunk)
         self.points = out.points
+        scores = out.entity_scores
+        self.score_dtype = scores.dtype
         if out.memory is not None:
             self.bank.add(p, out.memory)
         logits = out.mask_logits
         if self.fill_hole_area > 0:
             logits = fill_holes(logits, self.fill_hole_area)
         self.step_index += 1
-        return StepResult(p, frame_index, is_warmup, logits, out.entity_scores.float(), out.points.float())
+        return StepResult(p, frame_index, is_warmup, logits, scores.float(), out.points.float())
 
     def track(self, frames: Iterable[tuple[int, torch.Tensor]], warmup: bool = True) -> Iterator[StepResult]:
         """Run the official schedule over (frame_index, image) pairs, yielding every step.

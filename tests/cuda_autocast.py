@@ -1,0 +1,93 @@
+"""CUDA autocast's dtype rules, emulated on the CPU (test helper).
+
+CPU autocast casts by other lists than CUDA autocast: on CUDA, softmax, layer_norm, exp, sum,
+pow, ... return float32 for low-precision inputs; on CPU they keep the input dtype. Code that
+passes every CPU test can therefore fail on a GPU (e.g. a float32 softmax fed to a
+`matmul(..., out=<bfloat16>)`, which no autocast touches). `CudaAutocast(dtype)` applies
+CUDA's rules to every ATen operation while it is active, in place of `torch.autocast`:
+
+* operations of CUDA's lower-precision list get their floating-point inputs cast to `dtype`
+  (float64 excepted, as autocast does);
+* operations of its float32 list get their float16 / bfloat16 inputs cast to float32;
+* in-place and `out=` calls are left alone, as autocast leaves them.
+
+The lists follow PyTorch's autocast reference ("CUDA Ops that can autocast to float16 /
+float32"), named here by the ATen operations a CPU run dispatches. Dispatch modes are
+per thread: code that fans work out to other threads must run single-threaded under it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+aten = torch.ops.aten
+
+LOWER_PRECISION = {
+    aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.mv, aten.addmv, aten.addr,
+    aten.matmul, aten.linear, aten.einsum, aten.prelu, aten.linalg_vecdot,
+    aten.convolution, aten._convolution, aten.conv1d, aten.conv2d, aten.conv3d,
+    aten.conv_transpose1d, aten.conv_transpose2d, aten.conv_transpose3d,
+    aten.scaled_dot_product_attention, aten._scaled_dot_product_flash_attention_for_cpu,
+}
+
+FLOAT32 = {
+    aten.softmax, aten._softmax, aten.log_softmax, aten._log_softmax,
+    aten.layer_norm, aten.native_layer_norm, aten.group_norm, aten.native_group_norm,
+    aten.exp, aten.expm1, aten.log, aten.log10, aten.log1p, aten.log2, aten.pow,
+    aten.reciprocal, aten.rsqrt, aten.acos, aten.asin, aten.cosh, aten.sinh, aten.tan,
+    aten.erfinv, aten.softplus, aten.sum, aten.prod, aten.cumsum, aten.cumprod, aten.norm,
+    aten.linalg_vector_norm, aten.cdist, aten.dist, aten.logsumexp, aten.renorm,
+    aten.cosine_similarity, aten.mse_loss, aten.l1_loss, aten.binary_cross_entropy_with_logits,
+}
+
+LOW = (torch.float16, torch.bfloat16)
+
+
+def _cast(value, rule):
+    if isinstance(value, torch.Tensor):
+        return rule(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, rule) for v in value)
+    return value
+
+
+class CudaAutocast(TorchDispatchMode):
+    """Context manager: CUDA autocast's dtype rules for `dtype` on any device.
+
+    `casts` counts, per operation, the calls whose inputs were cast (tests check that the
+    rules were exercised).
+    """
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.dtype = dtype
+        self.casts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        packet = func.overloadpacket
+        if not func._schema.is_mutable:  # in-place and out= calls are never autocast
+            if packet in LOWER_PRECISION:
+                rule = self._to_lower
+            elif packet in FLOAT32 and "dtype" not in kwargs:
+                rule = self._to_float32
+            else:
+                rule = None
+            if rule is not None:
+                new_args, new_kwargs = _cast(args, rule), {k: _cast(v, rule) for k, v in kwargs.items()}
+                if any(a is not b for a, b in zip(new_args, args)):
+                    self.casts[str(packet)] += 1
+                args, kwargs = new_args, new_kwargs
+        return func(*args, **kwargs)
+
+    def _to_lower(self, t: torch.Tensor) -> torch.Tensor:
+        if t.is_floating_point() and t.dtype != torch.float64 and t.dtype != self.dtype:
+            return t.to(self.dtype)
+        return t
+
+    @staticmethod
+    def _to_float32(t: torch.Tensor) -> torch.Tensor:
+        return t.float() if t.dtype in LOW else t
