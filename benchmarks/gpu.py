@@ -221,7 +221,8 @@ def print_report(ctx: Ctx, report: dict) -> None:
     for name, g in (ctx.results.get("golden", {}).get("result") or {}).items():
         worst = max(g["steps"], key=lambda r: r["sign_mismatch"], default=None)
         print(f"golden {name}: {'PASS' if g['passed'] else 'FAIL'}, {g['steps_compared']}/{g['steps_in_fixture']} steps"
-              + (f", worst sign mismatch {worst['sign_mismatch']:.1e} (step {worst['step']})" if worst else ""))
+              + (f", worst sign mismatch {worst['sign_mismatch']:.1e} (step {worst['step']})" if worst else "")
+              + (f"; with TF32 on: {'PASS' if g['tf32_on']['passed'] else 'FAIL'}" if "tf32_on" in g else ""))
     bf16 = ctx.results.get("bf16", {}).get("result")
     if bf16:
         print(f"bfloat16 vs float32 ({bf16['fixture']}): min identical mask signs "

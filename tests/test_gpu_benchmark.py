@@ -69,6 +69,7 @@ def test_smoke_names_what_needs_cuda(smoke):
     assert "CUDA only" in results["peak"]["skipped"]["tf32"]
     assert "CUDA only" in results["memory"]["tiny"]["skipped"]["peak memory"]
     assert "CUDA only" in results["kernels"]["tiny"]["skipped"]["kernels"]
+    assert "CUDA only" in results["golden"]["golden-tiny"]["skipped"]["tf32_on"]
     assert results["kernels"]["tiny"]["cpu_aten_ops"] > 0
 
 
