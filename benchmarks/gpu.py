@@ -43,7 +43,7 @@ SECTIONS = {
     "e2e": (S.e2e, 12, True),
     "memory": (S.memory, 6, True),
     "parts": (S.parts, 9, True),
-    "kernels": (S.kernels, 4, True),
+    "kernels": (S.kernels, 6, True),
     "bf16": (S.bf16, 6, False),
     "sdpa": (S.sdpa, 10, False),
 }
