@@ -7,7 +7,7 @@ On a GPU box (one H100/H200-class GPU), from the repository root:
     python benchmarks/gpu.py --json gpu.json
 
 It needs ../shared/reference (make_weights.py, the manifests, golden-vits/golden-vitl; elsewhere:
---reference-dir), writes the generated weights (~2.4 GB) and clip into --cache-dir once, prints
+--reference-dir), writes the generated weights (~4.6 GB) and clip into --cache-dir once, prints
 progress and a table, and rewrites the JSON after every section (a killed run keeps what it did).
 Every section runs in its own try/except under a time budget (--budget-s for the whole run,
 shared out by weight; a watchdog stops a stuck section): the defaults finish in under 8 minutes.
@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sdpa-batch", type=int, default=50, help="batch of the SDPA section (the entity queries)")
     p.add_argument("--sdpa-memories", default="1,3,7")
     p.add_argument("--sdpa-dtypes", default="bfloat16,float32")
-    p.add_argument("--budget-s", type=float, help="whole-run time budget in seconds (default 420)")
+    p.add_argument("--budget-s", type=float, help="whole-run time budget in seconds (default 400)")
     p.add_argument("--seed", type=int, default=1234, help="make_weights.py seed of the speed models")
     p.add_argument("--reference-dir", default=str(ROOT.parent / "shared" / "reference"))
     p.add_argument("--cache-dir", default=os.path.join(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")),
@@ -103,7 +103,7 @@ def apply_presets(a: argparse.Namespace) -> None:
         a.sdpa_memories, a.sdpa_dtypes = "1,7", "float32"
     preset = dict(frames=6, reps=2, warmup=1, steady_steps=3, budget_s=120) if a.smoke else \
         dict(frames=30, reps=5, warmup=2, steady_steps=10, budget_s=240, golden_frames=1) if a.quick else \
-        dict(frames=60, reps=10, warmup=2, steady_steps=30, budget_s=420)
+        dict(frames=60, reps=10, warmup=2, steady_steps=30, budget_s=400)
     for key, value in preset.items():
         if getattr(a, key, None) is None:
             setattr(a, key, value)
