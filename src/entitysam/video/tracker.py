@@ -9,6 +9,7 @@ with the video length.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -68,15 +69,21 @@ def video_scores(step_scores: list[torch.Tensor], dtype: torch.dtype = torch.flo
 
 
 def default_query_chunk(cfg, device: torch.device) -> int | None:
-    """Queries per batch of the device path: all (None) unless a CUDA device's free memory
-    holds fewer. About 100 MiB per query at the published sizes with 7 memories (keys,
-    feed-forward activations, the memory encoder's full-resolution maps), counted twice."""
-    if device.type != "cuda":
+    """Queries per batch of the device path: all (None) unless the device's free memory holds
+    fewer, counted twice over. Per query at the published sizes with 7 memories: about 100 MiB
+    (keys, feed-forward activations, the memory encoder's full-resolution maps), plus the
+    [N, M] attention scores (470 MiB) where attention materialises them (anything but CUDA's
+    flash and memory-efficient kernels)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    elif device.type == "cpu" and hasattr(os, "sysconf"):
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    else:
         return None
-    free, _ = torch.cuda.mem_get_info(device)
     tokens = cfg.grid_size ** 2
-    per_query = 4 * (tokens * cfg.num_maskmem * (cfg.hidden_dim + 2 * cfg.mem_dim)
-                     + tokens * cfg.memory_attention_ffn_dim + 8 * cfg.image_size ** 2)
+    keys = tokens * cfg.num_maskmem
+    per_query = 4 * (keys * (cfg.hidden_dim + 2 * cfg.mem_dim) + tokens * cfg.memory_attention_ffn_dim
+                     + 8 * cfg.image_size ** 2 + (0 if device.type == "cuda" else tokens * keys))
     fits = int(free // (2 * per_query))
     return None if fits >= cfg.num_queries else max(1, fits)
 
