@@ -23,13 +23,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cuda_autocast import CudaAutocast
 from entitysam.config import get_config
 from entitysam.modeling.entitysam import EntitySAM
-from entitysam.video.postprocess import _small_components, fill_holes, small_background_components
+from entitysam.video.holes import fill_holes, small_background_components, small_components_cpu
 from entitysam.video.segment import segment_video
 from entitysam.video.tracker import EntityTracker
 
 
 def scipy_holes(bg: np.ndarray, max_area: int) -> np.ndarray:
-    holes = _small_components(bg.reshape(-1, *bg.shape[-2:]), max_area)
+    holes = small_components_cpu(bg.reshape(-1, *bg.shape[-2:]), max_area)
     return np.zeros(bg.shape, bool) if holes is None else holes.reshape(bg.shape)
 
 

@@ -12,7 +12,8 @@ from entitysam.modeling.common import apply_rope, rope_table, sine_position_enco
 from entitysam.modeling.decoder import group_tokens, ungroup_tokens
 from entitysam.modeling.dinov2 import DinoV2
 from entitysam.modeling.hiera import ImageEncoder, window_partition, window_unpartition
-from entitysam.modeling.memory import MemoryAttention, MemoryEncoder, RoPEAttention, _attend_float32, _attend_low_precision
+from entitysam.modeling.memory import MemoryAttention, RoPEAttention, _attend_float32, _attend_low_precision
+from entitysam.modeling.memory_encoder import MemoryEncoder
 from entitysam.modeling.prompt import sample_points
 
 TINY = get_config("tiny")

@@ -27,7 +27,8 @@ from ..config import EntitySAMConfig
 from .decoder import EntityDecoder
 from .dinov2 import DinoV2
 from .hiera import ImageEncoder
-from .memory import MemoryAttention, MemoryEncoder
+from .memory import MemoryAttention
+from .memory_encoder import MemoryEncoder
 from .prompt import PromptEncoder, fused_linear, offset_attention, offset_attention_as_official, sample_points
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..modeling.entitysam import EntitySAM, FrameFeatures
-from .postprocess import fill_holes
+from .holes import fill_holes
 
 
 class MemoryBank:
