@@ -32,6 +32,16 @@ def load_make_weights():
     return module
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module's tests: tiny models are dominated by per-op overhead, and
+    on a shared 2-core machine two threads fighting over the cores make them ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     from entitysam.config import get_config

@@ -184,18 +184,11 @@ def test_steady_step_on_meta_is_small_and_sync_free(name, limit):
 # ------------------------------------------------------------------ CUDA autocast rules
 
 
-@pytest.fixture
-def one_thread():
-    """Dispatch modes are per thread: the CPU path's worker threads must not be used."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-query"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
-def test_video_under_cuda_autocast_rules(tiny_model, one_thread, dtype, batched):
+def test_video_under_cuda_autocast_rules(tiny_model, one_torch_thread, dtype, batched):
+    # Dispatch modes are per thread: the CPU path's worker threads must not be used.
+    assert torch.get_num_threads() == 1
     frames = _video(4, tiny_model.cfg.image_size, seed=2)
     memory_dtype = torch.float16 if dtype == torch.float16 else None  # as api._segment
     with CudaAutocast(dtype) as rules:
@@ -213,7 +206,7 @@ def test_video_under_cuda_autocast_rules(tiny_model, one_thread, dtype, batched)
     assert torch.equal(last, last.to(dtype).float())
 
 
-def test_public_api_under_cuda_autocast_rules(tiny_model, one_thread, monkeypatch):
+def test_public_api_under_cuda_autocast_rules(tiny_model, one_torch_thread, monkeypatch):
     import entitysam.api as api
 
     monkeypatch.setattr(api, "autocast_for", lambda device_type, dtype: CudaAutocast(dtype))

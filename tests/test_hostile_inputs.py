@@ -31,12 +31,7 @@ from entitysam.video.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolde
 from entitysam.video.writers import MANIFEST, decode_id_png, render_overlay
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

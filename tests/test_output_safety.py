@@ -25,12 +25,7 @@ from entitysam.video.writers import (MANIFEST, OutputLock, OutputLockedError, St
                                      read_manifest, recover_output, safe_name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,14 +24,7 @@ from entitysam.video.writers import MANIFEST, decode_id_png, frame_segments
 N_FRAMES = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are dominated by per-op overhead; on a shared 2-core machine two threads
-    fighting over the cores make them ~50x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
