@@ -468,8 +468,9 @@ def test_a_file_that_is_no_checkpoint(media, vipseg, tmp_path):
                  ("eval", "vipseg", "--data-root", vipseg.root, "-o", tmp_path / "c", "--no-metrics")):
         proc = entitysam(*args, "--checkpoint", not_a_checkpoint)
         assert proc.returncode == 1, proc.stderr
-        assert f"cannot load the checkpoint {not_a_checkpoint}" in proc.stderr
-        assert "Traceback" not in proc.stderr
+        # One line naming the file and why (the checkpoint reader's message).
+        assert f"checkpoint {not_a_checkpoint}: not a readable PyTorch checkpoint" in proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
