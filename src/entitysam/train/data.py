@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from ..io.idpng import decode_ids
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
 
@@ -87,11 +89,6 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
         if not Path(path).is_file():
             raise FileNotFoundError(f"dataset file missing: {path}")
     return records
-
-
-def rgb2id(rgb: np.ndarray) -> np.ndarray:
-    rgb = rgb.astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
 # ---------------------------------------------------------------------------- augmentation
@@ -180,7 +177,7 @@ def make_clip(image: np.ndarray, panoptic_rgb: np.ndarray, segment_ids: Sequence
             off = np.minimum(np.maximum(first + delta, 0), max_off)
         off = (int(off[0]), int(off[1]))
         out_images[t] = _crop_pad(np.asarray(it), off, size).transpose(2, 0, 1)
-        ids = _crop_pad(rgb2id(np.asarray(pt)), off, size)
+        ids = _crop_pad(decode_ids(np.asarray(pt)), off, size)
         # segment id -> instance number (non-crowd segments in file order), others 0
         uniq, inv = np.unique(ids, return_inverse=True)
         table = np.array([lookup.get(int(u), 0) for u in uniq], dtype=np.int32)
@@ -311,5 +308,5 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "PanopticRecord", "read_panoptic_dataset", "ClipAugmentation", "make_clip", "ClipDataset",
     "ClipPositionSampler", "build_loader", "clip_targets", "normalize_images", "clip_seed", "shuffle_order",
-    "rgb2id", "load_rgb",
+    "load_rgb",
 ]

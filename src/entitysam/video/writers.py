@@ -35,6 +35,7 @@ import scipy.ndimage as ndi
 from PIL import Image
 
 from .. import jsonio
+from ..io import idpng
 from ..errors import OutputError
 
 __all__ = [
@@ -70,30 +71,18 @@ CATEGORIES = [{"id": 1, "name": "entity", "isthing": 1, "supercategory": "entity
 
 
 def encode_id_png(id_map: np.ndarray) -> np.ndarray:
-    """[H, W] ids -> [H, W, 3] uint8 RGB with id = R + 256 G + 65536 B."""
-    ids = np.asarray(id_map)
-    if ids.min(initial=0) < 0 or ids.max(initial=0) >= 1 << 24:
-        raise ValueError("ids must be in [0, 2**24)")
-    ids = ids.astype(np.uint32, copy=False)
-    rgb = np.empty((*ids.shape, 3), dtype=np.uint8)
-    rgb[..., 0] = ids & 0xFF
-    rgb[..., 1] = (ids >> 8) & 0xFF
-    rgb[..., 2] = (ids >> 16) & 0xFF
-    return rgb
+    """[H, W] ids -> [H, W, 3] uint8 RGB with id = R + 256 G + 65536 B (see `entitysam.io.idpng`)."""
+    return idpng.encode_ids(id_map)
 
 
 def decode_id_png(rgb: np.ndarray | str | os.PathLike) -> np.ndarray:
     """[H, W, 3] uint8 (or a PNG path) -> [H, W] int32 ids."""
-    if not isinstance(rgb, np.ndarray):
-        with Image.open(rgb) as im:
-            rgb = np.asarray(im.convert("RGB"))
-    rgb = rgb.astype(np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+    return idpng.decode_ids(rgb) if isinstance(rgb, np.ndarray) else idpng.read_id_png(rgb)
 
 
 def write_id_png(path: str | os.PathLike, id_map: np.ndarray) -> None:
     """Write the RGB-encoded id PNG (fast zlib level: the files are re-read, not archived)."""
-    Image.fromarray(encode_id_png(id_map)).save(path, format="PNG", compress_level=1)
+    idpng.write_id_png(path, id_map)
 
 
 def frame_segments(id_map: np.ndarray, bbox: str = "coco") -> list[dict[str, Any]]:
