@@ -11,13 +11,16 @@ step into Q = 50 entity masks:
 3. Prompt encoder (one positive point per query) and entity decoder -> mask logits and IoU.
 4. Memory encoder on the upsampled logits -> this step's memory.
 
-The model holds no per-video state: the tracker (`entitysam.video.tracker`) owns the memory
-bank and the points.
+The model holds no per-video state: the caller owns the memory bank and the points. Inference
+(`entitysam.video.tracker`) and training (`entitysam.train.forward`) run this same step; which
+memories a step reads is `recall_memories`, and training only switches off gradients where the
+official training does (see `EntitySAM.step`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,22 @@ from .prompt import PromptEncoder, fused_linear, offset_attention, offset_attent
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
+
+# The official code stores every step's memory in bfloat16 (inference and training alike): the
+# next steps read it rounded, which is part of the model's results.
+MEMORY_DTYPE = torch.bfloat16
+
+
+def recall_memories(stored: Iterable[tuple[int, torch.Tensor]], step: int,
+                    capacity: int) -> list[tuple[torch.Tensor, int]]:
+    """The memories step `step` reads: those stored by steps `step - capacity ... step - 1`.
+
+    stored: (step index, memory [Q, mem_dim, g, g]) pairs, oldest first (older or later entries
+    are skipped). Returns (memory, steps_back r) pairs, oldest first, the form
+    `EntitySAM.condition_on_memory` takes: r >= 1 selects `maskmem_tpos_enc[r - 1]`, so
+    `capacity` is at most `cfg.num_maskmem` (the official bank: the last 7 steps).
+    """
+    return [(memory, step - s) for s, memory in stored if 1 <= step - s <= capacity]
 
 
 @dataclass
@@ -102,7 +121,11 @@ class EntitySAM(nn.Module):
 
     # ------------------------------------------------------------------ per frame
     def encode_frame(self, image: torch.Tensor) -> FrameFeatures:
-        """image [1, 3, S, S], normalised -> FrameFeatures (Hiera + FPN, DINOv2)."""
+        """image [1, 3, S, S], normalised -> FrameFeatures (Hiera + FPN, DINOv2).
+
+        Under grad mode (training) an encoder builds an autograd graph only if one of its
+        parameters requires a gradient: the image never does, so frozen encoders cost no graph.
+        """
         features, pos = self.image_encoder(image)
         s4 = self.sam_mask_decoder.conv_s0(features[0])
         s8 = self.sam_mask_decoder.conv_s1(features[1])
@@ -144,8 +167,9 @@ class EntitySAM(nn.Module):
     def step(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
              points: torch.Tensor | None, encode_memory: bool = True,
              attention_dtype: torch.dtype | None = None, exact: bool = False,
-             batched: bool = False, query_chunk: int | None = None) -> StepOutput:
-        """One tracking step.
+             batched: bool = False, query_chunk: int | None = None,
+             conditioning_grad: bool = True, memory_encoding_grad: bool = True) -> StepOutput:
+        """One tracking step (inference and training).
 
         memories, attention_dtype: see `condition_on_memory` (memories empty on the first step).
         exact: the official order of operations in the memory and offset attentions, where the
@@ -156,17 +180,27 @@ class EntitySAM(nn.Module):
         time in the memory attention and memory encoder (None: all): the device path, a few
         thousand kernel launches per step. Else one query at a time where that keeps a CPU's
         caches warm. Same maths; rounding differs (~1e-6 per step in float32).
+        conditioning_grad, memory_encoding_grad: (training, under grad mode) False runs
+        `condition_on_memory` (memory attention; on the first step `V + no_mem_embed`) or this
+        step's memory encoding without an autograd graph. The official training does both:
+        these are frozen SAM 2.1 parts, and no gradient flows from one step to the next.
+        Everything else builds the graph: the first step's points (point sampler) and later
+        steps' offsets reach the masks through the prompt encoder. The returned points are
+        detached; pass them back as `points` (the official training detaches them too).
         """
         cfg = self.cfg
         q, g = cfg.num_queries, cfg.grid_size
-        feats = self.condition_on_memory(frame, memories, attention_dtype, exact,
-                                         batched and not exact, query_chunk)  # [B, N, C]
+        with torch.set_grad_enabled(torch.is_grad_enabled() and conditioning_grad):
+            feats = self.condition_on_memory(frame, memories, attention_dtype, exact,
+                                             batched and not exact, query_chunk)  # [B, N, C]
 
+        attend = offset_attention_as_official if exact else offset_attention
+        attended = attend(self.offset_attention, self.offset_embedding.weight, feats, frame.semantic)
+        # After the offset attention: the order of the uses of `feats` is the order in which
+        # autograd sums their gradients (training with conditioning_grad: kept bit for bit).
         if points is None:
             points = sample_points(feats[0], (g, g), self.point_sampler_net, self.point_sampler_num,
                                    cfg.image_size)
-        attend = offset_attention_as_official if exact else offset_attention
-        attended = attend(self.offset_attention, self.offset_embedding.weight, feats, frame.semantic)
         if memories:
             points = points + self.offset_fc(attended)
         class_logits = self.offset_cls(attended)  # [Q, 2]
@@ -180,8 +214,11 @@ class EntitySAM(nn.Module):
                                            batched)
         masks = masks.float()
 
-        chunk = (query_chunk or q) if batched else 1
-        memory = self.encode_memory(frame, masks, chunk) if encode_memory else None
+        memory = None
+        if encode_memory:
+            chunk = (query_chunk or q) if batched else 1
+            with torch.set_grad_enabled(torch.is_grad_enabled() and memory_encoding_grad):
+                memory = self.encode_memory(frame, masks, chunk)
         return StepOutput(masks, iou[:, 0], class_logits, points.detach(), memory)
 
     def encode_memory(self, frame: FrameFeatures, mask_logits: torch.Tensor, chunk: int = 1) -> torch.Tensor:

@@ -1,22 +1,26 @@
-"""The training forward pass over one clip, with the official gradient flow.
+"""The training forward pass over one clip: the model's own step, with the official gradient flow.
 
-It calls the model's submodules directly (the inference `EntitySAM.step` stays untouched) and
-differs from inference only where the official training differs (TRAINING.md 6):
+Every frame goes through `EntitySAM.encode_frame` and `EntitySAM.step`, the step inference runs;
+this module only orchestrates frames, memories and the loss. Training differs from inference
+only where the official training does (TRAINING.md 6):
 
 * frames 0 .. T-1 are visited once each (no warm-up passes); frame 0 is the initial step
-  (point sampler on `V + no_mem_embed`), frame t >= 1 reads the memory of frames t-7 .. t-1;
-* memory attention and memory encoding run under `no_grad`; memory is encoded from the model's
-  own raw mask logits and stored in bfloat16;
-* frame 0's point coordinates stay attached to the graph (the point sampler learns through the
-  prompt encoder); on later frames P_t = P_(t-1).detach() + offset_t;
+  (point sampler on `V + no_mem_embed`), frame t >= 1 reads the memory of frames t-7 .. t-1
+  (`recall_memories`, the inference rule);
+* memory conditioning and memory encoding build no autograd graph (the step's
+  `conditioning_grad=False`, `memory_encoding_grad=False`); memory is encoded from the model's
+  own raw mask logits and stored in bfloat16 (`MEMORY_DTYPE`), and the last frame's memory,
+  never read, is not encoded;
+* frame 0's points stay in the graph (the point sampler learns through the prompt encoder); on
+  later frames P_t = P_(t-1).detach() + offset_t;
 * no hole filling;
 * the module is expected in `train()` mode (memory-attention dropout is active, as official).
 
-Frozen encoders (Hiera + FPN, DINOv2) run without building a graph when none of their
-parameters requires a gradient (their inputs never do), which gives the same values.
+Frozen encoders (Hiera + FPN, DINOv2) build no graph under grad mode: none of their parameters
+requires a gradient and the image never does.
 
 `memory_grad=True` (training config `model.memory_grad`, used by the demo recipe, which starts
-from random weights) lets gradients flow through `condition_on_memory`: frame 0's
+from random weights) lets gradients flow through the memory conditioning: frame 0's
 `V + no_mem_embed` and the memory attention of later frames. Officially these run under
 `no_grad` because they are frozen SAM 2.1 parts; trained from scratch, the stride-16 image
 features and the memory attention would otherwise never learn. The memory itself stays
@@ -26,56 +30,10 @@ detached (the memory encoder gets no gradient either way).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.entitysam import EntitySAM, FrameFeatures
-from ..modeling.prompt import fused_linear, offset_attention, sample_points
+from ..modeling.entitysam import MEMORY_DTYPE, EntitySAM, StepOutput, recall_memories
 from .criterion import Criterion
-
-
-def _needs_grad(module: nn.Module) -> bool:
-    return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
-
-
-def encode_frame_train(model: EntitySAM, image: torch.Tensor) -> FrameFeatures:
-    """Same values as `EntitySAM.encode_frame`; graphs only where parameters are trainable."""
-    with torch.set_grad_enabled(_needs_grad(model.image_encoder)):
-        features, pos = model.image_encoder(image)
-    s4 = model.sam_mask_decoder.conv_s0(features[0])
-    s8 = model.sam_mask_decoder.conv_s1(features[1])
-    dino_in = F.interpolate(image, size=(model.cfg.dino_input_size,) * 2, mode="bilinear", align_corners=False)
-    with torch.set_grad_enabled(_needs_grad(model.dinov2_feature_extractor)):
-        tokens = model.dinov2_feature_extractor(dino_in)
-    return FrameFeatures(features[2], pos[2], (s4, s8), model.dinov2_projector(tokens))
-
-
-def train_step(model: EntitySAM, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
-               prev_points: torch.Tensor | None, memory_grad: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One frame of a training clip.
-
-    prev_points None marks the initial frame. Returns mask logits [Q, 1, h, w] (float32),
-    IoU [Q], class logits [Q, 2], points [Q, 2] (attached to the graph).
-    """
-    cfg = model.cfg
-    q, g = cfg.num_queries, cfg.grid_size
-    # official: memory attention (and frame 0's no-mem path) without grad
-    with torch.set_grad_enabled(memory_grad and torch.is_grad_enabled()):
-        feats = model.condition_on_memory(frame, memories)  # [B, N, C]; the semantic half is [1, N, C]
-    attended = offset_attention(model.offset_attention, model.offset_embedding.weight, feats, frame.semantic)
-    if prev_points is None:
-        points = sample_points(feats[0], (g, g), model.point_sampler_net, model.point_sampler_num, cfg.image_size)
-    else:
-        points = prev_points.detach() + model.offset_fc(attended)
-    class_logits = model.offset_cls(attended)
-
-    enhance = model.backbone_feature_enhancement
-    image = fused_linear(enhance, feats, frame.semantic).transpose(1, 2).unflatten(-1, (g, g))
-    image = (image + model.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
-    sparse = model.sam_prompt_encoder.embed_positive_points(points)
-    masks, iou = model.sam_mask_decoder(image, model.sam_prompt_encoder.dense_pe(), sparse, frame.high_res)
-    return masks.float(), iou[:, 0], class_logits, points
 
 
 def clip_forward(model: EntitySAM, images: torch.Tensor, memory_grad: bool = False) -> dict:
@@ -86,27 +44,24 @@ def clip_forward(model: EntitySAM, images: torch.Tensor, memory_grad: bool = Fal
     """
     num_frames = images.shape[0]
     capacity = model.cfg.num_maskmem
-    bank: list[tuple[int, torch.Tensor]] = []
+    stored: list[tuple[int, torch.Tensor]] = []  # (frame, memory), the last `capacity` frames
     points = None
-    masks_all, iou_all, cls_all, pts_all = [], [], [], []
+    steps: list[StepOutput] = []
     for t in range(num_frames):
-        frame = encode_frame_train(model, images[t:t + 1])
-        memories = [(mem, t - s) for s, mem in bank if 1 <= t - s <= capacity]
-        masks, iou, cls, points = train_step(model, frame, memories, points, memory_grad)
-        masks_all.append(masks[:, 0])
-        iou_all.append(iou)
-        cls_all.append(cls)
-        pts_all.append(points.detach())
-        if t + 1 < num_frames:  # the last frame's memory is never read
-            with torch.no_grad():
-                memory = model.encode_memory(frame, masks)
-            bank.append((t, memory.to(torch.bfloat16)))
-            bank = bank[-capacity:]
+        frame = model.encode_frame(images[t:t + 1])
+        out = model.step(frame, recall_memories(stored, t, capacity), points,
+                         encode_memory=t + 1 < num_frames,  # the last frame's memory is never read
+                         conditioning_grad=memory_grad, memory_encoding_grad=False)
+        points = out.points
+        if out.memory is not None:
+            stored.append((t, out.memory.to(MEMORY_DTYPE)))
+            del stored[:-capacity]
+        steps.append(out)
     return {
-        "pred_logits": torch.stack(cls_all).mean(0),
-        "pred_iou": torch.stack(iou_all, dim=1),
-        "pred_masks": torch.stack(masks_all, dim=1),
-        "points": torch.stack(pts_all),
+        "pred_logits": torch.stack([s.class_logits for s in steps]).mean(0),
+        "pred_iou": torch.stack([s.iou for s in steps], dim=1),
+        "pred_masks": torch.stack([s.mask_logits[:, 0] for s in steps], dim=1),
+        "points": torch.stack([s.points for s in steps]),
     }
 
 
