@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import reference_dir
 from entitysam.config import get_config
-from entitysam.modeling.entitysam import EntitySAM
+from entitysam.modeling.entitysam import MEMORY_DTYPE, EntitySAM, recall_memories
 from entitysam.train import cli as train_cli
 from entitysam.train.config import NAMED_CONFIGS, OFFICIAL_TRAINABLE_PREFIXES, load_config
 from entitysam.train.criterion import (Criterion, CriterionConfig, HungarianMatcher, class_cost, mask_iou,
@@ -268,9 +268,9 @@ def test_training_forward_equals_inference_steps():
         bank, points = [], None
         for t in range(3):
             frame = model.encode_frame(images[t:t + 1])
-            step = model.step(frame, [(m, t - s) for s, m in bank], points)
+            step = model.step(frame, recall_memories(bank, t, model.cfg.num_maskmem), points)
             points = step.points
-            bank.append((t, step.memory.to(torch.bfloat16)))
+            bank.append((t, step.memory.to(MEMORY_DTYPE)))
             assert torch.equal(out["pred_masks"][:, t], step.mask_logits[:, 0])
             assert torch.equal(out["pred_iou"][:, t], step.iou)
             assert torch.equal(out["points"][t], step.points)
