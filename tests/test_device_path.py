@@ -23,9 +23,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cuda_autocast import CudaAutocast
 from entitysam.config import get_config
 from entitysam.modeling.entitysam import EntitySAM
-from entitysam.video.holes import fill_holes, small_background_components, small_components_cpu
-from entitysam.video.segment import segment_video
-from entitysam.video.tracker import EntityTracker
+from entitysam.inference.holes import fill_holes, small_background_components, small_components_cpu
+from entitysam.inference.video import segment_video
+from entitysam.inference.tracker import EntityTracker
 
 
 def scipy_holes(bg: np.ndarray, max_area: int) -> np.ndarray:
@@ -208,8 +208,9 @@ def test_video_under_cuda_autocast_rules(tiny_model, one_torch_thread, dtype, ba
 
 def test_public_api_under_cuda_autocast_rules(tiny_model, one_torch_thread, monkeypatch):
     import entitysam.api as api
+    import entitysam.inference.precision as precision
 
-    monkeypatch.setattr(api, "autocast_for", lambda device_type, dtype: CudaAutocast(dtype))
+    monkeypatch.setattr(precision, "autocast_for", lambda device_type, dtype: CudaAutocast(dtype))
     video = (np.random.default_rng(0).random((3, 36, 44, 3)) * 255).astype(np.uint8)
     for dtype in ("bfloat16", "float16"):
         with api.segment(tiny_model, video, dtype=dtype, batched=True) as result:

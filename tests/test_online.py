@@ -23,8 +23,8 @@ from _media import H, W, tiny_state_dict, write_frames, write_video
 from conftest import reference_dir
 from entitysam import EntitySAM, cli
 from entitysam.video.online import FrameQueue, OnlineMerger, read_jsonl
-from entitysam.video.preprocess import preprocess_frame
-from entitysam.video.segment import segment_video
+from entitysam.inference.preprocess import preprocess_frame
+from entitysam.inference.video import segment_video
 from entitysam.video.sources import is_live_input, live_source_name, open_source
 from entitysam.video.writers import decode_id_png
 

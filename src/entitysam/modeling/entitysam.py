@@ -11,7 +11,7 @@ step into Q = 50 entity masks:
 3. Prompt encoder (one positive point per query) and entity decoder -> mask logits and IoU.
 4. Memory encoder on the upsampled logits -> this step's memory.
 
-The model holds no per-video state: the tracker (`entitysam.video.tracker`) owns the memory
+The model holds no per-video state: the tracker (`entitysam.inference.tracker`) owns the memory
 bank and the points.
 """
 

@@ -1,6 +1,6 @@
 """Online mode: per-frame id maps with bounded latency, live-source reading, streamed outputs.
 
-The official video-level merge (:func:`entitysam.video.postprocess.plan_video_panoptic`) needs
+The official video-level merge (:func:`entitysam.inference.offline_merge.plan_video_panoptic`) needs
 the whole video: an entity's score is its mean eIoU over every step, its mask quality is counted
 over every 5th frame, and a query survives only if it wins at least 70% of its own foreground over
 the whole video. Online, each of these is replaced by its value over what has been seen so far:
@@ -54,7 +54,7 @@ import torch
 
 from .. import jsonio
 from ..errors import OutputError
-from .postprocess import _assign, _paint
+from ..inference.offline_merge import _assign, _paint
 
 __all__ = [
     "RunningScore",
@@ -162,7 +162,7 @@ class OnlineMerger:
         warmup_steps: model steps before the first output frame (the tracker's warm-up copies of
             frame 0); only sizes how many step scores are averaged exactly (:class:`RunningScore`).
         keep_winners: also return the per-pixel winning query (for diagnostics).
-        The thresholds are those of :func:`~entitysam.video.postprocess.plan_video_panoptic`.
+        The thresholds are those of :func:`~entitysam.inference.offline_merge.plan_video_panoptic`.
     """
 
     def __init__(self, num_queries: int, out_size: Sequence[int], delay: int = 0, *,
@@ -224,7 +224,7 @@ class OnlineMerger:
         return []
 
     def push_step(self, step: Any, payload: Any = None) -> list[Emitted]:
-        """A tracker :class:`~entitysam.video.tracker.StepResult`: its scores, and its logits
+        """A tracker :class:`~entitysam.inference.tracker.StepResult`: its scores, and its logits
         unless it is a warm-up step."""
         self.add_scores(step.scores)
         if step.is_warmup:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..modeling.entitysam import EntitySAM
-from .postprocess import PanopticResult, merge_video_panoptic
+from .offline_merge import PanopticResult, merge_video_panoptic
 from .tracker import EntityTracker, StepResult, video_scores
 
 

@@ -5,7 +5,7 @@
 entity id map per frame. The official code materialises the full ``[K, n, H, W]`` probability
 volume; here frames are processed in chunks so that peak memory does not grow with the number
 of frames, with bit-identical results (every step is per pixel except integer counts, which are
-accumulated). Hole filling is in :mod:`entitysam.video.holes` (re-exported here).
+accumulated). Hole filling is in :mod:`entitysam.inference.holes`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .holes import fill_holes
-
 __all__ = [
-    "fill_holes",
     "PanopticPlan",
     "PanopticResult",
     "plan_video_panoptic",
