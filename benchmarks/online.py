@@ -97,7 +97,7 @@ def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
     slots: list[np.ndarray] = []
     t0 = time.perf_counter()
     plan = plan_video_panoptic(scores, logits, out_size, frame_chunk=1,
-                               _winners_out=lambda t, w: slots.append((t, w.numpy().copy())))
+                               winners_out=lambda t, w: slots.append((t, w.numpy().copy())))
     maps = np.stack([m for _, m in iter_video_panoptic(plan, logits, frame_chunk=1)])
     seconds = time.perf_counter() - t0
     lut = np.concatenate([[-1], plan.kept.numpy()]).astype(np.int16)
@@ -108,7 +108,7 @@ def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
 
 
 def online_merge(scores_steps, logits, out_size, delay, warmup):
-    from entitysam.video.online import OnlineMerger
+    from entitysam.inference.online_merge import OnlineMerger
 
     q, n = logits.shape[:2]
     merger = OnlineMerger(q, out_size, delay, warmup_steps=warmup, keep_winners=True)

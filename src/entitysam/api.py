@@ -45,7 +45,8 @@ from .hub import resolve_checkpoint
 from .modeling.entitysam import EntitySAM
 from .inference.prefetch import read_ahead
 from .inference.preprocess import preprocess_frame
-from .inference.precision import check_exact, precision_plan, resolve_device, resolve_dtype
+from .inference.online_merge import check_delay
+from .inference.precision import check_exact, memory_dtype_for, precision_plan, resolve_device, resolve_dtype
 from .inference.video import segment_video
 from .video.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
 from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
@@ -521,7 +522,7 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
         with autocast:
             result = segment_video(model, frames, size, logits_dtype=logits_dtype, on_step=on_step,
                                    work_dir=workdir, frames_out=frames_out, on_logits=on_logits,
-                                   memory_dtype=torch.float16 if compute_dtype == torch.float16 else None,
+                                   memory_dtype=memory_dtype_for(compute_dtype),
                                    attention_dtype=attention_dtype, exact=exact, batched=batched,
                                    frame_chunk=1)  # one frame at a time: lowest, flat peak memory
     finally:
@@ -643,9 +644,7 @@ class OnlineStream:
         self._tracks: dict[int, list] = {}  # id -> [query, score, first, last, count, area]
         self._exact = exact
         self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype, exact=exact)[1],
-                                      exact=exact)
-        if compute_dtype == torch.float16:
-            self._tracker.bank.dtype = torch.float16  # autocast cannot mix a bfloat16 bank in
+                                      exact=exact, memory_dtype=memory_dtype_for(compute_dtype))
         self._merger = None  # created with the first frame (its size is the output size)
         self._ready: deque = deque()
         self._writer = None
@@ -725,7 +724,7 @@ class OnlineStream:
         frame, t_read = item
         t0 = time.perf_counter()
         if self._merger is None:
-            from .video.online import OnlineMerger  # noqa: PLC0415
+            from .inference.online_merge import OnlineMerger  # noqa: PLC0415
 
             self.size = frame.size
             self._merger = OnlineMerger(self.model.cfg.num_queries, self.size, self.delay,
@@ -934,8 +933,7 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     """
     from .video.writers import StagedOutput  # noqa: PLC0415
 
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-        raise EntitySAMError(f"delay must be a non-negative integer (frames of look-ahead), got {delay!r}")
+    check_delay(delay)
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise EntitySAMError(f"queue size must be a positive integer, got {queue_size!r}")
     fmts = _check_formats(formats)

@@ -354,8 +354,6 @@ def _check_online_args(args, inputs) -> None:
         raise EntitySAMError("--save-logits is not available with --online (no whole-video logits are kept)")
     if args.logits_dtype != "float32":
         raise EntitySAMError("--logits-dtype only applies to the offline merge, not to --online")
-    if args.delay is not None and args.delay < 0:
-        raise EntitySAMError(f"--delay must be >= 0 (frames of look-ahead), got {args.delay}")
     if args.queue is not None and args.queue < 1:
         raise EntitySAMError(f"--queue must be >= 1, got {args.queue}")
 

@@ -11,8 +11,8 @@ from ..argtypes import InvalidArgumentError
 from ..errors import EntitySAMError
 from ..modeling.entitysam import EntitySAM
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_exact", "precision_plan", "autocast_for",
-           "tf32_matmuls"]
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_exact", "precision_plan", "memory_dtype_for",
+           "autocast_for", "tf32_matmuls"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -82,6 +82,13 @@ def precision_plan(model: EntitySAM, compute_dtype: torch.dtype, batched: bool |
     if compute_dtype == torch.bfloat16 and device_type == "cpu" and not batched:
         return contextlib.nullcontext(), torch.bfloat16
     return autocast_for(device_type, compute_dtype), None
+
+
+def memory_dtype_for(compute_dtype: torch.dtype) -> torch.dtype | None:
+    """dtype of the tracker's stored memories for a compute dtype: float16 under float16 (autocast
+    cannot mix bfloat16 memories into float16 matmuls), else None (the tracker's default, bfloat16
+    as the official code stores them)."""
+    return torch.float16 if compute_dtype == torch.float16 else None
 
 
 def autocast_for(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
