@@ -32,8 +32,8 @@ def _skip(ctx: Ctx) -> str:
 
 
 def precision(ctx: Ctx, model, dtype: torch.dtype):
-    """entitysam.api.precision_plan for the run's path: (context, memory-attention dtype)."""
-    from entitysam.api import precision_plan
+    """entitysam.inference.precision.precision_plan for the run's path: (context, memory-attention dtype)."""
+    from entitysam.inference.precision import precision_plan
 
     return precision_plan(model, dtype, **new_kwargs(precision_plan, "batched", ctx.args.batched, old_behaviour=True))
 
@@ -42,7 +42,7 @@ def precision(ctx: Ctx, model, dtype: torch.dtype):
 def model_context(ctx: Ctx, model):
     """The precision `entitysam segment` uses for the run's --dtype (bfloat16 autocast on CUDA by
     default) and the --sdpa-backend restriction; yields the memory-attention dtype for CPU."""
-    from entitysam.api import resolve_dtype
+    from entitysam.inference.precision import resolve_dtype
 
     autocast, attention_dtype = precision(ctx, model, resolve_dtype(ctx.args.dtype, ctx.device))
     with torch.inference_mode(), autocast, sdpa_backend(ctx.args.sdpa_backend):
@@ -50,7 +50,7 @@ def model_context(ctx: Ctx, model):
 
 
 def new_tracker(ctx: Ctx, model, attention_dtype=None):
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.tracker import EntityTracker
 
     return EntityTracker(model, attention_dtype=attention_dtype,
                          **batched_kwargs(ctx, EntityTracker, ctx.args.batched))
@@ -279,7 +279,8 @@ def _step_rows(ctx: Ctx, model, frame, memories, points, kwargs: dict) -> list[d
 
 def parts(ctx: Ctx, name: str) -> dict:
     """Milliseconds and TFLOP/s of each part of a step (warm-up, median of --reps)."""
-    from entitysam.video.postprocess import fill_holes, merge_video_panoptic
+    from entitysam.inference.holes import fill_holes
+    from entitysam.inference.offline_merge import merge_video_panoptic
 
     model = get_model(ctx, name)
     images = device_images(ctx, model, 2)
@@ -315,7 +316,7 @@ def parts(ctx: Ctx, name: str) -> dict:
             row[key] /= n
     row["merge_device"] = str(ctx.device) if merge_kwargs else "cpu (merge_video_panoptic has no device=)"
     rows.append(row)
-    from entitysam.api import resolve_dtype
+    from entitysam.inference.precision import resolve_dtype
 
     dtype = str(resolve_dtype(ctx.args.dtype, ctx.device)).replace("torch.", "")
     peak_tflops = ctx.cache.get("peak", {}).get(dtype, {}).get("tflops")
@@ -371,7 +372,7 @@ def kernels(ctx: Ctx, name: str) -> dict:
 def _fixture_frames(path: Path, meta: dict, size: int, count: int):
     from PIL import Image
 
-    from entitysam.video.preprocess import preprocess_frame
+    from entitysam.inference.preprocess import preprocess_frame
 
     return [(i, preprocess_frame(Image.open(path / "frames" / name), size))
             for i, name in enumerate(meta["frame_names"][:count])]
@@ -383,7 +384,7 @@ def make_tiny_fixture(ctx: Ctx) -> Path:
     the batched path with the per-query one."""
     from PIL import Image
 
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.tracker import EntityTracker
 
     path = Path(ctx.args.cache_dir) / "golden-tiny"
     (path / "frames").mkdir(parents=True, exist_ok=True)

@@ -294,7 +294,7 @@ def make_frames(ctx: Ctx, n: int) -> list[np.ndarray]:
 
 def device_images(ctx: Ctx, model, n: int) -> list[torch.Tensor]:
     """n preprocessed frames already on the device (the steady-state timings exclude decoding)."""
-    from entitysam.video.preprocess import preprocess_frame
+    from entitysam.inference.preprocess import preprocess_frame
 
     key = ("images", model.cfg.image_size, n)
     if key not in ctx.cache:

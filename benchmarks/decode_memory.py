@@ -76,7 +76,7 @@ def make_inputs(folder: Path, mp: float, video_mp: float) -> dict[str, Path]:
 
 def measure(path: str, tiny: str) -> dict:
     """In this process: peak RSS increase of reading + preprocessing the first frame of `path`."""
-    from entitysam.video.preprocess import preprocess_frame
+    from entitysam.inference.preprocess import preprocess_frame
     from entitysam.video.sources import open_source
 
     for frame in open_source(tiny, max_pixels=None):  # warm-up: libraries loaded, lazy imports done

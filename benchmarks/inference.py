@@ -112,7 +112,7 @@ class PartTimer:
 
 def instrument(model, timer: PartTimer) -> None:
     import entitysam.modeling.entitysam as es
-    import entitysam.video.tracker as tracker
+    import entitysam.inference.tracker as tracker
 
     model.image_encoder.forward = timer.wrap("image encoder", model.image_encoder.forward)
     model.dinov2_feature_extractor.forward = timer.wrap("dinov2", model.dinov2_feature_extractor.forward)
@@ -144,10 +144,10 @@ def peak_rss_mb() -> float:
 
 
 def run(args) -> dict:
-    from entitysam.video.preprocess import preprocess_frame
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.preprocess import preprocess_frame
+    from entitysam.inference.tracker import EntityTracker
 
-    from entitysam.api import precision_plan
+    from entitysam.inference.precision import precision_plan
 
     torch.set_num_threads(args.threads)
     _register_onednn_flops()

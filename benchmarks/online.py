@@ -67,9 +67,9 @@ def build_model(name: str, checkpoint: str | None, seed: int):
 def track(model, frames: list[np.ndarray], dtype: str = "float32"):
     """Run the tracker once. Returns per-step eIoU [S, Q], per-frame logits [Q, n, h, w] and
     per-frame model seconds, wall and CPU (frame 0 includes the warm-up steps)."""
-    from entitysam.api import precision_plan
-    from entitysam.video.preprocess import preprocess_frame
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.precision import precision_plan
+    from entitysam.inference.preprocess import preprocess_frame
+    from entitysam.inference.tracker import EntityTracker
 
     context, attention_dtype = precision_plan(model, getattr(torch, dtype))
     tracker = EntityTracker(model, attention_dtype=attention_dtype)
@@ -89,7 +89,7 @@ def track(model, frames: list[np.ndarray], dtype: str = "float32"):
 
 def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
     """The offline answer: id maps, id -> query, and the pre-overlap-test winner query per pixel."""
-    from entitysam.video.postprocess import iter_video_panoptic, plan_video_panoptic
+    from entitysam.inference.offline_merge import iter_video_panoptic, plan_video_panoptic
 
     scores = scores_steps.mean(0)  # as segment_video: float32 mean over all steps
     n = logits.shape[1]
@@ -97,7 +97,7 @@ def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
     slots: list[np.ndarray] = []
     t0 = time.perf_counter()
     plan = plan_video_panoptic(scores, logits, out_size, frame_chunk=1,
-                               _winners_out=lambda t, w: slots.append((t, w.numpy().copy())))
+                               winners_out=lambda t, w: slots.append((t, w.numpy().copy())))
     maps = np.stack([m for _, m in iter_video_panoptic(plan, logits, frame_chunk=1)])
     seconds = time.perf_counter() - t0
     lut = np.concatenate([[-1], plan.kept.numpy()]).astype(np.int16)
@@ -108,7 +108,7 @@ def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
 
 
 def online_merge(scores_steps, logits, out_size, delay, warmup):
-    from entitysam.video.online import OnlineMerger
+    from entitysam.inference.online_merge import OnlineMerger
 
     q, n = logits.shape[:2]
     merger = OnlineMerger(q, out_size, delay, warmup_steps=warmup, keep_winners=True)
@@ -195,7 +195,7 @@ def main() -> int:
     ap.add_argument("--delays", type=int, nargs="+", default=[0, 4, 16])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                    help="model precision (api.precision_plan: on CPU bfloat16 = memory attention only)")
+                    help="model precision (inference.precision.precision_plan: on CPU bfloat16 = memory attention only)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()

@@ -37,8 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from entitysam.checkpoints import load_entitysam
-    from entitysam.video.preprocess import preprocess_frame
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.preprocess import preprocess_frame
+    from entitysam.inference.tracker import EntityTracker
 
     torch.set_num_threads(args.threads)
     meta = json.loads((args.fixture / "meta.json").read_text())

@@ -31,8 +31,8 @@ def run_steps(fixture: Path, steps: int, threads: int, out: Path) -> None:
     from PIL import Image
 
     from entitysam.checkpoints import load_entitysam
-    from entitysam.video.preprocess import preprocess_frame
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.preprocess import preprocess_frame
+    from entitysam.inference.tracker import EntityTracker
 
     torch.set_num_threads(threads)
     meta = json.loads((fixture / "meta.json").read_text())

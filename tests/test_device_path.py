@@ -22,10 +22,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cuda_autocast import CudaAutocast
 from entitysam.config import get_config
+from entitysam.inference.holes import fill_holes, small_background_components, small_components_cpu
+from entitysam.inference.precision import memory_dtype_for
+from entitysam.inference.tracker import EntityTracker
+from entitysam.inference.video import segment_video
 from entitysam.modeling.entitysam import EntitySAM
-from entitysam.video.holes import fill_holes, small_background_components, small_components_cpu
-from entitysam.video.segment import segment_video
-from entitysam.video.tracker import EntityTracker
 
 
 def scipy_holes(bg: np.ndarray, max_area: int) -> np.ndarray:
@@ -190,7 +191,7 @@ def test_video_under_cuda_autocast_rules(tiny_model, one_torch_thread, dtype, ba
     # Dispatch modes are per thread: the CPU path's worker threads must not be used.
     assert torch.get_num_threads() == 1
     frames = _video(4, tiny_model.cfg.image_size, seed=2)
-    memory_dtype = torch.float16 if dtype == torch.float16 else None  # as api._segment
+    memory_dtype = memory_dtype_for(dtype)  # as api._segment
     with CudaAutocast(dtype) as rules:
         result = segment_video(tiny_model, frames, (40, 48), memory_dtype=memory_dtype, batched=batched,
                                keep_steps=True)
@@ -208,8 +209,9 @@ def test_video_under_cuda_autocast_rules(tiny_model, one_torch_thread, dtype, ba
 
 def test_public_api_under_cuda_autocast_rules(tiny_model, one_torch_thread, monkeypatch):
     import entitysam.api as api
+    import entitysam.inference.precision as precision
 
-    monkeypatch.setattr(api, "autocast_for", lambda device_type, dtype: CudaAutocast(dtype))
+    monkeypatch.setattr(precision, "autocast_for", lambda device_type, dtype: CudaAutocast(dtype))
     video = (np.random.default_rng(0).random((3, 36, 44, 3)) * 255).astype(np.uint8)
     for dtype in ("bfloat16", "float16"):
         with api.segment(tiny_model, video, dtype=dtype, batched=True) as result:

@@ -96,7 +96,7 @@ def test_smoke_measures_each_part(smoke):
 def has_batched_path() -> bool:
     import inspect
 
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.tracker import EntityTracker
 
     return "batched" in inspect.signature(EntityTracker).parameters
 

@@ -145,7 +145,7 @@ def test_point_sampler_returns_row_then_column():
 
 
 def test_model_step_shapes_and_determinism(tiny_model):
-    from entitysam.video.tracker import EntityTracker
+    from entitysam.inference.tracker import EntityTracker
 
     image = torch.randn(1, 3, 128, 128)
 
@@ -233,7 +233,7 @@ def test_fused_linear_is_one_product_over_the_concatenation():
 
 def test_bfloat16_memory_attention_mode_keeps_the_rest_in_float32(tiny_model):
     """CPU bfloat16 mode: only the memory attention runs under autocast; its output is float32."""
-    from entitysam.api import precision_plan
+    from entitysam.inference.precision import precision_plan
 
     torch.manual_seed(0)
     model = tiny_model

@@ -22,9 +22,12 @@ import torch.nn.functional as F
 from _media import H, W, tiny_state_dict, write_frames, write_video
 from conftest import reference_dir
 from entitysam import EntitySAM, cli
-from entitysam.video.online import FrameQueue, OnlineMerger, read_jsonl
-from entitysam.video.preprocess import preprocess_frame
-from entitysam.video.segment import segment_video
+from entitysam.inference.merge_rules import MergeConfig
+from entitysam.inference.offline_merge import merge_video_panoptic
+from entitysam.inference.online_merge import OnlineMerger
+from entitysam.inference.preprocess import preprocess_frame
+from entitysam.inference.video import segment_video
+from entitysam.video.online import FrameQueue, read_jsonl
 from entitysam.video.sources import is_live_input, live_source_name, open_source
 from entitysam.video.writers import decode_id_png
 
@@ -231,11 +234,38 @@ def test_full_lookahead_reproduces_official_postprocessing(variant):
             assert [out[0].segments[s][0] for s in sorted(out[0].segments)] == p[f"{case}_segment_query_index"].tolist()
 
 
+def test_merge_config_is_the_official_one_by_default():
+    assert MergeConfig() == MergeConfig(overlap_threshold=0.7, mask_binary_threshold=0.5,
+                                        object_mask_threshold=0.05, test_topk_per_image=100)
+
+
+@pytest.mark.parametrize("config", [MergeConfig(overlap_threshold=0.95), MergeConfig(mask_binary_threshold=0.8),
+                                    MergeConfig(object_mask_threshold=0.3, test_topk_per_image=4)],
+                         ids=["overlap", "binary", "kept"])
+def test_one_merge_config_drives_both_merges(config):
+    """The same MergeConfig gives the online merge with full look-ahead the offline maps, and it
+    does change them (so both merges read it, not a literal of their own)."""
+    steps, logits = random_video(0)
+    scores = steps.mean(0)
+    q, n = logits.shape[:2]
+    default = merge_video_panoptic(scores, logits, (20, 24)).id_maps
+    offline = merge_video_panoptic(scores, logits, (20, 24), config=config)
+    m = OnlineMerger(q, (20, 24), n - 1, warmup_steps=0, config=config)
+    m.add_scores(scores)
+    out = []
+    for t in range(n):
+        out += m.add_frame(logits[:, t])
+    out += m.finish()
+    np.testing.assert_array_equal(np.stack([e.id_map for e in out]), offline.id_maps)
+    assert sorted(out[0].segments) == offline.segment_ids
+    assert not np.array_equal(offline.id_maps, default)
+
+
 def test_interrupted_emission_changes_nothing(monkeypatch):
     """A Ctrl-C inside an emission leaves the merger as it was (the frame stays in the window):
     finishing then gives what an uninterrupted run gives (no step arrives in between, so the
     decisions are the same)."""
-    from entitysam.video import online
+    from entitysam.inference import online_merge
 
     steps, logits = random_video(1)
     ref = OnlineMerger(7, (20, 24), 1)
@@ -248,7 +278,7 @@ def test_interrupted_emission_changes_nothing(monkeypatch):
         for m, out in ((ref, ref_out), (hit, hit_out)):
             m.add_scores(steps[3 + t])
             if m is hit and t == 6:
-                real, calls = online._assign, []
+                real, calls = online_merge.assign_pixels, []
 
                 def flaky(*args):
                     calls.append(1)
@@ -256,11 +286,11 @@ def test_interrupted_emission_changes_nothing(monkeypatch):
                         raise KeyboardInterrupt
                     return real(*args)
 
-                monkeypatch.setattr(online, "_assign", flaky)
+                monkeypatch.setattr(online_merge, "assign_pixels", flaky)
                 before = (hit._win_area.clone(), hit.ids.copy(), hit.next_id, hit.frames_emitted)
                 with pytest.raises(KeyboardInterrupt):
                     hit.add_frame(logits[:, t])
-                monkeypatch.setattr(online, "_assign", real)
+                monkeypatch.setattr(online_merge, "assign_pixels", real)
                 assert torch.equal(hit._win_area, before[0]) and np.array_equal(hit.ids, before[1])
                 assert (hit.next_id, hit.frames_emitted, hit.pending) == (before[2], before[3], 2)
             else:

@@ -1,4 +1,4 @@
-"""Tests for entitysam.video.postprocess against the official reference fixtures."""
+"""Tests for entitysam.inference.offline_merge against the official reference fixtures."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from entitysam.video.postprocess import (
+from entitysam.inference.holes import fill_holes
+from entitysam.inference.offline_merge import (
     PanopticResult,
-    fill_holes,
     iter_video_panoptic,
     merge_video_panoptic,
     plan_video_panoptic,

@@ -27,9 +27,9 @@ import torch
 from PIL import Image
 
 from entitysam.checkpoints import load_entitysam
-from entitysam.video.postprocess import merge_video_panoptic
-from entitysam.video.preprocess import preprocess_frame
-from entitysam.video.segment import segment_video
+from entitysam.inference.offline_merge import merge_video_panoptic
+from entitysam.inference.preprocess import preprocess_frame
+from entitysam.inference.video import segment_video
 
 from conftest import REPO, load_make_weights, reference_dir
 

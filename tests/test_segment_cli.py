@@ -16,8 +16,8 @@ from PIL import Image
 from _media import FPS, H, W, scene, tiny_state_dict, write_frames, write_video
 from entitysam import EntitySAM, cli
 from entitysam.errors import EntitySAMError
-from entitysam.video.preprocess import preprocess_frame
-from entitysam.video.segment import segment_video
+from entitysam.inference.preprocess import preprocess_frame
+from entitysam.inference.video import segment_video
 from entitysam.video.sources import open_source
 from entitysam.video.writers import MANIFEST, decode_id_png, frame_segments
 

@@ -406,9 +406,9 @@ def test_overfit_two_images_and_segment_the_checkpoint(tmp_path):
     (warm-up, hole filling, video panoptic merge) mean IoU of the entities >= 0.7.
     """
     from entitysam.checkpoints import load_entitysam
+    from entitysam.inference.preprocess import preprocess_frame
+    from entitysam.inference.video import segment_video
     from entitysam.train.data import clip_targets, load_rgb
-    from entitysam.video.preprocess import preprocess_frame
-    from entitysam.video.segment import segment_video
 
     root = tmp_path / "two"
     make_synthetic_coco_panoptic(root, num_images=2, seed=3, size=(128, 128), things_max=3, image_format="png")

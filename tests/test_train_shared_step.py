@@ -17,7 +17,7 @@ from entitysam.modeling.prompt import fused_linear, offset_attention, sample_poi
 from entitysam.train.criterion import Criterion, CriterionConfig, HungarianMatcher
 from entitysam.train.forward import clip_forward
 from entitysam.train.setup import set_trainable
-from entitysam.video.tracker import MemoryBank
+from entitysam.inference.tracker import MemoryBank
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

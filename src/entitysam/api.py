@@ -43,9 +43,11 @@ from .checkpoints import load_entitysam
 from .errors import EntitySAMError, OutputError
 from .hub import resolve_checkpoint
 from .modeling.entitysam import EntitySAM
-from .video.prefetch import read_ahead
-from .video.preprocess import preprocess_frame
-from .video.segment import segment_video
+from .inference.prefetch import read_ahead
+from .inference.preprocess import preprocess_frame
+from .inference.online_merge import check_delay
+from .inference.precision import check_exact, memory_dtype_for, precision_plan, resolve_device, resolve_dtype
+from .inference.video import segment_video
 from .video.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
 from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
                             frame_segments, logits_file, save_logits_npz)
@@ -63,99 +65,13 @@ __all__ = [
     "from_pretrained",
     "from_checkpoint",
     "segment",
-    "resolve_device",
-    "resolve_dtype",
 ]
 
 FORMATS = ("panoptic", "entities", "overlay")
 DEFAULT_FORMATS = FORMATS
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps if available, else cpu. Errors if unavailable."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EntitySAMError(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
-                             f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'})")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EntitySAMError(f"--device {name}: MPS (Apple GPU) is not available")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        return dtype
-    if dtype is not None and not isinstance(dtype, str):
-        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    name = "auto" if dtype is None else str(dtype).replace("torch.", "")
-    if name not in DTYPES:
-        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
-def _check_exact(exact: bool, compute_dtype: torch.dtype) -> None:
-    if exact and compute_dtype != torch.float32:
-        name = str(compute_dtype).replace("torch.", "")
-        raise EntitySAMError(f"exact mode computes in float32 (the official CPU arithmetic), not {name}: "
-                             "use --dtype float32")
-
-
-def precision_plan(model: EntitySAM, compute_dtype: torch.dtype, batched: bool | None = None,
-                   exact: bool = False):
-    """How a compute dtype is applied: (context to run the video in, memory-attention dtype).
-
-    float32: plain; on CUDA with TF32 matmuls and convolutions unless `exact`, as the official
-    evaluation runs. bfloat16 on the per-query CPU path: only the memory attention in bfloat16
-    (autocast over the whole model moves 10-15% of mask pixels on this kind of CPU; the memory
-    attention alone, ~85% of the arithmetic, keeps >99% of them; see README "Precision and
-    speed"). Otherwise (the device path, as the official CUDA evaluation; float16): autocast
-    over everything. batched: the tracker's path (None: batched on every device but the CPU).
-    """
-    device_type = next(model.parameters()).device.type
-    batched = device_type != "cpu" if batched is None else batched
-    if compute_dtype == torch.float32:
-        return (tf32_matmuls() if device_type == "cuda" and not exact else contextlib.nullcontext()), None
-    if compute_dtype == torch.bfloat16 and device_type == "cpu" and not batched:
-        return contextlib.nullcontext(), torch.bfloat16
-    return autocast_for(device_type, compute_dtype), None
-
-
-def autocast_for(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
-    """The autocast region of the low-precision plans (tests stand CUDA's rules in here)."""
-    return torch.autocast(device_type=device_type, dtype=dtype)
-
-
-@contextlib.contextmanager
-def tf32_matmuls():
-    """TF32 for float32 matmuls and convolutions on CUDA (the official evaluation switches it on
-    for compute capability >= 8), restored afterwards."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
@@ -529,7 +445,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     """
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
-    _check_exact(exact, compute_dtype)
+    check_exact(exact, compute_dtype)
     if logits_dtype not in ("float32", "float16"):
         raise InvalidArgumentError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
     if save_logits is not None and not logits_file(save_logits).parent.is_dir():  # fail before the work
@@ -606,7 +522,7 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
         with autocast:
             result = segment_video(model, frames, size, logits_dtype=logits_dtype, on_step=on_step,
                                    work_dir=workdir, frames_out=frames_out, on_logits=on_logits,
-                                   memory_dtype=torch.float16 if compute_dtype == torch.float16 else None,
+                                   memory_dtype=memory_dtype_for(compute_dtype),
                                    attention_dtype=attention_dtype, exact=exact, batched=batched,
                                    frame_chunk=1)  # one frame at a time: lowest, flat peak memory
     finally:
@@ -700,7 +616,7 @@ class OnlineStream:
                  compute_dtype: torch.dtype, output: Path | None, formats: tuple[str, ...], labels: bool,
                  overwrite: bool, keep_images: bool, progress: bool, exact: bool = False, protect: Sequence = ()):
         from .video.online import FrameReader  # noqa: PLC0415
-        from .video.tracker import EntityTracker  # noqa: PLC0415
+        from .inference.tracker import EntityTracker  # noqa: PLC0415
 
         self.model = model
         self.source = source
@@ -728,9 +644,7 @@ class OnlineStream:
         self._tracks: dict[int, list] = {}  # id -> [query, score, first, last, count, area]
         self._exact = exact
         self._tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype, exact=exact)[1],
-                                      exact=exact)
-        if compute_dtype == torch.float16:
-            self._tracker.bank.dtype = torch.float16  # autocast cannot mix a bfloat16 bank in
+                                      exact=exact, memory_dtype=memory_dtype_for(compute_dtype))
         self._merger = None  # created with the first frame (its size is the output size)
         self._ready: deque = deque()
         self._writer = None
@@ -810,7 +724,7 @@ class OnlineStream:
         frame, t_read = item
         t0 = time.perf_counter()
         if self._merger is None:
-            from .video.online import OnlineMerger  # noqa: PLC0415
+            from .inference.online_merge import OnlineMerger  # noqa: PLC0415
 
             self.size = frame.size
             self._merger = OnlineMerger(self.model.cfg.num_queries, self.size, self.delay,
@@ -1019,8 +933,7 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     """
     from .video.writers import StagedOutput  # noqa: PLC0415
 
-    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
-        raise EntitySAMError(f"delay must be a non-negative integer (frames of look-ahead), got {delay!r}")
+    check_delay(delay)
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise EntitySAMError(f"queue size must be a positive integer, got {queue_size!r}")
     fmts = _check_formats(formats)
@@ -1032,7 +945,7 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
         StagedOutput.check_free(out, overwrite, inputs=protect)
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
-    _check_exact(exact, compute_dtype)
+    check_exact(exact, compute_dtype)
     selection = FrameSelection(start, end, stride, max_frames)
     source = _open_video(video, selection, fps, name, max_pixels)
     is_live = source.kind == "live" if live is None else bool(live)

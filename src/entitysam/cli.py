@@ -354,8 +354,6 @@ def _check_online_args(args, inputs) -> None:
         raise EntitySAMError("--save-logits is not available with --online (no whole-video logits are kept)")
     if args.logits_dtype != "float32":
         raise EntitySAMError("--logits-dtype only applies to the offline merge, not to --online")
-    if args.delay is not None and args.delay < 0:
-        raise EntitySAMError(f"--delay must be >= 0 (frames of look-ahead), got {args.delay}")
     if args.queue is not None and args.queue < 1:
         raise EntitySAMError(f"--queue must be >= 1, got {args.queue}")
 
@@ -383,10 +381,10 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
 def _check_model_args(args) -> None:
     """What can be refused about the model options before loading it: an unavailable device,
     --exact with a dtype other than float32 (also --dtype auto, which is bfloat16 on CUDA)."""
-    from .api import _check_exact, resolve_device, resolve_dtype
+    from .inference.precision import check_exact, resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
-    _check_exact(getattr(args, "exact", False), resolve_dtype(getattr(args, "dtype", "auto"), device))
+    check_exact(getattr(args, "exact", False), resolve_dtype(getattr(args, "dtype", "auto"), device))
 
 
 def _check_selects_frames(source) -> None:

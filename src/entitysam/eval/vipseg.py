@@ -556,7 +556,7 @@ class _FrameRef:
 
 
 def _model_descriptor(model: Any, dtype: Any) -> dict[str, Any]:
-    from ..api import resolve_dtype  # noqa: PLC0415
+    from ..inference.precision import resolve_dtype  # noqa: PLC0415
 
     device = next(model.parameters()).device
     path = getattr(model, "checkpoint_path", None)
@@ -917,7 +917,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = load_plan(args.data_root, args.split, gt_json=args.gt_json, gt_dir=args.gt_dir,
                          split_file=args.split_file)
         if not args.merge_only:  # an unavailable --device is a command-line error, found before loading
-            from ..api import resolve_device  # noqa: PLC0415
+            from ..inference.precision import resolve_device  # noqa: PLC0415
 
             resolve_device(args.device)
     except EntitySAMError as err:

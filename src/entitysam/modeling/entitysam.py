@@ -12,7 +12,7 @@ step into Q = 50 entity masks:
 4. Memory encoder on the upsampled logits -> this step's memory.
 
 The model holds no per-video state: the caller owns the memory bank and the points. Inference
-(`entitysam.video.tracker`) and training (`entitysam.train.forward`) run this same step; which
+(`entitysam.inference.tracker`) and training (`entitysam.train.forward`) run this same step; which
 memories a step reads is `recall_memories`, and training only switches off gradients where the
 official training does (see `EntitySAM.step`).
 """

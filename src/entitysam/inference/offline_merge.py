@@ -5,7 +5,7 @@
 entity id map per frame. The official code materialises the full ``[K, n, H, W]`` probability
 volume; here frames are processed in chunks so that peak memory does not grow with the number
 of frames, with bit-identical results (every step is per pixel except integer counts, which are
-accumulated). Hole filling is in :mod:`entitysam.video.holes` (re-exported here).
+accumulated). Hole filling is in :mod:`entitysam.inference.holes`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .holes import fill_holes
+from .merge_rules import (QUALITY_FRAME_STRIDE, MergeConfig, area_counts, assign_pixels, final_scores, id_lut,
+                          kept_queries, paint, quality_counts, survives)
 
 __all__ = [
-    "fill_holes",
     "PanopticPlan",
     "PanopticResult",
     "plan_video_panoptic",
@@ -78,7 +77,7 @@ class PanopticPlan:
     segment_ids: list[int] = field(default_factory=list)
     query_index: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
-    mask_binary_threshold: float = 0.5
+    config: MergeConfig = field(default_factory=MergeConfig)  # the thresholds used
     device: torch.device | str | None = None  # where the per-pixel assignment runs
 
 
@@ -114,57 +113,15 @@ def _resolve_chunk(frame_chunk: int | None, n: int, k: int, out_size: tuple[int,
     return int(max(1, min(max(n, 1), frame_chunk)))
 
 
-def _assign(
-    lowres: torch.Tensor, kept_scores: torch.Tensor, out_size: tuple[int, int], thr: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pixel winner of one chunk.
-
-    Args:
-        lowres: [K, c, h, w] float32 logits of the kept queries.
-        kept_scores: [K] final scores.
-    Returns:
-        ids: [c, H, W] int64, argmax_k score_k * prob_k, -1 where every prob < thr.
-        win_fg: [c, H, W] bool, the winner's own prob >= thr (the segment pixels).
-        fg_count: [K] int64, #(prob_k >= thr) in this chunk.
-    """
-    # Same call as the reference on the [K, n, h, w] volume; bilinear interpolation
-    # is computed per (k, t) plane, so chunking over t does not change any value.
-    prob = F.interpolate(lowres, size=out_size, mode="bilinear", align_corners=False)
-    prob.sigmoid_()
-    fg = prob >= thr
-    # "all probs < thr" == "max prob < thr" (NaN propagates through both as not-bg).
-    is_bg = prob.amax(0) < thr
-    if fg.device.type == "cpu":
-        fg_count = torch.from_numpy(np.count_nonzero(fg.view(fg.shape[0], -1).numpy(), axis=1))
-    else:
-        fg_count = fg.flatten(1).sum(1)
-    s = kept_scores.to(prob.device).view(-1, 1, 1, 1)
-    if s.dtype == prob.dtype:
-        # In place (s * p == p * s bit for bit); prob is not needed any more.
-        weighted = prob.mul_(s)
-    else:
-        weighted = s * prob  # e.g. float64 scores promote, as in the reference
-    # max(0).indices, like argmax, returns the first maximal index on ties (it scans
-    # the reduced dim and updates only on a strictly greater value) and is faster.
-    ids = weighted.max(0).indices
-    del weighted, prob
-    ids.masked_fill_(is_bg, -1)
-    win_fg = fg.gather(0, ids.clamp(min=0).unsqueeze(0)).squeeze(0) & (ids >= 0)
-    return ids, win_fg, fg_count
-
-
 def plan_video_panoptic(
     scores: torch.Tensor | np.ndarray | Sequence[float],
     logits: Any,
     out_size: Sequence[int],
     *,
-    overlap_threshold: float = 0.7,
-    mask_binary_threshold: float = 0.5,
-    object_mask_threshold: float = 0.05,
-    test_topk_per_image: int = 100,
+    config: MergeConfig = MergeConfig(),
     frame_chunk: int | None = None,
     device: torch.device | str | None = None,
-    _winners_out: Callable[[int, torch.Tensor], None] | None = None,
+    winners_out: Callable[[int, torch.Tensor], None] | None = None,
 ) -> PanopticPlan:
     """Run the counting passes of the official merge and decide the segments.
 
@@ -174,10 +131,13 @@ def plan_video_panoptic(
             4-D ``.shape`` whose ``logits[:, t0:t1]`` gives a tensor/ndarray (e.g. a
             float16 ``np.memmap``). Chunks are converted to float32.
         out_size: (H, W) output resolution.
+        config: the merge thresholds (default: the official ones).
         frame_chunk: frames per chunk (None: as many as fit in ~64 MiB of
             [K, c, H, W] float32 probabilities).
         device: where the per-pixel assignment runs (None: where the logits are; a
             GPU for the device path). Same result on every device.
+        winners_out: optional ``winners_out(t0, winners)`` with the [c, H, W] int64 kept slot of
+            each segment pixel (-1 elsewhere) of every chunk starting at frame t0, on the CPU.
 
     Returns:
         A :class:`PanopticPlan`; feed it to :func:`iter_video_panoptic` for the maps.
@@ -192,71 +152,46 @@ def plan_video_panoptic(
     if int(logits.shape[0]) != q:
         raise ValueError(f"{q} scores but logits has {logits.shape[0]} queries")
 
-    if q == 0:
-        kept = torch.zeros(0, dtype=torch.long)
-        return PanopticPlan(n, out_hw, kept, scores_t[:0], np.zeros(0, np.int32),
-                            mask_binary_threshold=mask_binary_threshold)
-
-    # Reference rule: scores >= max(threshold, k-th best score), k = min(Q, topk).
-    # Python's max() keeps the float unless the tensor is strictly greater.
-    kth = scores_t.topk(k=min(q, test_topk_per_image))[0][-1]
-    thr = kth if bool(kth > object_mask_threshold) else object_mask_threshold
-    kept = torch.nonzero(scores_t >= thr).flatten()
+    kept = kept_queries(scores_t, config)
     k = kept.numel()
     if k == 0:
         return PanopticPlan(n, out_hw, kept, scores_t[:0], np.zeros(0, np.int32),
-                            mask_binary_threshold=mask_binary_threshold)
+                            config=config)
 
     chunk = _resolve_chunk(frame_chunk, n, k, out_hw)
 
     # Pass 0: mask quality over every 5th FRAME of the low-res logits.
     above = torch.zeros(k, dtype=torch.int64)
     nonneg = torch.zeros(k, dtype=torch.int64)
-    for t in range(0, n, 5):
-        lo = _load_chunk(logits, t, t + 1, kept).cpu()
-        above += (lo > 1).flatten(1).sum(-1)
-        nonneg += (lo > -1).flatten(1).sum(-1)
-    # int64 / int64 true division -> default float dtype, as in the reference.
-    quality = above / nonneg.clamp(min=1)
-    kept_scores = scores_t[kept] + 0.5 * quality
+    for t in range(0, n, QUALITY_FRAME_STRIDE):
+        frame_above, frame_nonneg = quality_counts(_load_chunk(logits, t, t + 1, kept).cpu())
+        above += frame_above
+        nonneg += frame_nonneg
+    kept_scores = final_scores(scores_t[kept], above, nonneg)
 
     # Pass 1: per query, A = #(argmax == k), O = #(prob_k >= thr), S = #(both).
-    win_area = torch.zeros(k, dtype=torch.int64)
-    fg_area = torch.zeros(k, dtype=torch.int64)
-    seg_area = torch.zeros(k, dtype=torch.int64)
+    totals = [torch.zeros(k, dtype=torch.int64) for _ in range(3)]
     for t0, t1 in _chunk_bounds(n, chunk):
         lo = _load_chunk(logits, t0, t1, kept, device)
-        ids, win_fg, fg_count = _assign(lo, kept_scores, out_hw, mask_binary_threshold)
+        ids, win_fg, fg_count = assign_pixels(lo, kept_scores, out_hw, config.mask_binary_threshold)
         ids, win_fg, fg_count = ids.cpu(), win_fg.cpu(), fg_count.cpu()
-        win_area += torch.bincount(ids.flatten() + 1, minlength=k + 1)[1:]
-        fg_area += fg_count
-        seg_area += torch.bincount(ids[win_fg], minlength=k)
-        if _winners_out is not None:
-            _winners_out(t0, torch.where(win_fg, ids, -1))
+        for total, count in zip(totals, area_counts(ids, win_fg, fg_count, k)):
+            total += count
+        if winners_out is not None:
+            winners_out(t0, torch.where(win_fg, ids, -1))
 
     segment_of_kept = np.zeros(k, dtype=np.int32)
     plan = PanopticPlan(n, out_hw, kept, kept_scores, segment_of_kept,
-                        mask_binary_threshold=mask_binary_threshold, device=device)
+                        config=config, device=device)
     next_id = 0
     for j in range(k):
-        a, o, s = int(win_area[j]), int(fg_area[j]), int(seg_area[j])
-        if a > 0 and o > 0 and s > 0:
-            if a / o < overlap_threshold:
-                continue
+        if survives(int(totals[0][j]), int(totals[1][j]), int(totals[2][j]), config):
             next_id += 1
             segment_of_kept[j] = next_id
             plan.segment_ids.append(next_id)
             plan.query_index.append(int(kept[j]))
             plan.scores.append(float(kept_scores[j]))
     return plan
-
-
-def _paint(winners: torch.Tensor, segment_of_kept: np.ndarray) -> np.ndarray:
-    """winners: [..., H, W] kept-query slot of each segment pixel, -1 elsewhere.
-    Returns the int32 id map of the same shape."""
-    lut = np.zeros(segment_of_kept.size + 1, dtype=np.int32)
-    lut[1:] = segment_of_kept
-    return lut[winners.numpy() + 1]
 
 
 def iter_video_panoptic(
@@ -284,8 +219,8 @@ def iter_video_panoptic(
     chunk = _resolve_chunk(frame_chunk, n, k, plan.out_size)
     for t0, t1 in _chunk_bounds(n, chunk):
         lo = _load_chunk(logits, t0, t1, plan.kept, plan.device)
-        ids, win_fg, _ = _assign(lo, plan.kept_scores, plan.out_size, plan.mask_binary_threshold)
-        maps = _paint(torch.where(win_fg, ids, -1).cpu(), plan.segment_of_kept)
+        ids, win_fg, _ = assign_pixels(lo, plan.kept_scores, plan.out_size, plan.config.mask_binary_threshold)
+        maps = paint(torch.where(win_fg, ids, -1).cpu(), plan.segment_of_kept)
         for i in range(t1 - t0):
             yield t0 + i, maps[i]
 
@@ -295,9 +230,7 @@ def merge_video_panoptic(
     logits: Any,
     out_size: Sequence[int],
     *,
-    overlap_threshold: float = 0.7,
-    mask_binary_threshold: float = 0.5,
-    object_mask_threshold: float = 0.05,
+    config: MergeConfig = MergeConfig(),
     frame_chunk: int | None = None,
     frames_out: Callable[[int, np.ndarray], None] | None = None,
     device: torch.device | str | None = None,
@@ -310,8 +243,7 @@ def merge_video_panoptic(
         logits: [Q, n, h, w] low-res mask logits (tensor, ndarray, or any object with
             a 4-D ``.shape`` supporting ``logits[:, t0:t1]``, e.g. a float16 memmap).
         out_size: (H, W).
-        overlap_threshold: a query is kept if its argmax area over its own
-            ``prob >= mask_binary_threshold`` area is at least this.
+        config: the merge thresholds (default: the official ones).
         frame_chunk: frames processed together (None: memory-budgeted default).
         frames_out: optional callback ``frames_out(t, id_map[H, W] int32)``. When
             given, frames are streamed to it (two passes over ``logits``) and
@@ -322,10 +254,7 @@ def merge_video_panoptic(
         :class:`PanopticResult`.
     """
     if frames_out is not None:
-        plan = plan_video_panoptic(
-            scores, logits, out_size, overlap_threshold=overlap_threshold,
-            mask_binary_threshold=mask_binary_threshold,
-            object_mask_threshold=object_mask_threshold, frame_chunk=frame_chunk, device=device)
+        plan = plan_video_panoptic(scores, logits, out_size, config=config, frame_chunk=frame_chunk, device=device)
         for t, id_map in iter_video_panoptic(plan, logits, frame_chunk=frame_chunk):
             frames_out(t, id_map)
         return PanopticResult(None, plan.segment_ids, plan.query_index, plan.scores)
@@ -341,15 +270,10 @@ def merge_video_panoptic(
     def keep_winners(t0: int, w: torch.Tensor) -> None:
         winners[t0:t0 + w.shape[0]] = w.numpy() + 1
 
-    plan = plan_video_panoptic(
-        scores, logits, out_hw, overlap_threshold=overlap_threshold,
-        mask_binary_threshold=mask_binary_threshold,
-        object_mask_threshold=object_mask_threshold, frame_chunk=frame_chunk, device=device,
-        _winners_out=keep_winners)
+    plan = plan_video_panoptic(scores, logits, out_hw, config=config, frame_chunk=frame_chunk, device=device,
+                               winners_out=keep_winners)
     if plan.segment_ids:
-        lut = np.zeros(plan.segment_of_kept.size + 1, dtype=np.int32)
-        lut[1:] = plan.segment_of_kept
-        id_maps = lut[winners]
+        id_maps = id_lut(plan.segment_of_kept)[winners]
     else:
         id_maps = np.zeros((n, *out_hw), dtype=np.int32)
     return PanopticResult(id_maps, plan.segment_ids, plan.query_index, plan.scores)

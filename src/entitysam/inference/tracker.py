@@ -10,39 +10,52 @@ with the video length.
 from __future__ import annotations
 
 import os
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
 
-from ..modeling.entitysam import EntitySAM, FrameFeatures
+from ..modeling.entitysam import MEMORY_DTYPE, EntitySAM, FrameFeatures, recall_memories
 from .holes import fill_holes
 
 
 class MemoryBank:
     """The memories of the last `capacity` steps, as stored by the official code (bfloat16).
 
-    `recall(step)` returns (memory [Q, mem_dim, g, g], steps_back) pairs, oldest first, for the
-    steps `step - capacity ... step - 1` that exist.
+    A ring on the memories' device: the first `add` allocates one [capacity, Q, mem_dim, g, g]
+    tensor (`slots`) and every memory is copied into slot `step % capacity`, so that a steady
+    step allocates nothing here and its shapes stay the same (a GPU reuses the same addresses,
+    as CUDA graphs need). `recall(step)` returns (memory [Q, mem_dim, g, g], steps_back) pairs,
+    oldest first, for the steps `step - capacity ... step - 1` that exist; the memories are views
+    of the ring, valid until the slot is written again (`capacity` steps later).
     """
 
-    def __init__(self, capacity: int, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, capacity: int, dtype: torch.dtype = MEMORY_DTYPE):
         self.capacity = capacity
         self.dtype = dtype
-        self._entries: deque[tuple[int, torch.Tensor]] = deque(maxlen=capacity)
+        self.slots: torch.Tensor | None = None  # [capacity, Q, mem_dim, g, g], allocated at the first add
+        self._slot_step: list[int | None] = [None] * capacity  # step stored in each slot
 
+    @torch.inference_mode()
     def add(self, step: int, memory: torch.Tensor) -> None:
-        self._entries.append((step, memory.to(self.dtype)))
+        """Store `memory` [Q, mem_dim, g, g] of step `step` (rounded to the bank's dtype)."""
+        if self.slots is None:
+            self.slots = torch.empty((self.capacity, *memory.shape), dtype=self.dtype, device=memory.device)
+        elif memory.shape != self.slots.shape[1:]:
+            raise ValueError(f"memory of shape {tuple(memory.shape)} does not fit the bank's "
+                             f"{tuple(self.slots.shape[1:])}")
+        slot = step % self.capacity
+        self.slots[slot].copy_(memory)  # the same rounding as memory.to(dtype)
+        self._slot_step[slot] = step
 
     def recall(self, step: int) -> list[tuple[torch.Tensor, int]]:
-        return [(mem, step - s) for s, mem in self._entries if 1 <= step - s <= self.capacity]
+        """The memories step `step` reads (`recall_memories`, the rule training uses too)."""
+        stored = sorted(((s, self.slots[slot]) for slot, s in enumerate(self._slot_step) if s is not None),
+                        key=lambda entry: entry[0])
+        return recall_memories(stored, step, self.capacity)
 
     def __len__(self) -> int:
-        return len(self._entries)
-
-    def nbytes(self) -> int:
-        return sum(m.numel() * m.element_size() for _, m in self._entries)
+        return sum(s is not None for s in self._slot_step)
 
 
 @dataclass
@@ -97,9 +110,12 @@ class EntityTracker:
 
     def __init__(self, model: EntitySAM, fill_hole_area: int | None = None,
                  attention_dtype: torch.dtype | None = None, exact: bool = False,
-                 batched: bool | None = None, query_chunk: int | None = None):
+                 batched: bool | None = None, query_chunk: int | None = None,
+                 memory_dtype: torch.dtype | None = None):
         """batched: all queries at once (see `EntitySAM.step`); None: on every device but the
-        CPU. query_chunk: queries per batch (None: sized from the device's free memory)."""
+        CPU. query_chunk: queries per batch (None: sized from the device's free memory).
+        memory_dtype: dtype of the stored memories (None: bfloat16, as the official code; float16
+        autocast needs float16, see `precision.memory_dtype_for`)."""
         self.model = model
         self.attention_dtype = attention_dtype  # see EntitySAM.condition_on_memory
         self.exact = exact  # see EntitySAM.step
@@ -110,7 +126,7 @@ class EntityTracker:
             else default_query_chunk(model.cfg, self.device)
         self.score_dtype = torch.float32  # dtype the step scores were computed in (see video_scores)
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
-        self.bank = MemoryBank(self.cfg.num_maskmem)
+        self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or torch.bfloat16)
         self.points: torch.Tensor | None = None
         self.step_index = 0
         self._features: tuple[int, FrameFeatures] | None = None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..modeling.entitysam import EntitySAM
-from .postprocess import PanopticResult, merge_video_panoptic
+from .offline_merge import PanopticResult, merge_video_panoptic
 from .tracker import EntityTracker, StepResult, video_scores
 
 
@@ -136,10 +136,9 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
     batched: all queries at once (see `EntityTracker`; None: on every device but the CPU). On
     such a device the merge's per-pixel assignment runs there too.
     """
-    tracker = EntityTracker(model, attention_dtype=attention_dtype, exact=exact, batched=batched)
+    tracker = EntityTracker(model, attention_dtype=attention_dtype, exact=exact, batched=batched,
+                            memory_dtype=memory_dtype)
     merge_device = tracker.device if tracker.device.type != "cpu" else None
-    if memory_dtype is not None:
-        tracker.bank.dtype = memory_dtype
     step_scores: list[torch.Tensor] = []  # [Q] per step: 200 bytes a frame
     steps: list[StepResult] = []
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="entitysam-") as tmp:

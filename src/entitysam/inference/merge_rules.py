@@ -1,0 +1,167 @@
+"""The rules of the official video-level merge, written once for the offline and the online merge.
+
+The official ``inference_video_vps_save_results`` (``eval/eval_vipseg_entity_seg.py`` of
+ymq2017/entitysam) turns per-query video masks and scores into one entity id map per frame:
+
+1. keep the queries whose score passes the threshold (:func:`kept_queries`);
+2. add half the mask quality, counted over every 5th frame of the low-res logits, to their
+   scores (:func:`quality_counts`, :func:`final_scores`);
+3. give each pixel to the kept query with the largest score * probability, if any probability
+   reaches the binary threshold (:func:`assign_pixels`);
+4. a query survives if it wins at least 70% of its own foreground (:func:`area_counts`,
+   :func:`survives`); the pixels it wins on its foreground carry its id (:func:`paint`).
+
+:mod:`entitysam.inference.offline_merge` applies them to the whole video,
+:mod:`entitysam.inference.online_merge` to what has been seen so far.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "MergeConfig",
+    "QUALITY_FRAME_STRIDE",
+    "kept_queries",
+    "is_quality_frame",
+    "quality_counts",
+    "final_scores",
+    "assign_pixels",
+    "area_counts",
+    "survives",
+    "id_lut",
+    "paint",
+]
+
+# The official quality uses frames 0, 5, 10, ... (`cur_masks[:, ::5]`).
+QUALITY_FRAME_STRIDE = 5
+# Weight of the mask quality in a segment's final score (official: score + 0.5 * quality).
+QUALITY_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Thresholds of the video merge. The defaults are the official values: the keyword defaults
+    of ``inference_video_vps_save_results`` in ymq2017/entitysam ``eval/eval_vipseg_entity_seg.py``
+    (the evaluation calls it without overriding them).
+
+    overlap_threshold: a query survives if the pixels it wins, over its own foreground, reach this.
+    mask_binary_threshold: probability from which a pixel is a query's foreground.
+    object_mask_threshold: lowest score of a kept query (unless the top-k bound is higher).
+    test_topk_per_image: at most this many best-scoring queries are kept.
+    """
+
+    overlap_threshold: float = 0.7
+    mask_binary_threshold: float = 0.5
+    object_mask_threshold: float = 0.05
+    test_topk_per_image: int = 100
+
+
+def kept_queries(scores: torch.Tensor, config: MergeConfig) -> torch.Tensor:
+    """scores [Q] -> [K] int64 indices of the kept queries, ascending.
+
+    Official rule: scores >= max(threshold, k-th best score), k = min(Q, topk). Python's max()
+    keeps the float threshold unless the tensor is strictly greater, so the comparison is made
+    against the same value (and dtype) as there.
+    """
+    q = scores.numel()
+    if q == 0:
+        return torch.zeros(0, dtype=torch.long)
+    kth = scores.topk(k=min(q, config.test_topk_per_image))[0][-1]
+    thr = kth if bool(kth > config.object_mask_threshold) else config.object_mask_threshold
+    return torch.nonzero(scores >= thr).flatten()
+
+
+def is_quality_frame(t: int) -> bool:
+    """Whether output frame t counts in the mask quality."""
+    return t % QUALITY_FRAME_STRIDE == 0
+
+
+def quality_counts(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [K, ..., h, w] of quality frames -> (#(logit > 1), #(logit > -1)), [K] int64 each."""
+    return (logits > 1).flatten(1).sum(-1), (logits > -1).flatten(1).sum(-1)
+
+
+def final_scores(scores: torch.Tensor, above: torch.Tensor, nonneg: torch.Tensor) -> torch.Tensor:
+    """[K] kept-query scores + 0.5 * mask quality, quality = above / nonneg (0 where nonneg is 0).
+
+    int64 / int64 true division gives the default float dtype, as in the reference.
+    """
+    quality = above / nonneg.clamp(min=1)
+    return scores + QUALITY_WEIGHT * quality
+
+
+def assign_pixels(lowres: torch.Tensor, kept_scores: torch.Tensor, out_size: tuple[int, int],
+                  thr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-pixel winner of a chunk of frames.
+
+    Args:
+        lowres: [K, c, h, w] float32 logits of the kept queries.
+        kept_scores: [K] final scores.
+        out_size: (H, W).
+        thr: the binary mask threshold.
+    Returns:
+        ids: [c, H, W] int64, argmax_k score_k * prob_k, -1 where every prob < thr.
+        win_fg: [c, H, W] bool, the winner's own prob >= thr (the segment pixels).
+        fg_count: [K] int64, #(prob_k >= thr) in this chunk.
+    """
+    # Same call as the reference on the [K, n, h, w] volume; bilinear interpolation
+    # is computed per (k, t) plane, so chunking over t does not change any value.
+    prob = F.interpolate(lowres, size=out_size, mode="bilinear", align_corners=False)
+    prob.sigmoid_()
+    fg = prob >= thr
+    # "all probs < thr" == "max prob < thr" (NaN propagates through both as not-bg).
+    is_bg = prob.amax(0) < thr
+    if fg.device.type == "cpu":
+        fg_count = torch.from_numpy(np.count_nonzero(fg.view(fg.shape[0], -1).numpy(), axis=1))
+    else:
+        fg_count = fg.flatten(1).sum(1)
+    s = kept_scores.to(prob.device).view(-1, 1, 1, 1)
+    if s.dtype == prob.dtype:
+        # In place (s * p == p * s bit for bit); prob is not needed any more.
+        weighted = prob.mul_(s)
+    else:
+        weighted = s * prob  # e.g. float64 scores promote, as in the reference
+    # max(0).indices, like argmax, returns the first maximal index on ties (it scans
+    # the reduced dim and updates only on a strictly greater value) and is faster.
+    ids = weighted.max(0).indices
+    del weighted, prob
+    ids.masked_fill_(is_bg, -1)
+    win_fg = fg.gather(0, ids.clamp(min=0).unsqueeze(0)).squeeze(0) & (ids >= 0)
+    return ids, win_fg, fg_count
+
+
+def area_counts(ids: torch.Tensor, win_fg: torch.Tensor, fg_count: torch.Tensor,
+                k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The survival counts of a chunk, from :func:`assign_pixels`'s outputs (on the CPU).
+
+    Returns [K] int64 each: A = #(winner is k), O = #(prob_k >= thr), S = #(both).
+    """
+    win_area = torch.bincount(ids.flatten() + 1, minlength=k + 1)[1:]
+    seg_area = torch.bincount(ids[win_fg], minlength=k)
+    return win_area, fg_count, seg_area
+
+
+def survives(win_area: int, fg_area: int, seg_area: int, config: MergeConfig) -> bool:
+    """The official survival test of one query from its A, O, S counts."""
+    if win_area > 0 and fg_area > 0 and seg_area > 0:
+        return not win_area / fg_area < config.overlap_threshold
+    return False
+
+
+def id_lut(segment_of_kept: np.ndarray) -> np.ndarray:
+    """segment_of_kept: [K] int32 segment id of each kept query, 0 if it did not survive.
+    Returns [K + 1] int32: entry slot + 1 is the id painted for kept slot `slot`, entry 0 is 0."""
+    lut = np.zeros(segment_of_kept.size + 1, dtype=np.int32)
+    lut[1:] = segment_of_kept
+    return lut
+
+
+def paint(winners: torch.Tensor, segment_of_kept: np.ndarray) -> np.ndarray:
+    """winners: [..., H, W] kept-query slot of each segment pixel, -1 elsewhere (CPU).
+    Returns the int32 id map of the same shape as winners (0 = no entity)."""
+    return id_lut(segment_of_kept)[winners.numpy() + 1]

@@ -1,0 +1,108 @@
+"""Precision policy: which device, which compute dtype, and how that dtype is applied to a video run
+(plain float32, TF32 on CUDA, CPU memory-attention-only bfloat16, or autocast over the model)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..argtypes import InvalidArgumentError
+from ..errors import EntitySAMError
+from ..modeling.entitysam import EntitySAM
+
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_exact", "precision_plan", "memory_dtype_for",
+           "autocast_for", "tf32_matmuls"]
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else mps if available, else cpu. Errors if unavailable."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EntitySAMError(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
+                             f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise EntitySAMError(f"--device {name}: MPS (Apple GPU) is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        return dtype
+    if dtype is not None and not isinstance(dtype, str):
+        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    name = "auto" if dtype is None else str(dtype).replace("torch.", "")
+    if name not in DTYPES:
+        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def check_exact(exact: bool, compute_dtype: torch.dtype) -> None:
+    """Refuse exact mode with a low-precision compute dtype (exact is the official float32 arithmetic)."""
+    if exact and compute_dtype != torch.float32:
+        name = str(compute_dtype).replace("torch.", "")
+        raise EntitySAMError(f"exact mode computes in float32 (the official CPU arithmetic), not {name}: "
+                             "use --dtype float32")
+
+
+def precision_plan(model: EntitySAM, compute_dtype: torch.dtype, batched: bool | None = None,
+                   exact: bool = False):
+    """How a compute dtype is applied: (context to run the video in, memory-attention dtype).
+
+    float32: plain; on CUDA with TF32 matmuls and convolutions unless `exact`, as the official
+    evaluation runs. bfloat16 on the per-query CPU path: only the memory attention in bfloat16
+    (autocast over the whole model moves 10-15% of mask pixels on this kind of CPU; the memory
+    attention alone, ~85% of the arithmetic, keeps >99% of them; see README "Precision and
+    speed"). Otherwise (the device path, as the official CUDA evaluation; float16): autocast
+    over everything. batched: the tracker's path (None: batched on every device but the CPU).
+    """
+    device_type = next(model.parameters()).device.type
+    batched = device_type != "cpu" if batched is None else batched
+    if compute_dtype == torch.float32:
+        return (tf32_matmuls() if device_type == "cuda" and not exact else contextlib.nullcontext()), None
+    if compute_dtype == torch.bfloat16 and device_type == "cpu" and not batched:
+        return contextlib.nullcontext(), torch.bfloat16
+    return autocast_for(device_type, compute_dtype), None
+
+
+def memory_dtype_for(compute_dtype: torch.dtype) -> torch.dtype | None:
+    """dtype of the tracker's stored memories for a compute dtype: float16 under float16 (autocast
+    cannot mix bfloat16 memories into float16 matmuls), else None (the tracker's default, bfloat16
+    as the official code stores them)."""
+    return torch.float16 if compute_dtype == torch.float16 else None
+
+
+def autocast_for(device_type: str, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """The autocast region of the low-precision plans (tests stand CUDA's rules in here)."""
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def tf32_matmuls():
+    """TF32 for float32 matmuls and convolutions on CUDA (the official evaluation switches it on
+    for compute capability >= 8), restored afterwards."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
