@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from _media import H, W, tiny_state_dict, write_frames, write_video
 from conftest import reference_dir
 from entitysam import EntitySAM, cli
-from entitysam.video.online import FrameQueue, OnlineMerger, read_jsonl
+from entitysam.pipeline.live import FrameQueue
+from entitysam.video.online import OnlineMerger, read_jsonl
 from entitysam.video.preprocess import preprocess_frame
 from entitysam.video.segment import segment_video
 from entitysam.video.sources import is_live_input, live_source_name, open_source
@@ -581,7 +582,7 @@ def test_ctrl_c_finishes_outputs_of_frames_done(media, long_clip, tmp_path):
 def test_ctrl_c_between_two_frames_is_an_interrupt(media, tmp_path, monkeypatch, capsys):
     """A Ctrl-C can land between two frames, outside the stream's own calls (it happened in CI:
     the run then finished as if stopped, exit 0). It must still end as "interrupted", exit 130."""
-    from entitysam.api import OnlineStream
+    from entitysam.pipeline.stream import OnlineStream
 
     fired = []
 

@@ -1,0 +1,98 @@
+"""The layering of the model, the pipeline and the command line (issue 20): the model imports
+nothing above it, the public `EntitySAM` is a pipeline class with real signatures, the command
+line imports no private name, and library messages name no command-line flag."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import entitysam
+
+SRC = Path(entitysam.__file__).parent
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(absolute module, imported names) of every import in the file, lazy ones included."""
+    package = path.relative_to(SRC.parent).with_suffix("").parts[:-1]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            out.append((module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            out.extend((a.name, []) for a in node.names)
+    return out
+
+
+def test_modeling_imports_nothing_above_it():
+    for path in sorted((SRC / "modeling").glob("*.py")):
+        for module, names in _imports(path):
+            if module.startswith("entitysam"):
+                allowed = module.startswith("entitysam.modeling") or module == "entitysam.config"
+                assert allowed, f"{path.name} imports {module} {names}"
+
+
+def test_public_model_is_the_pipeline_class_with_real_signatures():
+    from entitysam.modeling.entitysam import EntitySAM as Network
+    from entitysam.pipeline.loading import EntitySAM
+
+    assert entitysam.EntitySAM is EntitySAM and issubclass(EntitySAM, Network)
+    for name in ("from_pretrained", "from_checkpoint", "segment", "stream"):
+        assert not hasattr(Network, name), name  # the training model carries no user API
+    segment = inspect.signature(EntitySAM.segment).parameters
+    assert {"video", "start", "end", "stride", "dtype", "save_logits", "exact"} <= set(segment)
+    stream = inspect.signature(EntitySAM.stream).parameters
+    assert {"video", "delay", "live", "queue_size", "output", "formats"} <= set(stream)
+    assert "name" in inspect.signature(EntitySAM.from_pretrained).parameters
+    assert "checkpoint_path" in EntitySAM.__annotations__ and EntitySAM.checkpoint_path is None
+
+
+def test_loaders_return_the_public_class_and_record_the_file(tmp_path):
+    import torch
+
+    from _media import tiny_state_dict
+    from entitysam.pipeline.loading import EntitySAM, load_model
+
+    path = tmp_path / "tiny.pth"
+    torch.save({"model": tiny_state_dict()}, path)
+    model = EntitySAM.from_checkpoint(path)
+    assert type(model) is EntitySAM and model.checkpoint_path == str(path)
+    again = load_model(path, device="cpu")
+    assert type(again) is EntitySAM and again.checkpoint_path == str(path)
+
+
+def test_the_command_line_imports_no_private_name():
+    files = sorted((SRC / "cli").glob("*.py"))
+    assert len(files) >= 4  # one module per command + the shared options
+    for path in files:
+        for module, names in _imports(path):
+            private = [n for n in names if n.startswith("_") and n != "__version__"]
+            assert not private, f"{path.name} imports {private} from {module}"
+
+
+def _string_literals(path: Path) -> list[str]:
+    """The string constants of a file, docstrings left out (messages, not documentation)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def test_library_messages_name_no_command_line_flag_of_the_checkpoint_loader():
+    """The loaders say allow_pickle=True; only the command line words --trust-checkpoint-code."""
+    for path in [SRC / "checkpoints.py", SRC / "errors.py", *sorted((SRC / "pipeline").glob("*.py"))]:
+        assert not [text for text in _string_literals(path) if "--trust" in text], path
+
+
+def test_error_classes_form_one_hierarchy():
+    from entitysam import errors
+
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
+    assert len(classes) > 5
+    assert all(issubclass(c, errors.EntitySAMError) for c in classes)
+    assert not issubclass(errors.CheckpointMismatchError, RuntimeError)
