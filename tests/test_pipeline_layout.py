@@ -96,3 +96,23 @@ def test_error_classes_form_one_hierarchy():
     assert len(classes) > 5
     assert all(issubclass(c, errors.EntitySAMError) for c in classes)
     assert not issubclass(errors.CheckpointMismatchError, RuntimeError)
+
+
+def test_demo_output_in_use_names_the_api_option_and_the_command_line_flag(tmp_path, capsys):
+    import pytest
+
+    from entitysam import cli
+    from entitysam.pipeline.demo import DemoOutputInUseError, check_demo_request
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    for overwrite, fact in ((False, "is not empty"), (True, "not a demo run")):
+        with pytest.raises(DemoOutputInUseError) as err:
+            check_demo_request(out, num_frames=2, width=64, height=48, seed=0, overwrite=overwrite)
+        assert fact in str(err.value) and "overwrite=True" in str(err.value) and "--overwrite" not in str(err.value)
+        args = ["demo", "-o", str(out), "--frames", "2", "-q"] + (["--overwrite"] if overwrite else [])
+        assert cli.main(args) == 1
+        printed = capsys.readouterr().err
+        assert fact in printed and "--overwrite" in printed and "choose another -o" in printed
+    assert (out / "precious.txt").read_text() == "keep me"

@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from .. import jsonio
-    from ..pipeline.demo import check_demo_request, run_demo, summary
+    from ..pipeline.demo import DemoOutputInUseError, check_demo_request, run_demo, summary
 
     say = sayer(args.quiet)
     width, height = args.size
@@ -68,7 +68,10 @@ def run(args) -> int:
         formats = check_demo_request(args.output, num_frames=args.frames, width=width, height=height,
                                      seed=args.seed, formats=args.save, overwrite=args.overwrite)
         check_model_args(args)
-    except OutputError as err:  # an output folder in the way: as `segment`, a failure (1), not a usage error
+    except DemoOutputInUseError as err:  # an output folder in the way: as `segment`, a failure (1)
+        print_err(err.describe("--overwrite", "choose another -o"))
+        return 1
+    except OutputError as err:
         print_err(str(err))
         return 1
     except EntitySAMError as err:

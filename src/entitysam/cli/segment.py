@@ -123,15 +123,11 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
             raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
 
 
-
-
 def _check_selects_frames(source) -> None:
     """Frame folders and images know their frame count: an empty selection is refused before
     the model is loaded (videos only know an estimate, they fail when read)."""
     if source.kind in ("folder", "image", "array") and source.count_hint() == 0:
         raise SourceError(source.empty_message())
-
-
 
 
 def run(args) -> int:

@@ -40,10 +40,29 @@ from .loading import from_pretrained
 from .result import check_formats
 from .segment import segment
 
-__all__ = ["DemoReport", "check_demo_request", "run_demo", "score_prediction"]
+__all__ = ["DemoReport", "DemoOutputInUseError", "check_demo_request", "run_demo", "score_prediction"]
 
 VIDEO_NAME = "demo"
 DEMO_MARKER = ".entitysam-demo"  # marks a folder a demo run wrote (what --overwrite may replace)
+
+
+class DemoOutputInUseError(OutputError):
+    """The demo's output folder holds files: overwrite was not asked for, or they are not an
+    earlier demo run's (which overwrite never deletes). path: the folder."""
+
+    def __init__(self, path: Path, *, earlier_demo: bool, overwrite: bool):
+        self.path = path
+        self.earlier_demo = earlier_demo
+        self.overwrite = overwrite
+        super().__init__(self.describe("overwrite=True", "choose another output folder"))
+
+    def describe(self, overwrite_option: str, choose_other: str) -> str:
+        """The message, naming the caller's overwrite option and how to choose another folder."""
+        if not self.overwrite:
+            what = "the earlier demo run" if self.earlier_demo else "its contents"
+            return f"{self.path} is not empty: pass {overwrite_option} to replace {what}, or {choose_other}"
+        return (f"{self.path} holds files that are not a demo run; refusing to delete them even with "
+                f"{overwrite_option}: {choose_other}")
 
 
 @dataclass
@@ -115,12 +134,8 @@ def check_demo_request(output: str | Path, *, num_frames: int, width: int, heigh
         raise OutputError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         ours = (out / DEMO_MARKER).is_file() or _is_demo_report(out / "report.json")
-        if not overwrite:
-            raise OutputError(f"{out} is not empty: pass --overwrite to replace "
-                              f"{'the earlier demo run' if ours else 'its contents'}, or choose another -o")
-        if not ours:
-            raise OutputError(f"{out} holds files that are not a demo run; refusing to delete them even with "
-                              "--overwrite: choose another -o")
+        if not overwrite or not ours:
+            raise DemoOutputInUseError(out, earlier_demo=ours, overwrite=overwrite)
     return formats
 
 

@@ -98,7 +98,7 @@ class OnlineStream:
         self.error: str | None = None
         self.manifest: dict[str, Any] | None = None
         self.seconds = {"model": 0.0, "merge": 0.0, "write": 0.0}
-        self._model = OnlineTracking(model, compute_dtype, delay, exact)
+        self._tracking = OnlineTracking(model, compute_dtype, delay, exact)
         self._ready: deque[tuple[Emitted, float]] = deque()  # (emitted frame, its merge seconds)
         self._writer: OnlineWriter | None = None
         self._ended = False  # no more frames will be read (end of stream, stop, error)
@@ -117,9 +117,9 @@ class OnlineStream:
         try:
             while not self._ready:
                 if self._ended:
-                    if self._model.window_pending:
+                    if self._tracking.window_pending:
                         # End of stream (or stop): the look-ahead window is emitted with what is known.
-                        self._emit(self._model.finish)
+                        self._emit(self._tracking.finish)
                         continue
                     if self.status == "running":
                         self.status = "complete"
@@ -181,13 +181,13 @@ class OnlineStream:
         t = self.processed
         info = FrameInfo(t, frame.index, frame.name, float(frame.time))
         payload = FramePayload(info, frame.image if self.keep_images else None, drops, 0.0, t_read)
-        steps = self._model.track(t, frame.image, self.size)
+        steps = self._tracking.track(t, frame.image, self.size)
         payload.model_seconds = time.perf_counter() - t0
         self.seconds["model"] += payload.model_seconds
         self.processed += 1
         for step in steps[:-1]:
-            self._model.push(step)
-        self._emit(lambda: self._model.push(steps[-1], payload))
+            self._tracking.push(step)
+        self._emit(lambda: self._tracking.push(steps[-1], payload))
 
     def _emit(self, produce: Callable[[], list[Emitted]]) -> None:
         t0 = time.perf_counter()
@@ -264,7 +264,7 @@ class OnlineStream:
             "queue_size": self.queue_size,
             "size": list(self.size) if self.size else None,
             "fps": self.fps,
-            "model": model_info(self.model, self.compute_dtype, self._model.exact),
+            "model": model_info(self.model, self.compute_dtype, self._tracking.exact),
         }
 
     def summary(self) -> dict[str, Any]:
