@@ -111,7 +111,7 @@ def peak(ctx: Ctx) -> dict:
 
 
 def models(ctx: Ctx, name: str) -> dict:
-    """Weights made once into the cache folder, loaded through entitysam.api.from_checkpoint."""
+    """Weights made once into the cache folder, loaded through entitysam.pipeline.loading.from_checkpoint."""
     t0 = time.perf_counter()
     model = get_model(ctx, name)
     out = {}
@@ -157,11 +157,11 @@ def steady(ctx: Ctx, name: str) -> dict:
 
 
 def _segment_once(ctx: Ctx, model, name: str, max_frames: int | None) -> dict:
-    """`entitysam.api.segment` on the generated mp4 and `save` of the --formats, timed together."""
-    from entitysam import api
+    """`entitysam.segment` on the generated mp4 and `save` of the --formats, timed together."""
+    from entitysam.pipeline.segment import segment
 
     clip = write_clip(ctx, ctx.args.frames)
-    kwargs = dict(dtype=ctx.args.dtype, **batched_kwargs(ctx, api.segment, ctx.args.batched))
+    kwargs = dict(dtype=ctx.args.dtype, **batched_kwargs(ctx, segment, ctx.args.batched))
 
     def on_frame(t: int) -> None:
         if ctx.left() < 0:
@@ -171,7 +171,7 @@ def _segment_once(ctx: Ctx, model, name: str, max_frames: int | None) -> dict:
         torch.cuda.reset_peak_memory_stats(ctx.device)
     t0 = time.perf_counter()
     with sdpa_backend(ctx.args.sdpa_backend):
-        with api.segment(model, clip, max_frames=max_frames, on_frame=on_frame, **kwargs) as result:
+        with segment(model, clip, max_frames=max_frames, on_frame=on_frame, **kwargs) as result:
             folder = result.save(Path(ctx.args.cache_dir) / "out" / name, formats=ctx.args.formats, overwrite=True)
             frames, entities, timings = len(result), len(result.entities), dict(result.timings)
     seconds = time.perf_counter() - t0

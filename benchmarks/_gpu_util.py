@@ -232,7 +232,7 @@ def new_kwargs(fn: Callable, name: str, value: Any, old_behaviour: bool) -> dict
 
 
 def batched_kwargs(ctx: Ctx, fn: Callable, value: Any = "resolved") -> dict:
-    """`batched=` for fn (EntityTracker, api.segment: the option as given; model methods: resolved)."""
+    """`batched=` for fn (EntityTracker, pipeline segment(): the option as given; model methods: resolved)."""
     value = ctx.batched if value == "resolved" else value
     return new_kwargs(fn, "batched", value, old_behaviour=not ctx.batched)
 
@@ -276,7 +276,7 @@ def get_model(ctx: Ctx, name: str, seed: int | None = None):
     seed = ctx.args.seed if seed is None else seed
     key = ("model", name, seed)
     if key not in ctx.cache:
-        from entitysam.api import from_checkpoint
+        from entitysam.pipeline.loading import from_checkpoint
 
         ctx.cache[key] = from_checkpoint(checkpoint_path(ctx, name, seed), config=name, device=ctx.device).eval()
     return ctx.cache[key]

@@ -58,7 +58,7 @@ def build_model(name: str, checkpoint: str | None, seed: int):
     if checkpoint:
         return load_entitysam(checkpoint, config=None if name == "auto" else name)
     if name == "demo":
-        from entitysam.api import from_pretrained
+        from entitysam.pipeline.loading import from_pretrained
 
         return from_pretrained("demo")
     return _inference_module().build_model(name, seed)  # tiny: seeded; vit-s/vit-l: make_weights.py

@@ -18,9 +18,8 @@ from PIL import Image
 
 from _media import scene, tiny_state_dict
 from entitysam import cli
-from entitysam.checkpoints import (CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError,
-                                   UnsafeLoadWarning, load_entitysam, read_state_dict)
-from entitysam.errors import EntitySAMError
+from entitysam.checkpoints import UnsafeLoadWarning, load_entitysam, read_state_dict
+from entitysam.errors import CheckpointMismatchError, CheckpointReadError, EntitySAMError, UnsafeCheckpointError
 
 
 class _Touch:
@@ -68,7 +67,9 @@ def test_api_refuses_code_in_checkpoint(tmp_path, call, where, legacy):
         load_entitysam(path)
     assert not marker.exists()
     msg = str(err.value)
-    assert str(path) in msg and "could run code" in msg and "--trust-checkpoint-code" in msg
+    assert str(path) in msg and "could run code" in msg and "allow_pickle=True" in msg
+    assert "--trust" not in msg  # the library names no command-line flag (the command line adds its own)
+    assert err.value.path == path and err.value.problem in msg
     assert isinstance(err.value, EntitySAMError) and isinstance(err.value, CheckpointMismatchError)
     with pytest.raises(UnsafeCheckpointError):
         read_state_dict(path)
@@ -106,6 +107,7 @@ def test_cli_segment_and_demo_never_run_the_payload(tmp_path, still):
         assert proc.returncode == 1, proc.stderr
         assert not marker.exists(), args[0]
         assert "refusing to load checkpoint" in proc.stderr and str(evil) in proc.stderr
+        assert "pass --trust-checkpoint-code (Python: allow_pickle=True)" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "still").exists()
 
@@ -122,6 +124,7 @@ def test_cli_trust_flag_loads_and_warns(tmp_path, still):
     trusted = _run_cli(*args, "--trust-checkpoint-code")
     assert trusted.returncode == 0, trusted.stderr
     assert "warning:" in trusted.stderr and "can run any code" in trusted.stderr
+    assert "(--trust-checkpoint-code / allow_pickle=True)" in trusted.stderr
     assert "Traceback" not in trusted.stderr
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from entitysam.checkpoints import (CheckpointMismatchError, infer_config, load_dinov2_pretrained,
-                                   load_entitysam, load_sam2_pretrained)
+from entitysam.checkpoints import infer_config, load_dinov2_pretrained, load_entitysam, load_sam2_pretrained
 from entitysam.config import get_config
+from entitysam.errors import CheckpointMismatchError
 from entitysam.modeling.entitysam import EntitySAM
 
 from conftest import reference_dir

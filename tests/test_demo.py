@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import entitysam
 from entitysam.config import get_config
-from entitysam.demo import run_demo
 from entitysam.hub import bundled_checkpoint_path, resolve_checkpoint
 from entitysam.modeling.entitysam import EntitySAM
+from entitysam.pipeline.demo import run_demo
 
 # A shorter version of the default demo (same generator, size and seed; 16 instead of 40 frames).
 SHORT = {"num_frames": 16}
@@ -46,7 +47,7 @@ def test_bundled_weights_are_small_and_load_strictly_offline(no_network):
     assert path == bundled_checkpoint_path("demo")
     assert path.is_file() and path.suffix == ".safetensors"
     assert path.stat().st_size < 12 * 2**20
-    model = EntitySAM.from_pretrained("demo")
+    model = entitysam.EntitySAM.from_pretrained("demo")
     assert model.cfg == get_config("demo")
     with torch.device("meta"):
         expected = EntitySAM(get_config("demo")).state_dict()

@@ -191,7 +191,7 @@ def test_video_under_cuda_autocast_rules(tiny_model, one_torch_thread, dtype, ba
     # Dispatch modes are per thread: the CPU path's worker threads must not be used.
     assert torch.get_num_threads() == 1
     frames = _video(4, tiny_model.cfg.image_size, seed=2)
-    memory_dtype = memory_dtype_for(dtype)  # as api._segment
+    memory_dtype = memory_dtype_for(dtype)  # as pipeline.segment
     with CudaAutocast(dtype) as rules:
         result = segment_video(tiny_model, frames, (40, 48), memory_dtype=memory_dtype, batched=batched,
                                keep_steps=True)
@@ -208,11 +208,11 @@ def test_video_under_cuda_autocast_rules(tiny_model, one_torch_thread, dtype, ba
 
 
 def test_public_api_under_cuda_autocast_rules(tiny_model, one_torch_thread, monkeypatch):
-    import entitysam.api as api
     import entitysam.inference.precision as precision
+    from entitysam.pipeline.segment import segment
 
     monkeypatch.setattr(precision, "autocast_for", lambda device_type, dtype: CudaAutocast(dtype))
     video = (np.random.default_rng(0).random((3, 36, 44, 3)) * 255).astype(np.uint8)
     for dtype in ("bfloat16", "float16"):
-        with api.segment(tiny_model, video, dtype=dtype, batched=True) as result:
+        with segment(tiny_model, video, dtype=dtype, batched=True) as result:
             assert len(result) == 3 and result[2].shape == (36, 44)

@@ -176,7 +176,7 @@ def test_interrupted_run_resumes_redoing_only_unfinished_videos(env, model, refe
     assert sorted(os.listdir(out / "pan_pred")) == ["vid_000"]  # the partial folder is gone
     assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
 
-    import entitysam.api as api
+    import entitysam.pipeline.segment as api
 
     segmented = []
     real_segment = api.segment
@@ -230,7 +230,7 @@ def test_complete_videos_are_skipped_without_loading_the_model(env, model, refer
     assert loads == [] and summary.skipped == list(ds.videos) and summary.done == []
     assert scores(out) == scores(reference)  # merged and scored again
 
-    import entitysam.api as api
+    import entitysam.pipeline.segment as api
 
     segmented = []
     real_segment = api.segment

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps
 
 from _media import scene, tiny_state_dict, write_frames, write_video
 from entitysam import cli
+from entitysam.cli.options import DEFAULT_MAX_PIXELS_TEXT, pixel_count
 from entitysam.errors import SourceError
 from entitysam.video.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolderSource, FrameSelection, LiveSource,
                                      list_batch_inputs, open_source)
@@ -481,7 +482,7 @@ def test_decompression_bombs_refused_from_the_header(tmp_path, ckpt):
 
 
 def test_max_pixels_option(tmp_path, ckpt, monkeypatch):
-    assert DEFAULT_MAX_PIXELS == 50_000_000 == cli._pixel_count(cli.DEFAULT_MAX_PIXELS_TEXT)
+    assert DEFAULT_MAX_PIXELS == 50_000_000 == pixel_count(DEFAULT_MAX_PIXELS_TEXT)
     Image.fromarray(scene(0)).save(tmp_path / "still.png")  # 64x48 = 3072 pixels
     write_video(tmp_path / "clip.mp4", 2)
     with pytest.raises(SourceError, match=r"still.png: frame still.png is 64x48 = 0.0 megapixels, over the limit"):
@@ -567,7 +568,7 @@ def test_corrupt_image_in_folder_offline_leaves_nothing(tmp_path, ckpt):
 
 
 def test_api_max_pixels(tmp_path, tiny_model):
-    from entitysam.api import segment, stream
+    from entitysam import segment, stream
 
     Image.fromarray(scene(0)).save(tmp_path / "still.png")
     for fn in (segment, stream):

@@ -27,7 +27,8 @@ from entitysam.inference.offline_merge import merge_video_panoptic
 from entitysam.inference.online_merge import OnlineMerger
 from entitysam.inference.preprocess import preprocess_frame
 from entitysam.inference.video import segment_video
-from entitysam.video.online import FrameQueue, read_jsonl
+from entitysam.pipeline.live import FrameQueue
+from entitysam.video.online import read_jsonl
 from entitysam.video.sources import is_live_input, live_source_name, open_source
 from entitysam.video.writers import decode_id_png
 
@@ -611,7 +612,7 @@ def test_ctrl_c_finishes_outputs_of_frames_done(media, long_clip, tmp_path):
 def test_ctrl_c_between_two_frames_is_an_interrupt(media, tmp_path, monkeypatch, capsys):
     """A Ctrl-C can land between two frames, outside the stream's own calls (it happened in CI:
     the run then finished as if stopped, exit 0). It must still end as "interrupted", exit 130."""
-    from entitysam.api import OnlineStream
+    from entitysam.pipeline.stream import OnlineStream
 
     fired = []
 

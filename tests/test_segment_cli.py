@@ -182,7 +182,7 @@ def test_disk_full_message(media, tmp_path, monkeypatch, capsys):
 
 
 def test_interrupted_while_tracking(media, tmp_path, monkeypatch, capsys):
-    from entitysam import api
+    from entitysam.pipeline import segment as api
 
     real = api.preprocess_frame
     seen = []

@@ -19,6 +19,7 @@ import torch
 
 from _media import tiny_state_dict, write_frames, write_video
 from entitysam import EntitySAM, cli
+from entitysam.cli import inputs as cli_inputs
 from entitysam.errors import EntitySAMError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +164,7 @@ def test_demo_refuses_bad_options_before_anything(tmp_path, extra, message):
 
 
 def test_demo_api_refuses_bad_numbers(tmp_path):
-    from entitysam.demo import run_demo
+    from entitysam.pipeline.demo import run_demo
 
     for kwargs in ({"num_frames": 0}, {"num_frames": 2.5}, {"seed": -1}, {"width": 0}, {"formats": ""}):
         with pytest.raises(EntitySAMError):
@@ -197,10 +198,10 @@ def test_metrics_json_destination_checked_before_computing(metrics_data, tmp_pat
 
 
 def test_undefined_metrics_are_written_as_null():
-    from entitysam.eval.metrics import _jsonable
+    from entitysam.jsonio import jsonable
 
-    assert _jsonable({"IoU": float("nan"), "x": [1.0, float("inf")], 3: 2}) == {"IoU": None, "x": [1.0, None],
-                                                                                  "3": 2}
+    assert jsonable({"IoU": float("nan"), "x": [1.0, float("inf")], 3: 2}) == {"IoU": None, "x": [1.0, None],
+                                                                                 "3": 2}
 
 
 @pytest.fixture(scope="module")
@@ -287,14 +288,14 @@ def test_batch_output_inside_the_batch_folder_is_not_an_input(media, tmp_path):
 def test_ctrl_c_while_the_model_loads(media, tmp_path):
     script = f"""
 import os, signal, sys, time
-import entitysam.api as api
+import entitysam.pipeline.loading as loader
 
 def loading(*args, **kwargs):  # a real SIGINT, delivered while "loading"
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(30)
     raise SystemExit("the interrupt was not delivered")
 
-api.load_entitysam = loading
+loader.load_entitysam = loading
 from entitysam.cli import main
 sys.exit(main(["segment", {str(media / "frames")!r}, "-o", {str(tmp_path / "out")!r},
                "--checkpoint", {str(media / "tiny.pth")!r}]))
@@ -518,16 +519,16 @@ def test_batch_inputs_leave_out_everything_entitysam_wrote(media, tmp_path):
         for name, doc in files.items():
             (batch / folder / name).write_text(json.dumps(doc))
     (batch / "out").mkdir()
-    assert [p.name for p in cli._batch_inputs(str(batch), batch / "out")] == ["clip.mp4", "frames-video"]
-    assert [p.name for p in cli._batch_inputs(str(batch), batch / "out" / "deeper")] == ["clip.mp4", "frames-video"]
+    assert [p.name for p in cli_inputs.batch_inputs(str(batch), batch / "out")] == ["clip.mp4", "frames-video"]
+    assert [p.name for p in cli_inputs.batch_inputs(str(batch), batch / "out" / "deeper")] == ["clip.mp4", "frames-video"]
     # a folder with frames of its own stays a video even beside a result folder
     write_frames(batch / "a-demo-run", ["0"])
-    assert "a-demo-run" in [p.name for p in cli._batch_inputs(str(batch), batch / "out")]
+    assert "a-demo-run" in [p.name for p in cli_inputs.batch_inputs(str(batch), batch / "out")]
     only_results = tmp_path / "only-results"
     (only_results / "r").mkdir(parents=True)
     (only_results / "r" / "manifest.json").write_text('{"format": "entitysam-segment"}')
     with pytest.raises(EntitySAMError, match="no videos left"):
-        cli._batch_inputs(str(only_results), tmp_path / "o")
+        cli_inputs.batch_inputs(str(only_results), tmp_path / "o")
 
 
 TRAIN_ERRORS = [

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import EntitySAMError
+from .errors import InvalidArgumentError
 
 __all__ = [
     "InvalidArgumentError",
@@ -25,11 +25,6 @@ __all__ = [
     "positive_float",
     "seed",
 ]
-
-
-class InvalidArgumentError(EntitySAMError, ValueError, TypeError):
-    """An option or API argument has an unusable value (wrong type, out of range, not finite).
-    Also a ValueError and a TypeError, so that generic handlers catch it."""
 
 
 def check_int(value: Any, name: str, minimum: int) -> int:

@@ -17,41 +17,25 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import torch
 
 from .config import CONFIGS, EntitySAMConfig, get_config
-from .errors import EntitySAMError
+from .errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError
 from .modeling.entitysam import EntitySAM
 
 PUBLISHED = ("vit-s", "vit-l")
 
 
-class CheckpointError(EntitySAMError, RuntimeError):
-    """A checkpoint cannot be used; the message names the file and the cause."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """The state dict does not fit the model; the message lists every difference."""
-
-
-class CheckpointReadError(CheckpointMismatchError):
-    """The file is not a readable checkpoint (missing, a folder, empty, truncated, not a state
-    dict). A CheckpointMismatchError subclass, so that callers catching that still catch it."""
-
-
-class UnsafeCheckpointError(CheckpointReadError):
-    """The file holds pickled Python objects other than tensors and plain data: loading it could
-    run code, so it is refused unless the caller explicitly trusts it (``allow_pickle=True``)."""
-
-
 class UnsafeLoadWarning(UserWarning):
-    """A checkpoint is being unpickled in full because the caller passed ``allow_pickle=True``."""
+    """A checkpoint is being unpickled in full because the caller passed ``allow_pickle=True``.
+    path: the file."""
 
-
-# The command-line flag that sets allow_pickle=True (named in messages).
-TRUST_FLAG = "--trust-checkpoint-code"
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(f"{path}: loading with the full pickle loader (allow_pickle=True): this file can run any "
+                         "code on this machine; do this only for files you trust")
+        self.path = path
 
 
 @dataclass
@@ -140,14 +124,12 @@ def _read_pickle(path: Path, allow_pickle: bool) -> Any:
         names = _unsafe_globals(refusal)
         if names or any(m in str(refusal) for m in _REFUSAL_MARKERS):
             what = f" ({', '.join(names[:5])})" if names else ""
-            raise UnsafeCheckpointError(
-                f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
-                f"code when loaded; EntitySAM checkpoints hold only tensors and plain data. Only if you "
-                f"trust whoever made this file, pass {TRUST_FLAG} (Python: allow_pickle=True)")
+            problem = (f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
+                       "code when loaded; EntitySAM checkpoints hold only tensors and plain data")
+            raise UnsafeCheckpointError(f"{problem}. Only if you trust whoever made this file, pass allow_pickle=True",
+                                        path=path, problem=problem)
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, refusal)}")
-    warnings.warn(f"{path}: loading with the full pickle loader ({TRUST_FLAG} / allow_pickle=True): this "
-                  "file can run any code on this machine; do this only for files you trust", UnsafeLoadWarning,
-                  stacklevel=4)
+    warnings.warn(UnsafeLoadWarning(path), stacklevel=4)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001
@@ -281,11 +263,17 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     raise CheckpointMismatchError("\n".join(lines))
 
 
+Model = TypeVar("Model", bound=EntitySAM)
+
+
 def load_entitysam(source: str | os.PathLike | Mapping[str, torch.Tensor],
                    config: EntitySAMConfig | str | None = None,
-                   device: str | torch.device = "cpu", *, allow_pickle: bool = False) -> EntitySAM:
+                   device: str | torch.device = "cpu", *, allow_pickle: bool = False,
+                   model_class: type[Model] = EntitySAM) -> Model:
     """Build the model for `config` (inferred from the keys if None) and load `source` strictly.
-    allow_pickle: see :func:`read_state_dict` (runs code in the file; only for trusted files)."""
+    allow_pickle: see :func:`read_state_dict` (runs code in the file; only for trusted files).
+    model_class: the class built (an EntitySAM subclass: the public one of
+    `entitysam.pipeline.loading`, which adds segment() and stream(); training uses the plain one)."""
     state = read_state_dict(source, allow_pickle=allow_pickle)
     if config is None:
         config = infer_config(state)
@@ -298,7 +286,7 @@ def load_entitysam(source: str | os.PathLike | Mapping[str, torch.Tensor],
     elif isinstance(config, str):
         config = get_config(config)
     with torch.device("meta"):
-        model = EntitySAM(config)
+        model = model_class(config)
     check_state_dict(model, state)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=torch.float32).eval()

@@ -10,6 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+# Pixel normalisation of the input frames (ImageNet mean / std of RGB in [0, 1]), as the
+# official loader applies it; the checkpoints expect it.
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class HieraConfig:

@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Mapping
 
-from .errors import EntitySAMError
+from .errors import NonFiniteJSONError
 
-__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite", "nulls_for_non_finite"]
-
-
-class NonFiniteJSONError(EntitySAMError, ValueError):
-    """A value about to be written as JSON is NaN or infinite (not representable in JSON)."""
+__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite", "jsonable", "nulls_for_non_finite"]
 
 
 def find_non_finite(obj: Any, where: str = "$") -> str | None:
@@ -64,4 +60,16 @@ def nulls_for_non_finite(obj: Any) -> Any:
         return {k: nulls_for_non_finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [nulls_for_non_finite(v) for v in obj]
+    return obj
+
+
+def jsonable(obj: Any) -> Any:
+    """Results as JSON values: string keys, and null for a metric that is undefined (the official
+    code's NaN, e.g. the IoU of a video with no labelled pixel): NaN is not valid JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj

@@ -20,7 +20,6 @@ Command line: ``python -m entitysam.eval.metrics PRED_DIR GT_DIR GT_JSON [--work
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -212,18 +211,6 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    """Results as JSON values: string keys, and null for a metric that is undefined (the official
-    code's NaN, e.g. the IoU of a video with no labelled pixel): NaN is not valid JSON."""
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Class-agnostic VEQ and STQ (EntitySAM official definitions).")
     ap.add_argument("pred_dir", help="directory with pan_pred/ and pred.json")
@@ -253,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(res))
     if args.json_out:
         try:
-            Path(args.json_out).write_text(jsonio.dumps(_jsonable(res), indent=1) + "\n", encoding="utf-8")
+            Path(args.json_out).write_text(jsonio.dumps(jsonio.jsonable(res), indent=1) + "\n", encoding="utf-8")
         except OSError as err:
             print(f"error: cannot write {args.json_out}: {err.strerror or err}", file=sys.stderr)
             return 1

@@ -583,7 +583,7 @@ def _describe_model(d: Mapping[str, Any] | None) -> str:
 def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[str], out: EvalOutput, *,
                  dtype: Any, logits_dtype: str, progress: bool, memory: _PeakMemory,
                  descriptor: dict[str, Any], ordering: str) -> dict[str, Any]:
-    from ..api import segment  # noqa: PLC0415
+    from ..pipeline.segment import segment  # noqa: PLC0415
     from ..video.sources import FrameFolderSource  # noqa: PLC0415
     from ..video.writers import PanopticWriter, frame_segments  # noqa: PLC0415
 
@@ -682,7 +682,8 @@ def merge_outputs(plan: VIPSegPlan, output: PathLike) -> dict[str, Any]:
 def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = None,
                   log: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """VEQ + STQ of the merged predictions against the plan's GT; writes ``metrics.json``."""
-    from .metrics import _jsonable, evaluate  # noqa: PLC0415
+    from ..jsonio import jsonable  # noqa: PLC0415
+    from .metrics import evaluate  # noqa: PLC0415
 
     out = Path(output)
     if not plan.gt_dir.is_dir():
@@ -690,7 +691,7 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
                              "or pass --gt-dir, or --no-metrics)")
     _check_gt_pngs(plan)
     results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
-    doc = _jsonable(results)
+    doc = jsonable(results)
     doc["run"] = {"split": plan.split, "videos": len(plan.videos), "gt_json_videos": plan.gt_videos,
                   "gt_json": str(plan.gt_json), "split_file": str(plan.split_file) if plan.split_file else None,
                   "frames": (log or {}).get("total", {}).get("frames"),
@@ -956,20 +957,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.cuda.set_device(local_rank)
 
     def load_model():
-        from ..api import from_checkpoint, from_pretrained  # noqa: PLC0415
+        from ..cli.options import checkpoint_wording  # noqa: PLC0415
+        from ..pipeline.loading import load_model as load  # noqa: PLC0415
 
         t0 = time.perf_counter()
-        try:
-            if args.checkpoint:
-                net = from_checkpoint(args.checkpoint, config=args.model, device=device,
-                                      allow_pickle=args.trust_checkpoint_code)
-            else:
-                net = from_pretrained(args.model or "vit-s", device=device)
-        except (EntitySAMError, KeyboardInterrupt):
-            raise
-        except Exception as err:  # noqa: BLE001 - e.g. a --checkpoint that is no checkpoint (pickle errors)
-            what = f"the checkpoint {args.checkpoint}" if args.checkpoint else "the model"
-            raise EntitySAMError(f"cannot load {what}: {type(err).__name__}: {err}") from None
+        with checkpoint_wording():
+            net = load(args.checkpoint, config=args.model, device=device, allow_pickle=args.trust_checkpoint_code)
         say(f"model {net.cfg.name} loaded on {next(net.parameters()).device} in {time.perf_counter() - t0:.1f}s")
         return net
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, TypeVar
 
-from ..video.online import FrameReader
+from ..pipeline.live import FrameReader
 
 T = TypeVar("T")
 

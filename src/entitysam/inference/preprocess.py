@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..modeling.entitysam import IMAGE_MEAN, IMAGE_STD
+from ..config import IMAGE_MEAN, IMAGE_STD
 
 
 def preprocess_frame(image: Image.Image | np.ndarray, image_size: int) -> torch.Tensor:

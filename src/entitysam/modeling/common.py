@@ -179,8 +179,3 @@ def matmul_nt(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             and b.dtype == a.dtype and a.dim() == 2:
         return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
     return torch.matmul(a, b.transpose(-1, -2))
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Scaled dot-product attention, [..., Nq, d] x [..., Nk, d] x [..., Nk, dv] -> [..., Nq, dv]."""
-    return F.scaled_dot_product_attention(q, k, v)

@@ -34,9 +34,6 @@ from .memory import MemoryAttention
 from .memory_encoder import MemoryEncoder
 from .prompt import PromptEncoder, fused_linear, offset_attention, offset_attention_as_official, sample_points
 
-IMAGE_MEAN = (0.485, 0.456, 0.406)
-IMAGE_STD = (0.229, 0.224, 0.225)
-
 # The official code stores every step's memory in bfloat16 (inference and training alike): the
 # next steps read it rounded, which is part of the model's results.
 MEMORY_DTYPE = torch.bfloat16
@@ -240,18 +237,3 @@ class EntitySAM(nn.Module):
             out.append(self.memory_encoder.fuse(projected, mask))
         return torch.cat(out)
 
-
-def _api(name: str, pass_first: bool):
-    """`EntitySAM.from_pretrained` / `.from_checkpoint` / `model.segment` / `model.stream`: see `entitysam.api`."""
-    def method(first, *args, **kwargs):
-        from .. import api  # lazy: entitysam.api imports this module
-        return getattr(api, name)(*((first,) if pass_first else ()), *args, **kwargs)
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = f"See entitysam.api.{name}."
-    return method
-
-
-EntitySAM.from_pretrained = classmethod(_api("from_pretrained", False))
-EntitySAM.from_checkpoint = classmethod(_api("from_checkpoint", False))
-EntitySAM.segment = _api("segment", True)
-EntitySAM.stream = _api("stream", True)

@@ -297,7 +297,7 @@ def clip_targets(clip: dict, device: torch.device | str) -> torch.Tensor:
 
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """uint8 [T, 3, S, S] -> ImageNet-normalised float32 (official: /255, -mean, /std)."""
-    from ..modeling.entitysam import IMAGE_MEAN, IMAGE_STD  # noqa: PLC0415
+    from ..config import IMAGE_MEAN, IMAGE_STD  # noqa: PLC0415
 
     x = images.float() / 255.0
     mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32, device=x.device)[:, None, None]

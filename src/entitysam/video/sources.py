@@ -320,9 +320,9 @@ class FrameSource:
             count += 1
             yield Frame(index, name, time, image)
         if count == 0:
-            raise SourceError(self._empty_message())
+            raise SourceError(self.empty_message())
 
-    def _empty_message(self) -> str:
+    def empty_message(self) -> str:
         total = self.total_frames()
         has = f"it has {total} frames" if total is not None else "it has no decodable frames"
         if self.selection.is_all:
@@ -847,7 +847,7 @@ class LiveSource(FrameSource):
         name = f"{index:06d}"
         return name, _video_frame_to_rgb(payload, self.url, name, self.max_pixels, _stream_display(self, payload))
 
-    def _empty_message(self) -> str:
+    def empty_message(self) -> str:
         return f"{self.url}: the stream ended before sending a frame" + (
             "" if self.selection.is_all else f" selected by {self.selection.describe()}")
 

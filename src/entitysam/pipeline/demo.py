@@ -29,16 +29,40 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import jsonio
-from .argtypes import InvalidArgumentError, check_int
-from .errors import OutputError
-from .eval.synthetic import DEMO_DEFAULTS, make_demo_video
-from .video.writers import OutputLock, check_not_input
+from .. import jsonio
+from ..argtypes import InvalidArgumentError, check_int
+from ..errors import OutputError
+from ..eval.metrics import format_table
+from ..eval.synthetic import DEMO_DEFAULTS, make_demo_video
+from ..jsonio import jsonable
+from ..video.writers import OutputLock, check_not_input
+from .loading import from_pretrained
+from .result import check_formats
+from .segment import segment
 
-__all__ = ["DemoReport", "check_demo_request", "run_demo", "score_prediction"]
+__all__ = ["DemoReport", "DemoOutputInUseError", "check_demo_request", "run_demo", "score_prediction"]
 
 VIDEO_NAME = "demo"
 DEMO_MARKER = ".entitysam-demo"  # marks a folder a demo run wrote (what --overwrite may replace)
+
+
+class DemoOutputInUseError(OutputError):
+    """The demo's output folder holds files: overwrite was not asked for, or they are not an
+    earlier demo run's (which overwrite never deletes). path: the folder."""
+
+    def __init__(self, path: Path, *, earlier_demo: bool, overwrite: bool):
+        self.path = path
+        self.earlier_demo = earlier_demo
+        self.overwrite = overwrite
+        super().__init__(self.describe("overwrite=True", "choose another output folder"))
+
+    def describe(self, overwrite_option: str, choose_other: str) -> str:
+        """The message, naming the caller's overwrite option and how to choose another folder."""
+        if not self.overwrite:
+            what = "the earlier demo run" if self.earlier_demo else "its contents"
+            return f"{self.path} is not empty: pass {overwrite_option} to replace {what}, or {choose_other}"
+        return (f"{self.path} holds files that are not a demo run; refusing to delete them even with "
+                f"{overwrite_option}: {choose_other}")
 
 
 @dataclass
@@ -76,7 +100,7 @@ def score_prediction(panoptic_dir: Path, panoptic_json: Path, gt_dir: Path, gt_j
     The metrics read the official layout (`PRED/pan_pred/<video>/` + `PRED/pred.json`); the
     segment output is copied into it in a temporary folder (a few small PNGs).
     """
-    from .eval.metrics import evaluate  # noqa: PLC0415
+    from ..eval.metrics import evaluate  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix=".entitysam-demo-metrics-") as tmp:
         pred = Path(tmp)
@@ -95,8 +119,6 @@ def check_demo_request(output: str | Path, *, num_frames: int, width: int, heigh
     """Every check of a demo run, without side effects (the command line runs it before loading
     a --checkpoint): the numbers, the formats, and an output folder that may be (re)written.
     Returns the formats."""
-    from .api import _check_formats  # noqa: PLC0415
-
     check_int(num_frames, "--frames", 1)
     check_int(width, "--size width", 1)
     check_int(height, "--size height", 1)
@@ -104,7 +126,7 @@ def check_demo_request(output: str | Path, *, num_frames: int, width: int, heigh
     check_int(seed, "--seed", 0)
     if seed >= 2**32:
         raise InvalidArgumentError(f"--seed must be below 2**32, got {seed}")
-    formats = _check_formats(formats)
+    formats = check_formats(formats)
     if "panoptic" not in formats:
         raise InvalidArgumentError("the demo report scores the panoptic output: keep 'panoptic' in --save")
     out = Path(output)
@@ -112,12 +134,8 @@ def check_demo_request(output: str | Path, *, num_frames: int, width: int, heigh
         raise OutputError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         ours = (out / DEMO_MARKER).is_file() or _is_demo_report(out / "report.json")
-        if not overwrite:
-            raise OutputError(f"{out} is not empty: pass --overwrite to replace "
-                              f"{'the earlier demo run' if ours else 'its contents'}, or choose another -o")
-        if not ours:
-            raise OutputError(f"{out} holds files that are not a demo run; refusing to delete them even with "
-                              "--overwrite: choose another -o")
+        if not overwrite or not ours:
+            raise DemoOutputInUseError(out, earlier_demo=ours, overwrite=overwrite)
     return formats
 
 
@@ -175,9 +193,6 @@ def _is_demo_report(path: Path) -> bool:
 
 def _run_demo(out: Path, model, num_frames, width, height, seed, formats, labels, device, progress,
               say) -> DemoReport:
-    from .api import from_pretrained, segment  # noqa: PLC0415
-    from .eval.metrics import format_table  # noqa: PLC0415
-
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     video = make_demo_video(out / "input", num_frames=num_frames, width=width, height=height, seed=seed,
@@ -212,7 +227,7 @@ def _run_demo(out: Path, model, num_frames, width, height, seed, formats, labels
         aq=float(stq["AQ"]), iou=float(stq["IoU"]),
         veq_windows={int(w["nframes"]): w["vpq"] / 100.0 for w in veq["windows"].values()},
         seconds=seconds, model=model_info, table=table)
-    (out / "report.json").write_text(jsonio.dumps(_jsonable({**report.to_dict(), "metrics": metrics}), indent=1))
+    (out / "report.json").write_text(jsonio.dumps(jsonable({**report.to_dict(), "metrics": metrics}), indent=1))
     (out / "report.txt").write_text(summary(report) + "\n\n" + table + "\n")
     return report
 
@@ -229,8 +244,3 @@ def summary(report: DemoReport) -> str:
     lines.append("(the demo model knows only synthetic scenes like this one; real videos need --model vit-s or vit-l)")
     return "\n".join(lines)
 
-
-def _jsonable(obj: Any) -> Any:
-    from .eval.metrics import _jsonable as metrics_jsonable  # noqa: PLC0415
-
-    return metrics_jsonable(obj)

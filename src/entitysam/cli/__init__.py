@@ -1,0 +1,89 @@
+"""The `entitysam` command: a thin layer over the library (`entitysam.pipeline`), one module per
+command, the options they share in `options.py`.
+
+    entitysam segment INPUT [INPUT ...] --output DIR [options]     (segment.py)
+    entitysam download vit-s [vit-l]                                (download.py)
+    entitysam demo [-o DIR]                                         (demo.py: offline, bundled model)
+    entitysam metrics PRED_DIR GT_DIR GT_JSON [options]            (entitysam.eval.metrics)
+    entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.eval.vipseg)
+    entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
+
+Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
+not be loaded, 2 invalid command line, 130 interrupted (Ctrl-C; in online mode after finishing
+the outputs of the frames done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from . import demo, download, segment
+from .options import print_err
+
+__all__ = ["main", "build_parser", "dispatch"]
+
+# Sub-commands implemented in other modules: name -> (help, "module:function" taking argv).
+DELEGATED: dict[str, tuple[str, str]] = {
+    "metrics": ("VEQ / STQ of predictions in the official layout (see `entitysam metrics -h`)",
+                "entitysam.eval.metrics:main"),
+    "train": ("train EntitySAM: the official two-stage recipe, single process or torchrun DDP "
+              "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:main"),
+    "eval": ("benchmark evaluation: `entitysam eval vipseg` runs a VIPSeg split and scores it "
+             "(see `entitysam eval vipseg -h`)", "entitysam.eval.vipseg:main"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="entitysam",
+                                     description="EntitySAM: segment and track every entity in a video.")
+    parser.add_argument("--version", action="version", version=f"entitysam {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    segment.add_parser(sub)
+    download.add_parser(sub)
+    demo.add_parser(sub)
+    for name, (help_text, _) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def run_delegated(name: str, argv: Sequence[str]) -> int:
+    """A command implemented by another module's main(argv); its argparse exits become codes."""
+    module, func = DELEGATED[name][1].split(":")
+    try:
+        result = getattr(importlib.import_module(module), func)(list(argv))
+    except SystemExit as exc:  # argparse --help / usage errors of the delegated parser
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return int(result or 0)
+
+
+def dispatch(argv: Sequence[str]) -> int:
+    """Parse `argv` and run its command (exit code)."""
+    if argv and argv[0] in DELEGATED:
+        return run_delegated(argv[0], argv[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits with 2 on errors, 0 on --help
+        return int(exc.code or 0)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    return args.func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # A Ctrl-C anywhere the commands do not handle it themselves (importing torch, loading the
+    # model, parsing a checkpoint) ends with one line and the documented code, not a traceback.
+    try:
+        return dispatch(argv)
+    except KeyboardInterrupt:
+        print_err("interrupted")
+        return 130
+
+

@@ -1,0 +1,31 @@
+"""`entitysam download vit-s [vit-l]`: pre-fetch published checkpoints from the Hugging Face hub."""
+
+from __future__ import annotations
+
+from ..errors import EntitySAMError
+from .options import print_err
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("download", help="pre-fetch published checkpoints from the Hugging Face hub",
+                       description="Download published checkpoints (Hugging Face repository mqye/entitysam) into "
+                                   "the Hugging Face cache and print their paths.")
+    p.add_argument("models", nargs="+", choices=("vit-s", "vit-l"), metavar="MODEL", help="vit-s and/or vit-l")
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..hub import resolve_checkpoint
+
+    status = 0
+    for name in args.models:
+        try:
+            path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force)
+        except EntitySAMError as err:
+            print_err(str(err))
+            status = 1
+            continue
+        print(f"{name}: {path}")
+    return status

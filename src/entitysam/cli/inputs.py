@@ -1,0 +1,86 @@
+"""The inputs of `entitysam segment`: INPUT arguments and --batch folders (without the output
+folder and results of earlier runs), and the result folder name of each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SourceError
+
+__all__ = ["collect_inputs", "batch_inputs", "video_name", "is_inside", "written_by_entitysam_run"]
+
+
+def is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _our_manifest(folder: Path) -> bool:
+    """Whether `folder` holds a manifest written by this tool (any status): a segment or online
+    result's manifest.json, or the run.json of an `eval vipseg` output."""
+    for name in ("manifest.json", "run.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and str(data.get("format", "")).startswith("entitysam-"):
+            return True
+    return False
+
+
+def written_by_entitysam_run(entry: Path) -> bool:
+    """A batch folder entry that is a result of this tool, not a video: a result folder (its
+    manifest), or a folder of result folders (an earlier --output) without frames of its own."""
+    if not entry.is_dir():
+        return False
+    if _our_manifest(entry):
+        return True
+    from ..video.sources import IMAGE_EXTENSIONS
+
+    try:
+        children = [c for c in entry.iterdir() if not c.name.startswith(".")]
+    except OSError:
+        return False
+    if any(c.suffix.lower() in IMAGE_EXTENSIONS for c in children if c.is_file()):
+        return False
+    return any(c.is_dir() and _our_manifest(c) for c in children)
+
+
+def batch_inputs(folder: str, out_root: Path) -> list[Path]:
+    """The videos of a --batch folder, without the output folder (``segment --batch X -o X/out``)
+    and without results of earlier runs: a re-run must not segment its own outputs."""
+    from ..video.sources import list_batch_inputs
+
+    found = list_batch_inputs(folder)
+    keep = [p for p in found if not (is_inside(out_root, p) or written_by_entitysam_run(p))]
+    if found and not keep:
+        raise SourceError(f"{folder}: no videos left once the output folder and earlier results are excluded")
+    return keep
+
+
+
+def collect_inputs(args) -> list:
+    from ..video.sources import is_live_input
+
+    # Stream URLs stay strings: Path() would fold the "//" of "rtsp://".
+    inputs: list = [p if is_live_input(p) else Path(p) for p in args.inputs]
+    for folder in args.batch:
+        inputs.extend(batch_inputs(folder, Path(args.output)))
+    if not inputs:
+        raise SourceError("no INPUT given (a video, a folder of frames, an image, or --batch DIR)")
+    return inputs
+
+
+def video_name(path) -> str:
+    """The result folder name of an input, made into one safe path component (a video named
+    `..mp4` must not write into the output root, a 250-byte name must fit)."""
+    from ..video.sources import live_source_name
+    from ..video.writers import safe_name
+
+    if isinstance(path, str):
+        return safe_name(live_source_name(path))
+    return safe_name(path.resolve().name if path.is_dir() else path.stem)

@@ -1,0 +1,309 @@
+"""`entitysam segment INPUT [INPUT ...] -o DIR`: segment (offline) or stream (--online) each input
+into DIR/<video-name>/, every input and output checked before the model is loaded.
+
+Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
+not be loaded, 2 invalid command line, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from ..argtypes import non_negative_int, positive_float, positive_int
+from ..errors import EntitySAMError, OutputError, SourceError
+from .inputs import collect_inputs, video_name
+from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
+                      add_overwrite, add_quiet, add_save, add_threads, add_trust_checkpoint_code, check_model_args,
+                      check_output_root, load_model, pixel_count, print_err, sayer, set_threads)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "segment", help="segment and track every entity of videos, frame folders or images",
+        description="Segment and track every entity of each INPUT (video file: mp4 mov mkv webm avi; folder of "
+                    "frames: jpg jpeg png in natural order; single image). Results go to OUTPUT/<video-name>/.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="video file, folder of frames or image; with --online also a stream URL (rtsp://, "
+                        "http://, ...) or a video device (/dev/video0)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="results go to DIR/<video-name>/")
+    p.add_argument("--batch", action="append", default=[], metavar="DIR",
+                   help="also process every video file and frame folder inside DIR (repeatable)")
+    p.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS_TEXT, metavar="N",
+                   help="refuse frames larger than N pixels (width x height), checked from the file's header before "
+                        "decoding: an integer, or with a k/M suffix (e.g. 100M), or none for no limit "
+                        f"(default {DEFAULT_MAX_PIXELS_TEXT} = 50 megapixels: 8K video and 50 MP photos)")
+    sel = p.add_argument_group("frame selection (indices refer to the whole input)")
+    sel.add_argument("--start", default=None, help="first frame: index (e.g. 10) or seconds (e.g. 2.5s)")
+    sel.add_argument("--end", default=None, help="stop before this frame: index or seconds (exclusive)")
+    sel.add_argument("--stride", type=positive_int, default=1, metavar="N", help="keep every N-th frame (default 1)")
+    sel.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
+    sel.add_argument("--fps", type=positive_float, default=None,
+                     help="frame rate of frame folders and images (default 25); overrides a video's own rate")
+    mod = p.add_argument_group("model")
+    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
+                     help="published model from the Hugging Face hub (default vit-s), or demo (bundled, offline, "
+                          "synthetic scenes only); with --checkpoint: the configuration of that file")
+    add_checkpoint(mod, "local checkpoint file (configuration inferred from its keys unless --model)")
+    add_trust_checkpoint_code(mod, "UNSAFE: load a --checkpoint that holds pickled Python objects with the full "
+                                   "unpickler, which runs any code in the file (default: refused; checkpoints load "
+                                   "weights only)")
+    add_device(mod)
+    add_dtype(mod)
+    mod.add_argument("--exact", action="store_true",
+                     help="float32 in the official order of operations: the official outputs bit for bit on CPU "
+                          "(same thread count), at about the official speed (default: 1.6x the official speed on ViT-S, equal up to rounding)")
+    add_threads(mod, "CPU threads for torch (default: torch's choice, usually the number of cores)")
+    out = p.add_argument_group("outputs")
+    add_save(out, f"comma-separated formats among {', '.join(SAVE_CHOICES)}, or all (default), or none")
+    add_labels(out)
+    out.add_argument("--save-logits", nargs="?", const="", default=None, metavar="FILE.npz",
+                     help="also save the raw low-res logits and scores: to FILE.npz ({video} is replaced by "
+                          "the video name), or without FILE to <video-name>/logits.npz")
+    out.add_argument("--logits-dtype", default="float32", choices=("float32", "float16"),
+                     help="temporary on-disk logits: float32 (default) is exact, float16 halves the disk space")
+    add_overwrite(out, "replace existing results (only folders entitysam wrote, never an input; "
+                       "and an existing --save-logits FILE)")
+    out.add_argument("--skip-existing", action="store_true", help="skip videos whose results are complete")
+    out.add_argument("--wait-lock", action="store_true",
+                     help="when another entitysam run is writing the same result folder, wait for it to finish "
+                          "(default: fail at once, naming its pid)")
+    add_quiet(out, "no progress bars or summaries")
+    onl = p.add_argument_group("online mode (results per frame as the video is read; see README, Online mode)")
+    onl.add_argument("--online", action="store_true",
+                     help="emit each frame's result right after it is processed, using only past and present "
+                          "frames (plus --delay frames of look-ahead); outputs are written as they are produced")
+    onl.add_argument("--delay", type=non_negative_int, default=None, metavar="K",
+                     help="look-ahead: the result of frame t is emitted after frame t+K is processed (default 0)")
+    onl.add_argument("--live", action=argparse.BooleanOptionalAction, default=None,
+                     help="read through a bounded queue that drops the oldest frame when the model falls behind "
+                          "(default: on for stream URLs and devices, off for files and folders)")
+    onl.add_argument("--queue", type=positive_int, default=None, metavar="N",
+                     help="frames buffered between the reader and the model (default 4)")
+    p.set_defaults(func=run)
+
+
+def _check_online_args(args, inputs) -> None:
+    """Online-only options without --online, offline-only ones with it, live inputs offline."""
+    if not args.online:
+        for flag, value in (("--delay", args.delay), ("--live/--no-live", args.live), ("--queue", args.queue)):
+            if value is not None:
+                raise EntitySAMError(f"{flag} needs --online")
+        live = [p for p in inputs if isinstance(p, str)]
+        if live:
+            raise EntitySAMError(f"{live[0]} is a live source: it can only be segmented with --online")
+        return
+    if args.save_logits is not None:
+        raise EntitySAMError("--save-logits is not available with --online (no whole-video logits are kept)")
+    if args.logits_dtype != "float32":
+        raise EntitySAMError("--logits-dtype only applies to the offline merge, not to --online")
+    if args.queue is not None and args.queue < 1:
+        raise EntitySAMError(f"--queue must be >= 1, got {args.queue}")
+
+
+def _check_logits_destination(save_logits: str | None, names: list[str]) -> None:
+    """--save-logits FILE is written after the whole video is tracked: refuse a FILE that can
+    never be written now (a folder, or under a file, or in a folder that cannot be created)."""
+    if not save_logits:
+        return
+    for name in names:
+        path = Path(save_logits.replace("{video}", name))
+        if path.is_dir():
+            raise EntitySAMError(f"--save-logits {path}: is a folder, expected a file name")
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise EntitySAMError(f"--save-logits {path}: {ancestor} is not a folder")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
+
+
+def _check_selects_frames(source) -> None:
+    """Frame folders and images know their frame count: an empty selection is refused before
+    the model is loaded (videos only know an estimate, they fail when read)."""
+    if source.kind in ("folder", "image", "array") and source.count_hint() == 0:
+        raise SourceError(source.empty_message())
+
+
+def run(args) -> int:
+    from ..pipeline.result import check_formats
+    from ..video.sources import FrameSelection
+
+    say = sayer(args.quiet)
+    try:
+        formats = check_formats(args.save)
+        inputs = collect_inputs(args)
+        names = [video_name(p) for p in inputs]
+        seen: dict[str, Path] = {}
+        for path, name in zip(inputs, names):
+            if name in seen:
+                raise SourceError(f"{seen[name]} and {path} would both write to {Path(args.output) / name}: "
+                                  "rename one or run them with different --output")
+            seen[name] = path
+        if args.save_logits and len(inputs) > 1 and "{video}" not in args.save_logits:
+            raise EntitySAMError("--save-logits FILE with several inputs needs {video} in FILE "
+                                 "(or no FILE: each video folder gets logits.npz)")
+        _check_logits_destination(args.save_logits, names)
+        if args.overwrite and args.skip_existing:
+            raise EntitySAMError("--overwrite and --skip-existing exclude each other")
+        _check_online_args(args, inputs)
+        check_output_root(Path(args.output))
+        selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
+        check_model_args(args)
+    except EntitySAMError as err:
+        print_err(str(err))
+        return 2
+
+    out_root = Path(args.output)
+    locks: list = []
+    try:
+        return _segment_all(args, inputs, names, formats, selection, out_root, locks, say)
+    finally:
+        for lock in locks:  # (the OS releases them too if this process is killed)
+            lock.release()
+
+
+def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
+    from ..video.sources import open_source
+    from ..video.writers import (OutputLock, StagedOutput, UnsafeOverwriteError, check_logits_file,
+                                describe_os_error, read_manifest, recover_output)
+
+    local_inputs = [p for p in inputs if isinstance(p, Path)]
+    todo = []
+    failed: list[tuple[str, str]] = []
+    for path, name in zip(inputs, names):
+        final = out_root / name
+        try:  # validate every input and output before loading the model
+            # The lock is held until the run ends: a second run on the same result fails fast
+            # (or waits with --wait-lock) instead of silently replacing this one's result.
+            lock = OutputLock.acquire(final, wait=args.wait_lock, on_wait=say)
+            locks.append(lock)
+            if recovered := recover_output(final):
+                say(f"{name}: {recovered} (a killed run had left it half replaced)")
+            if args.skip_existing and read_manifest(final) is not None:
+                say(f"{name}: skipped, complete results in {final}")
+                continue
+            StagedOutput.check_free(final, args.overwrite, inputs=local_inputs)
+            if args.save_logits:
+                try:
+                    check_logits_file(args.save_logits.replace("{video}", name), overwrite=args.overwrite,
+                                      result_dir=final, inputs=local_inputs)
+                except OutputError as err:  # a FILE argument that cannot be used: a command-line error
+                    raise UnsafeOverwriteError(str(err)) from None
+            source = open_source(path, selection, fps=args.fps, name=name, max_pixels=args.max_pixels)
+            _check_selects_frames(source)
+        except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
+            print_err(f"{name}: {err}")
+            return 2
+        except EntitySAMError as err:
+            failed.append((name, str(err)))
+            print_err(f"{name}: {err}")
+            continue
+        except OSError as err:
+            msg = describe_os_error(err, f"results of {name}")
+            failed.append((name, msg))
+            print_err(f"{name}: {msg}")
+            continue
+        todo.append((source, name))
+    if not todo:
+        if failed and len(inputs) > 1:
+            print_err(f"{len(failed)} of {len(inputs)} videos failed: {', '.join(n for n, _ in failed)}")
+        return 1 if failed else 0
+
+    set_threads(args.threads)
+    try:
+        t0 = time.perf_counter()
+        model = load_model(args, args.model)
+        say(f"model {model.cfg.name} loaded on {next(model.parameters()).device} in {time.perf_counter() - t0:.1f}s")
+    except EntitySAMError as err:  # load_model reports every failure as one
+        print_err(str(err))
+        return 1
+
+    for source, name in todo:
+        try:
+            if args.online:
+                if _stream_one(model, source, name, out_root, formats, args, say, local_inputs) == "interrupted":
+                    return 130
+            else:
+                _segment_one(model, source, name, out_root, formats, args, say, StagedOutput, local_inputs)
+        except KeyboardInterrupt:
+            print_err(f"{name}: interrupted; no result written for it")
+            return 130
+        except EntitySAMError as err:
+            failed.append((name, str(err)))
+            print_err(f"{name}: {err}")
+        except OSError as err:
+            msg = describe_os_error(err, f"results of {name}")
+            failed.append((name, msg))
+            print_err(f"{name}: {msg}")
+        except (RuntimeError, ValueError) as err:  # unexpected failures inside the model or writers
+            failed.append((name, f"{type(err).__name__}: {err}"))
+            print_err(f"{name}: failed: {type(err).__name__}: {err}")
+    if failed:
+        if len(inputs) > 1:
+            print_err(f"{len(failed)} of {len(inputs)} videos failed: {', '.join(n for n, _ in failed)}")
+        return 1
+    return 0
+
+
+def _segment_one(model, source, name: str, out_root: Path, formats, args, say, StagedOutput,
+                 inputs=()) -> None:
+    from ..pipeline.segment import segment
+    from ..video.writers import check_logits_file
+
+    t0 = time.perf_counter()
+    with StagedOutput(out_root / name, overwrite=args.overwrite, inputs=inputs) as staged:
+        if args.save_logits is None:
+            logits_path = None
+        elif args.save_logits == "":
+            logits_path = staged.path / "logits.npz"
+        else:  # checked again: the file may have appeared since the start
+            logits_path = check_logits_file(args.save_logits.replace("{video}", name), overwrite=args.overwrite,
+                                            result_dir=out_root / name, inputs=inputs)
+        result = segment(model, source, dtype=args.dtype, logits_dtype=args.logits_dtype, work_dir=staged.path,
+                         save_logits=logits_path, progress=not args.quiet, exact=args.exact)
+        with result:
+            files = result.write_into(staged.path, formats, labels=args.labels, progress=not args.quiet)
+            manifest = {**result.manifest(), "files": files + (["logits.npz"] if args.save_logits == "" else [])}
+        final = staged.commit(manifest)
+    say(f"{name}: {len(result)} frames, {len(result.entities)} entities -> {final} "
+        f"({time.perf_counter() - t0:.1f}s)")
+
+
+def _stream_one(model, source, name: str, out_root: Path, formats, args, say, inputs=()) -> str:
+    """Online mode for one input; returns the stream's final status. Errors propagate after the
+    outputs of the frames done are finished (their manifest says "failed")."""
+    from ..pipeline.stream import stream
+
+    t0 = time.perf_counter()
+    final = out_root / name
+    s = stream(model, source, delay=args.delay or 0, dtype=args.dtype, live=args.live, queue_size=args.queue or 4,
+               output=final, formats=formats, labels=args.labels, overwrite=args.overwrite, keep_images=False,
+               progress=not args.quiet, exact=args.exact, protect=inputs)
+    try:
+        for _ in s:
+            pass
+    except KeyboardInterrupt:
+        s.mark_interrupted()  # close() below emits the frames already processed and finishes the files
+    except BaseException:
+        s.close()
+        if s.emitted:
+            print_err(f"{name}: the results of the {s.emitted} frames done are in {final} "
+                       "(manifest status \"failed\")")
+        raise
+    s.close()
+    if s.status == "failed":  # the frames were done but their files could not be finished (e.g. disk full)
+        raise OutputError(s.error or f"the results in {final} could not be finished")
+    dropped = f", {s.dropped} dropped" if s.live else ""
+    where = f"-> {final}" if s.emitted else "(nothing written)"
+    per_frame = s.seconds["model"] / s.processed if s.processed else 0.0
+    summary = (f"{s.emitted} frames{dropped}, {len(s.entities)} entities, delay {s.delay} {where} "
+               f"({time.perf_counter() - t0:.1f}s, model {per_frame:.2f}s/frame)")
+    if s.status == "interrupted":
+        print_err(f"{name}: interrupted after {summary}")
+    else:
+        say(f"{name}: {summary}")
+    return s.status

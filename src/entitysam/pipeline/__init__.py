@@ -1,0 +1,7 @@
+"""The pipeline layer: what runs a loaded model over a video.
+
+loading.py  the public EntitySAM and the one model loader (from_pretrained, from_checkpoint)
+segment.py  offline segmentation -> result.py (SegmentationResult, FrameInfo, Entity)
+stream.py   online mode (OnlineStream), reading through live.py, counting in stream_tally.py
+demo.py     `entitysam demo`: a synthetic video segmented and scored
+"""

@@ -1,0 +1,342 @@
+"""What a segmentation gives back: frame and entity records, the disk-backed offline result, the
+per-frame online results, and the output formats they are written in.
+
+`SegmentationResult` keeps its [n, H, W] id maps in a file on disk (`IdMapFile`, uint8 per pixel
+while ids fit), read back frame by frame: nothing held in RAM grows with the video length.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+import weakref
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..argtypes import InvalidArgumentError
+from ..errors import EntitySAMError, OutputError
+from ..video.sources import Frame, FrameSource
+from ..video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
+                             frame_segments)
+from .progress import progress_bar
+
+__all__ = ["FORMATS", "DEFAULT_FORMATS", "FrameInfo", "Entity", "IdMapFile", "SegmentationResult", "OnlineSegment",
+           "OnlineFrame", "check_formats", "model_info"]
+
+FORMATS = ("panoptic", "entities", "overlay")
+DEFAULT_FORMATS = FORMATS
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One processed frame: t = position in the result (0 .. n-1), index = frame index in the
+    source, name = stem of its output files, time = seconds from the start of the source."""
+
+    t: int
+    index: int
+    name: str
+    time: float
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One tracked entity. id: value in the id maps (1, 2, ... in creation order); score: the
+    final video score (mean eIoU + 0.5 mask quality); query_index: the model query behind it;
+    first_frame / last_frame: positions t where it is present; num_frames: frames where it is
+    present; area: pixels summed over all frames."""
+
+    id: int
+    score: float
+    query_index: int
+    first_frame: int | None
+    last_frame: int | None
+    num_frames: int
+    area: int
+
+
+class IdMapFile:
+    """Append-only [n, H, W] id maps on disk (uint8 while ids fit, else uint16)."""
+
+    def __init__(self, path: Path, size: tuple[int, int], max_id: int):
+        self.path = path
+        self.size = size
+        self.dtype = np.dtype(np.uint8 if max_id < 256 else np.uint16 if max_id < 65536 else np.int32)
+        self.count = 0
+        self._f = open(path, "wb")
+
+    def append(self, id_map: np.ndarray) -> None:
+        self._f.write(np.ascontiguousarray(id_map, dtype=self.dtype).tobytes())
+        self.count += 1
+
+    def finish(self) -> None:
+        self._f.close()
+
+    def read(self, t: int) -> np.ndarray:
+        h, w = self.size
+        frame_bytes = h * w * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(t * frame_bytes)
+            data = f.read(frame_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(h, w).astype(np.int32)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        h, w = self.size
+        frame_bytes = h * w * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            for _ in range(self.count):
+                yield np.frombuffer(f.read(frame_bytes), dtype=self.dtype).reshape(h, w).astype(np.int32)
+
+
+
+class SegmentationResult:
+    """The entities of one video. Iterating gives the per-frame id maps ([H, W] int32, 0 = no
+    entity) in order; `items()` pairs them with their FrameInfo; `entities` lists the entities.
+
+    The id maps live in a temporary folder on disk until `close()` (or the end of a `with`
+    block, or garbage collection).
+    """
+
+    def __init__(self, *, name: str, source: FrameSource, size: tuple[int, int], fps: float,
+                 frames: list[FrameInfo], entities: list[Entity], scores: torch.Tensor,
+                 id_maps: IdMapFile, workdir: Path, model_info: dict[str, Any], timings: dict[str, float]):
+        self.name = name
+        self.source = source
+        self.size = size
+        self.fps = fps
+        self.frames = frames
+        self.entities = entities
+        self.scores = scores
+        self.model_info = model_info
+        self.timings = timings
+        self._maps = id_maps
+        self._workdir = workdir
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(workdir), True)
+
+    # -- access
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        self._check_open()
+        return iter(self._maps)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        self._check_open()
+        n = len(self.frames)
+        if t < 0:
+            t += n
+        if not 0 <= t < n:
+            raise IndexError(f"frame {t} out of range (0 .. {n - 1})")
+        return self._maps.read(t)
+
+    def items(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+        self._check_open()
+        return zip(self.frames, self._maps)
+
+    def masks(self, entity_id: int) -> Iterator[tuple[FrameInfo, np.ndarray]]:
+        """(frame, [H, W] bool mask) for every frame, for one entity."""
+        for info, id_map in self.items():
+            yield info, id_map == entity_id
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def _check_open(self) -> None:
+        if not self._finalizer.alive:
+            raise ValueError("the result is closed (its id maps were deleted)")
+
+    def close(self) -> None:
+        """Delete the on-disk id maps."""
+        self._finalizer()
+
+    def __enter__(self) -> "SegmentationResult":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"SegmentationResult({self.name!r}, {len(self.frames)} frames {self.size[1]}x{self.size[0]}, "
+                f"{len(self.entities)} entities)")
+
+    # -- saving
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "format": "entitysam-segment",
+            "format_version": 1,
+            "entitysam_version": __version__,
+            "video": self.name,
+            "input": str(self.source.path) if self.source.path is not None else None,
+            "selection": asdict(self.source.selection),
+            "num_frames": len(self.frames),
+            "size": list(self.size),
+            "fps": self.fps,
+            "entities": len(self.entities),
+            "model": self.model_info,
+            "seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+    def write_into(self, directory: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS,
+                   labels: bool = False, progress: bool = False) -> list[str]:
+        """Write the chosen formats into an existing folder (not atomically; `save` is).
+        Returns the names of the files / folders written."""
+        self._check_open()
+        formats = check_formats(formats)
+        directory = Path(directory)
+        writers: list[Any] = []
+        written: list[str] = []
+        panoptic = entities = overlay = None
+        t0 = time.perf_counter()
+        try:
+            if "panoptic" in formats:
+                panoptic = PanopticWriter(directory / "panoptic", directory / "panoptic.json", self.name)
+                writers.append(panoptic)
+                written += ["panoptic/", "panoptic.json"]
+            if "entities" in formats:
+                entities = EntitiesWriter(directory / "entities.json", self.name)
+                writers.append(entities)
+                written.append("entities.json")
+            if "overlay" in formats:
+                overlay = OverlayWriter(directory / "overlay.mp4", self.fps, labels=labels)
+                writers.append(overlay)
+                written.append("overlay.mp4")
+            images: Iterator[Frame] | None = iter(self.source) if overlay is not None else None
+            bar = progress_bar(progress and bool(writers), len(self.frames), f"{self.name} (writing)")
+            for info, id_map in self.items():
+                segments = frame_segments(id_map, "coco") if (panoptic or entities) else None
+                if panoptic is not None:
+                    panoptic.add(info.t, info, id_map, segments)
+                if entities is not None:
+                    entities.add(info.t, info, id_map, segments)
+                if overlay is not None:
+                    frame = next(images, None)
+                    if frame is None or frame.index != info.index:
+                        raise EntitySAMError(f"{self.source.label}: reading the frames again for overlay.mp4 gave "
+                                             "different frames (did the input change?)")
+                    overlay.add(frame.image, id_map)
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            if panoptic is not None:
+                panoptic.close()
+            if entities is not None:
+                entities.close([{"id": e.id, "score": e.score, "query_index": e.query_index}
+                                for e in self.entities], fps=self.fps)
+            if overlay is not None:
+                overlay.close()
+        except BaseException:
+            for w in writers:
+                with contextlib.suppress(Exception):
+                    w.abort()
+            raise
+        self.timings["write"] = time.perf_counter() - t0
+        return written
+
+    def save(self, directory: str | os.PathLike, formats: Sequence[str] = DEFAULT_FORMATS, *, labels: bool = False,
+             overwrite: bool = False, progress: bool = False, wait_lock: bool = False) -> Path:
+        """Write the chosen formats to `directory` atomically: into a hidden temporary folder
+        beside it, which is renamed into place after `manifest.json` is written. Refuses an
+        existing folder unless `overwrite`, and even then one entitysam did not write or that
+        is, contains or lies inside the input. Another process writing the same folder makes it
+        fail (OutputLockedError), or wait with `wait_lock`. Returns the folder."""
+        formats = check_formats(formats)  # before creating anything
+        inputs = [self.source.path] if self.source.path is not None else []
+        with StagedOutput(directory, overwrite=overwrite, inputs=inputs, wait_lock=wait_lock) as staged:
+            try:
+                files = self.write_into(staged.path, formats, labels=labels, progress=progress)
+            except OSError as err:
+                raise OutputError(describe_os_error(err, str(directory))) from None
+            return staged.commit({**self.manifest(), "files": files})
+
+
+def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
+    """The output formats of a --save list or sequence. An empty list is refused (a mistake such
+    as ``--save ""`` must not give a "complete" result without files); ``none`` says it on purpose."""
+    if isinstance(formats, str):
+        formats = [f.strip() for f in formats.split(",") if f.strip()]
+    elif isinstance(formats, Iterable):
+        formats = list(formats)
+    else:
+        raise InvalidArgumentError(f"formats must be a comma-separated string or a list of names, got {formats!r}")
+    if not formats:
+        raise InvalidArgumentError(f"no output format given: choose from {', '.join(FORMATS)}, all, or none "
+                                   "(only manifest.json)")
+    out = []
+    for f in formats:
+        if not isinstance(f, str):
+            raise InvalidArgumentError(f"unknown output format {f!r}: choose from {', '.join(FORMATS)}, all, none")
+        f = f.strip()
+        if f == "all":
+            out.extend(FORMATS)
+        elif f == "none":
+            continue
+        elif f in FORMATS:
+            out.append(f)
+        else:
+            raise InvalidArgumentError(f"unknown output format {f!r}: choose from {', '.join(FORMATS)}, all, none")
+    return tuple(dict.fromkeys(out))
+
+
+
+@dataclass(frozen=True)
+class OnlineSegment:
+    """One entity in one online frame. score: its running score when the frame was emitted
+    (mean eIoU so far + 0.5 mask quality so far); bbox: [x, y, w, h] (COCO, w = columns)."""
+
+    id: int
+    query_index: int
+    score: float
+    area: int
+    bbox: tuple[int, int, int, int]
+
+
+@dataclass
+class OnlineFrame:
+    """One result of :func:`stream`.
+
+    frame: FrameInfo (t = position among processed frames, index = frame index in the source).
+    id_map: [H, W] int32, 0 = no entity. segments: the entities present, in increasing id.
+    image: the [H, W, 3] uint8 frame (None with ``keep_images=False``).
+    dropped: source frames dropped just before this one (live sources falling behind).
+    lookahead: frames processed after this one before it was emitted (= delay, less at the end).
+    model_seconds: model time of this frame (preprocessing and step; frame 0 includes the three
+    warm-up steps); merge_seconds: online merge time spent emitting it; latency_seconds: from the
+    frame being read from the source to this result (includes the look-ahead wait).
+    """
+
+    frame: FrameInfo
+    id_map: np.ndarray
+    segments: list[OnlineSegment]
+    image: np.ndarray | None
+    dropped: int
+    lookahead: int
+    model_seconds: float
+    merge_seconds: float
+    latency_seconds: float
+
+    @property
+    def t(self) -> int:
+        return self.frame.t
+
+
+
+
+def model_info(model: torch.nn.Module, compute_dtype: torch.dtype, exact: bool = False) -> dict[str, Any]:
+    """The "model" record of a manifest: configuration, dtype, device, exact mode, checkpoint."""
+    info = {"config": model.cfg.name, "dtype": str(compute_dtype).replace("torch.", ""),
+            "device": str(next(model.parameters()).device)}
+    if exact:
+        info["exact"] = True
+    checkpoint = getattr(model, "checkpoint_path", None)  # None for a model not loaded from a file
+    if checkpoint:
+        info["checkpoint"] = str(checkpoint)
+    return info
