@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from _media import scene, tiny_state_dict, write_frames, write_video
 from entitysam import cli
 from entitysam.errors import SourceError
-from entitysam.video.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolderSource, FrameSelection, LiveSource,
+from entitysam.io.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolderSource, FrameSelection, LiveSource,
                                      list_batch_inputs, open_source)
 from entitysam.video.writers import MANIFEST, decode_id_png, render_overlay
 

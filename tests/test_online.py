@@ -25,7 +25,7 @@ from entitysam import EntitySAM, cli
 from entitysam.video.online import FrameQueue, OnlineMerger, read_jsonl
 from entitysam.video.preprocess import preprocess_frame
 from entitysam.video.segment import segment_video
-from entitysam.video.sources import is_live_input, live_source_name, open_source
+from entitysam.io.sources import is_live_input, live_source_name, open_source
 from entitysam.video.writers import decode_id_png
 
 N = 10  # frames of the generated clip

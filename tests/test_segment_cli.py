@@ -18,7 +18,7 @@ from entitysam import EntitySAM, cli
 from entitysam.errors import EntitySAMError
 from entitysam.video.preprocess import preprocess_frame
 from entitysam.video.segment import segment_video
-from entitysam.video.sources import open_source
+from entitysam.io.sources import open_source
 from entitysam.video.writers import MANIFEST, decode_id_png, frame_segments
 
 N_FRAMES = 6

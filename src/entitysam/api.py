@@ -46,7 +46,7 @@ from .modeling.entitysam import EntitySAM
 from .video.prefetch import read_ahead
 from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
-from .video.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
+from .io.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
 from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
                             frame_segments, logits_file, save_logits_npz)
 
@@ -210,7 +210,7 @@ def _open_video(video: Any, selection: FrameSelection, fps: Any, name: str | Non
     """open_source for the API, after checks of what callers get wrong: a missing video, a bad
     frame rate, and a list of frame paths (read as a folder of frames holding exactly those,
     in the given order)."""
-    from .video.sources import FrameFolderSource  # noqa: PLC0415
+    from .io.sources import FrameFolderSource  # noqa: PLC0415
 
     if fps is not None:
         fps = check_positive_float(fps, "fps")

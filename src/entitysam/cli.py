@@ -127,7 +127,7 @@ def _add_download_parser(sub) -> None:
     p.set_defaults(func=cmd_download)
 
 
-DEFAULT_MAX_PIXELS_TEXT = "50M"  # = entitysam.video.sources.DEFAULT_MAX_PIXELS (not imported here: keeps -h fast)
+DEFAULT_MAX_PIXELS_TEXT = "50M"  # = entitysam.io.sources.DEFAULT_MAX_PIXELS (not imported here: keeps -h fast)
 
 
 def _pixel_count(text: str) -> int | None:
@@ -275,7 +275,7 @@ def _written_by_us(entry: Path) -> bool:
         return False
     if _our_manifest(entry):
         return True
-    from .video.sources import IMAGE_EXTENSIONS
+    from .io.sources import IMAGE_EXTENSIONS
 
     try:
         children = [c for c in entry.iterdir() if not c.name.startswith(".")]
@@ -289,7 +289,7 @@ def _written_by_us(entry: Path) -> bool:
 def _batch_inputs(folder: str, out_root: Path) -> list[Path]:
     """The videos of a --batch folder, without the output folder (``segment --batch X -o X/out``)
     and without results of earlier runs: a re-run must not segment its own outputs."""
-    from .video.sources import list_batch_inputs
+    from .io.sources import list_batch_inputs
 
     found = list_batch_inputs(folder)
     keep = [p for p in found if not (_is_inside(out_root, p) or _written_by_us(p))]
@@ -318,7 +318,7 @@ def _from_checkpoint(path, config, device, trust_code: bool):
 
 
 def _collect_inputs(args) -> list:
-    from .video.sources import is_live_input
+    from .io.sources import is_live_input
 
     # Stream URLs stay strings: Path() would fold the "//" of "rtsp://".
     inputs: list = [p if is_live_input(p) else Path(p) for p in args.inputs]
@@ -332,7 +332,7 @@ def _collect_inputs(args) -> list:
 def _video_name(path) -> str:
     """The result folder name of an input, made into one safe path component (a video named
     `..mp4` must not write into the output root, a 250-byte name must fit)."""
-    from .video.sources import live_source_name
+    from .io.sources import live_source_name
     from .video.writers import safe_name
 
     if isinstance(path, str):
@@ -398,7 +398,7 @@ def _check_selects_frames(source) -> None:
 
 def cmd_segment(args) -> int:
     from .api import _check_formats
-    from .video.sources import FrameSelection
+    from .io.sources import FrameSelection
 
     say: Callable[[str], None] = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
@@ -436,7 +436,7 @@ def cmd_segment(args) -> int:
 
 def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
     from .errors import OutputError
-    from .video.sources import open_source
+    from .io.sources import open_source
     from .video.writers import (OutputLock, StagedOutput, UnsafeOverwriteError, check_logits_file,
                                 describe_os_error, read_manifest, recover_output)
 

@@ -584,7 +584,7 @@ def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[s
                  dtype: Any, logits_dtype: str, progress: bool, memory: _PeakMemory,
                  descriptor: dict[str, Any], ordering: str) -> dict[str, Any]:
     from ..api import segment  # noqa: PLC0415
-    from ..video.sources import FrameFolderSource  # noqa: PLC0415
+    from ..io.sources import FrameFolderSource  # noqa: PLC0415
     from ..video.writers import PanopticWriter, frame_segments  # noqa: PLC0415
 
     vid = entry.video_id
