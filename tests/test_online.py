@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from _media import H, W, tiny_state_dict, write_frames, write_video
 from conftest import reference_dir
 from entitysam import EntitySAM, cli
-from entitysam.video.online import FrameQueue, OnlineMerger, read_jsonl
+from entitysam.io.idpng import read_id_png
+from entitysam.io.sources import is_live_input, live_source_name, open_source
+from entitysam.io.stream_files import read_jsonl
+from entitysam.video.online import FrameQueue, OnlineMerger
 from entitysam.video.preprocess import preprocess_frame
 from entitysam.video.segment import segment_video
-from entitysam.io.sources import is_live_input, live_source_name, open_source
-from entitysam.video.writers import decode_id_png
 
 N = 10  # frames of the generated clip
 
@@ -623,7 +624,7 @@ def test_killed_run_loses_at_most_the_frame_in_flight(media, long_clip, tmp_path
     names = [f"{r['name']}.png" for r in records]
     assert pngs[:n] == names and len(pngs) <= n + 1  # + the frame in flight
     for r in records[-2:]:  # complete PNGs that match their records
-        ids = decode_id_png(d / "panoptic" / f"{r['name']}.png")
+        ids = read_id_png(d / "panoptic" / f"{r['name']}.png")
         assert [s["id"] for s in r["segments"]] == sorted(np.unique(ids[ids > 0]).tolist())
     assert n <= overlay_frames(d / "overlay.ts") <= n + 1
 
@@ -682,7 +683,7 @@ def test_cli_end_to_end(media, model, tmp_path, capsys):
     records = list(read_jsonl(d / "entities.jsonl"))
     assert [r["frame"] for r in records] == list(range(N))
     for r, e in zip(records, expected):
-        ids = decode_id_png(d / "panoptic" / f"{r['name']}.png")
+        ids = read_id_png(d / "panoptic" / f"{r['name']}.png")
         np.testing.assert_array_equal(ids, e.id_map)
         assert [(s["id"], s["query_index"], s["area"]) for s in r["segments"]] == \
             [(s.id, s.query_index, s.area) for s in e.segments]

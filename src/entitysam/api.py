@@ -47,8 +47,12 @@ from .video.prefetch import read_ahead
 from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
 from .io.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
-from .video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
-                            frame_segments, logits_file, save_logits_npz)
+from .io.entities import EntitiesWriter
+from .io.logits import logits_file, save_logits_npz
+from .io.overlay import OverlayWriter
+from .io.panoptic import PanopticWriter, frame_segments
+from .io.paths import describe_os_error
+from .io.staging import StagedOutput
 
 __all__ = [
     "FORMATS",
@@ -839,7 +843,8 @@ class OnlineStream:
             self._ready.append((em, elapsed / len(out)))
 
     def _deliver(self, item) -> OnlineFrame:
-        from .video.online import OnlineWriter, deferred_sigint  # noqa: PLC0415
+        from .io.stream_files import OnlineWriter  # noqa: PLC0415
+        from .video.online import deferred_sigint  # noqa: PLC0415
 
         em, merge_s = item
         info, image, drops, model_s, t_read = em.payload
@@ -1017,8 +1022,6 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     :func:`segment`. Returns an :class:`OnlineStream`; its ``with`` block (or ``close()``) stops
     reading and finishes the outputs.
     """
-    from .video.writers import StagedOutput  # noqa: PLC0415
-
     if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
         raise EntitySAMError(f"delay must be a non-negative integer (frames of look-ahead), got {delay!r}")
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:

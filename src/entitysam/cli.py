@@ -333,7 +333,7 @@ def _video_name(path) -> str:
     """The result folder name of an input, made into one safe path component (a video named
     `..mp4` must not write into the output root, a 250-byte name must fit)."""
     from .io.sources import live_source_name
-    from .video.writers import safe_name
+    from .io.paths import safe_name
 
     if isinstance(path, str):
         return safe_name(live_source_name(path))
@@ -437,8 +437,11 @@ def cmd_segment(args) -> int:
 def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
     from .errors import OutputError
     from .io.sources import open_source
-    from .video.writers import (OutputLock, StagedOutput, UnsafeOverwriteError, check_logits_file,
-                                describe_os_error, read_manifest, recover_output)
+    from .io.logits import check_logits_file
+    from .io.manifest import read_manifest
+    from .io.output_lock import OutputLock
+    from .io.paths import UnsafeOverwriteError, describe_os_error
+    from .io.staging import StagedOutput, recover_output
 
     local_inputs = [p for p in inputs if isinstance(p, Path)]
     todo = []
@@ -524,7 +527,7 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
 def _segment_one(model, source, name: str, out_root: Path, formats, args, say, StagedOutput,
                  inputs=()) -> None:
     from .api import segment
-    from .video.writers import check_logits_file
+    from .io.logits import check_logits_file
 
     t0 = time.perf_counter()
     with StagedOutput(out_root / name, overwrite=args.overwrite, inputs=inputs) as staged:

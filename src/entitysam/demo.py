@@ -33,7 +33,8 @@ from . import jsonio
 from .argtypes import InvalidArgumentError, check_int
 from .errors import OutputError
 from .eval.synthetic import DEMO_DEFAULTS, make_demo_video
-from .video.writers import OutputLock, check_not_input
+from .io.output_lock import OutputLock
+from .io.paths import check_not_input
 
 __all__ = ["DemoReport", "check_demo_request", "run_demo", "score_prediction"]
 
