@@ -47,10 +47,9 @@ from .video.prefetch import read_ahead
 from .video.preprocess import preprocess_frame
 from .video.segment import segment_video
 from .io.sources import DEFAULT_MAX_PIXELS, Frame, FrameSelection, FrameSource, open_source
-from .io.entities import EntitiesWriter
 from .io.logits import logits_file, save_logits_npz
-from .io.overlay import OverlayWriter
-from .io.panoptic import PanopticWriter, frame_segments
+from .io.panoptic import frame_segments
+from .io.result_files import write_result_files
 from .io.paths import describe_os_error
 from .io.staging import StagedOutput
 
@@ -406,54 +405,15 @@ class SegmentationResult:
         Returns the names of the files / folders written."""
         self._check_open()
         formats = _check_formats(formats)
-        directory = Path(directory)
-        writers: list[Any] = []
-        written: list[str] = []
-        panoptic = entities = overlay = None
         t0 = time.perf_counter()
-        try:
-            if "panoptic" in formats:
-                panoptic = PanopticWriter(directory / "panoptic", directory / "panoptic.json", self.name)
-                writers.append(panoptic)
-                written += ["panoptic/", "panoptic.json"]
-            if "entities" in formats:
-                entities = EntitiesWriter(directory / "entities.json", self.name)
-                writers.append(entities)
-                written.append("entities.json")
-            if "overlay" in formats:
-                overlay = OverlayWriter(directory / "overlay.mp4", self.fps, labels=labels)
-                writers.append(overlay)
-                written.append("overlay.mp4")
-            images: Iterator[Frame] | None = iter(self.source) if overlay is not None else None
-            bar = _progress_bar(progress and bool(writers), len(self.frames), f"{self.name} (writing)")
-            for info, id_map in self.items():
-                segments = frame_segments(id_map, "coco") if (panoptic or entities) else None
-                if panoptic is not None:
-                    panoptic.add(info.t, info, id_map, segments)
-                if entities is not None:
-                    entities.add(info.t, info, id_map, segments)
-                if overlay is not None:
-                    frame = next(images, None)
-                    if frame is None or frame.index != info.index:
-                        raise EntitySAMError(f"{self.source.label}: reading the frames again for overlay.mp4 gave "
-                                             "different frames (did the input change?)")
-                    overlay.add(frame.image, id_map)
-                if bar is not None:
-                    bar.update(1)
-            if bar is not None:
-                bar.close()
-            if panoptic is not None:
-                panoptic.close()
-            if entities is not None:
-                entities.close([{"id": e.id, "score": e.score, "query_index": e.query_index}
-                                for e in self.entities], fps=self.fps)
-            if overlay is not None:
-                overlay.close()
-        except BaseException:
-            for w in writers:
-                with contextlib.suppress(Exception):
-                    w.abort()
-            raise
+        bar = _progress_bar(progress and bool(formats), len(self.frames), f"{self.name} (writing)")
+        written = write_result_files(
+            directory, formats, name=self.name, fps=self.fps, frames=self.frames, id_maps=self._maps,
+            entities=[{"id": e.id, "score": e.score, "query_index": e.query_index} for e in self.entities],
+            images=self.source if "overlay" in formats else None, labels=labels, source_label=self.source.label,
+            on_frame=None if bar is None else (lambda: bar.update(1)))
+        if bar is not None:
+            bar.close()
         self.timings["write"] = time.perf_counter() - t0
         return written
 
