@@ -7,8 +7,8 @@ Generates ``--frames`` id maps with about ``--entities`` moving entities and ran
 frames, then writes them with :func:`entitysam.io.result_files.write_result_files` (the body of
 ``SegmentationResult.write_into``) once per ``--workers`` value (0: everything on the calling
 thread, the sequential writer; N: N encoding threads plus the overlay thread), into a temporary
-folder, and prints seconds and frames/s per setting (best of ``--repeat``), plus the files'
-agreement with the sequential run (byte for byte). A second table times the id-PNG encoding
+folder, and prints seconds and frames/s per setting (best of ``--repeat``, settings interleaved),
+plus the files' agreement with the sequential run (byte for byte). A second table times the id-PNG encoding
 alone on 1 and 2 threads, which shows whether Pillow's zlib encoder runs in parallel (it
 releases the GIL while compressing).
 """
@@ -132,21 +132,22 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"{args.frames} frames {w}x{h}, {present:.1f} entities per frame on average, formats {','.join(formats)}")
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="entitysam-write-bench-") as tmp:
         root = Path(tmp)
         reference = None
-        for n in workers:
-            best, folder = float("inf"), None
-            for _ in range(args.repeat):
+        best = {n: float("inf") for n in workers}
+        identical = {n: True for n in workers}
+        # settings interleaved, repeat after repeat: a shared machine's load drifts over minutes
+        for _ in range(args.repeat):
+            for n in workers:
                 seconds, folder = run_once(root, f"w{n}", n, maps, images, formats, fps)
-                best = min(best, seconds)
-            files = files_of(folder)
-            if reference is None:
-                reference = files
-            rows.append({"workers": n, "seconds": round(best, 3), "frames_per_s": round(args.frames / best, 2),
-                         "identical_to_first": files == reference})
-            shutil.rmtree(folder, ignore_errors=True)
+                best[n] = min(best[n], seconds)
+                files = files_of(folder)
+                reference = files if reference is None else reference
+                identical[n] &= files == reference
+                shutil.rmtree(folder, ignore_errors=True)
+        rows = [{"workers": n, "seconds": round(best[n], 3), "frames_per_s": round(args.frames / best[n], 2),
+                 "identical_to_first": identical[n]} for n in workers]
     print()
     print(f"{'workers':>8} {'seconds':>9} {'frames/s':>9} {'speed-up':>9}  identical files")
     for r in rows:
