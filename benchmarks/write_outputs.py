@@ -57,7 +57,8 @@ def make_maps(n: int, h: int, w: int, entities: int, seed: int = 0) -> np.ndarra
 def make_images(n: int, h: int, w: int, seed: int = 1) -> np.ndarray:
     """[n, h, w, 3] uint8: smooth gradients plus noise (a camera-like load for the encoder)."""
     rng = np.random.default_rng(seed)
-    base = np.linspace(0, 200, w, dtype=np.float32)[None, :, None] + np.linspace(0, 50, h, dtype=np.float32)[:, None, None]
+    base = (np.linspace(0, 200, w, dtype=np.float32)[None, :, None]
+            + np.linspace(0, 50, h, dtype=np.float32)[:, None, None])
     out = np.empty((n, h, w, 3), np.uint8)
     for t in range(n):
         out[t] = np.clip(base + rng.normal(0, 12, (h, w, 3)) + t, 0, 255).astype(np.uint8)
