@@ -253,6 +253,17 @@ def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, 
     assert (final / "data.txt").read_text() == "next"
 
 
+def test_temporary_journals_of_a_killed_write_are_removed(tmp_path):
+    """A journal write killed before its rename leaves a temporary file: io.atomic's name and the
+    name older versions used are both cleaned by the next run."""
+    parent = tmp_path / "out"
+    _result(parent / "vid", "data")
+    (parent / "..vid.commit.json.tmp-999999999-abc123").write_text("{")
+    (parent / ".vid.commit.json.tmp-999999999").write_text("{")
+    recover_output(parent / "vid")
+    assert sorted(p.name for p in parent.iterdir()) == ["vid"]
+
+
 def test_leftovers_of_older_versions_are_recovered(tmp_path):
     """A run of the previous version killed between its two renames left the old result in
     `.old-` and the complete new one in `.partial-`, and no journal: the new one is moved in."""
