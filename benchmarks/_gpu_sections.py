@@ -546,7 +546,7 @@ def sdpa(ctx: Ctx) -> dict:
                     if ctx.left() < 0:
                         row["skipped"] = "section budget ran out"
                         continue
-                    fn = lambda v=v: F.scaled_dot_product_attention(q, key, v)  # noqa: E731
+                    fn = lambda v=v, q=q, key=key: F.scaled_dot_product_attention(q, key, v)  # noqa: E731
                     try:
                         with warnings.catch_warnings(), sdpa_backend(backend):
                             warnings.simplefilter("ignore")

@@ -1,4 +1,4 @@
-"""Peak memory of reading one large frame: decoding (entitysam.video.sources) + preprocessing
+"""Peak memory of reading one large frame: decoding (entitysam.io.sources) + preprocessing
 (resize to the model's input, normalisation), per megapixel of the frame.
 
     PYTHONPATH=src python3 benchmarks/decode_memory.py [--mp 24] [--video-mp 8.3]
@@ -77,7 +77,7 @@ def make_inputs(folder: Path, mp: float, video_mp: float) -> dict[str, Path]:
 def measure(path: str, tiny: str) -> dict:
     """In this process: peak RSS increase of reading + preprocessing the first frame of `path`."""
     from entitysam.inference.preprocess import preprocess_frame
-    from entitysam.video.sources import open_source
+    from entitysam.io.sources import open_source
 
     for frame in open_source(tiny, max_pixels=None):  # warm-up: libraries loaded, lazy imports done
         preprocess_frame(frame.image, 1024)

@@ -149,7 +149,7 @@ def veq(gt_maps: np.ndarray, pred_maps: np.ndarray) -> float | None:
     """VEQ (percent) of pred against gt as ground truth, None if gt has no segment."""
     from entitysam.eval.panoptic_io import pair_counts
     from entitysam.eval.veq import FrameVEQInput, veq_aggregate, veq_video_stats
-    from entitysam.video.writers import frame_segments
+    from entitysam.io.panoptic import frame_segments
 
     if not gt_maps.any():
         return None

@@ -24,8 +24,9 @@ from entitysam.eval.metrics import evaluate
 from entitysam.eval.synthetic import make_vipseg_dataset
 from entitysam.eval.vipseg import (EvalInputError, IncompleteError, VideoEntry, evaluate_vipseg, load_plan,
                                    parse_shard, shard_videos)
-from entitysam.video import writers
-from entitysam.video.writers import decode_id_png, frame_segments
+from entitysam.io import panoptic
+from entitysam.io.idpng import read_id_png
+from entitysam.io.panoptic import frame_segments
 
 FRAMES = (4, 5, 3)
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
@@ -101,7 +102,7 @@ def test_generated_dataset_has_the_vipseg_layout_and_moving_entities(env):
         assert [im["file_name"] for im in video["images"]] == [f"{s}.png" for s in stems]
         present = []
         for im, frame in zip(video["images"], anno["annotations"]):
-            ids = decode_id_png(ds.gt_dir / vid / im["file_name"])
+            ids = read_id_png(ds.gt_dir / vid / im["file_name"])
             segs = {s["id"]: s for s in frame["segments_info"]}
             assert set(np.unique(ids).tolist()) - {0} == set(segs)
             assert all(segs[i]["area"] == int((ids == i).sum()) for i in segs)
@@ -128,7 +129,7 @@ def test_end_to_end_official_layout_and_metrics(env, reference, tmp_path):
         assert sorted(os.listdir(out / "pan_pred" / vid)) == [f"{s}.png" for s in names]
         assert [f["file_name"] for f in video["annotations"]] == [f"{s}.jpg" for s in names]
         for s, frame in zip(names, video["annotations"]):
-            ids = decode_id_png(out / "pan_pred" / vid / f"{s}.png")
+            ids = read_id_png(out / "pan_pred" / vid / f"{s}.png")
             segs = frame["segments_info"]
             # area > 0 only, creation (= id) order, official bbox (no +1)
             assert [{k: x[k] for k in ("id", "area", "bbox")} for x in segs] == frame_segments(ids, "official")
@@ -138,8 +139,8 @@ def test_end_to_end_official_layout_and_metrics(env, reference, tmp_path):
         assert cli.main(["segment", str(ds.images_dir / vid), "-o", str(seg_out), "--checkpoint",
                          str(d / "tiny.pth"), "--save", "panoptic", "-q"]) == 0
         for s in names:
-            np.testing.assert_array_equal(decode_id_png(seg_out / vid / "panoptic" / f"{s}.png"),
-                                          decode_id_png(out / "pan_pred" / vid / f"{s}.png"))
+            np.testing.assert_array_equal(read_id_png(seg_out / vid / "panoptic" / f"{s}.png"),
+                                          read_id_png(out / "pan_pred" / vid / f"{s}.png"))
     # metrics.json = the metrics of the written predictions
     m = read_json(out / "metrics.json")
     direct = json.loads(json.dumps(evaluate(out, ds.gt_dir, ds.gt_json, workers=1)))
@@ -159,7 +160,7 @@ def test_end_to_end_official_layout_and_metrics(env, reference, tmp_path):
 def test_interrupted_run_resumes_redoing_only_unfinished_videos(env, model, reference, tmp_path, monkeypatch):
     _, ds = env
     out = tmp_path / "out"
-    real_add = writers.PanopticWriter.add
+    real_add = panoptic.PanopticWriter.add
     calls = {"n": 0}
 
     def add_then_interrupt(self, t, frame, id_map, segments=None):
@@ -168,7 +169,7 @@ def test_interrupted_run_resumes_redoing_only_unfinished_videos(env, model, refe
             raise KeyboardInterrupt
         return real_add(self, t, frame, id_map, segments)
 
-    monkeypatch.setattr(writers.PanopticWriter, "add", add_then_interrupt)
+    monkeypatch.setattr(panoptic.PanopticWriter, "add", add_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         evaluate_vipseg(ds.root, out, model=model, workers=1)
     monkeypatch.undo()
@@ -199,13 +200,13 @@ def test_killed_process_resumes(env, reference, tmp_path):
             "--threads", "1", "--workers", "1", "-q"]
     script = (
         "import os, signal, sys\n"
-        "from entitysam.video import writers\n"
-        "real = writers.PanopticWriter.add\n"
+        "from entitysam.io import panoptic\n"
+        "real = panoptic.PanopticWriter.add\n"
         "def add(self, t, frame, id_map, segments=None):\n"
         "    real(self, t, frame, id_map, segments)\n"
         "    if self.video_id == 'vid_001' and t == 2:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "writers.PanopticWriter.add = add\n"
+        "panoptic.PanopticWriter.add = add\n"
         "from entitysam.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n")
     killed = subprocess.run([sys.executable, "-c", script, *args], env={**os.environ, **SUBPROCESS_ENV},

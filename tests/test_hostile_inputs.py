@@ -27,9 +27,11 @@ from _media import scene, tiny_state_dict, write_frames, write_video
 from entitysam import cli
 from entitysam.cli.options import DEFAULT_MAX_PIXELS_TEXT, pixel_count
 from entitysam.errors import SourceError
-from entitysam.video.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolderSource, FrameSelection, LiveSource,
-                                     list_batch_inputs, open_source)
-from entitysam.video.writers import MANIFEST, decode_id_png, render_overlay
+from entitysam.io.idpng import read_id_png
+from entitysam.io.manifest import MANIFEST
+from entitysam.io.overlay import render_overlay
+from entitysam.io.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolderSource, FrameSelection, LiveSource,
+                                  list_batch_inputs, open_source)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -341,7 +343,7 @@ def test_exif_orientation_end_to_end(tmp_path, ckpt):
     assert r.returncode == 0, r.stderr
     d = out / "photos"
     assert json.loads((d / MANIFEST).read_text())["size"] == [64, 48]  # [H, W] as displayed
-    assert decode_id_png(d / "panoptic" / "img0.png").shape == (64, 48)
+    assert read_id_png(d / "panoptic" / "img0.png").shape == (64, 48)
     assert json.loads((d / "entities.json").read_text())["size"] == [64, 48]
     import av
 
@@ -421,7 +423,7 @@ def test_rotated_video_end_to_end(tmp_path, ckpt, online):
     r = run_cli(tmp_path / "phone.mp4", "-o", out, "--checkpoint", ckpt, "-q", *(["--online"] if online else []))
     assert r.returncode == 0, r.stderr
     d = out / "phone"
-    assert decode_id_png(d / "panoptic" / "000000.png").shape == (128, 96)
+    assert read_id_png(d / "panoptic" / "000000.png").shape == (128, 96)
     if not online:  # online mode writes entities.jsonl and overlay.ts instead
         assert json.loads((d / "entities.json").read_text())["size"] == [128, 96]
     with av.open(str(d / ("overlay.ts" if online else "overlay.mp4"))) as c:
@@ -430,7 +432,7 @@ def test_rotated_video_end_to_end(tmp_path, ckpt, online):
         image = frame.to_ndarray(format="rgb24").astype(int)
     # The overlay is the frame as played (a quarter turn counterclockwise) tinted by the id map,
     # not the frame turned the other way.
-    ids = decode_id_png(d / "panoptic" / "000000.png")
+    ids = read_id_png(d / "panoptic" / "000000.png")
     as_played = np.abs(image - render_overlay(np.rot90(stored, 1).copy(), ids)).mean()
     turned_wrong = np.abs(image - render_overlay(np.rot90(stored, -1).copy(), ids)).mean()
     assert as_played < 3 < 10 < turned_wrong

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from entitysam.io.atomic import write_bytes_atomic, write_json_atomic
+from entitysam.io.atomic import atomic_file, write_bytes_atomic, write_json_atomic
 from entitysam.io.idpng import MAX_ID, decode_ids, encode_ids, read_id_png, write_id_png
 
 
@@ -38,3 +38,16 @@ def test_atomic_write_leaves_old_content_and_no_temporary_on_failure(tmp_path):
     write_bytes_atomic(target, b"new")
     assert target.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_atomic_file_streams_then_renames_and_cleans_up_on_error(tmp_path):
+    target = tmp_path / "p.png"
+    with atomic_file(target) as f:
+        write_id_png(f, np.array([[1, 2], [3, 300]]))  # a file object, as online mode writes its PNGs
+        assert not target.exists()  # nothing visible until the block ends
+    assert read_id_png(target).tolist() == [[1, 2], [3, 300]]
+    with pytest.raises(RuntimeError):
+        with atomic_file(tmp_path / "t.txt", "w") as f:
+            f.write("half")
+            raise RuntimeError("killed")
+    assert sorted(os.listdir(tmp_path)) == ["p.png"]

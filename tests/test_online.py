@@ -28,9 +28,9 @@ from entitysam.inference.online_merge import OnlineMerger
 from entitysam.inference.preprocess import preprocess_frame
 from entitysam.inference.video import segment_video
 from entitysam.pipeline.live import FrameQueue
-from entitysam.video.online import read_jsonl
-from entitysam.video.sources import is_live_input, live_source_name, open_source
-from entitysam.video.writers import decode_id_png
+from entitysam.io.idpng import read_id_png
+from entitysam.io.sources import is_live_input, live_source_name, open_source
+from entitysam.io.stream_files import read_jsonl
 
 N = 10  # frames of the generated clip
 
@@ -654,7 +654,7 @@ def test_killed_run_loses_at_most_the_frame_in_flight(media, long_clip, tmp_path
     names = [f"{r['name']}.png" for r in records]
     assert pngs[:n] == names and len(pngs) <= n + 1  # + the frame in flight
     for r in records[-2:]:  # complete PNGs that match their records
-        ids = decode_id_png(d / "panoptic" / f"{r['name']}.png")
+        ids = read_id_png(d / "panoptic" / f"{r['name']}.png")
         assert [s["id"] for s in r["segments"]] == sorted(np.unique(ids[ids > 0]).tolist())
     assert n <= overlay_frames(d / "overlay.ts") <= n + 1
 
@@ -713,7 +713,7 @@ def test_cli_end_to_end(media, model, tmp_path, capsys):
     records = list(read_jsonl(d / "entities.jsonl"))
     assert [r["frame"] for r in records] == list(range(N))
     for r, e in zip(records, expected):
-        ids = decode_id_png(d / "panoptic" / f"{r['name']}.png")
+        ids = read_id_png(d / "panoptic" / f"{r['name']}.png")
         np.testing.assert_array_equal(ids, e.id_map)
         assert [(s["id"], s["query_index"], s["area"]) for s in r["segments"]] == \
             [(s.id, s.query_index, s.area) for s in e.segments]

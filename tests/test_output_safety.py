@@ -20,9 +20,11 @@ from PIL import Image
 from _media import scene, tiny_state_dict, write_frames, write_video
 from entitysam import cli
 from entitysam.hub import bundled_checkpoint_path
-from entitysam.video import writers
-from entitysam.video.writers import (MANIFEST, OutputLock, OutputLockedError, StagedOutput, UnsafeOverwriteError,
-                                     read_manifest, recover_output, safe_name)
+from entitysam.io import paths, staging
+from entitysam.io.manifest import MANIFEST, read_manifest
+from entitysam.io.output_lock import OutputLock, OutputLockedError
+from entitysam.io.paths import UnsafeOverwriteError, safe_name
+from entitysam.io.staging import StagedOutput, recover_output
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -62,7 +64,7 @@ def test_safe_name(raw, expected):
 def test_safe_name_bounds_bytes_and_keeps_long_names_distinct():
     a, b = "é" * 200 + "a", "é" * 200 + "b"
     sa, sb = safe_name(a), safe_name(b)
-    assert len(sa.encode()) <= writers.MAX_NAME_BYTES and len(sb.encode()) <= writers.MAX_NAME_BYTES
+    assert len(sa.encode()) <= paths.MAX_NAME_BYTES and len(sb.encode()) <= paths.MAX_NAME_BYTES
     assert sa != sb and sa.startswith("é" * 50)
 
 
@@ -80,7 +82,7 @@ def test_250_byte_name_works_and_leaves_no_empty_folder(tmp_path, ckpt):
     out = tmp_path / "out"
     assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
     [result] = list(out.iterdir())
-    assert len(result.name.encode()) <= writers.MAX_NAME_BYTES and read_manifest(result) is not None
+    assert len(result.name.encode()) <= paths.MAX_NAME_BYTES and read_manifest(result) is not None
 
 
 def test_inputs_that_sanitise_to_one_name_are_refused(tmp_path, ckpt, capsys):
@@ -202,7 +204,7 @@ KILL_POINTS = ["journal-before", "journal-after", "rename-1", "rename-2", "journ
 def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, point):
     final = tmp_path / "out" / "vid"
     _result(final, "old")
-    real_rename, real_journal, real_rmtree = os.rename, writers._write_journal, writers.shutil.rmtree
+    real_rename, real_journal, real_rmtree = os.rename, staging._write_journal, staging.shutil.rmtree
     renames = []
 
     def rename(a, b):
@@ -228,10 +230,10 @@ def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, 
             raise Kill
         real_rmtree(path, *a, **k)
 
-    monkeypatch.setattr(writers.os, "rename", rename)
-    monkeypatch.setattr(writers, "_write_journal", journal)
-    monkeypatch.setattr(writers, "_fsync_dir", fsync_dir)
-    monkeypatch.setattr(writers.shutil, "rmtree", rmtree)
+    monkeypatch.setattr(staging.os, "rename", rename)
+    monkeypatch.setattr(staging, "_write_journal", journal)
+    monkeypatch.setattr(staging, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(staging.shutil, "rmtree", rmtree)
     # a kill runs no clean-up: only the OS lock goes (with the process)
     monkeypatch.setattr(StagedOutput, "_roll_back", lambda self, old: self._lock.release())
     staged = StagedOutput(final, overwrite=True)
@@ -239,7 +241,7 @@ def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, 
     with pytest.raises(Kill):
         staged.commit({"video": "vid"})
     monkeypatch.undo()
-    writers._ACTIVE_STAGING.clear()  # the killed process's memory is gone too
+    staging._ACTIVE_STAGING.clear()  # the killed process's memory is gone too
     visible = (final / "data.txt").read_text() if final.is_dir() else None
     assert visible in ("old", "new", None)
     recover_output(final)
@@ -249,6 +251,17 @@ def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, 
     assert sorted(p.name for p in final.parent.iterdir()) == ["vid"]  # no journal, staging or old left
     _result(final, "next")  # and the next run works normally
     assert (final / "data.txt").read_text() == "next"
+
+
+def test_temporary_journals_of_a_killed_write_are_removed(tmp_path):
+    """A journal write killed before its rename leaves a temporary file: io.atomic's name and the
+    name older versions used are both cleaned by the next run."""
+    parent = tmp_path / "out"
+    _result(parent / "vid", "data")
+    (parent / "..vid.commit.json.tmp-999999999-abc123").write_text("{")
+    (parent / ".vid.commit.json.tmp-999999999").write_text("{")
+    recover_output(parent / "vid")
+    assert sorted(p.name for p in parent.iterdir()) == ["vid"]
 
 
 def test_leftovers_of_older_versions_are_recovered(tmp_path):
@@ -274,7 +287,7 @@ def test_cli_recovers_a_killed_replacement_before_running(tmp_path, ckpt, capsys
     assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
     # killed between the renames: result missing, journal + old + complete new left
     (out / "still").rename(out / ".still.partial-999999999-aaaa")
-    writers._write_journal(out / ".still.commit.json", {"old": ".still.old-999999999-bbbb",
+    staging._write_journal(out / ".still.commit.json", {"old": ".still.old-999999999-bbbb",
                                                          "new": ".still.partial-999999999-aaaa"})
     assert run(image, "-o", out, "--checkpoint", ckpt, "--skip-existing") == 0
     err = capsys.readouterr().err
@@ -286,7 +299,7 @@ def test_cli_recovers_a_killed_replacement_before_running(tmp_path, ckpt, capsys
 
 HOLDER = """
 import sys
-from entitysam.video.writers import OutputLock
+from entitysam.io.output_lock import OutputLock
 lock = OutputLock.acquire(sys.argv[1])
 print("locked", flush=True)
 sys.stdin.read()  # hold until the test closes stdin (or kills us)

@@ -18,8 +18,10 @@ from entitysam import EntitySAM, cli
 from entitysam.errors import EntitySAMError
 from entitysam.inference.preprocess import preprocess_frame
 from entitysam.inference.video import segment_video
-from entitysam.video.sources import open_source
-from entitysam.video.writers import MANIFEST, decode_id_png, frame_segments
+from entitysam.io.idpng import read_id_png
+from entitysam.io.manifest import MANIFEST
+from entitysam.io.panoptic import frame_segments
+from entitysam.io.sources import open_source
 
 N_FRAMES = 6
 
@@ -58,7 +60,7 @@ def listing(path):
 
 
 def read_pngs(folder, names):
-    return np.stack([decode_id_png(folder / f"{n}.png") for n in names])
+    return np.stack([read_id_png(folder / f"{n}.png") for n in names])
 
 
 def test_video_end_to_end_every_format(media, reference, tmp_path, capsys):
@@ -152,7 +154,7 @@ def test_existing_results_refused_skipped_overwritten(media, tmp_path, capsys):
 
 
 def test_failure_while_writing_leaves_nothing(media, tmp_path, monkeypatch, capsys):
-    from entitysam.video import writers
+    from entitysam.io import overlay
 
     calls = []
 
@@ -160,7 +162,7 @@ def test_failure_while_writing_leaves_nothing(media, tmp_path, monkeypatch, caps
         calls.append(1)
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(writers.OverlayWriter, "add", broken_add)
+    monkeypatch.setattr(overlay.OverlayWriter, "add", broken_add)
     out = tmp_path / "out"
     assert run(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q") == 1
     assert calls and "still: failed: RuntimeError: encoder exploded" in capsys.readouterr().err
@@ -168,12 +170,12 @@ def test_failure_while_writing_leaves_nothing(media, tmp_path, monkeypatch, caps
 
 
 def test_disk_full_message(media, tmp_path, monkeypatch, capsys):
-    from entitysam.video import writers
+    from entitysam.io import idpng
 
     def full(path, id_map):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(writers, "write_id_png", full)
+    monkeypatch.setattr(idpng, "write_id_png", full)
     out = tmp_path / "out"
     assert run(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q") == 1
     err = capsys.readouterr().err

@@ -10,8 +10,8 @@ from PIL import Image
 
 from _media import FPS, H, W, scene, write_frames, write_video
 from entitysam.errors import SourceError
-from entitysam.video.sources import (ArraySource, FrameSelection, list_batch_inputs, natural_key, open_source,
-                                     parse_position)
+from entitysam.io.sources import (ArraySource, FrameSelection, list_batch_inputs, natural_key, open_source,
+                                  parse_position)
 
 
 @pytest.fixture(scope="module")

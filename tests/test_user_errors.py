@@ -376,9 +376,9 @@ def test_strict_json_helper():
 def disk_full_from(monkeypatch, frame, *, stays_full):
     """The disk fills up when `frame` is written: that write fails with ENOSPC, and with
     `stays_full` every later new file does too (panoptic.json, the manifest's temporary file)."""
-    from entitysam.video import online
+    from entitysam.io import stream_files
 
-    add = online.OnlineWriter.add
+    add = stream_files.OnlineWriter.add
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -386,12 +386,12 @@ def disk_full_from(monkeypatch, frame, *, stays_full):
     def add_until_full(self, t, *args, **kwargs):
         if t >= frame:
             if stays_full:
-                monkeypatch.setattr(online, "_write_atomic", full)
-                monkeypatch.setattr(online.OnlineWriter, "_write_panoptic_json", full)
+                monkeypatch.setattr(stream_files, "write_bytes_atomic", full)
+                monkeypatch.setattr(stream_files.OnlineWriter, "_write_panoptic_json", full)
             full()
         return add(self, t, *args, **kwargs)
 
-    monkeypatch.setattr(online.OnlineWriter, "add", add_until_full)
+    monkeypatch.setattr(stream_files.OnlineWriter, "add", add_until_full)
 
 
 @pytest.mark.parametrize("stays_full", [False, True], ids=["frees-up", "stays-full"])
@@ -409,12 +409,12 @@ def test_online_disk_full_manifest_says_failed(media, tmp_path, monkeypatch, cap
 
 
 def test_online_disk_full_while_finishing(media, tmp_path, monkeypatch, capsys):
-    from entitysam.video import online
+    from entitysam.io import stream_files
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(online.OnlineWriter, "_write_panoptic_json", full)
+    monkeypatch.setattr(stream_files.OnlineWriter, "_write_panoptic_json", full)
     rc = cli.main(["segment", str(media / "clip.mp4"), "-o", str(tmp_path), "--checkpoint", str(media / "tiny.pth"),
                    "--online", "-q"])
     assert rc == 1
@@ -450,7 +450,7 @@ def test_online_failure_without_close_finishes_the_outputs(media, model, tmp_pat
 def test_online_non_finite_score_gives_a_valid_failed_manifest(tmp_path):
     from types import SimpleNamespace
 
-    from entitysam.video.online import OnlineWriter
+    from entitysam.io.stream_files import OnlineWriter
 
     writer = OnlineWriter(tmp_path / "o", video="v", formats=("panoptic",), fps=10.0)
     frame = SimpleNamespace(name="000000", index=0, time=0.0)

@@ -14,9 +14,13 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_utils
 
 from entitysam.errors import OutputError
-from entitysam.video.writers import (MANIFEST, EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput,
-                                     decode_id_png, encode_id_png, entity_color, frame_segments, read_manifest,
-                                     save_logits_npz, write_id_png)
+from entitysam.io.entities import EntitiesWriter
+from entitysam.io.idpng import decode_ids, encode_ids, read_id_png, write_id_png
+from entitysam.io.logits import save_logits_npz
+from entitysam.io.manifest import MANIFEST, read_manifest
+from entitysam.io.overlay import OverlayWriter, entity_color
+from entitysam.io.panoptic import PanopticWriter, frame_segments
+from entitysam.io.staging import StagedOutput
 
 
 def synthetic_maps(n=5, h=37, w=51, seed=0):
@@ -50,18 +54,18 @@ def frames_meta(n):
 @settings(max_examples=30, deadline=None)
 def test_id_png_encoding_roundtrip(ids):
     arr = np.array(ids, dtype=np.int64).reshape(1, -1)
-    rgb = encode_id_png(arr)
+    rgb = encode_ids(arr)
     assert rgb.dtype == np.uint8
     rgb = rgb.astype(np.int64)
     np.testing.assert_array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], arr)
-    np.testing.assert_array_equal(decode_id_png(encode_id_png(arr)), arr)
+    np.testing.assert_array_equal(decode_ids(encode_ids(arr)), arr)
 
 
 def test_id_png_file_roundtrip(tmp_path):
     m = synthetic_maps()[1].copy()
     m[0, 0] = 70000
     write_id_png(tmp_path / "a.png", m)
-    np.testing.assert_array_equal(decode_id_png(tmp_path / "a.png"), m)
+    np.testing.assert_array_equal(read_id_png(tmp_path / "a.png"), m)
 
 
 def test_frame_segments_both_bbox_conventions():
@@ -87,7 +91,7 @@ def test_panoptic_and_entities_read_back(tmp_path):
     (video,) = doc["annotations"]
     assert video["video_id"] == "vid" and len(video["annotations"]) == len(maps)
     for t, (entry, m, f) in enumerate(zip(video["annotations"], maps, meta)):
-        png = decode_id_png(tmp_path / "panoptic" / entry["file_name"])
+        png = read_id_png(tmp_path / "panoptic" / entry["file_name"])
         np.testing.assert_array_equal(png, m)
         assert entry["image_id"] == f.name and entry["frame"] == t and entry["source_frame"] == f.index
         assert [{k: s[k] for k in ("id", "area", "bbox")} for s in entry["segments_info"]] == brute_segments(png)

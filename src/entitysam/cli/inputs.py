@@ -39,7 +39,7 @@ def written_by_entitysam_run(entry: Path) -> bool:
         return False
     if _our_manifest(entry):
         return True
-    from ..video.sources import IMAGE_EXTENSIONS
+    from ..io.sources import IMAGE_EXTENSIONS
 
     try:
         children = [c for c in entry.iterdir() if not c.name.startswith(".")]
@@ -53,7 +53,7 @@ def written_by_entitysam_run(entry: Path) -> bool:
 def batch_inputs(folder: str, out_root: Path) -> list[Path]:
     """The videos of a --batch folder, without the output folder (``segment --batch X -o X/out``)
     and without results of earlier runs: a re-run must not segment its own outputs."""
-    from ..video.sources import list_batch_inputs
+    from ..io.sources import list_batch_inputs
 
     found = list_batch_inputs(folder)
     keep = [p for p in found if not (is_inside(out_root, p) or written_by_entitysam_run(p))]
@@ -64,7 +64,7 @@ def batch_inputs(folder: str, out_root: Path) -> list[Path]:
 
 
 def collect_inputs(args) -> list:
-    from ..video.sources import is_live_input
+    from ..io.sources import is_live_input
 
     # Stream URLs stay strings: Path() would fold the "//" of "rtsp://".
     inputs: list = [p if is_live_input(p) else Path(p) for p in args.inputs]
@@ -78,8 +78,8 @@ def collect_inputs(args) -> list:
 def video_name(path) -> str:
     """The result folder name of an input, made into one safe path component (a video named
     `..mp4` must not write into the output root, a 250-byte name must fit)."""
-    from ..video.sources import live_source_name
-    from ..video.writers import safe_name
+    from ..io.sources import live_source_name
+    from ..io.paths import safe_name
 
     if isinstance(path, str):
         return safe_name(live_source_name(path))

@@ -19,7 +19,7 @@ from ..errors import EntitySAMError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SAVE_CHOICES = ("panoptic", "entities", "overlay")
-DEFAULT_MAX_PIXELS_TEXT = "50M"  # = entitysam.video.sources.DEFAULT_MAX_PIXELS (not imported here: keeps -h fast)
+DEFAULT_MAX_PIXELS_TEXT = "50M"  # = entitysam.io.sources.DEFAULT_MAX_PIXELS (not imported here: keeps -h fast)
 TRUST_FLAG = "--trust-checkpoint-code"
 
 

@@ -130,7 +130,7 @@ def _check_selects_frames(source) -> None:
 
 def run(args) -> int:
     from ..pipeline.result import check_formats
-    from ..video.sources import FrameSelection
+    from ..io.sources import FrameSelection
 
     say = sayer(args.quiet)
     try:
@@ -167,9 +167,12 @@ def run(args) -> int:
 
 
 def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
-    from ..video.sources import open_source
-    from ..video.writers import (OutputLock, StagedOutput, UnsafeOverwriteError, check_logits_file,
-                                describe_os_error, read_manifest, recover_output)
+    from ..io.sources import open_source
+    from ..io.output_lock import OutputLock
+    from ..io.staging import StagedOutput, recover_output
+    from ..io.paths import UnsafeOverwriteError, describe_os_error
+    from ..io.logits import check_logits_file
+    from ..io.manifest import read_manifest
 
     local_inputs = [p for p in inputs if isinstance(p, Path)]
     todo = []
@@ -252,7 +255,7 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
 def _segment_one(model, source, name: str, out_root: Path, formats, args, say, StagedOutput,
                  inputs=()) -> None:
     from ..pipeline.segment import segment
-    from ..video.writers import check_logits_file
+    from ..io.logits import check_logits_file
 
     t0 = time.perf_counter()
     with StagedOutput(out_root / name, overwrite=args.overwrite, inputs=inputs) as staged:

@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import jsonio
 from ..argtypes import check_int, positive_float, positive_int
 from ..errors import EntitySAMError, OutputError
-from ..video.writers import pid_alive
+from ..io.output_lock import pid_alive
 
 __all__ = [
     "EvalInputError",
@@ -462,7 +462,7 @@ class EvalOutput:
             for d in (self.pan_pred, self.parts, self.logs):
                 d.mkdir(exist_ok=True)
         except OSError as err:
-            from ..video.writers import describe_os_error  # noqa: PLC0415
+            from ..io.paths import describe_os_error  # noqa: PLC0415
 
             raise OutputError(describe_os_error(err, "the output folder")) from None
 
@@ -584,8 +584,8 @@ def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[s
                  dtype: Any, logits_dtype: str, progress: bool, memory: _PeakMemory,
                  descriptor: dict[str, Any], ordering: str) -> dict[str, Any]:
     from ..pipeline.segment import segment  # noqa: PLC0415
-    from ..video.sources import FrameFolderSource  # noqa: PLC0415
-    from ..video.writers import PanopticWriter, frame_segments  # noqa: PLC0415
+    from ..io.sources import FrameFolderSource  # noqa: PLC0415
+    from ..io.panoptic import PanopticWriter, frame_segments  # noqa: PLC0415
 
     vid = entry.video_id
     folder = plan.images_dir / vid
@@ -644,7 +644,7 @@ def merge_outputs(plan: VIPSegPlan, output: PathLike) -> dict[str, Any]:
     """Assemble ``pred.json`` and ``log.json`` from the parts of every video of the plan.
     Raises :class:`IncompleteError` naming the videos without complete predictions, and
     :class:`EvalInputError` if the parts come from different models. Returns the log."""
-    from ..video.writers import CATEGORIES  # noqa: PLC0415
+    from ..io.panoptic import CATEGORIES  # noqa: PLC0415
 
     out = EvalOutput(output)
     missing, parts = _complete_models(out, plan)
@@ -782,7 +782,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 raise
             except (EntitySAMError, OSError, RuntimeError, ValueError, KeyError) as err:
                 if isinstance(err, OSError):
-                    from ..video.writers import describe_os_error  # noqa: PLC0415
+                    from ..io.paths import describe_os_error  # noqa: PLC0415
 
                     msg = describe_os_error(err, f"predictions of {v.video_id}")
                 else:

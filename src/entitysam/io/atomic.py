@@ -12,7 +12,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from .. import jsonio
 
@@ -31,12 +31,16 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> None:
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = False) -> Iterator[IO]:
+    """A file object to write `path` through: the data goes to a hidden temporary file beside it,
+    renamed over `path` when the block ends without an error (removed when it raises).
+    mode: "wb" or "w" (UTF-8 text)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
@@ -47,6 +51,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = 
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> None:
+    with atomic_file(path, "wb", durable=durable) as f:
+        f.write(data)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:

@@ -34,8 +34,9 @@ from ..argtypes import InvalidArgumentError, check_int
 from ..errors import OutputError
 from ..eval.metrics import format_table
 from ..eval.synthetic import DEMO_DEFAULTS, make_demo_video
+from ..io.output_lock import OutputLock
+from ..io.paths import check_not_input
 from ..jsonio import jsonable
-from ..video.writers import OutputLock, check_not_input
 from .loading import from_pretrained
 from .result import check_formats
 from .segment import segment

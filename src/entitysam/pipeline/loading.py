@@ -28,7 +28,7 @@ from ..config import CONFIGS
 from ..errors import EntitySAMError, ModelLoadError
 from ..hub import resolve_checkpoint
 from ..modeling import entitysam as modeling
-from ..video.sources import DEFAULT_MAX_PIXELS
+from ..io.sources import DEFAULT_MAX_PIXELS
 from . import segment as offline
 from . import stream as online
 from .result import DEFAULT_FORMATS, SegmentationResult

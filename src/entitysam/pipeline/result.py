@@ -7,7 +7,6 @@ while ids fit), read back frame by frame: nothing held in RAM grows with the vid
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -21,10 +20,11 @@ import torch
 
 from .. import __version__
 from ..argtypes import InvalidArgumentError
-from ..errors import EntitySAMError, OutputError
-from ..video.sources import Frame, FrameSource
-from ..video.writers import (EntitiesWriter, OverlayWriter, PanopticWriter, StagedOutput, describe_os_error,
-                             frame_segments)
+from ..errors import OutputError
+from ..io.sources import FrameSource
+from ..io.result_files import write_result_files
+from ..io.staging import StagedOutput
+from ..io.paths import describe_os_error
 from .progress import progress_bar
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "FrameInfo", "Entity", "IdMapFile", "SegmentationResult", "OnlineSegment",
@@ -190,54 +190,17 @@ class SegmentationResult:
         Returns the names of the files / folders written."""
         self._check_open()
         formats = check_formats(formats)
-        directory = Path(directory)
-        writers: list[Any] = []
-        written: list[str] = []
-        panoptic = entities = overlay = None
         t0 = time.perf_counter()
+        bar = progress_bar(progress and bool(formats), len(self.frames), f"{self.name} (writing)")
         try:
-            if "panoptic" in formats:
-                panoptic = PanopticWriter(directory / "panoptic", directory / "panoptic.json", self.name)
-                writers.append(panoptic)
-                written += ["panoptic/", "panoptic.json"]
-            if "entities" in formats:
-                entities = EntitiesWriter(directory / "entities.json", self.name)
-                writers.append(entities)
-                written.append("entities.json")
-            if "overlay" in formats:
-                overlay = OverlayWriter(directory / "overlay.mp4", self.fps, labels=labels)
-                writers.append(overlay)
-                written.append("overlay.mp4")
-            images: Iterator[Frame] | None = iter(self.source) if overlay is not None else None
-            bar = progress_bar(progress and bool(writers), len(self.frames), f"{self.name} (writing)")
-            for info, id_map in self.items():
-                segments = frame_segments(id_map, "coco") if (panoptic or entities) else None
-                if panoptic is not None:
-                    panoptic.add(info.t, info, id_map, segments)
-                if entities is not None:
-                    entities.add(info.t, info, id_map, segments)
-                if overlay is not None:
-                    frame = next(images, None)
-                    if frame is None or frame.index != info.index:
-                        raise EntitySAMError(f"{self.source.label}: reading the frames again for overlay.mp4 gave "
-                                             "different frames (did the input change?)")
-                    overlay.add(frame.image, id_map)
-                if bar is not None:
-                    bar.update(1)
+            written = write_result_files(
+                directory, formats, name=self.name, fps=self.fps, frames=self.frames, id_maps=self._maps,
+                entities=[{"id": e.id, "score": e.score, "query_index": e.query_index} for e in self.entities],
+                images=self.source if "overlay" in formats else None, labels=labels, source_label=self.source.label,
+                on_frame=None if bar is None else (lambda: bar.update(1)))
+        finally:
             if bar is not None:
                 bar.close()
-            if panoptic is not None:
-                panoptic.close()
-            if entities is not None:
-                entities.close([{"id": e.id, "score": e.score, "query_index": e.query_index}
-                                for e in self.entities], fps=self.fps)
-            if overlay is not None:
-                overlay.close()
-        except BaseException:
-            for w in writers:
-                with contextlib.suppress(Exception):
-                    w.abort()
-            raise
         self.timings["write"] = time.perf_counter() - t0
         return written
 

@@ -27,8 +27,8 @@ from ..modeling.entitysam import EntitySAM
 from ..inference.prefetch import read_ahead
 from ..inference.preprocess import preprocess_frame
 from ..inference.video import segment_video
-from ..video.sources import DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, open_source
-from ..video.writers import logits_file, save_logits_npz
+from ..io.sources import DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, open_source
+from ..io.logits import logits_file, save_logits_npz
 from .progress import progress_bar
 from .result import Entity, FrameInfo, IdMapFile, SegmentationResult, model_info
 

@@ -30,9 +30,11 @@ from ..inference.precision import check_exact, resolve_dtype
 from ..errors import EntitySAMError, OutputError
 from ..modeling.entitysam import EntitySAM
 from ..inference.online_merge import Emitted
-from ..video.online import OnlineWriter
-from ..video.sources import DEFAULT_MAX_PIXELS, FrameSelection, FrameSource
-from ..video.writers import StagedOutput, describe_os_error, frame_segments
+from ..io.stream_files import OnlineWriter
+from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection, FrameSource
+from ..io.staging import StagedOutput
+from ..io.paths import describe_os_error
+from ..io.panoptic import frame_segments
 from .live import FrameReader, deferred_sigint
 from .online_tracking import OnlineTracking
 from .result import DEFAULT_FORMATS, Entity, FrameInfo, OnlineFrame, OnlineSegment, check_formats, model_info

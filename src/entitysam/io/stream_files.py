@@ -1,5 +1,6 @@
-"""Online mode: live-source reading (FrameQueue, FrameReader), Ctrl-C deferral and streamed outputs
-(OnlineWriter). The online merge itself is :mod:`entitysam.inference.online_merge`.
+"""The files of online mode, written frame by frame as a stream is processed (see the README,
+"Online mode"): ``panoptic/<frame>.png``, ``entities.jsonl``, ``overlay.ts``, ``panoptic.json``
+and ``manifest.json``, each in a state a killed process leaves readable.
 """
 
 from __future__ import annotations
@@ -10,43 +11,28 @@ import os
 import secrets
 import shutil
 import time
-from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .. import jsonio
 from ..errors import OutputError
+from . import idpng
+from .atomic import atomic_file, write_bytes_atomic
+from .entities import segment_rles
+from .manifest import MANIFEST
+from .output_lock import OutputLock
+from .overlay import OverlayWriter
+from .panoptic import PanopticWriter, panoptic_json_head, panoptic_json_tail
+from .paths import describe_os_error
+from .staging import StagedOutput, recover_output
 
-__all__ = [
-    "OnlineWriter",
-    "read_jsonl",
-]
-
-
-# ----------------------------------------------------------------------------- outputs
-
+__all__ = ["JSONL", "OVERLAY", "OnlineWriter", "read_jsonl"]
 
 JSONL = "entities.jsonl"
 OVERLAY = "overlay.ts"
-MANIFEST = "manifest.json"
-
-
-def _dumps(obj: Any) -> str:
-    return jsonio.dumps(obj, compact=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _overwrite_in_place(path: Path, data: bytes) -> None:
@@ -68,75 +54,6 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
 
 
-class _StreamOverlay:
-    """overlay.ts: H.264 in MPEG-TS, written so that a killed process loses no finished frame.
-
-    MPEG-TS has no index to finalise and its muxer writes each packet as it comes; with
-    ``flush_packets`` and x264's zero-latency tuning (no look-ahead, no B-frames) a frame is on
-    disk when :meth:`add` returns. (Fragmented MP4 and Matroska were measured to hold the last
-    frame back until the next one arrives.) Timestamps follow the frames' source times when
-    ``timestamps`` is set (live sources: dropped frames leave gaps, so the video plays in real
-    time), else one frame period apart.
-    """
-
-    def __init__(self, path: Path, fps: float, labels: bool, timestamps: bool):
-        import av  # noqa: PLC0415 - optional dependency
-
-        self._av = av
-        self.path = path
-        self.labels = labels
-        self.timestamps = timestamps
-        self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
-        self._container = av.open(str(path), mode="w", format="mpegts", container_options={"flush_packets": "1"})
-        self._stream = None
-        self._last_pts = -1
-        self.num_frames = 0
-
-    def _open_stream(self, h: int, w: int) -> None:
-        codec = "libx264" if "libx264" in self._av.codecs_available else "mpeg4"
-        stream = self._container.add_stream(codec, rate=self.rate)
-        stream.width, stream.height = w + (w % 2), h + (h % 2)
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = 1 / self.rate
-        if codec == "libx264":
-            stream.options = {"crf": "20", "preset": "veryfast", "tune": "zerolatency"}
-        self._stream = stream
-
-    def add(self, image: np.ndarray, id_map: np.ndarray, time_s: float) -> None:
-        from PIL import Image  # noqa: PLC0415
-
-        from .writers import render_overlay  # noqa: PLC0415
-
-        h, w = id_map.shape
-        if image.shape[:2] != (h, w):
-            image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-        frame = render_overlay(image, id_map, 0.5, self.labels)
-        if self._stream is None:
-            self._open_stream(h, w)
-        if h % 2 or w % 2:
-            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        vf = self._av.VideoFrame.from_ndarray(frame, format="rgb24")
-        pts = self._last_pts + 1
-        if self.timestamps:
-            pts = max(pts, int(round(time_s * self.rate)))
-        vf.pts = pts
-        vf.time_base = 1 / self.rate
-        self._last_pts = pts
-        for packet in self._stream.encode(vf):
-            self._container.mux(packet)
-        self.num_frames += 1
-
-    def close(self) -> None:
-        if self._stream is not None:
-            for packet in self._stream.encode():
-                self._container.mux(packet)
-        self._container.close()
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._container.close()
-
-
 class OnlineWriter:
     """Streams one stream's results into ``directory`` as they are produced.
 
@@ -146,7 +63,7 @@ class OnlineWriter:
       so a PNG is either complete or absent;
     * ``entities.jsonl`` (always): one line per frame, appended and flushed after the frame's PNG
       and overlay frame are written, so a line is the commit record of its frame;
-    * ``overlay.ts`` (format ``overlay``): see :class:`_StreamOverlay`;
+    * ``overlay.ts`` (format ``overlay``): see :class:`~entitysam.io.overlay.OverlayWriter` (``streaming=True``);
     * ``panoptic.json`` (format ``panoptic``): the one-video ``pred.json``, built from
       ``entities.jsonl`` when the stream ends (also when interrupted);
     * ``manifest.json``: written when the writer starts (``"status": "running"``) and replaced
@@ -154,14 +71,12 @@ class OnlineWriter:
 
     The folder must not exist, unless ``overwrite`` (then the old one is removed first; only a
     folder entitysam wrote, never one that is, contains or lies inside a ``protect`` path). The
-    folder's lock (:class:`~entitysam.video.writers.OutputLock`) is held until :meth:`finish`.
+    folder's lock (:class:`~entitysam.io.output_lock.OutputLock`) is held until :meth:`finish`.
     """
 
     def __init__(self, directory: str | os.PathLike, *, video: str, formats: Sequence[str], fps: float,
                  labels: bool = False, rle: bool | None = None, timestamps: bool = False,
                  overwrite: bool = False, manifest: Mapping[str, Any] | None = None, protect: Sequence[Any] = ()):
-        from .writers import OutputLock, StagedOutput, recover_output  # noqa: PLC0415
-
         self.directory = Path(directory)
         self.video = video
         self.formats = tuple(formats)
@@ -169,7 +84,7 @@ class OnlineWriter:
         self.rle = ("entities" in self.formats) if rle is None else rle
         self.base_manifest = dict(manifest or {})
         self.num_frames = 0
-        self._overlay: _StreamOverlay | None = None
+        self._overlay: OverlayWriter | None = None
         self._jsonl_fd: int | None = None
         self._closed = False
         self.t_start = time.time()
@@ -185,8 +100,6 @@ class OnlineWriter:
             raise
 
     def _create(self, formats, fps, labels, timestamps) -> None:
-        from .writers import describe_os_error  # noqa: PLC0415
-
         try:
             if self.directory.exists():  # overwrite: the old result goes first
                 old = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
@@ -198,7 +111,8 @@ class OnlineWriter:
             self._jsonl_fd = os.open(self.directory / JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC,
                                      0o644)
             if "overlay" in self.formats:
-                self._overlay = _StreamOverlay(self.directory / OVERLAY, fps, labels, timestamps)
+                self._overlay = OverlayWriter(self.directory / OVERLAY, fps, labels, streaming=True,
+                                              timestamps=timestamps)
             self._write_manifest({"status": "running", "complete": False, "pid": os.getpid()})
         except OSError as err:
             self._release()
@@ -216,30 +130,20 @@ class OnlineWriter:
             image: np.ndarray | None = None, extra: Mapping[str, Any] | None = None) -> None:
         """Write one frame. frame: has .name, .index, .time. segments: frame_segments(id_map)
         records extended with "query_index" and "score". image: [H, W, 3] uint8 (overlay)."""
-        from pycocotools import mask as mask_utils  # noqa: PLC0415
-
-        from .writers import write_id_png  # noqa: PLC0415
-
         if "panoptic" in self.formats:
-            path = self.directory / "panoptic" / f"{frame.name}.png"
-            tmp = path.with_name(f".{path.name}.tmp")
-            write_id_png(tmp, id_map)
-            os.replace(tmp, path)
+            with atomic_file(self.directory / "panoptic" / f"{frame.name}.png") as f:
+                idpng.write_id_png(f, id_map)
         if self._overlay is not None:
             if image is None:
                 raise ValueError("the overlay needs the frame image")
             self._overlay.add(image, id_map, float(frame.time))
-        segs = []
-        for seg in segments:
-            rec = dict(seg)
-            if self.rle:
-                rle = mask_utils.encode(np.asfortranarray((id_map == seg["id"]).astype(np.uint8)))
-                rec["rle"] = {"size": [int(rle["size"][0]), int(rle["size"][1])],
-                              "counts": rle["counts"].decode("ascii")}
-            segs.append(rec)
+        segs = [dict(seg) for seg in segments]
+        if self.rle:
+            for rec, rle in zip(segs, segment_rles(id_map, segments)):
+                rec["rle"] = rle
         record = {"frame": t, "source_frame": int(frame.index), "name": frame.name,
                   "time": round(float(frame.time), 6), **(extra or {}), "segments": segs}
-        data = (_dumps(record) + "\n").encode("utf-8")
+        data = (jsonio.dumps(record, compact=True) + "\n").encode("utf-8")
         # One write() per line: a killed process leaves whole lines (and at most a partial last one).
         view = memoryview(data)
         while view:
@@ -252,7 +156,7 @@ class OnlineWriter:
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         encoded = (jsonio.dumps(data, indent=1) + "\n").encode("utf-8")
         try:
-            _write_atomic(self.directory / MANIFEST, encoded)
+            write_bytes_atomic(self.directory / MANIFEST, encoded)
         except OSError:
             if not in_place_fallback or not (self.directory / MANIFEST).is_file():
                 raise
@@ -260,26 +164,14 @@ class OnlineWriter:
         return data
 
     def _write_panoptic_json(self) -> None:
-        from types import SimpleNamespace  # noqa: PLC0415
-
-        from .writers import CATEGORIES, PanopticWriter  # noqa: PLC0415
-
-        path = self.directory / "panoptic.json"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "w", encoding="utf-8") as out:
-                out.write(f'{{"annotations": [{{"video_id": {_dumps(self.video)}, "annotations": [\n')
-                for i, rec in enumerate(read_jsonl(self.directory / JSONL)):
-                    segs = [{k: s[k] for k in ("id", "area", "bbox")} for s in rec["segments"]]
-                    entry = PanopticWriter.frame_entry(
-                        rec["frame"], SimpleNamespace(name=rec["name"], index=rec["source_frame"]), segs)
-                    out.write(("" if i == 0 else ",\n") + _dumps(entry))
-                out.write(f'\n]}}], "categories": {_dumps(CATEGORIES)}}}\n')
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        with atomic_file(self.directory / "panoptic.json", "w") as out:
+            out.write(panoptic_json_head(self.video))
+            for i, rec in enumerate(read_jsonl(self.directory / JSONL)):
+                segs = [{k: s[k] for k in ("id", "area", "bbox")} for s in rec["segments"]]
+                entry = PanopticWriter.frame_entry(
+                    rec["frame"], SimpleNamespace(name=rec["name"], index=rec["source_frame"]), segs)
+                out.write(("" if i == 0 else ",\n") + jsonio.dumps(entry, compact=True))
+            out.write(panoptic_json_tail())
 
     def _release(self) -> None:
         if self._jsonl_fd is not None:
@@ -297,8 +189,6 @@ class OnlineWriter:
         ``panoptic.json`` fails (a full disk), the status becomes ``failed`` with the cause in
         ``error`` (unless an earlier error is already recorded), and on a full disk the manifest
         is rewritten in place. Only when even that fails is an OutputError raised."""
-        from .writers import describe_os_error  # noqa: PLC0415
-
         if self._closed:
             raise RuntimeError("writer already finished")
         self._closed = True

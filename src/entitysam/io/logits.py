@@ -1,0 +1,82 @@
+"""``logits.npz``: the low-res mask logits of a run (``--save-logits``), and where they may go."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import OutputError
+from .paths import UnsafeOverwriteError, check_not_input, path_relation
+
+__all__ = ["logits_file", "check_logits_file", "save_logits_npz"]
+
+
+def logits_file(path: str | os.PathLike) -> Path:
+    """The file a logits path names: ``.npz`` is added when missing."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def check_logits_file(path: str | os.PathLike, *, overwrite: bool = False, result_dir: str | os.PathLike | None = None,
+                      inputs: Sequence[Any] = ()) -> Path:
+    """Where ``--save-logits FILE`` may write: the folder must exist; an existing FILE is replaced
+    only with ``overwrite`` and only if it is a plain file and not an input; never inside the
+    result folder (replaced as a whole, which would delete it). Raises OutputError
+    (UnsafeOverwriteError for the unsafe cases); returns the file."""
+    path = logits_file(path)
+    if result_dir is not None and path_relation(Path(os.path.realpath(path)), Path(os.path.realpath(result_dir))):
+        raise UnsafeOverwriteError(f"--save-logits {path} lies inside the result folder {result_dir}, which is "
+                                   "written as a whole: use --save-logits without FILE to put logits.npz there")
+    if not path.parent.is_dir():
+        raise OutputError(f"--save-logits {path}: the folder {path.parent} does not exist (create it first)")
+    if os.path.lexists(path):
+        if path.is_symlink() or not path.is_file():
+            raise UnsafeOverwriteError(f"--save-logits {path} exists and is not a plain file: refusing to replace it")
+        if not overwrite:
+            raise OutputError(f"--save-logits {path} already exists: use --overwrite to replace it")
+        check_not_input(path, inputs, "--save-logits")
+    return path
+
+
+def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **extra: np.ndarray) -> Path:
+    """Write ``logits`` [n, Q, h, w] (low-res mask logits after hole filling, frame-major),
+    ``scores`` [Q] and any ``extra`` arrays to an uncompressed .npz (``np.load`` reads it),
+    atomically: a temporary file in the same folder, renamed when complete.
+
+    ``logits`` is an array or an object with ``.frames()`` returning a fresh [n, Q, h, w]
+    memmap (a LogitStore): it is then copied a few frames at a time, each through a new
+    mapping, so the process never holds more than one chunk of it.
+    """
+    import zipfile  # noqa: PLC0415
+
+    path = logits_file(path)
+    if not path.parent.is_dir():  # never create folders anywhere a mistyped path points to
+        raise OutputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
+    fresh = logits.frames if hasattr(logits, "frames") else (lambda: logits)
+    first = fresh()
+    shape, dtype = tuple(first.shape), first.dtype
+    del first
+    frame_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    step = max(1, (16 << 20) // max(1, frame_bytes))
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("logits.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_2_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+                for t0 in range(0, shape[0], step):
+                    chunk = fresh()[t0:t0 + step]
+                    f.write(np.ascontiguousarray(chunk).tobytes())
+                    del chunk
+            for key, value in {"scores": np.asarray(scores), **extra}.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,40 @@
+"""``manifest.json``: the record that marks a result folder complete and written by this tool."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MANIFEST", "WRITER", "read_manifest", "manifest_data", "written_by_entitysam"]
+
+MANIFEST = "manifest.json"
+WRITER = "entitysam"  # manifest "writer": marks folders this tool wrote (only those --overwrite replaces)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The manifest of a complete output folder, or None (missing, unreadable, incomplete)."""
+    data = manifest_data(directory)
+    return data if data is not None and data.get("complete") is True else None
+
+
+def manifest_data(directory: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def written_by_entitysam(directory: str | os.PathLike) -> bool:
+    """Whether `directory` is a real folder whose manifest.json says this tool wrote it (complete or
+    not: an interrupted online result is one). The only kind of folder --overwrite replaces."""
+    directory = Path(directory)
+    if directory.is_symlink() or not directory.is_dir():
+        return False
+    data = manifest_data(directory)
+    if data is None:
+        return False
+    return data.get("writer") == WRITER or str(data.get("format", "")).startswith("entitysam-")

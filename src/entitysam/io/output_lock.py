@@ -1,0 +1,168 @@
+"""One run per result folder: the OS lock (``fcntl.flock``) on ``.<name>.lock`` beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError
+from .paths import describe_os_error
+
+__all__ = ["LOCK_SUFFIX", "OutputLockedError", "OutputLock", "pid_alive"]
+
+LOCK_SUFFIX = ".lock"
+
+
+class OutputLockedError(OutputError):
+    """Another run holds the lock of the result folder."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (used to clean partial outputs of dead runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+try:  # POSIX; elsewhere runs are not locked (documented)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (create) a lock file. A batch run holds one per video: when the soft limit of open
+    files is reached, it is raised to the hard limit once."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        if err.errno != errno.EMFILE:
+            raise
+        import resource  # noqa: PLC0415 - POSIX only, like fcntl
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = hard if hard != resource.RLIM_INFINITY else max(soft * 16, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            raise err from None
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+class OutputLock:
+    """The exclusive lock of one result folder: ``fcntl.flock`` on ``.<name>.lock`` beside it,
+    holding the pid of its owner. The OS releases it when the process ends, however it ends, so
+    a killed run never leaves a stale lock. Re-entrant within a process (the command line takes
+    it before loading the model, the writer takes it again); the file is removed on release.
+    """
+
+    _held: dict[str, "OutputLock"] = {}
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.path = final.parent / f".{final.name}{LOCK_SUFFIX}"
+        self._fd: int | None = None
+        self._count = 0
+        self._created: list[Path] = []
+
+    @classmethod
+    def acquire(cls, final: str | os.PathLike, *, wait: bool = False,
+                on_wait: Any = None) -> "OutputLock":
+        """Take the lock of `final` (creating its parent folders). Busy: raise OutputLockedError
+        naming the holder's pid, or with ``wait`` block until it is free (``on_wait(message)``
+        is called first)."""
+        final = Path(os.path.abspath(final))
+        key = str(final)
+        lock = cls._held.get(key)
+        if lock is None:
+            lock = cls(final)
+            lock._take(wait, on_wait)
+            cls._held[key] = lock
+        lock._count += 1
+        return lock
+
+    def _make_parent(self) -> None:
+        missing = []
+        for p in [self.final.parent, *self.final.parent.parents]:
+            if p.exists():
+                break
+            missing.append(p)
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(describe_os_error(err, "the output folder")) from None
+        self._created = missing  # innermost first: removed on release if still empty
+
+    def _holder(self) -> str:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.path.read_text().strip() or "x")
+            return f"pid {pid}"
+        return "another process"
+
+    def _take(self, wait: bool, on_wait: Any) -> None:
+        self._make_parent()
+        if fcntl is None:
+            return
+        while True:
+            try:
+                fd = _open_lock_file(self.path)
+            except OSError as err:
+                self._remove_created_parents()
+                raise OutputError(describe_os_error(err, "the output folder")) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder()
+                if not wait:
+                    os.close(fd)
+                    raise OutputLockedError(
+                        f"{self.final} is being written by another entitysam run ({holder}, lock file "
+                        f"{self.path}): wait for it to finish, or pass --wait-lock to wait for it") from None
+                if on_wait is not None:
+                    on_wait(f"{self.final} is being written by another entitysam run ({holder}); waiting")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # The previous holder removes the file before releasing it: a lock on a removed file
+            # locks nothing, so check that the path still names the file locked.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def _remove_created_parents(self) -> None:
+        for p in self._created:
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only if still empty
+
+    def release(self) -> None:
+        if self._count <= 0:
+            return
+        self._count -= 1
+        if self._count:
+            return
+        OutputLock._held.pop(str(self.final), None)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # while still locked: nobody can be relying on it
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        self._remove_created_parents()
+
+    def __enter__(self) -> "OutputLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -1,0 +1,80 @@
+"""Result folder names and the checks that keep outputs away from inputs; write errors in words."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import OutputError
+
+__all__ = ["MAX_NAME_BYTES", "UnsafeOverwriteError", "safe_name", "describe_os_error", "path_relation",
+           "check_not_input"]
+
+# Bytes of a result name: the longest sibling adds ".", ".partial-<pid>-<8 hex>" (about 30 bytes)
+# and file systems allow 255 bytes per name.
+MAX_NAME_BYTES = 200
+
+
+class UnsafeOverwriteError(OutputError):
+    """--overwrite would replace a folder this tool did not write, or an input."""
+
+
+def safe_name(name: str) -> str:
+    """`name` (derived from an input: a file stem, a folder name, a stream) made into one safe
+    path component: no separators, NUL or control characters (each becomes ``_``), no leading
+    dot (``.``, ``..`` and hidden names would be the output root, its parent, or look like our
+    staging folders), at most MAX_NAME_BYTES bytes of UTF-8 (a longer name is cut and gets a
+    hash of the full name, so two long names stay distinct). Never empty."""
+    import hashlib  # noqa: PLC0415
+    import unicodedata  # noqa: PLC0415
+
+    cleaned = "".join("_" if (ch in "/\\" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")) else ch
+                      for ch in str(name))
+    cleaned = cleaned.strip()
+    if cleaned.startswith("."):
+        cleaned = "_" + cleaned.lstrip(".")
+    cleaned = cleaned or "_"
+    encoded = cleaned.encode("utf-8", "surrogatepass")
+    if len(encoded) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(str(name).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+        head = encoded[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")
+        cleaned = f"{head}~{digest}"
+    return cleaned
+
+
+def describe_os_error(err: OSError, what: str) -> str:
+    cause = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        cause = "no space left on the device (disk full)"
+    elif err.errno == errno.EDQUOT:
+        cause = "disk quota exceeded"
+    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        cause = f"{cause} (the output folder is not writable)"
+    name = f" {err.filename}" if err.filename else ""
+    return f"cannot write {what}{name}: {cause}"
+
+
+def path_relation(a: Path, b: Path) -> str | None:
+    """How folder/file `a` relates to `b` ("is", "contains", "lies inside"), or None."""
+    if a == b:
+        return "is"
+    if a in b.parents:
+        return "contains"
+    if b in a.parents:
+        return "lies inside"
+    return None
+
+
+def check_not_input(target: str | os.PathLike, inputs: Sequence[Any], what: str) -> None:
+    """Raise UnsafeOverwriteError if `target` is, contains or lies inside one of `inputs`
+    (paths; other inputs, e.g. stream URLs, are ignored)."""
+    target_real = Path(os.path.realpath(target))
+    for item in inputs:
+        if not isinstance(item, (os.PathLike, Path)):
+            continue
+        relation = path_relation(target_real, Path(os.path.realpath(item)))
+        if relation is not None:
+            raise UnsafeOverwriteError(f"{what} {target} {relation} the input {item}: refusing to replace it "
+                                       "(even with --overwrite); choose another --output")

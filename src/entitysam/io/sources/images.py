@@ -1,0 +1,231 @@
+"""Images as frames: single images, folders of frames (natural order), frames in memory.
+
+Images are read as people see them (EXIF orientation applied, 16-bit grayscale scaled to 8 bits)
+and refused from their header when larger than ``max_pixels``, before they are decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ...errors import SourceError
+from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
+                        FrameSource, check_frame_size, input_problem, natural_key)
+
+
+# Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS in Image.open (DecompressionBombError). Our own
+# limit is checked instead; lifting Pillow's for a larger max_pixels changes a global, hence the lock.
+_PIL_LIMIT_LOCK = threading.Lock()
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _open_pil(fp) -> Image.Image:
+    """Image.open (lazy: reads the header only) without Pillow's decompression-bomb warning or
+    error: the caller checks the size against its own limit before decoding."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(fp)
+        except Image.DecompressionBombError:
+            pass  # reopened below with Pillow's limit lifted, only to read the size in the header
+        with _PIL_LIMIT_LOCK:
+            before, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                fp.seek(0)
+                return Image.open(fp)
+            finally:
+                Image.MAX_IMAGE_PIXELS = before
+
+
+def image_to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image as displayed -> [H, W, 3] uint8 RGB.
+
+    EXIF orientation is applied (ImageOps.exif_transpose), as every viewer does. 16-bit
+    grayscale (modes I;16*, and I, which Pillow uses for 16-bit PNGs) is scaled from 0..65535 to
+    0..255 (value / 257, rounded) instead of being clipped at 255, which turns it white. Palette,
+    grayscale, CMYK and the other modes go through Pillow's conversion; an alpha channel is
+    dropped (the colour under it is kept), as the official loader's ``convert("RGB")`` does.
+    """
+    if _exif_orientation(im) not in (1, None):
+        im = ImageOps.exif_transpose(im)
+    if im.mode in _SIXTEEN_BIT_MODES:
+        gray = np.clip(np.asarray(im, dtype=np.float32) / 257.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # palette transparency: through RGBA, without Pillow's warning
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.asarray(im)  # (convert("RGB") of an RGB image would only add a copy of the frame)
+
+
+def _exif_orientation(im: Image.Image) -> int | None:
+    try:
+        return im.getexif().get(0x0112)  # Orientation
+    except Exception:  # noqa: BLE001 - an unreadable EXIF block: shown as stored, as most viewers do
+        return None
+
+
+def _open_regular(path: Path, what: str):
+    """Open `path` for reading without blocking, as a regular file only (a file replaced by a
+    named pipe after the listing is refused, not waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        raise SourceError(input_problem(path, what) or f"cannot read {what} {path}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SourceError(input_problem(path, what) or f"{what} {path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                label: str | None = None) -> np.ndarray:
+    with _open_regular(path, what) as fp:
+        try:
+            im = _open_pil(fp)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise SourceError(f"cannot read {what} {path}: {err or type(err).__name__} "
+                              "(corrupt, truncated or not an image)") from None
+        with im:
+            check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
+            try:
+                im.load()  # decode now: a truncated or corrupt file fails here, not later
+                return image_to_rgb(im)
+            except (OSError, SyntaxError, ValueError) as err:
+                raise SourceError(f"cannot read {what} {path}: {err or type(err).__name__} "
+                                  "(corrupt, truncated or not an image)") from None
+
+
+class FrameFolderSource(FrameSource):
+    """A folder of frames (jpg, jpeg, png) in natural order."""
+
+    kind = "folder"
+
+    def __init__(self, path: str | os.PathLike, selection: FrameSelection | None = None,
+                 fps: float | None = None, files: Sequence[Path] | None = None, name: str | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        path = Path(path)
+        if files is None:
+            files, others = _list_frames(path)
+            if not files:
+                raise SourceError(_no_frames_message(path, others))
+        self.files = list(files)
+        stems: dict[str, Path] = {}
+        for f in self.files:
+            if f.stem in stems:
+                raise SourceError(f"{path}: frames {stems[f.stem].name} and {f.name} have the same name "
+                                  f"{f.stem!r}; output files are named by it")
+            stems[f.stem] = f
+        super().__init__(name or path.resolve().name, fps or DEFAULT_FPS, selection, path, max_pixels)
+        self._check_header(self.files[0])  # the first frame's size, read from its header: fail before any work
+
+    def _check_header(self, f: Path) -> None:
+        with _open_regular(f, "frame") as fp:
+            try:
+                with _open_pil(fp) as im:
+                    check_frame_size(self.label, f"frame {f.name}", im.width, im.height, self.max_pixels)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+                raise SourceError(f"cannot read frame {f}: {err or type(err).__name__} "
+                                  "(corrupt, truncated or not an image)") from None
+
+    def total_frames(self) -> int:
+        return len(self.files)
+
+    def _frames(self):
+        for i, f in enumerate(self.files):
+            yield i, i / self.fps, f
+
+    def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
+        f = Path(payload)  # type: ignore[arg-type]
+        return f.stem, _read_image(f, "frame", self.max_pixels, self.label)
+
+
+class ImageSource(FrameFolderSource):
+    """A single image: a one-frame video."""
+
+    kind = "image"
+
+    def __init__(self, path: str | os.PathLike, selection: FrameSelection | None = None, fps: float | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        path = Path(path)
+        super().__init__(path, selection, fps, files=[path], name=path.stem, max_pixels=max_pixels)
+
+
+def list_folder(folder: Path) -> list[Path]:
+    """The visible entries of a folder (hidden files, ``.name``, are ignored)."""
+    try:
+        return [p for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError as err:
+        raise SourceError(input_problem(folder, "folder") or f"cannot list folder {folder}: "
+                          f"{err.strerror or err}") from None
+
+
+def _list_frames(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(frames in natural order, the other visible entries). An entry with an image extension
+    that is not a regular file (a named pipe, a broken link, ...) is an error, not a skipped
+    frame: skipping it would silently renumber the frames after it. Folders are not frames."""
+    frames, others = [], []
+    for p in list_folder(folder):
+        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir():
+            problem = input_problem(p, "frame")
+            if problem:
+                raise SourceError(f"{folder}: {problem}")
+            frames.append(p)
+        else:
+            others.append(p)
+    return sorted(frames, key=lambda p: natural_key(p.name)), others
+
+
+def describe_entries(paths: Sequence[Path], limit: int = 5) -> str:
+    names = sorted((p.name + ("/" if p.is_dir() else "") for p in paths), key=natural_key)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _no_frames_message(folder: Path, others: Sequence[Path]) -> str:
+    supported = " ".join(IMAGE_EXTENSIONS)
+    if not others:
+        return f"{folder}: empty folder, no frames ({supported})"
+    hint = ""
+    if any(p.suffix.lower() in VIDEO_EXTENSIONS or p.is_dir() for p in others):
+        hint = "; to segment each video or sub-folder in it, use --batch " + str(folder)
+    return (f"{folder}: no frames of the supported types ({supported}) in this folder; it holds "
+            f"{len(others)} other entr{'y' if len(others) == 1 else 'ies'}: {describe_entries(others)}{hint}")
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+class ArraySource(FrameSource):
+    """Frames already in memory: a [n, H, W, 3] uint8 array or a sequence of arrays / PIL images."""
+
+    kind = "array"
+
+    def __init__(self, frames: Sequence[np.ndarray | Image.Image] | np.ndarray, name: str = "video",
+                 selection: FrameSelection | None = None, fps: float | None = None):
+        if len(frames) == 0:
+            raise SourceError(f"{name}: no frames (empty sequence)")
+        self.frames = frames
+        super().__init__(name, fps or DEFAULT_FPS, selection)
+
+    def total_frames(self) -> int:
+        return len(self.frames)
+
+    def _frames(self):
+        for i in range(len(self.frames)):
+            yield i, i / self.fps, i
+
+    def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
+        item = self.frames[index]
+        if isinstance(item, Image.Image):
+            item = image_to_rgb(item)  # as displayed: EXIF orientation, 16-bit range
+        return f"{index:06d}", np.ascontiguousarray(item)
+

@@ -1,0 +1,163 @@
+"""Live sources (online mode only): stream URLs and video capture devices, read as frames arrive."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time as _time  # "time" is a frame's time in this module
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import SourceError
+from .selection import DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels
+from .video_file import av_message, import_av, stream_display, video_frame_to_rgb
+
+
+# URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
+LIVE_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp", "http", "https", "mmsh")
+_DEVICE_RE = re.compile(r"^/dev/video\d+$")
+# (open, read) timeouts in seconds: a stalled stream ends with an error instead of hanging forever.
+LIVE_TIMEOUT = (15.0, 30.0)
+
+
+def _stream_cause(err: Exception, seconds: float) -> str:
+    """FFmpeg's error on a network stream or device, in words a user can act on."""
+    av = import_av()
+    if isinstance(err, av.error.ExitError):  # "Immediate exit requested": our timeout interrupted FFmpeg
+        return f"no answer within {seconds:g} s (timed out)"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (nothing listens at that address and port)"
+    code = getattr(err, "errno", None)
+    if code == errno.EIO:
+        return "input/output error (the connection failed or was closed before a stream was received)"
+    if code == errno.ETIMEDOUT:
+        return f"connection timed out (no answer within {seconds:g} s)"
+    if isinstance(err, av.error.InvalidDataError):
+        return "what the server sent is not a video stream FFmpeg can read (invalid data)"
+    return av_message(err)
+
+
+def is_live_input(video: object) -> bool:
+    """Whether `video` names a live source: a stream URL (``rtsp://``, ``http://``, ...) or a
+    v4l2 video device (``/dev/video0``)."""
+    if not isinstance(video, (str, os.PathLike)):
+        return False
+    text = os.fspath(video)
+    if isinstance(text, bytes):
+        return False
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme.lower() in LIVE_SCHEMES:
+        return True
+    return is_video_device(text)
+
+
+def is_video_device(text: str) -> bool:
+    """/dev/videoN, or a link to one (/dev/v4l/by-id/...)."""
+    if _DEVICE_RE.match(text):
+        return True
+    return text.startswith("/dev/") and bool(_DEVICE_RE.match(os.path.realpath(text)))
+
+
+def live_source_name(url: str) -> str:
+    """Output folder name of a live source: the last path component without its extension
+    (``rtsp://cam/live/main.sdp`` -> ``main``, ``/dev/video0`` -> ``video0``), else the host."""
+    rest = url.partition("://")[2] if "://" in url else url
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    host, _, path = rest.partition("/")
+    stem = Path(path.rstrip("/")).stem if path.strip("/") else ""
+    if not stem and "://" not in url:
+        stem = Path(url).name
+    name = stem or host.rsplit("@", 1)[-1].replace(":", "_") or "stream"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
+
+
+class LiveSource(FrameSource):
+    """A live stream or device, decoded with PyAV as the frames arrive.
+
+    The stream is opened (and so checked) when the source is created; the first iteration
+    reads from that connection, a later one reconnects and starts from whatever the stream
+    sends then. Nothing is known of its length (``total_frames()`` is None); decoding stops
+    at the end of the stream, which for a camera means never (stop it from the consumer).
+    """
+
+    kind = "live"
+
+    def __init__(self, url: str, selection: FrameSelection | None = None, fps: float | None = None,
+                 name: str | None = None, options: dict[str, str] | None = None,
+                 timeout: tuple[float, float] = LIVE_TIMEOUT, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.url = str(url)
+        self._av = import_av()
+        self._format = "v4l2" if is_video_device(self.url) else None
+        opts = dict(options or {})
+        if self.url.lower().startswith(("rtsp://", "rtsps://")):
+            opts.setdefault("rtsp_transport", "tcp")  # UDP loses packets, hence frames, on busy networks
+        self._options = opts
+        self._timeout = timeout
+        container = self._open()
+        try:
+            if not container.streams.video:
+                raise SourceError(f"{self.url}: no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            self.width, self.height = stream.codec_context.width, stream.codec_context.height
+            check_frame_size(self.url, "its video stream", self.width, self.height, check_max_pixels(max_pixels))
+        except BaseException:
+            container.close()
+            raise
+        self._container = container  # reused by the first iteration: no second connection
+        native_fps = float(rate) if rate else None
+        super().__init__(name or live_source_name(self.url), fps or native_fps or DEFAULT_FPS, selection,
+                         max_pixels=max_pixels)
+        self.native_fps = native_fps
+
+    @property
+    def label(self) -> str:
+        return self.url
+
+    def _open(self):
+        av = self._av
+        what = "video device" if self._format == "v4l2" else "stream"
+        try:
+            return av.open(self.url, format=self._format, options=self._options, timeout=self._timeout)
+        except av.error.FFmpegError as err:
+            hint = ("check that the camera is connected and not in use by another program" if what == "video device"
+                    else "check the address, and that the camera or server is running and reachable from this machine")
+            raise SourceError(f"cannot open {what} {self.url}: {_stream_cause(err, self._timeout[0])}; the {what} "
+                              f"could not be opened ({hint})") from None
+
+    def _frames(self):
+        av = self._av
+        container, self._container = self._container, None
+        if container is None:
+            container = self._open()
+        index = -1
+        try:
+            with container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                t0 = wall0 = None
+                for frame in container.decode(stream):
+                    index += 1
+                    t = frame.time
+                    if t is None:  # no timestamps (some devices): wall-clock time since the first frame
+                        wall0 = _time.monotonic() if wall0 is None else wall0
+                        t = _time.monotonic() - wall0
+                    else:
+                        t0 = t if t0 is None else t0
+                        t = t - t0
+                    yield index, t, frame
+        except av.error.FFmpegError as err:
+            after = f"after frame {index}" if index >= 0 else "before its first frame"
+            raise SourceError(f"the stream {self.url} could not be read {after}: "
+                              f"{_stream_cause(err, self._timeout[1])}") from None
+
+    def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
+        name = f"{index:06d}"
+        return name, video_frame_to_rgb(payload, self.url, name, self.max_pixels, stream_display(self, payload))
+
+    def _empty_message(self) -> str:
+        return f"{self.url}: the stream ended before sending a frame" + (
+            "" if self.selection.is_all else f" selected by {self.selection.describe()}")
+

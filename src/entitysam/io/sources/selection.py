@@ -1,0 +1,271 @@
+"""Frame selection and the frame-source base class, with the input checks every source shares.
+
+See the package docstring (:mod:`entitysam.io.sources`) for what each source reads and how frames
+are selected.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from ...errors import SourceError
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+DEFAULT_FPS = 25.0
+# Largest frame decoded, in pixels (width x height): 50 MP takes 8K video (7680x4320 = 33.2 MP,
+# 8192x4320 = 35.4 MP) and the 48-50 MP photos of current phones. Decoding and preprocessing peak at
+# about 10 MiB per megapixel for images and 20 MiB for video frames (benchmarks/decode_memory.py), so
+# 0.5-1 GiB at the limit (see the README, "Reliability"). Larger frames are refused from their
+# header, before decoding (--max-pixels / max_pixels raise or lift the limit).
+DEFAULT_MAX_PIXELS = 50_000_000
+_TIME_EPS = 1e-6
+
+
+# ----------------------------------------------------------------------------- input checks
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def input_problem(path: str | os.PathLike, what: str = "input") -> str | None:
+    """Why `path` cannot be read as a video file, image or folder of frames, or None if it can.
+
+    Only regular files and folders pass: reading a named pipe, socket or device would block
+    until something writes to it (forever, for a pipe nobody feeds), or consume it. Checked
+    with stat(), which never blocks, before anything is opened or created.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return (f"{what} {path} is a symbolic link loop (links that point back to each other): "
+                    "it leads to no file")
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(path):
+                return f"{what} not found: {path} is a symbolic link to {os.readlink(path)}, which does not exist"
+            return f"{what} not found: {path}"
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return f"cannot read {path}: permission denied"
+        return f"cannot read {what} {path}: {err.strerror or err}"
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return None
+    kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "not a regular file")
+    return (f"{what} {path} is {kind}, not a regular file or folder: entitysam reads video files, images and "
+            "folders of frames (save a pipe's or stream's content to a file first; cameras are read as "
+            "/dev/videoN or stream URLs with --online)")
+
+
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """Validate a frame size limit: a positive integer, or None (no limit)."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise SourceError(f"max_pixels must be a positive number of pixels (or None: no limit), got {max_pixels!r}")
+    return max_pixels
+
+
+def check_frame_size(label: str, frame: str, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise SourceError(
+            f"{label}: {frame} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels / 1e6:g} megapixels: refused before decoding it (a frame this large could exhaust the "
+            f"memory); downscale the input, or raise the limit with --max-pixels (max_pixels= in Python)")
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def parse_position(text: str | int | float | None) -> int | float | None:
+    """``"12"`` -> frame 12 (int); ``"2.5s"`` -> 2.5 seconds (float); None -> None."""
+    if text is None or isinstance(text, (int, float)):
+        return text
+    s = str(text).strip().lower()
+    try:
+        if s.endswith("s"):
+            value = float(s[:-1])
+            if not math.isfinite(value) or value < 0:
+                raise ValueError
+            return value
+        value = int(s)
+        if value < 0:
+            raise ValueError
+        return value
+    except ValueError:
+        raise SourceError(f"invalid frame position {text!r}: use a frame index (e.g. 12) "
+                          f"or seconds with an s (e.g. 2.5s)") from None
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """Which frames of a source to process (see the module docstring)."""
+
+    start: int | float | None = None
+    end: int | float | None = None
+    stride: int = 1
+    max_frames: int | None = None
+
+    def __post_init__(self):
+        for name in ("start", "end"):
+            value = parse_position(getattr(self, name))
+            if isinstance(value, bool) or (value is not None and (value < 0 or not math.isfinite(value))):
+                raise SourceError(f"--{name} must be a non-negative frame index or seconds, got {value!r}")
+            object.__setattr__(self, name, value)
+        # Both in frames or both in seconds: comparable without knowing the frame rate.
+        if (self.start is not None and self.end is not None and type(self.start) is type(self.end)
+                and self.end <= self.start):
+            raise SourceError(f"--end ({self.end}) must be after --start ({self.start}): the selection would be empty")
+        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
+            raise SourceError(f"--stride must be a positive integer, got {self.stride!r}")
+        if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
+            raise SourceError(f"--max-frames must be a positive integer, got {self.max_frames!r}")
+
+    @property
+    def is_all(self) -> bool:
+        return self.start is None and self.end is None and self.stride == 1 and self.max_frames is None
+
+    def describe(self) -> str:
+        parts = []
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"--{name} {value}s" if isinstance(value, float) else f"--{name} {value}")
+        if self.stride != 1:
+            parts.append(f"--stride {self.stride}")
+        if self.max_frames is not None:
+            parts.append(f"--max-frames {self.max_frames}")
+        return " ".join(parts) or "all frames"
+
+    def _after_start(self, index: int, time: float) -> bool:
+        if self.start is None:
+            return True
+        if isinstance(self.start, float):
+            return time >= self.start - _TIME_EPS
+        return index >= self.start
+
+    def _before_end(self, index: int, time: float) -> bool:
+        if self.end is None:
+            return True
+        if isinstance(self.end, float):
+            return time < self.end - _TIME_EPS
+        return index < self.end
+
+    def apply(self, items: Iterable[tuple[int, float, object]]) -> Iterator[tuple[int, float, object]]:
+        """Filter (index, time, payload) triples in temporal order; stops reading at the end."""
+        first = None
+        taken = 0
+        for index, time, payload in items:
+            if self.max_frames is not None and taken >= self.max_frames:
+                return
+            if not self._before_end(index, time):
+                return
+            if not self._after_start(index, time):
+                continue
+            if first is None:
+                first = index
+            if (index - first) % self.stride:
+                continue
+            taken += 1
+            yield index, time, payload
+
+    def count(self, total: int, fps: float) -> int:
+        """How many of `total` frames at `fps` (constant rate) are selected."""
+        return sum(1 for _ in self.apply((i, i / fps, None) for i in range(total)))
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+@dataclass
+class Frame:
+    """One decoded frame. index: position in the source (before selection); name: stem of
+    the output files; time: seconds from the start; image: [H, W, 3] uint8 RGB."""
+
+    index: int
+    name: str
+    time: float
+    image: np.ndarray
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key with digit runs compared as numbers: 2.jpg < 10.jpg; ties broken by the name."""
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)) + (name,)
+
+
+class FrameSource:
+    """Base class. Subclasses implement `_frames()` yielding (index, time, loader) in order."""
+
+    kind = "frames"
+
+    def __init__(self, name: str, fps: float, selection: FrameSelection | None, path: Path | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.name = name
+        self.fps = float(fps)
+        self.selection = selection or FrameSelection()
+        self.path = path
+        self.max_pixels = check_max_pixels(max_pixels)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path or self.name)!r}, {self.selection.describe()})"
+
+    # -- to implement
+    def _frames(self) -> Iterator[tuple[int, float, object]]:
+        raise NotImplementedError
+
+    def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
+        raise NotImplementedError
+
+    def total_frames(self) -> int | None:
+        """Frames in the whole source (before selection), None if unknown."""
+        return None
+
+    # -- common
+    def count_hint(self) -> int | None:
+        """Number of selected frames (exact for folders, estimated for videos), None if unknown."""
+        total = self.total_frames()
+        return None if total is None else self.selection.count(total, self.fps)
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else self.name
+
+    def __iter__(self) -> Iterator[Frame]:
+        first_size = None
+        count = 0
+        for index, time, payload in self.selection.apply(self._frames()):
+            name, image = self._decode(index, payload)
+            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape[:2]:
+                raise SourceError(f"{self.label}: frame {name} is not an RGB uint8 image "
+                                  f"(shape {image.shape}, dtype {image.dtype})")
+            if first_size is None:
+                first_size = image.shape[:2]
+            elif image.shape[:2] != first_size:
+                raise SourceError(
+                    f"{self.label}: frame {name} is {image.shape[1]}x{image.shape[0]} but the first frame is "
+                    f"{first_size[1]}x{first_size[0]} (WxH); all frames of a video must have one size")
+            count += 1
+            yield Frame(index, name, time, image)
+        if count == 0:
+            raise SourceError(self._empty_message())
+
+    def _empty_message(self) -> str:
+        total = self.total_frames()
+        has = f"it has {total} frames" if total is not None else "it has no decodable frames"
+        if self.selection.is_all:
+            return f"{self.label}: no frames ({has})"
+        return f"{self.label}: the frame selection ({self.selection.describe()}) selects no frames ({has})"

@@ -1,0 +1,246 @@
+"""The staged (atomic) result folder: written aside, moved into place when complete.
+
+A result folder DIR/<name> is written through these siblings (all hidden, all in DIR):
+
+  .<name>.lock                  the OS lock (fcntl.flock) of the run writing <name>; holds its pid
+  .<name>.partial-<pid>-<hex>   the new result while it is written (the staging folder)
+  .<name>.old-<pid>-<hex>       the previous result, moved aside while the new one moves in
+  .<name>.commit.json           the journal of a replacement in progress: {"old", "new"}
+
+Replacing an existing result takes two renames (a non-empty folder cannot be renamed over
+another). The journal is written before the first and removed after the second, so whatever
+instant a run is killed at, the next run that takes the lock (:func:`recover_output`) finds
+either the result in place, or the journal and enough to finish the move (the new result is
+complete before the journal is written) or to put the old result back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import OutputError
+from .atomic import fsync_dir, write_json_atomic
+from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
+from .output_lock import OutputLock, pid_alive
+from .paths import UnsafeOverwriteError, check_not_input, describe_os_error
+
+__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output"]
+
+JOURNAL_SUFFIX = ".commit.json"
+
+# Staging folders this process is writing now (never "stale", whatever their pid says).
+_ACTIVE_STAGING: set[str] = set()
+
+
+def _sibling_pid(path: Path, prefix: str) -> int | None:
+    rest = path.name[len(prefix):]
+    head, _, tail = rest.partition("-")
+    if not head.isdigit() or not tail or not all(c in "0123456789abcdef" for c in tail):
+        return None
+    return int(head)
+
+
+def _leftovers(final: Path, kind: str) -> list[Path]:
+    """``.<name>.<kind>-<pid>-<hex>`` siblings of dead runs (or of this process, not active)."""
+    prefix = f".{final.name}.{kind}-"
+    out = []
+    with contextlib.suppress(OSError):
+        for p in final.parent.iterdir():
+            if not p.name.startswith(prefix) or str(p) in _ACTIVE_STAGING:
+                continue
+            pid = _sibling_pid(p, prefix)
+            if pid is not None and (pid == os.getpid() or not pid_alive(pid)):
+                out.append(p)
+    return sorted(out, key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
+
+
+def _journal_path(final: Path) -> Path:
+    return final.parent / f".{final.name}{JOURNAL_SUFFIX}"
+
+
+def recover_output(final: str | os.PathLike) -> str | None:
+    """Finish or undo a replacement of `final` that a killed run left half done, and remove the
+    leftovers of dead runs. Call with the lock of `final` held. Returns what was done (or None).
+
+    With a journal: the new result is moved in if it is complete and `final` is missing or
+    still the old one; else the old one is put back. Without one (runs of older versions): a
+    missing `final` gets the newest complete staging folder of a dead run, else its newest
+    moved-aside old result.
+    """
+    final = Path(os.path.abspath(final))
+    parent = final.parent
+    journal = _journal_path(final)
+    done = None
+    try:
+        data = json.loads(journal.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = None
+    except (OSError, ValueError):
+        data = {}  # unreadable (written atomically, so not expected): use what the folders say
+    if data is not None:
+        names = {k: data.get(k) for k in ("old", "new")}
+        old = new = None
+        if isinstance(names["old"], str) and names["old"].startswith(f".{final.name}.old-") and "/" not in names["old"]:
+            old = parent / names["old"]
+        if isinstance(names["new"], str) and names["new"].startswith(f".{final.name}.partial-") \
+                and "/" not in names["new"]:
+            new = parent / names["new"]
+        new_ready = new is not None and read_manifest(new) is not None
+        if os.path.lexists(final):
+            if new_ready and (old is None or not old.exists()):  # killed before the old result moved aside
+                os.rename(final, old or parent / f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+                os.rename(new, final)
+                done = "finished replacing the result"
+        elif new_ready:
+            os.rename(new, final)  # killed between the two renames
+            done = "finished replacing the result"
+        elif old is not None and old.is_dir():
+            os.rename(old, final)
+            done = "restored the previous result"
+        fsync_dir(parent)
+        journal.unlink(missing_ok=True)
+    if not os.path.lexists(final):
+        for kind, what in (("partial", "moved in the complete result"), ("old", "restored the previous result")):
+            for p in _leftovers(final, kind):
+                if p.is_dir() and (kind == "old" or read_manifest(p) is not None):
+                    os.rename(p, final)
+                    done = f"{what} a killed run left in {p.name}"
+                    break
+            if os.path.lexists(final):
+                break
+    for kind in ("partial", "old"):
+        for p in _leftovers(final, kind):
+            shutil.rmtree(p, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        # a journal write killed midway: "..<name>.commit.json.tmp-*" (io.atomic), ".<name>...tmp-*" (older versions)
+        for pattern in (f".{final.name}{JOURNAL_SUFFIX}.tmp-*", f"..{final.name}{JOURNAL_SUFFIX}.tmp-*"):
+            for p in parent.glob(pattern):
+                p.unlink()
+    return done
+
+
+class StagedOutput:
+    """An output folder that appears only when complete, written by one run at a time.
+
+    The lock of the folder is taken (see :class:`OutputLock`; ``wait_lock`` waits for another
+    run instead of failing) and leftovers of killed runs are recovered (:func:`recover_output`).
+    Files are written into a hidden sibling ``.<name>.partial-<pid>-<rand>``; :meth:`commit`
+    writes ``manifest.json`` last and renames the folder into place, replacing an older result
+    (``overwrite``) crash-safely: a kill at any instant leaves the old or the new result, or a
+    journal from which the next run restores one. ``overwrite`` only replaces a folder this
+    tool wrote, never one that is, contains or lies inside one of ``inputs``. On error (or
+    :meth:`abort`) the partial folder is removed.
+    """
+
+    def __init__(self, final: str | os.PathLike, overwrite: bool = False, *, inputs: Sequence[Any] = (),
+                 wait_lock: bool = False):
+        self.final = Path(final)
+        self.overwrite = overwrite
+        self._done = True
+        self._lock = OutputLock.acquire(self.final, wait=wait_lock)
+        try:
+            recover_output(self.final)
+            self.check_free(self.final, overwrite, inputs=inputs)
+            self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            self.path.mkdir()
+        except OSError as err:
+            self._lock.release()
+            raise OutputError(describe_os_error(err, "the output folder")) from None
+        except BaseException:
+            self._lock.release()
+            raise
+        _ACTIVE_STAGING.add(str(self.path))
+        self._done = False
+
+    @staticmethod
+    def check_free(final: str | os.PathLike, overwrite: bool = False, inputs: Sequence[Any] = ()) -> None:
+        """Raise OutputError if `final` exists and may not be replaced: without ``overwrite``,
+        or (UnsafeOverwriteError) when it is not a folder this tool wrote, or is, contains or lies
+        inside one of `inputs`."""
+        final = Path(final)
+        if not os.path.lexists(final):
+            return
+        error = UnsafeOverwriteError if overwrite else OutputError  # (--overwrite asked for a deletion)
+        if final.is_symlink():
+            raise error(f"{final} is a symbolic link: refusing to replace it (even with --overwrite); "
+                        "choose another --output")
+        if not final.is_dir():
+            raise error(f"{final} exists and is not a folder: refusing to replace it (even with --overwrite); "
+                        "choose another --output")
+        if not overwrite:
+            if read_manifest(final) is not None:
+                raise OutputError(f"{final} already holds results: use --overwrite to replace them "
+                                  "(or --skip-existing to skip finished videos)")
+            if written_by_entitysam(final):
+                raise OutputError(f"{final} holds an unfinished entitysam result: use --overwrite to replace it "
+                                  "or choose another --output")
+            raise OutputError(f"{final} already exists (not a complete entitysam result): "
+                              "choose another --output (--overwrite only replaces entitysam results)")
+        check_not_input(final, inputs, "the result folder")
+        if not written_by_entitysam(final):
+            raise UnsafeOverwriteError(
+                f"{final} was not written by entitysam (no entitysam manifest.json in it): refusing to delete "
+                "it even with --overwrite; move it away or choose another --output")
+
+    def commit(self, manifest: Mapping[str, Any]) -> Path:
+        data = {**manifest, "writer": WRITER, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        parent = self.final.parent
+        journal = _journal_path(self.final)
+        old = None
+        try:
+            write_json_atomic(self.path / MANIFEST, data, indent=1, durable=True)
+            if os.path.lexists(self.final):
+                self.check_free(self.final, self.overwrite)  # (it may have appeared since the start)
+                old = parent / f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                _write_journal(journal, {"old": old.name, "new": self.path.name, "pid": os.getpid()})
+                os.rename(self.final, old)  # step 1: the old result aside
+            os.rename(self.path, self.final)  # step 2: the new result in
+            fsync_dir(parent)
+            journal.unlink(missing_ok=True)  # step 3: the replacement is done
+        except OSError as err:
+            self._roll_back(old)
+            raise OutputError(describe_os_error(err, str(self.final))) from None
+        except BaseException:
+            self._roll_back(old)
+            raise
+        self._finish()
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # step 4 (a leftover is removed by the next run)
+        return self.final
+
+    def _roll_back(self, old: Path | None) -> None:
+        """After a failed commit in this process: the old result back in place, no journal."""
+        with contextlib.suppress(OSError):
+            if old is not None and old.is_dir() and not os.path.lexists(self.final):
+                os.rename(old, self.final)
+            _journal_path(self.final).unlink(missing_ok=True)
+        self.abort()
+
+    def _finish(self) -> None:
+        self._done = True
+        _ACTIVE_STAGING.discard(str(self.path))
+        self._lock.release()
+
+    def abort(self) -> None:
+        if not self._done:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._finish()
+
+    def __enter__(self) -> "StagedOutput":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def _write_journal(path: Path, data: Mapping[str, Any]) -> None:
+    """The journal, durably (flushed with its folder): it must survive a power loss."""
+    write_json_atomic(path, data, durable=True)

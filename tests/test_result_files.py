@@ -1,0 +1,137 @@
+"""io/result_files.py: the offline result's files written by a thread pool (PNG/RLE) and an
+overlay thread are the files one thread writes, byte for byte; an error anywhere aborts all."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from entitysam.pipeline.result import FrameInfo
+from entitysam.errors import EntitySAMError
+from entitysam.io import idpng, overlay, result_files
+from entitysam.io.entities import EntitiesWriter, EntityStats
+from entitysam.io.result_files import write_result_files
+from entitysam.io.sources import ArraySource
+
+FORMATS = ("panoptic", "entities", "overlay")
+
+
+def make_result(n=12, h=48, w=70, entities=7, seed=0):
+    """n frames of moving rectangles (ids 1..entities, some absent in some frames) and images."""
+    rng = np.random.default_rng(seed)
+    maps = np.zeros((n, h, w), np.int32)
+    for t in range(n):
+        for sid in range(1, entities + 1):
+            if (t + sid) % 5 == 0:
+                continue  # absent in this frame
+            y, x = (3 * sid + t) % (h - 8), (7 * sid + 2 * t) % (w - 10)
+            maps[t, y:y + 8, x:x + 10] = sid
+    images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    frames = [FrameInfo(t, t, f"{t:06d}", t / 10) for t in range(n)]
+    ents = [{"id": sid, "score": 0.5 + sid / 100, "query_index": sid + 3} for sid in range(1, entities + 1)]
+    return maps, images, frames, ents
+
+
+def write(tmp_path, label, workers, maps, images, frames, ents, formats=FORMATS):
+    out = tmp_path / label
+    out.mkdir()
+    written = write_result_files(out, formats, name="vid", fps=10.0, frames=frames, id_maps=iter(maps),
+                                 entities=ents, images=ArraySource(images), source_label="vid", workers=workers)
+    return out, written
+
+
+def files_of(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_threaded_files_equal_sequential_byte_for_byte(tmp_path):
+    data = make_result()
+    reference, written = write(tmp_path, "seq", 0, *data)
+    expected = files_of(reference)
+    assert written == ["panoptic/", "panoptic.json", "entities.json", "overlay.mp4"]
+    assert len(expected) == 12 + 3  # 12 PNGs, panoptic.json, entities.json, overlay.mp4
+    for workers in (1, 3):
+        folder, written_n = write(tmp_path, f"w{workers}", workers, *data)
+        assert written_n == written
+        got = files_of(folder)
+        assert sorted(got) == sorted(expected)
+        for name, content in expected.items():
+            assert got[name] == content, f"{name} differs with {workers} workers"
+    np.testing.assert_array_equal(idpng.read_id_png(reference / "panoptic" / "000003.png"), data[0][3])
+
+
+@pytest.mark.parametrize("formats", [("panoptic",), ("entities",), ("overlay",), ("panoptic", "overlay")])
+def test_threaded_subsets_of_formats(tmp_path, formats):
+    data = make_result(n=5)
+    seq = files_of(write(tmp_path, "seq", 0, *data, formats=formats)[0])
+    assert files_of(write(tmp_path, "par", 2, *data, formats=formats)[0]) == seq
+
+
+def test_png_error_aborts_everything(tmp_path, monkeypatch):
+    maps, images, frames, ents = make_result(n=20)
+    real = idpng.write_id_png
+
+    def full(path, id_map, *a, **k):
+        if str(path).endswith("000004.png"):
+            raise OSError(28, "No space left on device")
+        real(path, id_map, *a, **k)
+
+    monkeypatch.setattr(idpng, "write_id_png", full)
+    with pytest.raises(OSError, match="No space"):
+        write(tmp_path, "out", 3, maps, images, frames, ents)
+    leftovers = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert ".entities.json.parts" not in leftovers  # the entities writer was aborted
+
+
+def test_overlay_error_aborts_everything(tmp_path, monkeypatch):
+    maps, images, frames, ents = make_result(n=20)
+    calls = []
+
+    def broken(self, image, id_map, time_s=None):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("encoder exploded")
+
+    monkeypatch.setattr(overlay.OverlayWriter, "add", broken)
+    with pytest.raises(RuntimeError, match="encoder exploded"):
+        write(tmp_path, "out", 2, maps, images, frames, ents)
+    assert ".entities.json.parts" not in {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_changed_source_for_overlay_is_reported(tmp_path):
+    maps, images, frames, ents = make_result(n=6)
+    for workers in (0, 2):
+        with pytest.raises(EntitySAMError, match="gave different frames"):
+            write(tmp_path, f"out{workers}", workers, maps, images[:4], frames, ents)
+
+
+def test_encoding_runs_on_several_threads(tmp_path, monkeypatch):
+    threads = set()
+    real = result_files.frame_segments
+
+    def spy(*args, **kwargs):
+        import threading
+        threads.add(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(result_files, "frame_segments", spy)
+    write(tmp_path, "out", 3, *make_result(n=30), formats=("panoptic",))
+    assert threads and all(name.startswith("entitysam-png") for name in threads)
+
+
+def test_entity_stats_accumulator(tmp_path):
+    stats = EntityStats()
+    maps = make_result(n=6)[0]
+    for t, m in enumerate(maps):
+        stats.add_id_map(t, m)
+    for sid in range(1, 8):
+        present = [t for t in range(6) if (maps[t] == sid).any()]
+        assert stats.record(sid) == {"first_frame": present[0], "last_frame": present[-1],
+                                     "num_frames": len(present), "area": int((maps == sid).sum())}
+    assert 99 not in stats and stats.record(99) == {"first_frame": None, "last_frame": None, "num_frames": 0,
+                                                    "area": 0}
+    writer = EntitiesWriter(tmp_path / "entities.json", "vid")
+    for t, m in enumerate(maps):
+        writer.add(t, FrameInfo(t, t, str(t), 0.0), m)
+    writer.abort()
+    assert all(writer.stats.record(sid) == stats.record(sid) for sid in range(1, 9))
