@@ -24,7 +24,7 @@ from ..inference.precision import check_exact, memory_dtype_for, precision_plan,
 from ..argtypes import InvalidArgumentError, check_positive_float
 from ..errors import OutputError
 from ..modeling.entitysam import EntitySAM
-from ..inference.prefetch import read_ahead
+from .prefetch import read_ahead
 from ..inference.preprocess import preprocess_frame
 from ..inference.video import segment_video
 from ..io.sources import DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, open_source

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, TypeVar
 
-from ..pipeline.live import FrameReader
+from .live import FrameReader
 
 T = TypeVar("T")
 
