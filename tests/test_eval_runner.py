@@ -19,11 +19,11 @@ import torch
 from _media import tiny_state_dict
 from conftest import REPO
 from entitysam import EntitySAM, cli
-from entitysam.eval import vipseg
+from entitysam.data.synthetic.vipseg import make_vipseg_dataset
 from entitysam.eval.metrics import evaluate
-from entitysam.eval.synthetic import make_vipseg_dataset
-from entitysam.eval.vipseg import (EvalInputError, IncompleteError, VideoEntry, evaluate_vipseg, load_plan,
-                                   parse_shard, shard_videos)
+from entitysam.eval.runner.output import IncompleteError, merge_outputs
+from entitysam.eval.runner.plan import EvalInputError, VideoEntry, load_plan
+from entitysam.eval.runner.run import evaluate_vipseg, parse_shard, shard_videos
 from entitysam.video import writers
 from entitysam.video.writers import decode_id_png, frame_segments
 
@@ -392,7 +392,7 @@ def test_errors_are_clear(env, model, reference, tmp_path, capsys):
     assert rc == 2 and "another model" in capsys.readouterr().err
 
     with pytest.raises(IncompleteError) as exc:
-        vipseg.merge_outputs(load_plan(ds.root), other)
+        merge_outputs(load_plan(ds.root), other)
     assert exc.value.missing == ["vid_001"]
 
 

@@ -173,7 +173,7 @@ def test_demo_api_refuses_bad_numbers(tmp_path):
 
 @pytest.fixture(scope="module")
 def metrics_data(tmp_path_factory):
-    from entitysam.eval.synthetic import make_synthetic_dataset
+    from entitysam.data.synthetic.vipseg import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("metrics"), num_videos=2, num_frames=3)
 
@@ -197,15 +197,15 @@ def test_metrics_json_destination_checked_before_computing(metrics_data, tmp_pat
 
 
 def test_undefined_metrics_are_written_as_null():
-    from entitysam.eval.metrics import _jsonable
+    from entitysam.eval.metrics import jsonable
 
-    assert _jsonable({"IoU": float("nan"), "x": [1.0, float("inf")], 3: 2}) == {"IoU": None, "x": [1.0, None],
-                                                                                  "3": 2}
+    assert jsonable({"IoU": float("nan"), "x": [1.0, float("inf")], 3: 2}) == {"IoU": None, "x": [1.0, None],
+                                                                                 "3": 2}
 
 
 @pytest.fixture(scope="module")
 def vipseg(tmp_path_factory):
-    from entitysam.eval.synthetic import make_vipseg_dataset
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
 
     return make_vipseg_dataset(tmp_path_factory.mktemp("vipseg") / "VIPSeg_720P", num_videos=2,
                                num_frames=(3, 2), seed=0)
@@ -229,7 +229,7 @@ def test_eval_refuses_bad_options(vipseg, tmp_path, extra, message):
 
 
 def test_eval_api_checks_workers_before_inference(vipseg, tmp_path):
-    from entitysam.eval.vipseg import evaluate_vipseg
+    from entitysam.eval.runner.run import evaluate_vipseg
 
     def no_model():
         raise AssertionError("the model must not be loaded")

@@ -4,7 +4,7 @@
     entitysam download vit-s [vit-l]
     entitysam demo [-o DIR]                                  (entitysam.demo: offline, bundled model)
     entitysam metrics PRED_DIR GT_DIR GT_JSON [options]     (entitysam.eval.metrics)
-    entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.eval.vipseg)
+    entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.eval.runner)
     entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
 
 Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
@@ -31,7 +31,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "train": ("train EntitySAM: the official two-stage recipe, single process or torchrun DDP "
               "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:main"),
     "eval": ("benchmark evaluation: `entitysam eval vipseg` runs a VIPSeg split and scores it "
-             "(see `entitysam eval vipseg -h`)", "entitysam.eval.vipseg:main"),
+             "(see `entitysam eval vipseg -h`)", "entitysam.eval.runner.command:main"),
 }
 
 SAVE_CHOICES = ("panoptic", "entities", "overlay")
@@ -172,7 +172,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _add_demo_parser(sub) -> None:
-    from .eval.synthetic import DEMO_DEFAULTS
+    from .data.synthetic.demo import DEMO_DEFAULTS
 
     d = DEMO_DEFAULTS
     p = sub.add_parser(

@@ -13,7 +13,7 @@ Writes into OUTPUT (default `entitysam-demo/`)::
     report.json, report.txt              VEQ / STQ of demo/ against the ground truth
 
 The demo model knows only these synthetic scenes (docs/demo-model.md); real videos need vit-s or
-vit-l. The scene is `entitysam.eval.synthetic.render_demo_scene`: textured sky, ground and
+vit-l. The scene is `entitysam.data.synthetic.scenes.render_demo_scene`: textured sky, ground and
 sometimes a wall, drifting shapes, one that enters, one that leaves, occlusions.
 """
 
@@ -32,7 +32,7 @@ from typing import Any, Callable
 from . import jsonio
 from .argtypes import InvalidArgumentError, check_int
 from .errors import OutputError
-from .eval.synthetic import DEMO_DEFAULTS, make_demo_video
+from .data.synthetic.demo import DEMO_DEFAULTS, make_demo_video
 from .video.writers import OutputLock, check_not_input
 
 __all__ = ["DemoReport", "check_demo_request", "run_demo", "score_prediction"]
@@ -231,6 +231,6 @@ def summary(report: DemoReport) -> str:
 
 
 def _jsonable(obj: Any) -> Any:
-    from .eval.metrics import _jsonable as metrics_jsonable  # noqa: PLC0415
+    from .eval.metrics import jsonable as metrics_jsonable  # noqa: PLC0415
 
     return metrics_jsonable(obj)

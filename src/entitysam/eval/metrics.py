@@ -40,6 +40,7 @@ __all__ = [
     "compute_stq",
     "evaluate",
     "format_table",
+    "jsonable",
     "NFRAMES",
 ]
 
@@ -212,13 +213,13 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Results as JSON values: string keys, and null for a metric that is undefined (the official
     code's NaN, e.g. the IoU of a video with no labelled pixel): NaN is not valid JSON."""
     if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(res))
     if args.json_out:
         try:
-            Path(args.json_out).write_text(jsonio.dumps(_jsonable(res), indent=1) + "\n", encoding="utf-8")
+            Path(args.json_out).write_text(jsonio.dumps(jsonable(res), indent=1) + "\n", encoding="utf-8")
         except OSError as err:
             print(f"error: cannot write {args.json_out}: {err.strerror or err}", file=sys.stderr)
             return 1
