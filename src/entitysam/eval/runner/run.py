@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from ...argtypes import check_int
 from ...errors import EntitySAMError
 from ...io.atomic import write_json_atomic
+from ...video.writers import OutputLock, OutputLockedError
 from .output import PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model
 from .plan import (EvalInputError, VideoEntry, VIPSegPlan, abbreviate, check_frames, check_gt_annotations,
                    check_gt_pngs, load_plan, official_stem)
@@ -115,6 +116,7 @@ class EvalSummary:
     videos: list[str]  # this run's slice
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # being written by another run: left to it
     failed: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # videos of the whole list still incomplete
     merged: bool = False
@@ -143,6 +145,16 @@ def _model_descriptor(model: Any, dtype: Any) -> dict[str, Any]:
             size = os.path.getsize(path)
     return {"config": model.cfg.name, "checkpoint": Path(path).name if path else None, "checkpoint_bytes": size,
             "dtype": str(resolve_dtype(dtype, device)).replace("torch.", "")}
+
+
+def _lock_video(out: EvalOutput, vid: str) -> OutputLock | None:
+    """The per-video lock (``pan_pred/.<video>.lock``), or None if another process holds it: two
+    runs on one output folder (shards, ranks, or the same command twice) never stage and commit
+    the same video at once, so their renames cannot interleave."""
+    try:
+        return OutputLock.acquire(out.pan_pred / vid)
+    except OutputLockedError:
+        return None
 
 
 def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[str], out: EvalOutput, *,
@@ -288,7 +300,17 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
         memory = _PeakMemory(next(net.parameters()).device)
         ordering = "gt" if metrics else "frames"
         for k, v in enumerate(todo, 1):
+            lock = _lock_video(out, v.video_id)
+            if lock is None:  # another run (same shard twice, or overlapping runs) is doing this video
+                summary.busy.append(v.video_id)
+                out.log(tag, {"event": "video", "video": v.video_id, "status": "busy"})
+                say(f"[{k}/{len(todo)}] {v.video_id}: being written by another run on {out.root}: left to it")
+                continue
             try:
+                if not overwrite and out.read_part(v.video_id) is not None:  # finished by another run since the listing
+                    summary.skipped.append(v.video_id)
+                    out.log(tag, {"event": "video", "video": v.video_id, "status": "skipped"})
+                    continue
                 stats = _segment_one(net, plan, v, frames[v.video_id], out, dtype=dtype, logits_dtype=logits_dtype,
                                      progress=progress, memory=memory, descriptor=descriptor, ordering=ordering)
             except KeyboardInterrupt:
@@ -305,6 +327,8 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 out.log(tag, {"event": "video", "video": v.video_id, "status": "failed", "error": msg})
                 say_error(f"[{k}/{len(todo)}] {v.video_id}: failed: {msg}")
                 continue
+            finally:
+                lock.release()
             summary.done.append(v.video_id)
             summary.stats.append(stats)
             out.log(tag, {"event": "video", "status": "done", **stats})
