@@ -314,7 +314,7 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from entitysam.eval.metrics import evaluate, format_table
-    from entitysam.eval.synthetic import make_synthetic_dataset
+    from entitysam.data.synthetic.vipseg import make_synthetic_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.root) if args.root else Path(tmp)

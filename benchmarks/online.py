@@ -204,7 +204,8 @@ def main() -> int:
     model = build_model(args.model, args.checkpoint, args.seed)
     gt = None
     if args.clip == "demo" or (args.clip == "auto" and model.cfg.name == "demo"):
-        from entitysam.eval.synthetic import DEMO_DEFAULTS, render_demo_scene
+        from entitysam.data.synthetic.demo import DEMO_DEFAULTS
+        from entitysam.data.synthetic.scenes import render_demo_scene
 
         rng = np.random.default_rng([DEMO_DEFAULTS["seed"], 9])  # the scene `entitysam demo` segments
         images, gt = render_demo_scene(rng, args.frames, DEMO_DEFAULTS["height"], DEMO_DEFAULTS["width"])

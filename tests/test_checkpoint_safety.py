@@ -213,7 +213,7 @@ def test_make_weights_reference_checkpoint_loads(tmp_path):
 
 def test_own_training_checkpoint_still_loads(tmp_path):
     from entitysam.train.config import load_config
-    from entitysam.train.synthetic import make_synthetic_coco_panoptic
+    from entitysam.data.synthetic.coco import make_synthetic_coco_panoptic
     from entitysam.train.trainer import Trainer
 
     root = tmp_path / "coco"

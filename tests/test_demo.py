@@ -109,7 +109,7 @@ def test_demo_refuses_bad_input(tmp_path):
 def test_demo_scene_is_deterministic_and_has_the_promised_events():
     import numpy as np
 
-    from entitysam.eval.synthetic import render_demo_scene
+    from entitysam.data.synthetic.scenes import render_demo_scene
 
     a_img, a_ids = render_demo_scene(np.random.default_rng([2025, 9]), 40, 240, 320)
     b_img, b_ids = render_demo_scene(np.random.default_rng([2025, 9]), 40, 240, 320)

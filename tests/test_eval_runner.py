@@ -19,11 +19,11 @@ import torch
 from _media import tiny_state_dict
 from conftest import REPO
 from entitysam import EntitySAM, cli
-from entitysam.eval import vipseg
+from entitysam.data.synthetic.vipseg import make_vipseg_dataset
 from entitysam.eval.metrics import evaluate
-from entitysam.eval.synthetic import make_vipseg_dataset
-from entitysam.eval.vipseg import (EvalInputError, IncompleteError, VideoEntry, evaluate_vipseg, load_plan,
-                                   parse_shard, shard_videos)
+from entitysam.eval.runner.output import EvalOutput, IncompleteError, merge_outputs
+from entitysam.eval.runner.plan import EvalInputError, VideoEntry, load_plan
+from entitysam.eval.runner.run import evaluate_vipseg, parse_shard, shard_videos
 from entitysam.io import panoptic
 from entitysam.io.idpng import read_id_png
 from entitysam.io.panoptic import frame_segments
@@ -249,6 +249,35 @@ def test_complete_videos_are_skipped_without_loading_the_model(env, model, refer
     assert_same_predictions(out, reference, ds.videos)
 
 
+def test_a_video_locked_by_another_run_is_left_to_it(env, model, reference, tmp_path):
+    """Two runs on one output folder never write the same video at once: a video whose lock
+    (pan_pred/.<video>.lock) another process holds is left to that process, not staged or committed;
+    once the lock is free the next run does it and merges."""
+    _, ds = env
+    out = tmp_path / "out"
+    EvalOutput(out).prepare(load_plan(ds.root))  # an evaluation folder, as another run made it
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom entitysam.video.writers import OutputLock\n"
+         "OutputLock.acquire(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(120)\n",
+         str(out / "pan_pred" / "vid_001")], env={**os.environ, **SUBPROCESS_ENV}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        summary = evaluate_vipseg(ds.root, out, model=model, workers=1)
+        assert summary.busy == ["vid_001"] and summary.done == ["vid_000", "vid_002"] and not summary.merged
+        assert summary.missing == ["vid_001"] and not (out / "parts" / "vid_001.json").exists()
+        assert not (out / "pan_pred" / "vid_001").exists() and not (out / "pred.json").exists()
+        assert not [p for p in os.listdir(out / "pan_pred") if p.startswith(".vid_001.partial")]
+    finally:
+        holder.kill()
+        holder.wait()
+    summary = evaluate_vipseg(ds.root, out, model=model, workers=1)
+    assert summary.done == ["vid_001"] and summary.merged
+    assert sorted(os.listdir(out / "pan_pred")) == list(ds.videos)  # the lock files are gone
+    assert_same_predictions(out, reference, ds.videos)
+    statuses = [json.loads(x)["status"] for x in (out / "logs" / "run.jsonl").read_text().splitlines()]
+    assert statuses == ["done", "busy", "done", "skipped", "skipped", "done"]
+
+
 # ----------------------------------------------------------------------------- parallel
 
 
@@ -393,7 +422,7 @@ def test_errors_are_clear(env, model, reference, tmp_path, capsys):
     assert rc == 2 and "another model" in capsys.readouterr().err
 
     with pytest.raises(IncompleteError) as exc:
-        vipseg.merge_outputs(load_plan(ds.root), other)
+        merge_outputs(load_plan(ds.root), other)
     assert exc.value.missing == ["vid_001"]
 
 

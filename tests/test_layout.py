@@ -112,8 +112,37 @@ def test_no_import_cycles():
 def test_modeling_imports_nothing_above_it():
     allowed = ("entitysam.modeling", "entitysam.config")
     bad = [f"{m} imports {t}" for m, targets in import_graph().items() if m.startswith("entitysam.modeling")
-           for t in targets if not t.startswith(allowed) and t != "entitysam"]
+           for t in targets if not t.startswith(allowed)]
     assert not bad, bad
+
+
+# What each part of the package may import (besides itself and the small shared modules
+# errors, argtypes, jsonio, config): the layers of docs/architecture.md, lowest first.
+SHARED = {"errors", "argtypes", "jsonio", "config"}
+ALLOWED = {
+    "modeling": set(),
+    "io": set(),
+    "inference": {"modeling"},
+    "data": {"io"},
+    "checkpoints": {"modeling"},
+    "hub": set(),
+    "train": {"modeling", "checkpoints", "io", "data"},
+    "pipeline": {"modeling", "checkpoints", "hub", "inference", "io", "data", "eval", "entitysam"},
+    "eval": {"inference", "io", "pipeline"},
+    "cli": {"checkpoints", "hub", "inference", "io", "data", "eval", "pipeline", "entitysam"},
+}
+
+
+def part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "entitysam"
+
+
+def test_each_part_imports_only_the_layers_below_it():
+    bad = sorted({f"{m} imports {t}" for m, targets in import_graph().items() for t in targets
+                  if part(m) in ALLOWED and part(t) != part(m) and part(t) not in SHARED
+                  and part(t) not in ALLOWED[part(m)]})
+    assert not bad, "\n".join(bad)
 
 
 def test_no_private_name_imported_across_modules():

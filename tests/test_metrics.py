@@ -15,7 +15,7 @@ from PIL import Image
 
 from entitysam.eval.metrics import MetricsInputError, compute_stq, compute_veq, evaluate, format_table
 from entitysam.eval.panoptic_io import pair_counts, read_id_png
-from entitysam.eval.synthetic import make_synthetic_dataset
+from entitysam.data.synthetic.vipseg import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -225,6 +225,17 @@ def test_read_id_png_modes(tmp_path):
     Image.fromarray(rgb[..., 0]).save(tmp_path / "c.png")
     with pytest.raises(MetricsInputError, match="8-bit RGB"):
         read_id_png(tmp_path / "c.png")
+
+
+def test_read_id_png_other_modes_use_the_first_three_channels(tmp_path):
+    """A file PIL opens in a mode without the packed fast path (here a CMYK TIFF) is decoded by the
+    shared codec: id = channel 0 + 256 channel 1 + 65536 channel 2, as uint32."""
+    cmyk = np.random.default_rng(2).integers(0, 256, size=(5, 6, 4), dtype=np.uint8)
+    Image.fromarray(cmyk, "CMYK").save(tmp_path / "d.tif")
+    c = cmyk.astype(np.int64)
+    got = read_id_png(tmp_path / "d.tif")
+    assert got.dtype == np.uint32
+    np.testing.assert_array_equal(got, c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2])
 
 
 # ----------------------------------------------------------------------------- validation

@@ -28,7 +28,7 @@ from entitysam.train.data import ClipAugmentation, ClipDataset, make_clip, read_
 from entitysam.train.evaluate import clip_matched_iou, match_ious
 from entitysam.train.forward import clip_forward
 from entitysam.train.setup import lr_factor, param_groups, set_trainable
-from entitysam.train.synthetic import make_synthetic_coco_panoptic
+from entitysam.data.synthetic.coco import make_synthetic_coco_panoptic
 from entitysam.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

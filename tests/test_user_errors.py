@@ -174,7 +174,7 @@ def test_demo_api_refuses_bad_numbers(tmp_path):
 
 @pytest.fixture(scope="module")
 def metrics_data(tmp_path_factory):
-    from entitysam.eval.synthetic import make_synthetic_dataset
+    from entitysam.data.synthetic.vipseg import make_synthetic_dataset
 
     return make_synthetic_dataset(tmp_path_factory.mktemp("metrics"), num_videos=2, num_frames=3)
 
@@ -206,7 +206,7 @@ def test_undefined_metrics_are_written_as_null():
 
 @pytest.fixture(scope="module")
 def vipseg(tmp_path_factory):
-    from entitysam.eval.synthetic import make_vipseg_dataset
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
 
     return make_vipseg_dataset(tmp_path_factory.mktemp("vipseg") / "VIPSeg_720P", num_videos=2,
                                num_frames=(3, 2), seed=0)
@@ -230,7 +230,7 @@ def test_eval_refuses_bad_options(vipseg, tmp_path, extra, message):
 
 
 def test_eval_api_checks_workers_before_inference(vipseg, tmp_path):
-    from entitysam.eval.vipseg import evaluate_vipseg
+    from entitysam.eval.runner.run import evaluate_vipseg
 
     def no_model():
         raise AssertionError("the model must not be loaded")

@@ -5,7 +5,7 @@ command, the options they share in `options.py`.
     entitysam download vit-s [vit-l]                                (download.py)
     entitysam demo [-o DIR]                                         (demo.py: offline, bundled model)
     entitysam metrics PRED_DIR GT_DIR GT_JSON [options]            (entitysam.eval.metrics)
-    entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.eval.vipseg)
+    entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.cli.eval)
     entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
 
 Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
@@ -32,7 +32,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "train": ("train EntitySAM: the official two-stage recipe, single process or torchrun DDP "
               "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:main"),
     "eval": ("benchmark evaluation: `entitysam eval vipseg` runs a VIPSeg split and scores it "
-             "(see `entitysam eval vipseg -h`)", "entitysam.eval.vipseg:main"),
+             "(see `entitysam eval vipseg -h`)", "entitysam.cli.eval:main"),
 }
 
 

@@ -28,7 +28,7 @@ def frame_size(text: str) -> tuple[int, int]:
 
 
 def add_parser(sub) -> None:
-    from ..eval.synthetic import DEMO_DEFAULTS
+    from ..data.synthetic.demo import DEMO_DEFAULTS
 
     d = DEMO_DEFAULTS
     p = sub.add_parser(

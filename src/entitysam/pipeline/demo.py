@@ -13,7 +13,7 @@ Writes into OUTPUT (default `entitysam-demo/`)::
     report.json, report.txt              VEQ / STQ of demo/ against the ground truth
 
 The demo model knows only these synthetic scenes (docs/demo-model.md); real videos need vit-s or
-vit-l. The scene is `entitysam.eval.synthetic.render_demo_scene`: textured sky, ground and
+vit-l. The scene is `entitysam.data.synthetic.scenes.render_demo_scene`: textured sky, ground and
 sometimes a wall, drifting shapes, one that enters, one that leaves, occlusions.
 """
 
@@ -33,7 +33,7 @@ from .. import jsonio
 from ..argtypes import InvalidArgumentError, check_int
 from ..errors import OutputError
 from ..eval.metrics import format_table
-from ..eval.synthetic import DEMO_DEFAULTS, make_demo_video
+from ..data.synthetic.demo import DEMO_DEFAULTS, make_demo_video
 from ..io.output_lock import OutputLock
 from ..io.paths import check_not_input
 from ..jsonio import jsonable

@@ -13,7 +13,7 @@ segment and an unlabeled (id 0) patch. Every segment has its own texture (stripe
 noise or gradient over a distinct base colour). Everything is a function of `seed`.
 
 `style="demo"` writes instead single frames of the demo scenes
-(`entitysam.eval.synthetic.render_demo_scene`: textured stuff, drifting things of five shapes
+(`entitysam.data.synthetic.scenes.render_demo_scene`: textured stuff, drifting things of five shapes
 and varied sizes, thin bars, natural-like 1/f textures, occlusions, things cut by the border),
 each at a random time of its own scene: the training set of the shipped demo model, from the
 same family as the video `entitysam demo` segments. Every segment is an entity (no crowd, no
@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ...io.idpng import encode_ids
+from .scenes import render_demo_scene
 
 CATEGORIES = [
     {"id": 1, "name": "ellipse", "isthing": 1, "supercategory": "shape"},
@@ -163,8 +166,6 @@ def _paint_image(rng, h, w, things_max):
 
 def _paint_demo_image(rng: np.random.Generator, h: int, w: int):
     """One frame of a demo scene, in `_paint_image`'s return format (all segments are entities)."""
-    from ..eval.synthetic import render_demo_scene  # noqa: PLC0415
-
     num_frames = int(rng.integers(20, 61))
     t = int(rng.integers(num_frames))
     images, ids = render_demo_scene(rng, num_frames, h, w, frames=[t])
@@ -219,8 +220,7 @@ def make_synthetic_coco_panoptic(root: str | Path, num_images: int = 8, seed: in
             Image.fromarray(image).save(image_dir / file_name, quality=95)
         else:
             Image.fromarray(image).save(image_dir / file_name)
-        rgb = np.stack([pan_ids % 256, (pan_ids // 256) % 256, pan_ids // 65536], axis=-1).astype(np.uint8)
-        Image.fromarray(rgb).save(pan_dir / f"{stem}.png")
+        Image.fromarray(encode_ids(pan_ids)).save(pan_dir / f"{stem}.png")  # zlib's default level, as before
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         annotations.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments})
     json_path = ann_dir / "panoptic_train2017.json"

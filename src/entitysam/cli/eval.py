@@ -1,0 +1,242 @@
+"""`entitysam eval vipseg`: the command line of the VIPSeg evaluation, alone or under torchrun.
+
+    entitysam eval vipseg --data-root datasets/VIPSeg_720P --split val --model vit-s --output DIR
+
+Under ``torchrun`` each rank takes its slice (``RANK`` of ``WORLD_SIZE``) on ``cuda:LOCAL_RANK``;
+the ranks meet at a barrier and rank 0 merges and scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from ..argtypes import positive_float, positive_int
+from ..errors import EntitySAMError
+from ..eval.runner.output import EvalOutput, IncompleteError
+from ..eval.runner.plan import EvalInputError, abbreviate, load_plan
+from ..eval.runner.run import EvalSummary, evaluate_vipseg, finish, parse_shard
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="entitysam eval", description="Benchmark evaluations.")
+    sub = ap.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    p = sub.add_parser(
+        "vipseg", help="VIPSeg: inference on a split, official output layout, VEQ / STQ",
+        description="Segment every video of a VIPSeg split (list from the GT JSON and the split file, frames "
+                    "images/<video>/*.jpg in sorted order, as the official evaluation), write pan_pred/ + pred.json "
+                    "in the official layout, then VEQ / STQ into metrics.json. Re-running resumes: complete videos "
+                    "are skipped, interrupted ones redone.")
+    data = p.add_argument_group("data")
+    data.add_argument("--data-root", required=True, metavar="DIR",
+                      help="the VIPSeg_720P folder (images/, panomasksRGB/, panoptic_gt_VIPSeg_<split>.json)")
+    data.add_argument("--split", default="val", help="split name (default val)")
+    data.add_argument("--gt-json", default=None, metavar="PATH",
+                      help="GT JSON (default DATA_ROOT/panoptic_gt_VIPSeg_<split>.json)")
+    data.add_argument("--gt-dir", default=None, metavar="DIR", help="GT PNGs (default DATA_ROOT/panomasksRGB)")
+    data.add_argument("--split-file", default=None, metavar="PATH",
+                      help="video list (default DATA_ROOT/<split>.txt or DATA_ROOT/../<split>.txt if present)")
+    mod = p.add_argument_group("model")
+    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
+                     help="published model (default vit-s); with --checkpoint: that file's configuration")
+    mod.add_argument("--checkpoint", default=None, metavar="PATH", help="local checkpoint file")
+    mod.add_argument("--trust-checkpoint-code", action="store_true",
+                     help="UNSAFE: unpickle --checkpoint in full, which runs any code in the file (default: refused)")
+    mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                     help="auto (default): cuda, else mps, else cpu; under torchrun cuda:LOCAL_RANK")
+    mod.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere")
+    mod.add_argument("--logits-dtype", default="float32", choices=("float32", "float16"),
+                     help="temporary on-disk low-res logits (float32 exact, float16 half the disk)")
+    mod.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads")
+    run = p.add_argument_group("run")
+    run.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (see README)")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run slice I of N (0 <= I < N); the run that completes the last video merges and scores")
+    run.add_argument("--merge-only", action="store_true",
+                     help="no inference: assemble pred.json from the finished videos and score")
+    run.add_argument("--overwrite", action="store_true", help="redo the slice's videos even if complete")
+    run.add_argument("--no-metrics", action="store_true", help="write pred.json but do not score")
+    run.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                     help="processes for the metrics (default: number of CPUs)")
+    run.add_argument("--dist-timeout", type=positive_float, default=48.0, metavar="HOURS",
+                     help="under torchrun: how long ranks wait for each other at the end (default 48)")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-video lines")
+    return ap
+
+
+def _dist_env() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    return rank, world, local
+
+
+def _print_err(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+
+
+def _print_metrics(result: Mapping[str, Any] | None) -> None:
+    from ..eval.metrics import format_table  # noqa: PLC0415
+
+    if result is not None:
+        print(format_table({k: result[k] for k in ("veq", "stq") if k in result}))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`entitysam eval vipseg ...`. Exit codes: 0 done (or this shard done), 1 a video failed,
+    the model could not be loaded, videos are missing at --merge-only or the metrics failed,
+    2 invalid command line or unusable inputs, 130 interrupted."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else 2
+    if args.benchmark is None:
+        parser.print_help(sys.stderr)
+        return 2
+    rank, world, local_rank = _dist_env()
+    distributed = world > 1 and not args.merge_only
+    prefix = f"[rank {rank}/{world}] " if world > 1 else ""
+    say: Callable[[str], None] = ((lambda m: None) if args.quiet
+                                  else (lambda m: print(prefix + m, file=sys.stderr, flush=True)))
+    try:
+        if args.shard is not None and world > 1:
+            raise EvalInputError("--shard and torchrun exclude each other (under torchrun each rank takes its slice)")
+        shard = parse_shard(args.shard) if args.shard is not None else (rank, world) if distributed else (0, 1)
+        if args.threads is not None and args.threads < 1:
+            raise EvalInputError("--threads must be >= 1")
+        if args.workers is not None and args.workers < 1:
+            raise EvalInputError("--workers must be >= 1")
+        plan = load_plan(args.data_root, args.split, gt_json=args.gt_json, gt_dir=args.gt_dir,
+                         split_file=args.split_file)
+        if not args.merge_only:  # an unavailable --device is a command-line error, found before loading
+            from ..inference.precision import resolve_device  # noqa: PLC0415
+
+            resolve_device(args.device)
+    except EntitySAMError as err:
+        _print_err(str(err))
+        return 2
+
+    metrics = not args.no_metrics
+    if args.merge_only:
+        if rank != 0:
+            return 0
+        try:
+            EvalOutput(args.output).check_existing(plan)
+            result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
+        except IncompleteError as err:
+            _print_err(f"{err}; run the missing shards (or this command without --merge-only) first")
+            return 1
+        except EvalInputError as err:
+            _print_err(str(err))
+            return 2
+        except EntitySAMError as err:
+            _print_err(str(err))
+            return 1
+        except ValueError as err:  # MetricsInputError
+            _print_err(f"metrics: {err}")
+            return 1
+        _print_metrics(result)
+        return 0
+
+    import torch  # noqa: PLC0415
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if distributed and device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+
+    def load_model():
+        from ..pipeline.loading import load_model as load  # noqa: PLC0415
+        from .options import checkpoint_wording  # noqa: PLC0415
+
+        t0 = time.perf_counter()
+        with checkpoint_wording():
+            net = load(args.checkpoint, config=args.model, device=device, allow_pickle=args.trust_checkpoint_code)
+        say(f"model {net.cfg.name} loaded on {next(net.parameters()).device} in {time.perf_counter() - t0:.1f}s")
+        return net
+
+    group = False
+    if distributed:
+        import datetime  # noqa: PLC0415
+
+        import torch.distributed as dist  # noqa: PLC0415
+
+        backend = "nccl" if str(device).startswith("cuda") else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=args.dist_timeout))
+        group = True
+
+    status = 0
+    summary: EvalSummary | None = None
+    try:
+        summary = evaluate_vipseg(
+            args.data_root, args.output, split=args.split, model=load_model, shard=shard, dtype=args.dtype,
+            logits_dtype=args.logits_dtype, overwrite=args.overwrite, merge=not distributed, metrics=metrics,
+            workers=args.workers, progress=not args.quiet and world == 1, say=say, plan=plan,
+            say_error=lambda m: _print_err(prefix + m),
+            log_tag=f"rank-{rank}-of-{world}" if distributed else None)
+    except KeyboardInterrupt:
+        _print_err("interrupted; finished videos are kept, re-run the same command to resume")
+        return 130
+    except EvalInputError as err:
+        _print_err(str(err))
+        status = 2
+    except EntitySAMError as err:  # model not available, checkpoint mismatch, output not writable
+        _print_err(str(err))
+        status = 1
+    except (RuntimeError, OSError) as err:
+        _print_err(f"{type(err).__name__}: {err}")
+        status = 1
+    except ValueError as err:  # MetricsInputError from the automatic merge
+        _print_err(f"metrics: {err}")
+        status = 1
+    if summary is not None and summary.failed:
+        _print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
+                   f"{abbreviate([v for v, _ in summary.failed])}; re-run to retry them")
+        status = 1
+
+    if group:
+        import torch.distributed as dist  # noqa: PLC0415
+
+        try:
+            if str(device).startswith("cuda"):
+                dist.barrier(device_ids=[local_rank])
+            else:
+                dist.barrier()
+            if rank == 0:
+                try:
+                    result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
+                    _print_metrics(result)
+                except IncompleteError as err:
+                    _print_err(f"{err}; re-run the same command to finish them")
+                    status = 1
+                except EntitySAMError as err:
+                    _print_err(str(err))
+                    status = 1
+                except ValueError as err:
+                    _print_err(f"metrics: {err}")
+                    status = 1
+        finally:
+            dist.destroy_process_group()
+        return status
+
+    if summary is not None and status == 0:
+        if summary.merged:
+            _print_metrics(summary.metrics)
+        elif summary.missing:
+            say(f"{len(summary.videos)} videos of this slice complete; {len(summary.missing)} of "
+                f"{len(plan.videos)} videos still missing (other shards): the shard that finishes last merges and "
+                "scores, or run the same command with --merge-only once all are done")
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

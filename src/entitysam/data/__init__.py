@@ -1,0 +1,1 @@
+"""Data the project generates for itself (tests, benchmarks, the demo and its model)."""

@@ -1,0 +1,221 @@
+"""The output folder of a VIPSeg evaluation and its per-video transaction.
+
+Output folder::
+
+    DIR/run.json                 what the folder holds (split, video list); checked on every re-run
+    DIR/pan_pred/<video>/*.png   predicted ids (R + 256 G + 65536 B), one PNG per frame
+    DIR/parts/<video>.json       the video's pred.json entry + its statistics; written last
+    DIR/logs/<run>.jsonl         one line per video and process: done / skipped / failed
+    DIR/pred.json                assembled from the parts once every video is complete
+    DIR/log.json                 per-video time, frames/s, peak memory, and totals
+    DIR/metrics.json             VEQ / STQ (as ``entitysam metrics --json``) + a "run" summary
+
+A video is complete when its part file exists: its PNG folder is renamed into place from a
+hidden ``pan_pred/.<video>.partial-*`` folder before the part is written, so an interrupted
+video is redone and a complete one is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ... import jsonio
+from ...errors import EntitySAMError, OutputError
+from ...io.atomic import write_json_atomic
+from ...io.output_lock import pid_alive
+from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
+
+__all__ = ["IncompleteError", "EvalOutput", "complete_parts", "same_model", "describe_model", "merge_outputs",
+           "RUN_FILE", "RUN_FORMAT", "PART_FORMAT"]
+
+PathLike = str | os.PathLike
+RUN_FILE = "run.json"
+RUN_FORMAT = "entitysam-eval-vipseg"
+PART_FORMAT = "entitysam-eval-vipseg-part"
+
+
+class IncompleteError(EntitySAMError):
+    """Some videos have no complete predictions yet (merge requested too early)."""
+
+    def __init__(self, message: str, missing: Sequence[str]):
+        super().__init__(message)
+        self.missing = list(missing)
+
+
+class EvalOutput:
+    """The output folder of one evaluation (see the module doc)."""
+
+    def __init__(self, root: PathLike):
+        self.root = Path(root)
+        self.pan_pred = self.root / "pan_pred"
+        self.parts = self.root / "parts"
+        self.logs = self.root / "logs"
+
+    # -- identity
+    def prepare(self, plan: VIPSegPlan) -> None:
+        """Create the folder or check that it holds this evaluation; write run.json first."""
+        fp = {"format": RUN_FORMAT, "format_version": 1, **plan.fingerprint()}
+        run = self.root / RUN_FILE
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise EvalInputError(f"--output {self.root} exists and is not a folder")
+            # list first: run.json is written before anything else, so a folder that shows other
+            # entries shows run.json too (concurrent ranks / shards starting together)
+            visible = [p.name for p in self.root.iterdir() if not p.name.startswith(".")] \
+                if self.root.is_dir() else []
+            if RUN_FILE in visible or run.is_file():
+                try:
+                    old = json.loads(run.read_text(encoding="utf-8"))
+                except ValueError:
+                    old = {}
+                if {k: old.get(k) for k in fp} != fp:
+                    raise EvalInputError(
+                        f"--output {self.root} holds another evaluation (split {old.get('split')!r}, "
+                        f"{old.get('num_videos')} videos; this one: split {plan.split!r}, {len(plan.videos)} videos, "
+                        "or a different video list): use another --output")
+            else:
+                if visible:
+                    raise EvalInputError(f"--output {self.root} is not empty and is not an entitysam evaluation "
+                                         f"folder (no {RUN_FILE}; it holds {abbreviate(sorted(visible), 3)}): "
+                                         "choose a new or empty folder")
+                self.root.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(run, {**fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+            for d in (self.pan_pred, self.parts, self.logs):
+                d.mkdir(exist_ok=True)
+        except OSError as err:
+            from ...io.paths import describe_os_error  # noqa: PLC0415
+
+            raise OutputError(describe_os_error(err, "the output folder")) from None
+
+    def check_existing(self, plan: VIPSegPlan) -> None:
+        """For --merge-only: the folder must exist and hold this evaluation."""
+        if not (self.root / RUN_FILE).is_file():
+            raise EvalInputError(f"--output {self.root} holds no evaluation ({RUN_FILE} not found)")
+        self.prepare(plan)
+
+    # -- per video
+    def part_path(self, vid: str) -> Path:
+        return self.parts / f"{vid}.json"
+
+    def read_part(self, vid: str) -> dict[str, Any] | None:
+        """The part of a complete video, or None (missing, unreadable, or PNGs missing)."""
+        try:
+            with open(self.part_path(vid), encoding="utf-8") as f:
+                part = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(part, dict) or part.get("complete") is not True or part.get("video_id") != vid:
+            return None
+        folder = self.pan_pred / vid
+        try:
+            have = set(os.listdir(folder))
+        except OSError:
+            return None
+        for entry in part.get("annotations", []):
+            if f"{official_stem(entry.get('file_name', ''))}.png" not in have:
+                return None
+        return part
+
+    def stage(self, vid: str) -> Path:
+        """A fresh hidden folder for the PNGs of `vid`; partial (and replaced) folders of this
+        video left by dead processes are removed."""
+        for kind in ("partial", "old"):
+            prefix = f".{vid}.{kind}-"
+            for p in self.pan_pred.glob(f"{prefix}*"):
+                try:
+                    pid = int(p.name[len(prefix):].split("-")[0])
+                except ValueError:
+                    continue
+                if pid == os.getpid() or not pid_alive(pid):
+                    shutil.rmtree(p, ignore_errors=True)
+        path = self.pan_pred / f".{vid}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir(parents=True)
+        return path
+
+    def commit(self, vid: str, stage: Path, part: dict[str, Any]) -> None:
+        """Move the PNGs into place, then write the part (which marks the video complete)."""
+        final = self.pan_pred / vid
+        with contextlib.suppress(FileNotFoundError):
+            self.part_path(vid).unlink()  # an older result stops counting as complete first
+        if final.exists():
+            old = self.pan_pred / f".{vid}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.rename(stage, final)
+        write_json_atomic(self.part_path(vid), part)
+
+    def log(self, tag: str, record: Mapping[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            with open(self.logs / f"{tag}.jsonl", "a", encoding="utf-8") as f:
+                f.write(jsonio.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, ensure_ascii=True) + "\n")
+
+
+def same_model(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    keys = ("config", "checkpoint", "checkpoint_bytes", "dtype")
+    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
+
+
+def describe_model(d: Mapping[str, Any] | None) -> str:
+    if not d:
+        return "unknown model"
+    ck = f", checkpoint {d.get('checkpoint')}" if d.get("checkpoint") else ""
+    return f"config {d.get('config')}{ck}, {d.get('dtype')}"
+
+
+
+def complete_parts(out: EvalOutput, plan: VIPSegPlan) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(the plan's videos without a complete part, {video: its part} for the others)."""
+    missing, parts = [], {}
+    for vid in plan.video_ids:
+        part = out.read_part(vid)
+        if part is None:
+            missing.append(vid)
+        else:
+            parts[vid] = part
+    return missing, parts
+
+
+def merge_outputs(plan: VIPSegPlan, output: PathLike) -> dict[str, Any]:
+    """Assemble ``pred.json`` and ``log.json`` from the parts of every video of the plan.
+    Raises :class:`IncompleteError` naming the videos without complete predictions, and
+    :class:`EvalInputError` if the parts come from different models. Returns the log."""
+    from ...io.panoptic import CATEGORIES  # noqa: PLC0415
+
+    out = EvalOutput(output)
+    missing, parts = complete_parts(out, plan)
+    if missing:
+        raise IncompleteError(f"{len(missing)} of {len(plan.videos)} videos have no complete predictions in "
+                              f"{out.root}: {abbreviate(missing)}", missing)
+    models: list[dict[str, Any]] = []
+    for part in parts.values():
+        if not any(same_model(part.get("model"), m) for m in models):
+            models.append(part.get("model") or {})
+    if len(models) > 1:
+        raise EvalInputError(f"the predictions in {out.root} come from {len(models)} different models ("
+                             + "; ".join(describe_model(m) for m in models) + "): redo them with one model")
+    pred = {"annotations": [{"video_id": vid, "annotations": parts[vid]["annotations"]} for vid in plan.video_ids],
+            "categories": CATEGORIES}
+    write_json_atomic(out.root / "pred.json", pred)
+    stats = [parts[vid].get("stats", {}) for vid in plan.video_ids]
+    frames = sum(int(s.get("frames") or 0) for s in stats)
+    seconds = sum(float(s.get("seconds") or 0.0) for s in stats)
+
+    def peak(key: str) -> float | None:
+        vals = [s.get(key) for s in stats if s.get(key) is not None]
+        return max(vals) if vals else None
+
+    log = {"split": plan.split, "model": models[0] if models else None,
+           "total": {"videos": len(stats), "frames": frames, "seconds": round(seconds, 3),
+                     "fps": round(frames / seconds, 3) if seconds > 0 else None,
+                     "peak_rss_mib": peak("peak_rss_mib"),
+                     "cuda_max_allocated_mib": peak("cuda_max_allocated_mib")},
+           "videos": stats}
+    write_json_atomic(out.root / "log.json", log, indent=1)
+    return log

@@ -1,0 +1,272 @@
+"""What a VIPSeg evaluation covers: the videos of a split, their frames and their ground truth.
+
+Like the official ``eval/eval_vipseg_entity_seg.py``, the videos are those of the GT JSON
+(``panoptic_gt_VIPSeg_<split>.json``, in its order, filtered by the split file), and the
+frames of a video are the JPEGs of ``images/<video>/`` in ``sorted()`` order. Every check
+here runs before any inference, so unusable inputs are found in seconds, not after hours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ...errors import EntitySAMError
+
+__all__ = ["EvalInputError", "VideoEntry", "VIPSegPlan", "load_plan", "list_video_frames", "official_stem",
+           "abbreviate", "check_frames", "check_gt_annotations", "check_gt_pngs"]
+
+PathLike = str | os.PathLike
+JPEG_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")  # the official list (eval:230-233)
+
+
+class EvalInputError(EntitySAMError):
+    """The data root, split, GT JSON, frames or output folder do not allow the evaluation to run."""
+
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    video_id: str
+    gt_names: tuple[str, ...]  # GT image file names, in GT order (may be empty without GT)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.gt_names)
+
+
+@dataclass
+class VIPSegPlan:
+    """What to evaluate: the videos (GT JSON order, filtered by the split file) and where things are."""
+
+    data_root: Path
+    split: str
+    gt_json: Path
+    gt_doc: dict[str, Any] = field(repr=False)
+    gt_dir: Path
+    images_dir: Path
+    split_file: Path | None
+    videos: list[VideoEntry]
+    gt_videos: int  # videos in the GT JSON
+
+    @property
+    def subset(self) -> bool:
+        return len(self.videos) != self.gt_videos
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [v.video_id for v in self.videos]
+
+    def gt_for_metrics(self) -> dict[str, Any]:
+        """The GT JSON document restricted to the plan's videos (the document itself if all)."""
+        if not self.subset:
+            return self.gt_doc
+        keep = set(self.video_ids)
+        doc = dict(self.gt_doc)
+        doc["videos"] = [v for v in self.gt_doc["videos"] if v.get("video_id") in keep]
+        doc["annotations"] = [a for a in self.gt_doc.get("annotations", []) if a.get("video_id") in keep]
+        return doc
+
+    def fingerprint(self) -> dict[str, Any]:
+        digest = hashlib.sha1("\n".join(self.video_ids).encode("utf-8")).hexdigest()
+        return {"split": self.split, "num_videos": len(self.videos), "videos_sha1": digest}
+
+
+def abbreviate(names: Sequence[str], k: int = 5) -> str:
+    shown = ", ".join(str(n) for n in list(names)[:k])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > k else "")
+
+
+def official_stem(file_name: str) -> str:
+    """The official output name of a frame: its file name up to the first dot (eval:173)."""
+    return file_name.split("/")[-1].split(".")[0]
+
+
+def _check_video_id(vid: Any, where: str) -> str:
+    if not isinstance(vid, str) or not vid or vid in (".", "..") or "/" in vid or "\\" in vid or "\0" in vid:
+        raise EvalInputError(f"{where}: video_id {vid!r} is not usable as a folder name")
+    return vid
+
+
+def _read_split_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise EvalInputError(f"cannot read the split file {path}: {err.strerror or err}") from None
+    names = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    if not names:
+        raise EvalInputError(f"the split file {path} lists no videos")
+    return names
+
+
+def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | None = None,
+              gt_dir: PathLike | None = None, split_file: PathLike | None = None,
+              images_dir: PathLike | None = None) -> VIPSegPlan:
+    """Read the split's video list as the official evaluation does.
+
+    GT JSON: ``gt_json`` or ``<data_root>/panoptic_gt_VIPSeg_<split>.json`` (required; its
+    ``videos`` give the list and order). Split file: ``split_file`` (must exist if given) or the
+    first of ``<data_root>/<split>.txt`` and ``<data_root>/../<split>.txt`` (the VIPSeg tools put
+    it beside ``VIPSeg_720P``); when found, every video it names must be in the GT JSON and only
+    those are evaluated (a split file listing fewer videos evaluates that subset). Raises
+    :class:`EvalInputError` with the path and the cause.
+    """
+    root = Path(data_root)
+    if not root.exists():
+        raise EvalInputError(f"data root not found: {root} (expected the VIPSeg_720P folder holding images/, "
+                             f"panomasksRGB/ and panoptic_gt_VIPSeg_{split}.json)")
+    if not root.is_dir():
+        raise EvalInputError(f"data root {root} is not a folder")
+    if not split or "/" in split or split.startswith("."):
+        raise EvalInputError(f"invalid split name {split!r} (e.g. val, train, test)")
+    if gt_json is None:
+        gt_path = root / f"panoptic_gt_VIPSeg_{split}.json"
+        if not gt_path.is_file():
+            have = sorted(p.name[len("panoptic_gt_VIPSeg_"):-len(".json")]
+                          for p in root.glob("panoptic_gt_VIPSeg_*.json"))
+            hint = (f"splits with a GT JSON in {root}: {', '.join(have)}" if have else
+                    f"{root} holds no panoptic_gt_VIPSeg_<split>.json (made by VIPSeg's "
+                    "create_panoptic_video_labels.py + splitjson.py)")
+            raise EvalInputError(f"GT JSON of split {split!r} not found: {gt_path} ({hint}; or pass --gt-json)")
+    else:
+        gt_path = Path(gt_json)
+        if not gt_path.is_file():
+            raise EvalInputError(f"GT JSON not found: {gt_path}")
+    try:
+        with open(gt_path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as err:
+        raise EvalInputError(f"GT JSON {gt_path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise EvalInputError(f"cannot read GT JSON {gt_path}: {err.strerror or err}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list):
+        raise EvalInputError(f"GT JSON {gt_path} has no 'videos' list (not a VIPSeg panoptic GT file)")
+
+    entries: list[VideoEntry] = []
+    seen: set[str] = set()
+    for i, video in enumerate(doc["videos"]):
+        where = f"GT JSON {gt_path} videos[{i}]"
+        if not isinstance(video, Mapping) or "video_id" not in video:
+            raise EvalInputError(f"{where}: missing 'video_id'")
+        vid = _check_video_id(video["video_id"], where)
+        if vid in seen:
+            raise EvalInputError(f"{where}: video {vid!r} is listed twice")
+        seen.add(vid)
+        images = video.get("images") or []
+        names = []
+        for j, im in enumerate(images):
+            if not isinstance(im, Mapping) or not isinstance(im.get("file_name"), str):
+                raise EvalInputError(f"{where} (video {vid!r}) images[{j}]: missing 'file_name'")
+            names.append(im["file_name"])
+        entries.append(VideoEntry(vid, tuple(names)))
+    if not entries:
+        raise EvalInputError(f"GT JSON {gt_path} lists no videos")
+
+    found_split: Path | None
+    if split_file is not None:
+        found_split = Path(split_file)
+        if not found_split.is_file():
+            raise EvalInputError(f"split file not found: {found_split}")
+    else:
+        candidates = [root / f"{split}.txt", root.resolve().parent / f"{split}.txt"]
+        found_split = next((c for c in candidates if c.is_file()), None)
+    videos = entries
+    if found_split is not None:
+        listed = _read_split_file(found_split)
+        unknown = [v for v in listed if v not in seen]
+        if unknown:
+            raise EvalInputError(f"the split file {found_split} lists {len(unknown)} video(s) that the GT JSON "
+                                 f"{gt_path} does not: {abbreviate(unknown)}")
+        keep = set(listed)
+        videos = [e for e in entries if e.video_id in keep]
+    return VIPSegPlan(data_root=root, split=split, gt_json=gt_path, gt_doc=doc,
+                      gt_dir=Path(gt_dir) if gt_dir is not None else root / "panomasksRGB",
+                      images_dir=Path(images_dir) if images_dir is not None else root / "images",
+                      split_file=found_split, videos=videos, gt_videos=len(entries))
+
+
+def list_video_frames(folder: PathLike) -> list[str]:
+    """The frame files of a video as the official script lists them: ``sorted(os.listdir)``
+    keeping ``.jpg .jpeg .JPG .JPEG`` (hidden files skipped)."""
+    return [n for n in sorted(os.listdir(folder))
+            if os.path.splitext(n)[1] in JPEG_EXTENSIONS and not n.startswith(".")]
+
+
+def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) -> dict[str, list[str]]:
+    """Frame lists of `videos`; every problem of every video in one EvalInputError."""
+    if not plan.images_dir.is_dir():
+        raise EvalInputError(f"frames folder not found: {plan.images_dir} (expected images/<video>/*.jpg "
+                             f"in the data root)")
+    problems: list[str] = []
+    frames: dict[str, list[str]] = {}
+    for v in videos:
+        folder = plan.images_dir / v.video_id
+        if not folder.is_dir():
+            problems.append(f"video {v.video_id!r}: frame folder not found: {folder}")
+            continue
+        try:
+            names = list_video_frames(folder)
+        except OSError as err:
+            problems.append(f"video {v.video_id!r}: cannot list {folder}: {err.strerror or err}")
+            continue
+        if not names:
+            problems.append(f"video {v.video_id!r}: no JPEG frames ({' '.join(JPEG_EXTENSIONS)}) in {folder}")
+            continue
+        stems = [official_stem(n) for n in names]
+        if len(set(stems)) != len(stems):
+            dup = sorted({s for s in stems if stems.count(s) > 1})
+            problems.append(f"video {v.video_id!r}: frames with the same name up to the first dot in {folder}: "
+                            f"{abbreviate(dup)}")
+            continue
+        if need_gt:
+            gt = [official_stem(n) for n in v.gt_names]
+            if sorted(gt) != sorted(stems):
+                missing = sorted(set(gt) - set(stems))
+                extra = sorted(set(stems) - set(gt))
+                detail = "; ".join(x for x in (
+                    f"GT frames without a JPEG: {abbreviate(missing)}" if missing else "",
+                    f"JPEGs without a GT frame: {abbreviate(extra)}" if extra else "") if x)
+                problems.append(f"video {v.video_id!r}: {len(names)} frames in {folder} but the GT JSON lists "
+                                f"{len(gt)} images; they must match one to one ({detail or 'duplicate names'})")
+                continue
+        frames[v.video_id] = names
+    if problems:
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        raise EvalInputError(f"{len(problems)} video(s) cannot be evaluated{more}:\n  " + "\n  ".join(problems[:10]))
+    return frames
+
+
+def check_gt_annotations(plan: VIPSegPlan) -> None:
+    """The metrics need, for every video, a GT ``annotations`` entry with one record per image."""
+    annos = plan.gt_doc.get("annotations")
+    if not isinstance(annos, list):
+        raise EvalInputError(f"GT JSON {plan.gt_json} has no 'annotations' list: it cannot be scored "
+                             "(pass --no-metrics to only write the predictions)")
+    by_video = {a.get("video_id"): a.get("annotations") for a in annos if isinstance(a, Mapping)}
+    bad = []
+    for v in plan.videos:
+        frames = by_video.get(v.video_id)
+        if not isinstance(frames, list) or len(frames) != v.num_frames or not v.num_frames:
+            bad.append(v.video_id)
+    if bad:
+        raise EvalInputError(f"GT JSON {plan.gt_json}: {len(bad)} video(s) without GT annotations for each of their "
+                             f"images: {abbreviate(bad)} (pass --no-metrics to only write the predictions)")
+
+
+def check_gt_pngs(plan: VIPSegPlan) -> None:
+    """Every GT PNG the metrics will read (``GT_DIR/<video>/<file_name>`` for each image of the
+    GT JSON) exists; all missing ones are named in one error."""
+    missing: list[str] = []
+    for v in plan.videos:
+        folder = plan.gt_dir / v.video_id
+        if not folder.is_dir():
+            missing.extend(str(folder / n) for n in v.gt_names)
+            continue
+        missing.extend(str(folder / n) for n in v.gt_names if not (folder / n).is_file())
+    if missing:
+        raise EvalInputError(f"{len(missing)} GT PNG(s) named by the GT JSON {plan.gt_json} are missing: "
+                             f"{abbreviate(missing)} (the metrics need every one; or pass --no-metrics)")

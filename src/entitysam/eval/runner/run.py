@@ -1,0 +1,361 @@
+"""Running a VIPSeg evaluation: the slice of a shard, inference video by video, merge and score.
+
+Sharding: ``shard=(I, N)`` (``--shard I/N``, and each rank under ``torchrun``) takes a
+deterministic slice of the video list, balanced by frame count; the run that completes the
+last video merges (:func:`entitysam.eval.runner.output.merge_outputs`) and scores
+(:func:`entitysam.eval.metrics.evaluate`) into ``DIR/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ...argtypes import check_int
+from ...errors import EntitySAMError
+from ...io.atomic import write_json_atomic
+from ...io.output_lock import OutputLock, OutputLockedError
+from .output import PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model
+from .plan import (EvalInputError, VideoEntry, VIPSegPlan, abbreviate, check_frames, check_gt_annotations,
+                   check_gt_pngs, load_plan, official_stem)
+
+__all__ = ["EvalSummary", "parse_shard", "shard_videos", "evaluate_vipseg", "score_outputs", "finish"]
+
+PathLike = str | os.PathLike
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise EvalInputError(f"--shard expects I/N (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise EvalInputError(f"--shard {text}: need N >= 1 and 0 <= I < N (shards count from 0)")
+    return i, n
+
+
+def shard_videos(videos: Sequence[VideoEntry], index: int, count: int) -> list[VideoEntry]:
+    """Slice `index` of `count`: a deterministic split balanced by frame count (longest video
+    first to the least loaded slice, ties to the lower slice), in list order within a slice."""
+    if count == 1:
+        return list(videos)
+    load = [0] * count
+    owner: dict[int, int] = {}
+    order = sorted(range(len(videos)), key=lambda k: (-max(videos[k].num_frames, 1), k))
+    for k in order:
+        s = min(range(count), key=lambda j: (load[j], j))
+        owner[k] = s
+        load[s] += max(videos[k].num_frames, 1)
+    return [v for k, v in enumerate(videos) if owner[k] == index]
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+class _PeakMemory:
+    """Per-video peak RSS (Linux: the high-water mark is reset before each video) and CUDA
+    max allocated memory; the process peak is tracked across resets."""
+
+    def __init__(self, device: Any = None):
+        self.device = device
+        self.process_peak_mib = self._maxrss_mib()
+        self.per_video = False
+
+    @staticmethod
+    def _maxrss_mib() -> float:
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024  # macOS reports bytes
+
+    def _cuda(self) -> bool:
+        return self.device is not None and getattr(self.device, "type", None) == "cuda"
+
+    def reset(self) -> None:
+        self.process_peak_mib = max(self.process_peak_mib, self._maxrss_mib())
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset the peak RSS ("VmHWM") to the current RSS
+            self.per_video = True
+        except OSError:
+            self.per_video = False
+        if self._cuda():
+            import torch  # noqa: PLC0415
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def read(self) -> dict[str, Any]:
+        peak = self._maxrss_mib()
+        self.process_peak_mib = max(self.process_peak_mib, peak)
+        out: dict[str, Any] = {
+            "peak_rss_mib": round(peak, 1),
+            "peak_rss_scope": "video" if self.per_video else "process",
+            "process_peak_rss_mib": round(self.process_peak_mib, 1),
+            "cuda_max_allocated_mib": None,
+        }
+        if self._cuda():
+            import torch  # noqa: PLC0415
+
+            out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return out
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class EvalSummary:
+    output: Path
+    videos: list[str]  # this run's slice
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # being written by another run: left to it
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # videos of the whole list still incomplete
+    merged: bool = False
+    metrics: dict[str, Any] | None = None
+    stats: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass
+class _FrameRef:
+    name: str
+    index: int
+
+
+def _model_descriptor(model: Any, dtype: Any) -> dict[str, Any]:
+    from ...inference.precision import resolve_dtype  # noqa: PLC0415
+
+    device = next(model.parameters()).device
+    path = getattr(model, "checkpoint_path", None)
+    size = None
+    if path:
+        with contextlib.suppress(OSError):
+            size = os.path.getsize(path)
+    return {"config": model.cfg.name, "checkpoint": Path(path).name if path else None, "checkpoint_bytes": size,
+            "dtype": str(resolve_dtype(dtype, device)).replace("torch.", "")}
+
+
+def _lock_video(out: EvalOutput, vid: str) -> OutputLock | None:
+    """The per-video lock (``pan_pred/.<video>.lock``), or None if another process holds it: two
+    runs on one output folder (shards, ranks, or the same command twice) never stage and commit
+    the same video at once, so their renames cannot interleave."""
+    try:
+        return OutputLock.acquire(out.pan_pred / vid)
+    except OutputLockedError:
+        return None
+
+
+def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[str], out: EvalOutput, *,
+                 dtype: Any, logits_dtype: str, progress: bool, memory: _PeakMemory,
+                 descriptor: dict[str, Any], ordering: str) -> dict[str, Any]:
+    from ...pipeline.segment import segment  # noqa: PLC0415
+    from ...io.sources import FrameFolderSource  # noqa: PLC0415
+    from ...io.panoptic import PanopticWriter, frame_segments  # noqa: PLC0415
+
+    vid = entry.video_id
+    folder = plan.images_dir / vid
+    stage = out.stage(vid)
+    try:
+        memory.reset()
+        t0 = time.perf_counter()
+        source = FrameFolderSource(folder, files=[folder / n for n in frames], name=vid)
+        result = segment(model, source, dtype=dtype, logits_dtype=logits_dtype, work_dir=stage, progress=progress)
+        with result:
+            writer = PanopticWriter(stage, None, vid, bbox="official")
+            by_stem: dict[str, dict[str, Any]] = {}
+            for info, id_map in result.items():
+                ref = _FrameRef(official_stem(frames[info.index]), info.index)
+                segments = frame_segments(id_map, "official")
+                writer.add(info.t, ref, id_map, segments)
+                record = PanopticWriter.frame_entry(info.t, ref, segments)
+                record["file_name"] = frames[info.index]  # the official pred.json keeps the frame's own name
+                by_stem[ref.name] = record
+            writer.close()
+            height, width = result.size
+            num_entities = len(result.entities)
+            seconds_segment = result.timings.get("segment")
+        if ordering == "gt":  # the metrics pair pred.json frames with GT frames by position
+            annotations = [by_stem[official_stem(n)] for n in entry.gt_names]
+        else:
+            annotations = [by_stem[official_stem(n)] for n in frames]
+        seconds = time.perf_counter() - t0
+        stats = {"video": vid, "frames": len(frames), "size": [height, width], "entities": num_entities,
+                 "seconds": round(seconds, 3),
+                 "seconds_model": round(seconds_segment, 3) if seconds_segment is not None else None,
+                 "fps": round(len(frames) / seconds, 3) if seconds > 0 else None,
+                 **memory.read(), "device": str(next(model.parameters()).device), "host": socket.gethostname(),
+                 "pid": os.getpid()}
+        part = {"format": PART_FORMAT, "format_version": 1, "video_id": vid, "complete": True, "model": descriptor,
+                "stats": stats, "annotations": annotations}
+        out.commit(vid, stage, part)
+        return stats
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = None,
+                  log: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """VEQ + STQ of the merged predictions against the plan's GT; writes ``metrics.json``."""
+    from ...jsonio import jsonable  # noqa: PLC0415
+    from ..metrics import evaluate  # noqa: PLC0415
+
+    out = Path(output)
+    if not plan.gt_dir.is_dir():
+        raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root; "
+                             "or pass --gt-dir, or --no-metrics)")
+    check_gt_pngs(plan)
+    results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
+    doc = jsonable(results)
+    doc["run"] = {"split": plan.split, "videos": len(plan.videos), "gt_json_videos": plan.gt_videos,
+                  "gt_json": str(plan.gt_json), "split_file": str(plan.split_file) if plan.split_file else None,
+                  "frames": (log or {}).get("total", {}).get("frames"),
+                  "model": (log or {}).get("model")}
+    write_json_atomic(out / "metrics.json", doc, indent=1)
+    return doc
+
+
+def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val",
+                    model: Any = None, gt_json: PathLike | None = None, gt_dir: PathLike | None = None,
+                    split_file: PathLike | None = None, shard: tuple[int, int] | str | None = None,
+                    dtype: Any = "auto", logits_dtype: str = "float32", overwrite: bool = False,
+                    merge: bool = True, metrics: bool = True, workers: int | None = None,
+                    progress: bool = False, say: Callable[[str], None] | None = None,
+                    say_error: Callable[[str], None] | None = None, log_tag: str | None = None,
+                    plan: VIPSegPlan | None = None) -> EvalSummary:
+    """Run (or resume) the evaluation of one slice, then merge and score if every video is done.
+
+    model: an EntitySAM model, or a function returning one (called only if a video needs
+    inference). shard: ``(I, N)`` or ``"I/N"`` (default: everything). overwrite: redo the
+    slice's complete videos. merge: assemble pred.json (+ metrics unless ``metrics=False``)
+    when the whole list is complete. Raises :class:`EvalInputError` before any inference for
+    unusable inputs; per-video failures are collected in ``summary.failed`` (and reported with
+    ``say_error``, default ``say``). ``say``: progress messages.
+    """
+    import torch  # noqa: PLC0415
+
+    say = say or (lambda msg: None)
+    say_error = say_error or say
+    if workers is not None:  # used only when scoring, after all inference: check it now
+        check_int(workers, "workers", 1)
+    plan = plan or load_plan(data_root, split, gt_json=gt_json, gt_dir=gt_dir, split_file=split_file)
+    index, count = parse_shard(shard) if isinstance(shard, str) else (shard or (0, 1))
+    if count < 1 or not 0 <= index < count:
+        raise EvalInputError(f"shard {index}/{count}: need 0 <= I < N")
+    # The ground truth is checked before any inference (also on torchrun ranks, which do not
+    # merge: rank 0 scores later), not found missing after hours of it.
+    if metrics and not plan.gt_dir.is_dir():
+        raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root, needed for "
+                             "the metrics; or pass --gt-dir, or --no-metrics)")
+    if metrics:
+        check_gt_annotations(plan)
+        check_gt_pngs(plan)
+    out = EvalOutput(output)
+    out.prepare(plan)
+    mine = shard_videos(plan.videos, index, count)
+    tag = log_tag or ("run" if count == 1 else f"shard-{index}-of-{count}")
+    summary = EvalSummary(output=out.root, videos=[v.video_id for v in mine])
+    if plan.subset:
+        say(f"split file {plan.split_file} lists {len(plan.videos)} of the {plan.gt_videos} videos of "
+            f"{plan.gt_json.name}: evaluating those")
+
+    todo: list[VideoEntry] = []
+    for v in mine:
+        if not overwrite and out.read_part(v.video_id) is not None:
+            summary.skipped.append(v.video_id)
+            out.log(tag, {"event": "video", "video": v.video_id, "status": "skipped"})
+        else:
+            todo.append(v)
+    if summary.skipped:
+        say(f"{len(summary.skipped)} of {len(mine)} videos already complete in {out.root}: skipped")
+
+    if todo:
+        frames = check_frames(plan, todo, need_gt=metrics)
+        if isinstance(model, torch.nn.Module):
+            net = model
+        elif callable(model):
+            net = model()
+        else:
+            raise EntitySAMError("evaluate_vipseg needs a model (or a function returning one)")
+        descriptor = _model_descriptor(net, dtype)
+        _, parts = complete_parts(out, plan)
+        others = sorted(v for v, p in parts.items() if not same_model(p.get("model"), descriptor)
+                        and not (overwrite and v in {e.video_id for e in todo}))
+        if others:
+            raise EvalInputError(
+                f"--output {out.root} already holds predictions of another model ("
+                f"{describe_model(parts[others[0]].get('model'))}) for {len(others)} video(s) ({abbreviate(others)}); "
+                f"this run uses {describe_model(descriptor)}: use another --output")
+        memory = _PeakMemory(next(net.parameters()).device)
+        ordering = "gt" if metrics else "frames"
+        for k, v in enumerate(todo, 1):
+            lock = _lock_video(out, v.video_id)
+            if lock is None:  # another run (same shard twice, or overlapping runs) is doing this video
+                summary.busy.append(v.video_id)
+                out.log(tag, {"event": "video", "video": v.video_id, "status": "busy"})
+                say(f"[{k}/{len(todo)}] {v.video_id}: being written by another run on {out.root}: left to it")
+                continue
+            try:
+                if not overwrite and out.read_part(v.video_id) is not None:  # finished by another run since the listing
+                    summary.skipped.append(v.video_id)
+                    out.log(tag, {"event": "video", "video": v.video_id, "status": "skipped"})
+                    continue
+                stats = _segment_one(net, plan, v, frames[v.video_id], out, dtype=dtype, logits_dtype=logits_dtype,
+                                     progress=progress, memory=memory, descriptor=descriptor, ordering=ordering)
+            except KeyboardInterrupt:
+                out.log(tag, {"event": "video", "video": v.video_id, "status": "interrupted"})
+                raise
+            except (EntitySAMError, OSError, RuntimeError, ValueError, KeyError) as err:
+                if isinstance(err, OSError):
+                    from ...io.paths import describe_os_error  # noqa: PLC0415
+
+                    msg = describe_os_error(err, f"predictions of {v.video_id}")
+                else:
+                    msg = str(err) if isinstance(err, EntitySAMError) else f"{type(err).__name__}: {err}"
+                summary.failed.append((v.video_id, msg))
+                out.log(tag, {"event": "video", "video": v.video_id, "status": "failed", "error": msg})
+                say_error(f"[{k}/{len(todo)}] {v.video_id}: failed: {msg}")
+                continue
+            finally:
+                lock.release()
+            summary.done.append(v.video_id)
+            summary.stats.append(stats)
+            out.log(tag, {"event": "video", "status": "done", **stats})
+            say(f"[{k}/{len(todo)}] {v.video_id}: {stats['frames']} frames, {stats['entities']} entities, "
+                f"{stats['seconds']:.1f}s ({stats['fps'] or 0:.2f} frames/s), peak RSS {stats['peak_rss_mib']:.0f} MiB"
+                + (f", CUDA {stats['cuda_max_allocated_mib']:.0f} MiB" if stats["cuda_max_allocated_mib"] else ""))
+
+    summary.missing, _ = complete_parts(out, plan)
+    if merge and not summary.missing:
+        finish(plan, out.root, summary, metrics=metrics, workers=workers, say=say)
+    return summary
+
+
+def finish(plan: VIPSegPlan, output: PathLike, summary: EvalSummary | None = None, *, metrics: bool = True,
+           workers: int | None = None, say: Callable[[str], None] = lambda m: None) -> dict[str, Any] | None:
+    """Merge (pred.json, log.json) and, with `metrics`, score (metrics.json). Returns the metrics."""
+    log = merge_outputs(plan, output)
+    t = log["total"]
+    say(f"pred.json: {t['videos']} videos, {t['frames']} frames; inference {t['seconds']:.1f}s"
+        + (f" ({t['fps']:.2f} frames/s)" if t["fps"] else "") + f" -> {Path(output) / 'pred.json'}")
+    result = None
+    if metrics:
+        t0 = time.perf_counter()
+        result = score_outputs(plan, output, workers=workers, log=log)
+        say(f"metrics in {time.perf_counter() - t0:.1f}s -> {Path(output) / 'metrics.json'}")
+    if summary is not None:
+        summary.merged = True
+        summary.metrics = result
+    return result
