@@ -257,7 +257,7 @@ def test_a_video_locked_by_another_run_is_left_to_it(env, model, reference, tmp_
     out = tmp_path / "out"
     EvalOutput(out).prepare(load_plan(ds.root))  # an evaluation folder, as another run made it
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom entitysam.video.writers import OutputLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom entitysam.io.output_lock import OutputLock\n"
          "OutputLock.acquire(sys.argv[1])\nprint('locked', flush=True)\ntime.sleep(120)\n",
          str(out / "pan_pred" / "vid_001")], env={**os.environ, **SUBPROCESS_ENV}, stdout=subprocess.PIPE, text=True)
     try:
