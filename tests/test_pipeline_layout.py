@@ -67,6 +67,23 @@ def test_error_classes_form_one_hierarchy():
     assert not issubclass(errors.CheckpointMismatchError, RuntimeError)
 
 
+def test_every_error_class_of_the_package_is_an_entitysam_error():
+    import importlib
+    import pkgutil
+
+    from entitysam.errors import EntitySAMError
+
+    defined = []
+    for info in pkgutil.walk_packages(entitysam.__path__, "entitysam."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        defined += [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, Exception)
+                    and not issubclass(c, Warning) and c.__module__ == info.name]
+    assert len(defined) >= 10
+    assert [c.__qualname__ for c in defined if not issubclass(c, EntitySAMError)] == []
+
+
 def test_demo_output_in_use_names_the_api_option_and_the_command_line_flag(tmp_path, capsys):
     import pytest
 

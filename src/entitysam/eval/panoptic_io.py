@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import EntitySAMError
 from ..io.idpng import decode_ids
 
 __all__ = [
@@ -48,7 +49,7 @@ __all__ = [
 PathLike = str | os.PathLike
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(EntitySAMError, ValueError):
     """Inconsistent or missing metric inputs (files, JSON entries, segment ids, sizes)."""
 
 

@@ -28,6 +28,7 @@ from .prefetch import read_ahead
 from ..inference.preprocess import preprocess_frame
 from ..inference.video import segment_video
 from ..io.sources import DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, open_source
+from ..io.entities import EntityStats
 from ..io.logits import logits_file, save_logits_npz
 from .progress import progress_bar
 from .result import Entity, FrameInfo, IdMapFile, SegmentationResult, model_info
@@ -128,16 +129,11 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
             yield t, image.pin_memory() if pin else image
 
     id_maps = IdMapFile(workdir / "id_maps.bin", size, model.cfg.num_queries)
-    stats: dict[int, list[int]] = {}  # id -> [first, last, count, area]
+    stats = EntityStats()
 
     def frames_out(t: int, id_map: np.ndarray) -> None:
         id_maps.append(id_map)
-        areas = np.bincount(id_map.ravel())
-        for sid in np.flatnonzero(areas[1:]) + 1:
-            st = stats.setdefault(int(sid), [t, t, 0, 0])
-            st[1] = t
-            st[2] += 1
-            st[3] += int(areas[sid])
+        stats.add_id_map(t, id_map)
 
     bar = progress_bar(progress, source.count_hint(), source.name)
     counter = [0]
@@ -177,8 +173,7 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
     elapsed = time.perf_counter() - t0
     entities = []
     for sid, q, score in zip(result.panoptic.segment_ids, result.panoptic.query_index, result.panoptic.scores):
-        first_t, last_t, count, area = stats.get(sid, [None, None, 0, 0])
-        entities.append(Entity(int(sid), float(score), int(q), first_t, last_t, count, area))
+        entities.append(Entity(int(sid), float(score), int(q), **stats.record(int(sid))))
     fps = source.fps / source.selection.stride
     return SegmentationResult(name=source.name, source=source, size=size, fps=fps, frames=infos, entities=entities,
                               scores=result.scores, id_maps=id_maps, workdir=workdir,

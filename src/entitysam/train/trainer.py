@@ -26,7 +26,6 @@ import contextlib
 import inspect
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import read_checkpoint
+from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 from .criterion import Criterion, CriterionConfig, HungarianMatcher
@@ -186,11 +186,10 @@ class Trainer:
         if not self.dist.is_main:
             return None
         path = self.output_dir / f"{name}.pth"
-        tmp = path.with_suffix(".pth.tmp")
-        torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
-                    "iteration": iteration}, tmp)
-        os.replace(tmp, path)
-        (self.output_dir / "last_checkpoint").write_text(path.name)
+        with atomic_file(path) as f:  # a run killed while saving keeps the previous checkpoint
+            torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
+                        "iteration": iteration}, f)
+        write_text_atomic(self.output_dir / "last_checkpoint", path.name)
         log.info("saved %s", path)
         return path
 
