@@ -104,6 +104,9 @@ def run_ours(args) -> None:
     out_size = (first.size[1], first.size[0])
     frames = ((i, preprocess_frame(Image.open(frames_dir / name), model.cfg.image_size)) for i, name in enumerate(names))
     tracker = EntityTracker(model, exact=args.mode == "exact")
+    info = {"who": f"entitysam {args.mode}", "variant": args.variant, "seed": args.seed, "frames": str(frames_dir),
+            "machine": machine.machine_record(args.threads)}
+    partial = Path(args.out).with_suffix(".partial.npz")
     total = len(names) + official.NUM_WARMUP if args.steps is None else min(args.steps, len(names) + official.NUM_WARMUP)
     steps, times, start0 = [], [], time.time()
     start = start0
@@ -114,7 +117,24 @@ def run_ours(args) -> None:
         start = time.time()
         if len(steps) == total:
             break
-    arrays = {
+        save_run(partial, step_arrays(steps, out_size, times), dict(info, partial=True))
+    arrays = step_arrays(steps, out_size, times)
+    if total == len(names) + official.NUM_WARMUP:
+        scores = video_scores([s.scores for s in steps], tracker.score_dtype)
+        logits = torch.stack([s.mask_logits[:, 0] for s in steps if not s.is_warmup], dim=1)
+        panoptic = merge_video_panoptic(scores, logits, out_size)
+        arrays.update(video_scores=scores.numpy(), panoptic_ids=np.asarray(panoptic.id_maps, dtype=np.int32),
+                      segment_ids=np.asarray(panoptic.segment_ids, dtype=np.int32),
+                      segment_query_index=np.asarray(panoptic.query_index, dtype=np.int32))
+    save_run(Path(args.out), arrays, dict(info, total_s=round(time.time() - start0, 1)))
+    partial.unlink(missing_ok=True)
+
+
+def step_arrays(steps, out_size, times) -> dict:
+    """Our StepResults so far as the arrays of a saved run."""
+    import torch
+
+    return {
         "logits": torch.stack([s.mask_logits[:, 0] for s in steps]).numpy(),
         "eiou": torch.stack([s.scores for s in steps]).numpy(),
         "points": torch.stack([s.points for s in steps]).numpy(),
@@ -123,16 +143,6 @@ def run_ours(args) -> None:
         "out_size": np.array(out_size, dtype=np.int32),
         "step_times_s": np.array(times),
     }
-    if total == len(names) + official.NUM_WARMUP:
-        scores = video_scores([s.scores for s in steps], tracker.score_dtype)
-        logits = torch.stack([s.mask_logits[:, 0] for s in steps if not s.is_warmup], dim=1)
-        panoptic = merge_video_panoptic(scores, logits, out_size)
-        arrays.update(video_scores=scores.numpy(), panoptic_ids=np.asarray(panoptic.id_maps, dtype=np.int32),
-                      segment_ids=np.asarray(panoptic.segment_ids, dtype=np.int32),
-                      segment_query_index=np.asarray(panoptic.query_index, dtype=np.int32))
-    info = {"who": f"entitysam {args.mode}", "variant": args.variant, "seed": args.seed, "frames": str(frames_dir),
-            "total_s": round(time.time() - start0, 1), "machine": machine.machine_record(args.threads)}
-    save_run(Path(args.out), arrays, info)
 
 
 # ------------------------------------------------------------------------------------ comparing
