@@ -74,7 +74,8 @@ def machine_record(threads: int) -> dict:
 def cpu_family_name(cpu: dict) -> str:
     """A short human name for a `cpu_record` ("AMD family 23 model 1")."""
     vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(cpu.get("vendor"), cpu.get("vendor"))
-    return f"{vendor} family {cpu.get('family')} model {cpu.get('model')}"
+    model = f" model {cpu['model']}" if cpu.get("model") is not None else ""
+    return f"{vendor} family {cpu.get('family')}{model}"
 
 
 if __name__ == "__main__":
