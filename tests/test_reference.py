@@ -51,8 +51,7 @@ from conftest import REPO, load_make_weights, reference_dir
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # the comparison is shared with benchmarks/gpu.py
 sys.path.insert(0, str(REPO / "scripts" / "reference"))  # the machine record the fixtures carry
-from _golden import (Tolerance, cross_cpu_tolerance, format_stats, step_failures, step_stats,  # noqa: E402
-                     video_sign_mismatch)
+from _golden import format_stats, step_failures, step_stats, video_sign_mismatch  # noqa: E402
 from _reference_machine import reference_check  # noqa: E402
 
 COMMITTED_FIXTURES = REPO / "tests" / "fixtures" / "reference"
