@@ -85,6 +85,19 @@ def steps_to_compare(path: Path, total_frames: int) -> int:
     return 3 + frames_to_compare(total_frames)
 
 
+def frames_to_compare(total: int) -> int:
+    value = os.environ.get("ENTITYSAM_REFERENCE_FRAMES", "1")
+    return total if value == "all" else min(int(value), total)
+
+
+def exact_mode() -> bool:
+    return os.environ.get("ENTITYSAM_REFERENCE_EXACT", "0") not in ("", "0")
+
+
+def batched_path() -> bool:
+    return os.environ.get("ENTITYSAM_REFERENCE_BATCHED", "0") not in ("", "0")
+
+
 @pytest.fixture(scope="module", params=fixture_dirs(), ids=lambda p: p.name)
 def fixture(request):
     path = check_complete(request.param)
