@@ -11,15 +11,30 @@ ENTITYSAM_REFERENCE_EXACT=1 runs the exact mode (`segment(..., exact=True)`: the
 operations) instead of the default fast one; same tolerances, and the report says which steps
 are bit-identical. ENTITYSAM_REFERENCE_BATCHED=1 runs the batched device path (all queries at
 once, the GPU path) on the CPU instead of the per-query CPU path.
+
+Fixtures: the public one (or ENTITYSAM_REFERENCE_DIR alone when set) and every fixture committed
+under tests/fixtures/reference/. The committed ones are compared on their first step only by
+default (CI time); ENTITYSAM_REFERENCE_FULL=1 compares them like the public one (or all frames
+with ENTITYSAM_REFERENCE_FRAMES=all).
+
+Which check applies depends on the machine (see `reference_check`): on the CPU family the
+fixture was made on, the README tolerances (and, in exact mode, bit-identity); on another CPU
+family the official code itself does not reproduce the fixture, so the tolerances are widened
+to what the official code's own cross-CPU difference was measured to be (recorded in the
+fixture's meta.json "cross_cpu", or in reference_cross_cpu.json for the public fixtures). The
+test prints which check it applied and why. The check that holds on any machine is the
+differential harness, scripts/reference/.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -30,19 +45,44 @@ from entitysam.checkpoints import load_entitysam
 from entitysam.inference.offline_merge import merge_video_panoptic
 from entitysam.inference.preprocess import preprocess_frame
 from entitysam.inference.video import segment_video
+from entitysam.inference.tracker import EntityTracker
 
 from conftest import REPO, load_make_weights, reference_dir
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # the comparison is shared with benchmarks/gpu.py
+sys.path.insert(0, str(REPO / "scripts" / "reference"))  # the machine record the fixtures carry
 from _golden import format_stats, step_failures, step_stats, video_sign_mismatch  # noqa: E402
+from _reference_machine import reference_check  # noqa: E402
+
+COMMITTED_FIXTURES = REPO / "tests" / "fixtures" / "reference"
 
 
-def fixture_dir() -> Path:
-    path = Path(os.environ.get("ENTITYSAM_REFERENCE_DIR", reference_dir() / "golden-vits"))
+def fixture_dirs() -> list[Path]:
+    """ENTITYSAM_REFERENCE_DIR alone when set; else the public ViT-S fixture and the committed ones."""
+    if os.environ.get("ENTITYSAM_REFERENCE_DIR"):
+        return [Path(os.environ["ENTITYSAM_REFERENCE_DIR"])]
+    committed = sorted(p for p in COMMITTED_FIXTURES.glob("*") if (p / "meta.json").exists())
+    return [reference_dir() / "golden-vits", *committed]
+
+
+def check_complete(path: Path) -> Path:
     for name in ("meta.json", "golden.npz", "postproc.npz", "frames"):
         if not (path / name).exists():
             pytest.fail(f"reference fixture incomplete: {path / name} is missing")
     return path
+
+
+def is_committed(path: Path) -> bool:
+    return path.resolve().parent == COMMITTED_FIXTURES.resolve()
+
+
+def steps_to_compare(path: Path, total_frames: int) -> int:
+    """Steps to run: committed fixtures compare step 0 only unless ENTITYSAM_REFERENCE_FULL=1 or
+    ENTITYSAM_REFERENCE_FRAMES is set; otherwise the warm-up + ENTITYSAM_REFERENCE_FRAMES frames."""
+    full = os.environ.get("ENTITYSAM_REFERENCE_FULL", "0") not in ("", "0")
+    if is_committed(path) and not full and "ENTITYSAM_REFERENCE_FRAMES" not in os.environ:
+        return 1
+    return 3 + frames_to_compare(total_frames)
 
 
 def frames_to_compare(total: int) -> int:
@@ -58,12 +98,20 @@ def batched_path() -> bool:
     return os.environ.get("ENTITYSAM_REFERENCE_BATCHED", "0") not in ("", "0")
 
 
-@pytest.fixture(scope="module")
-def fixture():
-    path = fixture_dir()
+@pytest.fixture(scope="module", params=fixture_dirs(), ids=lambda p: p.name)
+def fixture(request):
+    path = check_complete(request.param)
     meta = json.loads((path / "meta.json").read_text())
     golden = dict(np.load(path / "golden.npz"))
     return path, meta, golden
+
+
+@pytest.fixture(scope="module")
+def check(fixture):
+    path, meta, _ = fixture
+    name, tolerance, demand_bits, why = reference_check(path.name, meta, exact=exact_mode())
+    print(f"\nreference check: {why}")
+    return name, tolerance, demand_bits, why
 
 
 @pytest.fixture(scope="module")
@@ -80,41 +128,58 @@ def official_run(fixture, tmp_path_factory):
 
     torch.set_num_threads(int(meta.get("threads", 2)))
     model = load_entitysam(ckpt)  # config inferred from the keys
-    n = frames_to_compare(len(meta["frame_names"]))
+    steps = steps_to_compare(path, len(meta["frame_names"]))
+    n = max(steps - 3, 1)
     size = model.cfg.image_size
     frames = ((i, preprocess_frame(Image.open(path / "frames" / name), size))
               for i, name in enumerate(meta["frame_names"][:n]))
     start = time.time()
-    result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True, exact=exact_mode(),
-                           batched=batched_path())
     mode = "exact" if exact_mode() else "batched" if batched_path() else "default"
-    print(f"\n{meta['variant']} ({mode} mode): {n} frames, {len(result.steps)} steps in {time.time() - start:.1f} s")
+    if steps < 4:  # the first steps only (CI): the tracker segment_video drives, stopped early
+        tracker = EntityTracker(model, exact=exact_mode(), batched=batched_path())
+        result = SimpleNamespace(steps=list(itertools.islice(tracker.track(frames), steps)))
+        n = 0
+    else:
+        result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True, exact=exact_mode(),
+                               batched=batched_path())
+    print(f"\n{path.name} {meta['variant']} ({mode} mode): {n} frames, {len(result.steps)} steps in "
+          f"{time.time() - start:.1f} s")
     return n, result
 
 
-def test_per_step_outputs_match_golden(fixture, official_run):
+def test_per_step_outputs_match_golden(fixture, official_run, check):
     _, _, golden = fixture
     n, result = official_run
+    name, tolerance, demand_bits, why = check
     steps = result.steps
-    assert len(steps) == n + 3
-    assert [s.is_warmup for s in steps] == list(golden["is_padding"][: n + 3])
-    assert [s.frame_index for s in steps] == list(golden["source_frame"][: n + 3])
+    assert len(steps) in (1, n + 3)
+    count = len(steps)
+    assert [s.is_warmup for s in steps] == list(golden["is_padding"][:count])
+    assert [s.frame_index for s in steps] == list(golden["source_frame"][:count])
+    failures = []
     for s in steps:
         stats = step_stats(golden, s.step, s.mask_logits[:, 0].numpy(), s.scores.numpy(), s.points.numpy())
         print(format_stats(stats))
-        assert not step_failures(stats), "; ".join(step_failures(stats))
+        failures += step_failures(stats, tolerance(s.step))
+        if demand_bits and exact_mode() and not stats["bit_identical"]:
+            failures.append(f"step {s.step}: exact mode not bit-identical on the fixture's own CPU family")
+    assert not failures, f"[{name}] " + "; ".join(failures) + f" ({why})"
 
 
-def test_video_outputs_match_golden(fixture, official_run):
+def test_video_outputs_match_golden(fixture, official_run, check):
     """Upsampled signs per output frame, and (for a complete run) scores and id maps."""
     _, meta, golden = fixture
     n, result = official_run
+    name, tolerance, _, why = check
+    if n == 0:
+        pytest.skip("step 0 only (CI default for committed fixtures; ENTITYSAM_REFERENCE_FULL=1 for all)")
     height, width = meta["out_size"]
     for s in result.steps:
         if s.is_warmup:
             continue
         mismatch = video_sign_mismatch(golden, s.frame_index, s.mask_logits, (height, width))
-        assert mismatch <= 1e-3, f"frame {s.frame_index}: {mismatch:.2e} of video signs differ"
+        bound = tolerance(s.step).sign_max
+        assert mismatch <= bound, f"[{name}] frame {s.frame_index}: {mismatch:.2e} of video signs differ ({why})"
     if n < len(meta["frame_names"]):
         pytest.skip("video-level scores and id maps need all frames (ENTITYSAM_REFERENCE_FRAMES=all)")
     print(f"video scores max |diff| {np.abs(result.scores.numpy() - golden['video_scores']).max():.1e}")

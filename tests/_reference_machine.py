@@ -1,0 +1,80 @@
+"""Which reference check applies on this machine: the fixture's CPU against this one.
+
+Floating-point kernels round differently on different CPU families (vector width, FMA, oneDNN's
+choices), and the official code itself does not reproduce a fixture made on another family.
+So a fixture is held to the README tolerances (and exact mode to bit-identity) only on the CPU
+family that made it; elsewhere to what the official code's own cross-CPU difference was measured
+to be (scripts/reference/harness.py against-fixture), with a margin.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "scripts" / "reference"))
+from _golden import CROSS_CPU_MARGIN, Tolerance, cross_cpu_tolerance  # noqa: E402
+from machine import cpu_family_name, cpu_record  # noqa: E402
+
+CROSS_CPU_FILE = Path(__file__).with_name("reference_cross_cpu.json")
+
+# The public fixtures' meta.json says only "cpu": "AMD EPYC"; they were made on a Zen 5 (AMD
+# family 26). This is the one place that knowledge lives: fixtures written by
+# scripts/reference/harness.py carry their full machine record ("machine" in meta.json).
+PUBLIC_FIXTURE_CPU = {"vendor": "AuthenticAMD", "model_name": "AMD EPYC (Zen 5)", "family": 26, "model": None,
+                      "flags": None}
+
+
+def fixture_cpu(meta: dict) -> dict:
+    """The CPU record of the machine that made a fixture."""
+    return meta["machine"]["cpu"] if "machine" in meta else PUBLIC_FIXTURE_CPU
+
+
+def same_cpu_family(a: dict, b: dict) -> bool:
+    """Same vendor and family, and the same rounding-relevant ISA flags where both record them
+    (AMD family 25 is both Zen 3 and Zen 4, which differ in AVX-512)."""
+    same = a.get("vendor") == b.get("vendor") and a.get("family") == b.get("family")
+    if a.get("flags") is not None and b.get("flags") is not None:
+        same = same and sorted(a["flags"]) == sorted(b["flags"])
+    return same
+
+
+def cross_cpu_measurements(name: str, meta: dict) -> list[dict]:
+    """The official code's own per-step difference from a fixture on other CPUs: this fixture's
+    (in its meta.json, or recorded in reference_cross_cpu.json), then every other fixture's. The
+    difference comes from the pair of CPUs (their kernels' rounding), not from the frames, so a
+    fixture nobody measured is held to what was measured on the others."""
+    recorded = json.loads(CROSS_CPU_FILE.read_text()) if CROSS_CPU_FILE.exists() else {}
+    own = meta.get("cross_cpu") or recorded.get(name, [])
+    others = [m for key, ms in recorded.items() if key != name and not key.startswith("_") for m in ms]
+    return list(own) + others
+
+
+def reference_check(name: str, meta: dict, exact: bool = False, here: dict | None = None
+                    ) -> tuple[str, Callable[[int], Tolerance], bool, str]:
+    """(kind, step -> tolerance, exact mode must be bit-identical, why) for fixture `name` here.
+
+    kind: "same-cpu" (README tolerances, bit-identity in exact mode), "cross-cpu" (tolerances
+    from the measured cross-CPU difference), "cross-cpu-unmeasured" (README tolerances, but a
+    failure may be the CPU).
+    """
+    here = cpu_record() if here is None else here
+    made_on = fixture_cpu(meta)
+    where = f"fixture {name} made on {cpu_family_name(made_on)}, this machine {cpu_family_name(here)}"
+    if same_cpu_family(made_on, here):
+        return ("same-cpu", lambda step: Tolerance(), True,
+                f"{where}: same CPU family -> README tolerances" + (" and bit-identity (exact mode)" if exact else ""))
+    measured = cross_cpu_measurements(name, meta)
+    if not measured:
+        return ("cross-cpu-unmeasured", lambda step: Tolerance(), False,
+                f"{where}: other CPU family, no cross-CPU measurement for this fixture -> README tolerances; a "
+                "failure may be the CPU, not the code (run scripts/reference/harness.py check here)")
+    notes = "; ".join(m.get("note", "measured") for m in measured)
+    return ("cross-cpu", lambda step: cross_cpu_tolerance(step, measured), False,
+            f"{where}: other CPU family -> tolerances = max(README, {CROSS_CPU_MARGIN:g} x the official code's own "
+            f"cross-CPU difference) [{notes}]; bit-identity holds only against the official code run on this "
+            "machine (scripts/reference/harness.py check)")

@@ -1,0 +1,201 @@
+"""The machinery around the reference fixtures, without running a model: which check applies on
+which CPU, the cross-CPU tolerance, the harness's CPU patches and the fixture format it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, reference_dir
+
+sys.path.insert(0, str(REPO / "scripts" / "reference"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+import harness  # noqa: E402
+import official  # noqa: E402
+from _golden import MEDIAN_MAX, SIGN_MISMATCH_MAX, WITHIN_MIN, Tolerance, cross_cpu_tolerance, step_failures  # noqa: E402
+import _reference_machine  # noqa: E402
+from _reference_machine import PUBLIC_FIXTURE_CPU, reference_check, same_cpu_family  # noqa: E402
+from machine import cpu_record  # noqa: E402
+
+ZEN1_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 23
+model\t\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse sse2 fma avx avx2 f16c bmi2
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+"""
+XEON_CPUINFO = """vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fma avx avx2 avx512f avx512bw avx512vl avx512_bf16 avx512_fp16 amx_tile amx_bf16 amx_int8
+"""
+ZEN1 = cpu_record(ZEN1_CPUINFO)
+XEON = cpu_record(XEON_CPUINFO)
+ZEN5 = {"vendor": "AuthenticAMD", "model_name": "AMD EPYC 9R45", "family": 26, "model": 2,
+        "flags": ["fma", "avx", "avx2", "avx512f", "avx512_bf16"]}
+
+# official code on Zen 1 vs a Zen 5 fixture, made-up figures of the right shape
+MEASURED = [{"note": "official on AMD family 23 vs this fixture", "steps": [
+    {"step": 0, "within_tolerance": 0.9999, "median_abs_diff": 1e-3, "sign_mismatch": 2e-4,
+     "eiou_max_diff": 1e-4, "points_max_diff": 8e-3},
+    {"step": 1, "within_tolerance": 0.9990, "median_abs_diff": 8e-3, "sign_mismatch": 9e-4,
+     "eiou_max_diff": 3e-3, "points_max_diff": 0.04, "video_sign_mismatch": 1.2e-3}]}]
+
+
+def test_cpu_record_reads_the_first_processor_and_rounding_flags():
+    assert ZEN1 == {"vendor": "AuthenticAMD", "model_name": "AMD EPYC", "family": 23, "model": 1,
+                    "flags": ["fma", "avx", "avx2", "f16c"]}
+    assert XEON["family"] == 6 and "amx_bf16" in XEON["flags"] and "avx512f" in XEON["flags"]
+    assert cpu_record("")["family"] is None
+
+
+def test_public_fixtures_are_taken_as_zen5():
+    meta = {"cpu": "AMD EPYC"}  # all the public meta.json says
+    kind, tol, bits, why = reference_check("golden-vits", meta, exact=True, here=ZEN5)
+    assert (kind, bits) == ("same-cpu", True) and tol(0) == Tolerance()
+    assert "family 26" in why and "bit-identity" in why
+    assert PUBLIC_FIXTURE_CPU["family"] == 26
+
+
+def test_other_cpu_family_gets_the_measured_cross_cpu_tolerance(monkeypatch, tmp_path):
+    monkeypatch.setattr(_reference_machine, "CROSS_CPU_FILE", tmp_path / "none.json")  # only this fixture's
+    meta = {"cpu": "AMD EPYC", "cross_cpu": MEASURED}
+    kind, tol, bits, why = reference_check("golden-vits", meta, exact=True, here=ZEN1)
+    assert (kind, bits) == ("cross-cpu", False)
+    assert "family 23" in why and "family 26" in why and "2 x the official code's own" in why
+    t0, t1, t5 = tol(0), tol(1), tol(5)
+    assert t0.median_max == MEDIAN_MAX and t0.sign_max == SIGN_MISMATCH_MAX  # never tighter than README
+    assert t1.median_max == pytest.approx(0.016) and t1.within_min == pytest.approx(0.998)
+    assert t1.sign_max == pytest.approx(2.4e-3)  # the output frame's upsampled signs count too
+    assert t1.points_atol == pytest.approx(0.08) and t1.eiou_bound(1) == pytest.approx(6e-3)
+    assert t5 == cross_cpu_tolerance(1, MEASURED)  # past the last measured step: the last one
+
+
+def test_a_fixture_nobody_measured_uses_the_other_fixtures_measurements():
+    kind, tol, bits, why = reference_check("no-such-fixture", {"cpu": "AMD EPYC"}, here=XEON)
+    assert kind == "cross-cpu" and not bits
+    assert tol(1).within_min == pytest.approx(1 - 2 * (1 - 0.99864))  # the Intel figure of issue 19
+    assert tol(1).sign_max == pytest.approx(2 * 1.4e-3)
+
+
+def test_unmeasured_cpu_family_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(_reference_machine, "CROSS_CPU_FILE", tmp_path / "none.json")
+    kind, tol, bits, why = reference_check("no-such-fixture", {"cpu": "AMD EPYC"}, here=XEON)
+    assert kind == "cross-cpu-unmeasured" and not bits and tol(0) == Tolerance()
+    assert "may be the CPU" in why and "harness.py check" in why
+
+
+def test_fixture_machine_record_wins_and_flags_split_a_family():
+    meta = {"machine": {"cpu": ZEN1}}
+    assert reference_check("x", meta, here=ZEN1)[0] == "same-cpu"
+    zen4_like = dict(ZEN1, family=25, flags=["fma", "avx2", "avx512f"])
+    zen3_like = dict(ZEN1, family=25, flags=["fma", "avx2"])
+    assert not same_cpu_family(zen4_like, zen3_like)  # family 25 is Zen 3 and Zen 4
+
+
+def test_step_failures_use_the_given_tolerance():
+    stats = dict(step=1, within_tolerance=0.9985, median_abs_diff=0.012, sign_mismatch=1.5e-3,
+                 eiou_max_diff=1e-3, points_max_diff=0.01)
+    assert len(step_failures(stats)) == 3
+    assert step_failures(stats, cross_cpu_tolerance(1, MEASURED)) == []
+    assert WITHIN_MIN == 0.999
+
+
+def test_harness_names_a_missing_checkout_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTITYSAM_")}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "reference" / "harness.py"), "official",
+                           "--frames", str(tmp_path), "--out", str(tmp_path / "x.npz")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "error: set ENTITYSAM_OFFICIAL_DIR to a local checkout of ymq2017/entitysam @ cdbf6af"
+    env["ENTITYSAM_OFFICIAL_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "reference" / "harness.py"), "official",
+                           "--frames", str(tmp_path), "--out", str(tmp_path / "x.npz")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.stderr.strip().startswith("error: ENTITYSAM_OFFICIAL_DIR=") and "is missing" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cpu_connected_components_fill_the_same_holes_as_ours():
+    """Patch 4 of the harness (the official hole filling on CPU) against entitysam's own fill."""
+    pytest.importorskip("scipy")
+    from entitysam.inference.holes import fill_holes
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 1, 40, 40, generator=gen) + 0.8  # many small background components
+    labels, areas = official.connected_components_cpu((logits <= 0).to(torch.uint8))
+    assert labels.shape == areas.shape == logits.shape and labels.dtype == torch.int32
+    assert ((labels > 0) == (logits <= 0)).all() and (areas[labels == 0] == 0).all()
+    official_fill = torch.where((labels > 0) & (areas <= 8), 0.1, logits)  # fill_holes_in_mask_scores
+    assert torch.equal(official_fill, fill_holes(logits, 8))
+
+
+def test_crafted_postprocessing_inputs_have_their_promised_cases():
+    scores, logits, size = harness.crafted_postproc_inputs()
+    s2, l2, _ = harness.crafted_postproc_inputs()
+    assert np.array_equal(logits, l2) and np.array_equal(scores, s2)
+    assert logits.shape == (10, 7, 48, 64) and logits.dtype == np.float32 and size == (90, 160)
+    assert np.allclose(logits[3], logits[1] + 0.3) and scores[3] == np.float32(scores[1] - 0.01)
+    assert scores[5] < 0.05 and (logits[7] < 0).all()
+
+
+def test_written_fixture_has_the_public_format(tmp_path, monkeypatch):
+    """write-fixture from a (tiny, fake) complete official run: same arrays, dtypes and layouts
+    as the public golden-vits fixture; post-processing through entitysam's merge stands in."""
+    from entitysam.inference.offline_merge import merge_video_panoptic
+
+    def postprocess(scores, logits, out_size):
+        r = merge_video_panoptic(torch.from_numpy(scores), torch.from_numpy(logits), tuple(out_size))
+        return {"panoptic_ids": np.asarray(r.id_maps, np.int32), "segment_ids": np.asarray(r.segment_ids, np.int32),
+                "segment_query_index": np.asarray(r.query_index, np.int32)}
+
+    monkeypatch.setattr(official, "postprocess", postprocess)
+    monkeypatch.setattr(official, "official_dir", lambda: tmp_path)  # no checkout needed here
+    monkeypatch.setattr(official, "dinov2_dir", lambda: tmp_path)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+    for i in range(2):
+        Image.new("RGB", (13, 9), (i * 50, 0, 0)).save(frames / f"{i:05d}.jpg")
+    rng = np.random.default_rng(0)
+    q, s = 3, 5
+    run = {"logits": rng.normal(size=(s, q, 256, 256)).astype(np.float32),
+           "eiou": rng.uniform(size=(s, q)).astype(np.float32), "points": rng.uniform(0, 1024, (s, q, 2)).astype(np.float32),
+           "source_frame": np.array([0, 0, 0, 0, 1], np.int32), "is_padding": np.array([1, 1, 1, 0, 0], bool),
+           "out_size": np.array([9, 13], np.int32), "step_times_s": np.ones(s),
+           "video_scores": np.full(q, 0.5, np.float32), "panoptic_ids": np.zeros((2, 9, 13), np.int32),
+           "segment_ids": np.zeros(0, np.int32), "segment_query_index": np.zeros(0, np.int32)}
+    info = {"who": "official", "variant": "vits", "seed": 7, "machine": {"cpu": ZEN1, "threads": 2,
+            "torch": {"version": torch.__version__}}}
+    harness.save_run(tmp_path / "run.npz", run, info)
+    out = tmp_path / "fixture"
+    harness.main(["write-fixture", "--run", str(tmp_path / "run.npz"), "--frames", str(frames), "--out", str(out)])
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["machine"]["cpu"] == ZEN1 and meta["weight_seed"] == 7 and meta["frame_names"] == ["00000.jpg", "00001.jpg"]
+    assert meta["out_size"] == [9, 13] and meta["threads"] == 2
+    golden, post = np.load(out / "golden.npz"), np.load(out / "postproc.npz")
+    assert golden["video_sign_bits"].shape == (2, q, 9, 2) and golden["lowres_sign_bits"].shape == (s, q, 256, 32)
+    assert np.array_equal(golden["lowres_logits_sub4"], run["logits"][:, :, ::4, ::4])
+    public = reference_dir() / "golden-vits"
+    if not public.exists():
+        pytest.skip("public fixture not here: format compared on shapes only")
+    for name, written in (("golden.npz", golden), ("postproc.npz", post)):
+        ref = np.load(public / name)
+        assert sorted(written.files) == sorted(ref.files), name
+        for key in ref.files:
+            assert written[key].dtype == ref[key].dtype and written[key].ndim == ref[key].ndim, (name, key)
+    assert set(json.loads((public / "meta.json").read_text())) - set(meta) <= {
+        "numpy_version", "pillow_version", "python", "build_s", "init_state_s", "mean_step_s", "postprocess_s",
+        "total_video_s", "peak_rss_mb", "random_labels_irrelevant_to_id_map", "stats", "usr_bin_time",
+        "per_real_frame_s"}
