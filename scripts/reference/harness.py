@@ -365,7 +365,7 @@ def cmd_make_frames(args) -> None:
     """Deterministic input frames: entitysam's synthetic demo scene, saved as JPEG (quality 95)."""
     from PIL import Image
 
-    from entitysam.eval.synthetic import render_demo_scene
+    from entitysam.data.synthetic.scenes import render_demo_scene
 
     width, height = (int(v) for v in args.size.lower().split("x"))
     images, _ = render_demo_scene(np.random.default_rng(args.seed), args.num_frames, height, width)
