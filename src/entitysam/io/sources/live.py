@@ -157,7 +157,7 @@ class LiveSource(FrameSource):
         name = f"{index:06d}"
         return name, video_frame_to_rgb(payload, self.url, name, self.max_pixels, stream_display(self, payload))
 
-    def _empty_message(self) -> str:
+    def empty_message(self) -> str:
         return f"{self.url}: the stream ended before sending a frame" + (
             "" if self.selection.is_all else f" selected by {self.selection.describe()}")
 

@@ -261,9 +261,9 @@ class FrameSource:
             count += 1
             yield Frame(index, name, time, image)
         if count == 0:
-            raise SourceError(self._empty_message())
+            raise SourceError(self.empty_message())
 
-    def _empty_message(self) -> str:
+    def empty_message(self) -> str:
         total = self.total_frames()
         has = f"it has {total} frames" if total is not None else "it has no decodable frames"
         if self.selection.is_all:
