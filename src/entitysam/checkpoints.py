@@ -22,7 +22,7 @@ from typing import Any, Mapping, TypeVar
 import torch
 
 from .config import CONFIGS, EntitySAMConfig, get_config
-from .errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError
+from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError
 from .modeling.entitysam import EntitySAM
 
 PUBLISHED = ("vit-s", "vit-l")
@@ -126,8 +126,8 @@ def _read_pickle(path: Path, allow_pickle: bool) -> Any:
             what = f" ({', '.join(names[:5])})" if names else ""
             problem = (f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
                        "code when loaded; EntitySAM checkpoints hold only tensors and plain data")
-            raise UnsafeCheckpointError(f"{problem}. Only if you trust whoever made this file, pass allow_pickle=True",
-                                        path=path, problem=problem)
+            raise UnsafeCheckpointError(problem, Remedy("allow_pickle", True, "only if you trust whoever made this file"),
+                                        path=path)
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, refusal)}")
     warnings.warn(UnsafeLoadWarning(path), stacklevel=4)
     try:
@@ -254,13 +254,15 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     listing("unexpected keys", unexpected)
     listing("shape mismatches (key, checkpoint, model)", mismatched)
     fit = infer_config(state)
+    remedies = []
     if fit is not None and fit.name != model.cfg.name:
-        lines.append(f"  the checkpoint fits the '{fit.name}' configuration: use --model {fit.name}")
+        lines.append(f"  the checkpoint fits the '{fit.name}' configuration")
+        remedies.append(Remedy("config", fit.name, "to load it"))
     elif fit is None:
         closest = _closest_config_name(state)
         lines.append(f"  no known configuration fits exactly; closest: '{closest}' "
                      "(a truncated or foreign checkpoint?)")
-    raise CheckpointMismatchError("\n".join(lines))
+    raise CheckpointMismatchError("\n".join(lines), *remedies)
 
 
 Model = TypeVar("Model", bound=EntitySAM)

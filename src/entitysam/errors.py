@@ -1,13 +1,65 @@
 """Every error whose message is meant for the user: one hierarchy under EntitySAMError (the
 command line prints the message and exits non-zero). Messages state the facts (the file, the
-value, the cause) and name Python arguments, not command-line flags: the command line words
-its own advice (`entitysam.cli`)."""
+value, the cause) and name Python arguments, never command-line flags. What the caller can do
+about an error is a list of `Remedy` (a Python argument and the value to pass): ``str(err)``
+words them for Python callers (``pass overwrite=True to replace them``); the command line words
+the same remedies with its flags (``entitysam.cli.wording``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+__all__ = ["Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
+           "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
+           "CheckpointReadError", "UnsafeCheckpointError"]
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """One thing the caller can pass to avoid an error.
+
+    argument: the Python keyword argument (``"overwrite"``); value: what to pass (``True``);
+    metavar: instead of a value, a placeholder the caller fills in (``"PATH"``); purpose: what it
+    does, worded to follow the argument (``"to replace them"``)."""
+
+    argument: str
+    value: Any = True
+    purpose: str = ""
+    metavar: str | None = None
+
+    def python_words(self) -> str:
+        shown = self.metavar if self.metavar is not None else repr(self.value)
+        return " ".join(filter(None, [f"pass {self.argument}={shown}", self.purpose]))
+
+
+def join_remedies(problem: str, remedies: Sequence[str]) -> str:
+    """``problem: remedy (or remedy)``: the one layout of a message with its remedies."""
+    if not remedies:
+        return problem
+    first, *others = remedies
+    return f"{problem}: {first}" + "".join(f" (or {r})" for r in others)
+
 
 class EntitySAMError(Exception):
-    """Base class: the message names the file (or option) and the cause."""
+    """Base class: the message names the file (or argument) and the cause.
+
+    problem: the facts alone; remedies: what the caller can pass instead (see `Remedy`)."""
+
+    def __init__(self, problem: str = "", *remedies: Remedy):
+        super().__init__(join_remedies(problem, [r.python_words() for r in remedies]))
+        self.problem = problem
+        self.remedies = tuple(remedies)
+
+    def __reduce__(self):  # keeps problem and remedies across processes (multiprocessing, Ray)
+        return _rebuild_error, (type(self), self.problem, self.remedies, self.__dict__)
+
+
+def _rebuild_error(cls: type, problem: str, remedies: tuple, state: dict) -> EntitySAMError:
+    err = cls.__new__(cls)
+    EntitySAMError.__init__(err, problem, *remedies)
+    err.__dict__.update(state)
+    return err
 
 
 class InvalidArgumentError(EntitySAMError, ValueError, TypeError):
@@ -51,9 +103,8 @@ class CheckpointReadError(CheckpointMismatchError):
 class UnsafeCheckpointError(CheckpointReadError):
     """The file holds pickled Python objects other than tensors and plain data: loading it could
     run code, so it is refused unless the caller explicitly trusts it (``allow_pickle=True``).
-    path: the file; problem: the message without the advice (for callers that word their own)."""
+    path: the file."""
 
-    def __init__(self, message: str, *, path=None, problem: str | None = None):
-        super().__init__(message)
+    def __init__(self, problem: str, *remedies: Remedy, path=None):
+        super().__init__(problem, *remedies)
         self.path = path
-        self.problem = problem if problem is not None else message

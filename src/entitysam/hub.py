@@ -12,7 +12,7 @@ Whatever the place, the file is loaded weights-only (``torch.load(weights_only=T
 :func:`entitysam.checkpoints.read_state_dict`): a checkpoint in the cache can never run code.
 
 When none works, :class:`~entitysam.errors.ModelNotAvailableError` says what to download, from
-where, and where to put it (or to pass ``--checkpoint PATH``).
+where, and where to put it (or to pass its path as the checkpoint).
 
 ``resolve_checkpoint("demo")`` is the small demo model shipped inside the package
 (``entitysam/weights/demo.safetensors``, trained here on synthetic scenes only, see
@@ -83,7 +83,7 @@ def _filename(name: str) -> str:
     except KeyError:
         raise ModelNotAvailableError(f"unknown model {name!r}: published models are "
                                      f"{', '.join(CHECKPOINT_FILES)}, bundled: {', '.join(BUNDLED_MODELS)} "
-                                     "(or pass --checkpoint PATH)") from None
+                                     "(or pass the path of a checkpoint file)") from None
 
 
 def _instructions(name: str, cause: str, endpoint: str, revision: str) -> str:
@@ -92,7 +92,7 @@ def _instructions(name: str, cause: str, endpoint: str, revision: str) -> str:
         f"  Download {checkpoint_url(name, endpoint, revision)}\n"
         f"  (Hugging Face repository {REPO_ID}, file {_filename(name)}) and either\n"
         f"    - put it at {local_checkpoint_path(name)} (found automatically; ENTITYSAM_HOME moves this folder), or\n"
-        f"    - pass --checkpoint /path/to/model_0009999.pth.\n"
+        f"    - pass its path (/path/to/model_0009999.pth) as the checkpoint to load.\n"
         f"  With network access, `entitysam download {name}` fetches it into the Hugging Face cache."
     )
 

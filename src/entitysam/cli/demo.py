@@ -72,10 +72,10 @@ def run(args) -> int:
         print_err(err.describe("--overwrite", "choose another -o"))
         return 1
     except OutputError as err:
-        print_err(str(err))
+        print_err(err)
         return 1
     except EntitySAMError as err:
-        print_err(str(err))
+        print_err(err)
         return 2
     set_threads(args.threads)
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ def run(args) -> int:
         print_err("interrupted")
         return 130
     except (EntitySAMError, RuntimeError, OSError, ValueError) as err:
-        print_err(str(err))
+        print_err(err)
         return 1
     if args.json:
         print(jsonio.dumps(jsonio.jsonable(report.to_dict()), indent=1))

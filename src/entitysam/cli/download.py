@@ -24,7 +24,7 @@ def run(args) -> int:
         try:
             path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force)
         except EntitySAMError as err:
-            print_err(str(err))
+            print_err(err)
             status = 1
             continue
         print(f"{name}: {path}")

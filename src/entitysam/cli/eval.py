@@ -19,6 +19,8 @@ from ..errors import EntitySAMError
 from ..eval.runner.output import EvalOutput, IncompleteError
 from ..eval.runner.plan import EvalInputError, abbreviate, load_plan
 from ..eval.runner.run import EvalSummary, evaluate_vipseg, finish, parse_shard
+from .options import print_err
+from .wording import user_message
 
 __all__ = ["build_parser", "main"]
 
@@ -77,10 +79,6 @@ def _dist_env() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def _print_err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
-
-
 def _print_metrics(result: Mapping[str, Any] | None) -> None:
     from ..eval.metrics import format_table  # noqa: PLC0415
 
@@ -120,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             resolve_device(args.device)
     except EntitySAMError as err:
-        _print_err(str(err))
+        print_err(err)
         return 2
 
     metrics = not args.no_metrics
@@ -131,16 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             EvalOutput(args.output).check_existing(plan)
             result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
         except IncompleteError as err:
-            _print_err(f"{err}; run the missing shards (or this command without --merge-only) first")
+            print_err(f"{user_message(err)}; run the missing shards (or this command without --merge-only) first")
             return 1
         except EvalInputError as err:
-            _print_err(str(err))
+            print_err(err)
             return 2
         except EntitySAMError as err:
-            _print_err(str(err))
+            print_err(err)
             return 1
         except ValueError as err:  # MetricsInputError
-            _print_err(f"metrics: {err}")
+            print_err(err, "metrics")
             return 1
         _print_metrics(result)
         return 0
@@ -181,25 +179,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data_root, args.output, split=args.split, model=load_model, shard=shard, dtype=args.dtype,
             logits_dtype=args.logits_dtype, overwrite=args.overwrite, merge=not distributed, metrics=metrics,
             workers=args.workers, progress=not args.quiet and world == 1, say=say, plan=plan,
-            say_error=lambda m: _print_err(prefix + m),
+            say_error=lambda m: print_err(prefix + m),
             log_tag=f"rank-{rank}-of-{world}" if distributed else None)
     except KeyboardInterrupt:
-        _print_err("interrupted; finished videos are kept, re-run the same command to resume")
+        print_err("interrupted; finished videos are kept, re-run the same command to resume")
         return 130
     except EvalInputError as err:
-        _print_err(str(err))
+        print_err(err)
         status = 2
     except EntitySAMError as err:  # model not available, checkpoint mismatch, output not writable
-        _print_err(str(err))
+        print_err(err)
         status = 1
     except (RuntimeError, OSError) as err:
-        _print_err(f"{type(err).__name__}: {err}")
+        print_err(f"{type(err).__name__}: {err}")
         status = 1
     except ValueError as err:  # MetricsInputError from the automatic merge
-        _print_err(f"metrics: {err}")
+        print_err(err, "metrics")
         status = 1
     if summary is not None and summary.failed:
-        _print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
+        print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
                    f"{abbreviate([v for v, _ in summary.failed])}; re-run to retry them")
         status = 1
 
@@ -216,13 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
                     _print_metrics(result)
                 except IncompleteError as err:
-                    _print_err(f"{err}; re-run the same command to finish them")
+                    print_err(f"{user_message(err)}; re-run the same command to finish them")
                     status = 1
                 except EntitySAMError as err:
-                    _print_err(str(err))
+                    print_err(err)
                     status = 1
                 except ValueError as err:
-                    _print_err(f"metrics: {err}")
+                    print_err(err, "metrics")
                     status = 1
         finally:
             dist.destroy_process_group()

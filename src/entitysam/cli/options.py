@@ -23,8 +23,12 @@ DEFAULT_MAX_PIXELS_TEXT = "50M"  # = entitysam.io.sources.DEFAULT_MAX_PIXELS (no
 TRUST_FLAG = "--trust-checkpoint-code"
 
 
-def print_err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
+def print_err(msg: str | BaseException, prefix: str = "") -> None:
+    """``error: [prefix: ]message`` on stderr; an EntitySAMError is worded with the flags."""
+    from .wording import user_message
+
+    text = user_message(msg)
+    print(f"error: {prefix}: {text}" if prefix else f"error: {text}", file=sys.stderr)
 
 
 def sayer(quiet: bool) -> Callable[[str], None]:
@@ -126,17 +130,15 @@ def load_model(args, config: str | None):
 
 @contextlib.contextmanager
 def checkpoint_wording() -> Iterator[None]:
-    """Around a model load of a command: the command-line wording of --trust-checkpoint-code (a
-    refused checkpoint names the flag; the warning of a trusted one is one plain stderr line)."""
-    from ..checkpoints import UnsafeCheckpointError, UnsafeLoadWarning
+    """Around a model load of a command: the warning of a checkpoint loaded with
+    --trust-checkpoint-code becomes one plain stderr line (a refused one names the flag through
+    `print_err`)."""
+    from ..checkpoints import UnsafeLoadWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UnsafeLoadWarning)
         try:
             yield
-        except UnsafeCheckpointError as err:
-            raise UnsafeCheckpointError(f"{err.problem}. Only if you trust whoever made this file, pass "
-                                        f"{TRUST_FLAG} (Python: allow_pickle=True)", path=err.path) from None
         finally:
             for w in caught:
                 if issubclass(w.category, UnsafeLoadWarning):

@@ -154,7 +154,7 @@ def run(args) -> int:
         selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
         check_model_args(args)
     except EntitySAMError as err:
-        print_err(str(err))
+        print_err(err)
         return 2
 
     out_root = Path(args.output)
@@ -195,15 +195,15 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
                     check_logits_file(args.save_logits.replace("{video}", name), overwrite=args.overwrite,
                                       result_dir=final, inputs=local_inputs)
                 except OutputError as err:  # a FILE argument that cannot be used: a command-line error
-                    raise UnsafeOverwriteError(str(err)) from None
+                    raise UnsafeOverwriteError(err.problem, *err.remedies) from None
             source = open_source(path, selection, fps=args.fps, name=name, max_pixels=args.max_pixels)
             _check_selects_frames(source)
         except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
-            print_err(f"{name}: {err}")
+            print_err(err, name)
             return 2
         except EntitySAMError as err:
             failed.append((name, str(err)))
-            print_err(f"{name}: {err}")
+            print_err(err, name)
             continue
         except OSError as err:
             msg = describe_os_error(err, f"results of {name}")
@@ -222,7 +222,7 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
         model = load_model(args, args.model)
         say(f"model {model.cfg.name} loaded on {next(model.parameters()).device} in {time.perf_counter() - t0:.1f}s")
     except EntitySAMError as err:  # load_model reports every failure as one
-        print_err(str(err))
+        print_err(err)
         return 1
 
     for source, name in todo:
@@ -237,7 +237,7 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
             return 130
         except EntitySAMError as err:
             failed.append((name, str(err)))
-            print_err(f"{name}: {err}")
+            print_err(err, name)
         except OSError as err:
             msg = describe_os_error(err, f"results of {name}")
             failed.append((name, msg))

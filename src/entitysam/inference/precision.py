@@ -8,7 +8,7 @@ import contextlib
 import torch
 
 from ..argtypes import InvalidArgumentError
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, Remedy
 from ..modeling.entitysam import EntitySAM
 
 __all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_exact", "precision_plan", "memory_dtype_for",
@@ -29,14 +29,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
-        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
+        raise InvalidArgumentError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}") from None
     if dev.type not in ("cpu", "cuda", "mps"):
-        raise InvalidArgumentError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+        raise InvalidArgumentError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EntitySAMError(f"--device {name}: CUDA is not available (torch {torch.__version__}, "
+        raise EntitySAMError(f"device {name}: CUDA is not available (torch {torch.__version__}, "
                              f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'})")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise EntitySAMError(f"--device {name}: MPS (Apple GPU) is not available")
+        raise EntitySAMError(f"device {name}: MPS (Apple GPU) is not available")
     return dev
 
 
@@ -44,13 +44,13 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     """``auto``: bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+            raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         return dtype
     if dtype is not None and not isinstance(dtype, str):
-        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     name = "auto" if dtype is None else str(dtype).replace("torch.", "")
     if name not in DTYPES:
-        raise InvalidArgumentError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
@@ -60,8 +60,8 @@ def check_exact(exact: bool, compute_dtype: torch.dtype) -> None:
     """Refuse exact mode with a low-precision compute dtype (exact is the official float32 arithmetic)."""
     if exact and compute_dtype != torch.float32:
         name = str(compute_dtype).replace("torch.", "")
-        raise EntitySAMError(f"exact mode computes in float32 (the official CPU arithmetic), not {name}: "
-                             "use --dtype float32")
+        raise EntitySAMError(f"exact mode computes in float32 (the official CPU arithmetic), not {name}",
+                             Remedy("dtype", "float32"))
 
 
 def precision_plan(model: EntitySAM, compute_dtype: torch.dtype, batched: bool | None = None,

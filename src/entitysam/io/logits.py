@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import OutputError
+from ..errors import OutputError, Remedy
 from .paths import UnsafeOverwriteError, check_not_input, path_relation
 
 __all__ = ["logits_file", "check_logits_file", "save_logits_npz"]
@@ -29,16 +29,17 @@ def check_logits_file(path: str | os.PathLike, *, overwrite: bool = False, resul
     (UnsafeOverwriteError for the unsafe cases); returns the file."""
     path = logits_file(path)
     if result_dir is not None and path_relation(Path(os.path.realpath(path)), Path(os.path.realpath(result_dir))):
-        raise UnsafeOverwriteError(f"--save-logits {path} lies inside the result folder {result_dir}, which is "
-                                   "written as a whole: use --save-logits without FILE to put logits.npz there")
+        raise UnsafeOverwriteError(f"logits file {path} lies inside the result folder {result_dir}, which is "
+                                   "written as a whole: choose a file outside it (the result folder itself "
+                                   "can hold logits.npz)")
     if not path.parent.is_dir():
-        raise OutputError(f"--save-logits {path}: the folder {path.parent} does not exist (create it first)")
+        raise OutputError(f"logits file {path}: the folder {path.parent} does not exist (create it first)")
     if os.path.lexists(path):
         if path.is_symlink() or not path.is_file():
-            raise UnsafeOverwriteError(f"--save-logits {path} exists and is not a plain file: refusing to replace it")
+            raise UnsafeOverwriteError(f"logits file {path} exists and is not a plain file: refusing to replace it")
         if not overwrite:
-            raise OutputError(f"--save-logits {path} already exists: use --overwrite to replace it")
-        check_not_input(path, inputs, "--save-logits")
+            raise OutputError(f"logits file {path} already exists", Remedy("overwrite", True, "to replace it"))
+        check_not_input(path, inputs, "the logits file")
     return path
 
 

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from ..errors import OutputError, Remedy
 from .paths import describe_os_error
 
 __all__ = ["LOCK_SUFFIX", "OutputLockedError", "OutputLock", "pid_alive"]
@@ -124,7 +124,7 @@ class OutputLock:
                     os.close(fd)
                     raise OutputLockedError(
                         f"{self.final} is being written by another entitysam run ({holder}, lock file "
-                        f"{self.path}): wait for it to finish, or pass --wait-lock to wait for it") from None
+                        f"{self.path}): let it finish first", Remedy("wait", True, "to wait for it")) from None
                 if on_wait is not None:
                     on_wait(f"{self.final} is being written by another entitysam run ({holder}); waiting")
                 fcntl.flock(fd, fcntl.LOCK_EX)

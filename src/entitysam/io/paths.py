@@ -77,4 +77,4 @@ def check_not_input(target: str | os.PathLike, inputs: Sequence[Any], what: str)
         relation = path_relation(target_real, Path(os.path.realpath(item)))
         if relation is not None:
             raise UnsafeOverwriteError(f"{what} {target} {relation} the input {item}: refusing to replace it "
-                                       "(even with --overwrite); choose another --output")
+                                       "(even when overwriting); choose another output folder")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import OutputError
+from ..errors import OutputError, Remedy
 from .atomic import fsync_dir, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import OutputLock, pid_alive
@@ -167,27 +167,27 @@ class StagedOutput:
         final = Path(final)
         if not os.path.lexists(final):
             return
-        error = UnsafeOverwriteError if overwrite else OutputError  # (--overwrite asked for a deletion)
+        error = UnsafeOverwriteError if overwrite else OutputError  # (overwrite=True asked for a deletion)
         if final.is_symlink():
-            raise error(f"{final} is a symbolic link: refusing to replace it (even with --overwrite); "
-                        "choose another --output")
+            raise error(f"{final} is a symbolic link: refusing to replace it, even when overwriting; "
+                        "choose another output folder")
         if not final.is_dir():
-            raise error(f"{final} exists and is not a folder: refusing to replace it (even with --overwrite); "
-                        "choose another --output")
+            raise error(f"{final} exists and is not a folder: refusing to replace it, even when overwriting; "
+                        "choose another output folder")
         if not overwrite:
             if read_manifest(final) is not None:
-                raise OutputError(f"{final} already holds results: use --overwrite to replace them "
-                                  "(or --skip-existing to skip finished videos)")
+                raise OutputError(f"{final} already holds results", Remedy("overwrite", True, "to replace them"),
+                                  Remedy("skip_existing", True, "to skip finished videos"))
             if written_by_entitysam(final):
-                raise OutputError(f"{final} holds an unfinished entitysam result: use --overwrite to replace it "
-                                  "or choose another --output")
+                raise OutputError(f"{final} holds an unfinished entitysam result (or choose another output folder)",
+                                  Remedy("overwrite", True, "to replace it"))
             raise OutputError(f"{final} already exists (not a complete entitysam result): "
-                              "choose another --output (--overwrite only replaces entitysam results)")
+                              "choose another output folder (overwriting replaces only entitysam results)")
         check_not_input(final, inputs, "the result folder")
         if not written_by_entitysam(final):
             raise UnsafeOverwriteError(
                 f"{final} was not written by entitysam (no entitysam manifest.json in it): refusing to delete "
-                "it even with --overwrite; move it away or choose another --output")
+                "it, even when overwriting; move it away or choose another output folder")
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         data = {**manifest, "writer": WRITER, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -112,24 +112,24 @@ def score_prediction(panoptic_dir: Path, panoptic_json: Path, gt_dir: Path, gt_j
 
 def check_demo_size(width: int, height: int) -> None:
     if not (32 <= width <= 4096 and 32 <= height <= 4096):
-        raise InvalidArgumentError(f"--size must be between 32x32 and 4096x4096, got {width}x{height}")
+        raise InvalidArgumentError(f"the demo size must be between 32x32 and 4096x4096, got {width}x{height}")
 
 
 def check_demo_request(output: str | Path, *, num_frames: int, width: int, height: int, seed: int,
                        formats=("panoptic", "entities", "overlay"), overwrite: bool = False) -> tuple[str, ...]:
     """Every check of a demo run, without side effects (the command line runs it before loading
-    a --checkpoint): the numbers, the formats, and an output folder that may be (re)written.
+    a checkpoint): the numbers, the formats, and an output folder that may be (re)written.
     Returns the formats."""
-    check_int(num_frames, "--frames", 1)
-    check_int(width, "--size width", 1)
-    check_int(height, "--size height", 1)
+    check_int(num_frames, "num_frames", 1)
+    check_int(width, "width", 1)
+    check_int(height, "height", 1)
     check_demo_size(width, height)
-    check_int(seed, "--seed", 0)
+    check_int(seed, "seed", 0)
     if seed >= 2**32:
-        raise InvalidArgumentError(f"--seed must be below 2**32, got {seed}")
+        raise InvalidArgumentError(f"seed must be below 2**32, got {seed}")
     formats = check_formats(formats)
     if "panoptic" not in formats:
-        raise InvalidArgumentError("the demo report scores the panoptic output: keep 'panoptic' in --save")
+        raise InvalidArgumentError("the demo report scores the panoptic output: the formats must include 'panoptic'")
     out = Path(output)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"{out} exists and is not a folder")
@@ -181,7 +181,7 @@ def _prepare_output(out: Path, model) -> None:
         for name in ("report.json", "report.txt"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).write_text("written by `entitysam demo`; --overwrite replaces only its own files\n")
+    (out / DEMO_MARKER).write_text("written by `entitysam demo`; overwriting replaces only its own files\n")
 
 
 def _is_demo_report(path: Path) -> bool:
@@ -242,6 +242,6 @@ def summary(report: DemoReport) -> str:
     ]
     if report.overlay is not None:
         lines.append(f"watch: {report.overlay}")
-    lines.append("(the demo model knows only synthetic scenes like this one; real videos need --model vit-s or vit-l)")
+    lines.append("(the demo model knows only synthetic scenes like this one; real videos need the vit-s or vit-l model)")
     return "\n".join(lines)
 

@@ -65,7 +65,7 @@ class EvalOutput:
         run = self.root / RUN_FILE
         try:
             if self.root.exists() and not self.root.is_dir():
-                raise EvalInputError(f"--output {self.root} exists and is not a folder")
+                raise EvalInputError(f"output {self.root} exists and is not a folder")
             # list first: run.json is written before anything else, so a folder that shows other
             # entries shows run.json too (concurrent ranks / shards starting together)
             visible = [p.name for p in self.root.iterdir() if not p.name.startswith(".")] \
@@ -77,12 +77,12 @@ class EvalOutput:
                     old = {}
                 if {k: old.get(k) for k in fp} != fp:
                     raise EvalInputError(
-                        f"--output {self.root} holds another evaluation (split {old.get('split')!r}, "
+                        f"output {self.root} holds another evaluation (split {old.get('split')!r}, "
                         f"{old.get('num_videos')} videos; this one: split {plan.split!r}, {len(plan.videos)} videos, "
-                        "or a different video list): use another --output")
+                        "or a different video list): choose another output folder")
             else:
                 if visible:
-                    raise EvalInputError(f"--output {self.root} is not empty and is not an entitysam evaluation "
+                    raise EvalInputError(f"output {self.root} is not empty and is not an entitysam evaluation "
                                          f"folder (no {RUN_FILE}; it holds {abbreviate(sorted(visible), 3)}): "
                                          "choose a new or empty folder")
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ class EvalOutput:
     def check_existing(self, plan: VIPSegPlan) -> None:
         """For --merge-only: the folder must exist and hold this evaluation."""
         if not (self.root / RUN_FILE).is_file():
-            raise EvalInputError(f"--output {self.root} holds no evaluation ({RUN_FILE} not found)")
+            raise EvalInputError(f"output {self.root} holds no evaluation ({RUN_FILE} not found)")
         self.prepare(plan)
 
     # -- per video

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ...errors import EntitySAMError
+from ...errors import EntitySAMError, Remedy
 
 __all__ = ["EvalInputError", "VideoEntry", "VIPSegPlan", "load_plan", "list_video_frames", "official_stem",
            "abbreviate", "check_frames", "check_gt_annotations", "check_gt_pngs"]
@@ -131,7 +131,7 @@ def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | No
             hint = (f"splits with a GT JSON in {root}: {', '.join(have)}" if have else
                     f"{root} holds no panoptic_gt_VIPSeg_<split>.json (made by VIPSeg's "
                     "create_panoptic_video_labels.py + splitjson.py)")
-            raise EvalInputError(f"GT JSON of split {split!r} not found: {gt_path} ({hint}; or pass --gt-json)")
+            raise EvalInputError(f"GT JSON of split {split!r} not found: {gt_path} ({hint})", Remedy("gt_json", metavar="FILE"))
     else:
         gt_path = Path(gt_json)
         if not gt_path.is_file():
@@ -244,8 +244,7 @@ def check_gt_annotations(plan: VIPSegPlan) -> None:
     """The metrics need, for every video, a GT ``annotations`` entry with one record per image."""
     annos = plan.gt_doc.get("annotations")
     if not isinstance(annos, list):
-        raise EvalInputError(f"GT JSON {plan.gt_json} has no 'annotations' list: it cannot be scored "
-                             "(pass --no-metrics to only write the predictions)")
+        raise EvalInputError(f"GT JSON {plan.gt_json} has no 'annotations' list: it cannot be scored", Remedy("metrics", False, "to only write the predictions"))
     by_video = {a.get("video_id"): a.get("annotations") for a in annos if isinstance(a, Mapping)}
     bad = []
     for v in plan.videos:
@@ -254,7 +253,7 @@ def check_gt_annotations(plan: VIPSegPlan) -> None:
             bad.append(v.video_id)
     if bad:
         raise EvalInputError(f"GT JSON {plan.gt_json}: {len(bad)} video(s) without GT annotations for each of their "
-                             f"images: {abbreviate(bad)} (pass --no-metrics to only write the predictions)")
+                             f"images: {abbreviate(bad)}", Remedy("metrics", False, "to only write the predictions"))
 
 
 def check_gt_pngs(plan: VIPSegPlan) -> None:
@@ -269,4 +268,4 @@ def check_gt_pngs(plan: VIPSegPlan) -> None:
         missing.extend(str(folder / n) for n in v.gt_names if not (folder / n).is_file())
     if missing:
         raise EvalInputError(f"{len(missing)} GT PNG(s) named by the GT JSON {plan.gt_json} are missing: "
-                             f"{abbreviate(missing)} (the metrics need every one; or pass --no-metrics)")
+                             f"{abbreviate(missing)} (the metrics need every one)", Remedy("metrics", False, "to only write the predictions"))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ...argtypes import check_int
-from ...errors import EntitySAMError
+from ...errors import EntitySAMError, Remedy
 from ...io.atomic import write_json_atomic
 from ...io.output_lock import OutputLock, OutputLockedError
 from .output import PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model
@@ -37,9 +37,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in str(text).split("/"))
     except ValueError:
-        raise EvalInputError(f"--shard expects I/N (e.g. 0/4), got {text!r}") from None
+        raise EvalInputError(f"shard expects I/N (e.g. 0/4), got {text!r}") from None
     if n < 1 or not 0 <= i < n:
-        raise EvalInputError(f"--shard {text}: need N >= 1 and 0 <= I < N (shards count from 0)")
+        raise EvalInputError(f"shard {text}: need N >= 1 and 0 <= I < N (shards count from 0)")
     return i, n
 
 
@@ -214,8 +214,8 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
 
     out = Path(output)
     if not plan.gt_dir.is_dir():
-        raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root; "
-                             "or pass --gt-dir, or --no-metrics)")
+        raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root)",
+                             Remedy("gt_dir", metavar="DIR"), Remedy("metrics", False, "to only write the predictions"))
     check_gt_pngs(plan)
     results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
     doc = jsonable(results)
@@ -258,7 +258,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     # merge: rank 0 scores later), not found missing after hours of it.
     if metrics and not plan.gt_dir.is_dir():
         raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root, needed for "
-                             "the metrics; or pass --gt-dir, or --no-metrics)")
+                             "the metrics)", Remedy("gt_dir", metavar="DIR"), Remedy("metrics", False, "to only write the predictions"))
     if metrics:
         check_gt_annotations(plan)
         check_gt_pngs(plan)
@@ -295,9 +295,9 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                         and not (overwrite and v in {e.video_id for e in todo}))
         if others:
             raise EvalInputError(
-                f"--output {out.root} already holds predictions of another model ("
+                f"output {out.root} already holds predictions of another model ("
                 f"{describe_model(parts[others[0]].get('model'))}) for {len(others)} video(s) ({abbreviate(others)}); "
-                f"this run uses {describe_model(descriptor)}: use another --output")
+                f"this run uses {describe_model(descriptor)}: choose another output folder")
         memory = _PeakMemory(next(net.parameters()).device)
         ordering = "gt" if metrics else "frames"
         for k, v in enumerate(todo, 1):

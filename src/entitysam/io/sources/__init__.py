@@ -126,18 +126,18 @@ def list_batch_inputs(folder: str | os.PathLike) -> list[Path]:
     """The videos of a batch folder: its video files and sub-folders (folders of frames),
     in natural order. Raises SourceError if there are none."""
     folder = Path(folder)
-    problem = input_problem(folder, "--batch folder")
+    problem = input_problem(folder, "batch folder")
     if problem:
         raise SourceError(problem)
     if not folder.is_dir():
-        raise SourceError(f"--batch expects a folder of videos: {folder} is not a folder")
+        raise SourceError(f"a batch is a folder of videos: {folder} is not a folder")
     entries = list_folder(folder)
     # Every entry named like a video is listed, whatever it is: opening it then refuses a named
     # pipe, a broken link or a link loop with its own message instead of skipping it silently.
     videos = [p for p in entries if p.suffix.lower() in VIDEO_EXTENSIONS or p.is_dir()]
     if not videos:
         if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries):
-            raise SourceError(f"{folder} holds frames, not videos: drop --batch to segment it as one video")
+            raise SourceError(f"{folder} holds frames, not videos: segment it as one video, not as a batch")
         found = f"; it holds {describe_entries(entries)}" if entries else "; it is empty"
         raise SourceError(f"{folder}: no videos ({' '.join(VIDEO_EXTENSIONS)}) or folders of frames in it{found}")
     return sorted(videos, key=lambda p: natural_key(p.name))

@@ -196,7 +196,7 @@ def _no_frames_message(folder: Path, others: Sequence[Path]) -> str:
         return f"{folder}: empty folder, no frames ({supported})"
     hint = ""
     if any(p.suffix.lower() in VIDEO_EXTENSIONS or p.is_dir() for p in others):
-        hint = "; to segment each video or sub-folder in it, use --batch " + str(folder)
+        hint = "; each video or sub-folder in it can be segmented as a batch"
     return (f"{folder}: no frames of the supported types ({supported}) in this folder; it holds "
             f"{len(others)} other entr{'y' if len(others) == 1 else 'ies'}: {describe_entries(others)}{hint}")
 

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from ...errors import SourceError
+from ...errors import Remedy, SourceError
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -63,7 +63,7 @@ def input_problem(path: str | os.PathLike, what: str = "input") -> str | None:
     kind = next((name for test, name in _SPECIAL_FILES if test(st.st_mode)), "not a regular file")
     return (f"{what} {path} is {kind}, not a regular file or folder: entitysam reads video files, images and "
             "folders of frames (save a pipe's or stream's content to a file first; cameras are read as "
-            "/dev/videoN or stream URLs with --online)")
+            "/dev/videoN or stream URLs in online mode)")
 
 
 def check_max_pixels(max_pixels: int | None) -> int | None:
@@ -80,7 +80,8 @@ def check_frame_size(label: str, frame: str, width: int, height: int, max_pixels
         raise SourceError(
             f"{label}: {frame} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
             f"{max_pixels / 1e6:g} megapixels: refused before decoding it (a frame this large could exhaust the "
-            f"memory); downscale the input, or raise the limit with --max-pixels (max_pixels= in Python)")
+            f"memory); downscale the input, or raise the limit",
+            Remedy("max_pixels", metavar="N"))
 
 
 # ----------------------------------------------------------------------------- selection
@@ -119,16 +120,16 @@ class FrameSelection:
         for name in ("start", "end"):
             value = parse_position(getattr(self, name))
             if isinstance(value, bool) or (value is not None and (value < 0 or not math.isfinite(value))):
-                raise SourceError(f"--{name} must be a non-negative frame index or seconds, got {value!r}")
+                raise SourceError(f"{name} must be a non-negative frame index or seconds, got {value!r}")
             object.__setattr__(self, name, value)
         # Both in frames or both in seconds: comparable without knowing the frame rate.
         if (self.start is not None and self.end is not None and type(self.start) is type(self.end)
                 and self.end <= self.start):
-            raise SourceError(f"--end ({self.end}) must be after --start ({self.start}): the selection would be empty")
+            raise SourceError(f"end ({self.end}) must be after start ({self.start}): the selection would be empty")
         if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise SourceError(f"--stride must be a positive integer, got {self.stride!r}")
+            raise SourceError(f"stride must be a positive integer, got {self.stride!r}")
         if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
-            raise SourceError(f"--max-frames must be a positive integer, got {self.max_frames!r}")
+            raise SourceError(f"max_frames must be a positive integer, got {self.max_frames!r}")
 
     @property
     def is_all(self) -> bool:
@@ -139,12 +140,12 @@ class FrameSelection:
         for name in ("start", "end"):
             value = getattr(self, name)
             if value is not None:
-                parts.append(f"--{name} {value}s" if isinstance(value, float) else f"--{name} {value}")
+                parts.append(f"{name}={value}s" if isinstance(value, float) else f"{name}={value}")
         if self.stride != 1:
-            parts.append(f"--stride {self.stride}")
+            parts.append(f"stride={self.stride}")
         if self.max_frames is not None:
-            parts.append(f"--max-frames {self.max_frames}")
-        return " ".join(parts) or "all frames"
+            parts.append(f"max_frames={self.max_frames}")
+        return ", ".join(parts) or "all frames"
 
     def _after_start(self, index: int, time: float) -> bool:
         if self.start is None:

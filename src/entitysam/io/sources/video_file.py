@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import SourceError
+from ...errors import Remedy, SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size,
                         check_max_pixels, input_problem)
 
@@ -84,27 +84,31 @@ class VideoFileSource(FrameSource):
                     yield index, t, frame
         except av.error.FFmpegError as err:
             raise SourceError(f"cannot decode video {self.path}: frame {index + 1:06d} is corrupt or missing "
-                              f"({av_message(err)}); {_frames_before(index)}") from None
+                              f"({av_message(err)}); {_frames_before(index)}", *_stop_before(index)) from None
         # Reached the end of the stream: a file cut short decodes fewer frames than announced.
         decoded, expected = index + 1, self._frames_hint
         tolerance = 1 if self._frames_exact else max(2, expected // 20)
         if expected and decoded < expected - tolerance:
             raise SourceError(f"{self.path}: truncated or corrupt video: its header announces {expected} frames "
                               f"but only {decoded} could be decoded (frame {decoded:06d} is the first missing one; "
-                              f"{_frames_before(index)})")
+                              f"{_frames_before(index)})", *_stop_before(index))
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"
         if getattr(payload, "is_corrupt", False):  # the decoder found damaged data and concealed it
             raise SourceError(f"cannot decode video {self.path}: frame {name} is corrupt (the decoder reports "
-                              f"damaged data in it); {_frames_before(index - 1)}")
+                              f"damaged data in it); {_frames_before(index - 1)}", *_stop_before(index - 1))
         return name, video_frame_to_rgb(payload, self.label, name, self.max_pixels, stream_display(self, payload))
 
 
 def _frames_before(last_good: int) -> str:
     if last_good < 0:
         return "no frame before it could be decoded"
-    return f"the frames before it decode (--end {last_good + 1} stops before it)"
+    return f"the frames before it decode (0 to {last_good})"
+
+
+def _stop_before(last_good: int) -> tuple[Remedy, ...]:
+    return (Remedy("end", last_good + 1, "to stop before it"),) if last_good >= 0 else ()
 
 
 def _check_regular_file(path: Path, what: str) -> None:
