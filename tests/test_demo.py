@@ -92,9 +92,9 @@ def test_demo_command_writes_all_outputs(tmp_path):
 def test_demo_refuses_bad_input(tmp_path):
     from entitysam.errors import EntitySAMError, OutputError
 
-    with pytest.raises(EntitySAMError, match="--frames"):
+    with pytest.raises(EntitySAMError, match="num_frames must be >= 1"):
         run_demo(tmp_path / "a", num_frames=0)
-    with pytest.raises(EntitySAMError, match="--size"):
+    with pytest.raises(EntitySAMError, match="demo size must be between"):
         run_demo(tmp_path / "a", width=8, height=8)
     foreign = tmp_path / "foreign"
     foreign.mkdir()

@@ -384,7 +384,7 @@ def test_errors_are_clear(env, model, reference, tmp_path, capsys):
     assert "split file not found" in err("-o", out, "--split-file", tmp_path / "none.txt")
     (tmp_path / "bad.txt").write_text("vid_000\nvid_999\n")
     assert "vid_999" in err("-o", out, "--split-file", tmp_path / "bad.txt")
-    assert "--shard" in err("-o", out, "--shard", "2/2")
+    assert "shard 2/2: need" in err("-o", out, "--shard", "2/2")
     assert "holds no evaluation" in err("-o", out, "--merge-only")
     assert not out.exists()
 

@@ -162,7 +162,7 @@ def test_folder_without_frames_says_what_it_holds(tmp_path, ckpt):
                                           r"folder; it holds 3 other entries: a.gif, b.bmp, notes.txt$"):
         open_source(folder)
     write_video(folder / "clip.mp4", 2)
-    with pytest.raises(SourceError, match=r"4 other entries: .*clip.mp4.*; to segment each video .* --batch"):
+    with pytest.raises(SourceError, match=r"4 other entries: .*clip.mp4.*; each video or sub-folder in it can be segmented as a batch"):
         open_source(folder)
     for i in range(6):
         (folder / f"x{i}.txt").write_bytes(b"x")
@@ -542,7 +542,7 @@ def test_corrupt_video_frame_named(tmp_path, ckpt):
     path, bad = _corrupt_video(tmp_path)
     if bad is None:
         pytest.skip("this FFmpeg build flags none of the damaged frames")
-    with pytest.raises(SourceError, match=rf"bad.mp4: frame {bad:06d} is corrupt .*--end {bad} stops before it"):
+    with pytest.raises(SourceError, match=rf"bad.mp4: frame {bad:06d} is corrupt .*: pass end={bad} to stop before it"):
         list(open_source(path))
     assert len(list(open_source(path, FrameSelection(end=bad)))) == bad  # the frames before it are usable
     for online in (False, True):

@@ -103,7 +103,7 @@ def test_overwrite_never_deletes_the_input_folder(tmp_path, capsys):
     for extra in ([], ["--online"]):
         assert run(frames, "-o", tmp_path, "--overwrite", "--checkpoint", tmp_path / "missing.pth", *extra) == 2
         err = capsys.readouterr().err
-        assert "refusing to replace it (even with --overwrite)" in err and "is the input" in err
+        assert "refusing to replace it (even when overwriting)" in err and "is the input" in err
         assert tree(tmp_path) == before
 
 

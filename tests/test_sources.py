@@ -86,14 +86,14 @@ def test_parse_position():
     for bad in ("2.5", "-1", "abc", "s", "-2s"):
         with pytest.raises(SourceError, match="invalid frame position"):
             parse_position(bad)
-    with pytest.raises(SourceError, match="--stride"):
+    with pytest.raises(SourceError, match="stride must be a positive integer"):
         FrameSelection(stride=0)
-    with pytest.raises(SourceError, match="--max-frames"):
+    with pytest.raises(SourceError, match="max_frames must be a positive integer"):
         FrameSelection(max_frames=0)
 
 
 def test_selection_past_the_end(media):
-    with pytest.raises(SourceError, match=r"selection \(--start 50\) selects no frames \(it has 12 frames\)"):
+    with pytest.raises(SourceError, match=r"selection \(start=50\) selects no frames \(it has 12 frames\)"):
         list(open_source(media / "clip.mp4", FrameSelection(start=50)))
 
 
@@ -186,5 +186,5 @@ def test_batch_listing(tmp_path, media):
     os.symlink(media / "frames", batch / "c")
     (batch / "notes.txt").write_text("x")
     assert [p.name for p in list_batch_inputs(batch)] == ["b2.mp4", "b10.mp4", "c"]
-    with pytest.raises(SourceError, match="holds frames, not videos: drop --batch"):
+    with pytest.raises(SourceError, match="holds frames, not videos: segment it as one video, not as a batch"):
         list_batch_inputs(media / "frames")

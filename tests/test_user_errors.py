@@ -85,9 +85,9 @@ SEGMENT_ERRORS = [
     (("--stride", "1.5"), "argument --stride: expected an integer"),
     (("--max-frames", "0"), "argument --max-frames: must be >= 1"),
     (("--max-frames", "-3"), "argument --max-frames: must be >= 1"),
-    (("--start", "5", "--end", "2"), "--end (2) must be after --start (5)"),
-    (("--start", "3", "--end", "3"), "--end (3) must be after --start (3)"),
-    (("--start", "2.5s", "--end", "1s"), "--end (1.0) must be after --start (2.5)"),
+    (("--start", "5", "--end", "2"), "end (2) must be after start (5)"),
+    (("--start", "3", "--end", "3"), "end (3) must be after start (3)"),
+    (("--start", "2.5s", "--end", "1s"), "end (1.0) must be after start (2.5)"),
     (("--start", "nans"), "invalid frame position"),
     (("--start", "-1"), "invalid frame position"),
     (("--exact", "--dtype", "bfloat16"), "use --dtype float32"),
@@ -144,14 +144,14 @@ def test_valid_fps_is_recorded_and_every_json_is_strict(media, tmp_path):
 DEMO_ERRORS = [
     (("--frames", "0"), "argument --frames: must be >= 1"),
     (("--frames", "-4"), "argument --frames: must be >= 1"),
-    (("--size", "0x0"), "--size must be between 32x32 and 4096x4096"),
-    (("--size", "100000x10"), "--size must be between 32x32 and 4096x4096"),
+    (("--size", "0x0"), "argument --size: the demo size must be between 32x32 and 4096x4096"),
+    (("--size", "100000x10"), "argument --size: the demo size must be between 32x32 and 4096x4096"),
     (("--size", "big"), "WIDTHxHEIGHT"),
     (("--seed", "-1"), "argument --seed: the seed must be between 0 and"),
     (("--seed", str(2**40)), "argument --seed: the seed must be between 0 and"),
     (("--threads", "0"), "argument --threads: must be >= 1"),
     (("--save", ""), "no output format given"),
-    (("--save", "overlay"), "keep 'panoptic' in --save"),
+    (("--save", "overlay"), "the formats must include 'panoptic'"),
 ]
 
 

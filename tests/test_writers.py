@@ -164,7 +164,7 @@ def test_staged_output_commit_refuse_overwrite(tmp_path):
         assert not final.exists()
         s.commit({"video": "vid"})
     assert (final / "a.txt").read_text() == "1" and read_manifest(final)["video"] == "vid"
-    with pytest.raises(OutputError, match="already holds results: use --overwrite"):
+    with pytest.raises(OutputError, match="already holds results: pass overwrite=True"):
         StagedOutput(final)
     with StagedOutput(final, overwrite=True) as s:
         (s.path / "b.txt").write_text("2")

@@ -132,6 +132,8 @@ class FrameFolderSource(FrameSource):
             try:
                 with _open_pil(fp) as im:
                     check_frame_size(self.label, f"frame {f.name}", im.width, im.height, self.max_pixels)
+            except SourceError:  # (a ValueError too) the frame is readable but too large: say that, not "corrupt"
+                raise
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
                 raise SourceError(f"cannot read frame {f}: {err or type(err).__name__} "
                                   "(corrupt, truncated or not an image)") from None

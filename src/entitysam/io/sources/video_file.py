@@ -104,7 +104,7 @@ class VideoFileSource(FrameSource):
 def _frames_before(last_good: int) -> str:
     if last_good < 0:
         return "no frame before it could be decoded"
-    return f"the frames before it decode (0 to {last_good})"
+    return f"the frames before it decode (000000 to {last_good:06d})"
 
 
 def _stop_before(last_good: int) -> tuple[Remedy, ...]:
