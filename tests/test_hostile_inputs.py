@@ -504,6 +504,7 @@ def test_max_pixels_option(tmp_path, ckpt, monkeypatch):
     out = tmp_path / "out"
     r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", ckpt, "-q", "--max-pixels", "3k")
     assert r.returncode == 1 and "over the limit of 0.003 megapixels" in r.stderr and "--max-pixels" in r.stderr
+    assert "corrupt" not in r.stderr  # a readable frame over the limit is not "corrupt"
     r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", ckpt, "-q", "--max-pixels", "none",
                 "--save", "panoptic")
     assert r.returncode == 0, r.stderr
