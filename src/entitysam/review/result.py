@@ -30,7 +30,7 @@ from ..io import idpng
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
 
-__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS"]
+__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "read_entity_records", "entity_stats"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
 
@@ -119,8 +119,7 @@ class ResultFolder:
                                     "panoptic in --save to review a result")
         entries = _panoptic_entries(path)
         frame_areas = [{int(s["id"]): int(s["area"]) for s in e.get("segments_info", [])} for e in entries]
-        entities_json = _read_json(path / "entities.json", "entities.json") if (path / "entities.json").is_file() \
-            else None
+        entities_json = read_entity_records(path / "entities.json") if (path / "entities.json").is_file() else None
         frames = _frames(path, manifest, entries, entities_json)
         entities = _entities(manifest, entities_json, frame_areas)
         for rec in frames:
@@ -184,6 +183,59 @@ class ResultFolder:
 
 
 # ---------------------------------------------------------------------- readers of the records
+def read_entity_records(path: Path) -> dict[str, Any]:
+    """``entities.json`` without its masks: ``{"frames": [...], "entities": [records without
+    "frames"]}``. Files in the layout :class:`~entitysam.io.entities.EntitiesWriter` writes (one
+    frame or entity per line) are read line by line, so the per-frame RLE masks (most of the
+    file) are never held all at once; any other layout is parsed whole."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            fast = _entity_lines(f)
+    except FileNotFoundError:
+        raise ResultFolderError(f"{path.parent}: entities.json is missing") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultFolderError(f"{path}: cannot read entities.json: {err}") from None
+    if fast is not None:
+        return fast
+    data = _read_json(path, "entities.json")
+    if not isinstance(data, dict):
+        raise ResultFolderError(f"{path}: entities.json is not an object")
+    return {"frames": data.get("frames") or [],
+            "entities": [{k: v for k, v in e.items() if k != "frames"} for e in data.get("entities") or []]}
+
+
+_ENTITY_MASKS = ',"frames":['  # where an entity line's masks start (cannot occur inside a JSON string: quotes there are escaped)
+
+
+def _entity_lines(f) -> dict[str, Any] | None:
+    """The line-by-line reading of :func:`read_entity_records`; None if the layout differs."""
+    head = f.readline().rstrip("\n")
+    if not (head.startswith("{") and head.endswith(_ENTITY_MASKS)):
+        return None
+    frames: list[Any] = []
+    entities: list[Any] = []
+    part = frames
+    try:
+        for line in f:
+            text = line.strip()
+            if not text:
+                continue
+            if text == '],"entities":[' and part is frames:
+                part = entities
+            elif text == "]}" and part is entities:
+                return {"frames": frames, "entities": entities}
+            elif part is frames:
+                frames.append(json.loads(text.rstrip(",")))
+            else:
+                cut = text.find(_ENTITY_MASKS)
+                if cut < 0:
+                    return None
+                entities.append(json.loads(text[:cut] + "}"))
+    except ValueError:
+        return None
+    return None
+
+
 def _panoptic_entries(path: Path) -> list[dict[str, Any]]:
     data = _read_json(path / "panoptic.json", "panoptic.json")
     try:
