@@ -258,15 +258,17 @@ def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],
     if entities_json is not None:
         records = entities_json.get("frames")
     elif (path / JSONL).is_file():
-        records = list(read_jsonl(path / JSONL))
+        records = read_jsonl(path / JSONL)  # one line at a time: its masks are dropped at once
     else:
         fps = float(manifest["fps"])
         records = [{"frame": e.get("frame", t), "source_frame": e["source_frame"], "name": e["image_id"],
                     "time": round(e["source_frame"] / fps, 6)} for t, e in enumerate(entries)]
     try:
         frames = [{k: rec[k] for k in keys} for rec in records]
-    except (KeyError, TypeError) as err:
-        raise ResultFolderError(f"{path}: a frame record lacks {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResultFolderError(f"{path}: unreadable frame records ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise ResultFolderError(f"{path}: cannot read the frame records: {err}") from None
     names = [e.get("image_id") for e in entries]
     if [f["name"] for f in frames] != names or [f["frame"] for f in frames] != list(range(len(frames))):
         raise ResultFolderError(f"{path}: the frames of panoptic.json and of the entity records disagree "
