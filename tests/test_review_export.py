@@ -199,8 +199,21 @@ def test_export_command(tmp_path, capsys):
     assert json.loads(out.read_text())[0]["video_id"] == 1
     assert main(["export", str(result), "--format", "ytvis", "-o", str(out)]) == 1
     assert "already exists: use --overwrite" in capsys.readouterr().err
-    assert main(["export", str(result), "--format", "mots", "-o", str(tmp_path / "m"), "--class-id", "1", "-q"]) == 0
-    assert capsys.readouterr().out == ""
+    assert main(["export", str(result), "--format", "mots", "-o", str(tmp_path / "m"), "--class-id", "1", "-q",
+                 "--mots-txt"]) == 0
+    assert capsys.readouterr().out == "" and (tmp_path / "m" / "clip.txt").read_text().startswith("0 1001 1 ")
     assert main(["export", str(tmp_path), "--format", "coco-video", "-o", str(tmp_path / "c.json")]) == 1
     assert "not a result folder" in capsys.readouterr().err
     assert main(["export", str(result), "--format", "pascal", "-o", str(tmp_path / "x")]) == 2
+
+
+def test_mots_txt_lines_decode_with_pycocotools(session, tmp_path):
+    out = export(session, "mots", tmp_path / "mots", class_id=1, txt=True)
+    to_entity = {int(k): v for k, v in json.loads((out / "entitysam-export.json").read_text())["instances"].items()}
+    got = [np.zeros((H, W), np.uint32) for _ in range(N)]
+    for line in (out / "clip.txt").read_text().splitlines():
+        t, obj, cls, h, w, counts = line.split(" ")
+        assert (int(h), int(w), int(cls), int(obj) // 1000) == (H, W, 1, 1)
+        mask = mask_utils.decode({"size": [H, W], "counts": counts.encode()}).astype(bool)
+        got[int(t)][mask] = to_entity[int(obj) % 1000]
+    check_maps(got, expected_maps())

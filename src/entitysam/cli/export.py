@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--class-id", type=positive_int, default=2, metavar="N",
                    help="(mots) the class of every entity: values are N*1000 + instance (default 2, KITTI-MOTS "
                         "pedestrian)")
+    p.add_argument("--mots-txt", action="store_true",
+                   help="(mots) also write the MOTS txt format (OUT/<video>.txt: frame id class_id height width rle)")
     p.add_argument("--video-id", type=positive_int, default=1, metavar="N", help="(ytvis) the video_id (default 1)")
     add_overwrite(p, "replace an existing output (a folder only if entitysam exported it)")
     add_quiet(p, "print nothing on success")
@@ -36,7 +38,7 @@ def run(args) -> int:
     from ..review import ResultFolder
     from ..review.export import export
 
-    options = {"mots": {"class_id": args.class_id}, "ytvis": {"video_id": args.video_id}}.get(args.format, {})
+    options = {"mots": {"class_id": args.class_id, "txt": args.mots_txt}, "ytvis": {"video_id": args.video_id}}.get(args.format, {})
     try:
         result = ResultFolder.open(args.result)
         out = export(result, args.format, args.output, overwrite=args.overwrite, **options)

@@ -4,6 +4,9 @@ Layout (CVAT's "MOTS PNG", one subset named after the video)::
 
     OUT/<video>/instances/<frame>.png    16-bit grayscale: class_id * 1000 + instance id (0: none)
     OUT/<video>/instances/labels.txt     line k names class k + 1 (our class: "entity")
+    OUT/<video>.txt                      (txt=True) the MOTS txt format: one line per mask,
+                                         "frame id class_id height width rle" (KITTI-MOTS: frames
+                                         from 0; rle: COCO compressed counts)
     OUT/entitysam-export.json            which entity each instance id is
 
 Instance ids are the entity ids when they are all below 1000 (MOTS's limit per class), else the
@@ -20,6 +23,7 @@ from PIL import Image
 
 from ... import jsonio
 from ...errors import InvalidArgumentError, OutputError
+from ...io.entities import rle_encode
 from .common import DEFAULT_CATEGORY, MARKER, export_id_map, exported_entities, output_dir
 
 __all__ = ["MAX_INSTANCES", "write_mots", "instance_ids"]
@@ -37,9 +41,10 @@ def instance_ids(entity_ids: list[int]) -> dict[int, int]:
     return {i: k + 1 for k, i in enumerate(sorted(entity_ids))}
 
 
-def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int = 2) -> Path:
+def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int = 2, txt: bool = False) -> Path:
     """Write `view` as MOTS PNGs into the folder `out` (atomically); returns `out`.
-    class_id: the MOTS class of every entity (1..65; KITTI-MOTS: 1 car, 2 pedestrian)."""
+    class_id: the MOTS class of every entity (1..65; KITTI-MOTS: 1 car, 2 pedestrian);
+    txt: also write the MOTS txt format."""
     if isinstance(class_id, bool) or not isinstance(class_id, int) or not 1 <= class_id <= 65:
         raise InvalidArgumentError(f"MOTS class id must be an integer in [1, 65] (16-bit values), got {class_id!r}")
     entities = exported_entities(view)
@@ -51,12 +56,27 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
     with output_dir(out, overwrite) as stage:
         inst = stage / view.name / "instances"
         inst.mkdir(parents=True)
-        for t, frame in enumerate(view.frames):
-            ids = export_id_map(view, t, keep)
-            Image.fromarray(lut[ids]).save(inst / f"{frame['name']}.png", format="PNG")
+        lines = open(stage / f"{view.name}.txt", "w", encoding="utf-8") if txt else None
+        try:
+            for t, frame in enumerate(view.frames):
+                values = lut[export_id_map(view, t, keep)]
+                Image.fromarray(values).save(inst / f"{frame['name']}.png", format="PNG")
+                if lines is not None:
+                    _write_txt_lines(lines, t, values)
+        finally:
+            if lines is not None:
+                lines.close()
         labels = [f"class{k}" for k in range(1, class_id)] + [DEFAULT_CATEGORY]
         (inst / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
         marker = {"format": "entitysam-export", "export": "mots", "video": view.name, "class_id": class_id,
                   "instances": {str(m): e for e, m in mapping.items()}}
         (stage / MARKER).write_text(jsonio.dumps(marker, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def _write_txt_lines(f, t: int, values: np.ndarray) -> None:
+    """The MOTS txt lines of frame `t` ([H, W] uint16 values), in increasing value order."""
+    h, w = values.shape
+    for value in np.unique(values):
+        if value:
+            f.write(f"{t} {int(value)} {int(value) // MAX_INSTANCES} {h} {w} {rle_encode(values == value)['counts']}\n")
