@@ -161,6 +161,11 @@ def test_undo_and_redo(result_dir):
     session.undo()
     session.apply({"op": "hide", "ids": [3]})  # a new edit clears what could be redone
     assert not session.can_redo and [op["op"] for op in session.ops] == ["merge", "hide"]
+    new = session.apply({"op": "split", "id": 1, "frame": 2})["new_id"]
+    split = [session.id_map(t) for t in range(N)]
+    session.undo()
+    assert session.redo()["new_id"] == new  # the same id again
+    assert all(np.array_equal(session.id_map(t), split[t]) for t in range(N))
 
 
 def test_id_lookup_maps_original_ids_to_current_ones_per_frame(result_dir):

@@ -17,7 +17,7 @@ from _review_result import BIG_ID, H, N, W, id_maps, make_result
 from entitysam.cli import main
 from entitysam.errors import OutputError
 from entitysam.review import EditSession, ResultFolder
-from entitysam.review.export import FORMATS, export
+from entitysam.review.export import FORMATS, export, export_bytes
 
 # Edits before exporting: 3 hidden (not exported), 1 labelled "sky", 2 deleted from frame 6 on
 # (split off, then deleted): the expected maps are computed from the ground truth here.
@@ -217,3 +217,17 @@ def test_mots_txt_lines_decode_with_pycocotools(session, tmp_path):
         mask = mask_utils.decode({"size": [H, W], "counts": counts.encode()}).astype(bool)
         got[int(t)][mask] = to_entity[int(obj) % 1000]
     check_maps(got, expected_maps())
+
+
+def test_export_bytes_gives_one_download_per_format(session, tmp_path):
+    import io
+    import zipfile
+
+    data, name = export_bytes(session, "mots")
+    assert name == "clip-mots.zip"
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert "clip/instances/labels.txt" in names and "clip/instances/f000.png" in names  # CVAT's archive root
+    data, name = export_bytes(session, "ytvis")
+    assert name == "clip-ytvis.json" and len(json.loads(data)) == 3
+    with pytest.raises(Exception, match="unknown export format"):
+        export_bytes(session, "../../etc")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from ...errors import InvalidArgumentError
 
-__all__ = ["FORMATS", "export"]
+__all__ = ["FORMATS", "SUFFIXES", "export", "export_bytes"]
 
 # format name -> "module:function"; each function is write(view, out: Path, overwrite: bool, **options) -> Path
 FORMATS: dict[str, str] = {
@@ -30,6 +30,9 @@ FORMATS: dict[str, str] = {
     "ytvis": "ytvis:write_ytvis",
     "coco-video": "coco_video:write_coco_video",
 }
+
+# file name ending of each format's output ("" for a folder, downloaded as a zip)
+SUFFIXES = {"mots": "", "cvat-video": ".xml", "ytvis": ".json", "coco-video": ".json"}
 
 
 def _writer(fmt: str) -> Callable[..., Path]:
@@ -45,3 +48,25 @@ def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = Fal
     """Write `view` (ResultFolder or EditSession) in format `fmt` to `out` (a file, or a folder
     for ``mots``); returns the path written. options: per format (``mots``: ``class_id``)."""
     return _writer(fmt)(view, Path(out), overwrite=overwrite, **options)
+
+
+def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:
+    """The export as one download: (bytes, file name). A folder format (``mots``) comes as a
+    zip whose root holds the folder's content (``<video>/instances/...``: the archive layout CVAT
+    imports); the others as the file itself."""
+    import io
+    import tempfile
+    import zipfile
+
+    _writer(fmt)  # unknown formats fail before anything is written
+    name = f"{view.name}-{fmt}{SUFFIXES[fmt]}"
+    with tempfile.TemporaryDirectory(prefix="entitysam-export-") as tmp:
+        out = export(view, fmt, Path(tmp) / name, **options)
+        if not out.is_dir():
+            return out.read_bytes(), name
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(out.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(out).as_posix())
+        return buf.getvalue(), f"{name}.zip"
