@@ -224,3 +224,14 @@ def test_entity_records_are_read_without_their_masks_in_either_layout(result_dir
     (tmp_path / "pretty.json").write_text(json.dumps(whole, indent=2))
     assert read_entity_records(tmp_path / "pretty.json") == expected  # parsed whole
     assert {e.id: e.label for e in ResultFolder.open(rev).entities}[2] == 'a ,"frames":[ b\n"]}'
+
+
+def test_a_panoptic_only_result_opens_without_scores_and_saves(result_dir, tmp_path):
+    (result_dir / "entities.json").unlink()
+    r = ResultFolder.open(result_dir)
+    assert [f["name"] for f in r.frames] == [f"f{t:03d}" for t in range(N)]
+    assert r.frames[2]["time"] == pytest.approx(2 / FPS)
+    assert [(e.id, e.score) for e in r.entities] == [(i, None) for i in sorted(SCORES)]
+    got, rev = saved_maps(EditSession(r, [{"op": "delete", "ids": [1]}]), tmp_path)
+    assert all(np.array_equal(got[t], np.where(id_maps()[t] == 1, 0, id_maps()[t])) for t in range(N))
+    assert {e.score for e in rev.entities} == {None}
