@@ -106,7 +106,7 @@ def _write_files(session: EditSession, directory: Path) -> list[str]:
                 for e in session.entities]
     id_maps = (session.id_map(t) for t in range(session.num_frames))
     return write_result_files(directory, ("panoptic", "entities"), name=session.name, fps=session.fps,
-                              frames=frames, id_maps=id_maps, entities=entities, workers=0)
+                              frames=frames, id_maps=id_maps, entities=entities)  # files identical whatever the workers
 
 
 def read_edits(edits_json: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from ... import __version__, jsonio
 from ...io.entities import rle_encode
-from .common import bbox_of, categories, category_of, export_id_map, exported_entities, output_file
+from .common import categories, category_of, exported_entities, frame_entities, full_mask, output_file
 
 __all__ = ["write_coco_video", "coco_video"]
 
@@ -37,15 +37,15 @@ def coco_video(view: Any) -> dict[str, Any]:
         image_id = t + 1
         images.append({"id": image_id, "video_id": 1, "frame_id": t, "file_name": f"{view.name}/{frame['name']}.png",
                        "width": w, "height": h, "time": frame["time"]})
-        ids = export_id_map(view, t, keep)
-        present = set(np.unique(ids).tolist())
+        ids, present = frame_entities(view, t, keep)
         for e in entities:
-            if e.id not in present:
+            seg = present.get(e.id)
+            if seg is None:
                 continue
-            mask = ids == e.id
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "video_id": 1,
                                 "category_id": category_of(e, names), "instance_id": e.id, "track_id": e.id,
-                                "segmentation": rle_encode(mask), "bbox": bbox_of(mask), "area": int(mask.sum()),
+                                "segmentation": rle_encode(full_mask(ids, seg)), "bbox": seg["bbox"],
+                                "area": seg["area"],
                                 "iscrowd": 0, "score": None if e.score is None else float(e.score)})
     return {"info": {"description": f"entitysam {__version__} result {view.name}", "version": "1.0"},
             "categories": [{"id": k + 1, "name": n, "supercategory": "entity"} for k, n in enumerate(names)],

@@ -14,9 +14,10 @@ import numpy as np
 
 from ...errors import OutputError
 from ...io.atomic import atomic_file, fsync_dir
+from ...io.panoptic import frame_segments
 
-__all__ = ["DEFAULT_CATEGORY", "exported_entities", "export_id_map", "categories", "category_of", "bbox_of",
-           "output_file", "output_dir", "MARKER"]
+__all__ = ["DEFAULT_CATEGORY", "MARKER", "exported_entities", "export_id_map", "frame_entities", "box_mask",
+           "full_mask", "categories", "category_of", "output_file", "output_dir"]
 
 DEFAULT_CATEGORY = "entity"  # the category of entities without a label
 MARKER = "entitysam-export.json"  # in an exported folder: marks it as one (the only kind --overwrite replaces)
@@ -28,9 +29,35 @@ def exported_entities(view: Any) -> list[Any]:
 
 
 def export_id_map(view: Any, t: int, keep: np.ndarray) -> np.ndarray:
-    """Frame `t`'s [H, W] uint32 ids with every id not in `keep` (sorted ids) set to 0."""
+    """Frame `t`'s [H, W] uint32 ids with every id not in `keep` set to 0 (one table lookup)."""
     ids = view.id_map(t)
-    return np.where(np.isin(ids, keep), ids, 0).astype(np.uint32, copy=False)
+    top = int(ids.max(initial=0))
+    lut = np.zeros(top + 1, dtype=np.uint32)
+    kept = np.asarray(keep, dtype=np.int64)
+    kept = kept[kept <= top]
+    lut[kept] = kept
+    return lut[ids]
+
+
+def frame_entities(view: Any, t: int, keep: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+    """Frame `t`'s exported id map (:func:`export_id_map`) and ``{id: {"id", "area", "bbox"}}``
+    of the entities present in it (bbox: COCO [x, y, w, h], w = columns covered)."""
+    ids = export_id_map(view, t, keep)
+    return ids, {s["id"]: s for s in frame_segments(ids, "coco")}
+
+
+def box_mask(ids: np.ndarray, seg: dict[str, Any]) -> np.ndarray:
+    """The entity's mask cropped to its bbox: [h, w] bool."""
+    x, y, w, h = seg["bbox"]
+    return ids[y:y + h, x:x + w] == seg["id"]
+
+
+def full_mask(ids: np.ndarray, seg: dict[str, Any]) -> np.ndarray:
+    """The entity's [H, W] bool mask (built from its box: no full-frame comparison)."""
+    x, y, w, h = seg["bbox"]
+    mask = np.zeros(ids.shape, dtype=bool)
+    mask[y:y + h, x:x + w] = box_mask(ids, seg)
+    return mask
 
 
 def categories(entities: list[Any]) -> list[str]:
@@ -45,13 +72,6 @@ def categories(entities: list[Any]) -> list[str]:
 def category_of(entity: Any, names: list[str]) -> int:
     """The 1-based category id of an entity (its label's, or ``entity``'s)."""
     return names.index(entity.label or DEFAULT_CATEGORY) + 1
-
-
-def bbox_of(mask: np.ndarray) -> list[int]:
-    """COCO [x, y, w, h] of a non-empty [H, W] bool mask (w, h: columns / rows covered)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
 
 
 def _check_free(out: Path, overwrite: bool, folder: bool) -> None:

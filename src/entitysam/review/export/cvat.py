@@ -32,20 +32,20 @@ from xml.sax.saxutils import XMLGenerator
 import numpy as np
 
 from ...io.overlay import entity_color
-from .common import bbox_of, categories, export_id_map, exported_entities, output_file
+from .common import box_mask, categories, exported_entities, frame_entities, output_file
 
 __all__ = ["write_cvat_video", "cvat_rle"]
 
 
-def cvat_rle(mask: np.ndarray) -> tuple[list[int], list[int]]:
-    """([left, top, width, height], run lengths) of a non-empty [H, W] bool mask in CVAT's XML RLE."""
-    x, y, w, h = bbox_of(mask)
-    flat = mask[y:y + h, x:x + w].ravel()
+def cvat_rle(box: np.ndarray) -> list[int]:
+    """CVAT's XML RLE of a mask cropped to its box ([h, w] bool): run lengths row by row,
+    alternating background / mask, background first (possibly 0)."""
+    flat = box.ravel()
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     runs = np.diff(np.concatenate([[0], change, [flat.size]])).tolist()
     if flat[0]:
         runs.insert(0, 0)  # runs start with the background
-    return [x, y, w, h], runs
+    return runs
 
 
 def _track_shapes(view: Any, entities: list[Any]) -> dict[int, list[dict[str, str]]]:
@@ -54,11 +54,11 @@ def _track_shapes(view: Any, entities: list[Any]) -> dict[int, list[dict[str, st
     shapes: dict[int, list[dict[str, str]]] = {e.id: [] for e in entities}
     last: dict[int, dict[str, str]] = {}
     for t in range(len(view.frames)):
-        ids = export_id_map(view, t, keep)
-        present = set(np.unique(ids).tolist())
+        ids, present = frame_entities(view, t, keep)
         for e in entities:
             if e.id in present:
-                (x, y, w, h), runs = cvat_rle(ids == e.id)
+                x, y, w, h = present[e.id]["bbox"]
+                runs = cvat_rle(box_mask(ids, present[e.id]))
                 shape = {"frame": str(t), "keyframe": "1", "outside": "0", "occluded": "0", "z_order": "0",
                          "rle": ", ".join(map(str, runs)), "left": str(x), "top": str(y),
                          "width": str(w), "height": str(h)}

@@ -24,7 +24,7 @@ from PIL import Image
 from ... import jsonio
 from ...errors import InvalidArgumentError, OutputError
 from ...io.entities import rle_encode
-from .common import DEFAULT_CATEGORY, MARKER, export_id_map, exported_entities, output_dir
+from .common import DEFAULT_CATEGORY, MARKER, export_id_map, exported_entities, frame_entities, full_mask, output_dir
 
 __all__ = ["MAX_INSTANCES", "write_mots", "instance_ids"]
 
@@ -59,10 +59,13 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
         lines = open(stage / f"{view.name}.txt", "w", encoding="utf-8") if txt else None
         try:
             for t, frame in enumerate(view.frames):
-                values = lut[export_id_map(view, t, keep)]
-                Image.fromarray(values).save(inst / f"{frame['name']}.png", format="PNG")
-                if lines is not None:
-                    _write_txt_lines(lines, t, values)
+                if lines is None:
+                    Image.fromarray(lut[export_id_map(view, t, keep)]).save(inst / f"{frame['name']}.png")
+                    continue
+                ids, present = frame_entities(view, t, keep)
+                Image.fromarray(lut[ids]).save(inst / f"{frame['name']}.png")
+                for seg in sorted(present.values(), key=lambda s: lut[s["id"]]):
+                    lines.write(_txt_line(t, int(lut[seg["id"]]), full_mask(ids, seg)))
         finally:
             if lines is not None:
                 lines.close()
@@ -74,9 +77,7 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
     return out
 
 
-def _write_txt_lines(f, t: int, values: np.ndarray) -> None:
-    """The MOTS txt lines of frame `t` ([H, W] uint16 values), in increasing value order."""
-    h, w = values.shape
-    for value in np.unique(values):
-        if value:
-            f.write(f"{t} {int(value)} {int(value) // MAX_INSTANCES} {h} {w} {rle_encode(values == value)['counts']}\n")
+def _txt_line(t: int, value: int, mask: np.ndarray) -> str:
+    """One MOTS txt line: frame, object id (class * 1000 + instance), class, height, width, RLE."""
+    h, w = mask.shape
+    return f"{t} {value} {value // MAX_INSTANCES} {h} {w} {rle_encode(mask)['counts']}\n"

@@ -19,7 +19,7 @@ import numpy as np
 from ... import jsonio
 from ...errors import InvalidArgumentError
 from ...io.entities import rle_encode
-from .common import categories, category_of, export_id_map, exported_entities, output_file
+from .common import categories, category_of, exported_entities, frame_entities, full_mask, output_file
 
 __all__ = ["write_ytvis", "ytvis_records"]
 
@@ -31,10 +31,9 @@ def ytvis_records(view: Any, video_id: int = 1) -> list[dict[str, Any]]:
     keep = np.array([e.id for e in entities], dtype=np.uint32)
     segs: dict[int, list[Any]] = {e.id: [] for e in entities}
     for t in range(len(view.frames)):
-        ids = export_id_map(view, t, keep)
-        present = set(np.unique(ids).tolist())
+        ids, present = frame_entities(view, t, keep)
         for e in entities:
-            segs[e.id].append(rle_encode(ids == e.id) if e.id in present else None)
+            segs[e.id].append(rle_encode(full_mask(ids, present[e.id])) if e.id in present else None)
     return [{"video_id": video_id, "category_id": category_of(e, names),
              "score": 1.0 if e.score is None else float(e.score), "segmentations": segs[e.id]}
             for e in entities]
