@@ -79,3 +79,15 @@ def test_an_interrupted_online_result_is_refused(made, tmp_path):
     (copy / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted", "complete": False}))
     with pytest.raises(ResultFolderError, match="not complete .*interrupted"):
         ResultFolder.open(copy)
+
+
+def test_reading_a_video_input_forward_decodes_it_once(made):
+    d, offline, _ = made
+    r = ResultFolder.open(offline)
+    source = list(open_source(d / "clip.mp4"))
+    for t in range(N):
+        assert np.array_equal(r.source_frame(t), source[t].image)
+    assert r.sources.passes == 1
+    assert np.array_equal(r.source_frame(2), source[2].image)  # backwards: a new pass
+    assert np.array_equal(r.source_frame(4), source[4].image)
+    assert r.sources.passes == 2

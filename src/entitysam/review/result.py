@@ -29,6 +29,7 @@ from ..errors import InvalidArgumentError, ResultFolderError
 from ..io import idpng
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
+from .source_frames import SourceFrames
 
 __all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "read_entity_records", "entity_stats"]
 
@@ -87,7 +88,8 @@ class ResultFolder:
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
-        self._source = None  # cached FrameSource of the input (see source_frame)
+        selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
+        self.sources = SourceFrames(manifest.get("input"), self.fps, selection.get("stride", 1))
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -155,23 +157,11 @@ class ResultFolder:
 
     def source_frame(self, i: int) -> np.ndarray | None:
         """The [H, W, 3] uint8 RGB input frame behind frame position `i`, decoded from the
-        manifest's input if it is still there (and still gives this frame); None otherwise."""
-        from ..errors import EntitySAMError
-        from ..io.sources import FrameSelection, is_live_input, open_source
-
+        manifest's input if it is still there (and still gives this frame); None otherwise.
+        Reading forward through a video decodes each frame once (see :mod:`.source_frames`)."""
         rec = self.frames[self.check_frame(i)]
-        source = self.manifest.get("input")
-        if not source or is_live_input(source) or not os.path.exists(source):
-            return None
-        try:
-            one = open_source(source, FrameSelection(start=int(rec["source_frame"]), max_frames=1), fps=self.fps)
-            frame = next(iter(one), None)
-        except (EntitySAMError, OSError, ValueError):
-            return None
-        if frame is None or frame.index != rec["source_frame"] or frame.name != rec["name"] \
-                or frame.image.shape[:2] != self.size:
-            return None
-        return frame.image
+        image = self.sources.frame(int(rec["source_frame"]), rec["name"])
+        return image if image is None or image.shape[:2] == self.size else None
 
     def manifest_digest(self) -> str:
         """SHA-256 (hex) of the bytes of manifest.json: names this exact result (edits.json records it)."""
