@@ -72,6 +72,8 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
     if replace_original and dest is not None:
         raise EditError("save_revision: give dest or replace_original, not both")
     final = Path(result.path if replace_original else (dest if dest is not None else next_revision_path(result.path)))
+    if not replace_original and os.path.lexists(final):
+        raise OutputError(f"{final} already exists: a revision is written to a new folder (choose another dest)")
     log = edits_record(session)
     manifest = revision_manifest(session, final, log)
     with StagedOutput(final, overwrite=replace_original) as staged:
