@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _review_result import N, folder_bytes, id_maps, make_result
-from entitysam.errors import EditError
+from entitysam.errors import EditError, OutputError
 from entitysam.review import EditSession, ResultFolder, replay_edits, save_revision
 from entitysam.review import edits as edits_module
 from entitysam.review.revision import next_revision_path
@@ -99,7 +99,7 @@ def test_replace_original_swaps_the_folder_atomically(result_dir):
 
 def test_save_refuses_an_existing_destination(result_dir, tmp_path):
     (tmp_path / "taken").mkdir()
-    with pytest.raises(Exception, match="already exists"):
+    with pytest.raises(OutputError, match="already exists"):
         save_revision(edited(result_dir), dest=tmp_path / "taken")
 
 
