@@ -87,36 +87,64 @@ def decode_cvat_rle(text: str, left: int, top: int, width: int, height: int) -> 
     return full
 
 
-def test_cvat_video_xml_follows_the_schema_and_decodes_to_the_id_maps(session, tmp_path):
-    out = export(session, "cvat-video", tmp_path / "annotations.xml")
-    root = ET.parse(out).getroot()
+def parse_cvat(path):
+    """(root, [(track element, [mask elements])]) with the documented meta checked."""
+    root = ET.parse(path).getroot()
     assert root.tag == "annotations" and root.findtext("version") == "1.1"
     task = root.find("meta/task")
     assert task.findtext("mode") == "interpolation" and int(task.findtext("size")) == N
     assert (int(task.findtext("original_size/width")), int(task.findtext("original_size/height"))) == (W, H)
-    label_types = {lab.findtext("name"): lab.findtext("type") for lab in task.findall("labels/label")}
-    assert label_types == {"entity": "mask", "sky": "mask"}
+    labels = {lab.findtext("name"): lab for lab in task.findall("labels/label")}
+    assert set(labels) == {"entity", "sky"} and {lab.findtext("type") for lab in labels.values()} == {"mask"}
+    for lab in labels.values():
+        spec = lab.find("attributes/attribute")
+        assert spec.findtext("name") == "entity_id" and spec.findtext("input_type") == "number"
     tracks = root.findall("track")
-    assert [t.get("id") for t in tracks] == ["0", "1", "2"]
-    entity_of_track = dict(zip([t.get("id") for t in tracks], [1, 2, BIG_ID]))  # tracks in entity id order
-    assert [t.get("label") for t in tracks] == ["sky", "entity", "entity"]
-    got = [np.zeros((H, W), np.uint32) for _ in range(N)]
+    assert [t.get("id") for t in tracks] == [str(k) for k in range(len(tracks))]
     for track in tracks:
-        shown = {}
+        assert track.get("label") in labels and int(track.get("group_id")) > 0
         for m in track:
             assert m.tag == "mask"
             assert set(m.attrib) >= {"frame", "keyframe", "outside", "occluded", "rle", "left", "top", "width",
                                      "height", "z_order"}
-            shown[int(m.get("frame"))] = m.get("outside") == "0"
-            if m.get("outside") == "1":
-                continue
-            mask = decode_cvat_rle(m.get("rle"), *(int(m.get(k)) for k in ("left", "top", "width", "height")))
-            assert not (got[int(m.get("frame"))][mask]).any(), "masks overlap"
-            got[int(m.get("frame"))][mask] = entity_of_track[track.get("id")]
-        if entity_of_track[track.get("id")] == 2:
-            assert shown[6] is False  # closed when it stops (CVAT would carry the mask forward)
-        if entity_of_track[track.get("id")] == BIG_ID:
-            assert shown[6] is False and 7 not in shown
+            assert [a.get("name") for a in m.findall("attribute")] == ["entity_id"]
+    return tracks
+
+
+def paint(got, m):
+    """Decode one <mask> into the frame's id map (by its entity_id attribute)."""
+    mask = decode_cvat_rle(m.get("rle"), *(int(m.get(k)) for k in ("left", "top", "width", "height")))
+    frame = int(m.get("frame"))
+    assert not got[frame][mask].any(), "masks overlap"
+    got[frame][mask] = int(m.findtext("attribute"))
+
+
+def test_cvat_video_xml_per_frame_tracks_survive_cvats_import_rule(session, tmp_path):
+    tracks = parse_cvat(export(session, "cvat-video", tmp_path / "annotations.xml"))
+    got = [np.zeros((H, W), np.uint32) for _ in range(N)]
+    for track in tracks:
+        masks = list(track)
+        # CVAT's importer turns a mask track into the mask of its first shape: each must hold one
+        assert masks[0].get("outside") == "0" and all(m.get("outside") == "1" for m in masks[1:]) and len(masks) <= 2
+        if len(masks) == 2:
+            assert int(masks[1].get("frame")) == int(masks[0].get("frame")) + 1
+        paint(got, masks[0])
+    check_maps(got, expected_maps())
+    labels = {int(t[0].findtext("attribute")): t.get("label") for t in tracks}
+    assert labels == {1: "sky", 2: "entity", BIG_ID: "entity"}
+
+
+def test_cvat_video_xml_one_track_per_entity(session, tmp_path):
+    tracks = parse_cvat(export(session, "cvat-video", tmp_path / "annotations.xml", tracks="entity"))
+    assert [{m.findtext("attribute") for m in t} for t in tracks] == [{"1"}, {"2"}, {str(BIG_ID)}]
+    got = [np.zeros((H, W), np.uint32) for _ in range(N)]
+    for track in tracks:
+        shown = {int(m.get("frame")): m.get("outside") == "0" for m in track}
+        for m in track:
+            if m.get("outside") == "0":
+                paint(got, m)
+        if track[0].findtext("attribute") in ("2", str(BIG_ID)):
+            assert shown[6] is False and 7 not in shown  # closed when it stops (CVAT carries a mask forward)
     check_maps(got, expected_maps())
 
 
@@ -204,6 +232,9 @@ def test_export_command(tmp_path, capsys):
     assert capsys.readouterr().out == "" and (tmp_path / "m" / "clip.txt").read_text().startswith("0 1001 1 ")
     assert main(["export", str(tmp_path), "--format", "coco-video", "-o", str(tmp_path / "c.json")]) == 1
     assert "not a result folder" in capsys.readouterr().err
+    assert main(["export", str(result), "--format", "cvat-video", "--cvat-tracks", "entity", "-o",
+                 str(tmp_path / "a.xml")]) == 0
+    assert len(ET.parse(tmp_path / "a.xml").getroot().findall("track")) == 4
     assert main(["export", str(result), "--format", "pascal", "-o", str(tmp_path / "x")]) == 2
 
 

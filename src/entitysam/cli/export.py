@@ -28,6 +28,10 @@ def add_parser(sub) -> None:
                         "pedestrian)")
     p.add_argument("--mots-txt", action="store_true",
                    help="(mots) also write the MOTS txt format (OUT/<video>.txt: frame id class_id height width rle)")
+    p.add_argument("--cvat-tracks", choices=("frame", "entity"), default="frame",
+                   help="(cvat-video) frame: one track per entity per frame, the layout CVAT imports completely "
+                        "(its importer keeps only the first mask of a mask track), the entity id in an attribute "
+                        "(default); entity: one mask track per entity")
     p.add_argument("--video-id", type=positive_int, default=1, metavar="N", help="(ytvis) the video_id (default 1)")
     add_overwrite(p, "replace an existing output (a folder only if entitysam exported it)")
     add_quiet(p, "print nothing on success")
@@ -38,7 +42,8 @@ def run(args) -> int:
     from ..review import ResultFolder
     from ..review.export import export
 
-    options = {"mots": {"class_id": args.class_id, "txt": args.mots_txt}, "ytvis": {"video_id": args.video_id}}.get(args.format, {})
+    options = {"mots": {"class_id": args.class_id, "txt": args.mots_txt}, "ytvis": {"video_id": args.video_id},
+               "cvat-video": {"tracks": args.cvat_tracks}}.get(args.format, {})
     try:
         result = ResultFolder.open(args.result)
         out = export(result, args.format, args.output, overwrite=args.overwrite, **options)

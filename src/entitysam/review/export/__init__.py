@@ -3,7 +3,8 @@
 
 * ``mots`` (:mod:`.mots`): MOTS PNG, a folder: ``<video>/instances/<frame>.png`` (16-bit, value
   ``class_id * 1000 + instance``) + ``<video>/instances/labels.txt``, what CVAT imports as mask tracks;
-* ``cvat-video`` (:mod:`.cvat`): CVAT for video 1.1 XML, one ``<track>`` of ``<mask>`` per entity;
+* ``cvat-video`` (:mod:`.cvat`): CVAT for video 1.1 XML, ``<track>`` s of ``<mask>`` (one per entity
+  per frame, the layout CVAT imports completely, or one per entity: ``tracks="entity"``);
 * ``ytvis`` (:mod:`.ytvis`): YouTube-VIS results JSON, one record per entity, an RLE (or null) per frame;
 * ``coco-video`` (:mod:`.coco_video`): COCO-style video JSON (videos, images, annotations with
   RLE, bbox, area and track id).
@@ -46,7 +47,8 @@ def _writer(fmt: str) -> Callable[..., Path]:
 
 def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = False, **options: Any) -> Path:
     """Write `view` (ResultFolder or EditSession) in format `fmt` to `out` (a file, or a folder
-    for ``mots``); returns the path written. options: per format (``mots``: ``class_id``)."""
+    for ``mots``); returns the path written. options: per format (``mots``: ``class_id``, ``txt``;
+    ``cvat-video``: ``tracks``; ``ytvis``: ``video_id``)."""
     return _writer(fmt)(view, Path(out), overwrite=overwrite, **options)
 
 
