@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 __all__ = ["Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
            "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
-           "CheckpointReadError", "UnsafeCheckpointError"]
+           "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "EditError"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,13 @@ class UnsafeCheckpointError(CheckpointReadError):
     def __init__(self, problem: str, *remedies: Remedy, path=None):
         super().__init__(problem, *remedies)
         self.path = path
+
+
+class ResultFolderError(EntitySAMError, ValueError):
+    """A folder is not a complete, readable result of `entitysam segment` (missing or incomplete
+    manifest, missing or inconsistent files); the message names the folder and the cause."""
+
+
+class EditError(EntitySAMError, ValueError):
+    """An edit operation of a result (hide, merge, split, ...) is malformed or does not apply to
+    the current entities; the message names the operation and the cause."""
