@@ -151,6 +151,14 @@ def test_shard_of_this_process(text, env, expected):
     assert shard_from_env(text, env) == expected
 
 
+def test_local_rank_only_under_torchrun_with_several_ranks():
+    from entitysam.distributed.local import local_rank
+
+    assert local_rank({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == 1
+    assert local_rank({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) is None
+    assert local_rank({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}) is None
+
+
 @pytest.mark.parametrize("text, env", [
     ("2/2", {}), ("1", {}), ("a/b", {}), ("-1/2", {}), ("0/0", {}), ("1/2/3", {}),
     ("0/2", {"RANK": "0", "WORLD_SIZE": "2"}),
