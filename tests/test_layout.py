@@ -117,8 +117,8 @@ def test_modeling_imports_nothing_above_it():
 
 
 # What each part of the package may import (besides itself and the small shared modules
-# errors, argtypes, jsonio, config): the layers of docs/architecture.md, lowest first.
-SHARED = {"errors", "argtypes", "jsonio", "config"}
+# errors, argtypes, jsonio, config, sharding): the layers of docs/architecture.md, lowest first.
+SHARED = {"errors", "argtypes", "jsonio", "config", "sharding"}
 ALLOWED = {
     "modeling": set(),
     "io": set(),
@@ -130,7 +130,8 @@ ALLOWED = {
     "pipeline": {"modeling", "checkpoints", "hub", "inference", "io", "data", "eval", "entitysam"},
     "eval": {"inference", "io", "pipeline"},
     "review": {"io", "pipeline", "data", "entitysam"},
-    "cli": {"checkpoints", "hub", "inference", "io", "data", "eval", "pipeline", "entitysam", "review"},
+    "distributed": {"pipeline", "inference", "io", "data", "eval", "checkpoints", "hub", "entitysam"},
+    "cli": {"checkpoints", "hub", "inference", "io", "data", "eval", "pipeline", "entitysam", "review", "distributed"},
 }
 
 

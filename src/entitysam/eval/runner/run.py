@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ... import sharding
 from ...argtypes import check_int
 from ...errors import EntitySAMError, Remedy
 from ...io.atomic import write_json_atomic
@@ -33,29 +34,17 @@ PathLike = str | os.PathLike
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    """``"I/N"`` -> (I, N) with 0 <= I < N (:func:`entitysam.sharding.parse_shard`, as an EvalInputError)."""
     try:
-        i, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise EvalInputError(f"shard expects I/N (e.g. 0/4), got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise EvalInputError(f"shard {text}: need N >= 1 and 0 <= I < N (shards count from 0)")
-    return i, n
+        return sharding.parse_shard(text)
+    except sharding.ShardError as err:
+        raise EvalInputError(str(err)) from None
 
 
 def shard_videos(videos: Sequence[VideoEntry], index: int, count: int) -> list[VideoEntry]:
-    """Slice `index` of `count`: a deterministic split balanced by frame count (longest video
-    first to the least loaded slice, ties to the lower slice), in list order within a slice."""
-    if count == 1:
-        return list(videos)
-    load = [0] * count
-    owner: dict[int, int] = {}
-    order = sorted(range(len(videos)), key=lambda k: (-max(videos[k].num_frames, 1), k))
-    for k in order:
-        s = min(range(count), key=lambda j: (load[j], j))
-        owner[k] = s
-        load[s] += max(videos[k].num_frames, 1)
-    return [v for k, v in enumerate(videos) if owner[k] == index]
+    """Slice `index` of `count` (:func:`entitysam.sharding.balanced_split` by frame count: longest
+    video first to the least loaded slice, ties to the lower slice), in list order within a slice."""
+    return [videos[k] for k in sharding.balanced_split([v.num_frames for v in videos], index, count)]
 
 
 # ----------------------------------------------------------------------------- memory
@@ -265,7 +254,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     out = EvalOutput(output)
     out.prepare(plan)
     mine = shard_videos(plan.videos, index, count)
-    tag = log_tag or ("run" if count == 1 else f"shard-{index}-of-{count}")
+    tag = log_tag or ("run" if count == 1 else sharding.shard_tag(index, count))
     summary = EvalSummary(output=out.root, videos=[v.video_id for v in mine])
     if plan.subset:
         say(f"split file {plan.split_file} lists {len(plan.videos)} of the {plan.gt_videos} videos of "

@@ -1,0 +1,56 @@
+"""The split rule of sharded runs, in one place: ``segment --batch --shard`` and ``eval vipseg
+--shard`` (and each torchrun rank, each Slurm array task) take the same deterministic slices.
+
+Pure Python, no imports from the package but `errors`: every layer may use it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .errors import InvalidArgumentError
+
+__all__ = ["ShardError", "parse_shard", "check_shard", "balanced_split", "shard_tag"]
+
+
+class ShardError(InvalidArgumentError):
+    """A shard that does not exist: not I/N, or not 0 <= I < N."""
+
+
+def check_shard(index: int, count: int, text: str | None = None) -> tuple[int, int]:
+    """(index, count) if 0 <= index < count, else ShardError (naming `text`, the value as given)."""
+    if count < 1 or not 0 <= index < count:
+        shown = text if text is not None else f"{index}/{count}"
+        raise ShardError(f"shard {shown}: need N >= 1 and 0 <= I < N (shards count from 0)")
+    return index, count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ShardError(f"shard expects I/N (e.g. 0/4), got {text!r}") from None
+    return check_shard(i, n, text)
+
+
+def balanced_split(weights: Sequence[int | None], index: int, count: int) -> list[int]:
+    """Positions (in list order) of slice `index` of `count`: a deterministic split balanced by
+    weight (frame count; unknown or 0 counts as 1): the heaviest item first goes to the least
+    loaded slice, ties to the lower slice and, among equal weights, the earlier item first."""
+    check_shard(index, count)
+    if count == 1:
+        return list(range(len(weights)))
+    w = [max(x or 0, 1) for x in weights]
+    load = [0] * count
+    owner: dict[int, int] = {}
+    for k in sorted(range(len(w)), key=lambda k: (-w[k], k)):
+        s = min(range(count), key=lambda j: (load[j], j))
+        owner[k] = s
+        load[s] += w[k]
+    return [k for k in range(len(w)) if owner[k] == index]
+
+
+def shard_tag(index: int, count: int) -> str:
+    """The name of a slice in file names: ``shard-0-of-4``."""
+    return f"shard-{index}-of-{count}"
