@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
 
 from ..argtypes import non_negative_int, positive_float, positive_int
-from ..errors import EntitySAMError, OutputError, SourceError
+from ..errors import EntitySAMError, SourceError
+from .batch import load_or_report, segment_options, segment_shard, shard_of
 from .inputs import collect_inputs, video_name
 from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
                       add_overwrite, add_quiet, add_save, add_threads, add_trust_checkpoint_code, check_model_args,
-                      check_output_root, load_model, pixel_count, print_err, sayer, set_threads)
+                      check_output_root, pixel_count, print_err, sayer)
 
 
 def add_parser(sub) -> None:
@@ -71,6 +71,17 @@ def add_parser(sub) -> None:
                      help="when another entitysam run is writing the same result folder, wait for it to finish "
                           "(default: fail at once, naming its pid)")
     add_quiet(out, "no progress bars or summaries")
+    many = p.add_argument_group("many processes (see README, Batches on many GPUs and machines)")
+    many.add_argument("--shard", default=None, metavar="I/N",
+                      help="process slice I of N (0 <= I < N) of the videos, balanced by frame count; shards "
+                           "may run at once on one --output (a video is never processed twice at once; one "
+                           "another shard holds is left to it) and re-run to finish what is missing "
+                           "(--skip-existing is the default); auto: the Slurm array task's slice "
+                           "(SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT), else 0/1. Under torchrun each rank "
+                           "takes its slice (RANK/WORLD_SIZE) and GPU (cuda:LOCAL_RANK) with no flag")
+    many.add_argument("--summary", default=None, metavar="FILE.json",
+                      help="with sharding, where this shard's summary goes (default "
+                           "OUTPUT/.entitysam-batch/shard-I-of-N.json)")
     onl = p.add_argument_group("online mode (results per frame as the video is read; see README, Online mode)")
     onl.add_argument("--online", action="store_true",
                      help="emit each frame's result right after it is processed, using only past and present "
@@ -121,13 +132,6 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
             raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
 
 
-def _check_selects_frames(source) -> None:
-    """Frame folders and images know their frame count: an empty selection is refused before
-    the model is loaded (videos only know an estimate, they fail when read)."""
-    if source.kind in ("folder", "image", "array") and source.count_hint() == 0:
-        raise SourceError(source.empty_message())
-
-
 def run(args) -> int:
     from ..pipeline.result import check_formats
     from ..io.sources import FrameSelection
@@ -153,11 +157,14 @@ def run(args) -> int:
         check_output_root(Path(args.output))
         selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
         check_model_args(args)
+        shard = shard_of(args)
     except EntitySAMError as err:
         print_err(str(err))
         return 2
 
     out_root = Path(args.output)
+    if shard is not None:
+        return segment_shard(args, inputs, names, formats, selection, out_root, shard, say)
     locks: list = []
     try:
         return _segment_all(args, inputs, names, formats, selection, out_root, locks, say)
@@ -167,37 +174,21 @@ def run(args) -> int:
 
 
 def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
-    from ..io.sources import open_source
+    from ..distributed.jobs import StreamInterrupted, VideoJob, prepare_job, segment_job
     from ..io.output_lock import OutputLock
-    from ..io.staging import StagedOutput, recover_output
     from ..io.paths import UnsafeOverwriteError, describe_os_error
-    from ..io.logits import check_logits_file
-    from ..io.manifest import read_manifest
 
+    options = segment_options(args, formats, selection)
     local_inputs = [p for p in inputs if isinstance(p, Path)]
     todo = []
     failed: list[tuple[str, str]] = []
     for path, name in zip(inputs, names):
-        final = out_root / name
+        job = VideoJob(path, name)
         try:  # validate every input and output before loading the model
             # The lock is held until the run ends: a second run on the same result fails fast
             # (or waits with --wait-lock) instead of silently replacing this one's result.
-            lock = OutputLock.acquire(final, wait=args.wait_lock, on_wait=say)
-            locks.append(lock)
-            if recovered := recover_output(final):
-                say(f"{name}: {recovered} (a killed run had left it half replaced)")
-            if args.skip_existing and read_manifest(final) is not None:
-                say(f"{name}: skipped, complete results in {final}")
-                continue
-            StagedOutput.check_free(final, args.overwrite, inputs=local_inputs)
-            if args.save_logits:
-                try:
-                    check_logits_file(args.save_logits.replace("{video}", name), overwrite=args.overwrite,
-                                      result_dir=final, inputs=local_inputs)
-                except OutputError as err:  # a FILE argument that cannot be used: a command-line error
-                    raise UnsafeOverwriteError(str(err)) from None
-            source = open_source(path, selection, fps=args.fps, name=name, max_pixels=args.max_pixels)
-            _check_selects_frames(source)
+            locks.append(OutputLock.acquire(out_root / name, wait=args.wait_lock, on_wait=say))
+            source = prepare_job(job, options, out_root, protect=local_inputs, say=say)
         except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
             print_err(f"{name}: {err}")
             return 2
@@ -210,103 +201,29 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
             failed.append((name, msg))
             print_err(f"{name}: {msg}")
             continue
-        todo.append((source, name))
+        if source is not None:
+            todo.append((source, job))
     if not todo:
         if failed and len(inputs) > 1:
             print_err(f"{len(failed)} of {len(inputs)} videos failed: {', '.join(n for n, _ in failed)}")
         return 1 if failed else 0
 
-    set_threads(args.threads)
-    try:
-        t0 = time.perf_counter()
-        model = load_model(args, args.model)
-        say(f"model {model.cfg.name} loaded on {next(model.parameters()).device} in {time.perf_counter() - t0:.1f}s")
-    except EntitySAMError as err:  # load_model reports every failure as one
-        print_err(str(err))
+    model = load_or_report(args, say)
+    if model is None:
         return 1
-
-    for source, name in todo:
+    for source, job in todo:
         try:
-            if args.online:
-                if _stream_one(model, source, name, out_root, formats, args, say, local_inputs) == "interrupted":
-                    return 130
-            else:
-                _segment_one(model, source, name, out_root, formats, args, say, StagedOutput, local_inputs)
-        except KeyboardInterrupt:
-            print_err(f"{name}: interrupted; no result written for it")
+            outcome = segment_job(model, job, options, out_root, protect=local_inputs, say=say,
+                                  say_error=print_err, source=source)
+        except StreamInterrupted:
             return 130
-        except EntitySAMError as err:
-            failed.append((name, str(err)))
-            print_err(f"{name}: {err}")
-        except OSError as err:
-            msg = describe_os_error(err, f"results of {name}")
-            failed.append((name, msg))
-            print_err(f"{name}: {msg}")
-        except (RuntimeError, ValueError) as err:  # unexpected failures inside the model or writers
-            failed.append((name, f"{type(err).__name__}: {err}"))
-            print_err(f"{name}: failed: {type(err).__name__}: {err}")
+        except KeyboardInterrupt:
+            print_err(f"{job.name}: interrupted; no result written for it")
+            return 130
+        if outcome.status == "failed":
+            failed.append((job.name, outcome.error))
     if failed:
         if len(inputs) > 1:
             print_err(f"{len(failed)} of {len(inputs)} videos failed: {', '.join(n for n, _ in failed)}")
         return 1
     return 0
-
-
-def _segment_one(model, source, name: str, out_root: Path, formats, args, say, StagedOutput,
-                 inputs=()) -> None:
-    from ..pipeline.segment import segment
-    from ..io.logits import check_logits_file
-
-    t0 = time.perf_counter()
-    with StagedOutput(out_root / name, overwrite=args.overwrite, inputs=inputs) as staged:
-        if args.save_logits is None:
-            logits_path = None
-        elif args.save_logits == "":
-            logits_path = staged.path / "logits.npz"
-        else:  # checked again: the file may have appeared since the start
-            logits_path = check_logits_file(args.save_logits.replace("{video}", name), overwrite=args.overwrite,
-                                            result_dir=out_root / name, inputs=inputs)
-        result = segment(model, source, dtype=args.dtype, logits_dtype=args.logits_dtype, work_dir=staged.path,
-                         save_logits=logits_path, progress=not args.quiet, exact=args.exact)
-        with result:
-            files = result.write_into(staged.path, formats, labels=args.labels, progress=not args.quiet)
-            manifest = {**result.manifest(), "files": files + (["logits.npz"] if args.save_logits == "" else [])}
-        final = staged.commit(manifest)
-    say(f"{name}: {len(result)} frames, {len(result.entities)} entities -> {final} "
-        f"({time.perf_counter() - t0:.1f}s)")
-
-
-def _stream_one(model, source, name: str, out_root: Path, formats, args, say, inputs=()) -> str:
-    """Online mode for one input; returns the stream's final status. Errors propagate after the
-    outputs of the frames done are finished (their manifest says "failed")."""
-    from ..pipeline.stream import stream
-
-    t0 = time.perf_counter()
-    final = out_root / name
-    s = stream(model, source, delay=args.delay or 0, dtype=args.dtype, live=args.live, queue_size=args.queue or 4,
-               output=final, formats=formats, labels=args.labels, overwrite=args.overwrite, keep_images=False,
-               progress=not args.quiet, exact=args.exact, protect=inputs)
-    try:
-        for _ in s:
-            pass
-    except KeyboardInterrupt:
-        s.mark_interrupted()  # close() below emits the frames already processed and finishes the files
-    except BaseException:
-        s.close()
-        if s.emitted:
-            print_err(f"{name}: the results of the {s.emitted} frames done are in {final} "
-                       "(manifest status \"failed\")")
-        raise
-    s.close()
-    if s.status == "failed":  # the frames were done but their files could not be finished (e.g. disk full)
-        raise OutputError(s.error or f"the results in {final} could not be finished")
-    dropped = f", {s.dropped} dropped" if s.live else ""
-    where = f"-> {final}" if s.emitted else "(nothing written)"
-    per_frame = s.seconds["model"] / s.processed if s.processed else 0.0
-    summary = (f"{s.emitted} frames{dropped}, {len(s.entities)} entities, delay {s.delay} {where} "
-               f"({time.perf_counter() - t0:.1f}s, model {per_frame:.2f}s/frame)")
-    if s.status == "interrupted":
-        print_err(f"{name}: interrupted after {summary}")
-    else:
-        say(f"{name}: {summary}")
-    return s.status

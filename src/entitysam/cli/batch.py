@@ -1,0 +1,104 @@
+"""Batches of `entitysam segment`: the per-video options of its command line, loading the model,
+and the sharded path (--shard I/N, --shard auto under a Slurm array, each torchrun rank), which
+runs `entitysam.distributed.local.segment_many_local` and reports its summary."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import EntitySAMError
+from .options import load_model, print_err, set_threads
+
+__all__ = ["segment_options", "load_or_report", "shard_of", "segment_shard"]
+
+
+def shard_of(args) -> tuple[int, int] | None:
+    """This process's slice (--shard, torchrun, Slurm array), or None: no sharding."""
+    from ..distributed.local import shard_from_env
+
+    shard = shard_from_env(args.shard)
+    if shard is None and args.summary is not None:
+        raise EntitySAMError("--summary needs --shard (or torchrun)")
+    return shard
+
+
+def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard, say) -> int:
+    """--shard / torchrun / Slurm array: this process's slice, locking each video only while it
+    processes it; the summary printed and written as JSON."""
+    from dataclasses import replace
+
+    from ..distributed.jobs import StreamInterrupted, VideoJob, frame_count
+    from ..distributed.local import default_summary_path, local_rank, segment_many_local
+
+    options = replace(segment_options(args, formats, selection), skip_existing=not args.overwrite)
+    jobs = [VideoJob(p, n, frame_count(p, options)) for p, n in zip(inputs, names)]
+    rank = local_rank()
+    if rank is not None:
+        _use_rank_device(args, rank)
+    prefix = f"[shard {shard[0]}/{shard[1]}] "
+
+    def load():
+        model = load_or_report(args, say)
+        if model is None:
+            raise _LoadFailed
+        return model
+
+    try:
+        summary = segment_many_local(
+            load, jobs, options, out_root, shard, protect=[p for p in inputs if isinstance(p, Path)],
+            say=lambda m: say(prefix + m), say_error=lambda m: print_err(prefix + m),
+            summary_path=Path(args.summary) if args.summary else default_summary_path(out_root, shard))
+    except _LoadFailed:
+        return 1
+    except StreamInterrupted:
+        return 130
+    except KeyboardInterrupt:
+        print_err(f"{prefix}interrupted; finished videos are kept, re-run the same command to resume")
+        return 130
+    except OSError as err:  # the summary file
+        print_err(f"{prefix}summary: {err}")
+        return 1
+    say(summary.line())
+    if summary.failed:
+        print_err(f"{prefix}{len(summary.failed)} of {len(summary.videos)} videos failed: "
+                  f"{', '.join(o.name for o in summary.failed)}; re-run to retry them")
+        return 1
+    return 0
+
+
+class _LoadFailed(Exception):
+    """The model could not be loaded (the error is printed)."""
+
+
+def _use_rank_device(args, rank: int) -> None:
+    """Under torchrun on CUDA: this rank's GPU, cuda:LOCAL_RANK."""
+    import torch
+
+    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(rank)
+        args.device = f"cuda:{rank}"
+
+
+def segment_options(args, formats, selection):
+    """The per-video options of the command line (`entitysam.distributed.SegmentOptions`)."""
+    from ..distributed.jobs import SegmentOptions
+
+    return SegmentOptions(
+        formats=tuple(formats), dtype=args.dtype, logits_dtype=args.logits_dtype, exact=args.exact,
+        labels=args.labels, overwrite=args.overwrite, skip_existing=args.skip_existing, online=args.online,
+        delay=args.delay, live=args.live, queue=args.queue, save_logits=args.save_logits, selection=selection,
+        fps=args.fps, max_pixels=args.max_pixels, quiet=args.quiet, wait_lock=args.wait_lock)
+
+
+def load_or_report(args, say):
+    """The model of the command line, or None (the error printed)."""
+    set_threads(args.threads)
+    try:
+        t0 = time.perf_counter()
+        model = load_model(args, args.model)
+        say(f"model {model.cfg.name} loaded on {next(model.parameters()).device} in {time.perf_counter() - t0:.1f}s")
+    except EntitySAMError as err:  # load_model reports every failure as one
+        print_err(str(err))
+        return None
+    return model

@@ -1,0 +1,191 @@
+"""Sharded batch segmentation on this machine: one process per shard (``--shard I/N``), per
+torchrun rank, or per Slurm array task, all writing into one output root.
+
+Each process takes slice I of N of the same video list (:func:`entitysam.sharding.balanced_split`
+by frame count, the rule ``eval vipseg`` uses), skips complete results, and locks a video only
+while it processes it: overlapping or repeated shards never process a video twice at once (the
+second finds it "busy"), and a killed shard's video is redone by the next run. Each process
+writes a :class:`BatchSummary` JSON (``OUT/.entitysam-batch/shard-I-of-N.json`` on the command line).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .. import sharding
+from ..io.atomic import write_json_atomic
+from .jobs import STATUSES, SegmentOptions, VideoJob, VideoOutcome, segment_job
+
+__all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
+           "default_summary_path", "local_rank"]
+
+SUMMARY_FORMAT = "entitysam-batch-summary"
+SUMMARY_DIR = ".entitysam-batch"  # under the output root: hidden, so never taken for a video or a result
+
+
+@dataclass
+class BatchSummary:
+    """What one shard did. shard: (I, N). videos: the names of its slice, in order. outcomes: one
+    per video of the slice. seconds: wall time of the whole run (model loading included)."""
+
+    shard: tuple[int, int]
+    videos: list[str]
+    outcomes: list[VideoOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def names(self, status: str) -> list[str]:
+        return [o.name for o in self.outcomes if o.status == status]
+
+    @property
+    def failed(self) -> list[VideoOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def frames(self) -> int:
+        """Frames segmented by this run (done videos)."""
+        return sum(o.frames for o in self.outcomes if o.status == "done")
+
+    @property
+    def fps(self) -> float | None:
+        """Frames segmented per wall-clock second of the whole run."""
+        return self.frames / self.seconds if self.seconds > 0 and self.frames else None
+
+    def line(self) -> str:
+        """One line: counts per status, frames, frames/s."""
+        i, n = self.shard
+        counts = ", ".join(f"{len(self.names(s))} {s}" for s in STATUSES)
+        rate = f" ({self.fps:.2f} frames/s)" if self.fps else ""
+        return f"shard {i}/{n}: {len(self.videos)} videos: {counts}; {self.frames} frames in {self.seconds:.1f}s{rate}"
+
+    def to_json(self) -> dict[str, Any]:
+        i, n = self.shard
+        return {"format": SUMMARY_FORMAT, "format_version": 1, "shard": {"index": i, "count": n},
+                "host": self.host, "pid": self.pid, "videos": len(self.videos),
+                **{s: self.names(s) for s in STATUSES},
+                "failed": [{"name": o.name, "error": o.error} for o in self.failed],
+                "frames": self.frames, "seconds": round(self.seconds, 3),
+                "frames_per_second": round(self.fps, 3) if self.fps else None,
+                "outcomes": [o.to_json() for o in self.outcomes]}
+
+
+def default_summary_path(out_root: Path, shard: tuple[int, int]) -> Path:
+    """``OUT/.entitysam-batch/shard-I-of-N.json``: one file per shard, replaced by its re-runs."""
+    return Path(out_root) / SUMMARY_DIR / f"{sharding.shard_tag(*shard)}.json"
+
+
+def _env_int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
+    text = env.get(key, "")
+    if text.strip() == "" and default is not None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise sharding.ShardError(f"{key}={text!r} in the environment is not an integer") from None
+
+
+def _torchrun(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) under torchrun with more than one process, else None."""
+    if "WORLD_SIZE" not in env:
+        return None
+    world = _env_int(env, "WORLD_SIZE", 1)
+    if world <= 1:
+        return None
+    rank = _env_int(env, "RANK", 0)
+    return sharding.check_shard(rank, world, f"(torchrun RANK={rank} of WORLD_SIZE={world})")
+
+
+def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
+    """The task's slice under a Slurm array job: (ID - MIN) / STEP of COUNT, else None."""
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return None
+    task = _env_int(env, "SLURM_ARRAY_TASK_ID")
+    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT", 1)
+    first = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
+    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1)
+    if step < 1 or (task - first) % step:
+        raise sharding.ShardError(f"--shard auto: SLURM_ARRAY_TASK_ID={task} is not on the array's range "
+                                  f"(min {first}, step {step}): use a contiguous --array=0-{count - 1}")
+    index = (task - first) // step
+    if count < 1 or not 0 <= index < count:
+        raise sharding.ShardError(f"--shard auto: SLURM_ARRAY_TASK_ID={task} with SLURM_ARRAY_TASK_MIN={first} "
+                                  f"and SLURM_ARRAY_TASK_COUNT={count} is not a slice 0..{count - 1}: "
+                                  f"use a contiguous --array=0-{max(count, 1) - 1}")
+    return index, count
+
+
+def shard_from_env(text: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """The slice of this process, or None (no sharding).
+
+    text: the ``--shard`` value: None, ``"I/N"`` or ``"auto"``. Under torchrun (WORLD_SIZE > 1)
+    each rank takes RANK/WORLD_SIZE with None or "auto" ("I/N" is refused: the ranks would all
+    take the same slice). "auto" elsewhere: the Slurm array task's slice (SLURM_ARRAY_TASK_ID
+    minus SLURM_ARRAY_TASK_MIN, over SLURM_ARRAY_TASK_STEP, of SLURM_ARRAY_TASK_COUNT), else 0/1.
+    Raises ShardError for bad values."""
+    env = os.environ if env is None else env
+    ranks = _torchrun(env)
+    if text is None:
+        return ranks
+    if text.strip().lower() == "auto":
+        return ranks or _slurm_array(env) or (0, 1)
+    shard = sharding.parse_shard(text)
+    if ranks is not None:
+        raise sharding.ShardError(f"--shard {text} under torchrun: each rank takes its slice by itself "
+                                  "(RANK/WORLD_SIZE); drop --shard or use --shard auto")
+    return shard
+
+
+def local_rank(env: Mapping[str, str] | None = None) -> int | None:
+    """LOCAL_RANK under torchrun with more than one process (the GPU of this rank), else None."""
+    env = os.environ if env is None else env
+    return _env_int(env, "LOCAL_RANK", 0) if _torchrun(env) else None
+
+
+def _complete(out_root: Path, name: str) -> bool:
+    from ..io.manifest import read_manifest  # noqa: PLC0415
+
+    return read_manifest(out_root / name) is not None
+
+
+def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOptions, out_root: Path,
+                       shard: tuple[int, int] = (0, 1), *, protect: Sequence[Any] = (),
+                       say: Callable[[str], None] | None = None, say_error: Callable[[str], None] | None = None,
+                       summary_path: Path | None = None) -> BatchSummary:
+    """Segment slice ``shard`` = (I, N) of `jobs` into ``out_root/<name>/``, one video after the
+    other (:func:`segment_job`), and return (and with `summary_path`, write atomically) the summary.
+
+    model: an EntitySAM model, or a function returning one: called only if a video of the slice
+    needs work (a re-run of a finished shard loads nothing). Complete results are skipped when
+    ``options.skip_existing`` (the command line's default with --shard). Per-video failures are in
+    the summary; KeyboardInterrupt and the model loader's errors propagate.
+    """
+    say = say or (lambda msg: None)
+    t0 = time.perf_counter()
+    mine = [jobs[k] for k in sharding.balanced_split([j.num_frames for j in jobs], *shard)]
+    summary = BatchSummary(shard=tuple(shard), videos=[j.name for j in mine])
+    net = None if callable(model) and not hasattr(model, "parameters") else model
+    for k, job in enumerate(mine, 1):
+        if options.skip_existing and _complete(out_root, job.name):  # cheap: no lock, no model
+            say(f"[{k}/{len(mine)}] {job.name}: skipped, complete results in {out_root / job.name}")
+            summary.outcomes.append(VideoOutcome(job.name, "skipped", output=str(out_root / job.name)))
+            continue
+        if net is None:
+            net = model()
+        outcome = segment_job(net, job, options, out_root, protect=protect,
+                              say=lambda m, k=k: say(f"[{k}/{len(mine)}] {m}"), say_error=say_error)
+        summary.outcomes.append(outcome)
+    summary.seconds = time.perf_counter() - t0
+    if summary_path is not None:
+        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(summary_path, summary.to_json(), indent=1)
+    return summary
