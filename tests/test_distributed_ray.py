@@ -176,3 +176,21 @@ def test_segment_many_refuses_bad_numbers(videos, tmp_path):
     for kwargs in ({"num_actors": 0}, {"gpus_per_actor": -1.0}, {"cpus_per_actor": 0}, {"max_retries": -1}):
         with pytest.raises(InvalidArgumentError):
             segment_many(videos[:1], tmp_path / "out", model="demo", **kwargs)
+
+
+def test_segment_many_refuses_actors_the_cluster_cannot_hold(ray_session, videos, tmp_path):
+    from entitysam.distributed import segment_many
+    from entitysam.errors import EntitySAMError
+
+    with pytest.raises(EntitySAMError, match="has 2 CPUs and 0 GPUs: one actor needs 1 CPUs and 1 GPUs"):
+        segment_many(videos[:1], tmp_path / "out", model="demo", gpus_per_actor=1.0, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_cannot_load_is_one_error(ray_session, videos, tmp_path):
+    from entitysam.distributed import segment_many
+    from entitysam.errors import EntitySAMError
+
+    with pytest.raises(EntitySAMError, match="missing.pth"):
+        segment_many(videos[:2], tmp_path / "out", model=str(tmp_path / "missing.pth"), num_actors=1,
+                     progress=False)

@@ -133,14 +133,15 @@ class Pool:
         self.actors = [worker_class.remote(spec) for _ in range(size)]
         self.restarts = 0
 
-    def check_ready(self) -> list[dict[str, Any]]:
-        """Wait for every actor's model; an EntitySAMError with the load error of the first
-        actor that could not load it (a bad checkpoint fails on every actor alike)."""
-        infos = self.ray.get([a.ready.remote() for a in self.actors])
-        for info in infos:
-            if info["error"]:
-                raise EntitySAMError(info["error"])
-        return infos
+    def first_ready(self) -> dict[str, Any]:
+        """Wait for the first actor with its model (the others need not fit the cluster yet);
+        its load error as an EntitySAMError (a bad checkpoint fails on every actor alike; a
+        later actor's own load error fails the videos it is given)."""
+        done, _ = self.ray.wait([a.ready.remote() for a in self.actors], num_returns=1)
+        info = self.ray.get(done[0])
+        if info["error"]:
+            raise EntitySAMError(info["error"])
+        return info
 
     def replace(self, slot: int) -> None:
         self.ray.kill(self.actors[slot], no_restart=True)

@@ -136,11 +136,18 @@ def _default_gpus(ray) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
-def _default_actors(ray, jobs: int, cpus: float, gpus: float) -> int:
-    """As many actors as the cluster's GPUs (or CPUs without GPUs) hold, at most one per video."""
+def _actors_that_fit(ray, cpus: float, gpus: float) -> int:
+    """How many actors of `cpus` CPUs and `gpus` GPUs the cluster's resources hold at once; an
+    EntitySAMError when not even one (Ray would wait for resources forever)."""
     resources = ray.cluster_resources()
-    fit = resources.get("GPU", 0) / gpus if gpus > 0 else resources.get("CPU", 1) / max(cpus, 1e-9)
-    return max(1, min(jobs, int(fit)))
+    have_cpus, have_gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    fit = have_cpus // cpus if cpus > 0 else float("inf")
+    if gpus > 0:
+        fit = min(fit, have_gpus // gpus)
+    if fit < 1:
+        raise EntitySAMError(f"the Ray cluster has {have_cpus:g} CPUs and {have_gpus:g} GPUs: one actor needs "
+                             f"{cpus:g} CPUs and {gpus:g} GPUs")
+    return int(min(fit, 1 << 20))
 
 
 def _check_numbers(num_actors, gpus_per_actor, cpus_per_actor, max_retries) -> None:
@@ -220,7 +227,11 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
         started = _start_ray(ray, address)
         try:
             gpus = _default_gpus(ray) if gpus_per_actor is None else float(gpus_per_actor)
-            summary.actors = min(num_actors or _default_actors(ray, len(todo), cpus_per_actor, gpus), len(todo))
+            fit = _actors_that_fit(ray, cpus_per_actor, gpus)
+            summary.actors = min(num_actors or fit, len(todo))
+            if summary.actors > fit:
+                say(f"{summary.actors} actors asked, {fit} fit the cluster now: the others start when "
+                    "resources free up")
             done, summary.lost = _run_jobs(ray, spec, summary.actors, cpus_per_actor, gpus, longest_first(todo),
                                            options, out_root, protect, max_retries, progress, say, say_error)
             outcomes.update(done)
@@ -258,8 +269,8 @@ def _run_jobs(ray, spec: ModelSpec, size: int, cpus: float, gpus: float, jobs: l
     out_root.mkdir(parents=True, exist_ok=True)
     pool = Pool(ray, actor_class(ray, num_cpus=cpus, num_gpus=gpus), spec, size)
     try:
-        infos = pool.check_ready()
-        say(f"{size} actors ready: " + ", ".join(f"{i['host']} pid {i['pid']} ({i['device']})" for i in infos))
+        info = pool.first_ready()
+        say(f"{size} actors starting; the first on {info['host']} (pid {info['pid']}, {info['device']})")
         update, close = _progress(progress, len(jobs))
         try:
             return run_pool(ray, pool, jobs, options, out_root, protect, max_retries, update, say_error)
