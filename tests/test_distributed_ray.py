@@ -137,8 +137,11 @@ def test_cli_ray_runs_the_batch_on_the_session(ray_session, videos, sequential, 
 
     out = tmp_path / "out"
     code = main(["segment", str(videos[0]), str(videos[1]), "-o", str(out), "--ray", "--actors", "2",
-                 "--model", "demo", "--device", "cpu", "--threads", "1", "-q"])
-    assert code == 0, capsys.readouterr().err
+                 "--model", "demo", "--device", "cpu", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "videos: 100%" in err and "2/2" in err  # the driver's progress bar of videos
+    assert "ray, 2 actors: 2 videos: 2 done, 0 skipped, 0 busy, 0 failed" in err  # the summary line
     expected = {k: v for k, v in tree(sequential).items() if k.split("/")[0] in {videos[0].name, videos[1].name}}
     assert results(out) == expected
     summaries = list((out / ".entitysam-batch").glob("*.json"))
@@ -194,3 +197,20 @@ def test_a_model_that_cannot_load_is_one_error(ray_session, videos, tmp_path):
     with pytest.raises(EntitySAMError, match="missing.pth"):
         segment_many(videos[:2], tmp_path / "out", model=str(tmp_path / "missing.pth"), num_actors=1,
                      progress=False)
+
+
+def test_an_input_inside_an_earlier_result_is_never_replaced(ray_session, videos, sequential, tmp_path):
+    import shutil
+
+    from entitysam.distributed import segment_many
+
+    out = tmp_path / "out"
+    shutil.copytree(sequential / "video0", out / "video0")  # an earlier result (entitysam wrote it) ...
+    video = out / "video0" / "kept" / "video0"  # ... holding the input: --overwrite must not delete it
+    shutil.copytree(videos[0], video)
+    before = {p.name: p.read_bytes() for p in video.iterdir()}
+    errors: list[str] = []
+    summary = segment_many([video], out, model="demo", num_actors=1, progress=False,
+                           options=SegmentOptions(overwrite=True), say_error=errors.append)
+    assert summary.names("failed") == ["video0"] and errors and errors[0].startswith("video0: ")
+    assert {p.name: p.read_bytes() for p in video.iterdir()} == before

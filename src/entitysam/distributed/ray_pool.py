@@ -60,7 +60,8 @@ class VideoWorker:
     """The body of one Ray actor (made remote by :func:`actor_class`): the model, loaded once,
     and whole videos segmented with it one at a time."""
 
-    def __init__(self, spec: ModelSpec):
+    def __init__(self, spec: ModelSpec, protect: Sequence[Any] = ()):
+        self.protect = list(protect)  # paths never replaced (the inputs): sent once, not with every video
         self.load_error: str | None = None
         self.model = None
         try:  # reported by ready(): an actor that raises here is indistinguishable from a lost one
@@ -75,8 +76,7 @@ class VideoWorker:
         device = str(next(self.model.parameters()).device) if self.model is not None else None
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": device, "error": self.load_error}
 
-    def run(self, job: VideoJob, options: SegmentOptions, out_root: str, protect: Sequence[Any],
-            cwd: str | None = None) -> VideoOutcome:
+    def run(self, job: VideoJob, options: SegmentOptions, out_root: str, cwd: str | None = None) -> VideoOutcome:
         """Segment one whole video into ``out_root/<job.name>/`` (see ``segment_job``). cwd: the
         driver's working directory, where relative paths start (when this node has it: a shared
         file system); a relative path stays as given, so the manifest records what a
@@ -85,7 +85,7 @@ class VideoWorker:
             os.chdir(cwd)
         if self.model is None:
             return VideoOutcome(job.name, "failed", output=str(Path(out_root) / job.name), error=self.load_error)
-        return segment_job(self.model, job, options, Path(out_root), protect=protect)
+        return segment_job(self.model, job, options, Path(out_root), protect=self.protect)
 
 
 def actor_class(ray, *, num_cpus: float, num_gpus: float):
@@ -126,11 +126,12 @@ class Pool:
     """Actors with at most one video each; a lost actor is replaced by a new one (which loads
     the model again) in the same slot."""
 
-    def __init__(self, ray, worker_class, spec: ModelSpec, size: int):
+    def __init__(self, ray, worker_class, spec: ModelSpec, size: int, protect: Sequence[Any] = ()):
         self.ray = ray
         self.worker_class = worker_class  # VideoWorker made a Ray actor class (actor_class)
         self.spec = spec
-        self.actors = [worker_class.remote(spec) for _ in range(size)]
+        self.protect = ray.put(list(protect))  # in the object store once for all actors
+        self.actors = [worker_class.remote(spec, self.protect) for _ in range(size)]
         self.restarts = 0
 
     def first_ready(self) -> dict[str, Any]:
@@ -145,7 +146,7 @@ class Pool:
 
     def replace(self, slot: int) -> None:
         self.ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self.worker_class.remote(self.spec)
+        self.actors[slot] = self.worker_class.remote(self.spec, self.protect)
         self.restarts += 1
 
     def shutdown(self) -> None:
@@ -157,11 +158,11 @@ class Pool:
 
 
 def run_pool(ray, pool: Pool, jobs: list[VideoJob], options: SegmentOptions, out_root: Path,
-             protect: Sequence[Any], max_retries: int, on_outcome: Callable[[VideoOutcome], None],
-             say_error: Say) -> tuple[dict[str, VideoOutcome], list[WorkerLost]]:
+             max_retries: int, on_outcome: Callable[[VideoOutcome], None], say_error: Say) -> tuple[dict[str, VideoOutcome], list[WorkerLost]]:
     """Every job once on the pool (each idle actor takes the next job, in the order of `jobs`),
     a lost task retried up to `max_retries` times on a replacement actor. Outcomes by name."""
     lost_types = lost_errors(ray)
+    options_ref = ray.put(options)  # one copy in the object store, not one per task
     pending = deque((job, 1) for job in jobs)
     idle = deque(range(len(pool.actors)))
     running: dict[Any, tuple[int, VideoJob, int]] = {}
@@ -171,7 +172,7 @@ def run_pool(ray, pool: Pool, jobs: list[VideoJob], options: SegmentOptions, out
         while pending and idle:
             job, attempt = pending.popleft()
             slot = idle.popleft()
-            ref = pool.actors[slot].run.remote(job, options, str(out_root), list(protect), os.getcwd())
+            ref = pool.actors[slot].run.remote(job, options_ref, str(out_root), os.getcwd())
             running[ref] = (slot, job, attempt)
         done, _ = ray.wait(list(running), num_returns=1)
         slot, job, attempt = running.pop(done[0])

@@ -267,13 +267,13 @@ def _run_jobs(ray, spec: ModelSpec, size: int, cpus: float, gpus: float, jobs: l
               say_error: Say) -> tuple[dict[str, VideoOutcome], list[WorkerLost]]:
     """The pool's outcomes (by name) and lost tasks; the pool's actors are ended afterwards."""
     out_root.mkdir(parents=True, exist_ok=True)
-    pool = Pool(ray, actor_class(ray, num_cpus=cpus, num_gpus=gpus), spec, size)
+    pool = Pool(ray, actor_class(ray, num_cpus=cpus, num_gpus=gpus), spec, size, protect)
     try:
         info = pool.first_ready()
         say(f"{size} actors starting; the first on {info['host']} (pid {info['pid']}, {info['device']})")
         update, close = _progress(progress, len(jobs))
         try:
-            return run_pool(ray, pool, jobs, options, out_root, protect, max_retries, update, say_error)
+            return run_pool(ray, pool, jobs, options, out_root, max_retries, update, say_error)
         finally:
             close()
     finally:
