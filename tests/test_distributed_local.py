@@ -36,7 +36,7 @@ VIDEOS = {"alpha": ("folder", 5), "bravo": ("mp4", 4), "charlie": ("folder", 2),
           "echo": ("folder", 4), "foxtrot": ("folder", 3), "golf": ("mp4", 2)}
 TOTAL_FRAMES = sum(n for _, n in VIDEOS.values())
 COMMON = ["--model", "demo", "--save", "panoptic,entities", "--threads", "1"]
-TIMING_KEYS = {"timings", "created", "seconds", "elapsed", "fps", "host", "pid"}
+TIMING_KEYS = {"timings", "created", "updated", "seconds", "elapsed", "latency", "latency_seconds", "host", "pid"}
 
 
 def _frames(seed: int, n: int) -> np.ndarray:
@@ -103,6 +103,8 @@ def tree(root: Path) -> dict[str, object]:
             continue
         if path.name == "manifest.json":
             files[str(rel)] = _strip_timings(json.loads(path.read_text()))
+        elif path.suffix == ".jsonl":  # online entities: a latency per frame
+            files[str(rel)] = [_strip_timings(json.loads(line)) for line in path.read_text().splitlines()]
         else:
             files[str(rel)] = path.read_bytes()
     return files
@@ -149,6 +151,14 @@ def test_one_split_rule_for_segment_and_eval():
 ])
 def test_shard_of_this_process(text, env, expected):
     assert shard_from_env(text, env) == expected
+
+
+def test_local_rank_only_under_torchrun_with_several_ranks():
+    from entitysam.distributed.local import local_rank
+
+    assert local_rank({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == 1
+    assert local_rank({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}) is None
+    assert local_rank({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}) is None
 
 
 @pytest.mark.parametrize("text, env", [
@@ -332,3 +342,16 @@ def test_a_failed_video_is_in_the_summary_and_exits_1(batch, tmp_path, capsys):
     assert summary["done"] == ["charlie"] and summary["failed"][0]["name"] == "broken"
     assert "broken" in summary["failed"][0]["error"]
     assert "1 of 2 videos failed: broken" in capsys.readouterr().err
+
+
+def test_online_mode_shards_equal_an_online_sequential_run(batch, tmp_path):
+    videos = tmp_path / "videos"
+    shutil.copytree(batch / "charlie", videos / "charlie")
+    shutil.copy(batch / "golf.mp4", videos / "golf.mp4")
+    online = [*COMMON, "-q", "--online", "--delay", "1"]
+    assert segment("--batch", videos, "-o", tmp_path / "sequential", *online) == 0
+    for shard in ("0/2", "1/2"):
+        assert segment("--batch", videos, "-o", tmp_path / "sharded", *online, "--shard", shard) == 0
+    assert_same_results(tmp_path / "sharded", tmp_path / "sequential")
+    assert sorted(read_summary(tmp_path / "sharded", "0/2")["done"] + read_summary(tmp_path / "sharded", "1/2")["done"]) \
+        == ["charlie", "golf"]

@@ -39,7 +39,7 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
     prefix = f"[shard {shard[0]}/{shard[1]}] "
 
     def load():
-        model = load_or_report(args, say)
+        model = load_or_report(args, lambda m: say(prefix + m))
         if model is None:
             raise _LoadFailed
         return model
@@ -72,12 +72,14 @@ class _LoadFailed(Exception):
 
 
 def _use_rank_device(args, rank: int) -> None:
-    """Under torchrun on CUDA: this rank's GPU, cuda:LOCAL_RANK."""
+    """Under torchrun on CUDA: this rank's GPU, cuda:LOCAL_RANK (modulo the GPUs of the node:
+    more ranks than GPUs share them round-robin)."""
     import torch
 
     if args.device in ("auto", "cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(rank)
-        args.device = f"cuda:{rank}"
+        gpu = rank % torch.cuda.device_count()
+        torch.cuda.set_device(gpu)
+        args.device = f"cuda:{gpu}"
 
 
 def segment_options(args, formats, selection):

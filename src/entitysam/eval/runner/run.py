@@ -254,7 +254,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     out = EvalOutput(output)
     out.prepare(plan)
     mine = shard_videos(plan.videos, index, count)
-    tag = log_tag or ("run" if count == 1 else f"shard-{index}-of-{count}")
+    tag = log_tag or ("run" if count == 1 else sharding.shard_tag(index, count))
     summary = EvalSummary(output=out.root, videos=[v.video_id for v in mine])
     if plan.subset:
         say(f"split file {plan.split_file} lists {len(plan.videos)} of the {plan.gt_videos} videos of "
