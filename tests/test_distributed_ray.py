@@ -214,3 +214,82 @@ def test_an_input_inside_an_earlier_result_is_never_replaced(ray_session, videos
                            options=SegmentOptions(overwrite=True), say_error=errors.append)
     assert summary.names("failed") == ["video0"] and errors and errors[0].startswith("video0: ")
     assert {p.name: p.read_bytes() for p in video.iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- the pool's retries, without Ray
+
+
+class _Ref:
+    """A finished task: its value, or the exception ray.get raises."""
+
+    def __init__(self, value=None, error=None):
+        self.value, self.error = value, error
+
+
+class _FakeRay:
+    """The few Ray calls of run_pool: every task finishes at once, in submission order."""
+
+    class exceptions:
+        class RayActorError(Exception):
+            pass
+
+        class RayTaskError(Exception):
+            def __init__(self, cause):
+                super().__init__(f"task failed: {cause}")
+                self.cause = cause
+
+    put = staticmethod(lambda value: value)
+    kill = staticmethod(lambda actor, no_restart=True: None)
+
+    @staticmethod
+    def wait(refs, num_returns=1):
+        return refs[:num_returns], refs[num_returns:]
+
+    @staticmethod
+    def get(ref):
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+
+
+def _fake_task(job) -> _Ref:
+    from entitysam.distributed.jobs import VideoOutcome
+
+    if job.name == "die":
+        return _Ref(error=_FakeRay.exceptions.RayActorError("The actor died unexpectedly\ndetails"))
+    if job.name == "bug":
+        return _Ref(error=_FakeRay.exceptions.RayTaskError(KeyError("boom")))
+    return _Ref(VideoOutcome(job.name, "done", frames=3))
+
+
+def test_a_video_whose_worker_is_always_lost_fails_after_max_retries(tmp_path):
+    from entitysam.distributed.ray_pool import ModelSpec, Pool, run_pool
+
+    class Run:
+        remote = staticmethod(lambda job, options, out_root, cwd: _fake_task(job))
+
+    class Worker:
+        started = 0
+
+        def __init__(self, spec, protect):
+            Worker.started += 1
+            self.run = Run
+
+        @classmethod
+        def remote(cls, spec, protect):
+            return cls(spec, protect)
+
+    pool = Pool(_FakeRay, Worker, ModelSpec("demo"), 2)
+    jobs = [VideoJob(Path(n), n) for n in ("die", "ok", "bug")]
+    errors: list[str] = []
+    outcomes, lost = run_pool(_FakeRay, pool, jobs, SegmentOptions(), tmp_path, 2, lambda o: None, errors.append)
+    assert outcomes["ok"].status == "done"
+    assert outcomes["die"].status == "failed" and "lost 3 times (max_retries=2)" in outcomes["die"].error
+    assert [(w.name, w.attempt) for w in lost] == [("die", 1), ("die", 2), ("die", 3)]
+    assert lost[0].reason == "RayActorError: The actor died unexpectedly"
+    assert [e for e in errors if "retry" in e] == [
+        "die: its worker was lost (RayActorError: The actor died unexpectedly); retry 1 of 2 on a new worker",
+        "die: its worker was lost (RayActorError: The actor died unexpectedly); retry 2 of 2 on a new worker"]
+    assert pool.restarts == 3 and Worker.started == 2 + 3  # each loss: a new actor in its slot
+    # an error of the video's own is not retried: failed at once, with its cause
+    assert outcomes["bug"].status == "failed" and outcomes["bug"].error == "KeyError: 'boom'"
