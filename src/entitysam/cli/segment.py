@@ -14,6 +14,7 @@ from pathlib import Path
 from ..argtypes import non_negative_int, positive_float, positive_int
 from ..errors import EntitySAMError, SourceError
 from .batch import load_or_report, segment_options, segment_shard, shard_of
+from .segment_ray import add_ray_arguments, check_ray_args, segment_on_ray
 from .inputs import collect_inputs, video_name
 from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
                       add_overwrite, add_quiet, add_save, add_threads, add_trust_checkpoint_code, check_model_args,
@@ -83,6 +84,7 @@ def add_parser(sub) -> None:
     many.add_argument("--summary", default=None, metavar="FILE.json",
                       help="with sharding, where this shard's summary goes (default "
                            "OUTPUT/.entitysam-batch/shard-I-of-N.json)")
+    add_ray_arguments(many)
     onl = p.add_argument_group("online mode (results per frame as the video is read; see README, Online mode)")
     onl.add_argument("--online", action="store_true",
                      help="emit each frame's result right after it is processed, using only past and present "
@@ -157,13 +159,17 @@ def run(args) -> int:
         _check_online_args(args, inputs)
         check_output_root(Path(args.output))
         selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
-        check_model_args(args)
-        shard = shard_of(args)
+        check_ray_args(args)
+        if args.ray is None:  # with --ray the model options are the actors', checked where they run
+            check_model_args(args)
+        shard = shard_of(args) if args.ray is None else None
     except EntitySAMError as err:
         print_err(err)
         return 2
 
     out_root = Path(args.output)
+    if args.ray is not None:
+        return segment_on_ray(args, inputs, names, segment_options(args, formats, selection), out_root, say)
     if shard is not None:
         return segment_shard(args, inputs, names, formats, selection, out_root, shard, say)
     locks: list = []

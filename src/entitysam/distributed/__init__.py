@@ -5,5 +5,6 @@ Layer: above ``pipeline``; ``cli`` uses it.
 """
 
 from .jobs import SegmentOptions, VideoJob, VideoOutcome, segment_job
+from .ray_runner import segment_many  # Ray itself is imported only when segment_many runs
 
-__all__ = ["VideoJob", "SegmentOptions", "VideoOutcome", "segment_job"]
+__all__ = ["VideoJob", "SegmentOptions", "VideoOutcome", "segment_job", "segment_many"]

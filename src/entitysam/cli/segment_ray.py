@@ -1,0 +1,96 @@
+"""`entitysam segment ... --ray [ADDRESS]`: the videos on a Ray cluster, one whole video per
+task of a pool of actors that each load the model once (`entitysam.distributed.ray_runner`)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from ..argtypes import positive_int
+from ..errors import EntitySAMError
+from .options import print_err
+
+__all__ = ["add_ray_arguments", "check_ray_args", "segment_on_ray", "RAY_SUMMARY_NAME"]
+
+RAY_SUMMARY_NAME = "ray.json"  # in OUTPUT/.entitysam-batch/, beside the local shards' summaries
+
+
+def _non_negative_float(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def add_ray_arguments(group) -> None:
+    group.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                       help="run the videos on Ray (pip install 'entitysam[ray]'): a pool of actors that each "
+                            "load the model once and segment whole videos, a lost worker's video retried; "
+                            "without ADDRESS a local Ray instance, 'auto' the cluster of this node, or "
+                            "ray://HEAD:10001. Inputs and --output must be at the same path on every node. "
+                            "Complete results are skipped (re-run to finish), unless --overwrite")
+    group.add_argument("--actors", type=positive_int, default=None, metavar="N",
+                       help="with --ray: actors (default: as many as the cluster's GPUs, else CPUs, hold)")
+    group.add_argument("--gpus-per-actor", type=_non_negative_float, default=None, metavar="X",
+                       help="with --ray: GPUs of each actor, fractions share one (default 1 when the cluster "
+                            "has GPUs, else 0)")
+
+
+def check_ray_args(args) -> None:
+    """Ray-only options without --ray, options --ray cannot honour, and Ray not installed."""
+    if args.ray is None:
+        for flag, value in (("--actors", args.actors), ("--gpus-per-actor", args.gpus_per_actor)):
+            if value is not None:
+                raise EntitySAMError(f"{flag} needs --ray")
+        return
+    if args.online:
+        raise EntitySAMError("--online is not available with --ray (one live source is one process)")
+    if getattr(args, "shard", None) is not None:
+        raise EntitySAMError("--shard and --ray exclude each other: Ray spreads the whole list itself")
+    if args.exact and args.dtype != "float32":  # auto is bfloat16 on the actors' GPUs
+        raise EntitySAMError("--exact with --ray needs --dtype float32 (exact mode computes in float32)")
+    from ..distributed.ray_runner import import_ray
+
+    import_ray()  # RayNotInstalledError: one line saying how to install it
+
+
+def segment_on_ray(args, inputs, names, options, out_root: Path, say) -> int:
+    """Run the command's videos with `segment_many`; print and write its summary. Exit code 0,
+    1 when a video failed or the model could not be loaded, 130 on Ctrl-C."""
+    from ..distributed.jobs import VideoJob, frame_count
+    from ..distributed.local import SUMMARY_DIR
+    from ..distributed.ray_runner import segment_many
+
+    options = replace(options, skip_existing=not args.overwrite)  # resumable, as a sharded run
+    jobs = [VideoJob(p, n, frame_count(p, options)) for p, n in zip(inputs, names)]
+    summary_path = Path(args.summary) if getattr(args, "summary", None) else out_root / SUMMARY_DIR / RAY_SUMMARY_NAME
+    threads = args.threads or 1
+    try:
+        summary = segment_many(
+            jobs, out_root, address=args.ray or None, num_actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+            cpus_per_actor=threads, threads=threads, model=args.checkpoint or args.model or "vit-s",
+            config=args.model if args.checkpoint else None, device=args.device,
+            allow_pickle=bool(args.checkpoint) and args.trust_checkpoint_code, options=options,
+            progress=not args.quiet, protect=[p for p in inputs if isinstance(p, Path)], say=say,
+            say_error=print_err, summary_path=summary_path)
+    except EntitySAMError as err:  # the model could not be loaded, the cluster not reached
+        print_err(str(err))
+        return 1
+    except KeyboardInterrupt:
+        print_err("interrupted; finished videos are kept, re-run the same command to resume")
+        return 130
+    except OSError as err:  # the summary file
+        print_err(f"summary: {err}")
+        return 1
+    say(summary.line())
+    if summary.failed:
+        print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
+                  f"{', '.join(o.name for o in summary.failed)}; re-run to retry them")
+        return 1
+    return 0
