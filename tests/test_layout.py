@@ -129,7 +129,8 @@ ALLOWED = {
     "train": {"modeling", "checkpoints", "io", "data"},
     "pipeline": {"modeling", "checkpoints", "hub", "inference", "io", "data", "eval", "entitysam"},
     "eval": {"inference", "io", "pipeline"},
-    "cli": {"checkpoints", "hub", "inference", "io", "data", "eval", "pipeline", "entitysam"},
+    "review": {"io", "pipeline", "data", "entitysam"},
+    "cli": {"checkpoints", "hub", "inference", "io", "data", "eval", "pipeline", "entitysam", "review"},
 }
 
 

@@ -57,3 +57,13 @@ class UnsafeCheckpointError(CheckpointReadError):
         super().__init__(message)
         self.path = path
         self.problem = problem if problem is not None else message
+
+
+class ResultFolderError(EntitySAMError, ValueError):
+    """A folder is not a complete, readable result of `entitysam segment` (missing or incomplete
+    manifest, missing or inconsistent files); the message names the folder and the cause."""
+
+
+class EditError(EntitySAMError, ValueError):
+    """An edit operation of a result (hide, merge, split, ...) is malformed or does not apply to
+    the current entities; the message names the operation and the cause."""

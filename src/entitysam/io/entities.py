@@ -16,6 +16,9 @@ from .panoptic import frame_segments
 __all__ = ["rle_encode", "segment_rles", "EntityStats", "EntitiesWriter"]
 
 
+REVIEW_FIELDS = ("label", "hidden")  # per-entity records a reviewed revision adds (entitysam.review)
+
+
 def _dumps(obj: Any) -> str:
     return jsonio.dumps(obj, compact=True)
 
@@ -117,7 +120,8 @@ class EntitiesWriter:
         self.num_frames += 1
 
     def close(self, entities: Sequence[Mapping[str, Any]], fps: float | None = None) -> None:
-        """entities: ``{"id", "score", "query_index"}`` of every segment (any order)."""
+        """entities: ``{"id", "score", "query_index"}`` of every segment (any order); a score may
+        be None (unknown), and the review fields ``label`` and ``hidden`` are copied when given."""
         self._frames.close()
         for f in self._files.values():
             f.close()
@@ -132,7 +136,10 @@ class EntitiesWriter:
             for k, ent in enumerate(sorted(entities, key=lambda e: e["id"])):
                 sid = int(ent["id"])
                 st = self.stats.record(sid)
-                rec = {"id": sid, "score": float(ent["score"]), "query_index": int(ent.get("query_index", -1)), **st}
+                score = ent["score"]
+                rec = {"id": sid, "score": None if score is None else float(score),
+                       "query_index": int(ent.get("query_index", -1)), **st,
+                       **{k: ent[k] for k in REVIEW_FIELDS if k in ent}}
                 out.write(("" if k == 0 else ",\n") + _dumps(rec)[:-1] + ',"frames":[')
                 part = self._tmp / f"{sid}.jsonl"
                 if part.exists():

@@ -1,0 +1,11 @@
+"""Export: cvat (see entitysam.review.export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_cvat_video(view: Any, out: Path, *, overwrite: bool = False, **options: Any) -> Path:
+    """Write `view` to `out` atomically; returns `out`."""
+    raise NotImplementedError

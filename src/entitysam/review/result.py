@@ -1,0 +1,255 @@
+"""Reading a complete result folder of `entitysam segment` (offline or online) for review.
+
+:meth:`ResultFolder.open` checks the folder once (complete manifest, ``panoptic.json``, one PNG
+per frame) and reads the small records (frames, entities, per-frame areas); id maps and source
+frames are read lazily, one frame at a time, so a long video costs no memory up front.
+
+Where things come from:
+
+* frames (``{"frame", "source_frame", "name", "time"}``): ``entities.json`` (offline), else
+  ``entities.jsonl`` (online), else ``panoptic.json`` (time = source_frame / fps);
+* entities: ``entities.json`` records (offline and revisions: ``label``, ``hidden`` too), else
+  the manifest's ``tracks`` (online), else the statistics of ``panoptic.json`` (no score);
+* per-frame areas (what :class:`~entitysam.review.edits.EditSession` recomputes its table from):
+  ``panoptic.json``'s ``segments_info``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, ResultFolderError
+from ..io import idpng
+from ..io.manifest import MANIFEST, manifest_data
+from ..io.stream_files import JSONL, read_jsonl
+
+__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS"]
+
+RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
+
+
+@dataclass(frozen=True)
+class EntityInfo:
+    """One entity of a result. frames are positions ``t`` in the result (indices into
+    ``ResultFolder.frames``); area is summed over its frames (pixels); score is None when the
+    result does not record it (panoptic only); label: free text given in review, or None."""
+
+    id: int
+    score: float | None
+    first_frame: int | None
+    last_frame: int | None
+    num_frames: int
+    area: int
+    label: str | None = None
+    hidden: bool = False
+    query_index: int = -1
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able record (what entities.json and the viewer's API carry)."""
+        return asdict(self)
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ResultFolderError(f"{path.parent}: {what} is missing ({path.name})") from None
+    except (OSError, ValueError) as err:
+        raise ResultFolderError(f"{path}: cannot read {what}: {err}") from None
+
+
+class ResultFolder:
+    """A validated, read-only view of one complete result folder (see the module docstring).
+
+    Attributes: ``path``, ``manifest`` (dict), ``kind`` (``"offline"`` or ``"online"``),
+    ``name`` (the video), ``frames`` (list of ``{"frame", "source_frame", "name", "time"}``),
+    ``size`` ((H, W)), ``fps``, ``entities`` (list of :class:`EntityInfo`, by id),
+    ``frame_areas`` (per frame, ``{id: area}`` of the entities present).
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], frames: list[dict[str, Any]],
+                 entities: list[EntityInfo], frame_areas: list[dict[int, int]]):
+        self.path = path
+        self.manifest = manifest
+        self.kind = "online" if manifest.get("format") == "entitysam-online" else "offline"
+        self.name = str(manifest.get("video") or path.name)
+        self.frames = frames
+        self.entities = entities
+        self.frame_areas = frame_areas
+        self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
+        self.fps = float(manifest["fps"])
+        self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
+        self._source = None  # cached FrameSource of the input (see source_frame)
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "ResultFolder":
+        """Open and check a result folder. Raises ResultFolderError naming the folder and what is
+        wrong: not a folder, no manifest, unfinished (online run interrupted or still running),
+        not an entitysam result, no panoptic output, a missing PNG, inconsistent records."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ResultFolderError(f"{path}: not a folder (expected a result folder of `entitysam segment`)")
+        manifest = manifest_data(path)
+        if manifest is None:
+            raise ResultFolderError(f"{path}: no readable {MANIFEST}: not a result folder of `entitysam segment` "
+                                    "(or an unfinished one)")
+        fmt = manifest.get("format")
+        if fmt not in RESULT_FORMATS:
+            raise ResultFolderError(f"{path}: {MANIFEST} says format {fmt!r}, not a result of `entitysam segment`")
+        if manifest.get("complete") is not True:
+            status = manifest.get("status", "unfinished")
+            raise ResultFolderError(f"{path}: the result is not complete (status {status!r}); only complete "
+                                    "results can be reviewed")
+        size, fps = manifest.get("size"), manifest.get("fps")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+            raise ResultFolderError(f"{path}: {MANIFEST} has no valid size [H, W] (got {size!r})")
+        if not isinstance(fps, (int, float)) or not fps > 0:
+            raise ResultFolderError(f"{path}: {MANIFEST} has no valid fps (got {fps!r})")
+        if not (path / "panoptic").is_dir() or not (path / "panoptic.json").is_file():
+            raise ResultFolderError(f"{path}: no panoptic output (panoptic/ and panoptic.json): segment with "
+                                    "panoptic in --save to review a result")
+        entries = _panoptic_entries(path)
+        frame_areas = [{int(s["id"]): int(s["area"]) for s in e.get("segments_info", [])} for e in entries]
+        entities_json = _read_json(path / "entities.json", "entities.json") if (path / "entities.json").is_file() \
+            else None
+        frames = _frames(path, manifest, entries, entities_json)
+        entities = _entities(manifest, entities_json, frame_areas)
+        for rec in frames:
+            if not (path / "panoptic" / f"{rec['name']}.png").is_file():
+                raise ResultFolderError(f"{path}: panoptic/{rec['name']}.png is missing (frame {rec['frame']})")
+        return cls(path, manifest, frames, entities, frame_areas)
+
+    # ------------------------------------------------------------------ per frame
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def check_frame(self, i: int) -> int:
+        """`i` as a frame position, or InvalidArgumentError."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < len(self.frames):
+            raise InvalidArgumentError(f"frame must be an integer in [0, {len(self.frames)}), got {i!r}")
+        return int(i)
+
+    def png_path(self, i: int) -> Path:
+        return self.path / "panoptic" / f"{self.frames[self.check_frame(i)]['name']}.png"
+
+    def id_map(self, i: int) -> np.ndarray:
+        """The [H, W] uint32 ids of frame position `i` (0 = no entity), read from its PNG."""
+        path = self.png_path(i)
+        try:
+            ids = idpng.read_id_png(path)
+        except (OSError, ValueError) as err:
+            raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
+        if ids.shape != self.size:
+            raise ResultFolderError(f"{path}: {ids.shape[1]}x{ids.shape[0]} but the result is "
+                                    f"{self.size[1]}x{self.size[0]} (WxH)")
+        return ids.astype(np.uint32, copy=False)
+
+    def source_frame(self, i: int) -> np.ndarray | None:
+        """The [H, W, 3] uint8 RGB input frame behind frame position `i`, decoded from the
+        manifest's input if it is still there (and still gives this frame); None otherwise."""
+        from ..errors import EntitySAMError
+        from ..io.sources import FrameSelection, is_live_input, open_source
+
+        rec = self.frames[self.check_frame(i)]
+        source = self.manifest.get("input")
+        if not source or is_live_input(source) or not os.path.exists(source):
+            return None
+        try:
+            one = open_source(source, FrameSelection(start=int(rec["source_frame"]), max_frames=1), fps=self.fps)
+            frame = next(iter(one), None)
+        except (EntitySAMError, OSError, ValueError):
+            return None
+        if frame is None or frame.index != rec["source_frame"] or frame.name != rec["name"] \
+                or frame.image.shape[:2] != self.size:
+            return None
+        return frame.image
+
+    def manifest_digest(self) -> str:
+        """SHA-256 (hex) of the bytes of manifest.json: names this exact result (edits.json records it)."""
+        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
+
+    def __repr__(self) -> str:
+        return (f"ResultFolder({str(self.path)!r}, {self.kind}, {len(self.frames)} frames "
+                f"{self.size[1]}x{self.size[0]}, {len(self.entities)} entities)")
+
+
+# ---------------------------------------------------------------------- readers of the records
+def _panoptic_entries(path: Path) -> list[dict[str, Any]]:
+    data = _read_json(path / "panoptic.json", "panoptic.json")
+    try:
+        videos = data["annotations"]
+        if len(videos) != 1:
+            raise ValueError(f"{len(videos)} videos")
+        entries = videos[0]["annotations"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError("no frame list")
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ResultFolderError(f"{path / 'panoptic.json'}: not a one-video panoptic.json ({err})") from None
+    if not entries:
+        raise ResultFolderError(f"{path}: the result has no frames")
+    return entries
+
+
+def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],
+            entities_json: dict[str, Any] | None) -> list[dict[str, Any]]:
+    keys = ("frame", "source_frame", "name", "time")
+    if entities_json is not None:
+        records = entities_json.get("frames")
+    elif (path / JSONL).is_file():
+        records = list(read_jsonl(path / JSONL))
+    else:
+        fps = float(manifest["fps"])
+        records = [{"frame": e.get("frame", t), "source_frame": e["source_frame"], "name": e["image_id"],
+                    "time": round(e["source_frame"] / fps, 6)} for t, e in enumerate(entries)]
+    try:
+        frames = [{k: rec[k] for k in keys} for rec in records]
+    except (KeyError, TypeError) as err:
+        raise ResultFolderError(f"{path}: a frame record lacks {err}") from None
+    names = [e.get("image_id") for e in entries]
+    if [f["name"] for f in frames] != names or [f["frame"] for f in frames] != list(range(len(frames))):
+        raise ResultFolderError(f"{path}: the frames of panoptic.json and of the entity records disagree "
+                                f"({len(names)} vs {len(frames)} frames)")
+    return frames
+
+
+def _entities(manifest: dict[str, Any], entities_json: dict[str, Any] | None,
+              frame_areas: list[dict[int, int]]) -> list[EntityInfo]:
+    stats = entity_stats(frame_areas)
+    if entities_json is not None:
+        records = entities_json.get("entities") or []
+    else:
+        records = manifest.get("tracks") or [{"id": i} for i in stats]
+    out = []
+    for rec in records:
+        sid = int(rec["id"])
+        first, last, count, area = stats.get(sid, (None, None, 0, 0))
+        score = rec.get("score")
+        out.append(EntityInfo(id=sid, score=None if score is None else float(score), first_frame=first,
+                              last_frame=last, num_frames=count, area=area, label=rec.get("label"),
+                              hidden=bool(rec.get("hidden", False)), query_index=int(rec.get("query_index", -1))))
+    known = {e.id for e in out}
+    out += [EntityInfo(id=i, score=None, first_frame=s[0], last_frame=s[1], num_frames=s[2], area=s[3])
+            for i, s in stats.items() if i not in known]  # present in the maps, absent from the records
+    return sorted(out, key=lambda e: e.id)
+
+
+def entity_stats(frame_areas: list[dict[int, int]]) -> dict[int, tuple[int, int, int, int]]:
+    """id -> (first frame, last frame, frames present, summed area) from the per-frame areas."""
+    acc: dict[int, list[int]] = {}
+    for t, areas in enumerate(frame_areas):
+        for sid, area in areas.items():
+            st = acc.setdefault(sid, [t, t, 0, 0])
+            st[1] = t
+            st[2] += 1
+            st[3] += area
+    return {sid: tuple(v) for sid, v in sorted(acc.items())}

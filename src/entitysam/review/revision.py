@@ -1,0 +1,143 @@
+"""Saving an edited result as a new revision, and replaying an ``edits.json`` log.
+
+A revision is a complete result folder beside the original (``<name>.rev1``, ``<name>.rev2``,
+...: the next free number; a revision of a revision counts on from the same base name) holding
+
+* ``panoptic/<frame>.png`` + ``panoptic.json`` and ``entities.json`` (with ``label`` and
+  ``hidden`` per entity), written by the same writers as `entitysam segment`;
+* ``edits.json``: ``{"format": "entitysam-edits", "format_version": 1, "original": {"path",
+  "video", "manifest_sha256"}, "ops": [...]}``: the log that :func:`replay_edits` applies again;
+* ``manifest.json`` (written last): the original's record plus ``"revision": {"number",
+  "parent", "parent_manifest_sha256", "edits"}``.
+
+It is written atomically through :class:`~entitysam.io.staging.StagedOutput` (a hidden sibling
+folder renamed into place once complete): a failure leaves no revision folder. The original is
+never touched, unless ``replace_original`` (then it is replaced as `--overwrite` replaces a
+result: atomically, the old one removed only once the new one is in place).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+from ..errors import EditError, OutputError
+from ..io.atomic import write_json_atomic
+from ..io.paths import describe_os_error
+from ..io.result_files import write_result_files
+from ..io.staging import StagedOutput
+from .edits import EditSession
+from .result import ResultFolder
+
+__all__ = ["EDITS", "EDITS_FORMAT", "save_revision", "replay_edits", "next_revision_path", "edits_record"]
+
+EDITS = "edits.json"
+EDITS_FORMAT = "entitysam-edits"
+EDITS_VERSION = 1
+_REV = re.compile(r"^(?P<base>.+)\.rev(?P<n>[0-9]+)$")
+# Records of the original's manifest that describe its own run, not the revision.
+_RUN_ONLY = ("writer", "complete", "created", "updated", "files", "seconds", "status", "pid", "revision")
+
+
+def next_revision_path(original: str | os.PathLike) -> Path:
+    """``<base>.revN`` beside `original` with N one above every existing ``<base>.rev*`` (base:
+    the original's name without its own ``.revK``)."""
+    original = Path(original)
+    m = _REV.match(original.name)
+    base = m.group("base") if m else original.name
+    mine = re.compile(rf"^{re.escape(base)}\.rev(?P<n>[0-9]+)$")
+    taken = [int(mm.group("n")) for p in original.parent.iterdir() if (mm := mine.match(p.name))]
+    return original.parent / f"{base}.rev{max(taken, default=0) + 1}"
+
+
+def edits_record(session: EditSession) -> dict[str, Any]:
+    """The ``edits.json`` content of a session."""
+    result = session.result
+    return {"format": EDITS_FORMAT, "format_version": EDITS_VERSION,
+            "original": {"path": str(result.path), "video": result.name,
+                         "manifest_sha256": result.manifest_digest()},
+            "ops": [dict(op) for op in session.ops]}
+
+
+def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None,
+                  replace_original: bool = False) -> Path:
+    """Write the session's current result as a complete result folder (see the module docstring);
+    returns its path. dest: the folder (default :func:`next_revision_path`; must not exist);
+    replace_original: write it over the original folder instead (atomically)."""
+    result = session.result
+    if replace_original and dest is not None:
+        raise EditError("save_revision: give dest or replace_original, not both")
+    final = Path(result.path if replace_original else (dest if dest is not None else next_revision_path(result.path)))
+    log = edits_record(session)
+    manifest = revision_manifest(session, final, log)
+    with StagedOutput(final, overwrite=replace_original) as staged:
+        try:
+            files = _write_files(session, staged.path)
+            write_json_atomic(staged.path / EDITS, log, indent=1)
+        except OSError as err:
+            raise OutputError(describe_os_error(err, str(final))) from None
+        return staged.commit({**manifest, "files": files + [EDITS]})
+
+
+def revision_manifest(session: EditSession, final: Path, log: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest of a revision: the original's records, its counts updated, the revision's."""
+    result = session.result
+    parent_rev = result.manifest.get("revision") or {}
+    m = _REV.match(final.name)
+    number = int(m.group("n")) if m else int(parent_rev.get("number", 0)) + 1
+    base = {k: v for k, v in result.manifest.items() if k not in _RUN_ONLY}
+    if result.kind == "online":  # the revision has the offline layout (entities.json, no entities.jsonl)
+        base = {k: v for k, v in base.items() if k not in ("tracks", "frames_emitted", "latency_seconds")}
+        base["online_origin"] = True
+    return {**base, "format": "entitysam-segment", "num_frames": result.num_frames,
+            "entities": len(session.entities),
+            "revision": {"number": number, "parent": str(result.path),
+                         "parent_manifest_sha256": log["original"]["manifest_sha256"], "edits": len(log["ops"])}}
+
+
+def _write_files(session: EditSession, directory: Path) -> list[str]:
+    frames = [SimpleNamespace(t=f["frame"], index=f["source_frame"], name=f["name"], time=f["time"])
+              for f in session.frames]
+    entities = [{"id": e.id, "score": e.score, "query_index": e.query_index, "label": e.label, "hidden": e.hidden}
+                for e in session.entities]
+    id_maps = (session.id_map(t) for t in range(session.num_frames))
+    return write_result_files(directory, ("panoptic", "entities"), name=session.name, fps=session.fps,
+                              frames=frames, id_maps=id_maps, entities=entities, workers=0)
+
+
+def read_edits(edits_json: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """An ``edits.json`` (path or its content), checked for its format; EditError if it is not one."""
+    if isinstance(edits_json, Mapping):
+        data = dict(edits_json)
+    else:
+        try:
+            data = json.loads(Path(edits_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise EditError(f"{edits_json}: cannot read the edit log: {err}") from None
+    if not isinstance(data, dict) or data.get("format") != EDITS_FORMAT or not isinstance(data.get("ops"), list):
+        raise EditError(f"{edits_json if not isinstance(edits_json, Mapping) else 'edits'}: not an entitysam "
+                        f"edit log (expected format {EDITS_FORMAT!r} with a list of ops)")
+    if data.get("format_version") != EDITS_VERSION:
+        raise EditError(f"edit log format_version {data.get('format_version')!r} is not supported "
+                        f"(this version reads {EDITS_VERSION})")
+    return data
+
+
+def replay_edits(original_dir: str | os.PathLike, edits_json: str | os.PathLike | Mapping[str, Any], *,
+                 check_digest: bool = True) -> EditSession:
+    """A session with the operations of `edits_json` applied to the result in `original_dir`.
+    check_digest: refuse (EditError) a log recorded on a result whose manifest differs."""
+    data = read_edits(edits_json)
+    result = ResultFolder.open(original_dir)
+    want = (data.get("original") or {}).get("manifest_sha256")
+    if check_digest and want is not None and want != result.manifest_digest():
+        raise EditError(f"{original_dir}: the edit log was recorded on another result (manifest digest "
+                        f"{str(want)[:12]}... differs from {result.manifest_digest()[:12]}...)")
+    try:
+        return EditSession(result, data["ops"])
+    except EditError as err:
+        raise EditError(f"replaying the edit log on {original_dir}: {err}") from None
