@@ -296,3 +296,50 @@ def test_a_folder_that_is_no_result_is_refused(tmp_path):
 
     with pytest.raises(EntitySAMError, match="manifest"):
         Viewer(tmp_path)
+
+
+# ---- the command ---------------------------------------------------------------------------
+def test_view_command_refuses_a_folder_that_is_no_result(tmp_path, capsys):
+    from entitysam.cli import main
+
+    assert main(["view", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_view_command_checks_the_port(result, capsys, port):
+    from entitysam.cli import main
+
+    assert main(["view", str(result), "--port", port]) == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_view_command_help_and_listing(capsys):
+    from entitysam.cli import main
+
+    assert main(["view", "-h"]) == 0
+    text = capsys.readouterr().out
+    assert "--host" in text and "127.0.0.1" in text and "--open" in text and "token" in text
+    main(["-h"])
+    assert "view" in capsys.readouterr().out
+
+
+def test_the_server_binds_localhost_by_default(result, monkeypatch):
+    import entitysam.review.server as server
+
+    seen = {}
+
+    class FakeServer:
+        def __init__(self, config):
+            pass
+
+        def run(self, sockets):
+            seen["address"] = sockets[0].getsockname()
+            sockets[0].close()
+
+    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    lines = []
+    server.serve(result, port=0, say=lines.append)
+    assert seen["address"][0] == "127.0.0.1" and seen["address"][1] > 0
+    assert f"http://127.0.0.1:{seen['address'][1]}/?token=" in lines[0]
