@@ -16,7 +16,7 @@ __all__ = ["jpeg_bytes", "id_png_bytes", "thumbnail_png", "THUMB_SIZE"]
 THUMB_SIZE = 64  # pixels, the longer side of an entity's thumbnail
 
 
-def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
+def jpeg_bytes(image: np.ndarray, quality: int = 80) -> bytes:
     """[H, W, 3] uint8 RGB -> JPEG bytes (a frame of the player)."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality)

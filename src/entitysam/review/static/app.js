@@ -11,8 +11,10 @@ const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const NEUTRAL = "#6b6b6b";      // the background when the source frame is gone
 const PREFETCH_AHEAD = 24;      // frames fetched and decoded ahead of the one shown
 const PREFETCH_BEHIND = 4;
-const DECODED_FRAMES = 48;      // decoded frames kept (a 1080p frame: 8 MB of ids + its bitmap)
+const DECODED_FRAMES = 40;      // decoded frames kept (a 1080p frame: 8 MB of ids + its bitmap)
 const FETCH_PARALLEL = 4;
+const DECODE_AHEAD = 6;         // of those, decoded ahead (in the workers)
+const COMPRESSED_FRAMES = 600;  // fetched frames kept compressed (a 1080p frame: ~0.1-0.4 MB)
 
 const $ = (id) => document.getElementById(id);
 const viewer = {
@@ -61,9 +63,18 @@ async function post(url, body) {
 const blobs = new Map();     // frame -> Promise<{jpeg: Blob|null, png: Blob}>
 const decoded = new Map();   // frame -> Promise<{bitmap: ImageBitmap|null, ids: Uint32Array, maxId}> (LRU order)
 let fetching = 0;
-const fetchQueue = [];
+const fetchQueue = [];  // [{frame, run}]: the frame nearest ahead of the one shown goes first
 
-function fetchBlob(url) {
+function nextFetch() {
+  let best = 0, bestCost = Infinity;
+  fetchQueue.forEach((job, k) => {
+    const ahead = job.frame - viewer.frame;
+    const cost = ahead >= 0 ? ahead : PREFETCH_AHEAD - ahead;  // behind: after what is ahead
+    if (cost < bestCost) { bestCost = cost; best = k; }
+  });
+  return fetchQueue.splice(best, 1)[0].run;
+}
+function fetchBlob(url, frame) {
   return new Promise((resolve, reject) => {
     const run = async () => {
       fetching++;
@@ -72,37 +83,44 @@ function fetchBlob(url) {
         resolve(res.ok ? await res.blob() : null);
       } catch (err) { reject(err); } finally {
         fetching--;
-        if (fetchQueue.length) fetchQueue.shift()();
+        if (fetchQueue.length) nextFetch()();
       }
     };
-    if (fetching < FETCH_PARALLEL) run(); else fetchQueue.push(run);
+    if (fetching < FETCH_PARALLEL) run(); else fetchQueue.push({frame, run});
   });
 }
 function frameBlobs(i) {
   if (!blobs.has(i)) {
-    const jpeg = viewer.info.has_source === false ? Promise.resolve(null) : fetchBlob(`/api/frames/${i}.jpg`);
-    blobs.set(i, Promise.all([jpeg, fetchBlob(`/api/idmaps/${i}.png`)]).then(([jpeg, png]) => ({jpeg, png})));
+    const jpeg = viewer.info.has_source === false ? Promise.resolve(null) : fetchBlob(`/api/frames/${i}.jpg`, i);
+    blobs.set(i, Promise.all([jpeg, fetchBlob(`/api/idmaps/${i}.png`, i)]).then(([jpeg, png]) => ({jpeg, png})));
+    blobs.get(i).catch(() => blobs.delete(i));
+    for (const old of blobs.keys()) {  // oldest first
+      if (blobs.size <= COMPRESSED_FRAMES) break;
+      if (Math.abs(old - i) > PREFETCH_AHEAD) blobs.delete(old);
+    }
   }
   return blobs.get(i);
 }
-let scratch = null;  // the canvas id maps are decoded on
-async function decodeIds(png) {
+// id maps decode in Web Workers (idmaps.js), off this thread; without workers, here
+const DECODERS = typeof Worker !== "undefined" && typeof OffscreenCanvas !== "undefined" ?
+  Array.from({length: Math.min(2, navigator.hardwareConcurrency || 1)}, () => new Worker("/static/idmaps.js")) : [];
+const decodeJobs = new Map();
+let nextJob = 0;
+for (const w of DECODERS) {
+  w.onmessage = (ev) => {
+    const {job, error, ...frame} = ev.data, done = decodeJobs.get(job);
+    decodeJobs.delete(job);
+    if (error) done.reject(new Error(error)); else done.resolve(frame);
+  };
+}
+function decodeIds(png) {
   const {width, height} = viewer.info;
-  // no colour management, no premultiplication: the RGB bytes are ids
-  const bitmap = await createImageBitmap(png, {colorSpaceConversion: "none", premultiplyAlpha: "none"});
-  if (!scratch) scratch = new OffscreenCanvas(width, height).getContext("2d", {willReadFrequently: true});
-  scratch.clearRect(0, 0, width, height);
-  scratch.drawImage(bitmap, 0, 0);
-  bitmap.close();
-  const rgba = new Uint32Array(scratch.getImageData(0, 0, width, height).data.buffer);
-  const ids = new Uint32Array(rgba.length);
-  let maxId = 0;
-  for (let p = 0; p < rgba.length; p++) {
-    const id = rgba[p] & 0xffffff;  // little endian: R | G << 8 | B << 16 (alpha dropped)
-    ids[p] = id;
-    if (id > maxId) maxId = id;
-  }
-  return {ids, maxId};
+  if (!DECODERS.length) return decodeIdPng(png, width, height);
+  const job = nextJob++;
+  return new Promise((resolve, reject) => {
+    decodeJobs.set(job, {resolve, reject});
+    DECODERS[job % DECODERS.length].postMessage({job, png, width, height});
+  });
 }
 function decodedFrame(i) {
   if (decoded.has(i)) {
@@ -111,9 +129,10 @@ function decodedFrame(i) {
     return hit;
   }
   const made = frameBlobs(i).then(async ({jpeg, png}) => {
-    const bitmap = jpeg ? await createImageBitmap(jpeg).catch(() => null) : null;
     if (!png) throw new Error(`frame ${i}: no id map`);
-    return {bitmap, ...(await decodeIds(png))};
+    const [bitmap, idMap] = await Promise.all([jpeg ? createImageBitmap(jpeg).catch(() => null) : null,
+                                               decodeIds(png)]);
+    return {bitmap, ...idMap};  // ids, maxId, edges
   });
   decoded.set(i, made);
   made.catch(() => decoded.delete(i));
@@ -128,8 +147,8 @@ function prefetchAround(i) {
   const n = viewer.info.num_frames;
   for (let k = 1; k <= PREFETCH_AHEAD; k++) if (i + k < n) frameBlobs(i + k);
   for (let k = 1; k <= PREFETCH_BEHIND; k++) if (i - k >= 0) frameBlobs(i - k);
-  // decode only a few ahead: decoding runs on this thread and must not delay the frame shown
-  for (let k = 1; k <= 3; k++) if (i + k < n) decodedFrame(i + k);
+  // decode only a few ahead: decoding competes with the frame shown for the CPU
+  for (let k = 1; k <= DECODE_AHEAD; k++) if (i + k < n) decodedFrame(i + k);
 }
 
 // ---- the edit's id lookup ------------------------------------------------------------------
@@ -171,18 +190,16 @@ function drawOverlay(frame, f) {
   if (!overlayImage) overlayImage = ctx.createImageData(width, height);
   const out = new Uint32Array(overlayImage.data.buffer);
   const {cur, fill, edge} = frameTables(frame, f.maxId);
-  const ids = f.ids, contours = viewer.contours;
-  for (let y = 0, p = 0; y < height; y++) {
-    const lastRow = y === height - 1;
-    for (let x = 0; x < width; x++, p++) {
-      const o = ids[p];
-      let c = fill[o];
-      if (contours && c !== 0) {
-        const here = cur[o];
-        if ((x + 1 < width && cur[ids[p + 1]] !== here) || (!lastRow && cur[ids[p + width]] !== here) ||
-            (x > 0 && cur[ids[p - 1]] !== here) || (y > 0 && cur[ids[p - width]] !== here)) c = edge[o];
-      }
-      out[p] = c;
+  const ids = f.ids, n = ids.length;
+  for (let p = 0; p < n; p++) out[p] = fill[ids[p]];
+  if (viewer.contours) {
+    const edges = f.edges, last = n - width;
+    for (let k = 0; k < edges.length; k++) {
+      const p = edges[k], o = ids[p];
+      if (fill[o] === 0) continue;
+      const here = cur[o], x = p % width;
+      if ((x + 1 < width && cur[ids[p + 1]] !== here) || (p < last && cur[ids[p + width]] !== here) ||
+          (x > 0 && cur[ids[p - 1]] !== here) || (p >= width && cur[ids[p - width]] !== here)) out[p] = edge[o];
     }
   }
   ctx.putImageData(overlayImage, 0, 0);
@@ -226,6 +243,8 @@ async function render(i) {
   viewer.renderCount++;
 }
 function redraw() { if (current) drawOverlay(viewer.frame, current); }
+viewer.redrawNow = redraw;
+viewer.dropDecoded = () => decoded.clear();  // benchmarks: scrub with the compressed frames cached only
 
 // showFrame: scrubbing calls it for every input event; renders are coalesced to the latest request
 let pending = null, rendering = null;
