@@ -161,6 +161,11 @@ def test_undo_and_redo(result_dir):
     session.undo()
     session.apply({"op": "hide", "ids": [3]})  # a new edit clears what could be redone
     assert not session.can_redo and [op["op"] for op in session.ops] == ["merge", "hide"]
+    new = session.apply({"op": "split", "id": 1, "frame": 2})["new_id"]
+    split = [session.id_map(t) for t in range(N)]
+    session.undo()
+    assert session.redo()["new_id"] == new  # the same id again
+    assert all(np.array_equal(session.id_map(t), split[t]) for t in range(N))
 
 
 def test_id_lookup_maps_original_ids_to_current_ones_per_frame(result_dir):
@@ -202,3 +207,31 @@ def test_deleted_and_merged_ids_cannot_be_edited_or_reused(result_dir):
         session.apply({"op": "label", "id": 3, "text": "x"})
     with pytest.raises(EditError, match="already used"):
         session.apply({"op": "split", "id": 2, "frame": 2, "new_id": 3})
+
+
+def test_entity_records_are_read_without_their_masks_in_either_layout(result_dir, tmp_path, monkeypatch):
+    from entitysam.review import result as result_module
+    from entitysam.review.result import read_entity_records
+
+    session = EditSession(ResultFolder.open(result_dir), [{"op": "label", "id": 2, "text": 'a ,"frames":[ b\n"]}'}])
+    rev = save_revision(session, dest=tmp_path / "rev")
+    whole = json.loads((rev / "entities.json").read_text())
+    expected = {"frames": whole["frames"],
+                "entities": [{k: v for k, v in e.items() if k != "frames"} for e in whole["entities"]]}
+    with monkeypatch.context() as m:
+        m.setattr(result_module, "_read_json", None)  # the whole-file parser is not used for the writer's layout
+        assert read_entity_records(rev / "entities.json") == expected
+    (tmp_path / "pretty.json").write_text(json.dumps(whole, indent=2))
+    assert read_entity_records(tmp_path / "pretty.json") == expected  # parsed whole
+    assert {e.id: e.label for e in ResultFolder.open(rev).entities}[2] == 'a ,"frames":[ b\n"]}'
+
+
+def test_a_panoptic_only_result_opens_without_scores_and_saves(result_dir, tmp_path):
+    (result_dir / "entities.json").unlink()
+    r = ResultFolder.open(result_dir)
+    assert [f["name"] for f in r.frames] == [f"f{t:03d}" for t in range(N)]
+    assert r.frames[2]["time"] == pytest.approx(2 / FPS)
+    assert [(e.id, e.score) for e in r.entities] == [(i, None) for i in sorted(SCORES)]
+    got, rev = saved_maps(EditSession(r, [{"op": "delete", "ids": [1]}]), tmp_path)
+    assert all(np.array_equal(got[t], np.where(id_maps()[t] == 1, 0, id_maps()[t])) for t in range(N))
+    assert {e.score for e in rev.entities} == {None}

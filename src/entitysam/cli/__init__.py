@@ -4,6 +4,7 @@ command, the options they share in `options.py`.
     entitysam segment INPUT [INPUT ...] --output DIR [options]     (segment.py)
     entitysam download vit-s [vit-l]                                (download.py)
     entitysam demo [-o DIR]                                         (demo.py: offline, bundled model)
+    entitysam export RESULT_DIR --format F -o OUT                   (export.py: entitysam.review.export)
     entitysam metrics PRED_DIR GT_DIR GT_JSON [options]            (entitysam.eval.metrics)
     entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.cli.eval)
     entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
@@ -21,7 +22,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from . import demo, download, segment
+from . import demo, download, export, segment
 from .options import print_err
 
 __all__ = ["main", "build_parser", "dispatch"]
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_parser(sub)
     download.add_parser(sub)
     demo.add_parser(sub)
+    export.add_parser(sub)
     for name, (help_text, _) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser

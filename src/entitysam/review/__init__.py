@@ -1,6 +1,7 @@
 """Reviewing, correcting and exporting results of `entitysam segment` (issue 21).
 
 * :mod:`.result`: :class:`ResultFolder`, a validated read-only view of a complete result folder;
+* :mod:`.source_frames`: the input frames decoded again (a video through a forward cursor);
 * :mod:`.edits`: edit operations (hide, show, delete, merge, split, label) and
   :class:`EditSession` (undo / redo, current id maps and entity table);
 * :mod:`.revision`: :func:`save_revision` (atomic new revision with ``edits.json``) and

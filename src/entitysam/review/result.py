@@ -29,8 +29,9 @@ from ..errors import InvalidArgumentError, ResultFolderError
 from ..io import idpng
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
+from .source_frames import SourceFrames
 
-__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS"]
+__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "read_entity_records", "entity_stats"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
 
@@ -87,7 +88,8 @@ class ResultFolder:
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
-        self._source = None  # cached FrameSource of the input (see source_frame)
+        selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
+        self.sources = SourceFrames(manifest.get("input"), self.fps, selection.get("stride", 1))
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -119,8 +121,7 @@ class ResultFolder:
                                     "panoptic in --save to review a result")
         entries = _panoptic_entries(path)
         frame_areas = [{int(s["id"]): int(s["area"]) for s in e.get("segments_info", [])} for e in entries]
-        entities_json = _read_json(path / "entities.json", "entities.json") if (path / "entities.json").is_file() \
-            else None
+        entities_json = read_entity_records(path / "entities.json") if (path / "entities.json").is_file() else None
         frames = _frames(path, manifest, entries, entities_json)
         entities = _entities(manifest, entities_json, frame_areas)
         for rec in frames:
@@ -156,23 +157,11 @@ class ResultFolder:
 
     def source_frame(self, i: int) -> np.ndarray | None:
         """The [H, W, 3] uint8 RGB input frame behind frame position `i`, decoded from the
-        manifest's input if it is still there (and still gives this frame); None otherwise."""
-        from ..errors import EntitySAMError
-        from ..io.sources import FrameSelection, is_live_input, open_source
-
+        manifest's input if it is still there (and still gives this frame); None otherwise.
+        Reading forward through a video decodes each frame once (see :mod:`.source_frames`)."""
         rec = self.frames[self.check_frame(i)]
-        source = self.manifest.get("input")
-        if not source or is_live_input(source) or not os.path.exists(source):
-            return None
-        try:
-            one = open_source(source, FrameSelection(start=int(rec["source_frame"]), max_frames=1), fps=self.fps)
-            frame = next(iter(one), None)
-        except (EntitySAMError, OSError, ValueError):
-            return None
-        if frame is None or frame.index != rec["source_frame"] or frame.name != rec["name"] \
-                or frame.image.shape[:2] != self.size:
-            return None
-        return frame.image
+        image = self.sources.frame(int(rec["source_frame"]), rec["name"])
+        return image if image is None or image.shape[:2] == self.size else None
 
     def manifest_digest(self) -> str:
         """SHA-256 (hex) of the bytes of manifest.json: names this exact result (edits.json records it)."""
@@ -184,6 +173,59 @@ class ResultFolder:
 
 
 # ---------------------------------------------------------------------- readers of the records
+def read_entity_records(path: Path) -> dict[str, Any]:
+    """``entities.json`` without its masks: ``{"frames": [...], "entities": [records without
+    "frames"]}``. Files in the layout :class:`~entitysam.io.entities.EntitiesWriter` writes (one
+    frame or entity per line) are read line by line, so the per-frame RLE masks (most of the
+    file) are never held all at once; any other layout is parsed whole."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            fast = _entity_lines(f)
+    except FileNotFoundError:
+        raise ResultFolderError(f"{path.parent}: entities.json is missing") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ResultFolderError(f"{path}: cannot read entities.json: {err}") from None
+    if fast is not None:
+        return fast
+    data = _read_json(path, "entities.json")
+    if not isinstance(data, dict):
+        raise ResultFolderError(f"{path}: entities.json is not an object")
+    return {"frames": data.get("frames") or [],
+            "entities": [{k: v for k, v in e.items() if k != "frames"} for e in data.get("entities") or []]}
+
+
+_ENTITY_MASKS = ',"frames":['  # where an entity line's masks start (cannot occur inside a JSON string: quotes there are escaped)
+
+
+def _entity_lines(f) -> dict[str, Any] | None:
+    """The line-by-line reading of :func:`read_entity_records`; None if the layout differs."""
+    head = f.readline().rstrip("\n")
+    if not (head.startswith("{") and head.endswith(_ENTITY_MASKS)):
+        return None
+    frames: list[Any] = []
+    entities: list[Any] = []
+    part = frames
+    try:
+        for line in f:
+            text = line.strip()
+            if not text:
+                continue
+            if text == '],"entities":[' and part is frames:
+                part = entities
+            elif text == "]}" and part is entities:
+                return {"frames": frames, "entities": entities}
+            elif part is frames:
+                frames.append(json.loads(text.rstrip(",")))
+            else:
+                cut = text.find(_ENTITY_MASKS)
+                if cut < 0:
+                    return None
+                entities.append(json.loads(text[:cut] + "}"))
+    except ValueError:
+        return None
+    return None
+
+
 def _panoptic_entries(path: Path) -> list[dict[str, Any]]:
     data = _read_json(path / "panoptic.json", "panoptic.json")
     try:
@@ -206,15 +248,17 @@ def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],
     if entities_json is not None:
         records = entities_json.get("frames")
     elif (path / JSONL).is_file():
-        records = list(read_jsonl(path / JSONL))
+        records = read_jsonl(path / JSONL)  # one line at a time: its masks are dropped at once
     else:
         fps = float(manifest["fps"])
         records = [{"frame": e.get("frame", t), "source_frame": e["source_frame"], "name": e["image_id"],
                     "time": round(e["source_frame"] / fps, 6)} for t, e in enumerate(entries)]
     try:
         frames = [{k: rec[k] for k in keys} for rec in records]
-    except (KeyError, TypeError) as err:
-        raise ResultFolderError(f"{path}: a frame record lacks {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResultFolderError(f"{path}: unreadable frame records ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise ResultFolderError(f"{path}: cannot read the frame records: {err}") from None
     names = [e.get("image_id") for e in entries]
     if [f["name"] for f in frames] != names or [f["frame"] for f in frames] != list(range(len(frames))):
         raise ResultFolderError(f"{path}: the frames of panoptic.json and of the entity records disagree "

@@ -72,6 +72,8 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
     if replace_original and dest is not None:
         raise EditError("save_revision: give dest or replace_original, not both")
     final = Path(result.path if replace_original else (dest if dest is not None else next_revision_path(result.path)))
+    if not replace_original and os.path.lexists(final):
+        raise OutputError(f"{final} already exists: a revision is written to a new folder (choose another dest)")
     log = edits_record(session)
     manifest = revision_manifest(session, final, log)
     with StagedOutput(final, overwrite=replace_original) as staged:
@@ -106,7 +108,7 @@ def _write_files(session: EditSession, directory: Path) -> list[str]:
                 for e in session.entities]
     id_maps = (session.id_map(t) for t in range(session.num_frames))
     return write_result_files(directory, ("panoptic", "entities"), name=session.name, fps=session.fps,
-                              frames=frames, id_maps=id_maps, entities=entities, workers=0)
+                              frames=frames, id_maps=id_maps, entities=entities)  # files identical whatever the workers
 
 
 def read_edits(edits_json: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:

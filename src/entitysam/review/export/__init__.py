@@ -3,7 +3,8 @@
 
 * ``mots`` (:mod:`.mots`): MOTS PNG, a folder: ``<video>/instances/<frame>.png`` (16-bit, value
   ``class_id * 1000 + instance``) + ``<video>/instances/labels.txt``, what CVAT imports as mask tracks;
-* ``cvat-video`` (:mod:`.cvat`): CVAT for video 1.1 XML, one ``<track>`` of ``<mask>`` per entity;
+* ``cvat-video`` (:mod:`.cvat`): CVAT for video 1.1 XML, ``<track>`` s of ``<mask>`` (one per entity
+  per frame, the layout CVAT imports completely, or one per entity: ``tracks="entity"``);
 * ``ytvis`` (:mod:`.ytvis`): YouTube-VIS results JSON, one record per entity, an RLE (or null) per frame;
 * ``coco-video`` (:mod:`.coco_video`): COCO-style video JSON (videos, images, annotations with
   RLE, bbox, area and track id).
@@ -21,7 +22,7 @@ from typing import Any, Callable
 
 from ...errors import InvalidArgumentError
 
-__all__ = ["FORMATS", "export"]
+__all__ = ["FORMATS", "SUFFIXES", "export", "export_bytes"]
 
 # format name -> "module:function"; each function is write(view, out: Path, overwrite: bool, **options) -> Path
 FORMATS: dict[str, str] = {
@@ -30,6 +31,9 @@ FORMATS: dict[str, str] = {
     "ytvis": "ytvis:write_ytvis",
     "coco-video": "coco_video:write_coco_video",
 }
+
+# file name ending of each format's output ("" for a folder, downloaded as a zip)
+SUFFIXES = {"mots": "", "cvat-video": ".xml", "ytvis": ".json", "coco-video": ".json"}
 
 
 def _writer(fmt: str) -> Callable[..., Path]:
@@ -43,5 +47,28 @@ def _writer(fmt: str) -> Callable[..., Path]:
 
 def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = False, **options: Any) -> Path:
     """Write `view` (ResultFolder or EditSession) in format `fmt` to `out` (a file, or a folder
-    for ``mots``); returns the path written. options: per format (``mots``: ``class_id``)."""
+    for ``mots``); returns the path written. options: per format (``mots``: ``class_id``, ``txt``;
+    ``cvat-video``: ``tracks``; ``ytvis``: ``video_id``)."""
     return _writer(fmt)(view, Path(out), overwrite=overwrite, **options)
+
+
+def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:
+    """The export as one download: (bytes, file name). A folder format (``mots``) comes as a
+    zip whose root holds the folder's content (``<video>/instances/...``: the archive layout CVAT
+    imports); the others as the file itself."""
+    import io
+    import tempfile
+    import zipfile
+
+    _writer(fmt)  # unknown formats fail before anything is written
+    name = f"{view.name}-{fmt}{SUFFIXES[fmt]}"
+    with tempfile.TemporaryDirectory(prefix="entitysam-export-") as tmp:
+        out = export(view, fmt, Path(tmp) / name, **options)
+        if not out.is_dir():
+            return out.read_bytes(), name
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(out.rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(out).as_posix())
+        return buf.getvalue(), f"{name}.zip"

@@ -1,11 +1,83 @@
-"""Export: mots (see entitysam.review.export)."""
+"""MOTS PNG export (the KITTI-MOTS / MOTSChallenge instance PNGs, what CVAT imports as mask tracks).
+
+Layout (CVAT's "MOTS PNG", one subset named after the video)::
+
+    OUT/<video>/instances/<frame>.png    16-bit grayscale: class_id * 1000 + instance id (0: none)
+    OUT/<video>/instances/labels.txt     line k names class k + 1 (our class: "entity")
+    OUT/<video>.txt                      (txt=True) the MOTS txt format: one line per mask,
+                                         "frame id class_id height width rle" (KITTI-MOTS: frames
+                                         from 0; rle: COCO compressed counts)
+    OUT/entitysam-export.json            which entity each instance id is
+
+Instance ids are the entity ids when they are all below 1000 (MOTS's limit per class), else the
+entities numbered 1, 2, ... in id order (more than 999 exported entities are refused).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
 
-def write_mots(view: Any, out: Path, *, overwrite: bool = False, **options: Any) -> Path:
-    """Write `view` to `out` atomically; returns `out`."""
-    raise NotImplementedError
+from ... import jsonio
+from ...errors import InvalidArgumentError, OutputError
+from ...io.entities import rle_encode
+from .common import DEFAULT_CATEGORY, MARKER, export_id_map, exported_entities, frame_entities, full_mask, output_dir
+
+__all__ = ["MAX_INSTANCES", "write_mots", "instance_ids"]
+
+MAX_INSTANCES = 1000
+
+
+def instance_ids(entity_ids: list[int]) -> dict[int, int]:
+    """entity id -> MOTS instance id (see the module docstring)."""
+    if len(entity_ids) >= MAX_INSTANCES:
+        raise OutputError(f"MOTS holds at most {MAX_INSTANCES - 1} instances per class; "
+                          f"the result has {len(entity_ids)} entities to export")
+    if all(i < MAX_INSTANCES for i in entity_ids):
+        return {i: i for i in entity_ids}
+    return {i: k + 1 for k, i in enumerate(sorted(entity_ids))}
+
+
+def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int = 2, txt: bool = False) -> Path:
+    """Write `view` as MOTS PNGs into the folder `out` (atomically); returns `out`.
+    class_id: the MOTS class of every entity (1..65; KITTI-MOTS: 1 car, 2 pedestrian);
+    txt: also write the MOTS txt format."""
+    if isinstance(class_id, bool) or not isinstance(class_id, int) or not 1 <= class_id <= 65:
+        raise InvalidArgumentError(f"MOTS class id must be an integer in [1, 65] (16-bit values), got {class_id!r}")
+    entities = exported_entities(view)
+    keep = np.array(sorted(e.id for e in entities), dtype=np.uint32)
+    mapping = instance_ids([int(i) for i in keep])
+    lut = np.zeros(int(keep.max(initial=0)) + 1, dtype=np.uint16)
+    for entity_id, instance in mapping.items():
+        lut[entity_id] = class_id * MAX_INSTANCES + instance
+    with output_dir(out, overwrite) as stage:
+        inst = stage / view.name / "instances"
+        inst.mkdir(parents=True)
+        lines = open(stage / f"{view.name}.txt", "w", encoding="utf-8") if txt else None
+        try:
+            for t, frame in enumerate(view.frames):
+                if lines is None:
+                    Image.fromarray(lut[export_id_map(view, t, keep)]).save(inst / f"{frame['name']}.png")
+                    continue
+                ids, present = frame_entities(view, t, keep)
+                Image.fromarray(lut[ids]).save(inst / f"{frame['name']}.png")
+                for seg in sorted(present.values(), key=lambda s: lut[s["id"]]):
+                    lines.write(_txt_line(t, int(lut[seg["id"]]), full_mask(ids, seg)))
+        finally:
+            if lines is not None:
+                lines.close()
+        labels = [f"class{k}" for k in range(1, class_id)] + [DEFAULT_CATEGORY]
+        (inst / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
+        marker = {"format": "entitysam-export", "export": "mots", "video": view.name, "class_id": class_id,
+                  "instances": {str(m): e for e, m in mapping.items()}}
+        (stage / MARKER).write_text(jsonio.dumps(marker, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def _txt_line(t: int, value: int, mask: np.ndarray) -> str:
+    """One MOTS txt line: frame, object id (class * 1000 + instance), class, height, width, RLE."""
+    h, w = mask.shape
+    return f"{t} {value} {value // MAX_INSTANCES} {h} {w} {rle_encode(mask)['counts']}\n"

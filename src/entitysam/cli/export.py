@@ -1,0 +1,58 @@
+"""`entitysam export RESULT_DIR --format mots|cvat-video|ytvis|coco-video -o FILE_OR_DIR`
+(`entitysam.review.export`)."""
+
+from __future__ import annotations
+
+from ..argtypes import positive_int
+from ..errors import EntitySAMError
+from .options import add_overwrite, add_quiet, print_err
+
+FORMATS = ("mots", "cvat-video", "ytvis", "coco-video")  # = entitysam.review.export.FORMATS (kept light for -h)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export", help="export a result folder to MOTS PNG, CVAT for video XML, YouTube-VIS or COCO-style video JSON",
+        description="Export a complete result folder of `entitysam segment` (offline, online or a reviewed "
+                    "revision) to the format another tool reads. Hidden and deleted entities are not exported. "
+                    "The output is written atomically and an existing one is refused unless --overwrite.")
+    p.add_argument("result", metavar="RESULT_DIR", help="a result folder (panoptic output required)")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="mots: a folder of 16-bit instance PNGs (what CVAT imports as mask tracks); cvat-video: "
+                        "CVAT for video 1.1 XML with mask tracks; ytvis: YouTube-VIS results JSON; coco-video: "
+                        "COCO-style video JSON")
+    p.add_argument("-o", "--output", required=True, metavar="FILE_OR_DIR",
+                   help="the output file (a folder for mots); its parent folder must exist")
+    p.add_argument("--class-id", type=positive_int, default=2, metavar="N",
+                   help="(mots) the class of every entity: values are N*1000 + instance (default 2, KITTI-MOTS "
+                        "pedestrian)")
+    p.add_argument("--mots-txt", action="store_true",
+                   help="(mots) also write the MOTS txt format (OUT/<video>.txt: frame id class_id height width rle)")
+    p.add_argument("--cvat-tracks", choices=("frame", "entity"), default="frame",
+                   help="(cvat-video) frame: one track per entity per frame, the layout CVAT imports completely "
+                        "(its importer keeps only the first mask of a mask track), the entity id in an attribute "
+                        "(default); entity: one mask track per entity")
+    p.add_argument("--video-id", type=positive_int, default=1, metavar="N", help="(ytvis) the video_id (default 1)")
+    add_overwrite(p, "replace an existing output (a folder only if entitysam exported it)")
+    add_quiet(p, "print nothing on success")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..review import ResultFolder
+    from ..review.export import export
+
+    options = {"mots": {"class_id": args.class_id, "txt": args.mots_txt}, "ytvis": {"video_id": args.video_id},
+               "cvat-video": {"tracks": args.cvat_tracks}}.get(args.format, {})
+    try:
+        result = ResultFolder.open(args.result)
+        out = export(result, args.format, args.output, overwrite=args.overwrite, **options)
+    except EntitySAMError as err:
+        print_err(str(err))
+        return 1
+    except OSError as err:
+        print_err(f"{args.output}: {err.strerror or err}")
+        return 1
+    if not args.quiet:
+        print(f"{args.format}: {out}")
+    return 0

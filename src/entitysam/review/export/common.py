@@ -1,0 +1,127 @@
+"""What the exports share: the entities exported, their masks frame by frame, their categories,
+and writing an output file or folder atomically without replacing one by accident."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import numpy as np
+
+from ...errors import OutputError
+from ...io.atomic import atomic_file, fsync_dir
+from ...io.panoptic import frame_segments
+
+__all__ = ["DEFAULT_CATEGORY", "MARKER", "exported_entities", "export_id_map", "frame_entities", "box_mask",
+           "full_mask", "categories", "category_of", "output_file", "output_dir"]
+
+DEFAULT_CATEGORY = "entity"  # the category of entities without a label
+MARKER = "entitysam-export.json"  # in an exported folder: marks it as one (the only kind --overwrite replaces)
+
+
+def exported_entities(view: Any) -> list[Any]:
+    """The entities an export holds: present in at least one frame and not hidden, by id."""
+    return [e for e in view.entities if not e.hidden and e.num_frames > 0]
+
+
+def export_id_map(view: Any, t: int, keep: np.ndarray) -> np.ndarray:
+    """Frame `t`'s [H, W] uint32 ids with every id not in `keep` set to 0 (one table lookup)."""
+    ids = view.id_map(t)
+    top = int(ids.max(initial=0))
+    lut = np.zeros(top + 1, dtype=np.uint32)
+    kept = np.asarray(keep, dtype=np.int64)
+    kept = kept[kept <= top]
+    lut[kept] = kept
+    return lut[ids]
+
+
+def frame_entities(view: Any, t: int, keep: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
+    """Frame `t`'s exported id map (:func:`export_id_map`) and ``{id: {"id", "area", "bbox"}}``
+    of the entities present in it (bbox: COCO [x, y, w, h], w = columns covered)."""
+    ids = export_id_map(view, t, keep)
+    return ids, {s["id"]: s for s in frame_segments(ids, "coco")}
+
+
+def box_mask(ids: np.ndarray, seg: dict[str, Any]) -> np.ndarray:
+    """The entity's mask cropped to its bbox: [h, w] bool."""
+    x, y, w, h = seg["bbox"]
+    return ids[y:y + h, x:x + w] == seg["id"]
+
+
+def full_mask(ids: np.ndarray, seg: dict[str, Any]) -> np.ndarray:
+    """The entity's [H, W] bool mask (built from its box: no full-frame comparison)."""
+    x, y, w, h = seg["bbox"]
+    mask = np.zeros(ids.shape, dtype=bool)
+    mask[y:y + h, x:x + w] = box_mask(ids, seg)
+    return mask
+
+
+def categories(entities: list[Any]) -> list[str]:
+    """Category names, ``entity`` first, then the entities' labels in order of first use (ids 1, 2, ...)."""
+    names = [DEFAULT_CATEGORY]
+    for e in entities:
+        if e.label and e.label not in names:
+            names.append(e.label)
+    return names
+
+
+def category_of(entity: Any, names: list[str]) -> int:
+    """The 1-based category id of an entity (its label's, or ``entity``'s)."""
+    return names.index(entity.label or DEFAULT_CATEGORY) + 1
+
+
+def _check_free(out: Path, overwrite: bool, folder: bool) -> None:
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise OutputError(f"{out} already exists: use --overwrite to replace it")
+    if out.is_symlink():
+        raise OutputError(f"{out} is a symbolic link: refusing to replace it")
+    if folder and not (out.is_dir() and (out / MARKER).is_file()):
+        raise OutputError(f"{out} exists and is not a folder entitysam exported (no {MARKER}): refusing to "
+                          "replace it even with --overwrite; choose another output")
+    if not folder and not out.is_file():
+        raise OutputError(f"{out} exists and is not a file: refusing to replace it")
+
+
+@contextlib.contextmanager
+def output_file(out: Path, overwrite: bool, mode: str = "w") -> Iterator[IO]:
+    """A file object whose content replaces `out` atomically when the block ends without error."""
+    _check_free(out, overwrite, folder=False)
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent} does not exist: create it first or choose another output")
+    with atomic_file(out, mode) as f:
+        yield f
+
+
+@contextlib.contextmanager
+def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden staging folder beside `out`, renamed to `out` when the block ends without error
+    (a previous export moved aside first and removed after); removed when it raises."""
+    _check_free(out, overwrite, folder=True)
+    if not out.parent.is_dir():
+        raise OutputError(f"{out.parent} does not exist: create it first or choose another output")
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    stage.mkdir()
+    try:
+        yield stage
+        old = None
+        if os.path.lexists(out):
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(out, old)
+        try:
+            os.rename(stage, out)
+        except BaseException:
+            if old is not None:
+                os.rename(old, out)
+            raise
+        fsync_dir(out.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise

@@ -1,0 +1,93 @@
+"""entitysam.review on results written by the real pipeline (offline `segment` and online
+`stream`, tiny configuration on a generated mp4): opened, edited, saved, exported."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _media import tiny_state_dict, write_video
+from entitysam import EntitySAM
+from entitysam.errors import ResultFolderError
+from entitysam.io.idpng import read_id_png
+from entitysam.io.sources import open_source
+from entitysam.review import EditSession, ResultFolder, replay_edits, save_revision
+from entitysam.review.export import export
+
+N = 6
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    d = tmp_path_factory.mktemp("review-real")
+    torch.save({"model": tiny_state_dict(), "iteration": 9999}, d / "tiny.pth")
+    write_video(d / "clip.mp4", N)
+    model = EntitySAM.from_checkpoint(d / "tiny.pth")
+    offline = model.segment(d / "clip.mp4").save(d / "offline" / "clip", formats=("panoptic", "entities"))
+    with model.stream(d / "clip.mp4", delay=1, output=d / "online" / "clip", formats=("panoptic", "entities")) as s:
+        for _ in s:
+            pass
+    return d, offline, d / "online" / "clip"
+
+
+@pytest.mark.parametrize("which", ["offline", "online"])
+def test_real_results_open_with_their_frames_entities_and_sources(made, which):
+    d, offline, online = made
+    r = ResultFolder.open(offline if which == "offline" else online)
+    assert r.kind == which and r.num_frames == N and r.size == (48, 64)
+    assert [f["name"] for f in r.frames] == [f"{i:06d}" for i in range(N)]
+    source = list(open_source(d / "clip.mp4"))
+    for t in range(N):
+        assert np.array_equal(r.id_map(t), read_id_png(r.path / "panoptic" / f"{t:06d}.png"))
+        assert np.array_equal(r.source_frame(t), source[t].image)
+    assert r.entities, "the tiny weights give entities on this clip"
+    present = sorted({int(i) for t in range(N) for i in np.unique(r.id_map(t)) if i})
+    assert [e.id for e in r.entities if e.num_frames] == present
+    assert all(e.score is not None for e in r.entities)
+    if which == "online":
+        tracks = {t["id"]: t for t in json.loads((online / "manifest.json").read_text())["tracks"]}
+        assert {e.id: e.score for e in r.entities} == {i: t["score"] for i, t in tracks.items()}
+
+
+def test_edit_save_replay_and_export_a_real_online_result(made, tmp_path):
+    _, _, online = made
+    r = ResultFolder.open(online)
+    first = r.entities[0].id
+    session = EditSession(r, [{"op": "label", "id": first, "text": "thing"}])
+    rev = save_revision(session, dest=tmp_path / "rev")
+    reopened = ResultFolder.open(rev)
+    assert reopened.kind == "offline" and reopened.manifest["online_origin"] is True
+    assert {e.id: e.label for e in reopened.entities}[first] == "thing"
+    for t in range(N):
+        assert np.array_equal(reopened.id_map(t), r.id_map(t))
+    assert replay_edits(online, rev / "edits.json").ops == session.ops
+    data = json.loads(export(reopened, "coco-video", tmp_path / "c.json").read_text())
+    assert {a["track_id"] for a in data["annotations"]} == {e.id for e in r.entities if e.num_frames}
+
+
+def test_an_interrupted_online_result_is_refused(made, tmp_path):
+    import shutil
+
+    _, _, online = made
+    copy = tmp_path / "clip"
+    shutil.copytree(online, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted", "complete": False}))
+    with pytest.raises(ResultFolderError, match="not complete .*interrupted"):
+        ResultFolder.open(copy)
+
+
+def test_reading_a_video_input_forward_decodes_it_once(made):
+    d, offline, _ = made
+    r = ResultFolder.open(offline)
+    source = list(open_source(d / "clip.mp4"))
+    for t in range(N):
+        assert np.array_equal(r.source_frame(t), source[t].image)
+    assert r.sources.passes == 1
+    assert np.array_equal(r.source_frame(2), source[2].image)  # backwards: a new pass
+    assert np.array_equal(r.source_frame(4), source[4].image)
+    assert r.sources.passes == 2
