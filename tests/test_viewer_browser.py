@@ -160,6 +160,14 @@ def test_review_session_in_the_browser(demo_result, tmp_path):
         page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')", timeout=60000)
         saved = page.evaluate("viewer.lastSave")
         page.screenshot(path=str(tmp_path / "04-saved.png"))
+
+        # export from the menu: a download of the review exporters' file
+        page.select_option("#export-format", "ytvis")
+        with page.expect_download(timeout=60000) as download:
+            page.click("#export")
+        assert download.value.suggested_filename == "demo-ytvis.json"
+        download.value.save_as(tmp_path / "export.json")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('exported')")
         if DOCS_SHOT:
             shutil.copy(tmp_path / "04-saved.png", DOCS_SHOT)
         assert page.errors == []
@@ -187,6 +195,8 @@ def test_review_session_in_the_browser(demo_result, tmp_path):
     labels = {e["id"]: e.get("label") for e in json.loads((revision / "entities.json").read_text())["entities"]}
     assert labels[keep] == "merged car"
     assert ResultFolder.open(demo_result).manifest == original.manifest
+    tracks = json.loads((tmp_path / "export.json").read_text())
+    assert len(tracks) == len(original.entities) - 2 + 1  # merged away and deleted; the split adds one
 
 
 def test_missing_source_shows_a_neutral_background(tmp_path):

@@ -25,11 +25,8 @@ Frames and id maps are immutable for a run and served with long cache headers.
 from __future__ import annotations
 
 import hmac
-import io
 import secrets
-import tempfile
 import threading
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -39,7 +36,6 @@ import numpy as np
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
 from .images import id_png_bytes, jpeg_bytes, thumbnail_png
-from .web_files import media_type, safe_file
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "ViewerError", "Viewer", "create_app", "serve"]
 
@@ -199,31 +195,15 @@ class Viewer:
         return list(FORMATS)
 
     def export(self, fmt: str) -> tuple[bytes, str]:
-        """The current edit exported as `fmt`: (bytes to download, file name); a folder comes zipped."""
-        from .export import FORMATS, export
+        """The current edit exported as `fmt` (the review exporters' one-download form): (bytes,
+        file name); MOTS comes as a zip. An unknown format raises before anything is written."""
+        from .export import export_bytes
 
-        if fmt not in FORMATS:  # checked first: the name goes into a path below
-            raise ViewerError(f"unknown export format {fmt!r}: choose from {', '.join(FORMATS)}")
-        suffix = {"cvat-video": ".xml", "ytvis": ".json", "coco-video": ".json"}.get(fmt, "")
-        with tempfile.TemporaryDirectory(prefix="entitysam-export-") as tmp:
-            with self.lock:
-                out = Path(export(self.session, fmt, Path(tmp) / f"{self.result.name}-{fmt}{suffix}"))
-            if out.is_dir():
-                return _zip_folder(out), f"{out.name}.zip"
-            return out.read_bytes(), out.name
+        with self.lock:  # the session must not change while the exporter reads it
+            return export_bytes(self.session, fmt)
 
     def check_token(self, supplied: str | None) -> bool:
         return supplied is not None and hmac.compare_digest(supplied.encode(), self.token.encode())
-
-
-def _zip_folder(folder: Path) -> bytes:
-    """A folder's files as zip bytes (paths relative to the folder's parent: one top folder)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(folder.parent).as_posix())
-    return buf.getvalue()
 
 
 def entity_record(entity, frames: dict[int, int]) -> dict:
