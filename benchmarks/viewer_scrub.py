@@ -15,6 +15,8 @@ and measures, each over every frame of the result:
 * ``drag``: the scrubber moved by input events at 60 Hz, as a mouse drag does, over a cold
   session (a fresh page): frames actually drawn per second (the player draws the latest frame
   asked for, skipping those the drag has passed);
+* ``drag_fetched``: the same drag on a fresh page once the player has fetched every frame in
+  the background (what scrubbing is like a few seconds after opening);
 * ``overlay_ms``: the time of one tint pass (id lookup, colours, contours) on the current frame.
 
 Each pass also records ``cpu_ms_per_frame``: the CPU time (user + system) that the server and
@@ -124,7 +126,11 @@ def measure(result: Path) -> dict:
         with browser_page(1600, 1000) as page:  # a fresh browser: nothing cached client-side
             open_viewer(page, url, timeout_ms=120000)
             out["drag"] = timed(page, DRAG)
-    for key in ("cold", "warm", "fetched", "drag"):
+        with browser_page(1600, 1000) as page:  # a fresh browser, scrubbed once the frames are fetched
+            open_viewer(page, url, timeout_ms=120000)
+            page.wait_for_function("viewer.fetchedAll === true", timeout=300000)
+            out["drag_fetched"] = timed(page, DRAG)
+    for key in ("cold", "warm", "fetched", "drag", "drag_fetched"):
         out[key]["fps"] = round(out[key]["frames"] / out[key]["seconds"], 1)
     return out
 
@@ -139,7 +145,7 @@ def main() -> None:
         result = Path(args.result) if args.result else make_result(Path(tmp), args.frames)
         numbers = measure(result)
     numbers["machine"] = {"cpu": cpu_name(), "threads": os.cpu_count()}
-    for key in ("cold", "warm", "fetched", "drag"):
+    for key in ("cold", "warm", "fetched", "drag", "drag_fetched"):
         r = numbers[key]
         print(f"{key:7s}: {r['frames']} frames in {r['seconds']:.2f} s = {r['fps']} frames/s "
               f"({r['cpu_ms_per_frame']} ms CPU per frame, load average {r['load_average']})")

@@ -143,6 +143,13 @@ function decodedFrame(i) {
   }
   return made;
 }
+// After opening: fetch every frame (compressed) in the background, one at a time, so that a few
+// seconds later scrubbing anywhere waits for no network and no server-side encoding.
+async function fetchAllInBackground() {
+  const n = Math.min(viewer.info.num_frames, COMPRESSED_FRAMES);
+  for (let i = 0; i < n; i++) await frameBlobs(i).catch(() => null);
+  viewer.fetchedAll = true;
+}
 function prefetchAround(i) {
   const n = viewer.info.num_frames;
   for (let k = 1; k <= PREFETCH_AHEAD; k++) if (i + k < n) frameBlobs(i + k);
@@ -502,5 +509,6 @@ async function start() {
   applyState(state);
   await showFrame(0);
   viewer.ready = true;
+  fetchAllInBackground();
 }
 start().catch((err) => setStatus(`cannot start: ${err.message || err}`, true));
