@@ -121,6 +121,21 @@ def test_thumbnails(client):
     assert client.get("/api/thumbs/2.png?v=1").status_code == 404  # gone with the edit
 
 
+def test_thumbnail_keys_change_only_with_what_the_thumbnail_shows(client):
+    def keys():
+        return {e["id"]: e["thumb"] for e in client.get("/api/state").json()["entities"]}
+
+    before = keys()
+    assert all(before.values()) and len(set(before.values())) == len(before)
+    client.post("/api/edits", json={"op": "delete", "ids": [BIG_ID]}, headers=AUTH)
+    client.post("/api/edits", json={"op": "label", "id": 2, "text": "x"}, headers=AUTH)
+    after = keys()
+    assert after == {i: k for i, k in before.items() if i != BIG_ID}  # other entities: same picture
+    client.post("/api/edits", json={"op": "merge", "ids": [2, 3], "into": 2}, headers=AUTH)
+    assert keys()[2] != before[2]  # entity 2 is made of more now
+    assert client.get(f"/api/thumbs/2.png?k={keys()[2]}").status_code == 200
+
+
 def test_result_files_are_served(client, result):
     res = client.get("/files/manifest.json")
     assert res.status_code == 200 and res.json()["video"] == "clip"
@@ -171,6 +186,21 @@ def test_token_in_the_query_is_accepted(client):
 def test_get_cannot_mutate(client):
     assert client.get("/api/edits").status_code == 405
     assert client.get(f"/api/save?token={TOKEN}").status_code == 405
+
+
+def test_a_loopback_server_answers_only_loopback_host_names(result):
+    """DNS rebinding: a page whose own domain resolves to 127.0.0.1 gets no answer."""
+    from entitysam.review.server import allowed_hosts
+
+    app = create_app(Viewer(result, token=TOKEN), hosts=allowed_hosts("127.0.0.1"))
+    for base in ("http://127.0.0.1:8765", "http://localhost:8765"):
+        with TestClient(app, base_url=base) as c:
+            assert c.get("/api/video").status_code == 200, base
+    with TestClient(app, base_url="http://attacker.example:8765") as c:
+        assert c.get("/api/video").status_code == 400
+        assert c.post("/api/edits", json={"op": "hide", "ids": [1]}, headers=AUTH).status_code == 400
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("192.168.1.5") is None  # chosen by the user
+    assert "localhost" in allowed_hosts("localhost") and "[::1]" in allowed_hosts("::1")
 
 
 def test_a_token_is_made_per_run(result):

@@ -4,7 +4,6 @@ browser (`entitysam.review.server`). Needs the `viewer` extra (starlette, uvicor
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Sequence
 
 from ..errors import EntitySAMError

@@ -1,5 +1,5 @@
-"""The images the viewer serves: source frames as JPEG, id maps as RGB-encoded PNG (the project's
-codec, `entitysam.io.idpng`), entity thumbnails as small PNG crops."""
+"""The images the viewer encodes: source frames as JPEG, entity thumbnails as small PNG crops
+(the id maps are served as the result's own PNGs)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from ..io.idpng import encode_ids
 from ..io.overlay import entity_color
 
-__all__ = ["jpeg_bytes", "id_png_bytes", "thumbnail_png", "THUMB_SIZE"]
+__all__ = ["jpeg_bytes", "thumbnail_png", "THUMB_SIZE"]
 
 THUMB_SIZE = 64  # pixels, the longer side of an entity's thumbnail
 
@@ -20,13 +19,6 @@ def jpeg_bytes(image: np.ndarray, quality: int = 80) -> bytes:
     """[H, W, 3] uint8 RGB -> JPEG bytes (a frame of the player)."""
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def id_png_bytes(id_map: np.ndarray) -> bytes:
-    """[H, W] ids -> RGB PNG bytes, ``id = R + 256 G + 65536 B`` (fast zlib level: served, not archived)."""
-    buf = io.BytesIO()
-    Image.fromarray(encode_ids(id_map)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

@@ -11,7 +11,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import EntitySAMError
-from .server import STATIC_DIR, TOKEN_HEADER, Viewer
+from .server import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, Viewer
 from .web_files import media_type, safe_file
 
 __all__ = ["build_routes"]
@@ -39,8 +39,6 @@ def _frame_index(viewer: Viewer, text: str) -> int | None:
 
 
 def build_routes(viewer: Viewer) -> list[Route]:
-    immutable = "public, max-age=31536000, immutable"
-
     def authorised(request: Request) -> bool:
         return viewer.check_token(request.headers.get(TOKEN_HEADER) or request.query_params.get("token"))
 
@@ -77,21 +75,21 @@ def build_routes(viewer: Viewer) -> list[Route]:
         data = await run_in_threadpool(viewer.frame_jpeg, index)
         if data is None:
             return _error(404, "the source frame cannot be read (moved or deleted?)")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": immutable})
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
     async def id_map(request: Request) -> Response:
         index = _frame_index(viewer, request.path_params["index"])
         if index is None:
             return _error(404, "no such frame")
         data = await run_in_threadpool(viewer.id_png, index)
-        return Response(data, media_type="image/png", headers={"Cache-Control": immutable})
+        return Response(data, media_type="image/png", headers={"Cache-Control": IMMUTABLE})
 
     async def thumb(request: Request) -> Response:
         text = request.path_params["entity"]
         data = await run_in_threadpool(viewer.thumbnail, int(text)) if text.isdigit() else None
         if data is None:
             return _error(404, "no such entity")
-        # the URL carries ?v=<version>: a thumbnail changes only with an edit
+        # the URL carries ?k=<thumb key of /api/state>: what the picture shows, so it may be cached
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def edit(request: Request) -> Response:

@@ -24,6 +24,7 @@ Frames and id maps are immutable for a run and served with long cache headers.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import threading
@@ -35,13 +36,13 @@ import numpy as np
 
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
-from .images import id_png_bytes, jpeg_bytes, thumbnail_png
+from .images import jpeg_bytes, thumbnail_png
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "ViewerError", "Viewer", "create_app", "serve"]
 
 STATIC_DIR = Path(__file__).with_name("static")
 TOKEN_HEADER = "X-EntitySAM-Token"
-_IMMUTABLE = "public, max-age=31536000, immutable"  # frames and original id maps never change in a run
+IMMUTABLE = "public, max-age=31536000, immutable"  # frames and original id maps never change in a run
 _JPEG_CACHE = 256  # encoded source frames kept (a 1080p JPEG is ~200-400 kB)
 
 
@@ -119,7 +120,8 @@ class Viewer:
         """What the client shows of the current edit (see the module docstring)."""
         with self.lock:
             presence = self._presence()
-            entities = [entity_record(e, presence.get(e.id, {})) for e in self.session.entities]
+            entities = [entity_record(e, presence.get(e.id, {}), self._thumb_key(e.id, presence.get(e.id, {})))
+                        for e in self.session.entities]
             return _json_ready({"version": self.version, "entities": entities,
                                 "lookup": self.session.lookup_segments(), "ops": list(self.session.ops),
                                 "can_undo": self.session.can_undo, "can_redo": self.session.can_redo})
@@ -151,6 +153,18 @@ class Viewer:
         """The ORIGINAL id map of frame `index` as RGB PNG: the stored file itself (already compressed)."""
         return self.result.png_path(index).read_bytes()
 
+    def _thumb_key(self, entity_id: int, frames: dict[int, int]) -> str | None:
+        """What an entity's thumbnail shows: its largest frame and the original ids it is made of
+        there (a short hash). Unchanged by edits of other entities, so the browser's copy and the
+        server's cache stay valid; the client puts it in the thumbnail's URL."""
+        if not frames:
+            return None
+        frame = max(frames, key=lambda t: (frames[t], -t))
+        lookup = self.session.id_lookup(frame)
+        originals = sorted(o for o in self.result.frame_areas[frame] if o < len(lookup) and lookup[o] == entity_id)
+        digest = hashlib.sha1(repr((entity_id, originals)).encode()).hexdigest()[:10]
+        return f"{frame}-{digest}"
+
     def thumbnail(self, entity_id: int) -> bytes | None:
         """A PNG crop of entity `entity_id` (current edit) in the frame where it is largest; None
         when there is no such entity now."""
@@ -158,10 +172,10 @@ class Viewer:
             frames = self._presence().get(entity_id)
             if not frames or not any(e.id == entity_id for e in self.session.entities):
                 return None
-            frame = max(frames, key=lambda t: (frames[t], -t))
+            key = self._thumb_key(entity_id, frames)
+            frame = int(key.split("-")[0])
             id_map = self.session.id_map(frame)  # under the lock: the session may change after it
-        return self._thumbs.get_or_make((entity_id, frame, self.version),
-                                        lambda: thumbnail_png(id_map, entity_id, self.result.source_frame(frame)))
+        return self._thumbs.get_or_make(key, lambda: thumbnail_png(id_map, entity_id, self.result.source_frame(frame)))
 
     # --- what the client changes -----------------------------------------------------------
     def apply(self, op: dict) -> dict:
@@ -206,24 +220,38 @@ class Viewer:
         return supplied is not None and hmac.compare_digest(supplied.encode(), self.token.encode())
 
 
-def entity_record(entity, frames: dict[int, int]) -> dict:
-    """One row of the entity list: the EntityInfo fields, its colour (as in overlay.mp4) and the
-    frames where it is present (the timeline). frames: {frame: area} of the current edit."""
+def entity_record(entity, frames: dict[int, int], thumb_key: str | None) -> dict:
+    """One row of the entity list: the EntityInfo fields, its colour (as in overlay.mp4), the
+    frames where it is present (the timeline) and its thumbnail's key. frames: {frame: area}."""
     record = entity.to_dict()
     record["color"] = list(entity_color(entity.id))
     record["presence"] = sorted(frames)
+    record["thumb"] = thumb_key
     return record
 
 
-def create_app(viewer: Viewer):
-    """The Starlette app serving `viewer`."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers to answer when listening on `host`: the loopback names for a loopback
+    address (a web page that points its own domain at 127.0.0.1, DNS rebinding, then gets no
+    answer), None (any) for other addresses, where the user chose to be reachable."""
+    return list(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS or host.startswith("127.") else None
+
+
+def create_app(viewer: Viewer, hosts: list[str] | None = None):
+    """The Starlette app serving `viewer`; hosts: the Host headers it answers (None: any)."""
     from .routes import build_routes
 
     try:
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
     except ImportError as err:  # pragma: no cover - the [viewer] extra is missing
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
-    app = Starlette(routes=build_routes(viewer))
+    middleware = [] if hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
+    app = Starlette(routes=build_routes(viewer), middleware=middleware)
     app.state.viewer = viewer
     return app
 
@@ -240,7 +268,7 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
     except ImportError as err:
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
     viewer = Viewer(result_dir, token=token)
-    app = create_app(viewer)
+    app = create_app(viewer, hosts=allowed_hosts(host))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -318,7 +318,7 @@ function buildList() {
       `<td><img alt="" loading="lazy"></td><td class="label"></td><td class="num">${fmtScore(e.score)}</td>` +
       `<td class="num">${frames}</td><td class="num">${e.area ?? ""}</td>`;
     tr.querySelector(".swatch").style.background = cssColor(e.color);
-    tr.querySelector("img").src = `/api/thumbs/${e.id}.png?v=${viewer.state.version}`;
+    if (e.thumb) tr.querySelector("img").src = `/api/thumbs/${e.id}.png?k=${e.thumb}`;
     tr.querySelector(".label").textContent = (e.hidden ? "(hidden) " : "") + (e.label || "");
     tr.addEventListener("click", (ev) => { selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey); });
     tr.addEventListener("mouseenter", () => setHovered(e.id));
