@@ -88,6 +88,16 @@ def test_frames_are_jpeg_with_cache_headers(client, result):
         assert client.get(bad).status_code == 404, bad
 
 
+def test_frames_scaled_to_the_width_asked(client):
+    res = client.get("/api/frames/3.jpg?w=16")
+    assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
+    assert Image.open(io.BytesIO(res.content)).size == (16, 12)
+    for wide in (W, 4 * W):  # never above the frame's own size
+        assert Image.open(io.BytesIO(client.get(f"/api/frames/3.jpg?w={wide}").content)).size == (W, H)
+    for bad in ("0", "-5", "x", "1.5", ""):
+        assert client.get(f"/api/frames/3.jpg?w={bad}").status_code == 400, bad
+
+
 def test_missing_source_gives_404_frames_and_has_source_false(tmp_path):
     result = make_result(tmp_path, with_input=False)
     with TestClient(create_app(Viewer(result, token=TOKEN))) as c:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..io.overlay import entity_color
 
-__all__ = ["jpeg_bytes", "thumbnail_png", "THUMB_SIZE"]
+__all__ = ["jpeg_bytes", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
 
 THUMB_SIZE = 64  # pixels, the longer side of an entity's thumbnail
 
@@ -20,6 +20,14 @@ def jpeg_bytes(image: np.ndarray, quality: int = 80) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def scale_to_width(image: np.ndarray, width: int) -> np.ndarray:
+    """[H, W, 3] uint8 -> [round(H * width / W), width, 3], smoothly (a frame for a smaller screen)."""
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    scaled = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BILINEAR,
+                                                                  reducing_gap=2.0)
+    return np.asarray(scaled)
 
 
 def _crop_box(mask: np.ndarray, margin: float = 0.15) -> tuple[int, int, int, int]:

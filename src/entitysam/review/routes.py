@@ -72,7 +72,10 @@ def build_routes(viewer: Viewer) -> list[Route]:
         index = _frame_index(viewer, request.path_params["index"])
         if index is None:
             return _error(404, "no such frame")
-        data = await run_in_threadpool(viewer.frame_jpeg, index)
+        width = request.query_params.get("w")
+        if width is not None and not (width.isdigit() and int(width) > 0):
+            return _error(400, "w must be a positive number of columns")
+        data = await run_in_threadpool(viewer.frame_jpeg, index, None if width is None else int(width))
         if data is None:
             return _error(404, "the source frame cannot be read (moved or deleted?)")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})

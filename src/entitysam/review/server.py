@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
-from .images import jpeg_bytes, thumbnail_png
+from .images import jpeg_bytes, scale_to_width, thumbnail_png
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "ViewerError", "Viewer", "create_app", "serve"]
 
@@ -142,12 +142,19 @@ class Viewer:
         self._presence_cache = (self.version, out)
         return out
 
-    def frame_jpeg(self, index: int) -> bytes | None:
-        """Source frame `index` as JPEG, None when the source cannot be read any more."""
+    def frame_jpeg(self, index: int, width: int | None = None) -> bytes | None:
+        """Source frame `index` as JPEG, None when the source cannot be read any more. width:
+        scaled down to this many columns (the player asks for what its screen shows: decoding
+        a smaller JPEG is what makes scrubbing fast); None or >= the frame's width: full size."""
+        if width is not None and width >= self.result.size[1]:
+            width = None
+
         def make():
             image = self.result.source_frame(index)
-            return None if image is None else jpeg_bytes(image)
-        return self._jpegs.get_or_make(index, make)
+            if image is None:
+                return None
+            return jpeg_bytes(image if width is None else scale_to_width(image, width))
+        return self._jpegs.get_or_make((index, width), make)
 
     def id_png(self, index: int) -> bytes:
         """The ORIGINAL id map of frame `index` as RGB PNG: the stored file itself (already compressed)."""

@@ -91,7 +91,8 @@ function fetchBlob(url, frame) {
 }
 function frameBlobs(i) {
   if (!blobs.has(i)) {
-    const jpeg = viewer.info.has_source === false ? Promise.resolve(null) : fetchBlob(`/api/frames/${i}.jpg`, i);
+    const jpeg = viewer.info.has_source === false ? Promise.resolve(null)
+      : fetchBlob(`/api/frames/${i}.jpg?w=${viewer.frameWidth}`, i);
     blobs.set(i, Promise.all([jpeg, fetchBlob(`/api/idmaps/${i}.png`, i)]).then(([jpeg, png]) => ({jpeg, png})));
     blobs.get(i).catch(() => blobs.delete(i));
     for (const old of blobs.keys()) {  // oldest first
@@ -234,10 +235,9 @@ function drawIds(ctx, f, cur) {
   }
 }
 function drawFrame(f) {
-  const {width, height} = viewer.info;
-  const ctx = $("frame-canvas").getContext("2d");
-  if (f.bitmap) ctx.drawImage(f.bitmap, 0, 0, width, height);
-  else { ctx.fillStyle = NEUTRAL; ctx.fillRect(0, 0, width, height); }
+  const canvas = $("frame-canvas"), ctx = canvas.getContext("2d");
+  if (f.bitmap) ctx.drawImage(f.bitmap, 0, 0, canvas.width, canvas.height);
+  else { ctx.fillStyle = NEUTRAL; ctx.fillRect(0, 0, canvas.width, canvas.height); }
 }
 
 let current = null;  // the decoded frame on screen
@@ -500,7 +500,14 @@ async function start() {
   viewer.info = info;
   document.title = `${info.name} - entitysam view`;
   $("title").textContent = `${info.name}  ${info.width}\u00d7${info.height}, ${info.num_frames} frames @ ${info.fps} fps`;
-  for (const id of ["frame-canvas", "overlay-canvas"]) { $(id).width = info.width; $(id).height = info.height; }
+  // Frames come at the width the screen shows (rounded up to 320 columns, at most the video's):
+  // smaller JPEGs decode faster. The overlay keeps the id maps' full resolution; CSS gives both
+  // canvases the same size on screen.
+  const shown = $("stage").getBoundingClientRect().width * (window.devicePixelRatio || 1);
+  viewer.frameWidth = Math.min(info.width, Math.max(320, Math.ceil(shown / 320) * 320));
+  $("frame-canvas").width = viewer.frameWidth;
+  $("frame-canvas").height = Math.max(1, Math.round(info.height * viewer.frameWidth / info.width));
+  $("overlay-canvas").width = info.width; $("overlay-canvas").height = info.height;
   $("scrubber").max = info.num_frames - 1;
   fitStage();
   for (const fmt of exports.formats) $("export-format").add(new Option(fmt, fmt));
