@@ -381,3 +381,30 @@ def test_the_server_binds_localhost_by_default(result, monkeypatch):
     server.serve(result, port=0, say=lines.append)
     assert seen["address"][0] == "127.0.0.1" and seen["address"][1] > 0
     assert f"http://127.0.0.1:{seen['address'][1]}/?token=" in lines[0]
+
+
+def test_open_opens_the_url_with_its_token(result, monkeypatch):
+    import threading
+
+    import entitysam.review.server as server
+
+    opened = threading.Event()
+    urls = []
+
+    class FakeServer:
+        def __init__(self, config):
+            pass
+
+        def run(self, sockets):
+            sockets[0].close()
+            opened.wait(10)  # serving: the browser opens meanwhile
+
+    def fake_open(url):
+        urls.append(url)
+        opened.set()
+
+    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    monkeypatch.setattr("webbrowser.open", fake_open)
+    lines = []
+    server.serve(result, port=0, open_browser=True, say=lines.append, token="tok")
+    assert len(urls) == 1 and urls[0].endswith("/?token=tok") and urls[0] in lines[0]
