@@ -228,3 +228,32 @@ def test_viewing_without_the_token_cannot_edit(tmp_path):
         page.wait_for_function("document.getElementById('status').textContent.includes('token')")
         assert page.evaluate("viewer.state.version") == 0
     assert sorted(p.name for p in result.parent.iterdir()) == ["clip", "input-clip"]
+
+
+def test_id_decoding_in_the_browser_keeps_every_id(tmp_path):
+    """idmaps.js: RGBA pixels -> ids (16 bits when they fit, else 32) and the boundary pixels."""
+    chromium_or_skip()
+    from PIL import Image
+
+    from entitysam.io.idpng import write_id_png
+    from entitysam.review.server import STATIC_DIR
+
+    ids = np.zeros((3, 4), np.uint32)
+    ids[0, :2] = 70000  # above 16 bits
+    ids[2, 3] = 5
+    write_id_png(tmp_path / "big.png", ids)
+    write_id_png(tmp_path / "small.png", np.where(ids == 70000, 300, ids))
+    with browser_page() as page:
+        page.add_script_tag(path=str(STATIC_DIR / "idmaps.js"))
+        for name, big in (("big.png", 70000), ("small.png", 300)):
+            data = list((tmp_path / name).read_bytes())
+            out = page.evaluate("""async (bytes) => {
+                const r = await decodeIdPng(new Blob([new Uint8Array(bytes)], {type: 'image/png'}), 4, 3);
+                return {ids: [...r.ids], kind: r.ids.constructor.name, maxId: r.maxId,
+                        edges: [...new Set(r.edges)].sort((a, b) => a - b)}; }""", data)
+            expected = np.where(ids == 70000, big, ids)
+            assert out["ids"] == expected.ravel().tolist() and out["maxId"] == big
+            assert out["kind"] == ("Uint32Array" if big >= 65536 else "Uint16Array")
+            # pixels with a 4-neighbour of another id: (0,0),(0,1),(0,2) row 0, (1,0),(1,1) below, and 5's cross
+            assert out["edges"] == [0, 1, 2, 4, 5, 7, 10, 11]
+        assert page.errors == []

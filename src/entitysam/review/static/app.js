@@ -11,7 +11,7 @@ const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const NEUTRAL = "#6b6b6b";      // the background when the source frame is gone
 const PREFETCH_AHEAD = 24;      // frames fetched and decoded ahead of the one shown
 const PREFETCH_BEHIND = 4;
-const DECODED_FRAMES = 40;      // decoded frames kept (a 1080p frame: 8 MB of ids + its bitmap)
+const DECODED_BYTES = 640e6;    // decoded frames kept: ids (2 bytes a pixel) + bitmap (4), ~80 at 1080p
 const FETCH_PARALLEL = 4;
 const DECODE_AHEAD = 6;         // of those, decoded ahead (in the workers)
 const COMPRESSED_FRAMES = 600;  // fetched frames kept compressed (a 1080p frame: ~0.1-0.4 MB)
@@ -102,26 +102,33 @@ function frameBlobs(i) {
   }
   return blobs.get(i);
 }
-// id maps decode in Web Workers (idmaps.js), off this thread; without workers, here
+// id maps decode in Web Workers (idmaps.js), off this thread; without workers, here. One job per
+// worker at a time, the waiting job nearest ahead of the frame shown first: while the scrubber
+// moves, the frame asked for last does not wait behind frames the drag has passed.
 const DECODERS = typeof Worker !== "undefined" && typeof OffscreenCanvas !== "undefined" ?
   Array.from({length: Math.min(2, navigator.hardwareConcurrency || 1)}, () => new Worker("/static/idmaps.js")) : [];
-const decodeJobs = new Map();
-let nextJob = 0;
-for (const w of DECODERS) {
-  w.onmessage = (ev) => {
-    const {job, error, ...frame} = ev.data, done = decodeJobs.get(job);
-    decodeJobs.delete(job);
-    if (error) done.reject(new Error(error)); else done.resolve(frame);
-  };
+const decodeQueue = [];  // [{frame, png, resolve, reject}]
+const idle = [...DECODERS];
+function pumpDecoders() {
+  while (idle.length && decodeQueue.length) {
+    let best = 0, bestCost = Infinity;
+    decodeQueue.forEach((job, k) => {
+      const ahead = job.frame - viewer.frame, cost = ahead >= 0 ? ahead : PREFETCH_AHEAD - ahead;
+      if (cost < bestCost) { bestCost = cost; best = k; }
+    });
+    const job = decodeQueue.splice(best, 1)[0], worker = idle.pop();
+    worker.onmessage = (ev) => {
+      const {error, ...frame} = ev.data;
+      idle.push(worker);
+      if (error) job.reject(new Error(error)); else job.resolve(frame);
+      pumpDecoders();
+    };
+    worker.postMessage({job: job.frame, png: job.png, width: viewer.info.width, height: viewer.info.height});
+  }
 }
-function decodeIds(png) {
-  const {width, height} = viewer.info;
-  if (!DECODERS.length) return decodeIdPng(png, width, height);
-  const job = nextJob++;
-  return new Promise((resolve, reject) => {
-    decodeJobs.set(job, {resolve, reject});
-    DECODERS[job % DECODERS.length].postMessage({job, png, width, height});
-  });
+function decodeIds(png, frame) {
+  if (!DECODERS.length) return decodeIdPng(png, viewer.info.width, viewer.info.height);
+  return new Promise((resolve, reject) => { decodeQueue.push({frame, png, resolve, reject}); pumpDecoders(); });
 }
 function decodedFrame(i) {
   if (decoded.has(i)) {
@@ -132,12 +139,12 @@ function decodedFrame(i) {
   const made = frameBlobs(i).then(async ({jpeg, png}) => {
     if (!png) throw new Error(`frame ${i}: no id map`);
     const [bitmap, idMap] = await Promise.all([jpeg ? createImageBitmap(jpeg).catch(() => null) : null,
-                                               decodeIds(png)]);
+                                               decodeIds(png, i)]);
     return {bitmap, ...idMap};  // ids, maxId, edges
   });
   decoded.set(i, made);
   made.catch(() => decoded.delete(i));
-  while (decoded.size > DECODED_FRAMES) {
+  while (decoded.size > viewer.decodedFrames) {
     const [oldest, value] = decoded.entries().next().value;
     decoded.delete(oldest);
     value.then((f) => f.bitmap && f.bitmap.close()).catch(() => {});
@@ -151,12 +158,12 @@ async function fetchAllInBackground() {
   for (let i = 0; i < n; i++) await frameBlobs(i).catch(() => null);
   viewer.fetchedAll = true;
 }
-function prefetchAround(i) {
+function prefetchAround(i, decodeAhead = true) {
   const n = viewer.info.num_frames;
   for (let k = 1; k <= PREFETCH_AHEAD; k++) if (i + k < n) frameBlobs(i + k);
   for (let k = 1; k <= PREFETCH_BEHIND; k++) if (i - k >= 0) frameBlobs(i - k);
   // decode only a few ahead: decoding competes with the frame shown for the CPU
-  for (let k = 1; k <= DECODE_AHEAD; k++) if (i + k < n) decodedFrame(i + k);
+  if (decodeAhead) for (let k = 1; k <= DECODE_AHEAD; k++) if (i + k < n) decodedFrame(i + k);
 }
 
 // ---- the edit's id lookup ------------------------------------------------------------------
@@ -255,14 +262,14 @@ viewer.dropDecoded = () => decoded.clear();  // benchmarks: scrub with the compr
 
 // showFrame: scrubbing calls it for every input event; renders are coalesced to the latest request
 let pending = null, rendering = null;
-function showFrame(i) {
+function showFrame(i, scrubbing = false) {
   const n = viewer.info.num_frames;
   i = Math.max(0, Math.min(n - 1, i | 0));
   viewer.frame = i;
   $("scrubber").value = i;
   $("frame-label").textContent = `${i + 1} / ${n}`;
   updateTimelineCursor();
-  prefetchAround(i);
+  prefetchAround(i, !scrubbing);  // a drag skips frames: decoding ahead would be wasted
   pending = i;
   if (!rendering) rendering = (async () => {
     try {
@@ -445,7 +452,7 @@ function wire() {
   $("play").onclick = togglePlay;
   $("prev").onclick = () => { pause(); showFrame(viewer.frame - 1); };
   $("next").onclick = () => { pause(); showFrame(viewer.frame + 1); };
-  $("scrubber").addEventListener("input", (ev) => { pause(); showFrame(+ev.target.value); });
+  $("scrubber").addEventListener("input", (ev) => { pause(); showFrame(+ev.target.value, true); });
   $("opacity").addEventListener("input", (ev) => { viewer.opacity = ev.target.value / 100; redraw(); });
   $("contours").addEventListener("change", (ev) => { viewer.contours = ev.target.checked; redraw(); });
   $("ids").addEventListener("change", (ev) => { viewer.showIds = ev.target.checked; redraw(); });
@@ -508,6 +515,8 @@ async function start() {
   $("frame-canvas").width = viewer.frameWidth;
   $("frame-canvas").height = Math.max(1, Math.round(info.height * viewer.frameWidth / info.width));
   $("overlay-canvas").width = info.width; $("overlay-canvas").height = info.height;
+  const frameBytes = 2 * info.width * info.height + 4 * $("frame-canvas").width * $("frame-canvas").height;
+  viewer.decodedFrames = Math.max(8, Math.min(COMPRESSED_FRAMES, Math.floor(DECODED_BYTES / frameBytes)));
   $("scrubber").max = info.num_frames - 1;
   fitStage();
   for (const fmt of exports.formats) $("export-format").add(new Option(fmt, fmt));

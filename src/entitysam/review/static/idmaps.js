@@ -18,10 +18,11 @@ async function decodeIdPng(png, width, height) {
 }
 
 // One pass over the decoded RGBA pixels: each becomes its id (little endian: R | G << 8 | B << 16,
-// alpha dropped), and the pixels with a 4-neighbour of another ORIGINAL id are listed: the only
-// candidates for a contour under any edit (an edit only joins or renames ids), so that a tint
-// pass tests these alone (a few % of the pixels). The list may name a pixel twice, or a pixel
-// of no entity: the tint pass skips those.
+// alpha dropped), kept in 16 bits when every id fits (half the memory: more frames stay decoded),
+// and the pixels with a 4-neighbour of another ORIGINAL id are listed: the only candidates for a
+// contour under any edit (an edit only joins or renames ids), so that a tint pass tests these
+// alone (a few % of the pixels). The list may name a pixel twice, or a pixel of no entity: the
+// tint pass skips those.
 let boundaryScratch = new Int32Array(0);
 function idsAndBoundary(rgba, width, height) {
   const n = rgba.length;
@@ -37,7 +38,8 @@ function idsAndBoundary(rgba, width, height) {
       if (y > 0 && rgba[p - width] !== id) { edges[k++] = p; edges[k++] = p - width; }
     }
   }
-  return {ids: rgba, maxId, edges: edges.slice(0, k)};
+  const ids = maxId < 65536 ? Uint16Array.from(rgba) : rgba;
+  return {ids, maxId, edges: edges.slice(0, k)};
 }
 
 if (typeof WorkerGlobalScope !== "undefined" && self instanceof WorkerGlobalScope) {
