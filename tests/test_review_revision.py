@@ -117,3 +117,11 @@ def test_replay_refuses_a_log_of_another_result_and_bad_logs(result_dir, tmp_pat
     bad["ops"].append({"op": "delete", "ids": [3]})  # 3 was merged away
     with pytest.raises(EditError, match="replaying .*no entity 3"):
         replay_edits(result_dir, bad)
+
+
+def test_dest_and_replace_original_together_are_refused(result_dir, tmp_path):
+    from entitysam.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="not both"):
+        save_revision(edited(result_dir), dest=tmp_path / "x", replace_original=True)
+    assert not (tmp_path / "x").exists()

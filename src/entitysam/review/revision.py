@@ -25,7 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping
 
-from ..errors import EditError, OutputError
+from ..errors import EditError, InvalidArgumentError, OutputError
 from ..io.atomic import write_json_atomic
 from ..io.paths import describe_os_error
 from ..io.result_files import write_result_files
@@ -70,7 +70,7 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
     replace_original: write it over the original folder instead (atomically)."""
     result = session.result
     if replace_original and dest is not None:
-        raise EditError("save_revision: give dest or replace_original, not both")
+        raise InvalidArgumentError("save_revision: give dest or replace_original, not both")
     final = Path(result.path if replace_original else (dest if dest is not None else next_revision_path(result.path)))
     if not replace_original and os.path.lexists(final):
         raise OutputError(f"{final} already exists: a revision is written to a new folder (choose another dest)")
