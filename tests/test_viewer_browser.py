@@ -257,3 +257,34 @@ def test_id_decoding_in_the_browser_keeps_every_id(tmp_path):
             # pixels with a 4-neighbour of another id: (0,0),(0,1),(0,2) row 0, (1,0),(1,1) below, and 5's cross
             assert out["edges"] == [0, 1, 2, 4, 5, 7, 10, 11]
         assert page.errors == []
+
+
+def test_display_controls_and_play_speed(tmp_path):
+    """Opacity, contours, ids on/off change the overlay as they say; Play keeps the video's fps."""
+    chromium_or_skip()
+    from _review_result import FPS, N, make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        alpha = "([x, y]) => document.getElementById('overlay-canvas').getContext('2d').getImageData(x, y, 1, 1).data[3]"
+        inside, edge, empty = (4, 16), (2, 16), (0, 23)  # entity 2 at frame 0: rows 14-19, columns 2-7
+        assert page.evaluate(alpha, inside) == 128 and page.evaluate(alpha, edge) == 255
+        assert page.evaluate(alpha, empty) == 0
+        page.evaluate("""() => { const s = document.getElementById('opacity'); s.value = 0;
+                                 s.dispatchEvent(new Event('input')); }""")
+        assert page.evaluate(alpha, inside) == 0 and page.evaluate(alpha, edge) == 255
+        page.uncheck("#contours")
+        assert page.evaluate(alpha, edge) == 0
+        page.check("#ids")  # the ids are written on the overlay in white
+        white = page.evaluate("""() => { const d = document.getElementById('overlay-canvas').getContext('2d')
+                                         .getImageData(0, 0, 32, 24).data; let n = 0;
+                                         for (let p = 0; p < d.length; p += 4) if (d[p] > 200 && d[p + 1] > 200
+                                             && d[p + 2] > 200 && d[p + 3] > 200) n++; return n; }""")
+        assert white > 0
+        started = page.evaluate("performance.now()")
+        page.click("#play")
+        page.wait_for_function(f"viewer.rendered === {N - 1} && !viewer.playing", timeout=30000)
+        elapsed = (page.evaluate("performance.now()") - started) / 1000
+        assert elapsed >= 0.9 * (N - 1) / FPS  # not faster than the video
+        assert page.errors == []
