@@ -11,8 +11,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import EntitySAMError
-from .server import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, Viewer
-from .web_files import media_type, safe_file
+from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
 
 __all__ = ["build_routes"]
 
@@ -30,7 +29,7 @@ def _file(root: Path, relative: str, cache: str) -> Response:
     return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": cache})
 
 
-def _frame_index(viewer: Viewer, text: str) -> int | None:
+def _frame_index(viewer, text: str) -> int | None:
     """`<i>` of /api/frames/<i>.jpg as a frame index, None when it is not one."""
     if not text.isdigit():
         return None
@@ -38,7 +37,8 @@ def _frame_index(viewer: Viewer, text: str) -> int | None:
     return index if index < viewer.num_frames else None
 
 
-def build_routes(viewer: Viewer) -> list[Route]:
+def build_routes(viewer) -> list[Route]:
+    """The routes over `viewer` (an `entitysam.review.server.Viewer`)."""
     def authorised(request: Request) -> bool:
         return viewer.check_token(request.headers.get(TOKEN_HEADER) or request.query_params.get("token"))
 

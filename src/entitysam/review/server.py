@@ -37,12 +37,10 @@ import numpy as np
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
 from .images import jpeg_bytes, scale_to_width, thumbnail_png
+from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
 
-__all__ = ["STATIC_DIR", "TOKEN_HEADER", "ViewerError", "Viewer", "create_app", "serve"]
+__all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "ViewerError", "Viewer", "create_app", "serve"]
 
-STATIC_DIR = Path(__file__).with_name("static")
-TOKEN_HEADER = "X-EntitySAM-Token"
-IMMUTABLE = "public, max-age=31536000, immutable"  # frames and original id maps never change in a run
 _JPEG_CACHE = 256  # encoded source frames kept (a 1080p JPEG is ~200-400 kB)
 
 

@@ -1,4 +1,4 @@
-"""Which files the viewer may serve: only regular files inside one root folder (the result folder,
+"""What the viewer serves, and the names its server and routes share. Which files it may serve: only regular files inside one root folder (the result folder,
 or the package's static folder), whatever the URL says (``..``, encoded ``%2e%2e``, absolute paths,
 backslashes, NUL bytes, symlinks that lead outside)."""
 
@@ -7,7 +7,11 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-__all__ = ["safe_file", "media_type"]
+__all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "safe_file", "media_type"]
+
+STATIC_DIR = Path(__file__).with_name("static")  # the front end: plain JS/CSS/HTML
+TOKEN_HEADER = "X-EntitySAM-Token"  # where POST requests carry the run's token (or ?token=)
+IMMUTABLE = "public, max-age=31536000, immutable"  # frames and original id maps never change in a run
 
 _EXTRA_TYPES = {".js": "text/javascript", ".css": "text/css", ".json": "application/json",
                 ".png": "image/png", ".jpg": "image/jpeg", ".mp4": "video/mp4", ".html": "text/html",
