@@ -8,6 +8,7 @@ command, the options they share in `options.py`.
     entitysam metrics PRED_DIR GT_DIR GT_JSON [options]            (entitysam.eval.metrics)
     entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.cli.eval)
     entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
+    entitysam view RESULT_DIR [--host H] [--port N] [--open]       (view.py: the review web app)
 
 Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
 not be loaded, 2 invalid command line, 130 interrupted (Ctrl-C; in online mode after finishing
@@ -32,6 +33,8 @@ DELEGATED: dict[str, tuple[str, str]] = {
                 "entitysam.eval.metrics:main"),
     "train": ("train EntitySAM: the official two-stage recipe, single process or torchrun DDP "
               "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:main"),
+    "view": ("review and correct a result in the browser: play, hide, delete, merge, split, label, save, "
+             "export (see `entitysam view -h`)", "entitysam.cli.view:main"),
     "eval": ("benchmark evaluation: `entitysam eval vipseg` runs a VIPSeg split and scores it "
              "(see `entitysam eval vipseg -h`)", "entitysam.cli.eval:main"),
 }

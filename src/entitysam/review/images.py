@@ -1,0 +1,62 @@
+"""The images the viewer encodes: source frames as JPEG, entity thumbnails as small PNG crops
+(the id maps are served as the result's own PNGs)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from ..io.overlay import entity_color
+
+__all__ = ["jpeg_bytes", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
+
+THUMB_SIZE = 64  # pixels, the longer side of an entity's thumbnail
+
+
+def jpeg_bytes(image: np.ndarray, quality: int = 80) -> bytes:
+    """[H, W, 3] uint8 RGB -> JPEG bytes (a frame of the player)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def scale_to_width(image: np.ndarray, width: int) -> np.ndarray:
+    """[H, W, 3] uint8 -> [round(H * width / W), width, 3], smoothly (a frame for a smaller screen)."""
+    height = max(1, round(image.shape[0] * width / image.shape[1]))
+    scaled = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BILINEAR,
+                                                                  reducing_gap=2.0)
+    return np.asarray(scaled)
+
+
+def _crop_box(mask: np.ndarray, margin: float = 0.15) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1) of a [H, W] bool mask's bounding box grown by `margin` of its size."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    dy, dx = int((y1 - y0) * margin) + 1, int((x1 - x0) * margin) + 1
+    h, w = mask.shape
+    return max(0, y0 - dy), min(h, y1 + dy), max(0, x0 - dx), min(w, x1 + dx)
+
+
+def thumbnail_png(id_map: np.ndarray, entity_id: int, image: np.ndarray | None) -> bytes:
+    """A PNG crop around entity `entity_id` in one frame: the source pixels inside the entity,
+    dimmed outside (the entity's colour on grey when the source is gone). [H, W] ids, [H, W, 3] image."""
+    mask = id_map == entity_id
+    if not mask.any():
+        mask = np.ones_like(mask)
+    y0, y1, x0, x1 = _crop_box(mask)
+    mask = mask[y0:y1, x0:x1]
+    if image is None:
+        crop = np.full((*mask.shape, 3), 128, dtype=np.uint8)
+        crop[mask] = entity_color(entity_id)
+    else:
+        crop = image[y0:y1, x0:x1].astype(np.float32)
+        crop[~mask] = crop[~mask] * 0.35 + 40  # the neighbourhood stays readable, the entity stands out
+        crop = crop.clip(0, 255).astype(np.uint8)
+    thumb = Image.fromarray(crop)
+    thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    thumb.save(buf, format="PNG")
+    return buf.getvalue()

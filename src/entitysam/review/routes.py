@@ -1,0 +1,141 @@
+"""The HTTP routes of `entitysam view` (see `entitysam.review.server` for the list)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import EntitySAMError
+from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
+
+__all__ = ["build_routes"]
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=_NO_STORE)
+
+
+def _file(root: Path, relative: str, cache: str) -> Response:
+    path = safe_file(root, relative)
+    if path is None:
+        return _error(404, "not found")
+    return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": cache})
+
+
+def _frame_index(viewer, text: str) -> int | None:
+    """`<i>` of /api/frames/<i>.jpg as a frame index, None when it is not one."""
+    if not text.isdigit():
+        return None
+    index = int(text)
+    return index if index < viewer.num_frames else None
+
+
+def build_routes(viewer) -> list[Route]:
+    """The routes over `viewer` (an `entitysam.review.server.Viewer`)."""
+    def authorised(request: Request) -> bool:
+        return viewer.check_token(request.headers.get(TOKEN_HEADER) or request.query_params.get("token"))
+
+    def mutating(handler):
+        """A POST handler: 403 without the run's token, a 400 with the message for EntitySAMErrors."""
+        async def endpoint(request: Request) -> Response:
+            if not authorised(request):
+                return _error(403, "missing or wrong token (use the URL printed by `entitysam view`)")
+            try:
+                return await handler(request)
+            except EntitySAMError as err:
+                return _error(400, str(err))
+        return endpoint
+
+    async def index(request: Request) -> Response:
+        return _file(STATIC_DIR, "index.html", "no-cache")
+
+    async def static(request: Request) -> Response:
+        return _file(STATIC_DIR, request.path_params["path"], "no-cache")
+
+    async def result_file(request: Request) -> Response:
+        return _file(viewer.root, request.path_params["path"], "no-cache")
+
+    async def video(request: Request) -> Response:
+        return JSONResponse(viewer.video_info(), headers=_NO_STORE)
+
+    async def state(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(viewer.state), headers=_NO_STORE)
+
+    async def frame(request: Request) -> Response:
+        index = _frame_index(viewer, request.path_params["index"])
+        if index is None:
+            return _error(404, "no such frame")
+        width = request.query_params.get("w")
+        if width is not None and not (width.isdigit() and int(width) > 0):
+            return _error(400, "w must be a positive number of columns")
+        data = await run_in_threadpool(viewer.frame_jpeg, index, None if width is None else int(width))
+        if data is None:
+            return _error(404, "the source frame cannot be read (moved or deleted?)")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+
+    async def id_map(request: Request) -> Response:
+        index = _frame_index(viewer, request.path_params["index"])
+        if index is None:
+            return _error(404, "no such frame")
+        data = await run_in_threadpool(viewer.id_png, index)
+        return Response(data, media_type="image/png", headers={"Cache-Control": IMMUTABLE})
+
+    async def thumb(request: Request) -> Response:
+        text = request.path_params["entity"]
+        data = await run_in_threadpool(viewer.thumbnail, int(text)) if text.isdigit() else None
+        if data is None:
+            return _error(404, "no such entity")
+        # the URL carries ?k=<thumb key of /api/state>: what the picture shows, so it may be cached
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def edit(request: Request) -> Response:
+        try:
+            op = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the edit must be a JSON object")
+        if not isinstance(op, dict):
+            return _error(400, "the edit must be a JSON object")
+        return JSONResponse(await run_in_threadpool(viewer.apply, op), headers=_NO_STORE)
+
+    async def undo(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(viewer.undo), headers=_NO_STORE)
+
+    async def redo(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(viewer.redo), headers=_NO_STORE)
+
+    async def save(request: Request) -> Response:
+        path = await run_in_threadpool(viewer.save)
+        return JSONResponse({"path": str(path), "name": path.name}, headers=_NO_STORE)
+
+    async def export(request: Request) -> Response:
+        fmt = request.query_params.get("format", "")
+        data, filename = await run_in_threadpool(viewer.export, fmt)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"', **_NO_STORE})
+
+    async def export_formats(request: Request) -> Response:
+        return JSONResponse({"formats": viewer.export_formats()}, headers=_NO_STORE)
+
+    return [
+        Route("/", index),
+        Route("/static/{path:path}", static),
+        Route("/files/{path:path}", result_file),
+        Route("/api/video", video),
+        Route("/api/state", state),
+        Route("/api/frames/{index}.jpg", frame),
+        Route("/api/idmaps/{index}.png", id_map),
+        Route("/api/thumbs/{entity}.png", thumb),
+        Route("/api/exports", export_formats),
+        Route("/api/edits", mutating(edit), methods=["POST"]),
+        Route("/api/undo", mutating(undo), methods=["POST"]),
+        Route("/api/redo", mutating(redo), methods=["POST"]),
+        Route("/api/save", mutating(save), methods=["POST"]),
+        Route("/api/export", mutating(export), methods=["POST"]),
+    ]

@@ -1,0 +1,295 @@
+"""`entitysam view`: the review web app (Starlette on uvicorn) over one result folder.
+
+Routes (all under one per-run token for what changes anything):
+
+    GET  /                      the player (static/index.html)
+    GET  /static/<file>         the package's static files (plain JS/CSS, no build step)
+    GET  /files/<path>          any file inside the result folder (overlay.mp4, panoptic PNGs, ...)
+    GET  /api/video             size, fps, frame names, whether the source frames can be read
+    GET  /api/state             entities (colour, label, score, frames, area, presence), the id lookup,
+                                the edit log, undo/redo availability; `version` counts the edits
+    GET  /api/frames/<i>.jpg    source frame i as JPEG (404 when the source is gone: the client
+                                paints a neutral background)
+    GET  /api/idmaps/<i>.png    the ORIGINAL id map of frame i (RGB PNG); the client maps its ids
+                                through the lookup of /api/state, so edits never invalidate these
+    GET  /api/thumbs/<id>.png   a crop around the entity in its largest frame
+    POST /api/edits             one edit op (JSON: {"op": "hide"|"show"|"delete"|"merge"|"split"|"label", ...})
+    POST /api/undo, /api/redo   the edit session's undo / redo
+    POST /api/save              save_revision(session): a new revision folder, its path is returned
+    POST /api/export?format=F   the exporter's output, downloaded (a folder comes zipped)
+
+POST requests need the token (header ``X-EntitySAM-Token`` or query ``token``): 403 otherwise.
+Frames and id maps are immutable for a run and served with long cache headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import EntitySAMError
+from ..io.overlay import entity_color
+from .images import jpeg_bytes, scale_to_width, thumbnail_png
+from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
+
+__all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "ViewerError", "Viewer", "create_app", "serve"]
+
+_JPEG_CACHE = 256  # encoded source frames kept (a 1080p JPEG is ~200-400 kB)
+
+
+class ViewerError(EntitySAMError):
+    """The viewer cannot start (missing web dependencies, a result folder it cannot open)."""
+
+
+class _LRU:
+    """A small thread-safe least-recently-used cache of encoded images."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_make(self, key, make: Callable[[], Any]):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = make()  # outside the lock: encoding a frame must not block the other requests
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return value
+
+
+def _json_ready(value):
+    """Numpy scalars / arrays / tuples / Paths in edit ops and entities -> plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+class Viewer:
+    """The state behind the web app: the result folder, the edit session, the image caches.
+
+    All edits go through one lock (the server runs sync handlers on a thread pool)."""
+
+    def __init__(self, result_dir: str | Path, token: str | None = None):
+        from .edits import EditSession
+        from .result import ResultFolder
+
+        self.root = Path(result_dir).resolve()
+        self.result = ResultFolder.open(self.root)
+        self.session = EditSession(self.result)
+        self.token = token or secrets.token_urlsafe(24)
+        self.version = 0  # edits applied, undone or redone: the client re-fetches the state on change
+        self.lock = threading.RLock()
+        self._jpegs = _LRU(_JPEG_CACHE)
+        self._thumbs = _LRU(512)
+        self._presence_cache: tuple[int, dict] | None = None
+
+    # --- what the client reads -------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        return self.result.num_frames
+
+    def video_info(self) -> dict:
+        height, width = self.result.size
+        return {"name": self.result.name, "width": width, "height": height, "fps": self.result.fps,
+                "num_frames": self.num_frames, "frame_names": [str(f["name"]) for f in self.result.frames],
+                "has_source": self.frame_jpeg(0) is not None}
+
+    def state(self) -> dict:
+        """What the client shows of the current edit (see the module docstring)."""
+        with self.lock:
+            presence = self._presence()
+            entities = [entity_record(e, presence.get(e.id, {}), self._thumb_key(e.id, presence.get(e.id, {})))
+                        for e in self.session.entities]
+            return _json_ready({"version": self.version, "entities": entities,
+                                "lookup": self.session.lookup_segments(), "ops": list(self.session.ops),
+                                "can_undo": self.session.can_undo, "can_redo": self.session.can_redo})
+
+    def _presence(self) -> dict[int, dict[int, int]]:
+        """current id -> {frame: area} of the current edit (from panoptic.json's areas: no PNG is read)."""
+        cached = self._presence_cache
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        out: dict[int, dict[int, int]] = {}
+        for t, areas in enumerate(self.result.frame_areas):
+            lookup = self.session.id_lookup(t)
+            for original, area in areas.items():
+                current = int(lookup[original]) if original < len(lookup) else original
+                if current:
+                    frames = out.setdefault(current, {})
+                    frames[t] = frames.get(t, 0) + area
+        self._presence_cache = (self.version, out)
+        return out
+
+    def frame_jpeg(self, index: int, width: int | None = None) -> bytes | None:
+        """Source frame `index` as JPEG, None when the source cannot be read any more. width:
+        scaled down to this many columns (the player asks for what its screen shows: decoding
+        a smaller JPEG is what makes scrubbing fast); None or >= the frame's width: full size."""
+        if width is not None and width >= self.result.size[1]:
+            width = None
+
+        def make():
+            image = self.result.source_frame(index)
+            if image is None:
+                return None
+            return jpeg_bytes(image if width is None else scale_to_width(image, width))
+        return self._jpegs.get_or_make((index, width), make)
+
+    def id_png(self, index: int) -> bytes:
+        """The ORIGINAL id map of frame `index` as RGB PNG: the stored file itself (already compressed)."""
+        return self.result.png_path(index).read_bytes()
+
+    def _thumb_key(self, entity_id: int, frames: dict[int, int]) -> str | None:
+        """What an entity's thumbnail shows: its largest frame and the original ids it is made of
+        there (a short hash). Unchanged by edits of other entities, so the browser's copy and the
+        server's cache stay valid; the client puts it in the thumbnail's URL."""
+        if not frames:
+            return None
+        frame = max(frames, key=lambda t: (frames[t], -t))
+        lookup = self.session.id_lookup(frame)
+        originals = sorted(o for o in self.result.frame_areas[frame] if o < len(lookup) and lookup[o] == entity_id)
+        digest = hashlib.sha1(repr((entity_id, originals)).encode()).hexdigest()[:10]
+        return f"{frame}-{digest}"
+
+    def thumbnail(self, entity_id: int) -> bytes | None:
+        """A PNG crop of entity `entity_id` (current edit) in the frame where it is largest; None
+        when there is no such entity now."""
+        with self.lock:
+            frames = self._presence().get(entity_id)
+            if not frames or not any(e.id == entity_id for e in self.session.entities):
+                return None
+            key = self._thumb_key(entity_id, frames)
+            frame = int(key.split("-")[0])
+            id_map = self.session.id_map(frame)  # under the lock: the session may change after it
+        return self._thumbs.get_or_make(key, lambda: thumbnail_png(id_map, entity_id, self.result.source_frame(frame)))
+
+    # --- what the client changes -----------------------------------------------------------
+    def apply(self, op: dict) -> dict:
+        with self.lock:
+            self.session.apply(op)
+            self.version += 1
+        return self.state()
+
+    def undo(self) -> dict:
+        with self.lock:
+            if self.session.undo() is not None:
+                self.version += 1
+        return self.state()
+
+    def redo(self) -> dict:
+        with self.lock:
+            if self.session.redo() is not None:
+                self.version += 1
+        return self.state()
+
+    def save(self) -> Path:
+        from .revision import save_revision
+
+        with self.lock:
+            return Path(save_revision(self.session))
+
+    def export_formats(self) -> list[str]:
+        """The formats the review engineer's exporters offer (entitysam.review.export)."""
+        from .export import FORMATS
+
+        return list(FORMATS)
+
+    def export(self, fmt: str) -> tuple[bytes, str]:
+        """The current edit exported as `fmt` (the review exporters' one-download form): (bytes,
+        file name); MOTS comes as a zip. An unknown format raises before anything is written."""
+        from .export import export_bytes
+
+        with self.lock:  # the session must not change while the exporter reads it
+            return export_bytes(self.session, fmt)
+
+    def check_token(self, supplied: str | None) -> bool:
+        return supplied is not None and hmac.compare_digest(supplied.encode(), self.token.encode())
+
+
+def entity_record(entity, frames: dict[int, int], thumb_key: str | None) -> dict:
+    """One row of the entity list: the EntityInfo fields, its colour (as in overlay.mp4), the
+    frames where it is present (the timeline) and its thumbnail's key. frames: {frame: area}."""
+    record = entity.to_dict()
+    record["color"] = list(entity_color(entity.id))
+    record["presence"] = sorted(frames)
+    record["thumb"] = thumb_key
+    return record
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str) -> list[str] | None:
+    """The Host headers to answer when listening on `host`: the loopback names for a loopback
+    address (a web page that points its own domain at 127.0.0.1, DNS rebinding, then gets no
+    answer), None (any) for other addresses, where the user chose to be reachable."""
+    return list(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS or host.startswith("127.") else None
+
+
+def create_app(viewer: Viewer, hosts: list[str] | None = None):
+    """The Starlette app serving `viewer`; hosts: the Host headers it answers (None: any)."""
+    from .routes import build_routes
+
+    try:
+        from starlette.applications import Starlette
+        from starlette.middleware import Middleware
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+    except ImportError as err:  # pragma: no cover - the [viewer] extra is missing
+        raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
+    middleware = [] if hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
+    app = Starlette(routes=build_routes(viewer), middleware=middleware)
+    app.state.viewer = viewer
+    return app
+
+
+def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, open_browser: bool = False,
+          say: Callable[[str], None] = print, token: str | None = None) -> None:
+    """Open `result_dir`, bind host:port (0: a free port) and serve until interrupted.
+
+    The URL printed (and opened with `open_browser`) carries the run's token."""
+    import socket
+
+    try:
+        import uvicorn
+    except ImportError as err:
+        raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
+    viewer = Viewer(result_dir, token=token)
+    app = create_app(viewer, hosts=allowed_hosts(host))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ViewerError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    bound_port = sock.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{bound_port}/?token={viewer.token}"
+    say(f"entitysam view: {viewer.root} at {url}")
+    say("(Ctrl-C stops the server)")
+    if open_browser:
+        import webbrowser
+
+        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

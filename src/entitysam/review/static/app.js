@@ -1,0 +1,530 @@
+// entitysam view: the player and editor (plain JS, no build step, no network beyond this server).
+//
+// Frames come as JPEG (/api/frames/<i>.jpg) and the ORIGINAL id maps as RGB PNG
+// (/api/idmaps/<i>.png, id = R + 256 G + 65536 B); the current edit is applied here through the
+// id lookup of /api/state (original id -> current id, per frame range after a split), so an edit
+// never invalidates the cached frames. Edits are POSTed with the run's token and answered with the
+// new state.
+"use strict";
+
+const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const NEUTRAL = "#6b6b6b";      // the background when the source frame is gone
+const PREFETCH_AHEAD = 24;      // frames fetched and decoded ahead of the one shown
+const PREFETCH_BEHIND = 4;
+const DECODED_BYTES = 640e6;    // decoded frames kept: ids (2 bytes a pixel) + bitmap (4), ~80 at 1080p
+const FETCH_PARALLEL = 4;
+const DECODE_AHEAD = 6;         // of those, decoded ahead (in the workers)
+const COMPRESSED_FRAMES = 600;  // fetched frames kept compressed (a 1080p frame: ~0.1-0.4 MB)
+
+const $ = (id) => document.getElementById(id);
+const viewer = {
+  info: null, state: null, frame: 0, playing: false, selected: new Set(), hovered: 0,
+  opacity: 0.5, contours: true, showIds: false, rendered: -1, renderCount: 0,
+};
+window.viewer = viewer;  // for the browser tests and the console
+
+// ---- colours: the same formula as entitysam.io.overlay.entity_color (overlay.mp4) ----------
+function hsvToRgb(h, s, v) {
+  const i = Math.floor(h * 6), f = h * 6 - i, p = v * (1 - s), q = v * (1 - s * f), t = v * (1 - s * (1 - f));
+  const [r, g, b] = [[v, t, p], [q, v, p], [p, v, t], [p, q, v], [t, p, v], [v, p, q]][i % 6];
+  return [Math.round(r * 255), Math.round(g * 255), Math.round(b * 255)];
+}
+function entityColor(id) {
+  const h = (id * 0.6180339887498949 + 0.11) % 1.0;
+  return hsvToRgb(h, id % 2 ? 0.85 : 0.65, Math.floor(id / 2) % 2 === 0 ? 1.0 : 0.8);
+}
+const cssColor = (rgb) => `rgb(${rgb[0]},${rgb[1]},${rgb[2]})`;
+
+// ---- server --------------------------------------------------------------------------------
+function setStatus(text, isError = false) {
+  const el = $("status");
+  el.textContent = text;
+  el.className = isError ? "error" : "";
+}
+async function getJSON(url) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`${url}: ${res.status}`);
+  return res.json();
+}
+async function post(url, body) {
+  const res = await fetch(url, {
+    method: "POST", headers: {"X-EntitySAM-Token": TOKEN, "Content-Type": "application/json"},
+    body: body === undefined ? "{}" : JSON.stringify(body),
+  });
+  if (!res.ok) {
+    let message = `${res.status}`;
+    try { message = (await res.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return res;
+}
+
+// ---- frames: fetched blobs (compressed) and decoded frames, both cached --------------------
+const blobs = new Map();     // frame -> Promise<{jpeg: Blob|null, png: Blob}>
+const decoded = new Map();   // frame -> Promise<{bitmap: ImageBitmap|null, ids: Uint32Array, maxId}> (LRU order)
+let fetching = 0;
+const fetchQueue = [];  // [{frame, run}]: the frame nearest ahead of the one shown goes first
+
+function nextFetch() {
+  let best = 0, bestCost = Infinity;
+  fetchQueue.forEach((job, k) => {
+    const ahead = job.frame - viewer.frame;
+    const cost = ahead >= 0 ? ahead : PREFETCH_AHEAD - ahead;  // behind: after what is ahead
+    if (cost < bestCost) { bestCost = cost; best = k; }
+  });
+  return fetchQueue.splice(best, 1)[0].run;
+}
+function fetchBlob(url, frame) {
+  return new Promise((resolve, reject) => {
+    const run = async () => {
+      fetching++;
+      try {
+        const res = await fetch(url);
+        resolve(res.ok ? await res.blob() : null);
+      } catch (err) { reject(err); } finally {
+        fetching--;
+        if (fetchQueue.length) nextFetch()();
+      }
+    };
+    if (fetching < FETCH_PARALLEL) run(); else fetchQueue.push({frame, run});
+  });
+}
+function frameBlobs(i) {
+  if (!blobs.has(i)) {
+    const jpeg = viewer.info.has_source === false ? Promise.resolve(null)
+      : fetchBlob(`/api/frames/${i}.jpg?w=${viewer.frameWidth}`, i);
+    blobs.set(i, Promise.all([jpeg, fetchBlob(`/api/idmaps/${i}.png`, i)]).then(([jpeg, png]) => ({jpeg, png})));
+    blobs.get(i).catch(() => blobs.delete(i));
+    for (const old of blobs.keys()) {  // oldest first
+      if (blobs.size <= COMPRESSED_FRAMES) break;
+      if (Math.abs(old - i) > PREFETCH_AHEAD) blobs.delete(old);
+    }
+  }
+  return blobs.get(i);
+}
+// id maps decode in Web Workers (idmaps.js), off this thread; without workers, here. One job per
+// worker at a time, the waiting job nearest ahead of the frame shown first: while the scrubber
+// moves, the frame asked for last does not wait behind frames the drag has passed.
+const DECODERS = typeof Worker !== "undefined" && typeof OffscreenCanvas !== "undefined" ?
+  Array.from({length: Math.min(2, navigator.hardwareConcurrency || 1)}, () => new Worker("/static/idmaps.js")) : [];
+const decodeQueue = [];  // [{frame, png, resolve, reject}]
+const idle = [...DECODERS];
+function pumpDecoders() {
+  while (idle.length && decodeQueue.length) {
+    let best = 0, bestCost = Infinity;
+    decodeQueue.forEach((job, k) => {
+      const ahead = job.frame - viewer.frame, cost = ahead >= 0 ? ahead : PREFETCH_AHEAD - ahead;
+      if (cost < bestCost) { bestCost = cost; best = k; }
+    });
+    const job = decodeQueue.splice(best, 1)[0], worker = idle.pop();
+    worker.onmessage = (ev) => {
+      const {error, ...frame} = ev.data;
+      idle.push(worker);
+      if (error) job.reject(new Error(error)); else job.resolve(frame);
+      pumpDecoders();
+    };
+    worker.postMessage({job: job.frame, png: job.png, width: viewer.info.width, height: viewer.info.height});
+  }
+}
+function decodeIds(png, frame) {
+  if (!DECODERS.length) return decodeIdPng(png, viewer.info.width, viewer.info.height);
+  return new Promise((resolve, reject) => { decodeQueue.push({frame, png, resolve, reject}); pumpDecoders(); });
+}
+function decodedFrame(i) {
+  if (decoded.has(i)) {
+    const hit = decoded.get(i);
+    decoded.delete(i); decoded.set(i, hit);  // most recently used last
+    return hit;
+  }
+  const made = frameBlobs(i).then(async ({jpeg, png}) => {
+    if (!png) throw new Error(`frame ${i}: no id map`);
+    const [bitmap, idMap] = await Promise.all([jpeg ? createImageBitmap(jpeg).catch(() => null) : null,
+                                               decodeIds(png, i)]);
+    return {bitmap, ...idMap};  // ids, maxId, edges
+  });
+  decoded.set(i, made);
+  made.catch(() => decoded.delete(i));
+  while (decoded.size > viewer.decodedFrames) {
+    const [oldest, value] = decoded.entries().next().value;
+    decoded.delete(oldest);
+    value.then((f) => f.bitmap && f.bitmap.close()).catch(() => {});
+  }
+  return made;
+}
+// After opening: fetch every frame (compressed) in the background, one at a time, so that a few
+// seconds later scrubbing anywhere waits for no network and no server-side encoding.
+async function fetchAllInBackground() {
+  const n = Math.min(viewer.info.num_frames, COMPRESSED_FRAMES);
+  for (let i = 0; i < n; i++) await frameBlobs(i).catch(() => null);
+  viewer.fetchedAll = true;
+}
+function prefetchAround(i, decodeAhead = true) {
+  const n = viewer.info.num_frames;
+  for (let k = 1; k <= PREFETCH_AHEAD; k++) if (i + k < n) frameBlobs(i + k);
+  for (let k = 1; k <= PREFETCH_BEHIND; k++) if (i - k >= 0) frameBlobs(i - k);
+  // decode only a few ahead: decoding competes with the frame shown for the CPU
+  if (decodeAhead) for (let k = 1; k <= DECODE_AHEAD; k++) if (i + k < n) decodedFrame(i + k);
+}
+
+// ---- the edit's id lookup ------------------------------------------------------------------
+// state.lookup: [{start, stop, lookup: [current id per original id]}] over frame ranges (a split
+// makes several); 0 = deleted. Ids beyond a lookup (not in panoptic.json) are shown as they are.
+function lookupAt(frame) {
+  for (const seg of viewer.state.lookup) if (seg.start <= frame && frame < seg.stop) return seg.lookup;
+  return [];
+}
+function currentId(orig, frame) {
+  const table = lookupAt(frame);
+  return orig < table.length ? table[orig] : orig;
+}
+function entityById(id) { return viewer.state.byId.get(id); }
+
+// tables indexed by original id: current id, fill colour and contour colour (RGBA packed little endian)
+function frameTables(frame, maxId) {
+  const cur = new Uint32Array(maxId + 1), fill = new Uint32Array(maxId + 1), edge = new Uint32Array(maxId + 1);
+  const base = Math.round(viewer.opacity * 255), table = lookupAt(frame);
+  for (let orig = 1; orig <= maxId; orig++) {
+    const id = orig < table.length ? table[orig] : orig;
+    cur[orig] = id;
+    const ent = id ? entityById(id) : null;
+    if (!ent || ent.hidden) continue;
+    const [r, g, b] = ent.color;
+    const strong = viewer.selected.has(id) || viewer.hovered === id;
+    const alpha = strong ? Math.min(255, base + 90) : base;
+    fill[orig] = (alpha << 24 | b << 16 | g << 8 | r) >>> 0;
+    edge[orig] = (255 << 24 | b << 16 | g << 8 | r) >>> 0;
+  }
+  return {cur, fill, edge};
+}
+
+// ---- drawing -------------------------------------------------------------------------------
+let overlayImage = null;
+function drawOverlay(frame, f) {
+  const {width, height} = viewer.info;
+  const ctx = $("overlay-canvas").getContext("2d");
+  if (!overlayImage) overlayImage = ctx.createImageData(width, height);
+  const out = new Uint32Array(overlayImage.data.buffer);
+  const {cur, fill, edge} = frameTables(frame, f.maxId);
+  const ids = f.ids, n = ids.length;
+  for (let p = 0; p < n; p++) out[p] = fill[ids[p]];
+  if (viewer.contours) {
+    const edges = f.edges, last = n - width;
+    for (let k = 0; k < edges.length; k++) {
+      const p = edges[k], o = ids[p];
+      if (fill[o] === 0) continue;
+      const here = cur[o], x = p % width;
+      if ((x + 1 < width && cur[ids[p + 1]] !== here) || (p < last && cur[ids[p + width]] !== here) ||
+          (x > 0 && cur[ids[p - 1]] !== here) || (p >= width && cur[ids[p - width]] !== here)) out[p] = edge[o];
+    }
+  }
+  ctx.putImageData(overlayImage, 0, 0);
+  if (viewer.showIds) drawIds(ctx, f, cur);
+}
+function drawIds(ctx, f, cur) {
+  const {width} = viewer.info;
+  const sums = new Map();  // current id -> [sum x, sum y, count]
+  for (let p = 0; p < f.ids.length; p += 3) {  // every third pixel is plenty for a centroid
+    const id = cur[f.ids[p]];
+    if (!id) continue;
+    let s = sums.get(id);
+    if (!s) sums.set(id, s = [0, 0, 0]);
+    s[0] += p % width; s[1] += Math.floor(p / width); s[2]++;
+  }
+  const size = Math.max(12, Math.round(viewer.info.height / 40));
+  ctx.font = `bold ${size}px sans-serif`;
+  ctx.textAlign = "center"; ctx.textBaseline = "middle"; ctx.lineWidth = Math.max(2, size / 6);
+  for (const [id, [sx, sy, n]] of sums) {
+    const ent = entityById(id);
+    if (!ent || ent.hidden) continue;
+    const x = sx / n, y = sy / n, text = ent.label ? `${id} ${ent.label}` : `${id}`;
+    ctx.strokeStyle = "black"; ctx.strokeText(text, x, y);
+    ctx.fillStyle = "white"; ctx.fillText(text, x, y);
+  }
+}
+function drawFrame(f) {
+  const canvas = $("frame-canvas"), ctx = canvas.getContext("2d");
+  if (f.bitmap) ctx.drawImage(f.bitmap, 0, 0, canvas.width, canvas.height);
+  else { ctx.fillStyle = NEUTRAL; ctx.fillRect(0, 0, canvas.width, canvas.height); }
+}
+
+let current = null;  // the decoded frame on screen
+async function render(i) {
+  const f = await decodedFrame(i);
+  drawFrame(f);
+  drawOverlay(i, f);
+  current = f;
+  viewer.rendered = i;
+  viewer.renderCount++;
+}
+function redraw() { if (current) drawOverlay(viewer.frame, current); }
+viewer.redrawNow = redraw;
+viewer.dropDecoded = () => decoded.clear();  // benchmarks: scrub with the compressed frames cached only
+
+// showFrame: scrubbing calls it for every input event; renders are coalesced to the latest request
+let pending = null, rendering = null;
+function showFrame(i, scrubbing = false) {
+  const n = viewer.info.num_frames;
+  i = Math.max(0, Math.min(n - 1, i | 0));
+  viewer.frame = i;
+  $("scrubber").value = i;
+  $("frame-label").textContent = `${i + 1} / ${n}`;
+  updateTimelineCursor();
+  prefetchAround(i, !scrubbing);  // a drag skips frames: decoding ahead would be wasted
+  pending = i;
+  if (!rendering) rendering = (async () => {
+    try {
+      while (pending !== null) { const next = pending; pending = null; await render(next); }
+    } catch (err) { setStatus(String(err.message || err), true); } finally { rendering = null; }
+  })();
+  return rendering;
+}
+viewer.showFrame = showFrame;
+
+// ---- play ----------------------------------------------------------------------------------
+async function play() {
+  viewer.playing = true;
+  $("play").textContent = "Pause";
+  const period = 1000 / (viewer.info.fps || 25);
+  while (viewer.playing) {
+    const started = performance.now();
+    if (viewer.frame >= viewer.info.num_frames - 1) { pause(); break; }
+    await showFrame(viewer.frame + 1);
+    const wait = period - (performance.now() - started);
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+}
+function pause() { viewer.playing = false; $("play").textContent = "Play"; }
+function togglePlay() {
+  if (viewer.playing) pause();
+  else { if (viewer.frame >= viewer.info.num_frames - 1) showFrame(0); play(); }
+}
+viewer.play = play; viewer.pause = pause;
+
+// ---- entity list and timeline --------------------------------------------------------------
+function applyState(state) {
+  state.byId = new Map(state.entities.map((e) => [e.id, e]));
+  viewer.state = state;
+  for (const id of [...viewer.selected]) if (!state.byId.has(id)) viewer.selected.delete(id);
+  $("undo").disabled = !state.can_undo;
+  $("redo").disabled = !state.can_redo;
+  buildList();
+  buildTimeline();
+  updateSelection();
+  redraw();
+}
+function fmtScore(s) { return typeof s === "number" ? s.toFixed(2) : ""; }
+function buildList() {
+  const body = document.querySelector("#entities tbody");
+  body.textContent = "";
+  for (const e of viewer.state.entities) {
+    const tr = document.createElement("tr");
+    tr.className = "entity" + (e.hidden ? " hidden" : "");
+    tr.dataset.id = e.id;
+    const frames = e.first_frame === null ? "" : `${e.first_frame}\u2013${e.last_frame}`;
+    tr.innerHTML = `<td><span class="swatch"></span></td><td class="num">${e.id}</td>` +
+      `<td><img alt="" loading="lazy"></td><td class="label"></td><td class="num">${fmtScore(e.score)}</td>` +
+      `<td class="num">${frames}</td><td class="num">${e.area ?? ""}</td>`;
+    tr.querySelector(".swatch").style.background = cssColor(e.color);
+    if (e.thumb) tr.querySelector("img").src = `/api/thumbs/${e.id}.png?k=${e.thumb}`;
+    tr.querySelector(".label").textContent = (e.hidden ? "(hidden) " : "") + (e.label || "");
+    tr.addEventListener("click", (ev) => { selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey); });
+    tr.addEventListener("mouseenter", () => setHovered(e.id));
+    tr.addEventListener("mouseleave", () => setHovered(0));
+    body.appendChild(tr);
+  }
+}
+function buildTimeline() {
+  const box = $("timeline");
+  box.textContent = "";
+  const n = viewer.info.num_frames;
+  for (const e of viewer.state.entities) {
+    const row = document.createElement("div");
+    row.className = "tl-row";
+    row.dataset.id = e.id;
+    const label = document.createElement("span");
+    label.className = "tl-id"; label.textContent = e.id;
+    const strip = document.createElement("canvas");
+    strip.width = Math.max(n, 1); strip.height = 1;
+    const ctx = strip.getContext("2d");
+    ctx.fillStyle = cssColor(e.color);
+    for (const f of e.presence) ctx.fillRect(f, 0, 1, 1);
+    row.append(label, strip);
+    row.addEventListener("click", (ev) => {
+      const rect = strip.getBoundingClientRect();
+      if (ev.target === strip) showFrame(Math.floor((ev.clientX - rect.left) / rect.width * n));
+      selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey);
+    });
+    row.addEventListener("mouseenter", () => setHovered(e.id));
+    row.addEventListener("mouseleave", () => setHovered(0));
+    box.appendChild(row);
+  }
+  const cursor = document.createElement("div");
+  cursor.id = "tl-cursor";
+  box.appendChild(cursor);
+  updateTimelineCursor();
+}
+function updateTimelineCursor() {
+  const cursor = $("tl-cursor"), strip = document.querySelector(".tl-row canvas");
+  if (!cursor || !strip || !viewer.info) return;
+  const box = $("timeline").getBoundingClientRect(), rect = strip.getBoundingClientRect();
+  const x = rect.left - box.left + (viewer.frame + 0.5) / viewer.info.num_frames * rect.width;
+  cursor.style.cssText = `position:absolute;pointer-events:none;width:1px;background:#fff;top:0;` +
+    `height:${$("timeline").scrollHeight}px;left:${x}px`;
+}
+function selectEntity(id, add) {
+  if (!add) { viewer.selected.clear(); viewer.selected.add(id); }
+  else if (viewer.selected.has(id)) viewer.selected.delete(id);
+  else viewer.selected.add(id);
+  updateSelection();
+  redraw();
+}
+viewer.selectEntity = selectEntity;
+function setHovered(id) {
+  if (viewer.hovered === id) return;
+  viewer.hovered = id;
+  for (const el of document.querySelectorAll(".entity, .tl-row")) el.classList.toggle("hovered", +el.dataset.id === id);
+  redraw();
+}
+function updateSelection() {
+  for (const el of document.querySelectorAll(".entity, .tl-row")) {
+    el.classList.toggle("selected", viewer.selected.has(+el.dataset.id));
+  }
+  const row = document.querySelector(`tr.entity.selected`);
+  if (row) row.scrollIntoView({block: "nearest"});
+  const n = viewer.selected.size;
+  $("merge").disabled = n < 2;
+  $("split").disabled = n !== 1;
+  for (const b of ["hide", "delete", "label"]) $(b).disabled = n === 0;
+}
+
+// ---- the image: hover and click select entities --------------------------------------------
+function idAtEvent(ev) {
+  if (!current) return 0;
+  const canvas = $("overlay-canvas"), rect = canvas.getBoundingClientRect();
+  const x = Math.floor((ev.clientX - rect.left) / rect.width * viewer.info.width);
+  const y = Math.floor((ev.clientY - rect.top) / rect.height * viewer.info.height);
+  if (x < 0 || y < 0 || x >= viewer.info.width || y >= viewer.info.height) return 0;
+  return currentId(current.ids[y * viewer.info.width + x], viewer.frame);
+}
+viewer.idAt = (x, y) => current ? currentId(current.ids[y * viewer.info.width + x], viewer.frame) : 0;
+
+// ---- edits ---------------------------------------------------------------------------------
+async function edit(op) {
+  try {
+    const res = await post("/api/edits", op);
+    applyState(await res.json());
+    setStatus(`${op.op} done`);
+  } catch (err) { setStatus(`${op.op}: ${err.message}`, true); }
+}
+viewer.edit = edit;
+async function undoRedo(which) {
+  try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
+  catch (err) { setStatus(`${which}: ${err.message}`, true); }
+}
+const selectedIds = () => [...viewer.selected];
+function hideSelected() {
+  const ids = selectedIds();
+  const allHidden = ids.every((id) => entityById(id)?.hidden);
+  return edit({op: allHidden ? "show" : "hide", ids});
+}
+async function save() {
+  try {
+    const res = await (await post("/api/save")).json();
+    setStatus(`saved ${res.name}`);
+    viewer.lastSave = res;
+  } catch (err) { setStatus(`save: ${err.message}`, true); }
+}
+async function exportResult() {
+  const fmt = $("export-format").value;
+  try {
+    const res = await post(`/api/export?format=${encodeURIComponent(fmt)}`);
+    const name = (res.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/)?.[1] || `export-${fmt}`;
+    const url = URL.createObjectURL(await res.blob());
+    const a = document.createElement("a");
+    a.href = url; a.download = name; document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    setStatus(`exported ${name}`);
+  } catch (err) { setStatus(`export: ${err.message}`, true); }
+}
+
+// ---- wiring --------------------------------------------------------------------------------
+function wire() {
+  $("play").onclick = togglePlay;
+  $("prev").onclick = () => { pause(); showFrame(viewer.frame - 1); };
+  $("next").onclick = () => { pause(); showFrame(viewer.frame + 1); };
+  $("scrubber").addEventListener("input", (ev) => { pause(); showFrame(+ev.target.value, true); });
+  $("opacity").addEventListener("input", (ev) => { viewer.opacity = ev.target.value / 100; redraw(); });
+  $("contours").addEventListener("change", (ev) => { viewer.contours = ev.target.checked; redraw(); });
+  $("ids").addEventListener("change", (ev) => { viewer.showIds = ev.target.checked; redraw(); });
+  const overlay = $("overlay-canvas");
+  overlay.addEventListener("mousemove", (ev) => {
+    const id = idAtEvent(ev);
+    setHovered(id);
+    const ent = id ? entityById(id) : null;
+    $("hover-label").textContent = ent ? `entity ${id}${ent.label ? " \u00b7 " + ent.label : ""}` : "";
+  });
+  overlay.addEventListener("mouseleave", () => setHovered(0));
+  overlay.addEventListener("click", (ev) => {
+    const id = idAtEvent(ev);
+    if (id) selectEntity(id, ev.shiftKey || ev.ctrlKey || ev.metaKey);
+  });
+  $("undo").onclick = () => undoRedo("undo");
+  $("redo").onclick = () => undoRedo("redo");
+  $("save").onclick = save;
+  $("export").onclick = exportResult;
+  $("hide").onclick = hideSelected;
+  $("delete").onclick = () => edit({op: "delete", ids: selectedIds()});
+  $("merge").onclick = () => { const ids = selectedIds(); return edit({op: "merge", ids, into: ids[0]}); };
+  $("split").onclick = () => edit({op: "split", id: selectedIds()[0], frame: viewer.frame});
+  $("label").onclick = async () => {
+    for (const id of selectedIds()) await edit({op: "label", id, text: $("label-text").value});
+  };
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.tagName === "INPUT" && ev.target.type === "text") return;
+    if (ev.key === "ArrowRight") { ev.preventDefault(); pause(); showFrame(viewer.frame + 1); }
+    else if (ev.key === "ArrowLeft") { ev.preventDefault(); pause(); showFrame(viewer.frame - 1); }
+    else if (ev.key === " ") { ev.preventDefault(); togglePlay(); }
+    else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { ev.preventDefault(); undoRedo(ev.shiftKey ? "redo" : "undo"); }
+    else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "y") { ev.preventDefault(); undoRedo("redo"); }
+  });
+  window.addEventListener("resize", () => { fitStage(); updateTimelineCursor(); });
+}
+// the canvases keep the video's resolution; CSS scales them to the largest size that fits
+function fitStage() {
+  if (!viewer.info) return;
+  const box = $("stage").getBoundingClientRect();
+  const scale = Math.min(box.width / viewer.info.width, box.height / viewer.info.height);
+  for (const id of ["frame-canvas", "overlay-canvas"]) {
+    $(id).style.width = `${Math.floor(viewer.info.width * scale)}px`;
+    $(id).style.height = `${Math.floor(viewer.info.height * scale)}px`;
+  }
+}
+
+async function start() {
+  wire();
+  const [info, state, exports] = await Promise.all([getJSON("/api/video"), getJSON("/api/state"),
+                                                    getJSON("/api/exports").catch(() => ({formats: []}))]);
+  viewer.info = info;
+  document.title = `${info.name} - entitysam view`;
+  $("title").textContent = `${info.name}  ${info.width}\u00d7${info.height}, ${info.num_frames} frames @ ${info.fps} fps`;
+  // Frames come at the width the screen shows (rounded up to 320 columns, at most the video's):
+  // smaller JPEGs decode faster. The overlay keeps the id maps' full resolution; CSS gives both
+  // canvases the same size on screen.
+  const shown = $("stage").getBoundingClientRect().width * (window.devicePixelRatio || 1);
+  viewer.frameWidth = Math.min(info.width, Math.max(320, Math.ceil(shown / 320) * 320));
+  $("frame-canvas").width = viewer.frameWidth;
+  $("frame-canvas").height = Math.max(1, Math.round(info.height * viewer.frameWidth / info.width));
+  $("overlay-canvas").width = info.width; $("overlay-canvas").height = info.height;
+  const frameBytes = 2 * info.width * info.height + 4 * $("frame-canvas").width * $("frame-canvas").height;
+  viewer.decodedFrames = Math.max(8, Math.min(COMPRESSED_FRAMES, Math.floor(DECODED_BYTES / frameBytes)));
+  $("scrubber").max = info.num_frames - 1;
+  fitStage();
+  for (const fmt of exports.formats) $("export-format").add(new Option(fmt, fmt));
+  $("export").disabled = exports.formats.length === 0;
+  if (!TOKEN) setStatus("no token in the URL: viewing only (edits need the URL printed by entitysam view)", true);
+  applyState(state);
+  await showFrame(0);
+  viewer.ready = true;
+  fetchAllInBackground();
+}
+start().catch((err) => setStatus(`cannot start: ${err.message || err}`, true));

@@ -1,0 +1,410 @@
+"""The HTTP API of `entitysam view` (entitysam.review.server / routes), with Starlette's TestClient:
+every endpoint, the token of mutating requests, path traversal through URLs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
+pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from _review_result import BIG_ID, FPS, H, N, W, id_maps, make_result  # noqa: E402
+from entitysam.io.idpng import decode_ids  # noqa: E402
+from entitysam.review import EditSession, ResultFolder  # noqa: E402
+from entitysam.review.images import jpeg_bytes  # noqa: E402
+from entitysam.review.server import TOKEN_HEADER, Viewer, create_app  # noqa: E402
+
+TOKEN = "test-token"
+AUTH = {TOKEN_HEADER: TOKEN}
+
+
+@pytest.fixture()
+def result(tmp_path):
+    return make_result(tmp_path)
+
+
+@pytest.fixture()
+def client(result):
+    viewer = Viewer(result, token=TOKEN)
+    with TestClient(create_app(viewer)) as c:
+        c.viewer = viewer
+        yield c
+
+
+def png_ids(content: bytes) -> np.ndarray:
+    return decode_ids(np.asarray(Image.open(io.BytesIO(content)).convert("RGB")))
+
+
+# ---- reading -------------------------------------------------------------------------------
+def test_index_and_static_files(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert '<script src="/static/app.js">' in page.text
+    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+        res = client.get(f"/static/{name}")
+        assert res.status_code == 200 and res.headers["content-type"].startswith(kind)
+    assert "cdn" not in page.text.lower() and "http" not in client.get("/static/app.js").text.split("//")[0]
+
+
+def test_video_info(client):
+    info = client.get("/api/video").json()
+    assert info == {"name": "clip", "width": W, "height": H, "fps": FPS, "num_frames": N,
+                    "frame_names": [f"f{t:03d}" for t in range(N)], "has_source": True}
+
+
+def test_state_lists_every_entity_with_colour_presence_and_lookup(client):
+    state = client.get("/api/state").json()
+    assert state["version"] == 0 and state["ops"] == [] and not state["can_undo"] and not state["can_redo"]
+    by_id = {e["id"]: e for e in state["entities"]}
+    assert sorted(by_id) == [1, 2, 3, BIG_ID]
+    assert by_id[3]["presence"] == list(range(2, N)) and by_id[3]["first_frame"] == 2
+    assert by_id[BIG_ID]["presence"] == list(range(0, 6)) and by_id[BIG_ID]["last_frame"] == 5
+    assert by_id[1]["score"] == pytest.approx(0.9) and by_id[1]["area"] == sum(int((m == 1).sum()) for m in id_maps())
+    from entitysam.io.overlay import entity_color
+    assert by_id[2]["color"] == list(entity_color(2))
+    [segment] = state["lookup"]
+    assert (segment["start"], segment["stop"]) == (0, N) and segment["lookup"][BIG_ID] == BIG_ID
+
+
+def test_frames_are_jpeg_with_cache_headers(client, result):
+    res = client.get("/api/frames/3.jpg")
+    assert res.status_code == 200 and res.headers["content-type"] == "image/jpeg"
+    assert "immutable" in res.headers["cache-control"] and "max-age=31536000" in res.headers["cache-control"]
+    image = np.asarray(Image.open(io.BytesIO(res.content)))
+    source = ResultFolder.open(result).source_frame(3)
+    assert image.shape == (H, W, 3)
+    np.testing.assert_array_equal(image, np.asarray(Image.open(io.BytesIO(jpeg_bytes(source)))))
+    for bad in ("/api/frames/8.jpg", "/api/frames/-1.jpg", "/api/frames/x.jpg", "/api/frames/1e3.jpg"):
+        assert client.get(bad).status_code == 404, bad
+
+
+def test_frames_scaled_to_the_width_asked(client):
+    res = client.get("/api/frames/3.jpg?w=16")
+    assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
+    assert Image.open(io.BytesIO(res.content)).size == (16, 12)
+    for wide in (W, 4 * W):  # never above the frame's own size
+        assert Image.open(io.BytesIO(client.get(f"/api/frames/3.jpg?w={wide}").content)).size == (W, H)
+    for bad in ("0", "-5", "x", "1.5", ""):
+        assert client.get(f"/api/frames/3.jpg?w={bad}").status_code == 400, bad
+
+
+def test_missing_source_gives_404_frames_and_has_source_false(tmp_path):
+    result = make_result(tmp_path, with_input=False)
+    with TestClient(create_app(Viewer(result, token=TOKEN))) as c:
+        assert c.get("/api/video").json()["has_source"] is False
+        res = c.get("/api/frames/0.jpg")
+        assert res.status_code == 404 and "source" in res.json()["error"]
+        assert c.get("/api/idmaps/0.png").status_code == 200  # the id maps are all the player needs
+        assert c.get("/api/thumbs/2.png").status_code == 200  # a thumbnail in the entity's colour
+
+
+def test_id_maps_are_the_original_pngs(client, result):
+    for t, expected in enumerate(id_maps()):
+        res = client.get(f"/api/idmaps/{t}.png")
+        assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+        assert "immutable" in res.headers["cache-control"]
+        np.testing.assert_array_equal(png_ids(res.content), expected)
+    assert client.get(f"/api/idmaps/{N}.png").status_code == 404
+    # an edit does not change them: the client applies the lookup
+    client.post("/api/edits", json={"op": "delete", "ids": [2]}, headers=AUTH)
+    np.testing.assert_array_equal(png_ids(client.get("/api/idmaps/0.png").content), id_maps()[0])
+
+
+def test_thumbnails(client):
+    res = client.get("/api/thumbs/2.png?v=0")
+    assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+    thumb = Image.open(io.BytesIO(res.content))
+    assert max(thumb.size) <= 64
+    for bad in ("/api/thumbs/99.png", "/api/thumbs/abc.png", "/api/thumbs/0.png"):
+        assert client.get(bad).status_code == 404
+    client.post("/api/edits", json={"op": "delete", "ids": [2]}, headers=AUTH)
+    assert client.get("/api/thumbs/2.png?v=1").status_code == 404  # gone with the edit
+
+
+def test_thumbnail_keys_change_only_with_what_the_thumbnail_shows(client):
+    def keys():
+        return {e["id"]: e["thumb"] for e in client.get("/api/state").json()["entities"]}
+
+    before = keys()
+    assert all(before.values()) and len(set(before.values())) == len(before)
+    client.post("/api/edits", json={"op": "delete", "ids": [BIG_ID]}, headers=AUTH)
+    client.post("/api/edits", json={"op": "label", "id": 2, "text": "x"}, headers=AUTH)
+    after = keys()
+    assert after == {i: k for i, k in before.items() if i != BIG_ID}  # other entities: same picture
+    client.post("/api/edits", json={"op": "merge", "ids": [2, 3], "into": 2}, headers=AUTH)
+    assert keys()[2] != before[2]  # entity 2 is made of more now
+    assert client.get(f"/api/thumbs/2.png?k={keys()[2]}").status_code == 200
+
+
+def test_result_files_are_served(client, result):
+    res = client.get("/files/manifest.json")
+    assert res.status_code == 200 and res.json()["video"] == "clip"
+    assert client.get("/files/panoptic/f000.png").content == (result / "panoptic" / "f000.png").read_bytes()
+
+
+# ---- path traversal ------------------------------------------------------------------------
+TRAVERSALS = [
+    "/files/../secret.txt", "/files/%2e%2e/secret.txt", "/files/%2E%2E%2Fsecret.txt", "/files/..%2fsecret.txt",
+    "/files/panoptic/..%2f..%2fsecret.txt", "/files//etc/passwd", "/files/%2fetc%2fpasswd", "/files/link-out.txt",
+    "/files/dir-out/secret.txt", "/files/..%5csecret.txt", "/files/manifest.json%00.png",
+    "/static/../server.py", "/static/%2e%2e/server.py", "/static/%2e%2e%2fserver.py", "/static/%2fetc%2fpasswd",
+    "/static/..%2f..%2f..%2fsecret.txt",
+]
+
+
+@pytest.mark.parametrize("url", TRAVERSALS)
+def test_path_traversal_is_refused(client, result, url):
+    (result.parent / "secret.txt").write_text("outside")
+    os.symlink(result.parent / "secret.txt", result / "link-out.txt")
+    os.symlink(result.parent, result / "dir-out")
+    res = client.get(url)
+    assert res.status_code in (404, 400), url
+    assert "outside" not in res.text and "import" not in res.text and "root:" not in res.text
+
+
+# ---- the token -----------------------------------------------------------------------------
+MUTATING = [("/api/edits", {"op": "hide", "ids": [1]}), ("/api/undo", None), ("/api/redo", None),
+            ("/api/save", None), ("/api/export?format=ytvis", None)]
+
+
+@pytest.mark.parametrize("url,body", MUTATING)
+def test_mutating_requests_need_the_token(client, result, url, body):
+    for headers in ({}, {TOKEN_HEADER: "wrong"}, {TOKEN_HEADER: ""}):
+        res = client.post(url, json=body, headers=headers)
+        assert res.status_code == 403, (url, headers)
+        assert "token" in res.json()["error"]
+    assert client.post(url + ("&" if "?" in url else "?") + "token=nope", json=body).status_code == 403
+    assert client.viewer.session.ops == [] and sorted(p.name for p in result.parent.iterdir()) == \
+        ["clip", "input-clip"]  # nothing changed, nothing written
+
+
+def test_token_in_the_query_is_accepted(client):
+    res = client.post(f"/api/edits?token={TOKEN}", json={"op": "hide", "ids": [1]})
+    assert res.status_code == 200 and res.json()["ops"] == [{"op": "hide", "ids": [1]}]
+
+
+def test_get_cannot_mutate(client):
+    assert client.get("/api/edits").status_code == 405
+    assert client.get(f"/api/save?token={TOKEN}").status_code == 405
+
+
+def test_a_loopback_server_answers_only_loopback_host_names(result):
+    """DNS rebinding: a page whose own domain resolves to 127.0.0.1 gets no answer."""
+    from entitysam.review.server import allowed_hosts
+
+    app = create_app(Viewer(result, token=TOKEN), hosts=allowed_hosts("127.0.0.1"))
+    for base in ("http://127.0.0.1:8765", "http://localhost:8765"):
+        with TestClient(app, base_url=base) as c:
+            assert c.get("/api/video").status_code == 200, base
+    with TestClient(app, base_url="http://attacker.example:8765") as c:
+        assert c.get("/api/video").status_code == 400
+        assert c.post("/api/edits", json={"op": "hide", "ids": [1]}, headers=AUTH).status_code == 400
+    assert allowed_hosts("0.0.0.0") is None and allowed_hosts("192.168.1.5") is None  # chosen by the user
+    assert "localhost" in allowed_hosts("localhost") and "[::1]" in allowed_hosts("::1")
+
+
+def test_a_token_is_made_per_run(result):
+    a, b = Viewer(result), Viewer(result)
+    assert a.token != b.token and len(a.token) >= 24
+
+
+# ---- edits ---------------------------------------------------------------------------------
+def test_every_edit_and_undo_redo(client):
+    def edit(op):
+        res = client.post("/api/edits", json=op, headers=AUTH)
+        assert res.status_code == 200, res.text
+        return res.json()
+
+    state = edit({"op": "hide", "ids": [1]})
+    assert state["version"] == 1 and state["can_undo"] and [e["hidden"] for e in state["entities"] if e["id"] == 1] == [True]
+    state = edit({"op": "label", "id": 3, "text": "car"})
+    assert {e["id"]: e["label"] for e in state["entities"]}[3] == "car"
+    state = edit({"op": "merge", "ids": [2, 3], "into": 2})
+    assert 3 not in {e["id"] for e in state["entities"]}
+    assert state["lookup"][0]["lookup"][3] == 2
+    state = edit({"op": "split", "id": 2, "frame": 4})
+    new_id = state["ops"][-1]["new_id"]
+    assert new_id > BIG_ID and {e["id"]: e["presence"] for e in state["entities"]}[new_id] == list(range(4, N))
+    assert [(s["start"], s["stop"]) for s in state["lookup"]] == [(0, 4), (4, N)]
+    state = edit({"op": "delete", "ids": [BIG_ID]})
+    assert BIG_ID not in {e["id"] for e in state["entities"]} and state["lookup"][0]["lookup"][BIG_ID] == 0
+    state = client.post("/api/undo", headers=AUTH).json()
+    assert BIG_ID in {e["id"] for e in state["entities"]} and state["can_redo"]
+    state = client.post("/api/redo", headers=AUTH).json()
+    assert BIG_ID not in {e["id"] for e in state["entities"]} and not state["can_redo"]
+    assert client.get("/api/state").json() == state
+    assert [op["op"] for op in state["ops"]] == ["hide", "label", "merge", "split", "delete"]
+
+
+def test_undo_with_nothing_to_undo_changes_nothing(client):
+    state = client.post("/api/undo", headers=AUTH).json()
+    assert state["version"] == 0 and state["ops"] == []
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"op": "explode", "ids": [1]}, "unknown edit op"), ({"op": "hide", "ids": [42]}, "no entity 42"),
+    ({"op": "merge", "ids": [1], "into": 1}, "at least two"), ({"op": "split", "id": 3, "frame": 2}, "split"),
+    ([1, 2], "JSON object"), ("hide", "JSON object"),
+])
+def test_bad_edits_are_400_with_the_message(client, body, message):
+    res = client.post("/api/edits", json=body, headers=AUTH)
+    assert res.status_code == 400 and message in res.json()["error"]
+    assert client.get("/api/state").json()["version"] == 0
+
+
+def test_not_json_is_400(client):
+    res = client.post("/api/edits", content=b"{not json", headers={**AUTH, "content-type": "application/json"})
+    assert res.status_code == 400 and "JSON" in res.json()["error"]
+
+
+# ---- save and export -----------------------------------------------------------------------
+def test_save_writes_a_revision_that_reloads_as_the_edit(client, result):
+    ops = [{"op": "merge", "ids": [2, 3], "into": 2}, {"op": "delete", "ids": [1]}, {"op": "split", "id": 2, "frame": 3}]
+    for op in ops:
+        client.post("/api/edits", json=op, headers=AUTH)
+    before = {p.name: p.read_bytes() for p in result.rglob("*") if p.is_file()}
+    res = client.post("/api/save", headers=AUTH)
+    assert res.status_code == 200
+    saved = res.json()
+    assert saved["name"] == "clip.rev1" and saved["path"] == str(result.parent / "clip.rev1")
+    revision = ResultFolder.open(saved["path"])
+    expected = EditSession(ResultFolder.open(result), ops)
+    for t in range(N):
+        np.testing.assert_array_equal(revision.id_map(t), expected.id_map(t))
+    log = json.loads((result.parent / "clip.rev1" / "edits.json").read_text())
+    assert [op["op"] for op in log["ops"]] == ["merge", "delete", "split"]
+    assert before == {p.name: p.read_bytes() for p in result.rglob("*") if p.is_file()}  # original untouched
+    assert client.post("/api/save", headers=AUTH).json()["name"] == "clip.rev2"
+
+
+def test_export_formats_are_the_exporters(client):
+    from entitysam.review.export import FORMATS
+
+    assert client.get("/api/exports").json() == {"formats": list(FORMATS)}
+
+
+def test_export_downloads_each_format(client):
+    from pycocotools import mask as mask_utils
+
+    client.post("/api/edits", json={"op": "delete", "ids": [1]}, headers=AUTH)
+    client.post("/api/edits", json={"op": "merge", "ids": [2, 3], "into": 2}, headers=AUTH)
+    expected = {t: EditSession(client.viewer.result, client.viewer.session.ops).id_map(t) for t in range(N)}
+    res = client.post("/api/export?format=ytvis", headers=AUTH)
+    assert res.status_code == 200 and res.headers["content-disposition"] == 'attachment; filename="clip-ytvis.json"'
+
+    def mask(seg) -> np.ndarray:
+        if seg is None:
+            return np.zeros((H, W), bool)
+        counts = seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]
+        return mask_utils.decode({"size": seg["size"], "counts": counts}).astype(bool)
+
+    tracks = json.loads(res.content)
+    assert len(tracks) == 2  # 1 deleted, 3 merged into 2: entities 2 and BIG_ID
+    merged = next(tr for tr in tracks if mask(tr["segmentations"][0])[16, 3])  # a pixel of entity 2 in frame 0
+    for t in range(N):
+        np.testing.assert_array_equal(mask(merged["segmentations"][t]), expected[t] == 2)
+    res = client.post("/api/export?format=mots", headers=AUTH)
+    assert res.status_code == 200 and res.headers["content-disposition"] == 'attachment; filename="clip-mots.zip"'
+    with zipfile.ZipFile(io.BytesIO(res.content)) as zf:
+        assert "clip/instances/labels.txt" in zf.namelist()
+    for fmt in ("cvat-video", "coco-video"):
+        res = client.post(f"/api/export?format={fmt}", headers=AUTH)
+        assert res.status_code == 200 and len(res.content) > 100, fmt
+    assert sorted(p.name for p in client.viewer.root.parent.iterdir()) == ["clip", "input-clip"]  # nothing left
+
+
+@pytest.mark.parametrize("fmt", ["", "xml", "../../etc", "mots/../x"])
+def test_unknown_export_format_is_400(client, fmt):
+    res = client.post(f"/api/export?format={fmt}", headers=AUTH)
+    assert res.status_code == 400 and "unknown export format" in res.json()["error"]
+
+
+def test_a_folder_that_is_no_result_is_refused(tmp_path):
+    from entitysam.errors import EntitySAMError
+
+    with pytest.raises(EntitySAMError, match="manifest"):
+        Viewer(tmp_path)
+
+
+# ---- the command ---------------------------------------------------------------------------
+def test_view_command_refuses_a_folder_that_is_no_result(tmp_path, capsys):
+    from entitysam.cli import main
+
+    assert main(["view", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_view_command_checks_the_port(result, capsys, port):
+    from entitysam.cli import main
+
+    assert main(["view", str(result), "--port", port]) == 2
+    assert "port" in capsys.readouterr().err
+
+
+def test_view_command_help_and_listing(capsys):
+    from entitysam.cli import main
+
+    assert main(["view", "-h"]) == 0
+    text = capsys.readouterr().out
+    assert "--host" in text and "127.0.0.1" in text and "--open" in text and "token" in text
+    main(["-h"])
+    assert "view" in capsys.readouterr().out
+
+
+def test_the_server_binds_localhost_by_default(result, monkeypatch):
+    import entitysam.review.server as server
+
+    seen = {}
+
+    class FakeServer:
+        def __init__(self, config):
+            pass
+
+        def run(self, sockets):
+            seen["address"] = sockets[0].getsockname()
+            sockets[0].close()
+
+    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    lines = []
+    server.serve(result, port=0, say=lines.append)
+    assert seen["address"][0] == "127.0.0.1" and seen["address"][1] > 0
+    assert f"http://127.0.0.1:{seen['address'][1]}/?token=" in lines[0]
+
+
+def test_open_opens_the_url_with_its_token(result, monkeypatch):
+    import threading
+
+    import entitysam.review.server as server
+
+    opened = threading.Event()
+    urls = []
+
+    class FakeServer:
+        def __init__(self, config):
+            pass
+
+        def run(self, sockets):
+            sockets[0].close()
+            opened.wait(10)  # serving: the browser opens meanwhile
+
+    def fake_open(url):
+        urls.append(url)
+        opened.set()
+
+    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    monkeypatch.setattr("webbrowser.open", fake_open)
+    lines = []
+    server.serve(result, port=0, open_browser=True, say=lines.append, token="tok")
+    assert len(urls) == 1 and urls[0].endswith("/?token=tok") and urls[0] in lines[0]

@@ -1,0 +1,290 @@
+"""`entitysam view` in a real browser: headless system Chromium driven by Playwright (no browser
+download), on a result made by the bundled demo model. Skipped only where Chromium is missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _viewer import browser_page, chromium_or_skip, open_viewer, view_server
+
+pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
+
+SPLIT_FRAME = 3
+DOCS_SHOT = os.environ.get("ENTITYSAM_VIEWER_DOCS_SHOT")  # set to docs/viewer.png to refresh the README picture
+
+
+@pytest.fixture(scope="module")
+def demo_result(tmp_path_factory):
+    """A result of the bundled demo model (8 frames of the default demo video, ~1 min of CPU)."""
+    chromium_or_skip()
+    from entitysam.pipeline.demo import run_demo
+
+    out = tmp_path_factory.mktemp("viewer-demo") / "run"
+    run_demo(out, num_frames=8, formats=("panoptic", "entities"))
+    return out / "demo"
+
+
+def pixel_of(page, entity_id: int) -> tuple[float, float]:
+    """Page coordinates of a pixel of `entity_id` in the frame shown (the one nearest its centroid)."""
+    xy = page.evaluate("""(id) => {
+        const {width} = viewer.info, n = viewer.info.width * viewer.info.height;
+        let sx = 0, sy = 0, count = 0;
+        for (let p = 0; p < n; p++) if (viewer.idAt(p % width, Math.floor(p / width)) === id) {
+            sx += p % width; sy += Math.floor(p / width); count++; }
+        if (!count) return null;
+        const cx = sx / count, cy = sy / count;
+        let best = null, bestD = Infinity;
+        for (let p = 0; p < n; p++) {
+            const x = p % width, y = Math.floor(p / width);
+            if (viewer.idAt(x, y) !== id) continue;
+            const d = (x - cx) ** 2 + (y - cy) ** 2;
+            if (d < bestD) { bestD = d; best = [x, y]; }
+        }
+        const rect = document.getElementById("overlay-canvas").getBoundingClientRect();
+        return [rect.left + (best[0] + 0.5) / viewer.info.width * rect.width,
+                rect.top + (best[1] + 0.5) / viewer.info.height * rect.height, best[0], best[1]];
+    }""", entity_id)
+    assert xy is not None, f"entity {entity_id} is not in frame {page.evaluate('viewer.frame')}"
+    return xy
+
+
+def wait_version(page, version: int) -> dict:
+    page.wait_for_function(f"viewer.state.version >= {version}", timeout=30000)
+    return page.evaluate("({version: viewer.state.version, ids: viewer.state.entities.map(e => e.id), "
+                         "ops: viewer.state.ops, status: document.getElementById('status').textContent})")
+
+
+def selected_rows(page) -> dict:
+    return page.evaluate("""() => ({
+        list: [...document.querySelectorAll('tr.entity.selected')].map(e => +e.dataset.id),
+        timeline: [...document.querySelectorAll('.tl-row.selected')].map(e => +e.dataset.id),
+        viewer: [...viewer.selected]})""")
+
+
+def show_frame(page, t: int) -> None:
+    page.evaluate(f"""() => {{ const s = document.getElementById('scrubber'); s.value = {t};
+                              s.dispatchEvent(new Event('input')); }}""")
+    page.wait_for_function(f"viewer.rendered === {t}")
+
+
+def test_review_session_in_the_browser(demo_result, tmp_path):
+    from entitysam.review import EditSession, ResultFolder
+
+    original = ResultFolder.open(demo_result)
+    n = original.num_frames
+    with view_server(demo_result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        page.screenshot(path=str(tmp_path / "01-open.png"))
+        assert page.evaluate("viewer.info.num_frames") == n
+
+        # play: the player runs through the frames at the video's fps and stops at the end
+        before = page.evaluate("viewer.renderCount")
+        page.click("#play")
+        page.wait_for_function(f"viewer.rendered === {n - 1} && !viewer.playing", timeout=60000)
+        assert page.evaluate("viewer.renderCount") - before >= n - 1
+        assert page.inner_text("#frame-label") == f"{n} / {n}"
+        # arrow keys step
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"viewer.rendered === {n - 2}")
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(f"viewer.rendered === {n - 1}")
+        show_frame(page, SPLIT_FRAME)
+
+        # the entities to edit: all present at the split frame, the split one also before it
+        ents = {e["id"]: e for e in page.evaluate("viewer.state.entities")}
+        here = [i for i, e in ents.items() if SPLIT_FRAME in e["presence"]]
+        here.sort(key=lambda i: ents[i]["area"])  # small entities first: easy to click, free of occlusion
+        split_id = next(i for i in here if min(ents[i]["presence"]) < SPLIT_FRAME)
+        keep, merged_away, deleted = [i for i in here if i != split_id][:3]
+
+        # select by clicking on the image: the list and the timeline follow
+        x, y, *_ = pixel_of(page, keep)
+        page.mouse.move(x, y)
+        page.wait_for_function(f"document.querySelector('tr.entity[data-id=\"{keep}\"]').classList.contains('hovered')")
+        page.mouse.click(x, y)
+        assert selected_rows(page) == {"list": [keep], "timeline": [keep], "viewer": [keep]}
+        bx, by, px_b, py_b = pixel_of(page, merged_away)
+        page.keyboard.down("Shift")
+        page.mouse.click(bx, by)
+        page.keyboard.up("Shift")
+        assert sorted(selected_rows(page)["list"]) == sorted([keep, merged_away])
+        page.screenshot(path=str(tmp_path / "02-selected.png"))
+
+        # merge the two
+        page.click("#merge")
+        state = wait_version(page, 1)
+        assert merged_away not in state["ids"] and keep in state["ids"]
+        assert page.evaluate(f"viewer.idAt({px_b}, {py_b})") == keep  # its pixels are the kept entity's now
+
+        # delete one, selected in the list this time (the image follows)
+        *_, px_c, py_c = pixel_of(page, deleted)
+        page.click(f"tr.entity[data-id=\"{deleted}\"]")
+        assert selected_rows(page) == {"list": [deleted], "timeline": [deleted], "viewer": [deleted]}
+        page.click("#delete")
+        state = wait_version(page, 2)
+        assert deleted not in state["ids"]
+        assert page.evaluate(f"viewer.idAt({px_c}, {py_c})") == 0
+
+        # split one at the current frame
+        sx, sy, *_ = pixel_of(page, split_id)
+        page.mouse.click(sx, sy)
+        page.click("#split")
+        state = wait_version(page, 3)
+        new_id = state["ops"][-1]["new_id"]
+        assert state["ops"][-1] == {"op": "split", "id": split_id, "frame": SPLIT_FRAME, "new_id": new_id}
+        assert page.evaluate(f"viewer.state.byId.get({new_id}).presence")[0] == SPLIT_FRAME
+        assert page.evaluate(f"viewer.idAt({pixel_of(page, new_id)[2]}, {pixel_of(page, new_id)[3]})") == new_id
+
+        # label, undo, redo
+        page.click(f"tr.entity[data-id=\"{keep}\"]")
+        page.fill("#label-text", "merged car")
+        page.click("#label")
+        wait_version(page, 4)
+        page.click("#undo")
+        state = wait_version(page, 5)
+        assert [op["op"] for op in state["ops"]] == ["merge", "delete", "split"]
+        page.click("#redo")
+        state = wait_version(page, 6)
+        assert page.evaluate(f"viewer.state.byId.get({keep}).label") == "merged car"
+        page.check("#ids")
+        page.screenshot(path=str(tmp_path / "03-edited.png"))
+
+        # save
+        page.click("#save")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('saved')", timeout=60000)
+        saved = page.evaluate("viewer.lastSave")
+        page.screenshot(path=str(tmp_path / "04-saved.png"))
+
+        # export from the menu: a download of the review exporters' file
+        page.select_option("#export-format", "ytvis")
+        with page.expect_download(timeout=60000) as download:
+            page.click("#export")
+        assert download.value.suggested_filename == "demo-ytvis.json"
+        download.value.save_as(tmp_path / "export.json")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('exported')")
+        if DOCS_SHOT:
+            shutil.copy(tmp_path / "04-saved.png", DOCS_SHOT)
+        assert page.errors == []
+
+    # the files written: a complete revision beside the original, the original untouched
+    revision = Path(saved["path"])
+    assert revision == demo_result.parent / "demo.rev1"
+    for name in ("manifest.json", "edits.json", "panoptic.json", "entities.json", "panoptic"):
+        assert (revision / name).exists(), name
+    log = json.loads((revision / "edits.json").read_text())
+    ops = [{"op": "merge", "ids": [keep, merged_away], "into": keep}, {"op": "delete", "ids": [deleted]},
+           {"op": "split", "id": split_id, "frame": SPLIT_FRAME, "new_id": new_id},
+           {"op": "label", "id": keep, "text": "merged car"}]
+    assert log["ops"] == ops
+    reloaded = ResultFolder.open(revision)
+    replayed = EditSession(ResultFolder.open(demo_result), ops)
+    for t in range(n):
+        ids, orig = reloaded.id_map(t), original.id_map(t)
+        np.testing.assert_array_equal(ids, replayed.id_map(t))
+        assert not np.isin(ids, [merged_away, deleted]).any()
+        np.testing.assert_array_equal(ids == keep, np.isin(orig, [keep, merged_away]))
+        np.testing.assert_array_equal(ids == 0, (orig == 0) | (orig == deleted))
+        assert ((ids == new_id).any()) == (t >= SPLIT_FRAME and (orig == split_id).any())
+        assert not (ids == split_id).any() or t < SPLIT_FRAME
+    labels = {e["id"]: e.get("label") for e in json.loads((revision / "entities.json").read_text())["entities"]}
+    assert labels[keep] == "merged car"
+    assert ResultFolder.open(demo_result).manifest == original.manifest
+    tracks = json.loads((tmp_path / "export.json").read_text())
+    assert len(tracks) == len(original.entities) - 2 + 1  # merged away and deleted; the split adds one
+
+
+def test_missing_source_shows_a_neutral_background(tmp_path):
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path, with_input=False)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        # a pixel with no entity (id 0) shows the background alone
+        rgb = page.evaluate("""() => {
+            const ctx = document.getElementById('frame-canvas').getContext('2d');
+            return [...ctx.getImageData(0, 23, 1, 1).data.slice(0, 3)]; }""")
+        assert rgb == [107, 107, 107]
+        assert page.evaluate("viewer.idAt(0, 23)") == 0 and page.evaluate("viewer.idAt(0, 0)") == 1
+        assert page.errors == []
+
+
+def test_viewing_without_the_token_cannot_edit(tmp_path):
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url.split("?")[0])
+        assert "no token" in page.inner_text("#status")
+        page.click("tr.entity[data-id=\"2\"]")
+        page.click("#delete")
+        page.wait_for_function("document.getElementById('status').textContent.includes('token')")
+        assert page.evaluate("viewer.state.version") == 0
+    assert sorted(p.name for p in result.parent.iterdir()) == ["clip", "input-clip"]
+
+
+def test_id_decoding_in_the_browser_keeps_every_id(tmp_path):
+    """idmaps.js: RGBA pixels -> ids (16 bits when they fit, else 32) and the boundary pixels."""
+    chromium_or_skip()
+    from PIL import Image
+
+    from entitysam.io.idpng import write_id_png
+    from entitysam.review.server import STATIC_DIR
+
+    ids = np.zeros((3, 4), np.uint32)
+    ids[0, :2] = 70000  # above 16 bits
+    ids[2, 3] = 5
+    write_id_png(tmp_path / "big.png", ids)
+    write_id_png(tmp_path / "small.png", np.where(ids == 70000, 300, ids))
+    with browser_page() as page:
+        page.add_script_tag(path=str(STATIC_DIR / "idmaps.js"))
+        for name, big in (("big.png", 70000), ("small.png", 300)):
+            data = list((tmp_path / name).read_bytes())
+            out = page.evaluate("""async (bytes) => {
+                const r = await decodeIdPng(new Blob([new Uint8Array(bytes)], {type: 'image/png'}), 4, 3);
+                return {ids: [...r.ids], kind: r.ids.constructor.name, maxId: r.maxId,
+                        edges: [...new Set(r.edges)].sort((a, b) => a - b)}; }""", data)
+            expected = np.where(ids == 70000, big, ids)
+            assert out["ids"] == expected.ravel().tolist() and out["maxId"] == big
+            assert out["kind"] == ("Uint32Array" if big >= 65536 else "Uint16Array")
+            # pixels with a 4-neighbour of another id: (0,0),(0,1),(0,2) row 0, (1,0),(1,1) below, and 5's cross
+            assert out["edges"] == [0, 1, 2, 4, 5, 7, 10, 11]
+        assert page.errors == []
+
+
+def test_display_controls_and_play_speed(tmp_path):
+    """Opacity, contours, ids on/off change the overlay as they say; Play keeps the video's fps."""
+    chromium_or_skip()
+    from _review_result import FPS, N, make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        alpha = "([x, y]) => document.getElementById('overlay-canvas').getContext('2d').getImageData(x, y, 1, 1).data[3]"
+        inside, edge, empty = (4, 16), (2, 16), (0, 23)  # entity 2 at frame 0: rows 14-19, columns 2-7
+        assert page.evaluate(alpha, inside) == 128 and page.evaluate(alpha, edge) == 255
+        assert page.evaluate(alpha, empty) == 0
+        page.evaluate("""() => { const s = document.getElementById('opacity'); s.value = 0;
+                                 s.dispatchEvent(new Event('input')); }""")
+        assert page.evaluate(alpha, inside) == 0 and page.evaluate(alpha, edge) == 255
+        page.uncheck("#contours")
+        assert page.evaluate(alpha, edge) == 0
+        page.check("#ids")  # the ids are written on the overlay in white
+        white = page.evaluate("""() => { const d = document.getElementById('overlay-canvas').getContext('2d')
+                                         .getImageData(0, 0, 32, 24).data; let n = 0;
+                                         for (let p = 0; p < d.length; p += 4) if (d[p] > 200 && d[p + 1] > 200
+                                             && d[p + 2] > 200 && d[p + 3] > 200) n++; return n; }""")
+        assert white > 0
+        started = page.evaluate("performance.now()")
+        page.click("#play")
+        page.wait_for_function(f"viewer.rendered === {N - 1} && !viewer.playing", timeout=30000)
+        elapsed = (page.evaluate("performance.now()") - started) / 1000
+        assert elapsed >= 0.9 * (N - 1) / FPS  # not faster than the video
+        assert page.errors == []
