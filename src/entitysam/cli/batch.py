@@ -69,8 +69,8 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
     return 0
 
 
-class _LoadFailed(Exception):
-    """The model could not be loaded (the error is printed)."""
+class _LoadFailed(EntitySAMError):
+    """The model could not be loaded (its error is already printed): ends the shard with exit 1."""
 
 
 def _use_rank_device(args, rank: int) -> None:
