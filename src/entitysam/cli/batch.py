@@ -55,12 +55,22 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
         return 1
     except StreamInterrupted:
         return 130
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, OSError) as err:
+        return batch_stopped(err, prefix)
+    return report_summary(summary, say, prefix)
+
+
+def batch_stopped(err: BaseException, prefix: str = "") -> int:
+    """A batch run (shards or Ray) ended by Ctrl-C or by its summary file: say so; the exit code."""
+    if isinstance(err, KeyboardInterrupt):
         print_err(f"{prefix}interrupted; finished videos are kept, re-run the same command to resume")
         return 130
-    except OSError as err:  # the summary file
-        print_err(f"{prefix}summary: {err}")
-        return 1
+    print_err(f"{prefix}summary: {err}")
+    return 1
+
+
+def report_summary(summary, say, prefix: str = "") -> int:
+    """The end of a batch run (shards or Ray): its summary line, the failed videos; the exit code."""
     say(summary.line())
     if summary.failed:
         print_err(f"{prefix}{len(summary.failed)} of {len(summary.videos)} videos failed: "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..argtypes import positive_int
 from ..errors import EntitySAMError
+from .batch import batch_stopped, report_summary
 from .options import print_err
 
 __all__ = ["add_ray_arguments", "check_ray_args", "segment_on_ray", "RAY_SUMMARY_NAME"]
@@ -80,17 +81,8 @@ def segment_on_ray(args, inputs, names, options, out_root: Path, say) -> int:
             progress=not args.quiet, protect=[p for p in inputs if isinstance(p, Path)], say=say,
             say_error=print_err, summary_path=summary_path)
     except EntitySAMError as err:  # the model could not be loaded, the cluster not reached
-        print_err(str(err))
+        print_err(err)
         return 1
-    except KeyboardInterrupt:
-        print_err("interrupted; finished videos are kept, re-run the same command to resume")
-        return 130
-    except OSError as err:  # the summary file
-        print_err(f"summary: {err}")
-        return 1
-    say(summary.line())
-    if summary.failed:
-        print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
-                  f"{', '.join(o.name for o in summary.failed)}; re-run to retry them")
-        return 1
-    return 0
+    except (KeyboardInterrupt, OSError) as err:
+        return batch_stopped(err)
+    return report_summary(summary, say)
