@@ -130,7 +130,7 @@ def test_missing_file_on_hub_gives_instructions(isolated):
             resolve_checkpoint("vit-l", cache_dir=isolated / "c", endpoint=hub.endpoint)
     msg = str(err.value)
     assert checkpoint_url("vit-l", hub.endpoint) in msg
-    assert "--checkpoint" in msg
+    assert msg.endswith("\n    - pass checkpoint=/path/to/model_0009999.pth")  # Python words; the CLI's: --checkpoint
 
 
 def test_no_network_message_says_what_and_where(isolated, capsys):
@@ -141,7 +141,7 @@ def test_no_network_message_says_what_and_where(isolated, capsys):
     assert "no network connection to 127.0.0.1" in msg
     assert f"{endpoint}/{REPO_ID}/resolve/main/checkpoints/vit-s/model_0009999.pth" in msg
     assert str(local_checkpoint_path("vit-s")) in msg
-    assert "--checkpoint" in msg and "entitysam download vit-s" in msg
+    assert "checkpoint=/path/to/model_0009999.pth" in msg and "entitysam download vit-s" in msg
 
 
 def test_segment_without_network_fails_cleanly(isolated, monkeypatch, capsys):
@@ -152,7 +152,7 @@ def test_segment_without_network_fails_cleanly(isolated, monkeypatch, capsys):
     rc = cli.main(["segment", str(isolated / "a.png"), "-o", str(isolated / "out"), "--model", "vit-s", "-q"])
     assert rc == 1
     err = capsys.readouterr().err
-    assert "cannot get the vit-s checkpoint" in err and "--checkpoint" in err
+    assert "cannot get the vit-s checkpoint" in err and "\n    - use --checkpoint /path/to/model_0009999.pth" in err
     assert not (isolated / "out" / "a").exists()
 
 

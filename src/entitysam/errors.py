@@ -34,9 +34,12 @@ class Remedy:
 
 
 def join_remedies(problem: str, remedies: Sequence[str]) -> str:
-    """``problem: remedy (or remedy)``: the one layout of a message with its remedies."""
+    """``problem: remedy (or remedy)``: the one layout of a message with its remedies; a
+    multi-line problem (a list of instructions) gets each remedy as its last list items."""
     if not remedies:
         return problem
+    if "\n" in problem:
+        return problem + "".join(f"\n    - {r}" for r in remedies)
     first, *others = remedies
     return f"{problem}: {first}" + "".join(f" (or {r})" for r in others)
 

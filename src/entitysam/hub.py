@@ -26,7 +26,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import ModelNotAvailableError
+from .errors import ModelNotAvailableError, Remedy
 
 __all__ = [
     "REPO_ID",
@@ -86,15 +86,15 @@ def _filename(name: str) -> str:
                                      "(or pass the path of a checkpoint file)") from None
 
 
-def _instructions(name: str, cause: str, endpoint: str, revision: str) -> str:
-    return (
+def _not_available(name: str, cause: str, endpoint: str, revision: str) -> ModelNotAvailableError:
+    """What to do when a published checkpoint cannot be had: download it or point at a file."""
+    return ModelNotAvailableError(
         f"cannot get the {name} checkpoint: {cause}\n"
-        f"  Download {checkpoint_url(name, endpoint, revision)}\n"
+        f"  With network access, `entitysam download {name}` fetches it into the Hugging Face cache.\n"
+        f"  Otherwise download {checkpoint_url(name, endpoint, revision)}\n"
         f"  (Hugging Face repository {REPO_ID}, file {_filename(name)}) and either\n"
-        f"    - put it at {local_checkpoint_path(name)} (found automatically; ENTITYSAM_HOME moves this folder), or\n"
-        f"    - pass its path (/path/to/model_0009999.pth) as the checkpoint to load.\n"
-        f"  With network access, `entitysam download {name}` fetches it into the Hugging Face cache."
-    )
+        f"    - put it at {local_checkpoint_path(name)} (found automatically; ENTITYSAM_HOME moves this folder), or",
+        Remedy("checkpoint", metavar="/path/to/model_0009999.pth"))
 
 
 def _probe(endpoint: str) -> str | None:
@@ -137,8 +137,8 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
     try:
         from huggingface_hub import hf_hub_download  # noqa: PLC0415 - optional dependency
     except ImportError:
-        raise ModelNotAvailableError(_instructions(
-            name, "huggingface_hub is not installed (pip install 'entitysam[video]')", endpoint, revision)) from None
+        raise _not_available(name, "huggingface_hub is not installed (pip install 'entitysam[video]')",
+                             endpoint, revision) from None
     kwargs = dict(repo_id=REPO_ID, filename=filename, revision=revision, endpoint=endpoint,
                   cache_dir=str(cache_dir) if cache_dir is not None else None)
     if not force_download:
@@ -147,12 +147,12 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
             pass
     if not download:
-        raise ModelNotAvailableError(_instructions(name, "it is not in the local cache", endpoint, revision))
+        raise _not_available(name, "it is not in the local cache", endpoint, revision)
     cause = _probe(endpoint)
     if cause is not None:
-        raise ModelNotAvailableError(_instructions(name, cause, endpoint, revision))
+        raise _not_available(name, cause, endpoint, revision)
     try:
         return Path(hf_hub_download(**kwargs, force_download=force_download))
     except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
         cause = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-        raise ModelNotAvailableError(_instructions(name, f"download failed ({cause})", endpoint, revision)) from None
+        raise _not_available(name, f"download failed ({cause})", endpoint, revision) from None
