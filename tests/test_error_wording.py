@@ -115,3 +115,9 @@ def test_a_held_lock_names_the_wait_argument(tmp_path):
     python_words, cli_words = out.strip().splitlines()
     assert python_words.endswith("pass wait=True to wait for it") and "--" not in python_words
     assert cli_words.endswith("use --wait-lock to wait for it")
+
+
+def test_a_multi_line_message_lists_its_remedies_as_its_last_items():
+    err = EntitySAMError("cannot get it:\n  either\n    - put it there, or", Remedy("checkpoint", metavar="PATH"))
+    assert str(err).endswith("    - put it there, or\n    - pass checkpoint=PATH")
+    assert user_message(err).endswith("    - put it there, or\n    - use --checkpoint PATH")
