@@ -76,11 +76,7 @@ def collect_inputs(args) -> list:
 
 
 def video_name(path) -> str:
-    """The result folder name of an input, made into one safe path component (a video named
-    `..mp4` must not write into the output root, a 250-byte name must fit)."""
-    from ..io.sources import live_source_name
-    from ..io.paths import safe_name
+    """The result folder name of an input (`entitysam.io.sources.result_name`)."""
+    from ..io.sources import result_name
 
-    if isinstance(path, str):
-        return safe_name(live_source_name(path))
-    return safe_name(path.resolve().name if path.is_dir() else path.stem)
+    return result_name(path)

@@ -37,7 +37,7 @@ def _silent(msg: str) -> None:
 class VideoJob:
     """One video to segment. input: a video file, a folder of frames or an image (Path), or a
     live source (str, online only). name: its result folder under the output root (one safe
-    path component, see ``entitysam.cli.inputs.video_name``). num_frames: its frame count after
+    path component, see ``entitysam.io.sources.result_name``). num_frames: its frame count after
     the frame selection (for balancing shards; None if unknown)."""
 
     input: Path | str

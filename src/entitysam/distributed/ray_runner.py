@@ -30,13 +30,13 @@ from typing import Any, Callable, Sequence
 
 from ..errors import EntitySAMError, InvalidArgumentError, SourceError
 from ..io.atomic import write_json_atomic
-from ..io.paths import safe_name
+from ..io.sources import result_name
 from .jobs import SegmentOptions, VideoJob, VideoOutcome, frame_count
 from .local import BatchSummary
 from .ray_pool import ModelSpec, Pool, WorkerLost, actor_class, first_line, run_pool
 
 __all__ = ["RAY_INSTALL_HINT", "RayNotInstalledError", "RaySummary", "import_ray", "make_jobs", "longest_first",
-           "result_name", "segment_many"]
+           "segment_many"]
 
 RAY_INSTALL_HINT = "pip install 'entitysam[ray]'"
 Say = Callable[[str], None]
@@ -60,13 +60,6 @@ def _stderr(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the jobs
-
-
-def result_name(path: Path) -> str:
-    """The result folder name of an input path: the rule of ``entitysam segment``
-    (``cli.inputs.video_name``, which this layer cannot import): a folder's name, a file's stem,
-    made one safe path component."""
-    return safe_name(path.resolve().name if path.is_dir() else path.stem)
 
 
 def make_jobs(inputs: Sequence[Any], options: SegmentOptions) -> list[VideoJob]:

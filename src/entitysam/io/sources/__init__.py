@@ -47,6 +47,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import SourceError
+from ..paths import safe_name
 from .images import ArraySource, FrameFolderSource, ImageSource, describe_entries, image_to_rgb, list_folder
 from .live import LiveSource, is_live_input, live_source_name
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, FrameSelection,
@@ -54,6 +55,7 @@ from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO
 from .video_file import VideoFileSource
 
 __all__ = [
+    "result_name",
     "VIDEO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "DEFAULT_FPS",
@@ -141,3 +143,13 @@ def list_batch_inputs(folder: str | os.PathLike) -> list[Path]:
         found = f"; it holds {describe_entries(entries)}" if entries else "; it is empty"
         raise SourceError(f"{folder}: no videos ({' '.join(VIDEO_EXTENSIONS)}) or folders of frames in it{found}")
     return sorted(videos, key=lambda p: natural_key(p.name))
+
+
+def result_name(source: str | os.PathLike) -> str:
+    """The result folder name of an input, as one safe path component (a video named `..mp4`
+    must not write into the output root, a 250-byte name must fit): a live source's name, a
+    folder's name, a file's stem. The one rule of every runner (command line, shards, Ray)."""
+    if isinstance(source, str) and is_live_input(source):
+        return safe_name(live_source_name(source))
+    path = Path(source)
+    return safe_name(path.resolve().name if path.is_dir() else path.stem)
