@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _gpu_sections as S  # noqa: E402
+from _gpu_compile import compile_section  # noqa: E402
 from _gpu_util import ROOT, Ctx, first_line, watchdog  # noqa: E402
 
 # name -> (function, budget weight, per model): in priority order (a short budget drops the tail)
@@ -46,6 +47,7 @@ SECTIONS = {
     "kernels": (S.kernels, 6, True),
     "bf16": (S.bf16, 6, False),
     "sdpa": (S.sdpa, 10, False),
+    "compile": (compile_section, 10, True),
 }
 TARGET_FPS = {"vit-s": 20.0, "vit-l": 15.0}  # steady, bfloat16, 7 memories, one H200
 TARGET_E2E_RATIO = 0.9
@@ -81,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sdpa-batch", type=int, default=50, help="batch of the SDPA section (the entity queries)")
     p.add_argument("--sdpa-memories", default="1,3,7")
     p.add_argument("--sdpa-dtypes", default="bfloat16,float32")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode of the compile section (default: torch's; e.g. max-autotune-no-cudagraphs)")
     p.add_argument("--budget-s", type=float, help="whole-run time budget in seconds (default 400)")
     p.add_argument("--seed", type=int, default=1234, help="make_weights.py seed of the speed models")
     p.add_argument("--reference-dir", default=str(ROOT.parent / "shared" / "reference"))
@@ -237,6 +241,10 @@ def print_report(ctx: Ctx, report: dict) -> None:
                 f"{r['backend']} {fmt(r['ms']) if 'ms' in r else 'err' if 'error' in r else '-'}")
         for (dtype, k, values), cells in groups.items():
             print(f"  {dtype:<9}{k} mem  {values:<24}" + ", ".join(cells))
+    for model, c in (ctx.results.get("compile", {}).get("result") or {}).items():
+        print(f"{model} --compile: {fmt(c['compiled']['frames_per_s'])} vs {fmt(c['eager']['frames_per_s'])} frames/s "
+              f"eager ({fmt(c['speedup'])}x), compilation {fmt(c['compile_overhead_s'])} s, identical mask signs "
+              f"{c['last_step_identical_signs']:.4%}")
     print(f"\n{'target':<52}{'measured':>10}  {'threshold':<40}verdict")
     for t in report["targets"]:
         verdict = "not measured" if t["passed"] is None else "PASS" if t["passed"] else "FAIL"

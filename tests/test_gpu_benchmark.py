@@ -15,7 +15,7 @@ import torch
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu.py"
-SECTIONS = ["env", "peak", "models", "golden", "steady", "e2e", "memory", "parts", "kernels", "bf16", "sdpa"]
+SECTIONS = ["env", "peak", "models", "golden", "steady", "e2e", "memory", "parts", "kernels", "bf16", "sdpa", "compile"]
 
 
 def bench(tmp_path, *args, timeout=120):
@@ -89,6 +89,10 @@ def test_smoke_measures_each_part(smoke):
     assert 0.9 < sections["bf16"]["min_identical_to_float32"] <= 1
     backends = {r["backend"]: r for r in sections["sdpa"]["rows"] if r["memories"] == 7}
     assert backends["auto"]["ms"] > 0 and "error" in backends["cudnn"]  # no cuDNN attention on the CPU
+    comp = sections["compile"]["tiny"]
+    assert comp["batched"] is True and comp["backend"] == "eager"  # the smoke run: graph capture only
+    assert comp["eager"]["frames_per_s"] > 0 and comp["compiled"]["frames_per_s"] > 0
+    assert comp["last_step_max_abs_diff"] == 0 and comp["last_step_identical_signs"] == 1
     assert {t["target"] for t in report["targets"]} >= {"tiny end-to-end / steady",
                                                         "float32 (TF32 off) vs golden-tiny"}
 

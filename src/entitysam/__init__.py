@@ -33,6 +33,7 @@ _PUBLIC = {
     "OnlineSegment": "entitysam.pipeline.result",
     "FORMATS": "entitysam.pipeline.result",
     "EntitySAMError": "entitysam.errors",
+    "compile_model": "entitysam.inference.compiled",
 }
 
 __all__ = ["__version__", *_PUBLIC]

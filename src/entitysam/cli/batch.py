@@ -112,6 +112,11 @@ def load_or_report(args, say):
         t0 = time.perf_counter()
         model = load_model(args, args.model)
         say(f"model {model.cfg.name} loaded on {next(model.parameters()).device} in {time.perf_counter() - t0:.1f}s")
+        if getattr(args, "compile", False):
+            from ..inference.compiled import compile_model
+
+            compile_model(model)
+            say("model compiled with torch.compile: the first frames of the first video pay the compilation")
     except EntitySAMError as err:  # load_model reports every failure as one
         print_err(err)
         return None

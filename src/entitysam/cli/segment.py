@@ -57,6 +57,9 @@ def add_parser(sub) -> None:
     mod.add_argument("--exact", action="store_true",
                      help="float32 in the official order of operations: the official outputs bit for bit on CPU "
                           "(same thread count), at about the official speed (default: 1.6x the official speed on ViT-S, equal up to rounding)")
+    mod.add_argument("--compile", action="store_true",
+                     help="torch.compile the encoders, memory attention and decoder (the first video pays the "
+                          "compilation; meant for GPUs; not with --exact)")
     add_threads(mod, "CPU threads for torch (default: torch's choice, usually the number of cores)")
     out = p.add_argument_group("outputs")
     add_save(out, f"comma-separated formats among {', '.join(SAVE_CHOICES)}, or all (default), or none")
@@ -160,6 +163,9 @@ def run(args) -> int:
         check_output_root(Path(args.output))
         selection = FrameSelection(args.start, args.end, args.stride, args.max_frames)
         check_ray_args(args)
+        if args.compile and args.exact:
+            raise EntitySAMError("--compile and --exact exclude each other: compiled kernels fuse and reorder the "
+                                 "floating-point operations that --exact keeps in the official order")
         if args.ray is None:  # with --ray the model options are the actors', checked where they run
             check_model_args(args)
         shard = shard_of(args) if args.ray is None else None

@@ -52,6 +52,8 @@ def check_ray_args(args) -> None:
         return
     if args.online:
         raise EntitySAMError("--online is not available with --ray (one live source is one process)")
+    if args.compile:
+        raise EntitySAMError("--compile is not available with --ray yet (the actors load their own models)")
     if getattr(args, "shard", None) is not None:
         raise EntitySAMError("--shard and --ray exclude each other: Ray spreads the whole list itself")
     if args.exact and args.dtype != "float32":  # auto is bfloat16 on the actors' GPUs

@@ -17,6 +17,7 @@ import torch
 
 from ..modeling.entitysam import MEMORY_DTYPE, EntitySAM, FrameFeatures, recall_memories
 from .holes import fill_holes
+from .compiled import check_compiled_exact
 
 
 class MemoryBank:
@@ -116,6 +117,7 @@ class EntityTracker:
         CPU. query_chunk: queries per batch (None: sized from the device's free memory).
         memory_dtype: dtype of the stored memories (None: bfloat16, as the official code; float16
         autocast needs float16, see `precision.memory_dtype_for`)."""
+        check_compiled_exact(model, exact)
         self.model = model
         self.attention_dtype = attention_dtype  # see EntitySAM.condition_on_memory
         self.exact = exact  # see EntitySAM.step
