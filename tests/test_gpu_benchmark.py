@@ -139,3 +139,19 @@ def test_cuda_without_cuda_is_one_line_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("no CUDA device: ") and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr and report is None
+
+
+def test_compile_section_is_opt_in_outside_the_smoke_run():
+    """Compiling both full-size models takes minutes of its own: not in the default 8-minute run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert module.parse_args([]).sections == [s for s in SECTIONS if s != "compile"]
+    assert module.parse_args(["--smoke"]).sections == SECTIONS
+    assert module.parse_args(["--sections", "models,compile"]).sections == ["models", "compile"]
