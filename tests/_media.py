@@ -60,3 +60,11 @@ def tiny_state_dict() -> dict:
             if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
                 p.normal_().mul_(3)
     return model.state_dict()
+
+
+def link_into(folder: Path, path: Path) -> Path:
+    """`folder/<path.name>` as a symbolic link to `path` (a session-wide test file, see
+    conftest.py): a module's media folder keeps the names its tests use without writing the file again."""
+    link = folder / path.name
+    link.symlink_to(path)
+    return link

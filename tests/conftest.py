@@ -55,3 +55,24 @@ def tiny_model():
             if name.endswith(("queries.weight", "offset_embedding.weight", "point_embeddings.1.weight")):
                 p.normal_()
     return model
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint file of the tiny configuration with weights that give a couple of entities on
+    `_media.scene` videos (`_media.tiny_state_dict`), written once for the whole session."""
+    from _media import tiny_state_dict
+
+    path = tmp_path_factory.mktemp("tiny-checkpoint") / "tiny.pth"
+    torch.save({"model": tiny_state_dict(), "iteration": 9999}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def scene_clip(tmp_path_factory) -> Path:
+    """`clip.mp4`: 6 frames of `_media.scene` (64x48, 10 fps), written once for the whole session.
+    Read-only: a test that changes its input makes its own."""
+    from _media import write_video
+
+    return write_video(tmp_path_factory.mktemp("scene-clip") / "clip.mp4", 6)
+

@@ -148,6 +148,25 @@ def test_cli_ray_runs_the_batch_on_the_session(ray_session, videos, sequential, 
     assert len(summaries) == 1 and json.loads(summaries[0].read_text())["runner"] == "ray"
 
 
+def test_cli_ray_words_a_failed_video_with_the_flags(ray_session, videos, tmp_path, capsys):
+    """A video that fails on an actor is reported as the local batch reports it: the remedy is
+    the flag (--overwrite), not the Python argument (overwrite=True)."""
+    from entitysam.cli import main
+
+    out = tmp_path / "out"
+    (out / videos[0].name).mkdir(parents=True)  # an unfinished entitysam result: only --overwrite replaces it
+    (out / videos[0].name / "manifest.json").write_text(json.dumps({"format": "entitysam-segment",
+                                                                    "complete": False}))
+    code = main(["segment", str(videos[0]), "-o", str(out), "--ray", "--actors", "1", "--model", "demo",
+                 "--device", "cpu", "--threads", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"{videos[0].name}: " in err and "holds an unfinished entitysam result" in err
+    assert "use --overwrite to replace it" in err and "overwrite=True" not in err
+    summary = json.loads((out / ".entitysam-batch" / "ray.json").read_text())
+    assert "use --overwrite" in summary["failed"][0]["error"]
+
+
 def test_cli_ray_without_ray_installed_says_how_to_install(monkeypatch, videos, tmp_path, capsys):
     from entitysam.cli import main
 
@@ -271,13 +290,13 @@ def test_a_video_whose_worker_is_always_lost_fails_after_max_retries(tmp_path):
     class Worker:
         started = 0
 
-        def __init__(self, spec, protect):
+        def __init__(self, spec, protect, describe_error=str):
             Worker.started += 1
             self.run = Run
 
         @classmethod
-        def remote(cls, spec, protect):
-            return cls(spec, protect)
+        def remote(cls, spec, protect, describe_error=str):
+            return cls(spec, protect, describe_error)
 
     pool = Pool(_FakeRay, Worker, ModelSpec("demo"), 2)
     jobs = [VideoJob(Path(n), n) for n in ("die", "ok", "bug")]

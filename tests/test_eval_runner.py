@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from _media import tiny_state_dict
+from _media import link_into
 from conftest import REPO
 from entitysam import EntitySAM, cli
 from entitysam.data.synthetic.vipseg import make_vipseg_dataset
@@ -37,16 +36,16 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, tiny_checkpoint):
     d = tmp_path_factory.mktemp("eval")
-    torch.save({"model": tiny_state_dict(), "iteration": 9999}, d / "tiny.pth")
+    link_into(d, tiny_checkpoint)
     ds = make_vipseg_dataset(d / "VIPSeg_720P", num_videos=3, num_frames=FRAMES, seed=0)
     return d, ds
 
 
 @pytest.fixture(scope="module")
-def model(env):
-    return EntitySAM.from_checkpoint(env[0] / "tiny.pth")
+def model(tiny_checkpoint):
+    return EntitySAM.from_checkpoint(tiny_checkpoint)
 
 
 def run_eval(env, out, *extra):

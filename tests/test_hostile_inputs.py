@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageOps
 
-from _media import scene, tiny_state_dict, write_frames, write_video
+from _media import scene, write_frames, write_video
 from entitysam import cli
 from entitysam.cli.options import DEFAULT_MAX_PIXELS_TEXT, pixel_count
 from entitysam.errors import SourceError
@@ -35,13 +34,6 @@ from entitysam.io.sources import (DEFAULT_MAX_PIXELS, ArraySource, FrameFolderSo
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hostile-ckpt") / "tiny.pth"
-    torch.save({"model": tiny_state_dict(), "iteration": 1}, path)
-    return path
 
 
 def run_cli(*args, timeout=120):
@@ -86,11 +78,11 @@ def test_fifo_input_refused_without_blocking(tmp_path, name):
 
 
 @pytest.mark.parametrize("online", [False, True])
-def test_fifo_input_cli_offline_and_online(tmp_path, ckpt, online):
+def test_fifo_input_cli_offline_and_online(tmp_path, tiny_checkpoint, online):
     fifo = tmp_path / "pipe.mp4"
     os.mkfifo(fifo)
     out = tmp_path / "out"
-    r = run_cli(fifo, "-o", out, "--checkpoint", ckpt, "-q", *(["--online"] if online else []), timeout=60)
+    r = run_cli(fifo, "-o", out, "--checkpoint", tiny_checkpoint, "-q", *(["--online"] if online else []), timeout=60)
     assert r.returncode == 1, r.stderr
     assert "pipe: input" in r.stderr and "is a named pipe (FIFO)" in r.stderr
     assert not out.exists()  # refused before anything was created: no partial folder
@@ -107,7 +99,7 @@ def test_socket_and_devices_refused(tmp_path):
             within(10, open_source, dev)
 
 
-def test_fifo_inside_frame_folder_and_batch(tmp_path, ckpt):
+def test_fifo_inside_frame_folder_and_batch(tmp_path, tiny_checkpoint):
     folder = write_frames(tmp_path / "v", ["0", "2"])
     os.mkfifo(folder / "1.jpg")
     with pytest.raises(SourceError, match=r"v: frame .*1.jpg is a named pipe"):
@@ -125,7 +117,7 @@ def test_fifo_inside_frame_folder_and_batch(tmp_path, ckpt):
     os.mkfifo(batch / "pipe.mp4")
     assert [p.name for p in list_batch_inputs(batch)] == ["good.mp4", "pipe.mp4"]
     out = tmp_path / "out"
-    r = run_cli("--batch", batch, "-o", out, "--checkpoint", ckpt, "-q", "--save", "panoptic")
+    r = run_cli("--batch", batch, "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--save", "panoptic")
     assert r.returncode == 1, r.stderr
     assert "pipe: input" in r.stderr and "named pipe" in r.stderr and "1 of 2 videos failed: pipe" in r.stderr
     assert listing(out) == ["good"]
@@ -134,7 +126,7 @@ def test_fifo_inside_frame_folder_and_batch(tmp_path, ckpt):
 # ----------------------------------------------------------------------------- links and messages
 
 
-def test_symlink_loops_and_broken_links(tmp_path, ckpt):
+def test_symlink_loops_and_broken_links(tmp_path, tiny_checkpoint):
     os.symlink("loop.mp4", tmp_path / "loop.mp4")
     with pytest.raises(SourceError, match=r"loop.mp4 is a symbolic link loop"):
         open_source(tmp_path / "loop.mp4")
@@ -149,11 +141,11 @@ def test_symlink_loops_and_broken_links(tmp_path, ckpt):
     os.symlink("2.jpg", folder / "2.jpg")
     with pytest.raises(SourceError, match=r"frame .*2.jpg is a symbolic link loop"):
         open_source(folder)
-    r = run_cli(tmp_path / "loop.mp4", "-o", tmp_path / "out", "--checkpoint", ckpt, "-q")
+    r = run_cli(tmp_path / "loop.mp4", "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q")
     assert r.returncode == 1 and "is a symbolic link loop" in r.stderr and "not found" not in r.stderr
 
 
-def test_folder_without_frames_says_what_it_holds(tmp_path, ckpt):
+def test_folder_without_frames_says_what_it_holds(tmp_path, tiny_checkpoint):
     folder = tmp_path / "stuff"
     folder.mkdir()
     for name in ("notes.txt", "a.gif", "b.bmp"):
@@ -168,7 +160,7 @@ def test_folder_without_frames_says_what_it_holds(tmp_path, ckpt):
         (folder / f"x{i}.txt").write_bytes(b"x")
     with pytest.raises(SourceError, match=r"10 other entries: .* and 5 more"):
         open_source(folder)
-    r = run_cli(folder, "-o", tmp_path / "out", "--checkpoint", ckpt, "-q")
+    r = run_cli(folder, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q")
     assert r.returncode == 1 and "no frames of the supported types" in r.stderr and "empty" not in r.stderr
     empty = tmp_path / "batch"
     empty.mkdir()
@@ -177,12 +169,12 @@ def test_folder_without_frames_says_what_it_holds(tmp_path, ckpt):
         list_batch_inputs(empty)
 
 
-def test_output_is_an_existing_file(tmp_path, ckpt):
+def test_output_is_an_existing_file(tmp_path, tiny_checkpoint):
     write_frames(tmp_path / "v", ["0"])
     (tmp_path / "file").write_text("x")
     for out, msg in ((tmp_path / "file", "is an existing file, not a folder"),
                      (tmp_path / "file" / "sub", "file is a file, not a folder")):
-        r = run_cli(tmp_path / "v", "-o", out, "--checkpoint", ckpt, "-q")
+        r = run_cli(tmp_path / "v", "-o", out, "--checkpoint", tiny_checkpoint, "-q")
         assert r.returncode == 2 and msg in r.stderr and "File exists" not in r.stderr
         assert "Traceback" not in r.stderr
     assert (tmp_path / "file").read_text() == "x"
@@ -197,12 +189,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_stream_closed_port_message(tmp_path, ckpt):
+def test_stream_closed_port_message(tmp_path, tiny_checkpoint):
     url = f"http://127.0.0.1:{_free_port()}/live.mp4"
     with pytest.raises(SourceError, match=rf"cannot open stream {url}: connection refused .*the stream could not "
                                           r"be opened \(check the address"):
         within(20, LiveSource, url)
-    r = run_cli(url, "-o", tmp_path / "out", "--checkpoint", ckpt, "--online", "-q", timeout=60)
+    r = run_cli(url, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--online", "-q", timeout=60)
     assert r.returncode == 1 and f"cannot open stream {url}: connection refused" in r.stderr
     assert "Input/output error" not in r.stderr and not (tmp_path / "out").exists()
 
@@ -330,7 +322,7 @@ def test_exif_orientation_applied(tmp_path, orientation):
         np.testing.assert_array_equal(image, np.rot90(stored, 1))
 
 
-def test_exif_orientation_end_to_end(tmp_path, ckpt):
+def test_exif_orientation_end_to_end(tmp_path, tiny_checkpoint):
     """A folder of portrait photos stored landscape with orientation 6: results are portrait."""
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -339,7 +331,7 @@ def test_exif_orientation_end_to_end(tmp_path, ckpt):
     for t in range(2):
         Image.fromarray(scene(t)).save(folder / f"img{t}.jpg", exif=exif, quality=95)  # stored 64x48
     out = tmp_path / "out"
-    r = run_cli(folder, "-o", out, "--checkpoint", ckpt, "-q")
+    r = run_cli(folder, "-o", out, "--checkpoint", tiny_checkpoint, "-q")
     assert r.returncode == 0, r.stderr
     d = out / "photos"
     assert json.loads((d / MANIFEST).read_text())["size"] == [64, 48]  # [H, W] as displayed
@@ -413,14 +405,14 @@ def test_video_display_flips(tmp_path, hflip, vflip, corners):
 
 
 @pytest.mark.parametrize("online", [False, True])
-def test_rotated_video_end_to_end(tmp_path, ckpt, online):
+def test_rotated_video_end_to_end(tmp_path, tiny_checkpoint, online):
     """A portrait phone video (stored 128x96, displayed 96x128): every output is portrait, and
     overlay.mp4 plays upright (its frames are stored upright, with no display rotation)."""
     import av
 
     stored = _rotated_video(tmp_path / "phone.mp4", 90, n=3)
     out = tmp_path / "out"
-    r = run_cli(tmp_path / "phone.mp4", "-o", out, "--checkpoint", ckpt, "-q", *(["--online"] if online else []))
+    r = run_cli(tmp_path / "phone.mp4", "-o", out, "--checkpoint", tiny_checkpoint, "-q", *(["--online"] if online else []))
     assert r.returncode == 0, r.stderr
     d = out / "phone"
     assert read_id_png(d / "panoptic" / "000000.png").shape == (128, 96)
@@ -463,14 +455,14 @@ def _bomb_jpeg(path: Path, w=60000, h=60000) -> Path:
     return path
 
 
-def test_decompression_bombs_refused_from_the_header(tmp_path, ckpt):
+def test_decompression_bombs_refused_from_the_header(tmp_path, tiny_checkpoint):
     for path in (_bomb_png(tmp_path / "bomb.png"), _bomb_jpeg(tmp_path / "bomb.jpg")):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             with pytest.raises(SourceError, match=r"60000x60000 = 3600.0 megapixels, over the limit of 50 "
                                                   r"megapixels: refused before decoding"):
                 open_source(path)
-        r = run_cli(path, "-o", tmp_path / "out", "--checkpoint", ckpt, "-q")
+        r = run_cli(path, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q")
         assert r.returncode == 1 and "3600.0 megapixels" in r.stderr
         assert "Traceback" not in r.stderr and "DecompressionBomb" not in r.stderr
     folder = tmp_path / "frames"
@@ -483,7 +475,7 @@ def test_decompression_bombs_refused_from_the_header(tmp_path, ckpt):
     assert not (tmp_path / "out").exists()
 
 
-def test_max_pixels_option(tmp_path, ckpt, monkeypatch):
+def test_max_pixels_option(tmp_path, tiny_checkpoint, monkeypatch):
     assert DEFAULT_MAX_PIXELS == 50_000_000 == pixel_count(DEFAULT_MAX_PIXELS_TEXT)
     Image.fromarray(scene(0)).save(tmp_path / "still.png")  # 64x48 = 3072 pixels
     write_video(tmp_path / "clip.mp4", 2)
@@ -502,14 +494,14 @@ def test_max_pixels_option(tmp_path, ckpt, monkeypatch):
     assert _read_one(tmp_path / "still.png").shape == (48, 64, 3)
 
     out = tmp_path / "out"
-    r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", ckpt, "-q", "--max-pixels", "3k")
+    r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--max-pixels", "3k")
     assert r.returncode == 1 and "over the limit of 0.003 megapixels" in r.stderr and "--max-pixels" in r.stderr
     assert "corrupt" not in r.stderr  # a readable frame over the limit is not "corrupt"
-    r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", ckpt, "-q", "--max-pixels", "none",
+    r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--max-pixels", "none",
                 "--save", "panoptic")
     assert r.returncode == 0, r.stderr
     for bad in ("0", "-5", "abc", "nan"):
-        r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", ckpt, "--max-pixels", bad)
+        r = run_cli(tmp_path / "still.png", "-o", out, "--checkpoint", tiny_checkpoint, "--max-pixels", bad)
         assert r.returncode == 2 and "--max-pixels" in r.stderr
 
 
@@ -539,7 +531,7 @@ def _corrupt_video(tmp_path: Path) -> tuple[Path, int | None]:
     return path, None
 
 
-def test_corrupt_video_frame_named(tmp_path, ckpt):
+def test_corrupt_video_frame_named(tmp_path, tiny_checkpoint):
     path, bad = _corrupt_video(tmp_path)
     if bad is None:
         pytest.skip("this FFmpeg build flags none of the damaged frames")
@@ -548,7 +540,7 @@ def test_corrupt_video_frame_named(tmp_path, ckpt):
     assert len(list(open_source(path, FrameSelection(end=bad)))) == bad  # the frames before it are usable
     for online in (False, True):
         out = tmp_path / f"out{online}"
-        r = run_cli(path, "-o", out, "--checkpoint", ckpt, "-q", "--save", "panoptic",
+        r = run_cli(path, "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--save", "panoptic",
                     *(["--online"] if online else []))
         assert r.returncode == 1 and f"frame {bad:06d} is corrupt" in r.stderr
         manifests = list(out.rglob(MANIFEST))
@@ -560,12 +552,12 @@ def test_corrupt_video_frame_named(tmp_path, ckpt):
             assert m["complete"] is False and m["status"] == "failed"
 
 
-def test_corrupt_image_in_folder_offline_leaves_nothing(tmp_path, ckpt):
+def test_corrupt_image_in_folder_offline_leaves_nothing(tmp_path, tiny_checkpoint):
     folder = write_frames(tmp_path / "v", ["0", "1", "2", "3"])
     data = (folder / "2.jpg").read_bytes()
     (folder / "2.jpg").write_bytes(data[: len(data) // 3])
     out = tmp_path / "out"
-    r = run_cli(folder, "-o", out, "--checkpoint", ckpt, "-q")
+    r = run_cli(folder, "-o", out, "--checkpoint", tiny_checkpoint, "-q")
     assert r.returncode == 1 and "cannot read frame" in r.stderr and "2.jpg" in r.stderr
     assert listing(out) == []
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _media import H, W, tiny_state_dict, write_frames, write_video
+from _media import H, W, link_into, write_frames, write_video
 from conftest import reference_dir
 from entitysam import EntitySAM, cli
 from entitysam.inference.merge_rules import MergeConfig
@@ -39,18 +39,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, tiny_checkpoint):
     d = tmp_path_factory.mktemp("online-media")
-    # The tiny configuration with weights that give entities on `scene` videos (conftest's
-    # tiny_model keeps no segment on them, which would make equality with offline trivial).
-    torch.save({"model": tiny_state_dict(), "iteration": 9999}, d / "tiny.pth")
-    write_video(d / "clip.mp4", N)
+    # The tiny checkpoint's weights give entities on `scene` videos (conftest's tiny_model
+    # keeps no segment on them, which would make equality with offline trivial).
+    link_into(d, tiny_checkpoint)
+    write_video(d / "clip.mp4", N)  # its own 10 frames, not the session's 6: longer than the look-ahead windows tested
     return d
 
 
 @pytest.fixture(scope="module")
-def model(media):
-    return EntitySAM.from_checkpoint(media / "tiny.pth")
+def model(tiny_checkpoint):
+    return EntitySAM.from_checkpoint(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ import sys
 import time
 
 import pytest
-import torch
 from PIL import Image
 
-from _media import scene, tiny_state_dict, write_frames, write_video
+from _media import scene, write_frames, write_video
 from entitysam import cli
 from entitysam.hub import bundled_checkpoint_path
 from entitysam.io import paths, staging
@@ -28,13 +27,6 @@ from entitysam.io.staging import StagedOutput, recover_output
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    torch.save({"model": tiny_state_dict()}, d / "tiny.pth")
-    return d / "tiny.pth"
 
 
 def run(*args):
@@ -68,27 +60,27 @@ def test_safe_name_bounds_bytes_and_keeps_long_names_distinct():
     assert sa != sb and sa.startswith("é" * 50)
 
 
-def test_dotdot_video_does_not_write_into_the_output_root(tmp_path, ckpt):
+def test_dotdot_video_does_not_write_into_the_output_root(tmp_path, tiny_checkpoint):
     video = write_video(tmp_path / "..mp4", 2)
     out = tmp_path / "out"
-    assert run(video, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    assert run(video, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q") == 0
     assert sorted(p.name for p in out.iterdir()) == ["_"]
     assert read_manifest(out / "_") is not None
 
 
-def test_250_byte_name_works_and_leaves_no_empty_folder(tmp_path, ckpt):
+def test_250_byte_name_works_and_leaves_no_empty_folder(tmp_path, tiny_checkpoint):
     name = "v" * 250
     image = still(tmp_path / f"{name}.png")
     out = tmp_path / "out"
-    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q") == 0
     [result] = list(out.iterdir())
     assert len(result.name.encode()) <= paths.MAX_NAME_BYTES and read_manifest(result) is not None
 
 
-def test_inputs_that_sanitise_to_one_name_are_refused(tmp_path, ckpt, capsys):
+def test_inputs_that_sanitise_to_one_name_are_refused(tmp_path, tiny_checkpoint, capsys):
     a = still(tmp_path / "a.png").rename(tmp_path / "a\x01.png")  # both become "a_"
     b = still(tmp_path / "a_.png")
-    assert run(a, b, "-o", tmp_path / "out", "--checkpoint", ckpt, "-q") == 2
+    assert run(a, b, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q") == 2
     assert "would both write to" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -117,40 +109,40 @@ def test_overwrite_never_deletes_batch_inputs(tmp_path, capsys):
     assert tree(batch) == before
 
 
-def test_overwrite_refuses_folders_entitysam_did_not_write(tmp_path, ckpt, capsys):
+def test_overwrite_refuses_folders_entitysam_did_not_write(tmp_path, tiny_checkpoint, capsys):
     image = still(tmp_path / "still.png")
     mine = tmp_path / "out" / "still"
     mine.mkdir(parents=True)
     (mine / "thesis.tex").write_text("years of work")
     (mine / MANIFEST).write_text(json.dumps({"complete": True}))  # a manifest, but not ours
-    assert run(image, "-o", tmp_path / "out", "--overwrite", "--checkpoint", ckpt, "-q") == 2
+    assert run(image, "-o", tmp_path / "out", "--overwrite", "--checkpoint", tiny_checkpoint, "-q") == 2
     assert "was not written by entitysam" in capsys.readouterr().err
     assert (mine / "thesis.tex").read_text() == "years of work"
 
 
-def test_overwrite_refuses_a_result_folder_holding_an_input(tmp_path, ckpt, capsys):
+def test_overwrite_refuses_a_result_folder_holding_an_input(tmp_path, tiny_checkpoint, capsys):
     out = tmp_path / "out"
-    assert run(still(tmp_path / "still.png"), "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    assert run(still(tmp_path / "still.png"), "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q") == 0
     inner = still(out / "still" / "still.png")  # the user keeps the input inside the old result
-    assert run(inner, "-o", out, "--overwrite", "--checkpoint", ckpt, "-q") == 2
+    assert run(inner, "-o", out, "--overwrite", "--checkpoint", tiny_checkpoint, "-q") == 2
     assert "contains the input" in capsys.readouterr().err
     assert inner.is_file()
 
 
-def test_overwrite_replaces_an_earlier_result(tmp_path, ckpt):
+def test_overwrite_replaces_an_earlier_result(tmp_path, tiny_checkpoint):
     image = still(tmp_path / "still.png")
     out = tmp_path / "out"
-    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "entities", "-q") == 0
-    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "--overwrite", "-q") == 0
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "entities", "-q") == 0
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "--overwrite", "-q") == 0
     assert sorted(p.name for p in (out / "still").iterdir()) == [MANIFEST, "panoptic", "panoptic.json"]
     assert sorted(p.name for p in out.iterdir()) == ["still"]  # no lock, journal or staging left
 
 
-def test_api_save_refuses_to_replace_its_own_input(tmp_path, ckpt):
+def test_api_save_refuses_to_replace_its_own_input(tmp_path, tiny_checkpoint):
     from entitysam import EntitySAM
 
     frames = write_frames(tmp_path / "frames", ["0"])
-    model = EntitySAM.from_checkpoint(ckpt)
+    model = EntitySAM.from_checkpoint(tiny_checkpoint)
     with model.segment(frames) as result:
         (frames / MANIFEST).write_text(json.dumps({"format": "entitysam-segment", "complete": True}))
         with pytest.raises(UnsafeOverwriteError, match="is the input"):
@@ -161,10 +153,10 @@ def test_api_save_refuses_to_replace_its_own_input(tmp_path, ckpt):
 # ----------------------------------------------------------------------------- --save-logits FILE
 
 
-def test_save_logits_file_rules(tmp_path, ckpt, capsys):
+def test_save_logits_file_rules(tmp_path, tiny_checkpoint, capsys):
     image = still(tmp_path / "still.png")
     out = tmp_path / "out"
-    common = [image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q"]
+    common = [image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q"]
     # a missing folder is not created
     assert run(*common, "--save-logits", tmp_path / "nowhere" / "l.npz") == 2
     assert "does not exist" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
@@ -281,15 +273,15 @@ def test_leftovers_of_older_versions_are_recovered(tmp_path):
     assert (parent / "vid" / "data.txt").read_text() == "new"
 
 
-def test_cli_recovers_a_killed_replacement_before_running(tmp_path, ckpt, capsys):
+def test_cli_recovers_a_killed_replacement_before_running(tmp_path, tiny_checkpoint, capsys):
     image = still(tmp_path / "still.png")
     out = tmp_path / "out"
-    assert run(image, "-o", out, "--checkpoint", ckpt, "--save", "panoptic", "-q") == 0
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q") == 0
     # killed between the renames: result missing, journal + old + complete new left
     (out / "still").rename(out / ".still.partial-999999999-aaaa")
     staging._write_journal(out / ".still.commit.json", {"old": ".still.old-999999999-bbbb",
                                                          "new": ".still.partial-999999999-aaaa"})
-    assert run(image, "-o", out, "--checkpoint", ckpt, "--skip-existing") == 0
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--skip-existing") == 0
     err = capsys.readouterr().err
     assert "finished replacing the result" in err and "skipped, complete results" in err
     assert sorted(p.name for p in out.iterdir()) == ["still"]
@@ -314,7 +306,7 @@ def _hold_lock(final):
     return proc
 
 
-def test_second_run_fails_fast_naming_the_other_process(tmp_path, ckpt, capsys):
+def test_second_run_fails_fast_naming_the_other_process(tmp_path, tiny_checkpoint, capsys):
     image = still(tmp_path / "still.png")
     holder = _hold_lock(tmp_path / "out" / "still")
     try:
@@ -333,12 +325,12 @@ def test_second_run_fails_fast_naming_the_other_process(tmp_path, ckpt, capsys):
         s.commit({"video": "still"})
 
 
-def test_wait_lock_waits_for_the_other_run(tmp_path, ckpt):
+def test_wait_lock_waits_for_the_other_run(tmp_path, tiny_checkpoint):
     image = still(tmp_path / "still.png")
     holder = _hold_lock(tmp_path / "out" / "still")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     waiter = subprocess.Popen([sys.executable, "-m", "entitysam", "segment", str(image), "-o", str(tmp_path / "out"),
-                               "--checkpoint", str(ckpt), "--save", "panoptic", "--wait-lock", "--threads", "1"],
+                               "--checkpoint", str(tiny_checkpoint), "--save", "panoptic", "--wait-lock", "--threads", "1"],
                               stderr=subprocess.PIPE, text=True, env=env)
     try:
         first = waiter.stderr.readline()  # printed before it blocks on the lock
@@ -388,11 +380,11 @@ def test_demo_overwrite_deletes_only_demo_files(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
 
 
-def test_api_save_logits_needs_an_existing_folder(tmp_path, ckpt):
+def test_api_save_logits_needs_an_existing_folder(tmp_path, tiny_checkpoint):
     from entitysam import EntitySAM
     from entitysam.errors import OutputError
 
-    model = EntitySAM.from_checkpoint(ckpt)
+    model = EntitySAM.from_checkpoint(tiny_checkpoint)
     with pytest.raises(OutputError, match="does not exist"):
         model.segment(still(tmp_path / "still.png"), save_logits=tmp_path / "nowhere" / "l.npz")
     assert not (tmp_path / "nowhere").exists()

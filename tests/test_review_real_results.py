@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from _media import tiny_state_dict, write_video
+from _media import link_into
 from entitysam import EntitySAM
 from entitysam.errors import ResultFolderError
 from entitysam.io.idpng import read_id_png
@@ -17,16 +16,15 @@ from entitysam.io.sources import open_source
 from entitysam.review import EditSession, ResultFolder, replay_edits, save_revision
 from entitysam.review.export import export
 
-N = 6
+N = 6  # frames of conftest's scene_clip
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory):
+def made(tmp_path_factory, tiny_checkpoint, scene_clip):
     d = tmp_path_factory.mktemp("review-real")
-    torch.save({"model": tiny_state_dict(), "iteration": 9999}, d / "tiny.pth")
-    write_video(d / "clip.mp4", N)
-    model = EntitySAM.from_checkpoint(d / "tiny.pth")
+    link_into(d, scene_clip)
+    model = EntitySAM.from_checkpoint(tiny_checkpoint)
     offline = model.segment(d / "clip.mp4").save(d / "offline" / "clip", formats=("panoptic", "entities"))
     with model.stream(d / "clip.mp4", delay=1, output=d / "online" / "clip", formats=("panoptic", "entities")) as s:
         for _ in s:

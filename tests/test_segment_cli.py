@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _media import FPS, H, W, scene, tiny_state_dict, write_frames, write_video
+from _media import FPS, H, W, link_into, scene, tiny_state_dict, write_frames
 from entitysam import EntitySAM, cli
 from entitysam.errors import EntitySAMError
 from entitysam.inference.preprocess import preprocess_frame
@@ -23,25 +23,25 @@ from entitysam.io.manifest import MANIFEST
 from entitysam.io.panoptic import frame_segments
 from entitysam.io.sources import open_source
 
-N_FRAMES = 6
+N_FRAMES = 6  # frames of conftest's scene_clip
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, tiny_checkpoint, scene_clip):
     d = tmp_path_factory.mktemp("segment-media")
-    torch.save({"model": tiny_state_dict(), "iteration": 9999}, d / "tiny.pth")
-    write_video(d / "clip.mp4", N_FRAMES)
+    link_into(d, tiny_checkpoint)
+    link_into(d, scene_clip)
     write_frames(d / "frames", ["10", "3", "2", "1"])
     Image.fromarray(scene(2)).save(d / "still.png")
     return d
 
 
 @pytest.fixture(scope="module")
-def model(media):
-    return EntitySAM.from_checkpoint(media / "tiny.pth")
+def model(tiny_checkpoint):
+    return EntitySAM.from_checkpoint(tiny_checkpoint)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from _media import tiny_state_dict, write_frames, write_video
+from _media import link_into, write_frames, write_video
 from entitysam import EntitySAM, cli
 from entitysam.cli import inputs as cli_inputs
 from entitysam.errors import EntitySAMError
@@ -29,17 +29,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
+def media(tmp_path_factory, tiny_checkpoint):
     d = tmp_path_factory.mktemp("user-errors")
-    torch.save({"model": tiny_state_dict(), "iteration": 9999}, d / "tiny.pth")
-    write_video(d / "clip.mp4", 4)
+    link_into(d, tiny_checkpoint)
+    write_video(d / "clip.mp4", 4)  # 4 frames, not the session's 6-frame clip: the tests count them
     write_frames(d / "frames", ["0", "1", "2"])
     return d
 
 
 @pytest.fixture(scope="module")
-def model(media):
-    return EntitySAM.from_checkpoint(media / "tiny.pth")
+def model(tiny_checkpoint):
+    return EntitySAM.from_checkpoint(tiny_checkpoint)
 
 
 def child_env():

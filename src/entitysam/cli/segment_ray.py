@@ -10,6 +10,7 @@ from ..argtypes import positive_int
 from ..errors import EntitySAMError
 from .batch import batch_stopped, report_summary
 from .options import print_err
+from .wording import user_message
 
 __all__ = ["add_ray_arguments", "check_ray_args", "segment_on_ray", "RAY_SUMMARY_NAME"]
 
@@ -81,7 +82,7 @@ def segment_on_ray(args, inputs, names, options, out_root: Path, say) -> int:
             config=args.model if args.checkpoint else None, device=args.device,
             allow_pickle=bool(args.checkpoint) and args.trust_checkpoint_code, options=options,
             progress=not args.quiet, protect=[p for p in inputs if isinstance(p, Path)], say=say,
-            say_error=print_err, summary_path=summary_path)
+            say_error=print_err, summary_path=summary_path, describe_error=user_message)
     except EntitySAMError as err:  # the model could not be loaded, the cluster not reached
         print_err(err)
         return 1

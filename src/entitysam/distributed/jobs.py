@@ -275,6 +275,7 @@ def segment_job(model, job: VideoJob, options: SegmentOptions, out_root: Path, *
             if source is None:
                 return VideoOutcome(job.name, "skipped", seconds=time.perf_counter() - t0, output=str(final))
         frames = run_prepared(model, source, job, options, out_root, protect=protect, say=say, say_error=say_error)
+    # Kept broad on purpose: torch (OOM, CUDA, shapes), PyAV and numpy fail one video with these.
     except (EntitySAMError, OSError, RuntimeError, ValueError) as err:
         msg, line = _failure(err, job.name, describe_error)
         say_error(line)

@@ -60,14 +60,18 @@ class VideoWorker:
     """The body of one Ray actor (made remote by :func:`actor_class`): the model, loaded once,
     and whole videos segmented with it one at a time."""
 
-    def __init__(self, spec: ModelSpec, protect: Sequence[Any] = ()):
+    def __init__(self, spec: ModelSpec, protect: Sequence[Any] = (),
+                 describe_error: Callable[[BaseException], str] = str):
         self.protect = list(protect)  # paths never replaced (the inputs): sent once, not with every video
+        # The words of a video's EntitySAMError (see segment_job): the command line sends its
+        # flag wording, a module-level function that Ray pickles by reference.
+        self.describe_error = describe_error
         self.load_error: str | None = None
         self.model = None
         try:  # reported by ready(): an actor that raises here is indistinguishable from a lost one
             self.model = spec.load()
         except EntitySAMError as err:
-            self.load_error = str(err)
+            self.load_error = describe_error(err)
 
     def ready(self) -> dict[str, Any]:
         """pid, host and device of this actor, and the model's load error (None if loaded)."""
@@ -85,7 +89,8 @@ class VideoWorker:
             os.chdir(cwd)
         if self.model is None:
             return VideoOutcome(job.name, "failed", output=str(Path(out_root) / job.name), error=self.load_error)
-        return segment_job(self.model, job, options, Path(out_root), protect=self.protect)
+        return segment_job(self.model, job, options, Path(out_root), protect=self.protect,
+                           describe_error=self.describe_error)
 
 
 def actor_class(ray, *, num_cpus: float, num_gpus: float):
@@ -126,12 +131,14 @@ class Pool:
     """Actors with at most one video each; a lost actor is replaced by a new one (which loads
     the model again) in the same slot."""
 
-    def __init__(self, ray, worker_class, spec: ModelSpec, size: int, protect: Sequence[Any] = ()):
+    def __init__(self, ray, worker_class, spec: ModelSpec, size: int, protect: Sequence[Any] = (),
+                 describe_error: Callable[[BaseException], str] = str):
         self.ray = ray
         self.worker_class = worker_class  # VideoWorker made a Ray actor class (actor_class)
         self.spec = spec
         self.protect = ray.put(list(protect))  # in the object store once for all actors
-        self.actors = [worker_class.remote(spec, self.protect) for _ in range(size)]
+        self.describe_error = describe_error  # the words of an EntitySAMError (VideoWorker)
+        self.actors = [worker_class.remote(spec, self.protect, describe_error) for _ in range(size)]
         self.restarts = 0
 
     def first_ready(self) -> dict[str, Any]:
@@ -146,7 +153,7 @@ class Pool:
 
     def replace(self, slot: int) -> None:
         self.ray.kill(self.actors[slot], no_restart=True)
-        self.actors[slot] = self.worker_class.remote(self.spec, self.protect)
+        self.actors[slot] = self.worker_class.remote(self.spec, self.protect, self.describe_error)
         self.restarts += 1
 
     def shutdown(self) -> None:

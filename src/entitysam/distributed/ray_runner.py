@@ -177,7 +177,8 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
                  model: str = "vit-s", config: str | None = None, device: str = "auto", threads: int | None = None,
                  allow_pickle: bool = False, options: SegmentOptions | None = None, max_retries: int = 2,
                  progress: bool = True, protect: Sequence[Any] | None = None, say: Say | None = None,
-                 say_error: Say | None = _stderr, summary_path: str | os.PathLike | None = None) -> RaySummary:
+                 say_error: Say | None = _stderr, summary_path: str | os.PathLike | None = None,
+                 describe_error: Callable[[BaseException], str] = str) -> RaySummary:
     """Segment every video of `inputs` into ``output/<video-name>/`` on a Ray cluster.
 
     inputs: video files, frame folders, images (paths), or VideoJob. output: the output root;
@@ -193,7 +194,9 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
     bars inside actors are always off). max_retries: times a video is retried when its actor
     is lost. progress: a bar of videos on the driver (stderr). protect: paths never replaced
     (default: the inputs). say / say_error: progress and error lines (errors: stderr).
-    summary_path: also write the summary JSON there (atomically).
+    summary_path: also write the summary JSON there (atomically). describe_error: the words of a
+    video's EntitySAMError (default ``str``, the Python wording; the command line passes its flag
+    wording); it runs on the actors, so it must pickle (a module-level function).
 
     Returns a RaySummary (a BatchSummary of shard 0/1, the same JSON as a local run, plus the
     lost tasks). Raises RayNotInstalledError without Ray, EntitySAMError when the model cannot
@@ -226,7 +229,8 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
                 say(f"{summary.actors} actors asked, {fit} fit the cluster now: the others start when "
                     "resources free up")
             done, summary.lost = _run_jobs(ray, spec, summary.actors, cpus_per_actor, gpus, longest_first(todo),
-                                           options, out_root, protect, max_retries, progress, say, say_error)
+                                           options, out_root, protect, max_retries, progress, say, say_error,
+                                           describe_error)
             outcomes.update(done)
         finally:
             if started:
@@ -257,10 +261,11 @@ def _skip_complete(jobs: Sequence[VideoJob], options: SegmentOptions, out_root: 
 
 def _run_jobs(ray, spec: ModelSpec, size: int, cpus: float, gpus: float, jobs: list[VideoJob],
               options: SegmentOptions, out_root: Path, protect, max_retries: int, progress: bool, say: Say,
-              say_error: Say) -> tuple[dict[str, VideoOutcome], list[WorkerLost]]:
+              say_error: Say, describe_error: Callable[[BaseException], str]
+              ) -> tuple[dict[str, VideoOutcome], list[WorkerLost]]:
     """The pool's outcomes (by name) and lost tasks; the pool's actors are ended afterwards."""
     out_root.mkdir(parents=True, exist_ok=True)
-    pool = Pool(ray, actor_class(ray, num_cpus=cpus, num_gpus=gpus), spec, size, protect)
+    pool = Pool(ray, actor_class(ray, num_cpus=cpus, num_gpus=gpus), spec, size, protect, describe_error)
     try:
         info = pool.first_ready()
         say(f"{size} actors starting; the first on {info['host']} (pid {info['pid']}, {info['device']})")

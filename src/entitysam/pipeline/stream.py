@@ -16,55 +16,27 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections import deque
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from .. import __version__
+from ..errors import EntitySAMError, OutputError
 from ..inference.online_merge import check_delay
 from ..inference.precision import check_exact, resolve_dtype
-from ..errors import EntitySAMError, OutputError
-from ..modeling.entitysam import EntitySAM
-from ..inference.online_merge import Emitted
-from ..io.stream_files import OnlineWriter
 from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection, FrameSource
 from ..io.staging import StagedOutput
-from ..io.paths import describe_os_error
-from ..io.panoptic import frame_segments
+from ..modeling.entitysam import EntitySAM
 from .live import FrameReader, deferred_sigint
 from .online_tracking import OnlineTracking
-from .result import DEFAULT_FORMATS, Entity, FrameInfo, OnlineFrame, OnlineSegment, check_formats, model_info
+from .result import DEFAULT_FORMATS, Entity, OnlineFrame, check_formats, model_info
 from .segment import open_video
+from .stream_output import StreamOutput, online_manifest_head
+from .stream_state import StreamState, describe_stream_error
+from .stream_steps import StreamSteps
 from .stream_tally import StreamTally
 
 __all__ = ["OnlineStream", "stream"]
-
-
-@dataclass
-class FramePayload:
-    """What travels with a frame through the online merger's look-ahead window."""
-
-    info: FrameInfo
-    image: np.ndarray | None  # [H, W, 3] uint8, None unless kept (keep_images or an overlay output)
-    dropped: int  # source frames dropped just before this one
-    model_seconds: float  # preprocessing and tracker step(s) of this frame
-    read_time: float  # time.monotonic() when the reader took it from the source
-
-
-def online_frame(em: Emitted, merge_seconds: float) -> OnlineFrame:
-    """The OnlineFrame of a frame the merger emitted (its payload a FramePayload)."""
-    p: FramePayload = em.payload
-    segs = []
-    for seg in frame_segments(em.id_map, "coco"):
-        q, score = em.segments[seg["id"]]
-        segs.append(OnlineSegment(seg["id"], q, score, seg["area"], tuple(seg["bbox"])))
-    latency = time.monotonic() - p.read_time
-    return OnlineFrame(p.info, em.id_map, segs, p.image, p.dropped, em.frames_seen - p.info.t - 1, p.model_seconds,
-                       merge_seconds, latency)
 
 
 class OnlineStream:
@@ -77,35 +49,27 @@ class OnlineStream:
     model was slower than a live source), processed, emitted, status (``running``, then
     ``complete`` (the source ended), ``stopped`` (:meth:`stop` or closed early), ``interrupted``
     (KeyboardInterrupt) or ``failed``), error, output (folder or None), manifest (written one).
+
+    It orchestrates: the reader thread (`FrameReader`) -> `StreamSteps` (model and merger) ->
+    `StreamOutput` (files) and `StreamTally` (counts), under the `StreamState` status.
     """
 
     def __init__(self, model: EntitySAM, source: FrameSource, *, delay: int, live: bool, queue_size: int,
                  compute_dtype: torch.dtype, output: Path | None, formats: tuple[str, ...], labels: bool,
                  overwrite: bool, keep_images: bool, progress: bool, exact: bool = False, protect: Sequence = ()):
-        self.model = model
-        self.source = source
-        self.name = source.name
-        self.delay = delay
-        self.live = live
-        self.queue_size = queue_size
-        self.compute_dtype = compute_dtype
+        self.model, self.source, self.name = model, source, source.name
+        self.delay, self.live, self.queue_size, self.compute_dtype = delay, live, queue_size, compute_dtype
         self.fps = source.fps / source.selection.stride
-        self.output = output
-        self.formats = formats
-        self.labels = labels
-        self.overwrite = overwrite
+        self.output, self.formats, self.labels, self.overwrite = output, formats, labels, overwrite
         self.protect = tuple(protect)  # paths --overwrite must never replace (the inputs)
         self.keep_images = keep_images or (output is not None and "overlay" in formats)
-        self.size: tuple[int, int] | None = None
-        self.processed = 0
-        self.status = "running"
-        self.error: str | None = None
         self.manifest: dict[str, Any] | None = None
         self.seconds = {"model": 0.0, "merge": 0.0, "write": 0.0}
-        self._tracking = OnlineTracking(model, compute_dtype, delay, exact)
-        self._ready: deque[tuple[Emitted, float]] = deque()  # (emitted frame, its merge seconds)
-        self._writer: OnlineWriter | None = None
-        self._ended = False  # no more frames will be read (end of stream, stop, error)
+        self._state = StreamState()
+        self._steps = StreamSteps(OnlineTracking(model, compute_dtype, delay, exact), self.keep_images, self.seconds)
+        self._files = None if output is None else StreamOutput(
+            output, video=self.name, formats=formats, fps=self.fps, labels=labels, live=live, overwrite=overwrite,
+            protect=self.protect, head=self._manifest_head)
         self._closed = False
         self._t0 = time.perf_counter()
         self._tally = StreamTally(progress, source.count_hint(), source.name)
@@ -119,20 +83,18 @@ class OnlineStream:
 
     def __next__(self) -> OnlineFrame:
         try:
-            while not self._ready:
-                if self._ended:
-                    if self._tracking.window_pending:
-                        # End of stream (or stop): the look-ahead window is emitted with what is known.
-                        self._emit(self._tracking.finish)
+            while not self._steps.ready:
+                if self._state.ended:
+                    if self._steps.window_pending:
+                        self._steps.finish()
                         continue
-                    if self.status == "running":
-                        self.status = "complete"
+                    self._state.complete()
                     # The end of the iteration finishes the outputs (manifest, panoptic.json) as
                     # leaving a `with` block does: a plain for loop must not leave them "running".
                     self.close()
                     raise StopIteration
                 self._read_and_step()
-            return self._deliver(self._ready.popleft())
+            return self._deliver(self._steps.pop())
         except StopIteration:
             raise
         except KeyboardInterrupt:
@@ -140,16 +102,9 @@ class OnlineStream:
             self._close_after_error()
             raise
         except BaseException as err:
-            self._fail("failed", self._describe(err))
+            self._fail("failed", describe_stream_error(err, self.name))
             self._close_after_error()
             raise
-
-    def _describe(self, err: BaseException) -> str:
-        if isinstance(err, EntitySAMError):
-            return str(err)
-        if isinstance(err, OSError):  # e.g. a full disk: say so, not "OSError: [Errno 28] ..."
-            return describe_os_error(err, f"the results of {self.name}")
-        return f"{type(err).__name__}: {err}"
 
     def _close_after_error(self) -> None:
         """After a failure or Ctrl-C the stream cannot go on: emit the frames already processed
@@ -164,82 +119,40 @@ class OnlineStream:
             pass
 
     def _fail(self, status: str, message: str | None) -> None:
-        if self.status == "running" or (status == "interrupted" and self.status != "failed"):
-            self.status = status
-            self.error = message
-        self._ended = True
+        self._state.fail(status, message)
         self._reader.stop(wait=0)
 
     def _read_and_step(self) -> None:
         kind, item, drops = self._reader.queue.get()
-        if kind == "end":
-            self._ended = True
+        if kind in ("end", "error"):
+            self._state.source_ended()
+            if kind == "error":
+                raise item
             return
-        if kind == "error":
-            self._ended = True
-            raise item
         frame, t_read = item
-        t0 = time.perf_counter()
-        if self.size is None:
-            self.size = frame.size
-        t = self.processed
-        info = FrameInfo(t, frame.index, frame.name, float(frame.time))
-        payload = FramePayload(info, frame.image if self.keep_images else None, drops, 0.0, t_read)
-        steps = self._tracking.track(t, frame.image, self.size)
-        payload.model_seconds = time.perf_counter() - t0
-        self.seconds["model"] += payload.model_seconds
-        self.processed += 1
-        for step in steps[:-1]:
-            self._tracking.push(step)
-        self._emit(lambda: self._tracking.push(steps[-1], payload))
+        self._steps.step(frame, drops, t_read)
 
-    def _emit(self, produce: Callable[[], list[Emitted]]) -> None:
-        t0 = time.perf_counter()
-        out = produce()
-        elapsed = time.perf_counter() - t0
-        self.seconds["merge"] += elapsed
-        for em in out:
-            self._ready.append((em, elapsed / len(out)))
-
-    def _deliver(self, item: tuple[Emitted, float]) -> OnlineFrame:
-        em, merge_s = item
-        result = online_frame(em, merge_s)
-        if self.output is None:
+    def _deliver(self, result: OnlineFrame) -> OnlineFrame:
+        if self._files is None:
             self._tally.add(result, self.dropped)
             return result
         t0 = time.perf_counter()
         # A Ctrl-C here waits for the frame's files and its accounting (the manifest counts
         # must match what is on disk); it is raised right after.
         with deferred_sigint():
-            self._write(result)
+            self._files.write(result)
             self.seconds["write"] += time.perf_counter() - t0
             self._tally.add(result, self.dropped)
         return result
 
-    def _write(self, r: OnlineFrame) -> None:
-        """One delivered frame's files (the writer is created with the first one)."""
-        if self._writer is None:
-            self._writer = OnlineWriter(self.output, video=self.name, formats=self.formats, fps=self.fps,
-                                        labels=self.labels, timestamps=self.live, overwrite=self.overwrite,
-                                        manifest=self._base_manifest(), protect=self.protect)
-        records = [{"id": s.id, "query_index": s.query_index, "score": round(s.score, 6), "area": s.area,
-                    "bbox": list(s.bbox)} for s in r.segments]
-        self._writer.add(r.t, r.frame, r.id_map, records, r.image,
-                         {"dropped": r.dropped, "lookahead": r.lookahead, "latency": round(r.latency_seconds, 4)})
-
     # -- state
-    @property
-    def frames_read(self) -> int:
-        return self._reader.frames_read
-
-    @property
-    def dropped(self) -> int:
-        return self._reader.dropped
-
-    @property
-    def emitted(self) -> int:
-        """Frames delivered so far."""
-        return self._tally.emitted
+    status = property(lambda self: self._state.status, doc="running, complete, stopped, interrupted or failed")
+    error = property(lambda self: self._state.error, doc="the message of a failure, else None")
+    size = property(lambda self: self._steps.size, doc="(H, W) of the frames, None before the first one")
+    processed = property(lambda self: self._steps.processed, doc="frames through the model so far")
+    frames_read = property(lambda self: self._reader.frames_read, doc="frames the reader took from the source")
+    dropped = property(lambda self: self._reader.dropped, doc="frames dropped (the model was slower than live)")
+    emitted = property(lambda self: self._tally.emitted, doc="frames delivered so far")
 
     @property
     def entities(self) -> list[Entity]:
@@ -249,44 +162,19 @@ class OnlineStream:
     def stop(self) -> None:
         """Stop reading: the frames already processed are still yielded, then iteration ends
         (status ``stopped`` unless it already ended)."""
-        if not self._ended:
-            self._ended = True
-            if self.status == "running":
-                self.status = "stopped"
+        self._state.stop()
         self._reader.stop(wait=0)
 
-    def _base_manifest(self) -> dict[str, Any]:
-        return {
-            "format": "entitysam-online",
-            "format_version": 1,
-            "entitysam_version": __version__,
-            "video": self.name,
-            "input": self.source.label if self.source.kind == "live" or self.source.path is not None else None,
-            "live": self.live,
-            "selection": asdict(self.source.selection),
-            "delay": self.delay,
-            "queue_size": self.queue_size,
-            "size": list(self.size) if self.size else None,
-            "fps": self.fps,
-            "model": model_info(self.model, self.compute_dtype, self._tracking.exact),
-        }
+    def _manifest_head(self) -> dict[str, Any]:
+        return online_manifest_head(self.source, live=self.live, delay=self.delay, queue_size=self.queue_size,
+                                    size=self.size, fps=self.fps,
+                                    model=model_info(self.model, self.compute_dtype, self._steps.tracking.exact))
 
     def summary(self) -> dict[str, Any]:
         """Counts and timings (what the final manifest records)."""
-        return {
-            "frames_read": self.frames_read,
-            "frames_processed": self.processed,
-            "frames_emitted": self.emitted,
-            "dropped_frames": self.dropped,
-            "entities": self._tally.num_entities,
-            "tracks": [{"id": e.id, "query_index": e.query_index, "score": e.score, "first_frame": e.first_frame,
-                        "last_frame": e.last_frame, "num_frames": e.num_frames, "area": e.area}
-                       for e in self.entities],
-            "seconds": {**{k: round(v, 3) for k, v in self.seconds.items()},
-                        "total": round(time.perf_counter() - self._t0, 3)},
-            "latency_seconds": self._tally.latency(),
-            **({"error": self.error} if self.error else {}),
-        }
+        return self._tally.summary(frames_read=self.frames_read, processed=self.processed, dropped=self.dropped,
+                                   seconds=self.seconds, total_seconds=time.perf_counter() - self._t0,
+                                   error=self.error)
 
     def close(self) -> dict[str, Any] | None:
         """Stop reading, emit (and write) the frames already processed, finish the outputs.
@@ -306,13 +194,12 @@ class OnlineStream:
         self._reader.stop()
         self._tally.close_bar()
         try:
-            if self._writer is not None and not self._writer.finished:
+            if self._files is not None and self._files.pending:
                 with deferred_sigint():
-                    self.manifest = self._writer.finish(self.status, self.summary())
-                if self.manifest["status"] != self.status:  # finishing the files failed (full disk)
-                    self.status, self.error = self.manifest["status"], self.manifest.get("error")
+                    self.manifest = self._files.finish(self.status, self.summary())
+                self._state.finished_as(self.manifest["status"], self.manifest.get("error"))
         except OutputError as err:  # not even the manifest could be written
-            self.status, self.error = "failed", str(err)
+            self._state.could_not_finish(str(err))
             raise
         finally:
             if interrupt is not None:
@@ -326,8 +213,8 @@ class OnlineStream:
         """Record a Ctrl-C caught by the caller: it can land between two frames, outside this
         stream's own calls, where the stream cannot see it. `close()` then finishes the files
         with status "interrupted"."""
-        if self.status in ("running", "stopped"):
-            self._fail("interrupted", None)
+        if self._state.interrupt_if_open():
+            self._reader.stop(wait=0)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is KeyboardInterrupt:

@@ -1,36 +1,26 @@
 """The running counts of an online stream: per-entity tracks and latency of the frames delivered,
-and the progress bar (what `OnlineStream.entities` and the final manifest report)."""
+the progress bar, and the summary (what `OnlineStream.entities` and the final manifest report)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from ..io.entities import EntityStats
 from .progress import progress_bar
 from .result import Entity, OnlineFrame
 
 __all__ = ["StreamTally"]
 
 
-@dataclass
-class _Track:
-    """One entity over the frames delivered so far (score: its latest running score)."""
-
-    query_index: int
-    score: float
-    first_frame: int
-    last_frame: int
-    num_frames: int = 0
-    area: int = 0
-
-
 class StreamTally:
-    """Counts of the delivered frames: `emitted`, the tracks (one per entity id), latency mean
-    and max, and an optional progress bar (`total`: the source's frame count estimate)."""
+    """Counts of the delivered frames: `emitted`, the tracks (one per entity id: first / last
+    frame, frames present and area, as offline's `EntityStats`, and its latest running score),
+    latency mean and max, and an optional progress bar (`total`: the source's frame count estimate)."""
 
     def __init__(self, progress: bool, total: int | None, desc: str):
         self.emitted = 0
-        self._tracks: dict[int, _Track] = {}
+        self._stats = EntityStats()
+        self._latest: dict[int, tuple[int, float]] = {}  # id -> (query index, latest running score)
         self._latency_sum = 0.0
         self._latency_max = 0.0
         self._bar = progress_bar(progress, total, desc)
@@ -38,12 +28,8 @@ class StreamTally:
     def add(self, r: OnlineFrame, dropped_so_far: int) -> None:
         """Count one delivered frame (dropped_so_far: shown on the progress bar)."""
         for seg in r.segments:
-            tr = self._tracks.get(seg.id)
-            if tr is None:
-                tr = self._tracks[seg.id] = _Track(seg.query_index, seg.score, r.t, r.t)
-            tr.score, tr.last_frame = seg.score, r.t
-            tr.num_frames += 1
-            tr.area += seg.area
+            self._latest[seg.id] = (seg.query_index, seg.score)
+        self._stats.add(r.t, ((seg.id, seg.area) for seg in r.segments))
         self.emitted += 1
         self._latency_sum += r.latency_seconds
         self._latency_max = max(self._latency_max, r.latency_seconds)
@@ -54,17 +40,34 @@ class StreamTally:
 
     @property
     def num_entities(self) -> int:
-        return len(self._tracks)
+        return len(self._latest)
 
     def entities(self) -> list[Entity]:
         """Entities seen so far, in increasing id, with their latest running score."""
-        return [Entity(sid, float(tr.score), int(tr.query_index), tr.first_frame, tr.last_frame, tr.num_frames,
-                       tr.area) for sid, tr in sorted(self._tracks.items())]
+        return [Entity(sid, float(score), int(q), **self._stats.record(sid))
+                for sid, (q, score) in sorted(self._latest.items())]
 
     def latency(self) -> dict[str, Any]:
         """{"mean", "max"} seconds from reading a frame to delivering its result (mean None before any)."""
         return {"mean": round(self._latency_sum / self.emitted, 4) if self.emitted else None,
                 "max": round(self._latency_max, 4)}
+
+    def summary(self, *, frames_read: int, processed: int, dropped: int, seconds: dict[str, float],
+                total_seconds: float, error: str | None) -> dict[str, Any]:
+        """Counts, tracks and timings of the stream (what the final manifest records)."""
+        return {
+            "frames_read": frames_read,
+            "frames_processed": processed,
+            "frames_emitted": self.emitted,
+            "dropped_frames": dropped,
+            "entities": self.num_entities,
+            "tracks": [{"id": e.id, "query_index": e.query_index, "score": e.score, "first_frame": e.first_frame,
+                        "last_frame": e.last_frame, "num_frames": e.num_frames, "area": e.area}
+                       for e in self.entities()],
+            "seconds": {**{k: round(v, 3) for k, v in seconds.items()}, "total": round(total_seconds, 3)},
+            "latency_seconds": self.latency(),
+            **({"error": error} if error else {}),
+        }
 
     def close_bar(self) -> None:
         if self._bar is not None:

@@ -306,6 +306,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
             except KeyboardInterrupt:
                 out.log(tag, {"event": "video", "video": v.video_id, "status": "interrupted"})
                 raise
+            # Kept broad on purpose: torch (OOM, CUDA, shapes), PyAV and a video's odd data fail one video.
             except (EntitySAMError, OSError, RuntimeError, ValueError, KeyError) as err:
                 if isinstance(err, OSError):
                     from ...io.paths import describe_os_error  # noqa: PLC0415
