@@ -23,7 +23,6 @@ import pytest
 from PIL import Image, ImageOps
 
 from _media import scene, write_frames, write_video
-from entitysam import cli
 from entitysam.cli.options import DEFAULT_MAX_PIXELS_TEXT, pixel_count
 from entitysam.errors import SourceError
 from entitysam.io.idpng import read_id_png
