@@ -21,6 +21,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from _review_result import BIG_ID, FPS, H, N, W, id_maps, make_result  # noqa: E402
 from entitysam.io.idpng import decode_ids  # noqa: E402
 from entitysam.review import EditSession, ResultFolder  # noqa: E402
+from entitysam.review.idruns import decode_id_runs  # noqa: E402
 from entitysam.review.images import jpeg_bytes  # noqa: E402
 from entitysam.review.server import TOKEN_HEADER, Viewer, create_app  # noqa: E402
 
@@ -118,6 +119,21 @@ def test_id_maps_are_the_original_pngs(client, result):
     # an edit does not change them: the client applies the lookup
     client.post("/api/edits", json={"op": "delete", "ids": [2]}, headers=AUTH)
     np.testing.assert_array_equal(png_ids(client.get("/api/idmaps/0.png").content), id_maps()[0])
+
+
+def test_id_runs_are_the_ids_of_the_original_pngs(client, result):
+    for t in range(N):
+        res = client.get(f"/api/idmaps/{t}.runs")
+        assert res.status_code == 200 and res.headers["content-type"] == "application/octet-stream"
+        assert "immutable" in res.headers["cache-control"]
+        np.testing.assert_array_equal(decode_id_runs(res.content),
+                                      png_ids(client.get(f"/api/idmaps/{t}.png").content))
+    assert decode_id_runs(client.get("/api/idmaps/0.runs").content).max() == BIG_ID
+    for bad in (f"/api/idmaps/{N}.runs", "/api/idmaps/-1.runs", "/api/idmaps/x.runs", "/api/idmaps/..%2f0.runs"):
+        assert client.get(bad).status_code == 404, bad
+    # an edit does not change them either (the client applies the lookup)
+    client.post("/api/edits", json={"op": "delete", "ids": [2]}, headers=AUTH)
+    np.testing.assert_array_equal(decode_id_runs(client.get("/api/idmaps/0.runs").content), id_maps()[0])
 
 
 def test_thumbnails(client):

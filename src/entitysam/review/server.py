@@ -12,6 +12,8 @@ Routes (all under one per-run token for what changes anything):
                                 paints a neutral background)
     GET  /api/idmaps/<i>.png    the ORIGINAL id map of frame i (RGB PNG); the client maps its ids
                                 through the lookup of /api/state, so edits never invalidate these
+    GET  /api/idmaps/<i>.runs   the same id map as row-wise runs (entitysam.review.idruns): what
+                                the player reads (no PNG decode, no per-pixel pass in the browser)
     GET  /api/thumbs/<id>.png   a crop around the entity in its largest frame
     POST /api/edits             one edit op (JSON: {"op": "hide"|"show"|"delete"|"merge"|"split"|"label", ...})
     POST /api/undo, /api/redo   the edit session's undo / redo
@@ -36,12 +38,14 @@ import numpy as np
 
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
+from .idruns import encode_id_runs
 from .images import jpeg_bytes, scale_to_width, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "ViewerError", "Viewer", "create_app", "serve"]
 
 _JPEG_CACHE = 256  # encoded source frames kept (a 1080p JPEG is ~200-400 kB)
+_RUNS_CACHE = 1024  # id maps kept as runs (a 1080p map of a few dozen entities: ~10-100 kB)
 
 
 class ViewerError(EntitySAMError):
@@ -100,6 +104,7 @@ class Viewer:
         self.version = 0  # edits applied, undone or redone: the client re-fetches the state on change
         self.lock = threading.RLock()
         self._jpegs = _LRU(_JPEG_CACHE)
+        self._runs = _LRU(_RUNS_CACHE)
         self._thumbs = _LRU(512)
         self._presence_cache: tuple[int, dict] | None = None
 
@@ -157,6 +162,10 @@ class Viewer:
     def id_png(self, index: int) -> bytes:
         """The ORIGINAL id map of frame `index` as RGB PNG: the stored file itself (already compressed)."""
         return self.result.png_path(index).read_bytes()
+
+    def id_runs(self, index: int) -> bytes:
+        """The ORIGINAL id map of frame `index` as row-wise runs (`entitysam.review.idruns`)."""
+        return self._runs.get_or_make(index, lambda: encode_id_runs(self.result.id_map(index)))
 
     def _thumb_key(self, entity_id: int, frames: dict[int, int]) -> str | None:
         """What an entity's thumbnail shows: its largest frame and the original ids it is made of
