@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from entitysam.errors import InvalidArgumentError
-from entitysam.review.idruns import MAGIC, decode_id_runs, encode_id_runs
+from entitysam.io.idpng import encode_ids
+from entitysam.review.idruns import MAGIC, decode_id_runs, encode_id_runs, encode_rgb_id_runs
 
 
 def header(data: bytes) -> tuple:
@@ -56,3 +57,20 @@ def test_bad_bytes_are_refused():
         decode_id_runs(b"XXXX" + data[4:])
     with pytest.raises(InvalidArgumentError):
         decode_id_runs(data[:4] + struct.pack("<I", 3) + data[8:])  # claims 3 columns: the runs cover 4 pixels
+
+
+@pytest.mark.parametrize("big", [300, 70000, (1 << 24) - 1])
+def test_runs_of_the_png_pixels_are_the_runs_of_the_ids(big):
+    """encode_rgb_id_runs (what the server sends: only run starts decoded) == encode_id_runs of the ids."""
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 3, (11, 23)).astype(np.uint32) * 256  # equal R bytes, different G: runs must differ
+    ids[3:8, 5:19] = big
+    ids[0, :] = 7
+    assert encode_rgb_id_runs(encode_ids(ids)) == encode_id_runs(ids)
+    np.testing.assert_array_equal(decode_id_runs(encode_rgb_id_runs(encode_ids(ids))), ids)
+
+
+def test_bad_rgb_is_refused():
+    for bad in (np.zeros((2, 2), np.uint8), np.zeros((2, 2, 4), np.uint8), np.zeros((2, 2, 3), np.int32)):
+        with pytest.raises(InvalidArgumentError):
+            encode_rgb_id_runs(bad)

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
-from .idruns import encode_id_runs
+from .idruns import encode_rgb_id_runs
 from .images import jpeg_bytes, scale_to_width, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
 
@@ -165,7 +165,7 @@ class Viewer:
 
     def id_runs(self, index: int) -> bytes:
         """The ORIGINAL id map of frame `index` as row-wise runs (`entitysam.review.idruns`)."""
-        return self._runs.get_or_make(index, lambda: encode_id_runs(self.result.id_map(index)))
+        return self._runs.get_or_make(index, lambda: encode_rgb_id_runs(self.result.id_rgb(index)))
 
     def _thumb_key(self, entity_id: int, frames: dict[int, int]) -> str | None:
         """What an entity's thumbnail shows: its largest frame and the original ids it is made of
