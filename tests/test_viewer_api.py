@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,67 @@ def test_frames_scaled_to_the_width_asked(client):
         assert Image.open(io.BytesIO(client.get(f"/api/frames/3.jpg?w={wide}").content)).size == (W, H)
     for bad in ("0", "-5", "x", "1.5", ""):
         assert client.get(f"/api/frames/3.jpg?w={bad}").status_code == 400, bad
+
+
+def jpeg_input(result) -> list:
+    """Replace the result's PNG input frames by JPEGs of the same names; returns their paths."""
+    folder = ResultFolder.open(result).sources.input
+    paths = []
+    for png in sorted(Path(folder).glob("*.png")):
+        Image.open(png).save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+        paths.append(png.with_suffix(".jpg"))
+    return paths
+
+
+def test_source_jpegs_are_served_byte_identical_at_full_size(result, monkeypatch):
+    from entitysam.io.sources import images as source_images
+
+    jpegs = jpeg_input(result)
+    listings = []
+    real_list = source_images._list_frames
+    monkeypatch.setattr(source_images, "_list_frames", lambda folder: listings.append(folder) or real_list(folder))
+    viewer = Viewer(result, token=TOKEN)
+    with TestClient(create_app(viewer)) as c:
+        for t in (0, 3, N - 1):
+            res = c.get(f"/api/frames/{t}.jpg")
+            assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
+            assert res.content == jpegs[t].read_bytes()
+            assert c.get(f"/api/frames/{t}.jpg?w={W}").content == jpegs[t].read_bytes()  # full width: the same
+        assert Image.open(io.BytesIO(c.get("/api/frames/3.jpg?w=16").content)).size == (16, 12)  # scaled: encoded
+        assert viewer.result.sources.passes == 1  # only the scaled frame was decoded
+        assert len(listings) == 1  # the input folder is listed once, not per request
+        jpegs[5].rename(jpegs[5].with_name("other.jpg"))  # no longer the frame's file: not served
+        assert c.get("/api/frames/5.jpg").status_code == 404
+
+
+@pytest.mark.parametrize("how", ["png", "rotated", "cmyk", "other size"])
+def test_other_source_files_are_decoded_and_encoded(result, how):
+    jpegs = jpeg_input(result)
+    image = Image.open(jpegs[3])
+    if how == "png":
+        jpegs[3].unlink()
+        image.save(jpegs[3].with_suffix(".png"))
+    elif how == "rotated":  # EXIF orientation 1 keeps the size but still goes through the reader
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        image.save(jpegs[3], exif=exif)
+        assert Viewer(result).frame_jpeg(3) == jpegs[3].read_bytes()  # orientation 1: as it is
+        exif[0x0112] = 2  # mirrored: same size, the reader flips it
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(jpegs[3], exif=exif)
+    elif how == "cmyk":
+        image.convert("CMYK").save(jpegs[3])
+    else:
+        image.resize((W * 2, H * 2)).save(jpegs[3])
+    served = Viewer(result).frame_jpeg(3)
+    assert served != (jpegs[3] if jpegs[3].exists() else jpegs[3].with_suffix(".png")).read_bytes()
+    if how == "other size":
+        assert served is None  # not the frame the result was made from
+    else:
+        source = ResultFolder.open(result).source_frame(3)
+        assert np.asarray(Image.open(io.BytesIO(served))).shape == (H, W, 3)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(served))),
+                                      np.asarray(Image.open(io.BytesIO(jpeg_bytes(source)))))
 
 
 def test_missing_source_gives_404_frames_and_has_source_false(tmp_path):

@@ -1,16 +1,18 @@
-"""The images the viewer encodes: source frames as JPEG, entity thumbnails as small PNG crops
-(the id maps are served as the result's own PNGs)."""
+"""The images the viewer encodes: source frames as JPEG (a source JPEG that shows exactly the
+frame is served as it is), entity thumbnails as small PNG crops (the id maps are served as the
+result's own PNGs or as runs, `entitysam.review.idruns`)."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..io.overlay import entity_color
 
-__all__ = ["jpeg_bytes", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
+__all__ = ["jpeg_bytes", "shown_as_is", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
 
 THUMB_SIZE = 64  # pixels, the longer side of an entity's thumbnail
 
@@ -20,6 +22,19 @@ def jpeg_bytes(image: np.ndarray, quality: int = 80) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def shown_as_is(path: Path, size: tuple[int, int]) -> bool:
+    """Whether the file at `path` is a JPEG that a browser shows exactly as the frame the source
+    reader decodes from it: (H, W) `size`, RGB or grey, no EXIF rotation (which the reader applies
+    and which would change the size). Only the header is read."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or (im.height, im.width) != tuple(size):
+                return False
+            return im.getexif().get(0x0112) in (None, 1)  # Orientation
+    except Exception:  # noqa: BLE001 - unreadable or odd: decode and encode it as any other frame
+        return False
 
 
 def scale_to_width(image: np.ndarray, width: int) -> np.ndarray:

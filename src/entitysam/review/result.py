@@ -170,6 +170,12 @@ class ResultFolder:
         image = self.sources.frame(int(rec["source_frame"]), rec["name"])
         return image if image is None or image.shape[:2] == self.size else None
 
+    def source_file(self, i: int) -> Path | None:
+        """The input file behind frame position `i` when the input is a folder of frames or an
+        image still holding it (under its name); None for a video or a missing input."""
+        rec = self.frames[self.check_frame(i)]
+        return self.sources.frame_file(int(rec["source_frame"]), rec["name"])
+
     def manifest_digest(self) -> str:
         """SHA-256 (hex) of the bytes of manifest.json: names this exact result (edits.json records it)."""
         return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()

@@ -9,7 +9,8 @@ Routes (all under one per-run token for what changes anything):
     GET  /api/state             entities (colour, label, score, frames, area, presence), the id lookup,
                                 the edit log, undo/redo availability; `version` counts the edits
     GET  /api/frames/<i>.jpg    source frame i as JPEG (404 when the source is gone: the client
-                                paints a neutral background)
+                                paints a neutral background); ?w=N scaled to N columns; at full
+                                size a source JPEG of the frame is sent as it is
     GET  /api/idmaps/<i>.png    the ORIGINAL id map of frame i (RGB PNG); the client maps its ids
                                 through the lookup of /api/state, so edits never invalidate these
     GET  /api/idmaps/<i>.runs   the same id map as row-wise runs (entitysam.review.idruns): what
@@ -39,7 +40,7 @@ import numpy as np
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
 from .idruns import encode_rgb_id_runs
-from .images import jpeg_bytes, scale_to_width, thumbnail_png
+from .images import jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "ViewerError", "Viewer", "create_app", "serve"]
@@ -146,11 +147,19 @@ class Viewer:
         return out
 
     def frame_jpeg(self, index: int, width: int | None = None) -> bytes | None:
-        """Source frame `index` as JPEG, None when the source cannot be read any more. width:
+        """Source frame `index` as JPEG, None when the source cannot be read any more: the source
+        file's own bytes when it is a JPEG of the frame (`images.shown_as_is`). width:
         scaled down to this many columns (the player asks for what its screen shows: decoding
         a smaller JPEG is what makes scrubbing fast); None or >= the frame's width: full size."""
         if width is not None and width >= self.result.size[1]:
             width = None
+        if width is None:  # a JPEG source file of the frame itself: its bytes, no decoding, no cache
+            path = self.result.source_file(index)
+            if path is not None and shown_as_is(path, self.result.size):
+                try:
+                    return path.read_bytes()
+                except OSError:
+                    pass
 
         def make():
             image = self.result.source_frame(index)
