@@ -280,13 +280,16 @@ def test_id_runs_decode_in_the_browser_to_the_ids_and_boundary_of_the_png(tmp_pa
                 const norm = (r) => ({ids: [...r.ids], kind: r.ids.constructor.name, maxId: r.maxId,
                                       edges: [...new Set(r.edges)].sort((a, b) => a - b)});
                 const r = decodeIdRuns(new Uint8Array(runs).buffer);
+                const kept = Object.keys(r).sort();  // what a decoded frame keeps: no per-pixel ids
+                r.ids = idsFromRuns(r, w, h);
                 const covered = [...r.runLengths].reduce((a, b) => a + b, 0);
                 const p = await decodeIdPng(new Blob([new Uint8Array(png)], {type: 'image/png'}), w, h);
-                return {runs: norm(r), png: norm(p), covered, count: r.runIds.length}; }""",
+                return {runs: norm(r), png: norm(p), covered, count: r.runIds.length, kept}; }""",
                                 [list(encode_id_runs(ids)), list((tmp_path / "ids.png").read_bytes()), 11, 9])
             assert out["runs"]["ids"] == ids.ravel().tolist()
             assert out["runs"] == out["png"]
             assert out["covered"] == ids.size and out["count"] >= 9
+            assert out["kept"] == ["edges", "maxId", "runIds", "runLengths"]
         assert page.evaluate("() => { try { decodeIdRuns(new Uint8Array(24).buffer); return 'no error'; }"
                              " catch (e) { return e.message; } }") == "not an id run-length map"
         assert page.errors == []

@@ -11,7 +11,7 @@ const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const NEUTRAL = "#6b6b6b";      // the background when the source frame is gone
 const PREFETCH_AHEAD = 24;      // frames fetched and decoded ahead of the one shown
 const PREFETCH_BEHIND = 4;
-const DECODED_BYTES = 640e6;    // decoded frames kept: ids (2 bytes a pixel) + bitmap (4), ~80 at 1080p
+const DECODED_BYTES = 640e6;    // decoded frames kept: bitmap (4 bytes a shown pixel) + runs and boundary, ~150 at 1080p
 const FETCH_PARALLEL = 4;
 const DECODE_AHEAD = 6;         // of those, decoded ahead (in the workers)
 const COMPRESSED_FRAMES = 600;  // fetched frames kept compressed (a 1080p frame: ~0.1-0.4 MB)
@@ -61,7 +61,7 @@ async function post(url, body) {
 
 // ---- frames: fetched blobs (compressed) and decoded frames, both cached --------------------
 const blobs = new Map();     // frame -> Promise<{jpeg: Blob|null, runs: Blob}>
-const decoded = new Map();   // frame -> Promise<{bitmap, ids, maxId, edges, runIds, runLengths}> (LRU order)
+const decoded = new Map();   // frame -> Promise<{bitmap, maxId, edges, runIds, runLengths}> (LRU order)
 let fetching = 0;
 const fetchQueue = [];  // [{frame, run}]: the frame nearest ahead of the one shown goes first
 
@@ -140,7 +140,7 @@ function decodedFrame(i) {
     if (!runs) throw new Error(`frame ${i}: no id map`);
     const [bitmap, idMap] = await Promise.all([jpeg ? createImageBitmap(jpeg).catch(() => null) : null,
                                                decodeIds(runs, i)]);
-    return {bitmap, ...idMap};  // ids, maxId, edges, runIds, runLengths
+    return {bitmap, ...idMap};  // maxId, edges, runIds, runLengths (the ids: onScreen)
   });
   decoded.set(i, made);
   made.catch(() => decoded.delete(i));
@@ -257,9 +257,17 @@ function drawFrame(f) {
   else { ctx.fillStyle = NEUTRAL; ctx.fillRect(0, 0, canvas.width, canvas.height); }
 }
 
-let current = null;  // the decoded frame on screen
+// the ids of the frame on screen: one buffer, refilled from the runs for each frame shown (the
+// decoded frames keep only their runs: half the memory, twice the frames kept)
+let screenIds = null;
+function onScreen(f) {
+  screenIds = idsFromRuns(f, viewer.info.width, viewer.info.height, screenIds);
+  return {...f, ids: screenIds};
+}
+
+let current = null;  // the decoded frame on screen, with its ids
 async function render(i) {
-  const f = await decodedFrame(i);
+  const f = onScreen(await decodedFrame(i));
   drawFrame(f);
   drawOverlay(i, f);
   current = f;
@@ -525,7 +533,8 @@ async function start() {
   $("frame-canvas").width = viewer.frameWidth;
   $("frame-canvas").height = Math.max(1, Math.round(info.height * viewer.frameWidth / info.width));
   $("overlay-canvas").width = info.width; $("overlay-canvas").height = info.height;
-  const frameBytes = 2 * info.width * info.height + 4 * $("frame-canvas").width * $("frame-canvas").height;
+  // a decoded frame: its bitmap, plus its runs and boundary pixels (estimated at 1 byte a pixel)
+  const frameBytes = info.width * info.height + 4 * $("frame-canvas").width * $("frame-canvas").height;
   viewer.decodedFrames = Math.max(8, Math.min(COMPRESSED_FRAMES, Math.floor(DECODED_BYTES / frameBytes)));
   $("scrubber").max = info.num_frames - 1;
   fitStage();

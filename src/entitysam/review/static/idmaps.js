@@ -45,8 +45,10 @@ function idsAndBoundary(rgba, width, height) {
 }
 
 // The run-length map (entitysam.review.idruns): "EIR1", uint32 width, height, R, id bytes; R ids
-// (uint16/32, padded to 4 bytes); R uint16 lengths. Runs never cross a row. Returns what
-// idsAndBoundary does plus the runs themselves (runIds, runLengths: the tint pass fills runs).
+// (uint16/32, padded to 4 bytes); R uint16 lengths. Runs never cross a row. Returns the runs
+// (runIds, runLengths: the tint pass fills runs), maxId and the boundary pixels as
+// idsAndBoundary does, but no per-pixel ids: idsFromRuns makes them for the frame on screen only
+// (a decoded frame kept without them takes half the memory).
 function decodeIdRuns(buffer) {
   const magic = new Uint8Array(buffer, 0, 4);
   if (String.fromCharCode(...magic) !== "EIR1") throw new Error("not an id run-length map");
@@ -56,7 +58,7 @@ function decodeIdRuns(buffer) {
   const runLengths = new Uint16Array(buffer, lengthsAt, count);
   let maxId = 0;
   for (let k = 0; k < count; k++) if (runIds[k] > maxId) maxId = runIds[k];
-  const n = width * height, ids = maxId < 65536 ? new Uint16Array(n) : new Uint32Array(n);
+  const n = width * height;
   const rowStart = new Uint32Array(height + 1);  // the first run of each row
   // at most: 2 entries per run start inside a row, 2 per pixel that differs from the one above
   const bound = 2 * count + 2 * n;
@@ -67,7 +69,6 @@ function decodeIdRuns(buffer) {
     const len = runLengths[r];
     if (p % width === 0) rowStart[row++] = r;
     else { edges[k++] = p; edges[k++] = p - 1; }
-    ids.fill(runIds[r], p, p + len);
     p += len;
   }
   if (p !== n || row !== height) throw new Error("the runs do not cover the map");
@@ -85,15 +86,25 @@ function decodeIdRuns(buffer) {
       if (endB === x && x < width) endB += runLengths[++b];
     }
   }
-  return {ids, maxId, edges: edges.slice(0, k), runIds, runLengths};
+  return {maxId, edges: edges.slice(0, k), runIds, runLengths};
+}
+
+// [H * W] ids of decodeIdRuns' runs (16 bits when every id fits, else 32) into `out` when it has
+// that type and size (the player refills one buffer per frame shown), else into a new array
+function idsFromRuns(f, width, height, out = null) {
+  const n = width * height, Type = f.maxId < 65536 ? Uint16Array : Uint32Array;
+  const ids = out && out.length === n && out.constructor === Type ? out : new Type(n);
+  const runIds = f.runIds, runLengths = f.runLengths, count = runIds.length;
+  for (let r = 0, p = 0; r < count; r++) { const len = runLengths[r]; ids.fill(runIds[r], p, p + len); p += len; }
+  return ids;
 }
 
 if (typeof WorkerGlobalScope !== "undefined" && self instanceof WorkerGlobalScope) {
   self.onmessage = async (ev) => {
     const {job, runs} = ev.data;
     try {
-      const {ids, maxId, edges, runIds, runLengths} = decodeIdRuns(await runs.arrayBuffer());
-      self.postMessage({job, ids, maxId, edges, runIds, runLengths}, [ids.buffer, edges.buffer, runIds.buffer]);
+      const {maxId, edges, runIds, runLengths} = decodeIdRuns(await runs.arrayBuffer());
+      self.postMessage({job, maxId, edges, runIds, runLengths}, [edges.buffer, runIds.buffer]);
     } catch (err) {
       self.postMessage({job, error: String(err && err.message || err)});
     }
