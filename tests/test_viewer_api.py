@@ -23,7 +23,7 @@ from _review_result import BIG_ID, FPS, H, N, W, id_maps, make_result  # noqa: E
 from entitysam.io.idpng import decode_ids  # noqa: E402
 from entitysam.review import EditSession, ResultFolder  # noqa: E402
 from entitysam.review.idruns import decode_id_runs  # noqa: E402
-from entitysam.review.images import jpeg_bytes  # noqa: E402
+from entitysam.review.images import jpeg_bytes, scale_to_width  # noqa: E402
 from entitysam.review.server import TOKEN_HEADER, Viewer, create_app  # noqa: E402
 
 TOKEN = "test-token"
@@ -115,6 +115,10 @@ def test_source_jpegs_are_served_byte_identical_at_full_size(result, monkeypatch
     from entitysam.io.sources import images as source_images
 
     jpegs = jpeg_input(result)
+    yy, xx = np.mgrid[0:H, 0:W]  # frame 3: a smooth picture, to compare scaled versions of it
+    Image.fromarray(np.stack([xx * 8, yy * 10, (xx + yy) * 4], axis=-1).astype(np.uint8)).save(jpegs[3], quality=95)
+    reference = np.asarray(Image.open(io.BytesIO(jpeg_bytes(scale_to_width(
+        ResultFolder.open(result).source_frame(3), 16)))), dtype=float)  # through the source reader
     listings = []
     real_list = source_images._list_frames
     monkeypatch.setattr(source_images, "_list_frames", lambda folder: listings.append(folder) or real_list(folder))
@@ -125,8 +129,10 @@ def test_source_jpegs_are_served_byte_identical_at_full_size(result, monkeypatch
             assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
             assert res.content == jpegs[t].read_bytes()
             assert c.get(f"/api/frames/{t}.jpg?w={W}").content == jpegs[t].read_bytes()  # full width: the same
-        assert Image.open(io.BytesIO(c.get("/api/frames/3.jpg?w=16").content)).size == (16, 12)  # scaled: encoded
-        assert viewer.result.sources.passes == 1  # only the scaled frame was decoded
+        scaled = np.asarray(Image.open(io.BytesIO(c.get("/api/frames/3.jpg?w=16").content)), dtype=float)
+        assert scaled.shape == (12, 16, 3)  # scaled: decoded by libjpeg at half size, then encoded
+        assert np.abs(scaled - reference).mean() < 4  # the same picture
+        assert viewer.result.sources.passes == 0  # no frame went through the full-size source reader
         assert len(listings) == 1  # the input folder is listed once, not per request
         jpegs[5].rename(jpegs[5].with_name("other.jpg"))  # no longer the frame's file: not served
         assert c.get("/api/frames/5.jpg").status_code == 404

@@ -12,7 +12,7 @@ from PIL import Image
 
 from ..io.overlay import entity_color
 
-__all__ = ["jpeg_bytes", "shown_as_is", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
+__all__ = ["jpeg_bytes", "shown_as_is", "jpeg_at_least", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
 
 THUMB_SIZE = 64  # pixels, the longer side of an entity's thumbnail
 
@@ -35,6 +35,16 @@ def shown_as_is(path: Path, size: tuple[int, int]) -> bool:
             return im.getexif().get(0x0112) in (None, 1)  # Orientation
     except Exception:  # noqa: BLE001 - unreadable or odd: decode and encode it as any other frame
         return False
+
+
+def jpeg_at_least(path: Path, width: int) -> np.ndarray:
+    """[h, w, 3] uint8 RGB of the JPEG at `path` (one `shown_as_is` accepts), decoded by libjpeg at
+    the smallest of 1, 1/2, 1/4 or 1/8 of its size that keeps w >= `width` (a 1080p frame asked
+    960 wide decodes a quarter of the pixels). Raises OSError when it cannot be read."""
+    with Image.open(path) as im:
+        height = max(1, round(im.height * width / im.width))
+        im.draft("RGB", (width, height))  # libjpeg's DCT scaling: never below the size asked
+        return np.asarray(im.convert("RGB"))
 
 
 def scale_to_width(image: np.ndarray, width: int) -> np.ndarray:

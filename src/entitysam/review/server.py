@@ -40,7 +40,7 @@ import numpy as np
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
 from .idruns import encode_rgb_id_runs
-from .images import jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
+from .images import jpeg_at_least, jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "ViewerError", "Viewer", "create_app", "serve"]
@@ -153,15 +153,20 @@ class Viewer:
         a smaller JPEG is what makes scrubbing fast); None or >= the frame's width: full size."""
         if width is not None and width >= self.result.size[1]:
             width = None
-        if width is None:  # a JPEG source file of the frame itself: its bytes, no decoding, no cache
-            path = self.result.source_file(index)
-            if path is not None and shown_as_is(path, self.result.size):
-                try:
-                    return path.read_bytes()
-                except OSError:
-                    pass
+        path = self.result.source_file(index)
+        as_is = path is not None and shown_as_is(path, self.result.size)
+        if as_is and width is None:  # a JPEG source file of the frame itself: its bytes, no decoding, no cache
+            try:
+                return path.read_bytes()
+            except OSError:
+                pass
 
         def make():
+            if as_is and width is not None:
+                try:  # decoded at 1/2, 1/4 or 1/8 of the size when that is still >= the width asked
+                    return jpeg_bytes(scale_to_width(jpeg_at_least(path, width), width))
+                except OSError:
+                    pass
             image = self.result.source_frame(index)
             if image is None:
                 return None
