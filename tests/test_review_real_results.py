@@ -86,6 +86,22 @@ def test_reading_a_video_input_forward_decodes_it_once(made):
     for t in range(N):
         assert np.array_equal(r.source_frame(t), source[t].image)
     assert r.sources.passes == 1
-    assert np.array_equal(r.source_frame(2), source[2].image)  # backwards: a new pass
-    assert np.array_equal(r.source_frame(4), source[4].image)
-    assert r.sources.passes == 2
+    for t in reversed(range(N)):  # backwards over frames just read: kept, no new pass
+        assert np.array_equal(r.source_frame(t), source[t].image)
+    assert r.sources.passes == 1
+
+
+def test_stepping_back_through_a_video_input_costs_one_pass_per_frames_kept(made):
+    d, offline, _ = made
+    r = ResultFolder.open(offline)
+    r.sources.keep_bytes = 1  # keep the fewest frames: 2
+    source = list(open_source(d / "clip.mp4"))
+    for t in range(N):
+        assert np.array_equal(r.source_frame(t), source[t].image)
+    assert r.sources.passes == 1
+    expected_passes = {5: 1, 4: 1, 3: 2, 2: 2, 1: 3, 0: 3}  # N - 2 and N - 1 kept; each pass keeps 2
+    for t in reversed(range(N)):
+        assert np.array_equal(r.source_frame(t), source[t].image), t
+        assert r.sources.passes == expected_passes[t], t
+    assert np.array_equal(r.source_frame(5), source[5].image)  # forward again: the cursor goes on
+    assert r.sources.passes == 3

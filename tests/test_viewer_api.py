@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from starlette.testclient import TestClient  # noqa: E402
 from _review_result import BIG_ID, FPS, H, N, W, id_maps, make_result  # noqa: E402
 from entitysam.io.idpng import decode_ids  # noqa: E402
 from entitysam.review import EditSession, ResultFolder  # noqa: E402
-from entitysam.review.images import jpeg_bytes  # noqa: E402
+from entitysam.review.idruns import decode_id_runs  # noqa: E402
+from entitysam.review.images import jpeg_bytes, scale_to_width  # noqa: E402
 from entitysam.review.server import TOKEN_HEADER, Viewer, create_app  # noqa: E402
 
 TOKEN = "test-token"
@@ -98,6 +100,73 @@ def test_frames_scaled_to_the_width_asked(client):
         assert client.get(f"/api/frames/3.jpg?w={bad}").status_code == 400, bad
 
 
+def jpeg_input(result) -> list:
+    """Replace the result's PNG input frames by JPEGs of the same names; returns their paths."""
+    folder = ResultFolder.open(result).sources.input
+    paths = []
+    for png in sorted(Path(folder).glob("*.png")):
+        Image.open(png).save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+        paths.append(png.with_suffix(".jpg"))
+    return paths
+
+
+def test_source_jpegs_are_served_byte_identical_at_full_size(result, monkeypatch):
+    from entitysam.io.sources import images as source_images
+
+    jpegs = jpeg_input(result)
+    yy, xx = np.mgrid[0:H, 0:W]  # frame 3: a smooth picture, to compare scaled versions of it
+    Image.fromarray(np.stack([xx * 8, yy * 10, (xx + yy) * 4], axis=-1).astype(np.uint8)).save(jpegs[3], quality=95)
+    reference = np.asarray(Image.open(io.BytesIO(jpeg_bytes(scale_to_width(
+        ResultFolder.open(result).source_frame(3), 16)))), dtype=float)  # through the source reader
+    listings = []
+    real_list = source_images._list_frames
+    monkeypatch.setattr(source_images, "_list_frames", lambda folder: listings.append(folder) or real_list(folder))
+    viewer = Viewer(result, token=TOKEN)
+    with TestClient(create_app(viewer)) as c:
+        for t in (0, 3, N - 1):
+            res = c.get(f"/api/frames/{t}.jpg")
+            assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
+            assert res.content == jpegs[t].read_bytes()
+            assert c.get(f"/api/frames/{t}.jpg?w={W}").content == jpegs[t].read_bytes()  # full width: the same
+        scaled = np.asarray(Image.open(io.BytesIO(c.get("/api/frames/3.jpg?w=16").content)), dtype=float)
+        assert scaled.shape == (12, 16, 3)  # scaled: decoded by libjpeg at half size, then encoded
+        assert np.abs(scaled - reference).mean() < 4  # the same picture
+        assert viewer.result.sources.passes == 0  # no frame went through the full-size source reader
+        assert len(listings) == 1  # the input folder is listed once, not per request
+        jpegs[5].rename(jpegs[5].with_name("other.jpg"))  # no longer the frame's file: not served
+        assert c.get("/api/frames/5.jpg").status_code == 404
+
+
+@pytest.mark.parametrize("how", ["png", "rotated", "cmyk", "other size"])
+def test_other_source_files_are_decoded_and_encoded(result, how):
+    jpegs = jpeg_input(result)
+    image = Image.open(jpegs[3])
+    if how == "png":
+        jpegs[3].unlink()
+        image.save(jpegs[3].with_suffix(".png"))
+    elif how == "rotated":  # EXIF orientation 1 keeps the size but still goes through the reader
+        exif = Image.Exif()
+        exif[0x0112] = 1
+        image.save(jpegs[3], exif=exif)
+        assert Viewer(result).frame_jpeg(3) == jpegs[3].read_bytes()  # orientation 1: as it is
+        exif[0x0112] = 2  # mirrored: same size, the reader flips it
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(jpegs[3], exif=exif)
+    elif how == "cmyk":
+        image.convert("CMYK").save(jpegs[3])
+    else:
+        image.resize((W * 2, H * 2)).save(jpegs[3])
+    served = Viewer(result).frame_jpeg(3)
+    assert served != (jpegs[3] if jpegs[3].exists() else jpegs[3].with_suffix(".png")).read_bytes()
+    if how == "other size":
+        assert served is None  # not the frame the result was made from
+    else:
+        source = ResultFolder.open(result).source_frame(3)
+        assert np.asarray(Image.open(io.BytesIO(served))).shape == (H, W, 3)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(served))),
+                                      np.asarray(Image.open(io.BytesIO(jpeg_bytes(source)))))
+
+
 def test_missing_source_gives_404_frames_and_has_source_false(tmp_path):
     result = make_result(tmp_path, with_input=False)
     with TestClient(create_app(Viewer(result, token=TOKEN))) as c:
@@ -118,6 +187,21 @@ def test_id_maps_are_the_original_pngs(client, result):
     # an edit does not change them: the client applies the lookup
     client.post("/api/edits", json={"op": "delete", "ids": [2]}, headers=AUTH)
     np.testing.assert_array_equal(png_ids(client.get("/api/idmaps/0.png").content), id_maps()[0])
+
+
+def test_id_runs_are_the_ids_of_the_original_pngs(client, result):
+    for t in range(N):
+        res = client.get(f"/api/idmaps/{t}.runs")
+        assert res.status_code == 200 and res.headers["content-type"] == "application/octet-stream"
+        assert "immutable" in res.headers["cache-control"]
+        np.testing.assert_array_equal(decode_id_runs(res.content),
+                                      png_ids(client.get(f"/api/idmaps/{t}.png").content))
+    assert decode_id_runs(client.get("/api/idmaps/0.runs").content).max() == BIG_ID
+    for bad in (f"/api/idmaps/{N}.runs", "/api/idmaps/-1.runs", "/api/idmaps/x.runs", "/api/idmaps/..%2f0.runs"):
+        assert client.get(bad).status_code == 404, bad
+    # an edit does not change them either (the client applies the lookup)
+    client.post("/api/edits", json={"op": "delete", "ids": [2]}, headers=AUTH)
+    np.testing.assert_array_equal(decode_id_runs(client.get("/api/idmaps/0.runs").content), id_maps()[0])
 
 
 def test_thumbnails(client):

@@ -259,6 +259,42 @@ def test_id_decoding_in_the_browser_keeps_every_id(tmp_path):
         assert page.errors == []
 
 
+def test_id_runs_decode_in_the_browser_to_the_ids_and_boundary_of_the_png(tmp_path):
+    """idmaps.js decodeIdRuns (what the player reads) gives exactly the ids, id type and boundary
+    pixels that decodeIdPng gives for the PNG of the same map, and runs that cover the map."""
+    chromium_or_skip()
+    from entitysam.io.idpng import write_id_png
+    from entitysam.review.idruns import encode_id_runs
+    from entitysam.review.server import STATIC_DIR
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 3, (9, 11)).astype(np.uint32)  # many short runs, boundaries everywhere
+    small[0:4, 0:6] = 300
+    big = small.copy()
+    big[5:, 7:] = 70000
+    with browser_page() as page:
+        page.add_script_tag(path=str(STATIC_DIR / "idmaps.js"))
+        for ids in (small, big):
+            write_id_png(tmp_path / "ids.png", ids)
+            out = page.evaluate("""async ([runs, png, w, h]) => {
+                const norm = (r) => ({ids: [...r.ids], kind: r.ids.constructor.name, maxId: r.maxId,
+                                      edges: [...new Set(r.edges)].sort((a, b) => a - b)});
+                const r = decodeIdRuns(new Uint8Array(runs).buffer);
+                const kept = Object.keys(r).sort();  // what a decoded frame keeps: no per-pixel ids
+                r.ids = idsFromRuns(r, w, h);
+                const covered = [...r.runLengths].reduce((a, b) => a + b, 0);
+                const p = await decodeIdPng(new Blob([new Uint8Array(png)], {type: 'image/png'}), w, h);
+                return {runs: norm(r), png: norm(p), covered, count: r.runIds.length, kept}; }""",
+                                [list(encode_id_runs(ids)), list((tmp_path / "ids.png").read_bytes()), 11, 9])
+            assert out["runs"]["ids"] == ids.ravel().tolist()
+            assert out["runs"] == out["png"]
+            assert out["covered"] == ids.size and out["count"] >= 9
+            assert out["kept"] == ["edges", "maxId", "runIds", "runLengths"]
+        assert page.evaluate("() => { try { decodeIdRuns(new Uint8Array(24).buffer); return 'no error'; }"
+                             " catch (e) { return e.message; } }") == "not an id run-length map"
+        assert page.errors == []
+
+
 def test_display_controls_and_play_speed(tmp_path):
     """Opacity, contours, ids on/off change the overlay as they say; Play keeps the video's fps."""
     chromium_or_skip()

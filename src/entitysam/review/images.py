@@ -1,16 +1,18 @@
-"""The images the viewer encodes: source frames as JPEG, entity thumbnails as small PNG crops
-(the id maps are served as the result's own PNGs)."""
+"""The images the viewer encodes: source frames as JPEG (a source JPEG that shows exactly the
+frame is served as it is), entity thumbnails as small PNG crops (the id maps are served as the
+result's own PNGs or as runs, `entitysam.review.idruns`)."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..io.overlay import entity_color
 
-__all__ = ["jpeg_bytes", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
+__all__ = ["jpeg_bytes", "shown_as_is", "jpeg_at_least", "scale_to_width", "thumbnail_png", "THUMB_SIZE"]
 
 THUMB_SIZE = 64  # pixels, the longer side of an entity's thumbnail
 
@@ -20,6 +22,29 @@ def jpeg_bytes(image: np.ndarray, quality: int = 80) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+def shown_as_is(path: Path, size: tuple[int, int]) -> bool:
+    """Whether the file at `path` is a JPEG that a browser shows exactly as the frame the source
+    reader decodes from it: (H, W) `size`, RGB or grey, no EXIF rotation (which the reader applies
+    and which would change the size). Only the header is read."""
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG" or im.mode not in ("RGB", "L") or (im.height, im.width) != tuple(size):
+                return False
+            return im.getexif().get(0x0112) in (None, 1)  # Orientation
+    except Exception:  # noqa: BLE001 - unreadable or odd: decode and encode it as any other frame
+        return False
+
+
+def jpeg_at_least(path: Path, width: int) -> np.ndarray:
+    """[h, w, 3] uint8 RGB of the JPEG at `path` (one `shown_as_is` accepts), decoded by libjpeg at
+    the smallest of 1, 1/2, 1/4 or 1/8 of its size that keeps w >= `width` (a 1080p frame asked
+    960 wide decodes a quarter of the pixels). Raises OSError when it cannot be read."""
+    with Image.open(path) as im:
+        height = max(1, round(im.height * width / im.width))
+        im.draft("RGB", (width, height))  # libjpeg's DCT scaling: never below the size asked
+        return np.asarray(im.convert("RGB"))
 
 
 def scale_to_width(image: np.ndarray, width: int) -> np.ndarray:
@@ -47,12 +72,15 @@ def thumbnail_png(id_map: np.ndarray, entity_id: int, image: np.ndarray | None) 
     if not mask.any():
         mask = np.ones_like(mask)
     y0, y1, x0, x1 = _crop_box(mask)
-    mask = mask[y0:y1, x0:x1]
+    # every step-th pixel: under 4x the thumbnail's side goes through the float work below (an
+    # entity filling a 1080p frame: ~200x fewer pixels), the reduction to THUMB_SIZE smooths it
+    step = max(1, max(y1 - y0, x1 - x0) // (2 * THUMB_SIZE))
+    mask = mask[y0:y1:step, x0:x1:step]
     if image is None:
         crop = np.full((*mask.shape, 3), 128, dtype=np.uint8)
         crop[mask] = entity_color(entity_id)
     else:
-        crop = image[y0:y1, x0:x1].astype(np.float32)
+        crop = image[y0:y1:step, x0:x1:step].astype(np.float32)
         crop[~mask] = crop[~mask] * 0.35 + 40  # the neighbourhood stays readable, the entity stands out
         crop = crop.clip(0, 255).astype(np.uint8)
     thumb = Image.fromarray(crop)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..errors import InvalidArgumentError, ResultFolderError
 from ..io import idpng
@@ -145,15 +146,21 @@ class ResultFolder:
 
     def id_map(self, i: int) -> np.ndarray:
         """The [H, W] uint32 ids of frame position `i` (0 = no entity), read from its PNG."""
+        return idpng.decode_ids(self.id_rgb(i)).astype(np.uint32, copy=False)
+
+    def id_rgb(self, i: int) -> np.ndarray:
+        """The [H, W, 3] uint8 pixels of frame position `i`'s id PNG as stored (id = R + 256 G +
+        65536 B; see `entitysam.io.idpng`), checked for size: what the viewer encodes as runs."""
         path = self.png_path(i)
         try:
-            ids = idpng.read_id_png(path)
+            with Image.open(path) as im:
+                rgb = np.asarray(im.convert("RGB"))
         except (OSError, ValueError) as err:
             raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
-        if ids.shape != self.size:
-            raise ResultFolderError(f"{path}: {ids.shape[1]}x{ids.shape[0]} but the result is "
+        if rgb.shape[:2] != self.size:
+            raise ResultFolderError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} but the result is "
                                     f"{self.size[1]}x{self.size[0]} (WxH)")
-        return ids.astype(np.uint32, copy=False)
+        return rgb
 
     def source_frame(self, i: int) -> np.ndarray | None:
         """The [H, W, 3] uint8 RGB input frame behind frame position `i`, decoded from the
@@ -162,6 +169,12 @@ class ResultFolder:
         rec = self.frames[self.check_frame(i)]
         image = self.sources.frame(int(rec["source_frame"]), rec["name"])
         return image if image is None or image.shape[:2] == self.size else None
+
+    def source_file(self, i: int) -> Path | None:
+        """The input file behind frame position `i` when the input is a folder of frames or an
+        image still holding it (under its name); None for a video or a missing input."""
+        rec = self.frames[self.check_frame(i)]
+        return self.sources.frame_file(int(rec["source_frame"]), rec["name"])
 
     def manifest_digest(self) -> str:
         """SHA-256 (hex) of the bytes of manifest.json: names this exact result (edits.json records it)."""

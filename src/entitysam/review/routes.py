@@ -87,6 +87,13 @@ def build_routes(viewer) -> list[Route]:
         data = await run_in_threadpool(viewer.id_png, index)
         return Response(data, media_type="image/png", headers={"Cache-Control": IMMUTABLE})
 
+    async def id_runs(request: Request) -> Response:
+        index = _frame_index(viewer, request.path_params["index"])
+        if index is None:
+            return _error(404, "no such frame")
+        data = await run_in_threadpool(viewer.id_runs, index)
+        return Response(data, media_type="application/octet-stream", headers={"Cache-Control": IMMUTABLE})
+
     async def thumb(request: Request) -> Response:
         text = request.path_params["entity"]
         data = await run_in_threadpool(viewer.thumbnail, int(text)) if text.isdigit() else None
@@ -131,6 +138,7 @@ def build_routes(viewer) -> list[Route]:
         Route("/api/state", state),
         Route("/api/frames/{index}.jpg", frame),
         Route("/api/idmaps/{index}.png", id_map),
+        Route("/api/idmaps/{index}.runs", id_runs),
         Route("/api/thumbs/{entity}.png", thumb),
         Route("/api/exports", export_formats),
         Route("/api/edits", mutating(edit), methods=["POST"]),

@@ -9,9 +9,12 @@ Routes (all under one per-run token for what changes anything):
     GET  /api/state             entities (colour, label, score, frames, area, presence), the id lookup,
                                 the edit log, undo/redo availability; `version` counts the edits
     GET  /api/frames/<i>.jpg    source frame i as JPEG (404 when the source is gone: the client
-                                paints a neutral background)
+                                paints a neutral background); ?w=N scaled to N columns; at full
+                                size a source JPEG of the frame is sent as it is
     GET  /api/idmaps/<i>.png    the ORIGINAL id map of frame i (RGB PNG); the client maps its ids
                                 through the lookup of /api/state, so edits never invalidate these
+    GET  /api/idmaps/<i>.runs   the same id map as row-wise runs (entitysam.review.idruns): what
+                                the player reads (no PNG decode, no per-pixel pass in the browser)
     GET  /api/thumbs/<id>.png   a crop around the entity in its largest frame
     POST /api/edits             one edit op (JSON: {"op": "hide"|"show"|"delete"|"merge"|"split"|"label", ...})
     POST /api/undo, /api/redo   the edit session's undo / redo
@@ -36,12 +39,14 @@ import numpy as np
 
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
-from .images import jpeg_bytes, scale_to_width, thumbnail_png
+from .idruns import encode_rgb_id_runs
+from .images import jpeg_at_least, jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "ViewerError", "Viewer", "create_app", "serve"]
 
 _JPEG_CACHE = 256  # encoded source frames kept (a 1080p JPEG is ~200-400 kB)
+_RUNS_CACHE = 1024  # id maps kept as runs (a 1080p map of a few dozen entities: ~10-100 kB)
 
 
 class ViewerError(EntitySAMError):
@@ -100,6 +105,7 @@ class Viewer:
         self.version = 0  # edits applied, undone or redone: the client re-fetches the state on change
         self.lock = threading.RLock()
         self._jpegs = _LRU(_JPEG_CACHE)
+        self._runs = _LRU(_RUNS_CACHE)
         self._thumbs = _LRU(512)
         self._presence_cache: tuple[int, dict] | None = None
 
@@ -141,13 +147,26 @@ class Viewer:
         return out
 
     def frame_jpeg(self, index: int, width: int | None = None) -> bytes | None:
-        """Source frame `index` as JPEG, None when the source cannot be read any more. width:
+        """Source frame `index` as JPEG, None when the source cannot be read any more: the source
+        file's own bytes when it is a JPEG of the frame (`images.shown_as_is`). width:
         scaled down to this many columns (the player asks for what its screen shows: decoding
         a smaller JPEG is what makes scrubbing fast); None or >= the frame's width: full size."""
         if width is not None and width >= self.result.size[1]:
             width = None
+        path = self.result.source_file(index)
+        as_is = path is not None and shown_as_is(path, self.result.size)
+        if as_is and width is None:  # a JPEG source file of the frame itself: its bytes, no decoding, no cache
+            try:
+                return path.read_bytes()
+            except OSError:
+                pass
 
         def make():
+            if as_is and width is not None:
+                try:  # decoded at 1/2, 1/4 or 1/8 of the size when that is still >= the width asked
+                    return jpeg_bytes(scale_to_width(jpeg_at_least(path, width), width))
+                except OSError:
+                    pass
             image = self.result.source_frame(index)
             if image is None:
                 return None
@@ -157,6 +176,10 @@ class Viewer:
     def id_png(self, index: int) -> bytes:
         """The ORIGINAL id map of frame `index` as RGB PNG: the stored file itself (already compressed)."""
         return self.result.png_path(index).read_bytes()
+
+    def id_runs(self, index: int) -> bytes:
+        """The ORIGINAL id map of frame `index` as row-wise runs (`entitysam.review.idruns`)."""
+        return self._runs.get_or_make(index, lambda: encode_rgb_id_runs(self.result.id_rgb(index)))
 
     def _thumb_key(self, entity_id: int, frames: dict[int, int]) -> str | None:
         """What an entity's thumbnail shows: its largest frame and the original ids it is made of

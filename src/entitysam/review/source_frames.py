@@ -1,15 +1,21 @@
 """The input frames behind a result, decoded again from the input its manifest names.
 
-Frame folders and images are read one file per request. A video file can only be decoded from
-its start, so it is read through a forward cursor: a request at or after the last frame read
-continues from there (playing forward costs one decode per frame), one before it starts a new
-pass from that frame. Requests may come from several threads (a web server): one lock.
+Frame folders and images are read one file per request (a folder is listed once: its files are
+kept, and a file is used only while its name is still the frame's). A video file can only be
+decoded from its start, so it is read through a forward cursor: a request at or after the last
+frame read continues from there (playing forward costs one decode per frame), one before it
+starts a new pass a few frames before that one. The last frames the cursor gave are kept (up to 64 MB): a
+step back (the arrow key, the player fetching the frames just behind the one shown) is served
+from them, and a new pass refills them, so stepping back costs one pass per ~10 frames at 1080p,
+not one per frame. Requests may come from several threads (a web server): one lock.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -31,6 +37,34 @@ class SourceFrames:
         self._lock = threading.Lock()
         self._cursor: Iterator[Any] | None = None
         self._last = -1  # index of the last frame the cursor gave
+        self._files: list[Path] | None = None  # a folder's frame files, listed once
+        self._recent: OrderedDict[int, Any] = OrderedDict()  # a video's last frames read, by index
+        self.keep_bytes = 64 << 20  # what those may take
+
+    def frame_file(self, index: int, name: str) -> Path | None:
+        """The file of frame `index` when the input is a folder of frames or an image and that
+        file is still named `name` (the frame the result was made from); None otherwise (a video,
+        a live input, the input gone or changed)."""
+        if not self.available() or self._is_video():
+            return None
+        try:
+            with self._lock:
+                files = self._frame_files()
+        except (EntitySAMError, OSError):
+            return None
+        if not 0 <= index < len(files) or files[index].stem != name or not files[index].is_file():
+            return None
+        return files[index]
+
+    def _frame_files(self) -> list[Path]:
+        from ..io.sources import open_source
+
+        if self._files is None:
+            self._files = list(open_source(self.input, fps=self.fps).files)
+        return self._files
+
+    def _is_video(self) -> bool:
+        return os.path.isfile(self.input) and os.path.splitext(self.input)[1].lower() in _video_extensions()
 
     def available(self) -> bool:
         from ..io.sources import is_live_input
@@ -53,23 +87,41 @@ class SourceFrames:
         return frame.image
 
     def _read(self, index: int) -> Any:
-        from ..io.sources import FrameSelection, open_source
+        from ..io.sources import FrameFolderSource, FrameSelection, open_source
 
-        video = os.path.isfile(self.input) and os.path.splitext(self.input)[1].lower() in _video_extensions()
-        if not video:  # one file per frame: read just that one
+        if not self._is_video():  # one file per frame: read just that one (the folder listed once)
             self.passes += 1
-            return next(iter(open_source(self.input, FrameSelection(start=index, max_frames=1), fps=self.fps)), None)
+            one = FrameSelection(start=index, max_frames=1)
+            source = FrameFolderSource(self.input, one, self.fps, files=self._frame_files()) \
+                if os.path.isdir(self.input) else open_source(self.input, one, fps=self.fps)
+            return next(iter(source), None)
+        if index in self._recent:
+            return self._recent[index]
         if self._cursor is None or index <= self._last:
             self.passes += 1
-            source = open_source(self.input, FrameSelection(start=index, stride=self.stride), fps=self.fps)
-            self._cursor = iter(source)
+            # start a few frames (on the stride's grid) before: they are kept for the next steps back
+            back = min(self._keep_frames() - 1, index // self.stride)
+            selection = FrameSelection(start=index - back * self.stride, stride=self.stride)
+            self._cursor = iter(open_source(self.input, selection, fps=self.fps))
             self._last = -1
+            self._recent.clear()
         for frame in self._cursor:
             self._last = frame.index
+            self._recent[frame.index] = frame
+            while len(self._recent) > self._keep_frames():
+                self._recent.popitem(last=False)
             if frame.index >= index:
                 return frame
         self._cursor = None
         return None
+
+    def _keep_frames(self) -> int:
+        """How many of a video's last frames are kept: keep_bytes of frames the size of the last
+        one read (8 before any), at least 2."""
+        last = next(reversed(self._recent.values()), None)
+        if last is None:
+            return 8
+        return max(2, self.keep_bytes // max(1, last.image.nbytes))
 
 
 def _video_extensions() -> tuple[str, ...]:

@@ -1,7 +1,7 @@
 // entitysam view: the player and editor (plain JS, no build step, no network beyond this server).
 //
-// Frames come as JPEG (/api/frames/<i>.jpg) and the ORIGINAL id maps as RGB PNG
-// (/api/idmaps/<i>.png, id = R + 256 G + 65536 B); the current edit is applied here through the
+// Frames come as JPEG (/api/frames/<i>.jpg) and the ORIGINAL id maps as row-wise runs of ids
+// (/api/idmaps/<i>.runs, see idmaps.js); the current edit is applied here through the
 // id lookup of /api/state (original id -> current id, per frame range after a split), so an edit
 // never invalidates the cached frames. Edits are POSTed with the run's token and answered with the
 // new state.
@@ -11,7 +11,7 @@ const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const NEUTRAL = "#6b6b6b";      // the background when the source frame is gone
 const PREFETCH_AHEAD = 24;      // frames fetched and decoded ahead of the one shown
 const PREFETCH_BEHIND = 4;
-const DECODED_BYTES = 640e6;    // decoded frames kept: ids (2 bytes a pixel) + bitmap (4), ~80 at 1080p
+const DECODED_BYTES = 640e6;    // decoded frames kept (bitmap + runs + boundary): ~110 at 1080p shown 1280 wide
 const FETCH_PARALLEL = 4;
 const DECODE_AHEAD = 6;         // of those, decoded ahead (in the workers)
 const COMPRESSED_FRAMES = 600;  // fetched frames kept compressed (a 1080p frame: ~0.1-0.4 MB)
@@ -60,8 +60,8 @@ async function post(url, body) {
 }
 
 // ---- frames: fetched blobs (compressed) and decoded frames, both cached --------------------
-const blobs = new Map();     // frame -> Promise<{jpeg: Blob|null, png: Blob}>
-const decoded = new Map();   // frame -> Promise<{bitmap: ImageBitmap|null, ids: Uint32Array, maxId}> (LRU order)
+const blobs = new Map();     // frame -> Promise<{jpeg: Blob|null, runs: Blob}>
+const decoded = new Map();   // frame -> Promise<{bitmap, maxId, edges, runIds, runLengths}> (LRU order)
 let fetching = 0;
 const fetchQueue = [];  // [{frame, run}]: the frame nearest ahead of the one shown goes first
 
@@ -93,7 +93,7 @@ function frameBlobs(i) {
   if (!blobs.has(i)) {
     const jpeg = viewer.info.has_source === false ? Promise.resolve(null)
       : fetchBlob(`/api/frames/${i}.jpg?w=${viewer.frameWidth}`, i);
-    blobs.set(i, Promise.all([jpeg, fetchBlob(`/api/idmaps/${i}.png`, i)]).then(([jpeg, png]) => ({jpeg, png})));
+    blobs.set(i, Promise.all([jpeg, fetchBlob(`/api/idmaps/${i}.runs`, i)]).then(([jpeg, runs]) => ({jpeg, runs})));
     blobs.get(i).catch(() => blobs.delete(i));
     for (const old of blobs.keys()) {  // oldest first
       if (blobs.size <= COMPRESSED_FRAMES) break;
@@ -105,9 +105,9 @@ function frameBlobs(i) {
 // id maps decode in Web Workers (idmaps.js), off this thread; without workers, here. One job per
 // worker at a time, the waiting job nearest ahead of the frame shown first: while the scrubber
 // moves, the frame asked for last does not wait behind frames the drag has passed.
-const DECODERS = typeof Worker !== "undefined" && typeof OffscreenCanvas !== "undefined" ?
+const DECODERS = typeof Worker !== "undefined" ?
   Array.from({length: Math.min(2, navigator.hardwareConcurrency || 1)}, () => new Worker("/static/idmaps.js")) : [];
-const decodeQueue = [];  // [{frame, png, resolve, reject}]
+const decodeQueue = [];  // [{frame, runs, resolve, reject}]
 const idle = [...DECODERS];
 function pumpDecoders() {
   while (idle.length && decodeQueue.length) {
@@ -123,12 +123,12 @@ function pumpDecoders() {
       if (error) job.reject(new Error(error)); else job.resolve(frame);
       pumpDecoders();
     };
-    worker.postMessage({job: job.frame, png: job.png, width: viewer.info.width, height: viewer.info.height});
+    worker.postMessage({job: job.frame, runs: job.runs});
   }
 }
-function decodeIds(png, frame) {
-  if (!DECODERS.length) return decodeIdPng(png, viewer.info.width, viewer.info.height);
-  return new Promise((resolve, reject) => { decodeQueue.push({frame, png, resolve, reject}); pumpDecoders(); });
+async function decodeIds(runs, frame) {
+  if (!DECODERS.length) return decodeIdRuns(await runs.arrayBuffer());
+  return new Promise((resolve, reject) => { decodeQueue.push({frame, runs, resolve, reject}); pumpDecoders(); });
 }
 function decodedFrame(i) {
   if (decoded.has(i)) {
@@ -136,11 +136,11 @@ function decodedFrame(i) {
     decoded.delete(i); decoded.set(i, hit);  // most recently used last
     return hit;
   }
-  const made = frameBlobs(i).then(async ({jpeg, png}) => {
-    if (!png) throw new Error(`frame ${i}: no id map`);
+  const made = frameBlobs(i).then(async ({jpeg, runs}) => {
+    if (!runs) throw new Error(`frame ${i}: no id map`);
     const [bitmap, idMap] = await Promise.all([jpeg ? createImageBitmap(jpeg).catch(() => null) : null,
-                                               decodeIds(png, i)]);
-    return {bitmap, ...idMap};  // ids, maxId, edges
+                                               decodeIds(runs, i)]);
+    return {bitmap, ...idMap};  // maxId, edges, runIds, runLengths (the ids: onScreen)
   });
   decoded.set(i, made);
   made.catch(() => decoded.delete(i));
@@ -206,7 +206,7 @@ function drawOverlay(frame, f) {
   const out = new Uint32Array(overlayImage.data.buffer);
   const {cur, fill, edge} = frameTables(frame, f.maxId);
   const ids = f.ids, n = ids.length;
-  for (let p = 0; p < n; p++) out[p] = fill[ids[p]];
+  fillRuns(out, fill, f);
   if (viewer.contours) {
     const edges = f.edges, last = n - width;
     for (let k = 0; k < edges.length; k++) {
@@ -219,6 +219,16 @@ function drawOverlay(frame, f) {
   }
   ctx.putImageData(overlayImage, 0, 0);
   if (viewer.showIds) drawIds(ctx, f, cur);
+}
+// out[p] = fill[id of p] for every pixel, a run at a time (a long run is one native fill)
+function fillRuns(out, fill, f) {
+  const runIds = f.runIds, runLengths = f.runLengths, count = runIds.length;
+  for (let r = 0, p = 0; r < count; r++) {
+    const len = runLengths[r], colour = fill[runIds[r]];
+    if (len > 16) out.fill(colour, p, p + len);
+    else for (let e = p + len, q = p; q < e; q++) out[q] = colour;
+    p += len;
+  }
 }
 function drawIds(ctx, f, cur) {
   const {width} = viewer.info;
@@ -247,9 +257,17 @@ function drawFrame(f) {
   else { ctx.fillStyle = NEUTRAL; ctx.fillRect(0, 0, canvas.width, canvas.height); }
 }
 
-let current = null;  // the decoded frame on screen
+// the ids of the frame on screen: one buffer, refilled from the runs for each frame shown (the
+// decoded frames keep only their runs: ~110 instead of ~80 frames kept at 1080p shown 1280 wide)
+let screenIds = null;
+function onScreen(f) {
+  screenIds = idsFromRuns(f, viewer.info.width, viewer.info.height, screenIds);
+  return {...f, ids: screenIds};
+}
+
+let current = null;  // the decoded frame on screen, with its ids
 async function render(i) {
-  const f = await decodedFrame(i);
+  const f = onScreen(await decodedFrame(i));
   drawFrame(f);
   drawOverlay(i, f);
   current = f;
@@ -515,7 +533,8 @@ async function start() {
   $("frame-canvas").width = viewer.frameWidth;
   $("frame-canvas").height = Math.max(1, Math.round(info.height * viewer.frameWidth / info.width));
   $("overlay-canvas").width = info.width; $("overlay-canvas").height = info.height;
-  const frameBytes = 2 * info.width * info.height + 4 * $("frame-canvas").width * $("frame-canvas").height;
+  // a decoded frame: its bitmap, plus its runs and boundary pixels (estimated at 1 byte a pixel)
+  const frameBytes = info.width * info.height + 4 * $("frame-canvas").width * $("frame-canvas").height;
   viewer.decodedFrames = Math.max(8, Math.min(COMPRESSED_FRAMES, Math.floor(DECODED_BYTES / frameBytes)));
   $("scrubber").max = info.num_frames - 1;
   fitStage();

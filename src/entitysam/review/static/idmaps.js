@@ -1,5 +1,7 @@
-// Decoding the RGB id PNGs of entitysam view (id = R + 256 G + 65536 B) into [H * W] ids plus the
-// list of boundary pixels. Loaded twice: as a Web Worker (decoding off the page's thread, so that
+// Decoding the id maps of entitysam view into [H * W] ids plus the list of boundary pixels: the
+// row-wise runs of /api/idmaps/<i>.runs (what the player reads: filling runs and merging the runs
+// of two rows costs a fraction of a per-pixel pass) or the RGB PNGs (id = R + 256 G + 65536 B).
+// Loaded twice: as a Web Worker (decoding off the page's thread, so that
 // scrubbing draws while the next frames decode) and by the page (the fallback without workers).
 "use strict";
 
@@ -42,12 +44,67 @@ function idsAndBoundary(rgba, width, height) {
   return {ids, maxId, edges: edges.slice(0, k)};
 }
 
+// The run-length map (entitysam.review.idruns): "EIR1", uint32 width, height, R, id bytes; R ids
+// (uint16/32, padded to 4 bytes); R uint16 lengths. Runs never cross a row. Returns the runs
+// (runIds, runLengths: the tint pass fills runs), maxId and the boundary pixels as
+// idsAndBoundary does, but no per-pixel ids: idsFromRuns makes them for the frame on screen only
+// (a decoded frame kept without them saves 2 bytes a pixel).
+function decodeIdRuns(buffer) {
+  const magic = new Uint8Array(buffer, 0, 4);
+  if (String.fromCharCode(...magic) !== "EIR1") throw new Error("not an id run-length map");
+  const [width, height, count, idBytes] = new Uint32Array(buffer, 4, 4);
+  const runIds = idBytes === 2 ? new Uint16Array(buffer, 20, count) : new Uint32Array(buffer, 20, count);
+  const lengthsAt = 20 + Math.ceil(count * idBytes / 4) * 4;
+  const runLengths = new Uint16Array(buffer, lengthsAt, count);
+  let maxId = 0;
+  for (let k = 0; k < count; k++) if (runIds[k] > maxId) maxId = runIds[k];
+  const n = width * height;
+  const rowStart = new Uint32Array(height + 1);  // the first run of each row
+  // at most: 2 entries per run start inside a row, 2 per pixel that differs from the one above
+  const bound = 2 * count + 2 * n;
+  if (boundaryScratch.length < bound) boundaryScratch = new Int32Array(bound);
+  const edges = boundaryScratch;
+  let k = 0, p = 0, row = 0;
+  for (let r = 0; r < count; r++) {
+    const len = runLengths[r];
+    if (p % width === 0) rowStart[row++] = r;
+    else { edges[k++] = p; edges[k++] = p - 1; }
+    p += len;
+  }
+  if (p !== n || row !== height) throw new Error("the runs do not cover the map");
+  rowStart[height] = count;
+  for (let y = 1; y < height; y++) {  // walk the runs of the row above and of this one together
+    let a = rowStart[y - 1], b = rowStart[y], endA = runLengths[a], endB = runLengths[b], x = 0;
+    const base = y * width;
+    while (x < width) {
+      const stop = endA < endB ? endA : endB;
+      if (runIds[a] !== runIds[b]) {
+        for (let q = base + x, e = base + stop; q < e; q++) { edges[k++] = q; edges[k++] = q - width; }
+      }
+      x = stop;
+      if (endA === x && x < width) endA += runLengths[++a];
+      if (endB === x && x < width) endB += runLengths[++b];
+    }
+  }
+  return {maxId, edges: edges.slice(0, k), runIds, runLengths};
+}
+
+// [H * W] ids of decodeIdRuns' runs (16 bits when every id fits, else 32) into `out` when it has
+// that type and size (the player refills one buffer per frame shown), else into a new array
+function idsFromRuns(f, width, height, out = null) {
+  const n = width * height, Type = f.maxId < 65536 ? Uint16Array : Uint32Array;
+  const ids = out && out.length === n && out.constructor === Type ? out : new Type(n);
+  const runIds = f.runIds, runLengths = f.runLengths, count = runIds.length;
+  for (let r = 0, p = 0; r < count; r++) { const len = runLengths[r]; ids.fill(runIds[r], p, p + len); p += len; }
+  return ids;
+}
+
 if (typeof WorkerGlobalScope !== "undefined" && self instanceof WorkerGlobalScope) {
   self.onmessage = async (ev) => {
-    const {job, png, width, height} = ev.data;
+    const {job, runs} = ev.data;
     try {
-      const {ids, maxId, edges} = await decodeIdPng(png, width, height);
-      self.postMessage({job, ids, maxId, edges}, [ids.buffer, edges.buffer]);
+      const {maxId, edges, runIds, runLengths} = decodeIdRuns(await runs.arrayBuffer());
+      self.postMessage({job, maxId, edges, runIds, runLengths}, [edges.buffer, runIds.buffer]);
     } catch (err) {
       self.postMessage({job, error: String(err && err.message || err)});
     }
