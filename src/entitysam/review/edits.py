@@ -29,12 +29,11 @@ import numpy as np
 
 from ..errors import EditError, ResultFolderError
 from ..io.idpng import MAX_ID
-from .result import EntityInfo, ResultFolder, entity_stats
+from .result import MAX_LABEL, EntityInfo, ResultFolder, entity_stats
 
 __all__ = ["OPS", "check_op", "EditSession"]
 
 OPS = ("hide", "show", "delete", "merge", "split", "label")
-MAX_LABEL = 1000  # characters of a label
 
 
 def _int_id(value: Any, op: str, what: str = "id") -> int:

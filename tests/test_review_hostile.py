@@ -1,0 +1,174 @@
+"""Hostile and careless inputs to the review layer (`entitysam export`, ResultFolder, edits,
+revisions): a tampered result folder is refused with one line naming the file and the cause
+(no traceback, no made-up ids, nothing written outside the output), a FIFO does not hang it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _review_result import make_result
+from entitysam.cli import main
+from entitysam.errors import ResultFolderError
+from entitysam.review import ResultFolder
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    return make_result(tmp_path_factory.mktemp("pristine"), with_input=False)
+
+
+@pytest.fixture
+def result_dir(pristine, tmp_path):
+    return shutil.copytree(pristine, tmp_path / "clip")
+
+
+def _edit_json(name, change):
+    def tamper(d):
+        data = json.loads((d / name).read_text())
+        change(data)
+        (d / name).write_text(json.dumps(data))
+    return tamper
+
+
+def _segment(frame, **fields):
+    return _edit_json("panoptic.json", lambda m: m["annotations"][0]["annotations"][frame]["segments_info"][0]
+                      .update(fields))
+
+
+def _entity(**fields):
+    return _edit_json("entities.json", lambda m: m["entities"][0].update(fields))
+
+
+def _frame(**fields):
+    return _edit_json("entities.json", lambda m: m["frames"][0].update(fields))
+
+
+def _png(change):
+    return lambda d: change(d / "panoptic" / "f003.png")
+
+
+def _rgb(p):
+    return np.asarray(Image.open(p).convert("RGB"))
+
+
+def _set_text(name, old, new):
+    return lambda d: (d / name).write_text((d / name).read_text().replace(old, new, 1))
+
+
+# (tamper, what the one-line error must say); each was a traceback, an export of wrong data or
+# an accepted value before the checks of ResultFolder.open
+TAMPERS = {
+    "fps-infinite": (_set_text("manifest.json", '"fps": 5.0', '"fps": Infinity'), "no valid fps"),
+    "area-nan": (_set_text("panoptic.json", '"area":368', '"area":NaN'), "area nan"),
+    "area-string": (_segment(0, area="x"), "area 'x'"),
+    "segment-id-string": (_segment(0, id="x"), "id 'x' is not an entity id"),
+    "segment-id-negative": (_segment(0, id=-5), "id -5 is not an entity id"),
+    "segment-id-huge": (_segment(0, id=10 ** 30), "is not an entity id"),
+    "segment-id-float": (_segment(0, id=1.5), "id 1.5 is not an entity id"),
+    "segments-not-a-list": (_edit_json("panoptic.json", lambda m: m["annotations"][0]["annotations"][0]
+                                       .update(segments_info="x")), "segments_info is not a list"),
+    "segment-twice": (_edit_json("panoptic.json", lambda m: m["annotations"][0]["annotations"][0]["segments_info"]
+                                 .append({"id": 1, "area": 5})), "entity 1 is listed twice"),
+    "entities-not-a-list": (_edit_json("entities.json", lambda m: m.update(entities="x")), "not an object with lists"),
+    "entity-not-an-object": (_edit_json("entities.json", lambda m: m.update(entities=[1])), "not an object with lists"),
+    "entity-id-string": (_entity(id="x"), "id 'x' is not an entity id"),
+    "entity-id-huge": (_entity(id=10 ** 12), "is not an entity id"),
+    "entity-id-negative": (_entity(id=-3), "id -3 is not an entity id"),
+    "entity-twice": (_edit_json("entities.json", lambda m: m["entities"].append(dict(m["entities"][0]))),
+                     "entity 1 has two records"),
+    "score-string": (_entity(score="x"), "score 'x'"),
+    "label-number": (_entity(label=5), "label 5"),
+    "label-list": (_entity(label=["a"]), "label ['a']"),
+    "label-huge": (_entity(label="x" * 100_000), "at most 1000 characters"),
+    "hidden-string": (_entity(hidden="false"), "hidden 'false'"),  # bool("false") would hide it
+    "query-index-string": (_entity(query_index="x"), "query_index 'x'"),
+    "frame-name-with-folders": (_frame(name="../../x"), "is not a file name"),
+    "frame-time-string": (_frame(time="x"), "time 'x' is not a finite number"),
+    "source-frame-negative": (_frame(source_frame=-1), "source_frame must be integers >= 0"),
+    "entities-too-deep": (lambda d: (d / "entities.json").write_text("[" * 100_000 + "]" * 100_000),
+                          "nested too deeply"),
+    "panoptic-too-deep": (lambda d: (d / "panoptic.json").write_text('{"a":' + "[" * 100_000 + "]" * 100_000 + "}"),
+                          "nested too deeply"),
+    "png-grayscale": (_png(lambda p: Image.fromarray(_rgb(p)[..., 0]).save(p)), "mode L, not an RGB id PNG"),
+    "png-16-bit": (_png(lambda p: Image.fromarray(_rgb(p)[..., 0].astype(np.uint16) * 300).save(p)),
+                   "not an RGB id PNG"),
+    "png-palette": (_png(lambda p: Image.open(p).convert("P").save(p)), "mode P, not an RGB id PNG"),
+    "png-jpeg": (_png(lambda p: Image.open(p).save(p, format="JPEG")), "a JPEG image"),
+    "png-wrong-size": (_png(lambda p: Image.new("RGB", (10, 10)).save(p)), "10x10 but the result is 32x24"),
+    "png-unlisted-id": (_png(lambda p: Image.fromarray(np.full((24, 32, 3), 77, np.uint8)).save(p)),
+                        "holds id(s) 5066061 that panoptic.json does not list"),
+}
+
+
+@pytest.mark.parametrize("fmt", ["mots", "cvat-video"])
+@pytest.mark.parametrize("case", sorted(TAMPERS))
+def test_a_tampered_result_is_refused_in_one_line(result_dir, tmp_path, capsys, case, fmt):
+    tamper, message = TAMPERS[case]
+    tamper(result_dir)
+    out = tmp_path / "out"
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err and str(result_dir) in err, err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["clip"]  # nothing half-written
+
+
+def test_an_rgba_id_png_still_reads_its_ids(result_dir):
+    png = result_dir / "panoptic" / "f003.png"
+    before = ResultFolder.open(result_dir).id_map(3)
+    Image.open(png).convert("RGBA").save(png)
+    assert np.array_equal(ResultFolder.open(result_dir).id_map(3), before)
+
+
+@pytest.mark.parametrize("video", ["/abs/EVIL", "../../evil", "..", "", 12])
+def test_the_manifest_video_name_cannot_place_an_export_outside_its_folder(result_dir, tmp_path, video):
+    manifest = json.loads((result_dir / "manifest.json").read_text())
+    manifest["video"] = video
+    (result_dir / "manifest.json").write_text(json.dumps(manifest))
+    work = tmp_path / "work"
+    out = work / "a" / "out"
+    out.parent.mkdir(parents=True)
+    assert main(["export", str(result_dir), "--format", "mots", "-o", str(out), "-q"]) == 0
+    made = [p for p in work.rglob("*")]
+    assert all(p == out.parent or out in p.parents or p == out for p in made), made
+    (inner,) = [p for p in out.iterdir() if p.is_dir()]
+    assert len(list((inner / "instances").glob("*.png"))) == 8
+    assert ResultFolder.open(result_dir).name == inner.name and "/" not in inner.name
+
+
+def _opens_within(folder, seconds=30.0):
+    """ResultFolder.open(folder) in a thread: its error, or "hung" (then unblocks the FIFO)."""
+    outcome = []
+
+    def target():
+        try:
+            ResultFolder.open(folder)
+            outcome.append(None)
+        except Exception as err:  # noqa: BLE001 - the test reports whatever it was
+            outcome.append(err)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for fifo in folder.rglob("*"):
+            if fifo.is_fifo():
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                os.close(fd)
+        return "hung"
+    return outcome[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_in_place_of_the_manifest_does_not_hang(result_dir):
+    (result_dir / "manifest.json").unlink()
+    os.mkfifo(result_dir / "manifest.json")
+    err = _opens_within(result_dir)
+    assert isinstance(err, ResultFolderError) and "no readable manifest.json" in str(err), err
