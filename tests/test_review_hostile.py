@@ -172,3 +172,24 @@ def test_a_fifo_in_place_of_the_manifest_does_not_hang(result_dir):
     os.mkfifo(result_dir / "manifest.json")
     err = _opens_within(result_dir)
     assert isinstance(err, ResultFolderError) and "no readable manifest.json" in str(err), err
+
+
+@pytest.mark.parametrize("fmt", ["mots", "cvat-video", "ytvis", "coco-video"])
+@pytest.mark.parametrize("target", ["manifest.json", "panoptic.json", "panoptic/f000.png", "panoptic", ".",
+                                    "sibling/manifest.json", "new.json"])
+def test_an_export_never_lands_in_a_result_folder_even_with_overwrite(result_dir, tmp_path, capsys, fmt, target):
+    from _review_result import folder_bytes
+
+    sibling = shutil.copytree(result_dir, result_dir / "sibling")  # another result inside this one
+    before = folder_bytes(result_dir)
+    out = result_dir / target
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(out), "--overwrite", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "is inside the result folder" in err, err
+    assert folder_bytes(result_dir) == before and sibling.is_dir()
+
+
+def test_an_output_whose_parent_is_a_file_says_so(result_dir, tmp_path, capsys):
+    (tmp_path / "plain").write_text("x")
+    assert main(["export", str(result_dir), "--format", "ytvis", "-o", str(tmp_path / "plain" / "o.json")]) == 1
+    assert f"{tmp_path / 'plain'} is not a folder" in capsys.readouterr().err

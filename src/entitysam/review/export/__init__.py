@@ -49,7 +49,11 @@ def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = Fal
     """Write `view` (ResultFolder or EditSession) in format `fmt` to `out` (a file, or a folder
     for ``mots``); returns the path written. options: per format (``mots``: ``class_id``, ``txt``;
     ``cvat-video``: ``tracks``; ``ytvis``: ``video_id``)."""
-    return _writer(fmt)(view, Path(out), overwrite=overwrite, **options)
+    from .common import check_outside_results
+
+    write = _writer(fmt)
+    check_outside_results(view, Path(out))
+    return write(view, Path(out), overwrite=overwrite, **options)
 
 
 def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:
