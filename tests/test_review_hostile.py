@@ -15,8 +15,9 @@ from PIL import Image
 
 from _review_result import make_result
 from entitysam.cli import main
-from entitysam.errors import ResultFolderError
-from entitysam.review import ResultFolder
+from entitysam.errors import EditError, ResultFolderError
+from entitysam.review import EditSession, ResultFolder
+from entitysam.review.revision import replay_edits, save_revision
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,7 @@ TAMPERS = {
     "label-list": (_entity(label=["a"]), "label ['a']"),
     "label-huge": (_entity(label="x" * 100_000), "at most 1000 characters"),
     "hidden-string": (_entity(hidden="false"), "hidden 'false'"),  # bool("false") would hide it
+    "label-control-character": (_entity(label="a\x00b"), "holds a control character"),  # invalid in CVAT's XML
     "query-index-string": (_entity(query_index="x"), "query_index 'x'"),
     "frame-name-with-folders": (_frame(name="../../x"), "is not a file name"),
     "frame-time-string": (_frame(time="x"), "time 'x' is not a finite number"),
@@ -193,3 +195,38 @@ def test_an_output_whose_parent_is_a_file_says_so(result_dir, tmp_path, capsys):
     (tmp_path / "plain").write_text("x")
     assert main(["export", str(result_dir), "--format", "ytvis", "-o", str(tmp_path / "plain" / "o.json")]) == 1
     assert f"{tmp_path / 'plain'} is not a folder" in capsys.readouterr().err
+
+
+def _log(ops, **fields):
+    return {"format": "entitysam-edits", "format_version": 1, "ops": ops, **fields}
+
+
+@pytest.mark.parametrize("log, message", [
+    (_log([{"op": "label", "id": 1, "text": "a\ud800"}]), "lone surrogate"),  # JSON "\ud800": UTF-8 cannot hold it
+    (_log([{"op": "label", "id": 1, "text": "a\x00<b>"}]), "control character"),
+    (_log([{"op": "label", "id": 1, "text": "x" * 1001}]), "longer than 1000"),
+    (_log([], original="x"), '"original" is not an object'),
+    (_log([{"op": "split", "id": 2, "frame": 3, "new_id": 2 ** 24 - 1}, {"op": "split", "id": 2, "frame": 2}]),
+     "no entity id above 16777215 is left"),
+    ("DEEP", "nested too deeply"),
+])
+def test_a_hostile_edit_log_is_refused_with_an_edit_error(result_dir, tmp_path, log, message):
+    if log == "DEEP":
+        log = tmp_path / "edits.json"
+        log.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(EditError, match=message):
+        replay_edits(result_dir, log)
+
+
+def test_labels_that_pass_the_edit_checks_survive_every_writer(result_dir, tmp_path):
+    from entitysam.review.export import export
+
+    session = EditSession(ResultFolder.open(result_dir), [{"op": "label", "id": 1, "text": "<ä & \"b\" 'c'>"}])
+    for fmt in ("cvat-video", "coco-video", "ytvis"):
+        export(session, fmt, tmp_path / f"out.{fmt}")
+    import xml.etree.ElementTree as ET
+
+    names = [n.text for n in ET.parse(tmp_path / "out.cvat-video").iter("name")]
+    assert "<ä & \"b\" 'c'>" in names
+    revision = save_revision(session, dest=tmp_path / "rev")
+    assert ResultFolder.open(revision).entities[0].label == "<ä & \"b\" 'c'>"

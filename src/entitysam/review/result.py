@@ -33,7 +33,8 @@ from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
 from .source_frames import SourceFrames
 
-__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "MAX_LABEL", "read_entity_records", "entity_stats"]
+__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "MAX_LABEL", "label_problem", "read_entity_records",
+           "entity_stats"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
 MAX_LABEL = 1000  # characters of an entity label (what an edit may set, what a result may hold)
@@ -199,6 +200,19 @@ def _read_id_png(path: Path, size: tuple[int, int]) -> np.ndarray:
     return idpng.decode_ids(rgb)
 
 
+def label_problem(text: Any) -> str | None:
+    """Why `text` cannot be an entity label, or None: a label is a string of at most MAX_LABEL
+    characters without control characters (XML 1.0, which CVAT reads, cannot carry them) nor
+    lone surrogates (not encodable as UTF-8: every writer would fail)."""
+    if not isinstance(text, str):
+        return "not a string"
+    if len(text) > MAX_LABEL:
+        return f"longer than {MAX_LABEL} characters"
+    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in text):
+        return "holds a control character or a lone surrogate"
+    return None
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -255,9 +269,9 @@ def _check_entity_record(where: str, rec: Any) -> dict[str, Any]:
     hidden, query_index = rec.get("hidden", False), rec.get("query_index", -1)
     if score is not None and not _is_number(score):
         raise ResultFolderError(f"{where}: entity {sid} has score {score!r:.40} (expected a finite number or null)")
-    if label is not None and not (isinstance(label, str) and len(label) <= MAX_LABEL):
-        raise ResultFolderError(f"{where}: entity {sid} has label {label!r:.40} (expected a string of at most "
-                                f"{MAX_LABEL} characters, or null)")
+    if label is not None and label_problem(label):
+        raise ResultFolderError(f"{where}: entity {sid} has label {label!r:.40}: {label_problem(label)} (a label "
+                                f"is a string of at most {MAX_LABEL} printable characters, or null)")
     if not isinstance(hidden, bool):
         raise ResultFolderError(f"{where}: entity {sid} has hidden {hidden!r:.40} (expected true or false)")
     if not _is_int(query_index):
