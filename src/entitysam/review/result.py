@@ -202,13 +202,13 @@ def _read_id_png(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 def label_problem(text: Any) -> str | None:
     """Why `text` cannot be an entity label, or None: a label is a string of at most MAX_LABEL
-    characters without control characters (XML 1.0, which CVAT reads, cannot carry them) nor
-    lone surrogates (not encodable as UTF-8: every writer would fail)."""
+    characters without the control characters XML 1.0 (what CVAT reads) cannot carry (tab and
+    line breaks are fine) nor lone surrogates (not encodable as UTF-8: every writer would fail)."""
     if not isinstance(text, str):
         return "not a string"
     if len(text) > MAX_LABEL:
         return f"longer than {MAX_LABEL} characters"
-    if any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in text):
+    if any((ord(c) < 32 and c not in "\t\n\r") or 0xD800 <= ord(c) < 0xE000 or c in "\ufffe\uffff" for c in text):
         return "holds a control character or a lone surrogate"
     return None
 
