@@ -230,3 +230,16 @@ def test_labels_that_pass_the_edit_checks_survive_every_writer(result_dir, tmp_p
     assert "<ä & \"b\" 'c'>" in names
     revision = save_revision(session, dest=tmp_path / "rev")
     assert ResultFolder.open(revision).entities[0].label == "<ä & \"b\" 'c'>"
+
+
+def test_a_revision_is_not_written_into_its_original(result_dir):
+    from _review_result import folder_bytes
+    from entitysam.errors import OutputError
+
+    session = EditSession(ResultFolder.open(result_dir), [{"op": "hide", "ids": [1]}])
+    before = folder_bytes(result_dir)
+    for dest in (result_dir / "rev", result_dir / "panoptic" / "rev"):
+        with pytest.raises(OutputError, match="is inside the result folder"):
+            save_revision(session, dest=dest)
+    assert folder_bytes(result_dir) == before
+    assert ResultFolder.open(save_revision(session)).entities[0].hidden  # beside it: clip.rev1

@@ -74,6 +74,11 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
     final = Path(result.path if replace_original else (dest if dest is not None else next_revision_path(result.path)))
     if not replace_original and os.path.lexists(final):
         raise OutputError(f"{final} already exists: a revision is written to a new folder (choose another dest)")
+    inside = Path(os.path.abspath(final)).parent.resolve() / final.name
+    if not replace_original and Path(result.path).resolve() in inside.parents:
+        # replacing the original later (replace_original, --overwrite) would delete the revision with it
+        raise OutputError(f"{final} is inside the result folder {result.path}: a revision is written beside "
+                          "its original, not into it (choose another dest)")
     log = edits_record(session)
     manifest = revision_manifest(session, final, log)
     with StagedOutput(final, overwrite=replace_original) as staged:
