@@ -243,3 +243,33 @@ def test_a_revision_is_not_written_into_its_original(result_dir):
             save_revision(session, dest=dest)
     assert folder_bytes(result_dir) == before
     assert ResultFolder.open(save_revision(session)).entities[0].hidden  # beside it: clip.rev1
+
+
+def _as_online(folder, jsonl=None, tracks=None):
+    """`folder` turned into the online layout (entities.jsonl + the manifest's tracks), with
+    the given jsonl text or tracks instead of the real ones."""
+    records = json.loads((folder / "entities.json").read_text())
+    (folder / "entities.json").unlink()
+    text = "".join(json.dumps(f) + "\n" for f in records["frames"])
+    (folder / "entities.jsonl").write_text(text if jsonl is None else jsonl)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format"] = "entitysam-online"
+    manifest["tracks"] = [{"id": e["id"], "score": e["score"]} for e in records["entities"]] if tracks is None else tracks
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("jsonl, tracks, message", [
+    (None, None, None),
+    ("[" * 100_000 + "]" * 100_000 + "\n", None, "nested too deeply"),
+    ('{"frame": 0,\n', None, "unreadable frame records"),
+    (None, "x", "tracks: the entity records are not a list"),
+    (None, [{"id": 1, "hidden": "no"}], "hidden 'no'"),
+    (None, [5], "an entity record is not an object"),
+])
+def test_a_tampered_online_result_is_refused(result_dir, jsonl, tracks, message):
+    _as_online(result_dir, jsonl, tracks)
+    if message is None:
+        assert ResultFolder.open(result_dir).kind == "online"
+        return
+    with pytest.raises(ResultFolderError, match=message):
+        ResultFolder.open(result_dir)

@@ -365,6 +365,8 @@ def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],
         frames = [{k: rec[k] for k in keys} for rec in records]
     except (KeyError, TypeError, ValueError) as err:
         raise ResultFolderError(f"{path}: unreadable frame records ({type(err).__name__}: {err})") from None
+    except RecursionError:
+        raise ResultFolderError(f"{path}: unreadable frame records (JSON nested too deeply)") from None
     except OSError as err:
         raise ResultFolderError(f"{path}: cannot read the frame records: {err}") from None
     for rec in frames:
