@@ -273,3 +273,15 @@ def test_a_tampered_online_result_is_refused(result_dir, jsonl, tracks, message)
         return
     with pytest.raises(ResultFolderError, match=message):
         ResultFolder.open(result_dir)
+
+
+@pytest.mark.parametrize("source", ["FD", [[[1, 2, 3]]], {"a": 1}, "", None])
+def test_a_manifest_input_that_is_not_a_path_gives_no_source_frames(result_dir, source):
+    manifest = json.loads((result_dir / "manifest.json").read_text())
+    fd = os.open(result_dir / "manifest.json", os.O_RDONLY)  # an open descriptor: os.path.exists(fd) is True
+    try:
+        manifest["input"] = fd if source == "FD" else source
+        (result_dir / "manifest.json").write_text(json.dumps(manifest))
+        assert ResultFolder.open(result_dir).source_frame(0) is None
+    finally:
+        os.close(fd)

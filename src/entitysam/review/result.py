@@ -100,7 +100,8 @@ class ResultFolder:
         self._listed = np.zeros(self.max_id + 1, dtype=bool)  # ids panoptic.json lists (0: no entity)
         self._listed[[0] + [i for a in frame_areas for i in a]] = True
         selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
-        self.sources = SourceFrames(manifest.get("input"), self.fps, selection.get("stride", 1))
+        source = manifest.get("input")  # a path or URL; anything else (a number would be a file descriptor) is none
+        self.sources = SourceFrames(source if isinstance(source, str) else None, self.fps, selection.get("stride", 1))
 
     # ------------------------------------------------------------------ opening
     @classmethod
