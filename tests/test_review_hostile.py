@@ -93,6 +93,10 @@ TAMPERS = {
     "query-index-string": (_entity(query_index="x"), "query_index 'x'"),
     "frame-name-with-folders": (_frame(name="../../x"), "is not a file name"),
     "frame-time-string": (_frame(time="x"), "time 'x' is not a finite number"),
+    "frame-name-twice": (lambda d: (_edit_json("panoptic.json", lambda m: m["annotations"][0]["annotations"][1]
+                                               .update(image_id="f000"))(d),
+                                    _edit_json("entities.json", lambda m: m["frames"][1].update(name="f000"))(d)),
+                         "f000 used by several frames"),
     "source-frame-negative": (_frame(source_frame=-1), "source_frame must be integers >= 0"),
     "entities-too-deep": (lambda d: (d / "entities.json").write_text("[" * 100_000 + "]" * 100_000),
                           "nested too deeply"),

@@ -376,6 +376,9 @@ def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],
     if [f["name"] for f in frames] != names or [f["frame"] for f in frames] != list(range(len(frames))):
         raise ResultFolderError(f"{path}: the frames of panoptic.json and of the entity records disagree "
                                 f"({len(names)} vs {len(frames)} frames)")
+    if len(set(names)) != len(names):  # one PNG for two frames: an export would write one over the other
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ResultFolderError(f"{path}: frame name(s) {', '.join(map(str, twice[:5]))} used by several frames")
     return frames
 
 
