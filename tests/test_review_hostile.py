@@ -66,6 +66,8 @@ def _set_text(name, old, new):
 # (tamper, what the one-line error must say); each was a traceback, an export of wrong data or
 # an accepted value before the checks of ResultFolder.open
 TAMPERS = {
+    "format-version-2": (_edit_json("manifest.json", lambda m: m.update(format_version=2)),
+                         "format_version 2; this version of entitysam reads 1"),
     "fps-infinite": (_set_text("manifest.json", '"fps": 5.0', '"fps": Infinity'), "no valid fps"),
     "area-nan": (_set_text("panoptic.json", '"area":368', '"area":NaN'), "area nan"),
     "area-string": (_segment(0, area="x"), "area 'x'"),
@@ -113,7 +115,7 @@ TAMPERS = {
 }
 
 
-@pytest.mark.parametrize("fmt", ["mots", "cvat-video"])
+@pytest.mark.parametrize("fmt", ["mots", "cvat-video", "ytvis", "coco-video"])
 @pytest.mark.parametrize("case", sorted(TAMPERS))
 def test_a_tampered_result_is_refused_in_one_line(result_dir, tmp_path, capsys, case, fmt):
     tamper, message = TAMPERS[case]
@@ -289,3 +291,14 @@ def test_a_manifest_input_that_is_not_a_path_gives_no_source_frames(result_dir, 
         assert ResultFolder.open(result_dir).source_frame(0) is None
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("value", ["66", "0", "1e3"])
+def test_a_mots_class_id_out_of_range_is_a_usage_error(result_dir, tmp_path, capsys, value):
+    argv = ["export", str(result_dir), "--format", "mots", "-o", str(tmp_path / "out"), "--class-id", value]
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    assert code == 2 and "--class-id" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -37,6 +37,7 @@ __all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "MAX_LABEL", "label_p
            "entity_stats"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
+RESULT_VERSION = 1  # the manifest format_version read here (a newer layout is refused, not misread)
 MAX_LABEL = 1000  # characters of an entity label (what an edit may set, what a result may hold)
 ID_PNG_MODES = ("RGB", "RGBA")  # what the id codec reads exactly (others would be converted: ids made up)
 
@@ -119,6 +120,9 @@ class ResultFolder:
         fmt = manifest.get("format")
         if fmt not in RESULT_FORMATS:
             raise ResultFolderError(f"{path}: {MANIFEST} says format {fmt!r}, not a result of `entitysam segment`")
+        if manifest.get("format_version", RESULT_VERSION) != RESULT_VERSION:
+            raise ResultFolderError(f"{path}: {MANIFEST} has format_version {manifest.get('format_version')!r:.40}; "
+                                    f"this version of entitysam reads {RESULT_VERSION}")
         if manifest.get("complete") is not True:
             status = manifest.get("status", "unfinished")
             raise ResultFolderError(f"{path}: the result is not complete (status {status!r}); only complete "
