@@ -302,3 +302,20 @@ def test_a_mots_class_id_out_of_range_is_a_usage_error(result_dir, tmp_path, cap
         code = exit_info.code
     assert code == 2 and "--class-id" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("body, message", [
+    ("[" * 100_000 + "]" * 100_000, "the edit must be a JSON object"),
+    ('{"op": "label", "id": 1, "text": "a\\ud800"}', "lone surrogate"),
+    ('{"op": "split", "id": 2, "frame": 3, "new_id": 16777216}', "new_id must be an entity id"),
+])
+def test_a_hostile_edit_posted_to_the_viewer_is_a_400(result_dir, body, message):
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from entitysam.review.server import TOKEN_HEADER, Viewer, create_app
+
+    with TestClient(create_app(Viewer(result_dir, token="t")), raise_server_exceptions=False) as client:
+        reply = client.post("/api/edits", content=body.encode(), headers={TOKEN_HEADER: "t"})
+        assert reply.status_code == 400 and message in reply.text, reply.text
+        assert client.get("/api/state").json()["version"] == 0
