@@ -319,3 +319,27 @@ def test_a_hostile_edit_posted_to_the_viewer_is_a_400(result_dir, body, message)
         reply = client.post("/api/edits", content=body.encode(), headers={TOKEN_HEADER: "t"})
         assert reply.status_code == 400 and message in reply.text, reply.text
         assert client.get("/api/state").json()["version"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["cvat-video", "ytvis", "coco-video"])
+@pytest.mark.parametrize("content", ["my notes\n", '{"info": "mine"}', "[1, 2]", '<?xml version="1.0"?><annotations/>'])
+def test_overwrite_replaces_only_a_file_entitysam_exported(result_dir, tmp_path, capsys, fmt, content):
+    mine = tmp_path / "mine.out"
+    mine.write_text(content)
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(mine), "--overwrite", "-q"]) == 1
+    assert "is not a file entitysam exported in this format" in capsys.readouterr().err
+    assert mine.read_text() == content
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(tmp_path / "a.out"), "-q"]) == 0
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(tmp_path / "a.out"), "--overwrite", "-q"]) == 0
+
+
+def test_an_empty_export_can_be_overwritten_too(result_dir, tmp_path):
+    from entitysam.review.export import export
+
+    session = EditSession(ResultFolder.open(result_dir), [{"op": "hide", "ids": [1, 2, 3, 1005]}])
+    for fmt in ("cvat-video", "ytvis", "coco-video"):
+        out = export(session, fmt, tmp_path / fmt)
+        assert export(session, fmt, out, overwrite=True) == out
+    import xml.etree.ElementTree as ET
+
+    assert ET.parse(tmp_path / "cvat-video").getroot().tag == "annotations"

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                         "(its importer keeps only the first mask of a mask track), the entity id in an attribute "
                         "(default); entity: one mask track per entity")
     p.add_argument("--video-id", type=positive_int, default=1, metavar="N", help="(ytvis) the video_id (default 1)")
-    add_overwrite(p, "replace an existing output (a folder only if entitysam exported it)")
+    add_overwrite(p, "replace an earlier export (only a file or folder entitysam exported in this format; never "
+                     "anything inside a result folder)")
     add_quiet(p, "print nothing on success")
     p.set_defaults(func=run)
 

@@ -11,7 +11,9 @@
 
 Hidden entities are not exported (their pixels count as background), deleted ones do not exist.
 Every export is written atomically (a hidden temporary file or folder renamed into place) and
-refuses to replace an existing output unless ``overwrite``.
+refuses to replace an existing output unless ``overwrite``, and even then replaces only an
+earlier export (a folder with ``entitysam-export.json``, a file with its format's mark), never
+a path inside a result folder.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
@@ -91,7 +91,10 @@ def check_outside_results(view: Any, out: Path) -> None:
                               "result folders (choose another output)")
 
 
-def _check_free(out: Path, overwrite: bool, folder: bool) -> None:
+HEAD_BYTES = 4096  # how much of an existing output file is read to recognise an earlier export
+
+
+def _check_free(out: Path, overwrite: bool, folder: bool, exported: Callable[[bytes], bool] | None = None) -> None:
     if not os.path.lexists(out):
         return
     if not overwrite:
@@ -103,6 +106,12 @@ def _check_free(out: Path, overwrite: bool, folder: bool) -> None:
                           "replace it, even when overwriting; choose another output")
     if not folder and not out.is_file():
         raise OutputError(f"{out} exists and is not a file: refusing to replace it")
+    if not folder and exported is not None:
+        with open(out, "rb") as f:
+            head = f.read(HEAD_BYTES)
+        if not exported(head):
+            raise OutputError(f"{out} exists and is not a file entitysam exported in this format: refusing to "
+                              "replace it, even when overwriting; choose another output")
 
 
 def _check_parent(out: Path) -> None:
@@ -112,9 +121,12 @@ def _check_parent(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def output_file(out: Path, overwrite: bool, mode: str = "w") -> Iterator[IO]:
-    """A file object whose content replaces `out` atomically when the block ends without error."""
-    _check_free(out, overwrite, folder=False)
+def output_file(out: Path, overwrite: bool, mode: str = "w",
+                exported: Callable[[bytes], bool] | None = None) -> Iterator[IO]:
+    """A file object whose content replaces `out` atomically when the block ends without error.
+    exported(first bytes of an existing `out`): whether it is an earlier export (the only file
+    overwrite replaces: ``-o notes.json --overwrite`` must not destroy notes.json)."""
+    _check_free(out, overwrite, folder=False, exported=exported)
     _check_parent(out)
     with atomic_file(out, mode) as f:
         yield f
