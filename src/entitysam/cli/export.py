@@ -3,11 +3,21 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ..argtypes import positive_int
 from ..errors import EntitySAMError
 from .options import add_overwrite, add_quiet, print_err
 
 FORMATS = ("mots", "cvat-video", "ytvis", "coco-video")  # = entitysam.review.export.FORMATS (kept light for -h)
+
+
+def mots_class_id(text: str) -> int:
+    """--class-id: 1..65 (class * 1000 + instance must fit the 16-bit MOTS PNG): a usage error otherwise."""
+    value = positive_int(text)
+    if value > 65:
+        raise argparse.ArgumentTypeError(f"a MOTS class id is 1 to 65 (16-bit values), got {value}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -23,7 +33,7 @@ def add_parser(sub) -> None:
                         "COCO-style video JSON")
     p.add_argument("-o", "--output", required=True, metavar="FILE_OR_DIR",
                    help="the output file (a folder for mots); its parent folder must exist")
-    p.add_argument("--class-id", type=positive_int, default=2, metavar="N",
+    p.add_argument("--class-id", type=mots_class_id, default=2, metavar="N",
                    help="(mots) the class of every entity: values are N*1000 + instance (default 2, KITTI-MOTS "
                         "pedestrian)")
     p.add_argument("--mots-txt", action="store_true",
@@ -33,7 +43,8 @@ def add_parser(sub) -> None:
                         "(its importer keeps only the first mask of a mask track), the entity id in an attribute "
                         "(default); entity: one mask track per entity")
     p.add_argument("--video-id", type=positive_int, default=1, metavar="N", help="(ytvis) the video_id (default 1)")
-    add_overwrite(p, "replace an existing output (a folder only if entitysam exported it)")
+    add_overwrite(p, "replace an earlier export (only a file or folder entitysam exported in this format; never "
+                     "anything inside a result folder)")
     add_quiet(p, "print nothing on success")
     p.set_defaults(func=run)
 

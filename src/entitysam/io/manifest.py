@@ -21,9 +21,11 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 def manifest_data(directory: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(directory) / MANIFEST
+    if not path.is_file():  # a FIFO or device there would block the read forever
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 

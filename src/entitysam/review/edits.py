@@ -29,12 +29,11 @@ import numpy as np
 
 from ..errors import EditError, ResultFolderError
 from ..io.idpng import MAX_ID
-from .result import EntityInfo, ResultFolder, entity_stats
+from .result import MAX_LABEL, EntityInfo, ResultFolder, entity_stats, label_problem
 
 __all__ = ["OPS", "check_op", "EditSession"]
 
 OPS = ("hide", "show", "delete", "merge", "split", "label")
-MAX_LABEL = 1000  # characters of a label
 
 
 def _int_id(value: Any, op: str, what: str = "id") -> int:
@@ -80,8 +79,9 @@ def check_op(op: Mapping[str, Any]) -> dict[str, Any]:
             out["new_id"] = _int_id(op["new_id"], kind, "new_id")
     if kind == "label":
         text = op.get("text")
-        if not isinstance(text, str) or len(text) > MAX_LABEL:
-            raise EditError(f"label: text must be a string of at most {MAX_LABEL} characters, got {text!r:.80}")
+        if label_problem(text):
+            raise EditError(f"label: text must be a string of at most {MAX_LABEL} printable characters, got "
+                            f"{text!r:.80} ({label_problem(text)})")
         out["text"] = text
     return out
 
@@ -226,6 +226,9 @@ class EditSession:
         new = op.get("new_id")
         if new is None:
             new = max(state.used | {self.result.max_id}) + 1
+            if new > MAX_ID:  # the PNGs hold 24-bit ids: a revision could not be written
+                raise EditError(f"split: no entity id above {new - 1} is left (ids end at {MAX_ID}); give a free "
+                                "new_id")
             op["new_id"] = new  # recorded: a replay gives the same id
         elif new in state.used:
             raise EditError(f"split: new_id {new} is already used by an entity")

@@ -18,23 +18,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from ..errors import InvalidArgumentError, ResultFolderError
 from ..io import idpng
+from ..io.paths import safe_name
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
 from .source_frames import SourceFrames
 
-__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "read_entity_records", "entity_stats"]
+__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "MAX_LABEL", "label_problem", "read_entity_records",
+           "entity_stats"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
+RESULT_VERSION = 1  # the manifest format_version read here (a newer layout is refused, not misread)
+MAX_LABEL = 1000  # characters of an entity label (what an edit may set, what a result may hold)
+ID_PNG_MODES = ("RGB", "RGBA")  # what the id codec reads exactly (others would be converted: ids made up)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ def _read_json(path: Path, what: str) -> Any:
         raise ResultFolderError(f"{path.parent}: {what} is missing ({path.name})") from None
     except (OSError, ValueError) as err:
         raise ResultFolderError(f"{path}: cannot read {what}: {err}") from None
+    except RecursionError:
+        raise ResultFolderError(f"{path}: cannot read {what}: JSON nested too deeply") from None
 
 
 class ResultFolder:
@@ -82,15 +89,20 @@ class ResultFolder:
         self.path = path
         self.manifest = manifest
         self.kind = "online" if manifest.get("format") == "entitysam-online" else "offline"
-        self.name = str(manifest.get("video") or path.name)
+        video = manifest.get("video")
+        # the name names export folders and files: one safe path component whatever the manifest says
+        self.name = safe_name(video if isinstance(video, str) and video else path.name)
         self.frames = frames
         self.entities = entities
         self.frame_areas = frame_areas
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
+        self._listed = np.zeros(self.max_id + 1, dtype=bool)  # ids panoptic.json lists (0: no entity)
+        self._listed[[0] + [i for a in frame_areas for i in a]] = True
         selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
-        self.sources = SourceFrames(manifest.get("input"), self.fps, selection.get("stride", 1))
+        source = manifest.get("input")  # a path or URL; anything else (a number would be a file descriptor) is none
+        self.sources = SourceFrames(source if isinstance(source, str) else None, self.fps, selection.get("stride", 1))
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -108,6 +120,9 @@ class ResultFolder:
         fmt = manifest.get("format")
         if fmt not in RESULT_FORMATS:
             raise ResultFolderError(f"{path}: {MANIFEST} says format {fmt!r}, not a result of `entitysam segment`")
+        if manifest.get("format_version", RESULT_VERSION) != RESULT_VERSION:
+            raise ResultFolderError(f"{path}: {MANIFEST} has format_version {manifest.get('format_version')!r:.40}; "
+                                    f"this version of entitysam reads {RESULT_VERSION}")
         if manifest.get("complete") is not True:
             status = manifest.get("status", "unfinished")
             raise ResultFolderError(f"{path}: the result is not complete (status {status!r}); only complete "
@@ -115,16 +130,16 @@ class ResultFolder:
         size, fps = manifest.get("size"), manifest.get("fps")
         if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
             raise ResultFolderError(f"{path}: {MANIFEST} has no valid size [H, W] (got {size!r})")
-        if not isinstance(fps, (int, float)) or not fps > 0:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (fps > 0 and math.isfinite(fps)):
             raise ResultFolderError(f"{path}: {MANIFEST} has no valid fps (got {fps!r})")
         if not (path / "panoptic").is_dir() or not (path / "panoptic.json").is_file():
             raise ResultFolderError(f"{path}: no panoptic output (panoptic/ and panoptic.json): segment with "
                                     "the panoptic format saved to review a result")
         entries = _panoptic_entries(path)
-        frame_areas = [{int(s["id"]): int(s["area"]) for s in e.get("segments_info", [])} for e in entries]
+        frame_areas = [_segment_areas(path, t, e) for t, e in enumerate(entries)]
         entities_json = read_entity_records(path / "entities.json") if (path / "entities.json").is_file() else None
         frames = _frames(path, manifest, entries, entities_json)
-        entities = _entities(manifest, entities_json, frame_areas)
+        entities = _entities(path, manifest, entities_json, frame_areas)
         for rec in frames:
             if not (path / "panoptic" / f"{rec['name']}.png").is_file():
                 raise ResultFolderError(f"{path}: panoptic/{rec['name']}.png is missing (frame {rec['frame']})")
@@ -146,21 +161,18 @@ class ResultFolder:
 
     def id_map(self, i: int) -> np.ndarray:
         """The [H, W] uint32 ids of frame position `i` (0 = no entity), read from its PNG."""
-        return idpng.decode_ids(self.id_rgb(i)).astype(np.uint32, copy=False)
+        ids = idpng.decode_ids(self.id_rgb(i))
+        if int(ids.max(initial=0)) > self.max_id or not self._listed[ids].all():
+            unknown = sorted(set(np.unique(ids).tolist()) - set(np.flatnonzero(self._listed).tolist()))
+            raise ResultFolderError(f"{self.png_path(i)}: holds id(s) {', '.join(map(str, unknown[:5]))} that "
+                                    "panoptic.json does not list")
+        return ids.astype(np.uint32, copy=False)
 
     def id_rgb(self, i: int) -> np.ndarray:
         """The [H, W, 3] uint8 pixels of frame position `i`'s id PNG as stored (id = R + 256 G +
-        65536 B; see `entitysam.io.idpng`), checked for size: what the viewer encodes as runs."""
+        65536 B; see `entitysam.io.idpng`), checked for mode and size: what the viewer encodes as runs."""
         path = self.png_path(i)
-        try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as err:
-            raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
-        if rgb.shape[:2] != self.size:
-            raise ResultFolderError(f"{path}: {rgb.shape[1]}x{rgb.shape[0]} but the result is "
-                                    f"{self.size[1]}x{self.size[0]} (WxH)")
-        return rgb
+        return _read_id_rgb(path, self.size)
 
     def source_frame(self, i: int) -> np.ndarray | None:
         """The [H, W, 3] uint8 RGB input frame behind frame position `i`, decoded from the
@@ -185,6 +197,104 @@ class ResultFolder:
                 f"{self.size[1]}x{self.size[0]}, {len(self.entities)} entities)")
 
 
+def _read_id_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """[H, W, 3] uint8 pixels of an RGB(A) id PNG of the result's size; ResultFolderError otherwise
+    (another image mode would be converted to RGB by PIL and give made-up ids)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            kind, width, height = (im.format, im.mode), *im.size
+            rgb = np.asarray(im) if kind[0] == "PNG" and kind[1] in ID_PNG_MODES and (height, width) == size else None
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
+    if kind[0] != "PNG" or kind[1] not in ID_PNG_MODES:
+        raise ResultFolderError(f"{path}: a {kind[0]} image of mode {kind[1]}, not an RGB id PNG "
+                                "(id = R + 256 G + 65536 B)")
+    if rgb is None:
+        raise ResultFolderError(f"{path}: {width}x{height} but the result is {size[1]}x{size[0]} (WxH)")
+    return rgb if rgb.shape[2] == 3 else np.ascontiguousarray(rgb[..., :3])
+
+
+def label_problem(text: Any) -> str | None:
+    """Why `text` cannot be an entity label, or None: a label is a string of at most MAX_LABEL
+    characters without the control characters XML 1.0 (what CVAT reads) cannot carry (tab and
+    line breaks are fine) nor lone surrogates (not encodable as UTF-8: every writer would fail)."""
+    if not isinstance(text, str):
+        return "not a string"
+    if len(text) > MAX_LABEL:
+        return f"longer than {MAX_LABEL} characters"
+    if any((ord(c) < 32 and c not in "\t\n\r") or 0xD800 <= ord(c) < 0xE000 or c in "\ufffe\uffff" for c in text):
+        return "holds a control character or a lone surrogate"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_id(where: str, value: Any) -> int:
+    if not (_is_int(value) and 1 <= value <= idpng.MAX_ID):
+        raise ResultFolderError(f"{where}: id {value!r:.40} is not an entity id (an integer in [1, {idpng.MAX_ID}])")
+    return value
+
+
+def _segment_areas(path: Path, t: int, entry: dict[str, Any]) -> dict[int, int]:
+    """Frame `t`'s ``{id: area}`` from its panoptic.json entry, every record checked."""
+    where = f"{path / 'panoptic.json'}: frame {t}"
+    segments = entry.get("segments_info", [])
+    if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
+        raise ResultFolderError(f"{where}: segments_info is not a list of records")
+    areas: dict[int, int] = {}
+    for seg in segments:
+        sid = _check_id(where, seg.get("id"))
+        area = seg.get("area")
+        if not (_is_int(area) and area >= 0):
+            raise ResultFolderError(f"{where}: entity {sid} has area {area!r:.40} (expected an integer >= 0)")
+        if sid in areas:
+            raise ResultFolderError(f"{where}: entity {sid} is listed twice")
+        areas[sid] = area
+    return areas
+
+
+def _check_frame_record(path: Path, rec: dict[str, Any]) -> None:
+    """A frame record's types: its name is a file name of the result (panoptic/<name>.png), so
+    one path component; positions and times are numbers."""
+    name, where = rec["name"], f"{path}: frame record {rec['frame']!r:.40}"
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\\0"):
+        raise ResultFolderError(f"{where}: name {name!r:.80} is not a file name (no folders, not empty)")
+    if not _is_int(rec["frame"]) or not (_is_int(rec["source_frame"]) and rec["source_frame"] >= 0):
+        raise ResultFolderError(f"{where}: frame and source_frame must be integers >= 0 "
+                                f"(got {rec['source_frame']!r:.40})")
+    if not _is_number(rec["time"]):
+        raise ResultFolderError(f"{where}: time {rec['time']!r:.40} is not a finite number")
+
+
+def _check_entity_record(where: str, rec: Any) -> dict[str, Any]:
+    """An entity record (entities.json or the manifest's tracks) with checked types: what is
+    not a valid id, score, label, hidden flag or query index is refused, not guessed
+    (``bool("false")`` would hide an entity)."""
+    if not isinstance(rec, dict):
+        raise ResultFolderError(f"{where}: an entity record is not an object (got {rec!r:.40})")
+    sid = _check_id(where, rec.get("id"))
+    score, label = rec.get("score"), rec.get("label")
+    hidden, query_index = rec.get("hidden", False), rec.get("query_index", -1)
+    if score is not None and not _is_number(score):
+        raise ResultFolderError(f"{where}: entity {sid} has score {score!r:.40} (expected a finite number or null)")
+    if label is not None and label_problem(label):
+        raise ResultFolderError(f"{where}: entity {sid} has label {label!r:.40}: {label_problem(label)} (a label "
+                                f"is a string of at most {MAX_LABEL} printable characters, or null)")
+    if not isinstance(hidden, bool):
+        raise ResultFolderError(f"{where}: entity {sid} has hidden {hidden!r:.40} (expected true or false)")
+    if not _is_int(query_index):
+        raise ResultFolderError(f"{where}: entity {sid} has query_index {query_index!r:.40} (expected an integer)")
+    return rec
+
+
 # ---------------------------------------------------------------------- readers of the records
 def read_entity_records(path: Path) -> dict[str, Any]:
     """``entities.json`` without its masks: ``{"frames": [...], "entities": [records without
@@ -201,10 +311,11 @@ def read_entity_records(path: Path) -> dict[str, Any]:
     if fast is not None:
         return fast
     data = _read_json(path, "entities.json")
-    if not isinstance(data, dict):
-        raise ResultFolderError(f"{path}: entities.json is not an object")
-    return {"frames": data.get("frames") or [],
-            "entities": [{k: v for k, v in e.items() if k != "frames"} for e in data.get("entities") or []]}
+    frames, entities = (data.get("frames"), data.get("entities")) if isinstance(data, dict) else (None, None)
+    if not (isinstance(frames, (list, type(None))) and isinstance(entities, (list, type(None)))
+            and all(isinstance(e, dict) for e in entities or [])):
+        raise ResultFolderError(f"{path}: entities.json is not an object with lists of frames and entity records")
+    return {"frames": frames or [], "entities": [{k: v for k, v in e.items() if k != "frames"} for e in entities or []]}
 
 
 _ENTITY_MASKS = ',"frames":['  # where an entity line's masks start (cannot occur inside a JSON string: quotes there are escaped)
@@ -234,7 +345,7 @@ def _entity_lines(f) -> dict[str, Any] | None:
                 if cut < 0:
                     return None
                 entities.append(json.loads(text[:cut] + "}"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return None
 
@@ -270,25 +381,38 @@ def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],
         frames = [{k: rec[k] for k in keys} for rec in records]
     except (KeyError, TypeError, ValueError) as err:
         raise ResultFolderError(f"{path}: unreadable frame records ({type(err).__name__}: {err})") from None
+    except RecursionError:
+        raise ResultFolderError(f"{path}: unreadable frame records (JSON nested too deeply)") from None
     except OSError as err:
         raise ResultFolderError(f"{path}: cannot read the frame records: {err}") from None
+    for rec in frames:
+        _check_frame_record(path, rec)
     names = [e.get("image_id") for e in entries]
     if [f["name"] for f in frames] != names or [f["frame"] for f in frames] != list(range(len(frames))):
         raise ResultFolderError(f"{path}: the frames of panoptic.json and of the entity records disagree "
                                 f"({len(names)} vs {len(frames)} frames)")
+    if len(set(names)) != len(names):  # one PNG for two frames: an export would write one over the other
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ResultFolderError(f"{path}: frame name(s) {', '.join(map(str, twice[:5]))} used by several frames")
     return frames
 
 
-def _entities(manifest: dict[str, Any], entities_json: dict[str, Any] | None,
+def _entities(path: Path, manifest: dict[str, Any], entities_json: dict[str, Any] | None,
               frame_areas: list[dict[int, int]]) -> list[EntityInfo]:
     stats = entity_stats(frame_areas)
     if entities_json is not None:
-        records = entities_json.get("entities") or []
+        records, where = entities_json.get("entities") or [], f"{path / 'entities.json'}"
     else:
-        records = manifest.get("tracks") or [{"id": i} for i in stats]
+        records, where = manifest.get("tracks") or [{"id": i} for i in stats], f"{path / MANIFEST}: tracks"
+    if not isinstance(records, list):
+        raise ResultFolderError(f"{where}: the entity records are not a list")
     out = []
+    seen: set[int] = set()
     for rec in records:
-        sid = int(rec["id"])
+        sid = _check_entity_record(where, rec)["id"]
+        if sid in seen:
+            raise ResultFolderError(f"{where}: entity {sid} has two records")
+        seen.add(sid)
         first, last, count, area = stats.get(sid, (None, None, 0, 0))
         score = rec.get("score")
         out.append(EntityInfo(id=sid, score=None if score is None else float(score), first_frame=first,

@@ -74,6 +74,11 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
     final = Path(result.path if replace_original else (dest if dest is not None else next_revision_path(result.path)))
     if not replace_original and os.path.lexists(final):
         raise OutputError(f"{final} already exists: a revision is written to a new folder (choose another dest)")
+    inside = Path(os.path.abspath(final)).parent.resolve() / final.name
+    if not replace_original and Path(result.path).resolve() in inside.parents:
+        # replacing the original later (replace_original, --overwrite) would delete the revision with it
+        raise OutputError(f"{final} is inside the result folder {result.path}: a revision is written beside "
+                          "its original, not into it (choose another dest)")
     log = edits_record(session)
     manifest = revision_manifest(session, final, log)
     with StagedOutput(final, overwrite=replace_original) as staged:
@@ -120,9 +125,14 @@ def read_edits(edits_json: str | os.PathLike | Mapping[str, Any]) -> dict[str, A
             data = json.loads(Path(edits_json).read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise EditError(f"{edits_json}: cannot read the edit log: {err}") from None
+        except RecursionError:
+            raise EditError(f"{edits_json}: cannot read the edit log: JSON nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != EDITS_FORMAT or not isinstance(data.get("ops"), list):
         raise EditError(f"{edits_json if not isinstance(edits_json, Mapping) else 'edits'}: not an entitysam "
                         f"edit log (expected format {EDITS_FORMAT!r} with a list of ops)")
+    if not isinstance(data.get("original", {}), (dict, type(None))):
+        raise EditError(f"{edits_json if not isinstance(edits_json, Mapping) else 'edits'}: its \"original\" "
+                        f"is not an object (got {data['original']!r:.40})")
     if data.get("format_version") != EDITS_VERSION:
         raise EditError(f"edit log format_version {data.get('format_version')!r} is not supported "
                         f"(this version reads {EDITS_VERSION})")

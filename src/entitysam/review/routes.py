@@ -105,7 +105,7 @@ def build_routes(viewer) -> list[Route]:
     async def edit(request: Request) -> Response:
         try:
             op = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
             return _error(400, "the edit must be a JSON object")
         if not isinstance(op, dict):
             return _error(400, "the edit must be a JSON object")

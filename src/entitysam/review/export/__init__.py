@@ -11,7 +11,9 @@
 
 Hidden entities are not exported (their pixels count as background), deleted ones do not exist.
 Every export is written atomically (a hidden temporary file or folder renamed into place) and
-refuses to replace an existing output unless ``overwrite``.
+refuses to replace an existing output unless ``overwrite``, and even then replaces only an
+earlier export (a folder with ``entitysam-export.json``, a file with its format's mark), never
+a path inside a result folder.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = Fal
     """Write `view` (ResultFolder or EditSession) in format `fmt` to `out` (a file, or a folder
     for ``mots``); returns the path written. options: per format (``mots``: ``class_id``, ``txt``;
     ``cvat-video``: ``tracks``; ``ytvis``: ``video_id``)."""
-    return _writer(fmt)(view, Path(out), overwrite=overwrite, **options)
+    from .common import check_outside_results
+
+    write = _writer(fmt)
+    check_outside_results(view, Path(out))
+    return write(view, Path(out), overwrite=overwrite, **options)
 
 
 def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:

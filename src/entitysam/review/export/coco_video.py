@@ -54,9 +54,14 @@ def coco_video(view: Any) -> dict[str, Any]:
             "images": images, "annotations": annotations}
 
 
+def looks_exported(head: bytes) -> bool:
+    """Whether a file starting with `head` is a COCO-style video JSON this module wrote."""
+    return head.startswith(b'{"info":{"description":"entitysam ')
+
+
 def write_coco_video(view: Any, out: Path, *, overwrite: bool = False) -> Path:
     """Write the COCO-style video JSON of `view` to the file `out` (atomically); returns `out`."""
     data = coco_video(view)
-    with output_file(out, overwrite) as f:
+    with output_file(out, overwrite, exported=looks_exported) as f:
         f.write(jsonio.dumps(data, compact=True) + "\n")
     return out

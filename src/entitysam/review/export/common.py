@@ -8,7 +8,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from ...io.atomic import atomic_file, fsync_dir
 from ...io.panoptic import frame_segments
 
 __all__ = ["DEFAULT_CATEGORY", "MARKER", "exported_entities", "export_id_map", "frame_entities", "box_mask",
-           "full_mask", "categories", "category_of", "output_file", "output_dir"]
+           "full_mask", "categories", "category_of", "check_outside_results", "output_file", "output_dir"]
 
 DEFAULT_CATEGORY = "entity"  # the category of entities without a label
 MARKER = "entitysam-export.json"  # in an exported folder: marks it as one (the only kind --overwrite replaces)
@@ -74,7 +74,27 @@ def category_of(entity: Any, names: list[str]) -> int:
     return names.index(entity.label or DEFAULT_CATEGORY) + 1
 
 
-def _check_free(out: Path, overwrite: bool, folder: bool) -> None:
+def check_outside_results(view: Any, out: Path) -> None:
+    """OutputError if `out` is, or lies inside, the result folder exported or any other result
+    folder of `entitysam segment`: an export (above all one with overwrite) must never replace
+    a file of a result (``-o RESULT/manifest.json --overwrite`` would destroy it)."""
+    from ...io.manifest import manifest_data
+    from ..result import RESULT_FORMATS
+
+    source = Path(getattr(view, "result", view).path).resolve()
+    target = Path(os.path.abspath(out))
+    target = target.parent.resolve() / target.name  # the folder it lands in, through any links
+    for folder in (target, *target.parents):
+        data = manifest_data(folder) if folder.is_dir() else None
+        if folder == source or (data is not None and data.get("format") in RESULT_FORMATS):
+            raise OutputError(f"{out} is inside the result folder {folder}: an export is written outside "
+                              "result folders (choose another output)")
+
+
+HEAD_BYTES = 4096  # how much of an existing output file is read to recognise an earlier export
+
+
+def _check_free(out: Path, overwrite: bool, folder: bool, exported: Callable[[bytes], bool] | None = None) -> None:
     if not os.path.lexists(out):
         return
     if not overwrite:
@@ -86,14 +106,28 @@ def _check_free(out: Path, overwrite: bool, folder: bool) -> None:
                           "replace it, even when overwriting; choose another output")
     if not folder and not out.is_file():
         raise OutputError(f"{out} exists and is not a file: refusing to replace it")
+    if not folder and exported is not None:
+        with open(out, "rb") as f:
+            head = f.read(HEAD_BYTES)
+        if not exported(head):
+            raise OutputError(f"{out} exists and is not a file entitysam exported in this format: refusing to "
+                              "replace it, even when overwriting; choose another output")
+
+
+def _check_parent(out: Path) -> None:
+    if not out.parent.is_dir():
+        state = "is not a folder" if os.path.lexists(out.parent) else "does not exist"
+        raise OutputError(f"{out.parent} {state}: create it first or choose another output")
 
 
 @contextlib.contextmanager
-def output_file(out: Path, overwrite: bool, mode: str = "w") -> Iterator[IO]:
-    """A file object whose content replaces `out` atomically when the block ends without error."""
-    _check_free(out, overwrite, folder=False)
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent} does not exist: create it first or choose another output")
+def output_file(out: Path, overwrite: bool, mode: str = "w",
+                exported: Callable[[bytes], bool] | None = None) -> Iterator[IO]:
+    """A file object whose content replaces `out` atomically when the block ends without error.
+    exported(first bytes of an existing `out`): whether it is an earlier export (the only file
+    overwrite replaces: ``-o notes.json --overwrite`` must not destroy notes.json)."""
+    _check_free(out, overwrite, folder=False, exported=exported)
+    _check_parent(out)
     with atomic_file(out, mode) as f:
         yield f
 
@@ -103,8 +137,7 @@ def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     """A hidden staging folder beside `out`, renamed to `out` when the block ends without error
     (a previous export moved aside first and removed after); removed when it raises."""
     _check_free(out, overwrite, folder=True)
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent} does not exist: create it first or choose another output")
+    _check_parent(out)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     stage.mkdir()
     try:

@@ -163,6 +163,15 @@ def _meta(x: XMLGenerator, view: Any, labels: list[str]) -> None:
 LAYOUTS = ("frame", "entity")
 
 
+MARK = ("entitysam", "export")  # <?entitysam export?>: marks a file this module wrote
+
+
+def looks_exported(head: bytes) -> bool:
+    """Whether a file starting with `head` is an XML file this module wrote (its mark, right
+    after the XML declaration)."""
+    return f"<?{MARK[0]} {MARK[1]}?>".encode() in head[:200]
+
+
 def write_cvat_video(view: Any, out: Path, *, overwrite: bool = False, tracks: str = "frame") -> Path:
     """Write `view` as CVAT for video 1.1 XML to the file `out` (atomically); returns `out`.
     tracks: ``"frame"`` or ``"entity"`` (see the module docstring)."""
@@ -172,9 +181,10 @@ def write_cvat_video(view: Any, out: Path, *, overwrite: bool = False, tracks: s
     labels = categories(entities)
     masks = _entity_masks(view, entities)
     n = len(view.frames)
-    with output_file(out, overwrite, mode="w") as f:
+    with output_file(out, overwrite, mode="w", exported=looks_exported) as f:
         x = XMLGenerator(f, "utf-8")
         x.startDocument()
+        x.processingInstruction(*MARK)  # XML readers (CVAT's) skip it; --overwrite recognises the file by it
         x.startElement("annotations", {})
         _element(x, "version", "1.1", indent=1)
         _meta(x, view, labels)

@@ -39,11 +39,17 @@ def ytvis_records(view: Any, video_id: int = 1) -> list[dict[str, Any]]:
             for e in entities]
 
 
+def looks_exported(head: bytes) -> bool:
+    """Whether a file starting with `head` is a results JSON this module wrote (compact: a list
+    of records starting with their video_id, or an empty list)."""
+    return head.startswith(b'[{"video_id":') or head.strip() == b"[]"
+
+
 def write_ytvis(view: Any, out: Path, *, overwrite: bool = False, video_id: int = 1) -> Path:
     """Write the YouTube-VIS results JSON of `view` to the file `out` (atomically); returns `out`."""
     if isinstance(video_id, bool) or not isinstance(video_id, int):
         raise InvalidArgumentError(f"video_id must be an integer, got {video_id!r}")
     records = ytvis_records(view, video_id)
-    with output_file(out, overwrite) as f:
+    with output_file(out, overwrite, exported=looks_exported) as f:
         f.write(jsonio.dumps(records, compact=True) + "\n")
     return out
