@@ -210,8 +210,8 @@ def test_deleted_and_merged_ids_cannot_be_edited_or_reused(result_dir):
 
 
 def test_entity_records_are_read_without_their_masks_in_either_layout(result_dir, tmp_path, monkeypatch):
-    from entitysam.review import result as result_module
-    from entitysam.review.result import read_entity_records
+    from entitysam.review import records as records_module
+    from entitysam.review.records import read_entity_records
 
     session = EditSession(ResultFolder.open(result_dir), [{"op": "label", "id": 2, "text": 'a ,"frames":[ b\n"]}'}])
     rev = save_revision(session, dest=tmp_path / "rev")
@@ -219,7 +219,7 @@ def test_entity_records_are_read_without_their_masks_in_either_layout(result_dir
     expected = {"frames": whole["frames"],
                 "entities": [{k: v for k, v in e.items() if k != "frames"} for e in whole["entities"]]}
     with monkeypatch.context() as m:
-        m.setattr(result_module, "_read_json", None)  # the whole-file parser is not used for the writer's layout
+        m.setattr(records_module, "read_json", None)  # the whole-file parser is not used for the writer's layout
         assert read_entity_records(rev / "entities.json") == expected
     (tmp_path / "pretty.json").write_text(json.dumps(whole, indent=2))
     assert read_entity_records(tmp_path / "pretty.json") == expected  # parsed whole

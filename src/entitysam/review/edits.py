@@ -29,7 +29,8 @@ import numpy as np
 
 from ..errors import EditError, ResultFolderError
 from ..io.idpng import MAX_ID
-from .result import MAX_LABEL, EntityInfo, ResultFolder, entity_stats, label_problem
+from .records import MAX_LABEL, entity_stats, label_problem
+from .result import EntityInfo, ResultFolder
 
 __all__ = ["OPS", "check_op", "EditSession"]
 
