@@ -137,9 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EntitySAMError as err:
             print_err(err)
             return 1
-        except ValueError as err:  # MetricsInputError
-            print_err(err, "metrics")
-            return 1
         _print_metrics(result)
         return 0
 
@@ -193,9 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RuntimeError, OSError) as err:
         print_err(f"{type(err).__name__}: {err}")
         status = 1
-    except ValueError as err:  # MetricsInputError from the automatic merge
-        print_err(err, "metrics")
-        status = 1
     if summary is not None and summary.failed:
         print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
                    f"{abbreviate([v for v, _ in summary.failed])}; re-run to retry them")
@@ -218,9 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     status = 1
                 except EntitySAMError as err:
                     print_err(err)
-                    status = 1
-                except ValueError as err:
-                    print_err(err, "metrics")
                     status = 1
         finally:
             dist.destroy_process_group()
