@@ -80,19 +80,19 @@ def build_routes(viewer) -> list[Route]:
             return _error(404, "the source frame cannot be read (moved or deleted?)")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
 
-    async def id_map(request: Request) -> Response:
+    async def original_ids(request: Request, encode, media_type: str) -> Response:
+        """A frame's original id map, encoded by `encode` (never changes: cached for good)."""
         index = _frame_index(viewer, request.path_params["index"])
         if index is None:
             return _error(404, "no such frame")
-        data = await run_in_threadpool(viewer.id_png, index)
-        return Response(data, media_type="image/png", headers={"Cache-Control": IMMUTABLE})
+        data = await run_in_threadpool(encode, index)
+        return Response(data, media_type=media_type, headers={"Cache-Control": IMMUTABLE})
+
+    async def id_map(request: Request) -> Response:
+        return await original_ids(request, viewer.id_png, "image/png")
 
     async def id_runs(request: Request) -> Response:
-        index = _frame_index(viewer, request.path_params["index"])
-        if index is None:
-            return _error(404, "no such frame")
-        data = await run_in_threadpool(viewer.id_runs, index)
-        return Response(data, media_type="application/octet-stream", headers={"Cache-Control": IMMUTABLE})
+        return await original_ids(request, viewer.id_runs, "application/octet-stream")
 
     async def thumb(request: Request) -> Response:
         text = request.path_params["entity"]
