@@ -463,3 +463,20 @@ def test_cli_parser_and_print_config(capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["name"] == "vit-l-stage2" and printed["solver"]["max_iter"] == 5
     assert train_cli.main(["--config", "tiny-stage1", "--print-config"]) == 0
+
+
+def test_the_loss_section_reaches_the_criterion_and_matcher():
+    """Every criterion setting of the config's loss section is passed on (one list of fields)."""
+    import dataclasses
+
+    from entitysam.train.config import CriterionConfig, TrainConfig
+    from entitysam.train.trainer import build_criterion
+
+    cfg = TrainConfig()
+    changed = {f.name: (f.default * 2 if isinstance(f.default, float) else f.default + 1)
+               for f in dataclasses.fields(CriterionConfig)}
+    cfg.loss = dataclasses.replace(cfg.loss, matcher_class=1.5, matcher_mask=2.5, matcher_dice=3.5, **changed)
+    crit = build_criterion(cfg)
+    assert dataclasses.asdict(crit.cfg) == changed
+    assert (crit.matcher.cost_class, crit.matcher.cost_mask, crit.matcher.cost_dice) == (1.5, 2.5, 3.5)
+    assert crit.matcher.num_points == changed["num_points"]

@@ -98,19 +98,30 @@ class SolverSection:
 
 
 @dataclass
-class LossSection:
+class CriterionConfig:
+    """The loss weights and point sampling of `criterion.Criterion`."""
+
     class_weight: float = 5.0
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     iou_weight: float = 5.0
-    matcher_class: float = 3.0
-    matcher_mask: float = 5.0
-    matcher_dice: float = 5.0
     num_points: int = 12544
     oversample_ratio: float = 3.0
     importance_sample_ratio: float = 0.5
     focal_alpha: float = 0.5
     focal_gamma: float = 2.0
+
+
+@dataclass
+class LossSection(CriterionConfig):
+    """The config file's ``loss`` section: the criterion's settings and the matcher's costs."""
+
+    matcher_class: float = 3.0
+    matcher_mask: float = 5.0
+    matcher_dice: float = 5.0
+
+    def criterion_config(self) -> CriterionConfig:
+        return CriterionConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(CriterionConfig)})
 
 
 @dataclass

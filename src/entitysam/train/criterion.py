@@ -19,12 +19,12 @@ Per clip (one query <-> one entity over all T frames):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+
+from .config import CriterionConfig
 
 
 def point_sample(inputs: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -141,19 +141,6 @@ def point_mask_losses(logits: torch.Tensor, labels: torch.Tensor, num_masks: flo
     p = logits.sigmoid()
     dice = 1 - (2 * (p * labels).sum(1) + 1) / (p.sum(1) + labels.sum(1) + 1)
     return loss_mask, dice.sum() / num_masks
-
-
-@dataclass
-class CriterionConfig:
-    class_weight: float = 5.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    iou_weight: float = 5.0
-    num_points: int = 12544
-    oversample_ratio: float = 3.0
-    importance_sample_ratio: float = 0.5
-    focal_alpha: float = 0.5
-    focal_gamma: float = 2.0
 
 
 class Criterion:

@@ -37,7 +37,7 @@ from ..checkpoints import read_checkpoint
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
-from .criterion import Criterion, CriterionConfig, HungarianMatcher
+from .criterion import Criterion, HungarianMatcher
 from .data import ClipDataset, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .forward import TrainingModule
@@ -50,10 +50,7 @@ log = logging.getLogger("entitysam.train")
 def build_criterion(cfg: TrainConfig) -> Criterion:
     lc = cfg.loss
     matcher = HungarianMatcher(lc.matcher_class, lc.matcher_mask, lc.matcher_dice, lc.num_points)
-    return Criterion(matcher, CriterionConfig(
-        class_weight=lc.class_weight, mask_weight=lc.mask_weight, dice_weight=lc.dice_weight,
-        iou_weight=lc.iou_weight, num_points=lc.num_points, oversample_ratio=lc.oversample_ratio,
-        importance_sample_ratio=lc.importance_sample_ratio, focal_alpha=lc.focal_alpha, focal_gamma=lc.focal_gamma))
+    return Criterion(matcher, lc.criterion_config())
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
