@@ -216,3 +216,22 @@ def test_public_api_under_cuda_autocast_rules(tiny_model, one_torch_thread, monk
     for dtype in ("bfloat16", "float16"):
         with segment(tiny_model, video, dtype=dtype, batched=True) as result:
             assert len(result) == 3 and result[2].shape == (36, 44)
+
+
+
+def test_batched_attention_queries_are_never_stride_0(tiny_model, monkeypatch):
+    """cuDNN's SDPA takes its output layout from the query: a stride-0 (expanded) query batch made
+    it fail on an H200 in bfloat16 at the first step that reads memory. Every query handed to
+    SDPA by the batched path must be materialised."""
+    import torch.nn.functional as F
+
+    real, strides = F.scaled_dot_product_attention, []
+
+    def recording(q, k, v, *args, **kwargs):
+        strides.append(q.stride())
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    with torch.inference_mode():
+        list(EntityTracker(tiny_model, batched=True).track(_video(2, tiny_model.cfg.image_size)))
+    assert strides and all(0 not in s for s in strides), [s for s in strides if 0 in s]

@@ -60,8 +60,9 @@ class RoPEAttention(nn.Module):
             m = e - s
             kb = self.rotate(self.k_proj(kb), side)
             vb = self.v_proj(vb)
+            # contiguous: see `attend_batched` (cuDNN and stride-0 queries)
             out = F.scaled_dot_product_attention(
-                qb.expand(m, -1, -1).unsqueeze(1), kb.expand(m, -1, -1).unsqueeze(1),
+                qb.expand(m, -1, -1).contiguous().unsqueeze(1), kb.expand(m, -1, -1).unsqueeze(1),
                 vb.expand(m, -1, -1).unsqueeze(1), dropout_p=dropout).squeeze(1)
             outs.append(out)
         return self.out_proj(torch.cat(outs, dim=0))
@@ -101,7 +102,10 @@ def attend_batched(attn: "RoPEAttention", q_rot: torch.Tensor, k_in: torch.Tenso
     side = int(round(q_rot.shape[1] ** 0.5))
     k = attn.rotate(attn.k_proj(k_in), side)
     v = v_in if raw_values else attn.v_proj(v_in)
-    q = q_rot.expand(k.shape[0], -1, -1)
+    # Materialised, not a stride-0 view: PyTorch lays out cuDNN's output like the query, and a
+    # stride-0 batch put last makes cuDNN refuse it ("The stride for the last dimension ... should
+    # be 1 for output_names::O", seen on an H200 in bfloat16); cuDNN is the fastest kernel there.
+    q = q_rot.expand(k.shape[0], -1, -1).contiguous()
     # The scale is 1/sqrt(query width) whatever the width of the (raw) values.
     out = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.to(k.dtype).unsqueeze(1)).squeeze(1)
     if raw_values:
