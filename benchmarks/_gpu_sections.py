@@ -167,16 +167,32 @@ def _segment_once(ctx: Ctx, model, name: str, max_frames: int | None) -> dict:
         if ctx.left() < 0:
             raise SectionTimeout(f"section budget ran out after {t + 1} frames")
 
+    import entitysam.inference.video as video
+
+    merge, merge_s = video.merge_video_panoptic, []
+
+    def timed_merge(*args, **kw):  # the video-level merge runs after tracking (offline mode)
+        t = time.perf_counter()
+        try:
+            return merge(*args, **kw)
+        finally:
+            merge_s.append(time.perf_counter() - t)
+
     if ctx.cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
     t0 = time.perf_counter()
-    with sdpa_backend(ctx.args.sdpa_backend):
-        with segment(model, clip, max_frames=max_frames, on_frame=on_frame, **kwargs) as result:
-            folder = result.save(Path(ctx.args.cache_dir) / "out" / name, formats=ctx.args.formats, overwrite=True)
-            frames, entities, timings = len(result), len(result.entities), dict(result.timings)
+    video.merge_video_panoptic = timed_merge
+    try:
+        with sdpa_backend(ctx.args.sdpa_backend):
+            with segment(model, clip, max_frames=max_frames, on_frame=on_frame, **kwargs) as result:
+                folder = result.save(Path(ctx.args.cache_dir) / "out" / name, formats=ctx.args.formats,
+                                     overwrite=True)
+                frames, entities, timings = len(result), len(result.entities), dict(result.timings)
+    finally:
+        video.merge_video_panoptic = merge
     seconds = time.perf_counter() - t0
     out = dict(frames=frames, seconds=seconds, frames_per_s=frames / seconds, segment_s=timings.get("segment"),
-               write_s=timings.get("write"), entities=entities, output=str(folder),
+               merge_s=sum(merge_s), write_s=timings.get("write"), entities=entities, output=str(folder),
                panoptic_pngs=len(list((folder / "panoptic").glob("*.png"))))
     if ctx.cuda:
         out["peak_allocated_mib"] = torch.cuda.max_memory_allocated(ctx.device) / MIB
@@ -200,7 +216,8 @@ def e2e(ctx: Ctx, name: str) -> dict:
         out["ratio_to_steady"] = out["frames_per_s"] / rate
     else:
         out.setdefault("skipped", {})["ratio_to_steady"] = "no steady result for this model"
-    ctx.log(f"end-to-end {name}: {out['frames']} frames in {out['seconds']:.1f} s = {out['frames_per_s']:.2f} frames/s")
+    ctx.log(f"end-to-end {name}: {out['frames']} frames in {out['seconds']:.1f} s = {out['frames_per_s']:.2f} frames/s "
+            f"(merge {out['merge_s']:.2f} s, writing {out['write_s'] or 0:.2f} s)")
     return out
 
 
@@ -362,7 +379,13 @@ def kernels(ctx: Ctx, name: str) -> dict:
                host_syncs=sum(n for k, n in names.items() if "Synchronize" in k),
                blocking_memcpy_calls=names.get("cudaMemcpy", 0) + names.get("cuMemcpyDtoH_v2", 0),
                top_kernels=Counter(e.name[:120] for e in kernels_).most_common(12))
-    ctx.log(f"kernels {name}: {out['kernels']} kernels, {out['host_syncs']} host syncs per step")
+    busy: Counter = Counter()
+    for e in kernels_:
+        busy[e.name[:120]] += e.time_range.elapsed_us()
+    out.update(kernel_ms=sum(busy.values()) / 1e3,
+               top_kernels_by_time=[(k, round(us / 1e3, 3)) for k, us in busy.most_common(15)])
+    ctx.log(f"kernels {name}: {out['kernels']} kernels ({out['kernel_ms']:.1f} ms busy), {out['host_syncs']} host "
+            f"syncs per step; slowest: " + "; ".join(f"{k[:60]} {ms} ms" for k, ms in out["top_kernels_by_time"][:6]))
     return out
 
 
