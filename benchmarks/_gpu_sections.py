@@ -357,7 +357,7 @@ def kernels(ctx: Ctx, name: str) -> dict:
     with model_context(ctx, model) as attention_dtype:
         tracker = filled_tracker(ctx, model, images, attention_dtype)
         t = tracker.step_index
-        with profile(activities=activities) as prof:
+        with profile(activities=activities, record_shapes=True) as prof:
             with record_function("benchmark_step"):
                 tracker.step(t, images[t % len(images)])
             ctx.sync()
@@ -384,6 +384,11 @@ def kernels(ctx: Ctx, name: str) -> dict:
         busy[e.name[:120]] += e.time_range.elapsed_us()
     out.update(kernel_ms=sum(busy.values()) / 1e3,
                top_kernels_by_time=[(k, round(us / 1e3, 3)) for k, us in busy.most_common(15)])
+    try:  # the operators behind the kernels, with their shapes: where the step's time goes
+        out["top_ops_by_device_time"] = prof.key_averages(group_by_input_shape=True).table(
+            sort_by="device_time_total", row_limit=40, max_name_column_width=60, max_shapes_column_width=90)
+    except Exception as err:  # noqa: BLE001 - older torch: the kernel table above still stands
+        out["top_ops_by_device_time"] = f"unavailable: {first_line(err)}"
     ctx.log(f"kernels {name}: {out['kernels']} kernels ({out['kernel_ms']:.1f} ms busy), {out['host_syncs']} host "
             f"syncs per step; slowest: " + "; ".join(f"{k[:60]} {ms} ms" for k, ms in out["top_kernels_by_time"][:6]))
     return out

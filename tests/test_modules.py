@@ -431,3 +431,21 @@ def test_exact_offset_attention_is_the_official_call_bit_for_bit():
         assert not torch.equal(offset_attention(mha, queries, sam, semantic), expected[:, 0])
         shared, _ = mha(queries.unsqueeze(1), fused[:1].expand(3, -1, -1), fused[:1].expand(3, -1, -1))
         assert torch.equal(offset_attention_as_official(mha, queries, sam[:1], semantic), shared[:, 0])
+
+
+def test_hiera_position_embedding_is_kept_only_while_the_parameters_stand():
+    """The resized position embedding is reused without gradients (CUDA's bicubic kernel cost
+    2-6 ms a step) and remade when the weights change in place (load_state_dict, optimizer)."""
+    trunk = ImageEncoder(TINY.hiera, TINY.hidden_dim).trunk
+    with torch.no_grad():
+        trunk.pos_embed.normal_()
+        first = trunk._pos_embed(16, 16)
+        assert trunk._pos_embed(16, 16) is first
+        assert torch.equal(first, trunk._make_pos_embed(16, 16))
+        trunk.pos_embed.add_(1.0)
+        second = trunk._pos_embed(16, 16)
+        assert torch.equal(second, trunk._make_pos_embed(16, 16)) and not torch.equal(first, second)
+        trunk.pos_embed_window.add_(1.0)
+        assert torch.equal(trunk._pos_embed(16, 16), trunk._make_pos_embed(16, 16))
+    with_grad = trunk._pos_embed(16, 16)
+    assert with_grad.requires_grad and with_grad is not trunk._pos_embed(16, 16)
