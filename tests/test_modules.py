@@ -449,3 +449,17 @@ def test_hiera_position_embedding_is_kept_only_while_the_parameters_stand():
         assert torch.equal(trunk._pos_embed(16, 16), trunk._make_pos_embed(16, 16))
     with_grad = trunk._pos_embed(16, 16)
     assert with_grad.requires_grad and with_grad is not trunk._pos_embed(16, 16)
+
+
+def test_dinov2_position_embedding_is_kept_only_while_the_parameters_stand():
+    dino = DinoV2(TINY.dino)
+    with torch.no_grad():
+        dino.pos_embed.normal_()
+        first = dino.position_embedding(7, 9)
+        assert dino.position_embedding(7, 9) is first
+        assert torch.equal(first, dino._make_position_embedding(7, 9))
+        assert torch.equal(dino.position_embedding(8, 8), dino._make_position_embedding(8, 8))  # another size
+        dino.load_state_dict({**dino.state_dict(), "pos_embed": dino.pos_embed + 1})
+        assert torch.equal(dino.position_embedding(7, 9), dino._make_position_embedding(7, 9))
+        assert not torch.equal(dino.position_embedding(7, 9), first)
+    assert dino.position_embedding(7, 9).requires_grad

@@ -11,6 +11,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def kept_while_frozen(owner: nn.Module, params: tuple[torch.Tensor, ...], key: tuple,
+                      make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`make()`, a value derived from `params` alone, remade only when needed: while gradients
+    are off it is kept on `owner` (one entry), keyed by `key` and by the parameters' storage,
+    in-place version, device and dtype, so loading weights or an optimizer step renews it.
+    With gradients on it is always remade (training must see the graph)."""
+    if torch.is_grad_enabled():
+        return make()
+    full = (key, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
+    kept = owner.__dict__.get("_kept_while_frozen")
+    if kept is None or kept[0] != full:
+        kept = (full, make())
+        owner.__dict__["_kept_while_frozen"] = kept
+    return kept[1]
+
+
 class MLP(nn.Module):
     """`num_layers` linear layers with an activation between them (SAM's MLP; keys `layers.i`)."""
 

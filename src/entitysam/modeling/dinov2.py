@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DinoConfig
+from .common import kept_while_frozen
 
 
 class LayerScale(nn.Module):
@@ -86,6 +87,12 @@ class DinoV2(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
     def position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """[1, 1 + grid_h * grid_w, C], kept while the weights stand (`kept_while_frozen`):
+        CUDA's bicubic kernel took 2.4 ms (ViT-S) to 6 ms (ViT-L) of every H200 step for it."""
+        return kept_while_frozen(self, (self.pos_embed,), (grid_h, grid_w),
+                                 lambda: self._make_position_embedding(grid_h, grid_w))
+
+    def _make_position_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """[1, 1 + grid_h * grid_w, C]: class embedding + patch embeddings resized to the grid.
 
         DINOv2 resizes with a scale factor `(grid + 0.1) / M` rather than to a target size, and

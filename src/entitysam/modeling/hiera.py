@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HieraConfig
-from .common import MLP, sine_position_encoding
+from .common import MLP, kept_while_frozen, sine_position_encoding
 
 
 def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -130,17 +130,9 @@ class Hiera(nn.Module):
         self.channel_list = [self.blocks[i].dim_out for i in self.stage_ends[::-1]]
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
-        """[1, h, w, C]. Without gradients it is kept per size, device and parameter version:
-        CUDA's bicubic kernel took 2-6 ms of every step on an H200 for the same values."""
-        if torch.is_grad_enabled():
-            return self._make_pos_embed(h, w)
-        key = (h, w, self.pos_embed.device, self.pos_embed.dtype, self.pos_embed._version,
-               self.pos_embed_window._version, self.pos_embed.data_ptr(), self.pos_embed_window.data_ptr())
-        cache = self.__dict__.setdefault("_pos_embed_cache", {})
-        if key not in cache:
-            cache.clear()
-            cache[key] = self._make_pos_embed(h, w)
-        return cache[key]
+        """[1, h, w, C], kept while the weights stand (see `kept_while_frozen`)."""
+        return kept_while_frozen(self, (self.pos_embed, self.pos_embed_window), (h, w),
+                                 lambda: self._make_pos_embed(h, w))
 
     def _make_pos_embed(self, h: int, w: int) -> torch.Tensor:
         pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
