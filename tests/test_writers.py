@@ -201,3 +201,74 @@ def test_unwritable_output(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="cannot write the output folder"):
         StagedOutput(tmp_path / "file" / "vid")
+
+
+def _overlay_per_pixel(image, ids, alpha=0.5):
+    """The overlay's definition, written out pixel by pixel in float32 (the reference)."""
+    from entitysam.io.overlay import entity_color
+
+    out = image.astype(np.float32)
+    h, w = ids.shape
+    for y in range(h):
+        for x in range(w):
+            i = int(ids[y, x])
+            if i == 0:
+                continue
+            colour = np.array(entity_color(i), dtype=np.float32)
+            border = any(0 <= yy < h and 0 <= xx < w and ids[yy, xx] != i
+                         for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)))
+            out[y, x] = colour * 0.6 if border else out[y, x] * (1 - alpha) + colour * alpha
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overlay_pixels_are_the_per_pixel_definition(seed):
+    from entitysam.io.overlay import render_overlay
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(1, 24, 2)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ids = rng.integers(0, 5, (h, w)) * rng.choice([1, 1000, 2**24 // 5])
+    alpha = float(rng.choice([0.5, 0.3, 0.8]))
+    assert np.array_equal(render_overlay(image, ids, alpha), _overlay_per_pixel(image, ids, alpha))
+
+
+def test_overlay_of_the_largest_id_is_quick():
+    """Ids are 24-bit: 2**24 - 1 is valid. The overlay once built a colour table of every id up to
+    the largest, in Python: about a minute per frame for that id."""
+    import time
+
+    from entitysam.io.overlay import entity_color, render_overlay
+
+    image = np.full((48, 64, 3), 100, dtype=np.uint8)
+    ids = np.zeros((48, 64), dtype=np.int32)
+    ids[10:30, 10:40] = 2**24 - 1
+    t = time.perf_counter()
+    out = render_overlay(image, ids)
+    assert time.perf_counter() - t < 2.0
+    colour = np.array(entity_color(2**24 - 1), dtype=np.float32)
+    assert np.array_equal(out[20, 20], np.clip(np.float32(100) * 0.5 + colour * 0.5 + 0.5, 0, 255).astype(np.uint8))
+    assert np.array_equal(out[10, 20], np.clip(colour * np.float32(0.6) + 0.5, 0, 255).astype(np.uint8))
+    assert np.array_equal(out[0, 0], image[0, 0])
+
+
+@pytest.mark.parametrize("scale", [1, 1000, 2**24 // 6])
+@pytest.mark.parametrize("bbox", ["coco", "official"])
+def test_frame_segments_any_ids(scale, bbox):
+    """Every id present, in increasing order, with its area and box, whatever the ids' size
+    (24-bit ids are valid; a loop over every id up to the largest took seconds a frame)."""
+    import time
+
+    rng = np.random.default_rng(scale)
+    ids = rng.integers(0, 6, (40, 50)) * scale
+    ids[ids == 5 * scale] = 2**24 - 1 if scale > 1 else 5
+    t = time.perf_counter()
+    got = frame_segments(ids, bbox)
+    assert time.perf_counter() - t < 1.0
+    want = []
+    for i in sorted(set(ids.ravel().tolist()) - {0}):
+        ys, xs = np.nonzero(ids == i)
+        extra = 0 if bbox == "coco" else 1
+        want.append({"id": i, "area": len(ys), "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1 - extra),
+                                                         int(ys.max() - ys.min() + 1 - extra)]})
+    assert got == want

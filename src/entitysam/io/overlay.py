@@ -53,10 +53,7 @@ def render_overlay(image: np.ndarray, id_map: np.ndarray, alpha: float = 0.5, la
     top = int(ids.max(initial=0))
     if top == 0:
         return image.copy()
-    pal = palette(top)
     fg = ids > 0
-    out = image.astype(np.float32)
-    out[fg] = out[fg] * (1 - alpha) + pal[ids[fg]] * alpha
     # Contours: entity pixels with a 4-neighbour of another id.
     edge = np.zeros_like(fg)
     edge[:-1] |= ids[:-1] != ids[1:]
@@ -64,8 +61,7 @@ def render_overlay(image: np.ndarray, id_map: np.ndarray, alpha: float = 0.5, la
     edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
     edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
     edge &= fg
-    out[edge] = pal[ids[edge]] * 0.6
-    result = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    result = _shade(image, ids, edge, top, alpha)
     if labels:
         from PIL import ImageDraw  # noqa: PLC0415
 
@@ -167,3 +163,29 @@ class OverlayWriter:
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # best effort on an error path
             self._container.close()
+
+
+def _shade(image: np.ndarray, ids: np.ndarray, edge: np.ndarray, top: int, alpha: float) -> np.ndarray:
+    """Each pixel's output byte from a table indexed by (entity, contour or not, channel, input
+    byte): one gather instead of float arithmetic over the frame (a full-frame entity took 65-85
+    ms a 720p frame that way). The table holds, per entry, exactly the float32 arithmetic of
+    `v * (1 - alpha) + colour * alpha` (tint), `colour * 0.6` (contour) or `v` (no entity), then
+    `+ 0.5`, clipped and truncated to uint8, so the bytes are those of doing it per pixel.
+    Only the ids present get rows, so a large id costs no large table."""
+    present = np.zeros(top + 1, dtype=bool)
+    present[ids.ravel()] = True
+    present[0] = True
+    listed = np.flatnonzero(present)  # ascending, starts with 0
+    row = np.zeros(top + 1, dtype=np.int32)
+    row[listed] = np.arange(len(listed), dtype=np.int32)
+    colours = np.zeros((len(listed), 3), dtype=np.float32)
+    for i, entity_id in enumerate(listed[1:], start=1):
+        colours[i] = entity_color(int(entity_id))
+    v = np.arange(256, dtype=np.float32)
+    tint = v[None, None, :] * (1 - alpha) + (colours * alpha)[:, :, None]  # [n, 3, 256]
+    tint[0] = np.broadcast_to(v, (3, 256))  # no entity: the pixel itself
+    contour = np.broadcast_to((colours * 0.6)[:, :, None], tint.shape)
+    table = np.clip(np.concatenate([tint, contour]) + 0.5, 0, 255).astype(np.uint8)  # [2n, 3, 256]
+    code = row[ids] + edge * np.int32(len(listed))  # [H, W]: table row of each pixel
+    index = (code * 768)[..., None] + np.arange(0, 768, 256, dtype=np.int32) + image  # [H, W, 3]
+    return np.take(table.reshape(-1), index)
