@@ -41,18 +41,19 @@ def frame_segments(id_map: np.ndarray, bbox: str = "coco") -> list[dict[str, Any
     top = int(ids.max(initial=0))
     if top <= 0:
         return []
-    areas = np.bincount(ids.ravel(), minlength=top + 1)
-    boxes = ndi.find_objects(ids.astype(np.int32, copy=False), max_label=top)
+    ids_of = None
+    if top > max(ids.size, 1 << 16):  # a few large ids (24-bit ids are valid): number them 1..n first
+        ids_of, compact = np.unique(np.concatenate([[0], ids.ravel()]), return_inverse=True)
+        ids = compact[1:].reshape(ids.shape)
+    areas = np.bincount(ids.ravel())
+    boxes = ndi.find_objects(ids.astype(np.int32, copy=False))
     extra = 0 if bbox == "coco" else 1
     out = []
-    for seg_id in range(1, top + 1):
-        area = int(areas[seg_id])
-        if area == 0:
-            continue
-        rows, cols = boxes[seg_id - 1]
+    for label in np.flatnonzero(areas[1:]) + 1:
+        rows, cols = boxes[label - 1]
         out.append({
-            "id": seg_id,
-            "area": area,
+            "id": int(label if ids_of is None else ids_of[label]),
+            "area": int(areas[label]),
             "bbox": [int(cols.start), int(rows.start),
                      int(cols.stop - cols.start - extra), int(rows.stop - rows.start - extra)],
         })
