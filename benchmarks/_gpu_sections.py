@@ -449,7 +449,7 @@ def fixtures(ctx: Ctx) -> list[Path]:
         return [make_tiny_fixture(ctx)]
     out = []
     for name in ctx.args.golden:
-        path = Path(ctx.args.reference_dir) / name
+        path = Path(name) if Path(name).is_dir() else Path(ctx.args.reference_dir) / name  # a folder, or a name there
         meta = json.loads((path / "meta.json").read_text())
         if VARIANT_MODELS[meta["variant"]] in ctx.args.models:
             out.append(path)

@@ -82,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steady-steps", type=int, help="timed tracker steps (default 30)")
     p.add_argument("--merge-frames", type=int, default=8, help="frames per timed merge call")
     p.add_argument("--matmul-size", type=int, default=8192)
-    p.add_argument("--golden", default="golden-vits,golden-vitl", help="fixtures under --reference-dir")
+    p.add_argument("--golden", default="golden-vits,golden-vitl",
+                   help="fixtures: names under --reference-dir or folders (e.g. tests/fixtures/reference/vits-854x480-5f)")
     p.add_argument("--golden-frames", type=int, help="leading fixture frames to compare (default all)")
     p.add_argument("--sdpa-batch", type=int, default=50, help="batch of the SDPA section (the entity queries)")
     p.add_argument("--sdpa-memories", default="1,3,7")
