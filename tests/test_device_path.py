@@ -235,3 +235,14 @@ def test_batched_attention_queries_are_never_stride_0(tiny_model, monkeypatch):
     with torch.inference_mode():
         list(EntityTracker(tiny_model, batched=True).track(_video(2, tiny_model.cfg.image_size)))
     assert strides and all(0 not in s for s in strides), [s for s in strides if 0 in s]
+
+
+def test_merge_counting_is_sync_free():
+    """The merge's per-pixel assignment and its survival counts run on the `meta` device (any host
+    synchronisation would fail there): on a GPU only the [K] totals come back, once per video."""
+    from entitysam.inference.merge_rules import area_counts, assign_pixels
+
+    lowres = torch.randn(5, 2, 64, 64, device="meta")
+    ids, win_fg, fg_count = assign_pixels(lowres, torch.rand(5, device="meta"), (120, 160), 0.5)
+    a, o, s = area_counts(ids, win_fg, fg_count, 5)
+    assert a.shape == o.shape == s.shape == (5,) and a.device.type == "meta"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 
@@ -324,3 +326,19 @@ def test_fill_holes_consistent_with_golden(variant):
     is_fill = sub == F01
     assert is_fill.any()
     assert bits[:, :, ::4, ::4][is_fill].all()
+
+
+@given(st.integers(1, 6), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_area_counts_are_the_bincounts(k, seed):
+    """The survival counts (scatter-based, sync-free on a GPU) equal plain bincounts."""
+    from entitysam.inference.merge_rules import area_counts
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(-1, k, (2, 9, 11), generator=g)
+    win_fg = (torch.rand(ids.shape, generator=g) < 0.6) & (ids >= 0)
+    fg_count = torch.randint(0, 50, (k,), generator=g)
+    a, o, s = area_counts(ids, win_fg, fg_count, k)
+    assert torch.equal(a, torch.bincount(ids[ids >= 0], minlength=k))
+    assert torch.equal(s, torch.bincount(ids[win_fg], minlength=k))
+    assert o is fg_count

@@ -137,13 +137,17 @@ def assign_pixels(lowres: torch.Tensor, kept_scores: torch.Tensor, out_size: tup
 
 def area_counts(ids: torch.Tensor, win_fg: torch.Tensor, fg_count: torch.Tensor,
                 k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The survival counts of a chunk, from :func:`assign_pixels`'s outputs (on the CPU).
+    """The survival counts of a chunk, from :func:`assign_pixels`'s outputs, on their device and
+    without a host synchronisation (so a GPU merge need not copy the [c, H, W] winners back).
 
     Returns [K] int64 each: A = #(winner is k), O = #(prob_k >= thr), S = #(both).
     """
-    win_area = torch.bincount(ids.flatten() + 1, minlength=k + 1)[1:]
-    seg_area = torch.bincount(ids[win_fg], minlength=k)
-    return win_area, fg_count, seg_area
+    def count(slots: torch.Tensor) -> torch.Tensor:  # slots in -1 .. k-1; -1 is not counted
+        flat = slots.reshape(-1) + 1
+        return torch.zeros(k + 1, dtype=torch.int64, device=flat.device).scatter_add_(
+            0, flat, torch.ones_like(flat))[1:]
+
+    return count(ids), fg_count, count(torch.where(win_fg, ids, -1))
 
 
 def survives(win_area: int, fg_area: int, seg_area: int, config: MergeConfig) -> bool:
@@ -162,6 +166,10 @@ def id_lut(segment_of_kept: np.ndarray) -> np.ndarray:
 
 
 def paint(winners: torch.Tensor, segment_of_kept: np.ndarray) -> np.ndarray:
-    """winners: [..., H, W] kept-query slot of each segment pixel, -1 elsewhere (CPU).
-    Returns the int32 id map of the same shape as winners (0 = no entity)."""
-    return id_lut(segment_of_kept)[winners.numpy() + 1]
+    """winners: [..., H, W] kept-query slot of each segment pixel, -1 elsewhere (any device).
+    Returns the int32 id map of the same shape as winners (0 = no entity), on the host."""
+    lut = id_lut(segment_of_kept)
+    if winners.device.type == "cpu":
+        return lut[winners.numpy() + 1]
+    # painted where the winners are: int32 maps come back instead of the int64 winners
+    return torch.from_numpy(lut).to(winners.device)[winners + 1].cpu().numpy()

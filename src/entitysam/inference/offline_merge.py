@@ -174,11 +174,11 @@ def plan_video_panoptic(
     for t0, t1 in _chunk_bounds(n, chunk):
         lo = _load_chunk(logits, t0, t1, kept, device)
         ids, win_fg, fg_count = assign_pixels(lo, kept_scores, out_hw, config.mask_binary_threshold)
-        ids, win_fg, fg_count = ids.cpu(), win_fg.cpu(), fg_count.cpu()
-        for total, count in zip(totals, area_counts(ids, win_fg, fg_count, k)):
-            total += count
+        # summed where the pixels were assigned, read back once after the last chunk
+        totals = [total.to(ids.device) + count for total, count in zip(totals, area_counts(ids, win_fg, fg_count, k))]
         if winners_out is not None:
-            winners_out(t0, torch.where(win_fg, ids, -1))
+            winners_out(t0, torch.where(win_fg, ids, -1).cpu())
+    totals = [total.cpu() for total in totals]
 
     segment_of_kept = np.zeros(k, dtype=np.int32)
     plan = PanopticPlan(n, out_hw, kept, kept_scores, segment_of_kept,
@@ -220,7 +220,7 @@ def iter_video_panoptic(
     for t0, t1 in _chunk_bounds(n, chunk):
         lo = _load_chunk(logits, t0, t1, plan.kept, plan.device)
         ids, win_fg, _ = assign_pixels(lo, plan.kept_scores, plan.out_size, plan.config.mask_binary_threshold)
-        maps = paint(torch.where(win_fg, ids, -1).cpu(), plan.segment_of_kept)
+        maps = paint(torch.where(win_fg, ids, -1), plan.segment_of_kept)
         for i in range(t1 - t0):
             yield t0 + i, maps[i]
 
