@@ -23,8 +23,8 @@ BIG_ID = 1005  # above MOTS's 1000 instances per class: exports must still handl
 SCORES = {1: 0.9, 2: 0.75, 3: 0.5, BIG_ID: 0.66}
 
 
-def id_maps() -> list[np.ndarray]:
-    """The ground truth [H, W] uint32 id maps of the N frames."""
+def id_maps(big_id: int = BIG_ID) -> list[np.ndarray]:
+    """The ground truth [H, W] uint32 id maps of the N frames (big_id: the large id's value)."""
     maps = []
     for t in range(N):
         m = np.zeros((H, W), np.uint32)
@@ -33,7 +33,7 @@ def id_maps() -> list[np.ndarray]:
         if t >= 2:
             m[15:22, 20:26] = 3                 # enters at frame 2
         if t <= 5:
-            m[0:4, 26:30] = BIG_ID              # leaves after frame 5
+            m[0:4, 26:30] = big_id              # leaves after frame 5
         maps.append(m)
     return maps
 
@@ -43,8 +43,9 @@ def images() -> list[np.ndarray]:
     return [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(N)]
 
 
-def make_result(root: Path, name: str = "clip", *, with_input: bool = True) -> Path:
-    """Write the result folder root/<name> (and its input root/input-<name>/); returns the folder."""
+def make_result(root: Path, name: str = "clip", *, with_input: bool = True, big_id: int = BIG_ID) -> Path:
+    """Write the result folder root/<name> (and its input root/input-<name>/); returns the folder.
+    big_id: the value of the large id (BIG_ID; up to 2**24 - 1, the largest an id PNG holds)."""
     root.mkdir(parents=True, exist_ok=True)
     src = root / f"input-{name}"
     if with_input:
@@ -52,10 +53,11 @@ def make_result(root: Path, name: str = "clip", *, with_input: bool = True) -> P
         for t, im in enumerate(images()):
             Image.fromarray(im).save(src / f"f{t:03d}.png")
     frames = [SimpleNamespace(t=t, index=t, name=f"f{t:03d}", time=round(t / FPS, 6)) for t in range(N)]
-    entities = [{"id": i, "score": s, "query_index": k} for k, (i, s) in enumerate(SCORES.items())]
+    entities = [{"id": big_id if i == BIG_ID else i, "score": s, "query_index": k}
+                for k, (i, s) in enumerate(SCORES.items())]
     with StagedOutput(root / name) as staged:
         files = write_result_files(staged.path, ("panoptic", "entities"), name=name, fps=FPS, frames=frames,
-                                   id_maps=id_maps(), entities=entities, workers=0)
+                                   id_maps=id_maps(big_id), entities=entities, workers=0)
         manifest = {"format": "entitysam-segment", "format_version": 1, "video": name,
                     "input": str(src), "selection": {"start": None, "end": None, "stride": 1, "max_frames": None},
                     "num_frames": N, "size": [H, W], "fps": FPS, "entities": len(entities), "files": files}

@@ -172,8 +172,9 @@ def test_id_lookup_maps_original_ids_to_current_ones_per_frame(result_dir):
     session = EditSession(ResultFolder.open(result_dir))
     session.apply({"op": "delete", "ids": [1]})
     session.apply({"op": "split", "id": 2, "frame": 5, "new_id": 9})
-    assert session.id_lookup(0)[[0, 1, 2, 3, BIG_ID]].tolist() == [0, 0, 2, 3, BIG_ID]
-    assert session.id_lookup(6)[[0, 1, 2, 3, BIG_ID]].tolist() == [0, 0, 9, 3, BIG_ID]
+    assert session.result.ids.tolist() == [0, 1, 2, 3, BIG_ID]  # the lookup is indexed by position here
+    assert session.id_lookup(0).tolist() == [0, 0, 2, 3, BIG_ID]
+    assert session.id_lookup(6).tolist() == [0, 0, 9, 3, BIG_ID]
     segments = session.lookup_segments()
     assert [(s["start"], s["stop"]) for s in segments] == [(0, 5), (5, N)]
     assert segments[1]["lookup"][2] == 9

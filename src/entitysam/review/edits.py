@@ -11,8 +11,9 @@ Operations (dicts; :func:`check_op` validates one and returns its normalised cop
     {"op": "label",  "id": a, "text": "..."}     free text ("" removes the label)
 
 Ids are the *current* ids (after the earlier operations). The session keeps the original result
-untouched: an id map is the original PNG passed through a lookup table (original id -> current
-id) that depends on the frame only through the splits, so it costs one ``np.take`` per frame.
+untouched: an id map is the original PNG passed through a lookup table (position of an original
+id in ``result.ids`` -> current id) that depends on the frame only through the splits, so it
+costs one gather per frame; the table is as long as the entity list, whatever the ids.
 
 Attributes of the entity an operation makes: a merge keeps the score, query index, label and
 hidden flag of `into`; a split gives the new entity those of the split one. Ids of deleted
@@ -27,7 +28,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import EditError, ResultFolderError
+from ..errors import EditError
+from ..io import idpng
 from ..io.idpng import MAX_ID
 from .records import MAX_LABEL, entity_stats, label_problem
 from .result import EntityInfo, ResultFolder
@@ -130,7 +132,7 @@ class EditSession:
 
     ``ops``: the applied operations (normalised); ``entities``: the current table
     (:class:`EntityInfo` by id, deleted ones absent, hidden ones with ``hidden=True``);
-    :meth:`id_map`: a frame's current ids; :meth:`id_lookup`: original id -> current id.
+    :meth:`id_map`: a frame's current ids; :meth:`id_lookup`: position of an original id in ``result.ids`` -> current id.
     """
 
     def __init__(self, result: ResultFolder, ops: Sequence[Mapping[str, Any]] = ()):
@@ -267,21 +269,23 @@ class EditSession:
         return out
 
     def id_lookup(self, frame: int = 0) -> np.ndarray:
-        """[max original id + 1] uint32: the current id of each original id at frame position
-        `frame` (0 = deleted / no entity). Without splits it is the same for every frame."""
+        """[len(result.ids)] uint32: entry k is the current id, at frame position `frame`, of the
+        original id ``result.ids[k]`` (the sorted ids of panoptic.json, 0 first; 0 = deleted / no
+        entity). Indexed by position, not by id, so it stays as small as the entity list whatever
+        the ids (up to 2**24 - 1). Without splits it is the same for every frame."""
         t = self.result.check_frame(frame)
         key = tuple(self._state.current(o, t) for o in sorted(self._state.pieces))
         lut = self._lut_cache.get(key)
         if lut is None:
-            lut = np.arange(self.result.max_id + 1, dtype=np.uint32)
-            for o in self._state.pieces:
-                lut[o] = self._state.current(o, t)
+            pieces = self._state.pieces
+            lut = np.array([self._state.current(int(o), t) if int(o) in pieces else int(o)
+                            for o in self.result.ids], dtype=np.uint32)
             self._lut_cache[key] = lut
         return lut
 
     def lookup_segments(self) -> list[dict[str, Any]]:
-        """The lookup as ``[{"start", "stop", "lookup": [current id per original id]}]`` over
-        consecutive frame ranges where it is constant (what a client needs to remap id maps)."""
+        """The lookup as ``[{"start", "stop", "lookup": [current id per position in result.ids]}]``
+        over consecutive frame ranges where it is constant (what a client needs to remap id maps)."""
         out: list[dict[str, Any]] = []
         for t in range(self.result.num_frames):
             lut = self.id_lookup(t).tolist()
@@ -293,12 +297,8 @@ class EditSession:
 
     def id_map(self, i: int) -> np.ndarray:
         """The current [H, W] uint32 ids of frame position `i` (hidden entities included)."""
-        ids = self.result.id_map(i)
-        lut = self.id_lookup(i)
-        if ids.size and int(ids.max()) >= len(lut):
-            raise ResultFolderError(f"{self.result.png_path(i)}: id {int(ids.max())} is not listed in "
-                                    "panoptic.json")
-        return lut[ids]
+        original = idpng.decode_ids(self.result.id_rgb(i))
+        return self.id_lookup(i)[self.result.id_index(original, i)]  # raises for ids panoptic.json does not list
 
     # the same reading interface as ResultFolder (exports take either)
     @property

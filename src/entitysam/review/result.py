@@ -38,6 +38,7 @@ __all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
 RESULT_VERSION = 1  # the manifest format_version read here (a newer layout is refused, not misread)
+_DENSE = 1 << 16  # ids below this are found by one table gather, larger ones by binary search
 ID_PNG_MODES = ("RGB", "RGBA")  # what the id codec reads exactly (others would be converted: ids made up)
 
 
@@ -85,8 +86,14 @@ class ResultFolder:
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
-        self._listed = np.zeros(self.max_id + 1, dtype=bool)  # ids panoptic.json lists (0: no entity)
-        self._listed[[0] + [i for a in frame_areas for i in a]] = True
+        # the ids panoptic.json lists, 0 (no entity) first: per-id tables are indexed by the position
+        # of an id here (O(number of entities)), never by the id itself (ids go up to 2**24 - 1)
+        self.ids = np.array(sorted({0} | {i for a in frame_areas for i in a}), dtype=np.uint32)
+        # positions of ids < _DENSE as one gather (small ids: the common case, a table of <= 256 kB)
+        top = min(int(self.ids[-1]) + 1, _DENSE)
+        self._dense = np.full(top, -1, dtype=np.int32)
+        small = self.ids[self.ids < top]
+        self._dense[small] = np.arange(len(small), dtype=np.int32)
         selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
         source = manifest.get("input")  # a path or URL; anything else (a number would be a file descriptor) is none
         self.sources = SourceFrames(source if isinstance(source, str) else None, self.fps, selection.get("stride", 1))
@@ -149,11 +156,27 @@ class ResultFolder:
     def id_map(self, i: int) -> np.ndarray:
         """The [H, W] uint32 ids of frame position `i` (0 = no entity), read from its PNG."""
         ids = idpng.decode_ids(self.id_rgb(i))
-        if int(ids.max(initial=0)) > self.max_id or not self._listed[ids].all():
-            unknown = sorted(set(np.unique(ids).tolist()) - set(np.flatnonzero(self._listed).tolist()))
-            raise ResultFolderError(f"{self.png_path(i)}: holds id(s) {', '.join(map(str, unknown[:5]))} that "
-                                    "panoptic.json does not list")
+        self.id_index(ids, i)  # raises for ids panoptic.json does not list
         return ids.astype(np.uint32, copy=False)
+
+    def id_index(self, ids: np.ndarray, i: int | None = None) -> np.ndarray:
+        """The positions in :attr:`ids` of the ids of a map (int32, its shape): what per-id tables
+        (:meth:`~entitysam.review.edits.EditSession.id_lookup`) are indexed by. ResultFolderError
+        for an id panoptic.json does not list (i: the frame position named in the message)."""
+        ids = np.asarray(ids)
+        if int(ids.max(initial=0)) < len(self._dense):
+            pos = self._dense[ids]
+            bad = pos < 0
+        else:  # a large id: a binary search in the sorted ids (no table as large as the ids)
+            pos = np.searchsorted(self.ids, ids).astype(np.int32)
+            np.minimum(pos, len(self.ids) - 1, out=pos)
+            bad = self.ids[pos] != ids
+        if bad.any():
+            unknown = sorted(set(np.unique(ids[bad]).tolist()))
+            where = self.png_path(i) if i is not None else self.path
+            raise ResultFolderError(f"{where}: holds id(s) {', '.join(map(str, unknown[:5]))} that "
+                                    "panoptic.json does not list")
+        return pos
 
     def id_rgb(self, i: int) -> np.ndarray:
         """The [H, W, 3] uint8 pixels of frame position `i`'s id PNG as stored (id = R + 256 G +

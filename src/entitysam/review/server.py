@@ -6,8 +6,11 @@ Routes (all under one per-run token for what changes anything):
     GET  /static/<file>         the package's static files (plain JS/CSS, no build step)
     GET  /files/<path>          any file inside the result folder (overlay.mp4, panoptic PNGs, ...)
     GET  /api/video             size, fps, frame names, whether the source frames can be read
-    GET  /api/state             entities (colour, label, score, frames, area, presence), the id lookup,
-                                the edit log, undo/redo availability; `version` counts the edits
+    GET  /api/state             entities (colour, label, score, frames, area, presence), the original
+                                ids (`ids`: panoptic.json's, sorted, 0 first), the id lookup (`lookup`:
+                                per frame range, the current id of each entry of `ids`, by position:
+                                O(entities) whatever the ids), the edit log, undo/redo availability;
+                                `version` counts the edits
     GET  /api/frames/<i>.jpg    source frame i as JPEG (404 when the source is gone: the client
                                 paints a neutral background); ?w=N scaled to N columns; at full
                                 size a source JPEG of the frame is sent as it is
@@ -108,6 +111,9 @@ class Viewer:
         self._runs = _LRU(_RUNS_CACHE)
         self._thumbs = _LRU(512)
         self._presence_cache: tuple[int, dict] | None = None
+        # the original ids (panoptic.json's, 0 first): the lookup of /api/state is indexed by position here
+        self._ids = [int(i) for i in self.result.ids]
+        self._position = {i: k for k, i in enumerate(self._ids)}
 
     # --- what the client reads -------------------------------------------------------------
     @property
@@ -126,7 +132,7 @@ class Viewer:
             presence = self._presence()
             entities = [entity_record(e, presence.get(e.id, {}), self._thumb_key(e.id, presence.get(e.id, {})))
                         for e in self.session.entities]
-            return _json_ready({"version": self.version, "entities": entities,
+            return _json_ready({"version": self.version, "entities": entities, "ids": self._ids,
                                 "lookup": self.session.lookup_segments(), "ops": list(self.session.ops),
                                 "can_undo": self.session.can_undo, "can_redo": self.session.can_redo})
 
@@ -139,7 +145,8 @@ class Viewer:
         for t, areas in enumerate(self.result.frame_areas):
             lookup = self.session.id_lookup(t)
             for original, area in areas.items():
-                current = int(lookup[original]) if original < len(lookup) else original
+                k = self._position.get(original)
+                current = int(lookup[k]) if k is not None else original
                 if current:
                     frames = out.setdefault(current, {})
                     frames[t] = frames.get(t, 0) + area
@@ -189,7 +196,8 @@ class Viewer:
             return None
         frame = max(frames, key=lambda t: (frames[t], -t))
         lookup = self.session.id_lookup(frame)
-        originals = sorted(o for o in self.result.frame_areas[frame] if o < len(lookup) and lookup[o] == entity_id)
+        originals = sorted(o for o in self.result.frame_areas[frame]
+                           if o in self._position and lookup[self._position[o]] == entity_id)
         digest = hashlib.sha1(repr((entity_id, originals)).encode()).hexdigest()[:10]
         return f"{frame}-{digest}"
 

@@ -1,0 +1,126 @@
+"""A result whose entities include the largest id an id PNG holds (2**24 - 1, valid: from another
+tool or after edits): the viewer's tables are indexed by the position of an id in the result's
+sorted ids, never by its value, so /api/state stays small and nothing builds 16.7M-entry tables."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
+pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+
+from starlette.testclient import TestClient  # noqa: E402
+
+from _review_result import N, id_maps, make_result  # noqa: E402
+from entitysam.io.idpng import MAX_ID  # noqa: E402
+from entitysam.review import EditSession, ResultFolder  # noqa: E402
+from entitysam.review.idruns import decode_id_runs  # noqa: E402
+from entitysam.review.revision import replay_edits  # noqa: E402
+from entitysam.review.server import TOKEN_HEADER, Viewer, create_app  # noqa: E402
+
+HUGE = 2**24 - 1
+TOKEN = "test-token"
+AUTH = {TOKEN_HEADER: TOKEN}
+
+
+@pytest.fixture()
+def huge_result(tmp_path):
+    assert HUGE == MAX_ID
+    return make_result(tmp_path, big_id=HUGE)
+
+
+def remap(maps, table):
+    return [np.vectorize(lambda v: table(t, int(v)), otypes=[np.uint32])(m) for t, m in enumerate(maps)]
+
+
+def test_state_of_a_result_with_id_2_24_minus_1_is_small_and_quick(huge_result):
+    start = time.perf_counter()
+    viewer = Viewer(huge_result, token=TOKEN)
+    with TestClient(create_app(viewer)) as client:
+        res = client.get("/api/state")
+        elapsed = time.perf_counter() - start
+        assert res.status_code == 200
+        assert len(res.content) < 100_000, f"/api/state is {len(res.content)} bytes for 4 entities"
+        assert elapsed < 1.0, f"opening the viewer and its state took {elapsed:.2f} s"
+        state = res.json()
+        assert state["ids"] == [0, 1, 2, 3, HUGE]
+        [segment] = state["lookup"]
+        assert segment == {"start": 0, "stop": N, "lookup": [0, 1, 2, 3, HUGE]}
+        assert {e["id"]: e["presence"] for e in state["entities"]}[HUGE] == list(range(6))
+        # the id maps still carry the id itself (the client maps it to its position)
+        assert decode_id_runs(client.get("/api/idmaps/0.runs").content).max() == HUGE
+        assert client.get(f"/api/thumbs/{HUGE}.png").status_code == 200
+    assert all(len(lut) == 5 for lut in viewer.session._lut_cache.values())
+
+
+def test_edits_and_save_of_a_result_with_id_2_24_minus_1(huge_result):
+    viewer = Viewer(huge_result, token=TOKEN)
+    with TestClient(create_app(viewer)) as client:
+        def edit(op, status=200):
+            res = client.post("/api/edits", json=op, headers=AUTH)
+            assert res.status_code == status, res.text
+            return res.json()
+
+        start = time.perf_counter()
+        edit({"op": "merge", "ids": [3, HUGE], "into": HUGE})
+        # the default new id would be max(used ids) + 1 = 2**24: beyond 24 bits, a clear error
+        # (nothing changed: the same log, the same state)
+        refused = edit({"op": "split", "id": HUGE, "frame": 3}, status=400)
+        assert "no entity id above 16777215" in json.dumps(refused) and "new_id" in json.dumps(refused)
+        edit({"op": "split", "id": HUGE, "frame": 3, "new_id": 7})
+        state = edit({"op": "delete", "ids": [1]})
+        assert [op["op"] for op in state["ops"]] == ["merge", "split", "delete"]
+        assert sorted(e["id"] for e in state["entities"]) == [2, 7, HUGE]
+        assert state["ids"] == [0, 1, 2, 3, HUGE]
+        assert [(s["start"], s["stop"], s["lookup"]) for s in state["lookup"]] == [
+            (0, 3, [0, 0, 2, HUGE, HUGE]), (3, N, [0, 0, 2, 7, 7])]
+        res = client.post("/api/save", headers=AUTH)
+        assert res.status_code == 200, res.text
+        elapsed = time.perf_counter() - start
+        assert len(client.get("/api/state").content) < 100_000
+    assert elapsed < 2.0, f"three edits and a save of 8 frames of 32x24 took {elapsed:.2f} s"
+
+    def expected(t, v):
+        if v == 1:
+            return 0
+        if v in (3, HUGE):
+            return HUGE if t < 3 else 7
+        return v
+    want = remap(id_maps(HUGE), expected)
+    revision = ResultFolder.open(huge_result.parent / f"{huge_result.name}.rev1")
+    assert [e.id for e in revision.entities] == [2, 7, HUGE]
+    assert revision.ids.tolist() == [0, 2, 7, HUGE]
+    for t in range(N):
+        assert np.array_equal(revision.id_map(t), want[t]), t
+    replayed = replay_edits(huge_result, revision.path / "edits.json")
+    assert replayed.ops == viewer.session.ops
+    for t in range(N):
+        assert np.array_equal(replayed.id_map(t), want[t]), t
+    # a revision of the revision: ids up to 2**24 - 1 and a free one given to a split
+    session = EditSession(revision, [{"op": "split", "id": HUGE, "frame": 1, "new_id": 5}])
+    assert np.array_equal(session.id_map(2), np.where(want[2] == HUGE, 5, want[2]))
+
+
+def test_an_id_a_map_holds_but_panoptic_json_does_not_list_is_still_refused(huge_result):
+    import json as _json
+
+    data = _json.loads((huge_result / "panoptic.json").read_text())
+    for ann in data["annotations"][0]["annotations"]:  # HUGE's pixels stay in the PNGs, its records go
+        ann["segments_info"] = [s for s in ann["segments_info"] if s["id"] != HUGE]
+    (huge_result / "panoptic.json").write_text(_json.dumps(data))
+    entities = _json.loads((huge_result / "entities.json").read_text())
+    entities["entities"] = [e for e in entities["entities"] if e["id"] != HUGE]
+    (huge_result / "entities.json").write_text(_json.dumps(entities))
+    from entitysam.errors import ResultFolderError
+
+    result = ResultFolder.open(huge_result)
+    assert result.ids.tolist() == [0, 1, 2, 3]
+    with pytest.raises(ResultFolderError, match="holds id.s. 16777215 that panoptic.json does not list"):
+        result.id_map(0)
+    with pytest.raises(ResultFolderError, match="16777215"):
+        EditSession(result).id_map(0)
+    assert np.array_equal(result.id_map(7), id_maps(HUGE)[7])  # frame 7 has no HUGE
