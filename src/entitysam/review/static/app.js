@@ -2,7 +2,8 @@
 //
 // Frames come as JPEG (/api/frames/<i>.jpg) and the ORIGINAL id maps as row-wise runs of ids
 // (/api/idmaps/<i>.runs, see idmaps.js); the current edit is applied here through the
-// id lookup of /api/state (original id -> current id, per frame range after a split), so an edit
+// id lookup of /api/state (original id -> current id, per frame range after a split; indexed by the
+// position of an original id in state.ids, so every table is as long as the entity list), so an edit
 // never invalidates the cached frames. Edits are POSTed with the run's token and answered with the
 // new state.
 "use strict";
@@ -167,32 +168,39 @@ function prefetchAround(i, decodeAhead = true) {
 }
 
 // ---- the edit's id lookup ------------------------------------------------------------------
-// state.lookup: [{start, stop, lookup: [current id per original id]}] over frame ranges (a split
-// makes several); 0 = deleted. Ids beyond a lookup (not in panoptic.json) are shown as they are.
+// state.ids: the original ids (panoptic.json's, sorted, 0 first); the ids of a frame's map are
+// turned into positions there once (indexRuns, idmaps.js): f.runIdx, f.ids on screen.
+// state.lookup: [{start, stop, lookup: [current id per position in state.ids]}] over frame ranges
+// (a split makes several); 0 = deleted. Ids not in state.ids (not in panoptic.json: a frame's
+// f.extra, positions from state.ids.length on) are shown as they are.
 function lookupAt(frame) {
   for (const seg of viewer.state.lookup) if (seg.start <= frame && frame < seg.stop) return seg.lookup;
   return [];
 }
-function currentId(orig, frame) {
-  const table = lookupAt(frame);
-  return orig < table.length ? table[orig] : orig;
+// the current id of position k of frame f's map
+function currentAt(k, frame, f, table = lookupAt(frame)) {
+  const ids = viewer.state.ids;
+  if (k < table.length) return table[k];
+  return k < ids.length ? ids[k] : f.extra[k - ids.length];
 }
 function entityById(id) { return viewer.state.byId.get(id); }
 
-// tables indexed by original id: current id, fill colour and contour colour (RGBA packed little endian)
-function frameTables(frame, maxId) {
-  const cur = new Uint32Array(maxId + 1), fill = new Uint32Array(maxId + 1), edge = new Uint32Array(maxId + 1);
+// tables indexed by position (state.ids, then f.extra): current id, fill colour and contour
+// colour (RGBA packed little endian)
+function frameTables(frame, f) {
+  const size = f.maxIdx + 1;
+  const cur = new Uint32Array(size), fill = new Uint32Array(size), edge = new Uint32Array(size);
   const base = Math.round(viewer.opacity * 255), table = lookupAt(frame);
-  for (let orig = 1; orig <= maxId; orig++) {
-    const id = orig < table.length ? table[orig] : orig;
-    cur[orig] = id;
+  for (let k = 1; k < size; k++) {
+    const id = currentAt(k, frame, f, table);
+    cur[k] = id;
     const ent = id ? entityById(id) : null;
     if (!ent || ent.hidden) continue;
     const [r, g, b] = ent.color;
     const strong = viewer.selected.has(id) || viewer.hovered === id;
     const alpha = strong ? Math.min(255, base + 90) : base;
-    fill[orig] = (alpha << 24 | b << 16 | g << 8 | r) >>> 0;
-    edge[orig] = (255 << 24 | b << 16 | g << 8 | r) >>> 0;
+    fill[k] = (alpha << 24 | b << 16 | g << 8 | r) >>> 0;
+    edge[k] = (255 << 24 | b << 16 | g << 8 | r) >>> 0;
   }
   return {cur, fill, edge};
 }
@@ -204,7 +212,7 @@ function drawOverlay(frame, f) {
   const ctx = $("overlay-canvas").getContext("2d");
   if (!overlayImage) overlayImage = ctx.createImageData(width, height);
   const out = new Uint32Array(overlayImage.data.buffer);
-  const {cur, fill, edge} = frameTables(frame, f.maxId);
+  const {cur, fill, edge} = frameTables(frame, f);
   const ids = f.ids, n = ids.length;
   fillRuns(out, fill, f);
   if (viewer.contours) {
@@ -220,9 +228,9 @@ function drawOverlay(frame, f) {
   ctx.putImageData(overlayImage, 0, 0);
   if (viewer.showIds) drawIds(ctx, f, cur);
 }
-// out[p] = fill[id of p] for every pixel, a run at a time (a long run is one native fill)
+// out[p] = fill[position of p] for every pixel, a run at a time (a long run is one native fill)
 function fillRuns(out, fill, f) {
-  const runIds = f.runIds, runLengths = f.runLengths, count = runIds.length;
+  const runIds = f.runIdx, runLengths = f.runLengths, count = runIds.length;
   for (let r = 0, p = 0; r < count; r++) {
     const len = runLengths[r], colour = fill[runIds[r]];
     if (len > 16) out.fill(colour, p, p + len);
@@ -261,7 +269,9 @@ function drawFrame(f) {
 // decoded frames keep only their runs: ~110 instead of ~80 frames kept at 1080p shown 1280 wide)
 let screenIds = null;
 function onScreen(f) {
-  screenIds = idsFromRuns(f, viewer.info.width, viewer.info.height, screenIds);
+  if (!f.runIdx) Object.assign(f, indexRuns(f.runIds, viewer.position, viewer.state.ids.length));  // once a frame
+  screenIds = idsFromRuns({runIds: f.runIdx, runLengths: f.runLengths, maxId: f.maxIdx},
+                          viewer.info.width, viewer.info.height, screenIds);
   return {...f, ids: screenIds};
 }
 
@@ -321,6 +331,8 @@ viewer.play = play; viewer.pause = pause;
 // ---- entity list and timeline --------------------------------------------------------------
 function applyState(state) {
   state.byId = new Map(state.entities.map((e) => [e.id, e]));
+  // the original ids never change during a run: the positions of the decoded frames stay valid
+  if (!viewer.position) viewer.position = new Map(state.ids.map((id, k) => [id, k]));
   viewer.state = state;
   for (const id of [...viewer.selected]) if (!state.byId.has(id)) viewer.selected.delete(id);
   $("undo").disabled = !state.can_undo;
@@ -422,9 +434,9 @@ function idAtEvent(ev) {
   const x = Math.floor((ev.clientX - rect.left) / rect.width * viewer.info.width);
   const y = Math.floor((ev.clientY - rect.top) / rect.height * viewer.info.height);
   if (x < 0 || y < 0 || x >= viewer.info.width || y >= viewer.info.height) return 0;
-  return currentId(current.ids[y * viewer.info.width + x], viewer.frame);
+  return currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current);
 }
-viewer.idAt = (x, y) => current ? currentId(current.ids[y * viewer.info.width + x], viewer.frame) : 0;
+viewer.idAt = (x, y) => current ? currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current) : 0;
 
 // ---- edits ---------------------------------------------------------------------------------
 async function edit(op) {

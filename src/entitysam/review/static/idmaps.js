@@ -99,6 +99,36 @@ function idsFromRuns(f, width, height, out = null) {
   return ids;
 }
 
+// The runs' ids as positions in the result's sorted ids (state.ids of /api/state, 0 first; the
+// lookup of /api/state is indexed by these positions): every per-id table of the player is as long
+// as the entity list, whatever the ids (up to 2**24 - 1). position: Map id -> its position in ids.
+// An id that ids does not hold (a map holding an id panoptic.json does not list) gets a position
+// after them, its id in `extra` (extra[k - ids.length]): shown as it is, as before.
+// Returns {runIdx (16 bits when every position fits, else 32), maxIdx, extra}.
+function indexRuns(runIds, position, numIds) {
+  const count = runIds.length, extra = [], extraAt = new Map();
+  const idx = new Uint32Array(count);
+  let lastId = -1, lastK = 0, maxIdx = 0;
+  for (let r = 0; r < count; r++) {
+    const id = runIds[r];
+    if (id !== lastId) {
+      let k = position.get(id);
+      if (k === undefined) {
+        k = extraAt.get(id);
+        if (k === undefined) { k = numIds + extra.length; extra.push(id); extraAt.set(id, k); }
+      }
+      lastId = id; lastK = k;
+      if (k > maxIdx) maxIdx = k;
+    }
+    idx[r] = lastK;
+  }
+  return {runIdx: maxIdx < 65536 ? Uint16Array.from(idx) : idx, maxIdx, extra};
+}
+
+if (typeof module !== "undefined" && module.exports) {  // node (the tests)
+  module.exports = {decodeIdRuns, idsFromRuns, indexRuns};
+}
+
 if (typeof WorkerGlobalScope !== "undefined" && self instanceof WorkerGlobalScope) {
   self.onmessage = async (ev) => {
     const {job, runs} = ev.data;
