@@ -164,13 +164,17 @@ class ResultFolder:
         (:meth:`~entitysam.review.edits.EditSession.id_lookup`) are indexed by. ResultFolderError
         for an id panoptic.json does not list (i: the frame position named in the message)."""
         ids = np.asarray(ids)
-        if int(ids.max(initial=0)) < len(self._dense):
-            pos = self._dense[ids]
-            bad = pos < 0
-        else:  # a large id: a binary search in the sorted ids (no table as large as the ids)
-            pos = np.searchsorted(self.ids, ids).astype(np.int32)
-            np.minimum(pos, len(self.ids) - 1, out=pos)
-            bad = self.ids[pos] != ids
+        dense = self._dense
+        if int(ids.max(initial=0)) < len(dense):
+            pos = dense[ids]
+        else:  # large ids: a binary search in the sorted ids for their pixels only (no table as large as the ids)
+            large = ids >= len(dense)
+            pos = dense[np.minimum(ids, len(dense) - 1)]
+            found = np.searchsorted(self.ids, ids[large]).astype(np.int32)
+            np.minimum(found, len(self.ids) - 1, out=found)
+            found[self.ids[found] != ids[large]] = -1
+            pos[large] = found
+        bad = pos < 0
         if bad.any():
             unknown = sorted(set(np.unique(ids[bad]).tolist()))
             where = self.png_path(i) if i is not None else self.path
