@@ -124,3 +124,21 @@ def test_an_id_a_map_holds_but_panoptic_json_does_not_list_is_still_refused(huge
     with pytest.raises(ResultFolderError, match="16777215"):
         EditSession(result).id_map(0)
     assert np.array_equal(result.id_map(7), id_maps(HUGE)[7])  # frame 7 has no HUGE
+
+
+@pytest.mark.parametrize("odd", [4, 70_000, HUGE - 1])
+def test_an_unlisted_id_beside_id_2_24_minus_1_is_refused_as_before(huge_result, odd):
+    from PIL import Image
+
+    from entitysam.errors import ResultFolderError
+    from entitysam.io.idpng import encode_ids
+
+    m = id_maps(HUGE)[0].copy()
+    m[22:, :3] = odd  # an id of no panoptic.json record (small: the dense table; large: the binary search)
+    Image.fromarray(encode_ids(m)).save(huge_result / "panoptic" / "f000.png")
+    result = ResultFolder.open(huge_result)
+    with pytest.raises(ResultFolderError, match=f"holds id.s. {odd} that panoptic.json does not list"):
+        result.id_map(0)
+    with pytest.raises(ResultFolderError, match=str(odd)):
+        EditSession(result).id_map(0)
+    assert np.array_equal(result.id_map(1), id_maps(HUGE)[1])
