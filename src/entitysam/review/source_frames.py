@@ -1,10 +1,12 @@
 """The input frames behind a result, decoded again from the input its manifest names.
 
 Frame folders and images are read one file per request (a folder is listed once: its files are
-kept, and a file is used only while its name is still the frame's). A video file can only be
-decoded from its start, so it is read through a forward cursor: a request at or after the last
+kept, and a file is used only while its name is still the frame's). A video file is
+read through a forward cursor: a request at or after the last
 frame read continues from there (playing forward costs one decode per frame), one before it
-starts a new pass a few frames before that one. The last frames the cursor gave are kept (up to 64 MB): a
+starts a new pass a few frames before that one; a pass starts at the keyframe before its first
+frame once a pass has recorded the keyframes up to there (io.sources.video_seek), from the start
+of the video otherwise. The last frames the cursor gave are kept (up to 64 MB): a
 step back (the arrow key, the player fetching the frames just behind the one shown) is served
 from them, and a new pass refills them, so stepping back costs one pass per ~10 frames at 1080p,
 not one per frame. Requests may come from several threads (a web server): one lock.
@@ -40,6 +42,8 @@ class SourceFrames:
         self._files: list[Path] | None = None  # a folder's frame files, listed once
         self._recent: OrderedDict[int, Any] = OrderedDict()  # a video's last frames read, by index
         self.keep_bytes = 64 << 20  # what those may take
+        self._seek: Any = None  # a video's random access (VideoSeek) and the file it was made for
+        self._seek_key: tuple | None = None
 
     def frame_file(self, index: int, name: str) -> Path | None:
         """The file of frame `index` when the input is a folder of frames or an image and that
@@ -97,12 +101,12 @@ class SourceFrames:
             return next(iter(source), None)
         if index in self._recent:
             return self._recent[index]
-        if self._cursor is None or index <= self._last:
+        if self._cursor is None or index <= self._last or self._seek_is_shorter(index):
             self.passes += 1
             # start a few frames (on the stride's grid) before: they are kept for the next steps back
             back = min(self._keep_frames() - 1, index // self.stride)
             selection = FrameSelection(start=index - back * self.stride, stride=self.stride)
-            self._cursor = iter(open_source(self.input, selection, fps=self.fps))
+            self._cursor = self._video_seek().frames(selection)
             self._last = -1
             self._recent.clear()
         for frame in self._cursor:
@@ -114,6 +118,23 @@ class SourceFrames:
                 return frame
         self._cursor = None
         return None
+
+    def _seek_is_shorter(self, index: int) -> bool:
+        """Whether a new pass (from a keyframe) reaches frame `index` in fewer decodes than the
+        cursor: a recorded keyframe lies between the cursor and it."""
+        seek = self._seek
+        return seek is not None and seek.exact and seek.keyframe_before(index) > self._last + self._keep_frames()
+
+    def _video_seek(self) -> Any:
+        """The input video's random access (io.sources.video_seek), kept while the file is the
+        same (its record of keyframes makes a pass start at the keyframe before the frame asked for)."""
+        from ..io.sources.video_seek import VideoSeek
+
+        stat = os.stat(self.input)
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if self._seek is None or self._seek_key != key:
+            self._seek, self._seek_key = VideoSeek(self.input, self.fps), key
+        return self._seek
 
     def _keep_frames(self) -> int:
         """How many of a video's last frames are kept: keep_bytes of frames the size of the last

@@ -1,0 +1,171 @@
+"""Random access to a video's frames by keyframe seek (io.sources.video_seek) and its use by the
+viewer's SourceFrames: exact frames (compared to a sequential decode), about one GOP decoded per
+far jump, and the pass from the start when the pts cannot be trusted."""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av")
+
+from entitysam.io.sources import FrameSelection, open_source  # noqa: E402
+
+N = 150
+GOP = 12
+W, H = 64, 48
+
+
+def indexed_image(i: int) -> np.ndarray:
+    """Frame i: 8 vertical bars, bar b white when bit b of i is set (robust to compression)."""
+    a = np.zeros((H, W, 3), np.uint8)
+    for b in range(8):
+        if i >> b & 1:
+            a[:, b * 8:(b + 1) * 8] = 255
+    return a
+
+
+def index_of(image: np.ndarray) -> int:
+    return sum(1 << b for b in range(8) if image[:, b * 8 + 2:(b + 1) * 8 - 2].mean() > 128)
+
+
+def write_indexed(path, codec="libx264", n=N, gop=GOP):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.gop_size = gop
+        for i in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(indexed_image(i), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    return write_indexed(tmp_path_factory.mktemp("seek") / "indexed.mp4")
+
+
+@pytest.fixture(scope="module")
+def sequential(video):
+    frames = list(open_source(str(video), fps=10))
+    assert [index_of(f.image) for f in frames] == list(range(N))  # the test video is what it says
+    keys = [f.key_frame for f in av.open(str(video)).decode(video=0)]
+    at = [i for i, key in enumerate(keys) if key]
+    assert at[0] == 0 and max(np.diff(at + [N])) <= GOP and len(at) < N // 4  # a keyframe every <= GOP frames
+    return frames
+
+
+class DecodeCount:
+    """Counts the frames decoded through av.open, whoever opens the file."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real_open = av.open
+        counter = self
+
+        class Container:
+            def __init__(self, c):
+                self._c = c
+
+            def __getattr__(self, name):
+                return getattr(self._c, name)
+
+            def __enter__(self):
+                self._c.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return self._c.__exit__(*exc)
+
+            def decode(self, *args, **kwargs):
+                for frame in self._c.decode(*args, **kwargs):
+                    counter.n += 1
+                    yield frame
+
+        monkeypatch.setattr(av, "open", lambda *a, **k: Container(real_open(*a, **k)))
+
+
+def same(frame, expected):
+    assert frame is not None
+    assert (frame.index, frame.name, frame.time) == (expected.index, expected.name, expected.time)
+    assert np.array_equal(frame.image, expected.image), frame.index
+
+
+def test_random_access_is_exact_and_far_jumps_decode_one_gop(video, sequential, monkeypatch):
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    seek = VideoSeek(video, fps=10)
+    same(seek.frame(N - 1), sequential[N - 1])  # nothing recorded yet: from the start, recording
+    count = DecodeCount(monkeypatch)
+    order = [140, 3, 77, 76, 120, 12, 11, 13, N - 1, 0, 60, 59, 100, 101, 25]
+    rng = random.Random(1)
+    order += rng.sample(range(N), 40)
+    for i in order:
+        before = count.n
+        same(seek.frame(i), sequential[i])
+        assert count.n - before <= GOP + 1, (i, count.n - before)  # from the keyframe before i
+    assert seek.fallbacks == 0 and seek.exact
+
+
+def test_unknown_territory_decodes_forward_from_the_furthest_keyframe(video, sequential, monkeypatch):
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    seek = VideoSeek(video, fps=10)
+    count = DecodeCount(monkeypatch)
+    same(seek.frame(40), sequential[40])
+    assert count.n == 41  # first read: from the start
+    same(seek.frame(100), sequential[100])
+    assert count.n - 41 <= 100 - 36 + 1  # from keyframe 36 (recorded), not from 0
+    before = count.n
+    same(seek.frame(50), sequential[50])
+    assert count.n - before <= GOP + 1
+    frames = list(seek.frames(FrameSelection(start=95, stride=7)))  # a selection: the same frames
+    assert [f.index for f in frames] == list(range(95, N, 7))
+    for f in frames:
+        same(f, sequential[f.index])
+
+
+def test_viewer_far_jumps_do_not_decode_from_the_start(video, sequential, monkeypatch):
+    from entitysam.review.source_frames import SourceFrames
+
+    frames = SourceFrames(str(video), fps=10)
+    frames.keep_bytes = 4 * W * H * 3  # keeps 4 frames, as 64 MB keep ~10 at 1080p: a pass starts 3 before
+    assert np.array_equal(frames.frame(N - 1, f"{N - 1:06d}"), sequential[N - 1].image)  # records the keyframes
+    count = DecodeCount(monkeypatch)
+    for i in [130, 20, 90, 5, 145, 60]:
+        before = count.n
+        assert np.array_equal(frames.frame(i, f"{i:06d}"), sequential[i].image), i
+        assert count.n - before <= GOP + 4, (i, count.n - before)
+        assert index_of(frames.frame(i, f"{i:06d}")) == i
+    for i in range(60, 70):  # playing forward continues the pass
+        assert np.array_equal(frames.frame(i, f"{i:06d}"), sequential[i].image), i
+
+
+def test_untrusted_pts_fall_back_to_the_pass_from_the_start(video, sequential, monkeypatch):
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    seek = VideoSeek(video, fps=10)
+    same(seek.frame(N - 1), sequential[N - 1])
+    seek.pts[GOP * 5:] = [p + 1 for p in seek.pts[GOP * 5:]]  # the recorded pts no longer match the file
+    for i in [100, 61, 30, 140]:
+        same(seek.frame(i), sequential[i])
+    assert seek.fallbacks == 1 and not seek.exact  # then always from the start
+
+
+@pytest.mark.parametrize("name,codec", [("indexed.avi", "mpeg4"), ("indexed.mkv", "libx264")])
+def test_other_containers_give_the_same_frames(tmp_path, name, codec, monkeypatch):
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    path = write_indexed(tmp_path / name, codec=codec, n=80)
+    expected = list(open_source(str(path), fps=10))
+    seek = VideoSeek(path, fps=10)
+    same(seek.frame(79), expected[79])
+    for i in [50, 3, 70, 69, 20, 79, 0]:
+        f = seek.frame(i)
+        same(f, expected[i])
+        assert index_of(f.image) == i
