@@ -169,3 +169,34 @@ def test_other_containers_give_the_same_frames(tmp_path, name, codec, monkeypatc
         f = seek.frame(i)
         same(f, expected[i])
         assert index_of(f.image) == i
+
+
+def write_raw(path, fmt, codec="libx264", n=80):
+    with av.open(str(path), "w", format=fmt) as c:
+        s = c.add_stream(codec, rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.gop_size = GOP
+        for i in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(indexed_image(i), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("name,fmt", [("raw.h264", "h264"), ("clip.ts", "mpegts")])
+def test_missing_or_unseekable_pts_give_the_frames_of_the_pass_from_the_start(tmp_path, name, fmt):
+    """A raw H.264 stream has no pts (never seeks); in MPEG-TS the seek may land elsewhere
+    (then the pass from the start): either way the frames are exact."""
+    from entitysam.io.sources.video_file import VideoFileSource
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    path = write_raw(tmp_path / name, fmt)
+    expected = list(VideoFileSource(path, fps=10))
+    assert [index_of(f.image) for f in expected] == list(range(80))
+    seek = VideoSeek(path, fps=10)
+    for i in [79, 50, 3, 70, 69, 20, 0]:
+        f = seek.frame(i)
+        same(f, expected[i])
+    if fmt == "h264":
+        assert not seek.exact and seek.seeks == 0  # no pts: every read from the start

@@ -51,7 +51,8 @@ class VideoSeek:
         return iter(_SeekingSource(self, selection or FrameSelection()))
 
     def frame(self, index: int) -> Frame | None:
-        """Frame `index` (decode order), None past the end."""
+        """Frame `index` (decode order); past the end, VideoFileSource's SourceError (no frames
+        selected). Not thread-safe: one caller at a time (SourceFrames holds its lock)."""
         return next(self.frames(FrameSelection(start=index, max_frames=1)), None)
 
     # -- the record
