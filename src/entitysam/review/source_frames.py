@@ -103,9 +103,7 @@ class SourceFrames:
             return self._recent[index]
         if self._cursor is None or index <= self._last or self._seek_is_shorter(index):
             self.passes += 1
-            # start a few frames (on the stride's grid) before: they are kept for the next steps back
-            back = min(self._keep_frames() - 1, index // self.stride)
-            selection = FrameSelection(start=index - back * self.stride, stride=self.stride)
+            selection = FrameSelection(start=self._pass_start(index), stride=self.stride)
             self._cursor = self._video_seek().frames(selection)
             self._last = -1
             self._recent.clear()
@@ -119,11 +117,17 @@ class SourceFrames:
         self._cursor = None
         return None
 
+    def _pass_start(self, index: int) -> int:
+        """Where a new pass for frame `index` starts: a few frames (on the stride's grid) before,
+        kept for the next steps back."""
+        back = min(self._keep_frames() - 1, index // self.stride)
+        return index - back * self.stride
+
     def _seek_is_shorter(self, index: int) -> bool:
-        """Whether a new pass (from a keyframe) reaches frame `index` in fewer decodes than the
-        cursor: a recorded keyframe lies between the cursor and it."""
+        """Whether a new pass reaches frame `index` (ahead of the cursor) in fewer decodes than the
+        cursor: it would start decoding at a recorded keyframe after the cursor's last frame."""
         seek = self._seek
-        return seek is not None and seek.exact and seek.keyframe_before(index) > self._last + self._keep_frames()
+        return seek is not None and seek.exact and seek.keyframe_before(self._pass_start(index)) > self._last
 
     def _video_seek(self) -> Any:
         """The input video's random access (io.sources.video_seek), kept while the file is the
