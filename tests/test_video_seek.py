@@ -54,7 +54,8 @@ def video(tmp_path_factory):
 def sequential(video):
     frames = list(open_source(str(video), fps=10))
     assert [index_of(f.image) for f in frames] == list(range(N))  # the test video is what it says
-    keys = [f.key_frame for f in av.open(str(video)).decode(video=0)]
+    with av.open(str(video)) as c:
+        keys = [f.key_frame for f in c.decode(video=0)]
     at = [i for i, key in enumerate(keys) if key]
     assert at[0] == 0 and max(np.diff(at + [N])) <= GOP and len(at) < N // 4  # a keyframe every <= GOP frames
     return frames
