@@ -201,3 +201,35 @@ def test_missing_or_unseekable_pts_give_the_frames_of_the_pass_from_the_start(tm
         same(f, expected[i])
     if fmt == "h264":
         assert not seek.exact and seek.seeks == 0  # no pts: every read from the start
+
+
+def test_a_corrupt_keyframe_gives_what_the_pass_from_the_start_gives(tmp_path):
+    """The file damaged after its keyframes were recorded: the seek pass meets a corrupt frame (or a
+    decoding error), falls back, and the result is VideoFileSource's (a concealed frame or its refusal)."""
+    from entitysam.errors import SourceError
+    from entitysam.io.sources.video_file import VideoFileSource
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    path = write_indexed(tmp_path / "damaged.mp4")
+    seek = VideoSeek(path, fps=10)
+    seek.frame(N - 1)
+    k = seek.keyframe_before(100)
+    assert k > 0
+    with av.open(str(path)) as c:
+        where = {p.pts: (p.pos, p.size) for p in c.demux(video=0) if p.size}
+    pos, size = where[seek.pts[k]]
+    data = bytearray(path.read_bytes())
+    data[pos + size // 3:pos + size] = b"\x55" * (size - size // 3)
+    path.write_bytes(bytes(data))
+
+    def outcome(read):
+        try:
+            f = read()
+            return f.index, f.name, f.time, f.image.tobytes()
+        except SourceError as err:
+            return str(err)
+
+    for i in [100, k]:
+        expected = outcome(lambda: next(iter(VideoFileSource(path, FrameSelection(start=i, max_frames=1), fps=10))))
+        assert outcome(lambda: seek.frame(i)) == expected, i
+    assert seek.fallbacks == 1
