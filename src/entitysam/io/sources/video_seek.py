@@ -15,14 +15,16 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+from ...errors import EntitySAMError
 from .selection import DEFAULT_MAX_PIXELS, Frame, FrameSelection
 from .video_file import VideoFileSource, import_av
 
 __all__ = ["VideoSeek"]
 
 
-class _Mismatch(Exception):
-    """The seek pass does not give the recorded frames: fall back to the pass from the start."""
+class _Mismatch(EntitySAMError):
+    """The seek pass does not give the recorded frames: fall back to the pass from the start
+    (caught inside this module; an EntitySAMError like every error class of the package)."""
 
 
 class VideoSeek:
