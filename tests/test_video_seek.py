@@ -32,8 +32,9 @@ def index_of(image: np.ndarray) -> int:
     return sum(1 << b for b in range(8) if image[:, b * 8 + 2:(b + 1) * 8 - 2].mean() > 128)
 
 
-def write_indexed(path, codec="libx264", n=N, gop=GOP):
-    with av.open(str(path), "w") as c:
+def write_indexed(path, codec="libx264", n=N, gop=GOP, fmt=None):
+    """An n-frame video whose frame i shows i as bars (`fmt`: container format, default by suffix)."""
+    with av.open(str(path), "w", format=fmt) as c:
         s = c.add_stream(codec, rate=Fraction(10))
         s.width, s.height, s.pix_fmt = W, H, "yuv420p"
         s.gop_size = gop
@@ -172,19 +173,6 @@ def test_other_containers_give_the_same_frames(tmp_path, name, codec, monkeypatc
         assert index_of(f.image) == i
 
 
-def write_raw(path, fmt, codec="libx264", n=80):
-    with av.open(str(path), "w", format=fmt) as c:
-        s = c.add_stream(codec, rate=Fraction(10))
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.gop_size = GOP
-        for i in range(n):
-            for p in s.encode(av.VideoFrame.from_ndarray(indexed_image(i), format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    return path
-
-
 @pytest.mark.parametrize("name,fmt", [("raw.h264", "h264"), ("clip.ts", "mpegts")])
 def test_missing_or_unseekable_pts_give_the_frames_of_the_pass_from_the_start(tmp_path, name, fmt):
     """A raw H.264 stream has no pts (never seeks); in MPEG-TS the seek may land elsewhere
@@ -192,7 +180,7 @@ def test_missing_or_unseekable_pts_give_the_frames_of_the_pass_from_the_start(tm
     from entitysam.io.sources.video_file import VideoFileSource
     from entitysam.io.sources.video_seek import VideoSeek
 
-    path = write_raw(tmp_path / name, fmt)
+    path = write_indexed(tmp_path / name, n=80, fmt=fmt)
     expected = list(VideoFileSource(path, fps=10))
     assert [index_of(f.image) for f in expected] == list(range(80))
     seek = VideoSeek(path, fps=10)
