@@ -7,7 +7,8 @@ Operations (dicts; :func:`check_op` validates one and returns its normalised cop
     {"op": "delete", "ids": [a, ...]}            the entities' pixels become 0 (no entity)
     {"op": "merge",  "ids": [a, b, ...], "into": a}   every listed entity becomes `into`
     {"op": "split",  "id": a, "frame": f, "new_id": n?}  frames >= f of `a` become entity n
-                                                 (default: one above every id used so far)
+                                                 (default: one above every id used so far; past
+                                                 2**24 - 1, the smallest id never used)
     {"op": "label",  "id": a, "text": "..."}     free text ("" removes the label)
 
 Ids are the *current* ids (after the earlier operations). The session keeps the original result
@@ -87,6 +88,21 @@ def check_op(op: Mapping[str, Any]) -> dict[str, Any]:
                             f"{text!r:.80} ({label_problem(text)})")
         out["text"] = text
     return out
+
+
+def _new_id(used: set[int]) -> int:
+    """The id a split gives by default: one above every id in `used` (ids grow in order of
+    creation), or, when that is past MAX_ID (the PNGs hold 24-bit ids), the smallest id never used."""
+    top = max(used | {0}) + 1
+    if top <= MAX_ID:
+        return top
+    taken = sorted(i for i in used if i >= 1)
+    for expected, i in enumerate(taken, start=1):
+        if i != expected:
+            return expected
+    if len(taken) < MAX_ID:
+        return len(taken) + 1
+    raise EditError(f"split: every entity id from 1 to {MAX_ID} is taken")
 
 
 class _State:
@@ -228,10 +244,7 @@ class EditSession:
                             "frames on both sides")
         new = op.get("new_id")
         if new is None:
-            new = max(state.used | {self.result.max_id}) + 1
-            if new > MAX_ID:  # the PNGs hold 24-bit ids: a revision could not be written
-                raise EditError(f"split: no entity id above {new - 1} is left (ids end at {MAX_ID}); give a free "
-                                "new_id")
+            new = _new_id(state.used | set(self.result.ids.tolist()))
             op["new_id"] = new  # recorded: a replay gives the same id
         elif new in state.used:
             raise EditError(f"split: new_id {new} is already used by an entity")
