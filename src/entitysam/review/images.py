@@ -48,11 +48,18 @@ def jpeg_at_least(path: Path, width: int) -> np.ndarray:
 
 
 def scale_to_width(image: np.ndarray, width: int) -> np.ndarray:
-    """[H, W, 3] uint8 -> [round(H * width / W), width, 3], smoothly (a frame for a smaller screen)."""
-    height = max(1, round(image.shape[0] * width / image.shape[1]))
-    scaled = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BILINEAR,
-                                                                  reducing_gap=2.0)
-    return np.asarray(scaled)
+    """[H, W, 3] uint8 -> [round(H * width / W), width, 3], smoothly (a frame for a smaller screen):
+    as it is at its own size, averaged over f x f blocks when both sides shrink by a whole factor f
+    (the sizes the player asks for; 4x faster than resampling), else resampled bilinearly."""
+    h, w = image.shape[:2]
+    height = max(1, round(h * width / w))
+    if (height, width) == (h, w):
+        return image
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    factor = w // width
+    if factor >= 2 and (w, h) == (factor * width, factor * height):
+        return np.asarray(picture.reduce(factor))
+    return np.asarray(picture.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0))
 
 
 def _crop_box(mask: np.ndarray, margin: float = 0.15) -> tuple[int, int, int, int]:

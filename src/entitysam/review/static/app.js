@@ -530,6 +530,20 @@ function fitStage() {
   }
 }
 
+// The smallest of width, width/2, width/4, width/8 (rounded up, >= 320 columns unless the video is
+// narrower) that covers `shown` columns. These are the sizes that cost the server least: a source
+// JPEG is sent as it is at full width and decoded by libjpeg's DCT scaling at the fractions, a
+// video frame is encoded as decoded or box-averaged; resampling a 1080p frame to any other width
+// (e.g. 1280 columns) took the server longer than decoding and encoding the frame.
+function frameWidthFor(shown, width) {
+  let best = width;
+  for (const f of [2, 4, 8]) {
+    const w = Math.ceil(width / f);
+    if (w >= shown && w >= 320) best = w;
+  }
+  return best;
+}
+
 async function start() {
   wire();
   const [info, state, exports] = await Promise.all([getJSON("/api/video"), getJSON("/api/state"),
@@ -537,11 +551,11 @@ async function start() {
   viewer.info = info;
   document.title = `${info.name} - entitysam view`;
   $("title").textContent = `${info.name}  ${info.width}\u00d7${info.height}, ${info.num_frames} frames @ ${info.fps} fps`;
-  // Frames come at the width the screen shows (rounded up to 320 columns, at most the video's):
-  // smaller JPEGs decode faster. The overlay keeps the id maps' full resolution; CSS gives both
-  // canvases the same size on screen.
+  // Frames come at the width the screen shows, rounded up to the video's width or 1/2, 1/4, 1/8
+  // of it (frameWidthFor). The overlay keeps the id maps' full resolution; CSS gives both canvases
+  // the same size on screen.
   const shown = $("stage").getBoundingClientRect().width * (window.devicePixelRatio || 1);
-  viewer.frameWidth = Math.min(info.width, Math.max(320, Math.ceil(shown / 320) * 320));
+  viewer.frameWidth = frameWidthFor(shown, info.width);
   $("frame-canvas").width = viewer.frameWidth;
   $("frame-canvas").height = Math.max(1, Math.round(info.height * viewer.frameWidth / info.width));
   $("overlay-canvas").width = info.width; $("overlay-canvas").height = info.height;
