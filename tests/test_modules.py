@@ -396,6 +396,32 @@ def test_rope_table_is_the_official_polar_table():
     assert torch.equal(rope_table(dim, side), table)
 
 
+def test_exact_memory_encoding_is_the_official_batched_call_bit_for_bit(one_torch_thread):
+    """Exact mode encodes all queries in one batch with the image features broadcast to every row,
+    as the official model (a stride-0 batch of channels-last features): on AVX-512 CPUs a
+    convolution rounds one query differently from the same rows of a larger batch (on an AMD EPYC
+    Zen 4, 16 queries at width 256 here, the per-query encoding of the default mode differs)."""
+    import dataclasses
+
+    import torch.nn.functional as F
+    from entitysam.config import get_config
+    from entitysam.modeling.entitysam import EntitySAM, FrameFeatures
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(get_config("tiny"), hidden_dim=256, mem_dim=64, image_size=256)
+    m = EntitySAM(cfg).eval()
+    g, q = cfg.image_size // cfg.backbone_stride, 16
+    vision = torch.randn(1, 256, g, g).contiguous(memory_format=torch.channels_last)
+    frame = FrameFeatures(vision, None, (None, None), None)
+    logits = torch.randn(q, 1, 4 * g, 4 * g) * 4
+    with torch.inference_mode():
+        high = F.interpolate(logits, size=(cfg.image_size,) * 2, mode="bilinear", align_corners=False)
+        squashed = torch.sigmoid(high) * cfg.sigmoid_scale_for_mem_enc + cfg.sigmoid_bias_for_mem_enc
+        official = m.memory_encoder(vision.expand(q, -1, -1, -1), squashed)
+        assert torch.equal(m.encode_memory(frame, logits, exact=True), official)
+        torch.testing.assert_close(m.encode_memory(frame, logits), official, atol=1e-4, rtol=1e-4)
+
+
 def test_exact_memory_attention_is_the_official_computation_bit_for_bit():
     """`exact=True` rounds as the official batched computation (published widths, small grid);
     the default per-query path computes the same maths in another order."""

@@ -74,3 +74,23 @@ def test_tracker_stores_memories_in_the_dtype_it_is_given(tiny_model, one_torch_
     list(tracker.track(_video(1, tiny_model.cfg.image_size)))
     assert tracker.bank.dtype == stored
     assert {m.dtype for m, _ in tracker.bank.recall(tracker.step_index)} == {stored}
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_exact_mode_encodes_the_memory_of_all_queries_in_one_batch(tiny_model, one_torch_thread, exact):
+    """The official model runs the memory encoder over all queries at once, and a convolution's
+    rounding can depend on the batch it is given: on an AVX-512 AMD EPYC (Zen 4) the mask
+    downsampler's last 1x1 convolution of one query differed from the same rows of 50
+    (scripts/reference/intermediates.py). Exact mode keeps the official batch; the CPU default
+    encodes one query at a time (its intermediates stay in cache)."""
+    q = tiny_model.cfg.num_queries
+    seen: list[int] = []
+    hook = tiny_model.memory_encoder.mask_downsampler.register_forward_hook(
+        lambda m, a, o: seen.append(a[0].shape[0]))
+    try:
+        tracker = EntityTracker(tiny_model, exact=exact)
+        for t, frame in _video(2, tiny_model.cfg.image_size):
+            tracker.step(t, frame, is_warmup=False)
+    finally:
+        hook.remove()
+    assert seen == ([q, q] if exact else [1] * (2 * q))

@@ -215,21 +215,33 @@ class EntitySAM(nn.Module):
         if encode_memory:
             chunk = (query_chunk or q) if batched else 1
             with torch.set_grad_enabled(torch.is_grad_enabled() and memory_encoding_grad):
-                memory = self.encode_memory(frame, masks, chunk)
+                memory = self.encode_memory(frame, masks, chunk, exact)
         return StepOutput(masks, iou[:, 0], class_logits, points.detach(), memory)
 
-    def encode_memory(self, frame: FrameFeatures, mask_logits: torch.Tensor, chunk: int = 1) -> torch.Tensor:
+    def encode_memory(self, frame: FrameFeatures, mask_logits: torch.Tensor, chunk: int = 1,
+                      exact: bool = False) -> torch.Tensor:
         """mask_logits [Q, 1, 4g, 4g] -> memory [Q, mem_dim, g, g] from the raw (unfilled) logits.
 
         Queries are encoded `chunk` at a time: each is independent, and the full-resolution
         intermediates of all 50 at once (up to 800 MiB each) would be written to and read back
         from main memory at every layer instead of staying in cache.
+
+        exact: the official batch shapes: all Q queries at once, and the image features projected
+        as the official model gives them, broadcast to Q rows. On AVX-512 CPUs these convolutions
+        round differently for a batch of 1 than for the same rows among 50 (seen on an AMD EPYC
+        Zen 4 with scripts/reference/intermediates.py: the mask downsampler's last 1x1
+        convolution and this projection, ~1e-5).
         """
         size = self.cfg.image_size
-        # The image encoder's features are channels-last; the official model feeds this 1x1
-        # convolution a default-layout copy ((HW, B, C) tokens viewed back as (B, C, H, W)), and the
-        # convolution kernel, hence its rounding, depends on the layout.
-        projected = self.memory_encoder.pix_feat_proj(frame.vision.contiguous())
+        if exact:
+            chunk = mask_logits.shape[0]
+            # rows of a stride-0 batch, all equal: one is kept, `fuse` broadcasts it
+            projected = self.memory_encoder.pix_feat_proj(frame.vision.expand(chunk, -1, -1, -1))[:1]
+        else:
+            # The image encoder's features are channels-last; the official model feeds this 1x1
+            # convolution a default-layout copy ((HW, B, C) tokens viewed back as (B, C, H, W)), and
+            # the convolution kernel, hence its rounding, depends on the layout.
+            projected = self.memory_encoder.pix_feat_proj(frame.vision.contiguous())
         out = []
         for logits in mask_logits.split(chunk):
             high = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
