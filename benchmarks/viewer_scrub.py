@@ -1,9 +1,12 @@
 """Scrubbing speed of `entitysam view` in headless Chromium (frames shown per second).
 
-    PYTHONPATH=src python3 benchmarks/viewer_scrub.py [RESULT_DIR] [--frames 30] [--json out.json]
+    PYTHONPATH=src python3 benchmarks/viewer_scrub.py [RESULT_DIR] [--frames 30] [--synthetic mp4|jpeg]
+                                                      [--json out.json]
 
 RESULT_DIR: a result folder (default: made here by the bundled demo model, ``--frames`` frames of
-1920x1080, in a temporary folder: ~10 min of CPU on 2 shared cores). Starts `entitysam view
+1920x1080, in a temporary folder: ~10 min of CPU on 2 shared cores). ``--synthetic``: instead, the
+demo scene's ground truth written as the result (seconds, no model), its input an H.264 mp4 or a
+folder of JPEGs (quality 90). Starts `entitysam view
 --port 0`, opens it in the system Chromium (/usr/bin/chromium, Playwright; no browser download)
 and measures, each over every frame of the result:
 
@@ -111,6 +114,49 @@ def make_result(root: Path, frames: int) -> Path:
     return root / "demo-1080p" / "demo"
 
 
+def make_synthetic_result(root: Path, frames: int, source: str) -> Path:
+    """A 1920x1080 result without a model: the demo scene's ground-truth ids as the entities,
+    written by the writers `entitysam segment` uses; its input an mp4 (H.264, keyframe every 50
+    frames) or a folder of JPEGs."""
+    from types import SimpleNamespace
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from entitysam.data.synthetic.scenes import render_demo_scene
+    from entitysam.io.result_files import write_result_files
+    from entitysam.io.staging import StagedOutput
+
+    height, width, fps = 1080, 1920, 25
+    images, ids = render_demo_scene(np.random.default_rng(5), frames, height, width)
+    if source == "jpeg":
+        src = root / "input"
+        src.mkdir(parents=True)
+        for t, image in enumerate(images):
+            Image.fromarray(image).save(src / f"{t:05d}.jpg", quality=90)
+        names = [f"{t:05d}" for t in range(frames)]
+    else:
+        src = root / "input.mp4"
+        with av.open(str(src), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt, stream.options = width, height, "yuv420p", {"g": "50"}
+            for image in images:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(stream.encode())
+        names = [f"{t:06d}" for t in range(frames)]
+    infos = [SimpleNamespace(t=t, index=t, name=names[t], time=t / fps) for t in range(frames)]
+    entities = [{"id": int(i), "score": 0.8, "query_index": k} for k, i in enumerate(np.unique(ids).tolist())]
+    with StagedOutput(root / "result") as staged:
+        files = write_result_files(staged.path, ("panoptic", "entities"), name="synthetic", fps=fps, frames=infos,
+                                   id_maps=[m.astype(np.uint32) for m in ids], entities=entities, workers=0)
+        manifest = {"format": "entitysam-segment", "format_version": 1, "video": "synthetic", "input": str(src),
+                    "selection": {"start": None, "end": None, "stride": 1, "max_frames": None},
+                    "num_frames": frames, "size": [height, width], "fps": fps, "entities": len(entities),
+                    "files": files}
+        return staged.commit(manifest)
+
+
 def measure(result: Path) -> dict:
     out: dict = {}
     with view_server(result) as (url, _token):
@@ -139,10 +185,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("result", nargs="?", help="result folder (default: a 1080p demo result made here)")
     parser.add_argument("--frames", type=int, default=30)
+    parser.add_argument("--synthetic", choices=("mp4", "jpeg"),
+                        help="a model-less result of the demo scene (its input: mp4 or JPEG folder)")
     parser.add_argument("--json", help="write the numbers here too")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = Path(args.result) if args.result else make_result(Path(tmp), args.frames)
+        if args.result:
+            result = Path(args.result)
+        elif args.synthetic:
+            result = make_synthetic_result(Path(tmp), args.frames, args.synthetic)
+        else:
+            result = make_result(Path(tmp), args.frames)
         numbers = measure(result)
     numbers["machine"] = {"cpu": cpu_name(), "threads": os.cpu_count()}
     for key in ("cold", "warm", "fetched", "drag", "drag_fetched"):
