@@ -118,15 +118,12 @@ def make_synthetic_result(root: Path, frames: int, source: str) -> Path:
     """A 1920x1080 result without a model: the demo scene's ground-truth ids as the entities,
     written by the writers `entitysam segment` uses; its input an mp4 (H.264, keyframe every 50
     frames) or a folder of JPEGs."""
-    from types import SimpleNamespace
-
     import av
     import numpy as np
     from PIL import Image
 
+    from _review_result import write_result
     from entitysam.data.synthetic.scenes import render_demo_scene
-    from entitysam.io.result_files import write_result_files
-    from entitysam.io.staging import StagedOutput
 
     height, width, fps = 1080, 1920, 25
     images, ids = render_demo_scene(np.random.default_rng(5), frames, height, width)
@@ -145,16 +142,8 @@ def make_synthetic_result(root: Path, frames: int, source: str) -> Path:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
             container.mux(stream.encode())
         names = [f"{t:06d}" for t in range(frames)]
-    infos = [SimpleNamespace(t=t, index=t, name=names[t], time=t / fps) for t in range(frames)]
     entities = [{"id": int(i), "score": 0.8, "query_index": k} for k, i in enumerate(np.unique(ids).tolist())]
-    with StagedOutput(root / "result") as staged:
-        files = write_result_files(staged.path, ("panoptic", "entities"), name="synthetic", fps=fps, frames=infos,
-                                   id_maps=[m.astype(np.uint32) for m in ids], entities=entities, workers=0)
-        manifest = {"format": "entitysam-segment", "format_version": 1, "video": "synthetic", "input": str(src),
-                    "selection": {"start": None, "end": None, "stride": 1, "max_frames": None},
-                    "num_frames": frames, "size": [height, width], "fps": fps, "entities": len(entities),
-                    "files": files}
-        return staged.commit(manifest)
+    return write_result(root / "synthetic", src, names, [m.astype(np.uint32) for m in ids], entities, fps)
 
 
 def measure(result: Path) -> dict:

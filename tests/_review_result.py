@@ -52,15 +52,24 @@ def make_result(root: Path, name: str = "clip", *, with_input: bool = True, big_
         src.mkdir()
         for t, im in enumerate(images()):
             Image.fromarray(im).save(src / f"f{t:03d}.png")
-    frames = [SimpleNamespace(t=t, index=t, name=f"f{t:03d}", time=round(t / FPS, 6)) for t in range(N)]
     entities = [{"id": big_id if i == BIG_ID else i, "score": s, "query_index": k}
                 for k, (i, s) in enumerate(SCORES.items())]
-    with StagedOutput(root / name) as staged:
-        files = write_result_files(staged.path, ("panoptic", "entities"), name=name, fps=FPS, frames=frames,
-                                   id_maps=id_maps(big_id), entities=entities, workers=0)
-        manifest = {"format": "entitysam-segment", "format_version": 1, "video": name,
-                    "input": str(src), "selection": {"start": None, "end": None, "stride": 1, "max_frames": None},
-                    "num_frames": N, "size": [H, W], "fps": FPS, "entities": len(entities), "files": files}
+    return write_result(root / name, src, [f"f{t:03d}" for t in range(N)], id_maps(big_id), entities, FPS)
+
+
+def write_result(folder: Path, input_path: Path, names: list[str], maps: list[np.ndarray], entities: list[dict],
+                 fps: float) -> Path:
+    """A complete result folder (panoptic + entities) of the [H, W] id `maps`, frames named `names`,
+    its manifest naming `input_path` as the input, written as `entitysam segment` writes one."""
+    frames = [SimpleNamespace(t=t, index=t, name=name, time=round(t / fps, 6)) for t, name in enumerate(names)]
+    with StagedOutput(folder) as staged:
+        files = write_result_files(staged.path, ("panoptic", "entities"), name=folder.name, fps=fps, frames=frames,
+                                   id_maps=maps, entities=entities, workers=0)
+        manifest = {"format": "entitysam-segment", "format_version": 1, "video": folder.name,
+                    "input": str(input_path),
+                    "selection": {"start": None, "end": None, "stride": 1, "max_frames": None},
+                    "num_frames": len(names), "size": list(maps[0].shape), "fps": fps, "entities": len(entities),
+                    "files": files}
         return staged.commit(manifest)
 
 
