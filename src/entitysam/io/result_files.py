@@ -137,7 +137,8 @@ def write_result_files(directory: str | os.PathLike, formats: Sequence[str], *, 
     [H, W, 3] uint8); on_frame: called after each frame's records are written (progress).
     workers: PNG/RLE encoding threads (None: :func:`default_workers`); 0 encodes everything on
     the calling thread, one step after the other. The files are the same byte for byte whatever
-    the number of workers.
+    the number of workers, except overlay.mp4, whose frames are the same but whose encoder (x264)
+    is not reproducible run to run under CPU load.
     """
     directory = Path(directory)
     workers = default_workers() if workers is None else workers
