@@ -14,6 +14,10 @@ CUDA's rules to every ATen operation while it is active, in place of `torch.auto
 The lists follow PyTorch's autocast reference ("CUDA Ops that can autocast to float16 /
 float32"), named here by the ATen operations a CPU run dispatches. Dispatch modes are
 per thread: code that fans work out to other threads must run single-threaded under it.
+
+Outside inference mode composite operations reach a dispatch mode decomposed, and the
+convolutions and attention check their operands' dtypes before that (autocast, which sits above
+them, casts first): they are therefore cast at the Python level too (`_CastAtPythonLevel`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 from collections import Counter
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
@@ -65,6 +71,17 @@ class CudaAutocast(TorchDispatchMode):
         super().__init__()
         self.dtype = dtype
         self.casts: Counter[str] = Counter()
+        self._python_level = _CastAtPythonLevel(self)
+
+    def __enter__(self):
+        self._python_level.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._python_level.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -91,3 +108,26 @@ class CudaAutocast(TorchDispatchMode):
     @staticmethod
     def _to_float32(t: torch.Tensor) -> torch.Tensor:
         return t.float() if t.dtype in LOW else t
+
+
+PYTHON_LEVEL = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+                F.scaled_dot_product_attention}
+
+
+class _CastAtPythonLevel(TorchFunctionMode):
+    """The lower-precision casts of `rules` (a CudaAutocast) for the functions that check their
+    operands' dtypes before dispatch (see the module docstring)."""
+
+    def __init__(self, rules: CudaAutocast):
+        super().__init__()
+        self.rules = rules
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in PYTHON_LEVEL:
+            new_args = _cast(args, self.rules._to_lower)
+            new_kwargs = {k: _cast(v, self.rules._to_lower) for k, v in kwargs.items()}
+            if any(a is not b for a, b in zip(new_args, args)):
+                self.rules.casts[f"F.{func.__name__}"] += 1
+            args, kwargs = new_args, new_kwargs
+        return func(*args, **kwargs)

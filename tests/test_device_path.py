@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 
 import numpy as np
 import pytest
@@ -126,6 +127,43 @@ def test_batched_path_equals_the_per_query_path(tiny_model):
     assert worst <= 1e-4
 
 
+def test_kept_memory_keys_equal_keys_projected_at_every_step(tiny_model, monkeypatch):
+    """The batched path keeps each memory's key projection (`MemoryKeys`) and adds its age's
+    offset at every step: the same steps, float32 on CPU, as projecting all keys again, through
+    the bank's evictions (10 steps); after the first read each memory's keys are made once."""
+    model = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        model.maskmem_tpos_enc.normal_()  # (zero in the fixture: the offsets would add nothing)
+    frames = _video(7, model.cfg.image_size, seed=3)
+    projected = list(EntityTracker(model, batched=True, keep_keys=False).track(frames))
+    made = []
+    real = model.memory_key_bases
+    monkeypatch.setattr(model, "memory_key_bases", lambda memory: made.append(1) or real(memory))
+    tracker = EntityTracker(model, batched=True)
+    assert tracker.keep_keys
+    kept, per_step = [], []
+    for result in tracker.track(frames):
+        kept.append(result)
+        per_step.append(len(made))
+        made.clear()
+        assert len(tracker._key_bases) <= model.cfg.num_maskmem
+    assert len(kept) == 10 > model.cfg.num_maskmem + 1
+    assert per_step == [0] + [1] * 9  # step p reads the memory of step p - 1 for the first time
+    worst = 0.0
+    for a, b in zip(projected, kept):
+        for name in ("mask_logits", "scores", "points"):
+            worst = max(worst, (getattr(a, name) - getattr(b, name)).abs().max().item())
+    assert 0 < worst <= 1e-4  # not bit-identical: the keys are rounded differently
+
+
+def test_keys_are_kept_only_on_the_batched_path_with_all_queries(tiny_model):
+    assert not EntityTracker(tiny_model).keep_keys  # per-query CPU path
+    assert not EntityTracker(tiny_model, batched=True, query_chunk=4).keep_keys
+    assert not EntityTracker(tiny_model, batched=True, exact=True).keep_keys
+    with pytest.raises(ValueError, match="keep_keys"):
+        EntityTracker(tiny_model, batched=True, query_chunk=4, keep_keys=True)
+
+
 def test_batched_path_in_chunks_of_queries_equals_all_at_once(tiny_model):
     frames = _video(3, tiny_model.cfg.image_size, seed=1)
     whole = list(EntityTracker(tiny_model, batched=True).track(frames))
@@ -146,20 +184,57 @@ def test_batched_is_the_default_off_the_cpu(tiny_model):
 
 
 class CountOps(TorchDispatchMode):
+    """Counts the dispatched operations that may launch a kernel (views excluded: they only
+    make a new tensor header). Outside inference mode composite operations reach the dispatcher
+    decomposed (a linear as addmm + views; on `meta` attention as its math form, which on a GPU
+    is one fused kernel), so this over-counts a GPU's launches."""
+
     def __init__(self):
         super().__init__()
         self.ops: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[str(func.overloadpacket)] += 1
+        if not func.is_view:
+            self.ops[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
+
+
+class CountWeightCasts(TorchDispatchMode):
+    """Counts dtype conversions of whole parameters (`params`; slices of them excluded: autocast
+    never keeps the copy of a view)."""
+
+    def __init__(self, params):
+        super().__init__()
+        self.storages = {p.untyped_storage().data_ptr() for p in params}
+        self.casts = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten._to_copy, torch.ops.aten.to) and not args[0]._is_view() \
+                and args[0].untyped_storage().data_ptr() in self.storages:
+            self.casts += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_autocast_casts_each_weight_once_per_region_on_the_batched_path(tiny_model, one_torch_thread):
+    """Autocast keeps a weight's bfloat16 copy for its whole region, except in inference mode:
+    the batched path runs its steps outside it, so a step after the first that read memory
+    casts no weight again (on an H200 these casts were hundreds of kernels a step)."""
+    frames = _video(3, tiny_model.cfg.image_size, seed=4)
+    tracker = EntityTracker(tiny_model, batched=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for t in range(2):  # every part has run once (step 1 is the first to read memory)
+            tracker.step(*frames[t])
+        with CountWeightCasts(tiny_model.parameters()) as counter:
+            tracker.step(*frames[2])
+    assert counter.casts == 0
 
 
 @pytest.mark.parametrize("name, limit", [("vit-s", 3000), ("vit-l", 5000)])
 def test_steady_step_on_meta_is_small_and_sync_free(name, limit):
-    """The published sizes, hole filling on: the first step (point sampler) and a steady step
+    """The published sizes, hole filling on: the first step (point sampler) and steady steps
     with a full memory bank run on `meta` (so nothing in them reads a value on the host) and
-    a steady step dispatches at most `limit` operations (the per-query path: ~267,000)."""
+    a steady step (one new memory) dispatches at most `limit` operations (the per-query path:
+    ~267,000)."""
     cfg = get_config(name)
     with torch.device("meta"):
         model = EntitySAM(cfg).eval()
@@ -174,15 +249,20 @@ def test_steady_step_on_meta_is_small_and_sync_free(name, limit):
         tracker.bank.add(p, torch.empty(cfg.num_queries, cfg.mem_dim, g, g, device="meta"))
     tracker.step_index = cfg.num_maskmem
     assert len(tracker.bank.recall(tracker.step_index)) == cfg.num_maskmem
+    tracker.step(1, image)  # reads these memories first (their kept keys are made here)
+    assert tracker.keep_keys
     with CountOps() as counter:
-        out = tracker.step(1, image)
+        out = tracker.step(2, image)
     total = sum(counter.ops.values())
     assert out.mask_logits.shape == (cfg.num_queries, 1, cfg.lowres_mask_size, cfg.lowres_mask_size)
-    assert counter.ops["aten.max_pool2d"] > 0, "hole filling did not run on the device"
+    # (max_pool2d dispatches as itself in inference mode, else as its with-indices form)
+    assert counter.ops["aten.max_pool2d"] + counter.ops["aten.max_pool2d_with_indices"] > 0, \
+        "hole filling did not run on the device"
     assert total <= limit, f"{total} operations per steady step: {counter.ops.most_common(10)}"
 
 
 # ------------------------------------------------------------------ CUDA autocast rules
+
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-query"])

@@ -9,6 +9,7 @@ with the video length.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -84,10 +85,10 @@ def video_scores(step_scores: list[torch.Tensor], dtype: torch.dtype = torch.flo
 
 def default_query_chunk(cfg, device: torch.device) -> int | None:
     """Queries per batch of the device path: all (None) unless the device's free memory holds
-    fewer, counted twice over. Per query at the published sizes with 7 memories: about 100 MiB
-    (keys, feed-forward activations, the memory encoder's full-resolution maps), plus the
-    [N, M] attention scores (470 MiB) where attention materialises them (anything but CUDA's
-    flash and memory-efficient kernels)."""
+    fewer, counted twice over. Per query at the published sizes with 7 memories: about 160 MiB
+    (keys, feed-forward activations, the memory encoder's full-resolution maps, the keys kept
+    across steps), plus the [N, M] attention scores (470 MiB) where attention materialises them
+    (anything but CUDA's flash and memory-efficient kernels)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     elif device.type == "cpu" and hasattr(os, "sysconf"):
@@ -96,8 +97,9 @@ def default_query_chunk(cfg, device: torch.device) -> int | None:
         return None
     tokens = cfg.grid_size ** 2
     keys = tokens * cfg.num_maskmem
+    kept_keys = cfg.memory_attention_layers * keys * cfg.hidden_dim // 2  # `MemoryKeys`, 2 bytes each
     per_query = 4 * (keys * (cfg.hidden_dim + 2 * cfg.mem_dim) + tokens * cfg.memory_attention_ffn_dim
-                     + 8 * cfg.image_size ** 2 + (0 if device.type == "cuda" else tokens * keys))
+                     + 8 * cfg.image_size ** 2 + kept_keys + (0 if device.type == "cuda" else tokens * keys))
     fits = int(free // (2 * per_query))
     return None if fits >= cfg.num_queries else max(1, fits)
 
@@ -112,11 +114,14 @@ class EntityTracker:
     def __init__(self, model: EntitySAM, fill_hole_area: int | None = None,
                  attention_dtype: torch.dtype | None = None, exact: bool = False,
                  batched: bool | None = None, query_chunk: int | None = None,
-                 memory_dtype: torch.dtype | None = None):
+                 memory_dtype: torch.dtype | None = None, keep_keys: bool | None = None):
         """batched: all queries at once (see `EntitySAM.step`); None: on every device but the
         CPU. query_chunk: queries per batch (None: sized from the device's free memory).
         memory_dtype: dtype of the stored memories (None: bfloat16, as the official code; float16
-        autocast needs float16, see `precision.memory_dtype_for`)."""
+        autocast needs float16, see `precision.memory_dtype_for`). keep_keys: keep each stored
+        memory's memory-attention keys (`MemoryKeys`: about 60 MiB per query at the published
+        sizes) instead of projecting them again at every step; None: on the batched path with all
+        queries at once (not with `exact`)."""
         check_compiled_exact(model, exact)
         self.model = model
         self.attention_dtype = attention_dtype  # see EntitySAM.condition_on_memory
@@ -129,24 +134,49 @@ class EntityTracker:
         self.score_dtype = torch.float32  # dtype the step scores were computed in (see video_scores)
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
         self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or torch.bfloat16)
+        can_keep = self.batched and not exact and self.query_chunk is None
+        if keep_keys and not can_keep:
+            raise ValueError("keep_keys needs the batched path with all queries at once, without exact")
+        self.keep_keys = can_keep and keep_keys is not False
+        self._key_bases: dict[int, list[torch.Tensor]] = {}  # step -> its memory's `memory_key_bases`
+        self._key_offsets: list[torch.Tensor] | None = None  # `memory_key_offsets`, made at first use
         self.points: torch.Tensor | None = None
         self.step_index = 0
         self._features: tuple[int, FrameFeatures] | None = None
 
-    @torch.inference_mode()
+    def _no_grad(self) -> contextlib.AbstractContextManager:
+        """The grad mode of a step: inference mode on the CPU path; on the batched (device) path
+        plain no-grad, outside inference mode. Autocast keeps the low-precision copy of each
+        weight that requires grad until its region ends, but not in inference mode: there every
+        linear and convolution casts its float32 weight again at every step (600-1,300 cast
+        kernels a step on an H200, most of the ~8-11 ms of bfloat16 copies in its profile).
+        The copies are the same values, so the results are the same bit for bit."""
+        if not self.batched:
+            return torch.inference_mode()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(torch.no_grad())
+        return stack
+
     def _features_for(self, frame_index: int, image: torch.Tensor) -> FrameFeatures:
         # The warm-up repeats frame 0: its features are computed once.
         if self._features is None or self._features[0] != frame_index:
             self._features = (frame_index, self.model.encode_frame(image.to(self.device, non_blocking=True)))
         return self._features[1]
 
-    @torch.inference_mode()
     def step(self, frame_index: int, image: torch.Tensor, is_warmup: bool = False) -> StepResult:
         """Run one step on `image` [1, 3, S, S] (preprocessed) of frame `frame_index`."""
+        with self._no_grad():
+            return self._step(frame_index, image, is_warmup)
+
+    def _step(self, frame_index: int, image: torch.Tensor, is_warmup: bool) -> StepResult:
         frame = self._features_for(frame_index, image)
         p = self.step_index
-        out = self.model.step(frame, self.bank.recall(p), self.points, attention_dtype=self.attention_dtype,
-                              exact=self.exact, batched=self.batched, query_chunk=self.query_chunk)
+        memories = self.bank.recall(p)
+        key_parts = self._key_parts(p, memories) if self.keep_keys and memories else None
+        out = self.model.step(frame, memories, self.points, attention_dtype=self.attention_dtype,
+                              exact=self.exact, batched=self.batched, query_chunk=self.query_chunk,
+                              key_parts=key_parts)
         self.points = out.points
         scores = out.entity_scores
         self.score_dtype = scores.dtype
@@ -157,6 +187,18 @@ class EntityTracker:
             logits = fill_holes(logits, self.fill_hole_area)
         self.step_index += 1
         return StepResult(p, frame_index, is_warmup, logits, scores.float(), out.points.float())
+
+    def _key_parts(self, step: int, memories: list[tuple[torch.Tensor, int]]):
+        """`EntitySAM.step`'s key_parts for these memories: each memory's key bases, made when it
+        is first read and dropped when the bank drops it, and the key offsets, made once."""
+        if self._key_offsets is None:
+            self._key_offsets = self.model.memory_key_offsets()
+        read = {step - r: memory for memory, r in memories}  # step that stored it -> memory
+        self._key_bases = {s: b for s, b in self._key_bases.items() if s in read}
+        for s, memory in read.items():
+            if s not in self._key_bases:
+                self._key_bases[s] = self.model.memory_key_bases(memory)
+        return [self._key_bases[s] for s in read], self._key_offsets
 
     def track(self, frames: Iterable[tuple[int, torch.Tensor]], warmup: bool = True) -> Iterator[StepResult]:
         """Run the official schedule over (frame_index, image) pairs, yielding every step.

@@ -30,7 +30,7 @@ from ..config import EntitySAMConfig
 from .decoder import EntityDecoder
 from .dinov2 import DinoV2
 from .hiera import ImageEncoder
-from .memory import MemoryAttention
+from .memory import MemoryAttention, MemoryKeys
 from .memory_encoder import MemoryEncoder
 from .prompt import PromptEncoder, fused_linear, offset_attention, offset_attention_as_official, sample_points
 
@@ -130,10 +130,30 @@ class EntitySAM(nn.Module):
         semantic = self.dinov2_projector(self.dinov2_feature_extractor(dino_in))
         return FrameFeatures(features[2], pos[2], (s4, s8), semantic)
 
+    # ------------------------------------------------------------------ memory keys kept across steps
+    def _memory_pe(self, device: torch.device) -> torch.Tensor:
+        g = self.cfg.grid_size
+        return self.memory_encoder.position_encoding(g, g, device).flatten(1).transpose(0, 1)  # [N, m]
+
+    def memory_key_bases(self, memory: torch.Tensor) -> list[torch.Tensor]:
+        """memory [Q, mem_dim, g, g] (as stored) -> per memory-attention layer the part of its
+        keys that does not depend on its age, [Q, g*g, C] (`MemoryKeys`)."""
+        tokens = memory.flatten(2).transpose(1, 2)
+        return self.memory_attention.key_bases(tokens, self._memory_pe(memory.device))
+
+    def memory_key_offsets(self) -> list[torch.Tensor]:
+        """Per memory-attention layer the age-dependent part of the keys, [num_maskmem, g*g, C]:
+        row r - 1 for a memory r steps back (`MemoryKeys`)."""
+        per_age = [self.memory_attention.key_offsets(self.maskmem_tpos_enc[r, 0, 0], self.cfg.grid_size ** 2)
+                   for r in range(self.cfg.num_maskmem)]
+        return [torch.stack(layer) for layer in zip(*per_age)]
+
     # ------------------------------------------------------------------ per step
     def condition_on_memory(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
                             attention_dtype: torch.dtype | None = None, exact: bool = False,
-                            batched: bool = False, query_chunk: int | None = None) -> torch.Tensor:
+                            batched: bool = False, query_chunk: int | None = None,
+                            key_parts: tuple[list[list[torch.Tensor]], list[torch.Tensor]] | None = None
+                            ) -> torch.Tensor:
         """Memory-conditioned features [B, N, C] (B = 1 without memory, else Q).
 
         memories: (memory [Q, mem_dim, g, g], steps_back r >= 1) pairs, oldest first. The
@@ -143,32 +163,39 @@ class EntitySAM(nn.Module):
         leaves the masks within 1% of float32).
         exact: the official order of operations (see `MemoryAttention._forward_as_official`).
         batched, query_chunk: all queries at once (`query_chunk` at a time), the device path.
+        key_parts: (per memory its `memory_key_bases`, `memory_key_offsets`): the batched path's
+        keys from parts kept across steps instead of projected again (`MemoryKeys`).
         """
         curr = frame.vision.flatten(2).transpose(1, 2)  # [1, N, C]
         if not memories:
             return curr + self.no_mem_embed
         pos = frame.vision_pos.flatten(2).transpose(1, 2)
-        g = self.cfg.grid_size
-        mem_pe = self.memory_encoder.position_encoding(g, g, curr.device).flatten(1).transpose(0, 1)  # [N, m]
+        mem_pe = self._memory_pe(curr.device)
         memory = torch.cat([mem.flatten(2).transpose(1, 2) for mem, _ in memories], dim=1)
         memory_pos = torch.cat([mem_pe + self.maskmem_tpos_enc[r - 1, 0] for _, r in memories], dim=0)
+        keys = None
+        if key_parts is not None and batched and not exact:
+            bases, offsets = key_parts
+            keys = MemoryKeys(bases, [[layer[r - 1] for layer in offsets] for _, r in memories])
         if attention_dtype is None:
             return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0), exact=exact,
-                                         batched=batched, query_chunk=query_chunk)
+                                         batched=batched, query_chunk=query_chunk, keys=keys)
         if exact:
             raise ValueError("exact mode runs in float32 (the official CPU arithmetic)")
         with torch.autocast(curr.device.type, dtype=attention_dtype):
             return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0), batched=batched,
-                                         query_chunk=query_chunk).float()
+                                         query_chunk=query_chunk, keys=keys).float()
 
     def step(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
              points: torch.Tensor | None, encode_memory: bool = True,
              attention_dtype: torch.dtype | None = None, exact: bool = False,
              batched: bool = False, query_chunk: int | None = None,
-             conditioning_grad: bool = True, memory_encoding_grad: bool = True) -> StepOutput:
+             conditioning_grad: bool = True, memory_encoding_grad: bool = True,
+             key_parts: tuple[list[list[torch.Tensor]], list[torch.Tensor]] | None = None) -> StepOutput:
         """One tracking step (inference and training).
 
-        memories, attention_dtype: see `condition_on_memory` (memories empty on the first step).
+        memories, attention_dtype, key_parts: see `condition_on_memory` (memories empty on the
+        first step).
         exact: the official order of operations in the memory and offset attentions, where the
         default reorders them for speed (same maths, rounding differs by ~1e-5 per step).
         points [Q, 2]: the previous step's points, or None on the first step, where the point
@@ -189,7 +216,7 @@ class EntitySAM(nn.Module):
         q, g = cfg.num_queries, cfg.grid_size
         with torch.set_grad_enabled(torch.is_grad_enabled() and conditioning_grad):
             feats = self.condition_on_memory(frame, memories, attention_dtype, exact,
-                                             batched and not exact, query_chunk)  # [B, N, C]
+                                             batched and not exact, query_chunk, key_parts)  # [B, N, C]
 
         attend = offset_attention_as_official if exact else offset_attention
         attended = attend(self.offset_attention, self.offset_embedding.weight, feats, frame.semantic)

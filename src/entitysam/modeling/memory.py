@@ -90,17 +90,18 @@ class RoPEAttention(nn.Module):
         return self.out_proj(self.v_proj(out.to(q_rot.dtype)))
 
 
-def attend_batched(attn: "RoPEAttention", q_rot: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor,
-                   raw_values: bool = True) -> torch.Tensor:
+def attend_batched(attn: "RoPEAttention", q_rot: torch.Tensor, k_in: torch.Tensor | None, v_in: torch.Tensor,
+                   raw_values: bool = True, keys: torch.Tensor | None = None) -> torch.Tensor:
     """Inference, all batch rows at once: q_rot [Bq, N, C] (projected and rotated, Bq in
     {1, B}), k_in / v_in [B, M, Ckv] -> [B, N, C] through `scaled_dot_product_attention`
     (flash / memory-efficient kernels on a GPU).
 
     raw_values: weigh the raw Ckv-wide values and project after the sum (see
     `RoPEAttention.attend_raw_values`); else project the values first, as the official model.
+    keys: the projected and rotated keys [B, M, C] if already known (`MemoryKeys`; k_in unused).
     """
     side = int(round(q_rot.shape[1] ** 0.5))
-    k = attn.rotate(attn.k_proj(k_in), side)
+    k = attn.rotate(attn.k_proj(k_in), side) if keys is None else keys
     v = v_in if raw_values else attn.v_proj(v_in)
     # Materialised, not a stride-0 view: PyTorch lays out cuDNN's output like the query, and a
     # stride-0 batch put last makes cuDNN refuse it ("The stride for the last dimension ... should
@@ -237,6 +238,37 @@ class MemoryAttentionLayer(nn.Module):
         return attn.rotate(attn.q_proj(h), int(round(h.shape[0] ** 0.5)))
 
 
+class MemoryKeys:
+    """Each layer's cross-attention keys for a list of memories, from parts kept across steps.
+
+    A memory's keys in layer l are `rotate(k_proj_l(memory + pe + tpos_r))` with tpos_r the
+    temporal embedding of its age r, which changes at every step. The projection is linear and
+    the rotation too, so they are `base_l + offset_l(r)`: `base_l = rotate(k_proj_l(memory +
+    pe))` [B, N, C] is computed once per memory (`MemoryAttention.key_bases`) and kept while the
+    memory stays in the bank, `offset_l(r) = rotate(W_l tpos_r)` [N, C] is the same for all
+    memories of that age (`MemoryAttention.key_offsets`). A step then adds the two instead of
+    projecting and rotating the keys of all its memories again (7 x 50 x 4096 per layer at the
+    published sizes, with 6 of the 7 memories' keys the same as at the previous step but for
+    the offset). Same maths as projecting `memory + memory_pos`; rounding differs (the sum is
+    rounded once more in low precision).
+
+    bases: per memory, oldest first, its per-layer bases; offsets: per memory, its per-layer offsets.
+    """
+
+    def __init__(self, bases: list[list[torch.Tensor]], offsets: list[list[torch.Tensor]]):
+        self.bases = bases
+        self.offsets = offsets
+
+    def layer(self, index: int) -> torch.Tensor:
+        """Keys [B, M, C] of layer `index`, memories in order along M (as `memory` is built)."""
+        first = self.bases[0][index]
+        batch, n, width = first.shape
+        out = first.new_empty(batch, n * len(self.bases), width)
+        for j, (bases, offsets) in enumerate(zip(self.bases, self.offsets)):
+            torch.add(bases[index], offsets[index], out=out[:, j * n:(j + 1) * n])
+        return out
+
+
 class MemoryAttention(nn.Module):
     """Conditions the current frame's features on the memory bank.
 
@@ -251,20 +283,40 @@ class MemoryAttention(nn.Module):
                                     for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)
 
+    def key_bases(self, memory: torch.Tensor, pe: torch.Tensor) -> list[torch.Tensor]:
+        """memory [B, N, mem_dim] (one frame's memory tokens), pe [N, mem_dim] -> per layer the
+        rotated key projection of `memory + pe`, [B, N, C] (see `MemoryKeys`)."""
+        side = int(round(memory.shape[1] ** 0.5))
+        k_in = memory + pe
+        return [layer.cross_attn_image.rotate(layer.cross_attn_image.k_proj(k_in), side) for layer in self.layers]
+
+    def key_offsets(self, tpos: torch.Tensor, tokens: int) -> list[torch.Tensor]:
+        """tpos [mem_dim] (a temporal embedding) -> per layer its rotated key projection without
+        bias at each of `tokens` positions, [N, C] (see `MemoryKeys`)."""
+        side = int(round(tokens ** 0.5))
+        out = []
+        for layer in self.layers:
+            attn = layer.cross_attn_image
+            projected = F.linear(tpos, attn.k_proj.weight)  # [C]
+            out.append(attn.rotate(projected.expand(tokens, -1), side))
+        return out
+
     def forward(self, curr: torch.Tensor, curr_pos: torch.Tensor, memory: torch.Tensor,
                 memory_pos: torch.Tensor, exact: bool = False, batched: bool = False,
-                query_chunk: int | None = None, raw_values: bool = True) -> torch.Tensor:
+                query_chunk: int | None = None, raw_values: bool = True,
+                keys: MemoryKeys | None = None) -> torch.Tensor:
         """Inference options (ignored when training or with grad enabled):
         exact: the official order of operations, see `_forward_as_official` (wins over batched);
         batched: all queries at once (`_forward_batched`, the device path), `query_chunk` at a
         time (None: all) with `raw_values` as in `attend_batched`; else one query at a time
-        (`_forward_per_query`, the CPU path)."""
+        (`_forward_per_query`, the CPU path). keys: the batched path's cross-attention keys from
+        parts kept across steps (`MemoryKeys`; only with all queries at once)."""
         x = curr + 0.1 * curr_pos
         if not self.training and not torch.is_grad_enabled():
             if exact:
                 return self._forward_as_official(x, memory, memory_pos)
             if batched:
-                return self._forward_batched(x, memory, memory_pos, query_chunk, raw_values)
+                return self._forward_batched(x, memory, memory_pos, query_chunk, raw_values, keys)
             return self._forward_per_query(x, memory, memory_pos)
         memory = memory.to(x.dtype)
         for layer in self.layers:
@@ -296,7 +348,7 @@ class MemoryAttention(nn.Module):
         return out
 
     def _forward_batched(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
-                         query_chunk: int | None, raw_values: bool) -> torch.Tensor:
+                         query_chunk: int | None, raw_values: bool, keys: MemoryKeys | None = None) -> torch.Tensor:
         """Inference on a device: the maths of `_forward_per_query` with every operation over a
         chunk of queries at once, so a step is a few hundred kernel launches, not one per query
         and row block. The first layer's self-attention and cross-attention query projection are
@@ -307,15 +359,20 @@ class MemoryAttention(nn.Module):
         q_rot = first.query_batched(attn, first.norm2(x))
         count = memory.shape[0]
         chunk = count if query_chunk is None else max(1, query_chunk)
+        if keys is not None and chunk < count:
+            raise ValueError("precomputed keys need all queries at once (query_chunk None)")
         outs = []
         for s in range(0, count, chunk):
             mem = memory[s:s + chunk].to(x.dtype)
-            keys = mem + (memory_pos if memory_pos.shape[0] == 1 else memory_pos[s:s + chunk])
-            y = first.feed_forward(x + attend_batched(attn, q_rot, keys, mem, raw_values))
-            for layer in self.layers[1:]:
+            k_in = None if keys is not None else \
+                mem + (memory_pos if memory_pos.shape[0] == 1 else memory_pos[s:s + chunk])
+            layer_keys = (lambda i: None) if keys is None else keys.layer
+            y = first.feed_forward(x + attend_batched(attn, q_rot, k_in, mem, raw_values, layer_keys(0)))
+            for i, layer in enumerate(self.layers[1:], start=1):
                 y = layer.self_attend_batched(y, raw_values)
                 q = layer.query_batched(layer.cross_attn_image, layer.norm2(y))
-                y = layer.feed_forward(y + attend_batched(layer.cross_attn_image, q, keys, mem, raw_values))
+                y = layer.feed_forward(y + attend_batched(layer.cross_attn_image, q, k_in, mem, raw_values,
+                                                          layer_keys(i)))
             outs.append(self.norm(y))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
