@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import _gpu_sections as S  # noqa: E402
+from _gpu_ab import ab_section  # noqa: E402
 from _gpu_compile import compile_section  # noqa: E402
 from _gpu_util import ROOT, Ctx, first_line, watchdog  # noqa: E402
 
@@ -41,6 +42,7 @@ SECTIONS = {
     "models": (S.models, 15, True),
     "golden": (S.golden, 14, False),
     "steady": (S.steady, 6, True),
+    "ab": (ab_section, 6, True),
     "e2e": (S.e2e, 12, True),
     "memory": (S.memory, 6, True),
     "parts": (S.parts, 9, True),
@@ -80,6 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="timed repetitions per measurement (default 10)")
     p.add_argument("--warmup", type=int, help="untimed calls before each measurement (default 2)")
     p.add_argument("--steady-steps", type=int, help="timed tracker steps (default 30)")
+    p.add_argument("--ab-steps", type=int, help="timed steps per variant of the ab section (default 10)")
     p.add_argument("--merge-frames", type=int, default=8, help="frames per timed merge call")
     p.add_argument("--matmul-size", type=int, default=8192)
     p.add_argument("--golden", default="golden-vits,golden-vitl",
@@ -110,9 +113,9 @@ def apply_presets(a: argparse.Namespace) -> None:
         a.device = a.device or "cpu"
         a.models, a.width, a.height, a.matmul_size, a.merge_frames = "tiny", 160, 96, 256, 3
         a.sdpa_memories, a.sdpa_dtypes = "1,7", "float32"
-    preset = dict(frames=6, reps=2, warmup=1, steady_steps=3, budget_s=120) if a.smoke else \
-        dict(frames=30, reps=5, warmup=2, steady_steps=10, budget_s=240, golden_frames=1) if a.quick else \
-        dict(frames=60, reps=10, warmup=2, steady_steps=30, budget_s=400)
+    preset = dict(frames=6, reps=2, warmup=1, steady_steps=3, ab_steps=2, budget_s=120) if a.smoke else \
+        dict(frames=30, reps=5, warmup=2, steady_steps=10, ab_steps=5, budget_s=240, golden_frames=1) if a.quick \
+        else dict(frames=60, reps=10, warmup=2, steady_steps=30, ab_steps=10, budget_s=400)
     for key, value in preset.items():
         if getattr(a, key, None) is None:
             setattr(a, key, value)
@@ -225,6 +228,11 @@ def print_report(ctx: Ctx, report: dict) -> None:
             print(f"  {row['part']:<52}{fmt(row.get('ms')):>9}{fmt(row.get('gflop')):>9}"
                   f"{fmt(row.get('tflops_per_s')):>9}{fmt(row.get('percent_of_peak')):>8}"
                   + (f"  ({row['skipped']})" if "skipped" in row else ""))
+    for model, res in (ctx.results.get("ab", {}).get("result") or {}).items():
+        print(f"\n{model} steady step with each speed switch turned the other way (ms/step, two rounds):")
+        for label, row in res["rows"].items():
+            print(f"  {label:<32}{', '.join(fmt(v) for v in row['ms_per_step']):<20}"
+                  f"x{fmt(row.get('vs_committed'))} of as committed" + (f"  ({row['skipped']})" if "skipped" in row else ""))
     kern = ctx.results.get("kernels", {}).get("result") or {}
     for model, k in kern.items():
         print(f"{model}: {fmt(k.get('kernels'))} kernels, {fmt(k.get('launch_calls'))} launches, "

@@ -15,7 +15,7 @@ import torch
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu.py"
-SECTIONS = ["env", "peak", "models", "golden", "steady", "e2e", "memory", "parts", "kernels", "bf16", "sdpa", "compile"]
+SECTIONS = ["env", "peak", "models", "golden", "steady", "ab", "e2e", "memory", "parts", "kernels", "bf16", "sdpa", "compile"]
 
 
 def bench(tmp_path, *args, timeout=120):
@@ -82,6 +82,11 @@ def test_smoke_measures_each_part(smoke):
         assert rows[part]["ms"] > 0, part
     assert rows["memory attention, 7 memories"]["gflop"] > rows["memory attention, 1 memories"]["gflop"]
     assert sections["steady"]["tiny"]["memories"] == 7
+    ab = sections["ab"]["tiny"]["rows"]
+    assert list(ab) == ["as committed", "weights cast at every step", "keys projected at every step",
+                        "cuDNN autotuning flipped", "all flipped"]
+    assert all(len(row["ms_per_step"]) == 2 and min(row["ms_per_step"]) > 0 for row in ab.values())
+    assert ab["keys projected at every step"]["keep_keys"] is False
     e2e = sections["e2e"]["tiny"]
     assert e2e["frames"] == e2e["panoptic_pngs"] == 6 and e2e["ratio_to_steady"] > 0
     assert sections["golden"]["golden-tiny"]["passed"] is True

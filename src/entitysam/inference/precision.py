@@ -12,9 +12,14 @@ from ..errors import EntitySAMError, Remedy
 from ..modeling.entitysam import EntitySAM
 
 __all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_exact", "precision_plan", "memory_dtype_for",
-           "autocast_for", "tf32_matmuls"]
+           "autocast_for", "tf32_matmuls", "cudnn_autotuning"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# cuDNN's autotuner for the convolutions of a video on CUDA (not with `exact`: it picks other
+# kernels than the official run). A steady step's shapes are static, so each convolution is
+# tuned once, at the first step. Off until a GPU run measures it faster (benchmarks/gpu.py, `ab`).
+CUDNN_AUTOTUNE = False
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -77,11 +82,18 @@ def precision_plan(model: EntitySAM, compute_dtype: torch.dtype, batched: bool |
     """
     device_type = next(model.parameters()).device.type
     batched = device_type != "cpu" if batched is None else batched
+    kernels = cudnn_autotuning() if device_type == "cuda" and not exact and CUDNN_AUTOTUNE else contextlib.nullcontext()
     if compute_dtype == torch.float32:
-        return (tf32_matmuls() if device_type == "cuda" and not exact else contextlib.nullcontext()), None
+        return _both(kernels, tf32_matmuls() if device_type == "cuda" and not exact else contextlib.nullcontext()), None
     if compute_dtype == torch.bfloat16 and device_type == "cpu" and not batched:
         return contextlib.nullcontext(), torch.bfloat16
-    return autocast_for(device_type, compute_dtype), None
+    return _both(kernels, autocast_for(device_type, compute_dtype)), None
+
+
+@contextlib.contextmanager
+def _both(first: contextlib.AbstractContextManager, second: contextlib.AbstractContextManager):
+    with first, second:
+        yield
 
 
 def memory_dtype_for(compute_dtype: torch.dtype) -> torch.dtype | None:
@@ -106,3 +118,14 @@ def tf32_matmuls():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+@contextlib.contextmanager
+def cudnn_autotuning():
+    """cuDNN's autotuner on (`torch.backends.cudnn.benchmark`), restored afterwards."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
