@@ -12,7 +12,8 @@ from entitysam.modeling.common import apply_rope, rope_table, sine_position_enco
 from entitysam.modeling.decoder import group_tokens, ungroup_tokens
 from entitysam.modeling.dinov2 import DinoV2
 from entitysam.modeling.hiera import ImageEncoder, window_partition, window_unpartition
-from entitysam.modeling.memory import MemoryAttention, RoPEAttention, _attend_float32, _attend_low_precision
+from entitysam.modeling.cpu_attention import attend_float32, attend_low_precision
+from entitysam.modeling.memory import MemoryAttention, RoPEAttention
 from entitysam.modeling.memory_encoder import MemoryEncoder
 from entitysam.modeling.prompt import sample_points
 
@@ -341,10 +342,10 @@ def test_attention_kernels_equal_the_plain_softmax(rows):
     torch.manual_seed(0)
     q, k, v = torch.randn(64, 32) / 2, torch.randn(3 * 40, 32) / 2, torch.randn(3 * 40, 16)
     ref = torch.softmax(q.double() @ k.double().t(), dim=-1) @ v.double()
-    out32 = _attend_float32(q, k, v, rows=rows, cols=48)  # 3 key blocks, the last one short
+    out32 = attend_float32(q, k, v, rows=rows, cols=48)  # 3 key blocks, the last one short
     assert out32.dtype == torch.float32
     torch.testing.assert_close(out32.double(), ref, atol=1e-5, rtol=1e-5)
-    low = _attend_low_precision(q.bfloat16(), k.bfloat16(), v.bfloat16(), rows=rows)
+    low = attend_low_precision(q.bfloat16(), k.bfloat16(), v.bfloat16(), rows=rows)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.double(), ref, atol=3e-2, rtol=3e-2)
     assert (low.double() - ref).abs().mean() < 5e-3
