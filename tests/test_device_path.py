@@ -146,9 +146,10 @@ def test_kept_memory_keys_equal_keys_projected_at_every_step(tiny_model, monkeyp
         kept.append(result)
         per_step.append(len(made))
         made.clear()
-        assert len(tracker._key_bases) <= model.cfg.num_maskmem
     assert len(kept) == 10 > model.cfg.num_maskmem + 1
     assert per_step == [0] + [1] * 9  # step p reads the memory of step p - 1 for the first time
+    ring = tracker.key_ring.rings[0]  # one slot per memory-bank slot, the same storage throughout
+    assert ring.shape[1] == model.cfg.num_maskmem * model.cfg.grid_size ** 2
     worst = 0.0
     for a, b in zip(projected, kept):
         for name in ("mask_logits", "scores", "points"):

@@ -60,6 +60,54 @@ class MemoryBank:
         return sum(s is not None for s in self._slot_step)
 
 
+class KeyRing:
+    """The batched path's kept key bases (`MemoryKeys`), laid out like the memory bank's ring.
+
+    Per memory-attention layer one [Q, capacity * N, C] tensor: tokens [s*N, (s+1)*N) hold the
+    bases of the memory in bank slot s, made when that memory is first read. A step takes its
+    memories in slot order (attention does not depend on their order), so their bases are one
+    contiguous prefix and each layer's keys are a single add, with no concatenation.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.rings: list[torch.Tensor] | None = None
+        self._slot_step: list[int | None] = [None] * capacity  # step whose bases each slot holds
+        self._offsets: list[torch.Tensor] | None = None  # `memory_key_offsets`, made at first use
+
+    def arrange(self, model: EntitySAM, step: int, memories: list[tuple[torch.Tensor, int]]):
+        """(memories in slot order, `EntitySAM.step`'s key_parts for them); (memories, None)
+        when their slots are not the prefix 0 .. k-1 (a bank not filled one step at a time)."""
+        stored = {step - r: (memory, r) for memory, r in memories}  # step that stored it -> pair
+        order = sorted(stored, key=lambda s: s % self.capacity)
+        if [s % self.capacity for s in order] != list(range(len(order))):
+            return memories, None
+        for s in order:
+            slot = s % self.capacity
+            if self._slot_step[slot] != s:
+                renewed = self._store(slot, model.memory_key_bases(stored[s][0]))
+                self._slot_step[slot] = s
+                if renewed:  # new rings (another dtype): the other slots are made again
+                    return self.arrange(model, step, memories)
+        if self._offsets is None:
+            self._offsets = model.memory_key_offsets()
+        tokens = self.rings[0].shape[1] // self.capacity * len(order)
+        return [stored[s] for s in order], ([ring[:, :tokens] for ring in self.rings], self._offsets)
+
+    def _store(self, slot: int, bases: list[torch.Tensor]) -> bool:
+        """Write one memory's bases into `slot`; True when the rings had to be made anew."""
+        first = bases[0]
+        renewed = self.rings is None or self.rings[0].dtype != first.dtype or self.rings[0].shape[0] != first.shape[0]
+        if renewed:
+            batch, n, width = first.shape
+            self.rings = [first.new_empty(batch, self.capacity * n, width) for _ in bases]
+            self._slot_step = [None] * self.capacity
+        n = first.shape[1]
+        for ring, base in zip(self.rings, bases):
+            ring[:, slot * n:(slot + 1) * n].copy_(base)
+        return renewed
+
+
 @dataclass
 class StepResult:
     """Output of one step. mask_logits [Q, 1, h, w] low-res logits after hole filling,
@@ -138,8 +186,7 @@ class EntityTracker:
         if keep_keys and not can_keep:
             raise ValueError("keep_keys needs the batched path with all queries at once, without exact")
         self.keep_keys = can_keep and keep_keys is not False
-        self._key_bases: dict[int, list[torch.Tensor]] = {}  # step -> its memory's `memory_key_bases`
-        self._key_offsets: list[torch.Tensor] | None = None  # `memory_key_offsets`, made at first use
+        self.key_ring = KeyRing(self.cfg.num_maskmem)
         self.points: torch.Tensor | None = None
         self.step_index = 0
         self._features: tuple[int, FrameFeatures] | None = None
@@ -172,8 +219,9 @@ class EntityTracker:
     def _step(self, frame_index: int, image: torch.Tensor, is_warmup: bool) -> StepResult:
         frame = self._features_for(frame_index, image)
         p = self.step_index
-        memories = self.bank.recall(p)
-        key_parts = self._key_parts(p, memories) if self.keep_keys and memories else None
+        memories, key_parts = self.bank.recall(p), None
+        if self.keep_keys and memories:
+            memories, key_parts = self.key_ring.arrange(self.model, p, memories)
         out = self.model.step(frame, memories, self.points, attention_dtype=self.attention_dtype,
                               exact=self.exact, batched=self.batched, query_chunk=self.query_chunk,
                               key_parts=key_parts)
@@ -187,18 +235,6 @@ class EntityTracker:
             logits = fill_holes(logits, self.fill_hole_area)
         self.step_index += 1
         return StepResult(p, frame_index, is_warmup, logits, scores.float(), out.points.float())
-
-    def _key_parts(self, step: int, memories: list[tuple[torch.Tensor, int]]):
-        """`EntitySAM.step`'s key_parts for these memories: each memory's key bases, made when it
-        is first read and dropped when the bank drops it, and the key offsets, made once."""
-        if self._key_offsets is None:
-            self._key_offsets = self.model.memory_key_offsets()
-        read = {step - r: memory for memory, r in memories}  # step that stored it -> memory
-        self._key_bases = {s: b for s, b in self._key_bases.items() if s in read}
-        for s, memory in read.items():
-            if s not in self._key_bases:
-                self._key_bases[s] = self.model.memory_key_bases(memory)
-        return [self._key_bases[s] for s in read], self._key_offsets
 
     def track(self, frames: Iterable[tuple[int, torch.Tensor]], warmup: bool = True) -> Iterator[StepResult]:
         """Run the official schedule over (frame_index, image) pairs, yielding every step.

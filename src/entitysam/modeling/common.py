@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@torch.compiler.disable  # its key holds addresses and versions: traced, every new one would recompile
 def kept_while_frozen(owner: nn.Module, params: tuple[torch.Tensor, ...], key: tuple,
                       make: Callable[[], torch.Tensor]) -> torch.Tensor:
     """`make()`, a value derived from `params` alone, remade only when needed: while gradients

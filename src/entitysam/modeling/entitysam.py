@@ -152,7 +152,7 @@ class EntitySAM(nn.Module):
     def condition_on_memory(self, frame: FrameFeatures, memories: list[tuple[torch.Tensor, int]],
                             attention_dtype: torch.dtype | None = None, exact: bool = False,
                             batched: bool = False, query_chunk: int | None = None,
-                            key_parts: tuple[list[list[torch.Tensor]], list[torch.Tensor]] | None = None
+                            key_parts: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
                             ) -> torch.Tensor:
         """Memory-conditioned features [B, N, C] (B = 1 without memory, else Q).
 
@@ -163,8 +163,10 @@ class EntitySAM(nn.Module):
         leaves the masks within 1% of float32).
         exact: the official order of operations (see `MemoryAttention._forward_as_official`).
         batched, query_chunk: all queries at once (`query_chunk` at a time), the device path.
-        key_parts: (per memory its `memory_key_bases`, `memory_key_offsets`): the batched path's
-        keys from parts kept across steps instead of projected again (`MemoryKeys`).
+        key_parts: (per layer the `memory_key_bases` of these memories in their order along the
+        tokens [Q, M, C], `memory_key_offsets`): the batched path's keys from parts kept across
+        steps instead of projected again (`MemoryKeys`). Attention does not depend on the order
+        of the memories (keys, values and positions follow the list), so any order may be given.
         """
         curr = frame.vision.flatten(2).transpose(1, 2)  # [1, N, C]
         if not memories:
@@ -176,7 +178,7 @@ class EntitySAM(nn.Module):
         keys = None
         if key_parts is not None and batched and not exact:
             bases, offsets = key_parts
-            keys = MemoryKeys(bases, [[layer[r - 1] for layer in offsets] for _, r in memories])
+            keys = MemoryKeys(bases, [torch.cat([layer[r - 1] for _, r in memories]) for layer in offsets])
         if attention_dtype is None:
             return self.memory_attention(curr, pos, memory, memory_pos.unsqueeze(0), exact=exact,
                                          batched=batched, query_chunk=query_chunk, keys=keys)
@@ -191,7 +193,7 @@ class EntitySAM(nn.Module):
              attention_dtype: torch.dtype | None = None, exact: bool = False,
              batched: bool = False, query_chunk: int | None = None,
              conditioning_grad: bool = True, memory_encoding_grad: bool = True,
-             key_parts: tuple[list[list[torch.Tensor]], list[torch.Tensor]] | None = None) -> StepOutput:
+             key_parts: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None) -> StepOutput:
         """One tracking step (inference and training).
 
         memories, attention_dtype, key_parts: see `condition_on_memory` (memories empty on the

@@ -196,25 +196,21 @@ class MemoryKeys:
     memory stays in the bank, `offset_l(r) = rotate(W_l tpos_r)` [N, C] is the same for all
     memories of that age (`MemoryAttention.key_offsets`). A step then adds the two instead of
     projecting and rotating the keys of all its memories again (7 x 50 x 4096 per layer at the
-    published sizes, with 6 of the 7 memories' keys the same as at the previous step but for
-    the offset). Same maths as projecting `memory + memory_pos`; rounding differs (the sum is
-    rounded once more in low precision).
+    published sizes, 6 of the 7 memories' the same as at the previous step but for the offset).
+    Same maths as projecting `memory + memory_pos`; rounding differs (the sum is rounded once
+    more in low precision).
 
-    bases: per memory, oldest first, its per-layer bases; offsets: per memory, its per-layer offsets.
+    bases: per layer the bases of the memories, in the order of `memory` along M, [B, M, C];
+    offsets: per layer the offsets of their ages in that order, [M, C].
     """
 
-    def __init__(self, bases: list[list[torch.Tensor]], offsets: list[list[torch.Tensor]]):
+    def __init__(self, bases: list[torch.Tensor], offsets: list[torch.Tensor]):
         self.bases = bases
         self.offsets = offsets
 
     def layer(self, index: int) -> torch.Tensor:
-        """Keys [B, M, C] of layer `index`, memories in order along M (as `memory` is built)."""
-        first = self.bases[0][index]
-        batch, n, width = first.shape
-        out = first.new_empty(batch, n * len(self.bases), width)
-        for j, (bases, offsets) in enumerate(zip(self.bases, self.offsets)):
-            torch.add(bases[index], offsets[index], out=out[:, j * n:(j + 1) * n])
-        return out
+        """Keys [B, M, C] of layer `index`."""
+        return self.bases[index] + self.offsets[index]
 
 
 class MemoryAttention(nn.Module):
