@@ -8,7 +8,10 @@ the GPU's clocks shows as a difference between rounds rather than between varian
   the bfloat16 copy of each weight (`EntityTracker._no_grad` explains it);
 * `keys projected at every step`: `EntityTracker(keep_keys=False)` (`MemoryKeys` explains it);
 * `cuDNN autotuning flipped`: `precision.CUDNN_AUTOTUNE` the other way;
-* `all flipped`: the three together (about the code before these switches existed).
+* `all flipped`: the three together (about the code before these switches existed);
+* `memory encoder compiled` (a candidate, not a switch of the package): `torch.compile` of
+  `MemoryEncoder.fuse` alone (mask downsampler, fuser, projection: elementwise passes over 50
+  full-resolution maps that inductor can fuse), compiled during the untimed filling steps.
 """
 
 from __future__ import annotations
@@ -34,21 +37,36 @@ def _autotune_flipped():
         precision.CUDNN_AUTOTUNE = before
 
 
-# label -> (casts weights every step, keeps keys, flips cuDNN autotuning)
+@contextlib.contextmanager
+def _memory_encoder_compiled(model, backend: str):
+    encoder = model.memory_encoder
+    encoder.fuse = torch.compile(encoder.fuse, dynamic=False, backend=backend)  # an instance attribute
+    try:
+        yield
+    finally:
+        del encoder.fuse
+        torch._dynamo.reset()  # noqa: SLF001
+
+
+# label -> (casts weights every step, keeps keys, flips cuDNN autotuning, compiles the memory encoder)
 VARIANTS = {
-    "as committed": (False, None, False),
-    "weights cast at every step": (True, None, False),
-    "keys projected at every step": (False, False, False),
-    "cuDNN autotuning flipped": (False, None, True),
-    "all flipped": (True, False, True),
+    "as committed": (False, None, False, False),
+    "weights cast at every step": (True, None, False, False),
+    "keys projected at every step": (False, False, False, False),
+    "cuDNN autotuning flipped": (False, None, True, False),
+    "all flipped": (True, False, True, False),
+    "memory encoder compiled": (False, None, False, True),
 }
 
 
-def _steady_ms(ctx: Ctx, model, images, cast_every_step: bool, keep_keys, flip_autotune: bool) -> dict:
+def _steady_ms(ctx: Ctx, model, images, cast_every_step: bool, keep_keys, flip_autotune: bool,
+               compile_memory_encoder: bool) -> dict:
     from entitysam.inference.tracker import EntityTracker
 
     steps = ctx.args.ab_steps
     with _autotune_flipped() if flip_autotune else contextlib.nullcontext(), \
+            _memory_encoder_compiled(model, "eager" if ctx.args.smoke else "inductor") if compile_memory_encoder \
+            else contextlib.nullcontext(), \
             model_context(ctx, model) as attention_dtype:
         extra = {} if keep_keys is None else {"keep_keys": keep_keys}
         tracker = EntityTracker(model, attention_dtype=attention_dtype, **batched_kwargs(ctx, EntityTracker), **extra)
@@ -72,6 +90,9 @@ def ab_section(ctx: Ctx, name: str) -> dict:
     rows: dict[str, dict] = {label: dict(ms_per_step=[]) for label in VARIANTS}
     for round_ in range(2):
         for label, switches in VARIANTS.items():
+            if label == "memory encoder compiled" and not (ctx.cuda or ctx.args.smoke):
+                rows[label]["skipped"] = "CUDA only (inductor builds C++ for minutes on a CPU)"
+                continue
             if ctx.left() < 0:
                 rows[label].setdefault("skipped", f"section budget ran out in round {round_ + 1}")
                 continue

@@ -84,7 +84,7 @@ def test_smoke_measures_each_part(smoke):
     assert sections["steady"]["tiny"]["memories"] == 7
     ab = sections["ab"]["tiny"]["rows"]
     assert list(ab) == ["as committed", "weights cast at every step", "keys projected at every step",
-                        "cuDNN autotuning flipped", "all flipped"]
+                        "cuDNN autotuning flipped", "all flipped", "memory encoder compiled"]
     assert all(len(row["ms_per_step"]) == 2 and min(row["ms_per_step"]) > 0 for row in ab.values())
     assert ab["keys projected at every step"]["keep_keys"] is False
     e2e = sections["e2e"]["tiny"]
