@@ -9,9 +9,9 @@ the GPU's clocks shows as a difference between rounds rather than between varian
 * `keys projected at every step`: `EntityTracker(keep_keys=False)` (`MemoryKeys` explains it);
 * `cuDNN autotuning flipped`: `precision.CUDNN_AUTOTUNE` the other way;
 * `all flipped`: the three together (about the code before these switches existed);
-* `memory encoder compiled` (a candidate, not a switch of the package): `torch.compile` of
-  `MemoryEncoder.fuse` alone (mask downsampler, fuser, projection: elementwise passes over 50
-  full-resolution maps that inductor can fuse), compiled during the untimed filling steps.
+* `memory encoder compiled`: `torch.compile` of `MemoryEncoder.fuse` alone (mask downsampler,
+  fuser, projection: elementwise passes over 50 full-resolution maps that inductor fuses),
+  compiled during the untimed filling steps: what `--compile` does (`inference/compiled.py`).
 """
 
 from __future__ import annotations
