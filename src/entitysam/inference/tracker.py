@@ -195,9 +195,9 @@ class EntityTracker:
         """The grad mode of a step: inference mode on the CPU path; on the batched (device) path
         plain no-grad, outside inference mode. Autocast keeps the low-precision copy of each
         weight that requires grad until its region ends, but not in inference mode: there every
-        linear and convolution casts its float32 weight again at every step (600-1,300 cast
-        kernels a step on an H200, most of the ~8-11 ms of bfloat16 copies in its profile).
-        The copies are the same values, so the results are the same bit for bit."""
+        linear and convolution casts its float32 weight again at every step (measured on an
+        H200: 1% of a vit-s step, 3% of a vit-l one). The copies are the same values, so the
+        results are the same bit for bit."""
         if not self.batched:
             return torch.inference_mode()
         stack = contextlib.ExitStack()
