@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from _video_compare import DecodedVideo
 from entitysam.distributed.jobs import SegmentOptions, VideoJob, segment_job
 
 NUM_VIDEOS = 6
@@ -55,7 +56,9 @@ def ray_session():
 
 
 def tree(root: Path) -> dict[str, object]:
-    """Every file under root (hidden ones included) -> its bytes; manifests without timings."""
+    """Every file under root (hidden ones included) -> its bytes; manifests without timings;
+    overlay videos as their decoded frames (x264 is not bit-reproducible under load, see
+    tests/_video_compare.py)."""
     files: dict[str, object] = {}
     for path in sorted(root.rglob("*")):
         if path.is_dir():
@@ -64,6 +67,8 @@ def tree(root: Path) -> dict[str, object]:
         if path.name == "manifest.json":
             doc = json.loads(path.read_text())
             files[rel] = {k: v for k, v in doc.items() if k not in TIMINGS}
+        elif path.suffix in (".mp4", ".ts"):
+            files[rel] = DecodedVideo(path)
         else:
             files[rel] = path.read_bytes()
     return files
