@@ -156,7 +156,8 @@ class EntitySAM(nn.Module):
                             ) -> torch.Tensor:
         """Memory-conditioned features [B, N, C] (B = 1 without memory, else Q).
 
-        memories: (memory [Q, mem_dim, g, g], steps_back r >= 1) pairs, oldest first. The
+        memories: (memory [Q, mem_dim, g, g], steps_back r >= 1) pairs (the bank gives them oldest
+        first; the tracker reorders them with key_parts, see below). The
         temporal embedding of a memory r steps back is `maskmem_tpos_enc[r - 1]`.
         attention_dtype: run the memory attention alone under autocast in this dtype (the CPU
         bfloat16 mode: it is ~85% of the arithmetic, and the only part whose reduced precision
