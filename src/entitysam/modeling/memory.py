@@ -310,13 +310,13 @@ class MemoryAttention(nn.Module):
             mem = memory[s:s + chunk].to(x.dtype)
             k_in = None if keys is not None else \
                 mem + (memory_pos if memory_pos.shape[0] == 1 else memory_pos[s:s + chunk])
-            layer_keys = (lambda i: None) if keys is None else keys.layer
-            y = first.feed_forward(x + attend_batched(attn, q_rot, k_in, mem, raw_values, layer_keys(0)))
+            y = first.feed_forward(x + attend_batched(attn, q_rot, k_in, mem, raw_values,
+                                                       None if keys is None else keys.layer(0)))
             for i, layer in enumerate(self.layers[1:], start=1):
                 y = layer.self_attend_batched(y, raw_values)
                 q = layer.query_batched(layer.cross_attn_image, layer.norm2(y))
                 y = layer.feed_forward(y + attend_batched(layer.cross_attn_image, q, k_in, mem, raw_values,
-                                                          layer_keys(i)))
+                                                          None if keys is None else keys.layer(i)))
             outs.append(self.norm(y))
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
