@@ -91,6 +91,24 @@ def test_reading_a_video_input_forward_decodes_it_once(made):
     assert r.sources.passes == 1
 
 
+def test_thumbnails_never_move_the_players_cursor_through_a_video_input(made):
+    pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
+    from entitysam.review.server import Viewer
+
+    d, offline, _ = made
+    viewer = Viewer(offline)
+    r = viewer.result
+    r.sources.keep_bytes = 1  # the player keeps its last 2 frames: an earlier one needs a new pass
+    source = list(open_source(d / "clip.mp4"))
+    for t in range(N):
+        assert np.array_equal(r.source_frame(t), source[t].image)
+    for e in r.entities:  # each thumbnail cut from a frame the player has passed
+        assert viewer.thumbnail(e.id) is not None
+    assert r.sources.passes == 1 and r.still_sources.passes >= 1
+    assert np.array_equal(r.source_frame(N - 1), source[N - 1].image)  # still where it was
+    assert r.sources.passes == 1
+
+
 def test_stepping_back_through_a_video_input_costs_one_pass_per_frames_kept(made):
     d, offline, _ = made
     r = ResultFolder.open(offline)

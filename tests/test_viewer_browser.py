@@ -324,3 +324,35 @@ def test_display_controls_and_play_speed(tmp_path):
         elapsed = (page.evaluate("performance.now()") - started) / 1000
         assert elapsed >= 0.9 * (N - 1) / FPS  # not faster than the video
         assert page.errors == []
+
+
+def test_thumbnails_load_one_at_a_time_in_frame_order_after_the_first_frames(tmp_path):
+    """Each thumbnail makes the server decode its source frame: asked in frame order, one at a time,
+    they take one forward pass through a video and leave the first frames' requests alone."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    events: list[tuple[str, str]] = []
+    with view_server(result) as (url, _token), browser_page() as page:
+        page.on("request", lambda r: events.append(("start", r.url)))
+        page.on("requestfinished", lambda r: events.append(("end", r.url)))
+        open_viewer(page, url)
+        page.wait_for_function("""[...document.querySelectorAll('tr.entity img')]
+                                  .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30000)
+        thumbs = page.evaluate("Object.fromEntries(viewer.state.entities.map((e) => [e.id, e.thumb]))")
+        assert page.errors == []
+    asked = [u for kind, u in events if kind == "start" and "/api/thumbs/" in u]
+    frames = [int(u.split("k=")[1].split("-")[0]) for u in asked]
+    assert len(asked) == len(thumbs) and frames == sorted(frames) and len(set(frames)) > 1
+    by_id = [int(thumbs[i].split("-")[0]) for i in sorted(thumbs, key=int)]
+    assert by_id != sorted(by_id)  # the list's order (by id) is not the frames' order: the test can fail
+    in_flight = 0
+    for kind, u in events:
+        if "/api/thumbs/" in u:
+            in_flight += 1 if kind == "start" else -1
+            assert in_flight <= 1
+    first_thumb = next(k for k, (kind, u) in enumerate(events) if "/api/thumbs/" in u)
+    first_frames = {f"/api/idmaps/{i}.runs" for i in range(8)}  # all 8 frames are within the first window
+    ended = {u.split("?")[0].split(url.split("/?")[0])[-1] for kind, u in events[:first_thumb] if kind == "end"}
+    assert first_frames <= ended

@@ -96,7 +96,12 @@ class ResultFolder:
         self._dense[small] = np.arange(len(small), dtype=np.int32)
         selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
         source = manifest.get("input")  # a path or URL; anything else (a number would be a file descriptor) is none
-        self.sources = SourceFrames(source if isinstance(source, str) else None, self.fps, selection.get("stride", 1))
+        source = source if isinstance(source, str) else None
+        self.sources = SourceFrames(source, self.fps, selection.get("stride", 1))
+        # stills (entity thumbnails) have a cursor of their own: they jump around the video, and
+        # on the player's cursor each jump sent it back (a new pass) and made it wait
+        self.still_sources = SourceFrames(source, self.fps, selection.get("stride", 1))
+        self.still_sources.keep_bytes = 0  # the fewest frames kept (2): a still is read once
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -188,12 +193,13 @@ class ResultFolder:
         path = self.png_path(i)
         return _read_id_rgb(path, self.size)
 
-    def source_frame(self, i: int) -> np.ndarray | None:
+    def source_frame(self, i: int, still: bool = False) -> np.ndarray | None:
         """The [H, W, 3] uint8 RGB input frame behind frame position `i`, decoded from the
         manifest's input if it is still there (and still gives this frame); None otherwise.
-        Reading forward through a video decodes each frame once (see :mod:`.source_frames`)."""
+        Reading forward through a video decodes each frame once (see :mod:`.source_frames`).
+        still: for a still image (a thumbnail), read through the stills' own cursor."""
         rec = self.frames[self.check_frame(i)]
-        image = self.sources.frame(int(rec["source_frame"]), rec["name"])
+        image = (self.still_sources if still else self.sources).frame(int(rec["source_frame"]), rec["name"])
         return image if image is None or image.shape[:2] == self.size else None
 
     def source_file(self, i: int) -> Path | None:
