@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from entitysam.inference.holes import fill_holes
+from entitysam.inference.merge_rules import MergeConfig
 from entitysam.inference.offline_merge import (
     PanopticResult,
     iter_video_panoptic,
@@ -149,6 +150,41 @@ def test_streaming_and_memmap(tmp_path):
     plan = plan_video_panoptic(scores, p["a_logits"], p["a_out_size"])
     got = [m for _, m in iter_video_panoptic(plan, p["a_logits"], frame_chunk=4)]
     np.testing.assert_array_equal(np.stack(got), p["a_panoptic_ids"])
+
+
+class _CountingLogits:
+    """[Q, n, h, w] logits that count the frames read through ``logits[:, t0:t1]``."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits, self.shape, self.frames_read = logits, logits.shape, 0
+
+    def __getitem__(self, index):
+        chunk = self.logits[index]
+        self.frames_read += chunk.shape[1]
+        return chunk
+
+
+@pytest.mark.parametrize("queries", [12, 300])  # codes of one byte (< 256 kept) and of int32
+def test_streamed_merge_reads_the_logits_once_and_paints_what_two_passes_paint(tmp_path, queries):
+    g = torch.Generator().manual_seed(queries)
+    n, out_size = 11, (37, 53)
+    logits = torch.randn(queries, n, 16, 16, generator=g) * 4
+    scores = torch.rand(queries, generator=g)
+    config = MergeConfig(test_topk_per_image=1000, overlap_threshold=0.1)
+    counting = _CountingLogits(logits)
+    frames = {}
+    streamed = merge_video_panoptic(scores, counting, out_size, config=config, frame_chunk=3, work_dir=tmp_path,
+                                    frames_out=lambda t, m: frames.__setitem__(t, m.copy()))
+    quality_frames = len(range(0, n, 5))
+    assert counting.frames_read == n + quality_frames  # one pass (plus the quality frames), not two
+    assert list(tmp_path.iterdir()) == []  # the winners' temporary file is gone
+    plan = plan_video_panoptic(scores, logits, out_size, config=config, frame_chunk=4)
+    assert (len(plan.kept) >= 256) == (queries > 256) and 3 < len(plan.segment_ids) < len(plan.kept)
+    two_passes = np.stack([m for _, m in iter_video_panoptic(plan, logits, frame_chunk=4)])
+    np.testing.assert_array_equal(np.stack([frames[t] for t in range(n)]), two_passes)
+    whole = merge_video_panoptic(scores, logits, out_size, config=config, frame_chunk=2)
+    np.testing.assert_array_equal(whole.id_maps, two_passes)
+    assert streamed.segment_ids == whole.segment_ids == plan.segment_ids
 
 
 def test_random_inputs_match_reference_rule():

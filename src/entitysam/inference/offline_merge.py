@@ -10,6 +10,8 @@ accumulated). Hole filling is in :mod:`entitysam.inference.holes`.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
@@ -81,6 +83,11 @@ class PanopticPlan:
     device: torch.device | str | None = None  # where the per-pixel assignment runs
 
 
+def _code_dtype(k: int) -> torch.dtype:
+    """The dtype of the per-pixel codes (kept slot + 1, 0 = none) of K kept queries."""
+    return torch.uint8 if k < 256 else torch.int32
+
+
 def _num_frames(logits: Any) -> int:
     shape = getattr(logits, "shape", None)
     if shape is None or len(shape) != 4:
@@ -136,8 +143,9 @@ def plan_video_panoptic(
             [K, c, H, W] float32 probabilities).
         device: where the per-pixel assignment runs (None: where the logits are; a
             GPU for the device path). Same result on every device.
-        winners_out: optional ``winners_out(t0, winners)`` with the [c, H, W] int64 kept slot of
-            each segment pixel (-1 elsewhere) of every chunk starting at frame t0, on the CPU.
+        winners_out: optional ``winners_out(t0, codes)`` with the [c, H, W] codes of every chunk
+            starting at frame t0, on the CPU: kept slot + 1 of each segment pixel, 0 elsewhere
+            (uint8 while K < 256, else int32; made compact where the assignment ran).
 
     Returns:
         A :class:`PanopticPlan`; feed it to :func:`iter_video_panoptic` for the maps.
@@ -177,7 +185,7 @@ def plan_video_panoptic(
         # summed where the pixels were assigned, read back once after the last chunk
         totals = [total.to(ids.device) + count for total, count in zip(totals, area_counts(ids, win_fg, fg_count, k))]
         if winners_out is not None:
-            winners_out(t0, torch.where(win_fg, ids, -1).cpu())
+            winners_out(t0, (torch.where(win_fg, ids, -1) + 1).to(_code_dtype(k)).cpu())
     totals = [total.cpu() for total in totals]
 
     segment_of_kept = np.zeros(k, dtype=np.int32)
@@ -234,6 +242,7 @@ def merge_video_panoptic(
     frame_chunk: int | None = None,
     frames_out: Callable[[int, np.ndarray], None] | None = None,
     device: torch.device | str | None = None,
+    work_dir: str | os.PathLike | None = None,
 ) -> PanopticResult:
     """Merge per-query video masks into entity id maps, exactly as the official
     ``inference_video_vps_save_results`` (class labels aside, they do not affect ids).
@@ -246,34 +255,49 @@ def merge_video_panoptic(
         config: the merge thresholds (default: the official ones).
         frame_chunk: frames processed together (None: memory-budgeted default).
         frames_out: optional callback ``frames_out(t, id_map[H, W] int32)``. When
-            given, frames are streamed to it (two passes over ``logits``) and
-            ``id_maps`` is None; otherwise the [n, H, W] maps are returned.
+            given, frames are streamed to it and ``id_maps`` is None (each pixel's winner
+            waits in a temporary file: H * W bytes a frame while fewer than 256 queries are
+            kept); otherwise the [n, H, W] maps are returned.
         device: where the per-pixel assignment runs (see :func:`plan_video_panoptic`).
+        work_dir: folder of the streamed winners' temporary file (None: the system's).
 
     Returns:
         :class:`PanopticResult`.
     """
-    if frames_out is not None:
-        plan = plan_video_panoptic(scores, logits, out_size, config=config, frame_chunk=frame_chunk, device=device)
-        for t, id_map in iter_video_panoptic(plan, logits, frame_chunk=frame_chunk):
-            frames_out(t, id_map)
-        return PanopticResult(None, plan.segment_ids, plan.query_index, plan.scores)
-
-    # The output holds n*H*W int32 anyway, so caching the winners of the counting
-    # pass (int16/int32 per pixel) costs at most as much and saves a second pass.
+    # The counting pass keeps each pixel's winner (a byte while fewer than 256 queries are kept):
+    # the maps are then painted from those, not from a second pass over the logits.
     n = _num_frames(logits)
     out_hw = (int(out_size[0]), int(out_size[1]))
-    # slot + 1 of the winning kept query on its segment pixels, 0 elsewhere.
-    slot_dtype = np.int16 if int(logits.shape[0]) < np.iinfo(np.int16).max else np.int32
-    winners = np.zeros((n, *out_hw), dtype=slot_dtype)
+    if frames_out is None:
+        codes: list[np.ndarray] = []  # [n, H, W] in all, as compact as the codes come
+        plan = plan_video_panoptic(scores, logits, out_hw, config=config, frame_chunk=frame_chunk, device=device,
+                                   winners_out=lambda t0, c: codes.append(c.numpy()))
+        if not plan.segment_ids:
+            return PanopticResult(np.zeros((n, *out_hw), np.int32), [], [], [])
+        lut = id_lut(plan.segment_of_kept)
+        id_maps = np.empty((n, *out_hw), dtype=np.int32)
+        t = 0
+        for chunk in codes:
+            id_maps[t:t + len(chunk)] = lut[chunk]
+            t += len(chunk)
+        return PanopticResult(id_maps, plan.segment_ids, plan.query_index, plan.scores)
 
-    def keep_winners(t0: int, w: torch.Tensor) -> None:
-        winners[t0:t0 + w.shape[0]] = w.numpy() + 1
+    # streamed: the codes go through a temporary file, so memory stays flat
+    with tempfile.TemporaryFile(dir=work_dir, prefix="entitysam-winners-") as file:
+        dtypes = []
 
-    plan = plan_video_panoptic(scores, logits, out_hw, config=config, frame_chunk=frame_chunk, device=device,
-                               winners_out=keep_winners)
-    if plan.segment_ids:
-        id_maps = id_lut(plan.segment_of_kept)[winners]
-    else:
-        id_maps = np.zeros((n, *out_hw), dtype=np.int32)
-    return PanopticResult(id_maps, plan.segment_ids, plan.query_index, plan.scores)
+        def write_codes(t0: int, c: torch.Tensor) -> None:
+            dtypes.append(c.numpy().dtype)
+            file.write(c.numpy().tobytes())
+
+        plan = plan_video_panoptic(scores, logits, out_hw, config=config, frame_chunk=frame_chunk, device=device,
+                                   winners_out=write_codes)
+        lut = id_lut(plan.segment_of_kept)
+        file.seek(0)
+        for t in range(n):
+            if not plan.segment_ids:
+                frames_out(t, np.zeros(out_hw, dtype=np.int32))
+                continue
+            frame = np.frombuffer(file.read(out_hw[0] * out_hw[1] * dtypes[0].itemsize), dtype=dtypes[0])
+            frames_out(t, lut[frame.reshape(out_hw)])
+    return PanopticResult(None, plan.segment_ids, plan.query_index, plan.scores)

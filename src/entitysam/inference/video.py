@@ -160,5 +160,5 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
         if on_logits is not None:
             on_logits(store, scores)
         panoptic = merge_video_panoptic(scores, store, out_size, frames_out=frames_out, frame_chunk=frame_chunk,
-                                        device=merge_device)
+                                        device=merge_device, work_dir=tmp)
     return VideoSegmentation(scores, panoptic, tuple(out_size), store.num_frames, steps)
