@@ -262,3 +262,46 @@ def test_export_bytes_gives_one_download_per_format(session, tmp_path):
     assert name == "clip-ytvis.json" and len(json.loads(data)) == 3
     with pytest.raises(Exception, match="unknown export format"):
         export_bytes(session, "../../etc")
+
+
+def test_map_ids_equals_a_dictionary_lookup_for_small_and_huge_ids():
+    from entitysam.io.idpng import MAX_ID
+    from entitysam.review.export.common import map_ids
+
+    rng = np.random.default_rng(3)
+    for top in (40, MAX_ID):
+        universe = np.unique(np.concatenate([[0, top], rng.integers(1, top, 30)]))
+        ids = rng.choice(universe, (H, W)).astype(np.uint32)
+        keys = np.unique(rng.choice(universe[1:], 12))
+        values = rng.integers(1, 60000, len(keys)).astype(np.uint16)
+        table = dict(zip(keys.tolist(), values.tolist()))
+        want = np.vectorize(lambda i: table.get(int(i), 0))(ids).astype(np.uint16)
+        got = map_ids(ids, keys, values)
+        assert got.dtype == np.uint16 and np.array_equal(got, want), top
+    assert not map_ids(ids, keys[:0], values[:0]).any()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_exports_of_id_2_24_minus_1_need_no_table_as_large_as_the_id(tmp_path, fmt):
+    """Same files as with a small id in its place (MOTS renumbers; the others carry the id), and
+    no [2**24] table per frame (64 MB of uint32 each, before)."""
+    import tracemalloc
+
+    from entitysam.io.idpng import MAX_ID
+
+    small = EditSession(ResultFolder.open(make_result(tmp_path / "small")), EDITS)
+    huge = EditSession(ResultFolder.open(make_result(tmp_path / "huge", big_id=MAX_ID)), EDITS)
+    export(small, fmt, tmp_path / f"small.{fmt}")
+    tracemalloc.start()
+    try:
+        export(huge, fmt, tmp_path / f"huge.{fmt}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak / 2**20:.0f} MiB"
+    if fmt == "mots":
+        for t in range(N):
+            name = f"f{t:03d}.png"
+            a = np.asarray(Image.open(tmp_path / "small.mots" / "clip" / "instances" / name))
+            b = np.asarray(Image.open(tmp_path / "huge.mots" / "clip" / "instances" / name))
+            assert np.array_equal(a, b), t

@@ -24,7 +24,7 @@ from PIL import Image
 from ... import jsonio
 from ...errors import InvalidArgumentError, OutputError
 from ...io.entities import rle_encode
-from .common import DEFAULT_CATEGORY, MARKER, export_id_map, exported_entities, frame_entities, full_mask, output_dir
+from .common import DEFAULT_CATEGORY, MARKER, exported_entities, frame_entities, full_mask, map_ids, output_dir
 
 __all__ = ["MAX_INSTANCES", "write_mots", "instance_ids"]
 
@@ -50,9 +50,7 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
     entities = exported_entities(view)
     keep = np.array(sorted(e.id for e in entities), dtype=np.uint32)
     mapping = instance_ids([int(i) for i in keep])
-    lut = np.zeros(int(keep.max(initial=0)) + 1, dtype=np.uint16)
-    for entity_id, instance in mapping.items():
-        lut[entity_id] = class_id * MAX_INSTANCES + instance
+    values = np.array([class_id * MAX_INSTANCES + mapping[int(i)] for i in keep], dtype=np.uint16)
     with output_dir(out, overwrite) as stage:
         inst = stage / view.name / "instances"
         inst.mkdir(parents=True)
@@ -60,12 +58,13 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
         try:
             for t, frame in enumerate(view.frames):
                 if lines is None:
-                    Image.fromarray(lut[export_id_map(view, t, keep)]).save(inst / f"{frame['name']}.png")
+                    Image.fromarray(map_ids(view.id_map(t), keep, values)).save(inst / f"{frame['name']}.png")
                     continue
                 ids, present = frame_entities(view, t, keep)
-                Image.fromarray(lut[ids]).save(inst / f"{frame['name']}.png")
-                for seg in sorted(present.values(), key=lambda s: lut[s["id"]]):
-                    lines.write(_txt_line(t, int(lut[seg["id"]]), full_mask(ids, seg)))
+                Image.fromarray(map_ids(ids, keep, values)).save(inst / f"{frame['name']}.png")
+                mots_id = {seg_id: int(values[np.searchsorted(keep, seg_id)]) for seg_id in present}
+                for seg in sorted(present.values(), key=lambda s: mots_id[s["id"]]):
+                    lines.write(_txt_line(t, mots_id[seg["id"]], full_mask(ids, seg)))
         finally:
             if lines is not None:
                 lines.close()
