@@ -113,15 +113,47 @@ def test_overlay_error_aborts_everything(tmp_path, monkeypatch):
     maps, images, frames, ents = make_result(n=20)
     calls = []
 
-    def broken(self, image, id_map, time_s=None):
+    def broken(self, frame, time_s=None):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(overlay.OverlayWriter, "add", broken)
+    monkeypatch.setattr(overlay.OverlayWriter, "encode", broken)
     with pytest.raises(RuntimeError, match="encoder exploded"):
         write(tmp_path, "out", 2, maps, images, frames, ents)
     assert ".entities.json.parts" not in {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_overlay_frames_render_while_the_previous_one_encodes(tmp_path, monkeypatch):
+    """The overlay's encoder runs on a thread of its own, one frame behind the rendering."""
+    import threading
+
+    maps, images, frames, ents = make_result(n=6)
+    log, lock = [], threading.Lock()
+    render, encode = overlay.OverlayWriter.render, overlay.OverlayWriter.encode
+    second_render = threading.Event()
+
+    def spy_render(self, image, id_map):
+        with lock:
+            log.append(("render", threading.current_thread().name))
+            if sum(kind == "render" for kind, _ in log) == 2:
+                second_render.set()
+        return render(self, image, id_map)
+
+    def spy_encode(self, frame, time_s=None):
+        with lock:
+            first = not any(kind == "encode" for kind, _ in log)
+        if first:
+            assert second_render.wait(10), "frame 1 was not rendered while frame 0 was encoding"
+        with lock:
+            log.append(("encode", threading.current_thread().name))
+        return encode(self, frame, time_s)
+
+    monkeypatch.setattr(overlay.OverlayWriter, "render", spy_render)
+    monkeypatch.setattr(overlay.OverlayWriter, "encode", spy_encode)
+    write(tmp_path, "out", 2, maps, images, frames, ents)
+    assert [kind for kind, _ in log].count("encode") == 6
+    assert {name for kind, name in log if kind == "render"} & {name for kind, name in log if kind == "encode"} == set()
 
 
 def test_changed_source_for_overlay_is_reported(tmp_path):

@@ -134,10 +134,19 @@ class OverlayWriter:
     def add(self, image: np.ndarray, id_map: np.ndarray, time_s: float | None = None) -> None:
         """image: [h, w, 3] uint8 (resized to the id map's size if different); id_map: [H, W] ids;
         time_s: the frame's time in seconds (used when streaming with ``timestamps``)."""
+        self.encode(self.render(image, id_map), time_s)
+
+    def render(self, image: np.ndarray, id_map: np.ndarray) -> np.ndarray:
+        """The overlay frame of :meth:`add` ([H, W, 3] uint8), not yet encoded: rendering needs no
+        state of the writer, so it may run on another thread than :meth:`encode`."""
         h, w = id_map.shape
         if image.shape[:2] != (h, w):
             image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-        frame = render_overlay(image, id_map, self.alpha, self.labels)
+        return render_overlay(image, id_map, self.alpha, self.labels)
+
+    def encode(self, frame: np.ndarray, time_s: float | None = None) -> None:
+        """Append a frame from :meth:`render` to the video (frames in order, one thread at a time)."""
+        h, w = frame.shape[:2]
         if self._stream is None:
             self._open_stream(h, w)
         if h % 2 or w % 2:

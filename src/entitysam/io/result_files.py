@@ -50,7 +50,8 @@ def default_workers() -> int:
 
 class _OverlayThread:
     """Renders and encodes ``overlay.mp4`` on its own thread, reading the frames again from
-    `images` (which must give the frames of the result, in order)."""
+    `images` (which must give the frames of the result, in order). The encoder runs on a thread
+    of its own, one frame behind: frame t is encoded while frame t + 1 is read and rendered."""
 
     def __init__(self, writer: OverlayWriter, images: Iterable[Any], label: str):
         self.writer = writer
@@ -63,20 +64,29 @@ class _OverlayThread:
         self._thread.start()
 
     def _run(self) -> None:
+        encoder = ThreadPoolExecutor(1, thread_name_prefix="entitysam-overlay-encode")
+        encoding: Future | None = None
         try:
             images = iter(self._images)
             while True:
                 item = self._queue.get()
                 if item is None or self._stop.is_set():
-                    return
+                    break
                 index, id_map = item
                 frame = next(images, None)
                 if frame is None or frame.index != index:
                     raise EntitySAMError(f"{self.label}: reading the frames again for overlay.mp4 gave "
                                          "different frames (did the input change?)")
-                self.writer.add(frame.image, id_map)
+                rendered = self.writer.render(frame.image, id_map)
+                if encoding is not None:
+                    encoding.result()  # the previous frame is in (and its error raised here)
+                encoding = encoder.submit(self.writer.encode, rendered)
+            if encoding is not None:
+                encoding.result()
         except BaseException as err:  # noqa: BLE001 - handed to the calling thread
             self.error = err
+        finally:
+            encoder.shutdown(wait=True)  # nothing touches the writer after this thread ends
 
     def put(self, index: int, id_map: np.ndarray) -> None:
         """Queue one frame; waits while the queue is full, raises the thread's error if it failed."""
