@@ -1,8 +1,9 @@
-"""Where do the official code and this project first round differently? Step 0 of both, with a
-forward hook on every module of the same name, compared in the official execution order.
+"""Where do the official code and this project first round differently? Step 0 (or `--step K`,
+a warm-up step of frame 0, K <= 3) of both, with a forward hook on every module of the same name,
+compared in the official execution order.
 
     ENTITYSAM_OFFICIAL_DIR=... ENTITYSAM_DINOV2_DIR=... PYTHONPATH=src \\
-        python scripts/reference/intermediates.py --frames DIR [--threads 2] [--mode exact]
+        python scripts/reference/intermediates.py --frames DIR [--threads 2] [--mode exact] [--step K]
 
 Both models run in this one process (same threads), official first. For each module called in
 both, the first call's first output tensor is compared on its first batch row (the official model
@@ -45,14 +46,17 @@ def first_tensor(out):
     return None
 
 
-def record(model, store: dict, order: list):
+STEP = [0]  # the step running now (set by the drivers below)
+
+
+def record(model, store: dict, order: list, step: int):
     handles = []
     for name, module in model.named_modules():
         if not name:
             continue
 
         def hook(mod, args, out, name=name):
-            if name in store:
+            if name in store or STEP[0] != step:
                 return
             t = first_tensor(out)
             if t is None or not t.is_floating_point():
@@ -75,6 +79,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mode", default="exact", choices=("exact", "default"))
+    parser.add_argument("--step", type=int, default=0, choices=range(4), help="the step compared (0-3: frame 0)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     state = harness.make_state_dict(args.variant, args.seed)
@@ -84,14 +89,16 @@ def main() -> None:
         ckpt = Path(tmp) / "w.pth"
         torch.save({"model": state}, ckpt)
         predictor = official.build_model(args.variant, ckpt)
-    record(predictor, theirs, their_order)
+    record(predictor, theirs, their_order, args.step)
     names = official.frame_names(args.frames)
-    st = predictor.init_state(video_path=str(args.frames), progress_order=[0])
+    st = predictor.init_state(video_path=str(args.frames), progress_order=[0] * (args.step + 1))  # frame 0 again
     predictor.reset_state(st)
     with torch.inference_mode():
-        for _ in predictor.propagate_in_video(st, start_frame_idx=0):
-            break
-    del predictor, st
+        steps = predictor.propagate_in_video(st, start_frame_idx=0)  # one step per item
+        for k in range(args.step + 1):
+            STEP[0] = k
+            next(steps)
+    del predictor, st, steps
 
     from entitysam.checkpoints import load_entitysam
     from entitysam.inference.preprocess import preprocess_frame
@@ -99,9 +106,12 @@ def main() -> None:
 
     ours, our_order = {}, []
     model = load_entitysam(state)
-    record(model, ours, our_order)
+    record(model, ours, our_order, args.step)
     image = preprocess_frame(Image.open(args.frames / names[0]), model.cfg.image_size)
-    EntityTracker(model, exact=args.mode == "exact").step(0, image, is_warmup=True)
+    tracker = EntityTracker(model, exact=args.mode == "exact")
+    for k in range(args.step + 1):
+        STEP[0] = k
+        tracker.step(0, image, is_warmup=True)
 
     print(f"{len(their_order)} official modules, {len(our_order)} ours; compared in official order:")
     for name in their_order:

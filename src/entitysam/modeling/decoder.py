@@ -85,6 +85,9 @@ class QueryTwoWayBlock(nn.Module):
 
         t, pe = group_tokens(tokens), group_tokens(token_pe)  # [Q, 4, C]
         if batched or torch.is_grad_enabled():
+            # contiguous, as the official concatenation: the projections of a strided [Q, 4, C]
+            # round otherwise on some BLAS paths (oneMKL's Intel AVX-512 one)
+            t, pe = t.contiguous(), pe.contiguous()
             t, image = self.exchange(t, pe, image, image_pe)
             return ungroup_tokens(t), image
         # Inference: group by group, so each group's [N, C] maps stay in cache between the

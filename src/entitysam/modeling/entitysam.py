@@ -232,13 +232,18 @@ class EntitySAM(nn.Module):
             points = points + self.offset_fc(attended)
         class_logits = self.offset_cls(attended)  # [Q, 2]
 
+        # exact: the official batch shapes (all queries in one product): BLAS kernels may round a
+        # row differently with the number of rows (oneMKL's Intel AVX-512 path does, for 4 rows)
+        official_shapes = batched or exact
         enhance = self.backbone_feature_enhancement
-        image = fused_linear(enhance, feats, frame.semantic, batched)  # [B, N, C]
+        image = fused_linear(enhance, feats, frame.semantic, official_shapes)  # [B, N, C]
         image = image.transpose(1, 2).unflatten(-1, (g, g))
         image = (image + self.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
+        if exact:  # one copy per query, laid out as the official [Q, g*g, C] token rows (a BLAS
+            image = image.contiguous(memory_format=torch.channels_last)  # may round strided rows otherwise)
         sparse = self.sam_prompt_encoder.embed_positive_points(points)
         masks, iou = self.sam_mask_decoder(image, self.sam_prompt_encoder.dense_pe(), sparse, frame.high_res,
-                                           batched)
+                                           official_shapes)
         masks = masks.float()
 
         memory = None

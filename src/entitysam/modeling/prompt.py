@@ -60,7 +60,11 @@ class PromptEncoder(nn.Module):
         # Pixel-centre shift in the points' own dtype (bfloat16 under autocast, as official),
         # normalisation in float32.
         coords = (points + 0.5).float() / self.input_image_size
-        point = self.pe_layer.encode(coords) + self.point_embeddings[1].weight
+        # encoded beside the padding point (at 0, 0), as SAM's prompt encoder does: one
+        # [2B, 2] @ [2, F] product, whose rows a BLAS may round otherwise than those of [B, 2] @ [2, F]
+        # (oneMKL's Intel AVX2 path does); the padding's encoding is then dropped, as there
+        with_pad = torch.stack([coords, torch.zeros_like(coords)], dim=1)  # [B, 2, 2]
+        point = self.pe_layer.encode(with_pad)[:, 0] + self.point_embeddings[1].weight
         pad = self.not_a_point_embed.weight.expand(points.shape[0], -1)
         return torch.stack([point, pad], dim=1)
 

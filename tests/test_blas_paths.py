@@ -1,0 +1,163 @@
+"""Exact mode hands the BLAS the official code's shapes and layouts, on every BLAS code path.
+
+A matrix product may round a row differently with the number of rows or the layout of its
+operand, depending on the kernel the BLAS picks. oneMKL picks kernels by CPU vendor: on an AMD
+CPU it never takes its Intel paths, which is why exact mode once matched the official code on
+AMD and not on an Intel Xeon (issue 19). Here those Intel paths are taken on any x86 CPU by
+answering oneMKL's CPU detection (`mkl_serv_intel_cpu_true`, `mkl_serv_cpu_detect`) from a
+preloaded library, and the entity decoder and the point encoding of exact mode are compared bit
+for bit with the official code's choreography (ymq2017/entitysam,
+`sam2/modeling/sam/transformer_query_iou.py` and `prompt_encoder.py`), written out below, at the
+published sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from entitysam.config import get_config
+from entitysam.modeling.decoder import NUM_GROUPS
+
+INTEL_PATHS = {"native": None, "intel-avx2": 5, "intel-avx512": 7}  # oneMKL's CPU codes
+
+SHIM = r"""
+#include <stdlib.h>
+int mkl_serv_intel_cpu_true(void) { return 1; }
+int mkl_serv_cpuiszen(void) { return 0; }
+int mkl_serv_cpu_detect(void) { return atoi(getenv("ENTITYSAM_TEST_MKL_CPU")); }
+"""
+
+
+# ---------------------------------------------------------------- the official choreography
+
+def official_block(layer, queries, keys, query_pe, key_pe):
+    """`TwoWayAttentionBlock.forward` of transformer_query_iou.py: tokens [4Q, 1, C] as Q
+    batches of 4 after the self-attention (split into 4 chunks and concatenated)."""
+    queries, query_pe = queries.permute(1, 0, 2), query_pe.permute(1, 0, 2)
+    if layer.skip_first_layer_pe:
+        queries = layer.self_attn(queries, queries, queries)
+    else:
+        q = queries + query_pe
+        queries = queries + layer.self_attn(q, q, queries)
+    queries = layer.norm1(queries)
+    queries, query_pe = queries.permute(1, 0, 2), query_pe.permute(1, 0, 2)
+    split = queries.shape[0] // NUM_GROUPS
+    queries = torch.cat([queries[i * split:(i + 1) * split] for i in range(NUM_GROUPS)], dim=1)
+    query_pe = torch.cat([query_pe[i * split:(i + 1) * split] for i in range(NUM_GROUPS)], dim=1)
+    queries = layer.norm2(queries + layer.cross_attn_token_to_image(queries + query_pe, keys + key_pe, keys))
+    queries = layer.norm3(queries + layer.mlp(queries))
+    keys = layer.norm4(keys + layer.cross_attn_image_to_token(keys + key_pe, queries + query_pe, queries))
+    return queries.transpose(0, 1).reshape(-1, 1, queries.shape[-1]), keys
+
+
+def official_transformer(transformer, image, image_pe, tokens):
+    """`TwoWayTransformer.forward` of transformer_query_iou.py. image [Q, C, g, g] (its own
+    copy per query), image_pe [1, C, g, g], tokens [4Q, C]."""
+    keys = image.flatten(2).permute(0, 2, 1)
+    key_pe = torch.repeat_interleave(image_pe, image.shape[0], dim=0).flatten(2).permute(0, 2, 1)
+    point_embedding = tokens.unsqueeze(1)
+    queries = point_embedding
+    for layer in transformer.layers:
+        queries, keys = official_block(layer, queries, keys, point_embedding, key_pe)
+    q = queries + point_embedding
+    split = q.shape[0] // NUM_GROUPS
+    q = torch.cat([q[i * split:(i + 1) * split] for i in range(NUM_GROUPS)], dim=1)
+    out = transformer.final_attn_token_to_image(q, keys + key_pe, keys)
+    out = out.transpose(0, 1).reshape(-1, 1, out.shape[-1])
+    return transformer.norm_final_attn(queries + out)[:, 0], keys
+
+
+def official_point_embedding(prompt, points):
+    """`PromptEncoder._embed_points` (pad=True) + `forward_with_coords`: row 0 of each query."""
+    coords = torch.cat([points.unsqueeze(1) + 0.5, torch.zeros(points.shape[0], 1, 2)], dim=1).clone()
+    size = prompt.input_image_size
+    coords[:, :, 0] = coords[:, :, 0] / size
+    coords[:, :, 1] = coords[:, :, 1] / size
+    pe = prompt.pe_layer.encode(coords.to(torch.float))
+    return pe[:, 0] + prompt.point_embeddings[1].weight
+
+
+def compare_at_published_size() -> dict:
+    """This project's exact-mode decoder transformer and point encoding against the official
+    choreography, random weights at vit-s sizes: {part: bit-identical}."""
+    from entitysam.modeling.decoder import EntityDecoder
+    from entitysam.modeling.prompt import PromptEncoder
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    cfg = get_config("vit-s")
+    c, q, g = cfg.hidden_dim, cfg.num_queries, cfg.grid_size
+    decoder = EntityDecoder(c, q, cfg.decoder_depth, cfg.decoder_heads, cfg.decoder_mlp_dim).eval()
+    prompt = PromptEncoder(c, g, cfg.image_size).eval()
+    with torch.inference_mode():
+        for p in list(decoder.parameters()) + list(prompt.parameters()):
+            p.normal_(0, 0.05)
+        # the step's image: [1, g*g, C] rows -> [1, C, g, g], one copy per query in exact mode
+        rows = torch.randn(1, g * g, c)
+        image = rows.transpose(1, 2).unflatten(-1, (g, g)) + prompt.dense_embedding()
+        image = image.expand(q, -1, -1, -1).contiguous(memory_format=torch.channels_last)
+        points = torch.rand(q, 2) * cfg.image_size
+        sparse = prompt.embed_positive_points(points)
+        tokens = torch.cat([decoder.queries.weight, decoder.iou_queries.weight, sparse.flatten(0, 1)])
+        ours_tokens, ours_image = decoder.transformer(image, prompt.dense_pe(), tokens, batched=True)
+        sparse_ref = torch.stack([official_point_embedding(prompt, points), sparse[:, 1]], dim=1)
+        tokens_ref = torch.cat([decoder.queries.weight, decoder.iou_queries.weight, sparse_ref.flatten(0, 1)])
+        ref_tokens, ref_image = official_transformer(decoder.transformer, image, prompt.dense_pe(), tokens_ref)
+    return {"point encoding": bool(torch.equal(sparse, sparse_ref)),
+            "decoder tokens": bool(torch.equal(ours_tokens, ref_tokens)),
+            "decoder image": bool(torch.equal(ours_image, ref_image))}
+
+
+# ------------------------------------------------------------------------------------ tests
+
+def test_exact_step_gives_the_decoder_one_image_copy_per_query_in_the_official_layout(tiny_model):
+    seen = {}
+
+    def capture(module, args):
+        seen["image"], seen["batched"] = args[0], args[3] if len(args) > 3 else None
+
+    handle = tiny_model.sam_mask_decoder.transformer.register_forward_pre_hook(capture)
+    try:
+        s = tiny_model.cfg.image_size
+        with torch.inference_mode():
+            frame = tiny_model.encode_frame(torch.randn(1, 3, s, s))
+            tiny_model.step(frame, [], None, exact=True)
+    finally:
+        handle.remove()
+    image = seen["image"]
+    assert seen["batched"] is True  # all groups of tokens at once, as the official batch
+    assert image.shape[0] == tiny_model.cfg.num_queries and image.stride(0) != 0
+    assert image.flatten(2).transpose(1, 2).is_contiguous()  # [Q, g*g, C] rows, as the official keys
+
+
+def _shim(tmp_path: Path) -> Path:
+    if platform.machine() not in ("x86_64", "AMD64") or "mkl" not in torch.__config__.show().lower():
+        pytest.skip("oneMKL's Intel code paths exist only in x86 builds of torch with MKL")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the CPU-detection shim")
+    (tmp_path / "shim.c").write_text(SHIM)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(tmp_path / "shim.so"), str(tmp_path / "shim.c")],
+                   check=True)
+    return tmp_path / "shim.so"
+
+
+@pytest.mark.parametrize("path", list(INTEL_PATHS))
+def test_exact_decoder_and_point_encoding_are_the_official_ones_on_each_blas_path(tmp_path, path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    if INTEL_PATHS[path] is not None:
+        env.update(LD_PRELOAD=str(_shim(tmp_path)), ENTITYSAM_TEST_MKL_CPU=str(INTEL_PATHS[path]))
+    code = "import json, test_blas_paths as t; print(json.dumps(t.compare_at_published_size()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {
+        "point encoding": True, "decoder tokens": True, "decoder image": True}
