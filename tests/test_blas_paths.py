@@ -5,10 +5,10 @@ operand, depending on the kernel the BLAS picks. oneMKL picks kernels by CPU ven
 CPU it never takes its Intel paths, which is why exact mode once matched the official code on
 AMD and not on an Intel Xeon (issue 19). Here those Intel paths are taken on any x86 CPU by
 answering oneMKL's CPU detection (`mkl_serv_intel_cpu_true`, `mkl_serv_cpu_detect`) from a
-preloaded library, and the entity decoder and the point encoding of exact mode are compared bit
-for bit with the official code's choreography (ymq2017/entitysam,
-`sam2/modeling/sam/transformer_query_iou.py` and `prompt_encoder.py`), written out below, at the
-published sizes.
+preloaded library, and the entity decoder, the point encoding and the memory attention of exact
+mode are compared bit for bit with the official code's choreography (ymq2017/entitysam,
+`sam2/modeling/sam/transformer_query_iou.py`, `prompt_encoder.py` and `memory_attention.py`),
+written out below, at the published sizes.
 """
 
 from __future__ import annotations
@@ -86,10 +86,25 @@ def official_point_embedding(prompt, points):
     return pe[:, 0] + prompt.point_embeddings[1].weight
 
 
+def official_memory_attention(attention, curr, curr_pos, memory, memory_pos):
+    """`MemoryAttention.forward` of sam2/modeling/memory_attention.py: sequence-first inputs
+    ([N, B, C], the frame's features repeated for every query), transposed to batch-first, every
+    layer over all queries at once."""
+    b = memory.shape[0]
+    output = curr.transpose(0, 1).expand(-1, b, -1) + 0.1 * curr_pos.transpose(0, 1).expand(-1, b, -1)
+    output = output.transpose(0, 1)
+    memory = memory.transpose(0, 1).contiguous().transpose(0, 1)  # stored sequence-first there
+    memory_pos = memory_pos.expand(b, -1, -1).transpose(0, 1).contiguous().transpose(0, 1)
+    for layer in attention.layers:
+        output = layer(output, memory, memory_pos)
+    return attention.norm(output)
+
+
 def compare_at_published_size() -> dict:
     """This project's exact-mode decoder transformer and point encoding against the official
     choreography, random weights at vit-s sizes: {part: bit-identical}."""
     from entitysam.modeling.decoder import EntityDecoder
+    from entitysam.modeling.memory import MemoryAttention
     from entitysam.modeling.prompt import PromptEncoder
 
     torch.manual_seed(0)
@@ -112,9 +127,19 @@ def compare_at_published_size() -> dict:
         sparse_ref = torch.stack([official_point_embedding(prompt, points), sparse[:, 1]], dim=1)
         tokens_ref = torch.cat([decoder.queries.weight, decoder.iou_queries.weight, sparse_ref.flatten(0, 1)])
         ref_tokens, ref_image = official_transformer(decoder.transformer, image, prompt.dense_pe(), tokens_ref)
+        # the memory attention of step 1 (one memory per query), for 2 queries: already twice the
+        # rows of one query in each product (50 would take minutes on 2 cores)
+        attention = MemoryAttention(c, cfg.mem_dim, cfg.memory_attention_layers, cfg.memory_attention_ffn_dim).eval()
+        for p in attention.parameters():
+            p.normal_(0, 0.05)
+        curr, curr_pos = torch.randn(1, g * g, c), torch.randn(1, g * g, c)
+        memory, memory_pos = torch.randn(2, g * g, cfg.mem_dim), torch.randn(1, g * g, cfg.mem_dim)
+        ours_memory = attention(curr, curr_pos, memory, memory_pos, exact=True)
+        ref_memory = official_memory_attention(attention, curr, curr_pos, memory, memory_pos)
     return {"point encoding": bool(torch.equal(sparse, sparse_ref)),
             "decoder tokens": bool(torch.equal(ours_tokens, ref_tokens)),
-            "decoder image": bool(torch.equal(ours_image, ref_image))}
+            "decoder image": bool(torch.equal(ours_image, ref_image)),
+            "memory attention": bool(torch.equal(ours_memory, ref_memory))}
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -160,4 +185,4 @@ def test_exact_decoder_and_point_encoding_are_the_official_ones_on_each_blas_pat
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
-        "point encoding": True, "decoder tokens": True, "decoder image": True}
+        "point encoding": True, "decoder tokens": True, "decoder image": True, "memory attention": True}
