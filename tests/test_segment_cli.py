@@ -158,11 +158,11 @@ def test_failure_while_writing_leaves_nothing(media, tmp_path, monkeypatch, caps
 
     calls = []
 
-    def broken_add(self, image, id_map):
+    def broken_encode(self, frame, time_s=None):
         calls.append(1)
         raise RuntimeError("encoder exploded")
 
-    monkeypatch.setattr(overlay.OverlayWriter, "add", broken_add)
+    monkeypatch.setattr(overlay.OverlayWriter, "encode", broken_encode)
     out = tmp_path / "out"
     assert run(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q") == 1
     assert calls and "still: failed: RuntimeError: encoder exploded" in capsys.readouterr().err
