@@ -284,20 +284,15 @@ def merge_video_panoptic(
 
     # streamed: the codes go through a temporary file, so memory stays flat
     with tempfile.TemporaryFile(dir=work_dir, prefix="entitysam-winners-") as file:
-        dtypes = []
-
-        def write_codes(t0: int, c: torch.Tensor) -> None:
-            dtypes.append(c.numpy().dtype)
-            file.write(c.numpy().tobytes())
-
         plan = plan_video_panoptic(scores, logits, out_hw, config=config, frame_chunk=frame_chunk, device=device,
-                                   winners_out=write_codes)
+                                   winners_out=lambda t0, c: file.write(c.numpy().tobytes()))
         lut = id_lut(plan.segment_of_kept)
+        dtype = torch.empty(0, dtype=_code_dtype(len(plan.kept))).numpy().dtype
         file.seek(0)
         for t in range(n):
-            if not plan.segment_ids:
+            if plan.segment_ids:
+                codes = np.frombuffer(file.read(out_hw[0] * out_hw[1] * dtype.itemsize), dtype=dtype)
+                frames_out(t, lut[codes.reshape(out_hw)])
+            else:
                 frames_out(t, np.zeros(out_hw, dtype=np.int32))
-                continue
-            frame = np.frombuffer(file.read(out_hw[0] * out_hw[1] * dtypes[0].itemsize), dtype=dtypes[0])
-            frames_out(t, lut[frame.reshape(out_hw)])
     return PanopticResult(None, plan.segment_ids, plan.query_index, plan.scores)

@@ -239,8 +239,10 @@ class EntitySAM(nn.Module):
         image = fused_linear(enhance, feats, frame.semantic, official_shapes)  # [B, N, C]
         image = image.transpose(1, 2).unflatten(-1, (g, g))
         image = (image + self.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)
-        if exact:  # one copy per query, laid out as the official [Q, g*g, C] token rows (a BLAS
-            image = image.contiguous(memory_format=torch.channels_last)  # may round strided rows otherwise)
+        if exact:
+            # one copy per query, laid out as the official [Q, g*g, C] token rows (a BLAS may round
+            # strided or stride-0 rows otherwise)
+            image = image.contiguous(memory_format=torch.channels_last)
         sparse = self.sam_prompt_encoder.embed_positive_points(points)
         masks, iou = self.sam_mask_decoder(image, self.sam_prompt_encoder.dense_pe(), sparse, frame.high_res,
                                            official_shapes)
