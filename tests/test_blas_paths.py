@@ -164,6 +164,56 @@ def test_exact_step_gives_the_decoder_one_image_copy_per_query_in_the_official_l
     assert image.flatten(2).transpose(1, 2).is_contiguous()  # [Q, g*g, C] rows, as the official keys
 
 
+def test_exact_first_step_reads_and_projects_the_features_as_the_official_batch(tiny_model):
+    """The official first step holds Q equal copies of the features in SAM 2's [N, Q, C] token
+    layout: its point sampler reads query 0's rows there (row stride Q*C, the leading dimension
+    oneMKL is handed) and the feature enhancement projects all Q*N rows in one product. Seen
+    with scripts/reference/kernel_trace.py, which compares the oneMKL/oneDNN calls."""
+    seen = {}
+    cfg = tiny_model.cfg
+
+    def first_input(name):
+        def hook(module, args):
+            seen.setdefault(name, args[0])  # the exact step's call, not the default one's
+        return hook
+
+    hooks = [tiny_model.point_sampler_net.register_forward_pre_hook(first_input("sampler")),
+             tiny_model.backbone_feature_enhancement.register_forward_pre_hook(first_input("fused"))]
+    try:
+        with torch.inference_mode():
+            frame = tiny_model.encode_frame(torch.randn(1, 3, cfg.image_size, cfg.image_size))
+            exact = tiny_model.step(frame, [], None, exact=True)
+            default = tiny_model.step(frame, [], None)
+    finally:
+        for h in hooks:
+            h.remove()
+    tokens, channels = seen["sampler"].shape[1:]
+    assert seen["sampler"].stride(1) == cfg.num_queries * channels
+    assert seen["fused"].shape[:2] == (cfg.num_queries, tokens)
+    assert torch.allclose(exact.points, default.points, atol=1e-4)  # the same points, however read
+    assert torch.allclose(exact.mask_logits, default.mask_logits, atol=1e-4)
+
+
+def test_exact_memory_attention_projects_every_querys_keys_and_values_in_one_product(tiny_model):
+    """The official RoPEAttention projects the keys and values of all queries at once; the
+    training path's chunks of 8 queries would hand oneMKL other row counts (kernel_trace.py)."""
+    attention, g = tiny_model.memory_attention, tiny_model.cfg.grid_size
+    dim = attention.layers[0].self_attn.q_proj.in_features
+    mem_dim = attention.layers[0].cross_attn_image.k_proj.in_features
+    queries = 10  # more than one chunk of 8
+    rows = []
+    hooks = [proj.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[:-1].numel()))
+             for layer in attention.layers for proj in (layer.self_attn.k_proj, layer.cross_attn_image.v_proj)]
+    try:
+        with torch.inference_mode():
+            attention(torch.randn(1, g * g, dim), torch.randn(1, g * g, dim), torch.randn(queries, 2 * g * g, mem_dim),
+                      torch.randn(1, 2 * g * g, mem_dim), exact=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert rows == [queries * g * g, queries * 2 * g * g] * len(attention.layers)
+
+
 def _shim(tmp_path: Path) -> Path:
     if platform.machine() not in ("x86_64", "AMD64") or "mkl" not in torch.__config__.show().lower():
         pytest.skip("oneMKL's Intel code paths exist only in x86 builds of torch with MKL")

@@ -39,6 +39,19 @@ from .prompt import PromptEncoder, fused_linear, offset_attention, offset_attent
 MEMORY_DTYPE = torch.bfloat16
 
 
+def official_token_rows(tokens: torch.Tensor, batch: int) -> torch.Tensor:
+    """tokens [N, C] -> the same values, each row `batch * C` elements after the previous one.
+
+    The official point sampler reads the first query's features out of the [N, B, C] token
+    layout of SAM 2 (B = Q queries), and a BLAS may round a product whose rows sit at another
+    stride otherwise (MKL_VERBOSE shows the leading dimension it is handed). Only the rows are
+    written, so the [N, batch, C] buffer behind them costs about one page a row.
+    """
+    buffer = tokens.new_empty(tokens.shape[0], batch, tokens.shape[1])
+    buffer[:, 0] = tokens
+    return buffer[:, 0]
+
+
 def recall_memories(stored: Iterable[tuple[int, torch.Tensor]], step: int,
                     capacity: int) -> list[tuple[torch.Tensor, int]]:
     """The memories step `step` reads: those stored by steps `step - capacity ... step - 1`.
@@ -226,7 +239,8 @@ class EntitySAM(nn.Module):
         # After the offset attention: the order of the uses of `feats` is the order in which
         # autograd sums their gradients (training with conditioning_grad: kept bit for bit).
         if points is None:
-            points = sample_points(feats[0], (g, g), self.point_sampler_net, self.point_sampler_num,
+            tokens = official_token_rows(feats[0], q) if exact else feats[0]
+            points = sample_points(tokens, (g, g), self.point_sampler_net, self.point_sampler_num,
                                    cfg.image_size)
         if memories:
             points = points + self.offset_fc(attended)
@@ -236,6 +250,9 @@ class EntitySAM(nn.Module):
         # row differently with the number of rows (oneMKL's Intel AVX-512 path does, for 4 rows)
         official_shapes = batched or exact
         enhance = self.backbone_feature_enhancement
+        if exact:
+            # the first step too: the official model projects all Q (equal) rows in one product
+            feats = feats.expand(q, -1, -1)
         image = fused_linear(enhance, feats, frame.semantic, official_shapes)  # [B, N, C]
         image = image.transpose(1, 2).unflatten(-1, (g, g))
         image = (image + self.sam_prompt_encoder.dense_embedding()).expand(q, -1, -1, -1)

@@ -126,20 +126,21 @@ class MemoryAttentionLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor,
+                batch_chunk: int = 8) -> torch.Tensor:
         """x [1 or B, N, C]; memory [B, M, mem_dim]; memory_pos [1 or B, M, mem_dim] -> [B, N, C].
 
         While x still has batch 1 (first layer: every query sees the same image features) the
-        self-attention runs once instead of once per query.
+        self-attention runs once instead of once per query. batch_chunk: see `RoPEAttention`.
         """
-        x = self.self_attend(x)
+        x = self.self_attend(x, batch_chunk)
         h = self.norm2(x)
-        x = x + self.dropout(self.cross_attn_image(h, memory + memory_pos, memory))
+        x = x + self.dropout(self.cross_attn_image(h, memory + memory_pos, memory, batch_chunk))
         return self.feed_forward(x)
 
-    def self_attend(self, x: torch.Tensor) -> torch.Tensor:
+    def self_attend(self, x: torch.Tensor, batch_chunk: int = 8) -> torch.Tensor:
         h = self.norm1(x)
-        return x + self.dropout(self.self_attn(h, h, h))
+        return x + self.dropout(self.self_attn(h, h, h, batch_chunk))
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm3(x)
@@ -334,5 +335,7 @@ class MemoryAttention(nn.Module):
         y = x.expand(memory.shape[0], -1, -1)
         mem = memory.to(x.dtype)
         for layer in self.layers:
-            y = layer(y, mem, memory_pos)
+            # keys and values projected for all queries in one product each, as there (oneMKL's
+            # calls, seen with scripts/reference/kernel_trace.py, then have the official row counts)
+            y = layer(y, mem, memory_pos, batch_chunk=memory.shape[0])
         return self.norm(y)
