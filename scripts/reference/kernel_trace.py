@@ -1,0 +1,264 @@
+"""Which BLAS and oneDNN calls the official code and `--exact` make: the check that holds on CPUs you
+do not have.
+
+    python scripts/reference/kernel_trace.py --frames DIR [--steps 1] [--threads 2] [--work DIR]
+
+On one machine the harness can only say that two runs agree on *that* machine's kernels. A float
+kernel's result depends on the CPU path it takes, the thread count and the problem it is handed
+(shapes, transposes, leading dimensions, memory layouts). The CPU path is the machine's; everything
+else is the program's. So if `--exact` hands oneMKL and oneDNN the very calls the official code
+hands them, in the same order, both programs get the same kernels on any CPU, and whatever those
+kernels round, they round alike. This script runs `harness.py official` and `harness.py ours --mode
+exact` with `MKL_VERBOSE=1` and `ONEDNN_VERBOSE=1`, keeps every call's problem description (times
+and addresses dropped; each matrix address reduced to its offset within a 64-byte line, which
+oneMKL's conditional reproducibility depends on), and reports the calls one run makes and the other
+does not. f32-to-f32 reorders (exact copies) are left out: a layout difference that reaches a
+kernel shows in that kernel's own memory descriptors.
+
+What it does not see: the sizes inside a batched product (oneMKL prints the addresses of a
+`cblas_sgemm_batch` call's size arrays, not the sizes, so those calls are compared by their
+transposes and their number); torch's own CPU kernels (reductions, softmax, elementwise maths, small
+batched products), whose results depend on the ISA torch dispatches to (the same for both programs
+on one machine) and on shapes and strides. `intermediates.py` compares those module by module on
+this machine, and `ATEN_CPU_CAPABILITY=avx2` runs them as an AVX2-only CPU would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+NUM_WARMUP = 3  # the official code's warm-up copies of frame 0 (official.NUM_WARMUP)
+
+_POINTER = re.compile(r"0x[0-9a-fA-F]+")
+# SGEMM(transa, transb, m, n, k, alpha*, A, lda, B, ldb, beta*, C, ldc): the scalars' addresses are
+# stack addresses of no consequence; the matrices' are kept as their offset within a cache line.
+_SCALAR_ARGS = {"SGEMM": (5, 10), "DGEMM": (5, 10)}
+
+
+def mkl_call(line: str) -> str | None:
+    """`MKL_VERBOSE SGEMM(N,N,64,...) 12.3us CNR:OFF Dyn:1 FastMM:1 TID:0 NThr:2` -> its problem."""
+    match = re.match(r"MKL_VERBOSE (\w+)\((.*)\) \S+ (.*)$", line.strip())
+    if match is None:  # the version banner, or a line of another kind
+        return None
+    name, args, tail = match.groups()
+    fields = args.split(",")
+    for i in _SCALAR_ARGS.get(name, ()):
+        if i < len(fields):
+            fields[i] = "*"
+    if name.endswith("_BATCH"):
+        # cblas_?gemm_batch takes arrays of sizes and matrices: oneMKL prints only their addresses,
+        # so a batched product is compared by its transposes alone (see the module docstring)
+        fields = [_POINTER.sub("@", f) for f in fields]
+    else:
+        fields = [_POINTER.sub(lambda m: f"@{int(m.group(0), 16) % 64}", f) for f in fields]
+    threads = re.search(r"NThr:(\d+)", tail)
+    return f"{name}({','.join(fields)}) threads={threads.group(1) if threads else '?'}"
+
+
+def onednn_call(line: str) -> str | None:
+    """`onednn_verbose,v1,primitive,exec,cpu,<kind>,<impl>,...,<problem>,<ms>` -> all but the time;
+    None for info lines and f32 -> f32 reorders."""
+    fields = line.strip().split(",")
+    if len(fields) < 8 or fields[0] != "onednn_verbose" or "exec" not in fields[2:4]:
+        return None
+    start = fields.index("exec") + 1
+    fields = fields[start:-1]
+    if len(fields) > 1 and fields[1] == "reorder" and _exact_copy(",".join(fields)):
+        return None
+    return "onednn " + ",".join(fields)
+
+
+def _exact_copy(description: str) -> bool:
+    dtypes = re.findall(r"(?:src|dst):(\w+):", description)
+    return bool(dtypes) and len(set(dtypes)) == 1 and "attr-post-ops" not in description and "scales" not in description
+
+
+# Calls one program makes that cannot change the other's results, with how many per step (or per
+# run). Matched on the problem alone (no addresses, no thread count).
+EXPLAINED = (
+    ("official", "SGEMM(T,N,256,50,256,*,@,256,@,256,*,@,256)", 2, "step",
+     "the mask decoder's cls_prediction_head (layers 1-2), whose output the official code never reads"),
+    ("official", "SGEMM(T,N,2,50,256,*,@,256,@,256,*,@,2)", 1, "step",
+     "the mask decoder's cls_prediction_head (layer 3), whose output the official code never reads"),
+    ("exact", "SGEMM(T,N,2,2,4,*,@,4,@,4,*,@,2)", 1, "run",
+     "this project's check at import that oneDNN's linear kernel works (modeling/common.py)"),
+    ("exact", "onednn cpu,inner_product,*,mb2ic4oc2", 1, "run",
+     "this project's check at import that oneDNN's linear kernel works (modeling/common.py)"),
+)
+
+
+def problem(call: str) -> str:
+    """A call without its thread count and addresses, and a oneDNN call without its kernel name."""
+    call = re.sub(r" threads=\S+$", "", without_alignment(call))
+    if call.startswith("onednn "):
+        fields = call.split(",")
+        call = ",".join(fields[:2] + ["*"] + fields[-1:]) if len(fields) > 3 else call
+    return call
+
+
+def kernel_calls(text: str) -> list[str]:
+    calls = []
+    for line in text.splitlines():
+        if line.startswith("MKL_VERBOSE"):
+            call = mkl_call(line)
+        elif line.startswith("onednn_verbose"):
+            call = onednn_call(line)
+        else:
+            call = None
+        if call is not None:
+            calls.append(call)
+    return calls
+
+
+def without_alignment(call: str) -> str:
+    return re.sub(r"@\d+", "@", call)
+
+
+def differences(a: list[str], b: list[str]) -> tuple[Counter, Counter]:
+    """Calls (with multiplicity) only in a, and only in b."""
+    ca, cb = Counter(a), Counter(b)
+    return ca - cb, cb - ca
+
+
+def explain(only: Counter, who: str, steps: int) -> list[str]:
+    """Remove from `only` the calls of EXPLAINED made by `who`; the lines saying what was removed."""
+    lines = []
+    for owner, signature, count, per, reason in EXPLAINED:
+        if owner != who:
+            continue
+        expected = count * (steps if per == "step" else 1)
+        for call in [c for c in only if problem(c) == signature]:
+            taken = min(only[call], expected)
+            if taken:
+                only[call] -= taken
+                expected -= taken
+                lines.append(f"  {who} x{taken}: {reason}")
+        only += Counter()  # drops the zero counts
+    return lines
+
+
+def explain_warmup_encodings(only_official: Counter, encoder: list[str], steps: int) -> list[str]:
+    """The official code encodes frame 0 again (Hiera, DINOv2) on each warm-up copy of it, steps
+    1-3; this project encodes it once. Same input, same calls: they cannot differ. Removes up to
+    one encoding per warm-up step traced; the line saying how many calls that was."""
+    again = max(0, min(steps, NUM_WARMUP + 1) - 1)
+    removed = 0
+    for call, n in Counter(without_alignment(c) for c in encoder).items():
+        taken = min(only_official[call], n * again)
+        only_official[call] -= taken
+        removed += taken
+    return [f"  official x{removed}: frame 0 encoded again on its warm-up copies (steps 1-{again}), "
+            "the calls of this project's one encoding"] if removed else []
+
+
+def report(official: list[str], ours: list[str], steps: int = 1, limit: int = 20,
+           encoder: list[str] | None = None) -> bool:
+    """Print the comparison; True when both programs hand the libraries the same problems
+    (apart from the EXPLAINED calls and, given `encoder` (the calls of this project's encoding of
+    frame 0), the official code's encodings of the warm-up copies)."""
+    print(f"calls: official {len(official)}, exact {len(ours)}")
+    only_official, only_ours = differences([without_alignment(c) for c in official],
+                                           [without_alignment(c) for c in ours])
+    explained = explain(only_official, "official", steps) + explain(only_ours, "exact", steps)
+    if encoder:
+        explained += explain_warmup_encodings(only_official, encoder, steps)
+    only_official, only_ours = +only_official, +only_ours
+    if explained:
+        print("calls made by one program only, which cannot change the other's results:")
+        print("\n".join(explained))
+    if not only_official and not only_ours:
+        print("same problems: yes")
+        # offsets compared where both runs make a problem equally often (not the explained calls)
+        counts = [Counter(without_alignment(c) for c in run) for run in (official, ours)]
+        equal = {p for p, n in counts[0].items() if counts[1].get(p) == n}
+        moved = differences([c for c in official if without_alignment(c) in equal],
+                            [c for c in ours if without_alignment(c) in equal])
+        count = sum(moved[0].values())
+        print(f"same offsets within a 64-byte line: {'yes' if not count else f'no ({count} calls differ)'}")
+        for label, calls in zip(("official", "exact"), moved):
+            for call, n in calls.most_common(limit):
+                print(f"  {label} x{n}: {call}")
+        return True
+    print(f"same problems: NO ({sum(only_official.values())} calls only in the official run, "
+          f"{sum(only_ours.values())} only in ours)")
+    for label, calls in (("only official", only_official), ("only exact", only_ours)):
+        for call, n in calls.most_common(limit):
+            print(f"  {label} x{n}: {call}")
+    return False
+
+
+ENCODE_FRAME_0 = """
+import sys, harness, official, torch
+from PIL import Image
+from entitysam.checkpoints import load_entitysam
+from entitysam.inference.preprocess import preprocess_frame
+frames, variant, seed, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(threads)
+model = load_entitysam(harness.make_state_dict(variant, seed))
+with torch.inference_mode():
+    model.encode_frame(preprocess_frame(Image.open(frames + "/" + official.frame_names(frames)[0]), model.cfg.image_size))
+"""
+
+
+def traced_encoding(args, log: Path) -> list[str]:
+    """This project's encoding of frame 0 alone (its import-time check removed)."""
+    env = dict(os.environ, MKL_VERBOSE="1", ONEDNN_VERBOSE="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    partial = log.with_suffix(".partial")
+    with open(partial, "w") as out:
+        subprocess.run([sys.executable, "-c", ENCODE_FRAME_0, str(args.frames), args.variant, str(args.seed),
+                        str(args.threads)], check=True, env=env, stdout=out)
+    partial.replace(log)
+    return kernel_calls(log.read_text())
+
+
+def traced_run(kind: str, args, log: Path) -> list[str]:
+    cmd = [sys.executable, str(HERE / "harness.py"), kind, "--frames", str(args.frames), "--variant", args.variant,
+           "--seed", str(args.seed), "--threads", str(args.threads), "--steps", str(args.steps),
+           "--out", str(log.with_suffix(".npz"))]
+    if kind == "ours":
+        cmd += ["--mode", "exact"]
+    env = dict(os.environ, MKL_VERBOSE="1", ONEDNN_VERBOSE="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    partial = log.with_suffix(".partial")
+    with open(partial, "w") as out:
+        subprocess.run(cmd, check=True, env=env, stdout=out)
+    partial.replace(log)  # a stopped run is never reused as a whole trace
+    return kernel_calls(log.read_text())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", required=True, type=Path, help="folder of JPEG frames")
+    parser.add_argument("--variant", default="vits")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=1, help="steps traced (default: step 0 only)")
+    parser.add_argument("--work", type=Path, help="folder for the traces (reused when present)")
+    args = parser.parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="entitysam-trace-"))
+    work.mkdir(parents=True, exist_ok=True)
+    traces = {}
+    for kind, name in (("official", "official"), ("ours", "exact")):
+        log = work / f"{name}-s{args.steps}-t{args.threads}.log"
+        traces[name] = kernel_calls(log.read_text()) if log.exists() else traced_run(kind, args, log)
+    encoder = None
+    if args.steps > 1:
+        log = work / f"encoding-t{args.threads}.log"
+        encoder = kernel_calls(log.read_text()) if log.exists() else traced_encoding(args, log)
+        encoder = [c for c in encoder if problem(c) not in {e[1] for e in EXPLAINED}]
+    print(f"traces in {work}")
+    return 0 if report(traces["official"], traces["exact"], args.steps, encoder=encoder) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
