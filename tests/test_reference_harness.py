@@ -6,7 +6,9 @@ Runs scripts/reference/harness.py on the first frame of the public ViT-S fixture
 ENTITYSAM_HARNESS_STEPS steps (default 1: step 0; 4 = the warm-up and the first output frame),
 the official code in the Python of ENTITYSAM_OFFICIAL_PYTHON (default: this one; it needs
 hydra-core, omegaconf, iopath), and asserts bit-identity of every step. This is the reference
-check that holds on any CPU. Full-size model: minutes per step.
+check that holds on any CPU. Then scripts/reference/kernel_trace.py over the same steps: exact
+mode must hand oneMKL and oneDNN the official code's problems, which is what makes the bit-identity
+carry to other CPUs. Full-size model: minutes per step.
 """
 
 from __future__ import annotations
@@ -47,3 +49,19 @@ def test_exact_mode_is_bit_identical_to_the_official_code_here(tmp_path):
         print(harness.format_row(r))
     assert len(rows) == int(steps)
     assert all(r["bit_identical"] for r in rows), [r["step"] for r in rows if not r["bit_identical"]]
+
+
+def test_exact_mode_hands_oneMKL_and_oneDNN_the_official_calls(tmp_path):
+    """The check that carries to CPUs not at hand (scripts/reference/kernel_trace.py): the same
+    library calls, so the same kernels and the same rounding on any CPU path."""
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    shutil.copyfile(reference_dir() / "golden-vits" / "frames" / "00000.jpg", frames / "00000.jpg")
+    steps = os.environ.get("ENTITYSAM_HARNESS_STEPS", "1")
+    python = os.environ.get("ENTITYSAM_OFFICIAL_PYTHON", sys.executable)
+    out = subprocess.run([python, str(REPO / "scripts" / "reference" / "kernel_trace.py"), "--frames", str(frames),
+                          "--threads", "2", "--steps", steps, "--work", str(tmp_path / "trace")],
+                         env=dict(os.environ, PYTHONPATH=str(REPO / "src")), capture_output=True, text=True)
+    print(out.stdout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "same problems: yes" in out.stdout
