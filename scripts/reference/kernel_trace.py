@@ -142,7 +142,6 @@ def explain(only: Counter, who: str, steps: int) -> list[str]:
                 only[call] -= taken
                 expected -= taken
                 lines.append(f"  {who} x{taken}: {reason}")
-        only += Counter()  # drops the zero counts
     return lines
 
 
