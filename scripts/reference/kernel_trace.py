@@ -36,7 +36,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-NUM_WARMUP = 3  # the official code's warm-up copies of frame 0 (official.NUM_WARMUP)
+sys.path.insert(0, str(HERE))
+
+from official import NUM_WARMUP  # noqa: E402  the official code's warm-up copies of frame 0
 
 _POINTER = re.compile(r"0x[0-9a-fA-F]+")
 # SGEMM(transa, transb, m, n, k, alpha*, A, lda, B, ldb, beta*, C, ldc): the scalars' addresses are
