@@ -32,6 +32,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import aten_trace  # noqa: E402
 import machine  # noqa: E402
 import official  # noqa: E402
 
@@ -80,7 +81,8 @@ def run_official(args) -> None:
                 "machine": machine.machine_record(args.threads)}
         partial = Path(args.out).with_suffix(".partial.npz")
         arrays = official.run(Path(args.frames), args.variant, checkpoint, args.steps,
-                              on_step=lambda a: save_run(partial, a, dict(info, partial=True)))
+                              on_step=lambda a: save_run(partial, a, dict(info, partial=True)),
+                              recording=aten_trace.recording)
     save_run(Path(args.out), arrays, dict(info, total_s=round(time.time() - start, 1)))
     partial.unlink(missing_ok=True)
 
@@ -110,14 +112,15 @@ def run_ours(args) -> None:
     total = len(names) + official.NUM_WARMUP if args.steps is None else min(args.steps, len(names) + official.NUM_WARMUP)
     steps, times, start0 = [], [], time.time()
     start = start0
-    for result in tracker.track(frames):
-        steps.append(result)
-        times.append(time.time() - start)
-        print(f"ours ({args.mode}) step {len(steps) - 1}: {times[-1]:.1f} s", file=sys.stderr, flush=True)
-        start = time.time()
-        if len(steps) == total:
-            break
-        save_run(partial, step_arrays(steps, out_size, times), dict(info, partial=True))
+    with aten_trace.recording():
+        for result in tracker.track(frames):
+            steps.append(result)
+            times.append(time.time() - start)
+            print(f"ours ({args.mode}) step {len(steps) - 1}: {times[-1]:.1f} s", file=sys.stderr, flush=True)
+            start = time.time()
+            if len(steps) == total:
+                break
+            save_run(partial, step_arrays(steps, out_size, times), dict(info, partial=True))
     arrays = step_arrays(steps, out_size, times)
     if total == len(names) + official.NUM_WARMUP:
         scores = video_scores([s.scores for s in steps], tracker.score_dtype)

@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
+import aten_trace  # noqa: E402
 from official import NUM_WARMUP  # noqa: E402  the official code's warm-up copies of frame 0
 
 _POINTER = re.compile(r"0x[0-9a-fA-F]+")
@@ -91,6 +92,16 @@ EXPLAINED = (
      "the mask decoder's cls_prediction_head (layers 1-2), whose output the official code never reads"),
     ("official", "SGEMM(T,N,2,50,256,*,@,256,@,256,*,@,2)", 1, "step",
      "the mask decoder's cls_prediction_head (layer 3), whose output the official code never reads"),
+    ("official", "aten.addmm.default(f32[256]/(1)@, f32[50,256]/(256,1)@, f32[256,256]/(1,256)@)", 2, "step",
+     "the mask decoder's cls_prediction_head (layers 1-2), whose output the official code never reads"),
+    ("official", "aten.addmm.default(f32[2]/(1)@, f32[50,256]/(256,1)@, f32[256,2]/(1,256)@)", 1, "step",
+     "the mask decoder's cls_prediction_head (layer 3), whose output the official code never reads"),
+    *[("official", f"aten.{op}(f32[32,32,64]/(4096,128,2)@)", 2, "step",
+       "the position encoding of the image encoder's lowest-resolution level, which SAM 2 drops unread")
+      for op in ("sin.default", "cos.default")],
+    *[("official", call, 1, "step",
+       "the position encoding of the image encoder's lowest-resolution level, which SAM 2 drops unread")
+      for call in ("aten.floor_divide.default(f32[128]/(1)@, 2.0)", "aten.pow.Scalar(10000.0, f32[128]/(1)@)")],
     ("exact", "SGEMM(T,N,2,2,4,*,@,4,@,4,*,@,2)", 1, "run",
      "this project's check at import that oneDNN's linear kernel works (modeling/common.py)"),
     ("exact", "onednn cpu,inner_product,*,mb2ic4oc2", 1, "run",
@@ -133,18 +144,17 @@ def differences(a: list[str], b: list[str]) -> tuple[Counter, Counter]:
 
 def explain(only: Counter, who: str, steps: int) -> list[str]:
     """Remove from `only` the calls of EXPLAINED made by `who`; the lines saying what was removed."""
-    lines = []
+    removed = Counter()
     for owner, signature, count, per, reason in EXPLAINED:
         if owner != who:
             continue
         expected = count * (steps if per == "step" else 1)
         for call in [c for c in only if problem(c) == signature]:
             taken = min(only[call], expected)
-            if taken:
-                only[call] -= taken
-                expected -= taken
-                lines.append(f"  {who} x{taken}: {reason}")
-    return lines
+            only[call] -= taken
+            expected -= taken
+            removed[reason] += taken
+    return [f"  {who} x{n}: {reason}" for reason, n in removed.items() if n]
 
 
 def explain_warmup_encodings(only_official: Counter, encoder: list[str], steps: int) -> list[str]:
@@ -198,7 +208,7 @@ def report(official: list[str], ours: list[str], steps: int = 1, limit: int = 20
 
 
 ENCODE_FRAME_0 = """
-import sys, harness, official, torch
+import sys, aten_trace, harness, official, torch
 from PIL import Image
 from entitysam.checkpoints import load_entitysam
 from entitysam.inference.preprocess import preprocess_frame
@@ -206,20 +216,16 @@ frames, variant, seed, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int
 torch.set_num_threads(threads)
 model = load_entitysam(harness.make_state_dict(variant, seed))
 with torch.inference_mode():
-    model.encode_frame(preprocess_frame(Image.open(frames + "/" + official.frame_names(frames)[0]), model.cfg.image_size))
+    image = preprocess_frame(Image.open(frames + "/" + official.frame_names(frames)[0]), model.cfg.image_size)
+    with aten_trace.recording():
+        model.encode_frame(image)
 """
 
 
 def traced_encoding(args, log: Path) -> list[str]:
     """This project's encoding of frame 0 alone (its import-time check removed)."""
-    env = dict(os.environ, MKL_VERBOSE="1", ONEDNN_VERBOSE="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]))
-    partial = log.with_suffix(".partial")
-    with open(partial, "w") as out:
-        subprocess.run([sys.executable, "-c", ENCODE_FRAME_0, str(args.frames), args.variant, str(args.seed),
-                        str(args.threads)], check=True, env=env, stdout=out)
-    partial.replace(log)
-    return kernel_calls(log.read_text())
+    return traced(args.level, [sys.executable, "-c", ENCODE_FRAME_0, str(args.frames), args.variant, str(args.seed),
+                               str(args.threads)], log)
 
 
 def traced_run(kind: str, args, log: Path) -> list[str]:
@@ -228,13 +234,29 @@ def traced_run(kind: str, args, log: Path) -> list[str]:
            "--out", str(log.with_suffix(".npz"))]
     if kind == "ours":
         cmd += ["--mode", "exact"]
-    env = dict(os.environ, MKL_VERBOSE="1", ONEDNN_VERBOSE="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    return traced(args.level, cmd, log)
+
+
+def traced(level: str, cmd: list[str], log: Path) -> list[str]:
+    """Runs `cmd` with the libraries' logs (level "kernel") or the ATen trace (level "aten") on;
+    the calls, also kept in `log`."""
     partial = log.with_suffix(".partial")
-    with open(partial, "w") as out:
-        subprocess.run(cmd, check=True, env=env, stdout=out)
+    partial.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    if level == "aten":
+        env[aten_trace.ENVIRONMENT] = str(partial)
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    else:
+        env.update(MKL_VERBOSE="1", ONEDNN_VERBOSE="1")
+        with open(partial, "w") as out:
+            subprocess.run(cmd, check=True, env=env, stdout=out)
     partial.replace(log)  # a stopped run is never reused as a whole trace
-    return kernel_calls(log.read_text())
+    return read_calls(level, log)
+
+
+def read_calls(level: str, log: Path) -> list[str]:
+    text = log.read_text()
+    return aten_trace.calls(text) if level == "aten" else kernel_calls(text)
 
 
 def main(argv=None) -> int:
@@ -245,17 +267,20 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=1, help="steps traced (default: step 0 only)")
     parser.add_argument("--work", type=Path, help="folder for the traces (reused when present)")
+    parser.add_argument("--level", choices=("kernel", "aten"), default="kernel",
+                        help="oneMKL and oneDNN calls (default), or the ATen operators that round (aten_trace.py)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="entitysam-trace-"))
     work.mkdir(parents=True, exist_ok=True)
     traces = {}
+    prefix = "aten-" if args.level == "aten" else ""
     for kind, name in (("official", "official"), ("ours", "exact")):
-        log = work / f"{name}-s{args.steps}-t{args.threads}.log"
-        traces[name] = kernel_calls(log.read_text()) if log.exists() else traced_run(kind, args, log)
+        log = work / f"{prefix}{name}-s{args.steps}-t{args.threads}.log"
+        traces[name] = read_calls(args.level, log) if log.exists() else traced_run(kind, args, log)
     encoder = None
     if args.steps > 1:
-        log = work / f"encoding-t{args.threads}.log"
-        encoder = kernel_calls(log.read_text()) if log.exists() else traced_encoding(args, log)
+        log = work / f"{prefix}encoding-t{args.threads}.log"
+        encoder = read_calls(args.level, log) if log.exists() else traced_encoding(args, log)
         encoder = [c for c in encoder if problem(c) not in {e[1] for e in EXPLAINED}]
     print(f"traces in {work}")
     return 0 if report(traces["official"], traces["exact"], args.steps, encoder=encoder) else 1

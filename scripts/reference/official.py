@@ -37,6 +37,7 @@ time, and none of it changes a floating-point operation of the model:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -192,14 +193,16 @@ def frame_names(frames_dir: Path) -> list[str]:
     return [p for p in sorted(os.listdir(frames_dir)) if os.path.splitext(p)[-1] in (".jpg", ".jpeg", ".JPG", ".JPEG")]
 
 
-def run(frames_dir: Path, variant: str, checkpoint: Path, max_steps: int | None = None, on_step=None) -> dict:
+def run(frames_dir: Path, variant: str, checkpoint: Path, max_steps: int | None = None, on_step=None,
+        recording=contextlib.nullcontext) -> dict:
     """The official flow of eval_vipseg_entity_seg.py on one video, stopped after `max_steps`.
 
     Returns arrays: logits [S, Q, 256, 256] float32 (yielded, hole-filled), eiou [S, Q],
     points [S, Q, 2] (`sampled_point_coords` after each step), source_frame [S], is_padding [S],
     out_size [2], step_times_s [S]; and, when every step ran, video_scores [Q], panoptic_ids
     [n, H, W] int32, segment_ids [K], segment_query_index [K]. on_step(partial arrays) is called
-    after each step (the harness saves partial runs: a later step can take minutes).
+    after each step (the harness saves partial runs: a later step can take minutes). `recording()`
+    is entered around the reading of the frames and the steps (kernel_trace.py's ATen trace).
     """
     import torch
     from PIL import Image
@@ -209,26 +212,28 @@ def run(frames_dir: Path, variant: str, checkpoint: Path, max_steps: int | None 
     n = len(names)
     progress_order = [0] * NUM_WARMUP + list(range(n))
     padding_mask = [True] * NUM_WARMUP + [False] * n
-    state = predictor.init_state(video_path=str(frames_dir), progress_order=progress_order)
-    predictor.reset_state(state)
-    width, height = Image.open(frames_dir / names[0]).convert("RGB").size
-    out_size = (height, width)
+    with recording():
+        state = predictor.init_state(video_path=str(frames_dir), progress_order=progress_order)
+        predictor.reset_state(state)
+        width, height = Image.open(frames_dir / names[0]).convert("RGB").size
+        out_size = (height, width)
 
-    logits, eious, points, times = [], [], [], []
-    total = len(progress_order) if max_steps is None else min(max_steps, len(progress_order))
-    start = time.time()
+        logits, eious, points, times = [], [], [], []
+        total = len(progress_order) if max_steps is None else min(max_steps, len(progress_order))
+        start = time.time()
+        with torch.inference_mode():
+            for _, _, step_logits, step_eiou in predictor.propagate_in_video(state, start_frame_idx=0):
+                logits.append(step_logits.float().clone())
+                eious.append(step_eiou.float().clone())
+                points.append(predictor.sampled_point_coords.detach().float().reshape(-1, 2).clone())
+                times.append(time.time() - start)
+                print(f"official step {len(logits) - 1}: {times[-1]:.1f} s", file=sys.stderr, flush=True)
+                start = time.time()
+                if on_step is not None and len(logits) < total:
+                    on_step(arrays(logits, eious, points, progress_order, padding_mask, out_size, times))
+                if len(logits) == total:
+                    break
     with torch.inference_mode():
-        for _, _, step_logits, step_eiou in predictor.propagate_in_video(state, start_frame_idx=0):
-            logits.append(step_logits.float().clone())
-            eious.append(step_eiou.float().clone())
-            points.append(predictor.sampled_point_coords.detach().float().reshape(-1, 2).clone())
-            times.append(time.time() - start)
-            print(f"official step {len(logits) - 1}: {times[-1]:.1f} s", file=sys.stderr, flush=True)
-            start = time.time()
-            if on_step is not None and len(logits) < total:
-                on_step(arrays(logits, eious, points, progress_order, padding_mask, out_size, times))
-            if len(logits) == total:
-                break
         out = arrays(logits, eious, points, progress_order, padding_mask, out_size, times)
         if total == len(progress_order):  # the rest of the eval script (minus writing PNG/JSON)
             evaluation = load_eval_module(official_dir())
