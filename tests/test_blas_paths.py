@@ -21,8 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from entitysam.config import get_config
 from entitysam.modeling.decoder import NUM_GROUPS
@@ -236,3 +238,34 @@ def test_exact_decoder_and_point_encoding_are_the_official_ones_on_each_blas_pat
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {
         "point encoding": True, "decoder tokens": True, "decoder image": True, "memory attention": True}
+
+
+def test_exact_point_sampler_is_the_official_module_call(tiny_model):
+    """The official code calls its point sampler with the module's default `need_weights=True`;
+    a PyTorch build may run `need_weights=False` on another kernel (its fused attention), so only
+    the default mode may ask for it. Seen with kernel_trace.py --level aten."""
+    calls = []
+    handle = tiny_model.point_sampler_net.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs.get("need_weights", True)), with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            s = tiny_model.cfg.image_size
+            frame = tiny_model.encode_frame(torch.randn(1, 3, s, s))
+            tiny_model.step(frame, [], None, exact=True)
+            tiny_model.step(frame, [], None)
+    finally:
+        handle.remove()
+    assert calls == [True, False]
+
+
+def test_frames_are_channel_planar_in_memory_as_the_official_frames():
+    """The official loader fills a contiguous [n, 3, S, S] tensor: the encoders' first kernels
+    (the patch embedding, DINOv2's resize) are handed that layout, not a channels-last view."""
+    from entitysam.inference.preprocess import preprocess_frame
+
+    rgb = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    x = preprocess_frame(rgb, 32)
+    assert x.shape == (1, 3, 32, 32) and x.is_contiguous()
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    pixels = torch.from_numpy(np.asarray(Image.fromarray(rgb).resize((32, 32))) / 255.0).float()
+    assert torch.equal(x[0], ((pixels.permute(2, 0, 1) - mean[:, None, None]) / std[:, None, None]))

@@ -21,7 +21,8 @@ def preprocess_frame(image: Image.Image | np.ndarray, image_size: int) -> torch.
     if image.mode != "RGB":  # (converting an RGB image would only copy it: a frame's worth of memory)
         image = image.convert("RGB")
     pixels = np.asarray(image.resize((image_size, image_size))) / 255.0
-    x = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32)
+    # channel-planar in memory, as the official frames: a kernel's loop may follow the layout
+    x = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32, memory_format=torch.contiguous_format)
     mean = torch.tensor(IMAGE_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(IMAGE_STD, dtype=torch.float32)[:, None, None]
     return ((x - mean) / std).unsqueeze(0)

@@ -241,7 +241,7 @@ class EntitySAM(nn.Module):
         if points is None:
             tokens = official_token_rows(feats[0], q) if exact else feats[0]
             points = sample_points(tokens, (g, g), self.point_sampler_net, self.point_sampler_num,
-                                   cfg.image_size)
+                                   cfg.image_size, need_weights=exact)
         if memories:
             points = points + self.offset_fc(attended)
         class_logits = self.offset_cls(attended)  # [Q, 2]

@@ -70,7 +70,7 @@ class PromptEncoder(nn.Module):
 
 
 def sample_points(tokens: torch.Tensor, grid: tuple[int, int], sampler: nn.MultiheadAttention,
-                  head: nn.Linear, image_size: int) -> torch.Tensor:
+                  head: nn.Linear, image_size: int, need_weights: bool = False) -> torch.Tensor:
     """Initial point of every query from the first frame's features.
 
     tokens [g*g, C] (row-major grid positions) -> points [Q, 2] in input-image pixels.
@@ -78,7 +78,8 @@ def sample_points(tokens: torch.Tensor, grid: tuple[int, int], sampler: nn.Multi
     Self-attention over the g*g positions, a linear head gives Q scores per position, a softmax
     over positions gives one distribution per query and its expectation over the grid is the
     point. The grid is (row, col) and the result is later read as (x, y): the official model
-    transposes its points, and was trained that way.
+    transposes its points, and was trained that way. `need_weights=True` is the official call
+    (its unread head-averaged weights too): a PyTorch build may run the two on other kernels.
     """
     gh, gw = grid
     x = tokens.unsqueeze(0)  # [1, N, C]
@@ -86,7 +87,7 @@ def sample_points(tokens: torch.Tensor, grid: tuple[int, int], sampler: nn.Multi
     # self-attention kernel, as in the official model. The points are a softmax-weighted mean over
     # 4096 positions fed to random Fourier features, so a re-implementation's rounding (1e-4 here)
     # moves them by up to 6e-3 px and every logit after them by ~1e-3 (ViT-L reference fixture).
-    attended, _ = sampler(x, x, x, need_weights=False)  # [1, N, C]
+    attended, _ = sampler(x, x, x, need_weights=need_weights)  # [1, N, C]
     weights = F.softmax(head(attended), dim=1)  # [1, N, Q]
     rows, cols = torch.meshgrid(torch.arange(gh, device=x.device), torch.arange(gw, device=x.device),
                                 indexing="ij")
