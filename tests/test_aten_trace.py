@@ -83,3 +83,36 @@ def test_the_kernel_report_reads_aten_traces(capsys):
     assert kernel_trace.report([common], [moved]) is True  # same problem; the offset is reported
     assert "same offsets within a 64-byte line: no (1 calls differ)" in capsys.readouterr().out
     assert kernel_trace.report([common], [common.replace("(1,256)", "(256,1)")]) is False
+
+
+def test_layer_norm_is_compared_on_the_contiguous_copy_it_makes():
+    """layer_norm_cpu makes its input contiguous first: a permuted or expanded input and a
+    contiguous one are the same problem; a different shape is not."""
+    x = torch.randn(4, 8, 16)
+    permuted = aten_trace.calls(traced_text(lambda: F.layer_norm(x.permute(1, 0, 2), [16])))
+    expanded = aten_trace.calls(traced_text(lambda: F.layer_norm(x[:1].transpose(0, 1).expand(8, 4, 16), [16])))
+    contiguous = aten_trace.calls(traced_text(lambda: F.layer_norm(x.permute(1, 0, 2).contiguous(), [16])))
+    assert permuted == expanded == contiguous == ["aten.native_layer_norm.default(f32[8,4,16]/(64,16,1)@0, [16], "
+                                                  "None, None, 1e-05)"]
+    assert aten_trace.calls(traced_text(lambda: F.layer_norm(x, [16]))) != contiguous
+    assert traced(lambda: x.permute(1, 0, 2).exp()) != traced(lambda: x.permute(1, 0, 2).contiguous().exp())
+
+
+def traced_text(fn) -> str:
+    out = io.StringIO()
+    with torch.inference_mode(), aten_trace.AtenTrace(out):
+        fn()
+    return out.getvalue()
+
+
+def test_tables_the_official_code_makes_again_are_explained_only_when_made_here_too(capsys):
+    polar = "aten.polar.default(f32[4096,64]/(64,1)@0, f32[4096,64]/(64,1)@0)"
+    table = "aten.sin.default(f32[64,64,16]/(2048,32,2)@0)"
+    batched = "aten.sin.default(f32[50,64,64,16]/(131072,2048,32,2)@0)"
+    data = "aten.sin.default(f32[50,2,128]/(256,128,1)@0)"  # the prompt encoding: not a table
+    assert kernel_trace.report([polar] * 5 + [batched] * 3, [polar, table]) is True
+    out = capsys.readouterr().out
+    assert "official x4: constant tables" in out and "official x3: the memory encoder's sine table" in out
+    assert kernel_trace.report([polar] * 2, [data]) is False  # never made here: a difference
+    assert kernel_trace.report([data] * 2, [data]) is False  # data, not a table
+    assert kernel_trace.report([batched], [polar]) is False

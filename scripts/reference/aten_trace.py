@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -53,6 +54,9 @@ SIZE_ONE_BLIND = frozenset("""
     atan2 floor_divide remainder lerp addcmul addcdiv softplus hardtanh add add_ sub sub_ rsub
     native_layer_norm
 """.split())
+# Kernels that make their input contiguous before any arithmetic (layer_norm_cpu calls
+# `input.expect_contiguous()`): any layout of the input is an exact copy away from that one.
+CONTIGUOUS_FIRST = frozenset({"native_layer_norm"})
 
 
 def rounds(func, args, kwargs) -> bool:
@@ -141,5 +145,26 @@ def recording():
         yield
 
 
+_FIRST_TENSOR = re.compile(r"^(aten\.(\w+)\.\w+\(\w+\[([\d,]*)\]/\()([\d*,]*)\)@(\d+|\?)")
+
+
+def as_compared(call: str) -> str:
+    """A call of a CONTIGUOUS_FIRST kernel with a non-contiguous input, written as the call on the
+    contiguous copy the kernel makes (fresh allocations are 64-byte aligned: offset 0)."""
+    match = _FIRST_TENSOR.match(call)
+    if match is None or match.group(2) not in CONTIGUOUS_FIRST:
+        return call
+    shape = [int(n) for n in match.group(3).split(",") if n]
+    contiguous, step = [], 1
+    for n in reversed(shape):
+        contiguous.append(str(step) if n != 1 else "*")
+        step *= n
+    contiguous = ",".join(reversed(contiguous))
+    if contiguous == match.group(4):
+        return call
+    return f"{match.group(1)}{contiguous})@0{call[match.end():]}"
+
+
 def calls(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("aten.")]
+    """The traced calls of a log, as compared (`as_compared`)."""
+    return [as_compared(line) for line in text.splitlines() if line.startswith("aten.")]

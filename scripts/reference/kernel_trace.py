@@ -157,6 +157,42 @@ def explain(only: Counter, who: str, steps: int) -> list[str]:
     return [f"  {who} x{n}: {reason}" for reason, n in removed.items() if n]
 
 
+# Tables made from constants that the official code makes again at every use and this project
+# once (cached while the weights stand): position encodings, rotary tables, interpolated position
+# embeddings. A call of these kinds that this project also makes, on the same problem, computes the
+# same table again. (Sine tables are recognised by their input, every other channel of the angles.)
+TABLES = re.compile(r"aten\.(polar|pow\.Scalar|reciprocal|remainder\.Scalar|floor_divide|upsample_bicubic2d)[.(]"
+                    r"|aten\.(sin|cos)\.default\(f32\[[\d,]+\]/\([\d*,]+,2\)@\)$")
+# The memory encoder's sine table, which the official code makes for all Q memories of a step
+# ([Q, g, g, m/4]) and this project once ([g, g, m/4]). Its input is strided (every other channel),
+# so TensorIterator runs the scalar loop on every element: the batch cannot change an element.
+_BATCHED_TABLE = re.compile(r"aten\.(sin|cos)\.default\(f32\[\d+,([\d,]+)\]/\(\d+,([\d,]+,2)\)@\)$")
+
+
+def explain_tables(only_official: Counter, only_ours: Counter, ours: Counter) -> list[str]:
+    """Remove the official code's extra makings of TABLES (and the batched sine table, with this
+    project's one making of it); the lines saying what was removed."""
+    remade = batched = 0
+    for call in list(only_official):
+        if TABLES.search(call) and ours.get(call):
+            remade += only_official.pop(call)
+            continue
+        match = _BATCHED_TABLE.match(call)
+        if match:
+            once = f"aten.{match.group(1)}.default(f32[{match.group(2)}]/({match.group(3)})@)"
+            if ours.get(once):
+                batched += only_official.pop(call)
+                only_ours.pop(once, None)
+    lines = []
+    if remade:
+        lines.append(f"  official x{remade}: constant tables made again at each use (position encodings, rotary "
+                     "tables, interpolated position embeddings), the same calls as this project's one making")
+    if batched:
+        lines.append(f"  official x{batched}: the memory encoder's sine table made for every query's memory, "
+                     "elementwise on a strided input (one scalar loop per element), as this project makes it once")
+    return lines
+
+
 def explain_warmup_encodings(only_official: Counter, encoder: list[str], steps: int) -> list[str]:
     """The official code encodes frame 0 again (Hiera, DINOv2) on each warm-up copy of it, steps
     1-3; this project encodes it once. Same input, same calls: they cannot differ. Removes up to
@@ -182,6 +218,7 @@ def report(official: list[str], ours: list[str], steps: int = 1, limit: int = 20
     explained = explain(only_official, "official", steps) + explain(only_ours, "exact", steps)
     if encoder:
         explained += explain_warmup_encodings(only_official, encoder, steps)
+    explained += explain_tables(only_official, only_ours, Counter(without_alignment(c) for c in ours))
     only_official, only_ours = +only_official, +only_ours
     if explained:
         print("calls made by one program only, which cannot change the other's results:")
