@@ -269,3 +269,50 @@ def test_frames_are_channel_planar_in_memory_as_the_official_frames():
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     pixels = torch.from_numpy(np.asarray(Image.fromarray(rgb).resize((32, 32))) / 255.0).float()
     assert torch.equal(x[0], ((pixels.permute(2, 0, 1) - mean[:, None, None]) / std[:, None, None]))
+
+
+def test_exact_memory_is_read_in_the_official_sequence_first_layout(tiny_model):
+    """The official bank is [M, Q, m] (sequence first) and the memory attention reads it batch
+    first: its key and value projections get a non-contiguous [Q, M, m] view, which torch runs as
+    a matmul with the bias added after, not one addmm over contiguous rows (kernel_trace.py
+    --level aten)."""
+    cfg = tiny_model.cfg
+    layouts = []
+    layer = tiny_model.memory_attention.layers[0].cross_attn_image
+    hooks = [proj.register_forward_pre_hook(lambda m, a: layouts.append((a[0].shape, a[0].stride())))
+             for proj in (layer.k_proj, layer.v_proj)]
+    try:
+        with torch.inference_mode():
+            frame = tiny_model.encode_frame(torch.randn(1, 3, cfg.image_size, cfg.image_size))
+            first = tiny_model.step(frame, [], None, exact=True)
+            memories = [(first.memory, 2), (first.memory.flip(0), 1)]
+            exact = tiny_model.step(frame, memories, first.points, exact=True)
+            default = tiny_model.step(frame, memories, first.points)
+    finally:
+        for h in hooks:
+            h.remove()
+    q, m, g = cfg.num_queries, first.memory.shape[1], cfg.grid_size
+    sequence_first = (m, q * m, 1)
+    assert layouts[:2] == [(torch.Size([q, 2 * g * g, m]), sequence_first)] * 2
+    assert torch.allclose(exact.mask_logits, default.mask_logits, atol=1e-4)
+
+
+def test_rotary_table_is_made_per_axis_as_the_official_one():
+    """compute_axial_cis: one torch.polar per axis, then concatenated."""
+    from entitysam.modeling.common import _rope_table_cpu
+
+    calls = []
+
+    class Record(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.polar:
+                calls.append(tuple(args[1].shape))
+            return func(*args, **(kwargs or {}))
+
+    _rope_table_cpu.cache_clear()
+    try:
+        with Record():
+            table = _rope_table_cpu(32, 4, 10000.0)
+    finally:
+        _rope_table_cpu.cache_clear()
+    assert calls == [(16, 8), (16, 8)] and table.shape == (16, 16)

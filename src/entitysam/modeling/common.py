@@ -144,10 +144,11 @@ def _rope_table_cpu(dim: int, side: int, theta: float) -> torch.Tensor:
     t = torch.arange(side * side, dtype=torch.float32)
     t_x = t % side  # column
     t_y = torch.div(t, side, rounding_mode="floor")  # row
-    angles = torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)  # [N, dim/2]
     # Through torch.polar, as the official tables: its cos/sin differ from torch.cos/torch.sin in
-    # the last bit for some angles, which moves rotated keys by up to 5e-7.
-    return torch.polar(torch.ones_like(angles), angles)
+    # the last bit for some angles, which moves rotated keys by up to 5e-7. One call per axis, as
+    # there (the same kernel calls; kernel_trace.py --level aten).
+    per_axis = [torch.outer(t, freqs) for t in (t_x, t_y)]  # [N, dim/4] each
+    return torch.cat([torch.polar(torch.ones_like(a), a) for a in per_axis], dim=-1)  # [N, dim/2]
 
 
 def rope_table(dim: int, side: int, theta: float = 10000.0,

@@ -187,7 +187,13 @@ class EntitySAM(nn.Module):
             return curr + self.no_mem_embed
         pos = frame.vision_pos.flatten(2).transpose(1, 2)
         mem_pe = self._memory_pe(curr.device)
-        memory = torch.cat([mem.flatten(2).transpose(1, 2) for mem, _ in memories], dim=1)
+        if exact:
+            # the official bank's sequence-first layout [M, Q, m], read batch-first: the key and
+            # value projections then take the official path (matmul, bias added after), not one
+            # addmm over contiguous rows (seen with kernel_trace.py --level aten)
+            memory = torch.cat([mem.flatten(2).permute(2, 0, 1) for mem, _ in memories]).transpose(0, 1)
+        else:
+            memory = torch.cat([mem.flatten(2).transpose(1, 2) for mem, _ in memories], dim=1)
         memory_pos = torch.cat([mem_pe + self.maskmem_tpos_enc[r - 1, 0] for _, r in memories], dim=0)
         keys = None
         if key_parts is not None and batched and not exact:
