@@ -116,3 +116,14 @@ def test_tables_the_official_code_makes_again_are_explained_only_when_made_here_
     assert kernel_trace.report([polar] * 2, [data]) is False  # never made here: a difference
     assert kernel_trace.report([data] * 2, [data]) is False  # data, not a table
     assert kernel_trace.report([batched], [polar]) is False
+
+
+def test_the_memorys_tables_are_unread_when_only_step_0_is_traced(capsys):
+    """The official code makes the memory's sine table as it encodes step 0's memory; this project
+    when step 1 reads it. Traced to step 0 only, that is no difference; traced further, the table
+    must be made here too."""
+    batched = "aten.sin.default(f32[50,64,64,16]/(131072,2048,32,2)@0)"
+    dim_t = "aten.pow.Scalar(10000.0, f32[32]/(1)@0)"
+    assert kernel_trace.report([batched, dim_t], [], steps=1) is True
+    assert "first read at step 1" in capsys.readouterr().out
+    assert kernel_trace.report([batched, dim_t], [], steps=2) is False

@@ -51,16 +51,18 @@ def test_exact_mode_is_bit_identical_to_the_official_code_here(tmp_path):
     assert all(r["bit_identical"] for r in rows), [r["step"] for r in rows if not r["bit_identical"]]
 
 
-def test_exact_mode_hands_oneMKL_and_oneDNN_the_official_calls(tmp_path):
+@pytest.mark.parametrize("level", ["kernel", "aten"])
+def test_exact_mode_hands_the_libraries_and_torch_the_official_calls(tmp_path, level):
     """The check that carries to CPUs not at hand (scripts/reference/kernel_trace.py): the same
-    library calls, so the same kernels and the same rounding on any CPU path."""
+    oneMKL / oneDNN calls (level kernel) and the same ATen calls that can round, with their
+    layouts (level aten), so the same kernels and the same rounding on any CPU path."""
     frames = tmp_path / "clip"
     frames.mkdir()
     shutil.copyfile(reference_dir() / "golden-vits" / "frames" / "00000.jpg", frames / "00000.jpg")
     steps = os.environ.get("ENTITYSAM_HARNESS_STEPS", "1")
     python = os.environ.get("ENTITYSAM_OFFICIAL_PYTHON", sys.executable)
     out = subprocess.run([python, str(REPO / "scripts" / "reference" / "kernel_trace.py"), "--frames", str(frames),
-                          "--threads", "2", "--steps", steps, "--work", str(tmp_path / "trace")],
+                          "--threads", "2", "--steps", steps, "--work", str(tmp_path / "trace"), "--level", level],
                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")), capture_output=True, text=True)
     print(out.stdout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]

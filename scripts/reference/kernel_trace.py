@@ -1,7 +1,7 @@
 """Which BLAS and oneDNN calls the official code and `--exact` make: the check that holds on CPUs you
 do not have.
 
-    python scripts/reference/kernel_trace.py --frames DIR [--steps 1] [--threads 2] [--work DIR]
+    python scripts/reference/kernel_trace.py --frames DIR [--steps 1] [--threads 2] [--work DIR] [--level aten]
 
 On one machine the harness can only say that two runs agree on *that* machine's kernels. A float
 kernel's result depends on the CPU path it takes, the thread count and the problem it is handed
@@ -15,12 +15,13 @@ oneMKL's conditional reproducibility depends on), and reports the calls one run 
 does not. f32-to-f32 reorders (exact copies) are left out: a layout difference that reaches a
 kernel shows in that kernel's own memory descriptors.
 
-What it does not see: the sizes inside a batched product (oneMKL prints the addresses of a
-`cblas_sgemm_batch` call's size arrays, not the sizes, so those calls are compared by their
-transposes and their number); torch's own CPU kernels (reductions, softmax, elementwise maths, small
-batched products), whose results depend on the ISA torch dispatches to (the same for both programs
-on one machine) and on shapes and strides. `intermediates.py` compares those module by module on
-this machine, and `ATEN_CPU_CAPABILITY=avx2` runs them as an AVX2-only CPU would.
+What the libraries' logs do not show: the sizes inside a batched product (oneMKL prints the
+addresses of a `cblas_sgemm_batch` call's size arrays, not the sizes, so those calls are compared by
+their transposes and their number), the scalars (alpha, beta) of a call, and torch's own CPU kernels
+(reductions, softmax, layer norm, elementwise maths, attention), whose results depend on the ISA
+torch dispatches to (the same for both programs on one machine) and on shapes and strides. For
+those, `--level aten` compares the ATen operator calls that can round instead (aten_trace.py):
+each operand's dtype, shape, strides and offset within a 64-byte line, and every other argument.
 """
 
 from __future__ import annotations
@@ -169,21 +170,26 @@ TABLES = re.compile(r"aten\.(polar|pow\.Scalar|reciprocal|remainder\.Scalar|floo
 _BATCHED_TABLE = re.compile(r"aten\.(sin|cos)\.default\(f32\[\d+,([\d,]+)\]/\(\d+,([\d,]+,2)\)@\)$")
 
 
-def explain_tables(only_official: Counter, only_ours: Counter, ours: Counter) -> list[str]:
+def explain_tables(only_official: Counter, only_ours: Counter, ours: Counter, steps: int) -> list[str]:
     """Remove the official code's extra makings of TABLES (and the batched sine table, with this
-    project's one making of it); the lines saying what was removed."""
-    remade = batched = 0
+    project's one making of it); the lines saying what was removed. When only step 0 is traced,
+    the tables this project has not made yet are the memory's: the official code makes them as it
+    encodes step 0's memory, this project as step 1 first reads it."""
+    remade = batched = unread = 0
     for call in list(only_official):
+        match = _BATCHED_TABLE.match(call)
+        once = match and f"aten.{match.group(1)}.default(f32[{match.group(2)}]/({match.group(3)})@)"
         if TABLES.search(call) and ours.get(call):
             remade += only_official.pop(call)
-            continue
-        match = _BATCHED_TABLE.match(call)
-        if match:
-            once = f"aten.{match.group(1)}.default(f32[{match.group(2)}]/({match.group(3)})@)"
-            if ours.get(once):
-                batched += only_official.pop(call)
-                only_ours.pop(once, None)
+        elif match and ours.get(once):
+            batched += only_official.pop(call)
+            only_ours.pop(once, None)
+        elif steps == 1 and (match or TABLES.search(call)):
+            unread += only_official.pop(call)
     lines = []
+    if unread:
+        lines.append(f"  official x{unread}: the memory's position tables, made with step 0's memory and first read "
+                     "at step 1 (not traced), where this project makes them")
     if remade:
         lines.append(f"  official x{remade}: constant tables made again at each use (position encodings, rotary "
                      "tables, interpolated position embeddings), the same calls as this project's one making")
@@ -218,7 +224,7 @@ def report(official: list[str], ours: list[str], steps: int = 1, limit: int = 20
     explained = explain(only_official, "official", steps) + explain(only_ours, "exact", steps)
     if encoder:
         explained += explain_warmup_encodings(only_official, encoder, steps)
-    explained += explain_tables(only_official, only_ours, Counter(without_alignment(c) for c in ours))
+    explained += explain_tables(only_official, only_ours, Counter(without_alignment(c) for c in ours), steps)
     only_official, only_ours = +only_official, +only_ours
     if explained:
         print("calls made by one program only, which cannot change the other's results:")
