@@ -16,6 +16,7 @@ import kernel_trace  # noqa: E402
 
 
 def traced(fn) -> list[str]:
+    """The calls of fn, as kernel_trace.py compares them."""
     out = io.StringIO()
     with torch.inference_mode(), aten_trace.AtenTrace(out):
         fn()
@@ -63,11 +64,10 @@ def test_tracing_changes_no_result(tiny_model):
     image = torch.randn(1, 3, s, s)
     with torch.inference_mode():
         plain = tiny_model.step(tiny_model.encode_frame(image), [], None, exact=True)
-    calls = []
-    with torch.inference_mode(), aten_trace.AtenTrace(io.StringIO()) as mode:
-        mode.out = type("Sink", (), {"write": staticmethod(calls.append)})()
+    out = io.StringIO()
+    with torch.inference_mode(), aten_trace.AtenTrace(out):
         step = tiny_model.step(tiny_model.encode_frame(image), [], None, exact=True)
-    assert len(calls) > 100
+    assert len(aten_trace.calls(out.getvalue())) > 100
     assert torch.equal(step.mask_logits, plain.mask_logits) and torch.equal(step.points, plain.points)
 
 
@@ -89,20 +89,13 @@ def test_layer_norm_is_compared_on_the_contiguous_copy_it_makes():
     """layer_norm_cpu makes its input contiguous first: a permuted or expanded input and a
     contiguous one are the same problem; a different shape is not."""
     x = torch.randn(4, 8, 16)
-    permuted = aten_trace.calls(traced_text(lambda: F.layer_norm(x.permute(1, 0, 2), [16])))
-    expanded = aten_trace.calls(traced_text(lambda: F.layer_norm(x[:1].transpose(0, 1).expand(8, 4, 16), [16])))
-    contiguous = aten_trace.calls(traced_text(lambda: F.layer_norm(x.permute(1, 0, 2).contiguous(), [16])))
+    permuted = traced(lambda: F.layer_norm(x.permute(1, 0, 2), [16]))
+    expanded = traced(lambda: F.layer_norm(x[:1].transpose(0, 1).expand(8, 4, 16), [16]))
+    contiguous = traced(lambda: F.layer_norm(x.permute(1, 0, 2).contiguous(), [16]))
     assert permuted == expanded == contiguous == ["aten.native_layer_norm.default(f32[8,4,16]/(64,16,1)@0, [16], "
                                                   "None, None, 1e-05)"]
-    assert aten_trace.calls(traced_text(lambda: F.layer_norm(x, [16]))) != contiguous
+    assert traced(lambda: F.layer_norm(x, [16])) != contiguous
     assert traced(lambda: x.permute(1, 0, 2).exp()) != traced(lambda: x.permute(1, 0, 2).contiguous().exp())
-
-
-def traced_text(fn) -> str:
-    out = io.StringIO()
-    with torch.inference_mode(), aten_trace.AtenTrace(out):
-        fn()
-    return out.getvalue()
 
 
 def test_tables_the_official_code_makes_again_are_explained_only_when_made_here_too(capsys):
