@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+import _gpu_agreement as A  # noqa: E402
+import _gpu_parts as P  # noqa: E402
 import _gpu_sections as S  # noqa: E402
 from _gpu_ab import ab_section  # noqa: E402
 from _gpu_compile import compile_section  # noqa: E402
@@ -40,15 +42,15 @@ SECTIONS = {
     "env": (S.env, 2, False),
     "peak": (S.peak, 4, False),
     "models": (S.models, 15, True),
-    "golden": (S.golden, 14, False),
+    "golden": (A.golden, 14, False),
     "steady": (S.steady, 6, True),
     "ab": (ab_section, 6, True),
     "e2e": (S.e2e, 12, True),
     "memory": (S.memory, 6, True),
-    "parts": (S.parts, 9, True),
-    "kernels": (S.kernels, 6, True),
-    "bf16": (S.bf16, 6, False),
-    "sdpa": (S.sdpa, 10, False),
+    "parts": (P.parts, 9, True),
+    "kernels": (P.kernels, 6, True),
+    "bf16": (A.bf16, 6, False),
+    "sdpa": (P.sdpa, 10, False),
     "compile": (compile_section, 10, True),
 }
 # Not in the default run: compiling both models takes minutes of its own (run it with --sections models,compile).
