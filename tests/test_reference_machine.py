@@ -16,6 +16,7 @@ from conftest import REPO, reference_dir
 
 sys.path.insert(0, str(REPO / "scripts" / "reference"))
 sys.path.insert(0, str(REPO / "benchmarks"))
+import fixture_writer  # noqa: E402
 import harness  # noqa: E402
 import official  # noqa: E402
 from _golden import MEDIAN_MAX, SIGN_MISMATCH_MAX, WITHIN_MIN, Tolerance, cross_cpu_tolerance, step_failures  # noqa: E402
@@ -141,8 +142,8 @@ def test_cpu_connected_components_fill_the_same_holes_as_ours():
 
 
 def test_crafted_postprocessing_inputs_have_their_promised_cases():
-    scores, logits, size = harness.crafted_postproc_inputs()
-    s2, l2, _ = harness.crafted_postproc_inputs()
+    scores, logits, size = fixture_writer.crafted_postproc_inputs()
+    s2, l2, _ = fixture_writer.crafted_postproc_inputs()
     assert np.array_equal(logits, l2) and np.array_equal(scores, s2)
     assert logits.shape == (10, 7, 48, 64) and logits.dtype == np.float32 and size == (90, 160)
     assert np.allclose(logits[3], logits[1] + 0.3) and scores[3] == np.float32(scores[1] - 0.01)
