@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -51,11 +52,14 @@ def png_ids(content: bytes) -> np.ndarray:
 def test_index_and_static_files(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert '<script src="/static/app.js">' in page.text
-    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
-        res = client.get(f"/static/{name}")
+    scripts = re.findall(r'<script src="([^"]+)">', page.text)
+    # the player's classic scripts share one scope: the page loads them in this order, app.js (which starts) last
+    assert scripts == ["/static/idmaps.js", "/static/player.js", "/static/entities.js", "/static/app.js"]
+    for url, kind in [(s, "text/javascript") for s in scripts] + [("/static/style.css", "text/css")]:
+        res = client.get(url)
         assert res.status_code == 200 and res.headers["content-type"].startswith(kind)
-    assert "cdn" not in page.text.lower() and "http" not in client.get("/static/app.js").text.split("//")[0]
+        assert "cdn" not in res.text.lower() and not re.search(r"https?://", res.text)  # nothing from elsewhere
+    assert "cdn" not in page.text.lower()
 
 
 def test_video_info(client):

@@ -1,4 +1,4 @@
-"""The player's id tables (static/idmaps.js indexRuns, static/app.js lookupAt / currentAt /
+"""The player's id tables (static/idmaps.js indexRuns, static/player.js lookupAt / currentAt /
 frameTables) run under node on the runs and the /api/state of a result holding id 2**24 - 1:
 the tables are as long as the entity list, and every pixel's current id is the server's."""
 
@@ -54,7 +54,7 @@ def run_node(state, frames, width, height):
         pytest.skip("the player's table test needs node")
     payload = {"state": state, "width": width, "height": height,
                "frames": [{"frame": t, "runs": base64.b64encode(r).decode()} for t, r in frames]}
-    proc = subprocess.run([node, "-e", SCRIPT, str(STATIC_DIR / "idmaps.js"), str(STATIC_DIR / "app.js")],
+    proc = subprocess.run([node, "-e", SCRIPT, str(STATIC_DIR / "idmaps.js"), str(STATIC_DIR / "player.js")],
                           input=json.dumps(payload), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)

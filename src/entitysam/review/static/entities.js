@@ -1,0 +1,175 @@
+// entitysam view: the entity list, timeline and thumbnails, selection, and the edits (plain JS;
+// loaded after player.js, whose viewer, caches and drawing it uses).
+"use strict";
+
+// ---- entity list and timeline --------------------------------------------------------------
+function applyState(state) {
+  state.byId = new Map(state.entities.map((e) => [e.id, e]));
+  // the original ids never change during a run: the positions of the decoded frames stay valid
+  if (!viewer.position) viewer.position = new Map(state.ids.map((id, k) => [id, k]));
+  viewer.state = state;
+  for (const id of [...viewer.selected]) if (!state.byId.has(id)) viewer.selected.delete(id);
+  $("undo").disabled = !state.can_undo;
+  $("redo").disabled = !state.can_redo;
+  buildList();
+  buildTimeline();
+  updateSelection();
+  redraw();
+}
+function fmtScore(s) { return typeof s === "number" ? s.toFixed(2) : ""; }
+function buildList() {
+  const body = document.querySelector("#entities tbody");
+  body.textContent = "";
+  for (const e of viewer.state.entities) {
+    const tr = document.createElement("tr");
+    tr.className = "entity" + (e.hidden ? " hidden" : "");
+    tr.dataset.id = e.id;
+    const frames = e.first_frame === null ? "" : `${e.first_frame}\u2013${e.last_frame}`;
+    tr.innerHTML = `<td><span class="swatch"></span></td><td class="num">${e.id}</td>` +
+      `<td><img alt="" loading="lazy"></td><td class="label"></td><td class="num">${fmtScore(e.score)}</td>` +
+      `<td class="num">${frames}</td><td class="num">${e.area ?? ""}</td>`;
+    tr.querySelector(".swatch").style.background = cssColor(e.color);
+    tr.querySelector(".label").textContent = (e.hidden ? "(hidden) " : "") + (e.label || "");
+    tr.addEventListener("click", (ev) => { selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey); });
+    tr.addEventListener("mouseenter", () => setHovered(e.id));
+    tr.addEventListener("mouseleave", () => setHovered(0));
+    body.appendChild(tr);
+  }
+  const withThumb = viewer.state.entities.filter((e) => e.thumb);
+  withThumb.sort((a, b) => parseInt(a.thumb, 10) - parseInt(b.thumb, 10));  // the key starts with its frame
+  for (const e of withThumb) {
+    const img = body.querySelector(`tr[data-id="${e.id}"] img`);
+    thumbnail(`/api/thumbs/${e.id}.png?k=${e.thumb}`).then((src) => { if (src) img.src = src; });
+  }
+}
+
+// ---- entity thumbnails: one at a time, in frame order, once the first frames are fetched -------
+// The server cuts each from its source frame, which it decodes from the video: in frame order
+// that is one forward pass (on a cursor of its own); asked all at once, as <img> tags do, they
+// cost a pass each and slowed the first seconds of scrubbing by a quarter (measured).
+const thumbs = new Map();  // url -> Promise<object URL | null>
+let thumbsQueue = new Promise((resolve) => { viewer.startThumbnails = resolve; });
+function thumbnail(url) {
+  if (!thumbs.has(url)) {
+    thumbsQueue = thumbsQueue.then(async () => {
+      const res = await fetch(url);
+      return res.ok ? URL.createObjectURL(await res.blob()) : null;
+    }).catch(() => null);
+    thumbs.set(url, thumbsQueue);
+  }
+  return thumbs.get(url);
+}
+function buildTimeline() {
+  const box = $("timeline");
+  box.textContent = "";
+  const n = viewer.info.num_frames;
+  for (const e of viewer.state.entities) {
+    const row = document.createElement("div");
+    row.className = "tl-row";
+    row.dataset.id = e.id;
+    const label = document.createElement("span");
+    label.className = "tl-id"; label.textContent = e.id;
+    const strip = document.createElement("canvas");
+    strip.width = Math.max(n, 1); strip.height = 1;
+    const ctx = strip.getContext("2d");
+    ctx.fillStyle = cssColor(e.color);
+    for (const f of e.presence) ctx.fillRect(f, 0, 1, 1);
+    row.append(label, strip);
+    row.addEventListener("click", (ev) => {
+      const rect = strip.getBoundingClientRect();
+      if (ev.target === strip) showFrame(Math.floor((ev.clientX - rect.left) / rect.width * n));
+      selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey);
+    });
+    row.addEventListener("mouseenter", () => setHovered(e.id));
+    row.addEventListener("mouseleave", () => setHovered(0));
+    box.appendChild(row);
+  }
+  const cursor = document.createElement("div");
+  cursor.id = "tl-cursor";
+  box.appendChild(cursor);
+  updateTimelineCursor();
+}
+function updateTimelineCursor() {
+  const cursor = $("tl-cursor"), strip = document.querySelector(".tl-row canvas");
+  if (!cursor || !strip || !viewer.info) return;
+  const box = $("timeline").getBoundingClientRect(), rect = strip.getBoundingClientRect();
+  const x = rect.left - box.left + (viewer.frame + 0.5) / viewer.info.num_frames * rect.width;
+  cursor.style.cssText = `position:absolute;pointer-events:none;width:1px;background:#fff;top:0;` +
+    `height:${$("timeline").scrollHeight}px;left:${x}px`;
+}
+function selectEntity(id, add) {
+  if (!add) { viewer.selected.clear(); viewer.selected.add(id); }
+  else if (viewer.selected.has(id)) viewer.selected.delete(id);
+  else viewer.selected.add(id);
+  updateSelection();
+  redraw();
+}
+viewer.selectEntity = selectEntity;
+function setHovered(id) {
+  if (viewer.hovered === id) return;
+  viewer.hovered = id;
+  for (const el of document.querySelectorAll(".entity, .tl-row")) el.classList.toggle("hovered", +el.dataset.id === id);
+  redraw();
+}
+function updateSelection() {
+  for (const el of document.querySelectorAll(".entity, .tl-row")) {
+    el.classList.toggle("selected", viewer.selected.has(+el.dataset.id));
+  }
+  const row = document.querySelector(`tr.entity.selected`);
+  if (row) row.scrollIntoView({block: "nearest"});
+  const n = viewer.selected.size;
+  $("merge").disabled = n < 2;
+  $("split").disabled = n !== 1;
+  for (const b of ["hide", "delete", "label"]) $(b).disabled = n === 0;
+}
+
+// ---- the image: hover and click select entities --------------------------------------------
+function idAtEvent(ev) {
+  if (!current) return 0;
+  const canvas = $("overlay-canvas"), rect = canvas.getBoundingClientRect();
+  const x = Math.floor((ev.clientX - rect.left) / rect.width * viewer.info.width);
+  const y = Math.floor((ev.clientY - rect.top) / rect.height * viewer.info.height);
+  if (x < 0 || y < 0 || x >= viewer.info.width || y >= viewer.info.height) return 0;
+  return currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current);
+}
+viewer.idAt = (x, y) => current ? currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current) : 0;
+
+// ---- edits ---------------------------------------------------------------------------------
+async function edit(op) {
+  try {
+    const res = await post("/api/edits", op);
+    applyState(await res.json());
+    setStatus(`${op.op} done`);
+  } catch (err) { setStatus(`${op.op}: ${err.message}`, true); }
+}
+viewer.edit = edit;
+async function undoRedo(which) {
+  try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
+  catch (err) { setStatus(`${which}: ${err.message}`, true); }
+}
+const selectedIds = () => [...viewer.selected];
+function hideSelected() {
+  const ids = selectedIds();
+  const allHidden = ids.every((id) => entityById(id)?.hidden);
+  return edit({op: allHidden ? "show" : "hide", ids});
+}
+async function save() {
+  try {
+    const res = await (await post("/api/save")).json();
+    setStatus(`saved ${res.name}`);
+    viewer.lastSave = res;
+  } catch (err) { setStatus(`save: ${err.message}`, true); }
+}
+async function exportResult() {
+  const fmt = $("export-format").value;
+  try {
+    const res = await post(`/api/export?format=${encodeURIComponent(fmt)}`);
+    const name = (res.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/)?.[1] || `export-${fmt}`;
+    const url = URL.createObjectURL(await res.blob());
+    const a = document.createElement("a");
+    a.href = url; a.download = name; document.body.appendChild(a); a.click(); a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    setStatus(`exported ${name}`);
+  } catch (err) { setStatus(`export: ${err.message}`, true); }
+}
+
