@@ -68,3 +68,17 @@ def link_into(folder: Path, path: Path) -> Path:
     link = folder / path.name
     link.symlink_to(path)
     return link
+
+
+def read_only_frame(path, **kw) -> np.ndarray:
+    """The one frame of an image source, read with Pillow's warnings (palette transparency, bombs)
+    turned into errors: none of them may surface."""
+    import warnings
+
+    from entitysam.io.sources import open_source
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frames = list(open_source(path, **kw))
+    assert len(frames) == 1
+    return frames[0].image
