@@ -30,13 +30,22 @@ PUBLIC_FIXTURE_CPU = {"vendor": "AuthenticAMD", "model_name": "AMD EPYC (Zen 5)"
 
 
 def fixture_cpu(meta: dict) -> dict:
-    """The CPU record of the machine that made a fixture."""
-    return meta["machine"]["cpu"] if "machine" in meta else PUBLIC_FIXTURE_CPU
+    """The CPU record of the machine that made a fixture: its machine record; else, for a meta.json
+    that names only the CPU, an Intel CPU by that name, or the public fixtures' Zen 5 ("AMD EPYC")."""
+    if "machine" in meta:
+        return meta["machine"]["cpu"]
+    named = str(meta.get("cpu", ""))
+    if "intel" in named.lower():
+        return {"vendor": "GenuineIntel", "model_name": named, "family": None, "model": None, "flags": None}
+    return PUBLIC_FIXTURE_CPU
 
 
 def same_cpu_family(a: dict, b: dict) -> bool:
     """Same vendor and family, and the same rounding-relevant ISA flags where both record them
-    (AMD family 25 is both Zen 3 and Zen 4, which differ in AVX-512)."""
+    (AMD family 25 is both Zen 3 and Zen 4, which differ in AVX-512). Where a family is unknown (a
+    fixture that names only its CPU), the same vendor and model name."""
+    if a.get("family") is None or b.get("family") is None:
+        return a.get("vendor") == b.get("vendor") and a.get("model_name") == b.get("model_name") not in (None, "unknown")
     same = a.get("vendor") == b.get("vendor") and a.get("family") == b.get("family")
     if a.get("flags") is not None and b.get("flags") is not None:
         same = same and sorted(a["flags"]) == sorted(b["flags"])

@@ -96,6 +96,20 @@ def test_unmeasured_cpu_family_says_so(monkeypatch, tmp_path):
     assert "may be the CPU" in why and "harness.py check" in why
 
 
+def test_a_fixture_naming_an_intel_cpu_is_held_tightly_only_on_that_cpu():
+    """A meta.json written like the public ones but on an Intel machine says only "cpu": its model name."""
+    meta = {"cpu": XEON["model_name"]}
+    kind, tol, bits, why = reference_check("hidden", meta, exact=True, here=XEON)
+    assert (kind, bits) == ("same-cpu", True) and tol(1) == Tolerance()
+    assert XEON["model_name"] in why and "Zen 5" not in why
+    other_xeon = dict(XEON, model_name="Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz")
+    for here in (other_xeon, ZEN1):
+        kind, tol, bits, why = reference_check("hidden", meta, exact=True, here=here)
+        assert kind == "cross-cpu" and not bits and "Intel CPU" in why
+        assert tol(1).sign_max > SIGN_MISMATCH_MAX  # widened by the measured cross-CPU difference
+    assert reference_check("hidden", {"cpu": "AMD EPYC"}, here=XEON)[0] == "cross-cpu"  # the public fixtures' Zen 5
+
+
 def test_fixture_machine_record_wins_and_flags_split_a_family():
     meta = {"machine": {"cpu": ZEN1}}
     assert reference_check("x", meta, here=ZEN1)[0] == "same-cpu"

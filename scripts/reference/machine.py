@@ -72,8 +72,11 @@ def machine_record(threads: int) -> dict:
 
 
 def cpu_family_name(cpu: dict) -> str:
-    """A short human name for a `cpu_record` ("AMD family 23 model 1")."""
+    """A short human name for a `cpu_record` ("AMD family 23 model 1"; its model name where the family
+    is unknown)."""
     vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(cpu.get("vendor"), cpu.get("vendor"))
+    if cpu.get("family") is None:
+        return f"{vendor} CPU {cpu.get('model_name')!r}"
     model = f" model {cpu['model']}" if cpu.get("model") is not None else ""
     return f"{vendor} family {cpu.get('family')}{model}"
 
