@@ -12,7 +12,7 @@ import pytest
 
 from entitysam.cli.wording import FLAGS, flag_words, user_message
 from entitysam.errors import EntitySAMError, OutputError, Remedy, UnsafeCheckpointError
-from entitysam.io.output_lock import OutputLock, OutputLockedError
+from entitysam.io.output_lock import OutputLock
 from entitysam.io.staging import StagedOutput
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "entitysam"

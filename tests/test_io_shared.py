@@ -4,7 +4,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from entitysam.io.atomic import atomic_file, write_bytes_atomic, write_json_atomic
 from entitysam.io.idpng import MAX_ID, decode_ids, encode_ids, read_id_png, write_id_png

@@ -4,7 +4,6 @@ sorted ids, never by its value, so /api/state stays small and nothing builds 16.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np

@@ -233,8 +233,6 @@ def test_viewing_without_the_token_cannot_edit(tmp_path):
 def test_id_decoding_in_the_browser_keeps_every_id(tmp_path):
     """idmaps.js: RGBA pixels -> ids (16 bits when they fit, else 32) and the boundary pixels."""
     chromium_or_skip()
-    from PIL import Image
-
     from entitysam.io.idpng import write_id_png
     from entitysam.review.server import STATIC_DIR
 
