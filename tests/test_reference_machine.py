@@ -110,6 +110,31 @@ def test_a_fixture_naming_an_intel_cpu_is_held_tightly_only_on_that_cpu():
     assert reference_check("hidden", {"cpu": "AMD EPYC"}, here=XEON)[0] == "cross-cpu"  # the public fixtures' Zen 5
 
 
+def test_a_cpu_family_that_reproduced_every_step_gets_the_tight_check(monkeypatch, tmp_path):
+    monkeypatch.setattr(_reference_machine, "CROSS_CPU_FILE", tmp_path / "none.json")
+    same = dict(step=0, within_tolerance=1.0, median_abs_diff=0.0, sign_mismatch=0.0, bit_identical=True)
+    every = [dict(same, step=s) for s in range(5)]  # 2 frames: 3 warm-up steps + 2
+    meta = {"cpu": "AMD EPYC", "num_frames": 2, "cross_cpu": [{"note": "n", "cpu": ZEN1, "steps": every}]}
+    kind, tol, bits, why = reference_check("f", meta, exact=True, here=ZEN1)
+    assert (kind, bits) == ("same-cpu", True) and tol(4) == Tolerance() and "bit for bit" in why
+    assert reference_check("f", meta, here=XEON)[0] == "cross-cpu"  # another family: its own measurement only
+    for steps in (every[:4], every[:3] + [dict(same, step=3, bit_identical=False)] + every[4:]):  # not every step
+        meta["cross_cpu"][0]["steps"] = steps
+        assert reference_check("f", meta, exact=True, here=ZEN1)[:3:2] == ("cross-cpu", False)
+
+
+def test_the_public_vits_fixture_is_reproduced_on_a_zen4():
+    """Measured (reference_cross_cpu.json): the official code on a Zen 4 with AVX-512 gives golden-vits
+    bit for bit, so a Zen 4 holds it to the README tolerances and exact mode to bit-identity."""
+    zen4 = next(m["cpu"] for m in json.loads(_reference_machine.CROSS_CPU_FILE.read_text())["golden-vits"]
+                if m.get("cpu", {}).get("family") == 25 and "avx512f" in m["cpu"]["flags"] and "MKL" not in m["note"]
+                and "AVX2" not in m["note"])
+    meta = json.loads((reference_dir() / "golden-vits" / "meta.json").read_text())
+    assert reference_check("golden-vits", meta, exact=True, here=zen4)[:3:2] == ("same-cpu", True)
+    zen3 = dict(zen4, flags=[f for f in zen4["flags"] if not f.startswith("avx512")])
+    assert reference_check("golden-vits", meta, exact=True, here=zen3)[0] == "cross-cpu"
+
+
 def test_fixture_machine_record_wins_and_flags_split_a_family():
     meta = {"machine": {"cpu": ZEN1}}
     assert reference_check("x", meta, here=ZEN1)[0] == "same-cpu"
