@@ -123,16 +123,17 @@ def test_a_cpu_family_that_reproduced_every_step_gets_the_tight_check(monkeypatc
         assert reference_check("f", meta, exact=True, here=ZEN1)[:3:2] == ("cross-cpu", False)
 
 
-def test_the_public_vits_fixture_is_reproduced_on_a_zen4():
-    """Measured (reference_cross_cpu.json): the official code on a Zen 4 with AVX-512 gives golden-vits
-    bit for bit, so a Zen 4 holds it to the README tolerances and exact mode to bit-identity."""
-    zen4 = next(m["cpu"] for m in json.loads(_reference_machine.CROSS_CPU_FILE.read_text())["golden-vits"]
+@pytest.mark.parametrize("name", ["golden-vits", "golden-vitl"])
+def test_the_public_fixtures_are_reproduced_on_a_zen4(name):
+    """Measured (reference_cross_cpu.json): the official code on a Zen 4 with AVX-512 gives both public
+    fixtures bit for bit, so a Zen 4 holds them to the README tolerances and exact mode to bit-identity."""
+    zen4 = next(m["cpu"] for m in json.loads(_reference_machine.CROSS_CPU_FILE.read_text())[name]
                 if m.get("cpu", {}).get("family") == 25 and "avx512f" in m["cpu"]["flags"] and "MKL" not in m["note"]
                 and "AVX2" not in m["note"])
-    meta = json.loads((reference_dir() / "golden-vits" / "meta.json").read_text())
-    assert reference_check("golden-vits", meta, exact=True, here=zen4)[:3:2] == ("same-cpu", True)
+    meta = json.loads((reference_dir() / name / "meta.json").read_text())
+    assert reference_check(name, meta, exact=True, here=zen4)[:3:2] == ("same-cpu", True)
     zen3 = dict(zen4, flags=[f for f in zen4["flags"] if not f.startswith("avx512")])
-    assert reference_check("golden-vits", meta, exact=True, here=zen3)[0] == "cross-cpu"
+    assert reference_check(name, meta, exact=True, here=zen3)[0] == "cross-cpu"
 
 
 def test_fixture_machine_record_wins_and_flags_split_a_family():
