@@ -54,23 +54,32 @@ def same_cpu_family(a: dict, b: dict) -> bool:
     return same
 
 
+def recorded_measurements() -> dict[str, list[dict]]:
+    """reference_cross_cpu.json: fixture name -> the official code's measurements on other CPUs."""
+    recorded = json.loads(CROSS_CPU_FILE.read_text()) if CROSS_CPU_FILE.exists() else {}
+    return {key: ms for key, ms in recorded.items() if not key.startswith("_")}
+
+
+def own_measurements(name: str, meta: dict, recorded: dict[str, list[dict]]) -> list[dict]:
+    """This fixture's measurements: in its meta.json ("cross_cpu"), or recorded for it."""
+    return list(meta.get("cross_cpu") or recorded.get(name, []))
+
+
 def cross_cpu_measurements(name: str, meta: dict) -> list[dict]:
     """The official code's own per-step difference from a fixture on other CPUs: this fixture's
     (in its meta.json, or recorded in reference_cross_cpu.json), then every other fixture's. The
     difference comes from the pair of CPUs (their kernels' rounding), not from the frames, so a
     fixture nobody measured is held to what was measured on the others."""
-    recorded = json.loads(CROSS_CPU_FILE.read_text()) if CROSS_CPU_FILE.exists() else {}
-    own = meta.get("cross_cpu") or recorded.get(name, [])
-    others = [m for key, ms in recorded.items() if key != name and not key.startswith("_") for m in ms]
-    return list(own) + others
+    recorded = recorded_measurements()
+    others = [m for key, ms in recorded.items() if key != name for m in ms]
+    return own_measurements(name, meta, recorded) + others
 
 
 def reproduced_on(name: str, meta: dict, here: dict) -> dict | None:
     """This fixture's own measurement, if any, of the official code on `here`'s CPU family that
     reproduced every step of the fixture bit for bit: that family then rounds as the fixture's own."""
-    recorded = json.loads(CROSS_CPU_FILE.read_text()) if CROSS_CPU_FILE.exists() else {}
     steps = int(meta.get("num_frames", 0)) + EntitySAMConfig().num_warmup_copies
-    for m in meta.get("cross_cpu") or recorded.get(name, []):
+    for m in own_measurements(name, meta, recorded_measurements()):
         measured = {r["step"] for r in m.get("steps", []) if r.get("bit_identical")}
         if m.get("cpu") and same_cpu_family(m["cpu"], here) and steps and measured >= set(range(steps)):
             return m
