@@ -261,3 +261,44 @@ def test_training_resume_refuses_code_in_checkpoint(tmp_path):
     with pytest.raises(UnsafeCheckpointError):
         read_checkpoint(path)
     assert not marker.exists()
+
+
+def _one_weight_as(kind: str) -> dict:
+    state = tiny_state_dict()
+    key = next(k for k, v in state.items() if v.dim() == 2)
+    w = state[key]
+    state[key] = {"complex": lambda: torch.complex(w, w), "int8": lambda: w.to(torch.int8),
+                  "bool": lambda: w > 0, "sparse": lambda: w.to_sparse()}[kind]()
+    return state
+
+
+@pytest.mark.parametrize("kind", ["complex", "int8", "bool", "sparse"])
+def test_weights_that_are_not_real_dense_floats_are_refused_in_one_listing(tmp_path, still, kind):
+    """A complex weight lost its imaginary part with a warning (and the warning then looped
+    forever in the command line's wording, eating all memory); integer and boolean weights gave
+    torch's 400-line error, a sparse one failed at inference. Now: one short listing, no model built."""
+    with pytest.raises(CheckpointMismatchError, match="not real floating-point dense tensors") as err:
+        load_entitysam(_one_weight_as(kind), "tiny")
+    assert kind.replace("sparse", "sparse_coo") in str(err.value)
+    path = tmp_path / f"{kind}.pth"
+    torch.save({"model": _one_weight_as(kind)}, path)
+    proc = subprocess.run([sys.executable, "-m", "entitysam", "segment", str(still), "-o", str(tmp_path / "out"),
+                           "--checkpoint", str(path), "-q"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "not real floating-point" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) < 10
+    assert not (tmp_path / "out" / "still").exists()
+
+
+def test_other_warnings_of_a_model_load_are_shown_once():
+    """Warnings other than the trust flag's are shown again once the load is over, once each
+    (shown while still recording, each was recorded again: an endless loop)."""
+    code = ("import warnings\nfrom entitysam.cli.options import checkpoint_wording\n"
+            "with checkpoint_wording():\n    warnings.warn('casting complex values to real', UserWarning)\n")
+    def two_gib_at_most():  # the endless loop grows memory: keep a regression from exhausting the machine's
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          preexec_fn=two_gib_at_most)
+    assert proc.returncode == 0 and proc.stderr.count("casting complex values to real") == 1, proc.stderr

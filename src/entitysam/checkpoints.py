@@ -233,13 +233,20 @@ def _closest_config_name(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> None:
-    """Raise CheckpointMismatchError unless `state` has exactly the model's keys and shapes."""
+    """Raise CheckpointMismatchError unless `state` has exactly the model's keys and shapes, every
+    tensor a dense real floating-point one."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     mismatched = [(k, tuple(state[k].shape), expected[k]) for k in expected
                   if k in state and tuple(state[k].shape) != expected[k]]
-    if not (missing or unexpected or mismatched):
+    # Every weight is a real floating-point number: a complex one would lose its imaginary part
+    # in the float32 cast, an integer or boolean one cannot be a parameter, a sparse one breaks
+    # inference. Refused here, in one listing, before any of them reaches the model.
+    not_real = [(k, f"{str(v.dtype).removeprefix('torch.')}" + ("" if v.layout == torch.strided else f", {v.layout}"))
+                for k, v in state.items() if k in expected
+                and (v.layout != torch.strided or not v.is_floating_point() or v.is_complex())]
+    if not (missing or unexpected or mismatched or not_real):
         return
     lines = [f"checkpoint does not fit the '{model.cfg.name}' model:"]
 
@@ -253,6 +260,9 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     listing("missing keys", missing)
     listing("unexpected keys", unexpected)
     listing("shape mismatches (key, checkpoint, model)", mismatched)
+    listing("not real floating-point dense tensors (key, dtype)", not_real)
+    if not (missing or unexpected or mismatched):  # keys and shapes fit: nothing to say about configurations
+        raise CheckpointMismatchError("\n".join(lines))
     fit = infer_config(state)
     remedies = []
     if fit is not None and fit.name != model.cfg.name:

@@ -135,18 +135,24 @@ def checkpoint_wording() -> Iterator[None]:
     `print_err`)."""
     from ..checkpoints import UnsafeLoadWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UnsafeLoadWarning)
-        try:
-            yield
-        finally:
-            for w in caught:
-                if issubclass(w.category, UnsafeLoadWarning):
-                    print(f"warning: {w.message.path}: loading with the full pickle loader ({TRUST_FLAG} / "
-                          "allow_pickle=True): this file can run any code on this machine; do this only for files "
-                          "you trust", file=sys.stderr)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as recording:
+            warnings.simplefilter("always", UnsafeLoadWarning)
+            try:
+                yield
+            finally:
+                caught = list(recording)
+    finally:
+        # Shown once recording has stopped: shown inside it, a warning would be recorded again
+        # and the loop would never end.
+        for w in caught:
+            if issubclass(w.category, UnsafeLoadWarning):
+                print(f"warning: {w.message.path}: loading with the full pickle loader ({TRUST_FLAG} / "
+                      "allow_pickle=True): this file can run any code on this machine; do this only for files "
+                      "you trust", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def check_output_root(out_root: Path) -> None:
