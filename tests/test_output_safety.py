@@ -425,3 +425,13 @@ def test_file_or_symlink_at_the_result_path_is_never_replaced(tmp_path, capsys):
     assert run(image, "-o", out, "--checkpoint", tmp_path / "missing.pth") == 1
     assert "exists and is not a folder" in capsys.readouterr().err
     assert (out / "still").read_text() == "a file of mine"
+
+
+def test_names_with_other_scripts_digits_are_not_taken_for_leftovers(tmp_path):
+    """`.<name>.partial-<pid>-<hex>` with "²" as the pid: str.isdigit() took it and int() then raised,
+    so one oddly named file beside the results stopped every run there. Not a leftover: kept."""
+    parent = tmp_path / "out"
+    odd = parent / ".vid.partial-\u00b2-aa"
+    odd.mkdir(parents=True)
+    assert recover_output(parent / "vid") is None
+    assert odd.is_dir()

@@ -219,6 +219,18 @@ def test_thumbnails(client):
     assert client.get("/api/thumbs/2.png?v=1").status_code == 404  # gone with the edit
 
 
+@pytest.mark.parametrize("number", ["%C2%B2", "%D9%A3", "%E0%A5%A9", "99999999999999999999999"],
+                         ids=["superscript-2", "arabic-indic-3", "devanagari-3", "huge"])
+def test_numbers_in_urls_are_ascii_decimals_only(client, number):
+    """str.isdigit() takes "²" (int() then raised: a 500) and int() takes other scripts' digits
+    (frame "٣" was served as frame 3): a URL's number is ASCII digits or nothing."""
+    for url in (f"/api/frames/{number}.jpg", f"/api/idmaps/{number}.png", f"/api/idmaps/{number}.runs",
+                f"/api/thumbs/{number}.png"):
+        assert client.get(url).status_code == 404, url
+    assert client.get(f"/api/frames/3.jpg?w={number}").status_code in (200, 400)
+    assert client.get("/api/frames/3.jpg?w=%C2%B2").status_code == 400
+
+
 def test_thumbnail_keys_change_only_with_what_the_thumbnail_shows(client):
     def keys():
         return {e["id"]: e["thumb"] for e in client.get("/api/state").json()["entities"]}

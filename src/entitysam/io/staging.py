@@ -42,7 +42,7 @@ _ACTIVE_STAGING: set[str] = set()
 def _sibling_pid(path: Path, prefix: str) -> int | None:
     rest = path.name[len(prefix):]
     head, _, tail = rest.partition("-")
-    if not head.isdigit() or not tail or not all(c in "0123456789abcdef" for c in tail):
+    if not (head.isascii() and head.isdigit()) or not tail or not all(c in "0123456789abcdef" for c in tail):
         return None
     return int(head)
 

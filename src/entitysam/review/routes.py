@@ -29,12 +29,16 @@ def _file(root: Path, relative: str, cache: str) -> Response:
     return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": cache})
 
 
+def _count(text: str) -> int | None:
+    """A URL's decimal number (ASCII digits only: str.isdigit() also takes "²", which int() refuses,
+    and int() takes other scripts' digits), None when it is not one."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 12 else None
+
+
 def _frame_index(viewer, text: str) -> int | None:
     """`<i>` of /api/frames/<i>.jpg as a frame index, None when it is not one."""
-    if not text.isdigit():
-        return None
-    index = int(text)
-    return index if index < viewer.num_frames else None
+    index = _count(text)
+    return index if index is not None and index < viewer.num_frames else None
 
 
 def build_routes(viewer) -> list[Route]:
@@ -73,9 +77,9 @@ def build_routes(viewer) -> list[Route]:
         if index is None:
             return _error(404, "no such frame")
         width = request.query_params.get("w")
-        if width is not None and not (width.isdigit() and int(width) > 0):
+        if width is not None and not (_count(width) or 0) > 0:
             return _error(400, "w must be a positive number of columns")
-        data = await run_in_threadpool(viewer.frame_jpeg, index, None if width is None else int(width))
+        data = await run_in_threadpool(viewer.frame_jpeg, index, None if width is None else _count(width))
         if data is None:
             return _error(404, "the source frame cannot be read (moved or deleted?)")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
@@ -95,8 +99,8 @@ def build_routes(viewer) -> list[Route]:
         return await original_ids(request, viewer.id_runs, "application/octet-stream")
 
     async def thumb(request: Request) -> Response:
-        text = request.path_params["entity"]
-        data = await run_in_threadpool(viewer.thumbnail, int(text)) if text.isdigit() else None
+        entity = _count(request.path_params["entity"])
+        data = None if entity is None else await run_in_threadpool(viewer.thumbnail, entity)
         if data is None:
             return _error(404, "no such entity")
         # the URL carries ?k=<thumb key of /api/state>: what the picture shows, so it may be cached
