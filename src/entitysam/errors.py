@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-__all__ = ["Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
+__all__ = ["Terminated", "raise_terminated", "Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
            "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
            "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "EditError"]
 
@@ -121,3 +121,13 @@ class ResultFolderError(EntitySAMError, ValueError):
 class EditError(EntitySAMError, ValueError):
     """An edit operation of a result (hide, merge, split, ...) is malformed or does not apply to
     the current entities; the message names the operation and the cause."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `kill`, `timeout`, Slurm and `docker stop` send), raised by the command line
+    where a Ctrl-C would be: the command ends as on Ctrl-C, its temporary files removed."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """The command line's SIGTERM handler."""
+    raise Terminated()

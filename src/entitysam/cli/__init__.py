@@ -11,17 +11,21 @@ command, the options they share in `options.py`.
     entitysam view RESULT_DIR [--host H] [--port N] [--open]       (view.py: the review web app)
 
 Exit codes: 0 success (skipped videos included), 1 at least one video failed or the model could
-not be loaded, 2 invalid command line, 130 interrupted (Ctrl-C; in online mode after finishing
-the outputs of the frames done).
+not be loaded, 2 invalid command line, 130 interrupted (Ctrl-C, or SIGTERM; in online mode after
+finishing the outputs of the frames done).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 from typing import Sequence
 
+from ..errors import Terminated, raise_terminated
 from . import demo, download, export, segment
 from .options import print_err
 
@@ -81,14 +85,31 @@ def dispatch(argv: Sequence[str]) -> int:
     return args.func(args)
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so that a command
+    stopped by `kill`, `timeout`, a scheduler or `docker stop` cleans up as on Ctrl-C instead of
+    dying with its temporary files and lock left behind."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # A Ctrl-C anywhere the commands do not handle it themselves (importing torch, loading the
     # model, parsing a checkpoint) ends with one line and the documented code, not a traceback.
-    try:
-        return dispatch(argv)
-    except KeyboardInterrupt:
-        print_err("interrupted")
-        return 130
+    with sigterm_as_interrupt():
+        try:
+            return dispatch(argv)
+        except KeyboardInterrupt as stop:
+            print_err("terminated" if isinstance(stop, Terminated) else "interrupted")
+            return 130
 
 

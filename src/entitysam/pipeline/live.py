@@ -10,6 +10,8 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
+from ..errors import Terminated, raise_terminated
+
 __all__ = ["FrameQueue", "FrameReader", "deferred_sigint"]
 
 
@@ -135,20 +137,26 @@ class FrameReader:
 
 @contextlib.contextmanager
 def deferred_sigint():
-    """Hold a Ctrl-C (SIGINT) until the block is done, then raise KeyboardInterrupt.
+    """Hold a Ctrl-C (SIGINT), and a SIGTERM the command line turns into one, until the block is
+    done, then raise it (KeyboardInterrupt, or `Terminated`).
 
     Used around the writes of one frame so that an interrupt never leaves that frame's files
-    inconsistent. No-op outside the main thread or when SIGINT is not Python's default handler.
+    inconsistent. No-op outside the main thread; a signal is held only while Python handles it
+    by raising (SIGINT's default handler, the command line's SIGTERM one).
     """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    held = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = {sig: handler for sig, handler in held.items()
+            if handler is signal.default_int_handler or handler is raise_terminated}
     received = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    for sig in held:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
     if received:
-        raise KeyboardInterrupt
+        raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt

@@ -217,7 +217,7 @@ class OnlineStream:
             self._reader.stop(wait=0)
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is KeyboardInterrupt:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
             self.mark_interrupted()
         self.close()
 

@@ -1,0 +1,64 @@
+"""SIGTERM (what `kill`, `timeout`, Slurm and `docker stop` send) ends a command as Ctrl-C does:
+exit 130, one line, and nothing left behind but finished results (no staging folder, no lock)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from _media import write_video
+from conftest import REPO
+
+
+def start(*args) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-m", "entitysam", *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(proc: subprocess.Popen, ready, what: str, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert proc.poll() is None, f"ended before {what}: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {seconds} s"
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("term") / "clip.mp4", 40)
+
+
+def test_sigterm_offline_leaves_no_staging_folder_nor_lock(clip, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    proc = start("segment", clip, "-o", out, "--checkpoint", tiny_checkpoint, "--threads", "1")
+    wait_for(proc, lambda: out.is_dir() and any(".partial-" in p.name for p in out.iterdir()), "staged result")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    # the run made the output folder: it removes it again, with its staging folder and lock
+    assert not out.exists() or sorted(p.name for p in out.iterdir()) == [], "left behind: staging folder or lock"
+
+
+def test_sigterm_online_finishes_the_frames_done(clip, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    proc = start("segment", clip, "-o", out, "--checkpoint", tiny_checkpoint, "--threads", "1", "--online")
+    lines = out / "clip" / "entities.jsonl"
+    wait_for(proc, lambda: lines.exists() and lines.read_text().count("\n") >= 2, "two frames written")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    manifest = json.loads((out / "clip" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert len(lines.read_text().splitlines()) == manifest["num_frames"] >= 2
+    assert sorted(p.name for p in out.iterdir()) == ["clip"], "left behind: a lock"
