@@ -340,3 +340,35 @@ def test_api_max_pixels(tmp_path, tiny_model):
             fn(tiny_model, tmp_path / "still.png", max_pixels=1000)
     with segment(tiny_model, tmp_path / "still.png", max_pixels=None) as result:
         assert len(result) == 1
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_names_that_are_not_utf8(tmp_path, tiny_checkpoint, online):
+    """Linux names are bytes: a video `bad\\xff.mp4` and a frame `00\\xff.jpg` are segmented; the
+    names go into the JSON files as `\\udcff` escapes (every file stays valid UTF-8) from which
+    os.fsencode gives back the bytes; the viewer serves them."""
+    video = write_video(tmp_path / "clip.mp4", 3)
+    video = video.rename(tmp_path / os.fsdecode(b"bad\xff.mp4"))
+    frames = write_frames(tmp_path / "uf", [os.fsdecode(b"00\xff"), "01", "02"])
+    out = tmp_path / "out"
+    for source, name in ((video, "bad_"), (frames, "uf")):
+        r = run_cli(source, "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--save", "panoptic,entities",
+                    *(["--online"] if online else []))
+        assert r.returncode == 0, r.stderr
+        result = out / name
+        texts = {p.name: p.read_bytes().decode("utf-8") for p in result.rglob("*.json*")}  # strict UTF-8
+        manifest = json.loads(texts[MANIFEST])
+        assert manifest["complete"] is True and os.fsencode(manifest["input"]) == os.fsencode(source)
+    names = [json.loads(line)["name"] for line in texts["entities.jsonl"].splitlines()] if online else \
+        [f["name"] for f in json.loads(texts["entities.json"])["frames"]]
+    assert [os.fsencode(n) for n in names] == [b"00\xff", b"01", b"02"]
+    assert "00\\udcff" in texts["panoptic.json"]
+    assert (result / "panoptic" / os.fsdecode(b"00\xff.png")).is_file()
+    starlette = pytest.importorskip("starlette.testclient", reason="the viewer needs starlette and httpx")
+    from entitysam.review.server import Viewer, create_app
+
+    with starlette.TestClient(create_app(Viewer(result, token="t")), raise_server_exceptions=False) as client:
+        video_info = client.get("/api/video")
+        assert video_info.status_code == 200, video_info.text
+        assert os.fsencode(video_info.json()["frame_names"][0]) == b"00\xff"
+        assert client.get("/api/frames/0.jpg").status_code == 200

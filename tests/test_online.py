@@ -509,3 +509,18 @@ def test_cli_online_option_errors(media, tmp_path, capsys):
         assert run_cli(*args, "-o", tmp_path / "o", *ck) == 2, message
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("online", [True, False])
+def test_longest_legal_frame_names(tmp_path, tiny_checkpoint, online):
+    """Frames named with 255 bytes (251 + ".jpg"): their PNGs (251 + ".png") fit, and so must every
+    temporary name on the way (they used to be ".<name>.png.tmp-<pid>-<hex>": File name too long)."""
+    names = [f"f{i:02d}" + "b" * 248 for i in range(3)]
+    frames = write_frames(tmp_path / "ln", names)
+    out = tmp_path / "out"
+    assert run_cli(frames, "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--save", "panoptic,entities",
+                   *(["--online"] if online else [])) == 0
+    manifest = json.loads((out / "ln" / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest.get("status", "complete") == "complete"
+    assert sorted(p.name for p in (out / "ln" / "panoptic").iterdir()) == [f"{n}.png" for n in names]
+    assert not [p for p in (out / "ln").rglob(".*")]  # no temporary file left

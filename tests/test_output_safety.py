@@ -19,6 +19,7 @@ from PIL import Image
 from _media import scene, write_frames, write_video
 from entitysam import cli
 from entitysam.hub import bundled_checkpoint_path
+from entitysam.errors import OutputError
 from entitysam.io import paths, staging
 from entitysam.io.manifest import MANIFEST, read_manifest
 from entitysam.io.output_lock import OutputLock, OutputLockedError
@@ -223,6 +224,7 @@ def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, 
         real_rmtree(path, *a, **k)
 
     monkeypatch.setattr(staging.os, "rename", rename)
+    monkeypatch.setattr(staging, "publish_no_replace", rename)  # the new result's move in (no-replace rename)
     monkeypatch.setattr(staging, "_write_journal", journal)
     monkeypatch.setattr(staging, "fsync_dir", fsync_dir)
     monkeypatch.setattr(staging.shutil, "rmtree", rmtree)
@@ -435,3 +437,113 @@ def test_names_with_other_scripts_digits_are_not_taken_for_leftovers(tmp_path):
     odd.mkdir(parents=True)
     assert recover_output(parent / "vid") is None
     assert odd.is_dir()
+
+
+# ----------------------------------------------------------------------------- never replaced without --overwrite
+
+
+def test_save_logits_file_appearing_during_the_run_is_never_replaced(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """Two runs given one --save-logits FILE at once: FILE is checked at the start and published at
+    the end; one that appears in between (the other run's) is not replaced without --overwrite:
+    this run fails in one line and leaves nothing (no result, no temporary file)."""
+    from entitysam.pipeline import segment as pipeline_segment
+
+    image = still(tmp_path / "still.png")
+    target, out = tmp_path / "l.npz", tmp_path / "out"
+    real = pipeline_segment.save_logits_npz
+
+    def other_run_finishes_first(path, *args, **kwargs):
+        target.write_bytes(b"the other run's logits")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline_segment, "save_logits_npz", other_run_finishes_first)
+    common = [image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q", "--save-logits", target]
+    assert run(*common) == 1
+    err = capsys.readouterr().err
+    assert "appeared while this run wrote it" in err and len(err.strip().splitlines()) == 1, err
+    assert target.read_bytes() == b"the other run's logits"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.npz", "still.png"]  # no result, no temporary file
+    assert run(*common, "--overwrite") == 0  # --overwrite keeps replacing it (atomically)
+    assert target.read_bytes()[:2] == b"PK"
+
+
+@pytest.mark.parametrize("way", ["link", "renameat2", "check"])
+def test_publish_no_replace_never_replaces(tmp_path, monkeypatch, way):
+    """The one no-replace primitive (io.atomic.publish_no_replace), with each of its fallbacks:
+    a hard link, renameat2(RENAME_NOREPLACE) where links are unsupported, a last check."""
+    import errno
+
+    from entitysam.io import atomic
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    if way != "link":
+        monkeypatch.setattr(atomic.os, "link", no_links)
+    if way == "check":
+        monkeypatch.setattr(atomic, "_rename_noreplace", lambda src, dst: False)
+    tmp, final = tmp_path / "tmp", tmp_path / "final"
+    tmp.write_text("first")
+    atomic.publish_no_replace(tmp, final)
+    assert final.read_text() == "first" and not tmp.exists()
+    tmp.write_text("second")
+    with pytest.raises(FileExistsError):
+        atomic.publish_no_replace(tmp, final)
+    assert final.read_text() == "first" and tmp.read_text() == "second"
+    stage, empty = tmp_path / "stage", tmp_path / "empty"
+    stage.mkdir()
+    (stage / "x").write_text("x")
+    empty.mkdir()  # os.rename would silently replace an empty folder
+    with pytest.raises(FileExistsError):
+        atomic.publish_no_replace(stage, empty)
+    assert (stage / "x").is_file() and empty.is_dir() and not any(empty.iterdir())
+    with pytest.raises(FileExistsError):  # atomic_file(replace=False): a file that appeared meanwhile stays
+        with atomic.atomic_file(tmp_path / "late", "w", replace=False) as f:
+            f.write("mine")
+            (tmp_path / "late").write_text("theirs")
+    assert (tmp_path / "late").read_text() == "theirs"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temporary file removed
+
+
+def test_export_appearing_during_the_export_is_never_replaced(tmp_path):
+    from entitysam.review.export.common import output_dir, output_file
+
+    out = tmp_path / "x.json"
+    with pytest.raises(OutputError, match="appeared while"):
+        with output_file(out, overwrite=False) as f:
+            f.write("export")
+            out.write_text("theirs")
+    assert out.read_text() == "theirs"
+    folder = tmp_path / "mots"
+    with pytest.raises(OutputError, match="already exists"):
+        with output_dir(folder, overwrite=False) as stage:
+            (stage / "a").write_text("a")
+            folder.mkdir()  # an empty folder: a plain rename would replace it
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mots", "x.json"]
+
+
+# ----------------------------------------------------------------------------- long names
+
+
+def test_temporary_names_fit_when_the_final_name_does(tmp_path):
+    """A 255-byte name (the usual limit) is written: temporary names are short, not derived from it."""
+    import numpy as np
+
+    from entitysam.io.atomic import write_bytes_atomic
+    from entitysam.io.logits import save_logits_npz
+
+    write_bytes_atomic(tmp_path / ("a" * 255), b"x")
+    path = save_logits_npz(tmp_path / ("b" * 251 + ".npz"), np.zeros((1, 2, 4, 4), np.float32), np.zeros(2),
+                           overwrite=False)
+    assert (tmp_path / ("a" * 255)).read_bytes() == b"x" and path.is_file()
+    assert sorted(len(p.name) for p in tmp_path.iterdir()) == [255, 255]
+
+
+def test_save_logits_name_too_long_is_refused_before_any_work(tmp_path, tiny_checkpoint, capsys):
+    image = still(tmp_path / "still.png")
+    out = tmp_path / "out"
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--save-logits", tmp_path / ("x" * 252)) == 2
+    err = capsys.readouterr().err
+    assert "longer than the file system allows (255 bytes)" in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()

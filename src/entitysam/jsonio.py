@@ -4,12 +4,18 @@
 (browsers, ``jq``, most JSON libraries) reject the whole file. Everything the package writes goes
 through :func:`dumps`, which refuses them with a message naming the offending key, so that a
 non-finite number is caught where it is made instead of in a reader much later.
+
+File names need not be UTF-8 on Linux: Python reads such bytes as lone surrogates
+(``surrogateescape``: byte 0xff is ``"\\udcff"``), which no UTF-8 file can hold. :func:`dumps`
+writes them as JSON escapes (``"00\\udcff"``), so every file stays valid UTF-8 and the name is
+kept losslessly: ``os.fsencode(json.loads(text)[...])`` gives back the original bytes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Mapping
 
 from .errors import NonFiniteJSONError
@@ -34,15 +40,24 @@ def find_non_finite(obj: Any, where: str = "$") -> str | None:
     return None
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # lone surrogates: undecodable bytes of a file name
+
+
+def _escape(match: re.Match) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
 def dumps(obj: Any, *, indent: int | None = None, compact: bool = False, ensure_ascii: bool = False) -> str:
     """``json.dumps`` that refuses NaN and infinities (``allow_nan=False``).
 
-    compact: no spaces after separators (one-line records). Raises NonFiniteJSONError naming
-    the first non-finite value.
+    compact: no spaces after separators (one-line records). Lone surrogates (the undecodable
+    bytes of a file name) are written as ``\\udcXX`` escapes: the text always encodes as UTF-8.
+    Raises NonFiniteJSONError naming the first non-finite value.
     """
     try:
-        return json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False,
+        text = json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False,
                           separators=(",", ":") if compact else None)
+        return text if ensure_ascii else _SURROGATE.sub(_escape, text)
     except ValueError as err:
         where = find_non_finite(obj)
         if where is None:  # another ValueError (e.g. a circular reference): not ours to explain

@@ -170,7 +170,8 @@ def _segment_offline(model, source, name: str, out_root: Path, options: SegmentO
             logits_path = check_logits_file(_logits_file(options, name), overwrite=options.overwrite,
                                             result_dir=out_root / name, inputs=protect)
         result = segment(model, source, dtype=options.dtype, logits_dtype=options.logits_dtype,
-                         work_dir=staged.path, save_logits=logits_path, progress=progress, exact=options.exact)
+                         work_dir=staged.path, save_logits=logits_path, progress=progress, exact=options.exact,
+                         overwrite_logits=options.overwrite)
         with result:
             files = result.write_into(staged.path, options.formats, labels=options.labels, progress=progress)
             manifest = {**result.manifest(), "files": files + (["logits.npz"] if options.save_logits == "" else [])}

@@ -3,18 +3,42 @@
 The data goes to a hidden temporary file in the same folder, which is renamed over the target
 (`os.replace` is atomic on POSIX and Windows within one file system). `durable=True` also
 flushes the file and its folder to disk, for records that must survive a power loss
-(journals of a commit in progress).
+(journals of a commit in progress). `replace=False` never replaces an existing target: the
+finished file is published with :func:`publish_no_replace` (a hard link, which fails if the
+name exists), so two writers racing for one name cannot both win.
+
+Temporary names are short and of fixed length (:func:`temp_path`: ``.entitysam-<kind>-<pid>-<hex>``,
+never derived from the final name), so that a target whose name fits the file system's limit
+(255 bytes) always gets a temporary name that fits too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import os
 import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from .. import jsonio
+
+__all__ = ["TEMP_PREFIX", "temp_path", "fsync_dir", "publish_no_replace", "atomic_file", "write_bytes_atomic",
+           "write_text_atomic", "write_json_atomic"]
+
+TEMP_PREFIX = ".entitysam-"  # temporary files and folders: ".entitysam-<kind>-<pid>-<12 hex>"
+
+# errors of os.link that mean "no hard links here" (FAT, some network and FUSE file systems)
+_NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV, errno.EACCES}
+_RENAME_NOREPLACE = 1
+
+
+def temp_path(final: str | os.PathLike, kind: str = "tmp") -> Path:
+    """A hidden temporary name beside `final` (same folder, so renames stay atomic), at most about
+    40 bytes whatever the length of `final`'s name."""
+    return Path(final).with_name(f"{TEMP_PREFIX}{kind}-{os.getpid()}-{secrets.token_hex(6)}")
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -31,20 +55,69 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _rename_noreplace(src: Path, dst: Path) -> bool:
+    """``renameat2(RENAME_NOREPLACE)`` (Linux 3.15+, glibc 2.28+): True if it moved `src`,
+    False if it is not available here; FileExistsError if `dst` exists."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):  # not supported by this file system
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def publish_no_replace(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the finished file or folder `tmp` to `final`, never replacing anything there: raises
+    FileExistsError (and leaves `tmp` in place) if `final` exists, even if it appeared a moment
+    ago. A file is hard-linked (``os.link`` fails if the name exists) and its temporary name
+    removed; a folder, or a file where hard links are not supported, is renamed with
+    ``renameat2(RENAME_NOREPLACE)``; where neither exists, the name is checked just before a
+    plain rename (the only case with a window between the check and the move)."""
+    tmp, final = Path(tmp), Path(final)
+    if not tmp.is_dir() or tmp.is_symlink():
+        try:
+            os.link(tmp, final, follow_symlinks=False)
+        except FileExistsError:
+            raise FileExistsError(errno.EEXIST, "already exists", str(final)) from None
+        except OSError as err:
+            if err.errno not in _NO_LINKS:
+                raise
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            return
+    if _rename_noreplace(tmp, final):
+        return
+    if os.path.lexists(final):
+        raise FileExistsError(errno.EEXIST, "already exists", str(final))
+    os.rename(tmp, final)
+
+
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = False) -> Iterator[IO]:
+def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = False,
+                replace: bool = True) -> Iterator[IO]:
     """A file object to write `path` through: the data goes to a hidden temporary file beside it,
     renamed over `path` when the block ends without an error (removed when it raises).
-    mode: "wb" or "w" (UTF-8 text)."""
+    mode: "wb" or "w" (UTF-8 text). replace=False: FileExistsError (the temporary file removed)
+    if `path` exists when the data is complete, instead of replacing it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    tmp = temp_path(path)
     try:
         with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            publish_no_replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -53,15 +126,17 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = Fa
         fsync_dir(path.parent)
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> None:
-    with atomic_file(path, "wb", durable=durable) as f:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, durable: bool = False, replace: bool = True) -> None:
+    with atomic_file(path, "wb", durable=durable, replace=replace) as f:
         f.write(data)
 
 
-def write_text_atomic(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"), durable=durable)
+def write_text_atomic(path: str | os.PathLike, text: str, *, durable: bool = False, replace: bool = True) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), durable=durable, replace=replace)
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None, durable: bool = False) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = None, durable: bool = False,
+                      replace: bool = True) -> None:
     """`obj` as JSON (strict: NaN/inf refused by `jsonio`) plus a newline."""
-    write_text_atomic(path, jsonio.dumps(obj, indent=indent, compact=not indent) + "\n", durable=durable)
+    write_text_atomic(path, jsonio.dumps(obj, indent=indent, compact=not indent) + "\n", durable=durable,
+                      replace=replace)

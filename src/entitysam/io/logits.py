@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import OutputError, Remedy
-from .paths import UnsafeOverwriteError, check_not_input, path_relation
+from .atomic import publish_no_replace, temp_path
+from .paths import UnsafeOverwriteError, check_not_input, check_name_fits, path_relation
 
 __all__ = ["logits_file", "check_logits_file", "save_logits_npz"]
 
@@ -34,6 +34,7 @@ def check_logits_file(path: str | os.PathLike, *, overwrite: bool = False, resul
                                    "can hold logits.npz)")
     if not path.parent.is_dir():
         raise OutputError(f"logits file {path}: the folder {path.parent} does not exist (create it first)")
+    check_name_fits(path, "logits file")
     if os.path.lexists(path):
         if path.is_symlink() or not path.is_file():
             raise UnsafeOverwriteError(f"logits file {path} exists and is not a plain file: refusing to replace it")
@@ -43,10 +44,13 @@ def check_logits_file(path: str | os.PathLike, *, overwrite: bool = False, resul
     return path
 
 
-def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **extra: np.ndarray) -> Path:
+def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *, overwrite: bool = True,
+                    **extra: np.ndarray) -> Path:
     """Write ``logits`` [n, Q, h, w] (low-res mask logits after hole filling, frame-major),
     ``scores`` [Q] and any ``extra`` arrays to an uncompressed .npz (``np.load`` reads it),
-    atomically: a temporary file in the same folder, renamed when complete.
+    atomically: a temporary file in the same folder, renamed when complete. overwrite=False:
+    an existing file is never replaced, even one that appeared while the data was written
+    (another run given the same file): OutputError, nothing written.
 
     ``logits`` is an array or an object with ``.frames()`` returning a fresh [n, Q, h, w]
     memmap (a LogitStore): it is then copied a few frames at a time, each through a new
@@ -57,7 +61,7 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **
     path = logits_file(path)
     if not path.parent.is_dir():  # never create folders anywhere a mistyped path points to
         raise OutputError(f"cannot write {path}: the folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(3)}")
+    tmp = temp_path(path, "partial")
     fresh = logits.frames if hasattr(logits, "frames") else (lambda: logits)
     first = fresh()
     shape, dtype = tuple(first.shape), first.dtype
@@ -76,7 +80,15 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, **
             for key, value in {"scores": np.asarray(scores), **extra}.items():
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            publish_no_replace(tmp, path)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"logits file {path} appeared while this run wrote it (another run writing the same "
+                          "file?): left as it is, this run's logits not saved",
+                          Remedy("overwrite", True, "to replace it")) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -9,12 +9,13 @@ from typing import Any, Sequence
 
 from ..errors import OutputError
 
-__all__ = ["MAX_NAME_BYTES", "UnsafeOverwriteError", "safe_name", "describe_os_error", "path_relation",
-           "check_not_input"]
+__all__ = ["MAX_NAME_BYTES", "NAME_MAX", "UnsafeOverwriteError", "safe_name", "check_name_fits", "describe_os_error",
+           "path_relation", "check_not_input"]
 
 # Bytes of a result name: the longest sibling adds ".", ".partial-<pid>-<8 hex>" (about 30 bytes)
 # and file systems allow 255 bytes per name.
 MAX_NAME_BYTES = 200
+NAME_MAX = 255  # bytes of one path component on common file systems (where pathconf cannot say)
 
 
 class UnsafeOverwriteError(OutputError):
@@ -42,6 +43,20 @@ def safe_name(name: str) -> str:
         head = encoded[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")
         cleaned = f"{head}~{digest}"
     return cleaned
+
+
+def check_name_fits(path: str | os.PathLike, what: str) -> None:
+    """OutputError if the last component of `path` is longer than its folder's file system allows
+    (NAME_MAX: 255 bytes almost everywhere): said before any work, not when the file is written."""
+    path = Path(path)
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = NAME_MAX
+    size = len(os.fsencode(path.name))
+    if size > limit:
+        raise OutputError(f"{what} {path}: the name is {size} bytes long, longer than the file system allows "
+                          f"({limit} bytes): choose a shorter name")
 
 
 def describe_os_error(err: OSError, what: str) -> str:

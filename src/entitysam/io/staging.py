@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import OutputError, Remedy
-from .atomic import fsync_dir, write_json_atomic
+from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import OutputLock, pid_alive
 from .paths import UnsafeOverwriteError, check_not_input, describe_os_error
@@ -119,9 +119,14 @@ def recover_output(final: str | os.PathLike) -> str | None:
         for p in _leftovers(final, kind):
             shutil.rmtree(p, ignore_errors=True)
     with contextlib.suppress(OSError):
-        # a journal write killed midway: "..<name>.commit.json.tmp-*" (io.atomic), ".<name>...tmp-*" (older versions)
+        # a journal write killed midway: ".entitysam-tmp-<pid>-*" (io.atomic, of a dead run),
+        # "..<name>.commit.json.tmp-*" and ".<name>...tmp-*" (older versions)
         for pattern in (f".{final.name}{JOURNAL_SUFFIX}.tmp-*", f"..{final.name}{JOURNAL_SUFFIX}.tmp-*"):
             for p in parent.glob(pattern):
+                p.unlink()
+        for p in parent.glob(f"{TEMP_PREFIX}tmp-*"):
+            pid = _sibling_pid(p, f"{TEMP_PREFIX}tmp-")
+            if pid is not None and not pid_alive(pid) and p.is_file():
                 p.unlink()
     return done
 
@@ -201,7 +206,7 @@ class StagedOutput:
                 old = parent / f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
                 _write_journal(journal, {"old": old.name, "new": self.path.name, "pid": os.getpid()})
                 os.rename(self.final, old)  # step 1: the old result aside
-            os.rename(self.path, self.final)  # step 2: the new result in
+            publish_no_replace(self.path, self.final)  # step 2: the new result in (never over another)
             fsync_dir(parent)
             journal.unlink(missing_ok=True)  # step 3: the replacement is done
         except OSError as err:

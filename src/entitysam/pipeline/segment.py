@@ -69,7 +69,8 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
             logits_dtype: str = "float32", work_dir: str | os.PathLike | None = None,
             save_logits: str | os.PathLike | None = None, progress: bool = False,
             on_frame: Callable[[int], None] | None = None, exact: bool = False,
-            batched: bool | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> SegmentationResult:
+            batched: bool | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+            overwrite_logits: bool = True) -> SegmentationResult:
     """Segment and track every entity of `video`.
 
     video: a video file, a folder of frames, an image, a [n, H, W, 3] uint8 array or a list of
@@ -80,7 +81,8 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     "float16" (autocast in that dtype). logits_dtype: "float32" (exact) or "float16" (half the
     temporary disk space, tiny differences possible). work_dir: folder for temporary files
     (default: the system temp folder). save_logits: write the low-res logits and scores to this
-    .npz. progress: show a progress bar (stderr). on_frame: called with t after each frame.
+    .npz (overwrite_logits=False: never replace an existing file, even one that appears while this
+    runs: OutputError). progress: show a progress bar (stderr). on_frame: called with t after each frame.
     exact: compute in the official order of floating-point operations (float32 only; about the
     official speed; the default runs at 1.6x it on ViT-S, with outputs that differ from the official ones by
     rounding); for bit-for-bit comparisons with the official implementation.
@@ -103,7 +105,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
     try:
         return _segment(model, source, compute_dtype, np.dtype(logits_dtype), workdir, save_logits, progress,
-                        on_frame, exact, batched)
+                        on_frame, exact, batched, overwrite_logits)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
@@ -111,7 +113,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
 
 def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, logits_dtype: np.dtype,
              workdir: Path, save_logits, progress: bool, on_frame, exact: bool = False,
-             batched: bool | None = None) -> SegmentationResult:
+             batched: bool | None = None, overwrite_logits: bool = True) -> SegmentationResult:
     frames_iter = iter(source)
     first = next(frames_iter)  # raises SourceError for an empty selection
     size = first.size
@@ -151,7 +153,7 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
         if bar is not None:
             bar.set_postfix_str("merging", refresh=True)
         if save_logits is not None:
-            save_logits_npz(save_logits, store, scores.cpu().numpy(),
+            save_logits_npz(save_logits, store, scores.cpu().numpy(), overwrite=overwrite_logits,
                             source_frame=np.array([f.index for f in infos], dtype=np.int64),
                             frame_name=np.array([f.name for f in infos]))
 

@@ -7,15 +7,25 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
 
+from .. import jsonio
 from ..errors import EntitySAMError
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
 
 __all__ = ["build_routes"]
 
 _NO_STORE = {"Cache-Control": "no-store"}
+
+
+class JSONResponse(_StarletteJSON):
+    """Starlette's JSON response written by :func:`entitysam.jsonio.dumps`: a frame or input name
+    that is not UTF-8 (a lone surrogate) goes out as a ``\\udcXX`` escape instead of failing."""
+
+    def render(self, content) -> bytes:
+        return jsonio.dumps(content, compact=True).encode("utf-8")
 
 
 def _error(status: int, message: str) -> JSONResponse:

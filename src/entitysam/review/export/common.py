@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -13,7 +12,7 @@ from typing import IO, Any, Callable, Iterator
 import numpy as np
 
 from ...errors import OutputError, Remedy
-from ...io.atomic import atomic_file, fsync_dir
+from ...io.atomic import atomic_file, fsync_dir, publish_no_replace, temp_path
 from ...io.panoptic import frame_segments
 
 __all__ = ["DEFAULT_CATEGORY", "MARKER", "exported_entities", "export_id_map", "map_ids", "frame_entities", "box_mask",
@@ -147,8 +146,18 @@ def output_file(out: Path, overwrite: bool, mode: str = "w",
     overwrite replaces: ``-o notes.json --overwrite`` must not destroy notes.json)."""
     _check_free(out, overwrite, folder=False, exported=exported)
     _check_parent(out)
-    with atomic_file(out, mode) as f:
-        yield f
+    try:
+        with atomic_file(out, mode, replace=os.path.lexists(out)) as f:  # (checked: an earlier export)
+            yield f
+    except FileExistsError as err:
+        if err.filename != str(out):
+            raise
+        raise _appeared(out) from None
+
+
+def _appeared(out: Path) -> OutputError:
+    return OutputError(f"{out} appeared while the export was written (another export to the same path?): "
+                       "left as it is, nothing written", Remedy("overwrite", True, "to replace it"))
 
 
 @contextlib.contextmanager
@@ -157,16 +166,19 @@ def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     (a previous export moved aside first and removed after); removed when it raises."""
     _check_free(out, overwrite, folder=True)
     _check_parent(out)
-    stage = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    stage = temp_path(out, "partial")
     stage.mkdir()
     try:
         yield stage
         old = None
         if os.path.lexists(out):
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            _check_free(out, overwrite, folder=True)  # (it may have appeared since the start)
+            old = temp_path(out, "old")
             os.rename(out, old)
         try:
-            os.rename(stage, out)
+            publish_no_replace(stage, out)
+        except FileExistsError:
+            raise _appeared(out) from None
         except BaseException:
             if old is not None:
                 os.rename(old, out)
