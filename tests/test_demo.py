@@ -8,6 +8,7 @@ margin) and that random weights of the same configuration do not, and run the co
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 import entitysam
+from entitysam import cli
 from entitysam.config import get_config
 from entitysam.hub import bundled_checkpoint_path, resolve_checkpoint
 from entitysam.modeling.entitysam import EntitySAM
@@ -103,6 +105,55 @@ def test_demo_refuses_bad_input(tmp_path):
     assert (foreign / "precious.txt").read_text() == "keep me"
     proc = subprocess.run([sys.executable, "-m", "entitysam", "demo", "--size", "big"], capture_output=True, text=True)
     assert proc.returncode == 2 and "WIDTHxHEIGHT" in proc.stderr
+
+
+DEMO_ARGS = ["--frames", "2", "--size", "64x48", "-q", "--overwrite"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_demo_overwrite_deletes_only_demo_files(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "input").mkdir(parents=True)
+    (out / "input" / "notes.txt").write_text("mine")  # looks like a demo run, is not one
+    args = ["demo", "-o", str(out), *DEMO_ARGS]
+    assert cli.main(args) == 1
+    assert "not a demo run" in capsys.readouterr().err and (out / "input" / "notes.txt").is_file()
+    (out / "input" / "notes.txt").unlink()
+    (out / "input").rmdir()
+    assert cli.main(args) == 0
+    (out / "keep.txt").write_text("mine")  # beside what a demo run writes: kept
+    ckpt = out / "input" / "model.safetensors"  # a checkpoint inside what --overwrite would delete
+    shutil.copyfile(bundled_checkpoint_path("demo"), ckpt)
+    assert cli.main([*args, "--checkpoint", str(ckpt)]) == 1
+    assert f"did not write ({ckpt})" in capsys.readouterr().err and ckpt.is_file()
+    ckpt.unlink()
+    assert cli.main(args) == 0
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_demo_overwrite_refuses_files_a_demo_run_did_not_write(tmp_path, capsys):
+    """`demo --overwrite` replaces input/, demo/ and the report: a user's file or folder in them
+    makes it refuse before any work, naming it, and nothing is deleted."""
+    out = tmp_path / "dm"
+    args = ["demo", "-o", str(out), *DEMO_ARGS]
+    assert cli.main(args) == 0
+    for mine, shown in [("demo/notes.txt", "demo/notes.txt"), ("input/notes.txt", "input/notes.txt"),
+                        ("demo/panoptic/extra/a.png", "demo/panoptic/extra/"),
+                        ("input/images/demo/notes.jpg", "input/images/demo/notes.jpg"),
+                        ("input/panomasksRGB/mine/a.png", "input/panomasksRGB/mine/")]:
+        (out / mine).parent.mkdir(parents=True, exist_ok=True)
+        (out / mine).write_text("mine")
+        before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+        capsys.readouterr()
+        assert cli.main([*args, "--checkpoint", str(tmp_path / "missing.pth")]) == 1, mine  # before loading it
+        err = capsys.readouterr().err
+        assert f"holds files a demo run did not write ({out}/{shown})" in err and "move them away" in err, err
+        assert {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == before
+        moved = out / shown
+        shutil.rmtree(moved) if moved.is_dir() else moved.unlink()
+    assert cli.main(args) == 0  # the earlier run alone: replaced
+    assert (out / "demo" / "manifest.json").is_file() and not (out / "demo" / "notes.txt").exists()
 
 
 def test_demo_scene_is_deterministic_and_has_the_promised_events():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from _media import link_into
 from conftest import REPO
 from entitysam import EntitySAM, cli
 from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+from entitysam.errors import OutputError
 from entitysam.eval.metrics import evaluate
 from entitysam.eval.runner.output import EvalOutput, IncompleteError, merge_outputs
 from entitysam.eval.runner.plan import EvalInputError, VideoEntry, load_plan
@@ -241,7 +243,12 @@ def test_complete_videos_are_skipped_without_loading_the_model(env, model, refer
     summary = evaluate_vipseg(ds.root, out, model=lambda: loads.append(1) or model, workers=1)
     assert loads == [1] and segmented == ["vid_001", "vid_002"] and summary.skipped == ["vid_000"]
     assert_same_predictions(out, reference, ds.videos)
-    # --overwrite redoes everything
+    # --overwrite redoes everything, but never deletes a file that entitysam did not write
+    (out / "pan_pred" / "vid_001" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=re.escape(f"({out}/pan_pred/vid_001/notes.txt)")):
+        evaluate_vipseg(ds.root, out, model=lambda: loads.append(1) or model, workers=1, overwrite=True)
+    assert loads == [1] and (out / "pan_pred" / "vid_001" / "notes.txt").read_text() == "mine"
+    (out / "pan_pred" / "vid_001" / "notes.txt").unlink()
     segmented.clear()
     summary = evaluate_vipseg(ds.root, out, model=model, workers=1, overwrite=True)
     assert segmented == list(ds.videos)

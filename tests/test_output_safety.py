@@ -139,6 +139,54 @@ def test_overwrite_replaces_an_earlier_result(tmp_path, tiny_checkpoint):
     assert sorted(p.name for p in out.iterdir()) == ["still"]  # no lock, journal or staging left
 
 
+@pytest.mark.parametrize("mode", [[], ["--online"]])
+@pytest.mark.parametrize("mine, shown", [("my_notes.txt", "my_notes.txt"), ("sub/notes.txt", "sub/"),
+                                         ("panoptic/notes.txt", "panoptic/notes.txt"),
+                                         ("panoptic/sub/x.png", "panoptic/sub/"), ("entities.json", "entities.json")])
+def test_overwrite_refuses_a_result_holding_files_it_did_not_write(tmp_path, tiny_checkpoint, capsys, mode, mine,
+                                                                   shown):
+    """A user's file or folder inside an old result (for "entities.json": one that --save panoptic
+    did not write) makes --overwrite refuse, before any work, and leaves everything in place."""
+    image = still(tmp_path / "still.png")
+    out = tmp_path / "out"
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q", *mode) == 0
+    (out / "still" / mine).parent.mkdir(parents=True, exist_ok=True)
+    (out / "still" / mine).write_text("mine")
+    before = tree(out)
+    # checkpoint "missing.pth": exit 2 from the refusal, not from loading the model
+    assert run(image, "-o", out, "--overwrite", "--checkpoint", tmp_path / "missing.pth", "-q", *mode) == 2
+    err = capsys.readouterr().err
+    assert f"holds files entitysam did not write ({out / 'still'}/{shown})" in err, err
+    assert "move them away" in err and len(err.strip().splitlines()) == 1
+    assert tree(out) == before
+    moved = out / "still" / shown
+    shutil.rmtree(moved) if moved.is_dir() else moved.unlink()  # moved away: the old result is replaced again
+    assert run(image, "-o", out, "--overwrite", "--checkpoint", tiny_checkpoint, "-q", *mode) == 0
+    assert read_manifest(out / "still") is not None
+
+
+def test_overwrite_refuses_a_user_file_that_appears_during_the_run(tmp_path, tiny_checkpoint, monkeypatch):
+    from entitysam.errors import OutputError
+    from entitysam import EntitySAM
+
+    image = still(tmp_path / "still.png")
+    assert run(image, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--save", "panoptic", "-q") == 0
+    final = tmp_path / "out" / "still"
+    with EntitySAM.from_checkpoint(tiny_checkpoint).segment(image) as result:
+        real = result.write_into
+
+        def write_into(directory, *args, **kwargs):
+            (final / "late.txt").write_text("mine")  # the user adds a file while the run writes
+            return real(directory, *args, **kwargs)
+
+        monkeypatch.setattr(result, "write_into", write_into)
+        with pytest.raises(UnsafeOverwriteError, match="late.txt"):
+            result.save(final, formats="panoptic", overwrite=True)
+    assert (final / "late.txt").read_text() == "mine" and read_manifest(final) is not None
+    assert sorted(p.name for p in final.parent.iterdir()) == ["still"]  # no staging folder left
+    assert issubclass(UnsafeOverwriteError, OutputError)
+
+
 def test_api_save_refuses_to_replace_its_own_input(tmp_path, tiny_checkpoint):
     from entitysam import EntitySAM
 
@@ -170,8 +218,11 @@ def test_save_logits_file_rules(tmp_path, tiny_checkpoint, capsys):
     assert run(*common) == 0
     inside = out / "still" / "mine.npz"
     inside.write_bytes(b"mine")
+    assert run(*common, "--overwrite", "--save-logits", inside) == 2  # (a file of yours: the folder is refused)
+    assert "holds files entitysam did not write" in capsys.readouterr().err and inside.read_bytes() == b"mine"
+    inside.unlink()
     assert run(*common, "--overwrite", "--save-logits", inside) == 2
-    assert "lies inside the result folder" in capsys.readouterr().err and inside.read_bytes() == b"mine"
+    assert "lies inside the result folder" in capsys.readouterr().err and not inside.exists()
     # with --overwrite an existing plain file is replaced
     assert run(*common, "--overwrite", "--save-logits", existing) == 0
     assert existing.read_bytes()[:2] == b"PK"
@@ -186,7 +237,7 @@ class Kill(BaseException):
 
 def _result(final, text):
     with StagedOutput(final, overwrite=True) as s:
-        (s.path / "data.txt").write_text(text)
+        (s.path / "entities.json").write_text(text)
         s.commit({"video": "vid"})
 
 
@@ -231,20 +282,20 @@ def test_kill_at_any_point_of_a_replacement_then_recover(tmp_path, monkeypatch, 
     # a kill runs no clean-up: only the OS lock goes (with the process)
     monkeypatch.setattr(StagedOutput, "_roll_back", lambda self, old: self._lock.release())
     staged = StagedOutput(final, overwrite=True)
-    (staged.path / "data.txt").write_text("new")
+    (staged.path / "entities.json").write_text("new")
     with pytest.raises(Kill):
         staged.commit({"video": "vid"})
     monkeypatch.undo()
     staging._ACTIVE_STAGING.clear()  # the killed process's memory is gone too
-    visible = (final / "data.txt").read_text() if final.is_dir() else None
+    visible = (final / "entities.json").read_text() if final.is_dir() else None
     assert visible in ("old", "new", None)
     recover_output(final)
     assert read_manifest(final) is not None
     expected = "old" if point in ("journal-before",) else "new"
-    assert (final / "data.txt").read_text() == expected
+    assert (final / "entities.json").read_text() == expected
     assert sorted(p.name for p in final.parent.iterdir()) == ["vid"]  # no journal, staging or old left
     _result(final, "next")  # and the next run works normally
-    assert (final / "data.txt").read_text() == "next"
+    assert (final / "entities.json").read_text() == "next"
 
 
 def test_temporary_journals_of_a_killed_write_are_removed(tmp_path):
@@ -267,12 +318,12 @@ def test_leftovers_of_older_versions_are_recovered(tmp_path):
     _result(parent / "tmp", "old")
     (parent / "tmp").rename(parent / ".vid.old-999999999-bbbb")
     assert "moved in the complete result" in recover_output(parent / "vid")
-    assert (parent / "vid" / "data.txt").read_text() == "new"
+    assert (parent / "vid" / "entities.json").read_text() == "new"
     assert sorted(p.name for p in parent.iterdir()) == ["vid"]
     # only the moved-aside old result left: it is put back
     (parent / "vid").rename(parent / ".vid.old-999999999-cccc")
     assert "restored the previous result" in recover_output(parent / "vid")
-    assert (parent / "vid" / "data.txt").read_text() == "new"
+    assert (parent / "vid" / "entities.json").read_text() == "new"
 
 
 def test_cli_recovers_a_killed_replacement_before_running(tmp_path, tiny_checkpoint, capsys):
@@ -358,28 +409,6 @@ def test_lock_is_reentrant_and_leaves_no_file(tmp_path):
             s.commit({"video": "vid"})
         assert (tmp_path / "out" / ".vid.lock").exists()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["vid"]
-
-
-# ----------------------------------------------------------------------------- demo
-
-
-def test_demo_overwrite_deletes_only_demo_files(tmp_path, capsys):
-    out = tmp_path / "demo"
-    (out / "input").mkdir(parents=True)
-    (out / "input" / "notes.txt").write_text("mine")  # looks like a demo run, is not one
-    args = ["demo", "-o", str(out), "--frames", "2", "--size", "64x48", "-q", "--overwrite"]
-    assert cli.main(args) == 1
-    assert "not a demo run" in capsys.readouterr().err and (out / "input" / "notes.txt").is_file()
-    (out / "input" / "notes.txt").unlink()
-    (out / "input").rmdir()
-    assert cli.main(args) == 0
-    (out / "keep.txt").write_text("mine")
-    ckpt = out / "input" / "model.safetensors"  # a checkpoint inside what --overwrite would delete
-    shutil.copyfile(bundled_checkpoint_path("demo"), ckpt)
-    assert cli.main([*args, "--checkpoint", str(ckpt)]) == 1
-    assert "contains the input" in capsys.readouterr().err and ckpt.is_file()
-    assert cli.main(args) == 0
-    assert (out / "keep.txt").read_text() == "mine"
 
 
 def test_api_save_logits_needs_an_existing_folder(tmp_path, tiny_checkpoint):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -217,6 +218,19 @@ def test_mots_overwrite_replaces_only_an_exported_folder(session, tmp_path):
     with pytest.raises(OutputError, match="not a folder entitysam exported"):
         export(session, "mots", tmp_path / "photos", overwrite=True)
     assert (tmp_path / "photos" / "keep.jpg").exists()
+
+
+def test_mots_overwrite_refuses_an_export_holding_files_it_did_not_write(session, tmp_path):
+    out = export(session, "mots", tmp_path / "m", txt=True)
+    for mine in ("notes.txt", "clip/notes.txt", "clip/instances/sub/", "other/"):
+        path = out / mine
+        path.mkdir() if mine.endswith("/") else path.write_text("mine")
+        with pytest.raises(OutputError, match=f"did not export \\({re.escape(f'{out}/{mine}')}\\)"):
+            export(session, "mots", out, overwrite=True)
+        assert path.exists()
+        path.rmdir() if mine.endswith("/") else path.unlink()
+    assert export(session, "mots", out, overwrite=True, txt=True) == out  # the earlier export alone: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.txt", "entitysam-export.json"]
 
 
 def test_export_command(tmp_path, capsys):

@@ -160,17 +160,17 @@ def test_logits_npz_from_memmap(tmp_path):
 def test_staged_output_commit_refuse_overwrite(tmp_path):
     final = tmp_path / "out" / "vid"
     with StagedOutput(final) as s:
-        (s.path / "a.txt").write_text("1")
+        (s.path / "panoptic.json").write_text("1")
         assert not final.exists()
         s.commit({"video": "vid"})
-    assert (final / "a.txt").read_text() == "1" and read_manifest(final)["video"] == "vid"
+    assert (final / "panoptic.json").read_text() == "1" and read_manifest(final)["video"] == "vid"
     with pytest.raises(OutputError, match="already holds results: pass overwrite=True"):
         StagedOutput(final)
     with StagedOutput(final, overwrite=True) as s:
-        (s.path / "b.txt").write_text("2")
-        assert (final / "a.txt").exists()  # the old result stays until the new one is complete
+        (s.path / "entities.json").write_text("2")
+        assert (final / "panoptic.json").exists()  # the old result stays until the new one is complete
         s.commit({"video": "vid"})
-    assert sorted(p.name for p in final.iterdir()) == ["b.txt", MANIFEST]
+    assert sorted(p.name for p in final.iterdir()) == ["entities.json", MANIFEST]  # (names a result holds)
     assert sorted(p.name for p in final.parent.iterdir()) == ["vid"]
     (tmp_path / "out" / "other").mkdir()
     with pytest.raises(OutputError, match="already exists \\(not a complete entitysam result\\)"):

@@ -29,6 +29,7 @@ from ..errors import OutputError, Remedy
 from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import OutputLock, pid_alive
+from .owned import list_foreign, result_foreign
 from .paths import UnsafeOverwriteError, check_not_input, describe_os_error
 
 __all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output"]
@@ -140,7 +141,8 @@ class StagedOutput:
     writes ``manifest.json`` last and renames the folder into place, replacing an older result
     (``overwrite``) crash-safely: a kill at any instant leaves the old or the new result, or a
     journal from which the next run restores one. ``overwrite`` only replaces a folder this
-    tool wrote, never one that is, contains or lies inside one of ``inputs``. On error (or
+    tool wrote that holds nothing else (no file or folder a user put in it), never one that is,
+    contains or lies inside one of ``inputs``. On error (or
     :meth:`abort`) the partial folder is removed.
     """
 
@@ -167,8 +169,8 @@ class StagedOutput:
     @staticmethod
     def check_free(final: str | os.PathLike, overwrite: bool = False, inputs: Sequence[Any] = ()) -> None:
         """Raise OutputError if `final` exists and may not be replaced: without ``overwrite``,
-        or (UnsafeOverwriteError) when it is not a folder this tool wrote, or is, contains or lies
-        inside one of `inputs`."""
+        or (UnsafeOverwriteError) when it is not a folder this tool wrote, holds anything its runs
+        did not write (:mod:`entitysam.io.owned`), or is, contains or lies inside one of `inputs`."""
         final = Path(final)
         if not os.path.lexists(final):
             return
@@ -193,6 +195,11 @@ class StagedOutput:
             raise UnsafeOverwriteError(
                 f"{final} was not written by entitysam (no entitysam manifest.json in it): refusing to delete "
                 "it, even when overwriting; move it away or choose another output folder")
+        foreign = result_foreign(final)
+        if foreign:
+            raise UnsafeOverwriteError(
+                f"{final} holds files entitysam did not write ({list_foreign(final, foreign)}): refusing to "
+                "delete them, even when overwriting; move them away or choose another output folder")
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
         data = {**manifest, "writer": WRITER, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -34,7 +35,9 @@ from ..argtypes import InvalidArgumentError, check_int
 from ..errors import OutputError
 from ..eval.metrics import format_table
 from ..data.synthetic.demo import DEMO_DEFAULTS, make_demo_video
+from ..io.manifest import written_by_entitysam
 from ..io.output_lock import OutputLock
+from ..io.owned import foreign_entries, list_foreign, result_foreign
 from ..io.paths import check_not_input
 from ..jsonio import jsonable
 from .loading import from_pretrained
@@ -45,16 +48,23 @@ __all__ = ["DemoReport", "DemoOutputInUseError", "check_demo_request", "run_demo
 
 VIDEO_NAME = "demo"
 DEMO_MARKER = ".entitysam-demo"  # marks a folder a demo run wrote (what --overwrite may replace)
+# What --overwrite deletes in OUTPUT besides VIDEO_NAME/ (a result folder): what a demo run wrote there.
+DEMO_LAYOUT = {"input": {"images": {VIDEO_NAME: {re.compile(r"[0-9]{8}\.jpg"): None}},
+                         "panomasksRGB": {VIDEO_NAME: {re.compile(r"[0-9]{8}\.png"): None}},
+                         "panoptic_gt_VIPSeg_demo.json": None},
+               "report.json": None, "report.txt": None}
 
 
 class DemoOutputInUseError(OutputError):
     """The demo's output folder holds files: overwrite was not asked for, or they are not an
-    earlier demo run's (which overwrite never deletes). path: the folder."""
+    earlier demo run's (which overwrite never deletes). path: the folder; foreign: the paths
+    (relative to it) that overwrite would delete and a demo run did not write."""
 
-    def __init__(self, path: Path, *, earlier_demo: bool, overwrite: bool):
+    def __init__(self, path: Path, *, earlier_demo: bool, overwrite: bool, foreign: list[str] | None = None):
         self.path = path
         self.earlier_demo = earlier_demo
         self.overwrite = overwrite
+        self.foreign = list(foreign or [])
         super().__init__(self.describe("overwrite=True", "choose another output folder"))
 
     def describe(self, overwrite_option: str, choose_other: str) -> str:
@@ -62,6 +72,9 @@ class DemoOutputInUseError(OutputError):
         if not self.overwrite:
             what = "the earlier demo run" if self.earlier_demo else "its contents"
             return f"{self.path} is not empty: pass {overwrite_option} to replace {what}, or {choose_other}"
+        if self.foreign:
+            return (f"{self.path} holds files a demo run did not write ({list_foreign(self.path, self.foreign)}): "
+                    f"refusing to delete them even with {overwrite_option}: move them away or {choose_other}")
         return (f"{self.path} holds files that are not a demo run; refusing to delete them even with "
                 f"{overwrite_option}: {choose_other}")
 
@@ -137,7 +150,22 @@ def check_demo_request(output: str | Path, *, num_frames: int, width: int, heigh
         ours = (out / DEMO_MARKER).is_file() or _is_demo_report(out / "report.json")
         if not overwrite or not ours:
             raise DemoOutputInUseError(out, earlier_demo=ours, overwrite=overwrite)
+        _check_only_demo_files(out)
     return formats
+
+
+def _check_only_demo_files(out: Path) -> None:
+    """DemoOutputInUseError if what overwrite replaces in `out` (input/, demo/, the report)
+    holds anything a demo run did not write; the other entries of `out` are never touched."""
+    foreign = foreign_entries(out, DEMO_LAYOUT, only=tuple(DEMO_LAYOUT))
+    video = out / VIDEO_NAME
+    if os.path.lexists(video):
+        if not written_by_entitysam(video):  # also a link or a file: result folders are real folders
+            foreign.append(VIDEO_NAME + ("/" if video.is_dir() and not video.is_symlink() else ""))
+        else:
+            foreign += [f"{VIDEO_NAME}/{p}" for p in result_foreign(video)]
+    if foreign:
+        raise DemoOutputInUseError(out, earlier_demo=True, overwrite=True, foreign=sorted(foreign))
 
 
 def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: int = DEMO_DEFAULTS["num_frames"],
@@ -170,9 +198,10 @@ def run_demo(output: str | Path = "entitysam-demo", *, model=None, num_frames: i
 
 
 def _prepare_output(out: Path, model) -> None:
-    """Delete only what an earlier demo run wrote (`check_demo_request` refused anything else),
-    never the checkpoint in use."""
+    """Delete only what an earlier demo run wrote (`check_demo_request` refused anything else;
+    checked again here, with the lock held), never the checkpoint in use."""
     if out.is_dir() and any(out.iterdir()):
+        _check_only_demo_files(out)
         checkpoint = getattr(model, "checkpoint_path", None)
         for entry in ("input", "report.json", "report.txt", VIDEO_NAME):
             if checkpoint and os.path.lexists(out / entry):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -30,6 +31,7 @@ from ... import jsonio
 from ...errors import EntitySAMError, OutputError
 from ...io.atomic import write_json_atomic
 from ...io.output_lock import pid_alive
+from ...io.owned import foreign_entries, list_foreign
 from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
 
 __all__ = ["IncompleteError", "EvalOutput", "complete_parts", "same_model", "describe_model", "merge_outputs",
@@ -139,9 +141,28 @@ class EvalOutput:
         path.mkdir(parents=True)
         return path
 
+    def foreign(self, videos: Sequence[str]) -> list[str]:
+        """What the prediction folders of `videos` (replaced when they are redone) hold besides
+        their PNGs, relative to the output folder: files or folders a user put there."""
+        out: list[str] = []
+        for vid in videos:
+            folder = self.pan_pred / vid
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+                out.append(f"pan_pred/{vid}")
+            elif folder.is_dir():
+                out += [f"pan_pred/{vid}/{p}" for p in foreign_entries(folder, {re.compile(r"[^/]+\.png"): None})]
+        return out
+
+    def check_replaceable(self, videos: Sequence[str]) -> None:
+        """OutputError if redoing `videos` would delete a file or folder this tool did not write."""
+        if foreign := self.foreign(videos):
+            raise OutputError(f"{self.root} holds files entitysam did not write where it replaces predictions "
+                              f"({list_foreign(self.root, foreign)}): refusing to delete them; move them away")
+
     def commit(self, vid: str, stage: Path, part: dict[str, Any]) -> None:
         """Move the PNGs into place, then write the part (which marks the video complete)."""
         final = self.pan_pred / vid
+        self.check_replaceable([vid])  # (a file may have appeared since the start)
         with contextlib.suppress(FileNotFoundError):
             self.part_path(vid).unlink()  # an older result stops counting as complete first
         if final.exists():

@@ -272,6 +272,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
 
     if todo:
         frames = check_frames(plan, todo, need_gt=metrics)
+        out.check_replaceable([v.video_id for v in todo])  # before loading the model
         if isinstance(model, torch.nn.Module):
             net = model
         elif callable(model):

@@ -4,6 +4,7 @@ and writing an output file or folder atomically without replacing one by acciden
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 
 from ...errors import OutputError, Remedy
 from ...io.atomic import atomic_file, fsync_dir, publish_no_replace, temp_path
+from ...io.owned import Layout, foreign_entries, list_foreign
 from ...io.panoptic import frame_segments
 
 __all__ = ["DEFAULT_CATEGORY", "MARKER", "exported_entities", "export_id_map", "map_ids", "frame_entities", "box_mask",
@@ -112,7 +114,8 @@ def check_outside_results(view: Any, out: Path) -> None:
 HEAD_BYTES = 4096  # how much of an existing output file is read to recognise an earlier export
 
 
-def _check_free(out: Path, overwrite: bool, folder: bool, exported: Callable[[bytes], bool] | None = None) -> None:
+def _check_free(out: Path, overwrite: bool, folder: bool, exported: Callable[[bytes], bool] | None = None,
+                layout: Callable[[Any], Layout] | None = None) -> None:
     if not os.path.lexists(out):
         return
     if not overwrite:
@@ -122,6 +125,9 @@ def _check_free(out: Path, overwrite: bool, folder: bool, exported: Callable[[by
     if folder and not (out.is_dir() and (out / MARKER).is_file()):
         raise OutputError(f"{out} exists and is not a folder entitysam exported (no {MARKER}): refusing to "
                           "replace it, even when overwriting; choose another output")
+    if folder and (foreign := _foreign_in_export(out, layout)):
+        raise OutputError(f"{out} holds files entitysam did not export ({list_foreign(out, foreign)}): refusing "
+                          "to delete them, even when overwriting; move them away or choose another output")
     if not folder and not out.is_file():
         raise OutputError(f"{out} exists and is not a file: refusing to replace it")
     if not folder and exported is not None:
@@ -130,6 +136,16 @@ def _check_free(out: Path, overwrite: bool, folder: bool, exported: Callable[[by
         if not exported(head):
             raise OutputError(f"{out} exists and is not a file entitysam exported in this format: refusing to "
                               "replace it, even when overwriting; choose another output")
+
+
+def _foreign_in_export(out: Path, layout: Callable[[Any], Layout] | None) -> list[str]:
+    """What an exported folder holds besides its marker and what `layout` (of the marker's
+    content; None for an unreadable marker) names."""
+    try:
+        marker = json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        marker = None
+    return foreign_entries(out, {MARKER: None, **(layout(marker) if layout is not None else {})})
 
 
 def _check_parent(out: Path) -> None:
@@ -161,10 +177,12 @@ def _appeared(out: Path) -> OutputError:
 
 
 @contextlib.contextmanager
-def output_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+def output_dir(out: Path, overwrite: bool, layout: Callable[[Any], Layout] | None = None) -> Iterator[Path]:
     """A hidden staging folder beside `out`, renamed to `out` when the block ends without error
-    (a previous export moved aside first and removed after); removed when it raises."""
-    _check_free(out, overwrite, folder=True)
+    (a previous export moved aside first and removed after); removed when it raises.
+    layout(the content of an earlier export's marker): what it wrote besides the marker
+    (:mod:`entitysam.io.owned`); overwrite refuses an earlier export holding anything else."""
+    _check_free(out, overwrite, folder=True, layout=layout)
     _check_parent(out)
     stage = temp_path(out, "partial")
     stage.mkdir()

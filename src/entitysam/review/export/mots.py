@@ -15,6 +15,7 @@ entities numbered 1, 2, ... in id order (more than 999 exported entities are ref
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
     keep = np.array(sorted(e.id for e in entities), dtype=np.uint32)
     mapping = instance_ids([int(i) for i in keep])
     values = np.array([class_id * MAX_INSTANCES + mapping[int(i)] for i in keep], dtype=np.uint16)
-    with output_dir(out, overwrite) as stage:
+    with output_dir(out, overwrite, layout=exported_layout) as stage:
         inst = stage / view.name / "instances"
         inst.mkdir(parents=True)
         lines = open(stage / f"{view.name}.txt", "w", encoding="utf-8") if txt else None
@@ -74,6 +75,15 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
                   "instances": {str(m): e for e, m in mapping.items()}}
         (stage / MARKER).write_text(jsonio.dumps(marker, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def exported_layout(marker: Any) -> dict[Any, Any]:
+    """What an earlier MOTS export wrote besides its marker (see the module docstring), by the
+    video its marker names (nothing else for a marker without one)."""
+    video = marker.get("video") if isinstance(marker, dict) else None
+    if not isinstance(video, str) or video in ("", ".", "..") or "/" in video:
+        return {}
+    return {video: {"instances": {re.compile(r"[^/]+\.png"): None, "labels.txt": None}}, f"{video}.txt": None}
 
 
 def _txt_line(t: int, value: int, mask: np.ndarray) -> str:
