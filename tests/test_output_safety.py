@@ -18,7 +18,6 @@ from PIL import Image
 
 from _media import scene, write_frames, write_video
 from entitysam import cli
-from entitysam.hub import bundled_checkpoint_path
 from entitysam.errors import OutputError
 from entitysam.io import paths, staging
 from entitysam.io.manifest import MANIFEST, read_manifest

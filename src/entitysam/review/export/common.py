@@ -190,7 +190,7 @@ def output_dir(out: Path, overwrite: bool, layout: Callable[[Any], Layout] | Non
         yield stage
         old = None
         if os.path.lexists(out):
-            _check_free(out, overwrite, folder=True)  # (it may have appeared since the start)
+            _check_free(out, overwrite, folder=True, layout=layout)  # (it may have appeared or changed since)
             old = temp_path(out, "old")
             os.rename(out, old)
         try:
