@@ -372,3 +372,33 @@ def test_names_that_are_not_utf8(tmp_path, tiny_checkpoint, online):
         assert video_info.status_code == 200, video_info.text
         assert os.fsencode(video_info.json()["frame_names"][0]) == b"00\xff"
         assert client.get("/api/frames/0.jpg").status_code == 200
+
+
+def test_out_of_memory_decoding_a_frame_is_one_line(tmp_path, tiny_checkpoint):
+    """--max-pixels none and a header declaring 1x2147483647: Pillow's decoder runs out of memory;
+    the user gets the file and --max-pixels, not a MemoryError traceback."""
+    (tmp_path / "frames").mkdir()
+    tall = _bomb_png(tmp_path / "frames" / "tall.png", w=1, h=2**31 - 1)
+    with pytest.raises(SourceError, match=r"tall.png is 1x2147483647 = 2147.5 megapixels: out of memory"):
+        read_only_frame(tall, max_pixels=None)
+    for online in ((), ("--online",)):
+        r = run_cli(tall.parent, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q", "--max-pixels",
+                    "none", *online)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr and "MemoryError" not in r.stderr, r.stderr
+        assert "tall.png" in r.stderr and "out of memory" in r.stderr and "use --max-pixels N" in r.stderr
+
+
+def test_out_of_memory_converting_a_video_frame(tmp_path):
+    from entitysam.io.sources.video_file import video_frame_to_rgb
+
+    class HugeFrame:  # what PyAV gives when the RGB array cannot be allocated
+        width, height = 100000, 100000
+
+        def to_ndarray(self, format):
+            raise MemoryError
+
+    with pytest.raises(SourceError, match=r"clip.mp4: frame 000007 is 100000x100000 = 10000.0 megapixels: out of "
+                                          r"memory") as info:
+        video_frame_to_rgb(HugeFrame(), "clip.mp4", "000007", None, (False, False, False))
+    assert info.value.remedies and info.value.remedies[0].argument == "max_pixels"

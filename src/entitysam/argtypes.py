@@ -17,23 +17,51 @@ from .errors import InvalidArgumentError
 
 __all__ = [
     "InvalidArgumentError",
+    "INT64_MAX",
+    "MAX_THREADS",
+    "FPS_RANGE",
     "check_int",
     "check_positive_float",
+    "check_range",
+    "check_fps",
     "check_json_destination",
     "positive_int",
     "non_negative_int",
+    "thread_count",
     "positive_float",
+    "fps",
+    "hours",
+    "gpu_share",
     "seed",
 ]
 
+# One bound per kind of number, the same for the command lines and the Python API:
+INT64_MAX = 2**63 - 1  # counts, indices, frame positions, ids: what numpy, PyAV and JSON readers hold
+MAX_THREADS = 1024  # threads, worker processes, Ray actors of one command
+# Frame rates: 1/1000 fps is the slowest the overlay encoder's time base (denominator <= 1001)
+# represents; above ~2000 fps the MP4 muxer's timestamps collide and frames are lost (measured
+# with PyAV 18 / libx264), so 1000 fps is the fastest.
+FPS_RANGE = (0.001, 1000.0)
+HOURS_RANGE = (0.001, 100_000.0)  # waiting times in hours: 3.6 s to about 11 years
+GPU_SHARE_RANGE = (0.0001, 1024.0)  # GPUs of a Ray actor besides 0: Ray's resource granularity is 0.0001
 
-def check_int(value: Any, name: str, minimum: int) -> int:
-    """`value` as an int >= minimum (bools and floats are refused: ``stride=1.5`` is a mistake)."""
+
+def check_int(value: Any, name: str, minimum: int, maximum: int = INT64_MAX) -> int:
+    """`value` as an int in [minimum, maximum] (bools and floats are refused: ``stride=1.5`` is a
+    mistake); the maximum defaults to 2**63 - 1, what int64 arrays and files hold."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}".lstrip())
     if value < minimum:
         raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}".lstrip())
+    if value > maximum:
+        raise InvalidArgumentError(f"{name} must be <= {maximum}, got {_short(value)}".lstrip())
     return value
+
+
+def _short(value: Any) -> str:
+    """A number as a message shows it: an integer of thousands of digits is cut."""
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} digits)"
 
 
 def check_positive_float(value: Any, name: str) -> float:
@@ -49,6 +77,20 @@ def check_positive_float(value: Any, name: str) -> float:
     return value
 
 
+def check_range(value: Any, name: str, low: float, high: float, unit: str = "") -> float:
+    """`value` as a finite float in [low, high] (:func:`check_positive_float` first)."""
+    value = check_positive_float(value, name)
+    if not low <= value <= high:
+        raise InvalidArgumentError(f"{name} must be between {low:g} and {high:g}{unit}, got {value:g}".lstrip())
+    return value
+
+
+def check_fps(value: Any, name: str = "fps") -> float:
+    """A frame rate in frames per second within :data:`FPS_RANGE`: every frame duration of it
+    is representable by the overlay encoder and every frame time by a float."""
+    return check_range(value, name, *FPS_RANGE, " frames per second")
+
+
 def _argparse_type(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
     def convert(text: str) -> Any:
         try:
@@ -62,8 +104,8 @@ def _argparse_type(parse: Callable[[str], Any], name: str) -> Callable[[str], An
 def _int(text: str) -> int:
     try:
         return int(text)
-    except ValueError:
-        raise InvalidArgumentError(f"expected an integer, got {text!r}") from None
+    except ValueError:  # also a string of more digits than int() converts
+        raise InvalidArgumentError(f"expected an integer, got {_short(text)!r}") from None
 
 
 def _float(text: str) -> float:
@@ -76,9 +118,23 @@ def _float(text: str) -> float:
 # argparse puts "argument --fps: " before the message: the checks get no name of their own.
 positive_int = _argparse_type(lambda s: check_int(_int(s), "", 1), "positive integer")
 non_negative_int = _argparse_type(lambda s: check_int(_int(s), "", 0), "non-negative integer")
+thread_count = _argparse_type(lambda s: check_int(_int(s), "", 1, MAX_THREADS), "number of threads")
 positive_float = _argparse_type(lambda s: check_positive_float(_float(s), ""), "positive number")
+fps = _argparse_type(lambda s: check_fps(_float(s), ""), "frame rate")
+hours = _argparse_type(lambda s: check_range(_float(s), "", *HOURS_RANGE, " hours"), "hours")
+gpu_share = _argparse_type(lambda s: _gpu_share(_float(s)), "number of GPUs")
 # numpy's generators take seeds in [0, 2**32) for the legacy API, >= 0 for default_rng
 seed = _argparse_type(lambda s: _seed(_int(s)), "seed")
+
+
+def _gpu_share(value: float) -> float:
+    """0 (no GPU) or a share within :data:`GPU_SHARE_RANGE`."""
+    if value == 0:
+        return 0.0
+    if not math.isfinite(value) or not GPU_SHARE_RANGE[0] <= value <= GPU_SHARE_RANGE[1]:
+        raise InvalidArgumentError(f"must be 0 or between {GPU_SHARE_RANGE[0]:g} and {GPU_SHARE_RANGE[1]:g} "
+                                   f"GPUs, got {value:g}")
+    return value
 
 
 def _seed(value: int) -> int:

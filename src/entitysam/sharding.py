@@ -10,6 +10,8 @@ from typing import Sequence
 
 from .errors import InvalidArgumentError
 
+INT64_MAX = 2**63 - 1  # = entitysam.argtypes.INT64_MAX: a shard is written in file names and JSON as int64
+
 __all__ = ["ShardError", "parse_shard", "check_shard", "balanced_split", "shard_tag"]
 
 
@@ -18,10 +20,12 @@ class ShardError(InvalidArgumentError):
 
 
 def check_shard(index: int, count: int, text: str | None = None) -> tuple[int, int]:
-    """(index, count) if 0 <= index < count, else ShardError (naming `text`, the value as given)."""
+    """(index, count) if 0 <= index < count <= 2**63 - 1, else ShardError (naming `text`, the value as given)."""
+    shown = text if text is not None else f"{index}/{count}"
     if count < 1 or not 0 <= index < count:
-        shown = text if text is not None else f"{index}/{count}"
         raise ShardError(f"shard {shown}: need N >= 1 and 0 <= I < N (shards count from 0)")
+    if count > INT64_MAX:
+        raise ShardError(f"shard {shown}: N must be at most {INT64_MAX}")
     return index, count
 
 
@@ -41,7 +45,10 @@ def balanced_split(weights: Sequence[int | None], index: int, count: int) -> lis
     check_shard(index, count)
     if count == 1:
         return list(range(len(weights)))
+    if index >= len(weights):  # more slices than items: each item has a slice of its own, these are empty
+        return []
     w = [max(x or 0, 1) for x in weights]
+    count = min(count, len(w))  # the same split: slices past the items' count never get one
     load = [0] * count
     owner: dict[int, int] = {}
     for k in sorted(range(len(w)), key=lambda k: (-w[k], k)):

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from ..argtypes import positive_float, positive_int
+from ..argtypes import hours, thread_count
 from ..errors import EntitySAMError
 from ..eval.runner.output import EvalOutput, IncompleteError
 from ..eval.runner.plan import EvalInputError, abbreviate, load_plan
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere")
     mod.add_argument("--logits-dtype", default="float32", choices=("float32", "float16"),
                      help="temporary on-disk low-res logits (float32 exact, float16 half the disk)")
-    mod.add_argument("--threads", type=positive_int, default=None, metavar="N", help="torch CPU threads")
+    mod.add_argument("--threads", type=thread_count, default=None, metavar="N", help="torch CPU threads")
     run = p.add_argument_group("run")
     run.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (see README)")
     run.add_argument("--shard", default=None, metavar="I/N",
@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no inference: assemble pred.json from the finished videos and score")
     run.add_argument("--overwrite", action="store_true", help="redo the slice's videos even if complete")
     run.add_argument("--no-metrics", action="store_true", help="write pred.json but do not score")
-    run.add_argument("--workers", type=positive_int, default=None, metavar="N",
+    run.add_argument("--workers", type=thread_count, default=None, metavar="N",
                      help="processes for the metrics (default: number of CPUs)")
-    run.add_argument("--dist-timeout", type=positive_float, default=48.0, metavar="HOURS",
+    run.add_argument("--dist-timeout", type=hours, default=48.0, metavar="HOURS",
                      help="under torchrun: how long ranks wait for each other at the end (default 48)")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-video lines")
     return ap

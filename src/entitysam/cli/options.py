@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..argtypes import positive_int
+from ..argtypes import thread_count
 from ..errors import EntitySAMError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -78,7 +78,7 @@ def add_dtype(p) -> None:
 
 
 def add_threads(p, help: str = "CPU threads for torch") -> None:
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N", help=help)
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N", help=help)
 
 
 def add_save(p, help: str) -> None:

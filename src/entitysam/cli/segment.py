@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..argtypes import non_negative_int, positive_float, positive_int
+from ..argtypes import fps, non_negative_int, positive_int
 from ..errors import EntitySAMError, SourceError
 from .batch import load_or_report, segment_options, segment_shard, shard_of
 from .segment_ray import add_ray_arguments, check_ray_args, segment_on_ray
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     sel.add_argument("--end", default=None, help="stop before this frame: index or seconds (exclusive)")
     sel.add_argument("--stride", type=positive_int, default=1, metavar="N", help="keep every N-th frame (default 1)")
     sel.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="process at most N frames")
-    sel.add_argument("--fps", type=positive_float, default=None,
+    sel.add_argument("--fps", type=fps, default=None,
                      help="frame rate of frame folders and images (default 25); overrides a video's own rate")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..argtypes import positive_int
+from ..argtypes import gpu_share, thread_count
 from ..errors import EntitySAMError
 from .batch import batch_stopped, report_summary
 from .options import print_err
@@ -17,19 +17,6 @@ __all__ = ["add_ray_arguments", "check_ray_args", "segment_on_ray", "RAY_SUMMARY
 RAY_SUMMARY_NAME = "ray.json"  # in OUTPUT/.entitysam-batch/, beside the local shards' summaries
 
 
-def _non_negative_float(text: str) -> float:
-    import argparse
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
-
-
 def add_ray_arguments(group) -> None:
     group.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                        help="run the videos on Ray (pip install 'entitysam[ray]'): a pool of actors that each "
@@ -37,9 +24,9 @@ def add_ray_arguments(group) -> None:
                             "without ADDRESS a local Ray instance, 'auto' the cluster of this node, or "
                             "ray://HEAD:10001. Inputs and --output must be at the same path on every node. "
                             "Complete results are skipped (re-run to finish), unless --overwrite")
-    group.add_argument("--actors", type=positive_int, default=None, metavar="N",
+    group.add_argument("--actors", type=thread_count, default=None, metavar="N",
                        help="with --ray: actors (default: as many as the cluster's GPUs, else CPUs, hold)")
-    group.add_argument("--gpus-per-actor", type=_non_negative_float, default=None, metavar="X",
+    group.add_argument("--gpus-per-actor", type=gpu_share, default=None, metavar="X",
                        help="with --ray: GPUs of each actor, fractions share one (default 1 when the cluster "
                             "has GPUs, else 0)")
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import jsonio
-from ..argtypes import check_int, check_json_destination, positive_int
+from ..argtypes import MAX_THREADS, check_int, check_json_destination, thread_count
 from ..errors import EntitySAMError
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
@@ -102,7 +102,7 @@ def _video_task(args: tuple[VideoSpec, bool, bool]) -> dict[str, Any]:
 def _map(fn: Callable, items: Sequence, workers: int | None) -> list:
     if workers is None:
         workers = os.cpu_count() or 1
-    check_int(workers, "workers", 1)
+    check_int(workers, "workers", 1, MAX_THREADS)
     workers = min(workers, len(items))
     if workers <= 1:
         return [fn(x) for x in items]
@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("pred_dir", help="directory with pan_pred/ and pred.json")
     ap.add_argument("gt_dir", help="GT panomasksRGB directory")
     ap.add_argument("gt_json", help="GT panoptic JSON")
-    ap.add_argument("--workers", type=positive_int, default=None, metavar="N",
+    ap.add_argument("--workers", type=thread_count, default=None, metavar="N",
                     help="processes (default: number of CPUs)")
     ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all")
     ap.add_argument("--json", dest="json_out", default=None, help="write the results to this JSON file")

@@ -8,6 +8,7 @@ and ``overlay.ts`` of online mode (``streaming=True``: H.264 in MPEG-TS, each fr
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -85,6 +86,23 @@ def render_overlay(image: np.ndarray, id_map: np.ndarray, alpha: float = 0.5, la
     return result
 
 
+# The frame rates the encoder's time base represents (= entitysam.argtypes.FPS_RANGE): a rate
+# outside (a video's own, or --fps over a large --stride) plays at the nearest of them.
+MIN_RATE, MAX_RATE = Fraction(1, 1000), Fraction(1000)
+
+
+def overlay_rate(fps: float) -> Fraction:
+    """The overlay's frame rate for `fps`: a fraction with a denominator <= 1001 (29.97 is
+    30000/1001), within [MIN_RATE, MAX_RATE]; 25 for a rate that is no number > 0."""
+    try:
+        fps = float(fps)
+    except (TypeError, ValueError, OverflowError):
+        return Fraction(25)
+    if not (math.isfinite(fps) and fps > 0):
+        return Fraction(25)
+    return min(max(Fraction(fps).limit_denominator(1001), MIN_RATE), MAX_RATE)
+
+
 class OverlayWriter:
     """The overlay video at the given frame rate, encoded with PyAV (H.264, yuv420p).
 
@@ -109,7 +127,7 @@ class OverlayWriter:
         self.alpha = alpha
         self.streaming = streaming
         self.timestamps = timestamps
-        self.rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(25)
+        self.rate = overlay_rate(fps)
         if streaming:
             self._container = av.open(str(self.path), mode="w", format="mpegts",
                                       container_options={"flush_packets": "1"})

@@ -123,9 +123,21 @@ def score_prediction(panoptic_dir: Path, panoptic_json: Path, gt_dir: Path, gt_j
         return evaluate(pred, gt_dir, gt_json, workers=1)
 
 
+DEMO_MAX_PIXELS = 40 * 4096 * 4096  # frames x width x height: the scene is rendered in memory (~14 bytes a pixel)
+
+
 def check_demo_size(width: int, height: int) -> None:
     if not (32 <= width <= 4096 and 32 <= height <= 4096):
         raise InvalidArgumentError(f"the demo size must be between 32x32 and 4096x4096, got {width}x{height}")
+
+
+def check_demo_length(num_frames: int, width: int, height: int) -> None:
+    """The whole synthetic video is rendered in memory: at most DEMO_MAX_PIXELS pixels (40 frames
+    of 4096x4096, or 655360 of 32x32)."""
+    if num_frames * width * height > DEMO_MAX_PIXELS:
+        raise InvalidArgumentError(f"the demo video is rendered in memory: frames x width x height must be at most "
+                                   f"{DEMO_MAX_PIXELS} (e.g. 40 frames of 4096x4096), got {num_frames} frames of "
+                                   f"{width}x{height}")
 
 
 def check_demo_request(output: str | Path, *, num_frames: int, width: int, height: int, seed: int,
@@ -137,6 +149,7 @@ def check_demo_request(output: str | Path, *, num_frames: int, width: int, heigh
     check_int(width, "width", 1)
     check_int(height, "height", 1)
     check_demo_size(width, height)
+    check_demo_length(num_frames, width, height)
     check_int(seed, "seed", 0)
     if seed >= 2**32:
         raise InvalidArgumentError(f"seed must be below 2**32, got {seed}")

@@ -222,17 +222,23 @@ class SegmentationResult:
 
 
 def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
-    """The output formats of a --save list or sequence. An empty list is refused (a mistake such
-    as ``--save ""`` must not give a "complete" result without files); ``none`` says it on purpose."""
+    """The output formats of a --save list (a string) or of a sequence of names, as a tuple.
+
+    One rule: a *string* is what a user types: it must name something (``"panoptic,overlay"``,
+    ``"all"``, or ``"none"`` on purpose for only manifest.json); an empty one (``--save ""``) is
+    refused, a mistake must not give a "complete" result without files. A *sequence* holds the
+    formats themselves: an empty one (``()``, what ``"none"`` gives) writes only manifest.json,
+    so ``check_formats(check_formats(x)) == check_formats(x)``."""
     if isinstance(formats, str):
-        formats = [f.strip() for f in formats.split(",") if f.strip()]
+        names = [f.strip() for f in formats.split(",") if f.strip()]
+        if not names:
+            raise InvalidArgumentError(f"no output format given: choose from {', '.join(FORMATS)}, all, or none "
+                                       "(only manifest.json)")
+        formats = names
     elif isinstance(formats, Iterable):
         formats = list(formats)
     else:
         raise InvalidArgumentError(f"formats must be a comma-separated string or a list of names, got {formats!r}")
-    if not formats:
-        raise InvalidArgumentError(f"no output format given: choose from {', '.join(FORMATS)}, all, or none "
-                                   "(only manifest.json)")
     out = []
     for f in formats:
         if not isinstance(f, str):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..inference.precision import check_exact, memory_dtype_for, precision_plan, resolve_dtype
-from ..argtypes import InvalidArgumentError, check_positive_float
+from ..argtypes import InvalidArgumentError, check_fps
 from ..errors import OutputError
 from ..modeling.entitysam import EntitySAM
 from .prefetch import read_ahead
@@ -42,7 +42,7 @@ def open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None
     frame rate, and a list of frame paths (read as a folder of frames holding exactly those,
     in the given order)."""
     if fps is not None:
-        fps = check_positive_float(fps, "fps")
+        fps = check_fps(fps, "fps")
     if video is None:
         raise InvalidArgumentError("no video given: pass a path (video, frame folder or image), an [n, H, W, 3] "
                                    "uint8 array, a list of frames or of frame paths, or a FrameSource")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ... import sharding
-from ...argtypes import check_int
+from ...argtypes import MAX_THREADS, check_int
 from ...errors import EntitySAMError, Remedy
 from ...io.atomic import write_json_atomic
 from ...io.output_lock import OutputLock, OutputLockedError
@@ -238,7 +238,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     say = say or (lambda msg: None)
     say_error = say_error or say
     if workers is not None:  # used only when scoring, after all inference: check it now
-        check_int(workers, "workers", 1)
+        check_int(workers, "workers", 1, MAX_THREADS)
     plan = plan or load_plan(data_root, split, gt_json=gt_json, gt_dir=gt_dir, split_file=split_file)
     index, count = parse_shard(shard) if isinstance(shard, str) else (shard or (0, 1))
     if count < 1 or not 0 <= index < count:

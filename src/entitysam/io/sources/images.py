@@ -18,7 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
-                        FrameSource, check_frame_size, input_problem, natural_key)
+                        FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key)
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS in Image.open (DecompressionBombError). Our own
@@ -99,6 +99,8 @@ def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXE
             try:
                 im.load()  # decode now: a truncated or corrupt file fails here, not later
                 return image_to_rgb(im)
+            except MemoryError:  # a header declaring a huge size, under max_pixels=None
+                raise frame_out_of_memory(label or str(path), f"{what} {path.name}", im.width, im.height) from None
             except (OSError, SyntaxError, ValueError) as err:
                 raise SourceError(f"cannot read {what} {path}: {err or type(err).__name__} "
                                   "(corrupt, truncated or not an image)") from None

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import SourceError
-from .selection import DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels
+from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
+                        frame_out_of_memory)
 from .video_file import av_message, import_av, stream_display, video_frame_to_rgb
 
 
@@ -148,6 +149,8 @@ class LiveSource(FrameSource):
                         t0 = t if t0 is None else t0
                         t = t - t0
                     yield index, t, frame
+        except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
+            raise frame_out_of_memory(self.url, f"frame {index + 1:06d}", self.width, self.height) from None
         except av.error.FFmpegError as err:
             after = f"after frame {index}" if index >= 0 else "before its first frame"
             raise SourceError(f"the stream {self.url} could not be read {after}: "

@@ -84,6 +84,15 @@ def check_frame_size(label: str, frame: str, width: int, height: int, max_pixels
             Remedy("max_pixels", metavar="N"))
 
 
+def frame_out_of_memory(label: str, frame: str, width: int, height: int) -> SourceError:
+    """The error of a frame that could not be decoded for want of memory (a header declaring a
+    huge size under --max-pixels none): one line naming the file, with --max-pixels as the remedy."""
+    return SourceError(
+        f"{label}: {frame} is {width}x{height} = {width * height / 1e6:.1f} megapixels: out of memory while "
+        "decoding it; downscale the input, or refuse frames this large before decoding them",
+        Remedy("max_pixels", metavar="N"))
+
+
 # ----------------------------------------------------------------------------- selection
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ...errors import Remedy, SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size,
-                        check_max_pixels, input_problem)
+                        check_max_pixels, frame_out_of_memory, input_problem)
 
 
 def import_av():
@@ -82,6 +82,8 @@ class VideoFileSource(FrameSource):
                         t0 = t if t0 is None else t0
                         t = t - t0
                     yield index, t, frame
+        except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
+            raise frame_out_of_memory(str(self.path), f"frame {index + 1:06d}", self.width, self.height) from None
         except av.error.FFmpegError as err:
             raise SourceError(f"cannot decode video {self.path}: frame {index + 1:06d} is corrupt or missing "
                               f"({av_message(err)}); {_frames_before(index)}", *_stop_before(index)) from None
@@ -157,7 +159,10 @@ def video_frame_to_rgb(frame, label: str, name: str, max_pixels: int | None,
     """A decoded PyAV frame -> [H, W, 3] uint8 RGB as played (`display`: see
     `_display_transform`); its size is checked against max_pixels before the RGB conversion."""
     check_frame_size(label, f"frame {name}", frame.width, frame.height, max_pixels)
-    image = frame.to_ndarray(format="rgb24")
+    try:
+        image = frame.to_ndarray(format="rgb24")
+    except MemoryError:  # (av.error.MemoryError too) a huge frame under max_pixels=None
+        raise frame_out_of_memory(label, f"frame {name}", frame.width, frame.height) from None
     transpose, flip_rows, flip_cols = display
     if not (transpose or flip_rows or flip_cols):
         return image
