@@ -575,3 +575,19 @@ def test_save_logits_name_too_long_is_refused_before_any_work(tmp_path, tiny_che
     err = capsys.readouterr().err
     assert "longer than the file system allows (255 bytes)" in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_temporary_files_of_a_killed_online_run_are_its_own(tmp_path):
+    """A killed online run leaves io.atomic's temporary files (`.entitysam-tmp-<pid>-<hex>`, and the
+    `.<name>.tmp-<pid>-<hex>` of earlier versions) beside manifest.json and the frame PNGs: they are
+    the tool's, so --overwrite replaces such a result; anything else there is still foreign."""
+    from entitysam.io.atomic import temp_path
+    from entitysam.io.owned import foreign_entries, result_layout
+
+    folder = tmp_path / "vid"
+    (folder / "panoptic").mkdir(parents=True)
+    for name in (MANIFEST, "entities.jsonl", "panoptic/000000.png", temp_path(folder / MANIFEST).name,
+                 "panoptic/" + temp_path(folder / "panoptic" / "000001.png").name, ".manifest.json.tmp-12-abc123"):
+        (folder / name).write_text("x")
+    (folder / "notes.txt").write_text("mine")
+    assert foreign_entries(folder, result_layout(folder, {"complete": False})) == ["notes.txt"]

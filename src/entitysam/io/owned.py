@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from .atomic import TEMP_PREFIX
 from .manifest import MANIFEST, manifest_data
 
 __all__ = ["RESULT_FILES", "foreign_entries", "result_layout", "result_foreign", "list_foreign"]
@@ -25,7 +26,9 @@ Layout = Mapping[Union[str, "re.Pattern[str]"], Optional["Layout"]]
 RESULT_FILES = ("panoptic.json", "entities.json", "overlay.mp4", "logits.npz", "edits.json",
                 "entities.jsonl", "overlay.ts")
 _PNG = re.compile(r"[^/]+\.png")
-# io.atomic's temporary file beside its target, which a killed online run leaves behind
+# io.atomic's temporary file beside its target, which a killed online run leaves behind: its
+# name now, and the one of earlier versions (derived from the target's name)
+_ATOMIC_TMP = re.compile(re.escape(TEMP_PREFIX) + r"tmp-[0-9]+-[0-9a-f]+")
 _TMP = r"\.{}\.tmp-[0-9]+-[0-9a-f]{{6}}"
 _PNG_TMP = re.compile(_TMP.format(r"[^/]+\.png"))
 
@@ -82,14 +85,14 @@ def result_layout(folder: str | os.PathLike, manifest: Mapping[str, Any] | None 
         names = {f.rstrip("/") for f in listed} & {*RESULT_FILES, "panoptic"}
     else:
         names = {*RESULT_FILES, "panoptic"}
-    layout: dict[Any, Any] = {MANIFEST: None, re.compile(_TMP.format(re.escape(MANIFEST))): None}
+    layout: dict[Any, Any] = {MANIFEST: None, re.compile(_TMP.format(re.escape(MANIFEST))): None, _ATOMIC_TMP: None}
     for name in names - {"panoptic"}:
         layout[name] = None
     if "panoptic.json" in names:
         layout[re.compile(_TMP.format(re.escape("panoptic.json")))] = None
     if "panoptic" in names:
         pngs = _frame_pngs(folder) if (manifest or {}).get("complete") is True else None
-        layout["panoptic"] = dict.fromkeys(pngs) if pngs is not None else {_PNG: None, _PNG_TMP: None}
+        layout["panoptic"] = dict.fromkeys(pngs) if pngs is not None else {_PNG: None, _PNG_TMP: None, _ATOMIC_TMP: None}
     return layout
 
 
