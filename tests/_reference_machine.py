@@ -5,6 +5,12 @@ choices), and the official code itself does not reproduce a fixture made on anot
 So a fixture is held to the README tolerances (and exact mode to bit-identity) only on the CPU
 family that made it; elsewhere to what the official code's own cross-CPU difference was measured
 to be (scripts/reference/harness.py against-fixture), with a margin.
+
+The default mode reorders arithmetic for speed, as another thread count does for the official code
+(a different split of its reductions). Where the official code's own difference from a fixture at
+another thread count on the fixture's CPU family was measured, that noise bounds the default mode's
+tolerance on that family where it exceeds the README's: a chaotic fixture (ViT-L with random weights)
+moves further than the README tolerances under any reordering, the official code's own included.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from entitysam.config import EntitySAMConfig
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "scripts" / "reference"))
-from _golden import CROSS_CPU_MARGIN, Tolerance, cross_cpu_tolerance  # noqa: E402
+from _golden import CROSS_CPU_MARGIN, THREAD_NOISE_MARGIN, Tolerance, measured_tolerance, widest  # noqa: E402
 from machine import cpu_family_name, cpu_record  # noqa: E402
 
 CROSS_CPU_FILE = Path(__file__).with_name("reference_cross_cpu.json")
+THREAD_NOISE_FILE = Path(__file__).with_name("reference_thread_noise.json")
 
 # The public fixtures' meta.json says only "cpu": "AMD EPYC"; they were made on a Zen 5 (AMD
 # family 26). This is the one place that knowledge lives: fixtures written by
@@ -65,6 +72,13 @@ def own_measurements(name: str, meta: dict, recorded: dict[str, list[dict]]) -> 
     return list(meta.get("cross_cpu") or recorded.get(name, []))
 
 
+def thread_noise(name: str, here: dict | None = None) -> list[dict]:
+    """reference_thread_noise.json: the official code's own difference from fixture `name` at another
+    thread count; with `here`, only what was measured on its CPU family."""
+    recorded = json.loads(THREAD_NOISE_FILE.read_text()) if THREAD_NOISE_FILE.exists() else {}
+    return [m for m in recorded.get(name, []) if here is None or (m.get("cpu") and same_cpu_family(m["cpu"], here))]
+
+
 def cross_cpu_measurements(name: str, meta: dict) -> list[dict]:
     """The official code's own per-step difference from a fixture on other CPUs: this fixture's
     (in its meta.json, or recorded in reference_cross_cpu.json), then every other fixture's. The
@@ -98,19 +112,29 @@ def reference_check(name: str, meta: dict, exact: bool = False, here: dict | Non
     made_on = fixture_cpu(meta)
     where = f"fixture {name} made on {cpu_family_name(made_on)}, this machine {cpu_family_name(here)}"
     tight = " -> README tolerances" + (" and bit-identity (exact mode)" if exact else "")
-    if same_cpu_family(made_on, here):
-        return ("same-cpu", lambda step: Tolerance(), True, f"{where}: same CPU family{tight}")
-    if reproduced_on(name, meta, here) is not None:
-        return ("same-cpu", lambda step: Tolerance(), True,
-                f"{where}: the official code on this CPU family reproduces every step of this fixture bit for bit "
-                f"(measured: {CROSS_CPU_FILE.name}){tight}")
-    measured = cross_cpu_measurements(name, meta)
-    if not measured:
+    same_family = same_cpu_family(made_on, here)
+    if same_family or reproduced_on(name, meta, here) is not None:
+        why = (f"{where}: same CPU family" if same_family else
+               f"{where}: the official code on this CPU family reproduces every step of this fixture bit for bit "
+               f"(measured: {CROSS_CPU_FILE.name})")
+        noise = [] if exact else thread_noise(name, here)
+        if noise:
+            threads = ", ".join(sorted({str(m.get("threads")) for m in noise}))
+            return ("same-cpu", lambda step: measured_tolerance(step, noise, THREAD_NOISE_MARGIN), True,
+                    f"{why} -> tolerances = max(README, the official code's own difference from this fixture "
+                    f"with {threads} thread(s) on this CPU family: {THREAD_NOISE_FILE.name})")
+        return ("same-cpu", lambda step: Tolerance(), True, why + tight)
+    measured, noise = cross_cpu_measurements(name, meta), thread_noise(name)
+    if not measured and not noise:
         return ("cross-cpu-unmeasured", lambda step: Tolerance(), False,
                 f"{where}: other CPU family, no cross-CPU measurement for this fixture -> README tolerances; a "
                 "failure may be the CPU, not the code (run scripts/reference/harness.py check here)")
-    notes = "; ".join(m.get("note", "measured") for m in measured)
-    return ("cross-cpu", lambda step: cross_cpu_tolerance(step, measured), False,
+    notes = "; ".join(m.get("note", "measured") for m in measured + noise)
+
+    def tolerance(step: int) -> Tolerance:  # the official code's own thread noise bounds another CPU's too
+        return widest(step, measured_tolerance(step, measured), measured_tolerance(step, noise, THREAD_NOISE_MARGIN))
+
+    return ("cross-cpu", tolerance, False,
             f"{where}: other CPU family -> tolerances = max(README, {CROSS_CPU_MARGIN:g} x the official code's own "
-            f"cross-CPU difference) [{notes}]; bit-identity holds only against the official code run on this "
-            "machine (scripts/reference/harness.py check)")
+            f"cross-CPU difference, its thread-count noise) [{notes}]; bit-identity holds only against the official "
+            "code run on this machine (scripts/reference/harness.py check)")

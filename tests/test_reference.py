@@ -21,7 +21,9 @@ Which check applies depends on the machine (see `reference_check`): on the CPU f
 fixture was made on, the README tolerances (and, in exact mode, bit-identity); on another CPU
 family the official code itself does not reproduce the fixture, so the tolerances are widened
 to what the official code's own cross-CPU difference was measured to be (recorded in the
-fixture's meta.json "cross_cpu", or in reference_cross_cpu.json for the public fixtures). The
+fixture's meta.json "cross_cpu", or in reference_cross_cpu.json for the public fixtures). In the
+default mode the tolerances are also never tighter than the official code's own difference from the
+fixture with another thread count, where that was measured (reference_thread_noise.json). The
 test prints which check it applied and why. The check that holds on any machine is the
 differential harness, scripts/reference/.
 """
@@ -183,11 +185,13 @@ def test_video_outputs_match_golden(fixture, official_run, check):
     if n < len(meta["frame_names"]):
         pytest.skip("video-level scores and id maps need all frames (ENTITYSAM_REFERENCE_FRAMES=all)")
     print(f"video scores max |diff| {np.abs(result.scores.numpy() - golden['video_scores']).max():.1e}")
-    np.testing.assert_allclose(result.scores.numpy(), golden["video_scores"], atol=5e-3, rtol=0)
+    whole_video = tolerance(result.steps[-1].step)
+    np.testing.assert_allclose(result.scores.numpy(), golden["video_scores"], atol=whole_video.video_score_atol, rtol=0)
     ids = result.panoptic.id_maps
     ref_ids = golden["panoptic_ids"]
     assert ids.shape == ref_ids.shape
-    assert np.mean(ids != ref_ids) <= 1e-4
+    print(f"id maps differ on {np.mean(ids != ref_ids):.1e} of pixels (bound {whole_video.id_map_max:.1e})")
+    assert np.mean(ids != ref_ids) <= whole_video.id_map_max, why
     assert list(result.panoptic.segment_ids) == list(golden["segment_ids"])
     assert list(result.panoptic.query_index) == list(golden["segment_query_index"])
 
