@@ -198,3 +198,16 @@ def test_save_none_in_the_python_api(frames, tiny_model, tmp_path):
         for formats in ("none", (), ["none"]):
             final = result.save(tmp_path / f"r{len(str(formats))}", formats=formats)
             assert [p.name for p in final.iterdir()] == ["manifest.json"]
+
+
+@pytest.mark.parametrize("option, value", [("num_actors", 10**30), ("num_actors", 0), ("gpus_per_actor", float("nan")),
+                                           ("gpus_per_actor", 1e-5), ("cpus_per_actor", float("inf")),
+                                           ("cpus_per_actor", 1e9), ("max_retries", 1.5)])
+def test_ray_python_api_has_the_command_lines_bounds(tmp_path, option, value):
+    """segment_many checks its numbers as --actors / --gpus-per-actor / --threads do, before Ray starts."""
+    from entitysam.distributed.ray_runner import segment_many
+    from entitysam.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=option):
+        segment_many([tmp_path / "v.mp4"], tmp_path / "out", model="demo", device="cpu", **{option: value})
+    assert not (tmp_path / "out").exists()

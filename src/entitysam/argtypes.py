@@ -20,10 +20,12 @@ __all__ = [
     "INT64_MAX",
     "MAX_THREADS",
     "FPS_RANGE",
+    "GPU_SHARE_RANGE",
     "check_int",
     "check_positive_float",
     "check_range",
     "check_fps",
+    "check_gpu_share",
     "check_json_destination",
     "positive_int",
     "non_negative_int",
@@ -122,19 +124,18 @@ thread_count = _argparse_type(lambda s: check_int(_int(s), "", 1, MAX_THREADS), 
 positive_float = _argparse_type(lambda s: check_positive_float(_float(s), ""), "positive number")
 fps = _argparse_type(lambda s: check_fps(_float(s), ""), "frame rate")
 hours = _argparse_type(lambda s: check_range(_float(s), "", *HOURS_RANGE, " hours"), "hours")
-gpu_share = _argparse_type(lambda s: _gpu_share(_float(s)), "number of GPUs")
+gpu_share = _argparse_type(lambda s: check_gpu_share(_float(s)), "number of GPUs")
 # numpy's generators take seeds in [0, 2**32) for the legacy API, >= 0 for default_rng
 seed = _argparse_type(lambda s: _seed(_int(s)), "seed")
 
 
-def _gpu_share(value: float) -> float:
+def check_gpu_share(value: Any, name: str = "") -> float:
     """0 (no GPU) or a share within :data:`GPU_SHARE_RANGE`."""
-    if value == 0:
-        return 0.0
-    if not math.isfinite(value) or not GPU_SHARE_RANGE[0] <= value <= GPU_SHARE_RANGE[1]:
-        raise InvalidArgumentError(f"must be 0 or between {GPU_SHARE_RANGE[0]:g} and {GPU_SHARE_RANGE[1]:g} "
-                                   f"GPUs, got {value:g}")
-    return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != 0 and not (
+            math.isfinite(value) and GPU_SHARE_RANGE[0] <= value <= GPU_SHARE_RANGE[1]):
+        raise InvalidArgumentError(f"{name} must be 0 or between {GPU_SHARE_RANGE[0]:g} and {GPU_SHARE_RANGE[1]:g} "
+                                   f"GPUs, got {_short(value)}".lstrip())
+    return float(value)
 
 
 def _seed(value: int) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..argtypes import GPU_SHARE_RANGE, MAX_THREADS, check_gpu_share, check_int, check_range
 from ..errors import EntitySAMError, InvalidArgumentError, SourceError
 from ..io.atomic import write_json_atomic
 from ..io.sources import result_name
@@ -144,14 +145,13 @@ def _actors_that_fit(ray, cpus: float, gpus: float) -> int:
 
 
 def _check_numbers(num_actors, gpus_per_actor, cpus_per_actor, max_retries) -> None:
-    if num_actors is not None and (not isinstance(num_actors, int) or num_actors < 1):
-        raise InvalidArgumentError(f"num_actors must be an integer >= 1, got {num_actors!r}")
-    if gpus_per_actor is not None and not gpus_per_actor >= 0:
-        raise InvalidArgumentError(f"gpus_per_actor must be >= 0, got {gpus_per_actor!r}")
-    if not cpus_per_actor > 0:
-        raise InvalidArgumentError(f"cpus_per_actor must be > 0, got {cpus_per_actor!r}")
-    if not isinstance(max_retries, int) or max_retries < 0:
-        raise InvalidArgumentError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+    """The command line's bounds (`entitysam.argtypes`), for the Python API."""
+    if num_actors is not None:
+        check_int(num_actors, "num_actors", 1, MAX_THREADS)
+    if gpus_per_actor is not None:
+        check_gpu_share(gpus_per_actor, "gpus_per_actor")
+    check_range(cpus_per_actor, "cpus_per_actor", GPU_SHARE_RANGE[0], MAX_THREADS)  # Ray counts CPUs in 1e-4 steps too
+    check_int(max_retries, "max_retries", 0)
 
 
 def _progress(enabled: bool, total: int):
