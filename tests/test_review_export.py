@@ -152,7 +152,8 @@ def test_cvat_video_xml_one_track_per_entity(session, tmp_path):
 def test_ytvis_results_decode_with_pycocotools(session, tmp_path):
     out = export(session, "ytvis", tmp_path / "results.json", video_id=7)
     records = json.loads(out.read_text())
-    assert [sorted(r) for r in records] == [["category_id", "score", "segmentations", "video_id"]] * 3
+    assert [list(r) for r in records] == [["exported_by", "video_id", "category_id", "score", "segmentations"]] * 3
+    assert {r["exported_by"] for r in records} == {"entitysam"}
     assert {r["video_id"] for r in records} == {7}
     entity_order = [1, 2, BIG_ID]
     assert [r["score"] for r in records] == pytest.approx([0.9, 0.75, 0.66])

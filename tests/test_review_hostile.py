@@ -320,7 +320,8 @@ def test_a_hostile_edit_posted_to_the_viewer_is_a_400(result_dir, body, message)
 
 
 @pytest.mark.parametrize("fmt", ["cvat-video", "ytvis", "coco-video"])
-@pytest.mark.parametrize("content", ["my notes\n", '{"info": "mine"}', "[1, 2]", '<?xml version="1.0"?><annotations/>'])
+@pytest.mark.parametrize("content", ["my notes\n", '{"info": "mine"}', "[1, 2]", '<?xml version="1.0"?><annotations/>',
+                                     '[{"video_id":5,"score":0.9,"category_id":3,"segmentations":[]}]'])
 def test_overwrite_replaces_only_a_file_entitysam_exported(result_dir, tmp_path, capsys, fmt, content):
     mine = tmp_path / "mine.out"
     mine.write_text(content)

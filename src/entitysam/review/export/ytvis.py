@@ -2,11 +2,14 @@
 
 A list with one record per exported entity::
 
-    [{"video_id": 1, "category_id": c, "score": s, "segmentations": [RLE or null per frame]}, ...]
+    [{"exported_by": "entitysam", "video_id": 1, "category_id": c, "score": s,
+      "segmentations": [RLE or null per frame]}, ...]
 
 RLE: COCO compressed (``{"size": [H, W], "counts": str}``), null where the entity is absent;
 ``category_id``: 1 for ``entity``, then one per review label (see ``common.categories``);
-``score``: the entity's score (1.0 when the result does not record one).
+``score``: the entity's score (1.0 when the result does not record one); ``exported_by``: first
+key of every record, which the evaluations ignore and which tells ``--overwrite`` that the file is
+an export of this module (a results list of another tool is never replaced).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from .common import categories, category_of, exported_entities, frame_entities, 
 
 __all__ = ["write_ytvis", "ytvis_records"]
 
+EXPORTED_BY = "entitysam"
+
 
 def ytvis_records(view: Any, video_id: int = 1) -> list[dict[str, Any]]:
     """The results list (see the module docstring)."""
@@ -34,15 +39,15 @@ def ytvis_records(view: Any, video_id: int = 1) -> list[dict[str, Any]]:
         ids, present = frame_entities(view, t, keep)
         for e in entities:
             segs[e.id].append(rle_encode(full_mask(ids, present[e.id])) if e.id in present else None)
-    return [{"video_id": video_id, "category_id": category_of(e, names),
+    return [{"exported_by": EXPORTED_BY, "video_id": video_id, "category_id": category_of(e, names),
              "score": 1.0 if e.score is None else float(e.score), "segmentations": segs[e.id]}
             for e in entities]
 
 
 def looks_exported(head: bytes) -> bool:
-    """Whether a file starting with `head` is a results JSON this module wrote (compact: a list
-    of records starting with their video_id, or an empty list)."""
-    return head.startswith(b'[{"video_id":') or head.strip() == b"[]"
+    """Whether a file starting with `head` is a results JSON this module wrote (compact: a list of
+    records starting with the marker key), or an empty list (nothing there to lose)."""
+    return head.startswith(b'[{"exported_by":"entitysam"') or head.strip() == b"[]"
 
 
 def write_ytvis(view: Any, out: Path, *, overwrite: bool = False, video_id: int = 1) -> Path:
