@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 __all__ = ["Terminated", "raise_terminated", "Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
            "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
-           "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "EditError"]
+           "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "ResultChangedError",
+           "ResultFileGoneError", "EditError"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,16 @@ class UnsafeCheckpointError(CheckpointReadError):
 class ResultFolderError(EntitySAMError, ValueError):
     """A folder is not a complete, readable result of `entitysam segment` (missing or incomplete
     manifest, missing or inconsistent files); the message names the folder and the cause."""
+
+
+class ResultChangedError(ResultFolderError):
+    """A result folder open for review changed on disk (rewritten, deleted, a file gone or
+    unreadable) since it was opened: what was read of it then no longer matches it, so nothing
+    is saved or exported from it; reopen it."""
+
+
+class ResultFileGoneError(ResultChangedError):
+    """A file of a result folder open for review (an id PNG) is gone from disk since it was opened."""
 
 
 class EditError(EntitySAMError, ValueError):

@@ -38,6 +38,7 @@ from .result import EntityInfo, ResultFolder
 __all__ = ["OPS", "check_op", "EditSession"]
 
 OPS = ("hide", "show", "delete", "merge", "split", "label")
+_SHOWN = 10  # missing ids named in a message (the rest counted: a list of millions makes no message)
 
 
 def _int_id(value: Any, op: str, what: str = "id") -> int:
@@ -63,7 +64,7 @@ def check_op(op: Mapping[str, Any]) -> dict[str, Any]:
     if "ids" in fields:
         ids = op.get("ids")
         if not isinstance(ids, (list, tuple)) or not ids:
-            raise EditError(f"{kind}: ids must be a non-empty list of entity ids, got {ids!r}")
+            raise EditError(f"{kind}: ids must be a non-empty list of entity ids, got {ids!r:.80}")
         out["ids"] = [_int_id(i, kind) for i in ids]
         if len(set(out["ids"])) != len(out["ids"]):
             raise EditError(f"{kind}: ids repeat an entity: {out['ids']}")
@@ -210,7 +211,9 @@ class EditSession:
     def _existing(self, state: _State, ids: Sequence[int], kind: str) -> None:
         missing = [i for i in ids if i not in state.attrs]
         if missing:
-            raise EditError(f"{kind}: no entity {', '.join(map(str, missing))} (deleted, merged away or never there)")
+            shown = ", ".join(map(str, missing[:_SHOWN]))
+            more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
+            raise EditError(f"{kind}: no entity {shown}{more} (deleted, merged away or never there)")
 
     def _apply_to(self, state: _State, op: dict[str, Any]) -> None:
         kind = op["op"]

@@ -19,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, ResultFolderError
+from ..errors import InvalidArgumentError, ResultChangedError, ResultFileGoneError, ResultFolderError
 from ..io import idpng
 from ..io.paths import safe_name
 from ..io.manifest import MANIFEST, manifest_data
@@ -83,6 +84,8 @@ class ResultFolder:
         self.frames = frames
         self.entities = entities
         self.frame_areas = frame_areas
+        # what the folder was when opened (set by open): save and export check it is still that
+        self.fingerprint: tuple[str | None, str | None] = (None, None)
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
@@ -112,6 +115,7 @@ class ResultFolder:
         path = Path(path)
         if not path.is_dir():
             raise ResultFolderError(f"{path}: not a folder (expected a result folder of `entitysam segment`)")
+        fingerprint = _fingerprint(path)  # before anything is read: a change while opening shows later
         manifest = manifest_data(path)
         if manifest is None:
             raise ResultFolderError(f"{path}: no readable {MANIFEST}: not a result folder of `entitysam segment` "
@@ -142,7 +146,9 @@ class ResultFolder:
         for rec in frames:
             if not (path / "panoptic" / f"{rec['name']}.png").is_file():
                 raise ResultFolderError(f"{path}: panoptic/{rec['name']}.png is missing (frame {rec['frame']})")
-        return cls(path, manifest, frames, entities, frame_areas)
+        folder = cls(path, manifest, frames, entities, frame_areas)
+        folder.fingerprint = fingerprint
+        return folder
 
     # ------------------------------------------------------------------ per frame
     @property
@@ -209,8 +215,19 @@ class ResultFolder:
         return self.sources.frame_file(int(rec["source_frame"]), rec["name"])
 
     def manifest_digest(self) -> str:
-        """SHA-256 (hex) of the bytes of manifest.json: names this exact result (edits.json records it)."""
-        return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
+        """SHA-256 (hex) of the bytes manifest.json had when the folder was opened: names the exact
+        result this view was read from (edits.json records it); see :meth:`check_unchanged`."""
+        return self.fingerprint[0] or ""
+
+    def check_unchanged(self) -> None:
+        """ResultChangedError when manifest.json or panoptic.json are no longer the bytes they were
+        when the folder was opened (rewritten by `segment --overwrite`, edited, deleted, unreadable):
+        the frames, entities and areas read then would be mixed with the new files. Save and
+        export call it before (and after) they write."""
+        if self.fingerprint[0] is None or _fingerprint(self.path) != self.fingerprint:
+            raise ResultChangedError(f"{self.path}: the result changed on disk since it was opened (rewritten, "
+                                     "deleted or unreadable); nothing was written: reopen it to review what is "
+                                     "there now")
 
     def __repr__(self) -> str:
         return (f"ResultFolder({str(self.path)!r}, {self.kind}, {len(self.frames)} frames "
@@ -226,6 +243,8 @@ def _read_id_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
         with Image.open(path) as im:
             kind, width, height = (im.format, im.mode), *im.size
             rgb = np.asarray(im) if kind[0] == "PNG" and kind[1] in ID_PNG_MODES and (height, width) == size else None
+    except FileNotFoundError:
+        raise ResultFileGoneError(f"{path}: gone from disk since the result was opened (reopen it)") from None
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
     if kind[0] != "PNG" or kind[1] not in ID_PNG_MODES:
@@ -234,6 +253,21 @@ def _read_id_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
     if rgb is None:
         raise ResultFolderError(f"{path}: {width}x{height} but the result is {size[1]}x{size[0]} (WxH)")
     return rgb if rgb.shape[2] == 3 else np.ascontiguousarray(rgb[..., :3])
+
+
+def _fingerprint(path: Path) -> tuple[str | None, str | None]:
+    """SHA-256 (hex) of manifest.json and of panoptic.json, None for one that cannot be read or is
+    not a regular file (a FIFO in its place would block the read for good)."""
+    out = []
+    for name in (MANIFEST, "panoptic.json"):
+        try:
+            fd = os.open(path / name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                regular = stat.S_ISREG(os.fstat(fd).st_mode)
+                out.append(hashlib.sha256(f.read()).hexdigest() if regular else None)
+        except OSError:
+            out.append(None)
+    return out[0], out[1]
 
 
 def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],

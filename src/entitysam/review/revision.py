@@ -10,6 +10,10 @@ A revision is a complete result folder beside the original (``<name>.rev1``, ``<
 * ``manifest.json`` (written last): the original's record plus ``"revision": {"number",
   "parent", "parent_manifest_sha256", "edits"}``.
 
+A result folder that changed on disk since it was opened (see
+:meth:`~entitysam.review.result.ResultFolder.check_unchanged`) gets no revision: ResultChangedError,
+checked before the files are written and again before the revision is renamed into place.
+
 It is written atomically through :class:`~entitysam.io.staging.StagedOutput` (a hidden sibling
 folder renamed into place once complete): a failure leaves no revision folder. The original is
 never touched, unless ``replace_original`` (then it is replaced as `--overwrite` replaces a
@@ -79,6 +83,7 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
         # replacing the original later (replace_original, --overwrite) would delete the revision with it
         raise OutputError(f"{final} is inside the result folder {result.path}: a revision is written beside "
                           "its original, not into it (choose another dest)")
+    result.check_unchanged()  # the frames, entities and areas were read when it was opened: still those files?
     log = edits_record(session)
     manifest = revision_manifest(session, final, log)
     with StagedOutput(final, overwrite=replace_original) as staged:
@@ -87,6 +92,7 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
             write_json_atomic(staged.path / EDITS, log, indent=1)
         except OSError as err:
             raise OutputError(describe_os_error(err, str(final))) from None
+        result.check_unchanged()  # changed while the PNGs were read: the staged folder is dropped
         return staged.commit({**manifest, "files": files + [EDITS]})
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
@@ -12,7 +11,7 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
 
 from .. import jsonio
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
 
 __all__ = ["build_routes"]
@@ -30,6 +29,22 @@ class JSONResponse(_StarletteJSON):
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=_NO_STORE)
+
+
+_CHANGED = ("the result changed on disk since it was opened (a file of it is gone or unreadable); "
+            "nothing was written: reopen it")
+
+
+async def _read(read, *args):
+    """`read(*args)` on the thread pool; a file of the result gone since it was opened: 404, one
+    that can no longer be read (tampered, truncated): 422, each with a one-line JSON error (never
+    a 500 with a traceback in the log). Returns (data, None) or (None, the error response)."""
+    try:
+        return await run_in_threadpool(read, *args), None
+    except (ResultFileGoneError, FileNotFoundError, NotADirectoryError) as err:
+        return None, _error(404, f"gone: {err}" if isinstance(err, OSError) else str(err))
+    except (ResultFolderError, OSError) as err:
+        return None, _error(422, str(err))
 
 
 def _file(root: Path, relative: str, cache: str) -> Response:
@@ -57,12 +72,17 @@ def build_routes(viewer) -> list[Route]:
         return viewer.check_token(request.headers.get(TOKEN_HEADER) or request.query_params.get("token"))
 
     def mutating(handler):
-        """A POST handler: 403 without the run's token, a 400 with the message for EntitySAMErrors."""
+        """A POST handler: 403 without the run's token, 409 when the result folder changed on disk
+        since it was opened (nothing written), a 400 with the message for other EntitySAMErrors."""
         async def endpoint(request: Request) -> Response:
             if not authorised(request):
                 return _error(403, "missing or wrong token (use the URL printed by `entitysam view`)")
             try:
                 return await handler(request)
+            except ResultChangedError as err:  # save/export over a folder rewritten or deleted since it was opened
+                return _error(409, str(err))
+            except (FileNotFoundError, NotADirectoryError):
+                return _error(409, _CHANGED)
             except EntitySAMError as err:
                 return _error(400, str(err))
         return endpoint
@@ -99,7 +119,9 @@ def build_routes(viewer) -> list[Route]:
         index = _frame_index(viewer, request.path_params["index"])
         if index is None:
             return _error(404, "no such frame")
-        data = await run_in_threadpool(encode, index)
+        data, error = await _read(encode, index)
+        if error is not None:
+            return error
         return Response(data, media_type=media_type, headers={"Cache-Control": IMMUTABLE})
 
     async def id_map(request: Request) -> Response:
@@ -110,7 +132,9 @@ def build_routes(viewer) -> list[Route]:
 
     async def thumb(request: Request) -> Response:
         entity = _count(request.path_params["entity"])
-        data = None if entity is None else await run_in_threadpool(viewer.thumbnail, entity)
+        data, error = (None, None) if entity is None else await _read(viewer.thumbnail, entity)
+        if error is not None:
+            return error
         if data is None:
             return _error(404, "no such entity")
         # the URL carries ?k=<thumb key of /api/state>: what the picture shows, so it may be cached
@@ -119,8 +143,10 @@ def build_routes(viewer) -> list[Route]:
     async def edit(request: Request) -> Response:
         try:
             op = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
-            return _error(400, "the edit must be a JSON object")
+        except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply; ValueError: also an
+            # integer over Python's digit limit (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0][:120]
+            return _error(400, f"the edit must be a JSON object ({reason})")
         if not isinstance(op, dict):
             return _error(400, "the edit must be a JSON object")
         return JSONResponse(await run_in_threadpool(viewer.apply, op), headers=_NO_STORE)

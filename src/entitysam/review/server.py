@@ -25,6 +25,8 @@ Routes (all under one per-run token for what changes anything):
     POST /api/export?format=F   the exporter's output, downloaded (a folder comes zipped)
 
 POST requests need the token (header ``X-EntitySAM-Token`` or query ``token``): 403 otherwise.
+Save and export answer 409 when the result folder changed on disk since it was opened (nothing
+written); read-only id maps and thumbnails 404 when a file is gone, 422 when it is unreadable.
 Frames and id maps are immutable for a run and served with long cache headers.
 """
 

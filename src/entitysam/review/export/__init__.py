@@ -9,6 +9,7 @@
 * ``coco-video`` (:mod:`.coco_video`): COCO-style video JSON (videos, images, annotations with
   RLE, bbox, area and track id).
 
+A result folder that changed on disk since it was opened is not exported (ResultChangedError).
 Hidden entities are not exported (their pixels count as background), deleted ones do not exist.
 Every export is written atomically (a hidden temporary file or folder renamed into place) and
 refuses to replace an existing output unless ``overwrite``, and even then replaces only an
@@ -55,7 +56,16 @@ def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = Fal
 
     write = _writer(fmt)
     check_outside_results(view, Path(out))
+    _check_unchanged(view)
     return write(view, Path(out), overwrite=overwrite, **options)
+
+
+def _check_unchanged(view: Any) -> None:
+    """ResultChangedError when the result folder behind `view` changed on disk since it was opened."""
+    result = getattr(view, "result", view)  # an EditSession's result, or the ResultFolder itself
+    check = getattr(result, "check_unchanged", None)
+    if check is not None:
+        check()
 
 
 def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:
@@ -70,6 +80,7 @@ def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:
     name = f"{view.name}-{fmt}{SUFFIXES[fmt]}"
     with tempfile.TemporaryDirectory(prefix="entitysam-export-") as tmp:
         out = export(view, fmt, Path(tmp) / name, **options)
+        _check_unchanged(view)  # changed while the exporter read it: no download of a mix
         if not out.is_dir():
             return out.read_bytes(), name
         buf = io.BytesIO()
