@@ -6,6 +6,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -227,15 +228,17 @@ def test_read_id_png_modes(tmp_path):
         read_id_png(tmp_path / "c.png")
 
 
-def test_read_id_png_other_modes_use_the_first_three_channels(tmp_path):
-    """A file PIL opens in a mode without the packed fast path (here a CMYK TIFF) is decoded by the
-    shared codec: id = channel 0 + 256 channel 1 + 65536 channel 2, as uint32."""
+def test_read_id_png_refuses_other_formats(tmp_path):
+    """Only PNG files are id maps (the review's rule): a CMYK TIFF or a JPEG saved under a .png name
+    is refused with the file's name, not decoded into made-up ids."""
     cmyk = np.random.default_rng(2).integers(0, 256, size=(5, 6, 4), dtype=np.uint8)
     Image.fromarray(cmyk, "CMYK").save(tmp_path / "d.tif")
-    c = cmyk.astype(np.int64)
-    got = read_id_png(tmp_path / "d.tif")
-    assert got.dtype == np.uint32
-    np.testing.assert_array_equal(got, c[..., 0] + 256 * c[..., 1] + 65536 * c[..., 2])
+    Image.fromarray(cmyk[..., :3]).save(tmp_path / "e.png", format="JPEG")
+    with pytest.raises(MetricsInputError, match=r"d\.tif: a TIFF image, not a PNG"):
+        read_id_png(tmp_path / "d.tif")
+    for packed in (False, True):
+        with pytest.raises(MetricsInputError, match=r"e\.png: a JPEG image, not a PNG"):
+            read_id_png(tmp_path / "e.png", packed=packed)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -378,3 +381,66 @@ def test_error_is_value_error():
     assert issubclass(MetricsInputError, ValueError)
     err = copy.deepcopy(MetricsInputError("x"))
     assert str(err) == "x"
+
+
+# ----------------------------------------------------------------------------- unusable ground truth
+
+
+def _null_annotations(c):
+    c.edit(c.gt_json, lambda d: d["annotations"][0].__setitem__("annotations", None))
+
+
+def _deep_json(c):
+    c.gt_json.write_text("[" * 100000 + "]" * 100000)
+
+
+def _duplicate_video(c):
+    def dup(d):
+        d["videos"].append(copy.deepcopy(d["videos"][0]))
+        d["annotations"].append(copy.deepcopy(d["annotations"][0]))
+    c.edit(c.gt_json, dup)
+
+
+def _duplicate_frame(c):
+    def dup(d):
+        d["videos"][0]["images"][1] = copy.deepcopy(d["videos"][0]["images"][0])
+    c.edit(c.gt_json, dup)
+
+
+def _jpeg(path):
+    def go(c):
+        p = path(c)
+        Image.open(p).convert("RGB").save(p, format="JPEG", quality=95)
+    return go
+
+
+def _empty_segments_info(c):
+    c.edit(c.gt_json, lambda d: _frame(d, "synth_a", 3).__setitem__("segments_info", []))
+
+
+UNUSABLE_GT = [
+    (_null_annotations, r"annotations\[0\] \(video 'synth_a'\): 'annotations' is NoneType, not a list"),
+    (_deep_json, r"GT JSON .*panoptic_gt_synth\.json is unreadable: JSON nested too deeply"),
+    (_duplicate_video, r"GT JSON .*video 'synth_a' is listed twice"),
+    (_duplicate_frame, r"GT JSON video 'synth_a' images\[1\]: frame '00000\.png' is listed twice"),
+    (_jpeg(lambda c: c.gt_png("synth_b")), r"GT PNG .*synth_b.*00003\.png: a JPEG image, not a PNG"),
+    (_jpeg(lambda c: c.pred_png("synth_c")), r"predicted PNG .*synth_c.*00003\.png: a JPEG image, not a PNG"),
+    (_empty_segments_info,
+     r"video 'synth_a' frame 00003\.png: the GT PNG holds segment id \d+, which that frame's GT JSON "
+     r"segments_info does not list"),
+]
+
+
+@pytest.mark.parametrize("spoil,message", UNUSABLE_GT, ids=[f.__name__ if f.__name__ != "go" else f"jpeg{i}"
+                                                             for i, (f, _) in enumerate(UNUSABLE_GT)])
+def test_unusable_gt_is_one_message_and_exit_2(broken, capsys, spoil, message):
+    """README "Metrics": unusable inputs give one line and exit 2, never a traceback or a score."""
+    from entitysam.eval.metrics import main
+
+    spoil(broken)
+    with pytest.raises(MetricsInputError, match=message):
+        evaluate(*broken.args, workers=1)
+    capsys.readouterr()
+    assert main([*map(str, broken.args), "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and re.search(message, err), err

@@ -269,6 +269,50 @@ def test_eval_missing_gt_png_found_before_inference(vipseg, tmp_path):
     assert proc.returncode == 1 and "GT PNG" not in proc.stderr, proc.stderr
 
 
+def _gt_edit(fn):
+    def go(root):
+        path = root / "panoptic_gt_VIPSeg_val.json"
+        doc = json.loads(path.read_text())
+        fn(doc)
+        path.write_text(json.dumps(doc))
+    return go
+
+
+def _gt_jpeg(root):
+    from PIL import Image
+
+    png = sorted((root / "panomasksRGB" / "vid_000").iterdir())[1]
+    Image.open(png).convert("RGB").save(png, format="JPEG", quality=95)
+
+
+GT_SPOILS = {
+    "null-annotations": (_gt_edit(lambda d: d["annotations"][0].__setitem__("annotations", None)),
+                         "'annotations' is NoneType, not a list"),
+    "deep-json": (lambda root: (root / "panoptic_gt_VIPSeg_val.json").write_text("[" * 100000 + "]" * 100000),
+                  "is unreadable: JSON nested too deeply"),
+    "duplicate-annotations": (_gt_edit(lambda d: d["annotations"].append(d["annotations"][0])),
+                              "video 'vid_000' is listed twice"),
+    "duplicate-video": (_gt_edit(lambda d: (d["videos"].append(d["videos"][0]),
+                                            d["annotations"].append(d["annotations"][0]))),
+                        "video 'vid_000' is listed twice"),
+    "jpeg-gt-png": (_gt_jpeg, "00000001.png: a JPEG image, not a PNG"),
+}
+
+
+@pytest.mark.parametrize("spoil", GT_SPOILS)
+def test_eval_unusable_gt_found_before_inference(vipseg, tmp_path, spoil):
+    import shutil
+
+    root = tmp_path / "VIPSeg_720P"
+    shutil.copytree(vipseg.root, root)
+    fn, message = GT_SPOILS[spoil]
+    fn(root)
+    proc = entitysam("eval", "vipseg", "--data-root", root, "--checkpoint", tmp_path / "absent.pth",
+                     "-o", tmp_path / "out", "--workers", "1")
+    assert_usage_error(proc, message)
+    assert not (tmp_path / "out").exists()
+
+
 # ----------------------------------------------------------------------------- batch folders
 
 

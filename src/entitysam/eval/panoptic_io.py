@@ -41,6 +41,8 @@ __all__ = [
     "FrameSpec",
     "VideoSpec",
     "load_videos",
+    "annotations_by_video",
+    "check_png",
     "read_id_png",
     "pair_counts",
     "segment_id",
@@ -79,10 +81,14 @@ def _load_json(path_or_obj: PathLike | Mapping[str, Any], what: str) -> Mapping[
     if not path.is_file():
         raise MetricsInputError(f"{what} not found: {path}")
     try:
-        with open(path, "r") as f:
+        with open(path, "r", encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MetricsInputError(f"{what} {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise MetricsInputError(f"{what} {path} is unreadable: JSON nested too deeply") from None
+    except OSError as e:
+        raise MetricsInputError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def segment_id(value: Any, *, where: str) -> int:
@@ -102,18 +108,39 @@ def _require(mapping: Any, key: str, where: str) -> Any:
     return mapping[key]
 
 
-def _annotations_by_video(doc: Mapping[str, Any], what: str) -> dict[Any, list]:
-    annos = _require(doc, "annotations", what)
+def _require_list(mapping: Any, key: str, where: str) -> list:
+    value = _require(mapping, key, where)
+    if not isinstance(value, list):
+        raise MetricsInputError(f"{where}: {key!r} is {type(value).__name__}, not a list")
+    return value
+
+
+def _video_id(entry: Any, where: str) -> str | int:
+    vid = _require(entry, "video_id", where)
+    if isinstance(vid, bool) or not isinstance(vid, (str, int)):
+        raise MetricsInputError(f"{where}: video_id {vid!r} is not a string")
+    return vid
+
+
+def annotations_by_video(doc: Any, what: str, *, unique: bool = True) -> dict[Any, list]:
+    """``annotations[]`` of a GT / prediction document as video id -> list of per-frame records.
+
+    Each entry needs a ``video_id`` and an ``annotations`` list. ``unique``: a video listed twice
+    is an error (it would count twice or shadow the other entry); otherwise the last one wins,
+    like the official dict construction. Shared by ``entitysam metrics`` and ``eval vipseg``."""
+    annos = _require_list(doc, "annotations", what)
     out: dict[Any, list] = {}
     for i, entry in enumerate(annos):
-        vid = _require(entry, "video_id", f"{what} annotations[{i}]")
-        frames = _require(entry, "annotations", f"{what} annotations[{i}] (video {vid!r})")
-        out[vid] = frames  # last one wins, like the official dict construction
+        vid = _video_id(entry, f"{what} annotations[{i}]")
+        frames = _require_list(entry, "annotations", f"{what} annotations[{i}] (video {vid!r})")
+        if unique and vid in out:
+            raise MetricsInputError(f"{what} annotations[{i}]: video {vid!r} is listed twice")
+        out[vid] = frames
     return out
 
 
 def _segments(frame: Any, where: str, required: Sequence[str]) -> tuple[Mapping[str, Any], ...]:
-    segs = _require(frame, "segments_info", where)
+    segs = _require_list(frame, "segments_info", where)
     for j, s in enumerate(segs):
         for key in ("id", *required):
             _require(s, key, f"{where} segments_info[{j}]")
@@ -138,14 +165,18 @@ def load_videos(
     gt_doc = _load_json(gt_json, "GT JSON")
     pred_doc = _load_json(pred_dir / "pred.json", "prediction JSON")
 
-    gt_by_video = _annotations_by_video(gt_doc, "GT JSON")
-    pred_by_video = _annotations_by_video(pred_doc, "pred.json")
-    videos = _require(gt_doc, "videos", "GT JSON")
+    gt_by_video = annotations_by_video(gt_doc, "GT JSON")
+    pred_by_video = annotations_by_video(pred_doc, "pred.json", unique=False)
+    videos = _require_list(gt_doc, "videos", "GT JSON")
 
     specs: list[VideoSpec] = []
+    seen: set[Any] = set()
     for seq_id, video in enumerate(videos):
-        vid = _require(video, "video_id", f"GT JSON videos[{seq_id}]")
-        images = _require(video, "images", f"GT JSON videos[{seq_id}] (video {vid!r})")
+        vid = _video_id(video, f"GT JSON videos[{seq_id}]")
+        if vid in seen:
+            raise MetricsInputError(f"GT JSON videos[{seq_id}]: video {vid!r} is listed twice")
+        seen.add(vid)
+        images = _require_list(video, "images", f"GT JSON videos[{seq_id}] (video {vid!r})")
         if vid not in gt_by_video:
             raise MetricsInputError(f"video {vid!r}: listed in GT 'videos' but has no GT 'annotations' entry")
         if vid not in pred_by_video:
@@ -162,8 +193,12 @@ def load_videos(
                 f"video {vid!r}: GT JSON lists {len(images)} images but {len(gt_frames)} frame annotations"
             )
         frames = []
+        names: set[str] = set()
         for t, (img, gfr, pfr) in enumerate(zip(images, gt_frames, pred_frames)):
             name = _require(img, "file_name", f"GT JSON video {vid!r} images[{t}]")
+            if str(name) in names:
+                raise MetricsInputError(f"GT JSON video {vid!r} images[{t}]: frame {name!r} is listed twice")
+            names.add(str(name))
             frames.append(
                 FrameSpec(
                     file_name=str(name),
@@ -188,11 +223,31 @@ def load_videos(
 _ID_MASK = 0xFFFFFF
 
 
+def _require_png(im: Image.Image, path: PathLike, what: str) -> None:
+    # the rule of the review's id maps: a JPEG (or any lossy file) under a .png name would give
+    # made-up ids at every compression artefact, so only the PNG format is read
+    if im.format != "PNG":
+        raise MetricsInputError(f"{what} {path}: a {im.format} image, not a PNG "
+                                "(ids are exact only in a lossless PNG: id = R + 256 G + 65536 B)")
+
+
+def check_png(path: PathLike, *, what: str = "PNG") -> None:
+    """Raise :class:`MetricsInputError` unless `path` is a readable PNG file (header only)."""
+    try:
+        with Image.open(path) as im:
+            _require_png(im, path, what)
+    except FileNotFoundError:
+        raise MetricsInputError(f"{what} not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
+
+
 def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> np.ndarray:
     """Read an RGB-encoded id PNG as a uint32 (H, W) map, id = R + 256 G + 65536 B.
 
-    Like the official scripts, any 8-bit image with at least 3 channels is accepted and
-    its first three channels are used.  With ``packed=True`` the fourth byte of each
+    The file must be a PNG (a JPEG under a .png name would give made-up ids, see
+    ``review.result``); like the official scripts, any 8-bit PNG with at least 3 channels is
+    accepted and its first three channels are used.  With ``packed=True`` the fourth byte of each
     value may be non-zero (an alpha channel); the id is then ``value & 0xFFFFFF``
     (this skips a pass over the image; :func:`pair_counts` accepts packed maps).
 
@@ -204,6 +259,7 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
     """
     try:
         with Image.open(path) as im:
+            _require_png(im, path, what)
             mode = im.mode
             if mode in ("RGB", "RGBA", "RGBX"):
                 if mode == "RGB":

@@ -233,6 +233,16 @@ def veq_video_stats(
         if bad.any():
             w, c = (int(v[0]) for v in np.nonzero(bad))
             col = match_cols[c]
+            gid = int(pair_g[col])
+            unlisted = [frames[t].name for t in range(w, w + n)
+                        if gid not in gt_tabs[t] and np.any((frames[t].gt_ids == gid) & (frames[t].counts > 0))]
+            if unlisted:  # the usual cause: pixels of the id in a frame whose segments_info omits it
+                raise MetricsInputError(
+                    f"video {video_id!r} frame {unlisted[0]}: the GT PNG holds segment id {gid}, which that "
+                    f"frame's GT JSON segments_info does not list, while other frames of the {n}-frame window "
+                    f"starting at frame {frames[w].name} list it (its pixels in this frame have no GT area: "
+                    f"invalid IoU {iou[w, c]})"
+                )
             raise MetricsInputError(
                 f"video {video_id!r}, window of {n} frame(s) starting at frame {frames[w].name}: "
                 f"invalid IoU {iou[w, c]} for GT segment {int(pair_g[col])} and predicted segment "

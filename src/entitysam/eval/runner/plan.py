@@ -139,8 +139,10 @@ def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | No
     try:
         with open(gt_path, encoding="utf-8") as f:
             doc = json.load(f)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise EvalInputError(f"GT JSON {gt_path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise EvalInputError(f"GT JSON {gt_path} is unreadable: JSON nested too deeply") from None
     except OSError as err:
         raise EvalInputError(f"cannot read GT JSON {gt_path}: {err.strerror or err}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list):
@@ -242,10 +244,14 @@ def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) 
 
 def check_gt_annotations(plan: VIPSegPlan) -> None:
     """The metrics need, for every video, a GT ``annotations`` entry with one record per image."""
-    annos = plan.gt_doc.get("annotations")
-    if not isinstance(annos, list):
+    from ..panoptic_io import MetricsInputError, annotations_by_video  # noqa: PLC0415
+
+    if not isinstance(plan.gt_doc.get("annotations"), list):
         raise EvalInputError(f"GT JSON {plan.gt_json} has no 'annotations' list: it cannot be scored", Remedy("metrics", False, "to only write the predictions"))
-    by_video = {a.get("video_id"): a.get("annotations") for a in annos if isinstance(a, Mapping)}
+    try:  # the check `entitysam metrics` makes (types, a video listed twice)
+        by_video = annotations_by_video(plan.gt_doc, f"GT JSON {plan.gt_json}")
+    except MetricsInputError as err:
+        raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None
     bad = []
     for v in plan.videos:
         frames = by_video.get(v.video_id)
@@ -269,3 +275,11 @@ def check_gt_pngs(plan: VIPSegPlan) -> None:
     if missing:
         raise EvalInputError(f"{len(missing)} GT PNG(s) named by the GT JSON {plan.gt_json} are missing: "
                              f"{abbreviate(missing)} (the metrics need every one)", Remedy("metrics", False, "to only write the predictions"))
+    from ..panoptic_io import MetricsInputError, check_png  # noqa: PLC0415
+
+    try:  # the header of each: a JPEG under a .png name is refused before any inference
+        for v in plan.videos:
+            for n in v.gt_names:
+                check_png(plan.gt_dir / v.video_id / n, what="GT PNG")
+    except MetricsInputError as err:
+        raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None

@@ -199,14 +199,17 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
                   log: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """VEQ + STQ of the merged predictions against the plan's GT; writes ``metrics.json``."""
     from ...jsonio import jsonable  # noqa: PLC0415
-    from ..metrics import evaluate  # noqa: PLC0415
+    from ..metrics import MetricsInputError, evaluate  # noqa: PLC0415
 
     out = Path(output)
     if not plan.gt_dir.is_dir():
         raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root)",
                              Remedy("gt_dir", metavar="DIR"), Remedy("metrics", False, "to only write the predictions"))
     check_gt_pngs(plan)
-    results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
+    try:
+        results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
+    except MetricsInputError as err:  # the predictions are ours: unusable ground truth (exit 2)
+        raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None
     doc = jsonable(results)
     doc["run"] = {"split": plan.split, "videos": len(plan.videos), "gt_json_videos": plan.gt_videos,
                   "gt_json": str(plan.gt_json), "split_file": str(plan.split_file) if plan.split_file else None,
