@@ -7,6 +7,7 @@ exactly what the test computes itself with numpy from the generated ground truth
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -56,9 +57,18 @@ def test_open_refuses_what_is_not_a_complete_result(tmp_path, result_dir):
     with pytest.raises(ResultFolderError, match="not complete .*running"):
         ResultFolder.open(result_dir)
     (result_dir / "manifest.json").write_text(json.dumps(manifest))
-    (result_dir / "panoptic" / "f004.png").unlink()
+    png = result_dir / "panoptic" / "f004.png"
+    png.rename(tmp_path / "elsewhere.png")
     with pytest.raises(ResultFolderError, match="f004.png is missing"):
         ResultFolder.open(result_dir)
+    png.symlink_to(tmp_path / "elsewhere.png")  # a link out of the result (the viewer would serve its target)
+    with pytest.raises(ResultFolderError, match="f004.png is a symbolic link"):
+        ResultFolder.open(result_dir)
+    png.unlink()
+    os.mkfifo(png)
+    with pytest.raises(ResultFolderError, match="f004.png is not a regular file"):
+        ResultFolder.open(result_dir)
+    png.unlink()
     shutil.rmtree(result_dir / "panoptic")
     with pytest.raises(ResultFolderError, match="no panoptic output"):
         ResultFolder.open(result_dir)

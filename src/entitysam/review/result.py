@@ -144,8 +144,11 @@ class ResultFolder:
         frames = _frames(path, manifest, entries, entities_json)
         entities = _entities(path, manifest, entities_json, frame_areas)
         for rec in frames:
-            if not (path / "panoptic" / f"{rec['name']}.png").is_file():
-                raise ResultFolderError(f"{path}: panoptic/{rec['name']}.png is missing (frame {rec['frame']})")
+            png = path / "panoptic" / f"{rec['name']}.png"
+            if not png.is_file() or png.is_symlink():
+                state = ("is a symbolic link, not a file entitysam wrote" if png.is_symlink() else
+                         "is not a regular file" if os.path.lexists(png) else "is missing")
+                raise ResultFolderError(f"{path}: panoptic/{rec['name']}.png {state} (frame {rec['frame']})")
         folder = cls(path, manifest, frames, entities, frame_areas)
         folder.fingerprint = fingerprint
         return folder
