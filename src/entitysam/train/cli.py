@@ -49,9 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .config import load_config  # noqa: PLC0415
+    from .config_checks import check_dataset  # noqa: PLC0415
 
-    try:  # a bad config or override: one line and exit code 2, before anything is built
+    try:  # a bad config or override, a missing dataset: one line and exit code 2, before anything is built
         cfg = load_config(args.config, list(args.overrides or []))
+        if not args.print_config:
+            check_dataset(cfg.data)
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {message}", file=sys.stderr)

@@ -16,12 +16,14 @@ Overrides are `section.key=value` (values parsed as YAML/JSON scalars or lists).
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .config_checks import coerce, parse_value, read_file, validate
+
+__all__ = ["TrainConfig", "NAMED_CONFIGS", "load_config", "parse_overrides", "config_from_dict", "validate"]
 
 # Parameter-name prefixes the official train_net.py marks trainable (everything else is frozen).
 OFFICIAL_TRAINABLE_PREFIXES = (
@@ -221,52 +223,6 @@ NAMED_CONFIGS: dict[str, dict] = {
 
 
 # ---------------------------------------------------------------------------- merging
-def _parse_value(text: str) -> Any:
-    try:
-        import yaml  # noqa: PLC0415
-
-        return yaml.safe_load(text)
-    except ImportError:
-        pass
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        low = text.lower()
-        if low in ("true", "false"):
-            return low == "true"
-        if low in ("null", "none", "~"):
-            return None
-        return text
-
-
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    """Convert a parsed value to the type of the field's current value."""
-    if isinstance(current, bool):
-        if isinstance(value, str):
-            return value.lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if isinstance(current, int) and not isinstance(current, bool):
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{key}: expected an integer, got {value}")
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
-    if isinstance(current, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-            value = [_parse_value(v.strip()) for v in value]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return tuple(value)
-    if isinstance(current, dict):
-        if not isinstance(value, dict):
-            raise ValueError(f"{key}: expected a mapping")
-        return dict(value)
-    if isinstance(current, str):
-        return "" if value is None else str(value)
-    return value
-
-
 def _apply(obj: Any, changes: dict, prefix: str = "") -> None:
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in changes.items():
@@ -282,37 +238,30 @@ def _apply(obj: Any, changes: dict, prefix: str = "") -> None:
         elif isinstance(current, dict) and isinstance(value, dict) and key == "overrides":
             current.update(value)
         else:
-            setattr(obj, key, _coerce(value, current, prefix + key))
-
-
-def _read_file(path: Path) -> dict:
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml  # noqa: PLC0415
-        except ImportError as err:
-            raise RuntimeError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
-                               "or write the config as JSON") from err
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping")
-    return data
+            setattr(obj, key, coerce(value, current, prefix + key))
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """`["a.b=1", "c=x"]` -> nested dict `{"a": {"b": 1}, "c": "x"}`."""
+    """`["a.b=1", "c=x"]` -> nested dict `{"a": {"b": 1}, "c": "x"}`. A key given twice: the last
+    value wins; a key given both a value and sub-keys, or an empty key, is refused."""
     out: dict = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ValueError(f"override {item!r}: empty key (expected section.key=value)")
         node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(text)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if not last and part in node and not isinstance(node[part], dict):
+                raise ValueError(f"override {item!r}: {'.'.join(parts[:i + 1])} was given a value; "
+                                 "it cannot also be a section")
+            if last:
+                node[part] = parse_value(text)
+            else:
+                node = node.setdefault(part, {})
     return out
 
 
@@ -328,7 +277,7 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] | 
             if not path.is_file():
                 raise FileNotFoundError(f"config {name!r} is neither a named config "
                                         f"({', '.join(NAMED_CONFIGS)}) nor a file")
-            data = _read_file(path)
+            data = read_file(path)
             base = data.get("base")
             if base:
                 if base not in NAMED_CONFIGS:
@@ -347,41 +296,3 @@ def config_from_dict(data: dict) -> TrainConfig:
     cfg = TrainConfig()
     _apply(cfg, data)
     return cfg
-
-
-# Integer settings and their least sensible value (0 where 0 means "off" / "leave as is").
-_MINIMUM = {"solver.max_iter": 1, "solver.warmup_iters": 0, "solver.checkpoint_period": 1, "log_period": 1,
-            "data.num_workers": 0, "data.max_instances": 1, "loss.num_points": 1, "num_threads": 0, "seed": 0}
-
-
-def _numbers(obj: Any, prefix: str = ""):
-    """(dotted key, value) of every number in the config, tuples included."""
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            yield from _numbers(value, key + ".")
-        elif isinstance(value, (tuple, list)):
-            yield from ((f"{key}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (int, float)))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield key, value
-
-
-def validate(cfg: TrainConfig) -> None:
-    for key, value in _numbers(cfg):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key} must be a finite number, got {value}")
-        if key in _MINIMUM and value < _MINIMUM[key]:
-            raise ValueError(f"{key} must be >= {_MINIMUM[key]}, got {value}")
-    if not cfg.solver.base_lr > 0:
-        raise ValueError(f"solver.base_lr must be > 0, got {cfg.solver.base_lr}")
-    if cfg.data.frames < 1:
-        raise ValueError("data.frames must be >= 1")
-    if cfg.solver.ims_per_batch < 1:
-        raise ValueError("solver.ims_per_batch must be >= 1")
-    if cfg.solver.amp not in ("fp16", "bf16", "off"):
-        raise ValueError("solver.amp must be fp16, bf16 or off")
-    if cfg.model.trainable not in ("official", "all"):
-        raise ValueError("model.trainable must be 'official' or 'all'")
-    if cfg.solver.warmup_method not in ("linear", "constant"):
-        raise ValueError("solver.warmup_method must be linear or constant")

@@ -1,0 +1,92 @@
+"""`entitysam train`: every mistake in the config or its overrides is one line on stderr and exit
+code 2 before any work (no traceback); a YAML python tag is refused, never run."""
+
+from __future__ import annotations
+
+import pytest
+
+from entitysam.train import cli as train_cli
+
+BAD_OVERRIDES = [
+    ("solver.base_lr=[1,2]", "solver.base_lr: expected a number"),
+    ("solver.max_iter=abc", "solver.max_iter: expected an integer, got 'abc'"),
+    ("solver.max_iter=", "solver.max_iter: expected an integer"),
+    ("solver.max_iter={a: 1}", "solver.max_iter: expected an integer"),
+    ("solver.max_iter=[1", "solver.max_iter: expected an integer"),
+    ("solver.max_iter=true", "solver.max_iter: expected an integer"),
+    ("solver.max_iter=1e30", "solver.max_iter must be <= 9223372036854775807"),
+    ("solver.ims_per_batch=100000000000000000000", "solver.ims_per_batch must be <= 9223372036854775807"),
+    ("data.num_workers=5000", "data.num_workers must be <= 1024"),
+    ("solver.steps=abc", "solver.steps[0]: expected an integer"),
+    ("solver.betas=[0.9]", "solver.betas: expected 2 values, got 1"),
+    ("data.rotation_center=[a,b]", "data.rotation_center[0]: expected a number"),
+    ("data.augment=maybe", "data.augment: expected true or false"),
+    ("name.x=1", "name: expected a string"),
+    ("data.root=[1]", "data.root: expected a string"),
+    ("=5", "override '=5': empty key"),
+    ("solver.=1", "override 'solver.=1': empty key"),
+]
+
+
+def _fails(capsys, argv, message):
+    assert train_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+
+
+@pytest.mark.parametrize("override,message", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
+def test_bad_override_values_are_one_line(capsys, override, message):
+    _fails(capsys, ["--config", "tiny-stage1", override, "--print-config"], message)
+
+
+CONFLICTS = [
+    (["solver=1", "solver.max_iter=3"], "solver was given a value"),
+    (["solver.max_iter=3", "solver.max_iter.x=1"], "solver.max_iter was given a value"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", CONFLICTS, ids=["section-then-key", "key-then-subkey"])
+def test_a_key_both_value_and_section_is_refused(capsys, overrides, message):
+    _fails(capsys, ["--config", "tiny-stage1", *overrides, "--print-config"], message)
+
+
+def test_a_key_given_twice_keeps_the_last_value(capsys):
+    assert train_cli.main(["--config", "tiny-stage1", "solver.max_iter=3", "solver.max_iter=4", "--print-config"]) == 0
+    assert '"max_iter": 4' in capsys.readouterr().out
+
+
+BAD_FILES = [
+    ("bad.yaml", b"solver: {max_iter: 2\n", "not valid YAML at line 2"),
+    ("tag.yaml", b'base: !!python/object/apply:os.system ["touch {marker}"]\n', "not valid YAML"),
+    ("bad.json", b"{bad", "bad.json: not valid JSON"),
+    ("binary.json", b"\xff\xfe", "binary.json: cannot read the config file"),
+    ("base-list.yaml", b"base: [1]\n", "base must be the name of a named config"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", BAD_FILES, ids=[n for n, _, _ in BAD_FILES])
+def test_bad_config_files_are_one_line(capsys, tmp_path, name, content, message):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / name
+    path.write_bytes(content.replace(b"{marker}", str(marker).encode()))
+    _fails(capsys, ["--config", str(path), "--print-config"], message)
+    assert not marker.exists()
+
+
+def test_missing_dataset_is_refused_before_training(capsys, tmp_path):
+    out = tmp_path / "run"
+    _fails(capsys, ["--config", "tiny-stage1", f"data.root={tmp_path / 'nonexistent'}", "solver.max_iter=1",
+                    f"output_dir={out}", "--quiet"], "data.root")
+    assert not out.exists()
+    (tmp_path / "ds").mkdir()
+    _fails(capsys, ["--config", "tiny-stage1", f"data.root={tmp_path / 'ds'}", f"output_dir={out}"],
+           "data.json")
+
+
+def test_good_overrides_still_convert(capsys):
+    argv = ["--config", "tiny-stage1", "solver.max_iter=1e3", "data.augment=off", "solver.steps=[2,4]",
+            "solver.base_lr=1", "--print-config"]
+    assert train_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert '"max_iter": 1000' in out and '"augment": false' in out and '"base_lr": 1.0' in out
