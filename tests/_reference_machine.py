@@ -72,11 +72,11 @@ def own_measurements(name: str, meta: dict, recorded: dict[str, list[dict]]) -> 
     return list(meta.get("cross_cpu") or recorded.get(name, []))
 
 
-def thread_noise(name: str, here: dict | None = None) -> list[dict]:
+def thread_noise(name: str) -> list[dict]:
     """reference_thread_noise.json: the official code's own difference from fixture `name` at another
-    thread count; with `here`, only what was measured on its CPU family."""
+    thread count, wherever it was measured."""
     recorded = json.loads(THREAD_NOISE_FILE.read_text()) if THREAD_NOISE_FILE.exists() else {}
-    return [m for m in recorded.get(name, []) if here is None or (m.get("cpu") and same_cpu_family(m["cpu"], here))]
+    return list(recorded.get(name, []))
 
 
 def cross_cpu_measurements(name: str, meta: dict) -> list[dict]:
@@ -100,6 +100,13 @@ def reproduced_on(name: str, meta: dict, here: dict) -> dict | None:
     return None
 
 
+def rounds_as_fixture(name: str, meta: dict, cpu: dict) -> bool:
+    """Whether `cpu` rounds as the machine that made fixture `name`: its CPU family, or one on which the
+    official code was measured to reproduce every step of the fixture bit for bit. The official code's
+    noise measured on such a CPU is the noise on the fixture's own family."""
+    return same_cpu_family(fixture_cpu(meta), cpu) or reproduced_on(name, meta, cpu) is not None
+
+
 def reference_check(name: str, meta: dict, exact: bool = False, here: dict | None = None
                     ) -> tuple[str, Callable[[int], Tolerance], bool, str]:
     """(kind, step -> tolerance, exact mode must be bit-identical, why) for fixture `name` here.
@@ -117,7 +124,7 @@ def reference_check(name: str, meta: dict, exact: bool = False, here: dict | Non
         why = (f"{where}: same CPU family" if same_family else
                f"{where}: the official code on this CPU family reproduces every step of this fixture bit for bit "
                f"(measured: {CROSS_CPU_FILE.name})")
-        noise = [] if exact else thread_noise(name, here)
+        noise = [] if exact else [m for m in thread_noise(name) if m.get("cpu") and rounds_as_fixture(name, meta, m["cpu"])]
         if noise:
             threads = ", ".join(sorted({str(m.get("threads")) for m in noise}))
             return ("same-cpu", lambda step: measured_tolerance(step, noise, THREAD_NOISE_MARGIN), True,

@@ -151,6 +151,34 @@ def test_the_official_thread_noise_bounds_the_default_mode_on_the_fixtures_famil
     assert tol(1).median_max == pytest.approx(MEDIAN_MAX)  # 1 x 8e-3 is below the README's 1e-2
 
 
+def test_thread_noise_measured_on_a_cpu_that_reproduces_the_fixture_is_its_own_familys(monkeypatch, tmp_path):
+    """A CPU on which the official code reproduced every step of a fixture rounds as the fixture's own
+    family, so the official code's thread noise measured there bounds the default mode on that family
+    too (golden-vitl: made on a Zen 5, its noise measured on a Zen 4 that reproduces it bit for bit)."""
+    monkeypatch.setattr(_reference_machine, "CROSS_CPU_FILE", tmp_path / "none.json")
+    noise_file = tmp_path / "noise.json"
+    monkeypatch.setattr(_reference_machine, "THREAD_NOISE_FILE", noise_file)
+    noise_file.write_text(json.dumps({"f": [dict(MEASURED[0], cpu=XEON, threads=1)]}))
+    every = [dict(step=s, within_tolerance=1.0, median_abs_diff=0.0, sign_mismatch=0.0, bit_identical=True)
+             for s in range(5)]
+    meta = {"machine": {"cpu": ZEN1}, "num_frames": 2}
+    assert reference_check("f", meta, here=ZEN1)[1](1) == Tolerance()  # XEON not known to round as ZEN1
+    meta["cross_cpu"] = [{"note": "official on XEON reproduces f", "cpu": XEON, "steps": every}]
+    kind, tol, bits, why = reference_check("f", meta, here=ZEN1)
+    assert (kind, bits) == ("same-cpu", True) and "with 1 thread(s)" in why
+    assert tol(1).sign_max == pytest.approx(1.2e-3)
+    assert reference_check("f", meta, exact=True, here=ZEN1)[1](1) == Tolerance()  # exact: bit for bit
+    meta["cross_cpu"][0]["steps"] = every[:4]  # not every step reproduced: not the same rounding
+    assert reference_check("f", meta, here=ZEN1)[1](1) == Tolerance()
+
+
+def test_golden_vitl_on_its_own_zen5_uses_the_thread_noise_measured_on_a_zen4():
+    meta = json.loads((reference_dir() / "golden-vitl" / "meta.json").read_text())
+    kind, tol, bits, why = reference_check("golden-vitl", meta, here=ZEN5)
+    assert (kind, bits) == ("same-cpu", True) and "thread(s)" in why
+    assert tol(4).sign_max > 1e-2 and tol(0).sign_max == SIGN_MISMATCH_MAX
+
+
 @pytest.mark.parametrize("name", ["golden-vits", "golden-vitl"])
 def test_the_public_fixtures_are_reproduced_on_a_zen4(name):
     """Measured (reference_cross_cpu.json): the official code on a Zen 4 with AVX-512 gives both public
