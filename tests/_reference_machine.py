@@ -136,7 +136,12 @@ def reference_check(name: str, meta: dict, exact: bool = False, here: dict | Non
         return ("cross-cpu-unmeasured", lambda step: Tolerance(), False,
                 f"{where}: other CPU family, no cross-CPU measurement for this fixture -> README tolerances; a "
                 "failure may be the CPU, not the code (run scripts/reference/harness.py check here)")
-    notes = "; ".join(m.get("note", "measured") for m in measured + noise)
+    # This fixture's own measurements by name; the others (every fixture's) only counted: listing them
+    # all would bury the rule that applies under a page of notes.
+    own = own_measurements(name, meta, recorded_measurements()) + noise
+    others = len(measured) + len(noise) - len(own)
+    notes = "; ".join([m.get("note", "measured") for m in own]
+                      + ([f"{others} measurement(s) of other fixtures in {CROSS_CPU_FILE.name}"] if others else []))
 
     def tolerance(step: int) -> Tolerance:  # the official code's own thread noise bounds another CPU's too
         return widest(step, measured_tolerance(step, measured), measured_tolerance(step, noise, THREAD_NOISE_MARGIN))
