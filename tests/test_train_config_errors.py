@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from entitysam.train import cli as train_cli
+from entitysam.train import config_checks as train_config_checks
 
 BAD_OVERRIDES = [
     ("solver.base_lr=[1,2]", "solver.base_lr: expected a number"),
@@ -72,6 +73,30 @@ def test_bad_config_files_are_one_line(capsys, tmp_path, name, content, message)
     path.write_bytes(content.replace(b"{marker}", str(marker).encode()))
     _fails(capsys, ["--config", str(path), "--print-config"], message)
     assert not marker.exists()
+
+
+DUPLICATE_KEYS = [
+    ("top.yaml", b"solver: {max_iter: 3}\nsolver: {base_lr: 1}\n", "top.yaml: duplicate key 'solver' at line 2"),
+    ("nested.yaml", b"solver:\n  max_iter: 3\n  base_lr: 0.1\n  max_iter: 4\n",
+     "nested.yaml: duplicate key 'max_iter' at line 4"),
+    ("deep.yaml", b"model: {overrides: {a: {b: 1, b: 2}}}\n", "deep.yaml: duplicate key 'b'"),
+    ("top.json", b'{"solver": {}, "solver": {"max_iter": 4}}', "top.json: duplicate key 'solver'"),
+    ("nested.json", b'{"solver": {"max_iter": 3, "max_iter": 4}}', "nested.json: duplicate key 'max_iter'"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", DUPLICATE_KEYS, ids=[n for n, _, _ in DUPLICATE_KEYS])
+def test_a_key_given_twice_in_a_config_file_is_refused(capsys, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _fails(capsys, ["--config", str(path), "--print-config"], message)
+
+
+def test_a_yaml_merge_key_may_still_be_overridden(capsys, tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: tiny-stage1\ndefaults: &d {max_iter: 3, base_lr: 0.5}\nsolver:\n  <<: *d\n  max_iter: 5\n")
+    data = train_config_checks.read_file(path)
+    assert data["solver"] == {"max_iter": 5, "base_lr": 0.5}
 
 
 def test_missing_dataset_is_refused_before_training(capsys, tmp_path):

@@ -7,6 +7,7 @@ file; `entitysam train` prints it as ``error: ...`` and exits with code 2 before
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -98,6 +99,42 @@ def coerce(value: Any, current: Any, key: str) -> Any:
     return _scalar(value, current, key)
 
 
+class _DuplicateKey(ValueError):
+    """A key given twice in one mapping of a config file: the parsers would keep the last value
+    without a word, so the user's first value (maybe the one they edited) would silently not count."""
+
+
+def _unique_keys(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:  # the json module gives a hook no position
+            raise _DuplicateKey(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)  # made on first use: PyYAML is optional
+def _unique_key_loader(yaml: Any) -> type:
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # keys merged from `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: SafeLoader's own error says so
+                    continue
+                if duplicate:
+                    mark = key_node.start_mark
+                    raise _DuplicateKey(f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1}")
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_file(path: Path) -> dict:
     """A config file's mapping; unreadable files, bad YAML/JSON and non-mappings are one-line errors."""
     try:
@@ -110,15 +147,19 @@ def read_file(path: Path) -> dict:
         except ImportError as err:
             raise RuntimeError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
                                "or write the config as JSON") from err
-        try:  # safe_load: a python tag is refused, never run
-            data = yaml.safe_load(text) or {}
+        try:  # a SafeLoader: a python tag is refused, never run
+            data = yaml.load(text, Loader=_unique_key_loader(yaml)) or {}
+        except _DuplicateKey as err:
+            raise ValueError(f"{path}: {err}") from None
         except (yaml.YAMLError, RecursionError) as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ValueError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from None
     else:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as err:
+            raise ValueError(f"{path}: {err}") from None
         except (ValueError, RecursionError) as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
