@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from entitysam.train import cli as train_cli
+from entitysam.train import config_checks as train_config_checks
+from entitysam.train.config import NAMED_CONFIGS, TrainConfig, load_config, validate
 
 BAD_OVERRIDES = [
     ("solver.base_lr=[1,2]", "solver.base_lr: expected a number"),
@@ -72,6 +74,91 @@ def test_bad_config_files_are_one_line(capsys, tmp_path, name, content, message)
     path.write_bytes(content.replace(b"{marker}", str(marker).encode()))
     _fails(capsys, ["--config", str(path), "--print-config"], message)
     assert not marker.exists()
+
+
+DUPLICATE_KEYS = [
+    ("top.yaml", b"solver: {max_iter: 3}\nsolver: {base_lr: 1}\n", "top.yaml: duplicate key 'solver' at line 2"),
+    ("nested.yaml", b"solver:\n  max_iter: 3\n  base_lr: 0.1\n  max_iter: 4\n",
+     "nested.yaml: duplicate key 'max_iter' at line 4"),
+    ("deep.yaml", b"model: {overrides: {a: {b: 1, b: 2}}}\n", "deep.yaml: duplicate key 'b'"),
+    ("top.json", b'{"solver": {}, "solver": {"max_iter": 4}}', "top.json: duplicate key 'solver'"),
+    ("nested.json", b'{"solver": {"max_iter": 3, "max_iter": 4}}', "nested.json: duplicate key 'max_iter'"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", DUPLICATE_KEYS, ids=[n for n, _, _ in DUPLICATE_KEYS])
+def test_a_key_given_twice_in_a_config_file_is_refused(capsys, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    _fails(capsys, ["--config", str(path), "--print-config"], message)
+
+
+def test_a_yaml_merge_key_may_still_be_overridden(capsys, tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: tiny-stage1\ndefaults: &d {max_iter: 3, base_lr: 0.5}\nsolver:\n  <<: *d\n  max_iter: 5\n")
+    data = train_config_checks.read_file(path)
+    assert data["solver"] == {"max_iter": 5, "base_lr": 0.5}
+
+
+OUT_OF_RANGE = [
+    ("solver.gamma=-0.1", "solver.gamma must be > 0, got -0.1"),
+    ("solver.weight_decay=-0.05", "solver.weight_decay must be >= 0, got -0.05"),
+    ("solver.weight_decay_norm=-1", "solver.weight_decay_norm must be >= 0"),
+    ("solver.weight_decay_embed=-1", "solver.weight_decay_embed must be >= 0"),
+    ("solver.base_lr=-1e-4", "solver.base_lr must be > 0"),
+    ("solver.warmup_factor=0", "solver.warmup_factor must be in (0, 1], got 0.0"),
+    ("solver.warmup_factor=1.5", "solver.warmup_factor must be in (0, 1]"),
+    ("solver.betas=[0.9,1]", "solver.betas[1] must be in [0, 1), got 1.0"),
+    ("solver.eps=0", "solver.eps must be > 0"),
+    ("solver.backbone_multiplier=-0.1", "solver.backbone_multiplier must be >= 0"),
+    ("solver.steps=[-1]", "solver.steps[0] must be >= 0, got -1"),
+    ("loss.focal_gamma=-2", "loss.focal_gamma must be >= 0, got -2.0"),
+    ("loss.focal_alpha=1.5", "loss.focal_alpha must be in [0, 1]"),
+    ("loss.dice_weight=-5", "loss.dice_weight must be >= 0"),
+    ("loss.matcher_class=-1", "loss.matcher_class must be >= 0"),
+    ("loss.oversample_ratio=0.5", "loss.oversample_ratio must be >= 1"),
+    ("loss.importance_sample_ratio=2", "loss.importance_sample_ratio must be in [0, 1]"),
+    ("data.flip_prob=1.2", "data.flip_prob must be in [0, 1], got 1.2"),
+    ("data.rotation=-15", "data.rotation must be in [0, 180]"),
+    ("data.rotation_center=[0.4,1.5]", "data.rotation_center[1] must be in [0, 1]"),
+    ("data.rotation_center=[0.6,0.4]", "data.rotation_center[0] must be <= data.rotation_center[1]"),
+    ("data.min_scale=0", "data.min_scale must be > 0"),
+    ("data.min_scale=5", "data.min_scale must be <= data.max_scale, got 5.0 > 4.0"),
+    ("data.temporal_shift=-0.1", "data.temporal_shift must be in [0, 1]"),
+    # NaN and infinities, every float field (these were already refused; kept as a guard)
+    ("solver.gamma=nan", "solver.gamma must be a finite number"),
+    ("solver.betas=[.nan,0.9]", "solver.betas[0] must be a finite number"),
+    ("loss.focal_alpha=-inf", "loss.focal_alpha must be a finite number"),
+    ("solver.clip_grad_norm=.inf", "solver.clip_grad_norm must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("override,message", OUT_OF_RANGE, ids=[o for o, _ in OUT_OF_RANGE])
+def test_numbers_out_of_their_meaningful_range_are_refused(capsys, override, message):
+    _fails(capsys, ["--config", "tiny-stage1", override, "--print-config"], message)
+
+
+def test_the_edges_of_each_range_are_accepted(capsys):
+    argv = ["--config", "tiny-stage1", "data.flip_prob=0", "data.rotation=180", "data.temporal_shift=1",
+            "data.min_scale=4", "data.rotation_center=[0.5,0.5]", "solver.warmup_factor=1", "solver.betas=[0,0]",
+            "solver.weight_decay=0", "solver.backbone_multiplier=0", "solver.clip_grad_norm=-1",
+            "loss.focal_gamma=0", "loss.focal_alpha=1", "loss.oversample_ratio=1",
+            "loss.importance_sample_ratio=1", "loss.class_weight=0", "--print-config"]
+    assert train_cli.main(argv) == 0, capsys.readouterr().err
+
+
+def test_every_number_in_the_config_has_a_range_rule():
+    numbers = {key.split("[")[0] for key, _ in train_config_checks._numbers(TrainConfig())}
+    assert numbers and not numbers - set(train_config_checks._RANGES)
+    assert not set(train_config_checks._RANGES) - numbers  # a renamed field leaves no stale rule
+
+
+@pytest.mark.parametrize("name", ["default", *NAMED_CONFIGS])
+def test_the_defaults_and_every_named_config_pass_the_checks(name):
+    if name == "default":
+        validate(TrainConfig())
+    else:
+        load_config(name)
 
 
 def test_missing_dataset_is_refused_before_training(capsys, tmp_path):

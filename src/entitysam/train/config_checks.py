@@ -7,6 +7,7 @@ file; `entitysam train` prints it as ``error: ...`` and exits with code 2 before
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -98,6 +99,42 @@ def coerce(value: Any, current: Any, key: str) -> Any:
     return _scalar(value, current, key)
 
 
+class _DuplicateKey(ValueError):
+    """A key given twice in one mapping of a config file: the parsers would keep the last value
+    without a word, so the user's first value (maybe the one they edited) would silently not count."""
+
+
+def _unique_keys(pairs: list) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:  # the json module gives a hook no position
+            raise _DuplicateKey(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+@functools.lru_cache(maxsize=None)  # made on first use: PyYAML is optional
+def _unique_key_loader(yaml: Any) -> type:
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # keys merged from `<<: *base` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # unhashable: SafeLoader's own error says so
+                    continue
+                if duplicate:
+                    mark = key_node.start_mark
+                    raise _DuplicateKey(f"duplicate key {key!r} at line {mark.line + 1}, column {mark.column + 1}")
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_file(path: Path) -> dict:
     """A config file's mapping; unreadable files, bad YAML/JSON and non-mappings are one-line errors."""
     try:
@@ -110,15 +147,19 @@ def read_file(path: Path) -> dict:
         except ImportError as err:
             raise RuntimeError(f"{path}: reading YAML needs PyYAML (pip install pyyaml); "
                                "or write the config as JSON") from err
-        try:  # safe_load: a python tag is refused, never run
-            data = yaml.safe_load(text) or {}
+        try:  # a SafeLoader: a python tag is refused, never run
+            data = yaml.load(text, Loader=_unique_key_loader(yaml)) or {}
+        except _DuplicateKey as err:
+            raise ValueError(f"{path}: {err}") from None
         except (yaml.YAMLError, RecursionError) as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             raise ValueError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from None
     else:
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as err:
+            raise ValueError(f"{path}: {err}") from None
         except (ValueError, RecursionError) as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
@@ -128,11 +169,55 @@ def read_file(path: Path) -> dict:
     return data
 
 
-# Integer settings and their least sensible value (0 where 0 means "off" / "leave as is").
-_MINIMUM = {"solver.max_iter": 1, "solver.warmup_iters": 0, "solver.checkpoint_period": 1, "log_period": 1,
-            "data.num_workers": 0, "data.max_instances": 1, "loss.num_points": 1, "num_threads": 0, "seed": 0,
-            "data.frames": 1, "solver.ims_per_batch": 1}
-_MAXIMUM = {"data.num_workers": MAX_THREADS, "num_threads": MAX_THREADS}
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        return ((value > self.lo if self.lo_open else value >= self.lo)
+                and (value < self.hi if self.hi_open else value <= self.hi))
+
+    def __str__(self) -> str:
+        if self.hi == math.inf:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+_ANY, _NON_NEGATIVE, _POSITIVE, _UNIT = _Range(), _Range(0), _Range(0, lo_open=True), _Range(0, 1)
+_COUNT, _THREADS = _Range(1), _Range(0, MAX_THREADS)
+
+# The values that mean something, for every number in TrainConfig (tuples: each element); a test
+# checks that each field has its rule. Integers are also bounded to int64. 0 is allowed where it
+# means "off" or "leave as is".
+_RANGES = {
+    "seed": _NON_NEGATIVE, "num_threads": _THREADS, "log_period": _COUNT,
+    "data.frames": _COUNT, "data.max_instances": _COUNT, "data.num_workers": _THREADS,
+    "data.flip_prob": _UNIT,
+    "data.rotation": _Range(0, 180),  # angles are drawn in [-rotation, rotation]; 180 covers every angle
+    "data.rotation_center": _UNIT,  # relative to the image
+    "data.min_scale": _POSITIVE, "data.max_scale": _POSITIVE,
+    "data.temporal_shift": _UNIT,  # a fraction of the image size
+    "solver.max_iter": _COUNT, "solver.ims_per_batch": _COUNT, "solver.checkpoint_period": _COUNT,
+    "solver.base_lr": _POSITIVE, "solver.steps": _NON_NEGATIVE,
+    "solver.gamma": _POSITIVE,  # LR factor at each step: <= 0 would zero or flip the LR
+    "solver.warmup_iters": _NON_NEGATIVE,
+    "solver.warmup_factor": _Range(0, 1, lo_open=True),  # 1 = no warm-up; 0 would leave the first step at LR 0
+    "solver.weight_decay": _NON_NEGATIVE, "solver.weight_decay_norm": _NON_NEGATIVE,
+    "solver.weight_decay_embed": _NON_NEGATIVE, "solver.backbone_multiplier": _NON_NEGATIVE,
+    "solver.betas": _Range(0, 1, hi_open=True),  # Adam's moment decays; torch refuses 1 and above
+    "solver.eps": _POSITIVE,  # it keeps Adam's division away from zero
+    "solver.clip_grad_norm": _ANY,  # <= 0 disables clipping
+    "loss.class_weight": _NON_NEGATIVE, "loss.mask_weight": _NON_NEGATIVE, "loss.dice_weight": _NON_NEGATIVE,
+    "loss.iou_weight": _NON_NEGATIVE, "loss.num_points": _COUNT,
+    "loss.oversample_ratio": _Range(1),  # fewer candidates than points: topk over too few (as detectron2)
+    "loss.importance_sample_ratio": _UNIT, "loss.focal_alpha": _UNIT, "loss.focal_gamma": _NON_NEGATIVE,
+    "loss.matcher_class": _NON_NEGATIVE, "loss.matcher_mask": _NON_NEGATIVE, "loss.matcher_dice": _NON_NEGATIVE,
+}
+# Pairs that are a range themselves (numpy's uniform(lo, hi) is undefined for lo > hi).
+_ORDERED = (("data.min_scale", "data.max_scale"), ("data.rotation_center[0]", "data.rotation_center[1]"))
 
 
 def _numbers(obj: Any, prefix: str = ""):
@@ -149,13 +234,19 @@ def _numbers(obj: Any, prefix: str = ""):
 
 
 def validate(cfg: Any) -> None:
-    for key, value in _numbers(cfg):
-        if isinstance(value, float) and not math.isfinite(value):
+    numbers = dict(_numbers(cfg))
+    for key, value in numbers.items():
+        rule = _RANGES.get(key.split("[")[0], _ANY)
+        if isinstance(value, int):  # every integer fits an int64
+            check_int(value, key, -INT64_MAX - 1 if rule.lo == -math.inf else rule.lo,
+                      INT64_MAX if rule.hi == math.inf else rule.hi)
+        elif not math.isfinite(value):
             raise ValueError(f"{key} must be a finite number, got {value}")
-        if isinstance(value, int):  # every integer fits an int64; counts have their minimum
-            check_int(value, key, _MINIMUM.get(key, -INT64_MAX - 1), _MAXIMUM.get(key, INT64_MAX))
-    if not cfg.solver.base_lr > 0:
-        raise ValueError(f"solver.base_lr must be > 0, got {cfg.solver.base_lr}")
+        elif value not in rule:
+            raise ValueError(f"{key} must be {rule}, got {value}")
+    for lo, hi in _ORDERED:
+        if numbers[lo] > numbers[hi]:
+            raise ValueError(f"{lo} must be <= {hi}, got {numbers[lo]} > {numbers[hi]}")
     if cfg.solver.amp not in ("fp16", "bf16", "off"):
         raise ValueError("solver.amp must be fp16, bf16 or off")
     if cfg.model.trainable not in ("official", "all"):
