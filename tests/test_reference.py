@@ -23,9 +23,11 @@ family the official code itself does not reproduce the fixture, so the tolerance
 to what the official code's own cross-CPU difference was measured to be (recorded in the
 fixture's meta.json "cross_cpu", or in reference_cross_cpu.json for the public fixtures). In the
 default mode the tolerances are also never tighter than the official code's own difference from the
-fixture with another thread count, where that was measured (reference_thread_noise.json). The
-test prints which check it applied and why. The check that holds on any machine is the
-differential harness, scripts/reference/.
+fixture with another thread count, where that was measured (reference_thread_noise.json). Where
+nothing was recorded and the default mode misses the tolerances on the fixture's own CPU family, the
+test measures that noise itself (ENTITYSAM_REFERENCE_NOISE, see `noise_here`). The test prints which
+check it applied and why. The check that holds on any machine is the differential harness,
+scripts/reference/.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ from conftest import REPO, load_make_weights, reference_dir
 
 sys.path.insert(0, str(REPO / "benchmarks"))  # the comparison is shared with benchmarks/gpu.py
 sys.path.insert(0, str(REPO / "scripts" / "reference"))  # the machine record the fixtures carry
-from _golden import format_stats, step_failures, step_stats, video_sign_mismatch  # noqa: E402
+from _golden import (THREAD_NOISE_MARGIN, format_stats, measured_tolerance, step_failures, step_stats,  # noqa: E402
+                     video_sign_mismatch, widest)
 from _reference_machine import reference_check  # noqa: E402
 
 COMMITTED_FIXTURES = REPO / "tests" / "fixtures" / "reference"
@@ -116,40 +119,146 @@ def check(fixture):
     return name, tolerance, demand_bits, why
 
 
+def noise_mode() -> str:
+    """ENTITYSAM_REFERENCE_NOISE: "auto" (default: measure the thread noise when the default mode misses
+    the tolerances on the fixture's own CPU family), "1" (measure it whenever that check applies) or "0"."""
+    value = os.environ.get("ENTITYSAM_REFERENCE_NOISE", "auto")
+    return value if value in ("auto", "0") else "1"
+
+
 @pytest.fixture(scope="module")
-def official_run(fixture, tmp_path_factory):
-    """Our model on the fixture's first frames, loaded and run through the public API."""
-    path, meta, _ = fixture
+def weights_file(fixture, tmp_path_factory) -> Path:
+    """The fixture's make_weights.py checkpoint, saved once per fixture."""
+    _, meta, _ = fixture
     manifest = {"vits": "manifest-vits.json", "vitl": "manifest-vitl.json"}[meta["variant"]]
-    make_weights = load_make_weights()
     manifest_data = json.loads((reference_dir() / manifest).read_text())
-    state = make_weights.make_state_dict(manifest_data, meta["weight_seed"])
+    state = load_make_weights().make_state_dict(manifest_data, meta["weight_seed"])
     ckpt = tmp_path_factory.mktemp("weights") / "model.pth"
     torch.save({"model": state}, ckpt)
-    del state
-
-    torch.set_num_threads(int(meta.get("threads", 2)))
-    model = load_entitysam(ckpt)  # config inferred from the keys
-    steps = steps_to_compare(path, len(meta["frame_names"]))
-    n = max(steps - 3, 1)
-    size = model.cfg.image_size
-    frames = ((i, preprocess_frame(Image.open(path / "frames" / name), size))
-              for i, name in enumerate(meta["frame_names"][:n]))
-    start = time.time()
-    mode = "exact" if exact_mode() else "batched" if batched_path() else "default"
-    if steps < 4:  # the first steps only (CI): the tracker segment_video drives, stopped early
-        tracker = EntityTracker(model, exact=exact_mode(), batched=batched_path())
-        result = SimpleNamespace(steps=list(itertools.islice(tracker.track(frames), steps)))
-        n = 0
-    else:
-        result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True, exact=exact_mode(),
-                               batched=batched_path())
-    print(f"\n{path.name} {meta['variant']} ({mode} mode): {n} frames, {len(result.steps)} steps in "
-          f"{time.time() - start:.1f} s")
-    return n, result
+    return ckpt
 
 
-def test_per_step_outputs_match_golden(fixture, official_run, check):
+def run_on_fixture(path: Path, meta: dict, ckpt: Path, *, exact: bool, batched: bool, threads: int):
+    """(real frames run, result with .steps) of our model on the fixture's first frames, loaded and
+    run through the public API with `threads` torch threads (restored after)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = load_entitysam(ckpt)  # config inferred from the keys
+        steps = steps_to_compare(path, len(meta["frame_names"]))
+        n = max(steps - 3, 1)
+        size = model.cfg.image_size
+        frames = ((i, preprocess_frame(Image.open(path / "frames" / name), size))
+                  for i, name in enumerate(meta["frame_names"][:n]))
+        start = time.time()
+        mode = "exact" if exact else "batched" if batched else "default"
+        if steps < 4:  # the first steps only (CI): the tracker segment_video drives, stopped early
+            tracker = EntityTracker(model, exact=exact, batched=batched)
+            result = SimpleNamespace(steps=list(itertools.islice(tracker.track(frames), steps)))
+            n = 0
+        else:
+            result = segment_video(model, frames, tuple(meta["out_size"]), keep_steps=True, exact=exact,
+                                   batched=batched)
+        print(f"\n{path.name} {meta['variant']} ({mode} mode, {threads} thread(s)): {n} frames, "
+              f"{len(result.steps)} steps in {time.time() - start:.1f} s")
+        return n, result
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def official_run(fixture, weights_file):
+    path, meta, _ = fixture
+    return run_on_fixture(path, meta, weights_file, exact=exact_mode(), batched=batched_path(),
+                          threads=int(meta.get("threads", 2)))
+
+
+@pytest.fixture(scope="module")
+def noise_here(fixture, weights_file, check):
+    path, meta, golden = fixture
+    return lazy_thread_noise(check[0], path, meta, golden, weights_file)
+
+
+def lazy_thread_noise(kind: str, path: Path, meta: dict, golden: dict, ckpt: Path):
+    """() -> the official arithmetic's own difference from the fixture with another thread count, measured
+    on this machine (once, when first asked), or None where it does not apply.
+
+    The default mode reorders arithmetic, as another thread count does for the official code; where
+    nothing was recorded for a fixture (reference_thread_noise.json), this is how far such a reordering
+    moves the official code on it. Exact mode is the official arithmetic, bit for bit at the same thread
+    count (measured with 1 and 2 threads against the official code: README "Faithfulness"), so exact
+    mode with the other thread count stands in for the official code, which need not be installed.
+    It applies to the non-exact modes on the fixture's own CPU family only (kind "same-cpu"): elsewhere
+    the fixture is not the official arithmetic's output, whatever the thread count.
+    """
+    cache: dict = {}
+
+    def measure():
+        if kind != "same-cpu" or exact_mode() or noise_mode() == "0":
+            return None
+        if "noise" not in cache:
+            threads = 1 if int(meta.get("threads", 2)) > 1 else 2
+            print(f"\nmeasuring the official arithmetic's own noise on {path.name}: exact mode with {threads} "
+                  f"thread(s) against the fixture (made with {meta.get('threads', 2)})")
+            n, result = run_on_fixture(path, meta, ckpt, exact=True, batched=False, threads=threads)
+            cache["noise"] = thread_noise_record(golden, meta, n, result, threads)
+        return cache["noise"]
+
+    return measure
+
+
+def thread_noise_record(golden: dict, meta: dict, n: int, result, threads: int) -> dict:
+    """A run's difference from the fixture, in the form of a reference_thread_noise.json entry."""
+    rows = []
+    for s in result.steps:
+        row = step_stats(golden, s.step, s.mask_logits[:, 0].numpy(), s.scores.numpy(), s.points.numpy())
+        if n and not s.is_warmup:
+            row["video_sign_mismatch"] = video_sign_mismatch(golden, s.frame_index, s.mask_logits, meta["out_size"])
+        print("  noise " + format_stats(row))
+        rows.append(row)
+    record = {"note": f"exact mode with {threads} thread(s) on this machine (measured by this test)",
+              "threads": threads, "steps": rows}
+    if n and n == len(meta["frame_names"]):
+        record["id_map_mismatch"] = float(np.mean(result.panoptic.id_maps != golden["panoptic_ids"]))
+        record["video_score_max_diff"] = float(np.abs(result.scores.numpy() - golden["video_scores"]).max())
+    return record
+
+
+def with_noise(tolerance, noise: dict):
+    """`tolerance` widened, per statistic, to the measured thread noise (never tighter)."""
+    return lambda step: widest(step, tolerance(step), measured_tolerance(step, [noise], THREAD_NOISE_MARGIN))
+
+
+def step_check_failures(golden: dict, steps, tolerance, demand_bits: bool) -> list[str]:
+    failures = []
+    for s in steps:
+        stats = step_stats(golden, s.step, s.mask_logits[:, 0].numpy(), s.scores.numpy(), s.points.numpy())
+        print(format_stats(stats))
+        failures += step_failures(stats, tolerance(s.step))
+        if demand_bits and exact_mode() and not stats["bit_identical"]:
+            failures.append(f"step {s.step}: exact mode not bit-identical on the fixture's own CPU family")
+    return failures
+
+
+def noise_verdict(failures: list[str], noise_here, recheck) -> tuple[list[str], str]:
+    """Where the default mode missed the tolerances on the fixture's own CPU family (or with
+    ENTITYSAM_REFERENCE_NOISE=1), the same check against the tolerances widened to the thread noise
+    measured here: (failures, what was done)."""
+    if not failures and noise_mode() != "1":
+        return failures, ""
+    noise = noise_here()
+    if noise is None:
+        return failures, ""
+    before = "; ".join(failures) or "none"
+    failures = recheck(noise)
+    note = (f"outside the tolerances above ({before}); against max(those, the official arithmetic's own "
+            f"difference from the fixture with {noise['threads']} thread(s), measured here): "
+            + ("; ".join(failures) if failures else "within it"))
+    print("thread noise: " + note)
+    return failures, note
+
+
+def test_per_step_outputs_match_golden(fixture, official_run, check, noise_here):
     _, _, golden = fixture
     n, result = official_run
     name, tolerance, demand_bits, why = check
@@ -158,40 +267,51 @@ def test_per_step_outputs_match_golden(fixture, official_run, check):
     count = len(steps)
     assert [s.is_warmup for s in steps] == list(golden["is_padding"][:count])
     assert [s.frame_index for s in steps] == list(golden["source_frame"][:count])
+    failures = step_check_failures(golden, steps, tolerance, demand_bits)
+    failures, note = noise_verdict(
+        failures, noise_here, lambda noise: step_check_failures(golden, steps, with_noise(tolerance, noise), demand_bits))
+    assert not failures, f"[{name}] " + "; ".join(failures) + f" ({why}{'; ' + note if note else ''})"
+
+
+def video_check_failures(meta: dict, golden: dict, n: int, result, tolerance) -> list[str]:
+    """Upsampled signs per output frame and, for a complete run, video scores, id maps and segments."""
+    height, width = meta["out_size"]
     failures = []
-    for s in steps:
-        stats = step_stats(golden, s.step, s.mask_logits[:, 0].numpy(), s.scores.numpy(), s.points.numpy())
-        print(format_stats(stats))
-        failures += step_failures(stats, tolerance(s.step))
-        if demand_bits and exact_mode() and not stats["bit_identical"]:
-            failures.append(f"step {s.step}: exact mode not bit-identical on the fixture's own CPU family")
-    assert not failures, f"[{name}] " + "; ".join(failures) + f" ({why})"
+    for s in result.steps:
+        if s.is_warmup:
+            continue
+        mismatch = video_sign_mismatch(golden, s.frame_index, s.mask_logits, (height, width))
+        if not mismatch <= tolerance(s.step).sign_max:
+            failures.append(f"frame {s.frame_index}: {mismatch:.2e} of video signs differ "
+                            f"(> {tolerance(s.step).sign_max:.1e})")
+    if n < len(meta["frame_names"]):
+        return failures
+    whole_video = tolerance(result.steps[-1].step)
+    score_diff = float(np.abs(result.scores.numpy() - golden["video_scores"]).max())
+    id_diff = float(np.mean(result.panoptic.id_maps != golden["panoptic_ids"]))
+    print(f"video scores max |diff| {score_diff:.1e} (bound {whole_video.video_score_atol:.1e}); id maps differ on "
+          f"{id_diff:.1e} of pixels (bound {whole_video.id_map_max:.1e})")
+    if not score_diff <= whole_video.video_score_atol:
+        failures.append(f"video scores max |diff| {score_diff:.2e} > {whole_video.video_score_atol:.1e}")
+    if not id_diff <= whole_video.id_map_max:
+        failures.append(f"id maps differ on {id_diff:.2e} of pixels (> {whole_video.id_map_max:.1e})")
+    return failures
 
 
-def test_video_outputs_match_golden(fixture, official_run, check):
+def test_video_outputs_match_golden(fixture, official_run, check, noise_here):
     """Upsampled signs per output frame, and (for a complete run) scores and id maps."""
     _, meta, golden = fixture
     n, result = official_run
     name, tolerance, _, why = check
     if n == 0:
         pytest.skip("step 0 only (CI default for committed fixtures; ENTITYSAM_REFERENCE_FULL=1 for all)")
-    height, width = meta["out_size"]
-    for s in result.steps:
-        if s.is_warmup:
-            continue
-        mismatch = video_sign_mismatch(golden, s.frame_index, s.mask_logits, (height, width))
-        bound = tolerance(s.step).sign_max
-        assert mismatch <= bound, f"[{name}] frame {s.frame_index}: {mismatch:.2e} of video signs differ ({why})"
+    failures = video_check_failures(meta, golden, n, result, tolerance)
+    failures, note = noise_verdict(
+        failures, noise_here, lambda noise: video_check_failures(meta, golden, n, result, with_noise(tolerance, noise)))
+    assert not failures, f"[{name}] " + "; ".join(failures) + f" ({why}{'; ' + note if note else ''})"
     if n < len(meta["frame_names"]):
         pytest.skip("video-level scores and id maps need all frames (ENTITYSAM_REFERENCE_FRAMES=all)")
-    print(f"video scores max |diff| {np.abs(result.scores.numpy() - golden['video_scores']).max():.1e}")
-    whole_video = tolerance(result.steps[-1].step)
-    np.testing.assert_allclose(result.scores.numpy(), golden["video_scores"], atol=whole_video.video_score_atol, rtol=0)
-    ids = result.panoptic.id_maps
-    ref_ids = golden["panoptic_ids"]
-    assert ids.shape == ref_ids.shape
-    print(f"id maps differ on {np.mean(ids != ref_ids):.1e} of pixels (bound {whole_video.id_map_max:.1e})")
-    assert np.mean(ids != ref_ids) <= whole_video.id_map_max, why
+    # The merge decides the segments: an id map may differ by a few pixels, the segments may not.
     assert list(result.panoptic.segment_ids) == list(golden["segment_ids"])
     assert list(result.panoptic.query_index) == list(golden["segment_query_index"])
 
