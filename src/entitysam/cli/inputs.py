@@ -14,7 +14,7 @@ __all__ = ["collect_inputs", "batch_inputs", "video_name", "is_inside", "written
 def is_inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return False
     return True
 

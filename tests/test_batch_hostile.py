@@ -1,0 +1,60 @@
+"""Hostile inputs of the many-videos path: `entitysam segment --batch DIR --shard ...` with odd
+batch folders, environment values (torchrun, Slurm) and --summary files. Each test checks the
+exit code, the one-line message and the files left."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from _media import write_video
+from entitysam import cli
+from entitysam.cli.inputs import batch_inputs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+COMMON = ["--model", "demo", "--save", "panoptic", "--threads", "1", "-q"]
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+            "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_MAX")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+
+
+def segment(*args) -> int:
+    return cli.main(["segment", *map(str, args)])
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_folders_named_like_a_prefix_and_a_number_are_listed(tmp_path):
+    """`c` and `c2` in one batch: the natural sort compared the name `c` with the number 2
+    (TypeError traceback before any work)."""
+    for name in ("c2", "c", "c10", "b1"):
+        (tmp_path / "in" / name).mkdir(parents=True)
+    got = [p.name for p in batch_inputs(str(tmp_path / "in"), tmp_path / "out")]
+    assert got == ["b1", "c", "c2", "c10"]
+
+
+def test_a_symlink_loop_in_the_batch_fails_that_video_only(tmp_path, capsys):
+    """A link pointing to itself: Path.resolve raised RuntimeError (a traceback) while the batch
+    was listed; now that video fails with its message and the others are done."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_video(src / "good.mp4", 2)
+    os.symlink("loop.mp4", src / "loop.mp4")
+    out = tmp_path / "out"
+    assert segment("--batch", src, "-o", out, "--shard", "0/1", *COMMON) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "loop: input" in err and "symbolic link loop" in err
+    summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
+    assert summary["done"] == ["good"] and [f["name"] for f in summary["failed"]] == ["loop"]
