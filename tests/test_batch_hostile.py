@@ -58,3 +58,35 @@ def test_a_symlink_loop_in_the_batch_fails_that_video_only(tmp_path, capsys):
     assert "Traceback" not in err and "loop: input" in err and "symbolic link loop" in err
     summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
     assert summary["done"] == ["good"] and [f["name"] for f in summary["failed"]] == ["loop"]
+
+
+@pytest.fixture
+def two_videos(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_video(src / "a.mp4", 2)
+    write_video(src / "b.mp4", 3)
+    return src
+
+
+@pytest.mark.parametrize("env, args, words", [
+    # a traceback: LOCAL_RANK was first read after the command line had been accepted
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "x"}, [], "LOCAL_RANK='x'"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "-1"}, [], "LOCAL_RANK=-1"),
+    # ran silently: every rank without RANK took slice 0, slice 1 was never done
+    ({"WORLD_SIZE": "2"}, [], "no RANK"),
+    ({"WORLD_SIZE": "2", "RANK": ""}, [], "no RANK"),
+    # ran silently as one process over the whole batch
+    ({"WORLD_SIZE": "-3", "RANK": "0"}, [], "WORLD_SIZE='-3'"),
+    ({"WORLD_SIZE": "0", "RANK": "0"}, ["--shard", "auto"], "WORLD_SIZE='0'"),
+    # a traceback: the Slurm slice was checked against the int64 bound only when the split ran
+    ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": str(2**70)}, ["--shard", "auto"], "at most"),
+])
+def test_bad_torchrun_and_slurm_environments_exit_2_with_one_line(two_videos, tmp_path, monkeypatch, capsys,
+                                                                   env, args, words):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "out"
+    assert segment("--batch", two_videos, "-o", out, *COMMON, *args) == 2
+    assert words in one_error_line(capsys)
+    assert not out.exists()

@@ -16,9 +16,10 @@ __all__ = ["segment_options", "load_or_report", "shard_of", "segment_shard"]
 
 def shard_of(args) -> tuple[int, int] | None:
     """This process's slice (--shard, torchrun, Slurm array), or None: no sharding."""
-    from ..distributed.local import shard_from_env
+    from ..distributed.local import local_rank, shard_from_env
 
     shard = shard_from_env(args.shard)
+    local_rank()  # a bad LOCAL_RANK is a command-line error too, found before any work
     if shard is None and args.summary is not None:
         raise EntitySAMError("--summary needs --shard (or torchrun)")
     return shard
