@@ -90,3 +90,34 @@ def test_bad_torchrun_and_slurm_environments_exit_2_with_one_line(two_videos, tm
     assert segment("--batch", two_videos, "-o", out, *COMMON, *args) == 2
     assert words in one_error_line(capsys)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("where, content, words", [
+    ("in/a.mp4", None, "is the input"),  # was replaced by the summary JSON: the video lost
+    ("notes.json", '{"mine": 1}', "not an entitysam batch summary"),  # a user's file: replaced
+    ("cut.json", '{"format": "entitysam-batch-summary", "fra', "not an entitysam batch summary"),
+    ("folder", "dir", "is a folder"),  # exit 1 after the whole shard, with an Errno message
+    ("out/a/summary.json", None, "lies in the result folder"),  # a file entitysam did not write, in a result
+])
+def test_a_summary_file_that_must_not_be_replaced_is_refused_before_any_work(two_videos, tmp_path, capsys,
+                                                                              where, content, words):
+    target = tmp_path / where
+    if content == "dir":
+        target.mkdir()
+    elif content is not None:
+        target.write_text(content)
+    before = target.read_bytes() if target.is_file() else None
+    out = tmp_path / "out"
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", "--summary", target, *COMMON) == 2
+    assert words in one_error_line(capsys)
+    assert not out.exists()
+    assert (target.read_bytes() if target.is_file() else None) == before
+
+
+def test_a_summary_file_of_an_earlier_run_or_an_empty_file_is_replaced(two_videos, tmp_path):
+    target = tmp_path / "s.json"
+    target.write_text("")
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert segment("--batch", two_videos, "-o", out, "--shard", "1/2", "--summary", target, *COMMON) == 0
+        assert json.loads(target.read_text())["shard"] == {"index": 1, "count": 2}

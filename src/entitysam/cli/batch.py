@@ -4,6 +4,7 @@ runs `entitysam.distributed.local.segment_many_local` and reports its summary.""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from ..errors import EntitySAMError
 from .options import load_model, print_err, set_threads
 from .wording import user_message
 
-__all__ = ["segment_options", "load_or_report", "shard_of", "segment_shard"]
+__all__ = ["segment_options", "load_or_report", "shard_of", "check_summary_file", "segment_shard"]
 
 
 def shard_of(args) -> tuple[int, int] | None:
@@ -23,6 +24,42 @@ def shard_of(args) -> tuple[int, int] | None:
     if shard is None and args.summary is not None:
         raise EntitySAMError("--summary needs --shard (or torchrun)")
     return shard
+
+
+def check_summary_file(summary: str | None, out_root: Path, names, inputs) -> None:
+    """--summary FILE is replaced at the end of the run: refuse, before any work, a FILE that is
+    a folder, an input, inside a result folder (replaced as a whole, and the summary would be a
+    file entitysam did not write in it), or an existing file that is not a batch summary."""
+    import os
+
+    from ..distributed.local import SUMMARY_FORMAT
+    from ..io.paths import check_not_input, path_relation
+
+    if not summary:
+        return
+    path = Path(summary)
+    real = Path(os.path.realpath(path))
+    for name in names:
+        if path_relation(real, Path(os.path.realpath(out_root / name))) is not None:
+            raise EntitySAMError(f"--summary {path} lies in the result folder {out_root / name}, which is "
+                                 "written as a whole: choose a file outside it")
+    check_not_input(path, [p for p in inputs if isinstance(p, Path)], "--summary")
+    if not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise EntitySAMError(f"--summary {path}: is a folder, expected a file name")
+    if path.is_symlink() or not path.is_file():
+        raise EntitySAMError(f"--summary {path} exists and is not a plain file: refusing to replace it")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if text.strip() else {"format": SUMMARY_FORMAT}  # an empty file loses nothing
+    except (OSError, ValueError) as err:
+        if isinstance(err, OSError):
+            raise EntitySAMError(f"--summary {path}: cannot read it ({err.strerror})") from None
+        data = None
+    if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
+        raise EntitySAMError(f"--summary {path} exists and is not an entitysam batch summary: refusing to "
+                             "replace it (choose another file)")
 
 
 def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard, say) -> int:
