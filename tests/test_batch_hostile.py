@@ -121,3 +121,31 @@ def test_a_summary_file_of_an_earlier_run_or_an_empty_file_is_replaced(two_video
     for _ in range(2):
         assert segment("--batch", two_videos, "-o", out, "--shard", "1/2", "--summary", target, *COMMON) == 0
         assert json.loads(target.read_text())["shard"] == {"index": 1, "count": 2}
+
+
+def test_a_lock_path_that_is_a_link_or_a_folder_fails_that_video_and_touches_nothing(two_videos, tmp_path, capsys):
+    """OUT/.b.lock a symbolic link: it was followed and the file it names truncated to a pid;
+    OUT/.a.lock a folder: the OutputError escaped the shard (a traceback, the other videos not done)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    precious = tmp_path / "precious.bin"
+    precious.write_bytes(b"do not touch" * 100)
+    os.symlink(precious, out / ".b.lock")
+    (out / ".a.lock").mkdir()
+    (out / ".a.lock" / "x").write_text("x")
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("is not a plain file") == 2, err
+    assert precious.read_bytes() == b"do not touch" * 100
+    assert (out / ".a.lock" / "x").read_text() == "x" and os.path.islink(out / ".b.lock")
+    summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
+    assert sorted(f["name"] for f in summary["failed"]) == ["a", "b"]
+
+
+def test_a_stale_lock_file_of_a_killed_run_is_taken_over(two_videos, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".a.lock").write_text("999999999\n")  # no flock on it: its process is gone
+    (out / ".b.lock").write_bytes(b"\xff\x00garbage")
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 0
+    assert sorted(os.listdir(out)) == [".entitysam-batch", "a", "b"]

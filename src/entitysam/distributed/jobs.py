@@ -270,6 +270,10 @@ def segment_job(model, job: VideoJob, options: SegmentOptions, out_root: Path, *
     except OutputLockedError as err:
         say(f"{job.name}: being written by another run: left to it")
         return VideoOutcome(job.name, "busy", output=str(final), error=describe_error(err))
+    except (EntitySAMError, OSError) as err:  # the lock file cannot be made: this video fails, not the batch
+        msg, line = _failure(err, job.name, describe_error)
+        say_error(line)
+        return VideoOutcome(job.name, "failed", seconds=time.perf_counter() - t0, output=str(final), error=msg)
     try:
         if source is None:
             source = prepare_job(job, options, out_root, protect=protect, say=say)
