@@ -149,3 +149,25 @@ def test_a_stale_lock_file_of_a_killed_run_is_taken_over(two_videos, tmp_path):
     (out / ".b.lock").write_bytes(b"\xff\x00garbage")
     assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 0
     assert sorted(os.listdir(out)) == [".entitysam-batch", "a", "b"]
+
+
+def _damage(path) -> None:
+    """Invert every 37th byte after the first 200: the container still opens, its stream has no codec."""
+    data = bytearray(path.read_bytes())
+    for i in range(200, len(data) - 100, 37):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_video_fails_alone_instead_of_stopping_every_shard(two_videos, tmp_path, capsys):
+    """A damaged header left the stream without a codec context: AttributeError while every
+    shard counted the frames of every video, so each shard of the batch crashed before any work."""
+    broken = two_videos / "broken.mp4"
+    write_video(broken, 12, size=(160, 120))
+    _damage(broken)
+    out = tmp_path / "out"
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "broken: cannot read video" in err, err
+    summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
+    assert summary["done"] == ["a", "b"] and [f["name"] for f in summary["failed"]] == ["broken"]
