@@ -171,3 +171,35 @@ def test_a_damaged_video_fails_alone_instead_of_stopping_every_shard(two_videos,
     assert "Traceback" not in err and "broken: cannot read video" in err, err
     summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
     assert summary["done"] == ["a", "b"] and [f["name"] for f in summary["failed"]] == ["broken"]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda out: (out / ".entitysam-batch").write_text("x"), ".entitysam-batch is not a folder"),
+    (lambda out: (out / ".entitysam-batch" / "shard-0-of-1.json").mkdir(parents=True), "is a folder"),
+])
+def test_an_unwritable_default_summary_is_refused_before_any_work(two_videos, tmp_path, capsys, make, words):
+    """Was found only when the shard had done all its videos: exit 1 with a raw Errno message."""
+    out = tmp_path / "out"
+    out.mkdir()
+    make(out)
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 2
+    line = one_error_line(capsys)
+    assert words in line and "the summary file" in line, line
+    assert sorted(os.listdir(out)) == [".entitysam-batch"]
+
+
+def test_a_damaged_default_summary_is_replaced(two_videos, tmp_path):
+    """The default summary lives in entitysam's hidden folder: a damaged one never blocks a re-run."""
+    out = tmp_path / "out"
+    (out / ".entitysam-batch").mkdir(parents=True)
+    (out / ".entitysam-batch" / "shard-0-of-1.json").write_text("{trunc")
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 0
+    assert json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())["done"] == ["a", "b"]
+
+
+def test_summary_under_a_file_is_refused(two_videos, tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert segment("--batch", two_videos, "-o", tmp_path / "out", "--shard", "0/1", "--summary",
+                   tmp_path / "f" / "s.json", *COMMON) == 2
+    assert "is not a folder" in one_error_line(capsys)
+    assert (tmp_path / "f").read_text() == "x" and not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ runs `entitysam.distributed.local.segment_many_local` and reports its summary.""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,12 +27,13 @@ def shard_of(args) -> tuple[int, int] | None:
     return shard
 
 
-def check_summary_file(summary: str | None, out_root: Path, names, inputs) -> None:
-    """--summary FILE is replaced at the end of the run: refuse, before any work, a FILE that is
-    a folder, an input, inside a result folder (replaced as a whole, and the summary would be a
-    file entitysam did not write in it), or an existing file that is not a batch summary."""
-    import os
-
+def check_summary_file(summary: str | os.PathLike | None, out_root: Path, names, inputs,
+                       what: str = "--summary", ours: bool = False) -> None:
+    """The summary FILE is replaced at the end of the run: refuse, before any work, a FILE that is
+    a folder or under a file, an input, inside a result folder (replaced as a whole, and the
+    summary would be a file entitysam did not write in it), or an existing file that is not a
+    batch summary. what: how messages name it (``--summary``, or the default file's words).
+    ours: the default file, in entitysam's hidden folder: replaced whatever its content."""
     from ..distributed.local import SUMMARY_FORMAT
     from ..io.paths import check_not_input, path_relation
 
@@ -41,24 +43,31 @@ def check_summary_file(summary: str | None, out_root: Path, names, inputs) -> No
     real = Path(os.path.realpath(path))
     for name in names:
         if path_relation(real, Path(os.path.realpath(out_root / name))) is not None:
-            raise EntitySAMError(f"--summary {path} lies in the result folder {out_root / name}, which is "
+            raise EntitySAMError(f"{what} {path} lies in the result folder {out_root / name}, which is "
                                  "written as a whole: choose a file outside it")
-    check_not_input(path, [p for p in inputs if isinstance(p, Path)], "--summary")
+    check_not_input(path, [p for p in inputs if isinstance(p, Path)], what)
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EntitySAMError(f"{what} {path}: {ancestor} is not a folder")
     if not os.path.lexists(path):
         return
     if path.is_dir():
-        raise EntitySAMError(f"--summary {path}: is a folder, expected a file name")
+        raise EntitySAMError(f"{what} {path}: is a folder, expected a file name")
     if path.is_symlink() or not path.is_file():
-        raise EntitySAMError(f"--summary {path} exists and is not a plain file: refusing to replace it")
+        raise EntitySAMError(f"{what} {path} exists and is not a plain file: refusing to replace it")
+    if ours:
+        return
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if text.strip() else {"format": SUMMARY_FORMAT}  # an empty file loses nothing
     except (OSError, ValueError) as err:
         if isinstance(err, OSError):
-            raise EntitySAMError(f"--summary {path}: cannot read it ({err.strerror})") from None
+            raise EntitySAMError(f"{what} {path}: cannot read it ({err.strerror})") from None
         data = None
     if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
-        raise EntitySAMError(f"--summary {path} exists and is not an entitysam batch summary: refusing to "
+        raise EntitySAMError(f"{what} {path} exists and is not an entitysam batch summary: refusing to "
                              "replace it (choose another file)")
 
 

@@ -140,6 +140,7 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
 
 def run(args) -> int:
     from ..pipeline.result import check_formats
+    from ..distributed.local import default_summary_path
     from ..io.sources import FrameSelection
 
     say = sayer(args.quiet)
@@ -169,7 +170,11 @@ def run(args) -> int:
         if args.ray is None:  # with --ray the model options are the actors', checked where they run
             check_model_args(args)
         shard = shard_of(args) if args.ray is None else None
-        check_summary_file(args.summary, Path(args.output), names, inputs)
+        if args.summary or shard is None:
+            check_summary_file(args.summary, Path(args.output), names, inputs)
+        else:  # the default OUT/.entitysam-batch/shard-I-of-N.json: checked too, before any work
+            check_summary_file(default_summary_path(Path(args.output), shard), Path(args.output), names, inputs,
+                               "the summary file", ours=True)
     except EntitySAMError as err:
         print_err(err)
         return 2
