@@ -203,3 +203,14 @@ def test_summary_under_a_file_is_refused(two_videos, tmp_path, capsys):
                    tmp_path / "f" / "s.json", *COMMON) == 2
     assert "is not a folder" in one_error_line(capsys)
     assert (tmp_path / "f").read_text() == "x" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["nowhere/deeper", "self"])
+def test_an_output_that_is_a_dangling_link_is_refused_before_any_work(two_videos, tmp_path, capsys, target):
+    """Was a traceback from the first video's lock (mkdir through a dangling link: File exists)."""
+    out = tmp_path / "self"
+    os.symlink(tmp_path / target, out)
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 2
+    line = one_error_line(capsys)
+    assert "--output" in line and "symbolic link to nowhere" in line, line
+    assert os.readlink(out) == str(tmp_path / target) and not (tmp_path / "nowhere").exists()
