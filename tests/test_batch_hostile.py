@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -214,3 +216,22 @@ def test_an_output_that_is_a_dangling_link_is_refused_before_any_work(two_videos
     line = one_error_line(capsys)
     assert "--output" in line and "symbolic link to nowhere" in line, line
     assert os.readlink(out) == str(tmp_path / target) and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("fifo", ["c/run.json", "c/manifest.json", "d/sub/manifest.json"])
+def test_a_named_pipe_called_like_a_manifest_in_the_batch_does_not_hang(tmp_path, fifo):
+    """Listing the batch reads each sub-folder's manifest.json / run.json to leave out earlier
+    results: a FIFO there blocked the read forever, before any work and with no message."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_video(src / "b.mp4", 2)
+    (src / "c").mkdir()
+    (src / fifo).parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(src / fifo)
+    got = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                          "from entitysam.cli.inputs import batch_inputs; "
+                          "print([p.name for p in batch_inputs(sys.argv[1], Path(sys.argv[2]))])",
+                          str(src), str(tmp_path / "out")], capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == str(["b.mp4", "c"] + (["d"] if fifo.startswith("d/") else []))

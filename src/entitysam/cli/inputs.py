@@ -23,6 +23,8 @@ def _our_manifest(folder: Path) -> bool:
     """Whether `folder` holds a manifest written by this tool (any status): a segment or online
     result's manifest.json, or the run.json of an `eval vipseg` output."""
     for name in ("manifest.json", "run.json"):
+        if not (folder / name).is_file():  # a FIFO there would block the read forever
+            continue
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
