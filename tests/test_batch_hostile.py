@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -235,3 +236,28 @@ def test_a_named_pipe_called_like_a_manifest_in_the_batch_does_not_hang(tmp_path
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip() == str(["b.mp4", "c"] + (["d"] if fifo.startswith("d/") else []))
+
+
+def _unfinish(result: Path) -> None:
+    """Make a result look like an online video interrupted by SIGTERM (a Slurm pre-emption)."""
+    manifest = json.loads((result / "manifest.json").read_text())
+    manifest.update(complete=False, status="interrupted")
+    (result / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_rerun_redoes_an_interrupted_result_instead_of_failing_it_forever(two_videos, tmp_path, capsys):
+    """A shard re-run skips complete results and must finish the others: an unfinished result
+    (an online video stopped by SIGTERM) failed every re-run ("use --overwrite", which redoes the slice)."""
+    out = tmp_path / "out"
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 0
+    _unfinish(out / "a")
+    capsys.readouterr()
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 0, capsys.readouterr().err
+    summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
+    assert summary["done"] == ["a"] and summary["skipped"] == ["b"]
+    assert json.loads((out / "a" / "manifest.json").read_text())["complete"] is True
+    # the rules of replacing still hold: a file entitysam did not write in it keeps it
+    _unfinish(out / "a")
+    (out / "a" / "notes.txt").write_text("mine")
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 1
+    assert (out / "a" / "notes.txt").read_text() == "mine"

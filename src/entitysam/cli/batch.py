@@ -79,7 +79,8 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
     from ..distributed.jobs import StreamInterrupted, VideoJob, frame_count
     from ..distributed.local import default_summary_path, local_rank, segment_many_local
 
-    options = replace(segment_options(args, formats, selection), skip_existing=not args.overwrite)
+    options = replace(segment_options(args, formats, selection), skip_existing=not args.overwrite,
+                      redo_unfinished=True)  # resumable: an interrupted video is redone
     jobs = [VideoJob(p, n, frame_count(p, options)) for p, n in zip(inputs, names)]
     rank = local_rank()
     if rank is not None:
