@@ -261,3 +261,15 @@ def test_a_rerun_redoes_an_interrupted_result_instead_of_failing_it_forever(two_
     (out / "a" / "notes.txt").write_text("mine")
     assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 1
     assert (out / "a" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("task", ["0", "2"])
+def test_a_slurm_array_with_holes_is_refused_by_every_task(two_videos, tmp_path, monkeypatch, capsys, task):
+    """--array=0,2,4: COUNT 3, MIN 0, MAX 4. Tasks 0 and 2 took slices 0/3 and 2/3 and ran;
+    only task 4 was refused, and slice 1 was never done."""
+    for key, value in {"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "4",
+                       "SLURM_ARRAY_TASK_COUNT": "3"}.items():
+        monkeypatch.setenv(key, value)
+    assert segment("--batch", two_videos, "-o", tmp_path / "out", "--shard", "auto", *COMMON) == 2
+    assert "contiguous array 0-2" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()

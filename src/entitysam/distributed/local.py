@@ -121,6 +121,12 @@ def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
     if step < 1 or (task - first) % step:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_ID={task} is not on the array's range "
                                   f"(min {first}, step {step}): submit a contiguous array 0-{count - 1}")
+    if "SLURM_ARRAY_TASK_MAX" in env:  # --array=0,2,4 has COUNT 3 but spans 0-4: tasks would miss slices
+        last = _env_int(env, "SLURM_ARRAY_TASK_MAX")
+        if last < first or (last - first) % step or (last - first) // step + 1 != count:
+            raise sharding.ShardError(f"shard 'auto': the array {first}-{last}:{step} does not hold "
+                                      f"SLURM_ARRAY_TASK_COUNT={count} evenly spaced tasks: "
+                                      f"submit a contiguous array 0-{max(count, 1) - 1}")
     index = (task - first) // step
     if count < 1 or not 0 <= index < count:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_ID={task} with SLURM_ARRAY_TASK_MIN={first} "
