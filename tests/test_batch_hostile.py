@@ -273,3 +273,14 @@ def test_a_slurm_array_with_holes_is_refused_by_every_task(two_videos, tmp_path,
     assert segment("--batch", two_videos, "-o", tmp_path / "out", "--shard", "auto", *COMMON) == 2
     assert "contiguous array 0-2" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_video_with_a_newline_in_its_name_is_reported_on_one_line(two_videos, tmp_path, capsys):
+    (two_videos / "new\nline.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err), err
+    assert "new_line: cannot read video" in err[0] and "new\\nline.mp4" in err[0]
+    summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
+    assert "new\nline.mp4" in summary["failed"][0]["error"]  # the summary keeps the real name

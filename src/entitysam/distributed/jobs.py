@@ -246,16 +246,19 @@ def run_prepared(model, source, job: VideoJob, options: SegmentOptions, out_root
 
 
 def _failure(err: Exception, name: str, describe: Callable[[BaseException], str] = str) -> tuple[str, str]:
-    """(message, line to print) of a video's failure; `describe` words an EntitySAMError."""
+    """(message, line to print) of a video's failure; `describe` words an EntitySAMError. The
+    line is one line: a newline in a file name (in the message) is printed as ``\\n``."""
     from ..io.paths import describe_os_error  # noqa: PLC0415
 
     if isinstance(err, EntitySAMError):
-        return describe(err), f"{name}: {describe(err)}"
-    if isinstance(err, OSError):
+        msg, line = describe(err), f"{name}: {describe(err)}"
+    elif isinstance(err, OSError):
         msg = describe_os_error(err, f"results of {name}")
-        return msg, f"{name}: {msg}"
-    msg = f"{type(err).__name__}: {err}"  # unexpected failures inside the model or writers
-    return msg, f"{name}: failed: {msg}"
+        line = f"{name}: {msg}"
+    else:
+        msg = f"{type(err).__name__}: {err}"  # unexpected failures inside the model or writers
+        line = f"{name}: failed: {msg}"
+    return msg, line.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def segment_job(model, job: VideoJob, options: SegmentOptions, out_root: Path, *, protect: Sequence[Any] = (),
