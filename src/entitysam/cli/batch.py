@@ -4,6 +4,8 @@ runs `entitysam.distributed.local.segment_many_local` and reports its summary.""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -11,17 +13,62 @@ from ..errors import EntitySAMError
 from .options import load_model, print_err, set_threads
 from .wording import user_message
 
-__all__ = ["segment_options", "load_or_report", "shard_of", "segment_shard"]
+__all__ = ["segment_options", "load_or_report", "shard_of", "check_summary_file", "segment_shard"]
 
 
 def shard_of(args) -> tuple[int, int] | None:
     """This process's slice (--shard, torchrun, Slurm array), or None: no sharding."""
-    from ..distributed.local import shard_from_env
+    from ..distributed.local import local_rank, shard_from_env
 
     shard = shard_from_env(args.shard)
+    local_rank()  # a bad LOCAL_RANK is a command-line error too, found before any work
     if shard is None and args.summary is not None:
         raise EntitySAMError("--summary needs --shard (or torchrun)")
     return shard
+
+
+def check_summary_file(summary: str | os.PathLike | None, out_root: Path, names, inputs,
+                       what: str = "--summary", ours: bool = False) -> None:
+    """The summary FILE is replaced at the end of the run: refuse, before any work, a FILE that is
+    a folder or under a file, an input, inside a result folder (replaced as a whole, and the
+    summary would be a file entitysam did not write in it), or an existing file that is not a
+    batch summary. what: how messages name it (``--summary``, or the default file's words).
+    ours: the default file, in entitysam's hidden folder: replaced whatever its content."""
+    from ..distributed.local import SUMMARY_FORMAT
+    from ..io.paths import check_not_input, path_relation
+
+    if not summary:
+        return
+    path = Path(summary)
+    real, real_out = Path(os.path.realpath(path)), Path(os.path.realpath(out_root))
+    inside = real.relative_to(real_out).parts[:1] if path_relation(real, real_out) == "lies inside" else ()
+    if inside and inside[0] in set(names):  # one look-up, not a realpath per video (10,000 on NFS)
+        raise EntitySAMError(f"{what} {path} lies in the result folder {out_root / inside[0]}, which is "
+                             "written as a whole: choose a file outside it")
+    check_not_input(path, [p for p in inputs if isinstance(p, Path)], what)
+    ancestor = path.parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise EntitySAMError(f"{what} {path}: {ancestor} is not a folder")
+    if not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise EntitySAMError(f"{what} {path}: is a folder, expected a file name")
+    if path.is_symlink() or not path.is_file():
+        raise EntitySAMError(f"{what} {path} exists and is not a plain file: refusing to replace it")
+    if ours:
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if text.strip() else {"format": SUMMARY_FORMAT}  # an empty file loses nothing
+    except (OSError, ValueError) as err:
+        if isinstance(err, OSError):
+            raise EntitySAMError(f"{what} {path}: cannot read it ({err.strerror})") from None
+        data = None
+    if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
+        raise EntitySAMError(f"{what} {path} exists and is not an entitysam batch summary: refusing to "
+                             "replace it (choose another file)")
 
 
 def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard, say) -> int:
@@ -32,7 +79,8 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
     from ..distributed.jobs import StreamInterrupted, VideoJob, frame_count
     from ..distributed.local import default_summary_path, local_rank, segment_many_local
 
-    options = replace(segment_options(args, formats, selection), skip_existing=not args.overwrite)
+    options = replace(segment_options(args, formats, selection), skip_existing=not args.overwrite,
+                      redo_unfinished=True)  # resumable: an interrupted video is redone
     jobs = [VideoJob(p, n, frame_count(p, options)) for p, n in zip(inputs, names)]
     rank = local_rank()
     if rank is not None:

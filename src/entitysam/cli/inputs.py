@@ -14,7 +14,7 @@ __all__ = ["collect_inputs", "batch_inputs", "video_name", "is_inside", "written
 def is_inside(path: Path, folder: Path) -> bool:
     try:
         path.resolve().relative_to(folder.resolve())
-    except (ValueError, OSError):
+    except (ValueError, OSError, RuntimeError):  # RuntimeError: a symbolic link loop (Python < 3.13)
         return False
     return True
 
@@ -23,6 +23,8 @@ def _our_manifest(folder: Path) -> bool:
     """Whether `folder` holds a manifest written by this tool (any status): a segment or online
     result's manifest.json, or the run.json of an `eval vipseg` output."""
     for name in ("manifest.json", "run.json"):
+        if not (folder / name).is_file():  # a FIFO there would block the read forever
+            continue
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -159,7 +159,12 @@ def check_output_root(out_root: Path) -> None:
     """-o DIR must be a folder or creatable as one: a file there (or above it) is a usage error."""
     if out_root.exists() and not out_root.is_dir():
         raise EntitySAMError(f"--output {out_root} is an existing file, not a folder: choose a folder for the results")
+    if out_root.is_symlink() and not out_root.exists():  # mkdir cannot create through it
+        raise EntitySAMError(f"--output {out_root} is a symbolic link to nowhere (or a link loop): "
+                             "create its target folder first, or choose another folder")
     for parent in out_root.parents:
+        if parent.is_symlink() and not parent.exists():
+            raise EntitySAMError(f"--output {out_root}: {parent} is a symbolic link to nowhere (or a link loop)")
         if parent.exists():
             if not parent.is_dir():
                 raise EntitySAMError(f"--output {out_root}: {parent} is a file, not a folder")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..argtypes import fps, non_negative_int, positive_int
 from ..errors import EntitySAMError, SourceError
-from .batch import load_or_report, segment_options, segment_shard, shard_of
+from .batch import check_summary_file, load_or_report, segment_options, segment_shard, shard_of
 from .segment_ray import add_ray_arguments, check_ray_args, segment_on_ray
 from .inputs import collect_inputs, video_name
 from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
@@ -140,6 +140,7 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
 
 def run(args) -> int:
     from ..pipeline.result import check_formats
+    from ..distributed.local import default_summary_path
     from ..io.sources import FrameSelection
 
     say = sayer(args.quiet)
@@ -169,6 +170,11 @@ def run(args) -> int:
         if args.ray is None:  # with --ray the model options are the actors', checked where they run
             check_model_args(args)
         shard = shard_of(args) if args.ray is None else None
+        if args.summary or shard is None:
+            check_summary_file(args.summary, Path(args.output), names, inputs)
+        else:  # the default OUT/.entitysam-batch/shard-I-of-N.json: checked too, before any work
+            check_summary_file(default_summary_path(Path(args.output), shard), Path(args.output), names, inputs,
+                               "the summary file", ours=True)
     except EntitySAMError as err:
         print_err(err)
         return 2

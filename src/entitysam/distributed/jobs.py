@@ -56,7 +56,8 @@ class SegmentOptions:
     queue: online mode (``--online`` ...). save_logits: None, "" (``<name>/logits.npz``) or a
     FILE where ``{video}`` is replaced by the name. selection, fps, max_pixels: how the input is
     read. quiet: no progress bars. wait_lock: wait for another process holding the result
-    instead of reporting the video "busy".
+    instead of reporting the video "busy". redo_unfinished: replace an unfinished result of an
+    earlier run (resumable shards) instead of failing the video.
     """
 
     formats: tuple[str, ...] = ("panoptic", "entities", "overlay")
@@ -76,6 +77,7 @@ class SegmentOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     quiet: bool = False
     wait_lock: bool = False
+    redo_unfinished: bool = False
 
 
 @dataclass
@@ -124,6 +126,19 @@ def _logits_file(options: SegmentOptions, name: str) -> str | None:
     return None if not options.save_logits else options.save_logits.replace("{video}", name)
 
 
+def _replaces_result(options: SegmentOptions, final: Path) -> bool:
+    """Whether the result folder may be replaced: with ``overwrite``, or with ``redo_unfinished``
+    (resumable shards) over an unfinished result of an earlier entitysam run (an online video
+    interrupted by Ctrl-C, SIGTERM or a pre-emption, a failed one): redone, not a failure of
+    every re-run. The rules of replacing (only folders entitysam wrote, nothing else in them,
+    never an input) hold either way."""
+    from ..io.manifest import read_manifest, written_by_entitysam  # noqa: PLC0415
+
+    if options.overwrite:
+        return True
+    return options.redo_unfinished and read_manifest(final) is None and written_by_entitysam(final)
+
+
 def prepare_job(job: VideoJob, options: SegmentOptions, out_root: Path, *, protect: Sequence[Any] = (),
                 say: Say = _silent):
     """With the lock of the result held: recover a killed run's leftovers, then the source to
@@ -142,7 +157,7 @@ def prepare_job(job: VideoJob, options: SegmentOptions, out_root: Path, *, prote
     if options.skip_existing and read_manifest(final) is not None:
         say(f"{job.name}: skipped, complete results in {final}")
         return None
-    StagedOutput.check_free(final, options.overwrite, inputs=protect)
+    StagedOutput.check_free(final, _replaces_result(options, final), inputs=protect)
     if logits := _logits_file(options, job.name):
         try:
             check_logits_file(logits, overwrite=options.overwrite, result_dir=final, inputs=protect)
@@ -161,7 +176,8 @@ def _segment_offline(model, source, name: str, out_root: Path, options: SegmentO
 
     t0 = time.perf_counter()
     progress = not options.quiet
-    with StagedOutput(out_root / name, overwrite=options.overwrite, inputs=protect) as staged:
+    replace = _replaces_result(options, out_root / name)
+    with StagedOutput(out_root / name, overwrite=replace, inputs=protect) as staged:
         if options.save_logits is None:
             logits_path = None
         elif options.save_logits == "":
@@ -192,7 +208,7 @@ def _segment_online(model, source, name: str, out_root: Path, options: SegmentOp
     final = out_root / name
     s = stream(model, source, delay=options.delay or 0, dtype=options.dtype, live=options.live,
                queue_size=options.queue or 4, output=final, formats=options.formats, labels=options.labels,
-               overwrite=options.overwrite, keep_images=False, progress=not options.quiet, exact=options.exact,
+               overwrite=_replaces_result(options, final), keep_images=False, progress=not options.quiet, exact=options.exact,
                protect=protect)
     try:
         for _ in s:
@@ -230,16 +246,19 @@ def run_prepared(model, source, job: VideoJob, options: SegmentOptions, out_root
 
 
 def _failure(err: Exception, name: str, describe: Callable[[BaseException], str] = str) -> tuple[str, str]:
-    """(message, line to print) of a video's failure; `describe` words an EntitySAMError."""
+    """(message, line to print) of a video's failure; `describe` words an EntitySAMError. The
+    line is one line: a newline in a file name (in the message) is printed as ``\\n``."""
     from ..io.paths import describe_os_error  # noqa: PLC0415
 
     if isinstance(err, EntitySAMError):
-        return describe(err), f"{name}: {describe(err)}"
-    if isinstance(err, OSError):
+        msg, line = describe(err), f"{name}: {describe(err)}"
+    elif isinstance(err, OSError):
         msg = describe_os_error(err, f"results of {name}")
-        return msg, f"{name}: {msg}"
-    msg = f"{type(err).__name__}: {err}"  # unexpected failures inside the model or writers
-    return msg, f"{name}: failed: {msg}"
+        line = f"{name}: {msg}"
+    else:
+        msg = f"{type(err).__name__}: {err}"  # unexpected failures inside the model or writers
+        line = f"{name}: failed: {msg}"
+    return msg, line.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def segment_job(model, job: VideoJob, options: SegmentOptions, out_root: Path, *, protect: Sequence[Any] = (),
@@ -270,6 +289,10 @@ def segment_job(model, job: VideoJob, options: SegmentOptions, out_root: Path, *
     except OutputLockedError as err:
         say(f"{job.name}: being written by another run: left to it")
         return VideoOutcome(job.name, "busy", output=str(final), error=describe_error(err))
+    except (EntitySAMError, OSError) as err:  # the lock file cannot be made: this video fails, not the batch
+        msg, line = _failure(err, job.name, describe_error)
+        say_error(line)
+        return VideoOutcome(job.name, "failed", seconds=time.perf_counter() - t0, output=str(final), error=msg)
     try:
         if source is None:
             source = prepare_job(job, options, out_root, protect=protect, say=say)

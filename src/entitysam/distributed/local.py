@@ -99,9 +99,14 @@ def _torchrun(env: Mapping[str, str]) -> tuple[int, int] | None:
     if "WORLD_SIZE" not in env:
         return None
     world = _env_int(env, "WORLD_SIZE", 1)
-    if world <= 1:
+    if world < 1:
+        raise sharding.ShardError(f"WORLD_SIZE={env['WORLD_SIZE']!r} in the environment: need at least 1 process")
+    if world == 1:
         return None
-    rank = _env_int(env, "RANK", 0)
+    if env.get("RANK", "").strip() == "":  # every rank would take slice 0: the others never done
+        raise sharding.ShardError(f"WORLD_SIZE={world} in the environment but no RANK: start the ranks with "
+                                  "torchrun, or set RANK (0 .. WORLD_SIZE-1) in each")
+    rank = _env_int(env, "RANK")
     return sharding.check_shard(rank, world, f"(torchrun RANK={rank} of WORLD_SIZE={world})")
 
 
@@ -116,12 +121,18 @@ def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
     if step < 1 or (task - first) % step:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_ID={task} is not on the array's range "
                                   f"(min {first}, step {step}): submit a contiguous array 0-{count - 1}")
+    if "SLURM_ARRAY_TASK_MAX" in env:  # --array=0,2,4 has COUNT 3 but spans 0-4: tasks would miss slices
+        last = _env_int(env, "SLURM_ARRAY_TASK_MAX")
+        if last < first or (last - first) % step or (last - first) // step + 1 != count:
+            raise sharding.ShardError(f"shard 'auto': the array {first}-{last}:{step} does not hold "
+                                      f"SLURM_ARRAY_TASK_COUNT={count} evenly spaced tasks: "
+                                      f"submit a contiguous array 0-{max(count, 1) - 1}")
     index = (task - first) // step
     if count < 1 or not 0 <= index < count:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_ID={task} with SLURM_ARRAY_TASK_MIN={first} "
                                   f"and SLURM_ARRAY_TASK_COUNT={count} is not a slice 0..{count - 1}: "
                                   f"submit a contiguous array 0-{max(count, 1) - 1}")
-    return index, count
+    return sharding.check_shard(index, count, f"'auto' (SLURM_ARRAY_TASK_COUNT={count})")
 
 
 def shard_from_env(text: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
@@ -148,7 +159,12 @@ def shard_from_env(text: str | None, env: Mapping[str, str] | None = None) -> tu
 def local_rank(env: Mapping[str, str] | None = None) -> int | None:
     """LOCAL_RANK under torchrun with more than one process (the GPU of this rank), else None."""
     env = os.environ if env is None else env
-    return _env_int(env, "LOCAL_RANK", 0) if _torchrun(env) else None
+    if not _torchrun(env):
+        return None
+    rank = _env_int(env, "LOCAL_RANK", 0)
+    if rank < 0:
+        raise sharding.ShardError(f"LOCAL_RANK={rank} in the environment: need 0 or more (the GPU of this rank)")
+    return rank
 
 
 def _complete(out_root: Path, name: str) -> bool:

@@ -37,11 +37,14 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)  # a link there is never followed (and truncated)
+
+
 def _open_lock_file(path: Path) -> int:
     """Open (create) a lock file. A batch run holds one per video: when the soft limit of open
     files is reached, it is raised to the hard limit once."""
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(path, _LOCK_FLAGS, 0o644)
     except OSError as err:
         if err.errno != errno.EMFILE:
             raise
@@ -53,7 +56,7 @@ def _open_lock_file(path: Path) -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             raise err from None
-        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        return os.open(path, _LOCK_FLAGS, 0o644)
 
 
 class OutputLock:
@@ -115,6 +118,9 @@ class OutputLock:
                 fd = _open_lock_file(self.path)
             except OSError as err:
                 self._remove_created_parents()
+                if err.errno == errno.ELOOP or os.path.isdir(self.path):
+                    raise OutputError(f"the lock file {self.path} is not a plain file (a symbolic link or a "
+                                      "folder): remove it, entitysam creates it") from None
                 raise OutputError(describe_os_error(err, "the output folder")) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -212,9 +212,10 @@ class Frame:
 
 
 def natural_key(name: str) -> tuple:
-    """Sort key with digit runs compared as numbers: 2.jpg < 10.jpg; ties broken by the name."""
+    """Sort key with digit runs compared as numbers: 2.jpg < 10.jpg; ties broken by the name
+    (kept apart from the parts: "c" and "c2" compare their parts, never a name with a number)."""
     parts = re.split(r"(\d+)", name.lower())
-    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)) + (name,)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
 class FrameSource:

@@ -48,6 +48,9 @@ class VideoFileSource(FrameSource):
                     duration = container.duration / 1_000_000
                 # Stored size; frames come out rotated by the display matrix (width and height
                 # swapped for a quarter turn), known from the first decoded frame.
+                if stream.codec_context is None:  # a damaged header: the stream has no decoder
+                    raise SourceError(f"cannot read video {path}: its video stream has no usable codec "
+                                      "(a damaged file, or a codec this PyAV cannot decode)")
                 self.width, self.height = stream.codec_context.width, stream.codec_context.height
                 check_frame_size(str(path), "its video stream", self.width, self.height, check_max_pixels(max_pixels))
         except SourceError:
