@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..argtypes import INT64_MAX, MAX_THREADS, check_int
+from ..errors import InvalidArgumentError
 
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
@@ -99,7 +100,7 @@ def coerce(value: Any, current: Any, key: str) -> Any:
     return _scalar(value, current, key)
 
 
-class _DuplicateKey(ValueError):
+class _DuplicateKey(InvalidArgumentError):
     """A key given twice in one mapping of a config file: the parsers would keep the last value
     without a word, so the user's first value (maybe the one they edited) would silently not count."""
 
