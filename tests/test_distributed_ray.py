@@ -18,6 +18,7 @@ import pytest
 
 from _video_compare import DecodedVideo
 from entitysam.distributed.jobs import SegmentOptions, VideoJob, segment_job
+from entitysam.io.sources import FrameSelection
 
 NUM_VIDEOS = 6
 TIMINGS = ("seconds", "created")  # the only manifest keys that differ between runs
@@ -95,6 +96,12 @@ def test_two_actors_write_what_a_sequential_run_writes(ray_session, videos, sequ
     # a re-run with skip_existing finds every result complete on the driver: no actor started
     again = segment_many(videos, out, model="demo", options=SegmentOptions(skip_existing=True), progress=False)
     assert again.names("skipped") == [p.name for p in videos] and again.actors == 0
+    assert results(out) == tree(sequential)
+    # one that does not answer the run (another frame selection) is not skipped: it fails, untouched
+    other = SegmentOptions(skip_existing=True, selection=FrameSelection(max_frames=1))
+    mismatched = segment_many(videos[:1], out, model="demo", device="cpu", options=other, progress=False)
+    assert mismatched.names("failed") == [videos[0].name]
+    assert "made from other frames" in mismatched.outcomes[0].error
     assert results(out) == tree(sequential)
 
 

@@ -71,7 +71,9 @@ def add_parser(sub) -> None:
                      help="temporary on-disk logits: float32 (default) is exact, float16 halves the disk space")
     add_overwrite(out, "replace existing results (only folders entitysam wrote, never an input; "
                        "and an existing --save-logits FILE)")
-    out.add_argument("--skip-existing", action="store_true", help="skip videos whose results are complete")
+    out.add_argument("--skip-existing", action="store_true",
+                     help="skip videos whose complete results answer this run (same mode, frames and "
+                          "--save formats; one made otherwise fails its video: --overwrite replaces it)")
     out.add_argument("--wait-lock", action="store_true",
                      help="when another entitysam run is writing the same result folder, wait for it to finish "
                           "(default: fail at once, naming its pid)")

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import EntitySAMError, OutputError, SourceError
+from ..errors import EntitySAMError, OutputError, Remedy, SourceError
 from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection
+from .resume import mismatches
 
 __all__ = ["VideoJob", "SegmentOptions", "VideoOutcome", "StreamInterrupted", "STATUSES", "prepare_job",
            "run_prepared", "segment_job", "frame_count"]
@@ -154,7 +155,10 @@ def prepare_job(job: VideoJob, options: SegmentOptions, out_root: Path, *, prote
     final = out_root / job.name
     if recovered := recover_output(final):
         say(f"{job.name}: {recovered} (a killed run had left it half replaced)")
-    if options.skip_existing and read_manifest(final) is not None:
+    if options.skip_existing and (manifest := read_manifest(final)) is not None:
+        if reasons := mismatches(manifest, options):  # replacing it takes --overwrite
+            raise OutputError(f"{final} holds a complete result that does not answer this run: it "
+                              + "; it ".join(reasons), Remedy("overwrite", True, "to replace it"))
         say(f"{job.name}: skipped, complete results in {final}")
         return None
     StagedOutput.check_free(final, _replaces_result(options, final), inputs=protect)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import sharding
 from ..io.atomic import write_json_atomic
 from .jobs import STATUSES, SegmentOptions, VideoJob, VideoOutcome, segment_job
+from .resume import mismatches
 
 __all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
            "default_summary_path", "local_rank"]
@@ -167,10 +168,13 @@ def local_rank(env: Mapping[str, str] | None = None) -> int | None:
     return rank
 
 
-def _complete(out_root: Path, name: str) -> bool:
+def _complete(out_root: Path, name: str, options: SegmentOptions) -> bool:
+    """A complete result that answers this run is there (one that does not is left to
+    `segment_job`, which reports why)."""
     from ..io.manifest import read_manifest  # noqa: PLC0415
 
-    return read_manifest(out_root / name) is not None
+    manifest = read_manifest(out_root / name)
+    return manifest is not None and not mismatches(manifest, options)
 
 
 def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOptions, out_root: Path,
@@ -192,7 +196,7 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
     summary = BatchSummary(shard=tuple(shard), videos=[j.name for j in mine])
     net = None if callable(model) and not hasattr(model, "parameters") else model
     for k, job in enumerate(mine, 1):
-        if options.skip_existing and _complete(out_root, job.name):  # cheap: no lock, no model
+        if options.skip_existing and _complete(out_root, job.name, options):  # cheap: no lock, no model
             say(f"[{k}/{len(mine)}] {job.name}: skipped, complete results in {out_root / job.name}")
             summary.outcomes.append(VideoOutcome(job.name, "skipped", output=str(out_root / job.name)))
             continue

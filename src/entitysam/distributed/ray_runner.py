@@ -34,6 +34,7 @@ from ..io.atomic import write_json_atomic
 from ..io.sources import result_name
 from .jobs import SegmentOptions, VideoJob, VideoOutcome, frame_count
 from .local import BatchSummary
+from .resume import mismatches
 from .ray_pool import ModelSpec, Pool, WorkerLost, actor_class, first_line, run_pool
 
 __all__ = ["RAY_INSTALL_HINT", "RayNotInstalledError", "RaySummary", "import_ray", "make_jobs", "longest_first",
@@ -253,7 +254,8 @@ def _skip_complete(jobs: Sequence[VideoJob], options: SegmentOptions, out_root: 
         return {}
     skipped = {}
     for job in jobs:
-        if read_manifest(out_root / job.name) is not None:
+        manifest = read_manifest(out_root / job.name)
+        if manifest is not None and not mismatches(manifest, options):  # else an actor reports why
             say(f"{job.name}: skipped, complete results in {out_root / job.name}")
             skipped[job.name] = VideoOutcome(job.name, "skipped", output=str(out_root / job.name))
     return skipped
