@@ -401,6 +401,55 @@ def test_wait_lock_waits_for_the_other_run(tmp_path, tiny_checkpoint):
                 p.wait()
 
 
+def _segment_waiting(images, out, checkpoint):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-m", "entitysam", "segment", *map(str, images), "-o", str(out),
+                             "--checkpoint", str(checkpoint), "--save", "panoptic", "--wait-lock", "--threads", "1"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_a_run_waiting_for_a_lock_holds_none_that_sorts_after_it(tmp_path, tiny_checkpoint):
+    """`segment b a --wait-lock` took b's lock, then waited for a's while holding b: a second run
+    `segment a b --wait-lock` that got a would wait for b, and both waited forever. Every run now
+    takes its locks in one order (a before b), so while it waits for a it holds nothing."""
+    a, b = still(tmp_path / "a.png"), still(tmp_path / "b.png")
+    out = tmp_path / "out"
+    holder = _hold_lock(out / "a")
+    waiter = _segment_waiting([b, a], out, tiny_checkpoint)
+    try:
+        assert f"pid {holder.pid}); waiting" in waiter.stderr.readline()
+        with OutputLock.acquire(out / "b"):  # free: the waiting run does not hold it
+            pass
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        _, err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0, err
+        assert read_manifest(out / "a") is not None and read_manifest(out / "b") is not None
+    finally:
+        for p in (holder, waiter):
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+
+
+def test_two_waiting_runs_over_the_same_videos_in_opposite_orders_both_finish(tmp_path, tiny_checkpoint):
+    images = [still(tmp_path / f"{name}.png") for name in ("a", "b", "c", "d")]
+    out = tmp_path / "out"
+    runs = [_segment_waiting(images, out, tiny_checkpoint), _segment_waiting(images[::-1], out, tiny_checkpoint)]
+    try:
+        for proc in runs:
+            _, err = proc.communicate(timeout=300)
+            # the second run to get a lock finds a complete result: without --skip-existing it fails, once
+            assert proc.returncode in (0, 1), err
+            assert "Traceback" not in err
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+    assert all(read_manifest(out / name) is not None for name in "abcd")
+
+
 def test_lock_is_reentrant_and_leaves_no_file(tmp_path):
     final = tmp_path / "out" / "vid"
     with OutputLock.acquire(final):

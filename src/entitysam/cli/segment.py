@@ -203,12 +203,21 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
     local_inputs = [p for p in inputs if isinstance(p, Path)]
     todo = []
     failed: list[tuple[str, str]] = []
+    # Every lock is held until the run ends: a second run on the same result fails fast (or waits
+    # with --wait-lock) instead of silently replacing this one's result. They are taken in one
+    # order, the same in every run, so that two runs waiting for each other's videos (`a b` and
+    # `b a` with --wait-lock) cannot each hold what the other waits for.
+    lock_errors: dict[str, Exception] = {}
+    for name in sorted(names, key=lambda n: os.path.join(os.path.realpath(out_root), n)):
+        try:
+            locks.append(OutputLock.acquire(out_root / name, wait=args.wait_lock, on_wait=say))
+        except (EntitySAMError, OSError) as err:
+            lock_errors[name] = err
     for path, name in zip(inputs, names):
         job = VideoJob(path, name)
         try:  # validate every input and output before loading the model
-            # The lock is held until the run ends: a second run on the same result fails fast
-            # (or waits with --wait-lock) instead of silently replacing this one's result.
-            locks.append(OutputLock.acquire(out_root / name, wait=args.wait_lock, on_wait=say))
+            if name in lock_errors:
+                raise lock_errors[name]
             source = prepare_job(job, options, out_root, protect=local_inputs, say=say)
         except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
             print_err(err, name)
