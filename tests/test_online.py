@@ -487,7 +487,11 @@ def test_cli_end_to_end(media, model, tmp_path, capsys):
     assert run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q") == 1
     assert "already holds results" in capsys.readouterr().err
     assert run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q",
-                   "--skip-existing") == 0
+                   "--delay", "2", "--skip-existing") == 0
+    # made with another look-ahead: not skipped, refused (another --delay gives other results)
+    assert run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q",
+                   "--skip-existing") == 1
+    assert "was made with delay 2 (this run: 0)" in capsys.readouterr().err
     assert run_cli(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "--online", "-q",
                    "--overwrite", "--save", "panoptic") == 0
     assert sorted(p.name for p in d.iterdir()) == ["entities.jsonl", "manifest.json", "panoptic", "panoptic.json"]
