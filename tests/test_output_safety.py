@@ -333,7 +333,7 @@ def test_cli_recovers_a_killed_replacement_before_running(tmp_path, tiny_checkpo
     (out / "still").rename(out / ".still.partial-999999999-aaaa")
     staging._write_journal(out / ".still.commit.json", {"old": ".still.old-999999999-bbbb",
                                                          "new": ".still.partial-999999999-aaaa"})
-    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--skip-existing") == 0
+    assert run(image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "panoptic", "--skip-existing") == 0
     err = capsys.readouterr().err
     assert "finished replacing the result" in err and "skipped, complete results" in err
     assert sorted(p.name for p in out.iterdir()) == ["still"]
