@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
                         frame_out_of_memory)
-from .video_file import av_message, import_av, stream_display, video_frame_to_rgb
+from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb
 
 
 # URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
@@ -121,7 +121,7 @@ class LiveSource(FrameSource):
         av = self._av
         what = "video device" if self._format == "v4l2" else "stream"
         try:
-            return av.open(self.url, format=self._format, options=self._options, timeout=self._timeout)
+            return open_container(self.url, format=self._format, options=self._options, timeout=self._timeout)
         except av.error.FFmpegError as err:
             hint = ("check that the camera is connected and not in use by another program" if what == "video device"
                     else "check the address, and that the camera or server is running and reachable from this machine")

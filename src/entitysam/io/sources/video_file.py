@@ -21,6 +21,13 @@ def import_av():
     return av
 
 
+def open_container(url: str, **kwargs):
+    """av.open for reading. Metadata tags that are not UTF-8 (the Latin-1 title of an old AVI, or
+    a hostile file) are read with replacement characters: PyAV decodes every tag while it opens
+    the input, and would otherwise fail the open itself with a UnicodeDecodeError."""
+    return import_av().open(url, metadata_errors="replace", **kwargs)
+
+
 class VideoFileSource(FrameSource):
     """The first video stream of a file, decoded with PyAV."""
 
@@ -34,7 +41,7 @@ class VideoFileSource(FrameSource):
         if path.stat().st_size == 0:
             raise SourceError(f"{path}: empty file (0 bytes), not a video")
         try:
-            with av.open(str(path)) as container:
+            with open_container(str(path)) as container:
                 if not container.streams.video:
                     raise SourceError(f"{path}: no video stream in the file")
                 stream = container.streams.video[0]
@@ -72,7 +79,7 @@ class VideoFileSource(FrameSource):
         index = -1
         _check_regular_file(self.path, "video")  # again: the file may have been replaced since it was opened
         try:
-            with av.open(str(self.path)) as container:
+            with open_container(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 t0 = None
