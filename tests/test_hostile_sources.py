@@ -4,6 +4,7 @@ size limits and streams: test_hostile_inputs.py."""
 
 from __future__ import annotations
 
+import struct
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from _cli import run_cli
-from _media import scene
-from entitysam.io.sources import open_source
+from _media import scene, write_video
+from entitysam.io.sources import FrameSelection, open_source
 from entitysam.io.sources.video_seek import VideoSeek
 
 
@@ -67,3 +68,27 @@ def test_metadata_that_is_not_utf8(tmp_path, tiny_checkpoint, ext):
     r = run_cli(video, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q")
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert (tmp_path / "out" / "title" / "manifest.json").is_file()
+
+
+def _with_duration(path: Path, ms: float) -> Path:
+    """The Matroska file `path` with the Duration of its header (EBML id 0x4489, an 8-byte float, in
+    milliseconds: the default TimecodeScale) set to `ms`."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")
+    assert at > 0 and data.find(b"\x44\x89\x88", at + 1) < 0
+    data[at + 3:at + 11] = struct.pack(">d", ms)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_header_declaring_billions_of_frames_does_not_hang(tmp_path, tiny_checkpoint):
+    """The frame count estimated from a header (10^9 s at 10 fps) was counted frame by frame
+    (FrameSelection.count ran the selection over every index): the run hung before reading a frame."""
+    video = _with_duration(write_video(tmp_path / "long.mkv", 10), 1e12)
+    assert within(10, open_source(video).count_hint) == 10 ** 10
+    assert within(10, FrameSelection(start="2.5s", end=1000, stride=3).count, 10 ** 15, 10.0) == 325
+    assert within(10, FrameSelection(max_frames=7).count, 2 ** 62, 30.0) == 7
+    r = run_cli(video, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q", timeout=90)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "long: " in r.stderr and "truncated or corrupt video" in r.stderr
+    assert not (tmp_path / "out" / "long").exists()
