@@ -13,6 +13,7 @@ import pytest
 
 from _cli import run_cli
 from _media import scene, write_video
+from entitysam.errors import SourceError
 from entitysam.io.sources import FrameSelection, open_source
 from entitysam.io.sources.video_seek import VideoSeek
 
@@ -92,3 +93,42 @@ def test_a_header_declaring_billions_of_frames_does_not_hang(tmp_path, tiny_chec
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert "long: " in r.stderr and "truncated or corrupt video" in r.stderr
     assert not (tmp_path / "out" / "long").exists()
+
+
+def _write_timed(path: Path, times: list[int]) -> Path:
+    """A Matroska video of intra-coded frames at `times` (tenths of a second): a variable frame
+    rate, as screen recorders write when the screen does not change."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
+        s.time_base = Fraction(1, 10)
+        packets = [p for t in range(len(times)) for p in s.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24"))]
+        packets += list(s.encode())
+        for p, t in zip(packets, times):
+            p.pts = p.dts = t
+            c.mux(p)
+    return path
+
+
+def test_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path, tiny_checkpoint):
+    """Ten frames over 4.6 s (a pause of 3.7 s after the fourth): Matroska stores no frame count, the
+    estimate (4.6 s x 10 fps = 46 frames) made the complete video fail as "truncated or corrupt"."""
+    video = _write_timed(tmp_path / "pause.mkv", [0, 1, 2, 3, 40, 41, 42, 43, 44, 45])
+    frames = list(open_source(video))
+    assert [round(f.time, 3) for f in frames] == [0, 0.1, 0.2, 0.3, 4.0, 4.1, 4.2, 4.3, 4.4, 4.5]
+    assert [f.index for f in open_source(video, FrameSelection(start="2.5s"))] == [4, 5, 6, 7, 8, 9]
+    r = run_cli(video, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert len(list((tmp_path / "out" / "pause" / "panoptic").iterdir())) == 10
+    # The same video cut after its fourth frame still stops short of the declared 4.6 s: truncated.
+    import av
+
+    with av.open(str(video)) as c:
+        fifth = [p.pos for p in c.demux(video=0) if p.size][4]  # where the fifth frame's packet starts
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(video.read_bytes()[:fifth])
+    with pytest.raises(SourceError, match=r"cut.mkv: truncated or corrupt video: its header announces 46 frames "
+                                          r"but only 4 could be decoded"):
+        list(open_source(cut))
