@@ -132,3 +132,17 @@ def test_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path, tiny_ch
     with pytest.raises(SourceError, match=r"cut.mkv: truncated or corrupt video: its header announces 46 frames "
                                           r"but only 4 could be decoded"):
         list(open_source(cut))
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_an_unreadable_input_with_a_newline_in_its_name_is_one_error_line(tmp_path, tiny_checkpoint, online):
+    """Inputs refused before the model loads (not found, not a video) were printed with the newline
+    of their name, on two lines; the failures of a run already showed it as \\n."""
+    (tmp_path / "not\na video.mp4").write_bytes(b"not a video")
+    r = run_cli(tmp_path / "not\na video.mp4", tmp_path / "gone\nfile.mp4", "-o", tmp_path / "out",
+                "--checkpoint", tiny_checkpoint, "-q", *(["--online"] if online else []))
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 3 and all(line.startswith("error: ") for line in lines), r.stderr
+    assert lines[0].startswith("error: not_a video: cannot read video ") and "not\\na video.mp4" in lines[0]
+    assert lines[1].startswith("error: gone_file: input not found: ") and lines[1].endswith("gone\\nfile.mp4")
+    assert lines[2] == "error: 2 of 2 videos failed: not_a video, gone_file"
