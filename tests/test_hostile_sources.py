@@ -146,3 +146,13 @@ def test_an_unreadable_input_with_a_newline_in_its_name_is_one_error_line(tmp_pa
     assert lines[0].startswith("error: not_a video: cannot read video ") and "not\\na video.mp4" in lines[0]
     assert lines[1].startswith("error: gone_file: input not found: ") and lines[1].endswith("gone\\nfile.mp4")
     assert lines[2] == "error: 2 of 2 videos failed: not_a video, gone_file"
+
+
+def test_several_inputs_that_all_fail_leave_no_output_folder(tmp_path, tiny_checkpoint):
+    """The first lock created -o DIR and was released first, while the others' lock files were still
+    in it: an empty DIR stayed behind (one failing input left none)."""
+    (tmp_path / "a.mp4").write_bytes(b"not a video")
+    r = run_cli(tmp_path / "a.mp4", tmp_path / "b.mp4", "-o", tmp_path / "new" / "out", "--checkpoint",
+                tiny_checkpoint, "-q")
+    assert r.returncode == 1 and "error: 2 of 2 videos failed: a, b" in r.stderr, r.stderr
+    assert not (tmp_path / "new").exists()

@@ -190,7 +190,9 @@ def run(args) -> int:
     try:
         return _segment_all(args, inputs, names, formats, selection, out_root, locks, say)
     finally:
-        for lock in locks:  # (the OS releases them too if this process is killed)
+        # Last taken, first released: the first lock created the output folder and removes it if
+        # it is left empty (every input failed), which it can only do once the other lock files are gone.
+        for lock in reversed(locks):  # (the OS releases them too if this process is killed)
             lock.release()
 
 
