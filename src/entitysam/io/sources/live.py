@@ -102,6 +102,9 @@ class LiveSource(FrameSource):
                 raise SourceError(f"{self.url}: no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            if stream.codec_context is None:  # PyAV found no decoder for it (as for a file: video_file.py)
+                raise SourceError(f"cannot read stream {self.url}: its video stream has no usable codec (a codec "
+                                  "this PyAV cannot decode, or a damaged stream)")
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
             check_frame_size(self.url, "its video stream", self.width, self.height, check_max_pixels(max_pixels))
         except BaseException:
