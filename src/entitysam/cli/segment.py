@@ -190,12 +190,14 @@ def run(args) -> int:
     try:
         return _segment_all(args, inputs, names, formats, selection, out_root, locks, say)
     finally:
-        for lock in locks:  # (the OS releases them too if this process is killed)
+        # Last taken, first released: the first lock created the output folder and removes it if
+        # it is left empty (every input failed), which it can only do once the other lock files are gone.
+        for lock in reversed(locks):  # (the OS releases them too if this process is killed)
             lock.release()
 
 
 def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
-    from ..distributed.jobs import StreamInterrupted, VideoJob, prepare_job, segment_job
+    from ..distributed.jobs import StreamInterrupted, VideoJob, one_line, prepare_job, segment_job
     from ..io.output_lock import OutputLock
     from ..io.paths import UnsafeOverwriteError, describe_os_error
 
@@ -219,17 +221,19 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
             if name in lock_errors:
                 raise lock_errors[name]
             source = prepare_job(job, options, out_root, protect=local_inputs, say=say)
+        # One line each, as the failures of segment_job: the messages quote the input's path,
+        # and a newline in a file name would split them.
         except UnsafeOverwriteError as err:  # a dangerous or unusable command line: nothing runs
-            print_err(err, name)
+            print_err(one_line(user_message(err)), name)
             return 2
         except EntitySAMError as err:
             failed.append((name, str(err)))
-            print_err(err, name)
+            print_err(one_line(user_message(err)), name)
             continue
         except OSError as err:
             msg = describe_os_error(err, f"results of {name}")
             failed.append((name, msg))
-            print_err(f"{name}: {msg}")
+            print_err(one_line(f"{name}: {msg}"))
             continue
         if source is not None:
             todo.append((source, job))

@@ -24,7 +24,7 @@ from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection
 from .resume import mismatches
 
 __all__ = ["VideoJob", "SegmentOptions", "VideoOutcome", "StreamInterrupted", "STATUSES", "prepare_job",
-           "run_prepared", "segment_job", "frame_count"]
+           "run_prepared", "segment_job", "frame_count", "one_line"]
 
 STATUSES = ("done", "skipped", "busy", "failed")
 Say = Callable[[str], None]
@@ -262,7 +262,13 @@ def _failure(err: Exception, name: str, describe: Callable[[BaseException], str]
     else:
         msg = f"{type(err).__name__}: {err}"  # unexpected failures inside the model or writers
         line = f"{name}: failed: {msg}"
-    return msg, line.replace("\r", "\\r").replace("\n", "\\n")
+    return msg, one_line(line)
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: a newline or carriage return (in a file name the message quotes) is
+    written ``\\n`` / ``\\r``, so that each error stays one ``error:`` line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def segment_job(model, job: VideoJob, options: SegmentOptions, out_root: Path, *, protect: Sequence[Any] = (),

@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
                         frame_out_of_memory)
-from .video_file import av_message, import_av, stream_display, video_frame_to_rgb
+from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb
 
 
 # URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
@@ -102,6 +102,9 @@ class LiveSource(FrameSource):
                 raise SourceError(f"{self.url}: no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            if stream.codec_context is None:  # PyAV found no decoder for it (as for a file: video_file.py)
+                raise SourceError(f"cannot read stream {self.url}: its video stream has no usable codec (a codec "
+                                  "this PyAV cannot decode, or a damaged stream)")
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
             check_frame_size(self.url, "its video stream", self.width, self.height, check_max_pixels(max_pixels))
         except BaseException:
@@ -121,7 +124,7 @@ class LiveSource(FrameSource):
         av = self._av
         what = "video device" if self._format == "v4l2" else "stream"
         try:
-            return av.open(self.url, format=self._format, options=self._options, timeout=self._timeout)
+            return open_container(self.url, format=self._format, options=self._options, timeout=self._timeout)
         except av.error.FFmpegError as err:
             hint = ("check that the camera is connected and not in use by another program" if what == "video device"
                     else "check the address, and that the camera or server is running and reachable from this machine")

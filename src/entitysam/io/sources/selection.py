@@ -189,8 +189,26 @@ class FrameSelection:
             yield index, time, payload
 
     def count(self, total: int, fps: float) -> int:
-        """How many of `total` frames at `fps` (constant rate) are selected."""
-        return sum(1 for _ in self.apply((i, i / fps, None) for i in range(total)))
+        """How many of `total` frames at `fps` (constant rate) are selected. Computed from the
+        first selected frame and the first one past the end, each found by bisection, not by
+        running `apply` over every frame: a video header may declare billions of frames."""
+        first = _first_index(total, lambda i: self._after_start(i, i / fps))
+        stop = _first_index(total, lambda i: not self._before_end(i, i / fps))
+        selected = len(range(first, stop, self.stride))
+        return selected if self.max_frames is None else min(selected, self.max_frames)
+
+
+def _first_index(total: int, test) -> int:
+    """The smallest index in [0, total) for which `test` holds, else `total` (at least 0); `test`
+    is False, then True from some index on (times grow with the index at a constant rate)."""
+    lo, hi = 0, max(total, 0)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if test(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 # ----------------------------------------------------------------------------- frames

@@ -21,6 +21,13 @@ def import_av():
     return av
 
 
+def open_container(url: str, **kwargs):
+    """av.open for reading. Metadata tags that are not UTF-8 (the Latin-1 title of an old AVI, or
+    a hostile file) are read with replacement characters: PyAV decodes every tag while it opens
+    the input, and would otherwise fail the open itself with a UnicodeDecodeError."""
+    return import_av().open(url, metadata_errors="replace", **kwargs)
+
+
 class VideoFileSource(FrameSource):
     """The first video stream of a file, decoded with PyAV."""
 
@@ -34,7 +41,7 @@ class VideoFileSource(FrameSource):
         if path.stat().st_size == 0:
             raise SourceError(f"{path}: empty file (0 bytes), not a video")
         try:
-            with av.open(str(path)) as container:
+            with open_container(str(path)) as container:
                 if not container.streams.video:
                     raise SourceError(f"{path}: no video stream in the file")
                 stream = container.streams.video[0]
@@ -59,8 +66,9 @@ class VideoFileSource(FrameSource):
             raise SourceError(f"cannot read video {path}: {av_message(err)} (not a video file, an unsupported "
                               "container or codec, or a truncated file)") from None
         native_fps = float(rate) if rate else None
-        if not self._frames_hint and duration and native_fps:
-            self._frames_hint = int(round(duration * native_fps))
+        self._duration = duration if duration and duration > 0 else None  # (a header may say -10^9 s)
+        if not self._frames_hint and self._duration and native_fps:
+            self._frames_hint = int(round(self._duration * native_fps))
         super().__init__(path.stem, fps or native_fps or DEFAULT_FPS, selection, path, max_pixels)
         self.native_fps = native_fps
 
@@ -72,10 +80,10 @@ class VideoFileSource(FrameSource):
         index = -1
         _check_regular_file(self.path, "video")  # again: the file may have been replaced since it was opened
         try:
-            with av.open(str(self.path)) as container:
+            with open_container(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
-                t0 = None
+                t0 = last = None
                 for frame in container.decode(stream):
                     index += 1
                     t = frame.time
@@ -83,7 +91,7 @@ class VideoFileSource(FrameSource):
                         t = index / self.fps
                     else:
                         t0 = t if t0 is None else t0
-                        t = t - t0
+                        t = last = t - t0
                     yield index, t, frame
         except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
             raise frame_out_of_memory(str(self.path), f"frame {index + 1:06d}", self.width, self.height) from None
@@ -93,10 +101,19 @@ class VideoFileSource(FrameSource):
         # Reached the end of the stream: a file cut short decodes fewer frames than announced.
         decoded, expected = index + 1, self._frames_hint
         tolerance = 1 if self._frames_exact else max(2, expected // 20)
-        if expected and decoded < expected - tolerance:
+        if expected and decoded < expected - tolerance and not self._lasts_its_duration(last, tolerance):
             raise SourceError(f"{self.path}: truncated or corrupt video: its header announces {expected} frames "
                               f"but only {decoded} could be decoded (frame {decoded:06d} is the first missing one; "
                               f"{_frames_before(index)})", *_stop_before(index))
+
+    def _lasts_its_duration(self, last: float | None, tolerance: int) -> bool:
+        """Whether the last decoded frame (`last` s after the first) reaches the duration the header
+        declares, when the frame count is only estimated from it (duration x average rate): a video of
+        variable frame rate decodes fewer frames than that over its whole duration, while a file cut
+        short also stops early in time."""
+        if self._frames_exact or last is None or not self._duration or not self.native_fps:
+            return False
+        return last + (tolerance + 1) / self.native_fps >= self._duration
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from ...errors import EntitySAMError
 from .selection import DEFAULT_MAX_PIXELS, Frame, FrameSelection
-from .video_file import VideoFileSource, import_av
+from .video_file import VideoFileSource, import_av, open_container
 
 __all__ = ["VideoSeek"]
 
@@ -93,7 +93,7 @@ class VideoSeek:
         av = import_av()
         self.seeks += 1
         try:
-            with av.open(str(self.path)) as container:
+            with open_container(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 container.seek(self.pts[k], stream=stream, backward=True, any_frame=False)

@@ -1,0 +1,191 @@
+"""Hostile or unusual video files read without a traceback, a hang or a false error: metadata
+that is not UTF-8, headers that declare absurd lengths, variable frame rates. Special files,
+size limits and streams: test_hostile_inputs.py."""
+
+from __future__ import annotations
+
+import http.server
+import struct
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from _cli import run_cli
+from _media import scene, write_video
+from entitysam.errors import SourceError
+from entitysam.io.sources import FrameSelection, open_source
+from entitysam.io.sources.video_seek import VideoSeek
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def within(seconds, fn, *args):
+    """fn(*args) on a daemon thread; fails if it has not returned or raised within `seconds`."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the test
+            box["error"] = err
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    th.join(seconds)
+    assert not th.is_alive(), f"{fn.__name__} blocked for more than {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _write_with_title(path: Path, n: int = 4) -> Path:
+    """A video whose container and stream titles hold a byte that is not UTF-8 (0xff)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        c.metadata["title"] = "QQQQQQQQ"
+        s = c.add_stream("libx264", rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.metadata["title"] = "ZZZZZZZZ"
+        for t in range(n):
+            for p in s.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    data = path.read_bytes()
+    assert data.count(b"QQQQQQQQ") == 1 and data.count(b"ZZZZZZZZ") == 1
+    path.write_bytes(data.replace(b"QQQQQQQQ", b"Q\xffQQQQQQ").replace(b"ZZZZZZZZ", b"Z\xe9ZZZZZZ"))
+    return path
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4"])
+def test_metadata_that_is_not_utf8(tmp_path, tiny_checkpoint, ext):
+    """Latin-1 (or hostile) metadata tags: PyAV raised UnicodeDecodeError from the open, a traceback."""
+    video = _write_with_title(tmp_path / f"title{ext}")
+    assert [f.name for f in open_source(video)] == ["000000", "000001", "000002", "000003"]
+    assert len(list(VideoSeek(video).frames())) == 4
+    r = run_cli(video, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "out" / "title" / "manifest.json").is_file()
+
+
+def _with_duration(path: Path, ms: float) -> Path:
+    """The Matroska file `path` with the Duration of its header (EBML id 0x4489, an 8-byte float, in
+    milliseconds: the default TimecodeScale) set to `ms`."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"\x44\x89\x88")
+    assert at > 0 and data.find(b"\x44\x89\x88", at + 1) < 0
+    data[at + 3:at + 11] = struct.pack(">d", ms)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_header_declaring_billions_of_frames_does_not_hang(tmp_path, tiny_checkpoint):
+    """The frame count estimated from a header (10^9 s at 10 fps) was counted frame by frame
+    (FrameSelection.count ran the selection over every index): the run hung before reading a frame."""
+    video = _with_duration(write_video(tmp_path / "long.mkv", 10), 1e12)
+    assert within(10, open_source(video).count_hint) == 10 ** 10
+    assert within(10, FrameSelection(start="2.5s", end=1000, stride=3).count, 10 ** 15, 10.0) == 325
+    assert within(10, FrameSelection(max_frames=7).count, 2 ** 62, 30.0) == 7
+    r = run_cli(video, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q", timeout=90)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "long: " in r.stderr and "truncated or corrupt video" in r.stderr
+    assert not (tmp_path / "out" / "long").exists()
+
+
+def _write_timed(path: Path, times: list[int]) -> Path:
+    """A Matroska video of intra-coded frames at `times` (tenths of a second): a variable frame
+    rate, as screen recorders write when the screen does not change."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
+        s.time_base = Fraction(1, 10)
+        packets = [p for t in range(len(times)) for p in s.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24"))]
+        packets += list(s.encode())
+        for p, t in zip(packets, times):
+            p.pts = p.dts = t
+            c.mux(p)
+    return path
+
+
+def test_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path, tiny_checkpoint):
+    """Ten frames over 4.6 s (a pause of 3.7 s after the fourth): Matroska stores no frame count, the
+    estimate (4.6 s x 10 fps = 46 frames) made the complete video fail as "truncated or corrupt"."""
+    video = _write_timed(tmp_path / "pause.mkv", [0, 1, 2, 3, 40, 41, 42, 43, 44, 45])
+    frames = list(open_source(video))
+    assert [round(f.time, 3) for f in frames] == [0, 0.1, 0.2, 0.3, 4.0, 4.1, 4.2, 4.3, 4.4, 4.5]
+    assert [f.index for f in open_source(video, FrameSelection(start="2.5s"))] == [4, 5, 6, 7, 8, 9]
+    r = run_cli(video, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert len(list((tmp_path / "out" / "pause" / "panoptic").iterdir())) == 10
+    # The same video cut after its fourth frame still stops short of the declared 4.6 s: truncated.
+    import av
+
+    with av.open(str(video)) as c:
+        fifth = [p.pos for p in c.demux(video=0) if p.size][4]  # where the fifth frame's packet starts
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(video.read_bytes()[:fifth])
+    with pytest.raises(SourceError, match=r"cut.mkv: truncated or corrupt video: its header announces 46 frames "
+                                          r"but only 4 could be decoded"):
+        list(open_source(cut))
+
+
+@pytest.mark.parametrize("online", [False, True])
+def test_an_unreadable_input_with_a_newline_in_its_name_is_one_error_line(tmp_path, tiny_checkpoint, online):
+    """Inputs refused before the model loads (not found, not a video) were printed with the newline
+    of their name, on two lines; the failures of a run already showed it as \\n."""
+    (tmp_path / "not\na video.mp4").write_bytes(b"not a video")
+    r = run_cli(tmp_path / "not\na video.mp4", tmp_path / "gone\nfile.mp4", "-o", tmp_path / "out",
+                "--checkpoint", tiny_checkpoint, "-q", *(["--online"] if online else []))
+    lines = r.stderr.splitlines()
+    assert r.returncode == 1 and len(lines) == 3 and all(line.startswith("error: ") for line in lines), r.stderr
+    assert lines[0].startswith("error: not_a video: cannot read video ") and "not\\na video.mp4" in lines[0]
+    assert lines[1].startswith("error: gone_file: input not found: ") and lines[1].endswith("gone\\nfile.mp4")
+    assert lines[2] == "error: 2 of 2 videos failed: not_a video, gone_file"
+
+
+def test_several_inputs_that_all_fail_leave_no_output_folder(tmp_path, tiny_checkpoint):
+    """The first lock created -o DIR and was released first, while the others' lock files were still
+    in it: an empty DIR stayed behind (one failing input left none)."""
+    (tmp_path / "a.mp4").write_bytes(b"not a video")
+    r = run_cli(tmp_path / "a.mp4", tmp_path / "b.mp4", "-o", tmp_path / "new" / "out", "--checkpoint",
+                tiny_checkpoint, "-q")
+    assert r.returncode == 1 and "error: 2 of 2 videos failed: a, b" in r.stderr, r.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def _serve_once(data: bytes) -> str:
+    """The URL of a local HTTP server that answers every GET with `data` (a daemon thread)."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/live.mkv"
+
+
+def test_a_stream_whose_codec_cannot_be_decoded(tmp_path, tiny_checkpoint):
+    """A stream (here Matroska over HTTP) whose video codec PyAV has no decoder for: its stream has
+    no codec context, and LiveSource read its size from None (AttributeError, a traceback); the
+    same file on disk was already refused in words."""
+    data = write_video(tmp_path / "v.mkv", 4).read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    url = _serve_once(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ"))
+    with pytest.raises(SourceError, match=rf"cannot read stream {url}: its video stream has no usable codec"):
+        within(30, open_source, url)
+    r = run_cli(url, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--online", "-q")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"error: live: cannot read stream {url}: its video stream has no usable codec")
+    assert not (tmp_path / "out").exists()
