@@ -71,11 +71,25 @@ class FrameVEQInput:
 def _frame_gt_table(fr: FrameVEQInput, where: str) -> dict[int, list]:
     """GT JSON of a frame: id -> [area (summed over duplicates), iscrowd flag of the first entry]."""
     out: dict[int, list] = {}
+    pixels = int(fr.counts.sum())
     for s in fr.gt_segments:
         sid = segment_id(s["id"], where=where)
         area = s["area"]
         if isinstance(area, bool) or not isinstance(area, (int, float, np.integer, np.floating)):
             raise MetricsInputError(f"{where}: GT segment {sid} has a non-numeric area {area!r}")
+        # NaN, infinite, negative or larger-than-the-frame areas are no pixel counts: they gave
+        # tracebacks (10**400), errors blaming the wrong frame (float prefix sums of 1e30) or
+        # quietly wrong IoUs, depending on where they landed
+        if not 0 <= area <= pixels:
+            shown = (f"{area:.6g}" if isinstance(area, (float, np.floating))
+                     else str(area) if abs(area) < 10**12 else "over 10**12")
+            raise MetricsInputError(f"{where}: GT segment {sid} has area {shown} in the GT JSON, not a pixel "
+                                    f"count of this {pixels}-pixel frame")
+        crowd = s["iscrowd"]
+        # the official test is `iscrowd == 1`: "1", [1] or 2 would quietly make a crowd segment a
+        # counted one; only the values that test reads as intended are accepted
+        if isinstance(crowd, str) or not isinstance(crowd, (int, float, np.number)) or crowd not in (0, 1):
+            raise MetricsInputError(f"{where}: GT segment {sid} has iscrowd {crowd!r}, not 0 or 1")
         if sid in out:
             out[sid][0] += area
         else:

@@ -139,8 +139,8 @@ def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | No
     try:
         with open(gt_path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EvalInputError(f"GT JSON {gt_path} is not valid JSON: {err}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, and an integer over Python's digit limit
+        raise EvalInputError(f"GT JSON {gt_path} is not valid JSON: {str(err).splitlines()[0][:200]}") from None
     except RecursionError:
         raise EvalInputError(f"GT JSON {gt_path} is unreadable: JSON nested too deeply") from None
     except OSError as err:

@@ -1,0 +1,128 @@
+"""Hostile or mistaken dataset inputs: `entitysam metrics` and `entitysam train` data loading.
+
+Each case is a mistake a user can make in a GT JSON, a PNG or a COCO panoptic dataset. The
+promise (README "Reliability" / "Metrics", docs/training.md): one `error:` line naming the file
+and exit code 2, never a traceback and never a score computed from made-up values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from entitysam.data.synthetic.vipseg import make_synthetic_dataset
+from entitysam.eval.metrics import MetricsInputError, evaluate, main
+
+
+@pytest.fixture
+def ds(tmp_path):
+    return make_synthetic_dataset(tmp_path, num_videos=2, num_frames=3, width=64, height=48, seed=5)
+
+
+def _edit(path, fn):
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _gt_segment(doc, key, value, video=0, frame=0, seg=0):
+    doc["annotations"][video]["annotations"][frame]["segments_info"][seg][key] = value
+
+
+def _first_gt_png(ds):
+    vid = json.loads(ds.gt_json.read_text())["videos"][0]
+    return ds.gt_dir / vid["video_id"] / vid["images"][0]["file_name"]
+
+
+def _write_png16(path, rgb8):
+    """The same ids as a 16-bit-per-channel RGB PNG (each sample = the 8-bit value)."""
+    h, w, _ = rgb8.shape
+    raw = b"".join(b"\x00" + rgb8[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _png16(ds):
+    png = _first_gt_png(ds)
+    _write_png16(png, np.asarray(Image.open(png).convert("RGB")))
+
+
+def _huge_int_text(ds):  # an integer over Python's 4300-digit limit: json.load raises a bare ValueError
+    ds.gt_json.write_text(ds.gt_json.read_text().replace('"area": ', '"area": ' + "9" * 5000 + ", \"x\": ", 1))
+
+
+def _gt(key, value):
+    return lambda ds: _edit(ds.gt_json, lambda d: _gt_segment(d, key, value))
+
+
+def _no_videos(ds):
+    _edit(ds.gt_json, lambda d: (d.__setitem__("videos", []), d.__setitem__("annotations", [])))
+
+
+HOSTILE = {
+    # each was a traceback (OverflowError in the int64 id tables / the float area sums)
+    "gt-id-2**70": (_gt("id", 2**70), r"segment id \d+ is outside 0\.\.16777215"),
+    "gt-id-1e300": (_gt("id", 1e300), r"segment id 1e\+300 is outside 0\.\.16777215"),
+    "gt-area-10**400": (_gt("area", 10**400), r"area over 10\*\*12 in the GT JSON, not a pixel count"),
+    "gt-area-digits": (_huge_int_text, r"panoptic_gt.*is not valid JSON: Exceeds the limit"),
+    # each was scored: a missed segment that no PNG can hold, or an IoU from an impossible area
+    "gt-id-negative": (_gt("id", -3), r"segment id -3 is outside 0\.\.16777215"),
+    "gt-id-over-24-bits": (_gt("id", 2**24 + 5), r"segment id 16777221 is outside"),
+    "gt-area-inf": (_gt("area", float("inf")), r"area inf in the GT JSON, not a pixel count of this 3072-pixel"),
+    "gt-area-nan": (_gt("area", float("nan")), r"area nan in the GT JSON"),
+    "gt-area-negative": (_gt("area", -5), r"area -5 in the GT JSON"),
+    "gt-area-over-frame": (_gt("area", 10**6), r"area 1000000 in the GT JSON"),
+    # each was read as "not crowd" without a word (the official test is `iscrowd == 1`)
+    "iscrowd-string": (_gt("iscrowd", "1"), r"iscrowd '1', not 0 or 1"),
+    "iscrowd-2": (_gt("iscrowd", 2), r"iscrowd 2, not 0 or 1"),
+    "iscrowd-nan": (_gt("iscrowd", float("nan")), r"iscrowd nan, not 0 or 1"),
+    # was scored from the high byte of each 16-bit sample: other ids, other numbers
+    "png-16-bit": (_png16, r"GT PNG .*\.png: a 16-bit-per-channel PNG"),
+    # was a table of zeros and STQ nan with exit code 0
+    "no-videos": (_no_videos, r"GT JSON lists no videos"),
+    "video-without-frames": (
+        lambda ds: _edit(ds.gt_json, lambda d: (d["videos"][0].__setitem__("images", []),
+                                                d["annotations"][0].__setitem__("annotations", []))),
+        r"video '\w+'\): lists no images"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_metrics_input_is_one_line_and_exit_2(ds, capsys, name):
+    spoil, message = HOSTILE[name]
+    spoil(ds)
+    if name == "video-without-frames":  # pred.json must agree, or the frame count is what is refused
+        _edit(ds.pred_dir / "pred.json", lambda d: d["annotations"][0].__setitem__("annotations", []))
+    args = [str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json)]
+    with pytest.raises(MetricsInputError, match=message):
+        evaluate(*args, workers=1)
+    capsys.readouterr()
+    assert main([*args, "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_legal_odd_values_are_still_scored(ds):
+    """What the official scripts accept stays accepted: iscrowd as a bool or float, a float
+    area within the frame, a GT segment listed but absent from the PNG (a missed segment)."""
+    base = evaluate(ds.pred_dir, ds.gt_dir, ds.gt_json, workers=1)
+
+    def odd(d):
+        _gt_segment(d, "iscrowd", False)
+        _gt_segment(d, "iscrowd", 0.0, seg=1)
+        d["annotations"][1]["annotations"][0]["segments_info"].append(
+            {"id": 7777, "category_id": 3, "iscrowd": 0, "area": 40.5, "bbox": [0, 0, 1, 1]})
+
+    _edit(ds.gt_json, odd)
+    got = evaluate(ds.pred_dir, ds.gt_dir, ds.gt_json, workers=1)
+    assert got["veq"]["windows"][0]["fn"] == base["veq"]["windows"][0]["fn"] + 1
