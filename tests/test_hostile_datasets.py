@@ -11,6 +11,7 @@ import json
 import re
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,55 @@ def test_legal_odd_values_are_still_scored(ds):
     _edit(ds.gt_json, odd)
     got = evaluate(ds.pred_dir, ds.gt_dir, ds.gt_json, workers=1)
     assert got["veq"]["windows"][0]["fn"] == base["veq"]["windows"][0]["fn"] + 1
+
+
+def _bomb_header(path, w=20000, h=20000):
+    """A PNG whose header claims w x h pixels (over Pillow's decompression-bomb limit), one row of data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * w))) + chunk(b"IEND", b""))
+
+
+def test_png_over_the_decompression_bomb_limit_is_one_line(ds, capsys):
+    """Was a PIL.Image.DecompressionBombError traceback (it is no OSError)."""
+    _bomb_header(_first_gt_png(ds))
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and re.search(r"GT PNG .* cannot be read: .*exceeds limit", err), err
+
+
+def test_fifo_under_a_frame_name_does_not_hang(ds):
+    """A FIFO named like a predicted frame blocked Image.open forever; now: not a regular file."""
+    import os
+    import subprocess
+    import sys
+
+    vid = json.loads(ds.gt_json.read_text())["videos"][0]
+    png = ds.pred_dir / "pan_pred" / vid["video_id"] / vid["images"][0]["file_name"]
+    png.unlink()
+    os.mkfifo(png)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    try:
+        r = subprocess.run([sys.executable, "-m", "entitysam", "metrics", str(ds.pred_dir), str(ds.gt_dir),
+                            str(ds.gt_json), "--workers", "1"], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("entitysam metrics hung on a FIFO")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert re.fullmatch(r"error: predicted PNG .*: not a regular file\n", r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("target", ["gt_json", "pred_json", "gt_png"])
+def test_json_output_never_replaces_an_input(ds, capsys, target):
+    """`--json gt.json` overwrote the ground truth with the scores (exit 0); now refused, untouched."""
+    vid = json.loads(ds.gt_json.read_text())["videos"][0]
+    path = {"gt_json": ds.gt_json, "pred_json": ds.pred_dir / "pred.json",
+            "gt_png": ds.gt_dir / vid["video_id"] / vid["images"][0]["file_name"]}[target]
+    before = path.read_bytes()
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1", "--json", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(r"error: --json .*: is (the input|a file of the input folder) .*\n", err), err
+    assert path.read_bytes() == before
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1",
+                 "--json", str(ds.pred_dir / "metrics.json")]) == 0  # beside pred.json is fine

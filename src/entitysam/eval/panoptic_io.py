@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -247,14 +248,21 @@ def _require_png(im: Image.Image, path: PathLike, what: str) -> None:
                                 "(id = R + 256 G + 65536 B)")
 
 
+def _require_regular_file(path: PathLike, what: str) -> None:
+    # Image.open of a FIFO under a frame's name blocks forever (a device reads garbage or never ends)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise MetricsInputError(f"{what} {path}: not a regular file")
+
+
 def check_png(path: PathLike, *, what: str = "PNG") -> None:
     """Raise :class:`MetricsInputError` unless `path` is a readable PNG file (header only)."""
     try:
+        _require_regular_file(path, what)
         with Image.open(path) as im:
             _require_png(im, path, what)
     except FileNotFoundError:
         raise MetricsInputError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
 
 
@@ -274,6 +282,7 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
     modes with >= 3 channels are decoded by :func:`entitysam.io.idpng.decode_ids`.
     """
     try:
+        _require_regular_file(path, what)
         with Image.open(path) as im:
             _require_png(im, path, what)
             mode = im.mode
@@ -286,7 +295,8 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
             arr = np.asarray(im)
     except FileNotFoundError:
         raise MetricsInputError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        # DecompressionBombError (a header of over 2 x Image.MAX_IMAGE_PIXELS) is no OSError
         raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
     if arr.ndim != 3 or arr.shape[2] < 3 or arr.dtype != np.uint8:
         raise MetricsInputError(
