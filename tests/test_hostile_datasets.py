@@ -179,3 +179,95 @@ def test_json_output_never_replaces_an_input(ds, capsys, target):
     assert path.read_bytes() == before
     assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1",
                  "--json", str(ds.pred_dir / "metrics.json")]) == 0  # beside pred.json is fine
+
+
+# ----------------------------------------------------------------------------- training data
+
+
+@pytest.fixture
+def coco(tmp_path):
+    from entitysam.data.synthetic.coco import make_synthetic_coco_panoptic
+
+    make_synthetic_coco_panoptic(tmp_path / "coco", num_images=3, seed=2)
+    return tmp_path / "coco"
+
+
+def _coco_json(root):
+    return root / "annotations" / "panoptic_train2017.json"
+
+
+def _train(root, tmp_path, *extra):
+    from entitysam.train import cli as train_cli
+
+    return train_cli.main(["--config", "tiny-stage2", f"data.root={root}", f"output_dir={tmp_path / 'out'}",
+                           "solver.max_iter=2", "--quiet", *extra])
+
+
+TRAIN_DATA_MISTAKES = {
+    # each was a traceback (JSONDecodeError, KeyError, ValueError of int(), TypeError)
+    "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json: not valid JSON"),
+    "no-annotations-key": (lambda r: _edit(_coco_json(r), lambda d: d.pop("annotations")),
+                           r"no 'annotations' list"),
+    "empty-annotations": (lambda r: _edit(_coco_json(r), lambda d: d.__setitem__("annotations", [])),
+                          r"panoptic_train2017\.json: no annotations"),
+    "annotation-without-file_name": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1].pop("file_name")),
+                                     r"annotations\[1\]: no 'file_name'"),
+    "segment-id-string": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
+                                          .__setitem__("id", "abc")),
+                          r"annotations\[1\] segments_info\[0\]: segment id 'abc' is not an integer"),
+    "images-not-a-list": (lambda r: _edit(_coco_json(r), lambda d: d.__setitem__("images", "x")),
+                          r"'images' must be a list of objects"),
+    # was trained with id 1 (int(1.5)) without a word
+    "segment-id-fraction": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
+                                            .__setitem__("id", 1.5)), r"segment id 1\.5 is not an integer"),
+    # each was a FileNotFoundError traceback at the iteration that first drew the image (only the
+    # first annotation's files were checked)
+    "missing-image": (lambda r: (r / "train2017" / "000000000002.jpg").unlink(),
+                      r"1 dataset file\(s\) missing: .*train2017/000000000002\.jpg"),
+    "missing-png": (lambda r: (r / "panoptic_train2017" / "000000000003.png").unlink(),
+                    r"1 dataset file\(s\) missing: .*panoptic_train2017/000000000003\.png"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_DATA_MISTAKES))
+def test_train_dataset_mistakes_are_one_line_and_exit_2_before_any_work(coco, tmp_path, capsys, name):
+    spoil, message = TRAIN_DATA_MISTAKES[name]
+    spoil(coco)
+    assert _train(coco, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def _corrupt_image(r):
+    (r / "train2017" / "000000000002.jpg").write_bytes(b"garbage")
+
+
+def _jpeg_panoptic(r):
+    p = r / "panoptic_train2017" / "000000000001.png"
+    Image.open(p).convert("RGB").save(p, format="JPEG")
+
+
+def _other_size_image(r):
+    p = r / "train2017" / "000000000001.jpg"
+    Image.open(p).resize((50, 40)).save(p)
+
+
+UNREADABLE_DURING_TRAINING = {
+    "corrupt-image": (_corrupt_image, r"cannot read .*train2017/000000000002\.jpg: cannot identify image file"),
+    # trained on without a word: JPEG artefacts are made-up ids, a stretched mask is another picture's
+    "jpeg-panoptic": (_jpeg_panoptic, r"panoptic file .*000000000001\.png: a JPEG image of mode RGB, not an 8-bit"),
+    "image-of-another-size": (_other_size_image, r"000000000001\.png is \d+x\d+ but its image .*000000000001\.jpg "
+                                                 r"is 50x40"),
+}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("name", list(UNREADABLE_DURING_TRAINING))
+def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_path, capsys, name, workers):
+    """Met in the data loader (also in a worker process): one line naming the file, no traceback."""
+    spoil, message = UNREADABLE_DURING_TRAINING[name]
+    spoil(coco)
+    assert _train(coco, tmp_path, "solver.max_iter=3", f"data.num_workers={workers}") == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err

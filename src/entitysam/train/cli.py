@@ -65,8 +65,13 @@ def run(args: argparse.Namespace) -> int:
     from .distributed import cleanup  # noqa: PLC0415
     from .trainer import train  # noqa: PLC0415
 
+    from ..errors import EntitySAMError  # noqa: PLC0415
+
     try:
         train(cfg, quiet=args.quiet)
+    except EntitySAMError as err:  # e.g. an unreadable image met during training: one line, a failed run
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         cleanup()
     return 0

@@ -38,7 +38,7 @@ from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 from .criterion import Criterion, HungarianMatcher
-from .data import ClipDataset, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
+from .data import ClipDataset, DatasetError, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress
@@ -272,6 +272,9 @@ class Trainer:
             for it in range(self.start_iter, max_iter):
                 t0 = time.perf_counter()
                 clips = next(data_iter)
+                for clip in clips:  # an unusable image or PNG (see ClipDataset.__getitem__)
+                    if "error" in clip:
+                        raise DatasetError(clip["error"])
                 t_data = time.perf_counter() - t0
                 rec = self.run_iteration(clips)
                 elapsed = time.perf_counter() - t0
