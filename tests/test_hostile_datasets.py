@@ -271,3 +271,57 @@ def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_pa
     assert _train(coco, tmp_path, "solver.max_iter=3", f"data.num_workers={workers}") == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.fixture
+def trained(coco, tmp_path):
+    """A finished 2-iteration tiny-stage2 run in tmp_path/out (its model_final.pth)."""
+    assert _train(coco, tmp_path) == 0
+    return tmp_path / "out" / "model_final.pth"
+
+
+def _resume_cases(ckpt, tmp_path):
+    import torch
+
+    torch.save({"model": {}}, tmp_path / "weights_only.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    return {
+        # each was a traceback: FileNotFoundError, load_state_dict's RuntimeError, KeyError, TypeError
+        "missing-path": ([f"resume={tmp_path / 'nope.pth'}"], 2, r"resume checkpoint not found: .*nope\.pth"),
+        "other-model": ([f"resume={ckpt}", "model.name=demo"], 1,
+                        r"resume checkpoint .*model_final\.pth: checkpoint does not fit the 'demo' model"),
+        "not-a-training-checkpoint": ([f"resume={tmp_path / 'weights_only.pth'}"], 1,
+                                      r"weights_only\.pth is not a training checkpoint of this package"),
+        "a-list": ([f"resume={tmp_path / 'list.pth'}"], 1, r"list\.pth is not a training checkpoint"),
+        "other-trainable-set": ([f"resume={ckpt}", "model.trainable=all"], 1,
+                                r"model_final\.pth: its optimizer / scheduler state does not fit this run"),
+    }
+
+
+@pytest.mark.parametrize("name", ["missing-path", "other-model", "not-a-training-checkpoint", "a-list",
+                                  "other-trainable-set"])
+def test_unusable_resume_checkpoint_is_an_error_not_a_traceback(coco, tmp_path, trained, capsys, name):
+    extra, code, message = _resume_cases(trained, tmp_path)[name]
+    capsys.readouterr()
+    assert _train(coco, tmp_path / "again", "solver.max_iter=3", *extra) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err), err
+    if name != "other-model":  # that one lists every differing key, as for `entitysam segment --checkpoint`
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_auto_resume_with_its_checkpoint_gone_does_not_start_over(coco, tmp_path, trained, capsys):
+    """output_dir/last_checkpoint naming a deleted file: the run silently restarted at iteration 0
+    and overwrote the folder's checkpoints; now one line, exit 2, nothing touched."""
+    out = trained.parent
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert _train(coco, tmp_path, "solver.max_iter=4") == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: .*last_checkpoint names the checkpoint .*model_0000001\.pth, which is not a file: "
+                        r".*resume=never.*\n", err), err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before

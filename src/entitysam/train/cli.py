@@ -55,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, list(args.overrides or []))
         if not args.print_config:
             check_dataset(cfg.data)
+            from .trainer import find_resume_checkpoint  # noqa: PLC0415
+
+            find_resume_checkpoint(cfg)  # resume=PATH or a last_checkpoint naming a missing file
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {message}", file=sys.stderr)
