@@ -325,3 +325,34 @@ def test_auto_resume_with_its_checkpoint_gone_does_not_start_over(coco, tmp_path
     assert re.fullmatch(r"error: .*last_checkpoint names the checkpoint .*model_0000001\.pth, which is not a file: "
                         r".*resume=never.*\n", err), err
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- eval vipseg
+
+
+def test_eval_vipseg_refuses_gt_names_its_predictions_cannot_have_before_inference(tmp_path, capsys):
+    """GT file names "00000000.x.png": predictions are written as "00000000.png" (official rule)
+    and the metrics looked for "00000000.x.png", so every video was segmented, then the scoring
+    failed. Now refused before the output folder is made."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    make_vipseg_dataset(tmp_path / "root", split="val", num_videos=1, num_frames=2)
+    gt_json = tmp_path / "root" / "panoptic_gt_VIPSeg_val.json"
+
+    def dotted(d):
+        vid = d["videos"][0]["video_id"]
+        for im in d["videos"][0]["images"]:
+            new = im["file_name"].replace(".png", ".x.png")
+            (tmp_path / "root" / "panomasksRGB" / vid / im["file_name"]).rename(
+                tmp_path / "root" / "panomasksRGB" / vid / new)
+            im["file_name"] = new
+
+    _edit(gt_json, dotted)
+    code = cli.main(["eval", "vipseg", "--data-root", str(tmp_path / "root"), "--model", "demo",
+                     "-o", str(tmp_path / "out"), "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.fullmatch(r"error: 2 GT image file name\(s\) of the GT JSON .* are not '<name>\.png' without another "
+                        r"dot or a folder: vid_000/00000000\.x\.png, vid_000/00000001\.x\.png .*--no-metrics.*\n", err), err
+    assert not (tmp_path / "out").exists()

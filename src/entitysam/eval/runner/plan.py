@@ -265,6 +265,15 @@ def check_gt_annotations(plan: VIPSegPlan) -> None:
 def check_gt_pngs(plan: VIPSegPlan) -> None:
     """Every GT PNG the metrics will read (``GT_DIR/<video>/<file_name>`` for each image of the
     GT JSON) exists; all missing ones are named in one error."""
+    # The metrics read the prediction of a frame as pan_pred/<video>/<GT file_name>, the run
+    # writes it as <name up to the first dot>.png (the official rule): a GT name such as
+    # "00001.x.png" or "sub/00001.png" was found missing only after every video was segmented.
+    odd = [f"{v.video_id}/{n}" for v in plan.videos for n in v.gt_names if n != f"{official_stem(n)}.png"]
+    if odd:
+        raise EvalInputError(f"{len(odd)} GT image file name(s) of the GT JSON {plan.gt_json} are not "
+                             f"'<name>.png' without another dot or a folder: {abbreviate(odd)} (the predictions "
+                             "are written as <name up to the first dot>.png, as the official evaluation, and "
+                             "could not be scored)", Remedy("metrics", False, "to only write the predictions"))
     missing: list[str] = []
     for v in plan.videos:
         folder = plan.gt_dir / v.video_id
