@@ -356,3 +356,67 @@ def test_eval_vipseg_refuses_gt_names_its_predictions_cannot_have_before_inferen
     assert re.fullmatch(r"error: 2 GT image file name\(s\) of the GT JSON .* are not '<name>\.png' without another "
                         r"dot or a folder: vid_000/00000000\.x\.png, vid_000/00000001\.x\.png .*--no-metrics.*\n", err), err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- VEQ memory
+
+
+def _fresh_ids_video(frames, h=16, w=16):
+    """A video whose every pixel has a new id in every frame (a prediction without tracking)."""
+    from entitysam.eval.panoptic_io import pair_counts
+    from entitysam.eval.veq import FrameVEQInput
+
+    out = []
+    for t in range(frames):
+        ids = (np.arange(h * w, dtype=np.uint32) + 1 + t * h * w).reshape(h, w)
+        g, p, c = pair_counts(ids, ids)
+        segs = [{"id": int(i), "area": 1, "iscrowd": 0} for i in ids.ravel()]
+        out.append(FrameVEQInput(f"{t:05d}", g, p, c, segs, [{"id": s["id"]} for s in segs]))
+    return out
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_veq_memory_grows_linearly_not_quadratically_with_video_length():
+    """The per-video tables were [frames, pairs of the whole video]: with ids that change from frame
+    to frame, 4x the frames took 16x the memory (40 frames of 64x48: 1 GB). Now by blocks of windows."""
+    from entitysam.eval.veq import veq_video_stats
+
+    short, long = _fresh_ids_video(32), _fresh_ids_video(128)
+    res = {}
+    peak_short = _peak_bytes(lambda: res.setdefault("short", veq_video_stats(short)))
+    peak_long = _peak_bytes(lambda: res.setdefault("long", veq_video_stats(long)))
+    assert res["long"][1] == (128 * 256.0, 128 * 256, 0, 0)  # every segment matched to itself, IoU 1
+    assert res["long"][8] == (121 * 8 * 256.0, 121 * 8 * 256, 0, 0)
+    assert peak_long < 3 * peak_short, (peak_short, peak_long)
+
+
+def test_veq_over_block_boundaries_matches_the_rereading_baseline(tmp_path):
+    """Videos longer than one block of windows give the numbers of the official re-reading algorithm."""
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("_metrics_baseline", repo / "benchmarks" / "metrics.py")
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)
+    ds = make_synthetic_dataset(tmp_path, num_videos=2, num_frames=75, width=64, height=48, seed=9)
+
+    def crowd(d):  # a crowd flag that changes over time, across a block boundary
+        for t in range(28, 40):
+            segs = d["annotations"][0]["annotations"][t]["segments_info"]
+            things = [s for s in segs if s["id"] >= 2000]
+            if things:
+                things[0]["iscrowd"] = 1
+
+    _edit(ds.gt_json, crowd)
+    args = (ds.pred_dir, ds.gt_dir, ds.gt_json)
+    assert evaluate(*args, workers=1)["veq"] == baseline.baseline_veq(*args)
