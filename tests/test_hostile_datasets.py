@@ -420,3 +420,32 @@ def test_veq_over_block_boundaries_matches_the_rereading_baseline(tmp_path):
     _edit(ds.gt_json, crowd)
     args = (ds.pred_dir, ds.gt_dir, ds.gt_json)
     assert evaluate(*args, workers=1)["veq"] == baseline.baseline_veq(*args)
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_coco_generator_never_replaces_a_real_dataset(tmp_path, capsys):
+    """Pointed at a folder holding a COCO panoptic json (e.g. datasets/coco), the generator replaced
+    annotations/panoptic_train2017.json and the train2017/0000000000NN.jpg images it names; and
+    --num-images 0 or -3 wrote an empty dataset. Now refused (exit 2), nothing written."""
+    from entitysam.data.synthetic.coco import main
+
+    real = tmp_path / "coco"
+    (real / "annotations").mkdir(parents=True)
+    (real / "annotations" / "panoptic_train2017.json").write_text('{"info": {"description": "COCO 2017"}}')
+    (real / "train2017").mkdir()
+    (real / "train2017" / "000000000001.jpg").write_bytes(b"a real picture")
+    before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file()}
+    for argv, message in (([str(real)], r"is not empty and does not hold a synthetic dataset"),
+                          ([str(tmp_path / "new"), "--num-images", "0"], r"num_images must be a positive integer")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"error: .*{message}.*\n", err), err
+    assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "new").exists()
+    main([str(tmp_path / "synth"), "--num-images", "1"])  # new, then its own dataset again: fine
+    main([str(tmp_path / "synth"), "--num-images", "2"])
+    assert "wrote 2 images" in capsys.readouterr().out
