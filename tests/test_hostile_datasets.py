@@ -449,3 +449,18 @@ def test_synthetic_coco_generator_never_replaces_a_real_dataset(tmp_path, capsys
     main([str(tmp_path / "synth"), "--num-images", "1"])  # new, then its own dataset again: fine
     main([str(tmp_path / "synth"), "--num-images", "2"])
     assert "wrote 2 images" in capsys.readouterr().out
+
+
+def test_training_reads_a_16_bit_grayscale_image_as_inference_does(tmp_path):
+    """convert("RGB") clipped 16-bit grayscale at 255 (a white picture, trained on without a word);
+    now scaled to 8 bits like io.sources.images.image_to_rgb (what segmenting the file sees)."""
+    from entitysam.io.sources.images import image_to_rgb
+    from entitysam.train.data import load_rgb
+
+    gray = np.linspace(0, 65535, 24 * 32).reshape(24, 32).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    with Image.open(tmp_path / "g.png") as im:
+        want = image_to_rgb(im)
+    got = load_rgb(str(tmp_path / "g.png"))
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (24, 32, 3) and 120 <= got[12, 16, 0] <= 136  # mid-gray, not white

@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 
 from ..errors import EntitySAMError
 from ..io.idpng import MAX_ID, decode_ids
+from ..io.sources.images import image_to_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
@@ -247,8 +248,10 @@ def make_clip(image: np.ndarray, panoptic_rgb: np.ndarray, segment_ids: Sequence
 
 
 def load_rgb(path: str) -> np.ndarray:
+    """An image as inference reads it (io.sources): EXIF orientation applied, 16-bit grayscale
+    scaled to 8 bits (convert("RGB") clipped it at 255: a white picture, trained on silently)."""
     with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        return image_to_rgb(im)
 
 
 def _load_pair(rec: PanopticRecord) -> tuple[np.ndarray, np.ndarray]:
