@@ -464,3 +464,20 @@ def test_training_reads_a_16_bit_grayscale_image_as_inference_does(tmp_path):
     got = load_rgb(str(tmp_path / "g.png"))
     np.testing.assert_array_equal(got, want)
     assert got.shape == (24, 32, 3) and 120 <= got[12, 16, 0] <= 136  # mid-gray, not white
+
+
+def test_eval_vipseg_refuses_a_palette_gt_png_before_inference(tmp_path, capsys):
+    """A palette (or gray) GT PNG passed the header check and failed the scoring, after every
+    video was segmented; now refused before the output folder is made."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=1, num_frames=2)
+    png = sorted((ds.gt_dir / ds.videos[0]).iterdir())[1]
+    Image.open(png).convert("P").save(png)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: GT PNG {re.escape(str(png))}: expected an 8-bit RGB image .*"
+                                      r"got mode 'P'.*--no-metrics.*\n", err), err
+    assert not (tmp_path / "out").exists()

@@ -255,15 +255,21 @@ def _require_regular_file(path: PathLike, what: str) -> None:
 
 
 def check_png(path: PathLike, *, what: str = "PNG") -> None:
-    """Raise :class:`MetricsInputError` unless `path` is a readable PNG file (header only)."""
+    """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only)."""
     try:
         _require_regular_file(path, what)
         with Image.open(path) as im:
             _require_png(im, path, what)
+            mode = im.mode
     except FileNotFoundError:
         raise MetricsInputError(f"{what} not found: {path}") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
+    # the modes read_id_png reads (a PNG's others have 1, 2 or 16-bit channels): `eval vipseg`
+    # found a palette or gray GT PNG only when scoring, after every video was segmented
+    if mode not in ("RGB", "RGBA", "RGBX"):
+        raise MetricsInputError(f"{what} {path}: expected an 8-bit RGB image (ids encoded as R + 256 G + 65536 B), "
+                                f"got mode {mode!r}")
 
 
 def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> np.ndarray:
