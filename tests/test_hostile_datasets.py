@@ -481,3 +481,24 @@ def test_eval_vipseg_refuses_a_palette_gt_png_before_inference(tmp_path, capsys)
     assert code == 2 and re.fullmatch(rf"error: GT PNG {re.escape(str(png))}: expected an 8-bit RGB image .*"
                                       r"got mode 'P'.*--no-metrics.*\n", err), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("area", float("nan"), r"has area nan in the GT JSON, not a pixel count"),
+    ("iscrowd", "1", r"has iscrowd '1', not 0 or 1"),
+    ("id", 2**30, r"segment id 1073741824 is outside 0\.\.16777215"),
+])
+def test_eval_vipseg_refuses_gt_values_the_metrics_refuse_before_inference(tmp_path, capsys, key, value, message):
+    """Refused by the metrics (see HOSTILE above), they stopped `eval vipseg` only after every
+    video was segmented; now before the output folder is made."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    _edit(ds.gt_json, lambda d: _gt_segment(d, key, value, video=1, frame=1))
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: GT JSON .* video 'vid_001' frame 1 segments_info\[0\]: .*{message}"
+                                      r".*--no-metrics.*\n", err), err
+    assert not (tmp_path / "out").exists()

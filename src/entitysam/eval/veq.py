@@ -39,6 +39,7 @@ from .panoptic_io import MetricsInputError, segment_id
 
 __all__ = [
     "NFRAMES",
+    "check_gt_segment",
     "window_key",
     "FrameVEQInput",
     "veq_video_stats",
@@ -69,32 +70,40 @@ class FrameVEQInput:
     pred_segments: Sequence[Mapping[str, Any]]
 
 
+def check_gt_segment(s: Mapping[str, Any], where: str, pixels: int | None = None) -> tuple[int, Any, bool]:
+    """(id, area, crowd) of a GT JSON segment, or MetricsInputError: the id a 24-bit integer, the
+    area a pixel count (of at most `pixels` when given), iscrowd 0 or 1. Also run by
+    `eval vipseg` on the whole GT JSON before any inference."""
+    sid = segment_id(s["id"], where=where)
+    area = s["area"]
+    if isinstance(area, bool) or not isinstance(area, (int, float, np.integer, np.floating)):
+        raise MetricsInputError(f"{where}: GT segment {sid} has a non-numeric area {area!r}")
+    # NaN, infinite, negative or larger-than-the-frame areas are no pixel counts: they gave
+    # tracebacks (10**400), errors blaming the wrong frame (float prefix sums of 1e30) or
+    # quietly wrong IoUs, depending on where they landed
+    if not 0 <= area <= (pixels if pixels is not None else float("inf")):
+        shown = (f"{area:.6g}" if isinstance(area, (float, np.floating))
+                 else str(area) if abs(area) < 10**12 else "over 10**12")
+        of = f" of this {pixels}-pixel frame" if pixels is not None else ""
+        raise MetricsInputError(f"{where}: GT segment {sid} has area {shown} in the GT JSON, not a pixel count{of}")
+    crowd = s["iscrowd"]
+    # the official test is `iscrowd == 1`: "1", [1] or 2 would quietly make a crowd segment a
+    # counted one; only the values that test reads as intended are accepted
+    if isinstance(crowd, str) or not isinstance(crowd, (int, float, np.number)) or crowd not in (0, 1):
+        raise MetricsInputError(f"{where}: GT segment {sid} has iscrowd {crowd!r}, not 0 or 1")
+    return sid, area, crowd == 1
+
+
 def _frame_gt_table(fr: FrameVEQInput, where: str) -> dict[int, list]:
     """GT JSON of a frame: id -> [area (summed over duplicates), iscrowd flag of the first entry]."""
     out: dict[int, list] = {}
     pixels = int(fr.counts.sum())
     for s in fr.gt_segments:
-        sid = segment_id(s["id"], where=where)
-        area = s["area"]
-        if isinstance(area, bool) or not isinstance(area, (int, float, np.integer, np.floating)):
-            raise MetricsInputError(f"{where}: GT segment {sid} has a non-numeric area {area!r}")
-        # NaN, infinite, negative or larger-than-the-frame areas are no pixel counts: they gave
-        # tracebacks (10**400), errors blaming the wrong frame (float prefix sums of 1e30) or
-        # quietly wrong IoUs, depending on where they landed
-        if not 0 <= area <= pixels:
-            shown = (f"{area:.6g}" if isinstance(area, (float, np.floating))
-                     else str(area) if abs(area) < 10**12 else "over 10**12")
-            raise MetricsInputError(f"{where}: GT segment {sid} has area {shown} in the GT JSON, not a pixel "
-                                    f"count of this {pixels}-pixel frame")
-        crowd = s["iscrowd"]
-        # the official test is `iscrowd == 1`: "1", [1] or 2 would quietly make a crowd segment a
-        # counted one; only the values that test reads as intended are accepted
-        if isinstance(crowd, str) or not isinstance(crowd, (int, float, np.number)) or crowd not in (0, 1):
-            raise MetricsInputError(f"{where}: GT segment {sid} has iscrowd {crowd!r}, not 0 or 1")
+        sid, area, crowd = check_gt_segment(s, where, pixels)
         if sid in out:
             out[sid][0] += area
         else:
-            out[sid] = [area, s["iscrowd"] == 1]
+            out[sid] = [area, crowd]
     return out
 
 

@@ -260,6 +260,22 @@ def check_gt_annotations(plan: VIPSegPlan) -> None:
     if bad:
         raise EvalInputError(f"GT JSON {plan.gt_json}: {len(bad)} video(s) without GT annotations for each of their "
                              f"images: {abbreviate(bad)}", Remedy("metrics", False, "to only write the predictions"))
+    from ..veq import check_gt_segment  # noqa: PLC0415
+
+    try:  # the values the metrics read (ids, areas, iscrowd): refused now, not after the inference
+        for v in plan.videos:
+            for t, frame in enumerate(by_video[v.video_id]):
+                where = f"GT JSON {plan.gt_json} video {v.video_id!r} frame {t}"
+                segs = frame.get("segments_info") if isinstance(frame, Mapping) else None
+                if not isinstance(segs, list):
+                    raise MetricsInputError(f"{where}: no 'segments_info' list")
+                for j, seg in enumerate(segs):
+                    missing = [k for k in ("id", "area", "iscrowd") if not isinstance(seg, Mapping) or k not in seg]
+                    if missing:
+                        raise MetricsInputError(f"{where} segments_info[{j}]: missing key {missing[0]!r}")
+                    check_gt_segment(seg, f"{where} segments_info[{j}]")
+    except MetricsInputError as err:
+        raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None
 
 
 def check_gt_pngs(plan: VIPSegPlan) -> None:
