@@ -220,6 +220,9 @@ TRAIN_DATA_MISTAKES = {
     # was trained with id 1 (int(1.5)) without a word
     "segment-id-fraction": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
                                             .__setitem__("id", 1.5)), r"segment id 1\.5 is not an integer"),
+    # was dropped as a crowd segment (bool("0") is True)
+    "iscrowd-string": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
+                                       .__setitem__("iscrowd", "0")), r"segments_info\[0\]: iscrowd '0' is not 0 or 1"),
     # each was a FileNotFoundError traceback at the iteration that first drew the image (only the
     # first annotation's files were checked)
     "missing-image": (lambda r: (r / "train2017" / "000000000002.jpg").unlink(),

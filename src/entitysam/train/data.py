@@ -86,6 +86,13 @@ def _segment_id(value, where: str) -> int:
     return int(value)
 
 
+def _crowd_flag(value, where: str) -> bool:
+    # bool("0") is True: a string flag quietly dropped the segment as crowd
+    if isinstance(value, str) or not isinstance(value, (int, float)) or value not in (0, 1):
+        raise DatasetError(f"{where}: iscrowd {value!r} is not 0 or 1")
+    return value == 1
+
+
 def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panoptic_dir: str = "panoptic_train2017",
                           json_path: str = "annotations/panoptic_train2017.json") -> list[PanopticRecord]:
     """Records of a COCO-panoptic-layout dataset, in the json's annotation order.
@@ -122,7 +129,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
                     image_path = image_root / (stem + ext)
                     break
         segs = _list(ann, "segments_info", where)
-        crowd = [bool(s.get("iscrowd", 0)) for s in segs]
+        crowd = [_crowd_flag(s.get("iscrowd", 0), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
         ids = [_segment_id(s.get("id"), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
         records.append(PanopticRecord(
             str(image_path), str(pan_root / ann["file_name"]),
