@@ -505,3 +505,20 @@ def test_eval_vipseg_refuses_gt_values_the_metrics_refuse_before_inference(tmp_p
     assert code == 2 and re.fullmatch(rf"error: GT JSON .* video 'vid_001' frame 1 segments_info\[0\]: .*{message}"
                                       r".*--no-metrics.*\n", err), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["the-json-itself", "under-the-json"])
+def test_train_output_dir_on_a_file_is_one_line_and_exit_2(coco, tmp_path, capsys, where):
+    """output_dir naming a file (or a path under one) was a FileExistsError / NotADirectoryError
+    traceback after the model was built; now refused first, the file untouched."""
+    from entitysam.train import cli as train_cli
+
+    js = _coco_json(coco)
+    before = js.read_bytes()
+    out = js if where == "the-json-itself" else js / "run"
+    code = train_cli.main(["--config", "tiny-stage2", f"data.root={coco}", f"output_dir={out}", "solver.max_iter=1",
+                           "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(r"error: output_dir '.*': .*(exists and is not a folder|is not a folder)\n",
+                                      err), err
+    assert js.read_bytes() == before
