@@ -522,3 +522,26 @@ def test_train_output_dir_on_a_file_is_one_line_and_exit_2(coco, tmp_path, capsy
     assert code == 2 and re.fullmatch(r"error: output_dir '.*': .*(exists and is not a folder|is not a folder)\n",
                                       err), err
     assert js.read_bytes() == before
+
+
+def test_eval_vipseg_refuses_gt_images_out_of_time_order(tmp_path, capsys):
+    """Frames are segmented in sorted order, VEQ windows follow the GT JSON's list: a GT JSON listing
+    a video's images out of order scored windows of non-consecutive frames (demo: VPQ 23.56 instead of
+    23.30, exit 0). Now refused before inference."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=1, num_frames=3)
+
+    def shuffle(d):
+        order = [1, 0, 2]
+        d["videos"][0]["images"] = [d["videos"][0]["images"][i] for i in order]
+        d["annotations"][0]["annotations"] = [d["annotations"][0]["annotations"][i] for i in order]
+
+    _edit(ds.gt_json, shuffle)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lists its images in another order than the frames' sorted file names (position 0: " \
+        "'00000001', frame '00000000'); VEQ windows need them in time order" in err, err
+    assert not (tmp_path / "out" / "pan_pred" / ds.videos[0]).exists()

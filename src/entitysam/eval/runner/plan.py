@@ -235,6 +235,13 @@ def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) 
                 problems.append(f"video {v.video_id!r}: {len(names)} frames in {folder} but the GT JSON lists "
                                 f"{len(gt)} images; they must match one to one ({detail or 'duplicate names'})")
                 continue
+            if gt != stems:  # frames are segmented in sorted order, but VEQ's windows follow the GT list:
+                # windows of non-consecutive frames, a different score without a word
+                first = next(i for i, (a, b) in enumerate(zip(gt, stems)) if a != b)
+                problems.append(f"video {v.video_id!r}: the GT JSON lists its images in another order than the "
+                                f"frames' sorted file names (position {first}: {gt[first]!r}, frame "
+                                f"{stems[first]!r}); VEQ windows need them in time order")
+                continue
         frames[v.video_id] = names
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
