@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import jsonio
-from ..argtypes import MAX_THREADS, check_int, check_json_destination, thread_count
-from ..errors import EntitySAMError, InvalidArgumentError
+from ..argtypes import MAX_THREADS, check_int, check_json_destination, check_not_an_input, thread_count
+from ..errors import EntitySAMError
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
 from .veq import NFRAMES, FrameVEQInput, veq_aggregate, veq_video_stats
@@ -211,22 +211,6 @@ def format_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _check_not_an_input(out: Path, args: argparse.Namespace) -> None:
-    """--json must not replace what is scored: the GT JSON, pred.json or a PNG of either tree
-    (`--json gt.json` silently overwrote the ground truth with the scores)."""
-    if not out.exists():
-        return
-    pred = Path(args.pred_dir)
-    for path in (Path(args.gt_json), pred / "pred.json"):
-        if path.exists() and os.path.samefile(out, path):
-            raise InvalidArgumentError(f"--json {out}: is the input {path}; choose another file name")
-    real = out.resolve()
-    for tree in (Path(args.gt_dir), pred / "pan_pred"):
-        if tree.is_dir() and real.is_relative_to(tree.resolve()):
-            raise InvalidArgumentError(f"--json {out}: is a file of the input folder {tree}; "
-                                       "choose another file name")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Class-agnostic VEQ and STQ (EntitySAM official definitions).")
     ap.add_argument("pred_dir", help="directory with pan_pred/ and pred.json")
@@ -240,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # before hours of computing: the result must have somewhere to go
         if args.json_out:
             check_json_destination(args.json_out)
-            _check_not_an_input(Path(args.json_out), args)
+            # `--json gt.json` silently overwrote the ground truth with the scores
+            check_not_an_input(args.json_out, files=(args.gt_json, Path(args.pred_dir) / "pred.json"),
+                               folders=(args.gt_dir, Path(args.pred_dir) / "pan_pred"))
     except EntitySAMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
