@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .errors import InvalidArgumentError
 
@@ -27,6 +27,7 @@ __all__ = [
     "check_fps",
     "check_gpu_share",
     "check_json_destination",
+    "check_not_an_input",
     "positive_int",
     "non_negative_int",
     "thread_count",
@@ -158,3 +159,22 @@ def check_json_destination(path: str | Path, option: str = "--json") -> Path:
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise InvalidArgumentError(f"{option} {path}: not writable (permission denied)")
     return path
+
+
+def check_not_an_input(path: str | Path, files: Sequence[str | Path] = (), folders: Sequence[str | Path] = (),
+                       option: str = "--json") -> None:
+    """A result file must not replace what the command reads: refuse an existing `path` that is one
+    of `files` or lies inside one of `folders`."""
+    import os  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.exists():
+        return
+    for f in map(Path, files):
+        if f.exists() and os.path.samefile(path, f):
+            raise InvalidArgumentError(f"{option} {path}: is the input {f}; choose another file name")
+    real = path.resolve()
+    for d in map(Path, folders):
+        if d.is_dir() and real.is_relative_to(d.resolve()):
+            raise InvalidArgumentError(f"{option} {path}: is a file of the input folder {d}; choose another file name")
+

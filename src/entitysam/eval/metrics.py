@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import jsonio
-from ..argtypes import MAX_THREADS, check_int, check_json_destination, thread_count
+from ..argtypes import MAX_THREADS, check_int, check_json_destination, check_not_an_input, thread_count
 from ..errors import EntitySAMError
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
@@ -224,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # before hours of computing: the result must have somewhere to go
         if args.json_out:
             check_json_destination(args.json_out)
+            # `--json gt.json` silently overwrote the ground truth with the scores
+            check_not_an_input(args.json_out, files=(args.gt_json, Path(args.pred_dir) / "pred.json"),
+                               folders=(args.gt_dir, Path(args.pred_dir) / "pan_pred"))
     except EntitySAMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

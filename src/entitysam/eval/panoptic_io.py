@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,7 +35,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import EntitySAMError
-from ..io.idpng import decode_ids
+from ..io.idpng import MAX_ID, decode_ids
 
 __all__ = [
     "MetricsInputError",
@@ -83,8 +84,8 @@ def _load_json(path_or_obj: PathLike | Mapping[str, Any], what: str) -> Mapping[
     try:
         with open(path, "r", encoding="utf-8") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MetricsInputError(f"{what} {path} is not valid JSON: {e}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, and an integer over Python's digit limit
+        raise MetricsInputError(f"{what} {path} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
     except RecursionError:
         raise MetricsInputError(f"{what} {path} is unreadable: JSON nested too deeply") from None
     except OSError as e:
@@ -96,10 +97,17 @@ def segment_id(value: Any, *, where: str) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise MetricsInputError(f"{where}: segment id {value!r} is not an integer")
     if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    raise MetricsInputError(f"{where}: segment id {value!r} is not an integer")
+        sid = int(value)
+    elif isinstance(value, (float, np.floating)) and float(value).is_integer():
+        sid = int(value)
+    else:
+        raise MetricsInputError(f"{where}: segment id {value!r} is not an integer")
+    # an id no RGB PNG can hold: in the GT JSON it would be counted as a missed segment (or
+    # overflow the int64 tables with a traceback) instead of being refused
+    if not 0 <= sid <= MAX_ID:
+        raise MetricsInputError(f"{where}: segment id {value!r} is outside 0..{MAX_ID} "
+                                "(ids are encoded as R + 256 G + 65536 B)")
+    return sid
 
 
 def _require(mapping: Any, key: str, where: str) -> Any:
@@ -168,6 +176,8 @@ def load_videos(
     gt_by_video = annotations_by_video(gt_doc, "GT JSON")
     pred_by_video = annotations_by_video(pred_doc, "pred.json", unique=False)
     videos = _require_list(gt_doc, "videos", "GT JSON")
+    if not videos:  # else a table of zeros and STQ nan, exit 0: a score of nothing
+        raise MetricsInputError("GT JSON lists no videos: nothing to score")
 
     specs: list[VideoSpec] = []
     seen: set[Any] = set()
@@ -177,6 +187,8 @@ def load_videos(
             raise MetricsInputError(f"GT JSON videos[{seq_id}]: video {vid!r} is listed twice")
         seen.add(vid)
         images = _require_list(video, "images", f"GT JSON videos[{seq_id}] (video {vid!r})")
+        if not images:  # as `eval vipseg`: a video without frames is a broken GT file, not a score
+            raise MetricsInputError(f"GT JSON videos[{seq_id}] (video {vid!r}): lists no images")
         if vid not in gt_by_video:
             raise MetricsInputError(f"video {vid!r}: listed in GT 'videos' but has no GT 'annotations' entry")
         if vid not in pred_by_video:
@@ -229,17 +241,35 @@ def _require_png(im: Image.Image, path: PathLike, what: str) -> None:
     if im.format != "PNG":
         raise MetricsInputError(f"{what} {path}: a {im.format} image, not a PNG "
                                 "(ids are exact only in a lossless PNG: id = R + 256 G + 65536 B)")
+    # Pillow opens a 16-bit-per-channel RGB(A) PNG as mode "RGB"/"RGBA", keeping the high byte of
+    # each sample (raw mode "RGB;16B"): its ids would be made up without a word, so it is refused
+    if any(";16" in str(tile[3]) for tile in im.tile):
+        raise MetricsInputError(f"{what} {path}: a 16-bit-per-channel PNG; ids are read from 8-bit RGB "
+                                "(id = R + 256 G + 65536 B)")
+
+
+def _require_regular_file(path: PathLike, what: str) -> None:
+    # Image.open of a FIFO under a frame's name blocks forever (a device reads garbage or never ends)
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise MetricsInputError(f"{what} {path}: not a regular file")
 
 
 def check_png(path: PathLike, *, what: str = "PNG") -> None:
-    """Raise :class:`MetricsInputError` unless `path` is a readable PNG file (header only)."""
+    """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only)."""
     try:
+        _require_regular_file(path, what)
         with Image.open(path) as im:
             _require_png(im, path, what)
+            mode = im.mode
     except FileNotFoundError:
         raise MetricsInputError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
+    # the modes read_id_png reads (a PNG's others have 1, 2 or 16-bit channels): `eval vipseg`
+    # found a palette or gray GT PNG only when scoring, after every video was segmented
+    if mode not in ("RGB", "RGBA", "RGBX"):
+        raise MetricsInputError(f"{what} {path}: expected an 8-bit RGB image (ids encoded as R + 256 G + 65536 B), "
+                                f"got mode {mode!r}")
 
 
 def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> np.ndarray:
@@ -258,6 +288,7 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
     modes with >= 3 channels are decoded by :func:`entitysam.io.idpng.decode_ids`.
     """
     try:
+        _require_regular_file(path, what)
         with Image.open(path) as im:
             _require_png(im, path, what)
             mode = im.mode
@@ -270,7 +301,8 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
             arr = np.asarray(im)
     except FileNotFoundError:
         raise MetricsInputError(f"{what} not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        # DecompressionBombError (a header of over 2 x Image.MAX_IMAGE_PIXELS) is no OSError
         raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
     if arr.ndim != 3 or arr.shape[2] < 3 or arr.dtype != np.uint8:
         raise MetricsInputError(

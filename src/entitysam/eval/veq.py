@@ -39,6 +39,7 @@ from .panoptic_io import MetricsInputError, segment_id
 
 __all__ = [
     "NFRAMES",
+    "check_gt_segment",
     "window_key",
     "FrameVEQInput",
     "veq_video_stats",
@@ -49,6 +50,7 @@ __all__ = [
 NFRAMES = (1, 2, 4, 6, 8)
 _VOID = 0
 _SHIFT = 24  # ids are < 2**24 (RGB encoding)
+_BLOCK = 32  # window starts per pass of veq_video_stats (memory: (_BLOCK + 7) frames of pairs)
 
 
 def window_key(nframes: int) -> int:
@@ -68,18 +70,40 @@ class FrameVEQInput:
     pred_segments: Sequence[Mapping[str, Any]]
 
 
+def check_gt_segment(s: Mapping[str, Any], where: str, pixels: int | None = None) -> tuple[int, Any, bool]:
+    """(id, area, crowd) of a GT JSON segment, or MetricsInputError: the id a 24-bit integer, the
+    area a pixel count (of at most `pixels` when given), iscrowd 0 or 1. Also run by
+    `eval vipseg` on the whole GT JSON before any inference."""
+    sid = segment_id(s["id"], where=where)
+    area = s["area"]
+    if isinstance(area, bool) or not isinstance(area, (int, float, np.integer, np.floating)):
+        raise MetricsInputError(f"{where}: GT segment {sid} has a non-numeric area {area!r}")
+    # NaN, infinite, negative or larger-than-the-frame areas are no pixel counts: they gave
+    # tracebacks (10**400), errors blaming the wrong frame (float prefix sums of 1e30) or
+    # quietly wrong IoUs, depending on where they landed
+    if not 0 <= area <= (pixels if pixels is not None else float("inf")):
+        shown = (f"{area:.6g}" if isinstance(area, (float, np.floating))
+                 else str(area) if abs(area) < 10**12 else "over 10**12")
+        of = f" of this {pixels}-pixel frame" if pixels is not None else ""
+        raise MetricsInputError(f"{where}: GT segment {sid} has area {shown} in the GT JSON, not a pixel count{of}")
+    crowd = s["iscrowd"]
+    # the official test is `iscrowd == 1`: "1", [1] or 2 would quietly make a crowd segment a
+    # counted one; only the values that test reads as intended are accepted
+    if isinstance(crowd, str) or not isinstance(crowd, (int, float, np.number)) or crowd not in (0, 1):
+        raise MetricsInputError(f"{where}: GT segment {sid} has iscrowd {crowd!r}, not 0 or 1")
+    return sid, area, crowd == 1
+
+
 def _frame_gt_table(fr: FrameVEQInput, where: str) -> dict[int, list]:
     """GT JSON of a frame: id -> [area (summed over duplicates), iscrowd flag of the first entry]."""
     out: dict[int, list] = {}
+    pixels = int(fr.counts.sum())
     for s in fr.gt_segments:
-        sid = segment_id(s["id"], where=where)
-        area = s["area"]
-        if isinstance(area, bool) or not isinstance(area, (int, float, np.integer, np.floating)):
-            raise MetricsInputError(f"{where}: GT segment {sid} has a non-numeric area {area!r}")
+        sid, area, crowd = check_gt_segment(s, where, pixels)
         if sid in out:
             out[sid][0] += area
         else:
-            out[sid] = [area, s["iscrowd"] == 1]
+            out[sid] = [area, crowd]
     return out
 
 
@@ -149,17 +173,29 @@ def veq_video_stats(
 ) -> dict[int, tuple[float, int, int, int]]:
     """Per window length: (IoU sum, TP, FP, FN) of one video, summed over its windows."""
     nframes_list = tuple(nframes_list)
-    T = len(frames)
-    empty = {n: (0.0, 0, 0, 0) for n in nframes_list}
-    if T == 0:
-        return empty
-
+    out = {n: (0.0, 0, 0, 0) for n in nframes_list}
     gt_tabs, pred_tabs = [], []
     for fr in frames:
         where = f"video {video_id!r} frame {fr.name}"
         gt_tabs.append(_frame_gt_table(fr, where))
         pred_tabs.append(_frame_pred_table(fr, where))
+    # The windows starting in one block of _BLOCK frames at a time, over the frames they cover:
+    # the tables below are [frames, pairs of those frames], so over a whole video they grew with
+    # (video length)^2 when ids change from frame to frame (a prediction without tracking: 40
+    # frames of 64x48 with new ids per pixel took 1 GB). Blocks in order and the running IoU sum
+    # keep the official summation order, hence bit-identical results.
+    longest = max(nframes_list, default=1)
+    for a in range(0, len(frames), _BLOCK):
+        b = min(len(frames), a + _BLOCK + longest - 1)
+        _add_windows(out, frames[a:b], gt_tabs[a:b], pred_tabs[a:b], nframes_list, video_id)
+    return out
 
+
+def _add_windows(out: dict[int, tuple[float, int, int, int]], frames: Sequence[FrameVEQInput],
+                 gt_tabs: list[dict[int, list]], pred_tabs: list[dict[int, int]], nframes_list: tuple[int, ...],
+                 video_id: str) -> None:
+    """Add the statistics of the windows starting at frames[0 : _BLOCK] (and inside `frames`) to `out`."""
+    T = len(frames)
     # Universes: pairs, GT JSON ids, predicted ids.
     keys_t = [(fr.gt_ids << _SHIFT) | fr.pred_ids for fr in frames]
     pair_keys = np.unique(np.concatenate(keys_t))
@@ -206,11 +242,9 @@ def veq_video_stats(
     p_area_s, p_pres_s = _prefix(p_area), _prefix(p_pres)
     g_cols = np.arange(G)
 
-    out: dict[int, tuple[float, int, int, int]] = {}
     for n in nframes_list:
-        nw = T - n + 1
+        nw = min(T - n + 1, _BLOCK)
         if nw <= 0:
-            out[n] = empty[n]
             continue
         w_cnt = cnt_s[n : n + nw] - cnt_s[:nw]  # [nw, P]
         w_garea = g_area_s[n : n + nw] - g_area_s[:nw]  # [nw, G]
@@ -252,7 +286,7 @@ def veq_video_stats(
             )
         tp_mask = valid & (iou > 0.5)
         tp_w, tp_c = np.nonzero(tp_mask)  # row-major: windows in order, pairs by (gt, pred)
-        iou_sum = 0.0
+        iou_sum, tp0, fp0, fn0 = out[n]  # running sums: the official order of additions
         for v in iou[tp_w, tp_c].tolist():
             iou_sum += v
         g_matched = np.zeros((nw, G), bool)
@@ -276,8 +310,7 @@ def veq_video_stats(
             ratio = on_ignored / w_parea
         fp = int(np.count_nonzero(w_ppres & ~p_matched & ~(ratio > 0.5)))
 
-        out[n] = (iou_sum, int(tp_w.size), fp, fn)
-    return out
+        out[n] = (iou_sum, tp0 + int(tp_w.size), fp0 + fp, fn0 + fn)
 
 
 def pq_from_stats(iou: float, tp: int, fp: int, fn: int) -> dict[str, float]:

@@ -49,12 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from .config import load_config  # noqa: PLC0415
-    from .config_checks import check_dataset  # noqa: PLC0415
+    from .config_checks import check_dataset, check_output_dir  # noqa: PLC0415
 
     try:  # a bad config or override, a missing dataset: one line and exit code 2, before anything is built
         cfg = load_config(args.config, list(args.overrides or []))
         if not args.print_config:
             check_dataset(cfg.data)
+            check_output_dir(cfg.output_dir)
+            from .trainer import find_resume_checkpoint  # noqa: PLC0415
+
+            find_resume_checkpoint(cfg)  # resume=PATH or a last_checkpoint naming a missing file
     except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {message}", file=sys.stderr)
@@ -65,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
     from .distributed import cleanup  # noqa: PLC0415
     from .trainer import train  # noqa: PLC0415
 
+    from ..errors import EntitySAMError  # noqa: PLC0415
+
     try:
         train(cfg, quiet=args.quiet)
+    except EntitySAMError as err:  # e.g. an unreadable image met during training: one line, a failed run
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         cleanup()
     return 0

@@ -257,7 +257,8 @@ def validate(cfg: Any) -> None:
 
 
 def check_dataset(data: Any) -> None:
-    """Before training starts: the dataset root, its json file and image folders exist."""
+    """Before training starts: the dataset root, its json file and image folders exist, the json is
+    of the COCO panoptic layout and every image and panoptic PNG it names exists."""
     root = Path(data.root)
     if not root.is_dir():
         raise ValueError(f"data.root {str(root)!r}: no such folder (the dataset root)")
@@ -266,3 +267,25 @@ def check_dataset(data: Any) -> None:
         path = path if path.is_absolute() else root / path
         if not (path.is_file() if key == "json" else path.is_dir()):
             raise ValueError(f"data.{key} {str(path)!r}: no such {'file' if key == 'json' else 'folder'}")
+    from .data import read_panoptic_dataset  # noqa: PLC0415
+
+    # the json's layout and every file it names, now rather than at the iteration that needs one
+    read_panoptic_dataset(root, data.image_dir, data.panoptic_dir, data.json)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Before training starts: output_dir is a folder or can be made one (its first existing
+    ancestor a writable folder). A file there was a FileExistsError / NotADirectoryError traceback."""
+    import os  # noqa: PLC0415
+
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output_dir {str(path)!r}: exists and is not a folder")
+    ancestor = path
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"output_dir {str(path)!r}: {str(ancestor)!r} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"output_dir {str(path)!r}: {str(ancestor)!r} is not writable (permission denied)")
+

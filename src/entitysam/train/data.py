@@ -35,7 +35,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..io.idpng import decode_ids
+from ..errors import EntitySAMError
+from ..io.idpng import MAX_ID, decode_ids
+from ..io.sources.images import image_to_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
@@ -53,41 +55,93 @@ def _resolve(root: Path, p: str) -> Path:
     return q if q.is_absolute() else root / q
 
 
+class DatasetError(EntitySAMError, ValueError):
+    """The training dataset's json or one of its images / panoptic PNGs is unusable (named in the message)."""
+
+
+def _load_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer over the digit limit
+        raise DatasetError(f"{path}: not valid JSON ({str(err).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not valid JSON (nested too deeply)") from None
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _list(doc, key: str, where: str) -> list:
+    value = doc.get(key, []) if isinstance(doc, dict) else None
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise DatasetError(f"{where}: {key!r} must be a list of objects")
+    return value
+
+
+def _segment_id(value, where: str) -> int:
+    # int() took "abc" as a traceback and 1.5 as id 1; an id outside 24 bits is in no RGB PNG
+    ok = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
+    if not ok or not 0 <= int(value) <= MAX_ID:
+        raise DatasetError(f"{where}: segment id {value!r} is not an integer in 0..{MAX_ID}")
+    return int(value)
+
+
+def _crowd_flag(value, where: str) -> bool:
+    # bool("0") is True: a string flag quietly dropped the segment as crowd
+    if isinstance(value, str) or not isinstance(value, (int, float)) or value not in (0, 1):
+        raise DatasetError(f"{where}: iscrowd {value!r} is not 0 or 1")
+    return value == 1
+
+
 def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panoptic_dir: str = "panoptic_train2017",
                           json_path: str = "annotations/panoptic_train2017.json") -> list[PanopticRecord]:
     """Records of a COCO-panoptic-layout dataset, in the json's annotation order.
 
     The image of an annotation is the `images` entry with its `image_id` when the json has one,
     else `<ann file stem>.jpg` (the official COCO reader's rule), else any existing image file
-    with that stem.
+    with that stem. Raises :class:`DatasetError` for a json that is not of this layout and when
+    any image or panoptic PNG it names is missing (all are checked here: a missing one used to
+    stop the training with a traceback when its turn came, hours in).
     """
     root = Path(root)
     image_root, pan_root = _resolve(root, image_dir), _resolve(root, panoptic_dir)
     jpath = _resolve(root, json_path)
-    with open(jpath) as f:
-        info = json.load(f)
-    images = {img["id"]: img["file_name"] for img in info.get("images", [])}
+    info = _load_json(jpath)
+    if not isinstance(info, dict) or not isinstance(info.get("annotations"), list):
+        raise DatasetError(f"{jpath}: no 'annotations' list (not a COCO panoptic json)")
+    images = {}
+    for i, img in enumerate(_list(info, "images", str(jpath))):
+        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+            raise DatasetError(f"{jpath} images[{i}]: no 'file_name'")
+        images[img.get("id") if isinstance(img.get("id"), (int, str)) else None] = img["file_name"]
     records = []
-    for ann in info["annotations"]:
+    for i, ann in enumerate(_list(info, "annotations", str(jpath))):
+        where = f"{jpath} annotations[{i}]"
+        if not isinstance(ann.get("file_name"), str) or not ann["file_name"]:
+            raise DatasetError(f"{where}: no 'file_name' (the panoptic PNG)")
         stem = Path(ann["file_name"]).stem
-        name = images.get(ann.get("image_id"))
+        image_id = ann.get("image_id")
+        name = images.get(image_id) if isinstance(image_id, (int, str)) else None
         image_path = image_root / name if name else image_root / (stem + ".jpg")
         if not image_path.is_file() and not name:
             for ext in IMAGE_EXTS:
                 if (image_root / (stem + ext)).is_file():
                     image_path = image_root / (stem + ext)
                     break
-        segs = ann.get("segments_info", [])
+        segs = _list(ann, "segments_info", where)
+        crowd = [_crowd_flag(s.get("iscrowd", 0), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
+        ids = [_segment_id(s.get("id"), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
         records.append(PanopticRecord(
             str(image_path), str(pan_root / ann["file_name"]),
-            tuple(int(s["id"]) for s in segs if not s.get("iscrowd", 0)),
-            tuple(int(s["id"]) for s in segs if s.get("iscrowd", 0)),
+            tuple(sid for sid, c in zip(ids, crowd) if not c),
+            tuple(sid for sid, c in zip(ids, crowd) if c),
         ))
     if not records:
-        raise ValueError(f"{jpath}: no annotations")
-    for path in (records[0].image_path, records[0].panoptic_path):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"dataset file missing: {path}")
+        raise DatasetError(f"{jpath}: no annotations")
+    missing = [p for r in records for p in (r.image_path, r.panoptic_path) if not Path(p).is_file()]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise DatasetError(f"{jpath}: {len(missing)} dataset file(s) missing: {', '.join(missing[:3])}{more}")
     return records
 
 
@@ -201,8 +255,31 @@ def make_clip(image: np.ndarray, panoptic_rgb: np.ndarray, segment_ids: Sequence
 
 
 def load_rgb(path: str) -> np.ndarray:
+    """An image as inference reads it (io.sources): EXIF orientation applied, 16-bit grayscale
+    scaled to 8 bits (convert("RGB") clipped it at 255: a white picture, trained on silently)."""
     with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        return image_to_rgb(im)
+
+
+def _load_pair(rec: PanopticRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its panoptic ids as RGB; an unusable file is a DatasetError naming it."""
+    path = rec.image_path
+    try:
+        image = load_rgb(path)
+        path = rec.panoptic_path
+        with Image.open(path) as im:
+            # a JPEG, a gray or a 16-bit PNG (Pillow keeps the high byte) would give made-up ids:
+            # the clip's entities would silently be background
+            if im.format != "PNG" or im.mode not in ("RGB", "RGBA", "P") or any(";16" in str(t[3]) for t in im.tile):
+                raise DatasetError(f"panoptic file {path}: a {im.format} image of mode {im.mode}, not an "
+                                   "8-bit RGB PNG of ids (id = R + 256 G + 65536 B)")
+            pan = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        raise DatasetError(f"cannot read {path}: {err}") from None
+    if image.shape[:2] != pan.shape[:2]:  # the masks would be stretched onto another picture
+        raise DatasetError(f"{rec.panoptic_path} is {pan.shape[1]}x{pan.shape[0]} but its image {rec.image_path} "
+                           f"is {image.shape[1]}x{image.shape[0]} (WxH, after EXIF orientation)")
+    return image, pan
 
 
 def shuffle_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -242,7 +319,13 @@ class ClipDataset(torch.utils.data.Dataset):
         rec = self.records[index]
         rng = np.random.default_rng([self.seed, position])
         aug = ClipAugmentation.draw(rng, self.frames, self.data)
-        clip = make_clip(load_rgb(rec.image_path), load_rgb(rec.panoptic_path), rec.segment_ids, aug, self.frames,
+        try:
+            image, pan = _load_pair(rec)
+        except DatasetError as err:
+            # handed to the trainer, which raises it: raised here, a loader worker would wrap it
+            # in a message holding the worker's traceback
+            return {"error": str(err), "position": position, "index": index}
+        clip = make_clip(image, pan, rec.segment_ids, aug, self.frames,
                          self.size, self.data.max_instances, self.data.temporal_shift)
         clip["position"] = position
         clip["index"] = index
@@ -306,7 +389,7 @@ def normalize_images(images: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
-    "PanopticRecord", "read_panoptic_dataset", "ClipAugmentation", "make_clip", "ClipDataset",
+    "DatasetError", "PanopticRecord", "read_panoptic_dataset", "ClipAugmentation", "make_clip", "ClipDataset",
     "ClipPositionSampler", "build_loader", "clip_targets", "normalize_images", "clip_seed", "shuffle_order",
     "load_rgb",
 ]

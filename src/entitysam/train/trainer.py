@@ -33,12 +33,13 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import read_checkpoint
+from ..checkpoints import check_state_dict, read_checkpoint, read_state_dict
+from ..errors import CheckpointMismatchError, CheckpointReadError
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 from .criterion import Criterion, HungarianMatcher
-from .data import ClipDataset, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
+from .data import ClipDataset, DatasetError, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress
@@ -60,9 +61,13 @@ def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
     if mode == "auto":
         pointer = Path(cfg.output_dir) / "last_checkpoint"
         if pointer.is_file():
-            path = Path(cfg.output_dir) / pointer.read_text().strip()
+            path = Path(cfg.output_dir) / pointer.read_text(errors="replace").strip()
             if path.is_file():
                 return str(path)
+            # the run used to start over from iteration 0 without a word, overwriting the
+            # output folder's checkpoints: the pointer says there is one to continue from
+            raise FileNotFoundError(f"{pointer} names the checkpoint {path}, which is not a file: restore it, "
+                                    "or pass resume=never to start over or resume=PATH")
         return None
     if not Path(mode).is_file():
         raise FileNotFoundError(f"resume checkpoint not found: {mode}")
@@ -111,9 +116,17 @@ class Trainer:
         state = None
         if resume:
             state = read_checkpoint(resume)  # weights-only: a checkpoint never runs code
+            if not isinstance(state, dict) or not isinstance(state.get("trainer"), dict):
+                raise CheckpointReadError(f"{resume} is not a training checkpoint of this package (no 'trainer' "
+                                          "state): to start from its weights pass model.weights=PATH resume=never")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = EntitySAM(model_config(cfg))
+            # a checkpoint of another model was a load_state_dict traceback: the package's listing
+            try:
+                check_state_dict(model, read_state_dict(state))
+            except CheckpointMismatchError as err:  # without its Python remedy (config=...): here it is model.name
+                raise CheckpointMismatchError(f"resume checkpoint {resume}: {err.problem}") from None
             model.load_state_dict(state["model"], strict=True)
         else:
             # the first process of each node downloads missing pretrained files, the others wait
@@ -134,7 +147,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_iter = 0
         if state is not None:
-            self._load_trainer_state(state)
+            try:
+                self._load_trainer_state(state)
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:  # e.g. another trainable set
+                raise CheckpointMismatchError(f"{resume}: its optimizer / scheduler state does not fit this run "
+                                              f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from None
             log.info("resumed from %s at iteration %d", resume, self.start_iter)
         self.ddp = None
         if self.dist.distributed:
@@ -272,6 +289,9 @@ class Trainer:
             for it in range(self.start_iter, max_iter):
                 t0 = time.perf_counter()
                 clips = next(data_iter)
+                for clip in clips:  # an unusable image or PNG (see ClipDataset.__getitem__)
+                    if "error" in clip:
+                        raise DatasetError(clip["error"])
                 t_data = time.perf_counter() - t0
                 rec = self.run_iteration(clips)
                 elapsed = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...errors import EntitySAMError, InvalidArgumentError, OutputError
 from ...io.idpng import encode_ids
 from .scenes import render_demo_scene
 
@@ -176,6 +177,26 @@ def _paint_demo_image(rng: np.random.Generator, h: int, w: int):
     return images[0], seg, meta
 
 
+def _check_root(root: Path) -> None:
+    """OutputError unless `root` is new, empty or an earlier dataset of this generator: it writes
+    annotations/panoptic_train2017.json and train2017/000000000001.jpg ..., the names of COCO's own
+    files, so pointed at a real dataset it replaced its annotations and images without a word."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise OutputError(f"{root} exists and is not a folder")
+    if not any(root.iterdir()):
+        return
+    try:
+        doc = json.loads((root / "annotations" / "panoptic_train2017.json").read_text(encoding="utf-8"))
+        mine = str(doc["info"]["description"]).startswith("synthetic COCO panoptic")
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        mine = False
+    if not mine:
+        raise OutputError(f"{root} is not empty and does not hold a synthetic dataset of this generator "
+                          "(whose files it would replace): choose a new or empty folder")
+
+
 def make_synthetic_coco_panoptic(root: str | Path, num_images: int = 8, seed: int = 0,
                                  size: tuple[int, int] | None = None, things_max: int = 8,
                                  image_format: str = "jpg", style: str = "basic") -> SyntheticCocoPanoptic:
@@ -188,7 +209,11 @@ def make_synthetic_coco_panoptic(root: str | Path, num_images: int = 8, seed: in
     """
     if style not in ("basic", "demo"):
         raise ValueError(f"style must be 'basic' or 'demo', got {style!r}")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        # 0 or -3 wrote a dataset of no image without a word (training then refuses it)
+        raise InvalidArgumentError(f"num_images must be a positive integer, got {num_images!r}")
     root = Path(root)
+    _check_root(root)
     image_dir, pan_dir, ann_dir = root / "train2017", root / "panoptic_train2017", root / "annotations"
     for d in (image_dir, pan_dir, ann_dir):
         d.mkdir(parents=True, exist_ok=True)
@@ -241,7 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--style", choices=("basic", "demo"), default="basic",
                    help="basic: test scenes; demo: frames of the demo scenes (the demo model's training set)")
     a = p.parse_args(argv)
-    ds = make_synthetic_coco_panoptic(a.root, a.num_images, a.seed, image_format=a.format, style=a.style)
+    try:
+        ds = make_synthetic_coco_panoptic(a.root, a.num_images, a.seed, image_format=a.format, style=a.style)
+    except EntitySAMError as err:
+        p.exit(2, f"error: {err}\n")
     print(f"wrote {ds.num_images} images to {ds.root}")
 
 

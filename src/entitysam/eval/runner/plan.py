@@ -139,8 +139,8 @@ def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | No
     try:
         with open(gt_path, encoding="utf-8") as f:
             doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise EvalInputError(f"GT JSON {gt_path} is not valid JSON: {err}") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, and an integer over Python's digit limit
+        raise EvalInputError(f"GT JSON {gt_path} is not valid JSON: {str(err).splitlines()[0][:200]}") from None
     except RecursionError:
         raise EvalInputError(f"GT JSON {gt_path} is unreadable: JSON nested too deeply") from None
     except OSError as err:
@@ -235,6 +235,13 @@ def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) 
                 problems.append(f"video {v.video_id!r}: {len(names)} frames in {folder} but the GT JSON lists "
                                 f"{len(gt)} images; they must match one to one ({detail or 'duplicate names'})")
                 continue
+            if gt != stems:  # frames are segmented in sorted order, but VEQ's windows follow the GT list:
+                # windows of non-consecutive frames, a different score without a word
+                first = next(i for i, (a, b) in enumerate(zip(gt, stems)) if a != b)
+                problems.append(f"video {v.video_id!r}: the GT JSON lists its images in another order than the "
+                                f"frames' sorted file names (position {first}: {gt[first]!r}, frame "
+                                f"{stems[first]!r}); VEQ windows need them in time order")
+                continue
         frames[v.video_id] = names
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -260,11 +267,36 @@ def check_gt_annotations(plan: VIPSegPlan) -> None:
     if bad:
         raise EvalInputError(f"GT JSON {plan.gt_json}: {len(bad)} video(s) without GT annotations for each of their "
                              f"images: {abbreviate(bad)}", Remedy("metrics", False, "to only write the predictions"))
+    from ..veq import check_gt_segment  # noqa: PLC0415
+
+    try:  # the values the metrics read (ids, areas, iscrowd): refused now, not after the inference
+        for v in plan.videos:
+            for t, frame in enumerate(by_video[v.video_id]):
+                where = f"GT JSON {plan.gt_json} video {v.video_id!r} frame {t}"
+                segs = frame.get("segments_info") if isinstance(frame, Mapping) else None
+                if not isinstance(segs, list):
+                    raise MetricsInputError(f"{where}: no 'segments_info' list")
+                for j, seg in enumerate(segs):
+                    missing = [k for k in ("id", "area", "iscrowd") if not isinstance(seg, Mapping) or k not in seg]
+                    if missing:
+                        raise MetricsInputError(f"{where} segments_info[{j}]: missing key {missing[0]!r}")
+                    check_gt_segment(seg, f"{where} segments_info[{j}]")
+    except MetricsInputError as err:
+        raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None
 
 
 def check_gt_pngs(plan: VIPSegPlan) -> None:
     """Every GT PNG the metrics will read (``GT_DIR/<video>/<file_name>`` for each image of the
     GT JSON) exists; all missing ones are named in one error."""
+    # The metrics read the prediction of a frame as pan_pred/<video>/<GT file_name>, the run
+    # writes it as <name up to the first dot>.png (the official rule): a GT name such as
+    # "00001.x.png" or "sub/00001.png" was found missing only after every video was segmented.
+    odd = [f"{v.video_id}/{n}" for v in plan.videos for n in v.gt_names if n != f"{official_stem(n)}.png"]
+    if odd:
+        raise EvalInputError(f"{len(odd)} GT image file name(s) of the GT JSON {plan.gt_json} are not "
+                             f"'<name>.png' without another dot or a folder: {abbreviate(odd)} (the predictions "
+                             "are written as <name up to the first dot>.png, as the official evaluation, and "
+                             "could not be scored)", Remedy("metrics", False, "to only write the predictions"))
     missing: list[str] = []
     for v in plan.videos:
         folder = plan.gt_dir / v.video_id

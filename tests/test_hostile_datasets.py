@@ -1,0 +1,338 @@
+"""Hostile or mistaken dataset inputs: `entitysam metrics` and `entitysam eval vipseg`
+(training data: tests/test_hostile_training_data.py).
+
+Each case is a mistake a user can make in a GT JSON, a PNG or a COCO panoptic dataset. The
+promise (README "Reliability" / "Metrics", docs/training.md): one `error:` line naming the file
+and exit code 2, never a traceback and never a score computed from made-up values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from entitysam.data.synthetic.vipseg import make_synthetic_dataset
+from entitysam.eval.metrics import MetricsInputError, evaluate, main
+
+
+@pytest.fixture
+def ds(tmp_path):
+    return make_synthetic_dataset(tmp_path, num_videos=2, num_frames=3, width=64, height=48, seed=5)
+
+
+def _edit(path, fn):
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _gt_segment(doc, key, value, video=0, frame=0, seg=0):
+    doc["annotations"][video]["annotations"][frame]["segments_info"][seg][key] = value
+
+
+def _first_gt_png(ds):
+    vid = json.loads(ds.gt_json.read_text())["videos"][0]
+    return ds.gt_dir / vid["video_id"] / vid["images"][0]["file_name"]
+
+
+def _write_png16(path, rgb8):
+    """The same ids as a 16-bit-per-channel RGB PNG (each sample = the 8-bit value)."""
+    h, w, _ = rgb8.shape
+    raw = b"".join(b"\x00" + rgb8[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _png16(ds):
+    png = _first_gt_png(ds)
+    _write_png16(png, np.asarray(Image.open(png).convert("RGB")))
+
+
+def _huge_int_text(ds):  # an integer over Python's 4300-digit limit: json.load raises a bare ValueError
+    ds.gt_json.write_text(ds.gt_json.read_text().replace('"area": ', '"area": ' + "9" * 5000 + ", \"x\": ", 1))
+
+
+def _gt(key, value):
+    return lambda ds: _edit(ds.gt_json, lambda d: _gt_segment(d, key, value))
+
+
+def _no_videos(ds):
+    _edit(ds.gt_json, lambda d: (d.__setitem__("videos", []), d.__setitem__("annotations", [])))
+
+
+HOSTILE = {
+    # each was a traceback (OverflowError in the int64 id tables / the float area sums)
+    "gt-id-2**70": (_gt("id", 2**70), r"segment id \d+ is outside 0\.\.16777215"),
+    "gt-id-1e300": (_gt("id", 1e300), r"segment id 1e\+300 is outside 0\.\.16777215"),
+    "gt-area-10**400": (_gt("area", 10**400), r"area over 10\*\*12 in the GT JSON, not a pixel count"),
+    "gt-area-digits": (_huge_int_text, r"panoptic_gt.*is not valid JSON: Exceeds the limit"),
+    # each was scored: a missed segment that no PNG can hold, or an IoU from an impossible area
+    "gt-id-negative": (_gt("id", -3), r"segment id -3 is outside 0\.\.16777215"),
+    "gt-id-over-24-bits": (_gt("id", 2**24 + 5), r"segment id 16777221 is outside"),
+    "gt-area-inf": (_gt("area", float("inf")), r"area inf in the GT JSON, not a pixel count of this 3072-pixel"),
+    "gt-area-nan": (_gt("area", float("nan")), r"area nan in the GT JSON"),
+    "gt-area-negative": (_gt("area", -5), r"area -5 in the GT JSON"),
+    "gt-area-over-frame": (_gt("area", 10**6), r"area 1000000 in the GT JSON"),
+    # each was read as "not crowd" without a word (the official test is `iscrowd == 1`)
+    "iscrowd-string": (_gt("iscrowd", "1"), r"iscrowd '1', not 0 or 1"),
+    "iscrowd-2": (_gt("iscrowd", 2), r"iscrowd 2, not 0 or 1"),
+    "iscrowd-nan": (_gt("iscrowd", float("nan")), r"iscrowd nan, not 0 or 1"),
+    # was scored from the high byte of each 16-bit sample: other ids, other numbers
+    "png-16-bit": (_png16, r"GT PNG .*\.png: a 16-bit-per-channel PNG"),
+    # was a table of zeros and STQ nan with exit code 0
+    "no-videos": (_no_videos, r"GT JSON lists no videos"),
+    "video-without-frames": (
+        lambda ds: _edit(ds.gt_json, lambda d: (d["videos"][0].__setitem__("images", []),
+                                                d["annotations"][0].__setitem__("annotations", []))),
+        r"video '\w+'\): lists no images"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_metrics_input_is_one_line_and_exit_2(ds, capsys, name):
+    spoil, message = HOSTILE[name]
+    spoil(ds)
+    if name == "video-without-frames":  # pred.json must agree, or the frame count is what is refused
+        _edit(ds.pred_dir / "pred.json", lambda d: d["annotations"][0].__setitem__("annotations", []))
+    args = [str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json)]
+    with pytest.raises(MetricsInputError, match=message):
+        evaluate(*args, workers=1)
+    capsys.readouterr()
+    assert main([*args, "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and re.search(message, err), err
+
+
+def test_legal_odd_values_are_still_scored(ds):
+    """What the official scripts accept stays accepted: iscrowd as a bool or float, a float
+    area within the frame, a GT segment listed but absent from the PNG (a missed segment)."""
+    base = evaluate(ds.pred_dir, ds.gt_dir, ds.gt_json, workers=1)
+
+    def odd(d):
+        _gt_segment(d, "iscrowd", False)
+        _gt_segment(d, "iscrowd", 0.0, seg=1)
+        d["annotations"][1]["annotations"][0]["segments_info"].append(
+            {"id": 7777, "category_id": 3, "iscrowd": 0, "area": 40.5, "bbox": [0, 0, 1, 1]})
+
+    _edit(ds.gt_json, odd)
+    got = evaluate(ds.pred_dir, ds.gt_dir, ds.gt_json, workers=1)
+    assert got["veq"]["windows"][0]["fn"] == base["veq"]["windows"][0]["fn"] + 1
+
+
+def _bomb_header(path, w=20000, h=20000):
+    """A PNG whose header claims w x h pixels (over Pillow's decompression-bomb limit), one row of data."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * w))) + chunk(b"IEND", b""))
+
+
+def test_png_over_the_decompression_bomb_limit_is_one_line(ds, capsys):
+    """Was a PIL.Image.DecompressionBombError traceback (it is no OSError)."""
+    _bomb_header(_first_gt_png(ds))
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and re.search(r"GT PNG .* cannot be read: .*exceeds limit", err), err
+
+
+def test_fifo_under_a_frame_name_does_not_hang(ds):
+    """A FIFO named like a predicted frame blocked Image.open forever; now: not a regular file."""
+    import os
+    import subprocess
+    import sys
+
+    vid = json.loads(ds.gt_json.read_text())["videos"][0]
+    png = ds.pred_dir / "pan_pred" / vid["video_id"] / vid["images"][0]["file_name"]
+    png.unlink()
+    os.mkfifo(png)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    try:
+        r = subprocess.run([sys.executable, "-m", "entitysam", "metrics", str(ds.pred_dir), str(ds.gt_dir),
+                            str(ds.gt_json), "--workers", "1"], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("entitysam metrics hung on a FIFO")
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert re.fullmatch(r"error: predicted PNG .*: not a regular file\n", r.stderr), r.stderr
+
+
+@pytest.mark.parametrize("target", ["gt_json", "pred_json", "gt_png"])
+def test_json_output_never_replaces_an_input(ds, capsys, target):
+    """`--json gt.json` overwrote the ground truth with the scores (exit 0); now refused, untouched."""
+    vid = json.loads(ds.gt_json.read_text())["videos"][0]
+    path = {"gt_json": ds.gt_json, "pred_json": ds.pred_dir / "pred.json",
+            "gt_png": ds.gt_dir / vid["video_id"] / vid["images"][0]["file_name"]}[target]
+    before = path.read_bytes()
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1", "--json", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and re.fullmatch(r"error: --json .*: is (the input|a file of the input folder) .*\n", err), err
+    assert path.read_bytes() == before
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1",
+                 "--json", str(ds.pred_dir / "metrics.json")]) == 0  # beside pred.json is fine
+
+
+# ----------------------------------------------------------------------------- eval vipseg
+
+
+def test_eval_vipseg_refuses_gt_names_its_predictions_cannot_have_before_inference(tmp_path, capsys):
+    """GT file names "00000000.x.png": predictions are written as "00000000.png" (official rule)
+    and the metrics looked for "00000000.x.png", so every video was segmented, then the scoring
+    failed. Now refused before the output folder is made."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    make_vipseg_dataset(tmp_path / "root", split="val", num_videos=1, num_frames=2)
+    gt_json = tmp_path / "root" / "panoptic_gt_VIPSeg_val.json"
+
+    def dotted(d):
+        vid = d["videos"][0]["video_id"]
+        for im in d["videos"][0]["images"]:
+            new = im["file_name"].replace(".png", ".x.png")
+            (tmp_path / "root" / "panomasksRGB" / vid / im["file_name"]).rename(
+                tmp_path / "root" / "panomasksRGB" / vid / new)
+            im["file_name"] = new
+
+    _edit(gt_json, dotted)
+    code = cli.main(["eval", "vipseg", "--data-root", str(tmp_path / "root"), "--model", "demo",
+                     "-o", str(tmp_path / "out"), "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.fullmatch(r"error: 2 GT image file name\(s\) of the GT JSON .* are not '<name>\.png' without another "
+                        r"dot or a folder: vid_000/00000000\.x\.png, vid_000/00000001\.x\.png .*--no-metrics.*\n", err), err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- VEQ memory
+
+
+def _fresh_ids_video(frames, h=16, w=16):
+    """A video whose every pixel has a new id in every frame (a prediction without tracking)."""
+    from entitysam.eval.panoptic_io import pair_counts
+    from entitysam.eval.veq import FrameVEQInput
+
+    out = []
+    for t in range(frames):
+        ids = (np.arange(h * w, dtype=np.uint32) + 1 + t * h * w).reshape(h, w)
+        g, p, c = pair_counts(ids, ids)
+        segs = [{"id": int(i), "area": 1, "iscrowd": 0} for i in ids.ravel()]
+        out.append(FrameVEQInput(f"{t:05d}", g, p, c, segs, [{"id": s["id"]} for s in segs]))
+    return out
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_veq_memory_grows_linearly_not_quadratically_with_video_length():
+    """The per-video tables were [frames, pairs of the whole video]: with ids that change from frame
+    to frame, 4x the frames took 16x the memory (40 frames of 64x48: 1 GB). Now by blocks of windows."""
+    from entitysam.eval.veq import veq_video_stats
+
+    short, long = _fresh_ids_video(32), _fresh_ids_video(128)
+    res = {}
+    peak_short = _peak_bytes(lambda: res.setdefault("short", veq_video_stats(short)))
+    peak_long = _peak_bytes(lambda: res.setdefault("long", veq_video_stats(long)))
+    assert res["long"][1] == (128 * 256.0, 128 * 256, 0, 0)  # every segment matched to itself, IoU 1
+    assert res["long"][8] == (121 * 8 * 256.0, 121 * 8 * 256, 0, 0)
+    assert peak_long < 3 * peak_short, (peak_short, peak_long)
+
+
+def test_veq_over_block_boundaries_matches_the_rereading_baseline(tmp_path):
+    """Videos longer than one block of windows give the numbers of the official re-reading algorithm."""
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("_metrics_baseline", repo / "benchmarks" / "metrics.py")
+    baseline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline)
+    ds = make_synthetic_dataset(tmp_path, num_videos=2, num_frames=75, width=64, height=48, seed=9)
+
+    def crowd(d):  # a crowd flag that changes over time, across a block boundary
+        for t in range(28, 40):
+            segs = d["annotations"][0]["annotations"][t]["segments_info"]
+            things = [s for s in segs if s["id"] >= 2000]
+            if things:
+                things[0]["iscrowd"] = 1
+
+    _edit(ds.gt_json, crowd)
+    args = (ds.pred_dir, ds.gt_dir, ds.gt_json)
+    assert evaluate(*args, workers=1)["veq"] == baseline.baseline_veq(*args)
+
+
+def test_eval_vipseg_refuses_a_palette_gt_png_before_inference(tmp_path, capsys):
+    """A palette (or gray) GT PNG passed the header check and failed the scoring, after every
+    video was segmented; now refused before the output folder is made."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=1, num_frames=2)
+    png = sorted((ds.gt_dir / ds.videos[0]).iterdir())[1]
+    Image.open(png).convert("P").save(png)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: GT PNG {re.escape(str(png))}: expected an 8-bit RGB image .*"
+                                      r"got mode 'P'.*--no-metrics.*\n", err), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("area", float("nan"), r"has area nan in the GT JSON, not a pixel count"),
+    ("iscrowd", "1", r"has iscrowd '1', not 0 or 1"),
+    ("id", 2**30, r"segment id 1073741824 is outside 0\.\.16777215"),
+])
+def test_eval_vipseg_refuses_gt_values_the_metrics_refuse_before_inference(tmp_path, capsys, key, value, message):
+    """Refused by the metrics (see HOSTILE above), they stopped `eval vipseg` only after every
+    video was segmented; now before the output folder is made."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    _edit(ds.gt_json, lambda d: _gt_segment(d, key, value, video=1, frame=1))
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: GT JSON .* video 'vid_001' frame 1 segments_info\[0\]: .*{message}"
+                                      r".*--no-metrics.*\n", err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_vipseg_refuses_gt_images_out_of_time_order(tmp_path, capsys):
+    """Frames are segmented in sorted order, VEQ windows follow the GT JSON's list: a GT JSON listing
+    a video's images out of order scored windows of non-consecutive frames (demo: VPQ 23.56 instead of
+    23.30, exit 0). Now refused before inference."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=1, num_frames=3)
+
+    def shuffle(d):
+        order = [1, 0, 2]
+        d["videos"][0]["images"] = [d["videos"][0]["images"][i] for i in order]
+        d["annotations"][0]["annotations"] = [d["annotations"][0]["annotations"][i] for i in order]
+
+    _edit(ds.gt_json, shuffle)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "lists its images in another order than the frames' sorted file names (position 0: " \
+        "'00000001', frame '00000000'); VEQ windows need them in time order" in err, err
+    assert not (tmp_path / "out" / "pan_pred" / ds.videos[0]).exists()

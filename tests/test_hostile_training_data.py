@@ -1,0 +1,229 @@
+"""Hostile or mistaken training data: `entitysam train` reading a COCO panoptic dataset, resuming
+from a checkpoint, its output folder, and the synthetic dataset generator.
+
+The promise (README "Reliability", docs/training.md): one `error:` line naming the file, exit code
+2 for a mistake found before training (1 for a file found unusable during it), never a traceback,
+never training on made-up data, nothing outside the output written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _edit(path, fn):
+    doc = json.loads(path.read_text())
+    fn(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def coco(tmp_path):
+    from entitysam.data.synthetic.coco import make_synthetic_coco_panoptic
+
+    make_synthetic_coco_panoptic(tmp_path / "coco", num_images=3, seed=2)
+    return tmp_path / "coco"
+
+
+def _coco_json(root):
+    return root / "annotations" / "panoptic_train2017.json"
+
+
+def _train(root, tmp_path, *extra):
+    from entitysam.train import cli as train_cli
+
+    return train_cli.main(["--config", "tiny-stage2", f"data.root={root}", f"output_dir={tmp_path / 'out'}",
+                           "solver.max_iter=2", "--quiet", *extra])
+
+
+TRAIN_DATA_MISTAKES = {
+    # each was a traceback (JSONDecodeError, KeyError, ValueError of int(), TypeError)
+    "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json: not valid JSON"),
+    "no-annotations-key": (lambda r: _edit(_coco_json(r), lambda d: d.pop("annotations")),
+                           r"no 'annotations' list"),
+    "empty-annotations": (lambda r: _edit(_coco_json(r), lambda d: d.__setitem__("annotations", [])),
+                          r"panoptic_train2017\.json: no annotations"),
+    "annotation-without-file_name": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1].pop("file_name")),
+                                     r"annotations\[1\]: no 'file_name'"),
+    "segment-id-string": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
+                                          .__setitem__("id", "abc")),
+                          r"annotations\[1\] segments_info\[0\]: segment id 'abc' is not an integer"),
+    "images-not-a-list": (lambda r: _edit(_coco_json(r), lambda d: d.__setitem__("images", "x")),
+                          r"'images' must be a list of objects"),
+    # was trained with id 1 (int(1.5)) without a word
+    "segment-id-fraction": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
+                                            .__setitem__("id", 1.5)), r"segment id 1\.5 is not an integer"),
+    # was dropped as a crowd segment (bool("0") is True)
+    "iscrowd-string": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
+                                       .__setitem__("iscrowd", "0")), r"segments_info\[0\]: iscrowd '0' is not 0 or 1"),
+    # each was a FileNotFoundError traceback at the iteration that first drew the image (only the
+    # first annotation's files were checked)
+    "missing-image": (lambda r: (r / "train2017" / "000000000002.jpg").unlink(),
+                      r"1 dataset file\(s\) missing: .*train2017/000000000002\.jpg"),
+    "missing-png": (lambda r: (r / "panoptic_train2017" / "000000000003.png").unlink(),
+                    r"1 dataset file\(s\) missing: .*panoptic_train2017/000000000003\.png"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN_DATA_MISTAKES))
+def test_train_dataset_mistakes_are_one_line_and_exit_2_before_any_work(coco, tmp_path, capsys, name):
+    spoil, message = TRAIN_DATA_MISTAKES[name]
+    spoil(coco)
+    assert _train(coco, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def _corrupt_image(r):
+    (r / "train2017" / "000000000002.jpg").write_bytes(b"garbage")
+
+
+def _jpeg_panoptic(r):
+    p = r / "panoptic_train2017" / "000000000001.png"
+    Image.open(p).convert("RGB").save(p, format="JPEG")
+
+
+def _other_size_image(r):
+    p = r / "train2017" / "000000000001.jpg"
+    Image.open(p).resize((50, 40)).save(p)
+
+
+UNREADABLE_DURING_TRAINING = {
+    "corrupt-image": (_corrupt_image, r"cannot read .*train2017/000000000002\.jpg: cannot identify image file"),
+    # trained on without a word: JPEG artefacts are made-up ids, a stretched mask is another picture's
+    "jpeg-panoptic": (_jpeg_panoptic, r"panoptic file .*000000000001\.png: a JPEG image of mode RGB, not an 8-bit"),
+    "image-of-another-size": (_other_size_image, r"000000000001\.png is \d+x\d+ but its image .*000000000001\.jpg "
+                                                 r"is 50x40"),
+}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("name", list(UNREADABLE_DURING_TRAINING))
+def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_path, capsys, name, workers):
+    """Met in the data loader (also in a worker process): one line naming the file, no traceback."""
+    spoil, message = UNREADABLE_DURING_TRAINING[name]
+    spoil(coco)
+    assert _train(coco, tmp_path, "solver.max_iter=3", f"data.num_workers={workers}") == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+@pytest.fixture
+def trained(coco, tmp_path):
+    """A finished 2-iteration tiny-stage2 run in tmp_path/out (its model_final.pth)."""
+    assert _train(coco, tmp_path) == 0
+    return tmp_path / "out" / "model_final.pth"
+
+
+def _resume_cases(ckpt, tmp_path):
+    import torch
+
+    torch.save({"model": {}}, tmp_path / "weights_only.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    return {
+        # each was a traceback: FileNotFoundError, load_state_dict's RuntimeError, KeyError, TypeError
+        "missing-path": ([f"resume={tmp_path / 'nope.pth'}"], 2, r"resume checkpoint not found: .*nope\.pth"),
+        "other-model": ([f"resume={ckpt}", "model.name=demo"], 1,
+                        r"resume checkpoint .*model_final\.pth: checkpoint does not fit the 'demo' model"),
+        "not-a-training-checkpoint": ([f"resume={tmp_path / 'weights_only.pth'}"], 1,
+                                      r"weights_only\.pth is not a training checkpoint of this package"),
+        "a-list": ([f"resume={tmp_path / 'list.pth'}"], 1, r"list\.pth is not a training checkpoint"),
+        "other-trainable-set": ([f"resume={ckpt}", "model.trainable=all"], 1,
+                                r"model_final\.pth: its optimizer / scheduler state does not fit this run"),
+    }
+
+
+@pytest.mark.parametrize("name", ["missing-path", "other-model", "not-a-training-checkpoint", "a-list",
+                                  "other-trainable-set"])
+def test_unusable_resume_checkpoint_is_an_error_not_a_traceback(coco, tmp_path, trained, capsys, name):
+    extra, code, message = _resume_cases(trained, tmp_path)[name]
+    capsys.readouterr()
+    assert _train(coco, tmp_path / "again", "solver.max_iter=3", *extra) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and re.search(message, err), err
+    if name != "other-model":  # that one lists every differing key, as for `entitysam segment --checkpoint`
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_auto_resume_with_its_checkpoint_gone_does_not_start_over(coco, tmp_path, trained, capsys):
+    """output_dir/last_checkpoint naming a deleted file: the run silently restarted at iteration 0
+    and overwrote the folder's checkpoints; now one line, exit 2, nothing touched."""
+    out = trained.parent
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert _train(coco, tmp_path, "solver.max_iter=4") == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: .*last_checkpoint names the checkpoint .*model_0000001\.pth, which is not a file: "
+                        r".*resume=never.*\n", err), err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_coco_generator_never_replaces_a_real_dataset(tmp_path, capsys):
+    """Pointed at a folder holding a COCO panoptic json (e.g. datasets/coco), the generator replaced
+    annotations/panoptic_train2017.json and the train2017/0000000000NN.jpg images it names; and
+    --num-images 0 or -3 wrote an empty dataset. Now refused (exit 2), nothing written."""
+    from entitysam.data.synthetic.coco import main
+
+    real = tmp_path / "coco"
+    (real / "annotations").mkdir(parents=True)
+    (real / "annotations" / "panoptic_train2017.json").write_text('{"info": {"description": "COCO 2017"}}')
+    (real / "train2017").mkdir()
+    (real / "train2017" / "000000000001.jpg").write_bytes(b"a real picture")
+    before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file()}
+    for argv, message in (([str(real)], r"is not empty and does not hold a synthetic dataset"),
+                          ([str(tmp_path / "new"), "--num-images", "0"], r"num_images must be a positive integer")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert re.fullmatch(rf"error: .*{message}.*\n", err), err
+    assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "new").exists()
+    main([str(tmp_path / "synth"), "--num-images", "1"])  # new, then its own dataset again: fine
+    main([str(tmp_path / "synth"), "--num-images", "2"])
+    assert "wrote 2 images" in capsys.readouterr().out
+
+
+def test_training_reads_a_16_bit_grayscale_image_as_inference_does(tmp_path):
+    """convert("RGB") clipped 16-bit grayscale at 255 (a white picture, trained on without a word);
+    now scaled to 8 bits like io.sources.images.image_to_rgb (what segmenting the file sees)."""
+    from entitysam.io.sources.images import image_to_rgb
+    from entitysam.train.data import load_rgb
+
+    gray = np.linspace(0, 65535, 24 * 32).reshape(24, 32).astype(np.uint16)
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    with Image.open(tmp_path / "g.png") as im:
+        want = image_to_rgb(im)
+    got = load_rgb(str(tmp_path / "g.png"))
+    np.testing.assert_array_equal(got, want)
+    assert got.shape == (24, 32, 3) and 120 <= got[12, 16, 0] <= 136  # mid-gray, not white
+
+
+@pytest.mark.parametrize("where", ["the-json-itself", "under-the-json"])
+def test_train_output_dir_on_a_file_is_one_line_and_exit_2(coco, tmp_path, capsys, where):
+    """output_dir naming a file (or a path under one) was a FileExistsError / NotADirectoryError
+    traceback after the model was built; now refused first, the file untouched."""
+    from entitysam.train import cli as train_cli
+
+    js = _coco_json(coco)
+    before = js.read_bytes()
+    out = js if where == "the-json-itself" else js / "run"
+    code = train_cli.main(["--config", "tiny-stage2", f"data.root={coco}", f"output_dir={out}", "solver.max_iter=1",
+                           "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(r"error: output_dir '.*': .*(exists and is not a folder|is not a folder)\n",
+                                      err), err
+    assert js.read_bytes() == before
