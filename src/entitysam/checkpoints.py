@@ -90,6 +90,14 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0].strip()
 
 
+def _shown(text: str, limit: int = 200) -> str:
+    """Text from a checkpoint (a key, a dtype name, a loader's message quoting the file) as a
+    message shows it: control characters escaped (a hostile file could otherwise drive the
+    terminal: clear it, retitle it, fake lines), cut to `limit` characters (a 5 MB key)."""
+    cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
+    return cut if len(cut) <= limit else cut[:limit] + " ..."
+
+
 def _torch_cause(err: BaseException) -> str:
     """The cause in torch's message, without its advice (which suggests weights_only=False)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -123,7 +131,7 @@ def _read_pickle(path: Path, allow_pickle: bool) -> Any:
     if not allow_pickle:
         names = _unsafe_globals(refusal)
         if names or any(m in str(refusal) for m in _REFUSAL_MARKERS):
-            what = f" ({', '.join(names[:5])})" if names else ""
+            what = f" ({', '.join(_shown(n, 80) for n in names[:5])})" if names else ""
             problem = (f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
                        "code when loaded; EntitySAM checkpoints hold only tensors and plain data")
             raise UnsafeCheckpointError(problem, Remedy("allow_pickle", True, "only if you trust whoever made this file"),
@@ -142,10 +150,7 @@ def _describe_read_error(path: Path, err: BaseException) -> str:
             return "the file is empty"
     except OSError:
         pass
-    cause = _torch_cause(err)
-    if len(cause) > 200:
-        cause = cause[:200].rsplit(" ", 1)[0] + " ..."
-    return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {cause}"
+    return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {_shown(_torch_cause(err))}"
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -157,7 +162,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # noqa: BLE001 - SafetensorError for truncated or foreign files
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_shown(_first_line(err))}") from None
 
 
 def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -169,7 +174,8 @@ def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        examples = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in bad[:3])
+        examples = ", ".join(f"{_shown(repr(k[:100]), 100) if isinstance(k, str) else type(k).__name__}: "
+                             f"{type(v).__name__}" for k, v in bad[:3])
         raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: {len(bad)} of its {len(obj)} entries "
                                   f"are not named tensors ({examples}{', ...' if len(bad) > 3 else ''})")
     if not obj:
@@ -253,7 +259,7 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     def listing(title: str, items: list) -> None:
         if items:
             lines.append(f"  {title} ({len(items)}):")
-            lines.extend(f"    {item}" for item in items[:20])
+            lines.extend(f"    {_shown(str(item))}" for item in items[:20])  # keys come from the file
             if len(items) > 20:
                 lines.append(f"    ... and {len(items) - 20} more")
 
