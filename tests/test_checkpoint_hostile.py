@@ -5,14 +5,20 @@ traceback, a terminal escape or a huge allocation."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
+import subprocess
+import sys
+import warnings
+import zipfile
 
 import pytest
 import torch
 
 from _media import tiny_state_dict
 from entitysam import cli
-from entitysam.checkpoints import load_entitysam
+from entitysam.checkpoints import load_entitysam, read_state_dict
 from entitysam.errors import CheckpointMismatchError, CheckpointReadError
 
 ESCAPES = "\x1b]0;OWNED\x07\x1b[2J\x1b[31m"
@@ -50,3 +56,71 @@ def test_text_from_the_file_cannot_drive_the_terminal(tmp_path, capsys, kind):
         assert "\x1b" not in message and "\x07" not in message and "\\x1b" in message
         assert len(message) < 3000
     assert rc == 1 and "Traceback" not in text
+
+
+def _rewrite(source, path, *, pickle=None, compress=(), extra=()):
+    """A copy of the torch.save archive `source` at `path`: data.pkl replaced by `pickle`, the
+    records whose names end with one of `compress` deflated, the records `extra` appended."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            data = pickle if pickle is not None and info.filename.endswith("/data.pkl") else src.read(info)
+            packed = zipfile.ZIP_DEFLATED if info.filename.endswith(tuple(compress)) else zipfile.ZIP_STORED
+            out.writestr(zipfile.ZipInfo(info.filename), data, compress_type=packed)
+        for name, data in extra:
+            with warnings.catch_warnings():  # "Duplicate name": what the test wants
+                warnings.simplefilter("ignore", UserWarning)
+                out.writestr(zipfile.ZipInfo(name), data)
+    return path
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.save({"model": tiny_state_dict()}, tmp_path / "good.pth")
+    return tmp_path / "good.pth"
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("compressed", "is compressed (torch.save stores records as they are"),
+    ("duplicate", "holds a record name twice"),
+])
+def test_archives_torch_save_never_writes_are_refused_before_unpacking(saved, tmp_path, capsys, kind, message):
+    """A deflated record was inflated in memory before torch compared its size with the declared
+    one: a 3.6 MB file took 1.8 GB (a zip bomb: any amount); a name held twice was read as
+    whichever copy the reader picked. Both now refused from the archive's directory alone."""
+    if kind == "compressed":  # the same bytes, deflated: a bomb only differs in its size
+        path = _rewrite(saved, tmp_path / "packed.pth", compress=["/data/0"])
+    else:
+        path = _rewrite(saved, tmp_path / "twice.pth", extra=[("good/data/0", bytes(448))])
+    with pytest.raises(CheckpointReadError, match=re.escape(message)) as err:
+        read_state_dict(path)
+    assert str(path) in str(err.value)
+    rc, text = _segment(path, tmp_path, capsys)
+    assert rc == 1 and message in text and "Traceback" not in text
+
+
+def _deep_tuple_key(depth: int) -> bytes:
+    """A pickle of {((...(),),): None}: a dict key of `depth` nested tuples (1 byte a level)."""
+    return b"\x80\x02}" + b")" + b"\x85" * depth + b"Ns."
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_deeply_nested_tuples_are_refused_not_a_crash(saved, tmp_path, legacy):
+    """Hashing a dict key of a million nested tuples (1 MB of opcodes) overflowed the C stack
+    while torch's weights-only unpickler built the dict: Python died of a segmentation fault."""
+    path = tmp_path / "deep.pth"
+    if legacy:  # the pre-zip format: a pickle first, read by the same unpickler
+        path.write_bytes(_deep_tuple_key(1_000_000))
+    else:
+        _rewrite(saved, path, pickle=_deep_tuple_key(1_000_000))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = ("import sys\nfrom entitysam.checkpoints import read_state_dict\nfrom entitysam.errors import "
+            "CheckpointReadError\ntry:\n    read_state_dict(sys.argv[1])\nexcept CheckpointReadError as err:\n"
+            "    print(err)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0 and "nests tuples more than 100 deep" in proc.stdout, (proc.returncode, proc.stderr)
+    assert str(path) in proc.stdout
+    shallow = tmp_path / "shallow.pth"  # the same shape, as deep as torch.save goes and more: read as before
+    _rewrite(saved, shallow, pickle=_deep_tuple_key(50))
+    with pytest.raises(CheckpointReadError, match="not named tensors"):
+        read_state_dict(shallow)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, TypeVar
 
 import torch
 
+from .checkpoint_scan import numpy_safe_globals, printable, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError
 from .modeling.entitysam import EntitySAM
@@ -52,32 +53,6 @@ class LoadReport:
                 f"{len(self.ignored)} checkpoint tensors ignored; {len(self.shape_mismatch)} shape mismatches")
 
 
-def _numpy_safe_globals() -> list:
-    """The numpy globals a weights-only load may call, besides what torch allows by default.
-
-    Checkpoints of detectron2-style trainers (``{"model", "optimizer", "scheduler", "iteration",
-    ...}``, as the official training code writes them) can hold numpy scalars (an iteration or a
-    learning rate computed with numpy) or small numeric arrays. These globals only rebuild numeric
-    numpy data from raw bytes (a scalar, an empty array filled by ``ndarray.__setstate__``, a
-    dtype from its code): none of them can call anything else. Object arrays stay refused (their
-    ObjectDType is not listed), so no arbitrary Python object is reachable through them.
-    """
-    try:
-        import numpy as np  # noqa: PLC0415
-    except ImportError:
-        return []
-    try:
-        from numpy._core import multiarray  # noqa: PLC0415 - numpy 2
-    except ImportError:
-        from numpy.core import multiarray  # noqa: PLC0415 - numpy 1
-    allowed: list = []
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # names in pickles of numpy 1 / 2
-        allowed += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
-    allowed += [np.ndarray, np.dtype]
-    allowed += list(dict.fromkeys(type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGUS"))  # numeric, str
-    return allowed
-
-
 # What torch's weights-only unpickler says when it meets an object it will not build.
 _REFUSAL_MARKERS = ("GLOBAL", "Can only build", "allowlisted")
 # Lines of torch's own advice around the cause in a weights-only failure message.
@@ -88,14 +63,6 @@ _TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "WeightsUnpickler", "
 def _first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0].strip()
-
-
-def _shown(text: str, limit: int = 200) -> str:
-    """Text from a checkpoint (a key, a dtype name, a loader's message quoting the file) as a
-    message shows it: control characters escaped (a hostile file could otherwise drive the
-    terminal: clear it, retitle it, fake lines), cut to `limit` characters (a 5 MB key)."""
-    cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
-    return cut if len(cut) <= limit else cut[:limit] + " ..."
 
 
 def _torch_cause(err: BaseException) -> str:
@@ -116,12 +83,13 @@ def _load_weights_only(path: Path) -> Any:
     with warnings.catch_warnings():
         # torch warns about pickle protocols it was not written with; the error (if any) says more
         warnings.simplefilter("ignore", UserWarning)
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> Any:
     """torch.load with weights_only=True always; the full unpickler only with allow_pickle."""
+    scan_checkpoint(path)  # what the weights-only unpickler would crash or blow up memory on
     try:
         return _load_weights_only(path)
     except pickle.UnpicklingError as err:
@@ -131,7 +99,7 @@ def _read_pickle(path: Path, allow_pickle: bool) -> Any:
     if not allow_pickle:
         names = _unsafe_globals(refusal)
         if names or any(m in str(refusal) for m in _REFUSAL_MARKERS):
-            what = f" ({', '.join(_shown(n, 80) for n in names[:5])})" if names else ""
+            what = f" ({', '.join(printable(n, 80) for n in names[:5])})" if names else ""
             problem = (f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
                        "code when loaded; EntitySAM checkpoints hold only tensors and plain data")
             raise UnsafeCheckpointError(problem, Remedy("allow_pickle", True, "only if you trust whoever made this file"),
@@ -150,7 +118,8 @@ def _describe_read_error(path: Path, err: BaseException) -> str:
             return "the file is empty"
     except OSError:
         pass
-    return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {_shown(_torch_cause(err))}"
+    cause = printable(_torch_cause(err))
+    return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {cause}"
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -162,7 +131,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # noqa: BLE001 - SafetensorError for truncated or foreign files
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {_shown(_first_line(err))}") from None
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {printable(_first_line(err))}") from None
 
 
 def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -174,7 +143,7 @@ def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        examples = ", ".join(f"{_shown(repr(k[:100]), 100) if isinstance(k, str) else type(k).__name__}: "
+        examples = ", ".join(f"{printable(repr(k[:100]), 100) if isinstance(k, str) else type(k).__name__}: "
                              f"{type(v).__name__}" for k, v in bad[:3])
         raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: {len(bad)} of its {len(obj)} entries "
                                   f"are not named tensors ({examples}{', ...' if len(bad) > 3 else ''})")
@@ -259,7 +228,7 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     def listing(title: str, items: list) -> None:
         if items:
             lines.append(f"  {title} ({len(items)}):")
-            lines.extend(f"    {_shown(str(item))}" for item in items[:20])  # keys come from the file
+            lines.extend(f"    {printable(str(item))}" for item in items[:20])  # keys come from the file
             if len(items) > 20:
                 lines.append(f"    ... and {len(items) - 20} more")
 
