@@ -18,8 +18,8 @@ import torch
 
 from _media import tiny_state_dict
 from entitysam import cli
-from entitysam.checkpoints import load_entitysam, read_state_dict
-from entitysam.errors import CheckpointMismatchError, CheckpointReadError
+from entitysam.checkpoints import UnsafeLoadWarning, load_entitysam, read_state_dict
+from entitysam.errors import CheckpointMismatchError, CheckpointReadError, UnsafeCheckpointError
 
 ESCAPES = "\x1b]0;OWNED\x07\x1b[2J\x1b[31m"
 
@@ -124,3 +124,45 @@ def test_deeply_nested_tuples_are_refused_not_a_crash(saved, tmp_path, legacy):
     _rewrite(saved, shallow, pickle=_deep_tuple_key(50))
     with pytest.raises(CheckpointReadError, match="not named tensors"):
         read_state_dict(shallow)
+
+
+class _Reduce:
+    """Pickles as `func(*args)`, then `state` through __setstate__ (as numpy's own pickles do)."""
+
+    def __init__(self, func, args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+    def __reduce__(self):
+        return (self.func, self.args) if self.state is None else (self.func, self.args, self.state)
+
+
+def _numpy_objects():
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    n = 10_000_000  # 80 MB of None from a few bytes; any size works the same
+    return {
+        "ndarray-call": (_Reduce(np.ndarray, ((n,), "O")), "numpy.ndarray"),
+        "reconstruct-sized": (_Reduce(_reconstruct, (np.ndarray, (n,), "O")), "_reconstruct"),
+        "object-array": (_Reduce(_reconstruct, (np.ndarray, (0,), "b"),
+                                 (1, (2,), _Reduce(np.dtype, ("O",)), False, [1, "two"])), "numpy.object_"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["ndarray-call", "reconstruct-sized", "object-array"])
+def test_numpy_allow_list_builds_only_what_numpy_pickles(tmp_path, kind):
+    """numpy.ndarray, _reconstruct and numpy.dtype were callable with any arguments: a few bytes
+    made an 8 GB array of None (numpy.ndarray((10**9,), "O"), 37 s), and object arrays (which
+    the documentation says are refused) loaded. Now refused naming the numpy object; trusting
+    the file (allow_pickle=True) still reads it."""
+    obj, name = _numpy_objects()[kind]
+    path = tmp_path / f"{kind}.pth"
+    torch.save({"model": tiny_state_dict(), "extra": obj}, path)
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(name)) as err:
+        read_state_dict(path)
+    assert str(path) in str(err.value)
+    with pytest.warns(UnsafeLoadWarning):
+        assert "no_mem_embed" in read_state_dict(path, allow_pickle=True)

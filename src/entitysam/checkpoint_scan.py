@@ -13,6 +13,7 @@ that unpickler is safe from code but not from crashes or memory bombs.
 from __future__ import annotations
 
 import io
+import pickle
 import pickletools
 import zipfile
 from pathlib import Path
@@ -20,12 +21,15 @@ from typing import IO
 
 from .errors import CheckpointReadError
 
-__all__ = ["MAX_TUPLE_DEPTH", "scan_checkpoint", "numpy_safe_globals", "printable"]
+__all__ = ["MAX_TUPLE_DEPTH", "REFUSED", "scan_checkpoint", "numpy_safe_globals", "printable"]
 
 # torch.save nests tuples a few levels deep (a tensor's size inside its rebuild arguments); hashing
 # a tuple recurses in C once per level, and some ten thousand levels overflow the C stack.
 MAX_TUPLE_DEPTH = 100
 _TUPLES = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
+# How numpy_safe_globals' stand-ins refuse a numpy object (followed by its name): as an unpickling
+# refusal, like torch's for any other class, so that allow_pickle=True still reads such a file.
+REFUSED = "Refused numpy object:"
 
 
 def _tuple_depth_ok(stream: IO[bytes]) -> bool:
@@ -119,10 +123,12 @@ def numpy_safe_globals() -> list:
 
     Checkpoints of detectron2-style trainers (``{"model", "optimizer", "scheduler", "iteration",
     ...}``, as the official training code writes them) can hold numpy scalars (an iteration or a
-    learning rate computed with numpy) or small numeric arrays. These globals only rebuild numeric
-    numpy data from raw bytes (a scalar, an empty array filled by ``ndarray.__setstate__``, a
-    dtype from its code): none of them can call anything else. Object arrays stay refused (their
-    ObjectDType is not listed), so no arbitrary Python object is reachable through them.
+    learning rate computed with numpy) or small numeric arrays. Under numpy's names stand checked
+    versions that build only what numpy's own pickles build: a dtype of a number or a string (no
+    object, no fields, no sub-array), a scalar from its bytes, an array as an empty one that
+    ``ndarray.__setstate__`` fills from bytes in the file (checking their length). The array class
+    itself cannot be called: ``numpy.ndarray((10**9,), "O")``, a few bytes, made an 8 GB array of
+    None, and ``_reconstruct`` with dtype "O" rebuilt object arrays, which stay refused.
     """
     try:
         import numpy as np  # noqa: PLC0415
@@ -132,9 +138,28 @@ def numpy_safe_globals() -> list:
         from numpy._core import multiarray  # noqa: PLC0415 - numpy 2
     except ImportError:
         from numpy.core import multiarray  # noqa: PLC0415 - numpy 1
-    allowed: list = []
+
+    def plain(dtype):
+        d = np.dtype(dtype)
+        if d.hasobject or d.fields is not None or d.subdtype is not None or d.kind not in "biufcSU":
+            raise pickle.UnpicklingError(f"{REFUSED} numpy.{d.type.__name__}")  # object_, void, datetime64, ...
+        return d
+
+    def dtype(*args):  # numpy pickles a dtype as dtype(code, False, True), then sets its state
+        return plain(np.dtype(*args))
+
+    def ndarray(*args, **kwargs):  # only ever an argument of _reconstruct below
+        raise pickle.UnpicklingError(f"{REFUSED} numpy.ndarray")
+
+    def reconstruct(subtype, shape, code):  # what numpy pickles: _reconstruct(ndarray, (0,), b"b")
+        if subtype is not ndarray or shape != (0,):
+            raise pickle.UnpicklingError(f"{REFUSED} numpy.core.multiarray._reconstruct")
+        return multiarray._reconstruct(np.ndarray, (0,), plain(code))
+
+    # The class itself is listed so that the unpickler lets __setstate__ fill an array, under a
+    # name without a dot, which no GLOBAL opcode ("module.name") can ask for.
+    allowed: list = [(ndarray, "numpy.ndarray"), (dtype, "numpy.dtype"), (np.ndarray, "numpy arrays (setstate)")]
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # names in pickles of numpy 1 / 2
-        allowed += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
-    allowed += [np.ndarray, np.dtype]
+        allowed += [(multiarray.scalar, f"{module}.scalar"), (reconstruct, f"{module}._reconstruct")]
     allowed += list(dict.fromkeys(type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGUS"))  # numeric, str
     return allowed

@@ -21,7 +21,7 @@ from typing import Any, Mapping, TypeVar
 
 import torch
 
-from .checkpoint_scan import numpy_safe_globals, printable, scan_checkpoint
+from .checkpoint_scan import REFUSED, numpy_safe_globals, printable, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError
 from .modeling.entitysam import EntitySAM
@@ -75,7 +75,8 @@ def _torch_cause(err: BaseException) -> str:
 def _unsafe_globals(err: BaseException) -> list[str]:
     """Names of the refused globals or classes in torch's message (for ours)."""
     text = str(err)
-    names = re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"but got <class '([\w.]+)'>", text)
+    names = (re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"but got <class '([\w.]+)'>", text)
+             + re.findall(re.escape(REFUSED) + r" ([\w.]+)", text))
     return list(dict.fromkeys(names))
 
 
