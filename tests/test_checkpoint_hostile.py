@@ -166,3 +166,29 @@ def test_numpy_allow_list_builds_only_what_numpy_pickles(tmp_path, kind):
     assert str(path) in str(err.value)
     with pytest.warns(UnsafeLoadWarning):
         assert "no_mem_embed" in read_state_dict(path, allow_pickle=True)
+
+
+def _one_weight(kind: str) -> dict:
+    state = tiny_state_dict()
+    key = "no_mem_embed"
+    w = state[key]
+    state[key] = {"meta": lambda: torch.empty(w.shape, device="meta"),
+                  "nan": lambda: w.clone().index_fill_(-1, torch.tensor([0, 3]), float("nan")),
+                  "inf": lambda: w.clone().fill_(float("-inf")),
+                  "float64-overflow": lambda: w.double().fill_(1e300)}[kind]()
+    return state
+
+
+@pytest.mark.parametrize("kind, listed", [("meta", "meta: no data"), ("nan", "('no_mem_embed', 2)"),
+                                          ("inf", "('no_mem_embed', 32)"), ("float64-overflow", "('no_mem_embed', 32)")])
+def test_weights_without_usable_numbers_are_refused(tmp_path, capsys, kind, listed):
+    """A meta tensor (shape, no data) failed as a raw NotImplementedError (torch's advice to call
+    to_empty()); NaN or infinite weights (or float64 ones beyond float32) loaded, and `segment`
+    exited 0 having found nothing in every frame. Both now in the mismatch listing."""
+    path = tmp_path / f"{kind}.pth"
+    torch.save({"model": _one_weight(kind)}, path)
+    with pytest.raises(CheckpointMismatchError, match=re.escape(listed)):
+        load_entitysam(path)
+    rc, text = _segment(path, tmp_path, capsys)
+    assert rc == 1 and listed in text and "Traceback" not in text
+    assert not (tmp_path / "out" / "still").exists()

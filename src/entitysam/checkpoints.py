@@ -208,9 +208,16 @@ def _closest_config_name(state: Mapping[str, torch.Tensor]) -> str:
     return best.name
 
 
+def _count_non_finite(value: torch.Tensor) -> int:
+    as_loaded = value.to(torch.float32) if value.dtype == torch.float64 else value
+    if bool(torch.isfinite(as_loaded.sum())):  # NaN and inf reach the sum: the fast check of a good tensor
+        return 0
+    return int(as_loaded.numel() - torch.isfinite(as_loaded).sum())
+
+
 def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> None:
     """Raise CheckpointMismatchError unless `state` has exactly the model's keys and shapes, every
-    tensor a dense real floating-point one."""
+    tensor a dense real floating-point one holding finite numbers."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -219,10 +226,16 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     # Every weight is a real floating-point number: a complex one would lose its imaginary part
     # in the float32 cast, an integer or boolean one cannot be a parameter, a sparse one breaks
     # inference. Refused here, in one listing, before any of them reaches the model.
-    not_real = [(k, f"{str(v.dtype).removeprefix('torch.')}" + ("" if v.layout == torch.strided else f", {v.layout}"))
+    # A meta tensor (torch._utils._rebuild_meta_tensor_no_storage) has a shape but no numbers.
+    not_real = [(k, f"{str(v.dtype).removeprefix('torch.')}" + ("" if v.layout == torch.strided else f", {v.layout}")
+                 + (", meta: no data" if v.is_meta else ""))
                 for k, v in state.items() if k in expected
-                and (v.layout != torch.strided or not v.is_floating_point() or v.is_complex())]
-    if not (missing or unexpected or mismatched or not_real):
+                and (v.layout != torch.strided or not v.is_floating_point() or v.is_complex() or v.is_meta)]
+    # A NaN or infinite weight (a diverged training run; a float64 beyond float32's range) made
+    # every output NaN: the run "succeeded", finding nothing. Counted in the tensors that fit.
+    non_finite = [] if not_real else [(k, n) for k, v in state.items()
+                                      if expected.get(k) == tuple(v.shape) and (n := _count_non_finite(v))]
+    if not (missing or unexpected or mismatched or not_real or non_finite):
         return
     lines = [f"checkpoint does not fit the '{model.cfg.name}' model:"]
 
@@ -237,6 +250,7 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     listing("unexpected keys", unexpected)
     listing("shape mismatches (key, checkpoint, model)", mismatched)
     listing("not real floating-point dense tensors (key, dtype)", not_real)
+    listing("not finite: NaN or infinite values (key, how many)", non_finite)
     if not (missing or unexpected or mismatched):  # keys and shapes fit: nothing to say about configurations
         raise CheckpointMismatchError("\n".join(lines))
     fit = infer_config(state)
