@@ -192,3 +192,19 @@ def test_weights_without_usable_numbers_are_refused(tmp_path, capsys, kind, list
     rc, text = _segment(path, tmp_path, capsys)
     assert rc == 1 and listed in text and "Traceback" not in text
     assert not (tmp_path / "out" / "still").exists()
+
+
+@pytest.mark.parametrize("order", ["plain-first", "prefixed-first"])
+def test_a_weight_with_and_without_the_ddp_prefix_is_refused(tmp_path, order):
+    """'x' and 'module.x' both became 'x': whichever came later replaced the other, silently."""
+    state = tiny_state_dict()
+    other = torch.zeros_like(state["no_mem_embed"])
+    if order == "plain-first":
+        state["module.no_mem_embed"] = other
+    else:
+        state = {"module.no_mem_embed": other, **state}
+    path = tmp_path / "both.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointReadError, match="holds 'no_mem_embed' twice") as err:
+        load_entitysam(path)
+    assert str(path) in str(err.value)

@@ -154,6 +154,9 @@ def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         if key.startswith("module."):
             key = key[len("module."):]
+        if key in state:  # 'x' and 'module.x' both: the later one silently replaced the other
+            raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: it holds {printable(repr(key[:100]))} "
+                                      "twice, with and without the 'module.' prefix (which one is meant?)")
         state[key] = value
     return state
 
