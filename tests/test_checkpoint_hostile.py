@@ -208,3 +208,17 @@ def test_a_weight_with_and_without_the_ddp_prefix_is_refused(tmp_path, order):
     with pytest.raises(CheckpointReadError, match="holds 'no_mem_embed' twice") as err:
         load_entitysam(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("config", [None, "demo"])
+def test_a_checkpoint_that_does_not_fit_is_named(tmp_path, capsys, config):
+    """The mismatch listing did not say which file it was about (every other checkpoint error does)."""
+    state = tiny_state_dict()
+    del state["no_mem_embed"]
+    path = tmp_path / "partial.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointMismatchError, match="missing keys") as err:
+        load_entitysam(path, config)
+    assert f"checkpoint does not fit the '{config or 'tiny'}' model ({path}):" in str(err.value)
+    rc, text = _segment(path, tmp_path, capsys)
+    assert rc == 1 and f"model ({path}):" in text

@@ -218,9 +218,10 @@ def _count_non_finite(value: torch.Tensor) -> int:
     return int(as_loaded.numel() - torch.isfinite(as_loaded).sum())
 
 
-def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> None:
+def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor], *,
+                     source: str | os.PathLike | None = None) -> None:
     """Raise CheckpointMismatchError unless `state` has exactly the model's keys and shapes, every
-    tensor a dense real floating-point one holding finite numbers."""
+    tensor a dense real floating-point one holding finite numbers. source: the file, named in the message."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -240,7 +241,7 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
                                       if expected.get(k) == tuple(v.shape) and (n := _count_non_finite(v))]
     if not (missing or unexpected or mismatched or not_real or non_finite):
         return
-    lines = [f"checkpoint does not fit the '{model.cfg.name}' model:"]
+    lines = [f"checkpoint does not fit the '{model.cfg.name}' model{f' ({source})' if source is not None else ''}:"]
 
     def listing(title: str, items: list) -> None:
         if items:
@@ -280,19 +281,20 @@ def load_entitysam(source: str | os.PathLike | Mapping[str, torch.Tensor],
     model_class: the class built (an EntitySAM subclass: the public one of
     `entitysam.pipeline.loading`, which adds segment() and stream(); training uses the plain one)."""
     state = read_state_dict(source, allow_pickle=allow_pickle)
+    path = None if isinstance(source, Mapping) else source  # named in a mismatch
     if config is None:
         config = infer_config(state)
         if config is None:
             closest = _closest_config_name(state)
             model_cfg = get_config(closest)
             with torch.device("meta"):
-                check_state_dict(EntitySAM(model_cfg), state)  # raises with the full listing
+                check_state_dict(EntitySAM(model_cfg), state, source=path)  # raises with the full listing
             raise AssertionError("unreachable")
     elif isinstance(config, str):
         config = get_config(config)
     with torch.device("meta"):
         model = model_class(config)
-    check_state_dict(model, state)
+    check_state_dict(model, state, source=path)
     model.load_state_dict(state, strict=True, assign=True)
     return model.to(device=device, dtype=torch.float32).eval()
 
