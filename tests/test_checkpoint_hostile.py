@@ -222,3 +222,17 @@ def test_a_checkpoint_that_does_not_fit_is_named(tmp_path, capsys, config):
     assert f"checkpoint does not fit the '{config or 'tiny'}' model ({path}):" in str(err.value)
     rc, text = _segment(path, tmp_path, capsys)
     assert rc == 1 and f"model ({path}):" in text
+
+
+@pytest.mark.parametrize("kind", ["fifo.pth", "zero.pth", "fifo.safetensors"])
+def test_a_pipe_or_device_is_not_called_missing(tmp_path, capsys, kind):
+    """A FIFO or a link to /dev/zero was reported as "checkpoint not found" (it is there)."""
+    path = tmp_path / kind
+    if kind.startswith("fifo"):
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+    with pytest.raises(CheckpointReadError, match="it is not a regular file"):
+        read_state_dict(path)
+    rc, text = _segment(path, tmp_path, capsys)
+    assert rc == 1 and f"cannot read checkpoint {path}: it is not a regular file" in text

@@ -168,6 +168,9 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
     if path.is_dir():
         raise CheckpointReadError(f"cannot read checkpoint {path}: it is a folder, not a checkpoint file")
     if not path.is_file():
+        if path.exists():  # never opened: reading a pipe or /dev/zero would wait or run forever
+            raise CheckpointReadError(f"cannot read checkpoint {path}: it is not a regular file "
+                                      "(a pipe, a device or a socket)")
         raise CheckpointReadError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
