@@ -180,7 +180,8 @@ def _one_weight(kind: str) -> dict:
 
 
 @pytest.mark.parametrize("kind, listed", [("meta", "meta: no data"), ("nan", "('no_mem_embed', 2)"),
-                                          ("inf", "('no_mem_embed', 32)"), ("float64-overflow", "('no_mem_embed', 32)")])
+                                          ("inf", "('no_mem_embed', 32)"),
+                                          ("float64-overflow", "('no_mem_embed', 32)")])
 def test_weights_without_usable_numbers_are_refused(tmp_path, capsys, kind, listed):
     """A meta tensor (shape, no data) failed as a raw NotImplementedError (torch's advice to call
     to_empty()); NaN or infinite weights (or float64 ones beyond float32) loaded, and `segment`
@@ -236,3 +237,55 @@ def test_a_pipe_or_device_is_not_called_missing(tmp_path, capsys, kind):
         read_state_dict(path)
     rc, text = _segment(path, tmp_path, capsys)
     assert rc == 1 and f"cannot read checkpoint {path}: it is not a regular file" in text
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    from entitysam.data.synthetic.coco import make_synthetic_coco_panoptic
+
+    root = tmp_path_factory.mktemp("coco")
+    make_synthetic_coco_panoptic(root, num_images=2, seed=1)
+    return root
+
+
+def _train_checkpoint(path, kind):
+    state = tiny_state_dict()
+    if kind == "weights-only":  # what make_weights.py and detectron2 (without our "trainer") write
+        torch.save({"model": state}, path)
+    elif kind == "list":
+        torch.save([state], path)
+    elif kind == "trainer-of-another-run":
+        torch.save({"model": state, "iteration": 3, "trainer": {"optimizer": {"state": {}, "param_groups": []},
+                                                                 "scheduler": {}}}, path)
+    elif kind == "code":
+        from test_checkpoint_safety import _malicious
+
+        _malicious(path, path.parent / "PWNED", "system", "entry")
+    return path
+
+
+@pytest.mark.parametrize("kind, setting, message", [
+    ("weights-only", "resume", "not a checkpoint written by `entitysam train` (no 'trainer' / 'iteration' entry)"),
+    ("list", "resume", "not a checkpoint written by `entitysam train`"),
+    ("trainer-of-another-run", "resume", "its trainer state does not fit this run (ValueError"),
+    ("code", "resume", "refusing to load checkpoint"),
+    ("missing", "resume", "resume checkpoint not found"),
+    ("code", "model.weights", "refusing to load checkpoint"),
+])
+def test_train_with_an_unusable_checkpoint_says_so_in_one_line(tmp_path, coco, kind, setting, message):
+    """`entitysam train` with a resume checkpoint (or model.weights) it cannot use ended in a
+    Python traceback: KeyError 'trainer' for a weights-only file, TypeError for a list, the
+    UnsafeCheckpointError with a remedy naming allow_pickle=True, FileNotFoundError."""
+    path = tmp_path / "ckpt.pth"
+    if kind != "missing":
+        _train_checkpoint(path, kind)
+    extra = [f"resume={path}"] if setting == "resume" else [f"model.weights={path}", "resume=never"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "entitysam", "train", "--config", "tiny-stage2",
+                           f"data.root={coco}", f"output_dir={tmp_path / 'run'}", "num_threads=1", "solver.max_iter=1",
+                           *extra, "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and str(path) in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
+    assert "allow_pickle" not in proc.stderr and not (tmp_path / "PWNED").exists()

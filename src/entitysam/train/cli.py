@@ -62,11 +62,15 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
+    from ..errors import EntitySAMError  # noqa: PLC0415
     from .distributed import cleanup  # noqa: PLC0415
     from .trainer import train  # noqa: PLC0415
 
     try:
         train(cfg, quiet=args.quiet)
+    except EntitySAMError as err:  # a refused or unusable checkpoint (resume, model.weights, ...): one line
+        print(f"error: {err.problem}", file=sys.stderr)  # its remedies name arguments this command has no flag for
+        return 1
     finally:
         cleanup()
     return 0

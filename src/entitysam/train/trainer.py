@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import read_checkpoint
+from ..checkpoints import check_state_dict, printable, read_checkpoint, read_state_dict
+from ..errors import CheckpointMismatchError, CheckpointReadError
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
@@ -65,8 +66,25 @@ def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
                 return str(path)
         return None
     if not Path(mode).is_file():
-        raise FileNotFoundError(f"resume checkpoint not found: {mode}")
+        raise CheckpointReadError(f"resume checkpoint not found: {mode}")
     return mode
+
+
+def _resume_state(path: str, model: EntitySAM) -> dict:
+    """The checkpoint of an earlier run (read weights-only: it never runs code), its weights
+    loaded into `model`; anything else (another trainer's checkpoint, weights alone, another
+    model) is a CheckpointError naming the file, not a KeyError deep in the trainer."""
+    state = read_checkpoint(path)
+    parts = {"model": dict, "trainer": dict, "iteration": int}
+    lacking = [k for k, kind in parts.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    if lacking or state["iteration"] < 0:
+        raise CheckpointReadError(f"cannot resume from {path}: not a checkpoint written by `entitysam train` "
+                                  f"(no {' / '.join(map(repr, lacking)) or 'valid iteration'} entry); to start from "
+                                  "its weights, pass it as model.weights with resume=never")
+    weights = read_state_dict(state["model"])  # tensors only, the DDP prefix removed
+    check_state_dict(model, weights, source=path)
+    model.load_state_dict(weights, strict=True)
+    return state
 
 
 def _setup_logging(output_dir: Path, console: bool) -> None:
@@ -110,11 +128,10 @@ class Trainer:
         resume = find_resume_checkpoint(cfg)
         state = None
         if resume:
-            state = read_checkpoint(resume)  # weights-only: a checkpoint never runs code
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = EntitySAM(model_config(cfg))
-            model.load_state_dict(state["model"], strict=True)
+            state = _resume_state(resume, model)
         else:
             # the first process of each node downloads missing pretrained files, the others wait
             first = self.dist.local_rank == 0
@@ -134,7 +151,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_iter = 0
         if state is not None:
-            self._load_trainer_state(state)
+            try:
+                self._load_trainer_state(state)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+                raise CheckpointMismatchError(f"cannot resume from {resume}: its trainer state does not fit this run "
+                                              f"({printable(f'{type(err).__name__}: {err}')})") from None
             log.info("resumed from %s at iteration %d", resume, self.start_iter)
         self.ddp = None
         if self.dist.distributed:
