@@ -289,3 +289,35 @@ def test_train_with_an_unusable_checkpoint_says_so_in_one_line(tmp_path, coco, k
     assert proc.stderr.startswith("error: ") and message in proc.stderr and str(path) in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
     assert "allow_pickle" not in proc.stderr and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("kind, why", [("meta", "meta: no data"), ("complex", "complex64"), ("sparse", "sparse_coo"),
+                                       ("nan", "32 NaN or infinite values")])
+def test_pretrained_parts_without_usable_numbers_are_refused(tmp_path, coco, kind, why):
+    """model.sam2 / load_sam2_pretrained copied whatever fit the shape: a meta or sparse tensor failed
+    with torch's error (a traceback of `entitysam train`), a complex one lost its imaginary part
+    with a warning, a NaN one loaded and failed later in the matcher. Now refused, nothing copied."""
+    from entitysam.checkpoints import load_sam2_pretrained
+    from entitysam.config import get_config
+    from entitysam.modeling.entitysam import EntitySAM
+
+    w = tiny_state_dict()["no_mem_embed"]
+    value = {"meta": lambda: torch.empty(w.shape, device="meta"), "complex": lambda: torch.complex(w, w),
+             "sparse": w.to_sparse, "nan": lambda: torch.full_like(w, float("nan"))}[kind]()
+    path = tmp_path / "sam2.pt"
+    torch.save({"model": {"no_mem_pos_enc": torch.ones_like(w), "no_mem_embed": value}}, path)
+    model = EntitySAM(get_config("tiny"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=re.escape("no_mem_embed (")) as err:
+        load_sam2_pretrained(model, path)
+    assert why in str(err.value) and str(path) in str(err.value)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing copied
+    if kind != "meta":
+        return
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "entitysam", "train", "--config", "tiny-stage2",
+                           f"data.root={coco}", f"output_dir={tmp_path / 'run'}", "num_threads=1", "solver.max_iter=1",
+                           f"model.sam2={path}", "resume=never", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: checkpoint {path} cannot fill the model")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]

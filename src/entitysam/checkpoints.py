@@ -309,29 +309,44 @@ _SAM2_SHARED_PREFIXES = ("image_encoder.", "memory_attention.", "memory_encoder.
                          "obj_ptr_tpos_proj.", "sam_mask_decoder.")
 
 
+def _unusable(value: torch.Tensor) -> str | None:
+    """Why a tensor cannot fill a weight (what check_state_dict refuses), or None."""
+    if value.layout != torch.strided or value.is_meta or not value.is_floating_point() or value.is_complex():
+        meta = ", meta: no data" if value.is_meta else ""
+        return f"{str(value.dtype).removeprefix('torch.')}, {value.layout}{meta}"
+    count = _count_non_finite(value)
+    return f"{count} NaN or infinite values" if count else None
+
+
 def _partial_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], prefix: str,
-                  accept: tuple[str, ...] | None = None) -> LoadReport:
+                  accept: tuple[str, ...] | None = None, where: str = "the state dict") -> LoadReport:
     own = model.state_dict()
     report = LoadReport()
-    filled = set()
+    fills, unusable = [], []
+    for key, value in state.items():
+        target = prefix + key
+        if (accept is not None and not key.startswith(accept)) or target not in own:
+            report.ignored.append(key)
+        elif tuple(own[target].shape) != tuple(value.shape):
+            report.shape_mismatch.append((target, tuple(value.shape), tuple(own[target].shape)))
+        elif why := _unusable(value):
+            unusable.append((key, why))
+        else:
+            fills.append((target, value))
+    # Refused before anything is copied: a meta or sparse tensor failed the copy with torch's error
+    # half-way, a complex one lost its imaginary part, a NaN one surfaced as a matcher error in training.
+    if unusable:
+        listed = "; ".join(printable(f"{k} ({why})", 120) for k, why in unusable[:5])
+        raise CheckpointMismatchError(f"{where} cannot fill the model: {len(unusable)} of its tensors hold no usable "
+                                      f"real numbers: {listed}{'; ...' if len(unusable) > 5 else ''}")
     with torch.no_grad():
-        for key, value in state.items():
-            target = prefix + key
-            if accept is not None and not key.startswith(accept):
-                report.ignored.append(key)
-                continue
-            if target not in own:
-                report.ignored.append(key)
-                continue
-            if tuple(own[target].shape) != tuple(value.shape):
-                report.shape_mismatch.append((target, tuple(value.shape), tuple(own[target].shape)))
-                continue
+        for target, value in fills:
             own[target].copy_(value.to(own[target].dtype))
-            filled.add(target)
             report.loaded.append(target)
     scope = [k for k in own if k.startswith(prefix)] if prefix else list(own)
     if accept is not None:
         scope = [k for k in scope if k.startswith(accept)]
+    filled = set(report.loaded)
     report.not_filled = [k for k in scope if k not in filled]
     return report
 
@@ -344,11 +359,15 @@ def load_sam2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[s
     reported as ignored; EntitySAM's own parts (queries, prompt generator, DINOv2) are not filled.
     """
     state = read_state_dict(source, allow_pickle=allow_pickle)
-    return _partial_load(model, state, "", accept=_SAM2_SHARED_PREFIXES)
+    return _partial_load(model, state, "", accept=_SAM2_SHARED_PREFIXES, where=_where(source))
 
 
 def load_dinov2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                            allow_pickle: bool = False) -> LoadReport:
     """Fill the semantic encoder from a DINOv2 hub checkpoint (`dinov2_vit*14_pretrain.pth`)."""
     state = read_state_dict(source, allow_pickle=allow_pickle)
-    return _partial_load(model, state, "dinov2_feature_extractor.")
+    return _partial_load(model, state, "dinov2_feature_extractor.", where=_where(source))
+
+
+def _where(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> str:
+    return "the state dict" if isinstance(source, Mapping) else f"checkpoint {source}"
