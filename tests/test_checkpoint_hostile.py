@@ -321,3 +321,25 @@ def test_pretrained_parts_without_usable_numbers_are_refused(tmp_path, coco, kin
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1 and proc.stderr.startswith(f"error: checkpoint {path} cannot fill the model")
     assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", ["zero-strides", "one-storage", "view-of-more"])
+def test_loaded_weights_own_their_memory(tmp_path, kind):
+    """Weights are assigned as loaded: a zero-stride view made the first training step fail in
+    the optimizer (RuntimeError: more than one element ... refers to a single memory location),
+    and two weights stored on one storage stayed tied (training one changed the other)."""
+    state = tiny_state_dict()
+    a, b = (f"sam_mask_decoder.transformer.layers.0.self_attn.{n}_proj.weight" for n in "qk")
+    if kind == "zero-strides":
+        state[a] = torch.ones(1).expand(state[a].shape)
+    elif kind == "one-storage":
+        state[b] = state[a]
+    else:  # a slice of a larger tensor: its whole storage is saved with it
+        state[a] = torch.cat([state[a], state[b]])[: state[a].shape[0]]
+    path = tmp_path / f"{kind}.pth"
+    torch.save({"model": state}, path)
+    params = dict(load_entitysam(path).named_parameters())
+    with torch.no_grad():
+        params[a].add_(1.0)  # what an optimizer step does
+    assert torch.equal(params[a], state[a] + 1) and torch.equal(params[b], state[b])
+    assert params[a].untyped_storage().nbytes() == params[a].numel() * 4

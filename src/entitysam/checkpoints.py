@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -298,8 +299,19 @@ def load_entitysam(source: str | os.PathLike | Mapping[str, torch.Tensor],
     with torch.device("meta"):
         model = model_class(config)
     check_state_dict(model, state, source=path)
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(_owning_their_memory(state), strict=True, assign=True)
     return model.to(device=device, dtype=torch.float32).eval()
+
+
+def _owning_their_memory(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with a copy of each tensor that does not own its storage alone and densely. The
+    weights are assigned, not copied: a view with zero or overlapping strides (one number read
+    as many) made training fail in the optimizer ("more than one element of the written-to tensor
+    refers to a single memory location"), two weights on one storage were silently tied."""
+    users = Counter(v.untyped_storage().data_ptr() for v in state.values())
+    return {k: v if v.is_contiguous() and users[v.untyped_storage().data_ptr()] == 1
+            and v.untyped_storage().nbytes() == v.numel() * v.element_size()
+            else v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------- pretrained parts
