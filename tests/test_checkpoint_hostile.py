@@ -24,14 +24,15 @@ from entitysam.errors import CheckpointMismatchError, CheckpointReadError, Unsaf
 ESCAPES = "\x1b]0;OWNED\x07\x1b[2J\x1b[31m"
 
 
-def _segment(path, tmp_path, capsys) -> tuple[int, str]:
-    """`entitysam segment` of a one-frame still with --checkpoint `path`: exit code, stderr."""
+def _segment(path, tmp_path, capsys, *extra) -> tuple[int, str]:
+    """`entitysam segment` of a one-frame still with --checkpoint `path` (None: none): exit code, stderr."""
     import numpy as np
     from PIL import Image
 
     still = tmp_path / "still.png"
     Image.fromarray(np.full((48, 64, 3), 90, np.uint8)).save(still)
-    rc = cli.main(["segment", str(still), "-o", str(tmp_path / "out"), "--checkpoint", str(path), "-q"])
+    checkpoint = ["--checkpoint", str(path)] if path is not None else []
+    rc = cli.main(["segment", str(still), "-o", str(tmp_path / "out"), *checkpoint, "-q", *extra])
     return rc, capsys.readouterr().err
 
 
@@ -343,3 +344,20 @@ def test_loaded_weights_own_their_memory(tmp_path, kind):
         params[a].add_(1.0)  # what an optimizer step does
     assert torch.equal(params[a], state[a] + 1) and torch.equal(params[b], state[b])
     assert params[a].untyped_storage().nbytes() == params[a].numel() * 4
+
+
+def test_a_refused_published_model_file_gives_advice_that_works(tmp_path, capsys, monkeypatch):
+    """A planted file in the model folder was refused with "use --trust-checkpoint-code", which
+    applies to --checkpoint only: following it gave the same refusal again."""
+    from entitysam.hub import local_checkpoint_path
+    from test_checkpoint_safety import _malicious
+
+    monkeypatch.setenv("ENTITYSAM_HOME", str(tmp_path / "home"))
+    planted = local_checkpoint_path("vit-s")
+    planted.parent.mkdir(parents=True)
+    _malicious(planted, tmp_path / "PWNED", "system", "entry")
+    for trust in ([], ["--trust-checkpoint-code"]):
+        rc, text = _segment(None, tmp_path, capsys, *trust)
+        assert rc == 1 and f"refusing to load checkpoint {planted}" in text and "never unpickled in full" in text
+        assert "--trust-checkpoint-code" not in text and "allow_pickle" not in text and "Traceback" not in text
+    assert not (tmp_path / "PWNED").exists()
