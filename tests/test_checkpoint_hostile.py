@@ -361,3 +361,12 @@ def test_a_refused_published_model_file_gives_advice_that_works(tmp_path, capsys
         assert rc == 1 and f"refusing to load checkpoint {planted}" in text and "never unpickled in full" in text
         assert "--trust-checkpoint-code" not in text and "allow_pickle" not in text and "Traceback" not in text
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_length_field_beyond_the_file_is_an_unreadable_file(tmp_path):
+    """The structure check itself read a string of the declared 2**62 bytes: a raw MemoryError
+    (not an EntitySAMError) where torch's own reading says the file is unreadable."""
+    path = tmp_path / "huge-length.pth"
+    path.write_bytes(b"\x80\x04\x8d" + struct.pack("<Q", 2**62) + b"abc")
+    with pytest.raises(CheckpointReadError, match="not a readable PyTorch checkpoint"):
+        read_state_dict(path)

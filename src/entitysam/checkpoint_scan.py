@@ -67,7 +67,7 @@ def _tuple_depth_ok(stream: IO[bytes]) -> bool:
                 stack.append(depth)
             else:  # anything else that is pushed nests no tuple a hash would walk into (lists, dicts: unhashable)
                 stack.extend(0 for _ in op.stack_after)
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, EOFError, MemoryError, OverflowError):  # a 2**62 length field: read() gives up
         pass
     return True
 
