@@ -133,12 +133,12 @@ def _resume_cases(ckpt, tmp_path):
         # each was a traceback: FileNotFoundError, load_state_dict's RuntimeError, KeyError, TypeError
         "missing-path": ([f"resume={tmp_path / 'nope.pth'}"], 2, r"resume checkpoint not found: .*nope\.pth"),
         "other-model": ([f"resume={ckpt}", "model.name=demo"], 1,
-                        r"resume checkpoint .*model_final\.pth: checkpoint does not fit the 'demo' model"),
+                        r"checkpoint does not fit the 'demo' model \(.*model_final\.pth\)"),
         "not-a-training-checkpoint": ([f"resume={tmp_path / 'weights_only.pth'}"], 1,
-                                      r"weights_only\.pth is not a training checkpoint of this package"),
-        "a-list": ([f"resume={tmp_path / 'list.pth'}"], 1, r"list\.pth is not a training checkpoint"),
+                                      r"weights_only\.pth: not a checkpoint written by `entitysam train`"),
+        "a-list": ([f"resume={tmp_path / 'list.pth'}"], 1, r"list\.pth: not a checkpoint written by `entitysam train`"),
         "other-trainable-set": ([f"resume={ckpt}", "model.trainable=all"], 1,
-                                r"model_final\.pth: its optimizer / scheduler state does not fit this run"),
+                                r"model_final\.pth: its trainer state does not fit this run"),
     }
 
 

@@ -15,12 +15,14 @@ import os
 import pickle
 import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import torch
 
+from .checkpoint_scan import REFUSED, numpy_safe_globals, printable, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError
 from .modeling.entitysam import EntitySAM
@@ -52,32 +54,6 @@ class LoadReport:
                 f"{len(self.ignored)} checkpoint tensors ignored; {len(self.shape_mismatch)} shape mismatches")
 
 
-def _numpy_safe_globals() -> list:
-    """The numpy globals a weights-only load may call, besides what torch allows by default.
-
-    Checkpoints of detectron2-style trainers (``{"model", "optimizer", "scheduler", "iteration",
-    ...}``, as the official training code writes them) can hold numpy scalars (an iteration or a
-    learning rate computed with numpy) or small numeric arrays. These globals only rebuild numeric
-    numpy data from raw bytes (a scalar, an empty array filled by ``ndarray.__setstate__``, a
-    dtype from its code): none of them can call anything else. Object arrays stay refused (their
-    ObjectDType is not listed), so no arbitrary Python object is reachable through them.
-    """
-    try:
-        import numpy as np  # noqa: PLC0415
-    except ImportError:
-        return []
-    try:
-        from numpy._core import multiarray  # noqa: PLC0415 - numpy 2
-    except ImportError:
-        from numpy.core import multiarray  # noqa: PLC0415 - numpy 1
-    allowed: list = []
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # names in pickles of numpy 1 / 2
-        allowed += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
-    allowed += [np.ndarray, np.dtype]
-    allowed += list(dict.fromkeys(type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDGUS"))  # numeric, str
-    return allowed
-
-
 # What torch's weights-only unpickler says when it meets an object it will not build.
 _REFUSAL_MARKERS = ("GLOBAL", "Can only build", "allowlisted")
 # Lines of torch's own advice around the cause in a weights-only failure message.
@@ -100,7 +76,8 @@ def _torch_cause(err: BaseException) -> str:
 def _unsafe_globals(err: BaseException) -> list[str]:
     """Names of the refused globals or classes in torch's message (for ours)."""
     text = str(err)
-    names = re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"but got <class '([\w.]+)'>", text)
+    names = (re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"but got <class '([\w.]+)'>", text)
+             + re.findall(re.escape(REFUSED) + r" ([\w.]+)", text))
     return list(dict.fromkeys(names))
 
 
@@ -108,12 +85,13 @@ def _load_weights_only(path: Path) -> Any:
     with warnings.catch_warnings():
         # torch warns about pickle protocols it was not written with; the error (if any) says more
         warnings.simplefilter("ignore", UserWarning)
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _read_pickle(path: Path, allow_pickle: bool) -> Any:
     """torch.load with weights_only=True always; the full unpickler only with allow_pickle."""
+    scan_checkpoint(path)  # what the weights-only unpickler would crash or blow up memory on
     try:
         return _load_weights_only(path)
     except pickle.UnpicklingError as err:
@@ -123,7 +101,7 @@ def _read_pickle(path: Path, allow_pickle: bool) -> Any:
     if not allow_pickle:
         names = _unsafe_globals(refusal)
         if names or any(m in str(refusal) for m in _REFUSAL_MARKERS):
-            what = f" ({', '.join(names[:5])})" if names else ""
+            what = f" ({', '.join(printable(n, 80) for n in names[:5])})" if names else ""
             problem = (f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
                        "code when loaded; EntitySAM checkpoints hold only tensors and plain data")
             raise UnsafeCheckpointError(problem, Remedy("allow_pickle", True, "only if you trust whoever made this file"),
@@ -142,9 +120,7 @@ def _describe_read_error(path: Path, err: BaseException) -> str:
             return "the file is empty"
     except OSError:
         pass
-    cause = _torch_cause(err)
-    if len(cause) > 200:
-        cause = cause[:200].rsplit(" ", 1)[0] + " ..."
+    cause = printable(_torch_cause(err))
     return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {cause}"
 
 
@@ -157,7 +133,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # noqa: BLE001 - SafetensorError for truncated or foreign files
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {_first_line(err)}") from None
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {printable(_first_line(err))}") from None
 
 
 def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
@@ -169,7 +145,8 @@ def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
         obj = obj["model"]
     bad = [(k, v) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        examples = ", ".join(f"{k!r}: {type(v).__name__}" for k, v in bad[:3])
+        examples = ", ".join(f"{printable(repr(k[:100]), 100) if isinstance(k, str) else type(k).__name__}: "
+                             f"{type(v).__name__}" for k, v in bad[:3])
         raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: {len(bad)} of its {len(obj)} entries "
                                   f"are not named tensors ({examples}{', ...' if len(bad) > 3 else ''})")
     if not obj:
@@ -178,6 +155,9 @@ def _as_state_dict(obj: Any, where: str) -> dict[str, torch.Tensor]:
     for key, value in obj.items():
         if key.startswith("module."):
             key = key[len("module."):]
+        if key in state:  # 'x' and 'module.x' both: the later one silently replaced the other
+            raise CheckpointReadError(f"{where} is not an EntitySAM checkpoint: it holds {printable(repr(key[:100]))} "
+                                      "twice, with and without the 'module.' prefix (which one is meant?)")
         state[key] = value
     return state
 
@@ -189,6 +169,9 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
     if path.is_dir():
         raise CheckpointReadError(f"cannot read checkpoint {path}: it is a folder, not a checkpoint file")
     if not path.is_file():
+        if path.exists():  # never opened: reading a pipe or /dev/zero would wait or run forever
+            raise CheckpointReadError(f"cannot read checkpoint {path}: it is not a regular file "
+                                      "(a pipe, a device or a socket)")
         raise CheckpointReadError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
@@ -232,9 +215,17 @@ def _closest_config_name(state: Mapping[str, torch.Tensor]) -> str:
     return best.name
 
 
-def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> None:
+def _count_non_finite(value: torch.Tensor) -> int:
+    as_loaded = value.to(torch.float32) if value.dtype == torch.float64 else value
+    if bool(torch.isfinite(as_loaded.sum())):  # NaN and inf reach the sum: the fast check of a good tensor
+        return 0
+    return int(as_loaded.numel() - torch.isfinite(as_loaded).sum())
+
+
+def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor], *,
+                     source: str | os.PathLike | None = None) -> None:
     """Raise CheckpointMismatchError unless `state` has exactly the model's keys and shapes, every
-    tensor a dense real floating-point one."""
+    tensor a dense real floating-point one holding finite numbers. source: the file, named in the message."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -243,17 +234,23 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     # Every weight is a real floating-point number: a complex one would lose its imaginary part
     # in the float32 cast, an integer or boolean one cannot be a parameter, a sparse one breaks
     # inference. Refused here, in one listing, before any of them reaches the model.
-    not_real = [(k, f"{str(v.dtype).removeprefix('torch.')}" + ("" if v.layout == torch.strided else f", {v.layout}"))
+    # A meta tensor (torch._utils._rebuild_meta_tensor_no_storage) has a shape but no numbers.
+    not_real = [(k, f"{str(v.dtype).removeprefix('torch.')}" + ("" if v.layout == torch.strided else f", {v.layout}")
+                 + (", meta: no data" if v.is_meta else ""))
                 for k, v in state.items() if k in expected
-                and (v.layout != torch.strided or not v.is_floating_point() or v.is_complex())]
-    if not (missing or unexpected or mismatched or not_real):
+                and (v.layout != torch.strided or not v.is_floating_point() or v.is_complex() or v.is_meta)]
+    # A NaN or infinite weight (a diverged training run; a float64 beyond float32's range) made
+    # every output NaN: the run "succeeded", finding nothing. Counted in the tensors that fit.
+    non_finite = [] if not_real else [(k, n) for k, v in state.items()
+                                      if expected.get(k) == tuple(v.shape) and (n := _count_non_finite(v))]
+    if not (missing or unexpected or mismatched or not_real or non_finite):
         return
-    lines = [f"checkpoint does not fit the '{model.cfg.name}' model:"]
+    lines = [f"checkpoint does not fit the '{model.cfg.name}' model{f' ({source})' if source is not None else ''}:"]
 
     def listing(title: str, items: list) -> None:
         if items:
             lines.append(f"  {title} ({len(items)}):")
-            lines.extend(f"    {item}" for item in items[:20])
+            lines.extend(f"    {printable(str(item))}" for item in items[:20])  # keys come from the file
             if len(items) > 20:
                 lines.append(f"    ... and {len(items) - 20} more")
 
@@ -261,6 +258,7 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor]) -> Non
     listing("unexpected keys", unexpected)
     listing("shape mismatches (key, checkpoint, model)", mismatched)
     listing("not real floating-point dense tensors (key, dtype)", not_real)
+    listing("not finite: NaN or infinite values (key, how many)", non_finite)
     if not (missing or unexpected or mismatched):  # keys and shapes fit: nothing to say about configurations
         raise CheckpointMismatchError("\n".join(lines))
     fit = infer_config(state)
@@ -287,21 +285,33 @@ def load_entitysam(source: str | os.PathLike | Mapping[str, torch.Tensor],
     model_class: the class built (an EntitySAM subclass: the public one of
     `entitysam.pipeline.loading`, which adds segment() and stream(); training uses the plain one)."""
     state = read_state_dict(source, allow_pickle=allow_pickle)
+    path = None if isinstance(source, Mapping) else source  # named in a mismatch
     if config is None:
         config = infer_config(state)
         if config is None:
             closest = _closest_config_name(state)
             model_cfg = get_config(closest)
             with torch.device("meta"):
-                check_state_dict(EntitySAM(model_cfg), state)  # raises with the full listing
+                check_state_dict(EntitySAM(model_cfg), state, source=path)  # raises with the full listing
             raise AssertionError("unreachable")
     elif isinstance(config, str):
         config = get_config(config)
     with torch.device("meta"):
         model = model_class(config)
-    check_state_dict(model, state)
-    model.load_state_dict(state, strict=True, assign=True)
+    check_state_dict(model, state, source=path)
+    model.load_state_dict(_owning_their_memory(state), strict=True, assign=True)
     return model.to(device=device, dtype=torch.float32).eval()
+
+
+def _owning_their_memory(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with a copy of each tensor that does not own its storage alone and densely. The
+    weights are assigned, not copied: a view with zero or overlapping strides (one number read
+    as many) made training fail in the optimizer ("more than one element of the written-to tensor
+    refers to a single memory location"), two weights on one storage were silently tied."""
+    users = Counter(v.untyped_storage().data_ptr() for v in state.values())
+    return {k: v if v.is_contiguous() and users[v.untyped_storage().data_ptr()] == 1
+            and v.untyped_storage().nbytes() == v.numel() * v.element_size()
+            else v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------- pretrained parts
@@ -311,29 +321,44 @@ _SAM2_SHARED_PREFIXES = ("image_encoder.", "memory_attention.", "memory_encoder.
                          "obj_ptr_tpos_proj.", "sam_mask_decoder.")
 
 
+def _unusable(value: torch.Tensor) -> str | None:
+    """Why a tensor cannot fill a weight (what check_state_dict refuses), or None."""
+    if value.layout != torch.strided or value.is_meta or not value.is_floating_point() or value.is_complex():
+        meta = ", meta: no data" if value.is_meta else ""
+        return f"{str(value.dtype).removeprefix('torch.')}, {value.layout}{meta}"
+    count = _count_non_finite(value)
+    return f"{count} NaN or infinite values" if count else None
+
+
 def _partial_load(model: torch.nn.Module, state: Mapping[str, torch.Tensor], prefix: str,
-                  accept: tuple[str, ...] | None = None) -> LoadReport:
+                  accept: tuple[str, ...] | None = None, where: str = "the state dict") -> LoadReport:
     own = model.state_dict()
     report = LoadReport()
-    filled = set()
+    fills, unusable = [], []
+    for key, value in state.items():
+        target = prefix + key
+        if (accept is not None and not key.startswith(accept)) or target not in own:
+            report.ignored.append(key)
+        elif tuple(own[target].shape) != tuple(value.shape):
+            report.shape_mismatch.append((target, tuple(value.shape), tuple(own[target].shape)))
+        elif why := _unusable(value):
+            unusable.append((key, why))
+        else:
+            fills.append((target, value))
+    # Refused before anything is copied: a meta or sparse tensor failed the copy with torch's error
+    # half-way, a complex one lost its imaginary part, a NaN one surfaced as a matcher error in training.
+    if unusable:
+        listed = "; ".join(printable(f"{k} ({why})", 120) for k, why in unusable[:5])
+        raise CheckpointMismatchError(f"{where} cannot fill the model: {len(unusable)} of its tensors hold no usable "
+                                      f"real numbers: {listed}{'; ...' if len(unusable) > 5 else ''}")
     with torch.no_grad():
-        for key, value in state.items():
-            target = prefix + key
-            if accept is not None and not key.startswith(accept):
-                report.ignored.append(key)
-                continue
-            if target not in own:
-                report.ignored.append(key)
-                continue
-            if tuple(own[target].shape) != tuple(value.shape):
-                report.shape_mismatch.append((target, tuple(value.shape), tuple(own[target].shape)))
-                continue
+        for target, value in fills:
             own[target].copy_(value.to(own[target].dtype))
-            filled.add(target)
             report.loaded.append(target)
     scope = [k for k in own if k.startswith(prefix)] if prefix else list(own)
     if accept is not None:
         scope = [k for k in scope if k.startswith(accept)]
+    filled = set(report.loaded)
     report.not_filled = [k for k in scope if k not in filled]
     return report
 
@@ -346,11 +371,15 @@ def load_sam2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[s
     reported as ignored; EntitySAM's own parts (queries, prompt generator, DINOv2) are not filled.
     """
     state = read_state_dict(source, allow_pickle=allow_pickle)
-    return _partial_load(model, state, "", accept=_SAM2_SHARED_PREFIXES)
+    return _partial_load(model, state, "", accept=_SAM2_SHARED_PREFIXES, where=_where(source))
 
 
 def load_dinov2_pretrained(model: EntitySAM, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
                            allow_pickle: bool = False) -> LoadReport:
     """Fill the semantic encoder from a DINOv2 hub checkpoint (`dinov2_vit*14_pretrain.pth`)."""
     state = read_state_dict(source, allow_pickle=allow_pickle)
-    return _partial_load(model, state, "dinov2_feature_extractor.")
+    return _partial_load(model, state, "dinov2_feature_extractor.", where=_where(source))
+
+
+def _where(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> str:
+    return "the state dict" if isinstance(source, Mapping) else f"checkpoint {source}"

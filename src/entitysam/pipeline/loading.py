@@ -25,7 +25,7 @@ from ..inference.precision import resolve_device
 from ..argtypes import InvalidArgumentError
 from ..checkpoints import load_entitysam
 from ..config import CONFIGS
-from ..errors import EntitySAMError, ModelLoadError
+from ..errors import EntitySAMError, ModelLoadError, UnsafeCheckpointError
 from ..hub import resolve_checkpoint
 from ..modeling import entitysam as modeling
 from ..io.sources import DEFAULT_MAX_PIXELS
@@ -115,7 +115,12 @@ def from_pretrained(name: str = "vit-s", *, device: str | torch.device = "cpu",
         raise InvalidArgumentError(f"the model name must be a string (vit-s, vit-l or demo), got {name!r}")
     resolve_device(device)  # an unusable device is refused before any download
     path = resolve_checkpoint(name, download=download, cache_dir=cache_dir)
-    model = load_entitysam(path, config=name, device=resolve_device(device), model_class=EntitySAM)
+    try:
+        model = load_entitysam(path, config=name, device=resolve_device(device), model_class=EntitySAM)
+    except UnsafeCheckpointError as err:  # its remedy, allow_pickle, is no argument here: it could not be followed
+        raise UnsafeCheckpointError(f"{err.problem}; the file of a published model is never unpickled in full: "
+                                    "delete it to download it again, or load it as a checkpoint file",
+                                    path=path) from None
     model.checkpoint_path = str(path)
     return model
 

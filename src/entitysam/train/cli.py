@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import EntitySAMError  # noqa: PLC0415
     from .config import load_config  # noqa: PLC0415
     from .config_checks import check_dataset, check_output_dir  # noqa: PLC0415
 
@@ -59,8 +60,11 @@ def run(args: argparse.Namespace) -> int:
             from .trainer import find_resume_checkpoint  # noqa: PLC0415
 
             find_resume_checkpoint(cfg)  # resume=PATH or a last_checkpoint naming a missing file
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, EntitySAMError) as err:
+        if isinstance(err, EntitySAMError):  # its remedies name arguments this command has no flag for
+            message = err.problem
+        else:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {message}", file=sys.stderr)
         return 2
     if args.print_config:
@@ -69,12 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from .distributed import cleanup  # noqa: PLC0415
     from .trainer import train  # noqa: PLC0415
 
-    from ..errors import EntitySAMError  # noqa: PLC0415
-
     try:
         train(cfg, quiet=args.quiet)
-    except EntitySAMError as err:  # e.g. an unreadable image met during training: one line, a failed run
-        print(f"error: {err}", file=sys.stderr)
+    except EntitySAMError as err:  # a refused or unusable checkpoint (resume, model.weights, ...): one line
+        print(f"error: {err.problem}", file=sys.stderr)  # its remedies name arguments this command has no flag for
         return 1
     finally:
         cleanup()

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import load_dinov2_pretrained, load_entitysam, load_sam2_pretrained
+from ..checkpoints import load_dinov2_pretrained, load_entitysam, load_sam2_pretrained, printable
+from ..errors import CheckpointMismatchError, CheckpointReadError
 from ..config import EntitySAMConfig, get_config
 from ..modeling.entitysam import EntitySAM
 from .config import OFFICIAL_TRAINABLE_PREFIXES, TrainConfig
@@ -49,7 +50,7 @@ def resolve_pretrained(spec: str, is_main: bool = True) -> str:
     name = Path(spec).name
     url = spec if spec.startswith(("http://", "https://")) else KNOWN_URLS.get(name)
     if url is None:
-        raise FileNotFoundError(f"pretrained checkpoint not found: {spec}")
+        raise CheckpointReadError(f"pretrained checkpoint not found: {spec}")
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not target.is_file():
         if not is_main:
@@ -80,14 +81,15 @@ def build_model(cfg: TrainConfig, is_main: bool = True) -> EntitySAM:
             report = load_sam2_pretrained(model, path)
             log.info("SAM 2.1 weights from %s: %s", path, report.summary())
             if report.shape_mismatch:
-                raise RuntimeError(f"SAM 2.1 checkpoint {path} does not fit: {report.shape_mismatch[:5]}")
+                raise CheckpointMismatchError(f"SAM 2.1 checkpoint {path} does not fit: "
+                                              f"{printable(str(report.shape_mismatch[:5]), 600)}")
         if cfg.model.dinov2:
             path = resolve_pretrained(cfg.model.dinov2, is_main)
             report = load_dinov2_pretrained(model, path)
             log.info("DINOv2 weights from %s: %s", path, report.summary())
             if report.shape_mismatch or report.not_filled:
-                raise RuntimeError(f"DINOv2 checkpoint {path} does not fit: "
-                                   f"{(report.shape_mismatch or report.not_filled)[:5]}")
+                wrong = (report.shape_mismatch or report.not_filled)[:5]
+                raise CheckpointMismatchError(f"DINOv2 checkpoint {path} does not fit: {printable(str(wrong), 600)}")
     return model.float()
 
 

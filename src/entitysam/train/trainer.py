@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import check_state_dict, read_checkpoint, read_state_dict
+from ..checkpoints import check_state_dict, printable, read_checkpoint, read_state_dict
 from ..errors import CheckpointMismatchError, CheckpointReadError
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
@@ -66,12 +66,29 @@ def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
                 return str(path)
             # the run used to start over from iteration 0 without a word, overwriting the
             # output folder's checkpoints: the pointer says there is one to continue from
-            raise FileNotFoundError(f"{pointer} names the checkpoint {path}, which is not a file: restore it, "
-                                    "or pass resume=never to start over or resume=PATH")
+            raise CheckpointReadError(f"{pointer} names the checkpoint {path}, which is not a file: restore it, "
+                                      "or pass resume=never to start over or resume=PATH")
         return None
     if not Path(mode).is_file():
-        raise FileNotFoundError(f"resume checkpoint not found: {mode}")
+        raise CheckpointReadError(f"resume checkpoint not found: {mode}")
     return mode
+
+
+def _resume_state(path: str, model: EntitySAM) -> dict:
+    """The checkpoint of an earlier run (read weights-only: it never runs code), its weights
+    loaded into `model`; anything else (another trainer's checkpoint, weights alone, another
+    model) is a CheckpointError naming the file, not a KeyError deep in the trainer."""
+    state = read_checkpoint(path)
+    parts = {"model": dict, "trainer": dict, "iteration": int}
+    lacking = [k for k, kind in parts.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
+    if lacking or state["iteration"] < 0:
+        raise CheckpointReadError(f"cannot resume from {path}: not a checkpoint written by `entitysam train` "
+                                  f"(no {' / '.join(map(repr, lacking)) or 'valid iteration'} entry); to start from "
+                                  "its weights, pass it as model.weights with resume=never")
+    weights = read_state_dict(state["model"])  # tensors only, the DDP prefix removed
+    check_state_dict(model, weights, source=path)
+    model.load_state_dict(weights, strict=True)
+    return state
 
 
 def _setup_logging(output_dir: Path, console: bool) -> None:
@@ -115,19 +132,10 @@ class Trainer:
         resume = find_resume_checkpoint(cfg)
         state = None
         if resume:
-            state = read_checkpoint(resume)  # weights-only: a checkpoint never runs code
-            if not isinstance(state, dict) or not isinstance(state.get("trainer"), dict):
-                raise CheckpointReadError(f"{resume} is not a training checkpoint of this package (no 'trainer' "
-                                          "state): to start from its weights pass model.weights=PATH resume=never")
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = EntitySAM(model_config(cfg))
-            # a checkpoint of another model was a load_state_dict traceback: the package's listing
-            try:
-                check_state_dict(model, read_state_dict(state))
-            except CheckpointMismatchError as err:  # without its Python remedy (config=...): here it is model.name
-                raise CheckpointMismatchError(f"resume checkpoint {resume}: {err.problem}") from None
-            model.load_state_dict(state["model"], strict=True)
+            state = _resume_state(resume, model)
         else:
             # the first process of each node downloads missing pretrained files, the others wait
             first = self.dist.local_rank == 0
@@ -149,9 +157,9 @@ class Trainer:
         if state is not None:
             try:
                 self._load_trainer_state(state)
-            except (KeyError, TypeError, ValueError, RuntimeError) as err:  # e.g. another trainable set
-                raise CheckpointMismatchError(f"{resume}: its optimizer / scheduler state does not fit this run "
-                                              f"({str(err).splitlines()[0][:200] if str(err) else type(err).__name__})") from None
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+                raise CheckpointMismatchError(f"cannot resume from {resume}: its trainer state does not fit this run "
+                                              f"({printable(f'{type(err).__name__}: {err}')})") from None
             log.info("resumed from %s at iteration %d", resume, self.start_iter)
         self.ddp = None
         if self.dist.distributed:
