@@ -5,8 +5,10 @@ test_hostile_pixels.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import struct
 import threading
@@ -197,6 +199,38 @@ def test_stream_that_never_answers_times_out(scheme):
         with pytest.raises(SourceError, match=rf"cannot open stream {url}: no answer within 1 s \(timed out\)"):
             within(20, LiveSource, url, timeout=(1.0, 1.0))
         assert time.monotonic() - t0 < 10
+
+
+def test_stream_that_sends_only_padding_is_named_with_the_time_it_took():
+    """An MPEG-TS server that sends null packets only: FFmpeg's open timeout applies to each of its
+    opening phases, so the open gave up after twice the timeout while the message said "no answer
+    within 1 s" (there was an answer: data that holds no stream)."""
+    stop = threading.Event()
+
+    def serve(server):
+        conn, _ = server.accept()
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n")
+        null_packet = b"\x47\x1f\xff\x10" + b"\xff" * 184
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                conn.sendall(null_packet * 4)
+                time.sleep(0.02)
+        conn.close()
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        threading.Thread(target=serve, args=(server,), daemon=True).start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/live.ts"
+        try:
+            with pytest.raises(SourceError) as caught:
+                within(20, LiveSource, url, timeout=(1.0, 1.0))
+        finally:
+            stop.set()
+    message = str(caught.value)
+    assert re.search(r"no readable video stream within [23] s \(timed out: data came", message), message
+    assert "no answer" not in message
 
 
 # ----------------------------------------------------------------------------- size limit

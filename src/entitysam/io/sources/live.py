@@ -23,10 +23,16 @@ _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 LIVE_TIMEOUT = (15.0, 30.0)
 
 
-def _stream_cause(err: Exception, seconds: float) -> str:
-    """FFmpeg's error on a network stream or device, in words a user can act on."""
+def _stream_cause(err: Exception, seconds: float, waited: float | None = None) -> str:
+    """FFmpeg's error on a network stream or device, in words a user can act on. seconds: the
+    timeout; waited: how long the failed call took, where measured."""
     av = import_av()
     if isinstance(err, av.error.ExitError):  # "Immediate exit requested": our timeout interrupted FFmpeg
+        if waited is not None and waited > 1.5 * seconds:
+            # The open timeout applies to each of FFmpeg's opening phases: a server that sends data
+            # but no stream FFmpeg can read (e.g. padding only) is given it twice.
+            return (f"no readable video stream within {waited:.0f} s (timed out: data came, but no stream "
+                    "FFmpeg can read)")
         return f"no answer within {seconds:g} s (timed out)"
     if isinstance(err, ConnectionRefusedError):
         return "connection refused (nothing listens at that address and port)"
@@ -123,12 +129,14 @@ class LiveSource(FrameSource):
     def _open(self):
         av = self._av
         what = "video device" if self._format == "v4l2" else "stream"
+        started = _time.monotonic()
         try:
             return open_container(self.url, format=self._format, options=self._options, timeout=self._timeout)
         except av.error.FFmpegError as err:
             hint = ("check that the camera is connected and not in use by another program" if what == "video device"
                     else "check the address, and that the camera or server is running and reachable from this machine")
-            raise SourceError(f"cannot open {what} {self.url}: {_stream_cause(err, self._timeout[0])}; the {what} "
+            cause = _stream_cause(err, self._timeout[0], _time.monotonic() - started)
+            raise SourceError(f"cannot open {what} {self.url}: {cause}; the {what} "
                               f"could not be opened ({hint})") from None
 
     def _frames(self):
