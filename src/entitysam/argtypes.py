@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,6 +60,18 @@ def check_int(value: Any, name: str, minimum: int, maximum: int = INT64_MAX) -> 
     if value > maximum:
         raise InvalidArgumentError(f"{name} must be <= {maximum}, got {_short(value)}".lstrip())
     return value
+
+
+def check_path_arg(value: Any, name: str) -> Path:
+    """A path argument of the Python API as a Path. pathlib would raise a bare TypeError for None,
+    a number or bytes, and read "" as the current folder (silently the wrong place): refused here
+    with one message naming the argument."""
+    if isinstance(value, str) and not value.strip():
+        raise InvalidArgumentError(f"{name} is an empty path")
+    if not isinstance(value, (str, os.PathLike)) or isinstance(os.fspath(value), bytes):
+        raise InvalidArgumentError(f"{name} must be a path (str or os.PathLike), got {_short(value)} "
+                                   f"({type(value).__name__})")
+    return Path(value)
 
 
 def _short(value: Any) -> str:

@@ -71,6 +71,10 @@ class InvalidArgumentError(EntitySAMError, ValueError, TypeError):
     Also a ValueError and a TypeError, so that generic handlers catch it."""
 
 
+class FrameIndexError(InvalidArgumentError, IndexError):
+    """A frame index out of range. Also an IndexError, as sequences raise."""
+
+
 class NonFiniteJSONError(EntitySAMError, ValueError):
     """A value about to be written as JSON is NaN or infinite (not representable in JSON)."""
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..argtypes import InvalidArgumentError
-from ..errors import OutputError
+from ..argtypes import InvalidArgumentError, check_path_arg
+from ..errors import FrameIndexError, OutputError
 from ..io.sources import FrameSource
 from ..io.result_files import write_result_files
 from ..io.staging import StagedOutput
@@ -130,10 +130,14 @@ class SegmentationResult:
     def __getitem__(self, t: int) -> np.ndarray:
         self._check_open()
         n = len(self.frames)
+        # A str, float or slice would fail deep inside (bare TypeError); bool is no frame index.
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise InvalidArgumentError(f"a frame index must be an integer, got {t!r} ({type(t).__name__})")
+        t = int(t)
         if t < 0:
             t += n
         if not 0 <= t < n:
-            raise IndexError(f"frame {t} out of range (0 .. {n - 1})")
+            raise FrameIndexError(f"frame {t} out of range (0 .. {n - 1})")
         return self._maps.read(t)
 
     def items(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
@@ -151,7 +155,9 @@ class SegmentationResult:
 
     def _check_open(self) -> None:
         if not self._finalizer.alive:
-            raise ValueError("the result is closed (its id maps were deleted)")
+            # An EntitySAMError as every API misuse (still a ValueError, as before).
+            raise InvalidArgumentError("the result is closed (its id maps were deleted): use it inside its "
+                                       "`with` block, before close()")
 
     def close(self) -> None:
         """Delete the on-disk id maps."""
@@ -212,6 +218,8 @@ class SegmentationResult:
         is, contains or lies inside the input. Another process writing the same folder makes it
         fail (OutputLockedError), or wait with `wait_lock`. Returns the folder."""
         formats = check_formats(formats)  # before creating anything
+        directory = check_path_arg(directory, "directory")
+        self._check_open()  # a closed result must not leave a staging folder behind
         inputs = [self.source.path] if self.source.path is not None else []
         with StagedOutput(directory, overwrite=overwrite, inputs=inputs, wait_lock=wait_lock) as staged:
             try:

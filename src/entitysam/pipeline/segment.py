@@ -15,19 +15,21 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ..inference.precision import check_exact, memory_dtype_for, precision_plan, resolve_dtype
-from ..argtypes import InvalidArgumentError, check_fps
+from ..argtypes import InvalidArgumentError, check_fps, check_path_arg
 from ..errors import OutputError
 from ..modeling.entitysam import EntitySAM
 from .prefetch import read_ahead
 from ..inference.preprocess import preprocess_frame
 from ..inference.video import segment_video
-from ..io.sources import DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, open_source
+from ..io.sources import (DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, is_live_input,
+                          open_source)
 from ..io.entities import EntityStats
 from ..io.logits import logits_file, save_logits_npz
 from .progress import progress_bar
@@ -46,6 +48,17 @@ def open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None
     if video is None:
         raise InvalidArgumentError("no video given: pass a path (video, frame folder or image), an [n, H, W, 3] "
                                    "uint8 array, a list of frames or of frame paths, or a FrameSource")
+    # Anything else would reach pathlib and fail there with a bare TypeError (a tensor, a generator,
+    # bytes, a number), or, for "", silently read the current folder.
+    if isinstance(video, torch.Tensor):
+        raise InvalidArgumentError(f"frames given as a torch tensor (shape {tuple(video.shape)}): pass a numpy "
+                                   "[n, H, W, 3] uint8 array instead, e.g. tensor.cpu().numpy()")
+    if not isinstance(video, (str, os.PathLike, np.ndarray, Sequence, FrameSource)) or isinstance(video, bytes):
+        raise InvalidArgumentError(f"cannot read a video from a {type(video).__name__}: pass a path (video, frame "
+                                   "folder or image), an [n, H, W, 3] uint8 array, a list of frames or of frame "
+                                   "paths (not a generator: frames are read more than once), or a FrameSource")
+    if isinstance(video, str) and not is_live_input(video):
+        check_path_arg(video, "video")
     if isinstance(video, (list, tuple)) and video and all(isinstance(v, (str, os.PathLike)) for v in video):
         files = [Path(v) for v in video]
         missing = [str(f) for f in files if not f.is_file()]
@@ -94,6 +107,16 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
     check_exact(exact, compute_dtype)
+    # Checked before any work: a wrong type would fail deep inside (exact in the attention call,
+    # on_frame after the first frame, work_dir in tempfile) with a bare TypeError or OSError.
+    if not isinstance(exact, bool):
+        raise InvalidArgumentError(f"exact must be True or False, got {exact!r}")
+    if on_frame is not None and not callable(on_frame):
+        raise InvalidArgumentError(f"on_frame must be a function of the frame index, got {on_frame!r}")
+    if work_dir is not None and not check_path_arg(work_dir, "work_dir").is_dir():
+        raise InvalidArgumentError(f"work_dir {work_dir} is not an existing folder")
+    if save_logits is not None:
+        check_path_arg(save_logits, "save_logits")
     if logits_dtype not in ("float32", "float16"):
         raise InvalidArgumentError(f"logits_dtype must be float32 or float16, got {logits_dtype!r}")
     if save_logits is not None and not logits_file(save_logits).parent.is_dir():  # fail before the work

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import EntitySAMError, OutputError
+from ..argtypes import check_path_arg
 from ..inference.online_merge import check_delay
 from ..inference.precision import check_exact, resolve_dtype
 from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection, FrameSource
@@ -252,7 +253,7 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise EntitySAMError(f"queue size must be a positive integer, got {queue_size!r}")
     fmts = check_formats(formats)
-    out = Path(output) if output is not None else None
+    out = check_path_arg(output, "output") if output is not None else None  # not a bare TypeError from pathlib
     protect = tuple(Path(p) for p in protect) + ((Path(video),) if isinstance(video, (str, os.PathLike))
                                                  and not str(video).startswith(("rtsp:", "rtmp:", "http:", "https:"))
                                                  else ())

@@ -1,0 +1,90 @@
+"""Python API misuses found by review: each raises an EntitySAMError with one message (never a bare
+TypeError / ValueError / IndexError from deep inside), before any work, and writes nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from entitysam import EntitySAM
+from entitysam.errors import EntitySAMError
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return EntitySAM.from_pretrained("demo")
+
+
+def _frames(n=2):
+    return np.random.default_rng(0).integers(0, 255, (n, 32, 40, 3), dtype=np.uint8)
+
+
+def _gen():
+    yield _frames(1)[0]
+
+
+@pytest.mark.parametrize("video, message", [
+    (torch.zeros(2, 32, 40, 3, dtype=torch.uint8), "torch tensor"),
+    (_gen(), "generator"),
+    (b"clip.mp4", "bytes"),
+    (3, "int"),
+    ({"a": 1}, "dict"),
+    ("", "empty path"),  # not the current folder
+])
+@pytest.mark.parametrize("api", ["segment", "stream"])
+def test_unusable_video_argument(demo, api, video, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(EntitySAMError, match=message):
+        getattr(demo, api)(video)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_custom_sequence_of_frames_is_still_a_video(demo):
+    class Frames:  # a Sequence by protocol registration, not a list
+        def __init__(self, a): self.a = a
+        def __len__(self): return len(self.a)
+        def __getitem__(self, i): return self.a[i]
+    from collections.abc import Sequence
+    Sequence.register(Frames)
+    with demo.segment(Frames(list(_frames()))) as result:
+        assert len(result) == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"exact": "yes"}, "exact"),
+    ({"on_frame": 3}, "on_frame"),
+    ({"work_dir": 3}, "work_dir"),
+    ({"work_dir": "MISSING"}, "work_dir"),
+    ({"save_logits": 3}, "save_logits"),
+])
+def test_segment_keyword_types_checked_before_work(demo, kwargs, message, tmp_path):
+    kwargs = {k: (tmp_path / "missing" if v == "MISSING" else v) for k, v in kwargs.items()}
+    with pytest.raises(EntitySAMError, match=message):
+        demo.segment(_frames(), **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_output_must_be_a_path(demo):
+    with pytest.raises(EntitySAMError, match="output"):
+        demo.stream(_frames(), output=3)
+
+
+def test_result_indexing_and_use_after_close(demo, tmp_path):
+    with demo.segment(_frames(3)) as result:
+        for bad in ("1", 1.5, slice(0, 2), True):
+            with pytest.raises(EntitySAMError, match="integer"):
+                result[bad]
+        assert result[np.int64(-1)].shape == (32, 40)
+        with pytest.raises(EntitySAMError, match="out of range") as info:
+            result[3]
+        assert isinstance(info.value, IndexError)  # still the sequence protocol's error
+        for bad in (None, 3, b"out", ""):
+            with pytest.raises(EntitySAMError, match="directory"):
+                result.save(bad)
+    for use in (lambda: list(result), lambda: result[0], lambda: list(result.items()),
+                lambda: result.save(tmp_path / "out")):
+        with pytest.raises(EntitySAMError, match="closed") as info:
+            use()
+        assert isinstance(info.value, ValueError)
+    assert list(tmp_path.iterdir()) == []  # no staging folder left by the closed save
