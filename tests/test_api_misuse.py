@@ -88,3 +88,32 @@ def test_result_indexing_and_use_after_close(demo, tmp_path):
             use()
         assert isinstance(info.value, ValueError)
     assert list(tmp_path.iterdir()) == []  # no staging folder left by the closed save
+
+
+def test_overwrite_given_as_a_string_is_refused_not_taken_for_yes(demo, tmp_path):
+    """save(overwrite="no") replaced an existing result: any non-empty string is truthy."""
+    with demo.segment(_frames()) as result:
+        first = result.save(tmp_path / "out", "panoptic")
+        before = sorted(p.name for p in first.rglob("*"))
+        with pytest.raises(EntitySAMError, match=r"overwrite must be True or False, got 'no'"):
+            result.save(tmp_path / "out", "panoptic,entities", overwrite="no")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == before
+
+
+@pytest.mark.parametrize("api, kwargs", [
+    ("save", {"labels": "yes"}), ("save", {"progress": "yes"}), ("save", {"wait_lock": 1}),
+    ("segment", {"progress": "no"}), ("segment", {"batched": "no"}), ("segment", {"exact": 1}),
+    ("stream", {"overwrite": "no"}), ("stream", {"live": "yes"}), ("stream", {"keep_images": "no"}),
+    ("stream", {"labels": 3}), ("stream", {"progress": "yes"}),
+])
+def test_flags_must_be_booleans(demo, api, kwargs, tmp_path):
+    (name, value), = kwargs.items()
+    with pytest.raises(EntitySAMError, match=rf"{name} must be True or False"):
+        if api == "save":
+            with demo.segment(_frames(1)) as result:
+                result.save(tmp_path / "out", **kwargs)
+        else:
+            getattr(demo, api)(_frames(1), **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    # numpy's booleans are booleans
+    getattr(demo, "segment")(_frames(1), progress=np.bool_(False)).close()

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -60,6 +62,14 @@ def check_int(value: Any, name: str, minimum: int, maximum: int = INT64_MAX) -> 
     if value > maximum:
         raise InvalidArgumentError(f"{name} must be <= {maximum}, got {_short(value)}".lstrip())
     return value
+
+
+def check_flags(**flags: Any) -> None:
+    """Each keyword's value is True or False (a numpy bool too): truthiness would take
+    ``overwrite="no"`` for yes and replace a result. None is refused too; pass the default."""
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
 
 
 def check_path_arg(value: Any, name: str) -> Path:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..argtypes import InvalidArgumentError, check_path_arg
+from ..argtypes import InvalidArgumentError, check_flags, check_path_arg
 from ..errors import FrameIndexError, OutputError
 from ..io.sources import FrameSource
 from ..io.result_files import write_result_files
@@ -218,6 +218,7 @@ class SegmentationResult:
         is, contains or lies inside the input. Another process writing the same folder makes it
         fail (OutputLockedError), or wait with `wait_lock`. Returns the folder."""
         formats = check_formats(formats)  # before creating anything
+        check_flags(labels=labels, overwrite=overwrite, progress=progress, wait_lock=wait_lock)
         directory = check_path_arg(directory, "directory")
         self._check_open()  # a closed result must not leave a staging folder behind
         inputs = [self.source.path] if self.source.path is not None else []

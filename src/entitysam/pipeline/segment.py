@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..inference.precision import check_exact, memory_dtype_for, precision_plan, resolve_dtype
-from ..argtypes import InvalidArgumentError, check_fps, check_path_arg
+from ..argtypes import InvalidArgumentError, check_flags, check_fps, check_path_arg
 from ..errors import OutputError
 from ..modeling.entitysam import EntitySAM
 from .prefetch import read_ahead
@@ -109,8 +109,9 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     check_exact(exact, compute_dtype)
     # Checked before any work: a wrong type would fail deep inside (exact in the attention call,
     # on_frame after the first frame, work_dir in tempfile) with a bare TypeError or OSError.
-    if not isinstance(exact, bool):
-        raise InvalidArgumentError(f"exact must be True or False, got {exact!r}")
+    check_flags(exact=exact, progress=progress, overwrite_logits=overwrite_logits)
+    if batched is not None:
+        check_flags(batched=batched)
     if on_frame is not None and not callable(on_frame):
         raise InvalidArgumentError(f"on_frame must be a function of the frame index, got {on_frame!r}")
     if work_dir is not None and not check_path_arg(work_dir, "work_dir").is_dir():

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import EntitySAMError, OutputError
-from ..argtypes import check_path_arg
+from ..argtypes import check_flags, check_path_arg
 from ..inference.online_merge import check_delay
 from ..inference.precision import check_exact, resolve_dtype
 from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection, FrameSource
@@ -250,6 +250,9 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     reading and finishes the outputs.
     """
     check_delay(delay)
+    check_flags(labels=labels, overwrite=overwrite, keep_images=keep_images, progress=progress, exact=exact)
+    if live is not None:
+        check_flags(live=live)
     if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
         raise EntitySAMError(f"queue size must be a positive integer, got {queue_size!r}")
     fmts = check_formats(formats)
