@@ -117,3 +117,17 @@ def test_flags_must_be_booleans(demo, api, kwargs, tmp_path):
     assert list(tmp_path.iterdir()) == []
     # numpy's booleans are booleans
     getattr(demo, "segment")(_frames(1), progress=np.bool_(False)).close()
+
+
+@pytest.mark.parametrize("name, suggestion", [("../x", "'__x'"), ("a/b", "'a_b'"), (".hidden", "'_hidden'"),
+                                              ("", "'_'"), (" x", "'x'"), (3, None)])
+@pytest.mark.parametrize("api", ["segment", "stream"])
+def test_a_name_that_is_not_one_folder_name_is_refused(demo, api, name, suggestion):
+    """segment(name="../x") was accepted: the result's name is its folder name in batches and
+    exports, where such a name cannot be used (export refuses a result naming itself so)."""
+    with pytest.raises(EntitySAMError, match="name must be a non-empty string usable as one folder name") as info:
+        getattr(demo, api)(_frames(1), name=name)
+    if suggestion:
+        assert suggestion in str(info.value)
+    with demo.segment(_frames(1), name="a clip (2)") as result:  # spaces and brackets are fine
+        assert result.name == "a clip (2)"

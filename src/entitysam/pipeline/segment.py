@@ -32,6 +32,7 @@ from ..io.sources import (DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSel
                           open_source)
 from ..io.entities import EntityStats
 from ..io.logits import logits_file, save_logits_npz
+from ..io.paths import safe_name
 from .progress import progress_bar
 from .result import Entity, FrameInfo, IdMapFile, SegmentationResult, model_info
 
@@ -45,6 +46,12 @@ def open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None
     in the given order)."""
     if fps is not None:
         fps = check_fps(fps, "fps")
+    # The name is a result's folder name in batches and exports: one safe path component, as the
+    # command line derives it (a name like "../x" would make the result unreadable by `export`).
+    if name is not None and (not isinstance(name, str) or safe_name(name) != name):
+        hint = f" (e.g. {safe_name(name)!r})" if isinstance(name, str) else ""
+        raise InvalidArgumentError(f"name must be a non-empty string usable as one folder name: no '/', '\\', "
+                                   f"surrounding spaces, control characters or leading '.', got {name!r}{hint}")
     if video is None:
         raise InvalidArgumentError("no video given: pass a path (video, frame folder or image), an [n, H, W, 3] "
                                    "uint8 array, a list of frames or of frame paths, or a FrameSource")
