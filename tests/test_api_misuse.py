@@ -131,3 +131,18 @@ def test_a_name_that_is_not_one_folder_name_is_refused(demo, api, name, suggesti
         assert suggestion in str(info.value)
     with demo.segment(_frames(1), name="a clip (2)") as result:  # spaces and brackets are fine
         assert result.name == "a clip (2)"
+
+
+def test_masks_of_an_id_no_entity_has_is_refused():
+    """result.masks("a") or masks(99) gave all-empty masks for every frame without a word."""
+    from entitysam.pipeline.result import Entity
+
+    model = EntitySAM.from_pretrained("demo")
+    with model.segment(_frames(2)) as result:
+        result.entities = [Entity(id=1, score=0.9, query_index=0, first_frame=0, last_frame=1, num_frames=2, area=4)]
+        for bad, words in (("a", "an entity id is an integer"), (True, "an entity id is an integer"),
+                           (99, r"no entity 99 in this result \(its ids: 1\)")):
+            with pytest.raises(EntitySAMError, match=words):
+                result.masks(bad)
+        frames = list(result.masks(np.int64(1)))
+        assert len(frames) == 2 and all(mask.shape == (32, 40) and mask.dtype == bool for _, mask in frames)

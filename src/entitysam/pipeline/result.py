@@ -145,9 +145,17 @@ class SegmentationResult:
         return zip(self.frames, self._maps)
 
     def masks(self, entity_id: int) -> Iterator[tuple[FrameInfo, np.ndarray]]:
-        """(frame, [H, W] bool mask) for every frame, for one entity."""
-        for info, id_map in self.items():
-            yield info, id_map == entity_id
+        """(frame, [H, W] bool mask) for every frame, for one entity of :attr:`entities`."""
+        # Checked now, not at the first frame: any other value (a string, an id no entity has)
+        # would give all-empty masks without a word.
+        ids = [e.id for e in self.entities]
+        if isinstance(entity_id, (bool, np.bool_)) or not isinstance(entity_id, (int, np.integer)):
+            raise InvalidArgumentError(f"an entity id is an integer, got {entity_id!r}")
+        if entity_id not in ids:
+            raise InvalidArgumentError(f"no entity {entity_id} in this result (its ids: "
+                                       f"{', '.join(map(str, ids[:20])) + (' ...' if len(ids) > 20 else '') or 'none'})")
+        self._check_open()
+        return ((info, id_map == entity_id) for info, id_map in self.items())
 
     @property
     def num_frames(self) -> int:
