@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _blocking import within
 from _cli import run_cli
 from _media import read_only_frame, scene, write_frames, write_video
 from entitysam.cli.options import DEFAULT_MAX_PIXELS_TEXT, pixel_count
@@ -32,24 +33,6 @@ from entitysam.io.sources import (DEFAULT_MAX_PIXELS, FrameFolderSource, FrameSe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-
-def within(seconds, fn, *args, **kwargs):
-    """fn(...) on a daemon thread; fails if it has not returned or raised within `seconds`."""
-    box = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args, **kwargs)
-        except BaseException as err:  # noqa: BLE001 - handed to the test
-            box["error"] = err
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(seconds)
-    assert not th.is_alive(), f"{fn.__name__} blocked for more than {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def listing(path):

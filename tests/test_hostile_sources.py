@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from _blocking import within
 from _cli import run_cli
 from _media import scene, write_video
 from entitysam.errors import SourceError
@@ -20,25 +21,6 @@ from entitysam.io.sources.video_seek import VideoSeek
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def within(seconds, fn, *args):
-    """fn(*args) on a daemon thread; fails if it has not returned or raised within `seconds`."""
-    box = {}
-
-    def target():
-        try:
-            box["value"] = fn(*args)
-        except BaseException as err:  # noqa: BLE001 - handed to the test
-            box["error"] = err
-
-    th = threading.Thread(target=target, daemon=True)
-    th.start()
-    th.join(seconds)
-    assert not th.is_alive(), f"{fn.__name__} blocked for more than {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def _write_with_title(path: Path, n: int = 4) -> Path:

@@ -125,15 +125,15 @@ def _check_online_args(args, inputs) -> None:
 def _check_logits_destination(save_logits: str | None, names: list[str]) -> None:
     """--save-logits FILE is written after the whole video is tracked: refuse a FILE that can
     never be written now (a folder, or under a file, or in a folder that cannot be created)."""
+    from ..io.paths import nearest_existing
+
     if not save_logits:
         return
     for name in names:
         path = Path(save_logits.replace("{video}", name))
         if path.is_dir():
             raise EntitySAMError(f"--save-logits {path}: is a folder, expected a file name")
-        ancestor = path.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
+        ancestor = nearest_existing(path.parent)
         if not ancestor.is_dir():
             raise EntitySAMError(f"--save-logits {path}: {ancestor} is not a folder")
         if not os.access(ancestor, os.W_OK | os.X_OK):

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from ..errors import OutputError
 
 __all__ = ["MAX_NAME_BYTES", "NAME_MAX", "UnsafeOverwriteError", "safe_name", "check_name_fits", "describe_os_error",
-           "path_relation", "check_not_input"]
+           "path_relation", "check_not_input", "nearest_existing"]
 
 # Bytes of a result name: the longest sibling adds ".", ".partial-<pid>-<8 hex>" (about 30 bytes)
 # and file systems allow 255 bytes per name.
@@ -93,3 +93,12 @@ def check_not_input(target: str | os.PathLike, inputs: Sequence[Any], what: str)
         if relation is not None:
             raise UnsafeOverwriteError(f"{what} {target} {relation} the input {item}: refusing to replace it "
                                        "(even when overwriting); choose another output folder")
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """`path` itself if it exists, else its nearest existing ancestor: where a file or folder that
+    is still to be made would be created (whether that can happen is decided there)."""
+    ancestor = Path(path)
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor

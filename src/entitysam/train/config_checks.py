@@ -15,6 +15,7 @@ from typing import Any
 
 from ..argtypes import INT64_MAX, MAX_THREADS, check_int
 from ..errors import InvalidArgumentError
+from ..io.paths import nearest_existing
 
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
@@ -281,9 +282,7 @@ def check_output_dir(output_dir: str) -> None:
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"output_dir {str(path)!r}: exists and is not a folder")
-    ancestor = path
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(path)
     if not ancestor.is_dir():
         raise ValueError(f"output_dir {str(path)!r}: {str(ancestor)!r} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
