@@ -212,13 +212,15 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Class-agnostic VEQ and STQ (EntitySAM official definitions).")
+    ap = argparse.ArgumentParser(prog="entitysam metrics",
+                                 description="Class-agnostic VEQ and STQ (EntitySAM official definitions).")
     ap.add_argument("pred_dir", help="directory with pan_pred/ and pred.json")
     ap.add_argument("gt_dir", help="GT panomasksRGB directory")
     ap.add_argument("gt_json", help="GT panoptic JSON")
     ap.add_argument("--workers", type=thread_count, default=None, metavar="N",
                     help="processes (default: number of CPUs)")
-    ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all")
+    ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all",
+                    help="which metric to compute (default: all, i.e. VEQ and STQ)")
     ap.add_argument("--json", dest="json_out", default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
     try:  # before hours of computing: the result must have somewhere to go
