@@ -97,6 +97,19 @@ def test_selection_past_the_end(media):
         list(open_source(media / "clip.mp4", FrameSelection(start=50)))
 
 
+def test_selection_past_the_end_of_one_image_says_one_frame(tmp_path):
+    Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(tmp_path / "one.png")
+    with pytest.raises(SourceError, match=r"selects no frames \(it has 1 frame\)$"):
+        list(open_source(tmp_path / "one.png", FrameSelection(start=5)))
+
+
+def test_a_pattern_the_shell_left_unexpanded_is_named_as_one(tmp_path):
+    from entitysam.io.sources.selection import input_problem
+
+    assert "a pattern that matches no file" in input_problem(tmp_path / "frames" / "*.jpg")
+    assert input_problem(tmp_path / "clip.mp4") == f"input not found: {tmp_path / 'clip.mp4'}"
+
+
 def test_bad_inputs(tmp_path, media):
     with pytest.raises(SourceError, match="input not found: .*nothing.mp4"):
         open_source(tmp_path / "nothing.mp4")

@@ -54,6 +54,9 @@ def input_problem(path: str | os.PathLike, what: str = "input") -> str | None:
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             if os.path.islink(path):
                 return f"{what} not found: {path} is a symbolic link to {os.readlink(path)}, which does not exist"
+            if any(c in path.name for c in "*?["):  # a shell leaves a pattern that matches nothing as it is
+                return (f"{what} not found: {path} (a pattern that matches no file: the shell passes it on "
+                        "unexpanded when nothing matches; give a folder of frames as the input instead)")
             return f"{what} not found: {path}"
         if err.errno in (errno.EACCES, errno.EPERM):
             return f"cannot read {path}: permission denied"
@@ -294,7 +297,7 @@ class FrameSource:
 
     def empty_message(self) -> str:
         total = self.total_frames()
-        has = f"it has {total} frames" if total is not None else "it has no decodable frames"
+        has = f"it has {total} frame{'s' if total != 1 else ''}" if total is not None else "it has no decodable frames"
         if self.selection.is_all:
             return f"{self.label}: no frames ({has})"
         return f"{self.label}: the frame selection ({self.selection.describe()}) selects no frames ({has})"
