@@ -34,7 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import check_state_dict, printable, read_checkpoint, read_state_dict
-from ..errors import CheckpointMismatchError, CheckpointReadError
+from ..errors import CheckpointMismatchError, CheckpointReadError, OutputError
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
@@ -208,10 +208,13 @@ class Trainer:
         if not self.dist.is_main:
             return None
         path = self.output_dir / f"{name}.pth"
-        with atomic_file(path) as f:  # a run killed while saving keeps the previous checkpoint
-            torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
-                        "iteration": iteration}, f)
-        write_text_atomic(self.output_dir / "last_checkpoint", path.name)
+        try:
+            with atomic_file(path) as f:  # a run killed while saving keeps the previous checkpoint
+                torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
+                            "iteration": iteration}, f)
+            write_text_atomic(self.output_dir / "last_checkpoint", path.name)
+        except OSError as err:  # a full disk, a folder in the way: one line, not a traceback
+            raise OutputError(f"cannot write the checkpoint {path}: {err.strerror or err}") from None
         log.info("saved %s", path)
         return path
 
