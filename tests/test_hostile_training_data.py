@@ -114,6 +114,17 @@ def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_pa
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
 
 
+def test_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_part(coco, tmp_path, capsys):
+    """Was an IsADirectoryError traceback (a full disk: an OSError traceback)."""
+    target = tmp_path / "out" / "model_0000000.pth"
+    target.mkdir(parents=True)  # a folder where the first checkpoint goes
+    assert _train(coco, tmp_path, "solver.checkpoint_period=1") == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"error: cannot write the checkpoint {target}: Is a directory"], err
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temporary file left
+    assert not (target.parent / "last_checkpoint").exists() and not any(target.iterdir())
+
+
 # ----------------------------------------------------------------------------- resume
 
 

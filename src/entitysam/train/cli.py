@@ -70,13 +70,18 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_json())
         return 0
-    from .distributed import cleanup  # noqa: PLC0415
+    from .distributed import cleanup, rank_prefix  # noqa: PLC0415
+    from .failstop import RankFailedError  # noqa: PLC0415
     from .trainer import train  # noqa: PLC0415
 
     try:
         train(cfg, quiet=args.quiet)
-    except EntitySAMError as err:  # a refused or unusable checkpoint (resume, model.weights, ...): one line
-        print(f"error: {err.problem}", file=sys.stderr)  # its remedies name arguments this command has no flag for
+    except RankFailedError as err:  # another rank failed and says why: this one says only that it stopped
+        print(f"error: {err.problem}", file=sys.stderr)
+        return 1
+    except EntitySAMError as err:  # unusable data or checkpoint (resume, model.weights, a write): one line
+        # its remedies name arguments this command has no flag for
+        print(f"error: {rank_prefix()}{err.problem}", file=sys.stderr)
         return 1
     finally:
         cleanup()

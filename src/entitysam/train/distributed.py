@@ -25,6 +25,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+def rank_prefix() -> str:
+    """"rank R: " in a run of several processes (torchrun's or Slurm's environment), else "":
+    which rank met an error, in the one line the command prints for it."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return f"rank {int(os.environ.get('RANK', '0') or 0)}: " if world > 1 else ""
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group announced by torchrun's environment (RANK, WORLD_SIZE, ...).
 

@@ -23,24 +23,27 @@ official evaluation and `entitysam.checkpoints.load_entitysam` read `"model"`), 
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import logging
 import math
 import random
 import time
+import traceback
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import check_state_dict, printable, read_checkpoint, read_state_dict
-from ..errors import CheckpointMismatchError, CheckpointReadError
+from ..errors import CheckpointMismatchError, CheckpointReadError, OutputError
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 from .criterion import Criterion, HungarianMatcher
 from .data import ClipDataset, DatasetError, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_sum, init_distributed
+from .failstop import agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress
 from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
@@ -117,19 +120,41 @@ class Trainer:
         self.device = self.dist.device
         self.quiet = quiet
         self.output_dir = Path(cfg.output_dir)
-        if self.dist.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.json").write_text(cfg.to_json())
-            _setup_logging(self.output_dir, console=not quiet)
-        barrier()
-
         world = self.dist.world_size
         if cfg.solver.ims_per_batch % world:
             raise ValueError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
                              f"the {world} processes")
         self.clips_per_rank = cfg.solver.ims_per_batch // world
-
+        # An error of one rank is held until every rank agrees (failstop): raised at once, it
+        # would leave the others waiting in their next collective operation.
+        agree(held(self._prepare_output) if self.dist.is_main else None, self.dist)
         resume = find_resume_checkpoint(cfg)
+        # the first process of each node downloads missing pretrained files, the others wait
+        # (a resumed run downloads nothing)
+        first = resume is not None or self.dist.local_rank == 0
+        agree(held(self._set_up_model, resume, True) if first else None, self.dist)
+        agree(None if first else held(self._set_up_model, resume, False), self.dist)
+        self.ddp = None
+        if self.dist.distributed:
+            # Official: broadcast_buffers=False, find_unused_parameters=True (cls_prediction_head never
+            # gets a gradient, offset_fc none with one-frame clips). The only buffer (the prompt
+            # encoder's Fourier matrix) is identical on every rank, so syncing it once is harmless.
+            sync = ({"forward_sync_buffers": False}
+                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                    else {"broadcast_buffers": False})
+            self.ddp = DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True, **sync)
+        self.records: list[dict] = []
+
+    def _prepare_output(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.json").write_text(self.cfg.to_json())
+        _setup_logging(self.output_dir, console=not self.quiet)
+
+    def _set_up_model(self, resume: str | None, first: bool) -> None:
+        """The model (built, or read from `resume`), its optimizer, schedule and scaler."""
+        cfg = self.cfg
         state = None
         if resume:
             with torch.random.fork_rng(devices=[]):
@@ -137,13 +162,7 @@ class Trainer:
                 model = EntitySAM(model_config(cfg))
             state = _resume_state(resume, model)
         else:
-            # the first process of each node downloads missing pretrained files, the others wait
-            first = self.dist.local_rank == 0
-            if first:
-                model = build_model(cfg, is_main=True)
-            barrier()
-            if not first:
-                model = build_model(cfg, is_main=False)
+            model = build_model(cfg, is_main=first)
         self.model = model.to(self.device).train()
         self.trainable = set_trainable(self.model, cfg.model.trainable)
         self.criterion = build_criterion(cfg)
@@ -161,18 +180,6 @@ class Trainer:
                 raise CheckpointMismatchError(f"cannot resume from {resume}: its trainer state does not fit this run "
                                               f"({printable(f'{type(err).__name__}: {err}')})") from None
             log.info("resumed from %s at iteration %d", resume, self.start_iter)
-        self.ddp = None
-        if self.dist.distributed:
-            # Official: broadcast_buffers=False, find_unused_parameters=True (cls_prediction_head never
-            # gets a gradient, offset_fc none with one-frame clips). The only buffer (the prompt
-            # encoder's Fourier matrix) is identical on every rank, so syncing it once is harmless.
-            sync = ({"forward_sync_buffers": False}
-                    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                    else {"broadcast_buffers": False})
-            self.ddp = DistributedDataParallel(
-                self.module, device_ids=[self.device.index] if cuda else None,
-                find_unused_parameters=True, **sync)
-        self.records: list[dict] = []
 
     # ------------------------------------------------------------------ state
     def _trainer_state(self, iteration: int) -> dict:
@@ -208,10 +215,13 @@ class Trainer:
         if not self.dist.is_main:
             return None
         path = self.output_dir / f"{name}.pth"
-        with atomic_file(path) as f:  # a run killed while saving keeps the previous checkpoint
-            torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
-                        "iteration": iteration}, f)
-        write_text_atomic(self.output_dir / "last_checkpoint", path.name)
+        try:
+            with atomic_file(path) as f:  # a run killed while saving keeps the previous checkpoint
+                torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
+                            "iteration": iteration}, f)
+            write_text_atomic(self.output_dir / "last_checkpoint", path.name)
+        except OSError as err:  # a full disk, a folder in the way: one line, not a traceback
+            raise OutputError(f"cannot write the checkpoint {path}: {err.strerror or err}") from None
         log.info("saved %s", path)
         return path
 
@@ -221,12 +231,18 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
-    def run_iteration(self, clips: list[dict]) -> dict:
+    def run_iteration(self, clips: list[dict], error: BaseException | None = None) -> dict:
+        """One update from this rank's `clips`; `error`: this rank's held error (failstop), raised
+        here once every rank knows, as `RankFailedError` on the others."""
         cfg = self.cfg
         batch = cfg.solver.ims_per_batch
         frames = cfg.data.frames
         n_local = sum(c["num_instances"] for c in clips)
-        (n_total,) = all_reduce_sum([float(n_local)], self.device)
+        # the count's all-reduce is also the agreement on whether a rank failed: no added operation
+        counts = all_reduce_sum([float(n_local), *failure_flags(error, self.dist.rank, self.dist.world_size)],
+                                self.device)
+        settle(counts[1:], self.dist.rank, error)
+        n_total = counts[0]
         num_masks = max(n_total / batch, 1.0) * frames
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -279,49 +295,75 @@ class Trainer:
         if self.start_iter >= max_iter:
             log.info("nothing to do: iteration %d >= max_iter %d", self.start_iter, max_iter)
             return []
-        records_path = Path(cfg.data.root)
-        recs = read_panoptic_dataset(records_path, cfg.data.image_dir, cfg.data.panoptic_dir, cfg.data.json)
-        mc = self.model.cfg
-        dataset = ClipDataset(recs, cfg.data, cfg.data.frames, mc.image_size, cfg.seed)
-        loader = build_loader(dataset, cfg.solver.ims_per_batch, self.dist.rank, self.dist.world_size,
-                              self.start_iter, cfg.data.num_workers)
-        writer = MetricWriter(self.output_dir, self.start_iter, cfg.tensorboard) if self.dist.is_main else None
-        progress = Progress(self.start_iter, max_iter)
-        if self.dist.is_main:
-            log.info("training %s: %d images, iterations %d..%d, %d clip(s) x %d frame(s) per iteration over "
-                     "%d process(es), %d trainable tensors, device %s", cfg.name, len(recs), self.start_iter,
-                     max_iter, cfg.solver.ims_per_batch, cfg.data.frames, self.dist.world_size,
-                     len(self.trainable), self.device)
-        data_iter = iter(loader)
+        # this rank's error, raised at the next agreement (failstop)
+        writer, data_iter, held_error = None, None, None
         try:
+            recs = read_panoptic_dataset(Path(cfg.data.root), cfg.data.image_dir, cfg.data.panoptic_dir, cfg.data.json)
+            dataset = ClipDataset(recs, cfg.data, cfg.data.frames, self.model.cfg.image_size, cfg.seed)
+            loader = build_loader(dataset, cfg.solver.ims_per_batch, self.dist.rank, self.dist.world_size,
+                                  self.start_iter, cfg.data.num_workers)
+            writer = MetricWriter(self.output_dir, self.start_iter, cfg.tensorboard) if self.dist.is_main else None
+        except Exception as err:  # noqa: BLE001 - held for the agreement
+            held_error = err
+        progress = Progress(self.start_iter, max_iter)
+        try:
+            agree(held_error, self.dist)
+            if self.dist.is_main:
+                log.info("training %s: %d images, iterations %d..%d, %d clip(s) x %d frame(s) per iteration over "
+                         "%d process(es), %d trainable tensors, device %s", cfg.name, len(recs), self.start_iter,
+                         max_iter, cfg.solver.ims_per_batch, cfg.data.frames, self.dist.world_size,
+                         len(self.trainable), self.device)
+            data_iter = iter(loader)
             for it in range(self.start_iter, max_iter):
                 t0 = time.perf_counter()
-                clips = next(data_iter)
-                for clip in clips:  # an unusable image or PNG (see ClipDataset.__getitem__)
-                    if "error" in clip:
-                        raise DatasetError(clip["error"])
+                clips = []
+                if held_error is None:
+                    try:
+                        clips = next(data_iter)
+                        for clip in clips:  # an unusable image or PNG (see ClipDataset.__getitem__)
+                            if "error" in clip:
+                                raise DatasetError(clip["error"])
+                    except Exception as err:  # noqa: BLE001 - a loader worker's crash too
+                        held_error, clips = err, []
                 t_data = time.perf_counter() - t0
-                rec = self.run_iteration(clips)
+                rec = self.run_iteration(clips, held_error)
                 elapsed = time.perf_counter() - t0
                 progress.tick(elapsed)
                 rec = {"iteration": it, **rec, "time": elapsed, "data_time": t_data,
                        "eta_seconds": progress.eta(it)}
                 self.records.append(rec)
-                last = it == max_iter - 1
-                if writer is not None and ((it + 1) % cfg.log_period == 0 or last or it == self.start_iter):
-                    writer.write(rec)
-                    if not self.quiet:
-                        progress.print(rec)
-                if (it + 1) % cfg.solver.checkpoint_period == 0:
-                    self.save_checkpoint(f"model_{it:07d}", it)
-                if last:
-                    self.save_checkpoint("model_final", it)
+                held_error = held(self._log_and_save, rec, writer, progress)
+            agree(held_error, self.dist)
+        except Exception as err:
+            final = stop(err, held_error, self.dist, release=self._release_group)
+            if final is err:
+                raise
+            raise final from None
         finally:
             if writer is not None:
                 writer.close()
-            del data_iter
-        barrier()
+            data_iter = None  # ends the loader's worker processes
         return self.records
+
+    def _release_group(self, err: BaseException) -> None:
+        """Drop this trainer's references to the process group (DDP's reducer holds it, and so do
+        the frames of `err`'s traceback): gloo closes its connections, which ends the other ranks'
+        waiting operations, only when the group object is freed."""
+        self.ddp = None
+        traceback.clear_frames(err.__traceback__)
+        gc.collect()
+
+    def _log_and_save(self, rec: dict, writer: MetricWriter | None, progress: Progress) -> None:
+        cfg, it = self.cfg, rec["iteration"]
+        last = it == cfg.solver.max_iter - 1
+        if writer is not None and ((it + 1) % cfg.log_period == 0 or last or it == self.start_iter):
+            writer.write(rec)
+            if not self.quiet:
+                progress.print(rec)
+        if (it + 1) % cfg.solver.checkpoint_period == 0:
+            self.save_checkpoint(f"model_{it:07d}", it)
+        if last:
+            self.save_checkpoint("model_final", it)
 
 
 def train(cfg: TrainConfig, quiet: bool = False) -> list[dict]:
