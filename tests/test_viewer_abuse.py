@@ -1,6 +1,6 @@
 """`entitysam view` against abusive requests, on a real uvicorn server on 127.0.0.1: edit bodies
 declared or streamed far over the limit (413, read no further), a client gone mid-body (no
-traceback), tabs saving and editing at once."""
+traceback), a slow request never freezing the others, tabs saving and editing at once."""
 
 from __future__ import annotations
 
@@ -154,6 +154,33 @@ def test_a_client_gone_mid_body_leaves_no_traceback(served):
     assert httpx.get(f"{url}/api/state", timeout=5).json()["version"] == 0
     # the old server logged "Exception in ASGI application" with starlette's ClientDisconnect
     assert not errors.records, [r.getMessage() for r in errors.records]
+
+
+def test_a_request_waiting_for_a_source_frame_does_not_freeze_the_others(result, monkeypatch):
+    viewer = Viewer(result, token=TOKEN)
+    entered, release = threading.Event(), threading.Event()
+    read = viewer.result.source_frame
+
+    def slow_source_frame(*args, **kwargs):  # a video's cursor busy decoding far ahead for another request
+        entered.set()
+        release.wait(5)
+        return read(*args, **kwargs)
+    monkeypatch.setattr(viewer.result, "source_frame", slow_source_frame)
+    with live_server(viewer) as (url, _):
+        box = {}
+        info = threading.Thread(target=lambda: box.setdefault("reply", httpx.get(f"{url}/api/video", timeout=30)))
+        info.start()
+        assert entered.wait(10)
+        start = time.monotonic()
+        try:
+            other = httpx.get(f"{url}/static/style.css", timeout=3)  # the old server ran /api/video on the event loop
+        except httpx.TimeoutException:
+            pytest.fail("a static file waited for /api/video's source frame: the event loop was blocked")
+        finally:
+            release.set()
+            info.join(30)
+        assert other.status_code == 200 and time.monotonic() - start < 2
+        assert box["reply"].status_code == 200 and box["reply"].json()["has_source"] is True
 
 
 def test_tabs_saving_and_editing_at_once_get_complete_consistent_revisions(served, result):

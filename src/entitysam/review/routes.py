@@ -126,7 +126,9 @@ def build_routes(viewer) -> list[Route]:
         return _file(viewer.root, request.path_params["path"], "no-cache")
 
     async def video(request: Request) -> Response:
-        return JSONResponse(viewer.video_info(), headers=_NO_STORE)
+        # on the thread pool: has_source decodes frame 0, waiting for a video's cursor while another
+        # request decodes far ahead (on the event loop that froze every request for seconds)
+        return JSONResponse(await run_in_threadpool(viewer.video_info), headers=_NO_STORE)
 
     async def state(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(viewer.state), headers=_NO_STORE)
