@@ -1,6 +1,6 @@
 """`entitysam view` against abusive requests, on a real uvicorn server on 127.0.0.1: edit bodies
 declared or streamed far over the limit (413, read no further), a client gone mid-body (no
-traceback), a slow request never freezing the others, tabs saving and editing at once."""
+traceback), messages about huge id lists kept short, a slow request never freezing the others, tabs saving and editing at once."""
 
 from __future__ import annotations
 
@@ -142,6 +142,18 @@ def test_an_edit_just_under_the_limit_is_applied(served):
     reply = httpx.post(f"{url}/api/edits", content=body, headers=AUTH, timeout=30)
     assert reply.status_code == 200, reply.text[:200]
     assert viewer.version == 1
+
+
+@pytest.mark.parametrize("op, start", [
+    ({"op": "hide", "ids": [2] * 100_000}, "hide: ids repeat an entity: 2 (100000 ids given)"),
+    ({"op": "merge", "ids": list(range(5, 100_005)), "into": 1}, "merge: ids must list at least two entities"),
+])
+def test_an_edit_listing_100k_ids_gets_a_short_message(served, op, start):
+    viewer, url, _ = served
+    reply = httpx.post(f"{url}/api/edits", json=op, headers=AUTH, timeout=30)
+    error = reply.json()["error"]
+    assert reply.status_code == 400 and error.startswith(start), error[:300]
+    assert len(error) < 300, f"{len(error)} characters: {error[:300]}"  # the old messages: 300 kB and 690 kB
 
 
 def test_a_client_gone_mid_body_leaves_no_traceback(served):
