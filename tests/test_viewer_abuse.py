@@ -1,6 +1,7 @@
 """`entitysam view` against abusive requests, on a real uvicorn server on 127.0.0.1: edit bodies
 declared or streamed far over the limit (413, read no further), a client gone mid-body (no
-traceback), messages about huge id lists kept short, a slow request never freezing the others, tabs saving and editing at once."""
+traceback), messages about huge id lists kept short, a slow request never freezing the others, tabs saving and editing at once, a
+second server saving a revision of the same result at the same moment."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import contextlib
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -219,3 +222,32 @@ def test_tabs_saving_and_editing_at_once_get_complete_consistent_revisions(serve
         hidden = {e.id for e in session.entities if e.hidden}
         assert hidden == {e["id"] for e in json.loads((rev / "entities.json").read_text())["entities"] if e["hidden"]}
     assert not errors.records
+
+
+# what another process saving `clip.rev1` holds while it writes it: the flock of `.clip.rev1.lock`
+_HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_save_while_another_server_writes_the_next_revision_takes_the_number_after(served, result):
+    pytest.importorskip("fcntl", reason="revision folders are locked with fcntl.flock (POSIX)")
+    viewer, url, _ = served
+    assert httpx.post(f"{url}/api/edits", json={"op": "hide", "ids": [2]}, headers=AUTH).status_code == 200
+    other = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(result.parent / ".clip.rev1.lock")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        reply = httpx.post(f"{url}/api/save", headers=AUTH, timeout=60)
+    finally:
+        other.stdin.close()
+        other.wait(10)
+    # the old server refused: 400 "clip.rev1 is being written by another entitysam run ...: pass wait=True"
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["name"] == "clip.rev2"
+    assert [o["ids"] for o in json.loads((result.parent / "clip.rev2" / "edits.json").read_text())["ops"]] == [[2]]
+    assert not (result.parent / "clip.rev1").exists()  # left to the other server
