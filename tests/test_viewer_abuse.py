@@ -1,13 +1,15 @@
 """`entitysam view` against abusive requests, on a real uvicorn server on 127.0.0.1: edit bodies
 declared or streamed far over the limit (413, read no further), a client gone mid-body (no
 traceback), messages about huge id lists kept short, a slow request never freezing the others, tabs saving and editing at once, a
-second server saving a revision of the same result at the same moment."""
+second server saving a revision of the same result at the same moment, an id PNG replaced by a
+named pipe while the result is open."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -222,6 +224,35 @@ def test_tabs_saving_and_editing_at_once_get_complete_consistent_revisions(serve
         hidden = {e.id for e in session.entities if e.hidden}
         assert hidden == {e["id"] for e in json.loads((rev / "entities.json").read_text())["entities"] if e["hidden"]}
     assert not errors.records
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_an_id_png_replaced_by_a_named_pipe_is_refused_not_waited_on(served, result):
+    viewer, url, _ = served
+    fifo = result / "panoptic" / "f003.png"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    replies = {}
+    try:
+        for name, call in [("png", lambda: httpx.get(f"{url}/api/idmaps/3.png", timeout=3)),
+                           ("runs", lambda: httpx.get(f"{url}/api/idmaps/3.runs", timeout=3)),
+                           ("save", lambda: httpx.post(f"{url}/api/save", headers=AUTH, timeout=3)),
+                           ("edit", lambda: httpx.post(f"{url}/api/edits", json={"op": "hide", "ids": [1]},
+                                                       headers=AUTH, timeout=3))]:
+            try:
+                replies[name] = call()
+            except httpx.TimeoutException:  # the old server waited in open() for a writer, the save with the lock
+                pytest.fail(f"{name}: no answer in 3 s: the server waits on the named pipe")
+    finally:
+        for _ in range(20):  # what is still waiting to open the pipe gets it, and reads its end
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            time.sleep(0.05)
+    for name in ("png", "runs"):
+        assert replies[name].status_code == 422 and "no longer a regular file" in replies[name].json()["error"]
+    assert replies["save"].status_code == 400 and "f003.png" in replies["save"].json()["error"]
+    assert replies["edit"].status_code == 200  # the save let go of the session's lock
+    assert sorted(p.name for p in result.parent.iterdir()) == ["clip", "input-clip"]  # no revision, no staging
 
 
 # what another process saving `clip.rev1` holds while it writes it: the flock of `.clip.rev1.lock`
