@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,7 +39,13 @@ from .result import EntityInfo, ResultFolder
 __all__ = ["OPS", "check_op", "EditSession"]
 
 OPS = ("hide", "show", "delete", "merge", "split", "label")
-_SHOWN = 10  # missing ids named in a message (the rest counted: a list of millions makes no message)
+_SHOWN = 10  # ids named in a message (the rest counted: a list of millions makes no message)
+
+
+def _listed(ids: Sequence[int]) -> str:
+    """The first _SHOWN of `ids`, the rest counted: a message about a list of 100k ids was 300-700 kB."""
+    more = f" and {len(ids) - _SHOWN} more" if len(ids) > _SHOWN else ""
+    return ", ".join(map(str, ids[:_SHOWN])) + more
 
 
 def _int_id(value: Any, op: str, what: str = "id") -> int:
@@ -67,12 +74,13 @@ def check_op(op: Mapping[str, Any]) -> dict[str, Any]:
             raise EditError(f"{kind}: ids must be a non-empty list of entity ids, got {ids!r:.80}")
         out["ids"] = [_int_id(i, kind) for i in ids]
         if len(set(out["ids"])) != len(out["ids"]):
-            raise EditError(f"{kind}: ids repeat an entity: {out['ids']}")
+            twice = sorted(i for i, n in Counter(out["ids"]).items() if n > 1)
+            raise EditError(f"{kind}: ids repeat an entity: {_listed(twice)} ({len(out['ids'])} ids given)")
     if kind == "merge":
         out["into"] = _int_id(op.get("into"), kind, "into")
         if len(out["ids"]) < 2 or out["into"] not in out["ids"]:
             raise EditError(f"merge: ids must list at least two entities, `into` among them "
-                            f"(got ids {out['ids']}, into {out['into']})")
+                            f"(got ids {_listed(out['ids'])}, into {out['into']})")
     if kind in ("split", "label"):
         out["id"] = _int_id(op.get("id"), kind)
     if kind == "split":
@@ -211,9 +219,7 @@ class EditSession:
     def _existing(self, state: _State, ids: Sequence[int], kind: str) -> None:
         missing = [i for i in ids if i not in state.attrs]
         if missing:
-            shown = ", ".join(map(str, missing[:_SHOWN]))
-            more = f" and {len(missing) - _SHOWN} more" if len(missing) > _SHOWN else ""
-            raise EditError(f"{kind}: no entity {shown}{more} (deleted, merged away or never there)")
+            raise EditError(f"{kind}: no entity {_listed(missing)} (deleted, merged away or never there)")
 
     def _apply_to(self, state: _State, op: dict[str, Any]) -> None:
         kind = op["op"]

@@ -202,6 +202,11 @@ class ResultFolder:
         path = self.png_path(i)
         return _read_id_rgb(path, self.size)
 
+    def id_png_bytes(self, i: int) -> bytes:
+        """The bytes of frame position `i`'s id PNG as stored (what the viewer sends as it is)."""
+        with _open_regular(self.png_path(i)) as f:
+            return f.read()
+
     def source_frame(self, i: int, still: bool = False) -> np.ndarray | None:
         """The [H, W, 3] uint8 RGB input frame behind frame position `i`, decoded from the
         manifest's input if it is still there (and still gives this frame); None otherwise.
@@ -242,20 +247,35 @@ def _read_id_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
     (another image mode would be converted to RGB by PIL and give made-up ids)."""
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            kind, width, height = (im.format, im.mode), *im.size
-            rgb = np.asarray(im) if kind[0] == "PNG" and kind[1] in ID_PNG_MODES and (height, width) == size else None
-    except FileNotFoundError:
-        raise ResultFileGoneError(f"{path}: gone from disk since the result was opened (reopen it)") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
+    with _open_regular(path) as f:
+        try:
+            with Image.open(f) as im:
+                kind, width, height = (im.format, im.mode), *im.size
+                rgb = np.asarray(im) if kind[0] == "PNG" and kind[1] in ID_PNG_MODES and (height, width) == size else None
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
     if kind[0] != "PNG" or kind[1] not in ID_PNG_MODES:
         raise ResultFolderError(f"{path}: a {kind[0]} image of mode {kind[1]}, not an RGB id PNG "
                                 "(id = R + 256 G + 65536 B)")
     if rgb is None:
         raise ResultFolderError(f"{path}: {width}x{height} but the result is {size[1]}x{size[0]} (WxH)")
     return rgb if rgb.shape[2] == 3 else np.ascontiguousarray(rgb[..., :3])
+
+
+def _open_regular(path: Path):
+    """`path` (a file of the result) open for reading, without waiting: a FIFO put in its place
+    after the result was opened blocked the read, and with it the viewer's lock (save, edits)
+    for good. ResultFileGoneError when it is gone, ResultFolderError when it is not a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ResultFileGoneError(f"{path}: gone from disk since the result was opened (reopen it)") from None
+    except OSError as err:
+        raise ResultFolderError(f"{path}: cannot read it: {err.strerror or err}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ResultFolderError(f"{path}: no longer a regular file (replaced since the result was opened)")
+    return os.fdopen(fd, "rb")
 
 
 def _fingerprint(path: Path) -> tuple[str | None, str | None]:

@@ -1,7 +1,8 @@
 """Saving an edited result as a new revision, and replaying an ``edits.json`` log.
 
 A revision is a complete result folder beside the original (``<name>.rev1``, ``<name>.rev2``,
-...: the next free number; a revision of a revision counts on from the same base name) holding
+...: the next free number, skipping one another process takes meanwhile; a revision of a revision
+counts on from the same base name) holding
 
 * ``panoptic/<frame>.png`` + ``panoptic.json`` and ``entities.json`` (with ``label`` and
   ``hidden`` per entity), written by the same writers as `entitysam segment`;
@@ -31,6 +32,7 @@ from typing import Any, Mapping
 
 from ..errors import EditError, InvalidArgumentError, OutputError
 from ..io.atomic import write_json_atomic
+from ..io.output_lock import OutputLockedError
 from ..io.paths import describe_os_error
 from ..io.result_files import write_result_files
 from ..io.staging import StagedOutput
@@ -43,19 +45,20 @@ EDITS = "edits.json"
 EDITS_FORMAT = "entitysam-edits"
 EDITS_VERSION = 1
 _REV = re.compile(r"^(?P<base>.+)\.rev(?P<n>[0-9]+)$")
+_TRIES = 8  # revision numbers tried when other processes save revisions of the same result at once
 # Records of the original's manifest that describe its own run, not the revision.
 _RUN_ONLY = ("writer", "complete", "created", "updated", "files", "seconds", "status", "pid", "revision")
 
 
-def next_revision_path(original: str | os.PathLike) -> Path:
-    """``<base>.revN`` beside `original` with N one above every existing ``<base>.rev*`` (base:
-    the original's name without its own ``.revK``)."""
+def next_revision_path(original: str | os.PathLike, *, after: int = 0) -> Path:
+    """``<base>.revN`` beside `original` with N one above every existing ``<base>.rev*`` and above
+    `after` (base: the original's name without its own ``.revK``)."""
     original = Path(original)
     m = _REV.match(original.name)
     base = m.group("base") if m else original.name
     mine = re.compile(rf"^{re.escape(base)}\.rev(?P<n>[0-9]+)$")
     taken = [int(mm.group("n")) for p in original.parent.iterdir() if (mm := mine.match(p.name))]
-    return original.parent / f"{base}.rev{max(taken, default=0) + 1}"
+    return original.parent / f"{base}.rev{max(taken + [after]) + 1}"
 
 
 def edits_record(session: EditSession) -> dict[str, Any]:
@@ -75,7 +78,24 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
     result = session.result
     if replace_original and dest is not None:
         raise InvalidArgumentError("save_revision: give dest or replace_original, not both")
-    final = Path(result.path if replace_original else (dest if dest is not None else next_revision_path(result.path)))
+    if replace_original or dest is not None:
+        return _save_to(session, Path(result.path if replace_original else dest), replace_original)
+    after = 0
+    for _ in range(_TRIES - 1):
+        final = next_revision_path(result.path, after=after)
+        try:
+            return _save_to(session, final, False)
+        except OutputError as err:
+            # another process (a second `entitysam view` of the result) took this number since it was
+            # chosen: the save was refused ("being written by another run", "already holds results")
+            if not (isinstance(err, OutputLockedError) or os.path.lexists(final)):
+                raise
+            after = int(_REV.match(final.name).group("n"))
+    return _save_to(session, next_revision_path(result.path, after=after), False)
+
+
+def _save_to(session: EditSession, final: Path, replace_original: bool) -> Path:
+    result = session.result
     if not replace_original and os.path.lexists(final):
         raise OutputError(f"{final} already exists: a revision is written to a new folder (choose another dest)")
     inside = Path(os.path.abspath(final)).parent.resolve() / final.name

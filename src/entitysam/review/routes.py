@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
@@ -14,9 +15,13 @@ from .. import jsonio
 from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
 
-__all__ = ["build_routes"]
+__all__ = ["build_routes", "MAX_EDIT_BYTES"]
 
 _NO_STORE = {"Cache-Control": "no-store"}
+# An edit names a few entity ids and a label of at most 1000 characters: kilobytes. The cap keeps
+# a runaway body out of memory (a 300 MB body was read whole) and its parse, which runs on the
+# event loop, short (a 46 MB list of ids froze every other request for ~1 s).
+MAX_EDIT_BYTES = 1 << 20
 
 
 class JSONResponse(_StarletteJSON):
@@ -45,6 +50,30 @@ async def _read(read, *args):
         return None, _error(404, f"gone: {err}" if isinstance(err, OSError) else str(err))
     except (ResultFolderError, OSError) as err:
         return None, _error(422, str(err))
+
+
+async def _read_edit(request: Request):
+    """The JSON of an edit request's body: (value, None), or (None, the error response): 413 for a
+    body declared or sent over MAX_EDIT_BYTES (read no further), 400 for one that is not JSON."""
+    too_big = JSONResponse({"error": f"the edit is over {MAX_EDIT_BYTES} bytes (an edit takes a few kB)"},
+                           status_code=413, headers={**_NO_STORE, "Connection": "close"})  # the rest unread
+    declared = _count(request.headers.get("content-length", "0"))  # absent when chunked: counted as read
+    if declared is None or declared > MAX_EDIT_BYTES:
+        return None, too_big
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_EDIT_BYTES:
+                return None, too_big
+    except ClientDisconnect:  # gone mid-body (a tab closed): nobody reads the answer, but no traceback
+        return None, _error(400, "the edit's body was cut off")
+    try:
+        return json.loads(body), None
+    except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply; ValueError: also an
+        # integer over Python's digit limit (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0][:120]
+        return None, _error(400, f"the edit must be a JSON object ({reason})")
 
 
 def _file(root: Path, relative: str, cache: str) -> Response:
@@ -97,7 +126,9 @@ def build_routes(viewer) -> list[Route]:
         return _file(viewer.root, request.path_params["path"], "no-cache")
 
     async def video(request: Request) -> Response:
-        return JSONResponse(viewer.video_info(), headers=_NO_STORE)
+        # on the thread pool: has_source decodes frame 0, waiting for a video's cursor while another
+        # request decodes far ahead (on the event loop that froze every request for seconds)
+        return JSONResponse(await run_in_threadpool(viewer.video_info), headers=_NO_STORE)
 
     async def state(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(viewer.state), headers=_NO_STORE)
@@ -141,12 +172,9 @@ def build_routes(viewer) -> list[Route]:
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def edit(request: Request) -> Response:
-        try:
-            op = await request.json()
-        except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply; ValueError: also an
-            # integer over Python's digit limit (JSONDecodeError and UnicodeDecodeError are ValueErrors)
-            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0][:120]
-            return _error(400, f"the edit must be a JSON object ({reason})")
+        op, error = await _read_edit(request)
+        if error is not None:
+            return error
         if not isinstance(op, dict):
             return _error(400, "the edit must be a JSON object")
         return JSONResponse(await run_in_threadpool(viewer.apply, op), headers=_NO_STORE)

@@ -184,7 +184,7 @@ class Viewer:
 
     def id_png(self, index: int) -> bytes:
         """The ORIGINAL id map of frame `index` as RGB PNG: the stored file itself (already compressed)."""
-        return self.result.png_path(index).read_bytes()
+        return self.result.id_png_bytes(index)
 
     def id_runs(self, index: int) -> bytes:
         """The ORIGINAL id map of frame `index` as row-wise runs (`entitysam.review.idruns`)."""
