@@ -115,7 +115,9 @@ def read_cvat(out, view):
     task = root.find("meta/task")
     h, w = view.size
     n = len(view.frames)
-    assert int(task.findtext("size")) == n and task.findtext("name") == view.name
+    # a name XML cannot hold is written with U+FFFD where it cannot (U+FFFE / U+FFFF in a file name)
+    assert int(task.findtext("size")) == n and task.findtext("name") == view.name.translate({0xFFFE: 0xFFFD,
+                                                                                               0xFFFF: 0xFFFD})
     assert (int(task.findtext("original_size/width")), int(task.findtext("original_size/height"))) == (w, h)
     declared = [lab.findtext("name") for lab in task.findall("labels/label")]
     got = [np.zeros((h, w), np.uint32) for _ in range(n)]
@@ -316,3 +318,17 @@ def test_mots_refuses_more_instances_than_a_class_holds_and_writes_nothing(tmp_p
         export(view, "mots", tmp_path / "mots")
     assert not (tmp_path / "mots").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["clip"]  # no staging folder left either
+
+
+def test_cvat_xml_gives_back_labels_holding_carriage_returns(tmp_path):
+    """XML readers turn a raw CR (and CR LF) in element text into LF: the label declared in
+    <meta> came back changed and no longer matched its tracks' label attribute."""
+    maps = [corners_and_borders(6, 7)]
+    labels = {1: "carriage\rreturn", 2: "crlf\r\nend", 7: "\r"}
+    check_exports(tmp_path, make(tmp_path, maps, labels=labels), maps, labels)
+
+
+def test_cvat_xml_is_well_formed_for_a_video_name_xml_cannot_hold(tmp_path):
+    """U+FFFE / U+FFFF are valid in a file name (a video's, which names the task), not in XML."""
+    maps = [corners_and_borders(6, 7)]
+    check_exports(tmp_path, make(tmp_path, maps, video="odd\uffffname\ufffe"), maps)

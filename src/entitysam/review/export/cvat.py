@@ -20,7 +20,9 @@ The mask's RLE is CVAT's: run lengths of the mask cropped to its box (``left``, 
 ``width``, ``height``: columns and rows covered), read row by row, alternating 0 and 1 runs and
 starting with a (possibly empty) run of 0. Every mask carries its entity id (the declared
 ``entity_id`` attribute) and the tracks of one entity share a ``group_id``; ``label`` is the
-entity's review label, else ``entity``.
+entity's review label, else ``entity``. Text reads back as written (a carriage return in a
+label is a character reference); a character XML 1.0 cannot hold (U+FFFE, U+FFFF: valid in the
+video name that names the task) is written as U+FFFD.
 
 Two layouts of the tracks (``tracks``):
 
@@ -36,6 +38,7 @@ Two layouts of the tracks (``tracks``):
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -98,12 +101,26 @@ def _tracks(masks: list[dict[str, str]], num_frames: int, layout: str) -> list[l
     return stretches
 
 
+# what XML 1.0 cannot hold at all (a file name may: U+FFFE / U+FFFF in a video name): not well-formed
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _characters(x: XMLGenerator, text: str) -> None:
+    """`text` as element content that XML readers give back unchanged. XMLGenerator writes a
+    carriage return as it is, and readers turn it (and CR LF) into LF: a label "a\rb" came back
+    as "a\nb", no longer the label its tracks name (attributes escape it as &#13;)."""
+    for k, part in enumerate(_NOT_XML.sub("\ufffd", text).split("\r")):
+        if k:
+            x.ignorableWhitespace("&#13;")  # written as it is: a character reference
+        x.characters(part)
+
+
 def _element(x: XMLGenerator, name: str, text: Any = None, attrs: dict[str, str] | None = None,
              indent: int = 0) -> None:
     x.ignorableWhitespace("\n" + "  " * indent)
     x.startElement(name, attrs or {})
     if text is not None:
-        x.characters(str(text))
+        _characters(x, str(text))
     x.endElement(name)
 
 
