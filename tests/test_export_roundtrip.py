@@ -332,3 +332,16 @@ def test_cvat_xml_is_well_formed_for_a_video_name_xml_cannot_hold(tmp_path):
     """U+FFFE / U+FFFF are valid in a file name (a video's, which names the task), not in XML."""
     maps = [corners_and_borders(6, 7)]
     check_exports(tmp_path, make(tmp_path, maps, video="odd\uffffname\ufffe"), maps)
+
+
+def test_mots_class_65_keeps_every_instance_inside_16_bits(tmp_path):
+    """65 * 1000 + 600 = 65600 does not fit a 16-bit PNG: numpy 1.x wrapped it onto instance 64
+    (another entity's pixels), numpy 2 raised OverflowError. Ids above 535 are renumbered for
+    class 65; more entities than 535 are refused."""
+    maps = [np.array([[1, 600, 999], [0, 535, 536]], np.uint32)]  # all below 1000: kept as they are before
+    check_exports(tmp_path / "fits", make(tmp_path / "fits", maps), maps, class_id=65)
+    view = make(tmp_path, [np.arange(1, 537, dtype=np.uint32).reshape(8, 67)])
+    with pytest.raises(OutputError, match="class 65 holds at most 535 instances"):
+        export(view, "mots", tmp_path / "mots", class_id=65)
+    assert not (tmp_path / "mots").exists()
+

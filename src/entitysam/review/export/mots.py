@@ -9,8 +9,9 @@ Layout (CVAT's "MOTS PNG", one subset named after the video)::
                                          from 0; rle: COCO compressed counts)
     OUT/entitysam-export.json            which entity each instance id is
 
-Instance ids are the entity ids when they are all below 1000 (MOTS's limit per class), else the
-entities numbered 1, 2, ... in id order (more than 999 exported entities are refused).
+Instance ids are the entity ids when they all fit (below 1000, MOTS's limit per class, and
+class_id * 1000 + instance <= 65535: at most 535 for class 65), else the entities numbered 1, 2,
+... in id order; more entities than fit (999, 535 for class 65) are refused, never wrapped.
 """
 
 from __future__ import annotations
@@ -30,14 +31,16 @@ from .common import DEFAULT_CATEGORY, MARKER, exported_entities, frame_entities,
 __all__ = ["MAX_INSTANCES", "write_mots", "instance_ids"]
 
 MAX_INSTANCES = 1000
+MAX_VALUE = 65535  # the largest 16-bit PNG value: uint16 wrapped a larger one onto another instance
 
 
-def instance_ids(entity_ids: list[int]) -> dict[int, int]:
+def instance_ids(entity_ids: list[int], class_id: int = 2) -> dict[int, int]:
     """entity id -> MOTS instance id (see the module docstring)."""
-    if len(entity_ids) >= MAX_INSTANCES:
-        raise OutputError(f"MOTS holds at most {MAX_INSTANCES - 1} instances per class; "
-                          f"the result has {len(entity_ids)} entities to export")
-    if all(i < MAX_INSTANCES for i in entity_ids):
+    top = min(MAX_INSTANCES - 1, MAX_VALUE - class_id * MAX_INSTANCES)
+    if len(entity_ids) > top:
+        raise OutputError(f"MOTS class {class_id} holds at most {top} instances (16-bit values class * 1000 + "
+                          f"instance, instance < 1000); the result has {len(entity_ids)} entities to export")
+    if all(i <= top for i in entity_ids):
         return {i: i for i in entity_ids}
     return {i: k + 1 for k, i in enumerate(sorted(entity_ids))}
 
@@ -50,7 +53,7 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
         raise InvalidArgumentError(f"MOTS class id must be an integer in [1, 65] (16-bit values), got {class_id!r}")
     entities = exported_entities(view)
     keep = np.array(sorted(e.id for e in entities), dtype=np.uint32)
-    mapping = instance_ids([int(i) for i in keep])
+    mapping = instance_ids([int(i) for i in keep], class_id)
     values = np.array([class_id * MAX_INSTANCES + mapping[int(i)] for i in keep], dtype=np.uint16)
     with output_dir(out, overwrite, layout=exported_layout) as stage:
         inst = stage / view.name / "instances"
