@@ -345,3 +345,16 @@ def test_mots_class_65_keeps_every_instance_inside_16_bits(tmp_path):
         export(view, "mots", tmp_path / "mots", class_id=65)
     assert not (tmp_path / "mots").exists()
 
+
+def test_mots_class_10_the_ignore_class_is_refused(tmp_path, capsys):
+    """KITTI-MOTS / MOTSChallenge read class 10 (values 10000-10999) as ignore regions: every
+    entity exported with it was silently an area the evaluation ignores."""
+    from entitysam.cli import main
+    from entitysam.errors import InvalidArgumentError
+
+    view = make(tmp_path, [corners_and_borders(5, 6)])
+    with pytest.raises(InvalidArgumentError, match="ignore regions"):
+        export(view, "mots", tmp_path / "mots", class_id=10)
+    assert main(["export", str(view.path), "--format", "mots", "-o", str(tmp_path / "mots"), "--class-id", "10"]) == 2
+    assert "ignore regions" in capsys.readouterr().err
+    assert not (tmp_path / "mots").exists()

@@ -13,10 +13,14 @@ FORMATS = ("mots", "cvat-video", "ytvis", "coco-video")  # = entitysam.review.ex
 
 
 def mots_class_id(text: str) -> int:
-    """--class-id: 1..65 (class * 1000 + instance must fit the 16-bit MOTS PNG): a usage error otherwise."""
+    """--class-id: 1..65 (class * 1000 + instance must fit the 16-bit MOTS PNG) but 10 (MOTS's
+    ignore regions): a usage error otherwise."""
     value = positive_int(text)
     if value > 65:
         raise argparse.ArgumentTypeError(f"a MOTS class id is 1 to 65 (16-bit values), got {value}")
+    if value == 10:
+        raise argparse.ArgumentTypeError("MOTS class 10 marks ignore regions (KITTI-MOTS, MOTSChallenge): "
+                                         "choose another class id")
     return value
 
 
@@ -34,8 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE_OR_DIR",
                    help="the output file (a folder for mots); its parent folder must exist")
     p.add_argument("--class-id", type=mots_class_id, default=2, metavar="N",
-                   help="(mots) the class of every entity: values are N*1000 + instance (default 2, KITTI-MOTS "
-                        "pedestrian)")
+                   help="(mots) the class of every entity, 1 to 65 but 10 (ignore regions): values are N*1000 + "
+                        "instance (default 2, KITTI-MOTS pedestrian)")
     p.add_argument("--mots-txt", action="store_true",
                    help="(mots) also write the MOTS txt format (OUT/<video>.txt: frame id class_id height width rle)")
     p.add_argument("--cvat-tracks", choices=("frame", "entity"), default="frame",

@@ -12,6 +12,7 @@ Layout (CVAT's "MOTS PNG", one subset named after the video)::
 Instance ids are the entity ids when they all fit (below 1000, MOTS's limit per class, and
 class_id * 1000 + instance <= 65535: at most 535 for class 65), else the entities numbered 1, 2,
 ... in id order; more entities than fit (999, 535 for class 65) are refused, never wrapped.
+Class 10 is refused: KITTI-MOTS and MOTSChallenge read it as "ignore region", not as objects.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from ...errors import InvalidArgumentError, OutputError
 from ...io.entities import rle_encode
 from .common import DEFAULT_CATEGORY, MARKER, exported_entities, frame_entities, full_mask, map_ids, output_dir
 
-__all__ = ["MAX_INSTANCES", "write_mots", "instance_ids"]
+__all__ = ["MAX_INSTANCES", "IGNORE_CLASS", "write_mots", "instance_ids"]
 
 MAX_INSTANCES = 1000
 MAX_VALUE = 65535  # the largest 16-bit PNG value: uint16 wrapped a larger one onto another instance
+IGNORE_CLASS = 10
 
 
 def instance_ids(entity_ids: list[int], class_id: int = 2) -> dict[int, int]:
@@ -47,10 +49,13 @@ def instance_ids(entity_ids: list[int], class_id: int = 2) -> dict[int, int]:
 
 def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int = 2, txt: bool = False) -> Path:
     """Write `view` as MOTS PNGs into the folder `out` (atomically); returns `out`.
-    class_id: the MOTS class of every entity (1..65; KITTI-MOTS: 1 car, 2 pedestrian);
+    class_id: the MOTS class of every entity (1..65 but 10; KITTI-MOTS: 1 car, 2 pedestrian);
     txt: also write the MOTS txt format."""
     if isinstance(class_id, bool) or not isinstance(class_id, int) or not 1 <= class_id <= 65:
         raise InvalidArgumentError(f"MOTS class id must be an integer in [1, 65] (16-bit values), got {class_id!r}")
+    if class_id == IGNORE_CLASS:
+        raise InvalidArgumentError(f"MOTS class {IGNORE_CLASS} marks ignore regions (KITTI-MOTS, MOTSChallenge): "
+                                   "every entity would be ignored; choose another class id")
     entities = exported_entities(view)
     keep = np.array(sorted(e.id for e in entities), dtype=np.uint32)
     mapping = instance_ids([int(i) for i in keep], class_id)
