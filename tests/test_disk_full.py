@@ -1,0 +1,163 @@
+"""A full disk, or writes that fail: one line naming what could not be written and why, exit code
+1, nothing half-written left as a result, an older result that --overwrite was to replace kept
+whole, no temporary file or staging folder left, no hang.
+
+Two ways to fail writes without root: a process whose files may not grow (RLIMIT_FSIZE: a
+write past the limit fails with EFBIG; Python ignores the SIGXFSZ that comes with it), and, in
+this process, a module's ``open`` (or one writer) replaced by one whose writes fail with ENOSPC,
+as on a full disk, where creating a file works and writing to it does not.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from _media import link_into, scene
+from entitysam import cli
+from entitysam.io import atomic
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory, tiny_checkpoint, scene_clip):
+    d = tmp_path_factory.mktemp("disk-full-media")
+    link_into(d, tiny_checkpoint)
+    link_into(d, scene_clip)
+    Image.fromarray(scene(2)).save(d / "still.png")
+    return d
+
+
+def segment(*args):
+    return cli.main(["segment", *map(str, args)])
+
+
+def tree(path):
+    """Every file under `path` with its bytes (to show nothing changed)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def everything(path):
+    """Every entry under `path`, hidden ones included (to show nothing was left behind)."""
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def run_limited(limit: int, *args, cwd, timeout: float = 180):
+    """`entitysam ARGS` in a process whose files may not grow past `limit` bytes."""
+    code = ("import resource, runpy, sys\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            "sys.argv = ['entitysam', *sys.argv[1:]]\n"
+            "runpy.run_module('entitysam', run_name='__main__')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # set by torch in this process: a user's shell has none
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=cwd)
+
+
+def one_error_line(stderr: str) -> str:
+    """The one `error:` line of a failed command (no traceback, nothing else)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    return lines[0]
+
+
+def enospc(path=None) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([] if path is None else [str(path)]))
+
+
+class _FullFile:
+    """A file open for writing on a full disk: every write fails (with no file name, as write(2))."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        raise enospc()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def fail_write(*args, **kwargs):
+    raise enospc()
+
+
+def full_disk_open(file, mode="r", *args, **kwargs):
+    """`open` on a full disk: files open (and are created), writes fail with ENOSPC."""
+    f = builtins.open(file, mode, *args, **kwargs)
+    return _FullFile(f) if any(c in mode for c in "wax+") else f
+
+
+# ----------------------------------------------------------------------------- the wording, the lock
+
+
+def test_no_usable_temporary_folder_is_one_line(media, tmp_path):
+    """With every candidate temporary folder full, importing torch fails (Python finds no usable
+    temporary folder): that was a traceback."""
+    out = tmp_path / "out"
+    proc = run_limited(0, "segment", media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q",
+                       cwd=tmp_path)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert "no usable temporary folder" in line and "TMPDIR" in line
+    assert not out.exists()
+
+
+def test_file_size_limit_is_worded_and_the_old_result_kept(media, tmp_path):
+    """EFBIG was shown as "File too large"; the result --overwrite was to replace stays whole and
+    nothing is left beside it."""
+    out = tmp_path / "out"
+    assert segment(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "-q") == 0
+    before = tree(out)
+    proc = run_limited(4096, "segment", media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "-q",
+                       "--overwrite", cwd=tmp_path)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert line.startswith("error: clip: cannot write ") and "file too large (over the file-size limit" in line
+    assert tree(out) == before and sorted(os.listdir(out)) == ["clip"]
+
+
+def test_lock_holds_without_its_pid_on_a_full_disk(tmp_path, monkeypatch):
+    """The pid in the lock file only names the holder: failing to write it failed the video and
+    left the lock file and the output folder it had created behind."""
+    from entitysam.io import output_lock
+    from entitysam.io.output_lock import OutputLock
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(output_lock.os, "write", fail_write)
+        lock = OutputLock.acquire(out / "clip")
+    try:
+        assert lock.path.is_file()
+        other = os.open(lock.path, os.O_RDWR)
+        try:  # held: another open file description cannot take it
+            with pytest.raises(BlockingIOError):
+                output_lock.fcntl.flock(other, output_lock.fcntl.LOCK_EX | output_lock.fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+    finally:
+        lock.release()
+    assert not out.exists()
+
+
+def test_atomic_write_names_the_file_not_its_hidden_temporary(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    target = tmp_path / "result.json"
+    with pytest.raises(OSError) as caught:
+        atomic.write_json_atomic(target, {"a": 1})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert os.listdir(tmp_path) == []
