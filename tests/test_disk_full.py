@@ -161,3 +161,69 @@ def test_atomic_write_names_the_file_not_its_hidden_temporary(tmp_path, monkeypa
         atomic.write_json_atomic(target, {"a": 1})
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- temporary files, logits
+
+
+def logits_bytes(frames: int = 6) -> int:
+    """The temporary logits of `frames` frames of the tiny model (float32): the largest file of a
+    run on the test clip; logits.npz holds the same array plus headers and the scores."""
+    from entitysam.config import get_config
+
+    cfg = get_config("tiny")
+    return frames * cfg.num_queries * cfg.lowres_mask_size ** 2 * 4
+
+
+@pytest.mark.parametrize("where", ["file", "result"])
+def test_logits_file_that_does_not_fit_is_named(media, tmp_path, where):
+    """--save-logits FILE (or the result's logits.npz) past the limit: the failure blamed "results
+    of clip", whatever disk FILE is on."""
+    out, elsewhere = tmp_path / "out", tmp_path / "logits"
+    elsewhere.mkdir()
+    target = elsewhere / "clip.npz" if where == "file" else None
+    args = ["--save-logits", target] if target else ["--save-logits"]
+    proc = run_limited(logits_bytes() + 64, "segment", media / "clip.mp4", "-o", out, "--checkpoint",
+                       media / "tiny.pth", "-q", "--save", "panoptic", *args, cwd=tmp_path)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    named = str(target) if target else "logits.npz"
+    assert "cannot write logits file " in line and named in line and "file too large" in line, line
+    assert everything(out) == [] and os.listdir(elsewhere) == []
+
+
+def test_temporary_files_on_a_full_disk_say_where_and_what_helps(media, tmp_path):
+    """The logits kept on disk while a video is tracked (as large as the video is long) on a full
+    disk: the message says they are temporary files, where, and that --logits-dtype float16
+    halves them; nothing is left."""
+    out = tmp_path / "out"
+    proc = run_limited(4096, "segment", media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "-q",
+                       cwd=tmp_path)
+    assert proc.returncode == 1
+    line = one_error_line(proc.stderr)
+    assert line.startswith(f"error: clip: cannot write the temporary files of clip in {out}/"), line
+    assert line.endswith("use --logits-dtype float16 to halve the space the temporary logits take"), line
+    assert everything(out) == []
+
+
+def test_api_segment_with_a_full_temporary_folder(media, tmp_path, monkeypatch, tiny_checkpoint):
+    """`model.segment` keeps its temporary files in the system temporary folder: a full /tmp was
+    a bare `OSError: [Errno 28] No space left on device`, with no word of /tmp or of work_dir."""
+    import tempfile
+
+    from entitysam import EntitySAM
+    from entitysam.errors import OutputError
+    from entitysam.inference.video import LogitStore
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(LogitStore, "append", fail_write)
+    model = EntitySAM.from_checkpoint(tiny_checkpoint)
+    with pytest.raises(OutputError) as caught:
+        model.segment(media / "clip.mp4")
+    message = str(caught.value)
+    assert message.startswith(f"cannot write the temporary files of clip in {tmp}: no space left on the device")
+    assert "pass work_dir=DIR to keep them on a disk with more space" in message
+    assert "pass logits_dtype='float16'" in message
+    assert os.listdir(tmp) == []

@@ -29,6 +29,7 @@ FLAGS: dict[str | tuple[str, object], str] = {
     "max_frames": "--max-frames",
     "max_pixels": "--max-pixels",
     "save_logits": "--save-logits",
+    "logits_dtype": "--logits-dtype",
     "batch": "--batch",
     "online": "--online",
     "shard": "--shard",
