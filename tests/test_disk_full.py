@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from PIL import Image
 from _media import link_into, scene
 from entitysam import cli
 from entitysam.io import atomic
+from entitysam.io.manifest import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -227,3 +229,96 @@ def test_api_segment_with_a_full_temporary_folder(media, tmp_path, monkeypatch, 
     assert "pass work_dir=DIR to keep them on a disk with more space" in message
     assert "pass logits_dtype='float16'" in message
     assert os.listdir(tmp) == []
+
+
+# ----------------------------------------------------------------------------- online
+
+
+ONLINE = ["-q", "--online", "--save", "panoptic"]
+
+
+def manifest_write_fails(path, data, **kwargs):
+    raise enospc(path)
+
+
+def test_online_start_on_a_full_disk_leaves_no_orphan(media, tmp_path, monkeypatch, capsys):
+    """The first manifest (status running) could not be written: the new folder stayed without
+    it, and no later run could replace it (not written by entitysam), not even with --overwrite."""
+    from entitysam.io import stream_files
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(stream_files, "write_bytes_atomic", manifest_write_fails)
+        assert segment(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", *ONLINE) == 1
+    assert "no space left on the device" in one_error_line(capsys.readouterr().err)
+    assert everything(out) == []
+    assert segment(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", *ONLINE) == 0  # space again
+    assert read_manifest(out / "clip")["status"] == "complete"
+
+
+def test_online_start_on_a_full_disk_keeps_the_old_result(media, tmp_path, monkeypatch, capsys):
+    """--online --overwrite deleted the older result before its first file was written: a run
+    that could not even start left nothing of either."""
+    from entitysam.io import stream_files
+
+    out = tmp_path / "out"
+    assert segment(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", *ONLINE) == 0
+    before = tree(out)
+    capsys.readouterr()
+    monkeypatch.setattr(stream_files, "write_bytes_atomic", manifest_write_fails)
+    assert segment(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", *ONLINE, "--overwrite") == 1
+    assert "no space left on the device" in one_error_line(capsys.readouterr().err)
+    assert tree(out) == before and sorted(os.listdir(out)) == ["clip"]
+
+
+def test_online_full_disk_mid_run_keeps_the_frames_done_and_reruns(media, tmp_path, monkeypatch, capsys):
+    from entitysam.io import idpng
+
+    real, calls = idpng.write_id_png, []
+
+    def fills_up(f, id_map):
+        calls.append(1)
+        if len(calls) > 2:
+            raise enospc()
+        real(f, id_map)
+
+    out = tmp_path / "out"
+    args = ["--checkpoint", media / "tiny.pth", *ONLINE]
+    with monkeypatch.context() as m:
+        m.setattr(idpng, "write_id_png", fills_up)
+        assert segment(media / "clip.mp4", "-o", out, *args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "the results of the 2 frames done are in" in err
+    assert "no space left on the device (disk full)" in err
+    manifest = json.loads((out / "clip" / "manifest.json").read_text())  # (not complete: read as it is)
+    assert manifest["status"] == "failed" and manifest["num_frames"] == 2
+    assert "no space left on the device" in manifest["error"]
+    assert sorted(os.listdir(out / "clip" / "panoptic")) == ["000000.png", "000001.png"]
+    assert segment(media / "clip.mp4", "-o", out, *args) == 1  # an unfinished result: not replaced unasked
+    assert "--overwrite" in capsys.readouterr().err
+    assert segment(media / "clip.mp4", "-o", out, *args, "--overwrite") == 0
+    assert read_manifest(out / "clip")["status"] == "complete"
+    assert sorted(os.listdir(out)) == ["clip"]
+
+
+def test_online_output_removed_during_the_run(media, tmp_path, monkeypatch, capsys):
+    """The output folder deleted while an online run wrote into it: the run said the frames done
+    were in that folder (gone), and named a hidden temporary file."""
+    import shutil
+
+    from entitysam.pipeline import online_tracking
+
+    real, calls = online_tracking.preprocess_frame, []
+    out = tmp_path / "out"
+
+    def removes_output(image, size):
+        calls.append(1)
+        if len(calls) == 4:
+            shutil.rmtree(out)
+        return real(image, size)
+
+    monkeypatch.setattr(online_tracking, "preprocess_frame", removes_output)
+    assert segment(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", *ONLINE) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: clip: cannot write ") and atomic.TEMP_PREFIX not in line, line
+    assert not out.exists()
