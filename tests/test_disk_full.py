@@ -322,3 +322,67 @@ def test_online_output_removed_during_the_run(media, tmp_path, monkeypatch, caps
     line = one_error_line(capsys.readouterr().err)
     assert line.startswith("error: clip: cannot write ") and atomic.TEMP_PREFIX not in line, line
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- eval vipseg
+
+
+@pytest.fixture(scope="module")
+def vipseg(tmp_path_factory):
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    return make_vipseg_dataset(tmp_path_factory.mktemp("disk-full-eval") / "VIPSeg_720P", num_videos=2,
+                               num_frames=(3, 2), seed=0)
+
+
+def run_eval(vipseg, media, out, *extra):
+    return cli.main(["eval", "vipseg", "--data-root", str(vipseg.root), "--checkpoint", str(media / "tiny.pth"),
+                     "--output", str(out), "--threads", "1", "--workers", "1", "--no-metrics", "-q",
+                     *map(str, extra)])
+
+
+def test_eval_merge_on_a_full_disk_is_one_line(vipseg, media, tmp_path, monkeypatch, capsys):
+    """pred.json (the merge, after every video) on a full disk: a traceback with --merge-only
+    (and "OSError: [Errno 28] ..." otherwise)."""
+    out = tmp_path / "out"
+    assert run_eval(vipseg, media, out) == 0
+    (out / "pred.json").unlink()
+    capsys.readouterr()
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    assert run_eval(vipseg, media, out, "--merge-only") == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: cannot write the merged predictions {out / 'pred.json'}: no space left on the device " \
+                   "(disk full)"
+    assert not (out / "pred.json").exists() and not any(p.name.startswith(".") for p in out.iterdir())
+
+
+def test_eval_overwrite_on_a_full_disk_keeps_the_old_predictions(vipseg, media, tmp_path, monkeypatch, capsys):
+    """The part file (which marks a video complete) was written after the old predictions were
+    deleted: a full disk then lost the video's complete predictions."""
+    out = tmp_path / "out"
+    assert run_eval(vipseg, media, out) == 0
+    before = {d: tree(out / d) for d in ("pan_pred", "parts")}
+    capsys.readouterr()
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    assert run_eval(vipseg, media, out, "--overwrite") == 1
+    assert {d: tree(out / d) for d in ("pan_pred", "parts")} == before
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for vid in vipseg.videos:
+        assert f"{vid}: failed: cannot write predictions of {vid} {out / 'parts' / vid}.json: no space left" in err
+    assert not [p for p in everything(out) if os.path.basename(p).startswith(".")]  # no staging, lock, temporary
+
+
+def test_eval_temporary_files_on_a_full_disk(vipseg, media, tmp_path, monkeypatch, capsys):
+    """Each video fails with the command line's words (its flags, not Python arguments) and
+    leaves no staging folder; the run goes on to the next video."""
+    from entitysam.inference.video import LogitStore
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(LogitStore, "append", fail_write)
+    assert run_eval(vipseg, media, out) == 1
+    err = capsys.readouterr().err
+    for k, vid in enumerate(vipseg.videos, 1):
+        assert f"[{k}/2] {vid}: failed: cannot write the temporary files of {vid} in {out / 'pan_pred'}/" in err
+    assert err.count("use --logits-dtype float16") == 2 and "logits_dtype=" not in err
+    assert not [p for p in everything(out) if os.path.basename(p).startswith(".")]
