@@ -386,3 +386,74 @@ def test_eval_temporary_files_on_a_full_disk(vipseg, media, tmp_path, monkeypatc
         assert f"[{k}/2] {vid}: failed: cannot write the temporary files of {vid} in {out / 'pan_pred'}/" in err
     assert err.count("use --logits-dtype float16") == 2 and "logits_dtype=" not in err
     assert not [p for p in everything(out) if os.path.basename(p).startswith(".")]
+
+
+# ----------------------------------------------------------------------------- review, export, demo, batch
+
+
+@pytest.mark.parametrize("fmt", ["ytvis", "coco-video"])
+def test_viewer_export_with_a_full_temporary_folder(tmp_path, monkeypatch, fmt):
+    """The viewer's export is built in the temporary folder: full, it was a 500 (and a traceback
+    on the server's console)."""
+    pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+    import tempfile
+
+    from starlette.testclient import TestClient
+
+    from _review_result import make_result
+    from entitysam.review.server import TOKEN_HEADER, Viewer, create_app
+
+    viewer = Viewer(make_result(tmp_path / "results"), token="t")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    with TestClient(create_app(viewer), raise_server_exceptions=False) as client:
+        res = client.post(f"/api/export?format={fmt}", headers={TOKEN_HEADER: "t"})
+    assert res.status_code == 400
+    assert res.json() == {"error": f"cannot write the {fmt} export of clip in {tmp}: no space left on the device "
+                                   "(disk full)"}
+    assert os.listdir(tmp) == []
+
+
+def test_export_command_on_a_full_disk(tmp_path, monkeypatch, capsys):
+    """`entitysam export` said "OUT: No space left on device"; now the one wording."""
+    from _review_result import make_result
+
+    result = make_result(tmp_path / "results")
+    out = tmp_path / "exports" / "clip.json"
+    out.parent.mkdir()
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    assert cli.main(["export", str(result), "--format", "ytvis", "-o", str(out)]) == 1
+    assert one_error_line(capsys.readouterr().err) == \
+        f"error: cannot write the ytvis export {out}: no space left on the device (disk full)"
+    assert os.listdir(out.parent) == []
+
+
+def test_demo_on_a_full_disk(tmp_path, monkeypatch, capsys):
+    """`entitysam demo` printed the bare "[Errno 28] No space left on device"."""
+    from entitysam.pipeline import demo
+
+    def full(folder, **kwargs):
+        raise enospc()
+
+    monkeypatch.setattr(demo, "make_demo_video", full)
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "-o", str(out), "-q"]) == 1
+    assert one_error_line(capsys.readouterr().err) == \
+        f"error: cannot write the demo in {out}: no space left on the device (disk full)"
+
+
+def test_batch_summary_on_a_full_disk(media, tmp_path, monkeypatch, capsys):
+    """A shard's summary file on a full disk was "summary: [Errno 28] No space left on device"."""
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    assert segment(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q", "--save", "panoptic",
+                   "--shard", "0/1", "--summary", summary) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("error: [shard 0/1] ") for line in lines), lines
+    assert "still: cannot write " in lines[0] and "no space left on the device" in lines[0]
+    assert lines[-1] == f"error: [shard 0/1] cannot write the summary file {summary}: no space left on the device " \
+                        "(disk full)"
+    assert everything(out) == [] and not summary.exists()
