@@ -231,6 +231,85 @@ def test_api_segment_with_a_full_temporary_folder(media, tmp_path, monkeypatch, 
     assert os.listdir(tmp) == []
 
 
+# ----------------------------------------------------------------------------- offline writers (coverage)
+
+
+def _png_full(path, id_map):
+    raise enospc(path)
+
+
+def _overlay_full(self, frame, time_s=None):
+    raise enospc(self.path)
+
+
+WRITERS = {  # --save format -> (module or class, attribute, what writes fail there)
+    "panoptic PNGs": ("panoptic", "entitysam.io.idpng", "write_id_png", _png_full),
+    "panoptic.json": ("panoptic", "entitysam.io.panoptic", "open", full_disk_open),
+    "entities.json": ("entities", "entitysam.io.entities", "open", full_disk_open),
+    "overlay.mp4": ("overlay", "entitysam.io.overlay.OverlayWriter", "encode", _overlay_full),
+    "manifest.json": ("none", "entitysam.io.atomic", "open", full_disk_open),
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_offline_full_disk_keeps_the_old_result(media, tmp_path, monkeypatch, capsys, writer):
+    fmt, target, name, fake = WRITERS[writer]
+    out = tmp_path / "out"
+    assert segment(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q") == 0
+    before = tree(out)
+    capsys.readouterr()
+    monkeypatch.setattr(f"{target}.{name}", fake, raising=False)
+    assert segment(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q", "--save", fmt,
+                   "--overwrite") == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: still: cannot write ") and "no space left on the device (disk full)" in line
+    assert ".partial-" not in line and atomic.TEMP_PREFIX not in line, line  # final names, not hidden ones
+    assert tree(out) == before and sorted(os.listdir(out)) == ["still"]
+
+
+def test_batch_goes_on_after_a_video_fills_the_disk(media, tmp_path, monkeypatch, capsys):
+    """The space a failed video took is freed (its staging folder removed): the next video is
+    tried, and the summary names the one that failed."""
+    from entitysam.io import idpng
+
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in ("a", "b"):  # two one-frame videos (frame folders)
+        (batch / name).mkdir()
+        (batch / name / "0001.png").write_bytes((media / "still.png").read_bytes())
+    real = idpng.write_id_png
+
+    def full_for_a(path, id_map):
+        if "/.a." in str(path):
+            raise enospc(path)
+        real(path, id_map)
+
+    monkeypatch.setattr(idpng, "write_id_png", full_for_a)
+    out = tmp_path / "out"
+    assert segment("--batch", batch, "-o", out, "--checkpoint", media / "tiny.pth", "-q", "--save", "panoptic") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0].startswith("error: a: cannot write ") and "no space left" in err[0]
+    assert err[1] == "error: 1 of 2 videos failed: a"
+    assert sorted(os.listdir(out)) == ["b"] and read_manifest(out / "b") is not None
+
+
+def test_api_save_on_a_full_disk_keeps_the_old_result(media, tmp_path, monkeypatch, tiny_checkpoint):
+    from entitysam import EntitySAM
+    from entitysam.errors import OutputError
+    from entitysam.io import idpng
+
+    model = EntitySAM.from_checkpoint(tiny_checkpoint)
+    out = tmp_path / "out" / "still"
+    with model.segment(media / "still.png") as result:
+        result.save(out)
+        before = tree(out)
+        monkeypatch.setattr(idpng, "write_id_png", _png_full)
+        with pytest.raises(OutputError) as caught:
+            result.save(out, overwrite=True)
+    assert str(caught.value) == f"cannot write {out} {out}/panoptic/still.png: no space left on the device (disk full)"
+    assert tree(out) == before and sorted(os.listdir(out.parent)) == ["still"]
+
+
 # ----------------------------------------------------------------------------- online
 
 
