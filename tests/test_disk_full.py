@@ -310,6 +310,43 @@ def test_api_save_on_a_full_disk_keeps_the_old_result(media, tmp_path, monkeypat
     assert tree(out) == before and sorted(os.listdir(out.parent)) == ["still"]
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_output_folder_keeps_the_old_result(media, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert segment(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q") == 0
+    before = tree(out)
+    capsys.readouterr()
+    out.chmod(0o555)
+    try:
+        rc = segment(media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "-q", "--overwrite")
+    finally:
+        out.chmod(0o755)
+    assert rc == 1
+    assert "(the output folder is not writable)" in one_error_line(capsys.readouterr().err)
+    assert tree(out) == before and sorted(os.listdir(out)) == ["still"]
+
+
+def test_output_folder_removed_during_an_offline_run(media, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from entitysam.pipeline import segment as api
+
+    real, calls = api.preprocess_frame, []
+    out = tmp_path / "out"
+
+    def removes_output(image, size):
+        calls.append(1)
+        if len(calls) == 3:
+            shutil.rmtree(out)
+        return real(image, size)
+
+    monkeypatch.setattr(api, "preprocess_frame", removes_output)
+    assert segment(media / "clip.mp4", "-o", out, "--checkpoint", media / "tiny.pth", "-q") == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: clip: cannot write ") and "No such file or directory" in line, line
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- online
 
 
