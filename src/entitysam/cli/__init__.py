@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import signal
 import sys
+import tempfile
 import threading
 from typing import Sequence
 
@@ -111,5 +112,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt as stop:
             print_err("terminated" if isinstance(stop, Terminated) else "interrupted")
             return 130
+        except FileNotFoundError:
+            # Importing torch asks Python for a temporary folder, which tests each candidate by
+            # writing to it: on a full disk none passes and the import fails with this error.
+            if not no_temp_folder():
+                raise
+            print_err("no usable temporary folder: $TMPDIR (if set), /tmp, /var/tmp and the current folder are "
+                      "full or not writable: free some space, or set TMPDIR to a folder with free space")
+            return 1
+
+
+def no_temp_folder() -> bool:
+    """Whether Python finds no usable temporary folder (all candidates full or not writable)."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        return True
+    return False
 
 

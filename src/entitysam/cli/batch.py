@@ -113,7 +113,9 @@ def batch_stopped(err: BaseException, prefix: str = "") -> int:
     if isinstance(err, KeyboardInterrupt):
         print_err(f"{prefix}interrupted; finished videos are kept, re-run the same command to resume")
         return 130
-    print_err(f"{prefix}summary: {err}")
+    from ..io.paths import describe_os_error
+
+    print_err(prefix + describe_os_error(err, "the summary file"))  # (an OSError: a full disk, say)
     return 1
 
 

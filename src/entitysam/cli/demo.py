@@ -87,7 +87,12 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print_err("interrupted")
         return 130
-    except (EntitySAMError, RuntimeError, OSError, ValueError) as err:
+    except OSError as err:  # e.g. a full disk while the input video is generated
+        from ..io.paths import describe_os_error
+
+        print_err(describe_os_error(err, f"the demo in {args.output}"))
+        return 1
+    except (EntitySAMError, RuntimeError, ValueError) as err:
         print_err(err)
         return 1
     if args.json:

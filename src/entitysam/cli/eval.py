@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data_root, args.output, split=args.split, model=load_model, shard=shard, dtype=args.dtype,
             logits_dtype=args.logits_dtype, overwrite=args.overwrite, merge=not distributed, metrics=metrics,
             workers=args.workers, progress=not args.quiet and world == 1, say=say, plan=plan,
-            say_error=lambda m: print_err(prefix + m),
+            say_error=lambda m: print_err(prefix + m), describe_error=user_message,
             log_tag=f"rank-{rank}-of-{world}" if distributed else None)
     except KeyboardInterrupt:
         print_err("interrupted; finished videos are kept, re-run the same command to resume")
@@ -187,7 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EntitySAMError as err:  # model not available, checkpoint mismatch, output not writable
         print_err(err)
         status = 1
-    except (RuntimeError, OSError) as err:
+    except OSError as err:  # e.g. the lock or log files of the output folder on a full disk
+        from ..io.paths import describe_os_error  # noqa: PLC0415
+
+        print_err(describe_os_error(err, f"the evaluation in {args.output}"))
+        status = 1
+    except RuntimeError as err:
         print_err(f"{type(err).__name__}: {err}")
         status = 1
     if summary is not None and summary.failed:

@@ -66,7 +66,10 @@ def run(args) -> int:
         print_err(err)
         return 1
     except OSError as err:
-        print_err(f"{args.output}: {err.strerror or err}")
+        from ..io.paths import describe_os_error
+
+        err.filename = None  # (a file of the hidden staging copy, removed: the output is named)
+        print_err(describe_os_error(err, f"the {args.format} export {args.output}"))
         return 1
     if not args.quiet:
         print(f"{args.format}: {out}")

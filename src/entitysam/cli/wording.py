@@ -29,6 +29,8 @@ FLAGS: dict[str | tuple[str, object], str] = {
     "max_frames": "--max-frames",
     "max_pixels": "--max-pixels",
     "save_logits": "--save-logits",
+    "logits_dtype": "--logits-dtype",
+    "work_dir": "--output",  # the command line keeps a run's temporary files in its output folder
     "batch": "--batch",
     "online": "--online",
     "shard": "--shard",

@@ -221,9 +221,9 @@ def _segment_online(model, source, name: str, out_root: Path, options: SegmentOp
         s.mark_interrupted()  # close() below emits the frames already processed and finishes the files
     except BaseException:
         s.close()
-        if s.emitted:
+        if s.emitted and s.manifest is not None:  # (None: not even the manifest could be written there)
             say_error(f"{name}: the results of the {s.emitted} frames done are in {final} "
-                      "(manifest status \"failed\")")
+                      f"(manifest status \"{s.manifest.get('status')}\")")
         raise
     s.close()
     if s.status == "failed":  # the frames were done but their files could not be finished (e.g. disk full)

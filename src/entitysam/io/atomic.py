@@ -118,9 +118,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = Fa
             os.replace(tmp, path)
         else:
             publish_no_replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.filename in (None, str(tmp)):
+            # A message names the file asked for: not the hidden name, gone now, nor nothing (a
+            # failed write() or flush, on a full disk, carries no name).
+            err.filename = str(path)
         raise
     if durable:
         fsync_dir(path.parent)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import OutputError, Remedy
 from .atomic import publish_no_replace, temp_path
-from .paths import UnsafeOverwriteError, check_not_input, check_name_fits, path_relation
+from .paths import UnsafeOverwriteError, check_not_input, check_name_fits, describe_os_error, path_relation
 
 __all__ = ["logits_file", "check_logits_file", "save_logits_npz"]
 
@@ -89,6 +89,11 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *,
         raise OutputError(f"logits file {path} appeared while this run wrote it (another run writing the same "
                           "file?): left as it is, this run's logits not saved",
                           Remedy("overwrite", True, "to replace it")) from None
+    except OSError as err:  # named here: the run's caller would blame its result folder, on another disk maybe
+        tmp.unlink(missing_ok=True)
+        if err.filename == str(tmp):
+            err.filename = None  # (the hidden name is gone; the message names the file)
+        raise OutputError(describe_os_error(err, f"logits file {path}")) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

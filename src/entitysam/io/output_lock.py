@@ -143,8 +143,11 @@ class OutputLock:
             if same:
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        # The pid only names the holder in another run's message: on a full disk the lock holds
+        # without it (failing here left the lock file and a new output folder behind).
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def _remove_created_parents(self) -> None:

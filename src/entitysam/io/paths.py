@@ -60,11 +60,16 @@ def check_name_fits(path: str | os.PathLike, what: str) -> None:
 
 
 def describe_os_error(err: OSError, what: str) -> str:
+    """``cannot write <what> [<file>]: <cause>``: the one wording of a failed write, whatever
+    wrote. The causes a user can act on are said in words: a full disk, a quota, a file over a
+    size limit, a folder not writable."""
     cause = err.strerror or str(err)
     if err.errno == errno.ENOSPC:
         cause = "no space left on the device (disk full)"
     elif err.errno == errno.EDQUOT:
         cause = "disk quota exceeded"
+    elif err.errno == errno.EFBIG:  # RLIMIT_FSIZE (ulimit -f, batch schedulers) or e.g. FAT's 4 GiB
+        cause = "file too large (over the file-size limit of this process, ulimit -f, or of the file system)"
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         cause = f"{cause} (the output folder is not writable)"
     name = f" {err.filename}" if err.filename else ""

@@ -218,7 +218,7 @@ class StagedOutput:
             journal.unlink(missing_ok=True)  # step 3: the replacement is done
         except OSError as err:
             self._roll_back(old)
-            raise OutputError(describe_os_error(err, str(self.final))) from None
+            raise OutputError(describe_os_error(self.final_name(err), str(self.final))) from None
         except BaseException:
             self._roll_back(old)
             raise
@@ -248,8 +248,17 @@ class StagedOutput:
     def __enter__(self) -> "StagedOutput":
         return self
 
+    def final_name(self, err: OSError) -> OSError:
+        """`err` naming the result's file, not the one in the hidden staging folder: a failure
+        removes that folder, and a message must name what the user asked for."""
+        if isinstance(err.filename, str) and err.filename.startswith(str(self.path)):
+            err.filename = str(self.final) + err.filename[len(str(self.path)):]
+        return err
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
+            if isinstance(exc, OSError):
+                self.final_name(exc)
             self.abort()
 
 

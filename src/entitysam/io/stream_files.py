@@ -69,8 +69,9 @@ class OnlineWriter:
     * ``manifest.json``: written when the writer starts (``"status": "running"``) and replaced
       when it finishes (``complete``, ``interrupted``, ``stopped`` or ``failed``, with counts).
 
-    The folder must not exist, unless ``overwrite`` (then the old one is removed first; only a
-    folder entitysam wrote, never one that is, contains or lies inside a ``protect`` path). The
+    The folder must not exist, unless ``overwrite`` (then the old one is removed once the new
+    one's files and manifest are created, and put back if they cannot be; only a folder
+    entitysam wrote, never one that is, contains or lies inside a ``protect`` path). The
     folder's lock (:class:`~entitysam.io.output_lock.OutputLock`) is held until :meth:`finish`.
     """
 
@@ -100,12 +101,14 @@ class OnlineWriter:
             raise
 
     def _create(self, formats, fps, labels, timestamps) -> None:
+        old = None
+        made = False
         try:
-            if self.directory.exists():  # overwrite: the old result goes first
+            if self.directory.exists():  # overwrite: the old result goes, once the new one has started
                 old = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
                 os.rename(self.directory, old)
-                shutil.rmtree(old, ignore_errors=True)
             self.directory.mkdir(parents=True)
+            made = True
             if "panoptic" in self.formats:
                 (self.directory / "panoptic").mkdir()
             self._jsonl_fd = os.open(self.directory / JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC,
@@ -116,7 +119,17 @@ class OnlineWriter:
             self._write_manifest({"status": "running", "complete": False, "pid": os.getpid()})
         except OSError as err:
             self._release()
+            # Without its manifest the new folder would be no entitysam result: no later run
+            # could replace it, not even with overwrite. It holds no frame yet: removed, and the
+            # old result, if any, put back.
+            if made:
+                shutil.rmtree(self.directory, ignore_errors=True)
+            if old is not None and not os.path.lexists(self.directory):
+                with contextlib.suppress(OSError):
+                    os.rename(old, self.directory)
             raise OutputError(describe_os_error(err, str(self.directory))) from None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     def files(self) -> list[str]:
         out = [JSONL]

@@ -230,12 +230,12 @@ class SegmentationResult:
         directory = check_path_arg(directory, "directory")
         self._check_open()  # a closed result must not leave a staging folder behind
         inputs = [self.source.path] if self.source.path is not None else []
-        with StagedOutput(directory, overwrite=overwrite, inputs=inputs, wait_lock=wait_lock) as staged:
-            try:
+        try:
+            with StagedOutput(directory, overwrite=overwrite, inputs=inputs, wait_lock=wait_lock) as staged:
                 files = self.write_into(staged.path, formats, labels=labels, progress=progress)
-            except OSError as err:
-                raise OutputError(describe_os_error(err, str(directory))) from None
-            return staged.commit({**self.manifest(), "files": files})
+                return staged.commit({**self.manifest(), "files": files})
+        except OSError as err:  # (named after the staging folder is gone: its files by their final names)
+            raise OutputError(describe_os_error(err, str(directory))) from None
 
 
 def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ import torch
 
 from ..inference.precision import check_exact, memory_dtype_for, precision_plan, resolve_dtype
 from ..argtypes import InvalidArgumentError, check_flags, check_fps, check_path_arg
-from ..errors import OutputError
+from ..errors import OutputError, Remedy
 from ..modeling.entitysam import EntitySAM
 from .prefetch import read_ahead
 from ..inference.preprocess import preprocess_frame
@@ -32,7 +32,7 @@ from ..io.sources import (DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSel
                           open_source)
 from ..io.entities import EntityStats
 from ..io.logits import logits_file, save_logits_npz
-from ..io.paths import safe_name
+from ..io.paths import describe_os_error, safe_name
 from .progress import progress_bar
 from .result import Entity, FrameInfo, IdMapFile, SegmentationResult, model_info
 
@@ -133,13 +133,30 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     selection = FrameSelection(start, end, stride, max_frames)
     source = open_video(video, selection, fps, name, max_pixels)
 
-    workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
+    workdir = None
     try:
+        workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
         return _segment(model, source, compute_dtype, np.dtype(logits_dtype), workdir, save_logits, progress,
                         on_frame, exact, batched, overwrite_logits)
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
+    except BaseException as err:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if isinstance(err, OSError):  # sources and the logits file raise their own errors: the temporary files
+            raise temp_files_error(err, source.name, work_dir, logits_dtype) from None
         raise
+
+
+def temp_files_error(err: OSError, name: str, work_dir: Any, logits_dtype: str) -> OutputError:
+    """The error of a failed write of a run's temporary files (its logits and id maps, as large
+    as the video is long): where they were (a full /tmp is not the result's disk) and what
+    makes them fit."""
+    where = work_dir if work_dir is not None else (tempfile.tempdir or "the system temporary folder")
+    err.filename = None  # a file deep inside the temporary folder, removed now: the folder is named instead
+    remedies = [Remedy("work_dir", metavar="DIR", purpose="to keep them on a disk with more space")] \
+        if work_dir is None else []
+    if logits_dtype != "float16":
+        remedies.append(Remedy("logits_dtype", "float16", "to halve the space the temporary logits take"))
+    return OutputError(describe_os_error(err, f"the temporary files of {name} in {where}"), *remedies)
 
 
 def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, logits_dtype: np.dtype,

@@ -106,14 +106,14 @@ def _save_to(session: EditSession, final: Path, replace_original: bool) -> Path:
     result.check_unchanged()  # the frames, entities and areas were read when it was opened: still those files?
     log = edits_record(session)
     manifest = revision_manifest(session, final, log)
-    with StagedOutput(final, overwrite=replace_original) as staged:
-        try:
+    try:
+        with StagedOutput(final, overwrite=replace_original) as staged:
             files = _write_files(session, staged.path)
             write_json_atomic(staged.path / EDITS, log, indent=1)
-        except OSError as err:
-            raise OutputError(describe_os_error(err, str(final))) from None
-        result.check_unchanged()  # changed while the PNGs were read: the staged folder is dropped
-        return staged.commit({**manifest, "files": files + [EDITS]})
+            result.check_unchanged()  # changed while the PNGs were read: the staged folder is dropped
+            return staged.commit({**manifest, "files": files + [EDITS]})
+    except OSError as err:  # (named after the staging folder is gone: its files by their final names)
+        raise OutputError(describe_os_error(err, str(final))) from None
 
 
 def revision_manifest(session: EditSession, final: Path, log: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,13 +29,13 @@ from typing import Any, Mapping, Sequence
 
 from ... import jsonio
 from ...errors import EntitySAMError, OutputError
-from ...io.atomic import write_json_atomic
+from ...io.atomic import atomic_file, write_json_atomic
 from ...io.output_lock import pid_alive
 from ...io.owned import foreign_entries, list_foreign
 from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
 
 __all__ = ["IncompleteError", "EvalOutput", "complete_parts", "same_model", "describe_model", "merge_outputs",
-           "RUN_FILE", "RUN_FORMAT", "PART_FORMAT"]
+           "write_output_json", "RUN_FILE", "RUN_FORMAT", "PART_FORMAT"]
 
 PathLike = str | os.PathLike
 RUN_FILE = "run.json"
@@ -160,17 +160,21 @@ class EvalOutput:
                               f"({list_foreign(self.root, foreign)}): refusing to delete them; move them away")
 
     def commit(self, vid: str, stage: Path, part: dict[str, Any]) -> None:
-        """Move the PNGs into place, then write the part (which marks the video complete)."""
+        """Move the PNGs into place, then the part (which marks the video complete). The part
+        is written under a temporary name before anything is moved, so that a full disk fails
+        the commit while an earlier result of the video (``overwrite``) is still whole."""
         final = self.pan_pred / vid
         self.check_replaceable([vid])  # (a file may have appeared since the start)
-        with contextlib.suppress(FileNotFoundError):
-            self.part_path(vid).unlink()  # an older result stops counting as complete first
-        if final.exists():
-            old = self.pan_pred / f".{vid}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.rename(stage, final)
-        write_json_atomic(self.part_path(vid), part)
+        with atomic_file(self.part_path(vid), "w") as f:  # renamed into place when the block ends
+            f.write(jsonio.dumps(part, compact=True) + "\n")
+            f.flush()
+            with contextlib.suppress(FileNotFoundError):
+                self.part_path(vid).unlink()  # an older result stops counting as complete first
+            if final.exists():
+                old = self.pan_pred / f".{vid}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                os.rename(final, old)
+                shutil.rmtree(old, ignore_errors=True)
+            os.rename(stage, final)
 
     def log(self, tag: str, record: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -223,7 +227,7 @@ def merge_outputs(plan: VIPSegPlan, output: PathLike) -> dict[str, Any]:
                              + "; ".join(describe_model(m) for m in models) + "): redo them with one model")
     pred = {"annotations": [{"video_id": vid, "annotations": parts[vid]["annotations"]} for vid in plan.video_ids],
             "categories": CATEGORIES}
-    write_json_atomic(out.root / "pred.json", pred)
+    write_output_json(out.root / "pred.json", pred, "the merged predictions")
     stats = [parts[vid].get("stats", {}) for vid in plan.video_ids]
     frames = sum(int(s.get("frames") or 0) for s in stats)
     seconds = sum(float(s.get("seconds") or 0.0) for s in stats)
@@ -238,5 +242,16 @@ def merge_outputs(plan: VIPSegPlan, output: PathLike) -> dict[str, Any]:
                      "peak_rss_mib": peak("peak_rss_mib"),
                      "cuda_max_allocated_mib": peak("cuda_max_allocated_mib")},
            "videos": stats}
-    write_json_atomic(out.root / "log.json", log, indent=1)
+    write_output_json(out.root / "log.json", log, "the run log", indent=1)
     return log
+
+
+def write_output_json(path: Path, obj: Any, what: str, *, indent: int | None = None) -> None:
+    """A file of the merged evaluation, atomically; a failed write (a full disk) is an
+    OutputError naming it (these are written after every video is done: no traceback then)."""
+    from ...io.paths import describe_os_error  # noqa: PLC0415
+
+    try:
+        write_json_atomic(path, obj, indent=indent)
+    except OSError as err:
+        raise OutputError(describe_os_error(err, what)) from None

@@ -22,9 +22,9 @@ from typing import Any, Callable, Mapping, Sequence
 from ... import sharding
 from ...argtypes import MAX_THREADS, check_int
 from ...errors import EntitySAMError, Remedy
-from ...io.atomic import write_json_atomic
 from ...io.output_lock import OutputLock, OutputLockedError
-from .output import PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model
+from .output import (PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model,
+                     write_output_json)
 from .plan import (EvalInputError, VideoEntry, VIPSegPlan, abbreviate, check_frames, check_gt_annotations,
                    check_gt_pngs, load_plan, official_stem)
 
@@ -215,7 +215,7 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
                   "gt_json": str(plan.gt_json), "split_file": str(plan.split_file) if plan.split_file else None,
                   "frames": (log or {}).get("total", {}).get("frames"),
                   "model": (log or {}).get("model")}
-    write_json_atomic(out / "metrics.json", doc, indent=1)
+    write_output_json(out / "metrics.json", doc, "the metrics", indent=1)
     return doc
 
 
@@ -226,7 +226,8 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                     merge: bool = True, metrics: bool = True, workers: int | None = None,
                     progress: bool = False, say: Callable[[str], None] | None = None,
                     say_error: Callable[[str], None] | None = None, log_tag: str | None = None,
-                    plan: VIPSegPlan | None = None) -> EvalSummary:
+                    plan: VIPSegPlan | None = None,
+                    describe_error: Callable[[BaseException], str] = str) -> EvalSummary:
     """Run (or resume) the evaluation of one slice, then merge and score if every video is done.
 
     model: an EntitySAM model, or a function returning one (called only if a video needs
@@ -234,7 +235,8 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     slice's complete videos. merge: assemble pred.json (+ metrics unless ``metrics=False``)
     when the whole list is complete. Raises :class:`EvalInputError` before any inference for
     unusable inputs; per-video failures are collected in ``summary.failed`` (and reported with
-    ``say_error``, default ``say``). ``say``: progress messages.
+    ``say_error``, default ``say``; an EntitySAMError worded by ``describe_error``, default
+    ``str``, the Python wording). ``say``: progress messages.
     """
     import torch  # noqa: PLC0415
 
@@ -317,7 +319,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
 
                     msg = describe_os_error(err, f"predictions of {v.video_id}")
                 else:
-                    msg = str(err) if isinstance(err, EntitySAMError) else f"{type(err).__name__}: {err}"
+                    msg = describe_error(err) if isinstance(err, EntitySAMError) else f"{type(err).__name__}: {err}"
                 summary.failed.append((v.video_id, msg))
                 out.log(tag, {"event": "video", "video": v.video_id, "status": "failed", "error": msg})
                 say_error(f"[{k}/{len(todo)}] {v.video_id}: failed: {msg}")

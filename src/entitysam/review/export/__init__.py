@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from ...errors import InvalidArgumentError
+from ...errors import InvalidArgumentError, OutputError
 
 __all__ = ["FORMATS", "SUFFIXES", "export", "export_bytes"]
 
@@ -76,16 +76,23 @@ def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:
     import tempfile
     import zipfile
 
+    from ...io.paths import describe_os_error
+
     _writer(fmt)  # unknown formats fail before anything is written
     name = f"{view.name}-{fmt}{SUFFIXES[fmt]}"
-    with tempfile.TemporaryDirectory(prefix="entitysam-export-") as tmp:
-        out = export(view, fmt, Path(tmp) / name, **options)
-        _check_unchanged(view)  # changed while the exporter read it: no download of a mix
-        if not out.is_dir():
-            return out.read_bytes(), name
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(out.rglob("*")):
-                if path.is_file():
-                    zf.write(path, path.relative_to(out).as_posix())
-        return buf.getvalue(), f"{name}.zip"
+    try:
+        with tempfile.TemporaryDirectory(prefix="entitysam-export-") as tmp:
+            out = export(view, fmt, Path(tmp) / name, **options)
+            _check_unchanged(view)  # changed while the exporter read it: no download of a mix
+            if not out.is_dir():
+                return out.read_bytes(), name
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in sorted(out.rglob("*")):
+                    if path.is_file():
+                        zf.write(path, path.relative_to(out).as_posix())
+            return buf.getvalue(), f"{name}.zip"
+    except OSError as err:  # a full temporary folder: a message for the viewer, not a server error
+        err.filename = None  # (a file of the temporary folder, removed)
+        where = tempfile.tempdir or "the temporary folder"
+        raise OutputError(describe_os_error(err, f"the {fmt} export of {view.name} in {where}")) from None
