@@ -115,6 +115,18 @@ def test_unreadable_image_on_one_rank_stops_every_rank_with_one_line_each(corrup
     assert _leftovers(out) == []
 
 
+def test_a_diverging_run_stops_every_rank_with_one_line_each(dataset, tmp_path):
+    """The same weights diverge on every rank: each says so in one line (the matcher's scipy call
+    raised 'matrix contains invalid numeric entries' with a traceback on every rank)."""
+    codes, errs, _ = _finish(_launch("cli", [], _cli(dataset, tmp_path / "out", "solver.base_lr=1e30",
+                                                     "solver.clip_grad_norm=0")))
+    assert codes == [1, 1], errs
+    for rank, err in enumerate(errs):
+        line, = err.splitlines()
+        assert (line.startswith(f"error: rank {rank}: training diverged at iteration ")
+                or line.startswith(f"error: rank {rank} stopped:")), errs
+
+
 def test_checkpoint_write_failing_on_rank_0_stops_every_rank_and_leaves_no_part(dataset, tmp_path):
     out = tmp_path / "out"
     (out / "model_0000000.pth").mkdir(parents=True)  # a folder where the first checkpoint goes

@@ -238,3 +238,34 @@ def test_train_output_dir_on_a_file_is_one_line_and_exit_2(coco, tmp_path, capsy
     assert code == 2 and re.fullmatch(r"error: output_dir '.*': .*(exists and is not a folder|is not a folder)\n",
                                       err), err
     assert js.read_bytes() == before
+
+
+def test_a_diverging_run_says_so_in_one_line(coco, tmp_path, capsys):
+    """A learning rate far too high made the predictions NaN: the Hungarian matcher's scipy call
+    raised "matrix contains invalid numeric entries" with a traceback, saying nothing of why."""
+    code = _train(coco, tmp_path, "solver.max_iter=4", "solver.base_lr=1e30", "solver.clip_grad_norm=0")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert re.search(r"^error: training diverged at iteration \d+: the model's predictions became infinite or NaN; "
+                     r"lower solver\.base_lr \(now 1e\+30\) or clip gradients", err, re.M), err
+    assert "Traceback" not in err and "invalid numeric entries" not in err
+
+
+def test_a_loss_that_is_not_finite_is_a_divergence_with_its_iteration(coco, tmp_path, capsys, monkeypatch):
+    from entitysam.errors import TrainingDivergedError
+    from entitysam.train.criterion import Criterion
+
+    called = Criterion.__call__
+
+    def nan_dice(self, *args, **kwargs):
+        losses, stats = called(self, *args, **kwargs)
+        return {**losses, "loss_dice": losses["loss_dice"] * float("nan")}, stats
+
+    monkeypatch.setattr(Criterion, "__call__", nan_dice)
+    assert issubclass(TrainingDivergedError, FloatingPointError)  # what the loop raised before
+    code = _train(coco, tmp_path)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert re.search(r"^error: training diverged at iteration 0: the loss became infinite or NaN \(.*loss_dice nan",
+                     err, re.M), err
+    assert "Traceback" not in err

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 __all__ = ["Terminated", "raise_terminated", "Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
            "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
            "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "ResultChangedError",
-           "ResultFileGoneError", "EditError"]
+           "ResultFileGoneError", "EditError", "TrainingDivergedError"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,10 @@ class SourceError(EntitySAMError, ValueError):
 
 class OutputError(EntitySAMError):
     """The output folder cannot be written, or already holds results."""
+
+
+class TrainingDivergedError(EntitySAMError, FloatingPointError):
+    """Training produced infinite or NaN values (a learning rate too high, float16 overflow)."""
 
 
 class ModelNotAvailableError(EntitySAMError):

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
+from ..errors import TrainingDivergedError
 from .config import CriterionConfig
 
 
@@ -107,8 +108,10 @@ class HungarianMatcher:
         if target_masks.shape[0] == 0 or pred_masks.numel() == 0:
             empty = torch.zeros(0, dtype=torch.int64)
             return empty, empty
-        cost = self.cost_matrix(pred_logits, pred_masks, target_masks)
-        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        cost = self.cost_matrix(pred_logits, pred_masks, target_masks).cpu().numpy()
+        if not np.isfinite(cost).all():  # scipy's "matrix contains invalid numeric entries" said nothing of why
+            raise TrainingDivergedError("the model's predictions became infinite or NaN")
+        rows, cols = linear_sum_assignment(cost)
         return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
 

@@ -36,14 +36,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import check_state_dict, printable, read_checkpoint, read_state_dict
-from ..errors import CheckpointMismatchError, CheckpointReadError, OutputError
+from ..errors import CheckpointMismatchError, CheckpointReadError, OutputError, TrainingDivergedError
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 from .criterion import Criterion, HungarianMatcher
 from .data import ClipDataset, DatasetError, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
 from .distributed import DistInfo, all_reduce_sum, init_distributed
-from .failstop import agree, failure_flags, held, settle, stop
+from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress
 from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
@@ -272,8 +272,11 @@ class Trainer:
         red = all_reduce_sum([sums[k] for k in LOSS_KEYS] + [matched, iou_sum, iou_n], self.device)
         loss_means = {k: red[i] / batch for i, k in enumerate(LOSS_KEYS)}
         total = sum(loss_means.values())
-        if not math.isfinite(total):
-            raise FloatingPointError(f"loss became infinite or NaN: {loss_means}")
+        if not math.isfinite(total):  # every rank sees the reduced loss: rank 0 alone says why
+            if not self.dist.is_main:
+                raise RankFailedError(f"rank {self.dist.rank} stopped: the loss is not finite (rank 0 says why)")
+            raise TrainingDivergedError("the loss became infinite or NaN ("
+                                        + ", ".join(f"{k} {v:.4g}" for k, v in loss_means.items()) + ")")
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -326,7 +329,11 @@ class Trainer:
                     except Exception as err:  # noqa: BLE001 - a loader worker's crash too
                         held_error, clips = err, []
                 t_data = time.perf_counter() - t0
-                rec = self.run_iteration(clips, held_error)
+                try:
+                    rec = self.run_iteration(clips, held_error)
+                except TrainingDivergedError as err:
+                    raise TrainingDivergedError(f"training diverged at iteration {it}: {err.problem}; "
+                                                + self._divergence_advice()) from None
                 elapsed = time.perf_counter() - t0
                 progress.tick(elapsed)
                 rec = {"iteration": it, **rec, "time": elapsed, "data_time": t_data,
@@ -344,6 +351,16 @@ class Trainer:
                 writer.close()
             data_iter = None  # ends the loader's worker processes
         return self.records
+
+    def _divergence_advice(self) -> str:
+        solver = self.cfg.solver
+        advice = [f"lower solver.base_lr (now {solver.base_lr:g})"]
+        if solver.clip_grad_norm <= 0:
+            advice.append("clip gradients (solver.clip_grad_norm > 0; the official value is 0.01)")
+        if self.amp_dtype == torch.float16:
+            advice.append("train in bfloat16 (solver.amp=bf16: float16 overflows)")
+        what = advice[0] if len(advice) == 1 else ", ".join(advice[:-1]) + " or " + advice[-1]
+        return what + "; checkpoints written before stay, and a rerun resumes from the last of them"
 
     def _release_group(self, err: BaseException) -> None:
         """Drop this trainer's references to the process group (DDP's reducer holds it, and so do
