@@ -39,3 +39,18 @@ def test_help_names_the_command_and_explains_every_option(command):
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"usage: entitysam {' '.join(command)} "), out.stdout.splitlines()[0]
     assert undocumented_options(out.stdout) == []
+
+
+def test_an_unknown_argument_is_said_by_the_command_with_a_hint_for_a_dashed_file(tmp_path, monkeypatch, capsys):
+    from entitysam import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-clip.mp4").write_bytes(b"")
+    assert cli.main(["segment", "-o", "out", "-clip.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: entitysam segment " in err
+    assert err.rstrip().endswith("entitysam segment: error: unrecognized arguments: -clip.mp4 (-clip.mp4 is a file: "
+                                 "put -- before the inputs, or write ./-clip.mp4)")
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["segment", "-o", "out", "--no-such-flag"]) == 2
+    assert capsys.readouterr().err.rstrip().endswith("entitysam segment: error: unrecognized arguments: --no-such-flag")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import tempfile
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_parser(sub)
     for name, (help_text, _) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
+    parser.set_defaults(command_parsers=sub.choices)  # for errors worded by the command's own parser
     return parser
 
 
@@ -77,7 +79,15 @@ def dispatch(argv: Sequence[str]) -> int:
         return run_delegated(argv[0], argv[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and args.command is not None:
+            # said by the command's parser (its usage, not the top level's), with a hint for a file
+            # named like an option, which argparse takes for one
+            dashed = [a for a in unknown if a.startswith("-") and os.path.lexists(a)]
+            hint = (f" ({dashed[0]} is a file: put -- before the inputs, or write ./{dashed[0]})" if dashed else "")
+            args.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
+        elif unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # argparse exits with 2 on errors, 0 on --help
         return int(exc.code or 0)
     if args.command is None:
