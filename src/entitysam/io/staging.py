@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import OutputError, Remedy
+from ..interrupts import deferred_sigint
 from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import OutputLock, pid_alive
@@ -202,29 +203,45 @@ class StagedOutput:
                 "delete them, even when overwriting; move them away or choose another output folder")
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
+        """Write ``manifest.json`` (marked complete) into the staging folder, then :meth:`publish`."""
         data = {**manifest, "writer": WRITER, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            write_json_atomic(self.path / MANIFEST, data, indent=1, durable=True)
+        except OSError as err:
+            self.abort()
+            raise OutputError(describe_os_error(self.final_name(err), str(self.final))) from None
+        except BaseException:
+            self.abort()
+            raise
+        return self.publish()
+
+    def publish(self) -> Path:
+        """Move the staging folder to the final name, replacing an older result (``overwrite``)
+        crash-safely, and release the lock. Returns the final path."""
         parent = self.final.parent
         journal = _journal_path(self.final)
         old = None
-        try:
-            write_json_atomic(self.path / MANIFEST, data, indent=1, durable=True)
-            if os.path.lexists(self.final):
-                self.check_free(self.final, self.overwrite)  # (it may have appeared since the start)
-                old = parent / f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-                _write_journal(journal, {"old": old.name, "new": self.path.name, "pid": os.getpid()})
-                os.rename(self.final, old)  # step 1: the old result aside
-            publish_no_replace(self.path, self.final)  # step 2: the new result in (never over another)
-            fsync_dir(parent)
-            journal.unlink(missing_ok=True)  # step 3: the replacement is done
-        except OSError as err:
-            self._roll_back(old)
-            raise OutputError(describe_os_error(self.final_name(err), str(self.final))) from None
-        except BaseException:
-            self._roll_back(old)
-            raise
-        self._finish()
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)  # step 4 (a leftover is removed by the next run)
+        # A Ctrl-C or SIGTERM takes effect once the result is moved in and the old one deleted (or
+        # the move undone): raised in between, it left the old result in a hidden .old- folder.
+        with deferred_sigint():
+            try:
+                if os.path.lexists(self.final):
+                    self.check_free(self.final, self.overwrite)  # (it may have appeared since the start)
+                    old = parent / f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                    _write_journal(journal, {"old": old.name, "new": self.path.name, "pid": os.getpid()})
+                    os.rename(self.final, old)  # step 1: the old result aside
+                publish_no_replace(self.path, self.final)  # step 2: the new result in (never over another)
+                fsync_dir(parent)
+                journal.unlink(missing_ok=True)  # step 3: the replacement is done
+            except OSError as err:
+                self._roll_back(old)
+                raise OutputError(describe_os_error(self.final_name(err), str(self.final))) from None
+            except BaseException:
+                self._roll_back(old)
+                raise
+            self._finish()
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)  # step 4 (a leftover is removed by the next run)
         return self.final
 
     def _roll_back(self, old: Path | None) -> None:
