@@ -157,15 +157,24 @@ class StagedOutput:
             recover_output(self.final)
             self.check_free(self.final, overwrite, inputs=inputs)
             self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            self._done = False  # from here on abort() removes the folder (made or not) and releases the lock
+            _ACTIVE_STAGING.add(str(self.path))
             self.path.mkdir()
-        except OSError as err:
-            self._lock.release()
-            raise OutputError(describe_os_error(err, "the output folder")) from None
-        except BaseException:
-            self._lock.release()
+        except BaseException as err:  # (a Ctrl-C right after mkdir included)
+            if self._done:
+                self._lock.release()
+            else:
+                self.abort()
+            if isinstance(err, OSError):
+                raise OutputError(describe_os_error(err, "the output folder")) from None
             raise
-        _ACTIVE_STAGING.add(str(self.path))
-        self._done = False
+
+    def __del__(self) -> None:
+        # Dropped unfinished: a Ctrl-C between the constructor's return and the start of the
+        # `with` block left the staging folder and the lock file behind.
+        if not getattr(self, "_done", True):
+            with contextlib.suppress(Exception):
+                self.abort()
 
     @staticmethod
     def check_free(final: str | os.PathLike, overwrite: bool = False, inputs: Sequence[Any] = ()) -> None:
