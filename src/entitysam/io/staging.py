@@ -33,7 +33,7 @@ from .output_lock import OutputLock, pid_alive
 from .owned import list_foreign, result_foreign
 from .paths import UnsafeOverwriteError, check_not_input, describe_os_error
 
-__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output"]
+__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output", "remove_dead_temp_files"]
 
 JOURNAL_SUFFIX = ".commit.json"
 
@@ -121,16 +121,22 @@ def recover_output(final: str | os.PathLike) -> str | None:
         for p in _leftovers(final, kind):
             shutil.rmtree(p, ignore_errors=True)
     with contextlib.suppress(OSError):
-        # a journal write killed midway: ".entitysam-tmp-<pid>-*" (io.atomic, of a dead run),
-        # "..<name>.commit.json.tmp-*" and ".<name>...tmp-*" (older versions)
+        # a journal write killed midway by older versions: "..<name>.commit.json.tmp-*", ".<name>...tmp-*"
         for pattern in (f".{final.name}{JOURNAL_SUFFIX}.tmp-*", f"..{final.name}{JOURNAL_SUFFIX}.tmp-*"):
             for p in parent.glob(pattern):
                 p.unlink()
-        for p in parent.glob(f"{TEMP_PREFIX}tmp-*"):
+    remove_dead_temp_files(parent)  # (and by this one: io.atomic's ".entitysam-tmp-<pid>-*")
+    return done
+
+
+def remove_dead_temp_files(folder: str | os.PathLike) -> None:
+    """Remove the temporary files of :mod:`io.atomic` (``.entitysam-tmp-<pid>-<hex>``) that
+    processes no longer running left in `folder` (killed while writing a file there)."""
+    with contextlib.suppress(OSError):
+        for p in Path(folder).glob(f"{TEMP_PREFIX}tmp-*"):
             pid = _sibling_pid(p, f"{TEMP_PREFIX}tmp-")
             if pid is not None and not pid_alive(pid) and p.is_file():
                 p.unlink()
-    return done
 
 
 class StagedOutput:
