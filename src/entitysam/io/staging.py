@@ -29,11 +29,11 @@ from ..errors import OutputError, Remedy
 from ..interrupts import deferred_sigint
 from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
-from .output_lock import OutputLock, pid_alive
+from .output_lock import LOCK_SUFFIX, OutputLock, pid_alive
 from .owned import list_foreign, result_foreign
 from .paths import UnsafeOverwriteError, check_not_input, describe_os_error
 
-__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output", "remove_dead_temp_files"]
+__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output", "recover_leftovers", "remove_dead_temp_files"]
 
 JOURNAL_SUFFIX = ".commit.json"
 
@@ -127,6 +127,39 @@ def recover_output(final: str | os.PathLike) -> str | None:
                 p.unlink()
     remove_dead_temp_files(parent)  # (and by this one: io.atomic's ".entitysam-tmp-<pid>-*")
     return done
+
+
+def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> None:
+    """:func:`recover_output` for each result ``parent/<name>`` of `names` that has a sibling of
+    a run beside it (lock file, journal, staging or moved-aside folder), under its lock (one
+    another run holds is left to it). For runs that skip complete results without taking their
+    lock: a kill in the last instant of a commit left those beside a complete result, where no
+    later run would look. `parent` is listed once, whatever the number of names."""
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    marked = set()
+    for entry in entries:
+        name = entry[1:]
+        for suffix in (LOCK_SUFFIX, JOURNAL_SUFFIX):
+            if entry.startswith(".") and name.endswith(suffix):
+                marked.add(name[:-len(suffix)])
+        for kind in (".partial-", ".old-"):
+            head, sep, _ = name.rpartition(kind)
+            if entry.startswith(".") and sep:
+                marked.add(head)
+    for name in sorted(marked.intersection(names)):
+        try:
+            lock = OutputLock.acquire(Path(parent) / name)
+        except OutputError:  # busy (another run is on it) or not lockable: its own run sees to it
+            continue
+        try:
+            recover_output(Path(parent) / name)
+        except OSError:
+            pass  # (left as it is: the next run that takes the lock tries again)
+        finally:
+            lock.release()
 
 
 def remove_dead_temp_files(folder: str | os.PathLike) -> None:
