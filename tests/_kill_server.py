@@ -113,6 +113,11 @@ def _(fire):
     after(staging.StagedOutput, "__init__", fire)
 
 
+@point("staging-mkdir")  # the staging folder just made, its constructor not yet returned
+def _(fire):
+    after(os, "mkdir", fire, lambda path, *a, **k: ".partial-" in name_of(path))
+
+
 @point("first-png")  # one PNG of panoptic/ in the staging folder
 def _(fire):
     from entitysam.io import panoptic

@@ -152,7 +152,7 @@ def again(harness: Harness, out: Path, cmd: list, sig: str):
 
 # the points (tests/_kill_server.py) in the order a run passes them; from "manifest-staged" on a
 # SIGKILL leaves a complete result (moved in by the next run), from "new-in" on a SIGINT too
-FRESH = ["lock-file", "lock-held", "staging-made", "first-png", "files-written", "manifest-staged", "new-in"]
+FRESH = ["lock-file", "lock-held", "staging-mkdir", "staging-made", "first-png", "files-written", "manifest-staged", "new-in"]
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
@@ -335,8 +335,9 @@ def test_revision_save_stopped_anywhere_then_saved_again(harness, point, sig):
 
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_stopped_while_waiting_for_the_lock(harness, sig):
-    """--wait-lock: stopped while another run holds the result's lock. Before, a Ctrl-C or SIGTERM
-    while taking a lock left the lock file (and the output folder it created) behind."""
+    """--wait-lock: stopped while another run holds the result's lock: its lock file stays, nothing
+    of the stopped run does. (Passes on the old code too; the other instants of taking a lock are
+    the points lock-file and lock-held above.)"""
     out = harness.root / f"wait-{sig}"
     cmd = ["segment", "clip.mp4", "-o", out, *SEGMENT, "--wait-lock"]
     holder = OutputLock.acquire(out / "clip")  # this test process is the other run
