@@ -210,8 +210,9 @@ class StagedOutput:
 
     def __del__(self) -> None:
         # Dropped unfinished: a Ctrl-C between the constructor's return and the start of the
-        # `with` block left the staging folder and the lock file behind.
-        if not getattr(self, "_done", True):
+        # `with` block left the staging folder and the lock file behind. (Only in the process that
+        # made it: a forked child that exits must not delete its parent's folder.)
+        if not getattr(self, "_done", True) and f".partial-{os.getpid()}-" in self.path.name:
             with contextlib.suppress(Exception):
                 self.abort()
 
