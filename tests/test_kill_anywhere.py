@@ -152,7 +152,8 @@ def again(harness: Harness, out: Path, cmd: list, sig: str):
 
 # the points (tests/_kill_server.py) in the order a run passes them; from "manifest-staged" on a
 # SIGKILL leaves a complete result (moved in by the next run), from "new-in" on a SIGINT too
-FRESH = ["lock-file", "lock-held", "staging-mkdir", "staging-made", "first-png", "files-written", "manifest-staged", "new-in"]
+FRESH = ["lock-file", "lock-held", "staging-mkdir", "staging-made", "first-png", "files-written", "manifest-staged",
+         "new-in"]
 
 
 @pytest.mark.parametrize("sig", SIGNALS)
@@ -201,8 +202,9 @@ def test_overwrite_stopped_anywhere_keeps_the_old_or_the_new_result(harness, poi
         assert ("its result was written" in line) == (old_or_new(out / "clip", old) == "new"), line
     else:  # the journal is written before the first rename: whatever is missing, it says what to do
         assert (out / "clip").is_dir() or (out / ".clip.commit.json").is_file(), hidden(out)
-    # a SIGKILL from the journal on finishes the replacement (the new result was complete), before undoes it
-    expected = "new" if sig != "SIGKILL" or REPLACE.index(point) >= REPLACE.index("journal-written") else "old"
+    # after a SIGKILL from the journal on, the next run finishes the replacement (the new result is
+    # complete); before it, the old result stays
+    after_kill = "new" if REPLACE.index(point) >= REPLACE.index("journal-written") else "old"
     for extra, run in again(harness, out, cmd, sig):
         assert visible(out) == ["clip"]
         now = old_or_new(out / "clip", old)
@@ -210,7 +212,7 @@ def test_overwrite_stopped_anywhere_keeps_the_old_or_the_new_result(harness, poi
             assert run.rc == 0 and now == "new", run.log
             continue
         if sig == "SIGKILL":
-            assert now == expected
+            assert now == after_kill
         if not extra:
             assert run.rc == 1 and "already holds results" in run.log, run.log
         else:  # --skip-existing, --shard: the new result answers the run, the old one (panoptic only) does not
