@@ -198,6 +198,7 @@ def run(args) -> int:
 
 def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks: list, say) -> int:
     from ..distributed.jobs import StreamInterrupted, VideoJob, one_line, prepare_job, segment_job
+    from ..io.manifest import read_manifest
     from ..io.output_lock import OutputLock
     from ..io.paths import UnsafeOverwriteError, describe_os_error
 
@@ -246,13 +247,18 @@ def _segment_all(args, inputs, names, formats, selection, out_root: Path, locks:
     if model is None:
         return 1
     for source, job in todo:
+        before = read_manifest(out_root / job.name)
         try:
             outcome = segment_job(model, job, options, out_root, protect=local_inputs, say=say,
                                   say_error=print_err, source=source, describe_error=user_message)
         except StreamInterrupted:
             return 130
         except KeyboardInterrupt:
-            print_err(f"{job.name}: interrupted; no result written for it")
+            # An interrupt during the commit takes effect once the result is in place: say so then.
+            after = read_manifest(out_root / job.name)
+            print_err(f"{job.name}: interrupted; " + (f"its result was written to {out_root / job.name}"
+                                                      if after is not None and after != before else
+                                                      "no result written for it"))
             return 130
         if outcome.status == "failed":
             failed.append((job.name, outcome.error))

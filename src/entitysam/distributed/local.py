@@ -195,6 +195,10 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
     mine = [jobs[k] for k in sharding.balanced_split([j.num_frames for j in jobs], *shard)]
     summary = BatchSummary(shard=tuple(shard), videos=[j.name for j in mine])
     net = None if callable(model) and not hasattr(model, "parameters") else model
+    if options.skip_existing:  # complete results are skipped without their lock: what a kill left beside one goes first
+        from ..io.staging import recover_leftovers  # noqa: PLC0415
+
+        recover_leftovers(out_root, [job.name for job in mine])
     for k, job in enumerate(mine, 1):
         if options.skip_existing and _complete(out_root, job.name, options):  # cheap: no lock, no model
             say(f"[{k}/{len(mine)}] {job.name}: skipped, complete results in {out_root / job.name}")

@@ -113,42 +113,67 @@ class OutputLock:
         self._make_parent()
         if fcntl is None:
             return
+        try:
+            self._fd = self._lock_file(wait, on_wait)
+        except BaseException as err:
+            if not isinstance(err, OutputError):
+                # Ctrl-C or SIGTERM here (waiting with wait=True, or at any instant): neither the
+                # lock file nor the output folder this call created may stay behind.
+                self._remove_if_free()
+            self._remove_created_parents()
+            raise
+
+    def _lock_file(self, wait: bool, on_wait: Any) -> int:
+        """The descriptor of the lock file, locked."""
         while True:
             try:
                 fd = _open_lock_file(self.path)
             except OSError as err:
-                self._remove_created_parents()
                 if err.errno == errno.ELOOP or os.path.isdir(self.path):
                     raise OutputError(f"the lock file {self.path} is not a plain file (a symbolic link or a "
                                       "folder): remove it, entitysam creates it") from None
                 raise OutputError(describe_os_error(err, "the output folder")) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = self._holder()
-                if not wait:
-                    os.close(fd)
-                    raise OutputLockedError(
-                        f"{self.final} is being written by another entitysam run ({holder}, lock file "
-                        f"{self.path}): let it finish first", Remedy("wait", True, "to wait for it")) from None
-                if on_wait is not None:
-                    on_wait(f"{self.final} is being written by another entitysam run ({holder}); waiting")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            # The previous holder removes the file before releasing it: a lock on a removed file
-            # locks nothing, so check that the path still names the file locked.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = self._holder()
+                    if not wait:
+                        raise OutputLockedError(
+                            f"{self.final} is being written by another entitysam run ({holder}, lock file "
+                            f"{self.path}): let it finish first", Remedy("wait", True, "to wait for it")) from None
+                    if on_wait is not None:
+                        on_wait(f"{self.final} is being written by another entitysam run ({holder}); waiting")
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                # The previous holder removes the file before releasing it: a lock on a removed file
+                # locks nothing, so check that the path still names the file locked.
+                try:
+                    same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    # The pid only names the holder in another run's message: on a full disk the lock
+                    # holds without it (failing here left the lock file and a new output folder behind).
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, 0)
+                        os.write(fd, f"{os.getpid()}\n".encode())
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(fd)
-        # The pid only names the holder in another run's message: on a full disk the lock holds
-        # without it (failing here left the lock file and a new output folder behind).
+
+    def _remove_if_free(self) -> None:
+        """Remove the lock file if no run holds its lock (as :meth:`release` does), never one
+        that another run holds."""
         with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    self.path.unlink()
+            finally:
+                os.close(fd)
 
     def _remove_created_parents(self) -> None:
         for p in self._created:

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import OutputError, Remedy
+from ..interrupts import deferred_sigint
 from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
-from .output_lock import OutputLock, pid_alive
+from .output_lock import LOCK_SUFFIX, OutputLock, pid_alive
 from .owned import list_foreign, result_foreign
 from .paths import UnsafeOverwriteError, check_not_input, describe_os_error
 
-__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output"]
+__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output", "recover_leftovers", "remove_dead_temp_files"]
 
 JOURNAL_SUFFIX = ".commit.json"
 
@@ -120,16 +121,55 @@ def recover_output(final: str | os.PathLike) -> str | None:
         for p in _leftovers(final, kind):
             shutil.rmtree(p, ignore_errors=True)
     with contextlib.suppress(OSError):
-        # a journal write killed midway: ".entitysam-tmp-<pid>-*" (io.atomic, of a dead run),
-        # "..<name>.commit.json.tmp-*" and ".<name>...tmp-*" (older versions)
+        # a journal write killed midway by older versions: "..<name>.commit.json.tmp-*", ".<name>...tmp-*"
         for pattern in (f".{final.name}{JOURNAL_SUFFIX}.tmp-*", f"..{final.name}{JOURNAL_SUFFIX}.tmp-*"):
             for p in parent.glob(pattern):
                 p.unlink()
-        for p in parent.glob(f"{TEMP_PREFIX}tmp-*"):
+    remove_dead_temp_files(parent)  # (and by this one: io.atomic's ".entitysam-tmp-<pid>-*")
+    return done
+
+
+def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> None:
+    """:func:`recover_output` for each result ``parent/<name>`` of `names` that has a sibling of
+    a run beside it (lock file, journal, staging or moved-aside folder), under its lock (one
+    another run holds is left to it). For runs that skip complete results without taking their
+    lock: a kill in the last instant of a commit left those beside a complete result, where no
+    later run would look. `parent` is listed once, whatever the number of names."""
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    marked = set()
+    for entry in entries:
+        name = entry[1:]
+        for suffix in (LOCK_SUFFIX, JOURNAL_SUFFIX):
+            if entry.startswith(".") and name.endswith(suffix):
+                marked.add(name[:-len(suffix)])
+        for kind in (".partial-", ".old-"):
+            head, sep, _ = name.rpartition(kind)
+            if entry.startswith(".") and sep:
+                marked.add(head)
+    for name in sorted(marked.intersection(names)):
+        try:
+            lock = OutputLock.acquire(Path(parent) / name)
+        except OutputError:  # busy (another run is on it) or not lockable: its own run sees to it
+            continue
+        try:
+            recover_output(Path(parent) / name)
+        except OSError:
+            pass  # (left as it is: the next run that takes the lock tries again)
+        finally:
+            lock.release()
+
+
+def remove_dead_temp_files(folder: str | os.PathLike) -> None:
+    """Remove the temporary files of :mod:`io.atomic` (``.entitysam-tmp-<pid>-<hex>``) that
+    processes no longer running left in `folder` (killed while writing a file there)."""
+    with contextlib.suppress(OSError):
+        for p in Path(folder).glob(f"{TEMP_PREFIX}tmp-*"):
             pid = _sibling_pid(p, f"{TEMP_PREFIX}tmp-")
             if pid is not None and not pid_alive(pid) and p.is_file():
                 p.unlink()
-    return done
 
 
 class StagedOutput:
@@ -156,15 +196,25 @@ class StagedOutput:
             recover_output(self.final)
             self.check_free(self.final, overwrite, inputs=inputs)
             self.path = self.final.parent / f".{self.final.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+            self._done = False  # from here on abort() removes the folder (made or not) and releases the lock
+            _ACTIVE_STAGING.add(str(self.path))
             self.path.mkdir()
-        except OSError as err:
-            self._lock.release()
-            raise OutputError(describe_os_error(err, "the output folder")) from None
-        except BaseException:
-            self._lock.release()
+        except BaseException as err:  # (a Ctrl-C right after mkdir included)
+            if self._done:
+                self._lock.release()
+            else:
+                self.abort()
+            if isinstance(err, OSError):
+                raise OutputError(describe_os_error(err, "the output folder")) from None
             raise
-        _ACTIVE_STAGING.add(str(self.path))
-        self._done = False
+
+    def __del__(self) -> None:
+        # Dropped unfinished: a Ctrl-C between the constructor's return and the start of the
+        # `with` block left the staging folder and the lock file behind. (Only in the process that
+        # made it: a forked child that exits must not delete its parent's folder.)
+        if not getattr(self, "_done", True) and f".partial-{os.getpid()}-" in self.path.name:
+            with contextlib.suppress(Exception):
+                self.abort()
 
     @staticmethod
     def check_free(final: str | os.PathLike, overwrite: bool = False, inputs: Sequence[Any] = ()) -> None:
@@ -202,29 +252,45 @@ class StagedOutput:
                 "delete them, even when overwriting; move them away or choose another output folder")
 
     def commit(self, manifest: Mapping[str, Any]) -> Path:
+        """Write ``manifest.json`` (marked complete) into the staging folder, then :meth:`publish`."""
         data = {**manifest, "writer": WRITER, "complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        try:
+            write_json_atomic(self.path / MANIFEST, data, indent=1, durable=True)
+        except OSError as err:
+            self.abort()
+            raise OutputError(describe_os_error(self.final_name(err), str(self.final))) from None
+        except BaseException:
+            self.abort()
+            raise
+        return self.publish()
+
+    def publish(self) -> Path:
+        """Move the staging folder to the final name, replacing an older result (``overwrite``)
+        crash-safely, and release the lock. Returns the final path."""
         parent = self.final.parent
         journal = _journal_path(self.final)
         old = None
-        try:
-            write_json_atomic(self.path / MANIFEST, data, indent=1, durable=True)
-            if os.path.lexists(self.final):
-                self.check_free(self.final, self.overwrite)  # (it may have appeared since the start)
-                old = parent / f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-                _write_journal(journal, {"old": old.name, "new": self.path.name, "pid": os.getpid()})
-                os.rename(self.final, old)  # step 1: the old result aside
-            publish_no_replace(self.path, self.final)  # step 2: the new result in (never over another)
-            fsync_dir(parent)
-            journal.unlink(missing_ok=True)  # step 3: the replacement is done
-        except OSError as err:
-            self._roll_back(old)
-            raise OutputError(describe_os_error(self.final_name(err), str(self.final))) from None
-        except BaseException:
-            self._roll_back(old)
-            raise
-        self._finish()
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)  # step 4 (a leftover is removed by the next run)
+        # A Ctrl-C or SIGTERM takes effect once the result is moved in and the old one deleted (or
+        # the move undone): raised in between, it left the old result in a hidden .old- folder.
+        with deferred_sigint():
+            try:
+                if os.path.lexists(self.final):
+                    self.check_free(self.final, self.overwrite)  # (it may have appeared since the start)
+                    old = parent / f".{self.final.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+                    _write_journal(journal, {"old": old.name, "new": self.path.name, "pid": os.getpid()})
+                    os.rename(self.final, old)  # step 1: the old result aside
+                publish_no_replace(self.path, self.final)  # step 2: the new result in (never over another)
+                fsync_dir(parent)
+                journal.unlink(missing_ok=True)  # step 3: the replacement is done
+            except OSError as err:
+                self._roll_back(old)
+                raise OutputError(describe_os_error(self.final_name(err), str(self.final))) from None
+            except BaseException:
+                self._roll_back(old)
+                raise
+            self._finish()
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)  # step 4 (a leftover is removed by the next run)
         return self.final
 
     def _roll_back(self, old: Path | None) -> None:

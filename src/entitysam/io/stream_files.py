@@ -8,8 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +25,7 @@ from .output_lock import OutputLock
 from .overlay import OverlayWriter
 from .panoptic import PanopticWriter, panoptic_json_head, panoptic_json_tail
 from .paths import describe_os_error
-from .staging import StagedOutput, recover_output
+from .staging import StagedOutput
 
 __all__ = ["JSONL", "OVERLAY", "OnlineWriter", "read_jsonl"]
 
@@ -69,9 +67,10 @@ class OnlineWriter:
     * ``manifest.json``: written when the writer starts (``"status": "running"``) and replaced
       when it finishes (``complete``, ``interrupted``, ``stopped`` or ``failed``, with counts).
 
-    The folder must not exist, unless ``overwrite`` (then the old one is removed once the new
-    one's files and manifest are created, and put back if they cannot be; only a folder
-    entitysam wrote, never one that is, contains or lies inside a ``protect`` path). The
+    The folder must not exist, unless ``overwrite`` (then the old one is replaced once the new
+    one's files and manifest are created, as :class:`~entitysam.io.staging.StagedOutput` replaces
+    a result; only a folder entitysam wrote, never one that is, contains or lies inside a
+    ``protect`` path). The
     folder's lock (:class:`~entitysam.io.output_lock.OutputLock`) is held until :meth:`finish`.
     """
 
@@ -92,44 +91,33 @@ class OnlineWriter:
         # One run per folder (re-entrant: the command line already holds it); released by finish().
         self._lock = OutputLock.acquire(self.directory)
         try:
-            recover_output(self.directory)
             # overwrite replaces only a folder entitysam wrote, never an input (protect)
-            StagedOutput.check_free(self.directory, overwrite, inputs=protect)
-            self._create(formats, fps, labels, timestamps)
+            staged = StagedOutput(self.directory, overwrite, inputs=protect)  # (recovers a killed run's leftovers)
+            self._create(staged, labels, timestamps)
         except BaseException:
             self._lock.release()
             raise
 
-    def _create(self, formats, fps, labels, timestamps) -> None:
-        old = None
-        made = False
+    def _create(self, staged: StagedOutput, labels: bool, timestamps: bool) -> None:
+        """The folder, its files and its first manifest ("running") are made in a staging folder
+        moved into place as a result is (the old one, with overwrite, replaced only then): a run
+        killed before left a folder without a manifest, which no later run could replace, and
+        with overwrite the old result, moved aside first, was deleted by the next run."""
         try:
-            if self.directory.exists():  # overwrite: the old result goes, once the new one has started
-                old = self.directory.with_name(f".{self.directory.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
-                os.rename(self.directory, old)
-            self.directory.mkdir(parents=True)
-            made = True
             if "panoptic" in self.formats:
-                (self.directory / "panoptic").mkdir()
-            self._jsonl_fd = os.open(self.directory / JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC,
-                                     0o644)
-            if "overlay" in self.formats:
-                self._overlay = OverlayWriter(self.directory / OVERLAY, fps, labels, streaming=True,
+                (staged.path / "panoptic").mkdir()
+            self._jsonl_fd = os.open(staged.path / JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
+            self._write_manifest({"status": "running", "complete": False, "pid": os.getpid()}, staged.path)
+            staged.publish()  # (the open entities.jsonl moves with it)
+            if "overlay" in self.formats:  # (PyAV opens the file by its name at the first frame: in place)
+                self._overlay = OverlayWriter(self.directory / OVERLAY, self.fps, labels, streaming=True,
                                               timestamps=timestamps)
-            self._write_manifest({"status": "running", "complete": False, "pid": os.getpid()})
-        except OSError as err:
+        except BaseException as err:
             self._release()
-            # Without its manifest the new folder would be no entitysam result: no later run
-            # could replace it, not even with overwrite. It holds no frame yet: removed, and the
-            # old result, if any, put back.
-            if made:
-                shutil.rmtree(self.directory, ignore_errors=True)
-            if old is not None and not os.path.lexists(self.directory):
-                with contextlib.suppress(OSError):
-                    os.rename(old, self.directory)
-            raise OutputError(describe_os_error(err, str(self.directory))) from None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            staged.abort()  # (nothing left to remove once published)
+            if isinstance(err, OSError):
+                raise OutputError(describe_os_error(staged.final_name(err), str(self.directory))) from None
+            raise
 
     def files(self) -> list[str]:
         out = [JSONL]
@@ -164,16 +152,18 @@ class OnlineWriter:
             view = view[n:]
         self.num_frames += 1
 
-    def _write_manifest(self, fields: Mapping[str, Any], *, in_place_fallback: bool = False) -> dict[str, Any]:
+    def _write_manifest(self, fields: Mapping[str, Any], folder: Path | None = None, *,
+                        in_place_fallback: bool = False) -> dict[str, Any]:
         data = {**self.base_manifest, **fields, "files": self.files(),
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         encoded = (jsonio.dumps(data, indent=1) + "\n").encode("utf-8")
+        path = (folder or self.directory) / MANIFEST
         try:
-            write_bytes_atomic(self.directory / MANIFEST, encoded)
+            write_bytes_atomic(path, encoded)
         except OSError:
-            if not in_place_fallback or not (self.directory / MANIFEST).is_file():
+            if not in_place_fallback or not path.is_file():
                 raise
-            _overwrite_in_place(self.directory / MANIFEST, encoded)
+            _overwrite_in_place(path, encoded)
         return data
 
     def _write_panoptic_json(self) -> None:

@@ -1,18 +1,16 @@
 """Live reading for online mode: a reader thread fills a bounded queue that drops the oldest
-frame when the model falls behind a live source; Ctrl-C deferral around one frame's writes."""
+frame when the model falls behind a live source."""
 
 from __future__ import annotations
 
 import contextlib
-import signal
 import threading
 import time
 from collections import deque
 from typing import Any, Iterator
 
-from ..errors import Terminated, raise_terminated
 
-__all__ = ["FrameQueue", "FrameReader", "deferred_sigint"]
+__all__ = ["FrameQueue", "FrameReader"]
 
 
 class FrameQueue:
@@ -133,30 +131,3 @@ class FrameReader:
         self.queue.close()
         if threading.current_thread() is not self._thread:
             self._thread.join(wait)
-
-
-@contextlib.contextmanager
-def deferred_sigint():
-    """Hold a Ctrl-C (SIGINT), and a SIGTERM the command line turns into one, until the block is
-    done, then raise it (KeyboardInterrupt, or `Terminated`).
-
-    Used around the writes of one frame so that an interrupt never leaves that frame's files
-    inconsistent. No-op outside the main thread; a signal is held only while Python handles it
-    by raising (SIGINT's default handler, the command line's SIGTERM one).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    held = {sig: handler for sig, handler in held.items()
-            if handler is signal.default_int_handler or handler is raise_terminated}
-    received = []
-    for sig in held:
-        signal.signal(sig, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for sig, handler in held.items():
-            signal.signal(sig, handler)
-    if received:
-        raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt

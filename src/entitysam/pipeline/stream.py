@@ -24,11 +24,12 @@ import torch
 from ..errors import EntitySAMError, OutputError
 from ..argtypes import check_flags, check_path_arg
 from ..inference.online_merge import check_delay
+from ..interrupts import deferred_sigint
 from ..inference.precision import check_exact, resolve_dtype
 from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection, FrameSource
 from ..io.staging import StagedOutput
 from ..modeling.entitysam import EntitySAM
-from .live import FrameReader, deferred_sigint
+from .live import FrameReader
 from .online_tracking import OnlineTracking
 from .result import DEFAULT_FORMATS, Entity, OnlineFrame, check_formats, model_info
 from .segment import open_video

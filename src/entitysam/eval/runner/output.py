@@ -29,9 +29,11 @@ from typing import Any, Mapping, Sequence
 
 from ... import jsonio
 from ...errors import EntitySAMError, OutputError
+from ...interrupts import deferred_sigint
 from ...io.atomic import atomic_file, write_json_atomic
 from ...io.output_lock import pid_alive
 from ...io.owned import foreign_entries, list_foreign
+from ...io.staging import remove_dead_temp_files
 from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
 
 __all__ = ["IncompleteError", "EvalOutput", "complete_parts", "same_model", "describe_model", "merge_outputs",
@@ -91,6 +93,8 @@ class EvalOutput:
                 write_json_atomic(run, {**fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
             for d in (self.pan_pred, self.parts, self.logs):
                 d.mkdir(exist_ok=True)
+            for d in (self.root, self.parts):  # a part or merged file being written when a run was killed
+                remove_dead_temp_files(d)
         except OSError as err:
             from ...io.paths import describe_os_error  # noqa: PLC0415
 
@@ -165,7 +169,9 @@ class EvalOutput:
         the commit while an earlier result of the video (``overwrite``) is still whole."""
         final = self.pan_pred / vid
         self.check_replaceable([vid])  # (a file may have appeared since the start)
-        with atomic_file(self.part_path(vid), "w") as f:  # renamed into place when the block ends
+        # A Ctrl-C or SIGTERM takes effect once the video is committed: in between, it left the
+        # earlier PNGs in a hidden .old- folder.
+        with deferred_sigint(), atomic_file(self.part_path(vid), "w") as f:  # renamed into place at the end
             f.write(jsonio.dumps(part, compact=True) + "\n")
             f.flush()
             with contextlib.suppress(FileNotFoundError):

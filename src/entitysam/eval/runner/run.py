@@ -23,6 +23,7 @@ from ... import sharding
 from ...argtypes import MAX_THREADS, check_int
 from ...errors import EntitySAMError, Remedy
 from ...io.output_lock import OutputLock, OutputLockedError
+from ...io.staging import recover_leftovers
 from .output import (PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model,
                      write_output_json)
 from .plan import (EvalInputError, VideoEntry, VIPSegPlan, abbreviate, check_frames, check_gt_annotations,
@@ -274,6 +275,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
             todo.append(v)
     if summary.skipped:
         say(f"{len(summary.skipped)} of {len(mine)} videos already complete in {out.root}: skipped")
+        recover_leftovers(out.pan_pred, summary.skipped)  # (skipped without their lock: a killed run's lock file)
 
     if todo:
         frames = check_frames(plan, todo, need_gt=metrics)
