@@ -1,7 +1,7 @@
 """What a pickle checkpoint is checked for before torch's weights-only unpickler reads it, where
 that unpickler is safe from code but not from crashes or memory bombs.
 
-* `scan_checkpoint(path)`: the structure of the file, read without building anything: a
+* `scan_checkpoint(f, path)`: the structure of the open file, read without building anything: a
   ``torch.save`` zip archive must hold each record once and uncompressed (torch writes them so;
   a compressed record is inflated in memory before its size is checked: a 4 MB file took 1.8 GB,
   a zip bomb any amount); and each pickle the load would read (a zip archive's data.pkl, the
@@ -64,22 +64,22 @@ def _refuse(path: Path, cause: str) -> CheckpointReadError:
     return CheckpointReadError(f"cannot read checkpoint {path}: {cause}")
 
 
-def scan_checkpoint(path: Path) -> None:
-    """Raise CheckpointReadError for a pickle checkpoint whose structure could crash the loader
-    or make it allocate far more than the file's size (see the module's docstring)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        zipped = f.read(4) == b"PK\x03\x04"  # what torch.load takes for a zip archive
-        if not zipped:  # the legacy format: pickles in a row, then raw storages; one load reads them all
-            f.seek(0)
-            budget = Budget(size)
-            for _ in range(_LEGACY_PICKLES):
-                cause = walk_pickle(_Capped(f, size), budget, legacy=True)
-                if cause:
-                    raise _refuse(path, f"it {cause}")
-            return
+def scan_checkpoint(f: IO[bytes], path: Path) -> None:
+    """Raise CheckpointReadError for a pickle checkpoint (the open file `f`, named `path` in
+    messages) whose structure could crash the loader or make it allocate far more than the file's
+    size (see the module's docstring)."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    if f.read(4) != b"PK\x03\x04":  # what torch.load takes for a zip archive; else the legacy format:
+        f.seek(0)  # pickles in a row, then raw storages; one load reads them all
+        budget = Budget(size)
+        for _ in range(_LEGACY_PICKLES):
+            cause = walk_pickle(_Capped(f, size), budget, legacy=True)
+            if cause:
+                raise _refuse(path, f"it {cause}")
+        return
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(f) as archive:
             records = archive.infolist()
             names = [r.filename for r in records]
             if len(set(names)) != len(names):
