@@ -240,6 +240,89 @@ def test_a_pipe_or_device_is_not_called_missing(tmp_path, capsys, kind):
     assert rc == 1 and f"cannot read checkpoint {path}: it is not a regular file" in text
 
 
+def _saved(tmp_path, kind):
+    path = tmp_path / ("w.safetensors" if kind == "safetensors" else "w.pth")
+    if kind == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(tiny_state_dict(), path)
+    else:
+        torch.save({"model": tiny_state_dict()}, path, _use_new_zipfile_serialization=kind == "zip")
+    return path
+
+
+# Loads `path` (argv[1]) with the path swapped for a FIFO (argv[2]) right after the check that it
+# is a regular file, or once the file is being read. In a process of its own: a loader waiting to
+# open the FIFO may hold the GIL (safetensors does), which no thread of the test could get past.
+_SWAPPED = """
+import json, os, pathlib, pickletools, stat, sys
+import safetensors.torch
+from entitysam.checkpoints import read_state_dict
+from entitysam.errors import CheckpointReadError
+
+path, when = pathlib.Path(sys.argv[1]), sys.argv[2]
+
+def swap():
+    if stat.S_ISREG(os.stat(path).st_mode):
+        fifo = path.with_name(path.name + ".fifo")
+        os.mkfifo(fifo)
+        os.replace(fifo, path)  # at once: the path is never missing
+
+if when == "after-the-check":
+    is_file = pathlib.Path.is_file
+    def checked(self):
+        found = is_file(self)
+        if self == path and found:
+            swap()
+        return found
+    pathlib.Path.is_file = checked
+else:  # once the structure check (or safetensors) reads the file
+    module, name = (safetensors.torch, "load_file") if path.suffix == ".safetensors" else (pickletools, "genops")
+    reader = getattr(module, name)
+    def reading(*args, **kwargs):
+        swap()
+        return reader(*args, **kwargs)
+    setattr(module, name, reading)
+try:
+    print(json.dumps({k: float(v.double().sum()) for k, v in read_state_dict(path).items()}))
+except CheckpointReadError as err:
+    print(err)
+print("fifo" if stat.S_ISFIFO(os.stat(path).st_mode) else "not swapped")
+"""
+
+
+def _load_swapped(path, when):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _SWAPPED, str(path), when], capture_output=True, text=True,
+                              env=env, timeout=45)
+    except subprocess.TimeoutExpired:
+        proc = None
+    assert proc is not None, f"loading {path.name} swapped for a FIFO {when} waited for a writer (killed after 45 s)"
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "fifo", proc.stderr[-2000:]
+    return proc.stdout.splitlines()[-2]
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
+def test_a_checkpoint_swapped_for_a_pipe_after_the_check_is_refused_not_waited_on(tmp_path, kind):
+    """The path was checked (a regular file?), then opened by name: a FIFO put there in between
+    made the loader wait for a writer for ever. Now it is opened once without waiting, and what
+    was opened is checked: refused at once."""
+    path = _saved(tmp_path, kind)
+    assert _load_swapped(path, "after-the-check") == f"cannot read checkpoint {path}: it is not a regular file " \
+                                                       "(a pipe, a device or a socket)"
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "safetensors"])
+def test_a_checkpoint_swapped_after_it_was_opened_is_read_as_it_was(tmp_path, kind):
+    """The structure check read the file, then torch.load (or safetensors) opened the path again:
+    a FIFO put there meanwhile hung the load, another file was loaded unchecked. Now every read is
+    of the one file opened at first: it loads as it was."""
+    path = _saved(tmp_path, kind)
+    assert json.loads(_load_swapped(path, "once-it-is-read")) == {k: float(v.double().sum())
+                                                                  for k, v in tiny_state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def coco(tmp_path_factory):
     from entitysam.data.synthetic.coco import make_synthetic_coco_panoptic

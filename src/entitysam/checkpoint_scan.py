@@ -1,75 +1,55 @@
 """What a pickle checkpoint is checked for before torch's weights-only unpickler reads it, where
 that unpickler is safe from code but not from crashes or memory bombs.
 
-* `scan_checkpoint(path)`: the structure of the file, read without building anything: a
+* `scan_checkpoint(f, path)`: the structure of the open file, read without building anything: a
   ``torch.save`` zip archive must hold each record once and uncompressed (torch writes them so;
   a compressed record is inflated in memory before its size is checked: a 4 MB file took 1.8 GB,
-  a zip bomb any amount), and no pickle in it may nest tuples deeper than `MAX_TUPLE_DEPTH`
-  (a dict key of 1 M nested tuples, 1 MB of opcodes, crashed Python with a C stack overflow
-  while the unpickler hashed it).
+  a zip bomb any amount); and each pickle the load would read (a zip archive's data.pkl, the
+  legacy format's pickles) is walked by `checkpoint_pickle.walk_pickle`: no tuples nested deeper
+  than `MAX_TUPLE_DEPTH` (a dict key of 1 M nested tuples, 1 MB of opcodes, crashed Python with a
+  C stack overflow while the unpickler hashed it), and no more data than a few times the file's
+  size (``bytearray(10**10)`` from 30 bytes; one 1 MB string encoded 2000 times through the memo).
 * `numpy_safe_globals()`: the numpy globals the weights-only load may use besides torch's own.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
-import pickletools
 import zipfile
 from pathlib import Path
 from typing import IO
 
+from .checkpoint_pickle import MAX_TUPLE_DEPTH, Budget, walk_pickle
 from .errors import CheckpointReadError
 
 __all__ = ["MAX_TUPLE_DEPTH", "REFUSED", "scan_checkpoint", "numpy_safe_globals", "printable"]
 
-# torch.save nests tuples a few levels deep (a tensor's size inside its rebuild arguments); hashing
-# a tuple recurses in C once per level, and some ten thousand levels overflow the C stack.
-MAX_TUPLE_DEPTH = 100
-_TUPLES = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 # How numpy_safe_globals' stand-ins refuse a numpy object (followed by its name): as an unpickling
 # refusal, like torch's for any other class, so that allow_pickle=True still reads such a file.
 REFUSED = "Refused numpy object:"
+# The pickles the legacy (pre-zip) format holds before its raw storages: magic number, protocol
+# version, system info, the object, the storage keys; torch reads each with the weights-only unpickler.
+_LEGACY_PICKLES = 5
 
 
-def _tuple_depth_ok(stream: IO[bytes]) -> bool:
-    """Walk one pickle's opcodes (nothing is built) tracking, for each stack entry, how deeply it
-    nests tuples; False as soon as a tuple nests deeper than MAX_TUPLE_DEPTH. A pickle this walk
-    cannot follow is left to the unpickler, which fails at the same opcode before reaching later ones."""
-    stack: list[int] = []
-    marks: list[int] = []
-    memo: dict = {}
-    try:
-        for op, arg, _ in pickletools.genops(stream):
-            name = op.name
-            if name == "MARK":
-                marks.append(len(stack))
-                continue
-            if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
-                continue
-            if name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo.get(arg, 0))
-                continue
-            before = op.stack_before
-            popped: list[int] = []
-            if pickletools.markobject in before:
-                start = marks.pop()
-                popped, stack[start:] = stack[start:], []
-                before = before[:before.index(pickletools.markobject)]
-            if before:
-                popped += stack[-len(before):]
-                del stack[-len(before):]
-            if name == "TUPLE" or name in _TUPLES:
-                depth = 1 + max(popped, default=0)
-                if depth > MAX_TUPLE_DEPTH:
-                    return False
-                stack.append(depth)
-            else:  # anything else that is pushed nests no tuple a hash would walk into (lists, dicts: unhashable)
-                stack.extend(0 for _ in op.stack_after)
-    except (ValueError, IndexError, EOFError, MemoryError, OverflowError):  # a 2**62 length field: read() gives up
-        pass
-    return True
+class _Capped:
+    """A file read no further than its end: a pickle's 4 GB length field made read() allocate 4 GB
+    before finding the file shorter."""
+
+    def __init__(self, f: IO[bytes], size: int):
+        self.f, self.size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.f.tell())
+        return self.f.read(left if n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.f.readline(max(0, self.size - self.f.tell()))
+
+    def tell(self) -> int:
+        return self.f.tell()
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -84,20 +64,22 @@ def _refuse(path: Path, cause: str) -> CheckpointReadError:
     return CheckpointReadError(f"cannot read checkpoint {path}: {cause}")
 
 
-def scan_checkpoint(path: Path) -> None:
-    """Raise CheckpointReadError for a pickle checkpoint whose structure could crash the loader
-    or make it allocate far more than the file's size (see the module's docstring)."""
-    with open(path, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"  # what torch.load takes for a zip archive
-        if not zipped:  # the legacy format: up to 4 pickles in a row, then raw storages
-            f.seek(0)
-            for _ in range(4):
-                if not _tuple_depth_ok(f):
-                    raise _refuse(path, f"it nests tuples more than {MAX_TUPLE_DEPTH} deep (torch.save never does; "
-                                        "unpickling it would crash Python)")
-            return
+def scan_checkpoint(f: IO[bytes], path: Path) -> None:
+    """Raise CheckpointReadError for a pickle checkpoint (the open file `f`, named `path` in
+    messages) whose structure could crash the loader or make it allocate far more than the file's
+    size (see the module's docstring)."""
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    if f.read(4) != b"PK\x03\x04":  # what torch.load takes for a zip archive; else the legacy format:
+        f.seek(0)  # pickles in a row, then raw storages; one load reads them all
+        budget = Budget(size)
+        for _ in range(_LEGACY_PICKLES):
+            cause = walk_pickle(_Capped(f, size), budget, legacy=True)
+            if cause:
+                raise _refuse(path, f"it {cause}")
+        return
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(f) as archive:
             records = archive.infolist()
             names = [r.filename for r in records]
             if len(set(names)) != len(names):
@@ -107,11 +89,11 @@ def scan_checkpoint(path: Path) -> None:
             if packed:
                 raise _refuse(path, f"its record {printable(packed[0], 80)} is compressed (torch.save stores "
                                     "records as they are; unpacking one could take far more memory than the file)")
-            for record in records:
-                if record.filename.rpartition("/")[2] == "data.pkl" and \
-                        not _tuple_depth_ok(io.BytesIO(archive.read(record))):
-                    raise _refuse(path, f"its {printable(record.filename, 80)} nests tuples more than "
-                                        f"{MAX_TUPLE_DEPTH} deep (torch.save never does; unpickling it would crash)")
+            for record in records:  # torch reads one data.pkl: each is checked on its own
+                if record.filename.rpartition("/")[2] == "data.pkl":
+                    cause = walk_pickle(io.BytesIO(archive.read(record)), Budget(size))
+                    if cause:
+                        raise _refuse(path, f"its {printable(record.filename, 80)} {cause}")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
         # refused rather than left to torch: what cannot be checked is not read
         raise _refuse(path, "not a readable PyTorch checkpoint (truncated, or not written by torch.save?): "

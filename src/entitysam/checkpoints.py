@@ -18,10 +18,11 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, BinaryIO, Mapping, TypeVar
 
 import torch
 
+from .checkpoint_file import open_checkpoint, reopenable_name
 from .checkpoint_scan import REFUSED, numpy_safe_globals, printable, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError
@@ -81,23 +82,25 @@ def _unsafe_globals(err: BaseException) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _load_weights_only(path: Path) -> Any:
+def _load_weights_only(f: BinaryIO) -> Any:
+    f.seek(0)
     with warnings.catch_warnings():
         # torch warns about pickle protocols it was not written with; the error (if any) says more
         warnings.simplefilter("ignore", UserWarning)
         with torch.serialization.safe_globals(numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
 
 
-def _read_pickle(path: Path, allow_pickle: bool) -> Any:
-    """torch.load with weights_only=True always; the full unpickler only with allow_pickle."""
-    scan_checkpoint(path)  # what the weights-only unpickler would crash or blow up memory on
+def _read_pickle(f: BinaryIO, path: Path, allow_pickle: bool) -> Any:
+    """torch.load with weights_only=True always; the full unpickler only with allow_pickle. Both
+    read `f`, the file the scan checked."""
+    scan_checkpoint(f, path)  # what the weights-only unpickler would crash or blow up memory on
     try:
-        return _load_weights_only(path)
+        return _load_weights_only(f)
     except pickle.UnpicklingError as err:
         refusal = err
     except Exception as err:  # noqa: BLE001 - corrupt files raise many types; all become one message
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, err)}") from None
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(f, err)}") from None
     if not allow_pickle:
         names = _unsafe_globals(refusal)
         if names or any(m in str(refusal) for m in _REFUSAL_MARKERS):
@@ -106,32 +109,31 @@ def _read_pickle(path: Path, allow_pickle: bool) -> Any:
                        "code when loaded; EntitySAM checkpoints hold only tensors and plain data")
             raise UnsafeCheckpointError(problem, Remedy("allow_pickle", True, "only if you trust whoever made this file"),
                                         path=path)
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, refusal)}")
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(f, refusal)}")
     warnings.warn(UnsafeLoadWarning(path), stacklevel=4)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        f.seek(0)
+        return torch.load(f, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001
-        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(path, err)}") from None
+        raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(f, err)}") from None
 
 
-def _describe_read_error(path: Path, err: BaseException) -> str:
-    try:
-        if path.stat().st_size == 0:
-            return "the file is empty"
-    except OSError:
-        pass
+def _describe_read_error(f: BinaryIO, err: BaseException) -> str:
+    if os.fstat(f.fileno()).st_size == 0:
+        return "the file is empty"
     cause = printable(_torch_cause(err))
     return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {cause}"
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _read_safetensors(f: BinaryIO, path: Path) -> dict[str, torch.Tensor]:
     try:
-        from safetensors.torch import load_file  # noqa: PLC0415
+        from safetensors.torch import load, load_file  # noqa: PLC0415
     except ImportError as err:  # a core dependency; only a broken install gets here
         raise CheckpointReadError(f"cannot read {path}: the safetensors package is missing "
                                   "(pip install safetensors)") from err
-    try:
-        return load_file(str(path), device="cpu")
+    try:  # safetensors opens by name: the open file's own (a copy in memory where there is none)
+        name = reopenable_name(f)
+        return load_file(name, device="cpu") if name else load(f.read())
     except Exception as err:  # noqa: BLE001 - SafetensorError for truncated or foreign files
         raise CheckpointReadError(f"cannot read checkpoint {path}: {printable(_first_line(err))}") from None
 
@@ -166,16 +168,10 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
     """The whole object of a checkpoint file (e.g. a training checkpoint with its optimizer and
     scheduler state), read as safely as :func:`read_state_dict` reads the weights."""
     path = Path(path)
-    if path.is_dir():
-        raise CheckpointReadError(f"cannot read checkpoint {path}: it is a folder, not a checkpoint file")
-    if not path.is_file():
-        if path.exists():  # never opened: reading a pipe or /dev/zero would wait or run forever
-            raise CheckpointReadError(f"cannot read checkpoint {path}: it is not a regular file "
-                                      "(a pipe, a device or a socket)")
-        raise CheckpointReadError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    return _read_pickle(path, allow_pickle)
+    with open_checkpoint(path) as f:  # the one open of the path: what it names may change meanwhile
+        if path.suffix == ".safetensors":
+            return _read_safetensors(f, path)
+        return _read_pickle(f, path, allow_pickle)
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
