@@ -104,6 +104,33 @@ def _deep_tuple_key(depth: int) -> bytes:
     return b"\x80\x02}" + b")" + b"\x85" * depth + b"Ns."
 
 
+def _shared_tuple_key(levels: int) -> bytes:
+    """A pickle of {t: None} where t holds the level below twice, shared through the memo, `levels`
+    times over (7 bytes a level; each level stays on the stack below the dict, which the unpickler
+    returns): 2**levels tuples once walked out."""
+    body = b")q\x00" + b"".join(bytes([0x68, i, 0x68, i, 0x86, 0x71, i + 1]) for i in range(levels))
+    return b"\x80\x02" + body + b"}" + bytes([0x68, levels]) + b"Ns."
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_tuples_shared_through_the_memo_are_refused_not_hashed_for_years(saved, tmp_path, legacy):
+    """A dict key of 50 levels of tuples, each holding the one below twice (a 361-byte pickle):
+    hashing walks 2**50 tuples, and the load would not end for months (28 levels took 1.3 s)."""
+    path = tmp_path / "shared.pth"
+    if legacy:
+        path.write_bytes(_shared_tuple_key(50))
+    else:
+        _rewrite(saved, path, pickle=_shared_tuple_key(50))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = ("import sys\nfrom entitysam.checkpoints import read_state_dict\nfrom entitysam.errors import "
+            "CheckpointReadError\ntry:\n    read_state_dict(sys.argv[1])\nexcept CheckpointReadError as err:\n"
+            "    print(err)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and "holds a tuple of more than 1048576 entries" in proc.stdout, proc.stderr
+    assert str(path) in proc.stdout
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_deeply_nested_tuples_are_refused_not_a_crash(saved, tmp_path, legacy):
     """Hashing a dict key of a million nested tuples (1 MB of opcodes) overflowed the C stack

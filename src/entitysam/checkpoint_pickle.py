@@ -27,11 +27,14 @@ import _compat_pickle  # the Python 2 names torch's unpickler maps, as it does
 
 from .errors import CheckpointReadError
 
-__all__ = ["MAX_TUPLE_DEPTH", "DATA_FLOOR", "DATA_FACTOR", "Budget", "walk_pickle"]
+__all__ = ["MAX_TUPLE_DEPTH", "MAX_TUPLE_NODES", "DATA_FLOOR", "DATA_FACTOR", "Budget", "walk_pickle"]
 
 # torch.save nests tuples a few levels deep (a tensor's size inside its rebuild arguments); hashing
 # a tuple recurses in C once per level, and some ten thousand levels overflow the C stack.
 MAX_TUPLE_DEPTH = 100
+# Tuples sharing a tuple through the memo (each holding the one before twice) grow exponentially
+# when walked out: a 159-byte file whose dict key was 50 such levels deep would hash for years.
+MAX_TUPLE_NODES = 1 << 20
 DATA_FLOOR = 64 << 20
 # torch.save's own data is charged at most ~3 times its pickled size: a bytes value is pickled
 # as its text (charged), encoded into bytes (charged), and a bytearray copies those (charged).
@@ -77,11 +80,11 @@ class _Value:
     walk holds about what the unpickler does). n: a string's characters, a container's entries, a
     tensor's elements; size: the bytes of a string or bytes, of the strings in a tuple."""
 
-    __slots__ = ("kind", "n", "size", "depth", "items", "value", "nested", "copied")
+    __slots__ = ("kind", "n", "size", "depth", "items", "value", "nested", "copied", "nodes")
 
     def __init__(self, kind: int, n: int = 0, size: int = 0, value=None):
         self.kind, self.n, self.size, self.value = kind, n, size, value
-        self.depth, self.items, self.nested, self.copied = 0, (), False, False
+        self.depth, self.items, self.nested, self.copied, self.nodes = 0, (), False, False, 1
 
 
 _NOTHING = _Value(OTHER)
@@ -250,6 +253,10 @@ class _Walk:
                 t.depth = max(t.depth, item.depth)
                 t.nested = t.nested or item.kind in _CONTAINERS or item.nested
                 t.size += item.size if item.kind in (STR, BYTES) else 0
+        t.nodes = min(1 + sum(item.nodes if type(item) is _Value else 1 for item in items), _CAP)
+        if t.nodes > MAX_TUPLE_NODES:  # what hashing or printing it walks, shared parts once per use
+            raise _Refused(f"holds a tuple of more than {MAX_TUPLE_NODES} entries once its shared parts are "
+                           "counted at each use (torch.save never does; hashing it would not end)")
         if t.depth >= MAX_TUPLE_DEPTH:
             raise _Refused(f"nests tuples more than {MAX_TUPLE_DEPTH} deep (torch.save never does; "
                            "unpickling it would crash Python)")
