@@ -104,6 +104,17 @@ def _deep_tuple_key(depth: int) -> bytes:
     return b"\x80\x02}" + b")" + b"\x85" * depth + b"Ns."
 
 
+def _read_in_a_child(path, timeout: float) -> subprocess.CompletedProcess:
+    """read_state_dict(path) in a child process (a crash or a hang ends it, not the tests); its
+    refusal, if any, printed on stdout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    code = ("import sys\nfrom entitysam.checkpoints import read_state_dict\nfrom entitysam.errors import "
+            "CheckpointReadError\ntry:\n    read_state_dict(sys.argv[1])\nexcept CheckpointReadError as err:\n"
+            "    print(err)\n")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
 def _shared_tuple_key(levels: int) -> bytes:
     """A pickle of {t: None} where t holds the level below twice, shared through the memo, `levels`
     times over (7 bytes a level; each level stays on the stack below the dict, which the unpickler
@@ -121,12 +132,7 @@ def test_tuples_shared_through_the_memo_are_refused_not_hashed_for_years(saved, 
         path.write_bytes(_shared_tuple_key(50))
     else:
         _rewrite(saved, path, pickle=_shared_tuple_key(50))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    code = ("import sys\nfrom entitysam.checkpoints import read_state_dict\nfrom entitysam.errors import "
-            "CheckpointReadError\ntry:\n    read_state_dict(sys.argv[1])\nexcept CheckpointReadError as err:\n"
-            "    print(err)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
-                          timeout=120)
+    proc = _read_in_a_child(path, timeout=120)
     assert proc.returncode == 0 and "holds a tuple of more than 1048576 entries" in proc.stdout, proc.stderr
     assert str(path) in proc.stdout
 
@@ -140,12 +146,7 @@ def test_deeply_nested_tuples_are_refused_not_a_crash(saved, tmp_path, legacy):
         path.write_bytes(_deep_tuple_key(1_000_000))
     else:
         _rewrite(saved, path, pickle=_deep_tuple_key(1_000_000))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    code = ("import sys\nfrom entitysam.checkpoints import read_state_dict\nfrom entitysam.errors import "
-            "CheckpointReadError\ntry:\n    read_state_dict(sys.argv[1])\nexcept CheckpointReadError as err:\n"
-            "    print(err)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = _read_in_a_child(path, timeout=300)
     assert proc.returncode == 0 and "nests tuples more than 100 deep" in proc.stdout, (proc.returncode, proc.stderr)
     assert str(path) in proc.stdout
     shallow = tmp_path / "shallow.pth"  # the same shape, as deep as torch.save goes and more: read as before

@@ -32,8 +32,8 @@ __all__ = ["MAX_TUPLE_DEPTH", "MAX_TUPLE_NODES", "DATA_FLOOR", "DATA_FACTOR", "B
 # torch.save nests tuples a few levels deep (a tensor's size inside its rebuild arguments); hashing
 # a tuple recurses in C once per level, and some ten thousand levels overflow the C stack.
 MAX_TUPLE_DEPTH = 100
-# Tuples sharing a tuple through the memo (each holding the one before twice) grow exponentially
-# when walked out: a 159-byte file whose dict key was 50 such levels deep would hash for years.
+# Tuples each holding the one before twice (through the memo) double in size when walked out at
+# each level: a dict key 50 levels deep, in a 361-byte pickle, would hash for months.
 MAX_TUPLE_NODES = 1 << 20
 DATA_FLOOR = 64 << 20
 # torch.save's own data is charged at most ~3 times its pickled size: a bytes value is pickled
