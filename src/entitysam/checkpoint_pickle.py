@@ -13,8 +13,8 @@ torch allows build from theirs (``bytearray(n)``, ``_codecs.encode`` of a string
 storages of a given size, sets and Counters of a container's items); a legacy storage at its
 declared size. A reference through the memo is free, a call that copies it is charged each time
 (a 1 MB string memoised once and encoded 2000 times: 2 GB from a 1 MB file). A list, tuple or dict
-is copied free the first time, like Python's own overhead per object (tens to a few hundred bytes
-an opcode: a pickle of empty sets), which grows with the file and is not charged.
+is copied free the first time. Python's own size of each object (a container, an entry, an int, a
+float, a memo entry: 50 to 200 bytes an opcode in a pickle of empty dicts) is charged as "objects".
 """
 
 from __future__ import annotations
@@ -60,6 +60,10 @@ _ELEMENT = {"Double": 8, "Float": 4, "Half": 2, "BFloat16": 2, "Long": 8, "Int":
 _DTYPE = {"float64": 8, "double": 8, "complex128": 16, "cdouble": 16, "complex64": 8, "cfloat": 8, "int64": 8,
           "long": 8, "uint64": 8, "float32": 4, "float": 4, "int32": 4, "int": 4, "uint32": 4, "float16": 2,
           "half": 2, "bfloat16": 2, "int16": 2, "short": 2, "uint16": 2, "int8": 1, "uint8": 1, "bool": 1}
+# sys.getsizeof (64-bit CPython) of what an opcode builds, and of an entry it adds: a list's slot,
+# a dict's entry (42 bytes at a million), a memo entry (a dict entry and its key)
+_OBJECT = {"EMPTY_LIST": 56, "EMPTY_DICT": 64, "EMPTY_SET": 216, "BINFLOAT": 24, "APPEND": 8, "APPENDS": 8,
+           "SETITEM": 48, "SETITEMS": 48, "BINPUT": 64, "LONG_BINPUT": 64, "PUT": 64, "MEMOIZE": 64}
 # Text codecs (bytes a character) and error handlers whose output is bounded by the string; any
 # other (hex doubles bytes at each call, namereplace writes ~90 bytes a character, a third-party
 # codec anything) cannot be bounded.
@@ -109,7 +113,8 @@ class Budget:
     """The data one load may build (see the module's docstring), and what it went to."""
 
     NOUNS = {"strings": ("string", "strings"), "storages": ("legacy storage", "legacy storages"),
-             "setstate": ("BUILD (setstate)", "BUILDs (setstate)")}
+             "setstate": ("BUILD (setstate)", "BUILDs (setstate)"),
+             "objects": ("Python object or entry", "Python objects and entries")}
 
     def __init__(self, file_size: int):
         self.file_size = file_size
@@ -117,10 +122,10 @@ class Budget:
         self.spent = 0
         self.by: dict[str, tuple[int, int]] = {}  # what -> (times, bytes)
 
-    def charge(self, what: str, nbytes: int) -> bool:
-        """Add nbytes spent on `what`; True once over the limit."""
-        times, total = self.by.get(what, (0, 0))
-        self.by[what] = (times + 1, total + nbytes)
+    def charge(self, what: str, nbytes: int, times: int = 1) -> bool:
+        """Add nbytes spent on `what` (times: of them); True once over the limit."""
+        before, total = self.by.get(what, (0, 0))
+        self.by[what] = (before + times, total + nbytes)
         self.spent += nbytes
         return self.spent > self.limit
 
@@ -128,8 +133,9 @@ class Budget:
         what, (times, nbytes) = max(self.by.items(), key=lambda item: item[1][1])
         one, many = self.NOUNS.get(what, (f"call of {what}", f"calls of {what}"))
         most = f"{times} {one if times == 1 else many}"
+        never = "a checkpoint keeps its data in tensors" if what == "objects" else "torch.save never writes such data"
         return (f"could make the unpickler allocate over {_size_text(self.limit)} ({most}: {_size_text(nbytes)}) from "
-                f"a file of {_size_text(self.file_size)} (torch.save never writes such data; the limit is "
+                f"a file of {_size_text(self.file_size)} ({never}; the limit is "
                 f"{DATA_FACTOR} times the file's size, at least {_size_text(DATA_FLOOR)})")
 
 
@@ -232,8 +238,8 @@ class _Walk:
         self.keys: set = set()  # legacy storages allocated (by key)
         self.user = _user_allowed()
 
-    def charge(self, what: str, nbytes: int) -> None:
-        if nbytes and self.budget.charge(what, nbytes):
+    def charge(self, what: str, nbytes: int, times: int = 1) -> None:
+        if nbytes and self.budget.charge(what, nbytes, times):
             raise _Refused(self.budget.cause())
 
     def pop(self, count: int | None) -> list:
@@ -262,6 +268,7 @@ class _Walk:
                            "unpickling it would crash Python)")
         t.depth += 1
         t.items = tuple(items)
+        self.charge("objects", 40 + 8 * len(items) if self.live else 0)  # sys.getsizeof of the tuple
         return t
 
     def step(self, op, arg) -> None:
@@ -272,6 +279,7 @@ class _Walk:
             self.marks.append(len(stack))
         elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
             self.memo[len(self.memo) if name == "MEMOIZE" else arg] = stack[-1]
+            self.charge("objects", _OBJECT[name] if self.live else 0)
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             self.live = self.live and arg in self.memo  # else a KeyError in torch
             stack.append(self.memo.get(arg, _NOTHING))
@@ -285,12 +293,14 @@ class _Walk:
             self.pop(len(before))
             stack.extend(_NOTHING for _ in op.stack_after)
         elif name in ("BININT", "BININT1", "BININT2", "LONG1"):
+            self.charge("objects", 0 if -5 <= arg <= 256 else sys.getsizeof(arg))  # small ints are shared
             stack.append(arg)
         elif name in ("BINUNICODE", "SHORT_BINSTRING"):
             size = sys.getsizeof(arg)
             self.charge("strings", size)
             stack.append(_Value(STR, len(arg), size, arg if len(arg) <= 64 else None))
         elif name in _EMPTIES:
+            self.charge("objects", _OBJECT[name])
             stack.append(_Value(_EMPTIES[name]))
         elif name == "GLOBAL":
             full = _global_name(arg)
@@ -301,7 +311,9 @@ class _Walk:
             target = _v(stack[-1])
             self.live = target.kind == (LIST if name.startswith("APPEND") else DICT)  # else torch refuses
             if self.live:  # a list's items are not kept: how many, and whether one is a container
-                target.n = min(target.n + (len(items) if target.kind == LIST else len(items) // 2), _CAP)
+                added = len(items) if target.kind == LIST else len(items) // 2
+                self.charge("objects", added * _OBJECT[name], added)
+                target.n = min(target.n + added, _CAP)
                 target.nested = target.nested or any(type(i) is _Value and (i.kind in _CONTAINERS or i.nested)
                                                      for i in items)
         elif name in ("REDUCE", "NEWOBJ"):  # NEWOBJ, cls.__new__(cls, *args), charged as a call: more
@@ -311,7 +323,8 @@ class _Walk:
             self.build(_v(stack.pop()), _v(stack[-1]))
         elif name == "BINPERSID":
             stack.append(self.storage(_v(stack.pop())))
-        elif name not in ("PROTO", "STOP"):  # NONE, NEWTRUE, NEWFALSE, BINFLOAT
+        elif name not in ("PROTO", "STOP"):  # NONE, NEWTRUE, NEWFALSE (shared), BINFLOAT
+            self.charge("objects", _OBJECT.get(name, 0))
             stack.append(_NOTHING)
 
     def build(self, state: _Value, inst: _Value) -> None:
