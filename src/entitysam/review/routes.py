@@ -7,12 +7,13 @@ from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
 
 from .. import jsonio
 from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError
+from .file_response import OpenFileResponse, open_regular_file
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
 
 __all__ = ["build_routes", "MAX_EDIT_BYTES"]
@@ -77,10 +78,13 @@ async def _read_edit(request: Request):
 
 
 def _file(root: Path, relative: str, cache: str) -> Response:
+    """A file of `root`, sent from the descriptor opened here (see entitysam.review.file_response):
+    404 when it is not one, also when it is gone or no longer a regular file by the time it is opened."""
     path = safe_file(root, relative)
-    if path is None:
+    opened = None if path is None else open_regular_file(path)
+    if opened is None:
         return _error(404, "not found")
-    return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": cache})
+    return OpenFileResponse(opened, media_type(path), {"Cache-Control": cache})
 
 
 def _count(text: str) -> int | None:
