@@ -423,6 +423,21 @@ def test_export_downloads_each_format(client):
     assert sorted(p.name for p in client.viewer.root.parent.iterdir()) == ["clip", "input-clip"]  # nothing left
 
 
+@pytest.mark.parametrize("video, plain", [("日本", "__"), ('say "hi"', "say _hi_"), ("café", "caf_")])
+def test_an_export_of_a_video_named_beyond_ascii_downloads_under_its_name(result, video, plain):
+    from urllib.parse import unquote
+
+    manifest = json.loads((result / "manifest.json").read_text())
+    (result / "manifest.json").write_text(json.dumps({**manifest, "video": video}))
+    with TestClient(create_app(Viewer(result, token=TOKEN)), raise_server_exceptions=False) as c:
+        for fmt, name in [("ytvis", f"{video}-ytvis.json"), ("mots", f"{video}-mots.zip")]:
+            res = c.post(f"/api/export?format={fmt}", headers=AUTH)
+            assert res.status_code == 200, res.text[:200]  # the old server: 500 (or a name cut at the `"`)
+            first, star = res.headers["content-disposition"].split("; filename*=UTF-8''")
+            assert first == f'attachment; filename="{plain}{name[len(video):]}"'
+            assert unquote(star) == name
+
+
 @pytest.mark.parametrize("fmt", ["", "xml", "../../etc", "mots/../x"])
 def test_unknown_export_format_is_400(client, fmt):
     res = client.post(f"/api/export?format={fmt}", headers=AUTH)

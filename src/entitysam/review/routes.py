@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
@@ -16,7 +17,7 @@ from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, Re
 from .file_response import OpenFileResponse, open_regular_file
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
 
-__all__ = ["build_routes", "MAX_EDIT_BYTES"]
+__all__ = ["build_routes", "MAX_EDIT_BYTES", "attachment"]
 
 _NO_STORE = {"Cache-Control": "no-store"}
 # An edit names a few entity ids and a label of at most 1000 characters: kilobytes. The cap keeps
@@ -85,6 +86,17 @@ def _file(root: Path, relative: str, cache: str) -> Response:
     if opened is None:
         return _error(404, "not found")
     return OpenFileResponse(opened, media_type(path), {"Cache-Control": cache})
+
+
+def attachment(filename: str) -> str:
+    """The Content-Disposition of a download named `filename`. Header values are latin-1: an export
+    of a video named with other characters (日本.mp4) was a 500 (UnicodeEncodeError), and a `"`
+    in the name ended the quoted name early; such a name goes as RFC 5987's ``filename*`` (UTF-8)
+    after an ASCII ``filename`` for clients that do not read it."""
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    if plain == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='', errors='replace')}"
 
 
 def _count(text: str) -> int | None:
@@ -197,7 +209,7 @@ def build_routes(viewer) -> list[Route]:
         fmt = request.query_params.get("format", "")
         data, filename = await run_in_threadpool(viewer.export, fmt)
         return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"', **_NO_STORE})
+                        headers={"Content-Disposition": attachment(filename), **_NO_STORE})
 
     async def export_formats(request: Request) -> Response:
         return JSONResponse({"formats": viewer.export_formats()}, headers=_NO_STORE)
