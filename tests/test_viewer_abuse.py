@@ -112,6 +112,11 @@ def test_an_edit_just_under_the_limit_is_applied(served):
 @pytest.mark.parametrize("op, start", [
     ({"op": "hide", "ids": [2] * 100_000}, "hide: ids repeat an entity: 2 (100000 ids given)"),
     ({"op": "merge", "ids": list(range(5, 100_005)), "into": 1}, "merge: ids must list at least two entities"),
+    # an op name, field names or integers of up to the body's size (the old messages: 500 kB, 1 MB, 4 kB)
+    ({"op": "x" * 500_000}, "unknown edit op 'xxx"),
+    ({"op": "hide", "ids": [1], **{f"field{i:06d}": 1 for i in range(50_000)}}, "hide: unknown field(s) field000000"),
+    ({"op": "hide", "ids": [10 ** 4000]}, "hide: id must be an entity id"),
+    ({"op": "split", "id": 2, "frame": 10 ** 4000}, "split: entity 2 is present in frames"),
 ])
 def test_an_edit_listing_100k_ids_gets_a_short_message(served, op, start):
     viewer, url, _ = served
