@@ -438,6 +438,27 @@ def test_an_export_of_a_video_named_beyond_ascii_downloads_under_its_name(result
             assert unquote(star) == name
 
 
+def test_a_mots_zip_of_frames_named_beyond_utf8_is_refused_in_one_line(tmp_path):
+    """Frames named after input files whose names are not UTF-8 (legal on Linux): the zip cannot hold
+    those names (the old server: a 500, UnicodeEncodeError in zipfile); the other formats export."""
+    from _review_result import SCORES, images, write_result
+
+    names = [os.fsdecode(b"f\xff%03d" % t) for t in range(N)]
+    source = tmp_path / "input"
+    source.mkdir()
+    for name, image in zip(names, images()):
+        Image.fromarray(image).save(source / f"{name}.png")
+    entities = [{"id": i, "score": s, "query_index": k} for k, (i, s) in enumerate(SCORES.items())]
+    result = write_result(tmp_path / "clip", source, names, id_maps(), entities, FPS)
+    with TestClient(create_app(Viewer(result, token=TOKEN)), raise_server_exceptions=False) as c:
+        res = c.post("/api/export?format=mots", headers=AUTH)
+        assert res.status_code == 400 and res.json()["error"].startswith(
+            "cannot download the export of clip as a zip: the file name 'f\\udcff000.png' is not valid UTF-8")
+        assert all(c.post(f"/api/export?format={fmt}", headers=AUTH).status_code == 200
+                   for fmt in ("cvat-video", "ytvis", "coco-video"))
+    assert sorted(os.listdir(tmp_path)) == ["clip", "input"]  # nothing left behind
+
+
 @pytest.mark.parametrize("fmt", ["", "xml", "../../etc", "mots/../x"])
 def test_unknown_export_format_is_400(client, fmt):
     res = client.post(f"/api/export?format={fmt}", headers=AUTH)
