@@ -1,13 +1,17 @@
-"""Helpers of the viewer tests: `entitysam view` as a subprocess, headless system Chromium."""
+"""Helpers of the viewer tests: `entitysam view` as a subprocess, the viewer's app on a real uvicorn
+server in a thread, headless system Chromium."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -54,6 +58,53 @@ def view_server(result_dir: Path, *extra: str, timeout: float = 120.0) -> Iterat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class ServerErrors(logging.Handler):
+    """What the server logs at ERROR (an exception escaping the app: a traceback in the terminal)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def tracebacks(self) -> list[str]:
+        """The records that carry a traceback (an exception), as their message and exception."""
+        return [f"{r.getMessage()} {r.exc_info[1]!r}" for r in self.records if r.exc_info]
+
+
+@contextlib.contextmanager
+def live_server(viewer) -> Iterator[tuple[str, ServerErrors]]:
+    """The app of `viewer` (an entitysam.review.server.Viewer) on uvicorn (one worker, as `entitysam
+    view` runs it) on a free loopback port, in a thread; yields (base URL, the handler collecting
+    what uvicorn logs at ERROR)."""
+    import uvicorn
+
+    from entitysam.review.server import allowed_hosts, create_app
+
+    errors = ServerErrors()
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(errors)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(create_app(viewer, hosts=allowed_hosts("127.0.0.1")), log_config=None,
+                            log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", errors
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        logger.removeHandler(errors)
+        sock.close()
 
 
 @contextlib.contextmanager

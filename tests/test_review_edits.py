@@ -196,6 +196,7 @@ def test_id_lookup_maps_original_ids_to_current_ones_per_frame(result_dir):
     ({"op": "hide", "ids": [True]}, "entity id"),
     ({"op": "hide", "ids": [4]}, "no entity 4"),
     ({"op": "hide", "ids": [1], "colour": "red"}, "unknown field"),
+    ({"op": "hide", "ids": [1], 7: "x", "colour": "red"}, "unknown field"),  # (mixed key types: a TypeError)
     ({"op": "merge", "ids": [1, 2], "into": 3}, "into"),
     ({"op": "merge", "ids": [1], "into": 1}, "at least two"),
     ({"op": "split", "id": 3, "frame": 2}, "frames on both sides"),

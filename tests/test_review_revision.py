@@ -125,3 +125,18 @@ def test_dest_and_replace_original_together_are_refused(result_dir, tmp_path):
     with pytest.raises(InvalidArgumentError, match="not both"):
         save_revision(edited(result_dir), dest=tmp_path / "x", replace_original=True)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("owner", ["", "999999999\n"], ids=["empty", "dead-pid"])
+def test_a_lock_file_a_killed_save_left_beside_its_revision_is_removed_by_the_next_save(result_dir, owner):
+    """A save SIGKILLed between its revision's rename into place and the release of its lock left
+    `.clip.rev1.lock` (no process holds its flock any more); the next save takes it and removes it
+    (tests/test_kill_anywhere.py kills a real save there)."""
+    first = save_revision(edited(result_dir))
+    (result_dir.parent / ".clip.rev1.lock").write_text(owner)
+    (result_dir.parent / ".clip.rev1.rev2.lock").write_text(owner)  # not a revision of clip: another result's
+    second = save_revision(edited(result_dir))
+    assert (first.name, second.name) == ("clip.rev1", "clip.rev2")
+    # the old code kept .clip.rev1.lock for good
+    assert sorted(os.listdir(result_dir.parent)) == [".clip.rev1.rev2.lock", "clip", "clip.rev1", "clip.rev2",
+                                                     "input-clip"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -24,52 +23,13 @@ pytest.importorskip("uvicorn", reason="the viewer needs the `viewer` extra (star
 httpx = pytest.importorskip("httpx", reason="the tests speak HTTP through httpx")
 
 from _review_result import make_result  # noqa: E402
+from _viewer import live_server  # noqa: E402
 from entitysam.review.revision import replay_edits  # noqa: E402
 from entitysam.review.routes import MAX_EDIT_BYTES  # noqa: E402
-from entitysam.review.server import TOKEN_HEADER, Viewer, allowed_hosts, create_app  # noqa: E402
+from entitysam.review.server import TOKEN_HEADER, Viewer  # noqa: E402
 
 TOKEN = "test-token"
 AUTH = {TOKEN_HEADER: TOKEN}
-
-
-class _Errors(logging.Handler):
-    """What the server logs at ERROR (an exception escaping the app: a traceback in the terminal)."""
-
-    def __init__(self):
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
-@contextlib.contextmanager
-def live_server(viewer: Viewer):
-    """The viewer's app on uvicorn (one worker, as `entitysam view` runs it) on a free loopback
-    port, in a thread; yields (base URL, the handler collecting what uvicorn logs at ERROR)."""
-    import uvicorn
-
-    errors = _Errors()
-    logger = logging.getLogger("uvicorn.error")
-    logger.addHandler(errors)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(viewer, hosts=allowed_hosts("127.0.0.1")), log_config=None,
-                            log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", errors
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        logger.removeHandler(errors)
-        sock.close()
 
 
 @pytest.fixture()
@@ -152,6 +112,11 @@ def test_an_edit_just_under_the_limit_is_applied(served):
 @pytest.mark.parametrize("op, start", [
     ({"op": "hide", "ids": [2] * 100_000}, "hide: ids repeat an entity: 2 (100000 ids given)"),
     ({"op": "merge", "ids": list(range(5, 100_005)), "into": 1}, "merge: ids must list at least two entities"),
+    # an op name, field names or integers of up to the body's size (the old messages: 500 kB, 1 MB, 4 kB)
+    ({"op": "x" * 500_000}, "unknown edit op 'xxx"),
+    ({"op": "hide", "ids": [1], **{f"field{i:06d}": 1 for i in range(50_000)}}, "hide: unknown field(s) field000000"),
+    ({"op": "hide", "ids": [10 ** 4000]}, "hide: id must be an entity id"),
+    ({"op": "split", "id": 2, "frame": 10 ** 4000}, "split: entity 2 is present in frames"),
 ])
 def test_an_edit_listing_100k_ids_gets_a_short_message(served, op, start):
     viewer, url, _ = served

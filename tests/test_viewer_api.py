@@ -423,6 +423,42 @@ def test_export_downloads_each_format(client):
     assert sorted(p.name for p in client.viewer.root.parent.iterdir()) == ["clip", "input-clip"]  # nothing left
 
 
+@pytest.mark.parametrize("video, plain", [("日本", "__"), ('say "hi"', "say _hi_"), ("café", "caf_")])
+def test_an_export_of_a_video_named_beyond_ascii_downloads_under_its_name(result, video, plain):
+    from urllib.parse import unquote
+
+    manifest = json.loads((result / "manifest.json").read_text())
+    (result / "manifest.json").write_text(json.dumps({**manifest, "video": video}))
+    with TestClient(create_app(Viewer(result, token=TOKEN)), raise_server_exceptions=False) as c:
+        for fmt, name in [("ytvis", f"{video}-ytvis.json"), ("mots", f"{video}-mots.zip")]:
+            res = c.post(f"/api/export?format={fmt}", headers=AUTH)
+            assert res.status_code == 200, res.text[:200]  # the old server: 500 (or a name cut at the `"`)
+            first, star = res.headers["content-disposition"].split("; filename*=UTF-8''")
+            assert first == f'attachment; filename="{plain}{name[len(video):]}"'
+            assert unquote(star) == name
+
+
+def test_a_mots_zip_of_frames_named_beyond_utf8_is_refused_in_one_line(tmp_path):
+    """Frames named after input files whose names are not UTF-8 (legal on Linux): the zip cannot hold
+    those names (the old server: a 500, UnicodeEncodeError in zipfile); the other formats export."""
+    from _review_result import SCORES, images, write_result
+
+    names = [os.fsdecode(b"f\xff%03d" % t) for t in range(N)]
+    source = tmp_path / "input"
+    source.mkdir()
+    for name, image in zip(names, images()):
+        Image.fromarray(image).save(source / f"{name}.png")
+    entities = [{"id": i, "score": s, "query_index": k} for k, (i, s) in enumerate(SCORES.items())]
+    result = write_result(tmp_path / "clip", source, names, id_maps(), entities, FPS)
+    with TestClient(create_app(Viewer(result, token=TOKEN)), raise_server_exceptions=False) as c:
+        res = c.post("/api/export?format=mots", headers=AUTH)
+        assert res.status_code == 400 and res.json()["error"].startswith(
+            "cannot download the export of clip as a zip: the file name 'f\\udcff000.png' is not valid UTF-8")
+        assert all(c.post(f"/api/export?format={fmt}", headers=AUTH).status_code == 200
+                   for fmt in ("cvat-video", "ytvis", "coco-video"))
+    assert sorted(os.listdir(tmp_path)) == ["clip", "input"]  # nothing left behind
+
+
 @pytest.mark.parametrize("fmt", ["", "xml", "../../etc", "mots/../x"])
 def test_unknown_export_format_is_400(client, fmt):
     res = client.post(f"/api/export?format={fmt}", headers=AUTH)

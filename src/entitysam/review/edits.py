@@ -48,9 +48,23 @@ def _listed(ids: Sequence[int]) -> str:
     return ", ".join(map(str, ids[:_SHOWN])) + more
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    """`text` for a message: at most `limit` characters, then how long it was. An edit of up to
+    1 MiB may carry an op name, field names or an integer of thousands of digits, and a message
+    quoting them whole was as long (a 1 MB line in the viewer's status bar)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _shown(value: Any) -> str:
+    """repr(value) for a message (:func:`_cut`; a huge integer by its number of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 60:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return _cut(repr(value))
+
+
 def _int_id(value: Any, op: str, what: str = "id") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= MAX_ID:
-        raise EditError(f"{op}: {what} must be an entity id (an integer in [1, {MAX_ID}]), got {value!r}")
+        raise EditError(f"{op}: {what} must be an entity id (an integer in [1, {MAX_ID}]), got {_shown(value)}")
     return int(value)
 
 
@@ -58,15 +72,15 @@ def check_op(op: Mapping[str, Any]) -> dict[str, Any]:
     """The normalised copy of one operation, or EditError naming what is wrong (its form only:
     whether the ids exist is checked when it is applied)."""
     if not isinstance(op, Mapping):
-        raise EditError(f"an edit must be an object like {{'op': 'hide', 'ids': [1]}}, got {op!r}")
+        raise EditError(f"an edit must be an object like {{'op': 'hide', 'ids': [1]}}, got {_shown(op)}")
     kind = op.get("op")
     if kind not in OPS:
-        raise EditError(f"unknown edit op {kind!r}: choose from {', '.join(OPS)}")
+        raise EditError(f"unknown edit op {_shown(kind)}: choose from {', '.join(OPS)}")
     fields = {"hide": {"ids"}, "show": {"ids"}, "delete": {"ids"}, "merge": {"ids", "into"},
               "split": {"id", "frame", "new_id"}, "label": {"id", "text"}}[kind]
     extra = set(op) - fields - {"op"}
     if extra:
-        raise EditError(f"{kind}: unknown field(s) {', '.join(sorted(extra))}")
+        raise EditError(f"{kind}: unknown field(s) {_listed(sorted(_cut(str(k), 40) for k in extra))}")
     out: dict[str, Any] = {"op": kind}
     if "ids" in fields:
         ids = op.get("ids")
@@ -86,7 +100,7 @@ def check_op(op: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "split":
         frame = op.get("frame")
         if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or frame < 1:
-            raise EditError(f"split: frame must be a frame position >= 1, got {frame!r}")
+            raise EditError(f"split: frame must be a frame position >= 1, got {_shown(frame)}")
         out["frame"] = int(frame)
         if op.get("new_id") is not None:
             out["new_id"] = _int_id(op["new_id"], kind, "new_id")
@@ -249,7 +263,7 @@ class EditSession:
                    if any(state.current(o, t) == a for o in areas)]
         if not present or not present[0] < f <= present[-1]:
             span = f"frames {present[0]}-{present[-1]}" if present else "no frame"
-            raise EditError(f"split: entity {a} is present in {span}; the split frame {f} must leave it "
+            raise EditError(f"split: entity {a} is present in {span}; the split frame {_shown(f)} must leave it "
                             "frames on both sides")
         new = op.get("new_id")
         if new is None:

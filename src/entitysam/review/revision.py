@@ -16,7 +16,9 @@ A result folder that changed on disk since it was opened (see
 checked before the files are written and again before the revision is renamed into place.
 
 It is written atomically through :class:`~entitysam.io.staging.StagedOutput` (a hidden sibling
-folder renamed into place once complete): a failure leaves no revision folder. The original is
+folder renamed into place once complete): a failure leaves no revision folder, and what a save
+killed at any instant left (a lock file, a staging folder) is recovered by the next save
+(:func:`recover_revisions`). The original is
 never touched, unless ``replace_original`` (then it is replaced as `--overwrite` replaces a
 result: atomically, the old one removed only once the new one is in place).
 """
@@ -35,11 +37,12 @@ from ..io.atomic import write_json_atomic
 from ..io.output_lock import OutputLockedError
 from ..io.paths import describe_os_error
 from ..io.result_files import write_result_files
-from ..io.staging import StagedOutput
+from ..io.staging import StagedOutput, recover_leftovers
 from .edits import EditSession
 from .result import ResultFolder
 
-__all__ = ["EDITS", "EDITS_FORMAT", "save_revision", "replay_edits", "next_revision_path", "edits_record"]
+__all__ = ["EDITS", "EDITS_FORMAT", "save_revision", "replay_edits", "next_revision_path", "edits_record",
+           "recover_revisions"]
 
 EDITS = "edits.json"
 EDITS_FORMAT = "entitysam-edits"
@@ -50,12 +53,31 @@ _TRIES = 8  # revision numbers tried when other processes save revisions of the 
 _RUN_ONLY = ("writer", "complete", "created", "updated", "files", "seconds", "status", "pid", "revision")
 
 
+def _base_name(original: Path) -> str:
+    """The name revisions of `original` count on from: its own without its ``.revK``."""
+    m = _REV.match(original.name)
+    return m.group("base") if m else original.name
+
+
+def recover_revisions(original: str | os.PathLike) -> None:
+    """Recover what killed saves of revisions of `original` left beside them (io.staging's
+    :func:`~entitysam.io.staging.recover_leftovers`, under each one's lock; one a live save holds
+    is left to it): a SIGKILL between a revision's rename into place and the release of its lock
+    left ``.<base>.revN.lock`` for good, since no later save takes the lock of a saved revision."""
+    original = Path(original)
+    named = re.compile(rf"^\.?(?P<name>{re.escape(_base_name(original))}\.rev[0-9]+)")
+    try:
+        entries = os.listdir(original.parent)
+    except OSError:
+        return
+    recover_leftovers(original.parent, sorted({m.group("name") for e in entries if (m := named.match(e))}))
+
+
 def next_revision_path(original: str | os.PathLike, *, after: int = 0) -> Path:
     """``<base>.revN`` beside `original` with N one above every existing ``<base>.rev*`` and above
     `after` (base: the original's name without its own ``.revK``)."""
     original = Path(original)
-    m = _REV.match(original.name)
-    base = m.group("base") if m else original.name
+    base = _base_name(original)
     mine = re.compile(rf"^{re.escape(base)}\.rev(?P<n>[0-9]+)$")
     taken = [int(mm.group("n")) for p in original.parent.iterdir() if (mm := mine.match(p.name))]
     return original.parent / f"{base}.rev{max(taken + [after]) + 1}"
@@ -80,6 +102,7 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
         raise InvalidArgumentError("save_revision: give dest or replace_original, not both")
     if replace_original or dest is not None:
         return _save_to(session, Path(result.path if replace_original else dest), replace_original)
+    recover_revisions(result.path)
     after = 0
     for _ in range(_TRIES - 1):
         final = next_revision_path(result.path, after=after)

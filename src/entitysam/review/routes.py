@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import Response
 from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
 
 from .. import jsonio
 from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError
+from .file_response import OpenFileResponse, open_regular_file
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
 
-__all__ = ["build_routes", "MAX_EDIT_BYTES"]
+__all__ = ["build_routes", "MAX_EDIT_BYTES", "attachment"]
 
 _NO_STORE = {"Cache-Control": "no-store"}
 # An edit names a few entity ids and a label of at most 1000 characters: kilobytes. The cap keeps
@@ -77,10 +79,24 @@ async def _read_edit(request: Request):
 
 
 def _file(root: Path, relative: str, cache: str) -> Response:
+    """A file of `root`, sent from the descriptor opened here (see entitysam.review.file_response):
+    404 when it is not one, also when it is gone or no longer a regular file by the time it is opened."""
     path = safe_file(root, relative)
-    if path is None:
+    opened = None if path is None else open_regular_file(path)
+    if opened is None:
         return _error(404, "not found")
-    return FileResponse(path, media_type=media_type(path), headers={"Cache-Control": cache})
+    return OpenFileResponse(opened, media_type(path), {"Cache-Control": cache})
+
+
+def attachment(filename: str) -> str:
+    """The Content-Disposition of a download named `filename`. Header values are latin-1: an export
+    of a video named with other characters (日本.mp4) was a 500 (UnicodeEncodeError), and a `"`
+    in the name ended the quoted name early; such a name goes as RFC 5987's ``filename*`` (UTF-8)
+    after an ASCII ``filename`` for clients that do not read it."""
+    plain = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in filename)
+    if plain == filename:
+        return f'attachment; filename="{filename}"'
+    return f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename, safe='', errors='replace')}"
 
 
 def _count(text: str) -> int | None:
@@ -193,7 +209,7 @@ def build_routes(viewer) -> list[Route]:
         fmt = request.query_params.get("format", "")
         data, filename = await run_in_threadpool(viewer.export, fmt)
         return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"', **_NO_STORE})
+                        headers={"Content-Disposition": attachment(filename), **_NO_STORE})
 
     async def export_formats(request: Request) -> Response:
         return JSONResponse({"formats": viewer.export_formats()}, headers=_NO_STORE)

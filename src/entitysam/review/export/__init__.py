@@ -86,13 +86,28 @@ def export_bytes(view: Any, fmt: str, **options: Any) -> tuple[bytes, str]:
             _check_unchanged(view)  # changed while the exporter read it: no download of a mix
             if not out.is_dir():
                 return out.read_bytes(), name
+            files = {path.relative_to(out).as_posix(): path for path in sorted(out.rglob("*")) if path.is_file()}
+            _check_zip_names(view, files)
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-                for path in sorted(out.rglob("*")):
-                    if path.is_file():
-                        zf.write(path, path.relative_to(out).as_posix())
+                for arcname, path in files.items():
+                    zf.write(path, arcname)
             return buf.getvalue(), f"{name}.zip"
     except OSError as err:  # a full temporary folder: a message for the viewer, not a server error
         err.filename = None  # (a file of the temporary folder, removed)
         where = tempfile.tempdir or "the temporary folder"
         raise OutputError(describe_os_error(err, f"the {fmt} export of {view.name} in {where}")) from None
+
+
+def _check_zip_names(view: Any, names: Any) -> None:
+    """OutputError when a file name cannot be put in the zip: Python's zipfile writes names as
+    UTF-8, and frames named after input files whose names are not UTF-8 (kept as ``\\udcXX``
+    escapes) made the download a 500 (UnicodeEncodeError). The folder itself can be written."""
+    for arcname in names:
+        try:
+            arcname.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = ascii(arcname.rsplit("/", 1)[-1])
+            raise OutputError(f"cannot download the export of {view.name} as a zip: the file name {shown} is not "
+                              "valid UTF-8 (nor were the input's file names); save the revision and export it to a "
+                              "folder instead") from None

@@ -160,11 +160,20 @@ async function save() {
     viewer.lastSave = res;
   } catch (err) { setStatus(`save: ${err.message}`, true); }
 }
+// The file name of a download: RFC 5987's filename* (UTF-8: a video named beyond ASCII) when the
+// server sends one, else the plain filename.
+function downloadName(disposition) {
+  const utf8 = disposition.match(/filename\*=UTF-8''([^;]+)/)?.[1];
+  if (utf8) {
+    try { return decodeURIComponent(utf8); } catch (err) { /* malformed: the plain name below */ }
+  }
+  return disposition.match(/filename="([^"]+)"/)?.[1];
+}
 async function exportResult() {
   const fmt = $("export-format").value;
   try {
     const res = await post(`/api/export?format=${encodeURIComponent(fmt)}`);
-    const name = (res.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/)?.[1] || `export-${fmt}`;
+    const name = downloadName(res.headers.get("Content-Disposition") || "") || `export-${fmt}`;
     const url = URL.createObjectURL(await res.blob());
     const a = document.createElement("a");
     a.href = url; a.download = name; document.body.appendChild(a); a.click(); a.remove();
