@@ -23,7 +23,7 @@ from .jobs import STATUSES, SegmentOptions, VideoJob, VideoOutcome, segment_job
 from .resume import mismatches
 
 __all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
-           "default_summary_path", "local_rank"]
+           "default_summary_path", "local_rank", "shard_jobs"]
 
 SUMMARY_FORMAT = "entitysam-batch-summary"
 SUMMARY_DIR = ".entitysam-batch"  # under the output root: hidden, so never taken for a video or a result
@@ -168,6 +168,17 @@ def local_rank(env: Mapping[str, str] | None = None) -> int | None:
     return rank
 
 
+def shard_jobs(jobs: Sequence[VideoJob], shard: tuple[int, int]) -> list[VideoJob]:
+    """The jobs of slice `shard` = (I, N), in their order. The split is made over the jobs sorted
+    by name (unique in a run), not in the order given: machines that list the same videos in
+    another order (a shell's glob sorts by the locale, arguments written in another order) take
+    the same slices; split in the given order, two shards could both take one video and neither
+    another one, each exiting 0."""
+    order = sorted(range(len(jobs)), key=lambda k: jobs[k].name)
+    picked = {order[p] for p in sharding.balanced_split([jobs[k].num_frames for k in order], *shard)}
+    return [job for k, job in enumerate(jobs) if k in picked]
+
+
 def _complete(out_root: Path, name: str, options: SegmentOptions) -> bool:
     """A complete result that answers this run is there (one that does not is left to
     `segment_job`, which reports why)."""
@@ -192,7 +203,7 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
     """
     say = say or (lambda msg: None)
     t0 = time.perf_counter()
-    mine = [jobs[k] for k in sharding.balanced_split([j.num_frames for j in jobs], *shard)]
+    mine = shard_jobs(jobs, shard)
     summary = BatchSummary(shard=tuple(shard), videos=[j.name for j in mine])
     net = None if callable(model) and not hasattr(model, "parameters") else model
     if options.skip_existing:  # complete results are skipped without their lock: what a kill left beside one goes first
