@@ -41,3 +41,36 @@ def test_shards_given_the_videos_in_another_order_cover_each_video_once(videos, 
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == list(NAMES)
     slices = [json.loads(default_summary_path(out, (i, 2)).read_text()) for i in range(2)]
     assert sorted(slices[0]["done"] + slices[1]["done"]) == list(NAMES)  # none twice, none skipped
+
+
+def test_shards_that_read_other_frame_counts_still_cover_each_video_once(videos, tmp_path):
+    """Each shard reads the frame counts on its own machine: one that reads them otherwise (a header
+    unreadable for a moment, a file still being copied) splits by the first shard's counts."""
+    from entitysam import EntitySAM
+    from entitysam.distributed.jobs import SegmentOptions, VideoJob
+    from entitysam.distributed.local import segment_many_local
+
+    model = EntitySAM.from_pretrained("demo")
+    options = SegmentOptions(formats=("panoptic",), skip_existing=True, quiet=True)
+    out = tmp_path / "out"
+    read_here = {"a": 2, "b": 2, "c": 2, "d": 9}  # d's header read wrong (or the file half copied)
+    read_there = dict.fromkeys(NAMES, 2)
+    done = []
+    for index, counts in ((0, read_here), (1, read_there)):
+        jobs = [VideoJob(v, v.name, counts[v.name]) for v in videos]
+        done += segment_many_local(model, jobs, options, out, (index, 2)).names("done")
+    assert sorted(done) == list(NAMES)  # was: d in both slices, a and c in none
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == list(NAMES)
+
+
+def test_a_damaged_split_record_leaves_each_shard_its_own_counts(tmp_path):
+    from entitysam.distributed.split_record import agreed_frames, split_record_path
+
+    counts = {"a": 2, "b": None}
+    path = split_record_path(tmp_path, list(counts), 2)
+    path.write_text('{"format": "entitysam-batch-split", "cou')
+    said = []
+    assert agreed_frames(tmp_path, counts, 2, said.append) == counts and len(said) == 1
+    assert agreed_frames(tmp_path / "new", counts, 2) == counts  # the first shard: its own, recorded
+    assert agreed_frames(tmp_path / "new", {"a": 7, "b": 1}, 2) == counts  # a later one: the first's
+    assert agreed_frames(tmp_path / "new", {"a": 7, "b": 1}, 3) == {"a": 7, "b": 1}  # another count
