@@ -1,6 +1,7 @@
-"""`entitysam eval vipseg` under a launcher environment that is wrong (a value that is not a number,
-RANK missing or past WORLD_SIZE): one `error:` line and exit 2 before any work, as `entitysam
-segment` does, not a traceback or a rank waiting for ever for ranks that do not exist."""
+"""Sharded `entitysam eval vipseg`: under a launcher environment that is wrong (a value that is not
+a number, RANK missing or past WORLD_SIZE) one `error:` line and exit 2 before any work, as
+`entitysam segment` does, not a traceback or a rank waiting for ever for ranks that do not exist;
+and the shards of one output folder never merge the predictions of two different checkpoints."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from _media import link_into
+from _media import link_into, tiny_state_dict
+from entitysam import cli
 from entitysam.data.synthetic.vipseg import make_vipseg_dataset
 
 LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -59,3 +61,28 @@ def test_the_gpu_of_a_rank_wraps_around_the_gpus_of_the_node(monkeypatch):
     assert [rank_device("auto", r) for r in (0, 1, 3)] == ["cuda:0", "cuda:1", "cuda:1"]
     assert chosen == [0, 1, 1]  # LOCAL_RANK 3 on 2 GPUs: not an "invalid device ordinal"
     assert rank_device("cpu", 3) == "cpu"
+
+
+def _checkpoint(path, shift: float):
+    """A tiny checkpoint: every one made here has the same name and size, only the weights differ."""
+    import torch
+
+    weights = {k: v.clone() + shift if v.is_floating_point() else v.clone() for k, v in tiny_state_dict().items()}
+    path.parent.mkdir(parents=True)
+    torch.save({"model": weights, "iteration": 9999}, path)
+    return path
+
+
+def test_shards_run_with_two_checkpoints_of_one_name_and_size_are_not_merged(dataset, tmp_path, capsys,
+                                                                               one_torch_thread):
+    _, root = dataset
+    first, second = _checkpoint(tmp_path / "a" / "model.pth", 0.0), _checkpoint(tmp_path / "b" / "model.pth", 0.01)
+    assert first.stat().st_size == second.stat().st_size
+    out = tmp_path / "out"
+    common = ["eval", "vipseg", "--data-root", str(root), "--output", str(out), "--threads", "1", "--workers", "1", "-q"]
+    assert cli.main([*common, "--checkpoint", str(first), "--shard", "0/2"]) == 0
+    capsys.readouterr()
+    assert cli.main([*common, "--checkpoint", str(second), "--shard", "1/2"]) == 2  # was 0: merged and scored
+    err = capsys.readouterr().err
+    assert "predictions of another model" in err and "sha256" in err, err
+    assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
