@@ -201,8 +201,10 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
 
     model: an EntitySAM model, or a function returning one: called only if a video of the slice
     needs work (a re-run of a finished shard loads nothing). Complete results are skipped when
-    ``options.skip_existing`` (the command line's default with --shard). Per-video failures are in
-    the summary; KeyboardInterrupt and the model loader's errors propagate.
+    ``options.skip_existing`` (the command line's default with --shard). With N > 1 the split is
+    by the frame counts the first shard of these videos recorded in ``out_root/.entitysam-batch/``
+    (:mod:`.split_record`). Per-video failures are in the summary; KeyboardInterrupt and the model
+    loader's errors propagate.
     """
     say = say or (lambda msg: None)
     t0 = time.perf_counter()
