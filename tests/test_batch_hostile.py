@@ -284,3 +284,18 @@ def test_a_failing_video_with_a_newline_in_its_name_is_reported_on_one_line(two_
     assert "new_line: cannot read video" in err[0] and "new\\nline.mp4" in err[0]
     summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
     assert "new\nline.mp4" in summary["failed"][0]["error"]  # the summary keeps the real name
+
+
+def test_an_unwritable_default_ray_summary_is_refused_before_any_work(two_videos, tmp_path, capsys, monkeypatch):
+    """As a shard's: was found only once every video had run on the cluster (exit 1, an Errno message)."""
+    import entitysam.distributed.ray_runner as ray_runner
+
+    monkeypatch.setattr(ray_runner, "import_ray", lambda: None)  # nothing of Ray may start: no Ray needed
+    monkeypatch.setattr(ray_runner, "segment_many", lambda *a, **k: pytest.fail("the videos were run"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".entitysam-batch").write_text("x")
+    assert segment("--batch", two_videos, "-o", out, "--ray", *COMMON) == 2
+    line = one_error_line(capsys)
+    assert ".entitysam-batch is not a folder" in line and "the summary file" in line, line
+    assert sorted(os.listdir(out)) == [".entitysam-batch"]

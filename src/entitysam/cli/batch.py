@@ -13,7 +13,8 @@ from ..errors import EntitySAMError
 from .options import load_model, print_err, set_threads
 from .wording import user_message
 
-__all__ = ["segment_options", "load_or_report", "shard_of", "check_summary_file", "segment_shard"]
+__all__ = ["segment_options", "load_or_report", "shard_of", "check_summary_file", "segment_shard",
+           "rank_device"]
 
 
 def shard_of(args) -> tuple[int, int] | None:
@@ -84,7 +85,7 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
     jobs = [VideoJob(p, n, frame_count(p, options)) for p, n in zip(inputs, names)]
     rank = local_rank()
     if rank is not None:
-        _use_rank_device(args, rank)
+        args.device = rank_device(args.device, rank)
     prefix = f"[shard {shard[0]}/{shard[1]}] "
 
     def load():
@@ -133,15 +134,18 @@ class _LoadFailed(EntitySAMError):
     """The model could not be loaded (its error is already printed): ends the shard with exit 1."""
 
 
-def _use_rank_device(args, rank: int) -> None:
-    """Under torchrun on CUDA: this rank's GPU, cuda:LOCAL_RANK (modulo the GPUs of the node:
-    more ranks than GPUs share them round-robin)."""
+def rank_device(device: str, rank: int) -> str:
+    """Under torchrun: the device of the rank with LOCAL_RANK `rank` for `--device device`. On
+    CUDA (auto or cuda) its GPU, cuda:LOCAL_RANK modulo the GPUs of the node (more ranks than
+    GPUs share them round-robin; a LOCAL_RANK past the GPUs is no "invalid device ordinal"
+    traceback), made the current device; else `device` as given."""
     import torch
 
-    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+    if device in ("auto", "cuda") and torch.cuda.is_available():
         gpu = rank % torch.cuda.device_count()
         torch.cuda.set_device(gpu)
-        args.device = f"cuda:{gpu}"
+        return f"cuda:{gpu}"
+    return device
 
 
 def segment_options(args, formats, selection):

@@ -9,7 +9,6 @@ the ranks meet at a barrier and rank 0 merges and scores.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ from ..errors import EntitySAMError
 from ..eval.runner.output import EvalOutput, IncompleteError
 from ..eval.runner.plan import EvalInputError, abbreviate, load_plan
 from ..eval.runner.run import EvalSummary, evaluate_vipseg, finish, parse_shard
+from .batch import rank_device
 from .options import print_err
 from .wording import user_message
 
@@ -73,10 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dist_env() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    return rank, world, local
+    """(RANK, WORLD_SIZE, LOCAL_RANK) under torchrun with several processes, else (0, 1, 0), with
+    the checks of `entitysam segment`: a value that is not a number, a RANK missing or past
+    WORLD_SIZE is one error line (ShardError), not a traceback, or a rank that waits in
+    init_process_group for ranks that do not exist."""
+    from ..distributed.local import local_rank, shard_from_env  # noqa: PLC0415
+
+    ranks = shard_from_env(None)
+    if ranks is None:
+        return 0, 1, 0
+    return ranks[0], ranks[1], local_rank() or 0
 
 
 def _print_metrics(result: Mapping[str, Any] | None) -> None:
@@ -98,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.benchmark is None:
         parser.print_help(sys.stderr)
         return 2
-    rank, world, local_rank = _dist_env()
+    try:
+        rank, world, local_rank = _dist_env()
+    except EntitySAMError as err:
+        print_err(err)
+        return 2
     distributed = world > 1 and not args.merge_only
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""
     say: Callable[[str], None] = ((lambda m: None) if args.quiet
@@ -144,10 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device
-    if distributed and device in ("auto", "cuda") and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(local_rank)
+    device = rank_device(args.device, local_rank) if distributed else args.device
 
     def load_model():
         from ..pipeline.loading import load_model as load  # noqa: PLC0415

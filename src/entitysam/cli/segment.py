@@ -14,7 +14,7 @@ from pathlib import Path
 from ..argtypes import fps, non_negative_int, positive_int
 from ..errors import EntitySAMError, SourceError
 from .batch import check_summary_file, load_or_report, segment_options, segment_shard, shard_of
-from .segment_ray import add_ray_arguments, check_ray_args, segment_on_ray
+from .segment_ray import add_ray_arguments, check_ray_args, default_ray_summary, segment_on_ray
 from .inputs import collect_inputs, video_name
 from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
                       add_overwrite, add_quiet, add_save, add_threads, add_trust_checkpoint_code, check_model_args,
@@ -172,11 +172,12 @@ def run(args) -> int:
         if args.ray is None:  # with --ray the model options are the actors', checked where they run
             check_model_args(args)
         shard = shard_of(args) if args.ray is None else None
-        if args.summary or shard is None:
+        default_summary = (default_summary_path(Path(args.output), shard) if shard is not None else
+                           default_ray_summary(Path(args.output)) if args.ray is not None else None)
+        if args.summary or default_summary is None:
             check_summary_file(args.summary, Path(args.output), names, inputs)
-        else:  # the default OUT/.entitysam-batch/shard-I-of-N.json: checked too, before any work
-            check_summary_file(default_summary_path(Path(args.output), shard), Path(args.output), names, inputs,
-                               "the summary file", ours=True)
+        else:  # the default OUT/.entitysam-batch/shard-I-of-N.json or ray.json: checked too, before any work
+            check_summary_file(default_summary, Path(args.output), names, inputs, "the summary file", ours=True)
     except EntitySAMError as err:
         print_err(err)
         return 2

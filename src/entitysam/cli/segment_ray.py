@@ -12,7 +12,8 @@ from .batch import batch_stopped, report_summary
 from .options import print_err
 from .wording import user_message
 
-__all__ = ["add_ray_arguments", "check_ray_args", "segment_on_ray", "RAY_SUMMARY_NAME"]
+__all__ = ["add_ray_arguments", "check_ray_args", "segment_on_ray", "RAY_SUMMARY_NAME",
+           "default_ray_summary"]
 
 RAY_SUMMARY_NAME = "ray.json"  # in OUTPUT/.entitysam-batch/, beside the local shards' summaries
 
@@ -51,16 +52,22 @@ def check_ray_args(args) -> None:
     import_ray()  # RayNotInstalledError: one line saying how to install it
 
 
+def default_ray_summary(out_root: Path) -> Path:
+    """``OUTPUT/.entitysam-batch/ray.json``: where a --ray run without --summary writes its summary."""
+    from ..distributed.local import SUMMARY_DIR
+
+    return Path(out_root) / SUMMARY_DIR / RAY_SUMMARY_NAME
+
+
 def segment_on_ray(args, inputs, names, options, out_root: Path, say) -> int:
     """Run the command's videos with `segment_many`; print and write its summary. Exit code 0,
     1 when a video failed or the model could not be loaded, 130 on Ctrl-C."""
     from ..distributed.jobs import VideoJob, frame_count
-    from ..distributed.local import SUMMARY_DIR
     from ..distributed.ray_runner import segment_many
 
     options = replace(options, skip_existing=not args.overwrite)  # resumable, as a sharded run
     jobs = [VideoJob(p, n, frame_count(p, options)) for p, n in zip(inputs, names)]
-    summary_path = Path(args.summary) if getattr(args, "summary", None) else out_root / SUMMARY_DIR / RAY_SUMMARY_NAME
+    summary_path = Path(args.summary) if getattr(args, "summary", None) else default_ray_summary(out_root)
     threads = args.threads or 1
     try:
         summary = segment_many(

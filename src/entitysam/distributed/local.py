@@ -21,9 +21,10 @@ from .. import sharding
 from ..io.atomic import write_json_atomic
 from .jobs import STATUSES, SegmentOptions, VideoJob, VideoOutcome, segment_job
 from .resume import mismatches
+from .split_record import agreed_frames
 
 __all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
-           "default_summary_path", "local_rank"]
+           "default_summary_path", "local_rank", "shard_jobs"]
 
 SUMMARY_FORMAT = "entitysam-batch-summary"
 SUMMARY_DIR = ".entitysam-batch"  # under the output root: hidden, so never taken for a video or a result
@@ -168,6 +169,19 @@ def local_rank(env: Mapping[str, str] | None = None) -> int | None:
     return rank
 
 
+def shard_jobs(jobs: Sequence[VideoJob], shard: tuple[int, int],
+               frames: Mapping[str, int | None] | None = None) -> list[VideoJob]:
+    """The jobs of slice `shard` = (I, N), in their order, balanced by `frames` (frame count by
+    name; default the jobs' own). The split is made over the jobs sorted by name (unique in a
+    run), not in the order given: machines that list the same videos in another order (a shell's
+    glob sorts by the locale, arguments written in another order) take the same slices; split in
+    the given order, two shards could both take one video and neither another one, each exiting 0."""
+    frames = frames if frames is not None else {j.name: j.num_frames for j in jobs}
+    order = sorted(range(len(jobs)), key=lambda k: jobs[k].name)
+    picked = {order[p] for p in sharding.balanced_split([frames[jobs[k].name] for k in order], *shard)}
+    return [job for k, job in enumerate(jobs) if k in picked]
+
+
 def _complete(out_root: Path, name: str, options: SegmentOptions) -> bool:
     """A complete result that answers this run is there (one that does not is left to
     `segment_job`, which reports why)."""
@@ -187,12 +201,17 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
 
     model: an EntitySAM model, or a function returning one: called only if a video of the slice
     needs work (a re-run of a finished shard loads nothing). Complete results are skipped when
-    ``options.skip_existing`` (the command line's default with --shard). Per-video failures are in
-    the summary; KeyboardInterrupt and the model loader's errors propagate.
+    ``options.skip_existing`` (the command line's default with --shard). With N > 1 the split is
+    by the frame counts the first shard of these videos recorded in ``out_root/.entitysam-batch/``
+    (:mod:`.split_record`). Per-video failures are in the summary; KeyboardInterrupt and the model
+    loader's errors propagate.
     """
     say = say or (lambda msg: None)
     t0 = time.perf_counter()
-    mine = [jobs[k] for k in sharding.balanced_split([j.num_frames for j in jobs], *shard)]
+    frames = {j.name: j.num_frames for j in jobs}
+    if shard[1] > 1:  # every shard of these videos splits by the counts the first one read
+        frames = agreed_frames(Path(out_root) / SUMMARY_DIR, frames, shard[1], say)
+    mine = shard_jobs(jobs, shard, frames)
     summary = BatchSummary(shard=tuple(shard), videos=[j.name for j in mine])
     net = None if callable(model) and not hasattr(model, "parameters") else model
     if options.skip_existing:  # complete results are skipped without their lock: what a kill left beside one goes first

@@ -189,14 +189,22 @@ class EvalOutput:
 
 
 def same_model(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two parts' model records name one model: configuration, checkpoint name, size and
+    content (SHA-256: two trainings' checkpoints often share name and size; a part of an older
+    version has no digest and is compared without it), dtype."""
     keys = ("config", "checkpoint", "checkpoint_bytes", "dtype")
-    return a is not None and b is not None and all(a.get(k) == b.get(k) for k in keys)
+    if a is None or b is None or any(a.get(k) != b.get(k) for k in keys):
+        return False
+    digests = (a.get("checkpoint_sha256"), b.get("checkpoint_sha256"))
+    return None in digests or digests[0] == digests[1]
 
 
 def describe_model(d: Mapping[str, Any] | None) -> str:
     if not d:
         return "unknown model"
+    digest = d.get("checkpoint_sha256")
     ck = f", checkpoint {d.get('checkpoint')}" if d.get("checkpoint") else ""
+    ck += f" (sha256 {digest[:12]})" if ck and isinstance(digest, str) else ""
     return f"config {d.get('config')}{ck}, {d.get('dtype')}"
 
 

@@ -9,6 +9,7 @@ last video merges (:func:`entitysam.eval.runner.output.merge_outputs`) and score
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -129,12 +130,23 @@ def _model_descriptor(model: Any, dtype: Any) -> dict[str, Any]:
 
     device = next(model.parameters()).device
     path = getattr(model, "checkpoint_path", None)
-    size = None
+    size = digest = None
     if path:
         with contextlib.suppress(OSError):
             size = os.path.getsize(path)
+            digest = _file_sha256(path)
     return {"config": model.cfg.name, "checkpoint": Path(path).name if path else None, "checkpoint_bytes": size,
-            "dtype": str(resolve_dtype(dtype, device)).replace("torch.", "")}
+            "checkpoint_sha256": digest, "dtype": str(resolve_dtype(dtype, device)).replace("torch.", "")}
+
+
+def _file_sha256(path: PathLike) -> str:
+    """The SHA-256 of a checkpoint file: two checkpoints of one configuration often have the same
+    name and size (``model_final.pth`` of two trainings), so only their content tells them apart."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _lock_video(out: EvalOutput, vid: str) -> OutputLock | None:

@@ -1,0 +1,88 @@
+"""Sharded `entitysam eval vipseg`: under a launcher environment that is wrong (a value that is not
+a number, RANK missing or past WORLD_SIZE) one `error:` line and exit 2 before any work, as
+`entitysam segment` does, not a traceback or a rank waiting for ever for ranks that do not exist;
+and the shards of one output folder never merge the predictions of two different checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from _media import link_into, tiny_state_dict
+from entitysam import cli
+from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tiny_checkpoint):
+    d = tmp_path_factory.mktemp("eval-env")
+    link_into(d, tiny_checkpoint)
+    return d, make_vipseg_dataset(d / "VIPSeg_720P", num_videos=2, num_frames=(2, 2), seed=0).root
+
+
+@pytest.mark.parametrize("env, words", [
+    ({"WORLD_SIZE": "x"}, "WORLD_SIZE='x'"),  # was a ValueError traceback
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "q"}, "LOCAL_RANK='q'"),  # a traceback too
+    ({"WORLD_SIZE": "2"}, "no RANK"),  # torch's "environment variable RANK expected" traceback
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 of WORLD_SIZE=2"),  # waited in init_process_group
+    ({"WORLD_SIZE": "0", "RANK": "0"}, "WORLD_SIZE='0'"),  # ran as one process, as if unset
+])
+def test_a_bad_launcher_environment_is_one_line_and_exit_2(dataset, tmp_path, env, words):
+    d, root = dataset
+    environ = {k: v for k, v in os.environ.items() if k not in LAUNCHER_KEYS}
+    environ.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": "9", **env})  # (port 9: nothing listens, a rank would wait for ever)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "entitysam", "eval", "vipseg", "--data-root", str(root),
+                          "--checkpoint", str(d / "tiny.pth"), "--output", str(out), "--device", "cpu",
+                          "--threads", "1", "--workers", "1", "-q"],
+                         env=environ, capture_output=True, text=True, timeout=120)  # a hang guard only
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), res.stderr[-2000:]
+    assert words in lines[0]
+    assert not out.exists()
+
+
+def test_the_gpu_of_a_rank_wraps_around_the_gpus_of_the_node(monkeypatch):
+    import torch
+
+    from entitysam.cli.batch import rank_device
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert [rank_device("auto", r) for r in (0, 1, 3)] == ["cuda:0", "cuda:1", "cuda:1"]
+    assert chosen == [0, 1, 1]  # LOCAL_RANK 3 on 2 GPUs: not an "invalid device ordinal"
+    assert rank_device("cpu", 3) == "cpu"
+
+
+def _checkpoint(path, shift: float):
+    """A tiny checkpoint: every one made here has the same name and size, only the weights differ."""
+    import torch
+
+    weights = {k: v.clone() + shift if v.is_floating_point() else v.clone() for k, v in tiny_state_dict().items()}
+    path.parent.mkdir(parents=True)
+    torch.save({"model": weights, "iteration": 9999}, path)
+    return path
+
+
+def test_shards_run_with_two_checkpoints_of_one_name_and_size_are_not_merged(dataset, tmp_path, capsys,
+                                                                               one_torch_thread):
+    _, root = dataset
+    first, second = _checkpoint(tmp_path / "a" / "model.pth", 0.0), _checkpoint(tmp_path / "b" / "model.pth", 0.01)
+    assert first.stat().st_size == second.stat().st_size
+    out = tmp_path / "out"
+    common = ["eval", "vipseg", "--data-root", str(root), "--output", str(out), "--threads", "1", "--workers", "1", "-q"]
+    assert cli.main([*common, "--checkpoint", str(first), "--shard", "0/2"]) == 0
+    capsys.readouterr()
+    assert cli.main([*common, "--checkpoint", str(second), "--shard", "1/2"]) == 2  # was 0: merged and scored
+    err = capsys.readouterr().err
+    assert "predictions of another model" in err and "sha256" in err, err
+    assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
