@@ -23,9 +23,10 @@ _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 LIVE_TIMEOUT = (15.0, 30.0)
 
 
-def _stream_cause(err: Exception, seconds: float, waited: float | None = None) -> str:
+def _stream_cause(err: Exception, seconds: float, waited: float | None = None, opening: bool = True) -> str:
     """FFmpeg's error on a network stream or device, in words a user can act on. seconds: the
-    timeout; waited: how long the failed call took, where measured."""
+    timeout; waited: how long the failed call took, where measured; opening: whether it failed
+    while the stream was being opened (else while its frames were read)."""
     av = import_av()
     if isinstance(err, av.error.ExitError):  # "Immediate exit requested": our timeout interrupted FFmpeg
         if waited is not None and waited > 1.5 * seconds:
@@ -38,7 +39,8 @@ def _stream_cause(err: Exception, seconds: float, waited: float | None = None) -
         return "connection refused (nothing listens at that address and port)"
     code = getattr(err, "errno", None)
     if code == errno.EIO:
-        return "input/output error (the connection failed or was closed before a stream was received)"
+        when = "before a stream was received" if opening else "while the stream was being received"
+        return f"input/output error (the connection failed or was closed {when})"
     if code == errno.ETIMEDOUT:
         return f"connection timed out (no answer within {seconds:g} s)"
     if isinstance(err, av.error.InvalidDataError):
@@ -78,6 +80,29 @@ def live_source_name(url: str) -> str:
         stem = Path(url).name
     name = stem or host.rsplit("@", 1)[-1].replace(":", "_") or "stream"
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
+
+
+def _video_frames(container, stream, seconds: float, url: str, last_index):
+    """The decoded frames of `stream`, failing when none comes for `seconds` while the source
+    keeps sending other data.
+
+    FFmpeg's read timeout only fires when no packet at all arrives: a stream whose video stops
+    while its audio (or data, or video packets that decode to nothing) keeps flowing would never
+    end. Every stream is demuxed so that each packet returns here to check the time; the clock
+    restarts whenever a frame is handed on, so a consumer that is slow to take it (the model,
+    reading without dropping) does not count as a stalled source. last_index(): the index of the
+    last frame handed on, for the message."""
+    last = _time.monotonic()
+    for packet in container.demux():
+        if packet.stream.index == stream.index:
+            for frame in packet.decode():
+                yield frame
+                last = _time.monotonic()
+        if _time.monotonic() - last > seconds:
+            index = last_index()
+            after = f"after frame {index}" if index >= 0 else "before its first frame"
+            raise SourceError(f"the stream {url} could not be read {after}: no video frame within {seconds:g} s "
+                              "(timed out: data came, but no video frame it can decode)")
 
 
 class LiveSource(FrameSource):
@@ -150,7 +175,7 @@ class LiveSource(FrameSource):
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 t0 = wall0 = None
-                for frame in container.decode(stream):
+                for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
                     index += 1
                     t = frame.time
                     if t is None:  # no timestamps (some devices): wall-clock time since the first frame
@@ -165,7 +190,7 @@ class LiveSource(FrameSource):
         except av.error.FFmpegError as err:
             after = f"after frame {index}" if index >= 0 else "before its first frame"
             raise SourceError(f"the stream {self.url} could not be read {after}: "
-                              f"{_stream_cause(err, self._timeout[1])}") from None
+                              f"{_stream_cause(err, self._timeout[1], opening=False)}") from None
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"
