@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
                         frame_out_of_memory)
-from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb
+from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb, video_stream
 
 
 # URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
@@ -129,9 +129,9 @@ class LiveSource(FrameSource):
         self._timeout = timeout
         container = self._open()
         try:
-            if not container.streams.video:
+            stream = video_stream(container)
+            if stream is None:
                 raise SourceError(f"{self.url}: no video stream")
-            stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             if stream.codec_context is None:  # PyAV found no decoder for it (as for a file: video_file.py)
                 raise SourceError(f"cannot read stream {self.url}: its video stream has no usable codec (a codec "
@@ -172,7 +172,9 @@ class LiveSource(FrameSource):
         index = -1
         try:
             with container:
-                stream = container.streams.video[0]
+                stream = video_stream(container)
+                if stream is None:  # a later connection, to a stream that changed
+                    raise SourceError(f"{self.url}: no video stream")
                 stream.thread_type = "AUTO"
                 t0 = wall0 = None
                 for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
