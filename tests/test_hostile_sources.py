@@ -1,5 +1,6 @@
 """Hostile or unusual video files read without a traceback, a hang or a false error: metadata
-that is not UTF-8, headers that declare absurd lengths, variable frame rates. Special files,
+that is not UTF-8, headers that declare absurd lengths, variable frame rates, a cover picture
+listed first; images Pillow cannot identify named in words. Special files,
 size limits and streams: test_hostile_inputs.py."""
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from _blocking import within
 from _cli import run_cli
-from _media import scene, write_video
+from _media import scene, write_frames, write_video
 from entitysam.errors import SourceError
 from entitysam.io.sources import FrameSelection, open_source
 from entitysam.io.sources.video_seek import VideoSeek
@@ -230,3 +231,19 @@ def test_a_cover_picture_listed_before_the_video_is_not_read_as_the_video(tmp_pa
     # Music with its album cover, named .mp4: there is no video to segment (not "a truncated video").
     with pytest.raises(SourceError, match=r"cover_only.mp4: no video stream in the file \(only a cover picture\)$"):
         open_source(_mp4_with_cover_first(tmp_path / "cover_only.mp4", video=False))
+
+
+def test_an_image_pillow_cannot_identify_is_named_in_words(tmp_path):
+    """The message held Pillow's name for the open file, "cannot identify image file
+    <_io.BufferedReader name=3>"; an empty file (a copy that failed) is said to be one."""
+    first_empty = write_frames(tmp_path / "a", ["0", "1", "2"])
+    (first_empty / "0.jpg").write_bytes(b"")
+    with pytest.raises(SourceError) as caught:
+        open_source(first_empty)  # the first frame's header is read when the folder is opened
+    assert str(caught.value) == f"cannot read frame {first_empty / '0.jpg'}: empty file (0 bytes), not an image"
+    text_in_the_middle = write_frames(tmp_path / "b", ["0", "1", "2"])
+    (text_in_the_middle / "1.jpg").write_text("not a picture\n")
+    with pytest.raises(SourceError) as caught:
+        list(open_source(text_in_the_middle))
+    assert str(caught.value) == (f"cannot read frame {text_in_the_middle / '1.jpg'}: not an image format Pillow can "
+                                 "read (corrupt, truncated or not an image)")
