@@ -82,16 +82,49 @@ def live_source_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
 
 
+class _Stalled(Exception):
+    """No video frame for the read timeout while other data kept coming (see `_video_frames`)."""
+
+
 def _video_frames(container, stream, seconds: float, url: str, last_index):
-    """The decoded frames of `stream`, failing when none comes for `seconds` while the source
+    """The decoded frames of `stream`; when reading fails (a timeout, a closed connection, no
+    video while other data keeps coming), the frames the decoder still holds are handed on
+    first: they were received whole (frame threads hold back one frame per thread). last_index():
+    the index of the last frame handed on, for the message."""
+    av = import_av()
+    try:
+        yield from _demuxed_frames(container, stream, seconds)
+    except (_Stalled, av.error.FFmpegError) as err:
+        try:
+            yield from _flush_decoder(av, stream)
+        except av.error.FFmpegError:
+            pass  # they are lost with the stream; the read error is the one to report
+        if not isinstance(err, _Stalled):
+            raise
+        index = last_index()
+        after = f"after frame {index}" if index >= 0 else "before its first frame"
+        raise SourceError(f"the stream {url} could not be read {after}: no video frame within {seconds:g} s "
+                          "(timed out: data came, but no video frame it can decode)") from None
+
+
+def _flush_decoder(av, stream):
+    """The frames the decoder of `stream` holds back. An empty packet of the stream flushes it, as
+    the end of the input does; decode(None) would give them no time base (their time NaN)."""
+    packet = av.Packet()
+    packet.stream = stream
+    packet.time_base = stream.time_base
+    return packet.decode()
+
+
+def _demuxed_frames(container, stream, seconds: float):
+    """The decoded frames of `stream`; _Stalled when none comes for `seconds` while the source
     keeps sending other data.
 
     FFmpeg's read timeout only fires when no packet at all arrives: a stream whose video stops
     while its audio (or data, or video packets that decode to nothing) keeps flowing would never
     end. Every stream is demuxed so that each packet returns here to check the time; the clock
     restarts whenever a frame is handed on, so a consumer that is slow to take it (the model,
-    reading without dropping) does not count as a stalled source. last_index(): the index of the
-    last frame handed on, for the message."""
+    reading without dropping) does not count as a stalled source."""
     last = _time.monotonic()
     for packet in container.demux():
         if packet.stream.index == stream.index:
@@ -99,10 +132,7 @@ def _video_frames(container, stream, seconds: float, url: str, last_index):
                 yield frame
                 last = _time.monotonic()
         if _time.monotonic() - last > seconds:
-            index = last_index()
-            after = f"after frame {index}" if index >= 0 else "before its first frame"
-            raise SourceError(f"the stream {url} could not be read {after}: no video frame within {seconds:g} s "
-                              "(timed out: data came, but no video frame it can decode)")
+            raise _Stalled
 
 
 class LiveSource(FrameSource):
