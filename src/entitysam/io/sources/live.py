@@ -82,8 +82,9 @@ def live_source_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
 
 
-class _Stalled(Exception):
-    """No video frame for the read timeout while other data kept coming (see `_video_frames`)."""
+class _Stalled(SourceError):
+    """No video frame for the read timeout while other data kept coming (raised by
+    `_demuxed_frames`, turned into the SourceError that names the stream by `_video_frames`)."""
 
 
 def _video_frames(container, stream, seconds: float, url: str, last_index):
