@@ -1,5 +1,6 @@
 """Hostile or unusual video files read without a traceback, a hang or a false error: metadata
-that is not UTF-8, headers that declare absurd lengths, variable frame rates. Special files,
+that is not UTF-8, headers that declare absurd lengths, variable frame rates, a cover picture
+listed first; images Pillow cannot identify named in words. Special files,
 size limits and streams: test_hostile_inputs.py."""
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import threading
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from _blocking import within
 from _cli import run_cli
-from _media import scene, write_video
+from _media import scene, write_frames, write_video
 from entitysam.errors import SourceError
 from entitysam.io.sources import FrameSelection, open_source
 from entitysam.io.sources.video_seek import VideoSeek
@@ -171,3 +173,77 @@ def test_a_stream_whose_codec_cannot_be_decoded(tmp_path, tiny_checkpoint):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith(f"error: live: cannot read stream {url}: its video stream has no usable codec")
     assert not (tmp_path / "out").exists()
+
+
+def _mp4_with_cover_first(path: Path, n: int = 8, video: bool = True) -> Path:
+    """An MP4 with a cover picture (an attached picture: a one-frame "video stream") whose `udta`
+    atom comes before the video track (or, video=False, an audio track), so that FFmpeg lists the
+    cover as the first video stream."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        cover = c.add_stream("mjpeg", rate=Fraction(1))
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        track = c.add_stream("libx264" if video else "aac", rate=Fraction(10) if video else 44100)
+        if video:
+            track.width, track.height, track.pix_fmt = 64, 48, "yuv420p"
+        for p in cover.encode(av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")):
+            c.mux(p)
+        for p in cover.encode():
+            c.mux(p)
+        for t in range(n):
+            if video:
+                frame = av.VideoFrame.from_ndarray(scene(t), format="rgb24")
+            else:
+                frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 44100, t * 1024
+            for p in track.encode(frame):
+                c.mux(p)
+        for p in track.encode():
+            c.mux(p)
+    data = path.read_bytes()
+
+    def boxes(start: int, end: int):
+        while start < end:
+            size, kind = struct.unpack(">I4s", data[start:start + 8])
+            yield kind, data[start:start + size]
+            start += size
+
+    moov = data.index(b"moov") - 4
+    (moov_size,) = struct.unpack(">I", data[moov:moov + 4])
+    children = list(boxes(moov + 8, moov + moov_size))  # mvhd, trak..., udta (sizes and offsets unchanged)
+    order = sorted(children, key=lambda box: {b"mvhd": 0, b"udta": 1}.get(box[0], 2))
+    path.write_bytes(data[:moov + 8] + b"".join(b for _, b in order) + data[moov + moov_size:])
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].disposition & av.stream.Disposition.attached_pic
+    return path
+
+
+def test_a_cover_picture_listed_before_the_video_is_not_read_as_the_video(tmp_path):
+    """It was: the one-frame cover was decoded as the video, and the file called truncated ("its
+    header announces 72000 frames but only 1 could be decoded"; its remedy, end=1, segmented the cover)."""
+    path = _mp4_with_cover_first(tmp_path / "cover.mp4")
+    frames = list(open_source(path))
+    assert [f.index for f in frames] == list(range(8)) and frames[0].size == (48, 64)
+    assert np.array_equal(frames[3].image[..., 0] > 128, scene(3)[..., 0] > 128)
+    assert VideoSeek(path).frame(5).index == 5
+    # Music with its album cover, named .mp4: there is no video to segment (not "a truncated video").
+    with pytest.raises(SourceError, match=r"cover_only.mp4: no video stream in the file \(only a cover picture\)$"):
+        open_source(_mp4_with_cover_first(tmp_path / "cover_only.mp4", video=False))
+
+
+def test_an_image_pillow_cannot_identify_is_named_in_words(tmp_path):
+    """The message held Pillow's name for the open file, "cannot identify image file
+    <_io.BufferedReader name=3>"; an empty file (a copy that failed) is said to be one."""
+    first_empty = write_frames(tmp_path / "a", ["0", "1", "2"])
+    (first_empty / "0.jpg").write_bytes(b"")
+    with pytest.raises(SourceError) as caught:
+        open_source(first_empty)  # the first frame's header is read when the folder is opened
+    assert str(caught.value) == f"cannot read frame {first_empty / '0.jpg'}: empty file (0 bytes), not an image"
+    text_in_the_middle = write_frames(tmp_path / "b", ["0", "1", "2"])
+    (text_in_the_middle / "1.jpg").write_text("not a picture\n")
+    with pytest.raises(SourceError) as caught:
+        list(open_source(text_in_the_middle))
+    assert str(caught.value) == (f"cannot read frame {text_in_the_middle / '1.jpg'}: not an image format Pillow can "
+                                 "read (corrupt, truncated or not an image)")

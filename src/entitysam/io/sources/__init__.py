@@ -8,7 +8,8 @@ reopened for each pass), so no more than one decoded frame is held by the source
 knows its name (the output folder name), its frame rate and each frame's name (the stem of the
 output files) before and while decoding.
 
-* Video files (``.mp4 .mov .mkv .webm .avi``) are decoded with PyAV (the first video stream).
+* Video files (``.mp4 .mov .mkv .webm .avi``) are decoded with PyAV (the first video stream that is
+  not a cover picture).
   Frame ``i`` is named ``f"{i:06d}"``; its time is its presentation timestamp.
 * Folders of frames (``.jpg .jpeg .png``, any case; hidden files are ignored) are read in
   natural order: ``2.jpg`` before ``10.jpg``. For zero-padded names of one width (VIPSeg's

@@ -86,14 +86,26 @@ def _open_regular(path: Path, what: str):
     return os.fdopen(fd, "rb")
 
 
+def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
+    """The error of an image Pillow could not open. Pillow names the open file object in its
+    message (``cannot identify image file <_io.BufferedReader name=3>``): the cause is said in
+    words instead, an empty file (a copy that failed) as such."""
+    if os.fstat(fp.fileno()).st_size == 0:
+        cause = "empty file (0 bytes), not an image"
+    elif isinstance(err, UnidentifiedImageError):
+        cause = "not an image format Pillow can read (corrupt, truncated or not an image)"
+    else:
+        cause = f"{err or type(err).__name__} (corrupt, truncated or not an image)"
+    return SourceError(f"cannot read {what} {path}: {cause}")
+
+
 def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 label: str | None = None) -> np.ndarray:
     with _open_regular(path, what) as fp:
         try:
             im = _open_pil(fp)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise SourceError(f"cannot read {what} {path}: {err or type(err).__name__} "
-                              "(corrupt, truncated or not an image)") from None
+            raise _unreadable_image(path, what, fp, err) from None
         with im:
             check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
             try:
@@ -137,8 +149,7 @@ class FrameFolderSource(FrameSource):
             except SourceError:  # (a ValueError too) the frame is readable but too large: say that, not "corrupt"
                 raise
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-                raise SourceError(f"cannot read frame {f}: {err or type(err).__name__} "
-                                  "(corrupt, truncated or not an image)") from None
+                raise _unreadable_image(f, "frame", fp, err) from None
 
     def total_frames(self) -> int:
         return len(self.files)

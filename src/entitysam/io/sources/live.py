@@ -13,7 +13,7 @@ import numpy as np
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
                         frame_out_of_memory)
-from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb
+from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb, video_stream
 
 
 # URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
@@ -23,9 +23,10 @@ _DEVICE_RE = re.compile(r"^/dev/video\d+$")
 LIVE_TIMEOUT = (15.0, 30.0)
 
 
-def _stream_cause(err: Exception, seconds: float, waited: float | None = None) -> str:
+def _stream_cause(err: Exception, seconds: float, waited: float | None = None, opening: bool = True) -> str:
     """FFmpeg's error on a network stream or device, in words a user can act on. seconds: the
-    timeout; waited: how long the failed call took, where measured."""
+    timeout; waited: how long the failed call took, where measured; opening: whether it failed
+    while the stream was being opened (else while its frames were read)."""
     av = import_av()
     if isinstance(err, av.error.ExitError):  # "Immediate exit requested": our timeout interrupted FFmpeg
         if waited is not None and waited > 1.5 * seconds:
@@ -38,7 +39,8 @@ def _stream_cause(err: Exception, seconds: float, waited: float | None = None) -
         return "connection refused (nothing listens at that address and port)"
     code = getattr(err, "errno", None)
     if code == errno.EIO:
-        return "input/output error (the connection failed or was closed before a stream was received)"
+        when = "before a stream was received" if opening else "while the stream was being received"
+        return f"input/output error (the connection failed or was closed {when})"
     if code == errno.ETIMEDOUT:
         return f"connection timed out (no answer within {seconds:g} s)"
     if isinstance(err, av.error.InvalidDataError):
@@ -80,6 +82,60 @@ def live_source_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
 
 
+class _Stalled(SourceError):
+    """No video frame for the read timeout while other data kept coming (raised by
+    `_demuxed_frames`, turned into the SourceError that names the stream by `_video_frames`)."""
+
+
+def _video_frames(container, stream, seconds: float, url: str, last_index):
+    """The decoded frames of `stream`; when reading fails (a timeout, a closed connection, no
+    video while other data keeps coming), the frames the decoder still holds are handed on
+    first: they were received whole (frame threads hold back one frame per thread). last_index():
+    the index of the last frame handed on, for the message."""
+    av = import_av()
+    try:
+        yield from _demuxed_frames(container, stream, seconds)
+    except (_Stalled, av.error.FFmpegError) as err:
+        try:
+            yield from _flush_decoder(av, stream)
+        except av.error.FFmpegError:
+            pass  # they are lost with the stream; the read error is the one to report
+        if not isinstance(err, _Stalled):
+            raise
+        index = last_index()
+        after = f"after frame {index}" if index >= 0 else "before its first frame"
+        raise SourceError(f"the stream {url} could not be read {after}: no video frame within {seconds:g} s "
+                          "(timed out: data came, but no video frame it can decode)") from None
+
+
+def _flush_decoder(av, stream):
+    """The frames the decoder of `stream` holds back. An empty packet of the stream flushes it, as
+    the end of the input does; decode(None) would give them no time base (their time NaN)."""
+    packet = av.Packet()
+    packet.stream = stream
+    packet.time_base = stream.time_base
+    return packet.decode()
+
+
+def _demuxed_frames(container, stream, seconds: float):
+    """The decoded frames of `stream`; _Stalled when none comes for `seconds` while the source
+    keeps sending other data.
+
+    FFmpeg's read timeout only fires when no packet at all arrives: a stream whose video stops
+    while its audio (or data, or video packets that decode to nothing) keeps flowing would never
+    end. Every stream is demuxed so that each packet returns here to check the time; the clock
+    restarts whenever a frame is handed on, so a consumer that is slow to take it (the model,
+    reading without dropping) does not count as a stalled source."""
+    last = _time.monotonic()
+    for packet in container.demux():
+        if packet.stream.index == stream.index:
+            for frame in packet.decode():
+                yield frame
+                last = _time.monotonic()
+        if _time.monotonic() - last > seconds:
+            raise _Stalled
+
+
 class LiveSource(FrameSource):
     """A live stream or device, decoded with PyAV as the frames arrive.
 
@@ -104,9 +160,9 @@ class LiveSource(FrameSource):
         self._timeout = timeout
         container = self._open()
         try:
-            if not container.streams.video:
+            stream = video_stream(container)
+            if stream is None:
                 raise SourceError(f"{self.url}: no video stream")
-            stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             if stream.codec_context is None:  # PyAV found no decoder for it (as for a file: video_file.py)
                 raise SourceError(f"cannot read stream {self.url}: its video stream has no usable codec (a codec "
@@ -147,10 +203,12 @@ class LiveSource(FrameSource):
         index = -1
         try:
             with container:
-                stream = container.streams.video[0]
+                stream = video_stream(container)
+                if stream is None:  # a later connection, to a stream that changed
+                    raise SourceError(f"{self.url}: no video stream")
                 stream.thread_type = "AUTO"
                 t0 = wall0 = None
-                for frame in container.decode(stream):
+                for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
                     index += 1
                     t = frame.time
                     if t is None:  # no timestamps (some devices): wall-clock time since the first frame
@@ -165,7 +223,7 @@ class LiveSource(FrameSource):
         except av.error.FFmpegError as err:
             after = f"after frame {index}" if index >= 0 else "before its first frame"
             raise SourceError(f"the stream {self.url} could not be read {after}: "
-                              f"{_stream_cause(err, self._timeout[1])}") from None
+                              f"{_stream_cause(err, self._timeout[1], opening=False)}") from None
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"

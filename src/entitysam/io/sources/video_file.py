@@ -28,6 +28,18 @@ def open_container(url: str, **kwargs):
     return import_av().open(url, metadata_errors="replace", **kwargs)
 
 
+def video_stream(container):
+    """The video stream to read: the first one that is not an attached picture, or None.
+
+    An attached picture (cover art, FFmpeg's ``attached_pic`` disposition) is a one-frame
+    "video stream" that an MP4 may list before its video (when its ``udta`` atom precedes the
+    tracks): taking the first stream would read the cover, and call the file truncated."""
+    for stream in container.streams.video:
+        if not stream.disposition & import_av().stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
 class VideoFileSource(FrameSource):
     """The first video stream of a file, decoded with PyAV."""
 
@@ -42,9 +54,10 @@ class VideoFileSource(FrameSource):
             raise SourceError(f"{path}: empty file (0 bytes), not a video")
         try:
             with open_container(str(path)) as container:
-                if not container.streams.video:
-                    raise SourceError(f"{path}: no video stream in the file")
-                stream = container.streams.video[0]
+                stream = video_stream(container)
+                if stream is None:
+                    raise SourceError(f"{path}: no video stream in the file"
+                                      + (" (only a cover picture)" if container.streams.video else ""))
                 rate = stream.average_rate or stream.guessed_rate or stream.base_rate
                 self._frames_hint = int(stream.frames or 0)
                 self._frames_exact = self._frames_hint > 0  # counted in the container's index
@@ -81,7 +94,9 @@ class VideoFileSource(FrameSource):
         _check_regular_file(self.path, "video")  # again: the file may have been replaced since it was opened
         try:
             with open_container(str(self.path)) as container:
-                stream = container.streams.video[0]
+                stream = video_stream(container)
+                if stream is None:  # the file was replaced since it was opened
+                    raise SourceError(f"{self.path}: no video stream in the file (did it change since it was opened?)")
                 stream.thread_type = "AUTO"
                 t0 = last = None
                 for frame in container.decode(stream):

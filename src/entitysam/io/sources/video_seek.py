@@ -17,7 +17,7 @@ from typing import Iterator
 
 from ...errors import EntitySAMError
 from .selection import DEFAULT_MAX_PIXELS, Frame, FrameSelection
-from .video_file import VideoFileSource, import_av, open_container
+from .video_file import VideoFileSource, import_av, open_container, video_stream
 
 __all__ = ["VideoSeek"]
 
@@ -94,7 +94,9 @@ class VideoSeek:
         self.seeks += 1
         try:
             with open_container(str(self.path)) as container:
-                stream = container.streams.video[0]
+                stream = video_stream(container)
+                if stream is None:  # the file was replaced: the pass from the start says so
+                    raise _Mismatch("no video stream")
                 stream.thread_type = "AUTO"
                 container.seek(self.pts[k], stream=stream, backward=True, any_frame=False)
                 index = k
