@@ -5,8 +5,8 @@ its opcodes (``pickletools.genops``) once, without building anything.
   tuples more than 100 deep (...)"), or None. It follows how deeply tuples nest (hashing a key of
   ~10k nested tuples overflowed the C stack) and charges to `budget` an upper bound of the data
   the unpickler would allocate.
-* `Budget(file_size)`: that bound, shared by the pickles one load reads, refused over the larger
-  of `DATA_FLOOR` and `DATA_FACTOR` times the file's size.
+* `Budget(file_size)` (:mod:`.checkpoint_budget`): that bound, shared by the pickles one load
+  reads, refused over the larger of `DATA_FLOOR` and `DATA_FACTOR` times the file's size.
 
 What is charged follows from the opcodes' arguments: each string at its size; what the callables
 torch allows build from theirs (``bytearray(n)``, ``_codecs.encode`` of a string, tensors and
@@ -25,6 +25,7 @@ import sys
 
 import _compat_pickle  # the Python 2 names torch's unpickler maps, as it does
 
+from .checkpoint_budget import DATA_FACTOR, DATA_FLOOR, Budget
 from .errors import CheckpointReadError
 
 __all__ = ["MAX_TUPLE_DEPTH", "MAX_TUPLE_NODES", "DATA_FLOOR", "DATA_FACTOR", "Budget", "walk_pickle"]
@@ -35,10 +36,6 @@ MAX_TUPLE_DEPTH = 100
 # Tuples each holding the one before twice (through the memo) double in size when walked out at
 # each level: a dict key 50 levels deep, in a 361-byte pickle, would hash for months.
 MAX_TUPLE_NODES = 1 << 20
-DATA_FLOOR = 64 << 20
-# torch.save's own data is charged at most ~3 times its pickled size: a bytes value is pickled
-# as its text (charged), encoded into bytes (charged), and a bytearray copies those (charged).
-DATA_FACTOR = 4
 
 # The opcodes torch's weights-only unpickler runs. It stops at any other, and at a GLOBAL it
 # refuses: nothing after is built, and only the tuple depth is followed on (for a full unpickler).
@@ -100,43 +97,6 @@ _EMPTY.depth = 1
 def _v(x) -> _Value:
     """x as a _Value (n: an int's value, clamped)."""
     return x if type(x) is _Value else _Value(INT, min(max(x, 0), _CAP), value=x)
-
-
-def _size_text(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift:
-            return f"{n / (1 << shift):.1f}".removesuffix(".0") + f" {unit}"
-    return f"{n} bytes"
-
-
-class Budget:
-    """The data one load may build (see the module's docstring), and what it went to."""
-
-    NOUNS = {"strings": ("string", "strings"), "storages": ("legacy storage", "legacy storages"),
-             "setstate": ("BUILD (setstate)", "BUILDs (setstate)"),
-             "objects": ("Python object or entry", "Python objects and entries")}
-
-    def __init__(self, file_size: int):
-        self.file_size = file_size
-        self.limit = max(DATA_FLOOR, DATA_FACTOR * file_size)
-        self.spent = 0
-        self.by: dict[str, tuple[int, int]] = {}  # what -> (times, bytes)
-
-    def charge(self, what: str, nbytes: int, times: int = 1) -> bool:
-        """Add nbytes spent on `what` (times: of them); True once over the limit."""
-        before, total = self.by.get(what, (0, 0))
-        self.by[what] = (before + times, total + nbytes)
-        self.spent += nbytes
-        return self.spent > self.limit
-
-    def cause(self) -> str:
-        what, (times, nbytes) = max(self.by.items(), key=lambda item: item[1][1])
-        one, many = self.NOUNS.get(what, (f"call of {what}", f"calls of {what}"))
-        most = f"{times} {one if times == 1 else many}"
-        never = "a checkpoint keeps its data in tensors" if what == "objects" else "torch.save never writes such data"
-        return (f"could make the unpickler allocate over {_size_text(self.limit)} ({most}: {_size_text(nbytes)}) from "
-                f"a file of {_size_text(self.file_size)} ({never}; the limit is "
-                f"{DATA_FACTOR} times the file's size, at least {_size_text(DATA_FLOOR)})")
 
 
 class _Refused(CheckpointReadError):
