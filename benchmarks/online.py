@@ -71,12 +71,13 @@ def track(model, frames: list[np.ndarray], dtype: str = "float32"):
     from entitysam.inference.preprocess import preprocess_frame
     from entitysam.inference.tracker import EntityTracker
 
-    context, attention_dtype = precision_plan(model, getattr(torch, dtype))
-    tracker = EntityTracker(model, attention_dtype=attention_dtype)
+    compute_dtype = getattr(torch, dtype)
+    tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype)[1])
     scores, logits, seconds, cpu = [], [], [], []
     for t, image in enumerate(frames):
         t0, c0 = time.perf_counter(), time.process_time()
-        with context:
+        # a fresh context per frame, as pipeline/online_tracking.py: the plan's context is single-use
+        with precision_plan(model, compute_dtype)[0]:
             for step in tracker.track([(t, preprocess_frame(image, model.cfg.image_size))]):
                 scores.append(step.scores.float())
                 if not step.is_warmup:
@@ -101,8 +102,8 @@ def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
     maps = np.stack([m for _, m in iter_video_panoptic(plan, logits, frame_chunk=1)])
     seconds = time.perf_counter() - t0
     lut = np.concatenate([[-1], plan.kept.numpy()]).astype(np.int16)
-    for t, w in slots:
-        winners[t:t + w.shape[0]] = lut[w + 1]
+    for t, codes in slots:  # winners_out gives codes: kept slot + 1, 0 = no segment (since 910c43e)
+        winners[t:t + codes.shape[0]] = lut[codes.astype(np.int64)]
     owner = dict(zip(plan.segment_ids, plan.query_index))
     return maps, owner, winners, scores, seconds
 
