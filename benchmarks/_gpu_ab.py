@@ -112,3 +112,7 @@ def _committed_autotune() -> bool:
     from entitysam.inference import precision
 
     return bool(getattr(precision, "CUDNN_AUTOTUNE", False))
+
+
+if __name__ == "__main__":  # a helper module, not a script: say so instead of exiting 0 having done nothing
+    raise SystemExit("_gpu_ab.py is a helper module of benchmarks/gpu.py: run python benchmarks/gpu.py --help")

@@ -145,3 +145,7 @@ def bf16(ctx: Ctx) -> dict:
     mode = "memory attention only (CPU)" if attention_dtype is not None else "autocast over the whole model"
     return dict(fixture=path.name, min_identical_to_float32=min(r["identical_to_float32"] for r in rows),
                 bfloat16=mode, steps=rows)
+
+
+if __name__ == "__main__":  # a helper module, not a script: say so instead of exiting 0 having done nothing
+    raise SystemExit("_gpu_agreement.py is a helper module of benchmarks/gpu.py: run python benchmarks/gpu.py --help")

@@ -72,3 +72,7 @@ def _compare(ctx: Ctx, name: str, compiled) -> dict:
     ctx.log(f"compile {name}: {comp['frames_per_s']:.2f} frames/s ({out['speedup']:.2f}x eager), compilation "
             f"{out['compile_overhead_s']:.0f} s, identical mask signs {out['last_step_identical_signs']:.4%}")
     return out
+
+
+if __name__ == "__main__":  # a helper module, not a script: say so instead of exiting 0 having done nothing
+    raise SystemExit("_gpu_compile.py is a helper module of benchmarks/gpu.py: run python benchmarks/gpu.py --help")

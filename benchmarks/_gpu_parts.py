@@ -233,3 +233,7 @@ def sdpa(ctx: Ctx) -> dict:
                             torch.cuda.empty_cache()
             del q, key, raw, values, after
     return dict(batch=batch, queries=n, head_dim=c, raw_value_dim=cv, rows=rows, value_projection=projection)
+
+
+if __name__ == "__main__":  # a helper module, not a script: say so instead of exiting 0 having done nothing
+    raise SystemExit("_gpu_parts.py is a helper module of benchmarks/gpu.py: run python benchmarks/gpu.py --help")

@@ -241,3 +241,7 @@ def memory(ctx: Ctx, name: str) -> dict:
     ctx.log(f"memory {name}: {out['short_peak_mib']:.0f} MiB ({out['short_frames']} frames) vs "
             f"{out['full_peak_mib']:.0f} MiB ({out['full_frames']} frames)")
     return out
+
+
+if __name__ == "__main__":  # a helper module, not a script: say so instead of exiting 0 having done nothing
+    raise SystemExit("_gpu_sections.py is a helper module of benchmarks/gpu.py: run python benchmarks/gpu.py --help")

@@ -328,3 +328,7 @@ def write_clip(ctx: Ctx, n: int) -> Path:
         raise RuntimeError("could not encode the test clip with libx264 or mpeg4")
     tmp.replace(path)
     return path
+
+
+if __name__ == "__main__":  # a helper module, not a script: say so instead of exiting 0 having done nothing
+    raise SystemExit("_gpu_util.py is a helper module of benchmarks/gpu.py: run python benchmarks/gpu.py --help")

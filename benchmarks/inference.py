@@ -1,12 +1,13 @@
 """Per-step inference speed, per-part FLOPs and peak memory of EntitySAM on this machine.
 
     python benchmarks/inference.py --model vit-s --frames 6 --dtype float32 [--exact] [--json out.json]
+    python benchmarks/inference.py --model tiny --frames 2 --threads 1 --matmul-size 256   # a quick check
 
 Builds the model from `make_weights.py` weights (../shared/reference), runs the official
 schedule on a generated clip (moving textured ellipses, 640x360) and prints, per part of the
 step, the median time over steady steps, the FLOPs counted by torch's FlopCounterMode and the
-achieved rate against this machine's matmul peak (measured first: a 4096^3 matmul in the run's
-dtype and thread count; on the 2-vCPU EPYC of the issues ~185 GFLOP/s float32 and ~400
+achieved rate against this machine's matmul peak (measured after the run: a 4096^3 matmul,
+--matmul-size, in the run's dtype and thread count; on the 2-vCPU EPYC of the issues ~185 GFLOP/s float32 and ~400
 bfloat16 with torch 2.13). Also prints wall time per step, frames/s and peak RSS.
 """
 
@@ -243,9 +244,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--matmul-size", type=int, default=4096,
+                        help="n of the n^3 matmul that measures the peak (default 4096; smaller: a quick check)")
     args = parser.parse_args()
     res = run(args)
-    res["matmul_peak_gflops"] = matmul_peak_gflops(DTYPES[args.dtype])
+    res["matmul_peak_gflops"] = matmul_peak_gflops(DTYPES[args.dtype], args.matmul_size)
     print_table(res)
     print_official_comparison(res)
     if args.json:

@@ -26,7 +26,8 @@ each delay (default 0, 4, 16). Per delay it prints:
   other frames), online merge time of a frame while the stream runs (median over the emissions
   of one frame, wall and process CPU: on a shared machine wall time includes waiting for the
   cores; the end-of-stream flush only counts in the mean), and the resulting latency of a
-  result: (delay + 1) model steps + merge (wall).
+  result: (delay + 1) model steps + merge, in wall seconds and in CPU seconds (the README's
+  "latency CPU s": on a shared machine the wall figure includes waiting for the cores).
 """
 
 from __future__ import annotations
@@ -71,12 +72,13 @@ def track(model, frames: list[np.ndarray], dtype: str = "float32"):
     from entitysam.inference.preprocess import preprocess_frame
     from entitysam.inference.tracker import EntityTracker
 
-    context, attention_dtype = precision_plan(model, getattr(torch, dtype))
-    tracker = EntityTracker(model, attention_dtype=attention_dtype)
+    compute_dtype = getattr(torch, dtype)
+    tracker = EntityTracker(model, attention_dtype=precision_plan(model, compute_dtype)[1])
     scores, logits, seconds, cpu = [], [], [], []
     for t, image in enumerate(frames):
         t0, c0 = time.perf_counter(), time.process_time()
-        with context:
+        # a fresh context per frame, as pipeline/online_tracking.py: the plan's context is single-use
+        with precision_plan(model, compute_dtype)[0]:
             for step in tracker.track([(t, preprocess_frame(image, model.cfg.image_size))]):
                 scores.append(step.scores.float())
                 if not step.is_warmup:
@@ -101,8 +103,8 @@ def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
     maps = np.stack([m for _, m in iter_video_panoptic(plan, logits, frame_chunk=1)])
     seconds = time.perf_counter() - t0
     lut = np.concatenate([[-1], plan.kept.numpy()]).astype(np.int16)
-    for t, w in slots:
-        winners[t:t + w.shape[0]] = lut[w + 1]
+    for t, codes in slots:  # winners_out gives codes: kept slot + 1, 0 = no segment (since 910c43e)
+        winners[t:t + codes.shape[0]] = lut[codes.astype(np.int64)]
     owner = dict(zip(plan.segment_ids, plan.query_index))
     return maps, owner, winners, scores, seconds
 
@@ -239,6 +241,7 @@ def main() -> int:
             "model_cpu_s_per_frame": steady_cpu,
             **timing,
             "latency_s": (min(delay, n - 1) + 1) * steady + timing["merge_s_per_frame"],
+            "latency_cpu_s": (min(delay, n - 1) + 1) * steady_cpu + timing["merge_cpu_s_per_frame"],
             "veq_vs_gt": None if gt is None else veq(gt, maps),
         })
     result = {"model": args.checkpoint or args.model, "config": model.cfg.name, "frames": n,
@@ -258,7 +261,7 @@ def main() -> int:
         print("offline keeps NO segment (random weights: no query wins 70% of its own foreground), so VEQ is "
               "undefined; the per-query mask agreement (before the overlap test) is the informative column.")
     head = (f"{'delay':>5} {'VEQ':>7} {'same id':>8} {'same q':>8} {'segs on/off':>11} {'win px':>7} "
-            f"{'win mIoU':>8} {'score err':>9} {'merge s':>8} {'merge CPU':>9} {'latency s':>9}")
+            f"{'win mIoU':>8} {'score err':>9} {'merge s':>8} {'merge CPU':>9} {'latency s':>9} {'latency CPU':>11}")
     print(head)
     for r in rows:
         veq_s = "n/a" if r["veq"] is None else f"{r['veq']:.2f}"
@@ -266,7 +269,7 @@ def main() -> int:
         print(f"{r['delay']:>5} {veq_s:>7} {r['same_id_pixels']:>8.4f} {r['same_query_pixels']:>8.4f} "
               f"{r['segments_online']:>5}/{r['segments_offline']:<5} {r['winner_pixels_agree']:>7.4f} {miou:>8} "
               f"{r['score_abs_err']:>9.5f} {r['merge_s_per_frame']:>8.3f} {r['merge_cpu_s_per_frame']:>9.3f} "
-              f"{r['latency_s']:>9.2f}")
+              f"{r['latency_s']:>9.2f} {r['latency_cpu_s']:>11.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -29,9 +29,10 @@ import torch
 torch.set_num_threads(int(sys.argv[3]))
 sys.path.insert(0, sys.argv[6])
 from inference import build_model
+from entitysam import segment  # build_model gives the plain network: segment() is the API's function
 model = build_model(sys.argv[4], 4 if sys.argv[4] == "tiny" else 1234)
 t0 = time.perf_counter()
-with model.segment(sys.argv[1], work_dir=sys.argv[2], dtype=sys.argv[5], progress=False) as result:
+with segment(model, sys.argv[1], work_dir=sys.argv[2], dtype=sys.argv[5], progress=False) as result:
     result.save(sys.argv[2] + "/out", formats=("panoptic", "entities", "overlay"))
     entities = len(result.entities)
 print(json.dumps({"frames": len(result), "entities": entities, "seconds": time.perf_counter() - t0,
@@ -79,7 +80,10 @@ def main() -> int:
             t0 = time.perf_counter()
             out = subprocess.run([sys.executable, "-c", CHILD, str(video), str(work), str(args.threads), args.model,
                                   args.dtype, str(ROOT / "benchmarks")],
-                                 check=True, capture_output=True, text=True, cwd=ROOT)
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode:  # the child's own error, not a bare CalledProcessError
+                print(f"the {n}-frame run failed (exit {out.returncode}):\n{out.stderr.strip()}", file=sys.stderr)
+                return 1
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["wall_seconds"] = time.perf_counter() - t0
             rows.append(row)
