@@ -19,7 +19,7 @@ from .inputs import collect_inputs, video_name
 from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
                       add_overwrite, add_quiet, add_save, add_threads, add_trust_checkpoint_code, check_model_args,
                       check_output_root, pixel_count, print_err, sayer)
-from .wording import user_message
+from .wording import MODEL_CHOICES, user_message
 
 
 def add_parser(sub) -> None:
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     sel.add_argument("--fps", type=fps, default=None,
                      help="frame rate of frame folders and images (default 25); overrides a video's own rate")
     mod = p.add_argument_group("model")
-    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
+    mod.add_argument("--model", default=None, choices=MODEL_CHOICES,
                      help="published model from the Hugging Face hub (default vit-s), or demo (bundled, offline, "
                           "synthetic scenes only); with --checkpoint: the configuration of that file")
     add_checkpoint(mod, "local checkpoint file (configuration inferred from its keys unless --model)")
