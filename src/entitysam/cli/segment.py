@@ -87,8 +87,8 @@ def add_parser(sub) -> None:
                            "(SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT), else 0/1. Under torchrun each rank "
                            "takes its slice (RANK/WORLD_SIZE) and GPU (cuda:LOCAL_RANK) with no flag")
     many.add_argument("--summary", default=None, metavar="FILE.json",
-                      help="with sharding, where this shard's summary goes (default "
-                           "OUTPUT/.entitysam-batch/shard-I-of-N.json)")
+                      help="with sharding or --ray, where the run's summary goes (default "
+                           "OUTPUT/.entitysam-batch/shard-I-of-N.json, with --ray OUTPUT/.entitysam-batch/ray.json)")
     add_ray_arguments(many)
     onl = p.add_argument_group("online mode (results per frame as the video is read; see README, Online mode)")
     onl.add_argument("--online", action="store_true",
