@@ -131,6 +131,17 @@ def test_demo_overwrite_deletes_only_demo_files(tmp_path, capsys):
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_demo_with_a_checkpoint_of_another_configuration_names_no_missing_flag(tmp_path, tiny_checkpoint, capsys):
+    """`entitysam demo` has no --model: a checkpoint of another configuration is refused without
+    advising one (it said 'use --model tiny to load it')."""
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "-o", str(out), *DEMO_ARGS, "--checkpoint", str(tiny_checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert "fits the 'tiny' configuration" in err and "--model" not in err
+    assert "entitysam segment --checkpoint PATH" in err
+    assert not out.exists()
+
+
 @pytest.mark.usefixtures("one_torch_thread")
 def test_demo_overwrite_refuses_files_a_demo_run_did_not_write(tmp_path, capsys):
     """`demo --overwrite` replaces input/, demo/ and the report: a user's file or folder in them

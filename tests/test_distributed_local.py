@@ -181,7 +181,7 @@ def test_bad_shards_refused(text, env):
     (["--shard", "x"], {}, "I/N"),
     (["--shard", "0/2"], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "torchrun"),
     (["--shard", "auto"], {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "2"}, "contiguous array 0-1"),
-    (["--summary", "s.json"], {}, "--summary needs --shard"),
+    (["--summary", "s.json"], {}, "--summary needs --shard, torchrun or --ray"),  # --ray takes one too
 ])
 def test_bad_shard_command_lines_exit_2_with_one_line(batch, tmp_path, monkeypatch, capsys, args, env, words):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",

@@ -79,6 +79,9 @@ def test_python_and_command_line_words_of_one_error():
     assert flag_words(Remedy("gt_dir", metavar="DIR")) == "use --gt-dir DIR"
     assert flag_words(Remedy("end", 12, "to stop before it")) == "use --end 12 to stop before it"
     assert flag_words(Remedy("config", "vit-l")) == "use --model vit-l"
+    # --model has no 'tiny' (Python's config= has): the command line loads it by leaving --model out
+    assert flag_words(Remedy("config", "tiny", "to load it")) == \
+        "leave out --model to load it (its configuration, tiny, is then inferred from its keys)"
     # an argument without a flag keeps its Python words rather than inventing a flag
     assert flag_words(Remedy("no_such_argument", 3)) == "pass no_such_argument=3"
     assert user_message(ValueError("plain")) == "plain"

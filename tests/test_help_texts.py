@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-COMMANDS = [["segment"], ["demo"], ["view"], ["export"], ["download"], ["metrics"], ["eval", "vipseg"]]
+COMMANDS = [["segment"], ["demo"], ["view"], ["export"], ["download"], ["metrics"], ["eval", "vipseg"], ["train"]]
 OPTION = re.compile(r"^  (-\S.*?)(?:\s{2,}(\S.*))?$")
 
 

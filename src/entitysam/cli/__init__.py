@@ -38,7 +38,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
     "metrics": ("VEQ / STQ of predictions in the official layout (see `entitysam metrics -h`)",
                 "entitysam.eval.metrics:main"),
     "train": ("train EntitySAM: the official two-stage recipe, single process or torchrun DDP "
-              "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:main"),
+              "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:command_main"),
     "view": ("review and correct a result in the browser: play, hide, delete, merge, split, label, save, "
              "export (see `entitysam view -h`)", "entitysam.cli.view:main"),
     "eval": ("benchmark evaluation: `entitysam eval vipseg` runs a VIPSeg split and scores it "

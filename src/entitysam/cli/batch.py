@@ -24,7 +24,7 @@ def shard_of(args) -> tuple[int, int] | None:
     shard = shard_from_env(args.shard)
     local_rank()  # a bad LOCAL_RANK is a command-line error too, found before any work
     if shard is None and args.summary is not None:
-        raise EntitySAMError("--summary needs --shard (or torchrun)")
+        raise EntitySAMError("--summary needs --shard, torchrun or --ray (the summary of a batch run)")
     return shard
 
 

@@ -7,7 +7,7 @@ import argparse
 import time
 
 from ..argtypes import positive_int, seed
-from ..errors import EntitySAMError, OutputError
+from ..errors import CheckpointMismatchError, EntitySAMError, OutputError, join_remedies
 from .options import (add_checkpoint, add_device, add_labels, add_overwrite, add_quiet, add_save, add_threads,
                       add_trust_checkpoint_code, check_model_args, load_model, print_err, sayer, set_threads)
 
@@ -87,6 +87,11 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print_err("interrupted")
         return 130
+    except CheckpointMismatchError as err:  # the demo has no --model: its remedy (use or leave out --model) is not ours
+        print_err(join_remedies(err.problem, ["entitysam demo runs checkpoints of the demo configuration only; "
+                                              "segment with this one by `entitysam segment --checkpoint PATH`"]
+                                if err.remedies else []))
+        return 1
     except OSError as err:  # e.g. a full disk while the input video is generated
         from ..io.paths import describe_os_error
 

@@ -20,7 +20,7 @@ from ..eval.runner.plan import EvalInputError, abbreviate, load_plan
 from ..eval.runner.run import EvalSummary, evaluate_vipseg, finish, parse_shard
 from .batch import rank_device
 from .options import print_err
-from .wording import user_message
+from .wording import MODEL_CHOICES, user_message
 
 __all__ = ["build_parser", "main"]
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split-file", default=None, metavar="PATH",
                       help="video list (default DATA_ROOT/<split>.txt or DATA_ROOT/../<split>.txt if present)")
     mod = p.add_argument_group("model")
-    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
+    mod.add_argument("--model", default=None, choices=MODEL_CHOICES,
                      help="published model (default vit-s); with --checkpoint: that file's configuration")
     mod.add_argument("--checkpoint", default=None, metavar="PATH", help="local checkpoint file")
     mod.add_argument("--trust-checkpoint-code", action="store_true",

@@ -19,7 +19,7 @@ from .inputs import collect_inputs, video_name
 from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
                       add_overwrite, add_quiet, add_save, add_threads, add_trust_checkpoint_code, check_model_args,
                       check_output_root, pixel_count, print_err, sayer)
-from .wording import user_message
+from .wording import MODEL_CHOICES, user_message
 
 
 def add_parser(sub) -> None:
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     sel.add_argument("--fps", type=fps, default=None,
                      help="frame rate of frame folders and images (default 25); overrides a video's own rate")
     mod = p.add_argument_group("model")
-    mod.add_argument("--model", default=None, choices=("vit-s", "vit-l", "demo"),
+    mod.add_argument("--model", default=None, choices=MODEL_CHOICES,
                      help="published model from the Hugging Face hub (default vit-s), or demo (bundled, offline, "
                           "synthetic scenes only); with --checkpoint: the configuration of that file")
     add_checkpoint(mod, "local checkpoint file (configuration inferred from its keys unless --model)")
@@ -87,8 +87,8 @@ def add_parser(sub) -> None:
                            "(SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT), else 0/1. Under torchrun each rank "
                            "takes its slice (RANK/WORLD_SIZE) and GPU (cuda:LOCAL_RANK) with no flag")
     many.add_argument("--summary", default=None, metavar="FILE.json",
-                      help="with sharding, where this shard's summary goes (default "
-                           "OUTPUT/.entitysam-batch/shard-I-of-N.json)")
+                      help="with sharding or --ray, where the run's summary goes (default "
+                           "OUTPUT/.entitysam-batch/shard-I-of-N.json, with --ray OUTPUT/.entitysam-batch/ray.json)")
     add_ray_arguments(many)
     onl = p.add_argument_group("online mode (results per frame as the video is read; see README, Online mode)")
     onl.add_argument("--online", action="store_true",

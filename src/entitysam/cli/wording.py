@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..errors import EntitySAMError, Remedy, join_remedies
 
-__all__ = ["FLAGS", "flag_words", "user_message"]
+__all__ = ["FLAGS", "MODEL_CHOICES", "flag_words", "user_message"]
 
 # Python argument -> flag. A flag that sets the argument to False is spelled with its value:
 # ("metrics", False) -> --no-metrics.
@@ -37,8 +37,16 @@ FLAGS: dict[str | tuple[str, object], str] = {
 }
 
 
+# What --model accepts: fewer configurations than `config=` takes in Python (not `tiny`).
+MODEL_CHOICES = ("vit-s", "vit-l", "demo")
+
+
 def flag_words(remedy: Remedy) -> str:
-    """``use --overwrite to replace them``; an argument without a flag keeps its Python words."""
+    """``use --overwrite to replace them``; an argument without a flag keeps its Python words. A
+    configuration --model cannot name is reached by leaving --model out (inferred from the file)."""
+    if remedy.argument == "config" and remedy.metavar is None and remedy.value not in MODEL_CHOICES:
+        return " ".join(filter(None, [f"leave out {FLAGS['config']}", remedy.purpose])) + \
+            f" (its configuration, {remedy.value}, is then inferred from its keys)"
     if (remedy.argument, remedy.value) in FLAGS:
         shown = FLAGS[(remedy.argument, remedy.value)]
     elif remedy.argument in FLAGS:

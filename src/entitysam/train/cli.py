@@ -6,7 +6,7 @@
 
 Wiring into the main CLI (`entitysam/cli.py`), either as a delegated command taking argv::
 
-    DELEGATED["train"] = ("train EntitySAM (official two-stage recipe, DDP)", "entitysam.train.cli:main")
+    DELEGATED["train"] = ("train EntitySAM (official two-stage recipe, DDP)", "entitysam.train.cli:command_main")
 
 or as an argparse sub-command: `add_parser(subparsers)` then `args.func(args)` (= `run(args)`);
 there, put `key=value` overrides after the options (`main` accepts them anywhere).
@@ -42,9 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return _configure(p)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return _configure(argparse.ArgumentParser(prog="python -m entitysam.train", description=DESCRIPTION,
-                                              epilog=EPILOG))
+def build_parser(prog: str = "python -m entitysam.train") -> argparse.ArgumentParser:
+    return _configure(argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,9 +87,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_intermixed_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m entitysam.train") -> int:
+    """prog: the command as it was typed, which the usage and argparse's errors name."""
+    args = build_parser(prog).parse_intermixed_args(argv)
     return run(args)
+
+
+def command_main(argv: list[str] | None = None) -> int:
+    """`entitysam train ...` (the main command's delegate): its usage says `entitysam train`."""
+    return main(argv, prog="entitysam train")
 
 
 if __name__ == "__main__":
