@@ -146,3 +146,94 @@ def test_masks_of_an_id_no_entity_has_is_refused():
                 result.masks(bad)
         frames = list(result.masks(np.int64(1)))
         assert len(frames) == 2 and all(mask.shape == (32, 40) and mask.dtype == bool for _, mask in frames)
+
+
+# ----------------------------------------------------------------------------- found by fuzzing the API
+
+
+def _model_variants(demo):
+    import copy
+
+    with torch.device("meta"):
+        meta = EntitySAM(demo.cfg).eval()
+    return {"None": None, "a name": "demo", "a Linear": torch.nn.Linear(2, 2), "frames (swapped)": _frames(),
+            "train mode": copy.deepcopy(demo).train(), "half": copy.deepcopy(demo).half(),
+            "bfloat16": copy.deepcopy(demo).to(torch.bfloat16), "meta": meta}
+
+
+@pytest.mark.parametrize("api", ["segment", "stream"])
+def test_a_model_that_cannot_run_is_refused_before_any_work(demo, api, tmp_path):
+    """segment(None, ...) / a half model / a meta model failed deep inside (AttributeError, a dtype
+    mismatch in the first convolution, a meta tensor copied); a model in training mode gave
+    random results without a word (dropout in the memory attention)."""
+    from entitysam.pipeline.segment import segment
+    from entitysam.pipeline.stream import stream
+
+    run = {"segment": segment, "stream": stream}[api]
+    for label, model in _model_variants(demo).items():
+        with pytest.raises(EntitySAMError, match=r"^model (must be|is|weights)") as info:
+            run(model, _frames(), work_dir=tmp_path) if api == "segment" else run(model, _frames())
+        assert isinstance(info.value, ValueError), label
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loader_flags_names_and_folders_are_checked(tmp_path, monkeypatch):
+    """allow_pickle="no" / download="no" are truthy (unpickle the file, download gigabytes);
+    cache_dir=3 was the folder "3"; config=["tiny"] a bare TypeError (unhashable)."""
+    monkeypatch.chdir(tmp_path)
+    calls = {"allow_pickle must be True or False": lambda: EntitySAM.from_checkpoint(tmp_path / "x.pth",
+                                                                                     allow_pickle="no"),
+             "download must be True or False": lambda: EntitySAM.from_pretrained("vit-s", download="no"),
+             "cache_dir must be a path": lambda: EntitySAM.from_pretrained("vit-s", cache_dir=3),
+             "unknown model configuration": lambda: EntitySAM.from_checkpoint(tmp_path / "x.pth", config=["tiny"])}
+    for words, call in calls.items():
+        with pytest.raises(EntitySAMError, match=words) as info:
+            call()
+        assert isinstance(info.value, ValueError), words
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("api", ["segment", "stream"])
+@pytest.mark.parametrize("option", ["fps", "max_frames"])
+def test_true_is_no_number(demo, api, option):
+    """fps=True ran at 1 frame per second, max_frames=True took one frame."""
+    with pytest.raises(EntitySAMError, match=rf"{option} must be a positive"):
+        getattr(demo, api)(_frames(), **{option: True})
+
+
+def test_queue_size_is_an_invalid_argument(demo):
+    """A bare EntitySAMError (no ValueError) naming "queue size", not the argument."""
+    for bad in (0, True, 1.5, "4"):
+        with pytest.raises(ValueError, match="queue_size must be"):
+            demo.stream(_frames(), queue_size=bad)
+
+
+def test_write_into_checks_its_arguments(demo, tmp_path, monkeypatch):
+    """write_into(None) was a bare TypeError, write_into("") wrote into the current folder, a file
+    gave NotADirectoryError from inside pathlib, labels="no" wrote labels."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    with demo.segment(_frames()) as result:
+        for bad, words in ((None, "directory must be a path"), (3, "directory must be a path"),
+                           ("", "directory is an empty path"), (tmp_path / "a-file", "is not a folder")):
+            with pytest.raises(EntitySAMError, match=words):
+                result.write_into(bad, "entities")
+        with pytest.raises(EntitySAMError, match="labels must be True or False"):
+            result.write_into(tmp_path, "entities", labels="no")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_a_result_whose_temporary_folder_was_deleted_says_so(demo, tmp_path):
+    """A cleaner of the temporary folder deleting the id maps gave a FileNotFoundError from inside."""
+    import shutil
+
+    from entitysam.errors import ResultFileGoneError
+
+    (tmp_path / "work").mkdir()
+    with demo.segment(_frames(), work_dir=tmp_path / "work") as result:
+        for folder in (tmp_path / "work").iterdir():
+            shutil.rmtree(folder)
+        for use in (lambda: result[0], lambda: list(result), lambda: result.save(tmp_path / "out")):
+            with pytest.raises(ResultFileGoneError, match="gone from disk.*work_dir"):
+                use()
+    assert not (tmp_path / "out").exists()

@@ -91,8 +91,11 @@ def _short(value: Any) -> str:
 
 
 def check_positive_float(value: Any, name: str) -> float:
-    """`value` as a finite float > 0 (NaN, infinities, zero and negatives are refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """`value` as a finite float > 0 (NaN, infinities, zero and negatives are refused; so are
+    booleans: ``fps=True`` is a mistake, not 1 frame per second)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{name} must be a positive number, got {value!r}".lstrip())
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)  # numpy scalars, strings of numbers
         except (TypeError, ValueError):

@@ -134,7 +134,8 @@ class ResultChangedError(ResultFolderError):
 
 
 class ResultFileGoneError(ResultChangedError):
-    """A file of a result folder open for review (an id PNG) is gone from disk since it was opened."""
+    """A file of a result is gone from disk since it was opened: an id PNG of a result folder open
+    for review, or the temporary id maps of a `SegmentationResult`."""
 
 
 class EditError(EntitySAMError, ValueError):

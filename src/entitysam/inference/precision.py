@@ -11,7 +11,7 @@ from ..argtypes import InvalidArgumentError
 from ..errors import EntitySAMError, Remedy
 from ..modeling.entitysam import EntitySAM
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_exact", "precision_plan", "memory_dtype_for",
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_model", "check_exact", "precision_plan", "memory_dtype_for",
            "autocast_for", "tf32_matmuls", "cudnn_autotuning"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -59,6 +59,28 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, name)
+
+
+def check_model(model: object) -> torch.device:
+    """The device of a model to run, after the checks of what callers get wrong, each of which
+    failed deep inside (an AttributeError, a dtype mismatch in the first convolution, a meta
+    tensor copied) or, for a model in training mode, gave random results without a word (its
+    memory attention's dropout is on). Returns the device of its weights."""
+    if not isinstance(model, EntitySAM):
+        raise InvalidArgumentError(f"model must be an EntitySAM model (EntitySAM.from_pretrained(name) or "
+                                   f"from_checkpoint(path)), got {type(model).__name__}")
+    first = next(model.parameters())
+    if first.device.type == "meta":
+        raise InvalidArgumentError("model is on the meta device: it has no weights (load it with "
+                                   "EntitySAM.from_pretrained or from_checkpoint)")
+    if model.training:
+        raise InvalidArgumentError("model is in training mode (model.train()): its dropout would make the results "
+                                   "random; call model.eval() first")
+    other = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()} - {"float32"})
+    if other:
+        raise InvalidArgumentError(f"model weights are {', '.join(other)}: keep them float32 (model.float()) and "
+                                   "choose the compute precision with dtype= (e.g. dtype='float16')")
+    return first.device
 
 
 def check_exact(exact: bool, compute_dtype: torch.dtype) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..inference.precision import resolve_device
-from ..argtypes import InvalidArgumentError
+from ..argtypes import InvalidArgumentError, check_flags, check_path_arg
 from ..checkpoints import load_entitysam
 from ..config import CONFIGS
 from ..errors import EntitySAMError, ModelLoadError, UnsafeCheckpointError
@@ -99,6 +99,7 @@ def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
     runs whatever it contains; only for files you trust; warns)."""
     check_checkpoint_path(path)
     check_config_name(config)
+    check_flags(allow_pickle=allow_pickle)  # "no" is truthy: it would unpickle (run) the file's code
     model = load_entitysam(path, config=config, device=resolve_device(device), allow_pickle=allow_pickle,
                            model_class=EntitySAM)
     model.checkpoint_path = str(path)
@@ -114,6 +115,9 @@ def from_pretrained(name: str = "vit-s", *, device: str | torch.device = "cpu",
     if not isinstance(name, str):
         raise InvalidArgumentError(f"the model name must be a string (vit-s, vit-l or demo), got {name!r}")
     resolve_device(device)  # an unusable device is refused before any download
+    check_flags(download=download)  # "no" is truthy: it would download gigabytes
+    if cache_dir is not None:
+        check_path_arg(cache_dir, "cache_dir")  # 3 would be the folder "3", "" the current one
     path = resolve_checkpoint(name, download=download, cache_dir=cache_dir)
     try:
         model = load_entitysam(path, config=name, device=resolve_device(device), model_class=EntitySAM)
@@ -138,7 +142,7 @@ def check_checkpoint_path(path: Any) -> None:
 
 def check_config_name(config: Any) -> None:
     """None (inferred from the checkpoint's keys) or a name of `entitysam.config.CONFIGS`."""
-    if config is not None and config not in CONFIGS:
+    if config is not None and (not isinstance(config, str) or config not in CONFIGS):
         raise InvalidArgumentError(f"unknown model configuration {config!r}: known {', '.join(CONFIGS)}")
 
 

@@ -20,7 +20,7 @@ import torch
 
 from .. import __version__
 from ..argtypes import InvalidArgumentError, check_flags, check_path_arg
-from ..errors import FrameIndexError, OutputError
+from ..errors import FrameIndexError, OutputError, Remedy, ResultFileGoneError
 from ..io.sources import FrameSource
 from ..io.result_files import write_result_files
 from ..io.staging import StagedOutput
@@ -166,6 +166,10 @@ class SegmentationResult:
             # An EntitySAMError as every API misuse (still a ValueError, as before).
             raise InvalidArgumentError("the result is closed (its id maps were deleted): use it inside its "
                                        "`with` block, before close()")
+        if not self._maps.path.is_file():  # deleted under it (a cleaner of the temporary folder)
+            raise ResultFileGoneError(f"the id maps of {self.name} ({self._maps.path}) are gone from disk: their "
+                                      "temporary folder was deleted since the video was segmented; segment it again",
+                                      Remedy("work_dir", metavar="DIR", purpose="to keep them in a folder nothing cleans"))
 
     def close(self) -> None:
         """Delete the on-disk id maps."""
@@ -204,6 +208,10 @@ class SegmentationResult:
         Returns the names of the files / folders written."""
         self._check_open()
         formats = check_formats(formats)
+        check_flags(labels=labels, progress=progress)
+        directory = check_path_arg(directory, "directory")  # None: not a bare TypeError; "": not the current folder
+        if directory.exists() and not directory.is_dir():
+            raise OutputError(f"{directory} exists and is not a folder: write_into writes into a folder")
         t0 = time.perf_counter()
         bar = progress_bar(progress and bool(formats), len(self.frames), f"{self.name} (writing)")
         try:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from ..inference.precision import check_exact, memory_dtype_for, precision_plan, resolve_dtype
+from ..inference.precision import check_exact, check_model, memory_dtype_for, precision_plan, resolve_dtype
 from ..argtypes import InvalidArgumentError, check_flags, check_fps, check_path_arg
 from ..errors import OutputError, Remedy
 from ..modeling.entitysam import EntitySAM
@@ -111,7 +111,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     max_pixels: largest frame (width x height) decoded (default 50 MP; None: no limit); larger
     frames are refused from their header, before decoding.
     """
-    device = next(model.parameters()).device
+    device = check_model(model)
     compute_dtype = resolve_dtype(dtype, device)
     check_exact(exact, compute_dtype)
     # Checked before any work: a wrong type would fail deep inside (exact in the attention call,

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import EntitySAMError, OutputError
-from ..argtypes import check_flags, check_path_arg
+from ..errors import OutputError
+from ..argtypes import check_flags, check_int, check_path_arg
 from ..inference.online_merge import check_delay
 from ..interrupts import deferred_sigint
-from ..inference.precision import check_exact, resolve_dtype
+from ..inference.precision import check_exact, check_model, resolve_dtype
 from ..io.sources import DEFAULT_MAX_PIXELS, FrameSelection, FrameSource
 from ..io.staging import StagedOutput
 from ..modeling.entitysam import EntitySAM
@@ -250,12 +250,12 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     :func:`segment`. Returns an :class:`OnlineStream`; its ``with`` block (or ``close()``) stops
     reading and finishes the outputs.
     """
+    device = check_model(model)
     check_delay(delay)
     check_flags(labels=labels, overwrite=overwrite, keep_images=keep_images, progress=progress, exact=exact)
     if live is not None:
         check_flags(live=live)
-    if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-        raise EntitySAMError(f"queue size must be a positive integer, got {queue_size!r}")
+    check_int(queue_size, "queue_size", 1)
     fmts = check_formats(formats)
     out = check_path_arg(output, "output") if output is not None else None  # not a bare TypeError from pathlib
     protect = tuple(Path(p) for p in protect) + ((Path(video),) if isinstance(video, (str, os.PathLike))
@@ -263,7 +263,6 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
                                                  else ())
     if out is not None:
         StagedOutput.check_free(out, overwrite, inputs=protect)
-    device = next(model.parameters()).device
     compute_dtype = resolve_dtype(dtype, device)
     check_exact(exact, compute_dtype)
     selection = FrameSelection(start, end, stride, max_frames)

@@ -26,17 +26,18 @@ from __future__ import annotations
 import bisect
 import copy
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..argtypes import InvalidArgumentError
 from ..errors import EditError
 from ..io import idpng
 from ..io.idpng import MAX_ID
 from .records import MAX_LABEL, entity_stats, label_problem
 from .result import EntityInfo, ResultFolder
 
-__all__ = ["OPS", "check_op", "EditSession"]
+__all__ = ["OPS", "check_op", "EditSession", "check_view"]
 
 OPS = ("hide", "show", "delete", "merge", "split", "label")
 _SHOWN = 10  # ids named in a message (the rest counted: a list of millions makes no message)
@@ -175,6 +176,11 @@ class EditSession:
     """
 
     def __init__(self, result: ResultFolder, ops: Sequence[Mapping[str, Any]] = ()):
+        if not isinstance(result, ResultFolder):
+            raise InvalidArgumentError(f"an EditSession edits a ResultFolder (ResultFolder.open(path)), got "
+                                       f"{_cut(repr(result))} ({type(result).__name__})")
+        if isinstance(ops, (str, bytes, Mapping)) or not isinstance(ops, Iterable):
+            raise InvalidArgumentError(f"ops must be a list of edit operations, got {_cut(repr(ops))}")
         self.result = result
         self.ops: list[dict[str, Any]] = []
         self._redo: list[dict[str, Any]] = []
@@ -359,3 +365,12 @@ class EditSession:
 
     def source_frame(self, i: int) -> np.ndarray | None:
         return self.result.source_frame(i)
+
+
+def check_view(view: Any, what: str = "view") -> ResultFolder | EditSession:
+    """`view` is what the writers of a result read (a ResultFolder or an EditSession), else
+    InvalidArgumentError: anything else would fail deep inside with an AttributeError."""
+    if not isinstance(view, (ResultFolder, EditSession)):
+        raise InvalidArgumentError(f"{what} must be a ResultFolder (ResultFolder.open(path)) or an EditSession, got "
+                                   f"{_cut(repr(view))} ({type(view).__name__})")
+    return view

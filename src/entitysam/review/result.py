@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..argtypes import check_path_arg
 from ..errors import InvalidArgumentError, ResultChangedError, ResultFileGoneError, ResultFolderError
 from ..io import idpng
 from ..io.paths import safe_name
@@ -112,7 +113,7 @@ class ResultFolder:
         """Open and check a result folder. Raises ResultFolderError naming the folder and what is
         wrong: not a folder, no manifest, unfinished (online run interrupted or still running),
         not an entitysam result, no panoptic output, a missing PNG, inconsistent records."""
-        path = Path(path)
+        path = check_path_arg(path, "path")  # None or a number: not a bare TypeError; "": not the current folder
         if not path.is_dir():
             raise ResultFolderError(f"{path}: not a folder (expected a result folder of `entitysam segment`)")
         fingerprint = _fingerprint(path)  # before anything is read: a change while opening shows later

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping
 
+from ..argtypes import check_flags, check_path_arg
 from ..errors import EditError, InvalidArgumentError, OutputError
 from ..io.atomic import write_json_atomic
 from ..io.output_lock import OutputLockedError
@@ -97,6 +98,12 @@ def save_revision(session: EditSession, *, dest: str | os.PathLike | None = None
     """Write the session's current result as a complete result folder (see the module docstring);
     returns its path. dest: the folder (default :func:`next_revision_path`; must not exist);
     replace_original: write it over the original folder instead (atomically)."""
+    if not isinstance(session, EditSession):  # anything else failed deep inside with an AttributeError
+        raise InvalidArgumentError(f"session must be an EditSession (EditSession(ResultFolder.open(path))), got "
+                                   f"{type(session).__name__}")
+    check_flags(replace_original=replace_original)  # "no" is truthy: it would replace the original
+    if dest is not None:
+        dest = check_path_arg(dest, "dest")
     result = session.result
     if replace_original and dest is not None:
         raise InvalidArgumentError("save_revision: give dest or replace_original, not both")
@@ -192,6 +199,9 @@ def replay_edits(original_dir: str | os.PathLike, edits_json: str | os.PathLike 
                  check_digest: bool = True) -> EditSession:
     """A session with the operations of `edits_json` applied to the result in `original_dir`.
     check_digest: refuse (EditError) a log recorded on a result whose manifest differs."""
+    check_flags(check_digest=check_digest)
+    if not isinstance(edits_json, Mapping):
+        check_path_arg(edits_json, "edits_json")
     data = read_edits(edits_json)
     result = ResultFolder.open(original_dir)
     want = (data.get("original") or {}).get("manifest_sha256")

@@ -25,16 +25,23 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ... import jsonio
+from ...argtypes import InvalidArgumentError, check_flags, check_int, check_path_arg
+from ...io.paths import safe_name
 from ...io.idpng import write_id_png
 from .label_video import CATEGORIES, paint_ellipse, render_label_video, segments_info, write_gt_frame
 
-__all__ = ["SyntheticDataset", "SyntheticVIPSeg", "make_synthetic_dataset", "make_vipseg_dataset"]
+__all__ = ["SyntheticDataset", "SyntheticVIPSeg", "make_synthetic_dataset", "make_vipseg_dataset",
+           "check_vipseg_request", "VIPSEG_MAX_PIXELS"]
+
+# Each video is rendered in memory (label maps of int64 and more): at most this many pixels
+# (frames x width x height), about 1-2 GiB at the peak.
+VIPSEG_MAX_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -165,12 +172,9 @@ def make_vipseg_dataset(
     region, VOID) plus three scripted things: one enters from the left and passes in front of a
     second, a third leaves through the right border. Everything is a function of ``seed``.
     """
-    root = Path(root)
-    counts = [int(num_frames)] * num_videos if isinstance(num_frames, (int, np.integer)) else [int(n) for n in num_frames]
-    if len(counts) != num_videos:
-        raise ValueError(f"num_frames has {len(counts)} counts for {num_videos} videos")
-    if min(counts, default=1) < 1:
-        raise ValueError("every video needs at least one frame")
+    root, counts = check_vipseg_request(root, split=split, num_videos=num_videos, num_frames=num_frames, width=width,
+                                        height=height, seed=seed, prefix=prefix, split_file=split_file,
+                                        jpeg_quality=jpeg_quality)
     images_dir, gt_dir = root / "images", root / "panomasksRGB"
     videos, annos, names = [], [], []
     for v, T in enumerate(counts):
@@ -201,3 +205,33 @@ def make_vipseg_dataset(
         split_path.write_text("".join(f"{n}\n" for n in names))
     return SyntheticVIPSeg(root=root, images_dir=images_dir, gt_dir=gt_dir, gt_json=gt_json, split_file=split_path,
                            split=split, videos=tuple(names), num_frames=tuple(counts))
+
+
+def check_vipseg_request(root: Any, *, split: Any, num_videos: Any, num_frames: Any, width: Any, height: Any,
+                         seed: Any, prefix: Any, split_file: Any, jpeg_quality: Any) -> tuple[Path, list[int]]:
+    """The arguments of :func:`make_vipseg_dataset` checked before anything is written (each failed
+    deep inside, after writing part of the dataset, or not at all: ``prefix="../x"`` wrote outside
+    ``images/``, ``width=10**9`` ran out of memory). Returns (root, frames of each video)."""
+    root = check_path_arg(root, "root")
+    if root.exists() and not root.is_dir():
+        raise InvalidArgumentError(f"root {root} exists and is not a folder")
+    check_int(num_videos, "num_videos", 1)
+    if isinstance(num_frames, (str, bytes)) or not isinstance(num_frames, (int, np.integer, Sequence)):
+        raise InvalidArgumentError(f"num_frames must be an integer or one integer per video, got {num_frames!r}")
+    counts = [num_frames] * num_videos if isinstance(num_frames, (int, np.integer)) else list(num_frames)
+    if len(counts) != num_videos:
+        raise InvalidArgumentError(f"num_frames has {len(counts)} counts for {num_videos} videos")
+    counts = [check_int(int(n) if isinstance(n, np.integer) else n, "num_frames", 1) for n in counts]
+    check_int(width, "width", 1, 8192)
+    check_int(height, "height", 1, 8192)
+    if max(counts) * width * height > VIPSEG_MAX_PIXELS:
+        raise InvalidArgumentError(f"each video is rendered in memory: frames x width x height must be at most "
+                                   f"{VIPSEG_MAX_PIXELS}, got {max(counts)} frames of {width}x{height}")
+    check_int(seed, "seed", 0)
+    for name, value in (("prefix", prefix), ("split", split)):  # parts of file names
+        if not isinstance(value, str) or not value or safe_name(value) != value:
+            raise InvalidArgumentError(f"{name} must be a non-empty string usable in a file name (no '/', '\\', "
+                                       f"surrounding spaces or leading '.'), got {value!r}")
+    check_flags(split_file=split_file)
+    check_int(jpeg_quality, "jpeg_quality", 1, 100)
+    return root, counts

@@ -140,7 +140,8 @@ class FrameSelection:
             raise SourceError(f"end ({self.end}) must be after start ({self.start}): the selection would be empty")
         if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
             raise SourceError(f"stride must be a positive integer, got {self.stride!r}")
-        if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
+        if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
+                                            or self.max_frames < 1):  # max_frames=True is no count
             raise SourceError(f"max_frames must be a positive integer, got {self.max_frames!r}")
 
     @property

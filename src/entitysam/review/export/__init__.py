@@ -42,7 +42,7 @@ SUFFIXES = {"mots": "", "cvat-video": ".xml", "ytvis": ".json", "coco-video": ".
 def _writer(fmt: str) -> Callable[..., Path]:
     import importlib
 
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise InvalidArgumentError(f"unknown export format {fmt!r}: choose from {', '.join(FORMATS)}")
     module, func = FORMATS[fmt].split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), func)
@@ -52,12 +52,17 @@ def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = Fal
     """Write `view` (ResultFolder or EditSession) in format `fmt` to `out` (a file, or a folder
     for ``mots``); returns the path written. options: per format (``mots``: ``class_id``, ``txt``;
     ``cvat-video``: ``tracks``; ``ytvis``: ``video_id``)."""
+    from ...argtypes import check_flags, check_path_arg
+    from ..edits import check_view
     from .common import check_outside_results
 
     write = _writer(fmt)
-    check_outside_results(view, Path(out))
+    check_view(view)
+    out = check_path_arg(out, "out")
+    check_flags(overwrite=overwrite)  # "no" is truthy: it would replace an earlier export
+    check_outside_results(view, out)
     _check_unchanged(view)
-    return write(view, Path(out), overwrite=overwrite, **options)
+    return write(view, out, overwrite=overwrite, **options)
 
 
 def _check_unchanged(view: Any) -> None:
