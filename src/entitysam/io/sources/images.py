@@ -7,7 +7,6 @@ and refused from their header when larger than ``max_pixels``, before they are d
 from __future__ import annotations
 
 import os
-import stat
 import threading
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...errors import SourceError
+from ...regular_file import open_regular
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
                         FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key)
 
@@ -77,13 +77,12 @@ def _open_regular(path: Path, what: str):
     """Open `path` for reading without blocking, as a regular file only (a file replaced by a
     named pipe after the listing is refused, not waited on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        f = open_regular(path)
     except OSError:
         raise SourceError(input_problem(path, what) or f"cannot read {what} {path}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if f is None:
         raise SourceError(input_problem(path, what) or f"{what} {path} is not a regular file")
-    return os.fdopen(fd, "rb")
+    return f
 
 
 def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
