@@ -142,6 +142,20 @@ def test_folder_without_frames_says_what_it_holds(tmp_path, tiny_checkpoint):
         list_batch_inputs(empty)
 
 
+def test_a_folder_named_as_its_result_is_named_once(tmp_path, tiny_checkpoint, monkeypatch, capsys):
+    """An empty folder `x.mp4` given as `x.mp4`: the error said the name twice, "error: x.mp4:
+    x.mp4: empty folder" (the result's name, then the message, which names the input first)."""
+    from entitysam import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.mp4").mkdir()
+    assert cli.main(["segment", "x.mp4", "-o", "out", "--checkpoint", str(tiny_checkpoint), "-q"]) == 1
+    assert capsys.readouterr().err == "error: x.mp4: empty folder, no frames (.jpg .jpeg .png)\n"
+    (tmp_path / "clip.mp4").write_bytes(b"")  # a message that names the input otherwise keeps its prefix
+    assert cli.main(["segment", "clip.mp4", "-o", "out", "--checkpoint", str(tiny_checkpoint), "-q"]) == 1
+    assert capsys.readouterr().err == "error: clip: clip.mp4: empty file (0 bytes), not a video\n"
+
+
 def test_output_is_an_existing_file(tmp_path, tiny_checkpoint):
     write_frames(tmp_path / "v", ["0"])
     (tmp_path / "file").write_text("x")

@@ -6,6 +6,8 @@ size limits and streams: test_hostile_inputs.py."""
 from __future__ import annotations
 
 import http.server
+import os
+import stat
 import struct
 import threading
 from fractions import Fraction
@@ -14,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _blocking import within
+from _blocking import release_readers, swap_for_a_pipe, within
 from _cli import run_cli
 from _media import scene, write_frames, write_video
 from entitysam.errors import SourceError
-from entitysam.io.sources import FrameSelection, open_source
+from entitysam.io.sources import FrameSelection, open_source, video_file
 from entitysam.io.sources.video_seek import VideoSeek
 
 
@@ -247,3 +249,73 @@ def test_an_image_pillow_cannot_identify_is_named_in_words(tmp_path):
         list(open_source(text_in_the_middle))
     assert str(caught.value) == (f"cannot read frame {text_in_the_middle / '1.jpg'}: not an image format Pillow can "
                                  "read (corrupt, truncated or not an image)")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("when", ["opening", "decoding"])
+def test_a_video_swapped_for_a_pipe_as_pyav_opens_it_is_read_as_it_was_opened(tmp_path, monkeypatch, when):
+    """PyAV opened the path by name after it was checked: a named pipe put there in between (when
+    the source is opened to read its header, or when a pass decodes it) made that open wait for a
+    writer for ever. PyAV now reads the file the source opened (once, without waiting); a later
+    pass opens the path anew, finds the pipe and refuses it."""
+    video = write_video(tmp_path / "clip.mp4", 4)
+    expected = [f.image for f in open_source(video)]
+    opens, real_open = [], video_file.open_container
+    swap_at = 1 if when == "opening" else 2
+
+    def swapped_then_opened(url, **kwargs):  # the path becomes a pipe just before PyAV opens it
+        opens.append(url)
+        if len(opens) == swap_at:
+            swap_for_a_pipe(video)
+        return real_open(url, **kwargs)
+    monkeypatch.setattr(video_file, "open_container", swapped_then_opened)
+    try:
+        source = within(20, open_source, video)
+        if when == "opening":
+            assert (source.width, source.height, source.total_frames()) == (64, 48, 4)
+            with pytest.raises(SourceError, match=rf"^video {video} is a named pipe \(FIFO\)"):
+                within(20, list, source)
+        else:
+            frames = within(20, lambda: [f.image for f in source])
+            assert len(frames) == 4 and all(np.array_equal(a, b) for a, b in zip(frames, expected))
+    finally:
+        release_readers(video)
+    assert stat.S_ISFIFO(os.stat(video).st_mode) and len(opens) == swap_at
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("when", ["opening", "decoding"])
+def test_a_video_swapped_for_a_pipe_after_its_check_is_refused_not_waited_on(tmp_path, monkeypatch, when):
+    """A named pipe put in place of the video right after the check that it is a regular file: a
+    decoding pass waited for a writer for ever in PyAV's open; opening the source said "empty file
+    (0 bytes)" (the pipe's size). Now the open without waiting finds the pipe, and says so."""
+    video = write_video(tmp_path / "clip.mp4", 4)
+    checks: list[str | None] = []
+    checked, swap_at = video_file.input_problem, 1 if when == "opening" else 2
+
+    def then_swapped(path, what="input"):  # the check passes, then the path becomes a pipe
+        checks.append(checked(path, what))
+        if len(checks) == swap_at:
+            swap_for_a_pipe(video)
+        return checks[-1]
+    monkeypatch.setattr(video_file, "input_problem", then_swapped)
+    try:
+        with pytest.raises(SourceError) as caught:
+            within(20, lambda: list(open_source(video)))
+    finally:
+        release_readers(video)
+    assert stat.S_ISFIFO(os.stat(video).st_mode) and checks[:swap_at] == [None] * swap_at
+    assert str(caught.value).startswith(f"video {video} is a named pipe (FIFO), not a regular file"), caught.value
+
+
+def test_messages_of_a_video_opened_once_name_the_users_path(tmp_path):
+    """PyAV reads the open file under another name (/dev/fd/N); messages still name the input."""
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(SourceError) as caught:
+        open_source(garbage)
+    assert str(caught.value).startswith(f"cannot read video {garbage}: ") and "/dev/fd" not in str(caught.value)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(SourceError, match=rf"^{empty}: empty file \(0 bytes\), not a video$"):
+        open_source(empty)

@@ -4,6 +4,7 @@ far jump, and the pass from the start when the pts cannot be trusted."""
 
 from __future__ import annotations
 
+import os
 import random
 from fractions import Fraction
 
@@ -12,6 +13,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from _blocking import release_readers, swap_for_a_pipe, within  # noqa: E402
 from entitysam.io.sources import FrameSelection, open_source  # noqa: E402
 
 N = 150
@@ -220,4 +222,31 @@ def test_a_corrupt_keyframe_gives_what_the_pass_from_the_start_gives(tmp_path):
     for i in [100, k]:
         expected = outcome(lambda: next(iter(VideoFileSource(path, FrameSelection(start=i, max_frames=1), fps=10))))
         assert outcome(lambda: seek.frame(i)) == expected, i
+    assert seek.fallbacks == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_video_swapped_for_a_pipe_before_a_seek_pass_is_refused_not_waited_on(tmp_path, monkeypatch):
+    """A seek pass opened the path by name, unchecked: a named pipe put there since the last pass
+    made that open wait for a writer for ever. Now it opens the file once, without waiting, and
+    falls back to the pass from the start, which refuses the pipe in words."""
+    from entitysam.errors import SourceError
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    path = write_indexed(tmp_path / "swapped.mp4", n=40)
+    seek = VideoSeek(path, fps=10)
+    seek.frame(39)  # records the keyframes: the next read starts with a seek pass
+    assert seek.keyframe_before(30) > 0
+    recorded = VideoSeek.keyframe_before
+
+    def then_swapped(self, index):  # the pass is about to open the file: it becomes a pipe
+        if path.is_file():
+            swap_for_a_pipe(path)
+        return recorded(self, index)
+    monkeypatch.setattr(VideoSeek, "keyframe_before", then_swapped)
+    try:
+        with pytest.raises(SourceError, match=rf"^video {path} is a named pipe \(FIFO\), not a regular file"):
+            within(20, seek.frame, 30)
+    finally:
+        release_readers(path)
     assert seek.fallbacks == 1

@@ -1,6 +1,6 @@
-"""Files the viewer sends as they are (`/files/`, `/static/`, `/`), on a real uvicorn server: a file
-rewritten, replaced, deleted or swapped for a named pipe while it is asked for or downloaded, Range
-and HEAD requests (entitysam.review.file_response)."""
+"""Files the viewer sends as they are (`/files/`, `/static/`, `/`, a source JPEG at /api/frames/), on
+a real uvicorn server: a file rewritten, replaced, deleted or swapped for a named pipe while it is
+asked for or downloaded, Range and HEAD requests (entitysam.review.file_response)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,13 @@ pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (st
 pytest.importorskip("uvicorn", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
 httpx = pytest.importorskip("httpx", reason="the tests speak HTTP through httpx")
 
+from PIL import Image  # noqa: E402
+
+from _blocking import release_readers, swap_for_a_pipe  # noqa: E402
 from _review_result import make_result  # noqa: E402
 from _viewer import live_server  # noqa: E402
 from entitysam.review import routes  # noqa: E402
+from entitysam.review.source_frames import SourceFrames  # noqa: E402
 from entitysam.review.server import Viewer  # noqa: E402
 
 BIG = 32 << 20  # far more than the socket buffers hold: the server is mid-file when it changes
@@ -111,6 +115,37 @@ def test_a_file_gone_or_made_a_pipe_after_its_check_is_a_404(served, monkeypatch
         pytest.fail("no answer in 10 s: the server waits on the named pipe")
     assert reply.status_code == 404 and reply.json() == {"error": "not found"}  # the old server: a 500
     no_traceback(errors)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("query", ["", "?w=16"], ids=["as-is", "scaled"])
+def test_a_source_jpeg_made_a_pipe_after_its_check_is_a_404_not_a_thread_lost(tmp_path, monkeypatch, query):
+    """A source JPEG (sent as it is, or decoded smaller) swapped for a named pipe between the check
+    that it is a file and its read: the read waited for a writer for ever, holding a worker thread
+    of the server. It is now opened once, without waiting: a pipe is no frame (404)."""
+    result = make_result(tmp_path)
+    for png in (tmp_path / "input-clip").glob("*.png"):
+        Image.open(png).save(png.with_suffix(".jpg"), quality=90)
+        png.unlink()
+    checked = SourceFrames.frame_file
+
+    def then_swapped(self, index, name):  # the file passed is_file(): now it becomes a pipe
+        path = checked(self, index, name)
+        swap_for_a_pipe(path)
+        return path
+    monkeypatch.setattr(SourceFrames, "frame_file", then_swapped)
+    frame = tmp_path / "input-clip" / "f003.jpg"
+    with live_server(Viewer(result, token="t")) as (url, errors):
+        try:
+            reply = httpx.get(f"{url}/api/frames/3.jpg{query}", timeout=10)
+        except httpx.TimeoutException:
+            pytest.fail("no answer in 10 s: the server waits on the named pipe")
+        finally:
+            release_readers(frame)
+        assert reply.status_code == 404, reply.status_code
+        assert reply.json() == {"error": "the source frame cannot be read (moved or deleted?)"}
+        no_traceback(errors)
+    assert os.path.exists(frame) and not os.path.isfile(frame)  # (swapped)
 
 
 @pytest.mark.parametrize("header, status, expected", [

@@ -22,11 +22,12 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 
 import torch
 
-from .checkpoint_file import open_checkpoint, reopenable_name
+from .checkpoint_file import open_checkpoint
 from .checkpoint_scan import REFUSED, numpy_safe_globals, printable, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError
 from .modeling.entitysam import EntitySAM
+from .regular_file import reopenable_name
 
 PUBLISHED = ("vit-s", "vit-l")
 

@@ -24,11 +24,14 @@ TRUST_FLAG = "--trust-checkpoint-code"
 
 
 def print_err(msg: str | BaseException, prefix: str = "") -> None:
-    """``error: [prefix: ]message`` on stderr; an EntitySAMError is worded with the flags."""
+    """``error: [prefix: ]message`` on stderr; an EntitySAMError is worded with the flags. The prefix
+    (which input failed) is left out when the message begins with it already: an empty folder
+    `x.mp4`, whose result is named `x.mp4`, said "error: x.mp4: x.mp4: empty folder"."""
     from .wording import user_message
 
     text = user_message(msg)
-    print(f"error: {prefix}: {text}" if prefix else f"error: {text}", file=sys.stderr)
+    named = not prefix or text.startswith(f"{prefix}: ")
+    print(f"error: {text}" if named else f"error: {prefix}: {text}", file=sys.stderr)
 
 
 def sayer(quiet: bool) -> Callable[[str], None]:

@@ -6,7 +6,8 @@ made it send more or fewer bytes than its Content-Length, and uvicorn printed a 
 ("Too much data for declared Content-Length"); a file deleted, or replaced by a named pipe, between
 the check and the open was a 500 with a traceback (or an open() waiting for a writer for good).
 
-Here the path is opened once, without waiting, and what was opened is checked (a regular file);
+Here the path is opened once, without waiting, and what was opened is checked (a regular file;
+entitysam.regular_file);
 its size and modification time are taken from that descriptor, and every byte sent is read from
 it, at most that size. A file replaced by a rename (as entitysam writes its files) keeps its old
 contents for a download in progress. When the file changes under the download (its size or
@@ -22,28 +23,30 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import stat
 from email.utils import formatdate
+from typing import BinaryIO
 
 import anyio
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
 
+from ..regular_file import open_regular
+
 __all__ = ["OpenedFile", "open_regular_file", "OpenFileResponse", "parse_ranges", "MAX_RANGES", "CHUNK"]
 
 CHUNK = 64 * 1024  # bytes read (and sent) at a time
 MAX_RANGES = 100  # more ranges than this in one request: the whole file (as Starlette)
-# without waiting (a named pipe), never through a symbolic link put there after the path was checked
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class OpenedFile:
-    """A regular file open for reading and what it was when opened (its fstat)."""
+    """A regular file open for reading (`file`: see entitysam.regular_file) and what it was when
+    opened (its fstat)."""
 
-    def __init__(self, fd: int, info: os.stat_result):
-        self.fd = fd
-        self.info = info
-        self.size = info.st_size
+    def __init__(self, file: BinaryIO):
+        self.file = file
+        self.fd = file.fileno()
+        self.info = os.fstat(self.fd)
+        self.size = self.info.st_size
 
     def read(self, offset: int, count: int) -> bytes | None:
         """`count` bytes at `offset`; None when the file is no longer what it was when opened (shorter
@@ -58,26 +61,24 @@ class OpenedFile:
         return data
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.file.close()
 
 
 def open_regular_file(path: str | os.PathLike) -> OpenedFile | None:
     """`path` open for reading if it is a regular file now; None when it is gone, not a regular file
-    (a named pipe is opened without waiting for a writer) or cannot be opened."""
+    (a named pipe is opened without waiting for a writer), a symbolic link put there after the path
+    was checked, or cannot be opened."""
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        f = open_regular(path, follow_links=False)
     except OSError:
         return None
-    try:
-        info = os.fstat(fd)
-    except OSError:
-        info = None
-    if info is None or not stat.S_ISREG(info.st_mode):
-        os.close(fd)
+    if f is None:
         return None
-    return OpenedFile(fd, info)
+    try:
+        return OpenedFile(f)
+    except OSError:  # (its fstat)
+        f.close()
+        return None
 
 
 def parse_ranges(header: str, size: int) -> list[tuple[int, int]] | int | None:

@@ -5,7 +5,7 @@ result's own PNGs or as runs, `entitysam.review.idruns`)."""
 from __future__ import annotations
 
 import io
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -24,12 +24,13 @@ def jpeg_bytes(image: np.ndarray, quality: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def shown_as_is(path: Path, size: tuple[int, int]) -> bool:
-    """Whether the file at `path` is a JPEG that a browser shows exactly as the frame the source
+def shown_as_is(f: BinaryIO, size: tuple[int, int]) -> bool:
+    """Whether the open file `f` is a JPEG that a browser shows exactly as the frame the source
     reader decodes from it: (H, W) `size`, RGB or grey, no EXIF rotation (which the reader applies
-    and which would change the size). Only the header is read."""
+    and which would change the size). Only the header is read (from the start of `f`)."""
     try:
-        with Image.open(path) as im:
+        f.seek(0)
+        with Image.open(f) as im:
             if im.format != "JPEG" or im.mode not in ("RGB", "L") or (im.height, im.width) != tuple(size):
                 return False
             return im.getexif().get(0x0112) in (None, 1)  # Orientation
@@ -37,11 +38,12 @@ def shown_as_is(path: Path, size: tuple[int, int]) -> bool:
         return False
 
 
-def jpeg_at_least(path: Path, width: int) -> np.ndarray:
-    """[h, w, 3] uint8 RGB of the JPEG at `path` (one `shown_as_is` accepts), decoded by libjpeg at
+def jpeg_at_least(f: BinaryIO, width: int) -> np.ndarray:
+    """[h, w, 3] uint8 RGB of the JPEG open as `f` (one `shown_as_is` accepts), decoded by libjpeg at
     the smallest of 1, 1/2, 1/4 or 1/8 of its size that keeps w >= `width` (a 1080p frame asked
     960 wide decodes a quarter of the pixels). Raises OSError when it cannot be read."""
-    with Image.open(path) as im:
+    f.seek(0)
+    with Image.open(f) as im:
         height = max(1, round(im.height * width / im.width))
         im.draft("RGB", (width, height))  # libjpeg's DCT scaling: never below the size asked
         return np.asarray(im.convert("RGB"))

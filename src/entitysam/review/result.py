@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from ..io import idpng
 from ..io.paths import safe_name
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
+from ..regular_file import open_regular
 from .records import (check_entity_record, check_frame_record, entity_stats, panoptic_entries, read_entity_records,
                       segment_areas)
 from .source_frames import SourceFrames
@@ -268,30 +268,32 @@ def _open_regular(path: Path):
     after the result was opened blocked the read, and with it the viewer's lock (save, edits)
     for good. ResultFileGoneError when it is gone, ResultFolderError when it is not a regular file."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        f = open_regular(path)
     except FileNotFoundError:
         raise ResultFileGoneError(f"{path}: gone from disk since the result was opened (reopen it)") from None
     except OSError as err:
         raise ResultFolderError(f"{path}: cannot read it: {err.strerror or err}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+    if f is None:
         raise ResultFolderError(f"{path}: no longer a regular file (replaced since the result was opened)")
-    return os.fdopen(fd, "rb")
+    return f
 
 
 def _fingerprint(path: Path) -> tuple[str | None, str | None]:
     """SHA-256 (hex) of manifest.json and of panoptic.json, None for one that cannot be read or is
     not a regular file (a FIFO in its place would block the read for good)."""
-    out = []
-    for name in (MANIFEST, "panoptic.json"):
-        try:
-            fd = os.open(path / name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-            with os.fdopen(fd, "rb") as f:
-                regular = stat.S_ISREG(os.fstat(fd).st_mode)
-                out.append(hashlib.sha256(f.read()).hexdigest() if regular else None)
-        except OSError:
-            out.append(None)
-    return out[0], out[1]
+    return _digest(path / MANIFEST), _digest(path / "panoptic.json")
+
+
+def _digest(path: Path) -> str | None:
+    """SHA-256 (hex) of the regular file `path`; None when it is not one or cannot be read."""
+    try:
+        f = open_regular(path)
+        if f is None:
+            return None
+        with f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
 
 
 def _frames(path: Path, manifest: dict[str, Any], entries: list[dict[str, Any]],

@@ -32,18 +32,20 @@ Frames and id maps are immutable for a run and served with long cache headers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
 from ..errors import EntitySAMError
 from ..io.overlay import entity_color
+from ..regular_file import open_regular
 from .idruns import encode_rgb_id_runs
 from .images import jpeg_at_least, jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
@@ -77,6 +79,22 @@ class _LRU:
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)
         return value
+
+
+@contextlib.contextmanager
+def _source_file(path: Path | None) -> Iterator[BinaryIO | None]:
+    """The source file `path` open for reading, once, without waiting (entitysam.regular_file); None
+    when there is none or it is no regular file now. Opening it again by name for each read let a
+    named pipe put there after its check hold a worker thread of the server for ever."""
+    try:
+        f = None if path is None else open_regular(path)
+    except OSError:  # gone, unreadable: the source reader says what it can
+        f = None
+    if f is None:
+        yield None
+        return
+    with f:
+        yield f
 
 
 def _json_ready(value):
@@ -162,25 +180,26 @@ class Viewer:
         a smaller JPEG is what makes scrubbing fast); None or >= the frame's width: full size."""
         if width is not None and width >= self.result.size[1]:
             width = None
-        path = self.result.source_file(index)
-        as_is = path is not None and shown_as_is(path, self.result.size)
-        if as_is and width is None:  # a JPEG source file of the frame itself: its bytes, no decoding, no cache
-            try:
-                return path.read_bytes()
-            except OSError:
-                pass
-
-        def make():
-            if as_is and width is not None:
-                try:  # decoded at 1/2, 1/4 or 1/8 of the size when that is still >= the width asked
-                    return jpeg_bytes(scale_to_width(jpeg_at_least(path, width), width))
+        with _source_file(self.result.source_file(index)) as f:
+            as_is = f is not None and shown_as_is(f, self.result.size)
+            if as_is and width is None:  # a JPEG source file of the frame itself: its bytes, no decoding, no cache
+                try:
+                    f.seek(0)
+                    return f.read()
                 except OSError:
                     pass
-            image = self.result.source_frame(index)
-            if image is None:
-                return None
-            return jpeg_bytes(image if width is None else scale_to_width(image, width))
-        return self._jpegs.get_or_make((index, width), make)
+
+            def make():
+                if as_is and width is not None:
+                    try:  # decoded at 1/2, 1/4 or 1/8 of the size when that is still >= the width asked
+                        return jpeg_bytes(scale_to_width(jpeg_at_least(f, width), width))
+                    except OSError:
+                        pass
+                image = self.result.source_frame(index)
+                if image is None:
+                    return None
+                return jpeg_bytes(image if width is None else scale_to_width(image, width))
+            return self._jpegs.get_or_make((index, width), make)
 
     def id_png(self, index: int) -> bytes:
         """The ORIGINAL id map of frame `index` as RGB PNG: the stored file itself (already compressed)."""

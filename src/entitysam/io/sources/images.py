@@ -7,7 +7,6 @@ and refused from their header when larger than ``max_pixels``, before they are d
 from __future__ import annotations
 
 import os
-import stat
 import threading
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
-                        FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key)
+                        FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key, open_input_file)
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS in Image.open (DecompressionBombError). Our own
@@ -73,19 +72,6 @@ def _exif_orientation(im: Image.Image) -> int | None:
         return None
 
 
-def _open_regular(path: Path, what: str):
-    """Open `path` for reading without blocking, as a regular file only (a file replaced by a
-    named pipe after the listing is refused, not waited on)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        raise SourceError(input_problem(path, what) or f"cannot read {what} {path}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise SourceError(input_problem(path, what) or f"{what} {path} is not a regular file")
-    return os.fdopen(fd, "rb")
-
-
 def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
     """The error of an image Pillow could not open. Pillow names the open file object in its
     message (``cannot identify image file <_io.BufferedReader name=3>``): the cause is said in
@@ -101,7 +87,7 @@ def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
 
 def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 label: str | None = None) -> np.ndarray:
-    with _open_regular(path, what) as fp:
+    with open_input_file(path, what) as fp:
         try:
             im = _open_pil(fp)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
@@ -142,7 +128,7 @@ class FrameFolderSource(FrameSource):
         self._check_header(self.files[0])  # the first frame's size, read from its header: fail before any work
 
     def _check_header(self, f: Path) -> None:
-        with _open_regular(f, "frame") as fp:
+        with open_input_file(f, "frame") as fp:
             try:
                 with _open_pil(fp) as im:
                     check_frame_size(self.label, f"frame {f.name}", im.width, im.height, self.max_pixels)

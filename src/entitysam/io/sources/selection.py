@@ -13,11 +13,12 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
 from ...errors import Remedy, SourceError
+from ...regular_file import open_regular
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -67,6 +68,19 @@ def input_problem(path: str | os.PathLike, what: str = "input") -> str | None:
     return (f"{what} {path} is {kind}, not a regular file or folder: entitysam reads video files, images and "
             "folders of frames (save a pipe's or stream's content to a file first; cameras are read as "
             "/dev/videoN or stream URLs in online mode)")
+
+
+def open_input_file(path: Path, what: str = "input") -> BinaryIO:
+    """The input file `path` open for reading, once, without waiting (entitysam.regular_file): a file
+    replaced by a named pipe after it was checked or listed is refused, not waited on. Every read
+    of the input goes through what this opened (PyAV's too), never through the path again."""
+    try:
+        f = open_regular(path)
+    except OSError:
+        raise SourceError(input_problem(path, what) or f"cannot read {what} {path}") from None
+    if f is None:
+        raise SourceError(input_problem(path, what) or f"{what} {path} is not a regular file")
+    return f
 
 
 def check_max_pixels(max_pixels: int | None) -> int | None:

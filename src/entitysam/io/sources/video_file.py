@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ...errors import Remedy, SourceError
+from ...regular_file import reopenable_name
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size,
-                        check_max_pixels, frame_out_of_memory, input_problem)
+                        check_max_pixels, frame_out_of_memory, input_problem, open_input_file)
 
 
 def import_av():
@@ -26,6 +28,22 @@ def open_container(url: str, **kwargs):
     a hostile file) are read with replacement characters: PyAV decodes every tag while it opens
     the input, and would otherwise fail the open itself with a UnicodeDecodeError."""
     return import_av().open(url, metadata_errors="replace", **kwargs)
+
+
+@contextlib.contextmanager
+def open_video(path: Path):
+    """The PyAV container of the video file `path`, for one pass (listing, decoding, seeking).
+
+    The file is opened once, without waiting, and checked to be a regular file (`open_input_file`);
+    PyAV reads that open file, under /dev/fd/N (FFmpeg's own reads and seeks, as from the path) or,
+    where there is no such name, through the file object. Handing PyAV the path let a named pipe
+    put there after the check make its open wait for a writer for ever. SourceError for what is no
+    regular file now or an empty file (0 bytes); messages name `path`, never /dev/fd/N."""
+    with open_input_file(path, "video") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise SourceError(f"{path}: empty file (0 bytes), not a video")
+        with open_container(reopenable_name(f) or f) as container:
+            yield container
 
 
 def video_stream(container):
@@ -49,11 +67,9 @@ class VideoFileSource(FrameSource):
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
         path = Path(path)
         av = import_av()
-        _check_regular_file(path, "video")
-        if path.stat().st_size == 0:
-            raise SourceError(f"{path}: empty file (0 bytes), not a video")
+        _check_regular_file(path, "video")  # by name first: a pipe or a device is refused unopened
         try:
-            with open_container(str(path)) as container:
+            with open_video(path) as container:
                 stream = video_stream(container)
                 if stream is None:
                     raise SourceError(f"{path}: no video stream in the file"
@@ -93,7 +109,7 @@ class VideoFileSource(FrameSource):
         index = -1
         _check_regular_file(self.path, "video")  # again: the file may have been replaced since it was opened
         try:
-            with open_container(str(self.path)) as container:
+            with open_video(self.path) as container:
                 stream = video_stream(container)
                 if stream is None:  # the file was replaced since it was opened
                     raise SourceError(f"{self.path}: no video stream in the file (did it change since it was opened?)")

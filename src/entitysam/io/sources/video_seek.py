@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ...errors import EntitySAMError
+from ...errors import EntitySAMError, SourceError
 from .selection import DEFAULT_MAX_PIXELS, Frame, FrameSelection
-from .video_file import VideoFileSource, import_av, open_container, video_stream
+from .video_file import VideoFileSource, import_av, open_video, video_stream
 
 __all__ = ["VideoSeek"]
 
@@ -93,7 +93,7 @@ class VideoSeek:
         av = import_av()
         self.seeks += 1
         try:
-            with open_container(str(self.path)) as container:
+            with open_video(self.path) as container:  # the file opened once, never waited on
                 stream = video_stream(container)
                 if stream is None:  # the file was replaced: the pass from the start says so
                     raise _Mismatch("no video stream")
@@ -114,8 +114,8 @@ class VideoSeek:
                             raise _Mismatch
                     yield index, self.times[index], frame
                     index += 1
-        except av.error.FFmpegError:
-            raise _Mismatch from None
+        except (av.error.FFmpegError, SourceError):  # (SourceError: no regular file now) the pass
+            raise _Mismatch from None  # from the start says what is wrong, in its words
 
 
 class _SeekingSource(VideoFileSource):

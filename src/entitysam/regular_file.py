@@ -1,0 +1,61 @@
+"""A file opened once, without waiting, and read only if what was opened is a regular file.
+
+Checking a path (``is_file()``, ``stat``), then opening it by name, leaves a moment in which the
+path can be swapped for a named pipe: the open then waits for a writer for ever (and with it a
+decoder, a loader or a worker thread of the viewer). Here the path is opened once with
+O_NONBLOCK (a pipe opens at once), and the open file is checked with fstat: anything but a
+regular file is closed again, unread. Every later read goes through that descriptor, or through
+:func:`reopenable_name` for readers that only take names (PyAV, safetensors): a name of the open
+file itself, not of the path, which may have changed since.
+
+* `open_regular(path)`: the open file (binary, blocking), or None when it is not a regular file.
+* `reopenable_name(f)`: ``/dev/fd/N`` of an open file, None where there is none.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import BinaryIO
+
+__all__ = ["open_regular", "reopenable_name"]
+
+# O_NONBLOCK: a named pipe opens without waiting for a writer; O_NOCTTY: a terminal put in the
+# path's place must not become the process's controlling terminal
+_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+          | getattr(os, "O_BINARY", 0))
+# what open() says of a socket (Linux: ENXIO; some systems: EOPNOTSUPP): not a regular file either
+_NOT_OPENABLE = (errno.ENXIO, errno.EOPNOTSUPP)
+
+
+def open_regular(path: str | os.PathLike, *, follow_links: bool = True) -> BinaryIO | None:
+    """`path` open for reading (binary, blocking: reads of a regular file never wait) when it names a
+    regular file now; None when it names something else (a named pipe, a device, a socket, a
+    folder), which is closed unread. OSError when it cannot be opened (gone, no permission, a
+    link loop; with follow_links=False also a symbolic link, ELOOP)."""
+    flags = _FLAGS | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno in _NOT_OPENABLE:
+            return None
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if regular:
+            os.set_blocking(fd, True)  # readers (Pillow, torch.load) expect a blocking file
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def reopenable_name(f: BinaryIO) -> str | None:
+    """A name under which `f` itself opens again (/dev/fd/N: the open file, not the path, which may
+    have changed), or None where there is none (Windows)."""
+    name = f"/dev/fd/{f.fileno()}"
+    return name if os.path.exists(name) else None
