@@ -39,6 +39,9 @@ __all__ = [
     "hours",
     "gpu_share",
     "seed",
+    "path_text",
+    "host_name",
+    "ArgumentParser",
 ]
 
 # One bound per kind of number, the same for the command lines and the Python API:
@@ -154,6 +157,47 @@ hours = _argparse_type(lambda s: check_range(_float(s), "", *HOURS_RANGE, " hour
 gpu_share = _argparse_type(lambda s: check_gpu_share(_float(s)), "number of GPUs")
 # numpy's generators take seeds in [0, 2**32) for the legacy API, >= 0 for default_rng
 seed = _argparse_type(lambda s: _seed(_int(s)), "seed")
+
+
+def _path_text(text: str) -> str:
+    if not text.strip():
+        # "" would be the current folder for pathlib and a default for `if path:` tests: never what was meant
+        raise InvalidArgumentError(f"expected a path, got {text!r}")
+    return text
+
+
+def _host_name(text: str) -> str:
+    if not text.strip():
+        raise InvalidArgumentError(f"expected an address, got {text!r} (an empty host listens on every network "
+                                   "interface: give 0.0.0.0 to mean that)")
+    try:
+        text.encode("idna")  # what the socket layer does with a name: a bare TypeError for what it cannot
+        ok = text.isprintable() and not any(c.isspace() for c in text)
+    except UnicodeError:
+        ok = False
+    if not ok:
+        raise InvalidArgumentError(f"expected a host name or IP address, got {text[:60]!r}"
+                                   f"{'...' if len(text) > 60 else ''}")
+    return text
+
+
+# A path (empty or blank refused) and a listening address (name or IP) of a command line.
+path_text = _argparse_type(_path_text, "path")
+host_name = _argparse_type(_host_name, "host")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` that refuses ``--option=--``: Python 3.11's argparse takes it
+    for an empty list, skipping the option's type (``--workers=--`` reached the code as ``[]``)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # noqa: D102
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(namespace, action.dest, None)
+            if action.option_strings and action.nargs is None and isinstance(value, list) and (
+                    value == [] != action.default or [] in value):
+                self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return namespace, extras
 
 
 def check_gpu_share(value: Any, name: str = "") -> float:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import os
 import signal
@@ -27,6 +28,7 @@ import tempfile
 import threading
 from typing import Sequence
 
+from ..argtypes import ArgumentParser
 from ..errors import Terminated, raise_terminated
 from . import demo, download, export, segment
 from .options import print_err
@@ -49,7 +51,7 @@ DELEGATED: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(prog="entitysam",
+    parser = ArgumentParser(prog="entitysam",
                                      description="EntitySAM: segment and track every entity in a video.")
     parser.add_argument("--version", action="version", version=f"entitysam {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -122,14 +124,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt as stop:
             print_err("terminated" if isinstance(stop, Terminated) else "interrupted")
             return 130
-        except FileNotFoundError:
-            # Importing torch asks Python for a temporary folder, which tests each candidate by
-            # writing to it: on a full disk none passes and the import fails with this error.
-            if not no_temp_folder():
+        except BrokenPipeError:
+            return stdout_closed()
+        except OSError as err:
+            code = os_error_code(err)
+            if code is None:
                 raise
-            print_err("no usable temporary folder: $TMPDIR (if set), /tmp, /var/tmp and the current folder are "
-                      "full or not writable: free some space, or set TMPDIR to a folder with free space")
-            return 1
+            return code
+
+
+def os_error_code(err: OSError) -> int | None:
+    """The exit code of an OSError no command handles, its one line printed; None: not one of these.
+    A name longer than the system takes (checking whether a path exists raises it) is the user's
+    mistake (2); no usable temporary folder, an internal failure (1)."""
+    if err.errno == errno.ENAMETOOLONG:
+        path = os.fsdecode(err.filename) if err.filename is not None else ""
+        # the name over the limit (255 bytes on common file systems), else the whole path
+        name = next((part for part in path.split(os.sep) if len(os.fsencode(part)) > 255), path)
+        shown = f"{name[:40]!r}... ({len(name)} characters)" if len(name) > 40 else repr(name)
+        print_err(f"file name too long: {shown}: a path or one of its names is longer than the system allows")
+        return 2
+    # Importing torch asks Python for a temporary folder, which tests each candidate by
+    # writing to it: on a full disk none passes and the import fails with this error.
+    if isinstance(err, FileNotFoundError) and no_temp_folder():
+        print_err("no usable temporary folder: $TMPDIR (if set), /tmp, /var/tmp and the current folder are "
+                  "full or not writable: free some space, or set TMPDIR to a folder with free space")
+        return 1
+    return None
+
+
+def stdout_closed() -> int:
+    """Standard output closed by its reader (``entitysam train --print-config | head``): the rest
+    goes nowhere (Python's own flush at exit would print a traceback too); one line, exit 1."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    print_err("the output was cut short: its reader closed the pipe (broken pipe)")
+    return 1
 
 
 def no_temp_folder() -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..argtypes import positive_int, seed
+from ..argtypes import path_text, positive_int, seed
 from ..errors import CheckpointMismatchError, EntitySAMError, OutputError, join_remedies
 from .options import (add_checkpoint, add_device, add_labels, add_overwrite, add_quiet, add_save, add_threads,
                       add_trust_checkpoint_code, check_model_args, load_model, print_err, sayer, set_threads)
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
                     "writes (panoptic PNGs + JSON, entities.json, overlay.mp4) and a VEQ/STQ report against the "
                     "generated ground truth. The demo model knows only such synthetic scenes: real videos need "
                     "--model vit-s or vit-l.")
-    p.add_argument("-o", "--output", default="entitysam-demo", metavar="DIR",
+    p.add_argument("-o", "--output", type=path_text, default="entitysam-demo", metavar="DIR",
                    help="output folder (default entitysam-demo): input/, demo/, report.json, report.txt")
     p.add_argument("--frames", type=positive_int, default=d["num_frames"], metavar="N",
                    help=f"frames of the generated video (default {d['num_frames']})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..argtypes import path_text
 from ..errors import EntitySAMError
 from .options import print_err
 
@@ -11,7 +12,7 @@ def add_parser(sub) -> None:
                        description="Download published checkpoints (Hugging Face repository mqye/entitysam) into "
                                    "the Hugging Face cache and print their paths.")
     p.add_argument("models", nargs="+", choices=("vit-s", "vit-l"), metavar="MODEL", help="vit-s and/or vit-l")
-    p.add_argument("--cache-dir", default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
+    p.add_argument("--cache-dir", type=path_text, default=None, help="Hugging Face cache folder (default: HF_HUB_CACHE)")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=run)
 

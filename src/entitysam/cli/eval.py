@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from ..argtypes import hours, thread_count
+from ..argtypes import ArgumentParser, hours, path_text, thread_count
 from ..errors import EntitySAMError
 from ..eval.runner.output import EvalOutput, IncompleteError
 from ..eval.runner.plan import EvalInputError, abbreviate, load_plan
@@ -26,7 +26,7 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="entitysam eval", description="Benchmark evaluations.")
+    ap = ArgumentParser(prog="entitysam eval", description="Benchmark evaluations.")
     sub = ap.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     p = sub.add_parser(
         "vipseg", help="VIPSeg: inference on a split, official output layout, VEQ / STQ",
@@ -35,18 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "in the official layout, then VEQ / STQ into metrics.json. Re-running resumes: complete videos "
                     "are skipped, interrupted ones redone.")
     data = p.add_argument_group("data")
-    data.add_argument("--data-root", required=True, metavar="DIR",
+    data.add_argument("--data-root", type=path_text, required=True, metavar="DIR",
                       help="the VIPSeg_720P folder (images/, panomasksRGB/, panoptic_gt_VIPSeg_<split>.json)")
     data.add_argument("--split", default="val", help="split name (default val)")
-    data.add_argument("--gt-json", default=None, metavar="PATH",
+    data.add_argument("--gt-json", type=path_text, default=None, metavar="PATH",
                       help="GT JSON (default DATA_ROOT/panoptic_gt_VIPSeg_<split>.json)")
-    data.add_argument("--gt-dir", default=None, metavar="DIR", help="GT PNGs (default DATA_ROOT/panomasksRGB)")
-    data.add_argument("--split-file", default=None, metavar="PATH",
+    data.add_argument("--gt-dir", type=path_text, default=None, metavar="DIR", help="GT PNGs (default DATA_ROOT/panomasksRGB)")
+    data.add_argument("--split-file", type=path_text, default=None, metavar="PATH",
                       help="video list (default DATA_ROOT/<split>.txt or DATA_ROOT/../<split>.txt if present)")
     mod = p.add_argument_group("model")
     mod.add_argument("--model", default=None, choices=MODEL_CHOICES,
                      help="published model (default vit-s); with --checkpoint: that file's configuration")
-    mod.add_argument("--checkpoint", default=None, metavar="PATH", help="local checkpoint file")
+    mod.add_argument("--checkpoint", type=path_text, default=None, metavar="PATH", help="local checkpoint file")
     mod.add_argument("--trust-checkpoint-code", action="store_true",
                      help="UNSAFE: unpickle --checkpoint in full, which runs any code in the file (default: refused)")
     mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="temporary on-disk low-res logits (float32 exact, float16 half the disk)")
     mod.add_argument("--threads", type=thread_count, default=None, metavar="N", help="torch CPU threads")
     run = p.add_argument_group("run")
-    run.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (see README)")
+    run.add_argument("-o", "--output", type=path_text, required=True, metavar="DIR", help="output folder (see README)")
     run.add_argument("--shard", default=None, metavar="I/N",
                      help="run slice I of N (0 <= I < N); the run that completes the last video merges and scores")
     run.add_argument("--merge-only", action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argtypes import positive_int
+from ..argtypes import path_text, positive_int
 from ..errors import EntitySAMError
 from .options import add_overwrite, add_quiet, print_err
 
@@ -30,12 +30,12 @@ def add_parser(sub) -> None:
         description="Export a complete result folder of `entitysam segment` (offline, online or a reviewed "
                     "revision) to the format another tool reads. Hidden and deleted entities are not exported. "
                     "The output is written atomically and an existing one is refused unless --overwrite.")
-    p.add_argument("result", metavar="RESULT_DIR", help="a result folder (panoptic output required)")
+    p.add_argument("result", type=path_text, metavar="RESULT_DIR", help="a result folder (panoptic output required)")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="mots: a folder of 16-bit instance PNGs (what CVAT imports as mask tracks); cvat-video: "
                         "CVAT for video 1.1 XML with mask tracks; ytvis: YouTube-VIS results JSON; coco-video: "
                         "COCO-style video JSON")
-    p.add_argument("-o", "--output", required=True, metavar="FILE_OR_DIR",
+    p.add_argument("-o", "--output", type=path_text, required=True, metavar="FILE_OR_DIR",
                    help="the output file (a folder for mots); its parent folder must exist")
     p.add_argument("--class-id", type=mots_class_id, default=2, metavar="N",
                    help="(mots) the class of every entity, 1 to 65 but 10 (ignore regions): values are N*1000 + "

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..argtypes import thread_count
+from ..argtypes import path_text, thread_count
 from ..errors import EntitySAMError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -62,7 +62,7 @@ def pixel_count(text: str) -> int | None:
 
 
 def add_checkpoint(p, help: str) -> None:
-    p.add_argument("--checkpoint", default=None, metavar="PATH", help=help)
+    p.add_argument("--checkpoint", type=path_text, default=None, metavar="PATH", help=help)
 
 
 def add_trust_checkpoint_code(p, help: str) -> None:

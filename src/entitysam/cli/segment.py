@@ -11,7 +11,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..argtypes import fps, non_negative_int, positive_int
+from ..argtypes import fps, non_negative_int, path_text, positive_int
 from ..errors import EntitySAMError, SourceError
 from .batch import check_summary_file, load_or_report, segment_options, segment_shard, shard_of
 from .segment_ray import add_ray_arguments, check_ray_args, default_ray_summary, segment_on_ray
@@ -27,11 +27,11 @@ def add_parser(sub) -> None:
         "segment", help="segment and track every entity of videos, frame folders or images",
         description="Segment and track every entity of each INPUT (video file: mp4 mov mkv webm avi; folder of "
                     "frames: jpg jpeg png in natural order; single image). Results go to OUTPUT/<video-name>/.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT",
+    p.add_argument("inputs", nargs="*", type=path_text, metavar="INPUT",
                    help="video file, folder of frames or image; with --online also a stream URL (rtsp://, "
                         "http://, ...) or a video device (/dev/video0)")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="results go to DIR/<video-name>/")
-    p.add_argument("--batch", action="append", default=[], metavar="DIR",
+    p.add_argument("-o", "--output", type=path_text, required=True, metavar="DIR", help="results go to DIR/<video-name>/")
+    p.add_argument("--batch", action="append", type=path_text, default=[], metavar="DIR",
                    help="also process every video file and frame folder inside DIR (repeatable)")
     p.add_argument("--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS_TEXT, metavar="N",
                    help="refuse frames larger than N pixels (width x height), checked from the file's header before "
@@ -86,7 +86,7 @@ def add_parser(sub) -> None:
                            "(--skip-existing is the default); auto: the Slurm array task's slice "
                            "(SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT), else 0/1. Under torchrun each rank "
                            "takes its slice (RANK/WORLD_SIZE) and GPU (cuda:LOCAL_RANK) with no flag")
-    many.add_argument("--summary", default=None, metavar="FILE.json",
+    many.add_argument("--summary", type=path_text, default=None, metavar="FILE.json",
                       help="with sharding or --ray, where the run's summary goes (default "
                            "OUTPUT/.entitysam-batch/shard-I-of-N.json, with --ray OUTPUT/.entitysam-batch/ray.json)")
     add_ray_arguments(many)

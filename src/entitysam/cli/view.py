@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from ..argtypes import ArgumentParser, host_name, path_text
 from ..errors import EntitySAMError
 from .options import print_err
 
@@ -24,13 +25,13 @@ def port_number(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="entitysam view",
         description="Review and correct a result of `entitysam segment` in the browser: play it with the entities "
                     "tinted, hide, delete, merge, split and label entities, save a corrected revision next to the "
                     "original, export it. Prints the URL to open (it carries a per-run token that edits need).")
-    p.add_argument("result", metavar="RESULT_DIR", help="a complete result folder (the one holding manifest.json)")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("result", type=path_text, metavar="RESULT_DIR", help="a complete result folder (the one holding manifest.json)")
+    p.add_argument("--host", type=host_name, default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: only this machine can connect)")
     p.add_argument("--port", type=port_number, default=8765, help="port (default 8765; 0: any free port)")
     p.add_argument("--open", action="store_true", help="open the URL in the default browser")

@@ -19,7 +19,6 @@ Command line: ``python -m entitysam.eval.metrics PRED_DIR GT_DIR GT_JSON [--work
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import jsonio
-from ..argtypes import MAX_THREADS, check_int, check_json_destination, check_not_an_input, thread_count
+from ..argtypes import (MAX_THREADS, ArgumentParser, check_int, check_json_destination, check_not_an_input,
+                        path_text, thread_count)
 from ..errors import EntitySAMError
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
@@ -212,16 +212,16 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="entitysam metrics",
+    ap = ArgumentParser(prog="entitysam metrics",
                                  description="Class-agnostic VEQ and STQ (EntitySAM official definitions).")
-    ap.add_argument("pred_dir", help="directory with pan_pred/ and pred.json")
-    ap.add_argument("gt_dir", help="GT panomasksRGB directory")
-    ap.add_argument("gt_json", help="GT panoptic JSON")
+    ap.add_argument("pred_dir", type=path_text, help="directory with pan_pred/ and pred.json")
+    ap.add_argument("gt_dir", type=path_text, help="GT panomasksRGB directory")
+    ap.add_argument("gt_json", type=path_text, help="GT panoptic JSON")
     ap.add_argument("--workers", type=thread_count, default=None, metavar="N",
                     help="processes (default: number of CPUs)")
     ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all",
                     help="which metric to compute (default: all, i.e. VEQ and STQ)")
-    ap.add_argument("--json", dest="json_out", default=None, help="write the results to this JSON file")
+    ap.add_argument("--json", dest="json_out", type=path_text, default=None, help="write the results to this JSON file")
     args = ap.parse_args(argv)
     try:  # before hours of computing: the result must have somewhere to go
         if args.json_out:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..argtypes import ArgumentParser, path_text
 from .config import NAMED_CONFIGS
 
 DESCRIPTION = ("Train EntitySAM with the official two-stage COCO recipe (class-agnostic), single process or "
@@ -26,7 +27,7 @@ EPILOG = (f"named configs: {', '.join(NAMED_CONFIGS)}. Overrides: section.key=va
 
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--config", "-c", required=True,
+    p.add_argument("--config", "-c", type=path_text, required=True,
                    help="named config (" + ", ".join(NAMED_CONFIGS) + ") or a .yaml/.json file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -43,7 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser(prog: str = "python -m entitysam.train") -> argparse.ArgumentParser:
-    return _configure(argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG))
+    return _configure(ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG))
 
 
 def run(args: argparse.Namespace) -> int:
