@@ -138,3 +138,26 @@ def test_any_text_value_of_a_segment_option_is_parsed_or_refused(tmp_path_factor
                      "-q", f"{option}={value}"])
     assert code in (1, 2)
     assert not out.exists() or not any(out.iterdir())
+
+
+# A name that drives a terminal: ESC ] 0 ; ... BEL sets its title, ESC [ 2 J clears it, U+202E
+# reverses the text after it. Error lines quote the names users give, and printed them as they were.
+HOSTILE_NAME = "\x1b]0;owned\x07\x1b[2Jclip\u202e4pm.exe"
+TERMINAL = [
+    (["view", "{name}"], 1),
+    (["export", "{name}", "--format", "ytvis", "-o", "{tmp}/x.json"], 1),
+    (["metrics", "{name}", "{name}", "{name}.json"], 2),
+    (["segment", "{name}", "-o", "{tmp}/out", "--checkpoint", "{tmp}/none.pth"], 1),
+    (["eval", "vipseg", "--data-root", "{name}", "-o", "{tmp}/eval"], 2),
+    (["train", "--config", "{name}.yaml"], 2),
+]
+
+
+@pytest.mark.parametrize("argv, rc", TERMINAL, ids=[a[0] for a, _ in TERMINAL])
+def test_a_name_with_terminal_control_characters_is_shown_escaped(tmp_path, capsys, argv, rc):
+    """The error line shows such a name with its control characters escaped (`\\x1b`), whatever
+    the command; nothing reaches the terminal to obey."""
+    name = str(tmp_path / HOSTILE_NAME)
+    line = one_error(capsys, [a.format(name=name, tmp=tmp_path) for a in argv], rc=rc)
+    assert not any(c in line for c in "\x1b\x07\u202e"), repr(line)
+    assert "\\x1b]0;owned\\x07" in line, line

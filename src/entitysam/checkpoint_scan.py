@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import IO
 
 from .checkpoint_pickle import MAX_TUPLE_DEPTH, Budget, walk_pickle
-from .errors import CheckpointReadError
+from .errors import CheckpointReadError, printable
 
-__all__ = ["MAX_TUPLE_DEPTH", "REFUSED", "scan_checkpoint", "numpy_safe_globals", "printable"]
+__all__ = ["MAX_TUPLE_DEPTH", "REFUSED", "scan_checkpoint", "numpy_safe_globals"]
 
 # How numpy_safe_globals' stand-ins refuse a numpy object (followed by its name): as an unpickling
 # refusal, like torch's for any other class, so that allow_pickle=True still reads such a file.
@@ -50,14 +50,6 @@ class _Capped:
 
     def tell(self) -> int:
         return self.f.tell()
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """Text from a checkpoint (a key, a record name, a loader's message quoting the file) as a
-    message shows it: control characters escaped (a hostile file could otherwise drive the
-    terminal: clear it, retitle it, fake lines), cut to `limit` characters (a 5 MB key)."""
-    cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
-    return cut if len(cut) <= limit else cut[:limit] + " ..."
 
 
 def _refuse(path: Path, cause: str) -> CheckpointReadError:

@@ -23,9 +23,9 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 import torch
 
 from .checkpoint_file import open_checkpoint
-from .checkpoint_scan import REFUSED, numpy_safe_globals, printable, scan_checkpoint
+from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
-from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError
+from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
 from .modeling.entitysam import EntitySAM
 from .regular_file import reopenable_name
 

@@ -13,7 +13,24 @@ from typing import Any, Sequence
 __all__ = ["Terminated", "raise_terminated", "Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
            "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
            "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "ResultChangedError",
-           "ResultFileGoneError", "EditError", "TrainingDivergedError"]
+           "ResultFileGoneError", "EditError", "TrainingDivergedError", "printable",
+           "for_terminal"]
+
+
+def printable(text: str, limit: int | None = 200, keep: str = "") -> str:
+    """Text a message shows (a key or name read from a file, a path a user gave): characters that
+    are not printable escaped, but those in `keep` (a hostile name could otherwise drive the
+    terminal: clear it, retitle it, reorder text with a bidirectional override, fake lines), cut to
+    `limit` characters (a 5 MB key) where a limit is given."""
+    cut = "".join(c if c.isprintable() or c in keep else repr(c)[1:-1]
+                  for c in (text if limit is None else text[:limit + 1]))
+    return cut if limit is None or len(cut) <= limit else cut[:limit] + " ..."
+
+
+def for_terminal(message: str) -> str:
+    """A message to print, whole, its control characters escaped but line breaks: a file or folder
+    name in it (`ESC]0;...BEL` retitles a terminal, `ESC[2J` clears it) is shown, not obeyed."""
+    return printable(message, limit=None, keep="\n")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ..eval.runner.output import EvalOutput, IncompleteError
 from ..eval.runner.plan import EvalInputError, abbreviate, load_plan
 from ..eval.runner.run import EvalSummary, evaluate_vipseg, finish, parse_shard
 from .batch import rank_device
-from .options import print_err
+from .options import print_err, say as say_line
 from .wording import MODEL_CHOICES, user_message
 
 __all__ = ["build_parser", "main"]
@@ -111,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     distributed = world > 1 and not args.merge_only
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""
-    say: Callable[[str], None] = ((lambda m: None) if args.quiet
-                                  else (lambda m: print(prefix + m, file=sys.stderr, flush=True)))
+    say: Callable[[str], None] = (lambda m: None) if args.quiet else (lambda m: say_line(prefix + m))
     try:
         if args.shard is not None and world > 1:
             raise EvalInputError("--shard and torchrun exclude each other (under torchrun each rank takes its slice)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..argtypes import path_text, thread_count
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, for_terminal
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -31,12 +31,17 @@ def print_err(msg: str | BaseException, prefix: str = "") -> None:
 
     text = user_message(msg)
     named = not prefix or text.startswith(f"{prefix}: ")
-    print(f"error: {text}" if named else f"error: {prefix}: {text}", file=sys.stderr)
+    say(f"error: {text}" if named else f"error: {prefix}: {text}")
+
+
+def say(msg: str) -> None:
+    """msg on stderr, as a terminal shows it safely (`for_terminal`)."""
+    print(for_terminal(msg), file=sys.stderr, flush=True)
 
 
 def sayer(quiet: bool) -> Callable[[str], None]:
     """Progress messages on stderr, or nothing with -q."""
-    return (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+    return (lambda msg: None) if quiet else say
 
 
 # ----------------------------------------------------------------------------- argument types

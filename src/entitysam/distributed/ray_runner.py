@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..argtypes import GPU_SHARE_RANGE, MAX_THREADS, check_gpu_share, check_int, check_range
-from ..errors import EntitySAMError, InvalidArgumentError, SourceError
+from ..errors import EntitySAMError, InvalidArgumentError, SourceError, for_terminal
 from ..io.atomic import write_json_atomic
 from ..io.sources import result_name
 from .jobs import SegmentOptions, VideoJob, VideoOutcome, frame_count
@@ -58,7 +58,7 @@ def import_ray():
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(for_terminal(msg), file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- the jobs

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import jsonio
 from ..argtypes import (MAX_THREADS, ArgumentParser, check_int, check_json_destination, check_not_an_input,
                         path_text, thread_count)
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, for_terminal
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
 from .veq import NFRAMES, FrameVEQInput, veq_aggregate, veq_video_stats
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_not_an_input(args.json_out, files=(args.gt_json, Path(args.pred_dir) / "pred.json"),
                                folders=(args.gt_dir, Path(args.pred_dir) / "pan_pred"))
     except EntitySAMError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(for_terminal(f"error: {err}"), file=sys.stderr)
         return 2
     try:
         if args.metric == "veq":
@@ -240,14 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             res = evaluate(args.pred_dir, args.gt_dir, args.gt_json, workers=args.workers)
     except MetricsInputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(for_terminal(f"error: {e}"), file=sys.stderr)
         return 2
     print(format_table(res))
     if args.json_out:
         try:
             Path(args.json_out).write_text(jsonio.dumps(jsonio.jsonable(res), indent=1) + "\n", encoding="utf-8")
         except OSError as err:
-            print(f"error: cannot write {args.json_out}: {err.strerror or err}", file=sys.stderr)
+            print(for_terminal(f"error: cannot write {args.json_out}: {err.strerror or err}"), file=sys.stderr)
             return 1
     return 0
 

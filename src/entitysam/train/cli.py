@@ -18,6 +18,7 @@ import argparse
 import sys
 
 from ..argtypes import ArgumentParser, path_text
+from ..errors import for_terminal
 from .config import NAMED_CONFIGS
 
 DESCRIPTION = ("Train EntitySAM with the official two-stage COCO recipe (class-agnostic), single process or "
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             message = err.problem
         else:
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"error: {message}", file=sys.stderr)
+        print(for_terminal(f"error: {message}"), file=sys.stderr)
         return 2
     if args.print_config:
         print(cfg.to_json())
@@ -77,11 +78,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         train(cfg, quiet=args.quiet)
     except RankFailedError as err:  # another rank failed and says why: this one says only that it stopped
-        print(f"error: {err.problem}", file=sys.stderr)
+        print(for_terminal(f"error: {err.problem}"), file=sys.stderr)
         return 1
     except EntitySAMError as err:  # unusable data or checkpoint (resume, model.weights, a write): one line
         # its remedies name arguments this command has no flag for
-        print(f"error: {rank_prefix()}{err.problem}", file=sys.stderr)
+        print(for_terminal(f"error: {rank_prefix()}{err.problem}"), file=sys.stderr)
         return 1
     finally:
         cleanup()

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import load_dinov2_pretrained, load_entitysam, load_sam2_pretrained, printable
-from ..errors import CheckpointMismatchError, CheckpointReadError
+from ..checkpoints import load_dinov2_pretrained, load_entitysam, load_sam2_pretrained
+from ..errors import CheckpointMismatchError, CheckpointReadError, printable
 from ..config import EntitySAMConfig, get_config
 from ..modeling.entitysam import EntitySAM
 from .config import OFFICIAL_TRAINABLE_PREFIXES, TrainConfig

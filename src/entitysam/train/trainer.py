@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import check_state_dict, printable, read_checkpoint, read_state_dict
-from ..errors import CheckpointMismatchError, CheckpointReadError, OutputError, TrainingDivergedError
+from ..checkpoints import check_state_dict, read_checkpoint, read_state_dict
+from ..errors import CheckpointMismatchError, CheckpointReadError, OutputError, TrainingDivergedError, printable
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
