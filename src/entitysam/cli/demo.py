@@ -87,10 +87,13 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print_err("interrupted")
         return 130
-    except CheckpointMismatchError as err:  # the demo has no --model: its remedy (use or leave out --model) is not ours
-        print_err(join_remedies(err.problem, ["entitysam demo runs checkpoints of the demo configuration only; "
-                                              "segment with this one by `entitysam segment --checkpoint PATH`"]
-                                if err.remedies else []))
+    except CheckpointMismatchError as err:
+        # the demo has no --model: a remedy naming a configuration (use or leave out --model) is not
+        # ours; the others (--trust-checkpoint-code for a checkpoint holding code) are
+        if any(r.argument == "config" for r in err.remedies):
+            err = join_remedies(err.problem, ["entitysam demo runs checkpoints of the demo configuration only; "
+                                              "segment with this one by `entitysam segment --checkpoint PATH`"])
+        print_err(err)
         return 1
     except OSError as err:  # e.g. a full disk while the input video is generated
         from ..io.paths import describe_os_error
