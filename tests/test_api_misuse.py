@@ -237,3 +237,16 @@ def test_a_result_whose_temporary_folder_was_deleted_says_so(demo, tmp_path):
             with pytest.raises(ResultFileGoneError, match="gone from disk.*work_dir"):
                 use()
     assert not (tmp_path / "out").exists()
+
+
+def test_numpy_integers_are_integers(demo):
+    """Notebooks pass numpy integers (a length from an array, an index from np.arange): stride,
+    max_frames, max_pixels, delay and queue_size refused them while start and end took them. Now
+    each is the int it holds; a numpy bool is still no count."""
+    frames = _frames(5)
+    assert len(demo.segment(frames, stride=np.int64(2))) == len(demo.segment(frames, stride=2)) == 3
+    assert len(demo.segment(frames, max_frames=np.int32(2), max_pixels=np.int64(10**6))) == 2
+    assert sum(1 for _ in demo.stream(frames, delay=np.int64(1), queue_size=np.uint8(3))) == 5
+    for option in ("stride", "max_frames"):
+        with pytest.raises(EntitySAMError, match=f"{option} must be a positive integer"):
+            demo.segment(frames, **{option: np.bool_(True)})

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_THREADS",
     "FPS_RANGE",
     "GPU_SHARE_RANGE",
+    "as_int",
     "check_int",
     "check_positive_float",
     "check_range",
@@ -55,11 +56,20 @@ HOURS_RANGE = (0.001, 100_000.0)  # waiting times in hours: 3.6 s to about 11 ye
 GPU_SHARE_RANGE = (0.0001, 1024.0)  # GPUs of a Ray actor besides 0: Ray's resource granularity is 0.0001
 
 
+def as_int(value: Any) -> int | None:
+    """`value` as an int if it is an integer, a numpy one too (notebooks pass ``np.int64``), else
+    None: a bool is no count (``max_frames=True``) and a float no index (``stride=1.5``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)
+
+
 def check_int(value: Any, name: str, minimum: int, maximum: int = INT64_MAX) -> int:
-    """`value` as an int in [minimum, maximum] (bools and floats are refused: ``stride=1.5`` is a
-    mistake); the maximum defaults to 2**63 - 1, what int64 arrays and files hold."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """`value` as an int in [minimum, maximum] (see `as_int`: bools and floats are refused); the
+    maximum defaults to 2**63 - 1, what int64 arrays and files hold."""
+    if as_int(value) is None:
         raise InvalidArgumentError(f"{name} must be an integer >= {minimum}, got {value!r}".lstrip())
+    value = as_int(value)
     if value < minimum:
         raise InvalidArgumentError(f"{name} must be >= {minimum}, got {value}".lstrip())
     if value > maximum:

@@ -17,6 +17,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
+from ...argtypes import as_int
 from ...errors import Remedy, SourceError
 from ...regular_file import open_regular
 
@@ -87,9 +88,9 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
     """Validate a frame size limit: a positive integer, or None (no limit)."""
     if max_pixels is None:
         return None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+    if as_int(max_pixels) is None or max_pixels < 1:
         raise SourceError(f"max_pixels must be a positive number of pixels (or None: no limit), got {max_pixels!r}")
-    return max_pixels
+    return as_int(max_pixels)
 
 
 def check_frame_size(label: str, frame: str, width: int, height: int, max_pixels: int | None) -> None:
@@ -152,11 +153,13 @@ class FrameSelection:
         if (self.start is not None and self.end is not None and type(self.start) is type(self.end)
                 and self.end <= self.start):
             raise SourceError(f"end ({self.end}) must be after start ({self.start}): the selection would be empty")
-        if isinstance(self.stride, bool) or not isinstance(self.stride, int) or self.stride < 1:
-            raise SourceError(f"stride must be a positive integer, got {self.stride!r}")
-        if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
-                                            or self.max_frames < 1):  # max_frames=True is no count
-            raise SourceError(f"max_frames must be a positive integer, got {self.max_frames!r}")
+        for name in ("stride", "max_frames"):
+            value = getattr(self, name)
+            if value is None and name == "max_frames":
+                continue
+            if as_int(value) is None or value < 1:  # max_frames=True is no count
+                raise SourceError(f"{name} must be a positive integer, got {value!r}")
+            object.__setattr__(self, name, as_int(value))  # a numpy integer as a plain int (JSON, describe)
 
     @property
     def is_all(self) -> bool:
