@@ -383,6 +383,22 @@ def test_error_is_value_error():
     assert str(err) == "x"
 
 
+@pytest.mark.parametrize("call, named", [
+    (lambda m: m.compute_veq(None, "gt", "gt.json"), "pred_dir must be a path"),
+    (lambda m: m.compute_stq("pred", 3, "gt.json"), "gt_dir must be a path"),
+    (lambda m: m.evaluate("pred", "gt", None), "gt_json must be a path"),
+    (lambda m: m.evaluate("", "gt", "gt.json"), "pred_dir is an empty path"),
+    (lambda m: m.evaluate("missing", "missing", "missing.json", workers=0), "workers must be"),
+])
+def test_arguments_are_checked_before_any_file_is_read(call, named):
+    """None or a number for a path was a bare TypeError from pathlib, "" read the current folder,
+    and workers=0 was found only once every video had been read (here: not found first)."""
+    from entitysam.eval import metrics
+
+    with pytest.raises(ValueError, match=named):
+        call(metrics)
+
+
 # ----------------------------------------------------------------------------- unusable ground truth
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .. import jsonio
 from ..argtypes import (MAX_THREADS, ArgumentParser, check_int, check_json_destination, check_not_an_input,
-                        path_text, thread_count)
+                        check_path_arg, path_text, thread_count)
 from ..errors import EntitySAMError, for_terminal
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
@@ -139,6 +139,13 @@ def _stop_pool(ex: ProcessPoolExecutor) -> None:
 
 
 def _run(pred_dir, gt_dir, gt_json, workers, want_veq: bool, want_stq: bool) -> dict[str, Any]:
+    # the caller's arguments before any file is read: a None path was a bare TypeError from pathlib,
+    # "" the current folder, and a bad `workers` was found only once every video had been read
+    if workers is not None:
+        check_int(workers, "workers", 1, MAX_THREADS)
+    pred_dir, gt_dir = check_path_arg(pred_dir, "pred_dir"), check_path_arg(gt_dir, "gt_dir")
+    if not isinstance(gt_json, Mapping):
+        gt_json = check_path_arg(gt_json, "gt_json")
     videos = load_videos(pred_dir, gt_dir, gt_json, gt_required=("iscrowd", "area") if want_veq else ())
     per_video = _map(_video_task, [(v, want_veq, want_stq) for v in videos], workers)
     out: dict[str, Any] = {}
