@@ -93,11 +93,17 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
     return as_int(max_pixels)
 
 
+def _pixels(n: int, spec: str = ".1f") -> str:
+    """A pixel count in words: megapixels from 0.1 (formatted by `spec`), else pixels (a limit of 1
+    was '1e-06 megapixels', a 64x48 frame '0.0 megapixels')."""
+    return f"{n / 1e6:{spec}} megapixels" if n >= 100_000 else f"{n} pixels"
+
+
 def check_frame_size(label: str, frame: str, width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise SourceError(
-            f"{label}: {frame} is {width}x{height} = {width * height / 1e6:.1f} megapixels, over the limit of "
-            f"{max_pixels / 1e6:g} megapixels: refused before decoding it (a frame this large could exhaust the "
+            f"{label}: {frame} is {width}x{height} = {_pixels(width * height)}, over the limit of "
+            f"{_pixels(max_pixels, 'g')}: refused before decoding it (a frame this large could exhaust the "
             f"memory); downscale the input, or raise the limit",
             Remedy("max_pixels", metavar="N"))
 
