@@ -124,6 +124,13 @@ def test_download_command_uses_hf_endpoint(isolated, monkeypatch, capsys):
     assert printed.read_bytes() == data
 
 
+def test_download_names_each_model_once(isolated, monkeypatch, capsys):
+    """`download vit-s vit-s` fetched it twice (offline: two error lines for one model)."""
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    assert cli.main(["download", "vit-s", "vit-s", "--cache-dir", str(isolated / "c")]) == 1
+    assert capsys.readouterr().err.count("error:") == 1
+
+
 def test_missing_file_on_hub_gives_instructions(isolated):
     with _Hub({}) as hub:
         with pytest.raises(ModelNotAvailableError) as err:

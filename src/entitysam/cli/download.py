@@ -21,7 +21,7 @@ def run(args) -> int:
     from ..hub import resolve_checkpoint
 
     status = 0
-    for name in args.models:
+    for name in dict.fromkeys(args.models):  # each once, in the order given (vit-s vit-s fetched it twice)
         try:
             path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force)
         except EntitySAMError as err:
