@@ -63,8 +63,15 @@ def test_index_and_static_files(client):
 
 def test_video_info(client):
     info = client.get("/api/video").json()
+    version = info.pop("result_version")
     assert info == {"name": "clip", "width": W, "height": H, "fps": FPS, "num_frames": N,
                     "frame_names": [f"f{t:03d}" for t in range(N)], "has_source": True}
+    assert re.fullmatch("[0-9a-f]{16}", version)
+
+
+def versioned(client, url: str) -> str:
+    """`url` with the opened result's version, as the page builds it (only such URLs are cached long)."""
+    return f"{url}{'&' if '?' in url else '?'}rv={client.get('/api/video').json()['result_version']}"
 
 
 def test_state_lists_every_entity_with_colour_presence_and_lookup(client):
@@ -83,7 +90,8 @@ def test_state_lists_every_entity_with_colour_presence_and_lookup(client):
 
 
 def test_frames_are_jpeg_with_cache_headers(client, result):
-    res = client.get("/api/frames/3.jpg")
+    assert client.get("/api/frames/3.jpg").headers["cache-control"] == "no-cache"  # no version: revalidated
+    res = client.get(versioned(client, "/api/frames/3.jpg"))
     assert res.status_code == 200 and res.headers["content-type"] == "image/jpeg"
     assert "immutable" in res.headers["cache-control"] and "max-age=31536000" in res.headers["cache-control"]
     image = np.asarray(Image.open(io.BytesIO(res.content)))
@@ -95,7 +103,7 @@ def test_frames_are_jpeg_with_cache_headers(client, result):
 
 
 def test_frames_scaled_to_the_width_asked(client):
-    res = client.get("/api/frames/3.jpg?w=16")
+    res = client.get(versioned(client, "/api/frames/3.jpg?w=16"))
     assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
     assert Image.open(io.BytesIO(res.content)).size == (16, 12)
     for wide in (W, 4 * W):  # never above the frame's own size
@@ -129,7 +137,7 @@ def test_source_jpegs_are_served_byte_identical_at_full_size(result, monkeypatch
     viewer = Viewer(result, token=TOKEN)
     with TestClient(create_app(viewer)) as c:
         for t in (0, 3, N - 1):
-            res = c.get(f"/api/frames/{t}.jpg")
+            res = c.get(versioned(c, f"/api/frames/{t}.jpg"))
             assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
             assert res.content == jpegs[t].read_bytes()
             assert c.get(f"/api/frames/{t}.jpg?w={W}").content == jpegs[t].read_bytes()  # full width: the same
@@ -183,7 +191,7 @@ def test_missing_source_gives_404_frames_and_has_source_false(tmp_path):
 
 def test_id_maps_are_the_original_pngs(client, result):
     for t, expected in enumerate(id_maps()):
-        res = client.get(f"/api/idmaps/{t}.png")
+        res = client.get(versioned(client, f"/api/idmaps/{t}.png"))
         assert res.status_code == 200 and res.headers["content-type"] == "image/png"
         assert "immutable" in res.headers["cache-control"]
         np.testing.assert_array_equal(png_ids(res.content), expected)
@@ -195,7 +203,7 @@ def test_id_maps_are_the_original_pngs(client, result):
 
 def test_id_runs_are_the_ids_of_the_original_pngs(client, result):
     for t in range(N):
-        res = client.get(f"/api/idmaps/{t}.runs")
+        res = client.get(versioned(client, f"/api/idmaps/{t}.runs"))
         assert res.status_code == 200 and res.headers["content-type"] == "application/octet-stream"
         assert "immutable" in res.headers["cache-control"]
         np.testing.assert_array_equal(decode_id_runs(res.content),
@@ -211,6 +219,8 @@ def test_id_runs_are_the_ids_of_the_original_pngs(client, result):
 def test_thumbnails(client):
     res = client.get("/api/thumbs/2.png?v=0")
     assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+    assert res.headers["cache-control"] == "no-cache"  # no version: the key alone is the same in another result
+    assert "max-age" in client.get(versioned(client, "/api/thumbs/2.png?k=x")).headers["cache-control"]
     thumb = Image.open(io.BytesIO(res.content))
     assert max(thumb.size) <= 64
     for bad in ("/api/thumbs/99.png", "/api/thumbs/abc.png", "/api/thumbs/0.png"):

@@ -32,6 +32,7 @@ from ..io.paths import safe_name
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
 from ..regular_file import open_regular
+from .on_disk import check_identity, stat_identity, version_token
 from .records import (check_entity_record, check_frame_record, entity_stats, panoptic_entries, read_entity_records,
                       segment_areas)
 from .source_frames import SourceFrames
@@ -87,6 +88,7 @@ class ResultFolder:
         self.frame_areas = frame_areas
         # what the folder was when opened (set by open): save and export check it is still that
         self.fingerprint: tuple[str | None, str | None] = (None, None)
+        self.identity = None  # its stat_identity when opened (set by open): what check_current compares
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
@@ -116,7 +118,8 @@ class ResultFolder:
         path = check_path_arg(path, "path")  # None or a number: not a bare TypeError; "": not the current folder
         if not path.is_dir():
             raise ResultFolderError(f"{path}: not a folder (expected a result folder of `entitysam segment`)")
-        fingerprint = _fingerprint(path)  # before anything is read: a change while opening shows later
+        identity = stat_identity(path)  # both before anything is read: a change while opening shows later
+        fingerprint = _fingerprint(path)
         manifest = manifest_data(path)
         if manifest is None:
             raise ResultFolderError(f"{path}: no readable {MANIFEST}: not a result folder of `entitysam segment` "
@@ -151,7 +154,7 @@ class ResultFolder:
                          "is not a regular file" if os.path.lexists(png) else "is missing")
                 raise ResultFolderError(f"{path}: panoptic/{rec['name']}.png {state} (frame {rec['frame']})")
         folder = cls(path, manifest, frames, entities, frame_areas)
-        folder.fingerprint = fingerprint
+        folder.fingerprint, folder.identity = fingerprint, identity
         return folder
 
     # ------------------------------------------------------------------ per frame
@@ -237,6 +240,18 @@ class ResultFolder:
             raise ResultChangedError(f"{self.path}: the result changed on disk since it was opened (rewritten, "
                                      "deleted or unreadable); nothing was written: reopen it to review what is "
                                      "there now")
+
+    def check_current(self) -> None:
+        """Cheaply (a few stat calls, nothing read) that the folder on disk is still the one opened:
+        ResultFileGoneError when it is gone, ResultChangedError when another result (or another
+        manifest.json / panoptic.json) is there now (see `entitysam.review.on_disk`). The viewer
+        calls it for each request that reads the result's files."""
+        check_identity(self.path, self.identity)
+
+    @property
+    def version(self) -> str:
+        """A short name of the opened result's content (`entitysam.review.on_disk.version_token`)."""
+        return version_token(self.fingerprint)
 
     def __repr__(self) -> str:
         return (f"ResultFolder({str(self.path)!r}, {self.kind}, {len(self.frames)} frames "

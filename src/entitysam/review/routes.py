@@ -50,6 +50,8 @@ async def _read(read, *args):
         return await run_in_threadpool(read, *args), None
     except (ResultFileGoneError, FileNotFoundError, NotADirectoryError) as err:
         return None, _error(404, f"gone: {err}" if isinstance(err, OSError) else str(err))
+    except ResultChangedError as err:  # another result in its place (entitysam.review.on_disk)
+        return None, _error(409, str(err))
     except (ResultFolderError, OSError) as err:
         return None, _error(422, str(err))
 
@@ -78,14 +80,49 @@ async def _read_edit(request: Request):
         return None, _error(400, f"the edit must be a JSON object ({reason})")
 
 
-def _file(root: Path, relative: str, cache: str) -> Response:
+def _file(root: Path, relative: str, cache: str, still_current=None) -> Response:
     """A file of `root`, sent from the descriptor opened here (see entitysam.review.file_response):
-    404 when it is not one, also when it is gone or no longer a regular file by the time it is opened."""
+    404 when it is not one, also when it is gone or no longer a regular file by the time it is opened.
+    still_current: called once the file is open, an error response or None (the result's files:
+    the folder may have been replaced between the viewer's check and the open)."""
     path = safe_file(root, relative)
     opened = None if path is None else open_regular_file(path)
     if opened is None:
         return _error(404, "not found")
+    error = None if still_current is None else still_current()
+    if error is not None:
+        opened.close()
+        return error
     return OpenFileResponse(opened, media_type(path), {"Cache-Control": cache})
+
+
+def _on_disk_error(viewer) -> Response | None:
+    """None when the result folder on disk is still the one `viewer` opened (a few stat calls, see
+    entitysam.review.on_disk); else 404 when it is gone, 409 when another result is there: its
+    files would be sent under the entities, ids and edits read from the old one."""
+    try:
+        viewer.result.check_current()
+    except ResultFileGoneError as err:
+        return _error(404, str(err))
+    except ResultChangedError as err:
+        return _error(409, str(err))
+    except ResultFolderError as err:
+        return _error(422, str(err))
+    return None
+
+
+def _version_cache(viewer, request: Request, cache: str) -> tuple[str, Response | None]:
+    """The Cache-Control for a response of the opened result's files and a 409 when the URL names
+    another result: the page puts ?rv=<the result's version> (of /api/video) in the URLs it builds,
+    so a cached answer is never another result's file. Only such a URL is cached long (`cache`);
+    one without a version is revalidated each time ("no-cache")."""
+    version = request.query_params.get("rv")
+    if version is None:
+        return "no-cache", None
+    if version != viewer.result.version:
+        return cache, _error(409, "this page was made for another result than the one the viewer has open "
+                                  "(the result changed on disk and the viewer was restarted): reload the page")
+    return cache, None
 
 
 def attachment(filename: str) -> str:
@@ -138,8 +175,23 @@ def build_routes(viewer) -> list[Route]:
     async def static(request: Request) -> Response:
         return _file(STATIC_DIR, request.path_params["path"], "no-cache")
 
+    def reads_result(handler):
+        """A GET handler that reads the result's files: refused (404/409, _on_disk_error) when the
+        folder on disk is no longer the one opened, checked before the read and again after it (a
+        replacement during the read); handler(request, cache) gets the Cache-Control to send."""
+        async def endpoint(request: Request) -> Response:
+            cache, error = _version_cache(viewer, request, IMMUTABLE)
+            error = error or _on_disk_error(viewer)
+            if error is not None:
+                return error
+            response = await handler(request, cache)
+            return (_on_disk_error(viewer) if response.status_code < 400 else None) or response
+        return endpoint
+
     async def result_file(request: Request) -> Response:
-        return _file(viewer.root, request.path_params["path"], "no-cache")
+        if error := _on_disk_error(viewer):
+            return error
+        return _file(viewer.root, request.path_params["path"], "no-cache", lambda: _on_disk_error(viewer))
 
     async def video(request: Request) -> Response:
         # on the thread pool: has_source decodes frame 0, waiting for a video's cursor while another
@@ -149,7 +201,7 @@ def build_routes(viewer) -> list[Route]:
     async def state(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(viewer.state), headers=_NO_STORE)
 
-    async def frame(request: Request) -> Response:
+    async def frame(request: Request, cache: str) -> Response:
         index = _frame_index(viewer, request.path_params["index"])
         if index is None:
             return _error(404, "no such frame")
@@ -159,25 +211,26 @@ def build_routes(viewer) -> list[Route]:
         data = await run_in_threadpool(viewer.frame_jpeg, index, None if width is None else _count(width))
         if data is None:
             return _error(404, "the source frame cannot be read (moved or deleted?)")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": IMMUTABLE})
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": cache})
 
-    async def original_ids(request: Request, encode, media_type: str) -> Response:
-        """A frame's original id map, encoded by `encode` (never changes: cached for good)."""
+    async def original_ids(request: Request, cache: str, encode, media_type: str) -> Response:
+        """A frame's original id map, encoded by `encode` (never changes for one result: a versioned
+        URL is cached for good)."""
         index = _frame_index(viewer, request.path_params["index"])
         if index is None:
             return _error(404, "no such frame")
         data, error = await _read(encode, index)
         if error is not None:
             return error
-        return Response(data, media_type=media_type, headers={"Cache-Control": IMMUTABLE})
+        return Response(data, media_type=media_type, headers={"Cache-Control": cache})
 
-    async def id_map(request: Request) -> Response:
-        return await original_ids(request, viewer.id_png, "image/png")
+    async def id_map(request: Request, cache: str) -> Response:
+        return await original_ids(request, cache, viewer.id_png, "image/png")
 
-    async def id_runs(request: Request) -> Response:
-        return await original_ids(request, viewer.id_runs, "application/octet-stream")
+    async def id_runs(request: Request, cache: str) -> Response:
+        return await original_ids(request, cache, viewer.id_runs, "application/octet-stream")
 
-    async def thumb(request: Request) -> Response:
+    async def thumb(request: Request, cache: str) -> Response:
         entity = _count(request.path_params["entity"])
         data, error = (None, None) if entity is None else await _read(viewer.thumbnail, entity)
         if error is not None:
@@ -185,7 +238,9 @@ def build_routes(viewer) -> list[Route]:
         if data is None:
             return _error(404, "no such entity")
         # the URL carries ?k=<thumb key of /api/state>: what the picture shows, so it may be cached
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        # (with ?rv=, the result's version: the key alone is the same in another result)
+        cache = "private, max-age=3600" if cache != "no-cache" else cache
+        return Response(data, media_type="image/png", headers={"Cache-Control": cache})
 
     async def edit(request: Request) -> Response:
         op, error = await _read_edit(request)
@@ -220,10 +275,10 @@ def build_routes(viewer) -> list[Route]:
         Route("/files/{path:path}", result_file),
         Route("/api/video", video),
         Route("/api/state", state),
-        Route("/api/frames/{index}.jpg", frame),
-        Route("/api/idmaps/{index}.png", id_map),
-        Route("/api/idmaps/{index}.runs", id_runs),
-        Route("/api/thumbs/{entity}.png", thumb),
+        Route("/api/frames/{index}.jpg", reads_result(frame)),
+        Route("/api/idmaps/{index}.png", reads_result(id_map)),
+        Route("/api/idmaps/{index}.runs", reads_result(id_runs)),
+        Route("/api/thumbs/{entity}.png", reads_result(thumb)),
         Route("/api/exports", export_formats),
         Route("/api/edits", mutating(edit), methods=["POST"]),
         Route("/api/undo", mutating(undo), methods=["POST"]),

@@ -5,7 +5,8 @@ Routes (all under one per-run token for what changes anything):
     GET  /                      the player (static/index.html)
     GET  /static/<file>         the package's static files (plain JS/CSS, no build step)
     GET  /files/<path>          any file inside the result folder (overlay.mp4, panoptic PNGs, ...)
-    GET  /api/video             size, fps, frame names, whether the source frames can be read
+    GET  /api/video             size, fps, frame names, whether the source frames can be read,
+                                `result_version`: names the opened result (the ?rv= of the URLs below)
     GET  /api/state             entities (colour, label, score, frames, area, presence), the original
                                 ids (`ids`: panoptic.json's, sorted, 0 first), the id lookup (`lookup`:
                                 per frame range, the current id of each entry of `ids`, by position:
@@ -27,7 +28,11 @@ Routes (all under one per-run token for what changes anything):
 POST requests need the token (header ``X-EntitySAM-Token`` or query ``token``): 403 otherwise.
 Save and export answer 409 when the result folder changed on disk since it was opened (nothing
 written); read-only id maps and thumbnails 404 when a file is gone, 422 when it is unreadable.
-Frames and id maps are immutable for a run and served with long cache headers.
+Frames, id maps, thumbnails and /files/ answer 409 when another result is in the folder's place
+now (`segment --overwrite`, a revision saved over it; a few stat calls per request, see
+entitysam.review.on_disk), 404 when it is gone: never the new result's files under the old one's
+entities and edits. Frames, id maps and thumbnails are cached long only under a URL carrying
+?rv=<result_version> (the page's URLs; another result's version: 409), otherwise "no-cache".
 """
 
 from __future__ import annotations
@@ -144,7 +149,7 @@ class Viewer:
         height, width = self.result.size
         return {"name": self.result.name, "width": width, "height": height, "fps": self.result.fps,
                 "num_frames": self.num_frames, "frame_names": [str(f["name"]) for f in self.result.frames],
-                "has_source": self.frame_jpeg(0) is not None}
+                "has_source": self.frame_jpeg(0) is not None, "result_version": self.result.version}
 
     def state(self) -> dict:
         """What the client shows of the current edit (see the module docstring)."""

@@ -39,7 +39,7 @@ function buildList() {
   withThumb.sort((a, b) => parseInt(a.thumb, 10) - parseInt(b.thumb, 10));  // the key starts with its frame
   for (const e of withThumb) {
     const img = body.querySelector(`tr[data-id="${e.id}"] img`);
-    thumbnail(`/api/thumbs/${e.id}.png?k=${e.thumb}`).then((src) => { if (src) img.src = src; });
+    thumbnail(versioned(`/api/thumbs/${e.id}.png?k=${e.thumb}`)).then((src) => { if (src) img.src = src; });
   }
 }
 
@@ -53,6 +53,7 @@ function thumbnail(url) {
   if (!thumbs.has(url)) {
     thumbsQueue = thumbsQueue.then(async () => {
       const res = await fetch(url);
+      if (res.status === 409) resultChanged(res);
       return res.ok ? URL.createObjectURL(await res.blob()) : null;
     }).catch(() => null);
     thumbs.set(url, thumbsQueue);

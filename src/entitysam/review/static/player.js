@@ -43,6 +43,17 @@ function setStatus(text, isError = false) {
   el.textContent = text;
   el.className = isError ? "error" : "";
 }
+// The URLs of the result's files carry its version (?rv=, /api/video's result_version): a copy the
+// browser cached of another result's file (the folder replaced, the viewer restarted on the same
+// port) never answers for this one; the server answers 409 once the result on disk changed.
+function versioned(url) {
+  return `${url}${url.includes("?") ? "&" : "?"}rv=${encodeURIComponent(viewer.info.result_version)}`;
+}
+async function resultChanged(res) {
+  let message = "the result changed on disk since the viewer opened it: reload the viewer";
+  try { message = (await res.json()).error || message; } catch (e) { /* not JSON */ }
+  setStatus(message, true);
+}
 async function getJSON(url) {
   const res = await fetch(url);
   if (!res.ok) throw new Error(`${url}: ${res.status}`);
@@ -82,6 +93,7 @@ function fetchBlob(url, frame) {
       fetching++;
       try {
         const res = await fetch(url);
+        if (res.status === 409) resultChanged(res);
         resolve(res.ok ? await res.blob() : null);
       } catch (err) { reject(err); } finally {
         fetching--;
@@ -94,8 +106,8 @@ function fetchBlob(url, frame) {
 function frameBlobs(i) {
   if (!blobs.has(i)) {
     const jpeg = viewer.info.has_source === false ? Promise.resolve(null)
-      : fetchBlob(`/api/frames/${i}.jpg?w=${viewer.frameWidth}`, i);
-    blobs.set(i, Promise.all([jpeg, fetchBlob(`/api/idmaps/${i}.runs`, i)]).then(([jpeg, runs]) => ({jpeg, runs})));
+      : fetchBlob(versioned(`/api/frames/${i}.jpg?w=${viewer.frameWidth}`), i);
+    blobs.set(i, Promise.all([jpeg, fetchBlob(versioned(`/api/idmaps/${i}.runs`), i)]).then(([jpeg, runs]) => ({jpeg, runs})));
     blobs.get(i).catch(() => blobs.delete(i));
     for (const old of blobs.keys()) {  // oldest first
       if (blobs.size <= COMPRESSED_FRAMES) break;
