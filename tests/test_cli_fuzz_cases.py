@@ -161,3 +161,14 @@ def test_a_name_with_terminal_control_characters_is_shown_escaped(tmp_path, caps
     line = one_error(capsys, [a.format(name=name, tmp=tmp_path) for a in argv], rc=rc)
     assert not any(c in line for c in "\x1b\x07\u202e"), repr(line)
     assert "\\x1b]0;owned\\x07" in line, line
+
+
+@pytest.mark.parametrize("argv, rc", TERMINAL, ids=[a[0] for a, _ in TERMINAL])
+def test_a_name_with_a_line_break_stays_on_one_error_line(tmp_path, capsys, argv, rc):
+    """A newline in a name the message quotes split the error in two lines, the second one
+    looking like output of its own; it is shown as `\\n`. (Indented lines, a list of remedies,
+    are kept: test_hub.py.)"""
+    name = str(tmp_path / "clip\nerror: fake line")
+    assert cli.main([a.format(name=name, tmp=tmp_path) for a in argv]) == rc
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clip\\nerror: fake line" in err, err

@@ -28,9 +28,13 @@ def printable(text: str, limit: int | None = 200, keep: str = "") -> str:
 
 
 def for_terminal(message: str) -> str:
-    """A message to print, whole, its control characters escaped but line breaks: a file or folder
-    name in it (`ESC]0;...BEL` retitles a terminal, `ESC[2J` clears it) is shown, not obeyed."""
-    return printable(message, limit=None, keep="\n")
+    """A message to print, whole, its control characters escaped: a file or folder name in it
+    (`ESC]0;...BEL` retitles a terminal, `ESC[2J` clears it) is shown, not obeyed. A line break is
+    kept where it starts an indented line (a list of remedies, on purpose); any other came from a
+    name the message quotes, and is shown as ``\\n``, so that an error stays one `error:` line."""
+    first, *others = message.split("\n")
+    breaks = ("\n" if line.startswith(" ") else "\\n" for line in others)
+    return printable(first, limit=None) + "".join(b + printable(line, limit=None) for b, line in zip(breaks, others))
 
 
 @dataclass(frozen=True)
