@@ -48,7 +48,9 @@ class LogitStore:
         host = torch.empty(logits.shape, dtype=logits.dtype, pin_memory=True)
         host.copy_(logits, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        # The copy runs on the logits' GPU, which need not be the current device (`--device
+        # cuda:1`): an event on the current device's stream would not wait for it.
+        done.record(torch.cuda.current_stream(logits.device))
         self._write_pending()
         self._pending = (host, done)
 

@@ -1,0 +1,87 @@
+"""CUDA's stream and event rules, emulated on the CPU, for the copies the device path queues.
+
+On a GPU a non-blocking copy to pinned host memory runs on the current stream of the tensor's
+own device, and an event recorded with no stream marks the current stream of the *current*
+device. With `--device cuda:1` the current device is still 0: an event recorded there does not
+wait for the copy, and the host reads the buffer before the GPU has filled it. Nothing on a
+CPU-only machine shows that, so the rules are played out here: a queued copy lands in its host
+buffer only when an event on a stream of its own device is waited for.
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from entitysam.inference.video import LogitStore
+
+
+class EmulatedCuda:
+    """The current device, the copies queued per device, streams and events."""
+
+    def __init__(self, current: int = 0):
+        self.current = current
+        self.queued: dict[int, list] = {}
+
+    def current_stream(self, device=None):
+        index = self.current if device is None or torch.device(device).index is None else torch.device(device).index
+        return SimpleNamespace(device_index=index)
+
+    def event_class(self):
+        cuda = self
+
+        class Event:
+            stream = None
+
+            def record(self, stream=None):
+                self.stream = stream if stream is not None else cuda.current_stream()
+
+            def synchronize(self):
+                assert self.stream is not None, "waited for an event never recorded"
+                for land in cuda.queued.pop(self.stream.device_index, []):
+                    land()
+
+        return Event
+
+
+class DeviceLogits:
+    """Logits on a GPU: all that `LogitStore.append` reads of them."""
+
+    def __init__(self, values: torch.Tensor, device: str):
+        self.values, self.device = values, torch.device(device)
+        self.shape, self.dtype = values.shape, values.dtype
+
+    def reshape(self, shape):
+        return DeviceLogits(self.values.reshape(shape), str(self.device))
+
+
+def pinned_empty(cuda: EmulatedCuda, real_empty):
+    def empty(shape, dtype=None, pin_memory=False):
+        host = real_empty(shape, dtype=dtype).fill_(float("nan"))  # what an unfilled buffer may hold
+
+        def copy_(source, non_blocking=False):
+            assert non_blocking and isinstance(source, DeviceLogits)
+            cuda.queued.setdefault(source.device.index, []).append(lambda: host.copy_(source.values))
+            return host
+
+        buffer = SimpleNamespace(copy_=copy_, cpu=lambda: host, shape=host.shape)
+        return buffer if pin_memory else host
+
+    return empty
+
+
+@pytest.mark.parametrize("logits_device", ["cuda:0", "cuda:1"])  # a CUDA tensor always names its GPU
+def test_logits_copied_from_any_gpu_reach_the_store_complete(tmp_path, monkeypatch, logits_device):
+    cuda = EmulatedCuda(current=0)
+    monkeypatch.setattr(torch.cuda, "current_stream", cuda.current_stream)
+    monkeypatch.setattr(torch.cuda, "Event", cuda.event_class())
+    monkeypatch.setattr(torch, "empty", pinned_empty(cuda, torch.empty))
+    frames = [torch.randn(3, 4, 4) for _ in range(4)]
+    store = LogitStore(tmp_path, num_queries=3, size=4)
+    for values in frames:
+        store.append(DeviceLogits(values.reshape(3, 1, 4, 4), logits_device))
+    store.close()
+    written = np.asarray(store.frames())
+    assert not np.isnan(written).any(), "the store read a host buffer before its copy from the GPU landed"
+    np.testing.assert_array_equal(written, torch.stack(frames).numpy())
