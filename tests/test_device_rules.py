@@ -1,4 +1,8 @@
-"""CUDA's stream and event rules, emulated on the CPU, for the copies the device path queues.
+"""Rules of GPU backends that a CPU never enforces, played out on the CPU.
+
+* CUDA's stream and event rules, for the copies the device path queues (below);
+* MPS (Apple GPUs) has no float64: the device path must make no float64 device tensor.
+
 
 On a GPU a non-blocking copy to pinned host memory runs on the current stream of the tensor's
 own device, and an event recorded with no stream marks the current stream of the *current*
@@ -10,11 +14,17 @@ buffer only when an event on a stream of its own device is waited for.
 
 from types import SimpleNamespace
 
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
 import numpy as np
 import pytest
 import torch
 
+from entitysam.config import get_config
+from entitysam.inference.tracker import EntityTracker
 from entitysam.inference.video import LogitStore
+from entitysam.modeling.entitysam import EntitySAM
 
 
 class EmulatedCuda:
@@ -85,3 +95,37 @@ def test_logits_copied_from_any_gpu_reach_the_store_complete(tmp_path, monkeypat
     written = np.asarray(store.frames())
     assert not np.isnan(written).any(), "the store read a host buffer before its copy from the GPU landed"
     np.testing.assert_array_equal(written, torch.stack(frames).numpy())
+
+
+class DeviceFloat64(TorchDispatchMode):
+    """Notes every operation that reads or makes a float64 tensor on the `meta` device (the
+    stand-in for a GPU: host tensors stay on the CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten((args, kwargs, out))[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "meta" and t.dtype in (torch.float64,
+                                                                                       torch.complex128):
+                self.ops.add(str(func))
+        return out
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
+def test_device_steps_make_no_float64_tensor(dtype):
+    """MPS refuses float64 ("Cannot convert a MPS Tensor to float64 dtype"): the first step and
+    steps that read memory, on the device path, in every compute dtype."""
+    cfg = get_config("tiny")
+    with torch.device("meta"):
+        model = EntitySAM(cfg).eval()
+    tracker = EntityTracker(model, memory_dtype=torch.float16 if dtype == torch.float16 else None)
+    assert tracker.batched
+    image = torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta")
+    autocast = torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
+    with DeviceFloat64() as seen, autocast:
+        for t in range(3):
+            tracker.step(t, image)
+    assert not seen.ops, f"float64 on the device: {sorted(seen.ops)}"
