@@ -129,3 +129,28 @@ def test_device_steps_make_no_float64_tensor(dtype):
         for t in range(3):
             tracker.step(t, image)
     assert not seen.ops, f"float64 on the device: {sorted(seen.ops)}"
+
+
+@pytest.mark.parametrize("capability, hip, expected", [
+    ((7, 5), None, torch.float16),    # T4: bfloat16 only emulated
+    ((7, 0), None, torch.float16),    # V100
+    ((8, 0), None, torch.bfloat16),   # A100
+    ((9, 0), None, torch.bfloat16),   # H100 / H200
+    ((9, 4), "6.2", torch.bfloat16),  # a ROCm build reports no CUDA capability that means this
+])
+def test_auto_precision_follows_the_gpus_bfloat16_units(monkeypatch, capability, hip, expected):
+    """`--dtype auto` on a GPU: the official bfloat16 where the hardware has it; on older GPUs,
+    which pass torch's bfloat16 check by emulating it, float16."""
+    from entitysam.inference.precision import memory_dtype_for, resolve_dtype
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: asked.append(device) or capability)
+    monkeypatch.setattr(torch.version, "hip", hip)
+    assert resolve_dtype("auto", torch.device("cuda", 1)) == expected
+    assert resolve_dtype(None, torch.device("cuda", 1)) == expected
+    assert all(torch.device(d).index == 1 for d in asked), "asked another GPU than the one used"
+    assert resolve_dtype("bfloat16", torch.device("cuda", 1)) == torch.bfloat16  # asked for: allowed
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert memory_dtype_for(expected) == (torch.float16 if expected == torch.float16 else None)

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="auto (default): cuda, else mps, else cpu; under torchrun cuda:LOCAL_RANK")
     mod.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                     help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere")
+                     help="auto (default): bfloat16 autocast on CUDA (as the official evaluation; float16 on GPUs "
+                          "before Ampere), float32 elsewhere")
     mod.add_argument("--logits-dtype", default="float32", choices=("float32", "float16"),
                      help="temporary on-disk low-res logits (float32 exact, float16 half the disk)")
     mod.add_argument("--threads", type=thread_count, default=None, metavar="N", help="torch CPU threads")

@@ -80,7 +80,8 @@ def add_device(p, default: str = "auto", help: str = "auto (default): cuda, else
 
 def add_dtype(p) -> None:
     p.add_argument("--dtype", default="auto", choices=DTYPES,
-                   help="auto (default): bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere; "
+                   help="auto (default): bfloat16 autocast on CUDA (as the official evaluation; float16 on GPUs "
+                        "before Ampere), float32 elsewhere; "
                         "bfloat16 on CPU: the memory attention alone in bfloat16 (about 2.5x the official speed on "
                         "ViT-S, over 99%% of mask pixels as float32)")
 
@@ -118,7 +119,7 @@ def set_threads(threads: int | None) -> None:
 
 def check_model_args(args) -> None:
     """What can be refused about the model options before loading it: an unavailable device,
-    --exact with a dtype other than float32 (also --dtype auto, which is bfloat16 on CUDA)."""
+    --exact with a dtype other than float32 (also --dtype auto, a half precision on CUDA)."""
     from ..inference.precision import check_exact, resolve_device, resolve_dtype
 
     device = resolve_device(args.device)

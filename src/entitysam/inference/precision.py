@@ -11,7 +11,7 @@ from ..argtypes import InvalidArgumentError
 from ..errors import EntitySAMError, Remedy
 from ..modeling.entitysam import EntitySAM
 
-__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "check_model", "check_exact", "precision_plan", "memory_dtype_for",
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype", "has_bfloat16_units", "check_model", "check_exact", "precision_plan", "memory_dtype_for",
            "autocast_for", "tf32_matmuls", "cudnn_autotuning"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -46,7 +46,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``auto``: bfloat16 autocast on CUDA (as the official evaluation), float32 elsewhere."""
+    """``auto``: bfloat16 autocast on CUDA (as the official evaluation; float16 on GPUs without
+    bfloat16 units, see `has_bfloat16_units`), float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -57,8 +58,21 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if name not in DTYPES:
         raise InvalidArgumentError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if has_bfloat16_units(device) else torch.float16
     return getattr(torch, name)
+
+
+def has_bfloat16_units(device: torch.device) -> bool:
+    """Whether a CUDA device computes in bfloat16 natively (compute capability 8.0 on: Ampere,
+    Hopper, ...; ROCm). Older GPUs (T4, V100) only emulate it: slowly, and without the fused
+    attention kernels, whose math fallback holds every attention score. Their fast half precision
+    is float16, the one the official training ran in (fp16 autocast). Without CUDA there is no
+    device to ask: the official choice, bfloat16."""
+    if torch.version.hip or not torch.cuda.is_available():
+        return True
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def check_model(model: object) -> torch.device:

@@ -97,7 +97,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     frames, or a FrameSource. start / end: frame index (int) or seconds (float or "2.5s");
     end is exclusive. stride, max_frames: see FrameSelection. fps: frame rate of a folder of
     frames or of arrays (default 25; used for seconds and the overlay).
-    dtype: "auto" (bfloat16 autocast on CUDA, float32 elsewhere), "float32", "bfloat16",
+    dtype: "auto" (bfloat16 autocast on CUDA, float16 before Ampere, float32 elsewhere), "float32", "bfloat16",
     "float16" (autocast in that dtype). logits_dtype: "float32" (exact) or "float16" (half the
     temporary disk space, tiny differences possible). work_dir: folder for temporary files
     (default: the system temp folder). save_logits: write the low-res logits and scores to this
