@@ -336,3 +336,47 @@ def test_eval_vipseg_refuses_gt_images_out_of_time_order(tmp_path, capsys):
     assert code == 2 and "lists its images in another order than the frames' sorted file names (position 0: " \
         "'00000001', frame '00000000'); VEQ windows need them in time order" in err, err
     assert not (tmp_path / "out" / "pan_pred" / ds.videos[0]).exists()
+
+
+# ----------------------------------------------------------------------------- names in the GT JSON
+
+
+def _gt_file_name(value):
+    return lambda ds: _edit(ds.gt_json, lambda d: d["videos"][0]["images"][0].__setitem__("file_name", value))
+
+
+def _gt_video_id(value):
+    def spoil(ds):
+        for path in (ds.gt_json, ds.pred_dir / "pred.json"):
+            _edit(path, lambda d: [e.__setitem__("video_id", value) for e in d["annotations"][:1]])
+        _edit(ds.gt_json, lambda d: d["videos"][0].__setitem__("video_id", value))
+    return spoil
+
+
+HOSTILE_NAMES = {
+    # each was a ValueError / UnicodeEncodeError traceback from os.stat
+    "file-name-nul": (_gt_file_name("a\x00b.png"), r"images\[0\]: file_name 'a\\x00b\.png' cannot be a file name"),
+    "file-name-surrogate": (_gt_file_name("a\ud800.png"), r"images\[0\]: file_name 'a\\ud800\.png' cannot be"),
+    "video-id-surrogate": (_gt_video_id("v\ud800"), r"videos\[0\]: video_id 'v\\ud800' cannot be a file name"),
+    # read a file outside the GT folder, and the same file as the prediction
+    "file-name-absolute": (lambda ds: _gt_file_name(str(_first_gt_png(ds)))(ds),
+                           r"images\[0\]: file_name '/.*\.png' names a file outside its folder"),
+    "file-name-dotdot": (_gt_file_name("../vid_001/00000.png"), r"file_name '\.\./vid_001/00000\.png' names a file "
+                                                               r"outside its folder"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_NAMES))
+def test_gt_json_names_that_are_no_file_in_their_folder_are_one_line(ds, name):
+    import os
+    import subprocess
+    import sys
+
+    spoil, message = HOSTILE_NAMES[name]
+    spoil(ds)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    r = subprocess.run([sys.executable, "-m", "entitysam", "metrics", str(ds.pred_dir), str(ds.gt_dir),
+                        str(ds.gt_json), "--workers", "1", "--metric", "stq"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert re.fullmatch(r"error: GT JSON .*" + message + r".*\n", r.stderr), r.stderr

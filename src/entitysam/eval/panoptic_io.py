@@ -130,6 +130,23 @@ def _video_id(entry: Any, where: str) -> str | int:
     return vid
 
 
+def _path_part(value: Any, key: str, where: str) -> str:
+    """`value` of a JSON `key` (a video id, a frame file name) as a path under its folder."""
+    text = str(value)
+    try:  # a NUL or an unpaired surrogate made os.stat raise a bare ValueError: a traceback
+        os.fsencode(text)
+        ok = "\0" not in text
+    except UnicodeError:
+        ok = False
+    if not ok or not text:
+        raise MetricsInputError(f"{where}: {key} {value!r} cannot be a file name")
+    # an absolute name or "..": both PNGs of a frame are found through the GT's names, so
+    # "/data/gt/x.png" read the ground truth as its own prediction
+    if os.path.isabs(text) or ".." in Path(text).parts:
+        raise MetricsInputError(f"{where}: {key} {value!r} names a file outside its folder")
+    return text
+
+
 def annotations_by_video(doc: Any, what: str, *, unique: bool = True) -> dict[Any, list]:
     """``annotations[]`` of a GT / prediction document as video id -> list of per-frame records.
 
@@ -183,6 +200,7 @@ def load_videos(
     seen: set[Any] = set()
     for seq_id, video in enumerate(videos):
         vid = _video_id(video, f"GT JSON videos[{seq_id}]")
+        _path_part(vid, "video_id", f"GT JSON videos[{seq_id}]")
         if vid in seen:
             raise MetricsInputError(f"GT JSON videos[{seq_id}]: video {vid!r} is listed twice")
         seen.add(vid)
@@ -207,13 +225,14 @@ def load_videos(
         frames = []
         names: set[str] = set()
         for t, (img, gfr, pfr) in enumerate(zip(images, gt_frames, pred_frames)):
-            name = _require(img, "file_name", f"GT JSON video {vid!r} images[{t}]")
-            if str(name) in names:
+            name = _path_part(_require(img, "file_name", f"GT JSON video {vid!r} images[{t}]"), "file_name",
+                              f"GT JSON video {vid!r} images[{t}]")
+            if name in names:
                 raise MetricsInputError(f"GT JSON video {vid!r} images[{t}]: frame {name!r} is listed twice")
-            names.add(str(name))
+            names.add(name)
             frames.append(
                 FrameSpec(
-                    file_name=str(name),
+                    file_name=name,
                     gt_segments=_segments(gfr, f"GT JSON video {vid!r} frame {t} ({name})", gt_required),
                     pred_segments=_segments(pfr, f"pred.json video {vid!r} frame {t} ({name})", ()),
                 )
