@@ -380,3 +380,29 @@ def test_gt_json_names_that_are_no_file_in_their_folder_are_one_line(ds, name):
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
     assert re.fullmatch(r"error: GT JSON .*" + message + r".*\n", r.stderr), r.stderr
+
+
+def _split_not_utf8(ds):
+    ds.split_file.write_bytes(b"vid_000\n\xff\xfe\n")
+
+
+@pytest.mark.parametrize("spoil,message", [
+    # each was a traceback from load_plan (UnicodeDecodeError; TypeError: 'int' object is not iterable)
+    (_split_not_utf8, r"the split file .*val\.txt is not UTF-8 text \(byte 8: b'\\xff'\); it lists one video id "
+                      r"per line"),
+    (lambda ds: _edit(ds.gt_json, lambda d: d["videos"][0].__setitem__("images", 5)),
+     r"GT JSON .* videos\[0\] \(video 'vid_000'\): 'images' is int, not a list"),
+    (lambda ds: _edit(ds.gt_json, lambda d: d["videos"][1].__setitem__("images", True)),
+     r"GT JSON .* videos\[1\] \(video 'vid_001'\): 'images' is bool, not a list"),
+], ids=["split-file-not-utf8", "images-int", "images-bool"])
+def test_eval_vipseg_unreadable_video_lists_are_one_line(tmp_path, capsys, spoil, message):
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    spoil(ds)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: {message}\n", err), err
+    assert not (tmp_path / "out").exists()
