@@ -114,6 +114,17 @@ def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_pa
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
 
 
+def test_training_on_images_far_wider_than_tall(coco, tmp_path, capsys):
+    """An image 2000x1: the resize to the clip's scale rounded its height to 0 rows, a ValueError
+    traceback from Image.resize in the data loader; now a one-pixel-high clip, trained on."""
+    for p in (coco / "train2017").iterdir():
+        Image.new("RGB", (2000, 1), (10, 20, 30)).save(p, format="JPEG")
+    for p in (coco / "panoptic_train2017").iterdir():
+        Image.open(p).convert("RGB").resize((2000, 1), Image.NEAREST).save(p)
+    assert _train(coco, tmp_path) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "model_final.pth").is_file()
+
+
 def test_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_part(coco, tmp_path, capsys):
     """Was an IsADirectoryError traceback (a full disk: an OSError traceback)."""
     target = tmp_path / "out" / "model_0000000.pth"

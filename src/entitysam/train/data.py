@@ -210,7 +210,9 @@ def make_clip(image: np.ndarray, panoptic_rgb: np.ndarray, segment_ids: Sequence
         img, pan = ImageOps.mirror(img), ImageOps.mirror(pan)
     h, w = image.shape[:2]
     f = min(size * aug.scale / h, size * aug.scale / w)
-    new_h, new_w = int(np.round(h * f)), int(np.round(w * f))
+    # at least one pixel: an image over 500 times wider than tall rounded to 0 rows, and
+    # Image.resize stopped the training with a ValueError traceback
+    new_h, new_w = max(1, int(np.round(h * f))), max(1, int(np.round(w * f)))
     max_off = np.maximum(np.array([new_h, new_w]) - size, 0)
     first = np.round(max_off * aug.crop_u).astype(int)
     shift_range = np.minimum(max_off, int(temporal_shift * size))
