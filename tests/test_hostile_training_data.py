@@ -94,7 +94,24 @@ def _other_size_image(r):
     Image.open(p).resize((50, 40)).save(p)
 
 
+def _bomb_header_image(r):
+    """A PNG under the image's name whose header claims 12000x12000 (144 MP), one row of data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    (r / "train2017" / "000000000002.jpg").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * 12000))) + chunk(b"IEND", b""))
+
+
 UNREADABLE_DURING_TRAINING = {
+    # was decoded in full (a real 420 KB bomb: 1.8 GB per loader process), after Pillow's
+    # DecompressionBombWarning printed two lines
+    "image-over-50-megapixels": (_bomb_header_image, r"train2017/000000000002\.jpg is 12000x12000 = 144\.0 megapixels, "
+                                                     r"over the limit of 50 megapixels: refused before decoding it"),
     "corrupt-image": (_corrupt_image, r"cannot read .*train2017/000000000002\.jpg: cannot identify image file"),
     # trained on without a word: JPEG artefacts are made-up ids, a stretched mask is another picture's
     "jpeg-panoptic": (_jpeg_panoptic, r"panoptic file .*000000000001\.png: a JPEG image of mode RGB, not an 8-bit"),
