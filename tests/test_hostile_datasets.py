@@ -406,3 +406,20 @@ def test_eval_vipseg_unreadable_video_lists_are_one_line(tmp_path, capsys, spoil
     err = capsys.readouterr().err
     assert code == 2 and re.fullmatch(rf"error: {message}\n", err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_png_declaring_over_50_megapixels_is_refused_before_decoding(ds):
+    """12000x12000 (under Pillow's error limit): Pillow's DecompressionBombWarning printed two lines,
+    then the PNG was decoded (a real 420 KB bomb: 1.6 GB per worker). Now one line, nothing decoded."""
+    import os
+    import subprocess
+    import sys
+
+    png = _first_gt_png(ds)
+    _bomb_header(png, 12000, 12000)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    r = subprocess.run([sys.executable, "-m", "entitysam", "metrics", str(ds.pred_dir), str(ds.gt_dir),
+                        str(ds.gt_json), "--workers", "1"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert re.fullmatch(rf"error: GT PNG .* {re.escape(str(png))} is 12000x12000 = 144\.0 megapixels, over the limit "
+                        r"of 50 megapixels: refused before decoding it\n", r.stderr), r.stderr

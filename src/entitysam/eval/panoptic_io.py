@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import EntitySAMError
 from ..io.idpng import MAX_ID, decode_ids
+from ..io.sources.selection import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "MetricsInputError",
@@ -252,6 +254,22 @@ def load_videos(
 # ----------------------------------------------------------------------------- PNG
 
 _ID_MASK = 0xFFFFFF
+# Largest id PNG decoded (width x height), as inference's default --max-pixels: a PNG of a few
+# hundred bytes declaring 12000x12000 was decoded (1.6 GB per worker) after Pillow's warning
+# printed two lines.
+MAX_PNG_PIXELS = DEFAULT_MAX_PIXELS
+
+
+def _open_png(path: PathLike, what: str) -> Image.Image:
+    with warnings.catch_warnings():  # the limit below is lower than the one Pillow warns about
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    w, h = im.size
+    if w * h > MAX_PNG_PIXELS:
+        im.close()
+        raise MetricsInputError(f"{what} {path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                                f"{MAX_PNG_PIXELS / 1e6:g} megapixels: refused before decoding it")
+    return im
 
 
 def _require_png(im: Image.Image, path: PathLike, what: str) -> None:
@@ -277,7 +295,7 @@ def check_png(path: PathLike, *, what: str = "PNG") -> None:
     """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only)."""
     try:
         _require_regular_file(path, what)
-        with Image.open(path) as im:
+        with _open_png(path, what) as im:
             _require_png(im, path, what)
             mode = im.mode
     except FileNotFoundError:
@@ -308,7 +326,7 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
     """
     try:
         _require_regular_file(path, what)
-        with Image.open(path) as im:
+        with _open_png(path, what) as im:
             _require_png(im, path, what)
             mode = im.mode
             if mode in ("RGB", "RGBA", "RGBX"):
