@@ -336,3 +336,90 @@ def test_eval_vipseg_refuses_gt_images_out_of_time_order(tmp_path, capsys):
     assert code == 2 and "lists its images in another order than the frames' sorted file names (position 0: " \
         "'00000001', frame '00000000'); VEQ windows need them in time order" in err, err
     assert not (tmp_path / "out" / "pan_pred" / ds.videos[0]).exists()
+
+
+# ----------------------------------------------------------------------------- names in the GT JSON
+
+
+def _gt_file_name(value):
+    return lambda ds: _edit(ds.gt_json, lambda d: d["videos"][0]["images"][0].__setitem__("file_name", value))
+
+
+def _gt_video_id(value):
+    def spoil(ds):
+        for path in (ds.gt_json, ds.pred_dir / "pred.json"):
+            _edit(path, lambda d: [e.__setitem__("video_id", value) for e in d["annotations"][:1]])
+        _edit(ds.gt_json, lambda d: d["videos"][0].__setitem__("video_id", value))
+    return spoil
+
+
+HOSTILE_NAMES = {
+    # each was a ValueError / UnicodeEncodeError traceback from os.stat
+    "file-name-nul": (_gt_file_name("a\x00b.png"), r"images\[0\]: file_name 'a\\x00b\.png' cannot be a file name"),
+    "file-name-surrogate": (_gt_file_name("a\ud800.png"), r"images\[0\]: file_name 'a\\ud800\.png' cannot be"),
+    "video-id-surrogate": (_gt_video_id("v\ud800"), r"videos\[0\]: video_id 'v\\ud800' cannot be a file name"),
+    # read a file outside the GT folder, and the same file as the prediction
+    "file-name-absolute": (lambda ds: _gt_file_name(str(_first_gt_png(ds)))(ds),
+                           r"images\[0\]: file_name '/.*\.png' names a file outside its folder"),
+    "file-name-dotdot": (_gt_file_name("../vid_001/00000.png"), r"file_name '\.\./vid_001/00000\.png' names a file "
+                                                               r"outside its folder"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_NAMES))
+def test_gt_json_names_that_are_no_file_in_their_folder_are_one_line(ds, name):
+    import os
+    import subprocess
+    import sys
+
+    spoil, message = HOSTILE_NAMES[name]
+    spoil(ds)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    r = subprocess.run([sys.executable, "-m", "entitysam", "metrics", str(ds.pred_dir), str(ds.gt_dir),
+                        str(ds.gt_json), "--workers", "1", "--metric", "stq"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stdout == "", (r.stdout, r.stderr)
+    assert re.fullmatch(r"error: GT JSON .*" + message + r".*\n", r.stderr), r.stderr
+
+
+def _split_not_utf8(ds):
+    ds.split_file.write_bytes(b"vid_000\n\xff\xfe\n")
+
+
+@pytest.mark.parametrize("spoil,message", [
+    # each was a traceback from load_plan (UnicodeDecodeError; TypeError: 'int' object is not iterable)
+    (_split_not_utf8, r"the split file .*val\.txt is not UTF-8 text \(byte 8: b'\\xff'\); it lists one video id "
+                      r"per line"),
+    (lambda ds: _edit(ds.gt_json, lambda d: d["videos"][0].__setitem__("images", 5)),
+     r"GT JSON .* videos\[0\] \(video 'vid_000'\): 'images' is int, not a list"),
+    (lambda ds: _edit(ds.gt_json, lambda d: d["videos"][1].__setitem__("images", True)),
+     r"GT JSON .* videos\[1\] \(video 'vid_001'\): 'images' is bool, not a list"),
+], ids=["split-file-not-utf8", "images-int", "images-bool"])
+def test_eval_vipseg_unreadable_video_lists_are_one_line(tmp_path, capsys, spoil, message):
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    spoil(ds)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: {message}\n", err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_png_declaring_over_50_megapixels_is_refused_before_decoding(ds):
+    """12000x12000 (under Pillow's error limit): Pillow's DecompressionBombWarning printed two lines,
+    then the PNG was decoded (a real 420 KB bomb: 1.6 GB per worker). Now one line, nothing decoded."""
+    import os
+    import subprocess
+    import sys
+
+    png = _first_gt_png(ds)
+    _bomb_header(png, 12000, 12000)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    r = subprocess.run([sys.executable, "-m", "entitysam", "metrics", str(ds.pred_dir), str(ds.gt_dir),
+                        str(ds.gt_json), "--workers", "1"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stdout == "", r.stderr
+    assert re.fullmatch(rf"error: GT PNG .* {re.escape(str(png))} is 12000x12000 = 144\.0 megapixels, over the limit "
+                        r"of 50 megapixels: refused before decoding it\n", r.stderr), r.stderr

@@ -94,7 +94,24 @@ def _other_size_image(r):
     Image.open(p).resize((50, 40)).save(p)
 
 
+def _bomb_header_image(r):
+    """A PNG under the image's name whose header claims 12000x12000 (144 MP), one row of data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    (r / "train2017" / "000000000002.jpg").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * 12000))) + chunk(b"IEND", b""))
+
+
 UNREADABLE_DURING_TRAINING = {
+    # was decoded in full (a real 420 KB bomb: 1.8 GB per loader process), after Pillow's
+    # DecompressionBombWarning printed two lines
+    "image-over-50-megapixels": (_bomb_header_image, r"train2017/000000000002\.jpg is 12000x12000 = 144\.0 megapixels, "
+                                                     r"over the limit of 50 megapixels: refused before decoding it"),
     "corrupt-image": (_corrupt_image, r"cannot read .*train2017/000000000002\.jpg: cannot identify image file"),
     # trained on without a word: JPEG artefacts are made-up ids, a stretched mask is another picture's
     "jpeg-panoptic": (_jpeg_panoptic, r"panoptic file .*000000000001\.png: a JPEG image of mode RGB, not an 8-bit"),
@@ -112,6 +129,17 @@ def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_pa
     assert _train(coco, tmp_path, "solver.max_iter=3", f"data.num_workers={workers}") == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
+
+
+def test_training_on_images_far_wider_than_tall(coco, tmp_path, capsys):
+    """An image 2000x1: the resize to the clip's scale rounded its height to 0 rows, a ValueError
+    traceback from Image.resize in the data loader; now a one-pixel-high clip, trained on."""
+    for p in (coco / "train2017").iterdir():
+        Image.new("RGB", (2000, 1), (10, 20, 30)).save(p, format="JPEG")
+    for p in (coco / "panoptic_train2017").iterdir():
+        Image.open(p).convert("RGB").resize((2000, 1), Image.NEAREST).save(p)
+    assert _train(coco, tmp_path) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "model_final.pth").is_file()
 
 
 def test_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_part(coco, tmp_path, capsys):

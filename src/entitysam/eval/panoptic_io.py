@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -36,6 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import EntitySAMError
 from ..io.idpng import MAX_ID, decode_ids
+from ..io.sources.selection import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "MetricsInputError",
@@ -130,6 +132,23 @@ def _video_id(entry: Any, where: str) -> str | int:
     return vid
 
 
+def _path_part(value: Any, key: str, where: str) -> str:
+    """`value` of a JSON `key` (a video id, a frame file name) as a path under its folder."""
+    text = str(value)
+    try:  # a NUL or an unpaired surrogate made os.stat raise a bare ValueError: a traceback
+        os.fsencode(text)
+        ok = "\0" not in text
+    except UnicodeError:
+        ok = False
+    if not ok or not text:
+        raise MetricsInputError(f"{where}: {key} {value!r} cannot be a file name")
+    # an absolute name or "..": both PNGs of a frame are found through the GT's names, so
+    # "/data/gt/x.png" read the ground truth as its own prediction
+    if os.path.isabs(text) or ".." in Path(text).parts:
+        raise MetricsInputError(f"{where}: {key} {value!r} names a file outside its folder")
+    return text
+
+
 def annotations_by_video(doc: Any, what: str, *, unique: bool = True) -> dict[Any, list]:
     """``annotations[]`` of a GT / prediction document as video id -> list of per-frame records.
 
@@ -183,6 +202,7 @@ def load_videos(
     seen: set[Any] = set()
     for seq_id, video in enumerate(videos):
         vid = _video_id(video, f"GT JSON videos[{seq_id}]")
+        _path_part(vid, "video_id", f"GT JSON videos[{seq_id}]")
         if vid in seen:
             raise MetricsInputError(f"GT JSON videos[{seq_id}]: video {vid!r} is listed twice")
         seen.add(vid)
@@ -207,13 +227,14 @@ def load_videos(
         frames = []
         names: set[str] = set()
         for t, (img, gfr, pfr) in enumerate(zip(images, gt_frames, pred_frames)):
-            name = _require(img, "file_name", f"GT JSON video {vid!r} images[{t}]")
-            if str(name) in names:
+            name = _path_part(_require(img, "file_name", f"GT JSON video {vid!r} images[{t}]"), "file_name",
+                              f"GT JSON video {vid!r} images[{t}]")
+            if name in names:
                 raise MetricsInputError(f"GT JSON video {vid!r} images[{t}]: frame {name!r} is listed twice")
-            names.add(str(name))
+            names.add(name)
             frames.append(
                 FrameSpec(
-                    file_name=str(name),
+                    file_name=name,
                     gt_segments=_segments(gfr, f"GT JSON video {vid!r} frame {t} ({name})", gt_required),
                     pred_segments=_segments(pfr, f"pred.json video {vid!r} frame {t} ({name})", ()),
                 )
@@ -233,6 +254,22 @@ def load_videos(
 # ----------------------------------------------------------------------------- PNG
 
 _ID_MASK = 0xFFFFFF
+# Largest id PNG decoded (width x height), as inference's default --max-pixels: a PNG of a few
+# hundred bytes declaring 12000x12000 was decoded (1.6 GB per worker) after Pillow's warning
+# printed two lines.
+MAX_PNG_PIXELS = DEFAULT_MAX_PIXELS
+
+
+def _open_png(path: PathLike, what: str) -> Image.Image:
+    with warnings.catch_warnings():  # the limit below is lower than the one Pillow warns about
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    w, h = im.size
+    if w * h > MAX_PNG_PIXELS:
+        im.close()
+        raise MetricsInputError(f"{what} {path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                                f"{MAX_PNG_PIXELS / 1e6:g} megapixels: refused before decoding it")
+    return im
 
 
 def _require_png(im: Image.Image, path: PathLike, what: str) -> None:
@@ -258,7 +295,7 @@ def check_png(path: PathLike, *, what: str = "PNG") -> None:
     """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only)."""
     try:
         _require_regular_file(path, what)
-        with Image.open(path) as im:
+        with _open_png(path, what) as im:
             _require_png(im, path, what)
             mode = im.mode
     except FileNotFoundError:
@@ -289,7 +326,7 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
     """
     try:
         _require_regular_file(path, what)
-        with Image.open(path) as im:
+        with _open_png(path, what) as im:
             _require_png(im, path, what)
             mode = im.mode
             if mode in ("RGB", "RGBA", "RGBX"):

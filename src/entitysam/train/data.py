@@ -35,28 +35,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from ..errors import EntitySAMError
 from ..io.idpng import MAX_ID, decode_ids
-from ..io.sources.images import image_to_rgb
+from .samples import DatasetError, PanopticRecord, load_pair, load_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
-
-
-@dataclass(frozen=True)
-class PanopticRecord:
-    image_path: str
-    panoptic_path: str
-    segment_ids: tuple[int, ...]  # non-crowd segment ids in segments_info order
-    crowd_ids: tuple[int, ...]
 
 
 def _resolve(root: Path, p: str) -> Path:
     q = Path(p)
     return q if q.is_absolute() else root / q
-
-
-class DatasetError(EntitySAMError, ValueError):
-    """The training dataset's json or one of its images / panoptic PNGs is unusable (named in the message)."""
 
 
 def _load_json(path: Path):
@@ -210,7 +197,9 @@ def make_clip(image: np.ndarray, panoptic_rgb: np.ndarray, segment_ids: Sequence
         img, pan = ImageOps.mirror(img), ImageOps.mirror(pan)
     h, w = image.shape[:2]
     f = min(size * aug.scale / h, size * aug.scale / w)
-    new_h, new_w = int(np.round(h * f)), int(np.round(w * f))
+    # at least one pixel: an image over 500 times wider than tall rounded to 0 rows, and
+    # Image.resize stopped the training with a ValueError traceback
+    new_h, new_w = max(1, int(np.round(h * f))), max(1, int(np.round(w * f)))
     max_off = np.maximum(np.array([new_h, new_w]) - size, 0)
     first = np.round(max_off * aug.crop_u).astype(int)
     shift_range = np.minimum(max_off, int(temporal_shift * size))
@@ -254,34 +243,6 @@ def make_clip(image: np.ndarray, panoptic_rgb: np.ndarray, segment_ids: Sequence
     }
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """An image as inference reads it (io.sources): EXIF orientation applied, 16-bit grayscale
-    scaled to 8 bits (convert("RGB") clipped it at 255: a white picture, trained on silently)."""
-    with Image.open(path) as im:
-        return image_to_rgb(im)
-
-
-def _load_pair(rec: PanopticRecord) -> tuple[np.ndarray, np.ndarray]:
-    """The image and its panoptic ids as RGB; an unusable file is a DatasetError naming it."""
-    path = rec.image_path
-    try:
-        image = load_rgb(path)
-        path = rec.panoptic_path
-        with Image.open(path) as im:
-            # a JPEG, a gray or a 16-bit PNG (Pillow keeps the high byte) would give made-up ids:
-            # the clip's entities would silently be background
-            if im.format != "PNG" or im.mode not in ("RGB", "RGBA", "P") or any(";16" in str(t[3]) for t in im.tile):
-                raise DatasetError(f"panoptic file {path}: a {im.format} image of mode {im.mode}, not an "
-                                   "8-bit RGB PNG of ids (id = R + 256 G + 65536 B)")
-            pan = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
-        raise DatasetError(f"cannot read {path}: {err}") from None
-    if image.shape[:2] != pan.shape[:2]:  # the masks would be stretched onto another picture
-        raise DatasetError(f"{rec.panoptic_path} is {pan.shape[1]}x{pan.shape[0]} but its image {rec.image_path} "
-                           f"is {image.shape[1]}x{image.shape[0]} (WxH, after EXIF orientation)")
-    return image, pan
-
-
 def shuffle_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The image order of one pass over the dataset."""
     g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0]))
@@ -320,7 +281,7 @@ class ClipDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, position])
         aug = ClipAugmentation.draw(rng, self.frames, self.data)
         try:
-            image, pan = _load_pair(rec)
+            image, pan = load_pair(rec)
         except DatasetError as err:
             # handed to the trainer, which raises it: raised here, a loader worker would wrap it
             # in a message holding the worker's traceback

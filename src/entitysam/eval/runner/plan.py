@@ -97,6 +97,9 @@ def _read_split_file(path: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise EvalInputError(f"cannot read the split file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:  # a ValueError: it was a traceback
+        raise EvalInputError(f"the split file {path} is not UTF-8 text (byte {err.start}: "
+                             f"{err.object[err.start:err.start + 1]!r}); it lists one video id per line") from None
     names = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
     if not names:
         raise EvalInputError(f"the split file {path} lists no videos")
@@ -159,6 +162,8 @@ def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | No
             raise EvalInputError(f"{where}: video {vid!r} is listed twice")
         seen.add(vid)
         images = video.get("images") or []
+        if not isinstance(images, list):  # iterating a number was a TypeError traceback, a string its letters
+            raise EvalInputError(f"{where} (video {vid!r}): 'images' is {type(images).__name__}, not a list")
         names = []
         for j, im in enumerate(images):
             if not isinstance(im, Mapping) or not isinstance(im.get("file_name"), str):

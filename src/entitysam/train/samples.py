@@ -1,0 +1,76 @@
+"""One training sample's files: the image and its panoptic PNG, read as inference reads images,
+each refused with a DatasetError naming the file when it cannot give true pixels or ids."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ..errors import EntitySAMError
+from ..io.sources.images import image_to_rgb
+from ..io.sources.selection import DEFAULT_MAX_PIXELS
+
+__all__ = ["DatasetError", "PanopticRecord", "MAX_PIXELS", "load_rgb", "load_pair"]
+
+# Largest image or panoptic PNG decoded (width x height), as inference's default --max-pixels:
+# a few hundred bytes of PNG declaring 12000x12000 were decoded (1.8 GB per loader process)
+# before anything could refuse them. Clips are resized to a few hundred pixels anyway.
+MAX_PIXELS = DEFAULT_MAX_PIXELS
+
+
+class DatasetError(EntitySAMError, ValueError):
+    """The training dataset's json or one of its images / panoptic PNGs is unusable (named in the message)."""
+
+
+@dataclass(frozen=True)
+class PanopticRecord:
+    image_path: str
+    panoptic_path: str
+    segment_ids: tuple[int, ...]  # non-crowd segment ids in segments_info order
+    crowd_ids: tuple[int, ...]
+
+
+def _open_image(path: str) -> Image.Image:
+    """The image at `path`, opened lazily; DatasetError when its header declares over MAX_PIXELS."""
+    with warnings.catch_warnings():  # Pillow's warning (over 89 MP) printed two lines; the limit here is lower
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise DatasetError(f"{path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+                           f"{MAX_PIXELS / 1e6:g} megapixels: refused before decoding it (an image this large "
+                           "could exhaust the memory of every data loader process); downscale it")
+    return im
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """An image as inference reads it (io.sources): EXIF orientation applied, 16-bit grayscale
+    scaled to 8 bits (convert("RGB") clipped it at 255: a white picture, trained on silently).
+    DatasetError for an image over MAX_PIXELS (refused from its header)."""
+    with _open_image(path) as im:
+        return image_to_rgb(im)
+
+
+def load_pair(rec: PanopticRecord) -> tuple[np.ndarray, np.ndarray]:
+    """The image and its panoptic ids as RGB; an unusable file is a DatasetError naming it."""
+    path = rec.image_path
+    try:
+        image = load_rgb(path)
+        path = rec.panoptic_path
+        with _open_image(path) as im:
+            # a JPEG, a gray or a 16-bit PNG (Pillow keeps the high byte) would give made-up ids:
+            # the clip's entities would silently be background
+            if im.format != "PNG" or im.mode not in ("RGB", "RGBA", "P") or any(";16" in str(t[3]) for t in im.tile):
+                raise DatasetError(f"panoptic file {path}: a {im.format} image of mode {im.mode}, not an "
+                                   "8-bit RGB PNG of ids (id = R + 256 G + 65536 B)")
+            pan = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        raise DatasetError(f"cannot read {path}: {err}") from None
+    if image.shape[:2] != pan.shape[:2]:  # the masks would be stretched onto another picture
+        raise DatasetError(f"{rec.panoptic_path} is {pan.shape[1]}x{pan.shape[0]} but its image {rec.image_path} "
+                           f"is {image.shape[1]}x{image.shape[0]} (WxH, after EXIF orientation)")
+    return image, pan
