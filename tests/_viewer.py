@@ -76,12 +76,14 @@ class ServerErrors(logging.Handler):
 
 
 @contextlib.contextmanager
-def live_server(viewer) -> Iterator[tuple[str, ServerErrors]]:
-    """The app of `viewer` (an entitysam.review.server.Viewer) on uvicorn (one worker, as `entitysam
-    view` runs it) on a free loopback port, in a thread; yields (base URL, the handler collecting
-    what uvicorn logs at ERROR)."""
+def live_server(viewer, **options) -> Iterator[tuple[str, ServerErrors]]:
+    """The app of `viewer` (an entitysam.review.server.Viewer) on uvicorn as `entitysam view` runs
+    it (one worker, entitysam.review.connections.server_config; options: its keyword arguments, such
+    as request_timeout) on a free loopback port, in a thread; yields (base URL, the handler
+    collecting what uvicorn logs at ERROR)."""
     import uvicorn
 
+    from entitysam.review.connections import server_config
     from entitysam.review.server import allowed_hosts, create_app
 
     errors = ServerErrors()
@@ -89,8 +91,7 @@ def live_server(viewer) -> Iterator[tuple[str, ServerErrors]]:
     logger.addHandler(errors)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(viewer, hosts=allowed_hosts("127.0.0.1")), log_config=None,
-                            log_level="warning", access_log=False)
+    config = server_config(create_app(viewer, hosts=allowed_hosts("127.0.0.1")), log_config=None, **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

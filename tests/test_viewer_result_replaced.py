@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import httpx
 import pytest
@@ -143,3 +144,77 @@ def test_the_page_asks_versioned_urls_and_says_when_the_result_changed(result):
         assert page.errors == []
     files = [u for u in asked if any(f"/api/{kind}/" in u for kind in ("frames", "idmaps", "thumbs"))]
     assert files and all(f"rv={version}" in u for u in files), files[:3]
+
+
+def swap_in_and_back(result, other):
+    """The opened folder moved aside, `other` moved into its place, then both moved back: the path
+    names the opened folder again, on its own (device, inode), but in between it named another."""
+    aside = result.with_name("aside")
+    os.rename(result, aside)
+    os.rename(other, result)
+    os.rename(result, other)
+    os.rename(aside, result)
+
+
+@pytest.fixture()
+def other(result):
+    return make_result(result.parent / "next", big_id=2000)
+
+
+def test_a_folder_swapped_out_and_back_during_a_read_is_409(result, other):
+    viewer = Viewer(result, token=TOKEN)
+    foreign = (other / "panoptic" / "f000.png").read_bytes()
+
+    def read_the_other_one(index):  # the read happens while the other result is in the folder's place
+        aside = result.with_name("aside")
+        os.rename(result, aside)
+        os.rename(other, result)
+        data = (result / "panoptic" / f"f{index:03d}.png").read_bytes()
+        os.rename(result, other)
+        os.rename(aside, result)
+        return data
+    viewer.id_png = read_the_other_one
+    with TestClient(create_app(viewer)) as c:
+        reply = c.get("/api/idmaps/0.png")
+        assert reply.content != foreign  # the old viewer: 200, the other result's id map (its inode was back)
+        assert_changed(reply)
+        assert "moved away and back" in reply.json()["error"]
+
+
+def test_a_folder_swapped_out_and_back_between_requests_is_409(client, result, other):
+    assert client.get("/api/idmaps/0.png").status_code == 200
+    time.sleep(0.02)  # a clock tick: on a coarse clock the rename could share the open's ctime
+    swap_in_and_back(result, other)
+    for url in READS:
+        assert_changed(client.get(url), url)  # the old viewer: 200 (the same device and inode again)
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "panoptic.json"])
+def test_a_record_rewritten_at_the_same_size_and_mtime_is_409(client, result, name):
+    """A rewrite within one tick of the file system's clock leaves size and mtime as they were;
+    os.utime puts the old mtime back the same way (as `touch -r`, `cp -p`, `rsync -a` do)."""
+    path = result / name
+    before = os.stat(path)
+    text = path.read_text()
+    changed = text.replace("5.0", "6.0", 1) if name == "manifest.json" else text.replace('"area":368', '"area":367', 1)
+    assert changed != text and len(changed) == len(text)
+    time.sleep(0.02)
+    path.write_text(changed)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    reply = client.get("/api/idmaps/0.runs")
+    assert_changed(reply)  # the old viewer: 200, the same (device, inode, size, mtime)
+    assert f"{name} was rewritten" in reply.json()["error"]
+
+
+def test_a_file_added_to_the_folder_is_no_change_and_a_later_swap_still_is(client, result, other):
+    time.sleep(0.02)
+    (result / "notes.txt").write_text("reviewed by me")  # the folder's mtime and ctime change
+    for url in READS:
+        assert client.get(url).status_code == 200, url
+    (result / "notes.txt").unlink()
+    assert client.get("/api/idmaps/1.png").status_code == 200
+    time.sleep(0.02)
+    swap_in_and_back(result, other)  # compared with the folder's times after the file came and went
+    assert_changed(client.get("/api/idmaps/1.png"))

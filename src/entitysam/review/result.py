@@ -88,7 +88,7 @@ class ResultFolder:
         self.frame_areas = frame_areas
         # what the folder was when opened (set by open): save and export check it is still that
         self.fingerprint: tuple[str | None, str | None] = (None, None)
-        self.identity = None  # its stat_identity when opened (set by open): what check_current compares
+        self.identity = None  # its stat_identity when opened (set by open), then what check_current last accepted
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
@@ -246,7 +246,7 @@ class ResultFolder:
         ResultFileGoneError when it is gone, ResultChangedError when another result (or another
         manifest.json / panoptic.json) is there now (see `entitysam.review.on_disk`). The viewer
         calls it for each request that reads the result's files."""
-        check_identity(self.path, self.identity)
+        self.identity = check_identity(self.path, self.identity)
 
     @property
     def version(self) -> str:

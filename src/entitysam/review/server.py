@@ -348,5 +348,6 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
         import webbrowser
 
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    config = uvicorn.Config(app, log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    from .connections import server_config
+
+    uvicorn.Server(server_config(app)).run(sockets=[sock])
