@@ -325,6 +325,35 @@ def test_two_shards_then_merge_equal_one_run(env, reference, tmp_path, capsys):
     assert_same_predictions(out, reference, ds.videos)
 
 
+def test_run_json_names_the_data_root_and_a_resume_from_a_copy_is_traced(env, reference, tmp_path, capsys):
+    """run.json did not say which VIPSeg folder an evaluation read. It now records the data root
+    (resolved: here through a link); a resume from a copy of the data elsewhere (same split and
+    videos: the same evaluation, as a copied checkpoint is the same model) goes on, says so, and
+    each video's part and log.json entry name the data root it was read from."""
+    d, ds = env
+    out, link, moved = tmp_path / "out", tmp_path / "link", tmp_path / "moved" / "VIPSeg_720P"
+    link.symlink_to(ds.root)
+    shutil.copytree(ds.root, moved)
+
+    def run(root, *extra):
+        return cli.main(["eval", "vipseg", "--data-root", str(root), "--checkpoint", str(d / "tiny.pth"),
+                         "--output", str(out), "--threads", "1", "--workers", "1", *map(str, extra)])
+
+    assert run(link, "--shard", "0/2", "-q") == 0
+    first = [p.stem for p in (out / "parts").iterdir()]
+    original = os.path.realpath(ds.root)
+    assert read_json(out / "run.json")["data_root"] == original
+    capsys.readouterr()
+    assert run(moved, "--shard", "1/2") == 0
+    said = capsys.readouterr()
+    assert f"was started on the data in {original}; this run reads {os.path.realpath(moved)}" in said.out + said.err
+    assert read_json(out / "run.json")["data_root"] == original  # written once, by the run that started it
+    roots = {v: read_json(out / "parts" / f"{v}.json")["stats"]["data_root"] for v in ds.videos}
+    assert roots == {v: original if v in first else os.path.realpath(moved) for v in ds.videos}
+    assert {s["video"]: s["data_root"] for s in read_json(out / "log.json")["videos"]} == roots
+    assert_same_predictions(out, reference, ds.videos)
+
+
 def test_torchrun_ranks_merge_to_the_numbers_of_one_run(env, reference, tmp_path):
     d, ds = env
     out = tmp_path / "out"

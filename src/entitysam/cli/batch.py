@@ -30,7 +30,8 @@ def shard_of(args) -> tuple[int, int] | None:
 
 def check_summary_file(summary: str | os.PathLike | None, out_root: Path, names, inputs,
                        what: str = "--summary", ours: bool = False) -> None:
-    """The summary FILE is replaced at the end of the run: refuse, before any work, a FILE that is
+    """The summary FILE is rewritten at the end of the run (this task's summary merged into the
+    batch summary already there, or into none): refuse, before any work, a FILE that is
     a folder or under a file, an input, inside a result folder (replaced as a whole, and the
     summary would be a file entitysam did not write in it), or an existing file that is not a
     batch summary. what: how messages name it (``--summary``, or the default file's words).

@@ -5,7 +5,8 @@ Each process takes slice I of N of the same video list (:func:`entitysam.shardin
 by frame count, the rule ``eval vipseg`` uses), skips complete results, and locks a video only
 while it processes it: overlapping or repeated shards never process a video twice at once (the
 second finds it "busy"), and a killed shard's video is redone by the next run. Each process
-writes a :class:`BatchSummary` JSON (``OUT/.entitysam-batch/shard-I-of-N.json`` on the command line).
+merges its :class:`BatchSummary` into a JSON file (``OUT/.entitysam-batch/shard-I-of-N.json`` on the
+command line) that other tasks may share: :mod:`.summary_file`.
 """
 
 from __future__ import annotations
@@ -14,26 +15,27 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import sharding
-from ..io.atomic import write_json_atomic
 from .jobs import STATUSES, SegmentOptions, VideoJob, VideoOutcome, segment_job
 from .resume import mismatches
 from .split_record import agreed_frames
+from .summary_file import SUMMARY_FORMAT, write_summary
 
 __all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
            "default_summary_path", "local_rank", "shard_jobs"]
 
-SUMMARY_FORMAT = "entitysam-batch-summary"
 SUMMARY_DIR = ".entitysam-batch"  # under the output root: hidden, so never taken for a video or a result
 
 
 @dataclass
 class BatchSummary:
     """What one shard did. shard: (I, N). videos: the names of its slice, in order. outcomes: one
-    per video of the slice. seconds: wall time of the whole run (model loading included)."""
+    per video of the slice. seconds: wall time of the whole run (model loading included).
+    started: when it started (seconds since the epoch, as time.time())."""
 
     shard: tuple[int, int]
     videos: list[str]
@@ -41,6 +43,7 @@ class BatchSummary:
     seconds: float = 0.0
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
+    started: float = field(default_factory=time.time)
 
     def names(self, status: str) -> list[str]:
         return [o.name for o in self.outcomes if o.status == status]
@@ -72,8 +75,13 @@ class BatchSummary:
 
     def to_json(self) -> dict[str, Any]:
         i, n = self.shard
+        # Wall-clock times in UTC: they tell a re-run from a task running beside this one in a
+        # summary file that several tasks share (summary_file), on other machines too.
+        when = [datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+                for t in (self.started, self.started + self.seconds)]
         return {"format": SUMMARY_FORMAT, "format_version": 1, "shard": {"index": i, "count": n},
-                "host": self.host, "pid": self.pid, "videos": len(self.videos),
+                "host": self.host, "pid": self.pid, "started": when[0], "finished": when[1],
+                "videos": len(self.videos),
                 **{s: self.names(s) for s in STATUSES},
                 "failed": [{"name": o.name, "error": o.error} for o in self.failed],
                 "frames": self.frames, "seconds": round(self.seconds, 3),
@@ -82,7 +90,8 @@ class BatchSummary:
 
 
 def default_summary_path(out_root: Path, shard: tuple[int, int]) -> Path:
-    """``OUT/.entitysam-batch/shard-I-of-N.json``: one file per shard, replaced by its re-runs."""
+    """``OUT/.entitysam-batch/shard-I-of-N.json``: one file per shard; its re-runs replace their
+    entry, tasks that run the same shard at once (``srun -n K``) share it."""
     return Path(out_root) / SUMMARY_DIR / f"{sharding.shard_tag(*shard)}.json"
 
 
@@ -197,7 +206,9 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
                        summary_path: Path | None = None,
                        describe_error: Callable[[BaseException], str] = str) -> BatchSummary:
     """Segment slice ``shard`` = (I, N) of `jobs` into ``out_root/<name>/``, one video after the
-    other (:func:`segment_job`), and return (and with `summary_path`, write atomically) the summary.
+    other (:func:`segment_job`), and return the summary; with `summary_path`, also merge it into
+    that file (atomically, under its lock: tasks sharing one file all keep their outcomes there,
+    see :mod:`.summary_file`).
 
     model: an EntitySAM model, or a function returning one: called only if a video of the slice
     needs work (a re-run of a finished shard loads nothing). Complete results are skipped when
@@ -231,6 +242,5 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
         summary.outcomes.append(outcome)
     summary.seconds = time.perf_counter() - t0
     if summary_path is not None:
-        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(summary_path, summary.to_json(), indent=1)
+        write_summary(summary_path, summary.to_json())
     return summary

@@ -30,11 +30,11 @@ from typing import Any, Callable, Sequence
 
 from ..argtypes import GPU_SHARE_RANGE, MAX_THREADS, check_gpu_share, check_int, check_range
 from ..errors import EntitySAMError, InvalidArgumentError, SourceError, for_terminal
-from ..io.atomic import write_json_atomic
 from ..io.sources import result_name
 from .jobs import SegmentOptions, VideoJob, VideoOutcome, frame_count
 from .local import BatchSummary
 from .resume import mismatches
+from .summary_file import write_summary
 from .ray_pool import ModelSpec, Pool, WorkerLost, actor_class, first_line, run_pool
 
 __all__ = ["RAY_INSTALL_HINT", "RayNotInstalledError", "RaySummary", "import_ray", "make_jobs", "longest_first",
@@ -195,9 +195,9 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
     bars inside actors are always off). max_retries: times a video is retried when its actor
     is lost. progress: a bar of videos on the driver (stderr). protect: paths never replaced
     (default: the inputs). say / say_error: progress and error lines (errors: stderr).
-    summary_path: also write the summary JSON there (atomically). describe_error: the words of a
-    video's EntitySAMError (default ``str``, the Python wording; the command line passes its flag
-    wording); it runs on the actors, so it must pickle (a module-level function).
+    summary_path: also merge the summary JSON into that file (atomically, see `.summary_file`).
+    describe_error: the words of a video's EntitySAMError (default ``str``, the Python wording;
+    the command line passes its flag wording); it runs on the actors, so it must pickle (a module-level function).
 
     Returns a RaySummary (a BatchSummary of shard 0/1, the same JSON as a local run, plus the
     lost tasks). Raises RayNotInstalledError without Ray, EntitySAMError when the model cannot
@@ -239,8 +239,7 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
     summary.outcomes = [outcomes[j.name] for j in jobs]
     summary.seconds = time.perf_counter() - t0
     if summary_path is not None:
-        Path(summary_path).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(summary_path, summary.to_json(), indent=1)
+        write_summary(summary_path, summary.to_json())
     return summary
 
 

@@ -2,7 +2,8 @@
 
 Output folder::
 
-    DIR/run.json                 what the folder holds (split, video list); checked on every re-run
+    DIR/run.json                 what the folder holds (split, video list; checked on every re-run)
+                                 and the data root it was started on
     DIR/pan_pred/<video>/*.png   predicted ids (R + 256 G + 65536 B), one PNG per frame
     DIR/parts/<video>.json       the video's pred.json entry + its statistics; written last
     DIR/logs/<run>.jsonl         one line per video and process: done / skipped / failed
@@ -63,10 +64,18 @@ class EvalOutput:
         self.logs = self.root / "logs"
 
     # -- identity
-    def prepare(self, plan: VIPSegPlan) -> None:
-        """Create the folder or check that it holds this evaluation; write run.json first."""
+    def prepare(self, plan: VIPSegPlan) -> str | None:
+        """Create the folder or check that it holds this evaluation; write run.json first.
+        Returns the data root run.json names when this plan reads another one, else None.
+
+        Another data root with the same split and video list is the same evaluation, as a
+        checkpoint copied elsewhere is the same model (compared by content, not by path): data
+        moved to another disk, or mounted elsewhere on another node, resumes. Each video's part
+        records the data root its frames were read from."""
         fp = {"format": RUN_FORMAT, "format_version": 1, **plan.fingerprint()}
+        data_root = os.path.realpath(plan.data_root)
         run = self.root / RUN_FILE
+        recorded = None
         try:
             if self.root.exists() and not self.root.is_dir():
                 raise EvalInputError(f"output {self.root} exists and is not a folder")
@@ -84,13 +93,16 @@ class EvalOutput:
                         f"output {self.root} holds another evaluation (split {old.get('split')!r}, "
                         f"{old.get('num_videos')} videos; this one: split {plan.split!r}, {len(plan.videos)} videos, "
                         "or a different video list): choose another output folder")
+                if isinstance(old.get("data_root"), str) and old["data_root"] != data_root:
+                    recorded = old["data_root"]
             else:
                 if visible:
                     raise EvalInputError(f"output {self.root} is not empty and is not an entitysam evaluation "
                                          f"folder (no {RUN_FILE}; it holds {abbreviate(sorted(visible), 3)}): "
                                          "choose a new or empty folder")
                 self.root.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(run, {**fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+                write_json_atomic(run, {**fp, "data_root": data_root, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                  indent=1)
             for d in (self.pan_pred, self.parts, self.logs):
                 d.mkdir(exist_ok=True)
             for d in (self.root, self.parts):  # a part or merged file being written when a run was killed
@@ -99,6 +111,7 @@ class EvalOutput:
             from ...io.paths import describe_os_error  # noqa: PLC0415
 
             raise OutputError(describe_os_error(err, "the output folder")) from None
+        return recorded
 
     def check_existing(self, plan: VIPSegPlan) -> None:
         """For --merge-only: the folder must exist and hold this evaluation."""

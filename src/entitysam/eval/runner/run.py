@@ -198,7 +198,7 @@ def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[s
                  "seconds_model": round(seconds_segment, 3) if seconds_segment is not None else None,
                  "fps": round(len(frames) / seconds, 3) if seconds > 0 else None,
                  **memory.read(), "device": str(next(model.parameters()).device), "host": socket.gethostname(),
-                 "pid": os.getpid()}
+                 "pid": os.getpid(), "data_root": os.path.realpath(plan.data_root)}
         part = {"format": PART_FORMAT, "format_version": 1, "video_id": vid, "complete": True, "model": descriptor,
                 "stats": stats, "annotations": annotations}
         out.commit(vid, stage, part)
@@ -270,7 +270,10 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
         check_gt_annotations(plan)
         check_gt_pngs(plan)
     out = EvalOutput(output)
-    out.prepare(plan)
+    elsewhere = out.prepare(plan)
+    if elsewhere is not None:
+        say(f"{out.root} was started on the data in {elsewhere}; this run reads {os.path.realpath(plan.data_root)} "
+            "(the same split and videos): each video records the data root it was read from")
     mine = shard_videos(plan.videos, index, count)
     tag = log_tag or ("run" if count == 1 else sharding.shard_tag(index, count))
     summary = EvalSummary(output=out.root, videos=[v.video_id for v in mine])

@@ -1,0 +1,185 @@
+"""One summary file written by several batch tasks: shards given one ``--summary FILE``, the
+tasks of ``srun -n K ... --shard auto`` outside an array job (all shard 0/1, one default file),
+and many writers merging at once. Each task used to replace the file: the last one's outcomes
+were all that was left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from _media import write_video
+from entitysam import cli
+from entitysam.distributed.local import default_summary_path
+from entitysam.distributed.summary_file import summary_lock_path, write_summary
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+COMMON = ["--model", "demo", "--save", "panoptic", "--threads", "1"]
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+            "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_MAX")
+FRAMES = {"a": 2, "b": 3, "c": 2, "d": 3}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for key in ENV_KEYS:
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture
+def videos(tmp_path) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, n in FRAMES.items():
+        write_video(src / f"{name}.mp4", n)
+    return src
+
+
+def segment_process(*args) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    return subprocess.Popen([sys.executable, "-m", "entitysam", "segment", *map(str, args)],
+                            env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(procs) -> list[tuple[int, str]]:
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        results.append((proc.returncode, err))
+    return results
+
+
+def test_two_shards_given_one_summary_file_keep_both_slices(videos, tmp_path):
+    """`--shard 0/2 --summary s.json` and `--shard 1/2 --summary s.json` at once (two machines):
+    s.json held only the shard that finished last."""
+    out, target = tmp_path / "out", tmp_path / "s.json"
+    procs = [segment_process("--batch", videos, "-o", out, *COMMON, "-q", "--shard", s, "--summary", target)
+             for s in ("0/2", "1/2")]
+    assert [rc for rc, _ in finish(procs)] == [0, 0]
+    doc = json.loads(target.read_text())
+    assert doc["format"] == "entitysam-batch-summary" and doc["format_version"] == 1
+    assert sorted(doc["done"]) == sorted(FRAMES) and doc["videos"] == 4 and doc["frames"] == sum(FRAMES.values())
+    assert doc["shard"] is None and doc["pid"] is None  # the tasks differ: each is under "tasks"
+    tasks = {t["shard"]["index"]: t for t in doc["tasks"]}
+    assert sorted(tasks) == [0, 1] and all(t["shard"]["count"] == 2 for t in doc["tasks"])
+    assert sorted(tasks[0]["done"] + tasks[1]["done"]) == sorted(FRAMES) and tasks[0]["done"] and tasks[1]["done"]
+    assert not summary_lock_path(target).exists()
+
+    # A re-run of shard 1/2 replaces that shard's entry (its videos now skipped) and keeps shard 0/2's.
+    assert cli.main(["segment", "--batch", str(videos), "-o", str(out), *COMMON, "-q", "--shard", "1/2",
+                     "--summary", str(target)]) == 0
+    again = json.loads(target.read_text())
+    rerun = {t["shard"]["index"]: t for t in again["tasks"]}
+    assert len(again["tasks"]) == 2 and rerun[0] == tasks[0]
+    assert rerun[1]["done"] == [] and sorted(rerun[1]["skipped"]) == sorted(tasks[1]["done"])
+    assert sorted(again["done"]) == sorted(tasks[0]["done"]) and sorted(again["skipped"]) == sorted(tasks[1]["done"])
+
+
+def _lock_in_other_process(final: Path) -> subprocess.Popen:
+    code = ("import sys, time; from entitysam.io.output_lock import OutputLock; "
+            f"OutputLock.acquire({str(final)!r}); print('held', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_tasks_of_one_srun_step_share_the_default_summary(videos, tmp_path):
+    """`srun -n 2 entitysam segment --shard auto` outside an array job: both tasks are shard 0/1
+    and write OUT/.entitysam-batch/shard-0-of-1.json. One task did the videos, the other found each
+    one done (skipped) and finished last: the summary said 0 done."""
+    out = tmp_path / "out"
+    holder = _lock_in_other_process(out / "a")  # both tasks start and wait on the first video
+    procs = [segment_process("--batch", videos, "-o", out, *COMMON, "--shard", "auto", "--wait-lock")
+             for _ in range(2)]
+    try:
+        for proc in procs:
+            line = "-"
+            while line and "waiting" not in line:
+                line = proc.stderr.readline()
+            assert "waiting" in line, "a task ended before it waited for the first video"
+    finally:
+        holder.kill()
+        holder.wait()
+    results = finish(procs)
+    assert [rc for rc, _ in results] == [0, 0], [err for _, err in results]
+    doc = json.loads(default_summary_path(out, (0, 1)).read_text())
+    assert sorted(doc["done"]) == sorted(FRAMES) and doc["skipped"] == doc["busy"] == doc["failed"] == []
+    assert doc["shard"] == {"index": 0, "count": 1} and len(doc["tasks"]) == 2
+    assert doc["frames"] == sum(FRAMES.values()) and doc["videos"] == 4
+    done = [name for t in doc["tasks"] for name in t["done"]]
+    assert sorted(done) == sorted(FRAMES)  # each video done once, by one of the tasks
+    assert sorted(os.listdir(out / ".entitysam-batch")) == ["shard-0-of-1.json"]  # no lock file left
+
+
+def _task(index: int, count: int, names: list[str]) -> dict:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    return {"format": "entitysam-batch-summary", "format_version": 1, "shard": {"index": index, "count": count},
+            "host": "h", "pid": os.getpid(), "started": now, "finished": now, "videos": len(names),
+            "done": names, "skipped": [], "busy": [], "failed": [], "frames": len(names), "seconds": 0.0,
+            "frames_per_second": None,
+            "outcomes": [{"name": n, "status": "done", "frames": 1, "seconds": 0.0, "output": None, "error": None}
+                         for n in names]}
+
+
+WRITER = """
+import json, sys, time
+from entitysam.distributed.summary_file import write_summary
+first, start, task = int(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
+while time.time() < start:
+    time.sleep(0.001)
+for k in range(first, first + 10):
+    name = f"v{k}"
+    outcome = {**task["outcomes"][0], "name": name}
+    write_summary(sys.argv[4], {**task, "shard": {"index": k, "count": 40}, "done": [name], "outcomes": [outcome]})
+"""
+
+
+def test_writers_merging_at_once_lose_no_task(tmp_path):
+    """Read, merge, replace under the lock: 4 processes x 10 tasks, all at once, all kept."""
+    target = tmp_path / "many.json"
+    start = time.time() + 3  # the processes are started by then: their writes overlap
+    task = json.dumps(_task(0, 40, ["v"]))
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(10 * p), str(start), task, str(target)],
+                              stderr=subprocess.PIPE, text=True) for p in range(4)]
+    assert [rc for rc, _ in finish(procs)] == [0] * 4
+    doc = json.loads(target.read_text())
+    assert sorted(t["shard"]["index"] for t in doc["tasks"]) == list(range(40))
+    assert sorted(doc["done"]) == sorted(f"v{k}" for k in range(40))
+
+
+def test_threads_merging_at_once_lose_no_task(tmp_path):
+    target = tmp_path / "threads.json"
+
+    def write(first: int) -> None:
+        for k in range(first, first + 10):
+            write_summary(target, _task(k, 40, [f"v{k}"]))
+
+    threads = [threading.Thread(target=write, args=(10 * t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(t["shard"]["index"] for t in json.loads(target.read_text())["tasks"]) == list(range(40))
+
+
+def test_a_summary_written_before_the_merge_is_kept_as_one_task(tmp_path):
+    """A file of the earlier format (one task, no "tasks", no times) stays in the file beside a new
+    task of another slice, and is replaced by a task that covers its videos."""
+    target = tmp_path / "old.json"
+    old = _task(1, 2, ["x"])
+    del old["started"], old["finished"]
+    target.write_text(json.dumps(old))
+    doc = write_summary(target, _task(0, 2, ["y"]))
+    assert sorted(doc["done"]) == ["x", "y"] and len(doc["tasks"]) == 2
+    doc = write_summary(target, _task(0, 1, ["x", "y"]))
+    assert [t["shard"] for t in doc["tasks"]] == [{"index": 0, "count": 1}]
+    assert doc["shard"] == {"index": 0, "count": 1} and doc["done"] == ["x", "y"]
