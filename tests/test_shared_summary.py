@@ -183,3 +183,16 @@ def test_a_summary_written_before_the_merge_is_kept_as_one_task(tmp_path):
     doc = write_summary(target, _task(0, 1, ["x", "y"]))
     assert [t["shard"] for t in doc["tasks"]] == [{"index": 0, "count": 1}]
     assert doc["shard"] == {"index": 0, "count": 1} and doc["done"] == ["x", "y"]
+
+
+def test_a_file_named_like_the_lock_that_holds_data_is_not_deleted(tmp_path):
+    """The lock file beside the summary is removed after each merge; a file of that name that the
+    tool did not make (it has content) is used as the lock but left in place."""
+    target = tmp_path / "summary.json"
+    theirs = summary_lock_path(target)
+    theirs.write_text("somebody's notes\n")
+    write_summary(target, _task(0, 1, ["x"]))
+    assert theirs.read_text() == "somebody's notes\n"
+    other = tmp_path / "other.json"
+    write_summary(other, _task(0, 1, ["x"]))
+    assert not summary_lock_path(other).exists(), "the tool's own lock file was left behind"

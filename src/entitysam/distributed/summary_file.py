@@ -93,7 +93,10 @@ def _locked(path: Path) -> Iterator[None]:
         finally:
             if fd is not None:
                 with contextlib.suppress(OSError):
-                    lock.unlink()  # still held: nobody relies on it yet
+                    # Still held: nobody relies on it yet. A lock file is empty: a file of that
+                    # name with content is somebody else's, used here as a lock but not removed.
+                    if os.fstat(fd).st_size == 0:
+                        lock.unlink()
                 os.close(fd)
 
 
