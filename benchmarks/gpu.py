@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--per-query", dest="batched", action="store_false", help="one query at a time")
     p.add_argument("--sdpa-backend", default="auto", choices=("auto", "flash", "efficient", "cudnn", "math"),
                    help="restrict the model's attention to one SDPA backend")
-    p.add_argument("--dtype", default="auto", help="as `entitysam segment --dtype` (auto: bfloat16 on CUDA)")
+    p.add_argument("--dtype", default="auto", help="as `entitysam segment --dtype` (auto: bfloat16 on CUDA, float16 before Ampere)")
     p.add_argument("--formats", default="panoptic,entities,overlay", help="files the end-to-end run writes")
     p.add_argument("--reps", type=int, help="timed repetitions per measurement (default 10)")
     p.add_argument("--warmup", type=int, help="untimed calls before each measurement (default 2)")
