@@ -13,7 +13,8 @@ import numpy as np
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
                         frame_out_of_memory)
-from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb, video_stream
+from .video_file import (av_message, import_av, open_container, stream_display, stream_sample_aspect_ratio,
+                         video_frame_to_rgb, video_stream)
 
 
 # URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
@@ -207,6 +208,7 @@ class LiveSource(FrameSource):
                                   "this PyAV cannot decode, or a damaged stream)")
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
             check_frame_size(self.url, "its video stream", self.width, self.height, check_max_pixels(max_pixels))
+            self.sample_aspect_ratio = stream_sample_aspect_ratio(stream)
         except BaseException:
             container.close()
             raise
