@@ -37,18 +37,24 @@ class _SocketFile:
         pass
 
 
-def _send_video_then_audio_only(conn: socket.socket, frames: int, stop: threading.Event) -> None:
+def _send_video_then_audio_only(conn: socket.socket, frames: int, stop: threading.Event,
+                                codec: str = "mpeg2video") -> None:
     """An MPEG-TS over HTTP whose video stops after `frames` frames while its audio goes on (a
     camera whose video encoder died, a broadcast that lost its picture): packets keep coming, so
-    FFmpeg's read timeout, which needs silence, never fires."""
+    FFmpeg's read timeout, which needs silence, never fires. codec: mpeg2video (intra-only) or
+    libx264 (a camera's)."""
     import av
 
     conn.recv(4096)
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n")
     # Packets are written as they come (no interleaving queue holding the audio back).
     out = av.open(_SocketFile(conn), "w", format="mpegts", options={"max_interleave_delta": "1"})
-    video = out.add_stream("mpeg2video", rate=Fraction(10))  # intra-only: each frame is sent at once
-    video.width, video.height, video.pix_fmt, video.gop_size = 64, 48, "yuv420p", 1
+    video = out.add_stream(codec, rate=Fraction(10))
+    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+    if codec == "libx264":
+        video.options = {"tune": "zerolatency"}  # each frame is sent at once
+    else:
+        video.gop_size = 1
     audio = out.add_stream("mp2", rate=44100)
     silence = np.zeros((1, 1152), np.int16)
     t = 0
@@ -92,14 +98,14 @@ def _send_then(conn: socket.socket, data: bytes, then: str, stop: threading.Even
 
 
 @contextlib.contextmanager
-def _server(send, *args):
-    """An HTTP stream server on 127.0.0.1 running `send(conn, *args, stop)` for each connection;
-    yields its URL; stops sending when the block ends."""
+def _server(send, *args, **kwargs):
+    """An HTTP stream server on 127.0.0.1 running `send(conn, *args, stop, **kwargs)` for each
+    connection; yields its URL; stops sending when the block ends."""
     stop = threading.Event()
 
     def serve(conn):
         with conn, contextlib.suppress(OSError):
-            send(conn, *args, stop)
+            send(conn, *args, stop, **kwargs)
 
     def accept(server):
         with contextlib.suppress(OSError):
@@ -117,15 +123,21 @@ def _server(send, *args):
             stop.set()
 
 
-def test_a_stream_whose_video_stops_while_its_audio_goes_on_times_out():
-    """It used to wait for ever: FFmpeg's read timeout only fires when nothing at all arrives."""
-    with _server(_send_video_then_audio_only, 8) as url:
+@pytest.mark.parametrize("codec", ["mpeg2video", "libx264"])
+def test_a_stream_whose_video_stops_while_its_audio_goes_on_times_out(codec):
+    """It used to wait for ever: FFmpeg's read timeout only fires when nothing at all arrives.
+    Every frame sent comes out before the error: the last two were lost, held by the MPEG-TS
+    demuxer (a video packet ends when the next one starts) and the parser."""
+    with _server(_send_video_then_audio_only, 8, codec=codec) as url:
         source = LiveSource(url, timeout=(10.0, 1.0))
         frames = []
         with pytest.raises(SourceError) as caught:
             within(60, lambda: frames.extend(source))
-    assert len(frames) >= 1
-    assert str(caught.value) == (f"the stream {url} could not be read after frame {len(frames) - 1}: no video frame "
+    assert [f.index for f in frames] == list(range(8))
+    assert [round(f.time, 6) for f in frames] == [i / 10 for i in range(8)]  # the last ones' too (not NaN)
+    errors = [np.abs(frames[-1].image.astype(int) - scene(t)).mean() for t in range(8)]
+    assert int(np.argmin(errors)) == 7  # the last frame's picture
+    assert str(caught.value) == (f"the stream {url} could not be read after frame 7: no video frame "
                                  "within 1 s (timed out: data came, but no video frame it can decode)")
 
 

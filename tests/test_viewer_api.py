@@ -64,7 +64,7 @@ def test_index_and_static_files(client):
 def test_video_info(client):
     info = client.get("/api/video").json()
     version = info.pop("result_version")
-    assert info == {"name": "clip", "width": W, "height": H, "fps": FPS, "num_frames": N,
+    assert info == {"name": "clip", "width": W, "height": H, "fps": FPS, "sample_aspect_ratio": [1, 1], "num_frames": N,
                     "frame_names": [f"f{t:03d}" for t in range(N)], "has_source": True}
     assert re.fullmatch("[0-9a-f]{16}", version)
 

@@ -116,10 +116,13 @@ class OverlayWriter:
     returns. (Fragmented MP4 and Matroska were measured to hold the last frame back until the next
     one arrives.) Timestamps follow the frames' source times when ``timestamps`` is set (live
     sources: dropped frames leave gaps, so the video plays in real time), else one frame period apart.
+    ``sample_aspect_ratio``: the shape of the input's pixels (width / height), recorded in the video
+    (the MP4 and the H.264 stream) so that players stretch an anamorphic input's overlay as they do
+    the input.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, labels: bool = False, alpha: float = 0.5, *,
-                 streaming: bool = False, timestamps: bool = False):
+                 streaming: bool = False, timestamps: bool = False, sample_aspect_ratio: Fraction = Fraction(1)):
         import av  # noqa: PLC0415 - optional dependency
 
         self.path = Path(path)
@@ -128,6 +131,7 @@ class OverlayWriter:
         self.streaming = streaming
         self.timestamps = timestamps
         self.rate = overlay_rate(fps)
+        self.sample_aspect_ratio = Fraction(sample_aspect_ratio)
         if streaming:
             self._container = av.open(str(self.path), mode="w", format="mpegts",
                                       container_options={"flush_packets": "1"})
@@ -143,6 +147,8 @@ class OverlayWriter:
         stream = self._container.add_stream(codec, rate=self.rate)
         stream.width, stream.height = w + (w % 2), h + (h % 2)
         stream.pix_fmt = "yuv420p"
+        if self.sample_aspect_ratio != 1:  # anamorphic input: played square, the video would look squeezed
+            stream.codec_context.sample_aspect_ratio = self.sample_aspect_ratio
         if self.streaming:
             stream.codec_context.time_base = 1 / self.rate
         if codec == "libx264":

@@ -23,6 +23,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -137,7 +138,8 @@ def _encode_frame(id_map: np.ndarray, name: str, panoptic: PanopticWriter | None
 def write_result_files(directory: str | os.PathLike, formats: Sequence[str], *, name: str, fps: float,
                        frames: Sequence[Any], id_maps: Iterable[np.ndarray], entities: Sequence[Mapping[str, Any]],
                        images: Iterable[Any] | None = None, labels: bool = False, source_label: str = "",
-                       on_frame: Callable[[], None] | None = None, workers: int | None = None) -> list[str]:
+                       on_frame: Callable[[], None] | None = None, workers: int | None = None,
+                       sample_aspect_ratio: Fraction = Fraction(1)) -> list[str]:
     """Write the chosen `formats` (panoptic, entities, overlay) of one result into `directory`
     (an existing folder). Returns the names of the files / folders written.
 
@@ -148,7 +150,8 @@ def write_result_files(directory: str | os.PathLike, formats: Sequence[str], *, 
     workers: PNG/RLE encoding threads (None: :func:`default_workers`); 0 encodes everything on
     the calling thread, one step after the other. The files are the same byte for byte whatever
     the number of workers, except overlay.mp4, whose frames are the same but whose encoder (x264)
-    is not reproducible run to run under CPU load.
+    is not reproducible run to run under CPU load. sample_aspect_ratio: the input's pixel shape,
+    recorded in overlay.mp4.
     """
     directory = Path(directory)
     workers = default_workers() if workers is None else workers
@@ -167,7 +170,7 @@ def write_result_files(directory: str | os.PathLike, formats: Sequence[str], *, 
             writers.append(entities_writer)
             written.append("entities.json")
         if "overlay" in formats:
-            overlay = OverlayWriter(directory / "overlay.mp4", fps, labels=labels)
+            overlay = OverlayWriter(directory / "overlay.mp4", fps, labels=labels, sample_aspect_ratio=sample_aspect_ratio)
             writers.append(overlay)
             written.append("overlay.mp4")
             if images is None:

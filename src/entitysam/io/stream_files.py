@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import time
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator, Mapping, Sequence
@@ -76,11 +77,13 @@ class OnlineWriter:
 
     def __init__(self, directory: str | os.PathLike, *, video: str, formats: Sequence[str], fps: float,
                  labels: bool = False, rle: bool | None = None, timestamps: bool = False,
-                 overwrite: bool = False, manifest: Mapping[str, Any] | None = None, protect: Sequence[Any] = ()):
+                 overwrite: bool = False, manifest: Mapping[str, Any] | None = None, protect: Sequence[Any] = (),
+                 sample_aspect_ratio: Fraction = Fraction(1)):
         self.directory = Path(directory)
         self.video = video
         self.formats = tuple(formats)
         self.fps = fps
+        self.sample_aspect_ratio = sample_aspect_ratio
         self.rle = ("entities" in self.formats) if rle is None else rle
         self.base_manifest = dict(manifest or {})
         self.num_frames = 0
@@ -111,7 +114,7 @@ class OnlineWriter:
             staged.publish()  # (the open entities.jsonl moves with it)
             if "overlay" in self.formats:  # (PyAV opens the file by its name at the first frame: in place)
                 self._overlay = OverlayWriter(self.directory / OVERLAY, self.fps, labels, streaming=True,
-                                              timestamps=timestamps)
+                                              timestamps=timestamps, sample_aspect_ratio=self.sample_aspect_ratio)
         except BaseException as err:
             self._release()
             staged.abort()  # (nothing left to remove once published)

@@ -28,7 +28,7 @@ from ..io.paths import describe_os_error
 from .progress import progress_bar
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "FrameInfo", "Entity", "IdMapFile", "SegmentationResult", "OnlineSegment",
-           "OnlineFrame", "check_formats", "model_info"]
+           "OnlineFrame", "check_formats", "model_info", "sample_aspect_ratio_field"]
 
 FORMATS = ("panoptic", "entities", "overlay")
 DEFAULT_FORMATS = FORMATS
@@ -196,6 +196,7 @@ class SegmentationResult:
             "selection": asdict(self.source.selection),
             "num_frames": len(self.frames),
             "size": list(self.size),
+            "sample_aspect_ratio": sample_aspect_ratio_field(self.source),
             "fps": self.fps,
             "entities": len(self.entities),
             "model": self.model_info,
@@ -219,7 +220,8 @@ class SegmentationResult:
                 directory, formats, name=self.name, fps=self.fps, frames=self.frames, id_maps=self._maps,
                 entities=[{"id": e.id, "score": e.score, "query_index": e.query_index} for e in self.entities],
                 images=self.source if "overlay" in formats else None, labels=labels, source_label=self.source.label,
-                on_frame=None if bar is None else (lambda: bar.update(1)))
+                on_frame=None if bar is None else (lambda: bar.update(1)),
+                sample_aspect_ratio=self.source.sample_aspect_ratio)
         finally:
             if bar is not None:
                 bar.close()
@@ -244,6 +246,14 @@ class SegmentationResult:
                 return staged.commit({**self.manifest(), "files": files})
         except OSError as err:  # (named after the staging folder is gone: its files by their final names)
             raise OutputError(describe_os_error(err, str(directory))) from None
+
+
+def sample_aspect_ratio_field(source: FrameSource) -> list[int]:
+    """The manifests' ``sample_aspect_ratio``: [width, height] of a pixel of the frames (and of
+    the id maps), [1, 1] but for anamorphic video; a viewer shows a frame W x H as W * width /
+    height x H, as players do."""
+    sar = source.sample_aspect_ratio
+    return [sar.numerator, sar.denominator]
 
 
 def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:

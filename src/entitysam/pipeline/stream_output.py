@@ -4,13 +4,14 @@ the first delivered frame (the frame size, recorded in the manifest, is known th
 from __future__ import annotations
 
 from dataclasses import asdict
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..io.sources import FrameSource
 from ..io.stream_files import OnlineWriter
-from .result import OnlineFrame
+from .result import OnlineFrame, sample_aspect_ratio_field
 
 __all__ = ["online_manifest_head", "StreamOutput"]
 
@@ -29,6 +30,7 @@ def online_manifest_head(source: FrameSource, *, live: bool, delay: int, queue_s
         "delay": delay,
         "queue_size": queue_size,
         "size": list(size) if size else None,
+        "sample_aspect_ratio": sample_aspect_ratio_field(source),
         "fps": fps,
         "model": model,
     }
@@ -49,7 +51,9 @@ class StreamOutput:
     def write(self, r: OnlineFrame) -> None:
         """One delivered frame's files (the writer is created with the first one)."""
         if self.writer is None:
-            self.writer = OnlineWriter(self.folder, manifest=self._head(), **self._writer_args)
+            head = self._head()  # (its pixel shape is final: the first frame is decoded)
+            self.writer = OnlineWriter(self.folder, manifest=head, **self._writer_args,
+                                       sample_aspect_ratio=Fraction(*head["sample_aspect_ratio"]))
         records = [{"id": s.id, "query_index": s.query_index, "score": round(s.score, 6), "area": s.area,
                     "bbox": list(s.bbox)} for s in r.segments]
         self.writer.add(r.t, r.frame, r.id_map, records, r.image,

@@ -37,12 +37,21 @@ from .records import (check_entity_record, check_frame_record, entity_stats, pan
                       segment_areas)
 from .source_frames import SourceFrames
 
-__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS"]
+__all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "pixel_shape"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
 RESULT_VERSION = 1  # the manifest format_version read here (a newer layout is refused, not misread)
 _DENSE = 1 << 16  # ids below this are found by one table gather, larger ones by binary search
 ID_PNG_MODES = ("RGB", "RGBA")  # what the id codec reads exactly (others would be converted: ids made up)
+
+
+def pixel_shape(value: object) -> list[int]:
+    """A manifest's ``sample_aspect_ratio`` as [width, height] of a pixel: [1, 1] when absent (results
+    written before it was recorded, or by hand) or implausible (each 1 to 65535, their ratio 1/10 to 10)."""
+    if (isinstance(value, list) and len(value) == 2 and all(type(v) is int and 0 < v < 65536 for v in value)
+            and value[0] <= 10 * value[1] and value[1] <= 10 * value[0]):
+        return list(value)
+    return [1, 1]
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class ResultFolder:
         self.identity = None  # its stat_identity when opened (set by open), then what check_current last accepted
         self.size = (int(manifest["size"][0]), int(manifest["size"][1]))
         self.fps = float(manifest["fps"])
+        self.sample_aspect_ratio = pixel_shape(manifest.get("sample_aspect_ratio"))
         self.max_id = max([0] + [e.id for e in entities] + [i for a in frame_areas for i in a])
         # the ids panoptic.json lists, 0 (no entity) first: per-id tables are indexed by the position
         # of an id here (O(number of entities)), never by the id itself (ids go up to 2**24 - 1)

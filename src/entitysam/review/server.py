@@ -148,6 +148,7 @@ class Viewer:
     def video_info(self) -> dict:
         height, width = self.result.size
         return {"name": self.result.name, "width": width, "height": height, "fps": self.result.fps,
+                "sample_aspect_ratio": self.result.sample_aspect_ratio,
                 "num_frames": self.num_frames, "frame_names": [str(f["name"]) for f in self.result.frames],
                 "has_source": self.frame_jpeg(0) is not None, "result_version": self.result.version}
 

@@ -17,7 +17,8 @@ output files) before and while decoding.
   (``sorted(os.listdir(...))``); for unpadded names the official order would be wrong
   (``1, 10, 2``) and natural order is the temporal one. A frame is named by its file name
   without the extension. Frame ``i`` is at ``i / fps`` seconds (``fps`` defaults to 25).
-* A single image is a one-frame video.
+* A single image is a one-frame video; an image file holding several frames (an animated PNG) is
+  a video of them (:class:`AnimatedImageSource`).
 * Live sources (:class:`LiveSource`, online mode only): URLs PyAV opens (``rtsp://``,
   ``http://``, ``udp://``, ...) and video devices (``/dev/video0``, read with v4l2). They are read
   once, as they come: frame ``i`` is the ``i``-th frame decoded, named ``f"{i:06d}"``, its time
@@ -49,7 +50,8 @@ import numpy as np
 
 from ...errors import SourceError
 from ..paths import safe_name
-from .images import ArraySource, FrameFolderSource, ImageSource, describe_entries, image_to_rgb, list_folder
+from .images import (AnimatedImageSource, ArraySource, FrameFolderSource, ImageSource, describe_entries, image_to_rgb,
+                     list_folder, open_image)
 from .live import LiveSource, is_live_input, live_source_name
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, FrameSelection,
                         FrameSource, check_max_pixels, input_problem, natural_key, parse_position)
@@ -67,6 +69,7 @@ __all__ = [
     "VideoFileSource",
     "FrameFolderSource",
     "ImageSource",
+    "AnimatedImageSource",
     "ArraySource",
     "LiveSource",
     "is_live_input",
@@ -113,7 +116,7 @@ def open_source(video: str | os.PathLike | FrameSource | Sequence | np.ndarray,
         if ext in VIDEO_EXTENSIONS:
             source = VideoFileSource(path, selection, fps, max_pixels=max_pixels)
         elif ext in IMAGE_EXTENSIONS:
-            source = ImageSource(path, selection, fps, max_pixels=max_pixels)
+            source = open_image(path, selection, fps, max_pixels=max_pixels)
         else:
             raise SourceError(f"unsupported input {path}: expected a video "
                               f"({' '.join(VIDEO_EXTENSIONS)}), an image ({' '.join(IMAGE_EXTENSIONS)}) "

@@ -160,6 +160,73 @@ class ImageSource(FrameFolderSource):
         super().__init__(path, selection, fps, files=[path], name=path.stem, max_pixels=max_pixels)
 
 
+class AnimatedImageSource(FrameSource):
+    """An image file holding several frames (an animated PNG, or a GIF or WebP under an image
+    extension): a video of them, as a browser plays it. Frame ``i`` is named ``f"{i:06d}"``; its
+    time is the sum of the display durations of the frames before it (``i / fps`` when the file
+    has none); the frame rate is the first frame's (``fps`` overrides it). Read with Pillow, which
+    composes each frame over the previous ones as players do."""
+
+    kind = "video"
+
+    def __init__(self, path: str | os.PathLike, frames: int, selection: FrameSelection | None = None,
+                 fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, first_ms: float = 0.0):
+        path = Path(path)
+        self.frames_in_file = frames
+        native_fps = 1000.0 / first_ms if first_ms and first_ms > 0 else None
+        super().__init__(path.stem, fps or native_fps or DEFAULT_FPS, selection, path, max_pixels)
+        self.native_fps = native_fps
+
+    def total_frames(self) -> int:
+        return self.frames_in_file
+
+    def _frames(self):
+        with open_input_file(self.path, "image") as fp:
+            im = _open_pil(fp)
+            with im:
+                t_ms = 0.0
+                for i in range(self.frames_in_file):
+                    try:
+                        im.seek(i)  # (sequential: each frame is composed over the previous ones)
+                    except (OSError, EOFError, ValueError) as err:
+                        raise SourceError(f"cannot read image {self.path}: frame {i:06d} of its {self.frames_in_file} "
+                                          f"is corrupt or missing ({err or type(err).__name__})") from None
+                    duration = im.info.get("duration")
+                    timed = isinstance(duration, (int, float)) and duration > 0
+                    yield i, (t_ms / 1000.0 if timed else i / self.fps), im  # (decoded by _decode before the next seek)
+                    t_ms += duration if timed else 1000.0 / self.fps
+
+    def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
+        im = payload  # type: ignore[assignment]
+        name = f"{index:06d}"
+        check_frame_size(self.label, f"frame {name}", im.width, im.height, self.max_pixels)
+        try:
+            return name, image_to_rgb(im)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise SourceError(f"cannot read image {self.path}: frame {name} is corrupt "
+                              f"({err or type(err).__name__})") from None
+
+
+def open_image(path: Path, selection: FrameSelection | None = None, fps: float | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
+    """A single image file as a source: a one-frame `ImageSource`, or an `AnimatedImageSource` when
+    the file holds several frames (only the first was read, silently, as Pillow's open shows it)."""
+    frames, first_ms = 1, 0.0
+    try:
+        with open_input_file(path, "image") as fp, _open_pil(fp) as im:
+            frames = int(getattr(im, "n_frames", 1) or 1)
+            first_ms = im.info.get("duration") or 0.0
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, SourceError):
+        pass  # ImageSource reads it again and says what is wrong with it
+    if frames > 1:
+        source = AnimatedImageSource(path, frames, selection, fps, max_pixels,
+                                     first_ms=first_ms if isinstance(first_ms, (int, float)) else 0.0)
+        with open_input_file(path, "image") as fp, _open_pil(fp) as im:  # the size, before any work
+            check_frame_size(source.label, f"image {path.name}", im.width, im.height, source.max_pixels)
+        return source
+    return ImageSource(path, selection, fps, max_pixels=max_pixels)
+
+
 def list_folder(folder: Path) -> list[Path]:
     """The visible entries of a folder (hidden files, ``.name``, are ignored)."""
     try:

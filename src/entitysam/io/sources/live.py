@@ -13,7 +13,8 @@ import numpy as np
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
                         frame_out_of_memory)
-from .video_file import av_message, import_av, open_container, stream_display, video_frame_to_rgb, video_stream
+from .video_file import (av_message, import_av, open_container, stream_display, stream_sample_aspect_ratio,
+                         video_frame_to_rgb, video_stream)
 
 
 # URL schemes FFmpeg reads as network streams; anything with one of these is a live source.
@@ -89,14 +90,15 @@ class _Stalled(SourceError):
 
 def _video_frames(container, stream, seconds: float, url: str, last_index):
     """The decoded frames of `stream`; when reading fails (a timeout, a closed connection, no
-    video while other data keeps coming), the frames the decoder still holds are handed on
-    first: they were received whole (frame threads hold back one frame per thread). last_index():
-    the index of the last frame handed on, for the message."""
+    video while other data keeps coming), the frames FFmpeg still holds are handed on first: they
+    were received whole. last_index(): the index of the last frame handed on, for the message."""
     av = import_av()
     try:
         yield from _demuxed_frames(container, stream, seconds)
     except (_Stalled, av.error.FFmpegError) as err:
         try:
+            if isinstance(err, _Stalled):
+                yield from _drained_frames(av, container, stream, seconds)
             yield from _flush_decoder(av, stream)
         except av.error.FFmpegError:
             pass  # they are lost with the stream; the read error is the one to report
@@ -106,6 +108,43 @@ def _video_frames(container, stream, seconds: float, url: str, last_index):
         after = f"after frame {index}" if index >= 0 else "before its first frame"
         raise SourceError(f"the stream {url} could not be read {after}: no video frame within {seconds:g} s "
                           "(timed out: data came, but no video frame it can decode)") from None
+
+
+class _ReadTimeout:
+    """The read timeout handed to PyAV, which takes it as a number (float()) each time a demux
+    starts: `seconds` until :meth:`expire`, then 0, so that every read of a new demux is interrupted.
+
+    A stream whose video stopped while other data flows never makes a read fail, and only a failed
+    read (or the end of the input) makes FFmpeg hand on what it holds: the MPEG-TS demuxer ends a
+    video packet only when the next one starts (video PES packets carry no length) and the parser
+    needs the start of the next frame. The last two frames received were lost that way."""
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+
+    def expire(self) -> None:
+        self.seconds = 0.0
+
+    def __float__(self) -> float:
+        return self.seconds
+
+
+def _drained_frames(av, container, stream, seconds: float):
+    """The frames of `stream` FFmpeg's demuxer and parser hold back, read by failing every read
+    (`_ReadTimeout`); ends at the first error. Bounded by `seconds` where the reads are not
+    interrupted (a PyAV that reads the timeout once)."""
+    timeout = container.read_timeout
+    if not isinstance(timeout, _ReadTimeout):
+        return
+    timeout.expire()
+    started = _time.monotonic()
+    try:
+        for packet in container.demux(stream):
+            yield from packet.decode()
+            if _time.monotonic() - started > seconds:
+                return
+    except av.error.FFmpegError:
+        return
 
 
 def _flush_decoder(av, stream):
@@ -169,6 +208,7 @@ class LiveSource(FrameSource):
                                   "this PyAV cannot decode, or a damaged stream)")
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
             check_frame_size(self.url, "its video stream", self.width, self.height, check_max_pixels(max_pixels))
+            self.sample_aspect_ratio = stream_sample_aspect_ratio(stream)
         except BaseException:
             container.close()
             raise
@@ -187,7 +227,8 @@ class LiveSource(FrameSource):
         what = "video device" if self._format == "v4l2" else "stream"
         started = _time.monotonic()
         try:
-            return open_container(self.url, format=self._format, options=self._options, timeout=self._timeout)
+            return open_container(self.url, format=self._format, options=self._options,
+                                  timeout=(self._timeout[0], _ReadTimeout(self._timeout[1])))
         except av.error.FFmpegError as err:
             hint = ("check that the camera is connected and not in use by another program" if what == "video device"
                     else "check the address, and that the camera or server is running and reachable from this machine")

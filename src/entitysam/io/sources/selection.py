@@ -12,6 +12,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -267,6 +268,9 @@ class FrameSource:
     """Base class. Subclasses implement `_frames()` yielding (index, time, loader) in order."""
 
     kind = "frames"
+    # Width / height of a pixel of the frames as decoded: 1 but for anamorphic video (PAL DV is
+    # 720x576 with 16:15 or 64:45 pixels), which players stretch to show; the overlay video carries it.
+    sample_aspect_ratio = Fraction(1)
 
     def __init__(self, name: str, fps: float, selection: FrameSelection | None, path: Path | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):

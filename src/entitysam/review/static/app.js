@@ -44,13 +44,16 @@ function wire() {
   });
   window.addEventListener("resize", () => { fitStage(); updateTimelineCursor(); });
 }
-// the canvases keep the video's resolution; CSS scales them to the largest size that fits
+// the canvases keep the video's resolution; CSS scales them to the largest size that fits, each
+// pixel as wide as the input's (anamorphic video: 720x576 PAL with 16:15 pixels shows 768 wide)
 function fitStage() {
   if (!viewer.info) return;
   const box = $("stage").getBoundingClientRect();
-  const scale = Math.min(box.width / viewer.info.width, box.height / viewer.info.height);
+  const [sw, sh] = viewer.info.sample_aspect_ratio || [1, 1];
+  const shownWidth = viewer.info.width * sw / sh;
+  const scale = Math.min(box.width / shownWidth, box.height / viewer.info.height);
   for (const id of ["frame-canvas", "overlay-canvas"]) {
-    $(id).style.width = `${Math.floor(viewer.info.width * scale)}px`;
+    $(id).style.width = `${Math.floor(shownWidth * scale)}px`;
     $(id).style.height = `${Math.floor(viewer.info.height * scale)}px`;
   }
 }
