@@ -59,3 +59,15 @@ def test_segmenting_an_animated_png_gives_every_frame(tiny_model, tmp_path):
         assert [f.name for f in result.frames] == ["000000", "000001", "000002", "000003"]
         out = result.save(tmp_path / "out", formats=("panoptic",))
     assert sorted(p.name for p in (out / "panoptic").iterdir()) == [f"00000{i}.png" for i in range(4)]
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".gif", "GIF"), (".webp", "WEBP")])
+def test_gif_and_webp_files_are_read_as_animations(tmp_path, suffix, fmt):
+    """What users save animations as: read by their own names (they used to be refused as an
+    unsupported input type); a still one is one frame."""
+    source = open_source(write_animation(tmp_path / f"anim{suffix}", fmt=fmt))
+    assert isinstance(source, AnimatedImageSource)
+    assert [f.name for f in source] == ["000000", "000001", "000002", "000003"]
+    still = tmp_path / f"still{suffix}"
+    Image.fromarray(scene(0)).save(still, format=fmt)
+    assert [f.name for f in open_source(still)] == ["still"]

@@ -53,14 +53,15 @@ from ..paths import safe_name
 from .images import (AnimatedImageSource, ArraySource, FrameFolderSource, ImageSource, describe_entries, image_to_rgb,
                      list_folder, open_image)
 from .live import LiveSource, is_live_input, live_source_name
-from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, FrameSelection,
-                        FrameSource, check_max_pixels, input_problem, natural_key, parse_position)
+from .selection import (ANIMATION_EXTENSIONS, DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame,
+                        FrameSelection, FrameSource, check_max_pixels, input_problem, natural_key, parse_position)
 from .video_file import VideoFileSource
 
 __all__ = [
     "result_name",
     "VIDEO_EXTENSIONS",
     "IMAGE_EXTENSIONS",
+    "ANIMATION_EXTENSIONS",
     "DEFAULT_FPS",
     "DEFAULT_MAX_PIXELS",
     "Frame",
@@ -115,12 +116,12 @@ def open_source(video: str | os.PathLike | FrameSource | Sequence | np.ndarray,
         ext = path.suffix.lower()
         if ext in VIDEO_EXTENSIONS:
             source = VideoFileSource(path, selection, fps, max_pixels=max_pixels)
-        elif ext in IMAGE_EXTENSIONS:
+        elif ext in IMAGE_EXTENSIONS or ext in ANIMATION_EXTENSIONS:
             source = open_image(path, selection, fps, max_pixels=max_pixels)
         else:
             raise SourceError(f"unsupported input {path}: expected a video "
-                              f"({' '.join(VIDEO_EXTENSIONS)}), an image ({' '.join(IMAGE_EXTENSIONS)}) "
-                              "or a folder of frames")
+                              f"({' '.join(VIDEO_EXTENSIONS)}), an image ({' '.join(IMAGE_EXTENSIONS)}), "
+                              f"an animation ({' '.join(ANIMATION_EXTENSIONS)}) or a folder of frames")
         if not os.access(path, os.R_OK):
             raise SourceError(f"cannot read {path}: permission denied")
     if name:

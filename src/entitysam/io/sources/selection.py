@@ -24,6 +24,9 @@ from ...regular_file import open_regular
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Files that are often animations, read as one input (a still one is one frame), never as the
+# frames of a folder.
+ANIMATION_EXTENSIONS = (".gif", ".webp")
 DEFAULT_FPS = 25.0
 # Largest frame decoded, in pixels (width x height): 50 MP takes 8K video (7680x4320 = 33.2 MP,
 # 8192x4320 = 35.4 MP) and the 48-50 MP photos of current phones. Decoding and preprocessing peak at
