@@ -71,3 +71,27 @@ def test_gif_and_webp_files_are_read_as_animations(tmp_path, suffix, fmt):
     still = tmp_path / f"still{suffix}"
     Image.fromarray(scene(0)).save(still, format=fmt)
     assert [f.name for f in open_source(still)] == ["still"]
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".gif", "GIF"), (".png", "PNG")])
+def test_the_viewer_shows_the_frames_of_an_animation(tiny_model, tmp_path, suffix, fmt):
+    """The viewer decodes an animation's frames as it does a video's (it asked the animation for
+    one file per frame, like a folder's, and answered every frame request with a 500)."""
+    import io
+
+    from starlette.testclient import TestClient
+
+    from entitysam.pipeline.segment import segment
+    from entitysam.review.server import Viewer, create_app
+
+    path = write_animation(tmp_path / f"anim{suffix}", fmt=fmt)
+    with segment(tiny_model, path) as result:
+        out = result.save(tmp_path / "out", formats=("panoptic", "entities"))
+    client = TestClient(create_app(Viewer(out)))
+    assert client.get("/api/video").json()["has_source"] is True
+    for t in range(4):
+        response = client.get(f"/api/frames/{t}.jpg")
+        assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+        shown = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(int)
+        errors = [np.abs(shown - scene(3 * u)).mean() for u in range(4)]
+        assert int(np.argmin(errors)) == t

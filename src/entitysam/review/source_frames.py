@@ -64,7 +64,8 @@ class SourceFrames:
         from ..io.sources import open_source
 
         if self._files is None:
-            self._files = list(open_source(self.input, fps=self.fps).files)
+            # An animation (one file, several frames) has no file per frame: served decoded.
+            self._files = list(getattr(open_source(self.input, fps=self.fps), "files", None) or ())
         return self._files
 
     def _is_video(self) -> bool:
