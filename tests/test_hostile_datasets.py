@@ -423,3 +423,29 @@ def test_png_declaring_over_50_megapixels_is_refused_before_decoding(ds):
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert re.fullmatch(rf"error: GT PNG .* {re.escape(str(png))} is 12000x12000 = 144\.0 megapixels, over the limit "
                         r"of 50 megapixels: refused before decoding it\n", r.stderr), r.stderr
+
+
+# ----------------------------------------------------------------------------- split file not a file
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["found-in-data-root", "split-file-option"])
+def test_eval_vipseg_refuses_a_split_file_that_is_a_fifo(tmp_path, capsys, given):
+    """DATA_ROOT/val.txt as a FIFO was skipped: every video of the GT JSON was evaluated instead of
+    the split's (exit 0); --split-file FIFO said "split file not found". Now refused, never waited on."""
+    import os
+
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    fifo = ds.split_file if not given else tmp_path / "subset.txt"
+    if not given:
+        fifo.unlink()
+    os.mkfifo(fifo)
+    extra = ["--split-file", str(fifo)] if given else []
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: the split file {re.escape(str(fifo))} is not a regular file; it lists "
+                                      r"one video id per line\n", err), err
+    assert not (tmp_path / "out").exists()
