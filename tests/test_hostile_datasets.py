@@ -449,3 +449,37 @@ def test_eval_vipseg_refuses_a_split_file_that_is_a_fifo(tmp_path, capsys, given
     assert code == 2 and re.fullmatch(rf"error: the split file {re.escape(str(fifo))} is not a regular file; it lists "
                                       r"one video id per line\n", err), err
     assert not (tmp_path / "out").exists()
+
+
+def _frame_folder_loop(ds):
+    folder = ds.images_dir / ds.videos[1]
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    folder.symlink_to(folder.name)
+
+
+def _gt_png_fifo(ds):
+    import os
+
+    png = sorted((ds.gt_dir / ds.videos[1]).iterdir())[1]
+    png.unlink()
+    os.mkfifo(png)
+
+
+@pytest.mark.parametrize("spoil,message", [
+    # each was "frame folder not found" / "are missing": the file is there, something else is wrong
+    (_frame_folder_loop, r"error: 1 video\(s\) cannot be evaluated:\n  video 'vid_001': cannot list "
+                         r".*/images/vid_001: Too many levels of symbolic links\n"),
+    (_gt_png_fifo, r"error: GT PNG .*/panomasksRGB/vid_001/\w+\.png: not a regular file: .*--no-metrics.*\n"),
+], ids=["frame-folder-link-loop", "gt-png-fifo"])
+def test_eval_vipseg_names_the_real_cause_of_an_unusable_input(tmp_path, capsys, spoil, message):
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    spoil(ds)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(message, err), err

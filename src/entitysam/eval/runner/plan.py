@@ -220,11 +220,14 @@ def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) 
     frames: dict[str, list[str]] = {}
     for v in videos:
         folder = plan.images_dir / v.video_id
-        if not folder.is_dir():
+        try:  # listed, not tested with is_dir(), which says "not found" of a link loop or an unreadable path
+            names = list_video_frames(folder)
+        except FileNotFoundError:
             problems.append(f"video {v.video_id!r}: frame folder not found: {folder}")
             continue
-        try:
-            names = list_video_frames(folder)
+        except NotADirectoryError:
+            problems.append(f"video {v.video_id!r}: {folder} is not a folder")
+            continue
         except OSError as err:
             problems.append(f"video {v.video_id!r}: cannot list {folder}: {err.strerror or err}")
             continue
@@ -316,7 +319,8 @@ def check_gt_pngs(plan: VIPSegPlan) -> None:
         if not folder.is_dir():
             missing.extend(str(folder / n) for n in v.gt_names)
             continue
-        missing.extend(str(folder / n) for n in v.gt_names if not (folder / n).is_file())
+        # is_file() is False for a FIFO or a link loop too: those are named with their cause below
+        missing.extend(str(folder / n) for n in v.gt_names if not os.path.lexists(folder / n))
     if missing:
         raise EvalInputError(f"{len(missing)} GT PNG(s) named by the GT JSON {plan.gt_json} are missing: "
                              f"{abbreviate(missing)} (the metrics need every one)", Remedy("metrics", False, "to only write the predictions"))
