@@ -483,3 +483,24 @@ def test_eval_vipseg_names_the_real_cause_of_an_unusable_input(tmp_path, capsys,
                      "--workers", "1", "-q"])
     err = capsys.readouterr().err
     assert code == 2 and re.fullmatch(message, err), err
+
+
+# ----------------------------------------------------------------------------- names on stdout
+
+
+def test_stq_table_keeps_a_video_id_with_a_line_break_on_one_row(ds, capsys):
+    """A video_id "vid\\n\\x1b[2J" (a legal folder name) printed its STQ row over two lines, the
+    second starting with a terminal escape that clears the screen; now escaped, one row per video."""
+    gt = json.loads(ds.gt_json.read_text())
+    old = gt["videos"][0]["video_id"]
+    new = old + "\n\x1b[2J"
+    for folder in (ds.gt_dir, ds.pred_dir / "pan_pred"):
+        (folder / old).rename(folder / new)
+    for path in (ds.gt_json, ds.pred_dir / "pred.json"):
+        _edit(path, lambda d: [e.__setitem__("video_id", new) for e in d["annotations"] if e["video_id"] == old])
+    _edit(ds.gt_json, lambda d: d["videos"][0].__setitem__("video_id", new))
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1", "--metric", "stq"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+  ", line)]
+    assert len(rows) == 2 and all(row.endswith(" 3") for row in rows) and "\x1b" not in out, out
+    assert rows[0].split()[1].startswith(old + "\\n\\x1b[2J"), out
