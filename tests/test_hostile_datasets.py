@@ -423,3 +423,84 @@ def test_png_declaring_over_50_megapixels_is_refused_before_decoding(ds):
     assert r.returncode == 2 and r.stdout == "", r.stderr
     assert re.fullmatch(rf"error: GT PNG .* {re.escape(str(png))} is 12000x12000 = 144\.0 megapixels, over the limit "
                         r"of 50 megapixels: refused before decoding it\n", r.stderr), r.stderr
+
+
+# ----------------------------------------------------------------------------- split file not a file
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["found-in-data-root", "split-file-option"])
+def test_eval_vipseg_refuses_a_split_file_that_is_a_fifo(tmp_path, capsys, given):
+    """DATA_ROOT/val.txt as a FIFO was skipped: every video of the GT JSON was evaluated instead of
+    the split's (exit 0); --split-file FIFO said "split file not found". Now refused, never waited on."""
+    import os
+
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    fifo = ds.split_file if not given else tmp_path / "subset.txt"
+    if not given:
+        fifo.unlink()
+    os.mkfifo(fifo)
+    extra = ["--split-file", str(fifo)] if given else []
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: the split file {re.escape(str(fifo))} is not a regular file; it lists "
+                                      r"one video id per line\n", err), err
+    assert not (tmp_path / "out").exists()
+
+
+def _frame_folder_loop(ds):
+    folder = ds.images_dir / ds.videos[1]
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    folder.symlink_to(folder.name)
+
+
+def _gt_png_fifo(ds):
+    import os
+
+    png = sorted((ds.gt_dir / ds.videos[1]).iterdir())[1]
+    png.unlink()
+    os.mkfifo(png)
+
+
+@pytest.mark.parametrize("spoil,message", [
+    # each was "frame folder not found" / "are missing": the file is there, something else is wrong
+    (_frame_folder_loop, r"error: 1 video\(s\) cannot be evaluated:\n  video 'vid_001': cannot list "
+                         r".*/images/vid_001: Too many levels of symbolic links\n"),
+    (_gt_png_fifo, r"error: GT PNG .*/panomasksRGB/vid_001/\w+\.png: not a regular file: .*--no-metrics.*\n"),
+], ids=["frame-folder-link-loop", "gt-png-fifo"])
+def test_eval_vipseg_names_the_real_cause_of_an_unusable_input(tmp_path, capsys, spoil, message):
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    spoil(ds)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(tmp_path / "out"),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(message, err), err
+
+
+# ----------------------------------------------------------------------------- names on stdout
+
+
+def test_stq_table_keeps_a_video_id_with_a_line_break_on_one_row(ds, capsys):
+    """A video_id "vid\\n\\x1b[2J" (a legal folder name) printed its STQ row over two lines, the
+    second starting with a terminal escape that clears the screen; now escaped, one row per video."""
+    gt = json.loads(ds.gt_json.read_text())
+    old = gt["videos"][0]["video_id"]
+    new = old + "\n\x1b[2J"
+    for folder in (ds.gt_dir, ds.pred_dir / "pan_pred"):
+        (folder / old).rename(folder / new)
+    for path in (ds.gt_json, ds.pred_dir / "pred.json"):
+        _edit(path, lambda d: [e.__setitem__("video_id", new) for e in d["annotations"] if e["video_id"] == old])
+    _edit(ds.gt_json, lambda d: d["videos"][0].__setitem__("video_id", new))
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1", "--metric", "stq"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"\s+\d+  ", line)]
+    assert len(rows) == 2 and all(row.endswith(" 3") for row in rows) and "\x1b" not in out, out
+    assert rows[0].split()[1].startswith(old + "\\n\\x1b[2J"), out

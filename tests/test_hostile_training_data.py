@@ -41,6 +41,18 @@ def _train(root, tmp_path, *extra):
                            "solver.max_iter=2", "--quiet", *extra])
 
 
+def _fifo(path):
+    import os
+
+    path.unlink()
+    os.mkfifo(path)
+
+
+def _link_loop(path):
+    path.unlink()
+    path.symlink_to(path.name)
+
+
 TRAIN_DATA_MISTAKES = {
     # each was a traceback (JSONDecodeError, KeyError, ValueError of int(), TypeError)
     "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json: not valid JSON"),
@@ -67,6 +79,16 @@ TRAIN_DATA_MISTAKES = {
                       r"1 dataset file\(s\) missing: .*train2017/000000000002\.jpg"),
     "missing-png": (lambda r: (r / "panoptic_train2017" / "000000000003.png").unlink(),
                     r"1 dataset file\(s\) missing: .*panoptic_train2017/000000000003\.png"),
+    # each was "no such file" / "missing": the file is there but is no file to read
+    "json-fifo": (lambda r: _fifo(_coco_json(r)), r"error: \S*panoptic_train2017\.json: not a regular file "
+                                                  r"\(the dataset's JSON\)\n"),
+    "json-link-loop": (lambda r: _link_loop(_coco_json(r)), r"error: cannot read \S*panoptic_train2017\.json: Too "
+                                                            r"many levels of symbolic links\n"),
+    "image-fifo": (lambda r: _fifo(r / "train2017" / "000000000002.jpg"),
+                   r"1 dataset file\(s\) unusable: \S*train2017/000000000002\.jpg \(not a regular file\)\n"),
+    "png-link-loop": (lambda r: _link_loop(r / "panoptic_train2017" / "000000000003.png"),
+                      r"1 dataset file\(s\) unusable: \S*panoptic_train2017/000000000003\.png \(Too many levels "
+                      r"of symbolic links\)\n"),
 }
 
 

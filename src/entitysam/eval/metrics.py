@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import jsonio
 from ..argtypes import (MAX_THREADS, ArgumentParser, check_int, check_json_destination, check_not_an_input,
                         check_path_arg, path_text, thread_count)
-from ..errors import EntitySAMError, for_terminal
+from ..errors import EntitySAMError, for_terminal, printable
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
 from .veq import NFRAMES, FrameVEQInput, veq_aggregate, veq_video_stats
@@ -211,8 +211,10 @@ def format_table(results: Mapping[str, Any]) -> str:
         if stq.get("per_sequence"):
             lines.append(f"{'seq':>4}  {'video':<24} {'STQ':>8} {'AQ':>8} {'IoU':>8} {'frames':>7}")
             for s in stq["per_sequence"]:
+                # a video_id is a folder name: a line break or a terminal escape in it split the row
+                name = printable(str(s["video_id"]), limit=None)[:24]
                 lines.append(
-                    f"{s['seq_id']:>4}  {str(s['video_id'])[:24]:<24} {s['STQ']:8.4f} {s['AQ']:8.4f} "
+                    f"{s['seq_id']:>4}  {name:<24} {s['STQ']:8.4f} {s['AQ']:8.4f} "
                     f"{s['IoU']:8.4f} {s['length']:7d}"
                 )
     return "\n".join(lines)

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +267,9 @@ def check_dataset(data: Any) -> None:
     for key in ("json", "image_dir", "panoptic_dir"):
         path = Path(getattr(data, key))
         path = path if path.is_absolute() else root / path
-        if not (path.is_file() if key == "json" else path.is_dir()):
+        # the json only needs to be there: reading it names what else is wrong (is_file() called a
+        # FIFO or a link loop "no such file")
+        if not (os.path.lexists(path) if key == "json" else path.is_dir()):
             raise ValueError(f"data.{key} {str(path)!r}: no such {'file' if key == 'json' else 'folder'}")
     from .data import read_panoptic_dataset  # noqa: PLC0415
 
@@ -277,8 +280,6 @@ def check_dataset(data: Any) -> None:
 def check_output_dir(output_dir: str) -> None:
     """Before training starts: output_dir is a folder or can be made one (its first existing
     ancestor a writable folder). A file there was a FileExistsError / NotADirectoryError traceback."""
-    import os  # noqa: PLC0415
-
     path = Path(output_dir)
     if path.exists() and not path.is_dir():
         raise ValueError(f"output_dir {str(path)!r}: exists and is not a folder")

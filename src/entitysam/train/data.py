@@ -27,6 +27,8 @@ iteration i reproduces the same clips.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -36,6 +38,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..io.idpng import MAX_ID, decode_ids
+from ..regular_file import open_regular
 from .samples import DatasetError, PanopticRecord, load_pair, load_rgb
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
@@ -48,8 +51,14 @@ def _resolve(root: Path, p: str) -> Path:
 
 def _load_json(path: Path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        f = open_regular(path)  # without waiting: open() of a FIFO blocked for a writer
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from None
+    if f is None:
+        raise DatasetError(f"{path}: not a regular file (the dataset's JSON)")
+    try:
+        with f:
+            return json.loads(f.read().decode("utf-8"))
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer over the digit limit
         raise DatasetError(f"{path}: not valid JSON ({str(err).splitlines()[0][:200]})") from None
     except RecursionError:
@@ -125,11 +134,30 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
         ))
     if not records:
         raise DatasetError(f"{jpath}: no annotations")
-    missing = [p for r in records for p in (r.image_path, r.panoptic_path) if not Path(p).is_file()]
-    if missing:
-        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise DatasetError(f"{jpath}: {len(missing)} dataset file(s) missing: {', '.join(missing[:3])}{more}")
+    missing, unusable = [], []
+    for p in (p for r in records for p in (r.image_path, r.panoptic_path)):
+        cause = _file_problem(p)
+        if cause == "missing":
+            missing.append(p)
+        elif cause:
+            unusable.append(f"{p} ({cause})")
+    for problems, what in ((missing, "missing"), (unusable, "unusable")):
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise DatasetError(f"{jpath}: {len(problems)} dataset file(s) {what}: {', '.join(problems[:3])}{more}")
     return records
+
+
+def _file_problem(path: str) -> str | None:
+    """None for a regular file; else "missing" or the cause: is_file() called a FIFO, a folder or
+    a link loop "missing" too, and the user looked for a file that is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return err.strerror or str(err)
+    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 # ---------------------------------------------------------------------------- augmentation

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ...errors import EntitySAMError, Remedy
+from ...regular_file import open_regular
 
 __all__ = ["EvalInputError", "VideoEntry", "VIPSegPlan", "load_plan", "list_video_frames", "official_stem",
            "abbreviate", "check_frames", "check_gt_annotations", "check_gt_pngs"]
@@ -94,7 +95,12 @@ def _check_video_id(vid: Any, where: str) -> str:
 
 def _read_split_file(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # opened without waiting: a FIFO under the split's name was skipped (all videos scored)
+        f = open_regular(path)
+        if f is None:
+            raise EvalInputError(f"the split file {path} is not a regular file; it lists one video id per line")
+        with f:
+            lines = f.read().decode("utf-8").splitlines()
     except OSError as err:
         raise EvalInputError(f"cannot read the split file {path}: {err.strerror or err}") from None
     except UnicodeDecodeError as err:  # a ValueError: it was a traceback
@@ -176,11 +182,13 @@ def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | No
     found_split: Path | None
     if split_file is not None:
         found_split = Path(split_file)
-        if not found_split.is_file():
+        if not os.path.lexists(found_split):
             raise EvalInputError(f"split file not found: {found_split}")
     else:
+        # whatever is there but a folder is the split (is_file() skipped a FIFO or a link loop,
+        # and every video of the GT JSON was evaluated); reading it refuses what is not a file
         candidates = [root / f"{split}.txt", root.resolve().parent / f"{split}.txt"]
-        found_split = next((c for c in candidates if c.is_file()), None)
+        found_split = next((c for c in candidates if os.path.lexists(c) and not c.is_dir()), None)
     videos = entries
     if found_split is not None:
         listed = _read_split_file(found_split)
@@ -212,11 +220,14 @@ def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) 
     frames: dict[str, list[str]] = {}
     for v in videos:
         folder = plan.images_dir / v.video_id
-        if not folder.is_dir():
+        try:  # listed, not tested with is_dir(), which says "not found" of a link loop or an unreadable path
+            names = list_video_frames(folder)
+        except FileNotFoundError:
             problems.append(f"video {v.video_id!r}: frame folder not found: {folder}")
             continue
-        try:
-            names = list_video_frames(folder)
+        except NotADirectoryError:
+            problems.append(f"video {v.video_id!r}: {folder} is not a folder")
+            continue
         except OSError as err:
             problems.append(f"video {v.video_id!r}: cannot list {folder}: {err.strerror or err}")
             continue
@@ -308,7 +319,8 @@ def check_gt_pngs(plan: VIPSegPlan) -> None:
         if not folder.is_dir():
             missing.extend(str(folder / n) for n in v.gt_names)
             continue
-        missing.extend(str(folder / n) for n in v.gt_names if not (folder / n).is_file())
+        # is_file() is False for a FIFO or a link loop too: those are named with their cause below
+        missing.extend(str(folder / n) for n in v.gt_names if not os.path.lexists(folder / n))
     if missing:
         raise EvalInputError(f"{len(missing)} GT PNG(s) named by the GT JSON {plan.gt_json} are missing: "
                              f"{abbreviate(missing)} (the metrics need every one)", Remedy("metrics", False, "to only write the predictions"))
