@@ -196,3 +196,60 @@ def test_a_file_named_like_the_lock_that_holds_data_is_not_deleted(tmp_path):
     other = tmp_path / "other.json"
     write_summary(other, _task(0, 1, ["x"]))
     assert not summary_lock_path(other).exists(), "the tool's own lock file was left behind"
+
+
+HEAD = '{"format": "entitysam-batch-summary", '
+DAMAGED = {
+    "a count that is text": HEAD + '"tasks": [{"outcomes": [{"name": "o", "status": "done", "frames": "x"}]}]}',
+    "a count that is NaN": HEAD + '"tasks": [{"outcomes": [{"name": "o", "status": "done", "frames": NaN}]}]}',
+    "a count over a float's range": HEAD + '"tasks": [{"outcomes": [{"name": "o", "status": "done", '
+                                           '"frames": 1e999}]}]}',
+    "counts whose sum overflows a float": HEAD + '"tasks": [{"outcomes": [{"name": "o", "status": "done", '
+                                                '"frames": 1e308}, {"name": "p", "status": "done", "frames": 1e308}]}]}',
+    "seconds that are text (the earlier format)": HEAD + '"seconds": "long", '
+                                                         '"outcomes": [{"name": "o", "status": "done"}]}',
+    "seconds over a float's range (the earlier format)": HEAD + '"seconds": 1e999, '
+                                                                '"outcomes": [{"name": "o", "status": "done"}]}',
+    "an infinite number anywhere in a task": HEAD + '"tasks": [{"host": -Infinity, '
+                                                    '"outcomes": [{"name": "o", "status": "done"}]}]}',
+    "nesting deeper than Python's recursion limit": HEAD + '"tasks": [{"x": ' + "[" * 5000 + "]" * 5000
+                                                           + ', "outcomes": []}]}',
+}
+
+
+@pytest.mark.parametrize("content", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_summary_does_not_stop_the_merge(tmp_path, content):
+    """What another program (or a hand edit) left in the file: the merge used to end, after the
+    whole batch, with a ValueError / OverflowError / RecursionError traceback and no summary."""
+    target = tmp_path / "summary.json"
+    target.write_text(content)
+    doc = write_summary(target, _task(0, 1, ["new"]))
+    assert "new" in doc["done"]
+    assert json.loads(target.read_text())["done"] == doc["done"]  # valid JSON, no NaN or Infinity
+    assert doc["frames"] == 1 and isinstance(doc["seconds"], float)
+
+
+def test_a_count_of_the_wrong_type_keeps_its_task(tmp_path):
+    """A text count is no count (0 frames) but the task's outcomes stay in the summary."""
+    target = tmp_path / "summary.json"
+    target.write_text(DAMAGED["a count that is text"])
+    doc = write_summary(target, _task(1, 2, ["new"]))
+    assert sorted(doc["done"]) == ["new", "o"] and doc["frames"] == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_summary_that_became_a_named_pipe_does_not_hang_the_merge(tmp_path):
+    """Checked as a plain file before the batch, a pipe by its end: reading it waited for a
+    writer for ever (the task never ended); now it counts as no summary and is replaced."""
+    target = tmp_path / "summary.json"
+    os.mkfifo(target)
+    done = []
+    writer = threading.Thread(target=lambda: done.append(write_summary(target, _task(0, 1, ["new"]))), daemon=True)
+    writer.start()
+    writer.join(10)
+    if not done:
+        with open(target, "w"):  # let the stuck reader go
+            pass
+        writer.join(10)
+        pytest.fail("the merge waited for a writer of the named pipe")
+    assert json.loads(target.read_text())["done"] == ["new"]

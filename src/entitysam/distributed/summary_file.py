@@ -24,6 +24,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import threading
 from datetime import datetime, timezone
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..io.atomic import write_json_atomic
+from ..regular_file import open_regular
 from .jobs import STATUSES
 
 __all__ = ["SUMMARY_FORMAT", "write_summary", "read_tasks", "merge_tasks", "summary_lock_path"]
@@ -115,12 +117,36 @@ def _valid(task: Any) -> bool:
                for o in task["outcomes"])
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(value: Any) -> float:
+    """A count or a duration of a task read from the file; 0 for a text, a bool, a negative number
+    or one too large for a float's integers (their sum and its rate would overflow)."""
+    plain = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if plain and 0 <= value < 2 ** 53 else 0
+
+
 def read_tasks(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The tasks recorded in the summary file at `path`: none for a missing, damaged or foreign file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError):
+        # Checked before the batch, the file may have been swapped or edited since: a pipe would
+        # block the end of the batch, and NaN, an infinity or nesting past the recursion limit
+        # would fail the write of the merge; such a file counts as damaged.
+        f = open_regular(path)
+        if f is None:
+            return []
+        with f:
+            doc = json.loads(f.read().decode("utf-8"), parse_float=_finite, parse_constant=_no_constant)
+    except (OSError, ValueError, RecursionError):
         return []
     if not isinstance(doc, dict) or doc.get("format") != SUMMARY_FORMAT:
         return []
@@ -166,11 +192,11 @@ def merge_tasks(tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                 best[o["name"]] = o
     names = list(dict.fromkeys(o["name"] for t in tasks for o in t["outcomes"]))
     outcomes = [best[n] for n in names]
-    frames = sum(int(o.get("frames") or 0) for o in outcomes if o["status"] == "done")
+    frames = sum(int(_number(o.get("frames"))) for o in outcomes if o["status"] == "done")
     starts = [s for s in (_stamp(t.get("started")) for t in tasks) if s]
     ends = [e for e in (_stamp(t.get("finished")) for t in tasks) if e]
     if len(starts) < len(tasks) or len(ends) < len(tasks):  # a summary of before the merge: no times
-        seconds = max(float(t.get("seconds") or 0) for t in tasks)
+        seconds = max(float(_number(t.get("seconds"))) for t in tasks)
     else:
         seconds = (max(ends) - min(starts)).total_seconds()
     return {**head, "shard": _common(tasks, "shard"), "host": _common(tasks, "host"), "pid": _common(tasks, "pid"),
