@@ -99,6 +99,9 @@ def test_bad_torchrun_and_slurm_environments_exit_2_with_one_line(two_videos, tm
     ("in/a.mp4", None, "is the input"),  # was replaced by the summary JSON: the video lost
     ("notes.json", '{"mine": 1}', "not an entitysam batch summary"),  # a user's file: replaced
     ("cut.json", '{"format": "entitysam-batch-summary", "fra', "not an entitysam batch summary"),
+    # a RecursionError traceback
+    ("deep.json", '{"format": "entitysam-batch-summary", "x": ' + "[" * 100000 + "]" * 100000 + "}",
+     "not an entitysam batch summary"),
     ("folder", "dir", "is a folder"),  # exit 1 after the whole shard, with an Errno message
     ("out/a/summary.json", None, "lies in the result folder"),  # a file entitysam did not write, in a result
 ])

@@ -64,7 +64,7 @@ def check_summary_file(summary: str | os.PathLike | None, out_root: Path, names,
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if text.strip() else {"format": SUMMARY_FORMAT}  # an empty file loses nothing
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # (nesting deeper than json can parse)
         if isinstance(err, OSError):
             raise EntitySAMError(f"{what} {path}: cannot read it ({err.strerror})") from None
         data = None
