@@ -95,3 +95,63 @@ def test_the_viewer_shows_the_frames_of_an_animation(tiny_model, tmp_path, suffi
         shown = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB")).astype(int)
         errors = [np.abs(shown - scene(3 * u)).mean() for u in range(4)]
         assert int(np.argmin(errors)) == t
+
+
+def test_frame_times_grow_when_a_frame_has_no_duration(tmp_path):
+    """A frame without a display duration (an APNG delay of 0) after timed ones was placed at
+    index / fps (5.0 s here) while the frames after it went on from the durations (1.9 s): times
+    went back, and --end stopped at the untimed frame."""
+    durations = [500] + [100] * 9 + [0, 100, 100]
+    path = write_animation(tmp_path / "anim.png", n=13, durations=durations)
+    frames = list(open_source(path))
+    times = [round(f.time, 6) for f in frames]
+    assert times == [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.9, 2.0]  # untimed: 1 / fps (2 fps)
+    assert [f.name for f in open_source(path, FrameSelection(end="1.95s"))][-1] == "000011"
+
+
+def _gif_with_a_huge_frame(path, at: int, n: int = 6, side: int = 8000) -> None:
+    """An n-frame 32x24 GIF whose frame `at` declares side x side: Pillow widens the canvas to it."""
+    import io
+    import struct
+
+    small = io.BytesIO()
+    frames = [Image.new("RGB", (32, 24), (40 * i, 0, 0)) for i in range(n - 1)]
+    frames[0].save(small, "GIF", save_all=True, append_images=frames[1:], duration=100)
+    small = small.getvalue()
+    big = io.BytesIO()
+    Image.new("P", (side, side), 1).save(big, "GIF")
+    big = big.getvalue()
+    gct = 3 * 2 ** ((big[10] & 7) + 1) if big[10] & 0x80 else 0
+    pos = 13 + gct
+    while big[pos] == 0x21:  # skip its extensions to its image descriptor
+        pos += 2
+        while big[pos]:
+            pos += big[pos] + 1
+        pos += 1
+    block = bytearray(big[pos:-1])
+    block[9] |= 0x80 | (big[10] & 7)  # its global palette as the frame's own
+    block = bytes(block[:10]) + big[13:13 + gct] + bytes(block[10:])
+    head = 13 + (3 * 2 ** ((small[10] & 7) + 1) if small[10] & 0x80 else 0)
+    parts = small[head:-1].split(b"\x21\xf9\x04")  # graphic control blocks: one per frame
+    frames_in = [b"\x21\xf9\x04" + p for p in parts[1:]]
+    delay = b"\x21\xf9\x04\x00" + struct.pack("<H", 10) + b"\x00\x00"
+    out = small[:head] + parts[0] + b"".join(frames_in[:at]) + delay + block + b"".join(frames_in[at:]) + b"\x3b"
+    path.write_bytes(out)
+
+
+@pytest.mark.parametrize("selection", [FrameSelection(start=3), FrameSelection(stride=3)])
+def test_a_huge_frame_left_out_of_the_selection_is_refused_before_it_is_decoded(tmp_path, selection):
+    """A GIF frame may declare a larger size than the canvas (Pillow widens it). A frame the
+    selection skips was decoded in full when the next one was composed over it (an 8000x8000
+    frame: 0.8 GB) and only the next selected frame was refused."""
+    import resource
+
+    path = tmp_path / "bomb.gif"
+    _gif_with_a_huge_frame(path, at=1)
+    with Image.open(path) as im:
+        assert im.n_frames == 6 and im.size == (32, 24)
+    source = open_source(path, selection, max_pixels=20_000_000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(SourceError, match="frame 000001 is 8000x8000"):
+        list(source)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: under 100 MB

@@ -184,17 +184,22 @@ class AnimatedImageSource(FrameSource):
         with open_input_file(self.path, "image") as fp:
             im = _open_pil(fp)
             with im:
-                t_ms = 0.0
+                t_ms, untimed = 0.0, 0  # a frame's time: the timed durations before it, 1 / fps for the others
                 for i in range(self.frames_in_file):
                     try:
                         im.seek(i)  # (sequential: each frame is composed over the previous ones)
                     except (OSError, EOFError, ValueError) as err:
                         raise SourceError(f"cannot read image {self.path}: frame {i:06d} of its {self.frames_in_file} "
                                           f"is corrupt or missing ({err or type(err).__name__})") from None
+                    # A GIF frame may be larger than the canvas, which Pillow widens to it; the next
+                    # seek decodes it to compose the next frame over it, selected or not.
+                    check_frame_size(self.label, f"frame {i:06d}", im.width, im.height, self.max_pixels)
                     duration = im.info.get("duration")
-                    timed = isinstance(duration, (int, float)) and duration > 0
-                    yield i, (t_ms / 1000.0 if timed else i / self.fps), im  # (decoded by _decode before the next seek)
-                    t_ms += duration if timed else 1000.0 / self.fps
+                    yield i, t_ms / 1000.0 + untimed / self.fps, im  # (decoded by _decode before the next seek)
+                    if isinstance(duration, (int, float)) and duration > 0:
+                        t_ms += duration
+                    else:
+                        untimed += 1
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         im = payload  # type: ignore[assignment]
