@@ -199,3 +199,74 @@ def test_entitysam_view_serves_with_the_deadline(result, monkeypatch):
     serve(result, port=0, say=lambda message: None)
     assert issubclass(configs[0].http, DeadlineProtocol)
     assert configs[0].http.request_timeout == REQUEST_TIMEOUT == 20
+
+
+def test_a_client_waiting_for_100_continue_is_not_cut_while_the_server_works(result):
+    """A client that sends `Expect: 100-continue` waits for the server before sending its body.
+    Export reads no body: the server never asked for it, yet the export was cut at the deadline
+    with a 408 that blamed the client, its work thrown away. The wait is the server's time."""
+    viewer = Viewer(result, token=TOKEN)
+    export = viewer.export
+
+    def slow_export(fmt):
+        time.sleep(2.5 * DEADLINE)
+        return export(fmt)
+    viewer.export = slow_export
+    with live_server(viewer, request_timeout=DEADLINE) as (url, errors), connect(url) as conn:
+        conn.sendall(f"POST /api/export?format=ytvis HTTP/1.1\r\nHost: 127.0.0.1\r\n{TOKEN_HEADER}: {TOKEN}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n".encode())
+        reply, closed = trickle(conn, b"")
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+        assert not errors.records, [r.getMessage() for r in errors.records]
+
+
+def test_a_body_held_back_by_the_server_gets_the_deadline_after_the_server_reads_again():
+    """A handler that reads its body late (here 1.8 deadlines in): uvicorn stops reading past 64 kB
+    and the client cannot send. The clock started again at the last look while reading was
+    paused (a deadline in), so when reading resumed the client had only what was left of it
+    (0.2 deadline) and got a 408 for a body it sent 0.4 deadline after the server read again."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from entitysam.review.connections import server_config
+
+    deadline, received = 2.0, []
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        await asyncio.sleep(1.8 * deadline)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        received.append(len(body))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(server_config(app, request_timeout=deadline, log_config=None))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.01)
+        size = 600_000
+        with socket.create_connection(sock.getsockname()) as conn:
+            start = time.monotonic()
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            first = threading.Thread(target=conn.sendall, args=(b"a" * (size - 1000),))
+            first.start()
+            time.sleep(max(0.0, start + 2.2 * deadline - time.monotonic()))  # 0.4 deadline after the read
+            first.join(10)
+            conn.sendall(b"a" * 1000)
+            reply, closed = trickle(conn, b"")
+        assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
+        assert received == [size]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

@@ -13,7 +13,9 @@ request (head and body), at most `REQUEST_TIMEOUT` seconds. Then the connection 
 408 when part of a request came and no response began. Once a request has arrived nothing is
 timed: a long export and a large download sent slowly to a slow client run as long as they take.
 Time during which uvicorn itself stopped reading (a handler not reading a body over 64 kB, flow
-control) is the server's, not the client's: the clock starts again.
+control), or the client waits for the ``100 Continue`` it asked for (``Expect: 100-continue``; uvicorn
+sends it when the handler first reads the body), is the server's, not the client's: the clock starts
+again when that ends.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ REQUEST_TIMEOUT = 20.0
 
 _RECEIVING = (h11.IDLE, h11.SEND_BODY)  # the client's side of h11: a request not (fully) received
 _NO_RESPONSE_YET = (h11.IDLE, h11.SEND_RESPONSE)
+# While the server holds the client back it is looked at this often: when it lets the client go on,
+# the client has nearly the whole deadline, not what was left of it at the last look.
+_HELD_BACK_POLL = 0.25
 
 
 def _timeout_reply(seconds: float) -> bytes:
@@ -77,8 +82,10 @@ class DeadlineProtocol(H11Protocol):
         self.deadline_timer = None
         if self.waiting_since is None or self.transport.is_closing():
             return
-        if self.flow.read_paused:  # uvicorn is not reading: the client cannot send, it is not late
+        if self.flow.read_paused or self.conn.they_are_waiting_for_100_continue:  # the client cannot send
             self.waiting_since = self.loop.time()
+            self.deadline_timer = self.loop.call_later(min(_HELD_BACK_POLL, self.request_timeout), self.check_deadline)
+            return
         left = self.waiting_since + self.request_timeout - self.loop.time()
         if left > 0:
             self.deadline_timer = self.loop.call_later(left, self.check_deadline)
