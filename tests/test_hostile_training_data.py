@@ -153,6 +153,38 @@ def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_pa
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
 
 
+SWAPPED_DURING_TRAINING = {"image": "train2017/000000000002.jpg", "panoptic-png": "panoptic_train2017/000000000003.png"}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("name", list(SWAPPED_DURING_TRAINING))
+def test_dataset_file_replaced_by_a_pipe_during_training_is_one_line_not_a_hang(coco, tmp_path, capsys, monkeypatch,
+                                                                               name, workers):
+    """A file checked at start-up, then swapped for a named pipe before its turn came: Image.open
+    by name waited for a writer for ever, in the main process or a loader worker, and the run hung
+    without a word. Now one line naming the file, exit 1, in seconds."""
+    from _blocking import release_readers, swap_for_a_pipe, within
+    from entitysam.train import trainer
+
+    target = coco / SWAPPED_DURING_TRAINING[name]
+    check = trainer.read_panoptic_dataset
+
+    def check_then_swap(*args, **kwargs):
+        records = check(*args, **kwargs)
+        swap_for_a_pipe(target)
+        return records
+
+    monkeypatch.setattr(trainer, "read_panoptic_dataset", check_then_swap)
+    try:
+        code = within(60, _train, coco, tmp_path, "solver.max_iter=3", f"data.num_workers={workers}")
+    finally:
+        release_readers(target)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert re.fullmatch(rf"error: cannot read \S*{re.escape(target.name)}: not a regular file any more \(it was one "
+                        r"when the training started: replaced during the run\?\)\n", err), err
+
+
 def test_training_on_images_far_wider_than_tall(coco, tmp_path, capsys):
     """An image 2000x1: the resize to the clip's scale rounded its height to 0 rows, a ValueError
     traceback from Image.resize in the data loader; now a one-pixel-high clip, trained on."""
