@@ -56,8 +56,7 @@ def _open_image(path: str) -> Iterator[Image.Image]:
             try:
                 im = Image.open(f)
             except UnidentifiedImageError:  # Pillow's message names the file object (<_io.BufferedReader name=7>)
-                raise DatasetError(f"cannot read {path}: cannot identify image file (corrupt, truncated or not "
-                                   "an image)") from None
+                raise DatasetError(f"cannot read {path}: cannot identify image file {str(path)!r}") from None
         with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
