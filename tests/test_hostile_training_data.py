@@ -351,3 +351,33 @@ def test_a_loss_that_is_not_finite_is_a_divergence_with_its_iteration(coco, tmp_
     assert re.search(r"^error: training diverged at iteration 0: the loss became infinite or NaN \(.*loss_dice nan",
                      err, re.M), err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+@pytest.mark.parametrize("limit,period,message", [
+    # was an OSError traceback from Path.write_text before anything was trained
+    (200, 3, r"cannot write \S*/out/config\.json: File too large"),
+    # was "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0" with
+    # a traceback: torch.save's zip writer, closed after the failed write, hid the OSError
+    (100_000, 1, r"cannot write the checkpoint \S*/out/model_0000000\.pth: File too large"),
+], ids=["config-json", "checkpoint-part-way"])
+def test_training_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, limit, period, message):
+    from _disk_full import everything, one_error_line, run_limited
+
+    r = run_limited(limit, "train", "--config", "tiny-stage2", f"data.root={coco}", f"output_dir={tmp_path / 'out'}",
+                    "solver.max_iter=2", f"solver.checkpoint_period={period}", "--quiet", cwd=tmp_path)
+    assert r.returncode == 1 and re.fullmatch(f"error: {message}", one_error_line(r.stderr)), r.stderr
+    assert not [p for p in everything(tmp_path / "out") if p.startswith(".")]  # no temporary file left
+
+
+def test_training_log_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, capsys, monkeypatch):
+    """metrics.csv / metrics.jsonl that cannot be written: an OSError traceback."""
+    from _disk_full import full_disk_open
+    from entitysam.train import logger
+
+    monkeypatch.setattr(logger, "open", full_disk_open, raising=False)
+    assert _train(coco, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: cannot write the training log in \S*/out: No space left on device\n", err), err
