@@ -381,3 +381,37 @@ def test_training_log_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, caps
     assert _train(coco, tmp_path) == 1
     err = capsys.readouterr().err
     assert re.fullmatch(r"error: cannot write the training log in \S*/out: No space left on device\n", err), err
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.parametrize("entry", [["entitysam", "train"], ["entitysam.train"]], ids=["entitysam-train", "python-m"])
+def test_ctrl_c_during_the_first_steps_is_one_line_and_exit_130(coco, tmp_path, entry):
+    """`python -m entitysam.train` (the command torchrun runs) printed a KeyboardInterrupt
+    traceback from wherever the step was; `entitysam train` already said `error: interrupted`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", *entry, "--config", "tiny-stage2", f"data.root={coco}",
+                             f"output_dir={out}", "solver.max_iter=500", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "training tiny-stage2" not in ((out / "log.txt").read_text() if (out / "log.txt").exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside the first steps
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and err.splitlines()[-1:] == ["error: interrupted"], err
+    assert "Traceback" not in err, err
