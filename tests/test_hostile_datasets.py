@@ -459,6 +459,13 @@ def _frame_folder_loop(ds):
     folder.symlink_to(folder.name)
 
 
+def _link_loop(path):
+    import shutil
+
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.symlink_to(path.name)
+
+
 def _gt_png_fifo(ds):
     import os
 
@@ -472,7 +479,20 @@ def _gt_png_fifo(ds):
     (_frame_folder_loop, r"error: 1 video\(s\) cannot be evaluated:\n  video 'vid_001': cannot list "
                          r".*/images/vid_001: Too many levels of symbolic links\n"),
     (_gt_png_fifo, r"error: GT PNG .*/panomasksRGB/vid_001/\w+\.png: not a regular file: .*--no-metrics.*\n"),
-], ids=["frame-folder-link-loop", "gt-png-fifo"])
+    # "frames folder not found", "GT PNG folder not found", "2 GT PNG(s) ... are missing", and
+    # "GT PNG cannot be read: PATH ([Errno 40] Too many levels of symbolic links: 'PATH')"
+    (lambda ds: _link_loop(ds.images_dir), r"error: cannot list \S*/images: Too many levels of symbolic links "
+                                           r"\(frames folder: expected images/<video>/\*\.jpg in the data root\)\n"),
+    (lambda ds: _link_loop(ds.gt_dir), r"error: cannot list \S*/panomasksRGB: Too many levels of symbolic links "
+                                       r"\(GT PNG folder: .*\): use --gt-dir DIR .*--no-metrics.*\n"),
+    (lambda ds: _link_loop(ds.gt_dir / ds.videos[1]), r"error: 1 GT PNG folder\(s\) cannot be read:\n  video "
+                                                      r"'vid_001': cannot list \S*/panomasksRGB/vid_001: Too many "
+                                                      r"levels of symbolic links\n.*--no-metrics.*\n"),
+    (lambda ds: _link_loop(sorted((ds.gt_dir / ds.videos[1]).iterdir())[1]),
+     r"error: cannot read GT PNG \S*/panomasksRGB/vid_001/\w+\.png: Too many levels of symbolic links: use "
+     r"--no-metrics.*\n"),
+], ids=["frame-folder-link-loop", "gt-png-fifo", "images-link-loop", "gt-dir-link-loop", "gt-video-folder-link-loop",
+        "gt-png-link-loop"])
 def test_eval_vipseg_names_the_real_cause_of_an_unusable_input(tmp_path, capsys, spoil, message):
     from entitysam import cli
     from entitysam.data.synthetic.vipseg import make_vipseg_dataset

@@ -153,6 +153,38 @@ def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_pa
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
 
 
+SWAPPED_DURING_TRAINING = {"image": "train2017/000000000002.jpg", "panoptic-png": "panoptic_train2017/000000000003.png"}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("name", list(SWAPPED_DURING_TRAINING))
+def test_dataset_file_replaced_by_a_pipe_during_training_is_one_line_not_a_hang(coco, tmp_path, capsys, monkeypatch,
+                                                                               name, workers):
+    """A file checked at start-up, then swapped for a named pipe before its turn came: Image.open
+    by name waited for a writer for ever, in the main process or a loader worker, and the run hung
+    without a word. Now one line naming the file, exit 1, in seconds."""
+    from _blocking import release_readers, swap_for_a_pipe, within
+    from entitysam.train import trainer
+
+    target = coco / SWAPPED_DURING_TRAINING[name]
+    check = trainer.read_panoptic_dataset
+
+    def check_then_swap(*args, **kwargs):
+        records = check(*args, **kwargs)
+        swap_for_a_pipe(target)
+        return records
+
+    monkeypatch.setattr(trainer, "read_panoptic_dataset", check_then_swap)
+    try:
+        code = within(60, _train, coco, tmp_path, "solver.max_iter=3", f"data.num_workers={workers}")
+    finally:
+        release_readers(target)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert re.fullmatch(rf"error: cannot read \S*{re.escape(target.name)}: not a regular file any more \(it was one "
+                        r"when the training started: replaced during the run\?\)\n", err), err
+
+
 def test_training_on_images_far_wider_than_tall(coco, tmp_path, capsys):
     """An image 2000x1: the resize to the clip's scale rounded its height to 0 rows, a ValueError
     traceback from Image.resize in the data loader; now a one-pixel-high clip, trained on."""
@@ -319,3 +351,67 @@ def test_a_loss_that_is_not_finite_is_a_divergence_with_its_iteration(coco, tmp_
     assert re.search(r"^error: training diverged at iteration 0: the loss became infinite or NaN \(.*loss_dice nan",
                      err, re.M), err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+@pytest.mark.parametrize("limit,period,message", [
+    # was an OSError traceback from Path.write_text before anything was trained
+    (200, 3, r"cannot write \S*/out/config\.json: File too large"),
+    # was "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0" with
+    # a traceback: torch.save's zip writer, closed after the failed write, hid the OSError
+    (100_000, 1, r"cannot write the checkpoint \S*/out/model_0000000\.pth: File too large"),
+], ids=["config-json", "checkpoint-part-way"])
+def test_training_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, limit, period, message):
+    from _disk_full import everything, one_error_line, run_limited
+
+    r = run_limited(limit, "train", "--config", "tiny-stage2", f"data.root={coco}", f"output_dir={tmp_path / 'out'}",
+                    "solver.max_iter=2", f"solver.checkpoint_period={period}", "--quiet", cwd=tmp_path)
+    assert r.returncode == 1 and re.fullmatch(f"error: {message}", one_error_line(r.stderr)), r.stderr
+    assert not [p for p in everything(tmp_path / "out") if p.startswith(".")]  # no temporary file left
+
+
+def test_training_log_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, capsys, monkeypatch):
+    """metrics.csv / metrics.jsonl that cannot be written: an OSError traceback."""
+    from _disk_full import full_disk_open
+    from entitysam.train import logger
+
+    monkeypatch.setattr(logger, "open", full_disk_open, raising=False)
+    assert _train(coco, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: cannot write the training log in \S*/out: No space left on device\n", err), err
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+@pytest.mark.parametrize("entry", [["entitysam", "train"], ["entitysam.train"]], ids=["entitysam-train", "python-m"])
+def test_ctrl_c_during_the_first_steps_is_one_line_and_exit_130(coco, tmp_path, entry):
+    """`python -m entitysam.train` (the command torchrun runs) printed a KeyboardInterrupt
+    traceback from wherever the step was; `entitysam train` already said `error: interrupted`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", *entry, "--config", "tiny-stage2", f"data.root={coco}",
+                             f"output_dir={out}", "solver.max_iter=500", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while "training tiny-stage2" not in ((out / "log.txt").read_text() if (out / "log.txt").exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.05)
+        time.sleep(0.3)  # inside the first steps
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130 and err.splitlines()[-1:] == ["error: interrupted"], err
+    assert "Traceback" not in err, err

@@ -291,6 +291,12 @@ def _require_regular_file(path: PathLike, what: str) -> None:
         raise MetricsInputError(f"{what} {path}: not a regular file")
 
 
+def _unreadable_png(path: PathLike, what: str, err: Exception) -> MetricsInputError:
+    if isinstance(err, OSError) and err.strerror:  # str(err) said the path twice: "[Errno 40] ...: 'PATH'"
+        return MetricsInputError(f"cannot read {what} {path}: {err.strerror}")
+    return MetricsInputError(f"{what} cannot be read: {path} ({err})")
+
+
 def check_png(path: PathLike, *, what: str = "PNG") -> None:
     """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only)."""
     try:
@@ -301,7 +307,7 @@ def check_png(path: PathLike, *, what: str = "PNG") -> None:
     except FileNotFoundError:
         raise MetricsInputError(f"{what} not found: {path}") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-        raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
+        raise _unreadable_png(path, what, e) from None
     # the modes read_id_png reads (a PNG's others have 1, 2 or 16-bit channels): `eval vipseg`
     # found a palette or gray GT PNG only when scoring, after every video was segmented
     if mode not in ("RGB", "RGBA", "RGBX"):
@@ -340,7 +346,7 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
         raise MetricsInputError(f"{what} not found: {path}") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         # DecompressionBombError (a header of over 2 x Image.MAX_IMAGE_PIXELS) is no OSError
-        raise MetricsInputError(f"{what} cannot be read: {path} ({e})") from None
+        raise _unreadable_png(path, what, e) from None
     if arr.ndim != 3 or arr.shape[2] < 3 or arr.dtype != np.uint8:
         raise MetricsInputError(
             f"{what} {path}: expected an 8-bit RGB image (ids encoded as R + 256 G + 65536 B), "

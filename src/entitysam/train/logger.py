@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import sys
 import time
@@ -11,7 +12,9 @@ from collections import deque
 from pathlib import Path
 
 from .. import jsonio
+from ..errors import OutputError
 
+_log = logging.getLogger("entitysam.train")
 LOSS_KEYS = ("loss_ce", "loss_mask", "loss_dice", "loss_iou")
 CSV_FIELDS = ("iteration", "lr", "total_loss", *LOSS_KEYS, "num_instances", "num_matched", "matched_iou",
               "grad_norm", "time", "data_time", "eta_seconds")
@@ -42,11 +45,35 @@ def _truncate_csv(path: Path, start_iter: int) -> None:
         w.writerows(rows)
 
 
+def setup_logging(output_dir: Path, console: bool) -> None:
+    """Rank 0: log to output_dir/log.txt (and to stderr unless quiet); replaces earlier handlers."""
+    for h in [h for h in _log.handlers if getattr(h, "_entitysam", False)]:
+        _log.removeHandler(h)
+        h.close()
+    _log.setLevel(logging.INFO)
+    _log.propagate = False
+    handlers: list[logging.Handler] = [logging.FileHandler(output_dir / "log.txt")]
+    handlers[0].setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    if console:
+        handlers.append(logging.StreamHandler())
+        handlers[-1].setFormatter(logging.Formatter("[entitysam.train] %(message)s"))
+    for h in handlers:
+        h._entitysam = True  # type: ignore[attr-defined]
+        _log.addHandler(h)
+
+
 class MetricWriter:
     """Writes one record per logged iteration to metrics.jsonl, metrics.csv and TensorBoard."""
 
     def __init__(self, output_dir: str | Path, start_iter: int = 0, tensorboard: bool = True):
-        self.dir = Path(output_dir)
+        try:
+            self._open(Path(output_dir), start_iter, tensorboard)
+        except OSError as err:  # a full disk: was an OSError traceback
+            where = err.filename or f"in {output_dir}"  # write(2) names no file
+            raise OutputError(f"cannot write the training log {where}: {err.strerror or err}") from None
+
+    def _open(self, output_dir: Path, start_iter: int, tensorboard: bool) -> None:
+        self.dir = output_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "metrics.jsonl"
         self.csv = self.dir / "metrics.csv"
@@ -69,10 +96,15 @@ class MetricWriter:
 
     def write(self, record: dict) -> None:
         # A NaN / infinite loss is logged as null: NaN is not JSON (readers reject the whole file).
-        self._jsonl_file.write(jsonio.dumps(jsonio.nulls_for_non_finite(record), ensure_ascii=True) + "\n")
-        self._jsonl_file.flush()
-        self._csv.writerow({k: record.get(k, "") for k in CSV_FIELDS})
-        self._csv_file.flush()
+        path = self.jsonl
+        try:  # a full disk stopped the run with an OSError traceback
+            self._jsonl_file.write(jsonio.dumps(jsonio.nulls_for_non_finite(record), ensure_ascii=True) + "\n")
+            self._jsonl_file.flush()
+            path = self.csv
+            self._csv.writerow({k: record.get(k, "") for k in CSV_FIELDS})
+            self._csv_file.flush()
+        except OSError as err:
+            raise OutputError(f"cannot write the training log {path}: {err.strerror or err}") from None
         if self._tb is not None:
             it = record["iteration"]
             for k, v in record.items():

@@ -45,7 +45,7 @@ from .data import ClipDataset, DatasetError, build_loader, clip_seed, clip_targe
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
-from .logger import LOSS_KEYS, MetricWriter, Progress
+from .logger import LOSS_KEYS, MetricWriter, Progress, setup_logging
 from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
 
 log = logging.getLogger("entitysam.train")
@@ -94,21 +94,12 @@ def _resume_state(path: str, model: EntitySAM) -> dict:
     return state
 
 
-def _setup_logging(output_dir: Path, console: bool) -> None:
-    """Rank 0: log to output_dir/log.txt (and to stderr unless quiet); replaces earlier handlers."""
-    for h in [h for h in log.handlers if getattr(h, "_entitysam", False)]:
-        log.removeHandler(h)
-        h.close()
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    handlers: list[logging.Handler] = [logging.FileHandler(output_dir / "log.txt")]
-    handlers[0].setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
-    if console:
-        handlers.append(logging.StreamHandler())
-        handlers[-1].setFormatter(logging.Formatter("[entitysam.train] %(message)s"))
-    for h in handlers:
-        h._entitysam = True  # type: ignore[attr-defined]
-        log.addHandler(h)
+def write_failure(err: BaseException) -> OSError | None:
+    # torch.save's zip writer, closed after a write failed part-way (a full disk), raises a
+    # RuntimeError ("unexpected pos 704 vs 598") in place of the OSError, which is its context
+    while err is not None and not isinstance(err, OSError):
+        err = err.__context__
+    return err
 
 
 class Trainer:
@@ -148,9 +139,15 @@ class Trainer:
         self.records: list[dict] = []
 
     def _prepare_output(self) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "config.json").write_text(self.cfg.to_json())
-        _setup_logging(self.output_dir, console=not self.quiet)
+        path = self.output_dir
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            path = self.output_dir / "config.json"
+            path.write_text(self.cfg.to_json())
+            path = self.output_dir / "log.txt"
+            setup_logging(self.output_dir, console=not self.quiet)
+        except OSError as err:  # a full disk: was an OSError traceback before anything was trained
+            raise OutputError(f"cannot write {path}: {err.strerror or err}") from None
 
     def _set_up_model(self, resume: str | None, first: bool) -> None:
         """The model (built, or read from `resume`), its optimizer, schedule and scaler."""
@@ -220,8 +217,11 @@ class Trainer:
                 torch.save({"model": self.model.state_dict(), "trainer": self._trainer_state(iteration),
                             "iteration": iteration}, f)
             write_text_atomic(self.output_dir / "last_checkpoint", path.name)
-        except OSError as err:  # a full disk, a folder in the way: one line, not a traceback
-            raise OutputError(f"cannot write the checkpoint {path}: {err.strerror or err}") from None
+        except (OSError, RuntimeError) as err:  # a full disk, a folder in the way: one line, not a traceback
+            cause = write_failure(err)
+            if cause is None:
+                raise
+            raise OutputError(f"cannot write the checkpoint {path}: {cause.strerror or cause}") from None
         log.info("saved %s", path)
         return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,7 +20,7 @@ from ...errors import EntitySAMError, Remedy
 from ...regular_file import open_regular
 
 __all__ = ["EvalInputError", "VideoEntry", "VIPSegPlan", "load_plan", "list_video_frames", "official_stem",
-           "abbreviate", "check_frames", "check_gt_annotations", "check_gt_pngs"]
+           "abbreviate", "check_frames", "check_gt_annotations", "check_gt_pngs", "folder_problem", "folder_message"]
 
 PathLike = str | os.PathLike
 JPEG_EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")  # the official list (eval:230-233)
@@ -211,11 +212,35 @@ def list_video_frames(folder: PathLike) -> list[str]:
             if os.path.splitext(n)[1] in JPEG_EXTENSIONS and not n.startswith(".")]
 
 
+def folder_problem(path: Path) -> str | None:
+    """None when `path` is a folder; else "missing", "not a folder" or the cause (a link loop, no
+    permission): is_dir() says False of all of them, and a folder that is there was "not found"."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return err.strerror or str(err)
+    return None if stat.S_ISDIR(mode) else "not a folder"
+
+
+def folder_message(path: Path, what: str, hint: str) -> str | None:
+    """None when `path` is a folder; else the error, worded as for the frame folders of the videos."""
+    problem = folder_problem(path)
+    if problem is None:
+        return None
+    if problem == "missing":
+        return f"{what} not found: {path} ({hint})"
+    if problem == "not a folder":
+        return f"{what} {path} is not a folder ({hint})"
+    return f"cannot list {path}: {problem} ({what}: {hint})"
+
+
 def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) -> dict[str, list[str]]:
     """Frame lists of `videos`; every problem of every video in one EvalInputError."""
-    if not plan.images_dir.is_dir():
-        raise EvalInputError(f"frames folder not found: {plan.images_dir} (expected images/<video>/*.jpg "
-                             f"in the data root)")
+    problem = folder_message(plan.images_dir, "frames folder", "expected images/<video>/*.jpg in the data root")
+    if problem:
+        raise EvalInputError(problem)
     problems: list[str] = []
     frames: dict[str, list[str]] = {}
     for v in videos:
@@ -314,16 +339,26 @@ def check_gt_pngs(plan: VIPSegPlan) -> None:
                              "are written as <name up to the first dot>.png, as the official evaluation, and "
                              "could not be scored)", Remedy("metrics", False, "to only write the predictions"))
     missing: list[str] = []
+    unusable: list[str] = []
     for v in plan.videos:
         folder = plan.gt_dir / v.video_id
-        if not folder.is_dir():
+        problem = folder_problem(folder)
+        if problem == "missing":
             missing.extend(str(folder / n) for n in v.gt_names)
+        elif problem:
+            unusable.append(f"video {v.video_id!r}: {folder} is not a folder" if problem == "not a folder" else
+                            f"video {v.video_id!r}: cannot list {folder}: {problem}")
+        if problem:
             continue
         # is_file() is False for a FIFO or a link loop too: those are named with their cause below
         missing.extend(str(folder / n) for n in v.gt_names if not os.path.lexists(folder / n))
     if missing:
         raise EvalInputError(f"{len(missing)} GT PNG(s) named by the GT JSON {plan.gt_json} are missing: "
                              f"{abbreviate(missing)} (the metrics need every one)", Remedy("metrics", False, "to only write the predictions"))
+    if unusable:
+        raise EvalInputError(f"{len(unusable)} GT PNG folder(s) cannot be read:\n  " + "\n  ".join(unusable[:10])
+                             + (f"\n  (and {len(unusable) - 10} more)" if len(unusable) > 10 else ""),
+                             Remedy("metrics", False, "to only write the predictions"))
     from ..panoptic_io import MetricsInputError, check_png  # noqa: PLC0415
 
     try:  # the header of each: a JPEG under a .png name is refused before any inference

@@ -28,7 +28,7 @@ from ...io.staging import recover_leftovers
 from .output import (PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model,
                      write_output_json)
 from .plan import (EvalInputError, VideoEntry, VIPSegPlan, abbreviate, check_frames, check_gt_annotations,
-                   check_gt_pngs, load_plan, official_stem)
+                   check_gt_pngs, folder_message, load_plan, official_stem)
 
 __all__ = ["EvalSummary", "parse_shard", "shard_videos", "evaluate_vipseg", "score_outputs", "finish"]
 
@@ -215,9 +215,10 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
     from ..metrics import MetricsInputError, evaluate  # noqa: PLC0415
 
     out = Path(output)
-    if not plan.gt_dir.is_dir():
-        raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root)",
-                             Remedy("gt_dir", metavar="DIR"), Remedy("metrics", False, "to only write the predictions"))
+    problem = folder_message(plan.gt_dir, "GT PNG folder", "panomasksRGB/ of the data root")
+    if problem:
+        raise EvalInputError(problem, Remedy("gt_dir", metavar="DIR"),
+                             Remedy("metrics", False, "to only write the predictions"))
     check_gt_pngs(plan)
     try:
         results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
@@ -263,9 +264,10 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
         raise EvalInputError(f"shard {index}/{count}: need 0 <= I < N")
     # The ground truth is checked before any inference (also on torchrun ranks, which do not
     # merge: rank 0 scores later), not found missing after hours of it.
-    if metrics and not plan.gt_dir.is_dir():
-        raise EvalInputError(f"GT PNG folder not found: {plan.gt_dir} (panomasksRGB/ of the data root, needed for "
-                             "the metrics)", Remedy("gt_dir", metavar="DIR"), Remedy("metrics", False, "to only write the predictions"))
+    problem = folder_message(plan.gt_dir, "GT PNG folder", "panomasksRGB/ of the data root, needed for the metrics")
+    if metrics and problem:
+        raise EvalInputError(problem, Remedy("gt_dir", metavar="DIR"),
+                             Remedy("metrics", False, "to only write the predictions"))
     if metrics:
         check_gt_annotations(plan)
         check_gt_pngs(plan)
