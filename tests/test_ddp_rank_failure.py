@@ -187,3 +187,14 @@ def test_the_agreement_names_the_ranks_that_failed_and_raises_a_rank_its_own_err
     gloo = RuntimeError("[/src/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
                         "[127.0.0.1]:4242. This is typically caused by a remote worker crashing.")
     assert broken_connection(gloo) and not broken_connection(RuntimeError("CUDA out of memory"))
+
+
+def test_a_batch_that_does_not_divide_among_the_ranks_is_one_line_each(dataset, tmp_path):
+    """solver.ims_per_batch=3 on 2 processes: a ValueError traceback on every rank before."""
+    args = _cli(dataset, tmp_path / "out")
+    args[args.index("solver.ims_per_batch=2")] = "solver.ims_per_batch=3"
+    codes, errs, _ = _finish(_launch("cli", [], args))
+    assert codes == [2, 2], errs
+    for rank, err in enumerate(errs):
+        assert err.splitlines() == [f"error: rank {rank}: solver.ims_per_batch=3 is not divisible by the 2 processes: "
+                                    "set it to a multiple of 2"], errs

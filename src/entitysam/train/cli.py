@@ -49,7 +49,7 @@ def build_parser(prog: str = "python -m entitysam.train") -> argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import EntitySAMError  # noqa: PLC0415
+    from ..errors import EntitySAMError, InvalidArgumentError  # noqa: PLC0415
     from .config import load_config  # noqa: PLC0415
     from .config_checks import check_dataset, check_output_dir  # noqa: PLC0415
 
@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
     except RankFailedError as err:  # another rank failed and says why: this one says only that it stopped
         print(for_terminal(f"error: {err.problem}"), file=sys.stderr)
         return 1
+    except InvalidArgumentError as err:  # a config that does not fit the processes it runs on (ims_per_batch)
+        print(for_terminal(f"error: {rank_prefix()}{err.problem}"), file=sys.stderr)
+        return 2
     except EntitySAMError as err:  # unusable data or checkpoint (resume, model.weights, a write): one line
         # its remedies name arguments this command has no flag for
         print(for_terminal(f"error: {rank_prefix()}{err.problem}"), file=sys.stderr)

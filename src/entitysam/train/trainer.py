@@ -36,7 +36,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoints import check_state_dict, read_checkpoint, read_state_dict
-from ..errors import CheckpointMismatchError, CheckpointReadError, OutputError, TrainingDivergedError, printable
+from ..errors import (CheckpointMismatchError, CheckpointReadError, InvalidArgumentError, OutputError,
+                      TrainingDivergedError, printable)
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
@@ -112,9 +113,9 @@ class Trainer:
         self.quiet = quiet
         self.output_dir = Path(cfg.output_dir)
         world = self.dist.world_size
-        if cfg.solver.ims_per_batch % world:
-            raise ValueError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by "
-                             f"the {world} processes")
+        if cfg.solver.ims_per_batch % world:  # every rank finds it alike: no rank waits for another
+            raise InvalidArgumentError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by the "
+                                       f"{world} processes: set it to a multiple of {world}")
         self.clips_per_rank = cfg.solver.ims_per_batch // world
         # An error of one rank is held until every rank agrees (failstop): raised at once, it
         # would leave the others waiting in their next collective operation.
