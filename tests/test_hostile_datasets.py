@@ -524,3 +524,41 @@ def test_stq_table_keeps_a_video_id_with_a_line_break_on_one_row(ds, capsys):
     rows = [line for line in out.splitlines() if re.match(r"\s+\d+  ", line)]
     assert len(rows) == 2 and all(row.endswith(" 3") for row in rows) and "\x1b" not in out, out
     assert rows[0].split()[1].startswith(old + "\\n\\x1b[2J"), out
+
+
+@pytest.mark.parametrize("reader", ["check_png", "read_id_png"])
+def test_a_png_swapped_for_a_pipe_after_its_check_is_no_hang(tmp_path, monkeypatch, reader):
+    """The metrics checked that a PNG was a regular file, then opened it by name: a named pipe put
+    in its place in between made the open wait for a writer for ever (the scoring hung)."""
+    import os
+
+    from _blocking import release_readers, swap_for_a_pipe, within
+    from entitysam.eval import panoptic_io
+    from entitysam.io.idpng import write_id_png
+
+    path = tmp_path / "00000001.png"
+    write_id_png(path, np.arange(12, dtype=np.int32).reshape(3, 4))
+    real_stat, real_open = os.stat, os.open
+    swapped = []
+
+    def swap_after(fn):
+        def call(p, *args, **kwargs):
+            out = fn(p, *args, **kwargs)
+            if not swapped and isinstance(p, (str, os.PathLike)) and os.fspath(p) == str(path):
+                swapped.append(fn.__name__)
+                monkeypatch.undo()  # the swap below calls os itself
+                swap_for_a_pipe(path)  # right after the program's first look at it
+            return out
+        return call
+
+    monkeypatch.setattr(os, "stat", swap_after(real_stat))
+    monkeypatch.setattr(os, "open", swap_after(real_open))
+    try:
+        out = within(30, getattr(panoptic_io, reader), path, what="GT PNG")
+    except MetricsInputError as err:
+        assert "not a regular file" in str(err)
+    else:  # what it opened was still the file: it read the file's ids
+        assert reader == "check_png" or out.tolist() == np.arange(12).reshape(3, 4).tolist()
+    finally:
+        release_readers(path)
+    assert swapped, "the program never looked at the file"

@@ -24,19 +24,19 @@ lengths is an error (the official scripts silently truncate to the shorter one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import stat
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import EntitySAMError
 from ..io.idpng import MAX_ID, decode_ids
+from ..io.image_file import NotRegularFileError, TooManyPixelsError, open_image_file
 from ..io.sources.selection import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -260,16 +260,17 @@ _ID_MASK = 0xFFFFFF
 MAX_PNG_PIXELS = DEFAULT_MAX_PIXELS
 
 
-def _open_png(path: PathLike, what: str) -> Image.Image:
-    with warnings.catch_warnings():  # the limit below is lower than the one Pillow warns about
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(path)
-    w, h = im.size
-    if w * h > MAX_PNG_PIXELS:
-        im.close()
-        raise MetricsInputError(f"{what} {path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
-                                f"{MAX_PNG_PIXELS / 1e6:g} megapixels: refused before decoding it")
-    return im
+@contextlib.contextmanager
+def _open_png(path: PathLike, what: str) -> Iterator[Image.Image]:
+    """io.image_file: opened once without waiting (a FIFO put in a PNG's place after a check would
+    block for ever), refused from its header over MAX_PNG_PIXELS; MetricsInputError naming it."""
+    try:
+        with open_image_file(path, MAX_PNG_PIXELS) as im:
+            yield im
+    except NotRegularFileError:
+        raise MetricsInputError(f"{what} {path}: not a regular file") from None
+    except TooManyPixelsError as err:
+        raise MetricsInputError(f"{what} {err}") from None
 
 
 def _require_png(im: Image.Image, path: PathLike, what: str) -> None:
@@ -285,12 +286,6 @@ def _require_png(im: Image.Image, path: PathLike, what: str) -> None:
                                 "(id = R + 256 G + 65536 B)")
 
 
-def _require_regular_file(path: PathLike, what: str) -> None:
-    # Image.open of a FIFO under a frame's name blocks forever (a device reads garbage or never ends)
-    if not stat.S_ISREG(os.stat(path).st_mode):
-        raise MetricsInputError(f"{what} {path}: not a regular file")
-
-
 def _unreadable_png(path: PathLike, what: str, err: Exception) -> MetricsInputError:
     if isinstance(err, OSError) and err.strerror:  # str(err) said the path twice: "[Errno 40] ...: 'PATH'"
         return MetricsInputError(f"cannot read {what} {path}: {err.strerror}")
@@ -300,7 +295,6 @@ def _unreadable_png(path: PathLike, what: str, err: Exception) -> MetricsInputEr
 def check_png(path: PathLike, *, what: str = "PNG") -> None:
     """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only)."""
     try:
-        _require_regular_file(path, what)
         with _open_png(path, what) as im:
             _require_png(im, path, what)
             mode = im.mode
@@ -331,7 +325,6 @@ def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> n
     modes with >= 3 channels are decoded by :func:`entitysam.io.idpng.decode_ids`.
     """
     try:
-        _require_regular_file(path, what)
         with _open_png(path, what) as im:
             _require_png(im, path, what)
             mode = im.mode

@@ -3,7 +3,6 @@ each refused with a DatasetError naming the file when it cannot give true pixels
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -12,9 +11,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import EntitySAMError
+from ..io.image_file import NotRegularFileError, TooManyPixelsError, open_image_file
 from ..io.sources.images import image_to_rgb
 from ..io.sources.selection import DEFAULT_MAX_PIXELS
-from ..regular_file import open_regular
 
 __all__ = ["DatasetError", "PanopticRecord", "MAX_PIXELS", "load_rgb", "load_pair"]
 
@@ -38,32 +37,26 @@ class PanopticRecord:
 
 @contextmanager
 def _open_image(path: str) -> Iterator[Image.Image]:
-    """The image at `path`, opened lazily through one descriptor opened without waiting; DatasetError
-    when it is no longer a regular file or its header declares over MAX_PIXELS. The start-up check
-    saw a regular file, but the path is read again hours later: a named pipe put there since blocked
-    a loader worker's Image.open for ever, and with it the whole run."""
+    """The image at `path` (io.image_file: opened once without waiting, its header checked against
+    MAX_PIXELS); a DatasetError naming it otherwise. The start-up check saw a regular file, but the
+    path is read again hours later: a named pipe put there since blocked a loader worker's open for
+    ever, and with it the whole run."""
     try:
-        f = open_regular(path)
-    except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err.strerror or err} (it was readable when the training "
-                           "started)") from None
-    if f is None:
-        raise DatasetError(f"cannot read {path}: not a regular file any more (it was one when the training "
-                           "started: replaced during the run?)")
-    with f:
-        with warnings.catch_warnings():  # Pillow's warning (over 89 MP) printed two lines; the limit here is lower
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                im = Image.open(f)
-            except UnidentifiedImageError:  # Pillow's message names the file object (<_io.BufferedReader name=7>)
-                raise DatasetError(f"cannot read {path}: cannot identify image file {str(path)!r}") from None
-        with im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise DatasetError(f"{path} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
-                                   f"{MAX_PIXELS / 1e6:g} megapixels: refused before decoding it (an image this "
-                                   "large could exhaust the memory of every data loader process); downscale it")
+        with open_image_file(path, MAX_PIXELS) as im:
             yield im
+    except NotRegularFileError:
+        raise DatasetError(f"cannot read {path}: not a regular file any more (it was one when the training "
+                           "started: replaced during the run?)") from None
+    except TooManyPixelsError as err:
+        raise DatasetError(f"{err} (an image this large could exhaust the memory of every data loader "
+                           "process); downscale it") from None
+    except UnidentifiedImageError as err:
+        raise DatasetError(f"cannot read {path}: {err}") from None
+    except OSError as err:
+        if err.strerror is None:  # Pillow's decoding errors (truncated data): its own words
+            raise
+        raise DatasetError(f"cannot read {path}: {err.strerror} (it was readable when the training "
+                           "started)") from None
 
 
 def load_rgb(path: str) -> np.ndarray:
