@@ -247,7 +247,11 @@ class LiveSource(FrameSource):
                 stream = video_stream(container)
                 if stream is None:  # a later connection, to a stream that changed
                     raise SourceError(f"{self.url}: no video stream")
-                stream.thread_type = "AUTO"
+                # Frame threads each hold a frame back (one per core, plus one): on a live stream
+                # that is latency, added to the two frames MPEG-TS demuxing and parsing hold, for
+                # throughput a camera's rate does not need. Slice threads hold none (files keep
+                # "AUTO": docs/reliability.md has the frames of lag measured per codec).
+                stream.thread_type = "SLICE"
                 t0 = wall0 = None
                 for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
                     index += 1
