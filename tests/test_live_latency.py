@@ -21,8 +21,8 @@ from entitysam.io.sources import LiveSource
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FRAMES = 40
-# The open reads this many frames before it returns (FFmpeg's frame rate probe needs about 20):
-# the sender hands them over without waiting, the lockstep starts after them.
+# Frames the sender hands over without waiting, before the lockstep: enough for any open (FFmpeg's
+# frame rate probe read 20 before LiveSource asked for 3), so that the lockstep measures the decoding.
 OPENING = 25
 
 
@@ -136,3 +136,40 @@ def test_a_live_stream_holds_back_only_the_frames_its_format_needs(codec, held):
     for t in (0, FRAMES // 2, FRAMES - 1):  # in display order, with their pictures
         errors = [np.abs(frames[t].image.astype(int) - scene(k)).mean() for k in range(FRAMES)]
         assert int(np.argmin(errors)) == t
+
+
+def test_frames_sent_before_a_stall_come_out_while_the_stream_is_being_opened():
+    """The open read 20 frames to estimate the frame rate: a stream that stalled after 8 (a camera
+    whose encoder hiccups as the connection starts, a congested network) kept those in the open
+    until its timeout (60 s here), and only then handed them on. Now all but the two the MPEG-TS
+    demuxer and parser hold come out at once, with the rate still found."""
+    pieces = _ts_packets("libx264", 8)
+    stop = threading.Event()
+
+    def serve(server):
+        conn, _ = server.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\n\r\n" + b"".join(pieces))
+            stop.wait()
+
+    def first_six():
+        source = LiveSource(url, timeout=(60.0, 60.0))
+        frames = []
+        for frame in source:
+            frames.append(frame)
+            if len(frames) == 6:
+                return source, frames
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        threading.Thread(target=serve, args=(server,), daemon=True).start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/live.ts"
+        try:
+            source, frames = within(30, first_six)  # well before either timeout
+        finally:
+            stop.set()
+    assert source.fps == 10
+    assert [f.index for f in frames] == list(range(6))
+    assert [round(f.time, 6) for f in frames] == [i / 10 for i in range(6)]

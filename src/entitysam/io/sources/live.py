@@ -195,6 +195,10 @@ class LiveSource(FrameSource):
         opts = dict(options or {})
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             opts.setdefault("rtsp_transport", "tcp")  # UDP loses packets, hence frames, on busy networks
+        # FFmpeg's open reads 20 frames to estimate the frame rate (3 give a constant rate's
+        # exactly): the first frame came out only once the 20th had arrived, and a stream that
+        # stalled before then kept the frames it had sent until the open timeout.
+        opts.setdefault("fpsprobesize", "3")
         self._options = opts
         self._timeout = timeout
         container = self._open()
