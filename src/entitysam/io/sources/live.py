@@ -195,6 +195,10 @@ class LiveSource(FrameSource):
         opts = dict(options or {})
         if self.url.lower().startswith(("rtsp://", "rtsps://")):
             opts.setdefault("rtsp_transport", "tcp")  # UDP loses packets, hence frames, on busy networks
+        # FFmpeg's open reads 20 frames to estimate the frame rate (3 give a constant rate's
+        # exactly): the first frame came out only once the 20th had arrived, and a stream that
+        # stalled before then kept the frames it had sent until the open timeout.
+        opts.setdefault("fpsprobesize", "3")
         self._options = opts
         self._timeout = timeout
         container = self._open()
@@ -247,7 +251,11 @@ class LiveSource(FrameSource):
                 stream = video_stream(container)
                 if stream is None:  # a later connection, to a stream that changed
                     raise SourceError(f"{self.url}: no video stream")
-                stream.thread_type = "AUTO"
+                # Frame threads each hold a frame back (one per core, plus one): on a live stream
+                # that is latency, added to the two frames MPEG-TS demuxing and parsing hold, for
+                # throughput a camera's rate does not need. Slice threads hold none (files keep
+                # "AUTO": docs/reliability.md has the frames of lag measured per codec).
+                stream.thread_type = "SLICE"
                 t0 = wall0 = None
                 for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
                     index += 1
