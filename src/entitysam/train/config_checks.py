@@ -271,7 +271,7 @@ def check_dataset(data: Any) -> None:
         # FIFO or a link loop "no such file")
         if not (os.path.lexists(path) if key == "json" else path.is_dir()):
             raise ValueError(f"data.{key} {str(path)!r}: no such {'file' if key == 'json' else 'folder'}")
-    from .data import read_panoptic_dataset  # noqa: PLC0415
+    from .dataset_index import read_panoptic_dataset  # noqa: PLC0415
 
     # the json's layout and every file it names, now rather than at the iteration that needs one
     read_panoptic_dataset(root, data.image_dir, data.panoptic_dir, data.json)
