@@ -73,6 +73,14 @@ TRAIN_DATA_MISTAKES = {
     # was dropped as a crowd segment (bool("0") is True)
     "iscrowd-string": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
                                        .__setitem__("iscrowd", "0")), r"segments_info\[0\]: iscrowd '0' is not 0 or 1"),
+    # each trained to the end on clips without a target, without a word: a model that finds nothing
+    "every-segment-crowd": (lambda r: _edit(_coco_json(r), lambda d: [s.__setitem__("iscrowd", 1) for a in
+                                                                     d["annotations"] for s in a["segments_info"]]),
+                            r"error: \S*panoptic_train2017\.json: none of its 3 images has a non-crowd segment "
+                            r"\(each segments_info is empty or holds crowd segments only\)"),
+    "no-segments": (lambda r: _edit(_coco_json(r), lambda d: [a.__setitem__("segments_info", [])
+                                                              for a in d["annotations"]]),
+                    r"none of its 3 images has a non-crowd segment"),
     # each was a FileNotFoundError traceback at the iteration that first drew the image (only the
     # first annotation's files were checked)
     "missing-image": (lambda r: (r / "train2017" / "000000000002.jpg").unlink(),
@@ -100,6 +108,30 @@ def test_train_dataset_mistakes_are_one_line_and_exit_2_before_any_work(coco, tm
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_dataset_mostly_without_entities_trains_with_a_warning(coco, tmp_path, capsys, quiet):
+    """2 of 3 images with no non-crowd segment: trained on without a word (their clips teach every
+    query to find nothing). Now a warning on stderr (--quiet too) and in log.txt; the run goes on."""
+    _edit(_coco_json(coco), lambda d: [a.__setitem__("segments_info", []) for a in d["annotations"][1:]])
+    from entitysam.train import cli as train_cli
+
+    args = ["--config", "tiny-stage2", f"data.root={coco}", f"output_dir={tmp_path / 'out'}", "solver.max_iter=1"]
+    assert train_cli.main(args + ["--quiet"] * quiet) == 0
+    warning = ("warning: only 1 of 3 images (33.3%) have a non-crowd segment; the others are trained on as "
+               "pictures of nothing (check the json's segments_info and iscrowd flags)")
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "warning" in line] == [f"[entitysam.train] {warning}"], err
+    assert (len(err.splitlines()) == 1) == quiet, err
+    assert warning in (tmp_path / "out" / "log.txt").read_text()
+
+
+def test_dataset_half_without_entities_trains_without_a_warning(coco, tmp_path, capsys):
+    _edit(_coco_json(coco), lambda d: d["annotations"][2].__setitem__("segments_info", []))
+    assert _train(coco, tmp_path, "solver.max_iter=1") == 0
+    assert capsys.readouterr().err == ""
+    assert "warning" not in (tmp_path / "out" / "log.txt").read_text()
 
 
 def _corrupt_image(r):

@@ -12,7 +12,7 @@ from ..io.idpng import MAX_ID
 from ..regular_file import open_regular
 from .samples import DatasetError, PanopticRecord
 
-__all__ = ["IMAGE_EXTS", "read_panoptic_dataset"]
+__all__ = ["IMAGE_EXTS", "read_panoptic_dataset", "entity_shortage"]
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
@@ -107,6 +107,11 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
         ))
     if not records:
         raise DatasetError(f"{jpath}: no annotations")
+    if not any(r.segment_ids for r in records):
+        # every clip would have no target: the run used to train to its end without a word and
+        # give a model taught to find nothing
+        raise DatasetError(f"{jpath}: none of its {len(records)} images has a non-crowd segment (each "
+                           "segments_info is empty or holds crowd segments only): there is nothing to train on")
     missing, unusable = [], []
     for p in (p for r in records for p in (r.image_path, r.panoptic_path)):
         cause = _file_problem(p)
@@ -131,3 +136,15 @@ def _file_problem(path: str) -> str | None:
     except OSError as err:
         return err.strerror or str(err)
     return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def entity_shortage(records: list[PanopticRecord]) -> str | None:
+    """A warning when fewer than half of the images have a non-crowd segment, else None. Such a
+    dataset is more likely a conversion that lost its segments or set iscrowd wrongly than a
+    real one, and its empty clips teach every query to find nothing."""
+    with_entities = sum(1 for r in records if r.segment_ids)
+    if 2 * with_entities >= len(records):
+        return None
+    return (f"warning: only {with_entities} of {len(records)} images ({with_entities / len(records):.1%}) have a "
+            "non-crowd segment; the others are trained on as pictures of nothing (check the json's "
+            "segments_info and iscrowd flags)")

@@ -46,7 +46,8 @@ def _truncate_csv(path: Path, start_iter: int) -> None:
 
 
 def setup_logging(output_dir: Path, console: bool) -> None:
-    """Rank 0: log to output_dir/log.txt (and to stderr unless quiet); replaces earlier handlers."""
+    """Rank 0: log to output_dir/log.txt and to stderr (only warnings when quiet: quiet drops the
+    progress, not what the user must know); replaces earlier handlers."""
     for h in [h for h in _log.handlers if getattr(h, "_entitysam", False)]:
         _log.removeHandler(h)
         h.close()
@@ -54,9 +55,9 @@ def setup_logging(output_dir: Path, console: bool) -> None:
     _log.propagate = False
     handlers: list[logging.Handler] = [logging.FileHandler(output_dir / "log.txt")]
     handlers[0].setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
-    if console:
-        handlers.append(logging.StreamHandler())
-        handlers[-1].setFormatter(logging.Formatter("[entitysam.train] %(message)s"))
+    handlers.append(logging.StreamHandler())
+    handlers[-1].setFormatter(logging.Formatter("[entitysam.train] %(message)s"))
+    handlers[-1].setLevel(logging.INFO if console else logging.WARNING)
     for h in handlers:
         h._entitysam = True  # type: ignore[attr-defined]
         _log.addHandler(h)
@@ -121,7 +122,7 @@ class MetricWriter:
 class Progress:
     """Seconds per iteration (median of the last 20) and ETA."""
 
-    def __init__(self, start_iter: int, max_iter: int, stream=sys.stdout):
+    def __init__(self, start_iter: int, max_iter: int, stream=None):
         self.start_iter, self.max_iter = start_iter, max_iter
         self.times: deque[float] = deque(maxlen=20)
         self.stream = stream
@@ -146,4 +147,5 @@ class Progress:
                 f"lr {record['lr']:.3g}  {record['time']:.2f} s/it  ETA {eta_s}")
 
     def print(self, record: dict) -> None:
-        print(self.line(record), file=self.stream, flush=True)
+        # sys.stdout when printing, not when the module was imported: it may have been replaced since
+        print(self.line(record), file=self.stream or sys.stdout, flush=True)

@@ -43,6 +43,7 @@ from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 from .criterion import Criterion, HungarianMatcher
 from .data import ClipDataset, DatasetError, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
+from .dataset_index import entity_shortage
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
@@ -317,6 +318,8 @@ class Trainer:
                          "%d process(es), %d trainable tensors, device %s", cfg.name, len(recs), self.start_iter,
                          max_iter, cfg.solver.ims_per_batch, cfg.data.frames, self.dist.world_size,
                          len(self.trainable), self.device)
+                if shortage := entity_shortage(recs):  # trains, but likely on a dataset that lost its segments
+                    log.warning(shortage)
             data_iter = iter(loader)
             for it in range(self.start_iter, max_iter):
                 t0 = time.perf_counter()
