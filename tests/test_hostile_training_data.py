@@ -254,6 +254,9 @@ def _resume_cases(ckpt, tmp_path):
 
     torch.save({"model": {}}, tmp_path / "weights_only.pth")
     torch.save([1, 2], tmp_path / "list.pth")
+    (tmp_path / "notes.txt").write_text("hello world\n")
+    (tmp_path / "my.yaml").write_text("checkpoint: no\nsolver:\n  max_iter: 3\n")
+    (tmp_path / "empty").mkdir()
     return {
         # each was a traceback: FileNotFoundError, load_state_dict's RuntimeError, KeyError, TypeError
         "missing-path": ([f"resume={tmp_path / 'nope.pth'}"], 2, r"resume checkpoint not found: .*nope\.pth"),
@@ -264,13 +267,37 @@ def _resume_cases(ckpt, tmp_path):
         "a-list": ([f"resume={tmp_path / 'list.pth'}"], 1, r"list\.pth: not a checkpoint written by `entitysam train`"),
         "other-trainable-set": ([f"resume={ckpt}", "model.trainable=all"], 1,
                                 r"model_final\.pth: its trainer state does not fit this run"),
+        # the cause was torch's unpickler's: "not a readable PyTorch checkpoint (...): 101"
+        "text-file": ([f"resume={tmp_path / 'notes.txt'}"], 1,
+                      r"^error: cannot read checkpoint \S*/notes\.txt: it is a text file \(starting 'hello world'\), "
+                      r"not a checkpoint \(torch\.save writes binary files\)\n$"),
+        # "c" is pickle's GLOBAL: "refusing ...: it holds pickled Python objects (heckpoint)", allow_pickle advised
+        "yaml-starting-with-c": ([f"resume={tmp_path / 'my.yaml'}"], 1,
+                                 r"^error: cannot read checkpoint \S*/my\.yaml: it is a text file \(starting "
+                                 r"'checkpoint: no'\), not a checkpoint \(torch\.save writes binary files\)\n$"),
+        # each was "resume checkpoint not found: FOLDER", of a folder that is there
+        "run-folder": ([f"resume={ckpt.parent}"], 2,
+                       rf"^error: resume={re.escape(str(ckpt.parent))} is a folder, not a checkpoint file: pass the "
+                       rf"checkpoint in it, resume={re.escape(str(ckpt))} \(its last_checkpoint\)\n$"),
+        "folder-without-checkpoint": ([f"resume={tmp_path / 'empty'}"], 2,
+                                      r"^error: resume=\S*/empty is a folder, not a checkpoint file, and it holds no "
+                                      r"checkpoint \(\*\.pth\)\n$"),
+        "own-output-folder": ([f"resume={tmp_path / 'again' / 'out'}"], 2,
+                              r"^error: resume=\S*/again/out is a folder, not a checkpoint file: pass a checkpoint in "
+                              r"it, e\.g\. resume=\S*/again/out/model_0000009\.pth; to continue this output_dir's run, "
+                              r"resume=auto \(the default\) finds its checkpoint\n$"),
     }
 
 
 @pytest.mark.parametrize("name", ["missing-path", "other-model", "not-a-training-checkpoint", "a-list",
-                                  "other-trainable-set"])
+                                  "other-trainable-set", "text-file", "yaml-starting-with-c", "run-folder",
+                                  "folder-without-checkpoint", "own-output-folder"])
 def test_unusable_resume_checkpoint_is_an_error_not_a_traceback(coco, tmp_path, trained, capsys, name):
     extra, code, message = _resume_cases(trained, tmp_path)[name]
+    if name == "own-output-folder":  # a folder with checkpoints but no last_checkpoint
+        (tmp_path / "again" / "out").mkdir(parents=True)
+        for n in (0, 9):
+            (tmp_path / "again" / "out" / f"model_{n:07d}.pth").write_bytes(trained.read_bytes())
     capsys.readouterr()
     assert _train(coco, tmp_path / "again", "solver.max_iter=3", *extra) == code
     err = capsys.readouterr().err

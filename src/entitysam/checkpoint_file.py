@@ -14,13 +14,14 @@ swapped in after the check is refused, and one swapped after the open is never r
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import CheckpointReadError
 from .regular_file import open_regular
 
-__all__ = ["open_checkpoint"]
+__all__ = ["open_checkpoint", "text_start"]
 
 _NOT_REGULAR = "it is not a regular file (a pipe, a device or a socket)"
 _FOLDER = "it is a folder, not a checkpoint file"
@@ -49,3 +50,17 @@ def open_checkpoint(path: Path) -> BinaryIO:
     if f is None:  # swapped since the check above
         raise _refused(path, _FOLDER if path.is_dir() else _NOT_REGULAR)
     return f
+
+
+def text_start(f: BinaryIO) -> str | None:
+    """The first line of `f` when its first KiB is text (UTF-8 without control characters but tabs
+    and line breaks), else None. Only asked once a load failed: torch's cause for a text file
+    is an unpickler's opcode or memo key ("101"), which says nothing of what the file is."""
+    f.seek(0)
+    try:  # not final: a character the KiB cuts in two is no sign of binary data
+        text = codecs.getincrementaldecoder("utf-8")().decode(f.read(1024)).lstrip("\ufeff")
+    except UnicodeDecodeError:
+        return None
+    if not all(c.isprintable() or c in "\t\n\r\f\v" for c in text):
+        return None
+    return text.strip().splitlines()[0] if text.strip() else ""

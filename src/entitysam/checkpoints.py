@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 
 import torch
 
-from .checkpoint_file import open_checkpoint
+from .checkpoint_file import open_checkpoint, text_start
 from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
@@ -104,7 +104,7 @@ def _read_pickle(f: BinaryIO, path: Path, allow_pickle: bool) -> Any:
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(f, err)}") from None
     if not allow_pickle:
         names = _unsafe_globals(refusal)
-        if names or any(m in str(refusal) for m in _REFUSAL_MARKERS):
+        if (names or any(m in str(refusal) for m in _REFUSAL_MARKERS)) and not _text_read_as_global(f, refusal):
             what = f" ({', '.join(printable(n, 80) for n in names[:5])})" if names else ""
             problem = (f"refusing to load checkpoint {path}: it holds pickled Python objects{what} that could run "
                        "code when loaded; EntitySAM checkpoints hold only tensors and plain data")
@@ -119,9 +119,21 @@ def _read_pickle(f: BinaryIO, path: Path, allow_pickle: bool) -> Any:
         raise CheckpointReadError(f"cannot read checkpoint {path}: {_describe_read_error(f, err)}") from None
 
 
+def _text_read_as_global(f: BinaryIO, refusal: BaseException) -> bool:
+    """A text file starting with "c", the pickle opcode GLOBAL: "config: x" is refused as the global
+    "onfig: x" of a module, and was called a file of pickled Python objects. No Python name holds
+    a space or a colon; a real one (a pickle saved as protocol 0 is text too) stays refused."""
+    wanted = re.findall(r"GLOBAL (.+?) (?:was not|whose module)", str(refusal))
+    return bool(wanted) and text_start(f) is not None and not all(re.fullmatch(r"[\w.]+", n) for n in wanted)
+
+
 def _describe_read_error(f: BinaryIO, err: BaseException) -> str:
     if os.fstat(f.fileno()).st_size == 0:
         return "the file is empty"
+    start = text_start(f)
+    if start is not None:
+        return (f"it is a text file{f' (starting {printable(start, 60)!r})' if start else ''}, not a checkpoint "
+                "(torch.save writes binary files)")
     cause = printable(_torch_cause(err))
     return f"not a readable PyTorch checkpoint (truncated, or not written by torch.save?): {cause}"
 

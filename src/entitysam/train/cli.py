@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.print_config:
             check_dataset(cfg.data)
             check_output_dir(cfg.output_dir)
-            from .trainer import find_resume_checkpoint  # noqa: PLC0415
+            from .resume import find_resume_checkpoint  # noqa: PLC0415
 
             find_resume_checkpoint(cfg)  # resume=PATH or a last_checkpoint naming a missing file
     except (KeyError, ValueError, FileNotFoundError, RuntimeError, EntitySAMError) as err:

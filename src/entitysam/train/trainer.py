@@ -35,9 +35,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import check_state_dict, read_checkpoint, read_state_dict
-from ..errors import (CheckpointMismatchError, CheckpointReadError, InvalidArgumentError, OutputError,
-                      TrainingDivergedError, printable)
+from ..errors import CheckpointMismatchError, InvalidArgumentError, OutputError, TrainingDivergedError, printable
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
@@ -48,6 +46,7 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress, setup_logging
+from .resume import find_resume_checkpoint, resume_state
 from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
 
 log = logging.getLogger("entitysam.train")
@@ -57,43 +56,6 @@ def build_criterion(cfg: TrainConfig) -> Criterion:
     lc = cfg.loss
     matcher = HungarianMatcher(lc.matcher_class, lc.matcher_mask, lc.matcher_dice, lc.num_points)
     return Criterion(matcher, lc.criterion_config())
-
-
-def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
-    mode = cfg.resume
-    if mode in ("never", "", "false", "no"):
-        return None
-    if mode == "auto":
-        pointer = Path(cfg.output_dir) / "last_checkpoint"
-        if pointer.is_file():
-            path = Path(cfg.output_dir) / pointer.read_text(errors="replace").strip()
-            if path.is_file():
-                return str(path)
-            # the run used to start over from iteration 0 without a word, overwriting the
-            # output folder's checkpoints: the pointer says there is one to continue from
-            raise CheckpointReadError(f"{pointer} names the checkpoint {path}, which is not a file: restore it, "
-                                      "or pass resume=never to start over or resume=PATH")
-        return None
-    if not Path(mode).is_file():
-        raise CheckpointReadError(f"resume checkpoint not found: {mode}")
-    return mode
-
-
-def _resume_state(path: str, model: EntitySAM) -> dict:
-    """The checkpoint of an earlier run (read weights-only: it never runs code), its weights
-    loaded into `model`; anything else (another trainer's checkpoint, weights alone, another
-    model) is a CheckpointError naming the file, not a KeyError deep in the trainer."""
-    state = read_checkpoint(path)
-    parts = {"model": dict, "trainer": dict, "iteration": int}
-    lacking = [k for k, kind in parts.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind)]
-    if lacking or state["iteration"] < 0:
-        raise CheckpointReadError(f"cannot resume from {path}: not a checkpoint written by `entitysam train` "
-                                  f"(no {' / '.join(map(repr, lacking)) or 'valid iteration'} entry); to start from "
-                                  "its weights, pass it as model.weights with resume=never")
-    weights = read_state_dict(state["model"])  # tensors only, the DDP prefix removed
-    check_state_dict(model, weights, source=path)
-    model.load_state_dict(weights, strict=True)
-    return state
 
 
 def write_failure(err: BaseException) -> OSError | None:
@@ -159,7 +121,7 @@ class Trainer:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(cfg.seed)
                 model = EntitySAM(model_config(cfg))
-            state = _resume_state(resume, model)
+            state = resume_state(resume, model)
         else:
             model = build_model(cfg, is_main=first)
         self.model = model.to(self.device).train()
