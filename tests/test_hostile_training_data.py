@@ -442,6 +442,50 @@ def test_training_log_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, caps
     assert re.fullmatch(r"error: cannot write the training log in \S*/out: No space left on device\n", err), err
 
 
+def test_log_txt_on_a_full_disk_stops_the_run_in_one_line(coco, tmp_path):
+    """log.txt that cannot grow (an earlier run's log at the file size limit): Python's logging
+    printed "--- Logging error ---" and a traceback for every record while training went on."""
+    from _disk_full import one_error_line, run_limited
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.txt").write_text("x" * 9999 + "\n")
+    r = run_limited(10_000, "train", "--config", "tiny-stage2", f"data.root={coco}", f"output_dir={out}",
+                    "solver.max_iter=3", "--quiet", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert one_error_line(r.stderr) == f"error: cannot write the training log {out / 'log.txt'}: File too large"
+    assert not list(out.glob("*.pth"))  # stopped at the first iteration's log, as for metrics.jsonl
+
+
+def test_log_txt_failing_mid_run_stops_it_like_metrics(coco, tmp_path, capsys, monkeypatch):
+    """A disk that fills up during the run (log.txt's writes fail from the second checkpoint's
+    line on): the run stops at that iteration with one line; the checkpoint before stays."""
+    import logging
+
+    from _disk_full import enospc
+
+    class Filling:
+        def __init__(self, f):
+            self.f, self.lines = f, 0
+
+        def write(self, text):
+            self.lines += 1
+            if self.lines > 2:  # the training line and the first "saved" line fit
+                raise enospc()
+            return self.f.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    opened = logging.FileHandler._open
+    monkeypatch.setattr(logging.FileHandler, "_open", lambda self: Filling(opened(self)))
+    assert _train(coco, tmp_path, "solver.max_iter=4", "solver.checkpoint_period=1") == 1
+    out = tmp_path / "out"
+    assert capsys.readouterr().err == f"error: cannot write the training log {out / 'log.txt'}: No space left on device\n"
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_0000000.pth", "model_0000001.pth"]
+    assert (out / "log.txt").read_text().count("saved") == 1
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 
 

@@ -45,6 +45,38 @@ def _truncate_csv(path: Path, start_iter: int) -> None:
         w.writerows(rows)
 
 
+class LogFile(logging.FileHandler):
+    """output_dir/log.txt. A record it cannot write (a full disk) is kept as `failure`, not printed:
+    logging's own handler printed "--- Logging error ---" and a traceback for every record while
+    training went on. The trainer then stops the run (`log_file_failure`), as for metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.path = path
+        self.failure: OSError | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            super().handleError(record)  # a mistake in a log call, not the disk: logging's report helps
+        elif self.failure is None:
+            self.failure = err
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError:  # the buffer a full disk refused, flushed once more: already a failure
+            pass
+
+
+def log_file_failure() -> OutputError | None:
+    """The error that ends the run when log.txt could not be written (see LogFile), else None."""
+    for h in _log.handlers:
+        if isinstance(h, LogFile) and h.failure is not None:
+            return OutputError(f"cannot write the training log {h.path}: {h.failure.strerror or h.failure}")
+    return None
+
+
 def setup_logging(output_dir: Path, console: bool) -> None:
     """Rank 0: log to output_dir/log.txt and to stderr (only warnings when quiet: quiet drops the
     progress, not what the user must know); replaces earlier handlers."""
@@ -53,7 +85,7 @@ def setup_logging(output_dir: Path, console: bool) -> None:
         h.close()
     _log.setLevel(logging.INFO)
     _log.propagate = False
-    handlers: list[logging.Handler] = [logging.FileHandler(output_dir / "log.txt")]
+    handlers: list[logging.Handler] = [LogFile(output_dir / "log.txt")]
     handlers[0].setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
     handlers.append(logging.StreamHandler())
     handlers[-1].setFormatter(logging.Formatter("[entitysam.train] %(message)s"))

@@ -45,7 +45,7 @@ from .dataset_index import entity_shortage
 from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
-from .logger import LOSS_KEYS, MetricWriter, Progress, setup_logging
+from .logger import LOSS_KEYS, MetricWriter, Progress, log_file_failure, setup_logging
 from .resume import find_resume_checkpoint, resume_state
 from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
 
@@ -347,6 +347,8 @@ class Trainer:
             self.save_checkpoint(f"model_{it:07d}", it)
         if last:
             self.save_checkpoint("model_final", it)
+        if (failure := log_file_failure()) is not None:  # log.txt ends the run as metrics.jsonl does
+            raise failure
 
 
 def train(cfg: TrainConfig, quiet: bool = False) -> list[dict]:
