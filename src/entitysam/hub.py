@@ -11,6 +11,14 @@
 Whatever the place, the file is loaded weights-only (``torch.load(weights_only=True)``, see
 :func:`entitysam.checkpoints.read_state_dict`): a checkpoint in the cache can never run code.
 
+A file of the Hugging Face cache is used only once its SHA-256 is the one the hub published for
+it: huggingface_hub keeps a download as ``blobs/<etag>`` (the snapshot path is a link to it), the
+etag of a file stored with Git LFS, as every checkpoint is, is the SHA-256 of its content, and
+huggingface_hub checks a download's size only, and only when the server sends one. A mirror or
+proxy that alters the bytes, or ends a response without a length early, left a damaged file that
+every later run loaded. The hash costs 0.2 s per 300 MB; a damaged file is removed, so that the
+next download (one for all processes sharing the cache: huggingface_hub's lock) fetches it again.
+
 When none works, :class:`~entitysam.errors.ModelNotAvailableError` says what to download, from
 where, and where to put it (or to pass its path as the checkpoint).
 
@@ -21,12 +29,15 @@ docs/demo-model.md): never downloaded, always available offline.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ModelNotAvailableError, Remedy
+from .regular_file import open_regular
 
 __all__ = [
     "REPO_ID",
@@ -123,6 +134,8 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
 
     Raises ModelNotAvailableError with download instructions when it cannot be found or fetched.
     A bundled model (``demo``) is returned from the package, whatever the other arguments.
+    A file of the Hugging Face cache is used only once its SHA-256 is the hub's
+    (see `_check_cached`); a damaged one is removed and downloaded again.
     """
     if name in BUNDLED_MODELS:
         return bundled_checkpoint_path(name)
@@ -141,18 +154,88 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
                              endpoint, revision) from None
     kwargs = dict(repo_id=REPO_ID, filename=filename, revision=revision, endpoint=endpoint,
                   cache_dir=str(cache_dir) if cache_dir is not None else None)
+    damage = None
     if not force_download:
         try:
-            return Path(hf_hub_download(**kwargs, local_files_only=True))
+            cached = Path(hf_hub_download(**kwargs, local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
-            pass
+            cached = None
+        if cached is not None:
+            damage = _check_cached(cached)
+            if damage is None:
+                return cached
     if not download:
-        raise _not_available(name, "it is not in the local cache", endpoint, revision)
+        cause = f"the cached file {damage}" if damage else "it is not in the local cache"
+        raise _not_available(name, cause, endpoint, revision)
     cause = _probe(endpoint)
     if cause is not None:
         raise _not_available(name, cause, endpoint, revision)
     try:
-        return Path(hf_hub_download(**kwargs, force_download=force_download))
+        path = Path(hf_hub_download(**kwargs, force_download=force_download))
     except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
         cause = f"{type(err).__name__}: {err}".strip().splitlines()[0]
         raise _not_available(name, f"download failed ({cause})", endpoint, revision) from None
+    damage = _check_cached(path)
+    if damage is not None:
+        raise _not_available(name, f"the downloaded file {damage}; run again to download it again",
+                             endpoint, revision)
+    return path
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 22
+
+
+def _check_cached(path: Path) -> str | None:
+    """None when the file at `path` (a snapshot link of the cache) has the SHA-256 its blob is named
+    after; else the problem, worded to follow "the file ...", after the damaged blob was removed
+    (when it still was the file that was read: a process beside this one may have put a good one
+    in its place meanwhile)."""
+    blob = Path(os.path.realpath(path))
+    expected = blob.name
+    if not _SHA256.fullmatch(expected):  # a copy made without links, or a file of another kind
+        return None
+    try:
+        identity = _identity(os.lstat(blob))
+        f = open_regular(blob, follow_links=False)
+    except FileNotFoundError:
+        return f"{blob} is missing"
+    except OSError as err:
+        return f"{blob} cannot be read ({err.strerror or type(err).__name__})"
+    if f is None:
+        return f"{blob} is not a regular file{_removed(blob, identity)}"
+    with f:
+        identity = _identity(os.fstat(f.fileno()))
+        digest = hashlib.sha256()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    if digest.hexdigest() == expected:
+        return None
+    return (f"{blob} is damaged (SHA-256 {digest.hexdigest()[:16]}..., the hub's is {expected[:16]}...: "
+            f"cut short or altered on its way){_removed(blob, identity)}")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _removed(blob: Path, identity: tuple[int, int, int, int]) -> str:
+    """Remove the damaged `blob` if it still is the file that was checked; what happened, worded
+    to end the problem's sentence."""
+    try:
+        st = os.lstat(blob)
+    except FileNotFoundError:  # another process removed it already
+        return "; removed"
+    except OSError as err:
+        return f"; delete it (it cannot be checked: {err.strerror})"
+    if _identity(st) != identity:
+        return "; replaced since by another process"
+    try:
+        blob.unlink()
+    except FileNotFoundError:
+        return "; removed"
+    except OSError as err:
+        return f"; delete it (it cannot be removed: {err.strerror})"
+    return "; removed"
