@@ -271,3 +271,27 @@ def test_eight_processes_share_one_download_of_a_damaged_cached_file(isolated):
     assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outs]
     assert {out.strip() for out, _ in outs} == {hashlib.sha256(data).hexdigest()}
     assert sum(method == "GET" for method, _ in hub.requests) == 1
+
+
+def test_hf_hub_offline_makes_no_connection(isolated, monkeypatch):
+    """HF_HUB_OFFLINE=1 and nothing cached: the reachability probe still connected to the
+    endpoint (without network: waited for it), then the error blamed the network or said
+    "download failed (OfflineModeIsEnabled ...)"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(ModelNotAvailableError, match="not in the local cache, and HF_HUB_OFFLINE forbids"):
+            within(30, resolve_checkpoint, "vit-s", cache_dir=isolated / "c", endpoint=endpoint)
+        listener.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            listener.accept()[0].close()  # a connection made while offline
+
+
+def test_hf_hub_offline_uses_the_cache(isolated, monkeypatch):
+    data = _checkpoint_bytes(isolated)
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        path = resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint=hub.endpoint)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint="http://127.0.0.1:1") == path

@@ -108,6 +108,20 @@ def _not_available(name: str, cause: str, endpoint: str, revision: str) -> Model
         Remedy("checkpoint", metavar="/path/to/model_0009999.pth"))
 
 
+def _offline_mode() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, but read now:
+    huggingface_hub reads it once, at import, and a process that sets it later means it too."""
+    try:
+        from huggingface_hub import constants  # noqa: PLC0415 - optional dependency
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:
+        pass
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def _probe(endpoint: str) -> str | None:
     """A fast reachability check of the endpoint (DNS + TCP connect), so that a machine without
     network gets the instructions at once instead of after huggingface_hub's retries.
@@ -164,8 +178,10 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
             damage = _check_cached(cached)
             if damage is None:
                 return cached
-    if not download:
+    if not download or _offline_mode():
         cause = f"the cached file {damage}" if damage else "it is not in the local cache"
+        if download:  # and so no probe either: offline means no connection at all
+            cause += ", and HF_HUB_OFFLINE forbids downloading it"
         raise _not_available(name, cause, endpoint, revision)
     cause = _probe(endpoint)
     if cause is not None:
