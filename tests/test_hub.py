@@ -295,3 +295,31 @@ def test_hf_hub_offline_uses_the_cache(isolated, monkeypatch):
         path = resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint=hub.endpoint)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint="http://127.0.0.1:1") == path
+
+
+@pytest.mark.parametrize("status, force, words", [
+    (404, False, "the hub answered HTTP 404 Not Found: no such file at this endpoint (HF_ENDPOINT)"),
+    (404, True, "the hub answered HTTP 404 Not Found: no such file at this endpoint (HF_ENDPOINT)"),
+    (403, False, "the hub answered HTTP 403 Forbidden: access refused (HF_TOKEN)"),
+    (401, True, "the hub answered HTTP 401 Unauthorized: the repository asks for a token (HF_TOKEN)"),
+])
+def test_http_error_names_the_status(isolated, capsys, monkeypatch, status, force, words):
+    """A 403 or 404 said "LocalEntryNotFoundError: ... Please check your connection" (the network was
+    fine), `download --force` said "ValueError: Force download failed due to the above error"."""
+    with _Hub({}, status=status) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        rc = cli.main(["download", "vit-s", "--cache-dir", str(isolated / "c")] + ["--force"] * force)
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot get the vit-s checkpoint: download failed ({words})\n" in err
+
+
+def test_cache_folder_that_is_a_file_is_named(isolated, monkeypatch, capsys):
+    data = _checkpoint_bytes(isolated)
+    (isolated / "c").write_text("not a folder")
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert cli.main(["download", "vit-s", "--cache-dir", str(isolated / "c")]) == 1
+    err = capsys.readouterr().err
+    assert f"download failed (cannot write {isolated / 'c'}" in err
+    assert "(Not a directory): the cache folder must be a writable folder" in err

@@ -29,6 +29,7 @@ docs/demo-model.md): never downloaded, always available offline.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -189,13 +190,41 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
     try:
         path = Path(hf_hub_download(**kwargs, force_download=force_download))
     except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
-        cause = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-        raise _not_available(name, f"download failed ({cause})", endpoint, revision) from None
+        raise _not_available(name, f"download failed ({_download_cause(err)})", endpoint, revision) from None
     damage = _check_cached(path)
     if damage is not None:
         raise _not_available(name, f"the downloaded file {damage}; run again to download it again",
                              endpoint, revision)
     return path
+
+
+# Failures of the cache folder (a socket's errors, below httpx's, are no cache's)
+_CACHE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC,
+                 errno.EDQUOT}
+
+
+def _download_cause(err: BaseException) -> str:
+    """What stopped hf_hub_download, in one line: huggingface_hub words most failures of the
+    hub's first answer as a connection problem ("check your connection"), and a failed forced
+    download as "Force download failed due to the above error"; the HTTP status or the error
+    below says what happened."""
+    seen = err
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            reason = getattr(response, "reason_phrase", "") or ""
+            hint = {401: "the repository asks for a token (HF_TOKEN)", 403: "access refused (HF_TOKEN)",
+                    404: "no such file at this endpoint (HF_ENDPOINT)"}.get(status)
+            if hint is None and status >= 500:
+                hint = "the server failed: try again later"
+            return f"the hub answered HTTP {status} {reason}".rstrip() + (f": {hint}" if hint else "")
+        if isinstance(seen, OSError) and seen.errno in _CACHE_ERRNOS:
+            where = f" {seen.filename}" if seen.filename else ""
+            return f"cannot write{where} ({seen.strerror}): the cache folder must be a writable folder " \
+                   "with room for the file (cache_dir, HF_HUB_CACHE or HF_HOME choose another)"
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(err).__name__}: {err}".strip().splitlines()[0]
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
