@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import socket
 import subprocess
@@ -323,3 +324,18 @@ def test_cache_folder_that_is_a_file_is_named(isolated, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert f"download failed (cannot write {isolated / 'c'}" in err
     assert "(Not a directory): the cache folder must be a writable folder" in err
+
+
+@pytest.mark.parametrize("var, under", [("HF_HOME", "hf/hub"), ("HF_HUB_CACHE", "hf")])
+def test_cache_variables_set_after_import_are_honoured(isolated, monkeypatch, var, under):
+    """HF_HOME / HF_HUB_CACHE pointed at a scratch disk by a script after huggingface_hub was
+    imported (by any library): the checkpoint still went into ~/.cache/huggingface."""
+    importlib.import_module("huggingface_hub.constants")  # reads the variables now, before they are set
+
+    data = _checkpoint_bytes(isolated)
+    for other in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(var, str(isolated / "hf"))
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        path = resolve_checkpoint("vit-s", endpoint=hub.endpoint)
+    assert str(path).startswith(str(isolated / under) + os.sep)

@@ -4,7 +4,7 @@
 
 1. ``$ENTITYSAM_HOME/checkpoints/vit-s/model_0009999.safetensors``, then ``model_0009999.pth``
    (``ENTITYSAM_HOME`` defaults to ``~/.cache/entitysam``): put a manually downloaded file here;
-2. the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), without network;
+2. the Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, read at each call), without network;
 3. the Hugging Face hub, repository ``mqye/entitysam``, file ``checkpoints/vit-s/model_0009999.pth``
    (``HF_ENDPOINT`` selects a mirror), through ``huggingface_hub.hf_hub_download`` into its cache.
 
@@ -109,6 +109,16 @@ def _not_available(name: str, cause: str, endpoint: str, revision: str) -> Model
         Remedy("checkpoint", metavar="/path/to/model_0009999.pth"))
 
 
+def _default_cache_dir() -> str | None:
+    """The cache folder ``HF_HUB_CACHE`` / ``HF_HOME`` name now (None: huggingface_hub's default).
+    huggingface_hub reads them once, at import: a script or notebook that points them at a scratch
+    disk after something imported it had the checkpoint downloaded into the home folder anyway."""
+    for var, sub in (("HF_HUB_CACHE", ""), ("HUGGINGFACE_HUB_CACHE", ""), ("HF_HOME", "hub")):
+        if os.environ.get(var):
+            return os.path.join(os.path.expandvars(os.path.expanduser(os.environ[var])), sub)
+    return None
+
+
 def _offline_mode() -> bool:
     """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, but read now:
     huggingface_hub reads it once, at import, and a process that sets it later means it too."""
@@ -168,7 +178,7 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         raise _not_available(name, "huggingface_hub is not installed (pip install 'entitysam[video]')",
                              endpoint, revision) from None
     kwargs = dict(repo_id=REPO_ID, filename=filename, revision=revision, endpoint=endpoint,
-                  cache_dir=str(cache_dir) if cache_dir is not None else None)
+                  cache_dir=str(cache_dir) if cache_dir is not None else _default_cache_dir())
     damage = None
     if not force_download:
         try:
