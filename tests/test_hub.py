@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -11,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _blocking import release_readers, swap_for_a_pipe, within
 from entitysam import cli
 from entitysam.config import get_config
 from entitysam.errors import ModelNotAvailableError
@@ -30,7 +35,10 @@ def _checkpoint_bytes(tmp_path: Path) -> bytes:
 class _Hub:
     """Minimal subset of the hub's file endpoint: HEAD/GET /{repo}/resolve/{revision}/{path}."""
 
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes], *, body=None, length: bool = True, status: int | None = None):
+        """body: what a GET sends instead of the file (the ETag stays the file's SHA-256), e.g. bytes
+        altered on their way; length=False: no Content-Length, the end of the body is the end of the
+        connection (a cut is then no error to the client); status: every answer's HTTP status."""
         self.files = files
         self.requests: list[tuple[str, str]] = []
         hub = self
@@ -40,6 +48,11 @@ class _Hub:
                 hub.requests.append((self.command, self.path))
                 prefix = f"/{REPO_ID}/resolve/main/"
                 data = hub.files.get(self.path[len(prefix):]) if self.path.startswith(prefix) else None
+                if status is not None:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if data is None:
                     self.send_response(404)
                     self.send_header("X-Error-Code", "EntryNotFound")
@@ -49,11 +62,12 @@ class _Hub:
                 self.send_response(200)
                 self.send_header("X-Repo-Commit", COMMIT)
                 self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-                self.send_header("Content-Length", str(len(data)))
+                if length:
+                    self.send_header("Content-Length", str(len(data)))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
                 if body:
-                    self.wfile.write(data)
+                    self.wfile.write(data if hub.body is None else hub.body(data))
 
             def do_HEAD(self):  # noqa: N802
                 self._serve(body=False)
@@ -64,6 +78,7 @@ class _Hub:
             def log_message(self, *args):
                 pass
 
+        self.body = body
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.timeout = 5
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -173,3 +188,154 @@ def test_manually_placed_checkpoint_is_used_first(isolated):
 def test_unknown_model_name():
     with pytest.raises(ModelNotAvailableError, match="published models are vit-s, vit-l"):
         resolve_checkpoint("vit-b")
+
+
+# ----------------------------------------------------------------------------- damaged files, SHA-256
+
+
+def _blob(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+@pytest.mark.parametrize("how", ["altered", "cut short without a length"])
+def test_damaged_download_is_refused_removed_and_fetched_again(isolated, how):
+    """A download whose bytes are not the hub's (a mirror or proxy altering them, or a response
+    without a length cut in half: no error for the client) was kept and loaded by every later run;
+    huggingface_hub checks the size only, and only when the server sends one."""
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    if how == "altered":
+        hub = _Hub({CHECKPOINT_FILES["vit-s"]: data}, body=lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:])
+    else:
+        hub = _Hub({CHECKPOINT_FILES["vit-s"]: data}, body=lambda d: d[:len(d) // 2], length=False)
+    with hub:
+        with pytest.raises(ModelNotAvailableError, match="is damaged .*SHA-256.*; removed; run again") as err:
+            resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)
+    assert hashlib.sha256(data).hexdigest() in str(err.value)  # names the blob
+    assert not list(cache.rglob("blobs/*")), "the damaged file was kept"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:  # the next run downloads it again
+        assert resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint).read_bytes() == data
+
+
+def test_damaged_cached_file_is_downloaded_again(isolated):
+    """A cached checkpoint cut short (a crash before the file system wrote it out, a copy of the
+    cache interrupted) or replaced by a named pipe was returned as it was, by every run."""
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        blob = _blob(resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint))
+        blob.write_bytes(data[:1000])
+        path = resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)
+        assert path.read_bytes() == data
+        blob.unlink()
+        swap_for_a_pipe(blob)
+        try:
+            path = within(30, resolve_checkpoint, "vit-s", cache_dir=cache, endpoint=hub.endpoint)
+            assert path.is_file() and path.read_bytes() == data
+        finally:
+            release_readers(blob)
+    assert sum(method == "GET" for method, _ in hub.requests) == 3
+
+
+def test_damaged_cached_file_without_download_says_so(isolated):
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        blob = _blob(resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint))
+    blob.write_bytes(data[:1000])
+    with pytest.raises(ModelNotAvailableError, match=r"the cached file .* is damaged .*; removed\n"):
+        resolve_checkpoint("vit-s", cache_dir=cache, download=False)
+    assert not blob.exists()
+
+
+_RESOLVE_IN_A_PROCESS = """
+import hashlib, sys
+from entitysam.hub import resolve_checkpoint
+path = resolve_checkpoint("vit-s", cache_dir=sys.argv[1])
+print(hashlib.sha256(path.read_bytes()).hexdigest())
+"""
+
+
+def test_eight_processes_share_one_download_of_a_damaged_cached_file(isolated):
+    """8 ranks starting at once on a cache whose checkpoint is damaged: each used the damaged file;
+    now the first to check it removes it, one downloads it again (huggingface_hub's lock), all load
+    the good one."""
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        _blob(resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)).write_bytes(data[:-1])
+        hub.requests.clear()
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+        procs = [subprocess.Popen([sys.executable, "-c", _RESOLVE_IN_A_PROCESS, str(cache)], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+        outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outs]
+    assert {out.strip() for out, _ in outs} == {hashlib.sha256(data).hexdigest()}
+    assert sum(method == "GET" for method, _ in hub.requests) == 1
+
+
+def test_hf_hub_offline_makes_no_connection(isolated, monkeypatch):
+    """HF_HUB_OFFLINE=1 and nothing cached: the reachability probe still connected to the
+    endpoint (without network: waited for it), then the error blamed the network or said
+    "download failed (OfflineModeIsEnabled ...)"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(ModelNotAvailableError, match="not in the local cache, and HF_HUB_OFFLINE forbids"):
+            within(30, resolve_checkpoint, "vit-s", cache_dir=isolated / "c", endpoint=endpoint)
+        listener.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            listener.accept()[0].close()  # a connection made while offline
+
+
+def test_hf_hub_offline_uses_the_cache(isolated, monkeypatch):
+    data = _checkpoint_bytes(isolated)
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        path = resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint=hub.endpoint)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint="http://127.0.0.1:1") == path
+
+
+@pytest.mark.parametrize("status, force, words", [
+    (404, False, "the hub answered HTTP 404 Not Found: no such file at this endpoint (HF_ENDPOINT)"),
+    (404, True, "the hub answered HTTP 404 Not Found: no such file at this endpoint (HF_ENDPOINT)"),
+    (403, False, "the hub answered HTTP 403 Forbidden: access refused (HF_TOKEN)"),
+    (401, True, "the hub answered HTTP 401 Unauthorized: the repository asks for a token (HF_TOKEN)"),
+])
+def test_http_error_names_the_status(isolated, capsys, monkeypatch, status, force, words):
+    """A 403 or 404 said "LocalEntryNotFoundError: ... Please check your connection" (the network was
+    fine), `download --force` said "ValueError: Force download failed due to the above error"."""
+    with _Hub({}, status=status) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        rc = cli.main(["download", "vit-s", "--cache-dir", str(isolated / "c")] + ["--force"] * force)
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot get the vit-s checkpoint: download failed ({words})\n" in err
+
+
+def test_cache_folder_that_is_a_file_is_named(isolated, monkeypatch, capsys):
+    data = _checkpoint_bytes(isolated)
+    (isolated / "c").write_text("not a folder")
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert cli.main(["download", "vit-s", "--cache-dir", str(isolated / "c")]) == 1
+    err = capsys.readouterr().err
+    assert f"download failed (cannot write {isolated / 'c'}" in err
+    assert "(Not a directory): the cache folder must be a writable folder" in err
+
+
+@pytest.mark.parametrize("var, under", [("HF_HOME", "hf/hub"), ("HF_HUB_CACHE", "hf")])
+def test_cache_variables_set_after_import_are_honoured(isolated, monkeypatch, var, under):
+    """HF_HOME / HF_HUB_CACHE pointed at a scratch disk by a script after huggingface_hub was
+    imported (by any library): the checkpoint still went into ~/.cache/huggingface."""
+    importlib.import_module("huggingface_hub.constants")  # reads the variables now, before they are set
+
+    data = _checkpoint_bytes(isolated)
+    for other in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(var, str(isolated / "hf"))
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        path = resolve_checkpoint("vit-s", endpoint=hub.endpoint)
+    assert str(path).startswith(str(isolated / under) + os.sep)

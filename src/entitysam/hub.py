@@ -4,12 +4,20 @@
 
 1. ``$ENTITYSAM_HOME/checkpoints/vit-s/model_0009999.safetensors``, then ``model_0009999.pth``
    (``ENTITYSAM_HOME`` defaults to ``~/.cache/entitysam``): put a manually downloaded file here;
-2. the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``), without network;
+2. the Hugging Face cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, read at each call), without network;
 3. the Hugging Face hub, repository ``mqye/entitysam``, file ``checkpoints/vit-s/model_0009999.pth``
    (``HF_ENDPOINT`` selects a mirror), through ``huggingface_hub.hf_hub_download`` into its cache.
 
 Whatever the place, the file is loaded weights-only (``torch.load(weights_only=True)``, see
 :func:`entitysam.checkpoints.read_state_dict`): a checkpoint in the cache can never run code.
+
+A file of the Hugging Face cache is used only once its SHA-256 is the one the hub published for
+it: huggingface_hub keeps a download as ``blobs/<etag>`` (the snapshot path is a link to it), the
+etag of a file stored with Git LFS, as every checkpoint is, is the SHA-256 of its content, and
+huggingface_hub checks a download's size only, and only when the server sends one. A mirror or
+proxy that alters the bytes, or ends a response without a length early, left a damaged file that
+every later run loaded. The hash costs 0.2 s per 300 MB; a damaged file is removed, so that the
+next download (one for all processes sharing the cache: huggingface_hub's lock) fetches it again.
 
 When none works, :class:`~entitysam.errors.ModelNotAvailableError` says what to download, from
 where, and where to put it (or to pass its path as the checkpoint).
@@ -21,12 +29,16 @@ docs/demo-model.md): never downloaded, always available offline.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import ModelNotAvailableError, Remedy
+from .regular_file import open_regular
 
 __all__ = [
     "REPO_ID",
@@ -97,6 +109,30 @@ def _not_available(name: str, cause: str, endpoint: str, revision: str) -> Model
         Remedy("checkpoint", metavar="/path/to/model_0009999.pth"))
 
 
+def _default_cache_dir() -> str | None:
+    """The cache folder ``HF_HUB_CACHE`` / ``HF_HOME`` name now (None: huggingface_hub's default).
+    huggingface_hub reads them once, at import: a script or notebook that points them at a scratch
+    disk after something imported it had the checkpoint downloaded into the home folder anyway."""
+    for var, sub in (("HF_HUB_CACHE", ""), ("HUGGINGFACE_HUB_CACHE", ""), ("HF_HOME", "hub")):
+        if os.environ.get(var):
+            return os.path.join(os.path.expandvars(os.path.expanduser(os.environ[var])), sub)
+    return None
+
+
+def _offline_mode() -> bool:
+    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as huggingface_hub reads it, but read now:
+    huggingface_hub reads it once, at import, and a process that sets it later means it too."""
+    try:
+        from huggingface_hub import constants  # noqa: PLC0415 - optional dependency
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:
+        pass
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
 def _probe(endpoint: str) -> str | None:
     """A fast reachability check of the endpoint (DNS + TCP connect), so that a machine without
     network gets the instructions at once instead of after huggingface_hub's retries.
@@ -123,6 +159,8 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
 
     Raises ModelNotAvailableError with download instructions when it cannot be found or fetched.
     A bundled model (``demo``) is returned from the package, whatever the other arguments.
+    A file of the Hugging Face cache is used only once its SHA-256 is the hub's
+    (see `_check_cached`); a damaged one is removed and downloaded again.
     """
     if name in BUNDLED_MODELS:
         return bundled_checkpoint_path(name)
@@ -140,19 +178,119 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         raise _not_available(name, "huggingface_hub is not installed (pip install 'entitysam[video]')",
                              endpoint, revision) from None
     kwargs = dict(repo_id=REPO_ID, filename=filename, revision=revision, endpoint=endpoint,
-                  cache_dir=str(cache_dir) if cache_dir is not None else None)
+                  cache_dir=str(cache_dir) if cache_dir is not None else _default_cache_dir())
+    damage = None
     if not force_download:
         try:
-            return Path(hf_hub_download(**kwargs, local_files_only=True))
+            cached = Path(hf_hub_download(**kwargs, local_files_only=True))
         except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
-            pass
-    if not download:
-        raise _not_available(name, "it is not in the local cache", endpoint, revision)
+            cached = None
+        if cached is not None:
+            damage = _check_cached(cached)
+            if damage is None:
+                return cached
+    if not download or _offline_mode():
+        cause = f"the cached file {damage}" if damage else "it is not in the local cache"
+        if download:  # and so no probe either: offline means no connection at all
+            cause += ", and HF_HUB_OFFLINE forbids downloading it"
+        raise _not_available(name, cause, endpoint, revision)
     cause = _probe(endpoint)
     if cause is not None:
         raise _not_available(name, cause, endpoint, revision)
     try:
-        return Path(hf_hub_download(**kwargs, force_download=force_download))
+        path = Path(hf_hub_download(**kwargs, force_download=force_download))
     except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
-        cause = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-        raise _not_available(name, f"download failed ({cause})", endpoint, revision) from None
+        raise _not_available(name, f"download failed ({_download_cause(err)})", endpoint, revision) from None
+    damage = _check_cached(path)
+    if damage is not None:
+        raise _not_available(name, f"the downloaded file {damage}; run again to download it again",
+                             endpoint, revision)
+    return path
+
+
+# Failures of the cache folder (a socket's errors, below httpx's, are no cache's)
+_CACHE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC,
+                 errno.EDQUOT}
+
+
+def _download_cause(err: BaseException) -> str:
+    """What stopped hf_hub_download, in one line: huggingface_hub words most failures of the
+    hub's first answer as a connection problem ("check your connection"), and a failed forced
+    download as "Force download failed due to the above error"; the HTTP status or the error
+    below says what happened."""
+    seen = err
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            reason = getattr(response, "reason_phrase", "") or ""
+            hint = {401: "the repository asks for a token (HF_TOKEN)", 403: "access refused (HF_TOKEN)",
+                    404: "no such file at this endpoint (HF_ENDPOINT)"}.get(status)
+            if hint is None and status >= 500:
+                hint = "the server failed: try again later"
+            return f"the hub answered HTTP {status} {reason}".rstrip() + (f": {hint}" if hint else "")
+        if isinstance(seen, OSError) and seen.errno in _CACHE_ERRNOS:
+            where = f" {seen.filename}" if seen.filename else ""
+            return f"cannot write{where} ({seen.strerror}): the cache folder must be a writable folder " \
+                   "with room for the file (cache_dir, HF_HUB_CACHE or HF_HOME choose another)"
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(err).__name__}: {err}".strip().splitlines()[0]
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CHUNK = 1 << 22
+
+
+def _check_cached(path: Path) -> str | None:
+    """None when the file at `path` (a snapshot link of the cache) has the SHA-256 its blob is named
+    after; else the problem, worded to follow "the file ...", after the damaged blob was removed
+    (when it still was the file that was read: a process beside this one may have put a good one
+    in its place meanwhile)."""
+    blob = Path(os.path.realpath(path))
+    expected = blob.name
+    if not _SHA256.fullmatch(expected):  # a copy made without links, or a file of another kind
+        return None
+    try:
+        identity = _identity(os.lstat(blob))
+        f = open_regular(blob, follow_links=False)
+    except FileNotFoundError:
+        return f"{blob} is missing"
+    except OSError as err:
+        return f"{blob} cannot be read ({err.strerror or type(err).__name__})"
+    if f is None:
+        return f"{blob} is not a regular file{_removed(blob, identity)}"
+    with f:
+        identity = _identity(os.fstat(f.fileno()))
+        digest = hashlib.sha256()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    if digest.hexdigest() == expected:
+        return None
+    return (f"{blob} is damaged (SHA-256 {digest.hexdigest()[:16]}..., the hub's is {expected[:16]}...: "
+            f"cut short or altered on its way){_removed(blob, identity)}")
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _removed(blob: Path, identity: tuple[int, int, int, int]) -> str:
+    """Remove the damaged `blob` if it still is the file that was checked; what happened, worded
+    to end the problem's sentence."""
+    try:
+        st = os.lstat(blob)
+    except FileNotFoundError:  # another process removed it already
+        return "; removed"
+    except OSError as err:
+        return f"; delete it (it cannot be checked: {err.strerror})"
+    if _identity(st) != identity:
+        return "; replaced since by another process"
+    try:
+        blob.unlink()
+    except FileNotFoundError:
+        return "; removed"
+    except OSError as err:
+        return f"; delete it (it cannot be removed: {err.strerror})"
+    return "; removed"
