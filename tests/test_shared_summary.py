@@ -198,6 +198,41 @@ def test_a_file_named_like_the_lock_that_holds_data_is_not_deleted(tmp_path):
     assert not summary_lock_path(other).exists(), "the tool's own lock file was left behind"
 
 
+
+def test_a_lock_file_of_another_user_is_locked_read_only(tmp_path, monkeypatch):
+    """A lock file left by another user on a shared file system (0644, not ours to write) made the
+    merge fail with PermissionError (EACCES); flock needs only a read-only descriptor."""
+    target = tmp_path / "summary.json"
+    lock = summary_lock_path(target)
+    lock.touch()
+    lock.chmod(0o444)
+    if os.geteuid() == 0:  # root writes whatever the mode: the refusal is simulated
+        real_open = os.open
+
+        def refusing(path, flags, *args, **kwargs):
+            if os.fspath(path) == str(lock) and flags & (os.O_RDWR | os.O_WRONLY):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", refusing)
+    write_summary(target, _task(0, 1, ["x"]))
+    monkeypatch.undo()
+    assert json.loads(target.read_text())["done"] == ["x"]
+    # the folder itself refusing a new lock file is still an error, not a loop
+    missing = tmp_path / "ro" / "summary.json"
+    missing.parent.mkdir()
+
+    def unwritable_folder(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise PermissionError(13, "Permission denied", str(path))
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "open", unwritable_folder)
+        with pytest.raises(PermissionError):
+            write_summary(missing, _task(0, 1, ["x"]))
+
+
 HEAD = '{"format": "entitysam-batch-summary", '
 DAMAGED = {
     "a count that is text": HEAD + '"tasks": [{"outcomes": [{"name": "o", "status": "done", "frames": "x"}]}]}',

@@ -62,15 +62,34 @@ def summary_lock_path(path: str | os.PathLike) -> Path:
     return path.with_name(name)
 
 
+def _open_lock(lock: Path) -> tuple[int, bool]:
+    """(descriptor of `lock`, whether it is read-only)."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    for attempt in range(3):
+        try:
+            return os.open(lock, os.O_RDWR | os.O_CREAT | nofollow, 0o644), False
+        except PermissionError as err:
+            # A lock file another user made on a shared file system (0644: not ours to write):
+            # flock needs no write access, and nothing is ever written to a lock file.
+            try:
+                return os.open(lock, os.O_RDONLY | nofollow), True
+            except FileNotFoundError:
+                # removed by its holder in between, or never there: then the folder refused it
+                if attempt == 2:
+                    raise err from None
+    raise AssertionError("unreachable")
+
+
 def _lock_fd(lock: Path) -> int | None:
     """The descriptor of `lock`, flocked; None where the file system has no flock."""
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd, read_only = _open_lock(lock)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as err:
-                if err.errno not in _NO_FLOCK:
+                # NFS emulates flock with byte-range locks, which refuse a read-only descriptor
+                if err.errno not in _NO_FLOCK and not (read_only and err.errno == errno.EBADF):
                     raise
                 os.close(fd)
                 return None  # merged unlocked: what every write did before the lock existed
