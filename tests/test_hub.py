@@ -339,3 +339,35 @@ def test_cache_variables_set_after_import_are_honoured(isolated, monkeypatch, va
     with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
         path = resolve_checkpoint("vit-s", endpoint=hub.endpoint)
     assert str(path).startswith(str(isolated / under) + os.sep)
+
+
+def test_another_models_file_in_a_published_models_place_says_which_and_what_to_do(isolated, monkeypatch, capsys):
+    """A valid checkpoint of another model at vit-l's cache path (it passes the hash check: it is
+    the hub's file under its own name) failed with CheckpointMismatchError listing hundreds of
+    missing and unexpected keys, and no word of what the file was or what to do."""
+    from entitysam.errors import CheckpointMismatchError
+    from entitysam.pipeline.loading import from_pretrained
+
+    data = _checkpoint_bytes(isolated)  # a 'tiny' model served as vit-l
+    with _Hub({CHECKPOINT_FILES["vit-l"]: data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        with pytest.raises(CheckpointMismatchError) as err:
+            from_pretrained("vit-l", cache_dir=isolated / "c")
+        cached = resolve_checkpoint("vit-l", cache_dir=isolated / "c")
+    msg = str(err.value)
+    assert msg == (f"the cached vit-l checkpoint {cached} is not the vit-l model (it is a 'tiny' model): "
+                   "delete it to download it again, or run `entitysam download vit-l --force`")
+    assert err.value.fits == "tiny"
+    # the command line says the same in one line
+    monkeypatch.setenv("HF_HUB_CACHE", str(isolated / "c"))
+    from PIL import Image
+    Image.new("RGB", (32, 24)).save(isolated / "a.png")
+    assert cli.main(["segment", str(isolated / "a.png"), "-o", str(isolated / "out"), "--model", "vit-l", "-q"]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {msg}"]
+    # a file put by hand in the local folder, which is looked at first: a download would not replace it
+    local = local_checkpoint_path("vit-l")
+    local.parent.mkdir(parents=True)
+    local.write_bytes(data)
+    with pytest.raises(CheckpointMismatchError, match=r"it is a 'tiny' model\): delete it or put the vit-l "
+                                                      "checkpoint there$"):
+        from_pretrained("vit-l")

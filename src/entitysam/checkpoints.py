@@ -279,7 +279,7 @@ def check_state_dict(model: EntitySAM, state: Mapping[str, torch.Tensor], *,
         closest = _closest_config_name(state)
         lines.append(f"  no known configuration fits exactly; closest: '{closest}' "
                      "(a truncated or foreign checkpoint?)")
-    raise CheckpointMismatchError("\n".join(lines), *remedies)
+    raise CheckpointMismatchError("\n".join(lines), *remedies, fits=None if fit is None else fit.name)
 
 
 Model = TypeVar("Model", bound=EntitySAM)

@@ -125,7 +125,12 @@ class CheckpointError(EntitySAMError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """The state dict does not fit the model; the message lists every difference."""
+    """The state dict does not fit the model; the message lists every difference. fits: the
+    name of the configuration the state dict fits exactly, when one does (None otherwise)."""
+
+    def __init__(self, problem: str = "", *remedies: Remedy, fits: str | None = None):
+        super().__init__(problem, *remedies)
+        self.fits = fits
 
 
 class CheckpointReadError(CheckpointMismatchError):

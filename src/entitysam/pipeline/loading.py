@@ -17,6 +17,7 @@ segment/stream); this subclass adds methods only, so both load the same state di
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -25,8 +26,9 @@ from ..inference.precision import resolve_device
 from ..argtypes import InvalidArgumentError, check_flags, check_path_arg
 from ..checkpoints import load_entitysam
 from ..config import CONFIGS
-from ..errors import EntitySAMError, ModelLoadError, UnsafeCheckpointError
-from ..hub import resolve_checkpoint
+from ..errors import (CheckpointMismatchError, CheckpointReadError, EntitySAMError, ModelLoadError,
+                      UnsafeCheckpointError)
+from ..hub import CHECKPOINT_FILES, local_checkpoint_path, resolve_checkpoint
 from ..modeling import entitysam as modeling
 from ..io.sources import DEFAULT_MAX_PIXELS
 from . import segment as offline
@@ -125,8 +127,26 @@ def from_pretrained(name: str = "vit-s", *, device: str | torch.device = "cpu",
         raise UnsafeCheckpointError(f"{err.problem}; the file of a published model is never unpickled in full: "
                                     "delete it to download it again, or load it as a checkpoint file",
                                     path=path) from None
+    except CheckpointMismatchError as err:
+        if isinstance(err, CheckpointReadError) or name not in CHECKPOINT_FILES:
+            raise
+        raise _wrong_published_file(name, path, err.fits) from None
     model.checkpoint_path = str(path)
     return model
+
+
+def _wrong_published_file(name: str, path: str | os.PathLike, fits: str | None) -> CheckpointMismatchError:
+    """The error for a file found in a published model's place that is not that model: which
+    model it is, and how to get the right one. The key-by-key listing of the general mismatch
+    (hundreds of keys another configuration names differently) told nothing one could act on."""
+    what = f"it is a '{fits}' model" if fits is not None else f"its weights do not fit the '{name}' model"
+    if Path(path) in (local_checkpoint_path(name), local_checkpoint_path(name).with_suffix(".safetensors")):
+        # looked at before the cache: a download would not replace it
+        remedy = f"delete it or put the {name} checkpoint there"
+    else:
+        remedy = f"delete it to download it again, or run `entitysam download {name} --force`"
+    return CheckpointMismatchError(f"the cached {name} checkpoint {path} is not the {name} model ({what}): {remedy}",
+                                   fits=fits)
 
 
 def check_checkpoint_path(path: Any) -> None:
