@@ -8,6 +8,7 @@ compared exactly.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,18 +59,22 @@ def make_result(root: Path, name: str = "clip", *, with_input: bool = True, big_
 
 
 def write_result(folder: Path, input_path: Path, names: list[str], maps: list[np.ndarray], entities: list[dict],
-                 fps: float) -> Path:
+                 fps: float, sample_aspect_ratio: Fraction | None = None) -> Path:
     """A complete result folder (panoptic + entities) of the [H, W] id `maps`, frames named `names`,
-    its manifest naming `input_path` as the input, written as `entitysam segment` writes one."""
+    its manifest naming `input_path` as the input, written as `entitysam segment` writes one.
+    sample_aspect_ratio: recorded as segment records it; None: not at all (a result of before)."""
     frames = [SimpleNamespace(t=t, index=t, name=name, time=round(t / fps, 6)) for t, name in enumerate(names)]
     with StagedOutput(folder) as staged:
         files = write_result_files(staged.path, ("panoptic", "entities"), name=folder.name, fps=fps, frames=frames,
-                                   id_maps=maps, entities=entities, workers=0)
+                                   id_maps=maps, entities=entities, workers=0,
+                                   sample_aspect_ratio=sample_aspect_ratio or Fraction(1))
         manifest = {"format": "entitysam-segment", "format_version": 1, "video": folder.name,
                     "input": str(input_path),
                     "selection": {"start": None, "end": None, "stride": 1, "max_frames": None},
                     "num_frames": len(names), "size": list(maps[0].shape), "fps": fps, "entities": len(entities),
                     "files": files}
+        if sample_aspect_ratio is not None:
+            manifest["sample_aspect_ratio"] = [sample_aspect_ratio.numerator, sample_aspect_ratio.denominator]
         return staged.commit(manifest)
 
 

@@ -96,3 +96,58 @@ def test_the_viewer_is_told_the_pixel_shape(tiny_model, tmp_path):
     # what a manifest written before, by hand or by someone else says: square unless plausible
     for value in (None, "16:15", [16], [0, 1], [1, 0], [True, 1], [16.0, 15], [1000, 1], [1, 70000]):
         assert pixel_shape(value) == [1, 1]
+
+
+def anamorphic_result(root, sar):
+    """A result of the review tests' id maps (entity 2: a 6x6 square) recorded as anamorphic."""
+    from _review_result import FPS, N, images, id_maps, write_result
+    from PIL import Image
+
+    src = root / "input"
+    src.mkdir(parents=True)
+    for t, im in enumerate(images()):
+        Image.fromarray(im).save(src / f"f{t:03d}.png")
+    entities = [{"id": i, "score": 0.5, "query_index": k} for k, i in enumerate((1, 2, 3, 1005))]
+    return write_result(root / "clip", src, [f"f{t:03d}" for t in range(N)], id_maps(), entities, FPS,
+                        sample_aspect_ratio=sar)
+
+
+def test_entities_json_records_the_pixel_shape_and_a_revision_keeps_it(tmp_path):
+    """entities.json had no sample_aspect_ratio: a program reading it alone showed the masks squeezed."""
+    from entitysam.review.edits import EditSession
+    from entitysam.review.result import ResultFolder
+    from entitysam.review.revision import save_revision
+
+    out = anamorphic_result(tmp_path, Fraction(64, 45))
+    head = json.loads((out / "entities.json").read_text())
+    assert head["size"] == [24, 32] and head["sample_aspect_ratio"] == [64, 45]
+    session = EditSession(ResultFolder.open(out))
+    session.apply({"op": "delete", "ids": [3]})
+    revision = save_revision(session)
+    assert json.loads((revision / "entities.json").read_text())["sample_aspect_ratio"] == [64, 45]
+    assert json.loads((revision / "manifest.json").read_text())["sample_aspect_ratio"] == [64, 45]
+    # a result of before (no field anywhere) is square, and its revision says so
+    old = anamorphic_result(tmp_path / "old", None)
+    assert json.loads((old / "entities.json").read_text())["sample_aspect_ratio"] == [1, 1]
+
+
+@pytest.mark.parametrize("sar, ratio", [(None, 1), (Fraction(64, 45), Fraction(64, 45)), (Fraction(2, 3), Fraction(2, 3))])
+def test_the_viewers_entity_thumbnails_are_widened_as_the_player_is(tmp_path, sar, ratio):
+    """The thumbnails were cut at the stored pixels: an anamorphic video's entities looked
+    squeezed in the list beside the player, which widens the frame."""
+    pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+    import io
+
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from entitysam.review.server import Viewer, create_app
+
+    out = anamorphic_result(tmp_path, sar)
+    with TestClient(create_app(Viewer(out, token="t"))) as client:
+        res = client.get("/api/thumbs/2.png")
+    assert res.status_code == 200
+    thumb = Image.open(io.BytesIO(res.content))
+    # entity 2 is 6x6 stored pixels: its crop (a margin of 1 + 15% each side) is 8x8
+    assert thumb.size == (round(8 * ratio), 8)

@@ -44,7 +44,7 @@ const app = fs.readFileSync(process.argv[1], "utf8");
 const start = app.indexOf("function frameWidthFor("), stop = app.indexOf("async function start()");
 const frameWidthFor = new Function(app.slice(start, stop) + "; return frameWidthFor;")();
 const cases = JSON.parse(fs.readFileSync(0, "utf8"));
-process.stdout.write(JSON.stringify(cases.map(([shown, width]) => frameWidthFor(shown, width))));
+process.stdout.write(JSON.stringify(cases.map((args) => frameWidthFor(...args))));
 """
 
 
@@ -61,3 +61,19 @@ def test_the_player_asks_the_video_width_or_a_whole_fraction_of_it():
     out = subprocess.run(["node", "-e", SCRIPT, str(STATIC / "app.js")], input=json.dumps(list(cases)),
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert dict(zip(cases, json.loads(out))) == cases
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_player_counts_the_columns_shown_in_stored_pixels_of_an_anamorphic_video():
+    """The frame width was chosen as if pixels were square: wide pixels (64:45 PAL) asked up to
+    twice the columns the screen shows (1000 shown of 1920: all of them), tall ones (15:16, turned
+    a quarter) too few, shown blurred. A screen column is height/width of a stored one."""
+    cases = [  # (columns shown, video width, pixel): width asked
+        ((1000, 1920, [64, 45]), 960),  # 703 stored columns
+        ((950, 1920, [15, 16]), 1920),  # 1013 stored columns: more than half
+        ((400, 720, [64, 45]), 360),
+        ((960, 1920, [1, 1]), 960),
+    ]
+    out = subprocess.run(["node", "-e", SCRIPT, str(STATIC / "app.js")], input=json.dumps([c for c, _ in cases]),
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert json.loads(out) == [w for _, w in cases]

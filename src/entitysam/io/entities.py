@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -76,7 +77,7 @@ class EntitiesWriter:
 
     ::
 
-        {"video": <name>, "size": [H, W], "fps": f, "num_frames": n,
+        {"video": <name>, "size": [H, W], "sample_aspect_ratio": [w, h], "fps": f, "num_frames": n,
          "frames": [{"frame": t, "source_frame": i, "name": <stem>, "time": s}, ...],
          "entities": [{"id", "score", "query_index", "first_frame", "last_frame", "num_frames",
                        "area", "frames": [{"frame": t, "area", "bbox": [x, y, w, h],
@@ -84,7 +85,9 @@ class EntitiesWriter:
 
     ``frame`` numbers are positions in the processed sequence (0 .. n-1, an index into
     ``frames``); ``area`` of an entity is summed over its frames; bbox is COCO's (w = columns
-    covered). Per-entity records are streamed to one temporary file per entity and joined
+    covered). ``sample_aspect_ratio``: [width, height] of a pixel, [1, 1] but for anamorphic video
+    (the masks are at the stored size; shown beside the video they are widened by it; files
+    written before it was recorded have none: square). Per-entity records are streamed to one temporary file per entity and joined
     when the video is finished, so memory does not grow with the video length.
     """
 
@@ -119,14 +122,17 @@ class EntitiesWriter:
         self.stats.add(t, ((seg["id"], seg["area"]) for seg in segments))
         self.num_frames += 1
 
-    def close(self, entities: Sequence[Mapping[str, Any]], fps: float | None = None) -> None:
+    def close(self, entities: Sequence[Mapping[str, Any]], fps: float | None = None,
+              sample_aspect_ratio: Fraction = Fraction(1)) -> None:
         """entities: ``{"id", "score", "query_index"}`` of every segment (any order); a score may
-        be None (unknown), and the review fields ``label`` and ``hidden`` are copied when given."""
+        be None (unknown), and the review fields ``label`` and ``hidden`` are copied when given.
+        sample_aspect_ratio: the pixels' shape (width / height)."""
         self._frames.close()
         for f in self._files.values():
             f.close()
+        sar = Fraction(sample_aspect_ratio)
         head = {"video": self.video_id, "size": list(self.size) if self.size else None,
-                "fps": fps, "num_frames": self.num_frames}
+                "sample_aspect_ratio": [sar.numerator, sar.denominator], "fps": fps, "num_frames": self.num_frames}
         with open(self.path, "w", encoding="utf-8") as out:
             out.write(_dumps(head)[:-1] + ',"frames":[\n')
             with open(self._tmp / "frames.jsonl", encoding="utf-8") as f:

@@ -151,7 +151,7 @@ def write_result_files(directory: str | os.PathLike, formats: Sequence[str], *, 
     the calling thread, one step after the other. The files are the same byte for byte whatever
     the number of workers, except overlay.mp4, whose frames are the same but whose encoder (x264)
     is not reproducible run to run under CPU load. sample_aspect_ratio: the input's pixel shape,
-    recorded in overlay.mp4.
+    recorded in overlay.mp4 and entities.json.
     """
     directory = Path(directory)
     workers = default_workers() if workers is None else workers
@@ -184,7 +184,7 @@ def write_result_files(directory: str | os.PathLike, formats: Sequence[str], *, 
         if panoptic is not None:
             panoptic.close()
         if entities_writer is not None:
-            entities_writer.close(entities, fps=fps)
+            entities_writer.close(entities, fps=fps, sample_aspect_ratio=sample_aspect_ratio)
         if overlay is not None:
             overlay.close()
     except BaseException:

@@ -74,9 +74,12 @@ def _crop_box(mask: np.ndarray, margin: float = 0.15) -> tuple[int, int, int, in
     return max(0, y0 - dy), min(h, y1 + dy), max(0, x0 - dx), min(w, x1 + dx)
 
 
-def thumbnail_png(id_map: np.ndarray, entity_id: int, image: np.ndarray | None) -> bytes:
+def thumbnail_png(id_map: np.ndarray, entity_id: int, image: np.ndarray | None,
+                  pixel: tuple[int, int] | list[int] = (1, 1)) -> bytes:
     """A PNG crop around entity `entity_id` in one frame: the source pixels inside the entity,
-    dimmed outside (the entity's colour on grey when the source is gone). [H, W] ids, [H, W, 3] image."""
+    dimmed outside (the entity's colour on grey when the source is gone). [H, W] ids, [H, W, 3] image.
+    pixel: [width, height] of a pixel (the manifest's sample_aspect_ratio): the crop is widened by
+    it, as the player widens the frame, so that an anamorphic video's entities look as they do there."""
     mask = id_map == entity_id
     if not mask.any():
         mask = np.ones_like(mask)
@@ -93,6 +96,9 @@ def thumbnail_png(id_map: np.ndarray, entity_id: int, image: np.ndarray | None) 
         crop[~mask] = crop[~mask] * 0.35 + 40  # the neighbourhood stays readable, the entity stands out
         crop = crop.clip(0, 255).astype(np.uint8)
     thumb = Image.fromarray(crop)
+    if pixel[0] != pixel[1]:
+        thumb = thumb.resize((max(1, round(thumb.width * pixel[0] / pixel[1])), thumb.height),
+                             Image.Resampling.BILINEAR)
     thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     thumb.save(buf, format="PNG")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Mapping
@@ -169,7 +170,8 @@ def _write_files(session: EditSession, directory: Path) -> list[str]:
                 for e in session.entities]
     id_maps = (session.id_map(t) for t in range(session.num_frames))
     return write_result_files(directory, ("panoptic", "entities"), name=session.name, fps=session.fps,
-                              frames=frames, id_maps=id_maps, entities=entities)  # files identical whatever the workers
+                              frames=frames, id_maps=id_maps, entities=entities,  # files identical whatever the workers
+                              sample_aspect_ratio=Fraction(*session.result.sample_aspect_ratio))
 
 
 def read_edits(edits_json: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:

@@ -238,7 +238,8 @@ class Viewer:
             key = self._thumb_key(entity_id, frames)
             frame = int(key.split("-")[0])
             id_map = self.session.id_map(frame)  # under the lock: the session may change after it
-        return self._thumbs.get_or_make(key, lambda: thumbnail_png(id_map, entity_id, self.result.source_frame(frame, still=True)))
+        return self._thumbs.get_or_make(key, lambda: thumbnail_png(
+            id_map, entity_id, self.result.source_frame(frame, still=True), self.result.sample_aspect_ratio))
 
     # --- what the client changes -----------------------------------------------------------
     def apply(self, op: dict) -> dict:

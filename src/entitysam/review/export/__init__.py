@@ -9,6 +9,8 @@
 * ``coco-video`` (:mod:`.coco_video`): COCO-style video JSON (videos, images, annotations with
   RLE, bbox, area and track id).
 
+An anamorphic result's pixel shape (manifest ``sample_aspect_ratio``) is in none of them: no
+format has a field for it (CVAT's ``original_size``, COCO's width / height: the stored frame's).
 A result folder that changed on disk since it was opened is not exported (ResultChangedError).
 Hidden entities are not exported (their pixels count as background), deleted ones do not exist.
 Every export is written atomically (a hidden temporary file or folder renamed into place) and

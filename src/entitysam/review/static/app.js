@@ -63,7 +63,10 @@ function fitStage() {
 // JPEG is sent as it is at full width and decoded by libjpeg's DCT scaling at the fractions, a
 // video frame is encoded as decoded or box-averaged; resampling a 1080p frame to any other width
 // (e.g. 1280 columns) took the server longer than decoding and encoding the frame.
-function frameWidthFor(shown, width) {
+// pixel: [width, height] of a stored pixel; an anamorphic frame is shown widened by it, so a
+// screen column covers height/width stored columns (16:15 PAL asked 1/15 more than it shows).
+function frameWidthFor(shown, width, pixel = [1, 1]) {
+  shown = shown * pixel[1] / pixel[0];
   let best = width;
   for (const f of [2, 4, 8]) {
     const w = Math.ceil(width / f);
@@ -83,7 +86,7 @@ async function start() {
   // of it (frameWidthFor). The overlay keeps the id maps' full resolution; CSS gives both canvases
   // the same size on screen.
   const shown = $("stage").getBoundingClientRect().width * (window.devicePixelRatio || 1);
-  viewer.frameWidth = frameWidthFor(shown, info.width);
+  viewer.frameWidth = frameWidthFor(shown, info.width, info.sample_aspect_ratio || [1, 1]);
   $("frame-canvas").width = viewer.frameWidth;
   $("frame-canvas").height = Math.max(1, Math.round(info.height * viewer.frameWidth / info.width));
   $("overlay-canvas").width = info.width; $("overlay-canvas").height = info.height;
