@@ -371,3 +371,50 @@ def test_another_models_file_in_a_published_models_place_says_which_and_what_to_
     with pytest.raises(CheckpointMismatchError, match=r"it is a 'tiny' model\): delete it or put the vit-l "
                                                       "checkpoint there$"):
         from_pretrained("vit-l")
+
+
+@pytest.mark.parametrize("kind", ["file", "pipe"])
+def test_a_link_leading_outside_the_cache_never_deletes_that_file(isolated, kind):
+    """A snapshot link leading outside the cache's blobs folder (made by hand, or a cache copied
+    with its links) to a file named like a blob: a damaged one was deleted, a file the cache never
+    wrote; now it is kept, the error names the link, and no download is tried (it would find the
+    same link again and say "run again" for ever)."""
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        link = resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)
+        mine = isolated / "mine" / ("ab" * 32)
+        mine.parent.mkdir()
+        if kind == "file":
+            mine.write_bytes(b"the user's own file")
+        else:
+            os.mkfifo(mine)
+        link.unlink()
+        link.symlink_to(mine)
+        hub.requests.clear()
+        with pytest.raises(ModelNotAvailableError, match=r"the cached file .*; not removed: it is no file of the "
+                                                         r"cache \(the cache's link .* leads outside") as err:
+            within(30, resolve_checkpoint, "vit-s", cache_dir=cache, endpoint=hub.endpoint)
+        assert not hub.requests
+    assert os.path.lexists(mine), "a file outside the cache was deleted"
+    assert str(link) in str(err.value)
+
+
+def test_a_damaged_blob_that_cannot_be_removed_is_not_downloaded_for_ever(isolated, monkeypatch):
+    """A damaged blob in a folder this user cannot write: the download found it again and said
+    "delete it ...; run again to download it again"; now it says to delete it, without a download."""
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        blob = _blob(resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint))
+        blob.write_bytes(data[:1000])
+
+        def refuse(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(Path, "unlink", refuse)
+        hub.requests.clear()
+        with pytest.raises(ModelNotAvailableError) as err:
+            resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)
+        assert not any(method == "GET" for method, _ in hub.requests)
+    assert "; delete it (it cannot be removed: Permission denied)" in str(err.value)
+    assert "run again" not in str(err.value)

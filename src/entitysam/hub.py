@@ -186,9 +186,12 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
             cached = None
         if cached is not None:
-            damage = _check_cached(cached)
-            if damage is None:
+            checked = _check_cached(cached, filename)
+            if checked is None:
                 return cached
+            damage, gone = checked
+            if not gone:  # a download would find the same file in its place
+                raise _not_available(name, f"the cached file {damage}", endpoint, revision)
     if not download or _offline_mode():
         cause = f"the cached file {damage}" if damage else "it is not in the local cache"
         if download:  # and so no probe either: offline means no connection at all
@@ -201,10 +204,11 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         path = Path(hf_hub_download(**kwargs, force_download=force_download))
     except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
         raise _not_available(name, f"download failed ({_download_cause(err)})", endpoint, revision) from None
-    damage = _check_cached(path)
-    if damage is not None:
-        raise _not_available(name, f"the downloaded file {damage}; run again to download it again",
-                             endpoint, revision)
+    checked = _check_cached(path, filename)
+    if checked is not None:
+        damage, gone = checked
+        again = "; run again to download it again" if gone else ""
+        raise _not_available(name, f"the downloaded file {damage}{again}", endpoint, revision)
     return path
 
 
@@ -241,11 +245,15 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 22
 
 
-def _check_cached(path: Path) -> str | None:
-    """None when the file at `path` (a snapshot link of the cache) has the SHA-256 its blob is named
-    after; else the problem, worded to follow "the file ...", after the damaged blob was removed
-    (when it still was the file that was read: a process beside this one may have put a good one
-    in its place meanwhile)."""
+def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
+    """None when the file at `path` (a snapshot link of the cache, to the file `filename` of the
+    repository) has the SHA-256 its blob is named after; else the problem, worded to follow "the
+    file ...", and whether it is gone (so that a download can put a good one in its place).
+
+    The damaged blob is removed when it still is the file that was read (a process beside this
+    one may have put a good one in its place meanwhile), and only when it lies in this
+    repository's blobs folder: a link leading elsewhere (made by hand, or a cache copied with its
+    absolute links) names a file the cache did not write, which is never deleted."""
     blob = Path(os.path.realpath(path))
     expected = blob.name
     if not _SHA256.fullmatch(expected):  # a copy made without links, or a file of another kind
@@ -254,43 +262,51 @@ def _check_cached(path: Path) -> str | None:
         identity = _identity(os.lstat(blob))
         f = open_regular(blob, follow_links=False)
     except FileNotFoundError:
-        return f"{blob} is missing"
+        return f"{blob} is missing", True
     except OSError as err:
-        return f"{blob} cannot be read ({err.strerror or type(err).__name__})"
+        return f"{blob} cannot be read ({err.strerror or type(err).__name__}); fix or delete it", False
     if f is None:
-        return f"{blob} is not a regular file{_removed(blob, identity)}"
-    with f:
-        identity = _identity(os.fstat(f.fileno()))
-        digest = hashlib.sha256()
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-    if digest.hexdigest() == expected:
-        return None
-    return (f"{blob} is damaged (SHA-256 {digest.hexdigest()[:16]}..., the hub's is {expected[:16]}...: "
-            f"cut short or altered on its way){_removed(blob, identity)}")
+        problem = f"{blob} is not a regular file"
+    else:
+        with f:
+            identity = _identity(os.fstat(f.fileno()))
+            digest = hashlib.sha256()
+            buf = bytearray(_CHUNK)
+            view = memoryview(buf)
+            while n := f.readinto(buf):
+                digest.update(view[:n])
+        if digest.hexdigest() == expected:
+            return None
+        problem = (f"{blob} is damaged (SHA-256 {digest.hexdigest()[:16]}..., the hub's is {expected[:16]}...: "
+                   "cut short or altered on its way)")
+    # path is <cache>/<repo folder>/snapshots/<commit>/<filename>
+    blobs = Path(path).parents[len(Path(filename).parts) + 1] / "blobs"
+    if blob.parent != Path(os.path.realpath(blobs)):
+        return (f"{problem}; not removed: it is no file of the cache (the cache's link {path} leads "
+                f"outside {blobs}): delete that link, or put the right file there"), False
+    outcome, gone = _removed(blob, identity)
+    return problem + outcome, gone
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _removed(blob: Path, identity: tuple[int, int, int, int]) -> str:
+def _removed(blob: Path, identity: tuple[int, int, int, int]) -> tuple[str, bool]:
     """Remove the damaged `blob` if it still is the file that was checked; what happened, worded
-    to end the problem's sentence."""
+    to end the problem's sentence, and whether the blob is gone (or replaced)."""
     try:
         st = os.lstat(blob)
     except FileNotFoundError:  # another process removed it already
-        return "; removed"
+        return "; removed", True
     except OSError as err:
-        return f"; delete it (it cannot be checked: {err.strerror})"
+        return f"; delete it (it cannot be checked: {err.strerror})", False
     if _identity(st) != identity:
-        return "; replaced since by another process"
+        return "; replaced since by another process", True
     try:
         blob.unlink()
     except FileNotFoundError:
-        return "; removed"
+        return "; removed", True
     except OSError as err:
-        return f"; delete it (it cannot be removed: {err.strerror})"
-    return "; removed"
+        return f"; delete it (it cannot be removed: {err.strerror})", False
+    return "; removed", True

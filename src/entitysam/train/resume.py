@@ -44,7 +44,9 @@ def folder_given(folder: Path, output_dir: Path) -> str:
         named = pointer.read_text(errors="replace").strip() if pointer.is_file() else ""
     except OSError:
         named = ""
-    if named and (folder / named).is_file():
+    # the trainer writes a file name; anything else ("../x", "/x") would be suggested as the
+    # checkpoint "in" this folder while naming a file elsewhere
+    if named and Path(named).name == named and named not in (".", "..") and (folder / named).is_file():
         message += f": pass the checkpoint in it, resume={printable(str(folder / named))} (its last_checkpoint)"
     else:
         found = sorted(p.name for p in folder.glob("*.pth") if p.is_file())

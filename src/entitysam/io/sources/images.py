@@ -53,6 +53,9 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
     grayscale, CMYK and the other modes go through Pillow's conversion; an alpha channel is
     dropped (the colour under it is kept), as the official loader's ``convert("RGB")`` does.
     """
+    # Decoded first: getexif() below decodes a PNG to find text chunks after the pixels, and its
+    # decoding error, swallowed there, left an image of zeros that the array below read silently
+    im.load()
     if _exif_orientation(im) not in (1, None):
         im = ImageOps.exif_transpose(im)
     if im.mode in _SIXTEEN_BIT_MODES:
