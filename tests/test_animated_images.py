@@ -21,9 +21,11 @@ def write_animation(path, n=4, durations=(100, 200, 100, 100), fmt=None):
     return path
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
 def test_an_animated_image_is_a_video_of_all_its_frames(tmp_path, fmt):
-    path = write_animation(tmp_path / "anim.png", fmt=fmt)  # (a GIF under .png: Pillow reads by content)
+    """WebP included: Pillow gives a WebP frame's duration only once the frame is decoded, and
+    WebP frames were timed at 25 frames/s whatever their durations."""
+    path = write_animation(tmp_path / "anim.png", fmt=fmt)  # (under .png: Pillow reads by content)
     source = open_source(path)
     assert isinstance(source, AnimatedImageSource) and source.count_hint() == 4 and source.fps == 10
     frames = list(source)

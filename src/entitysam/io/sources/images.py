@@ -197,9 +197,9 @@ class AnimatedImageSource(FrameSource):
                     # A GIF frame may be larger than the canvas, which Pillow widens to it; the next
                     # seek decodes it to compose the next frame over it, selected or not.
                     check_frame_size(self.label, f"frame {i:06d}", im.width, im.height, self.max_pixels)
-                    duration = im.info.get("duration")
+                    duration = _display_duration(im, self.path, f"frame {i:06d} of its {self.frames_in_file}")
                     yield i, t_ms / 1000.0 + untimed / self.fps, im  # (decoded by _decode before the next seek)
-                    if isinstance(duration, (int, float)) and duration > 0:
+                    if duration:
                         t_ms += duration
                     else:
                         untimed += 1
@@ -215,23 +215,36 @@ class AnimatedImageSource(FrameSource):
                               f"({err or type(err).__name__})") from None
 
 
+def _display_duration(im: Image.Image, path: Path, what: str) -> float | None:
+    """The current frame's display duration in ms, or None when it has none."""
+    if im.info.get("duration") is None and im.format == "WEBP":
+        # Pillow learns a WebP frame's duration only when it decodes the frame (GIF and APNG
+        # declare it in the frame's header); reaching the next frame decodes this one anyway.
+        try:
+            im.load()
+        except (OSError, EOFError, SyntaxError, ValueError) as err:
+            raise SourceError(f"cannot read image {path}: {what} is corrupt "
+                              f"({err or type(err).__name__})") from None
+    duration = im.info.get("duration")
+    return float(duration) if isinstance(duration, (int, float)) and duration > 0 else None
+
+
 def open_image(path: Path, selection: FrameSelection | None = None, fps: float | None = None,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
     """A single image file as a source: a one-frame `ImageSource`, or an `AnimatedImageSource` when
     the file holds several frames (only the first was read, silently, as Pillow's open shows it)."""
-    frames, first_ms = 1, 0.0
+    frames = 1
     try:
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:
             frames = int(getattr(im, "n_frames", 1) or 1)
-            first_ms = im.info.get("duration") or 0.0
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, SourceError):
         pass  # ImageSource reads it again and says what is wrong with it
     if frames > 1:
-        source = AnimatedImageSource(path, frames, selection, fps, max_pixels,
-                                     first_ms=first_ms if isinstance(first_ms, (int, float)) else 0.0)
+        unchecked = AnimatedImageSource(path, frames, selection, fps, max_pixels)
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:  # the size, before any work
-            check_frame_size(source.label, f"image {path.name}", im.width, im.height, source.max_pixels)
-        return source
+            check_frame_size(unchecked.label, f"image {path.name}", im.width, im.height, unchecked.max_pixels)
+            first_ms = _display_duration(im, path, f"frame 000000 of its {frames}") or 0.0
+        return AnimatedImageSource(path, frames, selection, fps, max_pixels, first_ms=first_ms)
     return ImageSource(path, selection, fps, max_pixels=max_pixels)
 
 
