@@ -17,7 +17,7 @@ import numpy as np
 import scipy.ndimage as ndi
 from PIL import Image
 
-__all__ = ["entity_color", "palette", "render_overlay", "OverlayWriter"]
+__all__ = ["entity_color", "palette", "render_overlay", "OverlayWriter", "frames_rate"]
 
 
 def entity_color(entity_id: int) -> tuple[int, int, int]:
@@ -101,6 +101,26 @@ def overlay_rate(fps: float) -> Fraction:
     if not (math.isfinite(fps) and fps > 0):
         return Fraction(25)
     return min(max(Fraction(fps).limit_denominator(1001), MIN_RATE), MAX_RATE)
+
+
+def frames_rate(first: float, last: float, count: int) -> float | None:
+    """The average rate of `count` frames whose times run from `first` to `last` (seconds), as
+    :func:`overlay_rate` represents it; None for fewer than 2 frames or no time between them.
+
+    A whole or NTSC rate (30, 30000/1001) within the times' precision is taken: timestamps rounded
+    to milliseconds (RTMP/FLV) leave the span up to 1 ms off, and 29.998 should read as 30."""
+    try:
+        span = float(last) - float(first)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if count < 2 or not (math.isfinite(span) and span > 0):
+        return None
+    rate = (count - 1) / span
+    tolerance = rate * 0.001 / span
+    near = [r for r in (Fraction(round(rate)), Fraction(round(rate * 1.001) * 1000, 1001))
+            if r > 0 and abs(r - Fraction(rate)) <= tolerance]
+    best = min(near, key=lambda r: abs(r - Fraction(rate))) if near else rate
+    return float(overlay_rate(best))
 
 
 class OverlayWriter:
