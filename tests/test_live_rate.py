@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import socket
 import threading
 from fractions import Fraction
 
 import pytest
 
+from _blocking import within
+from _cli import run_cli
 from _media import scene
 from entitysam.io.overlay import frames_rate
+from entitysam.io.sources import LiveSource
 from entitysam.io.stream_files import read_jsonl
 
 BURST_MS = [0, 1, 2, 3] + [33 * k for k in range(1, 61)]  # 64 frames over 1.98 s
@@ -80,3 +84,82 @@ def test_frames_rate():
     assert frames_rate(0, 0.0001, 3) == 1000.0
     for first, last, n in ((0, 1, 1), (0, 1, 0), (1, 1, 5), (2, 1, 5), (0, float("nan"), 5), (0, float("inf"), 5)):
         assert frames_rate(first, last, n) is None
+
+
+@pytest.mark.parametrize("times, expected", [(BURST_MS, BURST_RATE), (MS_30, 30.0)], ids=["burst", "ms-30"])
+def test_online_result_of_a_stream_without_a_declared_rate_has_its_frames_rate(tiny_model, tmp_path, times,
+                                                                                expected):
+    """It said 1000 (burst) or 29.83 (ms timestamps): FFmpeg's guess at opening."""
+    from entitysam.pipeline.stream import stream
+
+    out = tmp_path / "out"
+    with _serve(_ts(times)) as url:
+        source = LiveSource(url)
+        assert source.native_fps != pytest.approx(expected, abs=0.01)  # the guess is wrong (the premise)
+
+        def run():
+            with stream(tiny_model, source, output=out, live=False) as s:
+                for _ in s:
+                    if s.emitted == 1:
+                        running.append(json.loads((out / "manifest.json").read_text()))
+            return s.manifest
+
+        running = []
+        manifest = within(300, run)
+    assert manifest["status"] == "complete" and manifest["num_frames"] == len(times)
+    assert manifest["fps"] == pytest.approx(expected, rel=1e-4)
+    assert "fps_provisional" not in manifest
+    # the manifest written while it runs has the guess, and says it is one
+    assert running[0]["status"] == "running" and running[0]["fps"] == source.native_fps
+    assert running[0]["fps_provisional"] is True
+
+
+def test_a_given_rate_and_an_offline_like_input_are_kept(tiny_model, tmp_path):
+    """--fps (fps=) is the user's word; a video file's container rate is right: neither changes."""
+    from _media import write_video
+
+    from entitysam.pipeline.stream import stream
+
+    with _serve(_ts(BURST_MS[:12])) as url:
+        with stream(tiny_model, url, fps=12.5, output=tmp_path / "given", live=False) as s:
+            for _ in s:
+                pass
+    assert s.manifest["fps"] == 12.5 and "fps_provisional" not in s.manifest
+    video = write_video(tmp_path / "v.mp4", 6, fps=7)
+    with stream(tiny_model, video, output=tmp_path / "file", live=True) as s:
+        for _ in s:
+            pass
+    assert s.manifest["fps"] == 7.0
+
+
+def test_cli_online_run_of_a_burst_stream_plays_at_its_rate_in_the_viewer(tmp_path):
+    """End to end: `segment --online` of a stream FFmpeg guesses at 1000 frames/s; the manifest and
+    the viewer's /api/video (the player's period is 1000 / fps ms) said 1000."""
+    pytest.importorskip("starlette", reason="the viewer needs the `viewer` extra (starlette, uvicorn)")
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from entitysam.review.result import ResultFolder
+    from entitysam.review.server import Viewer, create_app
+
+    out = tmp_path / "out"
+    with _serve(_ts(BURST_MS)) as url:
+        # --no-live: no frame dropped, however slow this machine is (the frames arrive at once)
+        done = run_cli(url, "--online", "--no-live", "--model", "demo", "--device", "cpu", "-o", out, "-q",
+                       timeout=300)
+        assert done.returncode == 0, done.stderr
+        (out,) = out.iterdir()  # DIR/<video-name>/
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["num_frames"] == len(BURST_MS) and manifest["dropped_frames"] == 0
+        assert 29 < manifest["fps"] < 33 and manifest["fps"] == pytest.approx(BURST_RATE, rel=1e-4)
+        assert manifest["fps"] == _written_rate(out)
+
+        live = tmp_path / "live"  # live (the default): frames may be dropped, the rate is of those kept
+        done = run_cli(url, "--online", "--model", "demo", "--device", "cpu", "-o", live, "-q", timeout=300)
+        assert done.returncode == 0, done.stderr
+        (live,) = live.iterdir()
+        live_fps = json.loads((live / "manifest.json").read_text())["fps"]
+        assert 0 < live_fps < 33 and live_fps == _written_rate(live)
+    assert ResultFolder.open(out).fps == manifest["fps"]
+    with TestClient(create_app(Viewer(out, token="t"))) as client:
+        assert client.get("/api/video").json()["fps"] == manifest["fps"]

@@ -23,7 +23,7 @@ from .atomic import atomic_file, write_bytes_atomic
 from .entities import segment_rles
 from .manifest import MANIFEST
 from .output_lock import OutputLock
-from .overlay import OverlayWriter
+from .overlay import OverlayWriter, frames_rate
 from .panoptic import PanopticWriter, panoptic_json_head, panoptic_json_tail
 from .paths import describe_os_error
 from .staging import StagedOutput
@@ -67,6 +67,9 @@ class OnlineWriter:
       ``entities.jsonl`` when the stream ends (also when interrupted);
     * ``manifest.json``: written when the writer starts (``"status": "running"``) and replaced
       when it finishes (``complete``, ``interrupted``, ``stopped`` or ``failed``, with counts).
+      ``measure_fps`` (a live stream's guessed rate): the running one says ``"fps_provisional":
+      true``, the final one's ``fps`` is the rate of the frames written (first to last frame time;
+      the guess stays for fewer than 2 frames or no time between them).
 
     The folder must not exist, unless ``overwrite`` (then the old one is replaced once the new
     one's files and manifest are created, as :class:`~entitysam.io.staging.StagedOutput` replaces
@@ -78,7 +81,7 @@ class OnlineWriter:
     def __init__(self, directory: str | os.PathLike, *, video: str, formats: Sequence[str], fps: float,
                  labels: bool = False, rle: bool | None = None, timestamps: bool = False,
                  overwrite: bool = False, manifest: Mapping[str, Any] | None = None, protect: Sequence[Any] = (),
-                 sample_aspect_ratio: Fraction = Fraction(1)):
+                 sample_aspect_ratio: Fraction = Fraction(1), measure_fps: bool = False):
         self.directory = Path(directory)
         self.video = video
         self.formats = tuple(formats)
@@ -87,6 +90,8 @@ class OnlineWriter:
         self.rle = ("entities" in self.formats) if rle is None else rle
         self.base_manifest = dict(manifest or {})
         self.num_frames = 0
+        self.measure_fps = measure_fps
+        self.frame_times: tuple[float, float] | None = None  # (first, last) written, for measure_fps
         self._overlay: OverlayWriter | None = None
         self._jsonl_fd: int | None = None
         self._closed = False
@@ -110,7 +115,10 @@ class OnlineWriter:
             if "panoptic" in self.formats:
                 (staged.path / "panoptic").mkdir()
             self._jsonl_fd = os.open(staged.path / JSONL, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
-            self._write_manifest({"status": "running", "complete": False, "pid": os.getpid()}, staged.path)
+            # a guessed rate is replaced by the measured one at the end: say so while it runs
+            provisional = {"fps_provisional": True} if self.measure_fps else {}
+            self._write_manifest({"status": "running", "complete": False, "pid": os.getpid(), **provisional},
+                                 staged.path)
             staged.publish()  # (the open entities.jsonl moves with it)
             if "overlay" in self.formats:  # (PyAV opens the file by its name at the first frame: in place)
                 self._overlay = OverlayWriter(self.directory / OVERLAY, self.fps, labels, streaming=True,
@@ -154,6 +162,8 @@ class OnlineWriter:
             n = os.write(self._jsonl_fd, view)
             view = view[n:]
         self.num_frames += 1
+        time_s = float(frame.time)
+        self.frame_times = (time_s, time_s) if self.frame_times is None else (self.frame_times[0], time_s)
 
     def _write_manifest(self, fields: Mapping[str, Any], folder: Path | None = None, *,
                         in_place_fallback: bool = False) -> dict[str, Any]:
@@ -199,6 +209,9 @@ class OnlineWriter:
             raise RuntimeError("writer already finished")
         self._closed = True
         fields = dict(fields or {})
+        measured = frames_rate(*self.frame_times, self.num_frames) if self.measure_fps and self.frame_times else None
+        if measured is not None:
+            fields.setdefault("fps", measured)
         problem: OSError | None = None
         try:
             if self._overlay is not None:

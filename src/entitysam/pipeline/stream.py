@@ -71,7 +71,7 @@ class OnlineStream:
         self._steps = StreamSteps(OnlineTracking(model, compute_dtype, delay, exact), self.keep_images, self.seconds)
         self._files = None if output is None else StreamOutput(
             output, video=self.name, formats=formats, fps=self.fps, labels=labels, live=live, overwrite=overwrite,
-            protect=self.protect, head=self._manifest_head)
+            protect=self.protect, head=self._manifest_head, measure_fps=source.fps_guessed)
         self._closed = False
         self._t0 = time.perf_counter()
         self._tally = StreamTally(progress, source.count_hint(), source.name)

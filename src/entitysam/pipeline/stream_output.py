@@ -41,10 +41,11 @@ class StreamOutput:
     head: builds the manifest head when the first frame arrives."""
 
     def __init__(self, folder: Path, *, video: str, formats: tuple[str, ...], fps: float, labels: bool,
-                 live: bool, overwrite: bool, protect: Sequence[Path], head: Callable[[], dict[str, Any]]):
+                 live: bool, overwrite: bool, protect: Sequence[Path], head: Callable[[], dict[str, Any]],
+                 measure_fps: bool = False):
         self.folder = folder
         self._writer_args = dict(video=video, formats=formats, fps=fps, labels=labels, timestamps=live,
-                                 overwrite=overwrite, protect=protect)
+                                 overwrite=overwrite, protect=protect, measure_fps=measure_fps)
         self._head = head
         self.writer: OnlineWriter | None = None
 

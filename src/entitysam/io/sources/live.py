@@ -221,6 +221,7 @@ class LiveSource(FrameSource):
         super().__init__(name or live_source_name(self.url), fps or native_fps or DEFAULT_FPS, selection,
                          max_pixels=max_pixels)
         self.native_fps = native_fps
+        self.fps_guessed = fps is None
 
     @property
     def label(self) -> str:

@@ -274,6 +274,9 @@ class FrameSource:
     # Width / height of a pixel of the frames as decoded: 1 but for anamorphic video (PAL DV is
     # 720x576 with 16:15 or 64:45 pixels), which players stretch to show; the overlay video carries it.
     sample_aspect_ratio = Fraction(1)
+    # True where `fps` is only FFmpeg's guess at opening (a live stream without --fps): its frames'
+    # own times then give the rate, which a stream without a declared rate gets wrong (see live.py).
+    fps_guessed = False
 
     def __init__(self, name: str, fps: float, selection: FrameSelection | None, path: Path | None = None,
                  max_pixels: int | None = DEFAULT_MAX_PIXELS):
