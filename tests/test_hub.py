@@ -418,3 +418,54 @@ def test_a_damaged_blob_that_cannot_be_removed_is_not_downloaded_for_ever(isolat
         assert not any(method == "GET" for method, _ in hub.requests)
     assert "; delete it (it cannot be removed: Permission denied)" in str(err.value)
     assert "run again" not in str(err.value)
+
+
+def test_a_good_blob_put_in_place_while_a_damaged_one_is_removed_is_kept(isolated, monkeypatch):
+    """A process downloading the checkpoint again renames its finished file into the damaged
+    blob's place (under huggingface_hub's lock of that blob); when that happened between this
+    process's check of the blob and its removal, the good file was deleted and the downloading
+    process was left a dangling link. Now the removal holds the same lock: the other process's
+    rename waits for it, and the good file is kept. The other process acts at that very instant
+    (just before the unlink), deterministically."""
+    from filelock import FileLock, Timeout
+
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        blob = _blob(resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint))
+    blob.write_bytes(data[:1000])
+    lock = cache / ".locks" / f"models--{REPO_ID.replace('/', '--')}" / f"{blob.name}.lock"
+    waited = []
+
+    def other_process_renames_its_download_into_place():
+        other = FileLock(str(lock))  # its own descriptor: excluded like another process
+        try:
+            other.acquire(blocking=False)
+        except Timeout:
+            waited.append(True)  # it waits for the lock; its rename comes after the removal
+            return
+        try:
+            good = blob.with_name("download.incomplete")
+            good.write_bytes(data)
+            os.replace(good, blob)
+        finally:
+            other.release()
+
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == blob and not waited and os.path.exists(blob) and blob.stat().st_size != len(data):
+            other_process_renames_its_download_into_place()
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(ModelNotAvailableError, match="is damaged"):
+        resolve_checkpoint("vit-s", cache_dir=cache, download=False)
+    monkeypatch.undo()
+    if waited:  # the other process got the lock once the removal let go of it
+        with FileLock(str(lock)):
+            blob.with_name("download.incomplete").write_bytes(data)
+            os.replace(blob.with_name("download.incomplete"), blob)
+    assert blob.is_file() and blob.read_bytes() == data, "the good download was deleted"
+    assert waited, "the removal did not hold huggingface_hub's lock of the blob"
+    assert resolve_checkpoint("vit-s", cache_dir=cache, download=False).read_bytes() == data

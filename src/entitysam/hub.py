@@ -29,6 +29,7 @@ docs/demo-model.md): never downloaded, always available offline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -284,7 +285,9 @@ def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
     if blob.parent != Path(os.path.realpath(blobs)):
         return (f"{problem}; not removed: it is no file of the cache (the cache's link {path} leads "
                 f"outside {blobs}): delete that link, or put the right file there"), False
-    outcome, gone = _removed(blob, identity)
+    # huggingface_hub's lock of that blob: <cache>/.locks/<repo folder>/<blob name>.lock
+    lock = blobs.parent.parent / ".locks" / blobs.parent.name / f"{expected}.lock"
+    outcome, gone = _removed(blob, identity, lock)
     return problem + outcome, gone
 
 
@@ -292,21 +295,44 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _removed(blob: Path, identity: tuple[int, int, int, int]) -> tuple[str, bool]:
+def _removed(blob: Path, identity: tuple[int, int, int, int], lock: Path) -> tuple[str, bool]:
     """Remove the damaged `blob` if it still is the file that was checked; what happened, worded
-    to end the problem's sentence, and whether the blob is gone (or replaced)."""
-    try:
-        st = os.lstat(blob)
-    except FileNotFoundError:  # another process removed it already
-        return "; removed", True
-    except OSError as err:
-        return f"; delete it (it cannot be checked: {err.strerror})", False
-    if _identity(st) != identity:
-        return "; replaced since by another process", True
-    try:
-        blob.unlink()
-    except FileNotFoundError:
-        return "; removed", True
-    except OSError as err:
-        return f"; delete it (it cannot be removed: {err.strerror})", False
+    to end the problem's sentence, and whether the blob is gone (or replaced).
+
+    Checked and removed under huggingface_hub's own lock of that blob (`lock`): a download renames
+    its finished file into the blob's place under it, so a good file put there between the check
+    and the removal was deleted, and the process that had just downloaded it was left a dangling
+    link. Held for the check and removal only, not the hash: a download waiting on it waits for
+    milliseconds, not for minutes."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_blob_lock(lock))
+        except OSError as err:
+            return f"; delete it (its lock {lock} cannot be taken: {err.strerror or err})", False
+        try:
+            st = os.lstat(blob)
+        except FileNotFoundError:  # another process removed it already
+            return "; removed", True
+        except OSError as err:
+            return f"; delete it (it cannot be checked: {err.strerror})", False
+        if _identity(st) != identity:
+            return "; replaced since by another process", True
+        try:
+            blob.unlink()
+        except FileNotFoundError:
+            return "; removed", True
+        except OSError as err:
+            return f"; delete it (it cannot be removed: {err.strerror})", False
     return "; removed", True
+
+
+def _blob_lock(lock: Path) -> contextlib.AbstractContextManager:
+    """huggingface_hub's lock of a blob, taken the way it takes it: WeakFileLock falls back to a
+    lock file of its own (SoftFileLock) where the file system has no flock; a plain FileLock there
+    would exclude nothing. Versions before WeakFileLock (< 0.23) used filelock.FileLock."""
+    try:
+        from huggingface_hub.utils import WeakFileLock as take  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        from filelock import FileLock as take  # noqa: PLC0415 - huggingface_hub's dependency
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return take(str(lock))
