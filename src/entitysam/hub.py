@@ -35,6 +35,8 @@ import hashlib
 import os
 import re
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -61,6 +63,8 @@ CHECKPOINT_FILES = {
 BUNDLED_MODELS = {"demo": "weights/demo.safetensors"}
 DEFAULT_REVISION = "main"
 _PROBE_TIMEOUT = 10.0
+# A check taking longer (a slow network file system: minutes for a vit-l) is announced once.
+_SLOW_CHECK_S = 2.0
 
 
 def default_endpoint() -> str:
@@ -155,13 +159,14 @@ def _probe(endpoint: str) -> str | None:
 
 def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.PathLike | None = None,
                        endpoint: str | None = None, revision: str = DEFAULT_REVISION,
-                       force_download: bool = False) -> Path:
+                       force_download: bool = False, say: Callable[[str], None] | None = None) -> Path:
     """Path of the published checkpoint `name` (``vit-s`` / ``vit-l``), downloading it if needed.
 
     Raises ModelNotAvailableError with download instructions when it cannot be found or fetched.
     A bundled model (``demo``) is returned from the package, whatever the other arguments.
     A file of the Hugging Face cache is used only once its SHA-256 is the hub's
-    (see `_check_cached`); a damaged one is removed and downloaded again.
+    (see `_check_cached`); a damaged one is removed and downloaded again. say: told one line when
+    that check takes more than 2 s (None: nothing is said).
     """
     if name in BUNDLED_MODELS:
         return bundled_checkpoint_path(name)
@@ -187,7 +192,7 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
             cached = None
         if cached is not None:
-            checked = _check_cached(cached, filename)
+            checked = _check_cached(cached, filename, say, f"cached {name}")
             if checked is None:
                 return cached
             damage, gone = checked
@@ -205,7 +210,7 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         path = Path(hf_hub_download(**kwargs, force_download=force_download))
     except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
         raise _not_available(name, f"download failed ({_download_cause(err)})", endpoint, revision) from None
-    checked = _check_cached(path, filename)
+    checked = _check_cached(path, filename, say, f"downloaded {name}")
     if checked is not None:
         damage, gone = checked
         again = "; run again to download it again" if gone else ""
@@ -246,7 +251,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 22
 
 
-def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
+def _check_cached(path: Path, filename: str, say: Callable[[str], None] | None = None,
+                  what: str = "") -> tuple[str, bool] | None:
     """None when the file at `path` (a snapshot link of the cache, to the file `filename` of the
     repository) has the SHA-256 its blob is named after; else the problem, worded to follow "the
     file ...", and whether it is gone (so that a download can put a good one in its place).
@@ -254,7 +260,8 @@ def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
     The damaged blob is removed when it still is the file that was read (a process beside this
     one may have put a good one in its place meanwhile), and only when it lies in this
     repository's blobs folder: a link leading elsewhere (made by hand, or a cache copied with its
-    absolute links) names a file the cache did not write, which is never deleted."""
+    absolute links) names a file the cache did not write, which is never deleted. say: told "checking
+    the `what` checkpoint ..." once the hash has taken over `_SLOW_CHECK_S`."""
     blob = Path(os.path.realpath(path))
     expected = blob.name
     if not _SHA256.fullmatch(expected):  # a copy made without links, or a file of another kind
@@ -274,8 +281,12 @@ def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
             digest = hashlib.sha256()
             buf = bytearray(_CHUNK)
             view = memoryview(buf)
+            started = time.monotonic()
             while n := f.readinto(buf):
                 digest.update(view[:n])
+                if say is not None and time.monotonic() - started > _SLOW_CHECK_S:
+                    say(f"checking the {what} checkpoint ({_size(identity[2])}) against the hub's SHA-256 ...")
+                    say = None
         if digest.hexdigest() == expected:
             return None
         problem = (f"{blob} is damaged (SHA-256 {digest.hexdigest()[:16]}..., the hub's is {expected[:16]}...: "
@@ -289,6 +300,10 @@ def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
     lock = blobs.parent.parent / ".locks" / blobs.parent.name / f"{expected}.lock"
     outcome, gone = _removed(blob, identity, lock)
     return problem + outcome, gone
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
