@@ -418,3 +418,126 @@ def test_a_damaged_blob_that_cannot_be_removed_is_not_downloaded_for_ever(isolat
         assert not any(method == "GET" for method, _ in hub.requests)
     assert "; delete it (it cannot be removed: Permission denied)" in str(err.value)
     assert "run again" not in str(err.value)
+
+
+def test_a_good_blob_put_in_place_while_a_damaged_one_is_removed_is_kept(isolated, monkeypatch):
+    """A process downloading the checkpoint again renames its finished file into the damaged
+    blob's place (under huggingface_hub's lock of that blob); when that happened between this
+    process's check of the blob and its removal, the good file was deleted and the downloading
+    process was left a dangling link. Now the removal holds the same lock: the other process's
+    rename waits for it, and the good file is kept. The other process acts at that very instant
+    (just before the unlink), deterministically."""
+    from filelock import FileLock, Timeout
+
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        blob = _blob(resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint))
+    blob.write_bytes(data[:1000])
+    lock = cache / ".locks" / f"models--{REPO_ID.replace('/', '--')}" / f"{blob.name}.lock"
+    waited = []
+
+    def other_process_renames_its_download_into_place():
+        other = FileLock(str(lock))  # its own descriptor: excluded like another process
+        try:
+            other.acquire(blocking=False)
+        except Timeout:
+            waited.append(True)  # it waits for the lock; its rename comes after the removal
+            return
+        try:
+            good = blob.with_name("download.incomplete")
+            good.write_bytes(data)
+            os.replace(good, blob)
+        finally:
+            other.release()
+
+    real_unlink = Path.unlink
+
+    def unlink(self, *args, **kwargs):
+        if self == blob and not waited and os.path.exists(blob) and blob.stat().st_size != len(data):
+            other_process_renames_its_download_into_place()
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(ModelNotAvailableError, match="is damaged"):
+        resolve_checkpoint("vit-s", cache_dir=cache, download=False)
+    monkeypatch.undo()
+    if waited:  # the other process got the lock once the removal let go of it
+        with FileLock(str(lock)):
+            blob.with_name("download.incomplete").write_bytes(data)
+            os.replace(blob.with_name("download.incomplete"), blob)
+    assert blob.is_file() and blob.read_bytes() == data, "the good download was deleted"
+    assert waited, "the removal did not hold huggingface_hub's lock of the blob"
+    assert resolve_checkpoint("vit-s", cache_dir=cache, download=False).read_bytes() == data
+
+
+@pytest.fixture
+def slow_cache(isolated, monkeypatch):
+    """A cache holding the vit-s checkpoint on "a slow network file system": its first read takes
+    2.1 s, past the 2 s after which a check is announced (elapsed time only grows: no race)."""
+    import time
+
+    import entitysam.hub as hub_module
+
+    data = _checkpoint_bytes(isolated)
+    cache = isolated / "c"
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)
+    real_open = hub_module.open_regular
+
+    class Slow:
+        def __init__(self, f):
+            self.f, self.first = f, True
+
+        def readinto(self, buf):
+            if self.first:
+                self.first = False
+                time.sleep(2.1)
+            return self.f.readinto(buf)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def slow_open(*args, **kwargs):
+        f = real_open(*args, **kwargs)
+        return None if f is None else Slow(f)
+
+    monkeypatch.setattr(hub_module, "open_regular", slow_open)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    return cache
+
+
+def test_a_slow_check_of_the_cached_checkpoint_says_what_it_does(slow_cache):
+    """Hashing a multi-GB checkpoint on a slow network file system took minutes without a word;
+    now one line says what is happening once it takes over 2 s."""
+    said = []
+    assert resolve_checkpoint("vit-s", cache_dir=slow_cache, download=False, say=said.append).is_file()
+    assert len(said) == 1 and said[0].startswith("checking the cached vit-s checkpoint (") and "MB)" in said[0]
+    assert resolve_checkpoint("vit-s", cache_dir=slow_cache, download=False).is_file()  # say=None: silent
+
+
+def test_a_fast_check_says_nothing(isolated):
+    data = _checkpoint_bytes(isolated)
+    said = []
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint=hub.endpoint, say=said.append)
+    assert resolve_checkpoint("vit-s", cache_dir=isolated / "c", download=False, say=said.append).is_file()
+    assert not said
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_segment_says_it_checks_a_slow_cached_checkpoint_unless_quiet(slow_cache, capsys, quiet):
+    from PIL import Image
+
+    Image.new("RGB", (32, 24)).save(slow_cache.parent / "a.png")
+    cli.main(["segment", str(slow_cache.parent / "a.png"), "-o", str(slow_cache.parent / "out"), "--model", "vit-s",
+              *(["-q"] if quiet else [])])  # the cached file is a tiny model: refused after the check
+    said = "checking the cached vit-s checkpoint (" in capsys.readouterr().err
+    assert said is not quiet

@@ -29,11 +29,14 @@ docs/demo-model.md): never downloaded, always available offline.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import re
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,6 +63,8 @@ CHECKPOINT_FILES = {
 BUNDLED_MODELS = {"demo": "weights/demo.safetensors"}
 DEFAULT_REVISION = "main"
 _PROBE_TIMEOUT = 10.0
+# A check taking longer (a slow network file system: minutes for a vit-l) is announced once.
+_SLOW_CHECK_S = 2.0
 
 
 def default_endpoint() -> str:
@@ -154,13 +159,14 @@ def _probe(endpoint: str) -> str | None:
 
 def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.PathLike | None = None,
                        endpoint: str | None = None, revision: str = DEFAULT_REVISION,
-                       force_download: bool = False) -> Path:
+                       force_download: bool = False, say: Callable[[str], None] | None = None) -> Path:
     """Path of the published checkpoint `name` (``vit-s`` / ``vit-l``), downloading it if needed.
 
     Raises ModelNotAvailableError with download instructions when it cannot be found or fetched.
     A bundled model (``demo``) is returned from the package, whatever the other arguments.
     A file of the Hugging Face cache is used only once its SHA-256 is the hub's
-    (see `_check_cached`); a damaged one is removed and downloaded again.
+    (see `_check_cached`); a damaged one is removed and downloaded again. say: told one line when
+    that check takes more than 2 s (None: nothing is said).
     """
     if name in BUNDLED_MODELS:
         return bundled_checkpoint_path(name)
@@ -186,7 +192,7 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         except Exception:  # noqa: BLE001 - not cached (LocalEntryNotFoundError and friends)
             cached = None
         if cached is not None:
-            checked = _check_cached(cached, filename)
+            checked = _check_cached(cached, filename, say, f"cached {name}")
             if checked is None:
                 return cached
             damage, gone = checked
@@ -204,7 +210,7 @@ def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.
         path = Path(hf_hub_download(**kwargs, force_download=force_download))
     except Exception as err:  # noqa: BLE001 - network, HTTP, offline mode, disk: all end in the same advice
         raise _not_available(name, f"download failed ({_download_cause(err)})", endpoint, revision) from None
-    checked = _check_cached(path, filename)
+    checked = _check_cached(path, filename, say, f"downloaded {name}")
     if checked is not None:
         damage, gone = checked
         again = "; run again to download it again" if gone else ""
@@ -245,7 +251,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 22
 
 
-def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
+def _check_cached(path: Path, filename: str, say: Callable[[str], None] | None = None,
+                  what: str = "") -> tuple[str, bool] | None:
     """None when the file at `path` (a snapshot link of the cache, to the file `filename` of the
     repository) has the SHA-256 its blob is named after; else the problem, worded to follow "the
     file ...", and whether it is gone (so that a download can put a good one in its place).
@@ -253,7 +260,8 @@ def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
     The damaged blob is removed when it still is the file that was read (a process beside this
     one may have put a good one in its place meanwhile), and only when it lies in this
     repository's blobs folder: a link leading elsewhere (made by hand, or a cache copied with its
-    absolute links) names a file the cache did not write, which is never deleted."""
+    absolute links) names a file the cache did not write, which is never deleted. say: told "checking
+    the `what` checkpoint ..." once the hash has taken over `_SLOW_CHECK_S`."""
     blob = Path(os.path.realpath(path))
     expected = blob.name
     if not _SHA256.fullmatch(expected):  # a copy made without links, or a file of another kind
@@ -273,8 +281,12 @@ def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
             digest = hashlib.sha256()
             buf = bytearray(_CHUNK)
             view = memoryview(buf)
+            started = time.monotonic()
             while n := f.readinto(buf):
                 digest.update(view[:n])
+                if say is not None and time.monotonic() - started > _SLOW_CHECK_S:
+                    say(f"checking the {what} checkpoint ({_size(identity[2])}) against the hub's SHA-256 ...")
+                    say = None
         if digest.hexdigest() == expected:
             return None
         problem = (f"{blob} is damaged (SHA-256 {digest.hexdigest()[:16]}..., the hub's is {expected[:16]}...: "
@@ -284,29 +296,58 @@ def _check_cached(path: Path, filename: str) -> tuple[str, bool] | None:
     if blob.parent != Path(os.path.realpath(blobs)):
         return (f"{problem}; not removed: it is no file of the cache (the cache's link {path} leads "
                 f"outside {blobs}): delete that link, or put the right file there"), False
-    outcome, gone = _removed(blob, identity)
+    # huggingface_hub's lock of that blob: <cache>/.locks/<repo folder>/<blob name>.lock
+    lock = blobs.parent.parent / ".locks" / blobs.parent.name / f"{expected}.lock"
+    outcome, gone = _removed(blob, identity, lock)
     return problem + outcome, gone
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _removed(blob: Path, identity: tuple[int, int, int, int]) -> tuple[str, bool]:
+def _removed(blob: Path, identity: tuple[int, int, int, int], lock: Path) -> tuple[str, bool]:
     """Remove the damaged `blob` if it still is the file that was checked; what happened, worded
-    to end the problem's sentence, and whether the blob is gone (or replaced)."""
-    try:
-        st = os.lstat(blob)
-    except FileNotFoundError:  # another process removed it already
-        return "; removed", True
-    except OSError as err:
-        return f"; delete it (it cannot be checked: {err.strerror})", False
-    if _identity(st) != identity:
-        return "; replaced since by another process", True
-    try:
-        blob.unlink()
-    except FileNotFoundError:
-        return "; removed", True
-    except OSError as err:
-        return f"; delete it (it cannot be removed: {err.strerror})", False
+    to end the problem's sentence, and whether the blob is gone (or replaced).
+
+    Checked and removed under huggingface_hub's own lock of that blob (`lock`): a download renames
+    its finished file into the blob's place under it, so a good file put there between the check
+    and the removal was deleted, and the process that had just downloaded it was left a dangling
+    link. Held for the check and removal only, not the hash: a download waiting on it waits for
+    milliseconds, not for minutes."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_blob_lock(lock))
+        except OSError as err:
+            return f"; delete it (its lock {lock} cannot be taken: {err.strerror or err})", False
+        try:
+            st = os.lstat(blob)
+        except FileNotFoundError:  # another process removed it already
+            return "; removed", True
+        except OSError as err:
+            return f"; delete it (it cannot be checked: {err.strerror})", False
+        if _identity(st) != identity:
+            return "; replaced since by another process", True
+        try:
+            blob.unlink()
+        except FileNotFoundError:
+            return "; removed", True
+        except OSError as err:
+            return f"; delete it (it cannot be removed: {err.strerror})", False
     return "; removed", True
+
+
+def _blob_lock(lock: Path) -> contextlib.AbstractContextManager:
+    """huggingface_hub's lock of a blob, taken the way it takes it: WeakFileLock falls back to a
+    lock file of its own (SoftFileLock) where the file system has no flock; a plain FileLock there
+    would exclude nothing. Versions before WeakFileLock (< 0.23) used filelock.FileLock."""
+    try:
+        from huggingface_hub.utils import WeakFileLock as take  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        from filelock import FileLock as take  # noqa: PLC0415 - huggingface_hub's dependency
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return take(str(lock))

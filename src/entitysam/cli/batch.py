@@ -165,7 +165,7 @@ def load_or_report(args, say):
     set_threads(args.threads)
     try:
         t0 = time.perf_counter()
-        model = load_model(args, args.model)
+        model = load_model(args, args.model, say)
         say(f"model {model.cfg.name} loaded on {next(model.parameters()).device} in {time.perf_counter() - t0:.1f}s")
         if getattr(args, "compile", False):
             from ..inference.compiled import compile_model

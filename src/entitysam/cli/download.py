@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..argtypes import path_text
 from ..errors import EntitySAMError
-from .options import print_err
+from .options import print_err, say
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,7 @@ def run(args) -> int:
     status = 0
     for name in dict.fromkeys(args.models):  # each once, in the order given (vit-s vit-s fetched it twice)
         try:
-            path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force)
+            path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force, say=say)
         except EntitySAMError as err:
             print_err(err)
             status = 1

@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         t0 = time.perf_counter()
         with checkpoint_wording():
-            net = load(args.checkpoint, config=args.model, device=device, allow_pickle=args.trust_checkpoint_code)
+            net = load(args.checkpoint, config=args.model, device=device, allow_pickle=args.trust_checkpoint_code,
+                       say=say)
         say(f"model {net.cfg.name} loaded on {next(net.parameters()).device} in {time.perf_counter() - t0:.1f}s")
         return net
 

@@ -126,15 +126,16 @@ def check_model_args(args) -> None:
     check_exact(getattr(args, "exact", False), resolve_dtype(getattr(args, "dtype", "auto"), device))
 
 
-def load_model(args, config: str | None):
+def load_model(args, config: str | None, say: Callable[[str], None] | None = None):
     """The model of a command (`entitysam.pipeline.loading.load_model`): --checkpoint (with the
     configuration `config`), else the published model `config`. The warning of
-    --trust-checkpoint-code becomes one plain stderr line; a refused checkpoint names the flag."""
+    --trust-checkpoint-code becomes one plain stderr line; a refused checkpoint names the flag.
+    say: the command's progress lines (a slow check of a cached checkpoint says so)."""
     from ..pipeline.loading import load_model as load
 
     with checkpoint_wording():
         return load(args.checkpoint, config=config, device=args.device,
-                    allow_pickle=bool(args.checkpoint) and args.trust_checkpoint_code)
+                    allow_pickle=bool(args.checkpoint) and args.trust_checkpoint_code, say=say)
 
 
 @contextlib.contextmanager

@@ -52,9 +52,10 @@ class EntitySAM(modeling.EntitySAM):
 
     @classmethod
     def from_pretrained(cls, name: str = "vit-s", *, device: str | torch.device = "cpu",
-                        cache_dir: str | os.PathLike | None = None, download: bool = True) -> EntitySAM:
+                        cache_dir: str | os.PathLike | None = None, download: bool = True,
+                        say: Callable[[str], None] | None = None) -> EntitySAM:
         """A published model ("vit-s" or "vit-l") or the bundled "demo" model: see :func:`from_pretrained`."""
-        return from_pretrained(name, device=device, cache_dir=cache_dir, download=download)
+        return from_pretrained(name, device=device, cache_dir=cache_dir, download=download, say=say)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, config: str | None = None,
@@ -109,18 +110,22 @@ def from_checkpoint(path: str | os.PathLike, *, config: str | None = None,
 
 
 def from_pretrained(name: str = "vit-s", *, device: str | torch.device = "cpu",
-                    cache_dir: str | os.PathLike | None = None, download: bool = True) -> EntitySAM:
+                    cache_dir: str | os.PathLike | None = None, download: bool = True,
+                    say: Callable[[str], None] | None = None) -> EntitySAM:
     """A published model (`EntitySAM.from_pretrained("vit-s")`, or "vit-l"), from the local
     folder, the Hugging Face cache or the hub (see :mod:`entitysam.hub`), or the bundled
     "demo" model (inside the package, no network; synthetic scenes only). Raises
-    ModelNotAvailableError with download instructions when it cannot be had."""
+    ModelNotAvailableError with download instructions when it cannot be had. say (e.g. print):
+    told one line when checking the SHA-256 of the cached file takes over 2 s (a slow disk)."""
     if not isinstance(name, str):
         raise InvalidArgumentError(f"the model name must be a string (vit-s, vit-l or demo), got {name!r}")
     resolve_device(device)  # an unusable device is refused before any download
     check_flags(download=download)  # "no" is truthy: it would download gigabytes
+    if say is not None and not callable(say):
+        raise InvalidArgumentError(f"say must be a function of one string (e.g. print) or None, got {say!r}")
     if cache_dir is not None:
         check_path_arg(cache_dir, "cache_dir")  # 3 would be the folder "3", "" the current one
-    path = resolve_checkpoint(name, download=download, cache_dir=cache_dir)
+    path = resolve_checkpoint(name, download=download, cache_dir=cache_dir, say=say)
     try:
         model = load_entitysam(path, config=name, device=resolve_device(device), model_class=EntitySAM)
     except UnsafeCheckpointError as err:  # its remedy, allow_pickle, is no argument here: it could not be followed
@@ -167,7 +172,8 @@ def check_config_name(config: Any) -> None:
 
 
 def load_model(checkpoint: str | os.PathLike | None = None, *, config: str | None = None,
-               device: str | torch.device = "cpu", allow_pickle: bool = False) -> EntitySAM:
+               device: str | torch.device = "cpu", allow_pickle: bool = False,
+               say: Callable[[str], None] | None = None) -> EntitySAM:
     """The model of a command: the checkpoint file `checkpoint` (configuration `config`, inferred
     from its keys if None), else the published model `config` (default vit-s). Any failure is an
     EntitySAMError (ModelLoadError for what the loaders do not explain themselves, e.g. a file
@@ -175,7 +181,7 @@ def load_model(checkpoint: str | os.PathLike | None = None, *, config: str | Non
     try:
         if checkpoint:
             return from_checkpoint(checkpoint, config=config, device=device, allow_pickle=allow_pickle)
-        return from_pretrained(config or "vit-s", device=device)
+        return from_pretrained(config or "vit-s", device=device, say=say)
     except EntitySAMError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever torch.load raises for a foreign file
