@@ -10,6 +10,8 @@ file itself, not of the path, which may have changed since.
 
 * `open_regular(path)`: the open file (binary, blocking), or None when it is not a regular file.
 * `reopenable_name(f)`: ``/dev/fd/N`` of an open file, None where there is none.
+* `path_problem(path, folder=False)`: what is wrong with a path that should name a regular file
+  (or a folder), in words, without opening it.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import stat
 from typing import BinaryIO
 
-__all__ = ["open_regular", "reopenable_name"]
+__all__ = ["open_regular", "reopenable_name", "path_problem"]
 
 # O_NONBLOCK: a named pipe opens without waiting for a writer; O_NOCTTY: a terminal put in the
 # path's place must not become the process's controlling terminal
@@ -59,3 +61,19 @@ def reopenable_name(f: BinaryIO) -> str | None:
     have changed), or None where there is none (Windows)."""
     name = f"/dev/fd/{f.fileno()}"
     return name if os.path.exists(name) else None
+
+
+def path_problem(path: str | os.PathLike, *, folder: bool = False) -> str | None:
+    """None when `path` names a regular file (a folder with folder=True); else "missing", "not a
+    regular file" / "not a folder", or the cause of the failed look (a link loop, no permission):
+    is_file() and is_dir() say False of all of these, and a user then looked for a missing file
+    that was there."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return err.strerror or str(err)
+    if folder:
+        return None if stat.S_ISDIR(mode) else "not a folder"
+    return None if stat.S_ISREG(mode) else "not a regular file"

@@ -4,12 +4,10 @@ names checked to be there, before anything is trained (the layout: entitysam.tra
 from __future__ import annotations
 
 import json
-import os
-import stat
 from pathlib import Path
 
 from ..io.idpng import MAX_ID
-from ..regular_file import open_regular
+from ..regular_file import open_regular, path_problem
 from .samples import DatasetError, PanopticRecord
 
 __all__ = ["IMAGE_EXTS", "read_panoptic_dataset", "entity_shortage"]
@@ -114,7 +112,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
                            "segments_info is empty or holds crowd segments only): there is nothing to train on")
     missing, unusable = [], []
     for p in (p for r in records for p in (r.image_path, r.panoptic_path)):
-        cause = _file_problem(p)
+        cause = path_problem(p)
         if cause == "missing":
             missing.append(p)
         elif cause:
@@ -124,18 +122,6 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
             more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
             raise DatasetError(f"{jpath}: {len(problems)} dataset file(s) {what}: {', '.join(problems[:3])}{more}")
     return records
-
-
-def _file_problem(path: str) -> str | None:
-    """None for a regular file; else "missing" or the cause: is_file() called a FIFO, a folder or
-    a link loop "missing" too, and the user looked for a file that is there."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "missing"
-    except OSError as err:
-        return err.strerror or str(err)
-    return None if stat.S_ISREG(mode) else "not a regular file"
 
 
 def entity_shortage(records: list[PanopticRecord]) -> str | None:

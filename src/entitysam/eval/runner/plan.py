@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ...errors import EntitySAMError, Remedy
-from ...regular_file import open_regular
+from ...regular_file import open_regular, path_problem
 
 __all__ = ["EvalInputError", "VideoEntry", "VIPSegPlan", "load_plan", "list_video_frames", "official_stem",
            "abbreviate", "check_frames", "check_gt_annotations", "check_gt_pngs", "folder_problem", "folder_message"]
@@ -215,13 +214,7 @@ def list_video_frames(folder: PathLike) -> list[str]:
 def folder_problem(path: Path) -> str | None:
     """None when `path` is a folder; else "missing", "not a folder" or the cause (a link loop, no
     permission): is_dir() says False of all of them, and a folder that is there was "not found"."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "missing"
-    except OSError as err:
-        return err.strerror or str(err)
-    return None if stat.S_ISDIR(mode) else "not a folder"
+    return path_problem(path, folder=True)
 
 
 def folder_message(path: Path, what: str, hint: str) -> str | None:
