@@ -356,7 +356,7 @@ def test_another_models_file_in_a_published_models_place_says_which_and_what_to_
         cached = resolve_checkpoint("vit-l", cache_dir=isolated / "c")
     msg = str(err.value)
     assert msg == (f"the cached vit-l checkpoint {cached} is not the vit-l model (it is a 'tiny' model): "
-                   "delete it to download it again, or run `entitysam download vit-l --force`")
+                   "delete it to download it again")
     assert err.value.fits == "tiny"
     # the command line says the same in one line
     monkeypatch.setenv("HF_HUB_CACHE", str(isolated / "c"))

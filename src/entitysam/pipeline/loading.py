@@ -149,7 +149,7 @@ def _wrong_published_file(name: str, path: str | os.PathLike, fits: str | None) 
         # looked at before the cache: a download would not replace it
         remedy = f"delete it or put the {name} checkpoint there"
     else:
-        remedy = f"delete it to download it again, or run `entitysam download {name} --force`"
+        remedy = "delete it to download it again"  # (the library names no command or flag)
     return CheckpointMismatchError(f"the cached {name} checkpoint {path} is not the {name} model ({what}): {remedy}",
                                    fits=fits)
 
