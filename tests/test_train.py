@@ -480,3 +480,22 @@ def test_the_loss_section_reaches_the_criterion_and_matcher():
     assert dataclasses.asdict(crit.cfg) == changed
     assert (crit.matcher.cost_class, crit.matcher.cost_mask, crit.matcher.cost_dice) == (1.5, 2.5, 3.5)
     assert crit.matcher.num_points == changed["num_points"]
+
+
+def test_ctrl_c_inside_a_checkpoint_save_stays_an_interrupt(synthetic, tmp_path, monkeypatch):
+    """SIGINT landing inside torch.save: its zip writer's cleanup raised "unexpected pos" over the
+    KeyboardInterrupt, and the run ended with that RuntimeError's traceback, exit 1 (seen in CI)."""
+    import entitysam.train.trainer as trainer_module
+
+    trainer = Trainer(_cfg(synthetic, tmp_path / "out", "solver.max_iter=1"), quiet=True)
+
+    def interrupted_save(obj, f):
+        try:
+            raise KeyboardInterrupt
+        finally:  # what torch's zip writer does on the way out
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 604672 vs 604560")
+
+    monkeypatch.setattr(trainer_module.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint("model_0000000", 0)
+    assert not list((tmp_path / "out").glob("model_*")), "a partial checkpoint was left"

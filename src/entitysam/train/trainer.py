@@ -182,6 +182,10 @@ class Trainer:
                             "iteration": iteration}, f)
             write_text_atomic(self.output_dir / "last_checkpoint", path.name)
         except (OSError, RuntimeError) as err:  # a full disk, a folder in the way: one line, not a traceback
+            # Ctrl-C (or SIGTERM) inside torch.save: its zip writer's cleanup then fails ("unexpected
+            # pos") and that error hid the interrupt, which ended the run with a traceback
+            if isinstance(err.__context__, KeyboardInterrupt):
+                raise err.__context__ from None
             cause = write_failure(err)
             if cause is None:
                 raise
