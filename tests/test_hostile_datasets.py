@@ -562,3 +562,38 @@ def test_a_png_swapped_for_a_pipe_after_its_check_is_no_hang(tmp_path, monkeypat
     finally:
         release_readers(path)
     assert swapped, "the program never looked at the file"
+
+
+# ----------------------------------------------------------------------------- a JSON input not a file
+
+
+@pytest.mark.parametrize("which", ["gt_json", "pred_json"])
+def test_a_json_input_that_is_a_fifo_is_named_as_such(ds, capsys, which):
+    """A named pipe in the GT JSON's or pred.json's place was called "not found" (is_file() says
+    False of it), and one swapped in after that check hung the read; now it is opened once without
+    waiting and refused as what it is."""
+    import os
+
+    path = ds.gt_json if which == "gt_json" else ds.pred_dir / "pred.json"
+    path.unlink()
+    os.mkfifo(path)
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    what = "GT JSON" if which == "gt_json" else "prediction JSON"
+    assert out == "" and re.fullmatch(rf"error: {what} {re.escape(str(path))} is not a regular file\n", err), err
+
+
+def test_eval_vipseg_gt_json_option_naming_a_fifo_is_named_as_such(tmp_path, capsys):
+    import os
+
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    fifo = tmp_path / "gt.json"
+    os.mkfifo(fifo)
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--gt-json", str(fifo), "--model", "demo",
+                     "-o", str(tmp_path / "out"), "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and re.fullmatch(rf"error: GT JSON {re.escape(str(fifo))} is not a regular file\n", err), err
+    assert not (tmp_path / "out").exists()

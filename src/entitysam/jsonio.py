@@ -9,18 +9,23 @@ File names need not be UTF-8 on Linux: Python reads such bytes as lone surrogate
 (``surrogateescape``: byte 0xff is ``"\\udcff"``), which no UTF-8 file can hold. :func:`dumps`
 writes them as JSON escapes (``"00\\udcff"``), so every file stays valid UTF-8 and the name is
 kept losslessly: ``os.fsencode(json.loads(text)[...])`` gives back the original bytes.
+
+:func:`load_file` is the reading side for a user's JSON file (a GT JSON, a prediction JSON): one
+wording for each way it can be unusable, and no wait on a named pipe in its place.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from typing import Any, Mapping
 
-from .errors import NonFiniteJSONError
+from .errors import EntitySAMError, NonFiniteJSONError
+from .regular_file import open_regular
 
-__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite", "jsonable", "nulls_for_non_finite"]
+__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite", "jsonable", "load_file", "nulls_for_non_finite"]
 
 
 def find_non_finite(obj: Any, where: str = "$") -> str | None:
@@ -88,3 +93,26 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def load_file(path: str | os.PathLike, what: str, error: type[EntitySAMError]) -> Any:
+    """The JSON document in the file `path`; `error` (one line naming `what` and `path`) when it is
+    missing, not a regular file, unreadable or not JSON (also: nested too deeply for Python's
+    parser, an integer over Python's digit limit, bytes that are not UTF-8)."""
+    try:
+        f = open_regular(path)  # without waiting: open() of a named pipe waits for a writer
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
+    if f is None:
+        raise error(f"{what} {path} is not a regular file")
+    try:
+        with f:
+            return json.loads(f.read().decode("utf-8"))
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer over the digit limit
+        raise error(f"{what} {path} is not valid JSON: {str(err).splitlines()[0][:200]}") from None
+    except RecursionError:
+        raise error(f"{what} {path} is unreadable: JSON nested too deeply") from None
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror or err}") from None

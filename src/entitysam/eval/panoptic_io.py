@@ -25,7 +25,6 @@ lengths is an error (the official scripts silently truncate to the shorter one).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from ..errors import EntitySAMError
 from ..io.idpng import MAX_ID, decode_ids
 from ..io.image_file import NotRegularFileError, TooManyPixelsError, open_image_file
 from ..io.sources.selection import DEFAULT_MAX_PIXELS
+from ..jsonio import load_file
 
 __all__ = [
     "MetricsInputError",
@@ -80,18 +80,7 @@ class VideoSpec:
 def _load_json(path_or_obj: PathLike | Mapping[str, Any], what: str) -> Mapping[str, Any]:
     if isinstance(path_or_obj, Mapping):
         return path_or_obj
-    path = Path(path_or_obj)
-    if not path.is_file():
-        raise MetricsInputError(f"{what} not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, and an integer over Python's digit limit
-        raise MetricsInputError(f"{what} {path} is not valid JSON: {str(e).splitlines()[0][:200]}") from None
-    except RecursionError:
-        raise MetricsInputError(f"{what} {path} is unreadable: JSON nested too deeply") from None
-    except OSError as e:
-        raise MetricsInputError(f"cannot read {what} {path}: {e.strerror or e}") from None
+    return load_file(path_or_obj, what, MetricsInputError)
 
 
 def segment_id(value: Any, *, where: str) -> int:

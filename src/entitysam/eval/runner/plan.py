@@ -9,13 +9,13 @@ here runs before any inference, so unusable inputs are found in seconds, not aft
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ...errors import EntitySAMError, Remedy
+from ...jsonio import load_file
 from ...regular_file import open_regular, path_problem
 
 __all__ = ["EvalInputError", "VideoEntry", "VIPSegPlan", "load_plan", "list_video_frames", "official_stem",
@@ -143,17 +143,7 @@ def load_plan(data_root: PathLike, split: str = "val", *, gt_json: PathLike | No
             raise EvalInputError(f"GT JSON of split {split!r} not found: {gt_path} ({hint})", Remedy("gt_json", metavar="FILE"))
     else:
         gt_path = Path(gt_json)
-        if not gt_path.is_file():
-            raise EvalInputError(f"GT JSON not found: {gt_path}")
-    try:
-        with open(gt_path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, and an integer over Python's digit limit
-        raise EvalInputError(f"GT JSON {gt_path} is not valid JSON: {str(err).splitlines()[0][:200]}") from None
-    except RecursionError:
-        raise EvalInputError(f"GT JSON {gt_path} is unreadable: JSON nested too deeply") from None
-    except OSError as err:
-        raise EvalInputError(f"cannot read GT JSON {gt_path}: {err.strerror or err}") from None
+    doc = load_file(gt_path, "GT JSON", EvalInputError)
     if not isinstance(doc, dict) or not isinstance(doc.get("videos"), list):
         raise EvalInputError(f"GT JSON {gt_path} has no 'videos' list (not a VIPSeg panoptic GT file)")
 
