@@ -154,3 +154,67 @@ def test_auto_precision_follows_the_gpus_bfloat16_units(monkeypatch, capability,
     assert resolve_dtype("bfloat16", torch.device("cuda", 1)) == torch.bfloat16  # asked for: allowed
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert memory_dtype_for(expected) == (torch.float16 if expected == torch.float16 else None)
+
+
+# ------------------------------------------------------------------ TF32 switches of float32 on CUDA
+
+_PRECISION = [("fp32_precision", ()), ("fp32_precision", ("cuda", "matmul")), ("fp32_precision", ("cudnn",)),
+              ("fp32_precision", ("cudnn", "conv")), ("fp32_precision", ("cudnn", "rnn"))]  # parents first
+
+
+def _precision_owner(path):
+    owner = torch.backends
+    for part in path:
+        owner = getattr(owner, part)
+    return owner
+
+
+def _precision_settings() -> list[str]:
+    return [getattr(_precision_owner(path), name) for name, path in _PRECISION]
+
+
+@pytest.fixture
+def program_precision():
+    """torch's float32 precision settings (process-wide), put back after the test."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch before 2.9 has only the allow_tf32 flags")
+    before = _precision_settings()
+    legacy = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    matmul = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    for (name, path), value in zip(_PRECISION, before):
+        setattr(_precision_owner(path), name, value)
+    assert _precision_settings() == before
+    # readable again: later tests (and torch itself) may read the older flags
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == legacy
+
+
+@pytest.mark.parametrize("setting", [
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'",  # the way torch recommends since 2.9
+    "torch.backends.fp32_precision = 'tf32'",
+    "torch.backends.fp32_precision = 'ieee'",
+    "torch.backends.cudnn.fp32_precision = 'ieee'",
+    "torch.backends.cuda.matmul.fp32_precision = 'ieee'",
+    "torch.backends.cuda.matmul.allow_tf32 = False",       # the older flags
+    "torch.set_float32_matmul_precision('high')",
+    "pass",
+])
+def test_float32_on_cuda_runs_with_tf32_however_the_program_set_it_and_puts_it_back(program_precision, setting):
+    """`dtype="float32"` on CUDA switches TF32 on for the video and restores the caller's
+    setting. It read and wrote the older `allow_tf32` flags, and torch raises a RuntimeError on
+    reading those once a program has used the newer `fp32_precision` settings: segment() failed
+    before the first frame. The flags are plain process state on a CPU build too."""
+    from entitysam.inference.precision import precision_plan
+
+    exec(setting)
+    before = _precision_settings()
+    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 1))]))
+    context, _ = precision_plan(on_gpu, torch.float32)
+    with context:
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert _precision_settings() == before
+    exact, _ = precision_plan(on_gpu, torch.float32, exact=True)  # exact: untouched
+    with exact:
+        assert _precision_settings() == before
