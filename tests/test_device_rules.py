@@ -218,3 +218,54 @@ def test_float32_on_cuda_runs_with_tf32_however_the_program_set_it_and_puts_it_b
     exact, _ = precision_plan(on_gpu, torch.float32, exact=True)  # exact: untouched
     with exact:
         assert _precision_settings() == before
+
+
+# ------------------------------------------------------------------ the queries of a batch sized from free memory
+
+class EmulatedGpuMemory:
+    """One GPU's memory as torch reports it: the driver's free memory (which counts everything
+    this process's caching allocator holds as taken), what the allocator holds, what tensors use.
+    Answers only about `index`; notes which GPUs were asked about."""
+
+    GIB = 2**30
+
+    def __init__(self, index: int, total_gib: float, tensors_gib: float):
+        self.index, self.total = index, int(total_gib * self.GIB)
+        self.allocated = self.reserved = int(tensors_gib * self.GIB)
+        self.asked: list = []
+
+    def _which(self, device) -> int:
+        self.asked.append(device)
+        return torch.device(device).index if device is not None and torch.device(device).index is not None else 0
+
+    def mem_get_info(self, device=None):
+        free = self.total - self.reserved - (self.GIB // 2)  # less the CUDA context
+        return (free, self.total) if self._which(device) == self.index else (self.total, self.total)
+
+    def memory_reserved(self, device=None):
+        return self.reserved if self._which(device) == self.index else 0
+
+    def memory_allocated(self, device=None):
+        return self.allocated if self._which(device) == self.index else 0
+
+
+@pytest.mark.parametrize("name", ["vit-s", "vit-l"])
+def test_later_videos_of_a_batch_get_the_query_batches_of_the_first(monkeypatch, name):
+    """The device path's query chunk is sized from the GPU's free memory, asked before every
+    video. The driver counts the memory this process's caching allocator keeps from the previous
+    video as taken, although the next video reuses it: on a 24 GiB GPU the second video of a batch
+    ran in chunks of queries (slower, and without the kept keys: other rounding) where the first
+    ran all at once."""
+    from entitysam.inference.tracker import default_query_chunk
+
+    cfg = get_config(name)
+    gpu = EmulatedGpuMemory(index=1, total_gib=24, tensors_gib=1.5)  # cuda:1, the model's weights on it
+    for fn in ("mem_get_info", "memory_reserved", "memory_allocated"):
+        monkeypatch.setattr(torch.cuda, fn, getattr(gpu, fn))
+    device = torch.device("cuda", 1)
+    first = default_query_chunk(cfg, device)
+    gpu.reserved += 12 * gpu.GIB  # the first video's activations, freed into the allocator's cache
+    assert default_query_chunk(cfg, device) == first is None
+    gpu.allocated += 12 * gpu.GIB  # now held by tensors: no longer free
+    assert default_query_chunk(cfg, device) is not None
+    assert gpu.asked and all(torch.device(d) == device for d in gpu.asked), "asked about another GPU"
