@@ -269,3 +269,66 @@ def test_later_videos_of_a_batch_get_the_query_batches_of_the_first(monkeypatch,
     gpu.allocated += 12 * gpu.GIB  # now held by tensors: no longer free
     assert default_query_chunk(cfg, device) is not None
     assert gpu.asked and all(torch.device(d) == device for d in gpu.asked), "asked about another GPU"
+
+
+# ------------------------------------------------------------------ torch.use_deterministic_algorithms(True) on CUDA
+
+class CudaDeterministicRefusals(TorchDispatchMode):
+    """The forward operations that CUDA refuses under `torch.use_deterministic_algorithms(True)`
+    (torch's list: they have no deterministic CUDA kernel and raise a RuntimeError there; on the
+    CPU they run), noted for tensors on `meta`, the stand-in for a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused: set[str] = set()
+
+    @staticmethod
+    def _refused(func, args, kwargs) -> bool:
+        name = func.overloadpacket.__name__
+        first = args[0] if args else None
+        if name in ("cumsum", "cumsum_", "_cumsum"):
+            return first.is_floating_point() or first.is_complex()
+        if name == "bincount":
+            return (args[1] if len(args) > 1 else kwargs.get("weights")) is not None
+        if name == "scatter_reduce":
+            return args[3] == "prod"
+        if name in ("median", "nanmedian"):
+            return len(args) > 1 or "dim" in kwargs  # the forms that return indices
+        return name in ("histc", "put_", "put", "nll_loss2d_forward", "max_unpool2d", "max_unpool3d")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        on_gpu = any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tree_flatten((args, kwargs))[0])
+        if on_gpu and self._refused(func, args, kwargs):
+            self.refused.add(str(func))
+        return func(*args, **kwargs)
+
+
+def test_device_path_runs_under_deterministic_algorithms_on_cuda():
+    """Steps with and without memories, hole filling and the merge's per-pixel assignment, on the
+    device path: every step raised on a GPU under torch.use_deterministic_algorithms(True) (the
+    prompt encoder's position grid was a float cumsum)."""
+    from entitysam.inference.merge_rules import area_counts, assign_pixels
+
+    cfg = get_config("tiny")
+    with torch.device("meta"):
+        model = EntitySAM(cfg).eval()
+    tracker = EntityTracker(model)
+    image = torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta")
+    logits = torch.empty(3, 2, 8, 8, device="meta")
+    with CudaDeterministicRefusals() as rules:
+        for t in range(3):
+            tracker.step(t, image)
+        ids, win_fg, fg_count = assign_pixels(logits, torch.rand(3).to("meta"), (20, 30), 0.5)
+        area_counts(ids, win_fg, fg_count, 3)
+    assert not rules.refused, f"no deterministic CUDA kernel: {sorted(rules.refused)}"
+
+
+def test_position_grid_is_sams_cumsum_bit_for_bit():
+    from entitysam.modeling.common import PositionEmbeddingRandom
+
+    pe = PositionEmbeddingRandom(16)
+    for h, w in [(64, 64), (8, 8), (3, 7), (1, 1)]:
+        ones = torch.ones(h, w)
+        sam = pe.encode(torch.stack([(ones.cumsum(1) - 0.5) / w, (ones.cumsum(0) - 0.5) / h], dim=-1)).permute(2, 0, 1)
+        assert torch.equal(pe.grid(h, w), sam)
