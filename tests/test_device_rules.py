@@ -332,3 +332,17 @@ def test_position_grid_is_sams_cumsum_bit_for_bit():
         ones = torch.ones(h, w)
         sam = pe.encode(torch.stack([(ones.cumsum(1) - 0.5) / w, (ones.cumsum(0) - 0.5) / h], dim=-1)).permute(2, 0, 1)
         assert torch.equal(pe.grid(h, w), sam)
+
+
+def test_a_gpu_the_machine_does_not_have_is_refused_by_name(monkeypatch):
+    """`from_pretrained(device="cuda:5")` on a machine with 2 GPUs: one EntitySAMError before any
+    download or load (was CUDA's "invalid device ordinal" from deep inside the first move)."""
+    from entitysam.errors import EntitySAMError
+    from entitysam.inference.precision import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(EntitySAMError, match=r"device cuda:5: this machine has 2 GPU\(s\) visible \(cuda:0 .. cuda:1\)"):
+        resolve_device("cuda:5")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda")

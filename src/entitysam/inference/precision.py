@@ -40,6 +40,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EntitySAMError(f"device {name}: CUDA is not available (torch {torch.__version__}, "
                              f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= (count := torch.cuda.device_count()):
+        # (was CUDA's "invalid device ordinal" traceback from the first tensor moved there)
+        raise EntitySAMError(f"device {name}: this machine has {count} GPU(s) visible (cuda:0 .. cuda:{count - 1})")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise EntitySAMError(f"device {name}: MPS (Apple GPU) is not available")
     return dev
