@@ -55,6 +55,13 @@ def test_one_process_per_node_may_name_its_gpu(node):
     assert seen["set_device"] == [torch.device("cuda", 1)]
 
 
+def test_processes_that_each_see_only_their_gpu_may_name_it(node):
+    """Slurm's srun with --gpus-per-task: LOCAL_RANK 2, one GPU visible (its own), no LOCAL_WORLD_SIZE."""
+    seen = node(1, RANK=2, WORLD_SIZE=4, LOCAL_RANK=2)
+    assert init_distributed("cuda:0").device == torch.device("cuda", 0)
+    assert seen["set_device"] == [torch.device("cuda", 0)]
+
+
 def test_a_named_gpu_for_every_process_of_a_node_is_refused(node):
     """device=cuda:0 under torchrun --nproc_per_node 4: every process on GPU 0."""
     seen = node(4, RANK=1, WORLD_SIZE=4, LOCAL_RANK=1, LOCAL_WORLD_SIZE=4)
@@ -68,8 +75,8 @@ def test_more_processes_than_gpus_is_refused(node, device):
     """torchrun --nproc_per_node 4 on a node with 2 GPUs: LOCAL_RANK 3 has none (set_device
     raised CUDA's "invalid device ordinal")."""
     seen = node(2, RANK=3, WORLD_SIZE=4, LOCAL_RANK=3, LOCAL_WORLD_SIZE=4)
-    with pytest.raises(InvalidArgumentError, match=r"LOCAL_RANK=3, but this node has 2 GPU\(s\): start at most 2 "
-                                                   r"processes per node \(torchrun --nproc_per_node 2\)"):
+    with pytest.raises(InvalidArgumentError, match=r"LOCAL_RANK=3, but this process sees 2 GPU\(s\): start at most "
+                                                   r"2 processes per node \(torchrun --nproc_per_node 2\), or"):
         init_distributed(device)
     assert seen["set_device"] == [] and seen["group"] == []
 
