@@ -154,3 +154,195 @@ def test_auto_precision_follows_the_gpus_bfloat16_units(monkeypatch, capability,
     assert resolve_dtype("bfloat16", torch.device("cuda", 1)) == torch.bfloat16  # asked for: allowed
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert memory_dtype_for(expected) == (torch.float16 if expected == torch.float16 else None)
+
+
+# ------------------------------------------------------------------ TF32 switches of float32 on CUDA
+
+_PRECISION = [("fp32_precision", ()), ("fp32_precision", ("cuda", "matmul")), ("fp32_precision", ("cudnn",)),
+              ("fp32_precision", ("cudnn", "conv")), ("fp32_precision", ("cudnn", "rnn"))]  # parents first
+
+
+def _precision_owner(path):
+    owner = torch.backends
+    for part in path:
+        owner = getattr(owner, part)
+    return owner
+
+
+def _precision_settings() -> list[str]:
+    return [getattr(_precision_owner(path), name) for name, path in _PRECISION]
+
+
+@pytest.fixture
+def program_precision():
+    """torch's float32 precision settings (process-wide), put back after the test."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch before 2.9 has only the allow_tf32 flags")
+    before = _precision_settings()
+    legacy = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    matmul = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(matmul)
+    for (name, path), value in zip(_PRECISION, before):
+        setattr(_precision_owner(path), name, value)
+    assert _precision_settings() == before
+    # readable again: later tests (and torch itself) may read the older flags
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == legacy
+
+
+@pytest.mark.parametrize("setting", [
+    "torch.backends.cuda.matmul.fp32_precision = 'tf32'",  # the way torch recommends since 2.9
+    "torch.backends.fp32_precision = 'tf32'",
+    "torch.backends.fp32_precision = 'ieee'",
+    "torch.backends.cudnn.fp32_precision = 'ieee'",
+    "torch.backends.cuda.matmul.fp32_precision = 'ieee'",
+    "torch.backends.cuda.matmul.allow_tf32 = False",       # the older flags
+    "torch.set_float32_matmul_precision('high')",
+    "pass",
+])
+def test_float32_on_cuda_runs_with_tf32_however_the_program_set_it_and_puts_it_back(program_precision, setting):
+    """`dtype="float32"` on CUDA switches TF32 on for the video and restores the caller's
+    setting. It read and wrote the older `allow_tf32` flags, and torch raises a RuntimeError on
+    reading those once a program has used the newer `fp32_precision` settings: segment() failed
+    before the first frame. The flags are plain process state on a CPU build too."""
+    from entitysam.inference.precision import precision_plan
+
+    exec(setting)
+    before = _precision_settings()
+    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 1))]))
+    context, _ = precision_plan(on_gpu, torch.float32)
+    with context:
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+    assert _precision_settings() == before
+    exact, _ = precision_plan(on_gpu, torch.float32, exact=True)  # exact: untouched
+    with exact:
+        assert _precision_settings() == before
+
+
+# ------------------------------------------------------------------ the queries of a batch sized from free memory
+
+class EmulatedGpuMemory:
+    """One GPU's memory as torch reports it: the driver's free memory (which counts everything
+    this process's caching allocator holds as taken), what the allocator holds, what tensors use.
+    Answers only about `index`; notes which GPUs were asked about."""
+
+    GIB = 2**30
+
+    def __init__(self, index: int, total_gib: float, tensors_gib: float):
+        self.index, self.total = index, int(total_gib * self.GIB)
+        self.allocated = self.reserved = int(tensors_gib * self.GIB)
+        self.asked: list = []
+
+    def _which(self, device) -> int:
+        self.asked.append(device)
+        return torch.device(device).index if device is not None and torch.device(device).index is not None else 0
+
+    def mem_get_info(self, device=None):
+        free = self.total - self.reserved - (self.GIB // 2)  # less the CUDA context
+        return (free, self.total) if self._which(device) == self.index else (self.total, self.total)
+
+    def memory_reserved(self, device=None):
+        return self.reserved if self._which(device) == self.index else 0
+
+    def memory_allocated(self, device=None):
+        return self.allocated if self._which(device) == self.index else 0
+
+
+@pytest.mark.parametrize("name", ["vit-s", "vit-l"])
+def test_later_videos_of_a_batch_get_the_query_batches_of_the_first(monkeypatch, name):
+    """The device path's query chunk is sized from the GPU's free memory, asked before every
+    video. The driver counts the memory this process's caching allocator keeps from the previous
+    video as taken, although the next video reuses it: on a 24 GiB GPU the second video of a batch
+    ran in chunks of queries (slower, and without the kept keys: other rounding) where the first
+    ran all at once."""
+    from entitysam.inference.tracker import default_query_chunk
+
+    cfg = get_config(name)
+    gpu = EmulatedGpuMemory(index=1, total_gib=24, tensors_gib=1.5)  # cuda:1, the model's weights on it
+    for fn in ("mem_get_info", "memory_reserved", "memory_allocated"):
+        monkeypatch.setattr(torch.cuda, fn, getattr(gpu, fn))
+    device = torch.device("cuda", 1)
+    first = default_query_chunk(cfg, device)
+    gpu.reserved += 12 * gpu.GIB  # the first video's activations, freed into the allocator's cache
+    assert default_query_chunk(cfg, device) == first is None
+    gpu.allocated += 12 * gpu.GIB  # now held by tensors: no longer free
+    assert default_query_chunk(cfg, device) is not None
+    assert gpu.asked and all(torch.device(d) == device for d in gpu.asked), "asked about another GPU"
+
+
+# ------------------------------------------------------------------ torch.use_deterministic_algorithms(True) on CUDA
+
+class CudaDeterministicRefusals(TorchDispatchMode):
+    """The forward operations that CUDA refuses under `torch.use_deterministic_algorithms(True)`
+    (torch's list: they have no deterministic CUDA kernel and raise a RuntimeError there; on the
+    CPU they run), noted for tensors on `meta`, the stand-in for a GPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.refused: set[str] = set()
+
+    @staticmethod
+    def _refused(func, args, kwargs) -> bool:
+        name = func.overloadpacket.__name__
+        first = args[0] if args else None
+        if name in ("cumsum", "cumsum_", "_cumsum"):
+            return first.is_floating_point() or first.is_complex()
+        if name == "bincount":
+            return (args[1] if len(args) > 1 else kwargs.get("weights")) is not None
+        if name == "scatter_reduce":
+            return args[3] == "prod"
+        if name in ("median", "nanmedian"):
+            return len(args) > 1 or "dim" in kwargs  # the forms that return indices
+        return name in ("histc", "put_", "put", "nll_loss2d_forward", "max_unpool2d", "max_unpool3d")
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        on_gpu = any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in tree_flatten((args, kwargs))[0])
+        if on_gpu and self._refused(func, args, kwargs):
+            self.refused.add(str(func))
+        return func(*args, **kwargs)
+
+
+def test_device_path_runs_under_deterministic_algorithms_on_cuda():
+    """Steps with and without memories, hole filling and the merge's per-pixel assignment, on the
+    device path: every step raised on a GPU under torch.use_deterministic_algorithms(True) (the
+    prompt encoder's position grid was a float cumsum)."""
+    from entitysam.inference.merge_rules import area_counts, assign_pixels
+
+    cfg = get_config("tiny")
+    with torch.device("meta"):
+        model = EntitySAM(cfg).eval()
+    tracker = EntityTracker(model)
+    image = torch.empty(1, 3, cfg.image_size, cfg.image_size, device="meta")
+    logits = torch.empty(3, 2, 8, 8, device="meta")
+    with CudaDeterministicRefusals() as rules:
+        for t in range(3):
+            tracker.step(t, image)
+        ids, win_fg, fg_count = assign_pixels(logits, torch.rand(3).to("meta"), (20, 30), 0.5)
+        area_counts(ids, win_fg, fg_count, 3)
+    assert not rules.refused, f"no deterministic CUDA kernel: {sorted(rules.refused)}"
+
+
+def test_position_grid_is_sams_cumsum_bit_for_bit():
+    from entitysam.modeling.common import PositionEmbeddingRandom
+
+    pe = PositionEmbeddingRandom(16)
+    for h, w in [(64, 64), (8, 8), (3, 7), (1, 1)]:
+        ones = torch.ones(h, w)
+        sam = pe.encode(torch.stack([(ones.cumsum(1) - 0.5) / w, (ones.cumsum(0) - 0.5) / h], dim=-1)).permute(2, 0, 1)
+        assert torch.equal(pe.grid(h, w), sam)
+
+
+def test_a_gpu_the_machine_does_not_have_is_refused_by_name(monkeypatch):
+    """`from_pretrained(device="cuda:5")` on a machine with 2 GPUs: one EntitySAMError before any
+    download or load (was CUDA's "invalid device ordinal" from deep inside the first move)."""
+    from entitysam.errors import EntitySAMError
+    from entitysam.inference.precision import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(EntitySAMError, match=r"device cuda:5: this machine has 2 GPU\(s\) visible \(cuda:0 .. cuda:1\)"):
+        resolve_device("cuda:5")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda")

@@ -63,6 +63,43 @@ def test_the_gpu_of_a_rank_wraps_around_the_gpus_of_the_node(monkeypatch):
     assert rank_device("cpu", 3) == "cpu"
 
 
+def test_ranks_sharing_the_gpus_meet_at_the_end_without_naming_a_gpu_they_are_not_on(dataset, tmp_path, monkeypatch):
+    """torchrun with more ranks than GPUs: LOCAL_RANK 3 of 4 on 2 GPUs runs on cuda:1 (above).
+    After their videos the ranks meet at a barrier; it was NCCL's, told device_ids=[LOCAL_RANK]:
+    GPU 3 does not exist ("invalid device ordinal" once the whole evaluation was done), and NCCL
+    refuses two ranks on one GPU anyway. The group only holds a barrier: gloo, on the host."""
+    import torch
+    import torch.distributed as dist
+
+    from entitysam.cli import eval as eval_cli
+    from entitysam.eval.runner.run import EvalSummary
+
+    d, root = dataset
+    for key in LAUNCHER_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(key, value)
+    gpus = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", gpus.append)
+    group = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend=None, **kw: group.append(("init", backend)))
+    monkeypatch.setattr(dist, "barrier", lambda *a, **kw: group.append(("barrier", kw.get("device_ids"))))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **kw: group.append(("destroy",)))
+    slices = []
+
+    def evaluate(*args, shard, **kwargs):  # the videos of this rank, done
+        slices.append(shard)
+        return EvalSummary(output=tmp_path / "out", videos=[])
+
+    monkeypatch.setattr(eval_cli, "evaluate_vipseg", evaluate)
+    status = eval_cli.main(["vipseg", "--data-root", str(root), "--checkpoint", str(d / "tiny.pth"),
+                            "--output", str(tmp_path / "out"), "-q"])
+    assert status == 0 and slices == [(3, 4)] and gpus == [1]
+    assert group == [("init", "gloo"), ("barrier", None), ("destroy",)]
+
+
 def _checkpoint(path, shift: float):
     """A tiny checkpoint: every one made here has the same name and size, only the weights differ."""
     import torch

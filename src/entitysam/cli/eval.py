@@ -173,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         import torch.distributed as dist  # noqa: PLC0415
 
-        backend = "nccl" if str(device).startswith("cuda") else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=args.dist_timeout))
+        # The group only holds the ranks at the end (a barrier): gloo, on the host, whatever the
+        # device. NCCL named GPU LOCAL_RANK in the barrier where rank_device had put the rank on
+        # LOCAL_RANK modulo the node's GPUs ("invalid device ordinal" once every video was done),
+        # and it refuses two ranks on one GPU.
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=args.dist_timeout))
         group = True
 
     status = 0
@@ -212,10 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch.distributed as dist  # noqa: PLC0415
 
         try:
-            if str(device).startswith("cuda"):
-                dist.barrier(device_ids=[local_rank])
-            else:
-                dist.barrier()
+            dist.barrier()
             if rank == 0:
                 try:
                     result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)

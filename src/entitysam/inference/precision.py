@@ -40,6 +40,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EntitySAMError(f"device {name}: CUDA is not available (torch {torch.__version__}, "
                              f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= (count := torch.cuda.device_count()):
+        # (was CUDA's "invalid device ordinal" traceback from the first tensor moved there)
+        raise EntitySAMError(f"device {name}: this machine has {count} GPU(s) visible (cuda:0 .. cuda:{count - 1})")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise EntitySAMError(f"device {name}: MPS (Apple GPU) is not available")
     return dev
@@ -147,13 +150,34 @@ def autocast_for(device_type: str, dtype: torch.dtype) -> contextlib.AbstractCon
 @contextlib.contextmanager
 def tf32_matmuls():
     """TF32 for float32 matmuls and convolutions on CUDA (the official evaluation switches it on
-    for compute capability >= 8), restored afterwards."""
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    for compute capability >= 8), restored afterwards.
+
+    Through torch's ``fp32_precision`` settings where it has them (torch 2.9 on): once a program
+    has set those (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, the way torch now
+    recommends), merely reading the older ``allow_tf32`` flags raises a RuntimeError ("mix of the
+    legacy and new APIs"), so a float32 video on CUDA failed before its first frame. A setting
+    already "tf32" is left alone."""
+    restore = []
+    for owner, name in _tf32_settings():
+        before = getattr(owner, name)
+        value = "tf32" if name == "fp32_precision" else True
+        if before != value:
+            setattr(owner, name, value)
+            restore.append((owner, name, before))
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+        for owner, name, before in reversed(restore):
+            setattr(owner, name, before)
+
+
+def _tf32_settings() -> list[tuple[object, str]]:
+    """(object, attribute) of the TF32 switches of float32 matmuls and cuDNN convolutions."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    conv = getattr(cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
+        return [(matmul, "fp32_precision"), (conv, "fp32_precision")]
+    return [(matmul, "allow_tf32"), (cudnn, "allow_tf32")]
 
 
 @contextlib.contextmanager

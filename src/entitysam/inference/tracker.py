@@ -136,9 +136,13 @@ def default_query_chunk(cfg, device: torch.device) -> int | None:
     fewer, counted twice over. Per query at the published sizes with 7 memories: about 160 MiB
     (keys, feed-forward activations, the memory encoder's full-resolution maps, the keys kept
     across steps), plus the [N, M] attention scores (470 MiB) where attention materialises them
-    (anything but CUDA's flash and memory-efficient kernels)."""
+    (anything but CUDA's flash and memory-efficient kernels). On CUDA the free memory includes
+    what this process's caching allocator holds unused: the driver counts it as taken, so a
+    batch's later videos (which find the cache of the first) were chunked where the first one was
+    not, slower and on another path (no kept keys) than the same video run alone."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     elif device.type == "cpu" and hasattr(os, "sysconf"):
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     else:

@@ -131,10 +131,13 @@ class PositionEmbeddingRandom(nn.Module):
     def grid(self, height: int, width: int) -> torch.Tensor:
         """Encoding of the pixel centres of an H x W grid: [C, H, W]."""
         device = self.positional_encoding_gaussian_matrix.device
-        ones = torch.ones((height, width), device=device, dtype=torch.float32)
-        y = (ones.cumsum(dim=0) - 0.5) / height
-        x = (ones.cumsum(dim=1) - 0.5) / width
-        return self.encode(torch.stack([x, y], dim=-1)).permute(2, 0, 1)
+        # (i + 0.5) / size from an arange, the values SAM's cumsum of ones gives bit for bit: a
+        # float cumsum has no deterministic CUDA kernel, so every step on a GPU raised under
+        # torch.use_deterministic_algorithms(True)
+        y = (torch.arange(1, height + 1, device=device, dtype=torch.float32) - 0.5) / height
+        x = (torch.arange(1, width + 1, device=device, dtype=torch.float32) - 0.5) / width
+        grid = torch.stack([x.view(1, -1).expand(height, width), y.view(-1, 1).expand(height, width)], dim=-1)
+        return self.encode(grid).permute(2, 0, 1)
 
 
 @lru_cache(maxsize=16)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import InvalidArgumentError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -42,17 +44,39 @@ def init_distributed(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if dev.type == "cuda":
-        if dev.index is None:
+        named = dev.index is not None  # cuda:N
+        if not named:
             dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
+        check_gpu(dev, world, local_rank, named)
+        torch.cuda.set_device(dev)  # before the process group and the model: NCCL and allocations on it
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
     return DistInfo(rank, world, local_rank, dev)
+
+
+def check_gpu(dev: torch.device, world: int, local_rank: int, named: bool = False) -> None:
+    """The GPU of this process exists and is not every process's of the node: a LOCAL_RANK past
+    the node's GPUs was a CUDA "invalid device ordinal" traceback, and `device=cuda:N` (`named`)
+    under torchrun put every process of the node on GPU N (NCCL then refuses them)."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if named and world > 1 and local_world > 1:
+        raise InvalidArgumentError(f"device=cuda:{dev.index} with {local_world} processes on this node would put "
+                                   "them all on that GPU: use device=auto or cuda (each process the GPU LOCAL_RANK)")
+    count = torch.cuda.device_count()
+    if dev.index >= count:
+        if world > 1:
+            raise InvalidArgumentError(f"LOCAL_RANK={local_rank}, but this process sees {count} GPU(s): start at most "
+                                       f"{count} processes per node (torchrun --nproc_per_node {count}), or, where "
+                                       "each process sees only its own GPU (Slurm's --gpus-per-task), set device=cuda:0")
+        raise InvalidArgumentError(f"device {dev}: this machine has {count} GPU(s) (cuda:0 .. cuda:{count - 1})")
 
 
 def barrier() -> None:
