@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
                         FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key, open_input_file)
-from .pixels import image_to_rgb, pixel_problem
+from .pixels import frames_in, image_to_rgb, pixel_problem
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS in Image.open (DecompressionBombError). Our own
@@ -59,10 +59,18 @@ def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
 
 def _check_one_frame(path: Path, im: Image.Image, kind: str) -> None:
     """SourceError for a file of a frame folder or frame list (`kind` "folder"), or a single image
-    ("image"), that is no picture people see: pixels without a display range."""
+    ("image"), that is no one picture people see: pixels without a display range, several frames.
+    An animation or a multi-page TIFF among frames was read as its first frame, silently."""
     problem = pixel_problem(im)
     if problem:
         raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: {problem}")
+    n = frames_in(im)
+    if n > 1 and kind == "image":
+        raise SourceError(f"image {path} holds {n} frames: open_source reads such a file as a video of them")
+    if n > 1:
+        raise SourceError(f"frame {path} holds {n} frames (an animation or a multi-page TIFF), where each file of "
+                          "a video's frames must be one picture: move it out and segment it on its own (a file "
+                          "holding several frames is read as a video of them)")
 
 
 def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,

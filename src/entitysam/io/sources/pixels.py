@@ -1,5 +1,6 @@
 """A decoded image as the frame people see: [H, W, 3] uint8 RGB (`image_to_rgb`), and what an
-image file must not be for that: pixels without a display range (`pixel_problem`).
+image file must not be for that: pixels without a display range (`pixel_problem`), several
+frames where one is expected (`frames_in`).
 
 Every reader of images (single images, frame folders, animations, training images) goes through
 these, so that a file is shown the same wherever it is read.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["image_to_rgb", "pixel_problem"]
+__all__ = ["image_to_rgb", "pixel_problem", "frames_in"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT, _TIFF_PHOTOMETRIC = 258, 339, 262
@@ -37,6 +38,16 @@ def pixel_problem(im: Image.Image) -> str | None:
         return (f"its pixels are {size}{signed}integers, which have no standard display range: save it with 8 or "
                 "16 bits per sample (unsigned) first")
     return None
+
+
+def frames_in(im: Image.Image) -> int:
+    """The number of frames of an opened image file (an animation, a multi-page TIFF): 1 for a still."""
+    try:
+        if not getattr(im, "is_animated", False):  # (cheap: the header, or a look for a second frame)
+            return 1
+        return int(getattr(im, "n_frames", 2) or 2)
+    except (OSError, EOFError, SyntaxError, ValueError):  # a damaged frame table: decoding says what is wrong
+        return 1
 
 
 def image_to_rgb(im: Image.Image) -> np.ndarray:
