@@ -187,3 +187,25 @@ def test_a_still_gif_or_webp_among_png_frames_is_still_a_frame(tmp_path):
     Image.fromarray(scene(0)).save(folder / "0.png")
     Image.fromarray(scene(3)).save(folder / "1.png", format="GIF")
     assert [f.name for f in open_source(folder)] == ["0", "1"]
+
+
+def test_a_jpeg_with_a_preview_image_is_one_picture(tmp_path):
+    """Phones and cameras append a large preview, a depth map or a stereo pair's other view to a
+    JPEG (MPF, which Pillow opens as MPO, counting its images as frames): a single such photo was
+    read as a video of two frames of different sizes and refused. It is one picture, the first,
+    alone or in a folder of frames."""
+    main = Image.fromarray(scene(3))
+    main.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[Image.new("RGB", (16, 12))],
+              quality=95)
+    with Image.open(tmp_path / "photo.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        first = np.asarray(im.convert("RGB"))
+    source = open_source(tmp_path / "photo.jpg")
+    assert isinstance(source, ImageSource)
+    frames = list(source)
+    assert len(frames) == 1 and np.array_equal(frames[0].image, first) and first.shape == scene(3).shape
+    folder = tmp_path / "v"
+    folder.mkdir()
+    Image.fromarray(scene(0)).save(folder / "0.jpg", quality=95)
+    (tmp_path / "photo.jpg").rename(folder / "1.jpg")
+    assert [f.name for f in open_source(folder)] == ["0", "1"]

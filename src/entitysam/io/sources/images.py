@@ -227,7 +227,7 @@ def open_image(path: Path, selection: FrameSelection | None = None, fps: float |
     frames = 1
     try:
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:
-            frames = int(getattr(im, "n_frames", 1) or 1)
+            frames = frames_in(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, SourceError):
         pass  # ImageSource reads it again and says what is wrong with it
     if frames > 1:

@@ -41,7 +41,14 @@ def pixel_problem(im: Image.Image) -> str | None:
 
 
 def frames_in(im: Image.Image) -> int:
-    """The number of frames of an opened image file (an animation, a multi-page TIFF): 1 for a still."""
+    """The number of frames of an opened image file (an animation, a multi-page TIFF): 1 for a still.
+
+    A JPEG with more images after its own (MPO: a camera's or phone's large preview, a depth map,
+    the other view of a stereo pair) is one picture, the first, as every viewer shows it: Pillow
+    counts its images as frames, and such a photo was read as a video of two frames of
+    different sizes, and refused."""
+    if im.format == "MPO":
+        return 1
     try:
         if not getattr(im, "is_animated", False):  # (cheap: the header, or a look for a second frame)
             return 1
