@@ -185,3 +185,17 @@ def test_training_refuses_such_an_image_naming_it(tmp_path):
         load_rgb(str(path))
     Image.fromarray(_ramp()).save(path)
     assert abs(int(load_rgb(str(path))[4, 8, 0]) - round(_ramp()[4, 8] / 257)) <= 1  # scaled, not clipped
+
+
+@pytest.mark.parametrize("suffix", [".jfif", ".jpe", ".JFIF", ".PNG", ".JPG", ".TIFF"])
+def test_other_names_of_the_same_formats_are_images(tmp_path, suffix):
+    """`.jfif` (what browsers on Windows save JPEGs as) and `.jpe` were refused as unsupported
+    inputs and skipped in frame folders; upper-case suffixes were already read (one rule:
+    IMAGE_EXTENSIONS, compared in lower case)."""
+    fmt = {".jfif": "JPEG", ".jpe": "JPEG", ".png": "PNG", ".jpg": "JPEG", ".tiff": "TIFF"}[suffix.lower()]
+    Image.fromarray(scene(3)).save(tmp_path / f"photo{suffix}", format=fmt, quality=95)
+    assert isinstance(open_source(tmp_path / f"photo{suffix}"), ImageSource)
+    (tmp_path / "v").mkdir()
+    for t in range(2):
+        Image.fromarray(scene(3 * t)).save(tmp_path / "v" / f"{t}{suffix}", format=fmt, quality=95)
+    assert [f.name for f in open_source(tmp_path / "v")] == ["0", "1"]

@@ -12,7 +12,7 @@ output files) before and while decoding.
 * Video files (``.mp4 .mov .mkv .webm .avi``) are decoded with PyAV (the first video stream that is
   not a cover picture).
   Frame ``i`` is named ``f"{i:06d}"``; its time is its presentation timestamp.
-* Folders of frames (``.jpg .jpeg .png .tif .tiff``, any case; hidden files are ignored) are read in
+* Folders of frames (``.jpg .jpeg .jpe .jfif .png .tif .tiff``, any case; hidden files are ignored) are read in
   natural order: ``2.jpg`` before ``10.jpg``. For zero-padded names of one width (VIPSeg's
   ``00000.jpg`` ...) this is the same as the lexicographic order the official evaluation uses
   (``sorted(os.listdir(...))``); for unpadded names the official order would be wrong
