@@ -199,3 +199,11 @@ def test_other_names_of_the_same_formats_are_images(tmp_path, suffix):
     for t in range(2):
         Image.fromarray(scene(3 * t)).save(tmp_path / "v" / f"{t}{suffix}", format=fmt, quality=95)
     assert [f.name for f in open_source(tmp_path / "v")] == ["0", "1"]
+
+
+def test_a_pil_image_in_memory_without_a_display_range_is_named(tmp_path):
+    """Frames given as PIL images: a float one is refused naming the frame, not with a bare
+    'cannot show this image'."""
+    frames = [Image.fromarray(scene(0)), Image.fromarray(np.zeros((48, 64), np.float32))]
+    with pytest.raises(SourceError, match=r"^clip: frame 000001 \(a PIL image\): its pixels are floating-point"):
+        list(open_source(frames, name="clip"))

@@ -308,6 +308,8 @@ class ArraySource(FrameSource):
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         item = self.frames[index]
         if isinstance(item, Image.Image):
+            if pixel_problem(item):
+                raise SourceError(f"{self.name}: frame {index:06d} (a PIL image): {pixel_problem(item)}")
             item = image_to_rgb(item)  # as displayed: EXIF orientation, 16-bit range
         return f"{index:06d}", np.ascontiguousarray(item)
 
