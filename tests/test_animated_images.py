@@ -1,6 +1,7 @@
 """An image file holding several frames (an animated PNG; a GIF or WebP saved under .png) given as
 the input: it used to be segmented as its first frame only, silently (Pillow opens a file at its
-first frame, as the official loader reads it). It is now a video of all its frames."""
+first frame, as the official loader reads it). It is now a video of all its frames. Among the files
+of a frame folder such a file was read as its first frame too: it is refused, naming it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PIL import Image
 from _media import scene
 from entitysam.errors import SourceError
 from entitysam.io.sources import AnimatedImageSource, FrameSelection, ImageSource, open_source
+from entitysam.pipeline.segment import open_video
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -157,3 +159,53 @@ def test_a_huge_frame_left_out_of_the_selection_is_refused_before_it_is_decoded(
     with pytest.raises(SourceError, match="frame 000001 is 8000x8000"):
         list(source)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: under 100 MB
+
+
+@pytest.mark.parametrize("fmt, suffix", [("PNG", ".png"), ("GIF", ".png"), ("WEBP", ".png"), ("TIFF", ".tif")])
+@pytest.mark.parametrize("where", [0, 2])
+def test_a_file_of_several_frames_in_a_frame_folder_is_refused(tmp_path, fmt, suffix, where):
+    """It was read as its first frame, silently. The first frame is checked before any work, the
+    others when read; either way the file is named."""
+    folder = tmp_path / "v"
+    folder.mkdir()
+    for t in range(3):
+        Image.fromarray(scene(3 * t)).save(folder / f"{t}.png")
+    anim = [Image.fromarray(scene(3 * t)) for t in range(4)]
+    (folder / f"{where}.png").unlink()
+    anim[0].save(folder / f"{where}{suffix}", format=fmt, save_all=True, append_images=anim[1:], duration=100)
+    message = rf"frame \S*v/{where}\{suffix} holds 4 frames \(an animation or a multi-page TIFF\)"
+    with pytest.raises(SourceError, match=message):
+        list(open_source(folder))
+    with pytest.raises(SourceError, match=message):  # a list of frame paths: the same rule
+        list(open_video([folder / "1.png", folder / f"{where}{suffix}"][:: 1 if where == 2 else -1],
+                        FrameSelection(), None, None))
+
+
+def test_a_still_gif_or_webp_among_png_frames_is_still_a_frame(tmp_path):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    Image.fromarray(scene(0)).save(folder / "0.png")
+    Image.fromarray(scene(3)).save(folder / "1.png", format="GIF")
+    assert [f.name for f in open_source(folder)] == ["0", "1"]
+
+
+def test_a_jpeg_with_a_preview_image_is_one_picture(tmp_path):
+    """Phones and cameras append a large preview, a depth map or a stereo pair's other view to a
+    JPEG (MPF, which Pillow opens as MPO, counting its images as frames): a single such photo was
+    read as a video of two frames of different sizes and refused. It is one picture, the first,
+    alone or in a folder of frames."""
+    main = Image.fromarray(scene(3))
+    main.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[Image.new("RGB", (16, 12))],
+              quality=95)
+    with Image.open(tmp_path / "photo.jpg") as im:
+        assert im.format == "MPO" and im.n_frames == 2
+        first = np.asarray(im.convert("RGB"))
+    source = open_source(tmp_path / "photo.jpg")
+    assert isinstance(source, ImageSource)
+    frames = list(source)
+    assert len(frames) == 1 and np.array_equal(frames[0].image, first) and first.shape == scene(3).shape
+    folder = tmp_path / "v"
+    folder.mkdir()
+    Image.fromarray(scene(0)).save(folder / "0.jpg", quality=95)
+    (tmp_path / "photo.jpg").rename(folder / "1.jpg")
+    assert [f.name for f in open_source(folder)] == ["0", "1"]

@@ -482,3 +482,41 @@ def test_a_length_field_beyond_the_file_is_an_unreadable_file(tmp_path):
     path.write_bytes(b"\x80\x04\x8d" + struct.pack("<Q", 2**62) + b"abc")
     with pytest.raises(CheckpointReadError, match="not a readable PyTorch checkpoint"):
         read_state_dict(path)
+
+
+@pytest.mark.parametrize("text, start", [("c", "c"), ("c\n", "c"), ("cat", "cat"), ("continue\n", "continue"),
+                                         ("cat\ndog\n", "cat"), ("cos\nsystem\n", "cos"),
+                                         ("col1,col2\n1,2\n", "col1,col2"), ("config: x\n", "config: x")])
+def test_a_text_file_starting_with_c_is_called_a_text_file(tmp_path, capsys, text, start):
+    """"c" is pickle's GLOBAL opcode: torch's weights-only unpickler takes the next two lines (or
+    what is left) as a global and refuses it before it finds the file ends, and a one-word text
+    file "c" was "refusing to load checkpoint ...: it holds pickled Python objects (.)", with the
+    advice to trust the file. Only names with a space or a colon were recognised as text."""
+    path = tmp_path / "notes.pth"
+    path.write_text(text)
+    with pytest.raises(CheckpointReadError) as err:
+        read_state_dict(path)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+    assert str(err.value) == (f"cannot read checkpoint {path}: it is a text file (starting {start!r}), not a "
+                              "checkpoint (torch.save writes binary files)")
+    if text == "c":
+        rc, stderr = _segment(path, tmp_path, capsys)
+        assert rc == 1 and "it is a text file (starting 'c')" in stderr and "pickled" not in stderr
+        assert "--trust-checkpoint-code" not in stderr and "Traceback" not in stderr
+
+
+def test_a_whole_text_pickle_naming_a_global_is_still_refused_as_one(tmp_path):
+    """A protocol-0 pickle is text too: one that reads through to its STOP stays refused as
+    pickled objects (and nothing in it runs)."""
+    import fractions
+    import pickle
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    evil.write_text(f"cos\nsystem\n(S'touch {marker}'\ntR.")
+    plain = tmp_path / "fraction.pth"
+    plain.write_bytes(pickle.dumps(fractions.Fraction(1, 3), protocol=0))
+    for path, name in ((evil, "os.system"), (plain, "fractions.Fraction")):
+        with pytest.raises(UnsafeCheckpointError, match=rf"it holds pickled Python objects \({name}\) that could run"):
+            read_state_dict(path)
+    assert not marker.exists()

@@ -144,8 +144,8 @@ def test_any_text_value_of_a_segment_option_is_parsed_or_refused(tmp_path_factor
 # reverses the text after it. Error lines quote the names users give, and printed them as they were.
 HOSTILE_NAME = "\x1b]0;owned\x07\x1b[2Jclip\u202e4pm.exe"
 TERMINAL = [
-    (["view", "{name}"], 1),
-    (["export", "{name}", "--format", "ytvis", "-o", "{tmp}/x.json"], 1),
+    (["view", "{name}"], 2),
+    (["export", "{name}", "--format", "ytvis", "-o", "{tmp}/x.json"], 2),
     (["metrics", "{name}", "{name}", "{name}.json"], 2),
     (["segment", "{name}", "-o", "{tmp}/out", "--checkpoint", "{tmp}/none.pth"], 1),
     (["eval", "vipseg", "--data-root", "{name}", "-o", "{tmp}/eval"], 2),

@@ -123,7 +123,7 @@ def test_folder_without_frames_says_what_it_holds(tmp_path, tiny_checkpoint):
     folder.mkdir()
     for name in ("notes.txt", "a.gif", "b.bmp"):
         (folder / name).write_bytes(b"x")
-    with pytest.raises(SourceError, match=r"stuff: no frames of the supported types \(.jpg .jpeg .png\) in this "
+    with pytest.raises(SourceError, match=r"stuff: no frames of the supported types \(.jpg .jpeg .jpe .jfif .png .tif .tiff\) in this "
                                           r"folder; it holds 3 other entries: a.gif, b.bmp, notes.txt$"):
         open_source(folder)
     write_video(folder / "clip.mp4", 2)
@@ -150,7 +150,7 @@ def test_a_folder_named_as_its_result_is_named_once(tmp_path, tiny_checkpoint, m
     monkeypatch.chdir(tmp_path)
     (tmp_path / "x.mp4").mkdir()
     assert cli.main(["segment", "x.mp4", "-o", "out", "--checkpoint", str(tiny_checkpoint), "-q"]) == 1
-    assert capsys.readouterr().err == "error: x.mp4: empty folder, no frames (.jpg .jpeg .png)\n"
+    assert capsys.readouterr().err == "error: x.mp4: empty folder, no frames (.jpg .jpeg .jpe .jfif .png .tif .tiff)\n"
     (tmp_path / "clip.mp4").write_bytes(b"")  # a message that names the input otherwise keeps its prefix
     assert cli.main(["segment", "clip.mp4", "-o", "out", "--checkpoint", str(tiny_checkpoint), "-q"]) == 1
     assert capsys.readouterr().err == "error: clip: clip.mp4: empty file (0 bytes), not a video\n"

@@ -120,8 +120,11 @@ def test_bad_inputs(tmp_path, media):
     (tmp_path / "empty" / "notes.txt").unlink()
     with pytest.raises(SourceError, match="empty folder, no frames"):
         open_source(tmp_path / "empty")
-    (tmp_path / "a.tif").write_bytes(b"II*\x00")
-    with pytest.raises(SourceError, match="unsupported input .*a.tif"):
+    (tmp_path / "a.xcf").write_bytes(b"gimp xcf v011")
+    with pytest.raises(SourceError, match="unsupported input .*a.xcf"):
+        open_source(tmp_path / "a.xcf")
+    (tmp_path / "a.tif").write_bytes(b"II*\x00")  # a TIFF header cut short: read, and said to be unreadable
+    with pytest.raises(SourceError, match="cannot read frame .*a.tif: not an image format Pillow can read"):
         open_source(tmp_path / "a.tif")
     (tmp_path / "a.gif").write_bytes(b"GIF89a")  # read as an animation or image: truncated
     with pytest.raises(SourceError, match="cannot read frame .*a.gif: not an image format"):

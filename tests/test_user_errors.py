@@ -605,3 +605,29 @@ def test_train_config_prints_as_strict_json():
     proc = entitysam("train", "--config", "tiny-stage1", "--print-config")
     assert proc.returncode == 0, proc.stderr
     json.loads(proc.stdout, parse_constant=lambda name: pytest.fail(f"non-JSON constant {name}"))
+
+
+@pytest.mark.parametrize("what, cause", [("missing", "not found"), ("file", "not a folder"),
+                                         ("broken-link", "a symbolic link to {tmp}/gone, which does not exist")])
+@pytest.mark.parametrize("command", ["view", "export"])
+def test_a_result_folder_that_is_not_there_is_a_mistaken_argument(tmp_path, capsys, command, what, cause):
+    """`view DIR` / `export DIR` of a DIR that is not there exited 1 ("DIR: not a folder", even when
+    nothing was there), where `metrics` and `eval vipseg` refuse a missing folder with 2: a
+    folder the user named that is not there is refused before any work, exit 2. A folder that is
+    there but holds no usable result still fails with 1."""
+    path = tmp_path / "out" / "clip"
+    if what == "file":
+        path.parent.mkdir()
+        path.write_text("x")
+    elif what == "broken-link":
+        path.parent.mkdir()
+        path.symlink_to(tmp_path / "gone")
+    argv = [command, str(path)] + (["--format", "ytvis", "-o", str(tmp_path / "x.json")] if command == "export" else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    cause = cause.format(tmp=tmp_path)
+    assert err == f"error: {path}: {cause} (expected a result folder of `entitysam segment`)\n", err
+    assert not (tmp_path / "x.json").exists()
+    (tmp_path / "empty").mkdir()
+    argv[1] = str(tmp_path / "empty")
+    assert cli.main(argv) == 1 and "not a result folder" in capsys.readouterr().err

@@ -15,13 +15,15 @@ swapped in after the check is refused, and one swapped after the open is never r
 from __future__ import annotations
 
 import codecs
+import io
+import pickletools
 from pathlib import Path
 from typing import BinaryIO
 
 from .errors import CheckpointReadError
 from .regular_file import open_regular
 
-__all__ = ["open_checkpoint", "text_start"]
+__all__ = ["open_checkpoint", "text_start", "pickle_with_globals"]
 
 _NOT_REGULAR = "it is not a regular file (a pipe, a device or a socket)"
 _FOLDER = "it is a folder, not a checkpoint file"
@@ -64,3 +66,33 @@ def text_start(f: BinaryIO) -> str | None:
     if not all(c.isprintable() or c in "\t\n\r\f\v" for c in text):
         return None
     return text.strip().splitlines()[0] if text.strip() else ""
+
+
+# How much of a text file is walked as pickle opcodes to tell a protocol-0 pickle from text
+_WALKED = 1 << 20
+# The pickles torch reads from the start of a legacy (pre-zip) file (magic number, protocol,
+# system info, the object, the storage keys; as checkpoint_scan._LEGACY_PICKLES)
+_PICKLES = 5
+
+
+def pickle_with_globals(f: BinaryIO) -> bool:
+    """Whether `f` starts with whole pickles (each up to its STOP) of which one names a global
+    (GLOBAL, INST, STACK_GLOBAL), walked opcode by opcode without building anything. Asked of a
+    text file that torch's weights-only unpickler refused for a global: a protocol-0 pickle is
+    text too, and one that names a class is refused as pickled objects; but any text starting
+    with "c" (pickle's GLOBAL), "i" (INST) reads as one to that unpickler, which takes the global
+    before it finds the file ends (a one-word file "cat", a CSV, a YAML file), and those were
+    called pickled Python objects. A file longer than the part walked counts as a pickle."""
+    f.seek(0)
+    data = f.read(_WALKED + 1)
+    stream = io.BytesIO(data[:_WALKED])
+    try:
+        for _ in range(_PICKLES):
+            names = [op.name for op, _, _ in pickletools.genops(stream)]  # (all of it: up to its STOP)
+            if {"GLOBAL", "INST", "STACK_GLOBAL"} & set(names):
+                return True
+            if stream.tell() >= len(data):  # (genops stops at STOP: past it, the file goes on or ends)
+                return False
+    except ValueError:  # cut short before a STOP, or a byte that is no opcode: no unpickler reads it through
+        return len(data) > _WALKED
+    return False

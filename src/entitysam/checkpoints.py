@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 
 import torch
 
-from .checkpoint_file import open_checkpoint, text_start
+from .checkpoint_file import open_checkpoint, pickle_with_globals, text_start
 from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
@@ -121,10 +121,12 @@ def _read_pickle(f: BinaryIO, path: Path, allow_pickle: bool) -> Any:
 
 def _text_read_as_global(f: BinaryIO, refusal: BaseException) -> bool:
     """A text file starting with "c", the pickle opcode GLOBAL: "config: x" is refused as the global
-    "onfig: x" of a module, and was called a file of pickled Python objects. No Python name holds
-    a space or a colon; a real one (a pickle saved as protocol 0 is text too) stays refused."""
+    "onfig: x" of a module, "cat" as "a.", and was called a file of pickled Python objects. No Python
+    name holds a space or a colon, and text that is no whole pickle is none; a real one (a pickle
+    saved as protocol 0 is text too) stays refused."""
     wanted = re.findall(r"GLOBAL (.+?) (?:was not|whose module)", str(refusal))
-    return bool(wanted) and text_start(f) is not None and not all(re.fullmatch(r"[\w.]+", n) for n in wanted)
+    return bool(wanted) and text_start(f) is not None and (
+        not all(re.fullmatch(r"[\w.]+", n) for n in wanted) or not pickle_with_globals(f))
 
 
 def _describe_read_error(f: BinaryIO, err: BaseException) -> str:

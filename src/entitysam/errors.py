@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 __all__ = ["Terminated", "raise_terminated", "Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
            "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
-           "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "ResultChangedError",
+           "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "ResultFolderNotFoundError",
+           "ResultChangedError",
            "ResultFileGoneError", "EditError", "TrainingDivergedError", "printable",
            "for_terminal"]
 
@@ -151,6 +152,13 @@ class UnsafeCheckpointError(CheckpointReadError):
 class ResultFolderError(EntitySAMError, ValueError):
     """A folder is not a complete, readable result of `entitysam segment` (missing or incomplete
     manifest, missing or inconsistent files); the message names the folder and the cause."""
+
+
+class ResultFolderNotFoundError(ResultFolderError):
+    """The path given as a result folder names no folder: nothing there, a file, a broken link, a
+    link loop, a path that cannot be looked up (no permission). The command line answers it as a
+    mistaken argument (exit code 2), refused before any work, as `metrics` and `eval` do a missing
+    folder."""
 
 
 class ResultChangedError(ResultFolderError):

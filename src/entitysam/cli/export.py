@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..argtypes import path_text, positive_int
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, ResultFolderNotFoundError
 from .options import add_overwrite, add_quiet, print_err
 
 FORMATS = ("mots", "cvat-video", "ytvis", "coco-video")  # = entitysam.review.export.FORMATS (kept light for -h)
@@ -62,6 +62,9 @@ def run(args) -> int:
     try:
         result = ResultFolder.open(args.result)
         out = export(result, args.format, args.output, overwrite=args.overwrite, **options)
+    except ResultFolderNotFoundError as err:  # RESULT_DIR names no folder: a mistaken argument, before any work
+        print_err(err)
+        return 2
     except EntitySAMError as err:
         print_err(err)
         return 1

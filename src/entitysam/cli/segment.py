@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "segment", help="segment and track every entity of videos, frame folders or images",
         description="Segment and track every entity of each INPUT (video file: mp4 mov mkv webm avi; folder of "
-                    "frames: jpg jpeg png in natural order; single image; animation: gif webp). "
-                    "Results go to OUTPUT/<video-name>/.")
+                    "frames: jpg jpeg jpe jfif png tif tiff in natural order; single image; animation: gif webp, "
+                    "multi-page tiff). Results go to OUTPUT/<video-name>/.")
     p.add_argument("inputs", nargs="*", type=path_text, metavar="INPUT",
                    help="video file, folder of frames or image; with --online also a stream URL (rtsp://, "
                         "http://, ...) or a video device (/dev/video0)")

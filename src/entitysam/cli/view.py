@@ -7,7 +7,7 @@ import argparse
 from typing import Sequence
 
 from ..argtypes import ArgumentParser, host_name, path_text
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, ResultFolderNotFoundError
 from .options import print_err
 
 __all__ = ["build_parser", "main"]
@@ -45,6 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         serve(args.result, host=args.host, port=args.port, open_browser=args.open,
               say=lambda msg: print(msg, flush=True))
+    except ResultFolderNotFoundError as err:  # RESULT_DIR names no folder: a mistaken argument
+        print_err(str(err))
+        return 2
     except EntitySAMError as err:
         print_err(str(err))
         return 1

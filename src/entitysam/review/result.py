@@ -16,6 +16,7 @@ Where things come from:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -26,12 +27,13 @@ from typing import Any
 import numpy as np
 
 from ..argtypes import check_path_arg
-from ..errors import InvalidArgumentError, ResultChangedError, ResultFileGoneError, ResultFolderError
+from ..errors import (InvalidArgumentError, ResultChangedError, ResultFileGoneError, ResultFolderError,
+                      ResultFolderNotFoundError)
 from ..io import idpng
 from ..io.paths import safe_name
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
-from ..regular_file import open_regular
+from ..regular_file import open_regular, path_problem
 from .on_disk import check_identity, stat_identity, version_token
 from .records import (check_entity_record, check_frame_record, entity_stats, panoptic_entries, read_entity_records,
                       segment_areas)
@@ -73,6 +75,19 @@ class EntityInfo:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able record (what entities.json and the viewer's API carry)."""
         return asdict(self)
+
+
+def check_result_path(path: Path) -> None:
+    """ResultFolderNotFoundError when `path`, as given, names no folder ("missing" was said "not a
+    folder", of a folder mistyped; a broken link's resolved path named its target)."""
+    problem = path_problem(path, folder=True)
+    if problem == os.strerror(errno.ENAMETOOLONG):  # raised, as a look at the path raised it before
+        raise OSError(errno.ENAMETOOLONG, problem, os.fspath(path))
+    if problem == "missing" and os.path.islink(path):
+        problem = f"a symbolic link to {os.readlink(path)}, which does not exist"
+    if problem:
+        cause = "not found" if problem == "missing" else problem
+        raise ResultFolderNotFoundError(f"{path}: {cause} (expected a result folder of `entitysam segment`)")
 
 
 class ResultFolder:
@@ -126,8 +141,7 @@ class ResultFolder:
         wrong: not a folder, no manifest, unfinished (online run interrupted or still running),
         not an entitysam result, no panoptic output, a missing PNG, inconsistent records."""
         path = check_path_arg(path, "path")  # None or a number: not a bare TypeError; "": not the current folder
-        if not path.is_dir():
-            raise ResultFolderError(f"{path}: not a folder (expected a result folder of `entitysam segment`)")
+        check_result_path(path)
         identity = stat_identity(path)  # both before anything is read: a change while opening shows later
         fingerprint = _fingerprint(path)
         manifest = manifest_data(path)

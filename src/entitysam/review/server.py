@@ -124,8 +124,9 @@ class Viewer:
 
     def __init__(self, result_dir: str | Path, token: str | None = None):
         from .edits import EditSession
-        from .result import ResultFolder
+        from .result import ResultFolder, check_result_path
 
+        check_result_path(Path(result_dir))  # named as given (resolved, a broken link is its target)
         self.root = Path(result_dir).resolve()
         self.result = ResultFolder.open(self.root)
         self.session = EditSession(self.result)

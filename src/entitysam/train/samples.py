@@ -12,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import EntitySAMError
 from ..io.image_file import NotRegularFileError, TooManyPixelsError, open_image_file
-from ..io.sources.images import image_to_rgb
+from ..io.sources.pixels import image_to_rgb, pixel_problem
 from ..io.sources.selection import DEFAULT_MAX_PIXELS
 
 __all__ = ["DatasetError", "PanopticRecord", "MAX_PIXELS", "load_rgb", "load_pair"]
@@ -64,6 +64,9 @@ def load_rgb(path: str) -> np.ndarray:
     scaled to 8 bits (convert("RGB") clipped it at 255: a white picture, trained on silently).
     DatasetError for an image over MAX_PIXELS (refused from its header)."""
     with _open_image(path) as im:
+        problem = pixel_problem(im)  # (floating-point or 32-bit samples: no display range to scale from)
+        if problem:
+            raise DatasetError(f"cannot read {path}: {problem}")
         return image_to_rgb(im)
 
 

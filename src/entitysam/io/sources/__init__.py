@@ -1,7 +1,8 @@
 """Frame sources: video files, folders of frames, single images, in-memory frames, live streams.
 
 Modules: ``selection`` (frame selection, the base class, input checks), ``images`` (images,
-folders of frames, arrays), ``video_file`` (PyAV files), ``live`` (streams and devices).
+folders of frames, arrays), ``pixels`` (a decoded image as displayed RGB), ``video_file`` (PyAV
+files), ``live`` (streams and devices).
 
 Every source is re-iterable and lazy: iterating decodes one frame at a time (a video file is
 reopened for each pass), so no more than one decoded frame is held by the source. A source
@@ -11,14 +12,14 @@ output files) before and while decoding.
 * Video files (``.mp4 .mov .mkv .webm .avi``) are decoded with PyAV (the first video stream that is
   not a cover picture).
   Frame ``i`` is named ``f"{i:06d}"``; its time is its presentation timestamp.
-* Folders of frames (``.jpg .jpeg .png``, any case; hidden files are ignored) are read in
+* Folders of frames (``.jpg .jpeg .jpe .jfif .png .tif .tiff``, any case; hidden files are ignored) are read in
   natural order: ``2.jpg`` before ``10.jpg``. For zero-padded names of one width (VIPSeg's
   ``00000.jpg`` ...) this is the same as the lexicographic order the official evaluation uses
   (``sorted(os.listdir(...))``); for unpadded names the official order would be wrong
   (``1, 10, 2``) and natural order is the temporal one. A frame is named by its file name
   without the extension. Frame ``i`` is at ``i / fps`` seconds (``fps`` defaults to 25).
-* A single image is a one-frame video; an image file holding several frames (an animated PNG) is
-  a video of them (:class:`AnimatedImageSource`).
+* A single image is a one-frame video; an image file holding several frames (an animated PNG,
+  GIF or WebP, a multi-page TIFF) is a video of them (:class:`AnimatedImageSource`).
 * Live sources (:class:`LiveSource`, online mode only): URLs PyAV opens (``rtsp://``,
   ``http://``, ``udp://``, ...) and video devices (``/dev/video0``, read with v4l2). They are read
   once, as they come: frame ``i`` is the ``i``-th frame decoded, named ``f"{i:06d}"``, its time
@@ -30,7 +31,8 @@ frame indices (``int``) or seconds (``float``, or strings like ``"2.5s"`` via
 ``max_frames`` frames. Indices always refer to the whole source (before selection).
 
 Inputs are read as people see them: images are turned upright by their EXIF orientation and
-converted to 8-bit RGB with their full range (16-bit grayscale scaled, not clipped); video frames
+converted to 8-bit RGB with their full range (16-bit grayscale scaled, not clipped; samples without
+a display range, floating-point or 32-bit, refused: :func:`pixels.pixel_problem`); video frames
 are rotated (and mirrored) by the stream's display matrix, as players show them.
 
 Hostile inputs fail early with a :class:`SourceError` instead of hanging or exhausting memory:

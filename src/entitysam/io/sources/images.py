@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
                         FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key, open_input_file)
+from .pixels import frames_in, image_to_rgb, pixel_problem
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS in Image.open (DecompressionBombError). Our own
 # limit is checked instead; lifting Pillow's for a larger max_pixels changes a global, hence the lock.
 _PIL_LIMIT_LOCK = threading.Lock()
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def _open_pil(fp) -> Image.Image:
@@ -44,37 +44,6 @@ def _open_pil(fp) -> Image.Image:
                 Image.MAX_IMAGE_PIXELS = before
 
 
-def image_to_rgb(im: Image.Image) -> np.ndarray:
-    """A PIL image as displayed -> [H, W, 3] uint8 RGB.
-
-    EXIF orientation is applied (ImageOps.exif_transpose), as every viewer does. 16-bit
-    grayscale (modes I;16*, and I, which Pillow uses for 16-bit PNGs) is scaled from 0..65535 to
-    0..255 (value / 257, rounded) instead of being clipped at 255, which turns it white. Palette,
-    grayscale, CMYK and the other modes go through Pillow's conversion; an alpha channel is
-    dropped (the colour under it is kept), as the official loader's ``convert("RGB")`` does.
-    """
-    # Decoded first: getexif() below decodes a PNG to find text chunks after the pixels, and its
-    # decoding error, swallowed there, left an image of zeros that the array below read silently
-    im.load()
-    if _exif_orientation(im) not in (1, None):
-        im = ImageOps.exif_transpose(im)
-    if im.mode in _SIXTEEN_BIT_MODES:
-        gray = np.clip(np.asarray(im, dtype=np.float32) / 257.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=2)
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")  # palette transparency: through RGBA, without Pillow's warning
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)  # (convert("RGB") of an RGB image would only add a copy of the frame)
-
-
-def _exif_orientation(im: Image.Image) -> int | None:
-    try:
-        return im.getexif().get(0x0112)  # Orientation
-    except Exception:  # noqa: BLE001 - an unreadable EXIF block: shown as stored, as most viewers do
-        return None
-
-
 def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
     """The error of an image Pillow could not open. Pillow names the open file object in its
     message (``cannot identify image file <_io.BufferedReader name=3>``): the cause is said in
@@ -88,8 +57,24 @@ def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
     return SourceError(f"cannot read {what} {path}: {cause}")
 
 
+def _check_one_frame(path: Path, im: Image.Image, kind: str) -> None:
+    """SourceError for a file of a frame folder or frame list (`kind` "folder"), or a single image
+    ("image"), that is no one picture people see: pixels without a display range, several frames.
+    An animation or a multi-page TIFF among frames was read as its first frame, silently."""
+    problem = pixel_problem(im)
+    if problem:
+        raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: {problem}")
+    n = frames_in(im)
+    if n > 1 and kind == "image":
+        raise SourceError(f"image {path} holds {n} frames: open_source reads such a file as a video of them")
+    if n > 1:
+        raise SourceError(f"frame {path} holds {n} frames (an animation or a multi-page TIFF), where each file of "
+                          "a video's frames must be one picture: move it out and segment it on its own (a file "
+                          "holding several frames is read as a video of them)")
+
+
 def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                label: str | None = None) -> np.ndarray:
+                label: str | None = None, kind: str = "folder") -> np.ndarray:
     with open_input_file(path, what) as fp:
         try:
             im = _open_pil(fp)
@@ -97,6 +82,7 @@ def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXE
             raise _unreadable_image(path, what, fp, err) from None
         with im:
             check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
+            _check_one_frame(path, im, kind)
             try:
                 im.load()  # decode now: a truncated or corrupt file fails here, not later
                 return image_to_rgb(im)
@@ -108,7 +94,7 @@ def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXE
 
 
 class FrameFolderSource(FrameSource):
-    """A folder of frames (jpg, jpeg, png) in natural order."""
+    """A folder of frames (IMAGE_EXTENSIONS, one picture each) in natural order."""
 
     kind = "folder"
 
@@ -135,7 +121,8 @@ class FrameFolderSource(FrameSource):
             try:
                 with _open_pil(fp) as im:
                     check_frame_size(self.label, f"frame {f.name}", im.width, im.height, self.max_pixels)
-            except SourceError:  # (a ValueError too) the frame is readable but too large: say that, not "corrupt"
+                    _check_one_frame(f, im, self.kind)
+            except SourceError:  # (a ValueError too) the frame is readable but unusable: say that, not "corrupt"
                 raise
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
                 raise _unreadable_image(f, "frame", fp, err) from None
@@ -149,7 +136,7 @@ class FrameFolderSource(FrameSource):
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         f = Path(payload)  # type: ignore[arg-type]
-        return f.stem, _read_image(f, "frame", self.max_pixels, self.label)
+        return f.stem, _read_image(f, "frame", self.max_pixels, self.label, self.kind)
 
 
 class ImageSource(FrameFolderSource):
@@ -164,11 +151,11 @@ class ImageSource(FrameFolderSource):
 
 
 class AnimatedImageSource(FrameSource):
-    """An image file holding several frames (an animated PNG, or a GIF or WebP under an image
-    extension): a video of them, as a browser plays it. Frame ``i`` is named ``f"{i:06d}"``; its
+    """An image file holding several frames (an animated PNG, GIF or WebP, a multi-page TIFF): a
+    video of them, as a browser plays an animation. Frame ``i`` is named ``f"{i:06d}"``; its
     time is the sum of the display durations of the frames before it (``i / fps`` when the file
-    has none); the frame rate is the first frame's (``fps`` overrides it). Read with Pillow, which
-    composes each frame over the previous ones as players do."""
+    has none, as a TIFF's pages); the frame rate is the first frame's (``fps`` overrides it). Read
+    with Pillow, which composes each frame over the previous ones as players do."""
 
     kind = "video"
 
@@ -197,6 +184,10 @@ class AnimatedImageSource(FrameSource):
                     # A GIF frame may be larger than the canvas, which Pillow widens to it; the next
                     # seek decodes it to compose the next frame over it, selected or not.
                     check_frame_size(self.label, f"frame {i:06d}", im.width, im.height, self.max_pixels)
+                    problem = pixel_problem(im)  # (a TIFF's pages each have their own sample format)
+                    if problem:
+                        raise SourceError(f"cannot read image {self.path}: frame {i:06d} of its {self.frames_in_file}: "
+                                          f"{problem}")
                     duration = _display_duration(im, self.path, f"frame {i:06d} of its {self.frames_in_file}")
                     yield i, t_ms / 1000.0 + untimed / self.fps, im  # (decoded by _decode before the next seek)
                     if duration:
@@ -236,13 +227,15 @@ def open_image(path: Path, selection: FrameSelection | None = None, fps: float |
     frames = 1
     try:
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:
-            frames = int(getattr(im, "n_frames", 1) or 1)
+            frames = frames_in(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, SourceError):
         pass  # ImageSource reads it again and says what is wrong with it
     if frames > 1:
         unchecked = AnimatedImageSource(path, frames, selection, fps, max_pixels)
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:  # the size, before any work
             check_frame_size(unchecked.label, f"image {path.name}", im.width, im.height, unchecked.max_pixels)
+            if pixel_problem(im):
+                raise SourceError(f"cannot read image {path}: frame 000000 of its {frames}: {pixel_problem(im)}")
             first_ms = _display_duration(im, path, f"frame 000000 of its {frames}") or 0.0
         return AnimatedImageSource(path, frames, selection, fps, max_pixels, first_ms=first_ms)
     return ImageSource(path, selection, fps, max_pixels=max_pixels)
@@ -315,6 +308,8 @@ class ArraySource(FrameSource):
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         item = self.frames[index]
         if isinstance(item, Image.Image):
+            if pixel_problem(item):
+                raise SourceError(f"{self.name}: frame {index:06d} (a PIL image): {pixel_problem(item)}")
             item = image_to_rgb(item)  # as displayed: EXIF orientation, 16-bit range
         return f"{index:06d}", np.ascontiguousarray(item)
 

@@ -23,7 +23,7 @@ from ...errors import Remedy, SourceError
 from ...regular_file import open_regular
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff")
 # Files that are often animations, read as one input (a still one is one frame), never as the
 # frames of a folder.
 ANIMATION_EXTENSIONS = (".gif", ".webp")
