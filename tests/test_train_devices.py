@@ -76,7 +76,7 @@ def test_more_processes_than_gpus_is_refused(node, device):
     raised CUDA's "invalid device ordinal")."""
     seen = node(2, RANK=3, WORLD_SIZE=4, LOCAL_RANK=3, LOCAL_WORLD_SIZE=4)
     with pytest.raises(InvalidArgumentError, match=r"LOCAL_RANK=3, but this process sees 2 GPU\(s\): start at most "
-                                                   r"2 processes per node \(torchrun --nproc_per_node 2\), or"):
+                                                   r"2 processes per node \(torchrun's nproc_per_node 2\), or"):
         init_distributed(device)
     assert seen["set_device"] == [] and seen["group"] == []
 

@@ -74,8 +74,8 @@ def check_gpu(dev: torch.device, world: int, local_rank: int, named: bool = Fals
     if dev.index >= count:
         if world > 1:
             raise InvalidArgumentError(f"LOCAL_RANK={local_rank}, but this process sees {count} GPU(s): start at most "
-                                       f"{count} processes per node (torchrun --nproc_per_node {count}), or, where "
-                                       "each process sees only its own GPU (Slurm's --gpus-per-task), set device=cuda:0")
+                                       f"{count} processes per node (torchrun's nproc_per_node {count}), or, where each "
+                                       "process sees only its own GPU (Slurm's gpus-per-task), set device=cuda:0")
         raise InvalidArgumentError(f"device {dev}: this machine has {count} GPU(s) (cuda:0 .. cuda:{count - 1})")
 
 
