@@ -22,12 +22,13 @@ def is_inside(path: Path, folder: Path) -> bool:
 def _our_manifest(folder: Path) -> bool:
     """Whether `folder` holds a manifest written by this tool (any status): a segment or online
     result's manifest.json, or the run.json of an `eval vipseg` output."""
+    from ..regular_file import read_regular_text
+
     for name in ("manifest.json", "run.json"):
-        if not (folder / name).is_file():  # a FIFO there would block the read forever
-            continue
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        try:  # (opened without waiting: a named pipe there would block the read for ever)
+            text = read_regular_text(folder / name)
+            data = None if text is None else json.loads(text)
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(data, dict) and str(data.get("format", "")).startswith("entitysam-"):
             return True

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import OutputError, Remedy
 from ..interrupts import deferred_sigint
+from ..regular_file import read_regular_text
 from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import LOCK_SUFFIX, OutputLock, pid_alive
@@ -80,12 +81,15 @@ def recover_output(final: str | os.PathLike) -> str | None:
     parent = final.parent
     journal = _journal_path(final)
     done = None
-    try:
-        data = json.loads(journal.read_text(encoding="utf-8"))
+    try:  # (opened without waiting: a named pipe there made every run on `final` wait for ever)
+        text = read_regular_text(journal)
+        data = {} if text is None else json.loads(text)
     except FileNotFoundError:
         data = None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         data = {}  # unreadable (written atomically, so not expected): use what the folders say
+    if data is not None and not isinstance(data, dict):
+        data = {}  # (JSON, but no journal: a list there raised AttributeError)
     if data is not None:
         names = {k: data.get(k) for k in ("old", "new")}
         old = new = None
