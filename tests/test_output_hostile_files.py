@@ -1,6 +1,7 @@
 """What entitysam finds in an output folder that it did not write there, under the names it reads
 and writes itself: a named pipe in place of a result's panoptic.json or of the journal beside
-it (read without waiting). Each case hung or crashed before its fix."""
+it (read without waiting), a hard link or a named pipe in place of the lock file (never written
+into nor deleted). Each case hung, crashed or damaged a user's file before its fix."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ def test_a_journal_that_is_no_journal_does_not_stop_the_run(frames, tmp_path, ex
     assert "Traceback" not in proc.stderr and read_manifest(result) is not None
     if not extra:
         assert "already holds results" in proc.stderr and (result / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["hard link", "named pipe"])
+def test_a_lock_file_that_is_a_hard_link_or_a_pipe_is_never_written_into_nor_deleted(frames, tmp_path, kind):
+    """The lock file `.<name>.lock` is opened as it is and the run's pid written into it: a hard
+    link there to a file of the user's had that file cut to the pid, and a named pipe there was
+    deleted when the run ended."""
+    out = tmp_path / "out"
+    out.mkdir()
+    keep = tmp_path / "thesis.tex"
+    keep.write_text("years of work\n")
+    lock = out / ".clip.lock"
+    if kind == "hard link":
+        os.link(keep, lock)
+    else:
+        os.mkfifo(lock)
+    proc = run_cli(frames, "-o", out, *COMMON, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "is not a plain file" in proc.stderr and str(lock) in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert keep.read_text() == "years of work\n"
+    assert os.path.lexists(lock) and not (out / "clip").exists()
