@@ -85,6 +85,26 @@ def test_inputs_that_sanitise_to_one_name_are_refused(tmp_path, tiny_checkpoint,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("first, second", [("Clip", "clip"), ("e\u0301t\u00e9", "\u00e9te\u0301")])
+def test_names_one_folder_where_case_or_normalisation_is_ignored_are_refused(tmp_path, tiny_checkpoint, capsys,
+                                                                              first, second):
+    """macOS, Windows, exFAT and ext4 casefold folders give `Clip` and `clip` (or an accented letter
+    composed and decomposed) one folder: the second video then failed, naming this run's own pid as
+    another run writing it, or, with --wait-lock, waited for its own lock for ever (with --shard,
+    one at a time, it was skipped as complete or replaced the first one's result)."""
+    from entitysam.distributed.jobs import SegmentOptions
+    from entitysam.distributed.ray_runner import make_jobs
+    from entitysam.errors import SourceError
+
+    a, b = still(tmp_path / f"{first}.png"), still(tmp_path / f"{second}.png")
+    assert run(a, b, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--wait-lock", "-q") == 2
+    err = capsys.readouterr().err
+    assert "would both write to" in err and "ignores case or Unicode normalisation" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SourceError, match="would both write to the result"):
+        make_jobs([a, b], SegmentOptions())
+
+
 # ----------------------------------------------------------------------------- --overwrite
 
 
