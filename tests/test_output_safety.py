@@ -247,6 +247,26 @@ def test_save_logits_file_rules(tmp_path, tiny_checkpoint, capsys):
     assert existing.read_bytes()[:2] == b"PK"
 
 
+def test_save_logits_removes_what_a_killed_write_left_but_not_a_live_one(tmp_path, tiny_checkpoint):
+    """A run killed (SIGKILL) while writing --save-logits FILE left its temporary file, as large as
+    the logits, hidden beside FILE for good: the next write in that folder removes it, unless a
+    process holds its lock (a writer on another machine sharing the folder: its pid, dead here,
+    says nothing)."""
+    import fcntl
+
+    folder = tmp_path / "logits"
+    folder.mkdir()
+    dead = folder / ".entitysam-partial-999999999-0123456789ab"
+    dead.write_bytes(b"PK" + bytes(1000))
+    elsewhere = folder / ".entitysam-partial-999999998-0123456789ab"
+    elsewhere.write_bytes(b"PK")
+    with open(elsewhere, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert run(still(tmp_path / "still.png"), "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint,
+                   "--save", "panoptic", "-q", "--save-logits", folder / "l.npz") == 0
+    assert sorted(p.name for p in folder.iterdir()) == [elsewhere.name, "l.npz"]
+
+
 # ----------------------------------------------------------------------------- crash-safe replacement
 
 

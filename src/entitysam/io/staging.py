@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import OutputError, Remedy
 from ..interrupts import deferred_sigint
 from ..regular_file import read_regular_text
-from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
+from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, temp_file_in_use, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import LOCK_SUFFIX, OutputLock, pid_alive
 from .owned import list_foreign, result_foreign
@@ -166,13 +166,16 @@ def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> None:
             lock.release()
 
 
-def remove_dead_temp_files(folder: str | os.PathLike) -> None:
-    """Remove the temporary files of :mod:`io.atomic` (``.entitysam-tmp-<pid>-<hex>``) that
-    processes no longer running left in `folder` (killed while writing a file there)."""
+def remove_dead_temp_files(folder: str | os.PathLike, kind: str = "tmp") -> None:
+    """Remove the temporary files ``.entitysam-<kind>-<pid>-<hex>`` (:mod:`io.atomic`'s ``tmp``, a
+    logits file's ``partial``) that processes no longer running left in `folder` (killed while
+    writing a file there), except one whose lock a process holds (:func:`io.atomic.locked_temp_file`:
+    a writer on another machine sharing the folder, whose pid says nothing here)."""
+    prefix = f"{TEMP_PREFIX}{kind}-"
     with contextlib.suppress(OSError):
-        for p in Path(folder).glob(f"{TEMP_PREFIX}tmp-*"):
-            pid = _sibling_pid(p, f"{TEMP_PREFIX}tmp-")
-            if pid is not None and not pid_alive(pid) and p.is_file():
+        for p in Path(folder).glob(f"{prefix}*"):
+            pid = _sibling_pid(p, prefix)
+            if pid is not None and not pid_alive(pid) and p.is_file() and not temp_file_in_use(p):
                 p.unlink()
 
 
