@@ -20,6 +20,7 @@ from _media import scene, write_frames, write_video
 from entitysam import cli
 from entitysam.errors import OutputError
 from entitysam.io import paths, staging
+from entitysam.io.atomic import atomic_file
 from entitysam.io.manifest import MANIFEST, read_manifest
 from entitysam.io.output_lock import OutputLock, OutputLockedError
 from entitysam.io.paths import UnsafeOverwriteError, safe_name
@@ -346,6 +347,21 @@ def test_temporary_journals_of_a_killed_write_are_removed(tmp_path):
     (parent / ".vid.commit.json.tmp-999999999").write_text("{")
     recover_output(parent / "vid")
     assert sorted(p.name for p in parent.iterdir()) == ["vid"]
+
+
+def test_a_temporary_file_being_written_elsewhere_is_not_taken_for_a_killed_runs(tmp_path, monkeypatch):
+    """Each run on a result removes the temporary files (`.entitysam-tmp-<pid>-<hex>`) in the output
+    folder whose pid is no process here: on a file system shared by several machines (shards) that
+    deleted another machine's journal while it was written, failing its replacement. Temporary
+    files are written locked, and a locked one is kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(staging, "pid_alive", lambda pid: False)  # as on another machine
+    with atomic_file(out / ".vid.commit.json", "w") as f:
+        f.write("{}")
+        recover_output(out / "other")
+        assert len(list(out.glob(".entitysam-tmp-*"))) == 1
+    assert json.loads((out / ".vid.commit.json").read_text()) == {} and not list(out.glob(".entitysam-tmp-*"))
 
 
 def test_leftovers_of_older_versions_are_recovered(tmp_path):

@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import io
 import os
 import secrets
 from pathlib import Path
@@ -53,7 +54,8 @@ def locked_temp_file(tmp: str | os.PathLike) -> Iterator[IO[bytes]]:
     the block ends: whoever cleans up the temporary files of killed runs
     (``staging.remove_dead_temp_files``) leaves it alone, also on another machine sharing the
     folder, where its pid says nothing. The file is not removed here."""
-    f = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), "wb")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    f = open(os.open(tmp, flags, 0o666), "wb")  # noqa: SIM115 - (closed below)
     with f:
         if fcntl is not None:
             with contextlib.suppress(OSError):  # (a file system without flock: the pid alone tells)
@@ -141,14 +143,17 @@ def publish_no_replace(tmp: str | os.PathLike, final: str | os.PathLike) -> None
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = False,
                 replace: bool = True) -> Iterator[IO]:
-    """A file object to write `path` through: the data goes to a hidden temporary file beside it,
-    renamed over `path` when the block ends without an error (removed when it raises).
+    """A file object to write `path` through: the data goes to a hidden temporary file beside it
+    (locked: :func:`locked_temp_file`), renamed over `path` when the block ends without an error
+    (removed when it raises).
     mode: "wb" or "w" (UTF-8 text). replace=False: FileExistsError (the temporary file removed)
     if `path` exists when the data is complete, instead of replacing it."""
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        # locked while written: a run cleaning up after killed ones (on another machine sharing the
+        # folder too, where this pid says nothing) leaves it alone
+        with locked_temp_file(tmp) as raw, (raw if "b" in mode else io.TextIOWrapper(raw, encoding="utf-8")) as f:
             yield f
             if durable:
                 f.flush()

@@ -74,7 +74,7 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *,
     frame_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     step = max(1, (16 << 20) // max(1, frame_bytes))
     try:
-        with locked_temp_file(tmp) as raw:  # (locked until published: never taken for a killed run's leftover)
+        with locked_temp_file(tmp) as raw:  # (locked while written: never taken for a killed run's leftover)
             with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 with zf.open("logits.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array_header_2_0(
@@ -86,11 +86,11 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *,
                 for key, value in {"scores": np.asarray(scores), **extra}.items():
                     with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                         np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-            raw.flush()
-            if overwrite:
-                os.replace(tmp, path)
-            else:
-                publish_no_replace(tmp, path)
+        # (closed first: a write error that the file system reports only on close publishes nothing)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            publish_no_replace(tmp, path)
     except FileExistsError:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"logits file {path} appeared while this run wrote it (another run writing the same "
