@@ -241,6 +241,20 @@ def test_a_named_pipe_called_like_a_manifest_in_the_batch_does_not_hang(tmp_path
     assert got.stdout.strip() == str(["b.mp4", "c"] + (["d"] if fifo.startswith("d/") else []))
 
 
+def test_a_result_folder_given_as_the_batch_folder_is_refused(two_videos, tmp_path, capsys):
+    """--batch of an entitysam result folder (`--batch out/a` for `--batch in`) segmented its
+    overlay.mp4 and its panoptic/ id maps as videos, and with `-o out/a` wrote their results into
+    that result, which --overwrite then refused to replace (a folder entitysam did not write)."""
+    out = tmp_path / "out"
+    assert segment(two_videos / "a.mp4", "-o", out, "--model", "demo", "--save", "all", "--threads", "1", "-q") == 0
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    for target in (tmp_path / "out2", out / "a"):
+        assert segment("--batch", out / "a", "-o", target, *COMMON) == 2
+        assert "is an output folder of entitysam (its manifest.json)" in one_error_line(capsys)
+    assert not (tmp_path / "out2").exists()
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+
+
 def _unfinish(result: Path) -> None:
     """Make a result look like an online video interrupted by SIGTERM (a Slurm pre-emption)."""
     manifest = json.loads((result / "manifest.json").read_text())

@@ -20,6 +20,7 @@ from _media import scene, write_frames, write_video
 from entitysam import cli
 from entitysam.errors import OutputError
 from entitysam.io import paths, staging
+from entitysam.io.atomic import atomic_file
 from entitysam.io.manifest import MANIFEST, read_manifest
 from entitysam.io.output_lock import OutputLock, OutputLockedError
 from entitysam.io.paths import UnsafeOverwriteError, safe_name
@@ -83,6 +84,26 @@ def test_inputs_that_sanitise_to_one_name_are_refused(tmp_path, tiny_checkpoint,
     assert run(a, b, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q") == 2
     assert "would both write to" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("first, second", [("Clip", "clip"), ("e\u0301t\u00e9", "\u00e9te\u0301")])
+def test_names_one_folder_where_case_or_normalisation_is_ignored_are_refused(tmp_path, tiny_checkpoint, capsys,
+                                                                              first, second):
+    """macOS, Windows, exFAT and ext4 casefold folders give `Clip` and `clip` (or an accented letter
+    composed and decomposed) one folder: the second video then failed, naming this run's own pid as
+    another run writing it, or, with --wait-lock, waited for its own lock for ever (with --shard,
+    one at a time, it was skipped as complete or replaced the first one's result)."""
+    from entitysam.distributed.jobs import SegmentOptions
+    from entitysam.distributed.ray_runner import make_jobs
+    from entitysam.errors import SourceError
+
+    a, b = still(tmp_path / f"{first}.png"), still(tmp_path / f"{second}.png")
+    assert run(a, b, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--wait-lock", "-q") == 2
+    err = capsys.readouterr().err
+    assert "would both write to" in err and "ignores case or Unicode normalisation" in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SourceError, match="would both write to the result"):
+        make_jobs([a, b], SegmentOptions())
 
 
 # ----------------------------------------------------------------------------- --overwrite
@@ -227,6 +248,26 @@ def test_save_logits_file_rules(tmp_path, tiny_checkpoint, capsys):
     assert existing.read_bytes()[:2] == b"PK"
 
 
+def test_save_logits_removes_what_a_killed_write_left_but_not_a_live_one(tmp_path, tiny_checkpoint):
+    """A run killed (SIGKILL) while writing --save-logits FILE left its temporary file, as large as
+    the logits, hidden beside FILE for good: the next write in that folder removes it, unless a
+    process holds its lock (a writer on another machine sharing the folder: its pid, dead here,
+    says nothing)."""
+    import fcntl
+
+    folder = tmp_path / "logits"
+    folder.mkdir()
+    dead = folder / ".entitysam-partial-999999999-0123456789ab"
+    dead.write_bytes(b"PK" + bytes(1000))
+    elsewhere = folder / ".entitysam-partial-999999998-0123456789ab"
+    elsewhere.write_bytes(b"PK")
+    with open(elsewhere, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert run(still(tmp_path / "still.png"), "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint,
+                   "--save", "panoptic", "-q", "--save-logits", folder / "l.npz") == 0
+    assert sorted(p.name for p in folder.iterdir()) == [elsewhere.name, "l.npz"]
+
+
 # ----------------------------------------------------------------------------- crash-safe replacement
 
 
@@ -306,6 +347,21 @@ def test_temporary_journals_of_a_killed_write_are_removed(tmp_path):
     (parent / ".vid.commit.json.tmp-999999999").write_text("{")
     recover_output(parent / "vid")
     assert sorted(p.name for p in parent.iterdir()) == ["vid"]
+
+
+def test_a_temporary_file_being_written_elsewhere_is_not_taken_for_a_killed_runs(tmp_path, monkeypatch):
+    """Each run on a result removes the temporary files (`.entitysam-tmp-<pid>-<hex>`) in the output
+    folder whose pid is no process here: on a file system shared by several machines (shards) that
+    deleted another machine's journal while it was written, failing its replacement. Temporary
+    files are written locked, and a locked one is kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(staging, "pid_alive", lambda pid: False)  # as on another machine
+    with atomic_file(out / ".vid.commit.json", "w") as f:
+        f.write("{}")
+        recover_output(out / "other")
+        assert len(list(out.glob(".entitysam-tmp-*"))) == 1
+    assert json.loads((out / ".vid.commit.json").read_text()) == {} and not list(out.glob(".entitysam-tmp-*"))
 
 
 def test_leftovers_of_older_versions_are_recovered(tmp_path):

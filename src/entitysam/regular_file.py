@@ -9,6 +9,7 @@ regular file is closed again, unread. Every later read goes through that descrip
 file itself, not of the path, which may have changed since.
 
 * `open_regular(path)`: the open file (binary, blocking), or None when it is not a regular file.
+* `read_regular_text(path)`: its UTF-8 text, or None when it is not a regular file.
 * `reopenable_name(f)`: ``/dev/fd/N`` of an open file, None where there is none.
 * `path_problem(path, folder=False)`: what is wrong with a path that should name a regular file
   (or a folder), in words, without opening it.
@@ -21,7 +22,7 @@ import os
 import stat
 from typing import BinaryIO
 
-__all__ = ["open_regular", "reopenable_name", "path_problem"]
+__all__ = ["open_regular", "read_regular_text", "reopenable_name", "path_problem"]
 
 # O_NONBLOCK: a named pipe opens without waiting for a writer; O_NOCTTY: a terminal put in the
 # path's place must not become the process's controlling terminal
@@ -54,6 +55,17 @@ def open_regular(path: str | os.PathLike, *, follow_links: bool = True) -> Binar
         os.close(fd)
         return None
     return os.fdopen(fd, "rb")
+
+
+def read_regular_text(path: str | os.PathLike) -> str | None:
+    """The UTF-8 text of `path` when it names a regular file (:func:`open_regular`), None when it
+    names something else (a named pipe: reading one waited for a writer for ever). OSError when it
+    cannot be opened (FileNotFoundError when missing), ValueError when it is not UTF-8."""
+    f = open_regular(path)
+    if f is None:
+        return None
+    with f:
+        return f.read().decode("utf-8")
 
 
 def reopenable_name(f: BinaryIO) -> str | None:

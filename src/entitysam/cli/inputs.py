@@ -19,19 +19,20 @@ def is_inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def _our_manifest(folder: Path) -> bool:
-    """Whether `folder` holds a manifest written by this tool (any status): a segment or online
-    result's manifest.json, or the run.json of an `eval vipseg` output."""
+def _our_manifest(folder: Path) -> str | None:
+    """The manifest written by this tool (any status) that `folder` holds, if any: a segment or
+    online result's manifest.json, or the run.json of an `eval vipseg` output."""
+    from ..regular_file import read_regular_text
+
     for name in ("manifest.json", "run.json"):
-        if not (folder / name).is_file():  # a FIFO there would block the read forever
-            continue
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        try:  # (opened without waiting: a named pipe there would block the read for ever)
+            text = read_regular_text(folder / name)
+            data = None if text is None else json.loads(text)
+        except (OSError, ValueError, RecursionError):
             continue
         if isinstance(data, dict) and str(data.get("format", "")).startswith("entitysam-"):
-            return True
-    return False
+            return name
+    return None
 
 
 def written_by_entitysam_run(entry: Path) -> bool:
@@ -49,7 +50,7 @@ def written_by_entitysam_run(entry: Path) -> bool:
         return False
     if any(c.suffix.lower() in IMAGE_EXTENSIONS for c in children if c.is_file()):
         return False
-    return any(c.is_dir() and _our_manifest(c) for c in children)
+    return any(c.is_dir() and _our_manifest(c) is not None for c in children)
 
 
 def batch_inputs(folder: str, out_root: Path) -> list[Path]:
@@ -57,6 +58,9 @@ def batch_inputs(folder: str, out_root: Path) -> list[Path]:
     and without results of earlier runs: a re-run must not segment its own outputs."""
     from ..io.sources import list_batch_inputs
 
+    if manifest := _our_manifest(Path(folder)):  # (its overlay.mp4 and panoptic/ id maps are no videos)
+        raise SourceError(f"--batch {folder} is an output folder of entitysam (its {manifest}), not a folder of "
+                          "videos: name the folder of the videos it was made from")
     found = list_batch_inputs(folder)
     keep = [p for p in found if not (is_inside(out_root, p) or written_by_entitysam_run(p))]
     if found and not keep:

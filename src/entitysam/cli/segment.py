@@ -144,6 +144,7 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
 def run(args) -> int:
     from ..pipeline.result import check_formats
     from ..distributed.local import default_summary_path
+    from ..io.paths import name_clash
     from ..io.sources import FrameSelection
 
     say = sayer(args.quiet)
@@ -151,12 +152,10 @@ def run(args) -> int:
         formats = check_formats(args.save)
         inputs = collect_inputs(args)
         names = [video_name(p) for p in inputs]
-        seen: dict[str, Path] = {}
-        for path, name in zip(inputs, names):
-            if name in seen:
-                raise SourceError(f"{seen[name]} and {path} would both write to {Path(args.output) / name}: "
-                                  "rename one or run them with different --output")
-            seen[name] = path
+        if clash := name_clash(names):
+            i, j, words = clash
+            raise SourceError(f"{inputs[i]} and {inputs[j]} would both write to {Path(args.output) / names[i]}"
+                              f"{words}: rename one or run them with different --output")
         if args.save_logits and len(inputs) > 1 and "{video}" not in args.save_logits:
             raise EntitySAMError("--save-logits FILE with several inputs needs {video} in FILE "
                                  "(or no FILE: each video folder gets logits.npz)")

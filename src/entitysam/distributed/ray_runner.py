@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 
 from ..argtypes import GPU_SHARE_RANGE, MAX_THREADS, check_gpu_share, check_int, check_range
 from ..errors import EntitySAMError, InvalidArgumentError, SourceError, for_terminal
+from ..io.paths import name_clash
 from ..io.sources import result_name
 from .jobs import SegmentOptions, VideoJob, VideoOutcome, frame_count
 from .local import BatchSummary
@@ -71,12 +72,10 @@ def make_jobs(inputs: Sequence[Any], options: SegmentOptions) -> list[VideoJob]:
     jobs = [item if isinstance(item, VideoJob) else VideoJob(Path(item), result_name(Path(item)),
                                                               frame_count(Path(item), options))
             for item in inputs]
-    seen: dict[str, Any] = {}
-    for job in jobs:
-        if job.name in seen:
-            raise SourceError(f"{seen[job.name]} and {job.input} would both write to the result {job.name}: "
-                              "rename one or run them with different outputs")
-        seen[job.name] = job.input
+    if clash := name_clash([job.name for job in jobs]):
+        i, j, words = clash
+        raise SourceError(f"{jobs[i].input} and {jobs[j].input} would both write to the result {jobs[i].name}"
+                          f"{words}: rename one or run them with different outputs")
     return jobs
 
 

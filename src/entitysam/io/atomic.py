@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import io
 import os
 import secrets
 from pathlib import Path
@@ -25,8 +26,8 @@ from typing import IO, Any, Iterator
 
 from .. import jsonio
 
-__all__ = ["TEMP_PREFIX", "temp_path", "fsync_dir", "publish_no_replace", "atomic_file", "write_bytes_atomic",
-           "write_text_atomic", "write_json_atomic"]
+__all__ = ["TEMP_PREFIX", "temp_path", "locked_temp_file", "temp_file_in_use", "fsync_dir", "publish_no_replace",
+           "atomic_file", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
 
 TEMP_PREFIX = ".entitysam-"  # temporary files and folders: ".entitysam-<kind>-<pid>-<12 hex>"
 
@@ -39,6 +40,46 @@ def temp_path(final: str | os.PathLike, kind: str = "tmp") -> Path:
     """A hidden temporary name beside `final` (same folder, so renames stay atomic), at most about
     40 bytes whatever the length of `final`'s name."""
     return Path(final).with_name(f"{TEMP_PREFIX}{kind}-{os.getpid()}-{secrets.token_hex(6)}")
+
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: temporary files are not locked
+    fcntl = None
+
+
+@contextlib.contextmanager
+def locked_temp_file(tmp: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """The new file `tmp` (from :func:`temp_path`), open for writing and locked (``flock``) until
+    the block ends: whoever cleans up the temporary files of killed runs
+    (``staging.remove_dead_temp_files``) leaves it alone, also on another machine sharing the
+    folder, where its pid says nothing. The file is not removed here."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    f = open(os.open(tmp, flags, 0o666), "wb")  # noqa: SIM115 - (closed below)
+    with f:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):  # (a file system without flock: the pid alone tells)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield f
+
+
+def temp_file_in_use(path: str | os.PathLike) -> bool:
+    """Whether a process holds the lock of the temporary file `path` (:func:`locked_temp_file`),
+    or it cannot be told (then it is in use: kept)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (shared: NFS's emulation accepts it read-only)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -102,14 +143,17 @@ def publish_no_replace(tmp: str | os.PathLike, final: str | os.PathLike) -> None
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = False,
                 replace: bool = True) -> Iterator[IO]:
-    """A file object to write `path` through: the data goes to a hidden temporary file beside it,
-    renamed over `path` when the block ends without an error (removed when it raises).
+    """A file object to write `path` through: the data goes to a hidden temporary file beside it
+    (locked: :func:`locked_temp_file`), renamed over `path` when the block ends without an error
+    (removed when it raises).
     mode: "wb" or "w" (UTF-8 text). replace=False: FileExistsError (the temporary file removed)
     if `path` exists when the data is complete, instead of replacing it."""
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        # locked while written: a run cleaning up after killed ones (on another machine sharing the
+        # folder too, where this pid says nothing) leaves it alone
+        with locked_temp_file(tmp) as raw, (raw if "b" in mode else io.TextIOWrapper(raw, encoding="utf-8")) as f:
             yield f
             if durable:
                 f.flush()

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import OutputError, Remedy
-from .atomic import publish_no_replace, temp_path
+from .atomic import locked_temp_file, publish_no_replace, temp_path
 from .paths import UnsafeOverwriteError, check_not_input, check_name_fits, describe_os_error, path_relation
 
 __all__ = ["logits_file", "check_logits_file", "save_logits_npz"]
@@ -61,6 +61,11 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *,
     path = logits_file(path)
     if not path.parent.is_dir():  # never create folders anywhere a mistyped path points to
         raise OutputError(f"cannot write {path}: the folder {path.parent} does not exist")
+    from .staging import remove_dead_temp_files  # noqa: PLC0415
+
+    # A run killed while writing (SIGKILL: the OOM killer, a pre-empted node) left its temporary
+    # file, as large as the logits, hidden in this folder for good.
+    remove_dead_temp_files(path.parent, "partial")
     tmp = temp_path(path, "partial")
     fresh = logits.frames if hasattr(logits, "frames") else (lambda: logits)
     first = fresh()
@@ -69,17 +74,19 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *,
     frame_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
     step = max(1, (16 << 20) // max(1, frame_bytes))
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("logits.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array_header_2_0(
-                    f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
-                for t0 in range(0, shape[0], step):
-                    chunk = fresh()[t0:t0 + step]
-                    f.write(np.ascontiguousarray(chunk).tobytes())
-                    del chunk
-            for key, value in {"scores": np.asarray(scores), **extra}.items():
-                with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+        with locked_temp_file(tmp) as raw:  # (locked while written: never taken for a killed run's leftover)
+            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                with zf.open("logits.npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array_header_2_0(
+                        f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+                    for t0 in range(0, shape[0], step):
+                        chunk = fresh()[t0:t0 + step]
+                        f.write(np.ascontiguousarray(chunk).tobytes())
+                        del chunk
+                for key, value in {"scores": np.asarray(scores), **extra}.items():
+                    with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
+                        np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+        # (closed first: a write error that the file system reports only on close publishes nothing)
         if overwrite:
             os.replace(tmp, path)
         else:

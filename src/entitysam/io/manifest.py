@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..regular_file import read_regular_text
+
 __all__ = ["MANIFEST", "WRITER", "read_manifest", "manifest_data", "written_by_entitysam"]
 
 MANIFEST = "manifest.json"
@@ -20,11 +22,9 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def manifest_data(directory: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():  # a FIFO or device there would block the read forever
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+    try:  # (opened without waiting: a named pipe there would block the read for ever)
+        text = read_regular_text(Path(directory) / MANIFEST)
+        data = None if text is None else json.loads(text)
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None

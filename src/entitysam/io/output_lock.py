@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +130,18 @@ class OutputLock:
             try:
                 fd = _open_lock_file(self.path)
             except OSError as err:
-                if err.errno == errno.ELOOP or os.path.isdir(self.path):
-                    raise OutputError(f"the lock file {self.path} is not a plain file (a symbolic link or a "
-                                      "folder): remove it, entitysam creates it") from None
+                if err.errno in (errno.ELOOP, errno.ENXIO) or os.path.isdir(self.path):
+                    raise OutputError(self._not_plain("a symbolic link, a folder or a socket")) from None
                 raise OutputError(describe_os_error(err, "the output folder")) from None
             try:
+                st = os.fstat(fd)
+                # The pid is written into the file as it is: another name of the file (a hard link to
+                # a file of the user's) got it too, and a named pipe was deleted on release.
+                if not stat.S_ISREG(st.st_mode):
+                    raise OutputError(self._not_plain("a named pipe or a device"))
+                if st.st_nlink > 1:
+                    raise OutputError(self._not_plain(f"it has {st.st_nlink} hard links: another name of the "
+                                                      "same file, which writing the lock would change too"))
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -162,6 +170,9 @@ class OutputLock:
                 os.close(fd)
                 raise
             os.close(fd)
+
+    def _not_plain(self, what: str) -> str:
+        return f"the lock file {self.path} is not a plain file ({what}): remove it, entitysam creates it"
 
     def _remove_if_free(self) -> None:
         """Remove the lock file if no run holds its lock (as :meth:`release` does), never one

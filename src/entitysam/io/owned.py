@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ..regular_file import read_regular_text
 from .atomic import TEMP_PREFIX
 from .manifest import MANIFEST, manifest_data
 
@@ -64,10 +65,12 @@ def foreign_entries(folder: str | os.PathLike, layout: Layout, *, only: tuple[st
 
 
 def _frame_pngs(folder: Path) -> set[str] | None:
-    """The PNG names ``panoptic.json`` lists (None if it cannot be read as one)."""
+    """The PNG names ``panoptic.json`` lists (None if it cannot be read as one, e.g. a named pipe:
+    opened without waiting, where reading it waited for a writer for ever)."""
     try:
-        data = json.loads((folder / "panoptic.json").read_text(encoding="utf-8"))
-        return {str(a["file_name"]) for a in data["annotations"][0]["annotations"]}
+        text = read_regular_text(folder / "panoptic.json")
+        data = None if text is None else json.loads(text)
+        return None if data is None else {str(a["file_name"]) for a in data["annotations"][0]["annotations"]}
     except (OSError, ValueError, RecursionError, LookupError, TypeError):
         return None
 

@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 from ..errors import OutputError
 
-__all__ = ["MAX_NAME_BYTES", "NAME_MAX", "UnsafeOverwriteError", "safe_name", "check_name_fits", "describe_os_error",
-           "path_relation", "check_not_input", "nearest_existing"]
+__all__ = ["MAX_NAME_BYTES", "NAME_MAX", "UnsafeOverwriteError", "safe_name", "name_clash", "check_name_fits",
+           "describe_os_error", "path_relation", "check_not_input", "nearest_existing"]
 
 # Bytes of a result name: the longest sibling adds ".", ".partial-<pid>-<8 hex>" (about 30 bytes)
 # and file systems allow 255 bytes per name.
@@ -43,6 +43,26 @@ def safe_name(name: str) -> str:
         head = encoded[:MAX_NAME_BYTES - len(digest) - 1].decode("utf-8", "ignore")
         cleaned = f"{head}~{digest}"
     return cleaned
+
+
+def name_clash(names: Sequence[str]) -> tuple[int, int, str] | None:
+    """The first two of `names` (result folder names) that would be one folder: equal, or equal
+    where the file system ignores case and Unicode normalisation (macOS, Windows, exFAT, ext4
+    casefold folders: ``Clip`` and ``clip``, ``é`` composed and decomposed), as ``(i, j, words)``
+    with `words` saying which; None when all are distinct."""
+    import unicodedata  # noqa: PLC0415
+
+    seen: dict[str, int] = {}
+    for j, name in enumerate(names):
+        key = unicodedata.normalize("NFC", unicodedata.normalize("NFC", name).casefold())
+        if key in seen:
+            i = seen[key]
+            words = "" if names[i] == name else (
+                f" (as {name}: the same folder where the file system ignores case or Unicode normalisation, "
+                "as on macOS, Windows and exFAT)")
+            return i, j, words
+        seen[key] = j
+    return None
 
 
 def check_name_fits(path: str | os.PathLike, what: str) -> None:

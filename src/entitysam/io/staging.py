@@ -27,7 +27,8 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import OutputError, Remedy
 from ..interrupts import deferred_sigint
-from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, write_json_atomic
+from ..regular_file import read_regular_text
+from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, temp_file_in_use, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import LOCK_SUFFIX, OutputLock, pid_alive
 from .owned import list_foreign, result_foreign
@@ -80,12 +81,15 @@ def recover_output(final: str | os.PathLike) -> str | None:
     parent = final.parent
     journal = _journal_path(final)
     done = None
-    try:
-        data = json.loads(journal.read_text(encoding="utf-8"))
+    try:  # (opened without waiting: a named pipe there made every run on `final` wait for ever)
+        text = read_regular_text(journal)
+        data = {} if text is None else json.loads(text)
     except FileNotFoundError:
         data = None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         data = {}  # unreadable (written atomically, so not expected): use what the folders say
+    if data is not None and not isinstance(data, dict):
+        data = {}  # (JSON, but no journal: a list there raised AttributeError)
     if data is not None:
         names = {k: data.get(k) for k in ("old", "new")}
         old = new = None
@@ -162,13 +166,16 @@ def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> None:
             lock.release()
 
 
-def remove_dead_temp_files(folder: str | os.PathLike) -> None:
-    """Remove the temporary files of :mod:`io.atomic` (``.entitysam-tmp-<pid>-<hex>``) that
-    processes no longer running left in `folder` (killed while writing a file there)."""
+def remove_dead_temp_files(folder: str | os.PathLike, kind: str = "tmp") -> None:
+    """Remove the temporary files ``.entitysam-<kind>-<pid>-<hex>`` (:mod:`io.atomic`'s ``tmp``, a
+    logits file's ``partial``) that processes no longer running left in `folder` (killed while
+    writing a file there), except one whose lock a process holds (:func:`io.atomic.locked_temp_file`:
+    a writer on another machine sharing the folder, whose pid says nothing here)."""
+    prefix = f"{TEMP_PREFIX}{kind}-"
     with contextlib.suppress(OSError):
-        for p in Path(folder).glob(f"{TEMP_PREFIX}tmp-*"):
-            pid = _sibling_pid(p, f"{TEMP_PREFIX}tmp-")
-            if pid is not None and not pid_alive(pid) and p.is_file():
+        for p in Path(folder).glob(f"{prefix}*"):
+            pid = _sibling_pid(p, prefix)
+            if pid is not None and not pid_alive(pid) and p.is_file() and not temp_file_in_use(p):
                 p.unlink()
 
 
