@@ -55,7 +55,7 @@ def _link_loop(path):
 
 TRAIN_DATA_MISTAKES = {
     # each was a traceback (JSONDecodeError, KeyError, ValueError of int(), TypeError)
-    "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json: not valid JSON"),
+    "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json is not valid JSON"),
     "no-annotations-key": (lambda r: _edit(_coco_json(r), lambda d: d.pop("annotations")),
                            r"no 'annotations' list"),
     "empty-annotations": (lambda r: _edit(_coco_json(r), lambda d: d.__setitem__("annotations", [])),
@@ -88,9 +88,9 @@ TRAIN_DATA_MISTAKES = {
     "missing-png": (lambda r: (r / "panoptic_train2017" / "000000000003.png").unlink(),
                     r"1 dataset file\(s\) missing: .*panoptic_train2017/000000000003\.png"),
     # each was "no such file" / "missing": the file is there but is no file to read
-    "json-fifo": (lambda r: _fifo(_coco_json(r)), r"error: \S*panoptic_train2017\.json: not a regular file "
-                                                  r"\(the dataset's JSON\)\n"),
-    "json-link-loop": (lambda r: _link_loop(_coco_json(r)), r"error: cannot read \S*panoptic_train2017\.json: Too "
+    "json-fifo": (lambda r: _fifo(_coco_json(r)), r"error: COCO panoptic JSON \S*panoptic_train2017\.json is not a "
+                                                  r"regular file\n"),
+    "json-link-loop": (lambda r: _link_loop(_coco_json(r)), r"error: cannot read COCO panoptic JSON \S*panoptic_train2017\.json: Too "
                                                             r"many levels of symbolic links\n"),
     "image-fifo": (lambda r: _fifo(r / "train2017" / "000000000002.jpg"),
                    r"1 dataset file\(s\) unusable: \S*train2017/000000000002\.jpg \(not a regular file\)\n"),

@@ -3,11 +3,11 @@ names checked to be there, before anything is trained (the layout: entitysam.tra
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..io.idpng import MAX_ID
-from ..regular_file import open_regular, path_problem
+from ..jsonio import load_file
+from ..regular_file import path_problem
 from .samples import DatasetError, PanopticRecord
 
 __all__ = ["IMAGE_EXTS", "read_panoptic_dataset", "entity_shortage"]
@@ -18,24 +18,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 def _resolve(root: Path, p: str) -> Path:
     q = Path(p)
     return q if q.is_absolute() else root / q
-
-
-def _load_json(path: Path):
-    try:
-        f = open_regular(path)  # without waiting: open() of a FIFO blocked for a writer
-    except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from None
-    if f is None:
-        raise DatasetError(f"{path}: not a regular file (the dataset's JSON)")
-    try:
-        with f:
-            return json.loads(f.read().decode("utf-8"))
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer over the digit limit
-        raise DatasetError(f"{path}: not valid JSON ({str(err).splitlines()[0][:200]})") from None
-    except RecursionError:
-        raise DatasetError(f"{path}: not valid JSON (nested too deeply)") from None
-    except OSError as err:
-        raise DatasetError(f"cannot read {path}: {err.strerror or err}") from None
 
 
 def _list(doc, key: str, where: str) -> list:
@@ -73,7 +55,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
     root = Path(root)
     image_root, pan_root = _resolve(root, image_dir), _resolve(root, panoptic_dir)
     jpath = _resolve(root, json_path)
-    info = _load_json(jpath)
+    info = load_file(jpath, "COCO panoptic JSON", DatasetError)
     if not isinstance(info, dict) or not isinstance(info.get("annotations"), list):
         raise DatasetError(f"{jpath}: no 'annotations' list (not a COCO panoptic json)")
     images = {}
