@@ -354,3 +354,49 @@ def test_thumbnails_load_one_at_a_time_in_frame_order_after_the_first_frames(tmp
     first_frames = {f"/api/idmaps/{i}.runs" for i in range(8)}  # all 8 frames are within the first window
     ended = {u.split("?")[0].split(url.split("/?")[0])[-1] for kind, u in events[:first_thumb] if kind == "end"}
     assert first_frames <= ended
+
+
+def test_two_tabs_never_act_on_an_edit_they_have_not_shown(tmp_path):
+    """Two tabs of one viewer share its edit: a change sent from a tab that has not shown the
+    latest edit (a delete, an undo) is refused and the tab shows the current edit instead; a tab
+    coming back into view shows it too; quick Ctrl+Z presses in one tab are each an undo."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as a:
+        b = a.context.browser.new_page(viewport={"width": 1400, "height": 900})  # another window
+        b.on("pageerror", lambda err: a.errors.append(str(err)))
+        open_viewer(a, url)
+        open_viewer(b, url)
+        b.click('tr.entity[data-id="3"]')
+        b.fill("#label-text", "car")
+        b.click("#label")
+        wait_version(b, 1)
+        # a still shows version 0: its delete is refused, and it now shows b's label
+        a.click('tr.entity[data-id="2"]')
+        a.click("#delete")
+        a.wait_for_function("document.getElementById('status').textContent.includes('another tab')")
+        state = wait_version(a, 1)
+        assert state["ops"] == [{"op": "label", "id": 3, "text": "car"}] and 2 in state["ids"]
+        assert a.inner_text('tr.entity[data-id="3"] .label') == "car"
+        a.click('tr.entity[data-id="2"]')
+        a.click("#delete")
+        wait_version(a, 2)
+        # b's Undo would undo a's delete, which b has not shown: refused, b shows the delete
+        b.click("#undo")
+        b.wait_for_function("document.getElementById('status').textContent.includes('another tab')")
+        state = wait_version(b, 2)
+        assert [op["op"] for op in state["ops"]] == ["label", "delete"] and 2 not in state["ids"]
+        # coming back into view, a tab shows what another did meanwhile
+        b.click('tr.entity[data-id="1"]')
+        b.click("#hide")
+        wait_version(b, 3)
+        a.evaluate("window.dispatchEvent(new Event('focus'))")
+        a.wait_for_function("viewer.state.version === 3 && viewer.state.byId.get(1).hidden")
+        # two quick Ctrl+Z: two undos, each at the version the one before left
+        a.keyboard.press("Control+z")
+        a.keyboard.press("Control+z")
+        state = wait_version(a, 5)
+        assert [op["op"] for op in state["ops"]] == ["label"] and state["status"] == "undo done"
+        assert a.errors == []

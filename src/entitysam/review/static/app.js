@@ -43,6 +43,8 @@ function wire() {
     else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "y") { ev.preventDefault(); undoRedo("redo"); }
   });
   window.addEventListener("resize", () => { fitStage(); updateTimelineCursor(); });
+  window.addEventListener("focus", refreshState);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshState(); });
 }
 // the canvases keep the video's resolution; CSS scales them to the largest size that fits, each
 // pixel as wide as the input's (anamorphic video: 720x576 PAL with 16:15 pixels shows 768 wide)

@@ -136,17 +136,41 @@ function idAtEvent(ev) {
 viewer.idAt = (x, y) => current ? currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current) : 0;
 
 // ---- edits ---------------------------------------------------------------------------------
-async function edit(op) {
-  try {
-    const res = await post("/api/edits", op);
-    applyState(await res.json());
-    setStatus(`${op.op} done`);
-  } catch (err) { setStatus(`${op.op}: ${err.message}`, true); }
+// The page's changes go to the server one at a time, each sent once the one before has answered
+// and with the version that answer gave: two quick Ctrl+Z are two undos, never one refused as made
+// on a version the page had not seen yet.
+let changes = Promise.resolve();
+function queued(task) {
+  const run = changes.then(task);
+  changes = run.catch(() => {});
+  return run;
+}
+function edit(op) {
+  return queued(async () => {
+    try {
+      const res = await post("/api/edits", op);
+      applyState(await res.json());
+      setStatus(`${op.op} done`);
+    } catch (err) { setStatus(`${op.op}: ${err.message}`, true); }
+  });
 }
 viewer.edit = edit;
-async function undoRedo(which) {
-  try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
-  catch (err) { setStatus(`${which}: ${err.message}`, true); }
+function undoRedo(which) {
+  return queued(async () => {
+    try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
+    catch (err) { setStatus(`${which}: ${err.message}`, true); }
+  });
+}
+// Another tab or window of the same viewer may have changed the edit: the page shows the current
+// one whenever it comes back into view (a change it sends meanwhile is refused anyway: post()).
+function refreshState() {
+  if (!viewer.state) return Promise.resolve();
+  return queued(async () => {
+    const state = await getJSON("/api/state");
+    if (state.version === viewer.state.version) return;
+    applyState(state);
+    setStatus("the edit was changed in another tab or window: this page shows it now");
+  }).catch(() => {});
 }
 const selectedIds = () => [...viewer.selected];
 function hideSelected() {
@@ -154,12 +178,14 @@ function hideSelected() {
   const allHidden = ids.every((id) => entityById(id)?.hidden);
   return edit({op: allHidden ? "show" : "hide", ids});
 }
-async function save() {
-  try {
-    const res = await (await post("/api/save")).json();
-    setStatus(`saved ${res.name}`);
-    viewer.lastSave = res;
-  } catch (err) { setStatus(`save: ${err.message}`, true); }
+function save() {
+  return queued(async () => {
+    try {
+      const res = await (await post("/api/save")).json();
+      setStatus(`saved ${res.name}`);
+      viewer.lastSave = res;
+    } catch (err) { setStatus(`save: ${err.message}`, true); }
+  });
 }
 // The file name of a download: RFC 5987's filename* (UTF-8: a video named beyond ASCII) when the
 // server sends one, else the plain filename.
@@ -170,16 +196,17 @@ function downloadName(disposition) {
   }
   return disposition.match(/filename="([^"]+)"/)?.[1];
 }
-async function exportResult() {
+function exportResult() {
   const fmt = $("export-format").value;
-  try {
-    const res = await post(`/api/export?format=${encodeURIComponent(fmt)}`);
-    const name = downloadName(res.headers.get("Content-Disposition") || "") || `export-${fmt}`;
-    const url = URL.createObjectURL(await res.blob());
-    const a = document.createElement("a");
-    a.href = url; a.download = name; document.body.appendChild(a); a.click(); a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
-    setStatus(`exported ${name}`);
-  } catch (err) { setStatus(`export: ${err.message}`, true); }
+  return queued(async () => {
+    try {
+      const res = await post(`/api/export?format=${encodeURIComponent(fmt)}`);
+      const name = downloadName(res.headers.get("Content-Disposition") || "") || `export-${fmt}`;
+      const url = URL.createObjectURL(await res.blob());
+      const a = document.createElement("a");
+      a.href = url; a.download = name; document.body.appendChild(a); a.click(); a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      setStatus(`exported ${name}`);
+    } catch (err) { setStatus(`export: ${err.message}`, true); }
+  });
 }
-

@@ -59,14 +59,17 @@ async function getJSON(url) {
   if (!res.ok) throw new Error(`${url}: ${res.status}`);
   return res.json();
 }
+// A change (edit, undo, redo, save, export) names the edit version the page shows: when another tab
+// or window changed the edit since, the server does nothing and answers 409 with the current state,
+// which the page shows at once (entities.js: applyState).
 async function post(url, body) {
-  const res = await fetch(url, {
-    method: "POST", headers: {"X-EntitySAM-Token": TOKEN, "Content-Type": "application/json"},
-    body: body === undefined ? "{}" : JSON.stringify(body),
-  });
+  const headers = {"X-EntitySAM-Token": TOKEN, "Content-Type": "application/json"};
+  if (viewer.state) headers["X-EntitySAM-Version"] = String(viewer.state.version);
+  const res = await fetch(url, {method: "POST", headers, body: body === undefined ? "{}" : JSON.stringify(body)});
   if (!res.ok) {
-    let message = `${res.status}`;
-    try { message = (await res.json()).error || message; } catch (e) { /* not JSON */ }
+    let message = `${res.status}`, answer = null;
+    try { answer = await res.json(); message = answer.error || message; } catch (e) { /* not JSON */ }
+    if (answer && answer.state) applyState(answer.state);
     throw new Error(message);
   }
   return res;
