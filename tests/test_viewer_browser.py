@@ -400,3 +400,29 @@ def test_two_tabs_never_act_on_an_edit_they_have_not_shown(tmp_path):
         state = wait_version(a, 5)
         assert [op["op"] for op in state["ops"]] == ["label"] and state["status"] == "undo done"
         assert a.errors == []
+
+
+def test_the_image_stays_inside_its_stage_as_the_timeline_grows(tmp_path):
+    """The image is fitted to the space the timeline leaves it, also once the timeline's rows are
+    built and when a split adds one: it never covers the header's buttons or the player's."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    inside = """() => { const s = document.getElementById('stage').getBoundingClientRect();
+        const c = document.getElementById('overlay-canvas').getBoundingClientRect();
+        const hit = (id) => { const r = document.getElementById(id).getBoundingClientRect();
+                              return document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2).id; };
+        return {inside: c.top >= s.top - 1 && c.bottom <= s.bottom + 1 && c.left >= s.left - 1 && c.right <= s.right + 1,
+                height: c.height, play: hit('play'), undo: hit('undo')}; }"""
+    with view_server(result) as (url, _token), browser_page(1280, 720) as page:
+        open_viewer(page, url)
+        shown = page.evaluate(inside)
+        assert shown["inside"] and shown["play"] == "play" and shown["undo"] == "undo", shown
+        page.click('tr.entity[data-id="2"]')
+        page.evaluate("viewer.showFrame(4)")
+        page.click("#split")
+        wait_version(page, 1)
+        page.wait_for_function(f"document.getElementById('overlay-canvas').getBoundingClientRect().height < {shown['height']}")
+        assert page.evaluate(inside) == {**shown, "height": page.evaluate(inside)["height"]}
+        assert page.errors == []

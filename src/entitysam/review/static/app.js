@@ -42,7 +42,9 @@ function wire() {
     else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { ev.preventDefault(); undoRedo(ev.shiftKey ? "redo" : "undo"); }
     else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "y") { ev.preventDefault(); undoRedo("redo"); }
   });
-  window.addEventListener("resize", () => { fitStage(); updateTimelineCursor(); });
+  // the stage's size changes with the window and with the rows of the timeline below it (built
+  // once the state comes, one more per split, one less per delete): the canvases follow both
+  new ResizeObserver(() => { fitStage(); updateTimelineCursor(); }).observe($("stage"));
   window.addEventListener("focus", refreshState);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshState(); });
 }
