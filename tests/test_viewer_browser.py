@@ -426,3 +426,52 @@ def test_the_image_stays_inside_its_stage_as_the_timeline_grows(tmp_path):
         page.wait_for_function(f"document.getElementById('overlay-canvas').getBoundingClientRect().height < {shown['height']}")
         assert page.evaluate(inside) == {**shown, "height": page.evaluate(inside)["height"]}
         assert page.errors == []
+
+
+def test_keyboard_only_review(tmp_path):
+    """Without a mouse: Tab reaches the entity list, Up/Down move in it, Enter selects (Shift adds),
+    Space presses a button or checkbox reached with Tab (not Play), Enter in the label field labels;
+    the opacity slider takes its arrows. After a mouse click on Play, Space still pauses."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    focused = "document.activeElement.id || document.activeElement.dataset.id"
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.matches('tr.entity')"):
+                break
+        assert page.evaluate(focused) == "1"
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Enter")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Shift+Enter")
+        assert selected_rows(page)["list"] == [2, 3] and page.evaluate(focused) == "3"
+        for _ in range(10):
+            page.keyboard.press("Shift+Tab")
+            if page.evaluate(focused) == "merge":
+                break
+        page.keyboard.press(" ")
+        state = wait_version(page, 1)
+        assert state["ops"] == [{"op": "merge", "ids": [2, 3], "into": 2}] and not page.evaluate("viewer.playing")
+        page.focus("#label-text")
+        page.keyboard.type("road")
+        page.keyboard.press("Enter")
+        wait_version(page, 2)
+        assert page.evaluate("viewer.state.byId.get(2).label") == "road"
+        page.focus('tr.entity[data-id="2"]')
+        page.keyboard.press("Control+z")  # the list is rebuilt: the row keeps the focus
+        wait_version(page, 3)
+        assert page.evaluate(focused) == "2" and page.evaluate("viewer.state.byId.get(2).label") is None
+        page.focus("#contours")
+        page.keyboard.press(" ")
+        assert not page.is_checked("#contours") and not page.evaluate("viewer.playing")
+        page.focus("#opacity")
+        page.keyboard.press("ArrowRight")
+        assert page.evaluate("[viewer.frame, document.getElementById('opacity').value]") == [0, "51"]
+        page.click("#play")
+        page.keyboard.press(" ")
+        assert not page.evaluate("viewer.playing")
+        assert page.errors == []

@@ -34,8 +34,9 @@ function wire() {
   $("label").onclick = async () => {
     for (const id of selectedIds()) await edit({op: "label", id, text: $("label-text").value});
   };
+  $("label-text").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !$("label").disabled) $("label").click(); });
   document.addEventListener("keydown", (ev) => {
-    if (ev.target.tagName === "INPUT" && ev.target.type === "text") return;
+    if (ownKey(ev)) return;
     if (ev.key === "ArrowRight") { ev.preventDefault(); pause(); showFrame(viewer.frame + 1); }
     else if (ev.key === "ArrowLeft") { ev.preventDefault(); pause(); showFrame(viewer.frame - 1); }
     else if (ev.key === " ") { ev.preventDefault(); togglePlay(); }
@@ -47,6 +48,17 @@ function wire() {
   new ResizeObserver(() => { fitStage(); updateTimelineCursor(); }).observe($("stage"));
   window.addEventListener("focus", refreshState);
   document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshState(); });
+}
+// Keys the focused control uses itself, not the page's shortcuts: all of them in the label field,
+// arrows in a slider (the opacity; the scrubber steps a frame either way) or menu, Space in a menu
+// and on a button or checkbox reached with the keyboard (Tab: it shows a focus ring), which it
+// presses. After a mouse click on a button or the scrubber Space still plays and pauses.
+function ownKey(ev) {
+  const t = ev.target, type = t.tagName === "INPUT" ? t.type : t.tagName;
+  if (type === "text" || type === "TEXTAREA") return true;
+  if ((type === "range" || type === "SELECT") && ev.key.startsWith("Arrow")) return true;
+  if (type === "SELECT") return ev.key === " ";
+  return ev.key === " " && (type === "BUTTON" || type === "checkbox") && t.matches(":focus-visible");
 }
 // the canvases keep the video's resolution; CSS scales them to the largest size that fits, each
 // pixel as wide as the input's (anamorphic video: 720x576 PAL with 16:15 pixels shows 768 wide)

@@ -19,6 +19,7 @@ function applyState(state) {
 function fmtScore(s) { return typeof s === "number" ? s.toFixed(2) : ""; }
 function buildList() {
   const body = document.querySelector("#entities tbody");
+  const focused = document.activeElement?.closest?.("tr.entity")?.dataset.id;  // rebuilt below: refocused
   body.textContent = "";
   for (const e of viewer.state.entities) {
     const tr = document.createElement("tr");
@@ -31,16 +32,28 @@ function buildList() {
     tr.querySelector(".swatch").style.background = cssColor(e.color);
     tr.querySelector(".label").textContent = (e.hidden ? "(hidden) " : "") + (e.label || "");
     tr.addEventListener("click", (ev) => { selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey); });
+    tr.tabIndex = 0;  // keyboard: Tab to the list, Up/Down move, Enter or Space select (Shift/Ctrl add)
+    tr.addEventListener("keydown", (ev) => rowKey(ev, tr, e.id));
     tr.addEventListener("mouseenter", () => setHovered(e.id));
     tr.addEventListener("mouseleave", () => setHovered(0));
     body.appendChild(tr);
   }
+  if (focused !== undefined) body.querySelector(`tr[data-id="${focused}"]`)?.focus();
   const withThumb = viewer.state.entities.filter((e) => e.thumb);
   withThumb.sort((a, b) => parseInt(a.thumb, 10) - parseInt(b.thumb, 10));  // the key starts with its frame
   for (const e of withThumb) {
     const img = body.querySelector(`tr[data-id="${e.id}"] img`);
     thumbnail(versioned(`/api/thumbs/${e.id}.png?k=${e.thumb}`)).then((src) => { if (src) img.src = src; });
   }
+}
+
+function rowKey(ev, tr, id) {
+  if (ev.key === "Enter" || ev.key === " ") selectEntity(id, ev.shiftKey || ev.ctrlKey || ev.metaKey);
+  else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+    (ev.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling)?.focus();
+  } else return;
+  ev.preventDefault();
+  ev.stopPropagation();  // not the page's shortcuts (Space: play)
 }
 
 // ---- entity thumbnails: one at a time, in frame order, once the first frames are fetched -------
