@@ -475,3 +475,33 @@ def test_keyboard_only_review(tmp_path):
         page.keyboard.press(" ")
         assert not page.evaluate("viewer.playing")
         assert page.errors == []
+
+
+def test_a_long_label_keeps_the_list_and_the_player_in_the_window(tmp_path):
+    """A label of 1000 characters without a space is cut with an ellipsis in the list (the full
+    text as its tooltip), on the image and under it: the score, frames and area columns stay in
+    view and nothing scrolls sideways."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    long = "unbroken_label_" * 66 + "end!"[:1000 - 15 * 66]
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        page.click('tr.entity[data-id="1"]')
+        page.fill("#label-text", long)
+        page.press("#label-text", "Enter")
+        wait_version(page, 1)
+        assert page.evaluate("viewer.state.byId.get(1).label") == long
+        page.check("#ids")
+        page.hover('tr.entity[data-id="1"]')
+        page.mouse.move(*pixel_of(page, 1)[:2])
+        page.wait_for_function("document.getElementById('hover-label').textContent.startsWith('entity 1')")
+        sizes = page.evaluate("""() => {
+            const side = document.getElementById('side'), area = document.querySelector('tr.entity td:last-child');
+            return {side: side.scrollWidth <= side.clientWidth, page: document.documentElement.scrollWidth <= innerWidth,
+                    area: area.getBoundingClientRect().right <= side.getBoundingClientRect().right,
+                    display: document.getElementById('display').scrollWidth <= document.getElementById('display').clientWidth,
+                    title: document.querySelector('tr.entity[data-id="1"] .label').title}; }""")
+        assert sizes == {"side": True, "page": True, "area": True, "display": True, "title": long}
+        assert page.errors == []

@@ -31,6 +31,7 @@ function buildList() {
       `<td class="num">${frames}</td><td class="num">${e.area ?? ""}</td>`;
     tr.querySelector(".swatch").style.background = cssColor(e.color);
     tr.querySelector(".label").textContent = (e.hidden ? "(hidden) " : "") + (e.label || "");
+    tr.querySelector(".label").title = e.label || "";  // the whole label; the cell cuts a long one
     tr.addEventListener("click", (ev) => { selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey); });
     tr.tabIndex = 0;  // keyboard: Tab to the list, Up/Down move, Enter or Space select (Shift/Ctrl add)
     tr.addEventListener("keydown", (ev) => rowKey(ev, tr, e.id));

@@ -270,7 +270,9 @@ function drawIds(ctx, f, cur) {
   for (const [id, [sx, sy, n]] of sums) {
     const ent = entityById(id);
     if (!ent || ent.hidden) continue;
-    const x = sx / n, y = sy / n, text = ent.label ? `${id} ${ent.label}` : `${id}`;
+    const chars = Array.from(ent.label || "");  // a label runs to 1000 characters: the first 40 here
+    const label = chars.length > 40 ? `${chars.slice(0, 39).join("")}\u2026` : ent.label;
+    const x = sx / n, y = sy / n, text = label ? `${id} ${label}` : `${id}`;
     ctx.strokeStyle = "black"; ctx.strokeText(text, x, y);
     ctx.fillStyle = "white"; ctx.fillText(text, x, y);
   }
