@@ -505,3 +505,25 @@ def test_a_long_label_keeps_the_list_and_the_player_in_the_window(tmp_path):
                     title: document.querySelector('tr.entity[data-id="1"] .label').title}; }""")
         assert sizes == {"side": True, "page": True, "area": True, "display": True, "title": long}
         assert page.errors == []
+
+
+def test_a_refused_edit_says_why_once(tmp_path):
+    """The status line shows the server's reason for a refused edit as it is, not behind the op's
+    name a second time ("split: split: ...")."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        show_frame(page, 2)  # entity 3 enters at frame 2: nothing of it before the split frame
+        page.click('tr.entity[data-id="3"]')
+        page.click("#split")
+        page.wait_for_function("document.getElementById('status').className === 'error'")
+        assert page.inner_text("#status").startswith("split: entity 3 is present in frames 2-7; the split frame 2")
+        page.click('tr.entity[data-id="3"]')
+        page.fill("#label-text", "x" * 1001)
+        page.click("#label")
+        page.wait_for_function("document.getElementById('status').textContent.includes('1000')")
+        assert page.inner_text("#status").startswith("label: text must be")
+        assert page.evaluate("viewer.state.version") == 0 and page.errors == []

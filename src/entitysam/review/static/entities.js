@@ -165,10 +165,14 @@ function edit(op) {
       const res = await post("/api/edits", op);
       applyState(await res.json());
       setStatus(`${op.op} done`);
-    } catch (err) { setStatus(`${op.op}: ${err.message}`, true); }
+    } catch (err) { setStatus(failed(op.op, err), true); }
   });
 }
 viewer.edit = edit;
+// "what: why"; the server's edit errors already start with the op's name ("split: entity 3 ...")
+function failed(what, err) {
+  return err.message.startsWith(`${what}: `) ? err.message : `${what}: ${err.message}`;
+}
 function undoRedo(which) {
   return queued(async () => {
     try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
