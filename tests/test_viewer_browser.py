@@ -527,3 +527,22 @@ def test_a_refused_edit_says_why_once(tmp_path):
         page.wait_for_function("document.getElementById('status').textContent.includes('1000')")
         assert page.inner_text("#status").startswith("label: text must be")
         assert page.evaluate("viewer.state.version") == 0 and page.errors == []
+
+
+@pytest.mark.parametrize("shape", [(1000, 1), (1, 1000)])
+def test_a_one_pixel_wide_or_high_video_is_shown_and_can_be_clicked(tmp_path, shape):
+    """A 1x1000 (or 1000x1) video is shown as a line one screen pixel thick, not as nothing, and
+    a click on it selects the entity there."""
+    chromium_or_skip()
+    from _review_result import write_result
+
+    maps = [np.ones(shape, np.uint32) for _ in range(3)]
+    result = write_result(tmp_path / "line", tmp_path / "gone", ["a", "b", "c"], maps,
+                          [{"id": 1, "score": 0.5, "query_index": 0}], 5.0)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        box = page.evaluate("document.getElementById('overlay-canvas').getBoundingClientRect().toJSON()")
+        assert min(box["width"], box["height"]) >= 1 and max(box["width"], box["height"]) > 500, box
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert selected_rows(page)["viewer"] == [1]
+        assert page.errors == []

@@ -68,9 +68,9 @@ function fitStage() {
   const [sw, sh] = viewer.info.sample_aspect_ratio || [1, 1];
   const shownWidth = viewer.info.width * sw / sh;
   const scale = Math.min(box.width / shownWidth, box.height / viewer.info.height);
-  for (const id of ["frame-canvas", "overlay-canvas"]) {
-    $(id).style.width = `${Math.floor(shownWidth * scale)}px`;
-    $(id).style.height = `${Math.floor(viewer.info.height * scale)}px`;
+  for (const id of ["frame-canvas", "overlay-canvas"]) {  // at least 1 pixel: a 1x1000 video is a line, not nothing
+    $(id).style.width = `${Math.max(1, Math.floor(shownWidth * scale))}px`;
+    $(id).style.height = `${Math.max(1, Math.floor(viewer.info.height * scale))}px`;
   }
 }
 
