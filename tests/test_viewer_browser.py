@@ -546,3 +546,21 @@ def test_a_one_pixel_wide_or_high_video_is_shown_and_can_be_clicked(tmp_path, sh
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         assert selected_rows(page)["viewer"] == [1]
         assert page.errors == []
+
+
+def test_opening_the_viewer_logs_no_error_in_the_console(tmp_path):
+    """Opening the page and loading every frame and thumbnail asks nothing that fails (the browser's
+    /favicon.ico was a 404 in the console)."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    console, failed = [], []
+    with view_server(result) as (url, _token), browser_page() as page:
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
+        open_viewer(page, url)
+        page.wait_for_function("""viewer.fetchedAll && [...document.querySelectorAll('tr.entity img')]
+                                  .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30000)
+        page.wait_for_timeout(300)
+        assert console == [] and failed == [] and page.errors == []
