@@ -564,3 +564,32 @@ def test_opening_the_viewer_logs_no_error_in_the_console(tmp_path):
                                   .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30000)
         page.wait_for_timeout(300)
         assert console == [] and failed == [] and page.errors == []
+
+
+def test_thumbnails_of_entities_gone_before_their_turn_are_not_asked(tmp_path):
+    """Thumbnails load one at a time after the first frames: one whose entity was merged away
+    (or whose picture a merge changed) before its turn is not asked (it was a 404 and a wasted
+    decode), and the list still gets every current thumbnail."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    held, asked = [], []
+    with view_server(result) as (url, _token), browser_page() as page:
+        page.route("**/api/idmaps/1.runs*", lambda route: held.append(route))  # the thumbnails wait for it
+        page.on("response", lambda r: asked.append((r.status, r.url.split("/api/thumbs/")[1].split("&rv")[0]))
+                if "/api/thumbs/" in r.url else None)
+        open_viewer(page, url)
+        page.wait_for_function("viewer.state.entities.every((e) => e.thumb)")
+        page.click('tr.entity[data-id="2"]')
+        page.click('tr.entity[data-id="3"]', modifiers=["Shift"])
+        page.click("#merge")
+        wait_version(page, 1)
+        assert held and asked == []
+        for route in held:
+            route.continue_()
+        page.unroute("**/api/idmaps/1.runs*")
+        page.wait_for_function("""[...document.querySelectorAll('tr.entity img')]
+                                  .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30000)
+        now = page.evaluate("viewer.state.entities.map((e) => `${e.id}.png?k=${e.thumb}`)")
+        assert sorted(asked) == sorted((200, u) for u in now) and page.errors == []

@@ -44,7 +44,8 @@ function buildList() {
   withThumb.sort((a, b) => parseInt(a.thumb, 10) - parseInt(b.thumb, 10));  // the key starts with its frame
   for (const e of withThumb) {
     const img = body.querySelector(`tr[data-id="${e.id}"] img`);
-    thumbnail(versioned(`/api/thumbs/${e.id}.png?k=${e.thumb}`)).then((src) => { if (src) img.src = src; });
+    const wanted = () => viewer.state.byId.get(e.id)?.thumb === e.thumb;  // not merged away or changed meanwhile
+    thumbnail(versioned(`/api/thumbs/${e.id}.png?k=${e.thumb}`), wanted).then((src) => { if (src) img.src = src; });
   }
 }
 
@@ -63,9 +64,12 @@ function rowKey(ev, tr, id) {
 // cost a pass each and slowed the first seconds of scrubbing by a quarter (measured).
 const thumbs = new Map();  // url -> Promise<object URL | null>
 let thumbsQueue = new Promise((resolve) => { viewer.startThumbnails = resolve; });
-function thumbnail(url) {
+// wanted(): whether the picture is still the entity's when its turn comes; else it is not asked
+// (the server would answer 404 for an entity gone, or decode a frame for nothing).
+function thumbnail(url, wanted) {
   if (!thumbs.has(url)) {
     thumbsQueue = thumbsQueue.then(async () => {
+      if (!wanted()) { thumbs.delete(url); return null; }  // asked again if it comes back (an undo)
       const res = await fetch(url);
       if (res.status === 409) resultChanged(res);
       return res.ok ? URL.createObjectURL(await res.blob()) : null;
