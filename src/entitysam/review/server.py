@@ -11,7 +11,8 @@ Routes (all under one per-run token for what changes anything):
                                 ids (`ids`: panoptic.json's, sorted, 0 first), the id lookup (`lookup`:
                                 per frame range, the current id of each entry of `ids`, by position:
                                 O(entities) whatever the ids), the edit log, undo/redo availability;
-                                `version` counts the edits
+                                `version` counts the edits; `changed_on_disk`: why the result can no
+                                longer be saved or exported (replaced, deleted), else null
     GET  /api/frames/<i>.jpg    source frame i as JPEG (404 when the source is gone: the client
                                 paints a neutral background); ?w=N scaled to N columns; at full
                                 size a source JPEG of the frame is sent as it is
@@ -51,7 +52,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, ResultFolderError
 from ..io.overlay import entity_color
 from ..regular_file import open_regular
 from .idruns import encode_rgb_id_runs
@@ -174,7 +175,17 @@ class Viewer:
                         for e in self.session.entities]
             return _json_ready({"version": self.version, "entities": entities, "ids": self._ids,
                                 "lookup": self.session.lookup_segments(), "ops": list(self.session.ops),
-                                "can_undo": self.session.can_undo, "can_redo": self.session.can_redo})
+                                "can_undo": self.session.can_undo, "can_redo": self.session.can_redo,
+                                "changed_on_disk": self._changed_on_disk()})
+
+    def _changed_on_disk(self) -> str | None:
+        """Why Save and Export will refuse the result (another one in its place, gone), else None: the
+        page says so at once, not after the edits it cannot save (a few stat calls)."""
+        try:
+            self.result.check_current()
+        except ResultFolderError as err:
+            return str(err)
+        return None
 
     def _presence(self) -> dict[int, dict[int, int]]:
         """current id -> {frame: area} of the current edit (from panoptic.json's areas: no PNG is read)."""

@@ -9,6 +9,8 @@ function applyState(state) {
   if (!viewer.position) viewer.position = new Map(state.ids.map((id, k) => [id, k]));
   viewer.state = state;
   for (const id of [...viewer.selected]) if (!state.byId.has(id)) viewer.selected.delete(id);
+  // the result replaced or deleted on disk: said for as long as it lasts (Save and Export refuse it)
+  $("on-disk").textContent = state.changed_on_disk || "";
   $("undo").disabled = !state.can_undo;
   $("redo").disabled = !state.can_redo;
   buildList();
@@ -189,6 +191,7 @@ function refreshState() {
   if (!viewer.state) return Promise.resolve();
   return queued(async () => {
     const state = await getJSON("/api/state");
+    $("on-disk").textContent = state.changed_on_disk || "";
     if (state.version === viewer.state.version) return;
     applyState(state);
     setStatus("the edit was changed in another tab or window: this page shows it now");
