@@ -363,6 +363,8 @@ def test_two_tabs_never_act_on_an_edit_they_have_not_shown(tmp_path):
     chromium_or_skip()
     from _review_result import make_result
 
+    from _review_result import BIG_ID
+
     result = make_result(tmp_path)
     with view_server(result) as (url, _token), browser_page() as a:
         b = a.context.browser.new_page(viewport={"width": 1400, "height": 900})  # another window
@@ -399,6 +401,15 @@ def test_two_tabs_never_act_on_an_edit_they_have_not_shown(tmp_path):
         a.keyboard.press("Control+z")
         state = wait_version(a, 5)
         assert [op["op"] for op in state["ops"]] == ["label"] and state["status"] == "undo done"
+        # labelling several entities from a tab that has not shown the latest edit: none labelled
+        b.click('tr.entity[data-id="1"]')
+        b.click(f'tr.entity[data-id="{BIG_ID}"]', modifiers=["Shift"])
+        b.fill("#label-text", "sky")
+        b.click("#label")
+        b.wait_for_function("document.getElementById('status').textContent.includes('another tab')")
+        b.evaluate("changes")  # the page's queue of changes, once the refusal is shown: nothing more sent
+        state = wait_version(b, 5)
+        assert [op["op"] for op in state["ops"]] == ["label"] and "another tab" in state["status"]
         assert a.errors == []
 
 

@@ -31,8 +31,8 @@ function wire() {
   $("delete").onclick = () => edit({op: "delete", ids: selectedIds()});
   $("merge").onclick = () => { const ids = selectedIds(); return edit({op: "merge", ids, into: ids[0]}); };
   $("split").onclick = () => edit({op: "split", id: selectedIds()[0], frame: viewer.frame});
-  $("label").onclick = async () => {
-    for (const id of selectedIds()) await edit({op: "label", id, text: $("label-text").value});
+  $("label").onclick = async () => {  // one edit per entity; none after one refused (the page now shows another edit)
+    for (const id of selectedIds()) if (!await edit({op: "label", id, text: $("label-text").value})) break;
   };
   $("label-text").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !$("label").disabled) $("label").click(); });
   document.addEventListener("keydown", (ev) => {

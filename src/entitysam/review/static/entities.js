@@ -165,13 +165,15 @@ function queued(task) {
   changes = run.catch(() => {});
   return run;
 }
+// resolves to whether the server applied it
 function edit(op) {
   return queued(async () => {
     try {
       const res = await post("/api/edits", op);
       applyState(await res.json());
       setStatus(`${op.op} done`);
-    } catch (err) { setStatus(failed(op.op, err), true); }
+      return true;
+    } catch (err) { setStatus(failed(op.op, err), true); return false; }
   });
 }
 viewer.edit = edit;
