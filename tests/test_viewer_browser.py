@@ -88,7 +88,7 @@ def test_review_session_in_the_browser(demo_result, tmp_path):
         page.click("#play")
         page.wait_for_function(f"viewer.rendered === {n - 1} && !viewer.playing", timeout=60000)
         assert page.evaluate("viewer.renderCount") - before >= n - 1
-        assert page.inner_text("#frame-label") == f"{n} / {n}"
+        assert page.inner_text("#frame-label") == f"frame {n - 1} ({n} of {n})"
         # arrow keys step
         page.keyboard.press("ArrowLeft")
         page.wait_for_function(f"viewer.rendered === {n - 2}")
@@ -604,3 +604,23 @@ def test_thumbnails_of_entities_gone_before_their_turn_are_not_asked(tmp_path):
                                   .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30000)
         now = page.evaluate("viewer.state.entities.map((e) => `${e.id}.png?k=${e.thumb}`)")
         assert sorted(asked) == sorted((200, u) for u in now) and page.errors == []
+
+
+def test_the_frame_counter_counts_as_the_entity_list_does(tmp_path):
+    """The frame shown is numbered from 0 as the entity list's frames, the timeline, the edits'
+    messages and the exports are: at the first frame the list gives an entity, the counter shows
+    that number and the entity is there (the counter said 3 / 8 where the list said 2)."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        first = int(page.inner_text('tr.entity[data-id="3"] td:nth-child(6)').split("\u2013")[0])
+        show_frame(page, first)
+        assert page.inner_text("#frame-label").startswith(f"frame {first} ")
+        assert page.get_attribute("#frame-label", "title") == f"source frame f{first:03d}"
+        assert pixel_of(page, 3) and page.evaluate(f"viewer.state.byId.get(3).presence[0]") == first
+        show_frame(page, first - 1)
+        assert page.inner_text("#frame-label").startswith(f"frame {first - 1} ")
+        assert page.errors == []

@@ -313,7 +313,9 @@ function showFrame(i, scrubbing = false) {
   i = Math.max(0, Math.min(n - 1, i | 0));
   viewer.frame = i;
   $("scrubber").value = i;
-  $("frame-label").textContent = `${i + 1} / ${n}`;
+  // frame positions count from 0, as the entity list, the timeline, the edits and the exports do
+  $("frame-label").textContent = `frame ${i} (${i + 1} of ${n})`;
+  $("frame-label").title = `source frame ${viewer.info.frame_names[i]}`;  // --start / --stride: not the position
   updateTimelineCursor();
   prefetchAround(i, !scrubbing);  // a drag skips frames: decoding ahead would be wasted
   pending = i;
