@@ -485,6 +485,9 @@ def test_keyboard_only_review(tmp_path):
         page.click("#play")
         page.keyboard.press(" ")
         assert not page.evaluate("viewer.playing")
+        page.click('tr.entity[data-id="1"]')  # a row clicked with the mouse: Space plays, as before
+        page.keyboard.press(" ")
+        assert page.evaluate("viewer.playing") and selected_rows(page)["list"] == [1]
         assert page.errors == []
 
 
@@ -620,7 +623,7 @@ def test_the_frame_counter_counts_as_the_entity_list_does(tmp_path):
         show_frame(page, first)
         assert page.inner_text("#frame-label").startswith(f"frame {first} ")
         assert page.get_attribute("#frame-label", "title") == f"source frame f{first:03d}"
-        assert pixel_of(page, 3) and page.evaluate(f"viewer.state.byId.get(3).presence[0]") == first
+        assert pixel_of(page, 3) and page.evaluate("viewer.state.byId.get(3).presence[0]") == first
         show_frame(page, first - 1)
         assert page.inner_text("#frame-label").startswith(f"frame {first - 1} ")
         assert page.errors == []

@@ -51,14 +51,18 @@ function wire() {
 }
 // Keys the focused control uses itself, not the page's shortcuts: all of them in the label field,
 // arrows in a slider (the opacity; the scrubber steps a frame either way) or menu, Space in a menu
-// and on a button or checkbox reached with the keyboard (Tab: it shows a focus ring), which it
-// presses. After a mouse click on a button or the scrubber Space still plays and pauses.
+// and on a button or checkbox (or entity row) reached with Tab, which it presses. After a mouse
+// click on a button, a row or the scrubber, Space still plays and pauses. (How the focus came is
+// tracked here: :focus-visible is no test, a key pressed on a clicked element makes it match.)
+let focusByKeyboard = false;
+document.addEventListener("pointerdown", () => { focusByKeyboard = false; }, true);
+document.addEventListener("keydown", (ev) => { if (ev.key === "Tab") focusByKeyboard = true; }, true);
 function ownKey(ev) {
   const t = ev.target, type = t.tagName === "INPUT" ? t.type : t.tagName;
   if (type === "text" || type === "TEXTAREA") return true;
   if ((type === "range" || type === "SELECT") && ev.key.startsWith("Arrow")) return true;
   if (type === "SELECT") return ev.key === " ";
-  return ev.key === " " && (type === "BUTTON" || type === "checkbox") && t.matches(":focus-visible");
+  return ev.key === " " && (type === "BUTTON" || type === "checkbox") && focusByKeyboard;
 }
 // the canvases keep the video's resolution; CSS scales them to the largest size that fits, each
 // pixel as wide as the input's (anamorphic video: 720x576 PAL with 16:15 pixels shows 768 wide)

@@ -52,6 +52,7 @@ function buildList() {
 }
 
 function rowKey(ev, tr, id) {
+  if (ev.key === " " && !focusByKeyboard) return;  // a row clicked with the mouse: Space plays (app.js)
   if (ev.key === "Enter" || ev.key === " ") selectEntity(id, ev.shiftKey || ev.ctrlKey || ev.metaKey);
   else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
     (ev.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling)?.focus();
