@@ -450,6 +450,8 @@ def test_keyboard_only_review(tmp_path):
     focused = "document.activeElement.id || document.activeElement.dataset.id"
     with view_server(result) as (url, _token), browser_page() as page:
         open_viewer(page, url)
+        page.keyboard.press("Control+z")  # nothing to undo yet: said, nothing sent
+        page.wait_for_function("document.getElementById('status').textContent === 'nothing to undo'")
         for _ in range(40):
             page.keyboard.press("Tab")
             if page.evaluate("document.activeElement.matches('tr.entity')"):

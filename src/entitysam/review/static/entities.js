@@ -184,6 +184,7 @@ function failed(what, err) {
 }
 function undoRedo(which) {
   return queued(async () => {
+    if (!viewer.state[`can_${which}`]) { setStatus(`nothing to ${which}`); return; }  // Ctrl+Z: the button is off
     try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
     catch (err) { setStatus(`${which}: ${err.message}`, true); }
   });
