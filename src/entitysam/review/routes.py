@@ -13,9 +13,8 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
 
 from .. import jsonio
-from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError
+from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError, StaleVersionError
 from .file_response import OpenFileResponse, open_regular_file
-from .server import StaleVersionError
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, VERSION_HEADER, media_type, safe_file
 
 __all__ = ["build_routes", "MAX_EDIT_BYTES", "attachment"]

@@ -52,7 +52,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from ..errors import EntitySAMError, ResultFolderError
+from ..errors import EntitySAMError, ResultFolderError, StaleVersionError
 from ..io.overlay import entity_color
 from ..regular_file import open_regular
 from .idruns import encode_rgb_id_runs
@@ -68,16 +68,6 @@ _RUNS_CACHE = 1024  # id maps kept as runs (a 1080p map of a few dozen entities:
 
 class ViewerError(EntitySAMError):
     """The viewer cannot start (missing web dependencies, a result folder it cannot open)."""
-
-
-class StaleVersionError(EntitySAMError):
-    """A change asked for at an edit version that is no longer the current one (another page of
-    the same viewer edited, undid or redid since): nothing was done."""
-
-    def __init__(self, expected: int, current: int):
-        super().__init__(f"the edit changed in another tab or window (version {current}; this page showed "
-                         f"version {expected}): nothing was done; the page now shows the current edit")
-        self.expected, self.current = expected, current
 
 
 class _LRU:
