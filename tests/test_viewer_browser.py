@@ -54,6 +54,13 @@ def pixel_of(page, entity_id: int) -> tuple[float, float]:
     return xy
 
 
+def pixel_on_screen(page, x: int, y: int) -> tuple[float, float]:
+    """Page coordinates of the centre of the id map's pixel (x, y)."""
+    return tuple(page.evaluate(f"""(() => {{ const r = document.getElementById('overlay-canvas').getBoundingClientRect();
+        return [r.left + ({x} + 0.5) / viewer.info.width * r.width, r.top + ({y} + 0.5) / viewer.info.height * r.height];
+    }})()"""))
+
+
 def wait_version(page, version: int) -> dict:
     page.wait_for_function(f"viewer.state.version >= {version}", timeout=30000)
     return page.evaluate("({version: viewer.state.version, ids: viewer.state.entities.map(e => e.id), "
@@ -628,4 +635,32 @@ def test_the_frame_counter_counts_as_the_entity_list_does(tmp_path):
         assert pixel_of(page, 3) and page.evaluate("viewer.state.byId.get(3).presence[0]") == first
         show_frame(page, first - 1)
         assert page.inner_text("#frame-label").startswith(f"frame {first - 1} ")
+        assert page.errors == []
+
+
+def test_the_hover_line_names_what_is_under_the_pointer_now(tmp_path):
+    """The line under the image names the entity under the pointer: it follows a frame step and an
+    edit under a still pointer and empties when the pointer leaves the image (it kept naming the
+    last entity hovered, also on frames where that entity is not)."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    hover = "document.getElementById('hover-label').textContent"
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        page.mouse.move(*pixel_on_screen(page, 2, 16))  # entity 2's left column at frame 0 (it moves right)
+        page.wait_for_function(f"{hover} === 'entity 2'")
+        page.keyboard.press("ArrowRight")  # frame 1: background there
+        page.wait_for_function("viewer.rendered === 1")
+        assert page.evaluate(hover) == "" and page.evaluate("viewer.hovered") == 0
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"viewer.rendered === 0 && {hover} === 'entity 2'")
+        page.evaluate("viewer.edit({op: 'label', id: 2, text: 'cat'})")
+        page.wait_for_function(f"{hover} === 'entity 2 \\u00b7 cat'")
+        page.evaluate("viewer.edit({op: 'merge', ids: [1, 2], into: 1})")
+        page.wait_for_function(f"{hover} === 'entity 1' && viewer.hovered === 1")
+        page.mouse.move(*page.evaluate("(() => { const r = document.getElementById('timeline').getBoundingClientRect();"
+                                       " return [r.left + 5, r.bottom + 40]; })()"))
+        assert page.evaluate(hover) == ""
         assert page.errors == []

@@ -12,13 +12,8 @@ function wire() {
   $("contours").addEventListener("change", (ev) => { viewer.contours = ev.target.checked; redraw(); });
   $("ids").addEventListener("change", (ev) => { viewer.showIds = ev.target.checked; redraw(); });
   const overlay = $("overlay-canvas");
-  overlay.addEventListener("mousemove", (ev) => {
-    const id = idAtEvent(ev);
-    setHovered(id);
-    const ent = id ? entityById(id) : null;
-    $("hover-label").textContent = ent ? `entity ${id}${ent.label ? " \u00b7 " + ent.label : ""}` : "";
-  });
-  overlay.addEventListener("mouseleave", () => setHovered(0));
+  overlay.addEventListener("mousemove", (ev) => { pointer = {clientX: ev.clientX, clientY: ev.clientY}; updateHover(); });
+  overlay.addEventListener("mouseleave", () => { pointer = null; setHovered(0); $("hover-label").textContent = ""; });
   overlay.addEventListener("click", (ev) => {
     const id = idAtEvent(ev);
     if (id) selectEntity(id, ev.shiftKey || ev.ctrlKey || ev.metaKey);

@@ -17,6 +17,7 @@ function applyState(state) {
   buildTimeline();
   updateSelection();
   redraw();
+  updateHover();
 }
 function fmtScore(s) { return typeof s === "number" ? s.toFixed(2) : ""; }
 function buildList() {
@@ -153,6 +154,15 @@ function idAtEvent(ev) {
   const y = Math.floor((ev.clientY - rect.top) / rect.height * viewer.info.height);
   if (x < 0 || y < 0 || x >= viewer.info.width || y >= viewer.info.height) return 0;
   return currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current);
+}
+// the entity under the pointer, named under the image: again whenever the frame or the edit
+// changes under a still pointer (the line kept naming what had been there)
+let pointer = null;  // the pointer's last position over the image (client coordinates), null when off it
+function updateHover() {
+  if (!pointer) return;
+  const id = idAtEvent(pointer), ent = id ? entityById(id) : null;
+  setHovered(id);
+  $("hover-label").textContent = ent ? `entity ${id}${ent.label ? " \u00b7 " + ent.label : ""}` : "";
 }
 viewer.idAt = (x, y) => current ? currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current) : 0;
 

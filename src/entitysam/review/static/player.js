@@ -299,6 +299,7 @@ async function render(i) {
   drawFrame(f);
   drawOverlay(i, f);
   current = f;
+  updateHover();  // entities.js: what is under a still pointer now
   viewer.rendered = i;
   viewer.renderCount++;
 }
