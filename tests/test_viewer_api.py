@@ -24,7 +24,7 @@ from entitysam.io.idpng import decode_ids  # noqa: E402
 from entitysam.review import EditSession, ResultFolder  # noqa: E402
 from entitysam.review.idruns import decode_id_runs  # noqa: E402
 from entitysam.review.images import jpeg_bytes, scale_to_width  # noqa: E402
-from entitysam.review.server import TOKEN_HEADER, Viewer, create_app  # noqa: E402
+from entitysam.review.server import TOKEN_HEADER, VERSION_HEADER, Viewer, create_app  # noqa: E402
 
 TOKEN = "test-token"
 AUTH = {TOKEN_HEADER: TOKEN}
@@ -359,6 +359,26 @@ def test_every_edit_and_undo_redo(client):
 def test_undo_with_nothing_to_undo_changes_nothing(client):
     state = client.post("/api/undo", headers=AUTH).json()
     assert state["version"] == 0 and state["ops"] == []
+
+
+def test_a_change_at_a_version_the_page_has_not_shown_is_409_with_the_state(client, result):
+    """A POST naming the edit version its page shows (X-EntitySAM-Version) is refused when another
+    page changed the edit since: nothing done, the current state in the answer; without the
+    header (a script) any version goes."""
+    stale = {**AUTH, VERSION_HEADER: "0"}
+    assert client.post("/api/edits", json={"op": "label", "id": 3, "text": "car"}, headers=stale).status_code == 200
+    for url, body in (("/api/edits", {"op": "delete", "ids": [2]}), ("/api/undo", None), ("/api/redo", None),
+                      ("/api/save", None), ("/api/export?format=ytvis", None)):
+        res = client.post(url, json=body, headers=stale)
+        assert res.status_code == 409, (url, res.text)
+        assert "another tab" in res.json()["error"] and res.json()["state"] == client.get("/api/state").json()
+    state = client.get("/api/state").json()
+    assert state["version"] == 1 and [op["op"] for op in state["ops"]] == ["label"]
+    assert sorted(p.name for p in result.parent.iterdir()) == ["clip", "input-clip"]  # no revision saved
+    assert client.post("/api/undo", headers={**AUTH, VERSION_HEADER: "1"}).json()["version"] == 2
+    assert client.post("/api/redo", headers=AUTH).json()["version"] == 3
+    res = client.post("/api/undo", headers={**AUTH, VERSION_HEADER: "three"})
+    assert res.status_code == 400 and VERSION_HEADER in res.json()["error"]
 
 
 @pytest.mark.parametrize("body,message", [

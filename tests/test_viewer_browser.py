@@ -54,6 +54,13 @@ def pixel_of(page, entity_id: int) -> tuple[float, float]:
     return xy
 
 
+def pixel_on_screen(page, x: int, y: int) -> tuple[float, float]:
+    """Page coordinates of the centre of the id map's pixel (x, y)."""
+    return tuple(page.evaluate(f"""(() => {{ const r = document.getElementById('overlay-canvas').getBoundingClientRect();
+        return [r.left + ({x} + 0.5) / viewer.info.width * r.width, r.top + ({y} + 0.5) / viewer.info.height * r.height];
+    }})()"""))
+
+
 def wait_version(page, version: int) -> dict:
     page.wait_for_function(f"viewer.state.version >= {version}", timeout=30000)
     return page.evaluate("({version: viewer.state.version, ids: viewer.state.entities.map(e => e.id), "
@@ -88,7 +95,7 @@ def test_review_session_in_the_browser(demo_result, tmp_path):
         page.click("#play")
         page.wait_for_function(f"viewer.rendered === {n - 1} && !viewer.playing", timeout=60000)
         assert page.evaluate("viewer.renderCount") - before >= n - 1
-        assert page.inner_text("#frame-label") == f"{n} / {n}"
+        assert page.inner_text("#frame-label") == f"frame {n - 1} ({n} of {n})"
         # arrow keys step
         page.keyboard.press("ArrowLeft")
         page.wait_for_function(f"viewer.rendered === {n - 2}")
@@ -354,3 +361,306 @@ def test_thumbnails_load_one_at_a_time_in_frame_order_after_the_first_frames(tmp
     first_frames = {f"/api/idmaps/{i}.runs" for i in range(8)}  # all 8 frames are within the first window
     ended = {u.split("?")[0].split(url.split("/?")[0])[-1] for kind, u in events[:first_thumb] if kind == "end"}
     assert first_frames <= ended
+
+
+def test_two_tabs_never_act_on_an_edit_they_have_not_shown(tmp_path):
+    """Two tabs of one viewer share its edit: a change sent from a tab that has not shown the
+    latest edit (a delete, an undo) is refused and the tab shows the current edit instead; a tab
+    coming back into view shows it too; quick Ctrl+Z presses in one tab are each an undo."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    from _review_result import BIG_ID
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as a:
+        b = a.context.browser.new_page(viewport={"width": 1400, "height": 900})  # another window
+        b.on("pageerror", lambda err: a.errors.append(str(err)))
+        open_viewer(a, url)
+        open_viewer(b, url)
+        b.click('tr.entity[data-id="3"]')
+        b.fill("#label-text", "car")
+        b.click("#label")
+        wait_version(b, 1)
+        # a still shows version 0: its delete is refused, and it now shows b's label
+        a.click('tr.entity[data-id="2"]')
+        a.click("#delete")
+        a.wait_for_function("document.getElementById('status').textContent.includes('another tab')")
+        state = wait_version(a, 1)
+        assert state["ops"] == [{"op": "label", "id": 3, "text": "car"}] and 2 in state["ids"]
+        assert a.inner_text('tr.entity[data-id="3"] .label') == "car"
+        a.click('tr.entity[data-id="2"]')
+        a.click("#delete")
+        wait_version(a, 2)
+        # b's Undo would undo a's delete, which b has not shown: refused, b shows the delete
+        b.click("#undo")
+        b.wait_for_function("document.getElementById('status').textContent.includes('another tab')")
+        state = wait_version(b, 2)
+        assert [op["op"] for op in state["ops"]] == ["label", "delete"] and 2 not in state["ids"]
+        # coming back into view, a tab shows what another did meanwhile
+        b.click('tr.entity[data-id="1"]')
+        b.click("#hide")
+        wait_version(b, 3)
+        a.evaluate("window.dispatchEvent(new Event('focus'))")
+        a.wait_for_function("viewer.state.version === 3 && viewer.state.byId.get(1).hidden")
+        # two quick Ctrl+Z: two undos, each at the version the one before left
+        a.keyboard.press("Control+z")
+        a.keyboard.press("Control+z")
+        state = wait_version(a, 5)
+        assert [op["op"] for op in state["ops"]] == ["label"] and state["status"] == "undo done"
+        # labelling several entities from a tab that has not shown the latest edit: none labelled
+        b.click('tr.entity[data-id="1"]')
+        b.click(f'tr.entity[data-id="{BIG_ID}"]', modifiers=["Shift"])
+        b.fill("#label-text", "sky")
+        b.click("#label")
+        b.wait_for_function("document.getElementById('status').textContent.includes('another tab')")
+        b.evaluate("changes")  # the page's queue of changes, once the refusal is shown: nothing more sent
+        state = wait_version(b, 5)
+        assert [op["op"] for op in state["ops"]] == ["label"] and "another tab" in state["status"]
+        assert a.errors == []
+
+
+def test_the_image_stays_inside_its_stage_as_the_timeline_grows(tmp_path):
+    """The image is fitted to the space the timeline leaves it, also once the timeline's rows are
+    built and when a split adds one: it never covers the header's buttons or the player's."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    inside = """() => { const s = document.getElementById('stage').getBoundingClientRect();
+        const c = document.getElementById('overlay-canvas').getBoundingClientRect();
+        const hit = (id) => { const r = document.getElementById(id).getBoundingClientRect();
+                              return document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2).id; };
+        return {inside: c.top >= s.top - 1 && c.bottom <= s.bottom + 1 && c.left >= s.left - 1 && c.right <= s.right + 1,
+                height: c.height, play: hit('play'), undo: hit('undo')}; }"""
+    with view_server(result) as (url, _token), browser_page(1280, 720) as page:
+        open_viewer(page, url)
+        shown = page.evaluate(inside)
+        assert shown["inside"] and shown["play"] == "play" and shown["undo"] == "undo", shown
+        page.click('tr.entity[data-id="2"]')
+        page.evaluate("viewer.showFrame(4)")
+        page.click("#split")
+        wait_version(page, 1)
+        page.wait_for_function(f"document.getElementById('overlay-canvas').getBoundingClientRect().height < {shown['height']}")
+        assert page.evaluate(inside) == {**shown, "height": page.evaluate(inside)["height"]}
+        assert page.errors == []
+
+
+def test_keyboard_only_review(tmp_path):
+    """Without a mouse: Tab reaches the entity list, Up/Down move in it, Enter selects (Shift adds),
+    Space presses a button or checkbox reached with Tab (not Play), Enter in the label field labels;
+    the opacity slider takes its arrows. After a mouse click on Play, Space still pauses."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    focused = "document.activeElement.id || document.activeElement.dataset.id"
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        page.keyboard.press("Control+z")  # nothing to undo yet: said, nothing sent
+        page.wait_for_function("document.getElementById('status').textContent === 'nothing to undo'")
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.matches('tr.entity')"):
+                break
+        assert page.evaluate(focused) == "1"
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Enter")
+        page.keyboard.press("ArrowDown")
+        page.keyboard.press("Shift+Enter")
+        assert selected_rows(page)["list"] == [2, 3] and page.evaluate(focused) == "3"
+        for _ in range(10):
+            page.keyboard.press("Shift+Tab")
+            if page.evaluate(focused) == "merge":
+                break
+        page.keyboard.press(" ")
+        state = wait_version(page, 1)
+        assert state["ops"] == [{"op": "merge", "ids": [2, 3], "into": 2}] and not page.evaluate("viewer.playing")
+        page.focus("#label-text")
+        page.keyboard.type("road")
+        page.keyboard.press("Enter")
+        wait_version(page, 2)
+        assert page.evaluate("viewer.state.byId.get(2).label") == "road"
+        page.focus('tr.entity[data-id="2"]')
+        page.keyboard.press("Control+z")  # the list is rebuilt: the row keeps the focus
+        wait_version(page, 3)
+        assert page.evaluate(focused) == "2" and page.evaluate("viewer.state.byId.get(2).label") is None
+        page.focus("#contours")
+        page.keyboard.press(" ")
+        assert not page.is_checked("#contours") and not page.evaluate("viewer.playing")
+        page.focus("#opacity")
+        page.keyboard.press("ArrowRight")
+        assert page.evaluate("[viewer.frame, document.getElementById('opacity').value]") == [0, "51"]
+        page.click("#play")
+        page.keyboard.press(" ")
+        assert not page.evaluate("viewer.playing")
+        page.click('tr.entity[data-id="1"]')  # a row clicked with the mouse: Space plays, as before
+        page.keyboard.press(" ")
+        assert page.evaluate("viewer.playing") and selected_rows(page)["list"] == [1]
+        assert page.errors == []
+
+
+def test_a_long_label_keeps_the_list_and_the_player_in_the_window(tmp_path):
+    """A label of 1000 characters without a space is cut with an ellipsis in the list (the full
+    text as its tooltip), on the image and under it: the score, frames and area columns stay in
+    view and nothing scrolls sideways."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    long = "unbroken_label_" * 66 + "end!"[:1000 - 15 * 66]
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        page.click('tr.entity[data-id="1"]')
+        page.fill("#label-text", long)
+        page.press("#label-text", "Enter")
+        wait_version(page, 1)
+        assert page.evaluate("viewer.state.byId.get(1).label") == long
+        page.check("#ids")
+        page.hover('tr.entity[data-id="1"]')
+        page.mouse.move(*pixel_of(page, 1)[:2])
+        page.wait_for_function("document.getElementById('hover-label').textContent.startsWith('entity 1')")
+        sizes = page.evaluate("""() => {
+            const side = document.getElementById('side'), area = document.querySelector('tr.entity td:last-child');
+            return {side: side.scrollWidth <= side.clientWidth, page: document.documentElement.scrollWidth <= innerWidth,
+                    area: area.getBoundingClientRect().right <= side.getBoundingClientRect().right,
+                    display: document.getElementById('display').scrollWidth <= document.getElementById('display').clientWidth,
+                    title: document.querySelector('tr.entity[data-id="1"] .label').title}; }""")
+        assert sizes == {"side": True, "page": True, "area": True, "display": True, "title": long}
+        assert page.errors == []
+
+
+def test_a_refused_edit_says_why_once(tmp_path):
+    """The status line shows the server's reason for a refused edit as it is, not behind the op's
+    name a second time ("split: split: ...")."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        show_frame(page, 2)  # entity 3 enters at frame 2: nothing of it before the split frame
+        page.click('tr.entity[data-id="3"]')
+        page.click("#split")
+        page.wait_for_function("document.getElementById('status').className === 'error'")
+        assert page.inner_text("#status").startswith("split: entity 3 is present in frames 2-7; the split frame 2")
+        page.click('tr.entity[data-id="3"]')
+        page.fill("#label-text", "x" * 1001)
+        page.click("#label")
+        page.wait_for_function("document.getElementById('status').textContent.includes('1000')")
+        assert page.inner_text("#status").startswith("label: text must be")
+        assert page.evaluate("viewer.state.version") == 0 and page.errors == []
+
+
+@pytest.mark.parametrize("shape", [(1000, 1), (1, 1000)])
+def test_a_one_pixel_wide_or_high_video_is_shown_and_can_be_clicked(tmp_path, shape):
+    """A 1x1000 (or 1000x1) video is shown as a line one screen pixel thick, not as nothing, and
+    a click on it selects the entity there."""
+    chromium_or_skip()
+    from _review_result import write_result
+
+    maps = [np.ones(shape, np.uint32) for _ in range(3)]
+    result = write_result(tmp_path / "line", tmp_path / "gone", ["a", "b", "c"], maps,
+                          [{"id": 1, "score": 0.5, "query_index": 0}], 5.0)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        box = page.evaluate("document.getElementById('overlay-canvas').getBoundingClientRect().toJSON()")
+        assert min(box["width"], box["height"]) >= 1 and max(box["width"], box["height"]) > 500, box
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert selected_rows(page)["viewer"] == [1]
+        assert page.errors == []
+
+
+def test_opening_the_viewer_logs_no_error_in_the_console(tmp_path):
+    """Opening the page and loading every frame and thumbnail asks nothing that fails (the browser's
+    /favicon.ico was a 404 in the console)."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    console, failed = [], []
+    with view_server(result) as (url, _token), browser_page() as page:
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
+        open_viewer(page, url)
+        page.wait_for_function("""viewer.fetchedAll && [...document.querySelectorAll('tr.entity img')]
+                                  .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30000)
+        page.wait_for_timeout(300)
+        assert console == [] and failed == [] and page.errors == []
+
+
+def test_thumbnails_of_entities_gone_before_their_turn_are_not_asked(tmp_path):
+    """Thumbnails load one at a time after the first frames: one whose entity was merged away
+    (or whose picture a merge changed) before its turn is not asked (it was a 404 and a wasted
+    decode), and the list still gets every current thumbnail."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    held, asked = [], []
+    with view_server(result) as (url, _token), browser_page() as page:
+        page.route("**/api/idmaps/1.runs*", lambda route: held.append(route))  # the thumbnails wait for it
+        page.on("response", lambda r: asked.append((r.status, r.url.split("/api/thumbs/")[1].split("&rv")[0]))
+                if "/api/thumbs/" in r.url else None)
+        open_viewer(page, url)
+        page.wait_for_function("viewer.state.entities.every((e) => e.thumb)")
+        page.click('tr.entity[data-id="2"]')
+        page.click('tr.entity[data-id="3"]', modifiers=["Shift"])
+        page.click("#merge")
+        wait_version(page, 1)
+        assert held and asked == []
+        for route in held:
+            route.continue_()
+        page.unroute("**/api/idmaps/1.runs*")
+        page.wait_for_function("""[...document.querySelectorAll('tr.entity img')]
+                                  .every((img) => img.complete && img.naturalWidth > 0)""", timeout=30000)
+        now = page.evaluate("viewer.state.entities.map((e) => `${e.id}.png?k=${e.thumb}`)")
+        assert sorted(asked) == sorted((200, u) for u in now) and page.errors == []
+
+
+def test_the_frame_counter_counts_as_the_entity_list_does(tmp_path):
+    """The frame shown is numbered from 0 as the entity list's frames, the timeline, the edits'
+    messages and the exports are: at the first frame the list gives an entity, the counter shows
+    that number and the entity is there (the counter said 3 / 8 where the list said 2)."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        first = int(page.inner_text('tr.entity[data-id="3"] td:nth-child(6)').split("\u2013")[0])
+        show_frame(page, first)
+        assert page.inner_text("#frame-label").startswith(f"frame {first} ")
+        assert page.get_attribute("#frame-label", "title") == f"source frame f{first:03d}"
+        assert pixel_of(page, 3) and page.evaluate("viewer.state.byId.get(3).presence[0]") == first
+        show_frame(page, first - 1)
+        assert page.inner_text("#frame-label").startswith(f"frame {first - 1} ")
+        assert page.errors == []
+
+
+def test_the_hover_line_names_what_is_under_the_pointer_now(tmp_path):
+    """The line under the image names the entity under the pointer: it follows a frame step and an
+    edit under a still pointer and empties when the pointer leaves the image (it kept naming the
+    last entity hovered, also on frames where that entity is not)."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    hover = "document.getElementById('hover-label').textContent"
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        page.mouse.move(*pixel_on_screen(page, 2, 16))  # entity 2's left column at frame 0 (it moves right)
+        page.wait_for_function(f"{hover} === 'entity 2'")
+        page.keyboard.press("ArrowRight")  # frame 1: background there
+        page.wait_for_function("viewer.rendered === 1")
+        assert page.evaluate(hover) == "" and page.evaluate("viewer.hovered") == 0
+        page.keyboard.press("ArrowLeft")
+        page.wait_for_function(f"viewer.rendered === 0 && {hover} === 'entity 2'")
+        page.evaluate("viewer.edit({op: 'label', id: 2, text: 'cat'})")
+        page.wait_for_function(f"{hover} === 'entity 2 \\u00b7 cat'")
+        page.evaluate("viewer.edit({op: 'merge', ids: [1, 2], into: 1})")
+        page.wait_for_function(f"{hover} === 'entity 1' && viewer.hovered === 1")
+        page.mouse.move(*page.evaluate("(() => { const r = document.getElementById('timeline').getBoundingClientRect();"
+                                       " return [r.left + 5, r.bottom + 40]; })()"))
+        assert page.evaluate(hover) == ""
+        assert page.errors == []

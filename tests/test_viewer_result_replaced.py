@@ -146,6 +146,32 @@ def test_the_page_asks_versioned_urls_and_says_when_the_result_changed(result):
     assert files and all(f"rv={version}" in u for u in files), files[:3]
 
 
+def test_the_page_says_at_once_that_a_replaced_result_can_no_longer_be_saved(result):
+    """Every frame and thumbnail fetched, the result replaced (`segment --overwrite`): the page asks no file
+    that would answer 409, yet its next edit, a return to the page and a reload say that the result
+    changed on disk (Save and Export will refuse it), not only a Save after all the edits."""
+    from _viewer import browser_page, chromium_or_skip, open_viewer, view_server
+
+    chromium_or_skip()
+    said = f"document.querySelector('header').innerText.includes({CHANGED!r})"
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        page.wait_for_function("""viewer.fetchedAll && [...document.querySelectorAll('tr.entity img')]
+                                  .every((img) => img.complete && img.naturalWidth > 0)""")
+        assert not page.evaluate(said)
+        replace_with_another_result(result)
+        page.evaluate("window.dispatchEvent(new Event('focus'))")
+        page.wait_for_function(said, timeout=10000)
+        page.click('tr.entity[data-id="2"]')
+        page.click("#delete")
+        page.wait_for_function("viewer.state.version === 1")
+        assert page.evaluate(said) and page.inner_text("#status") == "delete done"
+        page.reload()
+        open_viewer(page, url)
+        assert page.evaluate(said) and "reload the viewer" in page.inner_text("header")
+        assert page.errors == []
+
+
 def swap_in_and_back(result, other):
     """The opened folder moved aside, `other` moved into its place, then both moved back: the path
     names the opened folder again, on its own (device, inode), but in between it named another."""

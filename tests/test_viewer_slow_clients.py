@@ -167,9 +167,9 @@ def test_a_long_export_and_requests_spaced_out_on_one_connection_are_not_cut(res
     viewer = Viewer(result, token=TOKEN)
     export = viewer.export
 
-    def slow_export(fmt):  # a long video's export
+    def slow_export(fmt, *expected):  # a long video's export
         time.sleep(2.5 * DEADLINE)
-        return export(fmt)
+        return export(fmt, *expected)
     viewer.export = slow_export
     with live_server(viewer, request_timeout=DEADLINE) as (url, _), httpx.Client(timeout=30) as client:
         reply = client.post(f"{url}/api/export?format=ytvis", json={}, headers=AUTH)
@@ -208,9 +208,9 @@ def test_a_client_waiting_for_100_continue_is_not_cut_while_the_server_works(res
     viewer = Viewer(result, token=TOKEN)
     export = viewer.export
 
-    def slow_export(fmt):
+    def slow_export(fmt, *expected):
         time.sleep(2.5 * DEADLINE)
-        return export(fmt)
+        return export(fmt, *expected)
     viewer.export = slow_export
     with live_server(viewer, request_timeout=DEADLINE) as (url, errors), connect(url) as conn:
         conn.sendall(f"POST /api/export?format=ytvis HTTP/1.1\r\nHost: 127.0.0.1\r\n{TOKEN_HEADER}: {TOKEN}\r\n"

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 __all__ = ["Terminated", "raise_terminated", "Remedy", "EntitySAMError", "InvalidArgumentError", "NonFiniteJSONError", "SourceError", "OutputError",
            "ModelNotAvailableError", "ModelLoadError", "CheckpointError", "CheckpointMismatchError",
            "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "ResultFolderNotFoundError",
-           "ResultChangedError",
-           "ResultFileGoneError", "EditError", "TrainingDivergedError", "printable",
+           "ResultChangedError", "ResultFileGoneError", "EditError", "StaleVersionError", "TrainingDivergedError",
+           "printable",
            "for_terminal"]
 
 
@@ -175,6 +175,16 @@ class ResultFileGoneError(ResultChangedError):
 class EditError(EntitySAMError, ValueError):
     """An edit operation of a result (hide, merge, split, ...) is malformed or does not apply to
     the current entities; the message names the operation and the cause."""
+
+
+class StaleVersionError(EntitySAMError):
+    """A change asked of `entitysam view` at an edit version that is no longer the current one
+    (another page of the same viewer edited, undid or redid since): nothing was done."""
+
+    def __init__(self, expected: int, current: int):
+        super().__init__(f"the edit changed in another tab or window (version {current}; this page showed "
+                         f"version {expected}): nothing was done; the page now shows the current edit")
+        self.expected, self.current = expected, current
 
 
 class Terminated(KeyboardInterrupt):

@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.routing import Route
 
 from .. import jsonio
-from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError
+from ..errors import EntitySAMError, ResultChangedError, ResultFileGoneError, ResultFolderError, StaleVersionError
 from .file_response import OpenFileResponse, open_regular_file
-from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, media_type, safe_file
+from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, VERSION_HEADER, media_type, safe_file
 
 __all__ = ["build_routes", "MAX_EDIT_BYTES", "attachment"]
 
@@ -154,13 +154,21 @@ def build_routes(viewer) -> list[Route]:
         return viewer.check_token(request.headers.get(TOKEN_HEADER) or request.query_params.get("token"))
 
     def mutating(handler):
-        """A POST handler: 403 without the run's token, 409 when the result folder changed on disk
-        since it was opened (nothing written), a 400 with the message for other EntitySAMErrors."""
+        """A POST handler, called as handler(request, expected) with the edit version the request
+        names (VERSION_HEADER; None: any): 403 without the run's token, 409 with the current state
+        when the edit is at another version (another page changed it), 409 when the result folder
+        changed on disk since it was opened (nothing written), a 400 for other EntitySAMErrors."""
         async def endpoint(request: Request) -> Response:
             if not authorised(request):
                 return _error(403, "missing or wrong token (use the URL printed by `entitysam view`)")
+            expected = request.headers.get(VERSION_HEADER)
+            if expected is not None and _count(expected) is None:
+                return _error(400, f"{VERSION_HEADER} must be the edit version the page shows (a number)")
             try:
-                return await handler(request)
+                return await handler(request, None if expected is None else _count(expected))
+            except StaleVersionError as err:  # another tab edited since: the page gets what is there now
+                state = await run_in_threadpool(viewer.state)
+                return JSONResponse({"error": str(err), "state": state}, status_code=409, headers=_NO_STORE)
             except ResultChangedError as err:  # save/export over a folder rewritten or deleted since it was opened
                 return _error(409, str(err))
             except (FileNotFoundError, NotADirectoryError):
@@ -242,27 +250,27 @@ def build_routes(viewer) -> list[Route]:
         cache = "private, max-age=3600" if cache != "no-cache" else cache
         return Response(data, media_type="image/png", headers={"Cache-Control": cache})
 
-    async def edit(request: Request) -> Response:
+    async def edit(request: Request, expected: int | None) -> Response:
         op, error = await _read_edit(request)
         if error is not None:
             return error
         if not isinstance(op, dict):
             return _error(400, "the edit must be a JSON object")
-        return JSONResponse(await run_in_threadpool(viewer.apply, op), headers=_NO_STORE)
+        return JSONResponse(await run_in_threadpool(viewer.apply, op, expected), headers=_NO_STORE)
 
-    async def undo(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(viewer.undo), headers=_NO_STORE)
+    async def undo(request: Request, expected: int | None) -> Response:
+        return JSONResponse(await run_in_threadpool(viewer.undo, expected), headers=_NO_STORE)
 
-    async def redo(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(viewer.redo), headers=_NO_STORE)
+    async def redo(request: Request, expected: int | None) -> Response:
+        return JSONResponse(await run_in_threadpool(viewer.redo, expected), headers=_NO_STORE)
 
-    async def save(request: Request) -> Response:
-        path = await run_in_threadpool(viewer.save)
+    async def save(request: Request, expected: int | None) -> Response:
+        path = await run_in_threadpool(viewer.save, expected)
         return JSONResponse({"path": str(path), "name": path.name}, headers=_NO_STORE)
 
-    async def export(request: Request) -> Response:
+    async def export(request: Request, expected: int | None) -> Response:
         fmt = request.query_params.get("format", "")
-        data, filename = await run_in_threadpool(viewer.export, fmt)
+        data, filename = await run_in_threadpool(viewer.export, fmt, expected)
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": attachment(filename), **_NO_STORE})
 

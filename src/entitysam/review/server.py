@@ -11,7 +11,8 @@ Routes (all under one per-run token for what changes anything):
                                 ids (`ids`: panoptic.json's, sorted, 0 first), the id lookup (`lookup`:
                                 per frame range, the current id of each entry of `ids`, by position:
                                 O(entities) whatever the ids), the edit log, undo/redo availability;
-                                `version` counts the edits
+                                `version` counts the edits; `changed_on_disk`: why the result can no
+                                longer be saved or exported (replaced, deleted), else null
     GET  /api/frames/<i>.jpg    source frame i as JPEG (404 when the source is gone: the client
                                 paints a neutral background); ?w=N scaled to N columns; at full
                                 size a source JPEG of the frame is sent as it is
@@ -26,6 +27,9 @@ Routes (all under one per-run token for what changes anything):
     POST /api/export?format=F   the exporter's output, downloaded (a folder comes zipped)
 
 POST requests need the token (header ``X-EntitySAM-Token`` or query ``token``): 403 otherwise.
+A POST carrying ``X-EntitySAM-Version: N`` (the page sends the state version it shows) is refused
+with 409 ``{"error", "state": <the current state>}`` and nothing done when the edit is at another
+version (another tab or window changed it): never an undo of an edit the page has not shown.
 Save and export answer 409 when the result folder changed on disk since it was opened (nothing
 written); read-only id maps and thumbnails 404 when a file is gone, 422 when it is unreadable.
 Frames, id maps, thumbnails and /files/ answer 409 when another result is in the folder's place
@@ -48,14 +52,15 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, ResultFolderError, StaleVersionError
 from ..io.overlay import entity_color
 from ..regular_file import open_regular
 from .idruns import encode_rgb_id_runs
 from .images import jpeg_at_least, jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
-from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER
+from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, VERSION_HEADER
 
-__all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "ViewerError", "Viewer", "create_app", "serve"]
+__all__ = ["STATIC_DIR", "TOKEN_HEADER", "VERSION_HEADER", "IMMUTABLE", "ViewerError", "StaleVersionError", "Viewer",
+           "create_app", "serve"]
 
 _JPEG_CACHE = 256  # encoded source frames kept (a 1080p JPEG is ~200-400 kB)
 _RUNS_CACHE = 1024  # id maps kept as runs (a 1080p map of a few dozen entities: ~10-100 kB)
@@ -161,7 +166,17 @@ class Viewer:
                         for e in self.session.entities]
             return _json_ready({"version": self.version, "entities": entities, "ids": self._ids,
                                 "lookup": self.session.lookup_segments(), "ops": list(self.session.ops),
-                                "can_undo": self.session.can_undo, "can_redo": self.session.can_redo})
+                                "can_undo": self.session.can_undo, "can_redo": self.session.can_redo,
+                                "changed_on_disk": self._changed_on_disk()})
+
+    def _changed_on_disk(self) -> str | None:
+        """Why Save and Export will refuse the result (another one in its place, gone), else None: the
+        page says so at once, not after the edits it cannot save (a few stat calls)."""
+        try:
+            self.result.check_current()
+        except ResultFolderError as err:
+            return str(err)
+        return None
 
     def _presence(self) -> dict[int, dict[int, int]]:
         """current id -> {frame: area} of the current edit (from panoptic.json's areas: no PNG is read)."""
@@ -243,28 +258,38 @@ class Viewer:
             id_map, entity_id, self.result.source_frame(frame, still=True), self.result.sample_aspect_ratio))
 
     # --- what the client changes -----------------------------------------------------------
-    def apply(self, op: dict) -> dict:
+    # expected: the edit version the caller last saw (the page's state.version), None: any. Checked
+    # under the lock that the change takes, so two pages never act on each other's unseen edits.
+    def _check_version(self, expected: int | None) -> None:
+        if expected is not None and expected != self.version:
+            raise StaleVersionError(expected, self.version)
+
+    def apply(self, op: dict, expected: int | None = None) -> dict:
         with self.lock:
+            self._check_version(expected)
             self.session.apply(op)
             self.version += 1
         return self.state()
 
-    def undo(self) -> dict:
+    def undo(self, expected: int | None = None) -> dict:
         with self.lock:
+            self._check_version(expected)
             if self.session.undo() is not None:
                 self.version += 1
         return self.state()
 
-    def redo(self) -> dict:
+    def redo(self, expected: int | None = None) -> dict:
         with self.lock:
+            self._check_version(expected)
             if self.session.redo() is not None:
                 self.version += 1
         return self.state()
 
-    def save(self) -> Path:
+    def save(self, expected: int | None = None) -> Path:
         from .revision import save_revision
 
         with self.lock:
+            self._check_version(expected)
             return Path(save_revision(self.session))
 
     def export_formats(self) -> list[str]:
@@ -273,12 +298,13 @@ class Viewer:
 
         return list(FORMATS)
 
-    def export(self, fmt: str) -> tuple[bytes, str]:
+    def export(self, fmt: str, expected: int | None = None) -> tuple[bytes, str]:
         """The current edit exported as `fmt` (the review exporters' one-download form): (bytes,
         file name); MOTS comes as a zip. An unknown format raises before anything is written."""
         from .export import export_bytes
 
         with self.lock:  # the session must not change while the exporter reads it
+            self._check_version(expected)
             return export_bytes(self.session, fmt)
 
     def check_token(self, supplied: str | None) -> bool:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-__all__ = ["STATIC_DIR", "TOKEN_HEADER", "IMMUTABLE", "safe_file", "media_type"]
+__all__ = ["STATIC_DIR", "TOKEN_HEADER", "VERSION_HEADER", "IMMUTABLE", "safe_file", "media_type"]
 
 STATIC_DIR = Path(__file__).with_name("static")  # the front end: plain JS/CSS/HTML
 TOKEN_HEADER = "X-EntitySAM-Token"  # where POST requests carry the run's token (or ?token=)
+VERSION_HEADER = "X-EntitySAM-Version"  # the edit version a POST is meant for (the page's state.version)
 IMMUTABLE = "public, max-age=31536000, immutable"  # frames and original id maps never change in a run
 
 _EXTRA_TYPES = {".js": "text/javascript", ".css": "text/css", ".json": "application/json",

@@ -12,13 +12,8 @@ function wire() {
   $("contours").addEventListener("change", (ev) => { viewer.contours = ev.target.checked; redraw(); });
   $("ids").addEventListener("change", (ev) => { viewer.showIds = ev.target.checked; redraw(); });
   const overlay = $("overlay-canvas");
-  overlay.addEventListener("mousemove", (ev) => {
-    const id = idAtEvent(ev);
-    setHovered(id);
-    const ent = id ? entityById(id) : null;
-    $("hover-label").textContent = ent ? `entity ${id}${ent.label ? " \u00b7 " + ent.label : ""}` : "";
-  });
-  overlay.addEventListener("mouseleave", () => setHovered(0));
+  overlay.addEventListener("mousemove", (ev) => { pointer = {clientX: ev.clientX, clientY: ev.clientY}; updateHover(); });
+  overlay.addEventListener("mouseleave", () => { pointer = null; setHovered(0); $("hover-label").textContent = ""; });
   overlay.addEventListener("click", (ev) => {
     const id = idAtEvent(ev);
     if (id) selectEntity(id, ev.shiftKey || ev.ctrlKey || ev.metaKey);
@@ -31,18 +26,38 @@ function wire() {
   $("delete").onclick = () => edit({op: "delete", ids: selectedIds()});
   $("merge").onclick = () => { const ids = selectedIds(); return edit({op: "merge", ids, into: ids[0]}); };
   $("split").onclick = () => edit({op: "split", id: selectedIds()[0], frame: viewer.frame});
-  $("label").onclick = async () => {
-    for (const id of selectedIds()) await edit({op: "label", id, text: $("label-text").value});
+  $("label").onclick = async () => {  // one edit per entity; none after one refused (the page now shows another edit)
+    for (const id of selectedIds()) if (!await edit({op: "label", id, text: $("label-text").value})) break;
   };
+  $("label-text").addEventListener("keydown", (ev) => { if (ev.key === "Enter" && !$("label").disabled) $("label").click(); });
   document.addEventListener("keydown", (ev) => {
-    if (ev.target.tagName === "INPUT" && ev.target.type === "text") return;
+    if (ownKey(ev)) return;
     if (ev.key === "ArrowRight") { ev.preventDefault(); pause(); showFrame(viewer.frame + 1); }
     else if (ev.key === "ArrowLeft") { ev.preventDefault(); pause(); showFrame(viewer.frame - 1); }
     else if (ev.key === " ") { ev.preventDefault(); togglePlay(); }
     else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { ev.preventDefault(); undoRedo(ev.shiftKey ? "redo" : "undo"); }
     else if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "y") { ev.preventDefault(); undoRedo("redo"); }
   });
-  window.addEventListener("resize", () => { fitStage(); updateTimelineCursor(); });
+  // the stage's size changes with the window and with the rows of the timeline below it (built
+  // once the state comes, one more per split, one less per delete): the canvases follow both
+  new ResizeObserver(() => { fitStage(); updateTimelineCursor(); }).observe($("stage"));
+  window.addEventListener("focus", refreshState);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) refreshState(); });
+}
+// Keys the focused control uses itself, not the page's shortcuts: all of them in the label field,
+// arrows in a slider (the opacity; the scrubber steps a frame either way) or menu, Space in a menu
+// and on a button or checkbox (or entity row) reached with Tab, which it presses. After a mouse
+// click on a button, a row or the scrubber, Space still plays and pauses. (How the focus came is
+// tracked here: :focus-visible is no test, a key pressed on a clicked element makes it match.)
+let focusByKeyboard = false;
+document.addEventListener("pointerdown", () => { focusByKeyboard = false; }, true);
+document.addEventListener("keydown", (ev) => { if (ev.key === "Tab") focusByKeyboard = true; }, true);
+function ownKey(ev) {
+  const t = ev.target, type = t.tagName === "INPUT" ? t.type : t.tagName;
+  if (type === "text" || type === "TEXTAREA") return true;
+  if ((type === "range" || type === "SELECT") && ev.key.startsWith("Arrow")) return true;
+  if (type === "SELECT") return ev.key === " ";
+  return ev.key === " " && (type === "BUTTON" || type === "checkbox") && focusByKeyboard;
 }
 // the canvases keep the video's resolution; CSS scales them to the largest size that fits, each
 // pixel as wide as the input's (anamorphic video: 720x576 PAL with 16:15 pixels shows 768 wide)
@@ -52,9 +67,9 @@ function fitStage() {
   const [sw, sh] = viewer.info.sample_aspect_ratio || [1, 1];
   const shownWidth = viewer.info.width * sw / sh;
   const scale = Math.min(box.width / shownWidth, box.height / viewer.info.height);
-  for (const id of ["frame-canvas", "overlay-canvas"]) {
-    $(id).style.width = `${Math.floor(shownWidth * scale)}px`;
-    $(id).style.height = `${Math.floor(viewer.info.height * scale)}px`;
+  for (const id of ["frame-canvas", "overlay-canvas"]) {  // at least 1 pixel: a 1x1000 video is a line, not nothing
+    $(id).style.width = `${Math.max(1, Math.floor(shownWidth * scale))}px`;
+    $(id).style.height = `${Math.max(1, Math.floor(viewer.info.height * scale))}px`;
   }
 }
 

@@ -9,16 +9,20 @@ function applyState(state) {
   if (!viewer.position) viewer.position = new Map(state.ids.map((id, k) => [id, k]));
   viewer.state = state;
   for (const id of [...viewer.selected]) if (!state.byId.has(id)) viewer.selected.delete(id);
+  // the result replaced or deleted on disk: said for as long as it lasts (Save and Export refuse it)
+  $("on-disk").textContent = state.changed_on_disk || "";
   $("undo").disabled = !state.can_undo;
   $("redo").disabled = !state.can_redo;
   buildList();
   buildTimeline();
   updateSelection();
   redraw();
+  updateHover();
 }
 function fmtScore(s) { return typeof s === "number" ? s.toFixed(2) : ""; }
 function buildList() {
   const body = document.querySelector("#entities tbody");
+  const focused = document.activeElement?.closest?.("tr.entity")?.dataset.id;  // rebuilt below: refocused
   body.textContent = "";
   for (const e of viewer.state.entities) {
     const tr = document.createElement("tr");
@@ -30,17 +34,32 @@ function buildList() {
       `<td class="num">${frames}</td><td class="num">${e.area ?? ""}</td>`;
     tr.querySelector(".swatch").style.background = cssColor(e.color);
     tr.querySelector(".label").textContent = (e.hidden ? "(hidden) " : "") + (e.label || "");
+    tr.querySelector(".label").title = e.label || "";  // the whole label; the cell cuts a long one
     tr.addEventListener("click", (ev) => { selectEntity(e.id, ev.shiftKey || ev.ctrlKey || ev.metaKey); });
+    tr.tabIndex = 0;  // keyboard: Tab to the list, Up/Down move, Enter or Space select (Shift/Ctrl add)
+    tr.addEventListener("keydown", (ev) => rowKey(ev, tr, e.id));
     tr.addEventListener("mouseenter", () => setHovered(e.id));
     tr.addEventListener("mouseleave", () => setHovered(0));
     body.appendChild(tr);
   }
+  if (focused !== undefined) body.querySelector(`tr[data-id="${focused}"]`)?.focus();
   const withThumb = viewer.state.entities.filter((e) => e.thumb);
   withThumb.sort((a, b) => parseInt(a.thumb, 10) - parseInt(b.thumb, 10));  // the key starts with its frame
   for (const e of withThumb) {
     const img = body.querySelector(`tr[data-id="${e.id}"] img`);
-    thumbnail(versioned(`/api/thumbs/${e.id}.png?k=${e.thumb}`)).then((src) => { if (src) img.src = src; });
+    const wanted = () => viewer.state.byId.get(e.id)?.thumb === e.thumb;  // not merged away or changed meanwhile
+    thumbnail(versioned(`/api/thumbs/${e.id}.png?k=${e.thumb}`), wanted).then((src) => { if (src) img.src = src; });
   }
+}
+
+function rowKey(ev, tr, id) {
+  if (ev.key === " " && !focusByKeyboard) return;  // a row clicked with the mouse: Space plays (app.js)
+  if (ev.key === "Enter" || ev.key === " ") selectEntity(id, ev.shiftKey || ev.ctrlKey || ev.metaKey);
+  else if (ev.key === "ArrowDown" || ev.key === "ArrowUp") {
+    (ev.key === "ArrowDown" ? tr.nextElementSibling : tr.previousElementSibling)?.focus();
+  } else return;
+  ev.preventDefault();
+  ev.stopPropagation();  // not the page's shortcuts (Space: play)
 }
 
 // ---- entity thumbnails: one at a time, in frame order, once the first frames are fetched -------
@@ -49,9 +68,12 @@ function buildList() {
 // cost a pass each and slowed the first seconds of scrubbing by a quarter (measured).
 const thumbs = new Map();  // url -> Promise<object URL | null>
 let thumbsQueue = new Promise((resolve) => { viewer.startThumbnails = resolve; });
-function thumbnail(url) {
+// wanted(): whether the picture is still the entity's when its turn comes; else it is not asked
+// (the server would answer 404 for an entity gone, or decode a frame for nothing).
+function thumbnail(url, wanted) {
   if (!thumbs.has(url)) {
     thumbsQueue = thumbsQueue.then(async () => {
+      if (!wanted()) { thumbs.delete(url); return null; }  // asked again if it comes back (an undo)
       const res = await fetch(url);
       if (res.status === 409) resultChanged(res);
       return res.ok ? URL.createObjectURL(await res.blob()) : null;
@@ -133,20 +155,61 @@ function idAtEvent(ev) {
   if (x < 0 || y < 0 || x >= viewer.info.width || y >= viewer.info.height) return 0;
   return currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current);
 }
+// the entity under the pointer, named under the image: again whenever the frame or the edit
+// changes under a still pointer (the line kept naming what had been there)
+let pointer = null;  // the pointer's last position over the image (client coordinates), null when off it
+function updateHover() {
+  if (!pointer) return;
+  const id = idAtEvent(pointer), ent = id ? entityById(id) : null;
+  setHovered(id);
+  $("hover-label").textContent = ent ? `entity ${id}${ent.label ? " \u00b7 " + ent.label : ""}` : "";
+}
 viewer.idAt = (x, y) => current ? currentAt(current.ids[y * viewer.info.width + x], viewer.frame, current) : 0;
 
 // ---- edits ---------------------------------------------------------------------------------
-async function edit(op) {
-  try {
-    const res = await post("/api/edits", op);
-    applyState(await res.json());
-    setStatus(`${op.op} done`);
-  } catch (err) { setStatus(`${op.op}: ${err.message}`, true); }
+// The page's changes go to the server one at a time, each sent once the one before has answered
+// and with the version that answer gave: two quick Ctrl+Z are two undos, never one refused as made
+// on a version the page had not seen yet.
+let changes = Promise.resolve();
+function queued(task) {
+  const run = changes.then(task);
+  changes = run.catch(() => {});
+  return run;
+}
+// resolves to whether the server applied it
+function edit(op) {
+  return queued(async () => {
+    try {
+      const res = await post("/api/edits", op);
+      applyState(await res.json());
+      setStatus(`${op.op} done`);
+      return true;
+    } catch (err) { setStatus(failed(op.op, err), true); return false; }
+  });
 }
 viewer.edit = edit;
-async function undoRedo(which) {
-  try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
-  catch (err) { setStatus(`${which}: ${err.message}`, true); }
+// "what: why"; the server's edit errors already start with the op's name ("split: entity 3 ...")
+function failed(what, err) {
+  return err.message.startsWith(`${what}: `) ? err.message : `${what}: ${err.message}`;
+}
+function undoRedo(which) {
+  return queued(async () => {
+    if (!viewer.state[`can_${which}`]) { setStatus(`nothing to ${which}`); return; }  // Ctrl+Z: the button is off
+    try { applyState(await (await post(`/api/${which}`)).json()); setStatus(`${which} done`); }
+    catch (err) { setStatus(`${which}: ${err.message}`, true); }
+  });
+}
+// Another tab or window of the same viewer may have changed the edit: the page shows the current
+// one whenever it comes back into view (a change it sends meanwhile is refused anyway: post()).
+function refreshState() {
+  if (!viewer.state) return Promise.resolve();
+  return queued(async () => {
+    const state = await getJSON("/api/state");
+    $("on-disk").textContent = state.changed_on_disk || "";
+    if (state.version === viewer.state.version) return;
+    applyState(state);
+    setStatus("the edit was changed in another tab or window: this page shows it now");
+  }).catch(() => {});
 }
 const selectedIds = () => [...viewer.selected];
 function hideSelected() {
@@ -154,12 +217,14 @@ function hideSelected() {
   const allHidden = ids.every((id) => entityById(id)?.hidden);
   return edit({op: allHidden ? "show" : "hide", ids});
 }
-async function save() {
-  try {
-    const res = await (await post("/api/save")).json();
-    setStatus(`saved ${res.name}`);
-    viewer.lastSave = res;
-  } catch (err) { setStatus(`save: ${err.message}`, true); }
+function save() {
+  return queued(async () => {
+    try {
+      const res = await (await post("/api/save")).json();
+      setStatus(`saved ${res.name}`);
+      viewer.lastSave = res;
+    } catch (err) { setStatus(`save: ${err.message}`, true); }
+  });
 }
 // The file name of a download: RFC 5987's filename* (UTF-8: a video named beyond ASCII) when the
 // server sends one, else the plain filename.
@@ -170,16 +235,17 @@ function downloadName(disposition) {
   }
   return disposition.match(/filename="([^"]+)"/)?.[1];
 }
-async function exportResult() {
+function exportResult() {
   const fmt = $("export-format").value;
-  try {
-    const res = await post(`/api/export?format=${encodeURIComponent(fmt)}`);
-    const name = downloadName(res.headers.get("Content-Disposition") || "") || `export-${fmt}`;
-    const url = URL.createObjectURL(await res.blob());
-    const a = document.createElement("a");
-    a.href = url; a.download = name; document.body.appendChild(a); a.click(); a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 10000);
-    setStatus(`exported ${name}`);
-  } catch (err) { setStatus(`export: ${err.message}`, true); }
+  return queued(async () => {
+    try {
+      const res = await post(`/api/export?format=${encodeURIComponent(fmt)}`);
+      const name = downloadName(res.headers.get("Content-Disposition") || "") || `export-${fmt}`;
+      const url = URL.createObjectURL(await res.blob());
+      const a = document.createElement("a");
+      a.href = url; a.download = name; document.body.appendChild(a); a.click(); a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      setStatus(`exported ${name}`);
+    } catch (err) { setStatus(`export: ${err.message}`, true); }
+  });
 }
-

@@ -59,14 +59,17 @@ async function getJSON(url) {
   if (!res.ok) throw new Error(`${url}: ${res.status}`);
   return res.json();
 }
+// A change (edit, undo, redo, save, export) names the edit version the page shows: when another tab
+// or window changed the edit since, the server does nothing and answers 409 with the current state,
+// which the page shows at once (entities.js: applyState).
 async function post(url, body) {
-  const res = await fetch(url, {
-    method: "POST", headers: {"X-EntitySAM-Token": TOKEN, "Content-Type": "application/json"},
-    body: body === undefined ? "{}" : JSON.stringify(body),
-  });
+  const headers = {"X-EntitySAM-Token": TOKEN, "Content-Type": "application/json"};
+  if (viewer.state) headers["X-EntitySAM-Version"] = String(viewer.state.version);
+  const res = await fetch(url, {method: "POST", headers, body: body === undefined ? "{}" : JSON.stringify(body)});
   if (!res.ok) {
-    let message = `${res.status}`;
-    try { message = (await res.json()).error || message; } catch (e) { /* not JSON */ }
+    let message = `${res.status}`, answer = null;
+    try { answer = await res.json(); message = answer.error || message; } catch (e) { /* not JSON */ }
+    if (answer && answer.state) applyState(answer.state);
     throw new Error(message);
   }
   return res;
@@ -267,7 +270,9 @@ function drawIds(ctx, f, cur) {
   for (const [id, [sx, sy, n]] of sums) {
     const ent = entityById(id);
     if (!ent || ent.hidden) continue;
-    const x = sx / n, y = sy / n, text = ent.label ? `${id} ${ent.label}` : `${id}`;
+    const chars = Array.from(ent.label || "");  // a label runs to 1000 characters: the first 40 here
+    const label = chars.length > 40 ? `${chars.slice(0, 39).join("")}\u2026` : ent.label;
+    const x = sx / n, y = sy / n, text = label ? `${id} ${label}` : `${id}`;
     ctx.strokeStyle = "black"; ctx.strokeText(text, x, y);
     ctx.fillStyle = "white"; ctx.fillText(text, x, y);
   }
@@ -294,6 +299,7 @@ async function render(i) {
   drawFrame(f);
   drawOverlay(i, f);
   current = f;
+  updateHover();  // entities.js: what is under a still pointer now
   viewer.rendered = i;
   viewer.renderCount++;
 }
@@ -308,7 +314,9 @@ function showFrame(i, scrubbing = false) {
   i = Math.max(0, Math.min(n - 1, i | 0));
   viewer.frame = i;
   $("scrubber").value = i;
-  $("frame-label").textContent = `${i + 1} / ${n}`;
+  // frame positions count from 0, as the entity list, the timeline, the edits and the exports do
+  $("frame-label").textContent = `frame ${i} (${i + 1} of ${n})`;
+  $("frame-label").title = `source frame ${viewer.info.frame_names[i]}`;  // --start / --stride: not the position
   updateTimelineCursor();
   prefetchAround(i, !scrubbing);  // a drag skips frames: decoding ahead would be wasted
   pending = i;
