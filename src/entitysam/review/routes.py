@@ -265,8 +265,8 @@ def build_routes(viewer) -> list[Route]:
         return JSONResponse(await run_in_threadpool(viewer.redo, expected), headers=_NO_STORE)
 
     async def save(request: Request, expected: int | None) -> Response:
-        path = await run_in_threadpool(viewer.save, expected)
-        return JSONResponse({"path": str(path), "name": path.name}, headers=_NO_STORE)
+        path, new = await run_in_threadpool(viewer.save, expected)
+        return JSONResponse({"path": str(path), "name": path.name, "new": new}, headers=_NO_STORE)
 
     async def export(request: Request, expected: int | None) -> Response:
         fmt = request.query_params.get("format", "")

@@ -46,9 +46,8 @@ import hashlib
 import hmac
 import secrets
 import threading
-from collections import OrderedDict
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
@@ -56,6 +55,7 @@ from ..errors import EntitySAMError, ResultFolderError, StaleVersionError
 from ..io.overlay import entity_color
 from ..regular_file import open_regular
 from .idruns import encode_rgb_id_runs
+from .lru import LRU
 from .images import jpeg_at_least, jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, VERSION_HEADER
 
@@ -68,27 +68,6 @@ _RUNS_CACHE = 1024  # id maps kept as runs (a 1080p map of a few dozen entities:
 
 class ViewerError(EntitySAMError):
     """The viewer cannot start (missing web dependencies, a result folder it cannot open)."""
-
-
-class _LRU:
-    """A small thread-safe least-recently-used cache of encoded images."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get_or_make(self, key, make: Callable[[], Any]):
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        value = make()  # outside the lock: encoding a frame must not block the other requests
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        return value
 
 
 @contextlib.contextmanager
@@ -127,20 +106,26 @@ class Viewer:
 
     All edits go through one lock (the server runs sync handlers on a thread pool)."""
 
-    def __init__(self, result_dir: str | Path, token: str | None = None):
+    def __init__(self, result_dir: str | Path, token: str | None = None, *, drafts: bool = True,
+                 say: Callable[[str], None] | None = None):
+        from .draft import Draft
         from .edits import EditSession
         from .result import ResultFolder, check_result_path
 
         check_result_path(Path(result_dir))  # named as given (resolved, a broken link is its target)
         self.root = Path(result_dir).resolve()
         self.result = ResultFolder.open(self.root)
-        self.session = EditSession(self.result)
+        # drafts: the unsaved edit log kept beside the result after each change, restored here
+        # (entitysam.review.draft); say: where the draft's notices also go (the terminal)
+        self.draft = Draft(self.result, say) if drafts else None
+        self.session = (self.draft and self.draft.restore()) or EditSession(self.result)
+        self._saved: tuple[list, Path] | None = None  # the ops of the last Save and its revision
         self.token = token or secrets.token_urlsafe(24)
         self.version = 0  # edits applied, undone or redone: the client re-fetches the state on change
         self.lock = threading.RLock()
-        self._jpegs = _LRU(_JPEG_CACHE)
-        self._runs = _LRU(_RUNS_CACHE)
-        self._thumbs = _LRU(512)
+        self._jpegs = LRU(_JPEG_CACHE)
+        self._runs = LRU(_RUNS_CACHE)
+        self._thumbs = LRU(512)
         self._presence_cache: tuple[int, dict] | None = None
         # the original ids (panoptic.json's, 0 first): the lookup of /api/state is indexed by position here
         self._ids = [int(i) for i in self.result.ids]
@@ -167,7 +152,8 @@ class Viewer:
             return _json_ready({"version": self.version, "entities": entities, "ids": self._ids,
                                 "lookup": self.session.lookup_segments(), "ops": list(self.session.ops),
                                 "can_undo": self.session.can_undo, "can_redo": self.session.can_redo,
-                                "changed_on_disk": self._changed_on_disk()})
+                                "changed_on_disk": self._changed_on_disk(),
+                                "draft": self.draft.notice if self.draft else None, "unsaved": self.unsaved})
 
     def _changed_on_disk(self) -> str | None:
         """Why Save and Export will refuse the result (another one in its place, gone), else None: the
@@ -264,33 +250,53 @@ class Viewer:
         if expected is not None and expected != self.version:
             raise StaleVersionError(expected, self.version)
 
+    @property
+    def unsaved(self) -> bool:
+        """Whether the edit differs from what the last Save wrote (from the original before any)."""
+        return self.session.ops != (self._saved[0] if self._saved else [])
+
+    def _changed(self) -> None:
+        """One change accepted (under the lock): counted, and its log kept in the draft."""
+        self.version += 1
+        if self.draft is not None:
+            self.draft.update(self.session, self.unsaved)
+
     def apply(self, op: dict, expected: int | None = None) -> dict:
         with self.lock:
             self._check_version(expected)
             self.session.apply(op)
-            self.version += 1
+            self._changed()
         return self.state()
 
     def undo(self, expected: int | None = None) -> dict:
         with self.lock:
             self._check_version(expected)
             if self.session.undo() is not None:
-                self.version += 1
+                self._changed()
         return self.state()
 
     def redo(self, expected: int | None = None) -> dict:
         with self.lock:
             self._check_version(expected)
             if self.session.redo() is not None:
-                self.version += 1
+                self._changed()
         return self.state()
 
-    def save(self, expected: int | None = None) -> Path:
+    def save(self, expected: int | None = None) -> tuple[Path, bool]:
+        """(the revision, whether it is new): a Save with no change since the last one (a double
+        click) writes no second revision of the same edit and names the one it wrote."""
         from .revision import save_revision
 
         with self.lock:
             self._check_version(expected)
-            return Path(save_revision(self.session))
+            if self._saved is not None and not self.unsaved and self._saved[1].is_dir():
+                return self._saved[1], False
+            path = Path(save_revision(self.session))
+            self._saved = ([dict(op) for op in self.session.ops], path)
+            if self.draft is not None:
+                self.draft.clear()
+                self.draft.notice = self.draft.off and self.draft.notice  # "restored ...": said
+            return path, True
 
     def export_formats(self) -> list[str]:
         """The formats the review engineer's exporters offer (entitysam.review.export)."""
@@ -358,7 +364,7 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
         import uvicorn
     except ImportError as err:
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
-    viewer = Viewer(result_dir, token=token)
+    viewer = Viewer(result_dir, token=token, say=say)
     app = create_app(viewer, hosts=allowed_hosts(host))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -378,5 +384,11 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
 
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
     from .connections import server_config
+    from .draft import unsaved_line
 
-    uvicorn.Server(server_config(app)).run(sockets=[sock])
+    try:
+        uvicorn.Server(server_config(app)).run(sockets=[sock])
+    finally:  # stopped (Ctrl-C, SIGTERM): where the edits not saved are, in one line
+        with viewer.lock:
+            if viewer.unsaved:
+                say(unsaved_line(viewer.draft, viewer.root, len(viewer.session.ops)))

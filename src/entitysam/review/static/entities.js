@@ -11,6 +11,8 @@ function applyState(state) {
   for (const id of [...viewer.selected]) if (!state.byId.has(id)) viewer.selected.delete(id);
   // the result replaced or deleted on disk: said for as long as it lasts (Save and Export refuse it)
   $("on-disk").textContent = state.changed_on_disk || "";
+  // the unsaved edits' draft: restored when the page opened, set aside, or not kept (and why)
+  $("draft").textContent = state.draft || "";
   $("undo").disabled = !state.can_undo;
   $("redo").disabled = !state.can_redo;
   buildList();
@@ -206,6 +208,7 @@ function refreshState() {
   return queued(async () => {
     const state = await getJSON("/api/state");
     $("on-disk").textContent = state.changed_on_disk || "";
+    $("draft").textContent = state.draft || "";
     if (state.version === viewer.state.version) return;
     applyState(state);
     setStatus("the edit was changed in another tab or window: this page shows it now");
@@ -217,14 +220,23 @@ function hideSelected() {
   const allHidden = ids.every((id) => entityById(id)?.hidden);
   return edit({op: allHidden ? "show" : "hide", ids});
 }
+// Save is off while a save runs (a double click saved two revisions of one edit; the server also
+// writes no second revision when nothing changed since the last Save, and names that one)
 function save() {
+  $("save").disabled = true;
   return queued(async () => {
     try {
       const res = await (await post("/api/save")).json();
-      setStatus(`saved ${res.name}`);
+      setStatus(res.new === false ? `no change since ${res.name} was saved` : `saved ${res.name}`);
       viewer.lastSave = res;
+      $("draft").textContent = "";  // the draft is cleared by a save (a notice of one not kept: next state)
+      refreshDraft();
     } catch (err) { setStatus(`save: ${err.message}`, true); }
+    finally { $("save").disabled = false; }
   });
+}
+function refreshDraft() {
+  getJSON("/api/state").then((state) => { $("draft").textContent = state.draft || ""; }).catch(() => {});
 }
 // The file name of a download: RFC 5987's filename* (UTF-8: a video named beyond ASCII) when the
 // server sends one, else the plain filename.

@@ -1,0 +1,192 @@
+"""The viewer's draft (entitysam.review.draft): unsaved edits kept beside the result after each
+change, restored when the result is viewed again, cleared by Save; a stale draft set aside, a
+read-only folder, two viewers of one result, a stopped `entitysam view`, a double Save."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+
+from _review_result import make_result  # noqa: E402
+from _viewer import URL_LINE  # noqa: E402
+
+from entitysam.io.owned import result_foreign  # noqa: E402
+from entitysam.io.staging import StagedOutput, recover_leftovers  # noqa: E402
+from entitysam.review import replay_edits  # noqa: E402
+from entitysam.review.server import Viewer  # noqa: E402
+
+OPS = [{"op": "merge", "ids": [2, 3], "into": 2}, {"op": "label", "id": 1, "text": "sky"}]
+
+
+@pytest.fixture()
+def result(tmp_path):
+    return make_result(tmp_path)
+
+
+def draft_of(result: Path) -> Path:
+    return result.parent / f".{result.name}.draft.json"
+
+
+def edited(result: Path, ops=OPS, **kwargs) -> Viewer:
+    viewer = Viewer(result, token="t", **kwargs)
+    for op in ops:
+        viewer.apply(op)
+    return viewer
+
+
+def test_each_change_writes_the_draft_and_a_new_viewer_restores_it(result):
+    said = []
+    viewer = edited(result, say=said.append)
+    data = json.loads(draft_of(result).read_text())
+    assert [op["op"] for op in data["ops"]] == ["merge", "label"]
+    assert said == [] and viewer.state()["draft"] is None and viewer.state()["unsaved"] is True
+    # the draft is an edit log as a revision's edits.json: the replay machinery reads it
+    assert replay_edits(result, draft_of(result)).ops == viewer.session.ops
+    viewer.undo()
+    assert [op["op"] for op in json.loads(draft_of(result).read_text())["ops"]] == ["merge"]
+    viewer.redo()
+    # the viewer stopped (its memory gone): viewing the result again restores the edits
+    said = []
+    again = Viewer(result, token="t", say=said.append)
+    assert again.session.ops == viewer.session.ops and again.unsaved
+    assert [e.to_dict() for e in again.session.entities] == [e.to_dict() for e in viewer.session.entities]
+    assert len(said) == 1 and said[0].startswith("restored 2 unsaved edits from the draft") and str(draft_of(result)) in said[0]
+    assert again.state()["draft"] == said[0] and again.state()["can_undo"]
+    # nothing unsaved any more (everything undone): no draft
+    again.undo()
+    again.undo()
+    assert not draft_of(result).exists()
+
+
+def test_save_clears_the_draft_and_a_second_save_writes_no_second_revision(result):
+    viewer = edited(Viewer(result, token="t").root)
+    path, new = viewer.save()
+    assert new and path.name == "clip.rev1" and not draft_of(result).exists() and not viewer.unsaved
+    assert viewer.save() == (path, False)  # a double click: the same revision named, none written
+    assert sorted(p.name for p in result.parent.iterdir()) == ["clip", "clip.rev1", "input-clip"]
+    assert Viewer(result, token="t").session.ops == []  # nothing to restore
+    viewer.apply({"op": "hide", "ids": [1]})
+    assert draft_of(result).exists()
+    assert viewer.save()[0].name == "clip.rev2" and not draft_of(result).exists()
+
+
+def test_a_draft_of_another_version_of_the_result_is_set_aside_not_applied(result):
+    edited(result)
+    kept = draft_of(result).read_bytes()
+    panoptic = result / "panoptic.json"
+    panoptic.write_text(panoptic.read_text() + "\n")  # the result changed on disk since (same content, other bytes)
+    said = []
+    viewer = Viewer(result, token="t", say=said.append)
+    assert viewer.session.ops == [] and not draft_of(result).exists()
+    aside = [p for p in result.parent.iterdir() if p.name.startswith(".clip.draft-stale-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == kept  # never dropped: kept, and named
+    assert len(said) == 1 and "another version of this result" in said[0] and str(aside[0]) in said[0]
+    assert viewer.state()["draft"] == said[0]
+    viewer.apply({"op": "hide", "ids": [1]})  # a new draft; the stale one stays
+    assert draft_of(result).exists() and aside[0].read_bytes() == kept
+
+
+def test_a_read_only_folder_is_viewed_without_a_draft_said_once(result, monkeypatch):
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == result.parent else real_access(p, mode, **kw))
+    said = []
+    viewer = edited(result, say=said.append)
+    assert len(viewer.session.ops) == 2 and not draft_of(result).exists()
+    assert len(said) == 1 and "is not writable" in said[0] and viewer.state()["draft"] == said[0]
+
+
+def test_a_draft_that_cannot_be_written_is_said_once(result, monkeypatch):
+    from entitysam.review import draft
+
+    def refuse(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(draft, "write_json_atomic", refuse)
+    said = []
+    viewer = edited(result, say=said.append)
+    assert len(viewer.session.ops) == 2 and not draft_of(result).exists()
+    assert len(said) == 1 and "cannot write the draft of the unsaved edits" in said[0] and "not writable" in said[0]
+    assert viewer.state()["draft"] == said[0]
+
+
+def test_a_file_of_the_drafts_name_that_is_no_draft_is_left_alone(result):
+    draft_of(result).write_text("my notes\n")
+    said = []
+    viewer = edited(result, say=said.append)
+    assert draft_of(result).read_text() == "my notes\n" and viewer.session.ops
+    assert len(said) == 1 and "is not a draft of entitysam" in said[0]
+    viewer.save()
+    assert draft_of(result).read_text() == "my notes\n"
+
+
+def test_two_viewers_of_one_result_never_write_over_each_others_draft(result):
+    first, said = Viewer(result, token="a"), []
+    second = Viewer(result, token="b", say=said.append)
+    first.apply(OPS[0])
+    second.apply({"op": "delete", "ids": [1]})  # the draft is the first viewer's now: left to it
+    assert [op["op"] for op in json.loads(draft_of(result).read_text())["ops"]] == ["merge"]
+    assert len(said) == 1 and "written by another viewer" in said[0] and second.state()["draft"] == said[0]
+    second.save()  # nor does its Save remove the first one's draft
+    assert draft_of(result).exists()
+    first.apply(OPS[1])
+    assert [op["op"] for op in json.loads(draft_of(result).read_text())["ops"]] == ["merge", "label"]
+    first.save()
+    assert not draft_of(result).exists()
+
+
+def test_a_draft_never_makes_overwrite_refuse_the_result_nor_is_deleted_by_a_cleanup(result):
+    edited(result)
+    kept = draft_of(result).read_bytes()
+    assert result_foreign(result) == []  # nothing in the result folder itself
+    StagedOutput.check_free(result, overwrite=True)  # `--overwrite` may still replace the result
+    recover_leftovers(result.parent, ["clip"])
+    assert draft_of(result).read_bytes() == kept
+
+
+def test_a_stopped_viewer_says_where_its_unsaved_edits_are(result):
+    import entitysam
+
+    package_root = str(Path(entitysam.__file__).parents[1])  # the entitysam these tests import
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "entitysam", "view", str(result), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            m = URL_LINE.search(proc.stdout.readline())
+            if m:
+                break
+        assert m, "no URL printed"
+        base = m.group(1).split("/?")[0]
+        request = urllib.request.Request(f"{base}/api/edits", data=json.dumps(OPS[0]).encode(), method="POST",
+                                         headers={"X-EntitySAM-Token": m.group(2), "Content-Type": "application/json"})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for _ in range(300):  # the URL is printed just before the server listens
+            try:
+                assert opener.open(request, timeout=30).status == 200
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        assert draft_of(result).exists()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = [line for line in out.splitlines() if "unsaved edits" in line]
+    assert lines == [f"unsaved edits (a log of 1 edit) kept in the draft {draft_of(result)}: viewing {result} "
+                     "again restores them"], out
+    assert proc.returncode == 0
