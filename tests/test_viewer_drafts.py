@@ -190,3 +190,20 @@ def test_a_stopped_viewer_says_where_its_unsaved_edits_are(result):
     assert lines == [f"unsaved edits (a log of 1 edit) kept in the draft {draft_of(result)}: viewing {result} "
                      "again restores them"], out
     assert proc.returncode == 0
+
+
+def test_the_page_says_the_edits_were_restored_and_save_clears_the_draft(result):
+    from _viewer import browser_page, chromium_or_skip, open_viewer, view_server
+
+    chromium_or_skip()
+    edited(result)  # a viewer stopped with these edits unsaved
+    with view_server(result) as (url, _token), browser_page() as page:
+        open_viewer(page, url)
+        assert page.inner_text("#draft").startswith("restored 2 unsaved edits from the draft")
+        assert page.evaluate("viewer.state.ops.length") == 2
+        page.dblclick("#save")  # a double click: one revision
+        page.wait_for_function("document.getElementById('status').textContent.includes('clip.rev1')")
+        page.wait_for_function("!document.getElementById('save').disabled")
+        assert page.inner_text("#draft") == "" and page.errors == []
+    assert not draft_of(result).exists()
+    assert sorted(p.name for p in result.parent.iterdir()) == ["clip", "clip.rev1", "input-clip"]
