@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import EntitySAMError
-from .options import load_model, print_err, set_threads
+from .options import load_model, print_err, say as say_always, set_threads
 from .wording import user_message
 
 __all__ = ["segment_options", "load_or_report", "shard_of", "check_summary_file", "segment_shard",
@@ -100,7 +100,7 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
             load, jobs, options, out_root, shard, protect=[p for p in inputs if isinstance(p, Path)],
             say=lambda m: say(prefix + m), say_error=lambda m: print_err(prefix + m),
             summary_path=Path(args.summary) if args.summary else default_summary_path(out_root, shard),
-            describe_error=user_message)
+            warn=lambda m: say_always(f"warning: {prefix}{m}"), describe_error=user_message)
     except _LoadFailed:
         return 1
     except StreamInterrupted:
