@@ -91,6 +91,13 @@ class OutputLock:
         lock._count += 1
         return lock
 
+    @classmethod
+    def held(cls, final: str | os.PathLike) -> bool:
+        """Whether this process holds the OS lock of `final` (not where runs are not locked): then
+        no other process, on this machine or another one sharing the folder, is writing it."""
+        lock = cls._held.get(str(Path(os.path.abspath(final))))
+        return lock is not None and lock._fd is not None
+
     def _make_parent(self) -> None:
         missing = []
         for p in [self.final.parent, *self.final.parent.parents]:

@@ -50,15 +50,19 @@ def _sibling_pid(path: Path, prefix: str) -> int | None:
 
 
 def _leftovers(final: Path, kind: str) -> list[Path]:
-    """``.<name>.<kind>-<pid>-<hex>`` siblings of dead runs (or of this process, not active)."""
+    """``.<name>.<kind>-<pid>-<hex>`` siblings of dead runs (or of this process, not active).
+    With the lock of `final` held here, every one not active here is a dead run's: a run stages
+    only under that lock, and the pid may be another machine's (an output folder shared by
+    several machines: a pid alive here says nothing of a run there)."""
     prefix = f".{final.name}.{kind}-"
+    locked = OutputLock.held(final)
     out = []
     with contextlib.suppress(OSError):
         for p in final.parent.iterdir():
             if not p.name.startswith(prefix) or str(p) in _ACTIVE_STAGING:
                 continue
             pid = _sibling_pid(p, prefix)
-            if pid is not None and (pid == os.getpid() or not pid_alive(pid)):
+            if pid is not None and (locked or pid == os.getpid() or not pid_alive(pid)):
                 out.append(p)
     return sorted(out, key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
 
