@@ -268,7 +268,7 @@ def _run_jobs(ray, spec: ModelSpec, size: int, cpus: float, gpus: float, jobs: l
     out_root.mkdir(parents=True, exist_ok=True)
     pool = Pool(ray, actor_class(ray, num_cpus=cpus, num_gpus=gpus), spec, size, protect, describe_error)
     try:
-        info = pool.first_ready()
+        info = pool.first_ready(max_retries, say_error)
         say(f"{size} actors starting; the first on {info['host']} (pid {info['pid']}, {info['device']})")
         update, close = _progress(progress, len(jobs))
         try:
