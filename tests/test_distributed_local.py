@@ -304,6 +304,41 @@ def test_a_shard_killed_mid_video_is_finished_by_a_rerun(batch, reference, tmp_p
     assert len(summary["done"]) == len(VIDEOS) - len(complete)
 
 
+def _killed_while_staging(args, out: Path, name: str) -> None:
+    """Run `segment *args` and SIGKILL it once it stages `name` (as the OOM killer would)."""
+    proc = segment_process(*args)
+    deadline = time.monotonic() + 300
+    staging = f".{name}.partial-{proc.pid}-"  # (not the one a killed run left)
+    while not (out.is_dir() and any(p.name.startswith(staging) for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, f"the shard ended before staging {name}"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def test_a_video_that_kills_its_shard_every_time_does_not_block_the_others(batch, reference, tmp_path):
+    """A video that kills the process each time it is segmented (out of memory on a huge video,
+    a crash in its decoder): the slice's first video here. Each re-run began with it again and was
+    killed again, so the other videos of the slice were never done, re-run after re-run. A
+    video whose earlier run was killed now goes last."""
+    videos = tmp_path / "videos"
+    for name in ("alpha", "charlie"):
+        shutil.copytree(batch / name, videos / name)
+    out = tmp_path / "out"
+    args = ("--batch", videos, "-o", out, *COMMON, "--shard", "0/1")
+    _killed_while_staging(args, out, "alpha")  # alpha first: nothing done
+    _killed_while_staging(args, out, "alpha")  # again: now after charlie
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["charlie"]  # was: none
+    rc, err = finish(segment_process(*args))
+    assert rc == 0, err
+    assert "alpha: an earlier run was killed while segmenting it" in err
+    assert read_summary(out, "0/1")["outcomes"][0]["name"] == "alpha"  # outcomes in the slice's order
+    for name in ("alpha", "charlie"):  # (the manifests name the inputs' other folder)
+        files = {k: v for k, v in tree(out / name).items() if k != "manifest.json"}
+        assert files == {k: v for k, v in tree(reference / name).items() if k != "manifest.json"}
+        assert tree(out / name)["manifest.json"]["complete"] is True
+
+
 def test_torchrun_ranks_equal_one_sequential_run(batch, reference, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

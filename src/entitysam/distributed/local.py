@@ -215,7 +215,8 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
     ``options.skip_existing`` (the command line's default with --shard). With N > 1 the slices
     are those the first shard of these videos recorded in ``out_root/.entitysam-batch/``
     (:mod:`.split_record`); a video of no earlier record (added to the batch after a shard
-    started) is said with `warn` (default `say`). Per-video failures are in the summary;
+    started), and one whose earlier run was killed while segmenting it (done last), are said
+    with `warn` (default `say`). Per-video failures are in the summary;
     KeyboardInterrupt and the model loader's errors propagate.
     """
     say = say or (lambda msg: None)
@@ -229,21 +230,28 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
         mine = list(jobs)
     summary = BatchSummary(shard=tuple(shard), videos=[j.name for j in mine])
     net = None if callable(model) and not hasattr(model, "parameters") else model
-    if options.skip_existing:  # complete results are skipped without their lock: what a kill left beside one goes first
-        from ..io.staging import recover_leftovers  # noqa: PLC0415
+    # Complete results are skipped without their lock: what a kill left beside one goes first. A
+    # video whose run was killed while segmenting it goes last: one that kills the process every
+    # time (out of memory, a crash in its decoder) no longer keeps the rest of the slice undone.
+    from ..io.staging import recover_leftovers  # noqa: PLC0415
 
-        recover_leftovers(out_root, [job.name for job in mine])
-    for k, job in enumerate(mine, 1):
+    killed = recover_leftovers(out_root, [job.name for job in mine])
+    order = sorted(mine, key=lambda job: job.name in killed)
+    outcomes: dict[str, VideoOutcome] = {}
+    for k, job in enumerate(order, 1):
+        if job.name in killed:  # (with warn: also in a quiet run's log, to find a video that kills it)
+            (warn or say)(f"[{k}/{len(mine)}] {job.name}: an earlier run was killed while segmenting it (out of memory, "
+                "a crash, a pre-emption): done last")
         if options.skip_existing and _complete(out_root, job.name, options):  # cheap: no lock, no model
             say(f"[{k}/{len(mine)}] {job.name}: skipped, complete results in {out_root / job.name}")
-            summary.outcomes.append(VideoOutcome(job.name, "skipped", output=str(out_root / job.name)))
+            outcomes[job.name] = VideoOutcome(job.name, "skipped", output=str(out_root / job.name))
             continue
         if net is None:
             net = model()
-        outcome = segment_job(net, job, options, out_root, protect=protect,
-                              say=lambda m, k=k: say(f"[{k}/{len(mine)}] {m}"), say_error=say_error,
-                              describe_error=describe_error)
-        summary.outcomes.append(outcome)
+        outcomes[job.name] = segment_job(net, job, options, out_root, protect=protect,
+                                         say=lambda m, k=k: say(f"[{k}/{len(mine)}] {m}"), say_error=say_error,
+                                         describe_error=describe_error)
+    summary.outcomes = [outcomes[job.name] for job in mine]  # in the slice's order
     summary.seconds = time.perf_counter() - t0
     if summary_path is not None:
         write_summary(summary_path, summary.to_json())
