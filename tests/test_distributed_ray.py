@@ -144,6 +144,27 @@ def test_a_killed_actor_s_video_is_retried_and_reported(ray_session, videos, seq
     assert results(out) == expected  # the retry's result is complete, the killed run left nothing behind
 
 
+def test_a_rerun_recovers_what_a_killed_commit_left_beside_a_complete_result(videos, sequential, tmp_path):
+    """An actor killed (or the driver Ctrl-C'd) between the two last steps of an --overwrite
+    commit: the new result in place, the old one half deleted in a hidden .old- folder, the lock
+    file left. The driver skips complete results without their lock, so every later run kept
+    those beside the result for good (a resumed shard recovers them first; now so does Ray)."""
+    import shutil
+
+    from entitysam.distributed import segment_many
+
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'entitysam[ray]')")
+    out = tmp_path / "out"
+    shutil.copytree(sequential / "video0", out / "video0")
+    shutil.copytree(sequential / "video0", out / ".video0.old-999999999-0123abcd")
+    (out / ".video0.lock").write_text("999999999 node17\n")
+    summary = segment_many(videos[:1], out, model="demo", options=SegmentOptions(skip_existing=True),
+                           progress=False)
+    assert summary.names("skipped") == ["video0"] and summary.actors == 0  # nothing started
+    assert sorted(os.listdir(out)) == ["video0"]
+    assert results(out) == {k: v for k, v in tree(sequential).items() if k.startswith("video0/")}
+
+
 def test_cli_ray_runs_the_batch_on_the_session(ray_session, videos, sequential, tmp_path, capsys):
     from entitysam.cli import main
 
