@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -350,6 +351,43 @@ def test_torchrun_ranks_equal_one_sequential_run(batch, reference, tmp_path):
     summaries = [read_summary(out, s) for s in ("0/2", "1/2")]
     assert sorted(n for s in summaries for n in s["done"]) == sorted(VIDEOS)
     assert len({s["pid"] for s in summaries}) == 2
+
+
+def test_a_torchrun_rank_with_a_failed_video_does_not_stop_the_others(tmp_path):
+    """torchrun stops every rank (SIGTERM) once one exits non-zero. Rank 1's only video is not a
+    video: it failed at once and rank 1 exited 1, which stopped rank 0 in the middle of its long
+    video (exit 130, no result, no summary), and so on at every re-run. A rank about to exit
+    with an error now waits for the other ranks of its node first."""
+    videos = tmp_path / "videos"
+    (videos / "long").mkdir(parents=True)
+    for t, image in enumerate(_frames(0, 16)):  # slice 0 (the heavier video)
+        Image.fromarray(image).save(videos / "long" / f"{t:05d}.png")
+    (videos / "broken.mp4").write_text("not a video")  # slice 1
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--module", "entitysam", "segment", "--batch", str(videos), "-o", str(out), *COMMON]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0  # rank 1 failed a video
+    first, second = read_summary(out, "0/2"), read_summary(out, "1/2")  # was: no summary of rank 0
+    assert first["done"] == ["long"] and (out / "long" / "manifest.json").is_file(), proc.stderr[-3000:]
+    assert [f["name"] for f in second["failed"]] == ["broken"]
+    assert "[shard 1/2] waiting for the other ranks to end" in proc.stderr
+    assert not list(Path(tempfile.gettempdir()).glob(f"entitysam-ranks-{os.getuid()}/*"))  # no marker left
+
+
+def test_torchrun_ranks_that_all_fail_do_not_wait_for_each_other(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("broken1.mp4", "broken2.mp4"):  # one in each slice: both ranks exit 1
+        (videos / name).write_text("not a video")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--module", "entitysam", "segment", "--batch", str(videos), "-o", str(tmp_path / "out"), *COMMON]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert sorted(f["name"] for s in ("0/2", "1/2") for f in read_summary(tmp_path / "out", s)["failed"]) == \
+        ["broken1", "broken2"]
 
 
 def test_shard_auto_under_a_slurm_array_is_the_explicit_shard(batch, reference, tmp_path, monkeypatch):

@@ -102,12 +102,26 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
             summary_path=Path(args.summary) if args.summary else default_summary_path(out_root, shard),
             warn=lambda m: say_always(f"warning: {prefix}{m}"), describe_error=user_message)
     except _LoadFailed:
-        return 1
+        return rank_exit(1, rank, lambda m: say(prefix + m))
     except StreamInterrupted:
         return 130
     except (KeyboardInterrupt, OSError) as err:
         return batch_stopped(err, prefix)
-    return report_summary(summary, say, prefix)
+    return rank_exit(report_summary(summary, say, prefix), rank, lambda m: say(prefix + m))
+
+
+def rank_exit(code: int, rank: int | None, say) -> int:
+    """`code`, once the other ranks of this node have ended when this is a torchrun rank about to
+    exit with an error: torchrun stops every rank as soon as one exits non-zero
+    (`entitysam.distributed.rank_exit`). A stop meanwhile (torchrun's SIGTERM) ends the wait."""
+    from ..distributed.rank_exit import under_torchrun, wait_for_other_ranks
+
+    if code and rank is not None and under_torchrun():
+        try:
+            wait_for_other_ranks(say)
+        except KeyboardInterrupt:
+            pass
+    return code
 
 
 def batch_stopped(err: BaseException, prefix: str = "") -> int:
