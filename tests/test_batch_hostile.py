@@ -157,6 +157,30 @@ def test_a_stale_lock_file_of_a_killed_run_is_taken_over(two_videos, tmp_path):
     assert sorted(os.listdir(out)) == [".entitysam-batch", "a", "b"]
 
 
+def test_leftovers_of_a_run_killed_on_another_machine_are_recovered(two_videos, tmp_path):
+    """OUT shared by several machines: a run killed on another one left staging folders named
+    with its pid, which here may be a live process's (pid 1 in containers, any pid on a busy
+    node). They were taken for a live run's: kept for ever (with a killed video's temporary
+    logits, gigabytes), and a complete one never moved in (its video redone). The lock of the
+    video, held while recovering, shows that no run is writing it, wherever that pid lives."""
+    import shutil
+
+    done = tmp_path / "done"
+    assert segment(two_videos / "a.mp4", "-o", done, *COMMON) == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    alive = os.getppid()  # a live process of this machine, not entitysam: "the other machine's pid"
+    shutil.copytree(done / "a", out / f".a.partial-{alive}-0123abcd")  # killed before its last rename
+    (out / f".b.partial-{alive}-89abcdef").mkdir()  # killed mid-video
+    (out / f".b.partial-{alive}-89abcdef" / "logits-0.npy").write_bytes(b"\0" * 1000)
+    (out / ".b.lock").write_text(f"{alive} other-node\n")
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 0
+    assert sorted(os.listdir(out)) == [".entitysam-batch", "a", "b"]
+    summary = json.loads((out / ".entitysam-batch" / "shard-0-of-1.json").read_text())
+    assert summary["skipped"] == ["a"] and summary["done"] == ["b"]  # a: the staged result, moved in
+    assert (out / "a" / "manifest.json").read_bytes() == (done / "a" / "manifest.json").read_bytes()
+
+
 def _damage(path) -> None:
     """Invert every 37th byte after the first 200: the container still opens, its stream has no codec."""
     data = bytearray(path.read_bytes())

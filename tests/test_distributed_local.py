@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -304,6 +305,41 @@ def test_a_shard_killed_mid_video_is_finished_by_a_rerun(batch, reference, tmp_p
     assert len(summary["done"]) == len(VIDEOS) - len(complete)
 
 
+def _killed_while_staging(args, out: Path, name: str) -> None:
+    """Run `segment *args` and SIGKILL it once it stages `name` (as the OOM killer would)."""
+    proc = segment_process(*args)
+    deadline = time.monotonic() + 300
+    staging = f".{name}.partial-{proc.pid}-"  # (not the one a killed run left)
+    while not (out.is_dir() and any(p.name.startswith(staging) for p in out.iterdir())):
+        assert proc.poll() is None and time.monotonic() < deadline, f"the shard ended before staging {name}"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+def test_a_video_that_kills_its_shard_every_time_does_not_block_the_others(batch, reference, tmp_path):
+    """A video that kills the process each time it is segmented (out of memory on a huge video,
+    a crash in its decoder): the slice's first video here. Each re-run began with it again and was
+    killed again, so the other videos of the slice were never done, re-run after re-run. A
+    video whose earlier run was killed now goes last."""
+    videos = tmp_path / "videos"
+    for name in ("alpha", "charlie"):
+        shutil.copytree(batch / name, videos / name)
+    out = tmp_path / "out"
+    args = ("--batch", videos, "-o", out, *COMMON, "--shard", "0/1")
+    _killed_while_staging(args, out, "alpha")  # alpha first: nothing done
+    _killed_while_staging(args, out, "alpha")  # again: now after charlie
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["charlie"]  # was: none
+    rc, err = finish(segment_process(*args))
+    assert rc == 0, err
+    assert "alpha: an earlier run was killed while segmenting it" in err
+    assert read_summary(out, "0/1")["outcomes"][0]["name"] == "alpha"  # outcomes in the slice's order
+    for name in ("alpha", "charlie"):  # (the manifests name the inputs' other folder)
+        files = {k: v for k, v in tree(out / name).items() if k != "manifest.json"}
+        assert files == {k: v for k, v in tree(reference / name).items() if k != "manifest.json"}
+        assert tree(out / name)["manifest.json"]["complete"] is True
+
+
 def test_torchrun_ranks_equal_one_sequential_run(batch, reference, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -315,6 +351,43 @@ def test_torchrun_ranks_equal_one_sequential_run(batch, reference, tmp_path):
     summaries = [read_summary(out, s) for s in ("0/2", "1/2")]
     assert sorted(n for s in summaries for n in s["done"]) == sorted(VIDEOS)
     assert len({s["pid"] for s in summaries}) == 2
+
+
+def test_a_torchrun_rank_with_a_failed_video_does_not_stop_the_others(tmp_path):
+    """torchrun stops every rank (SIGTERM) once one exits non-zero. Rank 1's only video is not a
+    video: it failed at once and rank 1 exited 1, which stopped rank 0 in the middle of its long
+    video (exit 130, no result, no summary), and so on at every re-run. A rank about to exit
+    with an error now waits for the other ranks of its node first."""
+    videos = tmp_path / "videos"
+    (videos / "long").mkdir(parents=True)
+    for t, image in enumerate(_frames(0, 16)):  # slice 0 (the heavier video)
+        Image.fromarray(image).save(videos / "long" / f"{t:05d}.png")
+    (videos / "broken.mp4").write_text("not a video")  # slice 1
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--module", "entitysam", "segment", "--batch", str(videos), "-o", str(out), *COMMON]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0  # rank 1 failed a video
+    first, second = read_summary(out, "0/2"), read_summary(out, "1/2")  # was: no summary of rank 0
+    assert first["done"] == ["long"] and (out / "long" / "manifest.json").is_file(), proc.stderr[-3000:]
+    assert [f["name"] for f in second["failed"]] == ["broken"]
+    assert "[shard 1/2] waiting for the other ranks to end" in proc.stderr
+    assert not list(Path(tempfile.gettempdir()).glob(f"entitysam-ranks-{os.getuid()}/*"))  # no marker left
+
+
+def test_torchrun_ranks_that_all_fail_do_not_wait_for_each_other(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("broken1.mp4", "broken2.mp4"):  # one in each slice: both ranks exit 1
+        (videos / name).write_text("not a video")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "--module", "entitysam", "segment", "--batch", str(videos), "-o", str(tmp_path / "out"), *COMMON]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert sorted(f["name"] for s in ("0/2", "1/2") for f in read_summary(tmp_path / "out", s)["failed"]) == \
+        ["broken1", "broken2"]
 
 
 def test_shard_auto_under_a_slurm_array_is_the_explicit_shard(batch, reference, tmp_path, monkeypatch):

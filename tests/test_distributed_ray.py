@@ -144,6 +144,27 @@ def test_a_killed_actor_s_video_is_retried_and_reported(ray_session, videos, seq
     assert results(out) == expected  # the retry's result is complete, the killed run left nothing behind
 
 
+def test_a_rerun_recovers_what_a_killed_commit_left_beside_a_complete_result(videos, sequential, tmp_path):
+    """An actor killed (or the driver Ctrl-C'd) between the two last steps of an --overwrite
+    commit: the new result in place, the old one half deleted in a hidden .old- folder, the lock
+    file left. The driver skips complete results without their lock, so every later run kept
+    those beside the result for good (a resumed shard recovers them first; now so does Ray)."""
+    import shutil
+
+    from entitysam.distributed import segment_many
+
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'entitysam[ray]')")
+    out = tmp_path / "out"
+    shutil.copytree(sequential / "video0", out / "video0")
+    shutil.copytree(sequential / "video0", out / ".video0.old-999999999-0123abcd")
+    (out / ".video0.lock").write_text("999999999 node17\n")
+    summary = segment_many(videos[:1], out, model="demo", options=SegmentOptions(skip_existing=True),
+                           progress=False)
+    assert summary.names("skipped") == ["video0"] and summary.actors == 0  # nothing started
+    assert sorted(os.listdir(out)) == ["video0"]
+    assert results(out) == {k: v for k, v in tree(sequential).items() if k.startswith("video0/")}
+
+
 def test_cli_ray_runs_the_batch_on_the_session(ray_session, videos, sequential, tmp_path, capsys):
     from entitysam.cli import main
 
@@ -324,3 +345,41 @@ def test_a_video_whose_worker_is_always_lost_fails_after_max_retries(tmp_path):
     assert pool.restarts == 3 and Worker.started == 2 + 3  # each loss: a new actor in its slot
     # an error of the video's own is not retried: failed at once, with its cause
     assert outcomes["bug"].status == "failed" and outcomes["bug"].error == "KeyError: 'boom'"
+
+
+def test_an_actor_lost_while_loading_the_model_is_replaced():
+    """The first actor to answer had died while loading the model (killed by the OOM killer, its
+    node gone): its RayActorError ended the whole run with a traceback, the other actors ready.
+    It is replaced like an actor lost on a video; an actor lost every time ends in one error."""
+    from entitysam.distributed.ray_pool import ModelSpec, Pool
+    from entitysam.errors import EntitySAMError
+
+    def worker_class(dies: int):
+        class Worker:
+            started = 0
+
+            def __init__(self):
+                Worker.started += 1
+                lost = Worker.started <= dies
+                info = {"pid": Worker.started, "host": "node", "device": "cpu", "error": None}
+                self.ready = type("Ready", (), {"remote": staticmethod(lambda: _Ref(
+                    info, _FakeRay.exceptions.RayActorError("The actor died unexpectedly") if lost else None))})
+
+            @classmethod
+            def remote(cls, spec, protect, describe_error=str):
+                return cls()
+
+        return Worker
+
+    pool = Pool(_FakeRay, worker_class(1), ModelSpec("demo"), 2)
+    assert pool.first_ready()["pid"] in (2, 3) and pool.restarts == 1  # was: RayActorError raised
+    errors: list[str] = []
+    pool = Pool(_FakeRay, worker_class(1), ModelSpec("demo"), 2)
+    pool.first_ready(2, errors.append)
+    assert errors == [
+        "an actor was lost while loading the model (RayActorError: The actor died unexpectedly); "
+        "starting a new one (1 of 2)"]
+    pool = Pool(_FakeRay, worker_class(99), ModelSpec("demo"), 2)
+    with pytest.raises(EntitySAMError, match="lost 3 times while loading the model"):
+        pool.first_ready(2)
+    assert pool.restarts == 2

@@ -222,6 +222,24 @@ def test_killed_process_resumes(env, reference, tmp_path):
     assert_same_predictions(out, reference, ds.videos)
 
 
+def test_partial_folders_of_a_run_killed_on_another_machine_are_removed(tmp_path):
+    """Shards and ranks on several machines share the output folder: a killed run's partial folder
+    is named with that machine's pid, alive here maybe (pid 1 in containers): kept for good, as a
+    live run's. Under the video's lock, held while staging, no other run is writing it."""
+    from entitysam.io.output_lock import OutputLock
+
+    out = EvalOutput(tmp_path / "out")
+    stale = out.pan_pred / f".vid_001.partial-{os.getppid()}-0123abcd"  # a live pid of this machine
+    stale.mkdir(parents=True)
+    (stale / "00000.png").write_bytes(b"png")
+    lock = OutputLock.acquire(out.pan_pred / "vid_001")
+    try:
+        fresh = out.stage("vid_001")
+    finally:
+        lock.release()
+    assert sorted(os.listdir(out.pan_pred)) == [fresh.name]  # the killed run's folder is gone
+
+
 def test_complete_videos_are_skipped_without_loading_the_model(env, model, reference, tmp_path, monkeypatch):
     _, ds = env
     out = tmp_path / "out"

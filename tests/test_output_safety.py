@@ -433,6 +433,25 @@ def test_second_run_fails_fast_naming_the_other_process(tmp_path, tiny_checkpoin
         s.commit({"video": "still"})
 
 
+def test_a_run_on_another_machine_is_named_with_its_host(tmp_path, tiny_checkpoint, capsys):
+    """An output folder shared by several machines: the message named only the holder's pid,
+    which on this machine is some other process (one could kill the wrong one). The lock file
+    holds the host too, named when it is not this one."""
+    import socket
+
+    image = still(tmp_path / "still.png")
+    holder = _hold_lock(tmp_path / "out" / "still")
+    lock_file = tmp_path / "out" / ".still.lock"
+    try:
+        assert lock_file.read_text().split() == [str(holder.pid), socket.gethostname()]
+        lock_file.write_text("4242 node17\n")  # as a run on node17 writes it
+        assert run(image, "-o", tmp_path / "out", "--checkpoint", tmp_path / "missing.pth") == 1
+        assert "(pid 4242 on node17, lock file" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_wait_lock_waits_for_the_other_run(tmp_path, tiny_checkpoint):
     image = still(tmp_path / "still.png")
     holder = _hold_lock(tmp_path / "out" / "still")

@@ -6,13 +6,15 @@ Pure Python, no imports from the package but `errors`: every layer may use it.
 
 from __future__ import annotations
 
-from typing import Sequence
+import heapq
+import itertools
+from typing import Mapping, Sequence
 
 from .errors import InvalidArgumentError
 
 INT64_MAX = 2**63 - 1  # = entitysam.argtypes.INT64_MAX: a shard is written in file names and JSON as int64
 
-__all__ = ["ShardError", "parse_shard", "check_shard", "balanced_split", "shard_tag"]
+__all__ = ["ShardError", "parse_shard", "check_shard", "balanced_owners", "balanced_split", "shard_tag"]
 
 
 class ShardError(InvalidArgumentError):
@@ -38,24 +40,34 @@ def parse_shard(text: str) -> tuple[int, int]:
     return check_shard(i, n, text)
 
 
+def balanced_owners(weights: Sequence[int | None], count: int,
+                    loads: Mapping[int, int] | None = None) -> list[int]:
+    """The slice (0 <= slice < count) of each position: the heaviest item (frame count; unknown
+    or 0 counts as 1) first goes to the least loaded slice, ties to the lower slice and, among
+    equal weights, the earlier item first. loads: slices already loaded (by videos assigned
+    before these), {slice: load}."""
+    if count < 1:
+        raise ShardError(f"shard count {count}: need N >= 1")
+    w = [max(x or 0, 1) for x in weights]
+    loads = dict(loads or {})
+    free = (s for s in range(count) if s not in loads)  # only as many empty slices as items are looked at
+    heap = [(load, s) for s, load in loads.items()] + [(0, s) for s in itertools.islice(free, len(w))]
+    heapq.heapify(heap)
+    owner = [0] * len(w)
+    for k in sorted(range(len(w)), key=lambda k: (-w[k], k)):
+        load, s = heapq.heappop(heap)
+        owner[k] = s
+        heapq.heappush(heap, (load + w[k], s))
+    return owner
+
+
 def balanced_split(weights: Sequence[int | None], index: int, count: int) -> list[int]:
     """Positions (in list order) of slice `index` of `count`: a deterministic split balanced by
-    weight (frame count; unknown or 0 counts as 1): the heaviest item first goes to the least
-    loaded slice, ties to the lower slice and, among equal weights, the earlier item first."""
+    weight (:func:`balanced_owners`)."""
     check_shard(index, count)
     if count == 1:
         return list(range(len(weights)))
-    if index >= len(weights):  # more slices than items: each item has a slice of its own, these are empty
-        return []
-    w = [max(x or 0, 1) for x in weights]
-    count = min(count, len(w))  # the same split: slices past the items' count never get one
-    load = [0] * count
-    owner: dict[int, int] = {}
-    for k in sorted(range(len(w)), key=lambda k: (-w[k], k)):
-        s = min(range(count), key=lambda j: (load[j], j))
-        owner[k] = s
-        load[s] += w[k]
-    return [k for k in range(len(w)) if owner[k] == index]
+    return [k for k, s in enumerate(balanced_owners(weights, count)) if s == index]
 
 
 def shard_tag(index: int, count: int) -> str:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import EntitySAMError
-from .options import load_model, print_err, set_threads
+from .options import load_model, print_err, say as say_always, set_threads
 from .wording import user_message
 
 __all__ = ["segment_options", "load_or_report", "shard_of", "check_summary_file", "segment_shard",
@@ -100,14 +100,28 @@ def segment_shard(args, inputs, names, formats, selection, out_root: Path, shard
             load, jobs, options, out_root, shard, protect=[p for p in inputs if isinstance(p, Path)],
             say=lambda m: say(prefix + m), say_error=lambda m: print_err(prefix + m),
             summary_path=Path(args.summary) if args.summary else default_summary_path(out_root, shard),
-            describe_error=user_message)
+            warn=lambda m: say_always(f"warning: {prefix}{m}"), describe_error=user_message)
     except _LoadFailed:
-        return 1
+        return rank_exit(1, rank, lambda m: say(prefix + m))
     except StreamInterrupted:
         return 130
     except (KeyboardInterrupt, OSError) as err:
         return batch_stopped(err, prefix)
-    return report_summary(summary, say, prefix)
+    return rank_exit(report_summary(summary, say, prefix), rank, lambda m: say(prefix + m))
+
+
+def rank_exit(code: int, rank: int | None, say) -> int:
+    """`code`, once the other ranks of this node have ended when this is a torchrun rank about to
+    exit with an error: torchrun stops every rank as soon as one exits non-zero
+    (`entitysam.distributed.rank_exit`). A stop meanwhile (torchrun's SIGTERM) ends the wait."""
+    from ..distributed.rank_exit import under_torchrun, wait_for_other_ranks
+
+    if code and rank is not None and under_torchrun():
+        try:
+            wait_for_other_ranks(say)
+        except KeyboardInterrupt:
+            pass
+    return code
 
 
 def batch_stopped(err: BaseException, prefix: str = "") -> int:

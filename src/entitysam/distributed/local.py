@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .. import sharding
 from .jobs import STATUSES, SegmentOptions, VideoJob, VideoOutcome, segment_job
 from .resume import mismatches
-from .split_record import agreed_frames
+from .split_record import agreed_slices, split_slices
 from .summary_file import SUMMARY_FORMAT, write_summary
 
 __all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
@@ -185,10 +185,10 @@ def shard_jobs(jobs: Sequence[VideoJob], shard: tuple[int, int],
     run), not in the order given: machines that list the same videos in another order (a shell's
     glob sorts by the locale, arguments written in another order) take the same slices; split in
     the given order, two shards could both take one video and neither another one, each exiting 0."""
+    sharding.check_shard(*shard)
     frames = frames if frames is not None else {j.name: j.num_frames for j in jobs}
-    order = sorted(range(len(jobs)), key=lambda k: jobs[k].name)
-    picked = {order[p] for p in sharding.balanced_split([frames[jobs[k].name] for k in order], *shard)}
-    return [job for k, job in enumerate(jobs) if k in picked]
+    slices = split_slices({j.name: frames[j.name] for j in jobs}, shard[1])
+    return [job for job in jobs if slices[job.name] == shard[0]]
 
 
 def _complete(out_root: Path, name: str, options: SegmentOptions) -> bool:
@@ -203,7 +203,7 @@ def _complete(out_root: Path, name: str, options: SegmentOptions) -> bool:
 def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOptions, out_root: Path,
                        shard: tuple[int, int] = (0, 1), *, protect: Sequence[Any] = (),
                        say: Callable[[str], None] | None = None, say_error: Callable[[str], None] | None = None,
-                       summary_path: Path | None = None,
+                       summary_path: Path | None = None, warn: Callable[[str], None] | None = None,
                        describe_error: Callable[[BaseException], str] = str) -> BatchSummary:
     """Segment slice ``shard`` = (I, N) of `jobs` into ``out_root/<name>/``, one video after the
     other (:func:`segment_job`), and return the summary; with `summary_path`, also merge it into
@@ -212,34 +212,46 @@ def segment_many_local(model: Any, jobs: Sequence[VideoJob], options: SegmentOpt
 
     model: an EntitySAM model, or a function returning one: called only if a video of the slice
     needs work (a re-run of a finished shard loads nothing). Complete results are skipped when
-    ``options.skip_existing`` (the command line's default with --shard). With N > 1 the split is
-    by the frame counts the first shard of these videos recorded in ``out_root/.entitysam-batch/``
-    (:mod:`.split_record`). Per-video failures are in the summary; KeyboardInterrupt and the model
-    loader's errors propagate.
+    ``options.skip_existing`` (the command line's default with --shard). With N > 1 the slices
+    are those the first shard of these videos recorded in ``out_root/.entitysam-batch/``
+    (:mod:`.split_record`); a video of no earlier record (added to the batch after a shard
+    started), and one whose earlier run was killed while segmenting it (done last), are said
+    with `warn` (default `say`). Per-video failures are in the summary;
+    KeyboardInterrupt and the model loader's errors propagate.
     """
     say = say or (lambda msg: None)
     t0 = time.perf_counter()
     frames = {j.name: j.num_frames for j in jobs}
-    if shard[1] > 1:  # every shard of these videos splits by the counts the first one read
-        frames = agreed_frames(Path(out_root) / SUMMARY_DIR, frames, shard[1], say)
-    mine = shard_jobs(jobs, shard, frames)
+    sharding.check_shard(*shard)
+    if shard[1] > 1:  # every shard of these videos takes the slices the first one recorded
+        slices = agreed_slices(Path(out_root) / SUMMARY_DIR, frames, shard[1], say, warn, index=shard[0])
+        mine = [job for job in jobs if slices[job.name] == shard[0]]
+    else:
+        mine = list(jobs)
     summary = BatchSummary(shard=tuple(shard), videos=[j.name for j in mine])
     net = None if callable(model) and not hasattr(model, "parameters") else model
-    if options.skip_existing:  # complete results are skipped without their lock: what a kill left beside one goes first
-        from ..io.staging import recover_leftovers  # noqa: PLC0415
+    # Complete results are skipped without their lock: what a kill left beside one goes first. A
+    # video whose run was killed while segmenting it goes last: one that kills the process every
+    # time (out of memory, a crash in its decoder) no longer keeps the rest of the slice undone.
+    from ..io.staging import recover_leftovers  # noqa: PLC0415
 
-        recover_leftovers(out_root, [job.name for job in mine])
-    for k, job in enumerate(mine, 1):
+    killed = recover_leftovers(out_root, [job.name for job in mine])
+    order = sorted(mine, key=lambda job: job.name in killed)
+    outcomes: dict[str, VideoOutcome] = {}
+    for k, job in enumerate(order, 1):
+        if job.name in killed:  # (with warn: also in a quiet run's log, to find a video that kills it)
+            (warn or say)(f"[{k}/{len(mine)}] {job.name}: an earlier run was killed while segmenting it (out of memory, "
+                "a crash, a pre-emption): done last")
         if options.skip_existing and _complete(out_root, job.name, options):  # cheap: no lock, no model
             say(f"[{k}/{len(mine)}] {job.name}: skipped, complete results in {out_root / job.name}")
-            summary.outcomes.append(VideoOutcome(job.name, "skipped", output=str(out_root / job.name)))
+            outcomes[job.name] = VideoOutcome(job.name, "skipped", output=str(out_root / job.name))
             continue
         if net is None:
             net = model()
-        outcome = segment_job(net, job, options, out_root, protect=protect,
-                              say=lambda m, k=k: say(f"[{k}/{len(mine)}] {m}"), say_error=say_error,
-                              describe_error=describe_error)
-        summary.outcomes.append(outcome)
+        outcomes[job.name] = segment_job(net, job, options, out_root, protect=protect,
+                                         say=lambda m, k=k: say(f"[{k}/{len(mine)}] {m}"), say_error=say_error,
+                                         describe_error=describe_error)
+    summary.outcomes = [outcomes[job.name] for job in mine]  # in the slice's order
     summary.seconds = time.perf_counter() - t0
     if summary_path is not None:
         write_summary(summary_path, summary.to_json())

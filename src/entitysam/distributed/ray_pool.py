@@ -141,15 +141,34 @@ class Pool:
         self.actors = [worker_class.remote(spec, self.protect, describe_error) for _ in range(size)]
         self.restarts = 0
 
-    def first_ready(self) -> dict[str, Any]:
+    def first_ready(self, max_losses: int = 2, say_error: Say | None = None) -> dict[str, Any]:
         """Wait for the first actor with its model (the others need not fit the cluster yet);
         its load error as an EntitySAMError (a bad checkpoint fails on every actor alike; a
-        later actor's own load error fails the videos it is given)."""
-        done, _ = self.ray.wait([a.ready.remote() for a in self.actors], num_returns=1)
-        info = self.ray.get(done[0])
-        if info["error"]:
-            raise EntitySAMError(info["error"])
-        return info
+        later actor's own load error fails the videos it is given). An actor lost while loading
+        (its process killed: out of memory, its node gone) is replaced, up to `max_losses` times
+        in all; then an EntitySAMError."""
+        lost_types = lost_errors(self.ray)
+        waiting = {actor.ready.remote(): slot for slot, actor in enumerate(self.actors)}
+        losses = 0
+        while True:
+            done, _ = self.ray.wait(list(waiting), num_returns=1)
+            slot = waiting.pop(done[0])
+            try:
+                info = self.ray.get(done[0])
+            except lost_types as err:
+                losses += 1
+                if losses > max_losses:
+                    raise EntitySAMError(f"the Ray actors were lost {losses} times while loading the model "
+                                         f"(out of memory? a node gone?); last: {first_line(err)}") from None
+                if say_error is not None:
+                    say_error(f"an actor was lost while loading the model ({first_line(err)}); "
+                              f"starting a new one ({losses} of {max_losses})")
+                self.replace(slot)
+                waiting[self.actors[slot].ready.remote()] = slot
+                continue
+            if info["error"]:
+                raise EntitySAMError(info["error"])
+            return info
 
     def replace(self, slot: int) -> None:
         self.ray.kill(self.actors[slot], no_restart=True)

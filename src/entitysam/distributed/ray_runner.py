@@ -245,11 +245,15 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
 def _skip_complete(jobs: Sequence[VideoJob], options: SegmentOptions, out_root: Path,
                    say: Say) -> dict[str, VideoOutcome]:
     """With ``options.skip_existing``: the "skipped" outcomes of complete results, found by the
-    driver (no lock, no actor, no model: a re-run of a finished batch starts nothing)."""
+    driver (no lock, no actor, no model: a re-run of a finished batch starts nothing). What a
+    killed run left beside a result (lock file, journal, moved-aside old result) is recovered
+    first, under each result's lock, as a resumed shard does: no later run would look there."""
     from ..io.manifest import read_manifest  # noqa: PLC0415
+    from ..io.staging import recover_leftovers  # noqa: PLC0415
 
     if not options.skip_existing:
         return {}
+    recover_leftovers(out_root, [job.name for job in jobs])
     skipped = {}
     for job in jobs:
         manifest = read_manifest(out_root / job.name)
@@ -267,7 +271,7 @@ def _run_jobs(ray, spec: ModelSpec, size: int, cpus: float, gpus: float, jobs: l
     out_root.mkdir(parents=True, exist_ok=True)
     pool = Pool(ray, actor_class(ray, num_cpus=cpus, num_gpus=gpus), spec, size, protect, describe_error)
     try:
-        info = pool.first_ready()
+        info = pool.first_ready(max_retries, say_error)
         say(f"{size} actors starting; the first on {info['host']} (pid {info['pid']}, {info['device']})")
         update, close = _progress(progress, len(jobs))
         try:

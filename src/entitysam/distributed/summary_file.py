@@ -35,7 +35,7 @@ from ..io.atomic import write_json_atomic
 from ..regular_file import open_regular
 from .jobs import STATUSES
 
-__all__ = ["SUMMARY_FORMAT", "write_summary", "read_tasks", "merge_tasks", "summary_lock_path"]
+__all__ = ["SUMMARY_FORMAT", "write_summary", "read_tasks", "merge_tasks", "summary_lock_path", "file_lock"]
 
 SUMMARY_FORMAT = "entitysam-batch-summary"
 
@@ -105,7 +105,9 @@ def _lock_fd(lock: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """`path` held under ``flock`` on ``.<name>.lock`` beside it (removed afterwards), against other
+    processes and the threads of this one; unlocked where the file system has no flock."""
     lock = summary_lock_path(path)
     with _THREADS:
         fd = _lock_fd(lock) if fcntl is not None else None
@@ -234,7 +236,7 @@ def write_summary(path: str | os.PathLike, task: Mapping[str, Any]) -> dict[str,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {k: v for k, v in task.items() if k not in ("format", "format_version")}
-    with _locked(path):
+    with file_lock(path):
         kept = [t for t in read_tasks(path) if not _replaces(entry, t)]
         doc = merge_tasks([*kept, entry])
         write_json_atomic(path, doc, indent=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,8 @@ def _open_lock_file(path: Path) -> int:
 
 class OutputLock:
     """The exclusive lock of one result folder: ``fcntl.flock`` on ``.<name>.lock`` beside it,
-    holding the pid of its owner. The OS releases it when the process ends, however it ends, so
-    a killed run never leaves a stale lock. Re-entrant within a process (the command line takes
+    holding the pid and host name of its owner. The OS releases it when the process ends,
+    however it ends, so a killed run never leaves a stale lock. Re-entrant within a process (the command line takes
     it before loading the model, the writer takes it again); the file is removed on release.
     """
 
@@ -92,6 +93,13 @@ class OutputLock:
         lock._count += 1
         return lock
 
+    @classmethod
+    def held(cls, final: str | os.PathLike) -> bool:
+        """Whether this process holds the OS lock of `final` (not where runs are not locked): then
+        no other process, on this machine or another one sharing the folder, is writing it."""
+        lock = cls._held.get(str(Path(os.path.abspath(final))))
+        return lock is not None and lock._fd is not None
+
     def _make_parent(self) -> None:
         missing = []
         for p in [self.final.parent, *self.final.parent.parents]:
@@ -105,9 +113,14 @@ class OutputLock:
         self._created = missing  # innermost first: removed on release if still empty
 
     def _holder(self) -> str:
+        """Who holds the lock, as its file says: ``pid 12345``, with ``on node17`` when that is
+        another machine (an output folder shared by several: its pid means nothing here)."""
         with contextlib.suppress(OSError, ValueError):
-            pid = int(self.path.read_text().strip() or "x")
-            return f"pid {pid}"
+            with open(self.path, "rb") as f:
+                words = f.read(512).decode("utf-8").split()
+            pid = int(words[0] if words else "x")
+            host = words[1] if len(words) > 1 and words[1].isprintable() else None
+            return f"pid {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")
         return "another process"
 
     def _take(self, wait: bool, on_wait: Any) -> None:
@@ -164,7 +177,7 @@ class OutputLock:
                     # holds without it (failing here left the lock file and a new output folder behind).
                     with contextlib.suppress(OSError):
                         os.ftruncate(fd, 0)
-                        os.write(fd, f"{os.getpid()}\n".encode())
+                        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
                     return fd
             except BaseException:
                 os.close(fd)

@@ -51,15 +51,19 @@ def _sibling_pid(path: Path, prefix: str) -> int | None:
 
 
 def _leftovers(final: Path, kind: str) -> list[Path]:
-    """``.<name>.<kind>-<pid>-<hex>`` siblings of dead runs (or of this process, not active)."""
+    """``.<name>.<kind>-<pid>-<hex>`` siblings of dead runs (or of this process, not active).
+    With the lock of `final` held here, every one not active here is a dead run's: a run stages
+    only under that lock, and the pid may be another machine's (an output folder shared by
+    several machines: a pid alive here says nothing of a run there)."""
     prefix = f".{final.name}.{kind}-"
+    locked = OutputLock.held(final)
     out = []
     with contextlib.suppress(OSError):
         for p in final.parent.iterdir():
             if not p.name.startswith(prefix) or str(p) in _ACTIVE_STAGING:
                 continue
             pid = _sibling_pid(p, prefix)
-            if pid is not None and (pid == os.getpid() or not pid_alive(pid)):
+            if pid is not None and (locked or pid == os.getpid() or not pid_alive(pid)):
                 out.append(p)
     return sorted(out, key=lambda p: p.stat().st_mtime if p.exists() else 0, reverse=True)
 
@@ -133,17 +137,19 @@ def recover_output(final: str | os.PathLike) -> str | None:
     return done
 
 
-def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> None:
+def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> set[str]:
     """:func:`recover_output` for each result ``parent/<name>`` of `names` that has a sibling of
     a run beside it (lock file, journal, staging or moved-aside folder), under its lock (one
     another run holds is left to it). For runs that skip complete results without taking their
     lock: a kill in the last instant of a commit left those beside a complete result, where no
-    later run would look. `parent` is listed once, whatever the number of names."""
+    later run would look. `parent` is listed once, whatever the number of names. Returns the
+    names that had a killed run's staging folder and are still not complete: runs that were
+    killed while segmenting them (out of memory, a crash, a pre-emption)."""
     try:
         entries = os.listdir(parent)
     except OSError:
-        return
-    marked = set()
+        return set()
+    marked, staged = set(), set()
     for entry in entries:
         name = entry[1:]
         for suffix in (LOCK_SUFFIX, JOURNAL_SUFFIX):
@@ -153,6 +159,9 @@ def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> None:
             head, sep, _ = name.rpartition(kind)
             if entry.startswith(".") and sep:
                 marked.add(head)
+                if kind == ".partial-":
+                    staged.add(head)
+    killed = set()
     for name in sorted(marked.intersection(names)):
         try:
             lock = OutputLock.acquire(Path(parent) / name)
@@ -160,10 +169,13 @@ def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> None:
             continue
         try:
             recover_output(Path(parent) / name)
+            if name in staged and read_manifest(Path(parent) / name) is None:
+                killed.add(name)
         except OSError:
             pass  # (left as it is: the next run that takes the lock tries again)
         finally:
             lock.release()
+    return killed
 
 
 def remove_dead_temp_files(folder: str | os.PathLike, kind: str = "tmp") -> None:

@@ -32,7 +32,7 @@ from ... import jsonio
 from ...errors import EntitySAMError, OutputError
 from ...interrupts import deferred_sigint
 from ...io.atomic import atomic_file, write_json_atomic
-from ...io.output_lock import pid_alive
+from ...io.output_lock import OutputLock, pid_alive
 from ...io.owned import foreign_entries, list_foreign
 from ...io.staging import remove_dead_temp_files
 from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
@@ -144,7 +144,10 @@ class EvalOutput:
 
     def stage(self, vid: str) -> Path:
         """A fresh hidden folder for the PNGs of `vid`; partial (and replaced) folders of this
-        video left by dead processes are removed."""
+        video left by dead processes are removed: with the video's lock held here, every one (a
+        run stages only under that lock; the pid in a name may be another machine's, on an output
+        folder shared by several), else those whose pid is not alive."""
+        locked = OutputLock.held(self.pan_pred / vid)
         for kind in ("partial", "old"):
             prefix = f".{vid}.{kind}-"
             for p in self.pan_pred.glob(f"{prefix}*"):
@@ -152,7 +155,7 @@ class EvalOutput:
                     pid = int(p.name[len(prefix):].split("-")[0])
                 except ValueError:
                     continue
-                if pid == os.getpid() or not pid_alive(pid):
+                if locked or pid == os.getpid() or not pid_alive(pid):
                     shutil.rmtree(p, ignore_errors=True)
         path = self.pan_pred / f".{vid}.partial-{os.getpid()}-{secrets.token_hex(4)}"
         path.mkdir(parents=True)
