@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from _review_result import BIG_ID, FPS, H, N, SCORES, W, id_maps, images, make_result
-from entitysam.errors import EditError, EntitySAMError, InvalidArgumentError, ResultFolderError
+from entitysam.errors import EditError, EntitySAMError, InvalidArgumentError, ResultFolderError, ResultFolderNotFoundError
 from entitysam.review import EditSession, ResultFolder, save_revision
 
 
@@ -47,7 +47,7 @@ def test_source_frame_is_none_once_the_input_is_gone(result_dir):
 
 
 def test_open_refuses_what_is_not_a_complete_result(tmp_path, result_dir):
-    with pytest.raises(ResultFolderError, match="not a folder"):
+    with pytest.raises(ResultFolderNotFoundError, match="nope: not found"):
         ResultFolder.open(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ResultFolderError, match="manifest.json"):
