@@ -188,12 +188,15 @@ def test_staged_output_failure_leaves_nothing(tmp_path):
 
 
 def test_stale_partial_of_dead_process_is_removed(tmp_path):
+    """Staging happens only under the result's lock, which StagedOutput holds: every other
+    staging folder of the result is a killed run's, also one whose pid is alive here (on an
+    output folder shared by several machines the pid may be another machine's; 9c9673f)."""
     stale = tmp_path / ".vid.partial-999999999-abcd"
     stale.mkdir()
-    alive = tmp_path / f".vid.partial-{os.getppid()}-abcd"
-    alive.mkdir()
+    alive_pid = tmp_path / f".vid.partial-{os.getppid()}-abcd"
+    alive_pid.mkdir()
     s = StagedOutput(tmp_path / "vid")
-    assert not stale.exists() and alive.exists()
+    assert not stale.exists() and not alive_pid.exists()
     s.abort()
 
 
