@@ -76,16 +76,15 @@ class Recorder(TorchDispatchMode):
         for t in outs:
             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel() and t.device.type == "cpu":
                 where = self.stack[-1]
-                finite = torch.isfinite(t)
-                if not bool(finite.all()):
+                m = t.abs().amax()  # inf or NaN if any value is (no full-size mask then: big tensors)
+                if not bool(torch.isfinite(m)):
+                    finite = torch.isfinite(t)
                     self.nonfinite[where] += 1
                     inputs_finite = all(bool(torch.isfinite(a).all()) for a in _tensors(args, kwargs))
                     if inputs_finite and self.first_source is None:
                         self.first_source = dict(step=self.step, module=where, op=str(func), dtype=str(t.dtype),
                                                  shape=list(t.shape), count=int((~finite).sum()))
                     m = t[finite].abs().max() if bool(finite.any()) else torch.tensor(0.0)
-                else:
-                    m = t.abs().max()
                 self.max_abs[where] = max(self.max_abs[where], float(m))
                 key = f"{where} {func.overloadpacket}"
                 self.max_abs_op[key] = max(self.max_abs_op[key], float(m))
