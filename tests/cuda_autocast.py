@@ -18,6 +18,13 @@ per thread: code that fans work out to other threads must run single-threaded un
 Outside inference mode composite operations reach a dispatch mode decomposed, and the
 convolutions and attention check their operands' dtypes before that (autocast, which sits above
 them, casts first): they are therefore cast at the Python level too (`_CastAtPythonLevel`).
+
+`float32_products=True` computes the lower-precision list's operations (products, convolutions,
+attention) from float32 copies of their rounded operands and rounds the result to `dtype`: a
+GPU's arithmetic there (half-precision operands, float32 accumulation, half-precision result),
+and the only way to run float16 at the published sizes on a CPU, whose float16 products run at
+about 1 GFLOP/s (x86 without AVX512-FP16). A result past float16's range becomes inf, as on the
+GPU.
 """
 
 from __future__ import annotations
@@ -67,9 +74,10 @@ class CudaAutocast(TorchDispatchMode):
     rules were exercised).
     """
 
-    def __init__(self, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, dtype: torch.dtype = torch.bfloat16, float32_products: bool = False):
         super().__init__()
         self.dtype = dtype
+        self.float32_products = float32_products
         self.casts: Counter[str] = Counter()
         self._python_level = _CastAtPythonLevel(self)
 
@@ -98,7 +106,22 @@ class CudaAutocast(TorchDispatchMode):
                 if any(a is not b for a, b in zip(new_args, args)):
                     self.casts[str(packet)] += 1
                 args, kwargs = new_args, new_kwargs
+                if self.float32_products and rule == self._to_lower:
+                    return self._in_float32(func, args, kwargs)
         return func(*args, **kwargs)
+
+    def _in_float32(self, func, args, kwargs):
+        """func on float32 copies of its `dtype` operands, its (first) result rounded to `dtype`."""
+        up = _cast(args, self._from_lower), {k: _cast(v, self._from_lower) for k, v in kwargs.items()}
+        out = func(*up[0], **up[1])
+        if isinstance(out, torch.Tensor):
+            return out.to(self.dtype) if out.dtype == torch.float32 else out
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor) and out[0].dtype == torch.float32:
+            return (out[0].to(self.dtype), *out[1:])  # (attention's log-sum-exp stays float32)
+        return out
+
+    def _from_lower(self, t: torch.Tensor) -> torch.Tensor:
+        return t.float() if t.dtype == self.dtype else t
 
     def _to_lower(self, t: torch.Tensor) -> torch.Tensor:
         if t.is_floating_point() and t.dtype != torch.float64 and t.dtype != self.dtype:
