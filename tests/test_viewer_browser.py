@@ -664,3 +664,40 @@ def test_the_hover_line_names_what_is_under_the_pointer_now(tmp_path):
                                        " return [r.left + 5, r.bottom + 40]; })()"))
         assert page.evaluate(hover) == ""
         assert page.errors == []
+
+
+def test_selecting_an_entity_puts_its_label_in_the_label_field(tmp_path):
+    """The label field holds the selected entity's current label (editing it is no retyping); several
+    entities of one label: that label, of different labels or none selected: empty. A state refresh
+    never overwrites what is being typed."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result) as (url, token), browser_page() as page:
+        open_viewer(page, url)
+        page.click('tr.entity[data-id="3"]')
+        assert page.input_value("#label-text") == ""  # no label yet
+        page.fill("#label-text", "car")
+        page.click("#label")
+        wait_version(page, 1)
+        page.click('tr.entity[data-id="2"]')
+        assert page.input_value("#label-text") == ""  # another entity: its own (no) label, not "car"
+        page.click('tr.entity[data-id="3"]')
+        assert page.input_value("#label-text") == "car"  # what was failing: the field stayed as it was
+        page.click('tr.entity[data-id="2"]', modifiers=["Control"])  # 3 and 2: labels differ
+        assert page.input_value("#label-text") == ""
+        page.click('tr.entity[data-id="2"]')
+        page.fill("#label-text", "car")
+        page.click("#label")
+        wait_version(page, 2)
+        page.click('tr.entity[data-id="3"]', modifiers=["Control"])  # 2 and 3, both "car"
+        assert page.input_value("#label-text") == "car"
+        page.fill("#label-text", "red car")
+        # another window hides entity 1; this page shows it on focus, its label field left as typed
+        page.evaluate("""(token) => fetch('/api/edits', {method: 'POST', body: JSON.stringify({op: 'hide', ids: [1]}),
+            headers: {'X-EntitySAM-Token': token, 'Content-Type': 'application/json'}})""", token)
+        page.evaluate("window.dispatchEvent(new Event('focus'))")
+        wait_version(page, 3)
+        assert page.input_value("#label-text") == "red car"
+        assert page.errors == []

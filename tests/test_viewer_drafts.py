@@ -207,3 +207,118 @@ def test_the_page_says_the_edits_were_restored_and_save_clears_the_draft(result)
         assert page.inner_text("#draft") == "" and page.errors == []
     assert not draft_of(result).exists()
     assert sorted(p.name for p in result.parent.iterdir()) == ["clip", "clip.rev1", "input-clip"]
+
+
+def own_draft_of(result: Path) -> list[Path]:
+    return sorted(result.parent.glob(f".{result.name}.draft-viewer-*.json"))
+
+
+def logged(path: Path) -> list[str]:
+    return [op["op"] for op in json.loads(path.read_text())["ops"]]
+
+
+def test_two_viewers_through_http_each_keep_their_edits_on_disk_none_written_over(result):
+    """Two `entitysam view` of one result: the second one's corrections went to memory only (or,
+    before that, over the first one's draft) and were lost when it stopped. Now it keeps them in a
+    draft of its own beside the result, says so, and a viewer opened later names that draft."""
+    pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
+    from starlette.testclient import TestClient
+
+    from entitysam.review.draft import unsaved_line
+    from entitysam.review.server import TOKEN_HEADER, create_app
+
+    said_a, said_b = [], []
+    a, b = Viewer(result, token="a", say=said_a.append), Viewer(result, token="b", say=said_b.append)
+    with TestClient(create_app(a)) as ca, TestClient(create_app(b)) as cb:
+        def post(client, token, op):
+            reply = client.post("/api/edits", json=op, headers={TOKEN_HEADER: token})
+            assert reply.status_code == 200, reply.text
+            return reply.json()
+
+        post(ca, "a", OPS[0])
+        state = post(cb, "b", {"op": "delete", "ids": [1]})
+        own = own_draft_of(result)
+        assert len(own) == 1 and logged(own[0]) == ["delete"]  # b's edit is on disk
+        assert logged(draft_of(result)) == ["merge"]  # a's draft as a wrote it
+        assert len(said_b) == 1 and "written by another viewer" in said_b[0] and str(own[0]) in said_b[0]
+        assert state["draft"] == said_b[0] and said_a == []
+        post(ca, "a", OPS[1])
+        post(cb, "b", {"op": "hide", "ids": [2]})
+        assert logged(draft_of(result)) == ["merge", "label"] and logged(own[0]) == ["delete", "hide"]
+        assert replay_edits(result, own[0]).ops == b.session.ops  # b's log replays as it is
+        line = unsaved_line(b.draft, b.root, 2)
+        assert str(own[0]) in line and "rename it to .clip.draft.json" in line
+    # both stopped: viewing the result again restores a's draft and names b's
+    said = []
+    again = Viewer(result, token="c", say=said.append)
+    assert again.session.ops == a.session.ops
+    assert len(said) == 2 and said[0].startswith("restored 2 unsaved edits") and str(own[0]) in said[1]
+    assert again.state()["draft"] == f"{said[0]}; {said[1]}"
+    # b's edits restored by renaming its draft to the result's
+    os.replace(own[0], draft_of(result))
+    assert Viewer(result, token="d").session.ops == b.session.ops
+
+
+def test_a_viewer_that_restored_the_draft_of_a_running_viewer_never_writes_over_its_later_edits(result):
+    first = edited(result, OPS[:1])  # still running
+    second = Viewer(result, token="b")  # restores the first one's draft
+    assert second.session.ops == first.session.ops
+    second.apply({"op": "delete", "ids": [1]})  # the draft was the one it read: replaced
+    first.apply(OPS[1])  # the first one finds the second's draft: its log goes to a draft of its own
+    assert logged(draft_of(result)) == ["merge", "delete"]
+    (own,) = own_draft_of(result)
+    assert logged(own) == ["merge", "label"] and first.state()["draft"] and str(own) in first.state()["draft"]
+    first.save()  # a Save removes its own draft only
+    assert not own.exists() and logged(draft_of(result)) == ["merge", "delete"]
+    assert str(own) in first.state()["draft"]  # still said: its next edits go there
+    first.apply({"op": "hide", "ids": [2]})
+    assert logged(own) == ["merge", "label", "hide"]
+
+
+def test_the_check_and_the_write_of_the_draft_are_one_step(result, monkeypatch):
+    """A viewer's check that the draft is still its own and its write were two steps: another
+    viewer writing between them was written over, without a word."""
+    import threading
+
+    from entitysam.review import draft
+
+    first, second = Viewer(result, token="a"), Viewer(result, token="b")
+    real = draft.write_json_atomic
+    others = []
+
+    def write_slowly(path, record, **kwargs):
+        if record["draft"]["writer"] == second.draft.writer and not others:
+            # the first viewer changes something while the second one is between its check and its write
+            others.append(threading.Thread(target=first.apply, args=(OPS[0],)))
+            others[0].start()
+            others[0].join(0.5)
+        real(path, record, **kwargs)
+
+    monkeypatch.setattr(draft, "write_json_atomic", write_slowly)
+    second.apply({"op": "delete", "ids": [1]})
+    others[0].join(30)
+    assert logged(draft_of(result)) == ["delete"]
+    (own,) = own_draft_of(result)
+    assert logged(own) == ["merge"]  # the first viewer's edit is on disk too, in its own draft
+
+
+def test_another_process_holding_the_drafts_lock_is_waited_for(result):
+    import threading
+
+    pytest.importorskip("fcntl", reason="the draft's check and write are locked with fcntl.flock (POSIX)")
+    hold = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n")
+    other = subprocess.Popen([sys.executable, "-c", hold, str(result.parent / ".clip.draft.lock")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    viewer = Viewer(result, token="t")
+    editing = threading.Thread(target=viewer.apply, args=(OPS[0],))
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        editing.start()
+        editing.join(0.5)
+        assert editing.is_alive() and not draft_of(result).exists()  # waiting for the other process
+    finally:
+        other.stdin.close()
+        other.wait(30)
+    editing.join(30)
+    assert logged(draft_of(result)) == ["merge"] and not (result.parent / ".clip.draft.lock").exists()

@@ -4,7 +4,7 @@ Several tasks can name one summary file: shards given one ``--summary FILE`` on 
 share a file system, or the K tasks of ``srun -n K ... --shard auto`` outside an array job, which
 all take shard 0/1 and so its default file. When each task simply replaced the file, only the
 last task's summary survived. So each task merges its summary into the file under a lock
-(``fcntl.flock`` on ``.<name>.lock`` beside it, removed afterwards):
+(``fcntl.flock`` on ``.<name>.lock`` beside it, removed afterwards: io.file_lock):
 
 * ``tasks`` keeps one entry per task (the keys of a one-task summary, with ``started`` and
   ``finished``). A task's entry replaces those of earlier tasks that finished before it started
@@ -21,17 +21,16 @@ any other.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import math
 import os
-import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..io.atomic import write_json_atomic
+from ..io.file_lock import locked
 from ..regular_file import open_regular
 from .jobs import STATUSES
 
@@ -41,16 +40,6 @@ SUMMARY_FORMAT = "entitysam-batch-summary"
 
 # Which outcome of a video a merged summary keeps when several tasks report it.
 _RANK = {"done": 3, "failed": 2, "skipped": 1, "busy": 0}
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
-
-try:  # POSIX; elsewhere only the threads of one process are kept apart
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
-
-# flock excludes other processes (and other open files), not the threads of this one that
-# share a path through one Python call each: they queue here first.
-_THREADS = threading.Lock()
 
 
 def summary_lock_path(path: str | os.PathLike) -> Path:
@@ -62,65 +51,12 @@ def summary_lock_path(path: str | os.PathLike) -> Path:
     return path.with_name(name)
 
 
-def _open_lock(lock: Path) -> tuple[int, bool]:
-    """(descriptor of `lock`, whether it is read-only)."""
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
-    for attempt in range(3):
-        try:
-            return os.open(lock, os.O_RDWR | os.O_CREAT | nofollow, 0o644), False
-        except PermissionError as err:
-            # A lock file another user made on a shared file system (0644: not ours to write):
-            # flock needs no write access, and nothing is ever written to a lock file.
-            try:
-                return os.open(lock, os.O_RDONLY | nofollow), True
-            except FileNotFoundError:
-                # removed by its holder in between, or never there: then the folder refused it
-                if attempt == 2:
-                    raise err from None
-    raise AssertionError("unreachable")
-
-
-def _lock_fd(lock: Path) -> int | None:
-    """The descriptor of `lock`, flocked; None where the file system has no flock."""
-    while True:
-        fd, read_only = _open_lock(lock)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as err:
-                # NFS emulates flock with byte-range locks, which refuse a read-only descriptor
-                if err.errno not in _NO_FLOCK and not (read_only and err.errno == errno.EBADF):
-                    raise
-                os.close(fd)
-                return None  # merged unlocked: what every write did before the lock existed
-            # The holder before removes the file while it holds it: a lock on a removed file
-            # would exclude nobody, so take it again on the file the path names now.
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.samestat(os.fstat(fd), os.stat(lock)):
-                    return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """`path` held under ``flock`` on ``.<name>.lock`` beside it (removed afterwards), against other
     processes and the threads of this one; unlocked where the file system has no flock."""
-    lock = summary_lock_path(path)
-    with _THREADS:
-        fd = _lock_fd(lock) if fcntl is not None else None
-        try:
-            yield
-        finally:
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    # Still held: nobody relies on it yet. A lock file is empty: a file of that
-                    # name with content is somebody else's, used here as a lock but not removed.
-                    if os.fstat(fd).st_size == 0:
-                        lock.unlink()
-                os.close(fd)
+    with locked(summary_lock_path(path)):
+        yield
 
 
 def _stamp(text: Any) -> datetime | None:

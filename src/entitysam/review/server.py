@@ -294,8 +294,7 @@ class Viewer:
             path = Path(save_revision(self.session))
             self._saved = ([dict(op) for op in self.session.ops], path)
             if self.draft is not None:
-                self.draft.clear()
-                self.draft.notice = self.draft.off and self.draft.notice  # "restored ...": said
+                self.draft.saved()
             return path, True
 
     def export_formats(self) -> list[str]:

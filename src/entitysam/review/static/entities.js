@@ -127,9 +127,17 @@ function selectEntity(id, add) {
   else if (viewer.selected.has(id)) viewer.selected.delete(id);
   else viewer.selected.add(id);
   updateSelection();
+  prefillLabel();
   redraw();
 }
 viewer.selectEntity = selectEntity;
+// The label field holds the selected entities' label once the user selects them (the same label
+// for all, else empty), so editing a label is no retyping. Only on a selection by the user: a state
+// refresh (another tab's edit, focus) never overwrites what is being typed.
+function prefillLabel() {
+  const labels = new Set([...viewer.selected].map((id) => entityById(id)?.label || ""));
+  $("label-text").value = labels.size === 1 ? [...labels][0] : "";
+}
 function setHovered(id) {
   if (viewer.hovered === id) return;
   viewer.hovered = id;
