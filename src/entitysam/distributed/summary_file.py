@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..io.atomic import write_json_atomic
+from ..io.atomic import NO_FLOCK, write_json_atomic
+from ..io.staging import remove_dead_temp_files
 from ..regular_file import open_regular
 from .jobs import STATUSES
 
@@ -41,7 +42,6 @@ SUMMARY_FORMAT = "entitysam-batch-summary"
 
 # Which outcome of a video a merged summary keeps when several tasks report it.
 _RANK = {"done": 3, "failed": 2, "skipped": 1, "busy": 0}
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 
 try:  # POSIX; elsewhere only the threads of one process are kept apart
     import fcntl
@@ -89,7 +89,7 @@ def _lock_fd(lock: Path) -> int | None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as err:
                 # NFS emulates flock with byte-range locks, which refuse a read-only descriptor
-                if err.errno not in _NO_FLOCK and not (read_only and err.errno == errno.EBADF):
+                if err.errno not in NO_FLOCK and not (read_only and err.errno == errno.EBADF):
                     raise
                 os.close(fd)
                 return None  # merged unlocked: what every write did before the lock existed
@@ -232,11 +232,14 @@ def merge_tasks(tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_summary(path: str | os.PathLike, task: Mapping[str, Any]) -> dict[str, Any]:
     """Merge one task's summary (``BatchSummary.to_json()``) into the file at `path`, atomically
-    and under its lock; the document written. OSError (a full disk) leaves the file as it was."""
+    and under its lock; the document written. OSError (a full disk) leaves the file as it was.
+    The temporary files that killed writes left in its folder go first (a summary's, a split
+    record's in ``OUT/.entitysam-batch``: no other run looks there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {k: v for k, v in task.items() if k not in ("format", "format_version")}
     with file_lock(path):
+        remove_dead_temp_files(path.parent)
         kept = [t for t in read_tasks(path) if not _replaces(entry, t)]
         doc = merge_tasks([*kept, entry])
         write_json_atomic(path, doc, indent=1)
