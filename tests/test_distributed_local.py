@@ -26,7 +26,7 @@ from PIL import Image
 from _media import write_video
 from entitysam import cli
 from entitysam.distributed.jobs import SegmentOptions, VideoJob, segment_job
-from entitysam.distributed.local import SUMMARY_DIR, default_summary_path, shard_from_env
+from entitysam.distributed.local import SUMMARY_DIR, default_summary_path, shard_from_env, shard_jobs
 from entitysam.eval.runner.plan import VideoEntry
 from entitysam.eval.runner.run import shard_videos
 from entitysam.sharding import ShardError, balanced_split
@@ -150,9 +150,32 @@ def test_one_split_rule_for_segment_and_eval():
     ("auto", {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
               "SLURM_ARRAY_TASK_COUNT": "3"}, (2, 3)),
     (None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}, None),  # only with --shard auto
+    # no SLURM_ARRAY_TASK_COUNT (older Slurm): the count MIN..MAX by STEP spans, not 1
+    ("auto", {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_MAX": "13"}, (2, 4)),
+    ("auto", {"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "6",
+              "SLURM_ARRAY_TASK_STEP": "2"}, (2, 4)),
+    # torchrun in an array job: rank R of W in array task I of N takes slice I*W + R of N*W
+    ("auto", {"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "SLURM_ARRAY_TASK_ID": "2",
+              "SLURM_ARRAY_TASK_COUNT": "10"}, (19, 80)),
+    ("auto", {"RANK": "1", "WORLD_SIZE": "2", "SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_MIN": "10",
+              "SLURM_ARRAY_TASK_MAX": "12"}, (3, 6)),
+    ("auto", {"RANK": "0", "WORLD_SIZE": "1", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}, (1, 3)),
+    (None, {"RANK": "1", "WORLD_SIZE": "2", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}, (1, 2)),
 ])
 def test_shard_of_this_process(text, env, expected):
     assert shard_from_env(text, env) == expected
+
+
+def test_torchrun_ranks_of_an_array_job_cover_each_video_once():
+    # Each rank took RANK/WORLD_SIZE whatever its array task: all 3 tasks did the same videos.
+    jobs = [VideoJob(Path(f"v{k}"), f"v{k}", n) for k, n in enumerate([5, 4, 2, 3, 4, 3, 2, 1, 7, 6, 1, 2, 3])]
+    taken = []
+    for task in range(3):
+        for rank in range(2):
+            env = {"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+                   "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "3"}
+            taken += [job.name for job in shard_jobs(jobs, shard_from_env("auto", env))]
+    assert sorted(taken) == sorted(job.name for job in jobs)
 
 
 def test_local_rank_only_under_torchrun_with_several_ranks():
@@ -171,6 +194,14 @@ def test_local_rank_only_under_torchrun_with_several_ranks():
     ("auto", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2",
               "SLURM_ARRAY_TASK_COUNT": "4"}),
     ("auto", {"SLURM_ARRAY_TASK_ID": "one", "SLURM_ARRAY_TASK_COUNT": "4"}),
+    ("auto", {"SLURM_ARRAY_TASK_ID": "0"}),  # no count: was 1, i.e. task 0 took every video, the others failed
+    ("auto", {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MIN": "0"}),
+    ("auto", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MAX": "3"}),
+    ("auto", {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "4", "SLURM_ARRAY_TASK_MAX": "2"}),
+    ("auto", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "5",
+              "SLURM_ARRAY_TASK_STEP": "2"}),
+    ("auto", {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_STEP": "0", "SLURM_ARRAY_TASK_COUNT": "4"}),
+    ("auto", {"RANK": "0", "WORLD_SIZE": "2", "SLURM_ARRAY_TASK_ID": "1"}),
 ])
 def test_bad_shards_refused(text, env):
     with pytest.raises(ShardError):
@@ -182,11 +213,13 @@ def test_bad_shards_refused(text, env):
     (["--shard", "x"], {}, "I/N"),
     (["--shard", "0/2"], {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "torchrun"),
     (["--shard", "auto"], {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "2"}, "contiguous array 0-1"),
+    (["--shard", "auto"], {"SLURM_ARRAY_TASK_ID": "5"}, "no SLURM_ARRAY_TASK_COUNT (nor SLURM_ARRAY_TASK_MIN and "
+     "SLURM_ARRAY_TASK_MAX), so the number of array tasks is unknown: use --shard I/N instead"),
     (["--summary", "s.json"], {}, "--summary needs --shard, torchrun or --ray"),  # --ray takes one too
 ])
 def test_bad_shard_command_lines_exit_2_with_one_line(batch, tmp_path, monkeypatch, capsys, args, env, words):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
-                "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP"):
+                "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_MAX"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -405,6 +438,24 @@ def test_shard_auto_under_a_slurm_array_is_the_explicit_shard(batch, reference, 
     auto = json.loads((tmp_path / "auto.json").read_text())
     assert auto["shard"] == explicit["shard"] == {"index": 1, "count": 3}
     assert auto["skipped"] == explicit["skipped"] and len(auto["skipped"]) == auto["videos"] > 0
+
+
+def test_shard_auto_for_torchrun_in_a_slurm_array_is_its_part_of_the_array_task(batch, reference, tmp_path,
+                                                                                 monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)  # complete: both runs only list, split and skip
+    assert segment("--batch", batch, "-o", out, *COMMON, "-q", "--shard", "5/6") == 0
+    explicit = read_summary(out, "5/6")
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "SLURM_ARRAY_TASK_ID": "12",
+                       "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_MAX": "12", "SLURM_ARRAY_TASK_COUNT": "3",
+                       "SLURM_ARRAY_TASK_STEP": "1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert segment("--batch", batch, "-o", out, *COMMON, "-q", "--device", "cpu", "--shard", "auto",
+                   "--summary", tmp_path / "auto.json") == 0
+    auto = json.loads((tmp_path / "auto.json").read_text())  # shard 2*2 + 1 of 3*2, not rank 1 of 2
+    assert auto["shard"] == explicit["shard"] == {"index": 5, "count": 6}
+    assert auto["videos"] == explicit["videos"] and auto["skipped"] == explicit["skipped"]
 
 
 def test_a_failed_video_is_in_the_summary_and_exits_1(batch, tmp_path, capsys):

@@ -364,6 +364,114 @@ def test_a_temporary_file_being_written_elsewhere_is_not_taken_for_a_killed_runs
     assert json.loads((out / ".vid.commit.json").read_text()) == {} and not list(out.glob(".entitysam-tmp-*"))
 
 
+@pytest.mark.parametrize("pid", [os.getppid(), os.getpid()], ids=["parent", "this process"])
+def test_a_killed_runs_temporary_file_is_removed_whatever_its_pid_is_here(tmp_path, pid):
+    """On an output folder shared by several machines, a temporary file left by a run killed on
+    another one is named with that machine's pid, alive here maybe (this very process's, pid 1
+    in containers): it was kept for good. Nobody holds its lock: it is a dead run's."""
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f".entitysam-tmp-{pid}-0123456789ab"
+    dead.write_text("{")
+    recover_output(out / "other")
+    assert not dead.exists()
+
+
+def test_without_flock_the_pid_here_decides(tmp_path, monkeypatch):
+    """Where the file system has no flock, a temporary file whose pid is no process here is a
+    killed run's (it was kept for good: its lock could not be told); one of a live pid is kept."""
+    import errno
+
+    from entitysam.io import atomic
+
+    class NoFlock:
+        LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = 1, 2, 4, 8
+
+        @staticmethod
+        def flock(fd, op):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(atomic, "fcntl", NoFlock)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead, live = out / ".entitysam-tmp-999999999-0123456789ab", out / f".entitysam-tmp-{os.getppid()}-0123456789ab"
+    dead.write_text("{")
+    live.write_text("{")
+    staging.remove_dead_temp_files(out)
+    assert not dead.exists() and live.exists()
+
+
+def _as_on_another_machine(monkeypatch):
+    """Every pid is dead here, as a writer's is to a run on another machine sharing the folder."""
+    from entitysam.io import atomic
+
+    monkeypatch.setattr(staging, "pid_alive", lambda pid: False)
+    monkeypatch.setattr(atomic, "pid_alive", lambda pid: False, raising=False)
+
+
+def test_a_temporary_file_stays_locked_until_it_is_published(tmp_path, monkeypatch):
+    """The file was unlocked once closed, before its rename into place: a run cleaning up the
+    folder then (on another machine, where its pid says nothing) deleted it, and the rename failed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _as_on_another_machine(monkeypatch)
+    rename = os.replace
+
+    def cleanup_first(src, dst, *args, **kwargs):
+        staging.remove_dead_temp_files(out)  # another run's cleanup, at the worst moment
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", cleanup_first)
+    with atomic_file(out / "summary.json", "w") as f:
+        f.write("{}")
+    assert (out / "summary.json").read_text() == "{}" and sorted(os.listdir(out)) == ["summary.json"]
+
+
+def test_save_logits_keeps_its_temporary_file_locked_until_published(tmp_path, monkeypatch):
+    import numpy as np
+
+    from entitysam.io.logits import save_logits_npz
+
+    _as_on_another_machine(monkeypatch)
+    rename = os.replace
+
+    def cleanup_first(src, dst, *args, **kwargs):
+        staging.remove_dead_temp_files(tmp_path, "partial")
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", cleanup_first)
+    save_logits_npz(tmp_path / "l.npz", np.zeros((2, 3, 4, 4), np.float16), np.ones(3, np.float32))
+    assert np.load(tmp_path / "l.npz")["logits"].shape == (2, 3, 4, 4)
+    assert sorted(os.listdir(tmp_path)) == ["l.npz"]
+
+
+def test_a_temporary_file_removed_before_its_writer_locked_it_is_made_again(tmp_path, monkeypatch):
+    """Between its creation and its lock, a temporary file is unlocked: another run's cleanup could
+    remove it there, and the writer wrote into a removed file whose rename then failed."""
+    import fcntl
+
+    from entitysam.io import atomic
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _as_on_another_machine(monkeypatch)
+    cleanups = []
+
+    class Racing:
+        LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+
+        @staticmethod
+        def flock(fd, op):
+            if op & fcntl.LOCK_EX and not cleanups:  # the writer's lock, the first time
+                cleanups.append(staging.remove_dead_temp_files(out))
+            return fcntl.flock(fd, op)
+
+    monkeypatch.setattr(atomic, "fcntl", Racing)
+    with atomic_file(out / "summary.json", "w") as f:
+        f.write("{}")
+    assert cleanups and (out / "summary.json").read_text() == "{}" and sorted(os.listdir(out)) == ["summary.json"]
+
+
 def test_leftovers_of_older_versions_are_recovered(tmp_path):
     """A run of the previous version killed between its two renames left the old result in
     `.old-` and the complete new one in `.partial-`, and no journal: the new one is moved in."""

@@ -185,6 +185,24 @@ def test_a_summary_written_before_the_merge_is_kept_as_one_task(tmp_path):
     assert doc["shard"] == {"index": 0, "count": 1} and doc["done"] == ["x", "y"]
 
 
+def test_a_killed_writes_temporary_file_beside_the_summary_is_removed(tmp_path):
+    """A shard killed while writing its summary or split record left .entitysam-tmp-<pid>-<hex> in
+    OUT/.entitysam-batch for good (no run cleaned that folder): the next summary write removes it,
+    whatever its pid (another machine's, alive here maybe), but not one a writer holds locked."""
+    import fcntl
+
+    target = tmp_path / ".entitysam-batch" / "shard-0-of-2.json"
+    target.parent.mkdir()
+    dead = target.parent / f".entitysam-tmp-{os.getppid()}-0123456789ab"
+    dead.write_text("{")
+    live = target.parent / ".entitysam-tmp-999999999-0123456789ab"
+    live.write_text("{")
+    with open(live, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        write_summary(target, _task(0, 2, ["x"]))
+    assert sorted(p.name for p in target.parent.iterdir()) == [live.name, target.name]
+
+
 def test_a_file_named_like_the_lock_that_holds_data_is_not_deleted(tmp_path):
     """The lock file beside the summary is removed after each merge; a file of that name that the
     tool did not make (it has content) is used as the lock but left in place."""

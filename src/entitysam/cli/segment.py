@@ -86,7 +86,9 @@ def add_parser(sub) -> None:
                            "another shard holds is left to it) and re-run to finish what is missing "
                            "(--skip-existing is the default); auto: the Slurm array task's slice "
                            "(SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT), else 0/1. Under torchrun each rank "
-                           "takes its slice (RANK/WORLD_SIZE) and GPU (cuda:LOCAL_RANK) with no flag")
+                           "takes its slice (RANK/WORLD_SIZE) and GPU (cuda:LOCAL_RANK) with no flag; torchrun "
+                           "in a Slurm array job needs auto: rank R of W in array task I of N takes slice "
+                           "I*W+R of N*W")
     many.add_argument("--summary", type=path_text, default=None, metavar="FILE.json",
                       help="with sharding or --ray, where the run's summary goes (default "
                            "OUTPUT/.entitysam-batch/shard-I-of-N.json, with --ray OUTPUT/.entitysam-batch/ray.json)")

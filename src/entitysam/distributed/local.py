@@ -1,5 +1,6 @@
 """Sharded batch segmentation on this machine: one process per shard (``--shard I/N``), per
-torchrun rank, or per Slurm array task, all writing into one output root.
+torchrun rank, or per Slurm array task (or per torchrun rank of each array task), all writing
+into one output root.
 
 Each process takes slice I of N of the same video list (:func:`entitysam.sharding.balanced_split`
 by frame count, the rule ``eval vipseg`` uses), skips complete results, and locks a video only
@@ -20,13 +21,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import sharding
+from ..errors import Remedy
 from .jobs import STATUSES, SegmentOptions, VideoJob, VideoOutcome, segment_job
 from .resume import mismatches
 from .split_record import agreed_slices, split_slices
 from .summary_file import SUMMARY_FORMAT, write_summary
 
 __all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
-           "default_summary_path", "local_rank", "shard_jobs"]
+           "default_summary_path", "local_rank", "shard_jobs", "combined_shard"]
 
 SUMMARY_DIR = ".entitysam-batch"  # under the output root: hidden, so never taken for a video or a result
 
@@ -121,17 +123,38 @@ def _torchrun(env: Mapping[str, str]) -> tuple[int, int] | None:
     return sharding.check_shard(rank, world, f"(torchrun RANK={rank} of WORLD_SIZE={world})")
 
 
+def _array_count(env: Mapping[str, str], task: int, first: int, step: int) -> int:
+    """SLURM_ARRAY_TASK_COUNT, else the count of tasks SLURM_ARRAY_TASK_MIN..MAX by STEP span (older
+    Slurm versions set no COUNT). Neither: ShardError. A missing count read as 1 made every
+    array task take slice 0/1, i.e. every video, each exiting 0."""
+    if env.get("SLURM_ARRAY_TASK_COUNT", "").strip() != "":
+        return _env_int(env, "SLURM_ARRAY_TASK_COUNT")
+    missing = [k for k in ("SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX") if env.get(k, "").strip() == ""]
+    if missing:
+        raise sharding.ShardError(
+            f"shard 'auto': SLURM_ARRAY_TASK_ID={task} in the environment but no SLURM_ARRAY_TASK_COUNT "
+            f"(nor {' and '.join(missing)}), so the number of array tasks is unknown",
+            Remedy("shard", metavar="I/N", purpose="instead (I: this task's index from 0, N: the array's task count)"))
+    last = _env_int(env, "SLURM_ARRAY_TASK_MAX")
+    if last < first or (last - first) % step:
+        raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_MIN={first}, _MAX={last} and _STEP={step} in the "
+                                  "environment are not an array's range: submit a contiguous array")
+    return (last - first) // step + 1
+
+
 def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
     """The task's slice under a Slurm array job: (ID - MIN) / STEP of COUNT, else None."""
     if "SLURM_ARRAY_TASK_ID" not in env:
         return None
     task = _env_int(env, "SLURM_ARRAY_TASK_ID")
-    count = _env_int(env, "SLURM_ARRAY_TASK_COUNT", 1)
     first = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
     step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1)
-    if step < 1 or (task - first) % step:
+    if step < 1:
+        raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_STEP={step} in the environment: need 1 or more")
+    count = _array_count(env, task, first, step)
+    if (task - first) % step:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_ID={task} is not on the array's range "
-                                  f"(min {first}, step {step}): submit a contiguous array 0-{count - 1}")
+                                  f"(min {first}, step {step}): submit a contiguous array 0-{max(count, 1) - 1}")
     if "SLURM_ARRAY_TASK_MAX" in env:  # --array=0,2,4 has COUNT 3 but spans 0-4: tasks would miss slices
         last = _env_int(env, "SLURM_ARRAY_TASK_MAX")
         if last < first or (last - first) % step or (last - first) // step + 1 != count:
@@ -152,19 +175,33 @@ def shard_from_env(text: str | None, env: Mapping[str, str] | None = None) -> tu
     text: the ``--shard`` value: None, ``"I/N"`` or ``"auto"``. Under torchrun (WORLD_SIZE > 1)
     each rank takes RANK/WORLD_SIZE with None or "auto" ("I/N" is refused: the ranks would all
     take the same slice). "auto" elsewhere: the Slurm array task's slice (SLURM_ARRAY_TASK_ID
-    minus SLURM_ARRAY_TASK_MIN, over SLURM_ARRAY_TASK_STEP, of SLURM_ARRAY_TASK_COUNT), else 0/1.
+    minus SLURM_ARRAY_TASK_MIN, over SLURM_ARRAY_TASK_STEP, of SLURM_ARRAY_TASK_COUNT, derived
+    from MIN, MAX and STEP where COUNT is not set), else 0/1. "auto" under torchrun in a Slurm
+    array job: rank R of W in array task I of N takes slice I*W + R of N*W (:func:`combined_shard`).
     Raises ShardError for bad values."""
     env = os.environ if env is None else env
     ranks = _torchrun(env)
-    if text is None:
+    if text is None:  # (the array only with "auto": eval's process group takes these ranks as they are)
         return ranks
     if text.strip().lower() == "auto":
-        return ranks or _slurm_array(env) or (0, 1)
+        array = _slurm_array(env)
+        if ranks is not None and array is not None:
+            return combined_shard(array, ranks)
+        return ranks or array or (0, 1)
     shard = sharding.parse_shard(text)
     if ranks is not None:
         raise sharding.ShardError(f"shard {text} under torchrun: each rank takes its slice by itself "
                                   "(RANK/WORLD_SIZE): give no shard, or 'auto'")
     return shard
+
+
+def combined_shard(outer: tuple[int, int], inner: tuple[int, int]) -> tuple[int, int]:
+    """Slice `inner` = (R, W) of slice `outer` = (I, N): slice I*W + R of N*W. The torchrun ranks of
+    one Slurm array task take consecutive slices: each array task's ranks split only its share,
+    where each rank taking R/W alone made every array task redo the same videos."""
+    (i, n), (r, w) = outer, inner
+    return sharding.check_shard(i * w + r, n * w, f"'auto' (Slurm array task {i} of {n}, torchrun rank {r} of {w}: "
+                                                  f"{i * w + r}/{n * w})")
 
 
 def local_rank(env: Mapping[str, str] | None = None) -> int | None:

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..io.atomic import write_json_atomic
 from ..io.file_lock import locked
+from ..io.staging import remove_dead_temp_files
 from ..regular_file import open_regular
 from .jobs import STATUSES
 
@@ -168,11 +169,14 @@ def merge_tasks(tasks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def write_summary(path: str | os.PathLike, task: Mapping[str, Any]) -> dict[str, Any]:
     """Merge one task's summary (``BatchSummary.to_json()``) into the file at `path`, atomically
-    and under its lock; the document written. OSError (a full disk) leaves the file as it was."""
+    and under its lock; the document written. OSError (a full disk) leaves the file as it was.
+    The temporary files that killed writes left in its folder go first (a summary's, a split
+    record's in ``OUT/.entitysam-batch``: no other run looks there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {k: v for k, v in task.items() if k not in ("format", "format_version")}
     with file_lock(path):
+        remove_dead_temp_files(path.parent)
         kept = [t for t in read_tasks(path) if not _replaces(entry, t)]
         doc = merge_tasks([*kept, entry])
         write_json_atomic(path, doc, indent=1)

@@ -21,15 +21,19 @@ import errno
 import io
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from .. import jsonio
+from .output_lock import pid_alive
 
-__all__ = ["TEMP_PREFIX", "temp_path", "locked_temp_file", "temp_file_in_use", "fsync_dir", "publish_no_replace",
-           "atomic_file", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["TEMP_PREFIX", "NO_FLOCK", "temp_path", "locked_temp_file", "temp_file_in_use", "remove_dead_temp_file",
+           "fsync_dir", "publish_no_replace", "atomic_file", "write_bytes_atomic", "write_text_atomic",
+           "write_json_atomic"]
 
 TEMP_PREFIX = ".entitysam-"  # temporary files and folders: ".entitysam-<kind>-<pid>-<12 hex>"
+NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}  # flock's "not here"
 
 # errors of os.link that mean "no hard links here" (FAT, some network and FUSE file systems)
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV, errno.EACCES}
@@ -48,19 +52,66 @@ except ImportError:  # pragma: no cover - Windows: temporary files are not locke
     fcntl = None
 
 
+def _lock_new(f: IO[bytes], tmp: str | os.PathLike) -> bool:
+    """Lock the new file `tmp`, open as `f`. False when it was removed before the lock was taken:
+    a cleaner (:func:`remove_dead_temp_file`) found it unlocked in the moment between its
+    creation and its lock; then it is made again."""
+    if fcntl is None:
+        return True
+    try:  # (waits only while a cleaner looks at it: a cleaner holds it for a moment, never more)
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    except OSError:
+        return True  # (a file system without flock: the pid alone tells)
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.lstat(tmp))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 @contextlib.contextmanager
 def locked_temp_file(tmp: str | os.PathLike) -> Iterator[IO[bytes]]:
     """The new file `tmp` (from :func:`temp_path`), open for writing and locked (``flock``) until
     the block ends: whoever cleans up the temporary files of killed runs
-    (``staging.remove_dead_temp_files``) leaves it alone, also on another machine sharing the
-    folder, where its pid says nothing. The file is not removed here."""
+    (:func:`remove_dead_temp_file`) leaves it alone, also on another machine sharing the
+    folder, where its pid says nothing. The lock outlasts the file object: close it in the block
+    (a write error that a file system reports only on close, as NFS can, then publishes nothing)
+    and publish `tmp` in the block too, still locked. The file is not removed here."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    f = open(os.open(tmp, flags, 0o666), "wb")  # noqa: SIM115 - (closed below)
-    with f:
-        if fcntl is not None:
-            with contextlib.suppress(OSError):  # (a file system without flock: the pid alone tells)
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield f
+    while True:
+        f = open(os.open(tmp, flags, 0o666), "wb")  # noqa: SIM115 - (closed below)
+        try:
+            if _lock_new(f, tmp):
+                break
+        except BaseException:
+            f.close()
+            raise
+        f.close()
+    # A second descriptor of the same open file holds the lock once `f` is closed (a flock, and
+    # NFS's emulation of one, lasts until the last descriptor of the open file is closed).
+    held = os.dup(f.fileno()) if fcntl is not None else None
+    try:
+        with f:
+            yield f
+    finally:
+        if held is not None:
+            os.close(held)
+
+
+def _probe_lock(fd: int) -> bool | None:
+    """Whether the lock of the open temporary file `fd` is held by a process (True), free (False:
+    taken here, shared, until `fd` is closed), or cannot be told on this file system (None)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (shared: NFS's emulation accepts it read-only)
+    except OSError as err:
+        return None if err.errno in NO_FLOCK else True
+    return False
+
+
+def _open_to_probe(path: str | os.PathLike) -> int:
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+                   | getattr(os, "O_CLOEXEC", 0))
 
 
 def temp_file_in_use(path: str | os.PathLike) -> bool:
@@ -69,17 +120,44 @@ def temp_file_in_use(path: str | os.PathLike) -> bool:
     if fcntl is None:
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
+        fd = _open_to_probe(path)
     except OSError:
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # (shared: NFS's emulation accepts it read-only)
-    except OSError:
-        return True
+        return _probe_lock(fd) is not False
     finally:
         os.close(fd)
-    return False
+
+
+def remove_dead_temp_file(path: str | os.PathLike, pid: int) -> bool:
+    """Remove the temporary file `path` (:func:`temp_path`, named with `pid`) of a run that was
+    killed while writing it; True if removed. The one rule: its writer locks it
+    (:func:`locked_temp_file`), so it is a dead run's exactly when nobody holds its lock, on this
+    machine or on another one sharing the folder. The pid decides only where the lock cannot be
+    told (no flock on this file system): a pid alive on this machine (perhaps another machine's
+    pid) keeps it. Never a folder, a link or any other kind of file."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # (not opened: a device's open may do something)
+            return False
+        fd = _open_to_probe(path)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        held = _probe_lock(fd) if fcntl is not None else None
+        if held is None:
+            held = pid == os.getpid() or pid_alive(pid)
+        # Removed while the shared lock is held here: a writer that made this file a moment ago
+        # and locks it only now finds its name gone, and makes it again (_lock_new).
+        if held or not os.path.samestat(os.fstat(fd), os.lstat(path)):
+            return False
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -153,15 +231,18 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", *, durable: bool = Fa
     try:
         # locked while written: a run cleaning up after killed ones (on another machine sharing the
         # folder too, where this pid says nothing) leaves it alone
-        with locked_temp_file(tmp) as raw, (raw if "b" in mode else io.TextIOWrapper(raw, encoding="utf-8")) as f:
-            yield f
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            publish_no_replace(tmp, path)
+        with locked_temp_file(tmp) as raw:
+            with raw if "b" in mode else io.TextIOWrapper(raw, encoding="utf-8") as f:
+                yield f
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
+            # closed (a write error reported only on close publishes nothing), and still locked
+            # until published: a cleaner never takes it for a killed run's in between
+            if replace:
+                os.replace(tmp, path)
+            else:
+                publish_no_replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -16,9 +16,10 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from .atomic import NO_FLOCK
+
 __all__ = ["locked"]
 
-_NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 
 try:  # POSIX; elsewhere only the threads of one process are kept apart
     import fcntl
@@ -57,7 +58,7 @@ def _lock_fd(lock: Path) -> int | None:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as err:
                 # NFS emulates flock with byte-range locks, which refuse a read-only descriptor
-                if err.errno not in _NO_FLOCK and not (read_only and err.errno == errno.EBADF):
+                if err.errno not in NO_FLOCK and not (read_only and err.errno == errno.EBADF):
                     raise
                 os.close(fd)
                 return None  # unlocked: what every write did before the lock existed

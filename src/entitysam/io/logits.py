@@ -86,11 +86,13 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *,
                 for key, value in {"scores": np.asarray(scores), **extra}.items():
                     with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                         np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-        # (closed first: a write error that the file system reports only on close publishes nothing)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            publish_no_replace(tmp, path)
+            # closed first (a write error that the file system reports only on close publishes
+            # nothing), published still locked (no cleaner takes it for a killed run's in between)
+            raw.close()
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                publish_no_replace(tmp, path)
     except FileExistsError:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"logits file {path} appeared while this run wrote it (another run writing the same "

@@ -28,13 +28,14 @@ from typing import Any, Mapping, Sequence
 from ..errors import OutputError, Remedy
 from ..interrupts import deferred_sigint
 from ..regular_file import read_regular_text
-from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, temp_file_in_use, write_json_atomic
+from .atomic import TEMP_PREFIX, fsync_dir, publish_no_replace, remove_dead_temp_file, write_json_atomic
 from .manifest import MANIFEST, WRITER, read_manifest, written_by_entitysam
 from .output_lock import LOCK_SUFFIX, OutputLock, pid_alive
 from .owned import list_foreign, result_foreign
 from .paths import UnsafeOverwriteError, check_not_input, describe_os_error
 
-__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output", "recover_leftovers", "remove_dead_temp_files"]
+__all__ = ["JOURNAL_SUFFIX", "StagedOutput", "recover_output", "recover_leftovers", "remove_dead_temp_files",
+           "dead_siblings"]
 
 JOURNAL_SUFFIX = ".commit.json"
 
@@ -50,11 +51,13 @@ def _sibling_pid(path: Path, prefix: str) -> int | None:
     return int(head)
 
 
-def _leftovers(final: Path, kind: str) -> list[Path]:
+def dead_siblings(final: str | os.PathLike, kind: str) -> list[Path]:
     """``.<name>.<kind>-<pid>-<hex>`` siblings of dead runs (or of this process, not active).
     With the lock of `final` held here, every one not active here is a dead run's: a run stages
     only under that lock, and the pid may be another machine's (an output folder shared by
-    several machines: a pid alive here says nothing of a run there)."""
+    several machines: a pid alive here says nothing of a run there). The newest first. The one rule
+    for the staging folders of a result, ``segment``'s and ``eval vipseg``'s."""
+    final = Path(os.path.abspath(final))
     prefix = f".{final.name}.{kind}-"
     locked = OutputLock.held(final)
     out = []
@@ -118,7 +121,7 @@ def recover_output(final: str | os.PathLike) -> str | None:
         journal.unlink(missing_ok=True)
     if not os.path.lexists(final):
         for kind, what in (("partial", "moved in the complete result"), ("old", "restored the previous result")):
-            for p in _leftovers(final, kind):
+            for p in dead_siblings(final, kind):
                 if p.is_dir() and (kind == "old" or read_manifest(p) is not None):
                     os.rename(p, final)
                     done = f"{what} a killed run left in {p.name}"
@@ -126,7 +129,7 @@ def recover_output(final: str | os.PathLike) -> str | None:
             if os.path.lexists(final):
                 break
     for kind in ("partial", "old"):
-        for p in _leftovers(final, kind):
+        for p in dead_siblings(final, kind):
             shutil.rmtree(p, ignore_errors=True)
     with contextlib.suppress(OSError):
         # a journal write killed midway by older versions: "..<name>.commit.json.tmp-*", ".<name>...tmp-*"
@@ -180,15 +183,15 @@ def recover_leftovers(parent: str | os.PathLike, names: Sequence[str]) -> set[st
 
 def remove_dead_temp_files(folder: str | os.PathLike, kind: str = "tmp") -> None:
     """Remove the temporary files ``.entitysam-<kind>-<pid>-<hex>`` (:mod:`io.atomic`'s ``tmp``, a
-    logits file's ``partial``) that processes no longer running left in `folder` (killed while
-    writing a file there), except one whose lock a process holds (:func:`io.atomic.locked_temp_file`:
-    a writer on another machine sharing the folder, whose pid says nothing here)."""
+    logits file's ``partial``) that runs killed while writing them left in `folder`: those whose
+    lock nobody holds (:func:`io.atomic.remove_dead_temp_file`: on a folder shared by several
+    machines, a pid alive here may be another machine's dead run, or a pid dead here its live one)."""
     prefix = f"{TEMP_PREFIX}{kind}-"
     with contextlib.suppress(OSError):
         for p in Path(folder).glob(f"{prefix}*"):
             pid = _sibling_pid(p, prefix)
-            if pid is not None and not pid_alive(pid) and p.is_file() and not temp_file_in_use(p):
-                p.unlink()
+            if pid is not None:
+                remove_dead_temp_file(p, pid)
 
 
 class StagedOutput:

@@ -32,9 +32,8 @@ from ... import jsonio
 from ...errors import EntitySAMError, OutputError
 from ...interrupts import deferred_sigint
 from ...io.atomic import atomic_file, write_json_atomic
-from ...io.output_lock import OutputLock, pid_alive
 from ...io.owned import foreign_entries, list_foreign
-from ...io.staging import remove_dead_temp_files
+from ...io.staging import dead_siblings, remove_dead_temp_files
 from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
 
 __all__ = ["IncompleteError", "EvalOutput", "complete_parts", "same_model", "describe_model", "merge_outputs",
@@ -144,19 +143,13 @@ class EvalOutput:
 
     def stage(self, vid: str) -> Path:
         """A fresh hidden folder for the PNGs of `vid`; partial (and replaced) folders of this
-        video left by dead processes are removed: with the video's lock held here, every one (a
+        video left by dead processes are removed, by the rule of `segment`'s result folders
+        (:func:`entitysam.io.staging.dead_siblings`): with the video's lock held here, every one (a
         run stages only under that lock; the pid in a name may be another machine's, on an output
         folder shared by several), else those whose pid is not alive."""
-        locked = OutputLock.held(self.pan_pred / vid)
         for kind in ("partial", "old"):
-            prefix = f".{vid}.{kind}-"
-            for p in self.pan_pred.glob(f"{prefix}*"):
-                try:
-                    pid = int(p.name[len(prefix):].split("-")[0])
-                except ValueError:
-                    continue
-                if locked or pid == os.getpid() or not pid_alive(pid):
-                    shutil.rmtree(p, ignore_errors=True)
+            for p in dead_siblings(self.pan_pred / vid, kind):
+                shutil.rmtree(p, ignore_errors=True)
         path = self.pan_pred / f".{vid}.partial-{os.getpid()}-{secrets.token_hex(4)}"
         path.mkdir(parents=True)
         return path
