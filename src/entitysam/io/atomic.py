@@ -28,7 +28,7 @@ from typing import IO, Any, Iterator
 from .. import jsonio
 from .output_lock import pid_alive
 
-__all__ = ["TEMP_PREFIX", "NO_FLOCK", "temp_path", "locked_temp_file", "temp_file_in_use", "remove_dead_temp_file",
+__all__ = ["TEMP_PREFIX", "NO_FLOCK", "temp_path", "locked_temp_file", "remove_dead_temp_file",
            "fsync_dir", "publish_no_replace", "atomic_file", "write_bytes_atomic", "write_text_atomic",
            "write_json_atomic"]
 
@@ -112,21 +112,6 @@ def _probe_lock(fd: int) -> bool | None:
 def _open_to_probe(path: str | os.PathLike) -> int:
     return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
                    | getattr(os, "O_CLOEXEC", 0))
-
-
-def temp_file_in_use(path: str | os.PathLike) -> bool:
-    """Whether a process holds the lock of the temporary file `path` (:func:`locked_temp_file`),
-    or it cannot be told (then it is in use: kept)."""
-    if fcntl is None:
-        return False
-    try:
-        fd = _open_to_probe(path)
-    except OSError:
-        return True
-    try:
-        return _probe_lock(fd) is not False
-    finally:
-        os.close(fd)
 
 
 def remove_dead_temp_file(path: str | os.PathLike, pid: int) -> bool:
