@@ -152,9 +152,20 @@ def test_a_stale_lock_file_of_a_killed_run_is_taken_over(two_videos, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".a.lock").write_text("999999999\n")  # no flock on it: its process is gone
-    (out / ".b.lock").write_bytes(b"\xff\x00garbage")
+    (out / ".b.lock").write_bytes(b"")  # killed between creating it and writing its pid
     assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 0
     assert sorted(os.listdir(out)) == [".entitysam-batch", "a", "b"]
+
+
+def test_a_file_named_like_a_lock_file_that_no_run_wrote_fails_its_video_only(two_videos, tmp_path):
+    """In a --batch --shard run, a file of the user's at `.b.lock` (not what a lock file holds)
+    was cut to the run's pid and deleted; now video b is refused, untouched, and a is done."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".b.lock").write_bytes(b"\xff\x00garbage")
+    assert segment("--batch", two_videos, "-o", out, "--shard", "0/1", *COMMON) == 1
+    assert (out / ".b.lock").read_bytes() == b"\xff\x00garbage"
+    assert sorted(os.listdir(out)) == [".b.lock", ".entitysam-batch", "a"]
 
 
 def test_leftovers_of_a_run_killed_on_another_machine_are_recovered(two_videos, tmp_path):

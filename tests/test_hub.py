@@ -35,17 +35,22 @@ def _checkpoint_bytes(tmp_path: Path) -> bytes:
 class _Hub:
     """Minimal subset of the hub's file endpoint: HEAD/GET /{repo}/resolve/{revision}/{path}."""
 
-    def __init__(self, files: dict[str, bytes], *, body=None, length: bool = True, status: int | None = None):
+    def __init__(self, files: dict[str, bytes], *, body=None, length: bool = True, status: int | None = None,
+                 stall: threading.Event | None = None):
         """body: what a GET sends instead of the file (the ETag stays the file's SHA-256), e.g. bytes
         altered on their way; length=False: no Content-Length, the end of the body is the end of the
-        connection (a cut is then no error to the client); status: every answer's HTTP status."""
+        connection (a cut is then no error to the client); status: every answer's HTTP status;
+        stall: a GET sends half the body, then waits for this event before the rest."""
         self.files = files
         self.requests: list[tuple[str, str]] = []
+        self.ranges: list[str | None] = []  # the Range header of each GET (a resumed download's)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self, body: bool) -> None:
                 hub.requests.append((self.command, self.path))
+                if body:
+                    hub.ranges.append(self.headers.get("Range"))
                 prefix = f"/{REPO_ID}/resolve/main/"
                 data = hub.files.get(self.path[len(prefix):]) if self.path.startswith(prefix) else None
                 if status is not None:
@@ -67,7 +72,13 @@ class _Hub:
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
                 if body:
-                    self.wfile.write(data if hub.body is None else hub.body(data))
+                    sent = data if hub.body is None else hub.body(data)
+                    if stall is not None:
+                        self.wfile.write(sent[:len(sent) // 2])
+                        self.wfile.flush()
+                        stall.wait(60)
+                        sent = sent[len(sent) // 2:]
+                    self.wfile.write(sent)
 
             def do_HEAD(self):  # noqa: N802
                 self._serve(body=False)
@@ -272,6 +283,51 @@ def test_eight_processes_share_one_download_of_a_damaged_cached_file(isolated):
     assert [p.returncode for p in procs] == [0] * 8, [err for _, err in outs]
     assert {out.strip() for out, _ in outs} == {hashlib.sha256(data).hexdigest()}
     assert sum(method == "GET" for method, _ in hub.requests) == 1
+
+
+def _wait_for(condition, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_download_killed_midway_leaves_no_file_a_later_run_loads(isolated):
+    """SIGKILL in the middle of a download (an OOM kill, a pre-empted job) leaves huggingface_hub's
+    `blobs/<sha256>.<8 hex>.incomplete` behind. The next run never takes it for the checkpoint:
+    offline it says the file is not cached; online it downloads the whole file again, from its
+    start (no resumed Range), including when an older huggingface_hub's `<sha256>.incomplete` (which
+    those versions resumed from) holds bytes that are not the file's. Neither temporary file is
+    deleted by entitysam: huggingface_hub wrote them, and one may be another process's download."""
+    import signal
+
+    data = os.urandom(24 << 20)  # (half of it is over one chunk huggingface_hub writes: 10 MiB)
+    sha = hashlib.sha256(data).hexdigest()
+    cache = isolated / "c"
+    blobs = cache / f"models--{REPO_ID.replace('/', '--')}" / "blobs"
+    stall = threading.Event()
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}, stall=stall) as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
+        proc = subprocess.Popen([sys.executable, "-c", _RESOLVE_IN_A_PROCESS, str(cache)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            _wait_for(lambda: any(p.stat().st_size for p in blobs.glob("*.incomplete")))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+            stall.set()
+    killed = list(blobs.glob("*.incomplete"))
+    assert len(killed) == 1 and not (blobs / sha).exists()
+    with pytest.raises(ModelNotAvailableError, match="cannot get the vit-s checkpoint: it is not in the local cache"):
+        resolve_checkpoint("vit-s", cache_dir=cache, download=False)
+    (blobs / f"{sha}.incomplete").write_bytes(b"\0" * (len(data) // 2))  # an older version's, not the file's
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        path = resolve_checkpoint("vit-s", cache_dir=cache, endpoint=hub.endpoint)
+    assert path.read_bytes() == data and hub.ranges == [None]
+    assert killed[0].exists() and (blobs / f"{sha}.incomplete").exists()
+    assert resolve_checkpoint("vit-s", cache_dir=cache, download=False) == path
 
 
 def test_hf_hub_offline_makes_no_connection(isolated, monkeypatch):

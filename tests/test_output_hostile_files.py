@@ -81,3 +81,48 @@ def test_a_lock_file_that_is_a_hard_link_or_a_pipe_is_never_written_into_nor_del
     assert len(proc.stderr.strip().splitlines()) == 1
     assert keep.read_text() == "years of work\n"
     assert os.path.lexists(lock) and not (out / "clip").exists()
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite"]])
+def test_a_file_of_the_users_named_like_the_lock_file_is_never_taken_over(frames, tmp_path, extra):
+    """A regular file of one link at `.<name>.lock` was taken for a killed run's lock file whatever
+    it held: the run cut it to its pid, and deleted it when it ended. Only what a lock file holds
+    (a pid and host, a prefix of it, nothing) is a killed run's; anything else is refused, exit 2."""
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / ".clip.lock"
+    lock.write_text("call the lab about the .lock results\n")
+    proc = run_cli(frames, "-o", out, *COMMON, *extra, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert str(lock) in proc.stderr and "refusing to overwrite it" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert lock.read_text() == "call the lab about the .lock results\n"
+    assert sorted(os.listdir(out)) == [".clip.lock"]
+
+
+@pytest.mark.parametrize("content", [b"", b"4242", b"4242\n", b"4242 ", b"4242 node17\n", b"\0" * 12],
+                         ids=["empty", "pid", "pid-newline", "cut-write", "pid-host", "power-loss"])
+def test_what_a_killed_run_left_in_its_lock_file_is_taken_over(frames, tmp_path, content):
+    """Killed between creating the lock file and writing it (empty), by a full disk mid-write, an
+    older version (a pid alone) or a power loss (NUL bytes): the next run takes the lock over."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".clip.lock").write_bytes(content)
+    proc = run_cli(frames, "-o", out, *COMMON, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(out)) == ["clip"]
+
+
+def test_the_lock_refuses_a_file_of_the_users_and_leaves_it_as_it_was(tmp_path):
+    """The library's lock (taken by every writer, the demo and eval vipseg): a typed error naming
+    the file, the file unchanged, no folder made."""
+    from entitysam.io.output_lock import OutputLock
+    from entitysam.io.paths import UnsafeOverwriteError
+
+    lock = tmp_path / ".clip.lock"
+    lock.write_bytes(b"12 34 56\n")  # three words: no lock file holds that
+    with pytest.raises(UnsafeOverwriteError, match="refusing to overwrite it") as err:
+        OutputLock.acquire(tmp_path / "clip")
+    assert str(lock) in str(err.value) and "\n" not in str(err.value)
+    assert lock.read_bytes() == b"12 34 56\n" and sorted(os.listdir(tmp_path)) == [".clip.lock"]
+    assert not OutputLock.held(tmp_path / "clip")

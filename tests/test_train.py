@@ -25,6 +25,7 @@ from entitysam.train.config import NAMED_CONFIGS, OFFICIAL_TRAINABLE_PREFIXES, l
 from entitysam.train.criterion import (Criterion, CriterionConfig, HungarianMatcher, class_cost, mask_iou,
                                        point_mask_losses, sigmoid_focal_loss, uncertain_points)
 from entitysam.train.data import ClipAugmentation, ClipDataset, make_clip, read_panoptic_dataset
+from entitysam.train.samples import DatasetError
 from entitysam.train.evaluate import clip_matched_iou, match_ious
 from entitysam.train.forward import clip_forward
 from entitysam.train.setup import lr_factor, param_groups, set_trainable
@@ -343,6 +344,41 @@ def test_generic_reader_with_png_images(tmp_path):
     info = json.loads(ds.json_path.read_text())
     for ann, rec in zip(info["annotations"], recs):
         assert rec.segment_ids == tuple(s["id"] for s in ann["segments_info"] if not s["iscrowd"])
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".TIFF"])
+@pytest.mark.parametrize("json_names", ["no image", "the .jpg"])
+def test_a_tiff_training_image_is_found_as_the_frame_folders_find_it(tmp_path, suffix, json_names):
+    """Training's own suffix list (jpg jpeg png bmp webp, three in two cases) found no .tif/.tiff
+    image where the frame folders of `segment` read them (io.sources.IMAGE_EXTENSIONS, any case):
+    a json naming no image file, or naming the .jpg of a dataset converted to TIFF, failed with
+    'dataset file(s) missing'. Now the one rule is used, and the clip is read from the TIFF."""
+    from PIL import Image
+
+    ds = make_synthetic_coco_panoptic(tmp_path, num_images=2, seed=4)
+    info = json.loads(ds.json_path.read_text())
+    for img in info["images"]:
+        jpg = tmp_path / "train2017" / img["file_name"]
+        Image.open(jpg).save(jpg.with_suffix(suffix), format="TIFF")
+        jpg.unlink()
+    if json_names == "no image":
+        del info["images"]
+        ds.json_path.write_text(json.dumps(info))
+    recs = read_panoptic_dataset(tmp_path)
+    assert [Path(r.image_path).suffix for r in recs] == [suffix, suffix]
+    assert all(Path(r.image_path).is_file() for r in recs)
+    cfg = load_config("tiny-stage2", ["data.frames=2"])
+    assert ClipDataset(recs, cfg.data, 2, 64, seed=0)[0]["images"].shape == (2, 3, 64, 64)
+
+
+def test_a_json_naming_an_image_of_two_candidates_is_not_guessed(tmp_path):
+    """The json names a.jpg, missing, beside a.png and a.tif: which one it meant is not guessed."""
+    ds = make_synthetic_coco_panoptic(tmp_path, num_images=1, seed=4)
+    jpg = tmp_path / "train2017" / json.loads(ds.json_path.read_text())["images"][0]["file_name"]
+    jpg.with_suffix(".png").write_bytes(jpg.read_bytes())
+    jpg.rename(jpg.with_suffix(".tif"))
+    with pytest.raises(DatasetError, match=r"1 dataset file\(s\) missing: .*" + jpg.name):
+        read_panoptic_dataset(tmp_path)
 
 
 # ------------------------------------------------------------------------------ loop

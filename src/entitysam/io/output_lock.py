@@ -5,17 +5,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import stat
 from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, Remedy
-from .paths import describe_os_error
+from .paths import UnsafeOverwriteError, describe_os_error
 
-__all__ = ["LOCK_SUFFIX", "OutputLockedError", "OutputLock", "pid_alive"]
+__all__ = ["LOCK_SUFFIX", "OutputLockedError", "OutputLock", "pid_alive", "lock_content_is_ours"]
 
 LOCK_SUFFIX = ".lock"
+
+# What a lock file of any version holds: "<pid> <host>\n" (a pid alone before the host was
+# added), or a prefix of it (a full disk cut the write), or nothing (killed between creating the
+# file and writing it). A power loss may leave NUL bytes where the write had not reached the disk.
+_OURS = re.compile(rb"(?:[0-9]+(?: [^\s]*)?)?\n?|\0+")
+_MAX_OURS = 512  # far above "<pid> <host>\n" (a host name has at most 255 bytes)
+
+
+def lock_content_is_ours(content: bytes) -> bool:
+    """Whether `content` is what an entitysam lock file holds (see ``_OURS``): anything else is a
+    file of the user's named like one, which taking the lock would overwrite and then delete."""
+    return len(content) <= _MAX_OURS and _OURS.fullmatch(content) is not None
 
 
 class OutputLockedError(OutputError):
@@ -155,6 +168,10 @@ class OutputLock:
                 if st.st_nlink > 1:
                     raise OutputError(self._not_plain(f"it has {st.st_nlink} hard links: another name of the "
                                                       "same file, which writing the lock would change too"))
+                if not self._ours(fd):
+                    raise UnsafeOverwriteError(
+                        f"{self.path} is in the way of the lock file of {self.final} and holds what entitysam "
+                        "never writes there: refusing to overwrite it; move it away or choose another output folder")
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
@@ -184,6 +201,12 @@ class OutputLock:
                 raise
             os.close(fd)
 
+    @staticmethod
+    def _ours(fd: int) -> bool:
+        """Whether the open file `fd` holds what a lock file of this tool holds (read without
+        moving its offset)."""
+        return lock_content_is_ours(os.pread(fd, _MAX_OURS + 1, 0))
+
     def _not_plain(self, what: str) -> str:
         return f"the lock file {self.path} is not a plain file ({what}): remove it, entitysam creates it"
 
@@ -194,7 +217,9 @@ class OutputLock:
             fd = os.open(self.path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                st = os.fstat(fd)
+                # (never a file of the user's: the stop may have come before it was told apart)
+                if os.path.samestat(st, os.stat(self.path)) and st.st_nlink == 1 and self._ours(fd):
                     self.path.unlink()
             finally:
                 os.close(fd)

@@ -19,7 +19,8 @@ NAME_MAX = 255  # bytes of one path component on common file systems (where path
 
 
 class UnsafeOverwriteError(OutputError):
-    """--overwrite would replace a folder this tool did not write, or an input."""
+    """--overwrite would replace a folder this tool did not write, or an input; or a run would
+    write into (and then delete) a file of the user's named like its lock file."""
 
 
 def safe_name(name: str) -> str:

@@ -3,21 +3,63 @@ names checked to be there, before anything is trained (the layout: entitysam.tra
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..io.idpng import MAX_ID
+from ..io.sources import IMAGE_EXTENSIONS
 from ..jsonio import load_file
 from ..regular_file import path_problem
 from .samples import DatasetError, PanopticRecord
 
-__all__ = ["IMAGE_EXTS", "read_panoptic_dataset", "entity_shortage"]
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
+__all__ = ["read_panoptic_dataset", "entity_shortage"]
 
 
 def _resolve(root: Path, p: str) -> Path:
     q = Path(p)
     return q if q.is_absolute() else root / q
+
+
+class _ImagesByStem:
+    """The image files of each folder looked in, by stem (suffixes of IMAGE_EXTENSIONS, the frame
+    folders' rule, in any case): a folder is listed once, and only when an image is not where the
+    json says, so a complete dataset costs no listing."""
+
+    def __init__(self):
+        self._folders: dict[Path, dict[str, list[str]]] = {}
+
+    def candidates(self, folder: Path, stem: str) -> list[Path]:
+        """The images `folder/<stem>.<ext>`, in the order of IMAGE_EXTENSIONS."""
+        if folder not in self._folders:
+            by_stem: dict[str, list[str]] = {}
+            try:
+                with os.scandir(folder) as it:
+                    for entry in it:
+                        base, ext = os.path.splitext(entry.name)
+                        if ext.lower() in IMAGE_EXTENSIONS:
+                            by_stem.setdefault(base, []).append(entry.name)
+            except OSError:
+                pass  # (a missing folder: the image is reported missing with the others)
+            self._folders[folder] = by_stem
+        names = self._folders[folder].get(stem, [])
+        return [folder / n for n in sorted(names, key=lambda n: (IMAGE_EXTENSIONS.index(Path(n).suffix.lower()), n))]
+
+    def find(self, image_root: Path, name: str | None, stem: str) -> Path:
+        """The image of an annotation: the json's file name when it is there; else, for a json
+        naming none, `<stem>.jpg` (the official COCO reader's rule) or any image with that stem;
+        for a json naming one with another suffix (a dataset converted to TIFF), the one image of
+        that stem beside where it names, if there is exactly one."""
+        if name:
+            path = image_root / name
+            if path.is_file():
+                return path
+            found = self.candidates(path.parent, path.stem)
+            return found[0] if len(found) == 1 else path
+        path = image_root / (stem + ".jpg")
+        if path.is_file():
+            return path
+        found = self.candidates(image_root, stem)
+        return found[0] if found else path
 
 
 def _list(doc, key: str, where: str) -> list:
@@ -46,9 +88,10 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
                           json_path: str = "annotations/panoptic_train2017.json") -> list[PanopticRecord]:
     """Records of a COCO-panoptic-layout dataset, in the json's annotation order.
 
-    The image of an annotation is the `images` entry with its `image_id` when the json has one,
-    else `<ann file stem>.jpg` (the official COCO reader's rule), else any existing image file
-    with that stem. Raises :class:`DatasetError` for a json that is not of this layout and when
+    The image of an annotation is the `images` entry with its `image_id` when the json has one
+    (if that file is missing, the one image file of the same stem beside it), else `<ann file
+    stem>.jpg` (the official COCO reader's rule), else any existing image file with that stem
+    (suffixes: those of the frame folders, ``io.sources.IMAGE_EXTENSIONS``, any case). Raises :class:`DatasetError` for a json that is not of this layout and when
     any image or panoptic PNG it names is missing (all are checked here: a missing one used to
     stop the training with a traceback when its turn came, hours in).
     """
@@ -64,6 +107,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
             raise DatasetError(f"{jpath} images[{i}]: no 'file_name'")
         images[img.get("id") if isinstance(img.get("id"), (int, str)) else None] = img["file_name"]
     records = []
+    images_by_stem = _ImagesByStem()
     for i, ann in enumerate(_list(info, "annotations", str(jpath))):
         where = f"{jpath} annotations[{i}]"
         if not isinstance(ann.get("file_name"), str) or not ann["file_name"]:
@@ -71,12 +115,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
         stem = Path(ann["file_name"]).stem
         image_id = ann.get("image_id")
         name = images.get(image_id) if isinstance(image_id, (int, str)) else None
-        image_path = image_root / name if name else image_root / (stem + ".jpg")
-        if not image_path.is_file() and not name:
-            for ext in IMAGE_EXTS:
-                if (image_root / (stem + ext)).is_file():
-                    image_path = image_root / (stem + ext)
-                    break
+        image_path = images_by_stem.find(image_root, name, stem)
         segs = _list(ann, "segments_info", where)
         crowd = [_crowd_flag(s.get("iscrowd", 0), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
         ids = [_segment_id(s.get("id"), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
