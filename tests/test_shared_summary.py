@@ -306,3 +306,26 @@ def test_a_summary_that_became_a_named_pipe_does_not_hang_the_merge(tmp_path):
         writer.join(10)
         pytest.fail("the merge waited for a writer of the named pipe")
     assert json.loads(target.read_text())["done"] == ["new"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_or_a_linked_file_where_the_lock_goes_is_left_as_it_is(tmp_path):
+    """The lock file is removed after each merge when it is empty: a named pipe (size 0) of the
+    user's was locked and deleted; an empty file linked under another name lost that name too."""
+    from entitysam.io.file_lock import locked
+
+    pipe = tmp_path / ".a.lock"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match="not a lock file"):
+        with locked(pipe):
+            pytest.fail("ran under a named pipe taken for a lock file")
+    assert pipe.is_fifo()
+    linked = tmp_path / ".b.lock"
+    (tmp_path / "notes").touch()
+    os.link(tmp_path / "notes", linked)
+    with locked(linked):
+        pass
+    assert linked.exists()
+    with locked(tmp_path / ".c.lock"):
+        pass
+    assert not (tmp_path / ".c.lock").exists(), "the lock's own file was left behind"
