@@ -308,7 +308,7 @@ def test_another_process_holding_the_drafts_lock_is_waited_for(result):
     pytest.importorskip("fcntl", reason="the draft's check and write are locked with fcntl.flock (POSIX)")
     hold = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)\n"
             "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.read()\n")
-    other = subprocess.Popen([sys.executable, "-c", hold, str(result.parent / ".clip.draft.lock")],
+    other = subprocess.Popen([sys.executable, "-c", hold, str(result.parent / ".clip.draft-lock")],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     viewer = Viewer(result, token="t")
     editing = threading.Thread(target=viewer.apply, args=(OPS[0],))
@@ -321,4 +321,32 @@ def test_another_process_holding_the_drafts_lock_is_waited_for(result):
         other.stdin.close()
         other.wait(30)
     editing.join(30)
-    assert logged(draft_of(result)) == ["merge"] and not (result.parent / ".clip.draft.lock").exists()
+    assert logged(draft_of(result)) == ["merge"] and not (result.parent / ".clip.draft-lock").exists()
+
+
+def test_a_run_writing_the_result_named_like_the_draft_does_not_hold_the_viewer(result):
+    """Drafts were locked on `.<name>.draft.lock`, which is the run lock of the result
+    `<name>.draft` (the input clip.draft.mp4): a `segment` run writing it held each edit of the
+    viewer of <name> waiting until it ended (and a run starting during an edit was refused)."""
+    import threading
+
+    pytest.importorskip("fcntl", reason="runs and drafts are locked with fcntl.flock (POSIX)")
+    from entitysam.io.output_lock import OutputLock
+
+    with OutputLock.acquire(result.parent / f"{result.name}.draft"):
+        # (opening the result takes the draft's lock too)
+        editing = threading.Thread(target=lambda: Viewer(result, token="t").apply(OPS[0]), daemon=True)
+        editing.start()
+        editing.join(20)
+        assert not editing.is_alive(), "the viewer waited for the run writing another result"
+    assert logged(draft_of(result)) == ["merge"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_where_the_drafts_lock_goes_is_left_and_said(result):
+    said = []
+    lock = result.parent / f".{result.name}.draft-lock"
+    os.mkfifo(lock)
+    viewer = edited(result, say=said.append)
+    assert lock.is_fifo() and not draft_of(result).exists()
+    assert viewer.state()["unsaved"] is True and any("not a lock file" in s for s in said), said

@@ -19,7 +19,7 @@ plus ``"draft": {"writer", "serial", "panoptic_sha256", "pid", "host"}``.
   viewer leaves it as it is and keeps its own log in a draft of its own,
   ``.<name>.draft-viewer-<id>.json``, said on the terminal and the page: each viewer's edits stay
   on disk, none written over. The check and the write are one step under ``flock`` on
-  ``.<name>.draft.lock`` (io.file_lock; unlocked where the file system has no flock). Opening the
+  ``.<name>.draft-lock`` (io.file_lock; unlocked where the file system has no flock). Opening the
   result names the viewers' own drafts found beside it (restored by renaming one to the draft).
 * A draft that cannot be written (a read-only or full disk): no draft is kept, said once.
   Nothing is ever written over a file that is not this viewer's draft.
@@ -98,7 +98,8 @@ class Draft:
         self.result = result
         self.primary = draft_path(result.path)
         self.path = self.primary
-        self.lock_path = self.primary.with_name(self.primary.name[:-len(".json")] + ".lock")
+        # not ".<name>.draft.lock": the run lock of a result named "<name>.draft" (io.output_lock)
+        self.lock_path = self.primary.with_name(self.primary.name[:-len(".json")] + "-lock")
         self.writer = secrets.token_hex(8)
         self.serial = 0
         self.seen: tuple[str, int] | None = None  # the draft at self.path this viewer read or wrote last
