@@ -823,3 +823,59 @@ def test_temporary_files_of_a_killed_online_run_are_its_own(tmp_path):
         (folder / name).write_text("x")
     (folder / "notes.txt").write_text("mine")
     assert foreign_entries(folder, result_layout(folder, {"complete": False})) == ["notes.txt"]
+
+
+def test_without_fcntl_a_dead_runs_temporary_file_is_removed_unopened(tmp_path, monkeypatch):
+    """Windows (no fcntl): the file was opened to probe a lock that does not exist there, and an
+    open file cannot be removed on Windows, so a killed run's temporary files stayed for good."""
+    from entitysam.io import atomic
+
+    monkeypatch.setattr(atomic, "fcntl", None)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead, live = out / ".entitysam-tmp-999999999-0123456789ab", out / f".entitysam-tmp-{os.getppid()}-0123456789ab"
+    dead.write_text("{")
+    live.write_text("{")
+    real_open = os.open
+
+    def as_on_windows(path, flags, *args, **kwargs):
+        if os.fspath(path) in (str(dead), str(live)):
+            raise AssertionError(f"{path} opened: Windows would then refuse to remove it")
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", as_on_windows)
+    assert atomic.remove_dead_temp_file(dead, 999999999)
+    assert not atomic.remove_dead_temp_file(live, os.getppid())
+    assert not dead.exists() and live.exists()
+
+
+def test_pid_alive_on_windows_asks_windows_and_sends_no_signal(monkeypatch):
+    """os.kill(pid, 0) on Windows sends CTRL_C_EVENT to the console's processes (this one
+    included) and terminates other pids: the liveness check must never call it there."""
+    import types
+
+    from entitysam.io import output_lock
+
+    processes = {4242: 259, 4343: 0}  # pid -> exit code (259: STILL_ACTIVE)
+
+    def open_process(access, inherit, pid):
+        if pid not in processes:
+            err = OSError("The parameter is incorrect")
+            err.winerror = 87
+            raise err
+        return pid
+
+    winapi = types.SimpleNamespace(OpenProcess=open_process, GetExitCodeProcess=processes.__getitem__,
+                                   CloseHandle=lambda handle: None)
+
+    def kill(pid, sig):
+        raise AssertionError("os.kill called on Windows")
+
+    monkeypatch.setitem(sys.modules, "_winapi", winapi)
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr(os, "name", "nt")
+    try:
+        alive = [output_lock.pid_alive(pid) for pid in (4242, 4343, 999)]
+    finally:
+        monkeypatch.undo()  # pytest's own reporting must not run as on Windows
+    assert alive == [True, False, False]

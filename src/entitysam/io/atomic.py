@@ -124,13 +124,18 @@ def remove_dead_temp_file(path: str | os.PathLike, pid: int) -> bool:
     try:
         if not stat.S_ISREG(os.lstat(path).st_mode):  # (not opened: a device's open may do something)
             return False
+        if fcntl is None:  # no lock to probe; and Windows removes no file that is open
+            if pid == os.getpid() or pid_alive(pid):
+                return False
+            os.unlink(path)
+            return True
         fd = _open_to_probe(path)
     except OSError:
         return False
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
-        held = _probe_lock(fd) if fcntl is not None else None
+        held = _probe_lock(fd)
         if held is None:
             held = pid == os.getpid() or pid_alive(pid)
         # Removed while the shared lock is held here: a writer that made this file a moment ago

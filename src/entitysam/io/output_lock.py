@@ -37,6 +37,8 @@ class OutputLockedError(OutputError):
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists (used to clean partial outputs of dead runs)."""
+    if os.name == "nt":
+        return _windows_pid_alive(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -44,6 +46,21 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return True
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    """pid_alive on Windows, where os.kill(pid, 0) is no question: signal 0 is CTRL_C_EVENT, sent
+    to every process of the console (this one included), and other pids are terminated."""
+    import _winapi
+
+    try:
+        handle = _winapi.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    except OSError as err:
+        return getattr(err, "winerror", None) != 87  # ERROR_INVALID_PARAMETER: no such process
+    try:
+        return _winapi.GetExitCodeProcess(handle) == 259  # STILL_ACTIVE
+    finally:
+        _winapi.CloseHandle(handle)
 
 
 try:  # POSIX; elsewhere runs are not locked (documented)
