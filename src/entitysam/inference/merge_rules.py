@@ -110,10 +110,11 @@ def first_max_index(values: torch.Tensor) -> torch.Tensor:
 
     Built from reductions whose result does not depend on their order (the float maximum, an
     integer maximum) and elementwise ops, so every backend, and any split of the reduction,
-    gives the same index: the index returned by ``max(dim)``/``argmax`` on ties is a property of
-    each backend's kernel (CUDA's and compiled kernels reduce in blocks; before PyTorch 1.7 CUDA
-    did not return the first), and ties are common here (saturated sigmoids times equal scores,
-    duplicate queries). No host synchronisation; about 3 bytes per element of temporaries.
+    gives the same index: which maximum ``max(dim)``/``argmax`` return on ties is up to each
+    backend's kernel (PyTorch documents the first since its CUDA kernels were made to agree with
+    the CPU, but older CUDA kernels and some compiled ones reduced in blocks and returned another),
+    and ties are common here (saturated sigmoids times equal scores, duplicate queries). No host
+    synchronisation; about 3 bytes per element of temporaries.
     """
     k = values.shape[0]
     top = values.amax(0)  # the value is exact whatever the order (-0.0 and 0.0 compare equal below)
