@@ -54,9 +54,8 @@ class ModelSpec:
 
     def load(self):
         """The model (an EntitySAMError when it cannot be loaded)."""
-        from ..pipeline.loading import load_model  # noqa: PLC0415
-
         from ..inference.device_memory import set_gpu_share  # noqa: PLC0415
+        from ..pipeline.loading import load_model  # noqa: PLC0415
 
         set_gpu_share(self.gpu_share)  # an actor is a process of its own: the setting is its alone
         if self.threads:
