@@ -232,6 +232,7 @@ class EmulatedGpuMemory:
     def __init__(self, index: int, total_gib: float, tensors_gib: float):
         self.index, self.total = index, int(total_gib * self.GIB)
         self.allocated = self.reserved = int(tensors_gib * self.GIB)
+        self.others = 0  # bytes other processes hold on this GPU (e.g. Ray actors sharing it)
         self.asked: list = []
 
     def _which(self, device) -> int:
@@ -239,7 +240,7 @@ class EmulatedGpuMemory:
         return torch.device(device).index if device is not None and torch.device(device).index is not None else 0
 
     def mem_get_info(self, device=None):
-        free = self.total - self.reserved - (self.GIB // 2)  # less the CUDA context
+        free = self.total - self.reserved - self.others - (self.GIB // 2)  # less the CUDA context
         return (free, self.total) if self._which(device) == self.index else (self.total, self.total)
 
     def memory_reserved(self, device=None):
@@ -269,6 +270,58 @@ def test_later_videos_of_a_batch_get_the_query_batches_of_the_first(monkeypatch,
     gpu.allocated += 12 * gpu.GIB  # now held by tensors: no longer free
     assert default_query_chunk(cfg, device) is not None
     assert gpu.asked and all(torch.device(d) == device for d in gpu.asked), "asked about another GPU"
+
+
+@pytest.fixture
+def gpu_share():
+    """set_gpu_share for one test, unset afterwards (the setting is per process)."""
+    from entitysam.inference.device_memory import set_gpu_share
+
+    yield set_gpu_share
+    set_gpu_share(None)
+
+
+def test_actors_sharing_a_gpu_get_the_same_query_batches_whatever_their_neighbours_hold(monkeypatch, gpu_share):
+    """Four Ray actors on one 40 GiB GPU (`--gpus-per-actor 0.25`): the query chunk was sized from
+    the free memory, which counts what the other three hold at that moment, so the same video ran
+    in batches of 41 queries, or all 50 at once (with the kept keys), from one run to the next, and
+    its results differed in the last bits. With a share, the chunk comes from the actor's quarter
+    of the GPU less its own weights, whatever the neighbours hold."""
+    from entitysam.inference.device_memory import default_query_chunk
+
+    cfg = get_config("vit-l")
+    gpu = EmulatedGpuMemory(index=0, total_gib=40, tensors_gib=1.5)  # the actor's weights
+    for fn in ("mem_get_info", "memory_reserved", "memory_allocated"):
+        monkeypatch.setattr(torch.cuda, fn, getattr(gpu, fn))
+    device, weights = torch.device("cuda", 0), gpu.allocated
+
+    def chunks() -> list:
+        found = []
+        for neighbours_gib in (0, 9, 25):
+            gpu.others = neighbours_gib * gpu.GIB
+            found.append(default_query_chunk(cfg, device, held=weights))
+        return found
+
+    assert len(set(chunks())) > 1, "the emulation no longer shows what the neighbours did"
+    gpu_share(0.25)
+    per_query = 162 * 2**20  # the estimate per query at the published sizes (counted twice below)
+    expected = int((40 * gpu.GIB // 4 - weights) // (2 * per_query))
+    assert chunks() == [expected] * 3 and 1 <= expected < cfg.num_queries
+    gpu.reserved += 6 * gpu.GIB  # this actor's cache from its previous video changes nothing either
+    assert default_query_chunk(cfg, device, held=weights) == expected
+
+
+def test_a_gpu_share_is_a_fraction_of_one_gpu(gpu_share):
+    from entitysam.distributed.ray_pool import ModelSpec
+    from entitysam.inference.device_memory import gpu_share as current, weight_bytes
+
+    for bad in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="GPU share"):
+            gpu_share(bad)
+    assert [ModelSpec.share_of(g) for g in (0, 0.25, 1, 2)] == [None, 0.25, None, None]
+    ModelSpec("demo", device="cpu", gpu_share=0.5).load()  # what each Ray actor does first
+    assert current() == 0.5
+    assert weight_bytes(torch.nn.Linear(2, 3)) == (6 + 3) * 4
 
 
 # ------------------------------------------------------------------ torch.use_deterministic_algorithms(True) on CUDA

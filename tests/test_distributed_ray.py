@@ -383,3 +383,29 @@ def test_an_actor_lost_while_loading_the_model_is_replaced():
     with pytest.raises(EntitySAMError, match="lost 3 times while loading the model"):
         pool.first_ready(2)
     assert pool.restarts == 2
+
+
+@pytest.mark.parametrize("gpus, share", [(0.25, 0.25), (0.5, 0.5), (1.0, None), (0, None)])
+def test_actors_sharing_a_gpu_size_their_query_batches_from_their_share(monkeypatch, videos, tmp_path, gpus, share):
+    """`--gpus-per-actor 0.25`: every actor's model spec carries its share of the GPU, from which
+    it sizes its query chunks (tests/test_device_rules.py) instead of from what its neighbours
+    leave free; an actor with a GPU of its own, or none, keeps the free memory."""
+    from entitysam.distributed import ray_runner
+    from entitysam.distributed.jobs import VideoOutcome
+
+    specs = []
+
+    def run_jobs(ray, spec, size, cpus, gpus, jobs, options, out_root, *rest):
+        specs.append(spec)
+        return {j.name: VideoOutcome(j.name, "done", output=str(out_root / j.name)) for j in jobs}, []
+
+    class Session:
+        @staticmethod
+        def is_initialized():
+            return True
+
+    monkeypatch.setattr(ray_runner, "import_ray", lambda: Session)
+    monkeypatch.setattr(ray_runner, "_actors_that_fit", lambda ray, cpus, gpus: 4)
+    monkeypatch.setattr(ray_runner, "_run_jobs", run_jobs)
+    ray_runner.segment_many(videos[:2], tmp_path / "out", model="demo", gpus_per_actor=gpus, progress=False)
+    assert [s.gpu_share for s in specs] == [share]

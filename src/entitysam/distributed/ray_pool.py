@@ -31,13 +31,22 @@ class ModelSpec:
     checkpoint file (``config``: its configuration, inferred from its keys if None). device:
     ``auto`` (the GPU Ray gave the actor, else CPU), ``cpu``, ``cuda``. threads: torch CPU
     threads of the actor (None: torch's choice). allow_pickle: load a checkpoint holding
-    pickled objects with the full unpickler (runs any code in it: trusted files only)."""
+    pickled objects with the full unpickler (runs any code in it: trusted files only).
+    gpu_share: the fraction of its GPU the actor was given (Ray's ``num_gpus`` below 1): its query
+    chunks are sized from that share of the GPU's memory, not from what the actors beside it leave
+    free (``inference.device_memory``); None: a GPU of its own, or none."""
 
     model: str = "vit-s"
     config: str | None = None
     device: str = "auto"
     threads: int | None = None
     allow_pickle: bool = False
+    gpu_share: float | None = None
+
+    @staticmethod
+    def share_of(num_gpus: float) -> float | None:
+        """The gpu_share of an actor with ``num_gpus`` GPUs: the fraction when it shares one."""
+        return float(num_gpus) if 0 < num_gpus < 1 else None
 
     @property
     def is_checkpoint(self) -> bool:
@@ -45,8 +54,10 @@ class ModelSpec:
 
     def load(self):
         """The model (an EntitySAMError when it cannot be loaded)."""
+        from ..inference.device_memory import set_gpu_share  # noqa: PLC0415
         from ..pipeline.loading import load_model  # noqa: PLC0415
 
+        set_gpu_share(self.gpu_share)  # an actor is a process of its own: the setting is its alone
         if self.threads:
             import torch  # noqa: PLC0415
 

@@ -223,6 +223,7 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
         started = _start_ray(ray, address)
         try:
             gpus = _default_gpus(ray) if gpus_per_actor is None else float(gpus_per_actor)
+            spec = replace(spec, gpu_share=ModelSpec.share_of(gpus))
             fit = _actors_that_fit(ray, cpus_per_actor, gpus)
             summary.actors = min(num_actors or fit, len(todo))
             if summary.actors > fit:

@@ -30,6 +30,7 @@ __all__ = [
     "is_quality_frame",
     "quality_counts",
     "final_scores",
+    "first_max_index",
     "assign_pixels",
     "area_counts",
     "survives",
@@ -95,6 +96,36 @@ def final_scores(scores: torch.Tensor, above: torch.Tensor, nonneg: torch.Tensor
     return scores + QUALITY_WEIGHT * quality
 
 
+def _rank_dtype(k: int) -> torch.dtype:
+    """The smallest integer dtype that holds 0 .. k (the ranks of :func:`first_max_index`)."""
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        if k <= torch.iinfo(dtype).max:
+            return dtype
+    return torch.int64
+
+
+def first_max_index(values: torch.Tensor) -> torch.Tensor:
+    """values [K, ...] -> [...] int64: the lowest k among the maxima over dim 0; a NaN counts
+    as the maximum (the first NaN wins), as the official ``argmax(0)`` on the CPU.
+
+    Built from reductions whose result does not depend on their order (the float maximum, an
+    integer maximum) and elementwise ops, so every backend, and any split of the reduction,
+    gives the same index: which maximum ``max(dim)``/``argmax`` return on ties is up to each
+    backend's kernel (PyTorch documents the first since its CUDA kernels were made to agree with
+    the CPU, but older CUDA kernels and some compiled ones reduced in blocks and returned another),
+    and ties are common here (saturated sigmoids times equal scores, duplicate queries). No host
+    synchronisation; about 3 bytes per element of temporaries.
+    """
+    k = values.shape[0]
+    top = values.amax(0)  # the value is exact whatever the order (-0.0 and 0.0 compare equal below)
+    is_max = values.isnan()
+    is_max |= values == top  # NaN == NaN is False: where top is NaN only the NaNs are maxima
+    # rank k - i: the lowest index among the maxima has the highest rank
+    rank = torch.arange(k, 0, -1, dtype=_rank_dtype(k), device=values.device).view(-1, *[1] * (values.dim() - 1))
+    best = (is_max * rank).amax(0)
+    return k - best.long()
+
+
 def assign_pixels(lowres: torch.Tensor, kept_scores: torch.Tensor, out_size: tuple[int, int],
                   thr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pixel winner of a chunk of frames.
@@ -105,7 +136,8 @@ def assign_pixels(lowres: torch.Tensor, kept_scores: torch.Tensor, out_size: tup
         out_size: (H, W).
         thr: the binary mask threshold.
     Returns:
-        ids: [c, H, W] int64, argmax_k score_k * prob_k, -1 where every prob < thr.
+        ids: [c, H, W] int64, argmax_k score_k * prob_k (the lowest k on ties:
+            :func:`first_max_index`), -1 where every prob < thr.
         win_fg: [c, H, W] bool, the winner's own prob >= thr (the segment pixels).
         fg_count: [K] int64, #(prob_k >= thr) in this chunk.
     """
@@ -126,9 +158,7 @@ def assign_pixels(lowres: torch.Tensor, kept_scores: torch.Tensor, out_size: tup
         weighted = prob.mul_(s)
     else:
         weighted = s * prob  # e.g. float64 scores promote, as in the reference
-    # max(0).indices, like argmax, returns the first maximal index on ties (it scans
-    # the reduced dim and updates only on a strictly greater value) and is faster.
-    ids = weighted.max(0).indices
+    ids = first_max_index(weighted)
     del weighted, prob
     ids.masked_fill_(is_bg, -1)
     win_fg = fg.gather(0, ids.clamp(min=0).unsqueeze(0)).squeeze(0) & (ids >= 0)

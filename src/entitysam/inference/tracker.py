@@ -10,7 +10,6 @@ with the video length.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -19,6 +18,7 @@ import torch
 from ..modeling.entitysam import MEMORY_DTYPE, EntitySAM, FrameFeatures, recall_memories
 from .holes import fill_holes
 from .compiled import check_compiled_exact
+from .device_memory import default_query_chunk, weight_bytes
 
 
 class MemoryBank:
@@ -131,31 +131,6 @@ def video_scores(step_scores: list[torch.Tensor], dtype: torch.dtype = torch.flo
     return mean if dtype == torch.float32 else mean.to(dtype).float()
 
 
-def default_query_chunk(cfg, device: torch.device) -> int | None:
-    """Queries per batch of the device path: all (None) unless the device's free memory holds
-    fewer, counted twice over. Per query at the published sizes with 7 memories: about 160 MiB
-    (keys, feed-forward activations, the memory encoder's full-resolution maps, the keys kept
-    across steps), plus the [N, M] attention scores (470 MiB) where attention materialises them
-    (anything but CUDA's flash and memory-efficient kernels). On CUDA the free memory includes
-    what this process's caching allocator holds unused: the driver counts it as taken, so a
-    batch's later videos (which find the cache of the first) were chunked where the first one was
-    not, slower and on another path (no kept keys) than the same video run alone."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    elif device.type == "cpu" and hasattr(os, "sysconf"):
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    else:
-        return None
-    tokens = cfg.grid_size ** 2
-    keys = tokens * cfg.num_maskmem
-    kept_keys = cfg.memory_attention_layers * keys * cfg.hidden_dim // 2  # `MemoryKeys`, 2 bytes each
-    per_query = 4 * (keys * (cfg.hidden_dim + 2 * cfg.mem_dim) + tokens * cfg.memory_attention_ffn_dim
-                     + 8 * cfg.image_size ** 2 + kept_keys + (0 if device.type == "cuda" else tokens * keys))
-    fits = int(free // (2 * per_query))
-    return None if fits >= cfg.num_queries else max(1, fits)
-
-
 class EntityTracker:
     """Per-video state: memory bank, current points, step counter, last frame's features.
 
@@ -168,7 +143,8 @@ class EntityTracker:
                  batched: bool | None = None, query_chunk: int | None = None,
                  memory_dtype: torch.dtype | None = None, keep_keys: bool | None = None):
         """batched: all queries at once (see `EntitySAM.step`); None: on every device but the
-        CPU. query_chunk: queries per batch (None: sized from the device's free memory).
+        CPU. query_chunk: queries per batch (None: sized from the device's memory, see
+        `device_memory.default_query_chunk`).
         memory_dtype: dtype of the stored memories (None: bfloat16, as the official code; float16
         autocast needs float16, see `precision.memory_dtype_for`). keep_keys: keep each stored
         memory's memory-attention keys (`MemoryKeys`: about 60 MiB per query at the published
@@ -182,7 +158,7 @@ class EntityTracker:
         self.device = next(model.parameters()).device
         self.batched = self.device.type != "cpu" if batched is None else batched
         self.query_chunk = query_chunk if query_chunk is not None or not self.batched \
-            else default_query_chunk(model.cfg, self.device)
+            else default_query_chunk(model.cfg, self.device, held=weight_bytes(model))
         self.score_dtype = torch.float32  # dtype the step scores were computed in (see video_scores)
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
         self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or torch.bfloat16)
