@@ -262,7 +262,7 @@ def test_export_into_a_missing_folder_is_a_usage_error(tmp_path, capsys, fmt, na
     for parent, state in ((tmp_path / "absent", "does not exist"), (tmp_path / "file", "is not a folder")):
         assert main(["export", str(result), "--format", fmt, "-o", str(parent / name)]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"the folder {parent} {state}" in err, err
+        assert err.count("\n") == 1 and f"{parent} {state}" in err, err
     assert not (tmp_path / "absent").exists() and (tmp_path / "file").read_text() == "mine"
 
 

@@ -63,7 +63,7 @@ def output_parent_problem(output: str) -> str | None:
     if parent.is_dir():
         return None
     state = "is not a folder" if os.path.lexists(parent) else "does not exist"
-    return f"--output {output}: the folder {parent} {state} (create it first or choose another output)"
+    return f"--output {output}: {parent} {state} (create the folder first or choose another output)"
 
 
 def run(args) -> int:
