@@ -235,6 +235,31 @@ def test_a_cover_picture_listed_before_the_video_is_not_read_as_the_video(tmp_pa
         open_source(_mp4_with_cover_first(tmp_path / "cover_only.mp4", video=False))
 
 
+def test_a_video_file_without_video_says_what_it_holds(tmp_path):
+    """An MP4 cut inside its index (at the end of the file) has no stream at all for FFmpeg, and an
+    audio recording has no video: each said only "no video stream in the file"."""
+    import av
+
+    whole = write_video(tmp_path / "whole.mp4", 4).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole[:whole.index(b"moov") + 16])
+    with pytest.raises(SourceError, match=r"cut.mp4: no video stream in the file \(it holds no streams at all: "
+                                          r".*a file cut short before its index"):
+        open_source(cut)
+    sound = tmp_path / "sound.mp4"
+    with av.open(str(sound), "w") as c:
+        s = c.add_stream("aac", rate=44100)
+        for i in range(4):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 44100, i * 1024
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with pytest.raises(SourceError, match=r"sound.mp4: no video stream in the file \(only audio\)$"):
+        open_source(sound)
+
+
 def test_an_image_pillow_cannot_identify_is_named_in_words(tmp_path):
     """The message held Pillow's name for the open file, "cannot identify image file
     <_io.BufferedReader name=3>"; an empty file (a copy that failed) is said to be one."""

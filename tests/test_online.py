@@ -528,3 +528,21 @@ def test_longest_legal_frame_names(tmp_path, tiny_checkpoint, online):
     assert manifest["complete"] is True and manifest.get("status", "complete") == "complete"
     assert sorted(p.name for p in (out / "ln" / "panoptic").iterdir()) == [f"{n}.png" for n in names]
     assert not [p for p in (out / "ln").rglob(".*")]  # no temporary file left
+
+
+def test_overlay_of_a_few_tiny_frames_opens_in_ffmpeg(tmp_path, tiny_checkpoint):
+    """Three 2x2 frames make an overlay.ts of 9 MPEG-TS packets, which FFmpeg's probe took for
+    MPEG-PS ("End of file" in ffmpeg, ffprobe and PyAV): it is padded with null packets so that it
+    opens without naming its format, and still holds its three frames."""
+    import av
+    from PIL import Image
+
+    frames = tmp_path / "tiny"
+    frames.mkdir()
+    for t in range(3):
+        Image.fromarray(np.full((2, 2, 3), 60 * t, np.uint8)).save(frames / f"{t:05d}.png")
+    out = tmp_path / "out"
+    assert run_cli(frames, "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--online") == 0
+    with av.open(str(out / "tiny" / "overlay.ts")) as c:
+        assert c.format.name == "mpegts"
+        assert [(f.width, f.height) for f in c.decode(video=0)] == [(2, 2)] * 3

@@ -253,6 +253,19 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", str(result), "--format", "pascal", "-o", str(tmp_path / "x")]) == 2
 
 
+@pytest.mark.parametrize("fmt,name", [("ytvis", "r.json"), ("mots", "m")])
+def test_export_into_a_missing_folder_is_a_usage_error(tmp_path, capsys, fmt, name):
+    """-o in a folder that does not exist, or under a file, is a mistaken argument refused before
+    any work (exit 2, as `metrics --json` and `segment --save-logits`): it was a failed export (1)."""
+    result = make_result(tmp_path / "res")
+    (tmp_path / "file").write_text("mine")
+    for parent, state in ((tmp_path / "absent", "does not exist"), (tmp_path / "file", "is not a folder")):
+        assert main(["export", str(result), "--format", fmt, "-o", str(parent / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{parent} {state}" in err, err
+    assert not (tmp_path / "absent").exists() and (tmp_path / "file").read_text() == "mine"
+
+
 def test_mots_txt_lines_decode_with_pycocotools(session, tmp_path):
     out = export(session, "mots", tmp_path / "mots", class_id=1, txt=True)
     to_entity = {int(k): v for k, v in json.loads((out / "entitysam-export.json").read_text())["instances"].items()}

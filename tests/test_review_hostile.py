@@ -199,7 +199,8 @@ def test_an_export_never_lands_in_a_result_folder_even_with_overwrite(result_dir
 
 def test_an_output_whose_parent_is_a_file_says_so(result_dir, tmp_path, capsys):
     (tmp_path / "plain").write_text("x")
-    assert main(["export", str(result_dir), "--format", "ytvis", "-o", str(tmp_path / "plain" / "o.json")]) == 1
+    # a mistaken -o, refused before any work: exit 2 (it was 1, a failed export)
+    assert main(["export", str(result_dir), "--format", "ytvis", "-o", str(tmp_path / "plain" / "o.json")]) == 2
     assert f"{tmp_path / 'plain'} is not a folder" in capsys.readouterr().err
 
 

@@ -62,3 +62,36 @@ def test_sigterm_online_finishes_the_frames_done(clip, tiny_checkpoint, tmp_path
     assert manifest["status"] == "interrupted"
     assert len(lines.read_text().splitlines()) == manifest["num_frames"] >= 2
     assert sorted(p.name for p in out.iterdir()) == ["clip"], "left behind: a lock"
+
+
+def stop_repeatedly(proc: subprocess.Popen, sig: int, every: float = 0.005) -> str:
+    """`sig`, then again and again until the process ends (a user pressing Ctrl-C while it cleans
+    up); its stderr."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(sig)
+        time.sleep(every)
+    return proc.communicate(timeout=30)[1]
+
+
+@pytest.mark.parametrize("online", [False, True], ids=["offline", "online"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_repeated_interrupts_while_cleaning_up(clip, tiny_checkpoint, tmp_path, online, sig):
+    """The signals after the first are ignored while the run cleans up and exits: they interrupted
+    the cleanup (the lock and an online manifest saying "running" were left, `Exception ignored`
+    tracebacks printed), torch's finalizers (a traceback after the one-line error) or the
+    interpreter's teardown (the process killed by SIGINT instead of exit code 130)."""
+    out = tmp_path / "out"
+    proc = start("segment", clip, "-o", out, "--checkpoint", tiny_checkpoint, "--threads", "1",
+                 *(["--online"] if online else []))
+    lines = out / "clip" / "entities.jsonl"
+    wait_for(proc, (lambda: lines.exists() and lines.read_text().count("\n") >= 2) if online else
+             (lambda: out.is_dir() and any(".partial-" in p.name for p in out.iterdir())), "frames under way")
+    err = stop_repeatedly(proc, sig)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    if online:
+        assert json.loads((out / "clip" / "manifest.json").read_text())["status"] == "interrupted"
+        assert sorted(p.name for p in out.iterdir()) == ["clip"], "left behind: a lock"
+    else:
+        assert not out.exists() or sorted(p.name for p in out.iterdir()) == [], "left behind: staging folder or lock"

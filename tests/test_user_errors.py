@@ -93,6 +93,11 @@ SEGMENT_ERRORS = [
     (("--start", "5", "--end", "2"), "end (2) must be after start (5)"),
     (("--start", "3", "--end", "3"), "end (3) must be after start (3)"),
     (("--start", "2.5s", "--end", "1s"), "end (1.0) must be after start (2.5)"),
+    # An end of 0 selects nothing whatever the start: it was a failed video (exit 1) after loading.
+    (("--end", "0"), "end (0) must be after the first frame"),
+    (("--end", "0s"), "end (0.0) must be after the first frame"),
+    (("--start", "1s", "--end", "0"), "end (0) must be after the first frame"),
+    (("--online", "--end", "0"), "end (0) must be after the first frame"),
     (("--start", "nans"), "invalid frame position"),
     (("--start", "-1"), "invalid frame position"),
     (("--exact", "--dtype", "bfloat16"), "use --dtype float32"),

@@ -1,5 +1,5 @@
-"""Holding a Ctrl-C (or the SIGTERM the command line turns into one) while files are moved or
-written, so that an interrupt never lands between two steps that belong together."""
+"""Interrupts of the command line: the first Ctrl-C (or SIGTERM) stops the run, the ones after it
+are ignored while it cleans up, and none lands between two writes that belong together."""
 
 from __future__ import annotations
 
@@ -9,7 +9,51 @@ import threading
 
 from .errors import Terminated, raise_terminated
 
-__all__ = ["deferred_sigint"]
+__all__ = ["deferred_sigint", "interrupt_once", "interrupts_once"]
+
+_STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _ignore(signum, frame) -> None:
+    """A Ctrl-C or SIGTERM after the first one: the run is already stopping (see interrupt_once)."""
+
+
+def interrupt_once(signum, frame) -> None:
+    """The command line's SIGINT and SIGTERM handler: the first raises (KeyboardInterrupt, or
+    `Terminated` for SIGTERM), the ones after it are ignored. The run is then cleaning up (removing
+    its staging folder and lock, finishing an online result): a second Ctrl-C, pressed while it
+    did, interrupted that cleanup, left the lock behind and printed a traceback."""
+    ignore_further_interrupts()
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def ignore_further_interrupts() -> None:
+    """From now on, ignore the signals that interrupt_once handles (main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in _STOPS:
+            if signal.getsignal(sig) is interrupt_once:
+                signal.signal(sig, _ignore)
+
+
+@contextlib.contextmanager
+def interrupts_once():
+    """Within the block, a Ctrl-C and a SIGTERM go to interrupt_once: SIGTERM (what `kill`,
+    `timeout`, Slurm and `docker stop` send) ends the command as a Ctrl-C does, cleaning up, instead
+    of killing it with its temporary files and lock left behind. Only signals left to Python's
+    defaults are taken (a run started with Ctrl-C ignored keeps ignoring it); restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    before = {sig: signal.getsignal(sig) for sig in _STOPS}
+    for sig in _STOPS:
+        if before[sig] is defaults[sig]:
+            signal.signal(sig, interrupt_once)
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -20,14 +64,14 @@ def deferred_sigint():
     Used around the writes of one online frame (its files and its entities.jsonl line) and the
     renames that move a result into place, so that an interrupt never leaves them half done. No-op
     outside the main thread; a signal is held only while Python handles it by raising (SIGINT's
-    default handler, the command line's SIGTERM one); blocks nest (the outermost one holds).
+    default handler, the command line's handlers); blocks nest (the outermost one holds).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    held = {sig: signal.getsignal(sig) for sig in _STOPS}
     held = {sig: handler for sig, handler in held.items()
-            if handler is signal.default_int_handler or handler is raise_terminated}
+            if handler in (signal.default_int_handler, raise_terminated, interrupt_once)}
     received = []
     for sig in held:
         signal.signal(sig, lambda signum, frame: received.append(signum))
@@ -37,4 +81,5 @@ def deferred_sigint():
         for sig, handler in held.items():
             signal.signal(sig, handler)
     if received:
+        ignore_further_interrupts()  # raised as interrupt_once would have: the first one counts
         raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt

@@ -18,6 +18,7 @@ finishing the outputs of the frames done).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import errno
 import importlib
@@ -29,11 +30,12 @@ import threading
 from typing import Sequence
 
 from ..argtypes import ArgumentParser
-from ..errors import Terminated, raise_terminated
+from ..errors import Terminated
+from ..interrupts import interrupts_once
 from . import demo, download, export, segment
 from .options import print_err
 
-__all__ = ["main", "build_parser", "dispatch"]
+__all__ = ["main", "command", "build_parser", "dispatch"]
 
 # Sub-commands implemented in other modules: name -> (help, "module:function" taking argv).
 DELEGATED: dict[str, tuple[str, str]] = {
@@ -98,27 +100,11 @@ def dispatch(argv: Sequence[str]) -> int:
     return args.func(args)
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so that a command
-    stopped by `kill`, `timeout`, a scheduler or `docker stop` cleans up as on Ctrl-C instead of
-    dying with its temporary files and lock left behind."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # A Ctrl-C anywhere the commands do not handle it themselves (importing torch, loading the
     # model, parsing a checkpoint) ends with one line and the documented code, not a traceback.
-    with sigterm_as_interrupt():
+    with interrupts_once():
         try:
             return dispatch(argv)
         except KeyboardInterrupt as stop:
@@ -131,6 +117,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             if code is None:
                 raise
             return code
+
+
+def command() -> int:
+    """The process's entry point (`entitysam`, `python -m entitysam`): main(), then the exit
+    shielded from a late Ctrl-C or SIGTERM (a second Ctrl-C, say). One that came while Python
+    waited for threads ends the process at once with main's code; from the first exit handler on
+    (torch's finalizers, then the interpreter's teardown) they are ignored. They used to interrupt
+    torch's finalizers, which printed a KeyboardInterrupt traceback, or to kill the process by
+    SIGINT once Python had restored the default handlers."""
+    code = main()
+
+    def leave(signum, frame):
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    def ignore_from_now_on():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # (Python leaves an ignored signal ignored at exit)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, leave)
+        atexit.register(ignore_from_now_on)  # (run first: after the threads, before earlier handlers)
+    return code
 
 
 def os_error_code(err: OSError) -> int | None:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from ..argtypes import path_text, positive_int
 from ..errors import EntitySAMError, ResultFolderNotFoundError
@@ -53,10 +55,25 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def output_parent_problem(output: str) -> str | None:
+    """Why the folder that is to hold `output` cannot (absent, or not a folder), or None. A
+    mistaken -o, refused before any work with exit 2 as `metrics --json` and `segment
+    --save-logits` refuse it (it was a failed export, exit 1)."""
+    parent = Path(output).parent
+    if parent.is_dir():
+        return None
+    state = "is not a folder" if os.path.lexists(parent) else "does not exist"
+    return f"--output {output}: {parent} {state} (create the folder first or choose another output)"
+
+
 def run(args) -> int:
     from ..review import ResultFolder
     from ..review.export import export
 
+    problem = output_parent_problem(args.output)
+    if problem is not None:
+        print_err(problem)
+        return 2
     options = {"mots": {"class_id": args.class_id, "txt": args.mots_txt}, "ytvis": {"video_id": args.video_id},
                "cvat-video": {"tracks": args.cvat_tracks}}.get(args.format, {})
     try:

@@ -212,10 +212,29 @@ class OverlayWriter:
             for packet in self._stream.encode():
                 self._container.mux(packet)
         self._container.close()
+        if self.streaming and self._stream is not None:
+            pad_transport_stream(self.path)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # best effort on an error path
             self._container.close()
+
+
+# FFmpeg recognises MPEG-TS by counting its 188-byte packets in the first 2048 bytes. A shorter file
+# (one to three tiny frames: 9 packets for three 2x2 ones) scored below its MPEG-PS guess, which
+# finds no stream: ffmpeg, ffprobe and PyAV failed to open it ("End of file"). Null packets (PID
+# 0x1FFF, stuffing that every demuxer discards) bring it to 11 packets.
+TS_PACKET = 188
+TS_MIN_BYTES = 11 * TS_PACKET
+TS_NULL_PACKET = bytes((0x47, 0x1F, 0xFF, 0x10)) + b"\xff" * (TS_PACKET - 4)
+
+
+def pad_transport_stream(path: Path) -> None:
+    """Append null packets to a closed MPEG-TS file shorter than TS_MIN_BYTES (see above)."""
+    size = os.path.getsize(path)
+    if 0 < size < TS_MIN_BYTES and size % TS_PACKET == 0:
+        with open(path, "ab") as f:
+            f.write(TS_NULL_PACKET * ((TS_MIN_BYTES - size) // TS_PACKET))
 
 
 def _shade(image: np.ndarray, ids: np.ndarray, edge: np.ndarray, top: int, alpha: float) -> np.ndarray:

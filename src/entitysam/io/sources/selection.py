@@ -163,6 +163,11 @@ class FrameSelection:
         if (self.start is not None and self.end is not None and type(self.start) is type(self.end)
                 and self.end <= self.start):
             raise SourceError(f"end ({self.end}) must be after start ({self.start}): the selection would be empty")
+        # An end of 0 (frame or seconds) stops before frame 0 whatever the start: the same mistake
+        # as end <= start, caught here rather than as a failed video after the model is loaded.
+        if self.end is not None and self.end <= 0:
+            raise SourceError(f"end ({self.end}) must be after the first frame (frame 0, 0s): "
+                              "the selection would be empty")
         for name in ("stride", "max_frames"):
             value = getattr(self, name)
             if value is None and name == "max_frames":

@@ -59,6 +59,20 @@ def video_stream(container):
     return None
 
 
+def no_video_why(container) -> str:
+    """What a file without a video stream holds instead, in parentheses ("" when nothing to add). A
+    file with no stream at all is most often an MP4 cut short: its index, written at the end, is
+    missing, and FFmpeg finds nothing to decode (it was "no video stream", as for a music file)."""
+    if container.streams.video:
+        return " (only a cover picture)"
+    if container.streams.audio:
+        return " (only audio)"
+    if not len(container.streams):
+        return (" (it holds no streams at all: a recording stopped before it began, or a file cut short "
+                "before its index, which MP4 writers put at the end)")
+    return ""
+
+
 class VideoFileSource(FrameSource):
     """The first video stream of a file, decoded with PyAV."""
 
@@ -73,8 +87,7 @@ class VideoFileSource(FrameSource):
             with open_video(path) as container:
                 stream = video_stream(container)
                 if stream is None:
-                    raise SourceError(f"{path}: no video stream in the file"
-                                      + (" (only a cover picture)" if container.streams.video else ""))
+                    raise SourceError(f"{path}: no video stream in the file{no_video_why(container)}")
                 rate = stream.average_rate or stream.guessed_rate or stream.base_rate
                 self._frames_hint = int(stream.frames or 0)
                 self._frames_exact = self._frames_hint > 0  # counted in the container's index
