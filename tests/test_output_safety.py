@@ -377,6 +377,15 @@ def test_a_killed_runs_temporary_file_is_removed_whatever_its_pid_is_here(tmp_pa
     assert not dead.exists()
 
 
+def _temp_files_of_a_dead_and_a_live_pid(out):
+    """Temporary files in the new folder `out` named with a pid of no process and one alive here."""
+    out.mkdir()
+    dead, live = out / ".entitysam-tmp-999999999-0123456789ab", out / f".entitysam-tmp-{os.getppid()}-0123456789ab"
+    dead.write_text("{")
+    live.write_text("{")
+    return dead, live
+
+
 def test_without_flock_the_pid_here_decides(tmp_path, monkeypatch):
     """Where the file system has no flock, a temporary file whose pid is no process here is a
     killed run's (it was kept for good: its lock could not be told); one of a live pid is kept."""
@@ -393,10 +402,7 @@ def test_without_flock_the_pid_here_decides(tmp_path, monkeypatch):
 
     monkeypatch.setattr(atomic, "fcntl", NoFlock)
     out = tmp_path / "out"
-    out.mkdir()
-    dead, live = out / ".entitysam-tmp-999999999-0123456789ab", out / f".entitysam-tmp-{os.getppid()}-0123456789ab"
-    dead.write_text("{")
-    live.write_text("{")
+    dead, live = _temp_files_of_a_dead_and_a_live_pid(out)
     staging.remove_dead_temp_files(out)
     assert not dead.exists() and live.exists()
 
@@ -832,10 +838,7 @@ def test_without_fcntl_a_dead_runs_temporary_file_is_removed_unopened(tmp_path, 
 
     monkeypatch.setattr(atomic, "fcntl", None)
     out = tmp_path / "out"
-    out.mkdir()
-    dead, live = out / ".entitysam-tmp-999999999-0123456789ab", out / f".entitysam-tmp-{os.getppid()}-0123456789ab"
-    dead.write_text("{")
-    live.write_text("{")
+    dead, live = _temp_files_of_a_dead_and_a_live_pid(out)
     real_open = os.open
 
     def as_on_windows(path, flags, *args, **kwargs):
