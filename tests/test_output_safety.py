@@ -882,3 +882,14 @@ def test_pid_alive_on_windows_asks_windows_and_sends_no_signal(monkeypatch):
     finally:
         monkeypatch.undo()  # pytest's own reporting must not run as on Windows
     assert alive == [True, False, False]
+
+
+def test_a_file_put_in_place_of_a_held_lock_file_is_not_removed_with_the_lock(tmp_path):
+    """Releasing the lock removed whatever the lock file's path named then: a file of the user's
+    moved there during the run (the lock file renamed away first) was deleted."""
+    pytest.importorskip("fcntl", reason="runs are locked with fcntl.flock (POSIX)")
+    lock = OutputLock.acquire(tmp_path / "clip")
+    os.rename(lock.path, tmp_path / "moved")
+    lock.path.write_text("the user's\n")
+    lock.release()
+    assert lock.path.read_text() == "the user's\n"

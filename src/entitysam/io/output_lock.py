@@ -255,7 +255,9 @@ class OutputLock:
         OutputLock._held.pop(str(self.final), None)
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                self.path.unlink()  # while still locked: nobody can be relying on it
+                # while still locked: nobody can be relying on it; not a file put in its place
+                if os.path.samestat(os.fstat(self._fd), os.lstat(self.path)):
+                    self.path.unlink()
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
