@@ -41,6 +41,8 @@ RUNS = {
     "batch_scaling.py": (["--videos", "1", "--frames", "2", "--size", "64x48", "--workers", "1"],
                          "workers wall s cpu s videos/h frames/s speedup efficiency"),
     "decode_memory.py": (["--mp", "0.2", "--video-mp", "0.1"], '{"input": "big.mp4",'),
+    "float16_headroom.py": (["--model", "demo", "--frames", "1", "--size", "64x48", "--steps", "1",
+                             "--dtypes", "float32,float16"], "step 0: finite True"),
 }
 # Too slow here for a smoke run: full-size models (minutes a step on this CPU), a Ray instance,
 # a browser, the GPU benchmark (its CPU smoke run has tests of its own).
