@@ -306,6 +306,18 @@ def test_max_pixels_option(tmp_path, tiny_checkpoint, monkeypatch):
         assert r.returncode == 2 and "--max-pixels" in r.stderr
 
 
+def test_max_pixels_is_a_whole_number_of_pixels():
+    """'1.5' was cut to a limit of 1 pixel (every frame then refused); '1.1M' is exactly 1100000
+    (1100000.0000000002 as a float); an exponent past reach is refused at once."""
+    import argparse
+
+    assert [pixel_count(t) for t in ("50M", "1.1M", "800k", "1e3", " 7 ", "1e30", "none")] == [
+        50_000_000, 1_100_000, 800_000, 1000, 7, 10**30, None]
+    for bad in ("1.5", "0.0001k", "1e31", "1e999999999", "1e-999999999", "9" * 5000, "Infinity", "sNaN", "k", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="whole, positive number of pixels"):
+            pixel_count(bad)
+
+
 # ----------------------------------------------------------------------------- corrupt frames
 
 

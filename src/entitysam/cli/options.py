@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import decimal
 import sys
 import warnings
 from pathlib import Path
@@ -53,13 +54,14 @@ def pixel_count(text: str) -> int | None:
     if s in ("none", "off", "unlimited"):
         return None
     scale = {"k": 1_000, "m": 1_000_000}.get(s[-1:], 1)
-    try:
-        value = float(s[:-1] if scale != 1 else s) * scale
-    except ValueError:
-        value = -1.0
-    if not value >= 1 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of pixels (e.g. 50000000 or 50M) or none, "
-                                         f"got {text!r}")
+    try:  # decimal: "1.1M" is exactly 1100000 (as a float, 1100000.0000000002)
+        value = decimal.Decimal(s[:-1] if scale != 1 else s) * scale
+    except (decimal.DecimalException, ValueError):  # not a number, or past decimal's exponent range
+        value = decimal.Decimal(-1)
+    # (the exponent first: the integer of "1e999999999" takes minutes to make)
+    if not value.is_finite() or value.adjusted() > 30 or value < 1 or value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"expected a whole, positive number of pixels (e.g. 50000000 or 50M; at "
+                                         f"most 1e30) or none (no limit), got {text!r}")
     return int(value)
 
 
