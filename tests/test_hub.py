@@ -157,6 +157,22 @@ def test_download_names_each_model_once(isolated, monkeypatch, capsys):
     assert capsys.readouterr().err.count("error:") == 1
 
 
+@pytest.mark.parametrize("under", [False, True], ids=["a file", "under a file"])
+def test_download_into_a_file_is_a_usage_error_before_the_hub_is_asked(isolated, monkeypatch, capsys, under):
+    """--cache-dir naming a file contacted the hub, then failed with exit 1 and a hint about network
+    access."""
+    (isolated / "f").write_text("mine\n")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    import entitysam.hub as hub
+
+    monkeypatch.setattr(hub, "resolve_checkpoint", lambda *a, **k: pytest.fail("the hub was asked"))
+    cache = isolated / "f" / "c" if under else isolated / "f"
+    assert cli.main(["download", "vit-s", "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err
+    assert (isolated / "f").read_text() == "mine\n"
+
+
 def test_missing_file_on_hub_gives_instructions(isolated):
     with _Hub({}) as hub:
         with pytest.raises(ModelNotAvailableError) as err:

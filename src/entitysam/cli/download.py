@@ -19,7 +19,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..hub import resolve_checkpoint
+    from ..io.paths import nearest_existing
 
+    if args.cache_dir is not None and not nearest_existing(args.cache_dir).is_dir():
+        # a usage error, said before the hub is asked (it failed after, blamed on the network)
+        print_err(EntitySAMError(f"--cache-dir {args.cache_dir}: {nearest_existing(args.cache_dir)} is a file, "
+                                 "not a folder: choose a folder for the cache"))
+        return 2
     status = 0
     for name in dict.fromkeys(args.models):  # each once, in the order given (vit-s vit-s fetched it twice)
         try:
