@@ -387,13 +387,16 @@ def test_http_error_names_the_status(isolated, capsys, monkeypatch, status, forc
     assert f"error: cannot get the vit-s checkpoint: download failed ({words})\n" in err
 
 
-def test_cache_folder_that_is_a_file_is_named(isolated, monkeypatch, capsys):
+def test_cache_folder_that_is_a_file_is_named(isolated):
+    """(The library's words; `entitysam download` refuses such a --cache-dir before asking the hub.)"""
+    from entitysam.errors import EntitySAMError
+
     data = _checkpoint_bytes(isolated)
     (isolated / "c").write_text("not a folder")
     with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-        assert cli.main(["download", "vit-s", "--cache-dir", str(isolated / "c")]) == 1
-    err = capsys.readouterr().err
+        with pytest.raises(EntitySAMError) as info:
+            resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint=hub.endpoint)
+    err = str(info.value)
     assert f"download failed (cannot write {isolated / 'c'}" in err
     assert "(Not a directory): the cache folder must be a writable folder" in err
 
