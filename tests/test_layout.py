@@ -7,6 +7,7 @@ seconds, with the modules named.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,81 @@ def test_no_source_file_over_the_line_limit():
 ])
 def test_cycle_finder_finds_cycles(graph, expected):
     assert cycles(graph) == expected
+
+
+# The README's "How the code is laid out": a code block of entries, one a line at indent 2 under
+# src/entitysam/ (`name.py` or `package/`) or at indent 0 (benchmarks/, scripts/..., docs/), each
+# continued by the more indented lines below it.
+ENTRY = re.compile(r"^(  )?(\S+?)(?:,|\s{2,}|$)")
+WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def readme_layout(readme: str) -> dict[str, str]:
+    """The layout section's entries: name as written (`config.py`, `inference/`, `benchmarks/`,
+    names under src/entitysam/ prefixed with it) -> its text, continuation lines included."""
+    section = readme.split("## How the code is laid out", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1].split("\n", 1)[1]
+    entries: dict[str, str] = {}
+    name = None
+    for line in block.splitlines():
+        match = ENTRY.match(line)
+        if line.strip() and match and not line.startswith("   "):
+            top = match.group(2)
+            name = f"src/entitysam/{top}" if match.group(1) else top
+            entries[name] = line
+        elif name is not None:
+            entries[name] += "\n" + line
+    return entries
+
+
+def layout_problems(entries: dict[str, str], repo: Path) -> list[str]:
+    """What the layout gets wrong about the tree under `repo`: a module (.py, or the viewer's .js)
+    of src/entitysam/ or a benchmark its entry does not name, or an entry, `x.py` or `x/` it
+    names that does not exist."""
+    package = repo / "src" / "entitysam"
+    problems = [f"the layout names {name}, which does not exist" for name in entries
+                if not (repo / name.rstrip("/")).exists()]
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.js")]):
+        rel = path.relative_to(repo).as_posix()
+        if path.name == "__init__.py" and path.parent != package:
+            continue  # a package's own line covers its __init__
+        owner = max((n for n in entries if n.endswith("/") and rel.startswith(n) and n != "src/entitysam/"),
+                    key=len, default=None)
+        text = entries.get(owner, "") if owner else "\n".join(v for n, v in entries.items() if not n.endswith("/"))
+        if owner is None and path.parent != package:
+            problems.append(f"{rel}: its package has no line in the layout")
+            continue
+        below = rel[len(owner):].split("/")[:-1] if owner else []
+        wanted = [f"{d}/" for d in below] + [path.name if owner is None else path.stem]
+        words = set(WORD.findall(text)) | set(re.findall(r"\S+?/", text)) | set(re.findall(r"[\w.]+\.py", text))
+        missing = [w for w in wanted if w not in words]
+        if missing:
+            problems.append(f"{rel}: the layout's {owner or 'src/entitysam/'} line does not name {', '.join(missing)}")
+    for bench in sorted((repo / "benchmarks").glob("[!_]*.py")):
+        if bench.name not in entries.get("benchmarks/", ""):
+            problems.append(f"benchmarks/{bench.name}: not named in the layout's benchmarks/ line")
+    for name, text in entries.items():
+        folder = repo / name if name.endswith("/") else repo / "src" / "entitysam"
+        problems += [f"the layout's {name} line names {f}, which does not exist"
+                     for f in re.findall(r"\b\w+\.py\b", text)
+                     if not any(folder.rglob(f)) and not (name == f or name.endswith("/" + f))]
+    return problems
+
+
+def test_the_readme_layout_names_every_module_and_only_modules_that_exist():
+    problems = layout_problems(readme_layout((REPO / "README.md").read_text(encoding="utf-8")), REPO)
+    assert not problems, "README.md, How the code is laid out:\n" + "\n".join(problems)
+
+
+def test_the_layout_check_finds_a_module_left_out_and_one_that_is_gone(tmp_path):
+    (tmp_path / "src" / "entitysam" / "io").mkdir(parents=True)
+    (tmp_path / "benchmarks").mkdir()
+    for name in ("__init__.py", "errors.py", "io/__init__.py", "io/atomic.py", "io/file_lock.py"):
+        (tmp_path / "src" / "entitysam" / name).write_text("")
+    readme = ("## How the code is laid out\n\n```\nsrc/entitysam/\n  __init__.py   the API\n"
+              "  errors.py     errors\n  hub.py        gone\n  io/           atomic (atomic writes),\n"
+              "                overlay.py\nbenchmarks/     none\n```\n\n## Next\n")
+    problems = layout_problems(readme_layout(readme), tmp_path)
+    assert problems == ["the layout names src/entitysam/hub.py, which does not exist",
+                        "src/entitysam/io/file_lock.py: the layout's src/entitysam/io/ line does not name file_lock",
+                        "the layout's src/entitysam/io/ line names overlay.py, which does not exist"]
