@@ -123,3 +123,34 @@ def test_shards_run_with_two_checkpoints_of_one_name_and_size_are_not_merged(dat
     err = capsys.readouterr().err
     assert "predictions of another model" in err and "sha256" in err, err
     assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("error, code", [("input", 2), ("incomplete", 1)])
+def test_rank_0_under_torchrun_ends_with_the_documented_code_when_merging_fails(dataset, tmp_path, monkeypatch, capsys,
+                                                                               error, code):
+    """Rank 0 merges and scores once every rank is done: ground truth found unusable only then (or
+    predictions of two models) is exit 2 as in a single process (it was 1 under torchrun alone);
+    videos still missing stay 1."""
+    import torch.distributed as dist
+
+    from entitysam.cli import eval as eval_cli
+    from entitysam.eval.runner.output import IncompleteError
+    from entitysam.eval.runner.plan import EvalInputError
+    from entitysam.eval.runner.run import EvalSummary
+
+    d, root = dataset
+    for key in LAUNCHER_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    for name in ("init_process_group", "barrier", "destroy_process_group"):
+        monkeypatch.setattr(dist, name, lambda *a, **kw: None)
+    monkeypatch.setattr(eval_cli, "evaluate_vipseg", lambda *a, **kw: EvalSummary(output=tmp_path / "out", videos=[]))
+
+    def finish(*args, **kwargs):
+        raise (EvalInputError("the GT JSON is unusable") if error == "input" else IncompleteError("2 videos missing", ["a", "b"]))
+
+    monkeypatch.setattr(eval_cli, "finish", finish)
+    status = eval_cli.main(["vipseg", "--data-root", str(root), "--checkpoint", str(d / "tiny.pth"), "--device", "cpu",
+                            "--output", str(tmp_path / "out"), "-q"])
+    assert status == code, capsys.readouterr().err

@@ -223,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except IncompleteError as err:
                     print_err(f"{user_message(err)}; re-run the same command to finish them")
                     status = 1
+                except EvalInputError as err:  # unusable GT met when scoring: 2, as in one process
+                    print_err(err)
+                    status = 2
                 except EntitySAMError as err:
                     print_err(err)
                     status = 1
