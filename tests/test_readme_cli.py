@@ -198,42 +198,47 @@ def logical_lines(block: list[tuple[int, str]]) -> list[tuple[int, str]]:
 def mentions(path: Path, root: Path = REPO) -> list[Mention]:
     """Every option a Markdown file shows, with the command(s) it is shown for (named from `root`)."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    name = path.relative_to(root)
+    name = str(path.relative_to(root))
     found: list[Mention] = []
-    heading_at: list[tuple[int, str]] = []  # (line index, heading) outside code blocks
+    headings: list[tuple[int, str]] = []  # (line index, heading) outside code blocks
     prose = list(lines)  # the text with code blocks blanked, so that spans keep their line numbers
     fence: list[tuple[int, str]] | None = None
     for i, line in enumerate(lines):
         if line.lstrip().startswith("```"):
-            if fence is None:
-                fence = []
-            else:
-                for number, code in logical_lines(fence):
-                    for command, options in command_options(code.split()):
-                        found += [Mention(o, (command,), True, f"{name}:{number}", code, v) for o, v in options]
-                fence = None
+            if fence is not None:
+                found += code_mentions(fence, name)
+            fence = [] if fence is None else None
             prose[i] = ""
         elif fence is not None:
             fence.append((i + 1, line))
             prose[i] = ""
         elif match := HEADING.match(line):
-            heading_at.append((i, match.group(2)))
-    text = "\n".join(prose)
+            headings.append((i, match.group(2)))
+    return found + span_mentions("\n".join(prose), name, headings)
+
+
+def code_mentions(block: list[tuple[int, str]], name: str) -> list[Mention]:
+    """The options of the `entitysam` command lines of a fenced code block."""
+    return [Mention(o, (command,), True, f"{name}:{number}", code, v) for number, code in logical_lines(block)
+            for command, options in command_options(code.split()) for o, v in options]
+
+
+def span_mentions(text: str, name: str, headings: list[tuple[int, str]]) -> list[Mention]:
+    """The options of the inline code spans of `text` (Markdown without its code blocks)."""
+    found = []
     for match in SPAN.finditer(text):
         span, start = match.group(1), match.start()
         number = text.count("\n", 0, start) + 1
         where = f"{name}:{number}"
         tokens = span.split()
-        if tokens and tokens[0] in FIRST_WORDS and len(tokens) > 1 and tokens[1] != "vipseg":
-            tokens = ["entitysam", *tokens]  # `segment --overwrite`, `metrics --json FILE`
-        elif tokens[:2] == ["eval", "vipseg"]:
-            tokens = ["entitysam", *tokens]
+        if len(tokens) > 1 and tokens[0] in FIRST_WORDS:
+            tokens = ["entitysam", *tokens]  # `segment --overwrite`, `metrics --json FILE`, `eval vipseg ...`
         if any(t in ("entitysam", "entitysam.train") for t in tokens):
-            for command, options in command_options(tokens):
-                found += [Mention(o, (command,), True, where, span, v) for o, v in options]
+            found += [Mention(o, (command,), True, where, span, v) for command, options in command_options(tokens)
+                      for o, v in options]
         elif tokens and OPTION.match(clean(tokens[0])):
             named = named_before(text[:start])
-            commands = named or section_commands(heading_at, number - 1) or FILES.get(str(name))
+            commands = named or section_commands(headings, number - 1) or FILES.get(name)
             found += [Mention(o, commands, named is not None, where, span, v) for o, v in with_values(tokens)]
     return found
 
