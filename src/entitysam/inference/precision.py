@@ -188,9 +188,9 @@ def tf32_matmuls():
 
 
 def _tf32_switches() -> list[tuple[object, tuple]]:
-    """(object with the older `allow_tf32` flag, the objects whose newer `fp32_precision` that
-    flag's setter sets, the one that decides first) of cuBLAS matmuls and cuDNN; no newer
-    objects before torch 2.9."""
+    """Per switch (cuBLAS matmuls, cuDNN): the object with the older `allow_tf32` flag, and the
+    objects with the newer `fp32_precision` settings that its setter sets too, the one for the
+    operation switched first (cuDNN's also sets the RNNs'); none before torch 2.9."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     conv, rnn = getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)
     if hasattr(matmul, "fp32_precision") and all(hasattr(o, "fp32_precision") for o in (conv, rnn)):
