@@ -106,6 +106,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         p.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, TypeError):  # (torch's message lists every device type it knows)
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        p.error(f"--device must be cuda, cuda:N or cpu, not {args.device!r}")
     return args
 
 
@@ -278,6 +284,14 @@ def main(argv=None) -> int:
         print(f"no CUDA device: {why} (torch {torch.__version__}); run with --device cpu or on a GPU box",
               file=sys.stderr)
         return 2
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= (count := torch.cuda.device_count()):
+            print(f"no CUDA device {device}: this machine has {count} GPU(s) visible (cuda:0 .. cuda:{count - 1})",
+                  file=sys.stderr)
+            return 2
+        # The timing events, empty_cache and the profiler act on the current device: make it the
+        # one measured (events recorded on cuda:0 around work queued on cuda:1 time nothing).
+        torch.cuda.set_device(device)
     if args.smoke:
         torch.set_num_threads(1)  # the tiny model is per-op overhead: threads only fight over cores
     ctx = Ctx(args, device)

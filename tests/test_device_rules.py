@@ -183,6 +183,7 @@ def program_precision():
     matmul = torch.get_float32_matmul_precision()
     yield
     torch.set_float32_matmul_precision(matmul)
+    torch.backends.cudnn.allow_tf32 = legacy[1]  # (the older cuDNN flag has no other setter)
     for (name, path), value in zip(_PRECISION, before):
         setattr(_precision_owner(path), name, value)
     assert _precision_settings() == before
@@ -218,6 +219,48 @@ def test_float32_on_cuda_runs_with_tf32_however_the_program_set_it_and_puts_it_b
     exact, _ = precision_plan(on_gpu, torch.float32, exact=True)  # exact: untouched
     with exact:
         assert _precision_settings() == before
+
+
+_OLDER_READERS = {"torch.get_float32_matmul_precision()": ("high", "medium"),
+                  "torch.backends.cuda.matmul.allow_tf32": (True,),
+                  "torch.backends.cudnn.allow_tf32": (True,)}  # -> what each says with TF32 on
+
+
+def _readable(expression: str) -> bool:
+    try:
+        eval(expression)
+    except RuntimeError:  # torch's "mix of the legacy and new APIs"
+        return False
+    return True
+
+
+@pytest.mark.parametrize("setting", [
+    "pass",                                                # a program that never touched them
+    "torch.backends.cuda.matmul.fp32_precision = 'ieee'",
+    "torch.backends.fp32_precision = 'ieee'",
+    "torch.backends.cudnn.conv.fp32_precision = 'ieee'",   # (a mix already: cudnn's older flag raises)
+    "torch.backends.cuda.matmul.allow_tf32 = False",
+    "torch.backends.cudnn.allow_tf32 = False",
+])
+def test_older_tf32_readers_still_read_while_a_float32_video_runs_on_cuda(program_precision, setting):
+    """Inside the TF32 switch both of torch's views say TF32. It set only the newer
+    `fp32_precision` settings, and torch raises on reads of the older view that disagree ("mix of
+    the legacy and new APIs"): `torch.get_float32_matmul_precision()`, which torch.compile's
+    autotuning reads, raised inside every float32 video on CUDA, even in a program that had set
+    nothing (`compile_model(model, mode="max-autotune-no-cudagraphs")` then failed)."""
+    from entitysam.inference.precision import precision_plan
+
+    exec(setting)
+    before = _precision_settings()
+    readable = [expression for expression in _OLDER_READERS if _readable(expression)]
+    on_gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda", 0))]))
+    context, _ = precision_plan(on_gpu, torch.float32)
+    with context:
+        assert torch.backends.cuda.matmul.fp32_precision == torch.backends.cudnn.conv.fp32_precision == "tf32"
+        for expression in readable:
+            assert eval(expression) in _OLDER_READERS[expression], expression
+    assert _precision_settings() == before
+    assert [expression for expression in _OLDER_READERS if _readable(expression)] == readable
 
 
 # ------------------------------------------------------------------ the queries of a batch sized from free memory

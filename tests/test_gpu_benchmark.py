@@ -160,3 +160,65 @@ def test_compile_section_is_opt_in_outside_the_smoke_run():
     assert module.parse_args([]).sections == [s for s in SECTIONS if s != "compile"]
     assert module.parse_args(["--smoke"]).sections == SECTIONS
     assert module.parse_args(["--sections", "models,compile"]).sections == ["models", "compile"]
+
+
+def _script():
+    """benchmarks/gpu.py imported as a module (its helpers found as the script finds them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark_main", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """torch's CUDA API as on a machine with two GPUs: the current device is 0 until set."""
+    state = dict(current=0, set=[])
+
+    def set_device(device):
+        state["current"] = torch.device(device).index if isinstance(device, (str, torch.device)) else int(device)
+        state["set"].append(state["current"])
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    return state
+
+
+def test_a_gpu_the_machine_does_not_have_is_one_line_exit_2(tmp_path, two_gpus, capsys):
+    """`--device cuda:5` with two GPUs: every section failed on its own with CUDA's "invalid device
+    ordinal" (exit 1 after the whole budget); now one line and exit 2 before any work."""
+    script = _script()
+    assert script.main(["--device", "cuda:5", "--json", str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert err == "no CUDA device cuda:5: this machine has 2 GPU(s) visible (cuda:0 .. cuda:1)\n"
+    assert not (tmp_path / "out.json").exists() and two_gpus["set"] == []
+
+
+def test_the_gpu_asked_for_is_the_current_device_while_the_sections_run(tmp_path, two_gpus, monkeypatch):
+    """The timing events (`torch.cuda.Event().record()`), empty_cache and the profiler act on the
+    current device. With `--device cuda:1` that stayed cuda:0: events recorded there around work
+    queued on cuda:1 timed nothing."""
+    script = _script()
+    seen = []
+    monkeypatch.setattr(script, "run_sections", lambda ctx, write: seen.append((ctx.device, two_gpus["current"])))
+    monkeypatch.setattr(script, "print_report", lambda ctx, report: None)
+    assert script.main(["--device", "cuda:1", "--sections", "env", "--json", str(tmp_path / "out.json")]) == 0
+    assert seen == [(torch.device("cuda", 1), 1)]
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps", "meta"])
+def test_a_device_that_is_not_cuda_or_cpu_is_a_command_line_error(device, capsys):
+    """`--device gpu` was a RuntimeError traceback from torch.device; mps and meta ran sections
+    the script is not written for."""
+    with pytest.raises(SystemExit) as exit_:
+        _script().parse_args(["--device", device])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--device must be cuda, cuda:N or cpu, not '{device}'" in err and "Traceback" not in err

@@ -152,32 +152,50 @@ def tf32_matmuls():
     """TF32 for float32 matmuls and convolutions on CUDA (the official evaluation switches it on
     for compute capability >= 8), restored afterwards.
 
-    Through torch's ``fp32_precision`` settings where it has them (torch 2.9 on): once a program
-    has set those (``torch.backends.cuda.matmul.fp32_precision = "tf32"``, the way torch now
-    recommends), merely reading the older ``allow_tf32`` flags raises a RuntimeError ("mix of the
-    legacy and new APIs"), so a float32 video on CUDA failed before its first frame. A setting
-    already "tf32" is left alone."""
+    torch (2.9 on) has two views of these switches, the older ``allow_tf32`` flags and the newer
+    ``fp32_precision`` settings, and raises a RuntimeError ("mix of the legacy and new APIs") at
+    any read of the older view that disagrees with the newer one. Setting only the newer one made
+    that mix: inside a float32 video on CUDA ``torch.get_float32_matmul_precision()`` raised, and
+    torch.compile's autotuning (mode "max-autotune...") reads it. So where the older flag reads
+    (the views agree), it is switched through its setter, which sets the newer settings too, and
+    put back the same way. Where it does not (the program mixed them already: its reads fail
+    either way) only the newer setting is switched, as before. A switch already "tf32" is left
+    alone; the newer settings are put back as they were."""
     restore = []
-    for owner, name in _tf32_settings():
-        before = getattr(owner, name)
-        value = "tf32" if name == "fp32_precision" else True
-        if before != value:
-            setattr(owner, name, value)
-            restore.append((owner, name, before))
+    for flags, settings in _tf32_switches():
+        if settings and settings[0].fp32_precision == "tf32":
+            continue
+        try:
+            before = flags.allow_tf32
+        except RuntimeError:
+            before = None
+        if before or (before is None and not settings):
+            continue
+        saved = [(owner, owner.fp32_precision) for owner in settings]
+        if before is None:
+            settings[0].fp32_precision = "tf32"
+        else:
+            flags.allow_tf32 = True
+        restore.append((flags, before, saved))
     try:
         yield
     finally:
-        for owner, name, before in reversed(restore):
-            setattr(owner, name, before)
+        for flags, before, saved in reversed(restore):
+            if before is not None:
+                flags.allow_tf32 = before
+            for owner, value in saved:
+                owner.fp32_precision = value
 
 
-def _tf32_settings() -> list[tuple[object, str]]:
-    """(object, attribute) of the TF32 switches of float32 matmuls and cuDNN convolutions."""
+def _tf32_switches() -> list[tuple[object, tuple]]:
+    """Per switch (cuBLAS matmuls, cuDNN): the object with the older `allow_tf32` flag, and the
+    objects with the newer `fp32_precision` settings that its setter sets too, the one for the
+    operation switched first (cuDNN's also sets the RNNs'); none before torch 2.9."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    conv = getattr(cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None and hasattr(conv, "fp32_precision"):
-        return [(matmul, "fp32_precision"), (conv, "fp32_precision")]
-    return [(matmul, "allow_tf32"), (cudnn, "allow_tf32")]
+    conv, rnn = getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None)
+    if hasattr(matmul, "fp32_precision") and all(hasattr(o, "fp32_precision") for o in (conv, rnn)):
+        return [(matmul, (matmul,)), (cudnn, (conv, rnn))]
+    return [(matmul, ()), (cudnn, ())]
 
 
 @contextlib.contextmanager
