@@ -433,10 +433,11 @@ def test_training_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, limit, p
 
 def test_training_log_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, capsys, monkeypatch):
     """metrics.csv / metrics.jsonl that cannot be written: an OSError traceback."""
-    from _disk_full import full_disk_open
+    from _disk_full import FullFile
     from entitysam.train import logger
 
-    monkeypatch.setattr(logger, "open", full_disk_open, raising=False)
+    opened = logger.open_regular_for_writing  # (metrics.csv and metrics.jsonl are opened with it)
+    monkeypatch.setattr(logger, "open_regular_for_writing", lambda *a, **kw: FullFile(opened(*a, **kw)))
     assert _train(coco, tmp_path) == 1
     err = capsys.readouterr().err
     assert re.fullmatch(r"error: cannot write the training log in \S*/out: No space left on device\n", err), err
@@ -460,9 +461,8 @@ def test_log_txt_on_a_full_disk_stops_the_run_in_one_line(coco, tmp_path):
 def test_log_txt_failing_mid_run_stops_it_like_metrics(coco, tmp_path, capsys, monkeypatch):
     """A disk that fills up during the run (log.txt's writes fail from the second checkpoint's
     line on): the run stops at that iteration with one line; the checkpoint before stays."""
-    import logging
-
     from _disk_full import enospc
+    from entitysam.train.logger import LogFile
 
     class Filling:
         def __init__(self, f):
@@ -477,8 +477,8 @@ def test_log_txt_failing_mid_run_stops_it_like_metrics(coco, tmp_path, capsys, m
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    opened = logging.FileHandler._open
-    monkeypatch.setattr(logging.FileHandler, "_open", lambda self: Filling(opened(self)))
+    opened = LogFile._open  # (log.txt's handler: logging.FileHandler opening a regular file only)
+    monkeypatch.setattr(LogFile, "_open", lambda self: Filling(opened(self)))
     assert _train(coco, tmp_path, "solver.max_iter=4", "solver.checkpoint_period=1") == 1
     out = tmp_path / "out"
     assert capsys.readouterr().err == f"error: cannot write the training log {out / 'log.txt'}: No space left on device\n"
