@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 
 import torch
 
-from .checkpoint_file import open_checkpoint, pickle_with_globals, text_start
+from .checkpoint_file import is_safetensors, open_checkpoint, pickle_with_globals, text_start
 from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
@@ -184,26 +184,9 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
     scheduler state), read as safely as :func:`read_state_dict` reads the weights."""
     path = Path(path)
     with open_checkpoint(path) as f:  # the one open of the path: what it names may change meanwhile
-        if _is_safetensors(f, path):
+        if is_safetensors(f, path):
             return _read_safetensors(f, path)
         return _read_pickle(f, path, allow_pickle)
-
-
-def _is_safetensors(f: BinaryIO, path: Path) -> bool:
-    """Whether `f` is read as safetensors: by its start where that tells (an 8-byte little-endian
-    header length that fits the file, then a JSON object; a zip archive or a pickle's PROTO is
-    torch.save's), else by its suffix, in any case. By the suffix alone, a safetensors file named
-    .pth or .SAFETENSORS failed as "Unsupported operand 112", a torch.save file named .safetensors
-    as "header too large"."""
-    f.seek(0)
-    head = f.read(9)
-    f.seek(0)
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
-        return False
-    size = os.fstat(f.fileno()).st_size
-    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
-        return True
-    return path.suffix.lower() == ".safetensors"
 
 
 def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
