@@ -302,3 +302,30 @@ def test_other_warnings_of_a_model_load_are_shown_once():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           preexec_fn=two_gib_at_most)
     assert proc.returncode == 0 and proc.stderr.count("casting complex values to real") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["weights.pth", "weights.SAFETENSORS", "weights.bin"])
+def test_a_safetensors_file_is_read_as_one_whatever_its_name(tmp_path, name):
+    """The reader was chosen by the suffix alone, case-sensitively: a safetensors file named .pth,
+    .bin or .SAFETENSORS failed as "not a readable PyTorch checkpoint ...: Unsupported operand 112"."""
+    from safetensors.torch import save_file
+
+    state = tiny_state_dict()
+    save_file(state, tmp_path / name)
+    got = read_state_dict(tmp_path / name)
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_torch_save_file_named_safetensors_is_read_weights_only(tmp_path, legacy):
+    """A torch.save file named .safetensors failed as "Error while deserializing header: header too
+    large". It is read as what it is, with the same weights-only loader: its weights load, and
+    pickled code in it is refused, never run."""
+    state = tiny_state_dict()
+    torch.save({"model": state}, tmp_path / "w.safetensors", _use_new_zipfile_serialization=not legacy)
+    got = read_state_dict(tmp_path / "w.safetensors")
+    assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
+    marker = tmp_path / "ran"
+    with pytest.raises(UnsafeCheckpointError):
+        read_state_dict(_malicious(tmp_path / "evil.safetensors", marker, legacy=legacy))
+    assert not marker.exists()

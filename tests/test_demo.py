@@ -224,3 +224,26 @@ def test_memory_grad_opens_the_memory_path(memory_grad):
     assert has("no_mem_embed") == memory_grad
     assert has("image_encoder.neck.convs.0") == memory_grad  # the stride-16 level
     assert not has("memory_encoder")  # memory is stored detached either way
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_demo_overwrite_never_writes_through_a_link_in_place_of_its_marker(tmp_path, capsys):
+    """The demo's marker file (.entitysam-demo) was rewritten in place: a symbolic link there made
+    `demo --overwrite` write into the file it led to (a user's file outside the folder), a hard
+    link put the marker's text into the linked file. A link there is no demo run's marker now
+    (refused, deleting and writing nothing), and the marker is replaced, never written into."""
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    out = tmp_path / "dm"
+    out.mkdir()
+    (out / ".entitysam-demo").symlink_to(mine)
+    args = ["demo", "-o", str(out), *DEMO_ARGS]
+    assert cli.main(args) == 1
+    assert "not a demo run" in capsys.readouterr().err
+    assert mine.read_text() == "mine" and (out / ".entitysam-demo").is_symlink()
+    (out / ".entitysam-demo").unlink()
+    assert cli.main(args) == 0  # a demo run of its own
+    (out / ".entitysam-demo").unlink()
+    (out / ".entitysam-demo").hardlink_to(mine)
+    assert cli.main(args) == 0  # a regular file in its place: replaced
+    assert mine.read_text() == "mine" and "entitysam demo" in (out / ".entitysam-demo").read_text()

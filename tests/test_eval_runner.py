@@ -498,3 +498,20 @@ def test_a_failing_video_does_not_stop_the_others_and_is_retried(env, reference,
     frame.write_bytes(good)
     assert cli.main(args) == 0
     assert_same_predictions(tmp_path / "out", reference, ds.videos)
+
+
+def test_a_named_pipe_in_place_of_a_run_log_is_never_written_into(tmp_path):
+    """logs/<run>.jsonl was opened by name: a named pipe there made `eval vipseg` wait for a reader
+    for ever (here a reader is open, so the old code wrote its record into the pipe instead). The
+    log is a regular file or nothing: the record is left out, the run goes on."""
+    out = EvalOutput(tmp_path)
+    out.logs.mkdir(parents=True)
+    os.mkfifo(out.logs / "run.jsonl")
+    reader = os.open(out.logs / "run.jsonl", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        out.log("run", {"event": "video", "video": "v", "status": "done"})
+        assert os.read(reader, 4096) == b""  # nothing was written into the pipe (and no writer holds it)
+    finally:
+        os.close(reader)
+    out.log("other", {"event": "video", "video": "v", "status": "done"})  # a regular file: written as before
+    assert json.loads((out.logs / "other.jsonl").read_text())["status"] == "done"

@@ -433,10 +433,11 @@ def test_training_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, limit, p
 
 def test_training_log_on_a_full_disk_is_one_line_and_exit_1(coco, tmp_path, capsys, monkeypatch):
     """metrics.csv / metrics.jsonl that cannot be written: an OSError traceback."""
-    from _disk_full import full_disk_open
+    from _disk_full import FullFile
     from entitysam.train import logger
 
-    monkeypatch.setattr(logger, "open", full_disk_open, raising=False)
+    opened = logger.open_regular_for_writing  # (metrics.csv and metrics.jsonl are opened with it)
+    monkeypatch.setattr(logger, "open_regular_for_writing", lambda *a, **kw: FullFile(opened(*a, **kw)))
     assert _train(coco, tmp_path) == 1
     err = capsys.readouterr().err
     assert re.fullmatch(r"error: cannot write the training log in \S*/out: No space left on device\n", err), err
@@ -460,9 +461,8 @@ def test_log_txt_on_a_full_disk_stops_the_run_in_one_line(coco, tmp_path):
 def test_log_txt_failing_mid_run_stops_it_like_metrics(coco, tmp_path, capsys, monkeypatch):
     """A disk that fills up during the run (log.txt's writes fail from the second checkpoint's
     line on): the run stops at that iteration with one line; the checkpoint before stays."""
-    import logging
-
     from _disk_full import enospc
+    from entitysam.train.logger import LogFile
 
     class Filling:
         def __init__(self, f):
@@ -477,8 +477,8 @@ def test_log_txt_failing_mid_run_stops_it_like_metrics(coco, tmp_path, capsys, m
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    opened = logging.FileHandler._open
-    monkeypatch.setattr(logging.FileHandler, "_open", lambda self: Filling(opened(self)))
+    opened = LogFile._open  # (log.txt's handler: logging.FileHandler opening a regular file only)
+    monkeypatch.setattr(LogFile, "_open", lambda self: Filling(opened(self)))
     assert _train(coco, tmp_path, "solver.max_iter=4", "solver.checkpoint_period=1") == 1
     out = tmp_path / "out"
     assert capsys.readouterr().err == f"error: cannot write the training log {out / 'log.txt'}: No space left on device\n"
@@ -518,3 +518,45 @@ def test_ctrl_c_during_the_first_steps_is_one_line_and_exit_130(coco, tmp_path, 
             proc.communicate()
     assert proc.returncode == 130 and err.splitlines()[-1:] == ["error: interrupted"], err
     assert "Traceback" not in err, err
+
+
+# ----------------------------------------------------------------------------- its output folder
+
+
+def test_a_resumed_run_drops_log_records_it_cannot_read(coco, tmp_path, trained, capsys):
+    """Resuming rewrites metrics.jsonl and metrics.csv up to the iteration it resumes at. A line it
+    could not read as a record (a number or a list in the JSONL, an iteration that is no number
+    in the CSV, bytes that are not UTF-8, a NUL, a field over csv's size limit) was a traceback
+    (AttributeError, ValueError, UnicodeDecodeError) before the run resumed; it is dropped now."""
+    out = trained.parent
+    with open(out / "metrics.jsonl", "ab") as f:
+        f.write(b'5\n[1]\n{"iteration": "x"}\n\xff{"iteration": 0}\n' + b"[" * 100000 + b"\n")
+    with open(out / "metrics.csv", "ab") as f:
+        f.write(b"x,1\n1\x00,2\n\xff,3\n\xb2,4\n" + b"9" * 200000 + b"\n")
+    capsys.readouterr()
+    assert _train(coco, tmp_path, "solver.max_iter=3") == 0, capsys.readouterr().err
+    assert "Traceback" not in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines] == ["iteration", "0", "1", "2"]
+
+
+@pytest.mark.parametrize("name", ["config.json", "log.txt", "metrics.jsonl", "metrics.csv"])
+def test_a_named_pipe_in_place_of_a_file_of_the_run_is_refused_not_waited_on(coco, tmp_path, name):
+    """config.json, log.txt and the metrics logs were opened for writing by name: a named pipe there
+    made the run wait for a reader for ever. Now one line naming it, exit 1, at once."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / name)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "entitysam.train", "--config", "tiny-stage2", f"data.root={coco}",
+                           f"output_dir={out}", "solver.max_iter=1", "--quiet"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert re.fullmatch(rf"error: cannot write .*{re.escape(str(out / name))}: not a regular file \(a named pipe, "
+                        r"a device or a socket\)\n", proc.stderr), proc.stderr

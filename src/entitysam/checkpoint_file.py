@@ -2,6 +2,8 @@
 
 * `open_checkpoint(path)`: the open file (binary, seekable, blocking), or CheckpointReadError for
   what is no regular file: missing, a folder, a pipe, a device, a socket.
+* `is_safetensors(f, path)`: whether the open file is read as safetensors (by its start, else
+  by the suffix of `path`).
 * `reopenable_name(f)` (of entitysam.regular_file): a name that opens the same file again (for a
   reader that only takes names).
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import os
 import pickletools
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +26,7 @@ from typing import BinaryIO
 from .errors import CheckpointReadError
 from .regular_file import open_regular
 
-__all__ = ["open_checkpoint", "text_start", "pickle_with_globals"]
+__all__ = ["open_checkpoint", "is_safetensors", "text_start", "pickle_with_globals"]
 
 _NOT_REGULAR = "it is not a regular file (a pipe, a device or a socket)"
 _FOLDER = "it is a folder, not a checkpoint file"
@@ -52,6 +55,23 @@ def open_checkpoint(path: Path) -> BinaryIO:
     if f is None:  # swapped since the check above
         raise _refused(path, _FOLDER if path.is_dir() else _NOT_REGULAR)
     return f
+
+
+def is_safetensors(f: BinaryIO, path: Path) -> bool:
+    """Whether `f` is read as safetensors: by its start where that tells (an 8-byte little-endian
+    header length that fits the file, then a JSON object; a zip archive or a pickle's PROTO is
+    torch.save's), else by its suffix, in any case. By the suffix alone, a safetensors file named
+    .pth or .SAFETENSORS failed as "Unsupported operand 112", a torch.save file named .safetensors
+    as "header too large"."""
+    f.seek(0)
+    head = f.read(9)
+    f.seek(0)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        return False
+    size = os.fstat(f.fileno()).st_size
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return True
+    return path.suffix.lower() == ".safetensors"
 
 
 def text_start(f: BinaryIO) -> str | None:

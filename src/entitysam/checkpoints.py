@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 
 import torch
 
-from .checkpoint_file import open_checkpoint, pickle_with_globals, text_start
+from .checkpoint_file import is_safetensors, open_checkpoint, pickle_with_globals, text_start
 from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
@@ -184,7 +184,7 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
     scheduler state), read as safely as :func:`read_state_dict` reads the weights."""
     path = Path(path)
     with open_checkpoint(path) as f:  # the one open of the path: what it names may change meanwhile
-        if path.suffix == ".safetensors":
+        if is_safetensors(f, path):
             return _read_safetensors(f, path)
         return _read_pickle(f, path, allow_pickle)
 

@@ -9,6 +9,9 @@ regular file is closed again, unread. Every later read goes through that descrip
 file itself, not of the path, which may have changed since.
 
 * `open_regular(path)`: the open file (binary, blocking), or None when it is not a regular file.
+* `open_regular_for_writing(path, append=False)`: the file open for writing text (made if
+  missing), or OSError when it is not a regular file: opening a named pipe for writing waited
+  for a reader for ever (a training run's log.txt or metrics.csv).
 * `read_regular_text(path)`: its UTF-8 text, or None when it is not a regular file.
 * `reopenable_name(f)`: ``/dev/fd/N`` of an open file, None where there is none.
 * `path_problem(path, folder=False)`: what is wrong with a path that should name a regular file
@@ -20,14 +23,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
-__all__ = ["open_regular", "read_regular_text", "reopenable_name", "path_problem"]
+__all__ = ["open_regular", "open_regular_for_writing", "read_regular_text", "reopenable_name", "path_problem"]
 
 # O_NONBLOCK: a named pipe opens without waiting for a writer; O_NOCTTY: a terminal put in the
 # path's place must not become the process's controlling terminal
 _FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
           | getattr(os, "O_BINARY", 0))
+_WRITE_FLAGS = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+                | getattr(os, "O_CLOEXEC", 0))
+NOT_REGULAR = "not a regular file (a named pipe, a device or a socket)"
 # what open() says of a socket (Linux: ENXIO; some systems: EOPNOTSUPP): not a regular file either
 _NOT_OPENABLE = (errno.ENXIO, errno.EOPNOTSUPP)
 
@@ -55,6 +61,30 @@ def open_regular(path: str | os.PathLike, *, follow_links: bool = True) -> Binar
         os.close(fd)
         return None
     return os.fdopen(fd, "rb")
+
+
+def open_regular_for_writing(path: str | os.PathLike, *, append: bool = False, **text) -> IO[str]:
+    """`path` open for writing text (`text`: open()'s encoding, errors, newline), made if missing,
+    emptied unless `append`. OSError (strerror NOT_REGULAR, naming `path`) when it names anything
+    but a regular file, which is closed unwritten: opened without waiting (a named pipe with no
+    reader: ENXIO at once, one with a reader: refused by fstat), and emptied only once checked."""
+    flags = _WRITE_FLAGS | (os.O_APPEND if append else 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if err.errno in _NOT_OPENABLE:
+            raise OSError(err.errno, NOT_REGULAR, str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
+        os.set_blocking(fd, True)
+        if not append:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "a" if append else "w", **text)
 
 
 def read_regular_text(path: str | os.PathLike) -> str | None:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from ..argtypes import InvalidArgumentError, check_int
 from ..errors import OutputError
 from ..eval.metrics import format_table
 from ..data.synthetic.demo import DEMO_DEFAULTS, make_demo_video
+from ..io.atomic import write_text_atomic
 from ..io.manifest import written_by_entitysam
 from ..io.output_lock import OutputLock
 from ..io.owned import foreign_entries, list_foreign, result_foreign
@@ -48,8 +50,10 @@ __all__ = ["DemoReport", "DemoOutputInUseError", "check_demo_request", "run_demo
 
 VIDEO_NAME = "demo"
 DEMO_MARKER = ".entitysam-demo"  # marks a folder a demo run wrote (what --overwrite may replace)
-# What --overwrite deletes in OUTPUT besides VIDEO_NAME/ (a result folder): what a demo run wrote there.
-DEMO_LAYOUT = {"input": {"images": {VIDEO_NAME: {re.compile(r"[0-9]{8}\.jpg"): None}},
+# What --overwrite deletes or rewrites in OUTPUT besides VIDEO_NAME/ (a result folder): what a demo
+# run wrote there. The marker is listed so that a link in its place is foreign: it was written
+# through, into the file it led to.
+DEMO_LAYOUT = {DEMO_MARKER: None, "input": {"images": {VIDEO_NAME: {re.compile(r"[0-9]{8}\.jpg"): None}},
                          "panomasksRGB": {VIDEO_NAME: {re.compile(r"[0-9]{8}\.png"): None}},
                          "panoptic_gt_VIPSeg_demo.json": None},
                "report.json": None, "report.txt": None}
@@ -160,7 +164,7 @@ def check_demo_request(output: str | Path, *, num_frames: int, width: int, heigh
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
-        ours = (out / DEMO_MARKER).is_file() or _is_demo_report(out / "report.json")
+        ours = _is_marker(out / DEMO_MARKER) or _is_demo_report(out / "report.json")
         if not overwrite or not ours:
             raise DemoOutputInUseError(out, earlier_demo=ours, overwrite=overwrite)
         _check_only_demo_files(out)
@@ -223,7 +227,16 @@ def _prepare_output(out: Path, model) -> None:
         for name in ("report.json", "report.txt"):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).write_text("written by `entitysam demo`; overwriting replaces only its own files\n")
+    # replaced, never written into: a hard link in its place keeps the other file's content
+    write_text_atomic(out / DEMO_MARKER, "written by `entitysam demo`; overwriting replaces only its own files\n")
+
+
+def _is_marker(path: Path) -> bool:
+    """Whether `path` is a demo run's marker: a regular file itself, not a link to one."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _is_demo_report(path: Path) -> bool:

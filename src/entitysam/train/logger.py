@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from .. import jsonio
 from ..errors import OutputError
+from ..regular_file import open_regular_for_writing
 
 _log = logging.getLogger("entitysam.train")
 LOSS_KEYS = ("loss_ce", "loss_mask", "loss_dice", "loss_iou")
@@ -20,25 +22,46 @@ CSV_FIELDS = ("iteration", "lr", "total_loss", *LOSS_KEYS, "num_instances", "num
               "grad_norm", "time", "data_time", "eta_seconds")
 
 
+def _iteration(value) -> int | None:
+    """A record's iteration: a whole number (an int, or the CSV's text of one), else None."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():  # not '²'
+        return int(value)
+    return value if type(value) is int else None
+
+
+def _before(value, start_iter: int) -> bool:
+    """Whether a record of iteration `value` is kept by a run resumed at start_iter. A record that
+    names no iteration (a half line of a killed run, a line edited by hand, bytes that are not
+    text) is dropped: it was a traceback (AttributeError, ValueError) before the run resumed."""
+    it = _iteration(value)
+    return it is not None and it < start_iter
+
+
 def _truncate_jsonl(path: Path, start_iter: int) -> None:
     """Keep only records of iterations < start_iter (a resumed run rewrites the rest)."""
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
         try:
-            if json.loads(line).get("iteration", -1) < start_iter:
-                keep.append(line)
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
             continue
-    path.write_text("".join(k + "\n" for k in keep))
+        if isinstance(record, dict) and _before(record.get("iteration"), start_iter):
+            keep.append(line)
+    path.write_text("".join(k + "\n" for k in keep), encoding="utf-8")
 
 
 def _truncate_csv(path: Path, start_iter: int) -> None:
     if not path.is_file():
         return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("iteration") and int(r["iteration"]) < start_iter]
+    # (a NUL stopped Python 3.10's csv reader: a damaged character, as bytes that are not UTF-8)
+    text = path.read_bytes().decode("utf-8", "replace").replace("\0", "\ufffd")
+    rows = []
+    try:
+        rows += (r for r in csv.DictReader(io.StringIO(text, newline="")) if _before(r.get("iteration"), start_iter))
+    except csv.Error:  # a field over csv's size limit: the rows before it are kept
+        pass
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
@@ -54,6 +77,10 @@ class LogFile(logging.FileHandler):
         super().__init__(path)
         self.path = path
         self.failure: OSError | None = None
+
+    def _open(self):
+        """log.txt refused unless a regular file (a named pipe there: the run waited for a reader)."""
+        return open_regular_for_writing(self.baseFilename, append=True, encoding=self.encoding, errors=self.errors)
 
     def handleError(self, record: logging.LogRecord) -> None:
         err = sys.exc_info()[1]
@@ -113,11 +140,12 @@ class MetricWriter:
         _truncate_jsonl(self.jsonl, start_iter)
         _truncate_csv(self.csv, start_iter)
         new_csv = not self.csv.is_file()
-        self._csv_file = open(self.csv, "a", newline="")
+        # (a named pipe in their place: opening it waited for a reader for ever)
+        self._csv_file = open_regular_for_writing(self.csv, append=True, newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_FIELDS, extrasaction="ignore")
         if new_csv:
             self._csv.writeheader()
-        self._jsonl_file = open(self.jsonl, "a")
+        self._jsonl_file = open_regular_for_writing(self.jsonl, append=True)
         self._tb = None
         if tensorboard:
             try:

@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import CheckpointMismatchError, InvalidArgumentError, OutputError, TrainingDivergedError, printable
 from ..io.atomic import atomic_file, write_text_atomic
 from ..modeling.entitysam import EntitySAM
+from ..regular_file import open_regular_for_writing
 from .config import TrainConfig
 from .criterion import Criterion, HungarianMatcher
 from .data import ClipDataset, DatasetError, build_loader, clip_seed, clip_targets, normalize_images, read_panoptic_dataset
@@ -107,7 +108,8 @@ class Trainer:
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = self.output_dir / "config.json"
-            path.write_text(self.cfg.to_json())
+            with open_regular_for_writing(path) as f:  # (a named pipe there waited for a reader for ever)
+                f.write(self.cfg.to_json())
             path = self.output_dir / "log.txt"
             setup_logging(self.output_dir, console=not self.quiet)
         except OSError as err:  # a full disk: was an OSError traceback before anything was trained

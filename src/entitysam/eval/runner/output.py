@@ -34,6 +34,7 @@ from ...interrupts import deferred_sigint
 from ...io.atomic import atomic_file, write_json_atomic
 from ...io.owned import foreign_entries, list_foreign
 from ...io.staging import dead_siblings, remove_dead_temp_files
+from ...regular_file import open_regular_for_writing
 from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
 
 __all__ = ["IncompleteError", "EvalOutput", "complete_parts", "same_model", "describe_model", "merge_outputs",
@@ -193,7 +194,8 @@ class EvalOutput:
 
     def log(self, tag: str, record: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
-            with open(self.logs / f"{tag}.jsonl", "a", encoding="utf-8") as f:
+            # (a named pipe there: opening it by name waited for a reader for ever)
+            with open_regular_for_writing(self.logs / f"{tag}.jsonl", append=True, encoding="utf-8") as f:
                 f.write(jsonio.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}, ensure_ascii=True) + "\n")
 
 
