@@ -33,8 +33,10 @@ def warn_ignored_array(args) -> None:
     --shard, whose tasks would all do the same videos (`entitysam.distributed.local.ignored_array`)."""
     from ..distributed.local import ignored_array
 
-    if message := ignored_array(args.shard):
-        say_always(f"warning: {message}")
+    if (task := ignored_array(args.shard)) is not None:
+        say_always(f"warning: torchrun in Slurm array task {task} without --shard: each rank takes RANK/WORLD_SIZE "
+                   "of the whole video list, ignoring the array, so every array task processes the same videos; "
+                   "pass --shard auto to split them over the array's tasks too")
 
 
 def check_summary_file(summary: str | os.PathLike | None, out_root: Path, names, inputs,

@@ -196,19 +196,18 @@ def shard_from_env(text: str | None, env: Mapping[str, str] | None = None) -> tu
 
 
 def ignored_array(text: str | None, env: Mapping[str, str] | None = None) -> str | None:
-    """The warning for torchrun (WORLD_SIZE set) in a Slurm array task (SLURM_ARRAY_TASK_ID set)
-    with no ``--shard`` (`text` None), else None: each rank then takes RANK/WORLD_SIZE of the
-    whole list whatever its array task (:func:`shard_from_env`), so every task does the same
-    videos and each exits 0. Only rank 0 gets it: the environment, hence the mistake, is the same
-    on every rank of the task, and all of a task's ranks write to one Slurm log, where W copies
-    would be noise; every task has its own rank 0, so each task's log says it once."""
+    """The Slurm array task ID that this torchrun rank ignores, for its warning; else None.
+
+    That is torchrun (WORLD_SIZE set) in an array task (SLURM_ARRAY_TASK_ID set) with no shard
+    (`text` None, see :func:`shard_from_env`): each rank takes RANK/WORLD_SIZE of the whole list
+    whatever its task, so every task does the same videos and each exits 0. Rank 0 only: the
+    environment, hence the mistake, is the same on every rank of a task, and all of a task's ranks
+    write to one Slurm log, where W copies would be noise; each task has its own rank 0."""
     env = os.environ if env is None else env
     task = env.get("SLURM_ARRAY_TASK_ID", "").strip()
     if text is not None or not task or "WORLD_SIZE" not in env or env.get("RANK", "").strip() not in ("", "0"):
         return None
-    return (f"torchrun in Slurm array task {task} without --shard: each rank takes "
-            "RANK/WORLD_SIZE of the whole video list, ignoring the array, so every array task processes the "
-            "same videos; pass --shard auto to split them over the array's tasks too")
+    return task
 
 
 def combined_shard(outer: tuple[int, int], inner: tuple[int, int]) -> tuple[int, int]:
