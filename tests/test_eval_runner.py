@@ -515,3 +515,51 @@ def test_a_named_pipe_in_place_of_a_run_log_is_never_written_into(tmp_path):
         os.close(reader)
     out.log("other", {"event": "video", "video": "v", "status": "done"})  # a regular file: written as before
     assert json.loads((out.logs / "other.jsonl").read_text())["status"] == "done"
+
+
+def test_a_file_of_the_users_at_a_video_lock_path_fails_that_video_only(env, reference, tmp_path, capsys):
+    """`pan_pred/.<video>.lock` holding a file of the user's (refused untouched by the lock) ended
+    the whole run with one line, the videos after it never done: now that video fails, as a
+    `segment --shard` batch fails it, the others are done, the run says which video was not
+    evaluated and why (also in logs/run.jsonl), exits 1 and neither merges nor scores."""
+    _, ds = env
+    out = tmp_path / "out"
+    EvalOutput(out).prepare(load_plan(ds.root))
+    lock = out / "pan_pred" / ".vid_001.lock"
+    lock.write_text("my notes about vid_001\n")
+    capsys.readouterr()
+    assert run_eval(env, out) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "Traceback" not in "\n".join(err), err
+    assert err[0].startswith("error: [2/3] vid_001: failed: ") and str(lock) in err[0]
+    assert "refusing to overwrite it" in err[0]
+    assert err[1].startswith("error: 1 of 3 videos failed: vid_001 (not evaluated: pred.json and metrics.json")
+    assert sorted(os.listdir(out / "parts")) == ["vid_000.json", "vid_002.json"]
+    assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
+    assert lock.read_text() == "my notes about vid_001\n"  # untouched, and no folder of the video made
+    assert sorted(os.listdir(out / "pan_pred")) == [".vid_001.lock", "vid_000", "vid_002"]
+    records = [json.loads(x) for x in (out / "logs" / "run.jsonl").read_text().splitlines()]
+    assert [(r["video"], r["status"]) for r in records] == [("vid_000", "done"), ("vid_001", "failed"),
+                                                             ("vid_002", "done")]
+    assert str(lock) in records[1]["error"]
+    lock.rename(tmp_path / "notes.txt")  # moved away: the re-run does the video, merges and scores
+    assert run_eval(env, out) == 0
+    assert_same_predictions(out, reference, ds.videos)
+
+
+def test_a_run_with_a_failed_video_does_not_score_its_earlier_predictions(env, reference, tmp_path, capsys):
+    """With --overwrite a video that fails keeps its earlier part: the run merged and scored it as
+    if redone (metrics.json written, exit 1). A run with a failed video no longer merges."""
+    d, ds = env
+    data = tmp_path / "data"
+    shutil.copytree(ds.root, data)
+    (data / "images" / "vid_001" / "00000002.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for name in ("pred.json", "metrics.json", "log.json"):
+        (out / name).unlink()
+    args = ["eval", "vipseg", "--data-root", str(data), "--checkpoint", str(d / "tiny.pth"), "-o", str(out),
+            "--threads", "1", "--workers", "1", "-q", "--overwrite"]
+    assert cli.main(args) == 1
+    assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
+    assert "1 of 3 videos failed: vid_001 (not evaluated" in capsys.readouterr().err

@@ -13,8 +13,8 @@ from ..errors import EntitySAMError
 from .options import load_model, print_err, say as say_always, set_threads
 from .wording import user_message
 
-__all__ = ["segment_options", "load_or_report", "shard_of", "check_summary_file", "segment_shard",
-           "rank_device"]
+__all__ = ["segment_options", "load_or_report", "shard_of", "warn_ignored_array", "check_summary_file",
+           "segment_shard", "rank_device"]
 
 
 def shard_of(args) -> tuple[int, int] | None:
@@ -26,6 +26,17 @@ def shard_of(args) -> tuple[int, int] | None:
     if shard is None and args.summary is not None:
         raise EntitySAMError("--summary needs --shard, torchrun or --ray (the summary of a batch run)")
     return shard
+
+
+def warn_ignored_array(args) -> None:
+    """One `warning:` line (also with -q) from rank 0 of torchrun in a Slurm array task without
+    --shard, whose tasks would all do the same videos (`entitysam.distributed.local.ignored_array`)."""
+    from ..distributed.local import ignored_array
+
+    if (task := ignored_array(args.shard)) is not None:
+        say_always(f"warning: torchrun in Slurm array task {task} without --shard: each rank takes RANK/WORLD_SIZE "
+                   "of the whole video list, ignoring the array, so every array task processes the same videos; "
+                   "pass --shard auto to split them over the array's tasks too")
 
 
 def check_summary_file(summary: str | os.PathLike | None, out_root: Path, names, inputs,

@@ -208,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 1
     if summary is not None and summary.failed:
         print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
-                   f"{abbreviate([v for v, _ in summary.failed])}; re-run to retry them")
+                  f"{abbreviate([v for v, _ in summary.failed])} (not evaluated: pred.json and metrics.json wait "
+                  "for every video); re-run to retry them")
         status = 1
 
     if group:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..argtypes import fps, non_negative_int, path_text, positive_int
 from ..errors import EntitySAMError, SourceError
-from .batch import check_summary_file, load_or_report, segment_options, segment_shard, shard_of
+from .batch import (check_summary_file, load_or_report, segment_options, segment_shard, shard_of,
+                    warn_ignored_array)
 from .segment_ray import add_ray_arguments, check_ray_args, default_ray_summary, segment_on_ray
 from .inputs import collect_inputs, video_name
 from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add_device, add_dtype, add_labels,
@@ -185,6 +186,8 @@ def run(args) -> int:
         return 2
 
     out_root = Path(args.output)
+    if args.ray is None:  # (once the command line is known good: not before an exit 2)
+        warn_ignored_array(args)
     if args.ray is not None:
         return segment_on_ray(args, inputs, names, segment_options(args, formats, selection), out_root, say)
     if shard is not None:

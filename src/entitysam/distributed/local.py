@@ -28,7 +28,7 @@ from .split_record import agreed_slices, split_slices
 from .summary_file import SUMMARY_FORMAT, write_summary
 
 __all__ = ["BatchSummary", "SUMMARY_FORMAT", "SUMMARY_DIR", "segment_many_local", "shard_from_env",
-           "default_summary_path", "local_rank", "shard_jobs", "combined_shard"]
+           "default_summary_path", "local_rank", "shard_jobs", "combined_shard", "ignored_array"]
 
 SUMMARY_DIR = ".entitysam-batch"  # under the output root: hidden, so never taken for a video or a result
 
@@ -193,6 +193,21 @@ def shard_from_env(text: str | None, env: Mapping[str, str] | None = None) -> tu
         raise sharding.ShardError(f"shard {text} under torchrun: each rank takes its slice by itself "
                                   "(RANK/WORLD_SIZE): give no shard, or 'auto'")
     return shard
+
+
+def ignored_array(text: str | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The Slurm array task ID that this torchrun rank ignores, for its warning; else None.
+
+    That is torchrun (WORLD_SIZE set) in an array task (SLURM_ARRAY_TASK_ID set) with no shard
+    (`text` None, see :func:`shard_from_env`): each rank takes RANK/WORLD_SIZE of the whole list
+    whatever its task, so every task does the same videos and each exits 0. Rank 0 only: the
+    environment, hence the mistake, is the same on every rank of a task, and all of a task's ranks
+    write to one Slurm log, where W copies would be noise; each task has its own rank 0."""
+    env = os.environ if env is None else env
+    task = env.get("SLURM_ARRAY_TASK_ID", "").strip()
+    if text is not None or not task or "WORLD_SIZE" not in env or env.get("RANK", "").strip() not in ("", "0"):
+        return None
+    return task
 
 
 def combined_shard(outer: tuple[int, int], inner: tuple[int, int]) -> tuple[int, int]:

@@ -152,11 +152,30 @@ def _file_sha256(path: PathLike) -> str:
 def _lock_video(out: EvalOutput, vid: str) -> OutputLock | None:
     """The per-video lock (``pan_pred/.<video>.lock``), or None if another process holds it: two
     runs on one output folder (shards, ranks, or the same command twice) never stage and commit
-    the same video at once, so their renames cannot interleave."""
+    the same video at once, so their renames cannot interleave. A lock that cannot be taken (a
+    file of the user's at its path, refused untouched) raises, as `segment --shard` fails that video."""
     try:
         return OutputLock.acquire(out.pan_pred / vid)
     except OutputLockedError:
         return None
+
+
+def _failure_message(err: BaseException, vid: str, describe_error: Callable[[BaseException], str]) -> str:
+    """The one-line message of a video's failure."""
+    if isinstance(err, OSError):
+        from ...io.paths import describe_os_error  # noqa: PLC0415
+
+        return describe_os_error(err, f"predictions of {vid}")
+    return describe_error(err) if isinstance(err, EntitySAMError) else f"{type(err).__name__}: {err}"
+
+
+def _record_failure(summary: EvalSummary, out: EvalOutput, tag: str, step: str, vid: str, msg: str,
+                    say_error: Callable[[str], None]) -> None:
+    """A failed video: in the summary, in the run's log (``logs/<tag>.jsonl``, what a later look
+    at the folder finds) and said now."""
+    summary.failed.append((vid, msg))
+    out.log(tag, {"event": "video", "video": vid, "status": "failed", "error": msg})
+    say_error(f"{step} {vid}: failed: {msg}")
 
 
 def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[str], out: EvalOutput, *,
@@ -248,9 +267,10 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     inference). shard: ``(I, N)`` or ``"I/N"`` (default: everything). overwrite: redo the
     slice's complete videos. merge: assemble pred.json (+ metrics unless ``metrics=False``)
     when the whole list is complete. Raises :class:`EvalInputError` before any inference for
-    unusable inputs; per-video failures are collected in ``summary.failed`` (and reported with
-    ``say_error``, default ``say``; an EntitySAMError worded by ``describe_error``, default
-    ``str``, the Python wording). ``say``: progress messages.
+    unusable inputs; per-video failures (a file of the user's at a video's lock path included)
+    are collected in ``summary.failed`` (and reported with ``say_error``, default ``say``; an
+    EntitySAMError worded by ``describe_error``, default ``str``, the Python wording) and leave
+    the merge undone. ``say``: progress messages.
     """
     import torch  # noqa: PLC0415
 
@@ -315,11 +335,17 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
         memory = _PeakMemory(next(net.parameters()).device)
         ordering = "gt" if metrics else "frames"
         for k, v in enumerate(todo, 1):
-            lock = _lock_video(out, v.video_id)
+            step = f"[{k}/{len(todo)}]"
+            try:
+                lock = _lock_video(out, v.video_id)
+            except (EntitySAMError, OSError) as err:  # this video fails, not the run (as in a batch)
+                _record_failure(summary, out, tag, step, v.video_id, _failure_message(err, v.video_id, describe_error),
+                                say_error)
+                continue
             if lock is None:  # another run (same shard twice, or overlapping runs) is doing this video
                 summary.busy.append(v.video_id)
                 out.log(tag, {"event": "video", "video": v.video_id, "status": "busy"})
-                say(f"[{k}/{len(todo)}] {v.video_id}: being written by another run on {out.root}: left to it")
+                say(f"{step} {v.video_id}: being written by another run on {out.root}: left to it")
                 continue
             try:
                 if not overwrite and out.read_part(v.video_id) is not None:  # finished by another run since the listing
@@ -333,27 +359,22 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 raise
             # Kept broad on purpose: torch (OOM, CUDA, shapes), PyAV and a video's odd data fail one video.
             except (EntitySAMError, OSError, RuntimeError, ValueError, KeyError) as err:
-                if isinstance(err, OSError):
-                    from ...io.paths import describe_os_error  # noqa: PLC0415
-
-                    msg = describe_os_error(err, f"predictions of {v.video_id}")
-                else:
-                    msg = describe_error(err) if isinstance(err, EntitySAMError) else f"{type(err).__name__}: {err}"
-                summary.failed.append((v.video_id, msg))
-                out.log(tag, {"event": "video", "video": v.video_id, "status": "failed", "error": msg})
-                say_error(f"[{k}/{len(todo)}] {v.video_id}: failed: {msg}")
+                _record_failure(summary, out, tag, step, v.video_id, _failure_message(err, v.video_id, describe_error),
+                                say_error)
                 continue
             finally:
                 lock.release()
             summary.done.append(v.video_id)
             summary.stats.append(stats)
             out.log(tag, {"event": "video", "status": "done", **stats})
-            say(f"[{k}/{len(todo)}] {v.video_id}: {stats['frames']} frames, {stats['entities']} entities, "
+            say(f"{step} {v.video_id}: {stats['frames']} frames, {stats['entities']} entities, "
                 f"{stats['seconds']:.1f}s ({stats['fps'] or 0:.2f} frames/s), peak RSS {stats['peak_rss_mib']:.0f} MiB"
                 + (f", CUDA {stats['cuda_max_allocated_mib']:.0f} MiB" if stats["cuda_max_allocated_mib"] else ""))
 
     summary.missing, _ = complete_parts(out, plan)
-    if merge and not summary.missing:
+    # Not after a failure: a video that failed under `overwrite` still has its earlier part, which
+    # the metrics would then count as if it had been redone.
+    if merge and not summary.missing and not summary.failed:
         finish(plan, out.root, summary, metrics=metrics, workers=workers, say=say)
     return summary
 
