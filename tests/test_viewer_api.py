@@ -540,7 +540,9 @@ def test_the_server_binds_localhost_by_default(result, monkeypatch):
 
     seen = {}
 
-    class FakeServer:
+    class FakeServer:  # the viewer's uvicorn Server (entitysam.review.connections)
+        stopped_by = None
+
         def __init__(self, config):
             pass
 
@@ -548,7 +550,7 @@ def test_the_server_binds_localhost_by_default(result, monkeypatch):
             seen["address"] = sockets[0].getsockname()
             sockets[0].close()
 
-    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    monkeypatch.setattr("entitysam.review.connections.StoppingServer", FakeServer)
     lines = []
     server.serve(result, port=0, say=lines.append)
     assert seen["address"][0] == "127.0.0.1" and seen["address"][1] > 0
@@ -563,7 +565,9 @@ def test_open_opens_the_url_with_its_token(result, monkeypatch):
     opened = threading.Event()
     urls = []
 
-    class FakeServer:
+    class FakeServer:  # the viewer's uvicorn Server (entitysam.review.connections)
+        stopped_by = None
+
         def __init__(self, config):
             pass
 
@@ -575,7 +579,7 @@ def test_open_opens_the_url_with_its_token(result, monkeypatch):
         urls.append(url)
         opened.set()
 
-    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    monkeypatch.setattr("entitysam.review.connections.StoppingServer", FakeServer)
     monkeypatch.setattr("webbrowser.open", fake_open)
     lines = []
     server.serve(result, port=0, open_browser=True, say=lines.append, token="tok")

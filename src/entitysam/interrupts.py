@@ -9,7 +9,8 @@ import threading
 
 from .errors import Terminated, raise_terminated
 
-__all__ = ["deferred_sigint", "forget_handled_interrupts", "interrupt_once", "interrupts_once"]
+__all__ = ["deferred_sigint", "forget_handled_interrupts", "handler_after_interrupt", "interrupt_once",
+           "interrupts_once"]
 
 _STOPS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,6 +34,12 @@ def ignore_further_interrupts() -> None:
         for sig in _STOPS:
             if signal.getsignal(sig) is interrupt_once:
                 signal.signal(sig, _ignore)
+
+
+def handler_after_interrupt(handler):
+    """What replaces the signal handler `handler` once the command is stopping on an interrupt:
+    interrupt_once then ignores the signals (as after its own first one), any other stays."""
+    return _ignore if handler is interrupt_once else handler
 
 
 def forget_handled_interrupts() -> None:
