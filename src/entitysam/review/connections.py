@@ -21,10 +21,11 @@ Stopping (`StoppingServer`): the first Ctrl-C or SIGTERM stops the server gracef
 connection; the responses in flight get at most `STOP_TIMEOUT` seconds, then their connections are
 dropped), the ones after it are ignored, as the command line's `interrupts.interrupt_once` ignores
 them for the other commands; then `run_server` raises KeyboardInterrupt (`Terminated` for SIGTERM)
-outside the event loop. uvicorn's own handlers made a second Ctrl-C force the exit (the app's
-lifespan cancelled: a traceback), and re-raised the signals from inside the event loop once
-stopped, after putting the command's handlers back, so that one pressed meanwhile interrupted the
-clean-up.
+once the event loop is closed. The signals are taken from before the loop starts until it is
+closed. uvicorn's own handlers made a second Ctrl-C force the exit (the app's lifespan cancelled:
+a traceback) and re-raised the signals from inside the event loop once stopped, after putting
+the command's handlers back; a Ctrl-C before uvicorn took them raised KeyboardInterrupt inside
+asyncio's set-up.
 """
 
 from __future__ import annotations
@@ -138,8 +139,16 @@ class StoppingServer(Server):
 
     @contextlib.contextmanager
     def capture_signals(self):
-        """uvicorn's hook around serving (>= 0.29): this server's handlers instead of its own.
-        A signal ignored (SIG_IGN, nohup) or not set from Python is left as it is."""
+        """uvicorn's hook (>= 0.29) taking SIGINT and SIGTERM while it serves: none here, the
+        signals are `stopping_on_signals`' for the whole run."""
+        yield
+
+    @contextlib.contextmanager
+    def stopping_on_signals(self):
+        """Within the block, SIGINT and SIGTERM stop this server (the first; later ones ignored),
+        also before the event loop runs it and while it is closed: a Ctrl-C there raised
+        KeyboardInterrupt inside asyncio ("coroutine 'Server.serve' was never awaited"). A
+        signal ignored (SIG_IGN, nohup) or not set from Python is left as it is."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -177,6 +186,7 @@ def run_server(config: Config, sockets) -> None:
     """Serve on `sockets` until stopped; stopped by a signal, raise what the command line's
     handler would have (KeyboardInterrupt, `Terminated` for SIGTERM), now that all is closed."""
     server = StoppingServer(config)
-    server.run(sockets=sockets)
+    with server.stopping_on_signals():
+        server.run(sockets=sockets)
     if server.stopped_by is not None:
         raise Terminated() if server.stopped_by == signal.SIGTERM else KeyboardInterrupt
