@@ -540,15 +540,11 @@ def test_the_server_binds_localhost_by_default(result, monkeypatch):
 
     seen = {}
 
-    class FakeServer:
-        def __init__(self, config):
-            pass
+    def fake_run_server(config, sockets):  # how serve() runs uvicorn (entitysam.review.connections)
+        seen["address"] = sockets[0].getsockname()
+        sockets[0].close()
 
-        def run(self, sockets):
-            seen["address"] = sockets[0].getsockname()
-            sockets[0].close()
-
-    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    monkeypatch.setattr("entitysam.review.connections.run_server", fake_run_server)
     lines = []
     server.serve(result, port=0, say=lines.append)
     assert seen["address"][0] == "127.0.0.1" and seen["address"][1] > 0
@@ -563,19 +559,15 @@ def test_open_opens_the_url_with_its_token(result, monkeypatch):
     opened = threading.Event()
     urls = []
 
-    class FakeServer:
-        def __init__(self, config):
-            pass
-
-        def run(self, sockets):
-            sockets[0].close()
-            opened.wait(10)  # serving: the browser opens meanwhile
+    def fake_run_server(config, sockets):  # how serve() runs uvicorn (entitysam.review.connections)
+        sockets[0].close()
+        opened.wait(10)  # serving: the browser opens meanwhile
 
     def fake_open(url):
         urls.append(url)
         opened.set()
 
-    monkeypatch.setattr("uvicorn.Server", FakeServer)
+    monkeypatch.setattr("entitysam.review.connections.run_server", fake_run_server)
     monkeypatch.setattr("webbrowser.open", fake_open)
     lines = []
     server.serve(result, port=0, open_browser=True, say=lines.append, token="tok")

@@ -9,7 +9,8 @@ import threading
 
 from .errors import Terminated, raise_terminated
 
-__all__ = ["deferred_sigint", "interrupt_once", "interrupts_once"]
+__all__ = ["deferred_sigint", "forget_handled_interrupts", "handler_after_interrupt", "interrupt_once",
+           "interrupts_once"]
 
 _STOPS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,6 +34,24 @@ def ignore_further_interrupts() -> None:
         for sig in _STOPS:
             if signal.getsignal(sig) is interrupt_once:
                 signal.signal(sig, _ignore)
+
+
+def handler_after_interrupt(handler):
+    """What replaces the signal handler `handler` once the command is stopping on an interrupt:
+    interrupt_once then ignores the signals (as after its own first one), any other stays."""
+    return _ignore if handler is interrupt_once else handler
+
+
+def forget_handled_interrupts() -> None:
+    """Clear CPython's record of a KeyboardInterrupt that left an exec() of a string, once the
+    command has handled every interrupt (its exit code decided).
+
+    CPython sets that record whenever a KeyboardInterrupt leaves code compiled from a string
+    (dataclasses and namedtuple make their methods that way: a Ctrl-C landing while a module
+    using them is imported), caught later or not, and `python -m entitysam` then ends by killing
+    itself with SIGINT (status -2 to its parent, which takes it for an unhandled Ctrl-C) instead
+    of exiting with the command's code. Running any string through exec() resets the record."""
+    exec("None", {})  # noqa: S102 - a constant: only the interpreter's side effect is wanted
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from typing import Sequence
 
 from ..argtypes import ArgumentParser
 from ..errors import Terminated
-from ..interrupts import interrupts_once
+from ..interrupts import forget_handled_interrupts, interrupts_once
 from . import demo, download, export, segment
 from .options import print_err
 
@@ -125,7 +125,9 @@ def command() -> int:
     waited for threads ends the process at once with main's code; from the first exit handler on
     (torch's finalizers, then the interpreter's teardown) they are ignored. They used to interrupt
     torch's finalizers, which printed a KeyboardInterrupt traceback, or to kill the process by
-    SIGINT once Python had restored the default handlers."""
+    SIGINT once Python had restored the default handlers. A Ctrl-C handled by a command no
+    longer makes `python -m entitysam` kill itself by SIGINT at the end either
+    (interrupts.forget_handled_interrupts)."""
     code = main()
 
     def leave(signum, frame):
@@ -143,6 +145,7 @@ def command() -> int:
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 signal.signal(sig, leave)
         atexit.register(ignore_from_now_on)  # (run first: after the threads, before earlier handlers)
+    forget_handled_interrupts()  # (once a late signal can no longer raise)
     return code
 
 

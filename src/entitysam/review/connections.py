@@ -16,19 +16,43 @@ Time during which uvicorn itself stopped reading (a handler not reading a body o
 control), or the client waits for the ``100 Continue`` it asked for (``Expect: 100-continue``; uvicorn
 sends it when the handler first reads the body), is the server's, not the client's: the clock starts
 again when that ends.
+
+Stopping (`StoppingServer`): the first Ctrl-C or SIGTERM stops the server gracefully (no new
+connection; the responses in flight get at most `STOP_TIMEOUT` seconds, then their connections are
+dropped), the ones after it are ignored, as the command line's `interrupts.interrupt_once` ignores
+them for the other commands; then `run_server` raises KeyboardInterrupt (`Terminated` for SIGTERM)
+once the event loop is closed. The signals are taken from before the loop starts until it is
+closed. uvicorn's own handlers made a second Ctrl-C force the exit (the app's lifespan cancelled:
+a traceback) and re-raised the signals from inside the event loop once stopped, after putting
+the command's handlers back; a Ctrl-C before uvicorn took them raised KeyboardInterrupt inside
+asyncio's set-up.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import threading
+
 import h11
-from uvicorn import Config
+from uvicorn import Config, Server
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["REQUEST_TIMEOUT", "DeadlineProtocol", "server_config"]
+from ..errors import Terminated
+from ..interrupts import handler_after_interrupt
+
+__all__ = ["REQUEST_TIMEOUT", "STOP_TIMEOUT", "DeadlineProtocol", "StoppingServer", "run_server", "server_config"]
 
 # The page sends each request at once (an edit is a few kB, 1 MiB at most); 20 s leaves room for
 # a slow network and is Apache's default for the request head (mod_reqtimeout).
 REQUEST_TIMEOUT = 20.0
+# Once stopped, the responses in flight get this long to finish; then their connections are dropped
+# (a client that stopped reading a download cannot hold the exit: later Ctrl-Cs are ignored). Not
+# uvicorn's timeout_graceful_shutdown: it cancels the handlers, each cancellation logged with a
+# traceback. A handler still running (a save, an export: worker threads) runs to its end.
+STOP_TIMEOUT = 10.0
+_STOPS = (signal.SIGINT, signal.SIGTERM)
 
 _RECEIVING = (h11.IDLE, h11.SEND_BODY)  # the client's side of h11: a request not (fully) received
 _NO_RESPONSE_YET = (h11.IDLE, h11.SEND_RESPONSE)
@@ -104,3 +128,65 @@ def server_config(app, *, request_timeout: float = REQUEST_TIMEOUT, **options) -
     protocol = type("DeadlineProtocol", (DeadlineProtocol,), {"request_timeout": float(request_timeout)})
     options = {"log_level": "warning", "access_log": False, **options}
     return Config(app, http=protocol, **options)
+
+
+class StoppingServer(Server):
+    """uvicorn's Server stopped by the first Ctrl-C or SIGTERM, the later ones ignored (see the
+    module docstring). `stopped_by`: the signal that stopped it, None while none did."""
+
+    stopped_by: int | None = None
+    stop_timeout = STOP_TIMEOUT
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """uvicorn's hook (>= 0.29) taking SIGINT and SIGTERM while it serves: none here, the
+        signals are `stopping_on_signals`' for the whole run."""
+        yield
+
+    @contextlib.contextmanager
+    def stopping_on_signals(self):
+        """Within the block, SIGINT and SIGTERM stop this server (the first; later ones ignored),
+        also before the event loop runs it and while it is closed: a Ctrl-C there raised
+        KeyboardInterrupt inside asyncio ("coroutine 'Server.serve' was never awaited"). A
+        signal ignored (SIG_IGN, nohup) or not set from Python is left as it is."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = {sig: signal.getsignal(sig) for sig in _STOPS}
+        taken = [sig for sig, handler in before.items() if handler not in (None, signal.SIG_IGN)]
+        for sig in taken:
+            signal.signal(sig, self.stop_on_signal)
+        try:
+            yield
+        finally:  # stopped: the command is ending, its own handler would ignore what comes now
+            for sig in taken:
+                signal.signal(sig, before[sig] if self.stopped_by is None else handler_after_interrupt(before[sig]))
+
+    def stop_on_signal(self, signum, frame) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = signum
+            self.should_exit = True
+
+    async def shutdown(self, sockets=None) -> None:
+        """uvicorn's graceful shutdown, the connections still open after `stop_timeout` dropped."""
+        timer = asyncio.get_running_loop().call_later(self.stop_timeout, self.close_connections)
+        try:
+            await super().shutdown(sockets=sockets)
+        finally:
+            timer.cancel()
+
+    def close_connections(self) -> None:
+        """Drop every connection (abort: close would wait to send what is buffered): a response being
+        sent ends as if its client went away, quietly."""
+        for connection in list(self.server_state.connections):
+            connection.transport.abort()
+
+
+def run_server(config: Config, sockets) -> None:
+    """Serve on `sockets` until stopped; stopped by a signal, raise what the command line's
+    handler would have (KeyboardInterrupt, `Terminated` for SIGTERM), now that all is closed."""
+    server = StoppingServer(config)
+    with server.stopping_on_signals():
+        server.run(sockets=sockets)
+    if server.stopped_by is not None:
+        raise Terminated() if server.stopped_by == signal.SIGTERM else KeyboardInterrupt

@@ -360,7 +360,7 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
     import socket
 
     try:
-        import uvicorn
+        from .connections import run_server, server_config  # needs uvicorn (and h11)
     except ImportError as err:
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
     viewer = Viewer(result_dir, token=token, say=say)
@@ -382,11 +382,10 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
         import webbrowser
 
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
-    from .connections import server_config
     from .draft import unsaved_line
 
     try:
-        uvicorn.Server(server_config(app)).run(sockets=[sock])
+        run_server(server_config(app), [sock])
     finally:  # stopped (Ctrl-C, SIGTERM): where the edits not saved are, in one line
         with viewer.lock:
             if viewer.unsaved:
