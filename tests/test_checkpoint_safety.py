@@ -316,6 +316,25 @@ def test_a_safetensors_file_is_read_as_one_whatever_its_name(tmp_path, name):
     assert got.keys() == state.keys() and all(torch.equal(got[k], state[k]) for k in state)
 
 
+@pytest.mark.parametrize("name", ["w.safetensors", "w.pth"])
+def test_a_safetensors_file_whose_first_byte_is_a_pickles_proto_is_read_as_safetensors(tmp_path, name):
+    """A safetensors file starts with its header's length (little-endian); for one file in 32 its
+    low byte is 0x80, a pickle's PROTO. Taking that byte for a pickle first failed such a file as
+    "not a readable PyTorch checkpoint ...: Unsupported operand 0", whatever its name."""
+    from safetensors.torch import save_file
+
+    state = tiny_state_dict()
+    for n in range(1, 400):  # a key length that makes the header's length 0x..80
+        state_n = {**state, "k" * n: torch.zeros(2)}
+        save_file(state_n, tmp_path / name)
+        if (tmp_path / name).read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no header length with a low byte of 0x80")
+    got = read_state_dict(tmp_path / name)
+    assert got.keys() == state_n.keys() and all(torch.equal(got[k], state_n[k]) for k in state_n)
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_a_torch_save_file_named_safetensors_is_read_weights_only(tmp_path, legacy):
     """A torch.save file named .safetensors failed as "Error while deserializing header: header too
