@@ -9,6 +9,7 @@ never training on made-up data, nothing outside the output written.
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -560,3 +561,48 @@ def test_a_named_pipe_in_place_of_a_file_of_the_run_is_refused_not_waited_on(coc
     assert proc.returncode == 1, proc.stderr
     assert re.fullmatch(rf"error: cannot write .*{re.escape(str(out / name))}: not a regular file \(a named pipe, "
                         r"a device or a socket\)\n", proc.stderr), proc.stderr
+
+
+def test_a_killed_runs_half_csv_row_is_not_kept_as_an_earlier_iteration(tmp_path):
+    """A run killed while writing row 200 of metrics.csv leaves "20" of it: read as iteration 20,
+    that half row was kept on resuming at 200 (a second, empty iteration-20 row). A row with
+    fields missing, or a last line without its line break, is dropped."""
+    from entitysam.train.logger import MetricWriter
+
+    writer = MetricWriter(tmp_path, 0, tensorboard=False)
+    for it in (10, 20, 200):
+        writer.write({"iteration": it, "lr": 0.1, "total_loss": 1.5})
+    writer.close()
+    csv_path = tmp_path / "metrics.csv"
+    text = csv_path.read_text(encoding="utf-8")
+    csv_path.write_text(text[:text.rindex("200,") + 2], encoding="utf-8")  # "...\n20"
+    MetricWriter(tmp_path, 200, tensorboard=False).close()
+    rows = csv_path.read_text(encoding="utf-8").splitlines()
+    assert [r.split(",")[0] for r in rows] == ["iteration", "10", "20"], rows
+    assert rows[2].startswith("20,0.1,1.5")
+
+
+def test_a_resumed_runs_csv_keeps_a_damaged_byte_in_any_locale(tmp_path):
+    """metrics.csv is read as UTF-8 (a damaged byte becomes U+FFFD) but was written in the locale's
+    encoding: in an ASCII (or cp1252) locale, resuming over a kept row with a damaged byte was a
+    UnicodeEncodeError traceback, with the file half rewritten. It is UTF-8 both ways now."""
+    import subprocess
+    import sys
+
+    from entitysam.train.logger import MetricWriter
+
+    writer = MetricWriter(tmp_path, 0, tensorboard=False)
+    writer.write({"iteration": 10, "lr": 0.1})
+    writer.close()
+    with open(tmp_path / "metrics.csv", "ab") as f:
+        f.write(b"15,0.0\xff1" + b"," * 12 + b"\n")  # a whole row, one byte damaged
+    code = ("import sys; from entitysam.train.logger import MetricWriter as W; "
+            "w = W(sys.argv[1], 30, tensorboard=False); w.write({'iteration': 30, 'lr': 'r\\u00e9'}); w.close()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "LC_ALL": "C", "LANG": "C",
+           "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "ascii"}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = (tmp_path / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    assert [r.split(",")[0] for r in rows] == ["iteration", "10", "15", "30"], rows
+    assert rows[2].startswith("15,0.0\ufffd1") and rows[3].startswith("30,r\u00e9")

@@ -57,12 +57,16 @@ def _truncate_csv(path: Path, start_iter: int) -> None:
         return
     # (a NUL stopped Python 3.10's csv reader: a damaged character, as bytes that are not UTF-8)
     text = path.read_bytes().decode("utf-8", "replace").replace("\0", "\ufffd")
+    if not text.endswith("\n"):  # a killed run's half row: "20" of "200,..." read as iteration 20
+        text = text[:text.rfind("\n") + 1]
     rows = []
     try:
-        rows += (r for r in csv.DictReader(io.StringIO(text, newline="")) if _before(r.get("iteration"), start_iter))
+        rows += (r for r in csv.DictReader(io.StringIO(text, newline=""))
+                 if _before(r.get("iteration"), start_iter) and None not in r and None not in r.values())
     except csv.Error:  # a field over csv's size limit: the rows before it are kept
         pass
-    with open(path, "w", newline="") as f:
+    # (UTF-8, as it is read: a damaged byte kept as U+FFFD failed in an ASCII or cp1252 locale)
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -141,7 +145,7 @@ class MetricWriter:
         _truncate_csv(self.csv, start_iter)
         new_csv = not self.csv.is_file()
         # (a named pipe in their place: opening it waited for a reader for ever)
-        self._csv_file = open_regular_for_writing(self.csv, append=True, newline="")
+        self._csv_file = open_regular_for_writing(self.csv, append=True, newline="", encoding="utf-8")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_FIELDS, extrasaction="ignore")
         if new_csv:
             self._csv.writeheader()
