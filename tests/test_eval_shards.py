@@ -6,6 +6,7 @@ and the shards of one output folder never merge the predictions of two different
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -87,6 +88,12 @@ def test_ranks_sharing_the_gpus_meet_at_the_end_without_naming_a_gpu_they_are_no
     monkeypatch.setattr(dist, "init_process_group", lambda backend=None, **kw: group.append(("init", backend)))
     monkeypatch.setattr(dist, "barrier", lambda *a, **kw: group.append(("barrier", kw.get("device_ids"))))
     monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **kw: group.append(("destroy",)))
+
+    def gather(outcomes, mine, group_=None, **kw):  # (the other ranks: done)
+        group.append(("gather", kw.get("device_ids")))
+        outcomes[:] = [(0, [])] * len(outcomes)
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
     slices = []
 
     def evaluate(*args, shard, **kwargs):  # the videos of this rank, done
@@ -97,7 +104,7 @@ def test_ranks_sharing_the_gpus_meet_at_the_end_without_naming_a_gpu_they_are_no
     status = eval_cli.main(["vipseg", "--data-root", str(root), "--checkpoint", str(d / "tiny.pth"),
                             "--output", str(tmp_path / "out"), "-q"])
     assert status == 0 and slices == [(3, 4)] and gpus == [1]
-    assert group == [("init", "gloo"), ("barrier", None), ("destroy",)]
+    assert group == [("init", "gloo"), ("gather", None), ("destroy",)]
 
 
 def _checkpoint(path, shift: float):
@@ -145,6 +152,8 @@ def test_rank_0_under_torchrun_ends_with_the_documented_code_when_merging_fails(
         monkeypatch.setenv(key, value)
     for name in ("init_process_group", "barrier", "destroy_process_group"):
         monkeypatch.setattr(dist, name, lambda *a, **kw: None)
+    monkeypatch.setattr(dist, "all_gather_object", lambda outcomes, mine, *a, **kw: outcomes.__setitem__(
+        slice(None), [mine] * len(outcomes)))
     monkeypatch.setattr(eval_cli, "evaluate_vipseg", lambda *a, **kw: EvalSummary(output=tmp_path / "out", videos=[]))
 
     def finish(*args, **kwargs):
@@ -154,3 +163,107 @@ def test_rank_0_under_torchrun_ends_with_the_documented_code_when_merging_fails(
     status = eval_cli.main(["vipseg", "--data-root", str(root), "--checkpoint", str(d / "tiny.pth"), "--device", "cpu",
                             "--output", str(tmp_path / "out"), "-q"])
     assert status == code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def evaluated(dataset, tmp_path_factory, one_torch_thread):
+    """A complete evaluation of `dataset` (pred.json, metrics.json), made in one process."""
+    d, root = dataset
+    out = tmp_path_factory.mktemp("evaluated") / "out"
+    assert cli.main(["eval", "vipseg", "--data-root", str(root), "--checkpoint", str(d / "tiny.pth"), "-o", str(out),
+                     "--threads", "1", "--workers", "1", "-q"]) == 0
+    return out
+
+
+def _as_rank(monkeypatch, rank: int, world: int, received: dict[int, tuple[int, list[str]]], sent: dict) -> None:
+    """Emulate torchrun for one rank: its launcher environment, and a process group whose exchange
+    of outcomes records what this rank sends (`sent[rank]`) and hands it the other ranks' from
+    `received` (those not listed: all done)."""
+    import torch.distributed as dist
+
+    for key in LAUNCHER_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {"RANK": rank, "WORLD_SIZE": world, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": world}.items():
+        monkeypatch.setenv(key, str(value))
+    for name in ("init_process_group", "barrier", "destroy_process_group"):
+        monkeypatch.setattr(dist, name, lambda *a, **kw: None)
+
+    def gather(outcomes, mine, *args, **kwargs):
+        sent[rank] = mine
+        outcomes[:] = [mine if r == rank else received.get(r, (0, [])) for r in range(world)]
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+
+
+@pytest.mark.parametrize("where", ["rank 1", "rank 0", "rank 1 stopped"])
+def test_rank_0_does_not_merge_a_video_another_rank_failed_to_redo(dataset, evaluated, tmp_path, monkeypatch, capsys,
+                                                                   where):
+    """torchrun --overwrite on a complete output, one video failing (a corrupt frame): its earlier
+    part is still there, and rank 0, after a plain barrier, merged and scored it as if redone
+    (exit 0 when the failure was another rank's). Now the ranks exchange their outcomes and rank
+    0 merges only if no rank failed: exit 1, nothing merged, the failed video named."""
+    from entitysam.cli import eval as eval_cli
+    from entitysam.eval.runner.plan import load_plan
+    from entitysam.eval.runner.run import shard_videos
+
+    d, root = dataset
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    out = tmp_path / "out"
+    shutil.copytree(evaluated, out)
+    for name in ("pred.json", "metrics.json", "log.json"):
+        (out / name).unlink()
+    plan = load_plan(data, "val")
+    failing = 0 if where == "rank 0" else 1
+    (vid,) = [v.video_id for v in shard_videos(plan.videos, failing, 2)]
+    frame = sorted((data / "images" / vid).iterdir())[-1]
+    frame.write_bytes(b"not a jpeg")
+    args = ["vipseg", "--data-root", str(data), "--checkpoint", str(d / "tiny.pth"), "--device", "cpu", "-o", str(out),
+            "--threads", "1", "--workers", "1", "-q", "--overwrite"]
+    sent: dict[int, tuple[int, list[str]]] = {}
+    if where == "rank 1 stopped":  # e.g. its model did not load: none of its videos redone
+        sent[1] = (1, [])
+    else:
+        _as_rank(monkeypatch, 1, 2, {}, sent)
+        assert eval_cli.main(args) == (1 if failing == 1 else 0)
+    capsys.readouterr()
+    _as_rank(monkeypatch, 0, 2, {1: sent.get(1, (0, []))}, sent)  # (a plain barrier sent nothing)
+    assert eval_cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert not (out / "pred.json").exists() and not (out / "metrics.json").exists(), err
+    if where == "rank 1":
+        assert f"not merged or scored: rank 1: 1 video(s) failed ({vid})" in err, err
+    elif where == "rank 0":
+        assert f"1 of 1 videos failed: {vid}" in err, err
+    else:
+        assert "not merged or scored: rank 1 stopped before its videos were done" in err, err
+    assert sent[1] == {"rank 1": (1, [vid]), "rank 0": (0, []), "rank 1 stopped": (1, [])}[where]
+
+
+def test_rank_0_does_not_merge_when_the_ranks_cannot_compare_their_outcomes(dataset, evaluated, tmp_path, monkeypatch,
+                                                                            capsys):
+    """A rank gone away (gloo: its connection closed) breaks the exchange: one error line, exit 1,
+    nothing merged (what the missing rank did is unknown), and the group is still destroyed."""
+    import torch.distributed as dist
+
+    from entitysam.cli import eval as eval_cli
+    from entitysam.eval.runner.run import EvalSummary
+
+    d, root = dataset
+    out = tmp_path / "out"
+    shutil.copytree(evaluated, out)
+    (out / "pred.json").unlink()
+    _as_rank(monkeypatch, 0, 2, {}, {})
+    destroyed = []
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **kw: destroyed.append(1))
+
+    def gather(*args, **kwargs):
+        raise RuntimeError("[gloo/transport] Connection closed by peer")
+
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    monkeypatch.setattr(eval_cli, "evaluate_vipseg", lambda *a, **kw: EvalSummary(output=out, videos=[]))
+    status = eval_cli.main(["vipseg", "--data-root", str(root), "--checkpoint", str(d / "tiny.pth"), "--device", "cpu",
+                            "-o", str(out), "-q"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 1 and len(lines) == 1 and "could not compare their outcomes" in lines[0], lines
+    assert not (out / "pred.json").exists() and destroyed == [1]

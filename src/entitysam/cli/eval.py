@@ -3,7 +3,8 @@
     entitysam eval vipseg --data-root datasets/VIPSeg_720P --split val --model vit-s --output DIR
 
 Under ``torchrun`` each rank takes its slice (``RANK`` of ``WORLD_SIZE``) on ``cuda:LOCAL_RANK``;
-the ranks meet at a barrier and rank 0 merges and scores.
+the ranks meet at the end, where each tells the others which of its videos failed, and rank 0
+merges and scores only if none did.
 """
 
 from __future__ import annotations
@@ -173,10 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         import torch.distributed as dist  # noqa: PLC0415
 
-        # The group only holds the ranks at the end (a barrier): gloo, on the host, whatever the
-        # device. NCCL named GPU LOCAL_RANK in the barrier where rank_device had put the rank on
-        # LOCAL_RANK modulo the node's GPUs ("invalid device ordinal" once every video was done),
-        # and it refuses two ranks on one GPU.
+        # The group only holds the ranks at the end (an exchange of outcomes): gloo, on the host,
+        # whatever the device. NCCL named GPU LOCAL_RANK in the barrier where rank_device had put
+        # the rank on LOCAL_RANK modulo the node's GPUs ("invalid device ordinal" once every video
+        # was done), and it refuses two ranks on one GPU.
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=args.dist_timeout))
         group = True
 
@@ -213,26 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = 1
 
     if group:
-        import torch.distributed as dist  # noqa: PLC0415
-
-        try:
-            dist.barrier()
-            if rank == 0:
-                try:
-                    result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
-                    _print_metrics(result)
-                except IncompleteError as err:
-                    print_err(f"{user_message(err)}; re-run the same command to finish them")
-                    status = 1
-                except EvalInputError as err:  # unusable GT met when scoring: 2, as in one process
-                    print_err(err)
-                    status = 2
-                except EntitySAMError as err:
-                    print_err(err)
-                    status = 1
-        finally:
-            dist.destroy_process_group()
-        return status
+        return _end_ranks(plan, args, rank, world, status, summary, say, prefix)
 
     if summary is not None and status == 0:
         if summary.merged:
@@ -242,6 +224,71 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{len(plan.videos)} videos still missing (other shards): the shard that finishes last merges and "
                 "scores, or run the same command with --merge-only once all are done")
     return status
+
+
+def _gather_outcomes(world: int, status: int, summary: EvalSummary | None) -> list[tuple[int, list[str]]]:
+    """Every rank's (exit status so far, failed videos), in rank order. A collective operation:
+    it is also where the ranks wait for each other once their videos are done."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    mine = (status, [v for v, _ in summary.failed] if summary is not None else [])
+    outcomes: list[Any] = [None] * world
+    dist.all_gather_object(outcomes, mine)
+    return [(int(code), [str(v) for v in failed]) for code, failed in outcomes]
+
+
+def _failed_elsewhere(outcomes: Sequence[tuple[int, list[str]]], rank: int) -> str | None:
+    """What failed on the other ranks, in words, or None if nothing did."""
+    said = []
+    for r, (code, failed) in enumerate(outcomes):
+        if r == rank or code == 0:
+            continue
+        said.append(f"rank {r}: {len(failed)} video(s) failed ({abbreviate(failed)})" if failed
+                    else f"rank {r} stopped before its videos were done (see its message)")
+    return "; ".join(said) or None
+
+
+def _end_ranks(plan: Any, args: argparse.Namespace, rank: int, world: int, status: int,
+               summary: EvalSummary | None, say: Callable[[str], None], prefix: str) -> int:
+    """Under torchrun, after this rank's videos: the ranks exchange their outcomes, and rank 0
+    merges and scores only if every rank did all its videos. A plain barrier let rank 0 merge
+    whenever each video had a part: with --overwrite, a video that had just failed was counted
+    from its earlier part as if redone."""
+    import torch.distributed as dist  # noqa: PLC0415
+
+    metrics = not args.no_metrics
+    try:
+        try:
+            outcomes = _gather_outcomes(world, status, summary)
+        except RuntimeError as err:  # a rank that went away (gloo: its connection closed)
+            reason = (str(err).strip().splitlines() or [""])[0]  # (torch's messages may span lines)
+            print_err(f"{prefix}the ranks could not compare their outcomes ({type(err).__name__}: {reason}): "
+                      "not merged; re-run the same command to finish")
+            return status or 1
+        if rank != 0:
+            return status
+        elsewhere = _failed_elsewhere(outcomes, rank)
+        if elsewhere is not None:
+            print_err(f"{prefix}not merged or scored: {elsewhere}; pred.json and metrics.json wait for every video: "
+                      "re-run the same command to retry them")
+            return status or 1
+        if status != 0:  # this rank's own failure, said already
+            return status
+        try:
+            result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
+            _print_metrics(result)
+        except IncompleteError as err:
+            print_err(f"{user_message(err)}; re-run the same command to finish them")
+            return 1
+        except EvalInputError as err:  # unusable GT met when scoring: 2, as in one process
+            print_err(err)
+            return 2
+        except EntitySAMError as err:
+            print_err(err)
+            return 1
+        return 0
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
