@@ -364,7 +364,8 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
     except ImportError as err:
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
     viewer = Viewer(result_dir, token=token, say=say)
-    app = create_app(viewer, hosts=allowed_hosts(host))
+    hosts = allowed_hosts(host)
+    app = create_app(viewer, hosts=hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -377,6 +378,10 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{bound_port}/?token={viewer.token}"
     say(f"entitysam view: {viewer.root} at {url}")
+    if hosts is None:  # it was silent, yet reading needs no token, and no Host check tells a rebound page from the user
+        say(f"warning: listening on {host}, not only on this machine: anyone who can reach it, and any web page you "
+            "visit (DNS rebinding), can view the result and download its files without the token (editing, saving "
+            "and exporting need it); keep the default 127.0.0.1 unless the network is trusted")
     say("(Ctrl-C stops the server)")
     if open_browser:
         import webbrowser
