@@ -93,3 +93,22 @@ def test_listening_beyond_this_machine_is_said(result, monkeypatch, host, warned
     assert bool(warnings) == warned, lines  # the old server said nothing on 0.0.0.0
     if warned:
         assert "without the token" in warnings[0] and "127.0.0.1" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_the_state_of_thousands_of_entities_looks_up_each_frame_once_not_each_entity(tmp_path):
+    import numpy as np
+
+    from _review_result import write_result
+
+    height, width, frames, count = 40, 50, 3, 2000
+    ids = (np.arange(height * width).reshape(height, width) % count + 1).astype(np.uint32)
+    result = write_result(tmp_path / "many", tmp_path / "gone", [f"f{t}" for t in range(frames)], [ids] * frames,
+                          [{"id": i, "score": 0.5, "query_index": i} for i in range(1, count + 1)], 10.0)
+    viewer = Viewer(result, token=TOKEN)
+    calls = []
+    lookup = viewer.session.id_lookup
+    viewer.session.id_lookup = lambda t: calls.append(t) or lookup(t)
+    state = viewer.state()
+    assert len(state["entities"]) == count and all(e["thumb"] for e in state["entities"])
+    # one lookup per entity (O(entities) each) made it quadratic: 4000 entities took 6 s a state
+    assert len(calls) <= 3 * frames + 1, len(calls)  # presence, lookup table, thumbnail keys: per frame
