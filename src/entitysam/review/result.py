@@ -228,11 +228,11 @@ class ResultFolder:
         """The [H, W, 3] uint8 pixels of frame position `i`'s id PNG as stored (id = R + 256 G +
         65536 B; see `entitysam.io.idpng`), checked for mode and size: what the viewer encodes as runs."""
         path = self.png_path(i)
-        return _read_id_rgb(path, self.size)
+        return _read_id_rgb(path, self.size, self.path)
 
     def id_png_bytes(self, i: int) -> bytes:
         """The bytes of frame position `i`'s id PNG as stored (what the viewer sends as it is)."""
-        with _open_regular(self.png_path(i)) as f:
+        with _open_regular(self.png_path(i), self.path) as f:
             return f.read()
 
     def source_frame(self, i: int, still: bool = False) -> np.ndarray | None:
@@ -282,12 +282,12 @@ class ResultFolder:
                 f"{self.size[1]}x{self.size[0]}, {len(self.entities)} entities)")
 
 
-def _read_id_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
+def _read_id_rgb(path: Path, size: tuple[int, int], root: Path) -> np.ndarray:
     """[H, W, 3] uint8 pixels of an RGB(A) id PNG of the result's size; ResultFolderError otherwise
     (another image mode would be converted to RGB by PIL and give made-up ids)."""
     from PIL import Image
 
-    with _open_regular(path) as f:
+    with _open_regular(path, root) as f:
         try:
             with Image.open(f) as im:
                 kind, width, height = (im.format, im.mode), *im.size
@@ -302,16 +302,21 @@ def _read_id_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
     return rgb if rgb.shape[2] == 3 else np.ascontiguousarray(rgb[..., :3])
 
 
-def _open_regular(path: Path):
-    """`path` (a file of the result) open for reading, without waiting: a FIFO put in its place
-    after the result was opened blocked the read, and with it the viewer's lock (save, edits)
-    for good. ResultFileGoneError when it is gone, ResultFolderError when it is not a regular file."""
+def _open_regular(path: Path, root: Path):
+    """`path` (a file of the result folder `root`) open for reading, without waiting: a FIFO put in
+    its place after the result was opened blocked the read, and with it the viewer's lock (save,
+    edits) for good. ResultFileGoneError when it is gone, ResultFolderError when it is not a
+    regular file or lies outside `root` once links are followed: an id PNG replaced by a link to
+    any file (~/.ssh/id_rsa) was sent as it is by /api/idmaps/<i>.png, which /files/ refused."""
     try:
-        f = open_regular(path)
+        real = path.resolve(strict=True)
+        if not real.is_relative_to(root.resolve()):
+            raise ResultFolderError(f"{path}: a link to {real}, outside the result folder: not read")
+        f = open_regular(real, follow_links=False)  # resolved: a link put there since is refused (ELOOP)
     except FileNotFoundError:
         raise ResultFileGoneError(f"{path}: gone from disk since the result was opened (reopen it)") from None
-    except OSError as err:
-        raise ResultFolderError(f"{path}: cannot read it: {err.strerror or err}") from None
+    except (OSError, RuntimeError) as err:  # RuntimeError: a link loop (resolve, Python < 3.13)
+        raise ResultFolderError(f"{path}: cannot read it: {getattr(err, 'strerror', None) or err}") from None
     if f is None:
         raise ResultFolderError(f"{path}: no longer a regular file (replaced since the result was opened)")
     return f

@@ -146,8 +146,8 @@ class Viewer:
     def state(self) -> dict:
         """What the client shows of the current edit (see the module docstring)."""
         with self.lock:
-            presence = self._presence()
-            entities = [entity_record(e, presence.get(e.id, {}), self._thumb_key(e.id, presence.get(e.id, {})))
+            presence, members = self._presence(), {}  # members: per frame, shared by the entities' keys
+            entities = [entity_record(e, presence.get(e.id, {}), self._thumb_key(e.id, presence.get(e.id, {}), members))
                         for e in self.session.entities]
             return _json_ready({"version": self.version, "entities": entities, "ids": self._ids,
                                 "lookup": self.session.lookup_segments(), "ops": list(self.session.ops),
@@ -217,17 +217,20 @@ class Viewer:
         """The ORIGINAL id map of frame `index` as row-wise runs (`entitysam.review.idruns`)."""
         return self._runs.get_or_make(index, lambda: encode_rgb_id_runs(self.result.id_rgb(index)))
 
-    def _thumb_key(self, entity_id: int, frames: dict[int, int]) -> str | None:
+    def _thumb_key(self, entity_id: int, frames: dict[int, int], members: dict | None = None) -> str | None:
         """What an entity's thumbnail shows: its largest frame and the original ids it is made of
-        there (a short hash). Unchanged by edits of other entities, so the browser's copy and the
-        server's cache stay valid; the client puts it in the thumbnail's URL."""
+        there (a short hash; unchanged by edits of other entities: the caches stay valid). members:
+        frame -> {current id: its originals there}, filled as needed and shared by one state's keys
+        (made anew per key, /api/state was quadratic: 4000 entities, 6 s per state, edit, undo)."""
         if not frames:
             return None
         frame = max(frames, key=lambda t: (frames[t], -t))
-        lookup = self.session.id_lookup(frame)
-        originals = sorted(o for o in self.result.frame_areas[frame]
-                           if o in self._position and lookup[self._position[o]] == entity_id)
-        digest = hashlib.sha1(repr((entity_id, originals)).encode()).hexdigest()[:10]
+        if (members := {} if members is None else members).get(frame) is None:
+            lookup, found = self.session.id_lookup(frame), {}
+            for o in sorted(o for o in self.result.frame_areas[frame] if o in self._position):
+                found.setdefault(int(lookup[self._position[o]]), []).append(o)
+            members[frame] = found
+        digest = hashlib.sha1(repr((entity_id, members[frame].get(entity_id, []))).encode()).hexdigest()[:10]
         return f"{frame}-{digest}"
 
     def thumbnail(self, entity_id: int) -> bytes | None:
@@ -364,7 +367,8 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
     except ImportError as err:
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
     viewer = Viewer(result_dir, token=token, say=say)
-    app = create_app(viewer, hosts=allowed_hosts(host))
+    hosts = allowed_hosts(host)
+    app = create_app(viewer, hosts=hosts)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -377,6 +381,10 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{bound_port}/?token={viewer.token}"
     say(f"entitysam view: {viewer.root} at {url}")
+    if hosts is None:  # it was silent, yet reading needs no token, and no Host check tells a rebound page from the user
+        say(f"warning: listening on {host}, not only on this machine: anyone who can reach it, and any web page you "
+            "visit (DNS rebinding), can view the result and download its files without the token (editing, saving "
+            "and exporting need it); keep the default 127.0.0.1 unless the network is trusted")
     say("(Ctrl-C stops the server)")
     if open_browser:
         import webbrowser

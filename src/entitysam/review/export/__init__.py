@@ -45,7 +45,8 @@ def _writer(fmt: str) -> Callable[..., Path]:
     import importlib
 
     if not isinstance(fmt, str) or fmt not in FORMATS:
-        raise InvalidArgumentError(f"unknown export format {fmt!r}: choose from {', '.join(FORMATS)}")
+        # quoted in at most 80 characters: the viewer's ?format= may be 60 kB long (as long a message)
+        raise InvalidArgumentError(f"unknown export format {fmt!r:.80}: choose from {', '.join(FORMATS)}")
     module, func = FORMATS[fmt].split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), func)
 
