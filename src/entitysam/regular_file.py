@@ -28,11 +28,13 @@ from typing import IO, BinaryIO
 __all__ = ["open_regular", "open_regular_for_writing", "read_regular_text", "reopenable_name", "path_problem"]
 
 # O_NONBLOCK: a named pipe opens without waiting for a writer; O_NOCTTY: a terminal put in the
-# path's place must not become the process's controlling terminal
-_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+# path's place must not become the process's controlling terminal. O_BINARY (Windows): the bytes
+# as they are; text mode is the file object's (a CSV's "\r\n" came out as "\r\r\n").
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_FLAGS = (os.O_RDONLY | _NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
           | getattr(os, "O_BINARY", 0))
-_WRITE_FLAGS = (os.O_WRONLY | os.O_CREAT | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
-                | getattr(os, "O_CLOEXEC", 0))
+_WRITE_FLAGS = (os.O_WRONLY | os.O_CREAT | _NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+                | getattr(os, "O_BINARY", 0))
 NOT_REGULAR = "not a regular file (a named pipe, a device or a socket)"
 # what open() says of a socket (Linux: ENXIO; some systems: EOPNOTSUPP): not a regular file either
 _NOT_OPENABLE = (errno.ENXIO, errno.EOPNOTSUPP)
@@ -53,7 +55,7 @@ def open_regular(path: str | os.PathLike, *, follow_links: bool = True) -> Binar
     try:
         regular = stat.S_ISREG(os.fstat(fd).st_mode)
         if regular:
-            os.set_blocking(fd, True)  # readers (Pillow, torch.load) expect a blocking file
+            _make_blocking(fd)  # readers (Pillow, torch.load) expect a blocking file
     except BaseException:
         os.close(fd)
         raise
@@ -78,13 +80,20 @@ def open_regular_for_writing(path: str | os.PathLike, *, append: bool = False, *
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
-        os.set_blocking(fd, True)
+        _make_blocking(fd)
         if not append:
             os.ftruncate(fd, 0)
     except BaseException:
         os.close(fd)
         raise
     return os.fdopen(fd, "a" if append else "w", **text)
+
+
+def _make_blocking(fd: int) -> None:
+    """Undo O_NONBLOCK where it was set: Windows has no O_NONBLOCK, and os.set_blocking only from
+    Python 3.12, for pipes (its AttributeError was a traceback for every file opened here)."""
+    if _NONBLOCK:
+        os.set_blocking(fd, True)
 
 
 def read_regular_text(path: str | os.PathLike) -> str | None:
