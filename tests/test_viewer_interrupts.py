@@ -147,3 +147,33 @@ def test_a_client_that_stops_reading_holds_the_stop_only_for_the_stop_timeout(tm
         logging.getLogger("uvicorn.error").removeHandler(errors)
         sock.close()
     assert errors.tracebacks() == []
+
+
+def test_a_signal_while_the_viewer_takes_the_signals_gives_back_those_it_took(monkeypatch):
+    """The viewer takes SIGINT, then SIGTERM. A SIGTERM landing between the two runs the command's
+    handler, which raises: SIGINT was left bound to the server that never ran (later Ctrl-Cs of a
+    program calling serve() did nothing). Emulated: the second signal.signal call raises."""
+    from entitysam.review import connections
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    real = signal.signal
+    calls = []
+
+    def signal_then_interrupted(sig, handler):
+        calls.append(sig)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(sig, handler)
+
+    server = connections.StoppingServer(connections.server_config(lambda scope, receive, send: None))
+    monkeypatch.setattr(connections.signal, "signal", signal_then_interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with server.stopping_on_signals():
+                pass
+    finally:
+        monkeypatch.setattr(connections.signal, "signal", real)
+        now = {sig: signal.getsignal(sig) for sig in before}
+        for sig, handler in before.items():
+            real(sig, handler)
+    assert now == before

@@ -153,10 +153,11 @@ class StoppingServer(Server):
             yield
             return
         before = {sig: signal.getsignal(sig) for sig in _STOPS}
-        taken = [sig for sig, handler in before.items() if handler not in (None, signal.SIG_IGN)]
-        for sig in taken:
-            signal.signal(sig, self.stop_on_signal)
+        taken = []  # (a SIGTERM between taking SIGINT and SIGTERM raises here: SIGINT is given back)
         try:
+            for sig in (sig for sig, handler in before.items() if handler not in (None, signal.SIG_IGN)):
+                signal.signal(sig, self.stop_on_signal)
+                taken.append(sig)
             yield
         finally:  # stopped: the command is ending, its own handler would ignore what comes now
             for sig in taken:
