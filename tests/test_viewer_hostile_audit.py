@@ -112,3 +112,22 @@ def test_the_state_of_thousands_of_entities_looks_up_each_frame_once_not_each_en
     assert len(state["entities"]) == count and all(e["thumb"] for e in state["entities"])
     # one lookup per entity (O(entities) each) made it quadratic: 4000 entities took 6 s a state
     assert len(calls) <= 3 * frames + 1, len(calls)  # presence, lookup table, thumbnail keys: per frame
+
+
+def test_a_panoptic_folder_linked_to_another_disk_is_read_but_not_one_linked_there_later(result, tmp_path):
+    """panoptic/ as a link to another folder (moved to another disk) opened, then every frame was
+    refused as "outside the result folder": a 422 per frame, exports and saves failed. The folder
+    panoptic/ resolved to when the result was opened is the result's; one linked in later is not."""
+    elsewhere = tmp_path / "bigdisk" / "panoptic"
+    elsewhere.parent.mkdir()
+    shutil.move(result / "panoptic", elsewhere)
+    (result / "panoptic").symlink_to(elsewhere, target_is_directory=True)
+    folder = ResultFolder.open(result)
+    assert folder.id_png_bytes(0) == first_png(result).read_bytes()
+    assert folder.id_rgb(0).shape[:2] == folder.size
+    other = tmp_path / "other" / "panoptic"
+    shutil.copytree(elsewhere, other)
+    (result / "panoptic").unlink()
+    (result / "panoptic").symlink_to(other, target_is_directory=True)
+    with pytest.raises(ResultFolderError, match="outside the result folder"):
+        folder.id_png_bytes(0)

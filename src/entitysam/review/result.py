@@ -102,6 +102,8 @@ class ResultFolder:
     def __init__(self, path: Path, manifest: dict[str, Any], frames: list[dict[str, Any]],
                  entities: list[EntityInfo], frame_areas: list[dict[int, int]]):
         self.path = path
+        # where its files may lie, links followed: the folder, and panoptic/ as when opened (the user's layout)
+        self.read_roots = (path.resolve(), (path / "panoptic").resolve())
         self.manifest = manifest
         self.kind = "online" if manifest.get("format") == "entitysam-online" else "offline"
         video = manifest.get("video")
@@ -228,11 +230,11 @@ class ResultFolder:
         """The [H, W, 3] uint8 pixels of frame position `i`'s id PNG as stored (id = R + 256 G +
         65536 B; see `entitysam.io.idpng`), checked for mode and size: what the viewer encodes as runs."""
         path = self.png_path(i)
-        return _read_id_rgb(path, self.size, self.path)
+        return _read_id_rgb(path, self.size, self.read_roots)
 
     def id_png_bytes(self, i: int) -> bytes:
         """The bytes of frame position `i`'s id PNG as stored (what the viewer sends as it is)."""
-        with _open_regular(self.png_path(i), self.path) as f:
+        with _open_regular(self.png_path(i), self.read_roots) as f:
             return f.read()
 
     def source_frame(self, i: int, still: bool = False) -> np.ndarray | None:
@@ -282,12 +284,12 @@ class ResultFolder:
                 f"{self.size[1]}x{self.size[0]}, {len(self.entities)} entities)")
 
 
-def _read_id_rgb(path: Path, size: tuple[int, int], root: Path) -> np.ndarray:
+def _read_id_rgb(path: Path, size: tuple[int, int], roots: tuple[Path, ...]) -> np.ndarray:
     """[H, W, 3] uint8 pixels of an RGB(A) id PNG of the result's size; ResultFolderError otherwise
     (another image mode would be converted to RGB by PIL and give made-up ids)."""
     from PIL import Image
 
-    with _open_regular(path, root) as f:
+    with _open_regular(path, roots) as f:
         try:
             with Image.open(f) as im:
                 kind, width, height = (im.format, im.mode), *im.size
@@ -302,15 +304,15 @@ def _read_id_rgb(path: Path, size: tuple[int, int], root: Path) -> np.ndarray:
     return rgb if rgb.shape[2] == 3 else np.ascontiguousarray(rgb[..., :3])
 
 
-def _open_regular(path: Path, root: Path):
-    """`path` (a file of the result folder `root`) open for reading, without waiting: a FIFO put in
-    its place after the result was opened blocked the read, and with it the viewer's lock (save,
-    edits) for good. ResultFileGoneError when it is gone, ResultFolderError when it is not a
-    regular file or lies outside `root` once links are followed: an id PNG replaced by a link to
-    any file (~/.ssh/id_rsa) was sent as it is by /api/idmaps/<i>.png, which /files/ refused."""
+def _open_regular(path: Path, roots: tuple[Path, ...]):
+    """`path` (a file of a result folder) open for reading, without waiting: a FIFO put in its place
+    after the result was opened blocked the read, and with it the viewer's lock (save, edits) for
+    good. ResultFileGoneError when it is gone, ResultFolderError when it is not a regular file or
+    lies outside every resolved folder of `roots` once links are followed: an id PNG replaced by a
+    link to any file (~/.ssh/id_rsa) was sent as it is by /api/idmaps/<i>.png, which /files/ refused."""
     try:
         real = path.resolve(strict=True)
-        if not real.is_relative_to(root.resolve()):
+        if not any(real.is_relative_to(root) for root in roots):
             raise ResultFolderError(f"{path}: a link to {real}, outside the result folder: not read")
         f = open_regular(real, follow_links=False)  # resolved: a link put there since is refused (ELOOP)
     except FileNotFoundError:
