@@ -335,6 +335,22 @@ def test_a_safetensors_file_whose_first_byte_is_a_pickles_proto_is_read_as_safet
     assert got.keys() == state_n.keys() and all(torch.equal(got[k], state_n[k]) for k in state_n)
 
 
+def test_a_cut_safetensors_file_whose_first_byte_is_a_pickles_proto_is_said_to_be_cut(tmp_path):
+    """Cut short (a copy stopped midway), a .safetensors file whose header length's low byte is 0x80
+    went to the pickle reader: "Unsupported operand 0". Any other cut one gets safetensors' words."""
+    from safetensors.torch import save_file
+
+    for n in range(1, 400):
+        save_file({"k" * n: torch.zeros(2)}, tmp_path / "w.safetensors")
+        data = (tmp_path / "w.safetensors").read_bytes()
+        if data[:1] == b"\x80":
+            break
+    (tmp_path / "w.safetensors").write_bytes(data[:100])
+    with pytest.raises(CheckpointReadError) as err:
+        read_state_dict(tmp_path / "w.safetensors")
+    assert "Unsupported operand" not in str(err.value) and "header" in str(err.value), err.value
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_a_torch_save_file_named_safetensors_is_read_weights_only(tmp_path, legacy):
     """A torch.save file named .safetensors failed as "Error while deserializing header: header too

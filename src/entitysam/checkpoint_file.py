@@ -71,9 +71,12 @@ def is_safetensors(f: BinaryIO, path: Path) -> bool:
     # safetensors file in 32. No torch.save file fits it (byte 8 of a zip or a pickle is no "{").
     if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8:
         return True
+    named = path.suffix.lower() == ".safetensors"
+    if named and head[8:9] == b"{":  # cut short (a copy stopped midway): safetensors' own words say so
+        return True
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         return False
-    return path.suffix.lower() == ".safetensors"
+    return named
 
 
 def text_start(f: BinaryIO) -> str | None:
