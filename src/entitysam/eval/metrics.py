@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .. import jsonio
-from ..argtypes import (MAX_THREADS, ArgumentParser, check_int, check_json_destination, check_not_an_input,
-                        check_path_arg, path_text, thread_count)
-from ..errors import EntitySAMError, for_terminal, printable
+from ..argtypes import (MAX_THREADS, ArgumentParser, check_int, check_not_an_input, check_path_arg, path_text,
+                        thread_count)
+from ..errors import EntitySAMError, OutputError, for_terminal, join_remedies, printable
+from .json_output import open_destination
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
 from .veq import NFRAMES, FrameVEQInput, veq_aggregate, veq_video_stats
@@ -230,17 +231,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="processes (default: number of CPUs)")
     ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all",
                     help="which metric to compute (default: all, i.e. VEQ and STQ)")
-    ap.add_argument("--json", dest="json_out", type=path_text, default=None, help="write the results to this JSON file")
+    json_flag = ap.add_argument("--json", dest="json_out", type=path_text, default=None,
+                                help="write the results to this JSON file (a new file; a pipe or /dev/stdout "
+                                     "is written as a stream)").option_strings[0]
+    overwrite_flag = ap.add_argument("--overwrite", action="store_true",
+                                     help="replace the JSON file of an earlier run (only a file holding "
+                                          "metrics results)").option_strings[0]
     args = ap.parse_args(argv)
+    destination = None
     try:  # before hours of computing: the result must have somewhere to go
         if args.json_out:
-            check_json_destination(args.json_out)
             # `--json gt.json` silently overwrote the ground truth with the scores
             check_not_an_input(args.json_out, files=(args.gt_json, Path(args.pred_dir) / "pred.json"),
-                               folders=(args.gt_dir, Path(args.pred_dir) / "pan_pred"))
+                               folders=(args.gt_dir, Path(args.pred_dir) / "pan_pred"), option=json_flag)
+            destination = open_destination(args.json_out, option=json_flag, overwrite=args.overwrite)
     except EntitySAMError as err:
-        print(for_terminal(f"error: {err}"), file=sys.stderr)
+        _print_error(err, {"overwrite": overwrite_flag})
         return 2
+    try:
+        return _score_and_write(args, destination, {"overwrite": overwrite_flag})
+    finally:
+        if destination is not None:
+            destination.close()
+
+
+def _print_error(err: BaseException, flags: Mapping[str, str] | None = None) -> None:
+    """``error: ...`` on stderr, its remedies worded with this command's flags."""
+    text = str(err)
+    if isinstance(err, EntitySAMError) and err.remedies and flags:
+        text = join_remedies(err.problem, [" ".join(filter(None, [f"use {flags[r.argument]}", r.purpose]))
+                                           if r.argument in flags else r.python_words() for r in err.remedies])
+    print(for_terminal(f"error: {text}"), file=sys.stderr)
+
+
+def _silence_stdout() -> None:
+    """Standard output to /dev/null: Python's flush at exit would fail on it again, with a message."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _score_and_write(args, destination, flags: Mapping[str, str]) -> int:
+    """Score, print the table, write the results to `destination` (if any); the exit code."""
     try:
         if args.metric == "veq":
             res = {"veq": compute_veq(args.pred_dir, args.gt_dir, args.gt_json, workers=args.workers)}
@@ -249,16 +284,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             res = evaluate(args.pred_dir, args.gt_dir, args.gt_json, workers=args.workers)
     except MetricsInputError as e:
-        print(for_terminal(f"error: {e}"), file=sys.stderr)
+        _print_error(e)
         return 2
-    print(format_table(res))
-    if args.json_out:
+    code = 0
+    try:
+        print(format_table(res), flush=True)
+    except BrokenPipeError:
+        raise  # (the command line's one line for a closed standard output)
+    except OSError as err:  # `> /dev/full`, a full disk: was a traceback, and no JSON written
+        _print_error(f"cannot write the table to standard output: {err.strerror or err}")
+        _silence_stdout()
+        code = 1
+    if destination is not None:
         try:
-            Path(args.json_out).write_text(jsonio.dumps(jsonio.jsonable(res), indent=1) + "\n", encoding="utf-8")
-        except OSError as err:
-            print(for_terminal(f"error: cannot write {args.json_out}: {err.strerror or err}"), file=sys.stderr)
+            destination.write(jsonio.dumps(jsonio.jsonable(res), indent=1) + "\n")
+        except OutputError as err:
+            _print_error(err, flags)
             return 1
-    return 0
+        except OSError as err:
+            _print_error(f"cannot write {args.json_out}: {err.strerror or err}")
+            return 1
+    return code
 
 
 if __name__ == "__main__":

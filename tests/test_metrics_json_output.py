@@ -1,0 +1,159 @@
+"""Where `entitysam metrics --json FILE` writes (README "Metrics", "Reliability"): never over a
+file it did not write, atomically, never waiting for ever on a pipe, and /dev/stdout, /dev/fd/N
+and /dev/null still work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import entitysam.eval.metrics as metrics
+from entitysam.data.synthetic.vipseg import make_synthetic_dataset
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("json-out"), num_videos=2, num_frames=3, width=64,
+                                  height=48, seed=5)
+
+
+def _args(ds, *extra):
+    return [str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "1", *map(str, extra)]
+
+
+def _one_error(capsys, words):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+
+
+def _entitysam(*argv, stdout, timeout=60):
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "entitysam", "metrics", *argv], stdout=stdout,
+                          stderr=subprocess.PIPE, text=True, env=env, timeout=timeout)
+
+
+def test_a_users_file_is_refused_before_scoring_and_kept(ds, tmp_path, capsys, monkeypatch):
+    """`--json notes.txt` replaced the notes with the scores, without a word."""
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}\n')
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: pytest.fail("scored before the check"))
+    assert metrics.main(_args(ds, "--json", notes)) == 2
+    _one_error(capsys, "already exists: use --overwrite")
+    assert metrics.main(_args(ds, "--json", notes, "--overwrite")) == 2
+    _one_error(capsys, "is not a metrics JSON: refusing to replace it, even when overwriting")
+    assert notes.read_text() == '{"mine": 1}\n'
+
+
+def test_overwrite_replaces_an_earlier_metrics_json(ds, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert metrics.main(_args(ds, "--json", out, "--metric", "stq")) == 0
+    assert set(json.loads(out.read_text())) == {"stq"}
+    assert metrics.main(_args(ds, "--json", out, "--overwrite")) == 0
+    assert set(json.loads(out.read_text())) == {"veq", "stq"}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left
+
+
+def test_a_symbolic_link_is_not_written_through(ds, tmp_path, capsys):
+    (tmp_path / "target.json").write_text("keep\n")
+    (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
+    for extra in ((), ("--overwrite",)):
+        assert metrics.main(_args(ds, "--json", tmp_path / "link.json", *extra)) == 2
+        capsys.readouterr()
+    assert (tmp_path / "target.json").read_text() == "keep\n"
+
+
+def test_a_file_appearing_while_scoring_is_left_as_it_is(ds, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "m.json"
+    real = metrics.evaluate
+
+    def appear(*a, **k):
+        out.write_text("theirs\n")
+        return real(*a, **k)
+
+    monkeypatch.setattr(metrics, "evaluate", appear)
+    assert metrics.main(_args(ds, "--json", out)) == 1
+    _one_error(capsys, "appeared while the metrics were computed")
+    assert out.read_text() == "theirs\n"
+
+
+def test_a_named_pipe_nobody_reads_is_refused_at_once(ds, tmp_path):
+    """It was opened after scoring and waited for a reader for ever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = _entitysam(*_args(ds, "--json", fifo), stdout=subprocess.DEVNULL, timeout=60)
+    assert proc.returncode == 2 and "a named pipe that nobody reads" in proc.stderr, proc.stderr
+
+
+def test_a_named_pipe_with_a_reader_gets_the_json(ds, tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        assert metrics.main(_args(ds, "--json", fifo)) == 0
+        os.set_blocking(reader, True)
+        data = b""
+        while chunk := os.read(reader, 1 << 16):
+            data += chunk
+    finally:
+        os.close(reader)
+    assert set(json.loads(data)) == {"veq", "stq"}
+
+
+def test_dev_stdout_redirected_to_a_file_keeps_the_table(ds, tmp_path):
+    """Reopening /dev/stdout (a file) started at byte 0 and wrote the JSON over the table."""
+    with open(tmp_path / "out.txt", "w") as f:
+        proc = _entitysam(*_args(ds, "--json", "/dev/stdout"), stdout=f)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "out.txt").read_text()
+    assert text.startswith("VEQ (class-agnostic")
+    assert set(json.loads(text[text.index("\n{") + 1:])) == {"veq", "stq"}
+
+
+def test_dev_stdout_through_a_pipe_and_dev_null_work(ds, capsys):
+    proc = _entitysam(*_args(ds, "--json", "/dev/stdout"), stdout=subprocess.PIPE)
+    assert proc.returncode == 0 and proc.stdout.startswith("VEQ") and '"veq"' in proc.stdout, proc.stderr
+    assert metrics.main(_args(ds, "--json", os.devnull)) == 0
+
+
+def test_a_full_standard_output_is_one_line_and_the_json_is_still_written(ds, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        proc = _entitysam(*_args(ds, "--json", tmp_path / "m.json"), stdout=full)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot write the table to standard output")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"veq", "stq"}
+
+
+def test_descriptor_paths_are_recognised(tmp_path):
+    from entitysam.eval.json_output import descriptor_of
+
+    assert descriptor_of("/dev/stdout") == 1 and descriptor_of(f"/proc/{os.getpid()}/fd/7") == 7
+    assert descriptor_of(tmp_path / "m.json") is None and descriptor_of("/proc/1/fd/1") in (None, 1)
+    (tmp_path / "out").symlink_to("/dev/stderr")
+    assert descriptor_of(tmp_path / "out") == 2
+
+
+def test_the_pipe_check_does_not_wait(tmp_path):
+    """The check itself returns at once (no thread left waiting on the pipe)."""
+    from entitysam.errors import InvalidArgumentError
+    from entitysam.eval.json_output import open_destination
+
+    os.mkfifo(tmp_path / "p")
+    done = threading.Event()
+
+    def check():
+        with pytest.raises(InvalidArgumentError):
+            open_destination(tmp_path / "p", option="--json")
+        done.set()
+
+    threading.Thread(target=check, daemon=True).start()
+    assert done.wait(10)
