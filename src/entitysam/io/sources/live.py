@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 import time as _time  # "time" is a frame's time in this module
 from pathlib import Path
 
@@ -81,6 +82,47 @@ def live_source_name(url: str) -> str:
         stem = Path(url).name
     name = stem or host.rsplit("@", 1)[-1].replace(":", "_") or "stream"
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
+
+
+def _interruptible(call):
+    """call() (an open of a stream) on a helper thread, waited for from this one.
+
+    PyAV loses a Ctrl-C that lands while FFmpeg waits in the main thread: Python raises it inside
+    PyAV's error check once the open gives up, where the timeout's ExitError replaces it, so a run
+    waited the whole open timeout (15 s) and then reported a timeout (exit 1) instead of stopping.
+    Waiting here, in Python, takes the Ctrl-C at once; the helper's open still ends within its
+    timeout, and what it opened after that is closed."""
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    box: dict = {}
+    lock = threading.Lock()
+
+    def run():
+        try:
+            value = call()
+        except BaseException as err:  # noqa: BLE001 - re-raised by the waiting thread
+            box["error"] = err
+            return
+        with lock:
+            if box.get("abandoned"):
+                value.close()
+            else:
+                box["value"] = value
+
+    helper = threading.Thread(target=run, name="entitysam-open", daemon=True)
+    helper.start()
+    try:
+        while helper.is_alive():
+            helper.join(0.1)
+    except BaseException:
+        with lock:
+            box["abandoned"] = True
+            if "value" in box:  # opened between the interrupt and now
+                box.pop("value").close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class _Stalled(SourceError):
@@ -232,8 +274,9 @@ class LiveSource(FrameSource):
         what = "video device" if self._format == "v4l2" else "stream"
         started = _time.monotonic()
         try:
-            return open_container(self.url, format=self._format, options=self._options,
-                                  timeout=(self._timeout[0], _ReadTimeout(self._timeout[1])))
+            return _interruptible(lambda: open_container(
+                self.url, format=self._format, options=self._options,
+                timeout=(self._timeout[0], _ReadTimeout(self._timeout[1]))))
         except av.error.FFmpegError as err:
             hint = ("check that the camera is connected and not in use by another program" if what == "video device"
                     else "check the address, and that the camera or server is running and reachable from this machine")
