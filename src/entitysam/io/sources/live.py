@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
 import threading
@@ -217,6 +218,38 @@ def _demuxed_frames(container, stream, seconds: float):
             raise _Stalled
 
 
+class _FrameClock:
+    """The times of a live stream's frames, in seconds from its first frame, always increasing.
+
+    A stream's clock can restart (an encoder or camera restarted behind a relay, streams spliced
+    one after the other) or repeat a timestamp: its frames' times then went back (0.4 s, then 0.0 s)
+    or stood still, and the final manifest's frame rate, measured from the first to the last time,
+    came out wrong (22.5 frames/s for two 10 frames/s streams back to back), `entities.jsonl` went
+    back in time and a `--end` in seconds stopped at the wrong frame. A frame that is not later
+    than the one before is taken as one `period` after it, and the times go on from there."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self.offset: float | None = None  # frame time - timestamp (or wall-clock time)
+        self.wall = False  # whether the offset is to the wall-clock time
+        self.last: float | None = None
+
+    def time(self, stamp: float | None) -> float:
+        """The time of the next frame, from its timestamp in seconds (None or NaN where it has none,
+        as the frames of some devices: the wall-clock time then)."""
+        wall = stamp is None or not math.isfinite(stamp)
+        stamp = _time.monotonic() if wall else float(stamp)
+        if self.offset is None or wall != self.wall:  # the first frame, or timestamps came or went
+            self.wall = wall
+            self.offset = (0.0 if self.last is None else self.last + self.period) - stamp
+        t = stamp + self.offset
+        if self.last is not None and t <= self.last:
+            t = self.last + self.period
+            self.offset = t - stamp
+        self.last = t
+        return t
+
+
 class LiveSource(FrameSource):
     """A live stream or device, decoded with PyAV as the frames arrive.
 
@@ -300,17 +333,10 @@ class LiveSource(FrameSource):
                 # throughput a camera's rate does not need. Slice threads hold none (files keep
                 # "AUTO": docs/reliability.md has the frames of lag measured per codec).
                 stream.thread_type = "SLICE"
-                t0 = wall0 = None
+                clock = _FrameClock(1 / self.fps)
                 for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
                     index += 1
-                    t = frame.time
-                    if t is None:  # no timestamps (some devices): wall-clock time since the first frame
-                        wall0 = _time.monotonic() if wall0 is None else wall0
-                        t = _time.monotonic() - wall0
-                    else:
-                        t0 = t if t0 is None else t0
-                        t = t - t0
-                    yield index, t, frame
+                    yield index, clock.time(frame.time), frame
         except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
             raise frame_out_of_memory(self.url, f"frame {index + 1:06d}", self.width, self.height) from None
         except av.error.FFmpegError as err:
