@@ -163,3 +163,38 @@ def test_online_result_of_a_restarted_stream_has_its_frame_rate(tiny_model, tmp_
     assert manifest["num_frames"] == 10 and manifest["fps"] == 10.0
     times = [json.loads(line)["time"] for line in (out / "entities.jsonl").read_text().splitlines()]
     assert times == [i / 10 for i in range(10)]
+
+
+# ----------------------------------------------------------------------------- the manifest's counts
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_counts_of_a_stream_stopped_early_add_up(tiny_model, tmp_path, live):
+    """Frames the reader had queued when the stream stopped were counted in frames_read, but
+    neither processed nor dropped: frames_read = frames_processed + dropped_frames did not hold
+    and the manifest did not say where they went."""
+    from _media import write_video
+    from entitysam.pipeline.stream import stream
+
+    clip = write_video(tmp_path / "clip.mp4", 30)
+    out = tmp_path / "out"
+    with stream(tiny_model, clip, output=out, live=live, queue_size=4) as s:
+        for r in s:
+            if r.frame.t == 1:
+                time.sleep(0.5)  # (the reader fills its queue)
+                s.stop()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "stopped"
+    assert m["frames_read"] > m["frames_processed"] + m["dropped_frames"]  # frames were left in the queue
+    assert m["frames_read"] == m["frames_processed"] + m["dropped_frames"] + m["unprocessed_frames"]
+    assert s.unprocessed == m["unprocessed_frames"] > 0
+
+
+def test_counts_of_a_stream_that_ran_to_its_end(tiny_model, tmp_path):
+    from _media import write_video
+    from entitysam.pipeline.stream import stream
+
+    clip = write_video(tmp_path / "clip.mp4", 6)
+    with stream(tiny_model, clip, output=tmp_path / "out") as s:
+        assert len(list(s)) == 6
+    assert s.manifest["unprocessed_frames"] == 0 and s.manifest["frames_read"] == 6
