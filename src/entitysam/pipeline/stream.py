@@ -48,7 +48,8 @@ class OnlineStream:
 
     Attributes: name, source, delay, live, size ((H, W), None before the first frame), fps,
     frames_read (frames the reader took from the source), dropped (frames dropped because the
-    model was slower than a live source), processed, emitted, status (``running``, then
+    model was slower than a live source), processed, unprocessed (read, then left when the stream
+    stopped early), emitted, status (``running``, then
     ``complete`` (the source ended), ``stopped`` (:meth:`stop` or closed early), ``interrupted``
     (KeyboardInterrupt) or ``failed``), error, output (folder or None), manifest (written one).
 
@@ -157,6 +158,13 @@ class OnlineStream:
     emitted = property(lambda self: self._tally.emitted, doc="frames delivered so far")
 
     @property
+    def unprocessed(self) -> int:
+        """Frames read that the stream stopped before processing (queued, or in the model when it
+        was interrupted; 0 for a stream that ran to its end): frames_read = processed + dropped +
+        unprocessed."""
+        return max(0, self.frames_read - self.processed - self.dropped)
+
+    @property
     def entities(self) -> list[Entity]:
         """Entities seen so far (in the frames delivered), with their latest running score."""
         return self._tally.entities()
@@ -175,6 +183,7 @@ class OnlineStream:
     def summary(self) -> dict[str, Any]:
         """Counts and timings (what the final manifest records)."""
         return self._tally.summary(frames_read=self.frames_read, processed=self.processed, dropped=self.dropped,
+                                   unprocessed=self.unprocessed,
                                    seconds=self.seconds, total_seconds=time.perf_counter() - self._t0,
                                    error=self.error)
 

@@ -52,14 +52,15 @@ class StreamTally:
         return {"mean": round(self._latency_sum / self.emitted, 4) if self.emitted else None,
                 "max": round(self._latency_max, 4)}
 
-    def summary(self, *, frames_read: int, processed: int, dropped: int, seconds: dict[str, float],
-                total_seconds: float, error: str | None) -> dict[str, Any]:
+    def summary(self, *, frames_read: int, processed: int, dropped: int, unprocessed: int,
+                seconds: dict[str, float], total_seconds: float, error: str | None) -> dict[str, Any]:
         """Counts, tracks and timings of the stream (what the final manifest records)."""
         return {
             "frames_read": frames_read,
             "frames_processed": processed,
             "frames_emitted": self.emitted,
             "dropped_frames": dropped,
+            "unprocessed_frames": unprocessed,
             "entities": self.num_entities,
             "tracks": [{"id": e.id, "query_index": e.query_index, "score": e.score, "first_frame": e.first_frame,
                         "last_frame": e.last_frame, "num_frames": e.num_frames, "area": e.area}

@@ -23,7 +23,8 @@ output files) before and while decoding.
 * Live sources (:class:`LiveSource`, online mode only): URLs PyAV opens (``rtsp://``,
   ``http://``, ``udp://``, ...) and video devices (``/dev/video0``, read with v4l2). They are read
   once, as they come: frame ``i`` is the ``i``-th frame decoded, named ``f"{i:06d}"``, its time
-  is its timestamp relative to the first frame (wall-clock time when the stream has none).
+  is its timestamp relative to the first frame (wall-clock time when the stream has none), made to
+  increase: a timestamp that goes back or repeats (a restarted clock) is one frame period after the frame before.
 
 Frame selection (:class:`FrameSelection`): ``start`` (inclusive) and ``end`` (exclusive) are
 frame indices (``int``) or seconds (``float``, or strings like ``"2.5s"`` via

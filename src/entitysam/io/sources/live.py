@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import math
 import os
 import re
+import threading
 import time as _time  # "time" is a frame's time in this module
 from pathlib import Path
 
@@ -81,6 +83,47 @@ def live_source_name(url: str) -> str:
         stem = Path(url).name
     name = stem or host.rsplit("@", 1)[-1].replace(":", "_") or "stream"
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
+
+
+def _interruptible(call):
+    """call() (an open of a stream) on a helper thread, waited for from this one.
+
+    PyAV loses a Ctrl-C that lands while FFmpeg waits in the main thread: Python raises it inside
+    PyAV's error check once the open gives up, where the timeout's ExitError replaces it, so a run
+    waited the whole open timeout (15 s) and then reported a timeout (exit 1) instead of stopping.
+    Waiting here, in Python, takes the Ctrl-C at once; the helper's open still ends within its
+    timeout, and what it opened after that is closed."""
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    box: dict = {}
+    lock = threading.Lock()
+
+    def run():
+        try:
+            value = call()
+        except BaseException as err:  # noqa: BLE001 - re-raised by the waiting thread
+            box["error"] = err
+            return
+        with lock:
+            if box.get("abandoned"):
+                value.close()
+            else:
+                box["value"] = value
+
+    helper = threading.Thread(target=run, name="entitysam-open", daemon=True)
+    helper.start()
+    try:
+        while helper.is_alive():
+            helper.join(0.1)
+    except BaseException:
+        with lock:
+            box["abandoned"] = True
+            if "value" in box:  # opened between the interrupt and now
+                box.pop("value").close()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class _Stalled(SourceError):
@@ -175,6 +218,38 @@ def _demuxed_frames(container, stream, seconds: float):
             raise _Stalled
 
 
+class _FrameClock:
+    """The times of a live stream's frames, in seconds from its first frame, always increasing.
+
+    A stream's clock can restart (an encoder or camera restarted behind a relay, streams spliced
+    one after the other) or repeat a timestamp: its frames' times then went back (0.4 s, then 0.0 s)
+    or stood still, and the final manifest's frame rate, measured from the first to the last time,
+    came out wrong (22.5 frames/s for two 10 frames/s streams back to back), `entities.jsonl` went
+    back in time and a `--end` in seconds stopped at the wrong frame. A frame that is not later
+    than the one before is taken as one `period` after it, and the times go on from there."""
+
+    def __init__(self, period: float):
+        self.period = period
+        self.offset: float | None = None  # frame time - timestamp (or wall-clock time)
+        self.wall = False  # whether the offset is to the wall-clock time
+        self.last: float | None = None
+
+    def time(self, stamp: float | None) -> float:
+        """The time of the next frame, from its timestamp in seconds (None or NaN where it has none,
+        as the frames of some devices: the wall-clock time then)."""
+        wall = stamp is None or not math.isfinite(stamp)
+        stamp = _time.monotonic() if wall else float(stamp)
+        if self.offset is None or wall != self.wall:  # the first frame, or timestamps came or went
+            self.wall = wall
+            self.offset = (0.0 if self.last is None else self.last + self.period) - stamp
+        t = stamp + self.offset
+        if self.last is not None and t <= self.last:
+            t = self.last + self.period
+            self.offset = t - stamp
+        self.last = t
+        return t
+
+
 class LiveSource(FrameSource):
     """A live stream or device, decoded with PyAV as the frames arrive.
 
@@ -232,8 +307,9 @@ class LiveSource(FrameSource):
         what = "video device" if self._format == "v4l2" else "stream"
         started = _time.monotonic()
         try:
-            return open_container(self.url, format=self._format, options=self._options,
-                                  timeout=(self._timeout[0], _ReadTimeout(self._timeout[1])))
+            return _interruptible(lambda: open_container(
+                self.url, format=self._format, options=self._options,
+                timeout=(self._timeout[0], _ReadTimeout(self._timeout[1]))))
         except av.error.FFmpegError as err:
             hint = ("check that the camera is connected and not in use by another program" if what == "video device"
                     else "check the address, and that the camera or server is running and reachable from this machine")
@@ -257,17 +333,10 @@ class LiveSource(FrameSource):
                 # throughput a camera's rate does not need. Slice threads hold none (files keep
                 # "AUTO": docs/reliability.md has the frames of lag measured per codec).
                 stream.thread_type = "SLICE"
-                t0 = wall0 = None
+                clock = _FrameClock(1 / self.fps)
                 for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
                     index += 1
-                    t = frame.time
-                    if t is None:  # no timestamps (some devices): wall-clock time since the first frame
-                        wall0 = _time.monotonic() if wall0 is None else wall0
-                        t = _time.monotonic() - wall0
-                    else:
-                        t0 = t if t0 is None else t0
-                        t = t - t0
-                    yield index, t, frame
+                    yield index, clock.time(frame.time), frame
         except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
             raise frame_out_of_memory(self.url, f"frame {index + 1:06d}", self.width, self.height) from None
         except av.error.FFmpegError as err:
