@@ -32,7 +32,8 @@ def test_torchrun_in_an_array_task_without_shard_warns(env):
     (None, {**TORCHRUN, "RANK": "1", "LOCAL_RANK": "1", **ARRAY}),  # said by rank 0 only
     (None, {**TORCHRUN, "SLURM_ARRAY_TASK_ID": ""}),
     (None, {}),
-], ids=["no-array", "shard-auto", "plain-slurm", "srun-tasks", "rank-1", "empty-task-id", "nothing"])
+    (None, {**TORCHRUN, **ARRAY, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "1"}),  # nothing repeated
+], ids=["no-array", "shard-auto", "plain-slurm", "srun-tasks", "rank-1", "empty-task-id", "nothing", "one-task"])
 def test_no_warning_otherwise(text, env):
     assert ignored_array(text, env) is None
 

@@ -202,10 +202,13 @@ def ignored_array(text: str | None, env: Mapping[str, str] | None = None) -> str
     (`text` None, see :func:`shard_from_env`): each rank takes RANK/WORLD_SIZE of the whole list
     whatever its task, so every task does the same videos and each exits 0. Rank 0 only: the
     environment, hence the mistake, is the same on every rank of a task, and all of a task's ranks
-    write to one Slurm log, where W copies would be noise; each task has its own rank 0."""
+    write to one Slurm log, where W copies would be noise; each task has its own rank 0. An array
+    of one task (SLURM_ARRAY_TASK_COUNT=1) repeats nothing: no warning."""
     env = os.environ if env is None else env
     task = env.get("SLURM_ARRAY_TASK_ID", "").strip()
     if text is not None or not task or "WORLD_SIZE" not in env or env.get("RANK", "").strip() not in ("", "0"):
+        return None
+    if env.get("SLURM_ARRAY_TASK_COUNT", "").strip() == "1":
         return None
     return task
 
