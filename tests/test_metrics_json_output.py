@@ -157,3 +157,47 @@ def test_the_pipe_check_does_not_wait(tmp_path):
 
     threading.Thread(target=check, daemon=True).start()
     assert done.wait(10)
+
+
+def test_dev_null_is_taken_where_dev_is_not_writable(monkeypatch):
+    """/dev is root's: for any other user the folder check refused `--json /dev/null` (and a named
+    pipe in a folder they cannot write), which the tool only writes into. Emulated: os.access says
+    no folder is writable."""
+    from entitysam.eval.json_output import open_destination
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK and os.path.isdir(p)
+                        else real(p, mode, **kw))
+    dest = open_destination("/dev/null", option="--json")
+    dest.write("{}")
+    dest.close()
+
+
+def test_a_descriptor_open_for_reading_only_is_refused_before_scoring(tmp_path):
+    """`--json /dev/stdin` (or /dev/fd/N of a file read) was taken, and its write failed with EBADF
+    only after scoring."""
+    from entitysam.errors import InvalidArgumentError
+    from entitysam.eval.json_output import open_destination
+
+    (tmp_path / "in.txt").write_text("input")
+    fd = os.open(tmp_path / "in.txt", os.O_RDONLY)
+    try:
+        with pytest.raises(InvalidArgumentError, match="open for reading only"):
+            open_destination(f"/dev/fd/{fd}", option="--json")
+    finally:
+        os.close(fd)
+    assert (tmp_path / "in.txt").read_text() == "input"
+
+
+def test_an_earlier_results_file_deleted_while_scoring_is_written_anew(tmp_path):
+    """With --overwrite, an earlier metrics JSON deleted during scoring was "no longer a metrics
+    JSON": nothing written, though nothing was there to keep."""
+    from entitysam.eval.json_output import open_destination
+
+    path = tmp_path / "m.json"
+    path.write_text('{"veq": {}}')
+    dest = open_destination(path, option="--json", overwrite=True)
+    path.unlink()
+    dest.write('{"stq": {}}')
+    dest.close()
+    assert json.loads(path.read_text()) == {"stq": {}}

@@ -78,6 +78,8 @@ class JsonDestination:
             self.stream.write(text)
             self.stream.flush()
             return
+        if self.replace and not os.path.lexists(self.path):  # deleted while scoring: a new file
+            self.replace = False
         if self.replace and not is_metrics_file(self.path):  # (changed while scoring)
             raise OutputError(f"{self.path} is no longer a metrics JSON: left as it is, nothing written")
         try:
@@ -103,14 +105,18 @@ def open_destination(path: str | os.PathLike, *, option: str, overwrite: bool = 
     fd = descriptor_of(path)
     if fd is not None:
         return JsonDestination(Path(path), stream=_dup_stream(fd, path, option))
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # (missing, a link to nothing: said below)
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):  # written into, not made: its folder (/dev) may be read-only
+        return JsonDestination(Path(path), stream=_open_stream(Path(path), option))
     path = check_json_destination(path, option)
     if not os.path.lexists(path):
         return JsonDestination(path)
     if path.is_symlink() and not path.exists():
         raise InvalidArgumentError(f"{option} {path}: a symbolic link to nothing; choose another file name")
     mode = os.stat(path).st_mode
-    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
-        return JsonDestination(path, stream=_open_stream(path, option))
     if not stat.S_ISREG(mode):
         raise InvalidArgumentError(f"{option} {path}: not a file (a socket or a block device); choose a file name")
     if not overwrite:
@@ -126,9 +132,23 @@ def open_destination(path: str | os.PathLike, *, option: str, overwrite: bool = 
 
 def _dup_stream(fd: int, path: str | os.PathLike, option: str) -> IO[str]:
     try:
-        return open(os.dup(fd), "w", encoding="utf-8")  # noqa: SIM115 - (closed by JsonDestination.close)
+        writable = _writable_descriptor(fd)
+        stream = open(os.dup(fd), "w", encoding="utf-8") if writable else None  # noqa: SIM115 - (closed by close)
     except OSError as err:
         raise InvalidArgumentError(f"{option} {path}: descriptor {fd} is not open ({err.strerror})") from None
+    if stream is None:  # (/dev/stdin: the write failed with EBADF only after scoring)
+        raise InvalidArgumentError(f"{option} {path}: descriptor {fd} is open for reading only; choose a file")
+    return stream
+
+
+def _writable_descriptor(fd: int) -> bool:
+    """Whether descriptor `fd` is open for writing (True where that cannot be asked: no fcntl)."""
+    try:
+        import fcntl  # noqa: PLC0415 - (not on Windows)
+    except ImportError:
+        os.fstat(fd)  # (OSError when not open)
+        return True
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
 
 
 def _open_stream(path: Path, option: str) -> IO[str]:
@@ -141,5 +161,6 @@ def _open_stream(path: Path, option: str) -> IO[str]:
             raise InvalidArgumentError(f"{option} {path}: a named pipe that nobody reads (start its reader "
                                        "first, or choose a file)") from None
         raise InvalidArgumentError(f"{option} {path}: cannot be opened ({err.strerror})") from None
-    os.set_blocking(fd, True)  # (written at the pace of its reader)
+    if getattr(os, "O_NONBLOCK", 0):  # (Windows has neither; os.set_blocking only from Python 3.12)
+        os.set_blocking(fd, True)  # (written at the pace of its reader)
     return open(fd, "w", encoding="utf-8")  # noqa: SIM115 - (closed by JsonDestination.close)
