@@ -144,6 +144,20 @@ def test_frame_times_of_a_live_stream_always_increase(stamps):
         assert times == [i / 10 for i in range(10)]
 
 
+@pytest.mark.parametrize("stamps, period, expected", [
+    ([0.0] * 3 + [1.0] * 3 + [2.0], 0.25, [0, 0.25, 0.5, 1, 1.25, 1.5, 2]),  # a clock in whole seconds
+    ([0, .2, .1, .4, .3, .6, .5, .8, .7, 1.0], 0.1, [0, .2, .3, .4, .5, .6, .7, .8, .9, 1.0]),  # out of order
+    ([0, 1, 2, 3, 0.5, 1.5], 1.0, [0, 1, 2, 3, 4, 5]),  # the clock restarted, 2.5 s back
+    ([0.0, 0.1, 3600.0], 0.1, [0, 0.1, 3600.0])])  # a gap of an hour is kept (a stream can stall)
+def test_a_stream_clock_that_repeats_or_reorders_does_not_drift(stamps, period, expected):
+    """Each frame not later than the one before re-based the clock a period ahead: a clock in whole
+    seconds at 30 frames/s read 1 s of stream as 2, frames out of order drifted a period each."""
+    from entitysam.io.sources.live import _FrameClock
+
+    clock = _FrameClock(period)
+    assert [round(clock.time(s), 6) for s in stamps] == expected
+
+
 def test_online_result_of_a_restarted_stream_has_its_frame_rate(tiny_model, tmp_path):
     """The final manifest's rate, measured from the frames' times, was 22.5 frames/s for two 10
     frames/s streams back to back (10 frames over 0.4 s)."""

@@ -218,6 +218,9 @@ def _demuxed_frames(container, stream, seconds: float):
             raise _Stalled
 
 
+_CLOCK_RESTART_S = 1.0  # a stream's clock going back further than this restarted
+
+
 class _FrameClock:
     """The times of a live stream's frames, in seconds from its first frame, always increasing.
 
@@ -226,7 +229,8 @@ class _FrameClock:
     or stood still, and the final manifest's frame rate, measured from the first to the last time,
     came out wrong (22.5 frames/s for two 10 frames/s streams back to back), `entities.jsonl` went
     back in time and a `--end` in seconds stopped at the wrong frame. A frame that is not later
-    than the one before is taken as one `period` after it, and the times go on from there."""
+    than the one before is taken as one `period` after it; where the clock went back more than
+    `_CLOCK_RESTART_S`, the times go on from there."""
 
     def __init__(self, period: float):
         self.period = period
@@ -243,9 +247,13 @@ class _FrameClock:
             self.wall = wall
             self.offset = (0.0 if self.last is None else self.last + self.period) - stamp
         t = stamp + self.offset
-        if self.last is not None and t <= self.last:
+        if self.last is not None and t <= self.last + 1e-6:  # (not later: 1e-16 of rounding is not; 90 kHz ticks are)
+            # Re-based only when far back (a restart): a repeated stamp of a coarse clock (seconds,
+            # at 30 frames/s) or a frame out of order re-based each time drifted ahead without end
+            # (1 s of stream read as 2). Nearer, frames count a period each until the stamps pass.
+            if self.last - t > max(_CLOCK_RESTART_S, self.period):
+                self.offset = self.last + self.period - stamp
             t = self.last + self.period
-            self.offset = t - stamp
         self.last = t
         return t
 
