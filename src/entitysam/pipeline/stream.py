@@ -181,9 +181,12 @@ class OnlineStream:
                                     model=model_info(self.model, self.compute_dtype, self._steps.tracking.exact))
 
     def summary(self) -> dict[str, Any]:
-        """Counts and timings (what the final manifest records)."""
-        return self._tally.summary(frames_read=self.frames_read, processed=self.processed, dropped=self.dropped,
-                                   unprocessed=self.unprocessed,
+        """Counts and timings (what the final manifest records); the counts are one snapshot, so they
+        add up also while the reader runs (read last: it only grows)."""
+        processed, dropped = self.processed, self.dropped
+        read = max(self.frames_read, processed + dropped)
+        return self._tally.summary(frames_read=read, processed=processed, dropped=dropped,
+                                   unprocessed=read - processed - dropped,
                                    seconds=self.seconds, total_seconds=time.perf_counter() - self._t0,
                                    error=self.error)
 
