@@ -201,3 +201,25 @@ def test_an_earlier_results_file_deleted_while_scoring_is_written_anew(tmp_path)
     dest.write('{"stq": {}}')
     dest.close()
     assert json.loads(path.read_text()) == {"stq": {}}
+
+
+def test_a_dash_is_standard_output_not_a_file(ds, tmp_path):
+    """`--json -` wrote a file named "-" in the current folder; it is standard output, after the table."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "out.txt", "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "entitysam", "metrics", *_args(ds, "--json", "-")], stdout=f,
+                              stderr=subprocess.PIPE, text=True, env=env, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert not os.path.lexists(tmp_path / "-")
+    text = (tmp_path / "out.txt").read_text()
+    assert text.startswith("VEQ (class-agnostic")
+    assert set(json.loads(text[text.index("\n{") + 1:])) == {"veq", "stq"}
+
+
+def test_a_dash_is_standard_output_also_where_a_file_named_dash_exists(ds, tmp_path, monkeypatch, capfd):
+    (tmp_path / "-").write_text("notes\n")
+    monkeypatch.chdir(tmp_path)
+    assert metrics.main(_args(ds, "--json", "-")) == 0
+    assert (tmp_path / "-").read_text() == "notes\n"
+    out = capfd.readouterr().out
+    assert set(json.loads(out[out.index("\n{") + 1:])) == {"veq", "stq"}

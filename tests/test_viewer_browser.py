@@ -701,3 +701,22 @@ def test_selecting_an_entity_puts_its_label_in_the_label_field(tmp_path):
         wait_version(page, 3)
         assert page.input_value("#label-text") == "red car"
         assert page.errors == []
+
+
+def test_a_viewer_beyond_loopback_works_from_the_printed_url_and_not_without_it(tmp_path):
+    """--host 0.0.0.0: reads need the token too; the page of the printed URL reads through the
+    cookie its answer sets (fetch and images send it), plays and edits as on 127.0.0.1."""
+    chromium_or_skip()
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with view_server(result, "--host", "0.0.0.0") as (url, _token), browser_page() as page:
+        url = url.replace("://0.0.0.0:", "://127.0.0.1:")  # (what a browser on this machine reaches)
+        assert page.goto(url.split("?")[0]).status == 403
+        open_viewer(page, url)
+        assert page.evaluate("viewer.state.entities.length") > 0
+        page.click("tr.entity[data-id=\"2\"]")
+        page.click("#delete")
+        page.wait_for_function("viewer.state.version === 1")
+        assert page.evaluate("fetch('/api/state').then((r) => r.status)") == 200
+        assert not page.errors, page.errors

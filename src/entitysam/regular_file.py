@@ -40,14 +40,15 @@ NOT_REGULAR = "not a regular file (a named pipe, a device or a socket)"
 _NOT_OPENABLE = (errno.ENXIO, errno.EOPNOTSUPP)
 
 
-def open_regular(path: str | os.PathLike, *, follow_links: bool = True) -> BinaryIO | None:
+def open_regular(path: str | os.PathLike, *, follow_links: bool = True, dir_fd: int | None = None) -> BinaryIO | None:
     """`path` open for reading (binary, blocking: reads of a regular file never wait) when it names a
     regular file now; None when it names something else (a named pipe, a device, a socket, a
     folder), which is closed unread. OSError when it cannot be opened (gone, no permission, a
-    link loop; with follow_links=False also a symbolic link, ELOOP)."""
+    link loop; with follow_links=False also a symbolic link, ELOOP). dir_fd: a relative `path` is
+    inside this open folder (os.open's)."""
     flags = _FLAGS | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
     try:
-        fd = os.open(path, flags)
+        fd = os.open(path, flags, dir_fd=dir_fd)
     except OSError as err:
         if err.errno in _NOT_OPENABLE:
             return None

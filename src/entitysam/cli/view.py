@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="entitysam view",
         description="Review and correct a result of `entitysam segment` in the browser: play it with the entities "
                     "tinted, hide, delete, merge, split and label entities, save a corrected revision next to the "
-                    "original, export it. Prints the URL to open (it carries a per-run token that edits need).")
+                    "original, export it. Prints the URL to open (it carries a per-run token that edits need, and "
+                    "viewing too on an address other than a loopback one).")
     p.add_argument("result", type=path_text, metavar="RESULT_DIR", help="a complete result folder (the one holding manifest.json)")
     p.add_argument("--host", type=host_name, default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: only this machine can connect)")

@@ -6,6 +6,7 @@ written once they are:
 * a new file is written atomically and never replaces a file that appeared meanwhile;
 * an existing file is replaced (atomically) only with ``--overwrite``, and only when it holds the
   results of an earlier ``metrics --json`` (``--json notes.json`` silently replaced the notes);
+* ``-`` is standard output, as ``/dev/stdout`` (it was a file named ``-`` in the current folder);
 * a descriptor of this process (``/dev/stdout``, ``/dev/fd/N`` as ``--json >(jq .)`` passes one)
   is written through that descriptor, after the table (reopening ``/dev/stdout`` redirected to a
   file started it again at byte 0, over the table);
@@ -28,7 +29,9 @@ from ..argtypes import check_json_destination
 from ..errors import InvalidArgumentError, OutputError, Remedy
 from ..io.atomic import atomic_file
 
-__all__ = ["JsonDestination", "open_destination", "descriptor_of"]
+__all__ = ["JsonDestination", "STDOUT", "open_destination", "descriptor_of"]
+
+STDOUT = "-"  # the destination that means standard output
 
 METRICS_KEYS = frozenset({"veq", "stq"})  # what a metrics JSON holds (some of, at its top level)
 MAX_EARLIER = 64 << 20  # an earlier results file is at most this big (a few kB a video at most)
@@ -102,7 +105,7 @@ class JsonDestination:
 def open_destination(path: str | os.PathLike, *, option: str, overwrite: bool = False) -> JsonDestination:
     """Check and open `path` for the results; InvalidArgumentError (a usage error) if it cannot be
     one: see the module doc. option: how messages name the destination (the flag)."""
-    fd = descriptor_of(path)
+    fd = 1 if os.fspath(path) == STDOUT else descriptor_of(path)
     if fd is not None:
         return JsonDestination(Path(path), stream=_dup_stream(fd, path, option))
     try:

@@ -29,7 +29,7 @@ from .. import jsonio
 from ..argtypes import (MAX_THREADS, ArgumentParser, check_int, check_not_an_input, check_path_arg, path_text,
                         thread_count)
 from ..errors import EntitySAMError, OutputError, for_terminal, join_remedies, printable
-from .json_output import open_destination
+from .json_output import STDOUT, open_destination
 from .panoptic_io import MetricsInputError, VideoSpec, load_videos, pair_counts, read_id_png
 from .stq import FrameSTQInput, stq_aggregate, stq_video_stats
 from .veq import NFRAMES, FrameVEQInput, veq_aggregate, veq_video_stats
@@ -232,8 +232,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--metric", choices=("all", "veq", "stq"), default="all",
                     help="which metric to compute (default: all, i.e. VEQ and STQ)")
     json_flag = ap.add_argument("--json", dest="json_out", type=path_text, default=None,
-                                help="write the results to this JSON file (a new file; a pipe or /dev/stdout "
-                                     "is written as a stream)").option_strings[0]
+                                help="write the results to this JSON file (a new file; - or /dev/stdout: standard "
+                                     "output, after the table; a pipe is written as a stream)").option_strings[0]
     overwrite_flag = ap.add_argument("--overwrite", action="store_true",
                                      help="replace the JSON file of an earlier run (only a file holding "
                                           "metrics results)").option_strings[0]
@@ -241,9 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     destination = None
     try:  # before hours of computing: the result must have somewhere to go
         if args.json_out:
-            # `--json gt.json` silently overwrote the ground truth with the scores
-            check_not_an_input(args.json_out, files=(args.gt_json, Path(args.pred_dir) / "pred.json"),
-                               folders=(args.gt_dir, Path(args.pred_dir) / "pan_pred"), option=json_flag)
+            if args.json_out != STDOUT:  # (`-` is no file: one named so in the current folder is not it)
+                # `--json gt.json` silently overwrote the ground truth with the scores
+                check_not_an_input(args.json_out, files=(args.gt_json, Path(args.pred_dir) / "pred.json"),
+                                   folders=(args.gt_dir, Path(args.pred_dir) / "pan_pred"), option=json_flag)
             destination = open_destination(args.json_out, option=json_flag, overwrite=args.overwrite)
     except EntitySAMError as err:
         _print_error(err, {"overwrite": overwrite_flag})
@@ -302,7 +303,8 @@ def _score_and_write(args, destination, flags: Mapping[str, str]) -> int:
             _print_error(err, flags)
             return 1
         except OSError as err:
-            _print_error(f"cannot write {args.json_out}: {err.strerror or err}")
+            where = "standard output" if args.json_out == STDOUT else args.json_out
+            _print_error(f"cannot write {where}: {err.strerror or err}")
             return 1
     return code
 

@@ -24,13 +24,14 @@ import hashlib
 import os
 import secrets
 from email.utils import formatdate
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, Sequence
 
 import anyio
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse, Response
 
-from ..regular_file import open_regular
+from .confined import OutsideRootsError, open_confined
 
 __all__ = ["OpenedFile", "open_regular_file", "OpenFileResponse", "parse_ranges", "MAX_RANGES", "CHUNK"]
 
@@ -64,13 +65,14 @@ class OpenedFile:
         self.file.close()
 
 
-def open_regular_file(path: str | os.PathLike) -> OpenedFile | None:
-    """`path` open for reading if it is a regular file now; None when it is gone, not a regular file
-    (a named pipe is opened without waiting for a writer), a symbolic link put there after the path
-    was checked, or cannot be opened."""
+def open_regular_file(path: str | os.PathLike, roots: Sequence[Path]) -> OpenedFile | None:
+    """`path` open for reading if it is a regular file inside one of `roots` (resolved folders) now;
+    None when it is gone, not a regular file (a named pipe is opened without waiting for a writer),
+    outside them, also through a symbolic link put on its way after the path was checked
+    (entitysam.review.confined), or cannot be opened."""
     try:
-        f = open_regular(path, follow_links=False)
-    except OSError:
+        f = open_confined(path, roots)
+    except (OSError, OutsideRootsError):
         return None
     if f is None:
         return None

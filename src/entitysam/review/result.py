@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 
 from ..argtypes import check_path_arg
-from ..errors import (InvalidArgumentError, ResultChangedError, ResultFileGoneError, ResultFolderError,
-                      ResultFolderNotFoundError)
+from ..errors import InvalidArgumentError, ResultChangedError, ResultFolderError, ResultFolderNotFoundError
 from ..io import idpng
 from ..io.paths import safe_name
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
 from ..regular_file import open_regular, path_problem
+from .id_files import open_result_file, read_id_rgb
 from .on_disk import check_identity, stat_identity, version_token
 from .records import (check_entity_record, check_frame_record, entity_stats, panoptic_entries, read_entity_records,
                       segment_areas)
@@ -44,7 +44,6 @@ __all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "pixel_shape"]
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
 RESULT_VERSION = 1  # the manifest format_version read here (a newer layout is refused, not misread)
 _DENSE = 1 << 16  # ids below this are found by one table gather, larger ones by binary search
-ID_PNG_MODES = ("RGB", "RGBA")  # what the id codec reads exactly (others would be converted: ids made up)
 
 
 def pixel_shape(value: object) -> list[int]:
@@ -230,11 +229,11 @@ class ResultFolder:
         """The [H, W, 3] uint8 pixels of frame position `i`'s id PNG as stored (id = R + 256 G +
         65536 B; see `entitysam.io.idpng`), checked for mode and size: what the viewer encodes as runs."""
         path = self.png_path(i)
-        return _read_id_rgb(path, self.size, self.read_roots)
+        return read_id_rgb(path, self.size, self.read_roots)
 
     def id_png_bytes(self, i: int) -> bytes:
         """The bytes of frame position `i`'s id PNG as stored (what the viewer sends as it is)."""
-        with _open_regular(self.png_path(i), self.read_roots) as f:
+        with open_result_file(self.png_path(i), self.read_roots) as f:
             return f.read()
 
     def source_frame(self, i: int, still: bool = False) -> np.ndarray | None:
@@ -282,46 +281,6 @@ class ResultFolder:
     def __repr__(self) -> str:
         return (f"ResultFolder({str(self.path)!r}, {self.kind}, {len(self.frames)} frames "
                 f"{self.size[1]}x{self.size[0]}, {len(self.entities)} entities)")
-
-
-def _read_id_rgb(path: Path, size: tuple[int, int], roots: tuple[Path, ...]) -> np.ndarray:
-    """[H, W, 3] uint8 pixels of an RGB(A) id PNG of the result's size; ResultFolderError otherwise
-    (another image mode would be converted to RGB by PIL and give made-up ids)."""
-    from PIL import Image
-
-    with _open_regular(path, roots) as f:
-        try:
-            with Image.open(f) as im:
-                kind, width, height = (im.format, im.mode), *im.size
-                rgb = np.asarray(im) if kind[0] == "PNG" and kind[1] in ID_PNG_MODES and (height, width) == size else None
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise ResultFolderError(f"{path}: cannot read the id PNG: {err}") from None
-    if kind[0] != "PNG" or kind[1] not in ID_PNG_MODES:
-        raise ResultFolderError(f"{path}: a {kind[0]} image of mode {kind[1]}, not an RGB id PNG "
-                                "(id = R + 256 G + 65536 B)")
-    if rgb is None:
-        raise ResultFolderError(f"{path}: {width}x{height} but the result is {size[1]}x{size[0]} (WxH)")
-    return rgb if rgb.shape[2] == 3 else np.ascontiguousarray(rgb[..., :3])
-
-
-def _open_regular(path: Path, roots: tuple[Path, ...]):
-    """`path` (a file of a result folder) open for reading, without waiting: a FIFO put in its place
-    after the result was opened blocked the read, and with it the viewer's lock (save, edits) for
-    good. ResultFileGoneError when it is gone, ResultFolderError when it is not a regular file or
-    lies outside every resolved folder of `roots` once links are followed: an id PNG replaced by a
-    link to any file (~/.ssh/id_rsa) was sent as it is by /api/idmaps/<i>.png, which /files/ refused."""
-    try:
-        real = path.resolve(strict=True)
-        if not any(real.is_relative_to(root) for root in roots):
-            raise ResultFolderError(f"{path}: a link to {real}, outside the result folder: not read")
-        f = open_regular(real, follow_links=False)  # resolved: a link put there since is refused (ELOOP)
-    except FileNotFoundError:
-        raise ResultFileGoneError(f"{path}: gone from disk since the result was opened (reopen it)") from None
-    except (OSError, RuntimeError) as err:  # RuntimeError: a link loop (resolve, Python < 3.13)
-        raise ResultFolderError(f"{path}: cannot read it: {getattr(err, 'strerror', None) or err}") from None
-    if f is None:
-        raise ResultFolderError(f"{path}: no longer a regular file (replaced since the result was opened)")
-    return f
 
 
 def _fingerprint(path: Path) -> tuple[str | None, str | None]:

@@ -86,7 +86,7 @@ def _file(root: Path, relative: str, cache: str, still_current=None) -> Response
     still_current: called once the file is open, an error response or None (the result's files:
     the folder may have been replaced between the viewer's check and the open)."""
     path = safe_file(root, relative)
-    opened = None if path is None else open_regular_file(path)
+    opened = None if path is None else open_regular_file(path, (root.resolve(),))
     if opened is None:
         return _error(404, "not found")
     error = None if still_current is None else still_current()

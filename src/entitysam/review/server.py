@@ -1,6 +1,7 @@
 """`entitysam view`: the review web app (Starlette on uvicorn) over one result folder.
 
-Routes (all under one per-run token for what changes anything):
+Routes (all under one per-run token for what changes anything, and for every route but /static/
+when listening beyond loopback: entitysam.review.access):
 
     GET  /                      the player (static/index.html)
     GET  /static/<file>         the package's static files (plain JS/CSS, no build step)
@@ -54,13 +55,14 @@ import numpy as np
 from ..errors import EntitySAMError, ResultFolderError, StaleVersionError
 from ..io.overlay import entity_color
 from ..regular_file import open_regular
+from .access import allowed_hosts
 from .idruns import encode_rgb_id_runs
 from .lru import LRU
 from .images import jpeg_at_least, jpeg_bytes, scale_to_width, shown_as_is, thumbnail_png
 from .web_files import IMMUTABLE, STATIC_DIR, TOKEN_HEADER, VERSION_HEADER
 
 __all__ = ["STATIC_DIR", "TOKEN_HEADER", "VERSION_HEADER", "IMMUTABLE", "ViewerError", "StaleVersionError", "Viewer",
-           "create_app", "serve"]
+           "create_app", "serve", "allowed_hosts"]
 
 _JPEG_CACHE = 256  # encoded source frames kept (a 1080p JPEG is ~200-400 kB)
 _RUNS_CACHE = 1024  # id maps kept as runs (a 1080p map of a few dozen entities: ~10-100 kB)
@@ -329,18 +331,10 @@ def entity_record(entity, frames: dict[int, int], thumb_key: str | None) -> dict
     return record
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
-def allowed_hosts(host: str) -> list[str] | None:
-    """The Host headers to answer when listening on `host`: the loopback names for a loopback
-    address (a web page that points its own domain at 127.0.0.1, DNS rebinding, then gets no
-    answer), None (any) for other addresses, where the user chose to be reachable."""
-    return list(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS or host.startswith("127.") else None
-
-
-def create_app(viewer: Viewer, hosts: list[str] | None = None):
-    """The Starlette app serving `viewer`; hosts: the Host headers it answers (None: any)."""
+def create_app(viewer: Viewer, hosts: list[str] | None = None, *, reads_need_token: bool = False):
+    """The Starlette app serving `viewer`; hosts: the Host headers it answers (None: any);
+    reads_need_token: reads too need the token (entitysam.review.access), as changes always do."""
+    from .access import ReadTokenMiddleware
     from .routes import build_routes
 
     try:
@@ -350,6 +344,7 @@ def create_app(viewer: Viewer, hosts: list[str] | None = None):
     except ImportError as err:  # pragma: no cover - the [viewer] extra is missing
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
     middleware = [] if hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
+    middleware += [Middleware(ReadTokenMiddleware, viewer=viewer)] if reads_need_token else []
     app = Starlette(routes=build_routes(viewer), middleware=middleware)
     app.state.viewer = viewer
     return app
@@ -368,7 +363,7 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
     viewer = Viewer(result_dir, token=token, say=say)
     hosts = allowed_hosts(host)
-    app = create_app(viewer, hosts=hosts)
+    app = create_app(viewer, hosts=hosts, reads_need_token=hosts is None)  # beyond loopback: viewing too
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -381,10 +376,10 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{bound_port}/?token={viewer.token}"
     say(f"entitysam view: {viewer.root} at {url}")
-    if hosts is None:  # it was silent, yet reading needs no token, and no Host check tells a rebound page from the user
-        say(f"warning: listening on {host}, not only on this machine: anyone who can reach it, and any web page you "
-            "visit (DNS rebinding), can view the result and download its files without the token (editing, saving "
-            "and exporting need it); keep the default 127.0.0.1 unless the network is trusted")
+    if hosts is None:  # reads need the token here too, but it crosses the network in the clear
+        say(f"warning: listening on {host}, not only on this machine: viewing needs the token of this URL too, "
+            "but plain HTTP carries it unencrypted: anyone who sees the traffic can view and edit the result; "
+            "keep the default 127.0.0.1 unless the network is trusted")
     say("(Ctrl-C stops the server)")
     if open_browser:
         import webbrowser
