@@ -159,14 +159,21 @@ def test_a_failed_merge_is_one_line_and_the_same_in_one_process_at_merge_only_an
     assert said["merge-only"] == said["one process"] == said["rank 0"].replace("[rank 0/2] ", ""), said
 
 
-def test_a_part_nested_too_deeply_is_not_a_complete_video(dataset, evaluated, tmp_path, capsys):
-    """A part file nested deeper than Python's recursion limit (corrupt, or not ours) raised
-    RecursionError when read: a traceback at --merge-only, and ended every run on the folder.
-    It is a video without complete predictions: named at --merge-only, redone by a run."""
+@pytest.mark.parametrize("content", ["nested", "annotations", "entry"])
+def test_a_part_that_cannot_be_read_is_not_a_complete_video(dataset, evaluated, tmp_path, capsys, content):
+    """A part file nested deeper than Python's recursion limit, or whose annotations are not a list
+    of frames (corrupt, or not ours), raised RecursionError, TypeError or AttributeError when read:
+    a traceback at --merge-only, and ended every run on the folder. It is a video without complete
+    predictions: named at --merge-only, redone by a run."""
+    import json
+
     _, root = dataset
     out = _unmerged_copy(evaluated, tmp_path)
     vid = load_plan(root, "val").video_ids[0]
-    (out / "parts" / f"{vid}.json").write_text("[" * 100_000 + "]" * 100_000)
+    part = out / "parts" / f"{vid}.json"
+    doc = json.loads(part.read_text())
+    doc["annotations"] = 5 if content == "annotations" else [1, *doc["annotations"]]
+    part.write_text("[" * 100_000 + "]" * 100_000 if content == "nested" else json.dumps(doc))
     capsys.readouterr()
     assert cli.main(_args(dataset, root, out, "--merge-only")) == 1
     line = _one_error_line(capsys)

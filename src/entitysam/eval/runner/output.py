@@ -151,8 +151,12 @@ class EvalOutput:
             have = set(os.listdir(folder))
         except OSError:
             return None
-        for entry in part.get("annotations", []):
-            if f"{official_stem(entry.get('file_name', ''))}.png" not in have:
+        entries = part.get("annotations")
+        if not isinstance(entries, list):  # (a number there was a TypeError traceback, also at --merge-only)
+            return None
+        for entry in entries:
+            name = entry.get("file_name") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or f"{official_stem(name)}.png" not in have:
                 return None
         return part
 
