@@ -234,6 +234,11 @@ def _(fire):
 
 # -- eval vipseg (entitysam.eval.runner.output): a video's PNG folder, then its part file
 
+@point("eval-part-set-aside")  # the earlier part of a video being redone set aside (--overwrite)
+def _(fire):
+    after(os, "replace", fire, lambda src, dst, *a, **k: name_of(dst).endswith(".json.earlier"))
+
+
 @point("eval-part-unlinked")  # the earlier part of the video removed (--overwrite)
 def _(fire):
     after(os, "unlink", fire, lambda path, *a, **k: Path(os.fsdecode(path)).parent.name == "parts")

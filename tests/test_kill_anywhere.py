@@ -284,7 +284,8 @@ def dataset(harness):
 
 @pytest.mark.parametrize("sig", SIGNALS)
 @pytest.mark.parametrize("point, overwrite", [("eval-pngs-in", False), ("eval-part-in", False),
-                                              ("eval-part-unlinked", True), ("old-aside", True)])
+                                              ("eval-part-set-aside", True), ("eval-part-unlinked", True),
+                                              ("old-aside", True)])
 def test_eval_stopped_anywhere_then_resumed(harness, dataset, point, overwrite, sig):
     def command(output):
         return ["eval", "vipseg", "--data-root", dataset.root, "--output", output, *SEGMENT, "--workers", "1"]

@@ -94,6 +94,43 @@ def _print_metrics(result: Mapping[str, Any] | None) -> None:
         print(format_table({k: result[k] for k in ("veq", "stq") if k in result}))
 
 
+# What ends an evaluation, or its merge and scoring, with one line instead of a traceback: the
+# same rule in one process, at --merge-only and on rank 0 under torchrun. RuntimeError: torch's
+# (loading, CUDA), a scoring worker killed (BrokenProcessPool), a part nested too deeply.
+_ENDS_RUN = (EntitySAMError, OSError, RuntimeError)
+
+
+def _report(err: BaseException, output: str) -> int:
+    """Say an error of _ENDS_RUN in one line; its exit status: 2 for unusable inputs (also ground
+    truth found unusable only when scoring), else 1."""
+    if isinstance(err, EvalInputError):
+        print_err(err)
+        return 2
+    if isinstance(err, OSError):  # e.g. the lock or log files of the output folder on a full disk
+        from ..io.paths import describe_os_error  # noqa: PLC0415
+
+        print_err(describe_os_error(err, f"the evaluation in {output}"))
+    elif isinstance(err, EntitySAMError):
+        print_err(err)
+    else:
+        print_err(f"{type(err).__name__}: {err}")
+    return 1
+
+
+def _merge_and_score(plan: Any, args: argparse.Namespace, say: Callable[[str], None], then: str) -> int:
+    """Merge and score once every video is done (--merge-only, rank 0 under torchrun; one process
+    does it in evaluate_vipseg); `then`: what to do about videos still missing. The exit status."""
+    try:
+        result = finish(plan, args.output, metrics=not args.no_metrics, workers=args.workers, say=say)
+    except IncompleteError as err:
+        print_err(f"{user_message(err)}; {then}")
+        return 1
+    except _ENDS_RUN as err:
+        return _report(err, args.output)
+    _print_metrics(result)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`entitysam eval vipseg ...`. Exit codes: 0 done (or this shard done), 1 a video failed,
     the model could not be loaded, videos are missing at --merge-only or the metrics failed,
@@ -138,18 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         try:
             EvalOutput(args.output).check_existing(plan)
-            result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
-        except IncompleteError as err:
-            print_err(f"{user_message(err)}; run the missing shards (or this command without --merge-only) first")
-            return 1
-        except EvalInputError as err:
-            print_err(err)
-            return 2
-        except EntitySAMError as err:
-            print_err(err)
-            return 1
-        _print_metrics(result)
-        return 0
+        except _ENDS_RUN as err:
+            return _report(err, args.output)
+        return _merge_and_score(plan, args, say, "run the missing shards (or this command without --merge-only) first")
 
     import torch  # noqa: PLC0415
 
@@ -193,20 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print_err("interrupted; finished videos are kept, re-run the same command to resume")
         return 130
-    except EvalInputError as err:
-        print_err(err)
-        status = 2
-    except EntitySAMError as err:  # model not available, checkpoint mismatch, output not writable
-        print_err(err)
-        status = 1
-    except OSError as err:  # e.g. the lock or log files of the output folder on a full disk
-        from ..io.paths import describe_os_error  # noqa: PLC0415
-
-        print_err(describe_os_error(err, f"the evaluation in {args.output}"))
-        status = 1
-    except RuntimeError as err:
-        print_err(f"{type(err).__name__}: {err}")
-        status = 1
+    except _ENDS_RUN as err:  # model not available, output not writable, a full disk, a scoring worker killed
+        status = _report(err, args.output)
     if summary is not None and summary.failed:
         print_err(f"{len(summary.failed)} of {len(summary.videos)} videos failed: "
                   f"{abbreviate([v for v, _ in summary.failed])} (not evaluated: pred.json and metrics.json wait "
@@ -256,7 +272,6 @@ def _end_ranks(plan: Any, args: argparse.Namespace, rank: int, world: int, statu
     from its earlier part as if redone."""
     import torch.distributed as dist  # noqa: PLC0415
 
-    metrics = not args.no_metrics
     try:
         try:
             outcomes = _gather_outcomes(world, status, summary)
@@ -274,19 +289,7 @@ def _end_ranks(plan: Any, args: argparse.Namespace, rank: int, world: int, statu
             return status or 1
         if status != 0:  # this rank's own failure, said already
             return status
-        try:
-            result = finish(plan, args.output, metrics=metrics, workers=args.workers, say=say)
-            _print_metrics(result)
-        except IncompleteError as err:
-            print_err(f"{user_message(err)}; re-run the same command to finish them")
-            return 1
-        except EvalInputError as err:  # unusable GT met when scoring: 2, as in one process
-            print_err(err)
-            return 2
-        except EntitySAMError as err:
-            print_err(err)
-            return 1
-        return 0
+        return _merge_and_score(plan, args, say, "re-run the same command to finish them")
     finally:
         dist.destroy_process_group()
 

@@ -6,6 +6,8 @@ Output folder::
                                  and the data root it was started on
     DIR/pan_pred/<video>/*.png   predicted ids (R + 256 G + 65536 B), one PNG per frame
     DIR/parts/<video>.json       the video's pred.json entry + its statistics; written last
+    DIR/parts/<video>.json.earlier  the part of a video being redone (--overwrite), set aside
+                                 until the redo is committed
     DIR/logs/<run>.jsonl         one line per video and process: done / skipped / failed
     DIR/pred.json                assembled from the parts once every video is complete
     DIR/log.json                 per-video time, frames/s, peak memory, and totals
@@ -13,7 +15,10 @@ Output folder::
 
 A video is complete when its part file exists: its PNG folder is renamed into place from a
 hidden ``pan_pred/.<video>.partial-*`` folder before the part is written, so an interrupted
-video is redone and a complete one is skipped.
+video is redone and a complete one is skipped. A video being redone has its part set aside first:
+while the redo is under way, and after it failed or was interrupted, the video is not complete,
+and no merge (``--merge-only``, another shard finding every video done) takes its earlier
+predictions for the redone ones.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -34,7 +40,7 @@ from ...interrupts import deferred_sigint
 from ...io.atomic import atomic_file, write_json_atomic
 from ...io.owned import foreign_entries, list_foreign
 from ...io.staging import dead_siblings, remove_dead_temp_files
-from ...regular_file import open_regular_for_writing
+from ...regular_file import open_regular, open_regular_for_writing
 from .plan import EvalInputError, VIPSegPlan, abbreviate, official_stem
 
 __all__ = ["IncompleteError", "EvalOutput", "complete_parts", "same_model", "describe_model", "merge_outputs",
@@ -123,12 +129,20 @@ class EvalOutput:
     def part_path(self, vid: str) -> Path:
         return self.parts / f"{vid}.json"
 
+    def earlier_path(self, vid: str) -> Path:
+        """Where the part of a video being redone is set aside (never the name of a part: no ``.json`` end)."""
+        return self.parts / f"{vid}.json.earlier"
+
     def read_part(self, vid: str) -> dict[str, Any] | None:
         """The part of a complete video, or None (missing, unreadable, or PNGs missing)."""
         try:
-            with open(self.part_path(vid), encoding="utf-8") as f:
-                part = json.load(f)
-        except (OSError, ValueError):
+            # opened without waiting: a named pipe there made every run and merge wait for ever
+            f = open_regular(self.part_path(vid))
+            if f is None:
+                return None
+            with f:
+                part = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError, RecursionError):  # (nested too deeply: a RecursionError traceback)
             return None
         if not isinstance(part, dict) or part.get("complete") is not True or part.get("video_id") != vid:
             return None
@@ -137,10 +151,24 @@ class EvalOutput:
             have = set(os.listdir(folder))
         except OSError:
             return None
-        for entry in part.get("annotations", []):
-            if f"{official_stem(entry.get('file_name', ''))}.png" not in have:
+        entries = part.get("annotations")
+        if not isinstance(entries, list):  # (a number there was a TypeError traceback, also at --merge-only)
+            return None
+        for entry in entries:
+            name = entry.get("file_name") if isinstance(entry, dict) else None
+            if not isinstance(name, str) or f"{official_stem(name)}.png" not in have:
                 return None
         return part
+
+    def set_aside(self, vid: str) -> None:
+        """Before `vid` is redone (under its lock): its part, if any, stops counting as complete
+        until the new one is committed. A redo that failed or was interrupted left the earlier part
+        in place, and --merge-only, or a shard finding every video done, merged those predictions
+        as if redone. Kept (renamed, which needs no disk space), not deleted. Only a regular file:
+        whatever else is at the part's path is not ours to move."""
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(self.part_path(vid)).st_mode):
+                os.replace(self.part_path(vid), self.earlier_path(vid))
 
     def stage(self, vid: str) -> Path:
         """A fresh hidden folder for the PNGs of `vid`; partial (and replaced) folders of this
@@ -191,6 +219,8 @@ class EvalOutput:
                 os.rename(final, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.rename(stage, final)
+            # the earlier PNGs are gone: their part, set aside (kept while they were there), too
+            self.earlier_path(vid).unlink(missing_ok=True)
 
     def log(self, tag: str, record: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -241,8 +271,11 @@ def merge_outputs(plan: VIPSegPlan, output: PathLike) -> dict[str, Any]:
     out = EvalOutput(output)
     missing, parts = complete_parts(out, plan)
     if missing:
+        redone = [v for v in missing if os.path.lexists(out.earlier_path(v))]
         raise IncompleteError(f"{len(missing)} of {len(plan.videos)} videos have no complete predictions in "
-                              f"{out.root}: {abbreviate(missing)}", missing)
+                              f"{out.root}: {abbreviate(missing)}" + (
+                                  f" (the last run of {abbreviate(redone)} failed or was interrupted while redoing "
+                                  "it: its earlier predictions are set aside, not merged)" if redone else ""), missing)
     models: list[dict[str, Any]] = []
     for part in parts.values():
         if not any(same_model(part.get("model"), m) for m in models):

@@ -352,6 +352,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                     summary.skipped.append(v.video_id)
                     out.log(tag, {"event": "video", "video": v.video_id, "status": "skipped"})
                     continue
+                out.set_aside(v.video_id)  # (with overwrite: its earlier part no longer counts)
                 stats = _segment_one(net, plan, v, frames[v.video_id], out, dtype=dtype, logits_dtype=logits_dtype,
                                      progress=progress, memory=memory, descriptor=descriptor, ordering=ordering)
             except KeyboardInterrupt:
@@ -372,8 +373,8 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 + (f", CUDA {stats['cuda_max_allocated_mib']:.0f} MiB" if stats["cuda_max_allocated_mib"] else ""))
 
     summary.missing, _ = complete_parts(out, plan)
-    # Not after a failure: a video that failed under `overwrite` still has its earlier part, which
-    # the metrics would then count as if it had been redone.
+    # Not after a failure: a video that failed under `overwrite` before its part was set aside (its
+    # lock not taken) still has its earlier part, which the metrics would count as if redone.
     if merge and not summary.missing and not summary.failed:
         finish(plan, out.root, summary, metrics=metrics, workers=workers, say=say)
     return summary
