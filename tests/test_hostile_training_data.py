@@ -197,6 +197,17 @@ def _bomb_header_image(r):
         + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * 12000))) + chunk(b"IEND", b""))
 
 
+def _panoptic_ids(r, n):
+    from entitysam.io.idpng import decode_ids
+
+    return decode_ids(np.asarray(Image.open(r / "panoptic_train2017" / f"00000000000{n}.png").convert("RGB")))
+
+
+def _bgr_panoptic(r):
+    p = r / "panoptic_train2017" / "000000000002.png"
+    Image.fromarray(np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"))[..., ::-1])).save(p)
+
+
 UNREADABLE_DURING_TRAINING = {
     # was decoded in full (a real 420 KB bomb: 1.8 GB per loader process), after Pillow's
     # DecompressionBombWarning printed two lines
@@ -207,6 +218,10 @@ UNREADABLE_DURING_TRAINING = {
     "jpeg-panoptic": (_jpeg_panoptic, r"panoptic file .*000000000001\.png: a JPEG image of mode RGB, not an 8-bit"),
     "image-of-another-size": (_other_size_image, r"000000000001\.png is \d+x\d+ but its image .*000000000001\.jpg "
                                                  r"is 50x40"),
+    # silent: every clip of the image was trained on as a picture of nothing
+    "png-with-none-of-its-ids": (_bgr_panoptic, r"panoptic file \S*000000000002\.png holds none of the \d+ segment ids "
+                                                r"its segments_info lists \(the first, \d+, is RGB \(\d+, \d+, \d+\)\): "
+                                                r"not this annotation's PNG, or not encoded as id = R \+ 256 G \+ 65536 B"),
 }
 
 
@@ -251,6 +266,15 @@ def test_dataset_file_replaced_by_a_pipe_during_training_is_one_line_not_a_hang(
     assert code == 1, err
     assert re.fullmatch(rf"error: cannot read \S*{re.escape(target.name)}: not a regular file any more \(it was one "
                         r"when the training started: replaced during the run\?\)\n", err), err
+
+
+def test_a_segment_absent_from_its_png_is_no_error(coco, tmp_path, capsys):
+    """Only a PNG holding none of its listed ids is refused: one listed segment without pixels (the
+    official mapper's empty mask) is trained on as before, the others of its image kept."""
+    absent = next(i for i in range(1, 1 << 24) if not (_panoptic_ids(coco, 1) == i).any())
+    _edit(_coco_json(coco), lambda d: d["annotations"][0]["segments_info"][0].__setitem__("id", absent))
+    assert _train(coco, tmp_path) == 0, capsys.readouterr().err
+    assert capsys.readouterr().err == ""
 
 
 def test_training_on_images_far_wider_than_tall(coco, tmp_path, capsys):
