@@ -54,6 +54,13 @@ def _link_loop(path):
     path.symlink_to(path.name)
 
 
+def _replace_with_file(path):
+    import shutil
+
+    shutil.rmtree(path)
+    path.write_text("not a folder")
+
+
 TRAIN_DATA_MISTAKES = {
     # each was a traceback (JSONDecodeError, KeyError, ValueError of int(), TypeError)
     "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json is not valid JSON"),
@@ -98,6 +105,34 @@ TRAIN_DATA_MISTAKES = {
     "png-link-loop": (lambda r: _link_loop(r / "panoptic_train2017" / "000000000003.png"),
                       r"1 dataset file\(s\) unusable: \S*panoptic_train2017/000000000003\.png \(Too many levels "
                       r"of symbolic links\)\n"),
+    # each was found only when its turn came (exit 1, maybe hours in): a 0-byte file is seen in the stat made anyway
+    "empty-image": (lambda r: (r / "train2017" / "000000000002.jpg").write_bytes(b""),
+                    r"1 dataset file\(s\) unusable: \S*train2017/000000000002\.jpg \(empty\)\n"),
+    "empty-png": (lambda r: (r / "panoptic_train2017" / "000000000003.png").write_bytes(b""),
+                  r"1 dataset file\(s\) unusable: \S*panoptic_train2017/000000000003\.png \(empty\)\n"),
+    # was "error: embedded null byte", naming no file and no entry of the json
+    "png-name-with-nul": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1].__setitem__("file_name", "a\0.png")),
+                          r"annotations\[1\]: 'file_name' 'a\\x00\.png' holds a NUL character\n"),
+    "image-name-with-nul": (lambda r: _edit(_coco_json(r), lambda d: d["images"][2].__setitem__("file_name", "a\0.jpg")),
+                            r"images\[2\]: 'file_name' 'a\\x00\.jpg' holds a NUL character\n"),
+    # silent: every unlabeled pixel (id 0) of the image was trained on as one entity
+    "segment-id-0": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
+                                     .__setitem__("id", 0)),
+                     r"annotations\[1\] segments_info\[0\]: segment id 0 is the panoptic PNG's value for pixels "
+                     r"of no segment\n"),
+    # silent: one id listed as a crowd and as an entity was trained on as an entity
+    "segment-id-twice": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"].append(
+                             dict(d["annotations"][1]["segments_info"][0], iscrowd=1))),
+                         r"annotations\[1\] segments_info\[\d+\]: segment id \d+ is also segments_info\[0\]'s\n"),
+    # silent: the last of two images with one id was taken (here its size differs: exit 1 when its
+    # turn came; of the same size, the masks were trained onto another picture)
+    "image-id-twice": (lambda r: _edit(_coco_json(r), lambda d: d["images"][1].__setitem__("id", 1)),
+                       r"images\[1\]: id 1 is also images\[0\]'s, which names another file "
+                       r"\('000000000001\.jpg', not '000000000002\.jpg'\)\n"),
+    # was "no such folder": a file is there
+    "root-is-a-file": (lambda r: _replace_with_file(r), r"error: data\.root '\S*coco': not a folder \(the dataset root\)\n"),
+    "image-dir-is-a-file": (lambda r: _replace_with_file(r / "train2017"),
+                            r"error: data\.image_dir '\S*train2017': not a folder\n"),
 }
 
 
@@ -162,6 +197,17 @@ def _bomb_header_image(r):
         + chunk(b"IDAT", zlib.compress(b"\x00" * (1 + 3 * 12000))) + chunk(b"IEND", b""))
 
 
+def _panoptic_ids(r, n):
+    from entitysam.io.idpng import decode_ids
+
+    return decode_ids(np.asarray(Image.open(r / "panoptic_train2017" / f"00000000000{n}.png").convert("RGB")))
+
+
+def _bgr_panoptic(r):
+    p = r / "panoptic_train2017" / "000000000002.png"
+    Image.fromarray(np.ascontiguousarray(np.asarray(Image.open(p).convert("RGB"))[..., ::-1])).save(p)
+
+
 UNREADABLE_DURING_TRAINING = {
     # was decoded in full (a real 420 KB bomb: 1.8 GB per loader process), after Pillow's
     # DecompressionBombWarning printed two lines
@@ -172,6 +218,10 @@ UNREADABLE_DURING_TRAINING = {
     "jpeg-panoptic": (_jpeg_panoptic, r"panoptic file .*000000000001\.png: a JPEG image of mode RGB, not an 8-bit"),
     "image-of-another-size": (_other_size_image, r"000000000001\.png is \d+x\d+ but its image .*000000000001\.jpg "
                                                  r"is 50x40"),
+    # silent: every clip of the image was trained on as a picture of nothing
+    "png-with-none-of-its-ids": (_bgr_panoptic, r"panoptic file \S*000000000002\.png holds none of the \d+ segment ids "
+                                                r"its segments_info lists \(the first, \d+, is RGB \(\d+, \d+, \d+\)\): "
+                                                r"not this annotation's PNG, or not encoded as id = R \+ 256 G \+ 65536 B"),
 }
 
 
@@ -216,6 +266,15 @@ def test_dataset_file_replaced_by_a_pipe_during_training_is_one_line_not_a_hang(
     assert code == 1, err
     assert re.fullmatch(rf"error: cannot read \S*{re.escape(target.name)}: not a regular file any more \(it was one "
                         r"when the training started: replaced during the run\?\)\n", err), err
+
+
+def test_a_segment_absent_from_its_png_is_no_error(coco, tmp_path, capsys):
+    """Only a PNG holding none of its listed ids is refused: one listed segment without pixels (the
+    official mapper's empty mask) is trained on as before, the others of its image kept."""
+    absent = next(i for i in range(1, 1 << 24) if not (_panoptic_ids(coco, 1) == i).any())
+    _edit(_coco_json(coco), lambda d: d["annotations"][0]["segments_info"][0].__setitem__("id", absent))
+    assert _train(coco, tmp_path) == 0, capsys.readouterr().err
+    assert capsys.readouterr().err == ""
 
 
 def test_training_on_images_far_wider_than_tall(coco, tmp_path, capsys):

@@ -14,8 +14,8 @@ file itself, not of the path, which may have changed since.
   for a reader for ever (a training run's log.txt or metrics.csv).
 * `read_regular_text(path)`: its UTF-8 text, or None when it is not a regular file.
 * `reopenable_name(f)`: ``/dev/fd/N`` of an open file, None where there is none.
-* `path_problem(path, folder=False)`: what is wrong with a path that should name a regular file
-  (or a folder), in words, without opening it.
+* `path_problem(path, folder=False, nonempty=False)`: what is wrong with a path that should name
+  a regular file (or a folder; a file holding something), in words, without opening it.
 """
 
 from __future__ import annotations
@@ -115,17 +115,19 @@ def reopenable_name(f: BinaryIO) -> str | None:
     return name if os.path.exists(name) else None
 
 
-def path_problem(path: str | os.PathLike, *, folder: bool = False) -> str | None:
+def path_problem(path: str | os.PathLike, *, folder: bool = False, nonempty: bool = False) -> str | None:
     """None when `path` names a regular file (a folder with folder=True); else "missing", "not a
     regular file" / "not a folder", or the cause of the failed look (a link loop, no permission):
     is_file() and is_dir() say False of all of these, and a user then looked for a missing file
-    that was there."""
+    that was there. nonempty: a file of 0 bytes is "empty" (from the same stat: no extra cost)."""
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except FileNotFoundError:
         return "missing"
     except OSError as err:
         return err.strerror or str(err)
     if folder:
-        return None if stat.S_ISDIR(mode) else "not a folder"
-    return None if stat.S_ISREG(mode) else "not a regular file"
+        return None if stat.S_ISDIR(st.st_mode) else "not a folder"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return "empty" if nonempty and st.st_size == 0 else None

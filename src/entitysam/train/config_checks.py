@@ -17,6 +17,7 @@ from typing import Any
 from ..argtypes import INT64_MAX, MAX_THREADS, check_int
 from ..errors import InvalidArgumentError
 from ..io.paths import nearest_existing
+from ..regular_file import path_problem
 
 _BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
@@ -258,19 +259,27 @@ def validate(cfg: Any) -> None:
         raise ValueError("solver.warmup_method must be linear or constant")
 
 
+def _folder_problem(path: Path) -> str | None:
+    # is_dir() called a file, a link loop or a folder it may not enter "no such folder"
+    problem = path_problem(path, folder=True)
+    return "no such folder" if problem == "missing" else problem
+
+
 def check_dataset(data: Any) -> None:
     """Before training starts: the dataset root, its json file and image folders exist, the json is
     of the COCO panoptic layout and every image and panoptic PNG it names exists."""
     root = Path(data.root)
-    if not root.is_dir():
-        raise ValueError(f"data.root {str(root)!r}: no such folder (the dataset root)")
+    if problem := _folder_problem(root):
+        raise ValueError(f"data.root {str(root)!r}: {problem} (the dataset root)")
     for key in ("json", "image_dir", "panoptic_dir"):
         path = Path(getattr(data, key))
         path = path if path.is_absolute() else root / path
         # the json only needs to be there: reading it names what else is wrong (is_file() called a
         # FIFO or a link loop "no such file")
-        if not (os.path.lexists(path) if key == "json" else path.is_dir()):
-            raise ValueError(f"data.{key} {str(path)!r}: no such {'file' if key == 'json' else 'folder'}")
+        if key == "json" and not os.path.lexists(path):
+            raise ValueError(f"data.json {str(path)!r}: no such file")
+        if key != "json" and (problem := _folder_problem(path)):
+            raise ValueError(f"data.{key} {str(path)!r}: {problem}")
     from .dataset_index import read_panoptic_dataset  # noqa: PLC0415
 
     # the json's layout and every file it names, now rather than at the iteration that needs one

@@ -73,8 +73,29 @@ def _segment_id(value, where: str) -> int:
     # int() took "abc" as a traceback and 1.5 as id 1; an id outside 24 bits is in no RGB PNG
     ok = not isinstance(value, bool) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
     if not ok or not 0 <= int(value) <= MAX_ID:
-        raise DatasetError(f"{where}: segment id {value!r} is not an integer in 0..{MAX_ID}")
+        raise DatasetError(f"{where}: segment id {value!r} is not an integer in 1..{MAX_ID}")
+    if value == 0:  # the PNG's "no segment" value: every unlabeled pixel was trained on as one entity
+        raise DatasetError(f"{where}: segment id 0 is the panoptic PNG's value for pixels of no segment")
     return int(value)
+
+
+def _segment_ids(segs: list, where: str) -> list[int]:
+    ids: dict[int, int] = {}
+    for j, s in enumerate(segs):
+        sid = _segment_id(s.get("id"), f"{where} segments_info[{j}]")
+        if sid in ids:  # its pixels were one entity, or a crowd and an entity at once
+            raise DatasetError(f"{where} segments_info[{j}]: segment id {sid} is also segments_info[{ids[sid]}]'s")
+        ids[sid] = j
+    return list(ids)
+
+
+def _file_name(entry: dict, where: str, what: str) -> str:
+    name = entry.get("file_name")
+    if not isinstance(name, str) or not name:
+        raise DatasetError(f"{where}: no 'file_name'{what}")
+    if "\0" in name:  # no file can have it: os.stat's bare "embedded null byte" named no entry
+        raise DatasetError(f"{where}: 'file_name' {name!r} holds a NUL character")
+    return name
 
 
 def _crowd_flag(value, where: str) -> bool:
@@ -101,24 +122,27 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
     info = load_file(jpath, "COCO panoptic JSON", DatasetError)
     if not isinstance(info, dict) or not isinstance(info.get("annotations"), list):
         raise DatasetError(f"{jpath}: no 'annotations' list (not a COCO panoptic json)")
-    images = {}
+    images, first = {}, {}
     for i, img in enumerate(_list(info, "images", str(jpath))):
-        if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-            raise DatasetError(f"{jpath} images[{i}]: no 'file_name'")
-        images[img.get("id") if isinstance(img.get("id"), (int, str)) else None] = img["file_name"]
+        name = _file_name(img, f"{jpath} images[{i}]", "")
+        key = img.get("id") if isinstance(img.get("id"), (int, str)) else None
+        if key is not None and images.get(key, name) != name:
+            # the last one was taken without a word: masks trained onto another picture
+            raise DatasetError(f"{jpath} images[{i}]: id {key!r} is also images[{first[key]}]'s, which names "
+                               f"another file ({images[key]!r}, not {name!r})")
+        first.setdefault(key, i)
+        images[key] = name
     records = []
     images_by_stem = _ImagesByStem()
     for i, ann in enumerate(_list(info, "annotations", str(jpath))):
         where = f"{jpath} annotations[{i}]"
-        if not isinstance(ann.get("file_name"), str) or not ann["file_name"]:
-            raise DatasetError(f"{where}: no 'file_name' (the panoptic PNG)")
-        stem = Path(ann["file_name"]).stem
+        stem = Path(_file_name(ann, where, " (the panoptic PNG)")).stem
         image_id = ann.get("image_id")
         name = images.get(image_id) if isinstance(image_id, (int, str)) else None
         image_path = images_by_stem.find(image_root, name, stem)
         segs = _list(ann, "segments_info", where)
         crowd = [_crowd_flag(s.get("iscrowd", 0), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
-        ids = [_segment_id(s.get("id"), f"{where} segments_info[{j}]") for j, s in enumerate(segs)]
+        ids = _segment_ids(segs, where)
         records.append(PanopticRecord(
             str(image_path), str(pan_root / ann["file_name"]),
             tuple(sid for sid, c in zip(ids, crowd) if not c),
@@ -133,7 +157,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
                            "segments_info is empty or holds crowd segments only): there is nothing to train on")
     missing, unusable = [], []
     for p in (p for r in records for p in (r.image_path, r.panoptic_path)):
-        cause = path_problem(p)
+        cause = path_problem(p, nonempty=True)  # a 0-byte file now, not when its turn comes
         if cause == "missing":
             missing.append(p)
         elif cause:

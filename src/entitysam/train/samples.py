@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import EntitySAMError
+from ..io.idpng import decode_ids
 from ..io.image_file import NotRegularFileError, TooManyPixelsError, open_image_file
 from ..io.sources.pixels import image_to_rgb, pixel_problem
 from ..io.sources.selection import DEFAULT_MAX_PIXELS
@@ -88,4 +89,13 @@ def load_pair(rec: PanopticRecord) -> tuple[np.ndarray, np.ndarray]:
     if image.shape[:2] != pan.shape[:2]:  # the masks would be stretched onto another picture
         raise DatasetError(f"{rec.panoptic_path} is {pan.shape[1]}x{pan.shape[0]} but its image {rec.image_path} "
                            f"is {image.shape[1]}x{image.shape[0]} (WxH, after EXIF orientation)")
+    listed = rec.segment_ids + rec.crowd_ids
+    if listed and not np.isin(decode_ids(pan), listed).any():
+        # another annotation's PNG, or ids encoded otherwise (BGR): every clip of it was trained
+        # on as a picture of nothing, without a word. One absent segment is left alone (the
+        # official mapper's empty mask; such instances are dropped from the clip).
+        sid = listed[0]
+        raise DatasetError(f"panoptic file {rec.panoptic_path} holds none of the {len(listed)} segment ids its "
+                           f"segments_info lists (the first, {sid}, is RGB {(sid & 255, sid >> 8 & 255, sid >> 16)}): "
+                           "not this annotation's PNG, or not encoded as id = R + 256 G + 65536 B")
     return image, pan
