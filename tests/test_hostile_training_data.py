@@ -128,7 +128,7 @@ TRAIN_DATA_MISTAKES = {
     # turn came; of the same size, the masks were trained onto another picture)
     "image-id-twice": (lambda r: _edit(_coco_json(r), lambda d: d["images"][1].__setitem__("id", 1)),
                        r"images\[1\]: id 1 is also images\[0\]'s, which names another file "
-                       r"\('000000000001\.jpg', not '000000000002\.jpg'\)\n"),
+                       r"\('000000000001\.jpg', not '000000000002\.jpg'\), and \S+ annotations\[\d\] uses it\n"),
     # was "no such folder": a file is there
     "root-is-a-file": (lambda r: _replace_with_file(r), r"error: data\.root '\S*coco': not a folder \(the dataset root\)\n"),
     "image-dir-is-a-file": (lambda r: _replace_with_file(r / "train2017"),
@@ -665,3 +665,14 @@ def test_a_resumed_runs_csv_keeps_a_damaged_byte_in_any_locale(tmp_path):
     rows = (tmp_path / "metrics.csv").read_text(encoding="utf-8").splitlines()
     assert [r.split(",")[0] for r in rows] == ["iteration", "10", "15", "30"], rows
     assert rows[2].startswith("15,0.0\ufffd1") and rows[3].startswith("30,r\u00e9")
+
+
+def test_an_image_id_named_twice_that_no_annotation_uses_is_no_error(coco):
+    # a merged json whose `images` ids overlap where nothing refers to them: the official reader never
+    # looks at `images`, so this trains there; only a used id is ambiguous
+    from entitysam.train.data import read_panoptic_dataset
+
+    _edit(_coco_json(coco), lambda d: d["images"].append({"id": 999, "file_name": "a.jpg"})
+          or d["images"].append({"id": 999, "file_name": "b.jpg"}))
+    records = read_panoptic_dataset(coco)
+    assert len(records) == 3

@@ -122,14 +122,15 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
     info = load_file(jpath, "COCO panoptic JSON", DatasetError)
     if not isinstance(info, dict) or not isinstance(info.get("annotations"), list):
         raise DatasetError(f"{jpath}: no 'annotations' list (not a COCO panoptic json)")
-    images, first = {}, {}
+    images, first, conflicts = {}, {}, {}
     for i, img in enumerate(_list(info, "images", str(jpath))):
         name = _file_name(img, f"{jpath} images[{i}]", "")
         key = img.get("id") if isinstance(img.get("id"), (int, str)) else None
         if key is not None and images.get(key, name) != name:
-            # the last one was taken without a word: masks trained onto another picture
-            raise DatasetError(f"{jpath} images[{i}]: id {key!r} is also images[{first[key]}]'s, which names "
-                               f"another file ({images[key]!r}, not {name!r})")
+            # refused where an annotation uses it (the last one was taken without a word: masks trained
+            # onto another picture); a merged json's overlapping ids that nothing uses are harmless
+            conflicts.setdefault(key, f"{jpath} images[{i}]: id {key!r} is also images[{first[key]}]'s, which "
+                                      f"names another file ({images[key]!r}, not {name!r})")
         first.setdefault(key, i)
         images[key] = name
     records = []
@@ -138,6 +139,8 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
         where = f"{jpath} annotations[{i}]"
         stem = Path(_file_name(ann, where, " (the panoptic PNG)")).stem
         image_id = ann.get("image_id")
+        if isinstance(image_id, (int, str)) and image_id in conflicts:
+            raise DatasetError(f"{conflicts[image_id]}, and {where} uses it")
         name = images.get(image_id) if isinstance(image_id, (int, str)) else None
         image_path = images_by_stem.find(image_root, name, stem)
         segs = _list(ann, "segments_info", where)
