@@ -100,7 +100,7 @@ def test_files_does_not_send_through_a_folder_swapped_after_the_check(tmp_path, 
     secret = tmp_path / "secret"
     secret.mkdir()
     (secret / "a.txt").write_text("TOP SECRET")
-    with TestClient(create_app(Viewer(result, token="t", drafts=False))) as client:
+    with TestClient(create_app(Viewer(result, token="t", drafts=False), loopback_only=True)) as client:
         assert client.get("/files/notes/inner/a.txt").text == "result's own notes"
         swapped = swap_after_the_check(monkeypatch, "a.txt", inner, secret)
         reply = client.get("/files/notes/inner/a.txt")
@@ -140,7 +140,7 @@ def test_reads_inside_the_result_still_work(tmp_path, opening):
     assert all(folder.id_map(t).shape == folder.size for t in range(folder.num_frames))
     png.unlink()
     moved.rename(png)
-    with TestClient(create_app(Viewer(result, token="t", drafts=False))) as client:
+    with TestClient(create_app(Viewer(result, token="t", drafts=False), loopback_only=True)) as client:
         (result / "link.json").symlink_to("manifest.json")
         assert client.get("/files/link.json").json()["format"] == "entitysam-segment"
         assert client.get(f"/files/panoptic/{png.name}").content == png.read_bytes()
