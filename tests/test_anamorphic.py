@@ -90,7 +90,7 @@ def test_the_viewer_is_told_the_pixel_shape(tiny_model, tmp_path):
     video = write_anamorphic(tmp_path / "pal.mp4", Fraction(64, 45))
     with segment(tiny_model, video) as result:
         out = result.save(tmp_path / "out", formats=("panoptic",))
-    with TestClient(create_app(Viewer(out, token="t"))) as client:
+    with TestClient(create_app(Viewer(out, token="t"), loopback_only=True)) as client:
         info = client.get("/api/video").json()
     assert (info["width"], info["height"], info["sample_aspect_ratio"]) == (64, 48, [64, 45])
     # what a manifest written before, by hand or by someone else says: square unless plausible
@@ -145,7 +145,7 @@ def test_the_viewers_entity_thumbnails_are_widened_as_the_player_is(tmp_path, sa
     from entitysam.review.server import Viewer, create_app
 
     out = anamorphic_result(tmp_path, sar)
-    with TestClient(create_app(Viewer(out, token="t"))) as client:
+    with TestClient(create_app(Viewer(out, token="t"), loopback_only=True)) as client:
         res = client.get("/api/thumbs/2.png")
     assert res.status_code == 200
     thumb = Image.open(io.BytesIO(res.content))

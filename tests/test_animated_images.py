@@ -91,7 +91,7 @@ def test_the_viewer_shows_the_frames_of_an_animation(tiny_model, tmp_path, suffi
     path = write_animation(tmp_path / f"anim{suffix}", fmt=fmt)
     with segment(tiny_model, path) as result:
         out = result.save(tmp_path / "out", formats=("panoptic", "entities"))
-    client = TestClient(create_app(Viewer(out)))
+    client = TestClient(create_app(Viewer(out), loopback_only=True))
     assert client.get("/api/video").json()["has_source"] is True
     for t in range(4):
         response = client.get(f"/api/frames/{t}.jpg")

@@ -114,7 +114,7 @@ def test_viewer_export_with_a_full_temporary_folder(tmp_path, monkeypatch, fmt):
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp))
     monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
-    with TestClient(create_app(viewer), raise_server_exceptions=False) as client:
+    with TestClient(create_app(viewer, loopback_only=True), raise_server_exceptions=False) as client:
         res = client.post(f"/api/export?format={fmt}", headers={TOKEN_HEADER: "t"})
     assert res.status_code == 400
     assert res.json() == {"error": f"cannot write the {fmt} export of clip in {tmp}: no space left on the device "

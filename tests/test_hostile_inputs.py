@@ -411,7 +411,8 @@ def test_names_that_are_not_utf8(tmp_path, tiny_checkpoint, online):
     starlette = pytest.importorskip("starlette.testclient", reason="the viewer needs starlette and httpx")
     from entitysam.review.server import Viewer, create_app
 
-    with starlette.TestClient(create_app(Viewer(result, token="t")), raise_server_exceptions=False) as client:
+    app = create_app(Viewer(result, token="t"), loopback_only=True)
+    with starlette.TestClient(app, raise_server_exceptions=False) as client:
         video_info = client.get("/api/video")
         assert video_info.status_code == 200, video_info.text
         assert os.fsencode(video_info.json()["frame_names"][0]) == b"00\xff"

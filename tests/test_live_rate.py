@@ -164,5 +164,5 @@ def test_cli_online_run_of_a_burst_stream_plays_at_its_rate_in_the_viewer(tmp_pa
         live_fps = json.loads((live / "manifest.json").read_text())["fps"]
         assert 0 < live_fps < 36 and live_fps == _written_rate(live)
     assert ResultFolder.open(out).fps == manifest["fps"]
-    with TestClient(create_app(Viewer(out, token="t"))) as client:
+    with TestClient(create_app(Viewer(out, token="t"), loopback_only=True)) as client:
         assert client.get("/api/video").json()["fps"] == manifest["fps"]

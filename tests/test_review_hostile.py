@@ -314,7 +314,8 @@ def test_a_hostile_edit_posted_to_the_viewer_is_a_400(result_dir, body, message)
 
     from entitysam.review.server import TOKEN_HEADER, Viewer, create_app
 
-    with TestClient(create_app(Viewer(result_dir, token="t")), raise_server_exceptions=False) as client:
+    app = create_app(Viewer(result_dir, token="t"), loopback_only=True)
+    with TestClient(app, raise_server_exceptions=False) as client:
         reply = client.post("/api/edits", content=body.encode(), headers={TOKEN_HEADER: "t"})
         assert reply.status_code == 400 and message in reply.text, reply.text
         assert client.get("/api/state").json()["version"] == 0

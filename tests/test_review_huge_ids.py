@@ -39,7 +39,7 @@ def remap(maps, table):
 def test_state_of_a_result_with_id_2_24_minus_1_is_small_and_quick(huge_result):
     start = time.perf_counter()
     viewer = Viewer(huge_result, token=TOKEN)
-    with TestClient(create_app(viewer)) as client:
+    with TestClient(create_app(viewer, loopback_only=True)) as client:
         res = client.get("/api/state")
         elapsed = time.perf_counter() - start
         assert res.status_code == 200
@@ -58,7 +58,7 @@ def test_state_of_a_result_with_id_2_24_minus_1_is_small_and_quick(huge_result):
 
 def test_edits_and_save_of_a_result_with_id_2_24_minus_1(huge_result):
     viewer = Viewer(huge_result, token=TOKEN)
-    with TestClient(create_app(viewer)) as client:
+    with TestClient(create_app(viewer, loopback_only=True)) as client:
         def edit(op, status=200):
             res = client.post("/api/edits", json=op, headers=AUTH)
             assert res.status_code == status, res.text

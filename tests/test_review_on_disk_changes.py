@@ -35,7 +35,7 @@ def result(tmp_path):
 @pytest.fixture()
 def client(result):
     # raise_server_exceptions (the default): an exception the routes do not handle (a 500) fails the test
-    with TestClient(create_app(Viewer(result, token=TOKEN))) as c:
+    with TestClient(create_app(Viewer(result, token=TOKEN), loopback_only=True)) as c:
         yield c
 
 

@@ -38,7 +38,7 @@ def result(tmp_path):
 @pytest.fixture()
 def client(result):
     viewer = Viewer(result, token=TOKEN)
-    with TestClient(create_app(viewer)) as c:
+    with TestClient(create_app(viewer, loopback_only=True)) as c:
         c.viewer = viewer
         yield c
 
@@ -135,7 +135,7 @@ def test_source_jpegs_are_served_byte_identical_at_full_size(result, monkeypatch
     real_list = source_images._list_frames
     monkeypatch.setattr(source_images, "_list_frames", lambda folder: listings.append(folder) or real_list(folder))
     viewer = Viewer(result, token=TOKEN)
-    with TestClient(create_app(viewer)) as c:
+    with TestClient(create_app(viewer, loopback_only=True)) as c:
         for t in (0, 3, N - 1):
             res = c.get(versioned(c, f"/api/frames/{t}.jpg"))
             assert res.status_code == 200 and "immutable" in res.headers["cache-control"]
@@ -181,7 +181,7 @@ def test_other_source_files_are_decoded_and_encoded(result, how):
 
 def test_missing_source_gives_404_frames_and_has_source_false(tmp_path):
     result = make_result(tmp_path, with_input=False)
-    with TestClient(create_app(Viewer(result, token=TOKEN))) as c:
+    with TestClient(create_app(Viewer(result, token=TOKEN), loopback_only=True)) as c:
         assert c.get("/api/video").json()["has_source"] is False
         res = c.get("/api/frames/0.jpg")
         assert res.status_code == 404 and "source" in res.json()["error"]
@@ -312,7 +312,7 @@ def test_a_loopback_server_answers_only_loopback_host_names(result):
     """DNS rebinding: a page whose own domain resolves to 127.0.0.1 gets no answer."""
     from entitysam.review.server import allowed_hosts
 
-    app = create_app(Viewer(result, token=TOKEN), hosts=allowed_hosts("127.0.0.1"))
+    app = create_app(Viewer(result, token=TOKEN), hosts=allowed_hosts("127.0.0.1"), loopback_only=True)
     for base in ("http://127.0.0.1:8765", "http://localhost:8765"):
         with TestClient(app, base_url=base) as c:
             assert c.get("/api/video").status_code == 200, base
@@ -465,7 +465,7 @@ def test_an_export_of_a_video_named_beyond_ascii_downloads_under_its_name(result
 
     manifest = json.loads((result / "manifest.json").read_text())
     (result / "manifest.json").write_text(json.dumps({**manifest, "video": video}))
-    with TestClient(create_app(Viewer(result, token=TOKEN)), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Viewer(result, token=TOKEN), loopback_only=True), raise_server_exceptions=False) as c:
         for fmt, name in [("ytvis", f"{video}-ytvis.json"), ("mots", f"{video}-mots.zip")]:
             res = c.post(f"/api/export?format={fmt}", headers=AUTH)
             assert res.status_code == 200, res.text[:200]  # the old server: 500 (or a name cut at the `"`)
@@ -486,7 +486,7 @@ def test_a_mots_zip_of_frames_named_beyond_utf8_is_refused_in_one_line(tmp_path)
         Image.fromarray(image).save(source / f"{name}.png")
     entities = [{"id": i, "score": s, "query_index": k} for k, (i, s) in enumerate(SCORES.items())]
     result = write_result(tmp_path / "clip", source, names, id_maps(), entities, FPS)
-    with TestClient(create_app(Viewer(result, token=TOKEN)), raise_server_exceptions=False) as c:
+    with TestClient(create_app(Viewer(result, token=TOKEN), loopback_only=True), raise_server_exceptions=False) as c:
         res = c.post("/api/export?format=mots", headers=AUTH)
         assert res.status_code == 400 and res.json()["error"].startswith(
             "cannot download the export of clip as a zip: the file name 'f\\udcff000.png' is not valid UTF-8")

@@ -704,19 +704,31 @@ def test_selecting_an_entity_puts_its_label_in_the_label_field(tmp_path):
 
 
 def test_a_viewer_beyond_loopback_works_from_the_printed_url_and_not_without_it(tmp_path):
-    """--host 0.0.0.0: reads need the token too; the page of the printed URL reads through the
-    cookie its answer sets (fetch and images send it), plays and edits as on 127.0.0.1."""
+    """--host 0.0.0.0: reads need the token too; the page of the printed URL sends it with every
+    request (no cookie: cookies go to every port of the host name), takes it out of the address
+    bar, and still has it after a reload (this tab's sessionStorage); plays and edits as on 127.0.0.1."""
     chromium_or_skip()
     from _review_result import make_result
 
     result = make_result(tmp_path)
-    with view_server(result, "--host", "0.0.0.0") as (url, _token), browser_page() as page:
+    with view_server(result, "--host", "0.0.0.0") as (url, token), browser_page() as page:
         url = url.replace("://0.0.0.0:", "://127.0.0.1:")  # (what a browser on this machine reaches)
-        assert page.goto(url.split("?")[0]).status == 403
+        page.goto(url.split("?")[0])  # the page loads, nothing of the result does
+        page.wait_for_function("document.getElementById('status').textContent.includes('cannot start')")
+        assert page.evaluate("fetch('/api/state').then((r) => r.status)") == 403
+        page.goto("about:blank")
         open_viewer(page, url)
+        assert token not in page.url and page.context.cookies() == []
+        assert page.evaluate("fetch('/api/state').then((r) => r.status)") == 403  # no cookie stands for it
         assert page.evaluate("viewer.state.entities.length") > 0
+        page.wait_for_function("document.querySelector('tr.entity img').src.startsWith('blob:')")  # a thumbnail
         page.click("tr.entity[data-id=\"2\"]")
         page.click("#delete")
         page.wait_for_function("viewer.state.version === 1")
-        assert page.evaluate("fetch('/api/state').then((r) => r.status)") == 200
+        page.reload()
+        page.wait_for_function("window.viewer && window.viewer.ready === true", timeout=60000)
+        assert token not in page.url and page.evaluate("viewer.state.version") == 1
+        page.click("tr.entity[data-id=\"1\"]")
+        page.click("#delete")
+        page.wait_for_function("viewer.state.version === 2")
         assert not page.errors, page.errors

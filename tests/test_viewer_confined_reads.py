@@ -100,7 +100,7 @@ def test_files_does_not_send_through_a_folder_swapped_after_the_check(tmp_path, 
     secret = tmp_path / "secret"
     secret.mkdir()
     (secret / "a.txt").write_text("TOP SECRET")
-    with TestClient(create_app(Viewer(result, token="t", drafts=False))) as client:
+    with TestClient(create_app(Viewer(result, token="t", drafts=False), loopback_only=True)) as client:
         assert client.get("/files/notes/inner/a.txt").text == "result's own notes"
         swapped = swap_after_the_check(monkeypatch, "a.txt", inner, secret)
         reply = client.get("/files/notes/inner/a.txt")
@@ -140,7 +140,68 @@ def test_reads_inside_the_result_still_work(tmp_path, opening):
     assert all(folder.id_map(t).shape == folder.size for t in range(folder.num_frames))
     png.unlink()
     moved.rename(png)
-    with TestClient(create_app(Viewer(result, token="t", drafts=False))) as client:
+    with TestClient(create_app(Viewer(result, token="t", drafts=False), loopback_only=True)) as client:
         (result / "link.json").symlink_to("manifest.json")
         assert client.get("/files/link.json").json()["format"] == "entitysam-segment"
         assert client.get(f"/files/panoptic/{png.name}").content == png.read_bytes()
+
+
+def test_by_name_a_path_outside_at_the_open_is_refused_whatever_it_was_before(tmp_path, monkeypatch):
+    """Windows (opened by name, links followed): the path leads outside, is made to lead inside
+    when it is resolved and outside again when it is opened. The old code compared the opened
+    file with a stat taken before the check (outside, as at the open) and read the file outside."""
+    import entitysam.review.confined as confined
+
+    root = tmp_path / "result"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "a.png").write_bytes(b"inside")
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "a.png").write_bytes(b"SECRET")
+    sub = root / "sub"
+
+    def lead(where: str) -> None:
+        if sub.is_symlink():
+            sub.unlink()
+        elif sub.exists():
+            shutil.rmtree(sub)
+        if where == "outside":
+            sub.symlink_to(secret, target_is_directory=True)
+        else:
+            sub.mkdir()
+            (sub / "a.png").write_bytes(b"inside")
+
+    resolve, open_regular, opened = Path.resolve, confined.open_regular, []
+
+    def resolve_inside(self, strict=False):
+        if strict and self.name == "a.png":
+            lead("inside")
+        return resolve(self, strict=strict)
+
+    def open_outside(path, **options):
+        lead("outside")
+        options["follow_links"] = True  # no O_NOFOLLOW on Windows
+        f = open_regular(path, **options)
+        opened.append(f)
+        return f
+    monkeypatch.setattr(confined, "_WALKS", False)
+    monkeypatch.setattr(Path, "resolve", resolve_inside)
+    monkeypatch.setattr(confined, "open_regular", open_outside)
+    roots = (resolve(root),)
+    lead("outside")
+    with pytest.raises(confined.OutsideRootsError):
+        f = confined.open_confined(root / "sub" / "a.png", roots)
+        assert f.read() != b"SECRET"  # the old code read it
+    assert opened and opened[0].closed
+
+
+def test_by_name_a_file_inside_is_read(tmp_path, monkeypatch):
+    import entitysam.review.confined as confined
+
+    monkeypatch.setattr(confined, "_WALKS", False)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.png").write_bytes(b"inside")
+    with confined.open_confined(tmp_path / "sub" / "a.png", (tmp_path.resolve(),)) as f:
+        assert f.read() == b"inside"
+    with pytest.raises(confined.OutsideRootsError):
+        confined.open_confined(tmp_path / "sub" / "a.png", ((tmp_path / "other").resolve(),))

@@ -229,7 +229,7 @@ def test_two_viewers_through_http_each_keep_their_edits_on_disk_none_written_ove
 
     said_a, said_b = [], []
     a, b = Viewer(result, token="a", say=said_a.append), Viewer(result, token="b", say=said_b.append)
-    with TestClient(create_app(a)) as ca, TestClient(create_app(b)) as cb:
+    with TestClient(create_app(a, loopback_only=True)) as ca, TestClient(create_app(b, loopback_only=True)) as cb:
         def post(client, token, op):
             reply = client.post("/api/edits", json=op, headers={TOKEN_HEADER: token})
             assert reply.status_code == 200, reply.text

@@ -32,7 +32,7 @@ def result(tmp_path):
 @pytest.fixture()
 def client(result):
     viewer = Viewer(result, token=TOKEN)
-    with TestClient(create_app(viewer)) as c:
+    with TestClient(create_app(viewer, loopback_only=True)) as c:
         yield c
 
 

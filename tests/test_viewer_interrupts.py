@@ -124,7 +124,7 @@ def test_a_client_that_stops_reading_holds_the_stop_only_for_the_stop_timeout(tm
     logging.getLogger("uvicorn.error").addHandler(errors)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app(Viewer(result, token="t"), hosts=allowed_hosts("127.0.0.1"))
+    app = create_app(Viewer(result, token="t"), hosts=allowed_hosts("127.0.0.1"), loopback_only=True)
     server = StoppingServer(server_config(app, log_config=None))
     server.stop_timeout = 0.5
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -36,7 +36,7 @@ def result(tmp_path):
 
 @pytest.fixture()
 def client(result):
-    with TestClient(create_app(Viewer(result, token=TOKEN))) as c:
+    with TestClient(create_app(Viewer(result, token=TOKEN), loopback_only=True)) as c:
         yield c
 
 
@@ -96,19 +96,20 @@ def test_a_replacement_during_a_read_is_409(result):
         replace_with_another_result(result)
         return data
     viewer.id_png = read_then_replace
-    with TestClient(create_app(viewer)) as c:
+    with TestClient(create_app(viewer, loopback_only=True)) as c:
         assert_changed(c.get("/api/idmaps/0.png"))
 
 
 def test_urls_carry_the_result_version_and_only_those_are_cached_long(result):
     old = Viewer(result, token=TOKEN)
     version = old.video_info()["result_version"]
-    with TestClient(create_app(old)) as c:
+    with TestClient(create_app(old, loopback_only=True)) as c:
         reply = c.get(f"/api/idmaps/0.runs?rv={version}")
         assert reply.status_code == 200 and "immutable" in reply.headers["cache-control"]
         assert c.get("/api/idmaps/0.runs").headers["cache-control"] == "no-cache"
     replace_with_another_result(result)
-    with TestClient(create_app(Viewer(result, token=TOKEN))) as c:  # the viewer restarted on the new result
+    # the viewer restarted on the new result
+    with TestClient(create_app(Viewer(result, token=TOKEN), loopback_only=True)) as c:
         fresh = c.get("/api/video").json()["result_version"]
         assert fresh != version  # another URL: the browser's cached copy of the old one is not used
         assert c.get(f"/api/idmaps/0.runs?rv={fresh}").status_code == 200
@@ -200,7 +201,7 @@ def test_a_folder_swapped_out_and_back_during_a_read_is_409(result, other):
         os.rename(aside, result)
         return data
     viewer.id_png = read_the_other_one
-    with TestClient(create_app(viewer)) as c:
+    with TestClient(create_app(viewer, loopback_only=True)) as c:
         reply = c.get("/api/idmaps/0.png")
         assert reply.content != foreign  # the old viewer: 200, the other result's id map (its inode was back)
         assert_changed(reply)

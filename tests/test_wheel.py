@@ -63,7 +63,7 @@ report = run_demo({str(tmp_path / "demo")!r}, num_frames=3, width=96, height=64,
 print("VEQ", report.veq)
 from starlette.testclient import TestClient
 from entitysam.review.server import Viewer, create_app
-client = TestClient(create_app(Viewer({str(tmp_path / "demo" / "demo")!r})))
+client = TestClient(create_app(Viewer({str(tmp_path / "demo" / "demo")!r}), loopback_only=True))
 for url in ("/", "/static/app.js", "/static/style.css"):
     response = client.get(url)
     assert response.status_code == 200 and response.content, (url, response.status_code)

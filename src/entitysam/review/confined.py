@@ -8,8 +8,10 @@ of the same name there was read (O_NOFOLLOW guards only the last component). Her
 path is opened one component at a time from its root, each relative to the folder opened before
 (``openat``) and none followed if it is a link now: what is opened is what the check saw, or
 nothing. Where that cannot be done (Windows: no O_NOFOLLOW, no ``dir_fd``) the path is opened by
-name, and the opened file must be the one the path named before the check (fstat's st_dev and
-st_ino against stat's): a path swapped between them reads another file, which is refused.
+name, and then checked again: resolved once more, it must lie inside the roots and name the file
+that was opened (stat's st_dev and st_ino against fstat's). A check made before the open proved
+nothing of what the open found: a path outside at that stat, inside at the check and outside again
+at the open read the file outside.
 """
 
 from __future__ import annotations
@@ -85,18 +87,20 @@ def open_confined(path: str | os.PathLike, roots: Sequence[Path]) -> BinaryIO | 
 
 
 def _open_and_compare(path: str | os.PathLike, roots: Sequence[Path]) -> BinaryIO | None:
-    """Where there is no openat without following links: by name, then the identity compared."""
-    before = os.stat(path)
+    """Where there is no openat without following links: by name, then checked after the open (the
+    path resolved anew, inside the roots, naming the file opened)."""
     _, real = confined_path(path, roots)
     f = open_regular(real, follow_links=False)
     if f is None:
         return None
     try:
-        after = os.fstat(f.fileno())
+        opened = os.fstat(f.fileno())
+        _, now = confined_path(path, roots)
+        named = os.stat(now)
     except BaseException:
         f.close()
         raise
-    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+    if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
         f.close()
         raise OutsideRootsError(path, None)
     return f

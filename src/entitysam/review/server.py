@@ -1,7 +1,7 @@
 """`entitysam view`: the review web app (Starlette on uvicorn) over one result folder.
 
-Routes (all under one per-run token for what changes anything, and for every route but /static/
-when listening beyond loopback: entitysam.review.access):
+Routes (all under one per-run token for what changes anything, and for every route but / and
+/static/ unless served on loopback only: entitysam.review.access):
 
     GET  /                      the player (static/index.html)
     GET  /static/<file>         the package's static files (plain JS/CSS, no build step)
@@ -331,20 +331,19 @@ def entity_record(entity, frames: dict[int, int], thumb_key: str | None) -> dict
     return record
 
 
-def create_app(viewer: Viewer, hosts: list[str] | None = None, *, reads_need_token: bool = False):
+def create_app(viewer: Viewer, hosts: list[str] | None = None, *, loopback_only: bool = False):
     """The Starlette app serving `viewer`; hosts: the Host headers it answers (None: any);
-    reads_need_token: reads too need the token (entitysam.review.access), as changes always do."""
-    from .access import ReadTokenMiddleware
-    from .routes import build_routes
-
+    loopback_only: the caller serves it on loopback only, where reads need no token. Otherwise (the
+    default: an app embedded elsewhere may be reachable from anywhere) reads too need the token, as
+    changes always do (entitysam.review.access)."""
     try:
         from starlette.applications import Starlette
-        from starlette.middleware import Middleware
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        from .access import access_middleware
+        from .routes import build_routes
     except ImportError as err:  # pragma: no cover - the [viewer] extra is missing
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
-    middleware = [] if hosts is None else [Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
-    middleware += [Middleware(ReadTokenMiddleware, viewer=viewer)] if reads_need_token else []
+    middleware = access_middleware(viewer, hosts, loopback_only=loopback_only)
     app = Starlette(routes=build_routes(viewer), middleware=middleware)
     app.state.viewer = viewer
     return app
@@ -363,7 +362,7 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
         raise ViewerError("the viewer needs starlette and uvicorn: pip install 'entitysam[viewer]'") from err
     viewer = Viewer(result_dir, token=token, say=say)
     hosts = allowed_hosts(host)
-    app = create_app(viewer, hosts=hosts, reads_need_token=hosts is None)  # beyond loopback: viewing too
+    app = create_app(viewer, hosts=hosts, loopback_only=hosts is not None)  # beyond loopback: viewing too
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

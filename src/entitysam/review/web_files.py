@@ -12,7 +12,10 @@ __all__ = ["STATIC_DIR", "TOKEN_HEADER", "VERSION_HEADER", "IMMUTABLE", "safe_fi
 STATIC_DIR = Path(__file__).with_name("static")  # the front end: plain JS/CSS/HTML
 TOKEN_HEADER = "X-EntitySAM-Token"  # where POST requests carry the run's token (or ?token=)
 VERSION_HEADER = "X-EntitySAM-Version"  # the edit version a POST is meant for (the page's state.version)
-IMMUTABLE = "public, max-age=31536000, immutable"  # frames and original id maps never change in a run
+# frames and original id maps never change in a run. private: only the browser keeps them, never a
+# shared cache (a proxy), which would give them to requests without the token; a viewer serves one
+# person's browser, so private costs nothing on loopback either
+IMMUTABLE = "private, max-age=31536000, immutable"
 
 _EXTRA_TYPES = {".js": "text/javascript", ".css": "text/css", ".json": "application/json",
                 ".png": "image/png", ".jpg": "image/jpeg", ".mp4": "video/mp4", ".html": "text/html",

@@ -112,7 +112,7 @@ async function start() {
   fitStage();
   for (const fmt of exports.formats) $("export-format").add(new Option(fmt, fmt));
   $("export").disabled = exports.formats.length === 0;
-  if (!TOKEN) setStatus("no token in the URL: viewing only (edits need the URL printed by entitysam view)", true);
+  if (!TOKEN) setStatus("no token: viewing only (edits need the URL printed by entitysam view)", true);
   applyState(state);
   await showFrame(0);
   viewer.ready = true;

@@ -76,7 +76,7 @@ function thumbnail(url, wanted) {
   if (!thumbs.has(url)) {
     thumbsQueue = thumbsQueue.then(async () => {
       if (!wanted()) { thumbs.delete(url); return null; }  // asked again if it comes back (an undo)
-      const res = await fetch(url);
+      const res = await fetchRead(url);
       if (res.status === 409) resultChanged(res);
       return res.ok ? URL.createObjectURL(await res.blob()) : null;
     }).catch(() => null);

@@ -9,7 +9,26 @@
 // new state.
 "use strict";
 
-const TOKEN = new URLSearchParams(location.search).get("token") || "";
+// The run's token, from the printed URL's ?token=: every request sends it in a header (reads need
+// it too when the viewer listens beyond loopback; no cookie carries it: a cookie goes to every
+// port of the host name). It is kept in this tab's sessionStorage (this origin's only: a page on
+// another port cannot read it) for a reload, and taken out of the address bar (history, a shared
+// screen); where there is no storage it stays in the address bar, which a reload then needs.
+const TOKEN = (() => {
+  const params = new URLSearchParams(location.search);
+  const given = params.get("token");
+  try {
+    if (given === null) return sessionStorage.getItem("entitysam-token") || "";
+    sessionStorage.setItem("entitysam-token", given);
+  } catch (e) { return given || ""; }
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(history.state, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  return given;
+})();
+const withToken = (headers = {}) => (TOKEN ? {...headers, "X-EntitySAM-Token": TOKEN} : headers);
+// a read of this server (its answers: JSON, frames, id maps, thumbnails), with the token
+const fetchRead = (url) => fetch(url, {headers: withToken()});
 const NEUTRAL = "#6b6b6b";      // the background when the source frame is gone
 const PREFETCH_AHEAD = 24;      // frames fetched and decoded ahead of the one shown
 const PREFETCH_BEHIND = 4;
@@ -55,7 +74,7 @@ async function resultChanged(res) {
   setStatus(message, true);
 }
 async function getJSON(url) {
-  const res = await fetch(url);
+  const res = await fetchRead(url);
   if (!res.ok) throw new Error(`${url}: ${res.status}`);
   return res.json();
 }
@@ -63,7 +82,7 @@ async function getJSON(url) {
 // or window changed the edit since, the server does nothing and answers 409 with the current state,
 // which the page shows at once (entities.js: applyState).
 async function post(url, body) {
-  const headers = {"X-EntitySAM-Token": TOKEN, "Content-Type": "application/json"};
+  const headers = withToken({"Content-Type": "application/json"});
   if (viewer.state) headers["X-EntitySAM-Version"] = String(viewer.state.version);
   const res = await fetch(url, {method: "POST", headers, body: body === undefined ? "{}" : JSON.stringify(body)});
   if (!res.ok) {
@@ -95,7 +114,7 @@ function fetchBlob(url, frame) {
     const run = async () => {
       fetching++;
       try {
-        const res = await fetch(url);
+        const res = await fetchRead(url);
         if (res.status === 409) resultChanged(res);
         resolve(res.ok ? await res.blob() : null);
       } catch (err) { reject(err); } finally {
