@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import resource
 import shutil
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from ...argtypes import MAX_THREADS, check_int
 from ...errors import EntitySAMError, Remedy
 from ...io.output_lock import OutputLock, OutputLockedError
 from ...io.staging import recover_leftovers
+from .memory import PeakMemory
 from .output import (PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model,
                      write_output_json)
 from .plan import (EvalInputError, VideoEntry, VIPSegPlan, abbreviate, check_frames, check_gt_annotations,
@@ -47,55 +46,6 @@ def shard_videos(videos: Sequence[VideoEntry], index: int, count: int) -> list[V
     """Slice `index` of `count` (:func:`entitysam.sharding.balanced_split` by frame count: longest
     video first to the least loaded slice, ties to the lower slice), in list order within a slice."""
     return [videos[k] for k in sharding.balanced_split([v.num_frames for v in videos], index, count)]
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-class _PeakMemory:
-    """Per-video peak RSS (Linux: the high-water mark is reset before each video) and CUDA
-    max allocated memory; the process peak is tracked across resets."""
-
-    def __init__(self, device: Any = None):
-        self.device = device
-        self.process_peak_mib = self._maxrss_mib()
-        self.per_video = False
-
-    @staticmethod
-    def _maxrss_mib() -> float:
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024  # macOS reports bytes
-
-    def _cuda(self) -> bool:
-        return self.device is not None and getattr(self.device, "type", None) == "cuda"
-
-    def reset(self) -> None:
-        self.process_peak_mib = max(self.process_peak_mib, self._maxrss_mib())
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak RSS ("VmHWM") to the current RSS
-            self.per_video = True
-        except OSError:
-            self.per_video = False
-        if self._cuda():
-            import torch  # noqa: PLC0415
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def read(self) -> dict[str, Any]:
-        peak = self._maxrss_mib()
-        self.process_peak_mib = max(self.process_peak_mib, peak)
-        out: dict[str, Any] = {
-            "peak_rss_mib": round(peak, 1),
-            "peak_rss_scope": "video" if self.per_video else "process",
-            "process_peak_rss_mib": round(self.process_peak_mib, 1),
-            "cuda_max_allocated_mib": None,
-        }
-        if self._cuda():
-            import torch  # noqa: PLC0415
-
-            out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
-        return out
 
 
 # ----------------------------------------------------------------------------- running
@@ -179,7 +129,7 @@ def _record_failure(summary: EvalSummary, out: EvalOutput, tag: str, step: str, 
 
 
 def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[str], out: EvalOutput, *,
-                 dtype: Any, logits_dtype: str, progress: bool, memory: _PeakMemory,
+                 dtype: Any, logits_dtype: str, progress: bool, memory: PeakMemory,
                  descriptor: dict[str, Any], ordering: str) -> dict[str, Any]:
     from ...pipeline.segment import segment  # noqa: PLC0415
     from ...io.sources import FrameFolderSource  # noqa: PLC0415
@@ -332,7 +282,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 f"output {out.root} already holds predictions of another model ("
                 f"{describe_model(parts[others[0]].get('model'))}) for {len(others)} video(s) ({abbreviate(others)}); "
                 f"this run uses {describe_model(descriptor)}: choose another output folder")
-        memory = _PeakMemory(next(net.parameters()).device)
+        memory = PeakMemory(next(net.parameters()).device)
         ordering = "gt" if metrics else "frames"
         for k, v in enumerate(todo, 1):
             step = f"[{k}/{len(todo)}]"
