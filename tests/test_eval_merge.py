@@ -1,6 +1,7 @@
 """`entitysam eval vipseg` merging: --merge-only (and a shard that finds every video done) merges
 only predictions of completed runs, never a video whose last run failed or was interrupted while
-redoing it; a failure of the merge or of the scoring is the same one line and exit status in one
+redoing it (wherever it stopped: its lock not taken included); a shard run with --overwrite does not
+merge the other shards' predictions, which it did not redo; a failure of the merge or of the scoring is the same one line and exit status in one
 process, at --merge-only and on rank 0 under torchrun; a part file that cannot be read (nested
 too deeply, a named pipe in its place) is not a complete video, not a traceback or a hang."""
 
@@ -22,6 +23,8 @@ from entitysam.eval.runner.run import shard_videos
 LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+REDO_NOT_FINISHED = "did not finish: it failed, was interrupted or is still running"
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,7 @@ def test_merge_only_does_not_merge_a_video_whose_redo_did_not_complete(dataset, 
     capsys.readouterr()
     assert cli.main(_args(dataset, data, out, "--merge-only")) == 1  # was 0: merged and scored
     line = _one_error_line(capsys)
-    assert vid in line and plan.video_ids[0] not in line and "failed or was interrupted while redoing" in line, line
+    assert vid in line and plan.video_ids[0] not in line and REDO_NOT_FINISHED in line, line
     assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
     # the shard of the other video finds its video done: it does not merge either (it did)
     other = 1 - [s for s in range(2) if vid in [v.video_id for v in shard_videos(plan.videos, s, 2)]][0]
@@ -205,3 +208,91 @@ def test_a_named_pipe_in_place_of_a_part_is_not_waited_on(dataset, evaluated, tm
     assert result["code"] == 1
     line = _one_error_line(capsys)
     assert "have no complete predictions" in line and vid in line, line
+
+
+def test_a_shard_run_with_overwrite_does_not_merge_the_other_shards_earlier_predictions(dataset, evaluated, tmp_path,
+                                                                                        capsys):
+    """`--shard 0/2 --overwrite` on a complete output: the other shard's parts, not redone (its
+    --overwrite run not started yet, or never), counted as done, and shard 0 merged and scored a mix
+    of earlier and new predictions (exit 0). A run under --overwrite merges only what it redid."""
+    _, root = dataset
+    out = _unmerged_copy(evaluated, tmp_path)
+    plan = load_plan(root, "val")
+    mine = [v.video_id for v in shard_videos(plan.videos, 0, 2)]
+    assert mine and len(mine) < len(plan.videos)
+    capsys.readouterr()
+    assert cli.main([a for a in _args(dataset, root, out, "--shard", "0/2", "--overwrite") if a != "-q"]) == 0
+    assert not (out / "pred.json").exists() and not (out / "metrics.json").exists()
+    said = capsys.readouterr().err
+    assert "not merged" in said and "--merge-only once every shard is done" in said, said
+    assert cli.main(_args(dataset, root, out, "--shard", "1/2", "--overwrite")) == 0  # nor the last one
+    assert not (out / "pred.json").exists()
+    assert cli.main(_args(dataset, root, out, "--merge-only")) == 0  # the user's, once all are done
+    assert (out / "metrics.json").exists()
+    for name in ("pred.json", "metrics.json", "log.json"):
+        (out / name).unlink()
+    assert cli.main(_args(dataset, root, out, "--overwrite")) == 0  # one run redoing every video merges
+    assert (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("how", ["lock-folder", "lock-disk-full", "lock-interrupted", "set-aside-refused",
+                                 "nothing-possible"])
+def test_a_redo_that_failed_before_its_part_was_set_aside_is_not_merged(dataset, evaluated, tmp_path, monkeypatch,
+                                                                        capsys, how):
+    """--overwrite, one video failing before its part was set aside: its lock not taken (a folder at
+    the lock path, a full disk, Ctrl-C), or the part not movable (held open on Windows, a folder
+    at the .earlier path). The earlier part still counted as complete: --merge-only merged and
+    scored it as if redone (exit 0). It is now set aside there too, or where that fails marked
+    failed (parts/<video>.json.failed); where neither can be done, the failure says so."""
+    import errno
+
+    from entitysam.eval.runner import output
+    from entitysam.io.output_lock import OutputLock
+
+    _, root = dataset
+    out = _unmerged_copy(evaluated, tmp_path)
+    plan = load_plan(root, "val")
+    vid = plan.video_ids[1]
+    lock_path = out / "pan_pred" / f".{vid}.lock"
+    real_acquire, real_set_aside = OutputLock.acquire.__func__, output.EvalOutput.set_aside
+
+    def acquire(cls, final, *args, **kwargs):
+        if os.path.basename(final) == vid:
+            raise KeyboardInterrupt if how == "lock-interrupted" else OSError(errno.ENOSPC, "No space left", final)
+        return real_acquire(cls, final, *args, **kwargs)
+
+    def set_aside(self, v):
+        if v == vid:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self.part_path(v)))
+        real_set_aside(self, v)
+
+    def write_json_atomic(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        if how == "lock-folder":
+            lock_path.mkdir()
+        elif how.startswith("lock-"):
+            m.setattr(OutputLock, "acquire", classmethod(acquire))
+        else:
+            m.setattr(output.EvalOutput, "set_aside", set_aside)
+            if how == "nothing-possible":
+                m.setattr(output, "write_json_atomic", write_json_atomic)
+        capsys.readouterr()
+        assert cli.main(_args(dataset, root, out, "--overwrite")) == (130 if how == "lock-interrupted" else 1)
+    err = capsys.readouterr().err
+    if how == "lock-folder":
+        lock_path.rmdir()
+    if how == "nothing-possible":  # the one case left (README): said, and its earlier part still counts
+        assert f"{vid}: failed: " in err and "its earlier predictions could not be set aside" in err, err
+        assert cli.main(_args(dataset, root, out, "--merge-only")) == 0
+        return
+    aside = {"set-aside-refused": f"{vid}.json.failed"}.get(how, f"{vid}.json.earlier")
+    assert (out / "parts" / aside).is_file()
+    assert cli.main(_args(dataset, root, out, "--merge-only")) == 1  # was 0: merged and scored
+    line = _one_error_line(capsys)
+    assert vid in line and plan.video_ids[0] not in line and REDO_NOT_FINISHED in line, line
+    assert not (out / "pred.json").exists()
+    assert cli.main(_args(dataset, root, out)) == 0  # redone without --overwrite, then merged
+    assert (out / "metrics.json").exists()
+    assert sorted(os.listdir(out / "parts")) == [f"{v}.json" for v in plan.video_ids]  # no .earlier, no .failed

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("-o", "--output", type=path_text, required=True, metavar="DIR", help="output folder (see README)")
     run.add_argument("--shard", default=None, metavar="I/N",
-                     help="run slice I of N (0 <= I < N); the run that completes the last video merges and scores")
+                     help="run slice I of N (0 <= I < N); the run that completes the last video merges and scores "
+                          "(with --overwrite none does: run --merge-only once every shard is done)")
     run.add_argument("--merge-only", action="store_true",
                      help="no inference: assemble pred.json from the finished videos and score")
     run.add_argument("--overwrite", action="store_true", help="redo the slice's videos even if complete")
@@ -235,6 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if summary is not None and status == 0:
         if summary.merged:
             _print_metrics(summary.metrics)
+        elif args.overwrite:  # (evaluate_vipseg: only a run that redid every video merges)
+            say(f"{len(summary.done)} of {len(summary.videos)} videos of this slice redone; not merged: with "
+                "--overwrite only a run that redid every video merges (the others may still hold earlier "
+                "predictions): run the same command with --merge-only once every shard is done")
         elif summary.missing:
             say(f"{len(summary.videos)} videos of this slice complete; {len(summary.missing)} of "
                 f"{len(plan.videos)} videos still missing (other shards): the shard that finishes last merges and "

@@ -3,7 +3,8 @@ the official output layout, then VEQ / STQ.
 
     plan.py     what to evaluate: the videos of the split, their frames, the ground-truth checks
     output.py   the output folder: run.json, the per-video transaction (stage, commit), merge
-    run.py      the run: shard slice, inference per video with its peak memory, merge and score
+    run.py      the run: shard slice, inference per video, merge and score
+    memory.py   the peak memory of each video (log.json)
 The command line (`entitysam eval vipseg`, alone or under torchrun) is `entitysam.cli.eval`.
 """
 

@@ -8,6 +8,8 @@ Output folder::
     DIR/parts/<video>.json       the video's pred.json entry + its statistics; written last
     DIR/parts/<video>.json.earlier  the part of a video being redone (--overwrite), set aside
                                  until the redo is committed
+    DIR/parts/<video>.json.failed   a redo failed where its part could not be set aside: the
+                                 part does not count until the video is committed again
     DIR/logs/<run>.jsonl         one line per video and process: done / skipped / failed
     DIR/pred.json                assembled from the parts once every video is complete
     DIR/log.json                 per-video time, frames/s, peak memory, and totals
@@ -16,9 +18,9 @@ Output folder::
 A video is complete when its part file exists: its PNG folder is renamed into place from a
 hidden ``pan_pred/.<video>.partial-*`` folder before the part is written, so an interrupted
 video is redone and a complete one is skipped. A video being redone has its part set aside first:
-while the redo is under way, and after it failed or was interrupted, the video is not complete,
-and no merge (``--merge-only``, another shard finding every video done) takes its earlier
-predictions for the redone ones.
+while the redo is under way, and after it failed or was interrupted (wherever: its lock not taken
+included), the video is not complete, and no merge (``--merge-only``, another run finding every
+video done) takes its earlier predictions for the redone ones.
 """
 
 from __future__ import annotations
@@ -133,8 +135,14 @@ class EvalOutput:
         """Where the part of a video being redone is set aside (never the name of a part: no ``.json`` end)."""
         return self.parts / f"{vid}.json.earlier"
 
+    def failed_path(self, vid: str) -> Path:
+        """The mark of a redo that failed where its part could not be set aside (see keep_unfinished)."""
+        return self.parts / f"{vid}.json.failed"
+
     def read_part(self, vid: str) -> dict[str, Any] | None:
-        """The part of a complete video, or None (missing, unreadable, or PNGs missing)."""
+        """The part of a complete video, or None (missing, unreadable, PNGs missing, or marked failed)."""
+        if os.path.lexists(self.failed_path(vid)):
+            return None
         try:
             # opened without waiting: a named pipe there made every run and merge wait for ever
             f = open_regular(self.part_path(vid))
@@ -169,6 +177,24 @@ class EvalOutput:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISREG(os.lstat(self.part_path(vid)).st_mode):
                 os.replace(self.part_path(vid), self.earlier_path(vid))
+
+    def keep_unfinished(self, vid: str, error: str) -> str | None:
+        """After a redo of `vid` failed or was interrupted, wherever it stopped (before its lock was
+        taken or its part set aside included): its earlier part must not count as complete. Set
+        aside (a rename: no disk space needed), else (the part held open on Windows, a folder at
+        the .earlier path) marked failed. Done without the lock, which may be what failed. That is
+        safe beside another run holding it: a rename or a mark only ever makes the video
+        unfinished, so at worst a part that run has just committed is redone, never an earlier one
+        merged. Returns None, or why neither could be done (its earlier part still counts)."""
+        try:
+            self.set_aside(vid)
+            return None
+        except OSError as err:
+            try:
+                write_json_atomic(self.failed_path(vid), {"video_id": vid, "error": error})
+                return None
+            except OSError:
+                return f"{err.filename}: {err.strerror or err}" if err.filename else str(err.strerror or err)
 
     def stage(self, vid: str) -> Path:
         """A fresh hidden folder for the PNGs of `vid`; partial (and replaced) folders of this
@@ -219,8 +245,11 @@ class EvalOutput:
                 os.rename(final, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.rename(stage, final)
-            # the earlier PNGs are gone: their part, set aside (kept while they were there), too
+            # the earlier PNGs are gone: their part, set aside (kept while they were there), too,
+            # and the mark of a failed redo (before the new part is in place: killed in between,
+            # the video is redone)
             self.earlier_path(vid).unlink(missing_ok=True)
+            self.failed_path(vid).unlink(missing_ok=True)
 
     def log(self, tag: str, record: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -271,11 +300,12 @@ def merge_outputs(plan: VIPSegPlan, output: PathLike) -> dict[str, Any]:
     out = EvalOutput(output)
     missing, parts = complete_parts(out, plan)
     if missing:
-        redone = [v for v in missing if os.path.lexists(out.earlier_path(v))]
+        redone = [v for v in missing if os.path.lexists(out.earlier_path(v)) or os.path.lexists(out.failed_path(v))]
         raise IncompleteError(f"{len(missing)} of {len(plan.videos)} videos have no complete predictions in "
                               f"{out.root}: {abbreviate(missing)}" + (
-                                  f" (the last run of {abbreviate(redone)} failed or was interrupted while redoing "
-                                  "it: its earlier predictions are set aside, not merged)" if redone else ""), missing)
+                                  f" (the redo of {abbreviate(redone)} did not finish: it failed, was interrupted "
+                                  "or is still running; earlier predictions are not merged)" if redone else ""),
+                              missing)
     models: list[dict[str, Any]] = []
     for part in parts.values():
         if not any(same_model(part.get("model"), m) for m in models):

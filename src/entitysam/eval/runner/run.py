@@ -3,7 +3,10 @@
 Sharding: ``shard=(I, N)`` (``--shard I/N``, and each rank under ``torchrun``) takes a
 deterministic slice of the video list, balanced by frame count; the run that completes the
 last video merges (:func:`entitysam.eval.runner.output.merge_outputs`) and scores
-(:func:`entitysam.eval.metrics.evaluate`) into ``DIR/metrics.json``.
+(:func:`entitysam.eval.metrics.evaluate`) into ``DIR/metrics.json``. Under ``overwrite`` only a
+run that redid every video of the list itself merges: another shard's videos may still hold
+predictions from before, and no run can tell whether those will be redone (a shard not started
+yet, or never): ``--merge-only`` is for the user to run once every shard is done.
 """
 
 from __future__ import annotations
@@ -11,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import resource
 import shutil
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from ...argtypes import MAX_THREADS, check_int
 from ...errors import EntitySAMError, Remedy
 from ...io.output_lock import OutputLock, OutputLockedError
 from ...io.staging import recover_leftovers
+from .memory import PeakMemory
 from .output import (PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model,
                      write_output_json)
 from .plan import (EvalInputError, VideoEntry, VIPSegPlan, abbreviate, check_frames, check_gt_annotations,
@@ -47,55 +49,6 @@ def shard_videos(videos: Sequence[VideoEntry], index: int, count: int) -> list[V
     """Slice `index` of `count` (:func:`entitysam.sharding.balanced_split` by frame count: longest
     video first to the least loaded slice, ties to the lower slice), in list order within a slice."""
     return [videos[k] for k in sharding.balanced_split([v.num_frames for v in videos], index, count)]
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-class _PeakMemory:
-    """Per-video peak RSS (Linux: the high-water mark is reset before each video) and CUDA
-    max allocated memory; the process peak is tracked across resets."""
-
-    def __init__(self, device: Any = None):
-        self.device = device
-        self.process_peak_mib = self._maxrss_mib()
-        self.per_video = False
-
-    @staticmethod
-    def _maxrss_mib() -> float:
-        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return kib / (1024 * 1024) if sys.platform == "darwin" else kib / 1024  # macOS reports bytes
-
-    def _cuda(self) -> bool:
-        return self.device is not None and getattr(self.device, "type", None) == "cuda"
-
-    def reset(self) -> None:
-        self.process_peak_mib = max(self.process_peak_mib, self._maxrss_mib())
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak RSS ("VmHWM") to the current RSS
-            self.per_video = True
-        except OSError:
-            self.per_video = False
-        if self._cuda():
-            import torch  # noqa: PLC0415
-
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def read(self) -> dict[str, Any]:
-        peak = self._maxrss_mib()
-        self.process_peak_mib = max(self.process_peak_mib, peak)
-        out: dict[str, Any] = {
-            "peak_rss_mib": round(peak, 1),
-            "peak_rss_scope": "video" if self.per_video else "process",
-            "process_peak_rss_mib": round(self.process_peak_mib, 1),
-            "cuda_max_allocated_mib": None,
-        }
-        if self._cuda():
-            import torch  # noqa: PLC0415
-
-            out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
-        return out
 
 
 # ----------------------------------------------------------------------------- running
@@ -170,16 +123,20 @@ def _failure_message(err: BaseException, vid: str, describe_error: Callable[[Bas
 
 
 def _record_failure(summary: EvalSummary, out: EvalOutput, tag: str, step: str, vid: str, msg: str,
-                    say_error: Callable[[str], None]) -> None:
+                    say_error: Callable[[str], None], set_aside_now: bool) -> None:
     """A failed video: in the summary, in the run's log (``logs/<tag>.jsonl``, what a later look
-    at the folder finds) and said now."""
+    at the folder finds) and said now. `set_aside_now`: a redo (overwrite) that failed before its
+    earlier part was set aside (its lock not taken, set_aside itself failing): that part stops
+    counting now."""
+    if set_aside_now and (why := out.keep_unfinished(vid, msg)) is not None:
+        msg += f"; its earlier predictions could not be set aside ({why}): they count as done until it is redone"
     summary.failed.append((vid, msg))
     out.log(tag, {"event": "video", "video": vid, "status": "failed", "error": msg})
     say_error(f"{step} {vid}: failed: {msg}")
 
 
 def _segment_one(model: Any, plan: VIPSegPlan, entry: VideoEntry, frames: list[str], out: EvalOutput, *,
-                 dtype: Any, logits_dtype: str, progress: bool, memory: _PeakMemory,
+                 dtype: Any, logits_dtype: str, progress: bool, memory: PeakMemory,
                  descriptor: dict[str, Any], ordering: str) -> dict[str, Any]:
     from ...pipeline.segment import segment  # noqa: PLC0415
     from ...io.sources import FrameFolderSource  # noqa: PLC0415
@@ -266,11 +223,12 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     model: an EntitySAM model, or a function returning one (called only if a video needs
     inference). shard: ``(I, N)`` or ``"I/N"`` (default: everything). overwrite: redo the
     slice's complete videos. merge: assemble pred.json (+ metrics unless ``metrics=False``)
-    when the whole list is complete. Raises :class:`EvalInputError` before any inference for
-    unusable inputs; per-video failures (a file of the user's at a video's lock path included)
-    are collected in ``summary.failed`` (and reported with ``say_error``, default ``say``; an
-    EntitySAMError worded by ``describe_error``, default ``str``, the Python wording) and leave
-    the merge undone. ``say``: progress messages.
+    when the whole list is complete (with `overwrite`: only if this run redid all of it).
+    Raises :class:`EvalInputError` before any inference for unusable inputs; per-video failures
+    (a file of the user's at a video's lock path included) are collected in ``summary.failed``
+    (and reported with ``say_error``, default ``say``; an EntitySAMError worded by
+    ``describe_error``, default ``str``, the Python wording) and leave the merge undone.
+    ``say``: progress messages.
     """
     import torch  # noqa: PLC0415
 
@@ -332,39 +290,39 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 f"output {out.root} already holds predictions of another model ("
                 f"{describe_model(parts[others[0]].get('model'))}) for {len(others)} video(s) ({abbreviate(others)}); "
                 f"this run uses {describe_model(descriptor)}: choose another output folder")
-        memory = _PeakMemory(next(net.parameters()).device)
+        memory = PeakMemory(next(net.parameters()).device)
         ordering = "gt" if metrics else "frames"
         for k, v in enumerate(todo, 1):
             step = f"[{k}/{len(todo)}]"
+            lock, aside = None, False  # (aside: this video's earlier part set aside, under its lock)
             try:
-                lock = _lock_video(out, v.video_id)
-            except (EntitySAMError, OSError) as err:  # this video fails, not the run (as in a batch)
-                _record_failure(summary, out, tag, step, v.video_id, _failure_message(err, v.video_id, describe_error),
-                                say_error)
-                continue
-            if lock is None:  # another run (same shard twice, or overlapping runs) is doing this video
-                summary.busy.append(v.video_id)
-                out.log(tag, {"event": "video", "video": v.video_id, "status": "busy"})
-                say(f"{step} {v.video_id}: being written by another run on {out.root}: left to it")
-                continue
-            try:
+                lock = _lock_video(out, v.video_id)  # (one that cannot be taken fails this video, as in a batch)
+                if lock is None:  # another run (same shard twice, or overlapping runs) is doing this video
+                    summary.busy.append(v.video_id)
+                    out.log(tag, {"event": "video", "video": v.video_id, "status": "busy"})
+                    say(f"{step} {v.video_id}: being written by another run on {out.root}: left to it")
+                    continue
                 if not overwrite and out.read_part(v.video_id) is not None:  # finished by another run since the listing
                     summary.skipped.append(v.video_id)
                     out.log(tag, {"event": "video", "video": v.video_id, "status": "skipped"})
                     continue
                 out.set_aside(v.video_id)  # (with overwrite: its earlier part no longer counts)
+                aside = True
                 stats = _segment_one(net, plan, v, frames[v.video_id], out, dtype=dtype, logits_dtype=logits_dtype,
                                      progress=progress, memory=memory, descriptor=descriptor, ordering=ordering)
             except KeyboardInterrupt:
+                if overwrite and not aside:  # (after it, only the redo's own commit can be in place: kept)
+                    out.keep_unfinished(v.video_id, "interrupted")
                 out.log(tag, {"event": "video", "video": v.video_id, "status": "interrupted"})
                 raise
             # Kept broad on purpose: torch (OOM, CUDA, shapes), PyAV and a video's odd data fail one video.
             except (EntitySAMError, OSError, RuntimeError, ValueError, KeyError) as err:
                 _record_failure(summary, out, tag, step, v.video_id, _failure_message(err, v.video_id, describe_error),
-                                say_error)
+                                say_error, overwrite and not aside)
                 continue
             finally:
-                lock.release()
+                if lock is not None:
+                    lock.release()
             summary.done.append(v.video_id)
             summary.stats.append(stats)
             out.log(tag, {"event": "video", "status": "done", **stats})
@@ -373,9 +331,10 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 + (f", CUDA {stats['cuda_max_allocated_mib']:.0f} MiB" if stats["cuda_max_allocated_mib"] else ""))
 
     summary.missing, _ = complete_parts(out, plan)
-    # Not after a failure: a video that failed under `overwrite` before its part was set aside (its
-    # lock not taken) still has its earlier part, which the metrics would count as if redone.
-    if merge and not summary.missing and not summary.failed:
+    # Not after a failure: a video whose earlier part could not be set aside (keep_unfinished) would
+    # be counted as if redone. Under `overwrite`, only after redoing every video (see the module doc).
+    redid_all = set(summary.done) >= set(plan.video_ids)
+    if merge and not summary.missing and not summary.failed and (redid_all or not overwrite):
         finish(plan, out.root, summary, metrics=metrics, workers=workers, say=say)
     return summary
 
