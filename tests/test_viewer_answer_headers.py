@@ -53,7 +53,8 @@ def test_a_result_file_is_sandboxed(client, name, media):
     answers with the viewer's credentials."""
     reply = client.get(f"/files/{name}")
     assert reply.status_code == 200 and reply.headers["content-type"].startswith(media)
-    assert reply.headers.get("content-security-policy") == "sandbox"  # absent before
+    # absent before; no allow-scripts: nothing in the file runs
+    assert reply.headers.get("content-security-policy") == "sandbox allow-same-origin"
     assert reply.headers.get("x-content-type-options") == "nosniff"
 
 

@@ -715,6 +715,7 @@ def test_a_viewer_beyond_loopback_works_from_the_printed_url_and_not_without_it(
         url = url.replace("://0.0.0.0:", "://127.0.0.1:")  # (what a browser on this machine reaches)
         page.goto(url.split("?")[0])  # the page loads, nothing of the result does
         page.wait_for_function("document.getElementById('status').textContent.includes('cannot start')")
+        assert "use the URL printed by" in page.inner_text("#status")  # the server's words, not "403" alone
         assert page.evaluate("fetch('/api/state').then((r) => r.status)") == 403
         page.goto("about:blank")
         open_viewer(page, url)
@@ -732,3 +733,30 @@ def test_a_viewer_beyond_loopback_works_from_the_printed_url_and_not_without_it(
         page.click("#delete")
         page.wait_for_function("viewer.state.version === 2")
         assert not page.errors, page.errors
+
+
+def test_the_results_overlay_video_plays_from_files_and_its_html_runs_no_script(tmp_path):
+    """/files/ answers are sandboxed against a hostile .html; a bare `sandbox` also killed the
+    result's own overlay.mp4 (the browser's video page, of no origin, was refused the video)."""
+    chromium_or_skip()
+    import av
+
+    from _review_result import make_result
+
+    result = make_result(tmp_path)
+    with av.open(str(result / "overlay.mp4"), "w") as container:
+        stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(8):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    (result / "evil.html").write_text("<script>document.title = 'ran'</script>")
+    with view_server(result) as (url, token), browser_page() as page:
+        base = url.split("?")[0].rstrip("/")
+        page.goto(f"{base}/files/overlay.mp4?token={token}")
+        page.wait_for_function("document.querySelector('video') && document.querySelector('video').readyState >= 1",
+                               timeout=30000)
+        assert page.evaluate("document.querySelector('video').duration") > 1.5
+        page.goto(f"{base}/files/evil.html?token={token}")
+        assert page.title() != "ran"

@@ -4,8 +4,11 @@
   a /files/ link); a page or file opened from them would send it on in ``Referer``.
 * ``X-Content-Type-Options: nosniff``: a file is what its Content-Type says, never guessed active.
 * on /files/ (any file of the result, which may be hostile: an .html, an .svg)
-  ``Content-Security-Policy: sandbox``: such a file runs as a page of no origin, not as one of the
-  viewer's, so its scripts cannot read the viewer's answers or its token (this tab's storage).
+  ``Content-Security-Policy: sandbox allow-same-origin``: no script of such a file runs, so none can
+  read the viewer's answers or its token (this tab's storage). ``allow-same-origin`` without
+  ``allow-scripts`` grants nothing a script-less document can use, and is needed by the result's own
+  ``overlay.mp4``: under a bare ``sandbox`` the browser's video page has no origin and its request
+  for the video is refused as cross-origin (a dead player).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 __all__ = ["AnswerHeadersMiddleware", "EVERY_ANSWER", "RESULT_FILE"]
 
 EVERY_ANSWER = ((b"referrer-policy", b"no-referrer"), (b"x-content-type-options", b"nosniff"))
-RESULT_FILE = ((b"content-security-policy", b"sandbox"),)
+RESULT_FILE = ((b"content-security-policy", b"sandbox allow-same-origin"),)
 _RESULT_FILES = "/files/"
 
 

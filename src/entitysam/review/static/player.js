@@ -12,8 +12,8 @@
 // The run's token, from the printed URL's ?token=: every request sends it in a header (reads need
 // it too when the viewer listens beyond loopback; no cookie carries it: a cookie goes to every
 // port of the host name). It is kept in this tab's sessionStorage (this origin's only: a page on
-// another port cannot read it) for a reload, and taken out of the address bar (history, a shared
-// screen); where there is no storage it stays in the address bar, which a reload then needs.
+// another port cannot read it) for a reload, and taken out of the address bar (a shared screen; the
+// browser's history still holds the URL it was opened with); where there is no storage it stays in the address bar, which a reload then needs.
 const TOKEN = (() => {
   const params = new URLSearchParams(location.search);
   const given = params.get("token");
@@ -75,7 +75,12 @@ async function resultChanged(res) {
 }
 async function getJSON(url) {
   const res = await fetchRead(url);
-  if (!res.ok) throw new Error(`${url}: ${res.status}`);
+  if (!res.ok) {
+    // the server's words (e.g. a stale token after a restart: "use the URL printed by entitysam view")
+    let message = `${res.status}`;
+    try { message = (await res.json()).error || message; } catch (e) { /* not JSON */ }
+    throw new Error(`${url}: ${message}`);
+  }
   return res.json();
 }
 // A change (edit, undo, redo, save, export) names the edit version the page shows: when another tab
