@@ -1,0 +1,36 @@
+"""Python API audit with hostile inputs: what a caller gets wrong is one EntitySAMError naming the
+argument, never a bare error from numpy / pathlib / the file system, an argument ignored without a
+word, or a frame limit that does not apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from entitysam import EntitySAM
+from entitysam.errors import EntitySAMError
+
+
+@pytest.fixture(scope="module")
+def demo(one_torch_thread):
+    return EntitySAM.from_pretrained("demo")
+
+
+def _frames(n=2, h=32, w=40):
+    return np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("take", [iter, lambda r: r.items(), lambda r: r.masks(r.entities[0].id)])
+def test_an_iterator_read_after_close_says_the_result_is_closed(demo, take):
+    with demo.segment(_frames()) as result:
+        frames = take(result)
+    with pytest.raises(EntitySAMError, match="the result is closed"):
+        next(frames)
+
+
+def test_an_iterator_started_before_close_reads_on(demo):
+    with demo.segment(_frames()) as result:
+        expected = list(result)
+        frames = iter(result)
+        first = next(frames)
+    assert [first, *frames] and np.array_equal(first, expected[0])
