@@ -20,6 +20,13 @@ def _frames(n=2, h=32, w=40):
     return np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
 
 
+@pytest.mark.parametrize("protect", ["in", b"in", 3, [3], [None]])
+def test_protect_must_be_a_list_of_paths(demo, protect, tmp_path):
+    with pytest.raises(EntitySAMError, match="protect"):
+        demo.stream(_frames(), output=tmp_path / "out", protect=protect)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("take", [iter, lambda r: r.items(), lambda r: r.masks(r.entities[0].id)])
 def test_an_iterator_read_after_close_says_the_result_is_closed(demo, take):
     with demo.segment(_frames()) as result:
