@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from entitysam import EntitySAM
-from entitysam.errors import EntitySAMError
+from entitysam.errors import EntitySAMError, SourceError
+from entitysam.io.sources import FrameSelection, open_source
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,22 @@ def demo(one_torch_thread):
 
 def _frames(n=2, h=32, w=40):
     return np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"fps": 5}, "fps=5.0"), ({"name": "clip"}, "name='clip'"), ({"max_pixels": 1000}, "max_pixels=1000"),
+])
+@pytest.mark.parametrize("api", ["segment", "stream"])
+def test_options_a_frame_source_already_has_are_not_ignored(demo, api, kwargs, named):
+    source = open_source(_frames(), FrameSelection(stride=2))
+    with pytest.raises(SourceError, match=f"{named} would not apply"):
+        getattr(demo, api)(source, **kwargs)
+
+
+def test_a_frame_source_with_options_equal_to_its_own(demo):
+    source = open_source(_frames(), fps=5, name="clip")
+    with demo.segment(source, fps=5, name="clip") as result:
+        assert (result.name, result.fps, len(result)) == ("clip", 5.0, 2)
 
 
 @pytest.mark.parametrize("protect", ["in", b"in", 3, [3], [None]])
