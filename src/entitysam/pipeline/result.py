@@ -125,7 +125,11 @@ class SegmentationResult:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         self._check_open()
-        return iter(self._maps)
+        return self._read_maps()
+
+    def _read_maps(self) -> Iterator[np.ndarray]:
+        self._check_open()  # again at the first frame: an iterator taken in the `with` block, read after it
+        yield from self._maps
 
     def __getitem__(self, t: int) -> np.ndarray:
         self._check_open()
@@ -142,7 +146,7 @@ class SegmentationResult:
 
     def items(self) -> Iterator[tuple[FrameInfo, np.ndarray]]:
         self._check_open()
-        return zip(self.frames, self._maps)
+        return zip(self.frames, self._read_maps())
 
     def masks(self, entity_id: int) -> Iterator[tuple[FrameInfo, np.ndarray]]:
         """(frame, [H, W] bool mask) for every frame, for one entity of :attr:`entities`."""

@@ -109,7 +109,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     batched: all queries at once, the device path (None: on every device but the CPU, which
     runs one query at a time; see README "GPU").
     max_pixels: largest frame (width x height) decoded (default 50 MP; None: no limit); larger
-    frames are refused from their header, before decoding.
+    frames are refused from their header, before decoding (frames in memory too).
     """
     device = check_model(model)
     compute_dtype = resolve_dtype(dtype, device)

@@ -17,12 +17,12 @@ import os
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
 from ..errors import OutputError
-from ..argtypes import check_flags, check_int, check_path_arg
+from ..argtypes import InvalidArgumentError, check_flags, check_int, check_path_arg
 from ..inference.online_merge import check_delay
 from ..interrupts import deferred_sigint
 from ..inference.precision import check_exact, check_model, resolve_dtype
@@ -270,7 +270,10 @@ def stream(model: EntitySAM, video: Any, *, delay: int = 0, start: int | float |
     check_int(queue_size, "queue_size", 1)
     fmts = check_formats(formats)
     out = check_path_arg(output, "output") if output is not None else None  # not a bare TypeError from pathlib
-    protect = tuple(Path(p) for p in protect) + ((Path(video),) if isinstance(video, (str, os.PathLike))
+    if isinstance(protect, (str, bytes, os.PathLike)) or not isinstance(protect, Iterable):
+        # (a string is an iterable: "in" protected the folders "i" and "n", not "in")
+        raise InvalidArgumentError(f"protect must be a list of paths, got {protect!r}")
+    protect = tuple(check_path_arg(p, "each path of protect") for p in protect) + ((Path(video),) if isinstance(video, (str, os.PathLike))
                                                  and not str(video).startswith(("rtsp:", "rtmp:", "http:", "https:"))
                                                  else ())
     if out is not None:

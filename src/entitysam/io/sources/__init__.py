@@ -96,17 +96,25 @@ def open_source(video: str | os.PathLike | FrameSource | Sequence | np.ndarray,
                 name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
     """A FrameSource for a path (video file, folder of frames, image), a live stream URL or
     video device (see :func:`is_live_input`), frames in memory, or a source (returned as is).
-    max_pixels: largest frame (width x height) decoded, None for no limit (frames in memory are
-    not checked: they are already decoded). Raises SourceError naming the input and the cause."""
-    check_max_pixels(max_pixels)
+    max_pixels: largest frame (width x height) read, None for no limit (frames in memory too: the
+    merge of a frame that large could exhaust the memory). Raises SourceError naming the input and the cause."""
+    max_pixels = check_max_pixels(max_pixels)
     if isinstance(video, FrameSource):
         if selection is not None and not selection.is_all and selection != video.selection:
             raise SourceError(f"{video!r} already has its frame selection; select frames when creating it")
+        # Each was ignored without a word (a result named "video" at 25 fps, a frame limit not applied);
+        # the default max_pixels cannot be told from no value, and leaves the source's own.
+        ignored = [f"{arg}={value!r}" for arg, value, own in (
+            ("fps", fps, video.fps), ("name", name or None, video.name), ("max_pixels", max_pixels, video.max_pixels))
+            if value is not None and value != own and not (arg == "max_pixels" and value == DEFAULT_MAX_PIXELS)]
+        if ignored:
+            raise SourceError(f"{video!r} already has its frame rate, name and frame size limit: {', '.join(ignored)} "
+                              "would not apply; give fps and max_pixels when creating it, a name as its name attribute")
         return video
     if isinstance(video, np.ndarray) or (isinstance(video, Sequence) and not isinstance(video, (str, bytes))):
         if isinstance(video, np.ndarray) and (video.ndim != 4 or video.shape[-1] != 3):
             raise SourceError(f"frames array must be [n, H, W, 3] uint8, got shape {video.shape}")
-        return ArraySource(video, name or "video", selection, fps)
+        return ArraySource(video, name or "video", selection, fps, max_pixels=max_pixels)
     if is_live_input(video):
         return LiveSource(os.fspath(video), selection, fps, name=name or None, max_pixels=max_pixels)
     path = Path(video)

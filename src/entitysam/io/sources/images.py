@@ -287,16 +287,25 @@ def _no_frames_message(folder: Path, others: Sequence[Path]) -> str:
 
 
 class ArraySource(FrameSource):
-    """Frames already in memory: a [n, H, W, 3] uint8 array or a sequence of arrays / PIL images."""
+    """Frames already in memory: a [n, H, W, 3] uint8 array or a sequence of arrays / PIL images.
+    Frames larger than ``max_pixels`` are refused as a file's are: decoded or not (a PIL image
+    from Image.open is decoded only when read), the video merge of a frame that large holds every
+    entity's probabilities at full resolution."""
 
     kind = "array"
 
     def __init__(self, frames: Sequence[np.ndarray | Image.Image] | np.ndarray, name: str = "video",
-                 selection: FrameSelection | None = None, fps: float | None = None):
+                 selection: FrameSelection | None = None, fps: float | None = None,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if len(frames) == 0:
             raise SourceError(f"{name}: no frames (empty sequence)")
         self.frames = frames
-        super().__init__(name, fps or DEFAULT_FPS, selection)
+        super().__init__(name, fps or DEFAULT_FPS, selection, max_pixels=max_pixels)
+        if isinstance(frames, np.ndarray) and frames.ndim == 4:  # one size for all: refused before any work
+            self._check_size("frames", frames.shape[2], frames.shape[1])
+
+    def _check_size(self, frame: str, width: int, height: int) -> None:
+        check_frame_size(self.label, frame, width, height, self.max_pixels, when="before processing it")
 
     def total_frames(self) -> int:
         return len(self.frames)
@@ -307,6 +316,15 @@ class ArraySource(FrameSource):
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         item = self.frames[index]
+        if not isinstance(item, Image.Image):
+            try:
+                item = np.asarray(item)  # (a torch tensor on the CPU without grad: no copy)
+            except Exception as err:  # noqa: BLE001 - whatever __array__ raises: a CUDA tensor's TypeError, ...
+                raise SourceError(f"{self.label}: frame {index:06d} (a {type(item).__name__}) is no array of pixels: "
+                                  f"{err or type(err).__name__}") from None
+        if isinstance(item, Image.Image) or item.ndim >= 2:  # (a PIL image's header only: not decoded)
+            width, height = item.size if isinstance(item, Image.Image) else item.shape[1::-1]
+            self._check_size(f"frame {index:06d}", width, height)
         if isinstance(item, Image.Image):
             if pixel_problem(item):
                 raise SourceError(f"{self.name}: frame {index:06d} (a PIL image): {pixel_problem(item)}")

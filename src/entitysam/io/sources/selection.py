@@ -103,11 +103,12 @@ def _pixels(n: int, spec: str = ".1f") -> str:
     return f"{n / 1e6:{spec}} megapixels" if n >= 100_000 else f"{n} pixels"
 
 
-def check_frame_size(label: str, frame: str, width: int, height: int, max_pixels: int | None) -> None:
+def check_frame_size(label: str, frame: str, width: int, height: int, max_pixels: int | None,
+                     when: str = "before decoding it") -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise SourceError(
             f"{label}: {frame} is {width}x{height} = {_pixels(width * height)}, over the limit of "
-            f"{_pixels(max_pixels, 'g')}: refused before decoding it (a frame this large could exhaust the "
+            f"{_pixels(max_pixels, 'g')}: refused {when} (a frame this large could exhaust the "
             f"memory); downscale the input, or raise the limit",
             Remedy("max_pixels", metavar="N"))
 

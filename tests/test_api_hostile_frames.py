@@ -1,0 +1,94 @@
+"""Python API audit with hostile inputs: what a caller gets wrong is one EntitySAMError naming the
+argument, never a bare error from numpy / pathlib / the file system, an argument ignored without a
+word, or a frame limit that does not apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from entitysam import EntitySAM
+from entitysam.errors import EntitySAMError, SourceError
+from entitysam.io.sources import FrameSelection, open_source
+
+
+@pytest.fixture(scope="module")
+def demo(one_torch_thread):
+    return EntitySAM.from_pretrained("demo")
+
+
+def _frames(n=2, h=32, w=40):
+    return np.random.default_rng(0).integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("api", ["segment", "stream"])
+def test_max_pixels_applies_to_an_array_before_any_work(demo, api, tmp_path):
+    with pytest.raises(SourceError, match=r"40x32 = 1280 pixels, over the limit of 1000 pixels.*max_pixels="):
+        getattr(demo, api)(_frames(), max_pixels=1000, **({"work_dir": tmp_path} if api == "segment" else {}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_max_pixels_applies_to_frames_in_a_list_and_to_pil_images_before_decoding(demo, tmp_path, monkeypatch):
+    with pytest.raises(SourceError, match="frame 000000 is 40x32"):
+        demo.segment(list(_frames()), max_pixels=1000)
+    path = tmp_path / "big.png"
+    Image.new("RGB", (400, 300)).save(path)
+    lazy = Image.open(path)  # not decoded yet: decoding it is what the limit prevents
+    monkeypatch.setattr(lazy, "load", lambda: pytest.fail("decoded"))  # refused from its header
+    with pytest.raises(SourceError, match="frame 000000 is 400x300"):
+        demo.segment([lazy], max_pixels=100_000)
+
+
+def test_frames_under_the_limit_and_no_limit_still_segment(demo):
+    with demo.segment(_frames(), max_pixels=1280) as a, demo.segment(_frames(), max_pixels=None) as b:
+        assert np.array_equal(np.stack(list(a)), np.stack(list(b)))
+
+
+@pytest.mark.parametrize("tensor", [
+    torch.zeros(32, 40, 3, dtype=torch.uint8, device="meta"),  # as a CUDA tensor: no numpy view of it
+    torch.zeros(32, 40, 3, requires_grad=True),
+])
+def test_a_tensor_that_numpy_cannot_read_in_a_list_of_frames(demo, tensor):
+    with pytest.raises(SourceError, match=r"frame 000000 \(a Tensor\) is no array of pixels"):
+        demo.segment([tensor, tensor])
+
+
+@pytest.mark.parametrize("kwargs, named", [
+    ({"fps": 5}, "fps=5.0"), ({"name": "clip"}, "name='clip'"), ({"max_pixels": 1000}, "max_pixels=1000"),
+])
+@pytest.mark.parametrize("api", ["segment", "stream"])
+def test_options_a_frame_source_already_has_are_not_ignored(demo, api, kwargs, named):
+    source = open_source(_frames(), FrameSelection(stride=2))
+    with pytest.raises(SourceError, match=f"{named} would not apply"):
+        getattr(demo, api)(source, **kwargs)
+
+
+def test_a_frame_source_with_options_equal_to_its_own(demo):
+    source = open_source(_frames(), fps=5, name="clip", max_pixels=2000)
+    with demo.segment(source, fps=5, name="clip", max_pixels=2000) as result:
+        assert (result.name, result.fps, len(result)) == ("clip", 5.0, 2)
+
+
+@pytest.mark.parametrize("protect", ["in", b"in", 3, [3], [None]])
+def test_protect_must_be_a_list_of_paths(demo, protect, tmp_path):
+    with pytest.raises(EntitySAMError, match="protect"):
+        demo.stream(_frames(), output=tmp_path / "out", protect=protect)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("take", [iter, lambda r: r.items(), lambda r: r.masks(r.entities[0].id)])
+def test_an_iterator_read_after_close_says_the_result_is_closed(demo, take):
+    with demo.segment(_frames()) as result:
+        frames = take(result)
+    with pytest.raises(EntitySAMError, match="the result is closed"):
+        next(frames)
+
+
+def test_an_iterator_started_before_close_reads_on(demo):
+    with demo.segment(_frames()) as result:
+        expected = list(result)
+        frames = iter(result)
+        first = next(frames)
+    assert [first, *frames] and np.array_equal(first, expected[0])
