@@ -26,7 +26,8 @@ def _frames(n=2, h=32, w=40):
 @pytest.mark.parametrize("api", ["segment", "stream"])
 def test_max_pixels_applies_to_an_array_before_any_work(demo, api, tmp_path):
     with pytest.raises(SourceError, match=r"40x32 = 1280 pixels, over the limit of 1000 pixels.*max_pixels="):
-        getattr(demo, api)(_frames(), max_pixels=1000, **({"work_dir": tmp_path} if api == "segment" else {}))
+        getattr(demo, api)(_frames(), max_pixels=1000,
+                           **({"work_dir": tmp_path} if api == "segment" else {"output": tmp_path / "out"}))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -91,4 +92,16 @@ def test_an_iterator_started_before_close_reads_on(demo):
         expected = list(result)
         frames = iter(result)
         first = next(frames)
-    assert [first, *frames] and np.array_equal(first, expected[0])
+    rest = list(frames)
+    assert len(rest) == len(expected) - 1 >= 1
+    assert all(np.array_equal(a, b) for a, b in zip([first, *rest], expected))
+
+
+def test_no_limit_given_with_a_source_that_has_one_is_refused_not_ignored(demo):
+    # None is "no limit" (a value), not "not given": it was ignored, and the source's limit refused the
+    # frames with "raise the limit: pass max_pixels=N" to a caller who had just passed no limit
+    from entitysam.io.sources import open_source
+
+    source = open_source(list(_frames()), max_pixels=1000)
+    with pytest.raises(SourceError, match=r"max_pixels=None would not apply"):
+        demo.segment(source, max_pixels=None)

@@ -102,11 +102,14 @@ def open_source(video: str | os.PathLike | FrameSource | Sequence | np.ndarray,
     if isinstance(video, FrameSource):
         if selection is not None and not selection.is_all and selection != video.selection:
             raise SourceError(f"{video!r} already has its frame selection; select frames when creating it")
-        # Each was ignored without a word (a result named "video" at 25 fps, a frame limit not applied);
-        # the default max_pixels cannot be told from no value, and leaves the source's own.
+        # Each was ignored without a word (a result named "video" at 25 fps, a frame limit not applied).
+        # fps and name: None is no value. max_pixels: None is "no limit", a value; the default cannot be
+        # told from no value, and leaves the source's own.
+        own_limit = getattr(video, "max_pixels", None)
         ignored = [f"{arg}={value!r}" for arg, value, own in (
-            ("fps", fps, video.fps), ("name", name or None, video.name), ("max_pixels", max_pixels, video.max_pixels))
-            if value is not None and value != own and not (arg == "max_pixels" and value == DEFAULT_MAX_PIXELS)]
+            ("fps", fps, video.fps), ("name", name or None, video.name)) if value is not None and value != own]
+        if max_pixels != DEFAULT_MAX_PIXELS and max_pixels != own_limit:
+            ignored.append(f"max_pixels={max_pixels!r}")
         if ignored:
             raise SourceError(f"{video!r} already has its frame rate, name and frame size limit: {', '.join(ignored)} "
                               "would not apply; give fps and max_pixels when creating it, a name as its name attribute")
