@@ -7,6 +7,7 @@ file; `entitysam train` prints it as ``error: ...`` and exits with code 2 before
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import math
@@ -261,6 +262,11 @@ def validate(cfg: Any) -> None:
 
 def _folder_problem(path: Path) -> str | None:
     # is_dir() called a file, a link loop or a folder it may not enter "no such folder"
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:  # the CLI's one shortened line (cli.os_error_code), not
+            raise                            # this one quoting all of the name
     problem = path_problem(path, folder=True)
     return "no such folder" if problem == "missing" else problem
 
