@@ -81,6 +81,21 @@ def test_full_lookahead_equals_offline(media, model, offline, extra):
     assert [final[i][1] for i in sorted(final)] == offline.panoptic.scores  # bit for bit
 
 
+def test_full_lookahead_equals_offline_under_autocast(media, model):
+    """Under autocast (float16 here; bfloat16 on a GPU) the eIoU are float16 values and the offline
+    video score, their mean, is rounded to float16: the online merge rounds its running mean the same
+    way, so full look-ahead still gives the offline scores bit for bit (it kept the float32 mean)."""
+    with model.segment(media / "clip.mp4", dtype="float16") as off:
+        entities = [(e.id, e.query_index, e.score) for e in off.entities]
+        id_maps = np.stack([m for _, m in off.items()])
+    assert entities, "the clip must have entities for this test to mean anything"
+    with model.stream(media / "clip.mp4", delay=N - 1, dtype="float16") as s:
+        results = list(s)
+    np.testing.assert_array_equal(np.stack([r.id_map for r in results]), id_maps)
+    final = {seg.id: (seg.query_index, seg.score) for r in results for seg in r.segments}
+    assert [(i, *final[i]) for i in sorted(final)] == entities  # bit for bit
+
+
 @pytest.mark.parametrize("delay", [0, 3])
 def test_one_result_per_frame_in_order_with_stable_ids(media, model, delay):
     long = media / "long.mp4"

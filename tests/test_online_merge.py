@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import reference_dir
-from entitysam.inference.merge_rules import MergeConfig
+from entitysam.inference.merge_rules import MergeConfig, mean_step_scores
 from entitysam.inference.offline_merge import merge_video_panoptic
-from entitysam.inference.online_merge import OnlineMerger
+from entitysam.inference.online_merge import OnlineMerger, RunningScore
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -263,3 +263,25 @@ def test_merger_rejects_bad_input():
     assert m.finish() == [] and m.finish() == []
     with pytest.raises(RuntimeError, match="finished"):
         m.add_frame(torch.zeros(3, 2, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("exact_steps", [0, 3, 9])
+def test_running_score_is_rounded_like_the_offline_mean(dtype, exact_steps):
+    """Kept steps or running sum, the mean is rounded to the dtype the steps computed the eIoU in,
+    as the offline video score is (mean_step_scores); in float32 it is the float32 mean itself."""
+    g = torch.Generator().manual_seed(3)
+    steps = [torch.rand(50, generator=g).to(dtype).float() for _ in range(9)]
+    running = RunningScore(exact_steps)
+    for s in steps:
+        running.add(s, dtype)
+    mean = running.mean()
+    assert mean.dtype == torch.float32
+    assert torch.equal(mean.to(dtype).float(), mean)  # a value of the steps' dtype
+    offline = mean_step_scores(steps, dtype)
+    if exact_steps >= len(steps):
+        assert torch.equal(mean, offline)
+    else:  # float64 running sum: at most one rounding step of `dtype` from the offline mean
+        assert torch.allclose(mean, offline, rtol=0, atol=float(torch.finfo(dtype).eps))
+    if dtype != torch.float32:
+        assert not torch.equal(offline, torch.stack(steps).mean(0))  # rounding did something

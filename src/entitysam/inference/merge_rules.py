@@ -3,6 +3,8 @@
 The official ``inference_video_vps_save_results`` (``eval/eval_vipseg_entity_seg.py`` of
 ymq2017/entitysam) turns per-query video masks and scores into one entity id map per frame:
 
+0. a query's score is the mean of its eIoU over every step, warm-up copies included, rounded to the
+   dtype the steps computed it in (:func:`mean_step_scores`);
 1. keep the queries whose score passes the threshold (:func:`kept_queries`);
 2. add half the mask quality, counted over every 5th frame of the low-res logits, to their
    scores (:func:`quality_counts`, :func:`final_scores`);
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "MergeConfig",
+    "mean_step_scores",
+    "rounded_to",
     "QUALITY_FRAME_STRIDE",
     "kept_queries",
     "is_quality_frame",
@@ -43,6 +47,25 @@ QUALITY_FRAME_STRIDE = 5
 # Weight of the mask quality in a segment's final score (official: score + 0.5 * quality).
 QUALITY_WEIGHT = 0.5
 
+
+
+def mean_step_scores(step_scores: list[torch.Tensor] | torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[Q] float32 video scores: the mean of the per-step eIoU ([S, Q] or S tensors of [Q],
+    float32) over the steps, rounded to `dtype`, the dtype the steps computed the eIoU in.
+
+    Under the official bfloat16 (or float16) autocast the mean is itself a value of that dtype,
+    so it is rounded to it; the float32 result stands for it exactly. The reduction is torch's
+    float32 mean over the stacked steps, the same wherever the scores are averaged, so that the
+    offline and online merges give the same scores bit for bit.
+    """
+    stacked = step_scores if isinstance(step_scores, torch.Tensor) else torch.stack(step_scores)
+    return rounded_to(stacked.mean(0), dtype)
+
+
+def rounded_to(scores: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 `scores` rounded to `dtype` and given back as float32 (unchanged for float32)."""
+    return scores if dtype == torch.float32 else scores.to(dtype).float()
 
 @dataclass(frozen=True)
 class MergeConfig:

@@ -44,7 +44,7 @@ import torch
 
 from ..argtypes import check_int
 from .merge_rules import (MergeConfig, area_counts, assign_pixels, final_scores, is_quality_frame, kept_queries,
-                          paint, quality_counts, survives)
+                          mean_step_scores, paint, quality_counts, rounded_to, survives)
 
 __all__ = ["RunningScore", "Emitted", "OnlineMerger", "check_delay"]
 
@@ -61,7 +61,8 @@ class RunningScore:
     """Mean of the per-step eIoU ([Q] float32 each) seen so far.
 
     The first ``exact_steps`` step vectors are kept and averaged exactly as the offline path does
-    (``torch.stack(steps).mean(0)``, float32); the merger sets ``exact_steps = delay + 1 +
+    (:func:`~entitysam.inference.merge_rules.mean_step_scores`: float32, rounded to the dtype the
+    steps computed the eIoU in, bfloat16 under autocast); the merger sets ``exact_steps = delay + 1 +
     warm-up steps``, so a stream of at most ``delay + 1`` frames, all of whose frames are emitted
     with every step seen, gets the offline scores bit for bit. (A running sum would differ from
     torch's blocked float32 reduction in the last bits, which can flip an argmax tie.) When a
@@ -75,8 +76,11 @@ class RunningScore:
         self._steps: list[torch.Tensor] | None = []
         self._sum: torch.Tensor | None = None
         self.count = 0
+        self.dtype = torch.float32  # the dtype the steps computed the eIoU in
 
-    def add(self, scores: torch.Tensor) -> None:
+    def add(self, scores: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+        """One step's eIoU [Q], computed in `dtype` (given in any float dtype)."""
+        self.dtype = dtype
         s = scores.detach().to("cpu", torch.float32).reshape(-1)
         if self._steps is not None and len(self._steps) >= self.exact_steps:
             self._sum = (torch.stack(self._steps).double().sum(0) if self._steps
@@ -89,12 +93,12 @@ class RunningScore:
         self.count += 1
 
     def mean(self) -> torch.Tensor:
-        """[Q] float32."""
+        """[Q] float32, rounded to the steps' dtype."""
         if self.count == 0:
             raise ValueError("no step scores yet")
         if self._steps is not None:
-            return torch.stack(self._steps).mean(0)
-        return (self._sum / self.count).to(torch.float32)
+            return mean_step_scores(self._steps, self.dtype)
+        return rounded_to((self._sum / self.count).to(torch.float32), self.dtype)
 
 
 # ----------------------------------------------------------------------------- merger
@@ -171,11 +175,11 @@ class OnlineMerger:
         self.finished = False
 
     # -- input
-    def add_scores(self, scores: torch.Tensor) -> None:
-        """eIoU [Q] of one model step (warm-up steps included)."""
+    def add_scores(self, scores: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+        """eIoU [Q] of one model step (warm-up steps included), computed in `dtype`."""
         if scores.numel() != self.num_queries:
             raise ValueError(f"expected {self.num_queries} scores, got {scores.numel()}")
-        self.scores.add(scores)
+        self.scores.add(scores, dtype)
 
     def add_frame(self, logits: torch.Tensor, payload: Any = None) -> list[Emitted]:
         """Low-res logits [Q, h, w] (or [Q, 1, h, w]) of the next output frame."""
@@ -202,7 +206,7 @@ class OnlineMerger:
     def push_step(self, step: Any, payload: Any = None) -> list[Emitted]:
         """A tracker :class:`~entitysam.inference.tracker.StepResult`: its scores, and its logits
         unless it is a warm-up step."""
-        self.add_scores(step.scores)
+        self.add_scores(step.scores, getattr(step, "score_dtype", torch.float32))
         if step.is_warmup:
             return []
         return self.add_frame(step.mask_logits, payload)

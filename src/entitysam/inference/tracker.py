@@ -111,7 +111,9 @@ class KeyRing:
 @dataclass
 class StepResult:
     """Output of one step. mask_logits [Q, 1, h, w] low-res logits after hole filling,
-    scores [Q] eIoU, points [Q, 2] prompt coordinates (x, y as used; input-image pixels)."""
+    scores [Q] eIoU (float32), points [Q, 2] prompt coordinates (x, y as used; input-image pixels),
+    score_dtype the dtype the eIoU was computed in (bfloat16 under autocast: the video score, their
+    mean, is rounded to it, :func:`~entitysam.inference.merge_rules.mean_step_scores`)."""
 
     step: int
     frame_index: int
@@ -119,16 +121,7 @@ class StepResult:
     mask_logits: torch.Tensor
     scores: torch.Tensor
     points: torch.Tensor
-
-
-def video_scores(step_scores: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[Q] video scores: the mean of the per-step eIoU over every step, warm-up included.
-
-    Rounded to `dtype`, the dtype the step scores were computed in: under the official
-    bfloat16 autocast the mean is a bfloat16 value (the float32 result stands for it exactly).
-    """
-    mean = torch.stack(step_scores).mean(0)
-    return mean if dtype == torch.float32 else mean.to(dtype).float()
+    score_dtype: torch.dtype = torch.float32
 
 
 class EntityTracker:
@@ -159,7 +152,7 @@ class EntityTracker:
         self.batched = self.device.type != "cpu" if batched is None else batched
         self.query_chunk = query_chunk if query_chunk is not None or not self.batched \
             else default_query_chunk(model.cfg, self.device, held=weight_bytes(model))
-        self.score_dtype = torch.float32  # dtype the step scores were computed in (see video_scores)
+        self.score_dtype = torch.float32  # dtype the step scores were computed in (see merge_rules.mean_step_scores)
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
         self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or torch.bfloat16)
         can_keep = self.batched and not exact and self.query_chunk is None
@@ -214,7 +207,7 @@ class EntityTracker:
         if self.fill_hole_area > 0:
             logits = fill_holes(logits, self.fill_hole_area)
         self.step_index += 1
-        return StepResult(p, frame_index, is_warmup, logits, scores.float(), out.points.float())
+        return StepResult(p, frame_index, is_warmup, logits, scores.float(), out.points.float(), scores.dtype)
 
     def track(self, frames: Iterable[tuple[int, torch.Tensor]], warmup: bool = True) -> Iterator[StepResult]:
         """Run the official schedule over (frame_index, image) pairs, yielding every step.

@@ -17,7 +17,8 @@ import torch
 
 from ..modeling.entitysam import EntitySAM
 from .offline_merge import PanopticResult, merge_video_panoptic
-from .tracker import EntityTracker, StepResult, video_scores
+from .merge_rules import mean_step_scores
+from .tracker import EntityTracker, StepResult
 
 
 class LogitStore:
@@ -158,7 +159,7 @@ def segment_video(model: EntitySAM, frames: Iterable[tuple[int, torch.Tensor]], 
             store.close()
         if not step_scores:
             raise ValueError("the video has no frames")
-        scores = video_scores(step_scores, tracker.score_dtype).cpu()
+        scores = mean_step_scores(step_scores, tracker.score_dtype).cpu()
         if on_logits is not None:
             on_logits(store, scores)
         panoptic = merge_video_panoptic(scores, store, out_size, frames_out=frames_out, frame_chunk=frame_chunk,
