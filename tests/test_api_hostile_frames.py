@@ -4,6 +4,9 @@ word, or a frame limit that does not apply."""
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +108,19 @@ def test_no_limit_given_with_a_source_that_has_one_is_refused_not_ignored(demo):
     source = open_source(list(_frames()), max_pixels=1000)
     with pytest.raises(SourceError, match=r"max_pixels=None would not apply"):
         demo.segment(source, max_pixels=None)
+
+
+@pytest.mark.parametrize("api", ["segment", "stream"])
+def test_a_list_of_frame_paths_holding_what_is_no_frame_file_says_what_it_is(demo, api, tmp_path):
+    """A folder, a named pipe or a link loop in a list of frame paths was "not found" (it is there)."""
+    Image.fromarray(_frames(1)[0]).save(tmp_path / "0.png")
+    os.mkfifo(tmp_path / "1.png")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "work").mkdir()
+    kwargs = {"work_dir": tmp_path / "work"} if api == "segment" else {"output": tmp_path / "out"}
+    for other, words in (("1.png", "is a named pipe"), ("dir.png", "is a folder, not an image file"),
+                         ("loop.png", "is a symbolic link loop"), ("gone.png", "1 frame file(s) not found")):
+        with pytest.raises(EntitySAMError, match=re.escape(words)):
+            getattr(demo, api)([tmp_path / "0.png", tmp_path / other], **kwargs)
+    assert not (tmp_path / "out").exists()

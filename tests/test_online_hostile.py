@@ -152,9 +152,9 @@ def test_frame_times_of_a_live_stream_always_increase(stamps):
 def test_a_stream_clock_that_repeats_or_reorders_does_not_drift(stamps, period, expected):
     """Each frame not later than the one before re-based the clock a period ahead: a clock in whole
     seconds at 30 frames/s read 1 s of stream as 2, frames out of order drifted a period each."""
-    from entitysam.io.sources.live import _FrameClock
+    from entitysam.io.sources.clock import FrameClock
 
-    clock = _FrameClock(period)
+    clock = FrameClock(period)
     assert [round(clock.time(s), 6) for s in stamps] == expected
 
 

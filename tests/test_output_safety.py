@@ -86,6 +86,19 @@ def test_inputs_that_sanitise_to_one_name_are_refused(tmp_path, tiny_checkpoint,
     assert not (tmp_path / "out").exists()
 
 
+def test_an_input_given_twice_is_said_to_be_given_twice(tmp_path, tiny_checkpoint, capsys):
+    """The same file named twice (a shell pattern and the name, a batch folder and one of its videos)
+    was told to "rename one", which would segment it twice."""
+    a = still(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    other = tmp_path / "sub" / ".." / "a.png"
+    for again, words in ((a, f"{a} is given twice: name each input once"), (other, f"{a} is given twice (as {other})")):
+        assert run(a, again, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and "rename" not in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("first, second", [("Clip", "clip"), ("e\u0301t\u00e9", "\u00e9te\u0301")])
 def test_names_one_folder_where_case_or_normalisation_is_ignored_are_refused(tmp_path, tiny_checkpoint, capsys,
                                                                               first, second):

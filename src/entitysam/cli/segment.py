@@ -144,6 +144,13 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
             raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
 
 
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError, TypeError):  # a stream URL, a name that is gone
+        return False
+
+
 def run(args) -> int:
     from ..pipeline.result import check_formats
     from ..distributed.local import default_summary_path
@@ -157,6 +164,9 @@ def run(args) -> int:
         names = [video_name(p) for p in inputs]
         if clash := name_clash(names):
             i, j, words = clash
+            if _same_file(inputs[i], inputs[j]):  # (renaming one, as said below, would segment it twice)
+                again = "" if str(inputs[i]) == str(inputs[j]) else f" (as {inputs[j]})"
+                raise SourceError(f"{inputs[i]} is given twice{again}: name each input once")
             raise SourceError(f"{inputs[i]} and {inputs[j]} would both write to {Path(args.output) / names[i]}"
                               f"{words}: rename one or run them with different --output")
         if args.save_logits and len(inputs) > 1 and "{video}" not in args.save_logits:

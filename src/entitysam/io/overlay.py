@@ -152,11 +152,14 @@ class OverlayWriter:
         self.timestamps = timestamps
         self.rate = overlay_rate(fps)
         self.sample_aspect_ratio = Fraction(sample_aspect_ratio)
+        # FFmpeg reads a name that starts with letters and a colon as a protocol and an address:
+        # `-o 10:30` (or a video `t10:30.mp4` segmented into `-o .`) failed with a traceback,
+        # `-o pipe:x` was an invalid argument. An absolute path is always a file.
+        url = os.path.abspath(self.path)
         if streaming:
-            self._container = av.open(str(self.path), mode="w", format="mpegts",
-                                      container_options={"flush_packets": "1"})
+            self._container = av.open(url, mode="w", format="mpegts", container_options={"flush_packets": "1"})
         else:
-            self._container = av.open(str(self.path), mode="w", format="mp4")
+            self._container = av.open(url, mode="w", format="mp4")
         self._stream = None
         self._last_pts = -1
         self.num_frames = 0

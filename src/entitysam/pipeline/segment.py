@@ -28,8 +28,8 @@ from ..modeling.entitysam import EntitySAM
 from .prefetch import read_ahead
 from ..inference.preprocess import preprocess_frame
 from ..inference.video import segment_video
-from ..io.sources import (DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, is_live_input,
-                          open_source)
+from ..io.sources import (DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, input_problem,
+                          is_live_input, open_source)
 from ..io.entities import EntityStats
 from ..io.logits import logits_file, save_logits_npz
 from ..io.paths import describe_os_error, safe_name
@@ -68,10 +68,15 @@ def open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None
         check_path_arg(video, "video")
     if isinstance(video, (list, tuple)) and video and all(isinstance(v, (str, os.PathLike)) for v in video):
         files = [Path(v) for v in video]
-        missing = [str(f) for f in files if not f.is_file()]
+        missing = [str(f) for f in files if not f.exists() and not f.is_symlink()]
         if missing:
             raise InvalidArgumentError(f"{len(missing)} frame file(s) not found: {', '.join(missing[:5])}"
                                        + (" ..." if len(missing) > 5 else ""))
+        # A folder or a named pipe was said to be "not found" (it is there: it is no frame file).
+        for f in files:
+            problem = input_problem(f, "frame") or (f"frame {f} is a folder, not an image file" if f.is_dir() else None)
+            if problem:
+                raise InvalidArgumentError(problem)
         folder = files[0].parent
         return FrameFolderSource(folder, selection, fps, files=files, name=name or folder.resolve().name,
                                  max_pixels=max_pixels)

@@ -2,7 +2,7 @@
 
 Modules: ``selection`` (frame selection, the base class, input checks), ``images`` (images,
 folders of frames, arrays), ``pixels`` (a decoded image as displayed RGB), ``video_file`` (PyAV
-files), ``live`` (streams and devices).
+files), ``live`` (streams and devices), ``clock`` (frame times that always increase).
 
 Every source is re-iterable and lazy: iterating decodes one frame at a time (a video file is
 reopened for each pass), so no more than one decoded frame is held by the source. A source
@@ -11,7 +11,9 @@ output files) before and while decoding.
 
 * Video files (``.mp4 .mov .mkv .webm .avi``) are decoded with PyAV (the first video stream that is
   not a cover picture).
-  Frame ``i`` is named ``f"{i:06d}"``; its time is its presentation timestamp.
+  Frame ``i`` is named ``f"{i:06d}"``; its time is its presentation timestamp relative to the
+  first frame's, made to increase as a live stream's (:class:`clock.FrameClock`: files joined
+  into one restart their timestamps).
 * Folders of frames (``.jpg .jpeg .jpe .jfif .png .tif .tiff``, any case; hidden files are ignored) are read in
   natural order: ``2.jpg`` before ``10.jpg``. For zero-padded names of one width (VIPSeg's
   ``00000.jpg`` ...) this is the same as the lexicographic order the official evaluation uses

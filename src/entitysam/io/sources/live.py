@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import math
 import os
 import re
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import SourceError
+from .clock import FrameClock
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size, check_max_pixels,
                         frame_out_of_memory)
 from .video_file import (av_message, import_av, open_container, stream_display, stream_sample_aspect_ratio,
@@ -218,46 +218,6 @@ def _demuxed_frames(container, stream, seconds: float):
             raise _Stalled
 
 
-_CLOCK_RESTART_S = 1.0  # a stream's clock going back further than this restarted
-
-
-class _FrameClock:
-    """The times of a live stream's frames, in seconds from its first frame, always increasing.
-
-    A stream's clock can restart (an encoder or camera restarted behind a relay, streams spliced
-    one after the other) or repeat a timestamp: its frames' times then went back (0.4 s, then 0.0 s)
-    or stood still, and the final manifest's frame rate, measured from the first to the last time,
-    came out wrong (22.5 frames/s for two 10 frames/s streams back to back), `entities.jsonl` went
-    back in time and a `--end` in seconds stopped at the wrong frame. A frame that is not later
-    than the one before is taken as one `period` after it; where the clock went back more than
-    `_CLOCK_RESTART_S`, the times go on from there."""
-
-    def __init__(self, period: float):
-        self.period = period
-        self.offset: float | None = None  # frame time - timestamp (or wall-clock time)
-        self.wall = False  # whether the offset is to the wall-clock time
-        self.last: float | None = None
-
-    def time(self, stamp: float | None) -> float:
-        """The time of the next frame, from its timestamp in seconds (None or NaN where it has none,
-        as the frames of some devices: the wall-clock time then)."""
-        wall = stamp is None or not math.isfinite(stamp)
-        stamp = _time.monotonic() if wall else float(stamp)
-        if self.offset is None or wall != self.wall:  # the first frame, or timestamps came or went
-            self.wall = wall
-            self.offset = (0.0 if self.last is None else self.last + self.period) - stamp
-        t = stamp + self.offset
-        if self.last is not None and t <= self.last + 1e-6:  # (not later: 1e-16 of rounding is not; 90 kHz ticks are)
-            # Re-based only when far back (a restart): a repeated stamp of a coarse clock (seconds,
-            # at 30 frames/s) or a frame out of order re-based each time drifted ahead without end
-            # (1 s of stream read as 2). Nearer, frames count a period each until the stamps pass.
-            if self.last - t > max(_CLOCK_RESTART_S, self.period):
-                self.offset = self.last + self.period - stamp
-            t = self.last + self.period
-        self.last = t
-        return t
-
-
 class LiveSource(FrameSource):
     """A live stream or device, decoded with PyAV as the frames arrive.
 
@@ -341,7 +301,7 @@ class LiveSource(FrameSource):
                 # throughput a camera's rate does not need. Slice threads hold none (files keep
                 # "AUTO": docs/reliability.md has the frames of lag measured per codec).
                 stream.thread_type = "SLICE"
-                clock = _FrameClock(1 / self.fps)
+                clock = FrameClock(1 / self.fps)
                 for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
                     index += 1
                     yield index, clock.time(frame.time), frame

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...errors import Remedy, SourceError
 from ...regular_file import reopenable_name
+from .clock import FrameClock
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, FrameSelection, FrameSource, check_frame_size,
                         check_max_pixels, frame_out_of_memory, input_problem, open_input_file)
 
@@ -73,6 +74,18 @@ def no_video_why(container) -> str:
     return ""
 
 
+def container_span(container) -> float:
+    """Seconds from a container's first timestamp to its end. FFmpeg's duration of a Matroska (and
+    WebM) file is its Duration element, the end's timestamp, from 0 rather than from its first
+    frame: a recording whose timestamps start at 10 s (kept from the stream it was cut from) read as
+    10 s longer, and the frame count estimated from it refused the complete file as truncated."""
+    duration = container.duration / 1_000_000
+    start = (container.start_time or 0) / 1_000_000
+    if "matroska" in (container.format.name or "") and 0 < start < duration:
+        return duration - start
+    return duration
+
+
 class VideoFileSource(FrameSource):
     """The first video stream of a file, decoded with PyAV."""
 
@@ -95,7 +108,7 @@ class VideoFileSource(FrameSource):
                 if stream.duration is not None and stream.time_base is not None:
                     duration = float(stream.duration * stream.time_base)
                 elif container.duration:
-                    duration = container.duration / 1_000_000
+                    duration = container_span(container)
                 # Stored size; frames come out rotated by the display matrix (width and height
                 # swapped for a quarter turn), known from the first decoded frame.
                 if stream.codec_context is None:  # a damaged header: the stream has no decoder
@@ -129,15 +142,12 @@ class VideoFileSource(FrameSource):
                 if stream is None:  # the file was replaced since it was opened
                     raise SourceError(f"{self.path}: no video stream in the file (did it change since it was opened?)")
                 stream.thread_type = "AUTO"
-                t0 = last = None
+                # Times from the first frame's, made to increase: recordings joined into one file
+                # restart their timestamps, and a --end in seconds then took the joined ones too.
+                clock, last = FrameClock(1 / self.fps, wall_clock=False), None
                 for frame in container.decode(stream):
                     index += 1
-                    t = frame.time
-                    if t is None:
-                        t = index / self.fps
-                    else:
-                        t0 = t if t0 is None else t0
-                        t = last = t - t0
+                    t = last = clock.time(frame.time)
                     yield index, t, frame
         except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
             raise frame_out_of_memory(str(self.path), f"frame {index + 1:06d}", self.width, self.height) from None
