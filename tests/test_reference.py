@@ -32,6 +32,7 @@ scripts/reference/.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -66,8 +67,15 @@ def fixture_dirs() -> list[Path]:
     """ENTITYSAM_REFERENCE_DIR alone when set; else the public ViT-S fixture and the committed ones."""
     if os.environ.get("ENTITYSAM_REFERENCE_DIR"):
         return [Path(os.environ["ENTITYSAM_REFERENCE_DIR"])]
-    committed = sorted(p for p in COMMITTED_FIXTURES.glob("*") if (p / "meta.json").exists())
+    committed = sorted((p for p in COMMITTED_FIXTURES.glob("*") if (p / "meta.json").exists()), key=weights_then_name)
     return [reference_dir() / "golden-vits", *committed]
+
+
+def weights_then_name(path: Path) -> tuple:
+    """Fixtures of the same weights next to each other (the public one's first: seed 1234), so that
+    each set of weights is made and loaded once (`weights_file`, `loaded_model`)."""
+    meta = json.loads((path / "meta.json").read_text())
+    return meta["variant"] != "vits", meta["weight_seed"] != 1234, meta["weight_seed"], path.name
 
 
 def check_complete(path: Path) -> Path:
@@ -126,16 +134,33 @@ def noise_mode() -> str:
     return value if value in ("auto", "0") else "1"
 
 
+@pytest.fixture(scope="session")
+def weights_files(tmp_path_factory) -> dict:
+    """(variant, weight seed) -> its make_weights.py checkpoint: each made once a session (ViT-L's
+    takes a minute), whichever fixtures share it."""
+    return {}
+
+
 @pytest.fixture(scope="module")
-def weights_file(fixture, tmp_path_factory) -> Path:
-    """The fixture's make_weights.py checkpoint, saved once per fixture."""
+def weights_file(fixture, weights_files, tmp_path_factory) -> Path:
+    """The fixture's make_weights.py checkpoint."""
     _, meta, _ = fixture
-    manifest = {"vits": "manifest-vits.json", "vitl": "manifest-vitl.json"}[meta["variant"]]
-    manifest_data = json.loads((reference_dir() / manifest).read_text())
-    state = load_make_weights().make_state_dict(manifest_data, meta["weight_seed"])
-    ckpt = tmp_path_factory.mktemp("weights") / "model.pth"
-    torch.save({"model": state}, ckpt)
-    return ckpt
+    key = (meta["variant"], meta["weight_seed"])
+    if key not in weights_files:
+        manifest = {"vits": "manifest-vits.json", "vitl": "manifest-vitl.json"}[meta["variant"]]
+        manifest_data = json.loads((reference_dir() / manifest).read_text())
+        state = load_make_weights().make_state_dict(manifest_data, meta["weight_seed"])
+        ckpt = tmp_path_factory.mktemp("weights") / "model.pth"
+        torch.save({"model": state}, ckpt)
+        weights_files[key] = ckpt
+    return weights_files[key]
+
+
+@functools.lru_cache(maxsize=1)
+def loaded_model(ckpt: Path):
+    """The model of `ckpt`, loaded once for consecutive fixtures of the same weights: the model holds
+    no state of a video (the tracker does), so sharing it also checks that one run leaves it as it was."""
+    return load_entitysam(ckpt)  # config inferred from the keys
 
 
 def run_on_fixture(path: Path, meta: dict, ckpt: Path, *, exact: bool, batched: bool, threads: int):
@@ -144,7 +169,7 @@ def run_on_fixture(path: Path, meta: dict, ckpt: Path, *, exact: bool, batched: 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        model = load_entitysam(ckpt)  # config inferred from the keys
+        model = loaded_model(ckpt)
         steps = steps_to_compare(path, len(meta["frame_names"]))
         n = max(steps - 3, 1)
         size = model.cfg.image_size

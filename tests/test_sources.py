@@ -191,10 +191,15 @@ def test_duplicate_stems(tmp_path):
         open_source(folder)
 
 
-@pytest.mark.parametrize("ext, codec", [(".webm", "libvpx"), (".avi", "mpeg4"), (".mov", "libx264")])
+@pytest.mark.parametrize("ext, codec", [(".webm", "libvpx"), (".avi", "mpeg4"), (".mov", "libx264"),
+                                        # camcorder / broadcast / iTunes / DVD files were refused as unsupported
+                                        (".ts", "libx264"), (".mts", "libx264"), (".m2ts", "libx264"),
+                                        (".m4v", "libx264"), (".mpg", "mpeg2video"), (".mpeg", "mpeg2video")])
 def test_other_containers(tmp_path, ext, codec):
     src = open_source(write_video(tmp_path / f"v{ext}", 3, codec=codec))
-    assert len(list(src)) == 3 and src.fps == FPS
+    frames = list(src)
+    assert len(frames) == 3 and src.fps == FPS
+    assert [round(f.time, 6) for f in frames] == [round(t / FPS, 6) for t in range(3)]  # from 0, whatever the stream's start
 
 
 def test_batch_listing(tmp_path, media):

@@ -9,7 +9,7 @@ reopened for each pass), so no more than one decoded frame is held by the source
 knows its name (the output folder name), its frame rate and each frame's name (the stem of the
 output files) before and while decoding.
 
-* Video files (``.mp4 .mov .mkv .webm .avi``) are decoded with PyAV (the first video stream that is
+* Video files (``.mp4 .m4v .mov .mkv .webm .avi .ts .mts .m2ts .mpg .mpeg``) are decoded with PyAV (the first video stream that is
   not a cover picture).
   Frame ``i`` is named ``f"{i:06d}"``; its time is its presentation timestamp relative to the
   first frame's, made to increase as a live stream's (:class:`clock.FrameClock`: files joined

@@ -22,7 +22,7 @@ from ...argtypes import as_int
 from ...errors import Remedy, SourceError
 from ...regular_file import open_regular
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff")
 # Files that are often animations, read as one input (a still one is one frame), never as the
 # frames of a folder.
