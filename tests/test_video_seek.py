@@ -193,6 +193,23 @@ def test_missing_or_unseekable_pts_give_the_frames_of_the_pass_from_the_start(tm
         assert not seek.exact and seek.seeks == 0  # no pts: every read from the start
 
 
+def test_a_seek_that_lands_past_the_recorded_frames_falls_back(tmp_path):
+    """In MPEG-TS a seek to the last group of pictures may give no frame at all: that pass ended
+    without a word and the read was refused ("selects no frames"); it now falls back."""
+    from entitysam.io.sources.video_file import VideoFileSource
+    from entitysam.io.sources.video_seek import VideoSeek
+
+    path = write_indexed(tmp_path / "clip.ts", n=60, gop=5, fmt="mpegts")
+    expected = list(VideoFileSource(path, fps=10))
+    seek = VideoSeek(path, fps=10)
+    assert [f.index for f in seek.frames(FrameSelection(start=30))] == list(range(30, 60))
+    for start in (55, 58, 41):
+        frames = list(seek.frames(FrameSelection(start=start, max_frames=3)))
+        assert [f.index for f in frames] == list(range(start, min(start + 3, 60)))
+        for f in frames:
+            same(f, expected[f.index])
+
+
 def test_a_corrupt_keyframe_gives_what_the_pass_from_the_start_gives(tmp_path):
     """The file damaged after its keyframes were recorded: the seek pass meets a corrupt frame (or a
     decoding error), falls back, and the result is VideoFileSource's (a concealed frame or its refusal)."""

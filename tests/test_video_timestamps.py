@@ -1,7 +1,8 @@
 """Video files whose timestamps do not start at 0 or do not always increase: recordings cut from a
 longer stream keep their timestamps, recordings joined into one file restart theirs. Frame times
-count from the first frame and always increase, so that seconds select the frames a player shows
-there, and such a file is not taken for a truncated one."""
+count from the first frame and go on where the stamps restart, so that seconds select the frames a
+player shows there, and such a file is not taken for a truncated one; stamps merely out of order
+keep their own times."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from _cli import run_cli
-from _media import scene
+from _media import scene, write_video
 from entitysam.errors import SourceError
 from entitysam.io.sources import FrameSelection, open_source
 
@@ -83,3 +84,48 @@ def test_frames_of_a_file_without_timestamps_are_a_period_apart():
     clock = FrameClock(0.1, wall_clock=False)
     assert [round(clock.time(s), 6) for s in (None, None, 5.0, 5.1, float("nan"), 5.3, 2.0)] == [
         0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+
+
+def test_stamps_out_of_order_keep_their_times_without_drift(tmp_path, tiny_checkpoint):
+    """AVI holding H.264 with B-frames: FFmpeg gives the frames in display order with stamps out of
+    order (0.0, 0.2, 0.3, 0.1, ...). Counted a period after the frame before, each such frame pushed
+    every later time further (60 frames at 10 frames/s ran to 10 s; with --fps 2 to 9.6 s of 6, and
+    --end 10s kept 24 of the 60 frames). They keep the times their stamps give, as before the clock."""
+    video = write_video(tmp_path / "bframes.avi", 60, fps=10)
+    times = [f.time for f in open_source(video)]
+    assert times != sorted(times), "the test needs stamps out of order"
+    assert sorted(round(t, 6) for t in times) == [i / 10 for i in range(60)]
+    assert [f.time for f in open_source(video, fps=2)] == times  # --fps selects frames, not their times
+    assert len(list(open_source(video, FrameSelection(end="10s"), fps=2))) == 60
+    out = tmp_path / "out"
+    r = run_cli(video, "-o", out, "--checkpoint", tiny_checkpoint, "-q", "--fps", "2", "--end", "10s",
+                "--save", "entities")
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads((out / "bframes" / "entities.json").read_text())["frames"]) == 60
+
+
+def test_a_late_video_beside_an_early_audio_track_is_read_whole(tmp_path):
+    """Video from 10 s, audio from 0 s: the late start was taken from the container (the audio's 0),
+    so the Matroska duration (to 13.9 s) announced 140 frames and the complete 40 were refused."""
+    import av
+    import numpy as np
+
+    path = tmp_path / "late.mkv"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("mjpeg", rate=Fraction(10))
+        v.width, v.height, v.pix_fmt, v.time_base = 64, 48, "yuvj420p", Fraction(1, 10)
+        a = c.add_stream("pcm_s16le", rate=8000)
+        a.layout = "mono"
+        for t in range(40):
+            for p in v.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24")):
+                p.pts = p.dts = 100 + t
+                c.mux(p)
+            if t < 10:
+                f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+                f.sample_rate, f.pts, f.time_base = 8000, t * 800, Fraction(1, 8000)
+                for p in a.encode(f):
+                    c.mux(p)
+        for stream in (v, a):
+            for p in stream.encode():
+                c.mux(p)
+    assert [round(f.time, 6) for f in open_source(path)] == [i / 10 for i in range(40)]

@@ -1,15 +1,17 @@
-"""Frame times that always increase, from timestamps that may repeat, go back or be missing."""
+"""Frame times from timestamps that may restart, repeat, go back or be missing."""
 
 from __future__ import annotations
 
 import math
+from collections import deque
 import time as _time  # "time" is a frame's time in this module
 
 CLOCK_RESTART_S = 1.0  # a clock going back further than this restarted
+REORDER_MEMORY = 256  # frames a stamp out of order is told from: more than a second of them at 240 frames/s
 
 
 class FrameClock:
-    """The times of a video's frames, in seconds from its first frame, always increasing.
+    """The times of a video's frames, in seconds from its first frame, increasing (but see `reordered_ok`).
 
     A stream's clock can restart (an encoder or camera restarted behind a relay, streams spliced
     one after the other, recordings concatenated into one file) or repeat a timestamp: its frames'
@@ -22,11 +24,20 @@ class FrameClock:
 
     A frame without a timestamp (None or NaN) is timed by the wall clock where `wall_clock` (the
     frames of some devices, timed as they arrive), else (a file, read as fast as it decodes) one
-    period after the frame before."""
+    period after the frame before.
 
-    def __init__(self, period: float, wall_clock: bool = True):
+    `reordered_ok` (files): a frame at most `CLOCK_RESTART_S` earlier than the latest whose stamp none
+    of the last `REORDER_MEMORY` frames had (it fills a gap: not a repeat, not a restart onto stamps
+    already seen) keeps the time its stamp gives. Some containers (AVI holding H.264 with B-frames)
+    give the frames in display order with their stamps out of order (0.1, 0.3, 0.4, 0.2, 0.5, ...);
+    counted a period each, those times drifted ahead without end (a 6 s file read as 10 s, and a
+    `--end` in seconds dropped frames)."""
+
+    def __init__(self, period: float, wall_clock: bool = True, reordered_ok: bool = False):
         self.period = period
         self.wall_clock = wall_clock
+        self.reordered_ok = reordered_ok
+        self.recent: deque[float] = deque(maxlen=REORDER_MEMORY)  # the last frames' times (reordered_ok)
         self.offset: float | None = None  # frame time - timestamp (or wall-clock time)
         self.wall = False  # whether the offset is to the wall-clock time
         self.last: float | None = None
@@ -49,6 +60,10 @@ class FrameClock:
             # (1 s of stream read as 2). Nearer, frames count a period each until the stamps pass.
             if self.last - t > max(CLOCK_RESTART_S, self.period):
                 self.offset = self.last + self.period - stamp
+            elif self.reordered_ok and all(abs(t - seen) > 1e-6 for seen in self.recent):
+                self.recent.append(t)
+                return t  # `last` stays the latest time: a restart is measured from it
             t = self.last + self.period
         self.last = t
+        self.recent.append(t)
         return t

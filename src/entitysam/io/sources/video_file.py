@@ -74,13 +74,15 @@ def no_video_why(container) -> str:
     return ""
 
 
-def container_span(container) -> float:
-    """Seconds from a container's first timestamp to its end. FFmpeg's duration of a Matroska (and
-    WebM) file is its Duration element, the end's timestamp, from 0 rather than from its first
-    frame: a recording whose timestamps start at 10 s (kept from the stream it was cut from) read as
-    10 s longer, and the frame count estimated from it refused the complete file as truncated."""
+def container_span(container, stream) -> float:
+    """Seconds from the video `stream`'s first timestamp to the container's end. FFmpeg's duration of
+    a Matroska (and WebM) file is its Duration element, the end's timestamp, from 0 rather than from
+    its first frame: a recording whose timestamps start at 10 s (kept from the stream it was cut
+    from) read as 10 s longer, and the frame count estimated from it refused the complete file as
+    truncated. The video's own start: an audio track from 0 does not make a late video longer."""
     duration = container.duration / 1_000_000
-    start = (container.start_time or 0) / 1_000_000
+    start = (float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base
+             else (container.start_time or 0) / 1_000_000)
     if "matroska" in (container.format.name or "") and 0 < start < duration:
         return duration - start
     return duration
@@ -108,7 +110,7 @@ class VideoFileSource(FrameSource):
                 if stream.duration is not None and stream.time_base is not None:
                     duration = float(stream.duration * stream.time_base)
                 elif container.duration:
-                    duration = container_span(container)
+                    duration = container_span(container, stream)
                 # Stored size; frames come out rotated by the display matrix (width and height
                 # swapped for a quarter turn), known from the first decoded frame.
                 if stream.codec_context is None:  # a damaged header: the stream has no decoder
@@ -142,9 +144,11 @@ class VideoFileSource(FrameSource):
                 if stream is None:  # the file was replaced since it was opened
                     raise SourceError(f"{self.path}: no video stream in the file (did it change since it was opened?)")
                 stream.thread_type = "AUTO"
-                # Times from the first frame's, made to increase: recordings joined into one file
-                # restart their timestamps, and a --end in seconds then took the joined ones too.
-                clock, last = FrameClock(1 / self.fps, wall_clock=False), None
+                # Times from the first frame's, re-based where the stamps restart: recordings joined
+                # into one file restart them, and a --end in seconds then took the joined ones too.
+                # The file's own rate, not --fps: that one only selects frames.
+                period = 1 / (self.native_fps or self.fps)
+                clock, last = FrameClock(period, wall_clock=False, reordered_ok=True), None
                 for frame in container.decode(stream):
                     index += 1
                     t = last = clock.time(frame.time)

@@ -114,6 +114,8 @@ class VideoSeek:
                             raise _Mismatch
                     yield index, self.times[index], frame
                     index += 1
+                if index < len(self.pts):  # fewer frames than recorded: the seek
+                    raise _Mismatch  # landed past them (MPEG-TS: a group late, or on none at all)
         except (av.error.FFmpegError, SourceError):  # (SourceError: no regular file now) the pass
             raise _Mismatch from None  # from the start says what is wrong, in its words
 
