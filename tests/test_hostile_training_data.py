@@ -49,6 +49,13 @@ def _fifo(path):
     os.mkfifo(path)
 
 
+def _sparse_over_the_json_limit(path):
+    from entitysam.jsonio import MAX_JSON_BYTES
+
+    with open(path, "r+b") as f:
+        f.truncate(MAX_JSON_BYTES + 1)  # sparse: no disk used, nothing to read if it is sized first
+
+
 def _link_loop(path):
     path.unlink()
     path.symlink_to(path.name)
@@ -64,6 +71,10 @@ def _replace_with_file(path):
 TRAIN_DATA_MISTAKES = {
     # each was a traceback (JSONDecodeError, KeyError, ValueError of int(), TypeError)
     "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json is not valid JSON"),
+    # was read whole (and decoded: twice its size in memory) before anything looked at it
+    "json-over-the-limit": (lambda r: _sparse_over_the_json_limit(_coco_json(r)),
+                            r"error: COCO panoptic JSON \S*panoptic_train2017\.json is 1073741825 bytes, more than the "
+                            r"1 GiB a JSON file read here may hold \(parsed, it would take several times that in memory\)\n"),
     "no-annotations-key": (lambda r: _edit(_coco_json(r), lambda d: d.pop("annotations")),
                            r"no 'annotations' list"),
     "empty-annotations": (lambda r: _edit(_coco_json(r), lambda d: d.__setitem__("annotations", [])),
