@@ -124,3 +124,56 @@ def test_a_list_of_frame_paths_holding_what_is_no_frame_file_says_what_it_is(dem
         with pytest.raises(EntitySAMError, match=re.escape(words)):
             getattr(demo, api)([tmp_path / "0.png", tmp_path / other], **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+NOT_FRAMES = {
+    "float32": np.zeros((4, 5, 3), np.float32),
+    "float64": np.full((4, 5, 3), 0.5),
+    "bool": np.zeros((4, 5, 3), bool),
+    "int64": np.zeros((4, 5, 3), np.int64),
+    "2-D": np.zeros((4, 5), np.uint8),
+    "4-channel": np.zeros((4, 5, 4), np.uint8),
+    "0-rows": np.zeros((0, 5, 3), np.uint8),
+    "0x0": np.zeros((0, 0, 3), np.uint8),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_FRAMES))
+def test_preprocess_frame_refuses_what_is_no_frame_as_segment_does(demo, name):
+    """preprocess_frame (README "Python API", lower level): a float, bool or int64 array was
+    Pillow's bare TypeError ("Cannot handle this data type"); a gray or RGBA array was taken
+    although segment refuses it; an array of no pixel gave a frame of zeros. Now the rule that
+    segment applies to frames in memory, in the same words, as an InvalidArgumentError."""
+    from entitysam.errors import InvalidArgumentError
+    from entitysam.inference.preprocess import preprocess_frame
+
+    array = NOT_FRAMES[name]
+    with pytest.raises(InvalidArgumentError) as refused:
+        preprocess_frame(array, 16)
+    rule = f"not an RGB uint8 image [H, W, 3] of H, W >= 1 (shape {array.shape}, dtype {array.dtype})"
+    assert str(refused.value) == f"preprocess_frame: the image is {rule}; a PIL image of any mode is taken too"
+    assert isinstance(refused.value, TypeError) and isinstance(refused.value, ValueError)
+    with pytest.raises(SourceError) as by_segment:
+        demo.segment([array, array])
+    assert str(by_segment.value) == f"video: frame 000000 is {rule}"
+
+
+def test_preprocess_frame_refuses_an_image_of_no_pixel_and_what_is_no_image():
+    from entitysam.errors import InvalidArgumentError
+    from entitysam.inference.preprocess import preprocess_frame
+
+    with pytest.raises(InvalidArgumentError, match=r"^preprocess_frame: the image is 0x3: it has no pixel$"):
+        preprocess_frame(Image.new("RGB", (0, 3)), 16)  # was resized into a frame of zeros
+    with pytest.raises(InvalidArgumentError, match=r"must be a PIL image or an RGB uint8 array \[H, W, 3\], got list"):
+        preprocess_frame([[[0, 0, 0]]], 16)  # was an AttributeError ('list' object has no attribute 'mode')
+
+
+def test_preprocess_frame_still_takes_frames_and_pil_images_of_any_mode():
+    from entitysam.inference.preprocess import preprocess_frame
+
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    x = preprocess_frame(rgb, 16)
+    assert x.shape == (1, 3, 16, 16) and torch.equal(x, preprocess_frame(Image.fromarray(rgb), 16))
+    assert torch.equal(preprocess_frame(rgb[:, ::-1], 16), preprocess_frame(np.ascontiguousarray(rgb[:, ::-1]), 16))
+    for mode in ("L", "RGBA", "P", "I;16"):
+        assert preprocess_frame(Image.new(mode, (7, 6)), 16).shape == (1, 3, 16, 16)

@@ -71,7 +71,20 @@ def _no_videos(ds):
     _edit(ds.gt_json, lambda d: (d.__setitem__("videos", []), d.__setitem__("annotations", [])))
 
 
+def _over_the_json_limit(path):
+    """A sparse file one byte over the limit: no disk used, nothing to read if it is sized first."""
+    from entitysam.jsonio import MAX_JSON_BYTES
+
+    with open(path, "r+b") as f:
+        f.truncate(MAX_JSON_BYTES + 1)
+
+
 HOSTILE = {
+    # each was read whole (and decoded: twice its size in memory) before anything looked at it
+    "gt-json-over-the-limit": (lambda ds: _over_the_json_limit(ds.gt_json),
+                               r"GT JSON \S+ is 1073741825 bytes, more than the 1 GiB a JSON file read here may hold"),
+    "pred-json-over-the-limit": (lambda ds: _over_the_json_limit(ds.pred_dir / "pred.json"),
+                                 r"prediction JSON \S+pred\.json is 1073741825 bytes, more than the 1 GiB"),
     # each was a traceback (OverflowError in the int64 id tables / the float area sums)
     "gt-id-2**70": (_gt("id", 2**70), r"segment id \d+ is outside 0\.\.16777215"),
     "gt-id-1e300": (_gt("id", 1e300), r"segment id 1e\+300 is outside 0\.\.16777215"),

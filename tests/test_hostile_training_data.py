@@ -49,6 +49,13 @@ def _fifo(path):
     os.mkfifo(path)
 
 
+def _sparse_over_the_json_limit(path):
+    from entitysam.jsonio import MAX_JSON_BYTES
+
+    with open(path, "r+b") as f:
+        f.truncate(MAX_JSON_BYTES + 1)  # sparse: no disk used, nothing to read if it is sized first
+
+
 def _link_loop(path):
     path.unlink()
     path.symlink_to(path.name)
@@ -64,6 +71,10 @@ def _replace_with_file(path):
 TRAIN_DATA_MISTAKES = {
     # each was a traceback (JSONDecodeError, KeyError, ValueError of int(), TypeError)
     "invalid-json": (lambda r: _coco_json(r).write_text("{nope"), r"panoptic_train2017\.json is not valid JSON"),
+    # was read whole (and decoded: twice its size in memory) before anything looked at it
+    "json-over-the-limit": (lambda r: _sparse_over_the_json_limit(_coco_json(r)),
+                            r"error: COCO panoptic JSON \S*panoptic_train2017\.json is 1073741825 bytes, more than the "
+                            r"1 GiB a JSON file read here may hold \(parsed, it would take several times that in memory\)\n"),
     "no-annotations-key": (lambda r: _edit(_coco_json(r), lambda d: d.pop("annotations")),
                            r"no 'annotations' list"),
     "empty-annotations": (lambda r: _edit(_coco_json(r), lambda d: d.__setitem__("annotations", [])),
@@ -115,6 +126,21 @@ TRAIN_DATA_MISTAKES = {
                           r"annotations\[1\]: 'file_name' 'a\\x00\.png' holds a NUL character\n"),
     "image-name-with-nul": (lambda r: _edit(_coco_json(r), lambda d: d["images"][2].__setitem__("file_name", "a\0.jpg")),
                             r"images\[2\]: 'file_name' 'a\\x00\.jpg' holds a NUL character\n"),
+    # each was accepted here: a file outside the dataset's folders was read when its sample was drawn
+    # (here a PNG trained on as the image), or found missing there, or trained on from another folder
+    "image-name-climbing-out": (lambda r: _edit(_coco_json(r), lambda d: d["images"][2].__setitem__(
+                                    "file_name", "../panoptic_train2017/000000000003.png")),
+                                r"images\[2\]: 'file_name' '\.\./panoptic_train2017/000000000003\.png' names a file "
+                                r"outside data\.image_dir \(\S*train2017\): an absolute name or one with '\.\.' is "
+                                r"refused; put the file there \(a symbolic link will do\)\n"),
+    "png-name-climbing-out": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1].__setitem__(
+                                  "file_name", "sub/../../../elsewhere/000000000002.png")),
+                              r"annotations\[1\]: 'file_name' 'sub/\.\./\.\./\.\./elsewhere/000000000002\.png' names "
+                              r"a file outside data\.panoptic_dir \(\S*panoptic_train2017\)"),
+    "png-name-absolute": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1].__setitem__(
+                              "file_name", str(r / "panoptic_train2017" / "000000000002.png"))),
+                          r"annotations\[1\]: 'file_name' '/\S+/panoptic_train2017/000000000002\.png' names a file "
+                          r"outside data\.panoptic_dir"),
     # silent: every unlabeled pixel (id 0) of the image was trained on as one entity
     "segment-id-0": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
                                      .__setitem__("id", 0)),
@@ -676,3 +702,16 @@ def test_an_image_id_named_twice_that_no_annotation_uses_is_no_error(coco):
           or d["images"].append({"id": 999, "file_name": "b.jpg"}))
     records = read_panoptic_dataset(coco)
     assert len(records) == 3
+
+
+def test_a_file_name_that_is_a_link_leading_out_of_the_folder_is_followed(coco, tmp_path):
+    """Only the json's names are checked: a plain name whose file in the folder is a symbolic link
+    to another place (a dataset assembled from links) is the user's arrangement, followed."""
+    from entitysam.train.dataset_index import read_panoptic_dataset
+
+    image = coco / "train2017" / "000000000002.jpg"
+    elsewhere = tmp_path / "elsewhere.jpg"
+    image.rename(elsewhere)
+    image.symlink_to(elsewhere)
+    records = read_panoptic_dataset(coco)
+    assert [os.path.realpath(r.image_path) for r in records][1] == str(elsewhere.resolve())

@@ -29,6 +29,7 @@ __all__ = [
     "check_positive_float",
     "check_range",
     "check_fps",
+    "frame_problem",
     "check_gpu_share",
     "check_json_destination",
     "check_not_an_input",
@@ -83,6 +84,16 @@ def check_flags(**flags: Any) -> None:
     for name, value in flags.items():
         if not isinstance(value, (bool, np.bool_)):
             raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+
+
+def frame_problem(shape: tuple[int, ...], dtype: Any) -> str | None:
+    """Why an image of this shape and dtype is not a frame, in words, or None if it is one: the one
+    rule of what every reader of frames gives and the model's preprocessing takes, an RGB uint8
+    array [H, W, 3] of at least one pixel (Pillow took a float array as a bare TypeError, and
+    resized an image of no pixel into a frame of zeros)."""
+    if len(shape) != 3 or shape[2] != 3 or np.dtype(dtype) != np.uint8 or 0 in shape[:2]:
+        return f"not an RGB uint8 image [H, W, 3] of H, W >= 1 (shape {tuple(shape)}, dtype {np.dtype(dtype)})"
+    return None
 
 
 def check_path_arg(value: Any, name: str) -> Path:

@@ -25,7 +25,12 @@ from typing import Any, Mapping
 from .errors import EntitySAMError, NonFiniteJSONError
 from .regular_file import open_regular
 
-__all__ = ["NonFiniteJSONError", "dumps", "find_non_finite", "jsonable", "load_file", "nulls_for_non_finite"]
+__all__ = ["MAX_JSON_BYTES", "NonFiniteJSONError", "dumps", "find_non_finite", "jsonable", "load_file",
+           "nulls_for_non_finite"]
+
+# The largest JSON file load_file reads: far above the real ones (COCO panoptic's train json and
+# VIPSeg's GT are a few hundred MB at most), and parsed, a file takes several times its size in memory.
+MAX_JSON_BYTES = 1 << 30
 
 
 def find_non_finite(obj: Any, where: str = "$") -> str | None:
@@ -97,8 +102,8 @@ def jsonable(obj: Any) -> Any:
 
 def load_file(path: str | os.PathLike, what: str, error: type[EntitySAMError]) -> Any:
     """The JSON document in the file `path`; `error` (one line naming `what` and `path`) when it is
-    missing, not a regular file, unreadable or not JSON (also: nested too deeply for Python's
-    parser, an integer over Python's digit limit, bytes that are not UTF-8)."""
+    missing, not a regular file, unreadable, over MAX_JSON_BYTES or not JSON (also: nested too
+    deeply for Python's parser, an integer over Python's digit limit, bytes that are not UTF-8)."""
     try:
         f = open_regular(path)  # without waiting: open() of a named pipe waits for a writer
     except FileNotFoundError:
@@ -107,12 +112,21 @@ def load_file(path: str | os.PathLike, what: str, error: type[EntitySAMError]) -
         raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
     if f is None:
         raise error(f"{what} {path} is not a regular file")
+    with f:
+        # sized from the open file before reading: a file of gigabytes was read whole (and decoded:
+        # twice that) before anything could refuse it; no more than the limit is read should it grow
+        try:
+            size = os.fstat(f.fileno()).st_size
+            data = b"" if size > MAX_JSON_BYTES else f.read(MAX_JSON_BYTES + 1)
+        except OSError as err:
+            raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
+        if max(size, len(data)) > MAX_JSON_BYTES:
+            amount = f"{size} bytes" if size > MAX_JSON_BYTES else f"over {MAX_JSON_BYTES} bytes"  # (grown since)
+            raise error(f"{what} {path} is {amount}, more than the {MAX_JSON_BYTES / 2**30:g} GiB a JSON file read "
+                        "here may hold (parsed, it would take several times that in memory)")
     try:
-        with f:
-            return json.loads(f.read().decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer over the digit limit
         raise error(f"{what} {path} is not valid JSON: {str(err).splitlines()[0][:200]}") from None
     except RecursionError:
         raise error(f"{what} {path} is unreadable: JSON nested too deeply") from None
-    except OSError as err:
-        raise error(f"cannot read {what} {path}: {err.strerror or err}") from None

@@ -36,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import EntitySAMError
 from ..io.idpng import MAX_ID, decode_ids
 from ..io.image_file import NotRegularFileError, TooManyPixelsError, open_image_file
+from ..io.paths import leaves_its_folder
 from ..io.sources.selection import DEFAULT_MAX_PIXELS
 from ..jsonio import load_file
 
@@ -133,7 +134,7 @@ def _path_part(value: Any, key: str, where: str) -> str:
         raise MetricsInputError(f"{where}: {key} {value!r} cannot be a file name")
     # an absolute name or "..": both PNGs of a frame are found through the GT's names, so
     # "/data/gt/x.png" read the ground truth as its own prediction
-    if os.path.isabs(text) or ".." in Path(text).parts:
+    if leaves_its_folder(text):
         raise MetricsInputError(f"{where}: {key} {value!r} names a file outside its folder")
     return text
 

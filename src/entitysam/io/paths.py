@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Sequence
 
 from ..errors import OutputError
 
 __all__ = ["MAX_NAME_BYTES", "NAME_MAX", "UnsafeOverwriteError", "safe_name", "name_clash", "check_name_fits",
-           "describe_os_error", "path_relation", "check_not_input", "nearest_existing"]
+           "describe_os_error", "path_relation", "check_not_input", "nearest_existing", "leaves_its_folder"]
 
 # Bytes of a result name: the longest sibling adds ".", ".partial-<pid>-<8 hex>" (about 30 bytes)
 # and file systems allow 255 bytes per name.
@@ -128,3 +128,12 @@ def nearest_existing(path: str | os.PathLike) -> Path:
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     return ancestor
+
+
+def leaves_its_folder(name: str) -> bool:
+    """Whether a file name read from a user's file (a dataset json's `file_name`), meant relative to
+    a folder, names a file outside it: an absolute name (pathlib's `folder / name` is then `name`
+    alone; on Windows also `C:x`, a drive), or one with a `..` component. Only the name is looked
+    at: a symbolic link inside the folder that leads out is the user's own arrangement."""
+    p = PurePath(name)
+    return bool(p.anchor) or ".." in p.parts

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..io.idpng import MAX_ID
+from ..io.paths import leaves_its_folder
 from ..io.sources import IMAGE_EXTENSIONS
 from ..jsonio import load_file
 from ..regular_file import path_problem
@@ -89,12 +90,18 @@ def _segment_ids(segs: list, where: str) -> list[int]:
     return list(ids)
 
 
-def _file_name(entry: dict, where: str, what: str) -> str:
+def _file_name(entry: dict, where: str, what: str, folder: tuple[str, Path]) -> str:
+    """The entry's file name, relative to `folder` (its option and path)."""
     name = entry.get("file_name")
     if not isinstance(name, str) or not name:
         raise DatasetError(f"{where}: no 'file_name'{what}")
     if "\0" in name:  # no file can have it: os.stat's bare "embedded null byte" named no entry
         raise DatasetError(f"{where}: 'file_name' {name!r} holds a NUL character")
+    if leaves_its_folder(name):
+        # it was accepted here and failed, or read another file, only when its sample was drawn
+        option, path = folder
+        raise DatasetError(f"{where}: 'file_name' {name!r} names a file outside {option} ({path}): an absolute "
+                           "name or one with '..' is refused; put the file there (a symbolic link will do)")
     return name
 
 
@@ -124,7 +131,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
         raise DatasetError(f"{jpath}: no 'annotations' list (not a COCO panoptic json)")
     images, first, conflicts = {}, {}, {}
     for i, img in enumerate(_list(info, "images", str(jpath))):
-        name = _file_name(img, f"{jpath} images[{i}]", "")
+        name = _file_name(img, f"{jpath} images[{i}]", "", ("data.image_dir", image_root))
         key = img.get("id") if isinstance(img.get("id"), (int, str)) else None
         if key is not None and images.get(key, name) != name:
             # refused where an annotation uses it (the last one was taken without a word: masks trained
@@ -137,7 +144,7 @@ def read_panoptic_dataset(root: str | Path, image_dir: str = "train2017", panopt
     images_by_stem = _ImagesByStem()
     for i, ann in enumerate(_list(info, "annotations", str(jpath))):
         where = f"{jpath} annotations[{i}]"
-        stem = Path(_file_name(ann, where, " (the panoptic PNG)")).stem
+        stem = Path(_file_name(ann, where, " (the panoptic PNG)", ("data.panoptic_dir", pan_root))).stem
         image_id = ann.get("image_id")
         if isinstance(image_id, (int, str)) and image_id in conflicts:
             raise DatasetError(f"{conflicts[image_id]}, and {where} uses it")

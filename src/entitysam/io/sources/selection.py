@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from ...argtypes import as_int
+from ...argtypes import as_int, frame_problem
 from ...errors import Remedy, SourceError
 from ...regular_file import open_regular
 
@@ -321,9 +321,9 @@ class FrameSource:
         count = 0
         for index, time, payload in self.selection.apply(self._frames()):
             name, image = self._decode(index, payload)
-            if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape[:2]:
-                raise SourceError(f"{self.label}: frame {name} is not an RGB uint8 image "
-                                  f"(shape {image.shape}, dtype {image.dtype})")
+            problem = frame_problem(image.shape, image.dtype)
+            if problem:
+                raise SourceError(f"{self.label}: frame {name} is {problem}")
             if first_size is None:
                 first_size = image.shape[:2]
             elif image.shape[:2] != first_size:
