@@ -1,8 +1,8 @@
 """Named model configurations.
 
 `vit-s` and `vit-l` are the two published EntitySAM models (SAM 2.1 Hiera-S / Hiera-L with
-DINOv2 ViT-S/14 / ViT-L/14). The `tiny-*` configurations run the same code path at toy sizes so
-that tests finish in seconds; they have no published weights.
+DINOv2 ViT-S/14 / ViT-L/14). The `tiny` configuration runs the same code path at toy sizes so
+that tests finish in seconds; it has no published weights.
 """
 
 from __future__ import annotations

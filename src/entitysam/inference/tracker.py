@@ -134,8 +134,9 @@ def video_scores(step_scores: list[torch.Tensor], dtype: torch.dtype = torch.flo
 class EntityTracker:
     """Per-video state: memory bank, current points, step counter, last frame's features.
 
-    Feed frames in order with `track(frame_index, image)`; the tracker repeats frame 0 for the
-    warm-up itself when `warmup=True` (the default, as the official evaluation).
+    Feed frames in order with `track(frames)`, an iterable of (frame_index, image) pairs (or
+    one `step(frame_index, image)` at a time); `track` repeats frame 0 for the warm-up itself
+    when `warmup=True` (the default, as the official evaluation).
     """
 
     def __init__(self, model: EntitySAM, fill_hole_area: int | None = None,
