@@ -18,7 +18,8 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class HieraConfig:
-    """Hiera trunk + FPN neck (SAM 2.1 image encoder)."""
+    """Hiera trunk + FPN neck (SAM 2.1 image encoder). Each stage doubles the channels and heads
+    of the one before (`entitysam.modeling.hiera.Hiera` applies that rule; it is written only there)."""
 
     embed_dim: int = 96
     num_heads: int = 1
@@ -28,14 +29,6 @@ class HieraConfig:
     window_pos_embed_bkg_spatial_size: tuple[int, int] = (7, 7)
     q_pool: int = 3
     mlp_ratio: float = 4.0
-
-    @property
-    def stage_dims(self) -> tuple[int, ...]:
-        return tuple(self.embed_dim * 2**i for i in range(len(self.stages)))
-
-    @property
-    def num_blocks(self) -> int:
-        return sum(self.stages)
 
 
 @dataclass(frozen=True)
