@@ -1,7 +1,7 @@
 """The split rule of sharded runs, in one place: ``segment --batch --shard`` and ``eval vipseg
 --shard`` (and each torchrun rank, each Slurm array task) take the same deterministic slices.
 
-Pure Python, no imports from the package but `errors`: every layer may use it.
+No imports from the package but `errors` and `argtypes` (its bound INT64_MAX): every layer may use it.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import heapq
 import itertools
 from typing import Mapping, Sequence
 
+from .argtypes import INT64_MAX  # (a shard is written in file names and JSON as int64)
 from .errors import InvalidArgumentError
 
-INT64_MAX = 2**63 - 1  # = entitysam.argtypes.INT64_MAX: a shard is written in file names and JSON as int64
 
 __all__ = ["ShardError", "env_int", "parse_shard", "check_shard", "balanced_owners", "balanced_split", "shard_tag"]
 

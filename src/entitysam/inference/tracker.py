@@ -162,7 +162,7 @@ class EntityTracker:
             else default_query_chunk(model.cfg, self.device, held=weight_bytes(model))
         self.score_dtype = torch.float32  # dtype the step scores were computed in (see video_scores)
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
-        self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or torch.bfloat16)
+        self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or MEMORY_DTYPE)
         can_keep = self.batched and not exact and self.query_chunk is None
         if keep_keys and not can_keep:
             raise ValueError("keep_keys needs the batched path with all queries at once, without exact")
