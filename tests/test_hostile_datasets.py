@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from entitysam.data.synthetic.vipseg import make_synthetic_dataset
-from entitysam.eval.metrics import MetricsInputError, evaluate, main
+from entitysam.cli.metrics import main
+from entitysam.eval.metrics import MetricsInputError, evaluate
 
 
 @pytest.fixture

@@ -451,7 +451,7 @@ UNUSABLE_GT = [
                                                              for i, (f, _) in enumerate(UNUSABLE_GT)])
 def test_unusable_gt_is_one_message_and_exit_2(broken, capsys, spoil, message):
     """README "Metrics": unusable inputs give one line and exit 2, never a traceback or a score."""
-    from entitysam.eval.metrics import main
+    from entitysam.cli.metrics import main
 
     spoil(broken)
     with pytest.raises(MetricsInputError, match=message):

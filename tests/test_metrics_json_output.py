@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import entitysam.eval.metrics as metrics
+from entitysam.cli import metrics as metrics_cli
 from entitysam.data.synthetic.vipseg import make_synthetic_dataset
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -45,18 +46,18 @@ def test_a_users_file_is_refused_before_scoring_and_kept(ds, tmp_path, capsys, m
     notes = tmp_path / "notes.json"
     notes.write_text('{"mine": 1}\n')
     monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: pytest.fail("scored before the check"))
-    assert metrics.main(_args(ds, "--json", notes)) == 2
+    assert metrics_cli.main(_args(ds, "--json", notes)) == 2
     _one_error(capsys, "already exists: use --overwrite")
-    assert metrics.main(_args(ds, "--json", notes, "--overwrite")) == 2
+    assert metrics_cli.main(_args(ds, "--json", notes, "--overwrite")) == 2
     _one_error(capsys, "is not a metrics JSON: refusing to replace it, even when overwriting")
     assert notes.read_text() == '{"mine": 1}\n'
 
 
 def test_overwrite_replaces_an_earlier_metrics_json(ds, tmp_path, capsys):
     out = tmp_path / "m.json"
-    assert metrics.main(_args(ds, "--json", out, "--metric", "stq")) == 0
+    assert metrics_cli.main(_args(ds, "--json", out, "--metric", "stq")) == 0
     assert set(json.loads(out.read_text())) == {"stq"}
-    assert metrics.main(_args(ds, "--json", out, "--overwrite")) == 0
+    assert metrics_cli.main(_args(ds, "--json", out, "--overwrite")) == 0
     assert set(json.loads(out.read_text())) == {"veq", "stq"}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left
 
@@ -65,7 +66,7 @@ def test_a_symbolic_link_is_not_written_through(ds, tmp_path, capsys):
     (tmp_path / "target.json").write_text("keep\n")
     (tmp_path / "link.json").symlink_to(tmp_path / "target.json")
     for extra in ((), ("--overwrite",)):
-        assert metrics.main(_args(ds, "--json", tmp_path / "link.json", *extra)) == 2
+        assert metrics_cli.main(_args(ds, "--json", tmp_path / "link.json", *extra)) == 2
         capsys.readouterr()
     assert (tmp_path / "target.json").read_text() == "keep\n"
 
@@ -79,7 +80,7 @@ def test_a_file_appearing_while_scoring_is_left_as_it_is(ds, tmp_path, capsys, m
         return real(*a, **k)
 
     monkeypatch.setattr(metrics, "evaluate", appear)
-    assert metrics.main(_args(ds, "--json", out)) == 1
+    assert metrics_cli.main(_args(ds, "--json", out)) == 1
     _one_error(capsys, "appeared while the metrics were computed")
     assert out.read_text() == "theirs\n"
 
@@ -97,7 +98,7 @@ def test_a_named_pipe_with_a_reader_gets_the_json(ds, tmp_path, capsys):
     os.mkfifo(fifo)
     reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        assert metrics.main(_args(ds, "--json", fifo)) == 0
+        assert metrics_cli.main(_args(ds, "--json", fifo)) == 0
         os.set_blocking(reader, True)
         data = b""
         while chunk := os.read(reader, 1 << 16):
@@ -120,7 +121,7 @@ def test_dev_stdout_redirected_to_a_file_keeps_the_table(ds, tmp_path):
 def test_dev_stdout_through_a_pipe_and_dev_null_work(ds, capsys):
     proc = _entitysam(*_args(ds, "--json", "/dev/stdout"), stdout=subprocess.PIPE)
     assert proc.returncode == 0 and proc.stdout.startswith("VEQ") and '"veq"' in proc.stdout, proc.stderr
-    assert metrics.main(_args(ds, "--json", os.devnull)) == 0
+    assert metrics_cli.main(_args(ds, "--json", os.devnull)) == 0
 
 
 def test_a_full_standard_output_is_one_line_and_the_json_is_still_written(ds, tmp_path):
@@ -219,7 +220,21 @@ def test_a_dash_is_standard_output_not_a_file(ds, tmp_path):
 def test_a_dash_is_standard_output_also_where_a_file_named_dash_exists(ds, tmp_path, monkeypatch, capfd):
     (tmp_path / "-").write_text("notes\n")
     monkeypatch.chdir(tmp_path)
-    assert metrics.main(_args(ds, "--json", "-")) == 0
+    assert metrics_cli.main(_args(ds, "--json", "-")) == 0
     assert (tmp_path / "-").read_text() == "notes\n"
     out = capfd.readouterr().out
     assert set(json.loads(out[out.index("\n{") + 1:])) == {"veq", "stq"}
+
+
+def test_every_entry_point_of_the_command_gives_the_same_output(ds):
+    """The command lives in entitysam.cli.metrics; `python -m entitysam.eval.metrics` (README
+    "Metrics") and `python -m entitysam.cli.metrics` are still `entitysam metrics`."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    runs = [subprocess.run([sys.executable, "-m", *module, *_args(ds, "--json", "-")], capture_output=True,
+                           text=True, env=env, timeout=120)
+            for module in (["entitysam", "metrics"], ["entitysam.eval.metrics"], ["entitysam.cli.metrics"])]
+    assert [(r.returncode, r.stderr) for r in runs] == [(0, "")] * 3, [r.stderr for r in runs]
+    assert '"veq"' in runs[0].stdout and runs[1].stdout == runs[0].stdout == runs[2].stdout
+    usage = [subprocess.run([sys.executable, "-m", module, "-h"], capture_output=True, text=True, env=env,
+                            timeout=60).stdout for module in ("entitysam.eval.metrics", "entitysam.cli.metrics")]
+    assert usage[0].startswith("usage: entitysam metrics") and usage[0] == usage[1]

@@ -94,8 +94,7 @@ class Mention:
 def build_parsers() -> dict[str, argparse.ArgumentParser]:
     """Every command's parser, built as `entitysam` builds it, with nothing run."""
     from entitysam import argtypes, cli
-    from entitysam.cli import eval as eval_cli, view
-    from entitysam.eval import metrics
+    from entitysam.cli import eval as eval_cli, metrics, view
     from entitysam.train import cli as train_cli
 
     top = cli.build_parser()

@@ -333,3 +333,21 @@ def test_exports_of_id_2_24_minus_1_need_no_table_as_large_as_the_id(tmp_path, f
             a = np.asarray(Image.open(tmp_path / "small.mots" / "clip" / "instances" / name))
             b = np.asarray(Image.open(tmp_path / "huge.mots" / "clip" / "instances" / name))
             assert np.array_equal(a, b), t
+
+
+def test_map_ids_with_a_kept_table_and_a_missing_value_equals_a_dictionary_lookup():
+    """The one id lookup (review/id_lookup.py) as the result folder uses it: a table made once,
+    -1 for an unlisted id, the same answer for ids on both sides of the table's end."""
+    from entitysam.io.idpng import MAX_ID
+    from entitysam.review.id_lookup import DENSE_IDS, dense_table, map_ids
+
+    keys = np.array([0, 3, DENSE_IDS - 1, DENSE_IDS, DENSE_IDS + 7, MAX_ID], dtype=np.uint32)
+    values = np.arange(len(keys), dtype=np.int32)
+    ids = np.array([[0, 1, 3, DENSE_IDS - 1], [DENSE_IDS, DENSE_IDS + 1, DENSE_IDS + 7, MAX_ID]], dtype=np.uint32)
+    want = np.array([[0, -1, 1, 2], [3, -1, 4, 5]], dtype=np.int32)
+    for top in (1, 4, int(keys[-1]) + 1):
+        table = dense_table(keys, values, -1, top)
+        got = map_ids(ids, keys, values, -1, table)
+        assert got.dtype == np.int32 and np.array_equal(got, want), top
+        assert np.array_equal(map_ids(ids[:, :3] % 4, keys, values, -1, table), [[0, -1, 1], [0, -1, 1]]), top
+    assert np.array_equal(map_ids(ids, keys[:0], values[:0], -1), np.full(ids.shape, -1))

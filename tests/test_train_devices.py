@@ -97,3 +97,28 @@ def test_cpu_processes_use_gloo(node):
 def test_a_device_torch_cannot_read_is_one_error():
     with pytest.raises(InvalidArgumentError, match="device must be auto, cpu, cuda or cuda:N, got 'gpu0'"):
         init_distributed("gpu0")
+
+
+@pytest.mark.parametrize("key", ["WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"])
+def test_a_launcher_variable_that_is_no_integer_is_one_error(node, key):
+    """They were read with a bare int(): a ValueError traceback."""
+    node(2, **{"RANK": 1, "WORLD_SIZE": 2, "LOCAL_RANK": 1, "LOCAL_WORLD_SIZE": 2, key: "abc"})
+    with pytest.raises(InvalidArgumentError, match=f"{key}='abc' in the environment is not an integer"):
+        init_distributed("auto")
+
+
+def test_entitysam_train_says_a_bad_world_size_in_one_line(tmp_path, monkeypatch, capsys):
+    """`WORLD_SIZE=abc entitysam train ...`: one line `error: ...`, exit 2, no traceback (the
+    rank prefix of the message, read from the same variable, raised a second time)."""
+    from entitysam.data.synthetic.coco import make_synthetic_coco_panoptic
+    from entitysam.train import cli as train_cli
+
+    make_synthetic_coco_panoptic(tmp_path / "ds", num_images=1, seed=1)
+    for key in LAUNCHER_KEYS:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    argv = ["--config", "tiny-stage1", f"data.root={tmp_path / 'ds'}", f"output_dir={tmp_path / 'run'}",
+            "solver.max_iter=1", "device=cpu", "--quiet"]
+    assert train_cli.command_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == "error: WORLD_SIZE='abc' in the environment is not an integer\n", err

@@ -4,8 +4,13 @@
   what is no regular file: missing, a folder, a pipe, a device, a socket.
 * `is_safetensors(f, path)`: whether the open file is read as safetensors (by its start, else
   by the suffix of `path`).
-* `reopenable_name(f)` (of entitysam.regular_file): a name that opens the same file again (for a
-  reader that only takes names).
+* `text_start(f)`: the first line of the file when its first KiB is text, else None (asked once
+  a load failed, to say what was given instead of a checkpoint).
+* `pickle_with_globals(f)`: whether the file starts with whole pickles of which one names a
+  global (walked opcode by opcode, nothing built): a protocol-0 pickle is text too.
+
+(A name that opens the same file again, for a reader that only takes names, is
+`entitysam.regular_file.reopenable_name`.)
 
 Checking the path, then opening it by name for each reader, let a path swapped for a FIFO between
 the check and an open hang the loader for ever (an open of a FIFO waits for a writer). Now the

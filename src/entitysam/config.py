@@ -1,8 +1,8 @@
 """Named model configurations.
 
 `vit-s` and `vit-l` are the two published EntitySAM models (SAM 2.1 Hiera-S / Hiera-L with
-DINOv2 ViT-S/14 / ViT-L/14). The `tiny-*` configurations run the same code path at toy sizes so
-that tests finish in seconds; they have no published weights.
+DINOv2 ViT-S/14 / ViT-L/14). The `tiny` configuration runs the same code path at toy sizes so
+that tests finish in seconds; it has no published weights.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class HieraConfig:
-    """Hiera trunk + FPN neck (SAM 2.1 image encoder)."""
+    """Hiera trunk + FPN neck (SAM 2.1 image encoder). Each stage doubles the channels and heads
+    of the one before (`entitysam.modeling.hiera.Hiera` applies that rule; it is written only there)."""
 
     embed_dim: int = 96
     num_heads: int = 1
@@ -28,14 +29,6 @@ class HieraConfig:
     window_pos_embed_bkg_spatial_size: tuple[int, int] = (7, 7)
     q_pool: int = 3
     mlp_ratio: float = 4.0
-
-    @property
-    def stage_dims(self) -> tuple[int, ...]:
-        return tuple(self.embed_dim * 2**i for i in range(len(self.stages)))
-
-    @property
-    def num_blocks(self) -> int:
-        return sum(self.stages)
 
 
 @dataclass(frozen=True)

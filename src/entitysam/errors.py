@@ -7,6 +7,7 @@ the same remedies with its flags (``entitysam.cli.wording``)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -15,7 +16,7 @@ __all__ = ["Terminated", "raise_terminated", "Remedy", "EntitySAMError", "Invali
            "CheckpointReadError", "UnsafeCheckpointError", "ResultFolderError", "ResultFolderNotFoundError",
            "ResultChangedError", "ResultFileGoneError", "EditError", "StaleVersionError", "TrainingDivergedError",
            "printable",
-           "for_terminal"]
+           "for_terminal", "say_on_stderr"]
 
 
 def printable(text: str, limit: int | None = 200, keep: str = "") -> str:
@@ -36,6 +37,12 @@ def for_terminal(message: str) -> str:
     first, *others = message.split("\n")
     breaks = ("\n" if line.startswith(" ") else "\\n" for line in others)
     return printable(first, limit=None) + "".join(b + printable(line, limit=None) for b, line in zip(breaks, others))
+
+
+def say_on_stderr(message: str) -> None:
+    """`message` on stderr, flushed, as a terminal shows it safely (:func:`for_terminal`): the
+    command line's messages and the Ray runner's default error lines."""
+    print(for_terminal(message), file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The split rule of sharded runs, in one place: ``segment --batch --shard`` and ``eval vipseg
 --shard`` (and each torchrun rank, each Slurm array task) take the same deterministic slices.
 
-Pure Python, no imports from the package but `errors`: every layer may use it.
+No imports from the package but `errors` and `argtypes` (its bound INT64_MAX): every layer may use it.
 """
 
 from __future__ import annotations
@@ -10,15 +10,28 @@ import heapq
 import itertools
 from typing import Mapping, Sequence
 
+from .argtypes import INT64_MAX  # (a shard is written in file names and JSON as int64)
 from .errors import InvalidArgumentError
 
-INT64_MAX = 2**63 - 1  # = entitysam.argtypes.INT64_MAX: a shard is written in file names and JSON as int64
 
-__all__ = ["ShardError", "parse_shard", "check_shard", "balanced_owners", "balanced_split", "shard_tag"]
+__all__ = ["ShardError", "env_int", "parse_shard", "check_shard", "balanced_owners", "balanced_split", "shard_tag"]
 
 
 class ShardError(InvalidArgumentError):
     """A shard that does not exist: not I/N, or not 0 <= I < N."""
+
+
+def env_int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
+    """The integer a launcher (torchrun, Slurm) set in `env`'s `key`: `default` when it is unset or
+    blank (None: ShardError), ShardError naming it when it is not an integer (not a ValueError
+    traceback from wherever the process first read it)."""
+    text = env.get(key, "")
+    if text.strip() == "" and default is not None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ShardError(f"{key}={text!r} in the environment is not an integer") from None
 
 
 def check_shard(index: int, count: int, text: str | None = None) -> tuple[int, int]:

@@ -5,7 +5,7 @@ command, the options they share in `options.py`.
     entitysam download vit-s [vit-l]                                (download.py)
     entitysam demo [-o DIR]                                         (demo.py: offline, bundled model)
     entitysam export RESULT_DIR --format F -o OUT                   (export.py: entitysam.review.export)
-    entitysam metrics PRED_DIR GT_DIR GT_JSON [options]            (entitysam.eval.metrics)
+    entitysam metrics PRED_DIR GT_DIR GT_JSON [options]            (metrics.py: entitysam.eval.metrics)
     entitysam eval vipseg --data-root DIR --output DIR [options]   (entitysam.cli.eval)
     entitysam train --config vit-s-stage1 [key=value ...]          (entitysam.train.cli)
     entitysam view RESULT_DIR [--host H] [--port N] [--open]       (view.py: the review web app)
@@ -40,7 +40,7 @@ __all__ = ["main", "command", "build_parser", "dispatch"]
 # Sub-commands implemented in other modules: name -> (help, "module:function" taking argv).
 DELEGATED: dict[str, tuple[str, str]] = {
     "metrics": ("VEQ / STQ of predictions in the official layout (see `entitysam metrics -h`)",
-                "entitysam.eval.metrics:main"),
+                "entitysam.cli.metrics:main"),
     "train": ("train EntitySAM: the official two-stage recipe, single process or torchrun DDP "
               "(see `entitysam train -h` and docs/training.md)", "entitysam.train.cli:command_main"),
     "view": ("review and correct a result in the browser: play, hide, delete, merge, split, label, save, "

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..argtypes import path_text, thread_count
-from ..errors import EntitySAMError, for_terminal
+from ..errors import EntitySAMError
+from ..errors import say_on_stderr as say  # what every command prints its lines with
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -33,11 +34,6 @@ def print_err(msg: str | BaseException, prefix: str = "") -> None:
     text = user_message(msg)
     named = not prefix or text.startswith(f"{prefix}: ")
     say(f"error: {text}" if named else f"error: {prefix}: {text}")
-
-
-def say(msg: str) -> None:
-    """msg on stderr, as a terminal shows it safely (`for_terminal`)."""
-    print(for_terminal(msg), file=sys.stderr, flush=True)
 
 
 def sayer(quiet: bool) -> Callable[[str], None]:

@@ -97,21 +97,11 @@ def default_summary_path(out_root: Path, shard: tuple[int, int]) -> Path:
     return Path(out_root) / SUMMARY_DIR / f"{sharding.shard_tag(*shard)}.json"
 
 
-def _env_int(env: Mapping[str, str], key: str, default: int | None = None) -> int:
-    text = env.get(key, "")
-    if text.strip() == "" and default is not None:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise sharding.ShardError(f"{key}={text!r} in the environment is not an integer") from None
-
-
 def _torchrun(env: Mapping[str, str]) -> tuple[int, int] | None:
     """(RANK, WORLD_SIZE) under torchrun with more than one process, else None."""
     if "WORLD_SIZE" not in env:
         return None
-    world = _env_int(env, "WORLD_SIZE", 1)
+    world = sharding.env_int(env, "WORLD_SIZE", 1)
     if world < 1:
         raise sharding.ShardError(f"WORLD_SIZE={env['WORLD_SIZE']!r} in the environment: need at least 1 process")
     if world == 1:
@@ -119,7 +109,7 @@ def _torchrun(env: Mapping[str, str]) -> tuple[int, int] | None:
     if env.get("RANK", "").strip() == "":  # every rank would take slice 0: the others never done
         raise sharding.ShardError(f"WORLD_SIZE={world} in the environment but no RANK: start the ranks with "
                                   "torchrun, or set RANK (0 .. WORLD_SIZE-1) in each")
-    rank = _env_int(env, "RANK")
+    rank = sharding.env_int(env, "RANK")
     return sharding.check_shard(rank, world, f"(torchrun RANK={rank} of WORLD_SIZE={world})")
 
 
@@ -128,14 +118,14 @@ def _array_count(env: Mapping[str, str], task: int, first: int, step: int) -> in
     Slurm versions set no COUNT). Neither: ShardError. A missing count read as 1 made every
     array task take slice 0/1, i.e. every video, each exiting 0."""
     if env.get("SLURM_ARRAY_TASK_COUNT", "").strip() != "":
-        return _env_int(env, "SLURM_ARRAY_TASK_COUNT")
+        return sharding.env_int(env, "SLURM_ARRAY_TASK_COUNT")
     missing = [k for k in ("SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX") if env.get(k, "").strip() == ""]
     if missing:
         raise sharding.ShardError(
             f"shard 'auto': SLURM_ARRAY_TASK_ID={task} in the environment but no SLURM_ARRAY_TASK_COUNT "
             f"(nor {' and '.join(missing)}), so the number of array tasks is unknown",
             Remedy("shard", metavar="I/N", purpose="instead (I: this task's index from 0, N: the array's task count)"))
-    last = _env_int(env, "SLURM_ARRAY_TASK_MAX")
+    last = sharding.env_int(env, "SLURM_ARRAY_TASK_MAX")
     if last < first or (last - first) % step:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_MIN={first}, _MAX={last} and _STEP={step} in the "
                                   "environment are not an array's range: submit a contiguous array")
@@ -146,9 +136,9 @@ def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
     """The task's slice under a Slurm array job: (ID - MIN) / STEP of COUNT, else None."""
     if "SLURM_ARRAY_TASK_ID" not in env:
         return None
-    task = _env_int(env, "SLURM_ARRAY_TASK_ID")
-    first = _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
-    step = _env_int(env, "SLURM_ARRAY_TASK_STEP", 1)
+    task = sharding.env_int(env, "SLURM_ARRAY_TASK_ID")
+    first = sharding.env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
+    step = sharding.env_int(env, "SLURM_ARRAY_TASK_STEP", 1)
     if step < 1:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_STEP={step} in the environment: need 1 or more")
     count = _array_count(env, task, first, step)
@@ -156,7 +146,7 @@ def _slurm_array(env: Mapping[str, str]) -> tuple[int, int] | None:
         raise sharding.ShardError(f"shard 'auto': SLURM_ARRAY_TASK_ID={task} is not on the array's range "
                                   f"(min {first}, step {step}): submit a contiguous array 0-{max(count, 1) - 1}")
     if "SLURM_ARRAY_TASK_MAX" in env:  # --array=0,2,4 has COUNT 3 but spans 0-4: tasks would miss slices
-        last = _env_int(env, "SLURM_ARRAY_TASK_MAX")
+        last = sharding.env_int(env, "SLURM_ARRAY_TASK_MAX")
         if last < first or (last - first) % step or (last - first) // step + 1 != count:
             raise sharding.ShardError(f"shard 'auto': the array {first}-{last}:{step} does not hold "
                                       f"SLURM_ARRAY_TASK_COUNT={count} evenly spaced tasks: "
@@ -227,7 +217,7 @@ def local_rank(env: Mapping[str, str] | None = None) -> int | None:
     env = os.environ if env is None else env
     if not _torchrun(env):
         return None
-    rank = _env_int(env, "LOCAL_RANK", 0)
+    rank = sharding.env_int(env, "LOCAL_RANK", 0)
     if rank < 0:
         raise sharding.ShardError(f"LOCAL_RANK={rank} in the environment: need 0 or more (the GPU of this rank)")
     return rank

@@ -22,14 +22,13 @@ Layer: above ``pipeline`` (like :mod:`.jobs`); ``cli`` uses it.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..argtypes import GPU_SHARE_RANGE, MAX_THREADS, check_gpu_share, check_int, check_range
-from ..errors import EntitySAMError, InvalidArgumentError, SourceError, for_terminal
+from ..errors import EntitySAMError, InvalidArgumentError, SourceError, say_on_stderr
 from ..io.paths import name_clash
 from ..io.sources import result_name
 from .jobs import SegmentOptions, VideoJob, VideoOutcome, frame_count
@@ -56,10 +55,6 @@ def import_ray():
     except ImportError:
         raise RayNotInstalledError(f"running on Ray needs Ray installed: {RAY_INSTALL_HINT}") from None
     return ray
-
-
-def _stderr(msg: str) -> None:
-    print(for_terminal(msg), file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- the jobs
@@ -177,7 +172,7 @@ def segment_many(inputs: Sequence[Any], output: str | os.PathLike, *, address: s
                  model: str = "vit-s", config: str | None = None, device: str = "auto", threads: int | None = None,
                  allow_pickle: bool = False, options: SegmentOptions | None = None, max_retries: int = 2,
                  progress: bool = True, protect: Sequence[Any] | None = None, say: Say | None = None,
-                 say_error: Say | None = _stderr, summary_path: str | os.PathLike | None = None,
+                 say_error: Say | None = say_on_stderr, summary_path: str | os.PathLike | None = None,
                  describe_error: Callable[[BaseException], str] = str) -> RaySummary:
     """Segment every video of `inputs` into ``output/<video-name>/`` on a Ray cluster.
 

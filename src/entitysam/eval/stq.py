@@ -96,6 +96,10 @@ def _accumulate(stats: dict[int, int], keys: np.ndarray, counts: np.ndarray) -> 
 
 
 def stq_video_stats(frames: Sequence[FrameSTQInput], *, video_id: str = "") -> STQVideoStats:
+    """One video's STQ terms from its frames' pair tables (each frame: gt_ids, pred_ids, counts,
+    [K] int64 of its K (gt id, pred id) pairs, as `pair_counts`): association sum, tube count,
+    [3, 3] semantic confusion, length. Pixels of ids their frame's JSON does not list are ignored;
+    MetricsInputError for a JSON id that is no integer, or more than 65535 ids in the video."""
     where = f"video {video_id!r}"
     gt_ins = instance_numbers([f.gt_segments for f in frames], f"GT JSON {where}")
     pred_ins = instance_numbers([f.pred_segments for f in frames], f"pred.json {where}")

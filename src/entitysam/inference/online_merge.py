@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..argtypes import check_int
+from ..config import EntitySAMConfig
 from .merge_rules import (MergeConfig, area_counts, assign_pixels, final_scores, is_quality_frame, kept_queries,
                           mean_step_scores, paint, quality_counts, rounded_to, survives)
 
@@ -145,13 +146,14 @@ class OnlineMerger:
         out_size: (H, W) of the id maps.
         delay: look-ahead in frames (>= 0).
         warmup_steps: model steps before the first output frame (the tracker's warm-up copies of
-            frame 0); only sizes how many step scores are averaged exactly (:class:`RunningScore`).
+            frame 0: the model config's num_warmup_copies, which is the default); only sizes how
+            many step scores are averaged exactly (:class:`RunningScore`).
         keep_winners: also return the per-pixel winning query (for diagnostics).
         config: the merge thresholds (default: the official ones, as offline).
     """
 
     def __init__(self, num_queries: int, out_size: Sequence[int], delay: int = 0, *,
-                 config: MergeConfig = MergeConfig(), warmup_steps: int = 3, keep_winners: bool = False):
+                 config: MergeConfig = MergeConfig(), warmup_steps: int = EntitySAMConfig.num_warmup_copies, keep_winners: bool = False):
         delay = check_delay(delay)
         q = int(num_queries)
         self.num_queries = q

@@ -127,8 +127,9 @@ class StepResult:
 class EntityTracker:
     """Per-video state: memory bank, current points, step counter, last frame's features.
 
-    Feed frames in order with `track(frame_index, image)`; the tracker repeats frame 0 for the
-    warm-up itself when `warmup=True` (the default, as the official evaluation).
+    Feed frames in order with `track(frames)`, an iterable of (frame_index, image) pairs (or
+    one `step(frame_index, image)` at a time); `track` repeats frame 0 for the warm-up itself
+    when `warmup=True` (the default, as the official evaluation).
     """
 
     def __init__(self, model: EntitySAM, fill_hole_area: int | None = None,
@@ -154,7 +155,7 @@ class EntityTracker:
             else default_query_chunk(model.cfg, self.device, held=weight_bytes(model))
         self.score_dtype = torch.float32  # dtype the step scores were computed in (see merge_rules.mean_step_scores)
         self.fill_hole_area = self.cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
-        self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or torch.bfloat16)
+        self.bank = MemoryBank(self.cfg.num_maskmem, memory_dtype or MEMORY_DTYPE)
         can_keep = self.batched and not exact and self.query_chunk is None
         if keep_keys and not can_keep:
             raise ValueError("keep_keys needs the batched path with all queries at once, without exact")

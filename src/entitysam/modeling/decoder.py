@@ -111,6 +111,9 @@ class QueryTwoWayBlock(nn.Module):
 
 
 class QueryTwoWayTransformer(nn.Module):
+    """`depth` QueryTwoWayBlocks, then a final token -> image attention: image [Q, C, g, g] and
+    tokens [4Q, C] (4 per query) -> (tokens [4Q, C], image [Q, g*g, C]); see `forward`."""
+
     def __init__(self, depth: int, dim: int, num_heads: int, mlp_dim: int):
         super().__init__()
         self.layers = nn.ModuleList(QueryTwoWayBlock(dim, num_heads, mlp_dim, skip_first_layer_pe=(i == 0))

@@ -15,6 +15,8 @@ from .common import kept_while_frozen
 
 
 class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch: [..., C] -> [..., C]."""
+
     def __init__(self, dim: int):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(dim))
@@ -24,6 +26,8 @@ class LayerScale(nn.Module):
 
 
 class Attention(nn.Module):
+    """Global multi-head self-attention over the tokens: [B, N, C] -> [B, N, C]."""
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
@@ -38,6 +42,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+    """Linear, GELU, linear per token: [..., C] -> [..., hidden] -> [..., C]."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -49,6 +55,8 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+    """One pre-norm ViT block (attention, then MLP, each a layer-scaled residual): [B, N, C] -> [B, N, C]."""
+
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -64,6 +72,8 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
+    """Non-overlapping patches, linearly embedded: [B, 3, H, W] -> [B, (H / p) * (W / p), C], row-major."""
+
     def __init__(self, patch_size: int, dim: int):
         super().__init__()
         self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)

@@ -48,6 +48,8 @@ class CXBlock(nn.Module):
 
 
 class Fuser(nn.Module):
+    """`num_layers` CXBlocks (residual, shape-preserving): [B, C, h, w] -> [B, C, h, w]."""
+
     def __init__(self, dim: int, num_layers: int):
         super().__init__()
         self.layers = nn.ModuleList(CXBlock(dim) for _ in range(num_layers))

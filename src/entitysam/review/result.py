@@ -34,6 +34,7 @@ from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
 from ..regular_file import open_regular, path_problem
 from .id_files import open_result_file, read_id_rgb
+from .id_lookup import dense_table, map_ids
 from .on_disk import check_identity, stat_identity, version_token
 from .records import (check_entity_record, check_frame_record, entity_stats, panoptic_entries, read_entity_records,
                       segment_areas)
@@ -43,7 +44,6 @@ __all__ = ["EntityInfo", "ResultFolder", "RESULT_FORMATS", "pixel_shape"]
 
 RESULT_FORMATS = ("entitysam-segment", "entitysam-online")
 RESULT_VERSION = 1  # the manifest format_version read here (a newer layout is refused, not misread)
-_DENSE = 1 << 16  # ids below this are found by one table gather, larger ones by binary search
 
 
 def pixel_shape(value: object) -> list[int]:
@@ -121,11 +121,8 @@ class ResultFolder:
         # the ids panoptic.json lists, 0 (no entity) first: per-id tables are indexed by the position
         # of an id here (O(number of entities)), never by the id itself (ids go up to 2**24 - 1)
         self.ids = np.array(sorted({0} | {i for a in frame_areas for i in a}), dtype=np.uint32)
-        # positions of ids < _DENSE as one gather (small ids: the common case, a table of <= 256 kB)
-        top = min(int(self.ids[-1]) + 1, _DENSE)
-        self._dense = np.full(top, -1, dtype=np.int32)
-        small = self.ids[self.ids < top]
-        self._dense[small] = np.arange(len(small), dtype=np.int32)
+        self._positions = np.arange(len(self.ids), dtype=np.int32)
+        self._dense = dense_table(self.ids, self._positions, -1, int(self.ids[-1]) + 1)  # kept: made once
         selection = manifest.get("selection") if isinstance(manifest.get("selection"), dict) else {}
         source = manifest.get("input")  # a path or URL; anything else (a number would be a file descriptor) is none
         source = source if isinstance(source, str) else None
@@ -207,16 +204,7 @@ class ResultFolder:
         (:meth:`~entitysam.review.edits.EditSession.id_lookup`) are indexed by. ResultFolderError
         for an id panoptic.json does not list (i: the frame position named in the message)."""
         ids = np.asarray(ids)
-        dense = self._dense
-        if int(ids.max(initial=0)) < len(dense):
-            pos = dense[ids]
-        else:  # large ids: a binary search in the sorted ids for their pixels only (no table as large as the ids)
-            large = ids >= len(dense)
-            pos = dense[np.minimum(ids, len(dense) - 1)]
-            found = np.searchsorted(self.ids, ids[large]).astype(np.int32)
-            np.minimum(found, len(self.ids) - 1, out=found)
-            found[self.ids[found] != ids[large]] = -1
-            pos[large] = found
+        pos = map_ids(ids, self.ids, self._positions, -1, self._dense)
         bad = pos < 0
         if bad.any():
             unknown = sorted(set(np.unique(ids[bad]).tolist()))

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import InvalidArgumentError
+from ..sharding import ShardError, env_int
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,11 @@ class DistInfo:
 def rank_prefix() -> str:
     """"rank R: " in a run of several processes (torchrun's or Slurm's environment), else "":
     which rank met an error, in the one line the command prints for it."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    return f"rank {int(os.environ.get('RANK', '0') or 0)}: " if world > 1 else ""
+    try:
+        world, rank = env_int(os.environ, "WORLD_SIZE", 1), env_int(os.environ, "RANK", 0)
+    except ShardError:  # the error being printed may be this very value's: no second one while printing it
+        return ""
+    return f"rank {rank}: " if world > 1 else ""
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -40,9 +44,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     Without those variables (or with WORLD_SIZE=1) the run is single-process. CUDA processes use
     NCCL and the GPU `LOCAL_RANK`; CPU processes use gloo.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world = env_int(os.environ, "WORLD_SIZE", 1)  # a value that is no integer: one error line, exit 2
+    rank = env_int(os.environ, "RANK", 0)
+    local_rank = env_int(os.environ, "LOCAL_RANK", 0)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -66,7 +70,7 @@ def check_gpu(dev: torch.device, world: int, local_rank: int, named: bool = Fals
     """The GPU of this process exists and is not every process's of the node: a LOCAL_RANK past
     the node's GPUs was a CUDA "invalid device ordinal" traceback, and `device=cuda:N` (`named`)
     under torchrun put every process of the node on GPU N (NCCL then refuses them)."""
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    local_world = env_int(os.environ, "LOCAL_WORLD_SIZE", 1)
     if named and world > 1 and local_world > 1:
         raise InvalidArgumentError(f"device=cuda:{dev.index} with {local_world} processes on this node would put "
                                    "them all on that GPU: use device=auto or cuda (each process the GPU LOCAL_RANK)")

@@ -2,7 +2,8 @@
 
 Every frame goes through `EntitySAM.encode_frame` and `EntitySAM.step`, the step inference runs;
 this module only orchestrates frames, memories and the loss. Training differs from inference
-only where the official training does (TRAINING.md 6):
+only where the official training does (section 6 of the training specification,
+shared/spec/TRAINING.md, which lies beside this repository, not in it):
 
 * frames 0 .. T-1 are visited once each (no warm-up passes); frame 0 is the initial step
   (point sampler on `V + no_mem_embed`), frame t >= 1 reads the memory of frames t-7 .. t-1

@@ -68,6 +68,10 @@ def write_failure(err: BaseException) -> OSError | None:
 
 
 class Trainer:
+    """One training run of `cfg` on this process (rank `dist_info`, default torchrun's): the model,
+    optimizer, schedule, DDP wrapper and resume state. Each iteration takes A = B / W clips, each
+    images uint8 [T, 3, S, S] and instance_map [T, S, S] (`ClipDataset`); see the module docstring."""
+
     def __init__(self, cfg: TrainConfig, dist_info: DistInfo | None = None, quiet: bool = False):
         self.cfg = cfg
         if cfg.num_threads > 0:
@@ -263,6 +267,8 @@ class Trainer:
         }
 
     def train(self) -> list[dict]:
+        """Iterations start_iter .. max_iter - 1, checkpoints as configured: one record per
+        iteration ({"iteration", "lr", "total_loss", the losses, ..., "time"}: the keys of metrics.jsonl)."""
         cfg = self.cfg
         max_iter = cfg.solver.max_iter
         if self.start_iter >= max_iter:

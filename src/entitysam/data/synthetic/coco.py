@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ... import jsonio
 from ...errors import EntitySAMError, InvalidArgumentError, OutputError
 from ...io.idpng import encode_ids
 from .scenes import render_demo_scene
@@ -249,9 +250,9 @@ def make_synthetic_coco_panoptic(root: str | Path, num_images: int = 8, seed: in
         images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
         annotations.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments})
     json_path = ann_dir / "panoptic_train2017.json"
-    with open(json_path, "w") as f:
-        json.dump({"info": {"description": f"synthetic COCO panoptic, seed {seed}"}, "images": images,
-                   "annotations": annotations, "categories": CATEGORIES}, f)
+    doc = {"info": {"description": f"synthetic COCO panoptic, seed {seed}"}, "images": images,
+           "annotations": annotations, "categories": CATEGORIES}
+    json_path.write_text(jsonio.dumps(doc), encoding="utf-8")
     return SyntheticCocoPanoptic(root, image_dir, pan_dir, json_path, num_images)
 
 

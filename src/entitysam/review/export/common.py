@@ -16,6 +16,7 @@ from ...errors import OutputError, Remedy
 from ...io.atomic import atomic_file, fsync_dir, publish_no_replace, temp_path
 from ...io.owned import Layout, foreign_entries, list_foreign
 from ...io.panoptic import frame_segments
+from ..id_lookup import map_ids
 
 __all__ = ["DEFAULT_CATEGORY", "MARKER", "exported_entities", "export_id_map", "map_ids", "frame_entities", "box_mask",
            "full_mask", "categories", "category_of", "check_outside_results", "output_file", "output_dir"]
@@ -33,30 +34,6 @@ def export_id_map(view: Any, t: int, keep: np.ndarray) -> np.ndarray:
     """Frame `t`'s [H, W] uint32 ids with every id not in `keep` set to 0."""
     keep = np.unique(np.asarray(keep, dtype=np.uint32))
     return map_ids(view.id_map(t), keep, keep)
-
-
-# ids below this are mapped through a table indexed by the id (256 kB of uint32 at most); a map
-# holding larger ids (up to 2**24 - 1) is mapped by binary search in the ids listed instead
-_TABLE_IDS = 1 << 16
-
-
-def map_ids(ids: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """[H, W] ids -> values[k] where ids == keys[k], 0 where the id is not among `keys`.
-    keys: [K] sorted, unique, non-negative; values: [K] (their dtype is the output's). No table
-    as large as the largest id is made."""
-    ids = np.asarray(ids)
-    top = int(ids.max(initial=0))
-    if top < _TABLE_IDS:
-        table = np.zeros(top + 1, dtype=values.dtype)
-        listed = keys <= top
-        table[keys[listed]] = values[listed]
-        return table[ids]
-    out = np.zeros(ids.shape, dtype=values.dtype)
-    if len(keys):
-        k = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
-        found = keys[k] == ids
-        out[found] = values[k[found]]
-    return out
 
 
 def frame_entities(view: Any, t: int, keep: np.ndarray) -> tuple[np.ndarray, dict[int, dict[str, Any]]]:
