@@ -144,3 +144,16 @@ def test_archives_torch_save_writes_still_load(tmp_path):
         state = {"model": tiny_state_dict()} if name != "many.pth" else {str(i): torch.zeros(3) for i in range(3000)}
         torch.save(state, path)
         assert read_checkpoint(path).keys() == state.keys()
+
+
+def test_a_record_name_flagged_utf8_that_is_not_is_a_damaged_archive(saved, tmp_path):
+    """Python's zipfile raised a raw UnicodeDecodeError (no EntitySAMError; at the command line,
+    "cannot load the checkpoint ...: UnicodeDecodeError: 'utf-8' codec can't decode ...")."""
+    data = bytearray(saved.read_bytes())
+    entry = data.index(b"PK\x01\x02")
+    data[entry + 8] |= 0x08  # the flags' bit 11 (0x800): the name is UTF-8
+    data[data.index(b"good/data.pkl", entry) + 5] = 0xFF
+    path = tmp_path / "name.pth"
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointReadError, match=re.escape("a damaged zip archive (UnicodeDecodeError)")):
+        read_checkpoint(path)

@@ -88,8 +88,9 @@ def scan_checkpoint(f: IO[bytes], path: Path) -> None:
                 if cause:
                     folder = records[0].filename.partition("/")[0]
                     raise _refuse(path, f"its {printable(folder, 80)}/data.pkl {cause}")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
-        # refused rather than left to torch: what cannot be checked is not read
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as err:
+        # refused rather than left to torch: what cannot be checked is not read (ValueError: a
+        # name flagged UTF-8 that is not, which zipfile raises as a raw UnicodeDecodeError)
         raise _refuse(path, "not a readable PyTorch checkpoint (truncated, or not written by torch.save?): "
                             f"a damaged zip archive ({type(err).__name__})") from None
 
