@@ -4,7 +4,8 @@ that unpickler is safe from code but not from crashes or memory bombs.
 * `scan_checkpoint(f, path)`: the structure of the open file, read without building anything: a
   ``torch.save`` zip archive must hold each record once and uncompressed (torch writes them so;
   a compressed record is inflated in memory before its size is checked: a 4 MB file took 1.8 GB,
-  a zip bomb any amount); and each pickle the load would read (a zip archive's data.pkl, the
+  a zip bomb any amount), and read alike by torch's own zip reader (`checkpoint_zip`), whose
+  data.pkl is the one checked; and each pickle the load would read (a zip archive's data.pkl, the
   legacy format's pickles) is walked by `checkpoint_pickle.walk_pickle`: no tuples nested deeper
   than `MAX_TUPLE_DEPTH` (a dict key of 1 M nested tuples, 1 MB of opcodes, crashed Python with a
   C stack overflow while the unpickler hashed it), and no more data than a few times the file's
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from .checkpoint_pickle import MAX_TUPLE_DEPTH, Budget, walk_pickle
+from .checkpoint_zip import ArchiveProblem, torch_pickle
 from .errors import CheckpointReadError, printable
 
 __all__ = ["MAX_TUPLE_DEPTH", "REFUSED", "scan_checkpoint", "numpy_safe_globals"]
@@ -73,21 +75,22 @@ def scan_checkpoint(f: IO[bytes], path: Path) -> None:
     try:
         with zipfile.ZipFile(f) as archive:
             records = archive.infolist()
-            names = [r.filename for r in records]
-            if len(set(names)) != len(names):
-                raise _refuse(path, "its zip archive holds a record name twice (torch.save never does; "
-                                    "which one is read depends on the reader)")
             packed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
             if packed:
                 raise _refuse(path, f"its record {printable(packed[0], 80)} is compressed (torch.save stores "
                                     "records as they are; unpacking one could take far more memory than the file)")
-            for record in records:  # torch reads one data.pkl: each is checked on its own
-                if record.filename.rpartition("/")[2] == "data.pkl":
-                    cause = walk_pickle(io.BytesIO(archive.read(record)), Budget(size))
-                    if cause:
-                        raise _refuse(path, f"its {printable(record.filename, 80)} {cause}")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
-        # refused rather than left to torch: what cannot be checked is not read
+            try:
+                pickled = torch_pickle(f, archive)  # what torch's own zip reader gives its unpickler
+            except ArchiveProblem as problem:
+                raise _refuse(path, f"its zip archive {problem.problem}") from None
+            if pickled is not None:
+                cause = walk_pickle(io.BytesIO(pickled), Budget(size))
+                if cause:
+                    folder = records[0].filename.partition("/")[0]
+                    raise _refuse(path, f"its {printable(folder, 80)}/data.pkl {cause}")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as err:
+        # refused rather than left to torch: what cannot be checked is not read (ValueError: a
+        # name flagged UTF-8 that is not, which zipfile raises as a raw UnicodeDecodeError)
         raise _refuse(path, "not a readable PyTorch checkpoint (truncated, or not written by torch.save?): "
                             f"a damaged zip archive ({type(err).__name__})") from None
 
