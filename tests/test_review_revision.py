@@ -119,6 +119,21 @@ def test_replay_refuses_a_log_of_another_result_and_bad_logs(result_dir, tmp_pat
         replay_edits(result_dir, bad)
 
 
+def test_replay_of_a_log_that_is_no_readable_json_file_is_one_error_never_a_wait(result_dir, tmp_path):
+    """A named pipe in the edit log's place waited for a writer for good (a plain read)."""
+    import os
+
+    from _blocking import within
+
+    os.mkfifo(tmp_path / "pipe.json")
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "folder.json").mkdir()
+    for name, words in (("pipe.json", "is not a regular file"), ("broken.json", "is not valid JSON"),
+                        ("folder.json", "is not a regular file"), ("gone.json", "not found")):
+        with pytest.raises(EditError, match=f"the edit log.*{words}|{words}.*the edit log"):
+            within(30, replay_edits, result_dir, tmp_path / name)
+
+
 def test_dest_and_replace_original_together_are_refused(result_dir, tmp_path):
     from entitysam.errors import InvalidArgumentError
 

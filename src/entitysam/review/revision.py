@@ -25,7 +25,6 @@ result: atomically, the old one removed only once the new one is in place).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from fractions import Fraction
@@ -36,6 +35,7 @@ from typing import Any, Mapping
 from ..argtypes import check_flags, check_path_arg
 from ..errors import EditError, InvalidArgumentError, OutputError
 from ..io.atomic import write_json_atomic
+from ..jsonio import load_file
 from ..io.output_lock import OutputLockedError
 from ..io.paths import describe_os_error
 from ..io.result_files import write_result_files
@@ -179,12 +179,8 @@ def read_edits(edits_json: str | os.PathLike | Mapping[str, Any]) -> dict[str, A
     if isinstance(edits_json, Mapping):
         data = dict(edits_json)
     else:
-        try:
-            data = json.loads(Path(edits_json).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise EditError(f"{edits_json}: cannot read the edit log: {err}") from None
-        except RecursionError:
-            raise EditError(f"{edits_json}: cannot read the edit log: JSON nested too deeply") from None
+        # (not a plain read: a named pipe in its place waited for a writer for good)
+        data = load_file(edits_json, "the edit log", EditError)
     if not isinstance(data, dict) or data.get("format") != EDITS_FORMAT or not isinstance(data.get("ops"), list):
         raise EditError(f"{edits_json if not isinstance(edits_json, Mapping) else 'edits'}: not an entitysam "
                         f"edit log (expected format {EDITS_FORMAT!r} with a list of ops)")
