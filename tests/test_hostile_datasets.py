@@ -611,3 +611,21 @@ def test_eval_vipseg_gt_json_option_naming_a_fifo_is_named_as_such(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and re.fullmatch(rf"error: GT JSON {re.escape(str(fifo))} is not a regular file\n", err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_small_json_reads_under_a_memory_cap(tmp_path):
+    """Every JSON read asked for a buffer of the whole size limit (1 GiB) before reading a byte: under
+    a cap on virtual memory (`ulimit -v`, as batch clusters set) a 9-byte file was a MemoryError."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "small.json").write_text('{"a": 1}')
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (900 * 2**20, 900 * 2**20)); "
+            "from entitysam.jsonio import load_file; from entitysam.errors import EntitySAMError; "
+            "print(load_file(sys.argv[1], 'test json', EntitySAMError))")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "small.json")], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "{'a': 1}", run.stderr[-500:]

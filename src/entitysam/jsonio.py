@@ -117,7 +117,11 @@ def load_file(path: str | os.PathLike, what: str, error: type[EntitySAMError]) -
         # twice that) before anything could refuse it; no more than the limit is read should it grow
         try:
             size = os.fstat(f.fileno()).st_size
-            data = b"" if size > MAX_JSON_BYTES else f.read(MAX_JSON_BYTES + 1)
+            # what fstat says, then the rest up to the limit should it have grown: read(limit + 1)
+            # first asked for a buffer of the whole limit (a 9-byte file failed under `ulimit -v 900000`)
+            data = b"" if size > MAX_JSON_BYTES else f.read(size + 1)
+            if size < len(data) <= MAX_JSON_BYTES:
+                data += f.read(MAX_JSON_BYTES + 1 - len(data))
         except OSError as err:
             raise error(f"cannot read {what} {path}: {err.strerror or err}") from None
         if max(size, len(data)) > MAX_JSON_BYTES:
