@@ -138,8 +138,8 @@ TRAIN_DATA_MISTAKES = {
                               r"annotations\[1\]: 'file_name' 'sub/\.\./\.\./\.\./elsewhere/000000000002\.png' names "
                               r"a file outside data\.panoptic_dir \(\S*panoptic_train2017\)"),
     "png-name-absolute": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1].__setitem__(
-                              "file_name", str(r / "panoptic_train2017" / "000000000002.png"))),
-                          r"annotations\[1\]: 'file_name' '/\S+/panoptic_train2017/000000000002\.png' names a file "
+                              "file_name", str(r / "train2017" / "000000000002.png"))),
+                          r"annotations\[1\]: 'file_name' '/\S+/train2017/000000000002\.png' names a file "
                           r"outside data\.panoptic_dir"),
     # silent: every unlabeled pixel (id 0) of the image was trained on as one entity
     "segment-id-0": (lambda r: _edit(_coco_json(r), lambda d: d["annotations"][1]["segments_info"][0]
@@ -702,6 +702,19 @@ def test_an_image_id_named_twice_that_no_annotation_uses_is_no_error(coco):
           or d["images"].append({"id": 999, "file_name": "b.jpg"}))
     records = read_panoptic_dataset(coco)
     assert len(records) == 3
+
+
+def test_a_file_name_spelled_absolute_or_with_dots_but_inside_its_folder_is_that_file(coco):
+    """An absolute name, or one with '..', that leads back into its own folder names a file there:
+    taken (it was refused as 'outside', with the advice to put the file where it already was)."""
+    from entitysam.train.dataset_index import read_panoptic_dataset
+
+    before = [(r.image_path, r.panoptic_path) for r in read_panoptic_dataset(coco)]
+    _edit(_coco_json(coco), lambda d: (d["annotations"][1].__setitem__(
+        "file_name", str(coco / "panoptic_train2017" / d["annotations"][1]["file_name"])),
+        d["images"][1].__setitem__("file_name", "x/../" + d["images"][1]["file_name"])))
+    after = [(r.image_path, r.panoptic_path) for r in read_panoptic_dataset(coco)]
+    assert [tuple(map(os.path.realpath, p)) for p in after] == [tuple(map(os.path.realpath, p)) for p in before]
 
 
 def test_a_file_name_that_is_a_link_leading_out_of_the_folder_is_followed(coco, tmp_path):

@@ -97,9 +97,13 @@ def _file_name(entry: dict, where: str, what: str, folder: tuple[str, Path]) -> 
         raise DatasetError(f"{where}: no 'file_name'{what}")
     if "\0" in name:  # no file can have it: os.stat's bare "embedded null byte" named no entry
         raise DatasetError(f"{where}: 'file_name' {name!r} holds a NUL character")
+    option, path = folder
     if leaves_its_folder(name):
-        # it was accepted here and failed, or read another file, only when its sample was drawn
-        option, path = folder
+        # Read from another folder (a panoptic PNG trained on as the image); a name that only
+        # spells its way back in (absolute, or with '..') is that file, relative.
+        inside = os.path.relpath(os.path.normpath(os.path.join(os.path.abspath(path), name)), os.path.abspath(path))
+        if not leaves_its_folder(inside):
+            return inside
         raise DatasetError(f"{where}: 'file_name' {name!r} names a file outside {option} ({path}): an absolute "
                            "name or one with '..' is refused; put the file there (a symbolic link will do)")
     return name
