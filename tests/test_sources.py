@@ -113,6 +113,9 @@ def test_a_pattern_the_shell_left_unexpanded_is_named_as_one(tmp_path):
 def test_bad_inputs(tmp_path, media):
     with pytest.raises(SourceError, match="input not found: .*nothing.mp4"):
         open_source(tmp_path / "nothing.mp4")
+    # `-`, standard input's usual name, was "input not found: -" without a word of why
+    with pytest.raises(SourceError, match=r"input not found: - \(standard input is not read: .* save it to a file"):
+        open_source("-")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
     with pytest.raises(SourceError, match=r"no frames of the supported types .* holds 1 other entry: notes.txt"):
