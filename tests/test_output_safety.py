@@ -96,6 +96,10 @@ def test_an_input_given_twice_is_said_to_be_given_twice(tmp_path, tiny_checkpoin
         assert run(a, again, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q") == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and "rename" not in err
+    # a stream's URL twice: no file to compare, the same words (it was told to rename one)
+    url = "rtsp://127.0.0.1:1/cam"
+    assert run(url, url, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q", "--online") == 2
+    assert f"{url} is given twice: name each input once" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

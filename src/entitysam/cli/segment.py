@@ -144,7 +144,10 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
             raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
 
 
-def _same_file(a, b) -> bool:
+def _same_input(a, b) -> bool:
+    """One input named twice: the same words (a stream's URL, a device), or the same file."""
+    if str(a) == str(b):
+        return True
     try:
         return os.path.samefile(a, b)
     except (OSError, ValueError, TypeError):  # a stream URL, a name that is gone
@@ -164,7 +167,7 @@ def run(args) -> int:
         names = [video_name(p) for p in inputs]
         if clash := name_clash(names):
             i, j, words = clash
-            if _same_file(inputs[i], inputs[j]):  # (renaming one, as said below, would segment it twice)
+            if _same_input(inputs[i], inputs[j]):  # (renaming one, as said below, would segment it twice)
                 again = "" if str(inputs[i]) == str(inputs[j]) else f" (as {inputs[j]})"
                 raise SourceError(f"{inputs[i]} is given twice{again}: name each input once")
             raise SourceError(f"{inputs[i]} and {inputs[j]} would both write to {Path(args.output) / names[i]}"
