@@ -93,7 +93,7 @@ def offline_merge(scores_steps: torch.Tensor, logits: torch.Tensor, out_size):
     """The offline answer: id maps, id -> query, and the pre-overlap-test winner query per pixel."""
     from entitysam.inference.offline_merge import iter_video_panoptic, plan_video_panoptic
 
-    scores = scores_steps.mean(0)  # as segment_video: float32 mean over all steps
+    scores = scores_steps.mean(0)  # as segment_video in float32 (mean_step_scores rounds only under autocast)
     n = logits.shape[1]
     winners = np.full((n, *out_size), -1, np.int16)
     slots: list[np.ndarray] = []

@@ -80,14 +80,15 @@ def run_official(args) -> None:
 
 def run_ours(args) -> None:
     """This project through its public API: load_entitysam, preprocess_frame, EntityTracker
-    (the tracker segment_video drives), video_scores + merge_video_panoptic for a whole clip."""
+    (the tracker segment_video drives), mean_step_scores + merge_video_panoptic for a whole clip."""
     import torch
     from PIL import Image
 
     from entitysam.checkpoints import load_entitysam
     from entitysam.inference.offline_merge import merge_video_panoptic
     from entitysam.inference.preprocess import preprocess_frame
-    from entitysam.inference.tracker import EntityTracker, video_scores
+    from entitysam.inference.merge_rules import mean_step_scores
+    from entitysam.inference.tracker import EntityTracker
 
     torch.set_num_threads(args.threads)
     model = load_entitysam(make_state_dict(args.variant, args.seed))
@@ -114,7 +115,7 @@ def run_ours(args) -> None:
             save_run(partial, step_arrays(steps, out_size, times), dict(info, partial=True))
     arrays = step_arrays(steps, out_size, times)
     if total == len(names) + official.NUM_WARMUP:
-        scores = video_scores([s.scores for s in steps], tracker.score_dtype)
+        scores = mean_step_scores([s.scores for s in steps], tracker.score_dtype)
         logits = torch.stack([s.mask_logits[:, 0] for s in steps if not s.is_warmup], dim=1)
         panoptic = merge_video_panoptic(scores, logits, out_size)
         arrays.update(video_scores=scores.numpy(), panoptic_ids=np.asarray(panoptic.id_maps, dtype=np.int32),
