@@ -1,4 +1,4 @@
-"""Frame times from timestamps that may restart, repeat, go back or be missing."""
+"""Frame times that always increase, from timestamps that may restart, repeat, go back or be missing."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from collections import deque
 import time as _time  # "time" is a frame's time in this module
 
 CLOCK_RESTART_S = 1.0  # a clock going back further than this restarted
+REORDER_STEP_S = 1e-3  # a frame whose stamp goes back a little: this after the latest
 REORDER_MEMORY = 256  # frames a stamp out of order is told from: more than a second of them at 240 frames/s
 
 
 class FrameClock:
-    """The times of a video's frames, in seconds from its first frame, increasing (but see `reordered_ok`).
+    """The times of a video's frames, in seconds from its first frame, always increasing.
 
     A stream's clock can restart (an encoder or camera restarted behind a relay, streams spliced
     one after the other, recordings concatenated into one file) or repeat a timestamp: its frames'
@@ -28,16 +29,17 @@ class FrameClock:
 
     `reordered_ok` (files): a frame at most `CLOCK_RESTART_S` earlier than the latest whose stamp none
     of the last `REORDER_MEMORY` frames had (it fills a gap: not a repeat, not a restart onto stamps
-    already seen) keeps the time its stamp gives. Some containers (AVI holding H.264 with B-frames)
-    give the frames in display order with their stamps out of order (0.1, 0.3, 0.4, 0.2, 0.5, ...);
-    counted a period each, those times drifted ahead without end (a 6 s file read as 10 s, and a
-    `--end` in seconds dropped frames)."""
+    already seen) is timed `REORDER_STEP_S` after the latest. Some containers (AVI holding H.264 with
+    B-frames) give the frames in display order with their stamps out of order (0.1, 0.3, 0.4, 0.2,
+    0.5, ...); counted a period each, those times drifted ahead without end (a 6 s file read as 10 s,
+    and a `--end` in seconds dropped frames), while at their own times a `--start` in seconds dropped
+    the frames going back. A frame's time is then at most the reordering's depth late."""
 
     def __init__(self, period: float, wall_clock: bool = True, reordered_ok: bool = False):
         self.period = period
         self.wall_clock = wall_clock
         self.reordered_ok = reordered_ok
-        self.recent: deque[float] = deque(maxlen=REORDER_MEMORY)  # the last frames' times (reordered_ok)
+        self.recent: deque[float] = deque(maxlen=REORDER_MEMORY)  # the last frames' stamps, as times
         self.offset: float | None = None  # frame time - timestamp (or wall-clock time)
         self.wall = False  # whether the offset is to the wall-clock time
         self.last: float | None = None
@@ -62,7 +64,10 @@ class FrameClock:
                 self.offset = self.last + self.period - stamp
             elif self.reordered_ok and all(abs(t - seen) > 1e-6 for seen in self.recent):
                 self.recent.append(t)
-                return t  # `last` stays the latest time: a restart is measured from it
+                # Just after the latest, not at its own time: a selection in seconds takes frames in
+                # order (a time going back dropped a frame inside it); the next stamp in order catches up.
+                self.last += min(REORDER_STEP_S, self.period / 100)
+                return self.last
             t = self.last + self.period
         self.last = t
         self.recent.append(t)

@@ -63,7 +63,7 @@ def input_problem(path: str | os.PathLike, what: str = "input") -> str | None:
             if any(c in path.name for c in "*?["):  # a shell leaves a pattern that matches nothing as it is
                 return (f"{what} not found: {path} (a pattern that matches no file: the shell passes it on "
                         "unexpanded when nothing matches; give a folder of frames as the input instead)")
-            if str(path) == "-":  # the usual name of standard input, which is not read
+            if str(path) == "-" and what == "input":  # the usual name of standard input, which is not read
                 return (f"{what} not found: - (standard input is not read: a video is decoded with seeks, "
                         "so save it to a file first, or give a live stream's URL)")
             return f"{what} not found: {path}"

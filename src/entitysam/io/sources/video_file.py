@@ -146,9 +146,7 @@ class VideoFileSource(FrameSource):
                 stream.thread_type = "AUTO"
                 # Times from the first frame's, re-based where the stamps restart: recordings joined
                 # into one file restart them, and a --end in seconds then took the joined ones too.
-                # The file's own rate, not --fps: that one only selects frames.
-                period = 1 / (self.native_fps or self.fps)
-                clock, last = FrameClock(period, wall_clock=False, reordered_ok=True), None
+                clock, last = FrameClock(1 / self.fps, wall_clock=False, reordered_ok=True), None
                 for frame in container.decode(stream):
                     index += 1
                     t = last = clock.time(frame.time)
