@@ -704,17 +704,22 @@ def test_an_image_id_named_twice_that_no_annotation_uses_is_no_error(coco):
     assert len(records) == 3
 
 
-def test_a_file_name_spelled_absolute_or_with_dots_but_inside_its_folder_is_that_file(coco):
-    """An absolute name, or one with '..', that leads back into its own folder names a file there:
-    taken (it was refused as 'outside', with the advice to put the file where it already was)."""
+def test_an_absolute_file_name_inside_its_folder_is_that_file(coco):
+    """An absolute name of a file in its own folder was refused as 'outside' it, with the advice to
+    put the file where it already was. ('..' stays refused: a link before it leads elsewhere than its
+    letters say.)"""
     from entitysam.train.dataset_index import read_panoptic_dataset
+    from entitysam.train.samples import DatasetError
 
     before = [(r.image_path, r.panoptic_path) for r in read_panoptic_dataset(coco)]
-    _edit(_coco_json(coco), lambda d: (d["annotations"][1].__setitem__(
-        "file_name", str(coco / "panoptic_train2017" / d["annotations"][1]["file_name"])),
-        d["images"][1].__setitem__("file_name", "x/../" + d["images"][1]["file_name"])))
+    _edit(_coco_json(coco), lambda d: [e.__setitem__("file_name", str(coco / folder / e["file_name"]))
+                                       for folder, entries in (("panoptic_train2017", d["annotations"]),
+                                                               ("train2017", d["images"])) for e in entries])
     after = [(r.image_path, r.panoptic_path) for r in read_panoptic_dataset(coco)]
     assert [tuple(map(os.path.realpath, p)) for p in after] == [tuple(map(os.path.realpath, p)) for p in before]
+    _edit(_coco_json(coco), lambda d: d["images"][1].__setitem__("file_name", str(coco / "train2017")))
+    with pytest.raises(DatasetError, match="names a file outside"):  # the folder itself is no file in it
+        read_panoptic_dataset(coco)
 
 
 def test_a_file_name_that_is_a_link_leading_out_of_the_folder_is_followed(coco, tmp_path):

@@ -4,7 +4,7 @@ names checked to be there, before anything is trained (the layout: entitysam.tra
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from ..io.idpng import MAX_ID
 from ..io.paths import leaves_its_folder
@@ -99,11 +99,13 @@ def _file_name(entry: dict, where: str, what: str, folder: tuple[str, Path]) -> 
         raise DatasetError(f"{where}: 'file_name' {name!r} holds a NUL character")
     option, path = folder
     if leaves_its_folder(name):
-        # Read from another folder (a panoptic PNG trained on as the image); a name that only
-        # spells its way back in (absolute, or with '..') is that file, relative.
-        inside = os.path.relpath(os.path.normpath(os.path.join(os.path.abspath(path), name)), os.path.abspath(path))
-        if not leaves_its_folder(inside):
-            return inside
+        # Read from another folder (a panoptic PNG trained on as the image). An absolute name inside
+        # the folder is that file; '..' is never resolved by its letters (a link before it leads
+        # elsewhere than the letters say).
+        if ".." not in PurePath(name).parts:
+            inside = os.path.relpath(os.path.normpath(name), os.path.abspath(path))
+            if inside != "." and not leaves_its_folder(inside):
+                return inside
         raise DatasetError(f"{where}: 'file_name' {name!r} names a file outside {option} ({path}): an absolute "
                            "name or one with '..' is refused; put the file there (a symbolic link will do)")
     return name
