@@ -58,6 +58,8 @@ class LoadReport:
 
 # What torch's weights-only unpickler says when it meets an object it will not build.
 _REFUSAL_MARKERS = ("GLOBAL", "Can only build", "allowlisted")
+# An object torch will not make (NEWOBJ, BUILD; not a persistent id or a list torch names by its class)
+_MADE = r"Can only (?:build|create new object)[^\n]*? but got <class '([\w.]+)'>"
 # Lines of torch's own advice around the cause in a weights-only failure message.
 _TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "WeightsUnpickler", "Check the documentation",
                  "Please file", "Re-running", "In PyTorch")
@@ -78,7 +80,7 @@ def _torch_cause(err: BaseException) -> str:
 def _unsafe_globals(err: BaseException) -> list[str]:
     """Names of the refused globals or classes in torch's message (for ours)."""
     text = str(err)
-    names = (re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"but got <class '([\w.]+)'>", text)
+    names = (re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(_MADE, text)
              + re.findall(re.escape(REFUSED) + r" ([\w.]+)", text))
     return list(dict.fromkeys(names))
 
