@@ -9,7 +9,8 @@ that unpickler is safe from code but not from crashes or memory bombs.
   legacy format's pickles) is walked by `checkpoint_pickle.walk_pickle`: no tuples nested deeper
   than `MAX_TUPLE_DEPTH` (a dict key of 1 M nested tuples, 1 MB of opcodes, crashed Python with a
   C stack overflow while the unpickler hashed it), and no more data than a few times the file's
-  size (``bytearray(10**10)`` from 30 bytes; one 1 MB string encoded 2000 times through the memo).
+  size (``bytearray(10**10)`` from 30 bytes; one 1 MB string encoded 2000 times through the memo),
+  nor dict or set keys of one hash (`checkpoint_values`: 60 000 took the unpickler minutes).
 * `numpy_safe_globals()`: the numpy globals the weights-only load may use besides torch's own.
 """
 
