@@ -2,7 +2,8 @@
 that unpickler is safe from code but not from crashes or memory bombs.
 
 * `scan_checkpoint(f, path)`: the structure of the open file, read without building anything: a
-  ``torch.save`` zip archive must hold each record once and uncompressed (torch writes them so;
+  ``torch.save`` zip archive must hold at most `checkpoint_zip.MAX_RECORDS` records (counted
+  before they are listed), each once and uncompressed (torch writes them so;
   a compressed record is inflated in memory before its size is checked: a 4 MB file took 1.8 GB,
   a zip bomb any amount), and read alike by torch's own zip reader (`checkpoint_zip`), whose
   data.pkl is the one checked; and each pickle the load would read (a zip archive's data.pkl, the
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from .checkpoint_pickle import MAX_TUPLE_DEPTH, Budget, walk_pickle
-from .checkpoint_zip import ArchiveProblem, torch_pickle
+from .checkpoint_zip import ArchiveProblem, count_records, torch_pickle
 from .errors import CheckpointReadError, printable
 
 __all__ = ["MAX_TUPLE_DEPTH", "REFUSED", "scan_checkpoint", "numpy_safe_globals"]
@@ -74,26 +75,24 @@ def scan_checkpoint(f: IO[bytes], path: Path) -> None:
                 raise _refuse(path, f"it {cause}")
         return
     try:
+        count_records(f, size)  # before zipfile lists them
         with zipfile.ZipFile(f) as archive:
             records = archive.infolist()
             packed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
             if packed:
                 raise _refuse(path, f"its record {printable(packed[0], 80)} is compressed (torch.save stores "
                                     "records as they are; unpacking one could take far more memory than the file)")
-            try:
-                pickled = torch_pickle(f, archive)  # what torch's own zip reader gives its unpickler
-            except ArchiveProblem as problem:
-                raise _refuse(path, f"its zip archive {problem.problem}") from None
-            if pickled is not None:
-                cause = walk_pickle(io.BytesIO(pickled), Budget(size))
-                if cause:
-                    folder = records[0].filename.partition("/")[0]
-                    raise _refuse(path, f"its {printable(folder, 80)}/data.pkl {cause}")
+            pickled = torch_pickle(f, archive)  # what torch's own zip reader gives its unpickler
+        cause = pickled is not None and walk_pickle(io.BytesIO(pickled), Budget(size))
+    except ArchiveProblem as problem:
+        raise _refuse(path, f"its zip archive {problem.problem}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as err:
         # refused rather than left to torch: what cannot be checked is not read (ValueError: a
         # name flagged UTF-8 that is not, which zipfile raises as a raw UnicodeDecodeError)
         raise _refuse(path, "not a readable PyTorch checkpoint (truncated, or not written by torch.save?): "
                             f"a damaged zip archive ({type(err).__name__})") from None
+    if cause:
+        raise _refuse(path, f"its {printable(records[0].filename.partition('/')[0], 80)}/data.pkl {cause}")
 
 
 def numpy_safe_globals() -> list:
