@@ -1,9 +1,11 @@
 """Checkpoints of a huge number of empty parts, made by hand: a zip archive of a million empty
-records (90 MB) took 58 s and 1.2 GB to load. Over 100 000 (torch.save writes a record a tensor
-storage: 1 479 for the published vit-l) it is refused before anything is listed."""
+records (90 MB) took 58 s and 1.2 GB to load, a safetensors file of 500 000 tensors of no elements
+(24 MB) 67 s and 700 MB. Over 100 000 (torch.save writes a record a tensor storage, safetensors an
+entry a tensor: 1 479 and 1 473 for the published vit-l) each is refused before anything is listed."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -13,6 +15,7 @@ import torch
 
 from _blocking import within
 from entitysam import cli
+from entitysam.checkpoint_scan import MAX_TENSORS
 from entitysam.checkpoint_zip import MAX_RECORDS
 from entitysam.checkpoints import read_checkpoint
 from entitysam.errors import CheckpointReadError
@@ -41,6 +44,14 @@ def _archive(path, count: int) -> None:
     path.write_bytes(b"".join(local) + directory + tail)
 
 
+def _safetensors(path, count: int, note: str = "") -> None:
+    """A safetensors file of one float and `count` tensors of no elements (metadata: `note`)."""
+    header = {"__metadata__": {"note": note}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    header.update({f"e{i}": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]} for i in range(count)})
+    data = json.dumps(header, separators=(",", ":")).encode()
+    path.write_bytes(struct.pack("<Q", len(data)) + data + bytes(4))
+
+
 def _one_line(path, tmp_path, capsys) -> str:
     from PIL import Image
 
@@ -64,12 +75,24 @@ def test_an_archive_of_too_many_records_is_refused_before_they_are_listed(tmp_pa
     assert read_checkpoint(fewer) == {}
 
 
+def test_a_safetensors_header_of_too_many_tensors_is_refused_before_they_are_made(tmp_path, capsys):
+    path = tmp_path / "many.safetensors"
+    _safetensors(path, MAX_TENSORS)
+    message = f"its safetensors header lists over {MAX_TENSORS} tensors"
+    with pytest.raises(CheckpointReadError, match=message):
+        within(30, read_checkpoint, path)
+    assert message in _one_line(path, tmp_path, capsys)
+    braces = tmp_path / "braces.safetensors"  # "{" in a string are no tensors: counted as the JSON is read
+    _safetensors(braces, 3, note="{" * (MAX_TENSORS + 10))
+    assert within(30, read_checkpoint, braces)["w"].shape == (1,)
+
+
 def test_the_published_models_are_far_under_the_bounds():
-    """vit-l: a record a tensor and six more; its training checkpoint with two moments a weight
-    (AdamW) three times as many."""
+    """vit-l: a record a tensor and six more, a safetensors entry a tensor; its training
+    checkpoint with two moments a weight (AdamW) three times as many."""
     from entitysam.config import get_config
     from entitysam.modeling.entitysam import EntitySAM
 
     with torch.device("meta"):
         tensors = len(EntitySAM(get_config("vit-l")).state_dict())
-    assert 1000 < tensors and 3 * tensors + 6 < MAX_RECORDS / 10
+    assert 1000 < tensors and 3 * tensors + 6 < MAX_RECORDS / 10 and MAX_TENSORS == MAX_RECORDS

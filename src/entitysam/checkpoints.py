@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 import torch
 
 from .checkpoint_file import is_safetensors, open_checkpoint, pickle_with_globals, text_start
-from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint
+from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint, scan_safetensors
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
 from .modeling.entitysam import EntitySAM
@@ -148,6 +148,7 @@ def _read_safetensors(f: BinaryIO, path: Path) -> dict[str, torch.Tensor]:
     except ImportError as err:  # a core dependency; only a broken install gets here
         raise CheckpointReadError(f"cannot read {path}: the safetensors package is missing "
                                   "(pip install safetensors)") from err
+    scan_safetensors(f, path)  # a header of too many tensors to make
     try:  # safetensors opens by name: the open file's own (a copy in memory where there is none)
         name = reopenable_name(f)
         return load_file(name, device="cpu") if name else load(f.read())
