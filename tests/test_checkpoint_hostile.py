@@ -520,3 +520,24 @@ def test_a_whole_text_pickle_naming_a_global_is_still_refused_as_one(tmp_path):
         with pytest.raises(UnsafeCheckpointError, match=rf"it holds pickled Python objects \({name}\) that could run"):
             read_state_dict(path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_persistent_id_that_is_no_storage_is_an_unreadable_file_not_pickled_objects(saved, tmp_path, capsys,
+                                                                                     legacy):
+    """torch refuses a string as a persistent id naming its class ("but got <class 'str'>"), which
+    was read as a refused class: "pickled Python objects (str) that could run code", with advice
+    to pass allow_pickle=True, whose full unpickler fails too. Now it says what is wrong."""
+    pickle = b"\x80\x02X\x07\x00\x00\x00storageQ."
+    path = tmp_path / "persid.pth"
+    if legacy:
+        path.write_bytes(pickle)
+    else:
+        _rewrite(saved, path, pickle=pickle)
+    with pytest.raises(CheckpointReadError) as err:
+        read_state_dict(path)
+    message = str(err.value)
+    assert type(err.value) is CheckpointReadError and "persistent_load id must be tuple or int" in message
+    assert "could run code" not in message and "allow_pickle" not in message
+    rc, text = _segment(path, tmp_path, capsys)
+    assert rc == 1 and "persistent_load id must be tuple or int" in text and "--trust-checkpoint-code" not in text

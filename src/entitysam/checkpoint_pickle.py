@@ -7,6 +7,8 @@ its opcodes (``pickletools.genops``) once, without building anything.
   the unpickler would allocate.
 * `Budget(file_size)` (:mod:`.checkpoint_budget`): that bound, shared by the pickles one load
   reads, refused over the larger of `DATA_FLOOR` and `DATA_FACTOR` times the file's size.
+* The keys of the dicts and sets it would build, where their hashes are the file's choice, are
+  followed by :mod:`.checkpoint_values` (`KeyWork`): keys of one hash are refused in numbers.
 
 What is charged follows from the opcodes' arguments: each string at its size; what the callables
 torch allows build from theirs (``bytearray(n)``, ``_codecs.encode`` of a string, tensors and
@@ -26,7 +28,8 @@ import sys
 import _compat_pickle  # the Python 2 names torch's unpickler maps, as it does
 
 from .checkpoint_budget import DATA_FACTOR, DATA_FLOOR, Budget
-from .errors import CheckpointReadError
+from .checkpoint_values import (BYTES, CONST, CONTAINERS, DICT, GLOBAL, INT, LIST, OTHER, SET, STORAGE, STR, TENSOR,
+                                TUPLE, KeyWork, Refused, Value, complex_of)
 
 __all__ = ["MAX_TUPLE_DEPTH", "MAX_TUPLE_NODES", "DATA_FLOOR", "DATA_FACTOR", "Budget", "walk_pickle"]
 
@@ -72,35 +75,16 @@ _NO_DATA = {f"torch._utils._rebuild_{n}": at for n, at in (
     ("tensor", 2), ("tensor_v2", 2), ("tensor_v3", 2), ("meta_tensor_no_storage", 1), ("parameter", None),
     ("parameter_with_state", None), ("sparse_tensor", None), ("nested_tensor", None), ("wrapper_subclass", None))}
 
-INT, STR, BYTES, LIST, TUPLE, DICT, SET, TENSOR, STORAGE, GLOBAL, OTHER = range(11)
-_CONTAINERS = (LIST, TUPLE, DICT, SET)
-
-
-class _Value:
-    """What the walk knows of an object the unpickler would build (an int is kept as itself: the
-    walk holds about what the unpickler does). n: a string's characters, a container's entries, a
-    tensor's elements; size: the bytes of a string or bytes, of the strings in a tuple."""
-
-    __slots__ = ("kind", "n", "size", "depth", "items", "value", "nested", "copied", "nodes")
-
-    def __init__(self, kind: int, n: int = 0, size: int = 0, value=None):
-        self.kind, self.n, self.size, self.value = kind, n, size, value
-        self.depth, self.items, self.nested, self.copied, self.nodes = 0, (), False, False, 1
-
-
-_NOTHING = _Value(OTHER)
-_NO_TENSOR = _Value(TENSOR)  # of no elements
-_EMPTY = _Value(TUPLE)
+_NOTHING = Value(OTHER)
+_NO_TENSOR = Value(TENSOR)  # of no elements
+_EMPTY = Value(TUPLE)
 _EMPTY.depth = 1
+_CONSTANTS = {"NONE": Value(CONST), "NEWTRUE": Value(CONST, value=True), "NEWFALSE": Value(CONST, value=False)}
 
 
-def _v(x) -> _Value:
-    """x as a _Value (n: an int's value, clamped)."""
-    return x if type(x) is _Value else _Value(INT, min(max(x, 0), _CAP), value=x)
-
-
-class _Refused(CheckpointReadError):
-    """Why the walk refuses the pickle (over the budget, too deep, a call that cannot be bounded)."""
+def _v(x) -> Value:
+    """x as a Value (n: an int's value, clamped)."""
+    return x if type(x) is Value else Value(INT, min(max(x, 0), _CAP), value=x)
 
 
 def _global_name(arg: str) -> str:
@@ -119,25 +103,25 @@ def _user_allowed() -> frozenset[str]:
     return frozenset(g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in get_safe_globals())
 
 
-def _data(v: _Value) -> int:
+def _data(v: Value) -> int:
     """Bytes of v's own data that a copy duplicates (a string's, bytes', a tuple's strings')."""
     return v.size if v.kind in (STR, BYTES, TUPLE) else 0
 
 
-def _entries(v: _Value, each: int, distinct: bool = False) -> int:
+def _entries(v: Value, each: int, distinct: bool = False) -> int:
     """Bytes of a new container (`each` bytes an entry) of v's items. A list, tuple, dict or set
     is copied free the first time (building it took an opcode an entry), charged after."""
     if v.kind == TENSOR:
         return v.n * max(each, _TENSOR_ITEM)
     if v.kind in (STR, BYTES):  # a set or dict of characters or small ints holds each once
         return each * (min(v.n, 0x110000 if v.kind == STR else 256) if distinct else v.n)
-    if v.kind in _CONTAINERS:
+    if v.kind in CONTAINERS:
         first, v.copied = not v.copied, True
         return 0 if first else each * v.n
     return 0
 
 
-def _product(v: _Value) -> int:
+def _product(v: Value) -> int:
     """Elements of a tensor of size v (a tuple of ints); _CAP when its items are not known."""
     if v.kind != TUPLE or v.nested:
         return _CAP
@@ -155,17 +139,17 @@ def _element(name: str | None) -> int:
     return _ELEMENT.get(short.removesuffix("Storage").removesuffix("Tensor"), _DTYPE.get(short, _WIDE))
 
 
-def _arg(items: tuple, i: int) -> _Value:
+def _arg(items: tuple, i: int) -> Value:
     return _v(items[i]) if i < len(items) else _NOTHING
 
 
-def _per_char(name: str, encoding: _Value, errors: _Value) -> int:
+def _per_char(name: str, encoding: Value, errors: Value) -> int:
     """Bytes a character `name` (encode, bytearray) makes of a string with these arguments."""
     per = _CODECS.get(encoding.value.lower().replace("-", "").replace("_", "")) \
         if encoding.kind == STR and encoding.value is not None else None
     if per is None or (errors is not _NOTHING and errors.value not in _ERRORS):
-        raise _Refused(f"calls {name} with a codec or an error handler other than a plain text encoding "
-                       "(torch.save never writes such a call, only 'latin1'; what others make cannot be bounded)")
+        raise Refused(f"calls {name} with a codec or an error handler other than a plain text encoding "
+                      "(torch.save never writes such a call, only 'latin1'; what others make cannot be bounded)")
     return per
 
 
@@ -177,8 +161,8 @@ def _tensor_elements(name: str, items: list) -> int:
     total = 1
     for item in map(_v, items):
         if item.kind in (LIST, TUPLE) and item.nested:
-            raise _Refused(f"calls {name} with nested lists (torch.save never writes such a call; "
-                           "the size of what it makes cannot be bounded)")
+            raise Refused(f"calls {name} with nested lists (torch.save never writes such a call; "
+                          "the size of what it makes cannot be bounded)")
         count = max(_product(item), item.n) if item.kind == TUPLE else item.n  # a list: data
         total = min(total * max(count, 1), _CAP)
     return total
@@ -197,10 +181,12 @@ class _Walk:
         self.live = True  # False from where torch's unpickler would have stopped
         self.keys: set = set()  # legacy storages allocated (by key)
         self.user = _user_allowed()
+        self.key_work = KeyWork(budget.file_size)
+        self.storages = Value(DICT)  # torch's dict of the storages loaded, by key
 
     def charge(self, what: str, nbytes: int, times: int = 1) -> None:
         if nbytes and self.budget.charge(what, nbytes, times):
-            raise _Refused(self.budget.cause())
+            raise Refused(self.budget.cause())
 
     def pop(self, count: int | None) -> list:
         """The top `count` entries of the stack (None: those above the last mark), removed."""
@@ -210,22 +196,22 @@ class _Walk:
         items, self.stack[start:] = self.stack[start:], []
         return items
 
-    def tuple_of(self, items: list) -> _Value:
+    def tuple_of(self, items: list) -> Value:
         if not items:
             return _EMPTY
-        t = _Value(TUPLE, len(items))
+        t = Value(TUPLE, len(items))
         for item in items:
-            if type(item) is _Value:
+            if type(item) is Value:
                 t.depth = max(t.depth, item.depth)
-                t.nested = t.nested or item.kind in _CONTAINERS or item.nested
+                t.nested = t.nested or item.kind in CONTAINERS or item.nested
                 t.size += item.size if item.kind in (STR, BYTES) else 0
-        t.nodes = min(1 + sum(item.nodes if type(item) is _Value else 1 for item in items), _CAP)
+        t.nodes = min(1 + sum(item.nodes if type(item) is Value else 1 for item in items), _CAP)
         if t.nodes > MAX_TUPLE_NODES:  # what hashing or printing it walks, shared parts once per use
-            raise _Refused(f"holds a tuple of more than {MAX_TUPLE_NODES} entries once its shared parts are "
-                           "counted at each use (torch.save never does; hashing it would not end)")
+            raise Refused(f"holds a tuple of more than {MAX_TUPLE_NODES} entries once its shared parts are "
+                          "counted at each use (torch.save never does; hashing it would not end)")
         if t.depth >= MAX_TUPLE_DEPTH:
-            raise _Refused(f"nests tuples more than {MAX_TUPLE_DEPTH} deep (torch.save never does; "
-                           "unpickling it would crash Python)")
+            raise Refused(f"nests tuples more than {MAX_TUPLE_DEPTH} deep (torch.save never does; "
+                          "unpickling it would crash Python)")
         t.depth += 1
         t.items = tuple(items)
         self.charge("objects", 40 + 8 * len(items) if self.live else 0)  # sys.getsizeof of the tuple
@@ -258,14 +244,15 @@ class _Walk:
         elif name in ("BINUNICODE", "SHORT_BINSTRING"):
             size = sys.getsizeof(arg)
             self.charge("strings", size)
-            stack.append(_Value(STR, len(arg), size, arg if len(arg) <= 64 else None))
+            stack.append(Value(STR, len(arg), size, arg if len(arg) <= 64 else None))
+            stack[-1].hash = hash(arg)  # (for a key: the unpickler's string hashes alike in this process)
         elif name in _EMPTIES:
             self.charge("objects", _OBJECT[name])
-            stack.append(_Value(_EMPTIES[name]))
+            stack.append(Value(_EMPTIES[name]))
         elif name == "GLOBAL":
             full = _global_name(arg)
             self.live = full in _PLAIN_ALLOWED or full.startswith(("torch.", "numpy.")) or full in self.user
-            stack.append(_Value(GLOBAL, value=full))
+            stack.append(Value(GLOBAL, value=full))
         elif name in ("APPEND", "APPENDS", "SETITEM", "SETITEMS"):
             items = self.pop({"APPEND": 1, "SETITEM": 2}.get(name))
             target = _v(stack[-1])
@@ -274,8 +261,9 @@ class _Walk:
                 added = len(items) if target.kind == LIST else len(items) // 2
                 self.charge("objects", added * _OBJECT[name], added)
                 target.n = min(target.n + added, _CAP)
-                target.nested = target.nested or any(type(i) is _Value and (i.kind in _CONTAINERS or i.nested)
+                target.nested = target.nested or any(type(i) is Value and (i.kind in CONTAINERS or i.nested)
                                                      for i in items)
+                self.key_work.add(target, items if target.kind == LIST else items[::2], charged=target.kind == DICT)
         elif name in ("REDUCE", "NEWOBJ"):  # NEWOBJ, cls.__new__(cls, *args), charged as a call: more
             args = _v(stack.pop())
             stack.append(self.call(_v(stack.pop()), args))
@@ -283,82 +271,91 @@ class _Walk:
             self.build(_v(stack.pop()), _v(stack[-1]))
         elif name == "BINPERSID":
             stack.append(self.storage(_v(stack.pop())))
-        elif name not in ("PROTO", "STOP"):  # NONE, NEWTRUE, NEWFALSE (shared), BINFLOAT
-            self.charge("objects", _OBJECT.get(name, 0))
-            stack.append(_NOTHING)
+        elif name in _CONSTANTS:  # (shared)
+            stack.append(_CONSTANTS[name])
+        elif name == "BINFLOAT":
+            self.charge("objects", _OBJECT[name])
+            stack.append(Value(CONST, value=arg))
 
-    def build(self, state: _Value, inst: _Value) -> None:
+    def build(self, state: Value, inst: Value) -> None:
         """BUILD: setstate copies the state (a numpy array its bytes); a tensor's views a storage."""
         if inst.kind != TENSOR or inst.value == "ndarray":
             cost = _data(state) + _entries(state, _ITEM)
             self.charge("setstate", cost)
+            if state.kind == DICT:  # (an OrderedDict's __dict__ updated with its keys)
+                self.key_work.replay(state)
             if inst.value == "ndarray":
                 inst.n = cost
 
-    def storage(self, pid: _Value) -> _Value:
+    def storage(self, pid: Value) -> Value:
         """BINPERSID: a storage. In a zip archive it is its record, read at the record's size (torch
         checks it); the legacy format allocates what the pickle declares, once a key."""
         items = pid.items if pid.kind == TUPLE else []
         kind = _arg(items, 1)
         element = _element(kind.value if kind.kind == GLOBAL else None)
+        if len(items) >= 3:
+            self.key_work.add(self.storages, items[2:3])
         if self.legacy and len(items) >= 5:
-            key, numel = _arg(items, 2), _arg(items, 4)
-            key = key.value if key.kind in (STR, INT) and key.value is not None else key  # else by identity
+            key, numel = _arg(items, 2), _arg(items, 4)  # (as text: ints of one hash would slow this set)
+            key = (key.kind, str(key.value)) if key.kind in (STR, INT) and key.value is not None else key
             if key not in self.keys:
                 self.keys.add(key)
                 self.charge("storages", min(numel.n * element, _CAP) if numel.kind == INT else 0)
-        return _Value(STORAGE, value=element)
+        return Value(STORAGE, value=element)
 
-    def call(self, func: _Value, args: _Value) -> _Value:
+    def call(self, func: Value, args: Value) -> Value:
         """REDUCE or NEWOBJ: what func(*args) builds, its cost charged."""
         name = func.value if func.kind == GLOBAL else None
         if name is None:
             return _NOTHING  # not a callable: torch's call fails
         if args.kind != TUPLE:
-            raise _Refused(f"calls {name} with arguments that are not a tuple (torch.save never writes such a call)")
+            raise Refused(f"calls {name} with arguments that are not a tuple (torch.save never writes such a call)")
         items = args.items
         first = _arg(items, 0)
         if name in ("builtins.bytearray", "_codecs.encode"):
             if len(items) > 1 or name == "_codecs.encode":  # whatever it encodes: encode(b, "hex") doubles b
-                per = _per_char(name, _arg(items, 1) if len(items) > 1 else _Value(STR, value="utf-8"), _arg(items, 2))
+                per = _per_char(name, _arg(items, 1) if len(items) > 1 else Value(STR, value="utf-8"), _arg(items, 2))
                 cost = first.n * per if first.kind == STR else 0  # a text codec takes only a string
             else:  # bytearray(n), or a copy of what it iterates
                 cost = first.n if first.kind in (INT, BYTES) else _entries(first, 1)
             self.charge(name, cost)
-            return _Value(BYTES, cost, cost)
+            return Value(BYTES, cost, cost)
         if name in ("builtins.set", "collections.Counter", "collections.OrderedDict"):
             count = _entries(first, _ITEM, distinct=True)
             self.charge(name, count)
-            return _Value(SET if name == "builtins.set" else DICT, first.n)
+            made = Value(SET if name == "builtins.set" else DICT, first.n)
+            keys = self.key_work.replay(first, pairs=name == "collections.OrderedDict")
+            made.keys = keys if made.kind == SET else self.key_work.made(keys)
+            return made
         if name == "torch.Size":  # a tuple of the items
             self.charge(name, _entries(first, 8))
             if first.kind == TUPLE:
                 return first  # the same items
-            unknown, unknown.nested = _Value(TUPLE, first.n), True  # items not known: as a size, unbounded
+            unknown, unknown.nested = Value(TUPLE, first.n), True  # items not known: as a size, unbounded
             return unknown
         if name.endswith(("Tensor", "TypedStorage", "UntypedStorage")) and name.startswith("torch."):
             elements = _tensor_elements(name, items)
             self.charge(name, min(elements * _element(name), _CAP) + 8 * len(items))  # also pays for this look
-            return _Value(TENSOR, elements)
+            return Value(TENSOR, elements)
         if name == "torch.nn.parameter.Parameter":
             return first if first.kind == TENSOR else _NO_TENSOR
         if name in _NO_DATA:  # a view of a storage of that size; a parameter of its data
             at = _NO_DATA[name]
-            return _Value(TENSOR, _product(_arg(items, at))) if at else (first if first.kind == TENSOR else _NO_TENSOR)
+            return Value(TENSOR, _product(_arg(items, at))) if at else (first if first.kind == TENSOR else _NO_TENSOR)
         if name == "torch._utils._rebuild_qtensor":  # an empty quantized tensor of that size, then a view
             elements = _product(_arg(items, 2))
             self.charge(name, min(elements * (first.value if first.kind == STORAGE else _WIDE), _CAP))
-            return _Value(TENSOR, elements)
+            return Value(TENSOR, elements)
         if name.startswith("torch._utils._rebuild_device_tensor_from_"):  # data.to(dtype): a copy
             dtype = _arg(items, 1)
             self.charge(name, min(first.n * _element(dtype.value if dtype.kind == GLOBAL else None), _CAP))
-            return _Value(TENSOR, first.n)
+            return Value(TENSOR, first.n)
         if name == "torch._tensor._rebuild_from_type_v2":  # func(*args), then a view as the subclass
             return self.call(first, _arg(items, 2))  # recursion as deep as the tuples nest
         if name.endswith("multiarray._reconstruct"):
-            return _Value(TENSOR, value="ndarray")  # empty: filled by BUILD
+            return Value(TENSOR, value="ndarray")  # empty: filled by BUILD
         self.charge(name, _data(args))  # anything else allowed (complex, a device, a numpy scalar): a copy
-        return _NOTHING
+        return (name == "builtins.complex" and complex_of(items)) or _NOTHING  # (a complex's hash: for a key)
 
 
 def walk_pickle(stream, budget: Budget, *, legacy: bool = False) -> str | None:
@@ -368,12 +365,14 @@ def walk_pickle(stream, budget: Budget, *, legacy: bool = False) -> str | None:
     collecting = gc.isenabled()
     gc.disable()  # the walk makes no reference cycles; collections over its millions of objects took 3/4 of its time
     try:
-        for op, arg, _ in pickletools.genops(stream):
-            walk.step(op, arg)
-    except _Refused as cause:
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                walk.step(op, arg)
+        except (ValueError, IndexError, EOFError, MemoryError, OverflowError):  # a 2**62 length field: read() gives up
+            pass
+        walk.key_work.finish()  # what was built up to there, also where the unpickler fails after
+    except Refused as cause:
         return cause.problem
-    except (ValueError, IndexError, EOFError, MemoryError, OverflowError):  # a 2**62 length field: read() gives up
-        pass
     finally:
         if collecting:
             gc.enable()

@@ -1,21 +1,27 @@
-"""What a pickle checkpoint is checked for before torch's weights-only unpickler reads it, where
-that unpickler is safe from code but not from crashes or memory bombs.
+"""What a checkpoint is checked for before torch's weights-only unpickler (or safetensors) reads
+it, where that unpickler is safe from code but not from crashes or memory bombs.
 
 * `scan_checkpoint(f, path)`: the structure of the open file, read without building anything: a
-  ``torch.save`` zip archive must hold each record once and uncompressed (torch writes them so;
+  ``torch.save`` zip archive must hold at most `checkpoint_zip.MAX_RECORDS` records (counted
+  before they are listed), each once and uncompressed (torch writes them so;
   a compressed record is inflated in memory before its size is checked: a 4 MB file took 1.8 GB,
   a zip bomb any amount), and read alike by torch's own zip reader (`checkpoint_zip`), whose
   data.pkl is the one checked; and each pickle the load would read (a zip archive's data.pkl, the
   legacy format's pickles) is walked by `checkpoint_pickle.walk_pickle`: no tuples nested deeper
   than `MAX_TUPLE_DEPTH` (a dict key of 1 M nested tuples, 1 MB of opcodes, crashed Python with a
   C stack overflow while the unpickler hashed it), and no more data than a few times the file's
-  size (``bytearray(10**10)`` from 30 bytes; one 1 MB string encoded 2000 times through the memo).
+  size (``bytearray(10**10)`` from 30 bytes; one 1 MB string encoded 2000 times through the memo),
+  nor dict or set keys of one hash (`checkpoint_values`: 60 000 took the unpickler minutes).
+* `scan_safetensors(f, path)`: a safetensors file whose header lists over `MAX_TENSORS` tensors
+  (500 000 of no elements, a 24 MB file, took 67 s and 700 MB to load), counted as the header's
+  JSON is parsed, before any tensor is made.
 * `numpy_safe_globals()`: the numpy globals the weights-only load may use besides torch's own.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import zipfile
@@ -23,10 +29,10 @@ from pathlib import Path
 from typing import IO
 
 from .checkpoint_pickle import MAX_TUPLE_DEPTH, Budget, walk_pickle
-from .checkpoint_zip import ArchiveProblem, torch_pickle
+from .checkpoint_zip import MAX_RECORDS, ArchiveProblem, count_records, torch_pickle
 from .errors import CheckpointReadError, printable
 
-__all__ = ["MAX_TUPLE_DEPTH", "REFUSED", "scan_checkpoint", "numpy_safe_globals"]
+__all__ = ["MAX_TUPLE_DEPTH", "MAX_TENSORS", "REFUSED", "scan_checkpoint", "scan_safetensors", "numpy_safe_globals"]
 
 # How numpy_safe_globals' stand-ins refuse a numpy object (followed by its name): as an unpickling
 # refusal, like torch's for any other class, so that allow_pickle=True still reads such a file.
@@ -34,6 +40,10 @@ REFUSED = "Refused numpy object:"
 # The pickles the legacy (pre-zip) format holds before its raw storages: magic number, protocol
 # version, system info, the object, the storage keys; torch reads each with the weights-only unpickler.
 _LEGACY_PICKLES = 5
+# A safetensors file lists each tensor once (1 473 for the published vit-l), as torch.save writes a
+# record each: the same bound.
+MAX_TENSORS = MAX_RECORDS
+_HEADER = 100_000_000  # the longest header safetensors reads
 
 
 class _Capped:
@@ -73,26 +83,58 @@ def scan_checkpoint(f: IO[bytes], path: Path) -> None:
                 raise _refuse(path, f"it {cause}")
         return
     try:
+        count_records(f, size)  # before zipfile lists them
         with zipfile.ZipFile(f) as archive:
             records = archive.infolist()
             packed = [r.filename for r in records if r.compress_type != zipfile.ZIP_STORED]
             if packed:
                 raise _refuse(path, f"its record {printable(packed[0], 80)} is compressed (torch.save stores "
                                     "records as they are; unpacking one could take far more memory than the file)")
-            try:
-                pickled = torch_pickle(f, archive)  # what torch's own zip reader gives its unpickler
-            except ArchiveProblem as problem:
-                raise _refuse(path, f"its zip archive {problem.problem}") from None
-            if pickled is not None:
-                cause = walk_pickle(io.BytesIO(pickled), Budget(size))
-                if cause:
-                    folder = records[0].filename.partition("/")[0]
-                    raise _refuse(path, f"its {printable(folder, 80)}/data.pkl {cause}")
+            pickled = torch_pickle(f, archive)  # what torch's own zip reader gives its unpickler
+        cause = pickled is not None and walk_pickle(io.BytesIO(pickled), Budget(size))
+    except ArchiveProblem as problem:
+        raise _refuse(path, f"its zip archive {problem.problem}") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as err:
         # refused rather than left to torch: what cannot be checked is not read (ValueError: a
         # name flagged UTF-8 that is not, which zipfile raises as a raw UnicodeDecodeError)
         raise _refuse(path, "not a readable PyTorch checkpoint (truncated, or not written by torch.save?): "
                             f"a damaged zip archive ({type(err).__name__})") from None
+    if cause:
+        raise _refuse(path, f"its {printable(records[0].filename.partition('/')[0], 80)}/data.pkl {cause}")
+
+
+def scan_safetensors(f: IO[bytes], path: Path) -> None:
+    """Raise CheckpointReadError for a safetensors file (the open file `f`) whose header lists over
+    MAX_TENSORS tensors. A header safetensors cannot read is left to it: its own message says why."""
+    f.seek(0)
+    length = int.from_bytes(f.read(8), "little")
+    left, braces = (length, 0) if 2 <= length <= min(_HEADER, os.fstat(f.fileno()).st_size - 8) else (0, 0)
+    while left > 0 and braces <= MAX_TENSORS + 2:  # each entry is an object: its "{" bound them, read in parts
+        part = f.read(min(left, 1 << 20))
+        left, braces = (left - len(part) if part else 0), braces + part.count(b"{")
+    if braces > MAX_TENSORS + 2:  # (a string may hold "{" too: the entries counted as JSON is parsed)
+        f.seek(8)
+        too_many = _refuse(path, f"its safetensors header lists over {MAX_TENSORS} tensors (a checkpoint holds "
+                                 "one a weight, and each takes time and memory to make)")
+        try:
+            json.loads(f.read(length), object_pairs_hook=_counted(MAX_TENSORS + 2, too_many))
+        except (ValueError, RecursionError):
+            pass
+    f.seek(0)
+
+
+def _counted(most: int, too_many: CheckpointReadError):
+    """A hook of json.loads that stops the parse with `too_many` at the object after `most` (the
+    entries so far are all it has built): an object a tensor, the metadata's, the header's own."""
+    objects = 0
+
+    def hook(pairs: list) -> None:
+        nonlocal objects
+        objects += 1
+        if objects > most:
+            raise too_many
+
+    return hook
 
 
 def numpy_safe_globals() -> list:

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Mapping, TypeVar
 import torch
 
 from .checkpoint_file import is_safetensors, open_checkpoint, pickle_with_globals, text_start
-from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint
+from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint, scan_safetensors
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
 from .modeling.entitysam import EntitySAM
@@ -58,6 +58,8 @@ class LoadReport:
 
 # What torch's weights-only unpickler says when it meets an object it will not build.
 _REFUSAL_MARKERS = ("GLOBAL", "Can only build", "allowlisted")
+# An object torch will not make (NEWOBJ, BUILD; not a persistent id or a list torch names by its class)
+_MADE = r"Can only (?:build|create new object)[^\n]*? but got <class '([\w.]+)'>"
 # Lines of torch's own advice around the cause in a weights-only failure message.
 _TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "WeightsUnpickler", "Check the documentation",
                  "Please file", "Re-running", "In PyTorch")
@@ -78,7 +80,7 @@ def _torch_cause(err: BaseException) -> str:
 def _unsafe_globals(err: BaseException) -> list[str]:
     """Names of the refused globals or classes in torch's message (for ours)."""
     text = str(err)
-    names = (re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(r"but got <class '([\w.]+)'>", text)
+    names = (re.findall(r"GLOBAL ([\w.]+)", text) + re.findall(_MADE, text)
              + re.findall(re.escape(REFUSED) + r" ([\w.]+)", text))
     return list(dict.fromkeys(names))
 
@@ -146,6 +148,7 @@ def _read_safetensors(f: BinaryIO, path: Path) -> dict[str, torch.Tensor]:
     except ImportError as err:  # a core dependency; only a broken install gets here
         raise CheckpointReadError(f"cannot read {path}: the safetensors package is missing "
                                   "(pip install safetensors)") from err
+    scan_safetensors(f, path)  # a header of too many tensors to make
     try:  # safetensors opens by name: the open file's own (a copy in memory where there is none)
         name = reopenable_name(f)
         return load_file(name, device="cpu") if name else load(f.read())
