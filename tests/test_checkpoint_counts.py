@@ -15,8 +15,8 @@ import torch
 
 from _blocking import within
 from entitysam import cli
-from entitysam.checkpoint_scan import MAX_TENSORS
-from entitysam.checkpoint_zip import MAX_RECORDS
+from entitysam.checkpoint_scan import MAX_TENSORS, scan_safetensors
+from entitysam.checkpoint_zip import MAX_RECORDS, MAX_STORAGES, count_records
 from entitysam.checkpoints import read_checkpoint
 from entitysam.errors import CheckpointReadError
 
@@ -44,9 +44,11 @@ def _archive(path, count: int) -> None:
     path.write_bytes(b"".join(local) + directory + tail)
 
 
-def _safetensors(path, count: int, note: str = "") -> None:
-    """A safetensors file of one float and `count` tensors of no elements (metadata: `note`)."""
-    header = {"__metadata__": {"note": note}, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+def _safetensors(path, count: int, note: str | None = "") -> None:
+    """A safetensors file of one float and `count` tensors of no elements (metadata: `note`, none
+    where None)."""
+    header = {"__metadata__": {"note": note}} if note is not None else {}
+    header["w"] = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
     header.update({f"e{i}": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]} for i in range(count)})
     data = json.dumps(header, separators=(",", ":")).encode()
     path.write_bytes(struct.pack("<Q", len(data)) + data + bytes(4))
@@ -66,7 +68,7 @@ def _one_line(path, tmp_path, capsys) -> str:
 def test_an_archive_of_too_many_records_is_refused_before_they_are_listed(tmp_path, capsys):
     path = tmp_path / "records.pth"
     _archive(path, MAX_RECORDS + 1)
-    message = f"its zip archive holds over {MAX_RECORDS} records (torch.save never writes such an archive"
+    message = f"its zip archive holds over {MAX_RECORDS} records (torch.save writes one a tensor's storage"
     with pytest.raises(CheckpointReadError, match=message.replace("(", r"\(")):
         within(30, read_checkpoint, path)
     assert message in _one_line(path, tmp_path, capsys)
@@ -87,6 +89,23 @@ def test_a_safetensors_header_of_too_many_tensors_is_refused_before_they_are_mad
     assert within(30, read_checkpoint, braces)["w"].shape == (1,)
 
 
+def test_a_checkpoint_of_the_most_tensors_allowed_passes_the_counts(tmp_path):
+    """A torch.save archive of MAX_STORAGES tensors (a record each and six more) and a
+    safetensors file of MAX_TENSORS, with or without metadata, pass; one tensor more does not."""
+    most = tmp_path / "most.pth"
+    _archive(most, MAX_STORAGES + 3)  # (with its data.pkl, byteorder and version: torch.save's count)
+    with open(most, "rb") as f:
+        count_records(f, most.stat().st_size)
+    for note in ("", None):
+        at_most, over = tmp_path / "at-most.safetensors", tmp_path / "over.safetensors"
+        _safetensors(at_most, MAX_TENSORS - 1, note)
+        _safetensors(over, MAX_TENSORS, note)
+        with open(at_most, "rb") as f:
+            scan_safetensors(f, at_most)
+        with open(over, "rb") as f, pytest.raises(CheckpointReadError, match=f"lists over {MAX_TENSORS} tensors"):
+            scan_safetensors(f, over)
+
+
 def test_the_published_models_are_far_under_the_bounds():
     """vit-l: a record a tensor and six more, a safetensors entry a tensor; its training
     checkpoint with two moments a weight (AdamW) three times as many."""
@@ -95,4 +114,5 @@ def test_the_published_models_are_far_under_the_bounds():
 
     with torch.device("meta"):
         tensors = len(EntitySAM(get_config("vit-l")).state_dict())
-    assert 1000 < tensors and 3 * tensors + 6 < MAX_RECORDS / 10 and MAX_TENSORS == MAX_RECORDS
+    assert 1000 < tensors and 3 * tensors + 6 < MAX_RECORDS / 10 and MAX_TENSORS == MAX_STORAGES
+    assert MAX_STORAGES + 6 <= MAX_RECORDS <= MAX_STORAGES + 100

@@ -29,7 +29,8 @@ import _compat_pickle  # the Python 2 names torch's unpickler maps, as it does
 
 from .checkpoint_budget import DATA_FACTOR, DATA_FLOOR, Budget
 from .checkpoint_values import (BYTES, CONST, CONTAINERS, DICT, GLOBAL, INT, LIST, OTHER, SET, STORAGE, STR, TENSOR,
-                                TUPLE, KeyWork, Refused, Value, complex_of)
+                                NUMPY_DTYPE, TUPLE, KeyWork, Refused, Value, complex_of, numpy_dtype, numpy_order,
+                                numpy_scalar)
 
 __all__ = ["MAX_TUPLE_DEPTH", "MAX_TUPLE_NODES", "DATA_FLOOR", "DATA_FACTOR", "Budget", "walk_pickle"]
 
@@ -282,9 +283,11 @@ class _Walk:
         if inst.kind != TENSOR or inst.value == "ndarray":
             cost = _data(state) + _entries(state, _ITEM)
             self.charge("setstate", cost)
-            if state.kind == DICT:  # (an OrderedDict's __dict__ updated with its keys)
-                self.key_work.replay(state)
-            if inst.value == "ndarray":
+            if inst.value == NUMPY_DTYPE:
+                numpy_order(inst, state)
+            elif inst.value != "ndarray":  # (an OrderedDict's __dict__ updated with its keys)
+                self.key_work.built(state)
+            else:
                 inst.n = cost
 
     def storage(self, pid: Value) -> Value:
@@ -295,6 +298,9 @@ class _Walk:
         element = _element(kind.value if kind.kind == GLOBAL else None)
         if len(items) >= 3:
             self.key_work.add(self.storages, items[2:3])
+        view = _arg(items, 5)
+        if self.legacy and view.kind == TUPLE and view.items:  # a view's key, in the same dict
+            self.key_work.add(self.storages, view.items[:1])
         if self.legacy and len(items) >= 5:
             key, numel = _arg(items, 2), _arg(items, 4)  # (as text: ints of one hash would slow this set)
             key = (key.kind, str(key.value)) if key.kind in (STR, INT) and key.value is not None else key
@@ -319,7 +325,10 @@ class _Walk:
             else:  # bytearray(n), or a copy of what it iterates
                 cost = first.n if first.kind in (INT, BYTES) else _entries(first, 1)
             self.charge(name, cost)
-            return Value(BYTES, cost, cost)
+            made = Value(BYTES, cost, cost)
+            if len(items) == 2 and _arg(items, 1).value == "latin1" and first.kind == STR and first.value:
+                made.value = first.value.encode("latin-1", "replace")  # (a numpy scalar's bytes, as pickle writes them)
+            return made
         if name in ("builtins.set", "collections.Counter", "collections.OrderedDict"):
             count = _entries(first, _ITEM, distinct=True)
             self.charge(name, count)
@@ -355,7 +364,11 @@ class _Walk:
         if name.endswith("multiarray._reconstruct"):
             return Value(TENSOR, value="ndarray")  # empty: filled by BUILD
         self.charge(name, _data(args))  # anything else allowed (complex, a device, a numpy scalar): a copy
-        return (name == "builtins.complex" and complex_of(items)) or _NOTHING  # (a complex's hash: for a key)
+        if name == "numpy.dtype":  # (a complex's, a numpy scalar's hash: for a key)
+            return numpy_dtype(first)
+        if name.endswith("multiarray.scalar"):
+            return numpy_scalar(first, _arg(items, 1))
+        return (name == "builtins.complex" and complex_of(items)) or _NOTHING
 
 
 def walk_pickle(stream, budget: Budget, *, legacy: bool = False) -> str | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from .checkpoint_pickle import MAX_TUPLE_DEPTH, Budget, walk_pickle
-from .checkpoint_zip import MAX_RECORDS, ArchiveProblem, count_records, torch_pickle
+from .checkpoint_zip import MAX_STORAGES, ArchiveProblem, count_records, torch_pickle
 from .errors import CheckpointReadError, printable
 
 __all__ = ["MAX_TUPLE_DEPTH", "MAX_TENSORS", "REFUSED", "scan_checkpoint", "scan_safetensors", "numpy_safe_globals"]
@@ -42,8 +42,9 @@ REFUSED = "Refused numpy object:"
 _LEGACY_PICKLES = 5
 # A safetensors file lists each tensor once (1 473 for the published vit-l), as torch.save writes a
 # record each: the same bound.
-MAX_TENSORS = MAX_RECORDS
+MAX_TENSORS = MAX_STORAGES
 _HEADER = 100_000_000  # the longest header safetensors reads
+_ENTRY = object()  # what an object of a safetensors header is parsed as, for counting
 
 
 class _Capped:
@@ -109,30 +110,32 @@ def scan_safetensors(f: IO[bytes], path: Path) -> None:
     f.seek(0)
     length = int.from_bytes(f.read(8), "little")
     left, braces = (length, 0) if 2 <= length <= min(_HEADER, os.fstat(f.fileno()).st_size - 8) else (0, 0)
-    while left > 0 and braces <= MAX_TENSORS + 2:  # each entry is an object: its "{" bound them, read in parts
+    while left > 0 and braces <= MAX_TENSORS + 1:  # each entry is an object: its "{" bound them, read in parts
         part = f.read(min(left, 1 << 20))
         left, braces = (left - len(part) if part else 0), braces + part.count(b"{")
-    if braces > MAX_TENSORS + 2:  # (a string may hold "{" too: the entries counted as JSON is parsed)
+    if braces > MAX_TENSORS + 1:  # (the header's own "{"; a string may hold "{" too: counted as JSON is parsed)
         f.seek(8)
         too_many = _refuse(path, f"its safetensors header lists over {MAX_TENSORS} tensors (a checkpoint holds "
                                  "one a weight, and each takes time and memory to make)")
         try:
-            json.loads(f.read(length), object_pairs_hook=_counted(MAX_TENSORS + 2, too_many))
+            json.loads(f.read(length), object_pairs_hook=_counted(MAX_TENSORS, too_many))
         except (ValueError, RecursionError):
             pass
     f.seek(0)
 
 
 def _counted(most: int, too_many: CheckpointReadError):
-    """A hook of json.loads that stops the parse with `too_many` at the object after `most` (the
-    entries so far are all it has built): an object a tensor, the metadata's, the header's own."""
+    """A hook of json.loads that stops the parse with `too_many` once over `most` tensors are
+    certain (the entries so far are all it has built): an object a tensor, the metadata's, the
+    header's own (the last: its entries that are objects, less "__metadata__", are the tensors)."""
     objects = 0
 
-    def hook(pairs: list) -> None:
+    def hook(pairs: list) -> object:
         nonlocal objects
         objects += 1
-        if objects > most:
+        if objects > most + 2 or sum(value is _ENTRY and key != "__metadata__" for key, value in pairs) > most:
             raise too_many
+        return _ENTRY
 
     return hook
 

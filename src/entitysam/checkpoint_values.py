@@ -8,6 +8,8 @@ dicts and sets would cost that unpickler.
   `finish()` what the dicts built cost; each raises `Refused` past `MAX_COMPARED` comparisons of
   keys of one hash, or `max(MAX_HASHED, file_size)` tuple items hashed.
 * `complex_of(items)`: what ``complex(*items)`` makes, where the walk knows the arguments.
+* `numpy_dtype(code)`, `numpy_order(dtype, state)`, `numpy_scalar(dtype, data)`: a numpy scalar as
+  numpy pickles it (``scalar(dtype(code), bytes)``), hashed as the Python number of its value.
 
 CPython keeps the keys of a dict or set that share a hash in one chain: each insertion compares the
 new key with every key of its hash before it, and hashes a tuple anew, item by item. A pickle
@@ -15,17 +17,23 @@ chooses the hashes of numbers freely: ints k * (2**61 - 1) all hash to 0, hash(-
 so do tuples of -1 and -2 in any order), a two-int tuple can be solved for any hash, complex(a, b)
 hashes to hash(a) + 1000003 * hash(b). A dict of 60 000 such ints, a 780 KB file, kept the loader
 busy for minutes. Strings and bytes hash with a key random to each process, tensors and classes by
-identity: no file chooses theirs, and such keys are not followed.
+identity: no file chooses theirs, and such keys are not followed (inside a tuple: a stand-in of a
+random hash). A numpy scalar hashes as the Python number of its value (np.int64(5) as 5): torch.save
+writes dicts of thousands of them.
 """
 
 from __future__ import annotations
 
+import random
+import struct
+import sys
 from array import array
 
 from .errors import CheckpointReadError
 
 __all__ = ["INT", "STR", "BYTES", "LIST", "TUPLE", "DICT", "SET", "TENSOR", "STORAGE", "GLOBAL", "OTHER",
-           "CONST", "CONTAINERS", "MAX_COMPARED", "MAX_HASHED", "Value", "Refused", "KeyWork", "complex_of"]
+           "CONST", "CONTAINERS", "MAX_COMPARED", "MAX_HASHED", "NUMPY_DTYPE", "Value", "Refused", "KeyWork", "complex_of",
+           "numpy_dtype", "numpy_order", "numpy_scalar"]
 
 # CONST: None, a bool, a float or a complex number, kept as itself (the walk hashes it as Python does)
 INT, STR, BYTES, LIST, TUPLE, DICT, SET, TENSOR, STORAGE, GLOBAL, OTHER, CONST = range(12)
@@ -37,6 +45,10 @@ MAX_COMPARED = 1 << 24
 MAX_HASHED = 1 << 24
 _P = (1 << 61) - 1  # CPython's modulus of numeric hashes: an int k hashes to k but for -1 and |k| >= _P
 _UNHASHED = object()
+# Random hashes of stand-ins (its own generator: the program's random numbers stay as they were)
+_STAND_IN = random.Random()
+NUMPY_DTYPE = "numpy.dtype"  # the value of a Value of a numpy dtype (items: its code and byte order)
+_FLOAT = {2: "e", 4: "f", 8: "d"}  # struct's codes of the floats of numpy's dtypes f2, f4, f8 (c8, c16: pairs)
 # Kinds never followed as keys: hashed at random (str, bytes), by identity (tensors, storages,
 # classes), or not at all (lists, dicts, sets: the unpickler fails at the first)
 _NOT_CHOSEN = frozenset({STR, BYTES, TENSOR, STORAGE, GLOBAL, LIST, DICT, SET})
@@ -79,13 +91,15 @@ def _hash_of(x) -> int | None:
         return hash(x)
     if x.hash is _UNHASHED:
         x.hash = None
-        if x.kind in (CONST, GLOBAL) or (x.kind == STR and x.value is not None):
+        if x.kind in (CONST, GLOBAL) or (x.kind in (STR, BYTES) and x.value is not None):
             x.hash = hash(x.value)
         elif x.kind == TUPLE:  # each shared part hashed once: x.hash keeps it
             items = [item if type(item) is int else _hash_of(item) for item in x.items]
             if None not in items:
                 x.hash = hash(tuple(item if type(known) is int else _Hashed(item)
                                     for item, known in zip(items, x.items)))
+        elif x.kind in _NOT_CHOSEN:  # hashed by identity or at random (or not at all): no file chooses it
+            x.hash = _STAND_IN.getrandbits(62)
     return x.hash
 
 
@@ -170,14 +184,22 @@ class KeyWork:
                 key = _key(pair.items[0]) if tuple_pair else (None, 1)
                 if key is not None:
                     keys.add(key)
-        elif pairs and source.kind in (LIST, SET):  # pairs whose items the walk does not keep
-            keys = _Keys()
+        elif (pairs and source.kind in (LIST, SET)) or (source.kind == TENSOR and source.value == "ndarray"):
+            keys = _Keys()  # pairs whose items the walk does not keep; a numpy array's scalars (n: its bytes)
             keys.unknown = keys.nodes = source.n
         else:  # a dict's keys; the items of a list or set
             keys = source.keys if source.kind in (LIST, DICT, SET) else None
         if keys is not None:
             self.charge(keys.compared(), keys.nodes)
         return keys
+
+    def built(self, state: Value) -> None:
+        """Charge a BUILD's state put in an instance's __dict__ (torch: ``inst.__dict__.update(state)``):
+        a dict's keys, a list's or a tuple's pairs, and those of the first item of a 2-tuple
+        (state, slotstate), as torch takes it for a class of the allow-list."""
+        for state in (state, state.items[0]) if state.kind == TUPLE and len(state.items) == 2 else (state,):
+            if type(state) is Value and state.kind in (DICT, LIST, TUPLE):
+                self.replay(state, pairs=state.kind != DICT)
 
     def made(self, keys: _Keys | None) -> _Keys | None:
         """The keys of a new dict made of `keys` (just charged): more may be added to it."""
@@ -196,9 +218,9 @@ class KeyWork:
         self.compared += compared
         self.hashed += hashed
         if self.compared > MAX_COMPARED:
-            raise Refused(f"holds dict or set keys that share their hash (building them would compare keys over "
-                          f"{MAX_COMPARED} times, taking time that grows with the square of their number; "
-                          "torch.save never writes such keys)")
+            raise Refused(f"holds dict or set keys that share their hash, or whose hash cannot be known before they "
+                          f"are built (building them could compare keys over {MAX_COMPARED} times, taking time "
+                          "that grows with the square of their number)")
         if self.hashed > self.max_hashed:
             raise Refused(f"holds dict or set keys of over {self.max_hashed} tuple items in all once their "
                           "shared parts are counted at each use (torch.save never does; hashing them would "
@@ -217,3 +239,50 @@ def complex_of(items: tuple) -> Value | None:
         return Value(CONST, value=complex(*values))
     except (TypeError, ValueError, OverflowError):  # the unpickler's call fails alike
         return None
+
+
+def numpy_dtype(code: Value) -> Value:
+    """numpy's dtype(code, ...): its code ("i8", "f4", "b1", "U5"), of the machine's byte order."""
+    dtype = Value(OTHER, value=NUMPY_DTYPE)
+    dtype.items = (code.value if code.kind == STR else None, "=")
+    return dtype
+
+
+def numpy_order(dtype: Value, state: Value) -> None:
+    """BUILD of a numpy dtype: the byte order its state's second item gives ("<", ">", "|", "=")."""
+    order = state.items[1] if state.kind == TUPLE and len(state.items) > 1 else None
+    if type(order) is Value and order.kind == STR:
+        dtype.items = (dtype.items[0], order.value)
+
+
+def numpy_scalar(dtype: Value, data: Value) -> Value:
+    """numpy's scalar(dtype, data): a bool, an int, a float or a complex number hashes as the Python
+    number of its value (np.int64(5) as 5: numpy hashes it so); a string (hashed at random) and a NaN
+    (by identity) by a stand-in; any other's hash is not known."""
+    made = Value(OTHER)
+    code, order = dtype.items if dtype.kind == OTHER and dtype.value == NUMPY_DTYPE else (None, None)
+    raw = data.value if data.kind == BYTES else None
+    if not code or type(raw) is not bytes:
+        return made
+    kind, size = code[0], code[1:]
+    if kind in "SU":
+        made.hash = _STAND_IN.getrandbits(62)
+        return made
+    if not size.isdigit() or int(size) != len(raw):
+        return made
+    big = order == ">" or (order == "=" and sys.byteorder == "big")
+    if kind in "iu":
+        number = int.from_bytes(raw, "big" if big else "little", signed=kind == "i")
+    elif kind == "b" and len(raw) == 1:
+        number = raw != b"\0"
+    elif kind in "fc" and len(raw) // (1 + (kind == "c")) in _FLOAT:
+        parts = struct.unpack((">" if big else "<") + _FLOAT[len(raw) // (1 + (kind == "c"))] * (1 + (kind == "c")),
+                              raw)
+        number = complex(*parts) if kind == "c" else parts[0]
+        if number != number:  # a NaN: hashed by identity
+            made.hash = _STAND_IN.getrandbits(62)
+            return made
+    else:
+        return made
+    made.hash = hash(number)
+    return made

@@ -29,11 +29,13 @@ from typing import IO
 
 from .errors import CheckpointReadError, printable
 
-__all__ = ["MAX_RECORDS", "ArchiveProblem", "count_records", "folded", "torch_pickle"]
+__all__ = ["MAX_STORAGES", "MAX_RECORDS", "ArchiveProblem", "count_records", "folded", "torch_pickle"]
 
-# torch.save writes a record a tensor storage and five more: 1 479 for the published vit-l, about
-# 4 500 for a training checkpoint with its optimizer's moments.
-MAX_RECORDS = 100_000
+# torch.save writes a record a tensor storage and six more: 1 479 for the published vit-l, about
+# 4 500 for a training checkpoint with its optimizer's moments. A checkpoint of up to MAX_STORAGES
+# storages is read, with room for the records besides them.
+MAX_STORAGES = 100_000
+MAX_RECORDS = MAX_STORAGES + 16
 
 # sig, version, flags, method, time, date, crc, sizes: then the lengths of the name and extra field
 _LOCAL = struct.Struct("<4s22xHH")
@@ -89,8 +91,9 @@ def count_records(f: IO[bytes], size: int) -> None:
             if python:
                 directory, start = python[8], before - python[8]
         if max(counts + [_walked(f, start, directory)]) > MAX_RECORDS:
-            raise ArchiveProblem(f"holds over {MAX_RECORDS} records ({_NEVER}: it writes one a tensor's storage; "
-                                 "reading their list alone could take minutes)")
+            raise ArchiveProblem(f"holds over {MAX_RECORDS} records (torch.save writes one a tensor's storage and six "
+                                 f"more: this tool reads checkpoints of at most {MAX_STORAGES} tensors; reading a list "
+                                 "of millions of records alone could take minutes)")
 
 
 def _walked(f: IO[bytes], start: int, directory: int) -> int:
