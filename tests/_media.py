@@ -82,3 +82,22 @@ def read_only_frame(path, **kw) -> np.ndarray:
         frames = list(open_source(path, **kw))
     assert len(frames) == 1
     return frames[0].image
+
+
+def write_stamped_mkv(path: Path, stamps, decoded_at=None) -> Path:
+    """A Matroska video of intra-coded 64x48 frames shown at `stamps` (tenths of a second), in this
+    order; decoded at `decoded_at` (default: the stamps). The muxer wants increasing decoding stamps."""
+    import av
+
+    stamps = list(stamps)
+    decoded_at = stamps if decoded_at is None else list(decoded_at)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mjpeg", rate=Fraction(10))
+        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
+        s.time_base = Fraction(1, 10)
+        packets = [p for t in range(len(stamps)) for p in s.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24"))]
+        packets += list(s.encode())
+        for p, stamp, dts in zip(packets, stamps, decoded_at):
+            p.pts, p.dts = stamp, dts
+            c.mux(p)
+    return path

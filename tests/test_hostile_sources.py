@@ -18,7 +18,7 @@ import pytest
 
 from _blocking import release_readers, swap_for_a_pipe, within
 from _cli import run_cli
-from _media import scene, write_frames, write_video
+from _media import scene, write_frames, write_stamped_mkv, write_video
 from entitysam.errors import SourceError
 from entitysam.io.sources import FrameSelection, open_source, video_file
 from entitysam.io.sources.video_seek import VideoSeek
@@ -85,18 +85,7 @@ def test_a_header_declaring_billions_of_frames_does_not_hang(tmp_path, tiny_chec
 def _write_timed(path: Path, times: list[int]) -> Path:
     """A Matroska video of intra-coded frames at `times` (tenths of a second): a variable frame
     rate, as screen recorders write when the screen does not change."""
-    import av
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mjpeg", rate=Fraction(10))
-        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
-        s.time_base = Fraction(1, 10)
-        packets = [p for t in range(len(times)) for p in s.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24"))]
-        packets += list(s.encode())
-        for p, t in zip(packets, times):
-            p.pts = p.dts = t
-            c.mux(p)
-    return path
+    return write_stamped_mkv(path, times)
 
 
 def test_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path, tiny_checkpoint):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from _cli import run_cli
-from _media import scene, write_video
+from _media import scene, write_stamped_mkv, write_video
 from entitysam.errors import SourceError
 from entitysam.io.sources import FrameSelection, open_source
 
@@ -21,21 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _write_stamped(path: Path, stamps: list[int]) -> Path:
-    """A Matroska video of intra-coded frames shown at `stamps` (tenths of a second), in this order.
-    The muxer wants increasing decoding stamps: frame i is decoded at i, shown at stamps[i] >= i."""
-    import av
-
+    """A Matroska video of intra-coded frames shown at `stamps` (tenths of a second), in this order,
+    frame i decoded at i (stamps[i] >= i)."""
     assert all(s >= i for i, s in enumerate(stamps))
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("mjpeg", rate=Fraction(10))
-        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
-        s.time_base = Fraction(1, 10)
-        packets = [p for t in range(len(stamps)) for p in s.encode(av.VideoFrame.from_ndarray(scene(t), format="rgb24"))]
-        packets += list(s.encode())
-        for i, (p, stamp) in enumerate(zip(packets, stamps)):
-            p.pts, p.dts = stamp, i
-            c.mux(p)
-    return path
+    return write_stamped_mkv(path, stamps, decoded_at=range(len(stamps)))
 
 
 def test_a_matroska_file_whose_timestamps_start_late_is_read_whole(tmp_path):
