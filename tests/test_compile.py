@@ -127,3 +127,17 @@ def test_cli_refuses_compile_where_it_cannot_work(media, tmp_path, capsys, extra
     assert rc == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_whole_compiled_image_encoder_is_one_graph_for_every_model(tiny_model, recorder):
+    """The position embeddings kept between frames (`kept_while_frozen`) are part of the traced
+    graph: no graph break, and a second model of the same shapes compiles to the same graph
+    instead of recompiling on the addresses of its weights."""
+    image = frames(tiny_model, 1)[0]
+    for _ in range(2):
+        model = copy.deepcopy(tiny_model)
+        trunk = torch.compile(model.image_encoder.trunk, backend=recorder, dynamic=False)
+        with torch.no_grad():
+            got, want = trunk(image), model.image_encoder.trunk(image)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+    assert len(recorder.graphs) == 1

@@ -27,6 +27,7 @@ from .checkpoint_scan import REFUSED, numpy_safe_globals, scan_checkpoint, scan_
 from .config import CONFIGS, EntitySAMConfig, get_config
 from .errors import CheckpointMismatchError, CheckpointReadError, Remedy, UnsafeCheckpointError, printable
 from .modeling.entitysam import EntitySAM
+from .modeling.meta import build_on_meta
 from .regular_file import reopenable_name
 
 PUBLISHED = ("vit-s", "vit-l")
@@ -209,8 +210,7 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor], *,
 
 
 def _shapes(cfg: EntitySAMConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        return {k: tuple(v.shape) for k, v in EntitySAM(cfg).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in build_on_meta(lambda: EntitySAM(cfg)).state_dict().items()}
 
 
 def infer_config(state: Mapping[str, torch.Tensor]) -> EntitySAMConfig | None:
@@ -305,13 +305,11 @@ def load_entitysam(source: str | os.PathLike | Mapping[str, torch.Tensor],
         if config is None:
             closest = _closest_config_name(state)
             model_cfg = get_config(closest)
-            with torch.device("meta"):
-                check_state_dict(EntitySAM(model_cfg), state, source=path)  # raises with the full listing
+            check_state_dict(build_on_meta(lambda: EntitySAM(model_cfg)), state, source=path)  # raises: full listing
             raise AssertionError("unreachable")
     elif isinstance(config, str):
         config = get_config(config)
-    with torch.device("meta"):
-        model = model_class(config)
+    model = build_on_meta(lambda: model_class(config))
     check_state_dict(model, state, source=path)
     model.load_state_dict(_owning_their_memory(state), strict=True, assign=True)
     return model.to(device=device, dtype=torch.float32).eval()

@@ -11,14 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-@torch.compiler.disable  # its key holds addresses and versions: traced, every new one would recompile
 def kept_while_frozen(owner: nn.Module, params: tuple[torch.Tensor, ...], key: tuple,
                       make: Callable[[], torch.Tensor]) -> torch.Tensor:
     """`make()`, a value derived from `params` alone, remade only when needed: while gradients
     are off it is kept on `owner` (one entry), keyed by `key` and by the parameters' storage,
     in-place version, device and dtype, so loading weights or an optimizer step renews it.
-    With gradients on it is always remade (training must see the graph)."""
-    if torch.is_grad_enabled():
+    With gradients on it is always remade (training must see the graph), and so it is inside
+    torch.compile's tracing, where it becomes part of the graph: a key of addresses and versions
+    would make every new model recompile."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return make()
     full = (key, *((p.data_ptr(), p._version, p.device, p.dtype) for p in params))
     kept = owner.__dict__.get("_kept_while_frozen")
