@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,29 @@ def load_make_weights():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (the README's test command): one worker per core, at most 4 (each worker holds
+    its own full-size reference model while it runs tests/test_reference.py)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def pytest_configure(config):
+    """In a pytest-xdist worker: torch, and the commands and ranks the tests start, on this
+    worker's share of the cores, so that the workers do not fight over them; and a temporary
+    folder of its own, where the ranks of one worker's tests leave their markers
+    (distributed/rank_exit.py) without another worker's tests seeing them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+        own = Path(tempfile.gettempdir()) / f"entitysam-tests-{os.getpid()}-{os.environ['PYTEST_XDIST_WORKER']}"
+        own.mkdir(exist_ok=True)
+        os.environ["TMPDIR"] = str(own)
+        tempfile.tempdir = None  # read TMPDIR again
+        config.add_cleanup(lambda: shutil.rmtree(own, ignore_errors=True))
 
 
 @pytest.fixture(scope="module")
