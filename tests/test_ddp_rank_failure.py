@@ -26,7 +26,7 @@ from entitysam.train.data import ClipDataset, read_panoptic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 RANK_SCRIPT = REPO / "tests" / "_rank_failure.py"
-WAIT = 60  # seconds; the process group's timeout is 30 minutes
+WAIT = 180  # seconds (two ranks start, build and train under load); the process group waits 30 minutes
 TRAIN = ["solver.max_iter=3", "solver.ims_per_batch=2", "num_threads=1"]
 
 
