@@ -107,6 +107,16 @@ def test_a_launcher_variable_that_is_no_integer_is_one_error(node, key):
         init_distributed("auto")
 
 
+@pytest.mark.parametrize("rank, world, local_rank", [(5, 2, 1), (-1, 2, 0), (0, 0, 0), (0, -2, 0), (1, 2, -1)])
+def test_a_rank_outside_the_world_is_one_error(node, rank, world, local_rank):
+    """RANK=5 of WORLD_SIZE=2 waited for good in the process group's rendezvous; WORLD_SIZE=0 or a
+    negative rank was taken for a one-process run."""
+    node(2, RANK=rank, WORLD_SIZE=world, LOCAL_RANK=local_rank, LOCAL_WORLD_SIZE=2)
+    with pytest.raises(InvalidArgumentError, match=f"RANK={rank}, WORLD_SIZE={world} and LOCAL_RANK={local_rank} "
+                                                   "in the environment: need WORLD_SIZE >= 1, 0 <= RANK"):
+        init_distributed("cpu")
+
+
 def test_entitysam_train_says_a_bad_world_size_in_one_line(tmp_path, monkeypatch, capsys):
     """`WORLD_SIZE=abc entitysam train ...`: one line `error: ...`, exit 2, no traceback (the
     rank prefix of the message, read from the same variable, raised a second time)."""

@@ -47,6 +47,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world = env_int(os.environ, "WORLD_SIZE", 1)  # a value that is no integer: one error line, exit 2
     rank = env_int(os.environ, "RANK", 0)
     local_rank = env_int(os.environ, "LOCAL_RANK", 0)
+    if world < 1 or not 0 <= rank < world or local_rank < 0:  # RANK=5 of 2 waited for ever to join
+        raise ShardError(f"RANK={rank}, WORLD_SIZE={world} and LOCAL_RANK={local_rank} in the environment: need "
+                         "WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0 (start the ranks with torchrun)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
