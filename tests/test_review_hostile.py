@@ -182,6 +182,14 @@ def test_a_fifo_in_place_of_the_manifest_does_not_hang(result_dir):
     assert isinstance(err, ResultFolderError) and "no readable manifest.json" in str(err), err
 
 
+def test_a_panoptic_json_over_the_json_size_limit_is_refused_unread(result_dir, monkeypatch):
+    from entitysam import jsonio
+
+    monkeypatch.setattr(jsonio, "MAX_JSON_BYTES", (result_dir / "panoptic.json").stat().st_size - 1)
+    with pytest.raises(ResultFolderError, match=r"panoptic\.json .* bytes, more than the"):
+        ResultFolder.open(result_dir)
+
+
 @pytest.mark.parametrize("fmt", ["mots", "cvat-video", "ytvis", "coco-video"])
 @pytest.mark.parametrize("target", ["manifest.json", "panoptic.json", "panoptic/f000.png", "panoptic", ".",
                                     "sibling/manifest.json", "new.json"])

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
+from .. import jsonio
 from ..errors import ResultFolderError
 from ..io import idpng
 
@@ -21,15 +23,11 @@ MAX_LABEL = 1000  # characters of an entity label (what an edit may set, what a 
 
 
 def read_json(path: Path, what: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise ResultFolderError(f"{path.parent}: {what} is missing ({path.name})") from None
-    except (OSError, ValueError) as err:
-        raise ResultFolderError(f"{path}: cannot read {what}: {err}") from None
-    except RecursionError:
-        raise ResultFolderError(f"{path}: cannot read {what}: JSON nested too deeply") from None
+    """The JSON document `path` holds, read as every user's JSON file is (`jsonio.load_file`: a
+    regular file, at most its size limit); ResultFolderError naming `what` otherwise."""
+    if not os.path.lexists(path):
+        raise ResultFolderError(f"{path.parent}: {what} is missing ({path.name})")
+    return jsonio.load_file(path, what, ResultFolderError)
 
 
 def label_problem(text: Any) -> str | None:
