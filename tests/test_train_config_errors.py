@@ -3,6 +3,9 @@ code 2 before any work (no traceback); a YAML python tag is refused, never run."
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from entitysam.train import cli as train_cli
@@ -91,6 +94,40 @@ def test_a_key_given_twice_in_a_config_file_is_refused(capsys, tmp_path, name, c
     path = tmp_path / name
     path.write_bytes(content)
     _fails(capsys, ["--config", str(path), "--print-config"], message)
+
+
+NINE = ", ".join(["*{}"] * 9)
+LAUGHS = ("solver:\n  max_iter: [&a [" + ", ".join(['"lol"'] * 9) + "], "
+          + ", ".join(f"&{b} [{NINE.format(a, a, a, a, a, a, a, a, a)}]" for a, b in zip("abcdefgh", "bcdefghi")) + "]\n")
+ENDLESS_FILES = [
+    ("laughs.yaml", LAUGHS, "laughs.yaml: holds more than 100000 values (counting each use of a YAML alias)"),
+    ("itself.yaml", "solver: &a {max_iter: *a}\n", "itself.yaml: holds itself (a YAML alias inside its own anchor)"),
+    ("list.yaml", "data: &a [*a]\n", "list.yaml: holds itself (a YAML alias inside its own anchor)"),
+]
+
+
+@pytest.mark.parametrize("name,content,message", ENDLESS_FILES, ids=[n for n, _, _ in ENDLESS_FILES])
+def test_a_config_file_whose_aliases_never_end_is_one_line(tmp_path, name, content, message):
+    """A 600-byte YAML file of nested aliases (9^9 items) ran for ever: in the type check's message,
+    in the printed config."""
+    path = tmp_path / name
+    path.write_text(content)
+    proc = subprocess.run([sys.executable, "-m", "entitysam", "train", "--config", str(path), "--print-config"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr == f"error: {tmp_path}/{message}\n", proc.stderr[-500:]
+
+
+def test_an_override_whose_aliases_never_end_is_one_line(capsys):
+    value = LAUGHS.split("max_iter: ", 1)[1].strip()
+    _fails(capsys, ["--config", "tiny-stage1", f"solver.max_iter={value}", "--print-config"],
+           "override solver.max_iter: holds more than 100000 values")
+
+
+def test_a_config_file_over_the_size_limit_is_refused_unread(capsys, tmp_path, monkeypatch):
+    path = tmp_path / "big.json"
+    path.write_text('{"seed": 1}' + " " * 100)
+    monkeypatch.setattr(train_config_checks, "MAX_CONFIG_BYTES", 100)
+    _fails(capsys, ["--config", str(path), "--print-config"], "big.json: 111 bytes, more than the 100 bytes a config file may hold")
 
 
 def test_a_yaml_merge_key_may_still_be_overridden(capsys, tmp_path):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_checks import coerce, parse_value, read_file, validate
+from .config_checks import coerce, expansion_problem, parse_value, read_file, validate
 
 __all__ = ["TrainConfig", "NAMED_CONFIGS", "load_config", "parse_overrides", "config_from_dict", "validate"]
 
@@ -260,6 +260,9 @@ def parse_overrides(items: list[str]) -> dict:
                                  "it cannot also be a section")
             if last:
                 node[part] = parse_value(text)
+                problem = expansion_problem(node[part])
+                if problem:
+                    raise ValueError(f"override {key.strip()}: {problem}")
             else:
                 node = node.setdefault(part, {})
     return out

@@ -140,9 +140,50 @@ def _unique_key_loader(yaml: Any) -> type:
     return UniqueKeyLoader
 
 
+MAX_CONFIG_BYTES = 2**20  # a config file is a few hundred bytes
+MAX_CONFIG_VALUES = 100_000  # values of a config file, shared ones (YAML aliases) counted at each use
+
+
+def expansion_problem(data: Any) -> str | None:
+    """Why `data` cannot be a config, or None: YAML aliases let a few hundred bytes describe a value
+    of billions of items (each list holding the previous one nine times) or one that holds itself;
+    every check and message that walks it would then run for ever. Counted once per distinct value."""
+    sizes: dict[int, int] = {}
+
+    def size(value: Any) -> int:
+        if not isinstance(value, (dict, list, tuple)):
+            return 1
+        key = id(value)
+        if key in sizes:
+            if sizes[key] < 0:
+                raise ValueError("holds itself (a YAML alias inside its own anchor)")
+            return sizes[key]
+        sizes[key] = -1
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        total = 1
+        for item in items:
+            total += size(item)
+            if total > MAX_CONFIG_VALUES:
+                break
+        sizes[key] = total
+        return total
+
+    try:
+        if size(data) > MAX_CONFIG_VALUES:
+            return f"holds more than {MAX_CONFIG_VALUES} values (counting each use of a YAML alias)"
+    except ValueError as err:
+        return str(err)
+    except RecursionError:
+        return "nested too deeply"
+    return None
+
+
 def read_file(path: Path) -> dict:
     """A config file's mapping; unreadable files, bad YAML/JSON and non-mappings are one-line errors."""
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:  # read whole and parsed, gigabytes took hours and their size again in memory
+            raise ValueError(f"{path}: {size} bytes, more than the {MAX_CONFIG_BYTES} bytes a config file may hold")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read the config file ({err})") from None
@@ -169,6 +210,9 @@ def read_file(path: Path) -> dict:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must hold a mapping")
+    problem = expansion_problem(data)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
     if "base" in data and not isinstance(data["base"], (str, type(None))):
         raise ValueError(f"{path}: base must be the name of a named config, got {data['base']!r}")
     return data
