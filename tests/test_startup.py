@@ -53,3 +53,23 @@ def test_random_fills_outside_meta_still_fill():
     assert cpu.device.type == "cpu" and cpu.std() > 0.5
     cpu = build_on_meta(lambda: torch.zeros(64, device="cpu").normal_())
     assert cpu.std() > 0.5
+
+
+def test_a_progress_bar_built_halfway_is_collected_quietly():
+    """A Ctrl-C inside tqdm's constructor left a bar without `pos`: its collection printed
+    "Exception ignored in tqdm.__del__ ... AttributeError" after the one-line "interrupted"."""
+    import gc
+
+    from entitysam.pipeline.progress import progress_bar
+
+    bar_class = type(progress_bar(True, 3, "test"))
+    unraisable = []
+    before, sys.unraisablehook = sys.unraisablehook, unraisable.append
+    try:
+        half_built = bar_class.__new__(bar_class)
+        half_built.disable = False  # where the interrupted constructor had got to
+        del half_built
+        gc.collect()
+    finally:
+        sys.unraisablehook = before
+    assert unraisable == []

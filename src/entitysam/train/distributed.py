@@ -6,7 +6,13 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo  # noqa: F401 - see below
 import torch.distributed as dist
+
+# torch._dynamo before any process group: imported later (torch.optim imports it lazily when the
+# optimizer is built), a group destroyed after one rank's failure (failstop.teardown) kept gloo's
+# connections open, and the other ranks waited for the failed process to exit instead of stopping
+# at once (tests/test_ddp_rank_failure.py). Training processes import it anyway.
 
 from ..errors import InvalidArgumentError
 from ..sharding import ShardError, env_int
