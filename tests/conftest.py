@@ -35,7 +35,7 @@ def load_make_weights():
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto` (the README's test command): one worker per core, at most 4 (each worker holds
+    """`-n auto` (README, parallel runs): one worker per core, at most 4 (each worker holds
     its own full-size reference model while it runs tests/test_reference.py)."""
     return max(1, min(len(os.sched_getaffinity(0)), 4))
 
