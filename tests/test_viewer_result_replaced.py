@@ -25,6 +25,8 @@ from entitysam.review.server import TOKEN_HEADER, Viewer, create_app  # noqa: E4
 TOKEN = "test-token"
 AUTH = {TOKEN_HEADER: TOKEN}
 CHANGED = "the result changed on disk since the viewer opened it"
+ALL_FETCHED = """viewer.fetchedAll && [...document.querySelectorAll('tr.entity img')]
+                 .every((img) => img.complete && img.naturalWidth > 0)"""
 READS = ("/api/idmaps/0.png", "/api/idmaps/5.runs", "/api/thumbs/2.png", "/api/frames/0.jpg",
          "/files/manifest.json", "/files/panoptic/f000.png")
 
@@ -137,8 +139,15 @@ def test_the_page_asks_versioned_urls_and_says_when_the_result_changed(result):
         page.on("request", lambda r: asked.append(r.url))
         open_viewer(page, url)
         version = page.evaluate("viewer.info.result_version")
+        # every frame and thumbnail fetched first: no fetch of the page's own crosses the replacement.
+        # The browser's cache then answers each URL the page asked (cached for good): a frame at a
+        # width not asked yet (what a resized window asks) reaches the server.
+        page.wait_for_function(ALL_FETCHED)
+        assert page.evaluate("fetchRead(versioned('/api/idmaps/1.runs')).then((r) => r.status)") == 200
         replace_with_another_result(result)
-        page.evaluate("fetchBlob(versioned('/api/idmaps/1.runs'), 1)")  # what a frame not yet fetched asks
+        assert page.evaluate("fetchRead(versioned('/api/idmaps/1.runs')).then((r) => r.status)") == 200  # cached
+        assert "changed on disk" not in page.inner_text("#status")
+        page.evaluate("fetchBlob(versioned(`/api/frames/1.jpg?w=${viewer.frameWidth - 1}`), 1)")
         page.wait_for_function("document.getElementById('status').textContent.includes('changed on disk')",
                                timeout=20000)
         assert "reload the viewer" in page.inner_text("#status")
@@ -157,8 +166,7 @@ def test_the_page_says_at_once_that_a_replaced_result_can_no_longer_be_saved(res
     said = f"document.querySelector('header').innerText.includes({CHANGED!r})"
     with view_server(result) as (url, _token), browser_page() as page:
         open_viewer(page, url)
-        page.wait_for_function("""viewer.fetchedAll && [...document.querySelectorAll('tr.entity img')]
-                                  .every((img) => img.complete && img.naturalWidth > 0)""")
+        page.wait_for_function(ALL_FETCHED)
         assert not page.evaluate(said)
         replace_with_another_result(result)
         page.evaluate("window.dispatchEvent(new Event('focus'))")
