@@ -41,8 +41,8 @@ def pytest_xdist_auto_num_workers(config) -> int:
 
 
 # The test files that take longest (minutes, measured on 2 cores), longest first: collected first,
-# so that under `-n auto --dist worksteal` they start at once and the run ends with short tests that
-# the idle workers take over. Only the order changes.
+# so that under `-n auto --dist loadfile` (CI) a worker starts each of them at once and the run ends
+# with short files the other workers take. Only the order changes.
 LONGEST_FIRST = ("test_reference.py", "test_distributed_local.py", "test_hostile_inputs.py",
                  "test_checkpoint_hostile.py", "test_distributed_ray.py", "test_checkpoint_safety.py",
                  "test_blas_paths.py", "test_api_misuse.py", "test_ddp_rank_failure.py", "test_disk_full.py",
