@@ -234,6 +234,19 @@ def test_mots_overwrite_refuses_an_export_holding_files_it_did_not_write(session
     assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.txt", "entitysam-export.json"]
 
 
+def test_mots_overwrite_of_the_export_named_by_dot_or_dot_dot(session, tmp_path, monkeypatch):
+    """-o . (from inside an earlier export) failed with a traceback (the staging folder is named
+    beside the output: "." has no name); -o .. made it inside the export it replaces and then
+    refused the export for holding it."""
+    out = export(session, "mots", tmp_path / "m")
+    for cwd, name in ((out, "."), (out / "clip", "..")):
+        monkeypatch.chdir(cwd)
+        (out / "clip.txt").unlink(missing_ok=True)
+        assert export(session, "mots", name, overwrite=True, txt=True) == out
+        assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.txt", "entitysam-export.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "res"]  # no staging folder or old export left
+
+
 def test_export_command(tmp_path, capsys):
     result = make_result(tmp_path / "res")
     assert set(FORMATS) == {"mots", "cvat-video", "ytvis", "coco-video"}
