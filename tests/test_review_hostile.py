@@ -205,6 +205,24 @@ def test_an_export_never_lands_in_a_result_folder_even_with_overwrite(result_dir
     assert folder_bytes(result_dir) == before and sibling.is_dir()
 
 
+@pytest.mark.parametrize("fmt", ["mots", "cvat-video", "ytvis", "coco-video"])
+def test_an_export_through_a_link_and_dot_dot_never_lands_in_a_result_folder(result_dir, tmp_path, capsys,
+                                                                            monkeypatch, fmt):
+    """link -> RESULT/panoptic: "link/../x" is RESULT/x for the system; the check read it as
+    text ("./x") and let the export be written into the result folder."""
+    from _review_result import folder_bytes
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "link").symlink_to(result_dir / "panoptic")
+    monkeypatch.chdir(work)
+    before = folder_bytes(result_dir)
+    assert main(["export", str(result_dir), "--format", fmt, "-o", "link/../new.out", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "is inside the result folder" in err, err
+    assert folder_bytes(result_dir) == before and not (result_dir / "new.out").exists()
+
+
 def test_an_output_whose_parent_is_a_file_says_so(result_dir, tmp_path, capsys):
     (tmp_path / "plain").write_text("x")
     # a mistaken -o, refused before any work: exit 2 (it was 1, a failed export)

@@ -79,7 +79,9 @@ def check_outside_results(view: Any, out: Path) -> None:
     from ..result import RESULT_FORMATS
 
     source = Path(getattr(view, "result", view).path).resolve()
-    target = Path(os.path.abspath(out))
+    # absolute(), not abspath(): abspath drops "link/.." as text, where the system goes to the
+    # parent of the link's target ("-o link/../x.json", link -> RESULT/panoptic, wrote RESULT/x.json)
+    target = Path(out).absolute()
     target = target.parent.resolve() / target.name  # the folder it lands in, through any links
     for folder in (target, *target.parents):
         data = manifest_data(folder) if folder.is_dir() else None
