@@ -276,6 +276,23 @@ def test_a_revision_is_not_written_into_its_original(result_dir):
     assert ResultFolder.open(save_revision(session)).entities[0].hidden  # beside it: clip.rev1
 
 
+def test_a_revision_through_a_link_and_dot_dot_is_not_written_into_its_original(result_dir, tmp_path, monkeypatch):
+    """dest "link/../rev", link -> ORIGINAL/panoptic, is ORIGINAL/rev for the system; the check
+    read it as text ("./rev") and wrote the revision inside the original."""
+    from _review_result import folder_bytes
+    from entitysam.errors import OutputError
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "link").symlink_to(result_dir / "panoptic")
+    monkeypatch.chdir(work)
+    session = EditSession(ResultFolder.open(result_dir), [{"op": "hide", "ids": [1]}])
+    before = folder_bytes(result_dir)
+    with pytest.raises(OutputError, match="is inside the result folder"):
+        save_revision(session, dest="link/../rev")
+    assert folder_bytes(result_dir) == before and not (result_dir / "rev").exists()
+
+
 def _as_online(folder, jsonl=None, tracks=None):
     """`folder` turned into the online layout (entities.jsonl + the manifest's tracks), with
     the given jsonl text or tracks instead of the real ones."""
