@@ -291,6 +291,17 @@ def test_mots_txt_lines_decode_with_pycocotools(session, tmp_path):
     check_maps(got, expected_maps())
 
 
+@pytest.mark.parametrize("txt", ["no", "False", None])
+def test_mots_txt_must_be_true_or_false(session, tmp_path, txt):
+    """txt="no" is truthy: it wrote the txt file the caller said no to (as overwrite="no" would
+    replace an earlier export, refused the same way)."""
+    from entitysam.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="txt must be True or False"):
+        export(session, "mots", tmp_path / "mots", txt=txt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
+
+
 def test_export_bytes_gives_one_download_per_format(session, tmp_path):
     import io
     import zipfile
