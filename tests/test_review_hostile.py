@@ -377,6 +377,30 @@ def test_overwrite_replaces_only_a_file_entitysam_exported(result_dir, tmp_path,
     assert main(["export", str(result_dir), "--format", fmt, "-o", str(tmp_path / "a.out"), "--overwrite", "-q"]) == 0
 
 
+@pytest.mark.parametrize("fmt", ["mots", "cvat-video", "ytvis", "coco-video"])
+@pytest.mark.parametrize("what", ["file", "folder", "link"])
+def test_without_overwrite_only_an_earlier_export_is_said_to_need_overwrite(result_dir, tmp_path, capsys, fmt,
+                                                                            what):
+    """A file of the user's answered "already exists: use --overwrite to replace it", and
+    --overwrite then refused it: the advice led only to the refusal."""
+    mine = tmp_path / "mine"
+    if what == "file":
+        mine.write_text("my notes\n")
+    elif what == "folder":
+        mine.mkdir()
+    else:
+        mine.symlink_to(tmp_path / "elsewhere")
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["export", str(result_dir), "--format", fmt, "-o", str(mine), "-q", *overwrite]) == 1
+        err = capsys.readouterr().err
+        assert "refusing to replace it, even when overwriting" in err and "use --overwrite" not in err, err
+    assert os.path.lexists(mine) and (what != "file" or mine.read_text() == "my notes\n")
+    out = tmp_path / "earlier"
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(out), "-q"]) == 0
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(out), "-q"]) == 1
+    assert "already exists: use --overwrite to replace it" in capsys.readouterr().err
+
+
 def test_an_empty_export_can_be_overwritten_too(result_dir, tmp_path):
     from entitysam.review.export import export
 
