@@ -68,11 +68,14 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
         lines = open(stage / f"{view.name}.txt", "w", encoding="utf-8") if txt else None
         try:
             for t, frame in enumerate(view.frames):
+                png = inst / f"{frame['name']}.png"
+                # format given: Pillow takes it from the name's extension, and "..png" (a frame named ".",
+                # the stem of a still image "..png") has none for os.path.splitext (a ValueError)
                 if lines is None:
-                    Image.fromarray(map_ids(view.id_map(t), keep, values)).save(inst / f"{frame['name']}.png")
+                    Image.fromarray(map_ids(view.id_map(t), keep, values)).save(png, format="PNG")
                     continue
                 ids, present = frame_entities(view, t, keep)
-                Image.fromarray(map_ids(ids, keep, values)).save(inst / f"{frame['name']}.png")
+                Image.fromarray(map_ids(ids, keep, values)).save(png, format="PNG")
                 mots_id = {seg_id: int(values[np.searchsorted(keep, seg_id)]) for seg_id in present}
                 for seg in sorted(present.values(), key=lambda s: mots_id[s["id"]]):
                     lines.write(_txt_line(t, mots_id[seg["id"]], full_mask(ids, seg)))
