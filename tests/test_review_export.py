@@ -266,6 +266,19 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", str(result), "--format", "pascal", "-o", str(tmp_path / "x")]) == 2
 
 
+def test_export_command_prints_an_output_name_that_is_not_utf8_or_holds_control_characters(tmp_path, capsys):
+    """The success line printed the -o path as it is: a name of undecodable bytes (\\udcff) made
+    a strict UTF-8 stdout raise after the export was written (a traceback, exit 1), and escape
+    sequences in it drove the terminal. It is shown as the error lines show names."""
+    result = make_result(tmp_path / "res")
+    for name, shown in (("bad\udcff.json", "bad\\udcff.json"),
+                        ("esc\x1b]0;title\x07.json", "esc\\x1b]0;title\\x07.json")):
+        out = tmp_path / name
+        assert main(["export", str(result), "--format", "ytvis", "-o", str(out)]) == 0
+        assert out.is_file()
+        assert capsys.readouterr().out == f"ytvis: {tmp_path}/{shown}\n"
+
+
 @pytest.mark.parametrize("fmt,name", [("ytvis", "r.json"), ("mots", "m")])
 def test_export_into_a_missing_folder_is_a_usage_error(tmp_path, capsys, fmt, name):
     """-o in a folder that does not exist, or under a file, is a mistaken argument refused before
