@@ -268,6 +268,14 @@ def test_entities_leaving_and_coming_back_names_not_numbers_unicode_video(tmp_pa
     check_exports(tmp_path, view, maps)
 
 
+@pytest.mark.parametrize("name", [".", ".."])
+def test_frames_named_only_with_dots(tmp_path, name):
+    """A still image "..png" gives a frame named "."; its MOTS PNG "..png" has no extension for
+    os.path.splitext, from which Pillow took the format: the export was a ValueError."""
+    maps = [corners_and_borders(5, 6)]
+    check_exports(tmp_path, make(tmp_path, maps, names=[name]), maps)
+
+
 def test_many_entities_and_huge_ids(tmp_path):
     rng = np.random.default_rng(5)
     ids = np.concatenate([np.arange(1, 300), [999, 1000, 65535, 65536, MAX_ID - 1, MAX_ID]]).astype(np.uint32)

@@ -234,6 +234,19 @@ def test_mots_overwrite_refuses_an_export_holding_files_it_did_not_write(session
     assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.txt", "entitysam-export.json"]
 
 
+def test_mots_overwrite_of_the_export_named_by_dot_or_dot_dot(session, tmp_path, monkeypatch):
+    """-o . (from inside an earlier export) failed with a traceback (the staging folder is named
+    beside the output: "." has no name); -o .. made it inside the export it replaces and then
+    refused the export for holding it."""
+    out = export(session, "mots", tmp_path / "m")
+    for cwd, name in ((out, "."), (out / "clip", "..")):
+        monkeypatch.chdir(cwd)
+        (out / "clip.txt").unlink(missing_ok=True)
+        assert export(session, "mots", name, overwrite=True, txt=True) == out
+        assert sorted(p.name for p in out.iterdir()) == ["clip", "clip.txt", "entitysam-export.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "res"]  # no staging folder or old export left
+
+
 def test_export_command(tmp_path, capsys):
     result = make_result(tmp_path / "res")
     assert set(FORMATS) == {"mots", "cvat-video", "ytvis", "coco-video"}
@@ -251,6 +264,19 @@ def test_export_command(tmp_path, capsys):
                  str(tmp_path / "a.xml")]) == 0
     assert len(ET.parse(tmp_path / "a.xml").getroot().findall("track")) == 4
     assert main(["export", str(result), "--format", "pascal", "-o", str(tmp_path / "x")]) == 2
+
+
+def test_export_command_prints_an_output_name_that_is_not_utf8_or_holds_control_characters(tmp_path, capsys):
+    """The success line printed the -o path as it is: a name of undecodable bytes (\\udcff) made
+    a strict UTF-8 stdout raise after the export was written (a traceback, exit 1), and escape
+    sequences in it drove the terminal. It is shown as the error lines show names."""
+    result = make_result(tmp_path / "res")
+    for name, shown in (("bad\udcff.json", "bad\\udcff.json"),
+                        ("esc\x1b]0;title\x07.json", "esc\\x1b]0;title\\x07.json")):
+        out = tmp_path / name
+        assert main(["export", str(result), "--format", "ytvis", "-o", str(out)]) == 0
+        assert out.is_file()
+        assert capsys.readouterr().out == f"ytvis: {tmp_path}/{shown}\n"
 
 
 @pytest.mark.parametrize("fmt,name", [("ytvis", "r.json"), ("mots", "m")])
@@ -276,6 +302,17 @@ def test_mots_txt_lines_decode_with_pycocotools(session, tmp_path):
         mask = mask_utils.decode({"size": [H, W], "counts": counts.encode()}).astype(bool)
         got[int(t)][mask] = to_entity[int(obj) % 1000]
     check_maps(got, expected_maps())
+
+
+@pytest.mark.parametrize("txt", ["no", "False", None])
+def test_mots_txt_must_be_true_or_false(session, tmp_path, txt):
+    """txt="no" is truthy: it wrote the txt file the caller said no to (as overwrite="no" would
+    replace an earlier export, refused the same way)."""
+    from entitysam.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="txt must be True or False"):
+        export(session, "mots", tmp_path / "mots", txt=txt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
 
 
 def test_export_bytes_gives_one_download_per_format(session, tmp_path):

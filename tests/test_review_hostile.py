@@ -205,6 +205,24 @@ def test_an_export_never_lands_in_a_result_folder_even_with_overwrite(result_dir
     assert folder_bytes(result_dir) == before and sibling.is_dir()
 
 
+@pytest.mark.parametrize("fmt", ["mots", "cvat-video", "ytvis", "coco-video"])
+def test_an_export_through_a_link_and_dot_dot_never_lands_in_a_result_folder(result_dir, tmp_path, capsys,
+                                                                            monkeypatch, fmt):
+    """link -> RESULT/panoptic: "link/../x" is RESULT/x for the system; the check read it as
+    text ("./x") and let the export be written into the result folder."""
+    from _review_result import folder_bytes
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "link").symlink_to(result_dir / "panoptic")
+    monkeypatch.chdir(work)
+    before = folder_bytes(result_dir)
+    assert main(["export", str(result_dir), "--format", fmt, "-o", "link/../new.out", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "is inside the result folder" in err, err
+    assert folder_bytes(result_dir) == before and not (result_dir / "new.out").exists()
+
+
 def test_an_output_whose_parent_is_a_file_says_so(result_dir, tmp_path, capsys):
     (tmp_path / "plain").write_text("x")
     # a mistaken -o, refused before any work: exit 2 (it was 1, a failed export)
@@ -256,6 +274,23 @@ def test_a_revision_is_not_written_into_its_original(result_dir):
             save_revision(session, dest=dest)
     assert folder_bytes(result_dir) == before
     assert ResultFolder.open(save_revision(session)).entities[0].hidden  # beside it: clip.rev1
+
+
+def test_a_revision_through_a_link_and_dot_dot_is_not_written_into_its_original(result_dir, tmp_path, monkeypatch):
+    """dest "link/../rev", link -> ORIGINAL/panoptic, is ORIGINAL/rev for the system; the check
+    read it as text ("./rev") and wrote the revision inside the original."""
+    from _review_result import folder_bytes
+    from entitysam.errors import OutputError
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "link").symlink_to(result_dir / "panoptic")
+    monkeypatch.chdir(work)
+    session = EditSession(ResultFolder.open(result_dir), [{"op": "hide", "ids": [1]}])
+    before = folder_bytes(result_dir)
+    with pytest.raises(OutputError, match="is inside the result folder"):
+        save_revision(session, dest="link/../rev")
+    assert folder_bytes(result_dir) == before and not (result_dir / "rev").exists()
 
 
 def _as_online(folder, jsonl=None, tracks=None):
@@ -340,6 +375,30 @@ def test_overwrite_replaces_only_a_file_entitysam_exported(result_dir, tmp_path,
     assert mine.read_text() == content
     assert main(["export", str(result_dir), "--format", fmt, "-o", str(tmp_path / "a.out"), "-q"]) == 0
     assert main(["export", str(result_dir), "--format", fmt, "-o", str(tmp_path / "a.out"), "--overwrite", "-q"]) == 0
+
+
+@pytest.mark.parametrize("fmt", ["mots", "cvat-video", "ytvis", "coco-video"])
+@pytest.mark.parametrize("what", ["file", "folder", "link"])
+def test_without_overwrite_only_an_earlier_export_is_said_to_need_overwrite(result_dir, tmp_path, capsys, fmt,
+                                                                            what):
+    """A file of the user's answered "already exists: use --overwrite to replace it", and
+    --overwrite then refused it: the advice led only to the refusal."""
+    mine = tmp_path / "mine"
+    if what == "file":
+        mine.write_text("my notes\n")
+    elif what == "folder":
+        mine.mkdir()
+    else:
+        mine.symlink_to(tmp_path / "elsewhere")
+    for overwrite in ([], ["--overwrite"]):
+        assert main(["export", str(result_dir), "--format", fmt, "-o", str(mine), "-q", *overwrite]) == 1
+        err = capsys.readouterr().err
+        assert "refusing to replace it, even when overwriting" in err and "use --overwrite" not in err, err
+    assert os.path.lexists(mine) and (what != "file" or mine.read_text() == "my notes\n")
+    out = tmp_path / "earlier"
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(out), "-q"]) == 0
+    assert main(["export", str(result_dir), "--format", fmt, "-o", str(out), "-q"]) == 1
+    assert "already exists: use --overwrite to replace it" in capsys.readouterr().err
 
 
 def test_an_empty_export_can_be_overwritten_too(result_dir, tmp_path):

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ..argtypes import path_text, positive_int
-from ..errors import EntitySAMError, ResultFolderNotFoundError
+from ..errors import EntitySAMError, ResultFolderNotFoundError, for_terminal
 from .options import add_overwrite, add_quiet, print_err
 
 FORMATS = ("mots", "cvat-video", "ytvis", "coco-video")  # = entitysam.review.export.FORMATS (kept light for -h)
@@ -92,5 +92,7 @@ def run(args) -> int:
         print_err(describe_os_error(err, f"the {args.format} export {args.output}"))
         return 1
     if not args.quiet:
-        print(f"{args.format}: {out}")
+        # as the error lines show names: a name of undecodable bytes (\udcXX) made a strict UTF-8
+        # stdout raise once the export was written, and escape sequences in it drove the terminal
+        print(for_terminal(f"{args.format}: {out}"))
     return 0

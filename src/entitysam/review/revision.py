@@ -129,7 +129,9 @@ def _save_to(session: EditSession, final: Path, replace_original: bool) -> Path:
     result = session.result
     if not replace_original and os.path.lexists(final):
         raise OutputError(f"{final} already exists: a revision is written to a new folder (choose another dest)")
-    inside = Path(os.path.abspath(final)).parent.resolve() / final.name
+    # absolute(), not abspath(): abspath drops "link/.." as text, where the system goes to the
+    # parent of the link's target (dest="link/../rev", link -> ORIGINAL/panoptic, wrote ORIGINAL/rev)
+    inside = final.absolute().parent.resolve() / final.name
     if not replace_original and Path(result.path).resolve() in inside.parents:
         # replacing the original later (replace_original, --overwrite) would delete the revision with it
         raise OutputError(f"{final} is inside the result folder {result.path}: a revision is written beside "

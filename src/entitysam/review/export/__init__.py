@@ -62,6 +62,10 @@ def export(view: Any, fmt: str, out: str | os.PathLike, *, overwrite: bool = Fal
     write = _writer(fmt)
     check_view(view)
     out = check_path_arg(out, "out")
+    if out.name in ("", ".."):
+        # "." or "x/.." names a folder by no name of its own: the staging folder made beside it by
+        # name failed (a traceback for "-o . --overwrite"), or landed inside it (for "-o ..")
+        out = Path(os.path.realpath(out))
     check_flags(overwrite=overwrite)  # "no" is truthy: it would replace an earlier export
     check_outside_results(view, out)
     _check_unchanged(view)

@@ -79,7 +79,9 @@ def check_outside_results(view: Any, out: Path) -> None:
     from ..result import RESULT_FORMATS
 
     source = Path(getattr(view, "result", view).path).resolve()
-    target = Path(os.path.abspath(out))
+    # absolute(), not abspath(): abspath drops "link/.." as text, where the system goes to the
+    # parent of the link's target ("-o link/../x.json", link -> RESULT/panoptic, wrote RESULT/x.json)
+    target = Path(out).absolute()
     target = target.parent.resolve() / target.name  # the folder it lands in, through any links
     for folder in (target, *target.parents):
         data = manifest_data(folder) if folder.is_dir() else None
@@ -95,24 +97,28 @@ def _check_free(out: Path, overwrite: bool, folder: bool, exported: Callable[[by
                 layout: Callable[[Any], Layout] | None = None) -> None:
     if not os.path.lexists(out):
         return
-    if not overwrite:
-        raise OutputError(f"{out} already exists", Remedy("overwrite", True, "to replace it"))
+    # what overwrite would refuse is said first, without overwrite too: "use --overwrite" for a file
+    # of the user's was advice that only led to the refusal
     if out.is_symlink():
-        raise OutputError(f"{out} is a symbolic link: refusing to replace it")
+        raise OutputError(f"{out} is a symbolic link: refusing to replace it, even when overwriting; choose "
+                          "another output")
     if folder and not (out.is_dir() and (out / MARKER).is_file()):
-        raise OutputError(f"{out} exists and is not a folder entitysam exported (no {MARKER}): refusing to "
-                          "replace it, even when overwriting; choose another output")
+        raise OutputError(f"{out} already exists and is not a folder entitysam exported (no {MARKER}): refusing "
+                          "to replace it, even when overwriting; choose another output")
     if folder and (foreign := _foreign_in_export(out, layout)):
         raise OutputError(f"{out} holds files entitysam did not export ({list_foreign(out, foreign)}): refusing "
                           "to delete them, even when overwriting; move them away or choose another output")
     if not folder and not out.is_file():
-        raise OutputError(f"{out} exists and is not a file: refusing to replace it")
+        raise OutputError(f"{out} already exists and is not a file: refusing to replace it, even when "
+                          "overwriting; choose another output")
     if not folder and exported is not None:
         with open(out, "rb") as f:
             head = f.read(HEAD_BYTES)
         if not exported(head):
-            raise OutputError(f"{out} exists and is not a file entitysam exported in this format: refusing to "
-                              "replace it, even when overwriting; choose another output")
+            raise OutputError(f"{out} already exists and is not a file entitysam exported in this format: "
+                              "refusing to replace it, even when overwriting; choose another output")
+    if not overwrite:
+        raise OutputError(f"{out} already exists", Remedy("overwrite", True, "to replace it"))
 
 
 def _foreign_in_export(out: Path, layout: Callable[[Any], Layout] | None) -> list[str]:

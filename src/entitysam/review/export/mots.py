@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ... import jsonio
+from ...argtypes import check_flags
 from ...errors import InvalidArgumentError, OutputError
 from ...io.entities import rle_encode
 from .common import DEFAULT_CATEGORY, MARKER, exported_entities, frame_entities, full_mask, map_ids, output_dir
@@ -53,6 +54,7 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
     txt: also write the MOTS txt format."""
     if isinstance(class_id, bool) or not isinstance(class_id, int) or not 1 <= class_id <= 65:
         raise InvalidArgumentError(f"MOTS class id must be an integer in [1, 65] (16-bit values), got {class_id!r}")
+    check_flags(txt=txt)  # "no" is truthy: it would write the txt file too
     if class_id == IGNORE_CLASS:
         raise InvalidArgumentError(f"MOTS class {IGNORE_CLASS} marks ignore regions (KITTI-MOTS, MOTSChallenge): "
                                    "every entity would be ignored; choose another class id")
@@ -66,11 +68,14 @@ def write_mots(view: Any, out: Path, *, overwrite: bool = False, class_id: int =
         lines = open(stage / f"{view.name}.txt", "w", encoding="utf-8") if txt else None
         try:
             for t, frame in enumerate(view.frames):
+                png = inst / f"{frame['name']}.png"
+                # format given: Pillow takes it from the name's extension, and "..png" (a frame named ".",
+                # the stem of a still image "..png") has none for os.path.splitext (a ValueError)
                 if lines is None:
-                    Image.fromarray(map_ids(view.id_map(t), keep, values)).save(inst / f"{frame['name']}.png")
+                    Image.fromarray(map_ids(view.id_map(t), keep, values)).save(png, format="PNG")
                     continue
                 ids, present = frame_entities(view, t, keep)
-                Image.fromarray(map_ids(ids, keep, values)).save(inst / f"{frame['name']}.png")
+                Image.fromarray(map_ids(ids, keep, values)).save(png, format="PNG")
                 mots_id = {seg_id: int(values[np.searchsorted(keep, seg_id)]) for seg_id in present}
                 for seg in sorted(present.values(), key=lambda s: mots_id[s["id"]]):
                     lines.write(_txt_line(t, mots_id[seg["id"]], full_mask(ids, seg)))
