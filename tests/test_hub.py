@@ -150,6 +150,18 @@ def test_download_command_uses_hf_endpoint(isolated, monkeypatch, capsys):
     assert printed.read_bytes() == data
 
 
+def test_download_command_prints_a_cache_dir_of_undecodable_bytes_escaped(isolated, monkeypatch, capsys):
+    """The line naming the downloaded file printed the --cache-dir as it is: a name of undecodable
+    bytes (\\udcff, legal on Linux) made a strict UTF-8 stdout raise after the download."""
+    data = _checkpoint_bytes(isolated)
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert cli.main(["download", "vit-s", "--cache-dir", str(isolated / "c\udcff")]) == 0
+    out = capsys.readouterr().out
+    assert "c\\udcff" in out and "\udcff" not in out, out
+    out.encode("utf-8")  # what a strict UTF-8 stdout does with it
+
+
 def test_download_names_each_model_once(isolated, monkeypatch, capsys):
     """`download vit-s vit-s` fetched it twice (offline: two error lines for one model)."""
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")

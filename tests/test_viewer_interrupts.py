@@ -177,3 +177,20 @@ def test_a_signal_while_the_viewer_takes_the_signals_gives_back_those_it_took(mo
         for sig, handler in before.items():
             real(sig, handler)
     assert now == before
+
+
+def test_a_result_folder_named_in_undecodable_bytes_is_served_under_a_strict_utf8_stdout(tmp_path):
+    """`entitysam view` printed the folder's name as it is before serving: a name of undecodable
+    bytes (\\udcff, legal on Linux) made a strict UTF-8 stdout (an en_US.UTF-8 locale) raise a
+    UnicodeEncodeError instead of starting the server. The name is shown escaped."""
+    result = make_result(tmp_path / "r\udcff")
+    proc = subprocess.Popen([sys.executable, "-m", "entitysam", "view", str(result), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            env=dict(environment(), PYTHONIOENCODING="utf-8"))
+    try:
+        line = proc.stdout.readline()
+        assert URL_LINE.search(line) and "r\\udcff" in line, (line, proc.poll(), proc.poll() is not None
+                                                                and proc.stderr.read()[-2000:])
+    finally:
+        proc.kill()
+        proc.communicate()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..argtypes import path_text
-from ..errors import EntitySAMError
+from ..errors import EntitySAMError, for_terminal
 from .options import print_err, say
 
 
@@ -34,5 +34,5 @@ def run(args) -> int:
             print_err(err)
             status = 1
             continue
-        print(f"{name}: {path}")
+        print(for_terminal(f"{name}: {path}"))  # a --cache-dir of undecodable bytes: no UnicodeEncodeError
     return status

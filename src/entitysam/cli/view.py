@@ -7,7 +7,7 @@ import argparse
 from typing import Sequence
 
 from ..argtypes import ArgumentParser, host_name, path_text
-from ..errors import EntitySAMError, ResultFolderNotFoundError
+from ..errors import EntitySAMError, ResultFolderNotFoundError, for_terminal
 from .options import print_err
 
 __all__ = ["build_parser", "main"]
@@ -45,7 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..review.server import serve
 
         serve(args.result, host=args.host, port=args.port, open_browser=args.open,
-              say=lambda msg: print(msg, flush=True))
+              # a folder name of undecodable bytes (\udcXX) made a strict UTF-8 stdout raise before the
+              # server started, and escape sequences in it drove the terminal: shown as error lines show names
+              say=lambda msg: print(for_terminal(msg), flush=True))
     except ResultFolderNotFoundError as err:  # RESULT_DIR names no folder: a mistaken argument
         print_err(str(err))
         return 2
