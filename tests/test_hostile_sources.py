@@ -110,6 +110,42 @@ def test_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path, tiny_ch
         list(open_source(cut))
 
 
+def _write_cut_mp4(path: Path, n: int, cut: int) -> Path:
+    """An MP4 of `n` frames (10 frames/s, a keyframe every 10) whose edit list starts at frame `cut`,
+    as a cut without re-encoding writes it (ffmpeg -ss ... -c copy): the frames before it stay in the
+    file, to decode the ones after it, and are not shown."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=10, options={"g": "10", "bf": "0"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for t in range(n):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), format="rgb24")
+            frame.pts = t - cut  # (negative before the cut: the muxer writes the edit list)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_an_mp4_cut_without_reencoding_is_not_taken_for_a_truncated_file(tmp_path):
+    """The index of an MP4 counts the frames its edit list leaves out (40, of which 35 are shown):
+    the complete file failed as "truncated or corrupt: its header announces 40 frames but only 35
+    could be decoded"."""
+    video = _write_cut_mp4(tmp_path / "cut.mp4", 40, 5)
+    src = open_source(video)
+    frames = list(src)
+    assert len(frames) == 35 and src.total_frames() == 35
+    assert [round(f.time, 3) for f in frames[:3]] == [0, 0.1, 0.2]
+    # The same file cut short (its index at the front) still is truncated.
+    data = video.read_bytes()
+    (tmp_path / "short.mp4").write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(SourceError, match=r"short.mp4: truncated or corrupt video"):
+        list(open_source(tmp_path / "short.mp4"))
+
+
 @pytest.mark.parametrize("online", [False, True])
 def test_an_unreadable_input_with_a_newline_in_its_name_is_one_error_line(tmp_path, tiny_checkpoint, online):
     """Inputs refused before the model loads (not found, not a video) were printed with the newline

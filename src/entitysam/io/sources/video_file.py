@@ -128,6 +128,14 @@ class VideoFileSource(FrameSource):
         self._duration = duration if duration and duration > 0 else None  # (a header may say -10^9 s)
         if not self._frames_hint and self._duration and native_fps:
             self._frames_hint = int(round(self._duration * native_fps))
+        elif self._frames_exact and self._duration and native_fps:
+            # An MP4 cut without re-encoding (ffmpeg -ss ... -c copy, an editor's trim) keeps the frames
+            # from the keyframe before the cut, which its edit list leaves out: the index counts them,
+            # the stream's duration (the edit list's) does not, and the complete file was refused as
+            # truncated. The count the duration holds is then the one to expect, as an estimate.
+            shown = int(round(self._duration * native_fps))
+            if shown < self._frames_hint - 1:
+                self._frames_hint, self._frames_exact = shown, False
         super().__init__(path.stem, fps or native_fps or DEFAULT_FPS, selection, path, max_pixels)
         self.native_fps = native_fps
 
