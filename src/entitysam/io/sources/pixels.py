@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["image_to_rgb", "pixel_problem", "frames_in"]
+__all__ = ["image_to_rgb", "pixel_problem", "frames_in", "hidden_frames"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT, _TIFF_PHOTOMETRIC = 258, 339, 262
@@ -55,6 +55,14 @@ def frames_in(im: Image.Image) -> int:
         return int(getattr(im, "n_frames", 2) or 2)
     except (OSError, EOFError, SyntaxError, ValueError):  # a damaged frame table: decoding says what is wrong
         return 1
+
+
+def hidden_frames(im: Image.Image) -> int:
+    """How many of the first frames of an opened image file (of `frames_in`) no player shows: 1 for an
+    animated PNG whose default image is not part of its animation (its IDAT before any fcTL: the
+    picture for viewers that cannot play APNG), which Pillow gives as frame 0; else 0. Read as a
+    frame, it added a frame before the animation and, having no duration, set the frame rate to 25."""
+    return 1 if im.format == "PNG" and getattr(im, "default_image", False) and frames_in(im) > 1 else 0
 
 
 def image_to_rgb(im: Image.Image) -> np.ndarray:
