@@ -180,7 +180,8 @@ class AnimatedImageSource(FrameSource):
                 for i in range(self.frames_in_file):
                     try:
                         im.seek(self.hidden + i)  # (sequential: each frame is composed over the previous ones)
-                    except (OSError, EOFError, ValueError) as err:
+                    except (OSError, EOFError, SyntaxError, TypeError, ValueError) as err:  # (SyntaxError: an
+                        # APNG's frames out of sequence; TypeError: a TIFF page without its size)
                         raise SourceError(f"cannot read image {self.path}: frame {i:06d} of its {self.frames_in_file} "
                                           f"is corrupt or missing ({err or type(err).__name__})") from None
                     # A GIF frame may be larger than the canvas, which Pillow widens to it; the next
@@ -240,7 +241,7 @@ def open_image(path: Path, selection: FrameSelection | None = None, fps: float |
             try:
                 if hidden:
                     im.seek(hidden)  # (the first frame shown: its duration is the frame rate's)
-            except (OSError, EOFError, ValueError) as err:
+            except (OSError, EOFError, SyntaxError, TypeError, ValueError) as err:
                 raise SourceError(f"cannot read image {path}: frame 000000 of its {frames} is corrupt or missing "
                                   f"({err or type(err).__name__})") from None
             if pixel_problem(im):
