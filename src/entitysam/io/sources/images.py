@@ -64,7 +64,11 @@ def _check_one_frame(path: Path, im: Image.Image, kind: str) -> None:
     problem = pixel_problem(im)
     if problem:
         raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: {problem}")
-    n = frames_in(im)
+    try:
+        n = frames_in(im)
+    except TypeError as err:  # Pillow's "Missing dimensions": a page of a TIFF without its size (a traceback)
+        raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: one of its pages is "
+                          f"damaged ({err or type(err).__name__}): corrupt or truncated") from None
     if n > 1 and kind == "image":
         raise SourceError(f"image {path} holds {n} frames: open_source reads such a file as a video of them")
     if n > 1:
