@@ -146,6 +146,36 @@ def test_an_mp4_cut_without_reencoding_is_not_taken_for_a_truncated_file(tmp_pat
         list(open_source(tmp_path / "short.mp4"))
 
 
+def test_a_recording_that_starts_inside_a_group_of_pictures_is_not_taken_for_a_truncated_file(tmp_path):
+    """An MPEG-TS capture starts wherever the recording began: the frames before its first keyframe
+    cannot be decoded, and its duration counts from the first of them. The last frame's time, counted
+    from the first decoded one, fell short of that duration, and the complete capture failed as
+    "truncated or corrupt: its header announces 26 frames but only 20 could be decoded"."""
+    import av
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.ts"
+    with av.open(str(whole), "w") as c:
+        s = c.add_stream("libx264", rate=10, options={"g": "10", "bf": "0", "sc_threshold": "0"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(40):
+            for p in s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                                                         format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(whole)) as c:
+        at = [p.pos for p in c.demux(video=0) if p.size][14]  # the fifth frame of the second group
+    data = whole.read_bytes()
+    capture = tmp_path / "capture.ts"
+    capture.write_bytes(data[at - at % 188:])  # (from a transport packet on)
+    with av.open(str(capture)) as c:
+        decodable = len(list(c.decode(video=0)))
+    source = open_source(capture)
+    assert decodable < source.total_frames() - 2  # (frames 14 to 19 come before the first keyframe)
+    assert len(list(source)) == decodable
+
+
 @pytest.mark.parametrize("online", [False, True])
 def test_an_unreadable_input_with_a_newline_in_its_name_is_one_error_line(tmp_path, tiny_checkpoint, online):
     """Inputs refused before the model loads (not found, not a video) were printed with the newline

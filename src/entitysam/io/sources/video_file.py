@@ -107,6 +107,8 @@ class VideoFileSource(FrameSource):
                 self._frames_hint = int(stream.frames or 0)
                 self._frames_exact = self._frames_hint > 0  # counted in the container's index
                 duration, self._whole_file = None, False
+                self._start = (float(stream.start_time * stream.time_base)  # (where its duration counts from)
+                               if stream.start_time is not None and stream.time_base else None)
                 if stream.duration is not None and stream.time_base is not None:
                     duration = float(stream.duration * stream.time_base)
                 elif container.duration:
@@ -171,8 +173,13 @@ class VideoFileSource(FrameSource):
         # Reached the end of the stream: a file cut short decodes fewer frames than announced.
         decoded, expected = index + 1, self._frames_hint
         tolerance = 1 if self._frames_exact else max(2, expected // 20)
-        if (expected and decoded < expected - tolerance and not self._lasts_its_duration(last, tolerance)
-                and not self._others_reach_it(first, tolerance)):
+        # A recording that starts inside a group of pictures (a broadcast or a camera's MPEG-TS, captured from
+        # any moment) has frames before its first keyframe, which no decoder gives: they are not missing at
+        # its end, and the last frame's time is taken from the stream's start, as its duration is.
+        lead = max(0.0, first - self._start) if first is not None and self._start is not None else 0.0
+        if (expected and decoded < expected - tolerance
+                and not self._lasts_its_duration(None if last is None else last + lead, tolerance)
+                and not self._others_reach_it(None if first is None else first - lead, tolerance)):
             raise SourceError(f"{self.path}: truncated or corrupt video: its header announces {expected} frames "
                               f"but only {decoded} could be decoded (frame {decoded:06d} is the first missing one; "
                               f"{_frames_before(index)})", *_stop_before(index))
@@ -189,7 +196,7 @@ class VideoFileSource(FrameSource):
     def _others_reach_it(self, first: float | None, tolerance: int) -> bool:
         """Whether the file's other streams (audio, subtitles) go on to the duration the header declares,
         when that duration is the whole file's (Matroska and WebM state none per stream), for a video that
-        stops short of it (`first`: its first frame's timestamp). A file cut short ends every stream
+        stops short of it (`first`: its start's timestamp). A file cut short ends every stream
         early; a video shorter than its audio track ends before the file does, and was refused as a
         truncated video. Read by a pass over the other streams' packets, made only then."""
         if not self._whole_file or first is None or not self._duration or not self.native_fps:
