@@ -110,6 +110,36 @@ def test_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path, tiny_ch
         list(open_source(cut))
 
 
+def test_an_avi_of_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path):
+    """AVI has a constant rate: a frame it skips (a capture program's dropped frame, a pause) is an
+    empty chunk, which its header counts and FFmpeg passes over. Ten frames over 2.6 s: the complete
+    file failed as "truncated or corrupt: its header announces 26 frames but only 10 could be decoded"."""
+    import av
+
+    stamps = [0, 1, 2, 5, 6, 9, 10, 11, 24, 25]  # (tenths of a second)
+    video = tmp_path / "gaps.avi"
+    with av.open(str(video), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for t in stamps:
+            frame = av.VideoFrame.from_ndarray(scene(t), format="rgb24")
+            frame.pts = t
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    source = open_source(video)
+    assert source.total_frames() == 26
+    assert [round(f.time, 3) for f in source] == [t / 10 for t in stamps]
+    # Cut after its eighth frame (the index at its end lost too), it still is truncated.
+    with av.open(str(video)) as c:
+        ninth = [p.pos for p in c.demux(video=0) if p.size][8]
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[:ninth - 8])  # (before the chunk's header)
+    with pytest.raises(SourceError, match=r"cut.avi: truncated or corrupt video"):
+        list(open_source(cut))
+
+
 def _write_cut_mp4(path: Path, n: int, cut: int) -> Path:
     """An MP4 of `n` frames (10 frames/s, a keyframe every 10) whose edit list starts at frame `cut`,
     as a cut without re-encoding writes it (ffmpeg -ss ... -c copy): the frames before it stay in the

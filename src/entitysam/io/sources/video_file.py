@@ -185,11 +185,12 @@ class VideoFileSource(FrameSource):
                               f"{_frames_before(index)})", *_stop_before(index))
 
     def _lasts_its_duration(self, last: float | None, tolerance: int) -> bool:
-        """Whether the last decoded frame (`last` s after the first) reaches the duration the header
-        declares, when the frame count is only estimated from it (duration x average rate): a video of
-        variable frame rate decodes fewer frames than that over its whole duration, while a file cut
-        short also stops early in time."""
-        if self._frames_exact or last is None or not self._duration or not self.native_fps:
+        """Whether the last decoded frame (`last` s after the stream's start) reaches the duration the header
+        declares: a video of variable frame rate decodes fewer frames than the count estimated from it
+        (duration x average rate), and an AVI of variable rate fewer than its header counts (the frames
+        it skips are empty chunks there, which FFmpeg passes over: such a complete file was refused),
+        while a file cut short also stops early in time."""
+        if last is None or not self._duration or not self.native_fps:
             return False
         return last + (tolerance + 1) / self.native_fps >= self._duration
 
