@@ -28,9 +28,13 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 def _open_pil(fp) -> Image.Image:
     """Image.open (lazy: reads the header only) without Pillow's decompression-bomb warning or
-    error: the caller checks the size against its own limit before decoding."""
+    error: the caller checks the size against its own limit before decoding. Nor with its warnings
+    about damaged metadata it reads past (a truncated EXIF block, a TIFF tag larger than the file):
+    printed with Pillow's source lines for each file opened, even under -q (4 lines a frame, for
+    a folder of photos an app wrote such EXIF into), while the picture is read as viewers show it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
         try:
             return Image.open(fp)
         except Image.DecompressionBombError:

@@ -8,6 +8,8 @@ these, so that a file is shown the same wherever it is read.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -86,7 +88,9 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
     im.load()
     inverted = im.format == "TIFF" and _tiff_tag(im, _TIFF_PHOTOMETRIC) == _MIN_IS_WHITE  # (before a transpose)
     if _exif_orientation(im) not in (1, None):
-        im = ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():  # (it reads the EXIF block again)
+            warnings.simplefilter("ignore", UserWarning)
+            im = ImageOps.exif_transpose(im)
     if im.mode in _SIXTEEN_BIT_MODES:
         gray = np.clip(np.asarray(im, dtype=np.float32) / 257.0 + 0.5, 0, 255).astype(np.uint8)
         if inverted:  # Pillow inverts min-is-white 1- and 8-bit samples, not 16-bit ones
@@ -103,6 +107,8 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
 
 def _exif_orientation(im: Image.Image) -> int | None:
     try:
-        return im.getexif().get(0x0112)  # Orientation
+        with warnings.catch_warnings():  # (Pillow's warnings of a damaged block: see images._open_pil)
+            warnings.simplefilter("ignore", UserWarning)
+            return im.getexif().get(0x0112)  # Orientation
     except Exception:  # noqa: BLE001 - an unreadable EXIF block: shown as stored, as most viewers do
         return None
