@@ -113,6 +113,24 @@ def test_frame_times_grow_when_a_frame_has_no_duration(tmp_path):
     assert [f.name for f in open_source(path, FrameSelection(end="1.95s"))][-1] == "000011"
 
 
+@pytest.mark.parametrize("n", [4, 2])
+def test_the_default_image_of_an_animated_png_that_is_no_part_of_it_is_not_a_frame(tmp_path, n):
+    """An APNG may carry a picture for viewers that cannot play it, outside its animation: players
+    show only the animation. Pillow gives that picture as frame 0, and it was read as one (an extra
+    first frame, and, having no duration, a frame rate of 25 instead of the animation's 10)."""
+    path = tmp_path / "anim.png"
+    fallback = Image.fromarray(np.full_like(scene(0), 200))
+    frames = [Image.fromarray(scene(3 * t)) for t in range(n - 1)]
+    fallback.save(path, save_all=True, append_images=frames, default_image=True, duration=100, loop=0)
+    source = open_source(path)
+    assert isinstance(source, AnimatedImageSource) and source.fps == 10 and source.count_hint() == n - 1
+    read = list(source)
+    assert [f.name for f in read] == [f"{t:06d}" for t in range(n - 1)]
+    assert [round(f.time, 6) for f in read] == [t / 10 for t in range(n - 1)]
+    for t, f in enumerate(read):
+        assert np.abs(f.image.astype(int) - scene(3 * t)).mean() < 1
+
+
 def _gif_with_a_huge_frame(path, at: int, n: int = 6, side: int = 8000) -> None:
     """An n-frame 32x24 GIF whose frame `at` declares side x side: Pillow widens the canvas to it."""
     import io

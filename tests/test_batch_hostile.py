@@ -48,6 +48,21 @@ def test_folders_named_like_a_prefix_and_a_number_are_listed(tmp_path):
     assert got == ["b1", "c", "c2", "c10"]
 
 
+def test_a_folder_of_frames_that_holds_the_output_folder_is_still_a_video(tmp_path):
+    """`--batch in -o in/clip/results`: the folder of frames `clip` holds the output folder, and was
+    left out as if it were the output (no word, exit 0). A folder that holds the output and no frames
+    is still left out."""
+    from _media import write_frames
+
+    write_frames(tmp_path / "in" / "clip", ["0", "1"])
+    write_video(tmp_path / "in" / "b.mp4", 2)
+    (tmp_path / "in" / "out").mkdir()
+    assert [p.name for p in batch_inputs(str(tmp_path / "in"), tmp_path / "in" / "clip" / "results")] == [
+        "b.mp4", "clip", "out"]
+    assert [p.name for p in batch_inputs(str(tmp_path / "in"), tmp_path / "in" / "out")] == ["b.mp4", "clip"]
+    assert [p.name for p in batch_inputs(str(tmp_path / "in"), tmp_path / "in" / "out" / "x")] == ["b.mp4", "clip"]
+
+
 def test_a_symlink_loop_in_the_batch_fails_that_video_only(tmp_path, capsys):
     """A link pointing to itself: Path.resolve raised RuntimeError (a traceback) while the batch
     was listed; now that video fails with its message and the others are done."""

@@ -110,6 +110,102 @@ def test_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path, tiny_ch
         list(open_source(cut))
 
 
+def test_an_avi_of_variable_frame_rate_is_not_taken_for_a_truncated_file(tmp_path):
+    """AVI has a constant rate: a frame it skips (a capture program's dropped frame, a pause) is an
+    empty chunk, which its header counts and FFmpeg passes over. Ten frames over 2.6 s: the complete
+    file failed as "truncated or corrupt: its header announces 26 frames but only 10 could be decoded"."""
+    import av
+
+    stamps = [0, 1, 2, 5, 6, 9, 10, 11, 24, 25]  # (tenths of a second)
+    video = tmp_path / "gaps.avi"
+    with av.open(str(video), "w") as c:
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for t in stamps:
+            frame = av.VideoFrame.from_ndarray(scene(t), format="rgb24")
+            frame.pts = t
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    source = open_source(video)
+    assert source.total_frames() == 26
+    assert [round(f.time, 3) for f in source] == [t / 10 for t in stamps]
+    # Cut after its eighth frame (the index at its end lost too), it still is truncated.
+    with av.open(str(video)) as c:
+        ninth = [p.pos for p in c.demux(video=0) if p.size][8]
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[:ninth - 8])  # (before the chunk's header)
+    with pytest.raises(SourceError, match=r"cut.avi: truncated or corrupt video"):
+        list(open_source(cut))
+
+
+def _write_cut_mp4(path: Path, n: int, cut: int) -> Path:
+    """An MP4 of `n` frames (10 frames/s, a keyframe every 10) whose edit list starts at frame `cut`,
+    as a cut without re-encoding writes it (ffmpeg -ss ... -c copy): the frames before it stay in the
+    file, to decode the ones after it, and are not shown."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=10, options={"g": "10", "bf": "0"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for t in range(n):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), format="rgb24")
+            frame.pts = t - cut  # (negative before the cut: the muxer writes the edit list)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def test_an_mp4_cut_without_reencoding_is_not_taken_for_a_truncated_file(tmp_path):
+    """The index of an MP4 counts the frames its edit list leaves out (40, of which 35 are shown):
+    the complete file failed as "truncated or corrupt: its header announces 40 frames but only 35
+    could be decoded"."""
+    video = _write_cut_mp4(tmp_path / "cut.mp4", 40, 5)
+    src = open_source(video)
+    frames = list(src)
+    assert len(frames) == 35 and src.total_frames() == 35
+    assert [round(f.time, 3) for f in frames[:3]] == [0, 0.1, 0.2]
+    # The same file cut short (its index at the front) still is truncated.
+    data = video.read_bytes()
+    (tmp_path / "short.mp4").write_bytes(data[: len(data) * 6 // 10])
+    with pytest.raises(SourceError, match=r"short.mp4: truncated or corrupt video"):
+        list(open_source(tmp_path / "short.mp4"))
+
+
+def test_a_recording_that_starts_inside_a_group_of_pictures_is_not_taken_for_a_truncated_file(tmp_path):
+    """An MPEG-TS capture starts wherever the recording began: the frames before its first keyframe
+    cannot be decoded, and its duration counts from the first of them. The last frame's time, counted
+    from the first decoded one, fell short of that duration, and the complete capture failed as
+    "truncated or corrupt: its header announces 26 frames but only 20 could be decoded"."""
+    import av
+
+    rng = np.random.default_rng(0)
+    whole = tmp_path / "whole.ts"
+    with av.open(str(whole), "w") as c:
+        s = c.add_stream("libx264", rate=10, options={"g": "10", "bf": "0", "sc_threshold": "0"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(40):
+            for p in s.encode(av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+                                                         format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(whole)) as c:
+        at = [p.pos for p in c.demux(video=0) if p.size][14]  # the fifth frame of the second group
+    data = whole.read_bytes()
+    capture = tmp_path / "capture.ts"
+    capture.write_bytes(data[at - at % 188:])  # (from a transport packet on)
+    with av.open(str(capture)) as c:
+        decodable = len(list(c.decode(video=0)))
+    source = open_source(capture)
+    assert decodable < source.total_frames() - 2  # (frames 14 to 19 come before the first keyframe)
+    assert len(list(source)) == decodable
+
+
 @pytest.mark.parametrize("online", [False, True])
 def test_an_unreadable_input_with_a_newline_in_its_name_is_one_error_line(tmp_path, tiny_checkpoint, online):
     """Inputs refused before the model loads (not found, not a video) were printed with the newline

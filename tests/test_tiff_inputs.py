@@ -175,6 +175,34 @@ def test_a_tiff_declaring_a_huge_picture_is_refused_from_its_header(tmp_path):
         open_source(path)
 
 
+def _tiff_whose_second_page_has_no_width(path) -> None:
+    pages = [Image.fromarray(np.full((12, 16, 3), v, np.uint8)) for v in (50, 150)]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    data = bytearray(path.read_bytes())
+    assert data[:2] == b"II"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    ifd = struct.unpack_from("<I", data, ifd + 2 + 12 * struct.unpack_from("<H", data, ifd)[0])[0]  # the second
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        if struct.unpack_from("<H", data, ifd + 2 + 12 * k)[0] == 256:  # ImageWidth, made an unknown tag
+            struct.pack_into("<H", data, ifd + 2 + 12 * k, 0xFFF0)
+    path.write_bytes(bytes(data))
+
+
+def test_a_tiff_with_a_page_without_its_size_is_one_error(tmp_path):
+    """Pillow counts the pages with a TypeError ("Missing dimensions") for a page without its size: a
+    traceback, for the image and for a frame folder holding it."""
+    path = tmp_path / "v" / "2.tif"
+    path.parent.mkdir()
+    Image.fromarray(np.full((12, 16, 3), 9, np.uint8)).save(tmp_path / "v" / "1.tif")
+    _tiff_whose_second_page_has_no_width(path)
+    with pytest.raises(SourceError, match=r"cannot read image \S*2\.tif: one of its pages is damaged \(Missing"):
+        open_source(path)
+    frames = iter(open_source(tmp_path / "v"))
+    assert next(frames).name == "1"
+    with pytest.raises(SourceError, match=r"cannot read frame \S*2\.tif: one of its pages is damaged"):
+        next(frames)
+
+
 def test_training_refuses_such_an_image_naming_it(tmp_path):
     """Training reads images as inference does (train.samples.load_rgb)."""
     from entitysam.train.samples import DatasetError, load_rgb

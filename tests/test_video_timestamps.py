@@ -126,3 +126,37 @@ def test_a_late_video_beside_an_early_audio_track_is_read_whole(tmp_path):
             for p in stream.encode():
                 c.mux(p)
     assert [round(f.time, 6) for f in open_source(path)] == [i / 10 for i in range(40)]
+
+
+def test_a_video_shorter_than_its_audio_track_is_read_whole(tmp_path):
+    """Video for 2 s, audio for 6 s: Matroska states no duration per stream, the file's (the audio's
+    end) announced 60 frames, and the complete 20 were refused as a truncated video. The same file cut
+    short still is one: every stream ends early."""
+    import av
+    import numpy as np
+
+    path = tmp_path / "long_audio.mkv"
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("mjpeg", rate=Fraction(10))
+        v.width, v.height, v.pix_fmt, v.time_base = 64, 48, "yuvj420p", Fraction(1, 10)
+        a = c.add_stream("pcm_s16le", rate=8000)
+        a.layout = "mono"
+        rng = np.random.default_rng(0)
+        for t in range(60):
+            if t < 20:
+                image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # (noise: bytes spread over the video)
+                for p in v.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    p.pts = p.dts = t
+                    c.mux(p)
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            f.sample_rate, f.pts, f.time_base = 8000, t * 800, Fraction(1, 8000)
+            for p in a.encode(f):
+                c.mux(p)
+        for stream in (v, a):
+            for p in stream.encode():
+                c.mux(p)
+    assert [round(f.time, 6) for f in open_source(path)] == [i / 10 for i in range(20)]
+    data = path.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SourceError, match=r"cut.mkv: truncated or corrupt video"):
+        list(open_source(tmp_path / "cut.mkv"))

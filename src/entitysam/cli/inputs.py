@@ -35,6 +35,19 @@ def _our_manifest(folder: Path) -> str | None:
     return None
 
 
+def _children(folder: Path) -> list[Path]:
+    try:
+        return [c for c in folder.iterdir() if not c.name.startswith(".")]
+    except OSError:
+        return []
+
+
+def _holds_frames(children: list[Path]) -> bool:
+    from ..io.sources import IMAGE_EXTENSIONS
+
+    return any(c.suffix.lower() in IMAGE_EXTENSIONS for c in children if c.is_file())
+
+
 def written_by_entitysam_run(entry: Path) -> bool:
     """A batch folder entry that is a result of this tool, not a video: a result folder (its
     manifest), or a folder of result folders (an earlier --output) without frames of its own."""
@@ -42,15 +55,17 @@ def written_by_entitysam_run(entry: Path) -> bool:
         return False
     if _our_manifest(entry):
         return True
-    from ..io.sources import IMAGE_EXTENSIONS
-
-    try:
-        children = [c for c in entry.iterdir() if not c.name.startswith(".")]
-    except OSError:
-        return False
-    if any(c.suffix.lower() in IMAGE_EXTENSIONS for c in children if c.is_file()):
+    children = _children(entry)
+    if _holds_frames(children):
         return False
     return any(c.is_dir() and _our_manifest(c) is not None for c in children)
+
+
+def _holds_the_output(entry: Path, out_root: Path) -> bool:
+    """A batch folder entry that is (or holds) the output folder and no frames of its own: not a
+    video. A folder of frames that holds it (``-o DIR/clip/results``) is one, and was left out of
+    the batch without a word (the run ended with 0)."""
+    return is_inside(out_root, entry) and not (entry.is_dir() and _holds_frames(_children(entry)))
 
 
 def batch_inputs(folder: str, out_root: Path) -> list[Path]:
@@ -62,7 +77,7 @@ def batch_inputs(folder: str, out_root: Path) -> list[Path]:
         raise SourceError(f"--batch {folder} is an output folder of entitysam (its {manifest}), not a folder of "
                           "videos: name the folder of the videos it was made from")
     found = list_batch_inputs(folder)
-    keep = [p for p in found if not (is_inside(out_root, p) or written_by_entitysam_run(p))]
+    keep = [p for p in found if not (_holds_the_output(p, out_root) or written_by_entitysam_run(p))]
     if found and not keep:
         raise SourceError(f"{folder}: no videos left once the output folder and earlier results are excluded")
     return keep

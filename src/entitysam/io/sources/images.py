@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
                         FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key, open_input_file)
-from .pixels import frames_in, image_to_rgb, pixel_problem
+from .pixels import frames_in, hidden_frames, image_to_rgb, pixel_problem
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS in Image.open (DecompressionBombError). Our own
@@ -28,9 +28,13 @@ _PIL_LIMIT_LOCK = threading.Lock()
 
 def _open_pil(fp) -> Image.Image:
     """Image.open (lazy: reads the header only) without Pillow's decompression-bomb warning or
-    error: the caller checks the size against its own limit before decoding."""
+    error: the caller checks the size against its own limit before decoding. Nor with its warnings
+    about damaged metadata it reads past (a truncated EXIF block, a TIFF tag larger than the file):
+    printed with Pillow's source lines for each file opened, even under -q (4 lines a frame, for
+    a folder of photos an app wrote such EXIF into), while the picture is read as viewers show it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", UserWarning)
         try:
             return Image.open(fp)
         except Image.DecompressionBombError:
@@ -64,7 +68,11 @@ def _check_one_frame(path: Path, im: Image.Image, kind: str) -> None:
     problem = pixel_problem(im)
     if problem:
         raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: {problem}")
-    n = frames_in(im)
+    try:
+        n = frames_in(im)
+    except TypeError as err:  # Pillow's "Missing dimensions": a page of a TIFF without its size (a traceback)
+        raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: one of its pages is "
+                          f"damaged ({err or type(err).__name__}): corrupt or truncated") from None
     if n > 1 and kind == "image":
         raise SourceError(f"image {path} holds {n} frames: open_source reads such a file as a video of them")
     if n > 1:
@@ -160,9 +168,11 @@ class AnimatedImageSource(FrameSource):
     kind = "video"
 
     def __init__(self, path: str | os.PathLike, frames: int, selection: FrameSelection | None = None,
-                 fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, first_ms: float = 0.0):
+                 fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, first_ms: float = 0.0,
+                 hidden: int = 0):
         path = Path(path)
-        self.frames_in_file = frames
+        self.frames_in_file = frames  # (the frames shown: after the `hidden` ones Pillow gives first)
+        self.hidden = hidden
         native_fps = 1000.0 / first_ms if first_ms and first_ms > 0 else None
         super().__init__(path.stem, fps or native_fps or DEFAULT_FPS, selection, path, max_pixels)
         self.native_fps = native_fps
@@ -177,8 +187,9 @@ class AnimatedImageSource(FrameSource):
                 t_ms, untimed = 0.0, 0  # a frame's time: the timed durations before it, 1 / fps for the others
                 for i in range(self.frames_in_file):
                     try:
-                        im.seek(i)  # (sequential: each frame is composed over the previous ones)
-                    except (OSError, EOFError, ValueError) as err:
+                        im.seek(self.hidden + i)  # (sequential: each frame is composed over the previous ones)
+                    except (OSError, EOFError, SyntaxError, TypeError, ValueError) as err:  # (SyntaxError: an
+                        # APNG's frames out of sequence; TypeError: a TIFF page without its size)
                         raise SourceError(f"cannot read image {self.path}: frame {i:06d} of its {self.frames_in_file} "
                                           f"is corrupt or missing ({err or type(err).__name__})") from None
                     # A GIF frame may be larger than the canvas, which Pillow widens to it; the next
@@ -224,20 +235,27 @@ def open_image(path: Path, selection: FrameSelection | None = None, fps: float |
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
     """A single image file as a source: a one-frame `ImageSource`, or an `AnimatedImageSource` when
     the file holds several frames (only the first was read, silently, as Pillow's open shows it)."""
-    frames = 1
+    frames, hidden = 1, 0
     try:
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:
-            frames = frames_in(im)
+            frames, hidden = frames_in(im), hidden_frames(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, SourceError):
         pass  # ImageSource reads it again and says what is wrong with it
     if frames > 1:
+        frames -= hidden
         unchecked = AnimatedImageSource(path, frames, selection, fps, max_pixels)
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:  # the size, before any work
             check_frame_size(unchecked.label, f"image {path.name}", im.width, im.height, unchecked.max_pixels)
+            try:
+                if hidden:
+                    im.seek(hidden)  # (the first frame shown: its duration is the frame rate's)
+            except (OSError, EOFError, SyntaxError, TypeError, ValueError) as err:
+                raise SourceError(f"cannot read image {path}: frame 000000 of its {frames} is corrupt or missing "
+                                  f"({err or type(err).__name__})") from None
             if pixel_problem(im):
                 raise SourceError(f"cannot read image {path}: frame 000000 of its {frames}: {pixel_problem(im)}")
             first_ms = _display_duration(im, path, f"frame 000000 of its {frames}") or 0.0
-        return AnimatedImageSource(path, frames, selection, fps, max_pixels, first_ms=first_ms)
+        return AnimatedImageSource(path, frames, selection, fps, max_pixels, first_ms=first_ms, hidden=hidden)
     return ImageSource(path, selection, fps, max_pixels=max_pixels)
 
 

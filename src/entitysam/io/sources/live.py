@@ -85,6 +85,18 @@ def live_source_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
 
 
+def shown_url(url: str) -> str:
+    """`url` as messages and manifests show it: without the password of its user part
+    (``rtsp://admin:***@camera/live``). A camera's address carries it, and the manifest of every
+    online result and each error line wrote it out in full; the stream is opened with it."""
+    scheme, sep, rest = url.partition("://")
+    end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0] + [len(rest)])
+    user, at, host = rest[:end].rpartition("@")
+    if not sep or not at or ":" not in user:
+        return url
+    return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{host}{rest[end:]}"
+
+
 def _interruptible(call):
     """call() (an open of a stream) on a helper thread, waited for from this one.
 
@@ -248,13 +260,13 @@ class LiveSource(FrameSource):
         try:
             stream = video_stream(container)
             if stream is None:
-                raise SourceError(f"{self.url}: no video stream")
+                raise SourceError(f"{self.label}: no video stream")
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             if stream.codec_context is None:  # PyAV found no decoder for it (as for a file: video_file.py)
-                raise SourceError(f"cannot read stream {self.url}: its video stream has no usable codec (a codec "
+                raise SourceError(f"cannot read stream {self.label}: its video stream has no usable codec (a codec "
                                   "this PyAV cannot decode, or a damaged stream)")
             self.width, self.height = stream.codec_context.width, stream.codec_context.height
-            check_frame_size(self.url, "its video stream", self.width, self.height, check_max_pixels(max_pixels))
+            check_frame_size(self.label, "its video stream", self.width, self.height, check_max_pixels(max_pixels))
             self.sample_aspect_ratio = stream_sample_aspect_ratio(stream)
         except BaseException:
             container.close()
@@ -268,7 +280,7 @@ class LiveSource(FrameSource):
 
     @property
     def label(self) -> str:
-        return self.url
+        return shown_url(self.url)
 
     def _open(self):
         av = self._av
@@ -282,7 +294,7 @@ class LiveSource(FrameSource):
             hint = ("check that the camera is connected and not in use by another program" if what == "video device"
                     else "check the address, and that the camera or server is running and reachable from this machine")
             cause = _stream_cause(err, self._timeout[0], _time.monotonic() - started)
-            raise SourceError(f"cannot open {what} {self.url}: {cause}; the {what} "
+            raise SourceError(f"cannot open {what} {self.label}: {cause}; the {what} "
                               f"could not be opened ({hint})") from None
 
     def _frames(self):
@@ -295,28 +307,28 @@ class LiveSource(FrameSource):
             with container:
                 stream = video_stream(container)
                 if stream is None:  # a later connection, to a stream that changed
-                    raise SourceError(f"{self.url}: no video stream")
+                    raise SourceError(f"{self.label}: no video stream")
                 # Frame threads each hold a frame back (one per core, plus one): on a live stream
                 # that is latency, added to the two frames MPEG-TS demuxing and parsing hold, for
                 # throughput a camera's rate does not need. Slice threads hold none (files keep
                 # "AUTO": docs/reliability.md has the frames of lag measured per codec).
                 stream.thread_type = "SLICE"
                 clock = FrameClock(1 / self.fps)
-                for frame in _video_frames(container, stream, self._timeout[1], self.url, lambda: index):
+                for frame in _video_frames(container, stream, self._timeout[1], self.label, lambda: index):
                     index += 1
                     yield index, clock.time(frame.time), frame
         except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
-            raise frame_out_of_memory(self.url, f"frame {index + 1:06d}", self.width, self.height) from None
+            raise frame_out_of_memory(self.label, f"frame {index + 1:06d}", self.width, self.height) from None
         except av.error.FFmpegError as err:
             after = f"after frame {index}" if index >= 0 else "before its first frame"
-            raise SourceError(f"the stream {self.url} could not be read {after}: "
+            raise SourceError(f"the stream {self.label} could not be read {after}: "
                               f"{_stream_cause(err, self._timeout[1], opening=False)}") from None
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"
-        return name, video_frame_to_rgb(payload, self.url, name, self.max_pixels, stream_display(self, payload))
+        return name, video_frame_to_rgb(payload, self.label, name, self.max_pixels, stream_display(self, payload))
 
     def empty_message(self) -> str:
-        return f"{self.url}: the stream ended before sending a frame" + (
+        return f"{self.label}: the stream ended before sending a frame" + (
             "" if self.selection.is_all else f" selected by {self.selection.describe()}")
 

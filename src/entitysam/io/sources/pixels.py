@@ -8,10 +8,12 @@ these, so that a file is shown the same wherever it is read.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["image_to_rgb", "pixel_problem", "frames_in"]
+__all__ = ["image_to_rgb", "pixel_problem", "frames_in", "hidden_frames"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT, _TIFF_PHOTOMETRIC = 258, 339, 262
@@ -57,6 +59,14 @@ def frames_in(im: Image.Image) -> int:
         return 1
 
 
+def hidden_frames(im: Image.Image) -> int:
+    """How many of the first frames of an opened image file (of `frames_in`) no player shows: 1 for an
+    animated PNG whose default image is not part of its animation (its IDAT before any fcTL: the
+    picture for viewers that cannot play APNG), which Pillow gives as frame 0; else 0. Read as a
+    frame, it added a frame before the animation and, having no duration, set the frame rate to 25."""
+    return 1 if im.format == "PNG" and getattr(im, "default_image", False) and frames_in(im) > 1 else 0
+
+
 def image_to_rgb(im: Image.Image) -> np.ndarray:
     """A PIL image as displayed -> [H, W, 3] uint8 RGB.
 
@@ -78,7 +88,9 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
     im.load()
     inverted = im.format == "TIFF" and _tiff_tag(im, _TIFF_PHOTOMETRIC) == _MIN_IS_WHITE  # (before a transpose)
     if _exif_orientation(im) not in (1, None):
-        im = ImageOps.exif_transpose(im)
+        with warnings.catch_warnings():  # (it reads the EXIF block again)
+            warnings.simplefilter("ignore", UserWarning)
+            im = ImageOps.exif_transpose(im)
     if im.mode in _SIXTEEN_BIT_MODES:
         gray = np.clip(np.asarray(im, dtype=np.float32) / 257.0 + 0.5, 0, 255).astype(np.uint8)
         if inverted:  # Pillow inverts min-is-white 1- and 8-bit samples, not 16-bit ones
@@ -95,6 +107,8 @@ def image_to_rgb(im: Image.Image) -> np.ndarray:
 
 def _exif_orientation(im: Image.Image) -> int | None:
     try:
-        return im.getexif().get(0x0112)  # Orientation
+        with warnings.catch_warnings():  # (Pillow's warnings of a damaged block: see images._open_pil)
+            warnings.simplefilter("ignore", UserWarning)
+            return im.getexif().get(0x0112)  # Orientation
     except Exception:  # noqa: BLE001 - an unreadable EXIF block: shown as stored, as most viewers do
         return None

@@ -106,11 +106,14 @@ class VideoFileSource(FrameSource):
                 rate = stream.average_rate or stream.guessed_rate or stream.base_rate
                 self._frames_hint = int(stream.frames or 0)
                 self._frames_exact = self._frames_hint > 0  # counted in the container's index
-                duration = None
+                duration, self._whole_file = None, False
+                self._start = (float(stream.start_time * stream.time_base)  # (where its duration counts from)
+                               if stream.start_time is not None and stream.time_base else None)
                 if stream.duration is not None and stream.time_base is not None:
                     duration = float(stream.duration * stream.time_base)
                 elif container.duration:
                     duration = container_span(container, stream)
+                    self._whole_file = len(container.streams) > 1  # (other streams' too: _others_reach_it)
                 # Stored size; frames come out rotated by the display matrix (width and height
                 # swapped for a quarter turn), known from the first decoded frame.
                 if stream.codec_context is None:  # a damaged header: the stream has no decoder
@@ -128,6 +131,14 @@ class VideoFileSource(FrameSource):
         self._duration = duration if duration and duration > 0 else None  # (a header may say -10^9 s)
         if not self._frames_hint and self._duration and native_fps:
             self._frames_hint = int(round(self._duration * native_fps))
+        elif self._frames_exact and self._duration and native_fps:
+            # An MP4 cut without re-encoding (ffmpeg -ss ... -c copy, an editor's trim) keeps the frames
+            # from the keyframe before the cut, which its edit list leaves out: the index counts them,
+            # the stream's duration (the edit list's) does not, and the complete file was refused as
+            # truncated. The count the duration holds is then the one to expect, as an estimate.
+            shown = int(round(self._duration * native_fps))
+            if shown < self._frames_hint - 1:
+                self._frames_hint, self._frames_exact = shown, False
         super().__init__(path.stem, fps or native_fps or DEFAULT_FPS, selection, path, max_pixels)
         self.native_fps = native_fps
 
@@ -147,8 +158,11 @@ class VideoFileSource(FrameSource):
                 # Times from the first frame's, re-based where the stamps restart: recordings joined
                 # into one file restart them, and a --end in seconds then took the joined ones too.
                 clock, last = FrameClock(1 / self.fps, wall_clock=False, reordered_ok=True), None
+                first = None  # the first frame's timestamp (s)
                 for frame in container.decode(stream):
                     index += 1
+                    if index == 0:
+                        first = frame.time
                     t = last = clock.time(frame.time)
                     yield index, t, frame
         except MemoryError:  # the decoder's (av.error.MemoryError): a huge frame under max_pixels=None
@@ -159,19 +173,37 @@ class VideoFileSource(FrameSource):
         # Reached the end of the stream: a file cut short decodes fewer frames than announced.
         decoded, expected = index + 1, self._frames_hint
         tolerance = 1 if self._frames_exact else max(2, expected // 20)
-        if expected and decoded < expected - tolerance and not self._lasts_its_duration(last, tolerance):
+        # A recording that starts inside a group of pictures (a broadcast or a camera's MPEG-TS, captured from
+        # any moment) has frames before its first keyframe, which no decoder gives: they are not missing at
+        # its end, and the last frame's time is taken from the stream's start, as its duration is.
+        lead = max(0.0, first - self._start) if first is not None and self._start is not None else 0.0
+        if (expected and decoded < expected - tolerance
+                and not self._lasts_its_duration(None if last is None else last + lead, tolerance)
+                and not self._others_reach_it(None if first is None else first - lead, tolerance)):
             raise SourceError(f"{self.path}: truncated or corrupt video: its header announces {expected} frames "
                               f"but only {decoded} could be decoded (frame {decoded:06d} is the first missing one; "
                               f"{_frames_before(index)})", *_stop_before(index))
 
     def _lasts_its_duration(self, last: float | None, tolerance: int) -> bool:
-        """Whether the last decoded frame (`last` s after the first) reaches the duration the header
-        declares, when the frame count is only estimated from it (duration x average rate): a video of
-        variable frame rate decodes fewer frames than that over its whole duration, while a file cut
-        short also stops early in time."""
-        if self._frames_exact or last is None or not self._duration or not self.native_fps:
+        """Whether the last decoded frame (`last` s after the stream's start) reaches the duration the header
+        declares: a video of variable frame rate decodes fewer frames than the count estimated from it
+        (duration x average rate), and an AVI of variable rate fewer than its header counts (the frames
+        it skips are empty chunks there, which FFmpeg passes over: such a complete file was refused),
+        while a file cut short also stops early in time."""
+        if last is None or not self._duration or not self.native_fps:
             return False
         return last + (tolerance + 1) / self.native_fps >= self._duration
+
+    def _others_reach_it(self, first: float | None, tolerance: int) -> bool:
+        """Whether the file's other streams (audio, subtitles) go on to the duration the header declares,
+        when that duration is the whole file's (Matroska and WebM state none per stream), for a video that
+        stops short of it (`first`: its start's timestamp). A file cut short ends every stream
+        early; a video shorter than its audio track ends before the file does, and was refused as a
+        truncated video. Read by a pass over the other streams' packets, made only then."""
+        if not self._whole_file or first is None or not self._duration or not self.native_fps:
+            return False
+        end = _other_streams_end(self.path)
+        return end is not None and end - first + (tolerance + 1) / self.native_fps >= self._duration
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"
@@ -179,6 +211,24 @@ class VideoFileSource(FrameSource):
             raise SourceError(f"cannot decode video {self.path}: frame {name} is corrupt (the decoder reports "
                               f"damaged data in it); {_frames_before(index - 1)}", *_stop_before(index - 1))
         return name, video_frame_to_rgb(payload, self.label, name, self.max_pixels, stream_display(self, payload))
+
+
+def _other_streams_end(path: Path) -> float | None:
+    """The latest end (s) of a packet of the streams of the video file `path` other than its video
+    stream, as far as they can be read; None when there is none."""
+    av = import_av()
+    end = None
+    try:
+        with open_video(path) as container:
+            video = video_stream(container)
+            others = [s for s in container.streams if video is None or s.index != video.index]
+            for packet in container.demux(others) if others else ():
+                if packet.pts is not None and packet.time_base is not None:
+                    t = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                    end = t if end is None else max(end, t)
+    except (av.error.FFmpegError, SourceError):
+        pass  # a file cut short: what was read up to the cut
+    return end
 
 
 def _frames_before(last_good: int) -> str:
