@@ -134,6 +134,23 @@ def test_a_full_standard_output_is_one_line_and_the_json_is_still_written(ds, tm
     assert set(json.loads((tmp_path / "m.json").read_text())) == {"veq", "stq"}
 
 
+@pytest.mark.parametrize("module", [["entitysam", "metrics"], ["entitysam.cli.metrics"]])
+def test_a_closed_standard_output_is_one_line_and_the_json_is_still_written(ds, tmp_path, module):
+    """`entitysam metrics ... --json m.json | less`, less quit while scoring: the results file was
+    lost with the scores (and `python -m entitysam.cli.metrics` printed a BrokenPipeError traceback)."""
+    read, write = os.pipe()
+    os.close(read)  # the table's reader is gone before the table comes
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", *module, *_args(ds, "--json", tmp_path / "m.json")],
+                              stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "error: the output was cut short: its reader closed the pipe " \
+                                                   "(broken pipe)\n", proc.stderr
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"veq", "stq"}
+
+
 def test_descriptor_paths_are_recognised(tmp_path):
     from entitysam.eval.json_output import descriptor_of
 
