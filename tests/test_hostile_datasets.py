@@ -312,6 +312,8 @@ def test_eval_vipseg_refuses_a_palette_gt_png_before_inference(tmp_path, capsys)
     ("area", float("nan"), r"has area nan in the GT JSON, not a pixel count"),
     ("iscrowd", "1", r"has iscrowd '1', not 0 or 1"),
     ("id", 2**30, r"segment id 1073741824 is outside 0\.\.16777215"),
+    # (a GT JSON of another resolution, as VIPSeg's original-size one beside the 720P PNGs)
+    ("area", 10**6, r"has area 1000000 in the GT JSON, not a pixel count of this 3072-pixel frame"),
 ])
 def test_eval_vipseg_refuses_gt_values_the_metrics_refuse_before_inference(tmp_path, capsys, key, value, message):
     """Refused by the metrics (see HOSTILE above), they stopped `eval vipseg` only after every

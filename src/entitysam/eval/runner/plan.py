@@ -309,9 +309,10 @@ def check_gt_annotations(plan: VIPSegPlan) -> None:
         raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None
 
 
-def check_gt_pngs(plan: VIPSegPlan) -> None:
+def check_gt_pngs(plan: VIPSegPlan, *, areas: bool = False) -> None:
     """Every GT PNG the metrics will read (``GT_DIR/<video>/<file_name>`` for each image of the
-    GT JSON) exists; all missing ones are named in one error."""
+    GT JSON) exists; all missing ones are named in one error. `areas` (after
+    :func:`check_gt_annotations`): each GT segment's area is at most its frame's pixel count."""
     # The metrics read the prediction of a frame as pan_pred/<video>/<GT file_name>, the run
     # writes it as <name up to the first dot>.png (the official rule): a GT name such as
     # "00001.x.png" or "sub/00001.png" was found missing only after every video was segmented.
@@ -342,11 +343,18 @@ def check_gt_pngs(plan: VIPSegPlan) -> None:
         raise EvalInputError(f"{len(unusable)} GT PNG folder(s) cannot be read:\n  " + "\n  ".join(unusable[:10])
                              + (f"\n  (and {len(unusable) - 10} more)" if len(unusable) > 10 else ""),
                              Remedy("metrics", False, "to only write the predictions"))
-    from ..panoptic_io import MetricsInputError, check_png  # noqa: PLC0415
+    from ..panoptic_io import MetricsInputError, annotations_by_video, check_png  # noqa: PLC0415
+    from ..veq import check_gt_segment  # noqa: PLC0415
 
+    by_video = annotations_by_video(plan.gt_doc, f"GT JSON {plan.gt_json}") if areas else {}
     try:  # the header of each: a JPEG under a .png name is refused before any inference
         for v in plan.videos:
-            for n in v.gt_names:
-                check_png(plan.gt_dir / v.video_id / n, what="GT PNG")
+            for t, n in enumerate(v.gt_names):
+                width, height = check_png(plan.gt_dir / v.video_id / n, what="GT PNG")
+                # an area over the frame (a GT JSON of another resolution, as VIPSeg's original-size
+                # one beside the 720P PNGs) was refused by the metrics after every video was segmented
+                for j, seg in enumerate(by_video[v.video_id][t]["segments_info"] if areas else ()):
+                    check_gt_segment(seg, f"GT JSON {plan.gt_json} video {v.video_id!r} frame {t} segments_info[{j}]",
+                                     width * height)
     except MetricsInputError as err:
         raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None

@@ -248,7 +248,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                              Remedy("metrics", False, "to only write the predictions"))
     if metrics:
         check_gt_annotations(plan)
-        check_gt_pngs(plan)
+        check_gt_pngs(plan, areas=True)
     out = EvalOutput(output)
     elsewhere = out.prepare(plan)
     if elsewhere is not None:
