@@ -210,6 +210,33 @@ def test_a_named_pipe_in_place_of_a_part_is_not_waited_on(dataset, evaluated, tm
     assert "have no complete predictions" in line and vid in line, line
 
 
+def test_merge_only_checks_the_gt_annotations_of_a_split_files_subset(dataset, evaluated, tmp_path, capsys):
+    """--merge-only (after a --no-metrics run, say) scored without checking the GT annotations: a GT
+    JSON with `"annotations": null` and a split file naming some of its videos was a TypeError
+    traceback. Now the one line of a run that scores (exit 2)."""
+    import json
+
+    from entitysam.eval.runner.output import EvalOutput
+
+    _, root = dataset
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    vid = load_plan(root, "val").video_ids[0]
+    (data / "val.txt").write_text(vid + "\n")
+    gt = data / "panoptic_gt_VIPSeg_val.json"
+    doc = json.loads(gt.read_text())
+    doc["annotations"] = None
+    gt.write_text(json.dumps(doc))
+    out = tmp_path / "out"  # the subset's evaluation: the video's predictions, made earlier
+    EvalOutput(out).prepare(load_plan(data, "val"))
+    shutil.copytree(evaluated / "pan_pred" / vid, out / "pan_pred" / vid)
+    shutil.copy(evaluated / "parts" / f"{vid}.json", out / "parts")
+    capsys.readouterr()
+    assert cli.main(_args(dataset, data, out, "--merge-only")) == 2
+    line = _one_error_line(capsys)
+    assert "has no 'annotations' list: it cannot be scored" in line and "--no-metrics" in line, line
+
+
 def test_a_shard_run_with_overwrite_does_not_merge_the_other_shards_earlier_predictions(dataset, evaluated, tmp_path,
                                                                                         capsys):
     """`--shard 0/2 --overwrite` on a complete output: the other shard's parts, not redone (its

@@ -195,6 +195,9 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
     if problem:
         raise EvalInputError(problem, Remedy("gt_dir", metavar="DIR"),
                              Remedy("metrics", False, "to only write the predictions"))
+    # (--merge-only after a --no-metrics run: never checked; `"annotations": null` under a split
+    # file was a TypeError traceback from gt_for_metrics)
+    check_gt_annotations(plan)
     check_gt_pngs(plan)
     try:
         results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
