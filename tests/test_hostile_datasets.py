@@ -354,6 +354,32 @@ def test_eval_vipseg_refuses_gt_images_out_of_time_order(tmp_path, capsys):
     assert not (tmp_path / "out" / "pan_pred" / ds.videos[0]).exists()
 
 
+def test_eval_vipseg_refuses_frames_of_another_size_than_the_gt_before_inference(tmp_path, capsys):
+    """Predictions have their frames' size: frames of another size than the GT PNGs (VIPSeg's
+    original frames beside the 720P PNGs) were segmented, every video, and the scoring then refused
+    them ("GT PNG is 64x48 but the predicted PNG is 128x96", exit 2). Now refused before inference;
+    a frame turned upright by its EXIF orientation has the size it is shown at."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    for p in sorted((ds.root / "images" / ds.videos[0]).iterdir()):  # stored on its side, shown upright
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.open(p).convert("RGB").transpose(Image.Transpose.ROTATE_90).save(p, exif=exif.tobytes())
+    for p in sorted((ds.root / "images" / ds.videos[1]).iterdir()):
+        im = Image.open(p)
+        im.resize((im.width * 2, im.height * 2)).save(p)
+    out = tmp_path / "out"
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(out),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: 1 video(s) cannot be evaluated:\n  video '{ds.videos[1]}': its frames are "
+                                 "128x96 (WxH, frame 00000000.jpg), the size of its predictions, but 2 of its 2 GT "
+                                 "PNGs are not (00000000.png: 64x48); the metrics need them of one size\n"), err
+    assert not any((out / "parts").iterdir())
+
+
 # ----------------------------------------------------------------------------- names in the GT JSON
 
 

@@ -250,9 +250,10 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     if metrics and problem:
         raise EvalInputError(problem, Remedy("gt_dir", metavar="DIR"),
                              Remedy("metrics", False, "to only write the predictions"))
+    gt_sizes = None
     if metrics:
         check_gt_annotations(plan)
-        check_gt_pngs(plan, areas=True)
+        gt_sizes = check_gt_pngs(plan, areas=True)
     out = EvalOutput(output)
     elsewhere = out.prepare(plan)
     if elsewhere is not None:
@@ -277,7 +278,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
         recover_leftovers(out.pan_pred, summary.skipped)  # (skipped without their lock: a killed run's lock file)
 
     if todo:
-        frames = check_frames(plan, todo, need_gt=metrics)
+        frames = check_frames(plan, todo, need_gt=metrics, gt_sizes=gt_sizes)
         out.check_replaceable([v.video_id for v in todo])  # before loading the model
         if isinstance(model, torch.nn.Module):
             net = model
