@@ -128,6 +128,24 @@ def test_hostile_metrics_input_is_one_line_and_exit_2(ds, capsys, name):
     assert out == "" and len(err.strip().splitlines()) == 1 and re.search(message, err), err
 
 
+def test_a_scoring_worker_killed_is_one_line_and_exit_1(ds, capsys, monkeypatch):
+    """A process of the scoring pool killed (by the out-of-memory killer, with many --workers) was a
+    BrokenProcessPool traceback; `eval vipseg` said one line."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import entitysam.eval.metrics as metrics
+
+    def killed(*args, **kwargs):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly while the future was "
+                                "running or pending.")
+
+    monkeypatch.setattr(metrics, "evaluate", killed)
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("error: a scoring worker process ended abruptly (killed, e.g. for want of memory); "
+                                 "fewer --workers take less memory\n"), err
+
+
 def test_legal_odd_values_are_still_scored(ds):
     """What the official scripts accept stays accepted: iscrowd as a bool or float, a float
     area within the frame, a GT segment listed but absent from the PNG (a missed segment)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -87,6 +88,10 @@ def _score_and_write(args, destination, flags: Mapping[str, str]) -> int:
     except metrics.MetricsInputError as e:
         _print_error(e)
         return 2
+    except BrokenProcessPool:  # (a RuntimeError: it was a traceback; `eval vipseg` says one line)
+        _print_error("a scoring worker process ended abruptly (killed, e.g. for want of memory); "
+                     "fewer --workers take less memory")
+        return 1
     code = 0
     pipe_closed = False
     try:
