@@ -243,6 +243,24 @@ def test_a_dash_is_standard_output_also_where_a_file_named_dash_exists(ds, tmp_p
     assert set(json.loads(out[out.index("\n{") + 1:])) == {"veq", "stq"}
 
 
+@pytest.mark.parametrize("module", ["entitysam.eval.metrics", "entitysam.cli.metrics"])
+def test_every_entry_point_says_an_interrupt_in_one_line(ds, module):
+    """`python -m entitysam.eval.metrics` (README: the same as `entitysam metrics`) ran the command
+    without the entry point's handling: a Ctrl-C while scoring was a KeyboardInterrupt traceback and a
+    death by SIGINT, not `error: interrupted` and exit 130. (The Ctrl-C: raised by the scoring.)"""
+    script = ("import runpy, sys\n"
+              "import entitysam.eval.metrics as m\n"
+              "def scoring(*args, **kwargs):\n"
+              "    raise KeyboardInterrupt\n"
+              "m.evaluate = scoring\n"
+              f"sys.argv = [{module!r}, *sys.argv[1:]]\n"
+              f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", script, *_args(ds)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 130 and proc.stderr == "error: interrupted\n", proc.stderr
+
+
 def test_every_entry_point_of_the_command_gives_the_same_output(ds):
     """The command lives in entitysam.cli.metrics; `python -m entitysam.eval.metrics` (README
     "Metrics") and `python -m entitysam.cli.metrics` are still `entitysam metrics`."""

@@ -124,4 +124,9 @@ def _score_and_write(args, destination, flags: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # through the `entitysam` entry point, as `entitysam metrics`: a Ctrl-C was a KeyboardInterrupt
+    # traceback and a death by SIGINT, not "error: interrupted" and exit 130
+    from . import command  # noqa: PLC0415
+
+    sys.argv[1:1] = ["metrics"]
+    raise SystemExit(command())
