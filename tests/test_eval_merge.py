@@ -210,6 +210,51 @@ def test_a_named_pipe_in_place_of_a_part_is_not_waited_on(dataset, evaluated, tm
     assert "have no complete predictions" in line and vid in line, line
 
 
+def test_merge_only_checks_the_gt_annotations_of_a_split_files_subset(dataset, evaluated, tmp_path, capsys):
+    """--merge-only (after a --no-metrics run, say) scored without checking the GT annotations: a GT
+    JSON with `"annotations": null` and a split file naming some of its videos was a TypeError
+    traceback. Now the one line of a run that scores (exit 2)."""
+    import json
+
+    from entitysam.eval.runner.output import EvalOutput
+
+    _, root = dataset
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    vid = load_plan(root, "val").video_ids[0]
+    (data / "val.txt").write_text(vid + "\n")
+    gt = data / "panoptic_gt_VIPSeg_val.json"
+    doc = json.loads(gt.read_text())
+    doc["annotations"] = None
+    gt.write_text(json.dumps(doc))
+    out = tmp_path / "out"  # the subset's evaluation: the video's predictions, made earlier
+    EvalOutput(out).prepare(load_plan(data, "val"))
+    shutil.copytree(evaluated / "pan_pred" / vid, out / "pan_pred" / vid)
+    shutil.copy(evaluated / "parts" / f"{vid}.json", out / "parts")
+    capsys.readouterr()
+    assert cli.main(_args(dataset, data, out, "--merge-only")) == 2
+    line = _one_error_line(capsys)
+    assert "has no 'annotations' list: it cannot be scored" in line and "--no-metrics" in line, line
+
+
+def test_other_predictions_merged_without_scoring_leave_no_earlier_scores(dataset, evaluated, tmp_path, capsys):
+    """`--overwrite --no-metrics` (here in bfloat16) merged the new predictions into pred.json and
+    log.json, and left metrics.json, the scores of the earlier float32 predictions, beside them."""
+    import json
+
+    _, root = dataset
+    out = tmp_path / "out"
+    shutil.copytree(evaluated, out)
+    assert cli.main(_args(dataset, root, out, "--overwrite", "--no-metrics", "--dtype", "bfloat16")) == 0
+    assert (out / "pred.json").read_bytes() != (evaluated / "pred.json").read_bytes()
+    assert json.loads((out / "log.json").read_text())["model"]["dtype"] == "bfloat16"
+    assert not (out / "metrics.json").exists()
+    assert cli.main(_args(dataset, root, out, "--merge-only")) == 0  # scored: the new predictions
+    assert json.loads((out / "metrics.json").read_text())["run"]["model"]["dtype"] == "bfloat16"
+    assert cli.main(_args(dataset, root, out, "--merge-only", "--no-metrics")) == 0  # the same ones: kept
+    assert (out / "metrics.json").exists()
+
+
 def test_a_shard_run_with_overwrite_does_not_merge_the_other_shards_earlier_predictions(dataset, evaluated, tmp_path,
                                                                                         capsys):
     """`--shard 0/2 --overwrite` on a complete output: the other shard's parts, not redone (its

@@ -517,6 +517,40 @@ def test_a_named_pipe_in_place_of_a_run_log_is_never_written_into(tmp_path):
     assert json.loads((out.logs / "other.jsonl").read_text())["status"] == "done"
 
 
+@pytest.mark.parametrize("kind", ["named-pipe", "not-an-object"])
+def test_an_unusable_run_json_is_refused_without_waiting(tmp_path, kind):
+    """run.json was read by name: a named pipe there made `eval vipseg` wait for ever before any
+    work, and JSON that is not an object (`[1]`) was an AttributeError traceback."""
+    import threading
+
+    ds = make_vipseg_dataset(tmp_path / "root", num_videos=1, num_frames=2)
+    plan = load_plan(ds.root, "val")
+    out = tmp_path / "out"
+    out.mkdir()
+    if kind == "named-pipe":
+        os.mkfifo(out / "run.json")
+    else:
+        (out / "run.json").write_text("[1]\n")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def prepare():
+        try:
+            EvalOutput(out).prepare(plan)
+        except BaseException as err:  # noqa: BLE001 - (looked at below)
+            errors.append(err)
+        done.set()
+
+    threading.Thread(target=prepare, daemon=True).start()
+    try:
+        assert done.wait(10), "prepare() waited for a writer on the named pipe"
+    finally:
+        if not done.is_set():  # (the old code: let its read end, with nothing)
+            os.close(os.open(out / "run.json", os.O_WRONLY | os.O_NONBLOCK))
+    assert len(errors) == 1 and isinstance(errors[0], EvalInputError), errors
+    assert ("run.json is not a regular file" if kind == "named-pipe" else "holds another evaluation") in str(errors[0])
+
+
 def test_a_file_of_the_users_at_a_video_lock_path_fails_that_video_only(env, reference, tmp_path, capsys):
     """`pan_pred/.<video>.lock` holding a file of the user's (refused untouched by the lock) ended
     the whole run with one line, the videos after it never done: now that video fails, as a

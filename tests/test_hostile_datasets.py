@@ -128,6 +128,24 @@ def test_hostile_metrics_input_is_one_line_and_exit_2(ds, capsys, name):
     assert out == "" and len(err.strip().splitlines()) == 1 and re.search(message, err), err
 
 
+def test_a_scoring_worker_killed_is_one_line_and_exit_1(ds, capsys, monkeypatch):
+    """A process of the scoring pool killed (by the out-of-memory killer, with many --workers) was a
+    BrokenProcessPool traceback; `eval vipseg` said one line."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    import entitysam.eval.metrics as metrics
+
+    def killed(*args, **kwargs):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly while the future was "
+                                "running or pending.")
+
+    monkeypatch.setattr(metrics, "evaluate", killed)
+    assert main([str(ds.pred_dir), str(ds.gt_dir), str(ds.gt_json), "--workers", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == ("error: a scoring worker process ended abruptly (killed, e.g. for want of memory); "
+                                 "fewer --workers take less memory\n"), err
+
+
 def test_legal_odd_values_are_still_scored(ds):
     """What the official scripts accept stays accepted: iscrowd as a bool or float, a float
     area within the frame, a GT segment listed but absent from the PNG (a missed segment)."""
@@ -312,6 +330,8 @@ def test_eval_vipseg_refuses_a_palette_gt_png_before_inference(tmp_path, capsys)
     ("area", float("nan"), r"has area nan in the GT JSON, not a pixel count"),
     ("iscrowd", "1", r"has iscrowd '1', not 0 or 1"),
     ("id", 2**30, r"segment id 1073741824 is outside 0\.\.16777215"),
+    # (a GT JSON of another resolution, as VIPSeg's original-size one beside the 720P PNGs)
+    ("area", 10**6, r"has area 1000000 in the GT JSON, not a pixel count of this 3072-pixel frame"),
 ])
 def test_eval_vipseg_refuses_gt_values_the_metrics_refuse_before_inference(tmp_path, capsys, key, value, message):
     """Refused by the metrics (see HOSTILE above), they stopped `eval vipseg` only after every
@@ -350,6 +370,32 @@ def test_eval_vipseg_refuses_gt_images_out_of_time_order(tmp_path, capsys):
     assert code == 2 and "lists its images in another order than the frames' sorted file names (position 0: " \
         "'00000001', frame '00000000'); VEQ windows need them in time order" in err, err
     assert not (tmp_path / "out" / "pan_pred" / ds.videos[0]).exists()
+
+
+def test_eval_vipseg_refuses_frames_of_another_size_than_the_gt_before_inference(tmp_path, capsys):
+    """Predictions have their frames' size: frames of another size than the GT PNGs (VIPSeg's
+    original frames beside the 720P PNGs) were segmented, every video, and the scoring then refused
+    them ("GT PNG is 64x48 but the predicted PNG is 128x96", exit 2). Now refused before inference;
+    a frame turned upright by its EXIF orientation has the size it is shown at."""
+    from entitysam import cli
+    from entitysam.data.synthetic.vipseg import make_vipseg_dataset
+
+    ds = make_vipseg_dataset(tmp_path / "root", split="val", num_videos=2, num_frames=2)
+    for p in sorted((ds.root / "images" / ds.videos[0]).iterdir()):  # stored on its side, shown upright
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.open(p).convert("RGB").transpose(Image.Transpose.ROTATE_90).save(p, exif=exif.tobytes())
+    for p in sorted((ds.root / "images" / ds.videos[1]).iterdir()):
+        im = Image.open(p)
+        im.resize((im.width * 2, im.height * 2)).save(p)
+    out = tmp_path / "out"
+    code = cli.main(["eval", "vipseg", "--data-root", str(ds.root), "--model", "demo", "-o", str(out),
+                     "--workers", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == (f"error: 1 video(s) cannot be evaluated:\n  video '{ds.videos[1]}': its frames are "
+                                 "128x96 (WxH, frame 00000000.jpg), the size of its predictions, but 2 of its 2 GT "
+                                 "PNGs are not (00000000.png: 64x48); the metrics need them of one size\n"), err
+    assert not any((out / "parts").iterdir())
 
 
 # ----------------------------------------------------------------------------- names in the GT JSON

@@ -134,6 +134,23 @@ def test_a_full_standard_output_is_one_line_and_the_json_is_still_written(ds, tm
     assert set(json.loads((tmp_path / "m.json").read_text())) == {"veq", "stq"}
 
 
+@pytest.mark.parametrize("module", [["entitysam", "metrics"], ["entitysam.cli.metrics"]])
+def test_a_closed_standard_output_is_one_line_and_the_json_is_still_written(ds, tmp_path, module):
+    """`entitysam metrics ... --json m.json | less`, less quit while scoring: the results file was
+    lost with the scores (and `python -m entitysam.cli.metrics` printed a BrokenPipeError traceback)."""
+    read, write = os.pipe()
+    os.close(read)  # the table's reader is gone before the table comes
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-m", *module, *_args(ds, "--json", tmp_path / "m.json")],
+                              stdout=write, stderr=subprocess.PIPE, text=True, env=env, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "error: the output was cut short: its reader closed the pipe " \
+                                                   "(broken pipe)\n", proc.stderr
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"veq", "stq"}
+
+
 def test_descriptor_paths_are_recognised(tmp_path):
     from entitysam.eval.json_output import descriptor_of
 
@@ -224,6 +241,24 @@ def test_a_dash_is_standard_output_also_where_a_file_named_dash_exists(ds, tmp_p
     assert (tmp_path / "-").read_text() == "notes\n"
     out = capfd.readouterr().out
     assert set(json.loads(out[out.index("\n{") + 1:])) == {"veq", "stq"}
+
+
+@pytest.mark.parametrize("module", ["entitysam.eval.metrics", "entitysam.cli.metrics"])
+def test_every_entry_point_says_an_interrupt_in_one_line(ds, module):
+    """`python -m entitysam.eval.metrics` (README: the same as `entitysam metrics`) ran the command
+    without the entry point's handling: a Ctrl-C while scoring was a KeyboardInterrupt traceback and a
+    death by SIGINT, not `error: interrupted` and exit 130. (The Ctrl-C: raised by the scoring.)"""
+    script = ("import runpy, sys\n"
+              "import entitysam.eval.metrics as m\n"
+              "def scoring(*args, **kwargs):\n"
+              "    raise KeyboardInterrupt\n"
+              "m.evaluate = scoring\n"
+              f"sys.argv = [{module!r}, *sys.argv[1:]]\n"
+              f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)\n")
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", script, *_args(ds)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 130 and proc.stderr == "error: interrupted\n", proc.stderr
 
 
 def test_every_entry_point_of_the_command_gives_the_same_output(ds):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -87,11 +88,22 @@ def _score_and_write(args, destination, flags: Mapping[str, str]) -> int:
     except metrics.MetricsInputError as e:
         _print_error(e)
         return 2
+    except BrokenProcessPool:  # (a RuntimeError: it was a traceback; `eval vipseg` says one line)
+        _print_error("a scoring worker process ended abruptly (killed, e.g. for want of memory); "
+                     "fewer --workers take less memory")
+        return 1
     code = 0
+    pipe_closed = False
     try:
         print(metrics.format_table(res), flush=True)
     except BrokenPipeError:
-        raise  # (the command line's one line for a closed standard output)
+        # its reader gone (`| less` quit while scoring): the --json FILE is still written, as after
+        # a full disk (it was lost with the scores, and `python -m entitysam.cli.metrics` gave a
+        # traceback); the command line's one line for a closed standard output
+        from . import stdout_closed  # noqa: PLC0415
+
+        code = stdout_closed()
+        pipe_closed = True
     except OSError as err:  # `> /dev/full`, a full disk: was a traceback, and no JSON written
         _print_error(f"cannot write the table to standard output: {err.strerror or err}")
         _silence_stdout()
@@ -103,6 +115,8 @@ def _score_and_write(args, destination, flags: Mapping[str, str]) -> int:
             _print_error(err, flags)
             return 1
         except OSError as err:
+            if pipe_closed and isinstance(err, BrokenPipeError):  # (`--json -`: that pipe, said already)
+                return 1
             where = "standard output" if args.json_out == STDOUT else args.json_out
             _print_error(f"cannot write {where}: {err.strerror or err}")
             return 1
@@ -110,4 +124,9 @@ def _score_and_write(args, destination, flags: Mapping[str, str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # through the `entitysam` entry point, as `entitysam metrics`: a Ctrl-C was a KeyboardInterrupt
+    # traceback and a death by SIGINT, not "error: interrupted" and exit 130
+    from . import command  # noqa: PLC0415
+
+    sys.argv[1:1] = ["metrics"]
+    raise SystemExit(command())

@@ -219,7 +219,10 @@ def format_table(results: Mapping[str, Any]) -> str:
 
 if __name__ == "__main__":  # `python -m entitysam.eval.metrics` (README "Metrics"), kept working
     # the command is entitysam.cli.metrics; named by string, as entitysam.cli names the commands it
-    # delegates to: the library imports nothing of the command layer above it
+    # delegates to: the library imports nothing of the command layer above it. Through the
+    # `entitysam` entry point (a Ctrl-C was a KeyboardInterrupt traceback, not exit 130).
+    import sys
     from importlib import import_module
 
-    raise SystemExit(import_module("entitysam.cli.metrics").main())
+    sys.argv[1:1] = ["metrics"]
+    raise SystemExit(import_module("entitysam.cli").command())

@@ -282,12 +282,13 @@ def _unreadable_png(path: PathLike, what: str, err: Exception) -> MetricsInputEr
     return MetricsInputError(f"{what} cannot be read: {path} ({err})")
 
 
-def check_png(path: PathLike, *, what: str = "PNG") -> None:
-    """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only)."""
+def check_png(path: PathLike, *, what: str = "PNG") -> tuple[int, int]:
+    """Raise :class:`MetricsInputError` unless `path` is a readable 8-bit RGB(A) PNG file (header only);
+    its (width, height)."""
     try:
         with _open_png(path, what) as im:
             _require_png(im, path, what)
-            mode = im.mode
+            mode, size = im.mode, im.size
     except FileNotFoundError:
         raise MetricsInputError(f"{what} not found: {path}") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
@@ -297,6 +298,7 @@ def check_png(path: PathLike, *, what: str = "PNG") -> None:
     if mode not in ("RGB", "RGBA", "RGBX"):
         raise MetricsInputError(f"{what} {path}: expected an 8-bit RGB image (ids encoded as R + 256 G + 65536 B), "
                                 f"got mode {mode!r}")
+    return size
 
 
 def read_id_png(path: PathLike, *, what: str = "PNG", packed: bool = False) -> np.ndarray:

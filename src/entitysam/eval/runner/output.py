@@ -92,9 +92,18 @@ class EvalOutput:
             visible = [p.name for p in self.root.iterdir() if not p.name.startswith(".")] \
                 if self.root.is_dir() else []
             if RUN_FILE in visible or run.is_file():
-                try:
-                    old = json.loads(run.read_text(encoding="utf-8"))
-                except ValueError:
+                # opened without waiting: a named pipe under its name made the run wait for ever, and
+                # JSON that is not an object (`[1]`) was an AttributeError traceback
+                f = open_regular(run)
+                if f is None:
+                    raise EvalInputError(f"output {self.root} is not an entitysam evaluation folder ({RUN_FILE} "
+                                         "is not a regular file): choose a new or empty folder")
+                with f:
+                    try:
+                        old = json.loads(f.read().decode("utf-8"))
+                    except (ValueError, RecursionError):
+                        old = {}
+                if not isinstance(old, dict):
                     old = {}
                 if {k: old.get(k) for k in fp} != fp:
                     raise EvalInputError(

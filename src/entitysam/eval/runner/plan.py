@@ -219,8 +219,27 @@ def folder_message(path: Path, what: str, hint: str) -> str | None:
     return f"cannot list {path}: {problem} ({what}: {hint})"
 
 
-def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) -> dict[str, list[str]]:
-    """Frame lists of `videos`; every problem of every video in one EvalInputError."""
+def _frame_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of a frame as it is segmented, from its header: turned by its EXIF orientation
+    as the frame reader turns it; None when it cannot be read (the inference says why)."""
+    from ...io.image_file import open_image_file  # noqa: PLC0415
+
+    try:
+        with open_image_file(path, 1 << 62) as im:
+            width, height = im.size
+            try:
+                turned = im.getexif().get(0x0112) in (5, 6, 7, 8)  # (the orientations that swap the sides)
+            except Exception:  # noqa: BLE001 - an unreadable EXIF block: read as stored, as by the frame reader
+                turned = False
+    except Exception:  # noqa: BLE001 - (an unusable frame fails its video, with its own message)
+        return None
+    return (height, width) if turned else (width, height)
+
+
+def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool,
+                 gt_sizes: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> dict[str, list[str]]:
+    """Frame lists of `videos`; every problem of every video in one EvalInputError. gt_sizes: the
+    (width, height) of each GT PNG of a video (:func:`check_gt_pngs`), which its frames must have."""
     problem = folder_message(plan.images_dir, "frames folder", "expected images/<video>/*.jpg in the data root")
     if problem:
         raise EvalInputError(problem)
@@ -266,6 +285,17 @@ def check_frames(plan: VIPSegPlan, videos: Sequence[VideoEntry], need_gt: bool) 
                                 f"frames' sorted file names (position {first}: {gt[first]!r}, frame "
                                 f"{stems[first]!r}); VEQ windows need them in time order")
                 continue
+            # the predictions have the first frame's size: frames of another size than the GT PNGs
+            # (VIPSeg's original frames beside the 720P PNGs) were refused by the metrics only
+            # after every video was segmented
+            size = _frame_size(folder / names[0]) if gt_sizes and v.video_id in gt_sizes else None
+            wrong = [(n, s) for n, s in zip(v.gt_names, gt_sizes[v.video_id]) if s != size] if size else []
+            if wrong:
+                problems.append(f"video {v.video_id!r}: its frames are {size[0]}x{size[1]} (WxH, frame {names[0]}), "
+                                f"the size of its predictions, but {len(wrong)} of its {len(v.gt_names)} GT PNGs "
+                                f"are not ({wrong[0][0]}: {wrong[0][1][0]}x{wrong[0][1][1]}); the metrics need "
+                                "them of one size")
+                continue
         frames[v.video_id] = names
     if problems:
         more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -309,9 +339,11 @@ def check_gt_annotations(plan: VIPSegPlan) -> None:
         raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None
 
 
-def check_gt_pngs(plan: VIPSegPlan) -> None:
+def check_gt_pngs(plan: VIPSegPlan, *, areas: bool = False) -> dict[str, list[tuple[int, int]]]:
     """Every GT PNG the metrics will read (``GT_DIR/<video>/<file_name>`` for each image of the
-    GT JSON) exists; all missing ones are named in one error."""
+    GT JSON) exists; all missing ones are named in one error. `areas` (after
+    :func:`check_gt_annotations`): each GT segment's area is at most its frame's pixel count.
+    Returns the (width, height) of each video's GT PNGs, in its images' order."""
     # The metrics read the prediction of a frame as pan_pred/<video>/<GT file_name>, the run
     # writes it as <name up to the first dot>.png (the official rule): a GT name such as
     # "00001.x.png" or "sub/00001.png" was found missing only after every video was segmented.
@@ -342,11 +374,21 @@ def check_gt_pngs(plan: VIPSegPlan) -> None:
         raise EvalInputError(f"{len(unusable)} GT PNG folder(s) cannot be read:\n  " + "\n  ".join(unusable[:10])
                              + (f"\n  (and {len(unusable) - 10} more)" if len(unusable) > 10 else ""),
                              Remedy("metrics", False, "to only write the predictions"))
-    from ..panoptic_io import MetricsInputError, check_png  # noqa: PLC0415
+    from ..panoptic_io import MetricsInputError, annotations_by_video, check_png  # noqa: PLC0415
+    from ..veq import check_gt_segment  # noqa: PLC0415
 
+    by_video = annotations_by_video(plan.gt_doc, f"GT JSON {plan.gt_json}") if areas else {}
+    sizes: dict[str, list[tuple[int, int]]] = {}
     try:  # the header of each: a JPEG under a .png name is refused before any inference
         for v in plan.videos:
-            for n in v.gt_names:
-                check_png(plan.gt_dir / v.video_id / n, what="GT PNG")
+            for t, n in enumerate(v.gt_names):
+                width, height = check_png(plan.gt_dir / v.video_id / n, what="GT PNG")
+                sizes.setdefault(v.video_id, []).append((width, height))
+                # an area over the frame (a GT JSON of another resolution, as VIPSeg's original-size
+                # one beside the 720P PNGs) was refused by the metrics after every video was segmented
+                for j, seg in enumerate(by_video[v.video_id][t]["segments_info"] if areas else ()):
+                    check_gt_segment(seg, f"GT JSON {plan.gt_json} video {v.video_id!r} frame {t} segments_info[{j}]",
+                                     width * height)
     except MetricsInputError as err:
         raise EvalInputError(str(err), Remedy("metrics", False, "to only write the predictions")) from None
+    return sizes

@@ -26,6 +26,7 @@ from ...argtypes import MAX_THREADS, check_int
 from ...errors import EntitySAMError, Remedy
 from ...io.output_lock import OutputLock, OutputLockedError
 from ...io.staging import recover_leftovers
+from ...regular_file import open_regular
 from .memory import PeakMemory
 from .output import (PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model,
                      write_output_json)
@@ -195,6 +196,9 @@ def score_outputs(plan: VIPSegPlan, output: PathLike, *, workers: int | None = N
     if problem:
         raise EvalInputError(problem, Remedy("gt_dir", metavar="DIR"),
                              Remedy("metrics", False, "to only write the predictions"))
+    # (--merge-only after a --no-metrics run: never checked; `"annotations": null` under a split
+    # file was a TypeError traceback from gt_for_metrics)
+    check_gt_annotations(plan)
     check_gt_pngs(plan)
     try:
         results = evaluate(out, plan.gt_dir, plan.gt_for_metrics(), workers=workers)
@@ -246,9 +250,10 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
     if metrics and problem:
         raise EvalInputError(problem, Remedy("gt_dir", metavar="DIR"),
                              Remedy("metrics", False, "to only write the predictions"))
+    gt_sizes = None
     if metrics:
         check_gt_annotations(plan)
-        check_gt_pngs(plan)
+        gt_sizes = check_gt_pngs(plan, areas=True)
     out = EvalOutput(output)
     elsewhere = out.prepare(plan)
     if elsewhere is not None:
@@ -273,7 +278,7 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
         recover_leftovers(out.pan_pred, summary.skipped)  # (skipped without their lock: a killed run's lock file)
 
     if todo:
-        frames = check_frames(plan, todo, need_gt=metrics)
+        frames = check_frames(plan, todo, need_gt=metrics, gt_sizes=gt_sizes)
         out.check_replaceable([v.video_id for v in todo])  # before loading the model
         if isinstance(model, torch.nn.Module):
             net = model
@@ -342,10 +347,18 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
 def finish(plan: VIPSegPlan, output: PathLike, summary: EvalSummary | None = None, *, metrics: bool = True,
            workers: int | None = None, say: Callable[[str], None] = lambda m: None) -> dict[str, Any] | None:
     """Merge (pred.json, log.json) and, with `metrics`, score (metrics.json). Returns the metrics."""
+    before = _file_bytes(Path(output) / "pred.json")
     log = merge_outputs(plan, output)
     t = log["total"]
     say(f"pred.json: {t['videos']} videos, {t['frames']} frames; inference {t['seconds']:.1f}s"
         + (f" ({t['fps']:.2f} frames/s)" if t["fps"] else "") + f" -> {Path(output) / 'pred.json'}")
+    scores = Path(output) / "metrics.json"
+    # other predictions (`--overwrite --no-metrics`, or scoring that fails now): the scores of the
+    # earlier ones were left beside them, as if theirs
+    if _file_bytes(Path(output) / "pred.json") != before and os.path.lexists(scores):
+        scores.unlink(missing_ok=True)
+        if not metrics:
+            say(f"{scores} removed: it scored the earlier predictions")
     result = None
     if metrics:
         t0 = time.perf_counter()
@@ -355,3 +368,15 @@ def finish(plan: VIPSegPlan, output: PathLike, summary: EvalSummary | None = Non
         summary.merged = True
         summary.metrics = result
     return result
+
+
+def _file_bytes(path: Path) -> bytes | None:
+    """The content of the regular file `path`, or None (missing, unreadable, not a regular file)."""
+    try:
+        f = open_regular(path)
+        if f is None:
+            return None
+        with f:
+            return f.read()
+    except OSError:
+        return None
