@@ -28,7 +28,7 @@ from ..io.paths import describe_os_error
 from .progress import progress_bar
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "FrameInfo", "Entity", "IdMapFile", "SegmentationResult", "OnlineSegment",
-           "OnlineFrame", "check_formats", "model_info", "sample_aspect_ratio_field"]
+           "OnlineFrame", "check_formats", "model_info", "input_field", "sample_aspect_ratio_field"]
 
 FORMATS = ("panoptic", "entities", "overlay")
 DEFAULT_FORMATS = FORMATS
@@ -196,7 +196,7 @@ class SegmentationResult:
             "format_version": 1,
             "entitysam_version": __version__,
             "video": self.name,
-            "input": str(self.source.path) if self.source.path is not None else None,
+            "input": input_field(self.source),
             "selection": asdict(self.source.selection),
             "num_frames": len(self.frames),
             "size": list(self.size),
@@ -250,6 +250,16 @@ class SegmentationResult:
                 return staged.commit({**self.manifest(), "files": files})
         except OSError as err:  # (named after the staging folder is gone: its files by their final names)
             raise OutputError(describe_os_error(err, str(directory))) from None
+
+
+def input_field(source: FrameSource) -> str | None:
+    """The manifests' ``input``: a live source's URL (its password masked), an input file or
+    folder by its absolute path, None for frames in memory. The path as typed was relative to the
+    folder the run was started in: a result viewed or exported from any other folder lost its
+    input frames (grey background), or was shown over the frames of another input of that name."""
+    if source.kind == "live":
+        return source.label
+    return os.path.abspath(source.path) if source.path is not None else None
 
 
 def sample_aspect_ratio_field(source: FrameSource) -> list[int]:
