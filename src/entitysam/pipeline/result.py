@@ -217,6 +217,11 @@ class SegmentationResult:
         directory = check_path_arg(directory, "directory")  # None: not a bare TypeError; "": not the current folder
         if directory.exists() and not directory.is_dir():
             raise OutputError(f"{directory} exists and is not a folder: write_into writes into a folder")
+        # A missing one made the overlay fail with a bare FileNotFoundError naming no file, after the
+        # PNGs were written, while panoptic and entities alone created it, and any folders above it.
+        if not directory.is_dir():
+            raise OutputError(f"{directory} does not exist: write_into writes into an existing folder (create it "
+                              "first, or use save(), which creates the result folder)")
         t0 = time.perf_counter()
         bar = progress_bar(progress and bool(formats), len(self.frames), f"{self.name} (writing)")
         try:
