@@ -78,7 +78,7 @@ def open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None
             if problem:
                 raise InvalidArgumentError(problem)
         folder = files[0].parent
-        return FrameFolderSource(folder, selection, fps, files=files, name=name or folder.resolve().name,
+        return FrameFolderSource(folder, selection, fps, files=files, name=name or Path(os.path.abspath(folder)).name,
                                  max_pixels=max_pixels)
     if isinstance(video, (list, tuple)) and any(isinstance(v, (str, os.PathLike)) for v in video):
         raise InvalidArgumentError("a list of frames must hold only arrays / images or only file paths")
