@@ -215,11 +215,16 @@ def test_write_into_checks_its_arguments(demo, tmp_path, monkeypatch):
     (tmp_path / "a-file").write_text("x")
     with demo.segment(_frames()) as result:
         for bad, words in ((None, "directory must be a path"), (3, "directory must be a path"),
-                           ("", "directory is an empty path"), (tmp_path / "a-file", "is not a folder")):
+                           ("", "directory is an empty path"), (tmp_path / "a-file", "is not a folder"),
+                           # a missing folder: created for panoptic and entities alone (folders above it
+                           # too), a bare FileNotFoundError naming no file for the overlay
+                           (tmp_path / "missing" / "x", "missing/x does not exist")):
             with pytest.raises(EntitySAMError, match=words):
                 result.write_into(bad, "entities")
         with pytest.raises(EntitySAMError, match="labels must be True or False"):
             result.write_into(tmp_path, "entities", labels="no")
+        with pytest.raises(EntitySAMError, match="missing does not exist"):
+            result.write_into(tmp_path / "missing", "overlay")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 

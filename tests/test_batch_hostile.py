@@ -63,6 +63,28 @@ def test_a_folder_of_frames_that_holds_the_output_folder_is_still_a_video(tmp_pa
     assert [p.name for p in batch_inputs(str(tmp_path / "in"), tmp_path / "in" / "out" / "x")] == ["b.mp4", "clip"]
 
 
+def test_linked_folders_of_frames_are_named_by_their_links(tmp_path, capsys, monkeypatch):
+    """A folder of frames was named after the folder its link leads to: links cam1 and cam2 to
+    sessions' folders both called `frames` failed the batch (exit 2, "would both write to
+    out/frames"), and `segment in/cam1` wrote out/frames. A video file is named by its link already."""
+    from _media import write_frames
+
+    for session in ("a", "b"):
+        write_frames(tmp_path / session / "frames", ["0", "1"])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "cam1").symlink_to(tmp_path / "a" / "frames")
+    (tmp_path / "in" / "cam2").symlink_to(tmp_path / "b" / "frames")
+    out = tmp_path / "out"
+    assert segment("--batch", tmp_path / "in", "-o", out, *COMMON) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["cam1", "cam2"]
+    panoptic = json.loads((out / "cam1" / "panoptic.json").read_text())
+    assert panoptic["annotations"][0]["video_id"] == "cam1"
+    # "." and ".." are still the folders they lead to
+    monkeypatch.chdir(tmp_path / "a" / "frames")
+    from entitysam.io.sources import result_name
+    assert (result_name("."), result_name(".."), result_name("../frames/")) == ("frames", "a", "frames")
+
+
 def test_a_symlink_loop_in_the_batch_fails_that_video_only(tmp_path, capsys):
     """A link pointing to itself: Path.resolve raised RuntimeError (a traceback) while the batch
     was listed; now that video fails with its message and the others are done."""

@@ -750,6 +750,47 @@ def test_save_logits_file_appearing_during_the_run_is_never_replaced(tmp_path, t
     assert target.read_bytes()[:2] == b"PK"
 
 
+@pytest.mark.parametrize("stage", ["merge", "writing", "commit interrupted"])
+def test_a_failed_video_leaves_no_save_logits_file(tmp_path, tiny_checkpoint, capsys, monkeypatch, stage):
+    """FILE is written once the video is tracked, before the merge and the result files: a failure
+    after it (a full disk while writing the overlay, a Ctrl-C or SIGTERM) left FILE without a
+    result, and every re-run failed on it ("already exists", exit 2; a resumed shard failed the
+    video for good). It is removed with the failed result; a Ctrl-C that lands in the commit is
+    raised once the result is in place, whose FILE stays."""
+    import errno
+
+    from entitysam.io import overlay, staging as staging_module
+    from entitysam.pipeline import segment as pipeline_segment
+
+    image = still(tmp_path / "still.png")
+    target, out = tmp_path / "l.npz", tmp_path / "out"
+    common = [image, "-o", out, "--checkpoint", tiny_checkpoint, "--save", "all", "-q", "--save-logits", target]
+    with monkeypatch.context() as m:
+        if stage == "merge":  # (the id maps go to disk during the merge)
+            def full(self, id_map):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            m.setattr(pipeline_segment.IdMapFile, "append", full)
+        elif stage == "writing":
+            def full(self, *args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            m.setattr(overlay.OverlayWriter, "encode", full)
+        else:
+            real = staging_module.StagedOutput.publish
+
+            def interrupted(self):
+                real(self)
+                raise KeyboardInterrupt
+            m.setattr(staging_module.StagedOutput, "publish", interrupted)
+        assert run(*common) == (130 if stage == "commit interrupted" else 1)
+    capsys.readouterr()
+    if stage == "commit interrupted":
+        assert read_manifest(out / "still") is not None and target.read_bytes()[:2] == b"PK"
+        return
+    assert not target.exists() and not (out / "still").exists()
+    assert run(*common) == 0, capsys.readouterr().err  # the re-run
+    assert target.read_bytes()[:2] == b"PK" and read_manifest(out / "still") is not None
+
+
 @pytest.mark.parametrize("way", ["link", "renameat2", "check"])
 def test_publish_no_replace_never_replaces(tmp_path, monkeypatch, way):
     """The one no-replace primitive (io.atomic.publish_no_replace), with each of its fallbacks:

@@ -138,6 +138,23 @@ def test_frame_folder_selection_natural_order(media, tmp_path):
     assert [(e["image_id"], e["source_frame"]) for e in entries] == [("2", 1), ("10", 3)]  # natural order 1 2 3 10
 
 
+@pytest.mark.parametrize("mode", [(), ("--online",)])
+def test_a_relative_input_is_recorded_by_its_absolute_path(media, tmp_path, monkeypatch, mode):
+    """The manifest's input was the path as typed, relative to the folder of the run: the result
+    opened from any other folder lost its frames (grey background), or was shown over the frames
+    of another input of that name there."""
+    from entitysam.review import ResultFolder
+
+    shutil.copytree(media / "frames", tmp_path / "frames")
+    monkeypatch.chdir(tmp_path)
+    assert run("frames", "-o", "out", "--checkpoint", media / "tiny.pth", "--save", "panoptic", "-q", *mode) == 0
+    assert json.loads((tmp_path / "out" / "frames" / MANIFEST).read_text())["input"] == str(tmp_path / "frames")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = ResultFolder.open(tmp_path / "out" / "frames")
+    assert np.array_equal(result.source_frame(0), np.asarray(Image.open(tmp_path / "frames" / "1.jpg")))
+
+
 def test_existing_results_refused_skipped_overwritten(media, tmp_path, capsys):
     out = tmp_path / "out"
     args = [media / "still.png", "-o", out, "--checkpoint", media / "tiny.pth", "--save", "entities", "-q"]

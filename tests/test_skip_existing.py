@@ -44,6 +44,13 @@ ONLINE_ALL = ["entities.jsonl", "panoptic/", "panoptic.json", "overlay.ts"]
      SegmentOptions(selection=FrameSelection(max_frames=3))),
     (offline(OFFLINE_ALL, fps=10.0), SegmentOptions(fps=10)),
     (offline(OFFLINE_ALL, fps=10.0), SegmentOptions()),  # no --fps: the rate is the input's own
+    # the recorded rate is that of the frames kept (--fps / --stride): every re-run with a stride failed
+    (offline(OFFLINE_ALL, fps=5.0, selection={**ALL_FRAMES, "stride": 2}),
+     SegmentOptions(fps=10, selection=FrameSelection(stride=2))),
+    (offline(OFFLINE_ALL, fps=10 / 3, selection={**ALL_FRAMES, "stride": 3}),
+     SegmentOptions(fps=10, selection=FrameSelection(stride=3))),
+    (online(ONLINE_ALL, fps=12.5, selection={**ALL_FRAMES, "stride": 2}),
+     SegmentOptions(online=True, fps=25, selection=FrameSelection(stride=2))),
     (online(ONLINE_ALL), SegmentOptions(online=True)),
     (online(ONLINE_ALL, delay=2), SegmentOptions(online=True, delay=2)),
     (online(["entities.jsonl"]), SegmentOptions(online=True, formats=("entities",))),
@@ -59,6 +66,8 @@ def test_a_result_that_answers_the_run_has_no_mismatch(manifest, options):
     (offline(OFFLINE_ALL, selection={**ALL_FRAMES, "stride": 2}), SegmentOptions(), "other frames (stride 2"),
     (offline(OFFLINE_ALL), SegmentOptions(selection=FrameSelection(start="2.5s")), "start 2.5"),
     (offline(OFFLINE_ALL), SegmentOptions(fps=10), "25.0 frames/s"),
+    (offline(OFFLINE_ALL, fps=10.0, selection={**ALL_FRAMES, "stride": 2}),
+     SegmentOptions(fps=10, selection=FrameSelection(stride=2)), "10.0 frames/s (this run: 5.0: --fps 10.0 / --stride 2)"),
     (offline(OFFLINE_ALL), SegmentOptions(online=True), "is an offline result"),
     (online(ONLINE_ALL), SegmentOptions(), "is an online result"),
     (online(ONLINE_ALL), SegmentOptions(online=True, delay=3), "delay 0"),

@@ -14,6 +14,8 @@ held while it is processed; a process that finds it held reports the video "busy
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -174,7 +176,7 @@ def prepare_job(job: VideoJob, options: SegmentOptions, out_root: Path, *, prote
 
 def _segment_offline(model, source, name: str, out_root: Path, options: SegmentOptions, protect, say: Say) -> int:
     """The offline result of one prepared source, committed atomically; returns its frame count."""
-    from ..io.logits import check_logits_file  # noqa: PLC0415
+    from ..io.logits import check_logits_file, remove_failed_logits  # noqa: PLC0415
     from ..io.staging import StagedOutput  # noqa: PLC0415
     from ..pipeline.segment import segment  # noqa: PLC0415
 
@@ -192,10 +194,26 @@ def _segment_offline(model, source, name: str, out_root: Path, options: SegmentO
         result = segment(model, source, dtype=options.dtype, logits_dtype=options.logits_dtype,
                          work_dir=staged.path, save_logits=logits_path, progress=progress, exact=options.exact,
                          overwrite_logits=options.overwrite)
-        with result:
-            files = result.write_into(staged.path, options.formats, labels=options.labels, progress=progress)
-            manifest = {**result.manifest(), "files": files + (["logits.npz"] if options.save_logits == "" else [])}
-        final = staged.commit(manifest)
+        # A FILE outside the result: written by this run now, removed if the result is not committed
+        # (left alone, it made every re-run of the video fail on it: "already exists").
+        written, staging = [], None
+        with contextlib.suppress(OSError):
+            staging = os.stat(staged.path)  # (the folder keeps its identity when it is moved into place)
+            if options.save_logits:
+                written.append((logits_path, os.lstat(logits_path)))
+        try:
+            with result:
+                files = result.write_into(staged.path, options.formats, labels=options.labels, progress=progress)
+                manifest = {**result.manifest(),
+                            "files": files + (["logits.npz"] if options.save_logits == "" else [])}
+            final = staged.commit(manifest)
+        except BaseException:
+            # (a Ctrl-C during the commit is raised once the result is in place: its FILE stays)
+            with contextlib.suppress(OSError):
+                if staging is not None and os.path.samestat(os.stat(out_root / name), staging):
+                    written = []
+            remove_failed_logits(written)
+            raise
     say(f"{name}: {len(result)} frames, {len(result.entities)} entities -> {final} "
         f"({time.perf_counter() - t0:.1f}s)")
     return len(result)

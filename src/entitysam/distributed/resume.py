@@ -45,8 +45,14 @@ def mismatches(manifest: Mapping[str, Any], options: Any) -> list[str]:
     if not isinstance(made, dict) or any(made.get(key) != value for key, value in asked.items()):
         reasons.append(f"was made from other frames ({_selection_words(made)}; this run: "
                        f"{_selection_words(asked)})")
-    if options.fps is not None and manifest.get("fps") != float(options.fps):
-        reasons.append(f"was made at {manifest.get('fps')} frames/s (this run: {float(options.fps)})")
+    if options.fps is not None:
+        # The manifest records the rate of the frames kept (--fps / --stride, the overlay's rate),
+        # computed as here: comparing it with --fps failed every re-run with a stride.
+        stride = options.selection.stride
+        rate = float(options.fps) / stride
+        if manifest.get("fps") != rate:
+            asked = f"{rate}" if stride == 1 else f"{rate}: --fps {float(options.fps)} / --stride {stride}"
+            reasons.append(f"was made at {manifest.get('fps')} frames/s (this run: {asked})")
     if online and manifest.get("delay") != (options.delay or 0):
         reasons.append(f"was made with delay {manifest.get('delay')} (this run: {options.delay or 0})")
     return reasons

@@ -12,7 +12,7 @@ from ..errors import OutputError, Remedy
 from .atomic import locked_temp_file, publish_no_replace, temp_path
 from .paths import UnsafeOverwriteError, check_not_input, check_name_fits, describe_os_error, path_relation
 
-__all__ = ["logits_file", "check_logits_file", "save_logits_npz"]
+__all__ = ["logits_file", "check_logits_file", "save_logits_npz", "remove_failed_logits"]
 
 
 def logits_file(path: str | os.PathLike) -> Path:
@@ -107,3 +107,16 @@ def save_logits_npz(path: str | os.PathLike, logits: Any, scores: np.ndarray, *,
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_failed_logits(written: Sequence[tuple[Path, os.stat_result]]) -> None:
+    """Remove the logits files a run wrote (`written`: each with its identity right after it was
+    published) when the run then fails: a FILE left without its result made every re-run fail on
+    it ("already exists", exit 2; a resumed shard failed the video for good). Only a file that is
+    still the one written is removed."""
+    for path, identity in written:
+        try:
+            if os.path.samestat(os.lstat(path), identity):
+                os.unlink(path)
+        except OSError:
+            pass

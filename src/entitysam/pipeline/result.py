@@ -28,7 +28,7 @@ from ..io.paths import describe_os_error
 from .progress import progress_bar
 
 __all__ = ["FORMATS", "DEFAULT_FORMATS", "FrameInfo", "Entity", "IdMapFile", "SegmentationResult", "OnlineSegment",
-           "OnlineFrame", "check_formats", "model_info", "sample_aspect_ratio_field"]
+           "OnlineFrame", "check_formats", "model_info", "input_field", "sample_aspect_ratio_field"]
 
 FORMATS = ("panoptic", "entities", "overlay")
 DEFAULT_FORMATS = FORMATS
@@ -196,7 +196,7 @@ class SegmentationResult:
             "format_version": 1,
             "entitysam_version": __version__,
             "video": self.name,
-            "input": str(self.source.path) if self.source.path is not None else None,
+            "input": input_field(self.source),
             "selection": asdict(self.source.selection),
             "num_frames": len(self.frames),
             "size": list(self.size),
@@ -217,6 +217,11 @@ class SegmentationResult:
         directory = check_path_arg(directory, "directory")  # None: not a bare TypeError; "": not the current folder
         if directory.exists() and not directory.is_dir():
             raise OutputError(f"{directory} exists and is not a folder: write_into writes into a folder")
+        # A missing one made the overlay fail with a bare FileNotFoundError naming no file, after the
+        # PNGs were written, while panoptic and entities alone created it, and any folders above it.
+        if not directory.is_dir():
+            raise OutputError(f"{directory} does not exist: write_into writes into an existing folder (create it "
+                              "first, or use save(), which creates the result folder)")
         t0 = time.perf_counter()
         bar = progress_bar(progress and bool(formats), len(self.frames), f"{self.name} (writing)")
         try:
@@ -250,6 +255,16 @@ class SegmentationResult:
                 return staged.commit({**self.manifest(), "files": files})
         except OSError as err:  # (named after the staging folder is gone: its files by their final names)
             raise OutputError(describe_os_error(err, str(directory))) from None
+
+
+def input_field(source: FrameSource) -> str | None:
+    """The manifests' ``input``: a live source's URL (its password masked), an input file or
+    folder by its absolute path, None for frames in memory. The path as typed was relative to the
+    folder the run was started in: a result viewed or exported from any other folder lost its
+    input frames (grey background), or was shown over the frames of another input of that name."""
+    if source.kind == "live":
+        return source.label
+    return os.path.abspath(source.path) if source.path is not None else None
 
 
 def sample_aspect_ratio_field(source: FrameSource) -> list[int]:

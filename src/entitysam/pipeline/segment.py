@@ -31,7 +31,7 @@ from ..inference.video import segment_video
 from ..io.sources import (DEFAULT_MAX_PIXELS, Frame, FrameFolderSource, FrameSelection, FrameSource, input_problem,
                           is_live_input, open_source)
 from ..io.entities import EntityStats
-from ..io.logits import logits_file, save_logits_npz
+from ..io.logits import logits_file, remove_failed_logits, save_logits_npz
 from ..io.paths import describe_os_error, safe_name
 from .progress import progress_bar
 from .result import Entity, FrameInfo, IdMapFile, SegmentationResult, model_info
@@ -78,7 +78,7 @@ def open_video(video: Any, selection: FrameSelection, fps: Any, name: str | None
             if problem:
                 raise InvalidArgumentError(problem)
         folder = files[0].parent
-        return FrameFolderSource(folder, selection, fps, files=files, name=name or folder.resolve().name,
+        return FrameFolderSource(folder, selection, fps, files=files, name=name or Path(os.path.abspath(folder)).name,
                                  max_pixels=max_pixels)
     if isinstance(video, (list, tuple)) and any(isinstance(v, (str, os.PathLike)) for v in video):
         raise InvalidArgumentError("a list of frames must hold only arrays / images or only file paths")
@@ -107,7 +107,7 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     temporary disk space, tiny differences possible). work_dir: folder for temporary files
     (default: the system temp folder). save_logits: write the low-res logits and scores to this
     .npz (overwrite_logits=False: never replace an existing file, even one that appears while this
-    runs: OutputError). progress: show a progress bar (stderr). on_frame: called with t after each frame.
+    runs: OutputError; removed again if the run fails after writing it). progress: show a progress bar (stderr). on_frame: called with t after each frame.
     exact: compute in the official order of floating-point operations (float32 only; about the
     official speed; the default runs at 1.6x it on ViT-S, with outputs that differ from the official ones by
     rounding); for bit-for-bit comparisons with the official implementation.
@@ -139,13 +139,15 @@ def segment(model: EntitySAM, video: Any, *, start: int | float | str | None = N
     source = open_video(video, selection, fps, name, max_pixels)
 
     workdir = None
+    logits_written: list[tuple[Path, os.stat_result]] = []
     try:
         workdir = Path(tempfile.mkdtemp(prefix=".entitysam-work-", dir=work_dir))
         return _segment(model, source, compute_dtype, np.dtype(logits_dtype), workdir, save_logits, progress,
-                        on_frame, exact, batched, overwrite_logits)
+                        on_frame, exact, batched, overwrite_logits, logits_written)
     except BaseException as err:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        remove_failed_logits(logits_written)  # (written before the merge, which can still fail)
         if isinstance(err, OSError):  # sources and the logits file raise their own errors: the temporary files
             raise temp_files_error(err, source.name, work_dir, logits_dtype) from None
         raise
@@ -166,7 +168,8 @@ def temp_files_error(err: OSError, name: str, work_dir: Any, logits_dtype: str) 
 
 def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, logits_dtype: np.dtype,
              workdir: Path, save_logits, progress: bool, on_frame, exact: bool = False,
-             batched: bool | None = None, overwrite_logits: bool = True) -> SegmentationResult:
+             batched: bool | None = None, overwrite_logits: bool = True,
+             logits_written: list | None = None) -> SegmentationResult:
     frames_iter = iter(source)
     first = next(frames_iter)  # raises SourceError for an empty selection
     size = first.size
@@ -206,9 +209,11 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
         if bar is not None:
             bar.set_postfix_str("merging", refresh=True)
         if save_logits is not None:
-            save_logits_npz(save_logits, store, scores.cpu().numpy(), overwrite=overwrite_logits,
-                            source_frame=np.array([f.index for f in infos], dtype=np.int64),
-                            frame_name=np.array([f.name for f in infos]))
+            path = save_logits_npz(save_logits, store, scores.cpu().numpy(), overwrite=overwrite_logits,
+                                   source_frame=np.array([f.index for f in infos], dtype=np.int64),
+                                   frame_name=np.array([f.name for f in infos]))
+            if logits_written is not None:
+                logits_written.append((path, os.lstat(path)))
 
     autocast, attention_dtype = precision_plan(model, compute_dtype, batched, exact)
     # Off the CPU, frames are decoded and preprocessed on a thread while the device computes.

@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 from .. import __version__
 from ..io.sources import FrameSource
 from ..io.stream_files import OnlineWriter
-from .result import OnlineFrame, sample_aspect_ratio_field
+from .result import OnlineFrame, input_field, sample_aspect_ratio_field
 
 __all__ = ["online_manifest_head", "StreamOutput"]
 
@@ -24,7 +24,7 @@ def online_manifest_head(source: FrameSource, *, live: bool, delay: int, queue_s
         "format_version": 1,
         "entitysam_version": __version__,
         "video": source.name,
-        "input": source.label if source.kind == "live" or source.path is not None else None,
+        "input": input_field(source),
         "live": live,
         "selection": asdict(source.selection),
         "delay": delay,

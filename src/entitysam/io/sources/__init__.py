@@ -173,4 +173,6 @@ def result_name(source: str | os.PathLike) -> str:
     if isinstance(source, str) and is_live_input(source):
         return safe_name(live_source_name(source))
     path = Path(source)
-    return safe_name(path.resolve().name if path.is_dir() else path.stem)
+    # A folder by the name it was given (an absolute path names "." and ".."): resolved, a link
+    # was named after its target, and links cam1, cam2 to .../a/frames, .../b/frames both "frames".
+    return safe_name(Path(os.path.abspath(path)).name if path.is_dir() else path.stem)

@@ -121,7 +121,7 @@ class FrameFolderSource(FrameSource):
                 raise SourceError(f"{path}: frames {stems[f.stem].name} and {f.name} have the same name "
                                   f"{f.stem!r}; output files are named by it")
             stems[f.stem] = f
-        super().__init__(name or path.resolve().name, fps or DEFAULT_FPS, selection, path, max_pixels)
+        super().__init__(name or Path(os.path.abspath(path)).name, fps or DEFAULT_FPS, selection, path, max_pixels)
         self._check_header(self.files[0])  # the first frame's size, read from its header: fail before any work
 
     def _check_header(self, f: Path) -> None:
