@@ -107,6 +107,7 @@ class VideoFileSource(FrameSource):
                 self._frames_hint = int(stream.frames or 0)
                 self._frames_exact = self._frames_hint > 0  # counted in the container's index
                 duration, self._whole_file = None, False
+                is_mov = "mov" in (container.format.name or "").split(",")
                 self._start = (float(stream.start_time * stream.time_base)  # (where its duration counts from)
                                if stream.start_time is not None and stream.time_base else None)
                 if stream.duration is not None and stream.time_base is not None:
@@ -131,7 +132,7 @@ class VideoFileSource(FrameSource):
         self._duration = duration if duration and duration > 0 else None  # (a header may say -10^9 s)
         if not self._frames_hint and self._duration and native_fps:
             self._frames_hint = int(round(self._duration * native_fps))
-        elif self._frames_exact and self._duration and native_fps:
+        elif self._frames_exact and self._duration and native_fps and is_mov:
             # An MP4 cut without re-encoding (ffmpeg -ss ... -c copy, an editor's trim) keeps the frames
             # from the keyframe before the cut, which its edit list leaves out: the index counts them,
             # the stream's duration (the edit list's) does not, and the complete file was refused as
@@ -192,7 +193,9 @@ class VideoFileSource(FrameSource):
         while a file cut short also stops early in time."""
         if last is None or not self._duration or not self.native_fps:
             return False
-        return last + (tolerance + 1) / self.native_fps >= self._duration
+        # an exact count (AVI's header) spans frames / rate: the duration of a file cut short is FFmpeg's estimate
+        end = max(self._duration, self._frames_hint / self.native_fps) if self._frames_exact else self._duration
+        return last + (tolerance + 1) / self.native_fps >= end
 
     def _others_reach_it(self, first: float | None, tolerance: int) -> bool:
         """Whether the file's other streams (audio, subtitles) go on to the duration the header declares,
@@ -203,7 +206,7 @@ class VideoFileSource(FrameSource):
         if not self._whole_file or first is None or not self._duration or not self.native_fps:
             return False
         end = _other_streams_end(self.path)
-        return end is not None and end - first + (tolerance + 1) / self.native_fps >= self._duration
+        return end is not None and end - first + 1 / self.native_fps >= self._duration
 
     def _decode(self, index: int, payload: object) -> tuple[str, np.ndarray]:
         name = f"{index:06d}"
