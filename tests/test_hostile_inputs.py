@@ -228,6 +228,19 @@ def test_a_cameras_password_is_not_written_out(tmp_path):
         assert shown_url(plain) == plain
 
 
+def test_the_command_line_s_own_messages_about_a_stream_hide_its_password(tmp_path, capsys):
+    """segment's checks before any stream is opened (a live input without --online, one given twice,
+    two that would write one folder) showed the address with its password."""
+    from entitysam import cli
+
+    cam, other = "rtsp://admin:s3cret@127.0.0.1:9/live", "rtsp://admin:s3cret@127.0.0.2:9/live"
+    for args, said in (([cam], "is a live source"), (["--online", cam, cam], "is given twice"),
+                       (["--online", cam, other], "would both write to")):
+        assert cli.main(["segment", *args, "-o", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "admin:***@127.0.0.1:9/live" in err and "s3cret" not in err, err
+
+
 @pytest.mark.parametrize("scheme", ["http", "tcp"])
 def test_stream_that_never_answers_times_out(scheme):
     with socket.socket() as server:  # accepts connections, never sends a byte

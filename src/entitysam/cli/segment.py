@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..argtypes import fps, non_negative_int, path_text, positive_int
 from ..errors import EntitySAMError, SourceError
+from ..io.sources.live import shown_url
 from .batch import (check_summary_file, load_or_report, segment_options, segment_shard, shard_of,
                     warn_ignored_array)
 from .segment_ray import add_ray_arguments, check_ray_args, default_ray_summary, segment_on_ray
@@ -21,6 +22,12 @@ from .options import (DEFAULT_MAX_PIXELS_TEXT, SAVE_CHOICES, add_checkpoint, add
                       add_overwrite, add_quiet, add_save, add_threads, add_trust_checkpoint_code, check_model_args,
                       check_output_root, pixel_count, print_err, sayer)
 from .wording import MODEL_CHOICES, user_message
+
+
+def _shown(source) -> str | os.PathLike:
+    """An input as messages show it: a stream's address without the password of its user part
+    (``rtsp://admin:***@camera/live``), as the stream's own messages and the manifest show it."""
+    return shown_url(source) if isinstance(source, str) else source
 
 
 def add_parser(sub) -> None:
@@ -116,7 +123,7 @@ def _check_online_args(args, inputs) -> None:
                 raise EntitySAMError(f"{flag} needs --online")
         live = [p for p in inputs if isinstance(p, str)]
         if live:
-            raise EntitySAMError(f"{live[0]} is a live source: it can only be segmented with --online")
+            raise EntitySAMError(f"{_shown(live[0])} is a live source: it can only be segmented with --online")
         return
     if args.save_logits is not None:
         raise EntitySAMError("--save-logits is not available with --online (no whole-video logits are kept)")
@@ -168,9 +175,10 @@ def run(args) -> int:
         if clash := name_clash(names):
             i, j, words = clash
             if _same_input(inputs[i], inputs[j]):  # (renaming one, as said below, would segment it twice)
-                again = "" if str(inputs[i]) == str(inputs[j]) else f" (as {inputs[j]})"
-                raise SourceError(f"{inputs[i]} is given twice{again}: name each input once")
-            raise SourceError(f"{inputs[i]} and {inputs[j]} would both write to {Path(args.output) / names[i]}"
+                again = "" if str(inputs[i]) == str(inputs[j]) else f" (as {_shown(inputs[j])})"
+                raise SourceError(f"{_shown(inputs[i])} is given twice{again}: name each input once")
+            raise SourceError(f"{_shown(inputs[i])} and {_shown(inputs[j])} would both write to "
+                              f"{Path(args.output) / names[i]}"
                               f"{words}: rename one or run them with different --output")
         if args.save_logits and len(inputs) > 1 and "{video}" not in args.save_logits:
             raise EntitySAMError("--save-logits FILE with several inputs needs {video} in FILE "
