@@ -433,6 +433,22 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic, tmp_path):
     assert [r["iteration"] for r in _jsonl(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
+def test_a_run_stopped_while_writing_model_final_writes_it_when_rerun(synthetic, tmp_path):
+    """A full disk (or Ctrl-C) while model_final.pth was written left the pointer on the periodic
+    checkpoint of the last iteration: the rerun resumed there, had nothing to train and never
+    wrote model_final.pth."""
+    cfg = _cfg(synthetic, tmp_path, "solver.max_iter=2", "solver.checkpoint_period=2")
+    Trainer(cfg, quiet=True).train()
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    (tmp_path / "model_final.pth").unlink()  # the atomic write leaves nothing behind
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    assert Trainer(cfg, quiet=True).train() == []
+    again = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert again["iteration"] == final["iteration"] == 1
+    assert all(torch.equal(final["model"][k], again["model"][k]) for k in final["model"])
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
+
+
 def test_overfit_two_images_and_segment_the_checkpoint(tmp_path):
     """A tiny model (all parameters trainable) memorises 2 synthetic images; the checkpoint loads
     with `load_entitysam` and `segment_video` recovers the entities.

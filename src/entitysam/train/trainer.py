@@ -273,6 +273,10 @@ class Trainer:
         max_iter = cfg.solver.max_iter
         if self.start_iter >= max_iter:
             log.info("nothing to do: iteration %d >= max_iter %d", self.start_iter, max_iter)
+            if self.start_iter == max_iter and not (self.output_dir / "model_final.pth").exists():
+                # the run ended while writing model_final.pth (a full disk, Ctrl-C): resumed from the
+                # periodic checkpoint of the last iteration, it had nothing to train and never wrote it
+                self.save_checkpoint("model_final", max_iter - 1)
             return []
         # this rank's error, raised at the next agreement (failstop)
         writer, data_iter, held_error = None, None, None
