@@ -30,6 +30,10 @@ BAD_OVERRIDES = [
     ("data.root=[1]", "data.root: expected a string"),
     ("=5", "override '=5': empty key"),
     ("solver.=1", "override 'solver.=1': empty key"),
+    # each was a KeyError / TypeError traceback once the trainer built the model
+    ("model.name=vit-b", "model.name must be one of vit-s, vit-l, tiny, demo, got 'vit-b'"),
+    ("model.overrides.image_sise=64", "unknown config key 'model.overrides.image_sise'"),
+    ("model.overrides.image_size=abc", "model.overrides.image_size: expected an integer, got 'abc'"),
 ]
 
 

@@ -296,12 +296,29 @@ def validate(cfg: Any) -> None:
     for lo, hi in _ORDERED:
         if numbers[lo] > numbers[hi]:
             raise ValueError(f"{lo} must be <= {hi}, got {numbers[lo]} > {numbers[hi]}")
+    _check_model(cfg.model)
     if cfg.solver.amp not in ("fp16", "bf16", "off"):
         raise ValueError("solver.amp must be fp16, bf16 or off")
     if cfg.model.trainable not in ("official", "all"):
         raise ValueError("model.trainable must be 'official' or 'all'")
     if cfg.solver.warmup_method not in ("linear", "constant"):
         raise ValueError("solver.warmup_method must be linear or constant")
+
+
+def _check_model(model: Any) -> None:
+    """model.name and model.overrides, now: they were read only when the trainer built the model,
+    and a wrong one ended the run with a KeyError or TypeError traceback."""
+    from ..config import CONFIGS  # noqa: PLC0415
+
+    if model.name not in CONFIGS:
+        raise ValueError(f"model.name must be one of {', '.join(CONFIGS)}, got {model.name!r}")
+    base = CONFIGS[model.name]
+    known = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    for key, value in model.overrides.items():
+        if key not in known:
+            raise KeyError(f"unknown config key 'model.overrides.{key}'; known: {', '.join(sorted(known))}")
+        if not dataclasses.is_dataclass(known[key]):
+            model.overrides[key] = coerce(value, known[key], f"model.overrides.{key}")
 
 
 def _folder_problem(path: Path) -> str | None:
