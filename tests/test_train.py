@@ -433,6 +433,18 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic, tmp_path):
     assert [r["iteration"] for r in _jsonl(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
+def test_a_resumed_run_trains_at_its_own_learning_rate(synthetic, tmp_path):
+    """The divergence error's remedy is a lower solver.base_lr and a rerun, which resumes: the
+    optimizer's and the scheduler's states restored the earlier run's LR (and weight decay)."""
+    common = ["solver.checkpoint_period=2", "solver.steps=[3]", "solver.gamma=0.5"]
+    Trainer(_cfg(synthetic, tmp_path, *common, "solver.max_iter=2"), quiet=True).train()
+    trainer = Trainer(_cfg(synthetic, tmp_path, *common, "solver.max_iter=4", "solver.base_lr=1e-5",
+                           "solver.weight_decay=0.5"), quiet=True)
+    assert trainer.start_iter == 2
+    assert [r["lr"] for r in trainer.train()] == [1e-5, 1e-5 * 0.5]
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} <= {0.0, 0.5}
+
+
 def test_a_run_stopped_while_writing_model_final_writes_it_when_rerun(synthetic, tmp_path):
     """A full disk (or Ctrl-C) while model_final.pth was written left the pointer on the periodic
     checkpoint of the last iteration: the rerun resumed there, had nothing to train and never

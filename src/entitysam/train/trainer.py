@@ -48,7 +48,7 @@ from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress, log_file_failure, setup_logging
 from .resume import find_resume_checkpoint, resume_state
-from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
+from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, lr_factor, model_config, set_trainable
 
 log = logging.getLogger("entitysam.train")
 
@@ -165,8 +165,17 @@ class Trainer:
 
     def _load_trainer_state(self, state: dict) -> None:
         tr = state["trainer"]
+        # this run's LR and weight decay, not the checkpoint's: both state dicts hold the values the
+        # earlier run was started with, so a rerun with a lower solver.base_lr (the remedy the
+        # divergence error gives) trained on at the old one
+        mine = [{k: g[k] for k in ("initial_lr", "weight_decay", "betas", "eps")} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(tr["optimizer"])
         self.scheduler.load_state_dict(tr["scheduler"])
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg)
+        for group, values in zip(self.optimizer.param_groups, mine):
+            group.update(values, lr=values["initial_lr"] * factor)
+        self.scheduler.base_lrs = [values["initial_lr"] for values in mine]
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if tr.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(tr["grad_scaler"])
         rng = tr.get("rng", {})
