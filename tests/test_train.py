@@ -143,6 +143,26 @@ def test_build_model_from_sam2_and_dinov2_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------ matcher and losses
+def test_a_pretrained_file_that_cannot_be_downloaded_is_one_error(tmp_path, monkeypatch):
+    """On a node without internet access the official stage-1 config (model.sam2 a known file name
+    not found locally) stopped with urllib's URLError traceback."""
+    import urllib.error
+
+    from entitysam.errors import CheckpointReadError
+    from entitysam.train.setup import resolve_pretrained
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointReadError, match=r"cannot download https://dl\.fbaipublicfiles\.com/\S*/"
+                       r"sam2\.1_hiera_small\.pt to \S*hub/checkpoints/sam2\.1_hiera_small\.pt \(.*Name or service "
+                       r"not known.*\): put the file there, or pass its path"):
+        resolve_pretrained("checkpoints/sam2.1_hiera_small.pt")
+
+
 def test_matcher_costs_and_assignment_by_hand():
     # T = 1, 2 x 2 masks; sample points at the 4 pixel centres, so bilinear sampling is exact.
     coords = torch.tensor([[[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]])
