@@ -453,6 +453,18 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic, tmp_path):
     assert [r["iteration"] for r in _jsonl(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
+def test_a_rerun_removes_the_checkpoint_part_a_killed_run_left(synthetic, tmp_path):
+    """A run killed (SIGKILL, a preempted job) inside torch.save left its hidden temporary file,
+    as large as a checkpoint, and every rerun kept it."""
+    tmp_path.mkdir(exist_ok=True)
+    dead = tmp_path / ".entitysam-tmp-999999999-0123456789ab"  # nobody holds its lock
+    dead.write_bytes(b"part of a checkpoint")
+    (tmp_path / "notes.entitysam-tmp").write_text("the user's")
+    Trainer(_cfg(synthetic, tmp_path), quiet=True)
+    assert not dead.exists()
+    assert (tmp_path / "notes.entitysam-tmp").read_text() == "the user's"
+
+
 def test_a_resumed_run_trains_at_its_own_learning_rate(synthetic, tmp_path):
     """The divergence error's remedy is a lower solver.base_lr and a rerun, which resumes: the
     optimizer's and the scheduler's states restored the earlier run's LR (and weight decay)."""

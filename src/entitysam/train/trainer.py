@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import CheckpointMismatchError, InvalidArgumentError, OutputError, TrainingDivergedError, printable
 from ..io.atomic import atomic_file, write_text_atomic
+from ..io.staging import remove_dead_temp_files
 from ..modeling.entitysam import EntitySAM
 from ..regular_file import open_regular_for_writing
 from .config import TrainConfig
@@ -111,6 +112,9 @@ class Trainer:
         path = self.output_dir
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            # a checkpoint's temporary file left by a run killed while saving (SIGKILL, a preempted
+            # job): hidden, as large as a checkpoint, and kept for ever by every rerun
+            remove_dead_temp_files(self.output_dir)
             path = self.output_dir / "config.json"
             with open_regular_for_writing(path) as f:  # (a named pipe there waited for a reader for ever)
                 f.write(self.cfg.to_json())
