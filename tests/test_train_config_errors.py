@@ -212,6 +212,21 @@ def test_missing_dataset_is_refused_before_training(capsys, tmp_path):
            "data.json")
 
 
+@pytest.mark.parametrize("override,expected", [
+    ("output_dir=runs/2024_01_15", "runs/2024_01_15"), ("output_dir=2024_01_15", "2024_01_15"),
+    ("data.image_dir=007", "007"), ("name=12:30", "12:30"), ("resume=no", "no"), ("model.weights=1.50", "1.50"),
+    ("model.weights=~", ""), ("output_dir='a b'", "a b"),
+])
+def test_a_string_override_is_taken_as_typed(override, expected):
+    """Overrides are read as YAML 1.1, which made output_dir=2024_01_15 the folder 20240115,
+    data.image_dir=007 the folder 7 and resume=no the string 'False'."""
+    cfg = load_config("tiny-stage1", [override])
+    node = cfg
+    for part in override.split("=")[0].split("."):
+        node = getattr(node, part)
+    assert node == expected
+
+
 def test_good_overrides_still_convert(capsys):
     argv = ["--config", "tiny-stage1", "solver.max_iter=1e3", "data.augment=off", "solver.steps=[2,4]",
             "solver.base_lr=1", "--print-config"]
