@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import CheckpointMismatchError, InvalidArgumentError, OutputError, TrainingDivergedError, printable
+from ..errors import (CheckpointMismatchError, EntitySAMError, InvalidArgumentError, OutputError, TrainingDivergedError,
+                      printable)
 from ..io.atomic import atomic_file, write_text_atomic
 from ..io.staging import remove_dead_temp_files
 from ..modeling.entitysam import EntitySAM
@@ -65,6 +66,15 @@ def write_failure(err: BaseException) -> OSError | None:
     # RuntimeError ("unexpected pos 704 vs 598") in place of the OSError, which is its context
     while err is not None and not isinstance(err, OSError):
         err = err.__context__
+    return err
+
+
+def loader_failure(err: Exception, workers: int) -> Exception:
+    """`err` from the data loader, as the run reports it: a worker process that died (the kernel's
+    out-of-memory killer, most often) was torch's RuntimeError with a traceback of the loader."""
+    if isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker"):
+        return EntitySAMError(f"a data loader process stopped: {printable(str(err), 300)} (killed for lack of "
+                              f"memory? data.num_workers={workers}: fewer use less)")
     return err
 
 
@@ -322,7 +332,7 @@ class Trainer:
                             if "error" in clip:
                                 raise DatasetError(clip["error"])
                     except Exception as err:  # noqa: BLE001 - a loader worker's crash too
-                        held_error, clips = err, []
+                        held_error, clips = loader_failure(err, cfg.data.num_workers), []
                 t_data = time.perf_counter() - t0
                 try:
                     rec = self.run_iteration(clips, held_error)
