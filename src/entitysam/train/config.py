@@ -223,13 +223,18 @@ NAMED_CONFIGS: dict[str, dict] = {
 
 
 # ---------------------------------------------------------------------------- merging
-def _apply(obj: Any, changes: dict, prefix: str = "", texts: dict | None = None) -> None:
-    """texts: the overrides' values as typed (parse_overrides), in the shape of `changes`."""
+def _apply(obj: Any, changes: dict, prefix: str = "", texts: dict | None = None, file_base: bool = False) -> None:
+    """texts: the overrides' values as typed (parse_overrides), in the shape of `changes`;
+    file_base: `changes` is a config file's mapping, whose top-level `base` load_config applied."""
     texts = texts if isinstance(texts, dict) else {}
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in changes.items():
-        if key == "base":
-            continue
+        if key == "base" and not prefix:
+            if file_base:
+                continue
+            # an override base=NAME (or solver.base=...) was skipped without a word
+            raise KeyError("base: only a config file starts from a named config (base: NAME); on the command "
+                           "line, pass the named config as --config NAME")
         if key not in names:
             raise KeyError(f"unknown config key {prefix}{key!r}; known: {', '.join(sorted(names))}")
         current = getattr(obj, key)
@@ -301,7 +306,7 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] | 
                 _apply(cfg, NAMED_CONFIGS[base])
             if "name" not in data:
                 data = {**data, "name": path.stem}
-            _apply(cfg, data)
+            _apply(cfg, data, file_base=True)
     if overrides:
         texts: dict = {}
         _apply(cfg, parse_overrides(overrides, texts) if isinstance(overrides, list) else overrides, texts=texts)
@@ -311,5 +316,5 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] | 
 
 def config_from_dict(data: dict) -> TrainConfig:
     cfg = TrainConfig()
-    _apply(cfg, data)
+    _apply(cfg, data, file_base=True)
     return cfg
