@@ -38,7 +38,21 @@ BAD_OVERRIDES = [
     ("model.name=vit-b", "model.name must be one of vit-s, vit-l, tiny, demo, got 'vit-b'"),
     ("model.overrides.image_sise=64", "unknown config key 'model.overrides.image_sise'"),
     ("model.overrides.image_size=abc", "model.overrides.image_size: expected an integer, got 'abc'"),
+    ("model.overrides.hiera=3", "model.overrides.hiera is a section; give a mapping"),
+    ("model.overrides.hiera.embed_dims=8", "unknown config key 'model.overrides.hiera.embed_dims'"),
 ]
+
+
+def test_a_nested_model_override_replaces_that_field_only():
+    """model.overrides.dino.depth=2 replaced the whole DinoConfig with {'depth': 2}: an
+    AttributeError traceback when the model was built."""
+    from entitysam.config import get_config
+    from entitysam.train.setup import model_config
+
+    mc = model_config(load_config("tiny-stage1", ["model.overrides.dino.depth=2", "model.overrides.hiera.num_heads=1.0"]))
+    tiny = get_config("tiny")
+    assert mc.dino == type(tiny.dino)(**{**vars(tiny.dino), "depth": 2})
+    assert mc.hiera.num_heads == 1 and type(mc.hiera.num_heads) is int
 
 
 def _fails(capsys, argv, message):

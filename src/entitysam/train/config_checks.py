@@ -314,11 +314,23 @@ def _check_model(model: Any) -> None:
         raise ValueError(f"model.name must be one of {', '.join(CONFIGS)}, got {model.name!r}")
     base = CONFIGS[model.name]
     known = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
-    for key, value in model.overrides.items():
+    _check_fields(model.overrides, known, "model.overrides.")
+
+
+def _check_fields(overrides: dict, known: dict, prefix: str) -> None:
+    """`overrides` of the fields `known` (name -> current value): keys and value types, in place;
+    a nested config (hiera, dino) takes a mapping of its own fields."""
+    for key, value in overrides.items():
         if key not in known:
-            raise KeyError(f"unknown config key 'model.overrides.{key}'; known: {', '.join(sorted(known))}")
-        if not dataclasses.is_dataclass(known[key]):
-            model.overrides[key] = coerce(value, known[key], f"model.overrides.{key}")
+            raise KeyError(f"unknown config key '{prefix}{key}'; known: {', '.join(sorted(known))}")
+        current = known[key]
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{key} is a section; give a mapping or use {prefix}{key}.field=value")
+            _check_fields(value, {f.name: getattr(current, f.name) for f in dataclasses.fields(current)},
+                          f"{prefix}{key}.")
+        else:
+            overrides[key] = coerce(value, current, f"{prefix}{key}")
 
 
 def _folder_problem(path: Path) -> str | None:

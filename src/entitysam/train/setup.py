@@ -37,8 +37,16 @@ NORM_MODULES = (
 def model_config(cfg: TrainConfig) -> EntitySAMConfig:
     mc = get_config(cfg.model.name)
     if cfg.model.overrides:
-        mc = dataclasses.replace(mc, **cfg.model.overrides)
+        mc = _replaced(mc, cfg.model.overrides)
     return mc
+
+
+def _replaced(config, overrides: dict):
+    """`config` with `overrides`; a mapping for a nested config (hiera, dino) replaces its fields
+    (it replaced the whole config object with the mapping: an AttributeError traceback)."""
+    return dataclasses.replace(config, **{
+        key: _replaced(getattr(config, key), value) if isinstance(value, dict) else value
+        for key, value in overrides.items()})
 
 
 def resolve_pretrained(spec: str, is_main: bool = True) -> str:
