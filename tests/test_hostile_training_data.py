@@ -630,6 +630,24 @@ def test_ctrl_c_during_the_first_steps_is_one_line_and_exit_130(coco, tmp_path, 
     assert "Traceback" not in err, err
 
 
+def test_progress_lines_whose_reader_went_away_are_one_line(coco, tmp_path):
+    """`python -m entitysam.train ... | head -1` (the command torchrun runs) ended with a
+    BrokenPipeError traceback from the progress print; `entitysam train` said this line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "entitysam.train", "--config", "tiny-stage2", f"data.root={coco}",
+                             f"output_dir={tmp_path / 'out'}", "solver.max_iter=3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.close()  # the reader is gone before the first progress line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert err.splitlines()[-1:] == ["error: the output was cut short: its reader closed the pipe (broken pipe)"], err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 # ----------------------------------------------------------------------------- its output folder
 
 
