@@ -262,6 +262,30 @@ def test_unreadable_file_met_during_training_is_one_line_and_exit_1(coco, tmp_pa
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and re.search(message, err), err
 
 
+def test_a_data_loader_process_that_dies_is_one_line_and_exit_1(coco, tmp_path, capsys, monkeypatch):
+    """A loader worker killed (the out-of-memory killer) was torch's RuntimeError traceback."""
+    import os
+    import signal
+
+    import torch
+
+    from entitysam.train import data as train_data
+
+    real = train_data.ClipDataset.__getitem__
+
+    def dies_in_a_worker(self, position):
+        if torch.utils.data.get_worker_info() is not None and position >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, position)
+
+    monkeypatch.setattr(train_data.ClipDataset, "__getitem__", dies_in_a_worker)
+    assert _train(coco, tmp_path, "solver.max_iter=3", "data.num_workers=1") == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.match(r"error: a data loader process stopped: DataLoader worker \(pid\(s\) \d+\) exited unexpectedly "
+                    r"\(killed for lack of memory\? data\.num_workers=1: fewer use less\)\n$", err), err
+
+
 SWAPPED_DURING_TRAINING = {"image": "train2017/000000000002.jpg", "panoptic-png": "panoptic_train2017/000000000003.png"}
 
 
@@ -604,6 +628,24 @@ def test_ctrl_c_during_the_first_steps_is_one_line_and_exit_130(coco, tmp_path, 
             proc.communicate()
     assert proc.returncode == 130 and err.splitlines()[-1:] == ["error: interrupted"], err
     assert "Traceback" not in err, err
+
+
+def test_progress_lines_whose_reader_went_away_are_one_line(coco, tmp_path):
+    """`python -m entitysam.train ... | head -1` (the command torchrun runs) ended with a
+    BrokenPipeError traceback from the progress print; `entitysam train` said this line."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "entitysam.train", "--config", "tiny-stage2", f"data.root={coco}",
+                             f"output_dir={tmp_path / 'out'}", "solver.max_iter=3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.close()  # the reader is gone before the first progress line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert err.splitlines()[-1:] == ["error: the output was cut short: its reader closed the pipe (broken pipe)"], err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
 # ----------------------------------------------------------------------------- its output folder

@@ -20,3 +20,17 @@ def test_a_last_checkpoint_naming_a_file_elsewhere_is_not_suggested(tmp_path, na
     message = folder_given(folder, tmp_path / "out")
     assert "elsewhere" not in message
     assert f"resume={folder / 'model_0000009.pth'}" in message
+
+
+@pytest.mark.parametrize("value", ["never", "no", "false", "off", "NO", "Auto"])
+def test_resume_words_read_as_yaml_booleans_are_not_file_names(tmp_path, value):
+    """resume=no / false / off arrive as the string "False" (the override is read as YAML): it was
+    looked for as a file, "resume checkpoint not found: False"."""
+    from entitysam.train.config import load_config
+    from entitysam.train.resume import find_resume_checkpoint
+
+    (tmp_path / "model_final.pth").write_bytes(b"x")
+    (tmp_path / "last_checkpoint").write_text("model_final.pth")
+    cfg = load_config("tiny-stage2", [f"resume={value}", f"output_dir={tmp_path}"])
+    expected = str(tmp_path / "model_final.pth") if value.lower() == "auto" else None
+    assert find_resume_checkpoint(cfg) == expected

@@ -143,6 +143,26 @@ def test_build_model_from_sam2_and_dinov2_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------ matcher and losses
+def test_a_pretrained_file_that_cannot_be_downloaded_is_one_error(tmp_path, monkeypatch):
+    """On a node without internet access the official stage-1 config (model.sam2 a known file name
+    not found locally) stopped with urllib's URLError traceback."""
+    import urllib.error
+
+    from entitysam.errors import CheckpointReadError
+    from entitysam.train.setup import resolve_pretrained
+
+    def offline(url, dst, *args, **kwargs):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointReadError, match=r"cannot download https://dl\.fbaipublicfiles\.com/\S*/"
+                       r"sam2\.1_hiera_small\.pt to \S*hub/checkpoints/sam2\.1_hiera_small\.pt \(.*Name or service "
+                       r"not known.*\): put the file there, or pass its path"):
+        resolve_pretrained("checkpoints/sam2.1_hiera_small.pt")
+
+
 def test_matcher_costs_and_assignment_by_hand():
     # T = 1, 2 x 2 masks; sample points at the 4 pixel centres, so bilinear sampling is exact.
     coords = torch.tensor([[[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]])
@@ -431,6 +451,46 @@ def test_resume_reproduces_the_uninterrupted_run(synthetic, tmp_path):
     assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
     assert sa["iteration"] == sb["iteration"] == 3
     assert [r["iteration"] for r in _jsonl(tmp_path / "b" / "metrics.jsonl")] == [0, 1, 2, 3]
+
+
+def test_a_rerun_removes_the_checkpoint_part_a_killed_run_left(synthetic, tmp_path):
+    """A run killed (SIGKILL, a preempted job) inside torch.save left its hidden temporary file,
+    as large as a checkpoint, and every rerun kept it."""
+    tmp_path.mkdir(exist_ok=True)
+    dead = tmp_path / ".entitysam-tmp-999999999-0123456789ab"  # nobody holds its lock
+    dead.write_bytes(b"part of a checkpoint")
+    (tmp_path / "notes.entitysam-tmp").write_text("the user's")
+    Trainer(_cfg(synthetic, tmp_path), quiet=True)
+    assert not dead.exists()
+    assert (tmp_path / "notes.entitysam-tmp").read_text() == "the user's"
+
+
+def test_a_resumed_run_trains_at_its_own_learning_rate(synthetic, tmp_path):
+    """The divergence error's remedy is a lower solver.base_lr and a rerun, which resumes: the
+    optimizer's and the scheduler's states restored the earlier run's LR (and weight decay)."""
+    common = ["solver.checkpoint_period=2", "solver.steps=[3]", "solver.gamma=0.5"]
+    Trainer(_cfg(synthetic, tmp_path, *common, "solver.max_iter=2"), quiet=True).train()
+    trainer = Trainer(_cfg(synthetic, tmp_path, *common, "solver.max_iter=4", "solver.base_lr=1e-5",
+                           "solver.weight_decay=0.5"), quiet=True)
+    assert trainer.start_iter == 2
+    assert [r["lr"] for r in trainer.train()] == [1e-5, 1e-5 * 0.5]
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} <= {0.0, 0.5}
+
+
+def test_a_run_stopped_while_writing_model_final_writes_it_when_rerun(synthetic, tmp_path):
+    """A full disk (or Ctrl-C) while model_final.pth was written left the pointer on the periodic
+    checkpoint of the last iteration: the rerun resumed there, had nothing to train and never
+    wrote model_final.pth."""
+    cfg = _cfg(synthetic, tmp_path, "solver.max_iter=2", "solver.checkpoint_period=2")
+    Trainer(cfg, quiet=True).train()
+    final = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    (tmp_path / "model_final.pth").unlink()  # the atomic write leaves nothing behind
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
+    assert Trainer(cfg, quiet=True).train() == []
+    again = torch.load(tmp_path / "model_final.pth", weights_only=True)
+    assert again["iteration"] == final["iteration"] == 1
+    assert all(torch.equal(final["model"][k], again["model"][k]) for k in final["model"])
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
 
 
 def test_overfit_two_images_and_segment_the_checkpoint(tmp_path):

@@ -30,7 +30,29 @@ BAD_OVERRIDES = [
     ("data.root=[1]", "data.root: expected a string"),
     ("=5", "override '=5': empty key"),
     ("solver.=1", "override 'solver.=1': empty key"),
+    # both were skipped without a word
+    ("base=vit-s-stage1", "base: only a config file starts from a named config (base: NAME); on the command line, "
+                          "pass the named config as --config NAME"),
+    ("solver.base=3", "unknown config key solver.'base'"),
+    # each was a KeyError / TypeError traceback once the trainer built the model
+    ("model.name=vit-b", "model.name must be one of vit-s, vit-l, tiny, demo, got 'vit-b'"),
+    ("model.overrides.image_sise=64", "unknown config key 'model.overrides.image_sise'"),
+    ("model.overrides.image_size=abc", "model.overrides.image_size: expected an integer, got 'abc'"),
+    ("model.overrides.hiera=3", "model.overrides.hiera is a section; give a mapping"),
+    ("model.overrides.hiera.embed_dims=8", "unknown config key 'model.overrides.hiera.embed_dims'"),
 ]
+
+
+def test_a_nested_model_override_replaces_that_field_only():
+    """model.overrides.dino.depth=2 replaced the whole DinoConfig with {'depth': 2}: an
+    AttributeError traceback when the model was built."""
+    from entitysam.config import get_config
+    from entitysam.train.setup import model_config
+
+    mc = model_config(load_config("tiny-stage1", ["model.overrides.dino.depth=2", "model.overrides.hiera.num_heads=1.0"]))
+    tiny = get_config("tiny")
+    assert mc.dino == type(tiny.dino)(**{**vars(tiny.dino), "depth": 2})
+    assert mc.hiera.num_heads == 1 and type(mc.hiera.num_heads) is int
 
 
 def _fails(capsys, argv, message):
@@ -206,6 +228,21 @@ def test_missing_dataset_is_refused_before_training(capsys, tmp_path):
     (tmp_path / "ds").mkdir()
     _fails(capsys, ["--config", "tiny-stage1", f"data.root={tmp_path / 'ds'}", f"output_dir={out}"],
            "data.json")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("output_dir=runs/2024_01_15", "runs/2024_01_15"), ("output_dir=2024_01_15", "2024_01_15"),
+    ("data.image_dir=007", "007"), ("name=12:30", "12:30"), ("resume=no", "no"), ("model.weights=1.50", "1.50"),
+    ("model.weights=~", ""), ("output_dir='a b'", "a b"),
+])
+def test_a_string_override_is_taken_as_typed(override, expected):
+    """Overrides are read as YAML 1.1, which made output_dir=2024_01_15 the folder 20240115,
+    data.image_dir=007 the folder 7 and resume=no the string 'False'."""
+    cfg = load_config("tiny-stage1", [override])
+    node = cfg
+    for part in override.split("=")[0].split("."):
+        node = getattr(node, part)
+    assert node == expected
 
 
 def test_good_overrides_still_convert(capsys):

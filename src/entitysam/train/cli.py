@@ -15,6 +15,8 @@ there, put `key=value` overrides after the options (`main` accepts them anywhere
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from ..argtypes import ArgumentParser, path_text
@@ -86,6 +88,15 @@ def run(args: argparse.Namespace) -> int:
     except EntitySAMError as err:  # unusable data or checkpoint (resume, model.weights, a write): one line
         # its remedies name arguments this command has no flag for
         print(for_terminal(f"error: {rank_prefix()}{err.problem}"), file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the progress lines' reader went away (`| head`): was a traceback under
+        # `python -m entitysam.train` (the command torchrun runs); `entitysam train` says this too
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # (Python's flush at exit: one more)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        print(f"error: {rank_prefix()}the output was cut short: its reader closed the pipe (broken pipe)",
+              file=sys.stderr)
         return 1
     finally:
         cleanup()

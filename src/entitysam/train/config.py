@@ -223,28 +223,42 @@ NAMED_CONFIGS: dict[str, dict] = {
 
 
 # ---------------------------------------------------------------------------- merging
-def _apply(obj: Any, changes: dict, prefix: str = "") -> None:
+def _apply(obj: Any, changes: dict, prefix: str = "", texts: dict | None = None, file_base: bool = False) -> None:
+    """texts: the overrides' values as typed (parse_overrides), in the shape of `changes`;
+    file_base: `changes` is a config file's mapping, whose top-level `base` load_config applied."""
+    texts = texts if isinstance(texts, dict) else {}
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in changes.items():
-        if key == "base":
-            continue
+        if key == "base" and not prefix:
+            if file_base:
+                continue
+            # an override base=NAME (or solver.base=...) was skipped without a word
+            raise KeyError("base: only a config file starts from a named config (base: NAME); on the command "
+                           "line, pass the named config as --config NAME")
         if key not in names:
             raise KeyError(f"unknown config key {prefix}{key!r}; known: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ValueError(f"{prefix}{key} is a section; give a mapping or use {prefix}{key}.field=value")
-            _apply(current, value, f"{prefix}{key}.")
+            _apply(current, value, f"{prefix}{key}.", texts.get(key))
         elif isinstance(current, dict) and isinstance(value, dict) and key == "overrides":
             current.update(value)
         else:
+            text = texts.get(key)
+            if isinstance(current, str) and isinstance(text, str) and isinstance(value, (bool, int, float)):
+                # a string as typed: YAML 1.1 read output_dir=2024_01_15 as 20240115, 007 as 7,
+                # resume=no as false (then "False")
+                value = text.strip()
             setattr(obj, key, coerce(value, current, prefix + key))
 
 
-def parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str], texts: dict | None = None) -> dict:
     """`["a.b=1", "c=x"]` -> nested dict `{"a": {"b": 1}, "c": "x"}`. A key given twice: the last
-    value wins; a key given both a value and sub-keys, or an empty key, is refused."""
+    value wins; a key given both a value and sub-keys, or an empty key, is refused. `texts`, when
+    given, is filled alike with the values as typed (`{"a": {"b": "1"}, "c": "x"}`)."""
     out: dict = {}
+    texts = {} if texts is None else texts
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
@@ -252,19 +266,23 @@ def parse_overrides(items: list[str]) -> dict:
         parts = key.strip().split(".")
         if not all(p.strip() for p in parts):
             raise ValueError(f"override {item!r}: empty key (expected section.key=value)")
-        node = out
+        node, raw = out, texts
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if not last and part in node and not isinstance(node[part], dict):
                 raise ValueError(f"override {item!r}: {'.'.join(parts[:i + 1])} was given a value; "
                                  "it cannot also be a section")
             if last:
+                raw[part] = text
                 node[part] = parse_value(text)
                 problem = expansion_problem(node[part])
                 if problem:
                     raise ValueError(f"override {key.strip()}: {problem}")
             else:
                 node = node.setdefault(part, {})
+                if not isinstance(raw.get(part), dict):
+                    raw[part] = {}
+                raw = raw[part]
     return out
 
 
@@ -288,14 +306,15 @@ def load_config(config: str | os.PathLike | None = None, overrides: list[str] | 
                 _apply(cfg, NAMED_CONFIGS[base])
             if "name" not in data:
                 data = {**data, "name": path.stem}
-            _apply(cfg, data)
+            _apply(cfg, data, file_base=True)
     if overrides:
-        _apply(cfg, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+        texts: dict = {}
+        _apply(cfg, parse_overrides(overrides, texts) if isinstance(overrides, list) else overrides, texts=texts)
     validate(cfg)
     return cfg
 
 
 def config_from_dict(data: dict) -> TrainConfig:
     cfg = TrainConfig()
-    _apply(cfg, data)
+    _apply(cfg, data, file_base=True)
     return cfg

@@ -296,12 +296,41 @@ def validate(cfg: Any) -> None:
     for lo, hi in _ORDERED:
         if numbers[lo] > numbers[hi]:
             raise ValueError(f"{lo} must be <= {hi}, got {numbers[lo]} > {numbers[hi]}")
+    _check_model(cfg.model)
     if cfg.solver.amp not in ("fp16", "bf16", "off"):
         raise ValueError("solver.amp must be fp16, bf16 or off")
     if cfg.model.trainable not in ("official", "all"):
         raise ValueError("model.trainable must be 'official' or 'all'")
     if cfg.solver.warmup_method not in ("linear", "constant"):
         raise ValueError("solver.warmup_method must be linear or constant")
+
+
+def _check_model(model: Any) -> None:
+    """model.name and model.overrides, now: they were read only when the trainer built the model,
+    and a wrong one ended the run with a KeyError or TypeError traceback."""
+    from ..config import CONFIGS  # noqa: PLC0415
+
+    if model.name not in CONFIGS:
+        raise ValueError(f"model.name must be one of {', '.join(CONFIGS)}, got {model.name!r}")
+    base = CONFIGS[model.name]
+    known = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+    _check_fields(model.overrides, known, "model.overrides.")
+
+
+def _check_fields(overrides: dict, known: dict, prefix: str) -> None:
+    """`overrides` of the fields `known` (name -> current value): keys and value types, in place;
+    a nested config (hiera, dino) takes a mapping of its own fields."""
+    for key, value in overrides.items():
+        if key not in known:
+            raise KeyError(f"unknown config key '{prefix}{key}'; known: {', '.join(sorted(known))}")
+        current = known[key]
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{key} is a section; give a mapping or use {prefix}{key}.field=value")
+            _check_fields(value, {f.name: getattr(current, f.name) for f in dataclasses.fields(current)},
+                          f"{prefix}{key}.")
+        else:
+            overrides[key] = coerce(value, current, f"{prefix}{key}")
 
 
 def _folder_problem(path: Path) -> str | None:

@@ -15,9 +15,11 @@ __all__ = ["find_resume_checkpoint", "resume_state"]
 
 def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
     mode = cfg.resume
-    if mode in ("never", "", "false", "no"):
+    # an override's value is read as YAML: resume=no, =false and =off arrive as the string "False"
+    # (str(False)), which was looked for as a checkpoint file ("resume checkpoint not found: False")
+    if mode.strip().lower() in ("never", "", "false", "no", "off"):
         return None
-    if mode == "auto":
+    if mode.strip().lower() == "auto":
         pointer = Path(cfg.output_dir) / "last_checkpoint"
         if pointer.is_file():
             path = Path(cfg.output_dir) / pointer.read_text(errors="replace").strip()

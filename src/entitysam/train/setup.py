@@ -37,8 +37,16 @@ NORM_MODULES = (
 def model_config(cfg: TrainConfig) -> EntitySAMConfig:
     mc = get_config(cfg.model.name)
     if cfg.model.overrides:
-        mc = dataclasses.replace(mc, **cfg.model.overrides)
+        mc = _replaced(mc, cfg.model.overrides)
     return mc
+
+
+def _replaced(config, overrides: dict):
+    """`config` with `overrides`; a mapping for a nested config (hiera, dino) replaces its fields
+    (it replaced the whole config object with the mapping: an AttributeError traceback)."""
+    return dataclasses.replace(config, **{
+        key: _replaced(getattr(config, key), value) if isinstance(value, dict) else value
+        for key, value in overrides.items()})
 
 
 def resolve_pretrained(spec: str, is_main: bool = True) -> str:
@@ -55,9 +63,14 @@ def resolve_pretrained(spec: str, is_main: bool = True) -> str:
     if not target.is_file():
         if not is_main:
             raise FileNotFoundError(f"{target} (the first process of the node downloads it)")
-        target.parent.mkdir(parents=True, exist_ok=True)
         log.info("downloading %s -> %s", url, target)
-        torch.hub.download_url_to_file(url, str(target), progress=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(target), progress=True)
+        except OSError as err:  # a node without internet access: was urllib's URLError traceback
+            reason = getattr(err, "reason", None) or err.strerror or err
+            raise CheckpointReadError(f"cannot download {url} to {target} ({printable(str(reason), 300)}): put the "
+                                      f"file there, or pass its path in place of {printable(spec, 300)!r}") from None
     return str(target)
 
 

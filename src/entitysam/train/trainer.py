@@ -35,8 +35,10 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import CheckpointMismatchError, InvalidArgumentError, OutputError, TrainingDivergedError, printable
+from ..errors import (CheckpointMismatchError, EntitySAMError, InvalidArgumentError, OutputError, TrainingDivergedError,
+                      printable)
 from ..io.atomic import atomic_file, write_text_atomic
+from ..io.staging import remove_dead_temp_files
 from ..modeling.entitysam import EntitySAM
 from ..regular_file import open_regular_for_writing
 from .config import TrainConfig
@@ -48,7 +50,7 @@ from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress, log_file_failure, setup_logging
 from .resume import find_resume_checkpoint, resume_state
-from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
+from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, lr_factor, model_config, set_trainable
 
 log = logging.getLogger("entitysam.train")
 
@@ -64,6 +66,15 @@ def write_failure(err: BaseException) -> OSError | None:
     # RuntimeError ("unexpected pos 704 vs 598") in place of the OSError, which is its context
     while err is not None and not isinstance(err, OSError):
         err = err.__context__
+    return err
+
+
+def loader_failure(err: Exception, workers: int) -> Exception:
+    """`err` from the data loader, as the run reports it: a worker process that died (the kernel's
+    out-of-memory killer, most often) was torch's RuntimeError with a traceback of the loader."""
+    if isinstance(err, RuntimeError) and str(err).startswith("DataLoader worker"):
+        return EntitySAMError(f"a data loader process stopped: {printable(str(err), 300)} (killed for lack of "
+                              f"memory? data.num_workers={workers}: fewer use less)")
     return err
 
 
@@ -111,6 +122,9 @@ class Trainer:
         path = self.output_dir
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            # a checkpoint's temporary file left by a run killed while saving (SIGKILL, a preempted
+            # job): hidden, as large as a checkpoint, and kept for ever by every rerun
+            remove_dead_temp_files(self.output_dir)
             path = self.output_dir / "config.json"
             with open_regular_for_writing(path) as f:  # (a named pipe there waited for a reader for ever)
                 f.write(self.cfg.to_json())
@@ -165,8 +179,17 @@ class Trainer:
 
     def _load_trainer_state(self, state: dict) -> None:
         tr = state["trainer"]
+        # this run's LR and weight decay, not the checkpoint's: both state dicts hold the values the
+        # earlier run was started with, so a rerun with a lower solver.base_lr (the remedy the
+        # divergence error gives) trained on at the old one
+        mine = [{k: g[k] for k in ("initial_lr", "weight_decay", "betas", "eps")} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(tr["optimizer"])
         self.scheduler.load_state_dict(tr["scheduler"])
+        factor = lr_factor(self.scheduler.last_epoch, self.cfg)
+        for group, values in zip(self.optimizer.param_groups, mine):
+            group.update(values, lr=values["initial_lr"] * factor)
+        self.scheduler.base_lrs = [values["initial_lr"] for values in mine]
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if tr.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(tr["grad_scaler"])
         rng = tr.get("rng", {})
@@ -273,6 +296,10 @@ class Trainer:
         max_iter = cfg.solver.max_iter
         if self.start_iter >= max_iter:
             log.info("nothing to do: iteration %d >= max_iter %d", self.start_iter, max_iter)
+            if self.start_iter == max_iter and not (self.output_dir / "model_final.pth").exists():
+                # the run ended while writing model_final.pth (a full disk, Ctrl-C): resumed from the
+                # periodic checkpoint of the last iteration, it had nothing to train and never wrote it
+                self.save_checkpoint("model_final", max_iter - 1)
             return []
         # this rank's error, raised at the next agreement (failstop)
         writer, data_iter, held_error = None, None, None
@@ -305,7 +332,7 @@ class Trainer:
                             if "error" in clip:
                                 raise DatasetError(clip["error"])
                     except Exception as err:  # noqa: BLE001 - a loader worker's crash too
-                        held_error, clips = err, []
+                        held_error, clips = loader_failure(err, cfg.data.num_workers), []
                 t_data = time.perf_counter() - t0
                 try:
                     rec = self.run_iteration(clips, held_error)
