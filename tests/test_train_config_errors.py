@@ -40,6 +40,9 @@ BAD_OVERRIDES = [
     ("model.overrides.image_size=abc", "model.overrides.image_size: expected an integer, got 'abc'"),
     ("model.overrides.hiera=3", "model.overrides.hiera is a section; give a mapping"),
     ("model.overrides.hiera.embed_dims=8", "unknown config key 'model.overrides.hiera.embed_dims'"),
+    # an unset shell variable (output_dir=$OUT): it trained into the current folder without a word
+    ("output_dir=", "output_dir is empty"),
+    ("output_dir=  ", "output_dir is empty"),
 ]
 
 

@@ -297,6 +297,8 @@ def validate(cfg: Any) -> None:
         if numbers[lo] > numbers[hi]:
             raise ValueError(f"{lo} must be <= {hi}, got {numbers[lo]} > {numbers[hi]}")
     _check_model(cfg.model)
+    if not cfg.output_dir.strip():  # (output_dir=$OUT with OUT unset: checkpoints went to the current folder)
+        raise ValueError("output_dir is empty: name the folder for the checkpoints and logs (output_dir=PATH)")
     if cfg.solver.amp not in ("fp16", "bf16", "off"):
         raise ValueError("solver.amp must be fp16, bf16 or off")
     if cfg.model.trainable not in ("official", "all"):
