@@ -132,29 +132,7 @@ def test_a_video_shorter_than_its_audio_track_is_read_whole(tmp_path):
     """Video for 2 s, audio for 6 s: Matroska states no duration per stream, the file's (the audio's
     end) announced 60 frames, and the complete 20 were refused as a truncated video. The same file cut
     short still is one: every stream ends early."""
-    import av
-    import numpy as np
-
-    path = tmp_path / "long_audio.mkv"
-    with av.open(str(path), "w") as c:
-        v = c.add_stream("mjpeg", rate=Fraction(10))
-        v.width, v.height, v.pix_fmt, v.time_base = 64, 48, "yuvj420p", Fraction(1, 10)
-        a = c.add_stream("pcm_s16le", rate=8000)
-        a.layout = "mono"
-        rng = np.random.default_rng(0)
-        for t in range(60):
-            if t < 20:
-                image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # (noise: bytes spread over the video)
-                for p in v.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                    p.pts = p.dts = t
-                    c.mux(p)
-            f = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
-            f.sample_rate, f.pts, f.time_base = 8000, t * 800, Fraction(1, 8000)
-            for p in a.encode(f):
-                c.mux(p)
-        for stream in (v, a):
-            for p in stream.encode():
-                c.mux(p)
+    path = _noise_video(tmp_path / "long_audio.mkv", "mjpeg", "yuvj420p", 20, rate=10, audio_frames=60)
     assert [round(f.time, 6) for f in open_source(path)] == [i / 10 for i in range(20)]
     data = path.read_bytes()
     (tmp_path / "cut.mkv").write_bytes(data[: len(data) // 2])
@@ -162,8 +140,9 @@ def test_a_video_shorter_than_its_audio_track_is_read_whole(tmp_path):
         list(open_source(tmp_path / "cut.mkv"))
 
 
-def _noise_video(path: Path, codec: str, pix_fmt: str, n: int, rate: int = 25, audio: bool = False) -> Path:
-    """`n` frames of noise (bytes spread evenly over the file), with a silent audio track as long."""
+def _noise_video(path: Path, codec: str, pix_fmt: str, n: int, rate: int = 25, audio_frames: int = 0) -> Path:
+    """`n` frames of noise (bytes spread evenly over the file), with a silent audio track as long as
+    `audio_frames` frames (none for 0)."""
     import av
     import numpy as np
 
@@ -171,15 +150,17 @@ def _noise_video(path: Path, codec: str, pix_fmt: str, n: int, rate: int = 25, a
     with av.open(str(path), "w") as c:
         v = c.add_stream(codec, rate=rate)
         v.width, v.height, v.pix_fmt = 64, 48, pix_fmt
-        a = c.add_stream("pcm_s16le", rate=8000) if audio else None
+        a = c.add_stream("pcm_s16le", rate=8000) if audio_frames else None
         if a is not None:
             a.layout = "mono"
-        for t in range(n):
-            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), format="rgb24")
-            frame.pts = t
-            for p in v.encode(frame):
-                c.mux(p)
-            if a is not None:
+        for t in range(max(n, audio_frames)):
+            if t < n:
+                image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = t
+                for p in v.encode(frame):
+                    c.mux(p)
+            if t < audio_frames:
                 f = av.AudioFrame.from_ndarray(np.zeros((1, 8000 // rate), np.int16), format="s16", layout="mono")
                 f.sample_rate, f.pts, f.time_base = 8000, t * (8000 // rate), Fraction(1, 8000)
                 for p in a.encode(f):
@@ -211,7 +192,7 @@ def test_a_matroska_file_with_audio_cut_near_its_end_is_still_refused(tmp_path):
     count's tolerance) was read without a word."""
     import av
 
-    path = _noise_video(tmp_path / "a.mkv", "mjpeg", "yuvj420p", 100, audio=True)
+    path = _noise_video(tmp_path / "a.mkv", "mjpeg", "yuvj420p", 100, audio_frames=100)
     assert len(list(open_source(path))) == 100
     with av.open(str(path)) as c:
         offsets = [p.pos for p in c.demux(video=0) if p.size]
