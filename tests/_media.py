@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import threading
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -101,3 +105,26 @@ def write_stamped_mkv(path: Path, stamps, decoded_at=None) -> Path:
             p.pts, p.dts = stamp, dts
             c.mux(p)
     return path
+
+
+@contextlib.contextmanager
+def serving(data: bytes) -> Iterator[int]:
+    """A local HTTP server that answers every GET with `data` (with its length) while the block
+    runs; yields its port on 127.0.0.1."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -23,7 +23,7 @@ from PIL import Image
 
 from _blocking import within
 from _cli import run_cli
-from _media import read_only_frame, scene, write_frames, write_video
+from _media import read_only_frame, scene, serving, write_frames, write_video
 from entitysam.cli.options import DEFAULT_MAX_PIXELS_TEXT, pixel_count
 from entitysam.errors import SourceError
 from entitysam.io.manifest import MANIFEST
@@ -190,36 +190,17 @@ def test_a_cameras_password_is_not_written_out(tmp_path):
     """A camera's address carries its password (rtsp://admin:PASSWORD@camera/...): each error line and
     the manifest of every online result (its "input") wrote it out in full. The stream is opened with
     it; what is shown says ***."""
-    import http.server
-
     from entitysam.pipeline.stream_output import online_manifest_head
 
     url = f"http://admin:s3cret@127.0.0.1:{_free_port()}/live.mp4"
     with pytest.raises(SourceError, match=r"cannot open stream http://admin:\*\*\*@127\.0\.0\.1:") as err:
         within(20, LiveSource, url)
     assert "s3cret" not in str(err.value)
-    data = write_video(tmp_path / "v.ts", 3).read_bytes()
-
-    class Serve(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - http.server's name
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        source = within(20, LiveSource, f"http://admin:s3cret@127.0.0.1:{server.server_address[1]}/cam.ts")
+    with serving(write_video(tmp_path / "v.ts", 3).read_bytes()) as port:
+        source = within(20, LiveSource, f"http://admin:s3cret@127.0.0.1:{port}/cam.ts")
         assert len(list(source)) == 3  # (opened with the password)
         head = online_manifest_head(source, live=True, delay=0, queue_size=4, size=(48, 64), fps=10, model={})
-        assert head["input"] == f"http://admin:***@127.0.0.1:{server.server_address[1]}/cam.ts"
-    finally:
-        server.shutdown()
-        server.server_close()
+        assert head["input"] == f"http://admin:***@127.0.0.1:{port}/cam.ts"
     from entitysam.io.sources.live import shown_url
 
     assert shown_url("rtsp://admin:s3cret@10.0.0.2:554/live?x=a@b") == "rtsp://admin:***@10.0.0.2:554/live?x=a@b"

@@ -5,11 +5,9 @@ size limits and streams: test_hostile_inputs.py."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import stat
 import struct
-import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from _blocking import release_readers, swap_for_a_pipe, within
 from _cli import run_cli
-from _media import scene, write_frames, write_stamped_mkv, write_video
+from _media import scene, serving, write_frames, write_stamped_mkv, write_video
 from entitysam.errors import SourceError
 from entitysam.io.sources import FrameSelection, open_source, video_file
 from entitysam.io.sources.video_seek import VideoSeek
@@ -230,33 +228,17 @@ def test_several_inputs_that_all_fail_leave_no_output_folder(tmp_path, tiny_chec
     assert not (tmp_path / "new").exists()
 
 
-def _serve_once(data: bytes) -> str:
-    """The URL of a local HTTP server that answers every GET with `data` (a daemon thread)."""
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/live.mkv"
-
-
 def test_a_stream_whose_codec_cannot_be_decoded(tmp_path, tiny_checkpoint):
     """A stream (here Matroska over HTTP) whose video codec PyAV has no decoder for: its stream has
     no codec context, and LiveSource read its size from None (AttributeError, a traceback); the
     same file on disk was already refused in words."""
     data = write_video(tmp_path / "v.mkv", 4).read_bytes()
     assert data.count(b"V_MPEG4/ISO/AVC") == 1
-    url = _serve_once(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ"))
-    with pytest.raises(SourceError, match=rf"cannot read stream {url}: its video stream has no usable codec"):
-        within(30, open_source, url)
-    r = run_cli(url, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--online", "-q")
+    with serving(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ")) as port:
+        url = f"http://127.0.0.1:{port}/live.mkv"
+        with pytest.raises(SourceError, match=rf"cannot read stream {url}: its video stream has no usable codec"):
+            within(30, open_source, url)
+        r = run_cli(url, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "--online", "-q")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith(f"error: live: cannot read stream {url}: its video stream has no usable codec")
     assert not (tmp_path / "out").exists()
