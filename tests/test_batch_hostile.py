@@ -83,6 +83,9 @@ def test_linked_folders_of_frames_are_named_by_their_links(tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path / "a" / "frames")
     from entitysam.io.sources import result_name
     assert (result_name("."), result_name(".."), result_name("../frames/")) == ("frames", "a", "frames")
+    # "link/.." is the parent of the link's target, as the system reads it (not the folder of the link)
+    monkeypatch.chdir(tmp_path / "in")
+    assert result_name("cam1/..") == "a" and result_name("cam1/../frames") == "frames"
 
 
 def test_a_symlink_loop_in_the_batch_fails_that_video_only(tmp_path, capsys):

@@ -153,6 +153,16 @@ def test_a_relative_input_is_recorded_by_its_absolute_path(media, tmp_path, monk
     monkeypatch.chdir(tmp_path / "elsewhere")
     result = ResultFolder.open(tmp_path / "out" / "frames")
     assert np.array_equal(result.source_frame(0), np.asarray(Image.open(tmp_path / "frames" / "1.jpg")))
+    # "link/../frames": beside the link's target, as the frames were read (abspath recorded the
+    # folder beside the link: here none)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "sub")
+    monkeypatch.chdir(tmp_path / "a")
+    assert run("link/../frames", "-o", "out2", "--checkpoint", media / "tiny.pth", "--save", "panoptic", "-q",
+               *mode) == 0
+    recorded = json.loads((tmp_path / "a" / "out2" / "frames" / MANIFEST).read_text())["input"]
+    assert os.path.exists(recorded) and os.path.samefile(recorded, tmp_path / "frames"), recorded
 
 
 def test_existing_results_refused_skipped_overwritten(media, tmp_path, capsys):

@@ -151,14 +151,24 @@ def _check_logits_destination(save_logits: str | None, names: list[str]) -> None
             raise EntitySAMError(f"--save-logits {path}: {ancestor} is not writable")
 
 
-def _same_input(a, b) -> bool:
-    """One input named twice: the same words (a stream's URL, a device), or the same file."""
-    if str(a) == str(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except (OSError, ValueError, TypeError):  # a stream URL, a name that is gone
-        return False
+def _given_twice(inputs) -> tuple[int, int] | None:
+    """The first two of `inputs` that name one input: the same words (a stream's URL, a device), or
+    the same file or folder by another path or through a link (named apart, as a folder given through
+    a link is named by the link, it was segmented twice)."""
+    seen: dict = {}
+    for j, source in enumerate(inputs):
+        keys = [str(source)]
+        try:
+            st = os.stat(source)
+            keys.append((st.st_dev, st.st_ino))
+        except (OSError, ValueError, TypeError):  # a stream URL, a name that is gone
+            pass
+        for key in keys:
+            if key in seen:
+                return seen[key], j
+        for key in keys:
+            seen.setdefault(key, j)
+    return None
 
 
 def run(args) -> int:
@@ -172,11 +182,12 @@ def run(args) -> int:
         formats = check_formats(args.save)
         inputs = collect_inputs(args)
         names = [video_name(p) for p in inputs]
+        if twice := _given_twice(inputs):  # (before the names: "rename one" would segment it twice)
+            i, j = twice
+            again = "" if str(inputs[i]) == str(inputs[j]) else f" (as {_shown(inputs[j])})"
+            raise SourceError(f"{_shown(inputs[i])} is given twice{again}: name each input once")
         if clash := name_clash(names):
             i, j, words = clash
-            if _same_input(inputs[i], inputs[j]):  # (renaming one, as said below, would segment it twice)
-                again = "" if str(inputs[i]) == str(inputs[j]) else f" (as {_shown(inputs[j])})"
-                raise SourceError(f"{_shown(inputs[i])} is given twice{again}: name each input once")
             raise SourceError(f"{_shown(inputs[i])} and {_shown(inputs[j])} would both write to "
                               f"{Path(args.output) / names[i]}"
                               f"{words}: rename one or run them with different --output")

@@ -264,7 +264,9 @@ def input_field(source: FrameSource) -> str | None:
     input frames (grey background), or was shown over the frames of another input of that name."""
     if source.kind == "live":
         return source.label
-    return os.path.abspath(source.path) if source.path is not None else None
+    # absolute(), not abspath(): abspath drops "link/.." as text, where the system goes to the
+    # parent of the link's target (the frames read were another folder's than the one recorded)
+    return str(Path(source.path).absolute()) if source.path is not None else None
 
 
 def sample_aspect_ratio_field(source: FrameSource) -> list[int]:

@@ -173,6 +173,11 @@ def result_name(source: str | os.PathLike) -> str:
     if isinstance(source, str) and is_live_input(source):
         return safe_name(live_source_name(source))
     path = Path(source)
-    # A folder by the name it was given (an absolute path names "." and ".."): resolved, a link
-    # was named after its target, and links cam1, cam2 to .../a/frames, .../b/frames both "frames".
-    return safe_name(Path(os.path.abspath(path)).name if path.is_dir() else path.stem)
+    # A folder by the name it was given: resolved, a link was named after its target, and links
+    # cam1, cam2 to .../a/frames, .../b/frames were both "frames". A path ending in "." or ".."
+    # gives no name of its own: the folder the system reaches there ("link/.." is the parent of
+    # the link's target, not the folder holding the link).
+    if not path.is_dir():
+        return safe_name(path.stem)
+    given = Path(path).absolute()
+    return safe_name(given.resolve().name if given.name in ("", ".", "..") else given.name)
