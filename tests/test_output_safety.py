@@ -96,6 +96,14 @@ def test_an_input_given_twice_is_said_to_be_given_twice(tmp_path, tiny_checkpoin
         assert run(a, again, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q") == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and "rename" not in err
+    # a folder of frames or a video and a link to it: named by the link, they were segmented twice
+    write_frames(tmp_path / "frames", ["0"])
+    write_video(tmp_path / "v.mp4", 2)
+    for target in (tmp_path / "frames", tmp_path / "v.mp4"):
+        link = tmp_path / f"link-{target.name}"
+        link.symlink_to(target)
+        assert run(target, link, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q") == 2
+        assert f"{target} is given twice (as {link}): name each input once" in capsys.readouterr().err
     # a stream's URL twice: no file to compare, the same words (it was told to rename one)
     url = "rtsp://127.0.0.1:1/cam"
     assert run(url, url, "-o", tmp_path / "out", "--checkpoint", tiny_checkpoint, "-q", "--online") == 2
@@ -789,6 +797,11 @@ def test_a_failed_video_leaves_no_save_logits_file(tmp_path, tiny_checkpoint, ca
     assert not target.exists() and not (out / "still").exists()
     assert run(*common) == 0, capsys.readouterr().err  # the re-run
     assert target.read_bytes()[:2] == b"PK" and read_manifest(out / "still") is not None
+    if stage == "writing":  # --overwrite failing: the kept result keeps a FILE (it was removed, leaving none)
+        with monkeypatch.context() as m:
+            m.setattr(overlay.OverlayWriter, "encode", full)
+            assert run(*common, "--overwrite") == 1
+        assert target.read_bytes()[:2] == b"PK" and read_manifest(out / "still") is not None
 
 
 @pytest.mark.parametrize("way", ["link", "renameat2", "check"])

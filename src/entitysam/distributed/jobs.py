@@ -191,15 +191,17 @@ def _segment_offline(model, source, name: str, out_root: Path, options: SegmentO
         else:  # checked again: the file may have appeared since the start
             logits_path = check_logits_file(_logits_file(options, name), overwrite=options.overwrite,
                                             result_dir=out_root / name, inputs=protect)
+        replaced = bool(options.save_logits) and os.path.lexists(logits_path)
         result = segment(model, source, dtype=options.dtype, logits_dtype=options.logits_dtype,
                          work_dir=staged.path, save_logits=logits_path, progress=progress, exact=options.exact,
                          overwrite_logits=options.overwrite)
-        # A FILE outside the result: written by this run now, removed if the result is not committed
-        # (left alone, it made every re-run of the video fail on it: "already exists").
+        # A FILE outside the result, new: removed if the result is not committed (left alone, it made
+        # every re-run of the video fail on it: "already exists"). One that replaced an earlier run's
+        # (--overwrite) stays: removing it lost the kept result's logits with the failed run's.
         written, staging = [], None
         with contextlib.suppress(OSError):
             staging = os.stat(staged.path)  # (the folder keeps its identity when it is moved into place)
-            if options.save_logits:
+            if options.save_logits and not replaced:
                 written.append((logits_path, os.lstat(logits_path)))
         try:
             with result:

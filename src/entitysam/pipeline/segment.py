@@ -209,10 +209,11 @@ def _segment(model: EntitySAM, source: FrameSource, compute_dtype: torch.dtype, 
         if bar is not None:
             bar.set_postfix_str("merging", refresh=True)
         if save_logits is not None:
+            replaced = os.path.lexists(save_logits)  # (an earlier run's FILE, replaced: kept if this run fails)
             path = save_logits_npz(save_logits, store, scores.cpu().numpy(), overwrite=overwrite_logits,
                                    source_frame=np.array([f.index for f in infos], dtype=np.int64),
                                    frame_name=np.array([f.name for f in infos]))
-            if logits_written is not None:
+            if logits_written is not None and not replaced:
                 logits_written.append((path, os.lstat(path)))
 
     autocast, attention_dtype = precision_plan(model, compute_dtype, batched, exact)
