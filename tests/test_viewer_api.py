@@ -220,7 +220,8 @@ def test_thumbnails(client):
     res = client.get("/api/thumbs/2.png?v=0")
     assert res.status_code == 200 and res.headers["content-type"] == "image/png"
     assert res.headers["cache-control"] == "no-cache"  # no version: the key alone is the same in another result
-    assert "max-age" in client.get(versioned(client, "/api/thumbs/2.png?k=x")).headers["cache-control"]
+    key = next(e["thumb"] for e in client.get("/api/state").json()["entities"] if e["id"] == 2)
+    assert "max-age" in client.get(versioned(client, f"/api/thumbs/2.png?k={key}")).headers["cache-control"]
     thumb = Image.open(io.BytesIO(res.content))
     assert max(thumb.size) <= 64
     for bad in ("/api/thumbs/99.png", "/api/thumbs/abc.png", "/api/thumbs/0.png"):
@@ -254,6 +255,27 @@ def test_thumbnail_keys_change_only_with_what_the_thumbnail_shows(client):
     client.post("/api/edits", json={"op": "merge", "ids": [2, 3], "into": 2}, headers=AUTH)
     assert keys()[2] != before[2]  # entity 2 is made of more now
     assert client.get(f"/api/thumbs/2.png?k={keys()[2]}").status_code == 200
+
+
+def test_a_thumbnail_asked_with_a_stale_key_is_not_cached(client):
+    """The page asks /api/thumbs/<id>.png?k=<key of its state>; an edit made while the request was
+    on its way (a merge in another tab, or in this one while the thumbnails load one by one) gave
+    the new picture under the old key, cached for an hour: an undo, which brings the old key back,
+    then showed the merged entity's thumbnail."""
+    def key(i):
+        return next(e["thumb"] for e in client.get("/api/state").json()["entities"] if e["id"] == i)
+
+    before = key(2)
+    url = versioned(client, f"/api/thumbs/2.png?k={before}")
+    alone = client.get(url)
+    assert "max-age" in alone.headers["cache-control"]
+    client.post("/api/edits", json={"op": "merge", "ids": [2, 3], "into": 2}, headers=AUTH)
+    merged = client.get(url)  # the old key: another picture now
+    assert merged.status_code == 200 and merged.content != alone.content
+    assert merged.headers["cache-control"] == "no-store"
+    assert "max-age" in client.get(versioned(client, f"/api/thumbs/2.png?k={key(2)}")).headers["cache-control"]
+    client.post("/api/undo", headers=AUTH)
+    assert key(2) == before and client.get(url).content == alone.content
 
 
 def test_result_files_are_served(client, result):

@@ -240,14 +240,24 @@ def build_routes(viewer) -> list[Route]:
 
     async def thumb(request: Request, cache: str) -> Response:
         entity = _count(request.path_params["entity"])
-        data, error = (None, None) if entity is None else await _read(viewer.thumbnail, entity)
+        found, error = ((None, None), None) if entity is None else await _read(viewer.thumbnail_and_key, entity)
         if error is not None:
             return error
+        data, key = found
         if data is None:
             return _error(404, "no such entity")
         # the URL carries ?k=<thumb key of /api/state>: what the picture shows, so it may be cached
-        # (with ?rv=, the result's version: the key alone is the same in another result)
-        cache = "private, max-age=3600" if cache != "no-cache" else cache
+        # (with ?rv=, the result's version: the key alone is the same in another result). A key the
+        # entity no longer has (an edit made while the page's request was on its way, by it or
+        # another tab) is answered with today's picture, kept nowhere: cached, it was shown for an
+        # hour under the old key once an undo brought that key back.
+        asked = request.query_params.get("k")
+        if asked is None:
+            cache = "no-cache"
+        elif asked != key:
+            cache = "no-store"
+        elif cache != "no-cache":
+            cache = "private, max-age=3600"
         return Response(data, media_type="image/png", headers={"Cache-Control": cache})
 
     async def edit(request: Request, expected: int | None) -> Response:

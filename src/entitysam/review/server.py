@@ -238,15 +238,20 @@ class Viewer:
     def thumbnail(self, entity_id: int) -> bytes | None:
         """A PNG crop of entity `entity_id` (current edit) in the frame where it is largest; None
         when there is no such entity now."""
+        return self.thumbnail_and_key(entity_id)[0]
+
+    def thumbnail_and_key(self, entity_id: int) -> tuple[bytes | None, str | None]:
+        """(:meth:`thumbnail`, the key of /api/state it shows), both of one edit version: the
+        route may cache the picture only under the URL of that key."""
         with self.lock:
             frames = self._presence().get(entity_id)
             if not frames or not any(e.id == entity_id for e in self.session.entities):
-                return None
+                return None, None
             key = self._thumb_key(entity_id, frames)
             frame = int(key.split("-")[0])
             id_map = self.session.id_map(frame)  # under the lock: the session may change after it
         return self._thumbs.get_or_make(key, lambda: thumbnail_png(
-            id_map, entity_id, self.result.source_frame(frame, still=True), self.result.sample_aspect_ratio))
+            id_map, entity_id, self.result.source_frame(frame, still=True), self.result.sample_aspect_ratio)), key
 
     # --- what the client changes -----------------------------------------------------------
     # expected: the edit version the caller last saw (the page's state.version), None: any. Checked
