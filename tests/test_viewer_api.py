@@ -345,6 +345,20 @@ def test_a_loopback_server_answers_only_loopback_host_names(result):
     assert "localhost" in allowed_hosts("localhost") and "[::1]" in allowed_hosts("::1")
 
 
+def test_a_server_on_another_loopback_address_answers_its_url(result):
+    """`entitysam view --host 127.0.0.2` printed http://127.0.0.2:PORT/?token=..., whose Host was
+    refused ("Invalid host header", 400) for the page and every request: it is one of the names."""
+    from entitysam.review.server import allowed_hosts
+
+    hosts = allowed_hosts("127.0.0.2")
+    app = create_app(Viewer(result, token=TOKEN), hosts=hosts, loopback_only=hosts is not None)
+    for base in ("http://127.0.0.2:8765", "http://localhost:8765"):
+        with TestClient(app, base_url=base) as c:
+            assert c.get("/").status_code == 200 and c.get("/api/video").status_code == 200, base
+    with TestClient(app, base_url="http://attacker.example:8765") as c:
+        assert c.get("/api/video").status_code == 400
+
+
 def test_a_token_is_made_per_run(result):
     a, b = Viewer(result), Viewer(result)
     assert a.token != b.token and len(a.token) >= 24

@@ -27,7 +27,11 @@ def allowed_hosts(host: str) -> list[str] | None:
     """The Host headers to answer when listening on `host`: the loopback names for a loopback
     address (a web page that points its own domain at 127.0.0.1, DNS rebinding, then gets no
     answer), None (any) for other addresses, where the user chose to be reachable."""
-    return list(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS or host.startswith("127.") else None
+    if host in LOOPBACK_HOSTS:
+        return list(LOOPBACK_HOSTS)
+    # another loopback address (--host 127.0.0.2): its own name too, the Host of the URL printed,
+    # which was refused ("Invalid host header") for the page and every request
+    return [*LOOPBACK_HOSTS, host] if host.startswith("127.") else None
 
 
 def access_middleware(viewer, hosts: list[str] | None, *, loopback_only: bool) -> list:
