@@ -82,6 +82,21 @@ def test_save_clears_the_draft_and_a_second_save_writes_no_second_revision(resul
     assert viewer.save()[0].name == "clip.rev2" and not draft_of(result).exists()
 
 
+def test_everything_undone_after_a_save_keeps_no_draft(result):
+    """Save, then undo every edit: the log was empty but differed from the Save's, so a draft of 0
+    edits stayed beside the result and each later start said "restored 0 unsaved edits" (with
+    nothing unsaved on the page)."""
+    viewer = edited(result)
+    viewer.save()
+    viewer.undo()
+    assert draft_of(result).exists()  # one edit left: kept
+    viewer.undo()
+    assert viewer.session.ops == [] and not draft_of(result).exists()
+    said = []
+    again = Viewer(result, token="t", say=said.append)
+    assert said == [] and again.state()["draft"] is None and again.session.ops == []
+
+
 def test_a_draft_of_another_version_of_the_result_is_set_aside_not_applied(result):
     edited(result)
     kept = draft_of(result).read_bytes()

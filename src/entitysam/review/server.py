@@ -268,8 +268,9 @@ class Viewer:
     def _changed(self) -> None:
         """One change accepted (under the lock): counted, and its log kept in the draft."""
         self.version += 1
-        if self.draft is not None:
-            self.draft.update(self.session, self.unsaved)
+        if self.draft is not None:  # an empty log is the original, what opening gives without a draft: none
+            # kept (everything undone after a Save left a draft of 0 edits, "restored" at each start)
+            self.draft.update(self.session, self.unsaved and bool(self.session.ops))
 
     def apply(self, op: dict, expected: int | None = None) -> dict:
         with self.lock:
@@ -395,5 +396,5 @@ def serve(result_dir: str | Path, *, host: str = "127.0.0.1", port: int = 0, ope
         run_server(server_config(app), [sock])
     finally:  # stopped (Ctrl-C, SIGTERM): where the edits not saved are, in one line
         with viewer.lock:
-            if viewer.unsaved:
+            if viewer.unsaved and viewer.session.ops:
                 say(unsaved_line(viewer.draft, viewer.root, len(viewer.session.ops)))
