@@ -67,7 +67,7 @@ def test_a_result_that_answers_the_run_has_no_mismatch(manifest, options):
     (offline(OFFLINE_ALL), SegmentOptions(selection=FrameSelection(start="2.5s")), "start 2.5"),
     (offline(OFFLINE_ALL), SegmentOptions(fps=10), "25.0 frames/s"),
     (offline(OFFLINE_ALL, fps=10.0, selection={**ALL_FRAMES, "stride": 2}),
-     SegmentOptions(fps=10, selection=FrameSelection(stride=2)), "10.0 frames/s (this run: 5.0: --fps 10.0 / --stride 2)"),
+     SegmentOptions(fps=10, selection=FrameSelection(stride=2)), "10.0 frames/s (this run: 5.0: 10.0 frames/s with a stride of 2)"),
     (offline(OFFLINE_ALL), SegmentOptions(online=True), "is an offline result"),
     (online(ONLINE_ALL), SegmentOptions(), "is an online result"),
     (online(ONLINE_ALL), SegmentOptions(online=True, delay=3), "delay 0"),

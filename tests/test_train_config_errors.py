@@ -31,8 +31,8 @@ BAD_OVERRIDES = [
     ("=5", "override '=5': empty key"),
     ("solver.=1", "override 'solver.=1': empty key"),
     # both were skipped without a word
-    ("base=vit-s-stage1", "base: only a config file starts from a named config (base: NAME); on the command line, "
-                          "pass the named config as --config NAME"),
+    ("base=vit-s-stage1", "base: only a config file starts from a named config (base: NAME); load the named "
+                          "config itself as the config instead"),
     ("solver.base=3", "unknown config key solver.'base'"),
     # each was a KeyError / TypeError traceback once the trainer built the model
     ("model.name=vit-b", "model.name must be one of vit-s, vit-l, tiny, demo, got 'vit-b'"),

@@ -51,7 +51,7 @@ def mismatches(manifest: Mapping[str, Any], options: Any) -> list[str]:
         stride = options.selection.stride
         rate = float(options.fps) / stride
         if manifest.get("fps") != rate:
-            asked = f"{rate}" if stride == 1 else f"{rate}: --fps {float(options.fps)} / --stride {stride}"
+            asked = f"{rate}" if stride == 1 else f"{rate}: {float(options.fps)} frames/s with a stride of {stride}"
             reasons.append(f"was made at {manifest.get('fps')} frames/s (this run: {asked})")
     if online and manifest.get("delay") != (options.delay or 0):
         reasons.append(f"was made with delay {manifest.get('delay')} (this run: {options.delay or 0})")

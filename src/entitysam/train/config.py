@@ -233,8 +233,8 @@ def _apply(obj: Any, changes: dict, prefix: str = "", texts: dict | None = None,
             if file_base:
                 continue
             # an override base=NAME (or solver.base=...) was skipped without a word
-            raise KeyError("base: only a config file starts from a named config (base: NAME); on the command "
-                           "line, pass the named config as --config NAME")
+            raise KeyError("base: only a config file starts from a named config (base: NAME); load the named "
+                           "config itself as the config instead")
         if key not in names:
             raise KeyError(f"unknown config key {prefix}{key!r}; known: {', '.join(sorted(names))}")
         current = getattr(obj, key)
