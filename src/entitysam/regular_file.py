@@ -25,7 +25,7 @@ import os
 import stat
 from typing import IO, BinaryIO
 
-__all__ = ["open_regular", "open_regular_for_writing", "read_regular_text", "reopenable_name", "path_problem"]
+__all__ = ["open_regular", "open_regular_for_writing", "read_regular_bytes", "read_regular_text", "reopenable_name", "path_problem"]
 
 # O_NONBLOCK: a named pipe opens without waiting for a writer; O_NOCTTY: a terminal put in the
 # path's place must not become the process's controlling terminal. O_BINARY (Windows): the bytes
@@ -97,15 +97,22 @@ def _make_blocking(fd: int) -> None:
         os.set_blocking(fd, True)
 
 
-def read_regular_text(path: str | os.PathLike) -> str | None:
-    """The UTF-8 text of `path` when it names a regular file (:func:`open_regular`), None when it
-    names something else (a named pipe: reading one waited for a writer for ever). OSError when it
-    cannot be opened (FileNotFoundError when missing), ValueError when it is not UTF-8."""
+def read_regular_bytes(path: str | os.PathLike) -> bytes | None:
+    """The content of `path` when it names a regular file (:func:`open_regular`), None when it names
+    something else (a named pipe: reading one waited for a writer for ever). OSError when it cannot
+    be opened (FileNotFoundError when missing)."""
     f = open_regular(path)
     if f is None:
         return None
     with f:
-        return f.read().decode("utf-8")
+        return f.read()
+
+
+def read_regular_text(path: str | os.PathLike) -> str | None:
+    """The UTF-8 text of `path` when it names a regular file (:func:`read_regular_bytes`), None when it
+    names something else. OSError when it cannot be opened, ValueError when it is not UTF-8."""
+    data = read_regular_bytes(path)
+    return None if data is None else data.decode("utf-8")
 
 
 def reopenable_name(f: BinaryIO) -> str | None:

@@ -32,7 +32,7 @@ from ..io import idpng
 from ..io.paths import safe_name
 from ..io.manifest import MANIFEST, manifest_data
 from ..io.stream_files import JSONL, read_jsonl
-from ..regular_file import open_regular, path_problem
+from ..regular_file import path_problem, read_regular_bytes
 from .id_files import open_result_file, read_id_rgb
 from .id_lookup import dense_table, map_ids
 from .on_disk import check_identity, stat_identity, version_token
@@ -280,11 +280,8 @@ def _fingerprint(path: Path) -> tuple[str | None, str | None]:
 def _digest(path: Path) -> str | None:
     """SHA-256 (hex) of the regular file `path`; None when it is not one or cannot be read."""
     try:
-        f = open_regular(path)
-        if f is None:
-            return None
-        with f:
-            return hashlib.sha256(f.read()).hexdigest()
+        data = read_regular_bytes(path)
+        return None if data is None else hashlib.sha256(data).hexdigest()
     except OSError:
         return None
 

@@ -26,7 +26,7 @@ from ...argtypes import MAX_THREADS, check_int
 from ...errors import EntitySAMError, Remedy
 from ...io.output_lock import OutputLock, OutputLockedError
 from ...io.staging import recover_leftovers
-from ...regular_file import open_regular
+from ...regular_file import read_regular_bytes
 from .memory import PeakMemory
 from .output import (PART_FORMAT, EvalOutput, complete_parts, describe_model, merge_outputs, same_model,
                      write_output_json)
@@ -373,10 +373,6 @@ def finish(plan: VIPSegPlan, output: PathLike, summary: EvalSummary | None = Non
 def _file_bytes(path: Path) -> bytes | None:
     """The content of the regular file `path`, or None (missing, unreadable, not a regular file)."""
     try:
-        f = open_regular(path)
-        if f is None:
-            return None
-        with f:
-            return f.read()
+        return read_regular_bytes(path)
     except OSError:
         return None
