@@ -97,7 +97,7 @@ class OnlineStream:
                     self.close()
                     raise StopIteration
                 self._read_and_step()
-            return self._deliver(self._steps.pop())
+            return self._deliver()
         except StopIteration:
             raise
         except KeyboardInterrupt:
@@ -135,16 +135,16 @@ class OnlineStream:
         frame, t_read = item
         self._steps.step(frame, drops, t_read)
 
-    def _deliver(self, result: OnlineFrame) -> OnlineFrame:
-        if self._files is None:
-            self._tally.add(result, self.dropped)
-            return result
-        t0 = time.perf_counter()
-        # A Ctrl-C here waits for the frame's files and its accounting (the manifest counts
-        # must match what is on disk); it is raised right after.
+    def _deliver(self) -> OnlineFrame:
+        """The next frame out of the look-ahead window, written and counted. A Ctrl-C meanwhile
+        waits for them (a frame taken out of the window must be on disk and in the manifest's
+        counts, which must match what is on disk); it is raised right after."""
         with deferred_sigint():
-            self._files.write(result)
-            self.seconds["write"] += time.perf_counter() - t0
+            result = self._steps.pop()
+            if self._files is not None:
+                t0 = time.perf_counter()
+                self._files.write(result)
+                self.seconds["write"] += time.perf_counter() - t0
             self._tally.add(result, self.dropped)
         return result
 

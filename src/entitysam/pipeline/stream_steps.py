@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..inference.online_merge import Emitted
+from ..interrupts import deferred_sigint
 from ..io.panoptic import frame_segments
 from .online_tracking import OnlineTracking
 from .result import FrameInfo, OnlineFrame, OnlineSegment
@@ -74,16 +75,20 @@ class StreamSteps:
         info = FrameInfo(t, frame.index, frame.name, float(frame.time))
         payload = FramePayload(info, frame.image if self.keep_images else None, dropped, 0.0, read_time)
         steps = self.tracking.track(t, frame.image, self.size)
-        payload.model_seconds = time.perf_counter() - t0
-        self.seconds["model"] += payload.model_seconds
-        self.processed += 1
-        for step in steps[:-1]:
-            self.tracking.push(step)
-        self._merge(lambda: self.tracking.push(steps[-1], payload))
+        # A Ctrl-C between counting the frame and merging it lost the frame from the results of
+        # a frame counted as processed: the two go together, the Ctrl-C is raised right after.
+        with deferred_sigint():
+            payload.model_seconds = time.perf_counter() - t0
+            self.seconds["model"] += payload.model_seconds
+            self.processed += 1
+            for step in steps[:-1]:
+                self.tracking.push(step)
+            self._merge(lambda: self.tracking.push(steps[-1], payload))
 
     def finish(self) -> None:
         """End of stream (or stop): the look-ahead window is emitted with what is known."""
-        self._merge(self.tracking.finish)
+        with deferred_sigint():  # (a window half emitted would lose the rest)
+            self._merge(self.tracking.finish)
 
     def pop(self) -> OnlineFrame:
         """The next frame out of the window (only when `ready`)."""
