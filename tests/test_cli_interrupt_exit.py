@@ -25,7 +25,7 @@ def test_a_handled_ctrl_c_that_left_string_compiled_code_keeps_the_exit_code(tmp
     (probe / "__main__.py").write_text(
         "import sys\n"
         "import entitysam.cli as cli\n"
-        "def main():\n"
+        "def main(*, then=None):\n"
         "    try:\n"
         "        exec('raise KeyboardInterrupt')\n"
         "    except KeyboardInterrupt:\n"

@@ -17,10 +17,10 @@ from _media import write_video
 from conftest import REPO
 
 
-def start(*args) -> subprocess.Popen:
+def start(*args, python: tuple[str, ...] = ("-m", "entitysam")) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
-    return subprocess.Popen([sys.executable, "-m", "entitysam", *map(str, args)], env=env, text=True,
+    return subprocess.Popen([sys.executable, *python, *map(str, args)], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -95,3 +95,32 @@ def test_repeated_interrupts_while_cleaning_up(clip, tiny_checkpoint, tmp_path, 
         assert sorted(p.name for p in out.iterdir()) == ["clip"], "left behind: a lock"
     else:
         assert not out.exists() or sorted(p.name for p in out.iterdir()) == [], "left behind: staging folder or lock"
+
+
+# `python -m entitysam` whose every return of a signal to its default handler takes 0.3 s: the
+# instant between the command's end and the exit's shield, stretched as a loaded machine may.
+WITH_SLOW_DEFAULTS = """
+import runpy, signal, sys, time
+set_handler = signal.signal
+def slowly(sig, handler):
+    before = set_handler(sig, handler)
+    if handler in (signal.SIG_DFL, signal.default_int_handler):
+        time.sleep(0.3)
+    return before
+signal.signal = slowly
+runpy.run_module('entitysam', run_name='__main__', alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_repeated_interrupts_as_the_command_ends(clip, tiny_checkpoint, tmp_path, sig):
+    """Between the command's end and the exit's shield the signals went back to their defaults for
+    an instant: a repeated SIGTERM landing there killed the process (-15, once in a CI run under
+    load) and a repeated Ctrl-C printed a KeyboardInterrupt traceback."""
+    out = tmp_path / "out"
+    proc = start("segment", clip, "-o", out, "--checkpoint", tiny_checkpoint, "--threads", "1",
+                 python=("-c", WITH_SLOW_DEFAULTS))
+    wait_for(proc, lambda: out.is_dir() and any(".partial-" in p.name for p in out.iterdir()), "frames under way")
+    err = stop_repeatedly(proc, sig)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

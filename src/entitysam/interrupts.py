@@ -55,24 +55,27 @@ def forget_handled_interrupts() -> None:
 
 
 @contextlib.contextmanager
-def interrupts_once():
+def interrupts_once(then=None):
     """Within the block, a Ctrl-C and a SIGTERM go to interrupt_once: SIGTERM (what `kill`,
-    `timeout`, Slurm and `docker stop` send) ends the command as a Ctrl-C does, cleaning up, instead
+    `timeout`, Slurm and `docker stop` send) ends the command as Ctrl-C does, cleaning up, instead
     of killing it with its temporary files and lock left behind. Only signals left to Python's
-    defaults are taken (a run started with Ctrl-C ignored keeps ignoring it); restored after."""
+    defaults are taken (a run started with Ctrl-C ignored keeps ignoring it). After the block they
+    go back to their handlers before it, or to `then` (a handler): the process's exit passes its own,
+    since a default handler, even for an instant, let a repeated SIGTERM kill the process (-15)
+    and a repeated Ctrl-C raise a traceback between the command's end and the exit's shield."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
     before = {sig: signal.getsignal(sig) for sig in _STOPS}
-    for sig in _STOPS:
-        if before[sig] is defaults[sig]:
-            signal.signal(sig, interrupt_once)
+    taken = [sig for sig in _STOPS if before[sig] is defaults[sig]]
+    for sig in taken:
+        signal.signal(sig, interrupt_once)
     try:
         yield
     finally:
         for sig, handler in before.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, then if then is not None and sig in taken else handler)
 
 
 @contextlib.contextmanager

@@ -100,11 +100,13 @@ def dispatch(argv: Sequence[str]) -> int:
     return args.func(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, then=None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); its exit code. then: the SIGINT and
+    SIGTERM handler afterwards (default: the handlers before it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # A Ctrl-C anywhere the commands do not handle it themselves (importing torch, loading the
     # model, parsing a checkpoint) ends with one line and the documented code, not a traceback.
-    with interrupts_once():
+    with interrupts_once(then):
         try:
             return dispatch(argv)
         except KeyboardInterrupt as stop:
@@ -128,22 +130,21 @@ def command() -> int:
     SIGINT once Python had restored the default handlers. A Ctrl-C handled by a command no
     longer makes `python -m entitysam` kill itself by SIGINT at the end either
     (interrupts.forget_handled_interrupts)."""
-    code = main()
+    code = None
 
     def leave(signum, frame):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
-        os._exit(code)
+        os._exit(130 if code is None else code)  # (None: came as main returned its code)
 
     def ignore_from_now_on():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # (Python leaves an ignored signal ignored at exit)
 
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, leave)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    code = main(then=leave if on_main_thread else None)  # (a signal it took goes to leave from then on)
+    if on_main_thread:
         atexit.register(ignore_from_now_on)  # (run first: after the threads, before earlier handlers)
     forget_handled_interrupts()  # (once a late signal can no longer raise)
     return code
