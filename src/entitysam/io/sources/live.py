@@ -85,16 +85,33 @@ def live_source_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
 
 
+# Query parameters that carry a secret: cameras take ?user=admin&password=..., signed stream
+# addresses ?token=..., ?X-Amz-Signature=..., ?api_key=...
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session", re.IGNORECASE)
+
+
 def shown_url(url: str) -> str:
     """`url` as messages and manifests show it: without the password of its user part
-    (``rtsp://admin:***@camera/live``). A camera's address carries it, and the manifest of every
-    online result and each error line wrote it out in full; the stream is opened with it."""
+    (``rtsp://admin:***@camera/live``) nor the values of query parameters named like a secret
+    (``?user=admin&password=***``, ``?token=***``). A camera's address carries them, and the
+    manifest of every online result and each error line wrote them out in full; the stream is
+    opened with them."""
     scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
     end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0] + [len(rest)])
     user, at, host = rest[:end].rpartition("@")
-    if not sep or not at or ":" not in user:
-        return url
-    return f"{scheme}{sep}{user.split(':', 1)[0]}:***@{host}{rest[end:]}"
+    if at and ":" in user:
+        rest = f"{user.split(':', 1)[0]}:***@{host}{rest[end:]}"
+    path, question, query = rest.partition("?")
+    if not question:
+        return f"{scheme}{sep}{rest}"
+    query, hash_, fragment = query.partition("#")
+    shown = []
+    for item in query.split("&"):
+        name, equals, value = item.partition("=")
+        shown.append(f"{name}=***" if equals and value and _SECRET_PARAMETER.search(name) else item)
+    return f"{scheme}{sep}{path}?{'&'.join(shown)}{hash_}{fragment}"
 
 
 def _interruptible(call):
