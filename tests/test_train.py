@@ -465,6 +465,29 @@ def test_a_rerun_removes_the_checkpoint_part_a_killed_run_left(synthetic, tmp_pa
     assert (tmp_path / "notes.entitysam-tmp").read_text() == "the user's"
 
 
+def test_a_second_run_into_a_busy_output_dir_is_refused(synthetic, tmp_path, capsys):
+    """Two runs given one output_dir (a job launched again while it still ran) wrote their
+    config.json, log.txt, checkpoints and last_checkpoint over each other's."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from entitysam.io.output_lock import OutputLock; "
+                               "OutputLock.acquire(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(out)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        args = ["--config", "tiny-stage2", f"data.root={synthetic}", f"output_dir={out}", "num_threads=1",
+                "solver.max_iter=1", "--quiet"]
+        assert train_cli.main(args) == 1
+        err = capsys.readouterr().err
+        assert f"output_dir {out} is in use by another run (pid {holder.pid})" in err, err
+        assert not (out / "config.json").exists() and not (out / "log.txt").exists()
+    finally:
+        holder.communicate("", timeout=60)
+    assert train_cli.main(args) == 0  # free again: it trains, and leaves no lock behind
+    assert (out / "model_final.pth").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_a_resumed_run_trains_at_its_own_learning_rate(synthetic, tmp_path):
     """The divergence error's remedy is a lower solver.base_lr and a rerun, which resumes: the
     optimizer's and the scheduler's states restored the earlier run's LR (and weight decay)."""

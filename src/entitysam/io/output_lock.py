@@ -32,7 +32,9 @@ def lock_content_is_ours(content: bytes) -> bool:
 
 
 class OutputLockedError(OutputError):
-    """Another run holds the lock of the result folder."""
+    """Another run holds the lock of the result folder; `holder` says who ("pid 12345")."""
+
+    holder = "another process"
 
 
 def pid_alive(pid: int) -> bool:
@@ -194,9 +196,11 @@ class OutputLock:
                 except BlockingIOError:
                     holder = self._holder()
                     if not wait:
-                        raise OutputLockedError(
+                        busy = OutputLockedError(
                             f"{self.final} is being written by another entitysam run ({holder}, lock file "
-                            f"{self.path}): let it finish first", Remedy("wait", True, "to wait for it")) from None
+                            f"{self.path}): let it finish first", Remedy("wait", True, "to wait for it"))
+                        busy.holder = holder
+                        raise busy from None
                     if on_wait is not None:
                         on_wait(f"{self.final} is being written by another entitysam run ({holder}); waiting")
                     fcntl.flock(fd, fcntl.LOCK_EX)

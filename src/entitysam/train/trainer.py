@@ -30,6 +30,7 @@ import math
 import random
 import time
 import traceback
+import weakref
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import (CheckpointMismatchError, EntitySAMError, InvalidArgumentError, OutputError, TrainingDivergedError,
                       printable)
 from ..io.atomic import atomic_file, write_text_atomic
+from ..io.output_lock import OutputLock, OutputLockedError
 from ..io.staging import remove_dead_temp_files
 from ..modeling.entitysam import EntitySAM
 from ..regular_file import open_regular_for_writing
@@ -96,6 +98,15 @@ class Trainer:
             raise InvalidArgumentError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by the "
                                        f"{world} processes: set it to a multiple of {world}")
         self.clips_per_rank = cfg.solver.ims_per_batch // world
+        self._locks: list[OutputLock] = []  # rank 0's, of output_dir, until close()
+        weakref.finalize(self, _release, self._locks)
+        try:
+            self._set_up(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, cfg: TrainConfig) -> None:
         # An error of one rank is held until every rank agrees (failstop): raised at once, it
         # would leave the others waiting in their next collective operation.
         agree(held(self._prepare_output) if self.dist.is_main else None, self.dist)
@@ -118,8 +129,19 @@ class Trainer:
                 find_unused_parameters=True, **sync)
         self.records: list[dict] = []
 
+    def close(self) -> None:
+        """Release output_dir for other runs (also when the trainer is freed, or the process ends)."""
+        _release(self._locks)
+
     def _prepare_output(self) -> None:
         path = self.output_dir
+        # Two runs given one output_dir (a second launch of a job still running) wrote their
+        # config.json, log.txt, checkpoints and last_checkpoint over each other's.
+        try:
+            self._locks.append(OutputLock.acquire(self.output_dir))
+        except OutputLockedError as err:
+            raise OutputError(f"output_dir {self.output_dir} is in use by another run ({err.holder}): let it finish "
+                              "first, or give this run another output_dir") from None
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             # a checkpoint's temporary file left by a run killed while saving (SIGKILL, a preempted
@@ -390,6 +412,15 @@ class Trainer:
             raise failure
 
 
+def _release(locks: list[OutputLock]) -> None:
+    while locks:
+        locks.pop().release()
+
+
 def train(cfg: TrainConfig, quiet: bool = False) -> list[dict]:
     """Run (or resume) a training run described by `cfg`; returns the per-iteration records."""
-    return Trainer(cfg, quiet=quiet).train()
+    trainer = Trainer(cfg, quiet=quiet)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
