@@ -280,6 +280,32 @@ def test_a_shard_run_with_overwrite_does_not_merge_the_other_shards_earlier_pred
     assert (out / "metrics.json").exists()
 
 
+def test_a_shard_redone_with_overwrite_removes_what_was_merged_before(dataset, evaluated, tmp_path, capsys):
+    """`--shard 0/2 --overwrite` on a merged and scored output: its videos' PNGs were replaced, while
+    pred.json, log.json and metrics.json stayed, holding and scoring the earlier predictions."""
+    _, root = dataset
+    out = tmp_path / "out"
+    shutil.copytree(evaluated, out)
+    capsys.readouterr()
+    assert cli.main([a for a in _args(dataset, root, out, "--shard", "0/2", "--overwrite") if a != "-q"]) == 0
+    said = capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.json")) == ["run.json"], said
+    assert "pred.json, metrics.json, log.json removed" in said, said
+    assert cli.main(_args(dataset, root, out, "--shard", "1/2", "--overwrite")) == 0
+    assert cli.main(_args(dataset, root, out, "--merge-only")) == 0  # merged again, from the new parts
+    assert (out / "pred.json").is_file() and (out / "metrics.json").is_file()
+    (out / "pred.json").unlink()
+    (out / "pred.json").mkdir()  # (not ours to remove: a folder)
+    assert cli.main(_args(dataset, root, out, "--shard", "0/2", "--overwrite")) == 0
+    assert (out / "pred.json").is_dir() and not (out / "metrics.json").exists()
+    # a run that redoes every video removes them too, and merges again without a word about it
+    shutil.rmtree(out / "pred.json")
+    assert cli.main(_args(dataset, root, out, "--merge-only")) == 0
+    capsys.readouterr()
+    assert cli.main([a for a in _args(dataset, root, out, "--overwrite") if a != "-q"]) == 0
+    assert "removed" not in capsys.readouterr().err and (out / "metrics.json").is_file()
+
+
 @pytest.mark.parametrize("how", ["lock-folder", "lock-disk-full", "lock-interrupted", "set-aside-refused",
                                  "nothing-possible"])
 def test_a_redo_that_failed_before_its_part_was_set_aside_is_not_merged(dataset, evaluated, tmp_path, monkeypatch,

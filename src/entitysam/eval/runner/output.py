@@ -260,6 +260,19 @@ class EvalOutput:
             self.earlier_path(vid).unlink(missing_ok=True)
             self.failed_path(vid).unlink(missing_ok=True)
 
+    def remove_merged(self) -> list[str]:
+        """Remove pred.json, log.json and metrics.json, merged from the parts before a video was
+        redone: they held its earlier predictions beside its new PNGs (a shard redone with
+        overwrite, which does not merge). Returns the names removed; a folder of such a name
+        is not ours."""
+        removed = []
+        for name in ("pred.json", "metrics.json", "log.json"):
+            with contextlib.suppress(OSError):
+                if not stat.S_ISDIR(os.lstat(self.root / name).st_mode):
+                    (self.root / name).unlink()
+                    removed.append(name)
+        return removed
+
     def log(self, tag: str, record: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             # (a named pipe there: opening it by name waited for a reader for ever)
