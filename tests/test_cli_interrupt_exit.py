@@ -36,3 +36,31 @@ def test_a_handled_ctrl_c_that_left_string_compiled_code_keeps_the_exit_code(tmp
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
     done = subprocess.run([sys.executable, "-m", "probe"], capture_output=True, text=True, env=env, timeout=60)
     assert (done.returncode, done.stderr) == (130, "")
+
+
+# `python -m entitysam` that gets a Ctrl-C the instant its exit shield takes the signals over.
+CTRL_C_AS_THE_SHIELD_TAKES_OVER = """
+import os, runpy, signal
+import entitysam.cli as cli
+set_handler = signal.signal
+def and_a_ctrl_c(sig, handler):
+    before = set_handler(sig, handler)
+    if isinstance(handler, cli.ExitShield) and sig == signal.SIGINT:
+        os.kill(os.getpid(), signal.SIGINT)
+    return before
+signal.signal = and_a_ctrl_c
+runpy.run_module('entitysam', run_name='__main__', alter_sys=True)
+"""
+
+
+def test_a_ctrl_c_as_the_command_ends_keeps_its_exit_code(tmp_path):
+    """A second Ctrl-C landing as main returned (the viewer stopped by a first one: exit 0) ended
+    the process with 130, or killed it by SIGINT: the code is the command's."""
+    missing = tmp_path / "missing.mp4"
+    args = ["segment", str(missing), "-o", str(tmp_path / "out")]
+    plain = subprocess.run([sys.executable, "-m", "entitysam", *args], capture_output=True, text=True,
+                           env=environment(), timeout=120)
+    assert plain.returncode not in (0, 130) and str(missing) in plain.stderr  # (input not found: 1)
+    done = subprocess.run([sys.executable, "-c", CTRL_C_AS_THE_SHIELD_TAKES_OVER, *args], capture_output=True,
+                          text=True, env=environment(), timeout=120)
+    assert (done.returncode, done.stderr) == (plain.returncode, plain.stderr)

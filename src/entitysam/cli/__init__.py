@@ -100,25 +100,46 @@ def dispatch(argv: Sequence[str]) -> int:
     return args.func(args)
 
 
-def main(argv: Sequence[str] | None = None, *, then=None) -> int:
+class ExitShield:
+    """The SIGINT and SIGTERM handler from a command's end to the process's exit: it ends the
+    process at once with the command's exit code (`code`, set by main before the handler takes
+    over; 130 if a signal came first)."""
+
+    code: int | None = None
+
+    def __call__(self, signum, frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130 if self.code is None else self.code)
+
+
+def main(argv: Sequence[str] | None = None, *, then: ExitShield | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); its exit code. then: the SIGINT and
-    SIGTERM handler afterwards (default: the handlers before it)."""
+    SIGTERM handler afterwards, told the code (default: the handlers from before)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # A Ctrl-C anywhere the commands do not handle it themselves (importing torch, loading the
     # model, parsing a checkpoint) ends with one line and the documented code, not a traceback.
     with interrupts_once(then):
-        try:
-            return dispatch(argv)
-        except KeyboardInterrupt as stop:
-            print_err("terminated" if isinstance(stop, Terminated) else "interrupted")
-            return 130
-        except BrokenPipeError:
-            return stdout_closed()
-        except OSError as err:
-            code = os_error_code(err)
-            if code is None:
-                raise
-            return code
+        code = _run(argv)
+        if then is not None:
+            then.code = code  # (before it takes the signals: a second Ctrl-C then keeps the code)
+        return code
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        return dispatch(argv)
+    except KeyboardInterrupt as stop:
+        print_err("terminated" if isinstance(stop, Terminated) else "interrupted")
+        return 130
+    except BrokenPipeError:
+        return stdout_closed()
+    except OSError as err:
+        code = os_error_code(err)
+        if code is None:
+            raise
+        return code
 
 
 def command() -> int:
@@ -127,23 +148,17 @@ def command() -> int:
     waited for threads ends the process at once with main's code; from the first exit handler on
     (torch's finalizers, then the interpreter's teardown) they are ignored. They used to interrupt
     torch's finalizers, which printed a KeyboardInterrupt traceback, or to kill the process by
-    SIGINT once Python had restored the default handlers. A Ctrl-C handled by a command no
-    longer makes `python -m entitysam` kill itself by SIGINT at the end either
+    SIGINT once Python had restored the default handlers (for an instant as main returned, even
+    after main had handled the first: -15 for a repeated SIGTERM). A Ctrl-C handled by a command
+    no longer makes `python -m entitysam` kill itself by SIGINT at the end either
     (interrupts.forget_handled_interrupts)."""
-    code = None
-
-    def leave(signum, frame):
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(130 if code is None else code)  # (None: came as main returned its code)
 
     def ignore_from_now_on():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # (Python leaves an ignored signal ignored at exit)
 
     on_main_thread = threading.current_thread() is threading.main_thread()
-    code = main(then=leave if on_main_thread else None)  # (a signal it took goes to leave from then on)
+    code = main(then=ExitShield() if on_main_thread else None)
     if on_main_thread:
         atexit.register(ignore_from_now_on)  # (run first: after the threads, before earlier handlers)
     forget_handled_interrupts()  # (once a late signal can no longer raise)
