@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import socket
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -105,6 +106,20 @@ def write_stamped_mkv(path: Path, stamps, decoded_at=None) -> Path:
             p.pts, p.dts = stamp, dts
             c.mux(p)
     return path
+
+
+_REFUSING: list[socket.socket] = []
+
+
+def refusing_port() -> int:
+    """A port of 127.0.0.1 that refuses connections for the rest of the session: bound, never
+    listening. (A port bound and closed again may be taken meanwhile by another test or worker,
+    which then answers.)"""
+    if not _REFUSING:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        _REFUSING.append(s)
+    return _REFUSING[0].getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from PIL import Image
 
 from _blocking import within
 from _cli import run_cli
-from _media import read_only_frame, scene, serving, write_frames, write_video
+from _media import read_only_frame, refusing_port, scene, serving, write_frames, write_video
 from entitysam.cli.options import DEFAULT_MAX_PIXELS_TEXT, pixel_count
 from entitysam.errors import SourceError
 from entitysam.io.manifest import MANIFEST
@@ -170,14 +170,8 @@ def test_output_is_an_existing_file(tmp_path, tiny_checkpoint):
 # ----------------------------------------------------------------------------- streams
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_stream_closed_port_message(tmp_path, tiny_checkpoint):
-    url = f"http://127.0.0.1:{_free_port()}/live.mp4"
+    url = f"http://127.0.0.1:{refusing_port()}/live.mp4"
     with pytest.raises(SourceError, match=rf"cannot open stream {url}: connection refused .*the stream could not "
                                           r"be opened \(check the address"):
         within(20, LiveSource, url)
@@ -192,7 +186,7 @@ def test_a_cameras_password_is_not_written_out(tmp_path):
     it; what is shown says ***."""
     from entitysam.pipeline.stream_output import online_manifest_head
 
-    url = f"http://admin:s3cret@127.0.0.1:{_free_port()}/live.mp4"
+    url = f"http://admin:s3cret@127.0.0.1:{refusing_port()}/live.mp4"
     with pytest.raises(SourceError, match=r"cannot open stream http://admin:\*\*\*@127\.0\.0\.1:") as err:
         within(20, LiveSource, url)
     assert "s3cret" not in str(err.value)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from _blocking import release_readers, swap_for_a_pipe, within
+from _media import refusing_port
 from entitysam import cli
 from entitysam.config import get_config
 from entitysam.errors import ModelNotAvailableError
@@ -105,12 +106,6 @@ class _Hub:
         self.thread.join(timeout=5)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
     """No real home or Hugging Face cache is read or written."""
@@ -132,7 +127,7 @@ def test_download_from_local_hub_then_cached_offline(isolated, monkeypatch):
         wanted = f"/{REPO_ID}/resolve/main/{CHECKPOINT_FILES['vit-s']}"
         assert ("HEAD", wanted) in hub.requests and ("GET", wanted) in hub.requests
     # Server gone: the cached copy is found without network.
-    again = resolve_checkpoint("vit-s", cache_dir=cache, endpoint=f"http://127.0.0.1:{_closed_port()}")
+    again = resolve_checkpoint("vit-s", cache_dir=cache, endpoint=f"http://127.0.0.1:{refusing_port()}")
     assert again.read_bytes() == data
     # The loaded checkpoint is usable (config inferred from its keys).
     from entitysam.checkpoints import load_entitysam
@@ -164,7 +159,7 @@ def test_download_command_prints_a_cache_dir_of_undecodable_bytes_escaped(isolat
 
 def test_download_names_each_model_once(isolated, monkeypatch, capsys):
     """`download vit-s vit-s` fetched it twice (offline: two error lines for one model)."""
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{refusing_port()}")
     assert cli.main(["download", "vit-s", "vit-s", "--cache-dir", str(isolated / "c")]) == 1
     assert capsys.readouterr().err.count("error:") == 1
 
@@ -174,7 +169,7 @@ def test_download_into_a_file_is_a_usage_error_before_the_hub_is_asked(isolated,
     """--cache-dir naming a file contacted the hub, then failed with exit 1 and a hint about network
     access."""
     (isolated / "f").write_text("mine\n")
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{refusing_port()}")
     import entitysam.hub as hub
 
     monkeypatch.setattr(hub, "resolve_checkpoint", lambda *a, **k: pytest.fail("the hub was asked"))
@@ -195,7 +190,7 @@ def test_missing_file_on_hub_gives_instructions(isolated):
 
 
 def test_no_network_message_says_what_and_where(isolated, capsys):
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{refusing_port()}"
     with pytest.raises(ModelNotAvailableError) as err:
         resolve_checkpoint("vit-s", cache_dir=isolated / "c", endpoint=endpoint)
     msg = str(err.value)
@@ -206,7 +201,7 @@ def test_no_network_message_says_what_and_where(isolated, capsys):
 
 
 def test_segment_without_network_fails_cleanly(isolated, monkeypatch, capsys):
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{refusing_port()}")
     monkeypatch.setenv("HF_HUB_CACHE", str(isolated / "c"))
     from PIL import Image
     Image.new("RGB", (32, 24)).save(isolated / "a.png")
@@ -597,7 +592,7 @@ def slow_cache(isolated, monkeypatch):
 
     monkeypatch.setattr(hub_module, "open_regular", slow_open)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{refusing_port()}")
     return cache
 
 

@@ -33,12 +33,24 @@ WITH_CTRL_C = ("import runpy, signal; signal.signal(signal.SIGINT, signal.defaul
 
 @contextlib.contextmanager
 def silent_server():
-    """A port that takes connections (in the kernel's backlog) and never answers: a camera or
-    server that hangs. Yields its URL."""
+    """A port that takes connections and never answers: a camera or server that hangs. Yields its
+    URL and an Event set once a client has connected (the open is then under way)."""
+    connected, conns = threading.Event(), []
+
+    def accept(server):
+        with contextlib.suppress(OSError):
+            conns.append(server.accept()[0])  # (kept open, silent, until the end)
+            connected.set()
+
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(4)
-        yield f"http://127.0.0.1:{server.getsockname()[1]}/live.ts"
+        threading.Thread(target=accept, args=(server,), daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.getsockname()[1]}/live.ts", connected
+        finally:
+            for conn in conns:
+                conn.close()
 
 
 def clip_ts(stamps: list[int]) -> bytes:
@@ -93,13 +105,16 @@ def stalling_server(data: bytes):
 def test_ctrl_c_while_a_live_stream_opens_stops_at_once():
     """PyAV lost the KeyboardInterrupt (raised inside its error check, where the timeout's
     ExitError replaced it): the open waited its whole timeout and failed as timed out."""
-    with silent_server() as url:
-        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
-        started = time.monotonic()
-        timer.start()
+    with silent_server() as (url, connected):
+        # (Ctrl-C once the open is under way; sent inside pytest.raises: one that came before it
+        # would stop the whole test session)
+        ctrl_c = threading.Thread(target=lambda: connected.wait(60) and os.kill(os.getpid(), signal.SIGINT))
         with pytest.raises(KeyboardInterrupt):
-            LiveSource(url, timeout=(10.0, 1.0))
-        assert time.monotonic() - started < 5
+            started = time.monotonic()
+            ctrl_c.start()
+            LiveSource(url, timeout=(20.0, 1.0))
+        ctrl_c.join(60)
+        assert time.monotonic() - started < 15  # (the open's timeout: 20 s)
 
 
 def test_cli_ctrl_c_while_a_live_stream_opens_exits_130_at_once(tmp_path):
@@ -108,17 +123,18 @@ def test_cli_ctrl_c_while_a_live_stream_opens_exits_130_at_once(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     src = str(Path(__file__).resolve().parents[1] / "src")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
-    with silent_server() as url:
+    with silent_server() as (url, connected):
         p = subprocess.Popen([sys.executable, "-c", WITH_CTRL_C, "segment", url, "-o", str(tmp_path / "out"),
                               "--online", "--model", "demo", "-q"], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
-        time.sleep(3)  # (python, torch imported; the open under way)
+        assert connected.wait(120), "the stream was never opened"
+        time.sleep(0.5)  # (FFmpeg waiting for an answer)
         started = time.monotonic()
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
         waited = time.monotonic() - started
     assert p.returncode == 130, err
-    assert waited < 8 and "timed out" not in err and "Traceback" not in err
+    assert waited < 10 and "timed out" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written, no lock left
 
 
@@ -195,7 +211,9 @@ def test_counts_of_a_stream_stopped_early_add_up(tiny_model, tmp_path, live):
     with stream(tiny_model, clip, output=out, live=live, queue_size=4) as s:
         for r in s:
             if r.frame.t == 1:
-                time.sleep(0.5)  # (the reader fills its queue)
+                deadline = time.monotonic() + 60
+                while s.frames_read <= s.processed + s.dropped and time.monotonic() < deadline:
+                    time.sleep(0.05)  # (the reader queues frames)
                 s.stop()
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "stopped"

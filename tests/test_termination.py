@@ -34,7 +34,8 @@ def wait_for(proc: subprocess.Popen, ready, what: str, seconds: float = 240) -> 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    return write_video(tmp_path_factory.mktemp("term") / "clip.mp4", 40)
+    # long enough that no run ends by itself before the signals come, even on a loaded machine
+    return write_video(tmp_path_factory.mktemp("term") / "clip.mp4", 200)
 
 
 def test_sigterm_offline_leaves_no_staging_folder_nor_lock(clip, tiny_checkpoint, tmp_path):

@@ -147,7 +147,7 @@ def test_a_request_waiting_for_a_source_frame_does_not_freeze_the_others(result,
 
     def slow_source_frame(*args, **kwargs):  # a video's cursor busy decoding far ahead for another request
         entered.set()
-        release.wait(5)
+        release.wait(60)  # (until the other request is answered: blocking the event loop, it never is)
         return read(*args, **kwargs)
     monkeypatch.setattr(viewer.result, "source_frame", slow_source_frame)
     with live_server(viewer) as (url, _):
@@ -155,15 +155,14 @@ def test_a_request_waiting_for_a_source_frame_does_not_freeze_the_others(result,
         info = threading.Thread(target=lambda: box.setdefault("reply", httpx.get(f"{url}/api/video", timeout=30)))
         info.start()
         assert entered.wait(10)
-        start = time.monotonic()
         try:
-            other = httpx.get(f"{url}/static/style.css", timeout=3)  # the old server ran /api/video on the event loop
+            other = httpx.get(f"{url}/static/style.css", timeout=30)  # the old server ran /api/video on the event loop
         except httpx.TimeoutException:
             pytest.fail("a static file waited for /api/video's source frame: the event loop was blocked")
         finally:
             release.set()
             info.join(30)
-        assert other.status_code == 200 and time.monotonic() - start < 2
+        assert other.status_code == 200
         assert box["reply"].status_code == 200 and box["reply"].json()["has_source"] is True
 
 
@@ -203,15 +202,15 @@ def test_an_id_png_replaced_by_a_named_pipe_is_refused_not_waited_on(served, res
     os.mkfifo(fifo)
     replies = {}
     try:
-        for name, call in [("png", lambda: httpx.get(f"{url}/api/idmaps/3.png", timeout=3)),
-                           ("runs", lambda: httpx.get(f"{url}/api/idmaps/3.runs", timeout=3)),
-                           ("save", lambda: httpx.post(f"{url}/api/save", headers=AUTH, timeout=3)),
+        for name, call in [("png", lambda: httpx.get(f"{url}/api/idmaps/3.png", timeout=20)),
+                           ("runs", lambda: httpx.get(f"{url}/api/idmaps/3.runs", timeout=20)),
+                           ("save", lambda: httpx.post(f"{url}/api/save", headers=AUTH, timeout=20)),
                            ("edit", lambda: httpx.post(f"{url}/api/edits", json={"op": "hide", "ids": [1]},
-                                                       headers=AUTH, timeout=3))]:
+                                                       headers=AUTH, timeout=20))]:
             try:
                 replies[name] = call()
             except httpx.TimeoutException:  # the old server waited in open() for a writer, the save with the lock
-                pytest.fail(f"{name}: no answer in 3 s: the server waits on the named pipe")
+                pytest.fail(f"{name}: no answer in 20 s: the server waits on the named pipe")
     finally:
         for _ in range(20):  # what is still waiting to open the pipe gets it, and reads its end
             try:

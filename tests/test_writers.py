@@ -246,9 +246,9 @@ def test_overlay_of_the_largest_id_is_quick():
     image = np.full((48, 64, 3), 100, dtype=np.uint8)
     ids = np.zeros((48, 64), dtype=np.int32)
     ids[10:30, 10:40] = 2**24 - 1
-    t = time.perf_counter()
+    t = time.process_time()  # (CPU time: a loaded machine's waits are not the overlay's)
     out = render_overlay(image, ids)
-    assert time.perf_counter() - t < 2.0
+    assert time.process_time() - t < 2.0
     colour = np.array(entity_color(2**24 - 1), dtype=np.float32)
     assert np.array_equal(out[20, 20], np.clip(np.float32(100) * 0.5 + colour * 0.5 + 0.5, 0, 255).astype(np.uint8))
     assert np.array_equal(out[10, 20], np.clip(colour * np.float32(0.6) + 0.5, 0, 255).astype(np.uint8))
@@ -265,9 +265,9 @@ def test_frame_segments_any_ids(scale, bbox):
     rng = np.random.default_rng(scale)
     ids = rng.integers(0, 6, (40, 50)) * scale
     ids[ids == 5 * scale] = 2**24 - 1 if scale > 1 else 5
-    t = time.perf_counter()
+    t = time.process_time()  # (CPU time: a loaded machine's waits are not frame_segments')
     got = frame_segments(ids, bbox)
-    assert time.perf_counter() - t < 1.0
+    assert time.process_time() - t < 1.0
     want = []
     for i in sorted(set(ids.ravel().tolist()) - {0}):
         ys, xs = np.nonzero(ids == i)
