@@ -167,6 +167,39 @@ def test_a_multi_page_tiff_is_a_video_of_its_pages(tmp_path):
         open_source(tmp_path / "stack.tif", max_pixels=100)
 
 
+def _tiff_pages(path, pages: list[tuple[np.ndarray, int]]) -> None:
+    """A TIFF of `pages`, each (pixels, NewSubfileType: 1 a reduced-resolution copy, 4 a mask)."""
+    from PIL import TiffImagePlugin
+
+    with TiffImagePlugin.AppendingTiffWriter(path, True) as tf:
+        for arr, subfile_type in pages:
+            Image.fromarray(arr).save(tf, format="TIFF", tiffinfo={254: subfile_type})
+            tf.newFrame()
+
+
+def test_a_tiffs_thumbnails_and_masks_are_no_frames(tmp_path):
+    """A scan or a camera's TIFF carries reduced-resolution copies of its pages (thumbnails,
+    previews) and may carry masks: read as frames, such an image was refused as a video of frames of
+    two sizes, and so was a frame folder holding one."""
+    small, mask = scene(7)[:12, :16], np.zeros((48, 64), np.uint8)
+    _tiff_pages(tmp_path / "scan.tif", [(scene(0), 0), (small, 1)])
+    source = open_source(tmp_path / "scan.tif")
+    assert isinstance(source, ImageSource) and np.array_equal(only_frame(tmp_path / "scan.tif"), scene(0))
+    _tiff_pages(tmp_path / "stack.tif", [(scene(0), 0), (small, 1), (scene(3), 0), (mask, 4), (scene(6), 0)])
+    source = open_source(tmp_path / "stack.tif")
+    assert isinstance(source, AnimatedImageSource) and source.count_hint() == 3
+    frames = list(source)
+    assert [f.name for f in frames] == ["000000", "000001", "000002"]
+    assert all(np.array_equal(f.image, scene(3 * t)) for t, f in enumerate(frames))
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    _tiff_pages(folder / "0001.tif", [(small, 1), (scene(0), 0)])  # (its thumbnail first)
+    _tiff_pages(folder / "0002.tif", [(scene(3), 0), (small, 1)])
+    frames = list(open_source(folder))
+    assert [f.image.shape for f in frames] == [(48, 64, 3)] * 2
+    assert np.array_equal(frames[0].image, scene(0)) and np.array_equal(frames[1].image, scene(3))
+
+
 def test_a_tiff_declaring_a_huge_picture_is_refused_from_its_header(tmp_path):
     path = tmp_path / "huge.tif"
     path.write_bytes(tiff_bytes(np.zeros((2, 2), np.uint8), photometric=1, size=(100_000, 100_000)))

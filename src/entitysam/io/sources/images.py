@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from ...errors import SourceError
 from .selection import (DEFAULT_FPS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSelection,
                         FrameSource, check_frame_size, frame_out_of_memory, input_problem, natural_key, open_input_file)
-from .pixels import frames_in, hidden_frames, image_to_rgb, pixel_problem
+from .pixels import image_to_rgb, pixel_problem, shown_frames
 
 
 # Pillow refuses images over 2 x Image.MAX_IMAGE_PIXELS in Image.open (DecompressionBombError). Our own
@@ -61,15 +61,17 @@ def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
     return SourceError(f"cannot read {what} {path}: {cause}")
 
 
-def _check_one_frame(path: Path, im: Image.Image, kind: str) -> None:
+def _check_one_frame(path: Path, im: Image.Image, kind: str) -> int:
     """SourceError for a file of a frame folder or frame list (`kind` "folder"), or a single image
     ("image"), that is no one picture people see: pixels without a display range, several frames.
-    An animation or a multi-page TIFF among frames was read as its first frame, silently."""
+    An animation or a multi-page TIFF among frames was read as its first frame, silently. Returns
+    Pillow's index of the one frame shown (not 0 where the first page is a TIFF's thumbnail)."""
     problem = pixel_problem(im)
     if problem:
         raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: {problem}")
     try:
-        n = frames_in(im)
+        pages = shown_frames(im)
+        n = len(pages)
     except TypeError as err:  # Pillow's "Missing dimensions": a page of a TIFF without its size (a traceback)
         raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: one of its pages is "
                           f"damaged ({err or type(err).__name__}): corrupt or truncated") from None
@@ -79,6 +81,7 @@ def _check_one_frame(path: Path, im: Image.Image, kind: str) -> None:
         raise SourceError(f"frame {path} holds {n} frames (an animation or a multi-page TIFF), where each file of "
                           "a video's frames must be one picture: move it out and segment it on its own (a file "
                           "holding several frames is read as a video of them)")
+    return pages[0]
 
 
 def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -90,8 +93,11 @@ def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXE
             raise _unreadable_image(path, what, fp, err) from None
         with im:
             check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
-            _check_one_frame(path, im, kind)
+            page = _check_one_frame(path, im, kind)
             try:
+                if page:
+                    im.seek(page)
+                    check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
                 im.load()  # decode now: a truncated or corrupt file fails here, not later
                 return image_to_rgb(im)
             except MemoryError:  # a header declaring a huge size, under max_pixels=None
@@ -167,12 +173,11 @@ class AnimatedImageSource(FrameSource):
 
     kind = "video"
 
-    def __init__(self, path: str | os.PathLike, frames: int, selection: FrameSelection | None = None,
-                 fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, first_ms: float = 0.0,
-                 hidden: int = 0):
+    def __init__(self, path: str | os.PathLike, pages: Sequence[int], selection: FrameSelection | None = None,
+                 fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, first_ms: float = 0.0):
         path = Path(path)
-        self.frames_in_file = frames  # (the frames shown: after the `hidden` ones Pillow gives first)
-        self.hidden = hidden
+        self.pages = tuple(pages)  # Pillow's indexes of the frames shown (pixels.shown_frames)
+        self.frames_in_file = len(self.pages)
         native_fps = 1000.0 / first_ms if first_ms and first_ms > 0 else None
         super().__init__(path.stem, fps or native_fps or DEFAULT_FPS, selection, path, max_pixels)
         self.native_fps = native_fps
@@ -187,7 +192,7 @@ class AnimatedImageSource(FrameSource):
                 t_ms, untimed = 0.0, 0  # a frame's time: the timed durations before it, 1 / fps for the others
                 for i in range(self.frames_in_file):
                     try:
-                        im.seek(self.hidden + i)  # (sequential: each frame is composed over the previous ones)
+                        im.seek(self.pages[i])  # (in order: each frame is composed over the previous ones)
                     except (OSError, EOFError, SyntaxError, TypeError, ValueError) as err:  # (SyntaxError: an
                         # APNG's frames out of sequence; TypeError: a TIFF page without its size)
                         raise SourceError(f"cannot read image {self.path}: frame {i:06d} of its {self.frames_in_file} "
@@ -235,27 +240,27 @@ def open_image(path: Path, selection: FrameSelection | None = None, fps: float |
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
     """A single image file as a source: a one-frame `ImageSource`, or an `AnimatedImageSource` when
     the file holds several frames (only the first was read, silently, as Pillow's open shows it)."""
-    frames, hidden = 1, 0
+    pages = [0]
     try:
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:
-            frames, hidden = frames_in(im), hidden_frames(im)
+            pages = shown_frames(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, SourceError):
         pass  # ImageSource reads it again and says what is wrong with it
-    if frames > 1:
-        frames -= hidden
-        unchecked = AnimatedImageSource(path, frames, selection, fps, max_pixels)
+    if pages != [0]:
+        frames = len(pages)
+        unchecked = AnimatedImageSource(path, pages, selection, fps, max_pixels)
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:  # the size, before any work
             check_frame_size(unchecked.label, f"image {path.name}", im.width, im.height, unchecked.max_pixels)
             try:
-                if hidden:
-                    im.seek(hidden)  # (the first frame shown: its duration is the frame rate's)
+                if pages[0]:
+                    im.seek(pages[0])  # (the first frame shown: its duration is the frame rate's)
             except (OSError, EOFError, SyntaxError, TypeError, ValueError) as err:
                 raise SourceError(f"cannot read image {path}: frame 000000 of its {frames} is corrupt or missing "
                                   f"({err or type(err).__name__})") from None
             if pixel_problem(im):
                 raise SourceError(f"cannot read image {path}: frame 000000 of its {frames}: {pixel_problem(im)}")
             first_ms = _display_duration(im, path, f"frame 000000 of its {frames}") or 0.0
-        return AnimatedImageSource(path, frames, selection, fps, max_pixels, first_ms=first_ms, hidden=hidden)
+        return AnimatedImageSource(path, pages, selection, fps, max_pixels, first_ms=first_ms)
     return ImageSource(path, selection, fps, max_pixels=max_pixels)
 
 

@@ -8,12 +8,13 @@ these, so that a file is shown the same wherever it is read.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["image_to_rgb", "pixel_problem", "frames_in", "hidden_frames"]
+__all__ = ["image_to_rgb", "pixel_problem", "frames_in", "shown_frames"]
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _TIFF_BITS, _TIFF_SAMPLE_FORMAT, _TIFF_PHOTOMETRIC = 258, 339, 262
@@ -42,29 +43,56 @@ def pixel_problem(im: Image.Image) -> str | None:
     return None
 
 
-def frames_in(im: Image.Image) -> int:
-    """The number of frames of an opened image file (an animation, a multi-page TIFF): 1 for a still.
+def shown_frames(im: Image.Image) -> list[int]:
+    """Pillow's indexes of the frames of an opened image file that players show, in order: [0] for
+    a still. Pillow gives more frames than that:
 
-    A JPEG with more images after its own (MPO: a camera's or phone's large preview, a depth map,
-    the other view of a stereo pair) is one picture, the first, as every viewer shows it: Pillow
-    counts its images as frames, and such a photo was read as a video of two frames of
-    different sizes, and refused."""
+    - a JPEG with more images after its own (MPO: a camera's or phone's large preview, a depth map,
+      the other view of a stereo pair) is one picture, the first, as every viewer shows it; such a
+      photo was read as a video of two frames of different sizes, and refused;
+    - an animated PNG may carry a default image outside its animation (its IDAT before any fcTL:
+      the picture for viewers that cannot play APNG), given as frame 0: read as a frame, it added
+      a frame before the animation and, having no duration, set the frame rate to 25;
+    - a TIFF's pages include reduced-resolution copies of another page (thumbnails, previews:
+      NewSubfileType bit 0, or the old SubfileType 2) and transparency masks (bit 2), which are no
+      pictures of their own: a scan with its thumbnail was refused as two frames of two sizes.
+
+    A frame table that cannot be read gives [0] (decoding it says what is wrong)."""
     if im.format == "MPO":
-        return 1
+        return [0]
     try:
         if not getattr(im, "is_animated", False):  # (cheap: the header, or a look for a second frame)
-            return 1
-        return int(getattr(im, "n_frames", 2) or 2)
-    except (OSError, EOFError, SyntaxError, ValueError):  # a damaged frame table: decoding says what is wrong
-        return 1
+            return [0]
+        n = int(getattr(im, "n_frames", 2) or 2)
+    except (OSError, EOFError, SyntaxError, ValueError):
+        return [0]
+    if im.format == "PNG" and getattr(im, "default_image", False):
+        return list(range(1, n))
+    if im.format == "TIFF":
+        return _tiff_pictures(im, n)
+    return list(range(n))
 
 
-def hidden_frames(im: Image.Image) -> int:
-    """How many of the first frames of an opened image file (of `frames_in`) no player shows: 1 for an
-    animated PNG whose default image is not part of its animation (its IDAT before any fcTL: the
-    picture for viewers that cannot play APNG), which Pillow gives as frame 0; else 0. Read as a
-    frame, it added a frame before the animation and, having no duration, set the frame rate to 25."""
-    return 1 if im.format == "PNG" and getattr(im, "default_image", False) and frames_in(im) > 1 else 0
+def _tiff_pictures(im: Image.Image, n: int) -> list[int]:
+    pages, at = [], im.tell()
+    try:
+        for i in range(n):
+            try:
+                im.seek(i)
+            except (OSError, EOFError, SyntaxError, ValueError, TypeError):
+                return pages + list(range(i, n))  # (reading the page says what is wrong with it)
+            new_type, old_type = im.tag_v2.get(254, 0), im.tag_v2.get(255, 1)
+            if not (isinstance(new_type, int) and new_type & 0b101) and old_type != 2:
+                pages.append(i)
+    finally:
+        with contextlib.suppress(OSError, EOFError, SyntaxError, ValueError, TypeError):
+            im.seek(at)
+    return pages or [0]
+
+
+def frames_in(im: Image.Image) -> int:
+    """The number of frames players show of an opened image file (`shown_frames`): 1 for a still."""
+    return len(shown_frames(im))
 
 
 def image_to_rgb(im: Image.Image) -> np.ndarray:
