@@ -64,3 +64,28 @@ def test_a_ctrl_c_as_the_command_ends_keeps_its_exit_code(tmp_path):
     done = subprocess.run([sys.executable, "-c", CTRL_C_AS_THE_SHIELD_TAKES_OVER, *args], capture_output=True,
                           text=True, env=environment(), timeout=120)
     assert (done.returncode, done.stderr) == (plain.returncode, plain.stderr)
+
+
+def test_an_interrupt_held_by_a_block_that_fails_still_stops_the_run():
+    """A Ctrl-C held while writing (deferred_sigint) was forgotten when the write then failed: the
+    run stopped on the write's error, and the next Ctrl-C, during its cleanup, raised again."""
+    import signal
+
+    import pytest
+
+    from entitysam.interrupts import deferred_sigint, interrupts_once
+
+    with interrupts_once():
+        with pytest.raises(OSError, match="disk full"):
+            with deferred_sigint():
+                os.kill(os.getpid(), signal.SIGINT)
+                raise OSError("disk full")
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # (during the cleanup: ignored)
+            for _ in range(100):  # (a signal is handled at the next instruction)
+                pass
+        except KeyboardInterrupt:
+            pytest.fail("the second Ctrl-C interrupted the cleanup")
+        after = signal.getsignal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (restored after the block)
+    assert after.__name__ == "_ignore"

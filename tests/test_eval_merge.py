@@ -298,12 +298,14 @@ def test_a_shard_redone_with_overwrite_removes_what_was_merged_before(dataset, e
     (out / "pred.json").mkdir()  # (not ours to remove: a folder)
     assert cli.main(_args(dataset, root, out, "--shard", "0/2", "--overwrite")) == 0
     assert (out / "pred.json").is_dir() and not (out / "metrics.json").exists()
-    # a run that redoes every video removes them too, and merges again without a word about it
+    # a run that redoes every video removes them too, says so, and merges again (unscored: said)
     shutil.rmtree(out / "pred.json")
     assert cli.main(_args(dataset, root, out, "--merge-only")) == 0
     capsys.readouterr()
-    assert cli.main([a for a in _args(dataset, root, out, "--overwrite") if a != "-q"]) == 0
-    assert "removed" not in capsys.readouterr().err and (out / "metrics.json").is_file()
+    assert cli.main([a for a in _args(dataset, root, out, "--overwrite", "--no-metrics") if a != "-q"]) == 0
+    said = capsys.readouterr().err
+    assert "pred.json, metrics.json, log.json removed" in said, said
+    assert (out / "pred.json").is_file() and not (out / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("how", ["lock-folder", "lock-disk-full", "lock-interrupted", "set-aside-refused",

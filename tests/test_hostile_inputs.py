@@ -200,13 +200,16 @@ def test_a_cameras_password_is_not_written_out(tmp_path):
     assert shown_url("rtsp://admin:s3cret@10.0.0.2:554/live?x=a@b") == "rtsp://admin:***@10.0.0.2:554/live?x=a@b"
     assert shown_url("rtsp://a:b:c@cam") == "rtsp://a:***@cam"
     for plain in ("rtsp://admin@cam/live", "rtsp://cam/live?user=a:b@c", "/dev/video0", "udp://@:1234",
-                  "http://cam/live?password=&x=1#token=a", "http://cam/a?b=c&d"):
+                  "http://cam/live?password=&x=1#t", "http://cam/a?b=c&d",
+                  "srt://h:9000?pbkeylen=16&keyframe=1&monkey=2&signal=3&design=4&bypass=5"):
         assert shown_url(plain) == plain
     # ... nor in its query: cameras take ?user=admin&password=..., signed addresses ?token=...
     assert (shown_url("rtsp://cam:554/cam/realmonitor?channel=1&user=admin&password=s3cret&subtype=0")
             == "rtsp://cam:554/cam/realmonitor?channel=1&user=admin&password=***&subtype=0")
     assert (shown_url("https://a:b@cdn/x.m3u8?Token=abc&X-Amz-Signature=f00&pwd=1#t")
             == "https://a:***@cdn/x.m3u8?Token=***&X-Amz-Signature=***&pwd=***#t")
+    assert (shown_url("rtsp://c/x?user=admin;password=s3cret&p%61ssword=s3cret&apiKey=1&access_token=2&jwt=3#token=4")
+            == "rtsp://c/x?user=admin;password=***&p%61ssword=***&apiKey=***&access_token=***&jwt=***#token=***")
 
 
 def test_the_command_line_s_own_messages_about_a_stream_hide_its_password(tmp_path, capsys):

@@ -432,6 +432,37 @@ def test_without_flock_the_pid_here_decides(tmp_path, monkeypatch):
     assert not dead.exists() and live.exists()
 
 
+@pytest.mark.parametrize("code", ["ENOLCK", "EOPNOTSUPP", "EIO"])
+def test_a_result_folders_lock_where_the_file_system_has_no_flock(tmp_path, tiny_checkpoint, monkeypatch, code):
+    """A file system without flock (some network ones): taking a result folder's lock was an
+    OSError traceback (segment, eval, training). The run goes on unlocked, as where the OS has no
+    flock, and leaves no lock file; another failure of flock is one OutputError."""
+    import errno
+    import fcntl
+
+    from entitysam.errors import OutputError
+    from entitysam.io import output_lock
+
+    class NoFlock:
+        LOCK_SH, LOCK_EX, LOCK_NB, LOCK_UN = fcntl.LOCK_SH, fcntl.LOCK_EX, fcntl.LOCK_NB, fcntl.LOCK_UN
+
+        @staticmethod
+        def flock(fd, op):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(output_lock, "fcntl", NoFlock)
+    final = tmp_path / "out" / "clip"
+    if code == "EIO":
+        with pytest.raises(OutputError, match=r"the lock file .*\.clip\.lock"):
+            OutputLock.acquire(final)
+        assert not (tmp_path / "out").exists()
+        return
+    lock = OutputLock.acquire(final)
+    assert not OutputLock.held(final) and sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    lock.release()
+    assert not (tmp_path / "out").exists()  # (the folder it made, empty, is removed)
+
+
 def _as_on_another_machine(monkeypatch):
     """Every pid is dead here, as a writer's is to a run on another machine sharing the folder."""
     from entitysam.io import atomic

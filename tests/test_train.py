@@ -469,8 +469,8 @@ def test_a_second_run_into_a_busy_output_dir_is_refused(synthetic, tmp_path, cap
     """Two runs given one output_dir (a job launched again while it still ran) wrote their
     config.json, log.txt, checkpoints and last_checkpoint over each other's."""
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from entitysam.io.output_lock import OutputLock; "
-                               "OutputLock.acquire(sys.argv[1]); print('held', flush=True); sys.stdin.read()", str(out)],
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from entitysam.train.run_lock import RunLock; "
+                               "RunLock(sys.argv[1]).take(); print('held', flush=True); sys.stdin.read()", str(out)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     try:
@@ -480,12 +480,20 @@ def test_a_second_run_into_a_busy_output_dir_is_refused(synthetic, tmp_path, cap
         assert train_cli.main(args) == 1
         err = capsys.readouterr().err
         assert f"output_dir {out} is in use by another run (pid {holder.pid})" in err, err
-        assert not (out / "config.json").exists() and not (out / "log.txt").exists()
+        assert sorted(p.name for p in out.iterdir()) == [".training-run.lock"]  # (nothing of this run's)
     finally:
         holder.communicate("", timeout=60)
     assert train_cli.main(args) == 0  # free again: it trains, and leaves no lock behind
-    assert (out / "model_final.pth").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (out / "model_final.pth").is_file() and not (out / ".training-run.lock").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # (the lock is in output_dir, not beside it)
+    # a trainer kept after its run holds no lock: another run (here, another process) can train there
+    trainer = Trainer(_cfg(synthetic, out, "solver.max_iter=2"), quiet=True)
+    trainer.train()
+    assert not (out / ".training-run.lock").exists()
+    taken = subprocess.run([sys.executable, "-c", "import sys; from entitysam.train.run_lock import RunLock; "
+                            "RunLock(sys.argv[1]).take()", str(out)], env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert taken.returncode == 0
+    del trainer
 
 
 def test_a_resumed_run_trains_at_its_own_learning_rate(synthetic, tmp_path):

@@ -83,8 +83,10 @@ def deferred_sigint():
     """Hold a Ctrl-C (SIGINT), and a SIGTERM the command line turns into one, until the block is
     done, then raise it (KeyboardInterrupt, or `Terminated`).
 
-    Used around the writes of one online frame (its files and its entities.jsonl line) and the
-    renames that move a result into place, so that an interrupt never leaves them half done. No-op
+    Used around steps that belong together: an online frame's merge (counted as processed, and in
+    the merger), its writes (files, entities.jsonl line, counts), the renames that move a result
+    into place, so that an interrupt never leaves them half done. A block that raises raises its
+    own error, the interrupts after it ignored as after a first one. No-op
     outside the main thread; a signal is held only while Python handles it by raising (SIGINT's
     default handler, the command line's handlers); blocks nest (the outermost one holds).
     """
@@ -100,8 +102,8 @@ def deferred_sigint():
     try:
         yield
     finally:
+        # (after one came, also when the block raised its own error: the run is stopping)
         for sig, handler in held.items():
-            signal.signal(sig, handler)
-    if received:
-        ignore_further_interrupts()  # raised as interrupt_once would have: the first one counts
+            signal.signal(sig, handler_after_interrupt(handler) if received else handler)
+    if received:  # raised as interrupt_once would have: the first one counts
         raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt

@@ -121,7 +121,12 @@ def main(argv: Sequence[str] | None = None, *, then: ExitShield | None = None) -
     # A Ctrl-C anywhere the commands do not handle it themselves (importing torch, loading the
     # model, parsing a checkpoint) ends with one line and the documented code, not a traceback.
     with interrupts_once(then):
-        code = _run(argv)
+        try:
+            code = _run(argv)
+        except BaseException:
+            if then is not None:
+                then.code = 1  # (an internal error: its traceback is printed)
+            raise
         if then is not None:
             then.code = code  # (before it takes the signals: a second Ctrl-C then keeps the code)
         return code

@@ -26,14 +26,13 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from .. import jsonio
-from .output_lock import pid_alive
+from .output_lock import NO_FLOCK, pid_alive
 
 __all__ = ["TEMP_PREFIX", "NO_FLOCK", "temp_path", "locked_temp_file", "remove_dead_temp_file",
            "fsync_dir", "publish_no_replace", "atomic_file", "write_bytes_atomic", "write_text_atomic",
            "write_json_atomic"]
 
 TEMP_PREFIX = ".entitysam-"  # temporary files and folders: ".entitysam-<kind>-<pid>-<12 hex>"
-NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}  # flock's "not here"
 
 # errors of os.link that mean "no hard links here" (FAT, some network and FUSE file systems)
 _NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS, errno.EXDEV, errno.EACCES}

@@ -14,9 +14,10 @@ from typing import Any
 from ..errors import OutputError, Remedy
 from .paths import UnsafeOverwriteError, describe_os_error
 
-__all__ = ["LOCK_SUFFIX", "OutputLockedError", "OutputLock", "pid_alive", "lock_content_is_ours"]
+__all__ = ["LOCK_SUFFIX", "NO_FLOCK", "OutputLockedError", "OutputLock", "pid_alive", "lock_content_is_ours"]
 
 LOCK_SUFFIX = ".lock"
+NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}  # flock's "not here"
 
 # What a lock file of any version holds: "<pid> <host>\n" (a pid alone before the host was
 # added), or a prefix of it (a full disk cut the write), or nothing (killed between creating the
@@ -169,8 +170,8 @@ class OutputLock:
             self._remove_created_parents()
             raise
 
-    def _lock_file(self, wait: bool, on_wait: Any) -> int:
-        """The descriptor of the lock file, locked."""
+    def _lock_file(self, wait: bool, on_wait: Any) -> int | None:
+        """The descriptor of the lock file, locked (None: unlocked, the file system has no flock)."""
         while True:
             try:
                 fd = _open_lock_file(self.path)
@@ -193,7 +194,9 @@ class OutputLock:
                         "never writes there: refusing to overwrite it; move it away or choose another output folder")
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                except OSError as err:
+                    if not isinstance(err, BlockingIOError):
+                        return self._unlocked(fd, err)
                     holder = self._holder()
                     if not wait:
                         busy = OutputLockedError(
@@ -221,6 +224,19 @@ class OutputLock:
                 os.close(fd)
                 raise
             os.close(fd)
+
+    def _unlocked(self, fd: int, err: OSError) -> None:
+        """flock failed on the lock file `fd` with `err`. On a file system without flock (some
+        network ones) the run goes on unlocked, as where the OS has none (it was an OSError
+        traceback); any other failure is an OutputError. Either way the empty lock file it made is
+        not left behind."""
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            if st.st_size == 0 and st.st_nlink == 1 and os.path.samestat(st, os.lstat(self.path)):
+                self.path.unlink()
+        if err.errno not in NO_FLOCK:
+            raise OutputError(describe_os_error(err, f"the lock file {self.path}")) from None
+        os.close(fd)
 
     @staticmethod
     def _ours(fd: int) -> bool:

@@ -136,15 +136,18 @@ class OnlineStream:
         self._steps.step(frame, drops, t_read)
 
     def _deliver(self) -> OnlineFrame:
-        """The next frame out of the look-ahead window, written and counted. A Ctrl-C meanwhile
-        waits for them (a frame taken out of the window must be on disk and in the manifest's
-        counts, which must match what is on disk); it is raised right after."""
+        """The next frame out of the look-ahead window, written and counted. With an output
+        folder a Ctrl-C meanwhile waits for them (a frame taken out of the window must be on disk
+        and in the manifest's counts, which must match what is on disk); it is raised right after."""
+        if self._files is None:
+            result = self._steps.pop()
+            self._tally.add(result, self.dropped)  # (counted as it is returned: "emitted" is "delivered")
+            return result
         with deferred_sigint():
             result = self._steps.pop()
-            if self._files is not None:
-                t0 = time.perf_counter()
-                self._files.write(result)
-                self.seconds["write"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._files.write(result)
+            self.seconds["write"] += time.perf_counter() - t0
             self._tally.add(result, self.dropped)
         return result
 

@@ -39,7 +39,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ..errors import (CheckpointMismatchError, EntitySAMError, InvalidArgumentError, OutputError, TrainingDivergedError,
                       printable)
 from ..io.atomic import atomic_file, write_text_atomic
-from ..io.output_lock import OutputLock, OutputLockedError
 from ..io.staging import remove_dead_temp_files
 from ..modeling.entitysam import EntitySAM
 from ..regular_file import open_regular_for_writing
@@ -52,6 +51,7 @@ from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress, log_file_failure, setup_logging
 from .resume import find_resume_checkpoint, resume_state
+from .run_lock import RunLock
 from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, lr_factor, model_config, set_trainable
 
 log = logging.getLogger("entitysam.train")
@@ -98,8 +98,8 @@ class Trainer:
             raise InvalidArgumentError(f"solver.ims_per_batch={cfg.solver.ims_per_batch} is not divisible by the "
                                        f"{world} processes: set it to a multiple of {world}")
         self.clips_per_rank = cfg.solver.ims_per_batch // world
-        self._locks: list[OutputLock] = []  # rank 0's, of output_dir, until close()
-        weakref.finalize(self, _release, self._locks)
+        self._run_lock = RunLock(self.output_dir)  # rank 0's, until close()
+        weakref.finalize(self, self._run_lock.release)
         try:
             self._set_up(cfg)
         except BaseException:
@@ -130,18 +130,13 @@ class Trainer:
         self.records: list[dict] = []
 
     def close(self) -> None:
-        """Release output_dir for other runs (also when the trainer is freed, or the process ends)."""
-        _release(self._locks)
+        """Release output_dir for other runs (done at the end of `train`, when the trainer is
+        freed, or when the process ends)."""
+        self._run_lock.release()
 
     def _prepare_output(self) -> None:
         path = self.output_dir
-        # Two runs given one output_dir (a second launch of a job still running) wrote their
-        # config.json, log.txt, checkpoints and last_checkpoint over each other's.
-        try:
-            self._locks.append(OutputLock.acquire(self.output_dir))
-        except OutputLockedError as err:
-            raise OutputError(f"output_dir {self.output_dir} is in use by another run ({err.holder}): let it finish "
-                              "first, or give this run another output_dir") from None
+        self._run_lock.take()
         try:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             # a checkpoint's temporary file left by a run killed while saving (SIGKILL, a preempted
@@ -314,6 +309,14 @@ class Trainer:
     def train(self) -> list[dict]:
         """Iterations start_iter .. max_iter - 1, checkpoints as configured: one record per
         iteration ({"iteration", "lr", "total_loss", the losses, ..., "time"}: the keys of metrics.jsonl)."""
+        try:
+            # (taken again by a second call: the first released it)
+            agree(held(self._run_lock.take) if self.dist.is_main else None, self.dist)
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> list[dict]:
         cfg = self.cfg
         max_iter = cfg.solver.max_iter
         if self.start_iter >= max_iter:
@@ -412,15 +415,6 @@ class Trainer:
             raise failure
 
 
-def _release(locks: list[OutputLock]) -> None:
-    while locks:
-        locks.pop().release()
-
-
 def train(cfg: TrainConfig, quiet: bool = False) -> list[dict]:
     """Run (or resume) a training run described by `cfg`; returns the per-iteration records."""
-    trainer = Trainer(cfg, quiet=quiet)
-    try:
-        return trainer.train()
-    finally:
-        trainer.close()
+    return Trainer(cfg, quiet=quiet).train()

@@ -296,7 +296,6 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                 f"{describe_model(parts[others[0]].get('model'))}) for {len(others)} video(s) ({abbreviate(others)}); "
                 f"this run uses {describe_model(descriptor)}: choose another output folder")
         memory = PeakMemory(next(net.parameters()).device)
-        redoes_all = {v.video_id for v in todo} >= set(plan.video_ids)  # (and then merges them again)
         ordering = "gt" if metrics else "frames"
         for k, v in enumerate(todo, 1):
             step = f"[{k}/{len(todo)}]"
@@ -331,9 +330,8 @@ def evaluate_vipseg(data_root: PathLike, output: PathLike, *, split: str = "val"
                     lock.release()
             summary.done.append(v.video_id)
             summary.stats.append(stats)
-            if overwrite and len(summary.done) == 1 and (removed := out.remove_merged()) and not redoes_all:
-                say(f"{', '.join(removed)} removed from {out.root}: merged from the predictions from before this "
-                    "run's; merged again once every video is redone")
+            if overwrite and len(summary.done) == 1 and (removed := out.remove_merged()):
+                say(f"{', '.join(removed)} removed from {out.root}: merged from the predictions before this run's")
             out.log(tag, {"event": "video", "status": "done", **stats})
             say(f"{step} {v.video_id}: {stats['frames']} frames, {stats['entities']} entities, "
                 f"{stats['seconds']:.1f}s ({stats['fps'] or 0:.2f} frames/s), peak RSS {stats['peak_rss_mib']:.0f} MiB"

@@ -85,17 +85,33 @@ def live_source_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
 
 
-# Query parameters that carry a secret: cameras take ?user=admin&password=..., signed stream
-# addresses ?token=..., ?X-Amz-Signature=..., ?api_key=...
-_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session", re.IGNORECASE)
+# Words that name a secret in a query parameter: cameras take ?user=admin&password=..., signed
+# stream addresses ?token=..., ?X-Amz-Signature=..., ?api_key=..., Akamai ?hdnts=...
+_SECRET_WORDS = {"pass", "passwd", "password", "passphrase", "pwd", "secret", "token", "key", "apikey", "sig",
+                 "signature", "auth", "authorization", "credential", "credentials", "session", "sessionid", "jwt",
+                 "hmac", "hdnts"}
+
+
+def _names_a_secret(name: str) -> bool:
+    """Whether a query parameter's name has a word of _SECRET_WORDS (``X-Amz-Signature``,
+    ``access_token``, ``apiKey``, ``p%61ssword``), not merely its letters (``keyframe``)."""
+    from urllib.parse import unquote  # noqa: PLC0415
+
+    words = re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", unquote(name))
+    return any(w.lower() in _SECRET_WORDS for w in words)
+
+
+def _shown_parameters(query: str) -> str:
+    return re.sub(r"([^?#&;=]*)=([^#&;]+)",
+                  lambda m: f"{m.group(1)}=***" if _names_a_secret(m.group(1)) else m.group(0), query)
 
 
 def shown_url(url: str) -> str:
     """`url` as messages and manifests show it: without the password of its user part
-    (``rtsp://admin:***@camera/live``) nor the values of query parameters named like a secret
-    (``?user=admin&password=***``, ``?token=***``). A camera's address carries them, and the
-    manifest of every online result and each error line wrote them out in full; the stream is
-    opened with them."""
+    (``rtsp://admin:***@camera/live``) nor the values of query (or fragment) parameters named
+    like a secret (``?user=admin&password=***``, ``?token=***``). A camera's address carries them,
+    and the manifest of every online result and each error line wrote them out in full; the
+    stream is opened with them."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
@@ -103,15 +119,8 @@ def shown_url(url: str) -> str:
     user, at, host = rest[:end].rpartition("@")
     if at and ":" in user:
         rest = f"{user.split(':', 1)[0]}:***@{host}{rest[end:]}"
-    path, question, query = rest.partition("?")
-    if not question:
-        return f"{scheme}{sep}{rest}"
-    query, hash_, fragment = query.partition("#")
-    shown = []
-    for item in query.split("&"):
-        name, equals, value = item.partition("=")
-        shown.append(f"{name}=***" if equals and value and _SECRET_PARAMETER.search(name) else item)
-    return f"{scheme}{sep}{path}?{'&'.join(shown)}{hash_}{fragment}"
+    start = min([i for i in (rest.find(c, end) for c in "?#") if i >= 0] + [len(rest)])
+    return f"{scheme}{sep}{rest[:start]}{_shown_parameters(rest[start:])}"
 
 
 def _interruptible(call):
