@@ -272,10 +272,17 @@ def test_an_input_inside_an_earlier_result_is_never_replaced(ray_session, videos
 
 
 class _Ref:
-    """A finished task: its value, or the exception ray.get raises."""
+    """A finished task: its value, or the exception ray.get raises (never: a task that never ends,
+    an actor's ready() that the cluster never places)."""
 
-    def __init__(self, value=None, error=None):
-        self.value, self.error = value, error
+    def __init__(self, value=None, error=None, never=False):
+        self.value, self.error, self.never = value, error, never
+
+
+def _ready(error=None, never=False):
+    """An actor's ready(), as a remote method."""
+    info = {"pid": 1, "host": "node", "device": "cpu", "error": error}
+    return type("Ready", (), {"remote": staticmethod(lambda: _Ref(info, never=never))})
 
 
 class _FakeRay:
@@ -295,7 +302,9 @@ class _FakeRay:
 
     @staticmethod
     def wait(refs, num_returns=1):
-        return refs[:num_returns], refs[num_returns:]
+        ends = [r for r in refs if not r.never]
+        assert ends, "waits for ever: on tasks that never end"
+        return ends[:num_returns], [r for r in refs if r not in ends[:num_returns]]
 
     @staticmethod
     def get(ref):
@@ -326,6 +335,7 @@ def test_a_video_whose_worker_is_always_lost_fails_after_max_retries(tmp_path):
         def __init__(self, spec, protect, describe_error=str):
             Worker.started += 1
             self.run = Run
+            self.ready = _ready()
 
         @classmethod
         def remote(cls, spec, protect, describe_error=str):
@@ -345,6 +355,59 @@ def test_a_video_whose_worker_is_always_lost_fails_after_max_retries(tmp_path):
     assert pool.restarts == 3 and Worker.started == 2 + 3  # each loss: a new actor in its slot
     # an error of the video's own is not retried: failed at once, with its cause
     assert outcomes["bug"].status == "failed" and outcomes["bug"].error == "KeyError: 'boom'"
+
+
+@pytest.mark.parametrize("other", ["never placed", "without its model"])
+def test_videos_go_only_to_actors_that_are_ready(tmp_path, other):
+    """Videos were given to every actor at once: one the cluster could not place (more actors than
+    fit) never ran its video, and the run waited for it for good once the others were done; one
+    whose model did not load (a node without the checkpoint) failed each video it was given, at
+    once, and so most of the batch. The ready actors do every video now."""
+    from entitysam.distributed.ray_pool import ModelSpec, Pool, run_pool
+
+    ran = []
+
+    def worker_class():
+        class Worker:
+            started = 0
+
+            def __init__(self):
+                Worker.started += 1
+                first = Worker.started == 1
+                self.ready = _ready() if first else _ready(error="missing.pth: no such file",
+                                                           never=other == "never placed")
+                self.run = type("Run", (), {"remote": staticmethod(
+                    lambda job, options, out_root, cwd: ran.append((first, job.name)) or _fake_task(job))})
+
+            @classmethod
+            def remote(cls, spec, protect, describe_error=str):
+                return cls()
+        return Worker
+
+    pool = Pool(_FakeRay, worker_class(), ModelSpec("demo"), 2)
+    jobs = [VideoJob(Path(n), n) for n in ("a", "b", "c")]
+    errors: list[str] = []
+    outcomes, _ = run_pool(_FakeRay, pool, jobs, SegmentOptions(), tmp_path, 2, lambda o: None, errors.append)
+    assert {n: o.status for n, o in outcomes.items()} == {"a": "done", "b": "done", "c": "done"}
+    assert ran == [(True, "a"), (True, "b"), (True, "c")]
+    assert errors in ([], ["an actor on node could not load the model (missing.pth: no such file): the others go on"])
+
+
+def test_when_no_actor_has_its_model_every_video_fails_with_the_reason(tmp_path):
+    from entitysam.distributed.ray_pool import ModelSpec, Pool, run_pool
+
+    class Worker:
+        def __init__(self):
+            self.ready = _ready(error="missing.pth: no such file")
+
+        @classmethod
+        def remote(cls, spec, protect, describe_error=str):
+            return cls()
+
+    pool = Pool(_FakeRay, Worker, ModelSpec("demo"), 2)
+    outcomes, _ = run_pool(_FakeRay, pool, [VideoJob(Path("a"), "a")], SegmentOptions(), tmp_path, 2,
+                           lambda o: None, lambda m: None)
+    assert outcomes["a"].status == "failed" and outcomes["a"].error == "missing.pth: no such file"
 
 
 def test_an_actor_lost_while_loading_the_model_is_replaced():

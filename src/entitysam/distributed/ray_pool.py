@@ -196,44 +196,86 @@ class Pool:
 
 def run_pool(ray, pool: Pool, jobs: list[VideoJob], options: SegmentOptions, out_root: Path,
              max_retries: int, on_outcome: Callable[[VideoOutcome], None], say_error: Say) -> tuple[dict[str, VideoOutcome], list[WorkerLost]]:
-    """Every job once on the pool (each idle actor takes the next job, in the order of `jobs`),
-    a lost task retried up to `max_retries` times on a replacement actor. Outcomes by name."""
+    """Every job once on the pool (each ready, idle actor takes the next job, in the order of
+    `jobs`), a lost task retried up to `max_retries` times on a replacement actor. Outcomes by name.
+
+    A job goes only to an actor that has loaded its model (its ready() answered): given to one
+    that the cluster could not place, it waited for good, and the run with it (more actors than
+    fit, which stay unplaced while the others hold the resources); given to one whose model did
+    not load (a node without the checkpoint), it failed at once, and that actor failed most of
+    the batch so. Such an actor is retired, its work left to the others; the run ends when every
+    job has an outcome, whatever actors are still waiting to start."""
     lost_types = lost_errors(ray)
     options_ref = ray.put(options)  # one copy in the object store, not one per task
     pending = deque((job, 1) for job in jobs)
-    idle = deque(range(len(pool.actors)))
+    idle: deque[int] = deque()
+    starting = {actor.ready.remote(): slot for slot, actor in enumerate(pool.actors)}
     running: dict[Any, tuple[int, VideoJob, int]] = {}
     outcomes: dict[str, VideoOutcome] = {}
     lost: list[WorkerLost] = []
+    load_error, load_losses = None, 0
+
+    def restart(slot: int) -> None:
+        pool.replace(slot)
+        starting[pool.actors[slot].ready.remote()] = slot
+
+    def finish(job: VideoJob, outcome: VideoOutcome) -> None:
+        if outcome.status == "failed":
+            say_error(f"{job.name}: {outcome.error}")
+        outcomes[job.name] = outcome
+        on_outcome(outcome)
+
     while pending or running:
         while pending and idle:
             job, attempt = pending.popleft()
             slot = idle.popleft()
             ref = pool.actors[slot].run.remote(job, options_ref, str(out_root), os.getcwd())
             running[ref] = (slot, job, attempt)
-        done, _ = ray.wait(list(running), num_returns=1)
+        if not running and not starting:  # every actor retired: its model did not load
+            while pending:
+                job, _ = pending.popleft()
+                finish(job, VideoOutcome(job.name, "failed", output=str(out_root / job.name),
+                                         error=load_error or "no Ray actor could load the model"))
+            break
+        done, _ = ray.wait([*running, *starting], num_returns=1)
+        if done[0] in starting:
+            slot = starting.pop(done[0])
+            try:
+                info = ray.get(done[0])
+            except lost_types as err:  # lost while loading the model
+                load_losses += 1
+                if load_losses <= max_retries:
+                    say_error(f"an actor was lost while loading the model ({first_line(err)}); starting a new one")
+                    restart(slot)
+                else:
+                    say_error(f"an actor was lost while loading the model ({first_line(err)}); not replaced "
+                              f"(lost {load_losses} times): the others go on")
+                continue
+            if info["error"]:
+                load_error = info["error"]
+                say_error(f"an actor on {info['host']} could not load the model ({load_error}): the others go on")
+                continue
+            idle.append(slot)
+            continue
         slot, job, attempt = running.pop(done[0])
         try:
             outcome = ray.get(done[0])
         except lost_types as err:
             reason = first_line(err)
             lost.append(WorkerLost(job.name, attempt, reason))
-            pool.replace(slot)
+            restart(slot)
             if attempt <= max_retries:
                 say_error(f"{job.name}: its worker was lost ({reason}); retry {attempt} of {max_retries} "
                           "on a new worker")
                 pending.appendleft((job, attempt + 1))
-                idle.append(slot)
                 continue
-            outcome = VideoOutcome(job.name, "failed", output=str(out_root / job.name),
-                                   error=f"its worker was lost {attempt} times (max_retries={max_retries}); "
-                                         f"last: {reason}")
+            finish(job, VideoOutcome(job.name, "failed", output=str(out_root / job.name),
+                                     error=f"its worker was lost {attempt} times (max_retries={max_retries}); "
+                                           f"last: {reason}"))
+            continue
         except ray.exceptions.RayTaskError as err:  # an exception segment_job does not turn into an outcome
             outcome = VideoOutcome(job.name, "failed", output=str(out_root / job.name), error=first_line(err.cause)
                                    if getattr(err, "cause", None) is not None else first_line(err))
         idle.append(slot)
-        if outcome.status == "failed":
-            say_error(f"{job.name}: {outcome.error}")
-        outcomes[job.name] = outcome
-        on_outcome(outcome)
+        finish(job, outcome)
     return outcomes, lost
