@@ -181,6 +181,28 @@ def test_cli_ray_runs_the_batch_on_the_session(ray_session, videos, sequential, 
     assert len(summaries) == 1 and json.loads(summaries[0].read_text())["runner"] == "ray"
 
 
+def test_cli_ray_redoes_an_unfinished_result_as_a_shard_does(ray_session, videos, sequential, tmp_path, capsys):
+    """--ray is resumable "like --shard": a complete result is skipped, but an unfinished one (an
+    online video stopped by SIGTERM) failed every re-run, which only --overwrite (redoing the whole
+    batch) got past."""
+    import shutil
+
+    from entitysam.cli import main
+
+    out = tmp_path / "out"
+    for video in videos[:2]:
+        shutil.copytree(sequential / video.name, out / video.name)
+    manifest = json.loads((out / videos[0].name / "manifest.json").read_text())
+    manifest.update(complete=False, status="interrupted")
+    (out / videos[0].name / "manifest.json").write_text(json.dumps(manifest))
+    code = main(["segment", str(videos[0]), str(videos[1]), "-o", str(out), "--ray", "--actors", "1",
+                 "--model", "demo", "--device", "cpu", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "ray, 1 actors: 2 videos: 1 done, 1 skipped, 0 busy, 0 failed" in err, err
+    assert json.loads((out / videos[0].name / "manifest.json").read_text())["complete"] is True
+
+
 def test_cli_ray_words_a_failed_video_with_the_flags(ray_session, videos, tmp_path, capsys):
     """A video that fails on an actor is reported as the local batch reports it: the remedy is
     the flag (--overwrite), not the Python argument (overwrite=True)."""

@@ -71,6 +71,10 @@ def test_a_damaged_split_record_leaves_each_shard_its_own_counts(tmp_path):
     path.write_text('{"format": "entitysam-batch-split", "cou')
     said = []
     assert agreed_slices(tmp_path, counts, 2, said.append) == split_slices(counts, 2) and len(said) == 1
+    for other in ("[1]", "null"):  # valid JSON, no record: was an AttributeError in every shard of 2
+        (tmp_path / "other").mkdir(exist_ok=True)
+        split_record_path(tmp_path / "other", ["x", "y"], 2).write_text(other)
+        assert agreed_slices(tmp_path / "other", counts, 2) == split_slices(counts, 2)
     first = agreed_slices(tmp_path / "new", counts, 2)  # the first shard: its own, recorded
     assert first == split_slices(counts, 2) == {"a": 0, "b": 1}
     assert split_slices({"a": 7, "b": 1}, 2) == {"a": 0, "b": 1} and split_slices({"a": 1, "b": 7}, 2) == {"a": 1, "b": 0}

@@ -65,7 +65,8 @@ def segment_on_ray(args, inputs, names, options, out_root: Path, say) -> int:
     from ..distributed.jobs import VideoJob, frame_count
     from ..distributed.ray_runner import segment_many
 
-    options = replace(options, skip_existing=not args.overwrite)  # resumable, as a sharded run
+    # resumable, as a sharded run: a complete video is skipped, an interrupted one redone
+    options = replace(options, skip_existing=not args.overwrite, redo_unfinished=True)
     jobs = [VideoJob(p, n, frame_count(p, options)) for p, n in zip(inputs, names)]
     summary_path = Path(args.summary) if getattr(args, "summary", None) else default_ray_summary(out_root)
     threads = args.threads or 1

@@ -67,7 +67,9 @@ def _read(path: Path, count: int) -> tuple[dict[str, int | None], dict[str, int]
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
-    frames = data.get("frames") if isinstance(data, dict) else None
+    if not isinstance(data, dict):  # (a list or null there was an AttributeError in every shard)
+        return None
+    frames = data.get("frames")
     if data.get("format") != SPLIT_FORMAT or data.get("count") != count or not isinstance(frames, dict):
         return None
     if not all(v is None or (type(v) is int and v >= 0) for v in frames.values()):
