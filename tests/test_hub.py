@@ -145,6 +145,24 @@ def test_download_command_uses_hf_endpoint(isolated, monkeypatch, capsys):
     assert printed.read_bytes() == data
 
 
+def test_download_into_a_cache_dir_fills_it_even_with_a_copy_in_the_model_folder(isolated, monkeypatch, capsys):
+    """`entitysam download vit-s --cache-dir /shared/hf` on a machine with a copy in $ENTITYSAM_HOME
+    printed that copy's path and left the shared cache, meant for the machines without network,
+    empty."""
+    from entitysam.hub import local_checkpoint_path
+
+    data = _checkpoint_bytes(isolated)
+    local_checkpoint_path("vit-s").parent.mkdir(parents=True)
+    local_checkpoint_path("vit-s").write_bytes(data)
+    with _Hub({CHECKPOINT_FILES["vit-s"]: data}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        assert cli.main(["download", "vit-s", "--cache-dir", str(isolated / "shared")]) == 0
+        printed = Path(capsys.readouterr().out.strip().split(": ", 1)[1])
+        assert str(printed).startswith(str(isolated / "shared")) and printed.read_bytes() == data
+        assert cli.main(["download", "vit-s"]) == 0  # without it: the copy found first, as before
+        assert Path(capsys.readouterr().out.strip().split(": ", 1)[1]) == local_checkpoint_path("vit-s")
+
+
 def test_download_command_prints_a_cache_dir_of_undecodable_bytes_escaped(isolated, monkeypatch, capsys):
     """The line naming the downloaded file printed the --cache-dir as it is: a name of undecodable
     bytes (\\udcff, legal on Linux) made a strict UTF-8 stdout raise after the download."""

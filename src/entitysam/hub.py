@@ -159,21 +159,23 @@ def _probe(endpoint: str) -> str | None:
 
 def resolve_checkpoint(name: str, *, download: bool = True, cache_dir: str | os.PathLike | None = None,
                        endpoint: str | None = None, revision: str = DEFAULT_REVISION,
-                       force_download: bool = False, say: Callable[[str], None] | None = None) -> Path:
+                       force_download: bool = False, say: Callable[[str], None] | None = None,
+                       model_folder: bool = True) -> Path:
     """Path of the published checkpoint `name` (``vit-s`` / ``vit-l``), downloading it if needed.
 
     Raises ModelNotAvailableError with download instructions when it cannot be found or fetched.
     A bundled model (``demo``) is returned from the package, whatever the other arguments.
     A file of the Hugging Face cache is used only once its SHA-256 is the hub's
     (see `_check_cached`); a damaged one is removed and downloaded again. say: told one line when
-    that check takes more than 2 s (None: nothing is said).
+    that check takes more than 2 s (None: nothing is said). model_folder=False: the Hugging Face
+    cache only (what `entitysam download --cache-dir` fills), not ``$ENTITYSAM_HOME``.
     """
     if name in BUNDLED_MODELS:
         return bundled_checkpoint_path(name)
     filename = _filename(name)
     endpoint = (endpoint or default_endpoint()).rstrip("/")
     local = local_checkpoint_path(name)
-    if not force_download:
+    if not force_download and model_folder:
         # A .safetensors copy beside it is preferred: it holds tensors only, nothing to unpickle.
         for candidate in (local.with_suffix(".safetensors"), local):
             if candidate.is_file():

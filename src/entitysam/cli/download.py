@@ -29,7 +29,10 @@ def run(args) -> int:
     status = 0
     for name in dict.fromkeys(args.models):  # each once, in the order given (vit-s vit-s fetched it twice)
         try:
-            path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force, say=say)
+            # (--cache-dir is the cache to fill, for machines that share it: a copy in the model
+            # folder of this one, found first, left it empty)
+            path = resolve_checkpoint(name, cache_dir=args.cache_dir, force_download=args.force, say=say,
+                                      model_folder=args.cache_dir is None)
         except EntitySAMError as err:
             print_err(err)
             status = 1
