@@ -201,7 +201,7 @@ def test_a_cameras_password_is_not_written_out(tmp_path):
     assert shown_url("rtsp://a:b:c@cam") == "rtsp://a:***@cam"
     for plain in ("rtsp://admin@cam/live", "rtsp://cam/live?user=a:b@c", "/dev/video0", "udp://@:1234",
                   "http://cam/live?password=&x=1#t", "http://cam/a?b=c&d",
-                  "srt://h:9000?pbkeylen=16&keyframe=1&monkey=2&signal=3&design=4&bypass=5"):
+                  "srt://h:9000?pbkeylen=16&keyframe=1&signal=3&x=1", "http://[::1]:8080/a?", "http://h/?&&=v"):
         assert shown_url(plain) == plain
     # ... nor in its query: cameras take ?user=admin&password=..., signed addresses ?token=...
     assert (shown_url("rtsp://cam:554/cam/realmonitor?channel=1&user=admin&password=s3cret&subtype=0")
@@ -210,6 +210,11 @@ def test_a_cameras_password_is_not_written_out(tmp_path):
             == "https://a:***@cdn/x.m3u8?Token=***&X-Amz-Signature=***&pwd=***#t")
     assert (shown_url("rtsp://c/x?user=admin;password=s3cret&p%61ssword=s3cret&apiKey=1&access_token=2&jwt=3#token=4")
             == "rtsp://c/x?user=admin;password=***&p%61ssword=***&apiKey=***&access_token=***&jwt=***#token=***")
+    assert (shown_url("rtmp://h/app?streamkey=1&authtoken=2&token2=3&passcode=4&token=a;b")
+            == "rtmp://h/app?streamkey=***&authtoken=***&token2=***&passcode=***&token=***")
+    # a password longer than *** before the query (the query was searched from a shifted place)
+    for tail in ("?token=abc", "/live?token=abc", "/x#token=abc"):
+        assert shown_url(f"rtsp://admin:verylongpassword@cam{tail}") == f"rtsp://admin:***@cam{tail[:-3]}***"
 
 
 def test_the_command_line_s_own_messages_about_a_stream_hide_its_password(tmp_path, capsys):

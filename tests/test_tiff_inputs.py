@@ -191,6 +191,10 @@ def test_a_tiffs_thumbnails_and_masks_are_no_frames(tmp_path):
     frames = list(source)
     assert [f.name for f in frames] == ["000000", "000001", "000002"]
     assert all(np.array_equal(f.image, scene(3 * t)) for t, f in enumerate(frames))
+    # its thumbnail first, a float one (no display range: only the picture's pixels count)
+    _tiff_pages(tmp_path / "first.tif", [(small[..., 0].astype(np.float32), 1), (scene(0), 0)])
+    source = open_source(tmp_path / "first.tif")
+    assert isinstance(source, ImageSource) and np.array_equal(only_frame(tmp_path / "first.tif"), scene(0))
     folder = tmp_path / "frames"
     folder.mkdir()
     _tiff_pages(folder / "0001.tif", [(small, 1), (scene(0), 0)])  # (its thumbnail first)

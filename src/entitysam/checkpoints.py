@@ -230,7 +230,10 @@ def _closest_config_name(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def _count_non_finite(value: torch.Tensor) -> int:
-    as_loaded = value.to(torch.float32) if value.dtype == torch.float64 else value
+    # float64 as the model gets it (beyond float32's range: infinite); float8 exactly as float32,
+    # which sums it (torch sums no float8: a NotImplementedError's text, or a traceback, was the error)
+    native = (torch.float32, torch.float16, torch.bfloat16)
+    as_loaded = value if value.dtype in native else value.to(torch.float32)
     if bool(torch.isfinite(as_loaded.sum())):  # NaN and inf reach the sum: the fast check of a good tensor
         return 0
     return int(as_loaded.numel() - torch.isfinite(as_loaded).sum())

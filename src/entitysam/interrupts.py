@@ -85,8 +85,9 @@ def deferred_sigint():
 
     Used around steps that belong together: an online frame's merge (counted as processed, and in
     the merger), its writes (files, entities.jsonl line, counts), the renames that move a result
-    into place, so that an interrupt never leaves them half done. A block that raises raises its
-    own error, the interrupts after it ignored as after a first one. No-op
+    into place, so that an interrupt never leaves them half done. When the block raised, the
+    interrupt is raised from its error (a batch that turned the error into a failed video and
+    went on would have lost the Ctrl-C, and ignored every later one). No-op
     outside the main thread; a signal is held only while Python handles it by raising (SIGINT's
     default handler, the command line's handlers); blocks nest (the outermost one holds).
     """
@@ -99,11 +100,15 @@ def deferred_sigint():
     received = []
     for sig in held:
         signal.signal(sig, lambda signum, frame: received.append(signum))
+    error = None
     try:
         yield
+    except BaseException as err:  # noqa: BLE001 - raised below, or the interrupt from it
+        error = err
     finally:
-        # (after one came, also when the block raised its own error: the run is stopping)
-        for sig, handler in held.items():
+        for sig, handler in held.items():  # (after one came: the run is stopping, as after interrupt_once)
             signal.signal(sig, handler_after_interrupt(handler) if received else handler)
     if received:  # raised as interrupt_once would have: the first one counts
-        raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt
+        raise (Terminated() if signal.SIGTERM in received else KeyboardInterrupt()) from error
+    if error is not None:
+        raise error

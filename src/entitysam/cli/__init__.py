@@ -123,9 +123,9 @@ def main(argv: Sequence[str] | None = None, *, then: ExitShield | None = None) -
     with interrupts_once(then):
         try:
             code = _run(argv)
-        except BaseException:
-            if then is not None:
-                then.code = 1  # (an internal error: its traceback is printed)
+        except BaseException as exc:
+            if then is not None:  # (an internal error, its traceback printed: 1; a SystemExit's own code)
+                then.code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1
             raise
         if then is not None:
             then.code = code  # (before it takes the signals: a second Ctrl-C then keeps the code)

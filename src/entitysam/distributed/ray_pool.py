@@ -155,7 +155,7 @@ class Pool:
     def first_ready(self, max_losses: int = 2, say_error: Say | None = None) -> dict[str, Any]:
         """Wait for the first actor with its model (the others need not fit the cluster yet);
         its load error as an EntitySAMError (a bad checkpoint fails on every actor alike; a
-        later actor's own load error fails the videos it is given). An actor lost while loading
+        later actor's own load error retires it, see run_pool). An actor lost while loading
         (its process killed: out of memory, its node gone) is replaced, up to `max_losses` times
         in all; then an EntitySAMError."""
         lost_types = lost_errors(self.ray)
@@ -180,6 +180,14 @@ class Pool:
             if info["error"]:
                 raise EntitySAMError(info["error"])
             return info
+
+    def retire(self, slot: int) -> None:
+        """End the actor of `slot` for good (its model did not load): its resources go back to
+        the cluster, where an actor still waiting to be placed, or a replacement, may need them."""
+        try:
+            self.ray.kill(self.actors[slot], no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
 
     def replace(self, slot: int) -> None:
         self.ray.kill(self.actors[slot], no_restart=True)
@@ -237,7 +245,7 @@ def run_pool(ray, pool: Pool, jobs: list[VideoJob], options: SegmentOptions, out
                 finish(job, VideoOutcome(job.name, "failed", output=str(out_root / job.name),
                                          error=load_error or "no Ray actor could load the model"))
             break
-        done, _ = ray.wait([*running, *starting], num_returns=1)
+        done, _ = ray.wait([*starting, *running], num_returns=1)
         if done[0] in starting:
             slot = starting.pop(done[0])
             try:
@@ -248,12 +256,16 @@ def run_pool(ray, pool: Pool, jobs: list[VideoJob], options: SegmentOptions, out
                     say_error(f"an actor was lost while loading the model ({first_line(err)}); starting a new one")
                     restart(slot)
                 else:
+                    load_error = f"the Ray actors were lost {load_losses} times while loading the model; " \
+                                 f"last: {first_line(err)}"
                     say_error(f"an actor was lost while loading the model ({first_line(err)}); not replaced "
                               f"(lost {load_losses} times): the others go on")
+                    pool.retire(slot)
                 continue
             if info["error"]:
                 load_error = info["error"]
                 say_error(f"an actor on {info['host']} could not load the model ({load_error}): the others go on")
+                pool.retire(slot)
                 continue
             idle.append(slot)
             continue

@@ -61,27 +61,30 @@ def _unreadable_image(path: Path, what: str, fp, err: Exception) -> SourceError:
     return SourceError(f"cannot read {what} {path}: {cause}")
 
 
-def _check_one_frame(path: Path, im: Image.Image, kind: str) -> int:
+def _check_one_frame(path: Path, im: Image.Image, kind: str) -> None:
     """SourceError for a file of a frame folder or frame list (`kind` "folder"), or a single image
     ("image"), that is no one picture people see: pixels without a display range, several frames.
-    An animation or a multi-page TIFF among frames was read as its first frame, silently. Returns
-    Pillow's index of the one frame shown (not 0 where the first page is a TIFF's thumbnail)."""
-    problem = pixel_problem(im)
-    if problem:
-        raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: {problem}")
+    An animation or a multi-page TIFF among frames was read as its first frame, silently. `im` is
+    left at the frame shown (not the first page where that is a TIFF's thumbnail)."""
+    what = "image" if kind == "image" else "frame"
     try:
         pages = shown_frames(im)
         n = len(pages)
-    except TypeError as err:  # Pillow's "Missing dimensions": a page of a TIFF without its size (a traceback)
-        raise SourceError(f"cannot read {'image' if kind == 'image' else 'frame'} {path}: one of its pages is "
-                          f"damaged ({err or type(err).__name__}): corrupt or truncated") from None
+        if pages[0]:
+            im.seek(pages[0])
+    except (TypeError, OSError, EOFError, SyntaxError, ValueError) as err:  # (TypeError: Pillow's "Missing
+        # dimensions", a page of a TIFF without its size: a traceback)
+        raise SourceError(f"cannot read {what} {path}: one of its pages is damaged ({err or type(err).__name__}): "
+                          "corrupt or truncated") from None
+    problem = pixel_problem(im)
+    if problem:
+        raise SourceError(f"cannot read {what} {path}: {problem}")
     if n > 1 and kind == "image":
         raise SourceError(f"image {path} holds {n} frames: open_source reads such a file as a video of them")
     if n > 1:
         raise SourceError(f"frame {path} holds {n} frames (an animation or a multi-page TIFF), where each file of "
                           "a video's frames must be one picture: move it out and segment it on its own (a file "
                           "holding several frames is read as a video of them)")
-    return pages[0]
 
 
 def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXELS,
@@ -93,11 +96,10 @@ def _read_image(path: Path, what: str, max_pixels: int | None = DEFAULT_MAX_PIXE
             raise _unreadable_image(path, what, fp, err) from None
         with im:
             check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
-            page = _check_one_frame(path, im, kind)
+            _check_one_frame(path, im, kind)
+            if im.tell():  # (its picture after a thumbnail page)
+                check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
             try:
-                if page:
-                    im.seek(page)
-                    check_frame_size(label or str(path), f"{what} {path.name}", im.width, im.height, max_pixels)
                 im.load()  # decode now: a truncated or corrupt file fails here, not later
                 return image_to_rgb(im)
             except MemoryError:  # a header declaring a huge size, under max_pixels=None
@@ -173,10 +175,11 @@ class AnimatedImageSource(FrameSource):
 
     kind = "video"
 
-    def __init__(self, path: str | os.PathLike, pages: Sequence[int], selection: FrameSelection | None = None,
+    def __init__(self, path: str | os.PathLike, pages: int | Sequence[int], selection: FrameSelection | None = None,
                  fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, first_ms: float = 0.0):
         path = Path(path)
-        self.pages = tuple(pages)  # Pillow's indexes of the frames shown (pixels.shown_frames)
+        # Pillow's indexes of the frames shown (pixels.shown_frames); a count: the first ones
+        self.pages = tuple(range(pages) if isinstance(pages, int) else pages)
         self.frames_in_file = len(self.pages)
         native_fps = 1000.0 / first_ms if first_ms and first_ms > 0 else None
         super().__init__(path.stem, fps or native_fps or DEFAULT_FPS, selection, path, max_pixels)
@@ -239,14 +242,16 @@ def _display_duration(im: Image.Image, path: Path, what: str) -> float | None:
 def open_image(path: Path, selection: FrameSelection | None = None, fps: float | None = None,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> FrameSource:
     """A single image file as a source: a one-frame `ImageSource`, or an `AnimatedImageSource` when
-    the file holds several frames (only the first was read, silently, as Pillow's open shows it)."""
-    pages = [0]
+    the file holds several frames (only the first was read, silently, as Pillow's open shows it),
+    or an animation of one (an APNG's, after its default image: timed, its frame rate the frame's;
+    a TIFF's one picture after a thumbnail page is a still image)."""
+    pages, still = [0], True
     try:
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:
-            pages = shown_frames(im)
+            pages, still = shown_frames(im), im.format == "TIFF"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, SourceError):
         pass  # ImageSource reads it again and says what is wrong with it
-    if pages != [0]:
+    if len(pages) > 1 or (pages != [0] and not still):
         frames = len(pages)
         unchecked = AnimatedImageSource(path, pages, selection, fps, max_pixels)
         with open_input_file(path, "image") as fp, _open_pil(fp) as im:  # the size, before any work

@@ -85,25 +85,31 @@ def live_source_name(url: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "stream"
 
 
-# Words that name a secret in a query parameter: cameras take ?user=admin&password=..., signed
-# stream addresses ?token=..., ?X-Amz-Signature=..., ?api_key=..., Akamai ?hdnts=...
-_SECRET_WORDS = {"pass", "passwd", "password", "passphrase", "pwd", "secret", "token", "key", "apikey", "sig",
-                 "signature", "auth", "authorization", "credential", "credentials", "session", "sessionid", "jwt",
-                 "hmac", "hdnts"}
+# What names a secret in a query parameter (in any case, anywhere in the name): cameras take
+# ?user=admin&password=..., RTMP ?streamkey=..., signed addresses ?token=..., ?X-Amz-Signature=...
+_SECRET_PART = re.compile(r"pass|pwd|secret|token|key|sig|auth|credential|session|jwt|hmac|hdnts")
+# Common stream options that only look like one (shown as they are)
+_NOT_SECRET = {"keyframe", "keyframes", "keyint", "keyint_min", "pbkeylen", "passthrough", "signal", "signals"}
 
 
 def _names_a_secret(name: str) -> bool:
-    """Whether a query parameter's name has a word of _SECRET_WORDS (``X-Amz-Signature``,
-    ``access_token``, ``apiKey``, ``p%61ssword``), not merely its letters (``keyframe``)."""
     from urllib.parse import unquote  # noqa: PLC0415
 
-    words = re.findall(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])", unquote(name))
-    return any(w.lower() in _SECRET_WORDS for w in words)
+    name = unquote(name).lower()
+    return name not in _NOT_SECRET and _SECRET_PART.search(name) is not None
 
 
 def _shown_parameters(query: str) -> str:
-    return re.sub(r"([^?#&;=]*)=([^#&;]+)",
-                  lambda m: f"{m.group(1)}=***" if _names_a_secret(m.group(1)) else m.group(0), query)
+    """`query` (from its ``?`` or ``#`` on) with the values of secret parameters as ``***``. A
+    secret's value runs to the next ``&`` or ``#`` (``;`` may be part of it); ``;`` also separates
+    the parameters after another's value."""
+    def shown(m: re.Match) -> str:
+        name, value = m.group(1), m.group(2)
+        if value and _names_a_secret(name):
+            return f"{name}=***"
+        head, semicolon, rest = value.partition(";")
+        return f"{name}={head}{semicolon}{_shown_parameters(rest) if semicolon else ''}"
+    return re.sub(r"([^?#&;=]*)=([^#&]*)", shown, query)
 
 
 def shown_url(url: str) -> str:
@@ -116,11 +122,12 @@ def shown_url(url: str) -> str:
     if not sep:
         return url
     end = min([i for i in (rest.find(c) for c in "/?#") if i >= 0] + [len(rest)])
-    user, at, host = rest[:end].rpartition("@")
+    authority, tail = rest[:end], rest[end:]
+    user, at, host = authority.rpartition("@")
     if at and ":" in user:
-        rest = f"{user.split(':', 1)[0]}:***@{host}{rest[end:]}"
-    start = min([i for i in (rest.find(c, end) for c in "?#") if i >= 0] + [len(rest)])
-    return f"{scheme}{sep}{rest[:start]}{_shown_parameters(rest[start:])}"
+        authority = f"{user.split(':', 1)[0]}:***@{host}"
+    start = min([i for i in (tail.find(c) for c in "?#") if i >= 0] + [len(tail)])
+    return f"{scheme}{sep}{authority}{tail[:start]}{_shown_parameters(tail[start:])}"
 
 
 def _interruptible(call):
