@@ -203,20 +203,21 @@ def test_cli_ray_redoes_an_unfinished_result_as_a_shard_does(ray_session, videos
     assert json.loads((out / videos[0].name / "manifest.json").read_text())["complete"] is True
 
 
-def test_cli_ray_words_a_failed_video_with_the_flags(ray_session, videos, tmp_path, capsys):
+def test_cli_ray_words_a_failed_video_with_the_flags(ray_session, videos, sequential, tmp_path, capsys):
     """A video that fails on an actor is reported as the local batch reports it: the remedy is
     the flag (--overwrite), not the Python argument (overwrite=True)."""
+    import shutil
+
     from entitysam.cli import main
 
     out = tmp_path / "out"
-    (out / videos[0].name).mkdir(parents=True)  # an unfinished entitysam result: only --overwrite replaces it
-    (out / videos[0].name / "manifest.json").write_text(json.dumps({"format": "entitysam-segment",
-                                                                    "complete": False}))
+    # a complete result of other settings (every frame, not every other one): only --overwrite replaces it
+    shutil.copytree(sequential / videos[0].name, out / videos[0].name)
     code = main(["segment", str(videos[0]), "-o", str(out), "--ray", "--actors", "1", "--model", "demo",
-                 "--device", "cpu", "--threads", "1", "-q"])
+                 "--device", "cpu", "--threads", "1", "--stride", "2", "-q"])
     err = capsys.readouterr().err
     assert code == 1, err
-    assert f"{videos[0].name}: " in err and "holds an unfinished entitysam result" in err
+    assert f"{videos[0].name}: " in err and "holds a complete result that does not answer this run" in err, err
     assert "use --overwrite to replace it" in err and "overwrite=True" not in err
     summary = json.loads((out / ".entitysam-batch" / "ray.json").read_text())
     assert "use --overwrite" in summary["failed"][0]["error"]
