@@ -496,6 +496,63 @@ def test_a_second_run_into_a_busy_output_dir_is_refused(synthetic, tmp_path, cap
     del trainer
 
 
+def _tamper(state: dict, how: str) -> None:
+    tr = state["trainer"]
+    moments = next(iter(tr["optimizer"]["state"].values()))
+    if how == "moment-shape":
+        moments["exp_avg"] = torch.full((7,), float("nan"))
+    elif how == "moment-expanded":  # 3.4 MB on disk, gigabytes once the optimizer copies it
+        moments["exp_avg"] = torch.zeros(1, dtype=torch.float64).expand(3 * 2**28)
+    elif how == "moment-nan":
+        moments["exp_avg_sq"] = torch.full_like(moments["exp_avg_sq"], float("nan"))
+    elif how == "amsgrad":
+        moments["max_exp_avg_sq"] = moments["exp_avg_sq"].clone()
+    elif how == "rng":
+        tr["rng"]["python"] = (3, (-1,) * 624 + (624,), None)
+    elif how == "schedule":
+        tr["scheduler"]["last_epoch"] = -10**400
+    elif how == "scheduler-object":
+        tr["scheduler"]["optimizer"] = {}
+    elif how == "maximize":
+        for group in tr["optimizer"]["param_groups"]:
+            group["maximize"] = True
+
+
+@pytest.mark.parametrize("how", ["moment-shape", "moment-expanded", "moment-nan", "amsgrad", "rng", "schedule",
+                                 "scheduler-object", "maximize"])
+def test_a_hostile_trainer_state_is_one_line_or_ignored(synthetic, tmp_path, capsys, how):
+    """A checkpoint's trainer state was trusted: moments of another shape crashed the first step
+    with a traceback, an expanded one took gigabytes, a Python RNG state or schedule out of range
+    was an OverflowError traceback, and the file's optimizer settings were kept (maximize=True:
+    gradient ascent, silently). Refused in one line before anything is allocated; settings are
+    this run's."""
+    out = tmp_path / "run"
+    Trainer(_cfg(synthetic, out, "solver.max_iter=2"), quiet=True).train()
+    state = torch.load(out / "model_final.pth", weights_only=True)
+    _tamper(state, how)
+    torch.save(state, tmp_path / "tampered.pth")
+    args = ["--config", "tiny-stage2", f"data.root={synthetic}", f"output_dir={tmp_path / 'again'}", "num_threads=1",
+            "solver.max_iter=3", f"resume={tmp_path / 'tampered.pth'}", "--quiet"]
+    code = train_cli.main(args)
+    err = capsys.readouterr().err
+    if how in ("scheduler-object", "maximize"):  # (settings of the file's own: not taken)
+        assert code == 0, err
+        return
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"cannot resume from {tmp_path / 'tampered.pth'}: its trainer state does not fit this run" in err, err
+
+
+def test_a_resumed_optimizer_keeps_this_runs_settings(synthetic, tmp_path):
+    out = tmp_path / "run"
+    Trainer(_cfg(synthetic, out, "solver.max_iter=2"), quiet=True).train()
+    state = torch.load(out / "model_final.pth", weights_only=True)
+    _tamper(state, "maximize")
+    torch.save(state, out / "model_final.pth")
+    trainer = Trainer(_cfg(synthetic, out, "solver.max_iter=3"), quiet=True)
+    assert trainer.start_iter == 2 and not any(g["maximize"] for g in trainer.optimizer.param_groups)
+    trainer.close()
+
+
 def test_a_resumed_run_trains_at_its_own_learning_rate(synthetic, tmp_path):
     """The divergence error's remedy is a lower solver.base_lr and a rerun, which resumes: the
     optimizer's and the scheduler's states restored the earlier run's LR (and weight decay)."""

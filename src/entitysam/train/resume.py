@@ -10,7 +10,7 @@ from ..errors import CheckpointReadError, printable
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
 
-__all__ = ["find_resume_checkpoint", "resume_state"]
+__all__ = ["check_trainer_state", "find_resume_checkpoint", "resume_state"]
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
@@ -78,3 +78,48 @@ def resume_state(path: str, model: EntitySAM) -> dict:
     check_state_dict(model, weights, source=path)
     model.load_state_dict(weights, strict=True)
     return state
+
+
+def check_trainer_state(trainer: dict, optimizer, max_iter: int) -> str | None:
+    """Why the trainer state of a checkpoint (its "trainer" entry) cannot be resumed by `optimizer`
+    (this run's, its parameters in place), or None. A hostile or damaged file crashed the first
+    step with a traceback (moments of another shape), took gigabytes (a moment that is a tiny
+    tensor expanded to billions of elements), or trained silently wrong (its groups' settings:
+    maximize=True did gradient ascent); its RNG or schedule were an OverflowError."""
+    import math  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    saved = trainer.get("optimizer")
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
+            or not isinstance(saved.get("param_groups"), list):
+        return "no optimizer state"
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, moments in saved["state"].items():
+        if type(index) is not int or not 0 <= index < len(params) or not isinstance(moments, dict):
+            return f"an optimizer state of no parameter of this model ({printable(repr(index), 40)})"
+        for key, value in moments.items():
+            if key == "step":
+                step = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+                if not isinstance(step, (int, float)) or not math.isfinite(step) or step < 0:
+                    return f"parameter {index}'s optimizer step is not a count ({printable(repr(value), 40)})"
+            elif key in ("exp_avg", "exp_avg_sq"):
+                if not isinstance(value, torch.Tensor) or value.layout != torch.strided or \
+                        not value.is_floating_point() or value.is_complex() or value.shape != params[index].shape:
+                    return f"parameter {index}'s {key} is not a real tensor of its shape {tuple(params[index].shape)}"
+                if not value.is_contiguous() or not bool(torch.isfinite(value).all()):
+                    return f"parameter {index}'s {key} is not a plain tensor of finite numbers"
+            else:  # (max_exp_avg_sq: amsgrad, which this run does not use)
+                return f"parameter {index}'s optimizer state has {printable(repr(key), 40)}, which this run does not use"
+    scheduler = trainer.get("scheduler")
+    last = scheduler.get("last_epoch") if isinstance(scheduler, dict) else None
+    if type(last) is not int or not 0 <= last <= max_iter:
+        return f"its schedule's iteration is not one of 0..{max_iter} ({printable(repr(last), 40)})"
+    python = trainer.get("rng", {}).get("python") if isinstance(trainer.get("rng"), dict) else None
+    if python is not None:
+        ok = (isinstance(python, tuple) and len(python) == 3 and python[0] == 3 and isinstance(python[1], tuple)
+              and len(python[1]) == 625 and all(type(v) is int and 0 <= v < 2**32 for v in python[1])
+              and python[1][-1] <= 624)
+        if not ok:
+            return "its Python random state is not one Python writes"
+    return None

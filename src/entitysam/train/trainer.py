@@ -50,7 +50,7 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress, log_file_failure, setup_logging
-from .resume import find_resume_checkpoint, resume_state
+from .resume import check_trainer_state, find_resume_checkpoint, resume_state
 from .run_lock import RunLock
 from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, lr_factor, model_config, set_trainable
 
@@ -174,7 +174,8 @@ class Trainer:
         if state is not None:
             try:
                 self._load_trainer_state(state)
-            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, ArithmeticError,
+                    RecursionError) as err:
                 raise CheckpointMismatchError(f"cannot resume from {resume}: its trainer state does not fit this run "
                                               f"({printable(f'{type(err).__name__}: {err}')})") from None
             log.info("resumed from %s at iteration %d", resume, self.start_iter)
@@ -196,12 +197,16 @@ class Trainer:
 
     def _load_trainer_state(self, state: dict) -> None:
         tr = state["trainer"]
-        # this run's LR and weight decay, not the checkpoint's: both state dicts hold the values the
-        # earlier run was started with, so a rerun with a lower solver.base_lr (the remedy the
-        # divergence error gives) trained on at the old one
-        mine = [{k: g[k] for k in ("initial_lr", "weight_decay", "betas", "eps")} for g in self.optimizer.param_groups]
+        if problem := check_trainer_state(tr, self.optimizer, self.cfg.solver.max_iter):
+            raise ValueError(problem)
+        # this run's settings (LR, weight decay, ...), not the checkpoint's: both state dicts hold
+        # the values the earlier run was started with, so a rerun with a lower solver.base_lr (the
+        # remedy the divergence error gives) trained on at the old one; and a file's own (maximize)
+        # trained wrong. Of the schedule only its iteration is taken.
+        mine = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(tr["optimizer"])
-        self.scheduler.load_state_dict(tr["scheduler"])
+        self.scheduler.last_epoch = tr["scheduler"]["last_epoch"]
+        self.scheduler._step_count = self.scheduler.last_epoch + 1
         factor = lr_factor(self.scheduler.last_epoch, self.cfg)
         for group, values in zip(self.optimizer.param_groups, mine):
             group.update(values, lr=values["initial_lr"] * factor)
