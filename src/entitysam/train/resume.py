@@ -3,14 +3,19 @@ back into a freshly built model."""
 
 from __future__ import annotations
 
+import math
+import random
 from pathlib import Path
+
+import torch
 
 from ..checkpoints import check_state_dict, read_checkpoint, read_state_dict
 from ..errors import CheckpointReadError, printable
 from ..modeling.entitysam import EntitySAM
 from .config import TrainConfig
+from .setup import lr_factor
 
-__all__ = ["check_trainer_state", "find_resume_checkpoint", "resume_state"]
+__all__ = ["check_trainer_state", "find_resume_checkpoint", "load_trainer_state", "resume_state", "trainer_state"]
 
 
 def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
@@ -86,10 +91,6 @@ def check_trainer_state(trainer: dict, optimizer, max_iter: int) -> str | None:
     step with a traceback (moments of another shape), took gigabytes (a moment that is a tiny
     tensor expanded to billions of elements), or trained silently wrong (its groups' settings:
     maximize=True did gradient ascent); its RNG or schedule were an OverflowError."""
-    import math  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
-
     saved = trainer.get("optimizer")
     if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
             or not isinstance(saved.get("param_groups"), list):
@@ -123,3 +124,48 @@ def check_trainer_state(trainer: dict, optimizer, max_iter: int) -> str | None:
         if not ok:
             return "its Python random state is not one Python writes"
     return None
+
+
+def trainer_state(iteration: int, optimizer, scheduler, scaler, world_size: int, config_json: str) -> dict:
+    """The "trainer" entry of a checkpoint: what `load_trainer_state` continues from."""
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "iteration": iteration,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "grad_scaler": scaler.state_dict(),
+        "rng": rng,
+        "world_size": world_size,
+        "config": config_json,
+    }
+
+
+def load_trainer_state(trainer: dict, optimizer, scheduler, scaler, cfg: TrainConfig) -> None:
+    """A checkpoint's "trainer" entry into this run's optimizer, schedule, scaler and RNGs;
+    ValueError (and torch's errors) when it does not fit (see check_trainer_state)."""
+    if problem := check_trainer_state(trainer, optimizer, cfg.solver.max_iter):
+        raise ValueError(problem)
+    # this run's settings (LR, weight decay, ...), not the checkpoint's: both state dicts hold
+    # the values the earlier run was started with, so a rerun with a lower solver.base_lr (the
+    # remedy the divergence error gives) trained on at the old one; and a file's own (maximize)
+    # trained wrong. Of the schedule only its iteration is taken.
+    mine = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.last_epoch = trainer["scheduler"]["last_epoch"]
+    scheduler._step_count = scheduler.last_epoch + 1
+    factor = lr_factor(scheduler.last_epoch, cfg)
+    for group, values in zip(optimizer.param_groups, mine):
+        group.update(values, lr=values["initial_lr"] * factor)
+    scheduler.base_lrs = [values["initial_lr"] for values in mine]
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    if trainer.get("grad_scaler") and scaler.is_enabled():
+        scaler.load_state_dict(trainer["grad_scaler"])
+    rng = trainer.get("rng", {})
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "python" in rng:
+        random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -27,7 +27,6 @@ import gc
 import inspect
 import logging
 import math
-import random
 import time
 import traceback
 import weakref
@@ -50,9 +49,9 @@ from .distributed import DistInfo, all_reduce_sum, init_distributed
 from .failstop import RankFailedError, agree, failure_flags, held, settle, stop
 from .forward import TrainingModule
 from .logger import LOSS_KEYS, MetricWriter, Progress, log_file_failure, setup_logging
-from .resume import check_trainer_state, find_resume_checkpoint, resume_state
+from .resume import find_resume_checkpoint, load_trainer_state, resume_state, trainer_state
 from .run_lock import RunLock
-from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, lr_factor, model_config, set_trainable
+from .setup import build_model, build_optimizer, build_scheduler, clip_gradients, model_config, set_trainable
 
 log = logging.getLogger("entitysam.train")
 
@@ -182,45 +181,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _trainer_state(self, iteration: int) -> dict:
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
-            "iteration": iteration,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "grad_scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "world_size": self.dist.world_size,
-            "config": self.cfg.to_json(),
-        }
+        return trainer_state(iteration, self.optimizer, self.scheduler, self.scaler, self.dist.world_size,
+                             self.cfg.to_json())
 
     def _load_trainer_state(self, state: dict) -> None:
-        tr = state["trainer"]
-        if problem := check_trainer_state(tr, self.optimizer, self.cfg.solver.max_iter):
-            raise ValueError(problem)
-        # this run's settings (LR, weight decay, ...), not the checkpoint's: both state dicts hold
-        # the values the earlier run was started with, so a rerun with a lower solver.base_lr (the
-        # remedy the divergence error gives) trained on at the old one; and a file's own (maximize)
-        # trained wrong. Of the schedule only its iteration is taken.
-        mine = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(tr["optimizer"])
-        self.scheduler.last_epoch = tr["scheduler"]["last_epoch"]
-        self.scheduler._step_count = self.scheduler.last_epoch + 1
-        factor = lr_factor(self.scheduler.last_epoch, self.cfg)
-        for group, values in zip(self.optimizer.param_groups, mine):
-            group.update(values, lr=values["initial_lr"] * factor)
-        self.scheduler.base_lrs = [values["initial_lr"] for values in mine]
-        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        if tr.get("grad_scaler") and self.scaler.is_enabled():
-            self.scaler.load_state_dict(tr["grad_scaler"])
-        rng = tr.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "python" in rng:
-            random.setstate(rng["python"])
-        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        load_trainer_state(state["trainer"], self.optimizer, self.scheduler, self.scaler, self.cfg)
         self.start_iter = int(state["iteration"]) + 1
 
     def save_checkpoint(self, name: str, iteration: int) -> Path | None:
